@@ -1,0 +1,1 @@
+//! Wiring: the emulator, the store, watchers and workers, shutdown. (Skeleton.)

@@ -1,0 +1,15 @@
+//! The Redivis emulator. (Skeleton.)
+
+use std::path::Path;
+
+use axum::Router;
+
+use super::EmulatorError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedivisOptions {}
+
+pub fn router(options: &RedivisOptions, data_dir: &Path) -> Result<Router, EmulatorError> {
+    let _ = (options, data_dir);
+    Ok(Router::new())
+}

@@ -1,0 +1,24 @@
+//! upsync mirrors local folders into Redivis tables and Kinetica KiFS directories,
+//! every new or changed file exactly once and whole, across crashes and outages.
+//!
+//! Data flow: notify events, a start-up scan and periodic rescans produce candidates
+//! ([`watch`]); a candidate whose size and mtime have settled becomes a durable job in the
+//! sled queue ([`queue`]); workers ([`daemon`]) claim jobs and stream the files to a
+//! backend ([`upload`]), persisting progress after every acknowledged chunk, and record the
+//! uploaded fingerprint in the ledger so nothing is uploaded twice.
+//!
+//! - [`config`]: strict TOML schema, human units, secrets, validation with file:line errors.
+//! - [`fingerprint`]: the (size, mtime, inode) identity of a local file version.
+//! - [`watch`]: notify watches, the settle rule, include/exclude filters, the scanner.
+//! - [`queue`]: the sled store: jobs, ledger, progress; its invariants.
+//! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff.
+//! - [`emulator`]: local KiFS and Redivis servers with scripted faults (tests, demo, bench).
+//! - [`daemon`]: wiring, workers, shutdown, the control socket for status and retry.
+
+pub mod config;
+pub mod daemon;
+pub mod emulator;
+pub mod fingerprint;
+pub mod queue;
+pub mod upload;
+pub mod watch;

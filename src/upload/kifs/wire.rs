@@ -1,0 +1,1 @@
+//! KiFS wire records and their Avro binary / JSON codecs. (Skeleton.)

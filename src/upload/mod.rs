@@ -1,0 +1,231 @@
+//! Uploading one file: the backend interface, error dispositions, chunked reading and backoff.
+//!
+//! A backend turns a claimed job into remote state. It reads the file through
+//! [`chunk::FileReader`] (which notices a file that changes or vanishes under it), persists
+//! its own resume state through [`UploadJob::save_progress`] only after the remote
+//! acknowledged it, and persists `finalizing` through [`UploadJob::mark_finalizing`] before
+//! any non-idempotent finalize call. Every failure is an [`UploadError`] whose
+//! [`Disposition`] tells the worker what to do next; backends decide it in one place each
+//! (their `classify` functions).
+
+pub mod backoff;
+pub mod chunk;
+pub mod kifs;
+pub mod redivis;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FolderConfig, Target};
+use crate::fingerprint::Fingerprint;
+use crate::queue::{JobId, LedgerEntry, Store, StoreError};
+
+/// What to do about a failed remote request (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient: send the same request again after a pause (`after` from `Retry-After`).
+    Retry { after: Option<Duration> },
+    /// A chunk may have been partly taken: ask the server for its offset and continue.
+    ResumeFromServer,
+    /// The upload session is gone or unusable: start a new one from byte 0.
+    RestartSession,
+    /// Retrying cannot help: fail the job with the reason.
+    Permanent,
+}
+
+/// Why an upload attempt ended without success.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The remote (or the way to it) failed; the disposition says what to do.
+    #[error("{message}")]
+    Remote {
+        disposition: Disposition,
+        message: String,
+    },
+    /// The file disappeared before or during the upload: the job is dropped.
+    #[error("file vanished: {0}")]
+    Vanished(String),
+    /// The file changed during the upload: start again with the new content.
+    #[error("file changed during upload")]
+    Changed,
+    /// The file cannot be read (permissions, I/O error): fail with the reason.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("state database: {0}")]
+    Store(#[from] StoreError),
+    /// Shutdown was requested; progress up to the last acknowledged chunk is saved.
+    #[error("interrupted by shutdown")]
+    Shutdown,
+}
+
+impl UploadError {
+    pub fn remote(disposition: Disposition, message: impl Into<String>) -> UploadError {
+        UploadError::Remote {
+            disposition,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> UploadError {
+        UploadError::remote(Disposition::Permanent, message)
+    }
+
+    pub fn retry(message: impl Into<String>) -> UploadError {
+        UploadError::remote(Disposition::Retry { after: None }, message)
+    }
+}
+
+/// What a successful upload leaves in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Remote identity: the KiFS path, or the Redivis upload URI.
+    pub remote: String,
+    /// MD5 hex of the bytes uploaded, where the backend computed it.
+    pub md5: Option<String>,
+}
+
+/// Bytes sent so far for an in-flight upload, read by the status endpoint.
+#[derive(Debug, Default)]
+pub struct LiveProgress {
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+}
+
+impl LiveProgress {
+    pub fn set(&self, done: u64, total: u64) {
+        self.bytes_done.store(done, Ordering::Relaxed);
+        self.bytes_total.store(total, Ordering::Relaxed);
+    }
+}
+
+/// One claimed job as a backend sees it.
+pub struct UploadJob {
+    pub id: JobId,
+    /// Absolute local path of the file.
+    pub path: PathBuf,
+    /// `/`-separated path relative to the watched folder.
+    pub rel: String,
+    pub target: Target,
+    /// The fingerprint the worker read when it claimed the job.
+    pub fingerprint: Fingerprint,
+    /// `finalizing` was persisted by an earlier attempt: reconcile before finalizing again.
+    pub finalize_started: bool,
+    /// What the ledger holds for this path from an earlier upload, if anything.
+    pub previous: Option<LedgerEntry>,
+    pub live: Arc<LiveProgress>,
+    pub shutdown: CancellationToken,
+    store: Store,
+}
+
+impl UploadJob {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: JobId,
+        path: PathBuf,
+        rel: String,
+        target: Target,
+        fingerprint: Fingerprint,
+        finalize_started: bool,
+        previous: Option<LedgerEntry>,
+        store: Store,
+        live: Arc<LiveProgress>,
+        shutdown: CancellationToken,
+    ) -> UploadJob {
+        UploadJob {
+            id,
+            path,
+            rel,
+            target,
+            fingerprint,
+            finalize_started,
+            previous,
+            live,
+            shutdown,
+            store,
+        }
+    }
+
+    /// The backend's resume state saved by an earlier attempt, if any and if it parses.
+    pub fn load_progress<T: DeserializeOwned>(&self) -> Result<Option<T>, UploadError> {
+        let Some(raw) = self.store.load_progress(self.id)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(value) => Ok(Some(value)),
+            Err(err) => {
+                tracing::warn!(job = self.id.0, error = %err, "ignoring unreadable resume state");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Persists (and flushes) the backend's resume state; call only after the remote
+    /// acknowledged what the state claims.
+    pub fn save_progress<T: Serialize>(&self, progress: &T) -> Result<(), UploadError> {
+        let raw = serde_json::to_vec(progress).expect("resume state serializes to JSON");
+        self.store.save_progress(self.id, &raw)?;
+        Ok(())
+    }
+
+    pub fn clear_progress(&self) -> Result<(), UploadError> {
+        self.store.clear_progress(self.id)?;
+        Ok(())
+    }
+
+    /// Persists `finalizing` before a non-idempotent finalize call.
+    pub fn mark_finalizing(&mut self) -> Result<(), UploadError> {
+        self.store.mark_finalizing(self.id)?;
+        self.finalize_started = true;
+        Ok(())
+    }
+
+    /// Fails with [`UploadError::Changed`] or [`UploadError::Vanished`] when the file on disk
+    /// is no longer the version this upload is sending.
+    pub fn check_unchanged(&self) -> Result<(), UploadError> {
+        match Fingerprint::read(&self.path) {
+            Ok(now) if now == self.fingerprint => Ok(()),
+            Ok(_) => Err(UploadError::Changed),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(UploadError::Vanished(self.path.display().to_string()))
+            }
+            Err(err) => Err(UploadError::Unreadable(format!(
+                "cannot stat {}: {err}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+/// A configured remote service.
+pub enum Backend {
+    Kifs(kifs::KifsBackend),
+    Redivis(redivis::RedivisBackend),
+}
+
+impl Backend {
+    /// Checks, once at start, that the remote can take this folder's files (directory
+    /// exists and is writable, table reachable), creating what the config asks for.
+    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), String> {
+        match self {
+            Backend::Kifs(backend) => backend.prepare_folder(folder).await,
+            Backend::Redivis(backend) => backend.prepare_folder(folder).await,
+        }
+    }
+
+    pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+        match self {
+            Backend::Kifs(backend) => backend.upload(job).await,
+            Backend::Redivis(backend) => backend.upload(job).await,
+        }
+    }
+}
