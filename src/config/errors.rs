@@ -200,7 +200,7 @@ fn walk_value(
     }
 }
 
-/// How messages name a table: "the top level", "[redivis]", "folder[1]".
+/// How messages name a table: "the top level", `[redivis]`, `folder[1]`.
 pub(crate) fn table_name(path: &[Seg]) -> String {
     match path {
         [] => "the top level".to_string(),

@@ -82,7 +82,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("expected {SIZE_EXAMPLE}, found \"{s}\" ({e})"))
 }
 
-/// A socket address ("127.0.0.1:8787", "[::1]:9464").
+/// A socket address (`127.0.0.1:8787`, `[::1]:9464`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listen(pub SocketAddr);
 
