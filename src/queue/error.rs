@@ -92,6 +92,25 @@ impl StoreError {
         }
     }
 
+    /// An I/O error while `action` on `path`, recognising a full disk.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &std::path::Path,
+        state_dir: &std::path::Path,
+        source: std::io::Error,
+    ) -> StoreError {
+        if is_no_space(&source) {
+            return StoreError::NoSpace {
+                state_dir: state_dir.to_path_buf(),
+            };
+        }
+        StoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// True when the error says the disk (or the user's quota) is full.
     pub fn is_no_space(&self) -> bool {
         matches!(self, StoreError::NoSpace { .. })
@@ -120,6 +139,31 @@ mod tests {
             err.to_string(),
             "no space left on device while writing the state database in /var/lib/upsync; \
              free some space and restart upsync (nothing acknowledged so far is lost)"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_during_plain_file_io_is_named_plainly_too() {
+        let state_dir = Path::new("/var/lib/upsync");
+        let full = StoreError::io(
+            "create the lock file",
+            &state_dir.join("upsync.lock"),
+            state_dir,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(full.is_no_space(), "{full}");
+        let denied = StoreError::io(
+            "create the lock file",
+            &state_dir.join("upsync.lock"),
+            state_dir,
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(
+            denied.to_string(),
+            format!(
+                "cannot create the lock file /var/lib/upsync/upsync.lock: {}",
+                std::io::Error::from_raw_os_error(libc::EACCES)
+            )
         );
     }
 

@@ -32,11 +32,7 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| StoreError::Io {
-                action: "create the lock file",
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| StoreError::io("create the lock file", &path, state_dir, source))?;
         loop {
             // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -52,13 +48,7 @@ impl StateLock {
                         lock_path: path,
                     });
                 }
-                _ => {
-                    return Err(StoreError::Io {
-                        action: "lock",
-                        path,
-                        source: err,
-                    });
-                }
+                _ => return Err(StoreError::io("lock", &path, state_dir, err)),
             }
         }
     }

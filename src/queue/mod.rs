@@ -9,6 +9,7 @@
 //! ```text
 //! state_dir/
 //!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
+//!   db.new/          only while a new database is being created and stamped; renamed to db
 //!   db/              the sled database:
 //!     default tree   "format"  -> "1"  (ASCII decimal; anything else is refused at open)
 //!     jobs           JobId (u64 BE)                      -> Job (JSON)
@@ -16,6 +17,7 @@
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
 //!     due            due ms (u64 BE) ++ JobId (u64 BE)   -> empty
+//!     claimed        JobId (u64 BE)                      -> Fingerprint (JSON) at claim
 //! ```
 //!
 //! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
@@ -37,7 +39,9 @@
 //!
 //! # Invariants
 //!
-//! Each is checked by `tests::assert_invariants` after the operations in the tests.
+//! The tests check 1 to 3 and 6's index after the operations of each test
+//! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
+//! reopen and recovery, 6 with a file that changes during an attempt.
 //!
 //! 1. **One job per file.** `by_path[job.key] == job.id` for every job, and every `by_path`
 //!    entry names an existing job with that key. Offering a file that has a job updates that
@@ -63,7 +67,14 @@
 //!    `finalize_started` and flushes before returning; the flag survives restarts and
 //!    `recover_after_restart`, and is cleared only when the job takes new content, so the
 //!    backend asks the remote whether the finalize happened before doing it again.
-//! 6. **Every state transition is one sled transaction** over all five trees, so a crash
+//! 6. **An attempt knows whether its content moved.** `claimed` holds, for exactly the
+//!    active and finalizing jobs, the fingerprint the job had when it was claimed. When the
+//!    attempt ends and `fingerprint` has moved on (an `offer` came in meanwhile), the saved
+//!    progress describes the old bytes: `retry_later`, `fail` and `recover_after_restart`
+//!    then drop it, and `retry_later` and `fail` queue the job afresh for the new version,
+//!    exactly as if the offer had arrived just after them. So resumed progress always
+//!    belongs to the content the job holds.
+//! 7. **Every state transition is one sled transaction** over all six trees, so a crash
 //!    leaves each job either before or after a transition, never half-way. Transitions the
 //!    invariants above depend on (progress, finalizing, complete, fail, retry-wait, requeue,
 //!    retry of failed jobs, recovery) are flushed before they return.
@@ -122,6 +133,7 @@ struct Trees {
     ledger: sled::Tree,
     progress: sled::Tree,
     due: sled::Tree,
+    claimed: sled::Tree,
 }
 
 struct Inner {
@@ -197,13 +209,14 @@ fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
     file_key(key).map_err(StoreError::InvalidKey)
 }
 
-/// The five trees as one transaction sees them, with the moves that keep the invariants.
+/// The six trees as one transaction sees them, with the moves that keep the invariants.
 struct Tx<'a> {
     jobs: &'a TransactionalTree,
     by_path: &'a TransactionalTree,
     ledger: &'a TransactionalTree,
     progress: &'a TransactionalTree,
     due: &'a TransactionalTree,
+    claimed: &'a TransactionalTree,
 }
 
 impl Tx<'_> {
@@ -265,7 +278,26 @@ impl Tx<'_> {
         if let Some(due) = new.due_ms() {
             self.due.insert(&due_key(due, new.id), &[])?;
         }
+        if !is_attempt(&new.state) {
+            self.claimed.remove(&job_key(new.id))?;
+        }
         Ok(())
+    }
+
+    /// True when the job's fingerprint moved on since the current attempt claimed it
+    /// (invariant 6).
+    fn content_moved(&self, job: &Job) -> TxResult<bool> {
+        let Some(raw) = self.claimed.get(job_key(job.id))? else {
+            return Ok(false);
+        };
+        match serde_json::from_slice::<Fingerprint>(&raw) {
+            Ok(claimed) => Ok(claimed != job.fingerprint),
+            Err(err) => abort(StoreError::Corrupt {
+                tree: "claimed",
+                key: format!("job {}", job.id),
+                detail: err.to_string(),
+            }),
+        }
     }
 
     /// Removes the job with everything that refers to it (invariants 1 to 3).
@@ -277,6 +309,7 @@ impl Tx<'_> {
             self.by_path.remove(raw_key)?;
         }
         self.progress.remove(&job_key(job.id))?;
+        self.claimed.remove(&job_key(job.id))?;
         if let Some(due) = job.due_ms() {
             self.due.remove(&due_key(due, job.id))?;
         }
@@ -287,6 +320,11 @@ impl Tx<'_> {
         self.progress.remove(&job_key(id))?;
         Ok(())
     }
+}
+
+/// Active and finalizing jobs are attempts in progress: a worker holds them.
+fn is_attempt(state: &JobState) -> bool {
+    matches!(state, JobState::Active | JobState::Finalizing)
 }
 
 /// Puts a job back in the queue for new content: a fresh start, due now.
@@ -305,10 +343,8 @@ impl Store {
     /// Opens (creating if needed) the state database in `state_dir`, and locks the dir
     /// against a second upsync for as long as any clone of the Store lives.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
-            action: "create the state directory",
-            path: state_dir.to_path_buf(),
-            source,
+        std::fs::create_dir_all(state_dir).map_err(|source| {
+            StoreError::io("create the state directory", state_dir, state_dir, source)
         })?;
         let lock = StateLock::acquire(state_dir)?;
         let db_path = state_dir.join(DB_DIR);
@@ -332,6 +368,7 @@ impl Store {
             ledger: tree("ledger")?,
             progress: tree("progress")?,
             due: tree("due")?,
+            claimed: tree("claimed")?,
         };
         let store = Store {
             inner: Arc::new(Inner {
@@ -357,14 +394,22 @@ impl Store {
     /// so `f` must not have side effects outside the trees).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
         let t = &self.inner.trees;
-        (&t.jobs, &t.by_path, &t.ledger, &t.progress, &t.due)
-            .transaction(|(jobs, by_path, ledger, progress, due)| {
+        (
+            &t.jobs,
+            &t.by_path,
+            &t.ledger,
+            &t.progress,
+            &t.due,
+            &t.claimed,
+        )
+            .transaction(|(jobs, by_path, ledger, progress, due, claimed)| {
                 f(&Tx {
                     jobs,
                     by_path,
                     ledger,
                     progress,
                     due,
+                    claimed,
                 })
             })
             .map_err(|err| match err {
@@ -479,6 +524,8 @@ impl Store {
                     ..job.clone()
                 };
                 tx.put_job(Some(&job), &active)?;
+                tx.claimed
+                    .insert(&job_key(id), encode(&active.fingerprint))?;
                 Ok(Some(active))
             })?;
             if claimed.is_some() {
@@ -593,11 +640,16 @@ impl Store {
     }
 
     /// Moves the job to `failed` with a reason a person can act on; it is not retried until
-    /// `retry_failed` or a new version of the file.
+    /// `retry_failed` or a new version of the file. If a new version was offered during the
+    /// attempt, the failure concerned the old bytes and the job is queued afresh instead.
     pub fn fail(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
         let now = now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
+            tx.clear_progress(id)?;
+            if tx.content_moved(&job)? {
+                return tx.put_job(Some(&job), &queued_afresh(&job, now));
+            }
             let failed = Job {
                 state: JobState::Failed {
                     reason: reason.to_owned(),
@@ -607,19 +659,23 @@ impl Store {
                 updated_at_ms: now,
                 ..job.clone()
             };
-            tx.clear_progress(id)?;
             tx.put_job(Some(&job), &failed)
         })?;
         self.flush()
     }
 
     /// Parks the job until `at` (a job-level retry); its progress is kept so that the next
-    /// attempt resumes the same session.
+    /// attempt resumes the same session. If a new version was offered during the attempt,
+    /// the job is queued afresh for it instead (invariant 6).
     pub fn retry_later(&self, id: JobId, at: SystemTime, reason: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let at = to_ms(at);
         self.transact(|tx| {
             let job = tx.require_job(id)?;
+            if tx.content_moved(&job)? {
+                tx.clear_progress(id)?;
+                return tx.put_job(Some(&job), &queued_afresh(&job, now));
+            }
             let waiting = Job {
                 state: JobState::RetryWait {
                     next_attempt_at_ms: at,
@@ -703,7 +759,10 @@ impl Store {
                 let Some(job) = tx.job(job.id)? else {
                     return Ok(false);
                 };
-                if matches!(job.state, JobState::Active | JobState::Finalizing) {
+                if is_attempt(&job.state) {
+                    if tx.content_moved(&job)? {
+                        tx.clear_progress(job.id)?;
+                    }
                     let queued = Job {
                         state: JobState::Queued,
                         updated_at_ms: now,
@@ -735,7 +794,8 @@ impl Store {
         Ok(recovered)
     }
 
-    /// Removes `due`, `by_path` and `progress` entries whose job no longer matches them.
+    /// Removes `due`, `by_path`, `progress` and `claimed` entries whose job no longer matches
+    /// them.
     fn remove_dangling_entries(&self) -> Result<(), StoreError> {
         let trees = &self.inner.trees;
         let db_error = |err| self.db_error(err);
@@ -768,6 +828,16 @@ impl Store {
             };
             if orphan {
                 trees.progress.remove(&raw).map_err(db_error)?;
+            }
+        }
+        for entry in trees.claimed.iter() {
+            let (raw, _) = entry.map_err(db_error)?;
+            let stale = match decode_job_key(&raw) {
+                Some(id) => self.get(id)?.is_none_or(|job| !is_attempt(&job.state)),
+                None => true,
+            };
+            if stale {
+                trees.claimed.remove(&raw).map_err(db_error)?;
             }
         }
         Ok(())
@@ -856,15 +926,10 @@ fn open_db(path: &Path) -> Result<sled::Db, FormatError> {
 
 fn create_db(path: &Path) -> Result<(), FormatError> {
     let fresh = path.with_extension("new");
+    let state_dir = path.parent().unwrap_or(path);
     let io_error = |action: &'static str, at: &Path| {
         let at = at.to_path_buf();
-        move |source| {
-            FormatError::Store(StoreError::Io {
-                action,
-                path: at,
-                source,
-            })
-        }
+        move |source| FormatError::Store(StoreError::io(action, &at, state_dir, source))
     };
     if fresh.exists() {
         // Left by a crash during an earlier creation; it never held any state.
@@ -877,11 +942,10 @@ fn create_db(path: &Path) -> Result<(), FormatError> {
         db.flush()?;
     }
     std::fs::rename(&fresh, path).map_err(io_error("move the new database into place at", path))?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error("sync the state directory", parent))?;
-    }
+    // The rename is durable only once the directory holding it is synced.
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("sync the state directory", state_dir))?;
     Ok(())
 }
 

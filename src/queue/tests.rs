@@ -47,7 +47,8 @@ fn job(store: &Store, id: JobId) -> Job {
         .expect("the job is still in the queue")
 }
 
-/// Checks invariants 1 to 3 of the module doc by scanning every tree.
+/// Checks invariants 1 to 3, and that `claimed` indexes exactly the attempts (6), by
+/// scanning every tree.
 fn assert_invariants(store: &Store) {
     let trees = &store.inner.trees;
     let jobs = store.jobs().expect("all jobs decode");
@@ -94,6 +95,28 @@ fn assert_invariants(store: &Store) {
             Some(due),
             "due entry of job {id} matches its state {}",
             job.state.name()
+        );
+    }
+    for job in &jobs {
+        let claimed = trees
+            .claimed
+            .contains_key(job_key(job.id))
+            .expect("claimed reads");
+        let attempt = matches!(job.state, JobState::Active | JobState::Finalizing);
+        assert_eq!(
+            claimed,
+            attempt,
+            "job {} ({}) has a claimed entry exactly while it is an attempt",
+            job.id,
+            job.state.name()
+        );
+    }
+    for entry in trees.claimed.iter() {
+        let (raw, _) = entry.expect("claimed iterates");
+        let id = decode_job_key(&raw).expect("claimed keys are job ids");
+        assert!(
+            jobs.iter().any(|job| job.id == id),
+            "claimed entry of job {id} belongs to an existing job"
         );
     }
     for entry in trees.progress.iter() {
@@ -963,4 +986,91 @@ fn a_half_created_database_left_by_a_crash_is_replaced() {
         .expect("the new database works");
     let store = reopen(store);
     assert_eq!(store.jobs().expect("jobs read").len(), 1);
+}
+
+/// Claims the job for `a` (fingerprint 1), saves progress, then offers version 2 of the file
+/// as the watcher would while the upload runs.
+fn attempt_overtaken_by_a_new_version(store: &Store) -> JobId {
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .save_progress(id, b"session holding bytes of version 1")
+        .expect("saves");
+    assert_eq!(
+        store.offer(&key("a"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "the running attempt keeps its session until it ends"
+    );
+    id
+}
+
+#[test]
+fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = attempt_overtaken_by_a_new_version(&store);
+    store
+        .retry_later(id, far_future(), "HTTP 503")
+        .expect("retry_later works");
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued, "the new version is due now");
+    assert_eq!(job.fingerprint, fp(2));
+    assert_eq!(job.attempts, 0);
+    assert_eq!(
+        store.load_progress(id).expect("reads"),
+        None,
+        "a session holding old bytes must not be resumed with new ones"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_failure_of_an_old_version_queues_the_new_version_instead() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = attempt_overtaken_by_a_new_version(&store);
+    store
+        .fail(id, "HTTP 400: bad header row")
+        .expect("fail works");
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.fingerprint, fp(2));
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_covered(&store, &key("a"), &fp(2));
+    assert_invariants(&store);
+
+    // The new version fails on its own account: now it stays failed.
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .fail(id, "HTTP 400: bad header row")
+        .expect("fail works");
+    assert!(matches!(
+        store.get(id).expect("reads").expect("kept").state,
+        JobState::Failed { .. }
+    ));
+    assert_invariants(&store);
+}
+
+#[test]
+fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let moved = attempt_overtaken_by_a_new_version(&store);
+    let steady = queued_id(store.offer(&key("b"), &fp(7)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.save_progress(steady, b"b's session").expect("saves");
+
+    let store = reopen(store);
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 2);
+    assert_eq!(store.load_progress(moved).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(steady).expect("reads").as_deref(),
+        Some(&b"b's session"[..])
+    );
+    assert_eq!(job(&store, moved).fingerprint, fp(2));
+    assert_invariants(&store);
 }
