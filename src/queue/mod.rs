@@ -348,10 +348,12 @@ impl Store {
         })?;
         let lock = StateLock::acquire(state_dir)?;
         let db_path = state_dir.join(DB_DIR);
+        // Only a database sled cannot make sense of calls for moving it away; a plain I/O
+        // error (permissions, a full disk) is reported as what it is.
         let open_error = |err: sled::Error| match err {
-            sled::Error::Io(io) if error::is_no_space(&io) => StoreError::NoSpace {
-                state_dir: state_dir.to_path_buf(),
-            },
+            sled::Error::Io(io) => {
+                StoreError::io("open the state database", &db_path, state_dir, io)
+            }
             other => StoreError::Open {
                 path: db_path.clone(),
                 detail: other.to_string(),
@@ -752,12 +754,17 @@ impl Store {
     /// `due` entries and progress of jobs that are gone). Returns how many jobs were
     /// interrupted uploads put back in the queue.
     pub fn recover_after_restart(&self) -> Result<usize, StoreError> {
+        enum Repair {
+            Requeued,
+            Reindexed,
+            Sound,
+        }
         let now = now_ms();
         let mut recovered = 0;
         for job in self.jobs()? {
-            let requeued = self.transact(|tx| {
+            let repair = self.transact(|tx| {
                 let Some(job) = tx.job(job.id)? else {
-                    return Ok(false);
+                    return Ok(Repair::Sound);
                 };
                 if is_attempt(&job.state) {
                     if tx.content_moved(&job)? {
@@ -769,7 +776,7 @@ impl Store {
                         ..job.clone()
                     };
                     tx.put_job(Some(&job), &queued)?;
-                    return Ok(true);
+                    return Ok(Repair::Requeued);
                 }
                 let raw_key = match valid_key(&job.key) {
                     Ok(raw) => raw,
@@ -780,14 +787,20 @@ impl Store {
                     Some(due) => tx.due.get(due_key(due, job.id))?.is_some(),
                     None => true,
                 };
-                if !indexed || !due_indexed {
-                    tracing::warn!(job = %job.id, path = %job.key, "restoring the job's lost index entries");
-                    // put_job rewrites the job's by_path and due entries.
-                    tx.put_job(Some(&job), &job)?;
+                if indexed && due_indexed {
+                    return Ok(Repair::Sound);
                 }
-                Ok(false)
+                // put_job rewrites the job's by_path and due entries.
+                tx.put_job(Some(&job), &job)?;
+                Ok(Repair::Reindexed)
             })?;
-            recovered += usize::from(requeued);
+            match repair {
+                Repair::Requeued => recovered += 1,
+                Repair::Reindexed => {
+                    tracing::warn!(job = %job.id, path = %job.key, "restored the lost index entries of a job");
+                }
+                Repair::Sound => {}
+            }
         }
         self.remove_dangling_entries()?;
         self.flush()?;

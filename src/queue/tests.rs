@@ -804,7 +804,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
     store.fail(failed, "400").expect("fails");
     store.offer(&key("queued"), &fp(7)).expect("offer");
     store.offer(&other("queued"), &fp(8)).expect("offer");
-    let _ = active;
+    assert_eq!(job(&store, active).state, JobState::Active);
 
     let counts = store.counts().expect("counts work");
     assert_eq!(
