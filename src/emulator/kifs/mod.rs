@@ -1,14 +1,14 @@
 //! The KiFS emulator: `/upload/files` (whole files and multipart), `/show/files`,
 //! `/show/directories`, `/create/directory`, `/delete/files`, `/delete/directory`,
 //! `/download/files`, `/show/system/properties` and `/show/system/status`, in Avro binary
-//! and JSON, following protocols/kifs.md §6. State lives on disk (see [`store`]'s layout)
+//! and JSON, following protocols/kifs.md §6. State lives on disk (layout in the `store` submodule's doc)
 //! so files, directories and multipart uploads in progress survive a restart.
 //!
 //! Module map: this file holds the options, authentication, request counters and the
 //! router; `handlers` the endpoints' behaviour; `names` the name rules and wildcards;
 //! `store` the on-disk state; `snappy` the request decompression.
 //!
-//! Behaviours the emulator defines (the protocol's [choice] items, strict by default):
+//! Behaviours the emulator defines (the protocol's \[choice\] items, strict by default):
 //! - POST only; an unknown path is 404, another method on a known path 405. A request
 //!   without a known Content-Type is read as JSON and answered in JSON;
 //!   `application/x-snappy` is raw Snappy around Avro binary, answered in Avro binary.

@@ -4,7 +4,7 @@
 //! [`Wrapper`] record (`gpudb_response`) holding the inner response record:
 //!
 //! - **Avro binary** (`application/octet-stream`): fields concatenated in schema order
-//!   (see [`avro`] for the primitives). [`Record::encode`] returns the body as segments so a
+//!   (the `avro` submodule holds the primitives). [`Record::encode`] returns the body as segments so a
 //!   large `file_data` element is handed over as the caller's own [`Bytes`], not copied.
 //! - **JSON** (`application/json`): one object, fields in schema order (the server expects
 //!   that order). `bytes` fields are strings: with `file_encoding=base64` in the record's own
