@@ -674,3 +674,54 @@ fn scan_once_reports_a_missing_folder() {
     .expect_err("a missing folder cannot be scanned");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[tokio::test]
+async fn a_file_held_open_by_its_writer_is_not_offered_during_a_pause() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let settle = Duration::from_millis(200);
+    let run = start(dir.path(), settle).await;
+    let path = dir.path().join("paused.csv");
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(b"first half").expect("write");
+    // Stable for 4 settle periods, but the writer still has it open.
+    tokio::time::sleep(settle * 4).await;
+    assert!(
+        run.recorder.offers().is_empty(),
+        "not offered while the writer has it open"
+    );
+    file.write_all(b", second half").expect("write");
+    drop(file);
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rec.offers(), vec![("paused.csv".to_string(), fp(&path))]);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn scanning_many_watched_directories_does_not_overflow_the_event_channel() {
+    let (logs, _guard) = capture_logs();
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    for i in 0..60 {
+        std::fs::create_dir_all(root.join(format!("d{i}"))).expect("create dir");
+    }
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, Some(Duration::from_millis(200)));
+    opts.event_capacity = 16;
+    let run = start_with(
+        folder_config(root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        real_dirs(),
+    )
+    .await;
+    // Several periodic rescans list every watched directory again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    run.stop().await;
+    let text = logs.text();
+    assert!(
+        !text.contains("file events were lost"),
+        "listing watched directories must not flood the channel: {text}"
+    );
+}
