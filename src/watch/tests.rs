@@ -179,7 +179,8 @@ async fn startup_scan_offers_existing_old_files_at_once_and_sends_the_summary() 
     write_old(&root.join(".git/config"), b"git");
     std::fs::write(root.join("fresh.csv"), b"fresh").expect("write");
 
-    let run = start(root, Duration::from_millis(300)).await;
+    // Long enough that fresh.csv cannot look old by the time the scan sees it.
+    let run = start(root, Duration::from_secs(1)).await;
     // The summary is sent only after the old files were offered.
     let mut offered: Vec<String> = run.recorder.offers().into_iter().map(|(r, _)| r).collect();
     offered.sort();
@@ -240,9 +241,9 @@ async fn a_file_written_slowly_is_offered_once_with_its_final_fingerprint() {
 #[tokio::test]
 async fn a_file_appended_by_separate_opens_waits_for_the_writes_to_stop() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let run = start(dir.path(), Duration::from_millis(500)).await;
+    let run = start(dir.path(), Duration::from_millis(600)).await;
     let path = dir.path().join("appended.log.csv");
-    for i in 0..6 {
+    for i in 0..8 {
         let mut file = std::fs::File::options()
             .create(true)
             .append(true)
@@ -251,7 +252,7 @@ async fn a_file_appended_by_separate_opens_waits_for_the_writes_to_stop() {
         file.write_all(format!("line {i}\n").as_bytes())
             .expect("append");
         drop(file);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let rec = run.recorder.clone();
     assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
