@@ -228,6 +228,12 @@ impl Service {
         for sub in ["sessions", "tables", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(data_error(&dir.join(sub)))?;
         }
+        // Inline bodies still being received when the emulator stopped will never finish.
+        let tmp = dir.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(data_error(&tmp))? {
+            let path = entry.map_err(data_error(&tmp))?.path();
+            std::fs::remove_file(&path).map_err(data_error(&path))?;
+        }
         let mut transfers = HashMap::new();
         for path in store::json_files(&dir.join("sessions")).map_err(data_error(dir))? {
             let record: Transfer = store::read_json(&path).map_err(data_error(&path))?;

@@ -363,6 +363,17 @@ async fn chunk(
     {
         return total_mismatch(given, declared);
     }
+    if slot.record.total.is_none() && total.is_some() {
+        // A session started with an unknown total (`bytes a-b/*`) learns it here; later
+        // chunks must agree with it.
+        slot.record.total = total;
+        if let Err(err) = service.save_transfer(&slot.record) {
+            return error(
+                500,
+                &format!("the emulator cannot record the session: {err}"),
+            );
+        }
+    }
     let total = total.or(slot.record.total);
     if first > last {
         return error(

@@ -1592,3 +1592,104 @@ async fn the_final_chunk_answer_can_be_held_back_after_it_is_persisted() {
     );
     emu.stop().await;
 }
+
+#[tokio::test]
+async fn the_upload_post_answer_can_be_held_back_after_the_upload_exists() {
+    let (emu, _dir) = emulator_with(|options| {
+        options.redivis.redivis_post_delay = 800;
+    })
+    .await;
+    let slow = tokio::spawn({
+        let http = emu.http.clone();
+        let url = emu.table("/uploads?name=late.csv");
+        async move {
+            http.post(&url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "text/csv")
+                .body("a\n")
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = emu
+        .json(
+            emu.get(&emu.table("/uploads"))
+                .send()
+                .await
+                .expect("answers"),
+        )
+        .await;
+    assert_eq!(listed["results"][0]["name"], "late.csv");
+    assert!(!slow.is_finished());
+    assert_eq!(
+        slow.await
+            .expect("the request task ends")
+            .expect("answers")
+            .status(),
+        StatusCode::OK
+    );
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn chunks_announcing_an_unknown_total_are_accepted_on_a_sized_session() {
+    let (emu, _dir) = emulator().await;
+    let bytes = data(BLOCK + 9);
+    let created = emu
+        .json(
+            emu.post_json(
+                &emu.table("/tempUploads"),
+                json!({"tempUploads": [{"size": bytes.len(), "resumable": true}]}),
+            )
+            .await,
+        )
+        .await;
+    let temp_url = created["results"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let started = emu
+        .http
+        .post(&temp_url)
+        .header("x-goog-resumable", "start")
+        .header("content-length", "0")
+        .send()
+        .await
+        .expect("answers");
+    let location = started.headers()["location"]
+        .to_str()
+        .expect("ASCII")
+        .to_string();
+    let first = emu.chunk(&location, &bytes[..BLOCK], 0, "*").await;
+    assert_eq!(range(&first).as_deref(), Some("bytes=0-262143"));
+    let last = emu
+        .chunk(&location, &bytes[BLOCK..], BLOCK, &bytes.len().to_string())
+        .await;
+    assert_eq!(last.status(), StatusCode::OK);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn kifs_requests_get_plain_text_faults() {
+    let (emu, _dir) = emulator().await;
+    emu.push_faults(json!([{"target": "kifs", "action": {"status": 500}}]))
+        .await;
+    let response = emu
+        .http
+        .post(format!("{}/kifs/upload/files", emu.base))
+        .body("x")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("body")
+            .starts_with("emulator: injected fault")
+    );
+    assert_eq!(emu.stats("/_emulator/stats").await["requests"]["kifs"], 1);
+    emu.stop().await;
+}
