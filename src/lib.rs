@@ -13,12 +13,15 @@
 //! - [`queue`]: the sled store: jobs, ledger, progress; its invariants.
 //! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff.
 //! - [`emulator`]: local KiFS and Redivis servers with scripted faults (tests, demo, bench).
-//! - [`daemon`]: wiring, workers, shutdown, the control socket for status and retry.
+//! - [`daemon`]: wiring, workers, shutdown, the control socket for status and retry,
+//!   systemd notifications, one-shot sync.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 
 pub mod config;
 pub mod daemon;
 pub mod emulator;
 pub mod fingerprint;
+pub mod metrics;
 pub mod queue;
 pub mod upload;
 pub mod watch;

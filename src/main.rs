@@ -4,10 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::MultiProgress;
 
 use upsync::config::Config;
-use upsync::daemon::{self, control, status};
+use upsync::daemon::{self, ProgressMode, SyncOptions, control, status};
 use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{RetrySelection, Store};
 
@@ -16,10 +20,18 @@ use upsync::queue::{RetrySelection, Store};
     name = "upsync",
     version,
     about = "Mirror local folders into Redivis tables and Kinetica KiFS directories, exactly once.",
-    long_about = None
+    long_about = "Mirror local folders into Redivis tables and Kinetica KiFS directories, exactly \
+                  once.\n\n\
+                  upsync watches the folders of its config file and uploads every new or changed \
+                  file, whole and once, across crashes, restarts and outages. Start with \
+                  `upsync check -c FILE`, then `upsync run -c FILE` (what the systemd unit \
+                  starts) or `upsync sync --once -c FILE` (upload what is there and exit).",
+    after_help = "Exit codes: 0 ok, 1 runtime failure (or a `sync --once` with failed files), \
+                  2 usage or config error.\n\
+                  Logs go to stderr; RUST_LOG filters them (e.g. RUST_LOG=upsync=debug)."
 )]
 struct Cli {
-    /// Log format on stderr (level filter from RUST_LOG, default info).
+    /// Log format on stderr: text (no timestamps under journald) or one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -32,21 +44,61 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Progress {
+    Auto,
+    Bars,
+    Log,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (what systemd starts).
+    ///
+    /// Watches every configured folder, uploads new and changed files, and serves
+    /// `upsync status`/`upsync retry` on a control socket in state_dir (and Prometheus metrics
+    /// when metrics_listen is set). SIGTERM or SIGINT stops it cleanly (a second one at once);
+    /// under systemd it reports READY, STATUS and watchdog pings.
     Run {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Upload what is pending in the configured folders once, then exit.
+    ///
+    /// Scans every folder once (files must be unchanged for `settle`), uploads them and
+    /// exits 0 when all succeeded, 1 with a summary of the failed files otherwise. Shows
+    /// progress bars on a terminal and a log line every few seconds otherwise. Useful for a
+    /// first bulk load and for cron. Cannot run while `upsync run` uses the same state_dir.
+    Sync {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Upload once and exit (continuous mirroring is `upsync run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// How long to wait for files whose upload failed transiently and is retried later;
+        /// retries due after that are reported as not done.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        retry_wait_limit: Duration,
+        /// Progress display: bars on a terminal, log lines otherwise (auto), or force one.
+        #[arg(long, value_enum, default_value_t = Progress::Auto)]
+        progress: Progress,
+    },
     /// Validate the config and print the folder → target plan.
+    ///
+    /// Exits 2 with one line per problem, naming the file, the line and the key.
     Check {
+        /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Show queue counts, in-flight uploads and failed jobs (works while the daemon runs).
+    ///
+    /// Asks the running daemon over its control socket; when none runs, reads the state
+    /// database directly.
     Status {
+        /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Print the report as JSON (schema in the README).
@@ -54,7 +106,10 @@ enum Command {
         json: bool,
     },
     /// Move failed jobs back to the queue.
+    ///
+    /// Goes through the running daemon when there is one, so it retries them at once.
     Retry {
+        /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Retry every failed job.
@@ -64,13 +119,21 @@ enum Command {
         #[arg(value_name = "PATH", required_unless_present = "all")]
         paths: Vec<PathBuf>,
     },
-    /// Serve the local Redivis + KiFS emulator.
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    ///
+    /// e.g. `upsync completions bash > /etc/bash_completion.d/upsync`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Serve the local Redivis + KiFS emulator (for tests and demos).
     Emulator {
         /// Address to listen on (port 0 picks a free port; the address is printed).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
         listen: String,
         #[command(flatten)]
-        options: EmulatorOptions,
+        options: Box<EmulatorOptions>,
     },
 }
 
@@ -98,7 +161,17 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Progress bars and log lines share stderr: log lines are printed between redraws.
+    let bars = match &cli.command {
+        Command::Sync { progress, .. }
+            if *progress == Progress::Bars
+                || (*progress == Progress::Auto && std::io::stderr().is_terminal()) =>
+        {
+            Some(MultiProgress::new())
+        }
+        _ => None,
+    };
+    init_logging(cli.log_format, bars.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,7 +182,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    match runtime.block_on(execute(cli.command, bars)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("upsync: {}", failure.message);
@@ -118,8 +191,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(command: Command) -> Result<(), Failure> {
+async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Failure> {
     match command {
+        Command::Sync {
+            config,
+            once: _,
+            retry_wait_limit,
+            progress: _,
+        } => {
+            let config = load(&config)?;
+            let options = SyncOptions {
+                retry_wait_limit,
+                progress: match bars {
+                    Some(bars) => ProgressMode::Bars(bars),
+                    None => ProgressMode::Log(Duration::from_secs(10)),
+                },
+            };
+            let summary = daemon::sync_once(config, options, shutdown_signal())
+                .await
+                .map_err(Failure::runtime)?;
+            if summary.succeeded() {
+                print!("{}", summary.render());
+                Ok(())
+            } else {
+                Err(Failure::runtime(summary.render().trim_end()))
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "upsync", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Run { config } => {
             let config = load(&config)?;
             daemon::run(config, shutdown_signal())
@@ -190,7 +291,7 @@ async fn execute(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Emulator { listen, options } => {
-            let running = emulator::start(&listen, options)
+            let running = emulator::start(&listen, *options)
                 .await
                 .map_err(Failure::runtime)?;
             // Tests and scripts read the bound address from this line.
@@ -232,12 +333,12 @@ async fn shutdown_signal() {
     });
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, bars: Option<MultiProgress>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(LogWriter { bars });
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => {
@@ -247,6 +348,55 @@ fn init_logging(format: LogFormat) {
             } else {
                 builder.init()
             }
+        }
+    }
+}
+
+/// Makes one stderr writer per log event; with progress bars on screen, the event's line is
+/// written while the bars are cleared, so neither garbles the other.
+struct LogWriter {
+    bars: Option<MultiProgress>,
+}
+
+struct LogLine {
+    bars: Option<MultiProgress>,
+    line: Vec<u8>,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine {
+            bars: self.bars.clone(),
+            line: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if self.line.is_empty() {
+            return;
+        }
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.line);
+        };
+        match &self.bars {
+            Some(bars) => bars.suspend(write),
+            None => write(),
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{InFlightRegistry, StatusReport, build_report};
+use super::status::{Live, StatusReport, build_report};
 use crate::config::Config;
 use crate::queue::{RetrySelection, Store};
 
@@ -40,7 +40,7 @@ pub struct RetryResponse {
 struct ControlState {
     config: Arc<Config>,
     store: Store,
-    in_flight: Arc<InFlightRegistry>,
+    live: Arc<Live>,
     wake: Arc<Notify>,
 }
 
@@ -49,7 +49,7 @@ struct ControlState {
 pub async fn serve(
     config: Arc<Config>,
     store: Store,
-    in_flight: Arc<InFlightRegistry>,
+    live: Arc<Live>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -60,7 +60,7 @@ pub async fn serve(
     let state = Arc::new(ControlState {
         config,
         store,
-        in_flight,
+        live,
         wake,
     });
     let app = axum::Router::new()
@@ -82,7 +82,7 @@ pub async fn serve(
 async fn status(
     State(state): State<Arc<ControlState>>,
 ) -> Result<Json<StatusReport>, (StatusCode, String)> {
-    build_report(&state.config, &state.store, Some(&state.in_flight))
+    build_report(&state.config, &state.store, Some(&state.live))
         .map(Json)
         .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))
 }

@@ -1,16 +1,23 @@
 //! The daemon: wires the embedded emulator (if configured), the state store, the backends,
-//! one watcher per folder, the workers and the control socket, and shuts them down in order.
+//! one watcher per folder, the workers, the control socket, the metrics endpoint and the
+//! systemd notifications, and shuts them down in order.
+//!
+//! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop; [`sync_once`]
+//! (`upsync sync --once`) scans the folders once, uploads what it found and returns a summary.
 //!
 //! Shutdown: stop claiming jobs, give in-flight uploads `shutdown_timeout` to reach their
 //! next checkpoint, then abort whatever is left (safe: progress is only ever persisted after
 //! the remote acknowledged it) and flush the store.
 
 pub mod control;
+mod once;
 pub mod status;
+pub mod systemd;
 mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -19,12 +26,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, KifsAuth, Target};
 use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
-use crate::queue::Store;
+use crate::metrics::Metrics;
+use crate::queue::{Store, StoreError};
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
 use crate::upload::{Backend, Disposition, UploadError};
 use crate::watch::{self, WatchContext};
-use status::InFlightRegistry;
+pub use once::{ProgressMode, SyncOptions, SyncSummary, sync_once};
+use status::{Live, StatusReport};
+use systemd::Notifier;
 use worker::{Backends, Worker};
 
 /// Why the daemon could not run.
@@ -36,74 +46,18 @@ pub enum DaemonError {
 
 /// Runs until `shutdown` resolves; returns once everything is stopped and flushed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
-    let emulator = start_embedded_emulator(&config).await?;
-    let store =
-        Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
-    let recovered = store
-        .recover_after_restart()
-        .map_err(|err| DaemonError::Startup(err.to_string()))?;
-    if recovered > 0 {
-        tracing::info!(
-            jobs = recovered,
-            "resuming jobs interrupted by the last stop"
-        );
-    }
-    let backends = build_backends(&config)?;
-    prepare_folders(&config, &backends).await?;
-
-    let wake = Arc::new(Notify::new());
-    let in_flight = Arc::new(InFlightRegistry::default());
-    let stop_claiming = CancellationToken::new();
-    let interrupt = CancellationToken::new();
-    let stop_watching = CancellationToken::new();
-
-    control::serve(
-        Arc::clone(&config),
-        store.clone(),
-        Arc::clone(&in_flight),
-        Arc::clone(&wake),
-        stop_watching.clone(),
-    )
-    .await
-    .map_err(|err| {
-        DaemonError::Startup(format!(
-            "cannot open the control socket {}: {err}",
-            control::socket_path(&config.state_dir).display()
+    let notifier = Notifier::from_env();
+    let mut core = Core::start(config).await?;
+    let scans = core.spawn_watchers();
+    core.spawn_workers();
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(PHASE_STARTING));
+    let ticker = notifier.enabled().then(|| {
+        tokio::spawn(status_ticker(
+            core.probe(),
+            notifier.clone(),
+            Arc::clone(&phase),
         ))
-    })?;
-
-    let mut scans = Vec::new();
-    let mut watchers = Vec::new();
-    for folder in &config.folders {
-        let (scanned_tx, scanned_rx) = tokio::sync::oneshot::channel();
-        let ctx = WatchContext {
-            store: store.clone(),
-            wake: Arc::clone(&wake),
-            shutdown: stop_watching.clone(),
-            rescan_interval: config.rescan_interval,
-        };
-        watchers.push(tokio::spawn(watch::run_folder(
-            folder.clone(),
-            ctx,
-            scanned_tx,
-        )));
-        scans.push((folder.path.display().to_string(), scanned_rx));
-    }
-
-    let mut workers = Vec::new();
-    for _ in 0..config.concurrency {
-        let worker = Worker {
-            config: Arc::clone(&config),
-            store: store.clone(),
-            backends: backends.clone(),
-            wake: Arc::clone(&wake),
-            in_flight: Arc::clone(&in_flight),
-            stop_claiming: stop_claiming.clone(),
-            interrupt: interrupt.clone(),
-        };
-        workers.push(tokio::spawn(worker.run()));
-    }
+    });
 
     tokio::pin!(shutdown);
     for (folder, scanned) in scans {
@@ -114,78 +68,309 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             _ = &mut shutdown => {
-                return stop(config, store, emulator, stop_claiming, interrupt, stop_watching, workers, watchers).await;
+                phase.store(PHASE_STOPPING, Ordering::Relaxed);
+                notifier.stopping();
+                return finish(core, ticker).await;
             }
         }
     }
     tracing::info!(
-        folders = config.folders.len(),
-        workers = config.concurrency,
+        folders = core.config.folders.len(),
+        workers = core.config.concurrency,
         "upsync is running"
     );
+    phase.store(PHASE_RUNNING, Ordering::Relaxed);
+    if notifier.enabled() {
+        let line = core
+            .probe()
+            .summary()
+            .await
+            .unwrap_or_else(|err| format!("running; queue figures unavailable: {err}"));
+        notifier.ready(&line);
+    }
     shutdown.await;
-    stop(
-        config,
-        store,
-        emulator,
-        stop_claiming,
-        interrupt,
-        stop_watching,
-        workers,
-        watchers,
-    )
-    .await
+    phase.store(PHASE_STOPPING, Ordering::Relaxed);
+    notifier.stopping();
+    finish(core, ticker).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stop(
+async fn finish(
+    core: Core,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), DaemonError> {
+    // The ticker keeps pinging the watchdog while in-flight uploads checkpoint.
+    let stopped = core.stop().await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    stopped
+}
+
+const PHASE_STARTING: u8 = 0;
+const PHASE_RUNNING: u8 = 1;
+const PHASE_STOPPING: u8 = 2;
+
+/// Sends `STATUS=` (and `WATCHDOG=1` when enabled) every [`Notifier::interval`]; the
+/// watchdog ping follows a successful read of the queue figures.
+async fn status_ticker(probe: Probe, notifier: Notifier, phase: Arc<std::sync::atomic::AtomicU8>) {
+    let mut tick = tokio::time::interval(notifier.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let figures = probe.summary().await;
+        match (phase.load(Ordering::Relaxed), figures) {
+            (PHASE_STARTING, Ok(line)) => notifier.alive(&format!("scanning folders; {line}")),
+            (PHASE_RUNNING, Ok(line)) => notifier.alive(&line),
+            (_, Ok(_)) => notifier.alive("stopping: waiting for in-flight uploads"),
+            (_, Err(err)) => {
+                tracing::warn!(error = %err, "cannot read the queue figures; not pinging the watchdog");
+                notifier.status(&format!("queue figures unavailable: {err}"));
+            }
+        }
+    }
+}
+
+/// Reads the status report of a running daemon (control socket, metrics, systemd, sync).
+#[derive(Clone)]
+pub(crate) struct Probe {
     config: Arc<Config>,
     store: Store,
+    live: Arc<Live>,
+}
+
+impl Probe {
+    pub(crate) fn report(&self) -> Result<StatusReport, StoreError> {
+        status::build_report(&self.config, &self.store, Some(&self.live))
+    }
+
+    /// The report, read on the blocking pool.
+    pub(crate) async fn report_async(&self) -> Result<StatusReport, String> {
+        let probe = self.clone();
+        tokio::task::spawn_blocking(move || probe.report())
+            .await
+            .map_err(|err| format!("status task failed: {err}"))?
+            .map_err(|err| err.to_string())
+    }
+
+    async fn summary(&self) -> Result<String, String> {
+        self.report_async()
+            .await
+            .map(|report| status::summary_line(&report))
+    }
+}
+
+/// What `run` and `sync_once` share: started by [`Core::start`], stopped by [`Core::stop`].
+pub(crate) struct Core {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
     emulator: Option<RunningEmulator>,
+    backends: Backends,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    /// Stops claiming new jobs.
     stop_claiming: CancellationToken,
+    /// Asks in-flight uploads to checkpoint and return.
     interrupt: CancellationToken,
     stop_watching: CancellationToken,
+    /// Closes the control socket and the metrics endpoint, last.
+    stop_serving: CancellationToken,
     workers: Vec<tokio::task::JoinHandle<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
-) -> Result<(), DaemonError> {
-    tracing::info!(
-        timeout_s = config.shutdown_timeout.as_secs(),
-        "shutting down: no new uploads, waiting for in-flight ones"
-    );
-    stop_claiming.cancel();
-    stop_watching.cancel();
-    let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
-    let all_done = futures::future::join_all(workers);
-    tokio::pin!(all_done);
-    // In-flight uploads continue until the deadline's last stretch, then checkpoint.
-    let checkpoint_at = config
-        .shutdown_timeout
-        .saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
-    tokio::select! {
-        _ = &mut all_done => {}
-        _ = tokio::time::sleep(checkpoint_at) => {
-            interrupt.cancel();
-            let remaining = config.shutdown_timeout.saturating_sub(checkpoint_at);
-            if tokio::time::timeout(remaining, &mut all_done).await.is_err() {
-                tracing::warn!("in-flight uploads did not stop in time; they resume at the next start");
-                for abort in aborts {
-                    abort.abort();
+}
+
+impl Core {
+    /// Starts the embedded emulator, opens the store (recovering interrupted jobs), builds
+    /// the backends, checks the remote targets, and opens the control socket and the
+    /// metrics endpoint.
+    async fn start(config: Config) -> Result<Core, DaemonError> {
+        let config = Arc::new(config);
+        let emulator = start_embedded_emulator(&config).await?;
+        let store =
+            Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
+        let recovered = store
+            .recover_after_restart()
+            .map_err(|err| DaemonError::Startup(err.to_string()))?;
+        if recovered > 0 {
+            tracing::info!(
+                jobs = recovered,
+                "resuming jobs interrupted by the last stop"
+            );
+        }
+        let backends = build_backends(&config)?;
+        prepare_folders(&config, &backends).await?;
+
+        let live = Arc::new(Live::default());
+        {
+            // The ledger scan can take a moment on a large tree; status shows "never" until
+            // it is merged.
+            let (store, live) = (store.clone(), Arc::clone(&live));
+            tokio::task::spawn_blocking(move || match store.last_uploads() {
+                Ok(last) => live.activity.seed(last),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the last upload times from the ledger")
+                }
+            });
+        }
+        let core = Core {
+            config,
+            store,
+            emulator,
+            backends,
+            wake: Arc::new(Notify::new()),
+            live,
+            metrics: Arc::new(Metrics::new()),
+            stop_claiming: CancellationToken::new(),
+            interrupt: CancellationToken::new(),
+            stop_watching: CancellationToken::new(),
+            stop_serving: CancellationToken::new(),
+            workers: Vec::new(),
+            watchers: Vec::new(),
+        };
+        control::serve(
+            Arc::clone(&core.config),
+            core.store.clone(),
+            Arc::clone(&core.live),
+            Arc::clone(&core.wake),
+            core.stop_serving.clone(),
+        )
+        .await
+        .map_err(|err| {
+            DaemonError::Startup(format!(
+                "cannot open the control socket {}: {err}",
+                control::socket_path(&core.config.state_dir).display()
+            ))
+        })?;
+        if let Some(addr) = core.config.metrics_listen {
+            let probe = core.probe();
+            let metrics = Arc::clone(&core.metrics);
+            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || match probe.report() {
+                Ok(report) => {
+                    for gauges in status::folder_gauges(&probe.config, &report) {
+                        metrics.set_folder(&gauges);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
+                }
+            });
+            let bound = crate::metrics::serve(
+                addr,
+                Arc::clone(&core.metrics),
+                refresh,
+                core.stop_serving.clone(),
+            )
+            .await
+            .map_err(|err| {
+                DaemonError::Startup(format!(
+                    "cannot serve metrics on {addr} (metrics_listen): {err}"
+                ))
+            })?;
+            tracing::info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
+        }
+        Ok(core)
+    }
+
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            config: Arc::clone(&self.config),
+            store: self.store.clone(),
+            live: Arc::clone(&self.live),
+        }
+    }
+
+    /// Starts one watcher per folder; each sends its start-up scan's summary when queued.
+    fn spawn_watchers(
+        &mut self,
+    ) -> Vec<(String, tokio::sync::oneshot::Receiver<watch::ScanSummary>)> {
+        let mut scans = Vec::new();
+        for folder in &self.config.folders {
+            let (scanned_tx, scanned_rx) = tokio::sync::oneshot::channel();
+            let ctx = WatchContext {
+                store: self.store.clone(),
+                wake: Arc::clone(&self.wake),
+                shutdown: self.stop_watching.clone(),
+                rescan_interval: self.config.rescan_interval,
+            };
+            self.watchers.push(tokio::spawn(watch::run_folder(
+                folder.clone(),
+                ctx,
+                scanned_tx,
+            )));
+            scans.push((folder.path.display().to_string(), scanned_rx));
+        }
+        scans
+    }
+
+    fn spawn_workers(&mut self) {
+        for _ in 0..self.config.concurrency {
+            let worker = Worker {
+                config: Arc::clone(&self.config),
+                store: self.store.clone(),
+                backends: self.backends.clone(),
+                wake: Arc::clone(&self.wake),
+                live: Arc::clone(&self.live),
+                metrics: Arc::clone(&self.metrics),
+                stop_claiming: self.stop_claiming.clone(),
+                interrupt: self.interrupt.clone(),
+            };
+            self.workers.push(tokio::spawn(worker.run()));
+        }
+    }
+
+    async fn stop(self) -> Result<(), DaemonError> {
+        let Core {
+            config,
+            store,
+            emulator,
+            stop_claiming,
+            interrupt,
+            stop_watching,
+            stop_serving,
+            workers,
+            watchers,
+            ..
+        } = self;
+        tracing::info!(
+            timeout_s = config.shutdown_timeout.as_secs(),
+            "shutting down: no new uploads, waiting for in-flight ones"
+        );
+        stop_claiming.cancel();
+        stop_watching.cancel();
+        let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
+        let all_done = futures::future::join_all(workers);
+        tokio::pin!(all_done);
+        // In-flight uploads continue until the deadline's last stretch, then checkpoint.
+        let checkpoint_at = config
+            .shutdown_timeout
+            .saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
+        tokio::select! {
+            _ = &mut all_done => {}
+            _ = tokio::time::sleep(checkpoint_at) => {
+                interrupt.cancel();
+                let remaining = config.shutdown_timeout.saturating_sub(checkpoint_at);
+                if tokio::time::timeout(remaining, &mut all_done).await.is_err() {
+                    tracing::warn!("in-flight uploads did not stop in time; they resume at the next start");
+                    for abort in aborts {
+                        abort.abort();
+                    }
                 }
             }
         }
+        for watcher in watchers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
+        }
+        stop_serving.cancel();
+        store.flush().map_err(|err| {
+            DaemonError::Startup(format!("final flush of the state database failed: {err}"))
+        })?;
+        if let Some(emulator) = emulator {
+            emulator.shutdown.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), emulator.task).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    for watcher in watchers {
-        let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
-    }
-    store.flush().map_err(|err| {
-        DaemonError::Startup(format!("final flush of the state database failed: {err}"))
-    })?;
-    if let Some(emulator) = emulator {
-        emulator.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), emulator.task).await;
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Starts the in-process emulator of an `[emulator]` section, accepting the credentials the

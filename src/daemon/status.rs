@@ -1,26 +1,45 @@
 //! The status report: one schema for `upsync status`, whether the daemon answers it over
-//! the control socket or it is read straight from a stopped daemon's state database.
+//! the control socket or it is read straight from a stopped daemon's state database; and
+//! the daemon's live state behind it (uploads in flight with their rate, last successes).
 //!
-//! JSON schema (stable; fields are only ever added):
+//! JSON schema (stable; fields are only ever added; times are ms since the Unix epoch;
+//! `null` means unknown or not applicable):
 //! ```json
 //! { "daemon": "running" | "stopped",
+//!   "generated_at_ms": 1700000000000,
 //!   "folders": [ { "path": "/data/x", "target": "kifs ingest/",
-//!                  "queued": 0, "active": 0, "finalizing": 0, "retry_wait": 0,
-//!                  "failed": 0, "done": 12 } ],
-//!   "in_flight": [ { "path": "/data/x/big.bin", "bytes_done": 1048576, "bytes_total": 4194304 } ],
+//!                  "queued": 0, "active": 1, "finalizing": 0, "retry_wait": 0,
+//!                  "failed": 1, "done": 12,
+//!                  "oldest_pending_age_s": 95 | null,
+//!                  "last_success_ms": 1700000000000 | null } ],
+//!   "in_flight": [ { "path": "/data/x/big.bin", "folder": "/data/x",
+//!                    "bytes_done": 1048576, "bytes_total": 4194304,
+//!                    "elapsed_s": 12, "rate_bytes_per_s": 87381 | null,
+//!                    "eta_s": 36 | null } ],
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
-//!                 "attempts": 1 } ] }
+//!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
+//!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
+//!                   "last_error": "…" | null } ] }
 //! ```
+//! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
+//!   to retry has had its job; `null` when none is pending.
+//! - `last_success_ms`: the newest upload the ledger holds for the folder.
+//! - `rate_bytes_per_s` is the average over the current attempt (bytes the remote
+//!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
+//!   it moved past where it resumed. `eta_s` follows from it.
+//! - `in_flight` is empty when the daemon is stopped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Target};
-use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError};
+use crate::metrics::FolderGauges;
+use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
 use crate::upload::LiveProgress;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,9 +52,13 @@ pub enum DaemonState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub daemon: DaemonState,
+    #[serde(default)]
+    pub generated_at_ms: u64,
     pub folders: Vec<FolderStatus>,
     pub in_flight: Vec<InFlight>,
     pub failed: Vec<FailedJob>,
+    #[serde(default)]
+    pub retrying: Vec<RetryingJob>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,13 +67,25 @@ pub struct FolderStatus {
     pub target: String,
     #[serde(flatten)]
     pub counts: FolderCounts,
+    #[serde(default)]
+    pub oldest_pending_age_s: Option<u64>,
+    #[serde(default)]
+    pub last_success_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InFlight {
     pub path: String,
+    #[serde(default)]
+    pub folder: String,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    #[serde(default)]
+    pub elapsed_s: u64,
+    #[serde(default)]
+    pub rate_bytes_per_s: Option<u64>,
+    #[serde(default)]
+    pub eta_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,40 +93,152 @@ pub struct FailedJob {
     pub path: String,
     pub reason: String,
     pub failed_at_ms: u64,
+    #[serde(default)]
+    pub last_attempt_ms: u64,
     pub attempts: u32,
 }
 
-/// Uploads in progress, by job, with the file path they are sending.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetryingJob {
+    pub path: String,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// What a running daemon knows beyond its state database.
+#[derive(Default)]
+pub struct Live {
+    pub in_flight: InFlightRegistry,
+    pub activity: Activity,
+}
+
+/// Completed uploads as this process saw them, and the newest success per folder (seeded
+/// from the ledger at start).
+#[derive(Default)]
+pub struct Activity {
+    last_success: Mutex<BTreeMap<String, u64>>,
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Activity {
+    pub fn record_success(&self, folder: &str, at_ms: u64, bytes: u64) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let mut last = lock(&self.last_success);
+        let newest = last.entry(folder.to_string()).or_default();
+        *newest = (*newest).max(at_ms);
+    }
+
+    /// Merges the ledger's newest uploads (read at start, possibly after some uploads).
+    pub fn seed(&self, from_ledger: BTreeMap<String, u64>) {
+        let mut last = lock(&self.last_success);
+        for (folder, at_ms) in from_ledger {
+            let newest = last.entry(folder).or_default();
+            *newest = (*newest).max(at_ms);
+        }
+    }
+
+    pub fn last_success(&self) -> BTreeMap<String, u64> {
+        lock(&self.last_success).clone()
+    }
+
+    /// (files, bytes) uploaded by this process.
+    pub fn uploaded(&self) -> (u64, u64) {
+        (
+            self.files.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An upload that a worker starts.
+pub struct InFlightStart {
+    /// The file's absolute path, as shown.
+    pub path: String,
+    /// The folder's queue key.
+    pub folder: String,
+    pub live: Arc<LiveProgress>,
+    /// The attempt continues saved progress: the first bytes it reports were sent before.
+    pub resumed: bool,
+}
+
+struct Entry {
+    start: InFlightStart,
+    started: Instant,
+    /// From when, and from how many bytes, this attempt's rate is measured. A resumed
+    /// upload's first report includes what earlier attempts sent, so its baseline is its
+    /// first non-zero report instead of (start, 0).
+    baseline: Option<(Instant, u64)>,
+}
+
+/// Uploads in progress, by job.
 #[derive(Default)]
 pub struct InFlightRegistry {
-    entries: Mutex<BTreeMap<JobId, (String, Arc<LiveProgress>)>>,
+    entries: Mutex<BTreeMap<JobId, Entry>>,
 }
 
 impl InFlightRegistry {
-    pub fn insert(&self, id: JobId, path: String, live: Arc<LiveProgress>) {
-        self.lock().insert(id, (path, live));
+    pub fn insert(&self, id: JobId, start: InFlightStart) {
+        let now = Instant::now();
+        let baseline = (!start.resumed).then_some((now, 0));
+        lock(&self.entries).insert(
+            id,
+            Entry {
+                start,
+                started: now,
+                baseline,
+            },
+        );
     }
 
     pub fn remove(&self, id: JobId) {
-        self.lock().remove(&id);
+        lock(&self.entries).remove(&id);
     }
 
-    fn snapshot(&self) -> Vec<InFlight> {
-        self.lock()
-            .values()
-            .map(|(path, live)| InFlight {
-                path: path.clone(),
-                bytes_done: live.bytes_done.load(Ordering::Relaxed),
-                bytes_total: live.bytes_total.load(Ordering::Relaxed),
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The uploads in progress now, with their rate and ETA.
+    pub fn snapshot(&self) -> Vec<InFlight> {
+        let now = Instant::now();
+        lock(&self.entries)
+            .values_mut()
+            .map(|entry| {
+                let done = entry.start.live.bytes_done.load(Ordering::Relaxed);
+                let total = entry.start.live.bytes_total.load(Ordering::Relaxed);
+                if entry.baseline.is_none() && done > 0 {
+                    entry.baseline = Some((now, done));
+                }
+                let rate = entry.baseline.and_then(|(since, from)| {
+                    let seconds = now.duration_since(since).as_secs_f64();
+                    (done > from && seconds > 0.0).then(|| (done - from) as f64 / seconds)
+                });
+                InFlight {
+                    path: entry.start.path.clone(),
+                    folder: entry.start.folder.clone(),
+                    bytes_done: done,
+                    bytes_total: total,
+                    elapsed_s: now.duration_since(entry.started).as_secs(),
+                    rate_bytes_per_s: rate.map(|r| r as u64),
+                    eta_s: rate.map(|r| (total.saturating_sub(done) as f64 / r).ceil() as u64),
+                }
             })
             .collect()
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, (String, Arc<LiveProgress>)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps hold plain data that a panicking holder cannot leave half-changed.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn describe_target(target: &Target) -> String {
@@ -101,13 +248,61 @@ pub fn describe_target(target: &Target) -> String {
     }
 }
 
-/// Builds the report from the store (and the in-flight registry when the daemon runs).
+/// The `backend` label of a target.
+pub fn backend_name(target: &Target) -> &'static str {
+    match target {
+        Target::KifsDirectory { .. } => "kifs",
+        Target::RedivisTable(_) => "redivis",
+    }
+}
+
+/// Builds the report from the store, and from the daemon's live state when it runs.
 pub fn build_report(
     config: &Config,
     store: &Store,
-    in_flight: Option<&InFlightRegistry>,
+    live: Option<&Live>,
 ) -> Result<StatusReport, StoreError> {
+    let now_ms = to_ms(SystemTime::now());
     let counts = store.counts()?;
+    let last_success = match live {
+        Some(live) => live.activity.last_success(),
+        None => store.last_uploads()?,
+    };
+    let mut oldest_pending: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut retrying = Vec::new();
+    for job in store.jobs()? {
+        let path = Path::new(&job.key.folder)
+            .join(&job.key.rel)
+            .display()
+            .to_string();
+        match job.state {
+            JobState::Failed {
+                reason,
+                failed_at_ms,
+            } => {
+                failed.push(FailedJob {
+                    path,
+                    reason,
+                    failed_at_ms,
+                    last_attempt_ms: job.updated_at_ms,
+                    attempts: job.attempts,
+                });
+                continue;
+            }
+            JobState::RetryWait { next_attempt_at_ms } => retrying.push(RetryingJob {
+                path,
+                attempts: job.attempts,
+                next_attempt_ms: next_attempt_at_ms,
+                last_error: job.last_error.clone(),
+            }),
+            JobState::Queued | JobState::Active | JobState::Finalizing => {}
+        }
+        let oldest = oldest_pending
+            .entry(job.key.folder.clone())
+            .or_insert(job.created_at_ms);
+        *oldest = (*oldest).min(job.created_at_ms);
+    }
     let folders = config
         .folders
         .iter()
@@ -116,41 +311,101 @@ pub fn build_report(
             FolderStatus {
                 counts: counts.get(&key).cloned().unwrap_or_default(),
                 target: describe_target(&folder.target),
+                oldest_pending_age_s: oldest_pending
+                    .get(&key)
+                    .map(|created| now_ms.saturating_sub(*created) / 1000),
+                last_success_ms: last_success.get(&key).copied().filter(|ms| *ms > 0),
                 path: key,
             }
         })
         .collect();
-    let failed = store
-        .jobs()?
-        .into_iter()
-        .filter_map(|job| match job.state {
-            JobState::Failed {
-                reason,
-                failed_at_ms,
-            } => Some(FailedJob {
-                path: Path::new(&job.key.folder)
-                    .join(&job.key.rel)
-                    .display()
-                    .to_string(),
-                reason,
-                failed_at_ms,
-                attempts: job.attempts,
-            }),
-            _ => None,
-        })
-        .collect();
     Ok(StatusReport {
-        daemon: if in_flight.is_some() {
+        daemon: if live.is_some() {
             DaemonState::Running
         } else {
             DaemonState::Stopped
         },
+        generated_at_ms: now_ms,
         folders,
-        in_flight: in_flight
-            .map(InFlightRegistry::snapshot)
+        in_flight: live
+            .map(|live| live.in_flight.snapshot())
             .unwrap_or_default(),
         failed,
+        retrying,
     })
+}
+
+/// The metrics' view of a report: one entry per configured folder.
+pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges> {
+    config
+        .folders
+        .iter()
+        .zip(&report.folders)
+        .map(|(folder, status)| {
+            let c = &status.counts;
+            let uploads: Vec<&InFlight> = report
+                .in_flight
+                .iter()
+                .filter(|u| u.folder == status.path)
+                .collect();
+            FolderGauges {
+                folder: status.path.clone(),
+                backend: backend_name(&folder.target).to_string(),
+                jobs_by_state: vec![
+                    ("queued", c.queued),
+                    ("active", c.active),
+                    ("finalizing", c.finalizing),
+                    ("retry_wait", c.retry_wait),
+                    ("failed", c.failed),
+                    ("done", c.done),
+                ],
+                oldest_pending_age_s: status.oldest_pending_age_s.map(|s| s as f64),
+                last_success_ms: status.last_success_ms,
+                in_flight: uploads.len() as u64,
+                in_flight_bytes_done: uploads.iter().map(|u| u.bytes_done).sum(),
+                in_flight_bytes_total: uploads.iter().map(|u| u.bytes_total).sum(),
+            }
+        })
+        .collect()
+}
+
+/// One line of queue figures over all folders (systemd `STATUS=`, progress logs).
+pub fn summary_line(report: &StatusReport) -> String {
+    let mut total = FolderCounts::default();
+    for folder in &report.folders {
+        let c = &folder.counts;
+        total.queued += c.queued;
+        total.active += c.active;
+        total.finalizing += c.finalizing;
+        total.retry_wait += c.retry_wait;
+        total.failed += c.failed;
+        total.done += c.done;
+    }
+    let mut line = format!(
+        "{} queued, {} uploading, {} waiting to retry, {} failed, {} done",
+        total.queued,
+        total.active + total.finalizing,
+        total.retry_wait,
+        total.failed,
+        total.done
+    );
+    let oldest = report
+        .folders
+        .iter()
+        .filter_map(|f| f.oldest_pending_age_s)
+        .max();
+    if let Some(age) = oldest {
+        line.push_str(&format!("; oldest pending {}", format_age(age)));
+    }
+    line
+}
+
+fn format_age(seconds: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+}
+
+fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(crate::queue::from_ms(ms)).to_string()
 }
 
 /// The human-readable form of a report.
@@ -176,6 +431,13 @@ pub fn render_text(report: &StatusReport) -> String {
             c.failed,
             c.done
         );
+        let oldest = folder
+            .oldest_pending_age_s
+            .map_or_else(|| "none".to_string(), format_age);
+        let last = folder
+            .last_success_ms
+            .map_or_else(|| "never".to_string(), format_time);
+        let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
     }
     if !report.in_flight.is_empty() {
         let _ = writeln!(out, "uploading:");
@@ -185,12 +447,32 @@ pub fn render_text(report: &StatusReport) -> String {
             } else {
                 upload.bytes_done as f64 * 100.0 / upload.bytes_total as f64
             };
+            let rate = upload.rate_bytes_per_s.map_or_else(
+                || "rate unknown yet".to_string(),
+                |r| format!("{}/s", bytesize::ByteSize(r)),
+            );
+            let eta = upload
+                .eta_s
+                .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
             let _ = writeln!(
                 out,
-                "  {} {}/{} ({percent:.0}%)",
+                "  {} {}/{} ({percent:.0}%), {rate}{eta}",
                 upload.path,
                 bytesize::ByteSize(upload.bytes_done),
                 bytesize::ByteSize(upload.bytes_total)
+            );
+        }
+    }
+    if !report.retrying.is_empty() {
+        let _ = writeln!(out, "waiting to retry:");
+        for job in &report.retrying {
+            let _ = writeln!(
+                out,
+                "  {} (attempt {} at {}): {}",
+                job.path,
+                job.attempts + 1,
+                format_time(job.next_attempt_ms),
+                job.last_error.as_deref().unwrap_or("no error recorded")
             );
         }
     }
@@ -200,8 +482,105 @@ pub fn render_text(report: &StatusReport) -> String {
             "failed (retry with `upsync retry -c FILE --all` or PATH...):"
         );
         for failed in &report.failed {
-            let _ = writeln!(out, "  {}: {}", failed.path, failed.reason);
+            let _ = writeln!(
+                out,
+                "  {} (last attempt {}): {}",
+                failed.path,
+                format_time(failed.last_attempt_ms.max(failed.failed_at_ms)),
+                failed.reason
+            );
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(live: &Arc<LiveProgress>, resumed: bool) -> InFlightStart {
+        InFlightStart {
+            path: "/d/big.bin".into(),
+            folder: "/d".into(),
+            live: Arc::clone(live),
+            resumed,
+        }
+    }
+
+    #[test]
+    fn a_fresh_upload_reports_its_average_rate_and_eta() {
+        let registry = InFlightRegistry::default();
+        let live = Arc::new(LiveProgress::default());
+        live.set(0, 1000);
+        registry.insert(JobId(1), start(&live, false));
+        let first = registry.snapshot();
+        assert_eq!(first[0].rate_bytes_per_s, None, "nothing acknowledged yet");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        live.set(500, 1000);
+        let now = &registry.snapshot()[0];
+        let rate = now
+            .rate_bytes_per_s
+            .expect("a rate once bytes were acknowledged");
+        // 500 bytes in a bit more than 0.2 s.
+        assert!((1000..=2500).contains(&rate), "{rate}");
+        let eta = now.eta_s.expect("an ETA with a rate");
+        assert!(eta <= 1, "{eta}");
+        assert_eq!(now.folder, "/d");
+    }
+
+    #[test]
+    fn a_resumed_upload_does_not_count_earlier_bytes_in_its_rate() {
+        let registry = InFlightRegistry::default();
+        let live = Arc::new(LiveProgress::default());
+        live.set(0, 10_000_000);
+        registry.insert(JobId(1), start(&live, true));
+        // The first report after resuming includes everything sent by earlier attempts.
+        live.set(9_000_000, 10_000_000);
+        assert_eq!(registry.snapshot()[0].rate_bytes_per_s, None);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        live.set(9_000_100, 10_000_000);
+        let rate = registry.snapshot()[0].rate_bytes_per_s.unwrap();
+        assert!(rate <= 600, "{rate}");
+    }
+
+    #[test]
+    fn activity_keeps_the_newest_success_per_folder_across_seeding() {
+        let activity = Activity::default();
+        activity.record_success("/a", 2_000, 10);
+        activity.seed(BTreeMap::from([
+            ("/a".to_string(), 1_000),
+            ("/b".to_string(), 5),
+        ]));
+        let last = activity.last_success();
+        assert_eq!(last["/a"], 2_000);
+        assert_eq!(last["/b"], 5);
+        assert_eq!(activity.uploaded(), (1, 10));
+    }
+
+    #[test]
+    fn the_summary_line_adds_up_every_folder() {
+        let folder = |queued, age| FolderStatus {
+            path: "/x".into(),
+            target: "kifs x/".into(),
+            counts: FolderCounts {
+                queued,
+                done: 2,
+                ..FolderCounts::default()
+            },
+            oldest_pending_age_s: age,
+            last_success_ms: None,
+        };
+        let report = StatusReport {
+            daemon: DaemonState::Running,
+            generated_at_ms: 0,
+            folders: vec![folder(1, Some(90)), folder(2, None)],
+            in_flight: vec![],
+            failed: vec![],
+            retrying: vec![],
+        };
+        assert_eq!(
+            summary_line(&report),
+            "3 queued, 0 uploading, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
+        );
+    }
 }

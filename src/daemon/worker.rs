@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::status::InFlightRegistry;
+use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{Job, Store};
+use crate::metrics::{FailureClass, Metrics};
+use crate::queue::{Job, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::{Backend, LiveProgress, UploadError, UploadJob, Uploaded};
 
@@ -48,7 +49,8 @@ pub struct Worker {
     pub store: Store,
     pub backends: Backends,
     pub wake: Arc<Notify>,
-    pub in_flight: Arc<InFlightRegistry>,
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
     /// Stops claiming new jobs.
     pub stop_claiming: CancellationToken,
     /// Asks in-flight uploads to checkpoint and return.
@@ -97,6 +99,8 @@ impl Worker {
                 self.store
                     .fail(job.id, "its folder is no longer in the configuration"),
             );
+            self.metrics
+                .failed(&job.key.folder, "none", FailureClass::Config, false);
             return;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
@@ -109,7 +113,14 @@ impl Worker {
             }
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
+                tracing::error!(path = %path.display(), reason = %reason, "upload failed");
                 self.record(&job, self.store.fail(job.id, &reason));
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend_name(&folder.target),
+                    FailureClass::Unreadable,
+                    false,
+                );
                 return;
             }
         };
@@ -136,14 +147,28 @@ impl Worker {
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
             self.record(&job, self.store.fail(job.id, reason));
+            self.metrics.failed(
+                &job.key.folder,
+                backend_name(&folder.target),
+                FailureClass::Config,
+                false,
+            );
             return;
         };
         let previous = self.store.ledger_get(&job.key).ok().flatten();
         let live = Arc::new(LiveProgress::default());
         live.set(0, fingerprint.size);
         let display = path.display().to_string();
-        self.in_flight
-            .insert(job.id, display.clone(), Arc::clone(&live));
+        let resumed = matches!(self.store.load_progress(job.id), Ok(Some(_)));
+        self.live.in_flight.insert(
+            job.id,
+            InFlightStart {
+                path: display.clone(),
+                folder: job.key.folder.clone(),
+                live: Arc::clone(&live),
+                resumed,
+            },
+        );
         let mut upload = UploadJob::new(
             job.id,
             path,
@@ -158,14 +183,16 @@ impl Worker {
         );
         let started = Instant::now();
         let outcome = backend.upload(&mut upload).await;
-        self.in_flight.remove(job.id);
-        self.settle_outcome(&job, &display, fingerprint, started, outcome);
+        self.live.in_flight.remove(job.id);
+        let backend = backend_name(&folder.target);
+        self.settle_outcome(&job, &display, backend, fingerprint, started, outcome);
     }
 
     fn settle_outcome(
         &self,
         job: &Job,
         path: &str,
+        backend: &str,
         fingerprint: Fingerprint,
         started: Instant,
         outcome: Result<Uploaded, UploadError>,
@@ -181,6 +208,13 @@ impl Worker {
                     rate = %format!("{}/s", bytesize::ByteSize(rate as u64)),
                     remote = %uploaded.remote,
                     "uploaded"
+                );
+                self.metrics
+                    .uploaded(&job.key.folder, backend, fingerprint.size, elapsed);
+                self.live.activity.record_success(
+                    &job.key.folder,
+                    to_ms(SystemTime::now()),
+                    fingerprint.size,
                 );
                 let recorded = self.store.complete(
                     job.id,
@@ -218,6 +252,8 @@ impl Worker {
             Err(UploadError::Unreadable(reason)) => {
                 tracing::error!(path, reason = %reason, "upload failed");
                 self.record(job, self.store.fail(job.id, &reason));
+                self.metrics
+                    .failed(&job.key.folder, backend, FailureClass::Unreadable, false);
             }
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
@@ -225,6 +261,8 @@ impl Worker {
             }) => {
                 tracing::error!(path, reason = %message, "upload failed permanently");
                 self.record(job, self.store.fail(job.id, &message));
+                self.metrics
+                    .failed(&job.key.folder, backend, FailureClass::Permanent, false);
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
                 let after = match &err {
@@ -237,10 +275,16 @@ impl Worker {
                 let bound = delay_bound(JOB_RETRY_BASE, JOB_RETRY_MAX, job.attempts);
                 let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
                 let delay = after.map_or(jittered, |after| after.max(jittered));
+                let class = match &err {
+                    UploadError::Store(_) => FailureClass::StateDatabase,
+                    _ => FailureClass::Transient,
+                };
+                self.metrics.failed(&job.key.folder, backend, class, true);
                 tracing::warn!(
                     path,
                     attempt = job.attempts + 1,
                     retry_in_s = delay.as_secs(),
+                    honoured_retry_after_s = after.map(|a| a.as_secs()),
                     reason = %err,
                     "upload failed; will retry"
                 );

@@ -911,6 +911,24 @@ impl Store {
         Ok(counts)
     }
 
+    /// The time of the newest upload recorded in the ledger, per folder (ms since the epoch).
+    /// Reads every ledger entry: meant for start-up and for a stopped daemon's status.
+    pub fn last_uploads(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in self.inner.trees.ledger.iter() {
+            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
+            let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
+                tree: "ledger",
+                key: keys::describe(&raw_key),
+                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
+            })?;
+            let entry = decode_ledger(&raw, &raw_key)?;
+            let newest = last.entry(key.folder).or_default();
+            *newest = (*newest).max(entry.uploaded_at_ms);
+        }
+        Ok(last)
+    }
+
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner

@@ -1,0 +1,455 @@
+//! One-shot mode (`upsync sync --once`): scan every folder once, upload what is ready, and
+//! return a summary instead of watching.
+//!
+//! 1. Start what the daemon starts (store, backends, control socket, metrics), and the
+//!    workers.
+//! 2. Scan each folder once ([`watch::scan_once`]): files whose mtime is older than the
+//!    folder's `settle` are queued. Files younger than that may still be being written: the
+//!    folder is scanned again once `settle` has passed; what is still changing then is left
+//!    for the next run (and counted in the summary).
+//! 3. Wait until nothing is queued or uploading. Jobs waiting to retry after a transient
+//!    failure are waited for while their next attempt falls within `retry_wait_limit` of
+//!    the start; later ones are reported as not done.
+//! 4. Stop like the daemon (in-flight progress is saved) and summarize: uploaded files,
+//!    failed jobs with reasons (including failures of earlier runs that were not retried),
+//!    jobs not done. The run succeeded when there are neither failed nor unfinished jobs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::status::{FailedJob, InFlight, RetryingJob};
+use super::{Core, DaemonError};
+use crate::config::{Config, FolderConfig};
+use crate::fingerprint::Fingerprint;
+use crate::queue::{FileKey, JobState, Store, to_ms};
+use crate::watch::{self, Sink, SinkOffer};
+
+/// How the run shows its progress.
+#[derive(Clone)]
+pub enum ProgressMode {
+    /// Progress bars (overall and per in-flight file) on the terminal.
+    Bars(MultiProgress),
+    /// A log line at this interval.
+    Log(Duration),
+}
+
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// Retries due later than this after the start are not waited for.
+    pub retry_wait_limit: Duration,
+    pub progress: ProgressMode,
+}
+
+/// The outcome of a one-shot run.
+#[derive(Debug, Clone, Default)]
+pub struct SyncSummary {
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    pub elapsed: Duration,
+    /// Failed jobs of the configured folders, this run's and earlier ones.
+    pub failed: Vec<FailedJob>,
+    /// Jobs still waiting to retry (their next attempt is after the limit) or still queued
+    /// when the run was interrupted.
+    pub not_done: Vec<RetryingJob>,
+    /// Files still being written at the second scan.
+    pub still_changing: u64,
+    /// A signal stopped the run early.
+    pub interrupted: bool,
+}
+
+impl SyncSummary {
+    /// Whether every file found was uploaded.
+    pub fn succeeded(&self) -> bool {
+        self.failed.is_empty() && self.not_done.is_empty() && !self.interrupted
+    }
+
+    /// A few lines for the terminal.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "uploaded {} file(s), {} in {}",
+            self.uploaded_files,
+            bytesize::ByteSize(self.uploaded_bytes),
+            humantime::format_duration(Duration::from_secs(self.elapsed.as_secs()))
+        );
+        if self.interrupted {
+            out.push_str("; interrupted before the end");
+        }
+        if self.still_changing > 0 {
+            let _ = write!(
+                out,
+                "; {} file(s) were still being written and are left for the next run",
+                self.still_changing
+            );
+        }
+        out.push('\n');
+        if !self.failed.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} file(s) failed (fix the cause, then `upsync retry -c FILE --all`):",
+                self.failed.len()
+            );
+            for job in &self.failed {
+                let _ = writeln!(out, "  {}: {}", job.path, job.reason);
+            }
+        }
+        if !self.not_done.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} file(s) not uploaded yet (they are retried by the next run or by `upsync run`):",
+                self.not_done.len()
+            );
+            for job in &self.not_done {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}",
+                    job.path,
+                    job.last_error.as_deref().unwrap_or("still queued")
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Offers to the store, counting the files that were not ready yet.
+struct CountingSink {
+    store: Store,
+    wake: Arc<tokio::sync::Notify>,
+    not_uploaded: AtomicU64,
+    offered: AtomicU64,
+}
+
+impl CountingSink {
+    /// Files seen that are not uploaded but were not offered: younger than `settle`.
+    fn young(&self) -> u64 {
+        self.not_uploaded
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.offered.load(Ordering::Relaxed))
+    }
+}
+
+impl Sink for CountingSink {
+    fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
+        let uploaded = Sink::is_uploaded(&self.store, key, fingerprint);
+        if !uploaded {
+            self.not_uploaded.fetch_add(1, Ordering::Relaxed);
+        }
+        uploaded
+    }
+
+    fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
+        self.offered.fetch_add(1, Ordering::Relaxed);
+        let offer = Sink::offer(&self.store, key, fingerprint);
+        if offer == SinkOffer::Queued {
+            self.wake.notify_one();
+        }
+        offer
+    }
+}
+
+/// Scans `folder` once on the blocking pool; returns how many files were too young.
+async fn scan(core: &Core, folder: &FolderConfig) -> Result<u64, DaemonError> {
+    let sink = Arc::new(CountingSink {
+        store: core.store.clone(),
+        wake: Arc::clone(&core.wake),
+        not_uploaded: AtomicU64::new(0),
+        offered: AtomicU64::new(0),
+    });
+    let (folder, for_scan) = (folder.clone(), Arc::clone(&sink));
+    let summary = tokio::task::spawn_blocking(move || watch::scan_once(&folder, for_scan.as_ref()))
+        .await
+        .map_err(|err| DaemonError::Startup(format!("the scan task failed: {err}")))?
+        .map_err(|err| DaemonError::Startup(err.to_string()))?;
+    core.wake.notify_waiters();
+    tracing::debug!(
+        files = summary.files_seen,
+        queued = summary.queued,
+        "scan done"
+    );
+    Ok(sink.young())
+}
+
+/// Jobs of the configured folders, as the end-of-run check needs them.
+#[derive(Default)]
+struct Pending {
+    /// Queued, active or finalizing.
+    busy: u64,
+    /// Retry-wait jobs due at or before the limit.
+    retry_soon: u64,
+    /// Retry-wait jobs due after the limit.
+    retry_late: Vec<RetryingJob>,
+    /// Busy jobs and retry-wait jobs due before the limit (not done if interrupted).
+    unfinished: Vec<RetryingJob>,
+    /// Queued, uploading and retrying files, and their bytes.
+    files: u64,
+    bytes: u64,
+    failed: Vec<FailedJob>,
+}
+
+fn pending(config: &Config, store: &Store, limit_ms: u64) -> Result<Pending, String> {
+    let folders: BTreeSet<String> = config
+        .folders
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    let mut out = Pending::default();
+    for job in store.jobs().map_err(|err| err.to_string())? {
+        if !folders.contains(&job.key.folder) {
+            continue;
+        }
+        let path = job.path().display().to_string();
+        let left = RetryingJob {
+            path: path.clone(),
+            attempts: job.attempts,
+            next_attempt_ms: job.due_ms().unwrap_or(0),
+            last_error: job.last_error.clone(),
+        };
+        match job.state {
+            JobState::Failed {
+                reason,
+                failed_at_ms,
+            } => {
+                out.failed.push(FailedJob {
+                    path,
+                    reason,
+                    failed_at_ms,
+                    last_attempt_ms: job.updated_at_ms,
+                    attempts: job.attempts,
+                });
+                continue;
+            }
+            JobState::RetryWait { next_attempt_at_ms } if next_attempt_at_ms > limit_ms => {
+                out.retry_late.push(left);
+            }
+            JobState::RetryWait { .. } => {
+                out.retry_soon += 1;
+                out.unfinished.push(left);
+            }
+            JobState::Queued | JobState::Active | JobState::Finalizing => {
+                out.busy += 1;
+                out.unfinished.push(left);
+            }
+        }
+        out.files += 1;
+        out.bytes += job.fingerprint.size;
+    }
+    Ok(out)
+}
+
+/// Runs one sync of every configured folder; see the module doc.
+pub async fn sync_once(
+    config: Config,
+    options: SyncOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<SyncSummary, DaemonError> {
+    let started = Instant::now();
+    let limit_ms = to_ms(SystemTime::now() + options.retry_wait_limit);
+    let mut core = Core::start(config).await?;
+    core.spawn_workers();
+    let mut display = Display::new(options.progress);
+
+    let mut young: BTreeMap<usize, u64> = BTreeMap::new();
+    for (i, folder) in core.config.folders.clone().iter().enumerate() {
+        let count = match scan(&core, folder).await {
+            Ok(count) => count,
+            Err(err) => {
+                let _ = core.stop().await;
+                return Err(err);
+            }
+        };
+        if count > 0 {
+            young.insert(i, count);
+        }
+    }
+    let mut rescan_at = young
+        .keys()
+        .map(|i| core.config.folders[*i].settle)
+        .max()
+        .map(|settle| Instant::now() + settle + Duration::from_millis(100));
+    let mut still_changing = 0;
+
+    tokio::pin!(shutdown);
+    let mut interrupted = false;
+    let probe = core.probe();
+    let last = loop {
+        let figures = {
+            let (config, store) = (Arc::clone(&core.config), core.store.clone());
+            tokio::task::spawn_blocking(move || pending(&config, &store, limit_ms))
+                .await
+                .map_err(|err| DaemonError::Startup(format!("the status task failed: {err}")))?
+                .map_err(DaemonError::Startup)?
+        };
+        let in_flight = probe.live.in_flight.snapshot();
+        display.update(&core, &figures, &in_flight);
+        let settled = figures.busy == 0 && figures.retry_soon == 0 && in_flight.is_empty();
+        if settled && rescan_at.is_none() {
+            break figures;
+        }
+        if interrupted {
+            break figures;
+        }
+        if rescan_at.is_some_and(|at| Instant::now() >= at) {
+            rescan_at = None;
+            for i in std::mem::take(&mut young).into_keys() {
+                let folder = core.config.folders[i].clone();
+                still_changing += scan(&core, &folder).await?;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("interrupted; saving progress");
+                interrupted = true;
+            }
+            _ = tokio::time::sleep(display.tick()) => {}
+        }
+    };
+    display.finish();
+    let (uploaded_files, uploaded_bytes) = core.live.activity.uploaded();
+    let mut not_done = last.retry_late;
+    if interrupted {
+        not_done.extend(last.unfinished);
+    }
+    core.stop().await?;
+    if still_changing > 0 {
+        tracing::warn!(
+            files = still_changing,
+            "files were still being written; they are left for the next run"
+        );
+    }
+    Ok(SyncSummary {
+        uploaded_files,
+        uploaded_bytes,
+        elapsed: started.elapsed(),
+        failed: last.failed,
+        not_done,
+        still_changing,
+        interrupted,
+    })
+}
+
+/// Progress bars on a terminal, or a log line now and then.
+enum Display {
+    Bars {
+        multi: MultiProgress,
+        overall: ProgressBar,
+        files: BTreeMap<String, ProgressBar>,
+    },
+    Log {
+        every: Duration,
+        next: Instant,
+    },
+}
+
+impl Display {
+    fn new(mode: ProgressMode) -> Display {
+        match mode {
+            ProgressMode::Bars(multi) => {
+                let overall = multi.add(ProgressBar::new(0));
+                overall.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+                    )
+                    .expect("the overall progress template is valid"),
+                );
+                overall.enable_steady_tick(Duration::from_millis(200));
+                Display::Bars {
+                    multi,
+                    overall,
+                    files: BTreeMap::new(),
+                }
+            }
+            ProgressMode::Log(every) => Display::Log {
+                every,
+                next: Instant::now() + every,
+            },
+        }
+    }
+
+    fn tick(&self) -> Duration {
+        match self {
+            Display::Bars { .. } => Duration::from_millis(200),
+            Display::Log { .. } => Duration::from_millis(250),
+        }
+    }
+
+    fn update(&mut self, core: &Core, figures: &Pending, in_flight: &[InFlight]) {
+        let (uploaded_files, uploaded_bytes) = core.live.activity.uploaded();
+        let sending: u64 = in_flight.iter().map(|u| u.bytes_done).sum();
+        match self {
+            Display::Bars {
+                multi,
+                overall,
+                files,
+            } => {
+                overall.set_length(uploaded_bytes + figures.bytes);
+                overall.set_position(uploaded_bytes + sending);
+                overall.set_message(format!(
+                    "{uploaded_files}/{} files, {} failed",
+                    uploaded_files + figures.files,
+                    figures.failed.len()
+                ));
+                let current: BTreeSet<&str> = in_flight.iter().map(|u| u.path.as_str()).collect();
+                files.retain(|path, bar| {
+                    let keep = current.contains(path.as_str());
+                    if !keep {
+                        bar.finish_and_clear();
+                        multi.remove(bar);
+                    }
+                    keep
+                });
+                for upload in in_flight {
+                    let bar = files.entry(upload.path.clone()).or_insert_with(|| {
+                        let bar = multi.add(ProgressBar::new(upload.bytes_total));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "  {bar:30} {bytes:>10}/{total_bytes:<10} {msg}",
+                            )
+                            .expect("the file progress template is valid"),
+                        );
+                        bar.set_message(upload.path.clone());
+                        bar
+                    });
+                    bar.set_length(upload.bytes_total);
+                    bar.set_position(upload.bytes_done);
+                }
+            }
+            Display::Log { every, next } => {
+                if Instant::now() < *next {
+                    return;
+                }
+                *next = Instant::now() + *every;
+                tracing::info!(
+                    uploaded_files,
+                    uploaded_bytes,
+                    remaining_files = figures.files,
+                    remaining_bytes = figures.bytes,
+                    uploading = in_flight.len(),
+                    failed = figures.failed.len(),
+                    "sync progress"
+                );
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Display::Bars {
+            multi,
+            overall,
+            files,
+        } = self
+        {
+            for bar in files.values() {
+                bar.finish_and_clear();
+                multi.remove(bar);
+            }
+            overall.finish_and_clear();
+        }
+    }
+}

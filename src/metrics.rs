@@ -1,0 +1,467 @@
+//! Prometheus metrics: the figures an administrator alerts on, and the optional HTTP
+//! endpoint (`metrics_listen`) that serves them at `/metrics`.
+//!
+//! Counters (files, bytes, failures, retries, upload durations) are updated by the workers as
+//! uploads end. Queue figures (jobs by state, oldest pending age, last success, in-flight
+//! uploads) live in the state database and the daemon's memory, so they are gauges refreshed
+//! from there at every scrape, through the `refresh` callback given to [`serve`].
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `upsync_files_uploaded_total` | counter | folder, backend |
+//! | `upsync_bytes_uploaded_total` | counter | folder, backend |
+//! | `upsync_upload_failures_total` | counter | folder, backend, class |
+//! | `upsync_upload_retries_total` | counter | folder, backend |
+//! | `upsync_upload_duration_seconds` | histogram | backend |
+//! | `upsync_queue_jobs` | gauge | folder, state |
+//! | `upsync_oldest_pending_age_seconds` | gauge | folder |
+//! | `upsync_last_success_timestamp_seconds` | gauge | folder |
+//! | `upsync_in_flight_uploads` | gauge | folder, backend |
+//! | `upsync_in_flight_bytes_done` / `upsync_in_flight_bytes_total` | gauge | folder, backend |
+//!
+//! `class` is one of `permanent` (the remote refused the file), `unreadable` (the local file
+//! could not be read), `transient` (an outage or 5xx: retried later), `state-database`,
+//! `config` (no backend for the folder's target).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// The content type of the text the endpoint serves (OpenMetrics, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    pub folder: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub folder: String,
+    pub backend: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub folder: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FolderLabels {
+    pub folder: String,
+}
+
+/// Why an upload attempt failed, as the `class` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Permanent,
+    Unreadable,
+    Transient,
+    StateDatabase,
+    Config,
+}
+
+impl FailureClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::Permanent => "permanent",
+            FailureClass::Unreadable => "unreadable",
+            FailureClass::Transient => "transient",
+            FailureClass::StateDatabase => "state-database",
+            FailureClass::Config => "config",
+        }
+    }
+}
+
+/// One folder's queue figures, as the gauges take them.
+#[derive(Debug, Clone, Default)]
+pub struct FolderGauges {
+    pub folder: String,
+    pub backend: String,
+    /// (state name, jobs) for every state, zeros included, so a drained state reads 0.
+    pub jobs_by_state: Vec<(&'static str, u64)>,
+    pub oldest_pending_age_s: Option<f64>,
+    pub last_success_ms: Option<u64>,
+    pub in_flight: u64,
+    pub in_flight_bytes_done: u64,
+    pub in_flight_bytes_total: u64,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric upsync exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    files_uploaded: Family<UploadLabels, Counter>,
+    bytes_uploaded: Family<UploadLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    retries: Family<UploadLabels, Counter>,
+    upload_duration: Family<BackendLabels, Histogram>,
+    queue_jobs: Family<StateLabels, Gauge>,
+    oldest_pending_age: Family<FolderLabels, FloatGauge>,
+    last_success: Family<FolderLabels, FloatGauge>,
+    in_flight: Family<UploadLabels, Gauge>,
+    in_flight_bytes_done: Family<UploadLabels, Gauge>,
+    in_flight_bytes_total: Family<UploadLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("upsync");
+        let files_uploaded = Family::<UploadLabels, Counter>::default();
+        registry.register(
+            "files_uploaded",
+            "Files uploaded completely",
+            files_uploaded.clone(),
+        );
+        let bytes_uploaded = Family::<UploadLabels, Counter>::default();
+        registry.register(
+            "bytes_uploaded",
+            "Bytes of files uploaded completely",
+            bytes_uploaded.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "upload_failures",
+            "Upload attempts that failed, by class of reason",
+            failures.clone(),
+        );
+        let retries = Family::<UploadLabels, Counter>::default();
+        registry.register(
+            "upload_retries",
+            "Uploads scheduled for a later retry after a transient failure",
+            retries.clone(),
+        );
+        // 50 ms to about 27 minutes: a small file on a LAN up to a large one on a slow link.
+        let upload_duration = Family::<BackendLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.05, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Duration of successful upload attempts (all requests of one file)",
+            upload_duration.clone(),
+        );
+        let queue_jobs = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs in the queue by state (done: files in the upload ledger)",
+            queue_jobs.clone(),
+        );
+        let oldest_pending_age = Family::<FolderLabels, FloatGauge>::default();
+        registry.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest file waiting to be uploaded (0 when none waits)",
+            oldest_pending_age.clone(),
+        );
+        let last_success = Family::<FolderLabels, FloatGauge>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last completed upload (0 when none is recorded)",
+            last_success.clone(),
+        );
+        let in_flight = Family::<UploadLabels, Gauge>::default();
+        registry.register(
+            "in_flight_uploads",
+            "Uploads in progress",
+            in_flight.clone(),
+        );
+        let in_flight_bytes_done = Family::<UploadLabels, Gauge>::default();
+        registry.register(
+            "in_flight_bytes_done",
+            "Bytes the remote acknowledged so far for uploads in progress",
+            in_flight_bytes_done.clone(),
+        );
+        let in_flight_bytes_total = Family::<UploadLabels, Gauge>::default();
+        registry.register(
+            "in_flight_bytes_total",
+            "Total size of the files being uploaded",
+            in_flight_bytes_total.clone(),
+        );
+        Metrics {
+            registry,
+            files_uploaded,
+            bytes_uploaded,
+            failures,
+            retries,
+            upload_duration,
+            queue_jobs,
+            oldest_pending_age,
+            last_success,
+            in_flight,
+            in_flight_bytes_done,
+            in_flight_bytes_total,
+        }
+    }
+
+    /// A completed upload of `bytes` that took `duration`.
+    pub fn uploaded(&self, folder: &str, backend: &str, bytes: u64, duration: Duration) {
+        let labels = upload_labels(folder, backend);
+        self.files_uploaded.get_or_create(&labels).inc();
+        self.bytes_uploaded.get_or_create(&labels).inc_by(bytes);
+        self.upload_duration
+            .get_or_create(&BackendLabels {
+                backend: backend.to_string(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// A failed attempt; `retried` when it was scheduled for a later retry.
+    pub fn failed(&self, folder: &str, backend: &str, class: FailureClass, retried: bool) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                folder: folder.to_string(),
+                backend: backend.to_string(),
+                class: class.label().to_string(),
+            })
+            .inc();
+        if retried {
+            self.retries
+                .get_or_create(&upload_labels(folder, backend))
+                .inc();
+        }
+    }
+
+    /// Sets the queue gauges of one folder.
+    pub fn set_folder(&self, figures: &FolderGauges) {
+        for (state, jobs) in &figures.jobs_by_state {
+            self.queue_jobs
+                .get_or_create(&StateLabels {
+                    folder: figures.folder.clone(),
+                    state: (*state).to_string(),
+                })
+                .set(i64::try_from(*jobs).unwrap_or(i64::MAX));
+        }
+        let folder = FolderLabels {
+            folder: figures.folder.clone(),
+        };
+        self.oldest_pending_age
+            .get_or_create(&folder)
+            .set(figures.oldest_pending_age_s.unwrap_or(0.0));
+        self.last_success
+            .get_or_create(&folder)
+            .set(figures.last_success_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        let labels = upload_labels(&figures.folder, &figures.backend);
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.in_flight
+            .get_or_create(&labels)
+            .set(as_i64(figures.in_flight));
+        self.in_flight_bytes_done
+            .get_or_create(&labels)
+            .set(as_i64(figures.in_flight_bytes_done));
+        self.in_flight_bytes_total
+            .get_or_create(&labels)
+            .set(as_i64(figures.in_flight_bytes_total));
+    }
+
+    /// The exposition text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing metrics into a String cannot fail");
+        text
+    }
+}
+
+fn upload_labels(folder: &str, backend: &str) -> UploadLabels {
+    UploadLabels {
+        folder: folder.to_string(),
+        backend: backend.to_string(),
+    }
+}
+
+struct Endpoint {
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Listens on `addr` and serves `/metrics` until `shutdown`; `refresh` runs (on the
+/// blocking pool) before each scrape to update the gauges. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use axum::extract::State;
+    use axum::http::header::CONTENT_TYPE as HEADER;
+    use axum::response::IntoResponse;
+
+    async fn scrape(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response {
+        let refresh = Arc::clone(&endpoint.refresh);
+        if let Err(err) = tokio::task::spawn_blocking(move || refresh()).await {
+            tracing::warn!(error = %err, "refreshing the metrics failed");
+        }
+        ([(HEADER, CONTENT_TYPE)], endpoint.metrics.encode()).into_response()
+    }
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(Arc::new(Endpoint { metrics, refresh }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{text}"))
+    }
+
+    #[test]
+    fn a_completed_upload_counts_its_file_bytes_and_duration() {
+        let metrics = Metrics::new();
+        metrics.uploaded("/data/x", "kifs", 1000, Duration::from_millis(120));
+        metrics.uploaded("/data/x", "kifs", 24, Duration::from_millis(30));
+        let text = metrics.encode();
+        assert!(
+            line(&text, "upsync_files_uploaded_total{").ends_with(" 2"),
+            "{text}"
+        );
+        let bytes = line(&text, "upsync_bytes_uploaded_total{");
+        assert!(bytes.contains("folder=\"/data/x\""), "{bytes}");
+        assert!(bytes.contains("backend=\"kifs\""), "{bytes}");
+        assert!(bytes.ends_with(" 1024"), "{bytes}");
+        assert!(
+            line(
+                &text,
+                "upsync_upload_duration_seconds_count{backend=\"kifs\"}"
+            )
+            .ends_with(" 2"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn failures_are_counted_by_class_and_retries_apart() {
+        let metrics = Metrics::new();
+        metrics.failed("/d", "redivis", FailureClass::Transient, true);
+        metrics.failed("/d", "redivis", FailureClass::Transient, true);
+        metrics.failed("/d", "redivis", FailureClass::Permanent, false);
+        let text = metrics.encode();
+        assert!(
+            line(
+                &text,
+                "upsync_upload_failures_total{folder=\"/d\",backend=\"redivis\",class=\"transient\"}"
+            )
+            .ends_with(" 2"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "upsync_upload_failures_total{folder=\"/d\",backend=\"redivis\",class=\"permanent\"}"
+            )
+            .ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_upload_retries_total{").ends_with(" 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn folder_gauges_show_queue_depth_age_last_success_and_in_flight_bytes() {
+        let metrics = Metrics::new();
+        metrics.set_folder(&FolderGauges {
+            folder: "/d".into(),
+            backend: "kifs".into(),
+            jobs_by_state: vec![("queued", 3), ("failed", 1)],
+            oldest_pending_age_s: Some(42.5),
+            last_success_ms: Some(1_700_000_000_500),
+            in_flight: 1,
+            in_flight_bytes_done: 10,
+            in_flight_bytes_total: 100,
+        });
+        let text = metrics.encode();
+        assert!(
+            line(&text, "upsync_queue_jobs{folder=\"/d\",state=\"queued\"}").ends_with(" 3"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_oldest_pending_age_seconds{").ends_with(" 42.5"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_last_success_timestamp_seconds{").ends_with(" 1700000000.5"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_in_flight_bytes_done{").ends_with(" 10"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_refreshes_the_gauges_and_serves_the_text() {
+        let metrics = Arc::new(Metrics::new());
+        let for_refresh = Arc::clone(&metrics);
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            for_refresh.set_folder(&FolderGauges {
+                folder: "/d".into(),
+                backend: "kifs".into(),
+                jobs_by_state: vec![("queued", 7)],
+                ..FolderGauges::default()
+            })
+        });
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&metrics),
+            refresh,
+            shutdown.clone(),
+        )
+        .await
+        .expect("a free loopback port binds");
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("the endpoint answers");
+        assert_eq!(
+            response.headers()[reqwest::header::CONTENT_TYPE],
+            CONTENT_TYPE
+        );
+        let text = response.text().await.unwrap();
+        assert!(
+            line(&text, "upsync_queue_jobs{folder=\"/d\",state=\"queued\"}").ends_with(" 7"),
+            "{text}"
+        );
+        shutdown.cancel();
+    }
+}
