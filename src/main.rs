@@ -13,7 +13,7 @@ use indicatif::MultiProgress;
 use upsync::config::Config;
 use upsync::daemon::{self, ProgressMode, SyncOptions, control, status};
 use upsync::emulator::{self, EmulatorOptions};
-use upsync::queue::{RetrySelection, Store};
+use upsync::queue::{RetrySelection, Store, StoreError};
 
 #[derive(Parser)]
 #[command(
@@ -234,21 +234,13 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         }
         Command::Status { config, json } => {
             let config = load(&config)?;
-            let report = match control::request::<status::StatusReport>(
-                &config.state_dir,
-                "GET",
-                "/status",
-                None,
-            )
-            .await
-            .map_err(Failure::runtime)?
-            {
-                Some(report) => report,
-                None => {
-                    let store = Store::open(&config.state_dir).map_err(Failure::runtime)?;
-                    status::build_report(&config, &store, None).map_err(Failure::runtime)?
-                }
-            };
+            let report =
+                match ask_daemon::<status::StatusReport>(&config, "GET", "/status", None).await? {
+                    Answer::Daemon(report) => report,
+                    Answer::Stopped(store) => {
+                        status::build_report(&config, &store, None).map_err(Failure::runtime)?
+                    }
+                };
             if json {
                 let text = serde_json::to_string_pretty(&report).expect("status report serializes");
                 println!("{text}");
@@ -265,28 +257,22 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 paths: paths.clone(),
             };
             let body = serde_json::to_vec(&request).expect("retry request serializes");
-            let requeued = match control::request::<control::RetryResponse>(
-                &config.state_dir,
-                "POST",
-                "/retry",
-                Some(&body),
-            )
-            .await
-            .map_err(Failure::runtime)?
-            {
-                Some(answer) => answer.requeued,
-                None => {
-                    let store = Store::open(&config.state_dir).map_err(Failure::runtime)?;
-                    let selection = if all {
-                        RetrySelection::All
-                    } else {
-                        RetrySelection::Paths(paths)
-                    };
-                    let requeued = store.retry_failed(&selection).map_err(Failure::runtime)?;
-                    store.flush().map_err(Failure::runtime)?;
-                    requeued
-                }
-            };
+            let requeued =
+                match ask_daemon::<control::RetryResponse>(&config, "POST", "/retry", Some(&body))
+                    .await?
+                {
+                    Answer::Daemon(answer) => answer.requeued,
+                    Answer::Stopped(store) => {
+                        let selection = if all {
+                            RetrySelection::All
+                        } else {
+                            RetrySelection::Paths(paths)
+                        };
+                        let requeued = store.retry_failed(&selection).map_err(Failure::runtime)?;
+                        store.flush().map_err(Failure::runtime)?;
+                        requeued
+                    }
+                };
             println!("{requeued} failed job(s) queued again");
             Ok(())
         }
@@ -300,6 +286,46 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             running.shutdown.cancel();
             let _ = running.task.await;
             Ok(())
+        }
+    }
+}
+
+/// Who answers a `status` or `retry`.
+enum Answer<T> {
+    /// The running daemon, over its control socket.
+    Daemon(T),
+    /// No daemon runs: the state database, opened.
+    Stopped(Store),
+}
+
+/// Asks the running daemon, or opens the state database when none runs. A daemon that is
+/// starting or stopping holds the database without answering yet: ask again for a while.
+async fn ask_daemon<T: serde::de::DeserializeOwned>(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Answer<T>, Failure> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(answer) = control::request::<T>(&config.state_dir, method, path, body)
+            .await
+            .map_err(Failure::runtime)?
+        {
+            return Ok(Answer::Daemon(answer));
+        }
+        match Store::open(&config.state_dir) {
+            Ok(store) => return Ok(Answer::Stopped(store)),
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err @ StoreError::Locked { .. }) => {
+                return Err(Failure::runtime(format!(
+                    "{err}, but it does not answer on {} (is it stuck starting or stopping?)",
+                    control::socket_path(&config.state_dir).display()
+                )));
+            }
+            Err(err) => return Err(Failure::runtime(err)),
         }
     }
 }
@@ -346,7 +372,12 @@ fn init_logging(format: LogFormat, bars: Option<MultiProgress>) {
             if std::env::var_os("JOURNAL_STREAM").is_some() {
                 builder.without_time().with_ansi(false).init()
             } else {
-                builder.init()
+                // Colours only for a person at a terminal, never in log files.
+                builder
+                    .with_ansi(
+                        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    )
+                    .init()
             }
         }
     }

@@ -186,8 +186,7 @@ impl Core {
     async fn start(config: Config) -> Result<Core, DaemonError> {
         let config = Arc::new(config);
         let emulator = start_embedded_emulator(&config).await?;
-        let store =
-            Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
+        let store = open_store(&config).await?;
         let recovered = store
             .recover_after_restart()
             .map_err(|err| DaemonError::Startup(err.to_string()))?;
@@ -197,10 +196,27 @@ impl Core {
                 "resuming jobs interrupted by the last stop"
             );
         }
+        let live = Arc::new(Live::default());
+        let wake = Arc::new(Notify::new());
+        let stop_serving = CancellationToken::new();
+        // Opened before the remote checks, so `upsync status` answers while they run.
+        control::serve(
+            Arc::clone(&config),
+            store.clone(),
+            Arc::clone(&live),
+            Arc::clone(&wake),
+            stop_serving.clone(),
+        )
+        .await
+        .map_err(|err| {
+            DaemonError::Startup(format!(
+                "cannot open the control socket {}: {err}",
+                control::socket_path(&config.state_dir).display()
+            ))
+        })?;
+        let close_on_error = stop_serving.clone().drop_guard();
         let backends = build_backends(&config)?;
         prepare_folders(&config, &backends).await?;
-
-        let live = Arc::new(Live::default());
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until
             // it is merged.
@@ -217,30 +233,16 @@ impl Core {
             store,
             emulator,
             backends,
-            wake: Arc::new(Notify::new()),
+            wake,
             live,
             metrics: Arc::new(Metrics::new()),
             stop_claiming: CancellationToken::new(),
             interrupt: CancellationToken::new(),
             stop_watching: CancellationToken::new(),
-            stop_serving: CancellationToken::new(),
+            stop_serving,
             workers: Vec::new(),
             watchers: Vec::new(),
         };
-        control::serve(
-            Arc::clone(&core.config),
-            core.store.clone(),
-            Arc::clone(&core.live),
-            Arc::clone(&core.wake),
-            core.stop_serving.clone(),
-        )
-        .await
-        .map_err(|err| {
-            DaemonError::Startup(format!(
-                "cannot open the control socket {}: {err}",
-                control::socket_path(&core.config.state_dir).display()
-            ))
-        })?;
         if let Some(addr) = core.config.metrics_listen {
             let probe = core.probe();
             let metrics = Arc::clone(&core.metrics);
@@ -268,6 +270,7 @@ impl Core {
             })?;
             tracing::info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
         }
+        close_on_error.disarm();
         Ok(core)
     }
 
@@ -370,6 +373,30 @@ impl Core {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How long the start waits for a state database held by someone else.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the store, waiting a little while its lock is held: `upsync status` and
+/// `upsync retry` open it briefly when no daemon answers, and must not make a starting
+/// daemon fail. Another daemon holds it for good, which is reported after [`LOCK_WAIT`].
+async fn open_store(config: &Config) -> Result<Store, DaemonError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match Store::open(&config.state_dir) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::info!(state_dir = %config.state_dir.display(), "the state database is in use; waiting for it");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(DaemonError::Startup(err.to_string())),
+        }
     }
 }
 

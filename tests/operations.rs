@@ -1,0 +1,623 @@
+//! Operating upsync: live status and metrics while the daemon uploads, `upsync retry`
+//! through the control socket, `upsync sync --once`, systemd notifications, the systemd
+//! unit (verify + security score), the README's config reference, help and completions.
+//! The real binary against an `upsync emulator` process (KiFS).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// KiFS multipart part size (files larger than this are sent in parts).
+const PART: u64 = 62_914_560;
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    inbox: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+/// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
+fn setup(emulator_args: &[&str], top_extra: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
+    let config = tmp.path().join("upsync.toml");
+    let text = format!(
+        r#"
+state_dir = "state"
+concurrency = 2
+shutdown_timeout = "5s"
+{top_extra}
+[kifs]
+url = "{url}"
+[[folder]]
+path = "inbox"
+kifs_directory = "ingest"
+create_directory = true
+settle = "1s"
+"#,
+        url = emulator.kifs_url()
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup {
+        tmp,
+        inbox,
+        config,
+        emulator,
+    }
+}
+
+fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
+    same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
+}
+
+fn status_json(config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "status failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    })
+}
+
+fn post_json(url: &str, body: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert!(response.status().is_success(), "POST {url}: {response:?}");
+    })
+}
+
+/// The value of the first sample line of `metric` whose labels contain every `labels` part.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|part| l.contains(part)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
+    let port = free_port();
+    let s = setup(
+        &["--kifs-part-delay", "1500"],
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    let path = s.inbox.join("big.bin");
+    write_file(&path, 2 * PART + (10 << 20), 7);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+
+    // Progress is reported per acknowledged part: wait for the first one.
+    let mut report = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(90),
+        "an in-flight upload with bytes done",
+        || {
+            if let Some(code) = daemon.exited() {
+                panic!("the daemon exited ({code:?}): {}", daemon.log_text());
+            }
+            report = status_json(&s.config);
+            report["in_flight"][0]["bytes_done"].as_u64().unwrap_or(0) > 0
+        },
+    );
+    assert_eq!(report["daemon"], "running", "{report}");
+    let upload = &report["in_flight"][0];
+    assert_eq!(upload["path"], path.display().to_string(), "{report}");
+    assert_eq!(upload["bytes_total"], 2 * PART + (10 << 20), "{report}");
+    assert!(upload["bytes_done"].as_u64().unwrap() < 2 * PART + (10 << 20));
+    assert!(
+        upload["rate_bytes_per_s"].as_u64().unwrap_or(0) > 0,
+        "a fresh upload has a rate once a part is acknowledged: {report}"
+    );
+    assert!(upload["eta_s"].is_u64(), "{report}");
+    let folder = &report["folders"][0];
+    assert_eq!(folder["active"], 1, "{report}");
+    assert!(folder["oldest_pending_age_s"].is_u64(), "{report}");
+    assert!(folder["last_success_ms"].is_null(), "{report}");
+    let (_, text, _) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert!(text.contains("big.bin") && text.contains("/s"), "{text}");
+
+    let metrics = get_text(&metrics_url);
+    assert_eq!(
+        sample(&metrics, "upsync_in_flight_uploads", &["backend=\"kifs\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "upsync_in_flight_bytes_done", &[]).unwrap_or(0.0) >= PART as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "upsync_queue_jobs", &["state=\"active\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "upsync_oldest_pending_age_seconds", &[]).is_some(),
+        "{metrics}"
+    );
+
+    wait_until(Duration::from_secs(120), "the whole file", || {
+        arrived(&s, &path, "big.bin")
+    });
+    wait_until(Duration::from_secs(10), "the upload to be recorded", || {
+        status_json(&s.config)["folders"][0]["done"] == 1
+    });
+    let metrics = get_text(&metrics_url);
+    assert_eq!(
+        sample(
+            &metrics,
+            "upsync_files_uploaded_total",
+            &["backend=\"kifs\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "upsync_bytes_uploaded_total", &[]),
+        Some((2 * PART + (10 << 20)) as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "upsync_upload_duration_seconds_count", &["kifs"]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "upsync_in_flight_uploads", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "upsync_last_success_timestamp_seconds", &[]).unwrap_or(0.0)
+            > 1_600_000_000.0,
+        "{metrics}"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+
+    // Stopped: the same schema, read from the database, last success from the ledger.
+    let stopped = status_json(&s.config);
+    assert_eq!(stopped["daemon"], "stopped");
+    assert!(
+        stopped["folders"][0]["last_success_ms"].is_u64(),
+        "{stopped}"
+    );
+    assert!(stopped["folders"][0]["oldest_pending_age_s"].is_null());
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("uploaded") && l.contains("big.bin"))
+        .unwrap_or_else(|| panic!("no 'uploaded' line in the log: {log}"));
+    for field in ["bytes=", "duration_ms=", "rate="] {
+        assert!(line.contains(field), "{line}");
+    }
+}
+
+#[test]
+fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
+    let s = setup(&[], "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the daemon to be ready", || {
+        daemon.log_text().contains("upsync is running")
+    });
+    // The next KiFS request is refused for good (403): the upload fails permanently.
+    post_json(
+        &format!("http://{}/_emulator/faults", s.emulator.addr),
+        r#"{"target": "kifs", "action": {"status": 403}}"#,
+    );
+    let path = s.inbox.join("report.csv");
+    std::fs::write(&path, "a,b\n1,2\n").unwrap();
+    wait_until(Duration::from_secs(20), "the upload to fail", || {
+        status_json(&s.config)["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    });
+    let report = status_json(&s.config);
+    let failed = &report["failed"][0];
+    assert_eq!(failed["path"], path.display().to_string(), "{report}");
+    assert!(failed["last_attempt_ms"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("403"),
+        "{report}"
+    );
+
+    // The daemon holds the state database, so this can only work through the socket.
+    let (code, stdout, stderr) = upsync(&["retry", "-c", s.config.to_str().unwrap(), "--all"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 failed job(s) queued again"), "{stdout}");
+    wait_until(Duration::from_secs(20), "the retried file", || {
+        arrived(&s, &path, "report.csv")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+fn sync_once(config: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["sync", "--once", "-c", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    upsync(&args)
+}
+
+#[test]
+fn sync_once_uploads_a_folder_and_exits_0() {
+    let s = setup(&[], "");
+    let files = [
+        ("a.csv", 10_000),
+        ("nested/b.bin", 300_000),
+        ("multi.bin", PART + 5),
+    ];
+    for (i, (name, size)) in files.iter().enumerate() {
+        write_file(&s.inbox.join(name), *size, i as u64);
+        backdate(&s.inbox.join(name), 60);
+    }
+    // Written just now: too young at the first scan, picked up by the second one.
+    let fresh = s.inbox.join("fresh.txt");
+    std::fs::write(&fresh, "just written\n").unwrap();
+
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    for (name, _) in files {
+        assert!(arrived(&s, &s.inbox.join(name), name), "{name}: {stderr}");
+    }
+    assert!(arrived(&s, &fresh, "fresh.txt"), "{stderr}");
+    assert!(stdout.contains("uploaded 4 file(s)"), "{stdout}");
+    // Without a terminal, progress is logged.
+    assert!(
+        stderr.contains("sync progress") || stderr.contains("uploaded"),
+        "{stderr}"
+    );
+
+    // Nothing left: a second run uploads nothing and succeeds.
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("uploaded 0 file(s)"), "{stdout}");
+    assert_eq!(status_json(&s.config)["folders"][0]["done"], 4);
+}
+
+#[test]
+fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
+    let s = setup(&[], "");
+    let good = s.inbox.join("good.csv");
+    let bad = s.inbox.join("bad_name.csv");
+    std::fs::write(&good, "ok\n").unwrap();
+    std::fs::write(&bad, "rejected\n").unwrap();
+    backdate(&good, 60);
+    backdate(&bad, 60);
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        arrived(&s, &good, "good.csv"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let summary = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("upsync: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(summary.contains("uploaded 1 file(s)"), "{stderr}");
+    assert!(summary.contains("1 file(s) failed"), "{stderr}");
+    assert!(
+        summary.contains(&bad.display().to_string()) && summary.contains("'_'"),
+        "{stderr}"
+    );
+    assert!(summary.contains("upsync retry"), "{stderr}");
+}
+
+#[test]
+fn sync_once_reports_a_retry_due_after_the_limit_as_not_done() {
+    let s = setup(&[], "");
+    let path = s.inbox.join("later.csv");
+    std::fs::write(&path, "x\n").unwrap();
+    backdate(&path, 60);
+    // Every KiFS call is tried 5 times in-request. The first 5 faults make the start-up
+    // check of the directory give up (a warning: uploads retry), the next 5 fail the
+    // upload's first attempt, which goes to retry-wait, due after the zero limit.
+    let faults: Vec<&str> = (0..10)
+        .map(|_| r#"{"target": "kifs", "action": {"status": 503}}"#)
+        .collect();
+    post_json(
+        &format!("http://{}/_emulator/faults", s.emulator.addr),
+        &format!("[{}]", faults.join(",")),
+    );
+    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
+    assert!(stderr.contains("later.csv"), "{stderr}");
+    assert!(stderr.contains("503"), "the last error is shown: {stderr}");
+    // Retries are logged at warn with their numbers.
+    assert!(
+        stderr.contains("WARN") && stderr.contains("attempt=") && stderr.contains("retry_in_s="),
+        "{stderr}"
+    );
+    // The job is kept for the next run, which uploads it.
+    let report = status_json(&s.config);
+    assert_eq!(report["folders"][0]["retry_wait"], 1, "{report}");
+    assert!(report["retrying"][0]["last_error"].is_string(), "{report}");
+    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "10m"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(arrived(&s, &path, "later.csv"));
+}
+
+#[test]
+fn under_systemd_the_daemon_notifies_ready_status_watchdog_and_stopping() {
+    let s = setup(&[], "");
+    let file = s.inbox.join("one.csv");
+    std::fs::write(&file, "1\n").unwrap();
+    let socket_path = s.tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("the notify socket binds");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log = std::fs::File::create(s.tmp.path().join("notify-daemon.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&s.config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("upsync run starts");
+
+    let mut messages: Vec<String> = Vec::new();
+    let receive_until =
+        |messages: &mut Vec<String>, what: &str, done: &dyn Fn(&[String]) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut buf = [0u8; 4096];
+            while !done(messages) {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}; got {messages:?}"
+                );
+                if let Ok(n) = socket.recv(&mut buf) {
+                    messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        };
+    receive_until(&mut messages, "READY=1", &|m| {
+        m.iter().any(|m| m.lines().any(|l| l == "READY=1"))
+    });
+    let ready = messages
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .unwrap()
+        .clone();
+    assert!(ready.contains("STATUS="), "{ready}");
+    assert!(ready.contains("queued"), "{ready}");
+    // A 1 s watchdog: pings every half second, each with the queue figures.
+    let before = messages.len();
+    receive_until(&mut messages, "two watchdog pings", &|m| {
+        m[before..]
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+            >= 2
+    });
+    let ping = messages.last().unwrap();
+    assert!(ping.contains("STATUS=") && ping.contains("done"), "{ping}");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    receive_until(&mut messages, "STOPPING=1", &|m| {
+        m.iter().any(|m| m.lines().any(|l| l == "STOPPING=1"))
+    });
+    let status = child.wait().expect("the daemon exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `systemd-analyze`, or `None` (with the reason printed) when it is not installed.
+fn systemd_analyze() -> Option<&'static str> {
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(out) if out.status.success() => Some("systemd-analyze"),
+        _ => {
+            eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+            None
+        }
+    }
+}
+
+fn unit_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/upsync.service")
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    // verify checks that ExecStart's binary exists: point it at the one just built.
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/upsync run"), "{unit}");
+    let unit = unit.replace("ExecStart=/usr/bin/upsync", &format!("ExecStart={BIN}"));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("upsync.service");
+    std::fs::write(&copy, unit).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("upsync.service"),
+        "systemd-analyze verify complained about the unit: {stderr}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_rates_an_exposure_of_at_most_2() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let out = Command::new(analyze)
+        .args(["security", "--offline=yes"])
+        .arg(unit_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for upsync.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no overall exposure level in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("exposure level {score:.1}")),
+        "the README should quote the score {score:.1}"
+    );
+}
+
+/// The keys the config accepts in `table`, as the binary's unknown-key error lists them
+/// (straight from the serde schema).
+fn accepted_keys(table: &str) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keys.toml");
+    let body = match table {
+        "" => "state_dir = \"s\"\nno_such_key = 1\n".to_string(),
+        "folder" => "state_dir = \"s\"\n[[folder]]\nno_such_key = 1\n".to_string(),
+        other => format!("state_dir = \"s\"\n[{other}]\nno_such_key = 1\n"),
+    };
+    std::fs::write(&config, body).unwrap();
+    let (code, _, stderr) = upsync(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    let list = stderr
+        .split("expected one of: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no key list in: {stderr}"));
+    list.split(", ").map(|k| k.trim().to_string()).collect()
+}
+
+/// The keys the README's reference documents under `### <heading>`, from rows `| \`key\` |`.
+fn documented_keys(readme: &str, heading: &str) -> BTreeSet<String> {
+    let start = readme
+        .find(&format!("### {heading}\n"))
+        .unwrap_or_else(|| panic!("the README has no '### {heading}' section"));
+    readme[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_config_reference_covers_exactly_the_keys_the_config_accepts() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let tables = [
+        ("redivis", "`[redivis]`"),
+        ("kifs", "`[kifs]`"),
+        ("folder", "`[[folder]]`"),
+        ("emulator", "`[emulator]`"),
+    ];
+    let mut top = accepted_keys("");
+    for (table, _) in tables {
+        assert!(top.remove(table), "[{table}] is no longer a table: {top:?}");
+    }
+    assert_eq!(documented_keys(&readme, "Top level"), top, "top level");
+    for (table, heading) in tables {
+        assert_eq!(
+            documented_keys(&readme, heading),
+            accepted_keys(table),
+            "[{table}]"
+        );
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_and_completions_are_printed_for_each_shell() {
+    let (code, stdout, _) = upsync(&["--help"]);
+    assert_eq!(code, 0);
+    for command in [
+        "run",
+        "sync",
+        "check",
+        "status",
+        "retry",
+        "completions",
+        "emulator",
+    ] {
+        assert!(stdout.contains(command), "--help lacks {command}: {stdout}");
+        let (code, help, stderr) = upsync(&[command, "--help"]);
+        assert_eq!(code, 0, "{command} --help: {stderr}");
+        assert!(help.contains("Usage: upsync"), "{help}");
+    }
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef upsync"),
+        ("fish", "complete -c upsync"),
+    ] {
+        let (code, script, stderr) = upsync(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("retry-wait-limit"), "{shell}");
+    }
+}
+
+#[test]
+fn sync_without_once_is_a_usage_error() {
+    let (code, _, stderr) = upsync(&["sync", "-c", "x.toml"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--once"), "{stderr}");
+}
