@@ -2,11 +2,31 @@
 //!
 //! Parsing rejects unknown keys; every error names the file, the line and the key and says
 //! what was expected. Relative paths are resolved against the config file's directory.
+//!
+//! - `raw`: the serde schema as written in the file (`deny_unknown_fields`, spans kept).
+//! - `units`: sizes, durations and socket addresses in human units.
+//! - `secret`: the [`Secret`] type and reading secrets inline, from files or the environment.
+//! - `paths`: resolving and normalizing paths.
+//! - `targets`: KiFS directory names and Redivis table references.
+//! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
+//! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors.
+//! - `plan`: the folder → target plan that `upsync check` prints.
 
+mod errors;
+mod paths;
+mod plan;
+mod raw;
 mod secret;
+mod targets;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 pub use secret::Secret;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,10 +119,61 @@ pub struct EmulatorConfig {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Exclude globs used when a folder gives no `exclude` list: temporary, partial, swap,
+/// hidden and backup files. A folder's own `exclude` replaces this list.
+pub const DEFAULT_EXCLUDES: &[&str] = &["*.tmp", "*.part", "*.swp", ".*", "~*", "*~"];
+
+/// Choices for [`Config::load_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Require every `[[folder]].path` to exist and be a directory. Off only to check a
+    /// config written for another machine (e.g. the shipped example).
+    pub check_folders_exist: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            check_folders_exist: true,
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let _ = path;
-        Err(ConfigError("config loading is not built yet".into()))
+        Config::load_with(path, LoadOptions::default())
+    }
+
+    /// Reads, parses and validates `path` with the given options.
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
+        Config::parse(path, &text, options, &|name| std::env::var_os(name))
+    }
+
+    /// Parses `text` as if read from `path`; environment lookups go through `env`.
+    pub(crate) fn parse(
+        path: &Path,
+        text: &str,
+        options: LoadOptions,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let src = errors::Source { name: path, text };
+        let doc = toml::de::DeTable::parse(text).map_err(|e| src.toml_error(&e, None))?;
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| src.toml_error(&e, Some(&doc)))?;
+        validate::build(&src, raw, &options, env)
+    }
+
+    /// The folder whose queue key is `folder_key` (`folder.path.to_string_lossy()`).
+    pub fn folder_for(&self, folder_key: &str) -> Option<&FolderConfig> {
+        self.folders
+            .iter()
+            .find(|f| f.path.to_string_lossy() == folder_key)
     }
 }

@@ -1,6 +1,19 @@
-//! A secret string (token, password) that never shows in Debug, Display or logs.
+//! A secret string (token, password) that never shows in Debug, Display or logs, and how
+//! the config reads one: inline (demo only), from a file, or from an environment variable.
+//!
+//! Secret files also work with systemd credentials (`LoadCredential=`): when the file is not
+//! at its resolved path and `CREDENTIALS_DIRECTORY` is set, `$CREDENTIALS_DIRECTORY/<file
+//! name>` is tried. Messages name the key, the file or the variable, never the content.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::errors::Source;
+use super::paths;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -25,5 +38,202 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
+    }
+}
+
+/// Reads environment variables; injected so tests need not mutate the process environment.
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// The three ways one secret can be given, as found in one table.
+pub(crate) struct SecretKeys<'a> {
+    /// Table path for messages, e.g. "redivis".
+    pub table: &'a str,
+    /// Base key name: "token" or "password"; the others are `<name>_file`, `<name>_env`.
+    pub name: &'a str,
+    pub inline: Option<&'a Spanned<String>>,
+    pub file: Option<&'a Spanned<String>>,
+    pub env: Option<&'a Spanned<String>>,
+}
+
+impl SecretKeys<'_> {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}.{}{}", self.table, self.name, suffix)
+    }
+
+    /// Which of the three keys are present, with their spans.
+    pub fn given(&self) -> Vec<(String, std::ops::Range<usize>)> {
+        [(self.inline, ""), (self.file, "_file"), (self.env, "_env")]
+            .into_iter()
+            .filter_map(|(value, suffix)| {
+                value.map(|v| (format!("{}{}", self.name, suffix), v.span()))
+            })
+            .collect()
+    }
+
+    /// Reads the secret. `Ok(None)` when none of the three keys is present.
+    pub fn resolve(
+        &self,
+        src: &Source<'_>,
+        base: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Option<Secret>, String> {
+        let given = self.given();
+        if given.len() > 1 {
+            let (_, first_span) = &given[0];
+            let names: Vec<&str> = given.iter().map(|(n, _)| n.as_str()).collect();
+            let (second, second_span) = &given[1];
+            return Err(src.key_error(
+                second_span,
+                &format!("{}.{}", self.table, second),
+                format!(
+                    "give only one of {}, {}_file, {}_env; found {} (lines {} and {})",
+                    self.name,
+                    self.name,
+                    self.name,
+                    names.join(" and "),
+                    src.line_of(first_span.start),
+                    src.line_of(second_span.start),
+                ),
+            ));
+        }
+        if let Some(value) = self.inline {
+            if value.get_ref().is_empty() {
+                return Err(src.key_error(&value.span(), &self.key(""), "is empty"));
+            }
+            return Ok(Some(Secret::new(value.get_ref().clone())));
+        }
+        if let Some(file) = self.file {
+            return read_secret_file(src, &self.key("_file"), file, base, env).map(Some);
+        }
+        if let Some(var) = self.env {
+            return read_secret_env(src, &self.key("_env"), var, env).map(Some);
+        }
+        Ok(None)
+    }
+}
+
+fn read_secret_file(
+    src: &Source<'_>,
+    key: &str,
+    file: &Spanned<String>,
+    base: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Secret, String> {
+    let span = file.span();
+    if file.get_ref().trim().is_empty() {
+        return Err(src.key_error(
+            &span,
+            key,
+            "expected the path of a file holding the secret, found \"\"",
+        ));
+    }
+    let path = paths::join(base, file.get_ref());
+    let (path, result) = match std::fs::read(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match credential_path(&path, env) {
+            Some(credential) => {
+                let result = std::fs::read(&credential);
+                match result {
+                    Err(e2) if e2.kind() == io::ErrorKind::NotFound => {
+                        return Err(src.key_error(
+                            &span,
+                            key,
+                            format!(
+                                "cannot read the secret file \"{}\" (also tried the systemd credential \"{}\"): {}",
+                                path.display(),
+                                credential.display(),
+                                e
+                            ),
+                        ));
+                    }
+                    other => (credential, other),
+                }
+            }
+            None => (path, Err(e)),
+        },
+        other => (path, other),
+    };
+    let bytes = result.map_err(|e| {
+        src.key_error(
+            &span,
+            key,
+            format!("cannot read the secret file \"{}\": {}", path.display(), e),
+        )
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        src.key_error(
+            &span,
+            key,
+            format!(
+                "the secret file \"{}\" is not valid UTF-8 text",
+                path.display()
+            ),
+        )
+    })?;
+    // `echo token > file` and editors add a final newline that is not part of the secret.
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(src.key_error(
+            &span,
+            key,
+            format!("the secret file \"{}\" is empty", path.display()),
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+/// `$CREDENTIALS_DIRECTORY/<file name>`, when systemd passed credentials to the service.
+fn credential_path(path: &Path, env: EnvLookup<'_>) -> Option<PathBuf> {
+    let dir = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
+    let name = path.file_name()?;
+    Some(PathBuf::from(dir).join(name))
+}
+
+fn read_secret_env(
+    src: &Source<'_>,
+    key: &str,
+    var: &Spanned<String>,
+    env: EnvLookup<'_>,
+) -> Result<Secret, String> {
+    let span = var.span();
+    let name = var.get_ref();
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(src.key_error(
+            &span,
+            key,
+            format!("expected the name of an environment variable, found \"{name}\""),
+        ));
+    }
+    match env(name) {
+        None => Err(src.key_error(
+            &span,
+            key,
+            format!("the environment variable {name} is not set (expected it to hold the secret)"),
+        )),
+        Some(value) if value.is_empty() => Err(src.key_error(
+            &span,
+            key,
+            format!("the environment variable {name} is empty (expected it to hold the secret)"),
+        )),
+        Some(value) => match value.into_string() {
+            Ok(value) => Ok(Secret::new(value)),
+            Err(_) => Err(src.key_error(
+                &span,
+                key,
+                format!("the environment variable {name} is not valid UTF-8"),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_hide_the_value() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert_eq!(format!("{secret}"), "***");
+        assert_eq!(secret.expose(), "hunter2");
     }
 }

@@ -214,11 +214,15 @@ pub enum Backend {
 
 impl Backend {
     /// Checks, once at start, that the remote can take this folder's files (directory
-    /// exists and is writable, table reachable), creating what the config asks for.
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), String> {
+    /// exists and is writable, table reachable), creating what the config asks for. A
+    /// `Permanent` error means the folder cannot work until the config or the remote changes.
+    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
         match self {
             Backend::Kifs(backend) => backend.prepare_folder(folder).await,
-            Backend::Redivis(backend) => backend.prepare_folder(folder).await,
+            Backend::Redivis(backend) => backend
+                .prepare_folder(folder)
+                .await
+                .map_err(UploadError::permanent),
         }
     }
 

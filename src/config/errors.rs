@@ -1,0 +1,360 @@
+//! Turns parse and validation failures into messages that name the file, the line and the key.
+//!
+//! The TOML deserializer reports a byte span and a serde message ("invalid type: string
+//! \"x\", expected i64"). The span is mapped to a line, and to a key path by walking the
+//! spanned document (`DeTable`), because serde itself does not know where in the file it is.
+//! The serde wording is then rephrased for people who write config files, not Rust types.
+
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::ConfigError;
+
+/// One step of a key path: a table key or a position in an array (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders a key path the way messages show it: `folder[1].settle`.
+pub(crate) fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+    }
+    out
+}
+
+/// The text of one config file and its name, for building located messages.
+pub(crate) struct Source<'a> {
+    pub name: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line number of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// `file:line: key 'path': what` — the shape of every message about one key.
+    pub fn key_error(&self, span: &Range<usize>, key: &str, what: impl AsRef<str>) -> String {
+        format!(
+            "{}:{}: key '{}': {}",
+            self.name.display(),
+            self.line_of(span.start),
+            key,
+            what.as_ref()
+        )
+    }
+
+    /// `file:line: what` — for messages that are not about a single key.
+    pub fn line_error(&self, span: &Range<usize>, what: impl AsRef<str>) -> String {
+        format!(
+            "{}:{}: {}",
+            self.name.display(),
+            self.line_of(span.start),
+            what.as_ref()
+        )
+    }
+
+    /// Rephrases a TOML syntax or deserialization error, locating it in `doc` when the
+    /// document parsed.
+    pub fn toml_error(
+        &self,
+        err: &toml::de::Error,
+        doc: Option<&Spanned<DeTable<'_>>>,
+    ) -> ConfigError {
+        let span = err.span().unwrap_or(0..0);
+        let message = err.message().trim();
+        // An empty span is serde's "somewhere in the document" (e.g. a missing top-level key).
+        let path = doc
+            .filter(|_| !span.is_empty())
+            .and_then(|doc| locate(doc, &span))
+            .unwrap_or_default();
+        ConfigError(self.describe(&span, &path, message, doc.is_some()))
+    }
+
+    fn describe(&self, span: &Range<usize>, path: &[Seg], message: &str, parsed: bool) -> String {
+        if !parsed {
+            return self.line_error(span, format!("invalid TOML: {message}"));
+        }
+        if let Some(rest) = message.strip_prefix("unknown field ") {
+            let (name, rest) = first_ticked(rest);
+            let expected = ticked_names(rest);
+            // The span is the unknown key itself, so the table is the path minus its last step.
+            let table = match path.split_last() {
+                Some((Seg::Key(_), parent)) => parent,
+                _ => path,
+            };
+            let mut text = format!("unknown key '{}' in {}", name, table_name(table));
+            if expected.is_empty() {
+                text.push_str(" (this table takes no keys)");
+            } else {
+                if let Some(close) = closest(&name, &expected) {
+                    text.push_str(&format!("; did you mean '{close}'?"));
+                }
+                text.push_str(&format!(" (expected one of: {})", expected.join(", ")));
+            }
+            return self.line_error(span, text);
+        }
+        if let Some(rest) = message.strip_prefix("missing field ") {
+            let (name, _) = first_ticked(rest);
+            let mut full = path.to_vec();
+            full.push(Seg::Key(name.clone()));
+            return self.line_error(
+                span,
+                format!("missing required key '{}'", render_path(&full)),
+            );
+        }
+        let key = if path.is_empty() {
+            "(top level)".to_string()
+        } else {
+            render_path(path)
+        };
+        self.key_error(span, &key, rephrase(message))
+    }
+}
+
+/// Finds the key path whose key or value span best covers `span`.
+///
+/// Table spans of `[[array]]` elements cover only their header, so every node is visited
+/// and the narrowest match wins; on a tie the deeper one does.
+pub(crate) fn locate(doc: &Spanned<DeTable<'_>>, span: &Range<usize>) -> Option<Vec<Seg>> {
+    let mut best: Option<(usize, usize, Vec<Seg>)> = None;
+    let mut path = Vec::new();
+    walk_table(doc.get_ref(), span, &mut path, &mut best);
+    best.map(|(_, _, p)| p)
+}
+
+fn consider(
+    node: &Range<usize>,
+    target: &Range<usize>,
+    path: &[Seg],
+    best: &mut Option<(usize, usize, Vec<Seg>)>,
+) {
+    let covers = node.start <= target.start && target.end <= node.end;
+    if !covers {
+        return;
+    }
+    let width = node.end - node.start;
+    let better = match best {
+        None => true,
+        Some((w, depth, _)) => width < *w || (width == *w && path.len() >= *depth),
+    };
+    if better {
+        *best = Some((width, path.len(), path.to_vec()));
+    }
+}
+
+fn walk_table(
+    table: &DeTable<'_>,
+    target: &Range<usize>,
+    path: &mut Vec<Seg>,
+    best: &mut Option<(usize, usize, Vec<Seg>)>,
+) {
+    for (key, value) in table.iter() {
+        path.push(Seg::Key(key.get_ref().to_string()));
+        consider(&key.span(), target, path, best);
+        walk_value(value, target, path, best);
+        path.pop();
+    }
+}
+
+fn walk_value(
+    value: &Spanned<DeValue<'_>>,
+    target: &Range<usize>,
+    path: &mut Vec<Seg>,
+    best: &mut Option<(usize, usize, Vec<Seg>)>,
+) {
+    consider(&value.span(), target, path, best);
+    match value.get_ref() {
+        DeValue::Table(table) => walk_table(table, target, path, best),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push(Seg::Index(i));
+                walk_value(item, target, path, best);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How messages name a table: "the top level", `[redivis]`, `folder[1]`.
+pub(crate) fn table_name(path: &[Seg]) -> String {
+    match path {
+        [] => "the top level".to_string(),
+        [Seg::Key(k)] => format!("[{k}]"),
+        _ => render_path(path),
+    }
+}
+
+/// Splits "`name`, rest" into the first back-ticked word and what follows it.
+fn first_ticked(s: &str) -> (String, &str) {
+    let Some(start) = s.find('`') else {
+        return (s.to_string(), "");
+    };
+    let after = &s[start + 1..];
+    match after.find('`') {
+        Some(end) => (after[..end].to_string(), &after[end + 1..]),
+        None => (after.to_string(), ""),
+    }
+}
+
+/// Every back-ticked word in `s`, in order.
+fn ticked_names(s: &str) -> Vec<String> {
+    s.split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, w)| w.to_string())
+        .collect()
+}
+
+/// Rewrites serde's "invalid type: X, expected Y" in config-file words.
+fn rephrase(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.split_once(", expected ")
+        {
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found.replace('`', "")
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let (found, rest) = first_ticked(rest);
+        let expected: Vec<String> = ticked_names(rest)
+            .into_iter()
+            .map(|v| format!("\"{v}\""))
+            .collect();
+        return format!(
+            "expected one of {}, found \"{}\"",
+            expected.join(", "),
+            found
+        );
+    }
+    message.to_string()
+}
+
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "an integer".to_string()
+        }
+        "a sequence" => "an array".to_string(),
+        "a map" => "a table".to_string(),
+        other if other.starts_with("struct ") => "a table".to_string(),
+        other if other.starts_with("enum ") => "a string".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The known key nearest to a misspelt one, when it is close enough to be a likely typo.
+fn closest(name: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+// A two-row Levenshtein distance; a crate for ten lines of "did you mean" is not worth it.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_count_from_one() {
+        let src = Source {
+            name: Path::new("c.toml"),
+            text: "a = 1\nb = 2\n",
+        };
+        assert_eq!(src.line_of(0), 1);
+        assert_eq!(src.line_of(6), 2);
+        assert_eq!(src.line_of(100), 3);
+    }
+
+    #[test]
+    fn paths_render_with_dots_and_indexes() {
+        let path = vec![
+            Seg::Key("folder".into()),
+            Seg::Index(1),
+            Seg::Key("settle".into()),
+        ];
+        assert_eq!(render_path(&path), "folder[1].settle");
+    }
+
+    #[test]
+    fn serde_type_errors_are_rephrased() {
+        assert_eq!(
+            rephrase("invalid type: string \"x\", expected i64"),
+            "expected an integer, found string \"x\""
+        );
+        assert_eq!(
+            rephrase("invalid type: integer `3`, expected a sequence"),
+            "expected an array, found integer 3"
+        );
+        assert_eq!(
+            rephrase("unknown variant `avro`, expected `binary` or `json`"),
+            "expected one of \"binary\", \"json\", found \"avro\""
+        );
+    }
+
+    #[test]
+    fn a_near_miss_suggests_the_known_key() {
+        let known = vec!["state_dir".to_string(), "concurrency".to_string()];
+        assert_eq!(
+            closest("concurency", &known).as_deref(),
+            Some("concurrency")
+        );
+        assert_eq!(closest("colour", &known), None);
+    }
+
+    #[test]
+    fn locate_finds_keys_inside_array_of_tables() {
+        let text = "a = 1\n[[folder]]\npath = 'x'\n[[folder]]\npath = 'y'\nsettle = 5\n";
+        let doc = DeTable::parse(text).expect("the sample is valid TOML");
+        let start = text.find("5\n").expect("the sample contains the value 5");
+        let path = locate(&doc, &(start..start + 1)).expect("the value lies in the document");
+        assert_eq!(render_path(&path), "folder[1].settle");
+    }
+}

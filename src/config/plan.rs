@@ -1,0 +1,106 @@
+//! The human-readable plan `upsync check` prints: where state lives, which services are
+//! used, and one line per folder saying where its files go. Never shows a secret.
+
+use std::fmt::Write as _;
+
+use super::units::format_size;
+use super::{Config, FolderConfig, KifsAuth, KifsEncoding, RedivisProtocol, Target};
+
+impl Config {
+    /// The folder → target plan, one line per folder, plus the service URLs and state_dir.
+    pub fn plan(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(out, "config: {}", self.source.display());
+        let _ = writeln!(out, "state_dir: {}", self.state_dir.display());
+        let rescan = match self.rescan_interval {
+            Some(d) => format!("every {}", humantime::format_duration(d)),
+            None => "off".to_string(),
+        };
+        let metrics = match self.metrics_listen {
+            Some(addr) => addr.to_string(),
+            None => "off".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "concurrency: {}, rescan: {}, shutdown timeout: {}, metrics: {}",
+            self.concurrency,
+            rescan,
+            humantime::format_duration(self.shutdown_timeout),
+            metrics
+        );
+        if let Some(k) = &self.kifs {
+            let auth = match &k.auth {
+                KifsAuth::None => "none".to_string(),
+                KifsAuth::Basic { username, .. } => format!("basic as \"{username}\""),
+                KifsAuth::Bearer { .. } => "bearer token".to_string(),
+            };
+            let encoding = match k.encoding {
+                KifsEncoding::Binary => "binary",
+                KifsEncoding::Json => "json",
+            };
+            let _ = writeln!(out, "kifs: {} (auth: {auth}, encoding: {encoding})", k.url);
+        }
+        if let Some(r) = &self.redivis {
+            let protocol = match r.protocol {
+                RedivisProtocol::ResumableUpload => "resumable-upload",
+                RedivisProtocol::TempUploads => "temp-uploads",
+            };
+            let _ = writeln!(
+                out,
+                "redivis: {} (protocol: {protocol}, chunk size: {})",
+                r.api_url,
+                format_size(r.chunk_size)
+            );
+        }
+        if let Some(e) = &self.emulator {
+            let _ = writeln!(
+                out,
+                "emulator: listening on {}, data in {}",
+                e.listen,
+                e.data_dir.display()
+            );
+        }
+        let _ = writeln!(out, "folders:");
+        for folder in &self.folders {
+            let _ = writeln!(out, "  {}", folder_line(folder));
+        }
+        out
+    }
+}
+
+fn folder_line(folder: &FolderConfig) -> String {
+    let mut details = Vec::new();
+    let target = match &folder.target {
+        Target::KifsDirectory { directory, create } => {
+            details.push(format!("create: {}", if *create { "yes" } else { "no" }));
+            format!("kifs {directory}/")
+        }
+        Target::RedivisTable(table) => format!("redivis {table}"),
+    };
+    details.push(format!(
+        "settle {}",
+        humantime::format_duration(folder.settle)
+    ));
+    if !folder.recursive {
+        details.push("top level only".to_string());
+    }
+    let include = if folder.include.is_empty() {
+        "*".to_string()
+    } else {
+        folder.include.join(", ")
+    };
+    details.push(format!("include {include}"));
+    let exclude = if folder.exclude.is_empty() {
+        "nothing".to_string()
+    } else {
+        folder.exclude.join(", ")
+    };
+    details.push(format!("exclude {exclude}"));
+    format!(
+        "{} → {} ({})",
+        folder.path.display(),
+        target,
+        details.join(", ")
+    )
+}

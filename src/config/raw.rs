@@ -1,0 +1,85 @@
+//! The config file as written: the serde schema, strict about unknown keys.
+//!
+//! Fields that later checks report on keep their span (`Spanned`), so those messages can
+//! name the line too. Defaults and cross-field rules live in `validate`, not here, so that
+//! "not given" stays distinguishable from "given as the default value". No `Debug` here:
+//! these structs hold secrets as written.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{HumanDuration, HumanSize, Listen};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub state_dir: Spanned<String>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub rescan_interval: Option<Spanned<HumanDuration>>,
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    pub metrics_listen: Option<Spanned<Listen>>,
+    pub redivis: Option<Spanned<RawRedivis>>,
+    pub kifs: Option<Spanned<RawKifs>>,
+    #[serde(default)]
+    pub folder: Vec<Spanned<RawFolder>>,
+    pub emulator: Option<Spanned<RawEmulator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedivis {
+    pub api_url: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub chunk_size: Option<Spanned<HumanSize>>,
+    pub protocol: Option<RawProtocol>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawProtocol {
+    ResumableUpload,
+    TempUploads,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKifs {
+    pub url: Spanned<String>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub encoding: Option<RawEncoding>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawEncoding {
+    Binary,
+    Json,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFolder {
+    pub path: Spanned<String>,
+    pub redivis_table: Option<Spanned<String>>,
+    pub kifs_directory: Option<Spanned<String>>,
+    pub create_directory: Option<Spanned<bool>>,
+    pub include: Option<Vec<Spanned<String>>>,
+    pub exclude: Option<Vec<Spanned<String>>>,
+    pub settle: Option<Spanned<HumanDuration>>,
+    pub recursive: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEmulator {
+    pub listen: Spanned<Listen>,
+    pub data_dir: Spanned<String>,
+}

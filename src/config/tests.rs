@@ -1,0 +1,862 @@
+//! Loading real config files from temp dirs: one test per kind of mistake, each checking
+//! that the message names the file, the line and the key.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+/// A temp dir holding `upsync.toml` and two folders to watch, `inbox/a` and `inbox/b`.
+struct Fixture {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        for sub in ["inbox/a", "inbox/b", "inbox/a/nested"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("the temp dir is writable");
+        }
+        Fixture {
+            dir,
+            env: HashMap::new(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().canonicalize().expect("the temp dir exists")
+    }
+
+    fn env(&mut self, name: &str, value: &str) -> &mut Fixture {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).expect("the temp dir is writable");
+        path
+    }
+
+    fn load_with(&self, text: &str, options: LoadOptions) -> Result<Config, ConfigError> {
+        let path = self.write("upsync.toml", text);
+        let env = |name: &str| self.env.get(name).map(OsString::from);
+        Config::parse(&path, text, options, &env)
+    }
+
+    fn load(&self, text: &str) -> Result<Config, ConfigError> {
+        self.load_with(text, LoadOptions::default())
+    }
+
+    fn ok(&self, text: &str) -> Config {
+        self.load(text)
+            .unwrap_or_else(|e| panic!("the config should load, got: {e}"))
+    }
+
+    fn err(&self, text: &str) -> String {
+        match self.load(text) {
+            Ok(_) => panic!("the config should be rejected:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+/// Asserts `message` names `upsync.toml` at `line` and contains every one of `parts`.
+fn assert_names(message: &str, line: usize, parts: &[&str]) {
+    let location = format!("upsync.toml:{line}:");
+    assert!(
+        message.contains(&location),
+        "expected {location} in: {message}"
+    );
+    for part in parts {
+        assert!(message.contains(part), "expected {part:?} in: {message}");
+    }
+}
+
+const KIFS_FOLDER: &str = r#"state_dir = "state"
+[kifs]
+url = "http://127.0.0.1:9191/"
+[[folder]]
+path = "inbox/a"
+kifs_directory = "ingest"
+"#;
+
+const REDIVIS_FOLDER: &str = r#"state_dir = "state"
+[redivis]
+token = "t0ken-value"
+[[folder]]
+path = "inbox/a"
+redivis_table = "owner.dataset:next.table"
+"#;
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let fx = Fixture::new();
+    let config = fx.ok(KIFS_FOLDER);
+    assert_eq!(config.concurrency, 4);
+    assert_eq!(config.rescan_interval, Some(Duration::from_secs(600)));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.metrics_listen, None);
+    assert!(config.redivis.is_none());
+    assert!(config.emulator.is_none());
+    let kifs = config.kifs.as_ref().expect("the [kifs] section is given");
+    assert_eq!(kifs.url, "http://127.0.0.1:9191");
+    assert!(matches!(kifs.auth, KifsAuth::None));
+    assert_eq!(kifs.encoding, KifsEncoding::Binary);
+    let folder = &config.folders[0];
+    assert_eq!(
+        folder.target,
+        Target::KifsDirectory {
+            directory: "ingest".into(),
+            create: false
+        }
+    );
+    assert!(folder.include.is_empty());
+    assert_eq!(folder.exclude, DEFAULT_EXCLUDES);
+    assert_eq!(folder.settle, Duration::from_secs(5));
+    assert!(folder.recursive);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let fx = Fixture::new();
+    let config = fx.ok(KIFS_FOLDER);
+    assert_eq!(config.state_dir, fx.root().join("state"));
+    assert_eq!(config.folders[0].path, fx.root().join("inbox/a"));
+    assert!(config.source.ends_with("upsync.toml"));
+}
+
+#[test]
+fn every_key_is_read_when_given() {
+    let mut fx = Fixture::new();
+    fx.write("redivis.token", "file-token\n");
+    let text = r#"state_dir = "/var/lib/upsync-test"
+concurrency = 8
+rescan_interval = "1h 30m"
+shutdown_timeout = "45s"
+metrics_listen = "127.0.0.1:9464"
+[redivis]
+api_url = "http://127.0.0.1:8787/api/v1/"
+token_file = "redivis.token"
+chunk_size = "16MiB"
+protocol = "temp-uploads"
+[kifs]
+url = "http://127.0.0.1:9191"
+token_env = "KIFS_TOKEN"
+encoding = "json"
+[[folder]]
+path = "inbox/a"
+redivis_table = "owner.dataset:next.table"
+include = ["*.csv", "**/*.parquet"]
+exclude = ["*.tmp"]
+settle = "2s"
+recursive = false
+[[folder]]
+path = "inbox/b"
+kifs_directory = "~ingest"
+create_directory = true
+[emulator]
+listen = "127.0.0.1:8787"
+data_dir = "remote"
+"#;
+    let config = fx.env("KIFS_TOKEN", "env-token").ok(text);
+    assert_eq!(config.state_dir, PathBuf::from("/var/lib/upsync-test"));
+    assert_eq!(config.concurrency, 8);
+    assert_eq!(config.rescan_interval, Some(Duration::from_secs(5400)));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(45));
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("a valid address"))
+    );
+    let redivis = config.redivis.as_ref().expect("[redivis] is given");
+    assert_eq!(redivis.api_url, "http://127.0.0.1:8787/api/v1");
+    assert_eq!(redivis.token.expose(), "file-token");
+    assert_eq!(redivis.chunk_size, 16 << 20);
+    assert_eq!(redivis.protocol, RedivisProtocol::TempUploads);
+    let kifs = config.kifs.as_ref().expect("[kifs] is given");
+    match &kifs.auth {
+        KifsAuth::Bearer { token } => assert_eq!(token.expose(), "env-token"),
+        other => panic!("expected bearer auth, got {other:?}"),
+    }
+    assert_eq!(kifs.encoding, KifsEncoding::Json);
+    let a = &config.folders[0];
+    assert_eq!(a.include, ["*.csv", "**/*.parquet"]);
+    assert_eq!(a.exclude, ["*.tmp"]);
+    assert_eq!(a.settle, Duration::from_secs(2));
+    assert!(!a.recursive);
+    assert_eq!(
+        config.folders[1].target,
+        Target::KifsDirectory {
+            directory: "~ingest".into(),
+            create: true
+        }
+    );
+    let emulator = config.emulator.as_ref().expect("[emulator] is given");
+    assert_eq!(emulator.listen.port(), 8787);
+    assert_eq!(emulator.data_dir, fx.root().join("remote"));
+}
+
+#[test]
+fn an_empty_exclude_list_replaces_the_defaults() {
+    let fx = Fixture::new();
+    let config = fx.ok(&format!("{KIFS_FOLDER}exclude = []\n"));
+    assert!(config.folders[0].exclude.is_empty());
+}
+
+#[test]
+fn a_zero_rescan_interval_disables_rescans() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("state_dir", "rescan_interval = \"0s\"\nstate_dir");
+    assert_eq!(fx.ok(&text).rescan_interval, None);
+}
+
+#[test]
+fn the_redivis_api_url_defaults_to_the_public_service() {
+    let fx = Fixture::new();
+    let config = fx.ok(REDIVIS_FOLDER);
+    let redivis = config.redivis.as_ref().expect("[redivis] is given");
+    assert_eq!(redivis.api_url, "https://redivis.com/api/v1");
+    assert_eq!(redivis.chunk_size, 8 << 20);
+    assert_eq!(redivis.protocol, RedivisProtocol::ResumableUpload);
+}
+
+#[test]
+fn unknown_key_names_the_line_the_key_and_the_known_keys() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "concurency = 3\n[kifs]");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        2,
+        &[
+            "unknown key 'concurency' in the top level",
+            "did you mean 'concurrency'",
+            "state_dir, concurrency,",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_a_folder_names_the_folder() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!("{KIFS_FOLDER}setle = \"5s\"\n"));
+    assert_names(
+        &message,
+        7,
+        &["unknown key 'setle' in folder[0]", "'settle'"],
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key_and_the_expected_type() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "concurrency = \"four\"\n[kifs]");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        2,
+        &[
+            "key 'concurrency'",
+            "expected an integer, found string \"four\"",
+        ],
+    );
+}
+
+#[test]
+fn wrong_type_inside_a_folder_names_the_indexed_key() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{KIFS_FOLDER}[[folder]]\npath = \"inbox/b\"\nkifs_directory = \"x\"\nrecursive = \"yes\"\n"
+    );
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        10,
+        &["key 'folder[1].recursive'", "expected a boolean"],
+    );
+}
+
+#[test]
+fn bad_duration_unit_names_the_key_and_shows_an_example() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!("{KIFS_FOLDER}settle = \"5 parsecs\"\n"));
+    assert_names(
+        &message,
+        7,
+        &[
+            "key 'folder[0].settle'",
+            "expected a duration like \"5s\" or \"2m\", found \"5 parsecs\"",
+        ],
+    );
+}
+
+#[test]
+fn a_number_where_a_duration_belongs_is_explained() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!("{KIFS_FOLDER}settle = 5\n"));
+    assert_names(
+        &message,
+        7,
+        &["key 'folder[0].settle'", "expected a duration like \"5s\""],
+    );
+}
+
+#[test]
+fn bad_size_unit_names_the_key_and_shows_an_example() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("[[folder]]", "chunk_size = \"8 parsecs\"\n[[folder]]");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        4,
+        &[
+            "key 'redivis.chunk_size'",
+            "\"8MiB\"",
+            "found \"8 parsecs\"",
+        ],
+    );
+}
+
+#[test]
+fn chunk_size_must_be_a_multiple_of_256_kib() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("[[folder]]", "chunk_size = \"8MB\"\n[[folder]]");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        4,
+        &[
+            "key 'redivis.chunk_size'",
+            "multiple of 256 KiB",
+            "8000000 bytes",
+        ],
+    );
+    let text = REDIVIS_FOLDER.replace("[[folder]]", "chunk_size = 262144\n[[folder]]");
+    let config = fx.ok(&text);
+    assert_eq!(
+        config.redivis.expect("[redivis] is given").chunk_size,
+        262_144
+    );
+    let text = REDIVIS_FOLDER.replace("[[folder]]", "chunk_size = \"2GiB\"\n[[folder]]");
+    assert_names(&fx.err(&text), 4, &["up to 1 GiB"]);
+}
+
+#[test]
+fn concurrency_zero_is_out_of_range() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "concurrency = 0\n[kifs]");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        2,
+        &[
+            "key 'concurrency'",
+            "expected an integer from 1 to 64, found 0",
+        ],
+    );
+}
+
+#[test]
+fn two_targets_in_one_folder_are_rejected_naming_both_lines() {
+    let fx = Fixture::new();
+    let text = format!("{REDIVIS_FOLDER}kifs_directory = \"ingest\"\n[kifs]\nurl = \"http://k\"\n");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        7,
+        &[
+            "key 'folder[0].kifs_directory'",
+            "exactly one of",
+            "lines 6 and 7",
+        ],
+    );
+}
+
+#[test]
+fn a_folder_without_a_target_is_rejected() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("kifs_directory = \"ingest\"\n", "");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        4,
+        &[
+            "key 'folder[0]'",
+            "no target",
+            "redivis_table",
+            "kifs_directory",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_folder_is_named_with_its_path() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("inbox/a", "inbox/nope");
+    let message = fx.err(&text);
+    let expected_path = fx.root().join("inbox/nope");
+    assert_names(
+        &message,
+        5,
+        &[
+            "key 'folder[0].path'",
+            "missing folder",
+            &expected_path.display().to_string(),
+        ],
+    );
+    // The same config passes when folder existence is not checked.
+    let config = fx
+        .load_with(
+            &text,
+            LoadOptions {
+                check_folders_exist: false,
+            },
+        )
+        .expect("only the folder is missing");
+    assert_eq!(config.folders[0].path, expected_path);
+}
+
+#[test]
+fn a_file_is_not_a_folder() {
+    let fx = Fixture::new();
+    fx.write("plain.txt", "x");
+    let message = fx.err(&KIFS_FOLDER.replace("inbox/a", "plain.txt"));
+    assert_names(&message, 5, &["key 'folder[0].path'", "is not a directory"]);
+}
+
+#[test]
+fn overlapping_folders_name_both_folders_and_both_lines() {
+    let fx = Fixture::new();
+    let text =
+        format!("{KIFS_FOLDER}[[folder]]\npath = \"inbox/a/nested\"\nkifs_directory = \"x\"\n");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[1].path'",
+            &fx.root().join("inbox/a/nested").display().to_string(),
+            "lies inside",
+            &format!("\"{}\"", fx.root().join("inbox/a").display()),
+            "folder[0].path on line 5",
+        ],
+    );
+}
+
+#[test]
+fn the_same_folder_twice_is_an_overlap() {
+    let fx = Fixture::new();
+    let text =
+        format!("{KIFS_FOLDER}[[folder]]\npath = \"./inbox/b/../a\"\nkifs_directory = \"x\"\n");
+    assert_names(&fx.err(&text), 8, &["is the same folder as", "line 5"]);
+}
+
+#[test]
+fn the_state_dir_must_not_lie_inside_a_watched_folder() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("\"state\"", "\"inbox/a/.state\"");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        1,
+        &["key 'state_dir'", "overlaps the watched folder", "line 5"],
+    );
+}
+
+#[test]
+fn a_kifs_folder_needs_the_kifs_section() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]\nurl = \"http://127.0.0.1:9191/\"\n", "");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        4,
+        &["key 'folder[0].kifs_directory'", "no [kifs] section"],
+    );
+}
+
+#[test]
+fn a_redivis_folder_needs_the_redivis_section() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("[redivis]\ntoken = \"t0ken-value\"\n", "");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        4,
+        &["key 'folder[0].redivis_table'", "no [redivis] section"],
+    );
+}
+
+#[test]
+fn an_unset_token_env_names_the_variable() {
+    let mut fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token_env = \"UPSYNC_TEST_UNSET\"",
+    );
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        3,
+        &["key 'redivis.token_env'", "UPSYNC_TEST_UNSET is not set"],
+    );
+    let message = fx.env("UPSYNC_TEST_UNSET", "").err(&text);
+    assert_names(&message, 3, &["UPSYNC_TEST_UNSET is empty"]);
+}
+
+#[test]
+fn a_token_env_is_read_from_the_environment() {
+    let mut fx = Fixture::new();
+    fx.env("REDIVIS_API_TOKEN", "from-env");
+    let text = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token_env = \"REDIVIS_API_TOKEN\"",
+    );
+    let config = fx.ok(&text);
+    assert_eq!(
+        config.redivis.expect("[redivis] is given").token.expose(),
+        "from-env"
+    );
+}
+
+#[test]
+fn an_unreadable_token_file_names_the_key_and_the_path() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"secrets/none\"");
+    let message = fx.err(&text);
+    assert_names(
+        &message,
+        3,
+        &[
+            "key 'redivis.token_file'",
+            "cannot read the secret file",
+            &fx.root().join("secrets/none").display().to_string(),
+        ],
+    );
+}
+
+#[test]
+fn a_token_file_loses_its_trailing_newline() {
+    let fx = Fixture::new();
+    fx.write("token", "abc123\r\n");
+    let text = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"token\"");
+    let config = fx.ok(&text);
+    assert_eq!(
+        config.redivis.expect("[redivis] is given").token.expose(),
+        "abc123"
+    );
+}
+
+#[test]
+fn an_empty_token_file_is_rejected_without_showing_content() {
+    let fx = Fixture::new();
+    fx.write("token", "\n");
+    let text = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"token\"");
+    assert_names(&fx.err(&text), 3, &["key 'redivis.token_file'", "is empty"]);
+}
+
+#[test]
+fn a_token_file_is_found_among_systemd_credentials() {
+    let mut fx = Fixture::new();
+    let creds = fx.root().join("creds");
+    std::fs::create_dir(&creds).expect("the temp dir is writable");
+    std::fs::write(creds.join("redivis.token"), "cred-token\n").expect("the temp dir is writable");
+    let text = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token_file = \"/etc/upsync/redivis.token\"",
+    );
+    let config = fx
+        .env("CREDENTIALS_DIRECTORY", &creds.display().to_string())
+        .ok(&text);
+    assert_eq!(
+        config.redivis.expect("[redivis] is given").token.expose(),
+        "cred-token"
+    );
+}
+
+#[test]
+fn two_ways_of_giving_one_token_are_rejected() {
+    let mut fx = Fixture::new();
+    fx.env("T", "x");
+    let text = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token = \"a\"\ntoken_env = \"T\"",
+    );
+    assert_names(
+        &fx.err(&text),
+        4,
+        &[
+            "key 'redivis.token_env'",
+            "only one of token, token_file, token_env",
+        ],
+    );
+}
+
+#[test]
+fn a_redivis_section_without_a_token_is_rejected() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("token = \"t0ken-value\"\n", "");
+    assert_names(
+        &fx.err(&text),
+        2,
+        &["key 'redivis'", "token_file or token_env"],
+    );
+}
+
+#[test]
+fn kifs_username_and_password_make_basic_auth() {
+    let mut fx = Fixture::new();
+    fx.env("KIFS_PASSWORD", "s3cret");
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"ingest\"\npassword_env = \"KIFS_PASSWORD\"\n[[folder]]",
+    );
+    let config = fx.ok(&text);
+    match &config.kifs.expect("[kifs] is given").auth {
+        KifsAuth::Basic { username, password } => {
+            assert_eq!(username, "ingest");
+            assert_eq!(password.expose(), "s3cret");
+        }
+        other => panic!("expected basic auth, got {other:?}"),
+    }
+}
+
+#[test]
+fn kifs_auth_mistakes_are_named() {
+    let fx = Fixture::new();
+    let both = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"u\"\npassword = \"p\"\ntoken = \"t\"\n[[folder]]",
+    );
+    assert_names(
+        &fx.err(&both),
+        6,
+        &["key 'kifs.token'", "not both", "line 4"],
+    );
+    let no_password = KIFS_FOLDER.replace("[[folder]]", "username = \"u\"\n[[folder]]");
+    assert_names(
+        &fx.err(&no_password),
+        4,
+        &["key 'kifs.username'", "needs a password"],
+    );
+    let no_user = KIFS_FOLDER.replace("[[folder]]", "password = \"p\"\n[[folder]]");
+    assert_names(
+        &fx.err(&no_user),
+        4,
+        &["key 'kifs.password'", "needs a username"],
+    );
+}
+
+#[test]
+fn a_bad_glob_names_the_pattern() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!(
+        "{KIFS_FOLDER}include = [\"*.csv\",\n  \"data[.csv\"]\n"
+    ));
+    assert_names(
+        &message,
+        8,
+        &["key 'folder[0].include'", "bad glob pattern \"data[.csv\""],
+    );
+}
+
+#[test]
+fn a_bad_kifs_directory_character_is_named() {
+    let fx = Fixture::new();
+    let message = fx.err(&KIFS_FOLDER.replace("\"ingest\"", "\"my_ingest\""));
+    assert_names(&message, 6, &["key 'folder[0].kifs_directory'", "'_'"]);
+}
+
+#[test]
+fn a_redivis_table_without_next_is_rejected() {
+    let fx = Fixture::new();
+    let message = fx.err(&REDIVIS_FOLDER.replace("dataset:next", "dataset"));
+    assert_names(
+        &message,
+        6,
+        &[
+            "key 'folder[0].redivis_table'",
+            "unreleased",
+            "\"dataset:next\"",
+        ],
+    );
+}
+
+#[test]
+fn create_directory_with_a_redivis_table_is_rejected() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!("{REDIVIS_FOLDER}create_directory = true\n"));
+    assert_names(
+        &message,
+        7,
+        &[
+            "key 'folder[0].create_directory'",
+            "only applies to kifs_directory",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_required_key_names_its_table() {
+    let fx = Fixture::new();
+    let message = fx.err(&KIFS_FOLDER.replace("path = \"inbox/a\"\n", ""));
+    assert_names(&message, 4, &["missing required key 'folder[0].path'"]);
+}
+
+#[test]
+fn a_missing_top_level_key_is_named() {
+    let fx = Fixture::new();
+    let message = fx.err(&KIFS_FOLDER.replace("state_dir = \"state\"\n", "concurrency = 3\n"));
+    assert_names(&message, 1, &["missing required key 'state_dir'"]);
+}
+
+#[test]
+fn a_config_without_folders_is_rejected() {
+    let fx = Fixture::new();
+    let message = fx.err("state_dir = \"state\"\n");
+    assert_names(&message, 1, &["no [[folder]] section"]);
+}
+
+#[test]
+fn toml_syntax_errors_name_the_line() {
+    let fx = Fixture::new();
+    let message = fx.err(&KIFS_FOLDER.replace("[kifs]", "concurrency = = 3\n[kifs]"));
+    assert_names(&message, 2, &["invalid TOML"]);
+}
+
+#[test]
+fn a_bad_enum_value_lists_the_choices() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[[folder]]", "encoding = \"avro\"\n[[folder]]");
+    assert_names(
+        &fx.err(&text),
+        4,
+        &[
+            "key 'kifs.encoding'",
+            "\"binary\", \"json\"",
+            "found \"avro\"",
+        ],
+    );
+}
+
+#[test]
+fn a_bad_socket_address_shows_an_example() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "metrics_listen = \"localhost\"\n[kifs]");
+    assert_names(
+        &fx.err(&text),
+        2,
+        &[
+            "key 'metrics_listen'",
+            "\"127.0.0.1:9464\"",
+            "found \"localhost\"",
+        ],
+    );
+}
+
+#[test]
+fn a_bad_url_is_rejected() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("http://127.0.0.1:9191/", "kinetica:9191");
+    assert_names(&fx.err(&text), 3, &["key 'kifs.url'", "http or https URL"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER
+        .replace("[kifs]", "concurrency = 0\n[kifs]")
+        .replace("\"ingest\"", "\"a_b\"");
+    let message = fx.err(&text);
+    assert_eq!(message.lines().count(), 2, "{message}");
+    assert!(
+        message.contains("'concurrency'") && message.contains("'_'"),
+        "{message}"
+    );
+}
+
+#[test]
+fn debug_output_never_contains_a_secret() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{REDIVIS_FOLDER}[[folder]]\npath = \"inbox/b\"\nkifs_directory = \"k\"\n[kifs]\nurl = \"http://k\"\nusername = \"u\"\npassword = \"pa55word-value\"\n"
+    );
+    let config = fx.ok(&text);
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("t0ken-value"), "{debug}");
+    assert!(!debug.contains("pa55word-value"), "{debug}");
+    assert!(debug.contains("***"), "{debug}");
+    let plan = config.plan();
+    assert!(
+        !plan.contains("t0ken-value") && !plan.contains("pa55word-value"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_error_messages() {
+    let fx = Fixture::new();
+    let text = REDIVIS_FOLDER.replace("[[folder]]", "token_env = \"X\"\n[[folder]]");
+    let message = fx.err(&text);
+    assert!(!message.contains("t0ken-value"), "{message}");
+}
+
+#[test]
+fn the_plan_shows_one_line_per_folder_and_the_services() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{KIFS_FOLDER}exclude = [\"*.tmp\", \".*\"]\n[[folder]]\npath = \"inbox/b\"\nredivis_table = \"o.d:next.t\"\ninclude = [\"*.csv\"]\n[redivis]\napi_url = \"http://r/api/v1\"\ntoken = \"t\"\n"
+    );
+    let plan = fx.ok(&text).plan();
+    let a = fx.root().join("inbox/a");
+    let b = fx.root().join("inbox/b");
+    assert!(
+        plan.contains(&format!(
+            "{} → kifs ingest/ (create: no, settle 5s, include *, exclude *.tmp, .*)",
+            a.display()
+        )),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "{} → redivis o.d:next.t (settle 5s, include *.csv",
+            b.display()
+        )),
+        "{plan}"
+    );
+    assert!(plan.contains("kifs: http://127.0.0.1:9191"), "{plan}");
+    assert!(plan.contains("redivis: http://r/api/v1"), "{plan}");
+    assert!(
+        plan.contains(&format!("state_dir: {}", fx.root().join("state").display())),
+        "{plan}"
+    );
+}
+
+#[test]
+fn folder_for_finds_a_folder_by_its_queue_key() {
+    let fx = Fixture::new();
+    let config = fx.ok(KIFS_FOLDER);
+    let key = config.folders[0].path.to_string_lossy().into_owned();
+    let found = config
+        .folder_for(&key)
+        .expect("the key is a configured folder");
+    assert_eq!(found.path, config.folders[0].path);
+    assert!(config.folder_for("/nowhere").is_none());
+}
+
+#[test]
+fn load_reads_the_file_and_names_a_missing_one() {
+    let fx = Fixture::new();
+    let path = fx.write("upsync.toml", KIFS_FOLDER);
+    let config = Config::load(&path).expect("the config is valid");
+    assert_eq!(config.source, path);
+    let missing = fx.root().join("absent.toml");
+    let err = Config::load(&missing)
+        .expect_err("the file does not exist")
+        .to_string();
+    assert!(err.starts_with(&missing.display().to_string()), "{err}");
+    assert!(err.contains("cannot read the config file"), "{err}");
+}

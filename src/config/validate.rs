@@ -1,0 +1,538 @@
+//! From the raw schema to a [`Config`]: defaults, ranges, secrets, paths, and the checks
+//! that involve more than one key (one target per folder, sections present for the targets
+//! used, folders that exist and do not overlap, state outside watched folders).
+//!
+//! Every problem found is collected, so `upsync check` reports them all at once, one line each.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::Glob;
+use toml::Spanned;
+
+use super::errors::Source;
+use super::raw::{RawConfig, RawEncoding, RawFolder, RawKifs, RawProtocol, RawRedivis};
+use super::secret::{EnvLookup, SecretKeys};
+use super::units::{HumanDuration, format_size};
+use super::{
+    Config, ConfigError, DEFAULT_EXCLUDES, EmulatorConfig, FolderConfig, KifsAuth, KifsConfig,
+    KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol, Target, paths, targets,
+};
+
+const DEFAULT_CONCURRENCY: i64 = 4;
+const MAX_CONCURRENCY: i64 = 64;
+const DEFAULT_RESCAN: Duration = Duration::from_secs(600);
+const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
+const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
+const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
+const DEFAULT_CHUNK: u64 = 8 << 20;
+/// Resumable-upload chunks must be multiples of 256 KiB (protocols/redivis.md §10).
+const CHUNK_GRANULE: u64 = 256 << 10;
+const MAX_CHUNK: u64 = 1 << 30;
+
+/// Collects located messages while the config is checked.
+struct Checker<'a> {
+    src: &'a Source<'a>,
+    base: PathBuf,
+    env: EnvLookup<'a>,
+    errors: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: &Range<usize>, key: &str, what: impl AsRef<str>) {
+        self.errors.push(self.src.key_error(span, key, what));
+    }
+}
+
+pub(crate) fn build(
+    src: &Source<'_>,
+    raw: RawConfig,
+    options: &LoadOptions,
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigError> {
+    let mut ck = Checker {
+        src,
+        base: paths::base_dir(src.name),
+        env,
+        errors: Vec::new(),
+    };
+
+    let state_dir = required_path(&mut ck, &raw.state_dir, "state_dir");
+
+    let concurrency = match &raw.concurrency {
+        None => DEFAULT_CONCURRENCY,
+        Some(c) => {
+            let n = *c.get_ref();
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                ck.error(
+                    &c.span(),
+                    "concurrency",
+                    format!("expected an integer from 1 to {MAX_CONCURRENCY}, found {n}"),
+                );
+            }
+            n
+        }
+    };
+    let rescan_interval = duration_or(&raw.rescan_interval, DEFAULT_RESCAN);
+    let rescan_interval = (!rescan_interval.is_zero()).then_some(rescan_interval);
+    let shutdown_timeout = duration_or(&raw.shutdown_timeout, DEFAULT_SHUTDOWN);
+    let metrics_listen = raw.metrics_listen.as_ref().map(|l| l.get_ref().0);
+
+    let redivis = raw.redivis.as_ref().and_then(|r| redivis(&mut ck, r));
+    let kifs = raw.kifs.as_ref().and_then(|k| kifs(&mut ck, k));
+
+    if raw.folder.is_empty() {
+        ck.errors.push(src.line_error(
+            &(0..0),
+            "no [[folder]] section: add at least one, e.g. [[folder]] with path = \"/data/exports\" \
+             and kifs_directory = \"ingest\"",
+        ));
+    }
+    let mut folders = Vec::new();
+    for (i, f) in raw.folder.iter().enumerate() {
+        if let Some(folder) = folder(&mut ck, &raw, i, f, options) {
+            folders.push(Checked {
+                folder,
+                index: i,
+                path_span: f.get_ref().path.span(),
+            });
+        }
+    }
+
+    let emulator = raw.emulator.as_ref().map(|e| {
+        let e = e.get_ref();
+        EmulatorConfig {
+            listen: e.listen.get_ref().0,
+            data_dir: required_path(&mut ck, &e.data_dir, "emulator.data_dir"),
+        }
+    });
+
+    check_overlaps(&mut ck, &folders);
+    check_inside_folders(
+        &mut ck,
+        &folders,
+        &state_dir,
+        &raw.state_dir.span(),
+        "state_dir",
+        "the queue database must live outside watched folders",
+    );
+    if let (Some(e), Some(raw_e)) = (&emulator, &raw.emulator) {
+        check_inside_folders(
+            &mut ck,
+            &folders,
+            &e.data_dir,
+            &raw_e.get_ref().data_dir.span(),
+            "emulator.data_dir",
+            "the emulator's remote files must not be watched again",
+        );
+    }
+
+    if !ck.errors.is_empty() {
+        return Err(ConfigError(ck.errors.join("\n")));
+    }
+    Ok(Config {
+        source: src.name.to_path_buf(),
+        state_dir,
+        concurrency: usize::try_from(concurrency).expect("concurrency was checked to be 1..=64"),
+        rescan_interval,
+        shutdown_timeout,
+        metrics_listen,
+        redivis,
+        kifs,
+        folders: folders.into_iter().map(|c| c.folder).collect(),
+        emulator,
+    })
+}
+
+fn duration_or(value: &Option<Spanned<HumanDuration>>, default: Duration) -> Duration {
+    value.as_ref().map_or(default, |d| d.get_ref().0)
+}
+
+fn required_path(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> PathBuf {
+    if value.get_ref().trim().is_empty() {
+        ck.error(&value.span(), key, "expected a path, found \"\"");
+    }
+    paths::resolve(&ck.base, value.get_ref())
+}
+
+/// An http(s) base URL without its trailing slash.
+fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> String {
+    let text = value.get_ref().trim().trim_end_matches('/').to_string();
+    match reqwest::Url::parse(&text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        _ => ck.error(
+            &value.span(),
+            key,
+            format!(
+                "expected an http or https URL like \"https://host/path\", found \"{}\"",
+                value.get_ref()
+            ),
+        ),
+    }
+    text
+}
+
+fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<RedivisConfig> {
+    let r = section.get_ref();
+    let api_url = match &r.api_url {
+        Some(url) => base_url(ck, url, "redivis.api_url"),
+        None => DEFAULT_API_URL.to_string(),
+    };
+    let chunk_size = match &r.chunk_size {
+        None => DEFAULT_CHUNK,
+        Some(size) => {
+            let n = size.get_ref().0;
+            if n == 0 || !n.is_multiple_of(CHUNK_GRANULE) || n > MAX_CHUNK {
+                ck.error(
+                    &size.span(),
+                    "redivis.chunk_size",
+                    format!(
+                        "expected a positive multiple of 256 KiB (262144 bytes) up to 1 GiB, \
+                         like \"8MiB\", found {}; use binary units (KiB, MiB)",
+                        describe_size(n)
+                    ),
+                );
+            }
+            n
+        }
+    };
+    let protocol = match r.protocol {
+        None | Some(RawProtocol::ResumableUpload) => RedivisProtocol::ResumableUpload,
+        Some(RawProtocol::TempUploads) => RedivisProtocol::TempUploads,
+    };
+    let keys = SecretKeys {
+        table: "redivis",
+        name: "token",
+        inline: r.token.as_ref(),
+        file: r.token_file.as_ref(),
+        env: r.token_env.as_ref(),
+    };
+    let token = match keys.resolve(ck.src, &ck.base, ck.env) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            ck.error(
+                &section.span(),
+                "redivis",
+                "needs an API token: set token_file or token_env (an inline token is for demos only)",
+            );
+            return None;
+        }
+        Err(e) => {
+            ck.errors.push(e);
+            return None;
+        }
+    };
+    Some(RedivisConfig {
+        api_url,
+        token,
+        chunk_size,
+        protocol,
+    })
+}
+
+/// "8000000 bytes", or "2 GiB (2147483648 bytes)" when a unit reads better.
+fn describe_size(n: u64) -> String {
+    let pretty = format_size(n);
+    if pretty.ends_with(" B") {
+        format!("{n} bytes")
+    } else {
+        format!("{pretty} ({n} bytes)")
+    }
+}
+
+fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> {
+    let k = section.get_ref();
+    let url = base_url(ck, &k.url, "kifs.url");
+    let encoding = match k.encoding {
+        None | Some(RawEncoding::Binary) => KifsEncoding::Binary,
+        Some(RawEncoding::Json) => KifsEncoding::Json,
+    };
+    let password = SecretKeys {
+        table: "kifs",
+        name: "password",
+        inline: k.password.as_ref(),
+        file: k.password_file.as_ref(),
+        env: k.password_env.as_ref(),
+    };
+    let token = SecretKeys {
+        table: "kifs",
+        name: "token",
+        inline: k.token.as_ref(),
+        file: k.token_file.as_ref(),
+        env: k.token_env.as_ref(),
+    };
+    let token_given = token.given();
+    let password_given = password.given();
+    let auth = match &k.username {
+        Some(username) => {
+            if let Some((name, span)) = token_given.first() {
+                ck.error(
+                    span,
+                    &format!("kifs.{name}"),
+                    format!(
+                        "give either username with a password (Basic auth) or a token (Bearer \
+                         auth), not both (username is on line {})",
+                        ck.src.line_of(username.span().start)
+                    ),
+                );
+                return None;
+            }
+            if username.get_ref().is_empty() {
+                ck.error(
+                    &username.span(),
+                    "kifs.username",
+                    "expected a user name, found \"\"",
+                );
+            }
+            match password.resolve(ck.src, &ck.base, ck.env) {
+                Ok(Some(password)) => KifsAuth::Basic {
+                    username: username.get_ref().clone(),
+                    password,
+                },
+                Ok(None) => {
+                    ck.error(
+                        &username.span(),
+                        "kifs.username",
+                        "a username needs a password: set password_file or password_env",
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    ck.errors.push(e);
+                    return None;
+                }
+            }
+        }
+        None => {
+            if let Some((name, span)) = password_given.first() {
+                ck.error(
+                    span,
+                    &format!("kifs.{name}"),
+                    "a password needs a username: set kifs.username",
+                );
+                return None;
+            }
+            match token.resolve(ck.src, &ck.base, ck.env) {
+                Ok(Some(token)) => KifsAuth::Bearer { token },
+                Ok(None) => KifsAuth::None,
+                Err(e) => {
+                    ck.errors.push(e);
+                    return None;
+                }
+            }
+        }
+    };
+    Some(KifsConfig {
+        url,
+        auth,
+        encoding,
+    })
+}
+
+fn folder(
+    ck: &mut Checker<'_>,
+    raw: &RawConfig,
+    i: usize,
+    section: &Spanned<RawFolder>,
+    options: &LoadOptions,
+) -> Option<FolderConfig> {
+    let f = section.get_ref();
+    let key = |name: &str| format!("folder[{i}].{name}");
+    let errors_before = ck.errors.len();
+
+    let path = required_path(ck, &f.path, &key("path"));
+    if options.check_folders_exist {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => ck.error(
+                &f.path.span(),
+                &key("path"),
+                format!("\"{}\" is not a directory (expected a folder to watch)", path.display()),
+            ),
+            Err(e) => ck.error(
+                &f.path.span(),
+                &key("path"),
+                format!(
+                    "missing folder \"{}\": {} (expected an existing directory to watch; create it or fix the path)",
+                    path.display(),
+                    e
+                ),
+            ),
+        }
+    }
+
+    let target = match (&f.redivis_table, &f.kifs_directory) {
+        (Some(table), Some(dir)) => {
+            let (first, second, second_key) = if table.span().start < dir.span().start {
+                (table.span(), dir.span(), "kifs_directory")
+            } else {
+                (dir.span(), table.span(), "redivis_table")
+            };
+            ck.error(
+                &second,
+                &key(second_key),
+                format!(
+                    "give exactly one of redivis_table or kifs_directory per folder, found both \
+                     (lines {} and {})",
+                    ck.src.line_of(first.start),
+                    ck.src.line_of(second.start)
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            ck.error(
+                &section.span(),
+                &format!("folder[{i}]"),
+                "no target: set redivis_table = \"owner.dataset:next.table\" or \
+                 kifs_directory = \"directory\"",
+            );
+            None
+        }
+        (Some(table), None) => {
+            if let Some(create) = &f.create_directory {
+                ck.error(
+                    &create.span(),
+                    &key("create_directory"),
+                    "only applies to kifs_directory; Redivis tables are not created by upsync \
+                     (remove the key)",
+                );
+            }
+            if let Err(e) = targets::check_redivis_table(table.get_ref()) {
+                ck.error(&table.span(), &key("redivis_table"), e);
+            }
+            if raw.redivis.is_none() {
+                ck.error(
+                    &table.span(),
+                    &key("redivis_table"),
+                    "targets Redivis, but there is no [redivis] section (expected [redivis] \
+                     with token_file or token_env)",
+                );
+            }
+            Some(Target::RedivisTable(table.get_ref().clone()))
+        }
+        (None, Some(dir)) => {
+            if let Err(e) = targets::check_kifs_directory(dir.get_ref()) {
+                ck.error(&dir.span(), &key("kifs_directory"), e);
+            }
+            if raw.kifs.is_none() {
+                ck.error(
+                    &dir.span(),
+                    &key("kifs_directory"),
+                    "targets KiFS, but there is no [kifs] section (expected [kifs] with url and \
+                     credentials)",
+                );
+            }
+            Some(Target::KifsDirectory {
+                directory: dir.get_ref().clone(),
+                create: f.create_directory.as_ref().is_some_and(|c| *c.get_ref()),
+            })
+        }
+    };
+
+    let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
+    let exclude = match f.exclude.as_deref() {
+        Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
+        None => DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+    };
+
+    if ck.errors.len() > errors_before {
+        return None;
+    }
+    Some(FolderConfig {
+        path,
+        target: target.expect("a folder without errors has a target"),
+        include,
+        exclude,
+        settle: duration_or(&f.settle, DEFAULT_SETTLE),
+        recursive: f.recursive.unwrap_or(true),
+    })
+}
+
+fn globs(ck: &mut Checker<'_>, list: Option<&[Spanned<String>]>, key: &str) -> Option<Vec<String>> {
+    let list = list?;
+    let mut out = Vec::with_capacity(list.len());
+    for pattern in list {
+        match Glob::new(pattern.get_ref()) {
+            Ok(_) if pattern.get_ref().is_empty() => {
+                ck.error(&pattern.span(), key, "expected a glob pattern like \"*.csv\", found \"\"");
+            }
+            Ok(_) => out.push(pattern.get_ref().clone()),
+            Err(e) => ck.error(
+                &pattern.span(),
+                key,
+                format!(
+                    "bad glob pattern \"{}\": {} (expected a pattern like \"*.csv\" or \"**/*.parquet\")",
+                    pattern.get_ref(),
+                    e.kind()
+                ),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// A folder that passed its own checks, with where it was written.
+struct Checked {
+    folder: FolderConfig,
+    /// Position among the `[[folder]]` sections; folders with errors are left out of the
+    /// list, so this can differ from the list position.
+    index: usize,
+    path_span: Range<usize>,
+}
+
+fn check_overlaps(ck: &mut Checker<'_>, folders: &[Checked]) {
+    for (j, later) in folders.iter().enumerate() {
+        for earlier in &folders[..j] {
+            let (a, b) = (&earlier.folder, &later.folder);
+            if !paths::overlaps(&a.path, &b.path) {
+                continue;
+            }
+            let relation = if a.path == b.path {
+                "is the same folder as"
+            } else if b.path.starts_with(&a.path) {
+                "lies inside"
+            } else {
+                "contains"
+            };
+            let message = format!(
+                "folder \"{}\" {} folder \"{}\" (folder[{}].path on line {}); watched folders \
+                 must not overlap, so that every file has one target",
+                b.path.display(),
+                relation,
+                a.path.display(),
+                earlier.index,
+                ck.src.line_of(earlier.path_span.start),
+            );
+            ck.error(
+                &later.path_span,
+                &format!("folder[{}].path", later.index),
+                message,
+            );
+        }
+    }
+}
+
+fn check_inside_folders(
+    ck: &mut Checker<'_>,
+    folders: &[Checked],
+    path: &Path,
+    span: &Range<usize>,
+    key: &str,
+    why: &str,
+) {
+    for checked in folders {
+        if paths::overlaps(path, &checked.folder.path) {
+            let message = format!(
+                "\"{}\" overlaps the watched folder \"{}\" (folder[{}].path on line {}); {}",
+                path.display(),
+                checked.folder.path.display(),
+                checked.index,
+                ck.src.line_of(checked.path_span.start),
+                why
+            );
+            ck.error(span, key, message);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Test harness: the real `upsync` binary as a daemon and as an emulator process, temp
+//! folders, config files, and polling helpers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_upsync");
+
+/// An `upsync emulator` process on 127.0.0.1 with a free port.
+pub struct EmulatorProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl EmulatorProcess {
+    pub fn start(data_dir: &Path, args: &[&str]) -> EmulatorProcess {
+        Self::start_on("127.0.0.1:0", data_dir, args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn start_on(listen: &str, data_dir: &Path, args: Vec<String>) -> EmulatorProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("emulator.log"))
+            .expect("emulator log file opens");
+        let mut child = Command::new(BIN)
+            .args(["emulator", "--listen", listen, "--data"])
+            .arg(data_dir)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("upsync emulator starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("emulator prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected emulator greeting: {line:?}"))
+            .parse()
+            .expect("emulator address parses");
+        EmulatorProcess { child, addr, data_dir: data_dir.to_path_buf(), args }
+    }
+
+    /// Stops the emulator and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        let again = Self::start_on(&self.addr.to_string(), &self.data_dir, self.args.clone());
+        *self = again;
+    }
+
+    pub fn kifs_url(&self) -> String {
+        format!("http://{}/kifs", self.addr)
+    }
+
+    pub fn redivis_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    /// Where the emulator keeps the content of a KiFS file.
+    pub fn kifs_file(&self, name: &str) -> PathBuf {
+        upsync::emulator::kifs::stored_file_path(&self.data_dir.join("kifs"), name)
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.addr);
+        blocking_get_json(&url)
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn blocking_get_json(url: &str) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    })
+}
+
+/// A running `upsync run` process; its stderr goes to `log`.
+pub struct DaemonProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    pub fn start(config: &Path) -> DaemonProcess {
+        let log = config.with_extension("daemon.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log opens");
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info,upsync=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("upsync run starts");
+        DaemonProcess { child: Some(child), log }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait works") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                panic!("daemon did not stop within 40 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process has exited (and its code).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("wait works").map(|status| status.code())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `size` pseudo-random bytes derived from `seed` (different files, different bytes).
+pub fn write_file(path: &Path, size: u64, seed: u64) {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut remaining = size;
+    let mut block = vec![0u8; 1 << 16];
+    while remaining > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = remaining.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).unwrap();
+        remaining -= n as u64;
+    }
+    file.flush().unwrap();
+}
+
+/// Whether two files have the same bytes (streamed, so large files are fine).
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (BufReader::new(fa), BufReader::new(fb));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut ra, &mut ba);
+        let nb = read_full(&mut rb, &mut bb);
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match r.read(&mut buf[filled..]).unwrap() {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        filled
+    }
+}
+
+/// Runs `upsync ARGS`, returning (exit code, stdout, stderr).
+pub fn upsync(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(BIN).args(args).output().expect("upsync runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Backdates a file's mtime so the settle rule sees it as finished at once.
+pub fn backdate(path: &Path, seconds: u64) {
+    let time = std::time::SystemTime::now() - Duration::from_secs(seconds);
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(time).unwrap();
+}

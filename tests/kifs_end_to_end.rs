@@ -1,0 +1,267 @@
+//! The whole daemon against the KiFS emulator: the real `upsync` binary, real files, real
+//! HTTP on 127.0.0.1, kill -9 and restarts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const PART: u64 = 62_914_560;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    inbox: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+/// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
+fn setup(emulator_args: &[&str], kifs_extra: &str, folder_extra: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
+    let config = tmp.path().join("upsync.toml");
+    let text = format!(
+        r#"
+state_dir = "state"
+concurrency = 3
+[kifs]
+url = "{url}"
+{kifs_extra}
+[[folder]]
+path = "inbox"
+kifs_directory = "ingest"
+create_directory = true
+settle = "1s"
+{folder_extra}
+"#,
+        url = emulator.kifs_url()
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup {
+        _tmp: tmp,
+        inbox,
+        config,
+        emulator,
+    }
+}
+
+fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
+    same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
+}
+
+fn status_json(config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "status failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
+}
+
+fn upload_requests(setup: &Setup) -> u64 {
+    let stats = setup.emulator.get_json("/kifs/_emulator/stats");
+    stats["endpoints"]["/upload/files"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn files_of_every_size_class_arrive_byte_identical() {
+    let s = setup(&[], "", "");
+    let sizes = [
+        ("empty.bin", 0),
+        ("one-kib.bin", 1024),
+        ("exactly-one-part.bin", PART),
+        ("one-part-and-a-byte.bin", PART + 1),
+        ("nested/dir/two-hundred-mib.bin", 200 << 20),
+    ];
+    for (i, (name, size)) in sizes.iter().enumerate() {
+        write_file(&s.inbox.join(name), *size, i as u64);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(240), "every file to arrive", || {
+        sizes.iter().all(|(name, _)| arrived(&s, &s.inbox.join(name), name))
+    });
+    let status = status_json(&s.config);
+    assert_eq!(status["folders"][0]["done"], sizes.len(), "{status}");
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+}
+
+#[test]
+fn a_slowly_written_file_is_uploaded_once_and_whole() {
+    let s = setup(&[], "", "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the daemon to be ready", || {
+        daemon.log_text().contains("upsync is running")
+    });
+    let path = s.inbox.join("slow.csv");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        for line in 0..10 {
+            writeln!(file, "row {line},{}", "x".repeat(1000)).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    wait_until(Duration::from_secs(20), "the file to arrive", || arrived(&s, &path, "slow.csv"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(upload_requests(&s), 1, "{}", daemon.log_text());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_file_changed_after_its_upload_is_uploaded_again() {
+    let s = setup(&[], "", "");
+    let path = s.inbox.join("report.csv");
+    std::fs::write(&path, "a,b\n1,2\n").unwrap();
+    let _daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the first version", || arrived(&s, &path, "report.csv"));
+    std::fs::write(&path, "a,b\n1,2\n3,4\n").unwrap();
+    wait_until(Duration::from_secs(20), "the second version", || arrived(&s, &path, "report.csv"));
+}
+
+#[test]
+fn kill_9_during_a_multipart_upload_then_restart_yields_the_whole_file_once() {
+    let s = setup(&["--kifs-part-delay", "700"], "", "");
+    let path = s.inbox.join("big.bin");
+    write_file(&path, 300 << 20, 42);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(60), "two acknowledged parts", || {
+        let stats = s.emulator.get_json("/kifs/_emulator/stats");
+        stats["multipart"]["upload_part"].as_u64().unwrap_or(0) >= 2
+    });
+    daemon.kill9();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(120), "the whole file", || arrived(&s, &path, "big.bin"));
+    let stats = s.emulator.get_json("/kifs/_emulator/stats");
+    assert_eq!(stats["multipart"]["complete"], 1, "{stats}");
+    let log = daemon.log_text();
+    assert!(log.contains("resuming multipart upload"), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
+    let s = setup(&[], "", "");
+    let good = s.inbox.join("good.csv");
+    let bad = s.inbox.join("bad_name.csv");
+    std::fs::write(&good, "ok\n").unwrap();
+    std::fs::write(&bad, "rejected\n").unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the good file", || arrived(&s, &good, "good.csv"));
+    wait_until(Duration::from_secs(20), "the bad file to fail", || {
+        status_json(&s.config)["failed"].as_array().is_some_and(|f| !f.is_empty())
+    });
+    let status = status_json(&s.config);
+    let failed = &status["failed"][0];
+    assert_eq!(failed["path"], bad.display().to_string(), "{status}");
+    assert!(failed["reason"].as_str().unwrap().contains("'_'"), "{status}");
+    assert_eq!(status["folders"][0]["failed"], 1);
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // Stopped daemon: the same report read from the database.
+    let stopped = status_json(&s.config);
+    assert_eq!(stopped["daemon"], "stopped");
+    assert_eq!(stopped["failed"][0]["path"], bad.display().to_string());
+}
+
+#[test]
+fn a_restart_after_everything_is_uploaded_uploads_nothing() {
+    let s = setup(&[], "", "");
+    for i in 0..20 {
+        write_file(&s.inbox.join(format!("f{i}.bin")), 1000 + i, i);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "all files", || {
+        (0..20).all(|i| arrived(&s, &s.inbox.join(format!("f{i}.bin")), &format!("f{i}.bin")))
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    let before = upload_requests(&s);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the restarted daemon to be ready", || {
+        daemon.log_text().matches("upsync is running").count() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(upload_requests(&s), before);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn json_encoding_uploads_whole_and_multipart_files() {
+    let s = setup(&[], "encoding = \"json\"", "");
+    let small = s.inbox.join("small.txt");
+    let large = s.inbox.join("large.bin");
+    write_file(&small, 4096, 1);
+    write_file(&large, PART + 4096, 2);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(120), "both files", || {
+        arrived(&s, &small, "small.txt") && arrived(&s, &large, "large.bin")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn basic_and_bearer_credentials_are_sent_and_bad_ones_stop_the_start() {
+    for (emulator_args, auth) in [
+        (["--kifs-user", "alice:s3cret"], "username = \"alice\"\npassword = \"s3cret\""),
+        (["--kifs-token", "tok123"], "token = \"tok123\""),
+    ] {
+        let s = setup(&emulator_args, auth, "");
+        let path = s.inbox.join("a.txt");
+        std::fs::write(&path, "authenticated\n").unwrap();
+        let mut daemon = DaemonProcess::start(&s.config);
+        wait_until(Duration::from_secs(20), "the file", || arrived(&s, &path, "a.txt"));
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+    let s = setup(&["--kifs-user", "alice:s3cret"], "username = \"alice\"\npassword = \"wrong\"", "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    assert_eq!(daemon.exited(), Some(Some(1)));
+    let log = daemon.log_text();
+    assert!(log.contains("credentials"), "{log}");
+    assert!(!log.contains("wrong"), "the password leaked into the log: {log}");
+}
+
+#[test]
+fn a_missing_or_read_only_directory_is_a_clear_error_at_start() {
+    let s = setup(&[], "", "");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("create_directory = true", "");
+    std::fs::write(&s.config, text).unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    assert_eq!(daemon.exited(), Some(Some(1)));
+    let log = daemon.log_text();
+    assert!(log.contains("'ingest'") && log.contains("create_directory"), "{log}");
+
+    let s = setup(&["--kifs-read-only-directory", "ingest"], "", "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    let log = daemon.log_text();
+    assert!(log.contains("no write permission on KiFS directory 'ingest'"), "{log}");
+}
+
+#[test]
+fn check_rejects_an_unknown_key_naming_the_line_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("inbox")).unwrap();
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nconcurency = 4\n[kifs]\nurl = \"http://127.0.0.1:1/kifs\"\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"d\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = upsync(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bad.toml:2"), "{stderr}");
+    assert!(stderr.contains("concurency"), "{stderr}");
+}
+
+#[test]
+fn check_prints_the_plan_of_a_good_config() {
+    let s = setup(&[], "", "");
+    let (code, stdout, stderr) = upsync(&["check", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ingest"), "{stdout}");
+    assert!(stdout.contains(&s.inbox.canonicalize().unwrap().display().to_string()), "{stdout}");
+}
