@@ -61,7 +61,7 @@ fn status_json(config: &Path) -> serde_json::Value {
 
 fn upload_requests(setup: &Setup) -> u64 {
     let stats = setup.emulator.get_json("/kifs/_emulator/stats");
-    stats["endpoints"]["/upload/files"].as_u64().unwrap_or(0)
+    stats["requests"]["/upload/files"].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -129,13 +129,13 @@ fn kill_9_during_a_multipart_upload_then_restart_yields_the_whole_file_once() {
     let mut daemon = DaemonProcess::start(&s.config);
     wait_until(Duration::from_secs(60), "two acknowledged parts", || {
         let stats = s.emulator.get_json("/kifs/_emulator/stats");
-        stats["multipart"]["upload_part"].as_u64().unwrap_or(0) >= 2
+        stats["multipart_operations"]["upload_part"].as_u64().unwrap_or(0) >= 2
     });
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
     wait_until(Duration::from_secs(120), "the whole file", || arrived(&s, &path, "big.bin"));
     let stats = s.emulator.get_json("/kifs/_emulator/stats");
-    assert_eq!(stats["multipart"]["complete"], 1, "{stats}");
+    assert_eq!(stats["multipart_operations"]["complete"], 1, "{stats}");
     let log = daemon.log_text();
     assert!(log.contains("resuming multipart upload"), "{log}");
     assert_eq!(daemon.terminate(), Some(0));

@@ -121,14 +121,14 @@ pub async fn request<T: serde::de::DeserializeOwned>(
         "{method} {path} HTTP/1.0\r\nHost: upsync\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut exchange = async {
+    let exchange = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
     };
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), &mut exchange)
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
         .await
         .map_err(|_| format!("the daemon did not answer on {}", socket.display()))?
         .map_err(|err| format!("talking to the daemon on {}: {err}", socket.display()))?;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, KifsAuth, Target};
+use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
 use crate::queue::Store;
 use crate::upload::kifs::KifsBackend;
@@ -169,16 +170,22 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
     let mut options = EmulatorOptions::with_data_dir(section.data_dir.clone());
     if let Some(kifs) = &config.kifs {
         match &kifs.auth {
-            KifsAuth::Basic { username, password } => options
-                .kifs
-                .users
-                .push(format!("{username}:{}", password.expose())),
-            KifsAuth::Bearer { token } => options.kifs.tokens.push(token.expose().to_string()),
+            KifsAuth::Basic { username, password } => {
+                options.kifs.kifs_users.push(KifsUser {
+                    name: username.clone(),
+                    password: password.clone(),
+                })
+            }
+            KifsAuth::Bearer { token } => options.kifs.kifs_tokens.push(KifsToken {
+                token: token.clone(),
+                user: "token-user".into(),
+            }),
             KifsAuth::None => {}
         }
     }
     if let Some(redivis) = &config.redivis {
-        options.redivis.token = Some(redivis.token.expose().to_string());
+        // TODO(redivis emulator): accept exactly the configured token.
+        let _ = redivis;
     }
     let running = emulator::start(&section.listen.to_string(), options)
         .await

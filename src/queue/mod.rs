@@ -1,138 +1,612 @@
-//! The durable job queue and upload ledger (sled). Layout and invariants: see below.
-//! (Skeleton: the implementation fills this in.)
+//! The durable job queue and upload ledger: one sled database under `state_dir`.
+//!
+//! The queue owns what must survive a crash: which files still have to be uploaded (jobs),
+//! how far an upload got (progress), and which version of every file is already on the
+//! remote (ledger). Everything else (settle timers, live byte counters) is rebuilt at start.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! state_dir/
+//!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
+//!   db.new/          only while a new database is being created and stamped; renamed to db
+//!   db/              the sled database:
+//!     default tree   "format"  -> "1"  (ASCII decimal; anything else is refused at open)
+//!     jobs           JobId (u64 BE)                      -> Job (JSON)
+//!     by_path        folder \0 rel                       -> JobId (u64 BE)
+//!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
+//!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
+//!     due            due ms (u64 BE) ++ JobId (u64 BE)   -> empty
+//!     claimed        JobId (u64 BE)                      -> Fingerprint (JSON) at claim
+//! ```
+//!
+//! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
+//! Big-endian keys make sled's byte order numeric order: the first `due` entry is the job
+//! to claim next, and `next_due` is one read.
+//!
+//! # Job states
+//!
+//! ```text
+//!            offer                claim            mark_finalizing         complete
+//!   (none) ───────> queued ─────────────> active ──────────────> finalizing ─────> (done:
+//!                    ^  ^                  │  │                     │  │         ledger only)
+//!                    │  └─ retry-wait <────┘  └───> failed <────────┘  │
+//!                    │     (retry_later)          (fail; retry_failed  │
+//!                    │                             or a new version    │
+//!                    └──── requeue / complete with a moved fingerprint ┘
+//!                          / recover_after_restart (active, finalizing)
+//! ```
+//!
+//! # Invariants
+//!
+//! The tests check 1 to 3 and 6's index after the operations of each test
+//! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
+//! reopen and recovery, 6 with a file that changes during an attempt.
+//!
+//! 1. **One job per file.** `by_path[job.key] == job.id` for every job, and every `by_path`
+//!    entry names an existing job with that key. Offering a file that has a job updates that
+//!    job (coalescing); it never creates a second one.
+//! 2. **The `due` index is exactly the claimable jobs.** Every queued job has one entry at its
+//!    `updated_at_ms` (the time it was queued) and every retry-wait job one at its
+//!    `next_attempt_at_ms` ([`Job::due_ms`]); active, finalizing and failed jobs have none.
+//!    `claim` takes jobs only from this index and removes the entry in the same transaction
+//!    that makes the job active, so no job is claimed twice.
+//! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
+//!    only for existing jobs, and are removed when the job completes, fails, is dropped, or
+//!    takes a new fingerprint (a session for old bytes must never be resumed for new ones).
+//!    A retry-wait keeps them: the pause resumes the same session. Progress is written only
+//!    for what the remote acknowledged (the caller's duty), and flushed before returning.
+//! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
+//!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
+//!    `offer` when the ledger already holds the offered fingerprint and the job had failed,
+//!    or (c) by `drop_job` because the file vanished. So a file whose fingerprint differs
+//!    from its ledger entry keeps a queued, active, retry-wait or failed job. `offer` itself is
+//!    not flushed: after a crash the start-up scan offers every file again, which re-derives
+//!    any job that was lost with the unflushed tail of the log.
+//! 5. **Finalizing is durable before the finalize call.** `mark_finalizing` sets
+//!    `finalize_started` and flushes before returning; the flag survives restarts and
+//!    `recover_after_restart`, and is cleared only when the job takes new content, so the
+//!    backend asks the remote whether the finalize happened before doing it again.
+//! 6. **An attempt knows whether its content moved.** `claimed` holds, for exactly the
+//!    active and finalizing jobs, the fingerprint the job had when it was claimed. When the
+//!    attempt ends and `fingerprint` has moved on (an `offer` came in meanwhile), the saved
+//!    progress describes the old bytes: `retry_later`, `fail` and `recover_after_restart`
+//!    then drop it, and `retry_later` and `fail` queue the job afresh for the new version,
+//!    exactly as if the offer had arrived just after them. So resumed progress always
+//!    belongs to the content the job holds.
+//! 7. **Every state transition is one sled transaction** over all six trees, so a crash
+//!    leaves each job either before or after a transition, never half-way. Transitions the
+//!    invariants above depend on (progress, finalizing, complete, fail, retry-wait, requeue,
+//!    retry of failed jobs, recovery) are flushed before they return.
+//!
+//! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
+//! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
-use std::path::Path;
-use std::time::SystemTime;
+mod error;
+mod job;
+mod keys;
+mod lock;
+#[cfg(test)]
+mod tests;
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sled::Transactional;
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+
+pub use error::StoreError;
+pub use job::{FileKey, FolderCounts, Job, JobId, JobState, LedgerEntry, Offer, RetrySelection};
 
 use crate::fingerprint::Fingerprint;
+use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
+use lock::StateLock;
 
-/// A file inside a watched folder: the folder's absolute path and the `/`-separated path
-/// relative to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct FileKey {
-    pub folder: String,
-    pub rel: String,
+/// The layout version this code reads and writes (the default tree's `format` key).
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+const DB_DIR: &str = "db";
+
+/// Milliseconds since the Unix epoch; times before it (a badly set clock) count as 0.
+pub fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct JobId(pub u64);
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum JobState {
-    Queued,
-    Active,
-    Finalizing,
-    RetryWait { next_attempt_at_ms: u64 },
-    Failed { reason: String, failed_at_ms: u64 },
+pub fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    pub id: JobId,
-    pub key: FileKey,
-    /// The newest fingerprint seen for the file.
-    pub fingerprint: Fingerprint,
-    pub state: JobState,
-    /// Set when `finalizing` was persisted for the current content: the finalize call may
-    /// have reached the remote, so the backend reconciles before finalizing again.
-    pub finalize_started: bool,
-    /// Job-level attempts so far (reset when the content changes or on `upsync retry`).
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
+fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
 }
 
-/// What the ledger remembers about an uploaded file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    pub fingerprint: Fingerprint,
-    /// Backend-specific remote identity (KiFS path, Redivis upload URI).
-    pub remote: String,
-    /// MD5 hex of the uploaded bytes, where known.
-    pub md5: Option<String>,
-    pub uploaded_at_ms: u64,
+struct Trees {
+    jobs: sled::Tree,
+    by_path: sled::Tree,
+    ledger: sled::Tree,
+    progress: sled::Tree,
+    due: sled::Tree,
+    claimed: sled::Tree,
 }
 
-/// The outcome of offering a settled file to the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Offer {
-    /// The ledger already holds this fingerprint: nothing to do.
-    UpToDate,
-    /// A job for this path already has this fingerprint.
-    AlreadyQueued(JobId),
-    /// A new job was queued, or an existing one took the new fingerprint.
-    Queued(JobId),
+struct Inner {
+    // Field order is drop order: the database is closed before the lock is released, so a
+    // process that takes the lock next never sees sled still writing.
+    db: sled::Db,
+    trees: Trees,
+    state_dir: PathBuf,
+    _lock: StateLock,
 }
 
-/// Which failed jobs `retry_failed` moves back to the queue.
-#[derive(Debug, Clone)]
-pub enum RetrySelection {
-    All,
-    /// Absolute paths of files (folder joined with relative path).
-    Paths(Vec<std::path::PathBuf>),
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(err) = self.db.flush() {
+            tracing::warn!(
+                state_dir = %self.state_dir.display(),
+                error = %err,
+                "could not flush the state database on close"
+            );
+        }
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FolderCounts {
-    pub queued: u64,
-    pub active: u64,
-    pub finalizing: u64,
-    pub retry_wait: u64,
-    pub failed: u64,
-    pub done: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    Message(String),
-}
-
+/// The open state database. Clones share one database and one lock.
 #[derive(Clone)]
 pub struct Store {
-    _db: sled::Db,
+    inner: Arc<Inner>,
 }
 
-#[allow(unused_variables)]
-impl Store {
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        todo!()
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("state_dir", &self.inner.state_dir)
+            .finish_non_exhaustive()
     }
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+
+fn abort<T>(err: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records have string keys only and serialize to JSON")
+}
+
+fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
+    let job: Job = serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
+        tree: "jobs",
+        key: format!("job {id}"),
+        detail: err.to_string(),
+    })?;
+    if job.id != id {
+        return Err(StoreError::Corrupt {
+            tree: "jobs",
+            key: format!("job {id}"),
+            detail: format!("the record names job {}", job.id),
+        });
+    }
+    Ok(job)
+}
+
+fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
+    serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
+        tree: "ledger",
+        key: keys::describe(key),
+        detail: err.to_string(),
+    })
+}
+
+fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
+    file_key(key).map_err(StoreError::InvalidKey)
+}
+
+/// The six trees as one transaction sees them, with the moves that keep the invariants.
+struct Tx<'a> {
+    jobs: &'a TransactionalTree,
+    by_path: &'a TransactionalTree,
+    ledger: &'a TransactionalTree,
+    progress: &'a TransactionalTree,
+    due: &'a TransactionalTree,
+    claimed: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    fn job(&self, id: JobId) -> TxResult<Option<Job>> {
+        match self.jobs.get(job_key(id))? {
+            None => Ok(None),
+            Some(raw) => match decode_job(&raw, id) {
+                Ok(job) => Ok(Some(job)),
+                Err(err) => abort(err),
+            },
+        }
+    }
+
+    fn require_job(&self, id: JobId) -> TxResult<Job> {
+        match self.job(id)? {
+            Some(job) => Ok(job),
+            None => abort(StoreError::NoSuchJob(id)),
+        }
+    }
+
+    fn job_for(&self, raw_key: &[u8]) -> TxResult<Option<Job>> {
+        let Some(raw_id) = self.by_path.get(raw_key)? else {
+            return Ok(None);
+        };
+        let Some(id) = decode_job_key(&raw_id) else {
+            return abort(StoreError::Corrupt {
+                tree: "by_path",
+                key: keys::describe(raw_key),
+                detail: format!("the value is {} bytes, not an 8-byte job id", raw_id.len()),
+            });
+        };
+        self.job(id)
+    }
+
+    fn ledger_entry(&self, raw_key: &[u8]) -> TxResult<Option<LedgerEntry>> {
+        match self.ledger.get(raw_key)? {
+            None => Ok(None),
+            Some(raw) => match decode_ledger(&raw, raw_key) {
+                Ok(entry) => Ok(Some(entry)),
+                Err(err) => abort(err),
+            },
+        }
+    }
+
+    /// Writes `new` over `old` (the stored version, `None` for a new job) and moves its
+    /// `by_path` and `due` entries to match (invariants 1 and 2).
+    fn put_job(&self, old: Option<&Job>, new: &Job) -> TxResult<()> {
+        if let Some(old) = old
+            && let Some(due) = old.due_ms()
+        {
+            self.due.remove(&due_key(due, old.id))?;
+        }
+        let raw_key = match valid_key(&new.key) {
+            Ok(raw) => raw,
+            Err(err) => return abort(err),
+        };
+        self.jobs.insert(&job_key(new.id), encode(new))?;
+        self.by_path.insert(raw_key, &job_key(new.id))?;
+        if let Some(due) = new.due_ms() {
+            self.due.insert(&due_key(due, new.id), &[])?;
+        }
+        if !is_attempt(&new.state) {
+            self.claimed.remove(&job_key(new.id))?;
+        }
+        Ok(())
+    }
+
+    /// True when the job's fingerprint moved on since the current attempt claimed it
+    /// (invariant 6).
+    fn content_moved(&self, job: &Job) -> TxResult<bool> {
+        let Some(raw) = self.claimed.get(job_key(job.id))? else {
+            return Ok(false);
+        };
+        match serde_json::from_slice::<Fingerprint>(&raw) {
+            Ok(claimed) => Ok(claimed != job.fingerprint),
+            Err(err) => abort(StoreError::Corrupt {
+                tree: "claimed",
+                key: format!("job {}", job.id),
+                detail: err.to_string(),
+            }),
+        }
+    }
+
+    /// Removes the job with everything that refers to it (invariants 1 to 3).
+    fn remove_job(&self, job: &Job) -> TxResult<()> {
+        self.jobs.remove(&job_key(job.id))?;
+        if let Ok(raw_key) = file_key(&job.key)
+            && self.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..])
+        {
+            self.by_path.remove(raw_key)?;
+        }
+        self.progress.remove(&job_key(job.id))?;
+        self.claimed.remove(&job_key(job.id))?;
+        if let Some(due) = job.due_ms() {
+            self.due.remove(&due_key(due, job.id))?;
+        }
+        Ok(())
+    }
+
+    fn clear_progress(&self, id: JobId) -> TxResult<()> {
+        self.progress.remove(&job_key(id))?;
+        Ok(())
+    }
+}
+
+/// Active and finalizing jobs are attempts in progress: a worker holds them.
+fn is_attempt(state: &JobState) -> bool {
+    matches!(state, JobState::Active | JobState::Finalizing)
+}
+
+/// Puts a job back in the queue for new content: a fresh start, due now.
+fn queued_afresh(job: &Job, now: u64) -> Job {
+    Job {
+        state: JobState::Queued,
+        attempts: 0,
+        last_error: None,
+        finalize_started: false,
+        updated_at_ms: now,
+        ..job.clone()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database in `state_dir`, and locks the dir
+    /// against a second upsync for as long as any clone of the Store lives.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| {
+            StoreError::io("create the state directory", state_dir, state_dir, source)
+        })?;
+        let lock = StateLock::acquire(state_dir)?;
+        let db_path = state_dir.join(DB_DIR);
+        // Only a database sled cannot make sense of calls for moving it away; a plain I/O
+        // error (permissions, a full disk) is reported as what it is.
+        let open_error = |err: sled::Error| match err {
+            sled::Error::Io(io) => {
+                StoreError::io("open the state database", &db_path, state_dir, io)
+            }
+            other => StoreError::Open {
+                path: db_path.clone(),
+                detail: other.to_string(),
+            },
+        };
+        let db = open_db(&db_path).map_err(|err| match err {
+            FormatError::Sled(err) => open_error(err),
+            FormatError::Store(err) => err,
+        })?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let trees = Trees {
+            jobs: tree("jobs")?,
+            by_path: tree("by_path")?,
+            ledger: tree("ledger")?,
+            progress: tree("progress")?,
+            due: tree("due")?,
+            claimed: tree("claimed")?,
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                state_dir: state_dir.to_path_buf(),
+                _lock: lock,
+            }),
+        };
+        store.flush()?;
+        Ok(store)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    fn db_error(&self, err: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.inner.state_dir, err)
+    }
+
+    /// Runs `f` as one serializable transaction over all trees (sled retries it on conflict,
+    /// so `f` must not have side effects outside the trees).
+    fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
+        let t = &self.inner.trees;
+        (
+            &t.jobs,
+            &t.by_path,
+            &t.ledger,
+            &t.progress,
+            &t.due,
+            &t.claimed,
+        )
+            .transaction(|(jobs, by_path, ledger, progress, due, claimed)| {
+                f(&Tx {
+                    jobs,
+                    by_path,
+                    ledger,
+                    progress,
+                    due,
+                    claimed,
+                })
+            })
+            .map_err(|err| match err {
+                TransactionError::Abort(err) => err,
+                TransactionError::Storage(err) => self.db_error(err),
+            })
+    }
+
+    /// True when the ledger holds exactly this fingerprint for the file (one read).
     pub fn is_uploaded(
         &self,
         key: &FileKey,
         fingerprint: &Fingerprint,
     ) -> Result<bool, StoreError> {
-        todo!()
+        Ok(self
+            .ledger_get(key)?
+            .is_some_and(|entry| entry.fingerprint == *fingerprint))
     }
+
+    /// Offers a settled file version to the queue. Not flushed (invariant 4).
+    ///
+    /// A failed job with the same fingerprint stays failed (it answers `AlreadyQueued`):
+    /// failures wait for `upsync retry` or a new version of the file.
     pub fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> Result<Offer, StoreError> {
-        todo!()
+        let raw_key = valid_key(key)?;
+        let now = now_ms();
+        self.transact(|tx| {
+            let existing = tx.job_for(&raw_key)?;
+            let uploaded = tx
+                .ledger_entry(&raw_key)?
+                .is_some_and(|entry| entry.fingerprint == *fingerprint);
+            if uploaded {
+                if let Some(job) = &existing
+                    && matches!(job.state, JobState::Failed { .. })
+                {
+                    tx.remove_job(job)?;
+                }
+                return Ok(Offer::UpToDate);
+            }
+            match existing {
+                Some(job) if job.fingerprint == *fingerprint => Ok(Offer::AlreadyQueued(job.id)),
+                Some(job) => {
+                    let updated = match job.state {
+                        // The worker sees the new fingerprint when it completes and requeues.
+                        JobState::Active | JobState::Finalizing => Job {
+                            fingerprint: *fingerprint,
+                            updated_at_ms: now,
+                            ..job.clone()
+                        },
+                        JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
+                            tx.clear_progress(job.id)?;
+                            Job {
+                                fingerprint: *fingerprint,
+                                ..queued_afresh(&job, now)
+                            }
+                        }
+                    };
+                    tx.put_job(Some(&job), &updated)?;
+                    Ok(Offer::Queued(job.id))
+                }
+                None => {
+                    let job = Job {
+                        id: JobId(tx.jobs.generate_id()?),
+                        key: key.clone(),
+                        fingerprint: *fingerprint,
+                        state: JobState::Queued,
+                        finalize_started: false,
+                        attempts: 0,
+                        last_error: None,
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                    };
+                    tx.put_job(None, &job)?;
+                    Ok(Offer::Queued(job.id))
+                }
+            }
+        })
     }
+
+    /// Claims the earliest job due at or before `now` and makes it active. Entries of the
+    /// `due` index that no longer match a claimable job are removed on the way.
     pub fn claim(&self, now: SystemTime) -> Result<Option<Job>, StoreError> {
-        todo!()
+        let now = to_ms(now);
+        for entry in self.inner.trees.due.iter() {
+            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+            let Some((due, id)) = decode_due_key(&raw) else {
+                tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
+                self.inner
+                    .trees
+                    .due
+                    .remove(&raw)
+                    .map_err(|err| self.db_error(err))?;
+                continue;
+            };
+            if due > now {
+                return Ok(None);
+            }
+            let claimed = self.transact(|tx| {
+                // Another worker may have taken this entry since the scan read it.
+                if tx.due.remove(&raw)?.is_none() {
+                    return Ok(None);
+                }
+                let Some(job) = tx.job(id)? else {
+                    return Ok(None);
+                };
+                if job.due_ms() != Some(due) {
+                    return Ok(None);
+                }
+                let active = Job {
+                    state: JobState::Active,
+                    updated_at_ms: now,
+                    ..job.clone()
+                };
+                tx.put_job(Some(&job), &active)?;
+                tx.claimed
+                    .insert(&job_key(id), encode(&active.fingerprint))?;
+                Ok(Some(active))
+            })?;
+            if claimed.is_some() {
+                return Ok(claimed);
+            }
+        }
+        Ok(None)
     }
+
+    /// When the earliest queued or retry-wait job becomes claimable.
     pub fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
-        todo!()
+        for entry in self.inner.trees.due.iter() {
+            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+            if let Some((due, _)) = decode_due_key(&raw) {
+                return Ok(Some(from_ms(due)));
+            }
+        }
+        Ok(None)
     }
+
     pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        todo!()
+        match self
+            .inner
+            .trees
+            .jobs
+            .get(job_key(id))
+            .map_err(|err| self.db_error(err))?
+        {
+            None => Ok(None),
+            Some(raw) => decode_job(&raw, id).map(Some),
+        }
     }
+
+    /// Stores the backend's resume state and flushes it before returning (invariant 3).
     pub fn save_progress(&self, id: JobId, progress: &[u8]) -> Result<(), StoreError> {
-        todo!()
+        self.transact(|tx| {
+            tx.require_job(id)?;
+            tx.progress.insert(&job_key(id), progress)?;
+            Ok(())
+        })?;
+        self.flush()
     }
+
     pub fn load_progress(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        todo!()
+        Ok(self
+            .inner
+            .trees
+            .progress
+            .get(job_key(id))
+            .map_err(|err| self.db_error(err))?
+            .map(|raw| raw.to_vec()))
     }
+
+    /// Forgets the resume state (the session is gone); flushed so that a restart does not
+    /// resume it.
     pub fn clear_progress(&self, id: JobId) -> Result<(), StoreError> {
-        todo!()
+        self.transact(|tx| tx.clear_progress(id))?;
+        self.flush()
     }
+
+    /// Persists `finalizing` before the non-idempotent finalize call (invariant 5).
     pub fn mark_finalizing(&self, id: JobId) -> Result<(), StoreError> {
-        todo!()
+        let now = now_ms();
+        self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            let finalizing = Job {
+                state: JobState::Finalizing,
+                finalize_started: true,
+                updated_at_ms: now,
+                ..job.clone()
+            };
+            tx.put_job(Some(&job), &finalizing)
+        })?;
+        self.flush()
     }
+
+    /// Records the upload of `uploaded` in the ledger and ends the job. Returns false when
+    /// the file changed while it was uploading: the job is then queued again for the new
+    /// version (the ledger still records the version that did reach the remote).
     pub fn complete(
         &self,
         id: JobId,
@@ -140,36 +614,379 @@ impl Store {
         entry_remote: &str,
         md5: Option<&str>,
     ) -> Result<bool, StoreError> {
-        todo!()
+        let now = now_ms();
+        let done = self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            let raw_key = match valid_key(&job.key) {
+                Ok(raw) => raw,
+                Err(err) => return abort(err),
+            };
+            let entry = LedgerEntry {
+                fingerprint: *uploaded,
+                remote: entry_remote.to_owned(),
+                md5: md5.map(str::to_owned),
+                uploaded_at_ms: now,
+            };
+            tx.ledger.insert(raw_key, encode(&entry))?;
+            tx.clear_progress(id)?;
+            if job.fingerprint == *uploaded {
+                tx.remove_job(&job)?;
+                Ok(true)
+            } else {
+                tx.put_job(Some(&job), &queued_afresh(&job, now))?;
+                Ok(false)
+            }
+        })?;
+        self.flush()?;
+        Ok(done)
     }
+
+    /// Moves the job to `failed` with a reason a person can act on; it is not retried until
+    /// `retry_failed` or a new version of the file. If a new version was offered during the
+    /// attempt, the failure concerned the old bytes and the job is queued afresh instead.
     pub fn fail(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
-        todo!()
+        let now = now_ms();
+        self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            tx.clear_progress(id)?;
+            if tx.content_moved(&job)? {
+                return tx.put_job(Some(&job), &queued_afresh(&job, now));
+            }
+            let failed = Job {
+                state: JobState::Failed {
+                    reason: reason.to_owned(),
+                    failed_at_ms: now,
+                },
+                last_error: Some(reason.to_owned()),
+                updated_at_ms: now,
+                ..job.clone()
+            };
+            tx.put_job(Some(&job), &failed)
+        })?;
+        self.flush()
     }
+
+    /// Parks the job until `at` (a job-level retry); its progress is kept so that the next
+    /// attempt resumes the same session. If a new version was offered during the attempt,
+    /// the job is queued afresh for it instead (invariant 6).
     pub fn retry_later(&self, id: JobId, at: SystemTime, reason: &str) -> Result<(), StoreError> {
-        todo!()
+        let now = now_ms();
+        let at = to_ms(at);
+        self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            if tx.content_moved(&job)? {
+                tx.clear_progress(id)?;
+                return tx.put_job(Some(&job), &queued_afresh(&job, now));
+            }
+            let waiting = Job {
+                state: JobState::RetryWait {
+                    next_attempt_at_ms: at,
+                },
+                attempts: job.attempts.saturating_add(1),
+                last_error: Some(reason.to_owned()),
+                updated_at_ms: now,
+                ..job.clone()
+            };
+            tx.put_job(Some(&job), &waiting)
+        })?;
+        self.flush()
     }
+
+    /// Queues the job again from scratch because its file changed mid-upload: progress is
+    /// dropped, attempts and `finalize_started` reset.
     pub fn requeue(&self, id: JobId) -> Result<(), StoreError> {
-        todo!()
+        let now = now_ms();
+        self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            tx.clear_progress(id)?;
+            tx.put_job(Some(&job), &queued_afresh(&job, now))
+        })?;
+        self.flush()
     }
+
+    /// Removes the job because its file vanished. Not flushed: if a crash undoes it, the
+    /// worker finds the file missing again.
     pub fn drop_job(&self, id: JobId) -> Result<(), StoreError> {
-        todo!()
+        self.transact(|tx| match tx.job(id)? {
+            Some(job) => tx.remove_job(&job),
+            None => Ok(()),
+        })
     }
+
+    /// Moves failed jobs back to the queue (`upsync retry`); returns how many moved.
+    /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
-        todo!()
+        let selected = |job: &Job| match selection {
+            RetrySelection::All => true,
+            RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
+        };
+        let mut moved = 0;
+        for job in self.jobs()? {
+            if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
+                continue;
+            }
+            let now = now_ms();
+            let retried = self.transact(|tx| {
+                let Some(job) = tx.job(job.id)? else {
+                    return Ok(false);
+                };
+                if !matches!(job.state, JobState::Failed { .. }) {
+                    return Ok(false);
+                }
+                let queued = Job {
+                    state: JobState::Queued,
+                    attempts: 0,
+                    updated_at_ms: now,
+                    ..job.clone()
+                };
+                tx.put_job(Some(&job), &queued)?;
+                Ok(true)
+            })?;
+            moved += usize::from(retried);
+        }
+        self.flush()?;
+        Ok(moved)
     }
+
+    /// Run once at daemon start, before any worker claims: jobs that were active or
+    /// finalizing when the last process stopped go back to the queue, keeping their progress
+    /// and `finalize_started`. Also repairs the indexes (a missing `due` or `by_path` entry,
+    /// `due` entries and progress of jobs that are gone). Returns how many jobs were
+    /// interrupted uploads put back in the queue.
     pub fn recover_after_restart(&self) -> Result<usize, StoreError> {
-        todo!()
+        enum Repair {
+            Requeued,
+            Reindexed,
+            Sound,
+        }
+        let now = now_ms();
+        let mut recovered = 0;
+        for job in self.jobs()? {
+            let repair = self.transact(|tx| {
+                let Some(job) = tx.job(job.id)? else {
+                    return Ok(Repair::Sound);
+                };
+                if is_attempt(&job.state) {
+                    if tx.content_moved(&job)? {
+                        tx.clear_progress(job.id)?;
+                    }
+                    let queued = Job {
+                        state: JobState::Queued,
+                        updated_at_ms: now,
+                        ..job.clone()
+                    };
+                    tx.put_job(Some(&job), &queued)?;
+                    return Ok(Repair::Requeued);
+                }
+                let raw_key = match valid_key(&job.key) {
+                    Ok(raw) => raw,
+                    Err(err) => return abort(err),
+                };
+                let indexed = tx.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..]);
+                let due_indexed = match job.due_ms() {
+                    Some(due) => tx.due.get(due_key(due, job.id))?.is_some(),
+                    None => true,
+                };
+                if indexed && due_indexed {
+                    return Ok(Repair::Sound);
+                }
+                // put_job rewrites the job's by_path and due entries.
+                tx.put_job(Some(&job), &job)?;
+                Ok(Repair::Reindexed)
+            })?;
+            match repair {
+                Repair::Requeued => recovered += 1,
+                Repair::Reindexed => {
+                    tracing::warn!(job = %job.id, path = %job.key, "restored the lost index entries of a job");
+                }
+                Repair::Sound => {}
+            }
+        }
+        self.remove_dangling_entries()?;
+        self.flush()?;
+        Ok(recovered)
     }
+
+    /// Removes `due`, `by_path`, `progress` and `claimed` entries whose job no longer matches
+    /// them.
+    fn remove_dangling_entries(&self) -> Result<(), StoreError> {
+        let trees = &self.inner.trees;
+        let db_error = |err| self.db_error(err);
+        for entry in trees.due.iter() {
+            let (raw, _) = entry.map_err(db_error)?;
+            let stale = match decode_due_key(&raw) {
+                None => true,
+                Some((due, id)) => self.get(id)?.is_none_or(|job| job.due_ms() != Some(due)),
+            };
+            if stale {
+                trees.due.remove(&raw).map_err(db_error)?;
+            }
+        }
+        for entry in trees.by_path.iter() {
+            let (raw, value) = entry.map_err(db_error)?;
+            let job = match decode_job_key(&value) {
+                Some(id) => self.get(id)?,
+                None => None,
+            };
+            let stale = job.is_none_or(|job| file_key(&job.key).ok().as_deref() != Some(&raw[..]));
+            if stale {
+                trees.by_path.remove(&raw).map_err(db_error)?;
+            }
+        }
+        for entry in trees.progress.iter() {
+            let (raw, _) = entry.map_err(db_error)?;
+            let orphan = match decode_job_key(&raw) {
+                Some(id) => self.get(id)?.is_none(),
+                None => true,
+            };
+            if orphan {
+                trees.progress.remove(&raw).map_err(db_error)?;
+            }
+        }
+        for entry in trees.claimed.iter() {
+            let (raw, _) = entry.map_err(db_error)?;
+            let stale = match decode_job_key(&raw) {
+                Some(id) => self.get(id)?.is_none_or(|job| !is_attempt(&job.state)),
+                None => true,
+            };
+            if stale {
+                trees.claimed.remove(&raw).map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn ledger_get(&self, key: &FileKey) -> Result<Option<LedgerEntry>, StoreError> {
-        todo!()
+        let raw_key = valid_key(key)?;
+        match self
+            .inner
+            .trees
+            .ledger
+            .get(&raw_key)
+            .map_err(|err| self.db_error(err))?
+        {
+            None => Ok(None),
+            Some(raw) => decode_ledger(&raw, &raw_key).map(Some),
+        }
     }
+
+    /// Every job, in id (creation) order.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        todo!()
+        let mut jobs = Vec::new();
+        for entry in self.inner.trees.jobs.iter() {
+            let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
+            let id = decode_job_key(&raw_id).ok_or_else(|| StoreError::Corrupt {
+                tree: "jobs",
+                key: keys::describe(&raw_id),
+                detail: "the key is not an 8-byte job id".into(),
+            })?;
+            jobs.push(decode_job(&raw, id)?);
+        }
+        Ok(jobs)
     }
-    pub fn counts(&self) -> Result<std::collections::BTreeMap<String, FolderCounts>, StoreError> {
-        todo!()
+
+    /// Jobs by state and uploaded files (`done`, the ledger entries) per folder.
+    pub fn counts(&self) -> Result<BTreeMap<String, FolderCounts>, StoreError> {
+        let mut counts: BTreeMap<String, FolderCounts> = BTreeMap::new();
+        for job in self.jobs()? {
+            let folder = counts.entry(job.key.folder.clone()).or_default();
+            match job.state {
+                JobState::Queued => folder.queued += 1,
+                JobState::Active => folder.active += 1,
+                JobState::Finalizing => folder.finalizing += 1,
+                JobState::RetryWait { .. } => folder.retry_wait += 1,
+                JobState::Failed { .. } => folder.failed += 1,
+            }
+        }
+        // Ledger keys carry the folder, so counting needs no value decoding.
+        for entry in self.inner.trees.ledger.iter().keys() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            let key = decode_file_key(&raw).ok_or_else(|| StoreError::Corrupt {
+                tree: "ledger",
+                key: keys::describe(&raw),
+                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
+            })?;
+            counts.entry(key.folder).or_default().done += 1;
+        }
+        Ok(counts)
     }
+
+    /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
-        todo!()
+        self.inner
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|err| self.db_error(err))
+    }
+}
+
+/// Opens the database at `path`, creating it first if it does not exist.
+///
+/// A new database is built in `db.new`, stamped with the format marker, flushed, and only
+/// then renamed to `db`. So an existing `db` without the marker is never a half-created
+/// one: it is damaged or someone else's. That matters because sled reads a data file full
+/// of garbage as an empty database instead of failing; the missing marker is how such a
+/// loss of the queue and ledger gets noticed instead of silently starting over.
+fn open_db(path: &Path) -> Result<sled::Db, FormatError> {
+    if !path.exists() {
+        create_db(path)?;
+    }
+    let db = sled::Config::new().path(path).open()?;
+    check_format(&db, path)?;
+    Ok(db)
+}
+
+fn create_db(path: &Path) -> Result<(), FormatError> {
+    let fresh = path.with_extension("new");
+    let state_dir = path.parent().unwrap_or(path);
+    let io_error = |action: &'static str, at: &Path| {
+        let at = at.to_path_buf();
+        move |source| FormatError::Store(StoreError::io(action, &at, state_dir, source))
+    };
+    if fresh.exists() {
+        // Left by a crash during an earlier creation; it never held any state.
+        std::fs::remove_dir_all(&fresh)
+            .map_err(io_error("remove the half-created database", &fresh))?;
+    }
+    {
+        let db = sled::Config::new().path(&fresh).open()?;
+        db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
+        db.flush()?;
+    }
+    std::fs::rename(&fresh, path).map_err(io_error("move the new database into place at", path))?;
+    // The rename is durable only once the directory holding it is synced.
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("sync the state directory", state_dir))?;
+    Ok(())
+}
+
+enum FormatError {
+    Sled(sled::Error),
+    Store(StoreError),
+}
+
+impl From<sled::Error> for FormatError {
+    fn from(err: sled::Error) -> Self {
+        FormatError::Sled(err)
+    }
+}
+
+/// Accepts only a database stamped with [`FORMAT_VERSION`].
+fn check_format(db: &sled::Db, path: &Path) -> Result<(), FormatError> {
+    match db.get(FORMAT_KEY)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
+        Some(found) => Err(FormatError::Store(StoreError::UnknownFormat {
+            path: path.to_path_buf(),
+            found: String::from_utf8_lossy(&found).into_owned(),
+            expected: FORMAT_VERSION,
+        })),
+        None => Err(FormatError::Store(StoreError::Open {
+            path: path.to_path_buf(),
+            detail: "it has no upsync format marker, so it is damaged (sled reads a corrupt \
+                     data file as empty) or was not written by upsync"
+                .into(),
+        })),
     }
 }

@@ -1,14 +1,48 @@
 //! Finding files that are ready to upload: notify watches, the start-up scan, periodic
-//! rescans, include/exclude filters and the settle rule. (Skeleton.)
+//! rescans, include/exclude filters and the settle rule.
+//!
+//! - [`filter`]: include/exclude globs.
+//! - [`settle`]: the pure settle state machine (clock injected).
+//! - `scan`: the directory walk (watch first, then list; symlinks never followed).
+//! - [`watcher`]: notify setup, the non-blocking event callback, the inotify-limit message.
+//! - `folder`: one folder's state and its synchronous work (scan, events, tick).
+//!
+//! [`run_folder`] is the async loop around a folder: it receives notify events from a
+//! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
+//! to run rescans, and runs all file-system work on the blocking pool. Settled files go to a
+//! [`Sink`] — the queue's [`Store`] in the daemon, a recorder in tests.
 
-use std::sync::Arc;
+pub mod filter;
+mod folder;
+mod scan;
+pub mod settle;
+pub mod watcher;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, warn};
 
 use crate::config::FolderConfig;
-use crate::queue::Store;
+use crate::fingerprint::Fingerprint;
+use crate::queue::{FileKey, Offer, Store};
+
+pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
+pub use folder::Options;
+use folder::{FolderParts, FolderState};
+use scan::{Visit, Walker};
+use settle::{Settle, SystemClock};
+use watcher::{DirWatcher, EventFlags, EventSender, NoDirs, NotifyDirs};
+
+/// How many notify events may wait for the folder loop before new ones are dropped (and a
+/// rescan scheduled instead).
+const EVENT_CHANNEL_CAPACITY: usize = 4096;
+/// At most this many events are handled in one batch on the blocking pool.
+const EVENT_BATCH: usize = 1024;
 
 /// What a folder watcher needs from the daemon.
 #[derive(Clone)]
@@ -23,8 +57,52 @@ pub struct WatchContext {
 /// Figures from the start-up scan of one folder.
 #[derive(Debug, Clone, Default)]
 pub struct ScanSummary {
+    /// Regular files accepted by the filters.
     pub files_seen: u64,
+    /// Files whose offer queued a job.
     pub queued: u64,
+}
+
+/// The outcome of offering a settled file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkOffer {
+    /// A job was queued (or took the new fingerprint): workers should look.
+    Queued,
+    /// Already uploaded or already queued with this fingerprint.
+    Known,
+    /// The offer could not be recorded (logged by the sink); it is tried again later.
+    Failed,
+}
+
+/// Where settled files go.
+pub trait Sink: Send + Sync {
+    /// Whether the ledger already holds this fingerprint for the file.
+    fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool;
+    /// Offers a settled file version for upload.
+    fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer;
+}
+
+impl Sink for Store {
+    fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
+        match Store::is_uploaded(self, key, fingerprint) {
+            Ok(uploaded) => uploaded,
+            Err(e) => {
+                error!(folder = %key.folder, path = %key.rel, error = %e, "cannot read the upload ledger; treating the file as not uploaded");
+                false
+            }
+        }
+    }
+
+    fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
+        match Store::offer(self, key, fingerprint) {
+            Ok(Offer::Queued(_)) => SinkOffer::Queued,
+            Ok(Offer::AlreadyQueued(_) | Offer::UpToDate) => SinkOffer::Known,
+            Err(e) => {
+                error!(folder = %key.folder, path = %key.rel, error = %e, "cannot queue a settled file; will try again");
+                SinkOffer::Failed
+            }
+        }
+    }
 }
 
 /// Watches one folder until `ctx.shutdown`; sends the start-up scan's summary on `scanned`
@@ -34,6 +112,210 @@ pub async fn run_folder(
     ctx: WatchContext,
     scanned: tokio::sync::oneshot::Sender<ScanSummary>,
 ) {
-    let _ = (folder, ctx, scanned);
-    todo!()
+    let opts = Options::new(folder.settle, ctx.rescan_interval);
+    let sink: Arc<dyn Sink> = Arc::new(ctx.store);
+    run_folder_with(
+        folder,
+        sink,
+        Some(ctx.wake),
+        ctx.shutdown,
+        opts,
+        |events| NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>),
+        scanned,
+    )
+    .await
 }
+
+/// [`run_folder`] with every part injectable: the sink, the timings and how directory
+/// watches are made (`make_dirs` receives the event handler to give notify).
+pub async fn run_folder_with<F>(
+    folder: FolderConfig,
+    sink: Arc<dyn Sink>,
+    wake: Option<Arc<Notify>>,
+    shutdown: CancellationToken,
+    opts: Options,
+    make_dirs: F,
+    scanned: oneshot::Sender<ScanSummary>,
+) where
+    F: FnOnce(EventSender) -> notify::Result<Box<dyn DirWatcher>>,
+{
+    let span = tracing::info_span!("watch", folder = %folder.path.display());
+    async move {
+        let filter = match Filter::new(&folder.include, &folder.exclude) {
+            Ok(filter) => filter,
+            Err(e) => {
+                error!(error = %e, "cannot watch the folder: bad include/exclude pattern");
+                let _ = scanned.send(ScanSummary::default());
+                return;
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let flags = Arc::new(EventFlags::default());
+        let dirs = match make_dirs(EventSender::new(tx, flags.clone())) {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                error!(error = %e, "cannot create a file watcher (is fs.inotify.max_user_instances reached?); the folder is rescanned every {} instead", humantime::format_duration(opts.fallback_interval));
+                Box::new(NoDirs {
+                    reason: format!("no file watcher: {e}"),
+                })
+            }
+        };
+        let tick_period = opts.tick;
+        let state = Arc::new(Mutex::new(FolderState::new(FolderParts {
+            root: folder.path.clone(),
+            filter,
+            recursive: folder.recursive,
+            settle: folder.settle,
+            dirs,
+            sink,
+            wake,
+            flags,
+            cancel: shutdown.clone(),
+            opts,
+        })));
+
+        let Some(summary) = on_blocking_pool(&state, FolderState::start).await else {
+            return;
+        };
+        let _ = scanned.send(summary);
+
+        let mut tick = tokio::time::interval(tick_period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if on_blocking_pool(&state, FolderState::tick).await.is_none() {
+                        break;
+                    }
+                }
+                event = rx.recv(), if events_open => {
+                    let Some(event) = event else {
+                        warn!("the file watcher stopped; relying on rescans");
+                        events_open = false;
+                        continue;
+                    };
+                    let mut batch = vec![event];
+                    while batch.len() < EVENT_BATCH {
+                        match rx.try_recv() {
+                            Ok(event) => batch.push(event),
+                            Err(_) => break,
+                        }
+                    }
+                    if on_blocking_pool(&state, move |st| st.handle_events(batch)).await.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Dropping the state drops the watcher, which stops notify's thread.
+        drop(state);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs `work` on the folder state on the blocking pool, in the caller's tracing context.
+/// `None` if it panicked (logged); the folder loop then stops.
+async fn on_blocking_pool<R, W>(state: &Arc<Mutex<FolderState>>, work: W) -> Option<R>
+where
+    R: Send + 'static,
+    W: FnOnce(&mut FolderState) -> R + Send + 'static,
+{
+    let state = state.clone();
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    let span = tracing::Span::current();
+    let joined = tokio::task::spawn_blocking(move || {
+        tracing::dispatcher::with_default(&dispatch, || {
+            let _entered = span.enter();
+            let mut state = state
+                .lock()
+                .expect("the folder state is only poisoned by a panic, which ends the loop");
+            work(&mut state)
+        })
+    })
+    .await;
+    match joined {
+        Ok(result) => Some(result),
+        Err(e) => {
+            error!(error = %e, "the folder watcher failed; this folder is no longer watched");
+            None
+        }
+    }
+}
+
+/// Errors of [`scan_once`].
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("cannot scan folder {}: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Scans a folder once, without watching: offers every file not yet uploaded whose mtime is
+/// already older than the folder's settle time (younger files are left for the watcher).
+pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, ScanError> {
+    let filter = Filter::new(&folder.include, &folder.exclude)?;
+    let meta = std::fs::metadata(&folder.path).map_err(|source| ScanError::Folder {
+        path: folder.path.clone(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ScanError::Folder {
+            path: folder.path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+
+    struct Once<'a> {
+        folder_key: String,
+        sink: &'a dyn Sink,
+        settle: Settle<String, SystemClock>,
+        summary: ScanSummary,
+    }
+    impl Visit for Once<'_> {
+        fn enter_dir(&mut self, _dir: &std::path::Path) {}
+        fn file(&mut self, _path: &std::path::Path, rel: &str, meta: &std::fs::Metadata) {
+            self.summary.files_seen += 1;
+            let fp = Fingerprint::of(meta);
+            let key = FileKey {
+                folder: self.folder_key.clone(),
+                rel: rel.to_string(),
+            };
+            if self.sink.is_uploaded(&key, &fp) {
+                return;
+            }
+            // A fresh tracker per file: only the old-mtime rule can settle it at first sight.
+            self.settle.observe(key.rel.clone(), fp);
+            let settled = self.settle.is_settled(&key.rel);
+            self.settle.remove(&key.rel);
+            if settled && self.sink.offer(&key, &fp) == SinkOffer::Queued {
+                self.summary.queued += 1;
+            }
+        }
+    }
+
+    let mut visit = Once {
+        folder_key: folder.path.to_string_lossy().into_owned(),
+        sink,
+        settle: Settle::new(folder.settle, SystemClock),
+        summary: ScanSummary::default(),
+    };
+    Walker {
+        root: &folder.path,
+        filter: &filter,
+        recursive: folder.recursive,
+    }
+    .walk(&folder.path, &mut visit, &mut HashSet::new());
+    Ok(visit.summary)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The records the store keeps: jobs and their states, ledger entries, and the small
+//! value types the store's API speaks in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::Fingerprint;
+
+/// A file inside a watched folder: the folder's absolute path and the `/`-separated path
+/// relative to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileKey {
+    pub folder: String,
+    pub rel: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum JobState {
+    Queued,
+    Active,
+    Finalizing,
+    RetryWait { next_attempt_at_ms: u64 },
+    Failed { reason: String, failed_at_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub key: FileKey,
+    /// The newest fingerprint seen for the file.
+    pub fingerprint: Fingerprint,
+    pub state: JobState,
+    /// Set when `finalizing` was persisted for the current content: the finalize call may
+    /// have reached the remote, so the backend reconciles before finalizing again.
+    pub finalize_started: bool,
+    /// Job-level attempts so far (reset when the content changes or on `upsync retry`).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// What the ledger remembers about an uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub fingerprint: Fingerprint,
+    /// Backend-specific remote identity (KiFS path, Redivis upload URI).
+    pub remote: String,
+    /// MD5 hex of the uploaded bytes, where known.
+    pub md5: Option<String>,
+    pub uploaded_at_ms: u64,
+}
+
+/// The outcome of offering a settled file to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// The ledger already holds this fingerprint: nothing to do.
+    UpToDate,
+    /// A job for this path already has this fingerprint.
+    AlreadyQueued(JobId),
+    /// A new job was queued, or an existing one took the new fingerprint.
+    Queued(JobId),
+}
+
+/// Which failed jobs `retry_failed` moves back to the queue.
+#[derive(Debug, Clone)]
+pub enum RetrySelection {
+    All,
+    /// Absolute paths of files (folder joined with relative path).
+    Paths(Vec<std::path::PathBuf>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderCounts {
+    pub queued: u64,
+    pub active: u64,
+    pub finalizing: u64,
+    pub retry_wait: u64,
+    pub failed: u64,
+    pub done: u64,
+}
+
+impl FileKey {
+    pub fn new(folder: impl Into<String>, rel: impl Into<String>) -> FileKey {
+        FileKey {
+            folder: folder.into(),
+            rel: rel.into(),
+        }
+    }
+
+    /// The file's absolute local path: the folder joined with the relative path.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.folder).join(&self.rel)
+    }
+}
+
+impl std::fmt::Display for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path().display())
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl JobState {
+    /// The state's name as `upsync status` prints it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Active => "active",
+            JobState::Finalizing => "finalizing",
+            JobState::RetryWait { .. } => "retry-wait",
+            JobState::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl Job {
+    /// Where the job sits in the `due` index: queued jobs at the time they were queued
+    /// (`updated_at_ms`, which every transition into `Queued` sets), retry-wait jobs at their
+    /// next attempt. Active, finalizing and failed jobs are not claimable and have no entry.
+    pub fn due_ms(&self) -> Option<u64> {
+        match self.state {
+            JobState::Queued => Some(self.updated_at_ms),
+            JobState::RetryWait { next_attempt_at_ms } => Some(next_attempt_at_ms),
+            JobState::Active | JobState::Finalizing | JobState::Failed { .. } => None,
+        }
+    }
+
+    /// The file's absolute local path.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.key.path()
+    }
+}

@@ -1,0 +1,71 @@
+//! The exclusive lock on `state_dir/upsync.lock` that keeps two daemons off one state dir.
+//!
+//! `flock(2)` rather than a pid file: the kernel drops the lock when the process dies, even
+//! on `kill -9`, so a crash never leaves a stale lock behind. flock locks belong to the open
+//! file description, so a second `open` of the same file, even in the same process, is
+//! refused as well.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::error::StoreError;
+
+pub const LOCK_FILE: &str = "upsync.lock";
+
+/// Holds the lock until dropped (closing the file releases it).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the lock without waiting; fails with [`StoreError::Locked`] when another open
+    /// file description holds it.
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, StoreError> {
+        let path = state_dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::io("create the lock file", &path, state_dir, source))?;
+        loop {
+            // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(StateLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => {
+                    return Err(StoreError::Locked {
+                        state_dir: state_dir.to_path_buf(),
+                        lock_path: path,
+                    });
+                }
+                _ => return Err(StoreError::io("lock", &path, state_dir, err)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let first = StateLock::acquire(dir.path()).expect("the first lock is free");
+        let err = StateLock::acquire(dir.path()).expect_err("the lock is already held");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("upsync.lock"), "{err}");
+        drop(first);
+        StateLock::acquire(dir.path()).expect("dropping the first lock released it");
+    }
+}

@@ -1,0 +1,1076 @@
+//! Tests of the store against a real sled database in a temp dir. Reopening the store
+//! (drop, then `Store::open` on the same dir) stands for a daemon restart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
+use super::*;
+
+fn fp(n: u64) -> Fingerprint {
+    Fingerprint {
+        size: n,
+        mtime_ns: i128::from(n) * 1_000,
+        inode: n,
+    }
+}
+
+fn key(rel: &str) -> FileKey {
+    FileKey::new("/data/in", rel)
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir).expect("a fresh or previously closed state dir opens")
+}
+
+fn reopen(store: Store) -> Store {
+    let dir = store.state_dir().to_path_buf();
+    drop(store);
+    open(&dir)
+}
+
+fn far_future() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+fn queued_id(offer: Offer) -> JobId {
+    match offer {
+        Offer::Queued(id) => id,
+        other => panic!("expected the offer to queue a job, got {other:?}"),
+    }
+}
+
+fn job(store: &Store, id: JobId) -> Job {
+    store
+        .get(id)
+        .expect("the store reads")
+        .expect("the job is still in the queue")
+}
+
+/// Checks invariants 1 to 3, and that `claimed` indexes exactly the attempts (6), by
+/// scanning every tree.
+fn assert_invariants(store: &Store) {
+    let trees = &store.inner.trees;
+    let jobs = store.jobs().expect("all jobs decode");
+    for job in &jobs {
+        let raw_key = file_key(&job.key).expect("stored keys are valid");
+        let indexed = trees.by_path.get(&raw_key).expect("by_path reads");
+        assert_eq!(
+            indexed.as_deref(),
+            Some(&job_key(job.id)[..]),
+            "by_path must name job {} for {}",
+            job.id,
+            job.key
+        );
+        if let Some(due) = job.due_ms() {
+            assert!(
+                trees
+                    .due
+                    .contains_key(due_key(due, job.id))
+                    .expect("due reads"),
+                "claimable job {} ({}) must have a due entry at {due}",
+                job.id,
+                job.state.name()
+            );
+        }
+    }
+    for entry in trees.by_path.iter() {
+        let (raw_key, raw_id) = entry.expect("by_path iterates");
+        let id = decode_job_key(&raw_id).expect("by_path values are job ids");
+        let job = jobs
+            .iter()
+            .find(|job| job.id == id)
+            .expect("every by_path entry names an existing job");
+        assert_eq!(file_key(&job.key).expect("valid key"), raw_key.to_vec());
+    }
+    for entry in trees.due.iter() {
+        let (raw, _) = entry.expect("due iterates");
+        let (due, id) = decode_due_key(&raw).expect("due keys are 16 bytes");
+        let job = jobs
+            .iter()
+            .find(|job| job.id == id)
+            .expect("every due entry names an existing job");
+        assert_eq!(
+            job.due_ms(),
+            Some(due),
+            "due entry of job {id} matches its state {}",
+            job.state.name()
+        );
+    }
+    for job in &jobs {
+        let claimed = trees
+            .claimed
+            .contains_key(job_key(job.id))
+            .expect("claimed reads");
+        let attempt = matches!(job.state, JobState::Active | JobState::Finalizing);
+        assert_eq!(
+            claimed,
+            attempt,
+            "job {} ({}) has a claimed entry exactly while it is an attempt",
+            job.id,
+            job.state.name()
+        );
+    }
+    for entry in trees.claimed.iter() {
+        let (raw, _) = entry.expect("claimed iterates");
+        let id = decode_job_key(&raw).expect("claimed keys are job ids");
+        assert!(
+            jobs.iter().any(|job| job.id == id),
+            "claimed entry of job {id} belongs to an existing job"
+        );
+    }
+    for entry in trees.progress.iter() {
+        let (raw, _) = entry.expect("progress iterates");
+        let id = decode_job_key(&raw).expect("progress keys are job ids");
+        assert!(
+            jobs.iter().any(|job| job.id == id),
+            "progress of job {id} belongs to an existing job"
+        );
+    }
+}
+
+/// Invariant 4, for one file: a version not in the ledger has a job.
+fn assert_covered(store: &Store, key: &FileKey, current: &Fingerprint) {
+    let uploaded = store.is_uploaded(key, current).expect("the ledger reads");
+    let has_job = store
+        .jobs()
+        .expect("jobs read")
+        .iter()
+        .any(|job| job.key == *key && job.fingerprint == *current);
+    assert!(
+        uploaded || has_job,
+        "{key} at {current:?} is neither uploaded nor queued"
+    );
+}
+
+#[test]
+fn repeated_offers_of_one_version_coalesce_into_one_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer works"));
+    for _ in 0..5 {
+        assert_eq!(
+            store.offer(&key("a.csv"), &fp(1)).expect("offer works"),
+            Offer::AlreadyQueued(id)
+        );
+    }
+    assert_eq!(store.jobs().expect("jobs read").len(), 1);
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_new_version_replaces_the_queued_one_instead_of_adding_a_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer works"));
+    store
+        .save_progress(id, b"session for version 1")
+        .expect("progress saves");
+    assert_eq!(
+        store.offer(&key("a.csv"), &fp(2)).expect("offer works"),
+        Offer::Queued(id)
+    );
+    let jobs = store.jobs().expect("jobs read");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].fingerprint, fp(2));
+    assert_eq!(jobs[0].state, JobState::Queued);
+    assert_eq!(
+        store.load_progress(id).expect("progress reads"),
+        None,
+        "a session for the old bytes must not be resumed for the new ones"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn different_files_get_different_jobs() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let a = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer works"));
+    let b = queued_id(store.offer(&key("b.csv"), &fp(1)).expect("offer works"));
+    let other_folder = FileKey::new("/data/other", "a.csv");
+    let c = queued_id(store.offer(&other_folder, &fp(1)).expect("offer works"));
+    assert!(a != b && b != c && a != c);
+    assert_invariants(&store);
+}
+
+#[test]
+fn an_uploaded_version_stays_up_to_date_after_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer works"));
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the queued job is due");
+    assert_eq!(claimed.id, id);
+    assert!(
+        store
+            .complete(id, &fp(1), "ingest/a.csv", Some("abc123"))
+            .expect("complete works")
+    );
+
+    let store = reopen(store);
+    assert!(store.is_uploaded(&key("a.csv"), &fp(1)).expect("reads"));
+    assert!(!store.is_uploaded(&key("a.csv"), &fp(2)).expect("reads"));
+    assert_eq!(
+        store.offer(&key("a.csv"), &fp(1)).expect("offer works"),
+        Offer::UpToDate
+    );
+    assert!(store.jobs().expect("jobs read").is_empty());
+    let entry = store
+        .ledger_get(&key("a.csv"))
+        .expect("the ledger reads")
+        .expect("the upload was recorded");
+    assert_eq!(entry.fingerprint, fp(1));
+    assert_eq!(entry.remote, "ingest/a.csv");
+    assert_eq!(entry.md5.as_deref(), Some("abc123"));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_job_survives_a_restart_in_every_state() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let queued = queued_id(store.offer(&key("queued"), &fp(1)).expect("offer"));
+    let active = queued_id(store.offer(&key("active"), &fp(2)).expect("offer"));
+    let finalizing = queued_id(store.offer(&key("finalizing"), &fp(3)).expect("offer"));
+    let waiting = queued_id(store.offer(&key("waiting"), &fp(4)).expect("offer"));
+    let failed = queued_id(store.offer(&key("failed"), &fp(5)).expect("offer"));
+    // Claim all but the queued one: claims go in due order, so claim four and requeue
+    // whichever of them is `queued`.
+    let mut claimed = Vec::new();
+    while let Some(job) = store.claim(SystemTime::now()).expect("claim works") {
+        claimed.push(job.id);
+    }
+    assert_eq!(claimed.len(), 5);
+    store.requeue(queued).expect("requeue works");
+    store.mark_finalizing(finalizing).expect("mark works");
+    let at = far_future();
+    store
+        .retry_later(waiting, at, "HTTP 503 from the remote")
+        .expect("retry_later works");
+    store
+        .fail(failed, "HTTP 403: the token may not write to this table")
+        .expect("fail works");
+    let before: Vec<Job> = store.jobs().expect("jobs read");
+
+    let store = reopen(store);
+    assert_eq!(store.jobs().expect("jobs read"), before);
+    assert_eq!(job(&store, queued).state, JobState::Queued);
+    assert_eq!(job(&store, active).state, JobState::Active);
+    assert_eq!(job(&store, finalizing).state, JobState::Finalizing);
+    assert_eq!(
+        job(&store, waiting).state,
+        JobState::RetryWait {
+            next_attempt_at_ms: to_ms(at)
+        }
+    );
+    assert!(matches!(
+        job(&store, failed).state,
+        JobState::Failed { ref reason, .. } if reason == "HTTP 403: the token may not write to this table"
+    ));
+    assert_invariants(&store);
+}
+
+#[test]
+fn progress_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("big.bin"), &fp(9)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store
+        .save_progress(id, br#"{"session":"s1","offset":262144}"#)
+        .expect("progress saves");
+    store
+        .save_progress(id, br#"{"session":"s1","offset":524288}"#)
+        .expect("progress saves");
+
+    let store = reopen(store);
+    assert_eq!(
+        store.load_progress(id).expect("progress reads").as_deref(),
+        Some(&br#"{"session":"s1","offset":524288}"#[..])
+    );
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 1);
+    assert!(
+        store.load_progress(id).expect("progress reads").is_some(),
+        "recovery keeps the progress of an interrupted upload"
+    );
+    store.clear_progress(id).expect("clear works");
+    assert_eq!(store.load_progress(id).expect("progress reads"), None);
+    assert_invariants(&store);
+}
+
+#[test]
+fn finalizing_survives_a_restart_and_recovery_keeps_finalize_started() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"parts=3").expect("progress saves");
+    store.mark_finalizing(id).expect("mark works");
+    assert!(job(&store, id).finalize_started);
+
+    let store = reopen(store);
+    assert_eq!(job(&store, id).state, JobState::Finalizing);
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 1);
+    let recovered = job(&store, id);
+    assert_eq!(recovered.state, JobState::Queued);
+    assert!(recovered.finalize_started);
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"parts=3"[..])
+    );
+    assert_invariants(&store);
+
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the recovered job is due");
+    assert_eq!(claimed.id, id);
+    assert_eq!(claimed.state, JobState::Active);
+    assert!(
+        claimed.finalize_started,
+        "the worker must reconcile before finalizing again"
+    );
+}
+
+#[test]
+fn recovery_requeues_active_jobs_and_counts_them() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let a = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    let b = queued_id(store.offer(&key("b"), &fp(2)).expect("offer"));
+    queued_id(store.offer(&key("c"), &fp(3)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.claim(SystemTime::now()).expect("claim works");
+
+    let store = reopen(store);
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 2);
+    for id in [a, b] {
+        let job = job(&store, id);
+        assert_eq!(job.state, JobState::Queued);
+        assert!(!job.finalize_started);
+    }
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 0);
+    assert_invariants(&store);
+}
+
+#[test]
+fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    let trees = &store.inner.trees;
+    let due = job(&store, id).due_ms().expect("a queued job is due");
+    trees.due.remove(due_key(due, id)).expect("removing works");
+    trees
+        .by_path
+        .remove(file_key(&key("a")).expect("valid key"))
+        .expect("removing works");
+    trees
+        .due
+        .insert(due_key(5, JobId(999_999)), &[])
+        .expect("inserting works");
+    trees
+        .progress
+        .insert(job_key(JobId(999_999)), &b"orphan"[..])
+        .expect("inserting works");
+    trees
+        .by_path
+        .insert(
+            file_key(&key("ghost")).expect("valid key"),
+            &job_key(JobId(999_999)),
+        )
+        .expect("inserting works");
+    assert!(
+        store.claim(far_future()).expect("claim works").is_none(),
+        "without its due entry the job cannot be claimed; the dangling entry is skipped"
+    );
+
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 0);
+    assert_invariants(&store);
+    assert_eq!(
+        store.load_progress(JobId(999_999)).expect("reads"),
+        None,
+        "progress of a job that is gone is removed"
+    );
+    assert_eq!(
+        store.offer(&key("a"), &fp(1)).expect("offer"),
+        Offer::AlreadyQueued(id)
+    );
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the restored due entry makes the job claimable");
+    assert_eq!(claimed.id, id);
+}
+
+#[test]
+fn complete_with_a_moved_fingerprint_requeues_the_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"session").expect("progress saves");
+    store.mark_finalizing(id).expect("mark works");
+    // The file changes while it is being finalized.
+    assert_eq!(
+        store.offer(&key("a.csv"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    let active = job(&store, id);
+    assert_eq!(
+        active.state,
+        JobState::Finalizing,
+        "an active job only takes the new fingerprint"
+    );
+    assert_eq!(active.fingerprint, fp(2));
+    assert_covered(&store, &key("a.csv"), &fp(2));
+
+    assert!(
+        !store
+            .complete(id, &fp(1), "ingest/a.csv", None)
+            .expect("complete works")
+    );
+    let requeued = job(&store, id);
+    assert_eq!(requeued.state, JobState::Queued);
+    assert_eq!(requeued.fingerprint, fp(2));
+    assert_eq!(requeued.attempts, 0);
+    assert!(!requeued.finalize_started);
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert!(
+        store.is_uploaded(&key("a.csv"), &fp(1)).expect("reads"),
+        "the ledger records the version that reached the remote"
+    );
+    assert_covered(&store, &key("a.csv"), &fp(2));
+    assert_invariants(&store);
+
+    let again = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the requeued job is due");
+    assert_eq!(again.id, id);
+    assert!(
+        store
+            .complete(id, &fp(2), "ingest/a.csv", None)
+            .expect("complete works")
+    );
+    assert!(store.get(id).expect("reads").is_none());
+    assert_covered(&store, &key("a.csv"), &fp(2));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_failed_job_carries_its_reason_and_retry_all_requeues_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let a = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    let b = queued_id(store.offer(&key("b"), &fp(2)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(a, b"partial").expect("progress saves");
+    store
+        .fail(a, "KiFS rejects the character '|' in the name")
+        .expect("fail works");
+    store
+        .fail(b, "HTTP 401: token expired")
+        .expect("fail works");
+
+    let failed = job(&store, a);
+    match &failed.state {
+        JobState::Failed {
+            reason,
+            failed_at_ms,
+        } => {
+            assert_eq!(reason, "KiFS rejects the character '|' in the name");
+            assert!(*failed_at_ms > 0);
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(store.load_progress(a).expect("reads"), None);
+    assert!(
+        store.claim(far_future()).expect("claim works").is_none(),
+        "failed jobs never spin"
+    );
+    assert_eq!(
+        store.offer(&key("a"), &fp(1)).expect("offer"),
+        Offer::AlreadyQueued(a),
+        "offering the same version again does not retry a failed job"
+    );
+    assert_covered(&store, &key("a"), &fp(1));
+
+    assert_eq!(
+        store
+            .retry_failed(&RetrySelection::All)
+            .expect("retry works"),
+        2
+    );
+    let retried = job(&store, a);
+    assert_eq!(retried.state, JobState::Queued);
+    assert_eq!(retried.attempts, 0);
+    assert_eq!(
+        retried.last_error.as_deref(),
+        Some("KiFS rejects the character '|' in the name"),
+        "status can still show what went wrong last time"
+    );
+    assert_eq!(
+        store
+            .retry_failed(&RetrySelection::All)
+            .expect("retry works"),
+        0
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn retry_by_path_requeues_only_the_named_failed_files() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let nested = queued_id(store.offer(&key("sub/x.csv"), &fp(1)).expect("offer"));
+    let other = queued_id(store.offer(&key("y.csv"), &fp(2)).expect("offer"));
+    for _ in 0..2 {
+        store.claim(SystemTime::now()).expect("claim works");
+    }
+    store.fail(nested, "bad").expect("fail works");
+    store.fail(other, "bad").expect("fail works");
+
+    let selection = RetrySelection::Paths(vec![
+        PathBuf::from("/data/in/sub/x.csv"),
+        PathBuf::from("/data/in/not-failed.csv"),
+    ]);
+    assert_eq!(store.retry_failed(&selection).expect("retry works"), 1);
+    assert_eq!(job(&store, nested).state, JobState::Queued);
+    assert!(matches!(job(&store, other).state, JobState::Failed { .. }));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_new_version_of_a_failed_file_is_queued_afresh() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.fail(id, "HTTP 400").expect("fail works");
+    assert_eq!(
+        store.offer(&key("a"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.last_error, None);
+    assert_invariants(&store);
+}
+
+#[test]
+fn offering_an_uploaded_version_removes_its_failed_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let first = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store
+        .complete(first, &fp(1), "r", None)
+        .expect("complete works");
+    let second = queued_id(store.offer(&key("a"), &fp(2)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.fail(second, "HTTP 400").expect("fail works");
+    // The file is back at the uploaded version (e.g. restored from a backup with its mtime).
+    assert_eq!(
+        store.offer(&key("a"), &fp(1)).expect("offer"),
+        Offer::UpToDate
+    );
+    assert!(store.get(second).expect("reads").is_none());
+    assert_invariants(&store);
+}
+
+#[test]
+fn claim_never_returns_the_same_job_twice() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 0..20 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(job) = store.claim(SystemTime::now()).expect("claim works") {
+        assert_eq!(job.state, JobState::Active);
+        assert!(seen.insert(job.id), "job {} was claimed twice", job.id);
+    }
+    assert_eq!(seen.len(), 20);
+    assert!(store.claim(far_future()).expect("claim works").is_none());
+    assert_eq!(store.next_due().expect("reads"), None);
+    assert_invariants(&store);
+}
+
+#[test]
+fn two_threads_claiming_at_once_never_share_a_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let total = 300;
+    for n in 0..total {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    let now = SystemTime::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                while let Some(job) = store.claim(now).expect("claim works") {
+                    mine.push(job.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<JobId> = workers
+        .into_iter()
+        .flat_map(|worker| worker.join().expect("the worker thread does not panic"))
+        .collect();
+    assert_eq!(all.len() as u64, total);
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len() as u64,
+        total,
+        "some job was claimed by both threads"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn retry_wait_jobs_become_claimable_at_their_time_and_not_before() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"offset=8MiB").expect("saves");
+    let at = SystemTime::now() + Duration::from_secs(600);
+    store
+        .retry_later(id, at, "remote unavailable (HTTP 503)")
+        .expect("retry_later works");
+
+    let waiting = job(&store, id);
+    assert_eq!(waiting.attempts, 1);
+    assert_eq!(
+        waiting.last_error.as_deref(),
+        Some("remote unavailable (HTTP 503)")
+    );
+    assert_eq!(store.next_due().expect("reads"), Some(from_ms(to_ms(at))));
+    assert!(
+        store
+            .claim(at - Duration::from_millis(1))
+            .expect("claim works")
+            .is_none()
+    );
+    let store = reopen(store);
+    let claimed = store
+        .claim(at)
+        .expect("claim works")
+        .expect("the job is due at its time");
+    assert_eq!(claimed.id, id);
+    assert_eq!(claimed.attempts, 1);
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"offset=8MiB"[..]),
+        "a retry resumes the same session"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn claims_go_in_due_order_and_next_due_reports_the_earliest() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    assert_eq!(store.next_due().expect("reads"), None);
+    let later = queued_id(store.offer(&key("later"), &fp(1)).expect("offer"));
+    let sooner = queued_id(store.offer(&key("sooner"), &fp(2)).expect("offer"));
+    for _ in 0..2 {
+        store.claim(SystemTime::now()).expect("claim works");
+    }
+    let base = SystemTime::now() + Duration::from_secs(60);
+    store
+        .retry_later(later, base + Duration::from_secs(30), "503")
+        .expect("works");
+    store.retry_later(sooner, base, "503").expect("works");
+    assert_eq!(store.next_due().expect("reads"), Some(from_ms(to_ms(base))));
+    let order: Vec<JobId> = std::iter::from_fn(|| store.claim(far_future()).expect("claims"))
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(order, vec![sooner, later]);
+}
+
+#[test]
+fn a_new_version_of_a_waiting_file_is_due_now_with_fresh_attempts() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"old session").expect("saves");
+    store
+        .retry_later(id, far_future(), "503")
+        .expect("retry_later works");
+    assert_eq!(
+        store.offer(&key("a"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert!(store.claim(SystemTime::now()).expect("claims").is_some());
+    assert_invariants(&store);
+}
+
+#[test]
+fn requeue_starts_over_without_progress() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"session").expect("saves");
+    store.mark_finalizing(id).expect("marks");
+    store.requeue(id).expect("requeue works");
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued);
+    assert!(!job.finalize_started);
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_invariants(&store);
+}
+
+#[test]
+fn drop_job_removes_every_trace_and_later_calls_say_the_job_is_gone() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.save_progress(id, b"session").expect("saves");
+    store.drop_job(id).expect("drop works");
+    store
+        .drop_job(id)
+        .expect("dropping a dropped job is harmless");
+    assert!(store.get(id).expect("reads").is_none());
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert!(store.claim(far_future()).expect("claims").is_none());
+    assert_invariants(&store);
+
+    let err = store
+        .save_progress(id, b"late")
+        .expect_err("no progress for a job that is gone");
+    assert!(
+        matches!(err, StoreError::NoSuchJob(gone) if gone == id),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("job {id}")), "{err}");
+    assert!(store.complete(id, &fp(1), "r", None).is_err());
+    assert!(store.fail(id, "x").is_err());
+    assert!(store.mark_finalizing(id).is_err());
+    assert_invariants(&store);
+
+    assert!(
+        matches!(store.offer(&key("a"), &fp(1)).expect("offer"), Offer::Queued(new) if new != id),
+        "the file coming back makes a new job"
+    );
+}
+
+#[test]
+fn a_path_with_nul_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let err = store
+        .offer(&key("a\0b"), &fp(1))
+        .expect_err("NUL cannot be in a path");
+    assert!(err.to_string().contains("NUL"), "{err}");
+}
+
+#[test]
+fn counts_report_each_state_and_uploaded_files_per_folder() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let other = |rel: &str| FileKey::new("/data/other", rel);
+    let done = queued_id(store.offer(&key("done"), &fp(1)).expect("offer"));
+    let active = queued_id(store.offer(&key("active"), &fp(2)).expect("offer"));
+    let finalizing = queued_id(store.offer(&key("finalizing"), &fp(3)).expect("offer"));
+    let waiting = queued_id(store.offer(&key("waiting"), &fp(4)).expect("offer"));
+    let failed = queued_id(store.offer(&other("failed"), &fp(5)).expect("offer"));
+    let other_done = queued_id(store.offer(&other("done"), &fp(6)).expect("offer"));
+    while store.claim(SystemTime::now()).expect("claims").is_some() {}
+    store.complete(done, &fp(1), "r", None).expect("completes");
+    store
+        .complete(other_done, &fp(6), "r", None)
+        .expect("completes");
+    store.mark_finalizing(finalizing).expect("marks");
+    store
+        .retry_later(waiting, far_future(), "503")
+        .expect("waits");
+    store.fail(failed, "400").expect("fails");
+    store.offer(&key("queued"), &fp(7)).expect("offer");
+    store.offer(&other("queued"), &fp(8)).expect("offer");
+    assert_eq!(job(&store, active).state, JobState::Active);
+
+    let counts = store.counts().expect("counts work");
+    assert_eq!(
+        counts.get("/data/in"),
+        Some(&FolderCounts {
+            queued: 1,
+            active: 1,
+            finalizing: 1,
+            retry_wait: 1,
+            failed: 0,
+            done: 1,
+        })
+    );
+    assert_eq!(
+        counts.get("/data/other"),
+        Some(&FolderCounts {
+            queued: 1,
+            failed: 1,
+            done: 1,
+            ..FolderCounts::default()
+        })
+    );
+    assert_eq!(counts.len(), 2);
+}
+
+#[test]
+fn a_second_store_on_the_same_state_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let state_dir = dir.path().join("state");
+    let store = open(&state_dir);
+    let err = Store::open(&state_dir).expect_err("the first store holds the lock");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "another upsync is already running with state_dir {} (lock held on {})",
+            state_dir.display(),
+            state_dir.join("upsync.lock").display()
+        )
+    );
+    let clone = store.clone();
+    drop(store);
+    assert!(
+        Store::open(&state_dir).is_err(),
+        "a clone keeps the lock while it lives"
+    );
+    drop(clone);
+    open(&state_dir);
+}
+
+#[test]
+fn open_creates_a_missing_state_dir() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let state_dir = dir.path().join("a/b/state");
+    open(&state_dir);
+    assert!(state_dir.join("db").is_dir());
+    assert!(state_dir.join("upsync.lock").is_file());
+}
+
+#[test]
+fn a_corrupt_database_gives_an_error_naming_it_and_what_to_do() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 0..50 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    drop(store);
+    let db_dir = dir.path().join("db");
+    scribble_over_db(&db_dir, false);
+    let err = Store::open(dir.path()).expect_err("garbage is not a database");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(text.contains(&db_dir.display().to_string()), "{text}");
+    assert!(text.contains("move the directory away"), "{text}");
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    store
+        .inner
+        .db
+        .insert(FORMAT_KEY, &b"7"[..])
+        .expect("writing works");
+    drop(store);
+    let err = Store::open(dir.path()).expect_err("version 7 is unknown");
+    assert!(matches!(err, StoreError::UnknownFormat { .. }), "{err}");
+    assert!(err.to_string().contains("\"7\""), "{err}");
+}
+
+#[test]
+fn a_sled_database_of_another_program_is_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    {
+        let db = sled::open(dir.path().join("db")).expect("sled opens a new db");
+        db.insert(b"someone", &b"else"[..]).expect("writing works");
+        db.flush().expect("flushing works");
+    }
+    let err = Store::open(dir.path()).expect_err("the database is not upsync's");
+    assert!(err.to_string().contains("no upsync format marker"), "{err}");
+}
+
+#[test]
+fn a_corrupt_job_record_names_the_tree_and_key() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store
+        .inner
+        .trees
+        .jobs
+        .insert(job_key(id), &b"{not json"[..])
+        .expect("writing works");
+    let err = store.get(id).expect_err("the record is garbage");
+    let text = err.to_string();
+    assert!(text.contains("tree `jobs`"), "{text}");
+    assert!(text.contains(&format!("job {id}")), "{text}");
+    let err = store
+        .offer(&key("a"), &fp(2))
+        .expect_err("offer reads the job");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn debug_output_shows_only_the_state_dir() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let text = format!("{store:?}");
+    assert!(text.starts_with("Store { state_dir: "), "{text}");
+}
+
+/// Overwrites the files of the sled database (all, or all but its `conf`) with garbage.
+fn scribble_over_db(db_dir: &Path, keep_conf: bool) {
+    for entry in walkdir::WalkDir::new(db_dir) {
+        let entry = entry.expect("the db dir is readable");
+        if entry.file_type().is_file() && !(keep_conf && entry.file_name() == "conf") {
+            let len = entry.metadata().expect("stat works").len().max(64);
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
+            std::fs::write(entry.path(), garbage).expect("the db file is writable");
+        }
+    }
+}
+
+#[test]
+fn a_garbage_data_file_is_refused_rather_than_read_as_an_empty_queue() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 0..50 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    drop(store);
+    scribble_over_db(&dir.path().join("db"), true);
+    let err = Store::open(dir.path()).expect_err("the queue was lost with the data file");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(text.contains("move the directory away"), "{text}");
+}
+
+#[test]
+fn an_existing_database_that_reads_as_empty_is_refused() {
+    // What sled makes of some corrupt data files: a valid, empty database.
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    drop(sled::open(dir.path().join("db")).expect("sled creates an empty db"));
+    let err = Store::open(dir.path()).expect_err("an upsync database always has its marker");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(text.contains("no upsync format marker"), "{text}");
+}
+
+#[test]
+fn a_half_created_database_left_by_a_crash_is_replaced() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    std::fs::create_dir_all(dir.path().join("db.new/blobs")).expect("mkdir works");
+    std::fs::write(dir.path().join("db.new/db"), b"torn").expect("write works");
+    let store = open(dir.path());
+    assert!(!dir.path().join("db.new").exists());
+    store
+        .offer(&key("a"), &fp(1))
+        .expect("the new database works");
+    let store = reopen(store);
+    assert_eq!(store.jobs().expect("jobs read").len(), 1);
+}
+
+/// Claims the job for `a` (fingerprint 1), saves progress, then offers version 2 of the file
+/// as the watcher would while the upload runs.
+fn attempt_overtaken_by_a_new_version(store: &Store) -> JobId {
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .save_progress(id, b"session holding bytes of version 1")
+        .expect("saves");
+    assert_eq!(
+        store.offer(&key("a"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "the running attempt keeps its session until it ends"
+    );
+    id
+}
+
+#[test]
+fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = attempt_overtaken_by_a_new_version(&store);
+    store
+        .retry_later(id, far_future(), "HTTP 503")
+        .expect("retry_later works");
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued, "the new version is due now");
+    assert_eq!(job.fingerprint, fp(2));
+    assert_eq!(job.attempts, 0);
+    assert_eq!(
+        store.load_progress(id).expect("reads"),
+        None,
+        "a session holding old bytes must not be resumed with new ones"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_failure_of_an_old_version_queues_the_new_version_instead() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = attempt_overtaken_by_a_new_version(&store);
+    store
+        .fail(id, "HTTP 400: bad header row")
+        .expect("fail works");
+    let job = job(&store, id);
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.fingerprint, fp(2));
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_covered(&store, &key("a"), &fp(2));
+    assert_invariants(&store);
+
+    // The new version fails on its own account: now it stays failed.
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .fail(id, "HTTP 400: bad header row")
+        .expect("fail works");
+    assert!(matches!(
+        store.get(id).expect("reads").expect("kept").state,
+        JobState::Failed { .. }
+    ));
+    assert_invariants(&store);
+}
+
+#[test]
+fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let moved = attempt_overtaken_by_a_new_version(&store);
+    let steady = queued_id(store.offer(&key("b"), &fp(7)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.save_progress(steady, b"b's session").expect("saves");
+
+    let store = reopen(store);
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 2);
+    assert_eq!(store.load_progress(moved).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(steady).expect("reads").as_deref(),
+        Some(&b"b's session"[..])
+    );
+    assert_eq!(job(&store, moved).fingerprint, fp(2));
+    assert_invariants(&store);
+}

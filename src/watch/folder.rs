@@ -1,0 +1,568 @@
+//! The state of one watched folder and everything it does synchronously: the start-up scan,
+//! handling a batch of notify events, and the periodic tick (settled candidates, rescans,
+//! fallback rescans of unwatched subtrees, the folder itself disappearing and coming back).
+//!
+//! All of it does file-system I/O and store calls, so the async loop in `mod.rs` runs these
+//! methods on the blocking pool; nothing here touches notify's thread.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{ErrorKind, EventKind};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::filter::Filter;
+use super::scan::{self, Visit, Walker};
+use super::settle::{Settle, SystemClock};
+use super::watcher::{self, DirWatcher, EventFlags};
+use super::{ScanSummary, Sink, SinkOffer};
+use crate::fingerprint::Fingerprint;
+use crate::queue::FileKey;
+
+/// How long an offered fingerprint is remembered, so that repeated events for an unchanged
+/// file (a chmod, a rescan) do not offer it again. After that the queue's own dedup applies.
+const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Timings of a folder's loop.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Full rescan period; `None` = never.
+    pub rescan_interval: Option<Duration>,
+    /// How often a subtree whose watch failed is rescanned.
+    pub fallback_interval: Duration,
+    /// How often a missing folder is looked for.
+    pub missing_poll: Duration,
+    /// How often pending candidates are checked.
+    pub tick: Duration,
+}
+
+impl Options {
+    pub fn new(settle: Duration, rescan_interval: Option<Duration>) -> Options {
+        let fallback = Duration::from_secs(30);
+        Options {
+            rescan_interval,
+            fallback_interval: rescan_interval.map_or(fallback, |r| r.min(fallback)),
+            missing_poll: Duration::from_secs(2),
+            tick: (settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(250)),
+        }
+    }
+}
+
+/// What the last batch of events said about a writer, per path (the latest event wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    None,
+    Written,
+    Closed,
+}
+
+enum Root {
+    Present { inode: u64 },
+    Missing { next_poll: Instant },
+}
+
+pub struct FolderState {
+    root: PathBuf,
+    folder_key: String,
+    filter: Arc<Filter>,
+    recursive: bool,
+    settle_time: Duration,
+    settle: Settle<String, SystemClock>,
+    dirs: Box<dyn DirWatcher>,
+    watched: HashSet<PathBuf>,
+    /// Subtrees whose watch failed, with their next rescan.
+    fallback: HashMap<PathBuf, Instant>,
+    limit_reported: bool,
+    sink: Arc<dyn Sink>,
+    wake: Option<Arc<Notify>>,
+    recent: HashMap<String, (Fingerprint, Instant)>,
+    next_prune: Instant,
+    warned: HashSet<PathBuf>,
+    root_state: Root,
+    next_rescan: Option<Instant>,
+    flags: Arc<EventFlags>,
+    cancel: CancellationToken,
+    opts: Options,
+}
+
+pub struct FolderParts {
+    pub root: PathBuf,
+    pub filter: Filter,
+    pub recursive: bool,
+    pub settle: Duration,
+    pub dirs: Box<dyn DirWatcher>,
+    pub sink: Arc<dyn Sink>,
+    pub wake: Option<Arc<Notify>>,
+    pub flags: Arc<EventFlags>,
+    pub cancel: CancellationToken,
+    pub opts: Options,
+}
+
+impl FolderState {
+    pub fn new(p: FolderParts) -> FolderState {
+        let now = Instant::now();
+        FolderState {
+            folder_key: p.root.to_string_lossy().into_owned(),
+            root: p.root,
+            filter: Arc::new(p.filter),
+            recursive: p.recursive,
+            settle_time: p.settle,
+            settle: Settle::new(p.settle, SystemClock),
+            dirs: p.dirs,
+            watched: HashSet::new(),
+            fallback: HashMap::new(),
+            limit_reported: false,
+            sink: p.sink,
+            wake: p.wake,
+            recent: HashMap::new(),
+            next_prune: now + PRUNE_EVERY,
+            warned: HashSet::new(),
+            root_state: Root::Missing { next_poll: now },
+            next_rescan: None,
+            flags: p.flags,
+            cancel: p.cancel,
+            opts: p.opts,
+        }
+    }
+
+    /// Watches and scans the folder; offers every file that is already settled.
+    pub fn start(&mut self) -> ScanSummary {
+        match std::fs::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => self.start_watching(meta.ino()),
+            Ok(_) => {
+                warn!(folder = %self.root.display(), "the folder is not a directory; polling every {} for it to appear", humantime::format_duration(self.opts.missing_poll));
+                self.root_state = Root::Missing {
+                    next_poll: Instant::now() + self.opts.missing_poll,
+                };
+                ScanSummary::default()
+            }
+            Err(e) => {
+                warn!(folder = %self.root.display(), error = %e, "the folder cannot be read; polling every {} for it to appear", humantime::format_duration(self.opts.missing_poll));
+                self.root_state = Root::Missing {
+                    next_poll: Instant::now() + self.opts.missing_poll,
+                };
+                ScanSummary::default()
+            }
+        }
+    }
+
+    fn start_watching(&mut self, inode: u64) -> ScanSummary {
+        self.root_state = Root::Present { inode };
+        let root = self.root.clone();
+        let summary = self.walk(&root, false);
+        self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
+        info!(
+            folder = %self.root.display(),
+            files_seen = summary.files_seen,
+            queued = summary.queued,
+            pending = self.settle.len(),
+            watched_dirs = self.watched.len(),
+            "folder scanned"
+        );
+        summary
+    }
+
+    /// Handles one batch of notify events.
+    pub fn handle_events(&mut self, batch: Vec<notify::Result<notify::Event>>) {
+        if !matches!(self.root_state, Root::Present { .. }) {
+            return;
+        }
+        let mut order: Vec<PathBuf> = Vec::new();
+        let mut hints: HashMap<PathBuf, Hint> = HashMap::new();
+        let mut root_lost = false;
+        for event in batch {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    if matches!(e.kind, ErrorKind::MaxFilesWatch) {
+                        let dir = e
+                            .paths
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| self.root.clone());
+                        self.report_limit(&dir);
+                    } else {
+                        warn!(folder = %self.root.display(), error = %e, "file watcher error; rescanning the folder");
+                    }
+                    self.flags.rescan_needed.store(true, Ordering::Release);
+                    continue;
+                }
+            };
+            if event.need_rescan() {
+                self.flags.rescan_needed.store(true, Ordering::Release);
+                continue;
+            }
+            let hint = match event.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => Hint::Closed,
+                // Opening or reading a file (the uploader does) changes nothing.
+                EventKind::Access(_) => continue,
+                EventKind::Modify(ModifyKind::Data(_)) => Hint::Written,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                    if event.paths.iter().any(|p| p == &self.root) =>
+                {
+                    root_lost = true;
+                    continue;
+                }
+                _ => Hint::None,
+            };
+            for path in event.paths {
+                match hints.get_mut(&path) {
+                    Some(h) => {
+                        if hint != Hint::None {
+                            *h = hint;
+                        }
+                    }
+                    None => {
+                        hints.insert(path.clone(), hint);
+                        order.push(path);
+                    }
+                }
+            }
+        }
+        if root_lost {
+            self.lose_root(Instant::now());
+            return;
+        }
+        for path in order {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            let hint = hints.get(&path).copied().unwrap_or(Hint::None);
+            self.handle_path(&path, hint);
+        }
+    }
+
+    fn handle_path(&mut self, path: &Path, hint: Hint) {
+        let Some(rel) = scan::relative(&self.root, path, &mut self.warned) else {
+            return;
+        };
+        if !self.recursive && rel.contains('/') {
+            return;
+        }
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.gone(path, &rel),
+            Err(e) => debug!(path = %path.display(), error = %e, "cannot stat a changed path"),
+            Ok(meta) if meta.is_dir() => {
+                if self.recursive && !self.filter.excludes_dir(&rel) && !self.watched.contains(path)
+                {
+                    // A new (or moved-in) directory: watch it, then scan it, so files
+                    // created in it before the watch existed are found.
+                    self.walk(path, false);
+                }
+            }
+            Ok(meta) if meta.is_file() => {
+                if self.filter.accepts_file(&rel) {
+                    self.consider(&rel, Fingerprint::of(&meta), hint);
+                }
+            }
+            Ok(meta) => {
+                if meta.file_type().is_symlink() {
+                    debug!(path = %path.display(), "skipping symlink: links are never followed");
+                }
+                self.settle.remove(&rel);
+            }
+        }
+    }
+
+    /// `path` no longer exists: forget it and, if it was a directory, its subtree.
+    fn gone(&mut self, path: &Path, rel: &str) {
+        self.settle.remove(&rel.to_string());
+        self.recent.remove(rel);
+        if self.watched.contains(path) || self.fallback.contains_key(path) {
+            let under: Vec<PathBuf> = self
+                .watched
+                .iter()
+                .filter(|w| w.starts_with(path))
+                .cloned()
+                .collect();
+            for dir in under {
+                self.dirs.unwatch_dir(&dir);
+                self.watched.remove(&dir);
+            }
+            self.fallback.retain(|d, _| !d.starts_with(path));
+            let prefix = format!("{rel}/");
+            self.settle.retain(|k| !k.starts_with(&prefix));
+            debug!(dir = %path.display(), "directory removed; its watches are dropped");
+        }
+    }
+
+    /// Periodic work: the folder's presence, requested and scheduled rescans, fallback
+    /// rescans, and offering settled candidates.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        self.check_root(now);
+        if !matches!(self.root_state, Root::Present { .. }) {
+            return;
+        }
+        if self.flags.rescan_needed.swap(false, Ordering::AcqRel) {
+            let dropped = self.flags.dropped.swap(0, Ordering::Relaxed);
+            info!(folder = %self.root.display(), dropped_events = dropped, "file events were lost; rescanning the folder");
+            self.full_rescan();
+        } else if self.next_rescan.is_some_and(|t| now >= t) {
+            debug!(folder = %self.root.display(), "periodic rescan");
+            self.full_rescan();
+        }
+        let due: Vec<PathBuf> = self
+            .fallback
+            .iter()
+            .filter(|(_, t)| now >= **t)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dir in due {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            debug!(dir = %dir.display(), "rescanning an unwatched subtree");
+            self.walk(&dir, false);
+            if let Some(t) = self.fallback.get_mut(&dir) {
+                *t = Instant::now() + self.opts.fallback_interval;
+            }
+        }
+        self.offer_due();
+        if now >= self.next_prune {
+            self.next_prune = now + PRUNE_EVERY;
+            self.recent
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < RECENT_OFFER_MEMORY);
+        }
+    }
+
+    fn full_rescan(&mut self) {
+        let root = self.root.clone();
+        self.walk(&root, true);
+        self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
+    }
+
+    /// Re-reads each settled candidate's fingerprint and offers it if unchanged.
+    fn offer_due(&mut self) {
+        for rel in self.settle.due() {
+            let path = self.root.join(&rel);
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    let fp = Fingerprint::of(&meta);
+                    if self.settle.fingerprint(&rel) == Some(fp) {
+                        self.offer(&rel, fp);
+                    } else {
+                        self.consider(&rel, fp, Hint::None);
+                    }
+                }
+                _ => self.settle.remove(&rel),
+            }
+        }
+    }
+
+    fn check_root(&mut self, now: Instant) {
+        match self.root_state {
+            Root::Present { inode } => match std::fs::metadata(&self.root) {
+                Ok(meta) if meta.is_dir() && meta.ino() == inode => {}
+                _ => self.lose_root(now),
+            },
+            Root::Missing { next_poll } if now >= next_poll => {
+                match std::fs::metadata(&self.root) {
+                    Ok(meta) if meta.is_dir() => {
+                        info!(folder = %self.root.display(), "watching {} again", self.root.display());
+                        self.start_watching(meta.ino());
+                    }
+                    _ => {
+                        self.root_state = Root::Missing {
+                            next_poll: now + self.opts.missing_poll,
+                        }
+                    }
+                }
+            }
+            Root::Missing { .. } => {}
+        }
+    }
+
+    /// The folder was deleted, moved away or replaced: drop everything and poll for it.
+    fn lose_root(&mut self, now: Instant) {
+        if !matches!(self.root_state, Root::Present { .. }) {
+            return;
+        }
+        warn!(folder = %self.root.display(), "the folder was deleted, moved or replaced; polling every {} for it to (re)appear", humantime::format_duration(self.opts.missing_poll));
+        for dir in self.watched.drain() {
+            self.dirs.unwatch_dir(&dir);
+        }
+        self.fallback.clear();
+        self.settle.retain(|_| false);
+        self.recent.clear();
+        self.flags.rescan_needed.store(false, Ordering::Release);
+        // Look again at once: a folder replaced by a new one is watched on the next tick.
+        self.root_state = Root::Missing { next_poll: now };
+    }
+
+    /// Walks `start`, adding watches (re-adding existing ones if `rewatch`), tracking and
+    /// offering the files found.
+    fn walk(&mut self, start: &Path, rewatch: bool) -> ScanSummary {
+        let root = self.root.clone();
+        let filter = self.filter.clone();
+        let walker = Walker {
+            root: &root,
+            filter: &filter,
+            recursive: self.recursive,
+        };
+        let mut warned = std::mem::take(&mut self.warned);
+        let mut pass = Pass {
+            st: self,
+            rewatch,
+            summary: ScanSummary::default(),
+        };
+        walker.walk(start, &mut pass, &mut warned);
+        let summary = pass.summary;
+        self.warned = warned;
+        summary
+    }
+
+    fn ensure_watched(&mut self, dir: &Path, rewatch: bool) {
+        if !rewatch && self.watched.contains(dir) {
+            return;
+        }
+        // Below a subtree that already failed, adding would fail the same way: that
+        // subtree's fallback rescan covers these directories.
+        if dir
+            .ancestors()
+            .skip(1)
+            .any(|a| self.fallback.contains_key(a))
+        {
+            return;
+        }
+        match self.dirs.watch_dir(dir) {
+            Ok(()) => {
+                self.watched.insert(dir.to_path_buf());
+                if self.fallback.remove(dir).is_some() {
+                    info!(dir = %dir.display(), "watching {} again", dir.display());
+                }
+            }
+            Err(e) => {
+                self.watched.remove(dir);
+                match e.kind {
+                    ErrorKind::PathNotFound => {
+                        self.fallback.remove(dir);
+                    }
+                    ErrorKind::MaxFilesWatch => {
+                        self.report_limit(dir);
+                        self.add_fallback(dir);
+                    }
+                    _ => {
+                        if !self.fallback.contains_key(dir) {
+                            warn!(dir = %dir.display(), error = %e, "cannot watch directory; rescanning it every {}", humantime::format_duration(self.opts.fallback_interval));
+                        }
+                        self.add_fallback(dir);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_fallback(&mut self, dir: &Path) {
+        let next = Instant::now() + self.opts.fallback_interval;
+        self.fallback.entry(dir.to_path_buf()).or_insert(next);
+    }
+
+    /// Logs the watch limit once per folder, with the numbers needed to fix it.
+    fn report_limit(&mut self, dir: &Path) {
+        if self.limit_reported {
+            debug!(dir = %dir.display(), "inotify watch limit: directory rescanned instead");
+            return;
+        }
+        self.limit_reported = true;
+        let directories = scan::count_directories(&self.root, &self.filter, self.recursive);
+        let message = watcher::limit_message(
+            &self.root,
+            directories,
+            watcher::max_user_watches(),
+            dir,
+            self.opts.fallback_interval,
+        );
+        error!(folder = %self.root.display(), "{message}");
+    }
+
+    /// Tracks a file with its current fingerprint; offers it at once if already settled.
+    /// Returns whether a job was queued.
+    fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) -> bool {
+        if self.recent.get(rel).is_some_and(|(f, _)| *f == fp) {
+            self.settle.remove(&rel.to_string());
+            return false;
+        }
+        if self.sink.is_uploaded(&self.key(rel), &fp) {
+            self.settle.remove(&rel.to_string());
+            return false;
+        }
+        let key = rel.to_string();
+        self.settle.observe(key.clone(), fp);
+        match hint {
+            Hint::Written => self.settle.write_seen(&key),
+            Hint::Closed => self.settle.close_write_seen(&key),
+            Hint::None => {}
+        }
+        if self.settle.is_settled(&key) {
+            return self.offer(rel, fp);
+        }
+        false
+    }
+
+    fn offer(&mut self, rel: &str, fp: Fingerprint) -> bool {
+        let key = rel.to_string();
+        match self.sink.offer(&self.key(rel), &fp) {
+            SinkOffer::Queued => {
+                if let Some(wake) = &self.wake {
+                    // notify_waiters wakes every idle worker now; notify_one leaves a permit
+                    // for a worker that is about to wait.
+                    wake.notify_waiters();
+                    wake.notify_one();
+                }
+                self.settle.remove(&key);
+                self.recent.insert(key, (fp, Instant::now()));
+                true
+            }
+            SinkOffer::Known => {
+                self.settle.remove(&key);
+                self.recent.insert(key, (fp, Instant::now()));
+                false
+            }
+            SinkOffer::Failed => {
+                self.settle
+                    .hold(&key, self.settle_time.max(Duration::from_secs(1)));
+                false
+            }
+        }
+    }
+
+    fn key(&self, rel: &str) -> FileKey {
+        FileKey {
+            folder: self.folder_key.clone(),
+            rel: rel.to_string(),
+        }
+    }
+}
+
+/// One walk's visitor: adds watches and feeds files to the settle tracker.
+struct Pass<'a> {
+    st: &'a mut FolderState,
+    rewatch: bool,
+    summary: ScanSummary,
+}
+
+impl Visit for Pass<'_> {
+    fn enter_dir(&mut self, dir: &Path) {
+        self.st.ensure_watched(dir, self.rewatch);
+    }
+
+    fn file(&mut self, _path: &Path, rel: &str, meta: &std::fs::Metadata) {
+        self.summary.files_seen += 1;
+        if self.st.consider(rel, Fingerprint::of(meta), Hint::None) {
+            self.summary.queued += 1;
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.st.cancel.is_cancelled()
+    }
+}

@@ -1,0 +1,230 @@
+//! The directory walk shared by the start-up scan, periodic rescans, fallback rescans of
+//! unwatched subtrees and scans of newly created directories.
+//!
+//! Written by hand rather than with walkdir because the order matters: each directory is
+//! announced to the visitor (which adds its watch) *before* it is listed, so a file created
+//! between the two is either listed or reported by the new watch — never missed. walkdir
+//! opens a directory before yielding it.
+//!
+//! Symlinks are never followed (nothing outside the folder is read), excluded directories
+//! are not entered, and names that are not valid UTF-8 are skipped: they cannot become
+//! remote names.
+
+use std::collections::HashSet;
+use std::fs::Metadata;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, warn};
+
+use super::filter::Filter;
+
+/// What a walk reports to.
+pub trait Visit {
+    /// `dir` is about to be listed.
+    fn enter_dir(&mut self, dir: &Path);
+    /// A regular file accepted by the filter; `meta` is its `symlink_metadata`.
+    fn file(&mut self, path: &Path, rel: &str, meta: &Metadata);
+    /// Whether to stop walking (shutdown).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// The fixed parts of a folder's walks.
+pub struct Walker<'a> {
+    pub root: &'a Path,
+    pub filter: &'a Filter,
+    pub recursive: bool,
+}
+
+impl Walker<'_> {
+    /// Walks `start` (the root or a directory inside it) and, if recursive, its subtree.
+    /// `warned` remembers paths already warned about, so rescans do not repeat warnings.
+    pub fn walk(&self, start: &Path, visit: &mut impl Visit, warned: &mut HashSet<PathBuf>) {
+        let mut stack = vec![start.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if visit.cancelled() {
+                return;
+            }
+            visit.enter_dir(&dir);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!(dir = %dir.display(), "directory vanished before it was scanned");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot list directory; its files are not uploaded");
+                    continue;
+                }
+            };
+            for entry in entries {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        warn!(dir = %dir.display(), error = %e, "cannot read a directory entry");
+                        continue;
+                    }
+                };
+                let path = entry.path();
+                let Some(rel) = self.rel(&path, warned) else {
+                    continue;
+                };
+                // DirEntry::file_type does not follow symlinks.
+                let file_type = match entry.file_type() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        debug!(path = %path.display(), error = %e, "entry vanished while scanning");
+                        continue;
+                    }
+                };
+                if file_type.is_symlink() {
+                    debug!(path = %path.display(), "skipping symlink: links are never followed");
+                } else if file_type.is_dir() {
+                    if self.recursive && !self.filter.excludes_dir(&rel) {
+                        stack.push(path);
+                    }
+                } else if file_type.is_file() {
+                    if !self.filter.accepts_file(&rel) {
+                        continue;
+                    }
+                    match std::fs::symlink_metadata(&path) {
+                        Ok(meta) if meta.is_file() => visit.file(&path, &rel, &meta),
+                        Ok(_) => {}
+                        Err(e) => {
+                            debug!(path = %path.display(), error = %e, "file vanished while scanning")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `/`-separated path of `path` relative to the root, or `None` (with a warning the
+    /// first time) if it is not valid UTF-8.
+    pub fn rel(&self, path: &Path, warned: &mut HashSet<PathBuf>) -> Option<String> {
+        relative(self.root, path, warned)
+    }
+}
+
+/// See [`Walker::rel`]. `None` also for paths outside `root` and for the root itself.
+pub fn relative(root: &Path, path: &Path, warned: &mut HashSet<PathBuf>) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    if rel.as_os_str().is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(rel.as_os_str().len());
+    for component in rel.components() {
+        let std::path::Component::Normal(name) = component else {
+            return None;
+        };
+        let Some(name) = name.to_str() else {
+            if warned.insert(path.to_path_buf()) {
+                warn!(
+                    path = %path.to_string_lossy(),
+                    "skipping a name that is not valid UTF-8: it cannot be a remote name"
+                );
+            }
+            return None;
+        };
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(name);
+    }
+    Some(out)
+}
+
+/// Counts the directories of a folder's tree that would be watched (for the limit message).
+pub fn count_directories(root: &Path, filter: &Filter, recursive: bool) -> u64 {
+    struct Count(u64);
+    impl Visit for Count {
+        fn enter_dir(&mut self, _dir: &Path) {
+            self.0 += 1;
+        }
+        fn file(&mut self, _: &Path, _: &str, _: &Metadata) {}
+    }
+    let mut count = Count(0);
+    let walker = Walker {
+        root,
+        filter,
+        recursive,
+    };
+    walker.walk(root, &mut count, &mut HashSet::new());
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[derive(Default)]
+    struct Record {
+        dirs: Vec<PathBuf>,
+        files: Vec<String>,
+    }
+    impl Visit for Record {
+        fn enter_dir(&mut self, dir: &Path) {
+            self.dirs.push(dir.to_path_buf());
+        }
+        fn file(&mut self, _: &Path, rel: &str, _: &Metadata) {
+            self.files.push(rel.to_string());
+        }
+    }
+
+    fn walk(root: &Path, filter: &Filter, recursive: bool) -> Record {
+        let mut rec = Record::default();
+        Walker {
+            root,
+            filter,
+            recursive,
+        }
+        .walk(root, &mut rec, &mut HashSet::new());
+        rec.files.sort();
+        rec
+    }
+
+    #[test]
+    fn walk_lists_filtered_regular_files_and_skips_symlinks_and_excluded_dirs() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).expect("create dirs");
+        std::fs::create_dir_all(root.join(".git/objects")).expect("create dirs");
+        std::fs::write(root.join("top.csv"), b"1").expect("write");
+        std::fs::write(root.join("a/b/deep.csv"), b"1").expect("write");
+        std::fs::write(root.join("a/skip.tmp"), b"1").expect("write");
+        std::fs::write(root.join(".git/objects/x"), b"1").expect("write");
+        std::os::unix::fs::symlink("/etc/hostname", root.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("/etc", root.join("dirlink")).expect("symlink");
+        let bad = std::ffi::OsStr::from_bytes(b"bad\xff.csv");
+        std::fs::write(root.join(bad), b"1").expect("write a non-UTF-8 name");
+
+        let filter = Filter::new::<&str>(&[], super::super::filter::DEFAULT_EXCLUDES)
+            .expect("defaults are valid");
+        let rec = walk(root, &filter, true);
+        assert_eq!(rec.files, vec!["a/b/deep.csv", "top.csv"]);
+        assert_eq!(rec.dirs.len(), 3, "root, a and a/b: {:?}", rec.dirs);
+        assert_eq!(count_directories(root, &filter, true), 3);
+
+        let flat = walk(root, &filter, false);
+        assert_eq!(flat.files, vec!["top.csv"]);
+        assert_eq!(flat.dirs, vec![root.to_path_buf()]);
+    }
+
+    #[test]
+    fn relative_paths_use_slashes_and_reject_the_root_and_outsiders() {
+        let mut warned = HashSet::new();
+        let root = Path::new("/r");
+        assert_eq!(
+            relative(root, Path::new("/r/a/b.csv"), &mut warned).as_deref(),
+            Some("a/b.csv")
+        );
+        assert_eq!(relative(root, Path::new("/r"), &mut warned), None);
+        assert_eq!(relative(root, Path::new("/other/x"), &mut warned), None);
+        let bad = Path::new(std::ffi::OsStr::from_bytes(b"/r/x\xff"));
+        assert_eq!(relative(root, bad, &mut warned), None);
+        assert_eq!(warned.len(), 1, "the non-UTF-8 path was warned about once");
+    }
+}

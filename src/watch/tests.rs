@@ -1,0 +1,676 @@
+//! Folder-loop tests: real files in temp dirs, real notify (inotify), a recording sink.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::{FolderConfig, Target};
+
+/// Records offers; answers `is_uploaded` from a preset ledger.
+#[derive(Default)]
+struct Recorder {
+    offers: Mutex<Vec<(FileKey, Fingerprint)>>,
+    uploaded: Mutex<HashSet<(String, Fingerprint)>>,
+}
+
+impl Recorder {
+    fn offers(&self) -> Vec<(String, Fingerprint)> {
+        self.offers
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .iter()
+            .map(|(k, f)| (k.rel.clone(), *f))
+            .collect()
+    }
+    fn offers_of(&self, rel: &str) -> Vec<Fingerprint> {
+        self.offers()
+            .into_iter()
+            .filter(|(r, _)| r == rel)
+            .map(|(_, f)| f)
+            .collect()
+    }
+    fn mark_uploaded(&self, rel: &str, fp: Fingerprint) {
+        self.uploaded
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .insert((rel.to_string(), fp));
+    }
+}
+
+impl Sink for Recorder {
+    fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
+        self.uploaded
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .contains(&(key.rel.clone(), *fingerprint))
+    }
+    fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
+        self.offers
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .push((key.clone(), *fingerprint));
+        SinkOffer::Queued
+    }
+}
+
+fn folder_config(path: &Path, settle: Duration) -> FolderConfig {
+    FolderConfig {
+        path: path.to_path_buf(),
+        target: Target::KifsDirectory {
+            directory: "ingest".into(),
+            create: false,
+        },
+        include: vec![],
+        exclude: DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+        settle,
+        recursive: true,
+    }
+}
+
+struct Running {
+    recorder: Arc<Recorder>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+    summary: ScanSummary,
+    wake: Arc<Notify>,
+}
+
+impl Running {
+    /// Stops the loop and checks that it ends promptly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), self.handle)
+            .await
+            .expect("the folder loop stops within 2 s of shutdown")
+            .expect("the folder loop does not panic");
+    }
+}
+
+type MakeDirs = Box<dyn FnOnce(EventSender) -> notify::Result<Box<dyn DirWatcher>> + Send>;
+
+fn real_dirs() -> MakeDirs {
+    Box::new(|events| NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>))
+}
+
+async fn start_with(
+    folder: FolderConfig,
+    recorder: Arc<Recorder>,
+    opts: Options,
+    make_dirs: MakeDirs,
+) -> Running {
+    let shutdown = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let (tx, rx) = oneshot::channel();
+    let sink: Arc<dyn Sink> = recorder.clone();
+    let handle = tokio::spawn(run_folder_with(
+        folder,
+        sink,
+        Some(wake.clone()),
+        shutdown.clone(),
+        opts,
+        make_dirs,
+        tx,
+    ));
+    let summary = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("the start-up scan finishes within 5 s")
+        .expect("the summary is sent");
+    Running {
+        recorder,
+        shutdown,
+        handle,
+        summary,
+        wake,
+    }
+}
+
+async fn start(root: &Path, settle: Duration) -> Running {
+    let folder = folder_config(root, settle);
+    let opts = Options::new(settle, None);
+    start_with(folder, Arc::new(Recorder::default()), opts, real_dirs()).await
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write_old(path: &Path, content: &[u8]) {
+    std::fs::write(path, content).expect("write a test file");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("reopen the test file");
+    file.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .expect("set an old mtime");
+}
+
+fn fp(path: &Path) -> Fingerprint {
+    Fingerprint::read(path).expect("the test file exists")
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn startup_scan_offers_existing_old_files_at_once_and_sends_the_summary() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).expect("create sub");
+    std::fs::create_dir_all(root.join(".git")).expect("create .git");
+    write_old(&root.join("a.csv"), b"a");
+    write_old(&root.join("sub/b.csv"), b"bb");
+    write_old(&root.join("skip.tmp"), b"tmp");
+    write_old(&root.join(".git/config"), b"git");
+    std::fs::write(root.join("fresh.csv"), b"fresh").expect("write");
+
+    let run = start(root, Duration::from_millis(300)).await;
+    // The summary is sent only after the old files were offered.
+    let mut offered: Vec<String> = run.recorder.offers().into_iter().map(|(r, _)| r).collect();
+    offered.sort();
+    assert_eq!(offered, vec!["a.csv", "sub/b.csv"]);
+    assert_eq!(run.summary.files_seen, 3, "a.csv, sub/b.csv and fresh.csv");
+    assert_eq!(run.summary.queued, 2);
+    assert_eq!(
+        run.recorder.offers_of("a.csv"),
+        vec![fp(&root.join("a.csv"))]
+    );
+
+    let rec = run.recorder.clone();
+    assert!(
+        eventually(WAIT, || rec.offers_of("fresh.csv").len() == 1).await,
+        "the fresh file is offered once it has settled"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rec.offers().len(), 3, "excluded files are never offered");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_offer_wakes_a_waiting_worker() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let run = start(dir.path(), Duration::from_millis(200)).await;
+    let woken = run.wake.notified();
+    std::fs::write(dir.path().join("x.csv"), b"x").expect("write");
+    tokio::time::timeout(WAIT, woken)
+        .await
+        .expect("the wake notify fires when a job is queued");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_written_slowly_is_offered_once_with_its_final_fingerprint() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let run = start(dir.path(), Duration::from_millis(500)).await;
+    let path = dir.path().join("slow.csv");
+    let mut file = std::fs::File::create(&path).expect("create the slow file");
+    for i in 0..8 {
+        file.write_all(format!("chunk {i}\n").as_bytes())
+            .expect("write a chunk");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            run.recorder.offers().is_empty(),
+            "nothing is offered while the file is being written (chunk {i})"
+        );
+    }
+    drop(file);
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rec.offers(), vec![("slow.csv".to_string(), fp(&path))]);
+    assert_eq!(fp(&path).size, 64, "the final size was offered");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_appended_by_separate_opens_waits_for_the_writes_to_stop() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let run = start(dir.path(), Duration::from_millis(500)).await;
+    let path = dir.path().join("appended.log.csv");
+    for i in 0..6 {
+        let mut file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open for append");
+        file.write_all(format!("line {i}\n").as_bytes())
+            .expect("append");
+        drop(file);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        rec.offers(),
+        vec![("appended.log.csv".to_string(), fp(&path))]
+    );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_events_give_one_offer_per_distinct_settled_fingerprint() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let run = start(dir.path(), Duration::from_millis(200)).await;
+    let path = dir.path().join("r.csv");
+    std::fs::write(&path, b"one").expect("write");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers().len() == 1).await);
+    let first = fp(&path);
+
+    // Events that do not change size or mtime: permissions, opening and reading.
+    for mode in [0o600, 0o644, 0o640] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let _ = std::fs::read(&path).expect("read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rec.offers_of("r.csv"), vec![first]);
+
+    let mut file = std::fs::File::options()
+        .append(true)
+        .open(&path)
+        .expect("open for append");
+    file.write_all(b" two").expect("append");
+    drop(file);
+    assert!(eventually(WAIT, || rec.offers().len() == 2).await);
+    let second = fp(&path);
+    assert_ne!(first, second);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rec.offers_of("r.csv"), vec![first, second]);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn files_in_a_new_subdirectory_are_found_even_if_written_before_its_watch() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("watched");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&root).expect("create root");
+    std::fs::create_dir_all(staging.join("batch/deeper")).expect("create staging");
+    std::fs::write(staging.join("batch/a.csv"), b"a").expect("write");
+    std::fs::write(staging.join("batch/deeper/b.csv"), b"b").expect("write");
+
+    let run = start(&root, Duration::from_millis(200)).await;
+    // Moved in whole: its files existed before any watch on it could.
+    std::fs::rename(staging.join("batch"), root.join("batch")).expect("move the tree in");
+    // Created and filled at once: races the watch being added.
+    std::fs::create_dir_all(root.join("quick/nested")).expect("mkdir");
+    std::fs::write(root.join("quick/nested/c.csv"), b"c").expect("write");
+    std::fs::write(root.join("quick/d.csv"), b"d").expect("write");
+
+    let rec = run.recorder.clone();
+    let all_found = || {
+        let mut got: Vec<String> = rec.offers().into_iter().map(|(r, _)| r).collect();
+        got.sort();
+        got == vec![
+            "batch/a.csv",
+            "batch/deeper/b.csv",
+            "quick/d.csv",
+            "quick/nested/c.csv",
+        ]
+    };
+    assert!(eventually(WAIT, all_found).await, "got {:?}", rec.offers());
+
+    // The new directories are watched: a later file there is reported by events.
+    std::fs::write(root.join("batch/deeper/e.csv"), b"e").expect("write");
+    assert!(eventually(WAIT, || rec.offers_of("batch/deeper/e.csv").len() == 1).await);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_symlink_pointing_outside_the_folder_is_never_offered() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("watched");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&root).expect("create root");
+    std::fs::create_dir_all(&outside).expect("create outside");
+    write_old(&outside.join("secret.csv"), b"secret");
+    std::os::unix::fs::symlink(outside.join("secret.csv"), root.join("old-link.csv"))
+        .expect("symlink");
+
+    let run = start(&root, Duration::from_millis(200)).await;
+    std::os::unix::fs::symlink(outside.join("secret.csv"), root.join("link.csv")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, root.join("linkdir")).expect("symlink");
+    std::fs::write(root.join("control.csv"), b"control").expect("write");
+
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || !rec.offers_of("control.csv").is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rec.offers().into_iter().map(|(r, _)| r).collect::<Vec<_>>(),
+        vec!["control.csv"]
+    );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_the_ledger_already_has_is_not_offered() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    write_old(&root.join("done.csv"), b"done");
+    write_old(&root.join("todo.csv"), b"todo");
+    let recorder = Arc::new(Recorder::default());
+    recorder.mark_uploaded("done.csv", fp(&root.join("done.csv")));
+
+    let settle = Duration::from_millis(200);
+    let run = start_with(
+        folder_config(root, settle),
+        recorder,
+        Options::new(settle, None),
+        real_dirs(),
+    )
+    .await;
+    assert_eq!(run.summary.files_seen, 2);
+    assert_eq!(run.summary.queued, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        run.recorder.offers(),
+        vec![("todo.csv".to_string(), fp(&root.join("todo.csv")))]
+    );
+    run.stop().await;
+}
+
+/// Makes real watches, but refuses every directory under `refused` as if the inotify watch
+/// limit were reached.
+struct LimitedDirs {
+    inner: NotifyDirs,
+    refused: PathBuf,
+}
+
+impl DirWatcher for LimitedDirs {
+    fn watch_dir(&mut self, dir: &Path) -> notify::Result<()> {
+        if dir.starts_with(&self.refused) {
+            return Err(
+                notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(dir.to_path_buf())
+            );
+        }
+        self.inner.watch_dir(dir)
+    }
+    fn unwatch_dir(&mut self, dir: &Path) {
+        self.inner.unwatch_dir(dir)
+    }
+}
+
+/// Log lines written through a tracing subscriber, for asserting messages.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock is not poisoned")).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("log lock is not poisoned")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (logs, guard)
+}
+
+#[tokio::test]
+async fn the_watch_limit_is_explained_once_and_the_subtree_is_rescanned_instead() {
+    let (logs, _guard) = capture_logs();
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub/inner")).expect("create dirs");
+    std::fs::create_dir_all(root.join("sub/other")).expect("create dirs");
+    std::fs::create_dir_all(root.join("fine")).expect("create dirs");
+
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, None);
+    opts.fallback_interval = Duration::from_millis(300);
+    let refused = root.join("sub");
+    let make_dirs: MakeDirs = Box::new(move |events| {
+        Ok(Box::new(LimitedDirs {
+            inner: NotifyDirs::new(events)?,
+            refused,
+        }) as Box<dyn DirWatcher>)
+    });
+    let run = start_with(
+        folder_config(root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        make_dirs,
+    )
+    .await;
+
+    std::fs::write(root.join("sub/inner/late.csv"), b"late").expect("write");
+    std::fs::write(root.join("fine/watched.csv"), b"ok").expect("write");
+    let rec = run.recorder.clone();
+    assert!(
+        eventually(WAIT, || rec.offers_of("sub/inner/late.csv").len() == 1).await,
+        "the fallback rescan finds a file in the unwatched subtree"
+    );
+    assert!(eventually(WAIT, || rec.offers_of("fine/watched.csv").len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        rec.offers_of("sub/inner/late.csv").len(),
+        1,
+        "repeated fallback rescans do not offer it again"
+    );
+    run.stop().await;
+
+    let text = logs.text();
+    let limit_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("inotify watch limit reached"))
+        .collect();
+    assert_eq!(limit_lines.len(), 1, "exactly one limit message: {text}");
+    let line = limit_lines[0];
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("fs.inotify.max_user_watches = "), "{line}");
+    assert!(
+        line.contains(&format!("{} has 5 directories", root.display())),
+        "root, sub, sub/inner, sub/other and fine: {line}"
+    );
+    assert!(
+        line.contains("sysctl fs.inotify.max_user_watches="),
+        "{line}"
+    );
+    let suggested: String = line
+        .split("sysctl fs.inotify.max_user_watches=")
+        .nth(1)
+        .expect("the sysctl command is in the message")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    assert!(
+        suggested.parse::<u64>().is_ok_and(|n| n >= 524_288),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("{} (and any", root.join("sub").display())),
+        "{line}"
+    );
+    assert!(line.contains("rescanned every 300ms"), "{line}");
+}
+
+#[tokio::test]
+async fn a_folder_deleted_and_recreated_is_watched_again() {
+    let (logs, _guard) = capture_logs();
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("watched");
+    std::fs::create_dir_all(&root).expect("create root");
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, None);
+    opts.missing_poll = Duration::from_millis(200);
+    let run = start_with(
+        folder_config(&root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        real_dirs(),
+    )
+    .await;
+
+    std::fs::write(root.join("before.csv"), b"1").expect("write");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers_of("before.csv").len() == 1).await);
+
+    std::fs::remove_dir_all(&root).expect("delete the folder");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::create_dir_all(root.join("sub")).expect("recreate the folder");
+    std::fs::write(root.join("after.csv"), b"2").expect("write");
+    assert!(eventually(WAIT, || rec.offers_of("after.csv").len() == 1).await);
+
+    // Watched again, not just scanned: new files are picked up.
+    std::fs::write(root.join("sub/later.csv"), b"3").expect("write");
+    assert!(eventually(WAIT, || rec.offers_of("sub/later.csv").len() == 1).await);
+    run.stop().await;
+
+    let text = logs.text();
+    assert!(text.contains("the folder was deleted"), "{text}");
+    assert!(
+        text.contains(&format!("watching {} again", root.display())),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_folder_is_waited_for_and_the_summary_is_still_sent() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("not-yet");
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, None);
+    opts.missing_poll = Duration::from_millis(200);
+    let run = start_with(
+        folder_config(&root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        real_dirs(),
+    )
+    .await;
+    assert_eq!(run.summary.files_seen, 0);
+
+    std::fs::create_dir_all(&root).expect("create the folder");
+    write_old(&root.join("a.csv"), b"a");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers_of("a.csv").len() == 1).await);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_recursive_folder_ignores_subdirectories() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).expect("create sub");
+    write_old(&root.join("sub/old.csv"), b"old");
+    let settle = Duration::from_millis(200);
+    let mut folder = folder_config(root, settle);
+    folder.recursive = false;
+    let run = start_with(
+        folder,
+        Arc::new(Recorder::default()),
+        Options::new(settle, None),
+        real_dirs(),
+    )
+    .await;
+    std::fs::write(root.join("sub/new.csv"), b"new").expect("write");
+    std::fs::write(root.join("top.csv"), b"top").expect("write");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers_of("top.csv").len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rec.offers().len(), 1, "{:?}", rec.offers());
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn lost_events_are_recovered_by_the_periodic_rescan() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).expect("create sub");
+    let settle = Duration::from_millis(200);
+    // No watches at all (as if every event were lost): only rescans can find the file.
+    let make_dirs: MakeDirs = Box::new(|_events| {
+        Ok(Box::new(NoDirs {
+            reason: "watching disabled for this test".into(),
+        }) as Box<dyn DirWatcher>)
+    });
+    let mut opts = Options::new(settle, Some(Duration::from_millis(300)));
+    opts.fallback_interval = Duration::from_secs(3600);
+    let run = start_with(
+        folder_config(root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        make_dirs,
+    )
+    .await;
+    std::fs::write(root.join("sub/x.csv"), b"x").expect("write");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers_of("sub/x.csv").len() == 1).await);
+    run.stop().await;
+}
+
+#[test]
+fn scan_once_offers_only_old_files_not_yet_uploaded() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("d")).expect("create d");
+    write_old(&root.join("old.csv"), b"old");
+    write_old(&root.join("d/done.csv"), b"done");
+    std::fs::write(root.join("new.csv"), b"new").expect("write");
+    let recorder = Recorder::default();
+    recorder.mark_uploaded("d/done.csv", fp(&root.join("d/done.csv")));
+
+    let summary = scan_once(&folder_config(root, Duration::from_secs(5)), &recorder)
+        .expect("the folder can be scanned");
+    assert_eq!(summary.files_seen, 3);
+    assert_eq!(summary.queued, 1);
+    assert_eq!(
+        recorder.offers(),
+        vec![("old.csv".to_string(), fp(&root.join("old.csv")))]
+    );
+}
+
+#[test]
+fn scan_once_reports_a_missing_folder() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let missing = dir.path().join("nope");
+    let err = scan_once(
+        &folder_config(&missing, Duration::from_secs(5)),
+        &Recorder::default(),
+    )
+    .expect_err("a missing folder cannot be scanned");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
