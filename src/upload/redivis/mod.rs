@@ -11,12 +11,13 @@
 //!    upload.post may have happened: list the table's uploads (all pages) and look for our
 //!    name with our size and MD5 (or still importing). Found: adopt it, go to 7.
 //! 3. Before sending a byte (B6): `GET` the upload by escaped name. Another local name →
-//!    collision (permanent). Ours with the same size and hash → adopt it (already there).
+//!    collision (permanent). Ours with the same size and hash, not failed → adopt it (the
+//!    file is already there, e.g. the ledger was lost), go to 7.
 //!    Anything else under our name (an earlier version, a failed import, a leftover) is
 //!    stale; so is the ledger's `job.previous` upload. Stale uploads are deleted in step 5,
 //!    after the transfer, so the old data stays visible as long as possible.
 //! 4. Transfer, computing the MD5 while streaming:
-//!    - ≤ [`INLINE_UPLOAD_MAX`] (including 0 bytes): nothing to transfer, the bytes go
+//!    - ≤ [`INLINE_UPLOAD_MAX`] (always for 0 bytes, B5): nothing to transfer, the bytes go
 //!      inline in the multipart upload.post (one API call instead of three or more).
 //!    - `resumable-upload` flow: `POST resumableUpload?size=N` → session URL.
 //!    - `temp-uploads` flow: `POST tempUploads` → resumable: `x-goog-resumable: start` →
@@ -88,6 +89,9 @@ pub struct Tuning {
     /// Per chunk PUT (and per whole-body PUT).
     pub chunk_timeout: Duration,
     pub session_max_age: Duration,
+    /// Files up to this size go inline ([`INLINE_UPLOAD_MAX`]; 0 sends only empty files
+    /// inline, which tests use to drive small files through sessions).
+    pub inline_max: u64,
     /// New sessions one attempt may start after dead ones before handing back to the queue.
     pub session_restarts: u32,
 }
@@ -101,6 +105,7 @@ impl Default for Tuning {
             api_timeout: Duration::from_secs(125),
             chunk_timeout: Duration::from_secs(600),
             session_max_age: SESSION_LIFETIME,
+            inline_max: INLINE_UPLOAD_MAX,
             session_restarts: 3,
         }
     }
@@ -314,11 +319,12 @@ impl RedivisBackend {
                                 &job.rel, &name, &escaped, &table,
                             )));
                         }
-                        if existing.is_completed() && existing.size == Some(reader.size) {
+                        if !existing.is_failed() && existing.size == Some(reader.size) {
                             let md5 = match &local_md5 {
                                 Some(md5) => md5.clone(),
                                 None => self.file_md5(&reader).await?,
                             };
+                            local_md5 = Some(md5.clone());
                             if let Some(remote) = &existing.hash
                                 && hashes_match(&md5, remote)
                             {
@@ -327,13 +333,8 @@ impl RedivisBackend {
                                     upload = %existing.uri,
                                     "the table already holds this exact file; adopting it"
                                 );
-                                job.check_unchanged()?;
-                                job.clear_progress()?;
-                                job.live.set(reader.size, reader.size);
-                                return Ok(Uploaded {
-                                    remote: existing.uri,
-                                    md5: Some(md5),
-                                });
+                                adopted = Some(existing);
+                                continue;
                             }
                         }
                         if !stale.contains(&existing.uri) {
@@ -503,7 +504,7 @@ impl RedivisBackend {
         cancel: &CancellationToken,
     ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
-        if size <= INLINE_UPLOAD_MAX {
+        if size <= self.tuning.inline_max {
             job.check_unchanged()?;
             let data = reader.read_at(0, size as usize).await?;
             job.check_unchanged()?;

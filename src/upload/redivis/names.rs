@@ -1,6 +1,6 @@
 //! Redivis upload names: the escaping rule (protocol §2) and collision detection.
 //!
-//! Redivis addresses an upload by its *escaped* name: characters other than ASCII letters,
+//! Redivis addresses an upload by its *escaped* name: characters other than letters,
 //! digits and `_` become `_`, runs of `_` collapse, leading and trailing `_` drop, and case
 //! is ignored. So `a.b.csv`, `a_b.csv` and `A-B.csv` are the same upload (`a_b_csv`). Two
 //! local files that escape alike must not overwrite each other: the first one to claim the
@@ -15,12 +15,13 @@ pub fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut pending_sep = false;
     for ch in name.chars() {
-        if ch.is_ascii_alphanumeric() {
+        // Unicode letters and digits count, as in the emulator; the docs do not say.
+        if ch.is_alphanumeric() {
             if pending_sep && !out.is_empty() {
                 out.push('_');
             }
             pending_sep = false;
-            out.push(ch.to_ascii_lowercase());
+            out.extend(ch.to_lowercase());
         } else {
             pending_sep = true;
         }
@@ -76,7 +77,8 @@ mod tests {
             ("A-B.csv", "a_b_csv"),
             ("__lead/trail__.csv__", "lead_trail_csv"),
             ("sub/dir/data.2020.csv", "sub_dir_data_2020_csv"),
-            ("é.csv", "csv"),
+            ("Été.csv", "été_csv"),
+            ("...", ""),
         ];
         for (name, escaped) in table {
             assert_eq!(escape(name), escaped, "{name}");
