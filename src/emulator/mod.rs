@@ -1,5 +1,11 @@
 //! The local emulator: KiFS at `/kifs/...` and the Redivis API at `/api/v1/...` on one HTTP
 //! server, with its state on disk under the data directory so it survives its own restart.
+//!
+//! The server is a hand-written accept loop over hyper rather than `axum::serve`, because a
+//! fault must be able to close a connection without any answer: a handler (or the fault
+//! layer, see [`faults`]) returns a response carrying the [`DropConnection`] marker, and the
+//! service wrapping the router turns it into an error, on which hyper closes the connection.
+//! Emulator-only routes live under `/_emulator/` (fault script, counters, test hooks).
 
 pub mod faults;
 pub mod kifs;
@@ -7,10 +13,18 @@ pub mod redivis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// Everything `upsync emulator` can be told; also built from a config's `[emulator]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,24 +73,49 @@ pub enum EmulatorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("emulator option: {0}")]
+    Options(String),
 }
 
-/// Builds the router for both services.
+/// Response extension: close the connection instead of sending this response.
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+/// The error the connection service returns to make hyper close the connection unanswered.
+#[derive(Debug, thiserror::Error)]
+#[error("connection closed without an answer (injected fault)")]
+struct ConnectionDropped;
+
+/// How long a shutdown waits for requests in flight before cutting their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Builds the router for both services, the fault layer and the `/_emulator` routes.
 pub fn router(options: &EmulatorOptions) -> Result<Router, EmulatorError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| EmulatorError::Data {
         path: options.data_dir.clone(),
         source,
     })?;
+    let engine = Arc::new(faults::FaultEngine::new(&options.faults));
     let kifs = kifs::router(&options.kifs, &options.data_dir.join("kifs"))?;
-    let redivis = redivis::router(&options.redivis, &options.data_dir.join("redivis"))?;
-    Ok(Router::new().nest("/kifs", kifs).merge(redivis))
+    let redivis = redivis::router_seeded(
+        &options.redivis,
+        &options.data_dir.join("redivis"),
+        options.faults.seed,
+    )?;
+    Ok(Router::new()
+        .nest("/kifs", kifs)
+        .merge(redivis)
+        .merge(faults::router(engine.clone()))
+        .layer(axum::middleware::from_fn_with_state(engine, faults::layer)))
 }
 
-/// Binds `listen` and serves until `shutdown` is cancelled.
+/// Binds `listen` and serves until `shutdown` is cancelled; returns once bound, so
+/// `listen = "127.0.0.1:0"` works and the chosen port is in [`RunningEmulator::addr`].
 pub async fn start(
     listen: &str,
     options: EmulatorOptions,
 ) -> Result<RunningEmulator, EmulatorError> {
+    let app = router(&options)?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| EmulatorError::Listen {
@@ -89,21 +128,79 @@ pub async fn start(
             addr: listen.to_string(),
             source,
         })?;
-    let app = router(&options)?;
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "emulator server stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, app, shutdown.clone()));
     tracing::info!(%addr, kifs = %format!("http://{addr}/kifs"), redivis = %format!("http://{addr}/api/v1"), "emulator listening");
     Ok(RunningEmulator {
         addr,
         shutdown,
         task,
     })
+}
+
+/// The accept loop: one task per connection, HTTP/1.1 with keep-alive; on shutdown, stop
+/// accepting, let connections finish their current request (up to [`SHUTDOWN_GRACE`]).
+async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(error = %err, "emulator cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(stream, app.clone(), stop.clone()));
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "emulator shutdown: cutting connections still busy"
+        );
+        connections.shutdown().await;
+    }
+    tracing::info!("emulator stopped");
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router, stop: CancellationToken) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        async move {
+            let response = match app.oneshot(request.map(Body::new)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            if response.extensions().get::<DropConnection>().is_some() {
+                Err(ConnectionDropped)
+            } else {
+                Ok::<_, ConnectionDropped>(response)
+            }
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = outcome {
+        tracing::debug!(error = %err, "emulator connection ended with an error");
+    }
 }

@@ -1,0 +1,414 @@
+//! The Redivis emulator: the REST upload API under `/api/v1` and the GCS-style resumable
+//! session URLs it hands out under `/upload/...`, with state on disk (see [`store`]).
+//!
+//! # Routes
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `POST /api/v1/tables/{ref}/resumableUpload?size=N` (or JSON `{"size": N}`) | legacy flow: `{"kind":"resumableUpload","id","url"}`, `url` = `http://{host}/upload/sessions/{id}` |
+//! | `POST /api/v1/tables/{ref}/tempUploads` | current flow: `{"kind":"tempUploadList","results":[{"kind":"tempUpload","id","url","name","size":"N","resumable"}]}`, `url` = `http://{host}/upload/temp/{id}` |
+//! | `POST /api/v1/tables/{ref}/uploads` | upload.post: JSON (`tempUploadId` / `resumableUploadId`), `multipart/form-data` (part `metadata` first, then `data`), or the simple form (query `name`/`type`, raw body) |
+//! | `GET /api/v1/tables/{ref}/uploads?maxResults=&pageToken=` | list, oldest first |
+//! | `HEAD`/`GET`/`DELETE /api/v1/tables/{ref}/uploads/{name or id}` | by escaped name (or by the id in the returned `uri`) |
+//! | `PUT /upload/sessions/{id}` | chunk (`Content-Range: bytes a-b/N`) or status query (`bytes */N`) |
+//! | `POST /upload/temp/{id}` + `x-goog-resumable: start` | initiates a session: 201 + `Location` |
+//! | `PUT /upload/temp/{id}` | non-resumable body: stores exactly the bytes received |
+//! | `DELETE /upload/sessions/{id}` (or `/upload/temp/{id}`) | cancels: 499, and 499 afterwards |
+//! | `GET /_emulator/redivis/stats` | counters: API requests by endpoint, session PUTs, status queries, 429s, uploads created |
+//! | `POST /_emulator/redivis/tables` `{"reference": "..."}` | creates a table (needed with `--strict-tables`) |
+//! | `POST /_emulator/redivis/poison/{id}` | the session answers 410 from now on |
+//! | `POST /_emulator/redivis/expire/{id}` | the session is past its lifetime (404) from now on |
+//!
+//! Absolute URLs are built from the request's `Host` header, so they work with port 0.
+//! Every API request needs `Authorization: Bearer <token>` (any non-empty token, or exactly
+//! `--redivis-token`); session URLs accept a token and do not need one.
+//!
+//! # Session PUT algorithm (the GCS resumable protocol, `PUT /upload/sessions/{id}`)
+//!
+//! 1. Unknown or past `--session-ttl` → 404; cancelled → 499; poisoned → 410.
+//! 2. `Content-Range: bytes */N` (or an empty PUT without it) is a status query: a total
+//!    that differs from the declared one → 400; a session holding all N bytes is finalized
+//!    → 200 + JSON object metadata; otherwise 308 with `Range: bytes=0-<last persisted>`,
+//!    no `Range` when nothing is persisted, never `Location`.
+//! 3. `bytes a-b/N` (or `/*`) is a chunk: totals must agree with the declared size and with
+//!    earlier chunks (400); `a` past the persisted offset → 400 "exceeds already uploaded
+//!    size"; a non-final chunk shorter than 256 KiB → 400 with the GCS text; a body of a
+//!    different length than announced → 400, nothing kept. A chunk starting before the
+//!    persisted offset (overlap) is accepted: the bytes already held are skipped, not
+//!    compared.
+//! 4. The body streams to `sessions/<id>.data` (no buffering of whole chunks). With
+//!    `--redivis-partial-persistence` a non-final chunk keeps only a random 256 KiB-aligned
+//!    prefix. An injected fault (see [`super::faults`]) strikes after the body is read and
+//!    keeps the prefix its `persist` says; a drop strikes after half of the body.
+//! 5. When all N bytes are held the session completes → 200 + metadata (after
+//!    `--redivis-final-chunk-delay`); later PUTs get 200 again. Otherwise 308 as in step 2.
+//!
+//! # Upload lifecycle
+//!
+//! An upload is `queued` for the first half of `--redivis-processing-delay`, then `running`,
+//! then `completed` (or `failed` with `errorMessage` when its name matches
+//! `--redivis-fail-name-pattern`); computed from timestamps on read. `size` and `hash` (MD5
+//! hex) are present from the start, `numRows` (text lines, minus the header row of a
+//! delimited file unless `hasHeaderRow` is false) and `numBytes` (= size) once completed.
+//! Numbers are JSON integers, or strings with `--redivis-numbers-as-strings`.
+//!
+//! Duplicate names (equal after escaping) are renamed by default: `data.csv` becomes
+//! `data (1).csv`, then `data (2).csv` (the counter goes before the last extension);
+//! `--redivis-duplicate-names reject` answers 409 instead. An empty name becomes
+//! `untitled_upload.<type>` (`.csv` for delimited).
+//!
+//! # Protocol §12 coverage
+//!
+//! Cases 1–21 are implemented, with these choices: (5) a released version gets 400;
+//! (8) an unknown, unfinished or already-used upload id gets 400 at once (the
+//! "fail later" alternative is not offered); (16) overlap is always accepted-and-skipped;
+//! (19) slow responses, 5xx/408/429 after partial persistence and resets mid-body come from
+//! the fault script; a 308 without `Range` after a data PUT comes from a fault with
+//! `persist: none` followed by a status query, or from partial persistence keeping 0 bytes;
+//! (20) a token on session URLs is accepted, never required; (21) a temp upload whose plain
+//! PUT carried a different number of bytes than its declared size fails upload.post with 400.
+//! `X-REDIVIS-WARNING` is never sent; `transferSpecification` uploads and `rawFiles` are not
+//! emulated (400 / 404). Responses produced by the fault layer carry no `X-RateLimit-*`.
+
+mod api;
+mod ratelimit;
+mod session;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post, put};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+
+pub use store::{escape_name, stored_upload_path};
+
+use super::EmulatorError;
+use crate::config::Secret;
+use store::{Digest, TableRecord, Transfer, UploadRecord};
+
+/// What to do with an upload.post whose name is already taken (after escaping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DuplicateNames {
+    /// Give the new upload a free name: `data (1).csv`.
+    Rename,
+    /// Answer 409.
+    Reject,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedivisOptions {
+    /// Bearer token the API accepts; by default any non-empty token is accepted.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret)]
+    pub redivis_token: Option<Secret>,
+    /// Time an upload takes from `queued` through `running` to `completed`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redivis_processing_delay: Duration,
+    /// Uploads whose name matches this glob end `failed` instead of `completed`.
+    #[arg(long, value_name = "GLOB")]
+    pub redivis_fail_name_pattern: Option<String>,
+    /// Send `size`, `numRows`, `numBytes` as strings (older API docs) instead of integers.
+    #[arg(long)]
+    pub redivis_numbers_as_strings: bool,
+    /// Keep only a random 256 KiB-aligned prefix of every non-final session chunk.
+    #[arg(long)]
+    pub redivis_partial_persistence: bool,
+    /// Lifetime of resumable sessions and temp uploads; older ones answer 404.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// Enforce the API rate limit (429 + Retry-After past it).
+    #[arg(long)]
+    pub rate_limit: bool,
+    /// API requests allowed per window.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit_max: u32,
+    /// Length of the sliding rate-limit window.
+    #[arg(long, default_value = "100s", value_parser = humantime::parse_duration)]
+    pub rate_limit_window: Duration,
+    /// Tables must be created first (`POST /_emulator/redivis/tables`); unknown ones are 404.
+    #[arg(long)]
+    pub strict_tables: bool,
+    /// What upload.post does with a name already taken on the table.
+    #[arg(long, value_enum, default_value_t = DuplicateNames::Rename)]
+    pub redivis_duplicate_names: DuplicateNames,
+    /// Test hook: delay (ms) the answer to a final chunk after it is persisted.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub redivis_final_chunk_delay: u64,
+    /// Test hook: delay (ms) the answer to upload.post after the upload is created.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub redivis_post_delay: u64,
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
+}
+
+impl Default for RedivisOptions {
+    fn default() -> RedivisOptions {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            options: RedivisOptions,
+        }
+        Wrapper::parse_from(["redivis"]).options
+    }
+}
+
+/// A transfer in memory: its record, plus the digest of its bytes while that digest still
+/// covers exactly the persisted bytes (`None` after a truncation or a restart).
+pub(crate) struct Slot {
+    pub record: Transfer,
+    pub digest: Option<Digest>,
+}
+
+pub(crate) struct Table {
+    pub record: TableRecord,
+    /// In creation order (`seq`).
+    pub uploads: Vec<UploadRecord>,
+}
+
+#[derive(Default)]
+pub(crate) struct Tables {
+    pub by_key: HashMap<String, Table>,
+    pub next_seq: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    api_requests: BTreeMap<&'static str, u64>,
+    session_puts: u64,
+    status_queries: u64,
+    temp_puts: u64,
+    session_initiations: u64,
+    responses_429: u64,
+    uploads_created: u64,
+}
+
+/// The emulator's shared state.
+pub(crate) struct Service {
+    pub options: RedivisOptions,
+    pub fail_names: Option<globset::GlobMatcher>,
+    pub dir: PathBuf,
+    transfers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    pub tables: tokio::sync::Mutex<Tables>,
+    limiter: ratelimit::Limiter,
+    stats: Mutex<Stats>,
+    pub rng: Mutex<StdRng>,
+}
+
+type Shared = Arc<Service>;
+
+impl Service {
+    fn open(options: &RedivisOptions, dir: &Path, seed: u64) -> Result<Service, EmulatorError> {
+        let data_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| EmulatorError::Data { path, source }
+        };
+        let fail_names = match &options.redivis_fail_name_pattern {
+            None => None,
+            Some(pattern) => Some(
+                globset::Glob::new(pattern)
+                    .map_err(|err| {
+                        EmulatorError::Options(format!(
+                            "--redivis-fail-name-pattern {pattern:?} is not a glob: {err}"
+                        ))
+                    })?
+                    .compile_matcher(),
+            ),
+        };
+        for sub in ["sessions", "tables", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(data_error(&dir.join(sub)))?;
+        }
+        // Inline bodies still being received when the emulator stopped will never finish.
+        let tmp = dir.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(data_error(&tmp))? {
+            let path = entry.map_err(data_error(&tmp))?.path();
+            std::fs::remove_file(&path).map_err(data_error(&path))?;
+        }
+        let mut transfers = HashMap::new();
+        for path in store::json_files(&dir.join("sessions")).map_err(data_error(dir))? {
+            let record: Transfer = store::read_json(&path).map_err(data_error(&path))?;
+            let slot = Slot {
+                record,
+                digest: None,
+            };
+            transfers.insert(
+                slot.record.id.clone(),
+                Arc::new(tokio::sync::Mutex::new(slot)),
+            );
+        }
+        let mut tables = Tables::default();
+        let tables_dir = dir.join("tables");
+        for entry in std::fs::read_dir(&tables_dir).map_err(data_error(&tables_dir))? {
+            let table_dir = entry.map_err(data_error(&tables_dir))?.path();
+            let record_path = table_dir.join("table.json");
+            if !record_path.exists() {
+                continue;
+            }
+            let record: TableRecord =
+                store::read_json(&record_path).map_err(data_error(&record_path))?;
+            let mut uploads = Vec::new();
+            for path in
+                store::json_files(&table_dir.join("uploads")).map_err(data_error(&table_dir))?
+            {
+                let upload: UploadRecord = store::read_json(&path).map_err(data_error(&path))?;
+                tables.next_seq = tables.next_seq.max(upload.seq + 1);
+                uploads.push(upload);
+            }
+            uploads.sort_by_key(|upload| upload.seq);
+            tables.by_key.insert(
+                store::table_key(&record.reference),
+                Table { record, uploads },
+            );
+        }
+        Ok(Service {
+            options: options.clone(),
+            fail_names,
+            dir: dir.to_path_buf(),
+            transfers: Mutex::new(transfers),
+            tables: tokio::sync::Mutex::new(tables),
+            limiter: ratelimit::Limiter::new(
+                options.rate_limit_max,
+                options.rate_limit_window,
+                options.rate_limit,
+            ),
+            stats: Mutex::new(Stats::default()),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        })
+    }
+
+    pub fn transfer(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Slot>>> {
+        self.transfers
+            .lock()
+            .expect("transfer map lock is never poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    /// Registers a new transfer and persists its record and its (empty) data file.
+    pub fn add_transfer(&self, record: Transfer) -> std::io::Result<()> {
+        std::fs::File::create(self.data_path(&record.id))?;
+        store::write_json(&self.record_path(&record.id), &record)?;
+        let id = record.id.clone();
+        let slot = Slot {
+            record,
+            digest: Some(Digest::default()),
+        };
+        self.transfers
+            .lock()
+            .expect("transfer map lock is never poisoned")
+            .insert(id, Arc::new(tokio::sync::Mutex::new(slot)));
+        Ok(())
+    }
+
+    pub fn save_transfer(&self, record: &Transfer) -> std::io::Result<()> {
+        store::write_json(&self.record_path(&record.id), record)
+    }
+
+    pub fn data_path(&self, id: &str) -> PathBuf {
+        self.dir.join("sessions").join(format!("{id}.data"))
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join("sessions").join(format!("{id}.json"))
+    }
+
+    pub fn table_dir(&self, key: &str) -> PathBuf {
+        self.dir.join("tables").join(key)
+    }
+
+    pub fn expired(&self, record: &Transfer) -> bool {
+        let age = store::now_ms().saturating_sub(record.created_ms);
+        u128::from(age) >= self.options.session_ttl.as_millis()
+    }
+
+    fn count(&self, update: impl FnOnce(&mut Stats)) {
+        update(&mut self.stats.lock().expect("stats lock is never poisoned"));
+    }
+
+    pub fn count_api(&self, endpoint: &'static str) {
+        self.count(|stats| *stats.api_requests.entry(endpoint).or_default() += 1);
+    }
+
+    /// A JSON number, or a string with `--redivis-numbers-as-strings`.
+    pub fn number(&self, value: u64) -> serde_json::Value {
+        if self.options.redivis_numbers_as_strings {
+            serde_json::Value::String(value.to_string())
+        } else {
+            serde_json::Value::from(value)
+        }
+    }
+}
+
+/// The Redivis routes, with partial persistence drawn from a generator seeded with 0.
+pub fn router(options: &RedivisOptions, data_dir: &Path) -> Result<Router, EmulatorError> {
+    router_seeded(options, data_dir, 0)
+}
+
+/// The Redivis routes; `seed` drives the random choices of partial persistence.
+pub fn router_seeded(
+    options: &RedivisOptions,
+    data_dir: &Path,
+    seed: u64,
+) -> Result<Router, EmulatorError> {
+    let service: Shared = Arc::new(Service::open(options, data_dir, seed)?);
+    let api = Router::new()
+        .route(
+            "/api/v1/tables/{table}/resumableUpload",
+            post(api::resumable_upload),
+        )
+        .route(
+            "/api/v1/tables/{table}/tempUploads",
+            post(api::temp_uploads),
+        )
+        .route(
+            "/api/v1/tables/{table}/uploads",
+            get(api::list_uploads)
+                .post(api::post_upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/tables/{table}/uploads/{upload}",
+            get(api::get_upload)
+                .head(api::head_upload)
+                .delete(api::delete_upload),
+        )
+        .route("/api/{*rest}", any(api::unknown_endpoint))
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            api::api_layer,
+        ));
+    let sessions = Router::new()
+        .route(
+            "/upload/sessions/{id}",
+            put(session::put_session).delete(session::delete_transfer),
+        )
+        .route(
+            "/upload/temp/{id}",
+            post(session::initiate)
+                .put(session::put_temp)
+                .delete(session::delete_transfer),
+        );
+    let hooks = Router::new()
+        .route("/_emulator/redivis/stats", get(stats))
+        .route("/_emulator/redivis/tables", post(api::create_table))
+        .route("/_emulator/redivis/poison/{id}", post(session::poison))
+        .route("/_emulator/redivis/expire/{id}", post(session::expire));
+    Ok(api.merge(sessions).merge(hooks).with_state(service))
+}
+
+async fn stats(
+    axum::extract::State(service): axum::extract::State<Shared>,
+) -> axum::Json<serde_json::Value> {
+    let stats = service.stats.lock().expect("stats lock is never poisoned");
+    axum::Json(serde_json::to_value(&*stats).expect("stats serialize to JSON"))
+}

@@ -1,0 +1,895 @@
+//! The session layer: GCS-style resumable sessions (`/upload/sessions/{id}`) and temp upload
+//! URLs (`/upload/temp/{id}`: plain PUT, or initiation of a session). The algorithm is in
+//! the parent module's doc; injected faults arrive in the request extensions.
+
+use std::io::SeekFrom;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::json;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::api::base_url;
+use super::store::{self, ALIGN, ContentSummary, Digest, TransferKind, TransferState};
+use super::{Shared, Slot};
+use crate::emulator::faults::{self, FaultAction, InjectedFault, Target};
+
+/// What `Content-Range` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentRange {
+    /// `bytes */N` or `bytes */*`.
+    Query { total: Option<u64> },
+    /// `bytes a-b/N` or `bytes a-b/*`.
+    Chunk {
+        first: u64,
+        last: u64,
+        total: Option<u64>,
+    },
+}
+
+fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        number => Some(number.parse().ok()?),
+    };
+    match range.trim() {
+        "*" => Some(ContentRange::Query { total }),
+        span => {
+            let (first, last) = span.split_once('-')?;
+            Some(ContentRange::Chunk {
+                first: first.trim().parse().ok()?,
+                last: last.trim().parse().ok()?,
+                total,
+            })
+        }
+    }
+}
+
+fn error(status: u16, description: &str) -> Response {
+    let status = StatusCode::from_u16(status).expect("session status codes are valid");
+    let code = match status.as_u16() {
+        499 => Some("cancelled"),
+        _ => None,
+    };
+    faults::redivis_error(&Method::PUT, status, code, description)
+}
+
+fn not_found() -> Response {
+    error(
+        404,
+        "No such upload session: it never existed or is past its lifetime; start a new one.",
+    )
+}
+
+fn cancelled() -> Response {
+    error(
+        499,
+        "The upload session was cancelled (DELETE); start a new one.",
+    )
+}
+
+fn poisoned() -> Response {
+    error(
+        410,
+        "The upload session failed for good; start a new one from byte 0.",
+    )
+}
+
+/// 308 with `Range: bytes=0-<last>` when bytes are held, no `Range` otherwise, no `Location`.
+fn incomplete(held: u64) -> Response {
+    let mut response = StatusCode::PERMANENT_REDIRECT.into_response();
+    if held > 0 {
+        response.headers_mut().insert(
+            header::RANGE,
+            HeaderValue::from_str(&format!("bytes=0-{}", held - 1))
+                .expect("a byte range is a valid header value"),
+        );
+    }
+    response
+}
+
+fn object_metadata(id: &str, name: Option<&str>, content: &ContentSummary) -> Response {
+    let md5 = hex::decode(&content.md5).unwrap_or_default();
+    Json(json!({
+        "kind": "storage#object",
+        "id": id,
+        "name": name.unwrap_or(id),
+        "size": content.size.to_string(),
+        "md5Hash": base64::engine::general_purpose::STANDARD.encode(md5),
+        "hash": content.md5,
+    }))
+    .into_response()
+}
+
+fn fault_of(request: &Request) -> Option<InjectedFault> {
+    request.extensions().get::<InjectedFault>().cloned()
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// `PUT /upload/sessions/{id}`: a chunk or a status query. Runs in its own task so that a
+/// client going away mid-request cannot leave the session half-updated.
+pub async fn put_session(
+    State(service): State<Shared>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let fault = fault_of(&request);
+    let (parts, body) = request.into_parts();
+    let delay = match &fault {
+        Some(InjectedFault {
+            action: FaultAction::Delay(delay),
+            ..
+        }) => Some(*delay),
+        _ => None,
+    };
+    let task = tokio::spawn(put_session_task(service, id, parts.headers, fault, body));
+    let response = task
+        .await
+        .unwrap_or_else(|err| error(500, &format!("the emulator's session task failed: {err}")));
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+async fn put_session_task(
+    service: Shared,
+    id: String,
+    headers: HeaderMap,
+    fault: Option<InjectedFault>,
+    body: Body,
+) -> Response {
+    let Some(slot) = service.transfer(&id) else {
+        return not_found();
+    };
+    let mut slot = slot.lock().await;
+    if slot.record.kind == TransferKind::TempUpload || service.expired(&slot.record) {
+        return not_found();
+    }
+    match slot.record.state {
+        TransferState::Cancelled => return cancelled(),
+        TransferState::Poisoned => return poisoned(),
+        TransferState::Open | TransferState::Complete => {}
+    }
+    let range = match headers.get(header::CONTENT_RANGE) {
+        Some(value) => match value.to_str().ok().and_then(parse_content_range) {
+            Some(range) => range,
+            None => {
+                return error(
+                    400,
+                    &format!(
+                        "Content-Range {value:?} is not valid: expected \"bytes a-b/N\", \"bytes a-b/*\", \
+                         \"bytes */N\" or \"bytes */*\""
+                    ),
+                );
+            }
+        },
+        // No Content-Range: the whole object in one request, or a bare status query.
+        None => match declared_length(&headers) {
+            Some(length) if length > 0 => ContentRange::Chunk {
+                first: 0,
+                last: length - 1,
+                total: Some(length),
+            },
+            _ => ContentRange::Query { total: None },
+        },
+    };
+    match range {
+        ContentRange::Query { .. } => service.count(|stats| stats.status_queries += 1),
+        ContentRange::Chunk { .. } => service.count(|stats| stats.session_puts += 1),
+    }
+    if let Some(InjectedFault {
+        action: FaultAction::Status { status, .. },
+        ..
+    }) = &fault
+        && status.as_u16() == 410
+    {
+        slot.record.state = TransferState::Poisoned;
+        if let Err(err) = service.save_transfer(&slot.record) {
+            return error(
+                500,
+                &format!("the emulator cannot record the session: {err}"),
+            );
+        }
+        return poisoned();
+    }
+    match range {
+        ContentRange::Query { total } => {
+            if let Some(fault) = &fault {
+                match &fault.action {
+                    FaultAction::Status {
+                        status,
+                        retry_after,
+                    } => {
+                        return faults::fault_response(
+                            Target::RedivisSession,
+                            &Method::PUT,
+                            *status,
+                            retry_after.as_deref(),
+                        );
+                    }
+                    FaultAction::Drop => return faults::drop_connection(),
+                    FaultAction::Delay(_) => {}
+                }
+            }
+            status_query(&service, &mut slot, total).await
+        }
+        ContentRange::Chunk { first, last, total } => {
+            let response = chunk(
+                &service, &mut slot, &headers, fault, body, first, last, total,
+            )
+            .await;
+            let finished = response.status() == StatusCode::OK;
+            drop(slot);
+            if finished && service.options.redivis_final_chunk_delay > 0 {
+                tokio::time::sleep(Duration::from_millis(
+                    service.options.redivis_final_chunk_delay,
+                ))
+                .await;
+            }
+            response
+        }
+    }
+}
+
+async fn held_bytes(service: &Shared, id: &str) -> std::io::Result<u64> {
+    Ok(tokio::fs::metadata(service.data_path(id)).await?.len())
+}
+
+fn total_mismatch(given: u64, declared: u64) -> Response {
+    error(
+        400,
+        &format!(
+            "Invalid request. The Content-Range total {given} differs from the upload's size of {declared} byte(s)."
+        ),
+    )
+}
+
+async fn status_query(service: &Shared, slot: &mut Slot, total: Option<u64>) -> Response {
+    if let (Some(given), Some(declared)) = (total, slot.record.total)
+        && given != declared
+    {
+        return total_mismatch(given, declared);
+    }
+    if slot.record.state == TransferState::Complete {
+        return completed(slot);
+    }
+    let held = match held_bytes(service, &slot.record.id).await {
+        Ok(held) => held,
+        Err(err) => return error(500, &format!("the emulator cannot read the session: {err}")),
+    };
+    match total.or(slot.record.total) {
+        Some(total) if held > total => error(
+            400,
+            &format!(
+                "Invalid request. The session holds {held} byte(s), more than the total of {total}."
+            ),
+        ),
+        Some(total) if held == total => finalize(service, slot, held).await,
+        _ => incomplete(held),
+    }
+}
+
+fn completed(slot: &Slot) -> Response {
+    match &slot.record.content {
+        Some(content) => object_metadata(&slot.record.id, slot.record.name.as_deref(), content),
+        None => error(500, "the emulator lost the summary of a completed session"),
+    }
+}
+
+/// Marks the session complete (all `held` bytes present), tells its temp upload, answers 200.
+async fn finalize(service: &Shared, slot: &mut Slot, held: u64) -> Response {
+    let content = match slot.digest.take() {
+        Some(digest) if digest.len == held => digest.summary(),
+        _ => {
+            let path = service.data_path(&slot.record.id);
+            match tokio::task::spawn_blocking(move || Digest::of_file(&path)).await {
+                Ok(Ok(content)) => content,
+                Ok(Err(err)) => {
+                    return error(500, &format!("the emulator cannot read the session: {err}"));
+                }
+                Err(err) => {
+                    return error(500, &format!("the emulator's digest task failed: {err}"));
+                }
+            }
+        }
+    };
+    slot.record.state = TransferState::Complete;
+    slot.record.total = Some(held);
+    slot.record.content = Some(content);
+    if let Err(err) = service.save_transfer(&slot.record) {
+        return error(
+            500,
+            &format!("the emulator cannot record the session: {err}"),
+        );
+    }
+    if let Some(parent) = slot.record.parent.clone()
+        && let Some(parent) = service.transfer(&parent)
+    {
+        let mut parent = parent.lock().await;
+        parent.record.completed_session = Some(slot.record.id.clone());
+        if let Err(err) = service.save_transfer(&parent.record) {
+            return error(
+                500,
+                &format!("the emulator cannot record the temp upload: {err}"),
+            );
+        }
+    }
+    completed(slot)
+}
+
+/// How a chunk's body ended.
+enum BodyEnd {
+    Complete,
+    /// The client went away (or the body broke) mid-way.
+    Broken,
+    /// A drop fault struck after half of the body.
+    Dropped,
+    /// More bytes arrived than `Content-Range` announced.
+    TooLong,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn chunk(
+    service: &Shared,
+    slot: &mut Slot,
+    headers: &HeaderMap,
+    fault: Option<InjectedFault>,
+    body: Body,
+    first: u64,
+    last: u64,
+    total: Option<u64>,
+) -> Response {
+    if slot.record.state == TransferState::Complete {
+        return completed(slot);
+    }
+    if let (Some(given), Some(declared)) = (total, slot.record.total)
+        && given != declared
+    {
+        return total_mismatch(given, declared);
+    }
+    if slot.record.total.is_none() && total.is_some() {
+        // A session started with an unknown total (`bytes a-b/*`) learns it here; later
+        // chunks must agree with it.
+        slot.record.total = total;
+        if let Err(err) = service.save_transfer(&slot.record) {
+            return error(
+                500,
+                &format!("the emulator cannot record the session: {err}"),
+            );
+        }
+    }
+    let total = total.or(slot.record.total);
+    if first > last {
+        return error(
+            400,
+            &format!("Invalid request. Content-Range bytes {first}-{last} is empty or reversed."),
+        );
+    }
+    if let Some(total) = total.filter(|&total| last >= total) {
+        return error(
+            400,
+            &format!(
+                "Invalid request. Content-Range ends at byte {last}, past the total of {total} byte(s)."
+            ),
+        );
+    }
+    let length = last - first + 1;
+    if let Some(declared) = declared_length(headers).filter(|&declared| declared != length) {
+        return error(
+            400,
+            &format!(
+                "Invalid request. Content-Length {declared} differs from the {length} byte(s) announced by Content-Range."
+            ),
+        );
+    }
+    let id = slot.record.id.clone();
+    let held = match held_bytes(service, &id).await {
+        Ok(held) => held,
+        Err(err) => return error(500, &format!("the emulator cannot read the session: {err}")),
+    };
+    if first > held {
+        return error(
+            400,
+            &format!(
+                "Invalid request. According to the Content-Range header, the upload offset is {first} byte(s), \
+                 which exceeds already uploaded size of {held} byte(s)."
+            ),
+        );
+    }
+    let is_final = total == Some(last + 1);
+    if !is_final && length < ALIGN {
+        return error(
+            400,
+            &format!(
+                "Invalid request. The number of bytes uploaded is required to be equal or greater than 262144, \
+                 except for the final request (it's recommended to be the exact multiple of 262144). The received \
+                 request contained {length} bytes, which does not meet this requirement."
+            ),
+        );
+    }
+    if slot
+        .digest
+        .as_ref()
+        .is_some_and(|digest| digest.len != held)
+    {
+        slot.digest = None;
+    }
+    let file = match tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(service.data_path(&id))
+        .await
+    {
+        Ok(file) => file,
+        Err(err) => return error(500, &format!("the emulator cannot open the session: {err}")),
+    };
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    if let Err(err) = writer.seek(SeekFrom::Start(held)).await {
+        return error(
+            500,
+            &format!("the emulator cannot write the session: {err}"),
+        );
+    }
+    let drop_after = match &fault {
+        Some(InjectedFault {
+            action: FaultAction::Drop,
+            ..
+        }) => Some(length / 2),
+        _ => None,
+    };
+    // Bytes of this chunk the session already holds: skipped, not compared (overlap).
+    let mut skip = held - first;
+    let mut received = 0u64;
+    let mut written = 0u64;
+    let mut stream = body.into_data_stream();
+    let end = loop {
+        if drop_after.is_some_and(|limit| received >= limit) {
+            break BodyEnd::Dropped;
+        }
+        let bytes = match stream.next().await {
+            None => break BodyEnd::Complete,
+            Some(Err(_)) => break BodyEnd::Broken,
+            Some(Ok(bytes)) => bytes,
+        };
+        received += bytes.len() as u64;
+        if received > length {
+            break BodyEnd::TooLong;
+        }
+        let skipped = skip.min(bytes.len() as u64) as usize;
+        skip -= skipped as u64;
+        let fresh = &bytes[skipped..];
+        if fresh.is_empty() {
+            continue;
+        }
+        if let Some(digest) = slot.digest.as_mut() {
+            digest.update(fresh);
+        }
+        if let Err(err) = writer.write_all(fresh).await {
+            let _ = truncate(service, slot, held).await;
+            return error(
+                500,
+                &format!("the emulator cannot write the session: {err}"),
+            );
+        }
+        written += fresh.len() as u64;
+    };
+    if let Err(err) = writer.flush().await {
+        let _ = truncate(service, slot, held).await;
+        return error(
+            500,
+            &format!("the emulator cannot write the session: {err}"),
+        );
+    }
+    drop(writer);
+    let keep = |kept: u64| held + kept;
+    match end {
+        BodyEnd::Complete if received == length => {}
+        BodyEnd::Complete => {
+            let _ = truncate(service, slot, held).await;
+            return error(
+                400,
+                &format!(
+                    "Invalid request. The request body held {received} byte(s) but Content-Range announced {length}."
+                ),
+            );
+        }
+        BodyEnd::TooLong => {
+            let _ = truncate(service, slot, held).await;
+            return error(
+                400,
+                &format!(
+                    "Invalid request. The request body is longer than the {length} byte(s) announced by Content-Range."
+                ),
+            );
+        }
+        BodyEnd::Broken => {
+            // Like GCS: what arrived is kept in whole 256 KiB blocks.
+            let _ = truncate(service, slot, keep(written / ALIGN * ALIGN)).await;
+            return faults::drop_connection();
+        }
+        BodyEnd::Dropped => {
+            let fault = fault.expect("a drop ends the body only when a drop fault was injected");
+            let _ = truncate(service, slot, keep(fault.kept(written, ALIGN))).await;
+            return faults::drop_connection();
+        }
+    }
+    let mut now_held = held + written;
+    if service.options.redivis_partial_persistence && !is_final {
+        let blocks = written / ALIGN;
+        let kept = service
+            .rng
+            .lock()
+            .expect("generator lock is never poisoned")
+            .random_range(0..=blocks)
+            * ALIGN;
+        now_held = keep(kept);
+        if let Err(err) = truncate(service, slot, now_held).await {
+            return error(
+                500,
+                &format!("the emulator cannot write the session: {err}"),
+            );
+        }
+    }
+    if let Some(InjectedFault {
+        action: FaultAction::Status {
+            status,
+            retry_after,
+        },
+        ..
+    }) = &fault
+    {
+        let kept = fault
+            .as_ref()
+            .expect("matched just above")
+            .kept(now_held - held, ALIGN);
+        let _ = truncate(service, slot, keep(kept)).await;
+        return faults::fault_response(
+            Target::RedivisSession,
+            &Method::PUT,
+            *status,
+            retry_after.as_deref(),
+        );
+    }
+    match total {
+        Some(total) if now_held == total => finalize(service, slot, now_held).await,
+        _ => incomplete(now_held),
+    }
+}
+
+/// Cuts the session's bytes back to `length`; the running digest no longer matches.
+async fn truncate(service: &Shared, slot: &mut Slot, length: u64) -> std::io::Result<()> {
+    let path = service.data_path(&slot.record.id);
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .await?;
+    if file.metadata().await?.len() > length {
+        file.set_len(length).await?;
+        slot.digest = None;
+    }
+    Ok(())
+}
+
+/// `PUT /upload/temp/{id}`: a non-resumable upload; stores exactly the bytes received.
+pub async fn put_temp(
+    State(service): State<Shared>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let fault = fault_of(&request);
+    let delay = match &fault {
+        Some(InjectedFault {
+            action: FaultAction::Delay(delay),
+            ..
+        }) => Some(*delay),
+        _ => None,
+    };
+    let task = tokio::spawn(put_temp_task(service, id, fault, request));
+    let response = task
+        .await
+        .unwrap_or_else(|err| error(500, &format!("the emulator's upload task failed: {err}")));
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+async fn put_temp_task(
+    service: Shared,
+    id: String,
+    fault: Option<InjectedFault>,
+    request: Request,
+) -> Response {
+    let Some(slot) = service.transfer(&id) else {
+        return not_found();
+    };
+    let mut slot = slot.lock().await;
+    if slot.record.kind != TransferKind::TempUpload || service.expired(&slot.record) {
+        return not_found();
+    }
+    match slot.record.state {
+        TransferState::Cancelled => return cancelled(),
+        TransferState::Poisoned => return poisoned(),
+        TransferState::Open | TransferState::Complete => {}
+    }
+    service.count(|stats| stats.temp_puts += 1);
+    let declared = faults::declared_length(&request);
+    if let Some(InjectedFault {
+        action: FaultAction::Drop,
+        ..
+    }) = &fault
+    {
+        faults::read_part_of_body(request.into_body(), declared).await;
+        return faults::drop_connection();
+    }
+    let part = service.dir.join("sessions").join(format!("{id}.data.part"));
+    let outcome: std::io::Result<Option<Digest>> = async {
+        let file = tokio::fs::File::create(&part).await?;
+        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut digest = Digest::default();
+        let mut stream = request.into_body().into_data_stream();
+        while let Some(bytes) = stream.next().await {
+            let Ok(bytes) = bytes else {
+                return Ok(None);
+            };
+            digest.update(&bytes);
+            writer.write_all(&bytes).await?;
+        }
+        writer.flush().await?;
+        Ok(Some(digest))
+    }
+    .await;
+    let digest = match outcome {
+        Ok(Some(digest)) => digest,
+        Ok(None) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return faults::drop_connection();
+        }
+        Err(err) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return error(500, &format!("the emulator cannot store the upload: {err}"));
+        }
+    };
+    if let Some(InjectedFault {
+        action: FaultAction::Status {
+            status,
+            retry_after,
+        },
+        persist,
+        ..
+    }) = &fault
+        && *persist != faults::Persist::All
+    {
+        let _ = tokio::fs::remove_file(&part).await;
+        return faults::fault_response(
+            Target::RedivisSession,
+            &Method::PUT,
+            *status,
+            retry_after.as_deref(),
+        );
+    }
+    if let Err(err) = tokio::fs::rename(&part, service.data_path(&id)).await {
+        return error(500, &format!("the emulator cannot store the upload: {err}"));
+    }
+    let content = digest.summary();
+    slot.record.received = Some(content.size);
+    slot.record.content = Some(content.clone());
+    slot.record.state = TransferState::Complete;
+    if let Err(err) = service.save_transfer(&slot.record) {
+        return error(
+            500,
+            &format!("the emulator cannot record the upload: {err}"),
+        );
+    }
+    if let Some(InjectedFault {
+        action: FaultAction::Status {
+            status,
+            retry_after,
+        },
+        ..
+    }) = &fault
+    {
+        return faults::fault_response(
+            Target::RedivisSession,
+            &Method::PUT,
+            *status,
+            retry_after.as_deref(),
+        );
+    }
+    object_metadata(&id, slot.record.name.as_deref(), &content)
+}
+
+/// `POST /upload/temp/{id}` with `x-goog-resumable: start`: a new session (201 + Location).
+pub async fn initiate(
+    State(service): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let starts = headers
+        .get("x-goog-resumable")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("start"));
+    if !starts {
+        return error(
+            400,
+            "Initiating a resumable upload needs the header x-goog-resumable: start (and an empty body).",
+        );
+    }
+    let Some(slot) = service.transfer(&id) else {
+        return not_found();
+    };
+    let parent = {
+        let slot = slot.lock().await;
+        if slot.record.kind != TransferKind::TempUpload || service.expired(&slot.record) {
+            return not_found();
+        }
+        if slot.record.state == TransferState::Cancelled {
+            return cancelled();
+        }
+        slot.record.clone()
+    };
+    let announced = match headers.get("x-upload-content-length") {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        {
+            Some(length) => Some(length),
+            None => {
+                return error(
+                    400,
+                    &format!("x-upload-content-length {value:?} is not a byte count"),
+                );
+            }
+        },
+    };
+    if let (Some(announced), Some(declared)) = (announced, parent.total)
+        && announced != declared
+    {
+        return error(
+            400,
+            &format!(
+                "x-upload-content-length {announced} differs from the temp upload's size of {declared} byte(s)"
+            ),
+        );
+    }
+    let session = store::Transfer {
+        id: store::session_id(),
+        kind: TransferKind::Session,
+        table: parent.table.clone(),
+        total: announced.or(parent.total),
+        name: parent.name.clone(),
+        resumable: true,
+        parent: Some(id),
+        completed_session: None,
+        received: None,
+        created_ms: store::now_ms(),
+        state: TransferState::Open,
+        content: None,
+        consumed_by: None,
+    };
+    let location = format!("{}/upload/sessions/{}", base_url(&headers), session.id);
+    if let Err(err) = service.add_transfer(session) {
+        return error(
+            500,
+            &format!("the emulator cannot create the session: {err}"),
+        );
+    }
+    service.count(|stats| stats.session_initiations += 1);
+    let mut response = StatusCode::CREATED.into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location)
+            .expect("a URL built from the Host header is a valid header value"),
+    );
+    response
+}
+
+/// `DELETE` on a session or temp upload URL: cancels it (499 now and afterwards).
+pub async fn delete_transfer(State(service): State<Shared>, Path(id): Path<String>) -> Response {
+    let Some(slot) = service.transfer(&id) else {
+        return not_found();
+    };
+    let mut slot = slot.lock().await;
+    slot.record.state = TransferState::Cancelled;
+    if let Err(err) = service.save_transfer(&slot.record) {
+        return error(
+            500,
+            &format!("the emulator cannot record the session: {err}"),
+        );
+    }
+    cancelled()
+}
+
+async fn set_state(
+    service: &Shared,
+    id: &str,
+    change: impl FnOnce(&mut store::Transfer),
+) -> Response {
+    let Some(slot) = service.transfer(id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no session or temp upload with id {id:?}"),
+        )
+            .into_response();
+    };
+    let mut slot = slot.lock().await;
+    change(&mut slot.record);
+    match service.save_transfer(&slot.record) {
+        Ok(()) => Json(
+            json!({ "id": id, "state": slot.record.state, "createdMs": slot.record.created_ms }),
+        )
+        .into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot record the session: {err}"),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /_emulator/redivis/poison/{id}`: the session answers 410 from now on.
+pub async fn poison(State(service): State<Shared>, Path(id): Path<String>) -> Response {
+    set_state(&service, &id, |record| {
+        record.state = TransferState::Poisoned
+    })
+    .await
+}
+
+/// `POST /_emulator/redivis/expire/{id}`: the session is past its lifetime (404) from now on.
+pub async fn expire(State(service): State<Shared>, Path(id): Path<String>) -> Response {
+    set_state(&service, &id, |record| record.created_ms = 0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms_parse() {
+        assert_eq!(
+            parse_content_range("bytes 0-524287/2000000"),
+            Some(ContentRange::Chunk {
+                first: 0,
+                last: 524287,
+                total: Some(2000000)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes 0-524287/*"),
+            Some(ContentRange::Chunk {
+                first: 0,
+                last: 524287,
+                total: None
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes */2000000"),
+            Some(ContentRange::Query {
+                total: Some(2000000)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes */*"),
+            Some(ContentRange::Query { total: None })
+        );
+        assert_eq!(parse_content_range("bytes 5-/10"), None);
+        assert_eq!(parse_content_range("0-1/2"), None);
+    }
+}
