@@ -82,18 +82,27 @@ struct Failure {
 
 impl Failure {
     fn config(message: impl ToString) -> Failure {
-        Failure { code: 2, message: message.to_string() }
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
     }
 
     fn runtime(message: impl ToString) -> Failure {
-        Failure { code: 1, message: message.to_string() }
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("upsync: cannot start the async runtime: {err}");
@@ -113,7 +122,9 @@ async fn execute(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config } => {
             let config = load(&config)?;
-            daemon::run(config, shutdown_signal()).await.map_err(Failure::runtime)
+            daemon::run(config, shutdown_signal())
+                .await
+                .map_err(Failure::runtime)
         }
         Command::Check { config } => {
             let config = load(&config)?;
@@ -122,9 +133,14 @@ async fn execute(command: Command) -> Result<(), Failure> {
         }
         Command::Status { config, json } => {
             let config = load(&config)?;
-            let report = match control::request::<status::StatusReport>(&config.state_dir, "GET", "/status", None)
-                .await
-                .map_err(Failure::runtime)?
+            let report = match control::request::<status::StatusReport>(
+                &config.state_dir,
+                "GET",
+                "/status",
+                None,
+            )
+            .await
+            .map_err(Failure::runtime)?
             {
                 Some(report) => report,
                 None => {
@@ -143,16 +159,28 @@ async fn execute(command: Command) -> Result<(), Failure> {
         Command::Retry { config, all, paths } => {
             let config = load(&config)?;
             let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
-            let request = control::RetryRequest { all, paths: paths.clone() };
+            let request = control::RetryRequest {
+                all,
+                paths: paths.clone(),
+            };
             let body = serde_json::to_vec(&request).expect("retry request serializes");
-            let requeued = match control::request::<control::RetryResponse>(&config.state_dir, "POST", "/retry", Some(&body))
-                .await
-                .map_err(Failure::runtime)?
+            let requeued = match control::request::<control::RetryResponse>(
+                &config.state_dir,
+                "POST",
+                "/retry",
+                Some(&body),
+            )
+            .await
+            .map_err(Failure::runtime)?
             {
                 Some(answer) => answer.requeued,
                 None => {
                     let store = Store::open(&config.state_dir).map_err(Failure::runtime)?;
-                    let selection = if all { RetrySelection::All } else { RetrySelection::Paths(paths) };
+                    let selection = if all {
+                        RetrySelection::All
+                    } else {
+                        RetrySelection::Paths(paths)
+                    };
                     let requeued = store.retry_failed(&selection).map_err(Failure::runtime)?;
                     store.flush().map_err(Failure::runtime)?;
                     requeued
@@ -162,7 +190,9 @@ async fn execute(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Emulator { listen, options } => {
-            let running = emulator::start(&listen, options).await.map_err(Failure::runtime)?;
+            let running = emulator::start(&listen, options)
+                .await
+                .map_err(Failure::runtime)?;
             // Tests and scripts read the bound address from this line.
             println!("listening on http://{}", running.addr);
             shutdown_signal().await;
@@ -205,7 +235,9 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => {

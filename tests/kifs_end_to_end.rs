@@ -56,7 +56,8 @@ fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
 fn status_json(config: &Path) -> serde_json::Value {
     let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "status failed: {stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
 }
 
 fn upload_requests(setup: &Setup) -> u64 {
@@ -79,7 +80,9 @@ fn files_of_every_size_class_arrive_byte_identical() {
     }
     let mut daemon = DaemonProcess::start(&s.config);
     wait_until(Duration::from_secs(240), "every file to arrive", || {
-        sizes.iter().all(|(name, _)| arrived(&s, &s.inbox.join(name), name))
+        sizes
+            .iter()
+            .all(|(name, _)| arrived(&s, &s.inbox.join(name), name))
     });
     let status = status_json(&s.config);
     assert_eq!(status["folders"][0]["done"], sizes.len(), "{status}");
@@ -103,7 +106,9 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    wait_until(Duration::from_secs(20), "the file to arrive", || arrived(&s, &path, "slow.csv"));
+    wait_until(Duration::from_secs(20), "the file to arrive", || {
+        arrived(&s, &path, "slow.csv")
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(upload_requests(&s), 1, "{}", daemon.log_text());
     assert_eq!(daemon.terminate(), Some(0));
@@ -115,9 +120,13 @@ fn a_file_changed_after_its_upload_is_uploaded_again() {
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
     let _daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the first version", || arrived(&s, &path, "report.csv"));
+    wait_until(Duration::from_secs(20), "the first version", || {
+        arrived(&s, &path, "report.csv")
+    });
     std::fs::write(&path, "a,b\n1,2\n3,4\n").unwrap();
-    wait_until(Duration::from_secs(20), "the second version", || arrived(&s, &path, "report.csv"));
+    wait_until(Duration::from_secs(20), "the second version", || {
+        arrived(&s, &path, "report.csv")
+    });
 }
 
 #[test]
@@ -129,11 +138,16 @@ fn kill_9_during_a_multipart_upload_then_restart_yields_the_whole_file_once() {
     let mut daemon = DaemonProcess::start(&s.config);
     wait_until(Duration::from_secs(60), "two acknowledged parts", || {
         let stats = s.emulator.get_json("/kifs/_emulator/stats");
-        stats["multipart_operations"]["upload_part"].as_u64().unwrap_or(0) >= 2
+        stats["multipart_operations"]["upload_part"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
     });
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(120), "the whole file", || arrived(&s, &path, "big.bin"));
+    wait_until(Duration::from_secs(120), "the whole file", || {
+        arrived(&s, &path, "big.bin")
+    });
     let stats = s.emulator.get_json("/kifs/_emulator/stats");
     assert_eq!(stats["multipart_operations"]["complete"], 1, "{stats}");
     let log = daemon.log_text();
@@ -149,14 +163,21 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
     std::fs::write(&good, "ok\n").unwrap();
     std::fs::write(&bad, "rejected\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the good file", || arrived(&s, &good, "good.csv"));
+    wait_until(Duration::from_secs(20), "the good file", || {
+        arrived(&s, &good, "good.csv")
+    });
     wait_until(Duration::from_secs(20), "the bad file to fail", || {
-        status_json(&s.config)["failed"].as_array().is_some_and(|f| !f.is_empty())
+        status_json(&s.config)["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
     });
     let status = status_json(&s.config);
     let failed = &status["failed"][0];
     assert_eq!(failed["path"], bad.display().to_string(), "{status}");
-    assert!(failed["reason"].as_str().unwrap().contains("'_'"), "{status}");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("'_'"),
+        "{status}"
+    );
     assert_eq!(status["folders"][0]["failed"], 1);
     assert_eq!(daemon.terminate(), Some(0));
 
@@ -179,9 +200,11 @@ fn a_restart_after_everything_is_uploaded_uploads_nothing() {
     assert_eq!(daemon.terminate(), Some(0));
     let before = upload_requests(&s);
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the restarted daemon to be ready", || {
-        daemon.log_text().matches("upsync is running").count() >= 2
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted daemon to be ready",
+        || daemon.log_text().matches("upsync is running").count() >= 2,
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(upload_requests(&s), before);
     assert_eq!(daemon.terminate(), Some(0));
@@ -204,41 +227,67 @@ fn json_encoding_uploads_whole_and_multipart_files() {
 #[test]
 fn basic_and_bearer_credentials_are_sent_and_bad_ones_stop_the_start() {
     for (emulator_args, auth) in [
-        (["--kifs-user", "alice:s3cret"], "username = \"alice\"\npassword = \"s3cret\""),
+        (
+            ["--kifs-user", "alice:s3cret"],
+            "username = \"alice\"\npassword = \"s3cret\"",
+        ),
         (["--kifs-token", "tok123"], "token = \"tok123\""),
     ] {
         let s = setup(&emulator_args, auth, "");
         let path = s.inbox.join("a.txt");
         std::fs::write(&path, "authenticated\n").unwrap();
         let mut daemon = DaemonProcess::start(&s.config);
-        wait_until(Duration::from_secs(20), "the file", || arrived(&s, &path, "a.txt"));
+        wait_until(Duration::from_secs(20), "the file", || {
+            arrived(&s, &path, "a.txt")
+        });
         assert_eq!(daemon.terminate(), Some(0));
     }
-    let s = setup(&["--kifs-user", "alice:s3cret"], "username = \"alice\"\npassword = \"wrong\"", "");
+    let s = setup(
+        &["--kifs-user", "alice:s3cret"],
+        "username = \"alice\"\npassword = \"wrong\"",
+        "",
+    );
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    wait_until(Duration::from_secs(20), "the daemon to give up", || {
+        daemon.exited().is_some()
+    });
     assert_eq!(daemon.exited(), Some(Some(1)));
     let log = daemon.log_text();
     assert!(log.contains("credentials"), "{log}");
-    assert!(!log.contains("wrong"), "the password leaked into the log: {log}");
+    assert!(
+        !log.contains("wrong"),
+        "the password leaked into the log: {log}"
+    );
 }
 
 #[test]
 fn a_missing_or_read_only_directory_is_a_clear_error_at_start() {
     let s = setup(&[], "", "");
-    let text = std::fs::read_to_string(&s.config).unwrap().replace("create_directory = true", "");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("create_directory = true", "");
     std::fs::write(&s.config, text).unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    wait_until(Duration::from_secs(20), "the daemon to give up", || {
+        daemon.exited().is_some()
+    });
     assert_eq!(daemon.exited(), Some(Some(1)));
     let log = daemon.log_text();
-    assert!(log.contains("'ingest'") && log.contains("create_directory"), "{log}");
+    assert!(
+        log.contains("'ingest'") && log.contains("create_directory"),
+        "{log}"
+    );
 
     let s = setup(&["--kifs-read-only-directory", "ingest"], "", "");
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || daemon.exited().is_some());
+    wait_until(Duration::from_secs(20), "the daemon to give up", || {
+        daemon.exited().is_some()
+    });
     let log = daemon.log_text();
-    assert!(log.contains("no write permission on KiFS directory 'ingest'"), "{log}");
+    assert!(
+        log.contains("no write permission on KiFS directory 'ingest'"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -263,5 +312,8 @@ fn check_prints_the_plan_of_a_good_config() {
     let (code, stdout, stderr) = upsync(&["check", "-c", s.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ingest"), "{stdout}");
-    assert!(stdout.contains(&s.inbox.canonicalize().unwrap().display().to_string()), "{stdout}");
+    assert!(
+        stdout.contains(&s.inbox.canonicalize().unwrap().display().to_string()),
+        "{stdout}"
+    );
 }

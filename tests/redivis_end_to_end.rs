@@ -57,14 +57,22 @@ settle = "1s"
 
 /// Every upload in the table (all pages), as the API lists them.
 fn list_uploads(s: &Setup) -> Vec<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::new();
-        let table = percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let table =
+            percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = format!("{}/tables/{table}/uploads?maxResults=100", s.emulator.redivis_url());
+            let mut url = format!(
+                "{}/tables/{table}/uploads?maxResults=100",
+                s.emulator.redivis_url()
+            );
             if let Some(t) = &token {
                 url.push_str(&format!("&pageToken={t}"));
             }
@@ -106,7 +114,10 @@ fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), S
     let uploads = list_uploads(s);
     let mut by_name: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
     for upload in &uploads {
-        by_name.entry(upload["name"].as_str().unwrap_or("").to_string()).or_default().push(upload);
+        by_name
+            .entry(upload["name"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(upload);
     }
     for (name, local) in files {
         let found = by_name.get(name).map(Vec::as_slice).unwrap_or(&[]);
@@ -126,20 +137,32 @@ fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), S
             return Err(format!("{name}: hash {hash} differs from the local MD5"));
         }
     }
-    let duplicates: Vec<_> = by_name.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect();
+    let duplicates: Vec<_> = by_name
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
     if !duplicates.is_empty() {
         return Err(format!("duplicate uploads: {duplicates:?}"));
     }
     Ok(())
 }
 
-fn wait_mirrored(s: &Setup, files: &[(String, PathBuf)], timeout: Duration, daemon: &DaemonProcess) {
+fn wait_mirrored(
+    s: &Setup,
+    files: &[(String, PathBuf)],
+    timeout: Duration,
+    daemon: &DaemonProcess,
+) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match mirrored_exactly_once(s, files) {
             Ok(()) => return,
             Err(why) if std::time::Instant::now() > deadline => {
-                panic!("not mirrored after {timeout:?}: {why}\n{}", daemon.log_text())
+                panic!(
+                    "not mirrored after {timeout:?}: {why}\n{}",
+                    daemon.log_text()
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
@@ -186,7 +209,10 @@ fn the_temp_uploads_flow_mirrors_the_same_files() {
 
 #[test]
 fn random_5xx_answers_and_dropped_connections_change_nothing() {
-    let s = setup(&["--fail-rate", "0.15", "--drop-rate", "0.05", "--seed", "11"], "");
+    let s = setup(
+        &["--fail-rate", "0.15", "--drop-rate", "0.05", "--seed", "11"],
+        "",
+    );
     let files = acceptance_files(&s);
     let mut daemon = DaemonProcess::start(&s.config);
     wait_mirrored(&s, &files, Duration::from_secs(300), &daemon);
@@ -199,7 +225,11 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
     let mut files = Vec::new();
     for i in 0..50u64 {
         // Mostly small files, some spanning several chunks.
-        let size = if i % 10 == 0 { (3 << 20) + i * 977 } else { i * 1031 };
+        let size = if i % 10 == 0 {
+            (3 << 20) + i * 977
+        } else {
+            i * 1031
+        };
         let name = format!("batch/file-{i:02}.csv");
         let path = s.inbox.join(&name);
         write_file(&path, size, i);

@@ -38,12 +38,16 @@ pub enum DaemonError {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let emulator = start_embedded_emulator(&config).await?;
-    let store = Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
+    let store =
+        Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
     let recovered = store
         .recover_after_restart()
         .map_err(|err| DaemonError::Startup(err.to_string()))?;
     if recovered > 0 {
-        tracing::info!(jobs = recovered, "resuming jobs interrupted by the last stop");
+        tracing::info!(
+            jobs = recovered,
+            "resuming jobs interrupted by the last stop"
+        );
     }
     let backends = build_backends(&config)?;
     prepare_folders(&config, &backends).await?;
@@ -79,7 +83,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             shutdown: stop_watching.clone(),
             rescan_interval: config.rescan_interval,
         };
-        watchers.push(tokio::spawn(watch::run_folder(folder.clone(), ctx, scanned_tx)));
+        watchers.push(tokio::spawn(watch::run_folder(
+            folder.clone(),
+            ctx,
+            scanned_tx,
+        )));
         scans.push((folder.path.display().to_string(), scanned_rx));
     }
 
@@ -110,9 +118,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }
     }
-    tracing::info!(folders = config.folders.len(), workers = config.concurrency, "upsync is running");
+    tracing::info!(
+        folders = config.folders.len(),
+        workers = config.concurrency,
+        "upsync is running"
+    );
     shutdown.await;
-    stop(config, store, emulator, stop_claiming, interrupt, stop_watching, workers, watchers).await
+    stop(
+        config,
+        store,
+        emulator,
+        stop_claiming,
+        interrupt,
+        stop_watching,
+        workers,
+        watchers,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,14 +148,19 @@ async fn stop(
     workers: Vec<tokio::task::JoinHandle<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(), DaemonError> {
-    tracing::info!(timeout_s = config.shutdown_timeout.as_secs(), "shutting down: no new uploads, waiting for in-flight ones");
+    tracing::info!(
+        timeout_s = config.shutdown_timeout.as_secs(),
+        "shutting down: no new uploads, waiting for in-flight ones"
+    );
     stop_claiming.cancel();
     stop_watching.cancel();
     let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
     let all_done = futures::future::join_all(workers);
     tokio::pin!(all_done);
     // In-flight uploads continue until the deadline's last stretch, then checkpoint.
-    let checkpoint_at = config.shutdown_timeout.saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
+    let checkpoint_at = config
+        .shutdown_timeout
+        .saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
     tokio::select! {
         _ = &mut all_done => {}
         _ = tokio::time::sleep(checkpoint_at) => {
@@ -150,9 +177,9 @@ async fn stop(
     for watcher in watchers {
         let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
     }
-    store
-        .flush()
-        .map_err(|err| DaemonError::Startup(format!("final flush of the state database failed: {err}")))?;
+    store.flush().map_err(|err| {
+        DaemonError::Startup(format!("final flush of the state database failed: {err}"))
+    })?;
     if let Some(emulator) = emulator {
         emulator.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), emulator.task).await;
@@ -170,12 +197,10 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
     let mut options = EmulatorOptions::with_data_dir(section.data_dir.clone());
     if let Some(kifs) = &config.kifs {
         match &kifs.auth {
-            KifsAuth::Basic { username, password } => {
-                options.kifs.kifs_users.push(KifsUser {
-                    name: username.clone(),
-                    password: password.clone(),
-                })
-            }
+            KifsAuth::Basic { username, password } => options.kifs.kifs_users.push(KifsUser {
+                name: username.clone(),
+                password: password.clone(),
+            }),
             KifsAuth::Bearer { token } => options.kifs.kifs_tokens.push(KifsToken {
                 token: token.clone(),
                 user: "token-user".into(),
@@ -222,9 +247,14 @@ async fn prepare_folders(config: &Config, backends: &Backends) -> Result<(), Dae
         };
         match backend.prepare_folder(folder).await {
             Ok(()) => {}
-            Err(UploadError::Remote { disposition: Disposition::Permanent, message }) => {
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                message,
+            }) => {
                 let target = match &folder.target {
-                    Target::KifsDirectory { directory, .. } => format!("KiFS directory '{directory}'"),
+                    Target::KifsDirectory { directory, .. } => {
+                        format!("KiFS directory '{directory}'")
+                    }
                     Target::RedivisTable(table) => format!("Redivis table '{table}'"),
                 };
                 return Err(DaemonError::Startup(format!(

@@ -14,8 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +88,9 @@ impl InFlightRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, (String, Arc<LiveProgress>)>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -122,8 +124,14 @@ pub fn build_report(
         .jobs()?
         .into_iter()
         .filter_map(|job| match job.state {
-            JobState::Failed { reason, failed_at_ms } => Some(FailedJob {
-                path: Path::new(&job.key.folder).join(&job.key.rel).display().to_string(),
+            JobState::Failed {
+                reason,
+                failed_at_ms,
+            } => Some(FailedJob {
+                path: Path::new(&job.key.folder)
+                    .join(&job.key.rel)
+                    .display()
+                    .to_string(),
                 reason,
                 failed_at_ms,
                 attempts: job.attempts,
@@ -132,9 +140,15 @@ pub fn build_report(
         })
         .collect();
     Ok(StatusReport {
-        daemon: if in_flight.is_some() { DaemonState::Running } else { DaemonState::Stopped },
+        daemon: if in_flight.is_some() {
+            DaemonState::Running
+        } else {
+            DaemonState::Stopped
+        },
         folders,
-        in_flight: in_flight.map(InFlightRegistry::snapshot).unwrap_or_default(),
+        in_flight: in_flight
+            .map(InFlightRegistry::snapshot)
+            .unwrap_or_default(),
         failed,
     })
 }
@@ -153,7 +167,14 @@ pub fn render_text(report: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "{} → {}: {} queued, {} active, {} finalizing, {} waiting to retry, {} failed, {} done",
-            folder.path, folder.target, c.queued, c.active, c.finalizing, c.retry_wait, c.failed, c.done
+            folder.path,
+            folder.target,
+            c.queued,
+            c.active,
+            c.finalizing,
+            c.retry_wait,
+            c.failed,
+            c.done
         );
     }
     if !report.in_flight.is_empty() {
@@ -174,7 +195,10 @@ pub fn render_text(report: &StatusReport) -> String {
         }
     }
     if !report.failed.is_empty() {
-        let _ = writeln!(out, "failed (retry with `upsync retry -c FILE --all` or PATH...):");
+        let _ = writeln!(
+            out,
+            "failed (retry with `upsync retry -c FILE --all` or PATH...):"
+        );
         for failed in &report.failed {
             let _ = writeln!(out, "  {}: {}", failed.path, failed.reason);
         }

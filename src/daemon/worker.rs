@@ -94,7 +94,8 @@ impl Worker {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             self.record(
                 &job,
-                self.store.fail(job.id, "its folder is no longer in the configuration"),
+                self.store
+                    .fail(job.id, "its folder is no longer in the configuration"),
             );
             return;
         };
@@ -120,7 +121,10 @@ impl Worker {
         if fingerprint != job.fingerprint && !settled_by_mtime(&fingerprint, folder) {
             // Still being written: the watcher offers the new version once it settles.
             let at = SystemTime::now() + folder.settle;
-            self.record(&job, self.store.retry_later(job.id, at, "file is still changing"));
+            self.record(
+                &job,
+                self.store.retry_later(job.id, at, "file is still changing"),
+            );
             return;
         }
         if fingerprint != job.fingerprint {
@@ -138,7 +142,8 @@ impl Worker {
         let live = Arc::new(LiveProgress::default());
         live.set(0, fingerprint.size);
         let display = path.display().to_string();
-        self.in_flight.insert(job.id, display.clone(), Arc::clone(&live));
+        self.in_flight
+            .insert(job.id, display.clone(), Arc::clone(&live));
         let mut upload = UploadJob::new(
             job.id,
             path,
@@ -184,7 +189,10 @@ impl Worker {
                     uploaded.md5.as_deref(),
                 );
                 if let Ok(false) = recorded {
-                    tracing::info!(path, "file changed during its upload; uploading the new version");
+                    tracing::info!(
+                        path,
+                        "file changed during its upload; uploading the new version"
+                    );
                     self.wake.notify_one();
                 }
                 self.record(job, recorded.map(|_| ()));
@@ -194,18 +202,27 @@ impl Worker {
                 self.record(job, self.store.drop_job(job.id));
             }
             Err(UploadError::Changed) => {
-                tracing::info!(path, "file changed during its upload; starting again with the new content");
+                tracing::info!(
+                    path,
+                    "file changed during its upload; starting again with the new content"
+                );
                 self.record(job, self.store.requeue(job.id));
                 self.wake.notify_one();
             }
             Err(UploadError::Shutdown) => {
-                tracing::info!(path, "upload interrupted by shutdown; it resumes at the next start");
+                tracing::info!(
+                    path,
+                    "upload interrupted by shutdown; it resumes at the next start"
+                );
             }
             Err(UploadError::Unreadable(reason)) => {
                 tracing::error!(path, reason = %reason, "upload failed");
                 self.record(job, self.store.fail(job.id, &reason));
             }
-            Err(UploadError::Remote { disposition: crate::upload::Disposition::Permanent, message }) => {
+            Err(UploadError::Remote {
+                disposition: crate::upload::Disposition::Permanent,
+                message,
+            }) => {
                 tracing::error!(path, reason = %message, "upload failed permanently");
                 self.record(job, self.store.fail(job.id, &message));
             }

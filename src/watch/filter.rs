@@ -10,10 +10,8 @@
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
-/// Patterns a folder excludes when its config names none: temporary files of common
-/// writers (`*.tmp`, `*.part`), hidden files and directories (`.*`, which also keeps `.git`
-/// out) and editor/office lock files (`~*`).
-pub const DEFAULT_EXCLUDES: &[&str] = &["*.tmp", "*.part", ".*", "~*"];
+/// The config's default excludes (temporary files, hidden files, editor lock files).
+pub use crate::config::DEFAULT_EXCLUDES;
 
 /// A pattern that is not a valid glob.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,9 @@ pub struct Options {
     pub missing_poll: Duration,
     /// How often pending candidates are checked.
     pub tick: Duration,
+    /// How many notify events may wait for the loop before new ones are dropped (and a
+    /// rescan scheduled instead).
+    pub event_capacity: usize,
 }
 
 impl Options {
@@ -52,6 +55,7 @@ impl Options {
             fallback_interval: rescan_interval.map_or(fallback, |r| r.min(fallback)),
             missing_poll: Duration::from_secs(2),
             tick: (settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(250)),
+            event_capacity: 4096,
         }
     }
 }
@@ -138,14 +142,17 @@ impl FolderState {
         match std::fs::metadata(&self.root) {
             Ok(meta) if meta.is_dir() => self.start_watching(meta.ino()),
             Ok(_) => {
-                warn!(folder = %self.root.display(), "the folder is not a directory; polling every {} for it to appear", humantime::format_duration(self.opts.missing_poll));
+                warn!(
+                    "the folder is not a directory; polling every {} for it to appear",
+                    humantime::format_duration(self.opts.missing_poll)
+                );
                 self.root_state = Root::Missing {
                     next_poll: Instant::now() + self.opts.missing_poll,
                 };
                 ScanSummary::default()
             }
             Err(e) => {
-                warn!(folder = %self.root.display(), error = %e, "the folder cannot be read; polling every {} for it to appear", humantime::format_duration(self.opts.missing_poll));
+                warn!(error = %e, "the folder cannot be read; polling every {} for it to appear", humantime::format_duration(self.opts.missing_poll));
                 self.root_state = Root::Missing {
                     next_poll: Instant::now() + self.opts.missing_poll,
                 };
@@ -160,7 +167,6 @@ impl FolderState {
         let summary = self.walk(&root, false);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         info!(
-            folder = %self.root.display(),
             files_seen = summary.files_seen,
             queued = summary.queued,
             pending = self.settle.len(),
@@ -190,7 +196,7 @@ impl FolderState {
                             .unwrap_or_else(|| self.root.clone());
                         self.report_limit(&dir);
                     } else {
-                        warn!(folder = %self.root.display(), error = %e, "file watcher error; rescanning the folder");
+                        warn!(error = %e, "file watcher error; rescanning the folder");
                     }
                     self.flags.rescan_needed.store(true, Ordering::Release);
                     continue;
@@ -304,10 +310,13 @@ impl FolderState {
         }
         if self.flags.rescan_needed.swap(false, Ordering::AcqRel) {
             let dropped = self.flags.dropped.swap(0, Ordering::Relaxed);
-            info!(folder = %self.root.display(), dropped_events = dropped, "file events were lost; rescanning the folder");
+            warn!(
+                dropped_events = dropped,
+                "file events were lost; rescanning the folder"
+            );
             self.full_rescan();
         } else if self.next_rescan.is_some_and(|t| now >= t) {
-            debug!(folder = %self.root.display(), "periodic rescan");
+            debug!("periodic rescan");
             self.full_rescan();
         }
         let due: Vec<PathBuf> = self
@@ -367,7 +376,7 @@ impl FolderState {
             Root::Missing { next_poll } if now >= next_poll => {
                 match std::fs::metadata(&self.root) {
                     Ok(meta) if meta.is_dir() => {
-                        info!(folder = %self.root.display(), "watching {} again", self.root.display());
+                        info!("watching {} again", self.root.display());
                         self.start_watching(meta.ino());
                     }
                     _ => {
@@ -386,7 +395,10 @@ impl FolderState {
         if !matches!(self.root_state, Root::Present { .. }) {
             return;
         }
-        warn!(folder = %self.root.display(), "the folder was deleted, moved or replaced; polling every {} for it to (re)appear", humantime::format_duration(self.opts.missing_poll));
+        warn!(
+            "the folder was deleted, moved or replaced; polling every {} for it to (re)appear",
+            humantime::format_duration(self.opts.missing_poll)
+        );
         for dir in self.watched.drain() {
             self.dirs.unwatch_dir(&dir);
         }
@@ -481,7 +493,7 @@ impl FolderState {
             dir,
             self.opts.fallback_interval,
         );
-        error!(folder = %self.root.display(), "{message}");
+        error!("{message}");
     }
 
     /// Tracks a file with its current fingerprint; offers it at once if already settled.

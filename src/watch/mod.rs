@@ -38,9 +38,6 @@ use scan::{Visit, Walker};
 use settle::{Settle, SystemClock};
 use watcher::{DirWatcher, EventFlags, EventSender, NoDirs, NotifyDirs};
 
-/// How many notify events may wait for the folder loop before new ones are dropped (and a
-/// rescan scheduled instead).
-const EVENT_CHANNEL_CAPACITY: usize = 4096;
 /// At most this many events are handled in one batch on the blocking pool.
 const EVENT_BATCH: usize = 1024;
 
@@ -149,7 +146,7 @@ pub async fn run_folder_with<F>(
                 return;
             }
         };
-        let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let (tx, mut rx) = mpsc::channel(opts.event_capacity.max(1));
         let flags = Arc::new(EventFlags::default());
         let dirs = match make_dirs(EventSender::new(tx, flags.clone())) {
             Ok(dirs) => dirs,

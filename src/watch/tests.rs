@@ -179,7 +179,8 @@ async fn startup_scan_offers_existing_old_files_at_once_and_sends_the_summary() 
     write_old(&root.join(".git/config"), b"git");
     std::fs::write(root.join("fresh.csv"), b"fresh").expect("write");
 
-    let run = start(root, Duration::from_millis(300)).await;
+    // Long enough that fresh.csv cannot look old by the time the scan sees it.
+    let run = start(root, Duration::from_secs(1)).await;
     // The summary is sent only after the old files were offered.
     let mut offered: Vec<String> = run.recorder.offers().into_iter().map(|(r, _)| r).collect();
     offered.sort();
@@ -240,9 +241,9 @@ async fn a_file_written_slowly_is_offered_once_with_its_final_fingerprint() {
 #[tokio::test]
 async fn a_file_appended_by_separate_opens_waits_for_the_writes_to_stop() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let run = start(dir.path(), Duration::from_millis(500)).await;
+    let run = start(dir.path(), Duration::from_millis(600)).await;
     let path = dir.path().join("appended.log.csv");
-    for i in 0..6 {
+    for i in 0..8 {
         let mut file = std::fs::File::options()
             .create(true)
             .append(true)
@@ -251,7 +252,7 @@ async fn a_file_appended_by_separate_opens_waits_for_the_writes_to_stop() {
         file.write_all(format!("line {i}\n").as_bytes())
             .expect("append");
         drop(file);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let rec = run.recorder.clone();
     assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
@@ -673,4 +674,55 @@ fn scan_once_reports_a_missing_folder() {
     )
     .expect_err("a missing folder cannot be scanned");
     assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_held_open_by_its_writer_is_not_offered_during_a_pause() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let settle = Duration::from_millis(200);
+    let run = start(dir.path(), settle).await;
+    let path = dir.path().join("paused.csv");
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(b"first half").expect("write");
+    // Stable for 4 settle periods, but the writer still has it open.
+    tokio::time::sleep(settle * 4).await;
+    assert!(
+        run.recorder.offers().is_empty(),
+        "not offered while the writer has it open"
+    );
+    file.write_all(b", second half").expect("write");
+    drop(file);
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rec.offers(), vec![("paused.csv".to_string(), fp(&path))]);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn scanning_many_watched_directories_does_not_overflow_the_event_channel() {
+    let (logs, _guard) = capture_logs();
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    for i in 0..60 {
+        std::fs::create_dir_all(root.join(format!("d{i}"))).expect("create dir");
+    }
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, Some(Duration::from_millis(200)));
+    opts.event_capacity = 16;
+    let run = start_with(
+        folder_config(root, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        real_dirs(),
+    )
+    .await;
+    // Several periodic rescans list every watched directory again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    run.stop().await;
+    let text = logs.text();
+    assert!(
+        !text.contains("file events were lost"),
+        "listing watched directories must not flood the channel: {text}"
+    );
 }

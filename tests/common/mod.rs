@@ -21,7 +21,11 @@ pub struct EmulatorProcess {
 
 impl EmulatorProcess {
     pub fn start(data_dir: &Path, args: &[&str]) -> EmulatorProcess {
-        Self::start_on("127.0.0.1:0", data_dir, args.iter().map(|a| a.to_string()).collect())
+        Self::start_on(
+            "127.0.0.1:0",
+            data_dir,
+            args.iter().map(|a| a.to_string()).collect(),
+        )
     }
 
     fn start_on(listen: &str, data_dir: &Path, args: Vec<String>) -> EmulatorProcess {
@@ -49,7 +53,12 @@ impl EmulatorProcess {
             .unwrap_or_else(|| panic!("unexpected emulator greeting: {line:?}"))
             .parse()
             .expect("emulator address parses");
-        EmulatorProcess { child, addr, data_dir: data_dir.to_path_buf(), args }
+        EmulatorProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+        }
     }
 
     /// Stops the emulator and starts it again on the same port and data.
@@ -123,7 +132,10 @@ impl DaemonProcess {
             .stderr(file)
             .spawn()
             .expect("upsync run starts");
-        DaemonProcess { child: Some(child), log }
+        DaemonProcess {
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -155,7 +167,10 @@ impl DaemonProcess {
     /// Whether the process has exited (and its code).
     pub fn exited(&mut self) -> Option<Option<i32>> {
         let child = self.child.as_mut()?;
-        child.try_wait().expect("wait works").map(|status| status.code())
+        child
+            .try_wait()
+            .expect("wait works")
+            .map(|status| status.code())
     }
 
     pub fn log_text(&self) -> String {

@@ -68,8 +68,14 @@ mod tests {
             ("System shutting down; try again", RETRY),
             ("Unavailable: Draining HA queue", RETRY),
             ("Directory 'x' does not exist", Disposition::Permanent),
-            ("Invalid file name 'a_b': character '_' is not allowed", Disposition::Permanent),
-            ("Part number 3 out of order (expected 2)", Disposition::Permanent),
+            (
+                "Invalid file name 'a_b': character '_' is not allowed",
+                Disposition::Permanent,
+            ),
+            (
+                "Part number 3 out of order (expected 2)",
+                Disposition::Permanent,
+            ),
         ];
         for (message, expected) in table {
             assert_eq!(classify_error_message(message), expected, "{message}");

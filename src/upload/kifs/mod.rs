@@ -8,15 +8,15 @@
 //!    retried in-request with backoff.
 //! 3. Larger files go multipart, one file at a time across all workers:
 //!    a. If resume state exists for the same local version and part size, ask `/show/files`
-//!       for the target: when `info.multipart_uploads` lists our UUID with its last part
-//!       number L, continue at part L + 1 (the server's count wins over ours).
+//!    for the target: when `info.multipart_uploads` lists our UUID with its last part
+//!    number L, continue at part L + 1 (the server's count wins over ours).
 //!    b. If the job was already `finalizing`, and the UUID is no longer in progress but the
-//!       target exists with the expected size, the complete went through: done.
+//!    target exists with the expected size, the complete went through: done.
 //!    c. Otherwise cancel the old UUID (errors ignored) and start again: a fresh UUID v4 is
-//!       persisted *before* `init`, then parts 1..N strictly in order, the part number
-//!       persisted after each acknowledged part, then `finalizing` persisted, then `complete`.
+//!    persisted *before* `init`, then parts 1..N strictly in order, the part number
+//!    persisted after each acknowledged part, then `finalizing` persisted, then `complete`.
 //!    d. `init`, `upload_part` and `complete` are never re-sent blindly after an ambiguous
-//!       failure (timeout, reset, 5xx): the job goes back to the queue and step (a) decides.
+//!    failure (timeout, reset, 5xx): the job goes back to the queue and step (a) decides.
 //! 4. The local file's fingerprint is checked before and after every part; a change
 //!    restarts the upload with the new content.
 
@@ -99,47 +99,80 @@ impl KifsBackend {
             return Ok(());
         };
         let mut shown = self.show_directory(directory).await;
-        if matches!(&shown, Err(UploadError::Remote { disposition: Disposition::Permanent, .. }))
-            && *create
+        if matches!(
+            &shown,
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            })
+        ) && *create
         {
             let request = CreateDirectoryRequest {
                 directory_name: directory.clone(),
                 options: BTreeMap::from([("no_error_if_exists".into(), "true".into())]),
             };
-            let _: CreateDirectoryResponse =
-                self.call_with_retries("/create/directory", &request).await.map_err(
-                    |err| UploadError::permanent(format!("cannot create KiFS directory '{directory}': {err}")),
-                )?;
+            let _: CreateDirectoryResponse = self
+                .call_with_retries("/create/directory", &request)
+                .await
+                .map_err(|err| {
+                    UploadError::permanent(format!(
+                        "cannot create KiFS directory '{directory}': {err}"
+                    ))
+                })?;
             tracing::info!(directory = %directory, "created KiFS directory");
             shown = self.show_directory(directory).await;
         }
         let shown = shown.map_err(|err| match err {
-            UploadError::Remote { disposition: Disposition::Permanent, message } => {
-                UploadError::permanent(format!(
-                    "KiFS directory '{directory}' is not usable: {message}{}",
-                    if *create { "" } else { " (set create_directory = true to create it)" }
-                ))
-            }
+            UploadError::Remote {
+                disposition: Disposition::Permanent,
+                message,
+            } => UploadError::permanent(format!(
+                "KiFS directory '{directory}' is not usable: {message}{}",
+                if *create {
+                    ""
+                } else {
+                    " (set create_directory = true to create it)"
+                }
+            )),
             other => other,
         })?;
-        let index = shown.directories.iter().position(|d| d == directory).ok_or_else(|| {
-            UploadError::permanent(format!(
-                "KiFS directory '{directory}' does not exist{}",
-                if *create { "" } else { " (set create_directory = true to create it)" }
-            ))
-        })?;
-        let permission = shown.permissions.get(index).map(String::as_str).unwrap_or("");
+        let index = shown
+            .directories
+            .iter()
+            .position(|d| d == directory)
+            .ok_or_else(|| {
+                UploadError::permanent(format!(
+                    "KiFS directory '{directory}' does not exist{}",
+                    if *create {
+                        ""
+                    } else {
+                        " (set create_directory = true to create it)"
+                    }
+                ))
+            })?;
+        let permission = shown
+            .permissions
+            .get(index)
+            .map(String::as_str)
+            .unwrap_or("");
         if permission != "directory_write" {
             return Err(UploadError::permanent(format!(
                 "no write permission on KiFS directory '{directory}' (the server reports '{}'); \
                  grant directory_write to the configured user",
-                if permission.is_empty() { "no access" } else { permission }
+                if permission.is_empty() {
+                    "no access"
+                } else {
+                    permission
+                }
             )));
         }
         Ok(())
     }
 
-    async fn show_directory(&self, directory: &str) -> Result<ShowDirectoriesResponse, UploadError> {
+    async fn show_directory(
+        &self,
+        directory: &str,
+    ) -> Result<ShowDirectoriesResponse, UploadError> {
         let request = ShowDirectoriesRequest {
             directory_name: directory.to_string(),
             options: BTreeMap::new(),
@@ -167,9 +200,10 @@ impl KifsBackend {
             match self.upload_multipart(job, &reader, &target).await {
                 // The server refused a step of an upload it had accepted (unknown or
                 // superseded UUID, a part out of order): start over once with a new UUID.
-                Err(UploadError::Remote { disposition: Disposition::Permanent, message })
-                    if job.load_progress::<MultipartState>()?.is_some() =>
-                {
+                Err(UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    message,
+                }) if job.load_progress::<MultipartState>()?.is_some() => {
                     tracing::warn!(job = job.id.0, target, reason = %message, "multipart upload refused mid-way; starting again with a new upload");
                     job.clear_progress()?;
                     self.upload_multipart(job, &reader, &target).await?;
@@ -178,7 +212,10 @@ impl KifsBackend {
             }
         }
         job.live.set(reader.size, reader.size);
-        Ok(Uploaded { remote: target, md5: None })
+        Ok(Uploaded {
+            remote: target,
+            md5: None,
+        })
     }
 
     async fn upload_whole(
@@ -224,7 +261,8 @@ impl KifsBackend {
                 };
                 // Persisted before init, so a crash after init can find (and cancel) it.
                 job.save_progress(&state)?;
-                self.multipart_step(target, &state.uuid, "init", None, None).await?;
+                self.multipart_step(target, &state.uuid, "init", None, None)
+                    .await?;
                 state
             }
         };
@@ -245,7 +283,8 @@ impl KifsBackend {
             job.live.set(offset + len as u64, reader.size);
         }
         job.mark_finalizing()?;
-        self.multipart_step(target, &state.uuid, "complete", None, None).await?;
+        self.multipart_step(target, &state.uuid, "complete", None, None)
+            .await?;
         job.clear_progress()?;
         Ok(())
     }
@@ -271,14 +310,21 @@ impl KifsBackend {
                     .zip(&shown.sizes)
                     .any(|(name, size)| name == target && *size as u64 == job.fingerprint.size);
                 if landed {
-                    tracing::info!(job = job.id.0, target, "multipart upload was completed before the restart");
+                    tracing::info!(
+                        job = job.id.0,
+                        target,
+                        "multipart upload was completed before the restart"
+                    );
                     return Ok(Resume::AlreadyComplete);
                 }
             }
         }
         if in_progress.is_some() {
             // Best effort: a new init for the same target cancels it on the server anyway.
-            if let Err(err) = self.multipart_step(target, &saved.uuid, "cancel", None, None).await {
+            if let Err(err) = self
+                .multipart_step(target, &saved.uuid, "cancel", None, None)
+                .await
+            {
                 tracing::debug!(target, error = %err, "cancel of a stale multipart upload failed");
             }
         }
@@ -334,9 +380,10 @@ impl KifsBackend {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             match self.call(endpoint, request).await {
-                Err(UploadError::Remote { disposition: Disposition::Retry { after }, message })
-                    if backoff.attempt() + 1 < REQUEST_ATTEMPTS =>
-                {
+                Err(UploadError::Remote {
+                    disposition: Disposition::Retry { after },
+                    message,
+                }) if backoff.attempt() + 1 < REQUEST_ATTEMPTS => {
                     let sleep = backoff.next_delay(after, &mut rand::rng());
                     tracing::warn!(
                         endpoint,
@@ -390,27 +437,37 @@ impl KifsBackend {
         let body = response.bytes().await.map_err(|err| {
             UploadError::remote(
                 Disposition::Retry { after: None },
-                format!("KiFS {endpoint}: reading the answer failed: {}", describe_transport_error(&err)),
+                format!(
+                    "KiFS {endpoint}: reading the answer failed: {}",
+                    describe_transport_error(&err)
+                ),
             )
         })?;
         if status.as_u16() != 200 && status.as_u16() != 400 {
             let disposition = classify_status(status.as_u16(), after);
             return Err(UploadError::remote(
                 disposition,
-                format!("KiFS {endpoint}: HTTP {status}{}", status_hint(status.as_u16())),
+                format!(
+                    "KiFS {endpoint}: HTTP {status}{}",
+                    status_hint(status.as_u16())
+                ),
             ));
         }
         let wrapper = Wrapper::decode(self.encoding, &body).map_err(|err| {
-            UploadError::retry(format!("KiFS {endpoint}: undecodable answer (HTTP {status}): {err}"))
+            UploadError::retry(format!(
+                "KiFS {endpoint}: undecodable answer (HTTP {status}): {err}"
+            ))
         })?;
-        wrapper.into_inner::<Resp>(self.encoding).map_err(|err| match err {
-            WrapperError::Remote(message) => {
-                UploadError::remote(classify_error_message(&message), message)
-            }
-            WrapperError::Malformed(err) => {
-                UploadError::retry(format!("KiFS {endpoint}: undecodable answer: {err}"))
-            }
-        })
+        wrapper
+            .into_inner::<Resp>(self.encoding)
+            .map_err(|err| match err {
+                WrapperError::Remote(message) => {
+                    UploadError::remote(classify_error_message(&message), message)
+                }
+                WrapperError::Malformed(err) => {
+                    UploadError::retry(format!("KiFS {endpoint}: undecodable answer: {err}"))
+                }
+            })
     }
 }
 
@@ -440,7 +497,9 @@ fn multipart_progress(shown: &ShowFilesResponse, uuid: &str) -> Option<u64> {
 
 fn status_hint(status: u16) -> &'static str {
     match status {
-        401 | 403 => " (the server rejected the credentials: check [kifs] username/password or token)",
+        401 | 403 => {
+            " (the server rejected the credentials: check [kifs] username/password or token)"
+        }
         404 => " (endpoint not found: check [kifs] url)",
         _ => "",
     }

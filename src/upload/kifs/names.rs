@@ -31,7 +31,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let mut segments = name.split('/');
     let directory = segments.next().unwrap_or("");
     if directory.is_empty() || name.starts_with('/') {
-        return Err(format!("KiFS name '{name}' must start with a directory name"));
+        return Err(format!(
+            "KiFS name '{name}' must start with a directory name"
+        ));
     }
     let rest: Vec<&str> = segments.collect();
     if rest.is_empty() || rest.iter().any(|segment| segment.is_empty()) {
@@ -78,7 +80,11 @@ mod tests {
         let ok = format!("d/{}", "x".repeat(MAX_NAME_LEN - 2));
         validate_name(&ok).unwrap();
         let long = format!("d/{}", "x".repeat(MAX_NAME_LEN - 1));
-        assert!(validate_name(&long).unwrap_err().contains("1025 characters"));
+        assert!(
+            validate_name(&long)
+                .unwrap_err()
+                .contains("1025 characters")
+        );
     }
 
     #[test]
