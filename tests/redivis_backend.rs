@@ -343,6 +343,26 @@ async fn uploads_n_chunks_through_the_temp_uploads_flow() {
 }
 
 #[tokio::test]
+async fn a_temp_upload_of_one_chunk_is_one_whole_put_resent_whole_after_a_drop() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(CHUNK, 30);
+    h.write("whole.csv", &bytes);
+    // The connection breaks half-way through the body: the retry must carry all of it
+    // (the emulator stores exactly what a plain PUT carried).
+    h.script(json!([{"target": "redivis-session", "action": {"drop": true}}]))
+        .await;
+    let backend = h.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning());
+    let mut job = h.claim("whole.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("whole.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["temp_puts"], 2);
+    assert_eq!(stats["session_initiations"], 0);
+    assert_eq!(stats["session_puts"], 0);
+}
+
+#[tokio::test]
 async fn an_empty_file_goes_inline_in_both_flows_and_never_opens_a_session() {
     let h = Harness::start(|_| {}).await;
     h.write("empty.csv", b"");
@@ -518,6 +538,26 @@ async fn a_gone_session_410_is_replaced_by_a_new_one_from_byte_zero() {
         2 + 3,
         "two chunks, then all three"
     );
+}
+
+#[tokio::test]
+async fn a_session_that_rejects_the_upload_twice_fails_the_job() {
+    let h = Harness::start(|_| {}).await;
+    h.write("rejected.csv", &data(2 * CHUNK, 31));
+    h.script(json!([
+        {"target": "redivis-session", "action": {"status": 400}},
+        {"target": "redivis-session", "action": {"status": 400}}
+    ]))
+    .await;
+    let mut job = h.claim("rejected.csv");
+    let message = permanent_message(h.backend().upload(&mut job).await);
+    assert!(message.contains("rejected"), "{message}");
+    assert_eq!(
+        h.api_count("resumableUpload").await,
+        2,
+        "one new session, not more"
+    );
+    assert_eq!(h.stats().await["uploads_created"], 0);
 }
 
 /// Runs an attempt that gets one chunk through and then sees only 503s until its

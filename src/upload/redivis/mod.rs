@@ -20,8 +20,10 @@
 //!    - ≤ [`INLINE_UPLOAD_MAX`] (always for 0 bytes, B5): nothing to transfer, the bytes go
 //!      inline in the multipart upload.post (one API call instead of three or more).
 //!    - `resumable-upload` flow: `POST resumableUpload?size=N` → session URL.
-//!    - `temp-uploads` flow: `POST tempUploads` → resumable: `x-goog-resumable: start` →
-//!      `Location` = session URL; non-resumable: one whole-body PUT (re-sent whole).
+//!    - `temp-uploads` flow: `POST tempUploads`, asking for a resumable upload when the
+//!      file is larger than one chunk; the server's answer decides. Resumable:
+//!      `x-goog-resumable: start` → `Location` = session URL. Non-resumable: one whole-body
+//!      PUT, re-sent whole on every retry (B1).
 //!    - The session's state is saved after creation and after every acknowledged chunk. A
 //!      saved session is resumed (status query first) unless the file changed, the flow
 //!      differs or it is older than 24 h. A session that dies (404/410/499, or one 400)
@@ -628,9 +630,12 @@ impl RedivisBackend {
                 (new.id, self.api.absolute(&new.url))
             }
             Flow::TempUploads => {
+                // A file that fits in one chunk gains nothing from a session (one PUT
+                // either way) and saves the initiation request without one.
+                let resumable = size > self.chunk_size;
                 let new = self
                     .api
-                    .create_temp_upload(table, &job.rel, size, true, cancel)
+                    .create_temp_upload(table, &job.rel, size, resumable, cancel)
                     .await
                     .map_err(UploadError::from)?;
                 let url = self.api.absolute(&new.url);

@@ -716,6 +716,32 @@ mod tests {
     }
 
     #[test]
+    fn the_token_goes_only_to_session_urls_on_the_api_host_and_port() {
+        let client = SessionClient::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:8787/api/v1",
+            Secret::new("t0ken-xyz"),
+            RetryPolicy::default(),
+            Duration::from_secs(1),
+        );
+        let auth = |url: &str| {
+            client
+                .with_auth(url, client.http.put(url))
+                .build()
+                .expect("request builds")
+                .headers()
+                .get(reqwest::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            auth("http://127.0.0.1:8787/upload/sessions/1").as_deref(),
+            Some("Bearer t0ken-xyz")
+        );
+        assert_eq!(auth("http://127.0.0.1:9999/upload/sessions/1"), None);
+        assert_eq!(auth("https://storage.example.com/upload/x?id=1"), None);
+    }
+
+    #[test]
     fn range_headers_give_the_next_offset_and_malformed_ones_are_errors() {
         assert_eq!(parse_range(&HeaderMap::new()), Ok(None));
         assert_eq!(parse_range(&with_range("bytes=0-262143")), Ok(Some(262144)));
