@@ -84,8 +84,12 @@ fn files_of_every_size_class_arrive_byte_identical() {
             .iter()
             .all(|(name, _)| arrived(&s, &s.inbox.join(name), name))
     });
-    let status = status_json(&s.config);
-    assert_eq!(status["folders"][0]["done"], sizes.len(), "{status}");
+    // The remote has the bytes a moment before the ledger records them.
+    daemon.wait_until(
+        Duration::from_secs(20),
+        "the ledger to record every file",
+        || status_json(&s.config)["folders"][0]["done"] == sizes.len(),
+    );
     assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
 }
 
@@ -119,12 +123,12 @@ fn a_file_changed_after_its_upload_is_uploaded_again() {
     let s = setup(&[], "", "");
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
-    let _daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the first version", || {
+    let daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the first version", || {
         arrived(&s, &path, "report.csv")
     });
     std::fs::write(&path, "a,b\n1,2\n3,4\n").unwrap();
-    wait_until(Duration::from_secs(20), "the second version", || {
+    daemon.wait_until(Duration::from_secs(20), "the second version", || {
         arrived(&s, &path, "report.csv")
     });
 }
