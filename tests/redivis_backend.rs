@@ -833,12 +833,18 @@ async fn a_file_that_changes_between_chunks_ends_the_attempt_as_changed() {
 
 #[tokio::test]
 async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
+    // A tight server-side limit, and a storm of scripted 429s (without rate-limit headers)
+    // hitting the first requests of six workers at once.
     let h = Harness::start(|o| {
         o.redivis.rate_limit = true;
         o.redivis.rate_limit_max = 8;
         o.redivis.rate_limit_window = Duration::from_secs(2);
     })
     .await;
+    let storm: Vec<Value> = (0..6)
+        .map(|_| json!({"target": "redivis-api", "action": {"status": 429, "retry_after": "1"}}))
+        .collect();
+    h.script(Value::Array(storm)).await;
     let files: Vec<(String, Vec<u8>)> = (0..6)
         .map(|i| (format!("f{i}.csv"), data(1000 + i, i as u8)))
         .collect();
@@ -854,20 +860,38 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
         },
     );
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
+    let started = std::time::Instant::now();
     let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
     for result in results {
         result.expect("every file gets through the rate limit");
     }
 
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
     let expected: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     h.assert_table_holds(&expected).await;
-    let answered_429 = h.stats().await["responses_429"].as_u64().unwrap();
-    // Every 429 stops all callers until Retry-After: at most one per request in flight.
-    assert!(answered_429 <= 12, "{answered_429} answers were 429");
-    // name check + post per file, polls shared, plus the 429s themselves.
+    let all_stats: Value = h
+        .http
+        .get(format!("{}/_emulator/stats", h.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answered_429 = all_stats["responses_429"].as_u64().unwrap();
+    // The six scripted ones; the limiter itself rarely answers 429, because the pacer
+    // follows X-RateLimit-Remaining.
+    assert!(
+        (6..=9).contains(&answered_429),
+        "{answered_429} answers were 429"
+    );
+    // Per file: name check and post; polls are shared; plus the 429s themselves.
     let requests = backend.api_requests();
     assert!(
         requests <= 6 * 2 + 10 + answered_429,

@@ -266,10 +266,10 @@ impl ApiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tokio::select! {
+            let permit = tokio::select! {
                 _ = cancel.cancelled() => return Err(shutdown_error()),
-                _ = self.pacer.acquire() => {}
-            }
+                permit = self.pacer.acquire() => permit,
+            };
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut request = build(&self.http).timeout(self.timeout);
             if send_token {
@@ -277,7 +277,7 @@ impl ApiClient {
             }
             let failure = match request.send().await {
                 Ok(response) => {
-                    self.observe(response.headers());
+                    permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();
                     if response.status().is_success() {
                         return Ok(response);
@@ -296,12 +296,15 @@ impl ApiClient {
                         maybe_processed: !matches!(status, 408 | 429),
                     }
                 }
-                Err(err) => ApiError {
-                    status: None,
-                    disposition: classify::api_transport(&err),
-                    message: format!("Redivis {what} failed: {}", describe_transport(&err)),
-                    maybe_processed: !classify::never_sent(&err),
-                },
+                Err(err) => {
+                    drop(permit);
+                    ApiError {
+                        status: None,
+                        disposition: classify::api_transport(&err),
+                        message: format!("Redivis {what} failed: {}", describe_transport(&err)),
+                        maybe_processed: !classify::never_sent(&err),
+                    }
+                }
             };
             let after = match failure.disposition {
                 Disposition::Retry { after } => after,
@@ -331,16 +334,6 @@ impl ApiClient {
                 _ = cancel.cancelled() => return Err(shutdown_error()),
                 _ = tokio::time::sleep(sleep) => {}
             }
-        }
-    }
-
-    fn observe(&self, headers: &HeaderMap) {
-        let remaining = headers
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(remaining) = remaining {
-            self.pacer.observe_remaining(remaining);
         }
     }
 
@@ -568,6 +561,13 @@ impl ApiClient {
             Err(err) => Err(err),
         }
     }
+}
+
+fn rate_limit_remaining(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// `host:port` of an http(s) URL (default ports filled in).
