@@ -270,6 +270,22 @@ impl RedivisBackend {
                 job.rel
             )));
         }
+        let result = self.upload_named(job, &table, &escaped).await;
+        if let Err(UploadError::Vanished(_)) = &result {
+            // The file is gone; whatever it left in the table is found by the remote
+            // check, so another file may take the name.
+            self.names.release(&table, &job.rel);
+        }
+        result
+    }
+
+    /// Steps 2–9 for a file whose name is claimed.
+    async fn upload_named(
+        &self,
+        job: &mut UploadJob,
+        table: &str,
+        escaped: &str,
+    ) -> Result<Uploaded, UploadError> {
         let reader = FileReader::open(&job.path, &job.fingerprint)?;
         let cancel = job.shutdown.clone();
         let mut local_md5: Option<String> = None;
@@ -279,7 +295,7 @@ impl RedivisBackend {
         if job.finalize_started {
             let md5 = self.file_md5(&reader).await?;
             adopted = self
-                .find_posted(&table, &job.rel, reader.size, &md5, &cancel)
+                .find_posted(table, &job.rel, reader.size, &md5, &cancel)
                 .await?;
             if let Some(found) = &adopted {
                 tracing::info!(
@@ -312,13 +328,13 @@ impl RedivisBackend {
                     // 3. Conflicts before any byte is sent.
                     if let Some(existing) = self
                         .api
-                        .find_upload_by_name(&table, &escaped, &cancel)
+                        .find_upload_by_name(table, escaped, &cancel)
                         .await?
                     {
                         let name = existing.name.clone().unwrap_or_default();
                         if !name.is_empty() && name != job.rel {
                             return Err(UploadError::permanent(collision_message(
-                                &job.rel, &name, &escaped, &table,
+                                &job.rel, &name, escaped, table,
                             )));
                         }
                         if !existing.is_failed() && existing.size == Some(reader.size) {
@@ -344,7 +360,7 @@ impl RedivisBackend {
                         }
                     }
                     // 4–6.
-                    let (finalize, md5) = self.transfer(job, &table, &reader, &cancel).await?;
+                    let (finalize, md5) = self.transfer(job, table, &reader, &cancel).await?;
                     for uri in stale.drain(..) {
                         tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
                         self.api.delete_upload(&uri, &cancel).await?;
@@ -352,13 +368,13 @@ impl RedivisBackend {
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
                     let posted = self
-                        .post(&table, &job.rel, reader.size, &md5, &finalize, &cancel)
+                        .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
                         .await?;
                     (posted, md5)
                 }
             };
             // 7. Processing.
-            let done = self.poller.wait(&table, posted, &cancel).await?;
+            let done = self.poller.wait(table, posted, &cancel).await?;
             if done.is_failed() {
                 return Err(failed_upload_error(&done));
             }
