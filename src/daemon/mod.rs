@@ -209,8 +209,7 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
         }
     }
     if let Some(redivis) = &config.redivis {
-        // TODO(redivis emulator): accept exactly the configured token.
-        let _ = redivis;
+        options.redivis.redivis_token = Some(redivis.token.clone());
     }
     let running = emulator::start(&section.listen.to_string(), options)
         .await
