@@ -861,6 +861,39 @@ async fn a_file_that_changes_between_chunks_ends_the_attempt_as_changed() {
     );
 }
 
+#[tokio::test]
+async fn shutdown_interrupts_a_retry_pause_at_once() {
+    let h = Harness::start(|_| {}).await;
+    h.write("paused.csv", &data(CHUNK, 34));
+    let storm: Vec<Value> = (0..10)
+        .map(|_| json!({"target": "redivis-api", "action": {"status": 503}}))
+        .collect();
+    h.script(Value::Array(storm)).await;
+    let slow = Tuning {
+        retry: RetryPolicy {
+            attempts: 8,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(10),
+        },
+        ..tuning()
+    };
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, slow);
+    let mut job = h.claim("paused.csv");
+    let shutdown = job.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+    });
+    let started = std::time::Instant::now();
+    let result = backend.upload(&mut job).await;
+    assert!(matches!(result, Err(UploadError::Shutdown)), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 // ---- rate limit ------------------------------------------------------------------------
 
 #[tokio::test]

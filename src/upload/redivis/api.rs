@@ -70,11 +70,17 @@ pub struct ApiError {
     pub message: String,
     /// The request may have been carried out although no success answer arrived.
     pub maybe_processed: bool,
+    /// Shutdown was requested while the call waited (for the pacer or a retry).
+    pub shutdown: bool,
 }
 
 impl From<ApiError> for UploadError {
     fn from(err: ApiError) -> UploadError {
-        UploadError::remote(err.disposition, err.message)
+        if err.shutdown {
+            UploadError::Shutdown
+        } else {
+            UploadError::remote(err.disposition, err.message)
+        }
     }
 }
 
@@ -84,6 +90,7 @@ fn shutdown_error() -> ApiError {
         disposition: Disposition::Retry { after: None },
         message: "interrupted by shutdown".into(),
         maybe_processed: false,
+        shutdown: true,
     }
 }
 
@@ -294,6 +301,7 @@ impl ApiClient {
                         message: describe_status(what, status, &body),
                         // 429 and 408 are answered before the request is processed.
                         maybe_processed: !matches!(status, 408 | 429),
+                        shutdown: false,
                     }
                 }
                 Err(err) => {
@@ -303,6 +311,7 @@ impl ApiClient {
                         disposition: classify::api_transport(&err),
                         message: format!("Redivis {what} failed: {}", describe_transport(&err)),
                         maybe_processed: !classify::never_sent(&err),
+                        shutdown: false,
                     }
                 }
             };
@@ -354,12 +363,14 @@ impl ApiClient {
                 describe_transport(&err)
             ),
             maybe_processed: true,
+            shutdown: false,
         })?;
         serde_json::from_slice(&body).map_err(|err| ApiError {
             status: None,
             disposition: Disposition::Retry { after: None },
             message: format!("Redivis {what}: unexpected answer ({err})"),
             maybe_processed: true,
+            shutdown: false,
         })
     }
 
@@ -404,6 +415,7 @@ impl ApiClient {
             disposition: Disposition::Retry { after: None },
             message: format!("Redivis {what}: the answer lists no temp upload"),
             maybe_processed: false,
+            shutdown: false,
         })
     }
 

@@ -42,11 +42,22 @@
 //! posting: a file that changed ends the attempt with `UploadError::Changed`.
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
-//! dropped connection mid-chunk; 5xx after partial persistence; 308 without `Range`;
-//! expired session; 410; a status query that completes the upload; both flows; 0 B, one
-//! chunk, N chunks plus a remainder; `finalize_started` reconciliation; a changed file
-//! replaces its earlier upload; name collision; hash compared; a 429 storm; the token in
-//! no log line, error, Debug output or saved progress.
+//! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
+//!   from the server's offset; a 308 without `Range` restarts the session's bytes at 0; a
+//!   status query that finds every byte completes the upload; an expired (404) or gone
+//!   (410) session is replaced from byte 0; two rejections (400) fail the job; the next
+//!   job attempt resumes the saved session, unless it is older than its lifetime.
+//! - Shapes: both flows; 0 B (inline, no session); ≤ 1 MiB inline; exactly one chunk;
+//!   N chunks plus a remainder; a single-chunk temp upload re-sent whole after a drop.
+//! - Exactly once: a restart while finalizing adopts the posted upload; a lost upload.post
+//!   answer is reconciled through the list; an identical upload already in the table is
+//!   adopted; a changed file deletes its earlier upload; a same-name upload with another
+//!   hash is replaced; names colliding under escaping are refused naming both files.
+//! - Integrity and safety: a hash mismatch deletes the upload and re-sends once; a file
+//!   changing between chunks ends the attempt; a failed import fails the job with
+//!   Redivis' message; shutdown interrupts a retry pause.
+//! - Pacing and secrets: a 429 storm with a bounded request count; shared list polls; the
+//!   token in no log line, error, Debug output or saved progress.
 
 pub mod api;
 pub mod classify;
