@@ -70,11 +70,17 @@ pub struct ApiError {
     pub message: String,
     /// The request may have been carried out although no success answer arrived.
     pub maybe_processed: bool,
+    /// Shutdown was requested while the call waited (for the pacer or a retry).
+    pub shutdown: bool,
 }
 
 impl From<ApiError> for UploadError {
     fn from(err: ApiError) -> UploadError {
-        UploadError::remote(err.disposition, err.message)
+        if err.shutdown {
+            UploadError::Shutdown
+        } else {
+            UploadError::remote(err.disposition, err.message)
+        }
     }
 }
 
@@ -84,6 +90,7 @@ fn shutdown_error() -> ApiError {
         disposition: Disposition::Retry { after: None },
         message: "interrupted by shutdown".into(),
         maybe_processed: false,
+        shutdown: true,
     }
 }
 
@@ -266,10 +273,10 @@ impl ApiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            tokio::select! {
+            let permit = tokio::select! {
                 _ = cancel.cancelled() => return Err(shutdown_error()),
-                _ = self.pacer.acquire() => {}
-            }
+                permit = self.pacer.acquire() => permit,
+            };
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut request = build(&self.http).timeout(self.timeout);
             if send_token {
@@ -277,7 +284,7 @@ impl ApiClient {
             }
             let failure = match request.send().await {
                 Ok(response) => {
-                    self.observe(response.headers());
+                    permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();
                     if response.status().is_success() {
                         return Ok(response);
@@ -294,14 +301,19 @@ impl ApiClient {
                         message: describe_status(what, status, &body),
                         // 429 and 408 are answered before the request is processed.
                         maybe_processed: !matches!(status, 408 | 429),
+                        shutdown: false,
                     }
                 }
-                Err(err) => ApiError {
-                    status: None,
-                    disposition: classify::api_transport(&err),
-                    message: format!("Redivis {what} failed: {}", describe_transport(&err)),
-                    maybe_processed: !classify::never_sent(&err),
-                },
+                Err(err) => {
+                    drop(permit);
+                    ApiError {
+                        status: None,
+                        disposition: classify::api_transport(&err),
+                        message: format!("Redivis {what} failed: {}", describe_transport(&err)),
+                        maybe_processed: !classify::never_sent(&err),
+                        shutdown: false,
+                    }
+                }
             };
             let after = match failure.disposition {
                 Disposition::Retry { after } => after,
@@ -334,16 +346,6 @@ impl ApiClient {
         }
     }
 
-    fn observe(&self, headers: &HeaderMap) {
-        let remaining = headers
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(remaining) = remaining {
-            self.pacer.observe_remaining(remaining);
-        }
-    }
-
     async fn send_json<T: DeserializeOwned>(
         &self,
         what: &str,
@@ -361,12 +363,14 @@ impl ApiClient {
                 describe_transport(&err)
             ),
             maybe_processed: true,
+            shutdown: false,
         })?;
         serde_json::from_slice(&body).map_err(|err| ApiError {
             status: None,
             disposition: Disposition::Retry { after: None },
             message: format!("Redivis {what}: unexpected answer ({err})"),
             maybe_processed: true,
+            shutdown: false,
         })
     }
 
@@ -411,6 +415,7 @@ impl ApiClient {
             disposition: Disposition::Retry { after: None },
             message: format!("Redivis {what}: the answer lists no temp upload"),
             maybe_processed: false,
+            shutdown: false,
         })
     }
 
@@ -568,6 +573,13 @@ impl ApiClient {
             Err(err) => Err(err),
         }
     }
+}
+
+fn rate_limit_remaining(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// `host:port` of an http(s) URL (default ports filled in).

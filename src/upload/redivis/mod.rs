@@ -42,11 +42,22 @@
 //! posting: a file that changed ends the attempt with `UploadError::Changed`.
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
-//! dropped connection mid-chunk; 5xx after partial persistence; 308 without `Range`;
-//! expired session; 410; a status query that completes the upload; both flows; 0 B, one
-//! chunk, N chunks plus a remainder; `finalize_started` reconciliation; a changed file
-//! replaces its earlier upload; name collision; hash compared; a 429 storm; the token in
-//! no log line, error, Debug output or saved progress.
+//! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
+//!   from the server's offset; a 308 without `Range` restarts the session's bytes at 0; a
+//!   status query that finds every byte completes the upload; an expired (404) or gone
+//!   (410) session is replaced from byte 0; two rejections (400) fail the job; the next
+//!   job attempt resumes the saved session, unless it is older than its lifetime.
+//! - Shapes: both flows; 0 B (inline, no session); ≤ 1 MiB inline; exactly one chunk;
+//!   N chunks plus a remainder; a single-chunk temp upload re-sent whole after a drop.
+//! - Exactly once: a restart while finalizing adopts the posted upload; a lost upload.post
+//!   answer is reconciled through the list; an identical upload already in the table is
+//!   adopted; a changed file deletes its earlier upload; a same-name upload with another
+//!   hash is replaced; names colliding under escaping are refused naming both files.
+//! - Integrity and safety: a hash mismatch deletes the upload and re-sends once; a file
+//!   changing between chunks ends the attempt; a failed import fails the job with
+//!   Redivis' message; shutdown interrupts a retry pause.
+//! - Pacing and secrets: a 429 storm with a bounded request count; shared list polls; the
+//!   token in no log line, error, Debug output or saved progress.
 
 pub mod api;
 pub mod classify;
@@ -270,6 +281,22 @@ impl RedivisBackend {
                 job.rel
             )));
         }
+        let result = self.upload_named(job, &table, &escaped).await;
+        if let Err(UploadError::Vanished(_)) = &result {
+            // The file is gone; whatever it left in the table is found by the remote
+            // check, so another file may take the name.
+            self.names.release(&table, &job.rel);
+        }
+        result
+    }
+
+    /// Steps 2–9 for a file whose name is claimed.
+    async fn upload_named(
+        &self,
+        job: &mut UploadJob,
+        table: &str,
+        escaped: &str,
+    ) -> Result<Uploaded, UploadError> {
         let reader = FileReader::open(&job.path, &job.fingerprint)?;
         let cancel = job.shutdown.clone();
         let mut local_md5: Option<String> = None;
@@ -279,7 +306,7 @@ impl RedivisBackend {
         if job.finalize_started {
             let md5 = self.file_md5(&reader).await?;
             adopted = self
-                .find_posted(&table, &job.rel, reader.size, &md5, &cancel)
+                .find_posted(table, &job.rel, reader.size, &md5, &cancel)
                 .await?;
             if let Some(found) = &adopted {
                 tracing::info!(
@@ -312,13 +339,13 @@ impl RedivisBackend {
                     // 3. Conflicts before any byte is sent.
                     if let Some(existing) = self
                         .api
-                        .find_upload_by_name(&table, &escaped, &cancel)
+                        .find_upload_by_name(table, escaped, &cancel)
                         .await?
                     {
                         let name = existing.name.clone().unwrap_or_default();
                         if !name.is_empty() && name != job.rel {
                             return Err(UploadError::permanent(collision_message(
-                                &job.rel, &name, &escaped, &table,
+                                &job.rel, &name, escaped, table,
                             )));
                         }
                         if !existing.is_failed() && existing.size == Some(reader.size) {
@@ -344,7 +371,7 @@ impl RedivisBackend {
                         }
                     }
                     // 4–6.
-                    let (finalize, md5) = self.transfer(job, &table, &reader, &cancel).await?;
+                    let (finalize, md5) = self.transfer(job, table, &reader, &cancel).await?;
                     for uri in stale.drain(..) {
                         tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
                         self.api.delete_upload(&uri, &cancel).await?;
@@ -352,13 +379,13 @@ impl RedivisBackend {
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
                     let posted = self
-                        .post(&table, &job.rel, reader.size, &md5, &finalize, &cancel)
+                        .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
                         .await?;
                     (posted, md5)
                 }
             };
             // 7. Processing.
-            let done = self.poller.wait(&table, posted, &cancel).await?;
+            let done = self.poller.wait(table, posted, &cancel).await?;
             if done.is_failed() {
                 return Err(failed_upload_error(&done));
             }

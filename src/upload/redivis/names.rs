@@ -4,8 +4,9 @@
 //! digits and `_` become `_`, runs of `_` collapse, leading and trailing `_` drop, and case
 //! is ignored. So `a.b.csv`, `a_b.csv` and `A-B.csv` are the same upload (`a_b_csv`). Two
 //! local files that escape alike must not overwrite each other: the first one to claim the
-//! escaped name in a table keeps it for the life of the process; the remote check (an
-//! upload already in the table under another name) covers earlier runs.
+//! escaped name in a table keeps it for the life of the process (unless its file vanishes);
+//! the remote check (an upload already in the table under another name) covers earlier
+//! runs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,6 +55,18 @@ impl NameRegistry {
             }
         }
     }
+
+    /// Gives `name`'s claim up (its file vanished).
+    pub fn release(&self, table: &str, name: &str) {
+        let key = (table.to_ascii_lowercase(), escape(name));
+        let mut claimed = self
+            .claimed
+            .lock()
+            .expect("name registry lock is not poisoned");
+        if claimed.get(&key).is_some_and(|holder| holder == name) {
+            claimed.remove(&key);
+        }
+    }
 }
 
 /// The error text for two names that escape alike.
@@ -93,5 +106,10 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
         // Another table is another namespace.
         assert_eq!(names.claim("o.d:next.u", "A-B.csv"), Ok("a_b_csv".into()));
+        // Only the holder can release; then the name is free.
+        names.release("o.d:next.t", "A-B.csv");
+        assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
+        names.release("o.d:next.t", "a.b.csv");
+        assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! Redivis allows about 100 API requests per 100 s (protocol §3). The bucket starts full
 //! (capacity 100) and refills one token a second, so a burst is allowed but the long-run
-//! rate stays under the limit. The server's own count wins when it is lower: every
-//! response's `X-RateLimit-Remaining` caps the local tokens once it drops under a low-water
-//! mark (other clients may share the token's budget). A `429` blocks every API call until
-//! its `Retry-After` has passed. Session-URL PUTs are not API requests and are not paced.
+//! rate stays under the limit. The server's own count is better than our estimate (other
+//! clients may share the token's budget, and the window is the server's): every response's
+//! `X-RateLimit-Remaining`, less the requests still in flight, becomes the local token
+//! count, up as well as down. A server that reports no limit trouble is therefore not
+//! paced at 1/s, and a low remainder slows us at once. (With `follow_server` off, the
+//! server's count only caps the local tokens once it drops under a low-water mark.)
+//! A `429` blocks every API call until its `Retry-After` has passed. Session-URL PUTs are
+//! not API requests and are not paced.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,6 +25,8 @@ pub struct PacerConfig {
     pub low_water: u64,
     /// Pause after a 429 that carries no usable `Retry-After`.
     pub default_block: Duration,
+    /// Take the server's `X-RateLimit-Remaining` as the token count (see the module doc).
+    pub follow_server: bool,
 }
 
 impl Default for PacerConfig {
@@ -30,6 +36,7 @@ impl Default for PacerConfig {
             refill_per_sec: 1.0,
             low_water: 10,
             default_block: Duration::from_secs(10),
+            follow_server: true,
         }
     }
 }
@@ -39,6 +46,7 @@ struct State {
     tokens: f64,
     refilled_at: Instant,
     blocked_until: Option<Instant>,
+    in_flight: u64,
 }
 
 #[derive(Debug)]
@@ -55,12 +63,14 @@ impl Pacer {
                 tokens: config.capacity,
                 refilled_at: Instant::now(),
                 blocked_until: None,
+                in_flight: 0,
             }),
         }
     }
 
-    /// Waits until one API request may be sent, and takes its token.
-    pub async fn acquire(&self) {
+    /// Waits until one API request may be sent, and takes its token. The permit counts
+    /// the request as in flight until it is finished (or dropped).
+    pub async fn acquire(&self) -> Permit<'_> {
         loop {
             let wait = {
                 let mut state = self.state.lock().expect("pacer lock is not poisoned");
@@ -72,7 +82,8 @@ impl Pacer {
                         state.blocked_until = None;
                         if state.tokens >= 1.0 {
                             state.tokens -= 1.0;
-                            return;
+                            state.in_flight += 1;
+                            return Permit { pacer: self };
                         }
                         Duration::from_secs_f64((1.0 - state.tokens) / self.config.refill_per_sec)
                     }
@@ -82,14 +93,23 @@ impl Pacer {
         }
     }
 
-    /// Takes the server's `X-RateLimit-Remaining` into account.
-    pub fn observe_remaining(&self, remaining: u64) {
-        if remaining >= self.config.low_water {
-            return;
+    /// Takes the server's `X-RateLimit-Remaining` of a response into account.
+    fn observe_remaining(&self, state: &mut State, remaining: u64) {
+        let available = remaining.saturating_sub(state.in_flight) as f64;
+        if self.config.follow_server {
+            state.tokens = available.min(self.config.capacity);
+        } else if remaining < self.config.low_water {
+            state.tokens = state.tokens.min(available);
         }
+    }
+
+    fn finish(&self, remaining: Option<u64>) {
         let mut state = self.state.lock().expect("pacer lock is not poisoned");
         self.refill(&mut state, Instant::now());
-        state.tokens = state.tokens.min(remaining as f64);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some(remaining) = remaining {
+            self.observe_remaining(&mut state, remaining);
+        }
     }
 
     /// A 429: no API call until `retry_after` (or the default pause) has passed.
@@ -114,6 +134,27 @@ impl Pacer {
     }
 }
 
+/// One paced request in flight.
+#[must_use = "a permit counts its request as in flight until finished"]
+pub struct Permit<'a> {
+    pacer: &'a Pacer,
+}
+
+impl Permit<'_> {
+    /// The request got an answer carrying `X-RateLimit-Remaining` (if any).
+    pub fn finish(self, remaining: Option<u64>) {
+        self.pacer.finish(remaining);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        // No answer (transport error, cancellation): the request is no longer in flight.
+        self.pacer.finish(None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // Real (short) time: the crate does not enable tokio's paused test clock.
@@ -125,6 +166,7 @@ mod tests {
             refill_per_sec: 20.0,
             low_water: 2,
             default_block: Duration::from_millis(300),
+            follow_server: false,
         }
     }
 
@@ -133,14 +175,14 @@ mod tests {
         let pacer = Pacer::new(small());
         let start = Instant::now();
         for _ in 0..3 {
-            pacer.acquire().await;
+            pacer.acquire().await.finish(None);
         }
         assert!(
             start.elapsed() < Duration::from_millis(40),
             "the burst is not delayed"
         );
         for _ in 0..4 {
-            pacer.acquire().await;
+            pacer.acquire().await.finish(None);
         }
         let elapsed = start.elapsed();
         assert!(
@@ -171,13 +213,33 @@ mod tests {
     #[tokio::test]
     async fn a_low_server_remainder_caps_the_local_tokens() {
         let pacer = Pacer::new(small());
-        pacer.observe_remaining(10); // above low water: ignored
+        pacer.acquire().await.finish(Some(10)); // above low water: ignored
         let start = Instant::now();
-        pacer.acquire().await;
+        pacer.acquire().await.finish(Some(0));
         assert!(start.elapsed() < Duration::from_millis(40));
-        pacer.observe_remaining(0);
         let start = Instant::now();
-        pacer.acquire().await;
+        drop(pacer.acquire().await);
         assert!(start.elapsed() >= Duration::from_millis(45));
+    }
+
+    #[tokio::test]
+    async fn following_the_server_lifts_and_lowers_the_tokens_minus_requests_in_flight() {
+        let pacer = Pacer::new(PacerConfig {
+            follow_server: true,
+            ..small()
+        });
+        let start = Instant::now();
+        // The server keeps saying 3 are left: never paced, far beyond the bucket's 3.
+        for _ in 0..20 {
+            pacer.acquire().await.finish(Some(3));
+        }
+        assert!(start.elapsed() < Duration::from_millis(40));
+        // One request still in flight when the server says 1 is left: nothing is.
+        let in_flight = pacer.acquire().await;
+        pacer.acquire().await.finish(Some(1));
+        let start = Instant::now();
+        pacer.acquire().await.finish(None);
+        assert!(start.elapsed() >= Duration::from_millis(45));
+        drop(in_flight);
     }
 }
