@@ -1015,7 +1015,8 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
     let err = backend
         .prepare_folder(&folder("nobody.nothing:next.none"))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not found"), "{err}");
 
     let response = h
@@ -1032,6 +1033,17 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
     config.token = Secret::new("wrong-token");
     let wrong = RedivisBackend::with_tuning(&config, tuning()).unwrap();
     let err = wrong.prepare_folder(&folder(TABLE)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("token"), "{err}");
     assert!(!err.contains("wrong-token"), "{err}");
 }

@@ -224,34 +224,38 @@ impl RedivisBackend {
     }
 
     /// Checks that the folder's table is reachable with this token.
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), String> {
+    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
-            return Err(format!(
+            return Err(UploadError::permanent(format!(
                 "folder {} does not target a Redivis table",
                 folder.path.display()
-            ));
+            )));
         };
         let cancel = CancellationToken::new();
-        match self.api.list_uploads(table, 1, None, &cancel).await {
-            Ok(_) => Ok(()),
-            Err(err) => Err(match err.status {
-                Some(404) => format!(
-                    "Redivis table {table} not found, or not visible to this token \
-                     (expected owner.dataset:next.table): {}",
-                    err.message
-                ),
-                Some(401) => format!(
-                    "Redivis rejected the API token for table {table}; check token_file / \
-                     token_env: {}",
-                    err.message
-                ),
-                Some(403) => format!(
-                    "the API token may not edit Redivis table {table} (it needs the data.edit \
-                     scope and edit access to the dataset): {}",
-                    err.message
-                ),
-                _ => format!("cannot reach Redivis table {table}: {}", err.message),
-            }),
+        let Err(err) = self.api.list_uploads(table, 1, None, &cancel).await else {
+            return Ok(());
+        };
+        let definitive = |message: String| Err(UploadError::permanent(message));
+        match err.status {
+            Some(404) => definitive(format!(
+                "Redivis table {table} not found, or not visible to this token \
+                 (expected owner.dataset:next.table): {}",
+                err.message
+            )),
+            Some(401) => definitive(format!(
+                "Redivis rejected the API token for table {table}; check token_file / \
+                 token_env: {}",
+                err.message
+            )),
+            Some(403) => definitive(format!(
+                "the API token may not edit Redivis table {table} (it needs the data.edit \
+                 scope and edit access to the dataset): {}",
+                err.message
+            )),
+            _ => Err(UploadError::retry(format!(
+                "cannot reach Redivis table {table}: {}",
+                err.message
+            ))),
         }
     }
 

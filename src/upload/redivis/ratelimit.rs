@@ -196,17 +196,17 @@ mod tests {
         let pacer = Pacer::new(small());
         let start = Instant::now();
         pacer.block(Some(Duration::from_millis(300)));
-        pacer.acquire().await;
+        let _permit = pacer.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(300));
         // A shorter block does not shorten a longer one; no Retry-After = the default.
         let again = Instant::now();
         pacer.block(Some(Duration::from_millis(250)));
         pacer.block(Some(Duration::from_millis(10)));
-        pacer.acquire().await;
+        let _permit = pacer.acquire().await;
         assert!(again.elapsed() >= Duration::from_millis(250));
         let third = Instant::now();
         pacer.block(None);
-        pacer.acquire().await;
+        let _permit = pacer.acquire().await;
         assert!(third.elapsed() >= Duration::from_millis(300));
     }
 
