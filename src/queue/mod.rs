@@ -950,9 +950,28 @@ fn open_db(path: &Path) -> Result<sled::Db, FormatError> {
     if !path.exists() {
         create_db(path)?;
     }
-    let db = sled::Config::new().path(path).open()?;
+    let db = open_sled(path)?;
     check_format(&db, path)?;
     Ok(db)
+}
+
+/// Opens sled, waiting briefly while its file lock is still held. `upsync.lock` already
+/// keeps other processes out, so a held lock can only be a sled instance of this process
+/// that was just dropped (as in [`create_db`]) and whose background flusher has not let go.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled wraps the flock failure in an `Other` error with this text.
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn create_db(path: &Path) -> Result<(), FormatError> {

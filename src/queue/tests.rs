@@ -1074,3 +1074,17 @@ fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
     assert_eq!(job(&store, moved).fingerprint, fp(2));
     assert_invariants(&store);
 }
+
+#[test]
+fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let lingering = sled::Config::new().path(&path).open().unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(lingering);
+    });
+    let db = open_sled(&path).expect("the lock is released within the wait");
+    drop(db);
+    releaser.join().unwrap();
+}
