@@ -92,6 +92,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sled::Transactional;
@@ -142,6 +143,8 @@ struct Inner {
     db: sled::Db,
     trees: Trees,
     state_dir: PathBuf,
+    /// fsyncs of the database so far (`Store::flushes`), a cost the benchmark reports.
+    flushes: AtomicU64,
     _lock: StateLock,
 }
 
@@ -154,6 +157,8 @@ impl Drop for Inner {
                 "could not flush the state database on close"
             );
         }
+        let flushes = self.flushes.load(Ordering::Relaxed) + 1;
+        tracing::info!(flushes, "state database closed");
     }
 }
 
@@ -377,6 +382,7 @@ impl Store {
                 db,
                 trees,
                 state_dir: state_dir.to_path_buf(),
+                flushes: AtomicU64::new(0),
                 _lock: lock,
             }),
         };
@@ -911,8 +917,14 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many times this process made the database durable (fsync) so far.
+    pub fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner
             .db
             .flush()
