@@ -76,11 +76,23 @@ fn list_uploads(s: &Setup) -> Vec<serde_json::Value> {
             if let Some(t) = &token {
                 url.push_str(&format!("&pageToken={t}"));
             }
-            let response = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
-            if response.status().as_u16() == 404 {
-                return all;
-            }
-            let page: serde_json::Value = response.json().await.unwrap();
+            // The emulator's injected faults hit these requests too: retry them.
+            let mut attempts = 0;
+            let page: serde_json::Value = loop {
+                attempts += 1;
+                assert!(attempts < 200, "listing uploads keeps failing");
+                let Ok(response) = client.get(&url).bearer_auth(TOKEN).send().await else {
+                    continue;
+                };
+                match response.status().as_u16() {
+                    200 => match response.json().await {
+                        Ok(page) => break page,
+                        Err(_) => continue,
+                    },
+                    404 => return all,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
             all.extend(page["results"].as_array().cloned().unwrap_or_default());
             match page["nextPageToken"].as_str() {
                 Some(next) if !next.is_empty() => token = Some(next.to_string()),
