@@ -113,6 +113,14 @@ impl Emulator {
         })
     }
 
+    /// Files the KiFS emulator has stored (whole-file uploads and multipart completes).
+    pub async fn kifs_files_stored(&self) -> BenchResult<u64> {
+        let stats = self.get_json("/kifs/_emulator/stats").await?;
+        stats["files_stored"]
+            .as_u64()
+            .ok_or_else(|| format!("the KiFS emulator reports no files_stored: {stats}"))
+    }
+
     /// `/upload/files` requests the KiFS emulator received.
     pub async fn kifs_uploads(&self) -> BenchResult<u64> {
         let stats = self.get_json("/kifs/_emulator/stats").await?;

@@ -22,9 +22,20 @@ pub struct Outcome {
     pub requests: Requests,
 }
 
+/// When a run is over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The daemon's ledger holds every file (its status, polled).
+    Ledger,
+    /// The KiFS emulator stored every file (polled cheaply; for many files, where polling
+    /// the daemon's status would cost it noticeable CPU). The ledger is checked after.
+    KifsStored,
+}
+
 /// One daemon run over one watched folder: start it on an empty folder, move `items` in
 /// (renames: they appear whole, with old mtimes), wait until `expected` files are uploaded,
 /// stop it, and move the items back where they were.
+#[allow(clippy::too_many_arguments)]
 async fn daemon_run(
     ctx: &Ctx,
     emulator: &Emulator,
@@ -32,6 +43,7 @@ async fn daemon_run(
     remote: Remote,
     items: &[PathBuf],
     expected: u64,
+    until: Until,
     tweak: impl FnOnce(&mut DaemonConfig),
 ) -> BenchResult<Outcome> {
     let dir = ctx.fresh_dir(name)?;
@@ -46,6 +58,11 @@ async fn daemon_run(
     tweak(&mut config);
     let daemon = Daemon::start(ctx, &dir, &config).await?;
     let before = emulator.requests().await?;
+    let stored_before = if until == Until::KifsStored {
+        emulator.kifs_files_stored().await?
+    } else {
+        0
+    };
     let moved: Vec<(PathBuf, PathBuf)> = items
         .iter()
         .map(|item| {
@@ -61,15 +78,25 @@ async fn daemon_run(
             break;
         }
     }
-    let poll = if expected > 100 {
-        Duration::from_millis(50)
-    } else {
-        Duration::from_millis(5)
-    };
-    if result.is_ok() {
+    if result.is_ok() && until == Until::KifsStored {
+        result = wait_stored(emulator, stored_before + expected).await;
+    }
+    if let Ok(done_at) = result {
+        let poll = if expected > 100 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(5)
+        };
         result = daemon
             .wait_done(expected, poll, Duration::from_secs(1800))
-            .await;
+            .await
+            .map(|ledger_at| {
+                if until == Until::KifsStored {
+                    done_at
+                } else {
+                    ledger_at
+                }
+            });
     }
     let peak_rss = daemon.peak_rss();
     let requests = emulator.requests().await.map(|after| after - before);
@@ -87,6 +114,23 @@ async fn daemon_run(
         flushes: flushes_in_log(&log),
         requests: requests?,
     })
+}
+
+/// Polls the KiFS emulator until it has stored `total` files; returns when it saw that.
+async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let stored = emulator.kifs_files_stored().await?;
+        if stored >= total {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the emulator stored {stored} of {total} files in 30 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The request bodies of a whole multipart upload (init, parts, complete), encoded once into
@@ -232,6 +276,7 @@ pub async fn kifs_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResult<
                 },
                 &[source.to_path_buf()],
                 1,
+                Until::Ledger,
                 |c| c.kifs_json = enc == KifsEncoding::Json,
             )
             .await?;
@@ -295,6 +340,7 @@ pub async fn redivis_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResu
             Remote::Redivis,
             &[source.to_path_buf()],
             1,
+            Until::Ledger,
             |_| {},
         )
         .await?;
@@ -368,6 +414,7 @@ pub async fn memory(
                 remote.clone(),
                 items,
                 expected,
+                Until::Ledger,
                 |_| {},
             )
             .await?;
@@ -437,8 +484,9 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             Remote::Kifs {
                 directory: "ingest".into(),
             },
-            &[single.clone()],
+            std::slice::from_ref(&single),
             1,
+            Until::KifsStored,
             |_| {},
         )
         .await?;
@@ -450,8 +498,9 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             Remote::Kifs {
                 directory: "ingest".into(),
             },
-            &[small.clone()],
+            std::slice::from_ref(&small),
             count,
+            Until::KifsStored,
             |_| {},
         )
         .await?;
@@ -515,8 +564,9 @@ pub async fn redivis_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         &emulator,
         "redivis-small-run",
         Remote::Redivis,
-        &[small.clone()],
+        std::slice::from_ref(&small),
         count,
+        Until::Ledger,
         |_| {},
     )
     .await;
@@ -558,7 +608,7 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         let first = Daemon::start(ctx, &dir, &config).await?;
         let started = Instant::now();
         first
-            .wait_done(count, Duration::from_millis(200), Duration::from_secs(3600))
+            .wait_done(count, Duration::from_secs(2), Duration::from_secs(3600))
             .await?;
         let populate = started.elapsed();
         first.terminate().await?;
@@ -654,6 +704,10 @@ pub async fn latency(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         let data = vec![b'x'; 1024];
         let mut failure = None;
         for i in 0..sizes.latency_files {
+            // Files written right after the previous arrival would line up with the
+            // watcher's ticks; real files come at any time.
+            let pause = rand::random_range(0..250);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
             let name = format!("lat-{i:04}.bin");
             let path = inbox.join(&name);
             if let Err(e) = std::fs::write(&path, &data) {
@@ -717,7 +771,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn size_label(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", mib(bytes))
