@@ -67,7 +67,8 @@ impl Sizes {
             large: 1 << 30,
             memory_file: 1 << 30,
             small_files: 10_000,
-            redivis_files: 1_000,
+            // Redivis paces itself to its rate limit (~100 API requests per 100 s).
+            redivis_files: 100,
             restart_files: 100_000,
             latency_files: 100,
         }
@@ -79,7 +80,7 @@ impl Sizes {
             large: 72 << 20,
             memory_file: 16 << 20,
             small_files: 300,
-            redivis_files: 30,
+            redivis_files: 8,
             restart_files: 1_000,
             latency_files: 5,
         }
@@ -268,7 +269,16 @@ async fn run(args: Args) -> BenchResult<bool> {
 
 fn collect(rows: &mut Vec<Row>, what: &str, result: BenchResult<Vec<Row>>) {
     match result {
-        Ok(new) => rows.extend(new),
+        Ok(new) => {
+            // Shown as soon as measured, so an interrupted run still tells something.
+            for row in &new {
+                eprintln!(
+                    "  => {}: {} | {} | {}",
+                    row.figure, row.upsync, row.baseline, row.ratio
+                );
+            }
+            rows.extend(new)
+        }
         Err(e) => {
             eprintln!("  {what} failed: {e}");
             rows.push(Row::error(what.to_string(), &e));
