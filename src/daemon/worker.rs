@@ -16,7 +16,7 @@ use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Job, Store, to_ms};
+use crate::queue::{Completed, Job, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::{Backend, LiveProgress, UploadError, UploadJob, Uploaded};
 
@@ -92,51 +92,193 @@ impl Worker {
         }
     }
 
+    /// Uploads a claimed job, together with more small ones when its backend batches them.
     async fn process(&self, job: Job) {
+        let batch = self.claim_batch_with(&job);
+        if batch.is_empty() {
+            self.process_one(job).await;
+        } else {
+            let mut jobs = Vec::with_capacity(batch.len() + 1);
+            jobs.push(job);
+            jobs.extend(batch);
+            self.process_batch(jobs).await;
+        }
+    }
+
+    /// More due jobs to send in one request with `first`, when `first` is small and its
+    /// backend sends small files several to a request: files for the same backend, within
+    /// the backend's limits, claimed in one transaction.
+    fn claim_batch_with(&self, first: &Job) -> Vec<Job> {
+        let backend_of = |job: &Job| {
+            self.config
+                .folder_for(&job.key.folder)
+                .and_then(|folder| self.backends.for_target(&folder.target))
+        };
+        let Some(backend) = backend_of(first) else {
+            return Vec::new();
+        };
+        let Some(limits) = backend.batch_limits() else {
+            return Vec::new();
+        };
+        if first.fingerprint.size > limits.max_file_size || limits.max_files < 2 {
+            return Vec::new();
+        }
+        let mut bytes = first.fingerprint.size;
+        let claimed = self
+            .store
+            .claim_more(SystemTime::now(), limits.max_files - 1, |job| {
+                let size = job.fingerprint.size;
+                let fits = size <= limits.max_file_size
+                    && bytes + size <= limits.max_bytes
+                    && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
+                if fits {
+                    bytes += size;
+                }
+                fits
+            });
+        match claimed {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot claim a batch of jobs from the state database");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn process_one(&self, job: Job) {
+        let Some(mut prepared) = self.prepare(&job) else {
+            return;
+        };
+        let started = Instant::now();
+        let outcome = prepared.backend.upload(&mut prepared.upload).await;
+        self.live.in_flight.remove(job.id);
+        self.settle_outcome(
+            &job,
+            &prepared.display,
+            prepared.backend_name,
+            prepared.upload.fingerprint,
+            started,
+            outcome,
+        );
+    }
+
+    /// Uploads several jobs in one backend call and records all that succeeded in one
+    /// state-database transaction (one flush for the batch).
+    async fn process_batch(&self, jobs: Vec<Job>) {
+        let mut ready: Vec<(Job, Prepared)> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Some(prepared) = self.prepare(&job) {
+                ready.push((job, prepared));
+            }
+        }
+        let Some(backend) = ready.first().map(|(_, p)| Arc::clone(&p.backend)) else {
+            return;
+        };
+        let started = Instant::now();
+        let backend_label = ready[0].1.backend_name;
+        let (jobs, prepared): (Vec<Job>, Vec<Prepared>) = ready.into_iter().unzip();
+        let (displays, mut uploads): (Vec<String>, Vec<UploadJob>) =
+            prepared.into_iter().map(|p| (p.display, p.upload)).unzip();
+        let outcomes = backend.upload_batch(&mut uploads).await;
+        let mut completed = Vec::new();
+        for (((job, display), upload), outcome) in
+            jobs.iter().zip(&displays).zip(&uploads).zip(outcomes)
+        {
+            self.live.in_flight.remove(job.id);
+            match outcome {
+                Ok(uploaded) => {
+                    self.count_success(
+                        job,
+                        display,
+                        backend_label,
+                        upload.fingerprint.size,
+                        started,
+                        &uploaded.remote,
+                    );
+                    completed.push((
+                        job,
+                        display,
+                        Completed {
+                            id: job.id,
+                            fingerprint: upload.fingerprint,
+                            remote: uploaded.remote,
+                            md5: uploaded.md5,
+                        },
+                    ));
+                }
+                Err(err) => self.settle_outcome(
+                    job,
+                    display,
+                    backend_label,
+                    upload.fingerprint,
+                    started,
+                    Err(err),
+                ),
+            }
+        }
+        if completed.is_empty() {
+            return;
+        }
+        let entries: Vec<Completed> = completed.iter().map(|(_, _, c)| c.clone()).collect();
+        match self.store.complete_many(&entries) {
+            Ok(done) => {
+                for ((job, display, _), done) in completed.iter().zip(done) {
+                    self.after_complete(job, display, Ok(done));
+                }
+            }
+            Err(err) => {
+                tracing::error!(jobs = entries.len(), error = %err, "cannot record a batch of uploads in the state database");
+            }
+        }
+    }
+
+    /// The checks before an upload (folder, file, ledger, settle); `None` when the job was
+    /// settled here without uploading. Registers the upload as in flight.
+    fn prepare(&self, job: &Job) -> Option<Prepared> {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             self.record(
-                &job,
+                job,
                 self.store
                     .fail(job.id, "its folder is no longer in the configuration"),
             );
             self.metrics
                 .failed(&job.key.folder, "none", FailureClass::Config, false);
-            return;
+            return None;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
         let fingerprint = match Fingerprint::read(&path) {
             Ok(fp) => fp,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(path = %path.display(), "file vanished before its upload; dropping the job");
-                self.record(&job, self.store.drop_job(job.id));
-                return;
+                self.record(job, self.store.drop_job(job.id));
+                return None;
             }
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
                 tracing::error!(path = %path.display(), reason = %reason, "upload failed");
-                self.record(&job, self.store.fail(job.id, &reason));
+                self.record(job, self.store.fail(job.id, &reason));
                 self.metrics.failed(
                     &job.key.folder,
                     backend_name(&folder.target),
                     FailureClass::Unreadable,
                     false,
                 );
-                return;
+                return None;
             }
         };
         if matches!(self.store.is_uploaded(&job.key, &fingerprint), Ok(true)) {
             // This exact version is already on the remote (e.g. reverted to an uploaded state).
-            self.record(&job, self.store.drop_job(job.id));
-            return;
+            self.record(job, self.store.drop_job(job.id));
+            return None;
         }
         if fingerprint != job.fingerprint && !settled_by_mtime(&fingerprint, folder) {
             // Still being written: the watcher offers the new version once it settles.
             let at = SystemTime::now() + folder.settle;
             self.record(
-                &job,
+                job,
                 self.store.retry_later(job.id, at, "file is still changing"),
             );
-            return;
+            return None;
         }
         if fingerprint != job.fingerprint {
             // Record the version we are about to send, so completing it does not requeue.
@@ -146,14 +288,14 @@ impl Worker {
         }
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
-            self.record(&job, self.store.fail(job.id, reason));
+            self.record(job, self.store.fail(job.id, reason));
             self.metrics.failed(
                 &job.key.folder,
                 backend_name(&folder.target),
                 FailureClass::Config,
                 false,
             );
-            return;
+            return None;
         };
         let previous = self.store.ledger_get(&job.key).ok().flatten();
         let live = Arc::new(LiveProgress::default());
@@ -169,7 +311,7 @@ impl Worker {
                 resumed,
             },
         );
-        let mut upload = UploadJob::new(
+        let upload = UploadJob::new(
             job.id,
             path,
             job.key.rel.clone(),
@@ -181,11 +323,12 @@ impl Worker {
             live,
             self.interrupt.clone(),
         );
-        let started = Instant::now();
-        let outcome = backend.upload(&mut upload).await;
-        self.live.in_flight.remove(job.id);
-        let backend = backend_name(&folder.target);
-        self.settle_outcome(&job, &display, backend, fingerprint, started, outcome);
+        Some(Prepared {
+            upload,
+            backend,
+            backend_name: backend_name(&folder.target),
+            display,
+        })
     }
 
     fn settle_outcome(
@@ -199,22 +342,13 @@ impl Worker {
     ) {
         match outcome {
             Ok(uploaded) => {
-                let elapsed = started.elapsed();
-                let rate = fingerprint.size as f64 / elapsed.as_secs_f64().max(1e-6);
-                tracing::info!(
+                self.count_success(
+                    job,
                     path,
-                    bytes = fingerprint.size,
-                    duration_ms = elapsed.as_millis() as u64,
-                    rate = %format!("{}/s", bytesize::ByteSize(rate as u64)),
-                    remote = %uploaded.remote,
-                    "uploaded"
-                );
-                self.metrics
-                    .uploaded(&job.key.folder, backend, fingerprint.size, elapsed);
-                self.live.activity.record_success(
-                    &job.key.folder,
-                    to_ms(SystemTime::now()),
+                    backend,
                     fingerprint.size,
+                    started,
+                    &uploaded.remote,
                 );
                 let recorded = self.store.complete(
                     job.id,
@@ -222,14 +356,7 @@ impl Worker {
                     &uploaded.remote,
                     uploaded.md5.as_deref(),
                 );
-                if let Ok(false) = recorded {
-                    tracing::info!(
-                        path,
-                        "file changed during its upload; uploading the new version"
-                    );
-                    self.wake.notify_one();
-                }
-                self.record(job, recorded.map(|_| ()));
+                self.after_complete(job, path, recorded);
             }
             Err(UploadError::Vanished(_)) => {
                 tracing::info!(path, "file vanished during its upload; dropping the job");
@@ -294,11 +421,68 @@ impl Worker {
         }
     }
 
+    /// The log line, metrics and status figures of one uploaded file.
+    fn count_success(
+        &self,
+        job: &Job,
+        path: &str,
+        backend: &str,
+        bytes: u64,
+        started: Instant,
+        remote: &str,
+    ) {
+        let elapsed = started.elapsed();
+        log_uploaded(path, bytes, elapsed, remote);
+        self.metrics
+            .uploaded(&job.key.folder, backend, bytes, elapsed);
+        self.live
+            .activity
+            .record_success(&job.key.folder, to_ms(SystemTime::now()), bytes);
+    }
+
+    fn after_complete(
+        &self,
+        job: &Job,
+        path: &str,
+        recorded: Result<bool, crate::queue::StoreError>,
+    ) {
+        if let Ok(false) = recorded {
+            tracing::info!(
+                path,
+                "file changed during its upload; uploading the new version"
+            );
+            self.wake.notify_one();
+        }
+        self.record(job, recorded.map(|_| ()));
+    }
+
     fn record(&self, job: &Job, result: Result<(), crate::queue::StoreError>) {
         if let Err(err) = result {
             tracing::error!(job = job.id.0, error = %err, "cannot record a job's outcome in the state database");
         }
     }
+}
+
+/// A claimed job ready to upload.
+struct Prepared {
+    upload: UploadJob,
+    backend: Arc<Backend>,
+    /// The backend's label in metrics and status.
+    backend_name: &'static str,
+    /// The local path, for logs and the status report.
+    display: String,
+}
+
+fn log_uploaded(path: &str, bytes: u64, elapsed: Duration, remote: &str) {
+    let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
+    tracing::info!(
+        path,
+        bytes,
+        duration_ms = elapsed.as_millis() as u64,
+        rate = %format!("{}/s", bytesize::ByteSize(rate as u64)),
+        remote = %remote,
+        "uploaded"
+    );
 }
 
 /// A version whose mtime is older than the settle time is complete even if the watcher has

@@ -54,6 +54,16 @@ pub struct LedgerEntry {
     pub uploaded_at_ms: u64,
 }
 
+/// One finished upload, for [`crate::queue::Store::complete_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub id: JobId,
+    /// The version that reached the remote.
+    pub fingerprint: Fingerprint,
+    pub remote: String,
+    pub md5: Option<String>,
+}
+
 /// The outcome of offering a settled file to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offer {

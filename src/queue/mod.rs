@@ -92,6 +92,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sled::Transactional;
@@ -101,7 +102,9 @@ use sled::transaction::{
 };
 
 pub use error::StoreError;
-pub use job::{FileKey, FolderCounts, Job, JobId, JobState, LedgerEntry, Offer, RetrySelection};
+pub use job::{
+    Completed, FileKey, FolderCounts, Job, JobId, JobState, LedgerEntry, Offer, RetrySelection,
+};
 
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
@@ -142,6 +145,8 @@ struct Inner {
     db: sled::Db,
     trees: Trees,
     state_dir: PathBuf,
+    /// fsyncs of the database so far (`Store::flushes`), a cost the benchmark reports.
+    flushes: AtomicU64,
     _lock: StateLock,
 }
 
@@ -154,6 +159,8 @@ impl Drop for Inner {
                 "could not flush the state database on close"
             );
         }
+        let flushes = self.flushes.load(Ordering::Relaxed) + 1;
+        tracing::info!(flushes, "state database closed");
     }
 }
 
@@ -377,6 +384,7 @@ impl Store {
                 db,
                 trees,
                 state_dir: state_dir.to_path_buf(),
+                flushes: AtomicU64::new(0),
                 _lock: lock,
             }),
         };
@@ -537,6 +545,64 @@ impl Store {
         Ok(None)
     }
 
+    /// Claims, in one transaction, more jobs due at or before `now` for a batch: up to
+    /// `max` of them, in due order, each one `accept` agrees to (it sees candidates in order
+    /// and may keep running totals). Jobs another worker took meanwhile are skipped.
+    pub fn claim_more(
+        &self,
+        now: SystemTime,
+        max: usize,
+        mut accept: impl FnMut(&Job) -> bool,
+    ) -> Result<Vec<Job>, StoreError> {
+        let now = to_ms(now);
+        let mut candidates = Vec::new();
+        for entry in self.inner.trees.due.iter() {
+            if candidates.len() >= max {
+                break;
+            }
+            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+            let Some((due, id)) = decode_due_key(&raw) else {
+                continue;
+            };
+            if due > now {
+                break;
+            }
+            let Some(job) = self.get(id)? else {
+                continue;
+            };
+            if job.due_ms() == Some(due) && accept(&job) {
+                candidates.push((raw, id, due));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.transact(|tx| {
+            let mut claimed = Vec::with_capacity(candidates.len());
+            for (raw, id, due) in &candidates {
+                if tx.due.remove(raw)?.is_none() {
+                    continue;
+                }
+                let Some(job) = tx.job(*id)? else {
+                    continue;
+                };
+                if job.due_ms() != Some(*due) {
+                    continue;
+                }
+                let active = Job {
+                    state: JobState::Active,
+                    updated_at_ms: now,
+                    ..job.clone()
+                };
+                tx.put_job(Some(&job), &active)?;
+                tx.claimed
+                    .insert(&job_key(*id), encode(&active.fingerprint))?;
+                claimed.push(active);
+            }
+            Ok(claimed)
+        })
+    }
+
     /// When the earliest queued or retry-wait job becomes claimable.
     pub fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
         for entry in self.inner.trees.due.iter() {
@@ -614,28 +680,44 @@ impl Store {
         entry_remote: &str,
         md5: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let done = self.complete_many(&[Completed {
+            id,
+            fingerprint: *uploaded,
+            remote: entry_remote.to_owned(),
+            md5: md5.map(str::to_owned),
+        }])?;
+        Ok(done[0])
+    }
+
+    /// [`Store::complete`] for several jobs in one transaction and one flush (group commit
+    /// for a batch uploaded in one request). Returns, per job, whether it ended.
+    pub fn complete_many(&self, completed: &[Completed]) -> Result<Vec<bool>, StoreError> {
         let now = now_ms();
         let done = self.transact(|tx| {
-            let job = tx.require_job(id)?;
-            let raw_key = match valid_key(&job.key) {
-                Ok(raw) => raw,
-                Err(err) => return abort(err),
-            };
-            let entry = LedgerEntry {
-                fingerprint: *uploaded,
-                remote: entry_remote.to_owned(),
-                md5: md5.map(str::to_owned),
-                uploaded_at_ms: now,
-            };
-            tx.ledger.insert(raw_key, encode(&entry))?;
-            tx.clear_progress(id)?;
-            if job.fingerprint == *uploaded {
-                tx.remove_job(&job)?;
-                Ok(true)
-            } else {
-                tx.put_job(Some(&job), &queued_afresh(&job, now))?;
-                Ok(false)
+            let mut done = Vec::with_capacity(completed.len());
+            for c in completed {
+                let job = tx.require_job(c.id)?;
+                let raw_key = match valid_key(&job.key) {
+                    Ok(raw) => raw,
+                    Err(err) => return abort(err),
+                };
+                let entry = LedgerEntry {
+                    fingerprint: c.fingerprint,
+                    remote: c.remote.clone(),
+                    md5: c.md5.clone(),
+                    uploaded_at_ms: now,
+                };
+                tx.ledger.insert(raw_key, encode(&entry))?;
+                tx.clear_progress(c.id)?;
+                if job.fingerprint == c.fingerprint {
+                    tx.remove_job(&job)?;
+                    done.push(true);
+                } else {
+                    tx.put_job(Some(&job), &queued_afresh(&job, now))?;
+                    done.push(false);
+                }
             }
+            Ok(done)
         })?;
         self.flush()?;
         Ok(done)
@@ -929,8 +1011,14 @@ impl Store {
         Ok(last)
     }
 
+    /// How many times this process made the database durable (fsync) so far.
+    pub fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner
             .db
             .flush()

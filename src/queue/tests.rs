@@ -1088,3 +1088,99 @@ fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
     drop(db);
     releaser.join().unwrap();
 }
+
+#[test]
+fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 1..=10 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due");
+    // Accept only even sizes, and at most 12 bytes in all: 2 + 4 + 6, then 8 is too much.
+    let mut bytes = 0;
+    let batch = store
+        .claim_more(SystemTime::now(), 100, |job| {
+            let size = job.fingerprint.size;
+            let fits = size % 2 == 0 && bytes + size <= 12;
+            if fits {
+                bytes += size;
+            }
+            fits
+        })
+        .expect("claim_more works");
+    let sizes: Vec<u64> = batch.iter().map(|j| j.fingerprint.size).collect();
+    assert_eq!(sizes, vec![2, 4, 6]);
+    assert!(batch.iter().all(|j| j.state == JobState::Active));
+    assert!(batch.iter().all(|j| j.id != first.id));
+    let capped = store
+        .claim_more(SystemTime::now(), 2, |_| true)
+        .expect("claim_more works");
+    assert_eq!(capped.len(), 2, "at most `max` jobs");
+    assert!(
+        store
+            .claim_more(far_future(), 100, |job| job.id == first.id)
+            .expect("claim_more works")
+            .is_empty(),
+        "an active job is not claimable again"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 1..=3 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    let mut claimed = Vec::new();
+    while let Some(job) = store.claim(SystemTime::now()).expect("claim works") {
+        claimed.push(job);
+    }
+    // f3 gets a new version while its upload of the old one is in flight.
+    store.offer(&key("f3"), &fp(33)).expect("offer");
+    let flushes = store.flushes();
+    let completed: Vec<Completed> = claimed
+        .iter()
+        .map(|job| Completed {
+            id: job.id,
+            fingerprint: job.fingerprint,
+            remote: format!("dir/{}", job.key.rel),
+            md5: None,
+        })
+        .collect();
+    let done = store
+        .complete_many(&completed)
+        .expect("complete_many works");
+    assert_eq!(
+        store.flushes(),
+        flushes + 1,
+        "one flush for the whole batch"
+    );
+    let by_rel: std::collections::HashMap<_, _> = claimed
+        .iter()
+        .zip(&done)
+        .map(|(job, done)| (job.key.rel.clone(), *done))
+        .collect();
+    assert!(by_rel["f1"] && by_rel["f2"], "f1 and f2 ended: {by_rel:?}");
+    assert!(!by_rel["f3"], "f3 moved on and is queued again");
+    for n in 1..=3 {
+        let entry = store
+            .ledger_get(&key(&format!("f{n}")))
+            .expect("ledger reads")
+            .expect("every upload is in the ledger");
+        assert_eq!(entry.fingerprint, fp(n));
+        assert_eq!(entry.remote, format!("dir/f{n}"));
+    }
+    let remaining = store.jobs().expect("jobs read");
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].fingerprint, fp(33));
+    assert_eq!(remaining[0].state, JobState::Queued);
+    let reopened = reopen(store);
+    assert!(reopened.is_uploaded(&key("f1"), &fp(1)).expect("reads"));
+    assert_invariants(&reopened);
+}

@@ -206,6 +206,16 @@ impl UploadJob {
     }
 }
 
+/// How many files a backend sends in one request ([`Backend::upload_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_files: usize,
+    /// Total data bytes of one batch.
+    pub max_bytes: u64,
+    /// Larger files always go alone.
+    pub max_file_size: u64,
+}
+
 /// A configured remote service.
 pub enum Backend {
     Kifs(kifs::KifsBackend),
@@ -227,6 +237,29 @@ impl Backend {
         match self {
             Backend::Kifs(backend) => backend.upload(job).await,
             Backend::Redivis(backend) => backend.upload(job).await,
+        }
+    }
+
+    /// Whether (and how far) this backend sends several small files in one request.
+    pub fn batch_limits(&self) -> Option<BatchLimits> {
+        match self {
+            Backend::Kifs(_) => Some(kifs::BATCH_LIMITS),
+            Backend::Redivis(_) => None,
+        }
+    }
+
+    /// Uploads several files, one outcome per job in order; backends without batching
+    /// upload them one after the other.
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+        match self {
+            Backend::Kifs(backend) => backend.upload_batch(jobs).await,
+            Backend::Redivis(backend) => {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    outcomes.push(backend.upload(job).await);
+                }
+                outcomes
+            }
         }
     }
 }

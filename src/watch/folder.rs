@@ -54,7 +54,9 @@ impl Options {
             rescan_interval,
             fallback_interval: rescan_interval.map_or(fallback, |r| r.min(fallback)),
             missing_poll: Duration::from_secs(2),
-            tick: (settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(250)),
+            // A settled file waits for the next tick: a short tick keeps that wait small
+            // next to the settle time, and a tick with nothing due costs a stat.
+            tick: (settle / 20).clamp(Duration::from_millis(10), Duration::from_millis(50)),
             event_capacity: 4096,
         }
     }

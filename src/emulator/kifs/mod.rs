@@ -201,11 +201,13 @@ const MULTIPART_OPERATIONS: [&str; 6] = [
 
 /// Request counters, served as JSON by `GET /_emulator/stats`:
 /// `{"requests":{"/upload/files":N,...},"multipart_operations":{"none":N,"init":N,...},
-/// "replies":{"ok":N,"error":N,"unauthorized":N}}`.
+/// "replies":{"ok":N,"error":N,"unauthorized":N},"files_stored":N}`; `files_stored` counts
+/// files written by successful whole-file uploads and multipart completes.
 #[derive(Debug, Default)]
 pub struct KifsStats {
     requests: [AtomicU64; ENDPOINTS.len()],
     multipart: [AtomicU64; MULTIPART_OPERATIONS.len()],
+    files_stored: AtomicU64,
     ok: AtomicU64,
     errors: AtomicU64,
     unauthorized: AtomicU64,
@@ -249,6 +251,7 @@ impl KifsStats {
                 "error": load(&self.errors),
                 "unauthorized": load(&self.unauthorized),
             },
+            "files_stored": load(&self.files_stored),
         })
     }
 }
@@ -488,11 +491,20 @@ async fn dispatch(
             if operation == "upload_part" && !app.part_delay.is_zero() {
                 tokio::time::sleep(app.part_delay).await;
             }
+            let stored = match operation {
+                "none" => request.file_names.len() as u64,
+                "complete" => 1,
+                _ => 0,
+            };
             let store = app.store.clone();
-            blocking(move || {
+            let reply = blocking(move || {
                 handlers::upload_files(&store, enc, &user, request).map(|r| Wrapper::ok(enc, &r))
             })
-            .await
+            .await;
+            if reply.is_ok() {
+                app.stats.files_stored.fetch_add(stored, Ordering::Relaxed);
+            }
+            reply
         }
         "/show/files" => {
             serve(app, enc, body, move |s, r: ShowFilesRequest| {

@@ -22,6 +22,7 @@
 
 pub mod wire;
 
+mod body;
 mod classify;
 mod names;
 
@@ -38,17 +39,26 @@ use crate::fingerprint::Fingerprint;
 
 use super::backoff::{Backoff, retry_after};
 use super::chunk::FileReader;
-use super::{Disposition, UploadError, UploadJob, Uploaded};
+use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
+use body::{Source, StreamedRequest};
 use classify::{classify_error_message, classify_status};
 pub use names::{MAX_NAME_LEN, validate_name};
 use wire::{
     CreateDirectoryRequest, CreateDirectoryResponse, Record, ShowDirectoriesRequest,
-    ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse, UploadFilesRequest,
-    UploadFilesResponse, Wrapper, WrapperError,
+    ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse, UploadFilesResponse, Wrapper,
+    WrapperError,
 };
 
 /// Largest whole-file upload and the multipart part size (every official client's 60 MiB).
 pub const WHOLE_FILE_LIMIT: u64 = 62_914_560;
+/// Small files go several to a whole-file request (`protocols/kifs.md` §5.2: several files
+/// per request, at most 60 MiB in all, as the Java client batches): one request and one
+/// state-database flush for up to 1000 files instead of one each.
+pub const BATCH_LIMITS: BatchLimits = BatchLimits {
+    max_files: 1000,
+    max_bytes: WHOLE_FILE_LIMIT,
+    max_file_size: 4 << 20,
+};
 /// Attempts for an idempotent request before the job goes back to the queue.
 const REQUEST_ATTEMPTS: u32 = 5;
 
@@ -181,12 +191,8 @@ impl KifsBackend {
     }
 
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
-        let Target::KifsDirectory { directory, .. } = &job.target else {
-            return Err(UploadError::permanent("not a KiFS target"));
-        };
-        let target = format!("{directory}/{}", job.rel);
-        validate_name(&target).map_err(UploadError::permanent)?;
-        let reader = FileReader::open(&job.path, &job.fingerprint)?;
+        let target = target_name(job)?;
+        let reader = Arc::new(FileReader::open(&job.path, &job.fingerprint)?);
         job.live.set(0, reader.size);
         if reader.size <= self.part_size {
             self.upload_whole(job, &reader, &target).await?;
@@ -218,27 +224,148 @@ impl KifsBackend {
         })
     }
 
+    /// Uploads whole files (each at most [`BATCH_LIMITS`]`.max_file_size`) in one
+    /// request, all or nothing on the server. Per file: a bad name fails alone before
+    /// anything is sent; a file that changed or vanished leaves the batch and the rest goes
+    /// again at once; transient failures are retried with backoff for the whole batch. When
+    /// the server refuses the batch for good, each file is sent alone, so that only the file
+    /// at fault fails.
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+        let mut outcomes: Vec<Option<Result<Uploaded, UploadError>>> =
+            jobs.iter().map(|_| None).collect();
+        let mut targets = Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+            match target_name(job) {
+                Ok(target) => targets.push(target),
+                Err(err) => {
+                    targets.push(String::new());
+                    *outcome = Some(Err(err));
+                }
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let mut live = Vec::new();
+            for (index, job) in jobs.iter().enumerate() {
+                if outcomes[index].is_some() {
+                    continue;
+                }
+                match job.check_unchanged() {
+                    Ok(()) => live.push(index),
+                    Err(err) => outcomes[index] = Some(Err(err)),
+                }
+            }
+            let Some(&first) = live.first() else {
+                break;
+            };
+            if jobs[first].is_shutting_down() {
+                for &index in &live {
+                    outcomes[index] = Some(Err(UploadError::Shutdown));
+                }
+                break;
+            }
+            let names: Vec<String> = live.iter().map(|&i| targets[i].clone()).collect();
+            let sources = live
+                .iter()
+                .map(|&i| Source::lazy(jobs[i].path.clone(), jobs[i].fingerprint))
+                .collect();
+            let request =
+                StreamedRequest::new(self.encoding, &names, sources, &self.data_options());
+            let sent: Result<UploadFilesResponse, UploadError> = self
+                .send("/upload/files", request.body(), request.len())
+                .await;
+            let err = match sent {
+                Ok(_) => {
+                    for &index in &live {
+                        let job = &jobs[index];
+                        outcomes[index] = Some(job.check_unchanged().map(|()| {
+                            job.live.set(job.fingerprint.size, job.fingerprint.size);
+                            Uploaded {
+                                remote: targets[index].clone(),
+                                md5: None,
+                            }
+                        }));
+                    }
+                    break;
+                }
+                Err(err) => err,
+            };
+            if let Some((position, local)) = request.failure() {
+                outcomes[live[position]] = Some(Err(local));
+                continue;
+            }
+            match err {
+                UploadError::Remote {
+                    disposition: Disposition::Retry { after },
+                    message,
+                } if backoff.attempt() + 1 < REQUEST_ATTEMPTS => {
+                    let sleep = backoff.next_delay(after, &mut rand::rng());
+                    tracing::warn!(
+                        files = live.len(),
+                        attempt = backoff.attempt(),
+                        max_attempts = REQUEST_ATTEMPTS,
+                        sleep_ms = sleep.as_millis() as u64,
+                        reason = %message,
+                        "retrying a KiFS batch upload"
+                    );
+                    tokio::time::sleep(sleep).await;
+                }
+                UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    message,
+                } if live.len() > 1 => {
+                    tracing::info!(files = live.len(), reason = %message, "KiFS refused a batch; sending its files one by one");
+                    for &index in &live {
+                        outcomes[index] = Some(self.upload(&mut jobs[index]).await);
+                    }
+                    break;
+                }
+                err => {
+                    for &index in &live {
+                        outcomes[index] = Some(Err(replicate(&err)));
+                    }
+                    break;
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every job of a batch gets an outcome"))
+            .collect()
+    }
+
     async fn upload_whole(
         &self,
         job: &UploadJob,
-        reader: &FileReader,
+        reader: &Arc<FileReader>,
         target: &str,
     ) -> Result<(), UploadError> {
-        let data = reader.read_at(0, reader.size as usize).await?;
         job.check_unchanged()?;
-        let request = UploadFilesRequest {
-            file_names: vec![target.to_string()],
-            file_data: vec![data],
-            options: self.data_options(),
-        };
-        let _: UploadFilesResponse = self.call_with_retries("/upload/files", &request).await?;
+        let source = Source::opened(
+            Arc::clone(reader),
+            job.path.clone(),
+            job.fingerprint,
+            0,
+            reader.size,
+        );
+        let request = StreamedRequest::new(
+            self.encoding,
+            &[target.to_string()],
+            vec![source],
+            &self.data_options(),
+        );
+        let _: UploadFilesResponse = self
+            .with_retries("/upload/files", || {
+                self.call_streamed("/upload/files", &request)
+            })
+            .await?;
         job.check_unchanged()
     }
 
     async fn upload_multipart(
         &self,
         job: &mut UploadJob,
-        reader: &FileReader,
+        reader: &Arc<FileReader>,
         target: &str,
     ) -> Result<(), UploadError> {
         let parts = reader.size.div_ceil(self.part_size);
@@ -274,7 +401,13 @@ impl KifsBackend {
             let offset = (part - 1) * self.part_size;
             let len = self.part_size.min(reader.size - offset) as usize;
             job.check_unchanged()?;
-            let data = reader.read_at(offset, len).await?;
+            let data = Source::opened(
+                Arc::clone(reader),
+                job.path.clone(),
+                job.fingerprint,
+                offset,
+                len as u64,
+            );
             self.multipart_step(target, &state.uuid, "upload_part", Some(part), Some(data))
                 .await?;
             job.check_unchanged()?;
@@ -347,7 +480,7 @@ impl KifsBackend {
         uuid: &str,
         operation: &str,
         part: Option<u64>,
-        data: Option<Bytes>,
+        data: Option<Source>,
     ) -> Result<(), UploadError> {
         let mut options = self.data_options();
         options.insert("multipart_operation".into(), operation.into());
@@ -355,12 +488,13 @@ impl KifsBackend {
         if let Some(part) = part {
             options.insert("multipart_upload_part_number".into(), part.to_string());
         }
-        let request = UploadFilesRequest {
-            file_names: vec![target.to_string()],
-            file_data: data.into_iter().collect(),
-            options,
-        };
-        let _: UploadFilesResponse = self.call("/upload/files", &request).await?;
+        let request = StreamedRequest::new(
+            self.encoding,
+            &[target.to_string()],
+            data.into_iter().collect(),
+            &options,
+        );
+        let _: UploadFilesResponse = self.call_streamed("/upload/files", &request).await?;
         Ok(())
     }
 
@@ -377,9 +511,23 @@ impl KifsBackend {
         endpoint: &str,
         request: &Req,
     ) -> Result<Resp, UploadError> {
+        self.with_retries(endpoint, || self.call(endpoint, request))
+            .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts are spent.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        mut attempt: F,
+    ) -> Result<T, UploadError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, UploadError>>,
+    {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
-            match self.call(endpoint, request).await {
+            match attempt().await {
                 Err(UploadError::Remote {
                     disposition: Disposition::Retry { after },
                     message,
@@ -400,7 +548,7 @@ impl KifsBackend {
         }
     }
 
-    /// Sends one request and decodes the wrapper; every failure is classified here.
+    /// Sends one request held in memory.
     async fn call<Req: Record, Resp: Record>(
         &self,
         endpoint: &str,
@@ -411,6 +559,30 @@ impl KifsBackend {
         let body = reqwest::Body::wrap_stream(futures::stream::iter(
             segments.into_iter().map(Ok::<Bytes, std::io::Error>),
         ));
+        self.send(endpoint, body, length as u64).await
+    }
+
+    /// Sends one request whose data streams from files; a local failure while reading them
+    /// (file changed, vanished, unreadable) is reported as such, not as a transport error.
+    async fn call_streamed<Resp: Record>(
+        &self,
+        endpoint: &str,
+        request: &StreamedRequest,
+    ) -> Result<Resp, UploadError> {
+        let sent = self.send(endpoint, request.body(), request.len()).await;
+        match request.failure() {
+            Some((_, local)) if sent.is_err() => Err(local),
+            _ => sent,
+        }
+    }
+
+    /// Sends one body and decodes the wrapper; every failure is classified here.
+    async fn send<Resp: Record>(
+        &self,
+        endpoint: &str,
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<Resp, UploadError> {
         let content_type = wire::content_type(self.encoding);
         let mut builder = self
             .http
@@ -471,6 +643,31 @@ impl KifsBackend {
     }
 }
 
+/// The KiFS name of a job's file: `<directory>/<relative path>`, checked locally.
+fn target_name(job: &UploadJob) -> Result<String, UploadError> {
+    let Target::KifsDirectory { directory, .. } = &job.target else {
+        return Err(UploadError::permanent("not a KiFS target"));
+    };
+    let target = format!("{directory}/{}", job.rel);
+    validate_name(&target).map_err(UploadError::permanent)?;
+    Ok(target)
+}
+
+/// The same failure for another file of a batch.
+fn replicate(err: &UploadError) -> UploadError {
+    match err {
+        UploadError::Remote {
+            disposition,
+            message,
+        } => UploadError::remote(*disposition, message.clone()),
+        UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
+        UploadError::Changed => UploadError::Changed,
+        UploadError::Unreadable(reason) => UploadError::Unreadable(reason.clone()),
+        UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
+        UploadError::Shutdown => UploadError::Shutdown,
+    }
+}
+
 enum Resume {
     Fresh,
     At(MultipartState),
@@ -526,5 +723,142 @@ pub(crate) fn describe_transport_error(err: &reqwest::Error) -> String {
         kind.to_string()
     } else {
         format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::emulator::{self, EmulatorOptions};
+    use crate::queue::{FileKey, Store};
+    use crate::upload::LiveProgress;
+
+    /// An emulator with KiFS directory `dir`, a backend for it, and a store of jobs.
+    async fn setup(
+        root: &Path,
+        encoding: KifsEncoding,
+    ) -> (emulator::RunningEmulator, KifsBackend, Store) {
+        let mut options = EmulatorOptions::with_data_dir(root.join("remote"));
+        options.kifs.kifs_directories = vec!["dir".into()];
+        let running = emulator::start("127.0.0.1:0", options)
+            .await
+            .expect("the emulator starts on a free port");
+        let backend = KifsBackend::new(&KifsConfig {
+            url: format!("http://{}/kifs", running.addr),
+            auth: KifsAuth::None,
+            encoding,
+        })
+        .expect("the backend builds");
+        let store = Store::open(&root.join("state")).expect("the store opens");
+        (running, backend, store)
+    }
+
+    /// A claimed job for `rel` under `root/inbox` holding `data`.
+    fn job(root: &Path, store: &Store, rel: &str, data: &[u8]) -> UploadJob {
+        let folder = root.join("inbox");
+        let path = folder.join(rel);
+        std::fs::create_dir_all(path.parent().expect("a file has a parent"))
+            .expect("the inbox can be created");
+        std::fs::write(&path, data).expect("the file can be written");
+        let fingerprint = Fingerprint::read(&path).expect("the file stats");
+        let key = FileKey::new(folder.to_string_lossy(), rel);
+        store.offer(&key, &fingerprint).expect("offer works");
+        let claimed = store
+            .claim(std::time::SystemTime::now())
+            .expect("claim works")
+            .expect("the offered job is due");
+        UploadJob::new(
+            claimed.id,
+            path,
+            rel.to_string(),
+            Target::KifsDirectory {
+                directory: "dir".into(),
+                create: false,
+            },
+            fingerprint,
+            false,
+            None,
+            store.clone(),
+            Arc::new(LiveProgress::default()),
+            CancellationToken::new(),
+        )
+    }
+
+    async fn upload_requests(running: &emulator::RunningEmulator) -> u64 {
+        let stats: serde_json::Value =
+            reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
+                .await
+                .expect("the stats answer")
+                .json()
+                .await
+                .expect("the stats are JSON");
+        stats["requests"]["/upload/files"]
+            .as_u64()
+            .expect("the upload counter is a number")
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_small_files_goes_in_one_request_in_both_encodings() {
+        for encoding in [KifsEncoding::Binary, KifsEncoding::Json] {
+            let tmp = tempfile::tempdir().expect("a temp dir can be created");
+            let root = tmp.path();
+            let (running, backend, store) = setup(root, encoding).await;
+            let contents: Vec<Vec<u8>> = (0..20u8)
+                .map(|i| (0..(i as usize * 997)).map(|b| (b as u8) ^ i).collect())
+                .collect();
+            let mut jobs: Vec<UploadJob> = contents
+                .iter()
+                .enumerate()
+                .map(|(i, data)| job(root, &store, &format!("sub/f{i}.bin"), data))
+                .collect();
+            let outcomes = backend.upload_batch(&mut jobs).await;
+            assert_eq!(upload_requests(&running).await, 1, "{encoding:?}");
+            for (i, (outcome, data)) in outcomes.into_iter().zip(&contents).enumerate() {
+                let uploaded = outcome.expect("every file of the batch is uploaded");
+                assert_eq!(uploaded.remote, format!("dir/sub/f{i}.bin"));
+                let stored = emulator::kifs::stored_file_path(
+                    &root.join("remote").join("kifs"),
+                    &uploaded.remote,
+                );
+                assert_eq!(&std::fs::read(stored).expect("the file is stored"), data);
+            }
+            running.shutdown.cancel();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_changed_or_has_a_bad_name_leaves_the_batch_alone() {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let root = tmp.path();
+        let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
+        let mut jobs = vec![
+            job(root, &store, "a.bin", b"first"),
+            job(root, &store, "b.bin", b"second"),
+            job(root, &store, "bad_name.bin", b"third"),
+        ];
+        // b.bin is rewritten after its job was claimed.
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(root.join("inbox/b.bin"), b"second, longer").expect("rewrite");
+        let outcomes = backend.upload_batch(&mut jobs).await;
+        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+        assert!(
+            matches!(outcomes[1], Err(UploadError::Changed)),
+            "{:?}",
+            outcomes[1]
+        );
+        assert!(
+            matches!(
+                &outcomes[2],
+                Err(UploadError::Remote { disposition: Disposition::Permanent, message }) if message.contains('_')
+            ),
+            "{:?}",
+            outcomes[2]
+        );
+        assert_eq!(upload_requests(&running).await, 1);
+        running.shutdown.cancel();
     }
 }

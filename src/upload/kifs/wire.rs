@@ -355,6 +355,86 @@ records! {
     }
 }
 
+/// An `/upload/files` request whose `file_data` elements the caller streams (from files)
+/// instead of holding them in memory: the encoded bytes around the elements.
+///
+/// The body is `pieces[0] ++ element(0) ++ pieces[1] ++ … ++ element(n-1) ++ pieces[n]`,
+/// where element *i* is the *i*-th data as it goes on the wire: the raw bytes in Avro
+/// binary, their base64 text in JSON (so in JSON the options must say
+/// `file_encoding=base64`). Concatenated, it is exactly what [`Record::encode`] produces for
+/// the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadFrame {
+    pub pieces: Vec<Bytes>,
+}
+
+impl UploadFrame {
+    /// The frame for `file_names` with data of `lengths` bytes each (one per name, or none
+    /// for the multipart steps without data).
+    pub fn new(
+        enc: KifsEncoding,
+        file_names: &[String],
+        lengths: &[u64],
+        options: &StringMap,
+    ) -> UploadFrame {
+        let mut pieces = Vec::with_capacity(lengths.len() + 1);
+        match enc {
+            KifsEncoding::Binary => {
+                let mut w = Writer::default();
+                Field::write_avro(&file_names.to_vec(), &mut w);
+                if !lengths.is_empty() {
+                    w.long(lengths.len() as i64);
+                }
+                for &len in lengths {
+                    w.long(len as i64);
+                    pieces.push(w.split());
+                }
+                w.long(0);
+                w.map(options);
+                pieces.push(w.split());
+            }
+            KifsEncoding::Json => {
+                let mut out = String::new();
+                let names = Field::to_json(&file_names.to_vec(), JsonBytes::Base64);
+                push_json_field(&mut out, "file_names", &names);
+                out.push_str(",\"file_data\":[");
+                for i in 0..lengths.len() {
+                    out.push_str(if i == 0 { "\"" } else { "\",\"" });
+                    pieces.push(Bytes::from(std::mem::take(&mut out)));
+                }
+                if !lengths.is_empty() {
+                    out.push('"');
+                }
+                out.push(']');
+                let options = Field::to_json(options, JsonBytes::Base64);
+                out.push_str(",\"options\":");
+                out.push_str(&options.to_string());
+                out.push('}');
+                pieces.push(Bytes::from(out));
+            }
+        }
+        UploadFrame { pieces }
+    }
+
+    /// How long an element of `len` data bytes is on the wire.
+    pub fn element_len(enc: KifsEncoding, len: u64) -> u64 {
+        match enc {
+            KifsEncoding::Binary => len,
+            KifsEncoding::Json => len.div_ceil(3) * 4,
+        }
+    }
+
+    /// The whole body's length for elements of `lengths` data bytes.
+    pub fn body_len(&self, enc: KifsEncoding, lengths: &[u64]) -> u64 {
+        let pieces: u64 = self.pieces.iter().map(|p| p.len() as u64).sum();
+        pieces
+            + lengths
+                .iter()
+                .map(|&len| UploadFrame::element_len(enc, len))
+                .sum::<u64>()
+    }
+}
+
 /// The `gpudb_response` record every endpoint answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wrapper {
@@ -577,6 +657,47 @@ mod tests {
                 "{} through the wrapper in {enc:?}",
                 R::TYPE_NAME
             );
+        }
+    }
+
+    #[test]
+    fn a_streamed_upload_frame_around_its_elements_is_the_encoded_request() {
+        use base64::prelude::*;
+        let data = [
+            Bytes::from_static(b"hello"),
+            Bytes::new(),
+            Bytes::from((0..=255u8).cycle().take(10_000).collect::<Vec<u8>>()),
+        ];
+        for count in 0..=data.len() {
+            let names: Vec<String> = (0..count).map(|i| format!("dir/f{i}.bin")).collect();
+            let elements = data[..count].to_vec();
+            for enc in [KifsEncoding::Binary, KifsEncoding::Json] {
+                let mut options = StringMap::new();
+                if enc == KifsEncoding::Json {
+                    options.insert("file_encoding".into(), "base64".into());
+                }
+                options.insert("multipart_operation".into(), "none".into());
+                let request = UploadFilesRequest {
+                    file_names: names.clone(),
+                    file_data: elements.clone(),
+                    options: options.clone(),
+                };
+                let lengths: Vec<u64> = elements.iter().map(|e| e.len() as u64).collect();
+                let frame = UploadFrame::new(enc, &names, &lengths, &options);
+                assert_eq!(frame.pieces.len(), count + 1);
+                let mut body = frame.pieces[0].to_vec();
+                for (element, piece) in elements.iter().zip(&frame.pieces[1..]) {
+                    match enc {
+                        KifsEncoding::Binary => body.extend_from_slice(element),
+                        KifsEncoding::Json => {
+                            body.extend_from_slice(BASE64_STANDARD.encode(element).as_bytes())
+                        }
+                    }
+                    body.extend_from_slice(piece);
+                }
+                assert_eq!(body, request.to_body(enc), "{count} elements, {enc:?}");
+                assert_eq!(frame.body_len(enc, &lengths), body.len() as u64);
+            }
         }
     }
 

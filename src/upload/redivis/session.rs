@@ -354,6 +354,9 @@ async fn sleep_or_shutdown(sleep: Duration, cancel: &CancellationToken) -> Resul
 pub struct RunningMd5 {
     hasher: Md5,
     upto: u64,
+    /// The digest of `[0, end)` computed ahead, while the chunk ending at `end` was sent;
+    /// taken when the server confirms exactly `end`.
+    speculated: Option<(u64, Md5)>,
 }
 
 impl Default for RunningMd5 {
@@ -361,6 +364,7 @@ impl Default for RunningMd5 {
         RunningMd5 {
             hasher: Md5::new(),
             upto: 0,
+            speculated: None,
         }
     }
 }
@@ -375,6 +379,13 @@ impl RunningMd5 {
         chunk: Option<(u64, &Bytes)>,
         read_size: u64,
     ) -> Result<(), UploadError> {
+        if let Some((end, hasher)) = self.speculated.take()
+            && end == to
+            && self.upto < end
+        {
+            self.hasher = hasher;
+            self.upto = end;
+        }
         if to < self.upto {
             // MD5 cannot be rewound: start over from the file.
             *self = RunningMd5::default();
@@ -437,6 +448,8 @@ impl Transfer<'_> {
         let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
         let mut failures = 0u32;
         let mut last_chunk: Option<(u64, Bytes)> = None;
+        // The next chunk, read while the previous one was sent.
+        let mut ahead: Option<(u64, Bytes)> = None;
 
         let mut next = if query_first {
             self.client.query(&url, size, self.cancel).await?
@@ -489,11 +502,38 @@ impl Transfer<'_> {
 
             (self.check)()?;
             let len = (size - offset).min(self.chunk_size) as usize;
-            let bytes = self.reader.read_at(offset, len).await?;
+            let bytes = match ahead.take() {
+                Some((at, bytes)) if at == offset && bytes.len() == len => bytes,
+                _ => self.reader.read_at(offset, len).await?,
+            };
             (self.check)()?;
             let end = offset + bytes.len() as u64;
             let range = format!("bytes {offset}-{}/{size}", end - 1);
-            let sent = self.client.put(&url, range, bytes.clone()).await;
+            // While the chunk travels: hash it (on the blocking pool, from a copy of the
+            // digest, used only if the server takes the whole chunk) and read the next one.
+            let speculative = (md5.upto() == offset).then(|| {
+                let mut hasher = md5.hasher.clone();
+                let chunk = bytes.clone();
+                tokio::task::spawn_blocking(move || {
+                    hasher.update(&chunk);
+                    hasher
+                })
+            });
+            let next_len = (size - end).min(self.chunk_size) as usize;
+            let read_ahead = async {
+                if next_len > 0 {
+                    self.reader.read_at(end, next_len).await.ok()
+                } else {
+                    None
+                }
+            };
+            let (sent, following) =
+                tokio::join!(self.client.put(&url, range, bytes.clone()), read_ahead);
+            ahead = following.map(|bytes| (end, bytes));
+            if let Some(hashed) = speculative {
+                let hasher = hashed.await.expect("hashing a chunk does not panic");
+                md5.speculated = Some((end, hasher));
+            }
             last_chunk = Some((offset, bytes));
             let problem = match sent {
                 Ok(response) => match response.status().as_u16() {

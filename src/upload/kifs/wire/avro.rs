@@ -90,6 +90,17 @@ impl Writer {
         }
     }
 
+    /// Everything written so far, as one buffer; the writer continues empty.
+    pub(crate) fn split(&mut self) -> Bytes {
+        self.flush();
+        let segments = std::mem::take(&mut self.segments);
+        match segments.len() {
+            0 => Bytes::new(),
+            1 => segments.into_iter().next().expect("one segment"),
+            _ => Bytes::from(super::concat(&segments)),
+        }
+    }
+
     pub(crate) fn finish(mut self) -> Vec<Bytes> {
         self.flush();
         self.segments

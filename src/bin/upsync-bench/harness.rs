@@ -1,0 +1,593 @@
+//! The moving parts every scenario uses: the in-process emulator, the real daemon as a child
+//! process, `curl`, test files of random bytes, and polling.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use upsync::daemon::control;
+use upsync::daemon::status::StatusReport;
+use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
+
+pub type BenchResult<T> = Result<T, String>;
+
+/// The Redivis table every scenario uploads into (an unreleased version, the only kind that
+/// takes uploads).
+pub const TABLE: &str = "bench.dataset:next.files";
+pub const REDIVIS_TOKEN: &str = "bench-token";
+
+/// What the scenarios share: where the daemon binary is, where scratch files go.
+pub struct Ctx {
+    pub bin: PathBuf,
+    /// Scratch space in the system temp dir; removed when the run ends.
+    pub work: tempfile::TempDir,
+    pub http: reqwest::Client,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Ctx {
+    pub fn new(bin: PathBuf, work: tempfile::TempDir) -> Ctx {
+        Ctx {
+            bin,
+            work,
+            http: reqwest::Client::new(),
+            counter: Default::default(),
+        }
+    }
+
+    /// A fresh, empty directory under the scratch space.
+    pub fn fresh_dir(&self, name: &str) -> BenchResult<PathBuf> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.work.path().join(format!("{n:02}-{name}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+/// The emulator, served from this process on 127.0.0.1 with a free port.
+pub struct Emulator {
+    running: RunningEmulator,
+    pub data_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Emulator {
+    /// Starts an emulator over `data_dir`; Redivis uploads complete at once (no processing
+    /// delay: the benchmark measures the transfer, not the remote's import).
+    pub async fn start(data_dir: &Path, kifs_directories: &[&str]) -> BenchResult<Emulator> {
+        let mut options = EmulatorOptions::with_data_dir(data_dir.to_path_buf());
+        options.redivis.redivis_processing_delay = Duration::ZERO;
+        options.redivis.redivis_token = Some(upsync::config::Secret::new(REDIVIS_TOKEN));
+        options.kifs.kifs_directories = kifs_directories.iter().map(|d| d.to_string()).collect();
+        let running = emulator::start("127.0.0.1:0", options)
+            .await
+            .map_err(|e| format!("cannot start the emulator: {e}"))?;
+        Ok(Emulator {
+            running,
+            data_dir: data_dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.running.addr)
+    }
+
+    pub fn kifs_url(&self) -> String {
+        format!("{}/kifs", self.base())
+    }
+
+    pub fn redivis_url(&self) -> String {
+        format!("{}/api/v1", self.base())
+    }
+
+    /// Where the emulator stores the KiFS file `name` (`dir/rest`).
+    pub fn kifs_file(&self, name: &str) -> PathBuf {
+        emulator::kifs::stored_file_path(&self.data_dir.join("kifs"), name)
+    }
+
+    pub async fn get_json(&self, path: &str) -> BenchResult<serde_json::Value> {
+        let url = format!("{}{path}", self.base());
+        self.http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: not JSON: {e}"))
+    }
+
+    /// Every HTTP request the emulator served, per service (`/_emulator/stats`).
+    pub async fn requests(&self) -> BenchResult<Requests> {
+        let stats = self.get_json("/_emulator/stats").await?;
+        let get = |key: &str| stats["requests"][key].as_u64().unwrap_or(0);
+        Ok(Requests {
+            kifs: get("kifs"),
+            redivis_api: get("redivis-api"),
+            redivis_session: get("redivis-session"),
+        })
+    }
+
+    /// Files the KiFS emulator has stored (whole-file uploads and multipart completes).
+    pub async fn kifs_files_stored(&self) -> BenchResult<u64> {
+        let stats = self.get_json("/kifs/_emulator/stats").await?;
+        stats["files_stored"]
+            .as_u64()
+            .ok_or_else(|| format!("the KiFS emulator reports no files_stored: {stats}"))
+    }
+
+    /// `/upload/files` requests the KiFS emulator received.
+    pub async fn kifs_uploads(&self) -> BenchResult<u64> {
+        let stats = self.get_json("/kifs/_emulator/stats").await?;
+        Ok(stats["requests"]["/upload/files"].as_u64().unwrap_or(0))
+    }
+
+    /// Stops the server and deletes everything it stored.
+    pub async fn stop(self) {
+        self.running.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.running.task).await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requests {
+    pub kifs: u64,
+    pub redivis_api: u64,
+    pub redivis_session: u64,
+}
+
+impl std::ops::Sub for Requests {
+    type Output = Requests;
+    fn sub(self, earlier: Requests) -> Requests {
+        Requests {
+            kifs: self.kifs - earlier.kifs,
+            redivis_api: self.redivis_api - earlier.redivis_api,
+            redivis_session: self.redivis_session - earlier.redivis_session,
+        }
+    }
+}
+
+/// Where a watched folder's files go.
+#[derive(Clone)]
+pub enum Remote {
+    Kifs { directory: String },
+    Redivis,
+}
+
+/// The daemon's config, written as TOML.
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub concurrency: u32,
+    pub kifs_url: Option<String>,
+    pub kifs_json: bool,
+    pub redivis_url: Option<String>,
+    pub chunk_size: &'static str,
+    pub folders: Vec<(PathBuf, Remote)>,
+    pub settle: &'static str,
+}
+
+impl DaemonConfig {
+    pub fn new(dir: &Path, emulator: &Emulator) -> DaemonConfig {
+        DaemonConfig {
+            state_dir: dir.join("state"),
+            concurrency: 4,
+            kifs_url: Some(emulator.kifs_url()),
+            kifs_json: false,
+            redivis_url: None,
+            chunk_size: "8MiB",
+            folders: Vec::new(),
+            settle: "1s",
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let quoted = |p: &Path| toml_string(&p.to_string_lossy());
+        writeln!(
+            text,
+            "state_dir = {}\nconcurrency = {}\nrescan_interval = \"0s\"\nshutdown_timeout = \"20s\"",
+            quoted(&self.state_dir),
+            self.concurrency
+        )
+        .expect("writing to a String cannot fail");
+        if let Some(url) = &self.kifs_url {
+            let encoding = if self.kifs_json { "json" } else { "binary" };
+            writeln!(
+                text,
+                "[kifs]\nurl = {}\nencoding = \"{encoding}\"",
+                toml_string(url)
+            )
+            .expect("writing to a String cannot fail");
+        }
+        if let Some(url) = &self.redivis_url {
+            writeln!(
+                text,
+                "[redivis]\napi_url = {}\ntoken = \"{REDIVIS_TOKEN}\"\nchunk_size = \"{}\"",
+                toml_string(url),
+                self.chunk_size
+            )
+            .expect("writing to a String cannot fail");
+        }
+        for (path, remote) in &self.folders {
+            let target = match remote {
+                Remote::Kifs { directory } => format!(
+                    "kifs_directory = {}\ncreate_directory = true",
+                    toml_string(directory)
+                ),
+                Remote::Redivis => format!("redivis_table = \"{TABLE}\""),
+            };
+            writeln!(
+                text,
+                "[[folder]]\npath = {}\n{target}\nsettle = \"{}\"",
+                quoted(path),
+                self.settle
+            )
+            .expect("writing to a String cannot fail");
+        }
+        text
+    }
+}
+
+fn toml_string(value: &str) -> String {
+    serde_json::Value::String(value.to_string()).to_string()
+}
+
+/// A running `upsync run`; killed if dropped without [`Daemon::terminate`].
+pub struct Daemon {
+    child: Option<tokio::process::Child>,
+    pub pid: u32,
+    pub log: PathBuf,
+    pub state_dir: PathBuf,
+    /// From spawn until the daemon said it is running (start-up scans done).
+    pub startup: Duration,
+}
+
+/// The log line the daemon prints once every folder's start-up scan is queued.
+const READY_LINE: &str = "upsync is running";
+
+impl Daemon {
+    /// Writes the config next to the state dir, spawns the daemon and waits until it is
+    /// running (its start-up scans are done).
+    pub async fn start(ctx: &Ctx, dir: &Path, config: &DaemonConfig) -> BenchResult<Daemon> {
+        let config_path = dir.join("upsync.toml");
+        std::fs::write(&config_path, config.render())
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let started = Instant::now();
+        let child = tokio::process::Command::new(&ctx.bin)
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", ctx.bin.display()))?;
+        let pid = child.id().ok_or("the daemon exited at once")?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            pid,
+            log,
+            state_dir: config.state_dir.clone(),
+            startup: Duration::ZERO,
+        };
+        let deadline = started + Duration::from_secs(600);
+        loop {
+            if daemon.log_text().contains(READY_LINE) {
+                daemon.startup = started.elapsed();
+                return Ok(daemon);
+            }
+            if let Some(child) = daemon.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "the daemon exited ({status}) before it was running:\n{}",
+                    tail(&daemon.log_text(), 20)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("the daemon did not start within 10 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> BenchResult<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .map_err(|e| format!("read /proc/{}/status: {e}", self.pid))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| "no VmHWM line in /proc/PID/status".to_string())
+    }
+
+    pub async fn status(&self) -> BenchResult<StatusReport> {
+        control::request::<StatusReport>(&self.state_dir, "GET", "/status", None)
+            .await?
+            .ok_or_else(|| "the daemon's control socket does not answer".to_string())
+    }
+
+    /// Polls the daemon's status every `poll` until `done` files are in the ledger; returns
+    /// when that was first seen. Failed jobs end the wait with their reasons.
+    pub async fn wait_done(
+        &self,
+        done: u64,
+        poll: Duration,
+        timeout: Duration,
+    ) -> BenchResult<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.status().await?;
+            let now = Instant::now();
+            let uploaded: u64 = report.folders.iter().map(|f| f.counts.done).sum();
+            if uploaded >= done {
+                return Ok(now);
+            }
+            if !report.failed.is_empty() {
+                let reasons: Vec<String> = report
+                    .failed
+                    .iter()
+                    .take(3)
+                    .map(|f| format!("{}: {}", f.path, f.reason))
+                    .collect();
+                return Err(format!(
+                    "{} upload(s) failed: {}",
+                    report.failed.len(),
+                    reasons.join("; ")
+                ));
+            }
+            if now > deadline {
+                return Err(format!(
+                    "only {uploaded} of {done} files uploaded after {}s\n{}",
+                    timeout.as_secs(),
+                    tail(&self.log_text(), 10)
+                ));
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// SIGTERM, wait for the exit; returns the whole log.
+    pub async fn terminate(mut self) -> BenchResult<String> {
+        let mut child = self.child.take().expect("a daemon is terminated once");
+        // SAFETY: kill(2) on our own child's pid, which we have not waited for yet.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .map_err(|_| "the daemon did not stop within 60 s of SIGTERM".to_string())?
+            .map_err(|e| format!("waiting for the daemon: {e}"))?;
+        let log = self.log_text();
+        if !status.success() {
+            return Err(format!(
+                "the daemon exited with {status}:\n{}",
+                tail(&log, 20)
+            ));
+        }
+        Ok(log)
+    }
+}
+
+/// The state database's flush count the daemon logs when it closes it.
+pub fn flushes_in_log(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find(|line| line.contains("state database closed"))
+        .and_then(|line| {
+            let line = strip_ansi(line);
+            let at = line.find("flushes=")? + "flushes=".len();
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// The text without terminal colour sequences (the daemon's log has them).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Writes `size` random bytes (xorshift64*, seeded: different seeds, different bytes) and
+/// gives the file an mtime a minute in the past, so the settle rule takes it at first sight.
+pub fn write_random_file(path: &Path, size: u64, seed: u64) -> BenchResult<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    let file =
+        std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut remaining = size;
+    while remaining > 0 {
+        for chunk in block.chunks_exact_mut(8) {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            chunk.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = remaining.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        remaining -= n as u64;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    backdate(&file, path)
+}
+
+fn backdate(file: &std::fs::File, path: &Path) -> BenchResult<()> {
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .map_err(|e| format!("set mtime of {}: {e}", path.display()))
+}
+
+/// Many small files of random bytes under `dir`, `per_dir` to a sub-directory.
+pub fn write_small_files(
+    dir: &Path,
+    count: u64,
+    size: u64,
+    per_dir: u64,
+    seed: u64,
+) -> BenchResult<Vec<PathBuf>> {
+    let mut paths = Vec::with_capacity(count as usize);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = vec![0u8; size as usize];
+    for i in 0..count {
+        let sub = dir.join(format!("d{:03}", i / per_dir.max(1)));
+        if i % per_dir.max(1) == 0 {
+            std::fs::create_dir_all(&sub).map_err(|e| format!("create {}: {e}", sub.display()))?;
+        }
+        for byte in data.iter_mut() {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            *byte = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+        }
+        let path = sub.join(format!("f{i:06}.bin"));
+        let mut file =
+            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        file.write_all(&data)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        backdate(&file, &path)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Runs `curl` with `args` (plus `-sS -o /dev/null -w '%{http_code} '`) and returns its
+/// wall time; every transfer must answer one of `ok_codes`.
+pub async fn curl(args: &[String], ok_codes: &[u16]) -> BenchResult<Duration> {
+    let started = Instant::now();
+    let output = tokio::process::Command::new("curl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run curl (is it installed?): {e}"))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        return Err(format!(
+            "curl failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let codes = String::from_utf8_lossy(&output.stdout).into_owned();
+    for code in codes.split_whitespace() {
+        let code: u16 = code
+            .parse()
+            .map_err(|_| format!("curl printed {code:?} where an HTTP status was expected"))?;
+        if !ok_codes.contains(&code) {
+            return Err(format!(
+                "curl got HTTP {code} (all codes: {})",
+                codes.trim()
+            ));
+        }
+    }
+    Ok(elapsed)
+}
+
+/// The arguments of one curl transfer that streams `file` as the request body.
+pub fn curl_upload(method: &str, url: &str, file: &Path, headers: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "-sS".to_string(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code} ".into(),
+        "-X".into(),
+        method.into(),
+        "-T".into(),
+        file.to_string_lossy().into_owned(),
+        // Without this curl waits up to a second for a 100-continue on large bodies.
+        "-H".into(),
+        "Expect:".into(),
+    ];
+    for header in headers {
+        args.push("-H".into());
+        args.push(header.clone());
+    }
+    args.push(url.into());
+    args
+}
+
+/// Polls until `path` exists with `size` bytes, every `poll`.
+pub async fn wait_for_file(
+    path: &Path,
+    size: u64,
+    poll: Duration,
+    timeout: Duration,
+) -> BenchResult<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not arrive within {}s",
+                path.display(),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+pub fn rate(bytes: u64, took: Duration) -> f64 {
+    mib(bytes) / took.as_secs_f64().max(1e-9)
+}

@@ -1,0 +1,379 @@
+//! `upsync-bench`: measures the real daemon against the emulator and prints one table.
+//!
+//! ```text
+//! cargo run --release --bin upsync-bench            # full run (~15-20 minutes)
+//! cargo run --release --bin upsync-bench -- --quick # small sizes (< 1 minute), for CI
+//! ```
+//!
+//! The emulator runs inside this process; the daemon is the `upsync` binary next to this
+//! one (built first when run through cargo) or `--bin-path`. Every figure has a baseline
+//! measured in the same run, on the same emulator, with the same bytes: `curl` sending the
+//! same file or the same pre-encoded requests, one file of the same total size, or `find`
+//! walking the same tree. Test files hold random bytes and live in the system temp dir,
+//! which is cleaned up at the end.
+
+mod harness;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+
+use harness::{BenchResult, Ctx, Remote, mib, write_random_file};
+
+#[derive(Parser)]
+#[command(
+    name = "upsync-bench",
+    about = "Benchmark the upsync daemon against the local emulator; prints one table."
+)]
+struct Args {
+    /// Small sizes (a minute at most): every figure, none of them meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// The `upsync` binary to run (default: the one next to this binary).
+    #[arg(long, value_name = "PATH")]
+    bin_path: Option<PathBuf>,
+    /// Run only these sections (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Section {
+    RedivisLarge,
+    KifsLarge,
+    Memory,
+    KifsSmall,
+    RedivisSmall,
+    Restart,
+    Latency,
+}
+
+/// How big everything is in a run.
+pub struct Sizes {
+    pub large: u64,
+    pub memory_file: u64,
+    pub small_files: u64,
+    pub redivis_files: u64,
+    pub restart_files: u64,
+    pub latency_files: u64,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            large: 1 << 30,
+            memory_file: 1 << 30,
+            small_files: 10_000,
+            // Redivis paces itself to its rate limit (~100 API requests per 100 s).
+            redivis_files: 100,
+            restart_files: 100_000,
+            latency_files: 100,
+        }
+    }
+
+    fn quick() -> Sizes {
+        Sizes {
+            // Over one KiFS part, so the quick run goes multipart too.
+            large: 72 << 20,
+            memory_file: 16 << 20,
+            small_files: 300,
+            redivis_files: 8,
+            restart_files: 1_000,
+            latency_files: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    Info,
+    Error,
+}
+
+impl Verdict {
+    pub fn of(met: bool) -> Verdict {
+        if met { Verdict::Met } else { Verdict::Missed }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::Info => "-",
+            Verdict::Error => "ERROR",
+        }
+    }
+}
+
+/// One line of the results table.
+pub struct Row {
+    pub figure: String,
+    pub upsync: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: String,
+    pub verdict: Verdict,
+}
+
+impl Row {
+    fn error(figure: String, message: &str) -> Row {
+        Row {
+            figure,
+            upsync: format!("error: {}", message.lines().next().unwrap_or("")),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "-".into(),
+            verdict: Verdict::Error,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("upsync-bench: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the sections; `Ok(false)` when a measurement failed (its row says why).
+async fn run(args: Args) -> BenchResult<bool> {
+    let bin = daemon_binary(args.bin_path)?;
+    let work = tempfile::Builder::new()
+        .prefix("upsync-bench-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch dir in the system temp dir: {e}"))?;
+    let ctx = Ctx::new(bin, work);
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+
+    let large_sections = [Section::RedivisLarge, Section::KifsLarge];
+    let large = ctx.work.path().join("large").join("big-1.bin");
+    if large_sections.iter().any(|s| wanted(*s)) || wanted(Section::Memory) {
+        eprintln!(
+            "writing {} of random bytes",
+            scenarios::size_label(sizes.large)
+        );
+        write_random_file(&large, sizes.large, 1)?;
+    }
+    if wanted(Section::RedivisLarge) {
+        eprintln!("large file, Redivis");
+        collect(
+            &mut rows,
+            "Large file, Redivis",
+            scenarios::redivis_large(&ctx, &sizes, &large).await,
+        );
+    }
+    if wanted(Section::KifsLarge) {
+        eprintln!("large file, KiFS");
+        collect(
+            &mut rows,
+            "Large file, KiFS",
+            scenarios::kifs_large(&ctx, &sizes, &large).await,
+        );
+    }
+    if wanted(Section::Memory) {
+        eprintln!("memory");
+        let dir = ctx.work.path().join("memory");
+        let mut four = Vec::new();
+        let prepared: BenchResult<PathBuf> = (|| {
+            for i in 1..=4u64 {
+                let path = dir.join(format!("big-{i}.bin"));
+                if i == 1 && sizes.memory_file == sizes.large {
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    std::fs::rename(&large, &path).map_err(|e| e.to_string())?;
+                } else {
+                    write_random_file(&path, sizes.memory_file, 100 + i)?;
+                }
+                four.push(path);
+            }
+            let huge = dir.join("huge.bin");
+            write_random_file(&huge, sizes.memory_file * 4, 200)?;
+            Ok(huge)
+        })();
+        match prepared {
+            Ok(huge) => {
+                collect(
+                    &mut rows,
+                    "Peak RSS, Redivis",
+                    scenarios::memory(&ctx, &sizes, &four, &huge, Remote::Redivis, "Redivis").await,
+                );
+                collect(
+                    &mut rows,
+                    "Peak RSS, KiFS",
+                    scenarios::memory(
+                        &ctx,
+                        &sizes,
+                        &four,
+                        &huge,
+                        Remote::Kifs {
+                            directory: "ingest".into(),
+                        },
+                        "KiFS",
+                    )
+                    .await,
+                );
+            }
+            Err(e) => rows.push(Row::error("Peak RSS".into(), &e)),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(ctx.work.path().join("large"));
+    if wanted(Section::KifsSmall) {
+        eprintln!("small files, KiFS");
+        collect(
+            &mut rows,
+            "Small files, KiFS",
+            scenarios::kifs_small(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::RedivisSmall) {
+        eprintln!("small files, Redivis");
+        collect(
+            &mut rows,
+            "Small files, Redivis",
+            scenarios::redivis_small(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::Restart) {
+        eprintln!("restart");
+        collect(&mut rows, "Restart", scenarios::restart(&ctx, &sizes).await);
+    }
+    if wanted(Section::Latency) {
+        eprintln!("latency");
+        collect(&mut rows, "Latency", scenarios::latency(&ctx, &sizes).await);
+    }
+
+    print_table(&ctx, &rows, args.quick, started.elapsed());
+    Ok(rows.iter().all(|r| r.verdict != Verdict::Error))
+}
+
+fn collect(rows: &mut Vec<Row>, what: &str, result: BenchResult<Vec<Row>>) {
+    match result {
+        Ok(new) => {
+            // Shown as soon as measured, so an interrupted run still tells something.
+            for row in &new {
+                eprintln!(
+                    "  => {}: {} | {} | {}",
+                    row.figure, row.upsync, row.baseline, row.ratio
+                );
+            }
+            rows.extend(new)
+        }
+        Err(e) => {
+            eprintln!("  {what} failed: {e}");
+            rows.push(Row::error(what.to_string(), &e));
+        }
+    }
+}
+
+/// The daemon to measure: `--bin-path`, else `upsync` next to this binary, (re)built first
+/// with the same profile when this runs under cargo.
+fn daemon_binary(given: Option<PathBuf>) -> BenchResult<PathBuf> {
+    if let Some(path) = given {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("--bin-path {}: no such file", path.display()))
+        };
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
+    let dir = me.parent().ok_or("this binary has no directory")?;
+    let sibling = dir.join("upsync");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        eprintln!(
+            "building the daemon ({} profile)",
+            if release { "release" } else { "dev" }
+        );
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--bin", "upsync", "--manifest-path"])
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the daemon failed: {status}"));
+        }
+    }
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        Err(format!(
+            "no daemon binary at {}: run `cargo build --release --bin upsync` or pass --bin-path",
+            sibling.display()
+        ))
+    }
+}
+
+fn print_table(ctx: &Ctx, rows: &[Row], quick: bool, took: std::time::Duration) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", mib(kib * 1024) / 1024.0)
+        });
+    println!();
+    println!(
+        "upsync-bench{} — {} — {cores} cores ({cpu}), {memory} RAM — daemon {} — {:.0} s",
+        if quick {
+            " --quick (sizes too small to mean anything)"
+        } else {
+            ""
+        },
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        ctx.bin.display(),
+        took.as_secs_f64()
+    );
+    println!();
+    println!("| figure | upsync | baseline | ratio | target | |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            row.figure,
+            row.upsync,
+            row.baseline,
+            row.ratio,
+            row.target,
+            row.verdict.label()
+        );
+    }
+}

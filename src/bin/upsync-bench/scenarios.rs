@@ -1,0 +1,781 @@
+//! The measurements. Each scenario starts its own emulator, measures the baseline and the
+//! daemon on it with the same bytes, stops it (deleting what it stored) and returns rows.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use upsync::config::KifsEncoding;
+use upsync::upload::kifs::wire::{Record, UploadFilesRequest};
+
+use crate::harness::*;
+use crate::{Row, Sizes, Verdict};
+
+/// KiFS part size and whole-file limit (every official client's 60 MiB).
+const PART: u64 = 62_914_560;
+
+/// What one daemon run measured.
+pub struct Outcome {
+    pub took: Duration,
+    pub peak_rss: u64,
+    pub flushes: Option<u64>,
+    pub requests: Requests,
+}
+
+/// When a run is over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The daemon's ledger holds every file (its status, polled).
+    Ledger,
+    /// The KiFS emulator stored every file (polled cheaply; for many files, where polling
+    /// the daemon's status would cost it noticeable CPU). The ledger is checked after.
+    KifsStored,
+}
+
+/// One daemon run over one watched folder: start it on an empty folder, move `items` in
+/// (renames: they appear whole, with old mtimes), wait until `expected` files are uploaded,
+/// stop it, and move the items back where they were.
+#[allow(clippy::too_many_arguments)]
+async fn daemon_run(
+    ctx: &Ctx,
+    emulator: &Emulator,
+    name: &str,
+    remote: Remote,
+    items: &[PathBuf],
+    expected: u64,
+    until: Until,
+    tweak: impl FnOnce(&mut DaemonConfig),
+) -> BenchResult<Outcome> {
+    let dir = ctx.fresh_dir(name)?;
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
+    let mut config = DaemonConfig::new(&dir, emulator);
+    if matches!(remote, Remote::Redivis) {
+        config.redivis_url = Some(emulator.redivis_url());
+        config.kifs_url = None;
+    }
+    config.folders.push((inbox.clone(), remote));
+    tweak(&mut config);
+    let daemon = Daemon::start(ctx, &dir, &config).await?;
+    let before = emulator.requests().await?;
+    let stored_before = if until == Until::KifsStored {
+        emulator.kifs_files_stored().await?
+    } else {
+        0
+    };
+    let moved: Vec<(PathBuf, PathBuf)> = items
+        .iter()
+        .map(|item| {
+            let name = item.file_name().expect("bench items have file names");
+            (item.clone(), inbox.join(name))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut result = Ok(started);
+    for (from, to) in &moved {
+        if let Err(e) = std::fs::rename(from, to) {
+            result = Err(format!("move {} in: {e}", from.display()));
+            break;
+        }
+    }
+    if result.is_ok() && until == Until::KifsStored {
+        result = wait_stored(emulator, stored_before + expected).await;
+    }
+    if let Ok(done_at) = result {
+        let poll = if expected > 100 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(5)
+        };
+        result = daemon
+            .wait_done(expected, poll, Duration::from_secs(1800))
+            .await
+            .map(|ledger_at| {
+                if until == Until::KifsStored {
+                    done_at
+                } else {
+                    ledger_at
+                }
+            });
+    }
+    let peak_rss = daemon.peak_rss();
+    let requests = emulator.requests().await.map(|after| after - before);
+    let log = daemon.terminate().await;
+    for (from, to) in &moved {
+        if to.exists() {
+            let _ = std::fs::rename(to, from);
+        }
+    }
+    let done = result?;
+    let log = log?;
+    Ok(Outcome {
+        took: done - started,
+        peak_rss: peak_rss?,
+        flushes: flushes_in_log(&log),
+        requests: requests?,
+    })
+}
+
+/// Polls the KiFS emulator until it has stored `total` files; returns when it saw that.
+async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let stored = emulator.kifs_files_stored().await?;
+        if stored >= total {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the emulator stored {stored} of {total} files in 30 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The request bodies of a whole multipart upload (init, parts, complete), encoded once into
+/// files so that curl sends exactly what a client would, without encoding work.
+fn encode_multipart(
+    source: &Path,
+    size: u64,
+    target: &str,
+    enc: KifsEncoding,
+    dir: &Path,
+) -> BenchResult<Vec<PathBuf>> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let mut options = std::collections::BTreeMap::new();
+    if enc == KifsEncoding::Json {
+        options.insert("file_encoding".to_string(), "base64".to_string());
+    }
+    options.insert("multipart_upload_uuid".to_string(), uuid);
+    let step = |operation: &str, part: Option<u64>, data: Option<Bytes>| {
+        let mut options = options.clone();
+        options.insert("multipart_operation".into(), operation.into());
+        if let Some(part) = part {
+            options.insert("multipart_upload_part_number".into(), part.to_string());
+        }
+        UploadFilesRequest {
+            file_names: vec![target.to_string()],
+            file_data: data.into_iter().collect(),
+            options,
+        }
+    };
+    let mut file =
+        std::fs::File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
+    let mut requests = vec![step("init", None, None)];
+    let mut bodies = Vec::new();
+    let write = |index: usize, request: &UploadFilesRequest| -> BenchResult<PathBuf> {
+        let path = dir.join(format!("request-{index:03}"));
+        let mut out =
+            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        for segment in request.encode(enc) {
+            out.write_all(&segment)
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        Ok(path)
+    };
+    bodies.push(write(0, &requests.remove(0))?);
+    let parts = size.div_ceil(PART);
+    for part in 1..=parts {
+        let offset = (part - 1) * PART;
+        let len = PART.min(size - offset) as usize;
+        let mut data = vec![0u8; len];
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut data))
+            .map_err(|e| format!("read {}: {e}", source.display()))?;
+        bodies.push(write(
+            part as usize,
+            &step("upload_part", Some(part), Some(Bytes::from(data))),
+        )?);
+    }
+    bodies.push(write(parts as usize + 1, &step("complete", None, None))?);
+    Ok(bodies)
+}
+
+/// curl POSTs the pre-encoded requests one after the other on one connection.
+async fn curl_kifs(
+    emulator: &Emulator,
+    bodies: &[PathBuf],
+    enc: KifsEncoding,
+) -> BenchResult<Duration> {
+    let content_type = format!(
+        "Content-Type: {}",
+        upsync::upload::kifs::wire::content_type(enc)
+    );
+    let url = format!("{}/upload/files", emulator.kifs_url());
+    let mut args = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        if i > 0 {
+            args.push("--next".to_string());
+        }
+        args.extend(curl_upload(
+            "POST",
+            &url,
+            body,
+            std::slice::from_ref(&content_type),
+        ));
+    }
+    curl(&args, &[200]).await
+}
+
+fn ratio_row(figure: String, upsync: f64, baseline: f64, unit: &str, target: f64) -> Row {
+    let ratio = upsync / baseline;
+    Row {
+        figure,
+        upsync: format!("{upsync:.0} {unit}"),
+        baseline: format!("{baseline:.0} {unit}"),
+        ratio: format!("{ratio:.2}"),
+        target: format!("≥ {target:.2}"),
+        verdict: Verdict::of(ratio >= target),
+    }
+}
+
+/// Large file through KiFS multipart, binary and JSON, vs curl sending the same requests.
+pub async fn kifs_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResult<Vec<Row>> {
+    let size = sizes.large;
+    let dir = ctx.fresh_dir("kifs-large")?;
+    let emulator = Emulator::start(&dir.join("remote"), &["bench"]).await?;
+    let mut rows = Vec::new();
+    let result = async {
+        let mut measured = Vec::new();
+        for enc in [KifsEncoding::Binary, KifsEncoding::Json] {
+            let label = match enc {
+                KifsEncoding::Binary => "binary",
+                KifsEncoding::Json => "json",
+            };
+            eprintln!("  KiFS {label}: encoding the curl requests");
+            let target = format!("bench/curl-{label}.bin");
+            let bodies = encode_multipart(
+                source,
+                size,
+                &target,
+                enc,
+                &dir.join(format!("requests-{label}")),
+            )?;
+            eprintln!("  KiFS {label}: curl");
+            let baseline = curl_kifs(&emulator, &bodies, enc).await?;
+            if std::fs::metadata(emulator.kifs_file(&target))
+                .map(|m| m.len())
+                .ok()
+                != Some(size)
+            {
+                return Err(format!("the curl upload of {target} did not arrive whole"));
+            }
+            for body in &bodies {
+                let _ = std::fs::remove_file(body);
+            }
+            eprintln!("  KiFS {label}: upsync");
+            let outcome = daemon_run(
+                ctx,
+                &emulator,
+                &format!("kifs-large-{label}"),
+                Remote::Kifs {
+                    directory: "ingest".into(),
+                },
+                &[source.to_path_buf()],
+                1,
+                Until::Ledger,
+                |c| c.kifs_json = enc == KifsEncoding::Json,
+            )
+            .await?;
+            let stored = emulator.kifs_file(&format!(
+                "ingest/{}",
+                source.file_name().expect("named").to_string_lossy()
+            ));
+            let _ = std::fs::remove_file(&stored);
+            let _ = std::fs::remove_file(emulator.kifs_file(&target));
+            measured.push((label, rate(size, outcome.took), rate(size, baseline)));
+        }
+        Ok::<_, String>(measured)
+    }
+    .await;
+    emulator.stop().await;
+    let measured = result?;
+    let (_, bin_up, bin_base) = measured[0];
+    let (_, json_up, json_base) = measured[1];
+    let gib = size_label(size);
+    rows.push(ratio_row(
+        format!(
+            "Large file ({gib}), KiFS multipart, Avro binary vs curl POST of the same requests"
+        ),
+        bin_up,
+        bin_base,
+        "MiB/s",
+        0.85,
+    ));
+    rows.push(Row {
+        figure: format!(
+            "Large file ({gib}), KiFS multipart, JSON/base64 vs curl POST of the same requests"
+        ),
+        upsync: format!("{json_up:.0} MiB/s"),
+        baseline: format!("{json_base:.0} MiB/s"),
+        ratio: format!(
+            "{:.2} ({:.2} of binary curl)",
+            json_up / json_base,
+            json_up / bin_base
+        ),
+        target: "(reported)".into(),
+        verdict: Verdict::Info,
+    });
+    Ok(rows)
+}
+
+/// Large file through the Redivis resumable path vs curl PUT of the file to a session URL.
+pub async fn redivis_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResult<Vec<Row>> {
+    let size = sizes.large;
+    let dir = ctx.fresh_dir("redivis-large")?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = async {
+        eprintln!("  Redivis: curl");
+        let session = new_session(ctx, &emulator, size).await?;
+        let range = format!("Content-Range: bytes 0-{}/{size}", size - 1);
+        let baseline = curl(&curl_upload("PUT", &session, source, &[range]), &[200, 201]).await?;
+        eprintln!("  Redivis: upsync");
+        let outcome = daemon_run(
+            ctx,
+            &emulator,
+            "redivis-large-run",
+            Remote::Redivis,
+            &[source.to_path_buf()],
+            1,
+            Until::Ledger,
+            |_| {},
+        )
+        .await?;
+        Ok::<_, String>((rate(size, outcome.took), rate(size, baseline)))
+    }
+    .await;
+    emulator.stop().await;
+    let (up, base) = result?;
+    Ok(vec![ratio_row(
+        format!(
+            "Large file ({}), Redivis resumable, 8 MiB chunks vs curl PUT to a session URL",
+            size_label(size)
+        ),
+        up,
+        base,
+        "MiB/s",
+        0.90,
+    )])
+}
+
+/// A legacy resumable session for `size` bytes: its session URL.
+async fn new_session(ctx: &Ctx, emulator: &Emulator, size: u64) -> BenchResult<String> {
+    let table = percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+        .replace("%2E", ".");
+    let url = format!(
+        "{}/tables/{table}/resumableUpload?size={size}",
+        emulator.redivis_url()
+    );
+    let answer: serde_json::Value = ctx
+        .http
+        .post(&url)
+        .bearer_auth(REDIVIS_TOKEN)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("POST {url}: not JSON: {e}"))?;
+    answer["url"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("resumableUpload answered without a url: {answer}"))
+}
+
+/// Peak RSS: 4 large files at once, and one 4× file vs one 1× file.
+pub async fn memory(
+    ctx: &Ctx,
+    sizes: &Sizes,
+    four: &[PathBuf],
+    huge: &Path,
+    remote: Remote,
+    label: &str,
+) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir(&format!("memory-{label}"))?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = async {
+        let mut peaks = Vec::new();
+        let huge = [huge.to_path_buf()];
+        let runs: [(&str, &[PathBuf], u64); 3] = [
+            ("four", four, 4),
+            ("one", &four[..1], 1),
+            ("huge", &huge[..], 1),
+        ];
+        for (name, items, expected) in runs {
+            eprintln!("  memory {label}: {name}");
+            let outcome = daemon_run(
+                ctx,
+                &emulator,
+                &format!("memory-{label}-{name}"),
+                remote.clone(),
+                items,
+                expected,
+                Until::Ledger,
+                |_| {},
+            )
+            .await?;
+            peaks.push(outcome.peak_rss);
+            // What the emulator stored is not needed again.
+            let _ = std::fs::remove_dir_all(emulator.data_dir.join("kifs").join("files"));
+        }
+        Ok::<_, String>(peaks)
+    }
+    .await;
+    emulator.stop().await;
+    let peaks = result?;
+    let (four_peak, one_peak, huge_peak) = (peaks[0], peaks[1], peaks[2]);
+    let limit = 96.0;
+    let growth = huge_peak as f64 / one_peak as f64;
+    Ok(vec![
+        Row {
+            figure: format!(
+                "Peak RSS, {} files of {} at once, {label}{}",
+                4,
+                size_label(sizes.memory_file),
+                if matches!(remote, Remote::Redivis) {
+                    ", 8 MiB chunks"
+                } else {
+                    ", 60 MiB parts"
+                }
+            ),
+            upsync: format!("{:.1} MiB", mib(four_peak)),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: format!("≤ {limit:.0} MiB"),
+            verdict: Verdict::of(mib(four_peak) <= limit),
+        },
+        Row {
+            figure: format!(
+                "Peak RSS, one {} file vs one {} file, {label}",
+                size_label(sizes.memory_file * 4),
+                size_label(sizes.memory_file)
+            ),
+            upsync: format!("{:.1} MiB", mib(huge_peak)),
+            baseline: format!("{:.1} MiB", mib(one_peak)),
+            ratio: format!("{growth:.2}"),
+            target: "≤ 1.10".into(),
+            verdict: Verdict::of(growth <= 1.10),
+        },
+    ])
+}
+
+/// Many small files to KiFS vs one file of the same total size.
+pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("kifs-small")?;
+    let count = sizes.small_files;
+    let size = 4096;
+    eprintln!("  writing {count} files of 4 KiB");
+    let staging = dir.join("staging");
+    let small = staging.join("small");
+    write_small_files(&small, count, size, 1000, 7)?;
+    let single = staging.join("single.bin");
+    write_random_file(&single, count * size, 8)?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = async {
+        eprintln!("  one file of {}", size_label(count * size));
+        let one = daemon_run(
+            ctx,
+            &emulator,
+            "kifs-small-one",
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+            std::slice::from_ref(&single),
+            1,
+            Until::KifsStored,
+            |_| {},
+        )
+        .await?;
+        eprintln!("  {count} small files");
+        let many = daemon_run(
+            ctx,
+            &emulator,
+            "kifs-small-many",
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+            std::slice::from_ref(&small),
+            count,
+            Until::KifsStored,
+            |_| {},
+        )
+        .await?;
+        Ok::<_, String>((one, many))
+    }
+    .await;
+    emulator.stop().await;
+    let _ = std::fs::remove_dir_all(&staging);
+    let (one, many) = result?;
+    let slowdown = many.took.as_secs_f64() / one.took.as_secs_f64();
+    let per_file = |n: u64| n as f64 / count as f64;
+    Ok(vec![
+        Row {
+            figure: format!(
+                "{count} files of 4 KiB to KiFS vs one file of {}: time",
+                size_label(count * size)
+            ),
+            upsync: format!(
+                "{:.2} s ({:.0} files/s)",
+                many.took.as_secs_f64(),
+                count as f64 / many.took.as_secs_f64()
+            ),
+            baseline: format!("{:.2} s", one.took.as_secs_f64()),
+            ratio: format!("{slowdown:.2}"),
+            target: "≤ 3.00".into(),
+            verdict: Verdict::of(slowdown <= 3.0),
+        },
+        Row {
+            figure: format!("{count} files of 4 KiB to KiFS: HTTP requests per file"),
+            upsync: format!("{:.3}", per_file(many.requests.kifs)),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
+        Row {
+            figure: format!("{count} files of 4 KiB to KiFS: state database flushes per file"),
+            upsync: many
+                .flushes
+                .map_or("not reported by the daemon".into(), |f| {
+                    format!("{:.3}", per_file(f))
+                }),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
+    ])
+}
+
+/// Many small files to Redivis: API requests per file.
+pub async fn redivis_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("redivis-small")?;
+    let count = sizes.redivis_files;
+    let staging = dir.join("staging");
+    let small = staging.join("small");
+    write_small_files(&small, count, 4096, 1000, 9)?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = daemon_run(
+        ctx,
+        &emulator,
+        "redivis-small-run",
+        Remote::Redivis,
+        std::slice::from_ref(&small),
+        count,
+        Until::Ledger,
+        |_| {},
+    )
+    .await;
+    emulator.stop().await;
+    let _ = std::fs::remove_dir_all(&staging);
+    let many = result?;
+    let per_file = many.requests.redivis_api as f64 / count as f64;
+    Ok(vec![Row {
+        figure: format!("{count} files of 4 KiB to Redivis: API requests per file"),
+        upsync: format!(
+            "{per_file:.2} ({:.0} files/s, {:.2} session PUTs per file)",
+            count as f64 / many.took.as_secs_f64(),
+            many.requests.redivis_session as f64 / count as f64
+        ),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "≤ 1.50".into(),
+        verdict: Verdict::of(per_file <= 1.5),
+    }])
+}
+
+/// Restart over a tree of already-uploaded files: time until idle vs `find`.
+pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("restart")?;
+    let count = sizes.restart_files;
+    let tree = dir.join("tree");
+    eprintln!("  writing {count} files");
+    write_small_files(&tree, count, 256, 1000, 11)?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = async {
+        let mut config = DaemonConfig::new(&dir, &emulator);
+        config.folders.push((
+            tree.clone(),
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+        ));
+        eprintln!("  first start: uploading {count} files");
+        let first = Daemon::start(ctx, &dir, &config).await?;
+        let started = Instant::now();
+        first
+            .wait_done(count, Duration::from_secs(2), Duration::from_secs(3600))
+            .await?;
+        let populate = started.elapsed();
+        first.terminate().await?;
+        let find = time_find(&tree).await?;
+        let uploads_before = emulator.kifs_uploads().await?;
+        eprintln!("  restart");
+        let second = Daemon::start(ctx, &dir, &config).await?;
+        let to_idle = second.startup;
+        // Anything the restart would upload again shows up within a settle time or two.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let report = second.status().await?;
+        second.terminate().await?;
+        let uploads = emulator.kifs_uploads().await? - uploads_before;
+        let queued: u64 = report
+            .folders
+            .iter()
+            .map(|f| f.counts.queued + f.counts.active + f.counts.retry_wait + f.counts.failed)
+            .sum();
+        Ok::<_, String>((to_idle, find, uploads, queued, populate))
+    }
+    .await;
+    emulator.stop().await;
+    let _ = std::fs::remove_dir_all(&tree);
+    let (to_idle, find, uploads, queued, populate) = result?;
+    let ratio = to_idle.as_secs_f64() / find.as_secs_f64();
+    Ok(vec![
+        Row {
+            figure: format!(
+                "Restart over {count} uploaded files: time until idle vs find -printf '%s %T@'"
+            ),
+            upsync: format!(
+                "{:.3} s, {uploads} uploads, {queued} jobs",
+                to_idle.as_secs_f64()
+            ),
+            baseline: format!("{:.3} s", find.as_secs_f64()),
+            ratio: format!("{ratio:.2}"),
+            target: "≤ 3.00, 0 uploads".into(),
+            verdict: Verdict::of(ratio <= 3.0 && uploads == 0 && queued == 0),
+        },
+        Row {
+            figure: format!("First upload of those {count} files of 256 B to KiFS (start-up scan)"),
+            upsync: format!(
+                "{:.1} s ({:.0} files/s)",
+                populate.as_secs_f64(),
+                count as f64 / populate.as_secs_f64()
+            ),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
+    ])
+}
+
+/// The best of three warm runs of `find DIR -printf '%s %T@\n'`.
+async fn time_find(tree: &Path) -> BenchResult<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..4 {
+        let started = Instant::now();
+        let status = tokio::process::Command::new("find")
+            .arg(tree)
+            .args(["-printf", "%s %T@\\n"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| format!("cannot run find: {e}"))?;
+        if !status.success() {
+            return Err(format!("find failed: {status}"));
+        }
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
+}
+
+/// 1 KiB files written one at a time: closed → on the remote, minus the settle time.
+pub async fn latency(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("latency")?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let settle = Duration::from_secs(1);
+    let result = async {
+        let inbox = dir.join("inbox");
+        std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
+        let mut config = DaemonConfig::new(&dir, &emulator);
+        config.folders.push((
+            inbox.clone(),
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+        ));
+        config.settle = "1s";
+        let daemon = Daemon::start(ctx, &dir, &config).await?;
+        let mut samples = Vec::new();
+        let data = vec![b'x'; 1024];
+        let mut failure = None;
+        for i in 0..sizes.latency_files {
+            // Files written right after the previous arrival would line up with the
+            // watcher's ticks; real files come at any time.
+            let pause = rand::random_range(0..250);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let name = format!("lat-{i:04}.bin");
+            let path = inbox.join(&name);
+            if let Err(e) = std::fs::write(&path, &data) {
+                failure = Some(format!("write {}: {e}", path.display()));
+                break;
+            }
+            let closed = Instant::now();
+            match wait_for_file(
+                &emulator.kifs_file(&format!("ingest/{name}")),
+                1024,
+                Duration::from_millis(1),
+                Duration::from_secs(60),
+            )
+            .await
+            {
+                Ok(arrived) => {
+                    samples.push((arrived - closed).as_secs_f64() - settle.as_secs_f64())
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        daemon.terminate().await?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(samples),
+        }
+    }
+    .await;
+    emulator.stop().await;
+    let mut samples = result?;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let median = percentile(&samples, 0.5);
+    let p99 = percentile(&samples, 0.99);
+    Ok(vec![Row {
+        figure: format!(
+            "Latency, 1 KiB file closed → on KiFS, minus the 1 s settle ({} files)",
+            samples.len()
+        ),
+        upsync: format!(
+            "median {:.0} ms, p99 {:.0} ms",
+            median * 1000.0,
+            p99 * 1000.0
+        ),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "(reported)".into(),
+        verdict: Verdict::Info,
+    }])
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
+        format!("{:.0} MiB", mib(bytes))
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}

@@ -1,0 +1,55 @@
+//! The benchmark's quick mode runs end to end (real daemon, real emulator, curl) and prints
+//! every figure, so the benchmark cannot rot. No timing is asserted: CI machines vary.
+
+use std::process::Command;
+
+#[test]
+fn quick_benchmark_prints_every_figure() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipping: the benchmark's baselines need curl, which is not installed");
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_upsync-bench"))
+        .args(["--quick", "--bin-path", env!("CARGO_BIN_EXE_upsync")])
+        .output()
+        .expect("the benchmark binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the quick benchmark failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let figures = [
+        "Redivis resumable, 8 MiB chunks vs curl PUT",
+        "KiFS multipart, Avro binary vs curl POST",
+        "KiFS multipart, JSON/base64 vs curl POST",
+        "Peak RSS, 4 files of 16 MiB at once, Redivis",
+        "Peak RSS, one 64 MiB file vs one 16 MiB file, Redivis",
+        "Peak RSS, 4 files of 16 MiB at once, KiFS",
+        "Peak RSS, one 64 MiB file vs one 16 MiB file, KiFS",
+        "files of 4 KiB to KiFS vs one file of",
+        "files of 4 KiB to KiFS: HTTP requests per file",
+        "files of 4 KiB to KiFS: state database flushes per file",
+        "files of 4 KiB to Redivis: API requests per file",
+        "Restart over 1000 uploaded files",
+        "Latency, 1 KiB file closed",
+    ];
+    for figure in figures {
+        let row = stdout
+            .lines()
+            .find(|line| line.starts_with('|') && line.contains(figure))
+            .unwrap_or_else(|| panic!("no row for {figure:?} in:\n{stdout}\n{stderr}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | figure | upsync | baseline | ratio | target | verdict |
+        assert_eq!(cells.len(), 8, "malformed row {row:?}");
+        assert!(
+            cells[2].chars().any(|c| c.is_ascii_digit()),
+            "no measured value in {row:?}"
+        );
+        assert!(
+            !row.contains("ERROR") && !row.contains("not reported"),
+            "figure not measured: {row:?}"
+        );
+    }
+}
