@@ -3,9 +3,12 @@
 //!
 //! Shutdown: stop claiming jobs, give in-flight uploads `shutdown_timeout` to reach their
 //! next checkpoint, then abort whatever is left (safe: progress is only ever persisted after
-//! the remote acknowledged it) and flush the store.
+//! the remote acknowledged it) and flush the store. Reload (SIGHUP) and the shutdown
+//! sequence live in [`fleet`]; `upsync run --rebuild-state` in [`rebuild`].
 
 pub mod control;
+mod fleet;
+pub mod rebuild;
 pub mod status;
 mod worker;
 
@@ -23,19 +26,32 @@ use crate::queue::Store;
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
 use crate::upload::{Backend, Disposition, UploadError};
-use crate::watch::{self, WatchContext};
+use fleet::Fleet;
 use status::InFlightRegistry;
-use worker::{Backends, Worker};
+use worker::Backends;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
     Startup(String),
+    /// The daemon ran but had to stop (the state database can no longer be written).
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// Runs until `shutdown` resolves; returns once everything is stopped and flushed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    run_reloadable(config, shutdown, reload_rx).await
+}
+
+/// [`run`], reloading the config file (see [`fleet`]) whenever `reload` receives.
+pub async fn run_reloadable(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let emulator = start_embedded_emulator(&config).await?;
     let store =
@@ -54,8 +70,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let wake = Arc::new(Notify::new());
     let in_flight = Arc::new(InFlightRegistry::default());
-    let stop_claiming = CancellationToken::new();
-    let interrupt = CancellationToken::new();
     let stop_watching = CancellationToken::new();
 
     control::serve(
@@ -73,39 +87,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ))
     })?;
 
-    let mut scans = Vec::new();
-    let mut watchers = Vec::new();
-    for folder in &config.folders {
-        let (scanned_tx, scanned_rx) = tokio::sync::oneshot::channel();
-        let ctx = WatchContext {
-            store: store.clone(),
-            wake: Arc::clone(&wake),
-            shutdown: stop_watching.clone(),
-            rescan_interval: config.rescan_interval,
-        };
-        watchers.push(tokio::spawn(watch::run_folder(
-            folder.clone(),
-            ctx,
-            scanned_tx,
-        )));
-        scans.push((folder.path.display().to_string(), scanned_rx));
-    }
-
-    let mut workers = Vec::new();
-    for _ in 0..config.concurrency {
-        let worker = Worker {
-            config: Arc::clone(&config),
-            store: store.clone(),
-            backends: backends.clone(),
-            wake: Arc::clone(&wake),
-            in_flight: Arc::clone(&in_flight),
-            stop_claiming: stop_claiming.clone(),
-            interrupt: interrupt.clone(),
-        };
-        workers.push(tokio::spawn(worker.run()));
-    }
+    let mut fleet = Fleet::new(
+        Arc::clone(&config),
+        store,
+        backends,
+        wake,
+        in_flight,
+        stop_watching,
+    );
+    fleet.requeue_returning_folders();
+    let scans = fleet.start_watchers();
+    fleet.start_workers();
 
     tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut failure = None;
     for (folder, scanned) in scans {
         tokio::select! {
             summary = scanned => {
@@ -114,76 +110,46 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             _ = &mut shutdown => {
-                return stop(config, store, emulator, stop_claiming, interrupt, stop_watching, workers, watchers).await;
+                stopping = true;
+                break;
             }
         }
     }
-    tracing::info!(
-        folders = config.folders.len(),
-        workers = config.concurrency,
-        "upsync is running"
-    );
-    shutdown.await;
-    stop(
-        config,
-        store,
-        emulator,
-        stop_claiming,
-        interrupt,
-        stop_watching,
-        workers,
-        watchers,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stop(
-    config: Arc<Config>,
-    store: Store,
-    emulator: Option<RunningEmulator>,
-    stop_claiming: CancellationToken,
-    interrupt: CancellationToken,
-    stop_watching: CancellationToken,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-    watchers: Vec<tokio::task::JoinHandle<()>>,
-) -> Result<(), DaemonError> {
-    tracing::info!(
-        timeout_s = config.shutdown_timeout.as_secs(),
-        "shutting down: no new uploads, waiting for in-flight ones"
-    );
-    stop_claiming.cancel();
-    stop_watching.cancel();
-    let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
-    let all_done = futures::future::join_all(workers);
-    tokio::pin!(all_done);
-    // In-flight uploads continue until the deadline's last stretch, then checkpoint.
-    let checkpoint_at = config
-        .shutdown_timeout
-        .saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
-    tokio::select! {
-        _ = &mut all_done => {}
-        _ = tokio::time::sleep(checkpoint_at) => {
-            interrupt.cancel();
-            let remaining = config.shutdown_timeout.saturating_sub(checkpoint_at);
-            if tokio::time::timeout(remaining, &mut all_done).await.is_err() {
-                tracing::warn!("in-flight uploads did not stop in time; they resume at the next start");
-                for abort in aborts {
-                    abort.abort();
+    if !stopping {
+        tracing::info!(
+            folders = config.folders.len(),
+            workers = config.concurrency,
+            "upsync is running"
+        );
+        let mut broken = std::pin::pin!(fleet::store_failure(fleet.store()));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = reload.recv() => fleet.reload().await,
+                err = &mut broken => {
+                    failure = Some(err);
+                    break;
                 }
             }
         }
     }
-    for watcher in watchers {
-        let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
-    }
-    store.flush().map_err(|err| {
-        DaemonError::Startup(format!("final flush of the state database failed: {err}"))
-    })?;
+    let stopped = match &failure {
+        // Nothing can be recorded any more: give uploads only a moment to checkpoint.
+        Some(_) => fleet.stop_within(Duration::from_secs(2)).await,
+        None => fleet.stop().await,
+    };
     if let Some(emulator) = emulator {
         emulator.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), emulator.task).await;
     }
+    if let Some(err) = failure {
+        tracing::error!(error = %err, "stopped because the state database can no longer be written");
+        return Err(DaemonError::Runtime(format!(
+            "the state database can no longer be written: {err} (upsync stopped so that a \
+             restart reopens it once the cause is fixed)"
+        )));
+    }
+    stopped?;
     tracing::info!("stopped");
     Ok(())
 }
