@@ -76,7 +76,7 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
         listen: String,
         #[command(flatten)]
-        options: EmulatorOptions,
+        options: Box<EmulatorOptions>,
     },
 }
 
@@ -202,7 +202,7 @@ async fn execute(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Emulator { listen, options } => {
-            let running = emulator::start(&listen, options)
+            let running = emulator::start(&listen, *options)
                 .await
                 .map_err(Failure::runtime)?;
             // Tests and scripts read the bound address from this line.

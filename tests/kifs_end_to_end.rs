@@ -79,13 +79,17 @@ fn files_of_every_size_class_arrive_byte_identical() {
         write_file(&s.inbox.join(name), *size, i as u64);
     }
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(240), "every file to arrive", || {
+    daemon.wait_until(Duration::from_secs(240), "every file to arrive", || {
         sizes
             .iter()
             .all(|(name, _)| arrived(&s, &s.inbox.join(name), name))
     });
-    let status = status_json(&s.config);
-    assert_eq!(status["folders"][0]["done"], sizes.len(), "{status}");
+    // The remote has the bytes a moment before the ledger records them.
+    daemon.wait_until(
+        Duration::from_secs(20),
+        "the ledger to record every file",
+        || status_json(&s.config)["folders"][0]["done"] == sizes.len(),
+    );
     assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
 }
 
@@ -106,7 +110,7 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    wait_until(Duration::from_secs(20), "the file to arrive", || {
+    daemon.wait_until(Duration::from_secs(20), "the file to arrive", || {
         arrived(&s, &path, "slow.csv")
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -119,12 +123,12 @@ fn a_file_changed_after_its_upload_is_uploaded_again() {
     let s = setup(&[], "", "");
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
-    let _daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the first version", || {
+    let daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the first version", || {
         arrived(&s, &path, "report.csv")
     });
     std::fs::write(&path, "a,b\n1,2\n3,4\n").unwrap();
-    wait_until(Duration::from_secs(20), "the second version", || {
+    daemon.wait_until(Duration::from_secs(20), "the second version", || {
         arrived(&s, &path, "report.csv")
     });
 }
@@ -136,7 +140,7 @@ fn kill_9_during_a_multipart_upload_then_restart_yields_the_whole_file_once() {
     write_file(&path, 300 << 20, 42);
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(60), "two acknowledged parts", || {
+    daemon.wait_until(Duration::from_secs(60), "two acknowledged parts", || {
         let stats = s.emulator.get_json("/kifs/_emulator/stats");
         stats["multipart_operations"]["upload_part"]
             .as_u64()
@@ -145,7 +149,7 @@ fn kill_9_during_a_multipart_upload_then_restart_yields_the_whole_file_once() {
     });
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(120), "the whole file", || {
+    daemon.wait_until(Duration::from_secs(120), "the whole file", || {
         arrived(&s, &path, "big.bin")
     });
     let stats = s.emulator.get_json("/kifs/_emulator/stats");
@@ -163,10 +167,10 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
     std::fs::write(&good, "ok\n").unwrap();
     std::fs::write(&bad, "rejected\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the good file", || {
+    daemon.wait_until(Duration::from_secs(20), "the good file", || {
         arrived(&s, &good, "good.csv")
     });
-    wait_until(Duration::from_secs(20), "the bad file to fail", || {
+    daemon.wait_until(Duration::from_secs(20), "the bad file to fail", || {
         status_json(&s.config)["failed"]
             .as_array()
             .is_some_and(|f| !f.is_empty())
@@ -194,13 +198,13 @@ fn a_restart_after_everything_is_uploaded_uploads_nothing() {
         write_file(&s.inbox.join(format!("f{i}.bin")), 1000 + i, i);
     }
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(30), "all files", || {
+    daemon.wait_until(Duration::from_secs(30), "all files", || {
         (0..20).all(|i| arrived(&s, &s.inbox.join(format!("f{i}.bin")), &format!("f{i}.bin")))
     });
     assert_eq!(daemon.terminate(), Some(0));
     let before = upload_requests(&s);
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(
+    daemon.wait_until(
         Duration::from_secs(20),
         "the restarted daemon to be ready",
         || daemon.log_text().matches("upsync is running").count() >= 2,
@@ -218,7 +222,7 @@ fn json_encoding_uploads_whole_and_multipart_files() {
     write_file(&small, 4096, 1);
     write_file(&large, PART + 4096, 2);
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(120), "both files", || {
+    daemon.wait_until(Duration::from_secs(120), "both files", || {
         arrived(&s, &small, "small.txt") && arrived(&s, &large, "large.bin")
     });
     assert_eq!(daemon.terminate(), Some(0));
@@ -237,7 +241,7 @@ fn basic_and_bearer_credentials_are_sent_and_bad_ones_stop_the_start() {
         let path = s.inbox.join("a.txt");
         std::fs::write(&path, "authenticated\n").unwrap();
         let mut daemon = DaemonProcess::start(&s.config);
-        wait_until(Duration::from_secs(20), "the file", || {
+        daemon.wait_until(Duration::from_secs(20), "the file", || {
             arrived(&s, &path, "a.txt")
         });
         assert_eq!(daemon.terminate(), Some(0));

@@ -76,11 +76,23 @@ fn list_uploads(s: &Setup) -> Vec<serde_json::Value> {
             if let Some(t) = &token {
                 url.push_str(&format!("&pageToken={t}"));
             }
-            let response = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
-            if response.status().as_u16() == 404 {
-                return all;
-            }
-            let page: serde_json::Value = response.json().await.unwrap();
+            // The emulator's injected faults hit these requests too: retry them.
+            let mut attempts = 0;
+            let page: serde_json::Value = loop {
+                attempts += 1;
+                assert!(attempts < 200, "listing uploads keeps failing");
+                let Ok(response) = client.get(&url).bearer_auth(TOKEN).send().await else {
+                    continue;
+                };
+                match response.status().as_u16() {
+                    200 => match response.json().await {
+                        Ok(page) => break page,
+                        Err(_) => continue,
+                    },
+                    404 => return all,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
             all.extend(page["results"].as_array().cloned().unwrap_or_default());
             match page["nextPageToken"].as_str() {
                 Some(next) if !next.is_empty() => token = Some(next.to_string()),
@@ -249,5 +261,60 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
     }
     let mut daemon = DaemonProcess::start(&s.config);
     wait_mirrored(&s, &files, Duration::from_secs(300), &daemon);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+fn session_puts(s: &Setup) -> u64 {
+    number(&s.emulator.get_json("/_emulator/redivis/stats")["session_puts"]).unwrap_or(0)
+}
+
+#[test]
+fn kill_9_between_the_last_chunk_and_upload_post_leaves_exactly_one_upload() {
+    // The final chunk is stored at once but answered only after 4 s: the daemon dies
+    // knowing the transfer went out, not whether it landed.
+    let s = setup(&["--redivis-final-chunk-delay", "4000"], "");
+    let path = s.inbox.join("three-chunks.bin");
+    write_file(&path, (2 << 20) + 12_345, 77);
+    backdate(&path, 60);
+    let files = vec![("three-chunks.bin".to_string(), path)];
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the final chunk to be sent",
+        || session_puts(&s) >= 3,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        list_uploads(&s).is_empty(),
+        "upload.post ran before the kill"
+    );
+    daemon.kill9();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_mirrored(&s, &files, Duration::from_secs(60), &daemon);
+    std::thread::sleep(Duration::from_secs(1));
+    mirrored_exactly_once(&s, &files).unwrap();
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
+    // upload.post creates the upload, then holds the answer for 5 s: the daemon dies with
+    // the upload created but unconfirmed, and must find it instead of posting again.
+    let s = setup(&["--redivis-post-delay", "5000"], "");
+    let path = s.inbox.join("posted.bin");
+    write_file(&path, (3 << 20) + 1, 78);
+    backdate(&path, 60);
+    let files = vec![("posted.bin".to_string(), path)];
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the upload to be created", || {
+        !list_uploads(&s).is_empty()
+    });
+    daemon.kill9();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_mirrored(&s, &files, Duration::from_secs(60), &daemon);
+    std::thread::sleep(Duration::from_secs(1));
+    mirrored_exactly_once(&s, &files).unwrap();
+    let created = s.emulator.get_json("/_emulator/redivis/stats")["uploads_created"].clone();
+    assert_eq!(number(&created), Some(1), "upload.post ran twice");
     assert_eq!(daemon.terminate(), Some(0));
 }

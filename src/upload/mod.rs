@@ -219,10 +219,7 @@ impl Backend {
     pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
         match self {
             Backend::Kifs(backend) => backend.prepare_folder(folder).await,
-            Backend::Redivis(backend) => backend
-                .prepare_folder(folder)
-                .await
-                .map_err(UploadError::permanent),
+            Backend::Redivis(backend) => backend.prepare_folder(folder).await,
         }
     }
 

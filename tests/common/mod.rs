@@ -247,6 +247,23 @@ impl DaemonProcess {
             .map(|status| status.code())
     }
 
+    /// Like [`wait_until`], but a timeout shows the end of the daemon's log.
+    pub fn wait_until(&self, timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !condition() {
+            if Instant::now() > deadline {
+                let log = self.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; daemon log:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,736 @@
+//! The Redivis REST API client: the upload endpoints, pacing, in-request retries, errors.
+//!
+//! Every call goes through [`ApiClient::send`]: it waits for the shared [`Pacer`], counts
+//! the request, sends `Authorization: Bearer` (only to the API's own host:port), reads the
+//! rate-limit headers, and classifies failures with [`classify`]. Transient failures are
+//! retried in place a bounded number of times with jittered exponential backoff (honouring
+//! `Retry-After`); when the budget is spent the error carries `Disposition::Retry`, so the
+//! worker schedules a durable job-level retry.
+//!
+//! upload.post is not idempotent (protocol §9): [`ApiClient::send`] repeats it only when the
+//! server cannot have processed it (429, 408, or a connect error). Any other failure comes
+//! back with `maybe_processed`, and the caller reconciles through the upload list instead of
+//! posting again blindly.
+//!
+//! Error messages name the endpoint and the table, never a URL with its query string, and
+//! never the token.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use super::classify;
+use super::ratelimit::Pacer;
+use crate::config::Secret;
+use crate::upload::backoff::{Backoff, retry_after};
+use crate::upload::{Disposition, UploadError};
+
+/// Characters kept literally in a table reference path segment: Python's
+/// `quote(ref, safe="")` keeps only letters, digits and `_.-~` (so `:` becomes `%3A`).
+const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~');
+
+/// Page size for upload lists (the documented default).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// How often and how long transient failures are retried inside one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(64),
+        }
+    }
+}
+
+/// A failed API call.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status, when the server answered.
+    pub status: Option<u16>,
+    pub disposition: Disposition,
+    pub message: String,
+    /// The request may have been carried out although no success answer arrived.
+    pub maybe_processed: bool,
+    /// Shutdown was requested while the call waited (for the pacer or a retry).
+    pub shutdown: bool,
+}
+
+impl From<ApiError> for UploadError {
+    fn from(err: ApiError) -> UploadError {
+        if err.shutdown {
+            UploadError::Shutdown
+        } else {
+            UploadError::remote(err.disposition, err.message)
+        }
+    }
+}
+
+fn shutdown_error() -> ApiError {
+    ApiError {
+        status: None,
+        disposition: Disposition::Retry { after: None },
+        message: "interrupted by shutdown".into(),
+        maybe_processed: false,
+        shutdown: true,
+    }
+}
+
+/// Whether a call may be repeated after an ambiguous failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Safe to repeat (reads, deletes, session creation whose orphans are harmless).
+    Repeatable,
+    /// Repeat only when the server cannot have processed it.
+    Once,
+}
+
+/// An upload resource (protocol §4.8). Numbers may come as JSON numbers or strings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadResource {
+    #[serde(default)]
+    pub uri: String,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub size: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+impl UploadResource {
+    pub fn status(&self) -> &str {
+        self.status.as_deref().unwrap_or("")
+    }
+
+    pub fn is_completed(&self) -> bool {
+        self.status() == "completed"
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.status() == "failed"
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.is_completed() || self.is_failed()
+    }
+
+    /// Same upload: same URI, or same id when both carry one.
+    pub fn same_as(&self, other: &UploadResource) -> bool {
+        (!self.uri.is_empty() && self.uri == other.uri)
+            || matches!((&self.id, &other.id), (Some(a), Some(b)) if a == b)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadPage {
+    #[serde(default)]
+    pub results: Vec<UploadResource>,
+    #[serde(default, rename = "nextPageToken")]
+    pub next_page_token: Option<String>,
+}
+
+/// A session handed out by `resumableUpload` (legacy flow) or `tempUploads` (current flow).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewUpload {
+    #[serde(deserialize_with = "required_string")]
+    pub id: String,
+    pub url: String,
+    /// Only in tempUploads answers; the server's word wins over what we asked for.
+    #[serde(default)]
+    pub resumable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct TempUploadList {
+    #[serde(default)]
+    results: Vec<NewUpload>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    origin: Option<(String, u16)>,
+    token: Secret,
+    pacer: Pacer,
+    requests: AtomicU64,
+    retry: RetryPolicy,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token)
+            .field("requests", &self.requests.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl ApiClient {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: &str,
+        token: Secret,
+        pacer: Pacer,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Result<ApiClient, String> {
+        let base = api_url.trim_end_matches('/').to_string();
+        let origin = origin_of(&base)
+            .ok_or_else(|| format!("Redivis api_url {base:?} is not an http(s) URL"))?;
+        Ok(ApiClient {
+            http,
+            base,
+            origin: Some(origin),
+            token,
+            pacer,
+            requests: AtomicU64::new(0),
+            retry,
+            timeout,
+        })
+    }
+
+    /// API requests sent so far (each retry counts).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Whether `url` is served by the API's host:port, so the token may go there (B9).
+    pub fn is_api_origin(&self, url: &str) -> bool {
+        self.origin.is_some() && origin_of(url) == self.origin
+    }
+
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// `/tables/{ref}` with the reference percent-encoded (`:` as `%3A`).
+    pub fn table_path(table: &str) -> String {
+        format!("/tables/{}", utf8_percent_encode(table, REF_ESCAPE))
+    }
+
+    /// An absolute URL for an API path or an upload `uri` (absolute ones pass through).
+    pub fn absolute(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    /// Sends one API request, pacing and retrying as the module doc says.
+    pub async fn send(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        cancel: &CancellationToken,
+        url: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<Response, ApiError> {
+        let send_token = self.is_api_origin(url);
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return Err(shutdown_error()),
+                permit = self.pacer.acquire() => permit,
+            };
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = build(&self.http).timeout(self.timeout);
+            if send_token {
+                request = request.bearer_auth(self.token.expose());
+            }
+            let failure = match request.send().await {
+                Ok(response) => {
+                    permit.finish(rate_limit_remaining(response.headers()));
+                    let status = response.status().as_u16();
+                    if response.status().is_success() {
+                        return Ok(response);
+                    }
+                    let after = retry_after(response.headers());
+                    if status == 429 {
+                        self.pacer.block(after);
+                    }
+                    let disposition = classify::api_status(status, after);
+                    let body = response.text().await.unwrap_or_default();
+                    ApiError {
+                        status: Some(status),
+                        disposition,
+                        message: describe_status(what, status, &body),
+                        // 429 and 408 are answered before the request is processed.
+                        maybe_processed: !matches!(status, 408 | 429),
+                        shutdown: false,
+                    }
+                }
+                Err(err) => {
+                    drop(permit);
+                    ApiError {
+                        status: None,
+                        disposition: classify::api_transport(&err),
+                        message: format!("Redivis {what} failed: {}", describe_transport(&err)),
+                        maybe_processed: !classify::never_sent(&err),
+                        shutdown: false,
+                    }
+                }
+            };
+            let after = match failure.disposition {
+                Disposition::Retry { after } => after,
+                _ => return Err(failure),
+            };
+            if idempotency == Idempotency::Once && failure.maybe_processed {
+                return Err(failure);
+            }
+            if attempt >= self.retry.attempts {
+                return Err(ApiError {
+                    message: format!(
+                        "{} (gave up after {attempt} attempts; will retry later)",
+                        failure.message
+                    ),
+                    ..failure
+                });
+            }
+            let sleep = backoff.next_delay(after, &mut rand::rng());
+            tracing::warn!(
+                attempt,
+                max_attempts = self.retry.attempts,
+                sleep_ms = sleep.as_millis() as u64,
+                reason = %failure.message,
+                "retrying Redivis API request"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(shutdown_error()),
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        cancel: &CancellationToken,
+        url: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<T, ApiError> {
+        let response = self.send(what, idempotency, cancel, url, build).await?;
+        let body = response.bytes().await.map_err(|err| ApiError {
+            status: None,
+            disposition: Disposition::Retry { after: None },
+            message: format!(
+                "Redivis {what}: answer cut off: {}",
+                describe_transport(&err)
+            ),
+            maybe_processed: true,
+            shutdown: false,
+        })?;
+        serde_json::from_slice(&body).map_err(|err| ApiError {
+            status: None,
+            disposition: Disposition::Retry { after: None },
+            message: format!("Redivis {what}: unexpected answer ({err})"),
+            maybe_processed: true,
+            shutdown: false,
+        })
+    }
+
+    /// Legacy flow: `POST /tables/{ref}/resumableUpload?size=N` (empty body).
+    pub async fn create_resumable_upload(
+        &self,
+        table: &str,
+        size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<NewUpload, ApiError> {
+        let url = self.absolute(&format!("{}/resumableUpload", Self::table_path(table)));
+        let what = format!("resumableUpload for table {table}");
+        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            http.post(&url)
+                .query(&[("size", size)])
+                .header(reqwest::header::CONTENT_LENGTH, 0)
+        })
+        .await
+    }
+
+    /// Current flow: `POST /tables/{ref}/tempUploads` for one file.
+    pub async fn create_temp_upload(
+        &self,
+        table: &str,
+        name: &str,
+        size: u64,
+        resumable: bool,
+        cancel: &CancellationToken,
+    ) -> Result<NewUpload, ApiError> {
+        let url = self.absolute(&format!("{}/tempUploads", Self::table_path(table)));
+        let what = format!("tempUploads for table {table}");
+        let body = serde_json::json!({
+            "tempUploads": [{"size": size, "name": name, "resumable": resumable}]
+        });
+        let list: TempUploadList = self
+            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+                http.post(&url).json(&body)
+            })
+            .await?;
+        list.results.into_iter().next().ok_or_else(|| ApiError {
+            status: None,
+            disposition: Disposition::Retry { after: None },
+            message: format!("Redivis {what}: the answer lists no temp upload"),
+            maybe_processed: false,
+            shutdown: false,
+        })
+    }
+
+    /// upload.post, JSON form: creates the upload from a finished session.
+    /// `id_field` is `resumableUploadId` or `tempUploadId`.
+    pub async fn post_upload(
+        &self,
+        table: &str,
+        name: &str,
+        id_field: &str,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<UploadResource, ApiError> {
+        let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
+        let what = format!("upload.post of {name:?} to table {table}");
+        let mut body = serde_json::Map::new();
+        body.insert("name".into(), name.into());
+        body.insert(id_field.into(), id.into());
+        let body = serde_json::Value::Object(body);
+        self.send_json(&what, Idempotency::Once, cancel, &url, &|http| {
+            http.post(&url).json(&body)
+        })
+        .await
+    }
+
+    /// upload.post, multipart form: metadata first, then the file's bytes (small files).
+    pub async fn post_upload_inline(
+        &self,
+        table: &str,
+        name: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<UploadResource, ApiError> {
+        let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
+        let what = format!("upload.post of {name:?} to table {table}");
+        let metadata = serde_json::to_vec(&serde_json::json!({ "name": name }))
+            .expect("upload metadata serializes to JSON");
+        let file_name = name.rsplit('/').next().unwrap_or(name).to_string();
+        self.send_json(&what, Idempotency::Once, cancel, &url, &|http| {
+            let meta = reqwest::multipart::Part::bytes(metadata.clone())
+                .file_name("metadata")
+                .mime_str("application/json")
+                .expect("application/json is a valid MIME type");
+            let len = data.len() as u64;
+            let body = reqwest::multipart::Part::stream_with_length(data.clone(), len)
+                .file_name(file_name.clone());
+            let form = reqwest::multipart::Form::new()
+                .part("metadata", meta)
+                .part("data", body);
+            http.post(&url).multipart(form)
+        })
+        .await
+    }
+
+    /// `GET {upload.uri}`.
+    pub async fn get_upload(
+        &self,
+        uri: &str,
+        cancel: &CancellationToken,
+    ) -> Result<UploadResource, ApiError> {
+        let url = self.absolute(uri);
+        let what = format!("upload.get of {}", strip_query(uri));
+        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            http.get(&url)
+        })
+        .await
+    }
+
+    /// `GET /tables/{ref}/uploads/{escaped name}`; `None` when there is no such upload.
+    pub async fn find_upload_by_name(
+        &self,
+        table: &str,
+        escaped: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<UploadResource>, ApiError> {
+        let url = self.absolute(&format!(
+            "{}/uploads/{}",
+            Self::table_path(table),
+            utf8_percent_encode(escaped, REF_ESCAPE)
+        ));
+        let what = format!("upload.get of {escaped:?} in table {table}");
+        match self
+            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+                http.get(&url)
+            })
+            .await
+        {
+            Ok(upload) => Ok(Some(upload)),
+            Err(err) if err.status == Some(404) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One page of `GET /tables/{ref}/uploads`.
+    pub async fn list_uploads(
+        &self,
+        table: &str,
+        max_results: u32,
+        page_token: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<UploadPage, ApiError> {
+        let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
+        let what = format!("upload list of table {table}");
+        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            let request = http.get(&url).query(&[("maxResults", max_results)]);
+            match page_token {
+                Some(token) => request.query(&[("pageToken", token)]),
+                None => request,
+            }
+        })
+        .await
+    }
+
+    /// Walks every page of the table's uploads, handing each page to `visit`, until the
+    /// last page or until `visit` returns `false`. Returns the number of pages read.
+    pub async fn for_each_upload_page(
+        &self,
+        table: &str,
+        cancel: &CancellationToken,
+        visit: &mut (dyn FnMut(&[UploadResource]) -> bool + Send),
+    ) -> Result<usize, ApiError> {
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = self
+                .list_uploads(table, LIST_PAGE_SIZE, token.as_deref(), cancel)
+                .await?;
+            pages += 1;
+            if !visit(&page.results) {
+                return Ok(pages);
+            }
+            match page.next_page_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(pages),
+            }
+        }
+    }
+
+    /// `DELETE {upload.uri}`; an upload that is already gone counts as deleted.
+    pub async fn delete_upload(
+        &self,
+        uri: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), ApiError> {
+        let url = self.absolute(uri);
+        let what = format!("upload.delete of {}", strip_query(uri));
+        match self
+            .send(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+                http.delete(&url)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if err.status == Some(404) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn rate_limit_remaining(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// `host:port` of an http(s) URL (default ports filled in).
+pub fn origin_of(url: &str) -> Option<(String, u16)> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return None;
+    }
+    Some((
+        parsed.host_str()?.to_ascii_lowercase(),
+        parsed.port_or_known_default()?,
+    ))
+}
+
+/// A URL without its query string or fragment (which may carry capabilities).
+pub fn strip_query(url: &str) -> &str {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    &url[..end]
+}
+
+fn describe_status(what: &str, status: u16, body: &str) -> String {
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error,
+            error_description,
+        }) if error.is_some() || error_description.is_some() => format!(
+            "Redivis {what} failed: HTTP {status} {}: {}",
+            error.as_deref().unwrap_or("error"),
+            error_description.as_deref().unwrap_or("(no description)")
+        ),
+        _ => {
+            let text: String = body.chars().take(200).collect();
+            format!("Redivis {what} failed: HTTP {status}: {}", text.trim())
+        }
+    }
+}
+
+/// A transport error as a sentence, without the URL reqwest would print.
+pub fn describe_transport(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else if err.is_body() {
+        "connection broke while sending the body"
+    } else {
+        "request failed"
+    };
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    if causes.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {}", causes.join(": "))
+    }
+}
+
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a byte count"))),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{s:?} is not a byte count"))),
+        Some(other) => Err(D::Error::custom(format!("{other} is not a byte count"))),
+    }
+}
+
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Ok(Some(other.to_string())),
+    }
+}
+
+fn required_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    lenient_string(d)?.ok_or_else(|| D::Error::custom("id is null"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_references_encode_colons_and_keep_dots() {
+        assert_eq!(
+            ApiClient::table_path("owner.ds:next.tbl"),
+            "/tables/owner.ds%3Anext.tbl"
+        );
+        assert_eq!(
+            ApiClient::table_path("o.d:7br5:next.t:x1"),
+            "/tables/o.d%3A7br5%3Anext.t%3Ax1"
+        );
+    }
+
+    #[test]
+    fn upload_resources_accept_numbers_as_strings_or_integers() {
+        let a: UploadResource = serde_json::from_str(
+            r#"{"uri":"/tables/x/uploads/1","id":1,"name":"a.csv","status":"completed","size":"42","hash":"abc","numRows":"3"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.size, Some(42));
+        assert_eq!(a.id.as_deref(), Some("1"));
+        let b: UploadResource =
+            serde_json::from_str(r#"{"uri":"u","size":42,"status":null,"hash":null}"#).unwrap();
+        assert_eq!(b.size, Some(42));
+        assert_eq!(b.status(), "");
+        assert!(!b.is_terminal());
+    }
+
+    #[test]
+    fn origins_compare_host_and_port_only() {
+        assert_eq!(
+            origin_of("http://127.0.0.1:8787/api/v1"),
+            Some(("127.0.0.1".into(), 8787))
+        );
+        assert_eq!(
+            origin_of("https://Redivis.com/api/v1"),
+            Some(("redivis.com".into(), 443))
+        );
+        assert_eq!(origin_of("ftp://x/"), None);
+        assert_eq!(strip_query("http://h/s?upload_id=secret"), "http://h/s");
+    }
+
+    #[test]
+    fn error_bodies_become_sentences() {
+        let msg = describe_status(
+            "upload.post",
+            403,
+            r#"{"error":"insufficient_scope","error_description":"needs data.edit"}"#,
+        );
+        assert_eq!(
+            msg,
+            "Redivis upload.post failed: HTTP 403 insufficient_scope: needs data.edit"
+        );
+        let msg = describe_status("upload.post", 502, "<html>bad gateway</html>");
+        assert_eq!(
+            msg,
+            "Redivis upload.post failed: HTTP 502: <html>bad gateway</html>"
+        );
+    }
+}

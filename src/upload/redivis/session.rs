@@ -1,0 +1,825 @@
+//! The GCS-style resumable session behind a Redivis upload URL (protocol §4.3–§4.5, §7):
+//! chunked PUTs, `308` + `Range`, status queries, resume, and the whole-body PUT of a
+//! non-resumable temp upload. Both flows share this loop.
+//!
+//! The chunk loop, with `offset` = the server's persisted byte count:
+//! 1. Fresh session: `offset = 0`. Resumed session: status query first (`PUT`, empty body,
+//!    `Content-Range: bytes */N`) and take the server's offset, never our own record.
+//! 2. Check the file is unchanged, read `[offset, offset + chunk)`, check again.
+//! 3. `PUT` it with `Content-Range: bytes S-E/N` and its exact `Content-Length`.
+//! 4. `200`/`201` on the chunk that reaches N: done. `308` + `Range: bytes=0-K`: offset =
+//!    K + 1 (the server may keep less than we sent); `308` without `Range`: offset = 0;
+//!    a malformed `Range` or any other 2xx: status query.
+//! 5. Transport error, timeout, 408/429/5xx: back off, status query, continue from its
+//!    offset. 404/410/499 (expired, killed, cancelled) or 400: the session is unusable,
+//!    the caller starts a new one from byte 0.
+//! 6. After every acknowledged offset: fold the confirmed bytes into the MD5, persist the
+//!    state (so a crash resumes there), and publish the live progress.
+//!
+//! Failures without progress are bounded (`RetryPolicy::attempts`); when spent, the error
+//! is `Disposition::Retry` and the persisted state lets the next job attempt resume.
+//!
+//! The token goes to a session URL only when its host:port is the API's (B9).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LOCATION, RANGE};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{RetryPolicy, describe_transport, origin_of, strip_query};
+use super::classify;
+use crate::config::Secret;
+use crate::fingerprint::Fingerprint;
+use crate::upload::backoff::Backoff;
+use crate::upload::chunk::FileReader;
+use crate::upload::{Disposition, LiveProgress, UploadError};
+
+/// Which Redivis flow created a session (they differ in how the upload is posted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flow {
+    /// `resumableUpload` → PUTs → upload.post `{resumableUploadId}`.
+    ResumableUpload,
+    /// `tempUploads` → `x-goog-resumable: start` → PUTs → upload.post `{tempUploadId}`.
+    TempUploads,
+}
+
+impl Flow {
+    /// The upload.post field that names the session's upload id.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            Flow::ResumableUpload => "resumableUploadId",
+            Flow::TempUploads => "tempUploadId",
+        }
+    }
+}
+
+/// The resume state saved after every acknowledged chunk.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub flow: Flow,
+    pub session_url: String,
+    pub upload_id: String,
+    pub size: u64,
+    pub created_at_ms: u64,
+    pub confirmed_offset: u64,
+    pub fingerprint: Fingerprint,
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionState")
+            .field("flow", &self.flow)
+            .field("session_url", &strip_query(&self.session_url))
+            .field("upload_id", &self.upload_id)
+            .field("size", &self.size)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("confirmed_offset", &self.confirmed_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionState {
+    /// Why a saved session cannot be resumed for this file version, if it cannot.
+    pub fn unusable_for(
+        &self,
+        flow: Flow,
+        size: u64,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+        max_age: Duration,
+    ) -> Option<&'static str> {
+        if self.flow != flow {
+            Some("it was made by the other protocol")
+        } else if self.fingerprint != *fingerprint || self.size != size {
+            Some("the file changed since")
+        } else if now_ms.saturating_sub(self.created_at_ms) >= max_age.as_millis() as u64 {
+            Some("it is older than the session lifetime")
+        } else {
+            None
+        }
+    }
+}
+
+/// How a session attempt ended, when it did not complete.
+#[derive(Debug)]
+pub enum SessionFailure {
+    /// The session is unusable: make a new one from byte 0. `rejected` = the server
+    /// answered 400 (allowed once).
+    Restart {
+        rejected: bool,
+        message: String,
+    },
+    Fail(UploadError),
+}
+
+impl From<UploadError> for SessionFailure {
+    fn from(err: UploadError) -> SessionFailure {
+        SessionFailure::Fail(err)
+    }
+}
+
+/// The server's view of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerOffset {
+    /// The first N bytes are persisted; send from N.
+    At(u64),
+    /// All bytes are persisted; the session is finalized.
+    Complete,
+}
+
+/// Parses `Range: bytes=0-K`: `Ok(None)` without the header, `Ok(Some(K + 1))`, or `Err`
+/// for anything else (B7: never a crash).
+pub fn parse_range(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let Some(value) = headers.get(RANGE) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| "Range header is not text".to_string())?;
+    let malformed = || format!("malformed Range header {text:?}");
+    let rest = text.trim().strip_prefix("bytes=").ok_or_else(malformed)?;
+    let (first, last) = rest.split_once('-').ok_or_else(malformed)?;
+    if first.trim() != "0" {
+        return Err(malformed());
+    }
+    let last: u64 = last.trim().parse().map_err(|_| malformed())?;
+    Ok(Some(last + 1))
+}
+
+/// HTTP access to session URLs.
+#[derive(Debug)]
+pub struct SessionClient {
+    http: reqwest::Client,
+    api_origin: Option<(String, u16)>,
+    token: Secret,
+    pub retry: RetryPolicy,
+    timeout: Duration,
+}
+
+impl SessionClient {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: &str,
+        token: Secret,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> SessionClient {
+        SessionClient {
+            http,
+            api_origin: origin_of(api_url),
+            token,
+            retry,
+            timeout,
+        }
+    }
+
+    fn with_auth(&self, url: &str, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.api_origin.is_some() && origin_of(url) == self.api_origin {
+            request.bearer_auth(self.token.expose())
+        } else {
+            request
+        }
+    }
+
+    async fn put(
+        &self,
+        url: &str,
+        content_range: String,
+        body: Bytes,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let len = body.len();
+        self.with_auth(url, self.http.put(url))
+            .header(CONTENT_RANGE, content_range)
+            .header(CONTENT_LENGTH, len)
+            .body(body)
+            .timeout(self.timeout)
+            .send()
+            .await
+    }
+
+    /// Status query: where does the server stand? Retried in place on transient trouble.
+    pub async fn query(
+        &self,
+        url: &str,
+        total: u64,
+        cancel: &CancellationToken,
+    ) -> Result<ServerOffset, SessionFailure> {
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let problem = match self
+                .put(url, format!("bytes */{total}"), Bytes::new())
+                .await
+            {
+                Ok(response) => match response.status().as_u16() {
+                    200 | 201 => return Ok(ServerOffset::Complete),
+                    308 => match parse_range(response.headers()) {
+                        Ok(offset) => return Ok(ServerOffset::At(offset.unwrap_or(0))),
+                        Err(malformed) => format!("status query: {malformed}"),
+                    },
+                    status => {
+                        let message = format!("status query answered HTTP {status}");
+                        match classify::session_status(status) {
+                            Disposition::RestartSession => {
+                                return Err(SessionFailure::Restart {
+                                    rejected: status == 400,
+                                    message,
+                                });
+                            }
+                            Disposition::Permanent if !(200..300).contains(&status) => {
+                                return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                                    "upload session {}: {message}",
+                                    strip_query(url)
+                                ))));
+                            }
+                            _ => message,
+                        }
+                    }
+                },
+                Err(err) => format!("status query: {}", describe_transport(&err)),
+            };
+            if attempt >= self.retry.attempts {
+                return Err(SessionFailure::Fail(UploadError::retry(format!(
+                    "upload session {}: {problem} (gave up after {attempt} attempts; will \
+                     resume later)",
+                    strip_query(url)
+                ))));
+            }
+            let sleep = backoff.next_delay(None, &mut rand::rng());
+            tracing::warn!(
+                attempt,
+                max_attempts = self.retry.attempts,
+                sleep_ms = sleep.as_millis() as u64,
+                reason = %problem,
+                "retrying upload status query"
+            );
+            sleep_or_shutdown(sleep, cancel).await?;
+        }
+    }
+
+    /// Current flow: turns a resumable temp upload URL into a session URI
+    /// (`x-goog-resumable: start`, answered with `Location`).
+    pub async fn initiate(
+        &self,
+        temp_url: &str,
+        size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<String, SessionFailure> {
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .with_auth(temp_url, self.http.post(temp_url))
+                .header("x-goog-resumable", "start")
+                .header("x-upload-content-length", size)
+                .header(CONTENT_LENGTH, 0)
+                .timeout(self.timeout)
+                .send()
+                .await;
+            let problem = match sent {
+                Ok(response) if response.status().is_success() => {
+                    let location = response
+                        .headers()
+                        .get(LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    match location {
+                        Some(location) => return Ok(resolve(temp_url, &location)),
+                        None => "session initiation answered without a Location".to_string(),
+                    }
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let message = format!("session initiation answered HTTP {status}");
+                    match classify::session_status(status) {
+                        Disposition::RestartSession => {
+                            return Err(SessionFailure::Restart {
+                                rejected: status == 400,
+                                message,
+                            });
+                        }
+                        Disposition::Permanent => {
+                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                                "temp upload {}: {message}",
+                                strip_query(temp_url)
+                            ))));
+                        }
+                        _ => message,
+                    }
+                }
+                Err(err) => format!("session initiation: {}", describe_transport(&err)),
+            };
+            if attempt >= self.retry.attempts {
+                return Err(SessionFailure::Fail(UploadError::retry(format!(
+                    "temp upload {}: {problem} (gave up after {attempt} attempts)",
+                    strip_query(temp_url)
+                ))));
+            }
+            let sleep = backoff.next_delay(None, &mut rand::rng());
+            tracing::warn!(
+                attempt,
+                max_attempts = self.retry.attempts,
+                sleep_ms = sleep.as_millis() as u64,
+                reason = %problem,
+                "retrying upload session initiation"
+            );
+            sleep_or_shutdown(sleep, cancel).await?;
+        }
+    }
+}
+
+fn resolve(base: &str, location: &str) -> String {
+    match reqwest::Url::parse(base).and_then(|b| b.join(location)) {
+        Ok(url) => url.to_string(),
+        Err(_) => location.to_string(),
+    }
+}
+
+async fn sleep_or_shutdown(sleep: Duration, cancel: &CancellationToken) -> Result<(), UploadError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(UploadError::Shutdown),
+        _ = tokio::time::sleep(sleep) => Ok(()),
+    }
+}
+
+/// The MD5 of the file's first `upto` bytes, kept in step with the confirmed offset.
+pub struct RunningMd5 {
+    hasher: Md5,
+    upto: u64,
+}
+
+impl Default for RunningMd5 {
+    fn default() -> Self {
+        RunningMd5 {
+            hasher: Md5::new(),
+            upto: 0,
+        }
+    }
+}
+
+impl RunningMd5 {
+    /// Moves the digest to cover `[0, to)`, using `chunk` (bytes at `chunk_start`) where it
+    /// covers the range and the file elsewhere.
+    pub async fn advance(
+        &mut self,
+        to: u64,
+        reader: &FileReader,
+        chunk: Option<(u64, &Bytes)>,
+        read_size: u64,
+    ) -> Result<(), UploadError> {
+        if to < self.upto {
+            // MD5 cannot be rewound: start over from the file.
+            *self = RunningMd5::default();
+        }
+        while self.upto < to {
+            if let Some((start, bytes)) = chunk {
+                let end = start + bytes.len() as u64;
+                if start <= self.upto && self.upto < end {
+                    let from = (self.upto - start) as usize;
+                    let until = (to.min(end) - start) as usize;
+                    self.hasher.update(&bytes[from..until]);
+                    self.upto += (until - from) as u64;
+                    continue;
+                }
+            }
+            let len = (to - self.upto).min(read_size) as usize;
+            let bytes = reader.read_at(self.upto, len).await?;
+            if bytes.is_empty() {
+                return Err(UploadError::Changed);
+            }
+            self.hasher.update(&bytes);
+            self.upto += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn upto(&self) -> u64 {
+        self.upto
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+/// One file going through one session.
+pub struct Transfer<'a> {
+    pub client: &'a SessionClient,
+    pub reader: &'a FileReader,
+    pub path: &'a Path,
+    pub fingerprint: Fingerprint,
+    pub chunk_size: u64,
+    pub cancel: &'a CancellationToken,
+    pub live: &'a LiveProgress,
+    pub check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
+}
+
+impl Transfer<'_> {
+    /// Runs the chunk loop (module doc) until the server holds all bytes; returns the MD5
+    /// (hex) of the file's bytes as sent.
+    pub async fn run(
+        &self,
+        state: &mut SessionState,
+        query_first: bool,
+        persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
+    ) -> Result<String, SessionFailure> {
+        let size = state.size;
+        let url = state.session_url.clone();
+        let mut md5 = RunningMd5::default();
+        let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
+        let mut failures = 0u32;
+        let mut last_chunk: Option<(u64, Bytes)> = None;
+
+        let mut next = if query_first {
+            self.client.query(&url, size, self.cancel).await?
+        } else {
+            ServerOffset::At(state.confirmed_offset)
+        };
+        loop {
+            let offset = match next {
+                ServerOffset::Complete => size,
+                ServerOffset::At(offset) if offset > size => {
+                    return Err(SessionFailure::Restart {
+                        rejected: false,
+                        message: format!(
+                            "the server claims {offset} bytes of a {size}-byte upload"
+                        ),
+                    });
+                }
+                ServerOffset::At(offset) => offset,
+            };
+            let progressed = offset > state.confirmed_offset;
+            let chunk_ref = last_chunk.as_ref().map(|(start, bytes)| (*start, bytes));
+            md5.advance(offset, self.reader, chunk_ref, self.chunk_size)
+                .await?;
+            if offset != state.confirmed_offset {
+                state.confirmed_offset = offset;
+                persist(state)?;
+            }
+            self.live.set(offset, size);
+            if progressed {
+                failures = 0;
+                backoff.reset();
+            }
+            if next == ServerOffset::Complete {
+                return Ok(md5.hex());
+            }
+            if offset == size {
+                // All bytes are there but the session did not say "complete": a status
+                // query finalizes it (protocol §7).
+                next = self.client.query(&url, size, self.cancel).await?;
+                if next != ServerOffset::Complete {
+                    failures += 1;
+                    self.pause(&mut backoff, failures, "all bytes sent but not finalized")
+                        .await?;
+                }
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                return Err(SessionFailure::Fail(UploadError::Shutdown));
+            }
+
+            (self.check)()?;
+            let len = (size - offset).min(self.chunk_size) as usize;
+            let bytes = self.reader.read_at(offset, len).await?;
+            (self.check)()?;
+            let end = offset + bytes.len() as u64;
+            let range = format!("bytes {offset}-{}/{size}", end - 1);
+            let sent = self.client.put(&url, range, bytes.clone()).await;
+            last_chunk = Some((offset, bytes));
+            let problem = match sent {
+                Ok(response) => match response.status().as_u16() {
+                    200 | 201 if end == size => {
+                        next = ServerOffset::Complete;
+                        continue;
+                    }
+                    308 => match parse_range(response.headers()) {
+                        Ok(server) => {
+                            let server = server.unwrap_or(0);
+                            next = ServerOffset::At(server);
+                            if server <= offset {
+                                failures += 1;
+                                self.pause(&mut backoff, failures, "chunk was not persisted")
+                                    .await?;
+                            }
+                            continue;
+                        }
+                        Err(malformed) => malformed,
+                    },
+                    status @ 200..=299 => {
+                        format!("chunk answered HTTP {status} before the last byte")
+                    }
+                    status => match classify::session_status(status) {
+                        Disposition::RestartSession => {
+                            return Err(SessionFailure::Restart {
+                                rejected: status == 400,
+                                message: format!("chunk answered HTTP {status}"),
+                            });
+                        }
+                        Disposition::Permanent => {
+                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                                "upload session {}: chunk answered HTTP {status}",
+                                strip_query(&url)
+                            ))));
+                        }
+                        _ => format!("chunk answered HTTP {status}"),
+                    },
+                },
+                Err(err) => match classify::session_transport(&err) {
+                    Disposition::Permanent => {
+                        return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                            "upload session {}: {}",
+                            strip_query(&url),
+                            describe_transport(&err)
+                        ))));
+                    }
+                    _ => format!("chunk PUT: {}", describe_transport(&err)),
+                },
+            };
+            // In doubt: the server's word decides where to continue.
+            failures += 1;
+            self.pause(&mut backoff, failures, &problem).await?;
+            next = self.client.query(&url, size, self.cancel).await?;
+        }
+    }
+
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        failures: u32,
+        problem: &str,
+    ) -> Result<(), SessionFailure> {
+        let max = self.client.retry.attempts;
+        if failures >= max {
+            return Err(SessionFailure::Fail(UploadError::retry(format!(
+                "upload of {} stalled: {problem} ({failures} times without progress; will \
+                 resume later)",
+                self.path.display()
+            ))));
+        }
+        let sleep = backoff.next_delay(None, &mut rand::rng());
+        tracing::warn!(
+            file = %self.path.display(),
+            attempt = failures,
+            max_attempts = max,
+            sleep_ms = sleep.as_millis() as u64,
+            reason = %problem,
+            "resuming chunk upload after a pause"
+        );
+        sleep_or_shutdown(sleep, self.cancel).await?;
+        Ok(())
+    }
+
+    /// Non-resumable temp upload: one PUT of the whole file, re-sent whole on every retry
+    /// (never just the unread remainder, B1). Returns the MD5 (hex) of what was sent.
+    pub async fn put_whole(&self, url: &str, size: u64) -> Result<String, SessionFailure> {
+        let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if self.cancel.is_cancelled() {
+                return Err(SessionFailure::Fail(UploadError::Shutdown));
+            }
+            (self.check)()?;
+            let hasher = Arc::new(Mutex::new(Md5::new()));
+            let trouble: Arc<Mutex<Option<UploadError>>> = Arc::new(Mutex::new(None));
+            let body = whole_file_body(
+                self.path.to_path_buf(),
+                self.fingerprint,
+                size,
+                self.chunk_size,
+                Arc::clone(&hasher),
+                Arc::clone(&trouble),
+            )?;
+            let sent = self
+                .client
+                .with_auth(url, self.client.http.put(url))
+                .header(CONTENT_LENGTH, size)
+                .body(body)
+                .timeout(self.client.timeout)
+                .send()
+                .await;
+            if let Some(err) = trouble.lock().expect("body state lock").take() {
+                return Err(SessionFailure::Fail(err));
+            }
+            let problem = match sent {
+                Ok(response) if response.status().is_success() => {
+                    (self.check)()?;
+                    self.live.set(size, size);
+                    let digest = hasher.lock().expect("body hash lock").clone().finalize();
+                    return Ok(hex::encode(digest));
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let message = format!("whole-file PUT answered HTTP {status}");
+                    match classify::session_status(status) {
+                        Disposition::RestartSession => {
+                            return Err(SessionFailure::Restart {
+                                rejected: status == 400,
+                                message,
+                            });
+                        }
+                        Disposition::Permanent => {
+                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                                "temp upload {}: {message}",
+                                strip_query(url)
+                            ))));
+                        }
+                        _ => message,
+                    }
+                }
+                Err(err) => format!("whole-file PUT: {}", describe_transport(&err)),
+            };
+            if attempt >= self.client.retry.attempts {
+                return Err(SessionFailure::Fail(UploadError::retry(format!(
+                    "temp upload {}: {problem} (gave up after {attempt} attempts)",
+                    strip_query(url)
+                ))));
+            }
+            let sleep = backoff.next_delay(None, &mut rand::rng());
+            tracing::warn!(
+                file = %self.path.display(),
+                attempt,
+                max_attempts = self.client.retry.attempts,
+                sleep_ms = sleep.as_millis() as u64,
+                reason = %problem,
+                "re-sending the whole file"
+            );
+            sleep_or_shutdown(sleep, self.cancel).await?;
+        }
+    }
+}
+
+/// A request body streaming the file in chunks from a fresh reader, hashing as it goes and
+/// stopping with the reason in `trouble` if the file changes.
+fn whole_file_body(
+    path: std::path::PathBuf,
+    fingerprint: Fingerprint,
+    size: u64,
+    chunk_size: u64,
+    hasher: Arc<Mutex<Md5>>,
+    trouble: Arc<Mutex<Option<UploadError>>>,
+) -> Result<reqwest::Body, UploadError> {
+    let reader = Arc::new(FileReader::open(&path, &fingerprint)?);
+    let stream = futures::stream::unfold(0u64, move |offset| {
+        let reader = Arc::clone(&reader);
+        let hasher = Arc::clone(&hasher);
+        let trouble = Arc::clone(&trouble);
+        let path = path.clone();
+        async move {
+            if offset >= size {
+                return None;
+            }
+            let len = (size - offset).min(chunk_size) as usize;
+            let read = match reader.read_at(offset, len).await {
+                Ok(bytes) => match Fingerprint::read(&path) {
+                    Ok(now) if now == fingerprint => Ok(bytes),
+                    Ok(_) => Err(UploadError::Changed),
+                    Err(_) => Err(UploadError::Vanished(path.display().to_string())),
+                },
+                Err(err) => Err(err),
+            };
+            match read {
+                Ok(bytes) => {
+                    hasher.lock().expect("body hash lock").update(&bytes);
+                    let next = offset + bytes.len() as u64;
+                    Some((Ok::<Bytes, std::io::Error>(bytes), next))
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    *trouble.lock().expect("body state lock") = Some(err);
+                    Some((Err(std::io::Error::other(text)), size))
+                }
+            }
+        }
+    });
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn with_range(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_token_goes_only_to_session_urls_on_the_api_host_and_port() {
+        let client = SessionClient::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:8787/api/v1",
+            Secret::new("t0ken-xyz"),
+            RetryPolicy::default(),
+            Duration::from_secs(1),
+        );
+        let auth = |url: &str| {
+            client
+                .with_auth(url, client.http.put(url))
+                .build()
+                .expect("request builds")
+                .headers()
+                .get(reqwest::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            auth("http://127.0.0.1:8787/upload/sessions/1").as_deref(),
+            Some("Bearer t0ken-xyz")
+        );
+        assert_eq!(auth("http://127.0.0.1:9999/upload/sessions/1"), None);
+        assert_eq!(auth("https://storage.example.com/upload/x?id=1"), None);
+    }
+
+    #[test]
+    fn range_headers_give_the_next_offset_and_malformed_ones_are_errors() {
+        assert_eq!(parse_range(&HeaderMap::new()), Ok(None));
+        assert_eq!(parse_range(&with_range("bytes=0-262143")), Ok(Some(262144)));
+        assert_eq!(parse_range(&with_range("bytes=0-0")), Ok(Some(1)));
+        for bad in ["bytes=0-", "bytes=5-10", "0-10", "bytes=0-x", "bytes=-10"] {
+            assert!(parse_range(&with_range(bad)).is_err(), "{bad}");
+        }
+    }
+
+    fn state(created_at_ms: u64) -> SessionState {
+        SessionState {
+            flow: Flow::ResumableUpload,
+            session_url: "http://127.0.0.1:1/upload/s1?upload_id=capability".into(),
+            upload_id: "u1".into(),
+            size: 10,
+            created_at_ms,
+            confirmed_offset: 0,
+            fingerprint: Fingerprint {
+                size: 10,
+                mtime_ns: 1,
+                inode: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_saved_session_is_reused_only_for_the_same_file_flow_and_lifetime() {
+        let day = Duration::from_secs(24 * 3600);
+        let s = state(1_000);
+        let fp = s.fingerprint;
+        assert_eq!(
+            s.unusable_for(Flow::ResumableUpload, 10, &fp, 2_000, day),
+            None
+        );
+        assert!(
+            s.unusable_for(Flow::TempUploads, 10, &fp, 2_000, day)
+                .is_some()
+        );
+        let other = Fingerprint { mtime_ns: 9, ..fp };
+        assert!(
+            s.unusable_for(Flow::ResumableUpload, 10, &other, 2_000, day)
+                .is_some()
+        );
+        let later = 1_000 + day.as_millis() as u64;
+        assert!(
+            s.unusable_for(Flow::ResumableUpload, 10, &fp, later, day)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn session_state_debug_hides_the_query_string() {
+        let text = format!("{:?}", state(0));
+        assert!(!text.contains("capability"), "{text}");
+        assert!(text.contains("http://127.0.0.1:1/upload/s1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_running_md5_follows_the_offset_forwards_and_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let fp = Fingerprint::read(&path).unwrap();
+        let reader = FileReader::open(&path, &fp).unwrap();
+        let md5_of = |bytes: &[u8]| hex::encode(Md5::digest(bytes));
+
+        let mut md5 = RunningMd5::default();
+        let chunk = Bytes::copy_from_slice(&data[300..600]);
+        md5.advance(450, &reader, Some((300, &chunk)), 64)
+            .await
+            .unwrap();
+        assert_eq!(md5.hex(), md5_of(&data[..450]));
+        md5.advance(200, &reader, None, 64).await.unwrap();
+        assert_eq!(md5.hex(), md5_of(&data[..200]));
+        md5.advance(1000, &reader, Some((300, &chunk)), 64)
+            .await
+            .unwrap();
+        assert_eq!(md5.hex(), md5_of(&data));
+    }
+}

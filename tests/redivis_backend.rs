@@ -1,0 +1,1128 @@
+//! The Redivis backend against the in-process emulator: real HTTP on 127.0.0.1, real files
+//! in temp dirs, a real sled store. One test per resume rule and per exactly-once rule,
+//! counting requests through the emulator's stats and the backend's own counter.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use upsync::config::{FolderConfig, RedivisConfig, RedivisProtocol, Secret, Target};
+use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
+use upsync::fingerprint::Fingerprint;
+use upsync::queue::{FileKey, Store};
+use upsync::upload::redivis::api::RetryPolicy;
+use upsync::upload::redivis::poll::PollConfig;
+use upsync::upload::redivis::{INLINE_UPLOAD_MAX, RedivisBackend, Tuning};
+use upsync::upload::{Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
+
+const TABLE: &str = "owner.dataset:next.table";
+const TOKEN: &str = "redivis-test-token-5b1e93";
+const KIB: u64 = 1024;
+const CHUNK: u64 = 256 * KIB;
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    emulator: RunningEmulator,
+    store: Store,
+    inbox: PathBuf,
+    http: reqwest::Client,
+}
+
+/// Fast retries and polls; small files go through sessions unless a test says otherwise.
+fn tuning() -> Tuning {
+    Tuning {
+        retry: RetryPolicy {
+            attempts: 6,
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        poll: PollConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+        api_timeout: Duration::from_secs(10),
+        chunk_timeout: Duration::from_secs(10),
+        inline_max: 0,
+        ..Tuning::default()
+    }
+}
+
+fn data(len: u64, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + u64::from(seed) * 7) % 251) as u8)
+        .collect()
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    hex::encode(Md5::digest(bytes))
+}
+
+impl Harness {
+    async fn start(adjust: impl FnOnce(&mut EmulatorOptions)) -> Harness {
+        let tmp = tempfile::tempdir().expect("temp dir can be created");
+        let mut options = EmulatorOptions::with_data_dir(tmp.path().join("remote"));
+        options.redivis.redivis_token = Some(Secret::new(TOKEN));
+        options.redivis.redivis_processing_delay = Duration::from_millis(100);
+        adjust(&mut options);
+        let emulator = emulator::start("127.0.0.1:0", options)
+            .await
+            .expect("emulator starts on a free port");
+        let inbox = tmp.path().join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let store = Store::open(&tmp.path().join("state")).expect("store opens");
+        Harness {
+            _tmp: tmp,
+            emulator,
+            store,
+            inbox,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.emulator.addr)
+    }
+
+    fn config(&self, protocol: RedivisProtocol, chunk_size: u64) -> RedivisConfig {
+        RedivisConfig {
+            api_url: format!("{}/api/v1", self.base()),
+            token: Secret::new(TOKEN),
+            chunk_size,
+            protocol,
+        }
+    }
+
+    fn backend(&self) -> RedivisBackend {
+        self.backend_with(RedivisProtocol::ResumableUpload, CHUNK, tuning())
+    }
+
+    fn backend_with(
+        &self,
+        protocol: RedivisProtocol,
+        chunk_size: u64,
+        tuning: Tuning,
+    ) -> RedivisBackend {
+        RedivisBackend::with_tuning(&self.config(protocol, chunk_size), tuning)
+            .expect("backend config is valid")
+    }
+
+    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.inbox.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn key(&self, rel: &str) -> FileKey {
+        FileKey {
+            folder: self.inbox.display().to_string(),
+            rel: rel.to_string(),
+        }
+    }
+
+    /// Offers the file and claims its job, as a worker would.
+    fn claim(&self, rel: &str) -> UploadJob {
+        let path = self.inbox.join(rel);
+        let fingerprint = Fingerprint::read(&path).expect("test file exists");
+        self.store.offer(&self.key(rel), &fingerprint).unwrap();
+        let job = self
+            .store
+            .claim(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap()
+            .expect("the offered job is claimable");
+        assert_eq!(job.key.rel, rel, "claimed the job just offered");
+        UploadJob::new(
+            job.id,
+            path,
+            rel.to_string(),
+            Target::RedivisTable(TABLE.to_string()),
+            fingerprint,
+            job.finalize_started,
+            self.store.ledger_get(&job.key).unwrap(),
+            self.store.clone(),
+            Arc::new(LiveProgress::default()),
+            CancellationToken::new(),
+        )
+    }
+
+    /// What the worker does with a success: record it in the ledger.
+    fn complete(&self, job: &UploadJob, uploaded: &Uploaded) {
+        self.store
+            .complete(
+                job.id,
+                &job.fingerprint,
+                &uploaded.remote,
+                uploaded.md5.as_deref(),
+            )
+            .unwrap();
+    }
+
+    /// What the worker does with a job-level retry: back to the queue, progress kept.
+    fn retry_later(&self, job: &UploadJob) {
+        self.store
+            .retry_later(job.id, SystemTime::now(), "test")
+            .unwrap();
+    }
+
+    async fn script(&self, faults: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_emulator/faults", self.base()))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "fault script accepted");
+    }
+
+    async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/_emulator/faults", self.base()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_emulator/redivis/stats", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn api_count(&self, endpoint: &str) -> u64 {
+        self.stats().await["api_requests"][endpoint]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Every upload in the table, as the API lists them.
+    async fn uploads(&self) -> Vec<Value> {
+        let table =
+            percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC);
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = self
+                .http
+                .get(format!("{}/api/v1/tables/{table}/uploads", self.base()))
+                .bearer_auth(TOKEN)
+                .query(&[("maxResults", "100")]);
+            if let Some(token) = &token {
+                request = request.query(&[("pageToken", token)]);
+            }
+            let response = request.send().await.unwrap();
+            if response.status().as_u16() == 404 {
+                return all;
+            }
+            let page: Value = response.json().await.unwrap();
+            all.extend(page["results"].as_array().cloned().unwrap_or_default());
+            match page["nextPageToken"].as_str() {
+                Some(next) if !next.is_empty() => token = Some(next.to_string()),
+                _ => return all,
+            }
+        }
+    }
+
+    /// The table holds exactly these (name, bytes), verified by size and MD5.
+    async fn assert_table_holds(&self, expected: &[(&str, &[u8])]) {
+        let uploads = self.uploads().await;
+        let mut names: Vec<String> = uploads
+            .iter()
+            .map(|u| u["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        let mut wanted: Vec<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
+        wanted.sort();
+        assert_eq!(names, wanted, "uploads in the table: {uploads:#?}");
+        for (name, bytes) in expected {
+            let upload = uploads
+                .iter()
+                .find(|u| u["name"] == *name)
+                .expect("listed above");
+            assert_eq!(
+                upload["size"]
+                    .as_u64()
+                    .or_else(|| upload["size"].as_str()?.parse().ok()),
+                Some(bytes.len() as u64),
+                "size of {name}"
+            );
+            assert_eq!(
+                upload["hash"].as_str().map(str::to_ascii_lowercase),
+                Some(md5_hex(bytes)),
+                "hash of {name}"
+            );
+        }
+    }
+}
+
+async fn upload_ok(backend: &RedivisBackend, job: &mut UploadJob) -> Uploaded {
+    match backend.upload(job).await {
+        Ok(uploaded) => uploaded,
+        Err(err) => panic!("upload of {} failed: {err} ({err:?})", job.rel),
+    }
+}
+
+fn permanent_message(result: Result<Uploaded, UploadError>) -> String {
+    match result {
+        Err(UploadError::Remote {
+            disposition: Disposition::Permanent,
+            message,
+        }) => message,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+// ---- sizes and flows -------------------------------------------------------------------
+
+#[tokio::test]
+async fn uploads_n_chunks_plus_a_remainder_through_the_resumable_upload_flow() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(3 * CHUNK + 1000, 1);
+    h.write("exports/data.2020.csv", &bytes);
+    let backend = h.backend();
+    let mut job = h.claim("exports/data.2020.csv");
+    let uploaded = upload_ok(&backend, &mut job).await;
+
+    assert_eq!(uploaded.md5.as_deref(), Some(md5_hex(&bytes).as_str()));
+    assert!(uploaded.remote.contains("/uploads/"), "{}", uploaded.remote);
+    h.assert_table_holds(&[("exports/data.2020.csv", &bytes)])
+        .await;
+    let stats = h.stats().await;
+    assert_eq!(
+        stats["session_puts"], 4,
+        "three full chunks and the remainder"
+    );
+    assert_eq!(stats["status_queries"], 0);
+    assert_eq!(h.api_count("resumableUpload").await, 1);
+    assert_eq!(h.api_count("uploads.post").await, 1);
+    assert_eq!(
+        job.live
+            .bytes_done
+            .load(std::sync::atomic::Ordering::Relaxed),
+        bytes.len() as u64
+    );
+    // name check + session + post + at least one poll; nothing else.
+    assert!(
+        (4..=8).contains(&backend.api_requests()),
+        "{} API requests",
+        backend.api_requests()
+    );
+    assert_eq!(
+        job.load_progress::<Value>().unwrap(),
+        None,
+        "session state cleared"
+    );
+}
+
+#[tokio::test]
+async fn uploads_n_chunks_through_the_temp_uploads_flow() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(2 * CHUNK + 17, 2);
+    h.write("t.csv", &bytes);
+    let backend = h.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning());
+    let mut job = h.claim("t.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("t.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["session_initiations"], 1);
+    assert_eq!(stats["session_puts"], 3);
+    assert_eq!(h.api_count("tempUploads").await, 1);
+    assert_eq!(h.api_count("resumableUpload").await, 0);
+}
+
+#[tokio::test]
+async fn a_temp_upload_of_one_chunk_is_one_whole_put_resent_whole_after_a_drop() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(CHUNK, 30);
+    h.write("whole.csv", &bytes);
+    // The connection breaks half-way through the body: the retry must carry all of it
+    // (the emulator stores exactly what a plain PUT carried).
+    h.script(json!([{"target": "redivis-session", "action": {"drop": true}}]))
+        .await;
+    let backend = h.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning());
+    let mut job = h.claim("whole.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("whole.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["temp_puts"], 2);
+    assert_eq!(stats["session_initiations"], 0);
+    assert_eq!(stats["session_puts"], 0);
+}
+
+#[tokio::test]
+async fn an_empty_file_goes_inline_in_both_flows_and_never_opens_a_session() {
+    let h = Harness::start(|_| {}).await;
+    h.write("empty.csv", b"");
+    h.write("empty2.csv", b"");
+    let legacy = h.backend();
+    let mut job = h.claim("empty.csv");
+    upload_ok(&legacy, &mut job).await;
+    h.complete(
+        &job,
+        &Uploaded {
+            remote: String::new(),
+            md5: None,
+        },
+    );
+    let current = h.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning());
+    let mut job = h.claim("empty2.csv");
+    upload_ok(&current, &mut job).await;
+
+    h.assert_table_holds(&[("empty.csv", b""), ("empty2.csv", b"")])
+        .await;
+    let stats = h.stats().await;
+    assert_eq!(stats["session_puts"], 0);
+    assert_eq!(stats["session_initiations"], 0);
+    assert_eq!(h.api_count("resumableUpload").await, 0);
+    assert_eq!(h.api_count("tempUploads").await, 0);
+}
+
+#[tokio::test]
+async fn small_files_go_inline_in_one_upload_post() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(INLINE_UPLOAD_MAX, 3);
+    h.write("small.csv", &bytes);
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            inline_max: INLINE_UPLOAD_MAX,
+            ..tuning()
+        },
+    );
+    let mut job = h.claim("small.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("small.csv", &bytes)]).await;
+    assert_eq!(h.stats().await["session_puts"], 0);
+    assert_eq!(h.api_count("uploads.post").await, 1);
+    assert_eq!(h.api_count("resumableUpload").await, 0);
+}
+
+#[tokio::test]
+async fn a_file_of_exactly_one_chunk_takes_one_put() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(CHUNK, 4);
+    h.write("one.csv", &bytes);
+    let backend = h.backend();
+    let mut job = h.claim("one.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("one.csv", &bytes)]).await;
+    assert_eq!(h.stats().await["session_puts"], 1);
+}
+
+// ---- resume rules ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn resumes_from_the_server_offset_after_a_dropped_connection_mid_chunk() {
+    let h = Harness::start(|_| {}).await;
+    // 1 MiB chunks: the drop strikes after half the body (512 KiB); the session keeps the
+    // 256 KiB-aligned half of that, so the server's offset is neither 0 nor ours.
+    let bytes = data(2 * 1024 * KIB + 5, 5);
+    h.write("dropped.csv", &bytes);
+    h.script(json!([{"target": "redivis-session", "action": {"drop": true}, "persist": "half"}]))
+        .await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, 1024 * KIB, tuning());
+    let mut job = h.claim("dropped.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("dropped.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(
+        stats["status_queries"], 1,
+        "one status query after the drop"
+    );
+    assert_eq!(h.api_count("resumableUpload").await, 1, "same session");
+}
+
+#[tokio::test]
+async fn resumes_after_a_5xx_that_persisted_part_of_the_chunk() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(2 * 1024 * KIB, 6);
+    h.write("partial.csv", &bytes);
+    h.script(json!([{"target": "redivis-session", "action": {"status": 503}, "persist": "half"}]))
+        .await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, 1024 * KIB, tuning());
+    let mut job = h.claim("partial.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("partial.csv", &bytes)]).await;
+    assert_eq!(h.stats().await["status_queries"], 1);
+    assert_eq!(h.api_count("resumableUpload").await, 1, "same session");
+}
+
+#[tokio::test]
+async fn a_308_without_range_resumes_from_byte_zero() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(2 * CHUNK + 3, 7);
+    h.write("norange.csv", &bytes);
+    // Nothing of the first chunk is kept: the status query answers 308 without Range.
+    h.script(json!([{"target": "redivis-session", "action": {"status": 503}, "persist": "none"}]))
+        .await;
+    let backend = h.backend();
+    let mut job = h.claim("norange.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("norange.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["status_queries"], 1);
+    assert_eq!(stats["session_puts"], 4, "the first chunk is sent twice");
+}
+
+#[tokio::test]
+async fn a_status_query_that_finds_every_byte_completes_the_upload() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(CHUNK, 8);
+    h.write("whole.csv", &bytes);
+    // The only chunk is persisted whole but answered 503: the status query finalizes.
+    h.script(json!([{"target": "redivis-session", "action": {"status": 503}, "persist": "all"}]))
+        .await;
+    let backend = h.backend();
+    let mut job = h.claim("whole.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("whole.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["status_queries"], 1);
+    assert_eq!(stats["session_puts"], 1, "nothing is re-sent");
+}
+
+#[tokio::test]
+async fn an_expired_session_is_replaced_by_a_new_one_from_byte_zero() {
+    let h = Harness::start(|o| o.redivis.session_ttl = Duration::from_millis(700)).await;
+    let bytes = data(3 * CHUNK, 9);
+    h.write("expired.csv", &bytes);
+    // The first chunk is taken, but its answer comes after the session's lifetime.
+    h.script(json!([{"target": "redivis-session", "action": {"delay_ms": 900}}]))
+        .await;
+    let backend = h.backend();
+    let mut job = h.claim("expired.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("expired.csv", &bytes)]).await;
+    assert_eq!(h.api_count("resumableUpload").await, 2, "a second session");
+}
+
+#[tokio::test]
+async fn a_gone_session_410_is_replaced_by_a_new_one_from_byte_zero() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(2 * CHUNK + 1, 10);
+    h.write("gone.csv", &bytes);
+    h.script(json!([
+        {"target": "redivis-session", "action": {"delay_ms": 0}},
+        {"target": "redivis-session", "action": {"status": 410}}
+    ]))
+    .await;
+    let backend = h.backend();
+    let mut job = h.claim("gone.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("gone.csv", &bytes)]).await;
+    assert_eq!(h.api_count("resumableUpload").await, 2, "a second session");
+    assert_eq!(
+        h.stats().await["session_puts"],
+        2 + 3,
+        "two chunks, then all three"
+    );
+}
+
+#[tokio::test]
+async fn a_session_that_rejects_the_upload_twice_fails_the_job() {
+    let h = Harness::start(|_| {}).await;
+    h.write("rejected.csv", &data(2 * CHUNK, 31));
+    h.script(json!([
+        {"target": "redivis-session", "action": {"status": 400}},
+        {"target": "redivis-session", "action": {"status": 400}}
+    ]))
+    .await;
+    let mut job = h.claim("rejected.csv");
+    let message = permanent_message(h.backend().upload(&mut job).await);
+    assert!(message.contains("rejected"), "{message}");
+    assert_eq!(
+        h.api_count("resumableUpload").await,
+        2,
+        "one new session, not more"
+    );
+    assert_eq!(h.stats().await["uploads_created"], 0);
+}
+
+/// Runs an attempt that gets one chunk through and then sees only 503s until its
+/// in-request budget is spent, as during an outage.
+async fn interrupted_attempt(h: &Harness, backend: &RedivisBackend, rel: &str) -> UploadJob {
+    let mut script = vec![json!({"target": "redivis-session", "action": {"delay_ms": 0}})];
+    script.extend((0..40).map(
+        |_| json!({"target": "redivis-session", "action": {"status": 503}, "persist": "none"}),
+    ));
+    h.script(Value::Array(script)).await;
+    let mut job = h.claim(rel);
+    match backend.upload(&mut job).await {
+        Err(UploadError::Remote {
+            disposition: Disposition::Retry { .. },
+            ..
+        }) => {}
+        other => panic!("expected a job-level retry, got {other:?}"),
+    }
+    h.clear_faults().await;
+    let saved: Value = job
+        .load_progress()
+        .unwrap()
+        .expect("the session state was saved");
+    assert_eq!(saved["confirmed_offset"], CHUNK, "{saved}");
+    h.retry_later(&job);
+    job
+}
+
+#[tokio::test]
+async fn the_next_attempt_resumes_the_saved_session_at_the_servers_offset() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(3 * CHUNK, 11);
+    h.write("outage.csv", &bytes);
+    let backend = h.backend();
+    interrupted_attempt(&h, &backend, "outage.csv").await;
+    let queries_before = h.stats().await["status_queries"].as_u64().unwrap();
+
+    // A new process: no memory but the store.
+    let backend = h.backend();
+    let mut job = h.claim("outage.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("outage.csv", &bytes)]).await;
+    assert_eq!(
+        h.api_count("resumableUpload").await,
+        1,
+        "the saved session was resumed"
+    );
+    let stats = h.stats().await;
+    assert_eq!(
+        stats["status_queries"].as_u64().unwrap(),
+        queries_before + 1,
+        "one status query before continuing"
+    );
+}
+
+#[tokio::test]
+async fn a_hash_mismatch_deletes_the_upload_and_sends_the_file_again_once() {
+    let h = Harness::start(|_| {}).await;
+    let before = data(3 * CHUNK, 32);
+    let path = h.write("inplace.csv", &before);
+    let backend = h.backend();
+    interrupted_attempt(&h, &backend, "inplace.csv").await;
+
+    // Rewritten in place with the same size and mtime: the fingerprint cannot tell, so the
+    // saved session is resumed and the server combines old and new bytes.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let fingerprint = Fingerprint::read(&path).unwrap();
+    let after = data(3 * CHUNK, 33);
+    std::fs::write(&path, &after).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(Fingerprint::read(&path).unwrap(), fingerprint);
+
+    let mut job = h.claim("inplace.csv");
+    let uploaded = upload_ok(&backend, &mut job).await;
+
+    assert_eq!(uploaded.md5.as_deref(), Some(md5_hex(&after).as_str()));
+    h.assert_table_holds(&[("inplace.csv", &after)]).await;
+    assert_eq!(h.api_count("uploads.delete").await, 1, "the corrupt upload");
+    assert_eq!(h.api_count("uploads.post").await, 2);
+    assert_eq!(h.api_count("resumableUpload").await, 2, "a fresh session");
+}
+
+#[tokio::test]
+async fn a_saved_session_older_than_its_lifetime_is_not_resumed() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(3 * CHUNK, 12);
+    h.write("old.csv", &bytes);
+    let short = Tuning {
+        session_max_age: Duration::from_millis(300),
+        ..tuning()
+    };
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, short.clone());
+    interrupted_attempt(&h, &backend, "old.csv").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let queries_before = h.stats().await["status_queries"].as_u64().unwrap();
+
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, short);
+    let mut job = h.claim("old.csv");
+    upload_ok(&backend, &mut job).await;
+
+    h.assert_table_holds(&[("old.csv", &bytes)]).await;
+    assert_eq!(h.api_count("resumableUpload").await, 2, "a new session");
+    assert_eq!(
+        h.stats().await["status_queries"].as_u64().unwrap(),
+        queries_before,
+        "the old session is not even asked"
+    );
+}
+
+// ---- exactly once ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_restart_while_finalizing_adopts_the_posted_upload_instead_of_posting_again() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(2 * CHUNK, 13);
+    h.write("final.csv", &bytes);
+    let backend = h.backend();
+    let mut job = h.claim("final.csv");
+    let first = upload_ok(&backend, &mut job).await;
+    // Crash before the ledger write: the job is still `finalizing`.
+    drop(job);
+    assert_eq!(h.store.recover_after_restart().unwrap(), 1);
+    let puts_before = h.stats().await["session_puts"].as_u64().unwrap();
+
+    let backend = h.backend();
+    let mut job = h.claim("final.csv");
+    assert!(job.finalize_started, "the store remembered finalizing");
+    let second = upload_ok(&backend, &mut job).await;
+
+    assert_eq!(second.remote, first.remote, "the same upload was adopted");
+    assert_eq!(h.stats().await["uploads_created"], 1, "posted once");
+    assert_eq!(
+        h.stats().await["session_puts"].as_u64().unwrap(),
+        puts_before
+    );
+    h.assert_table_holds(&[("final.csv", &bytes)]).await;
+}
+
+#[tokio::test]
+async fn a_lost_upload_post_answer_is_reconciled_through_the_list_not_reposted() {
+    // upload.post takes effect, but its answer comes after the client gave up waiting.
+    let h = Harness::start(|o| o.redivis.redivis_post_delay = 1500).await;
+    let bytes = data(CHUNK + 1, 14);
+    h.write("lost.csv", &bytes);
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            api_timeout: Duration::from_millis(700),
+            ..tuning()
+        },
+    );
+    let mut job = h.claim("lost.csv");
+    upload_ok(&backend, &mut job).await;
+
+    assert_eq!(h.stats().await["uploads_created"], 1, "posted once");
+    assert_eq!(h.api_count("uploads.post").await, 1);
+    assert!(
+        h.api_count("uploads.list").await >= 1,
+        "reconciled via the list"
+    );
+    h.assert_table_holds(&[("lost.csv", &bytes)]).await;
+}
+
+#[tokio::test]
+async fn a_changed_file_deletes_its_earlier_upload_then_creates_the_new_one() {
+    let h = Harness::start(|_| {}).await;
+    let v1 = data(CHUNK + 10, 15);
+    h.write("report.csv", &v1);
+    let backend = h.backend();
+    let mut job = h.claim("report.csv");
+    let first = upload_ok(&backend, &mut job).await;
+    h.complete(&job, &first);
+
+    let v2 = data(2 * CHUNK + 10, 16);
+    h.write("report.csv", &v2);
+    let mut job = h.claim("report.csv");
+    assert_eq!(
+        job.previous.as_ref().map(|p| p.remote.as_str()),
+        Some(first.remote.as_str())
+    );
+    let second = upload_ok(&backend, &mut job).await;
+
+    assert_ne!(second.remote, first.remote);
+    h.assert_table_holds(&[("report.csv", &v2)]).await;
+    assert_eq!(
+        h.api_count("uploads.delete").await,
+        1,
+        "the earlier upload, once"
+    );
+}
+
+#[tokio::test]
+async fn an_identical_upload_already_in_the_table_is_adopted_without_sending_bytes() {
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(CHUNK + 99, 17);
+    h.write("same.csv", &bytes);
+    let mut job = h.claim("same.csv");
+    let first = upload_ok(&h.backend(), &mut job).await;
+    // The ledger is lost (a fresh state directory would look the same).
+    drop(job);
+    h.store.recover_after_restart().unwrap();
+    h.store.drop_job(h.claim("same.csv").id).unwrap();
+    let puts_before = h.stats().await["session_puts"].as_u64().unwrap();
+
+    let mut job = h.claim("same.csv");
+    let again = upload_ok(&h.backend(), &mut job).await;
+
+    assert_eq!(again.remote, first.remote);
+    assert_eq!(
+        h.stats().await["session_puts"].as_u64().unwrap(),
+        puts_before
+    );
+    assert_eq!(h.stats().await["uploads_created"], 1);
+}
+
+#[tokio::test]
+async fn an_upload_with_the_same_name_but_another_hash_is_replaced_not_adopted() {
+    let h = Harness::start(|_| {}).await;
+    let old = data(CHUNK + 5, 18);
+    h.write("x.csv", &old);
+    let mut job = h.claim("x.csv");
+    upload_ok(&h.backend(), &mut job).await;
+    h.store.drop_job(job.id).unwrap();
+
+    // Same name, same size, other bytes, and no ledger entry to say so: only the hash
+    // tells them apart.
+    let new = data(CHUNK + 5, 19);
+    h.write("x.csv", &new);
+    let mut job = h.claim("x.csv");
+    let uploaded = upload_ok(&h.backend(), &mut job).await;
+
+    assert_eq!(uploaded.md5.as_deref(), Some(md5_hex(&new).as_str()));
+    h.assert_table_holds(&[("x.csv", &new)]).await;
+    assert_eq!(h.api_count("uploads.delete").await, 1);
+}
+
+#[tokio::test]
+async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
+    let h = Harness::start(|_| {}).await;
+    let first = data(100, 20);
+    h.write("a.b.csv", &first);
+    h.write("A-B.csv", &data(200, 21));
+    h.write("a_b.csv", &data(300, 22));
+    let backend = h.backend();
+    let mut job = h.claim("a.b.csv");
+    let uploaded = upload_ok(&backend, &mut job).await;
+    h.complete(&job, &uploaded);
+
+    // The same process remembers the name...
+    let mut job = h.claim("A-B.csv");
+    let message = permanent_message(backend.upload(&mut job).await);
+    assert!(
+        message.contains("\"A-B.csv\"") && message.contains("\"a.b.csv\""),
+        "{message}"
+    );
+    h.store.fail(job.id, &message).unwrap();
+    // ...and a fresh one finds it in the table.
+    let mut job = h.claim("a_b.csv");
+    let message = permanent_message(h.backend().upload(&mut job).await);
+    assert!(
+        message.contains("\"a_b.csv\"") && message.contains("\"a.b.csv\""),
+        "{message}"
+    );
+    h.assert_table_holds(&[("a.b.csv", &first)]).await;
+}
+
+#[tokio::test]
+async fn a_failed_import_fails_the_job_with_redivis_error_message() {
+    let h = Harness::start(|o| o.redivis.redivis_fail_name_pattern = Some("*.bad".into())).await;
+    h.write("broken.bad", &data(CHUNK, 23));
+    let mut job = h.claim("broken.bad");
+    let message = permanent_message(h.backend().upload(&mut job).await);
+    assert!(message.contains("broken.bad"), "{message}");
+}
+
+#[tokio::test]
+async fn a_file_that_changes_between_chunks_ends_the_attempt_as_changed() {
+    let h = Harness::start(|_| {}).await;
+    let path = h.write("growing.csv", &data(3 * CHUNK, 24));
+    h.script(json!([{"target": "redivis-session", "action": {"delay_ms": 400}}]))
+        .await;
+    let mut job = h.claim("growing.csv");
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::write(&path, data(3 * CHUNK + 1, 25)).unwrap();
+    });
+    let result = h.backend().upload(&mut job).await;
+    writer.await.unwrap();
+    assert!(matches!(result, Err(UploadError::Changed)), "{result:?}");
+    assert_eq!(
+        h.stats().await["uploads_created"],
+        0,
+        "nothing torn was posted"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_a_retry_pause_at_once() {
+    let h = Harness::start(|_| {}).await;
+    h.write("paused.csv", &data(CHUNK, 34));
+    let storm: Vec<Value> = (0..10)
+        .map(|_| json!({"target": "redivis-api", "action": {"status": 503}}))
+        .collect();
+    h.script(Value::Array(storm)).await;
+    let slow = Tuning {
+        retry: RetryPolicy {
+            attempts: 8,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(10),
+        },
+        ..tuning()
+    };
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, slow);
+    let mut job = h.claim("paused.csv");
+    let shutdown = job.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+    });
+    let started = std::time::Instant::now();
+    let result = backend.upload(&mut job).await;
+    assert!(matches!(result, Err(UploadError::Shutdown)), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// ---- rate limit ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
+    // A tight server-side limit, and a storm of scripted 429s (without rate-limit headers)
+    // hitting the first requests of six workers at once.
+    let h = Harness::start(|o| {
+        o.redivis.rate_limit = true;
+        o.redivis.rate_limit_max = 8;
+        o.redivis.rate_limit_window = Duration::from_secs(2);
+    })
+    .await;
+    let storm: Vec<Value> = (0..6)
+        .map(|_| json!({"target": "redivis-api", "action": {"status": 429, "retry_after": "1"}}))
+        .collect();
+    h.script(Value::Array(storm)).await;
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("f{i}.csv"), data(1000 + i, i as u8)))
+        .collect();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+    }
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            inline_max: INLINE_UPLOAD_MAX,
+            ..tuning()
+        },
+    );
+    let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    for result in results {
+        result.expect("every file gets through the rate limit");
+    }
+
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    let expected: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    h.assert_table_holds(&expected).await;
+    let all_stats: Value = h
+        .http
+        .get(format!("{}/_emulator/stats", h.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answered_429 = all_stats["responses_429"].as_u64().unwrap();
+    // The six scripted ones; the limiter itself rarely answers 429, because the pacer
+    // follows X-RateLimit-Remaining.
+    assert!(
+        (6..=9).contains(&answered_429),
+        "{answered_429} answers were 429"
+    );
+    // Per file: name check and post; polls are shared; plus the 429s themselves.
+    let requests = backend.api_requests();
+    assert!(
+        requests <= 6 * 2 + 10 + answered_429,
+        "{requests} API requests"
+    );
+}
+
+#[tokio::test]
+async fn waiting_workers_share_list_polls_per_table() {
+    let h =
+        Harness::start(|o| o.redivis.redivis_processing_delay = Duration::from_millis(800)).await;
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("p{i}.csv"), data(500 + i, i as u8)))
+        .collect();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+    }
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            inline_max: INLINE_UPLOAD_MAX,
+            ..tuning()
+        },
+    );
+    let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
+    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    for result in results {
+        result.expect("uploads succeed");
+    }
+    let gets = h.api_count("uploads.get").await;
+    let lists = h.api_count("uploads.list").await;
+    // One GET per file is the name check; polling six uploads for 0.8 s at 50→200 ms
+    // each would be ~30 more GETs. Shared list rounds keep it to a handful.
+    assert!(lists >= 1, "polled through the list");
+    assert!(gets + lists <= 6 + 12, "{gets} GETs and {lists} lists");
+}
+
+// ---- folder checks and secrets ---------------------------------------------------------
+
+fn folder(table: &str) -> FolderConfig {
+    FolderConfig {
+        path: PathBuf::from("/nonexistent-folder"),
+        target: Target::RedivisTable(table.to_string()),
+        include: vec![],
+        exclude: vec![],
+        settle: Duration::from_secs(1),
+        recursive: true,
+    }
+}
+
+#[tokio::test]
+async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
+    let h = Harness::start(|o| o.redivis.strict_tables = true).await;
+    let backend = h.backend();
+    let err = backend
+        .prepare_folder(&folder("nobody.nothing:next.none"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found"), "{err}");
+
+    let response = h
+        .http
+        .post(format!("{}/_emulator/redivis/tables", h.base()))
+        .json(&json!({"reference": TABLE}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    backend.prepare_folder(&folder(TABLE)).await.unwrap();
+
+    let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
+    config.token = Secret::new("wrong-token");
+    let wrong = RedivisBackend::with_tuning(&config, tuning()).unwrap();
+    let err = wrong.prepare_folder(&folder(TABLE)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(err.contains("token"), "{err}");
+    assert!(!err.contains("wrong-token"), "{err}");
+}
+
+/// A `tracing` writer that keeps every line in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let h = Harness::start(|_| {}).await;
+    h.write("secret.csv", &data(3 * CHUNK, 26));
+    let backend = h.backend();
+    // Retries, a status query, an API error: everything that logs or reports.
+    h.script(json!([
+        {"target": "redivis-api", "action": {"status": 503}},
+        {"target": "redivis-session", "action": {"delay_ms": 0}},
+        {"target": "redivis-session", "action": {"drop": true}, "persist": "none"}
+    ]))
+    .await;
+    let mut job = h.claim("secret.csv");
+    let uploaded = upload_ok(&backend, &mut job).await;
+    h.complete(&job, &uploaded);
+    interrupted_attempt_for_secret(&h, &backend).await;
+
+    let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
+    config.token = Secret::new(format!("{TOKEN}-not-accepted"));
+    let rejected = RedivisBackend::with_tuning(&config, tuning()).unwrap();
+    h.write("denied.csv", &data(10, 27));
+    let mut job = h.claim("denied.csv");
+    let err = rejected.upload(&mut job).await.unwrap_err();
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("retrying Redivis API request") && logs.contains("resuming chunk upload"),
+        "the retries were logged: {logs}"
+    );
+    let texts = [
+        logs,
+        format!("{err} {err:?}"),
+        format!("{backend:?} {rejected:?} {config:?}"),
+    ];
+    for text in texts {
+        assert!(!text.contains(TOKEN), "token leaked into: {text}");
+    }
+}
+
+/// Leaves a saved session in the store and checks its text.
+async fn interrupted_attempt_for_secret(h: &Harness, backend: &RedivisBackend) {
+    h.write("saved.csv", &data(3 * CHUNK, 28));
+    let job = interrupted_attempt(h, backend, "saved.csv").await;
+    let raw = h
+        .store
+        .load_progress(job.id)
+        .unwrap()
+        .expect("progress is saved");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("session_url"), "{text}");
+    assert!(
+        !text.contains(TOKEN),
+        "token leaked into saved progress: {text}"
+    );
+    h.store.drop_job(job.id).unwrap();
+}
