@@ -131,10 +131,32 @@ async fn list_remotes(config: &Config) -> Result<Vec<HashMap<String, RemoteFile>
                     );
                 }
             }
-            Target::RedivisTable(_) => {
-                return Err(cannot(
-                    "listing a Redivis table is not available in this build".into(),
-                ));
+            Target::RedivisTable(table) => {
+                let Some(backend) = backends.redivis.as_deref() else {
+                    return Err(cannot("no [redivis] section".into()));
+                };
+                let crate::upload::Backend::Redivis(redivis) = backend else {
+                    unreachable!("the redivis slot holds the Redivis backend");
+                };
+                for upload in redivis
+                    .list_uploads(table)
+                    .await
+                    .map_err(|err| cannot(err.to_string()))?
+                {
+                    let (Some(name), Some(size), Some(hash)) =
+                        (upload.name.clone(), upload.size, upload.hash.clone())
+                    else {
+                        continue;
+                    };
+                    files.insert(
+                        name,
+                        RemoteFile {
+                            remote: upload.uri,
+                            size,
+                            md5: Some(hash),
+                        },
+                    );
+                }
             }
         }
         listed.push(files);
@@ -186,7 +208,8 @@ fn match_folder(
         let same = match remote.get(&rel) {
             Some(found) if found.size == fingerprint.size => match &found.md5 {
                 None => true,
-                Some(md5) => file_md5(entry.path()).is_ok_and(|local| local == *md5),
+                Some(hash) => file_md5(entry.path())
+                    .is_ok_and(|local| crate::upload::redivis::hashes_match(&local, hash)),
             },
             _ => false,
         };
@@ -196,8 +219,12 @@ fn match_folder(
         }
         let found = &remote[&rel];
         let key = FileKey::new(folder_key.clone(), rel);
+        let md5 = match &found.md5 {
+            Some(_) => file_md5(entry.path()).ok(),
+            None => None,
+        };
         store
-            .record_uploaded(&key, &fingerprint, &found.remote, found.md5.as_deref())
+            .record_uploaded(&key, &fingerprint, &found.remote, md5.as_deref())
             .map_err(|err| DaemonError::Startup(format!("rebuilding the state database: {err}")))?;
         matched += 1;
     }

@@ -210,6 +210,10 @@ impl DaemonProcess {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon was started").id()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the running daemon.
     pub fn signal(&self, signal: i32) {
         let child = self.child.as_ref().expect("the daemon was started");
