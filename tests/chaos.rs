@@ -565,6 +565,13 @@ fn chaos_both_backends_survive_kills_and_faults_without_loss_or_duplicates() {
     let mut daemon = start_daemon(&w);
     let deadline = Instant::now() + plan.finish_within;
     let verdict = loop {
+        if let Some(code) = daemon.exited() {
+            panic!(
+                "seed {}: the daemon exited ({code:?}):\n{}",
+                plan.seed,
+                daemon.log_text()
+            );
+        }
         let verdict = judge(&w);
         if verdict.clean() || Instant::now() > deadline {
             break verdict;

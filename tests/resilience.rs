@@ -658,3 +658,65 @@ fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     );
     assert_eq!(first.terminate(), Some(0));
 }
+
+#[test]
+fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
+    const TOKEN: &str = "rebuild-token-5d6e";
+    const TOKEN_ENV: &str = "UPSYNC_REBUILD_REDIVIS_TOKEN";
+    // SAFETY: set before any child starts; every child reads the same value.
+    unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
+    let config = tmp.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nchunk_size = \"1MiB\"\n\
+             [[folder]]\npath = \"inbox\"\nredivis_table = \"re.build:next.files\"\nsettle = \"1s\"\n",
+            emulator.redivis_url()
+        ),
+    )
+    .unwrap();
+    let created = || {
+        emulator.get_json("/_emulator/redivis/stats")["uploads_created"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let path = inbox.join(format!("r{i}.csv"));
+            write_file(&path, 3000 + i * 1_000_000, 40 + i);
+            backdate(&path, 60);
+            path
+        })
+        .collect();
+    let mut daemon = DaemonProcess::start(&config);
+    wait_until(Duration::from_secs(60), "four uploads", || created() >= 4);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(created(), 4);
+
+    // The database is lost; one file keeps its size but gets other bytes.
+    std::fs::remove_dir_all(tmp.path().join("state/db")).unwrap();
+    let size = std::fs::metadata(&files[1]).unwrap().len();
+    write_file(&files[1], size, 777);
+    backdate(&files[1], 30);
+    let mut daemon = DaemonProcess::start_with(&config, |cmd| {
+        cmd.arg("--rebuild-state");
+    });
+    wait_until(
+        Duration::from_secs(60),
+        "the changed file's new upload",
+        || created() >= 5,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(created(), 5, "only the changed file is uploaded again");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("3 file(s) already uploaded, 1 to upload"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

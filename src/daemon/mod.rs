@@ -54,8 +54,7 @@ pub async fn run_reloadable(
 ) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let emulator = start_embedded_emulator(&config).await?;
-    let store =
-        Store::open(&config.state_dir).map_err(|err| DaemonError::Startup(err.to_string()))?;
+    let store = open_store(&config.state_dir).await?;
     let recovered = store
         .recover_after_restart()
         .map_err(|err| DaemonError::Startup(err.to_string()))?;
@@ -152,6 +151,27 @@ pub async fn run_reloadable(
     stopped?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the start waits for the state dir's lock: `upsync status` or `upsync retry`
+/// hold it for a moment when they read a stopped daemon's database.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the store, waiting up to [`LOCK_WAIT`] for a short-lived holder of the lock; a
+/// daemon that keeps it makes the start fail with the store's "already running" message.
+async fn open_store(state_dir: &std::path::Path) -> Result<Store, DaemonError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Store::open(state_dir) {
+            Ok(store) => return Ok(store),
+            Err(crate::queue::StoreError::Locked { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(DaemonError::Startup(err.to_string())),
+        }
+    }
 }
 
 /// Starts the in-process emulator of an `[emulator]` section, accepting the credentials the

@@ -300,9 +300,18 @@ impl RedivisBackend {
             )));
         }
         let result = self.upload_named(job, &table, &escaped).await;
-        if let Err(UploadError::Vanished(_)) = &result {
-            // The file is gone; whatever it left in the table is found by the remote
-            // check, so another file may take the name.
+        if let Err(
+            UploadError::Vanished(_)
+            | UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            },
+        ) = &result
+        {
+            // The file is gone, or failed for good (for instance because the table holds
+            // the name for another file, posted before a crash): it has nothing in flight,
+            // and whatever it left in the table is found by the remote check, so the file
+            // the table names may take the name. Keeping the claim would refuse that file.
             self.names.release(&table, &job.rel);
         }
         result
