@@ -63,6 +63,10 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// First move the state database aside (kept, never deleted) and rebuild the record
+        /// of uploaded files from the remotes' listings, so nothing is uploaded twice.
+        #[arg(long)]
+        rebuild_state: bool,
     },
     /// Upload what is pending in the configured folders once, then exit.
     ///
@@ -221,9 +225,15 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             clap_complete::generate(shell, &mut Cli::command(), "upsync", &mut std::io::stdout());
             Ok(())
         }
-        Command::Run { config } => {
-            let config = load(&config)?;
-            daemon::run(config, shutdown_signal())
+        Command::Run {
+            config,
+            rebuild_state,
+        } => {
+            let config = load_for_daemon(&config)?;
+            if rebuild_state {
+                rebuild(&config).await?;
+            }
+            daemon::run_reloadable(config, shutdown_signal(), reload_signal())
                 .await
                 .map_err(Failure::runtime)
         }
@@ -332,6 +342,52 @@ async fn ask_daemon<T: serde::de::DeserializeOwned>(
 
 fn load(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::config)
+}
+
+/// The daemon accepts folders that do not exist yet (not mounted, about to be created): each
+/// is watched from when it appears, and the watcher logs that it is waiting.
+fn load_for_daemon(path: &Path) -> Result<Config, Failure> {
+    let options = upsync::config::LoadOptions {
+        check_folders_exist: false,
+    };
+    let config = Config::load_with(path, options).map_err(Failure::config)?;
+    for folder in &config.folders {
+        if !folder.path.is_dir() {
+            tracing::warn!(folder = %folder.path.display(), "the folder does not exist (yet); it is watched once it appears");
+        }
+    }
+    Ok(config)
+}
+
+async fn rebuild(config: &Config) -> Result<(), Failure> {
+    let summary = daemon::rebuild::rebuild_state(config)
+        .await
+        .map_err(Failure::runtime)?;
+    let moved = match &summary.moved_to {
+        Some(path) => format!("; the old database is kept at {}", path.display()),
+        None => String::new(),
+    };
+    tracing::info!(
+        matched = summary.matched,
+        to_upload = summary.to_upload,
+        "state rebuilt from the remotes: {} file(s) already uploaded, {} to upload{moved}",
+        summary.matched,
+        summary.to_upload
+    );
+    Ok(())
+}
+
+/// Receives once per SIGHUP (several quick ones coalesce into one reload).
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    rx
 }
 
 fn absolute(path: &Path) -> PathBuf {

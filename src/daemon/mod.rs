@@ -2,15 +2,19 @@
 //! one watcher per folder, the workers, the control socket, the metrics endpoint and the
 //! systemd notifications, and shuts them down in order.
 //!
-//! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop; [`sync_once`]
-//! (`upsync sync --once`) scans the folders once, uploads what it found and returns a summary.
+//! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop (and reloads
+//! the config on SIGHUP, see [`fleet`]); [`sync_once`] (`upsync sync --once`) scans the
+//! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
+//! is in [`rebuild`].
 //!
 //! Shutdown: stop claiming jobs, give in-flight uploads `shutdown_timeout` to reach their
 //! next checkpoint, then abort whatever is left (safe: progress is only ever persisted after
 //! the remote acknowledged it) and flush the store.
 
 pub mod control;
+mod fleet;
 mod once;
+pub mod rebuild;
 pub mod status;
 pub mod systemd;
 mod worker;
@@ -31,21 +35,35 @@ use crate::queue::{Store, StoreError};
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
 use crate::upload::{Backend, Disposition, UploadError};
-use crate::watch::{self, WatchContext};
+use crate::watch;
+use fleet::Fleet;
 pub use once::{ProgressMode, SyncOptions, SyncSummary, sync_once};
 use status::{Live, StatusReport};
 use systemd::Notifier;
-use worker::{Backends, Worker};
+use worker::Backends;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
     Startup(String),
+    /// The daemon ran but had to stop (the state database can no longer be written).
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// Runs until `shutdown` resolves; returns once everything is stopped and flushed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    run_reloadable(config, shutdown, reload_rx).await
+}
+
+/// [`run`], reloading the config file (see [`fleet`]) whenever `reload` receives.
+pub async fn run_reloadable(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     let mut core = Core::start(config).await?;
     let scans = core.spawn_watchers();
@@ -60,6 +78,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
 
     tokio::pin!(shutdown);
+    let mut stopping = false;
     for (folder, scanned) in scans {
         tokio::select! {
             summary = scanned => {
@@ -68,40 +87,54 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             _ = &mut shutdown => {
-                phase.store(PHASE_STOPPING, Ordering::Relaxed);
-                notifier.stopping();
-                return finish(core, ticker).await;
+                stopping = true;
+                break;
             }
         }
     }
-    tracing::info!(
-        folders = core.config.folders.len(),
-        workers = core.config.concurrency,
-        "upsync is running"
-    );
-    phase.store(PHASE_RUNNING, Ordering::Relaxed);
-    if notifier.enabled() {
-        let line = core
-            .probe()
-            .summary()
-            .await
-            .unwrap_or_else(|err| format!("running; queue figures unavailable: {err}"));
-        notifier.ready(&line);
+    let mut failure = None;
+    if !stopping {
+        tracing::info!(
+            folders = core.config.folders.len(),
+            workers = core.config.concurrency,
+            "upsync is running"
+        );
+        phase.store(PHASE_RUNNING, Ordering::Relaxed);
+        if notifier.enabled() {
+            let line = core
+                .probe()
+                .summary()
+                .await
+                .unwrap_or_else(|err| format!("running; queue figures unavailable: {err}"));
+            notifier.ready(&line);
+        }
+        let mut broken = std::pin::pin!(fleet::store_failure(core.store.clone()));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = reload.recv() => core.fleet.reload().await,
+                err = &mut broken => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
     }
-    shutdown.await;
     phase.store(PHASE_STOPPING, Ordering::Relaxed);
     notifier.stopping();
-    finish(core, ticker).await
-}
-
-async fn finish(
-    core: Core,
-    ticker: Option<tokio::task::JoinHandle<()>>,
-) -> Result<(), DaemonError> {
+    // Nothing can be recorded any more after a store failure: give uploads only a moment.
+    let deadline = failure.as_ref().map(|_| Duration::from_secs(2));
     // The ticker keeps pinging the watchdog while in-flight uploads checkpoint.
-    let stopped = core.stop().await;
+    let stopped = core.stop_within(deadline).await;
     if let Some(ticker) = ticker {
         ticker.abort();
+    }
+    if let Some(err) = failure {
+        tracing::error!(error = %err, "stopped because the state database can no longer be written");
+        return Err(DaemonError::Runtime(format!(
+            "the state database can no longer be written: {err} (upsync stopped so that a \
+             restart reopens it once the cause is fixed)"
+        )));
     }
     stopped
 }
@@ -164,19 +197,13 @@ pub(crate) struct Core {
     pub(crate) config: Arc<Config>,
     pub(crate) store: Store,
     emulator: Option<RunningEmulator>,
-    backends: Backends,
     pub(crate) wake: Arc<Notify>,
     pub(crate) live: Arc<Live>,
     metrics: Arc<Metrics>,
-    /// Stops claiming new jobs.
-    stop_claiming: CancellationToken,
-    /// Asks in-flight uploads to checkpoint and return.
-    interrupt: CancellationToken,
-    stop_watching: CancellationToken,
     /// Closes the control socket and the metrics endpoint, last.
     stop_serving: CancellationToken,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-    watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// The watchers and workers (and how a reload changes them).
+    fleet: Fleet,
 }
 
 impl Core {
@@ -228,20 +255,25 @@ impl Core {
                 }
             });
         }
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Fleet::new(
+            Arc::clone(&config),
+            store.clone(),
+            backends,
+            Arc::clone(&wake),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            CancellationToken::new(),
+        );
         let core = Core {
             config,
             store,
             emulator,
-            backends,
             wake,
             live,
-            metrics: Arc::new(Metrics::new()),
-            stop_claiming: CancellationToken::new(),
-            interrupt: CancellationToken::new(),
-            stop_watching: CancellationToken::new(),
+            metrics,
             stop_serving,
-            workers: Vec::new(),
-            watchers: Vec::new(),
+            fleet,
         };
         if let Some(addr) = core.config.metrics_listen {
             let probe = core.probe();
@@ -283,96 +315,45 @@ impl Core {
     }
 
     /// Starts one watcher per folder; each sends its start-up scan's summary when queued.
+    /// Jobs that failed because their folder had left the configuration are queued again
+    /// first, for the folders configured now.
     fn spawn_watchers(
         &mut self,
     ) -> Vec<(String, tokio::sync::oneshot::Receiver<watch::ScanSummary>)> {
-        let mut scans = Vec::new();
-        for folder in &self.config.folders {
-            let (scanned_tx, scanned_rx) = tokio::sync::oneshot::channel();
-            let ctx = WatchContext {
-                store: self.store.clone(),
-                wake: Arc::clone(&self.wake),
-                shutdown: self.stop_watching.clone(),
-                rescan_interval: self.config.rescan_interval,
-            };
-            self.watchers.push(tokio::spawn(watch::run_folder(
-                folder.clone(),
-                ctx,
-                scanned_tx,
-            )));
-            scans.push((folder.path.display().to_string(), scanned_rx));
-        }
-        scans
+        self.fleet.requeue_returning_folders();
+        self.fleet.start_watchers()
     }
 
     fn spawn_workers(&mut self) {
-        for _ in 0..self.config.concurrency {
-            let worker = Worker {
-                config: Arc::clone(&self.config),
-                store: self.store.clone(),
-                backends: self.backends.clone(),
-                wake: Arc::clone(&self.wake),
-                live: Arc::clone(&self.live),
-                metrics: Arc::clone(&self.metrics),
-                stop_claiming: self.stop_claiming.clone(),
-                interrupt: self.interrupt.clone(),
-            };
-            self.workers.push(tokio::spawn(worker.run()));
-        }
+        self.fleet.start_workers();
     }
 
     async fn stop(self) -> Result<(), DaemonError> {
+        self.stop_within(None).await
+    }
+
+    /// Stops the fleet (within `deadline`, default `shutdown_timeout`), then the control
+    /// socket, the metrics endpoint and the embedded emulator.
+    async fn stop_within(self, deadline: Option<Duration>) -> Result<(), DaemonError> {
         let Core {
-            config,
-            store,
             emulator,
-            stop_claiming,
-            interrupt,
-            stop_watching,
             stop_serving,
-            workers,
-            watchers,
+            fleet,
             ..
         } = self;
-        tracing::info!(
-            timeout_s = config.shutdown_timeout.as_secs(),
-            "shutting down: no new uploads, waiting for in-flight ones"
-        );
-        stop_claiming.cancel();
-        stop_watching.cancel();
-        let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
-        let all_done = futures::future::join_all(workers);
-        tokio::pin!(all_done);
-        // In-flight uploads continue until the deadline's last stretch, then checkpoint.
-        let checkpoint_at = config
-            .shutdown_timeout
-            .saturating_sub(Duration::from_secs(2).min(config.shutdown_timeout / 2));
-        tokio::select! {
-            _ = &mut all_done => {}
-            _ = tokio::time::sleep(checkpoint_at) => {
-                interrupt.cancel();
-                let remaining = config.shutdown_timeout.saturating_sub(checkpoint_at);
-                if tokio::time::timeout(remaining, &mut all_done).await.is_err() {
-                    tracing::warn!("in-flight uploads did not stop in time; they resume at the next start");
-                    for abort in aborts {
-                        abort.abort();
-                    }
-                }
-            }
-        }
-        for watcher in watchers {
-            let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
-        }
+        let stopped = match deadline {
+            Some(deadline) => fleet.stop_within(deadline).await,
+            None => fleet.stop().await,
+        };
         stop_serving.cancel();
-        store.flush().map_err(|err| {
-            DaemonError::Startup(format!("final flush of the state database failed: {err}"))
-        })?;
         if let Some(emulator) = emulator {
             emulator.shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), emulator.task).await;
         }
-        tracing::info!("stopped");
-        Ok(())
+        if stopped.is_ok() {
+            tracing::info!("stopped");
+        }
+        stopped
     }
 }
 

@@ -24,6 +24,32 @@ use crate::upload::{Backend, LiveProgress, UploadError, UploadJob, Uploaded};
 /// retry within the hour after it, without a hot loop.
 const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
 const JOB_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Why a job whose folder left the configuration fails; the job is queued again when the
+/// folder comes back (see `fleet`).
+pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configuration";
+/// Environment variable lowering [`JOB_RETRY_MAX`] (a duration such as `10s`), so that
+/// tests of long outages finish in CI time; not meant for production.
+pub const JOB_RETRY_MAX_ENV: &str = "UPSYNC_JOB_RETRY_MAX";
+
+fn job_retry_max() -> Duration {
+    static MAX: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let Some(value) = std::env::var_os(JOB_RETRY_MAX_ENV) else {
+            return JOB_RETRY_MAX;
+        };
+        match humantime::parse_duration(&value.to_string_lossy()) {
+            Ok(max) => {
+                tracing::warn!(max = %humantime::format_duration(max), "{JOB_RETRY_MAX_ENV} caps job-level retry delays");
+                max.min(JOB_RETRY_MAX)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring {JOB_RETRY_MAX_ENV}: not a duration");
+                JOB_RETRY_MAX
+            }
+        }
+    })
+}
+
 /// How long an idle worker sleeps when nothing wakes it, to pick up due retries.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -236,11 +262,7 @@ impl Worker {
     /// settled here without uploading. Registers the upload as in flight.
     fn prepare(&self, job: &Job) -> Option<Prepared> {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
-            self.record(
-                job,
-                self.store
-                    .fail(job.id, "its folder is no longer in the configuration"),
-            );
+            self.record(job, self.store.fail(job.id, FOLDER_REMOVED));
             self.metrics
                 .failed(&job.key.folder, "none", FailureClass::Config, false);
             return None;
@@ -399,7 +421,7 @@ impl Worker {
                     } => *after,
                     _ => None,
                 };
-                let bound = delay_bound(JOB_RETRY_BASE, JOB_RETRY_MAX, job.attempts);
+                let bound = delay_bound(JOB_RETRY_BASE, job_retry_max(), job.attempts);
                 let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
                 let delay = after.map_or(jittered, |after| after.max(jittered));
                 let class = match &err {

@@ -29,9 +29,11 @@ pub enum StoreError {
 
     #[error(
         "cannot open the state database at {shown}: {detail}. If it is damaged or was written by \
-         another program, stop upsync and move the directory away (for example \
-         `mv {shown} {shown}.broken`); upsync then builds a new one by rescanning the folders, but it \
-         forgets what it uploaded before, so those files are uploaded again",
+         another program, stop upsync and start it once with `upsync run --rebuild-state -c \
+         CONFIG`: that moves the database aside (kept as {shown}.moved-<time>, never deleted) and \
+         rebuilds the record of uploaded files from the remotes' listings, so nothing is uploaded \
+         twice. (If you move the directory away yourself instead, upsync starts empty and uploads \
+         every file again.)",
         shown = path.display()
     )]
     Open { path: PathBuf, detail: String },

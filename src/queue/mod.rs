@@ -354,6 +354,10 @@ impl Store {
             StoreError::io("create the state directory", state_dir, state_dir, source)
         })?;
         let lock = StateLock::acquire(state_dir)?;
+        Store::open_locked(state_dir, lock)
+    }
+
+    fn open_locked(state_dir: &Path, lock: StateLock) -> Result<Store, StoreError> {
         let db_path = state_dir.join(DB_DIR);
         // Only a database sled cannot make sense of calls for moving it away; a plain I/O
         // error (permissions, a full disk) is reported as what it is.
@@ -394,6 +398,68 @@ impl Store {
 
     pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
+    }
+
+    /// Opens a new, empty database in `state_dir` for a rebuild, after moving an existing
+    /// one aside to `db.moved-<unix seconds>` (never deleting it); returns the store and
+    /// where the old database went. The lock is taken first, so a running daemon's
+    /// database is never moved.
+    pub fn open_rebuilding(state_dir: &Path) -> Result<(Store, Option<PathBuf>), StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| {
+            StoreError::io("create the state directory", state_dir, state_dir, source)
+        })?;
+        let lock = StateLock::acquire(state_dir)?;
+        let db_path = state_dir.join(DB_DIR);
+        let mut moved = None;
+        if db_path.exists() {
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut aside = state_dir.join(format!("{DB_DIR}.moved-{stamp}"));
+            let mut n = 1;
+            while aside.exists() {
+                aside = state_dir.join(format!("{DB_DIR}.moved-{stamp}-{n}"));
+                n += 1;
+            }
+            std::fs::rename(&db_path, &aside).map_err(|source| {
+                StoreError::io(
+                    "move the old database aside from",
+                    &db_path,
+                    state_dir,
+                    source,
+                )
+            })?;
+            moved = Some(aside);
+        }
+        Ok((Store::open_locked(state_dir, lock)?, moved))
+    }
+
+    /// Records in the ledger that this version of the file is already on the remote (a
+    /// rebuild matched it in the remote's listing), unless a job for the file exists.
+    /// Returns whether the entry was written.
+    pub fn record_uploaded(
+        &self,
+        key: &FileKey,
+        fingerprint: &Fingerprint,
+        remote: &str,
+        md5: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let raw_key = valid_key(key)?;
+        let now = now_ms();
+        self.transact(|tx| {
+            if tx.job_for(&raw_key)?.is_some() {
+                return Ok(false);
+            }
+            let entry = LedgerEntry {
+                fingerprint: *fingerprint,
+                remote: remote.to_owned(),
+                md5: md5.map(str::to_owned),
+                uploaded_at_ms: now,
+            };
+            tx.ledger.insert(raw_key.clone(), encode(&entry))?;
+            Ok(true)
+        })
     }
 
     fn db_error(&self, err: sled::Error) -> StoreError {

@@ -1184,3 +1184,59 @@ fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
     assert!(reopened.is_uploaded(&key("f1"), &fp(1)).expect("reads"));
     assert_invariants(&reopened);
 }
+
+#[test]
+fn a_rebuild_moves_a_corrupt_database_aside_and_starts_empty() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 0..10 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    drop(store);
+    scribble_over_db(&dir.path().join("db"), false);
+    let (store, moved) = Store::open_rebuilding(dir.path()).expect("a rebuild opens anew");
+    let moved = moved.expect("the old database existed");
+    assert!(
+        moved.is_dir(),
+        "the old database is kept at {}",
+        moved.display()
+    );
+    assert!(
+        moved
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("db.moved-")
+    );
+    assert!(store.jobs().expect("jobs read").is_empty());
+    assert_invariants(&store);
+    let err = Store::open_rebuilding(dir.path()).expect_err("the store holds the lock");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn a_rebuilt_ledger_entry_makes_the_file_up_to_date_but_never_overrides_a_job() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let (store, moved) = Store::open_rebuilding(dir.path()).expect("a new dir opens");
+    assert!(moved.is_none());
+    assert!(
+        store
+            .record_uploaded(&key("a"), &fp(1), "dir/a", None)
+            .expect("ledger write")
+    );
+    assert_eq!(
+        store.offer(&key("a"), &fp(1)).expect("offer"),
+        Offer::UpToDate
+    );
+    let id = queued_id(store.offer(&key("b"), &fp(2)).expect("offer"));
+    assert!(
+        !store
+            .record_uploaded(&key("b"), &fp(2), "dir/b", Some("abc"))
+            .expect("ledger read")
+    );
+    assert_eq!(job(&store, id).state, JobState::Queued);
+    let store = reopen(store);
+    assert!(store.is_uploaded(&key("a"), &fp(1)).expect("ledger read"));
+    assert!(!store.is_uploaded(&key("b"), &fp(2)).expect("ledger read"));
+    assert_invariants(&store);
+}

@@ -69,6 +69,45 @@ impl EmulatorProcess {
         *self = again;
     }
 
+    /// Stops the emulator process; clients get "connection refused" until [`Self::start_again`].
+    pub fn stop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Starts the emulator again on the same port and data, with `args` instead of the
+    /// original ones when given.
+    pub fn start_again(&mut self, args: Option<&[&str]>) {
+        self.stop();
+        let args = match args {
+            Some(args) => args.iter().map(|a| a.to_string()).collect(),
+            None => self.args.clone(),
+        };
+        let again = Self::start_on(&self.addr.to_string(), &self.data_dir, args);
+        *self = again;
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) {
+        let url = format!("http://{}{path}", self.addr);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(&url)
+                .json(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "POST {url}: {}",
+                response.status()
+            );
+        });
+    }
+
     pub fn kifs_url(&self) -> String {
         format!("http://{}/kifs", self.addr)
     }
@@ -118,20 +157,27 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn start(config: &Path) -> DaemonProcess {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Self::start`], with `customize` applied to the command (extra arguments,
+    /// environment, another user).
+    pub fn start_with(config: &Path, customize: impl FnOnce(&mut Command)) -> DaemonProcess {
         let log = config.with_extension("daemon.log");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("daemon log opens");
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "info,upsync=debug")
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("upsync run starts");
+            .stderr(file);
+        customize(&mut command);
+        let child = command.spawn().expect("upsync run starts");
         DaemonProcess {
             child: Some(child),
             log,
@@ -159,6 +205,38 @@ impl DaemonProcess {
             if Instant::now() > deadline {
                 child.kill().ok();
                 panic!("daemon did not stop within 40 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon was started").id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the daemon was started");
+        // SAFETY: kill(2) with the pid of a child we have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code (None when
+    /// killed by a signal), or panics when it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited() {
+                self.child = None;
+                return code;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "daemon still running {timeout:?} later:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

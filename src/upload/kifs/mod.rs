@@ -190,8 +190,41 @@ impl KifsBackend {
         self.call_with_retries("/show/directories", &request).await
     }
 
+    /// Uploads the job's file. With `create_directory = true`, a directory found missing
+    /// (never created because the server was down at start, or deleted since) is created
+    /// and the upload tried once more.
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
-        let target = target_name(job)?;
+        let Target::KifsDirectory { directory, create } = job.target.clone() else {
+            return Err(UploadError::permanent("not a KiFS target"));
+        };
+        match self.upload_into(job, &directory).await {
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                message,
+            }) if create
+                && message.contains(&format!("Directory '{directory}' does not exist")) =>
+            {
+                tracing::warn!(directory = %directory, "the KiFS directory is missing; creating it (create_directory = true)");
+                let request = CreateDirectoryRequest {
+                    directory_name: directory.clone(),
+                    options: BTreeMap::from([("no_error_if_exists".into(), "true".into())]),
+                };
+                let _: CreateDirectoryResponse = self
+                    .call_with_retries("/create/directory", &request)
+                    .await?;
+                self.upload_into(job, &directory).await
+            }
+            other => other,
+        }
+    }
+
+    async fn upload_into(
+        &self,
+        job: &mut UploadJob,
+        directory: &str,
+    ) -> Result<Uploaded, UploadError> {
+        let target = format!("{directory}/{}", job.rel);
+        validate_name(&target).map_err(UploadError::permanent)?;
         let reader = Arc::new(FileReader::open(&job.path, &job.fingerprint)?);
         job.live.set(0, reader.size);
         if reader.size <= self.part_size {
@@ -463,6 +496,22 @@ impl KifsBackend {
         }
         job.clear_progress()?;
         Ok(Resume::Fresh)
+    }
+
+    /// Every file the server lists under `directory` (nested names included), with its
+    /// size in bytes; used to rebuild the ledger from the remote.
+    pub async fn list_files(&self, directory: &str) -> Result<Vec<(String, u64)>, UploadError> {
+        let request = ShowFilesRequest {
+            paths: vec![directory.to_string()],
+            options: BTreeMap::new(),
+        };
+        let shown: ShowFilesResponse = self.call_with_retries("/show/files", &request).await?;
+        Ok(shown
+            .file_names
+            .into_iter()
+            .zip(shown.sizes)
+            .map(|(name, size)| (name, size.max(0) as u64))
+            .collect())
     }
 
     async fn show_file(&self, target: &str) -> Result<ShowFilesResponse, UploadError> {

@@ -453,7 +453,21 @@ impl ApiClient {
         let what = format!("upload.post of {name:?} to table {table}");
         let metadata = serde_json::to_vec(&serde_json::json!({ "name": name }))
             .expect("upload metadata serializes to JSON");
-        let file_name = name.rsplit('/').next().unwrap_or(name).to_string();
+        // Only a hint in a part header: the name itself travels in the metadata JSON, and
+        // a control character or quote would break the header (a name may hold a newline).
+        let file_name: String = name
+            .rsplit('/')
+            .next()
+            .unwrap_or(name)
+            .chars()
+            .map(|c| {
+                if c.is_control() || c == '"' || c == '\\' {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
         self.send_json(&what, Idempotency::Once, cancel, &url, &|http| {
             let meta = reqwest::multipart::Part::bytes(metadata.clone())
                 .file_name("metadata")

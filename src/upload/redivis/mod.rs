@@ -224,6 +224,20 @@ impl RedivisBackend {
     }
 
     /// Checks that the folder's table is reachable with this token.
+    /// Every upload in `table` that did not fail processing (all pages), for rebuilding
+    /// the ledger from the remote.
+    pub async fn list_uploads(&self, table: &str) -> Result<Vec<api::UploadResource>, UploadError> {
+        let cancel = CancellationToken::new();
+        let mut uploads = Vec::new();
+        self.api
+            .for_each_upload_page(table, &cancel, &mut |page| {
+                uploads.extend(page.iter().filter(|u| !u.is_failed()).cloned());
+                true
+            })
+            .await?;
+        Ok(uploads)
+    }
+
     pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
             return Err(UploadError::permanent(format!(
@@ -286,9 +300,18 @@ impl RedivisBackend {
             )));
         }
         let result = self.upload_named(job, &table, &escaped).await;
-        if let Err(UploadError::Vanished(_)) = &result {
-            // The file is gone; whatever it left in the table is found by the remote
-            // check, so another file may take the name.
+        if let Err(
+            UploadError::Vanished(_)
+            | UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            },
+        ) = &result
+        {
+            // The file is gone, or failed for good (for instance because the table holds
+            // the name for another file, posted before a crash): it has nothing in flight,
+            // and whatever it left in the table is found by the remote check, so the file
+            // the table names may take the name. Keeping the claim would refuse that file.
             self.names.release(&table, &job.rel);
         }
         result
@@ -330,6 +353,8 @@ impl RedivisBackend {
             .filter(|r| !r.is_empty())
             .collect();
         let mut mismatches = 0;
+        // upload.post refused a session's bytes once (expired): the second time fails.
+        let mut refused_post = false;
         loop {
             let (posted, md5) = match adopted.take() {
                 Some(found) => {
@@ -382,9 +407,25 @@ impl RedivisBackend {
                     }
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
-                    let posted = self
+                    let posted = match self
                         .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
-                        .await?;
+                        .await
+                    {
+                        Err(UploadError::Remote {
+                            disposition: Disposition::RestartSession,
+                            message,
+                        }) if !refused_post => {
+                            refused_post = true;
+                            tracing::warn!(job = job.id.0, upload = %job.rel, reason = %message, "upload.post refused the transferred bytes; sending them again in a new session");
+                            job.clear_progress()?;
+                            continue;
+                        }
+                        Err(UploadError::Remote {
+                            disposition: Disposition::RestartSession,
+                            message,
+                        }) => return Err(UploadError::permanent(message)),
+                        other => other?,
+                    };
                     (posted, md5)
                 }
             };
@@ -505,6 +546,15 @@ impl RedivisBackend {
                 }
                 Err(err) => err,
             };
+            if matches!(finalize, Finalize::Session { .. }) && err.status == Some(400) {
+                // The transferred bytes are unknown to upload.post (the session expired, or
+                // was never completed): they must be sent again in a new session. Not
+                // posted yet, so this cannot duplicate anything.
+                return Err(UploadError::remote(
+                    Disposition::RestartSession,
+                    err.message,
+                ));
+            }
             if !(err.maybe_processed && matches!(err.disposition, Disposition::Retry { .. })) {
                 return Err(err.into());
             }

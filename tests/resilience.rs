@@ -1,0 +1,722 @@
+//! Resilience of the whole daemon: graceful stop and reload, remote outages, local faults.
+//! The real `upsync` binary against the real emulator process, real files, real signals.
+//!
+//! Cases:
+//! - SIGTERM mid-upload: exit 0 within `shutdown_timeout`, the restart finishes the upload
+//!   once; a second signal exits at once and the restart still delivers the file whole.
+//! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
+//!   folders all arrive; an invalid file is rejected with a log line and the old config
+//!   keeps running.
+//! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
+//!   restart in between): requests during the outage stay bounded, job-level retries are
+//!   persisted with their next attempt time, everything arrives once the remote is back.
+//! - Local faults: `state_dir` on a full filesystem, a corrupt and a foreign state
+//!   database (then `--rebuild-state`), an unreadable file, a watched folder missing at
+//!   start or deleted and recreated, two daemons on one `state_dir`.
+//!
+//! Outage tests cap job-level retry delays with `UPSYNC_JOB_RETRY_MAX` so they finish in CI
+//! time; `UPSYNC_OUTAGE_SECS` lengthens the outage (default 30 s).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    inbox: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+impl Setup {
+    /// One folder `inbox` → KiFS directory `ingest` on a fresh emulator.
+    fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let inbox = tmp.path().join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
+        let config = tmp.path().join("upsync.toml");
+        let setup = Setup {
+            tmp,
+            inbox,
+            config,
+            emulator,
+        };
+        setup.write_config(top_extra, &[("inbox", "ingest")]);
+        setup
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes the config with `folders` as (local folder, KiFS directory) pairs.
+    fn write_config(&self, top_extra: &str, folders: &[(&str, &str)]) {
+        let concurrency = if top_extra.contains("concurrency") {
+            ""
+        } else {
+            "concurrency = 2\n"
+        };
+        let mut text = format!(
+            "state_dir = \"state\"\n{concurrency}{top_extra}\n[kifs]\nurl = \"{}\"\n",
+            self.emulator.kifs_url()
+        );
+        for (path, directory) in folders {
+            text.push_str(&format!(
+                "[[folder]]\npath = \"{path}\"\nkifs_directory = \"{directory}\"\ncreate_directory = true\nsettle = \"1s\"\n"
+            ));
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn arrived(&self, local: &Path, name: &str) -> bool {
+        same_content(local, &self.emulator.kifs_file(name))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, stdout, stderr) =
+            upsync(&["status", "-c", self.config.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "status failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    fn kifs_stats(&self) -> serde_json::Value {
+        self.emulator.get_json("/kifs/_emulator/stats")
+    }
+
+    fn upload_requests(&self) -> u64 {
+        self.kifs_stats()["requests"]["/upload/files"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+fn wait_running(daemon: &DaemonProcess, times: usize) {
+    wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+        daemon.log_text().matches("upsync is running").count() >= times
+    });
+}
+
+const PART: u64 = 62_914_560;
+
+// ---------------------------------------------------------------- graceful stop and reload
+
+#[test]
+fn sigterm_mid_upload_exits_zero_within_the_timeout_and_the_restart_completes_it_once() {
+    let s = Setup::new(&["--kifs-part-delay", "700"], "shutdown_timeout = \"4s\"");
+    let path = s.inbox.join("big.bin");
+    write_file(&path, 3 * PART + 100, 7);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(60), "one acknowledged part", || {
+        s.kifs_stats()["multipart_operations"]["upload_part"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let asked = Instant::now();
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4 + 3),
+        "SIGTERM took {took:?} with shutdown_timeout 4s"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(120), "the whole file", || {
+        s.arrived(&path, "ingest/big.bin")
+    });
+    assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_restart_still_delivers_the_file_whole() {
+    let s = Setup::new(&["--kifs-part-delay", "2500"], "shutdown_timeout = \"60s\"");
+    let path = s.inbox.join("big.bin");
+    write_file(&path, 2 * PART + 100, 8);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(
+        Duration::from_secs(60),
+        "the multipart upload to start",
+        || {
+            s.kifs_stats()["multipart_operations"]["init"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.signal(libc::SIGTERM);
+    wait_until(Duration::from_secs(10), "the shutdown to begin", || {
+        daemon.log_text().contains("shutting down")
+    });
+    let asked = Instant::now();
+    daemon.signal(libc::SIGINT);
+    let code = daemon.wait_exit(Duration::from_secs(5));
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, Some(130), "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("second signal"));
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(120), "the whole file", || {
+        s.arrived(&path, "ingest/big.bin")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
+    let status = s.status();
+    assert_eq!(status["folders"][0]["done"], 1, "{status}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file() {
+    let s = Setup::new(&[], "");
+    for dir in ["kept", "removed", "added"] {
+        std::fs::create_dir_all(s.dir().join(dir)).unwrap();
+    }
+    s.write_config(
+        "concurrency = 1",
+        &[("kept", "kept"), ("removed", "removed")],
+    );
+    // Every upload waits a second, so most of the kept folder's jobs are queued at the reload.
+    let delays: Vec<serde_json::Value> = (0..12)
+        .map(|_| serde_json::json!({"target": "kifs", "action": {"delay_ms": 1000}}))
+        .collect();
+    let kept: Vec<PathBuf> = (0..8)
+        .map(|i| s.dir().join(format!("kept/k{i}.csv")))
+        .collect();
+    for (i, path) in kept.iter().enumerate() {
+        write_file(path, 1000 + i as u64, i as u64);
+        backdate(path, 60);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_running(&daemon, 1);
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(delays));
+    wait_until(Duration::from_secs(20), "the first upload", || {
+        s.upload_requests() >= 1
+    });
+
+    s.write_config("concurrency = 1", &[("kept", "kept"), ("added", "added")]);
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the reload", || {
+        daemon.log_text().contains("configuration reloaded")
+    });
+    let added = s.dir().join("added/a.csv");
+    let removed = s.dir().join("removed/r.csv");
+    std::fs::write(&added, "added after the reload\n").unwrap();
+    std::fs::write(&removed, "must not be uploaded\n").unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "every kept file and the added one",
+        || {
+            kept.iter()
+                .enumerate()
+                .all(|(i, p)| s.arrived(p, &format!("kept/k{i}.csv")))
+                && s.arrived(&added, "added/a.csv")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !s.emulator.kifs_file("removed/r.csv").exists(),
+        "a file of the removed folder was uploaded"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("folder added by the reload"), "{log}");
+    assert!(log.contains("no longer watched"), "{log}");
+
+    // An invalid file changes nothing: the old config keeps running.
+    std::fs::write(&s.config, "state_dir = \"state\"\nconcurrency = \"many\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the rejection", || {
+        daemon.log_text().contains("config reload rejected")
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("concurrency"),
+        "the log names the bad key: {log}"
+    );
+    let later = s.dir().join("added/later.csv");
+    std::fs::write(&later, "still running\n").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "a file after the rejected reload",
+        || s.arrived(&later, "added/later.csv"),
+    );
+    assert_eq!(daemon.exited(), None);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+// ---------------------------------------------------------------- outages
+
+fn outage() -> Duration {
+    let secs = std::env::var("UPSYNC_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+fn outage_daemon(config: &Path) -> DaemonProcess {
+    DaemonProcess::start_with(config, |cmd| {
+        cmd.env("UPSYNC_JOB_RETRY_MAX", "8s");
+    })
+}
+
+/// Reads the jobs straight from the state database of a stopped daemon.
+fn jobs_of_stopped_daemon(s: &Setup) -> Vec<upsync::queue::Job> {
+    let store = upsync::queue::Store::open(&s.dir().join("state"))
+        .expect("the stopped daemon released the state database");
+    store.jobs().expect("the jobs decode")
+}
+
+fn write_batch(s: &Setup, count: usize, prefix: &str) -> Vec<PathBuf> {
+    (0..count)
+        .map(|i| {
+            let path = s.inbox.join(format!("{prefix}{i}.bin"));
+            write_file(&path, 10_000 + i as u64, 100 + i as u64);
+            backdate(&path, 60);
+            path
+        })
+        .collect()
+}
+
+fn all_arrived(s: &Setup, files: &[PathBuf]) -> bool {
+    files.iter().all(|p| {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        s.arrived(p, &format!("ingest/{name}"))
+    })
+}
+
+#[test]
+fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
+    let mut s = Setup::new(&["--fail-rate", "1.0", "--seed", "3"], "");
+    let files = write_batch(&s, 6, "o");
+    let mut daemon = outage_daemon(&s.config);
+    wait_running(&daemon, 1);
+    let started = Instant::now();
+    let outage = outage();
+    // Halfway, a kill -9 and a restart: the retries are persisted with their next attempt.
+    std::thread::sleep(outage / 2);
+    daemon.kill9();
+    let jobs = jobs_of_stopped_daemon(&s);
+    assert_eq!(jobs.len(), files.len(), "{jobs:?}");
+    let waiting = jobs
+        .iter()
+        .filter(|job| matches!(job.state, upsync::queue::JobState::RetryWait { .. }))
+        .count();
+    assert!(waiting >= 1, "no job is waiting for a retry: {jobs:?}");
+    let mut daemon = outage_daemon(&s.config);
+    let remaining = outage.saturating_sub(started.elapsed());
+    std::thread::sleep(remaining);
+    let during = s.emulator.get_json("/_emulator/stats");
+    let requests = during["requests"]["kifs"].as_u64().unwrap();
+    let seconds = started.elapsed().as_secs();
+    // In-request retries (5 attempts, 0.5 s doubling) then job-level retries (5 s
+    // doubling, capped): a handful per file per half minute, never a hot loop.
+    let bound = 15 * files.len() as u64 * seconds.div_ceil(30) + 20;
+    println!(
+        "503 outage: {seconds} s, {} files, {requests} requests (bound {bound})",
+        files.len()
+    );
+    assert!(
+        requests <= bound,
+        "{requests} requests in {seconds} s: {during}"
+    );
+    assert!(requests >= files.len() as u64, "{during}");
+
+    s.emulator.start_again(Some(&[]));
+    wait_until(
+        Duration::from_secs(90),
+        "every file after the outage",
+        || all_arrived(&s, &files),
+    );
+    let status = s.status();
+    assert_eq!(status["folders"][0]["done"], files.len(), "{status}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
+    let mut s = Setup::new(&[], "");
+    let early = write_batch(&s, 3, "early");
+    let mut daemon = outage_daemon(&s.config);
+    wait_until(Duration::from_secs(30), "the early files", || {
+        all_arrived(&s, &early)
+    });
+    s.emulator.stop();
+    let files = write_batch(&s, 5, "late");
+    let started = Instant::now();
+    std::thread::sleep(outage() / 2);
+    daemon.kill9();
+    let jobs = jobs_of_stopped_daemon(&s);
+    assert_eq!(jobs.len(), files.len(), "{jobs:?}");
+    let mut daemon = outage_daemon(&s.config);
+    std::thread::sleep(outage().saturating_sub(started.elapsed()));
+    // Every failed request is logged once: in-request retries and job-level retries.
+    let log = daemon.log_text();
+    let failures = log.matches("retrying KiFS request").count()
+        + log.matches("upload failed; will retry").count();
+    let seconds = started.elapsed().as_secs();
+    let bound = 15 * files.len() as u64 * seconds.div_ceil(30) + 20;
+    println!("refused outage: {seconds} s, {failures} failed requests (bound {bound})");
+    assert!(
+        failures as u64 <= bound,
+        "{failures} failed requests in {seconds} s"
+    );
+    assert!(failures >= 1, "{log}");
+    s.emulator.start_again(None);
+    wait_until(
+        Duration::from_secs(90),
+        "every file after the outage",
+        || all_arrived(&s, &files),
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+// ---------------------------------------------------------------- local faults
+
+/// Mounts a tmpfs of `size` on `dir`; `None` (with the reason printed) when not permitted.
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<TmpfsMount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let output = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match output {
+        Ok(out) if out.status.success() => Some(TmpfsMount(dir.to_path_buf())),
+        Ok(out) => {
+            println!(
+                "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            None
+        }
+        Err(err) => {
+            println!("SKIPPED: cannot run mount: {err}");
+            None
+        }
+    }
+}
+
+struct TmpfsMount(PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `dir` with a file `filler`, until it is full.
+fn fill(filler: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(filler).unwrap();
+    let block = vec![7u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
+#[test]
+fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back() {
+    let s = Setup::new(&[], "");
+    let state = s.dir().join("state");
+    let Some(_mount) = mount_tmpfs(&state, "4m") else {
+        return;
+    };
+    let first = write_batch(&s, 3, "before");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "the first files", || {
+        all_arrived(&s, &first)
+    });
+    let filler = state.join("filler");
+    fill(&filler);
+    // Enough small files that sled needs space beyond what it had allocated.
+    let during: Vec<PathBuf> = (0..800)
+        .map(|i| {
+            let path = s.inbox.join(format!("during/d{i}.txt"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("written while the state dir is full {i}\n")).unwrap();
+            path
+        })
+        .collect();
+    // sled refuses every write after a failed one, even once space is back: the daemon
+    // says so and exits 1, for its supervisor to restart it.
+    let code = daemon.wait_exit(Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(log.contains("no space left on device"), "{log}");
+    assert!(log.contains("can no longer be written"), "{log}");
+    let noise = log.matches("no space left on device").count();
+    println!("full state dir: {noise} log lines name the full disk before the exit");
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(
+        Duration::from_secs(180),
+        "the files written while full",
+        || {
+            during
+                .iter()
+                .enumerate()
+                .all(|(i, p)| s.arrived(p, &format!("ingest/during/d{i}.txt")))
+        },
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let jobs = jobs_of_stopped_daemon(&s);
+    assert!(jobs.is_empty(), "{jobs:?}");
+    let status = s.status();
+    assert_eq!(status["folders"][0]["done"], 803, "{status}");
+}
+
+/// Overwrites every file of the sled database with garbage.
+fn scribble(db: &Path) {
+    for entry in walkdir::WalkDir::new(db) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let len = entry.metadata().unwrap().len().max(64);
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
+            std::fs::write(entry.path(), garbage).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_state_database_stops_the_start_and_rebuild_state_uploads_nothing_twice() {
+    let s = Setup::new(&[], "");
+    let first = write_batch(&s, 5, "a");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "the first files", || {
+        all_arrived(&s, &first)
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    let before = s.upload_requests();
+    scribble(&s.dir().join("state/db"));
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    let code = daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1));
+    let log = daemon.log_text();
+    assert!(log.contains("cannot open the state database"), "{log}");
+    assert!(log.contains("--rebuild-state"), "{log}");
+
+    // One file changes and one is new while the database is broken.
+    write_file(&first[0], 20_000, 999);
+    backdate(&first[0], 30);
+    let new = write_batch(&s, 1, "new");
+    let mut daemon = DaemonProcess::start_with(&s.config, |cmd| {
+        cmd.arg("--rebuild-state");
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the changed and the new file",
+        || s.arrived(&first[0], "ingest/a0.bin") && all_arrived(&s, &new),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.upload_requests() - before,
+        2,
+        "only the changed and the new file are uploaded"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("moved the old state database aside"), "{log}");
+    assert!(
+        log.contains("4 file(s) already uploaded, 2 to upload"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    let kept: Vec<_> = std::fs::read_dir(s.dir().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("db.moved-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the broken database is kept");
+}
+
+#[test]
+fn a_foreign_state_database_is_refused_with_a_clear_error() {
+    let s = Setup::new(&[], "");
+    {
+        let db = sled::open(s.dir().join("state/db")).unwrap();
+        db.insert(b"someone", &b"else"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(1));
+    let log = daemon.log_text();
+    assert!(log.contains("no upsync format marker"), "{log}");
+    assert!(log.contains("--rebuild-state"), "{log}");
+}
+
+#[test]
+fn an_unreadable_file_fails_with_the_reason_while_the_others_arrive() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let s = Setup::new(&[], "");
+    // The daemon runs as `nobody`, for whom a mode-000 file is unreadable (root reads all).
+    const NOBODY: u32 = 65534;
+    chown(s.dir(), Some(NOBODY), Some(NOBODY)).unwrap();
+    chown(&s.config, Some(NOBODY), Some(NOBODY)).unwrap();
+    let good = s.inbox.join("good.csv");
+    let secret = s.inbox.join("secret.csv");
+    std::fs::write(&good, "readable\n").unwrap();
+    std::fs::write(&secret, "unreadable\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut daemon = DaemonProcess::start_with(&s.config, |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(NOBODY).gid(NOBODY);
+    });
+    wait_until(Duration::from_secs(30), "the readable file", || {
+        s.arrived(&good, "ingest/good.csv")
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the unreadable file to fail",
+        || {
+            s.status()["failed"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        },
+    );
+    let status = s.status();
+    let failed = &status["failed"][0];
+    assert_eq!(failed["path"], secret.display().to_string(), "{status}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("ermission denied"), "{reason}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears() {
+    let s = Setup::new(&[], "");
+    std::fs::remove_dir(&s.inbox).unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_running(&daemon, 1);
+    assert!(
+        daemon.log_text().contains("does not exist"),
+        "{}",
+        daemon.log_text()
+    );
+    std::fs::create_dir(&s.inbox).unwrap();
+    let first = s.inbox.join("first.csv");
+    std::fs::write(&first, "after the mount\n").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the file of the late folder",
+        || s.arrived(&first, "ingest/first.csv"),
+    );
+    std::fs::remove_dir_all(&s.inbox).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::create_dir(&s.inbox).unwrap();
+    let second = s.inbox.join("second.csv");
+    std::fs::write(&second, "after the recreation\n").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the file of the recreated folder",
+        || s.arrived(&second, "ingest/second.csv"),
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("polling every"), "{log}");
+    assert!(log.contains("watching") && log.contains("again"), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let s = Setup::new(&[], "");
+    let mut first = DaemonProcess::start(&s.config);
+    wait_running(&first, 1);
+    // Both daemons log to the same file.
+    let mut second = DaemonProcess::start(&s.config);
+    assert_eq!(second.wait_exit(Duration::from_secs(20)), Some(1));
+    let log = first.log_text();
+    assert!(
+        log.contains("another upsync is already running with state_dir"),
+        "{log}"
+    );
+    // The first one is unharmed: its control socket still answers.
+    assert_eq!(s.status()["daemon"], "running");
+    let file = s.inbox.join("after.csv");
+    std::fs::write(&file, "first daemon still works\n").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "a file for the first daemon",
+        || s.arrived(&file, "ingest/after.csv"),
+    );
+    assert_eq!(first.terminate(), Some(0));
+}
+
+#[test]
+fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
+    const TOKEN: &str = "rebuild-token-5d6e";
+    const TOKEN_ENV: &str = "UPSYNC_REBUILD_REDIVIS_TOKEN";
+    // SAFETY: set before any child starts; every child reads the same value.
+    unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
+    let config = tmp.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nchunk_size = \"1MiB\"\n\
+             [[folder]]\npath = \"inbox\"\nredivis_table = \"re.build:next.files\"\nsettle = \"1s\"\n",
+            emulator.redivis_url()
+        ),
+    )
+    .unwrap();
+    let created = || {
+        emulator.get_json("/_emulator/redivis/stats")["uploads_created"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let path = inbox.join(format!("r{i}.csv"));
+            write_file(&path, 3000 + i * 1_000_000, 40 + i);
+            backdate(&path, 60);
+            path
+        })
+        .collect();
+    let mut daemon = DaemonProcess::start(&config);
+    wait_until(Duration::from_secs(60), "four uploads", || created() >= 4);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(created(), 4);
+
+    // The database is lost; one file keeps its size but gets other bytes.
+    std::fs::remove_dir_all(tmp.path().join("state/db")).unwrap();
+    let size = std::fs::metadata(&files[1]).unwrap().len();
+    write_file(&files[1], size, 777);
+    backdate(&files[1], 30);
+    let mut daemon = DaemonProcess::start_with(&config, |cmd| {
+        cmd.arg("--rebuild-state");
+    });
+    wait_until(
+        Duration::from_secs(60),
+        "the changed file's new upload",
+        || created() >= 5,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(created(), 5, "only the changed file is uploaded again");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("3 file(s) already uploaded, 1 to upload"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
