@@ -9,8 +9,9 @@
 //! Redivis: two names that collide under its name escaping).
 //!
 //! Faults: `--fail-rate` (500/502/503), `--drop-rate` (connections closed mid-request),
-//! the Redivis rate limit (429 + Retry-After) and a short `--session-ttl`; at least 20
-//! SIGKILLs with restarts.
+//! the Redivis rate limit (429 + Retry-After) and a short `--session-ttl` (20 s; 90 s in
+//! the long run, whose 200 MiB files take longer than 20 s to send in a debug build); at
+//! least 20 SIGKILLs with restarts.
 //!
 //! At the end: every file that still exists is on its remote byte-identical (KiFS: the
 //! emulator's stored file; Redivis: exactly one upload of that name, completed, with the
@@ -47,6 +48,8 @@ struct Plan {
     kills: usize,
     fail_rate: f64,
     drop_rate: f64,
+    /// Redivis session lifetime: shorter than the run, longer than one transfer.
+    session_ttl: &'static str,
     finish_within: Duration,
 }
 
@@ -66,6 +69,7 @@ impl Plan {
                 kills: 40,
                 fail_rate: 0.05,
                 drop_rate: 0.03,
+                session_ttl: "90s",
                 finish_within: Duration::from_secs(1800),
             }
         } else {
@@ -77,6 +81,7 @@ impl Plan {
                 kills: 20,
                 fail_rate: 0.06,
                 drop_rate: 0.04,
+                session_ttl: "20s",
                 finish_within: Duration::from_secs(240),
             }
         }
@@ -187,7 +192,7 @@ fn world(plan: &Plan) -> World {
             "--rate-limit-window",
             "5s",
             "--session-ttl",
-            "20s",
+            plan.session_ttl,
         ],
     );
     let config = tmp.path().join("upsync.toml");

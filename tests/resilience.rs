@@ -725,3 +725,57 @@ fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_redivis_session_expiring_before_upload_post_is_sent_again_and_posted_once() {
+    const TOKEN: &str = "expiry-token-3c4d";
+    const TOKEN_ENV: &str = "UPSYNC_EXPIRY_REDIVIS_TOKEN";
+    // SAFETY: set before any child starts; every child reads the same value.
+    unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(
+        &tmp.path().join("remote"),
+        &["--redivis-token", TOKEN, "--session-ttl", "6s"],
+    );
+    let config = tmp.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nchunk_size = \"4MiB\"\n\
+             [[folder]]\npath = \"inbox\"\nredivis_table = \"ex.pire:next.files\"\nsettle = \"1s\"\n",
+            emulator.redivis_url()
+        ),
+    )
+    .unwrap();
+    // The one chunk's answer comes 7 s late: by upload.post the 6 s session has expired.
+    emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!([{"target": "redivis-session", "action": {"delay_ms": 7000}}]),
+    );
+    let path = inbox.join("slow-session.csv");
+    write_file(&path, 3 << 20, 5);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&config);
+    let stats = || emulator.get_json("/_emulator/redivis/stats");
+    wait_until(Duration::from_secs(60), "the upload", || {
+        stats()["uploads_created"].as_u64().unwrap_or(0) >= 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stats()["uploads_created"], 1, "{}", stats());
+    assert!(
+        stats()["api_requests"]["resumableUpload"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2,
+        "a second session was made: {}",
+        stats()
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("upload.post refused the transferred bytes"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

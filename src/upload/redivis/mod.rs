@@ -353,7 +353,8 @@ impl RedivisBackend {
             .filter(|r| !r.is_empty())
             .collect();
         let mut mismatches = 0;
-        // upload.post refused a session's bytes once (expired): the second time fails.
+        // upload.post refused a session's bytes once (expired); a second refusal goes back
+        // to the queue.
         let mut refused_post = false;
         loop {
             let (posted, md5) = match adopted.take() {
@@ -423,7 +424,13 @@ impl RedivisBackend {
                         Err(UploadError::Remote {
                             disposition: Disposition::RestartSession,
                             message,
-                        }) => return Err(UploadError::permanent(message)),
+                        }) => {
+                            // Refused twice in a row: the session outlives the transfer
+                            // no better now (a slow link, a short lifetime). Not the file's
+                            // fault: the queue tries again later with a new session.
+                            job.clear_progress()?;
+                            return Err(UploadError::remote(Disposition::RestartSession, message));
+                        }
                         other => other?,
                     };
                     (posted, md5)
