@@ -433,6 +433,12 @@ pub struct Transfer<'a> {
     pub check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
 }
 
+/// The confirmed offset is saved (one flush of the state database) at most this often
+/// while chunks keep being acknowledged, and whenever an attempt ends without finishing.
+/// Resuming always asks the server for its offset first, so the saved one only has to name
+/// the session; saving after every 8 MiB chunk cost a flush per chunk.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 impl Transfer<'_> {
     /// Runs the chunk loop (module doc) until the server holds all bytes; returns the MD5
     /// (hex) of the file's bytes as sent.
@@ -442,6 +448,22 @@ impl Transfer<'_> {
         query_first: bool,
         persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
     ) -> Result<String, SessionFailure> {
+        let mut saved = state.confirmed_offset;
+        let result = self.chunks(state, query_first, persist, &mut saved).await;
+        if result.is_err() && state.confirmed_offset != saved {
+            persist(state)?;
+        }
+        result
+    }
+
+    async fn chunks(
+        &self,
+        state: &mut SessionState,
+        query_first: bool,
+        persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
+        saved: &mut u64,
+    ) -> Result<String, SessionFailure> {
+        let mut last_save = std::time::Instant::now();
         let size = state.size;
         let url = state.session_url.clone();
         let mut md5 = RunningMd5::default();
@@ -475,7 +497,11 @@ impl Transfer<'_> {
                 .await?;
             if offset != state.confirmed_offset {
                 state.confirmed_offset = offset;
-                persist(state)?;
+                if last_save.elapsed() >= PERSIST_EVERY && offset < size {
+                    persist(state)?;
+                    *saved = offset;
+                    last_save = std::time::Instant::now();
+                }
             }
             self.live.set(offset, size);
             if progressed {
