@@ -469,7 +469,6 @@ impl Transfer<'_> {
         let mut md5 = RunningMd5::default();
         let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
         let mut failures = 0u32;
-        let mut last_chunk: Option<(u64, Bytes)> = None;
         // The next chunk, read while the previous one was sent.
         let mut ahead: Option<(u64, Bytes)> = None;
 
@@ -492,8 +491,9 @@ impl Transfer<'_> {
                 ServerOffset::At(offset) => offset,
             };
             let progressed = offset > state.confirmed_offset;
-            let chunk_ref = last_chunk.as_ref().map(|(start, bytes)| (*start, bytes));
-            md5.advance(offset, self.reader, chunk_ref, self.chunk_size)
+            // The digest of a whole acknowledged chunk was computed while it was sent; after
+            // a partial one the rest is read again from the file, so no chunk is kept.
+            md5.advance(offset, self.reader, None, self.chunk_size)
                 .await?;
             if offset != state.confirmed_offset {
                 state.confirmed_offset = offset;
@@ -560,7 +560,7 @@ impl Transfer<'_> {
                 let hasher = hashed.await.expect("hashing a chunk does not panic");
                 md5.speculated = Some((end, hasher));
             }
-            last_chunk = Some((offset, bytes));
+            drop(bytes);
             let problem = match sent {
                 Ok(response) => match response.status().as_u16() {
                     200 | 201 if end == size => {
