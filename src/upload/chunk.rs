@@ -19,9 +19,28 @@ pub struct FileReader {
     pub size: u64,
 }
 
+/// Chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) are allocated and freed on
+/// many threads. glibc would serve them from per-thread arenas and keep the freed ones, so
+/// resident memory grows with the number of blocking-pool threads that ever read a chunk
+/// (one 4 GiB upload measured 1.6× the resident memory of a 1 GiB one). A fixed mmap
+/// threshold of 1 MiB makes every buffer this size its own mapping, returned to the system
+/// when freed; smaller allocations are untouched.
+fn return_chunk_buffers_to_the_system() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator tuning; it is called once, before any
+        // chunk buffer exists, and a failure (0) just leaves the default behaviour.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    });
+}
+
 impl FileReader {
     /// Opens `path` and checks that it still is the version `expected` describes.
     pub fn open(path: &Path, expected: &Fingerprint) -> Result<FileReader, UploadError> {
+        return_chunk_buffers_to_the_system();
         let file = File::open(path).map_err(|err| open_error(path, err))?;
         let meta = file.metadata().map_err(|err| {
             UploadError::Unreadable(format!("cannot stat {}: {err}", path.display()))

@@ -102,12 +102,17 @@ impl Emulator {
             .map_err(|e| format!("GET {url}: not JSON: {e}"))
     }
 
-    /// Every HTTP request the emulator served, per service (`/_emulator/stats`).
+    /// HTTP requests the emulator served: KiFS endpoint calls (its own counters, which leave
+    /// out the `_emulator` routes the benchmark polls), Redivis API and session requests.
     pub async fn requests(&self) -> BenchResult<Requests> {
         let stats = self.get_json("/_emulator/stats").await?;
         let get = |key: &str| stats["requests"][key].as_u64().unwrap_or(0);
+        let kifs = self.get_json("/kifs/_emulator/stats").await?;
+        let kifs = kifs["requests"].as_object().map_or(0, |endpoints| {
+            endpoints.values().filter_map(|v| v.as_u64()).sum()
+        });
         Ok(Requests {
-            kifs: get("kifs"),
+            kifs,
             redivis_api: get("redivis-api"),
             redivis_session: get("redivis-session"),
         })
@@ -146,9 +151,9 @@ impl std::ops::Sub for Requests {
     type Output = Requests;
     fn sub(self, earlier: Requests) -> Requests {
         Requests {
-            kifs: self.kifs - earlier.kifs,
-            redivis_api: self.redivis_api - earlier.redivis_api,
-            redivis_session: self.redivis_session - earlier.redivis_session,
+            kifs: self.kifs.saturating_sub(earlier.kifs),
+            redivis_api: self.redivis_api.saturating_sub(earlier.redivis_api),
+            redivis_session: self.redivis_session.saturating_sub(earlier.redivis_session),
         }
     }
 }

@@ -433,6 +433,12 @@ pub struct Transfer<'a> {
     pub check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
 }
 
+/// The confirmed offset is saved (one flush of the state database) at most this often
+/// while chunks keep being acknowledged, and whenever an attempt ends without finishing.
+/// Resuming always asks the server for its offset first, so the saved one only has to name
+/// the session; saving after every 8 MiB chunk cost a flush per chunk.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 impl Transfer<'_> {
     /// Runs the chunk loop (module doc) until the server holds all bytes; returns the MD5
     /// (hex) of the file's bytes as sent.
@@ -442,12 +448,27 @@ impl Transfer<'_> {
         query_first: bool,
         persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
     ) -> Result<String, SessionFailure> {
+        let mut saved = state.confirmed_offset;
+        let result = self.chunks(state, query_first, persist, &mut saved).await;
+        if result.is_err() && state.confirmed_offset != saved {
+            persist(state)?;
+        }
+        result
+    }
+
+    async fn chunks(
+        &self,
+        state: &mut SessionState,
+        query_first: bool,
+        persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
+        saved: &mut u64,
+    ) -> Result<String, SessionFailure> {
+        let mut last_save = std::time::Instant::now();
         let size = state.size;
         let url = state.session_url.clone();
         let mut md5 = RunningMd5::default();
         let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
         let mut failures = 0u32;
-        let mut last_chunk: Option<(u64, Bytes)> = None;
         // The next chunk, read while the previous one was sent.
         let mut ahead: Option<(u64, Bytes)> = None;
 
@@ -470,12 +491,17 @@ impl Transfer<'_> {
                 ServerOffset::At(offset) => offset,
             };
             let progressed = offset > state.confirmed_offset;
-            let chunk_ref = last_chunk.as_ref().map(|(start, bytes)| (*start, bytes));
-            md5.advance(offset, self.reader, chunk_ref, self.chunk_size)
+            // The digest of a whole acknowledged chunk was computed while it was sent; after
+            // a partial one the rest is read again from the file, so no chunk is kept.
+            md5.advance(offset, self.reader, None, self.chunk_size)
                 .await?;
             if offset != state.confirmed_offset {
                 state.confirmed_offset = offset;
-                persist(state)?;
+                if last_save.elapsed() >= PERSIST_EVERY && offset < size {
+                    persist(state)?;
+                    *saved = offset;
+                    last_save = std::time::Instant::now();
+                }
             }
             self.live.set(offset, size);
             if progressed {
@@ -534,7 +560,7 @@ impl Transfer<'_> {
                 let hasher = hashed.await.expect("hashing a chunk does not panic");
                 md5.speculated = Some((end, hasher));
             }
-            last_chunk = Some((offset, bytes));
+            drop(bytes);
             let problem = match sent {
                 Ok(response) => match response.status().as_u16() {
                     200 | 201 if end == size => {
