@@ -285,14 +285,30 @@ impl RedivisBackend {
             }
         };
         // 1. The name.
-        let escaped = self.names.claim(&table, &job.rel).map_err(|other| {
-            UploadError::permanent(collision_message(
-                &job.rel,
-                &other,
-                &names::escape(&job.rel),
-                &table,
-            ))
-        })?;
+        let escaped = match self.names.claim(&table, &job.rel) {
+            Ok(escaped) => escaped,
+            Err(other) => {
+                // Another local file holds the name in this process, but after a restart
+                // the table is the judge: an upload of exactly our name means an earlier
+                // attempt of ours got there first, and the name is ours.
+                let escaped = names::escape(&job.rel);
+                let cancel = job.shutdown.clone();
+                match self
+                    .api
+                    .find_upload_by_name(&table, &escaped, &cancel)
+                    .await?
+                {
+                    Some(existing) if existing.name.as_deref() == Some(job.rel.as_str()) => {
+                        self.names.take_over(&table, &job.rel)
+                    }
+                    _ => {
+                        return Err(UploadError::permanent(collision_message(
+                            &job.rel, &other, &escaped, &table,
+                        )));
+                    }
+                }
+            }
+        };
         if escaped.is_empty() {
             return Err(UploadError::permanent(format!(
                 "{:?} has no letters or digits, so Redivis cannot name an upload after it",

@@ -57,6 +57,18 @@ impl NameRegistry {
     }
 
     /// Gives `name`'s claim up (its file vanished).
+    /// Gives the escaped name to `name`, whoever held it: the table itself shows that
+    /// `name` owns it (an upload of that exact name exists).
+    pub fn take_over(&self, table: &str, name: &str) -> String {
+        let escaped = escape(name);
+        let key = (table.to_ascii_lowercase(), escaped.clone());
+        self.claimed
+            .lock()
+            .expect("name registry lock is not poisoned")
+            .insert(key, name.to_string());
+        escaped
+    }
+
     pub fn release(&self, table: &str, name: &str) {
         let key = (table.to_ascii_lowercase(), escape(name));
         let mut claimed = self
@@ -104,6 +116,8 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
         assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
+        assert_eq!(names.take_over("o.d:next.t", "A-B.csv"), "a_b_csv");
+        assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Err("A-B.csv".into()));
         // Another table is another namespace.
         assert_eq!(names.claim("o.d:next.u", "A-B.csv"), Ok("a_b_csv".into()));
         // Only the holder can release; then the name is free.
