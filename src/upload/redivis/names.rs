@@ -116,14 +116,21 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
         assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
-        assert_eq!(names.take_over("o.d:next.t", "A-B.csv"), "a_b_csv");
-        assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Err("A-B.csv".into()));
         // Another table is another namespace.
         assert_eq!(names.claim("o.d:next.u", "A-B.csv"), Ok("a_b_csv".into()));
         // Only the holder can release; then the name is free.
         names.release("o.d:next.t", "A-B.csv");
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
         names.release("o.d:next.t", "a.b.csv");
+        assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
+    }
+
+    #[test]
+    fn the_table_s_own_holder_takes_the_name_over() {
+        let names = NameRegistry::default();
+        assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
+        assert_eq!(names.take_over("o.d:next.t", "A-B.csv"), "a_b_csv");
+        assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Err("A-B.csv".into()));
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
     }
 }
