@@ -298,22 +298,11 @@ impl SessionClient {
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let message = format!("session initiation answered HTTP {status}");
-                    match classify::session_status(status) {
-                        Disposition::RestartSession => {
-                            return Err(SessionFailure::Restart {
-                                rejected: status == 400,
-                                message,
-                            });
-                        }
-                        Disposition::Permanent => {
-                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                                "temp upload {}: {message}",
-                                strip_query(temp_url)
-                            ))));
-                        }
-                        _ => message,
-                    }
+                    unexpected_answer(
+                        status,
+                        format!("session initiation answered HTTP {status}"),
+                        temp_url,
+                    )?
                 }
                 Err(err) => format!("session initiation: {}", describe_transport(&err)),
             };
@@ -685,22 +674,11 @@ impl Transfer<'_> {
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let message = format!("whole-file PUT answered HTTP {status}");
-                    match classify::session_status(status) {
-                        Disposition::RestartSession => {
-                            return Err(SessionFailure::Restart {
-                                rejected: status == 400,
-                                message,
-                            });
-                        }
-                        Disposition::Permanent => {
-                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                                "temp upload {}: {message}",
-                                strip_query(url)
-                            ))));
-                        }
-                        _ => message,
-                    }
+                    unexpected_answer(
+                        status,
+                        format!("whole-file PUT answered HTTP {status}"),
+                        url,
+                    )?
                 }
                 Err(err) => format!("whole-file PUT: {}", describe_transport(&err)),
             };
@@ -768,6 +746,22 @@ fn whole_file_body(
         }
     });
     Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// An answer a temp-upload URL should not give: a dead session to restart, a permanent
+/// failure, or (for transient codes) the message to retry with.
+fn unexpected_answer(status: u16, message: String, url: &str) -> Result<String, SessionFailure> {
+    match classify::session_status(status) {
+        Disposition::RestartSession => Err(SessionFailure::Restart {
+            rejected: status == 400,
+            message,
+        }),
+        Disposition::Permanent => Err(SessionFailure::Fail(UploadError::permanent(format!(
+            "temp upload {}: {message}",
+            strip_query(url)
+        )))),
+        _ => Ok(message),
+    }
 }
 
 #[cfg(test)]
