@@ -365,56 +365,6 @@ fn md5_hex(path: &Path) -> Option<String> {
     Some(hex::encode(hasher.finalize()))
 }
 
-fn number(value: &serde_json::Value) -> Option<u64> {
-    value.as_u64().or_else(|| value.as_str()?.parse().ok())
-}
-
-/// Every upload in the table (all pages). Goes through the fault layer, so it retries.
-fn list_uploads(w: &World) -> Vec<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let table =
-            percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut url = format!(
-                "{}/tables/{table}/uploads?maxResults=100",
-                w.emulator.redivis_url()
-            );
-            if let Some(t) = &token {
-                url.push_str(&format!("&pageToken={t}"));
-            }
-            let mut attempts = 0;
-            let page: serde_json::Value = loop {
-                attempts += 1;
-                assert!(attempts < 500, "listing uploads keeps failing");
-                let Ok(response) = client.get(&url).bearer_auth(TOKEN).send().await else {
-                    continue;
-                };
-                match response.status().as_u16() {
-                    200 => match response.json().await {
-                        Ok(page) => break page,
-                        Err(_) => continue,
-                    },
-                    404 => return all,
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
-            all.extend(page["results"].as_array().cloned().unwrap_or_default());
-            match page["nextPageToken"].as_str() {
-                Some(next) if !next.is_empty() => token = Some(next.to_string()),
-                _ => return all,
-            }
-        }
-    })
-}
-
 /// The end state, measured.
 #[derive(Debug, Default)]
 struct Verdict {
@@ -459,7 +409,7 @@ fn judge(w: &World) -> Verdict {
             )
         })
         .collect();
-    let uploads = list_uploads(w);
+    let uploads = w.emulator.list_redivis_uploads(TABLE, TOKEN);
     let mut by_name: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
     for upload in &uploads {
         by_name
@@ -484,7 +434,8 @@ fn judge(w: &World) -> Verdict {
             Side::Redivis => by_name.get(rel).is_some_and(|found| {
                 found.len() == 1
                     && found[0]["status"] == "completed"
-                    && number(&found[0]["size"]) == std::fs::metadata(path).ok().map(|m| m.len())
+                    && json_number(&found[0]["size"])
+                        == std::fs::metadata(path).ok().map(|m| m.len())
                     && found[0]["hash"].as_str().map(str::to_lowercase) == md5_hex(path)
             }),
         };

@@ -55,53 +55,6 @@ settle = "1s"
     }
 }
 
-/// Every upload in the table (all pages), as the API lists them.
-fn list_uploads(s: &Setup) -> Vec<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let table =
-            percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut url = format!(
-                "{}/tables/{table}/uploads?maxResults=100",
-                s.emulator.redivis_url()
-            );
-            if let Some(t) = &token {
-                url.push_str(&format!("&pageToken={t}"));
-            }
-            // The emulator's injected faults hit these requests too: retry them.
-            let mut attempts = 0;
-            let page: serde_json::Value = loop {
-                attempts += 1;
-                assert!(attempts < 200, "listing uploads keeps failing");
-                let Ok(response) = client.get(&url).bearer_auth(TOKEN).send().await else {
-                    continue;
-                };
-                match response.status().as_u16() {
-                    200 => match response.json().await {
-                        Ok(page) => break page,
-                        Err(_) => continue,
-                    },
-                    404 => return all,
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            };
-            all.extend(page["results"].as_array().cloned().unwrap_or_default());
-            match page["nextPageToken"].as_str() {
-                Some(next) if !next.is_empty() => token = Some(next.to_string()),
-                _ => return all,
-            }
-        }
-    })
-}
-
 fn md5_hex(path: &Path) -> String {
     use std::io::Read;
     let mut file = std::fs::File::open(path).unwrap();
@@ -117,13 +70,9 @@ fn md5_hex(path: &Path) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn number(value: &serde_json::Value) -> Option<u64> {
-    value.as_u64().or_else(|| value.as_str()?.parse().ok())
-}
-
 /// Whether each local file appears exactly once, completed, with its size and MD5.
 fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), String> {
-    let uploads = list_uploads(s);
+    let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
     let mut by_name: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
     for upload in &uploads {
         by_name
@@ -141,7 +90,7 @@ fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), S
             return Err(format!("{name}: status {}", upload["status"]));
         }
         let size = std::fs::metadata(local).unwrap().len();
-        if number(&upload["size"]) != Some(size) {
+        if json_number(&upload["size"]) != Some(size) {
             return Err(format!("{name}: size {} != {size}", upload["size"]));
         }
         let hash = upload["hash"].as_str().unwrap_or("").to_lowercase();
@@ -265,7 +214,7 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
 }
 
 fn session_puts(s: &Setup) -> u64 {
-    number(&s.emulator.get_json("/_emulator/redivis/stats")["session_puts"]).unwrap_or(0)
+    json_number(&s.emulator.get_json("/_emulator/redivis/stats")["session_puts"]).unwrap_or(0)
 }
 
 #[test]
@@ -285,7 +234,7 @@ fn kill_9_between_the_last_chunk_and_upload_post_leaves_exactly_one_upload() {
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        list_uploads(&s).is_empty(),
+        s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty(),
         "upload.post ran before the kill"
     );
     daemon.kill9();
@@ -307,7 +256,7 @@ fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
     let files = vec![("posted.bin".to_string(), path)];
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(Duration::from_secs(60), "the upload to be created", || {
-        !list_uploads(&s).is_empty()
+        !s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty()
     });
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
@@ -315,6 +264,6 @@ fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
     std::thread::sleep(Duration::from_secs(1));
     mirrored_exactly_once(&s, &files).unwrap();
     let created = s.emulator.get_json("/_emulator/redivis/stats")["uploads_created"].clone();
-    assert_eq!(number(&created), Some(1), "upload.post ran twice");
+    assert_eq!(json_number(&created), Some(1), "upload.post ran twice");
     assert_eq!(daemon.terminate(), Some(0));
 }

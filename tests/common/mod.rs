@@ -364,3 +364,58 @@ pub fn backdate(path: &Path, seconds: u64) {
     let file = std::fs::File::options().write(true).open(path).unwrap();
     file.set_modified(time).unwrap();
 }
+
+/// A number the Redivis API may send as an integer or as a string.
+pub fn json_number(value: &serde_json::Value) -> Option<u64> {
+    value.as_u64().or_else(|| value.as_str()?.parse().ok())
+}
+
+impl EmulatorProcess {
+    /// Every upload in a Redivis table (all pages), as the API lists them; `[]` for a table
+    /// that does not exist yet. The emulator's injected faults hit these requests too, so
+    /// failed ones are retried.
+    pub fn list_redivis_uploads(&self, table: &str, token: &str) -> Vec<serde_json::Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let table =
+                percent_encoding::utf8_percent_encode(table, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let mut all = Vec::new();
+            let mut page_token: Option<String> = None;
+            loop {
+                let mut url = format!(
+                    "{}/tables/{table}/uploads?maxResults=100",
+                    self.redivis_url()
+                );
+                if let Some(t) = &page_token {
+                    url.push_str(&format!("&pageToken={t}"));
+                }
+                let mut attempts = 0;
+                let page: serde_json::Value = loop {
+                    attempts += 1;
+                    assert!(attempts < 500, "listing uploads keeps failing");
+                    let Ok(response) = client.get(&url).bearer_auth(token).send().await else {
+                        continue;
+                    };
+                    match response.status().as_u16() {
+                        200 => match response.json().await {
+                            Ok(page) => break page,
+                            Err(_) => continue,
+                        },
+                        404 => return all,
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                };
+                all.extend(page["results"].as_array().cloned().unwrap_or_default());
+                match page["nextPageToken"].as_str() {
+                    Some(next) if !next.is_empty() => page_token = Some(next.to_string()),
+                    _ => return all,
+                }
+            }
+        })
+    }
+}
