@@ -245,22 +245,18 @@ impl SessionClient {
                 },
                 Err(err) => format!("status query: {}", describe_transport(&err)),
             };
-            if attempt >= self.retry.attempts {
-                return Err(SessionFailure::Fail(UploadError::retry(format!(
-                    "upload session {}: {problem} (gave up after {attempt} attempts; will \
-                     resume later)",
-                    strip_query(url)
-                ))));
-            }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            tracing::warn!(
+            let give_up = || format!("upload session {}", strip_query(url));
+            let step = "upload status query";
+            pause_or_give_up(
+                &self.retry,
                 attempt,
-                max_attempts = self.retry.attempts,
-                sleep_ms = sleep.as_millis() as u64,
-                reason = %problem,
-                "retrying upload status query"
-            );
-            sleep_or_shutdown(sleep, cancel).await?;
+                &mut backoff,
+                &problem,
+                give_up,
+                step,
+                cancel,
+            )
+            .await?;
         }
     }
 
@@ -306,21 +302,18 @@ impl SessionClient {
                 }
                 Err(err) => format!("session initiation: {}", describe_transport(&err)),
             };
-            if attempt >= self.retry.attempts {
-                return Err(SessionFailure::Fail(UploadError::retry(format!(
-                    "temp upload {}: {problem} (gave up after {attempt} attempts)",
-                    strip_query(temp_url)
-                ))));
-            }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            tracing::warn!(
+            let give_up = || format!("temp upload {}", strip_query(temp_url));
+            let step = "upload session initiation";
+            pause_or_give_up(
+                &self.retry,
                 attempt,
-                max_attempts = self.retry.attempts,
-                sleep_ms = sleep.as_millis() as u64,
-                reason = %problem,
-                "retrying upload session initiation"
-            );
-            sleep_or_shutdown(sleep, cancel).await?;
+                &mut backoff,
+                &problem,
+                give_up,
+                step,
+                cancel,
+            )
+            .await?;
         }
     }
 }
@@ -330,6 +323,37 @@ fn resolve(base: &str, location: &str) -> String {
         Ok(url) => url.to_string(),
         Err(_) => location.to_string(),
     }
+}
+
+/// Between two attempts of one session request: once `retry.attempts` are spent, a
+/// job-level retry (the saved session state lets the next attempt resume); otherwise a
+/// logged, jittered pause that shutdown cuts short.
+async fn pause_or_give_up(
+    retry: &RetryPolicy,
+    attempt: u32,
+    backoff: &mut Backoff,
+    problem: &str,
+    give_up: impl FnOnce() -> String,
+    step: &'static str,
+    cancel: &CancellationToken,
+) -> Result<(), SessionFailure> {
+    if attempt >= retry.attempts {
+        return Err(SessionFailure::Fail(UploadError::retry(format!(
+            "{}: {problem} (gave up after {attempt} attempts; will resume later)",
+            give_up()
+        ))));
+    }
+    let sleep = backoff.next_delay(None, &mut rand::rng());
+    tracing::warn!(
+        step,
+        attempt,
+        max_attempts = retry.attempts,
+        sleep_ms = sleep.as_millis() as u64,
+        reason = %problem,
+        "retrying a Redivis session request"
+    );
+    sleep_or_shutdown(sleep, cancel).await?;
+    Ok(())
 }
 
 async fn sleep_or_shutdown(sleep: Duration, cancel: &CancellationToken) -> Result<(), UploadError> {
@@ -682,22 +706,19 @@ impl Transfer<'_> {
                 }
                 Err(err) => format!("whole-file PUT: {}", describe_transport(&err)),
             };
-            if attempt >= self.client.retry.attempts {
-                return Err(SessionFailure::Fail(UploadError::retry(format!(
-                    "temp upload {}: {problem} (gave up after {attempt} attempts)",
-                    strip_query(url)
-                ))));
-            }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            tracing::warn!(
-                file = %self.path.display(),
+            let give_up = || format!("temp upload {}", strip_query(url));
+            let step = "whole-file PUT";
+            let retry = &self.client.retry;
+            pause_or_give_up(
+                retry,
                 attempt,
-                max_attempts = self.client.retry.attempts,
-                sleep_ms = sleep.as_millis() as u64,
-                reason = %problem,
-                "re-sending the whole file"
-            );
-            sleep_or_shutdown(sleep, self.cancel).await?;
+                &mut backoff,
+                &problem,
+                give_up,
+                step,
+                self.cancel,
+            )
+            .await?;
         }
     }
 }
