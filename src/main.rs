@@ -287,12 +287,13 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             Ok(())
         }
         Command::Emulator { listen, options } => {
+            let stop = shutdown_signal();
             let running = emulator::start(&listen, *options)
                 .await
                 .map_err(Failure::runtime)?;
             // Tests and scripts read the bound address from this line.
             println!("listening on http://{}", running.addr);
-            shutdown_signal().await;
+            stop.await;
             running.shutdown.cancel();
             let _ = running.task.await;
             Ok(())
@@ -396,23 +397,29 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once (the state database
 /// is consistent at every instant, so nothing is lost).
-async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// stop asked for while the daemon is still starting must not kill it with the default
+/// action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received; stopping (send it again to exit at once)");
-    tokio::spawn(async move {
+    async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+        tracing::info!("signal received; stopping (send it again to exit at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
 }
 
 fn init_logging(format: LogFormat, bars: Option<MultiProgress>) {
