@@ -13,19 +13,28 @@
 //! | `upsync_upload_failures_total` | counter | folder, backend, class |
 //! | `upsync_upload_retries_total` | counter | folder, backend |
 //! | `upsync_upload_duration_seconds` | histogram | backend |
+//! | `upsync_request_duration_seconds` | histogram | backend, kind, outcome |
 //! | `upsync_queue_jobs` | gauge | folder, state |
 //! | `upsync_oldest_pending_age_seconds` | gauge | folder |
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
 //! | `upsync_in_flight_bytes_done` / `upsync_in_flight_bytes_total` | gauge | folder, backend |
 //!
+//! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
+//! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
+//! endpoints, Redivis API calls) or `session` (Redivis session-URL requests), `outcome` the
+//! answer's status class (`2xx` … `5xx`) or `error` when no answer came (refused, reset,
+//! timed out). The HTTP clients are built with their backends, before and apart from the
+//! daemon's metrics, and a process runs one daemon: so the request timings are kept in one
+//! process-wide histogram family ([`observe_request`]) that every [`Metrics`] exports.
+//!
 //! `class` is one of `permanent` (the remote refused the file), `unreadable` (the local file
 //! could not be read), `transient` (an outage or 5xx: retried later), `state-database`,
 //! `config` (no backend for the folder's target).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -55,6 +64,13 @@ pub struct FailureLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub backend: &'static str,
+    pub kind: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,6 +121,69 @@ pub struct FolderGauges {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+type RequestFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// The process-wide request timings (module doc: why process-wide).
+static REQUEST_DURATION: LazyLock<RequestFamily> = LazyLock::new(|| {
+    // 1 ms to about 65 s: a KiFS call on a LAN up to a slow 8 MiB chunk.
+    Family::new_with_constructor(
+        (|| Histogram::new(exponential_buckets(0.001, 2.0, 17))) as fn() -> Histogram,
+    )
+});
+
+/// Which remote a request went to, as the `backend` and `kind` labels say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    KifsApi,
+    RedivisApi,
+    RedivisSession,
+}
+
+impl RequestKind {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            RequestKind::KifsApi => ("kifs", "api"),
+            RequestKind::RedivisApi => ("redivis", "api"),
+            RequestKind::RedivisSession => ("redivis", "session"),
+        }
+    }
+}
+
+/// Sends `request` and records how long its answer took under `kind`.
+pub async fn timed_request(
+    kind: RequestKind,
+    request: impl std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let started = std::time::Instant::now();
+    let answer = request.await;
+    let status = answer
+        .as_ref()
+        .ok()
+        .map(|response| response.status().as_u16());
+    observe_request(kind, status, started.elapsed());
+    answer
+}
+
+/// Records one request to a remote: its answer's status (`None`: no answer) and duration.
+pub fn observe_request(kind: RequestKind, status: Option<u16>, duration: Duration) {
+    let (backend, kind) = kind.labels();
+    let outcome = match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(_) => "5xx",
+        None => "error",
+    };
+    REQUEST_DURATION
+        .get_or_create(&RequestLabels {
+            backend,
+            kind,
+            outcome,
+        })
+        .observe(duration.as_secs_f64());
+}
 
 /// Every metric upsync exports, registered once.
 pub struct Metrics {
@@ -163,6 +242,11 @@ impl Metrics {
             "upload_duration_seconds",
             "Duration of successful upload attempts (all requests of one file)",
             upload_duration.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Duration of HTTP requests to the remotes, from sending to the answer's headers",
+            REQUEST_DURATION.clone(),
         );
         let queue_jobs = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -366,6 +450,52 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn request_timings_are_exported_by_backend_kind_and_status_class() {
+        // The family is process-wide and other tests send real requests: only the
+        // informational class is ours alone, so count its change.
+        let count = |text: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("upsync_request_duration_seconds_count{")
+                        && l.contains("backend=\"redivis\"")
+                        && l.contains("kind=\"session\"")
+                        && l.contains("outcome=\"1xx\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let metrics = Metrics::new();
+        let before = count(&metrics.encode());
+        observe_request(
+            RequestKind::RedivisSession,
+            Some(103),
+            Duration::from_millis(3),
+        );
+        observe_request(
+            RequestKind::RedivisSession,
+            Some(100),
+            Duration::from_millis(700),
+        );
+        observe_request(RequestKind::KifsApi, None, Duration::from_secs(2));
+        let text = metrics.encode();
+        assert_eq!(count(&text) - before, 2, "{text}");
+        let failed = line(
+            &text,
+            "upsync_request_duration_seconds_count{backend=\"kifs\",kind=\"api\",outcome=\"error\"}",
+        );
+        assert!(!failed.ends_with(" 0"), "{failed}");
+        let fast = text
+            .lines()
+            .find(|l| {
+                l.starts_with("upsync_request_duration_seconds_bucket{")
+                    && l.contains("le=\"0.004\"")
+                    && l.contains("outcome=\"1xx\"")
+            })
+            .unwrap_or_else(|| panic!("millisecond buckets are exported: {text}"));
+        assert!(!fast.ends_with(" 0"), "{fast}");
     }
 
     #[test]

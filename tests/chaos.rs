@@ -528,9 +528,11 @@ fn chaos_both_backends_survive_kills_and_faults_without_loss_or_duplicates() {
     let ready_before = ready_count();
     let mut daemon = start_daemon(&w);
     // Judge only a daemon that is up: stopping one that is still starting would test nothing.
-    wait_until(Duration::from_secs(60), "the last daemon to be ready", || {
-        daemon.exited().is_some() || ready_count() > ready_before
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the last daemon to be ready",
+        || daemon.exited().is_some() || ready_count() > ready_before,
+    );
     let deadline = Instant::now() + plan.finish_within;
     let verdict = loop {
         if let Some(code) = daemon.exited() {

@@ -211,6 +211,20 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
         Some(0.0),
         "{metrics}"
     );
+    // The directory check, the multipart init, three parts and the completion at least,
+    // each timed; the parts waited 1.5 s each in the emulator.
+    let request_labels = ["backend=\"kifs\"", "kind=\"api\"", "outcome=\"2xx\""];
+    assert!(
+        sample(&metrics, "upsync_request_duration_seconds_count", &request_labels)
+            .unwrap_or(0.0)
+            >= 5.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "upsync_request_duration_seconds_sum", &request_labels).unwrap_or(0.0)
+            >= 4.5,
+        "{metrics}"
+    );
     assert!(
         sample(&metrics, "upsync_last_success_timestamp_seconds", &[]).unwrap_or(0.0)
             > 1_600_000_000.0,

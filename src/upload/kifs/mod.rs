@@ -36,6 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{FolderConfig, KifsAuth, KifsConfig, KifsEncoding, Target};
 use crate::fingerprint::Fingerprint;
+use crate::metrics::{RequestKind, timed_request};
 
 use super::backoff::{Backoff, retry_after};
 use super::chunk::FileReader;
@@ -647,12 +648,14 @@ impl KifsBackend {
             }
             KifsAuth::Bearer { token } => builder.bearer_auth(token.expose()),
         };
-        let response = builder.send().await.map_err(|err| {
-            UploadError::remote(
-                Disposition::Retry { after: None },
-                format!("KiFS {endpoint}: {}", describe_transport_error(&err)),
-            )
-        })?;
+        let response = timed_request(RequestKind::KifsApi, builder.send())
+            .await
+            .map_err(|err| {
+                UploadError::remote(
+                    Disposition::Retry { after: None },
+                    format!("KiFS {endpoint}: {}", describe_transport_error(&err)),
+                )
+            })?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|err| {

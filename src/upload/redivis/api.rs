@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify;
 use super::ratelimit::Pacer;
 use crate::config::Secret;
+use crate::metrics::{RequestKind, timed_request};
 use crate::upload::backoff::{Backoff, retry_after};
 use crate::upload::{Disposition, UploadError};
 
@@ -282,7 +283,7 @@ impl ApiClient {
             if send_token {
                 request = request.bearer_auth(self.token.expose());
             }
-            let failure = match request.send().await {
+            let failure = match timed_request(RequestKind::RedivisApi, request.send()).await {
                 Ok(response) => {
                     permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();

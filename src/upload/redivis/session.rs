@@ -35,6 +35,7 @@ use super::api::{RetryPolicy, describe_transport, origin_of, strip_query};
 use super::classify;
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
+use crate::metrics::{RequestKind, timed_request};
 use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
 use crate::upload::{Disposition, LiveProgress, UploadError};
@@ -194,13 +195,13 @@ impl SessionClient {
         body: Bytes,
     ) -> Result<reqwest::Response, reqwest::Error> {
         let len = body.len();
-        self.with_auth(url, self.http.put(url))
+        let request = self
+            .with_auth(url, self.http.put(url))
             .header(CONTENT_RANGE, content_range)
             .header(CONTENT_LENGTH, len)
             .body(body)
-            .timeout(self.timeout)
-            .send()
-            .await
+            .timeout(self.timeout);
+        timed_request(RequestKind::RedivisSession, request.send()).await
     }
 
     /// Status query: where does the server stand? Retried in place on transient trouble.
@@ -278,8 +279,8 @@ impl SessionClient {
                 .header("x-upload-content-length", size)
                 .header(CONTENT_LENGTH, 0)
                 .timeout(self.timeout)
-                .send()
-                .await;
+                .send();
+            let sent = timed_request(RequestKind::RedivisSession, sent).await;
             let problem = match sent {
                 Ok(response) if response.status().is_success() => {
                     let location = response
@@ -684,8 +685,8 @@ impl Transfer<'_> {
                 .header(CONTENT_LENGTH, size)
                 .body(body)
                 .timeout(self.client.timeout)
-                .send()
-                .await;
+                .send();
+            let sent = timed_request(RequestKind::RedivisSession, sent).await;
             if let Some(err) = trouble.lock().expect("body state lock").take() {
                 return Err(SessionFailure::Fail(err));
             }
