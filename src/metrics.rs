@@ -328,8 +328,22 @@ impl Metrics {
         }
     }
 
+    /// Sets the queue gauges of the configured folders; a folder a reload removed no longer
+    /// shows (its counters stay: they count since the start).
+    pub fn set_folders(&self, folders: &[FolderGauges]) {
+        self.queue_jobs.clear();
+        self.oldest_pending_age.clear();
+        self.last_success.clear();
+        self.in_flight.clear();
+        self.in_flight_bytes_done.clear();
+        self.in_flight_bytes_total.clear();
+        for figures in folders {
+            self.set_folder(figures);
+        }
+    }
+
     /// Sets the queue gauges of one folder.
-    pub fn set_folder(&self, figures: &FolderGauges) {
+    fn set_folder(&self, figures: &FolderGauges) {
         for (state, jobs) in &figures.jobs_by_state {
             self.queue_jobs
                 .get_or_create(&StateLabels {
@@ -555,6 +569,30 @@ mod tests {
         );
         assert!(
             line(&text, "upsync_in_flight_bytes_done{").ends_with(" 10"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_folder_no_longer_configured_drops_out_of_the_gauges() {
+        let metrics = Metrics::new();
+        let folder = |path: &str| FolderGauges {
+            folder: path.into(),
+            backend: "kifs".into(),
+            jobs_by_state: vec![("queued", 2)],
+            ..FolderGauges::default()
+        };
+        metrics.set_folders(&[folder("/kept"), folder("/removed")]);
+        assert!(metrics.encode().contains("folder=\"/removed\""));
+        metrics.set_folders(&[folder("/kept"), folder("/added")]);
+        let text = metrics.encode();
+        assert!(!text.contains("folder=\"/removed\""), "{text}");
+        assert!(
+            line(
+                &text,
+                "upsync_queue_jobs{folder=\"/added\",state=\"queued\"}"
+            )
+            .ends_with(" 2"),
             "{text}"
         );
     }

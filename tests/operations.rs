@@ -215,13 +215,22 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
     // each timed; the parts waited 1.5 s each in the emulator.
     let request_labels = ["backend=\"kifs\"", "kind=\"api\"", "outcome=\"2xx\""];
     assert!(
-        sample(&metrics, "upsync_request_duration_seconds_count", &request_labels)
-            .unwrap_or(0.0)
+        sample(
+            &metrics,
+            "upsync_request_duration_seconds_count",
+            &request_labels
+        )
+        .unwrap_or(0.0)
             >= 5.0,
         "{metrics}"
     );
     assert!(
-        sample(&metrics, "upsync_request_duration_seconds_sum", &request_labels).unwrap_or(0.0)
+        sample(
+            &metrics,
+            "upsync_request_duration_seconds_sum",
+            &request_labels
+        )
+        .unwrap_or(0.0)
             >= 4.5,
         "{metrics}"
     );

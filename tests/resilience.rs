@@ -241,6 +241,18 @@ fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file
     let log = daemon.log_text();
     assert!(log.contains("folder added by the reload"), "{log}");
     assert!(log.contains("no longer watched"), "{log}");
+    // The running daemon reports on the folders configured now.
+    let status = s.status();
+    assert_eq!(status["daemon"], "running", "{status}");
+    let shown: Vec<&str> = status["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|folder| folder["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown.len(), 2, "{status}");
+    assert!(shown.iter().any(|path| path.ends_with("kept")), "{status}");
+    assert!(shown.iter().any(|path| path.ends_with("added")), "{status}");
 
     // An invalid file changes nothing: the old config keeps running.
     std::fs::write(&s.config, "state_dir = \"state\"\nconcurrency = \"many\"\n").unwrap();

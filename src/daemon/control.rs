@@ -16,8 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::CurrentConfig;
 use super::status::{Live, StatusReport, build_report};
-use crate::config::Config;
 use crate::queue::{RetrySelection, Store};
 
 pub const SOCKET_NAME: &str = "control.sock";
@@ -38,7 +38,7 @@ pub struct RetryResponse {
 }
 
 struct ControlState {
-    config: Arc<Config>,
+    config: CurrentConfig,
     store: Store,
     live: Arc<Live>,
     wake: Arc<Notify>,
@@ -46,14 +46,15 @@ struct ControlState {
 
 /// Serves the control socket until `shutdown`. The socket file is replaced if stale (the
 /// state_dir lock already guarantees no other daemon owns it).
-pub async fn serve(
-    config: Arc<Config>,
+pub(crate) async fn serve(
+    config: CurrentConfig,
     store: Store,
     live: Arc<Live>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let path = socket_path(&config.state_dir);
+    // The state directory cannot change while the daemon runs (it holds the lock there).
+    let path = socket_path(&config.get().state_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -82,7 +83,7 @@ pub async fn serve(
 async fn status(
     State(state): State<Arc<ControlState>>,
 ) -> Result<Json<StatusReport>, (StatusCode, String)> {
-    build_report(&state.config, &state.store, Some(&state.live))
+    build_report(&state.config.get(), &state.store, Some(&state.live))
         .map(Json)
         .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))
 }

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::CurrentConfig;
 use super::DaemonError;
 use super::status::Live;
 use super::worker::{Backends, FOLDER_REMOVED, Worker};
@@ -49,6 +50,8 @@ struct FolderWatch {
 
 pub(super) struct Fleet {
     pub config: Arc<Config>,
+    /// Where the reports read the configuration: replaced with `config` at each reload.
+    pub current: CurrentConfig,
     store: Store,
     backends: Backends,
     wake: Arc<Notify>,
@@ -70,7 +73,7 @@ pub(super) struct Fleet {
 
 impl Fleet {
     pub fn new(
-        config: Arc<Config>,
+        current: CurrentConfig,
         store: Store,
         backends: Backends,
         wake: Arc<Notify>,
@@ -81,7 +84,8 @@ impl Fleet {
         let stop_claiming = CancellationToken::new();
         Fleet {
             generation: stop_claiming.child_token(),
-            config,
+            config: current.get(),
+            current,
             store,
             backends,
             wake,
@@ -233,6 +237,7 @@ impl Fleet {
         }
         self.retired.retain(|task| !task.is_finished());
         self.config = Arc::new(new);
+        self.current.set(Arc::clone(&self.config));
         self.backends = backends;
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");

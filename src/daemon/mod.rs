@@ -163,17 +163,41 @@ async fn status_ticker(probe: Probe, notifier: Notifier, phase: Arc<std::sync::a
     }
 }
 
+/// The configuration in effect: the start-up one until a reload (SIGHUP) replaces it. What
+/// reports on the folders (status, metrics, systemd) reads it at each report, so a reload
+/// shows at once.
+#[derive(Clone)]
+pub(crate) struct CurrentConfig(Arc<std::sync::RwLock<Arc<Config>>>);
+
+impl CurrentConfig {
+    pub(crate) fn new(config: Arc<Config>) -> CurrentConfig {
+        CurrentConfig(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    pub(crate) fn get(&self) -> Arc<Config> {
+        Arc::clone(&self.0.read().expect("config lock is never poisoned"))
+    }
+
+    pub(crate) fn set(&self, config: Arc<Config>) {
+        *self.0.write().expect("config lock is never poisoned") = config;
+    }
+}
+
 /// Reads the status report of a running daemon (control socket, metrics, systemd, sync).
 #[derive(Clone)]
 pub(crate) struct Probe {
-    config: Arc<Config>,
+    config: CurrentConfig,
     store: Store,
     live: Arc<Live>,
 }
 
 impl Probe {
     pub(crate) fn report(&self) -> Result<StatusReport, StoreError> {
-        status::build_report(&self.config, &self.store, Some(&self.live))
+        status::build_report(&self.config.get(), &self.store, Some(&self.live))
+    }
+
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.get()
     }
 
     /// The report, read on the blocking pool.
@@ -226,9 +250,10 @@ impl Core {
         let live = Arc::new(Live::default());
         let wake = Arc::new(Notify::new());
         let stop_serving = CancellationToken::new();
+        let current = CurrentConfig::new(Arc::clone(&config));
         // Opened before the remote checks, so `upsync status` answers while they run.
         control::serve(
-            Arc::clone(&config),
+            current.clone(),
             store.clone(),
             Arc::clone(&live),
             Arc::clone(&wake),
@@ -257,7 +282,7 @@ impl Core {
         }
         let metrics = Arc::new(Metrics::new());
         let fleet = Fleet::new(
-            Arc::clone(&config),
+            current,
             store.clone(),
             backends,
             Arc::clone(&wake),
@@ -278,14 +303,14 @@ impl Core {
         if let Some(addr) = core.config.metrics_listen {
             let probe = core.probe();
             let metrics = Arc::clone(&core.metrics);
-            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || match probe.report() {
-                Ok(report) => {
-                    for gauges in status::folder_gauges(&probe.config, &report) {
-                        metrics.set_folder(&gauges);
+            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                // One read of the configuration for both: a reload may land in between.
+                let config = probe.config();
+                match status::build_report(&config, &probe.store, Some(&probe.live)) {
+                    Ok(report) => metrics.set_folders(&status::folder_gauges(&config, &report)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
                     }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
                 }
             });
             let bound = crate::metrics::serve(
@@ -308,7 +333,7 @@ impl Core {
 
     pub(crate) fn probe(&self) -> Probe {
         Probe {
-            config: Arc::clone(&self.config),
+            config: self.fleet.current.clone(),
             store: self.store.clone(),
             live: Arc::clone(&self.live),
         }
