@@ -6,6 +6,11 @@ use std::process::Command;
 #[test]
 fn quick_benchmark_prints_every_figure() {
     if Command::new("curl").arg("--version").output().is_err() {
+        // CI installs curl and says so: there a missing curl is a failure, not a skip.
+        assert!(
+            std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
+            "curl is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
+        );
         eprintln!("skipping: the benchmark's baselines need curl, which is not installed");
         return;
     }
