@@ -659,7 +659,9 @@ impl RedivisBackend {
             let err = match posted {
                 Ok(upload) if !upload.uri.is_empty() => {
                     return match upload.name.as_deref() {
-                        Some(given) if given != name => {
+                        // Only another escaped name is another address: a name given back
+                        // in another case or spelling is still ours.
+                        Some(given) if names::escape(given) != names::escape(name) => {
                             // Redivis renames an upload whose name is taken (protocol §9):
                             // a second copy of the file under another name is a duplicate.
                             tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");

@@ -400,6 +400,52 @@ mod tests {
     }
 
     #[test]
+    fn our_changes_during_a_listing_are_replayed_onto_its_result() {
+        let mut state = Snapshot {
+            taken: Some(Instant::now()),
+            journal: Some(Vec::new()),
+            ..Snapshot::default()
+        };
+        state.record(Change::Held {
+            escaped: "a_csv".into(),
+            uri: "/u/1".into(),
+        });
+        state.record(Change::Gone {
+            escaped: "old_csv".into(),
+            uri: "/u/0".into(),
+        });
+        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        // The listing read `old.csv` before we deleted it, and missed `a.csv`.
+        let journal = state.journal.take().unwrap();
+        state.holders = HashMap::from([("old_csv".to_string(), vec!["/u/0".to_string()])]);
+        for change in &journal {
+            state.apply(change);
+        }
+        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        assert_eq!(state.known("old_csv"), Known::Free);
+    }
+
+    #[test]
+    fn a_listing_of_more_pages_is_trusted_for_longer() {
+        let config = IndexConfig::default();
+        let now = Instant::now();
+        let taken = now.checked_sub(Duration::from_secs(60)).unwrap();
+        let one_page = Snapshot {
+            taken: Some(taken),
+            pages: 1,
+            ..Snapshot::default()
+        };
+        let hundred_pages = Snapshot {
+            taken: Some(taken),
+            pages: 100,
+            ..Snapshot::default()
+        };
+        assert!(!one_page.fresh(&config, now), "30 s for one page");
+        assert!(hundred_pages.fresh(&config, now), "1000 s for 100 pages");
+        assert!(!Snapshot::default().fresh(&config, now), "never listed");
+    }
+
+    #[test]
     fn the_table_s_own_holder_takes_the_name_over() {
         let names = NameRegistry::default();
         assert_eq!(names.claim("o.d:next.t", "a.b.csv"), Ok("a_b_csv".into()));
