@@ -225,6 +225,11 @@ impl Harness {
             if response.status().as_u16() == 404 {
                 return all;
             }
+            if response.status().as_u16() == 429 {
+                // Tests that turn the emulator's rate limit on share it with this check.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             let page: Value = response.json().await.unwrap();
             all.extend(page["results"].as_array().cloned().unwrap_or_default());
             match page["nextPageToken"].as_str() {
@@ -894,18 +899,272 @@ async fn shutdown_interrupts_a_retry_pause_at_once() {
     );
 }
 
+// ---- name checks from the table's index --------------------------------------------
+
+/// Inline uploads, no status polls (uploads complete at once), so every API request left is
+/// a name check or a post.
+fn inline_tuning() -> Tuning {
+    Tuning {
+        inline_max: INLINE_UPLOAD_MAX,
+        ..tuning()
+    }
+}
+
+impl Harness {
+    /// Another client posts `name` to the table (the simple upload.post form).
+    async fn post_foreign(&self, name: &str, bytes: &[u8]) -> Value {
+        let table =
+            percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC);
+        let response = self
+            .http
+            .post(format!("{}/api/v1/tables/{table}/uploads", self.base()))
+            .bearer_auth(TOKEN)
+            .query(&[("name", name)])
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "foreign post accepted");
+        response.json().await.unwrap()
+    }
+
+    /// API requests the emulator counted, by endpoint, in total.
+    async fn api_total(&self) -> u64 {
+        self.stats().await["api_requests"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    }
+}
+
+#[tokio::test]
+async fn small_files_cost_at_most_one_and_a_half_api_requests_each() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("batch/f{i:02}.csv"), data(4 * KIB + i, i as u8)))
+        .collect();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+    }
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
+    // Four workers, as the daemon's default concurrency.
+    for group in jobs.chunks_mut(4) {
+        let results =
+            futures::future::join_all(group.iter_mut().map(|job| backend.upload(job))).await;
+        for result in results {
+            result.expect("small uploads succeed");
+        }
+    }
+
+    // Counted before the checks below, which list the table themselves.
+    let requests = h.api_total().await;
+    assert_eq!(
+        backend.api_requests(),
+        requests,
+        "the emulator saw them all"
+    );
+    assert!(
+        requests as f64 <= 1.5 * files.len() as f64,
+        "{requests} API requests for {} files",
+        files.len()
+    );
+    assert_eq!(h.api_count("uploads.post").await, 40);
+    assert_eq!(
+        h.api_count("uploads.get").await,
+        0,
+        "no name asked one by one"
+    );
+    assert_eq!(
+        h.api_count("uploads.list").await,
+        1,
+        "one listing for the batch"
+    );
+    let expected: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    h.assert_table_holds(&expected).await;
+}
+
+#[tokio::test]
+async fn a_changed_file_replaces_its_earlier_upload_without_asking_by_name() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    h.write("daily.csv", &data(3000, 40));
+    let mut job = h.claim("daily.csv");
+    let first = upload_ok(&backend, &mut job).await;
+    h.complete(&job, &first);
+
+    let v2 = data(3500, 41);
+    h.write("daily.csv", &v2);
+    let mut job = h.claim("daily.csv");
+    let second = upload_ok(&backend, &mut job).await;
+
+    assert_ne!(second.remote, first.remote);
+    assert_eq!(h.api_count("uploads.delete").await, 1, "the earlier upload");
+    assert_eq!(h.api_count("uploads.get").await, 0);
+    assert_eq!(h.api_count("uploads.list").await, 1);
+    h.assert_table_holds(&[("daily.csv", &v2)]).await;
+}
+
+#[tokio::test]
+async fn a_touched_but_unchanged_file_adopts_its_earlier_upload() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    let bytes = data(3000, 42);
+    h.write("same.csv", &bytes);
+    let mut job = h.claim("same.csv");
+    let first = upload_ok(&backend, &mut job).await;
+    h.complete(&job, &first);
+
+    // Rewritten with the same bytes: a new fingerprint, the same content.
+    std::fs::remove_file(h.inbox.join("same.csv")).unwrap();
+    h.write("same.csv", &bytes);
+    let mut job = h.claim("same.csv");
+    let again = upload_ok(&backend, &mut job).await;
+
+    assert_eq!(again.remote, first.remote, "adopted, not sent again");
+    assert_eq!(h.api_count("uploads.post").await, 1);
+    assert_eq!(h.api_count("uploads.delete").await, 0);
+    h.assert_table_holds(&[("same.csv", &bytes)]).await;
+}
+
+/// Uploads `seed.csv` so that `backend`'s index holds a listing of the table.
+async fn prime_index(h: &Harness, backend: &RedivisBackend) {
+    h.write("seed.csv", &data(100, 50));
+    let mut job = h.claim("seed.csv");
+    let uploaded = upload_ok(backend, &mut job).await;
+    h.complete(&job, &uploaded);
+}
+
+#[tokio::test]
+async fn a_name_taken_after_the_listing_is_replaced_once_not_duplicated() {
+    for rejecting in [false, true] {
+        let h = Harness::start(|o| {
+            o.redivis.redivis_processing_delay = Duration::ZERO;
+            if rejecting {
+                o.redivis.redivis_duplicate_names = emulator::redivis::DuplicateNames::Reject;
+            }
+        })
+        .await;
+        let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+        prime_index(&h, &backend).await;
+        // Another client takes our name after the listing: the index still says free.
+        h.post_foreign("late.csv", b"someone else's bytes\n").await;
+        let ours = data(2000, 51);
+        h.write("late.csv", &ours);
+        let mut job = h.claim("late.csv");
+        let uploaded = upload_ok(&backend, &mut job).await;
+
+        // As with any same-name upload of other bytes (no ledger entry says it is ours):
+        // replaced, and our file is in the table once, under its own name.
+        assert_eq!(uploaded.md5.as_deref(), Some(md5_hex(&ours).as_str()));
+        h.assert_table_holds(&[("seed.csv", &data(100, 50)), ("late.csv", &ours)])
+            .await;
+        assert_eq!(
+            h.api_count("uploads.get").await,
+            1,
+            "asked by name once, after the post found the name taken (rejecting: {rejecting})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_colliding_name_taken_after_the_listing_fails_naming_both_files() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    prime_index(&h, &backend).await;
+    h.post_foreign("Q-1.csv", b"theirs\n").await;
+    h.write("q.1.csv", &data(700, 52));
+    let mut job = h.claim("q.1.csv");
+    let message = permanent_message(backend.upload(&mut job).await);
+
+    assert!(
+        message.contains("\"q.1.csv\"") && message.contains("\"Q-1.csv\""),
+        "{message}"
+    );
+    let names: Vec<String> = h
+        .uploads()
+        .await
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["seed.csv", "Q-1.csv"],
+        "the renamed copy was removed"
+    );
+}
+
+#[tokio::test]
+async fn an_identical_file_posted_after_the_listing_is_adopted() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    prime_index(&h, &backend).await;
+    let bytes = data(900, 53);
+    let theirs = h.post_foreign("twin.csv", &bytes).await;
+    h.write("twin.csv", &bytes);
+    let mut job = h.claim("twin.csv");
+    let uploaded = upload_ok(&backend, &mut job).await;
+
+    assert_eq!(Some(uploaded.remote.as_str()), theirs["uri"].as_str());
+    h.assert_table_holds(&[("seed.csv", &data(100, 50)), ("twin.csv", &bytes)])
+        .await;
+}
+
+#[tokio::test]
+async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    for i in 0..250 {
+        h.post_foreign(&format!("old/{i}.csv"), b"x\n").await;
+    }
+    let stale_at_once = Tuning {
+        name_index: upsync::upload::redivis::names::IndexConfig {
+            max_age: Duration::ZERO,
+            age_per_page: Duration::ZERO,
+        },
+        ..inline_tuning()
+    };
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, stale_at_once);
+    let lists = h.api_count("uploads.list").await;
+    for i in 0..6 {
+        let name = format!("new{i}.csv");
+        h.write(&name, &data(300, i));
+        let mut job = h.claim(&name);
+        upload_ok(&backend, &mut job).await;
+    }
+    // 250 uploads: a listing is 3 pages. File 0 lists (3); files 1 and 2 ask by name;
+    // file 3 lists again (3); files 4 and 5 ask by name.
+    assert_eq!(h.api_count("uploads.list").await - lists, 6);
+    assert_eq!(h.api_count("uploads.get").await, 4);
+    assert_eq!(h.api_count("uploads.post").await - 250, 6);
+}
+
 // ---- rate limit ------------------------------------------------------------------------
 
 #[tokio::test]
 async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
     // A tight server-side limit, and a storm of scripted 429s (without rate-limit headers)
-    // hitting the first requests of six workers at once.
+    // hitting the first requests of six workers at once: their upload.posts, since the
+    // table's names are already listed (else the one shared listing takes the storm).
     let h = Harness::start(|o| {
         o.redivis.rate_limit = true;
         o.redivis.rate_limit_max = 8;
         o.redivis.rate_limit_window = Duration::from_secs(2);
     })
     .await;
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            inline_max: INLINE_UPLOAD_MAX,
+            ..tuning()
+        },
+    );
+    prime_index(&h, &backend).await;
     let storm: Vec<Value> = (0..6)
         .map(|_| json!({"target": "redivis-api", "action": {"status": 429, "retry_after": "1"}}))
         .collect();
@@ -916,14 +1175,6 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
     for (name, bytes) in &files {
         h.write(name, bytes);
     }
-    let backend = h.backend_with(
-        RedivisProtocol::ResumableUpload,
-        CHUNK,
-        Tuning {
-            inline_max: INLINE_UPLOAD_MAX,
-            ..tuning()
-        },
-    );
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
     let started = std::time::Instant::now();
     let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
@@ -935,11 +1186,6 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was honoured"
     );
-    let expected: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
-        .collect();
-    h.assert_table_holds(&expected).await;
     let all_stats: Value = h
         .http
         .get(format!("{}/_emulator/stats", h.base()))
@@ -956,12 +1202,21 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
         (6..=9).contains(&answered_429),
         "{answered_429} answers were 429"
     );
-    // Per file: name check and post; polls are shared; plus the 429s themselves.
+    // Per file: name check (one shared listing) and post; polls are shared; plus the 429s
+    // themselves.
     let requests = backend.api_requests();
     assert!(
         requests <= 6 * 2 + 10 + answered_429,
         "{requests} API requests"
     );
+    // Checked last: listing the table here spends the same rate limit.
+    let seed = data(100, 50);
+    let mut expected: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    expected.push(("seed.csv", &seed));
+    h.assert_table_holds(&expected).await;
 }
 
 #[tokio::test]
@@ -989,8 +1244,8 @@ async fn waiting_workers_share_list_polls_per_table() {
     }
     let gets = h.api_count("uploads.get").await;
     let lists = h.api_count("uploads.list").await;
-    // One GET per file is the name check; polling six uploads for 0.8 s at 50→200 ms
-    // each would be ~30 more GETs. Shared list rounds keep it to a handful.
+    // One listing is the name check; polling six uploads for 0.8 s at 50→200 ms each
+    // would be ~30 GETs. Shared list rounds keep it to a handful.
     assert!(lists >= 1, "polled through the list");
     assert!(gets + lists <= 6 + 12, "{gets} GETs and {lists} lists");
 }

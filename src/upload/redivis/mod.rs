@@ -2,7 +2,8 @@
 //!
 //! Modules: [`api`] (REST client, pacing, in-request retries), [`session`] (the resumable
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
-//! shared token bucket), [`names`] (escaping, collisions), [`poll`] (batched status polls).
+//! shared token bucket), [`names`] (escaping, collisions, the per-table name index),
+//! [`poll`] (batched status polls).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
 //! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
@@ -10,9 +11,13 @@
 //! 2. If `finalizing` was persisted by an earlier attempt (`job.finalize_started`), the
 //!    upload.post may have happened: list the table's uploads (all pages) and look for our
 //!    name with our size and MD5 (or still importing). Found: adopt it, go to 7.
-//! 3. Before sending a byte (B6): `GET` the upload by escaped name. Another local name →
-//!    collision (permanent). Ours with the same size and hash, not failed → adopt it (the
-//!    file is already there, e.g. the ledger was lost), go to 7.
+//! 3. Before sending a byte (B6), is the escaped name held in the table? The table's
+//!    [`names::NameIndex`] (one listing shared by many uploads) answers the usual cases
+//!    without a request: nobody holds it, or only the ledger's `job.previous` upload does
+//!    (and this file's size or MD5 differs from it). Otherwise `GET` the upload by escaped
+//!    name: another local name → collision (permanent). Ours with the same size and hash,
+//!    not failed → adopt it (the file is already there, e.g. the ledger was lost or the
+//!    file was only touched), go to 7.
 //!    Anything else under our name (an earlier version, a failed import, a leftover) is
 //!    stale; so is the ledger's `job.previous` upload. Stale uploads are deleted in step 5,
 //!    after the transfer, so the old data stays visible as long as possible.
@@ -32,6 +37,10 @@
 //! 6. Persist `finalizing`, then upload.post (`resumableUploadId` / `tempUploadId`, or
 //!    multipart `metadata` + `data`). A lost answer (5xx, timeout, broken connection) is
 //!    never blindly re-posted: list the table and adopt our upload if it is there.
+//!    A name taken since the index's listing (another client) shows here: the server
+//!    refuses the post (409) or creates our upload under another name, which is deleted
+//!    at once. Then back to 3, asking by name this time, with a new session; a second
+//!    time goes back to the queue.
 //! 7. Wait for `completed`/`failed` through the table's shared poller (2 s → 30 s).
 //!    `failed` fails the job with Redivis' `errorMessage`.
 //! 8. Compare the upload's `hash` with our MD5 (hex any case, or base64). A mismatch
@@ -53,6 +62,11 @@
 //!   answer is reconciled through the list; an identical upload already in the table is
 //!   adopted; a changed file deletes its earlier upload; a same-name upload with another
 //!   hash is replaced; names colliding under escaping are refused naming both files.
+//! - Name index: small files cost ≤ 1.5 API requests each (one listing per batch); a
+//!   changed file replaces its earlier upload without asking by name; a touched, unchanged
+//!   file adopts its earlier upload; a name taken after the listing (renamed or refused by
+//!   the server) ends replaced once, adopted, or refused as a collision, never duplicated;
+//!   a stale index of a large table asks by name until that costs as much as a listing.
 //! - Integrity and safety: a hash mismatch deletes the upload and re-sends once; a file
 //!   changing between chunks ends the attempt; a failed import fails the job with
 //!   Redivis' message; shutdown interrupts a retry pause.
@@ -75,7 +89,7 @@ use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 
 use self::api::{ApiClient, RetryPolicy, UploadResource};
-use self::names::{NameRegistry, collision_message};
+use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
@@ -97,6 +111,8 @@ pub struct Tuning {
     pub pacer: PacerConfig,
     pub retry: RetryPolicy,
     pub poll: PollConfig,
+    /// How long a listing of a table answers name checks ([`names::NameIndex`]).
+    pub name_index: IndexConfig,
     /// Per API request.
     pub api_timeout: Duration,
     /// Per chunk PUT (and per whole-body PUT).
@@ -115,6 +131,7 @@ impl Default for Tuning {
             pacer: PacerConfig::default(),
             retry: RetryPolicy::default(),
             poll: PollConfig::default(),
+            name_index: IndexConfig::default(),
             api_timeout: Duration::from_secs(125),
             chunk_timeout: Duration::from_secs(600),
             session_max_age: SESSION_LIFETIME,
@@ -131,6 +148,7 @@ pub struct RedivisBackend {
     sessions: Arc<SessionClient>,
     poller: Arc<Poller>,
     names: Arc<NameRegistry>,
+    index: Arc<NameIndex>,
     chunk_size: u64,
     flow: Flow,
     tuning: Arc<Tuning>,
@@ -144,6 +162,15 @@ impl std::fmt::Debug for RedivisBackend {
             .field("flow", &self.flow)
             .finish_non_exhaustive()
     }
+}
+
+/// What upload.post gave.
+enum Posted {
+    /// The upload, under exactly the name we sent.
+    Created(UploadResource),
+    /// Another upload holds the name: the server refused ours (409), or created it under
+    /// another name, which has been deleted again. Nothing of ours is in the table.
+    NameTaken(String),
 }
 
 /// How the bytes reach upload.post.
@@ -209,6 +236,7 @@ impl RedivisBackend {
             sessions,
             poller,
             names: Arc::new(NameRegistry::default()),
+            index: Arc::new(NameIndex::new(tuning.name_index)),
             chunk_size: config.chunk_size,
             flow: match config.protocol {
                 RedivisProtocol::ResumableUpload => Flow::ResumableUpload,
@@ -372,6 +400,9 @@ impl RedivisBackend {
         // upload.post refused a session's bytes once (expired); a second refusal goes back
         // to the queue.
         let mut refused_post = false;
+        // upload.post found the name taken (since the index's snapshot): the next check
+        // asks the server by name; a second time goes back to the queue.
+        let mut name_taken = false;
         loop {
             let (posted, md5) = match adopted.take() {
                 Some(found) => {
@@ -382,12 +413,54 @@ impl RedivisBackend {
                     (found, md5)
                 }
                 None => {
-                    // 3. Conflicts before any byte is sent.
-                    if let Some(existing) = self
-                        .api
-                        .find_upload_by_name(table, escaped, &cancel)
-                        .await?
-                    {
+                    // 3. Conflicts before any byte is sent: the table's name index rules
+                    // out the usual cases (a new name, or only the upload this file
+                    // replaces); anything else is asked by name.
+                    let known = if name_taken {
+                        Known::Unknown
+                    } else {
+                        self.index
+                            .lookup(&self.api, table, escaped, &cancel)
+                            .await?
+                    };
+                    let ask = match &known {
+                        Known::Free => false,
+                        Known::Held(uris) if uris.iter().all(|uri| stale.contains(uri)) => {
+                            // Still ask when the replaced upload may hold these very
+                            // bytes (a file touched, not changed): it is then adopted.
+                            match &job.previous {
+                                Some(previous) if previous.fingerprint.size == reader.size => {
+                                    let md5 = match &local_md5 {
+                                        Some(md5) => md5.clone(),
+                                        None => self.file_md5(&reader).await?,
+                                    };
+                                    let same = previous
+                                        .md5
+                                        .as_deref()
+                                        .is_none_or(|remote| hashes_match(&md5, remote));
+                                    local_md5 = Some(md5);
+                                    same
+                                }
+                                _ => false,
+                            }
+                        }
+                        Known::Held(_) | Known::Unknown => true,
+                    };
+                    let existing = if ask {
+                        let found = self
+                            .api
+                            .find_upload_by_name(table, escaped, &cancel)
+                            .await?;
+                        self.index.learned(
+                            table,
+                            escaped,
+                            found.as_ref().map(|upload| upload.uri.as_str()),
+                        );
+                        found
+                    } else {
+                        None
+                    };
+                    if let Some(existing) = existing {
                         let name = existing.name.clone().unwrap_or_default();
                         if !name.is_empty() && name != job.rel {
                             return Err(UploadError::permanent(collision_message(
@@ -421,6 +494,7 @@ impl RedivisBackend {
                     for uri in stale.drain(..) {
                         tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
                         self.api.delete_upload(&uri, &cancel).await?;
+                        self.index.deleted(table, escaped, &uri);
                     }
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
@@ -449,6 +523,26 @@ impl RedivisBackend {
                         }
                         other => other?,
                     };
+                    let posted = match posted {
+                        Posted::Created(upload) => upload,
+                        Posted::NameTaken(reason) if !name_taken => {
+                            name_taken = true;
+                            tracing::warn!(job = job.id.0, upload = %job.rel, reason = %reason, "the upload name was taken in the table meanwhile; checking it again by name");
+                            // A session's upload id may be used up: send the bytes anew.
+                            job.clear_progress()?;
+                            continue;
+                        }
+                        Posted::NameTaken(reason) => {
+                            job.clear_progress()?;
+                            return Err(UploadError::retry(format!(
+                                "the Redivis upload name {escaped:?} of {} in table {table} \
+                                 was taken by another upload twice while posting ({reason}); \
+                                 will retry later",
+                                job.rel
+                            )));
+                        }
+                    };
+                    self.index.created(table, escaped, &posted.uri);
                     (posted, md5)
                 }
             };
@@ -484,6 +578,7 @@ impl RedivisBackend {
             };
             tracing::warn!(job = job.id.0, upload = %done.uri, attempt = mismatches, max_attempts = 2, reason = %reason, "deleting a corrupt upload");
             self.api.delete_upload(&done.uri, &cancel).await?;
+            self.index.deleted(table, escaped, &done.uri);
             job.clear_progress()?;
             local_md5 = Some(md5);
             if mismatches >= 2 {
@@ -533,7 +628,8 @@ impl RedivisBackend {
     }
 
     /// upload.post; an answer lost on the way is reconciled through the list, never
-    /// re-posted blindly.
+    /// re-posted blindly. A name already taken in the table comes back as
+    /// [`Posted::NameTaken`], whether the server refuses it or renames our upload.
     async fn post(
         &self,
         table: &str,
@@ -542,7 +638,7 @@ impl RedivisBackend {
         md5: &str,
         finalize: &Finalize,
         cancel: &CancellationToken,
-    ) -> Result<UploadResource, UploadError> {
+    ) -> Result<Posted, UploadError> {
         let retry = self.api.retry_policy();
         let mut backoff = Backoff::new(retry.base, retry.max);
         let mut attempt = 0;
@@ -561,7 +657,22 @@ impl RedivisBackend {
                 }
             };
             let err = match posted {
-                Ok(upload) if !upload.uri.is_empty() => return Ok(upload),
+                Ok(upload) if !upload.uri.is_empty() => {
+                    return match upload.name.as_deref() {
+                        // Only another escaped name is another address: a name given back
+                        // in another case or spelling is still ours.
+                        Some(given) if names::escape(given) != names::escape(name) => {
+                            // Redivis renames an upload whose name is taken (protocol §9):
+                            // a second copy of the file under another name is a duplicate.
+                            tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
+                            self.api.delete_upload(&upload.uri, cancel).await?;
+                            Ok(Posted::NameTaken(format!(
+                                "Redivis created it as {given:?}"
+                            )))
+                        }
+                        _ => Ok(Posted::Created(upload)),
+                    };
+                }
                 Ok(_) => {
                     return Err(UploadError::retry(format!(
                         "Redivis upload.post of {name:?} answered without the upload's uri"
@@ -569,6 +680,10 @@ impl RedivisBackend {
                 }
                 Err(err) => err,
             };
+            if err.status == Some(409) {
+                // Refused, so nothing was created.
+                return Ok(Posted::NameTaken(err.message));
+            }
             if matches!(finalize, Finalize::Session { .. }) && err.status == Some(400) {
                 // The transferred bytes are unknown to upload.post (the session expired, or
                 // was never completed): they must be sent again in a new session. Not
@@ -588,7 +703,7 @@ impl RedivisBackend {
                 "upload.post answer lost; checking the table before posting again"
             );
             if let Some(found) = self.find_posted(table, name, size, md5, cancel).await? {
-                return Ok(found);
+                return Ok(Posted::Created(found));
             }
             if attempt >= retry.attempts {
                 return Err(err.into());

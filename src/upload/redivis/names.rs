@@ -1,4 +1,5 @@
-//! Redivis upload names: the escaping rule (protocol §2) and collision detection.
+//! Redivis upload names: the escaping rule (protocol §2), collision detection, and the
+//! per-table name index that answers the conflict check without one request per file.
 //!
 //! Redivis addresses an upload by its *escaped* name: characters other than letters,
 //! digits and `_` become `_`, runs of `_` collapse, leading and trailing `_` drop, and case
@@ -7,9 +8,42 @@
 //! escaped name in a table keeps it for the life of the process (unless its file vanishes);
 //! the remote check (an upload already in the table under another name) covers earlier
 //! runs.
+//!
+//! # The name index ([`NameIndex`])
+//! Before sending a byte, every upload asks whether its escaped name is already held in the
+//! table (protocol §13). Asking by name costs one API request per file, out of a budget of
+//! about 100 per 100 s. The index instead keeps, per table, a snapshot of the table's
+//! upload list (all pages: escaped name → URIs of the uploads holding it), shared by every
+//! worker, and updated by our own creates and deletes as they happen (also while a new
+//! listing is in flight: those changes are replayed onto it).
+//!
+//! The snapshot is only ever trusted to say a name is *free*, or held only by uploads the
+//! caller already knows it replaces. Any other holder is confirmed by asking the server by
+//! name, so adopting, replacing and refusing a colliding name decide on fresh data, as
+//! before. A name taken in the table after the snapshot (by another client) is caught by
+//! upload.post itself: the server renames the new upload or refuses it, and the backend
+//! resolves that (`RedivisBackend::upload`, step 6). So freshness bounds cost, never
+//! correctness.
+//!
+//! Cost, with P = the pages of the table's last listing (⌈uploads / 100⌉):
+//! - a listing is P requests, taken on the first lookup of a table;
+//! - it serves lookups for max(30 s, P × 10 s), so re-listing a large table spends at most
+//!   a tenth of the request budget: a table of 10,000 uploads (P = 100) is listed at most
+//!   once in 1,000 s;
+//! - once stale, lookups ask by name (1 request each) until those requests have cost as
+//!   much as one listing (P), and only then is the table listed again. A trickle of files
+//!   into a large table therefore costs at most about two requests per file, never P;
+//!   a batch costs P requests for the whole batch.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::api::ApiClient;
+use crate::upload::UploadError;
 
 /// The escaped form of an upload name, as Redivis matches names.
 pub fn escape(name: &str) -> String {
@@ -56,7 +90,6 @@ impl NameRegistry {
         }
     }
 
-    /// Gives `name`'s claim up (its file vanished).
     /// Gives the escaped name to `name`, whoever held it: the table itself shows that
     /// `name` owns it (an upload of that exact name exists).
     pub fn take_over(&self, table: &str, name: &str) -> String {
@@ -69,6 +102,7 @@ impl NameRegistry {
         escaped
     }
 
+    /// Gives `name`'s claim up (its file vanished, or it failed for good).
     pub fn release(&self, table: &str, name: &str) {
         let key = (table.to_ascii_lowercase(), escape(name));
         let mut claimed = self
@@ -87,6 +121,246 @@ pub fn collision_message(ours: &str, theirs: &str, escaped: &str, table: &str) -
         "name collision: {ours:?} and {theirs:?} both map to the Redivis upload name \
          {escaped:?} in table {table}; rename one of the files (only the first one is uploaded)"
     )
+}
+
+/// How long a table's name snapshot serves lookups.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexConfig {
+    /// A snapshot is trusted for at least this long after its listing began...
+    pub max_age: Duration,
+    /// ...and for this long per page that listing took (the request budget is one a
+    /// second, so 10 s per page keeps re-listing under a tenth of it).
+    pub age_per_page: Duration,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            max_age: Duration::from_secs(30),
+            age_per_page: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the index knows about an escaped name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// No upload in the table escapes to it.
+    Free,
+    /// The URIs of the uploads that hold it.
+    Held(Vec<String>),
+    /// No fresh snapshot: ask the server by name.
+    Unknown,
+}
+
+/// Per-table snapshots of which escaped names the table holds (module doc).
+#[derive(Debug, Default)]
+pub struct NameIndex {
+    config: IndexConfig,
+    tables: Mutex<HashMap<String, Arc<TableNames>>>,
+}
+
+#[derive(Debug, Default)]
+struct TableNames {
+    /// Held while the table is being listed, so concurrent lookups share one listing.
+    listing: tokio::sync::Mutex<()>,
+    state: Mutex<Snapshot>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// When the listing behind `holders` began; `None` before the first one.
+    taken: Option<Instant>,
+    /// Pages that listing took.
+    pages: usize,
+    /// Escaped name → URIs of the uploads holding it.
+    holders: HashMap<String, Vec<String>>,
+    /// Lookups answered `Unknown` since the snapshot went stale.
+    asked_while_stale: usize,
+    /// Our own changes while a listing is in flight, replayed onto its result.
+    journal: Option<Vec<Change>>,
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    Held { escaped: String, uri: String },
+    Gone { escaped: String, uri: String },
+    Free { escaped: String },
+}
+
+impl Snapshot {
+    fn fresh(&self, config: &IndexConfig, now: Instant) -> bool {
+        let pages = u32::try_from(self.pages).unwrap_or(u32::MAX);
+        let age = config
+            .max_age
+            .max(config.age_per_page.saturating_mul(pages));
+        self.taken
+            .is_some_and(|taken| now.saturating_duration_since(taken) < age)
+    }
+
+    fn known(&self, escaped: &str) -> Known {
+        match self.holders.get(escaped) {
+            Some(uris) if !uris.is_empty() => Known::Held(uris.clone()),
+            _ => Known::Free,
+        }
+    }
+
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Held { escaped, uri } => {
+                let uris = self.holders.entry(escaped.clone()).or_default();
+                if !uris.contains(uri) {
+                    uris.push(uri.clone());
+                }
+            }
+            Change::Gone { escaped, uri } => {
+                if let Some(uris) = self.holders.get_mut(escaped) {
+                    uris.retain(|held| held != uri);
+                    if uris.is_empty() {
+                        self.holders.remove(escaped);
+                    }
+                }
+            }
+            Change::Free { escaped } => {
+                self.holders.remove(escaped);
+            }
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.taken.is_some() {
+            self.apply(&change);
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.push(change);
+        }
+    }
+}
+
+impl NameIndex {
+    pub fn new(config: IndexConfig) -> NameIndex {
+        NameIndex {
+            config,
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self, table: &str) -> Arc<TableNames> {
+        let mut tables = self.tables.lock().expect("name index lock is not poisoned");
+        Arc::clone(tables.entry(table.to_ascii_lowercase()).or_default())
+    }
+
+    /// What the table holds under `escaped`: from the snapshot when it is fresh, after
+    /// listing the table when that is worth it, else `Unknown` (module doc, cost).
+    pub async fn lookup(
+        &self,
+        api: &ApiClient,
+        table: &str,
+        escaped: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Known, UploadError> {
+        let names = self.table(table);
+        {
+            let mut state = names.state.lock().expect("name index lock is not poisoned");
+            if state.fresh(&self.config, Instant::now()) {
+                return Ok(state.known(escaped));
+            }
+            // Ski rental: a listing costs `pages` requests, asking by name one.
+            if state.taken.is_some() && state.asked_while_stale + 1 < state.pages {
+                state.asked_while_stale += 1;
+                return Ok(Known::Unknown);
+            }
+        }
+        let _listing = tokio::select! {
+            _ = cancel.cancelled() => return Err(UploadError::Shutdown),
+            guard = names.listing.lock() => guard,
+        };
+        {
+            let mut state = names.state.lock().expect("name index lock is not poisoned");
+            if state.fresh(&self.config, Instant::now()) {
+                return Ok(state.known(escaped));
+            }
+            state.journal = Some(Vec::new());
+        }
+        let started = Instant::now();
+        let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+        let walked = api
+            .for_each_upload_page(table, cancel, &mut |page| {
+                for upload in page {
+                    // Failed uploads hold their name too (asking by name finds them).
+                    if let Some(name) = &upload.name
+                        && !upload.uri.is_empty()
+                    {
+                        holders
+                            .entry(escape(name))
+                            .or_default()
+                            .push(upload.uri.clone());
+                    }
+                }
+                true
+            })
+            .await;
+        let mut state = names.state.lock().expect("name index lock is not poisoned");
+        let journal = state.journal.take().unwrap_or_default();
+        let pages = walked?;
+        state.holders = holders;
+        for change in &journal {
+            state.apply(change);
+        }
+        state.taken = Some(started);
+        state.pages = pages;
+        state.asked_while_stale = 0;
+        tracing::debug!(
+            table,
+            pages,
+            names = state.holders.len(),
+            "listed the table's upload names"
+        );
+        Ok(state.known(escaped))
+    }
+
+    /// We created `uri` under `escaped`.
+    pub fn created(&self, table: &str, escaped: &str, uri: &str) {
+        self.record(
+            table,
+            Change::Held {
+                escaped: escaped.to_string(),
+                uri: uri.to_string(),
+            },
+        );
+    }
+
+    /// We deleted `uri` (held under `escaped`), or found it gone.
+    pub fn deleted(&self, table: &str, escaped: &str, uri: &str) {
+        self.record(
+            table,
+            Change::Gone {
+                escaped: escaped.to_string(),
+                uri: uri.to_string(),
+            },
+        );
+    }
+
+    /// The server, asked by name, answered `holder` (or that nothing holds the name).
+    pub fn learned(&self, table: &str, escaped: &str, holder: Option<&str>) {
+        let escaped = escaped.to_string();
+        let change = match holder {
+            Some(uri) => Change::Held {
+                escaped,
+                uri: uri.to_string(),
+            },
+            None => Change::Free { escaped },
+        };
+        self.record(table, change);
+    }
+
+    fn record(&self, table: &str, change: Change) {
+        self.table(table)
+            .state
+            .lock()
+            .expect("name index lock is not poisoned")
+            .record(change);
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +397,52 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Err("a.b.csv".into()));
         names.release("o.d:next.t", "a.b.csv");
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
+    }
+
+    #[test]
+    fn our_changes_during_a_listing_are_replayed_onto_its_result() {
+        let mut state = Snapshot {
+            taken: Some(Instant::now()),
+            journal: Some(Vec::new()),
+            ..Snapshot::default()
+        };
+        state.record(Change::Held {
+            escaped: "a_csv".into(),
+            uri: "/u/1".into(),
+        });
+        state.record(Change::Gone {
+            escaped: "old_csv".into(),
+            uri: "/u/0".into(),
+        });
+        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        // The listing read `old.csv` before we deleted it, and missed `a.csv`.
+        let journal = state.journal.take().unwrap();
+        state.holders = HashMap::from([("old_csv".to_string(), vec!["/u/0".to_string()])]);
+        for change in &journal {
+            state.apply(change);
+        }
+        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        assert_eq!(state.known("old_csv"), Known::Free);
+    }
+
+    #[test]
+    fn a_listing_of_more_pages_is_trusted_for_longer() {
+        let config = IndexConfig::default();
+        let now = Instant::now();
+        let taken = now.checked_sub(Duration::from_secs(60)).unwrap();
+        let one_page = Snapshot {
+            taken: Some(taken),
+            pages: 1,
+            ..Snapshot::default()
+        };
+        let hundred_pages = Snapshot {
+            taken: Some(taken),
+            pages: 100,
+            ..Snapshot::default()
+        };
+        assert!(!one_page.fresh(&config, now), "30 s for one page");
+        assert!(hundred_pages.fresh(&config, now), "1000 s for 100 pages");
+        assert!(!Snapshot::default().fresh(&config, now), "never listed");
     }
 
     #[test]
