@@ -436,12 +436,23 @@ impl FolderState {
         };
         let mut warned = std::mem::take(&mut self.warned);
         let queued_before = self.queued_total;
+        // Run with the stats, on the walk's threads: most files of a rescan or a restart are
+        // already uploaded, and for those the ledger read is all there is to do.
+        let sink = Arc::clone(&self.sink);
+        let folder_key = self.folder_key.clone();
+        let uploaded = move |rel: &str, meta: &std::fs::Metadata| {
+            let key = FileKey {
+                folder: folder_key.clone(),
+                rel: rel.to_string(),
+            };
+            sink.is_uploaded(&key, &Fingerprint::of(meta))
+        };
         let mut pass = Pass {
             st: self,
             rewatch,
             summary: ScanSummary::default(),
         };
-        walker.walk(start, &mut pass, &mut warned);
+        walker.walk_with(start, &mut pass, &mut warned, Some(&uploaded));
         let mut summary = pass.summary;
         self.warned = warned;
         self.flush_offers();
@@ -604,6 +615,14 @@ impl Visit for Pass<'_> {
     fn file(&mut self, _path: &Path, rel: &str, meta: &std::fs::Metadata) {
         self.summary.files_seen += 1;
         self.st.consider(rel, Fingerprint::of(meta), Hint::None);
+    }
+
+    /// Already uploaded: as `consider` would, forget any candidate for it.
+    fn known_file(&mut self, rel: &str) {
+        self.summary.files_seen += 1;
+        if !self.st.settle.is_empty() {
+            self.st.settle.remove(&rel.to_string());
+        }
     }
 
     fn cancelled(&self) -> bool {
