@@ -288,7 +288,12 @@ impl Worker {
                 return None;
             }
         };
-        if matches!(self.store.is_uploaded(&job.key, &fingerprint), Ok(true)) {
+        // One ledger read serves both the check below and the backend (the previous upload).
+        let previous = self.store.ledger_get(&job.key).ok().flatten();
+        if previous
+            .as_ref()
+            .is_some_and(|entry| entry.fingerprint == fingerprint)
+        {
             // This exact version is already on the remote (e.g. reverted to an uploaded state).
             self.record(job, self.store.drop_job(job.id));
             return None;
@@ -319,7 +324,6 @@ impl Worker {
             );
             return None;
         };
-        let previous = self.store.ledger_get(&job.key).ok().flatten();
         let live = Arc::new(LiveProgress::default());
         live.set(0, fingerprint.size);
         let display = path.display().to_string();

@@ -212,6 +212,36 @@ fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
     })
 }
 
+/// The fingerprint of a ledger entry, without decoding (allocating) the rest of it.
+fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        fingerprint: Fingerprint,
+    }
+    serde_json::from_slice::<Only>(raw)
+        .map(|only| only.fingerprint)
+        .map_err(|err| StoreError::Corrupt {
+            tree: "ledger",
+            key: keys::describe(key),
+            detail: err.to_string(),
+        })
+}
+
+/// The upload time of a ledger entry, without decoding (allocating) the rest of it.
+fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        uploaded_at_ms: u64,
+    }
+    serde_json::from_slice::<Only>(raw)
+        .map(|only| only.uploaded_at_ms)
+        .map_err(|err| StoreError::Corrupt {
+            tree: "ledger",
+            key: keys::describe(key),
+            detail: err.to_string(),
+        })
+}
+
 fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
     file_key(key).map_err(StoreError::InvalidKey)
 }
@@ -256,16 +286,6 @@ impl Tx<'_> {
             });
         };
         self.job(id)
-    }
-
-    fn ledger_entry(&self, raw_key: &[u8]) -> TxResult<Option<LedgerEntry>> {
-        match self.ledger.get(raw_key)? {
-            None => Ok(None),
-            Some(raw) => match decode_ledger(&raw, raw_key) {
-                Ok(entry) => Ok(Some(entry)),
-                Err(err) => abort(err),
-            },
-        }
     }
 
     /// Writes `new` over `old` (the stored version, `None` for a new job) and moves its
@@ -326,6 +346,70 @@ impl Tx<'_> {
     fn clear_progress(&self, id: JobId) -> TxResult<()> {
         self.progress.remove(&job_key(id))?;
         Ok(())
+    }
+
+    /// The body of [`Store::offer`]: reads see the writes of earlier offers in the same
+    /// transaction, so a batch behaves like the same offers made one after another.
+    fn offer(
+        &self,
+        raw_key: &[u8],
+        key: &FileKey,
+        fingerprint: &Fingerprint,
+        now: u64,
+    ) -> TxResult<Offer> {
+        let existing = self.job_for(raw_key)?;
+        let uploaded = match self.ledger.get(raw_key)? {
+            None => false,
+            Some(raw) => match ledger_fingerprint(&raw, raw_key) {
+                Ok(uploaded) => uploaded == *fingerprint,
+                Err(err) => return abort(err),
+            },
+        };
+        if uploaded {
+            if let Some(job) = &existing
+                && matches!(job.state, JobState::Failed { .. })
+            {
+                self.remove_job(job)?;
+            }
+            return Ok(Offer::UpToDate);
+        }
+        match existing {
+            Some(job) if job.fingerprint == *fingerprint => Ok(Offer::AlreadyQueued(job.id)),
+            Some(job) => {
+                let updated = match job.state {
+                    // The worker sees the new fingerprint when it completes and requeues.
+                    JobState::Active | JobState::Finalizing => Job {
+                        fingerprint: *fingerprint,
+                        updated_at_ms: now,
+                        ..job.clone()
+                    },
+                    JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
+                        self.clear_progress(job.id)?;
+                        Job {
+                            fingerprint: *fingerprint,
+                            ..queued_afresh(&job, now)
+                        }
+                    }
+                };
+                self.put_job(Some(&job), &updated)?;
+                Ok(Offer::Queued(job.id))
+            }
+            None => {
+                let job = Job {
+                    id: JobId(self.jobs.generate_id()?),
+                    key: key.clone(),
+                    fingerprint: *fingerprint,
+                    state: JobState::Queued,
+                    finalize_started: false,
+                    attempts: 0,
+                    last_error: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                self.put_job(None, &job)?;
+                Ok(Offer::Queued(job.id))
+            }
+        }
     }
 }
 
@@ -494,15 +578,24 @@ impl Store {
             })
     }
 
-    /// True when the ledger holds exactly this fingerprint for the file (one read).
+    /// True when the ledger holds exactly this fingerprint for the file (one read, and
+    /// only the fingerprint is decoded: the start-up scan asks this for every file).
     pub fn is_uploaded(
         &self,
         key: &FileKey,
         fingerprint: &Fingerprint,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .ledger_get(key)?
-            .is_some_and(|entry| entry.fingerprint == *fingerprint))
+        let raw_key = valid_key(key)?;
+        match self
+            .inner
+            .trees
+            .ledger
+            .get(&raw_key)
+            .map_err(|err| self.db_error(err))?
+        {
+            None => Ok(false),
+            Some(raw) => ledger_fingerprint(&raw, &raw_key).map(|found| found == *fingerprint),
+        }
     }
 
     /// Offers a settled file version to the queue. Not flushed (invariant 4).
@@ -512,56 +605,25 @@ impl Store {
     pub fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> Result<Offer, StoreError> {
         let raw_key = valid_key(key)?;
         let now = now_ms();
+        self.transact(|tx| tx.offer(&raw_key, key, fingerprint, now))
+    }
+
+    /// [`Store::offer`] for several files in one transaction (a scan offers what it found
+    /// in batches). Each file is offered exactly as `offer` would, in order, so a path
+    /// offered twice in one batch coalesces into one job with the later fingerprint. A key
+    /// that cannot be stored fails the whole batch before anything is written. Not flushed.
+    pub fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Result<Vec<Offer>, StoreError> {
+        let raw_keys = files
+            .iter()
+            .map(|(key, _)| valid_key(key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
         self.transact(|tx| {
-            let existing = tx.job_for(&raw_key)?;
-            let uploaded = tx
-                .ledger_entry(&raw_key)?
-                .is_some_and(|entry| entry.fingerprint == *fingerprint);
-            if uploaded {
-                if let Some(job) = &existing
-                    && matches!(job.state, JobState::Failed { .. })
-                {
-                    tx.remove_job(job)?;
-                }
-                return Ok(Offer::UpToDate);
-            }
-            match existing {
-                Some(job) if job.fingerprint == *fingerprint => Ok(Offer::AlreadyQueued(job.id)),
-                Some(job) => {
-                    let updated = match job.state {
-                        // The worker sees the new fingerprint when it completes and requeues.
-                        JobState::Active | JobState::Finalizing => Job {
-                            fingerprint: *fingerprint,
-                            updated_at_ms: now,
-                            ..job.clone()
-                        },
-                        JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
-                            tx.clear_progress(job.id)?;
-                            Job {
-                                fingerprint: *fingerprint,
-                                ..queued_afresh(&job, now)
-                            }
-                        }
-                    };
-                    tx.put_job(Some(&job), &updated)?;
-                    Ok(Offer::Queued(job.id))
-                }
-                None => {
-                    let job = Job {
-                        id: JobId(tx.jobs.generate_id()?),
-                        key: key.clone(),
-                        fingerprint: *fingerprint,
-                        state: JobState::Queued,
-                        finalize_started: false,
-                        attempts: 0,
-                        last_error: None,
-                        created_at_ms: now,
-                        updated_at_ms: now,
-                    };
-                    tx.put_job(None, &job)?;
-                    Ok(Offer::Queued(job.id))
-                }
-            }
+            files
+                .iter()
+                .zip(&raw_keys)
+                .map(|((key, fingerprint), raw_key)| tx.offer(raw_key, key, fingerprint, now))
+                .collect()
         })
     }
 
@@ -1070,9 +1132,9 @@ impl Store {
                 key: keys::describe(&raw_key),
                 detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
             })?;
-            let entry = decode_ledger(&raw, &raw_key)?;
+            let uploaded_at = ledger_uploaded_at(&raw, &raw_key)?;
             let newest = last.entry(key.folder).or_default();
-            *newest = (*newest).max(entry.uploaded_at_ms);
+            *newest = (*newest).max(uploaded_at);
         }
         Ok(last)
     }

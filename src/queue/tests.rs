@@ -584,6 +584,105 @@ fn offering_an_uploaded_version_removes_its_failed_job() {
 }
 
 #[test]
+fn offers_made_together_in_one_batch_coalesce_and_skip_uploaded_versions_like_single_offers() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    // "up": uploaded at version 1. "failed": uploaded at 1, then version 2 failed.
+    // "queued": queued at version 1, with a session saved for it.
+    let up = queued_id(store.offer(&key("up"), &fp(1)).expect("offer"));
+    let failed = queued_id(store.offer(&key("failed"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.claim(SystemTime::now()).expect("claim works");
+    store
+        .complete(up, &fp(1), "r", None)
+        .expect("complete works");
+    store
+        .complete(failed, &fp(1), "r", None)
+        .expect("complete works");
+    let failed = queued_id(store.offer(&key("failed"), &fp(2)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.fail(failed, "HTTP 400").expect("fail works");
+    let queued = queued_id(store.offer(&key("queued"), &fp(1)).expect("offer"));
+    store
+        .save_progress(queued, b"session for version 1")
+        .expect("progress saves");
+
+    let offers = store
+        .offer_many(&[
+            (key("up"), fp(1)),
+            (key("up"), fp(3)),
+            (key("failed"), fp(1)),
+            (key("queued"), fp(1)),
+            (key("queued"), fp(4)),
+            (key("new"), fp(5)),
+            (key("new"), fp(5)),
+            (key("new"), fp(6)),
+        ])
+        .expect("offer_many works");
+
+    assert_eq!(
+        offers[0],
+        Offer::UpToDate,
+        "the uploaded version is skipped"
+    );
+    let up_again = queued_id(offers[1].clone());
+    assert_eq!(
+        offers[2],
+        Offer::UpToDate,
+        "back at the uploaded version: the failed job goes"
+    );
+    assert!(store.get(failed).expect("reads").is_none());
+    assert_eq!(offers[3], Offer::AlreadyQueued(queued));
+    assert_eq!(
+        offers[4],
+        Offer::Queued(queued),
+        "a new version takes the job"
+    );
+    assert_eq!(
+        store.load_progress(queued).expect("progress reads"),
+        None,
+        "a session for the old bytes must not be resumed for the new ones"
+    );
+    let new = queued_id(offers[5].clone());
+    assert_eq!(
+        offers[6],
+        Offer::AlreadyQueued(new),
+        "a repeat within the batch sees the job the batch made"
+    );
+    assert_eq!(
+        offers[7],
+        Offer::Queued(new),
+        "and a later version updates it"
+    );
+    let jobs = store.jobs().expect("jobs read");
+    assert_eq!(jobs.len(), 3, "one job per file: {jobs:?}");
+    assert_eq!(job(&store, up_again).fingerprint, fp(3));
+    assert_eq!(job(&store, queued).fingerprint, fp(4));
+    assert_eq!(job(&store, new).fingerprint, fp(6));
+    for (rel, current) in [
+        ("up", fp(3)),
+        ("failed", fp(1)),
+        ("queued", fp(4)),
+        ("new", fp(6)),
+    ] {
+        assert_covered(&store, &key(rel), &current);
+    }
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_batch_with_an_unstorable_path_changes_nothing() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let err = store
+        .offer_many(&[(key("fine"), fp(1)), (key("bad\0name"), fp(1))])
+        .unwrap_err();
+    assert!(err.to_string().contains("NUL"), "{err}");
+    assert!(store.jobs().expect("jobs read").is_empty());
+    assert_invariants(&store);
+}
+
+#[test]
 fn claim_never_returns_the_same_job_twice() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());

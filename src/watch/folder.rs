@@ -30,6 +30,8 @@ use crate::queue::FileKey;
 /// file (a chmod, a rescan) do not offer it again. After that the queue's own dedup applies.
 const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Settled files are offered to the sink this many at a time (one queue transaction each).
+const OFFER_BATCH: usize = 256;
 
 /// Timings of a folder's loop.
 #[derive(Debug, Clone)]
@@ -90,6 +92,11 @@ pub struct FolderState {
     sink: Arc<dyn Sink>,
     wake: Option<Arc<Notify>>,
     recent: HashMap<String, (Fingerprint, Instant)>,
+    /// Settled files waiting to be offered together ([`FolderState::flush_offers`]); empty
+    /// whenever a public method returns.
+    outbox: Vec<(String, Fingerprint)>,
+    /// Files whose offer queued a job, since the folder state was made.
+    queued_total: u64,
     next_prune: Instant,
     warned: HashSet<PathBuf>,
     root_state: Root,
@@ -129,6 +136,8 @@ impl FolderState {
             sink: p.sink,
             wake: p.wake,
             recent: HashMap::new(),
+            outbox: Vec::new(),
+            queued_total: 0,
             next_prune: now + PRUNE_EVERY,
             warned: HashSet::new(),
             root_state: Root::Missing { next_poll: now },
@@ -241,11 +250,12 @@ impl FolderState {
         }
         for path in order {
             if self.cancel.is_cancelled() {
-                return;
+                break;
             }
             let hint = hints.get(&path).copied().unwrap_or(Hint::None);
             self.handle_path(&path, hint);
         }
+        self.flush_offers();
     }
 
     fn handle_path(&mut self, path: &Path, hint: Hint) {
@@ -329,6 +339,7 @@ impl FolderState {
             .collect();
         for dir in due {
             if self.cancel.is_cancelled() {
+                self.flush_offers();
                 return;
             }
             debug!(dir = %dir.display(), "rescanning an unwatched subtree");
@@ -338,6 +349,7 @@ impl FolderState {
             }
         }
         self.offer_due();
+        self.flush_offers();
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
             self.recent
@@ -359,7 +371,7 @@ impl FolderState {
                 Ok(meta) if meta.is_file() => {
                     let fp = Fingerprint::of(&meta);
                     if self.settle.fingerprint(&rel) == Some(fp) {
-                        self.offer(&rel, fp);
+                        self.offer(rel, fp);
                     } else {
                         self.consider(&rel, fp, Hint::None);
                     }
@@ -423,14 +435,28 @@ impl FolderState {
             recursive: self.recursive,
         };
         let mut warned = std::mem::take(&mut self.warned);
+        let queued_before = self.queued_total;
+        // Run with the stats, on the walk's threads: most files of a rescan or a restart are
+        // already uploaded, and for those the ledger read is all there is to do.
+        let sink = Arc::clone(&self.sink);
+        let folder_key = self.folder_key.clone();
+        let uploaded = move |rel: &str, meta: &std::fs::Metadata| {
+            let key = FileKey {
+                folder: folder_key.clone(),
+                rel: rel.to_string(),
+            };
+            sink.is_uploaded(&key, &Fingerprint::of(meta))
+        };
         let mut pass = Pass {
             st: self,
             rewatch,
             summary: ScanSummary::default(),
         };
-        walker.walk(start, &mut pass, &mut warned);
-        let summary = pass.summary;
+        walker.walk_with(start, &mut pass, &mut warned, Some(&uploaded));
+        let mut summary = pass.summary;
         self.warned = warned;
+        self.flush_offers();
+        summary.queued = self.queued_total - queued_before;
         summary
     }
 
@@ -498,16 +524,15 @@ impl FolderState {
         error!("{message}");
     }
 
-    /// Tracks a file with its current fingerprint; offers it at once if already settled.
-    /// Returns whether a job was queued.
-    fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) -> bool {
+    /// Tracks a file with its current fingerprint; offers it if already settled.
+    fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) {
         if self.recent.get(rel).is_some_and(|(f, _)| *f == fp) {
             self.settle.remove(&rel.to_string());
-            return false;
+            return;
         }
         if self.sink.is_uploaded(&self.key(rel), &fp) {
             self.settle.remove(&rel.to_string());
-            return false;
+            return;
         }
         let key = rel.to_string();
         self.settle.observe(key.clone(), fp);
@@ -517,35 +542,53 @@ impl FolderState {
             Hint::None => {}
         }
         if self.settle.is_settled(&key) {
-            return self.offer(rel, fp);
+            self.offer(key, fp);
         }
-        false
     }
 
-    fn offer(&mut self, rel: &str, fp: Fingerprint) -> bool {
-        let key = rel.to_string();
-        match self.sink.offer(&self.key(rel), &fp) {
-            SinkOffer::Queued => {
-                if let Some(wake) = &self.wake {
-                    // notify_waiters wakes every idle worker now; notify_one leaves a permit
-                    // for a worker that is about to wait.
-                    wake.notify_waiters();
-                    wake.notify_one();
+    /// Puts a settled file in the outbox; a full outbox is offered at once.
+    fn offer(&mut self, rel: String, fp: Fingerprint) {
+        self.outbox.push((rel, fp));
+        if self.outbox.len() >= OFFER_BATCH {
+            self.flush_offers();
+        }
+    }
+
+    /// Offers the outbox to the sink in one call and wakes the workers if a job was queued.
+    /// Until then the files stay settle candidates, so a failed offer is held and retried.
+    fn flush_offers(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        let files: Vec<(FileKey, Fingerprint)> = outbox
+            .iter()
+            .map(|(rel, fp)| (self.key(rel), *fp))
+            .collect();
+        let outcomes = self.sink.offer_many(&files);
+        let now = Instant::now();
+        let mut queued = 0;
+        for ((rel, fp), outcome) in outbox.into_iter().zip(outcomes) {
+            match outcome {
+                SinkOffer::Queued | SinkOffer::Known => {
+                    queued += u64::from(outcome == SinkOffer::Queued);
+                    self.settle.remove(&rel);
+                    self.recent.insert(rel, (fp, now));
                 }
-                self.settle.remove(&key);
-                self.recent.insert(key, (fp, Instant::now()));
-                true
+                SinkOffer::Failed => {
+                    self.settle
+                        .hold(&rel, self.settle_time.max(Duration::from_secs(1)));
+                }
             }
-            SinkOffer::Known => {
-                self.settle.remove(&key);
-                self.recent.insert(key, (fp, Instant::now()));
-                false
-            }
-            SinkOffer::Failed => {
-                self.settle
-                    .hold(&key, self.settle_time.max(Duration::from_secs(1)));
-                false
-            }
+        }
+        self.queued_total += queued;
+        if queued > 0
+            && let Some(wake) = &self.wake
+        {
+            // notify_waiters wakes every idle worker now; notify_one leaves a permit for a
+            // worker that is about to wait.
+            wake.notify_waiters();
+            wake.notify_one();
         }
     }
 
@@ -571,8 +614,14 @@ impl Visit for Pass<'_> {
 
     fn file(&mut self, _path: &Path, rel: &str, meta: &std::fs::Metadata) {
         self.summary.files_seen += 1;
-        if self.st.consider(rel, Fingerprint::of(meta), Hint::None) {
-            self.summary.queued += 1;
+        self.st.consider(rel, Fingerprint::of(meta), Hint::None);
+    }
+
+    /// Already uploaded: as `consider` would, forget any candidate for it.
+    fn known_file(&mut self, rel: &str) {
+        self.summary.files_seen += 1;
+        if !self.st.settle.is_empty() {
+            self.st.settle.remove(&rel.to_string());
         }
     }
 

@@ -77,6 +77,11 @@ pub trait Sink: Send + Sync {
     fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool;
     /// Offers a settled file version for upload.
     fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer;
+    /// Offers several settled files, with one outcome per file in order. A sink that can
+    /// record them together (the queue: one transaction) should.
+    fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
+        files.iter().map(|(key, fp)| self.offer(key, fp)).collect()
+    }
 }
 
 impl Sink for Store {
@@ -97,6 +102,22 @@ impl Sink for Store {
             Err(e) => {
                 error!(folder = %key.folder, path = %key.rel, error = %e, "cannot queue a settled file; will try again");
                 SinkOffer::Failed
+            }
+        }
+    }
+
+    fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
+        match Store::offer_many(self, files) {
+            Ok(offers) => offers
+                .into_iter()
+                .map(|offer| match offer {
+                    Offer::Queued(_) => SinkOffer::Queued,
+                    Offer::AlreadyQueued(_) | Offer::UpToDate => SinkOffer::Known,
+                })
+                .collect(),
+            Err(e) => {
+                error!(files = files.len(), error = %e, "cannot queue settled files; will try again");
+                vec![SinkOffer::Failed; files.len()]
             }
         }
     }

@@ -9,6 +9,11 @@
 //! Symlinks are never followed (nothing outside the folder is read), excluded directories
 //! are not entered, and names that are not valid UTF-8 are skipped: they cannot become
 //! remote names.
+//!
+//! The files of a large directory are stat-ed on two threads (a restart over a big tree is
+//! mostly stats and ledger reads), together with an optional [`Known`] check that sorts out
+//! files needing no further look (already uploaded); the visitor then sees the files one by
+//! one, in directory order, on the walking thread.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -19,12 +24,21 @@ use tracing::{debug, warn};
 
 use super::filter::Filter;
 
+/// Directories with at least this many files are stat-ed on two threads.
+const PARALLEL_FILES: usize = 128;
+
+/// A check run on the stat-ing threads: true when the file (relative path, metadata) needs
+/// no further look; the visitor then gets [`Visit::known_file`] instead of [`Visit::file`].
+pub type Known<'a> = dyn Fn(&str, &Metadata) -> bool + Sync + 'a;
+
 /// What a walk reports to.
 pub trait Visit {
     /// `dir` is about to be listed.
     fn enter_dir(&mut self, dir: &Path);
     /// A regular file accepted by the filter; `meta` is its `symlink_metadata`.
     fn file(&mut self, path: &Path, rel: &str, meta: &Metadata);
+    /// A regular file accepted by the filter that the walk's [`Known`] check sorted out.
+    fn known_file(&mut self, _rel: &str) {}
     /// Whether to stop walking (shutdown).
     fn cancelled(&self) -> bool {
         false
@@ -42,7 +56,19 @@ impl Walker<'_> {
     /// Walks `start` (the root or a directory inside it) and, if recursive, its subtree.
     /// `warned` remembers paths already warned about, so rescans do not repeat warnings.
     pub fn walk(&self, start: &Path, visit: &mut impl Visit, warned: &mut HashSet<PathBuf>) {
+        self.walk_with(start, visit, warned, None);
+    }
+
+    /// [`Walker::walk`], sorting out files with `known` on the stat-ing threads.
+    pub fn walk_with(
+        &self,
+        start: &Path,
+        visit: &mut impl Visit,
+        warned: &mut HashSet<PathBuf>,
+        known: Option<&Known<'_>>,
+    ) {
         let mut stack = vec![start.to_path_buf()];
+        let mut files: Vec<(std::fs::DirEntry, String)> = Vec::new();
         while let Some(dir) = stack.pop() {
             if visit.cancelled() {
                 return;
@@ -85,17 +111,16 @@ impl Walker<'_> {
                     if self.recursive && !self.filter.excludes_dir(&rel) {
                         stack.push(path);
                     }
-                } else if file_type.is_file() {
-                    if !self.filter.accepts_file(&rel) {
-                        continue;
-                    }
-                    match std::fs::symlink_metadata(&path) {
-                        Ok(meta) if meta.is_file() => visit.file(&path, &rel, &meta),
-                        Ok(_) => {}
-                        Err(e) => {
-                            debug!(path = %path.display(), error = %e, "file vanished while scanning")
-                        }
-                    }
+                } else if file_type.is_file() && self.filter.accepts_file(&rel) {
+                    files.push((entry, rel));
+                }
+            }
+            let looked = look_at(&files, known);
+            for ((entry, rel), look) in files.drain(..).zip(looked) {
+                match look {
+                    Look::Known => visit.known_file(&rel),
+                    Look::File(meta) => visit.file(&entry.path(), &rel, &meta),
+                    Look::Gone => {}
                 }
             }
         }
@@ -106,6 +131,55 @@ impl Walker<'_> {
     pub fn rel(&self, path: &Path, warned: &mut HashSet<PathBuf>) -> Option<String> {
         relative(self.root, path, warned)
     }
+}
+
+/// What stat-ing one listed file found.
+enum Look {
+    /// A regular file the [`Known`] check sorted out.
+    Known,
+    File(Metadata),
+    /// Vanished, or no longer a regular file.
+    Gone,
+}
+
+/// Stats `files` (and runs `known`), on two threads when there are many. The stat is
+/// relative to the open directory (`DirEntry::metadata`, which does not follow symlinks),
+/// so the kernel does not walk the whole path again for every file.
+fn look_at(files: &[(std::fs::DirEntry, String)], known: Option<&Known<'_>>) -> Vec<Look> {
+    let look = |(entry, rel): &(std::fs::DirEntry, String)| match entry.metadata() {
+        Ok(meta) if meta.is_file() => {
+            if known.is_some_and(|known| known(rel, &meta)) {
+                Look::Known
+            } else {
+                Look::File(meta)
+            }
+        }
+        Ok(_) => Look::Gone,
+        Err(e) => {
+            debug!(path = %entry.path().display(), error = %e, "file vanished while scanning");
+            Look::Gone
+        }
+    };
+    if files.len() < PARALLEL_FILES {
+        return files.iter().map(look).collect();
+    }
+    let (first, second) = files.split_at(files.len() / 2);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("upsync-scan".into())
+            .spawn_scoped(scope, || second.iter().map(look).collect::<Vec<_>>());
+        let mut looked: Vec<Look> = first.iter().map(look).collect();
+        match helper {
+            Ok(helper) => looked.extend(
+                helper
+                    .join()
+                    .expect("stat-ing files does not panic (errors are values)"),
+            ),
+            // No thread to be had: do the second half here.
+            Err(_) => looked.extend(second.iter().map(look)),
+        }
+        looked
+    })
 }
 
 /// See [`Walker::rel`]. `None` also for paths outside `root` and for the root itself.

@@ -18,6 +18,8 @@ use crate::config::{FolderConfig, Target};
 struct Recorder {
     offers: Mutex<Vec<(FileKey, Fingerprint)>>,
     uploaded: Mutex<HashSet<(String, Fingerprint)>>,
+    /// The size of every `offer_many` call.
+    batches: Mutex<Vec<usize>>,
 }
 
 impl Recorder {
@@ -57,6 +59,13 @@ impl Sink for Recorder {
             .expect("recorder lock is not poisoned")
             .push((key.clone(), *fingerprint));
         SinkOffer::Queued
+    }
+    fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
+        self.batches
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .push(files.len());
+        files.iter().map(|(key, fp)| self.offer(key, fp)).collect()
     }
 }
 
@@ -199,6 +208,61 @@ async fn startup_scan_offers_existing_old_files_at_once_and_sends_the_summary() 
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rec.offers().len(), 3, "excluded files are never offered");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn scanned_files_are_offered_in_batches_each_file_once() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    for sub in ["a", "b", "c"] {
+        std::fs::create_dir_all(root.join(sub)).expect("create a sub-directory");
+        for n in 0..200 {
+            write_old(&root.join(format!("{sub}/f{n}.csv")), b"x");
+        }
+    }
+    let recorder = Arc::new(Recorder::default());
+    recorder.mark_uploaded("b/f7.csv", fp(&root.join("b/f7.csv")));
+    let folder = folder_config(root, Duration::from_secs(1));
+    let opts = Options::new(Duration::from_secs(1), None);
+    let run = start_with(folder, recorder.clone(), opts, real_dirs()).await;
+
+    let offered: HashSet<String> = recorder.offers().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        recorder.offers().len(),
+        599,
+        "every file but the uploaded one, once"
+    );
+    assert_eq!(offered.len(), 599);
+    assert!(
+        !offered.contains("b/f7.csv"),
+        "the uploaded version is not offered"
+    );
+    assert_eq!(run.summary.files_seen, 600);
+    assert_eq!(run.summary.queued, 599);
+    let batches = recorder.batches.lock().expect("not poisoned").clone();
+    assert!(
+        batches.len() <= 3 && batches.iter().all(|&n| n <= 256),
+        "599 files go in at most three offers of at most 256: {batches:?}"
+    );
+
+    // A directory moved in later is scanned on its event and batched the same way.
+    let outside = tempfile::tempdir().expect("a temp dir can be created");
+    std::fs::create_dir_all(outside.path().join("d")).expect("create d");
+    for n in 0..300 {
+        write_old(&outside.path().join(format!("d/g{n}.csv")), b"y");
+    }
+    std::fs::rename(outside.path().join("d"), root.join("d")).expect("move d in");
+    let rec = recorder.clone();
+    assert!(
+        eventually(WAIT, || rec.offers().len() == 899).await,
+        "the moved-in files are offered"
+    );
+    let batches = recorder.batches.lock().expect("not poisoned").clone();
+    assert!(
+        batches.len() <= 5,
+        "300 more files take two more offers, not 300: {batches:?}"
+    );
     run.stop().await;
 }
 

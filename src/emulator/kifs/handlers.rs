@@ -253,17 +253,16 @@ fn whole_files(
         cleanup(&temps);
         return Err(e);
     }
-    for (i, name) in names.iter().enumerate() {
-        if let Err(e) = store.install_file(
-            &mut state,
-            &name.full,
-            &temps[i],
-            data[i].len() as i64,
-            user,
-        ) {
-            cleanup(&temps[i..]);
-            return Err(io_failure(&format!("storing '{}'", name.full), e));
-        }
+    let files: Vec<(&str, &std::path::Path, i64)> = names
+        .iter()
+        .zip(&temps)
+        .zip(&data)
+        .map(|((name, tmp), element)| (name.full.as_str(), tmp.as_path(), element.len() as i64))
+        .collect();
+    if let Err(e) = store.install_files(&mut state, &files, user) {
+        // Temps already renamed into place are gone from tmp/; removing them fails harmlessly.
+        cleanup(&temps);
+        return Err(io_failure("storing the uploaded files", e));
     }
     Ok(UploadFilesResponse::default())
 }
@@ -735,8 +734,8 @@ pub(crate) fn delete_directory(
         state.directories.insert(name.clone(), removed);
         return Err(io_failure("saving the directory list", e));
     }
-    for sub in ["files", "meta"] {
-        let path = store.root().join(sub).join(&name);
+    {
+        let path = store.root().join("files").join(&name);
         if let Err(e) = fs::remove_dir_all(&path)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -5,26 +5,33 @@
 //! ```text
 //! directories.json            every top-level directory (small; rewritten atomically)
 //! files/<directory>/<rest>    file contents, real sub-directories, readable by a person
-//! meta/<directory>/<rest>_meta.json
-//!                             creator and creation time of that file; `_` cannot occur in
-//!                             a KiFS name, so a sidecar never collides with a file's path
+//! meta.log                    creator and creation time of stored files: one JSON line
+//!                             per installed file, appended once per request (one write
+//!                             for all files of a batch); the last line for a name wins
 //! multipart/<uuid>/meta.json  one in-progress multipart upload (target, user, last part,
 //!                             bytes received), rewritten after every part
 //! multipart/<uuid>/data       the parts received so far, appended in order
 //! tmp/                        temporary files, renamed into place; emptied at start
 //! ```
 //!
-//! Invariants: every write of a file or of a metadata file is a temp file in `tmp/` renamed
-//! into place, so a reader or a restart sees the old or the new version, never a mix. The
-//! in-memory [`State`] is rebuilt from this layout at start and changed only while its mutex
-//! is held, after the disk change it mirrors succeeded. An upload's `data` may hold more
-//! than `bytes_received` after a crash between the append and the meta update: the excess
-//! is cut at load. Emptied sub-directories of `files/` and `meta/` are removed, so the tree
-//! mirrors exactly the names that exist.
+//! Invariants: every write of a file's content is a temp file in `tmp/` renamed into place,
+//! so a reader or a restart sees the old or the new version, never a mix. The metadata of
+//! the files a request installs is appended to `meta.log` after their contents are in place
+//! (a crash in between leaves a new content with its previous metadata, or none: the
+//! creator is then "unknown" and the creation time the file's mtime). Lines of files that no
+//! longer exist are ignored; the log is rewritten without them (temp file and rename) at
+//! start and whenever it holds many more lines than there are files. Data directories of
+//! older emulators kept one `meta/<directory>/<rest>_meta.json` sidecar per file: they are
+//! read at start, folded into `meta.log` and removed. The in-memory [`State`] is rebuilt
+//! from this layout at start and changed only while its mutex is held, after the disk change
+//! it mirrors succeeded. An upload's `data` may hold more than `bytes_received` after a
+//! crash between the append and the meta update: the excess is cut at load. Emptied
+//! sub-directories of `files/` are removed, so the tree mirrors exactly the names that
+//! exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,11 +92,29 @@ pub(crate) struct FileMeta {
     pub creation_time: i64,
 }
 
+/// The metadata of a file as older emulators kept it next to the content.
 #[derive(Debug, Serialize, Deserialize)]
 struct Sidecar {
     user: String,
     creation_time: i64,
 }
+
+/// One line of `meta.log`.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaLine {
+    name: String,
+    user: String,
+    creation_time: i64,
+}
+
+/// The open `meta.log` and how many lines it holds.
+struct MetaLog {
+    file: fs::File,
+    lines: u64,
+}
+
+/// `meta.log` is rewritten once it holds this many more lines than there are files.
+const META_LOG_SLACK: u64 = 100_000;
 
 /// One multipart upload in progress; serialized as `multipart/<uuid>/meta.json` and, with
 /// these field names in this order, as an element of `info.multipart_uploads`.
@@ -157,6 +182,8 @@ impl State {
 pub(crate) struct Store {
     root: PathBuf,
     state: Mutex<State>,
+    /// Only written while the state lock is held.
+    meta_log: Mutex<MetaLog>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -182,7 +209,7 @@ fn io_error(path: &Path, source: io::Error) -> EmulatorError {
 impl Store {
     /// Opens (creating if needed) the store under `root` and rebuilds the state from disk.
     pub(crate) fn open(root: &Path) -> Result<Store, EmulatorError> {
-        for sub in ["files", "meta", "multipart"] {
+        for sub in ["files", "multipart"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         }
@@ -204,6 +231,21 @@ impl Store {
             Err(e) => return Err(io_error(&directories, e)),
         }
 
+        let mut recorded = read_legacy_sidecars(root)?;
+        let log_path = root.join(META_LOG);
+        match fs::read(&log_path) {
+            Ok(text) => {
+                // A line torn by a crash (the last one) does not parse and is skipped.
+                for line in text.split(|&b| b == b'\n') {
+                    if let Ok(line) = serde_json::from_slice::<MetaLine>(line) {
+                        recorded.insert(line.name, (line.user, line.creation_time));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&log_path, e)),
+        }
+
         let files_root = root.join("files");
         for entry in walkdir::WalkDir::new(&files_root).min_depth(2) {
             let entry = entry.map_err(|e| {
@@ -223,11 +265,8 @@ impl Store {
             let metadata = entry
                 .metadata()
                 .map_err(|e| io_error(entry.path(), e.into()))?;
-            let sidecar = fs::read(sidecar_path(root, &name))
-                .ok()
-                .and_then(|text| serde_json::from_slice::<Sidecar>(&text).ok());
-            let (user, creation_time) = match sidecar {
-                Some(s) => (s.user, s.creation_time),
+            let (user, creation_time) = match recorded.remove(&name) {
+                Some(found) => found,
                 None => {
                     let mtime = metadata
                         .modified()
@@ -264,9 +303,17 @@ impl Store {
             }
         }
 
+        // The log is written afresh with exactly the files that exist; only then are the
+        // sidecars of an older layout, now folded into it, removed.
+        let meta_log = write_meta_log(root, &state)?;
+        let legacy = root.join("meta");
+        if legacy.exists() {
+            fs::remove_dir_all(&legacy).map_err(|e| io_error(&legacy, e))?;
+        }
         Ok(Store {
             root: root.to_path_buf(),
             state: Mutex::new(state),
+            meta_log: Mutex::new(meta_log),
         })
     }
 
@@ -321,26 +368,90 @@ impl Store {
         size: i64,
         user: &str,
     ) -> io::Result<()> {
+        self.install_files(state, &[(name, tmp, size)], user)
+    }
+
+    /// Moves finished contents (name, temp path, size) into place and records their
+    /// metadata with one append to `meta.log`. On an error, the files installed before it
+    /// stay installed and recorded; the others are untouched.
+    pub(crate) fn install_files(
+        &self,
+        state: &mut State,
+        files: &[(&str, &Path, i64)],
+        user: &str,
+    ) -> io::Result<()> {
         let creation_time = now_ms();
-        let sidecar = serde_json::to_vec(&Sidecar {
-            user: user.to_string(),
-            creation_time,
-        })
-        .expect("a sidecar always serializes");
-        self.rename_into(tmp, &self.file_path(name))?;
-        self.write_atomic(&sidecar_path(&self.root, name), &sidecar)?;
-        state.files.insert(
-            name.to_string(),
-            FileMeta {
-                size,
-                user: user.to_string(),
-                creation_time,
-            },
-        );
+        let mut lines = Vec::with_capacity(files.len() * 96);
+        let mut installed = 0;
+        let mut made_parent: Option<PathBuf> = None;
+        let mut result = Ok(());
+        for &(name, tmp, _) in files {
+            let path = self.file_path(name);
+            // Files of one request mostly share their directory: create it once.
+            let parent = path.parent().map(Path::to_path_buf);
+            if parent != made_parent
+                && let Some(parent) = &parent
+                && let Err(e) = fs::create_dir_all(parent)
+            {
+                result = Err(e);
+                break;
+            }
+            made_parent = parent;
+            if let Err(e) = fs::rename(tmp, &path) {
+                result = Err(e);
+                break;
+            }
+            serde_json::to_writer(
+                &mut lines,
+                &MetaLine {
+                    name: name.to_string(),
+                    user: user.to_string(),
+                    creation_time,
+                },
+            )
+            .expect("a metadata line always serializes");
+            lines.push(b'\n');
+            installed += 1;
+        }
+        for &(name, _, size) in &files[..installed] {
+            state.files.insert(
+                name.to_string(),
+                FileMeta {
+                    size,
+                    user: user.to_string(),
+                    creation_time,
+                },
+            );
+        }
+        if installed > 0 {
+            self.append_meta(state, &lines, installed as u64)?;
+        }
+        result
+    }
+
+    /// Appends metadata lines to `meta.log`, rewriting it first when it grew far beyond
+    /// the files it describes.
+    fn append_meta(&self, state: &State, lines: &[u8], count: u64) -> io::Result<()> {
+        let mut log = self
+            .meta_log
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if log.lines > state.files.len() as u64 + META_LOG_SLACK {
+            // `state` already holds the files being recorded: the rewrite includes them.
+            *log = write_meta_log(&self.root, state).map_err(|e| match e {
+                EmulatorError::Data { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })?;
+            return Ok(());
+        }
+        log.file.write_all(lines)?;
+        log.lines += count;
         Ok(())
     }
 
-    /// Deletes the file `name` and its sidecar, and prunes emptied parent directories.
+    /// Deletes the file `name` and prunes emptied parent directories. Its `meta.log` lines
+    /// stay until the next rewrite, which drops them; a new upload of the name appends a
+    /// newer line.
     pub(crate) fn remove_file(&self, state: &mut State, name: &str) -> io::Result<()> {
         let path = self.file_path(name);
         match fs::remove_file(&path) {
@@ -348,14 +459,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let _ = fs::remove_file(sidecar_path(&self.root, name));
         state.files.remove(name);
         let directory = name.split('/').next().unwrap_or(name);
         prune_empty_parents(&path, &self.root.join("files").join(directory));
-        prune_empty_parents(
-            &sidecar_path(&self.root, name),
-            &self.root.join("meta").join(directory),
-        );
         Ok(())
     }
 
@@ -379,8 +485,73 @@ impl Store {
     }
 }
 
-fn sidecar_path(root: &Path, name: &str) -> PathBuf {
-    root.join("meta").join(format!("{name}_meta.json"))
+const META_LOG: &str = "meta.log";
+
+/// Writes `meta.log` afresh with one line per existing file (temp file, then rename) and
+/// opens it for appending.
+fn write_meta_log(root: &Path, state: &State) -> Result<MetaLog, EmulatorError> {
+    let mut text = Vec::with_capacity(state.files.len() * 96);
+    for (name, meta) in &state.files {
+        serde_json::to_writer(
+            &mut text,
+            &MetaLine {
+                name: name.clone(),
+                user: meta.user.clone(),
+                creation_time: meta.creation_time,
+            },
+        )
+        .expect("a metadata line always serializes");
+        text.push(b'\n');
+    }
+    let path = root.join(META_LOG);
+    let tmp = root
+        .join("tmp")
+        .join(format!("{META_LOG}.{}", uuid::Uuid::new_v4()));
+    fs::write(&tmp, &text).map_err(|e| io_error(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    Ok(MetaLog {
+        file,
+        lines: state.files.len() as u64,
+    })
+}
+
+/// The per-file sidecars `meta/<directory>/<rest>_meta.json` of older data directories, by
+/// file name.
+fn read_legacy_sidecars(root: &Path) -> Result<HashMap<String, (String, i64)>, EmulatorError> {
+    let mut found = HashMap::new();
+    let meta_root = root.join("meta");
+    if !meta_root.exists() {
+        return Ok(found);
+    }
+    for entry in walkdir::WalkDir::new(&meta_root).min_depth(2) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(&meta_root).to_path_buf();
+            io_error(&path, e.into())
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Some(name) = entry
+            .path()
+            .strip_prefix(&meta_root)
+            .ok()
+            .and_then(Path::to_str)
+            .and_then(|rel| rel.strip_suffix("_meta.json"))
+        else {
+            continue;
+        };
+        if let Some(sidecar) = fs::read(entry.path())
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Sidecar>(&text).ok())
+        {
+            found.insert(name.to_string(), (sidecar.user, sidecar.creation_time));
+        }
+    }
+    Ok(found)
 }
 
 /// Removes the empty directories between `path` and `stop` (exclusive).

@@ -1372,6 +1372,75 @@ async fn stats_count_requests_per_endpoint_and_multipart_operation() {
 }
 
 #[tokio::test]
+async fn a_batch_records_its_metadata_in_one_log_that_survives_a_restart_with_older_sidecars() {
+    let dir = TempDir::new().unwrap();
+    let enc = KifsEncoding::Binary;
+    let names = ["kept/a", "kept/sub/b", "kept/c"];
+    let before = {
+        let emu = start(&with_dirs(&["kept"]), dir.path()).await;
+        emu.upload(enc, &names, &[b"1", b"22", b"333"], StringMap::new())
+            .await
+            .unwrap();
+        emu.show_files(enc, &["kept"]).await.unwrap()
+    };
+    let log = std::fs::read_to_string(dir.path().join("meta.log")).unwrap();
+    assert_eq!(log.lines().count(), 3, "one line per stored file: {log}");
+    // Data directories of older emulators kept one sidecar file per stored file.
+    std::fs::create_dir_all(dir.path().join("files/kept/old")).unwrap();
+    std::fs::write(dir.path().join("files/kept/old/x"), b"old").unwrap();
+    std::fs::create_dir_all(dir.path().join("meta/kept/old")).unwrap();
+    std::fs::write(
+        dir.path().join("meta/kept/old/x_meta.json"),
+        br#"{"user":"bob","creation_time":1700000000000}"#,
+    )
+    .unwrap();
+
+    let emu = start(&with_dirs(&["kept"]), dir.path()).await;
+    let after = emu.show_files(enc, &["kept"]).await.unwrap();
+    assert_eq!(
+        after.file_names,
+        strings(&["kept/a", "kept/c", "kept/old/x", "kept/sub/b"])
+    );
+    assert_eq!(
+        after.users,
+        strings(&["anonymous", "anonymous", "bob", "anonymous"])
+    );
+    let time_of = |listed: &ShowFilesResponse, name: &str| {
+        let i = listed.file_names.iter().position(|n| n == name).unwrap();
+        listed.creation_times[i]
+    };
+    for name in names {
+        assert_eq!(time_of(&after, name), time_of(&before, name), "{name}");
+    }
+    assert_eq!(time_of(&after, "kept/old/x"), 1_700_000_000_000);
+    assert!(
+        !dir.path().join("meta").exists(),
+        "the sidecars are folded into the log and removed"
+    );
+    let log = std::fs::read_to_string(dir.path().join("meta.log")).unwrap();
+    assert_eq!(log.lines().count(), 4, "{log}");
+
+    // A deleted file's line is dropped from the log at the next start.
+    let _: DeleteFilesResponse = emu
+        .call(
+            enc,
+            "/delete/files",
+            &DeleteFilesRequest {
+                file_names: strings(&["kept/a"]),
+                options: StringMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+    drop(emu);
+    let emu = start(&with_dirs(&["kept"]), dir.path()).await;
+    let listed = emu.show_files(enc, &["kept"]).await.unwrap();
+    assert_eq!(listed.file_names.len(), 3);
+    let log = std::fs::read_to_string(dir.path().join("meta.log")).unwrap();
+    assert!(!log.contains("\"kept/a\""), "{log}");
+}
+
+#[tokio::test]
 async fn state_survives_a_restart_including_an_upload_in_progress() {
     let dir = TempDir::new().unwrap();
     let enc = KifsEncoding::Binary;
