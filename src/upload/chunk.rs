@@ -1,30 +1,207 @@
 //! Reading a file in chunks for upload, noticing when it changes or vanishes underneath.
 //!
 //! The reader holds the file open (so a rename or unlink does not swap the content under
-//! us) and reads with positional reads on the blocking pool, one chunk at a time: memory
-//! is bounded by the chunk size, never by the file size.
+//! us) and reads with positional reads on the blocking pool, one chunk at a time, into a
+//! small pool of buffers that belongs to the reader: memory is bounded by the chunk size
+//! times the pool's size, never by the file size or by how long the upload runs.
+//!
+//! # The buffer pool
+//!
+//! A chunk is handed out as [`Bytes`] whose owner is a pooled buffer: when the last clone
+//! is dropped (the HTTP body is written, the hash is done) the buffer goes back to its pool
+//! instead of to the allocator. So one upload allocates its buffers once and reuses them,
+//! instead of mapping, zeroing and faulting in a fresh 8 MiB region per chunk.
+//! - At most [`POOL_BUFFERS`] buffers of a reader are out at once; a read that finds none
+//!   free waits for one to come back (the chunk in flight is released as soon as the
+//!   transport has written it).
+//! - Should a buffer not come back within [`POOL_WAIT`] (a transport still holding a body it
+//!   gave up on), the read proceeds with a one-off buffer that is freed when dropped: a
+//!   slow connection costs memory for a moment, never a stuck upload.
+//! - A buffer grows to the largest read asked of it and never shrinks; a short last chunk
+//!   is a shorter view of the same buffer.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::UploadError;
 use crate::fingerprint::Fingerprint;
 
+/// Buffers one reader lends out at once: the chunk being sent and the one read ahead.
+pub const POOL_BUFFERS: usize = 2;
+
+/// How long a read waits for a lent buffer to come back before using a one-off buffer.
+pub const POOL_WAIT: Duration = Duration::from_secs(2);
+
+/// Reusable read buffers, shared by a reader and the chunks it handed out.
+#[derive(Clone)]
+pub struct BufferPool {
+    shared: Arc<PoolShared>,
+}
+
+struct PoolShared {
+    slots: Mutex<Slots>,
+    returned: tokio::sync::Notify,
+    limit: usize,
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct Slots {
+    free: Vec<Vec<u8>>,
+    lent: usize,
+    /// Buffers this pool allocated for itself over its life (one-off buffers excluded).
+    allocated: usize,
+    /// One-off buffers handed out because none came back in time.
+    one_off: usize,
+}
+
+/// A buffer taken from a pool (or a one-off one), returned to the pool when dropped.
+struct Lent {
+    buf: Vec<u8>,
+    /// Bytes of `buf` that hold data.
+    filled: usize,
+    home: Option<Arc<PoolShared>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(home) = self.home.take() else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let mut slots = home.slots.lock().expect("the pool lock is never poisoned");
+        slots.lent -= 1;
+        slots.free.push(buf);
+        drop(slots);
+        home.returned.notify_one();
+    }
+}
+
+/// What a pool has done so far (for tests and diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub allocated: usize,
+    pub lent: usize,
+    pub one_off: usize,
+}
+
+impl BufferPool {
+    /// A pool lending at most `limit` buffers at once, waiting at most `wait` for one.
+    pub fn new(limit: usize, wait: Duration) -> BufferPool {
+        BufferPool {
+            shared: Arc::new(PoolShared {
+                slots: Mutex::new(Slots::default()),
+                returned: tokio::sync::Notify::new(),
+                limit: limit.max(1),
+                wait,
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let slots = self
+            .shared
+            .slots
+            .lock()
+            .expect("the pool lock is never poisoned");
+        PoolStats {
+            allocated: slots.allocated,
+            lent: slots.lent,
+            one_off: slots.one_off,
+        }
+    }
+
+    /// A buffer of at least `len` bytes: a free one, a new one while fewer than the limit
+    /// exist, else the first one returned (or a one-off one after the wait).
+    async fn take(&self, len: usize) -> Lent {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + shared.wait;
+        loop {
+            // Registered before the lock is released, so a return in between is not missed.
+            let returned = shared.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let mut buf = {
+                let mut slots = shared
+                    .slots
+                    .lock()
+                    .expect("the pool lock is never poisoned");
+                if let Some(buf) = slots.free.pop() {
+                    slots.lent += 1;
+                    Some(buf)
+                } else if slots.lent < shared.limit {
+                    slots.lent += 1;
+                    slots.allocated += 1;
+                    Some(Vec::new())
+                } else {
+                    None
+                }
+            };
+            if let Some(buf) = buf.as_mut() {
+                grow(buf, len);
+                return Lent {
+                    buf: std::mem::take(buf),
+                    filled: 0,
+                    home: Some(Arc::clone(shared)),
+                };
+            }
+            if tokio::time::timeout_at(deadline, returned).await.is_err() {
+                shared
+                    .slots
+                    .lock()
+                    .expect("the pool lock is never poisoned")
+                    .one_off += 1;
+                tracing::debug!(
+                    len,
+                    "no chunk buffer came back in time; using a one-off one"
+                );
+                let mut buf = Vec::new();
+                grow(&mut buf, len);
+                return Lent {
+                    buf,
+                    filled: 0,
+                    home: None,
+                };
+            }
+        }
+    }
+}
+
+/// Makes `buf` at least `len` bytes long. A new buffer is zeroed by the allocator (fresh
+/// pages for chunk-sized ones); a reused one keeps its old bytes, which reads overwrite.
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        if buf.is_empty() {
+            *buf = vec![0u8; len];
+        } else {
+            buf.resize(len, 0);
+        }
+    }
+}
+
 pub struct FileReader {
     file: Arc<File>,
     pub size: u64,
+    pool: BufferPool,
 }
 
-/// Chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) are allocated and freed on
-/// many threads. glibc would serve them from per-thread arenas and keep the freed ones, so
-/// resident memory grows with the number of blocking-pool threads that ever read a chunk
-/// (one 4 GiB upload measured 1.6× the resident memory of a 1 GiB one). A fixed mmap
-/// threshold of 1 MiB makes every buffer this size its own mapping, returned to the system
-/// when freed; smaller allocations are untouched.
+/// Pooled chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) live as long as their
+/// upload and are freed on whichever thread drops the last chunk. glibc would serve them
+/// from per-thread arenas and keep the freed ones, so resident memory would grow with the
+/// number of threads that ever finished an upload. A fixed mmap threshold of 1 MiB makes
+/// every buffer this size its own mapping, returned to the system when the upload ends;
+/// smaller allocations are untouched.
 fn return_chunk_buffers_to_the_system() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -57,14 +234,17 @@ impl FileReader {
         Ok(FileReader {
             file: Arc::new(file),
             size: meta.len(),
+            pool: BufferPool::new(POOL_BUFFERS, POOL_WAIT),
         })
     }
 
-    /// Reads `len` bytes at `offset` (fewer only at end of file).
+    /// Reads `len` bytes at `offset` (fewer only at end of file) into a pooled buffer, which
+    /// goes back to the pool when the last clone of the returned bytes is dropped.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, UploadError> {
+        let mut lent = self.pool.take(len).await;
         let file = Arc::clone(&self.file);
         let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
+            let buf = &mut lent.buf[..len];
             let mut filled = 0;
             while filled < len {
                 match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -74,17 +254,27 @@ impl FileReader {
                     Err(err) => return Err(err),
                 }
             }
-            buf.truncate(filled);
-            Ok(buf)
+            lent.filled = filled;
+            Ok(lent)
         })
         .await
         .expect("file read task does not panic");
-        let buf = read.map_err(|err| UploadError::Unreadable(format!("read failed: {err}")))?;
-        if (buf.len() as u64) < (len as u64).min(self.size.saturating_sub(offset)) {
+        let lent = read.map_err(|err| UploadError::Unreadable(format!("read failed: {err}")))?;
+        if (lent.filled as u64) < (len as u64).min(self.size.saturating_sub(offset)) {
             // The file shrank while we held it open: it is being rewritten.
             return Err(UploadError::Changed);
         }
-        Ok(Bytes::from(buf))
+        Ok(Bytes::from_owner(lent))
+    }
+
+    /// The same reader lending buffers from `pool` instead of its own.
+    pub fn with_pool(self, pool: BufferPool) -> FileReader {
+        FileReader { pool, ..self }
+    }
+
+    /// The reader's buffer pool (what it allocated, what is out).
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
     }
 }
 
@@ -121,6 +311,89 @@ mod tests {
             FileReader::open(&path, &fp),
             Err(UploadError::Changed)
         ));
+    }
+
+    fn file_of(len: usize) -> (tempfile::TempDir, FileReader, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let fp = Fingerprint::read(&path).unwrap();
+        let reader = FileReader::open(&path, &fp).unwrap();
+        (dir, reader, data)
+    }
+
+    #[tokio::test]
+    async fn chunk_buffers_are_reused_instead_of_allocated_per_read() {
+        let (_dir, reader, data) = file_of(10_000);
+        for round in 0..3 {
+            for at in (0..10_000).step_by(1000) {
+                let chunk = reader.read_at(at as u64, 1000).await.unwrap();
+                assert_eq!(
+                    &chunk[..],
+                    &data[at..at + 1000],
+                    "round {round}, offset {at}"
+                );
+            }
+        }
+        let stats = reader.pool().stats();
+        assert_eq!(stats.allocated, 1, "{stats:?}");
+        assert_eq!(stats.lent, 0, "{stats:?}");
+        assert_eq!(stats.one_off, 0, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_short_last_chunk_is_exactly_the_rest_of_the_file_in_a_reused_buffer() {
+        let (_dir, reader, data) = file_of(2500);
+        let full = reader.read_at(0, 1000).await.unwrap();
+        assert_eq!(&full[..], &data[..1000]);
+        drop(full);
+        let last = reader.read_at(2000, 1000).await.unwrap();
+        assert_eq!(last.len(), 500);
+        assert_eq!(&last[..], &data[2000..]);
+        // The same buffer, and no bytes of the earlier chunk past the end of this one.
+        assert_eq!(reader.pool().stats().allocated, 1);
+        let cloned = last.clone();
+        drop(last);
+        assert_eq!(&cloned[..], &data[2000..]);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_pool_size_is_lent_and_a_read_waits_for_a_returned_buffer() {
+        let (_dir, reader, data) = file_of(4000);
+        let reader = reader.with_pool(BufferPool::new(2, Duration::from_secs(30)));
+        let first = reader.read_at(0, 1000).await.unwrap();
+        let second = reader.read_at(1000, 1000).await.unwrap();
+        assert_eq!(reader.pool().stats().lent, 2);
+
+        let third = reader.read_at(2000, 1000);
+        tokio::pin!(third);
+        // Still waiting: every buffer is out.
+        let waited = tokio::time::timeout(Duration::from_millis(200), third.as_mut()).await;
+        assert!(waited.is_err());
+        drop(first);
+        let third = third.await.unwrap();
+        assert_eq!(&third[..], &data[2000..3000]);
+        assert_eq!(&second[..], &data[1000..2000]);
+        let stats = reader.pool().stats();
+        assert_eq!((stats.allocated, stats.lent, stats.one_off), (2, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_buffer_that_never_comes_back_costs_a_one_off_buffer_not_a_stuck_read() {
+        let (_dir, reader, data) = file_of(3000);
+        let reader = reader.with_pool(BufferPool::new(2, Duration::from_millis(50)));
+        let _held = [
+            reader.read_at(0, 1000).await.unwrap(),
+            reader.read_at(1000, 1000).await.unwrap(),
+        ];
+        let late = reader.read_at(2000, 1000).await.unwrap();
+        assert_eq!(&late[..], &data[2000..]);
+        let stats = reader.pool().stats();
+        assert_eq!((stats.allocated, stats.one_off), (2, 1));
+        drop(late);
+        // The one-off buffer is freed, not kept: the pool still lends its two.
+        assert_eq!(reader.pool().stats().lent, 2);
     }
 
     #[test]

@@ -396,37 +396,33 @@ pub async fn memory(
     label: &str,
 ) -> BenchResult<Vec<Row>> {
     let dir = ctx.fresh_dir(&format!("memory-{label}"))?;
-    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
-    let result = async {
-        let mut peaks = Vec::new();
-        let huge = [huge.to_path_buf()];
-        let runs: [(&str, &[PathBuf], u64); 3] = [
-            ("four", four, 4),
-            ("one", &four[..1], 1),
-            ("huge", &huge[..], 1),
-        ];
-        for (name, items, expected) in runs {
-            eprintln!("  memory {label}: {name}");
-            let outcome = daemon_run(
-                ctx,
-                &emulator,
-                &format!("memory-{label}-{name}"),
-                remote.clone(),
-                items,
-                expected,
-                Until::Ledger,
-                |_| {},
-            )
-            .await?;
-            peaks.push(outcome.peak_rss);
-            // What the emulator stored is not needed again.
-            let _ = std::fs::remove_dir_all(emulator.data_dir.join("kifs").join("files"));
-        }
-        Ok::<_, String>(peaks)
+    let mut peaks = Vec::new();
+    let huge = [huge.to_path_buf()];
+    let runs: [(&str, &[PathBuf], u64); 3] = [
+        ("four", four, 4),
+        ("one", &four[..1], 1),
+        ("huge", &huge[..], 1),
+    ];
+    for (name, items, expected) in runs {
+        eprintln!("  memory {label}: {name}");
+        // A fresh, empty remote for every run: the "one" file is one of the "four", and a
+        // remote that still held it would have the daemon adopt it (hash it, send nothing)
+        // instead of uploading it, which is not the run being compared.
+        let emulator = Emulator::start(&dir.join(format!("remote-{name}")), &[]).await?;
+        let outcome = daemon_run(
+            ctx,
+            &emulator,
+            &format!("memory-{label}-{name}"),
+            remote.clone(),
+            items,
+            expected,
+            Until::Ledger,
+            |_| {},
+        )
+        .await;
+        emulator.stop().await;
+        peaks.push(outcome?.peak_rss);
     }
-    .await;
-    emulator.stop().await;
-    let peaks = result?;
     let (four_peak, one_peak, huge_peak) = (peaks[0], peaks[1], peaks[2]);
     let limit = 96.0;
     let growth = huge_peak as f64 / one_peak as f64;

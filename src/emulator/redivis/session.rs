@@ -2,11 +2,10 @@
 //! URLs (`/upload/temp/{id}`: plain PUT, or initiation of a session). The algorithm is in
 //! the parent module's doc; injected faults arrive in the request extensions.
 
-use std::io::SeekFrom;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +13,6 @@ use base64::Engine;
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::api::base_url;
 use super::store::{self, ALIGN, ContentSummary, Digest, TransferKind, TransferState};
@@ -119,6 +117,89 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// Bytes gathered before they are handed to the blocking pool as one write.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Writes a request body to a file: the body's frames (shared with the connection's read
+/// buffer, not copied) are hashed as they arrive and gathered into batches of
+/// [`WRITE_BATCH`] bytes, each written with positional writes on the blocking pool while
+/// the next one is received (one batch in flight at a time). Through `tokio::fs` behind a
+/// `BufWriter` every byte was copied twice more before the kernel's copy; and a hash that
+/// ran behind the writes would hold the response back once the last byte is in.
+struct BodyWriter {
+    /// The file, here while no batch is in flight.
+    idle: Option<std::fs::File>,
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+    batch: Vec<Bytes>,
+    batched: usize,
+    /// Where the next batch goes in the file.
+    at: u64,
+    digest: Option<Digest>,
+}
+
+impl BodyWriter {
+    fn new(file: std::fs::File, at: u64, digest: Option<Digest>) -> BodyWriter {
+        BodyWriter {
+            idle: Some(file),
+            in_flight: None,
+            batch: Vec::new(),
+            batched: 0,
+            at,
+            digest,
+        }
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        if let Some(digest) = self.digest.as_mut() {
+            digest.update(&bytes);
+        }
+        self.batched += bytes.len();
+        self.batch.push(bytes);
+        if self.batched >= WRITE_BATCH {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, then starts the gathered one.
+    async fn send(&mut self) -> std::io::Result<()> {
+        let file = self.settle().await?;
+        let batch = std::mem::take(&mut self.batch);
+        let at = self.at;
+        self.at += self.batched as u64;
+        self.batched = 0;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut at = at;
+            for bytes in &batch {
+                file.write_all_at(bytes, at)?;
+                at += bytes.len() as u64;
+            }
+            Ok(file)
+        }));
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> std::io::Result<std::fs::File> {
+        if let Some(task) = self.in_flight.take() {
+            return task.await.map_err(std::io::Error::other)?;
+        }
+        Ok(self
+            .idle
+            .take()
+            .expect("a body writer holds its file while no batch is in flight"))
+    }
+
+    /// Writes what is gathered and waits for it; returns the digest of everything written.
+    async fn finish(mut self) -> std::io::Result<Option<Digest>> {
+        if !self.batch.is_empty() {
+            self.send().await?;
+        }
+        self.settle().await?;
+        Ok(self.digest)
+    }
 }
 
 /// `PUT /upload/sessions/{id}`: a chunk or a status query. Runs in its own task so that a
@@ -430,21 +511,14 @@ async fn chunk(
     {
         slot.digest = None;
     }
-    let file = match tokio::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .write(true)
         .open(service.data_path(&id))
-        .await
     {
         Ok(file) => file,
         Err(err) => return error(500, &format!("the emulator cannot open the session: {err}")),
     };
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    if let Err(err) = writer.seek(SeekFrom::Start(held)).await {
-        return error(
-            500,
-            &format!("the emulator cannot write the session: {err}"),
-        );
-    }
+    let mut writer = BodyWriter::new(file, held, slot.digest.take());
     let drop_after = match &fault {
         Some(InjectedFault {
             action: FaultAction::Drop,
@@ -472,30 +546,29 @@ async fn chunk(
         }
         let skipped = skip.min(bytes.len() as u64) as usize;
         skip -= skipped as u64;
-        let fresh = &bytes[skipped..];
+        let fresh = bytes.slice(skipped..);
         if fresh.is_empty() {
             continue;
         }
-        if let Some(digest) = slot.digest.as_mut() {
-            digest.update(fresh);
-        }
-        if let Err(err) = writer.write_all(fresh).await {
+        written += fresh.len() as u64;
+        if let Err(err) = writer.write(fresh).await {
             let _ = truncate(service, slot, held).await;
             return error(
                 500,
                 &format!("the emulator cannot write the session: {err}"),
             );
         }
-        written += fresh.len() as u64;
     };
-    if let Err(err) = writer.flush().await {
-        let _ = truncate(service, slot, held).await;
-        return error(
-            500,
-            &format!("the emulator cannot write the session: {err}"),
-        );
+    match writer.finish().await {
+        Ok(digest) => slot.digest = digest,
+        Err(err) => {
+            let _ = truncate(service, slot, held).await;
+            return error(
+                500,
+                &format!("the emulator cannot write the session: {err}"),
+            );
+        }
     }
-    drop(writer);
     let keep = |kept: u64| held + kept;
     match end {
         BodyEnd::Complete if received == length => {}
@@ -639,19 +712,16 @@ async fn put_temp_task(
     }
     let part = service.dir.join("sessions").join(format!("{id}.data.part"));
     let outcome: std::io::Result<Option<Digest>> = async {
-        let file = tokio::fs::File::create(&part).await?;
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let mut digest = Digest::default();
+        let file = std::fs::File::create(&part)?;
+        let mut writer = BodyWriter::new(file, 0, Some(Digest::default()));
         let mut stream = request.into_body().into_data_stream();
         while let Some(bytes) = stream.next().await {
             let Ok(bytes) = bytes else {
                 return Ok(None);
             };
-            digest.update(&bytes);
-            writer.write_all(&bytes).await?;
+            writer.write(bytes).await?;
         }
-        writer.flush().await?;
-        Ok(Some(digest))
+        writer.finish().await
     }
     .await;
     let digest = match outcome {

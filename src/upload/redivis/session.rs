@@ -544,7 +544,11 @@ impl Transfer<'_> {
             let len = (size - offset).min(self.chunk_size) as usize;
             let bytes = match ahead.take() {
                 Some((at, bytes)) if at == offset && bytes.len() == len => bytes,
-                _ => self.reader.read_at(offset, len).await?,
+                stale => {
+                    // Its buffer goes back to the pool before the read needs one.
+                    drop(stale);
+                    self.reader.read_at(offset, len).await?
+                }
             };
             (self.check)()?;
             let end = offset + bytes.len() as u64;
