@@ -323,39 +323,68 @@ pub async fn kifs_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResult<
 }
 
 /// Large file through the Redivis resumable path vs curl PUT of the file to a session URL.
+/// Rounds of the large Redivis figure. Whichever upload runs second on an emulator comes out
+/// slower (on the development VM the second gigabyte of page cache written is memory the
+/// guest has not touched for a while, and costs about four times as much to fill), so each
+/// round has its own emulator, the rounds alternate which side goes first, and each side's
+/// best round counts.
+const REDIVIS_LARGE_ROUNDS: usize = 4;
+
 pub async fn redivis_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResult<Vec<Row>> {
     let size = sizes.large;
-    let dir = ctx.fresh_dir("redivis-large")?;
-    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
-    let result = async {
-        eprintln!("  Redivis: curl");
-        let session = new_session(ctx, &emulator, size).await?;
-        let range = format!("Content-Range: bytes 0-{}/{size}", size - 1);
-        let baseline = curl(&curl_upload("PUT", &session, source, &[range]), &[200, 201]).await?;
-        eprintln!("  Redivis: upsync");
-        let outcome = daemon_run(
-            ctx,
-            &emulator,
-            "redivis-large-run",
-            Remote::Redivis,
-            &[source.to_path_buf()],
-            1,
-            Until::Ledger,
-            |_| {},
-        )
-        .await?;
-        Ok::<_, String>((rate(size, outcome.took), rate(size, baseline)))
+    let (mut best_daemon, mut best_curl) = (0f64, 0f64);
+    for round in 0..REDIVIS_LARGE_ROUNDS {
+        let dir = ctx.fresh_dir(&format!("redivis-large-{round}"))?;
+        let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+        let curl_first = round % 2 == 0;
+        let result = async {
+            let mut rates = (0f64, 0f64);
+            for side in 0..2 {
+                if (side == 0) == curl_first {
+                    eprintln!("  Redivis: curl (round {})", round + 1);
+                    let session = new_session(ctx, &emulator, size).await?;
+                    let range = format!("Content-Range: bytes 0-{}/{size}", size - 1);
+                    let took =
+                        curl(&curl_upload("PUT", &session, source, &[range]), &[200, 201]).await?;
+                    rates.1 = rate(size, took);
+                } else {
+                    eprintln!("  Redivis: upsync (round {})", round + 1);
+                    let outcome = daemon_run(
+                        ctx,
+                        &emulator,
+                        &format!("redivis-large-run-{round}"),
+                        Remote::Redivis,
+                        &[source.to_path_buf()],
+                        1,
+                        Until::Ledger,
+                        |_| {},
+                    )
+                    .await?;
+                    rates.0 = rate(size, outcome.took);
+                }
+            }
+            Ok::<_, String>(rates)
+        }
+        .await;
+        emulator.stop().await;
+        // The stored gigabytes go, so the next round writes into memory just freed.
+        let _ = std::fs::remove_dir_all(&dir);
+        let (up, base) = result?;
+        eprintln!(
+            "  round {}: upsync {up:.0} MiB/s, curl {base:.0} MiB/s ({} first)",
+            round + 1,
+            if curl_first { "curl" } else { "upsync" }
+        );
+        best_daemon = best_daemon.max(up);
+        best_curl = best_curl.max(base);
     }
-    .await;
-    emulator.stop().await;
-    let (up, base) = result?;
     Ok(vec![ratio_row(
         format!(
-            "Large file ({}), Redivis resumable, 8 MiB chunks vs curl PUT to a session URL",
+            "Large file ({}), Redivis resumable, 8 MiB chunks vs curl PUT to a session URL (best of {REDIVIS_LARGE_ROUNDS} rounds each)",
             size_label(size)
         ),
-        up,
-        base,
+        best_daemon,
+        best_curl,
         "MiB/s",
         0.90,
     )])
