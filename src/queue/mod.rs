@@ -205,6 +205,15 @@ fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
 }
 
 fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
+    decode_ledger_as(raw, key)
+}
+
+/// Decodes a ledger entry as `T`, which may name only the fields a caller needs: the others
+/// are skipped, not decoded (allocated).
+fn decode_ledger_as<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+    key: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
         tree: "ledger",
         key: keys::describe(key),
@@ -212,34 +221,22 @@ fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
     })
 }
 
-/// The fingerprint of a ledger entry, without decoding (allocating) the rest of it.
+/// The fingerprint of a ledger entry, without decoding the rest of it.
 fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError> {
     #[derive(serde::Deserialize)]
     struct Only {
         fingerprint: Fingerprint,
     }
-    serde_json::from_slice::<Only>(raw)
-        .map(|only| only.fingerprint)
-        .map_err(|err| StoreError::Corrupt {
-            tree: "ledger",
-            key: keys::describe(key),
-            detail: err.to_string(),
-        })
+    decode_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
 }
 
-/// The upload time of a ledger entry, without decoding (allocating) the rest of it.
+/// The upload time of a ledger entry, without decoding the rest of it.
 fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
     #[derive(serde::Deserialize)]
     struct Only {
         uploaded_at_ms: u64,
     }
-    serde_json::from_slice::<Only>(raw)
-        .map(|only| only.uploaded_at_ms)
-        .map_err(|err| StoreError::Corrupt {
-            tree: "ledger",
-            key: keys::describe(key),
-            detail: err.to_string(),
-        })
+    decode_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
 }
 
 fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
