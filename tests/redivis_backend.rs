@@ -1250,6 +1250,47 @@ async fn waiting_workers_share_list_polls_per_table() {
     assert!(gets + lists <= 6 + 12, "{gets} GETs and {lists} lists");
 }
 
+#[tokio::test]
+async fn uploads_posted_one_after_another_share_their_polls() {
+    // A steady stream: each upload is posted a moment after the one before, so they never
+    // fall due at the same instant; polling each on its own would cost one GET per round.
+    let h =
+        Harness::start(|o| o.redivis.redivis_processing_delay = Duration::from_millis(1500)).await;
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("s{i}.csv"), data(400 + i, 60 + i as u8)))
+        .collect();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+    }
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        Tuning {
+            inline_max: INLINE_UPLOAD_MAX,
+            poll: PollConfig {
+                initial: Duration::from_millis(400),
+                max: Duration::from_millis(1600),
+            },
+            ..tuning()
+        },
+    );
+    let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
+    let uploads = jobs.iter_mut().enumerate().map(|(i, job)| {
+        let backend = &backend;
+        async move {
+            tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
+            backend.upload(job).await
+        }
+    });
+    for result in futures::future::join_all(uploads).await {
+        result.expect("uploads succeed");
+    }
+    let polls = h.api_count("uploads.get").await + h.api_count("uploads.list").await - 1;
+    // Alone, each upload would be polled at 0.4, 1.2 and 2.8 s after its post: 3 GETs
+    // each, 24 in all. Rounds that take in the uploads due soon share one listing.
+    assert!(polls <= 12, "{polls} polls for 8 uploads");
+}
+
 // ---- folder checks and secrets ---------------------------------------------------------
 
 fn folder(table: &str) -> FolderConfig {

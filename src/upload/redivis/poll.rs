@@ -6,8 +6,10 @@
 //! call per round instead of N GETs (protocol §3: ~100 requests per 100 s).
 //!
 //! Each waiter has its own interval (2 s doubling to 30 s). A round starts when the
-//! earliest waiter is due. With one due waiter, or fewer due waiters than the list took
-//! pages last time, the round GETs each due upload; otherwise it walks the table's list
+//! earliest waiter is due, and takes in every waiter due within half its own interval (so
+//! uploads posted one after another are polled together, not each alone). With one due
+//! waiter, or fewer due waiters than the list took pages last time, the round GETs each
+//! due upload; otherwise it walks the table's list
 //! (stopping as soon as every waiter was seen) and resolves every waiter whose upload is
 //! terminal, due or not. A `failed` upload seen in the list is fetched once more for its
 //! `errorMessage` (list entries do not carry it).
@@ -146,10 +148,16 @@ impl Poller {
             let Some(state) = tables.get(table) else {
                 return;
             };
+            if !state.waiters.iter().any(|w| w.due <= now) {
+                return;
+            }
+            // Waiters due within half their interval are polled with the one due now: a
+            // steady stream of uploads, each posted a moment after the last, then shares
+            // list rounds instead of each falling due alone for a GET of its own.
             let due: Vec<UploadResource> = state
                 .waiters
                 .iter()
-                .filter(|w| w.due <= now)
+                .filter(|w| w.due <= now + w.interval / 2)
                 .map(|w| w.upload.clone())
                 .collect();
             let all: Vec<UploadResource> = state.waiters.iter().map(|w| w.upload.clone()).collect();
