@@ -85,13 +85,24 @@ impl From<ApiError> for UploadError {
     }
 }
 
+impl ApiError {
+    /// No usable answer (cut off, not understood): retried later; `maybe_processed` says
+    /// whether the request may have been carried out all the same.
+    fn unusable(message: String, maybe_processed: bool) -> ApiError {
+        ApiError {
+            status: None,
+            disposition: Disposition::Retry { after: None },
+            message,
+            maybe_processed,
+            shutdown: false,
+        }
+    }
+}
+
 fn shutdown_error() -> ApiError {
     ApiError {
-        status: None,
-        disposition: Disposition::Retry { after: None },
-        message: "interrupted by shutdown".into(),
-        maybe_processed: false,
         shutdown: true,
+        ..ApiError::unusable("interrupted by shutdown".into(), false)
     }
 }
 
@@ -356,22 +367,15 @@ impl ApiClient {
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
     ) -> Result<T, ApiError> {
         let response = self.send(what, idempotency, cancel, url, build).await?;
-        let body = response.bytes().await.map_err(|err| ApiError {
-            status: None,
-            disposition: Disposition::Retry { after: None },
-            message: format!(
+        let body = response.bytes().await.map_err(|err| {
+            let message = format!(
                 "Redivis {what}: answer cut off: {}",
                 describe_transport(&err)
-            ),
-            maybe_processed: true,
-            shutdown: false,
+            );
+            ApiError::unusable(message, true)
         })?;
-        serde_json::from_slice(&body).map_err(|err| ApiError {
-            status: None,
-            disposition: Disposition::Retry { after: None },
-            message: format!("Redivis {what}: unexpected answer ({err})"),
-            maybe_processed: true,
-            shutdown: false,
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError::unusable(format!("Redivis {what}: unexpected answer ({err})"), true)
         })
     }
 
@@ -411,12 +415,9 @@ impl ApiClient {
                 http.post(&url).json(&body)
             })
             .await?;
-        list.results.into_iter().next().ok_or_else(|| ApiError {
-            status: None,
-            disposition: Disposition::Retry { after: None },
-            message: format!("Redivis {what}: the answer lists no temp upload"),
-            maybe_processed: false,
-            shutdown: false,
+        list.results.into_iter().next().ok_or_else(|| {
+            let message = format!("Redivis {what}: the answer lists no temp upload");
+            ApiError::unusable(message, false)
         })
     }
 

@@ -211,10 +211,8 @@ impl SessionClient {
         total: u64,
         cancel: &CancellationToken,
     ) -> Result<ServerOffset, SessionFailure> {
-        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
-        let mut attempt = 0;
+        let mut attempts = Attempts::new(&self.retry, "upload status query");
         loop {
-            attempt += 1;
             let problem = match self
                 .put(url, format!("bytes */{total}"), Bytes::new())
                 .await
@@ -247,17 +245,7 @@ impl SessionClient {
                 Err(err) => format!("status query: {}", describe_transport(&err)),
             };
             let give_up = || format!("upload session {}", strip_query(url));
-            let step = "upload status query";
-            pause_or_give_up(
-                &self.retry,
-                attempt,
-                &mut backoff,
-                &problem,
-                give_up,
-                step,
-                cancel,
-            )
-            .await?;
+            attempts.pause(&problem, give_up, cancel).await?;
         }
     }
 
@@ -269,10 +257,8 @@ impl SessionClient {
         size: u64,
         cancel: &CancellationToken,
     ) -> Result<String, SessionFailure> {
-        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
-        let mut attempt = 0;
+        let mut attempts = Attempts::new(&self.retry, "upload session initiation");
         loop {
-            attempt += 1;
             let sent = self
                 .with_auth(temp_url, self.http.post(temp_url))
                 .header("x-goog-resumable", "start")
@@ -304,17 +290,7 @@ impl SessionClient {
                 Err(err) => format!("session initiation: {}", describe_transport(&err)),
             };
             let give_up = || format!("temp upload {}", strip_query(temp_url));
-            let step = "upload session initiation";
-            pause_or_give_up(
-                &self.retry,
-                attempt,
-                &mut backoff,
-                &problem,
-                give_up,
-                step,
-                cancel,
-            )
-            .await?;
+            attempts.pause(&problem, give_up, cancel).await?;
         }
     }
 }
@@ -326,35 +302,55 @@ fn resolve(base: &str, location: &str) -> String {
     }
 }
 
-/// Between two attempts of one session request: once `retry.attempts` are spent, a
-/// job-level retry (the saved session state lets the next attempt resume); otherwise a
-/// logged, jittered pause that shutdown cuts short.
-async fn pause_or_give_up(
-    retry: &RetryPolicy,
-    attempt: u32,
-    backoff: &mut Backoff,
-    problem: &str,
-    give_up: impl FnOnce() -> String,
+/// The attempts of one retried session request (status query, initiation, whole-file PUT).
+struct Attempts<'a> {
+    retry: &'a RetryPolicy,
+    backoff: Backoff,
+    /// Tries that failed so far.
+    made: u32,
+    /// What the request is, in the retry log line.
     step: &'static str,
-    cancel: &CancellationToken,
-) -> Result<(), SessionFailure> {
-    if attempt >= retry.attempts {
-        return Err(SessionFailure::Fail(UploadError::retry(format!(
-            "{}: {problem} (gave up after {attempt} attempts; will resume later)",
-            give_up()
-        ))));
+}
+
+impl<'a> Attempts<'a> {
+    fn new(retry: &'a RetryPolicy, step: &'static str) -> Attempts<'a> {
+        Attempts {
+            retry,
+            backoff: Backoff::new(retry.base, retry.max),
+            made: 0,
+            step,
+        }
     }
-    let sleep = backoff.next_delay(None, &mut rand::rng());
-    tracing::warn!(
-        step,
-        attempt,
-        max_attempts = retry.attempts,
-        sleep_ms = sleep.as_millis() as u64,
-        reason = %problem,
-        "retrying a Redivis session request"
-    );
-    sleep_or_shutdown(sleep, cancel).await?;
-    Ok(())
+
+    /// After a failed try: once `retry.attempts` are spent, a job-level retry (the saved
+    /// session state lets the next attempt resume; `give_up` names what is given up);
+    /// otherwise a logged, jittered pause that shutdown cuts short.
+    async fn pause(
+        &mut self,
+        problem: &str,
+        give_up: impl FnOnce() -> String,
+        cancel: &CancellationToken,
+    ) -> Result<(), SessionFailure> {
+        self.made += 1;
+        let attempt = self.made;
+        if attempt >= self.retry.attempts {
+            return Err(SessionFailure::Fail(UploadError::retry(format!(
+                "{}: {problem} (gave up after {attempt} attempts; will resume later)",
+                give_up()
+            ))));
+        }
+        let sleep = self.backoff.next_delay(None, &mut rand::rng());
+        tracing::warn!(
+            step = self.step,
+            attempt,
+            max_attempts = self.retry.attempts,
+            sleep_ms = sleep.as_millis() as u64,
+            reason = %problem,
+            "retrying a Redivis session request"
+        );
+        sleep_or_shutdown(sleep, cancel).await?;
+        Ok(())
+    }
 }
 
 async fn sleep_or_shutdown(sleep: Duration, cancel: &CancellationToken) -> Result<(), UploadError> {
@@ -665,10 +661,8 @@ impl Transfer<'_> {
     /// Non-resumable temp upload: one PUT of the whole file, re-sent whole on every retry
     /// (never just the unread remainder, B1). Returns the MD5 (hex) of what was sent.
     pub async fn put_whole(&self, url: &str, size: u64) -> Result<String, SessionFailure> {
-        let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
-        let mut attempt = 0;
+        let mut attempts = Attempts::new(&self.client.retry, "whole-file PUT");
         loop {
-            attempt += 1;
             if self.cancel.is_cancelled() {
                 return Err(SessionFailure::Fail(UploadError::Shutdown));
             }
@@ -712,18 +706,7 @@ impl Transfer<'_> {
                 Err(err) => format!("whole-file PUT: {}", describe_transport(&err)),
             };
             let give_up = || format!("temp upload {}", strip_query(url));
-            let step = "whole-file PUT";
-            let retry = &self.client.retry;
-            pause_or_give_up(
-                retry,
-                attempt,
-                &mut backoff,
-                &problem,
-                give_up,
-                step,
-                self.cancel,
-            )
-            .await?;
+            attempts.pause(&problem, give_up, self.cancel).await?;
         }
     }
 }
