@@ -133,6 +133,17 @@ impl World {
         path
     }
 
+    /// The files of `side` that should be on the remote now.
+    fn present(&self, side: Side) -> Vec<PathBuf> {
+        self.files
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (s, _, e))| *s == side && *e == Expect::Present)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
     /// `upsync status --json`; retried while a starting daemon holds the database but
     /// does not answer on its control socket yet.
     fn status(&self) -> serde_json::Value {
@@ -310,14 +321,7 @@ fn mutate(w: &World, plan: &Plan, rng: &mut StdRng, until: Instant) {
             }
             // Rewrite an existing file (maybe mid-upload).
             5..7 => {
-                let present: Vec<PathBuf> = w
-                    .files
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, (s, _, e))| *s == side && *e == Expect::Present)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let present = w.present(side);
                 if let Some(path) = present.get(rng.random_range(0..present.len().max(1))) {
                     write_file(path, size_for(rng, plan), rng.random());
                 }
@@ -332,14 +336,7 @@ fn mutate(w: &World, plan: &Plan, rng: &mut StdRng, until: Instant) {
             }
             // Delete an existing file (uploaded or not).
             _ => {
-                let present: Vec<PathBuf> = w
-                    .files
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, (s, _, e))| *s == side && *e == Expect::Present)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let present = w.present(side);
                 if let Some(path) = present.get(rng.random_range(0..present.len().max(1))) {
                     w.files.lock().unwrap().get_mut(path).unwrap().2 = Expect::Deleted;
                     std::fs::remove_file(path).unwrap();
@@ -410,13 +407,7 @@ fn judge(w: &World) -> Verdict {
         })
         .collect();
     let uploads = w.emulator.list_redivis_uploads(TABLE, TOKEN);
-    let mut by_name: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
-    for upload in &uploads {
-        by_name
-            .entry(upload["name"].as_str().unwrap_or("").to_string())
-            .or_default()
-            .push(upload);
-    }
+    let by_name = uploads_by_name(&uploads);
     for (name, found) in &by_name {
         if found.len() > 1 {
             v.duplicates.push(format!("{name} ×{}", found.len()));

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,13 +72,7 @@ fn md5_hex(path: &Path) -> String {
 /// Whether each local file appears exactly once, completed, with its size and MD5.
 fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), String> {
     let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
-    let mut by_name: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
-    for upload in &uploads {
-        by_name
-            .entry(upload["name"].as_str().unwrap_or("").to_string())
-            .or_default()
-            .push(upload);
-    }
+    let by_name = uploads_by_name(&uploads);
     for (name, local) in files {
         let found = by_name.get(name).map(Vec::as_slice).unwrap_or(&[]);
         if found.len() != 1 {

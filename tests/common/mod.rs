@@ -149,6 +149,21 @@ fn blocking_get_json(url: &str) -> serde_json::Value {
     })
 }
 
+/// Redivis uploads grouped by their `name`, so a name listed twice shows as two entries.
+pub fn uploads_by_name(
+    uploads: &[serde_json::Value],
+) -> std::collections::BTreeMap<String, Vec<&serde_json::Value>> {
+    let mut by_name: std::collections::BTreeMap<String, Vec<&serde_json::Value>> =
+        std::collections::BTreeMap::new();
+    for upload in uploads {
+        by_name
+            .entry(upload["name"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(upload);
+    }
+    by_name
+}
+
 /// A running `upsync run` process; its stderr goes to `log`.
 pub struct DaemonProcess {
     child: Option<Child>,
