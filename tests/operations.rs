@@ -90,23 +90,6 @@ fn get_text(url: &str) -> String {
     })
 }
 
-fn post_json(url: &str, body: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-        assert!(response.status().is_success(), "POST {url}: {response:?}");
-    })
-}
-
 /// The value of the first sample line of `metric` whose labels contain every `labels` part.
 fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     metrics
@@ -267,9 +250,9 @@ fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
         daemon.log_text().contains("upsync is running")
     });
     // The next KiFS request is refused for good (403): the upload fails permanently.
-    post_json(
-        &format!("http://{}/_emulator/faults", s.emulator.addr),
-        r#"{"target": "kifs", "action": {"status": 403}}"#,
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"status": 403}}),
     );
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
@@ -377,13 +360,11 @@ fn sync_once_reports_a_retry_due_after_the_limit_as_not_done() {
     // Every KiFS call is tried 5 times in-request. The first 5 faults make the start-up
     // check of the directory give up (a warning: uploads retry), the next 5 fail the
     // upload's first attempt, which goes to retry-wait, due after the zero limit.
-    let faults: Vec<&str> = (0..10)
-        .map(|_| r#"{"target": "kifs", "action": {"status": 503}}"#)
+    let faults: Vec<serde_json::Value> = (0..10)
+        .map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}}))
         .collect();
-    post_json(
-        &format!("http://{}/_emulator/faults", s.emulator.addr),
-        &format!("[{}]", faults.join(",")),
-    );
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
     let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
     assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
