@@ -138,12 +138,6 @@ fn both() -> Both {
     }
 }
 
-fn status(config: &Path) -> serde_json::Value {
-    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "status failed: {stderr}");
-    serde_json::from_str(&stdout).unwrap()
-}
-
 fn failed_reason(status: &serde_json::Value, path: &Path) -> Option<String> {
     status["failed"]
         .as_array()?
@@ -230,7 +224,7 @@ fn odd_names_are_uploaded_or_failed_with_a_reason_and_nothing_is_lost() {
         assert!(
             std::time::Instant::now() < deadline,
             "the accepted names did not arrive: {}\ntable: {:?}\n{}",
-            status(&b.config),
+            status_json(&b.config),
             redivis_names(&b),
             daemon.log_text()
         );
@@ -242,12 +236,12 @@ fn odd_names_are_uploaded_or_failed_with_a_reason_and_nothing_is_lost() {
         Duration::from_secs(60),
         "the rejected names to fail",
         || {
-            status(&b.config)["failed"]
+            status_json(&b.config)["failed"]
                 .as_array()
                 .is_some_and(|f| f.len() >= expected_failures)
         },
     );
-    let status = status(&b.config);
+    let status = status_json(&b.config);
     for (name, needle) in &kifs_bad {
         let reason = failed_reason(&status, &b.kin.join(name))
             .unwrap_or_else(|| panic!("{name:?} did not fail: {status}"));
@@ -289,7 +283,7 @@ fn symlink_loops_are_not_followed_and_the_other_files_arrive() {
         same_content(&real, &b.emulator.kifs_file("ingest/x/real.csv"))
     });
     std::thread::sleep(Duration::from_secs(2));
-    let status = status(&b.config);
+    let status = status_json(&b.config);
     assert_eq!(status["folders"][0]["done"], 1, "{status}");
     assert_eq!(status["folders"][0]["queued"], 0, "{status}");
     assert_eq!(daemon.terminate(), Some(0));

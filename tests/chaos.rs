@@ -25,12 +25,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use md5::{Digest, Md5};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -347,21 +346,6 @@ fn mutate(w: &World, plan: &Plan, rng: &mut StdRng, until: Instant) {
     }
 }
 
-fn md5_hex(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Some(hex::encode(hasher.finalize()))
-}
-
 /// The end state, measured.
 #[derive(Debug, Default)]
 struct Verdict {
@@ -427,7 +411,7 @@ fn judge(w: &World) -> Verdict {
                     && found[0]["status"] == "completed"
                     && json_number(&found[0]["size"])
                         == std::fs::metadata(path).ok().map(|m| m.len())
-                    && found[0]["hash"].as_str().map(str::to_lowercase) == md5_hex(path)
+                    && found[0]["hash"].as_str().map(str::to_lowercase) == file_md5_hex(path)
             }),
         };
         match expect {

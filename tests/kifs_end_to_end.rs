@@ -53,13 +53,6 @@ fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
     same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
 }
 
-fn status_json(config: &Path) -> serde_json::Value {
-    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "status failed: {stderr}");
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
-}
-
 fn upload_requests(setup: &Setup) -> u64 {
     let stats = setup.emulator.get_json("/kifs/_emulator/stats");
     stats["requests"]["/upload/files"].as_u64().unwrap_or(0)

@@ -59,13 +59,6 @@ fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
     same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
 }
 
-fn status_json(config: &Path) -> serde_json::Value {
-    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "status failed: {stderr}");
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
-}
-
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

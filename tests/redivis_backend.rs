@@ -2,11 +2,13 @@
 //! in temp dirs, a real sled store. One test per resume rule and per exactly-once rule,
 //! counting requests through the emulator's stats and the backend's own counter.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use md5::{Digest, Md5};
+use common::md5_hex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -55,10 +57,6 @@ fn data(len: u64, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + u64::from(seed) * 7) % 251) as u8)
         .collect()
-}
-
-fn md5_hex(bytes: &[u8]) -> String {
-    hex::encode(Md5::digest(bytes))
 }
 
 impl Harness {

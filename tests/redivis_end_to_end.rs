@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use md5::{Digest, Md5};
 
 const TABLE: &str = "test.dataset:next.files";
 const TOKEN: &str = "e2e-secret-token-7f3a";
@@ -54,21 +53,6 @@ settle = "1s"
     }
 }
 
-fn md5_hex(path: &Path) -> String {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hex::encode(hasher.finalize())
-}
-
 /// Whether each local file appears exactly once, completed, with its size and MD5.
 fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), String> {
     let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
@@ -87,7 +71,7 @@ fn mirrored_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), S
             return Err(format!("{name}: size {} != {size}", upload["size"]));
         }
         let hash = upload["hash"].as_str().unwrap_or("").to_lowercase();
-        if hash != md5_hex(local) {
+        if Some(hash.as_str()) != file_md5_hex(local).as_deref() {
             return Err(format!("{name}: hash {hash} differs from the local MD5"));
         }
     }

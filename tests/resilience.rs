@@ -77,10 +77,7 @@ impl Setup {
     }
 
     fn status(&self) -> serde_json::Value {
-        let (code, stdout, stderr) =
-            upsync(&["status", "-c", self.config.to_str().unwrap(), "--json"]);
-        assert_eq!(code, 0, "status failed: {stderr}");
-        serde_json::from_str(&stdout).unwrap()
+        status_json(&self.config)
     }
 
     fn kifs_stats(&self) -> serde_json::Value {

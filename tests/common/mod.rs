@@ -363,6 +363,36 @@ pub fn same_content(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The MD5 of `bytes`, lowercase hex, as the Redivis API reports an upload's `hash`.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(bytes))
+}
+
+/// The MD5 of a file's bytes (streamed), lowercase hex; `None` when it cannot be read.
+pub fn file_md5_hex(path: &Path) -> Option<String> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// `upsync status -c CONFIG --json`, parsed; panics when the command fails.
+pub fn status_json(config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "status failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
+}
+
 /// Runs `upsync ARGS`, returning (exit code, stdout, stderr).
 pub fn upsync(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(BIN).args(args).output().expect("upsync runs");
