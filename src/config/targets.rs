@@ -1,39 +1,34 @@
 //! Checks on remote target names, done at load time so a bad name fails `upsync check`
 //! instead of every upload: KiFS directory names and Redivis table references.
 
-/// Characters KiFS accepts in names besides ASCII letters and digits (protocols/kifs.md §4).
-const KIFS_PUNCTUATION: &str = " .-:[]()#=";
-
-/// Checks a top-level KiFS directory name; the error says what is wrong, naming the
-/// offending character.
+/// Checks a top-level KiFS directory name against the KiFS name rules
+/// ([`crate::upload::kifs::names`]); the error says what is wrong, naming the offending
+/// character.
 pub(crate) fn check_kifs_directory(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("expected a KiFS directory name, found \"\"".to_string());
-    }
-    if name.contains('/') {
-        return Err(format!(
+    use crate::upload::kifs::names::{MAX_NAME_LEN, NameProblem, check_directory};
+    check_directory(name).map_err(|problem| match problem {
+        NameProblem::Character('/') => format!(
             "expected a top-level KiFS directory name without '/', found \"{name}\" \
              (KiFS directories are flat; files land at <directory>/<relative path>)"
-        ));
-    }
-    for (i, c) in name.char_indices() {
-        // `~user` is how KiFS names home directories; elsewhere `~` is rejected.
-        let allowed =
-            c.is_ascii_alphanumeric() || KIFS_PUNCTUATION.contains(c) || (c == '~' && i == 0);
-        if !allowed {
+        ),
+        NameProblem::Character(c) => {
             let hint = if c == '~' {
                 " ('~' is only allowed first, as in a home directory \"~user\")"
             } else {
                 ""
             };
-            return Err(format!(
+            format!(
                 "KiFS directory \"{name}\" contains the character {c:?}, which KiFS does not \
                  allow{hint} (allowed: letters, digits, space and . - : [ ] ( ) # =, or a \
                  leading ~)"
-            ));
+            )
         }
-    }
-    Ok(())
+        NameProblem::TooLong { chars } => format!(
+            "expected a KiFS directory name of at most {MAX_NAME_LEN} characters, found one \
+             of {chars}"
+        ),
+        _ => "expected a KiFS directory name, found \"\"".to_string(),
+    })
 }
 
 /// Checks a Redivis table reference `owner.dataset[:…]:next.table[:refId]` (protocols/redivis.md §2).

@@ -1,15 +1,15 @@
-//! KiFS name rules (protocols/kifs.md §4, §6 items 8, 9, 27, 32): file name validation,
-//! directory name validation and the `*`/`?` wildcards of show/delete/download.
+//! How the emulated server answers names: file names, `/show/files`-style selectors and
+//! directory names are checked against the KiFS name rules ([`crate::upload::kifs::names`],
+//! `docs/protocols/kifs.md` "Names"), and a broken rule is worded as the server's `ERROR`
+//! message. Also the `*`/`?` wildcards of show/delete/download.
+//!
+//! The server's own choices on top of the rules: one leading `/` is stripped and accepted
+//! (the documentation's example has one); a created directory may not start with `~`
+//! (home directories come from `create_home_directory`).
 
-/// How the allowed characters are listed in error messages.
-pub(crate) const ALLOWED: &str = "letters, digits, space, / . - : [ ] ( ) # =";
-
-/// The documented file-name limit, in characters, of the full `directory/name` path.
-pub(crate) const MAX_NAME_CHARS: usize = 1024;
-
-fn allowed_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " /.-:[]()#=".contains(c)
-}
+use crate::upload::kifs::names::{
+    self as rules, ALLOWED_CHARACTERS, MAX_NAME_LEN, NameProblem, Wildcards,
+};
 
 /// A validated full file name: `directory/rest`, leading `/` stripped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,72 +63,39 @@ fn show_char(c: char) -> String {
     }
 }
 
-fn check_chars(name: &str, part: &str, extra: &str) -> Result<(), String> {
-    match part
-        .chars()
-        .find(|&c| !(allowed_char(c) || extra.contains(c)))
-    {
-        Some(c) => Err(format!(
-            "Invalid file name '{}': character '{}' is not allowed (allowed: {ALLOWED})",
-            shorten(name),
+/// The server's message for a file name or selector that breaks a rule.
+fn file_name_error(name: &str, problem: NameProblem) -> String {
+    let name = shorten(name);
+    match problem {
+        NameProblem::Empty => "Invalid file name '': the name is empty".to_string(),
+        NameProblem::TooLong { chars } => {
+            format!("Invalid file name '{name}': {chars} characters, the limit is {MAX_NAME_LEN}")
+        }
+        NameProblem::Character(c) => format!(
+            "Invalid file name '{name}': character '{}' is not allowed (allowed: \
+             {ALLOWED_CHARACTERS})",
             show_char(c)
-        )),
-        None => Ok(()),
-    }
-}
-
-fn check_segments(name: &str, rest: &str) -> Result<(), String> {
-    for segment in rest.split('/') {
-        if segment.is_empty() {
-            return Err(format!(
-                "Invalid file name '{}': empty path segment (names look like 'directory/sub/name')",
-                shorten(name)
-            ));
-        }
-        if segment == "." || segment == ".." {
-            return Err(format!(
-                "Invalid file name '{}': path segment '{segment}' is not allowed",
-                shorten(name)
-            ));
+        ),
+        NameProblem::NoDirectory => format!("Invalid file name '{name}': empty directory name"),
+        NameProblem::NoFileName => format!(
+            "Invalid file name '{name}': no file name after the directory (expected \
+             'directory/name')"
+        ),
+        NameProblem::EmptySegment => format!(
+            "Invalid file name '{name}': empty path segment (names look like \
+             'directory/sub/name')"
+        ),
+        NameProblem::DotSegment(segment) => {
+            format!("Invalid file name '{name}': path segment '{segment}' is not allowed")
         }
     }
-    Ok(())
 }
 
-fn split(raw: &str) -> Result<(&str, &str, &str), String> {
-    let name = raw.strip_prefix('/').unwrap_or(raw);
-    if name.is_empty() {
-        return Err("Invalid file name '': the name is empty".to_string());
-    }
-    let chars = name.chars().count();
-    if chars > MAX_NAME_CHARS {
-        return Err(format!(
-            "Invalid file name '{}': {chars} characters, the limit is {MAX_NAME_CHARS}",
-            shorten(name)
-        ));
-    }
-    let (directory, rest) = name.split_once('/').unwrap_or((name, ""));
-    if directory.is_empty() {
-        return Err(format!(
-            "Invalid file name '{}': empty directory name",
-            shorten(name)
-        ));
-    }
-    check_chars(name, directory, "~")?;
-    Ok((name, directory, rest))
-}
-
-/// Validates a file name for upload (§6 item 8).
+/// Validates a file name for upload.
 pub(crate) fn parse_file_name(raw: &str) -> Result<FileName, String> {
-    let (name, directory, rest) = split(raw)?;
-    if rest.is_empty() {
-        return Err(format!(
-            "Invalid file name '{}': no file name after the directory (expected 'directory/name')",
-            shorten(name)
-        ));
-    }
-    check_chars(name, rest, "")?;
-    check_segments(name, rest)?;
+    let name = raw.strip_prefix('/').unwrap_or(raw);
+    rules::check_path(name).map_err(|problem| file_name_error(name, problem))?;
+    let (directory, _) = name.split_once('/').unwrap_or((name, ""));
     Ok(FileName {
         full: name.to_string(),
         directory: directory.to_string(),
@@ -137,44 +104,42 @@ pub(crate) fn parse_file_name(raw: &str) -> Result<FileName, String> {
 
 /// Validates a show/delete/download path: a directory, or `dir/` + name or pattern.
 pub(crate) fn parse_selector(raw: &str) -> Result<Selector, String> {
-    let (name, directory, rest) = split(raw)?;
-    if rest.is_empty() {
-        return Ok(Selector {
-            directory: directory.to_string(),
-            pattern: None,
-        });
-    }
-    check_chars(name, rest, "*?")?;
-    check_segments(name, rest)?;
+    let name = raw.strip_prefix('/').unwrap_or(raw);
+    let error = |problem| file_name_error(name, problem);
+    let (directory, rest) = rules::split_directory(name).map_err(error)?;
+    let pattern = if rest.is_empty() {
+        None
+    } else {
+        rules::check_rest(rest, Wildcards::Allowed).map_err(error)?;
+        Some(rest.to_string())
+    };
     Ok(Selector {
         directory: directory.to_string(),
-        pattern: Some(rest.to_string()),
+        pattern,
     })
 }
 
-/// Validates a directory name for create/delete directory (§6 item 32).
+/// Validates a directory name for create/delete directory.
 pub(crate) fn check_directory_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("Invalid directory name '': the name is empty".to_string());
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!(
-            "Invalid directory name '{}': longer than {MAX_NAME_CHARS} characters",
-            shorten(name)
-        ));
-    }
-    if let Some(c) = name.chars().find(|&c| c == '/' || !allowed_char(c)) {
-        return Err(format!(
-            "Invalid directory name '{}': character '{}' is not allowed (allowed: letters, \
+    let problem = match rules::check_directory(name) {
+        Ok(()) if name.starts_with('~') => NameProblem::Character('~'),
+        Ok(()) if name == "." || name == ".." => NameProblem::DotSegment(name.to_string()),
+        Ok(()) => return Ok(()),
+        Err(problem) => problem,
+    };
+    let shown = shorten(name);
+    Err(match problem {
+        NameProblem::Empty => "Invalid directory name '': the name is empty".to_string(),
+        NameProblem::TooLong { .. } => {
+            format!("Invalid directory name '{shown}': longer than {MAX_NAME_LEN} characters")
+        }
+        NameProblem::Character(c) => format!(
+            "Invalid directory name '{shown}': character '{}' is not allowed (allowed: letters, \
              digits, space, . - : [ ] ( ) # =)",
-            shorten(name),
             show_char(c)
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("Invalid directory name '{name}'"));
-    }
-    Ok(())
+        ),
+        _ => format!("Invalid directory name '{shown}'"),
+    })
 }
 
 /// `*` = any run of characters (also across `/`, names being flat strings), `?` = exactly

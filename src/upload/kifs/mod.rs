@@ -24,7 +24,7 @@ pub mod wire;
 
 mod body;
 mod classify;
-mod names;
+pub mod names;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
