@@ -2,6 +2,8 @@
 //! (drop, then `Store::open` on the same dir) stands for a daemon restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
@@ -1179,11 +1181,28 @@ fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let lingering = sled::Config::new().path(&path).open().unwrap();
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        drop(lingering);
-    });
+    match sled::Config::new().path(&path).open() {
+        Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {}
+        other => panic!(
+            "the first instance holds sled's lock: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let released = Arc::new(AtomicBool::new(false));
+    let releaser = {
+        let released = Arc::clone(&released);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // Set first: opening can only succeed after the drop, so it must see this.
+            released.store(true, Ordering::SeqCst);
+            drop(lingering);
+        })
+    };
     let db = open_sled(&path).expect("the lock is released within the wait");
+    assert!(
+        released.load(Ordering::SeqCst),
+        "opening waited for the lock to be released"
+    );
     drop(db);
     releaser.join().unwrap();
 }

@@ -89,6 +89,8 @@ pub struct FolderState {
     /// Subtrees whose watch failed, with their next rescan.
     fallback: HashMap<PathBuf, Instant>,
     limit_reported: bool,
+    /// How many of the watcher's dropped events a "file events were lost" line has counted.
+    dropped_reported: u64,
     sink: Arc<dyn Sink>,
     wake: Option<Arc<Notify>>,
     recent: HashMap<String, (Fingerprint, Instant)>,
@@ -133,6 +135,7 @@ impl FolderState {
             watched: HashSet::new(),
             fallback: HashMap::new(),
             limit_reported: false,
+            dropped_reported: 0,
             sink: p.sink,
             wake: p.wake,
             recent: HashMap::new(),
@@ -321,9 +324,11 @@ impl FolderState {
             return;
         }
         if self.flags.rescan_needed.swap(false, Ordering::AcqRel) {
-            let dropped = self.flags.dropped.swap(0, Ordering::Relaxed);
+            let dropped = self.flags.dropped.load(Ordering::Relaxed);
+            let newly_dropped = dropped - self.dropped_reported;
+            self.dropped_reported = dropped;
             warn!(
-                dropped_events = dropped,
+                dropped_events = newly_dropped,
                 "file events were lost; rescanning the folder"
             );
             self.full_rescan();

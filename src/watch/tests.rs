@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,8 @@ struct Recorder {
     uploaded: Mutex<HashSet<(String, Fingerprint)>>,
     /// The size of every `offer_many` call.
     batches: Mutex<Vec<usize>>,
+    /// `is_uploaded` calls: every scan asks once per file it finds.
+    ledger_reads: AtomicUsize,
 }
 
 impl Recorder {
@@ -48,6 +51,7 @@ impl Recorder {
 
 impl Sink for Recorder {
     fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
+        self.ledger_reads.fetch_add(1, Ordering::Relaxed);
         self.uploaded
             .lock()
             .expect("recorder lock is not poisoned")
@@ -671,12 +675,16 @@ async fn a_non_recursive_folder_ignores_subdirectories() {
         real_dirs(),
     )
     .await;
-    std::fs::write(root.join("sub/new.csv"), b"new").expect("write");
-    std::fs::write(root.join("top.csv"), b"top").expect("write");
+    // Both old, so each is offered as soon as its events are handled, and events are handled
+    // in order: had sub/new.csv been seen, it would be offered no later than top.csv.
+    write_old(&root.join("sub/new.csv"), b"new");
+    write_old(&root.join("top.csv"), b"top");
     let rec = run.recorder.clone();
     assert!(eventually(WAIT, || rec.offers_of("top.csv").len() == 1).await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(rec.offers().len(), 1, "{:?}", rec.offers());
+    assert_eq!(
+        rec.offers(),
+        vec![("top.csv".to_string(), fp(&root.join("top.csv")))]
+    );
     run.stop().await;
 }
 
@@ -748,45 +756,76 @@ async fn a_file_held_open_by_its_writer_is_not_offered_during_a_pause() {
     let path = dir.path().join("paused.csv");
     let mut file = std::fs::File::create(&path).expect("create");
     file.write_all(b"first half").expect("write");
-    // Stable for 4 settle periods, but the writer still has it open.
-    tokio::time::sleep(settle * 4).await;
+    // A closed file written later settles later: once it is offered, paused.csv has been
+    // stable for 4 settle periods and would have been offered too, were its writer ignored.
+    tokio::time::sleep(settle * 3).await;
+    std::fs::write(dir.path().join("control.csv"), b"c").expect("write");
+    let rec = run.recorder.clone();
+    assert!(eventually(WAIT, || rec.offers_of("control.csv").len() == 1).await);
     assert!(
-        run.recorder.offers().is_empty(),
-        "not offered while the writer has it open"
+        rec.offers_of("paused.csv").is_empty(),
+        "not offered while the writer has it open: {:?}",
+        rec.offers()
     );
     file.write_all(b", second half").expect("write");
     drop(file);
-    let rec = run.recorder.clone();
-    assert!(eventually(WAIT, || !rec.offers().is_empty()).await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(rec.offers(), vec![("paused.csv".to_string(), fp(&path))]);
+    std::fs::write(dir.path().join("control-2.csv"), b"c").expect("write");
+    assert!(eventually(WAIT, || rec.offers_of("control-2.csv").len() == 1).await);
+    assert_eq!(
+        rec.offers_of("paused.csv"),
+        vec![fp(&path)],
+        "offered once, whole, after the writer closed it"
+    );
     run.stop().await;
 }
 
 #[tokio::test]
 async fn scanning_many_watched_directories_does_not_overflow_the_event_channel() {
-    let (logs, _guard) = capture_logs();
+    const DIRS: usize = 60;
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let root = dir.path();
-    for i in 0..60 {
-        std::fs::create_dir_all(root.join(format!("d{i}"))).expect("create dir");
+    let recorder = Arc::new(Recorder::default());
+    // One uploaded file per directory: each scan asks the ledger about it once.
+    for i in 0..DIRS {
+        let path = root.join(format!("d{i}/f.csv"));
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create dir");
+        write_old(&path, b"f");
+        recorder.mark_uploaded(&format!("d{i}/f.csv"), fp(&path));
     }
     let settle = Duration::from_millis(200);
     let mut opts = Options::new(settle, Some(Duration::from_millis(200)));
     opts.event_capacity = 16;
+    let flags: Arc<Mutex<Option<Arc<EventFlags>>>> = Arc::default();
+    let make_dirs: MakeDirs = {
+        let flags = Arc::clone(&flags);
+        Box::new(move |events: EventSender| {
+            *flags.lock().expect("not poisoned") = Some(events.flags());
+            NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>)
+        })
+    };
     let run = start_with(
         folder_config(root, settle),
-        Arc::new(Recorder::default()),
+        recorder.clone(),
         opts,
-        real_dirs(),
+        make_dirs,
     )
     .await;
-    // Several periodic rescans list every watched directory again.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    run.stop().await;
-    let text = logs.text();
+    let rec = recorder.clone();
     assert!(
-        !text.contains("file events were lost"),
-        "listing watched directories must not flood the channel: {text}"
+        eventually(WAIT, || rec.ledger_reads.load(Ordering::Relaxed)
+            >= 3 * DIRS)
+        .await,
+        "the start-up scan and two periodic rescans list every watched directory"
     );
+    run.stop().await;
+    let flags = flags.lock().expect("not poisoned").clone();
+    let dropped = flags
+        .expect("the watcher was made")
+        .dropped
+        .load(Ordering::Relaxed);
+    assert_eq!(
+        dropped, 0,
+        "listing watched directories must not flood the channel"
+    );
+    assert!(recorder.offers().is_empty(), "every file is in the ledger");
 }

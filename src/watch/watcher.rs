@@ -65,7 +65,8 @@ impl DirWatcher for NoDirs {
 /// Set from notify's thread, read by the folder loop.
 #[derive(Debug, Default)]
 pub struct EventFlags {
-    /// Events dropped because the channel was full.
+    /// Events dropped because the channel was full, since the watcher started (never
+    /// reset: the folder loop remembers how many it has reported).
     pub dropped: AtomicU64,
     /// Events were lost (channel full, or the kernel's queue overflowed): rescan soon.
     pub rescan_needed: AtomicBool,
@@ -85,6 +86,12 @@ pub struct EventSender {
 impl EventSender {
     pub fn new(tx: mpsc::Sender<notify::Result<notify::Event>>, flags: Arc<EventFlags>) -> Self {
         EventSender { tx, flags }
+    }
+
+    /// The flags this sender sets, for a test to read the dropped-event count.
+    #[cfg(test)]
+    pub(crate) fn flags(&self) -> Arc<EventFlags> {
+        Arc::clone(&self.flags)
     }
 }
 
