@@ -16,6 +16,7 @@
 //! - [`daemon`]: wiring, workers, shutdown, the control socket for status and retry,
 //!   systemd notifications, one-shot sync.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
 
 pub mod config;
 pub mod daemon;
@@ -23,5 +24,6 @@ pub mod emulator;
 pub mod fingerprint;
 pub mod metrics;
 pub mod queue;
+pub mod signals;
 pub mod upload;
 pub mod watch;

@@ -14,6 +14,7 @@ use upsync::config::Config;
 use upsync::daemon::{self, ProgressMode, SyncOptions, control, status};
 use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{RetrySelection, Store, StoreError};
+use upsync::signals;
 
 #[derive(Parser)]
 #[command(
@@ -211,7 +212,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     None => ProgressMode::Log(Duration::from_secs(10)),
                 },
             };
-            let summary = daemon::sync_once(config, options, shutdown_signal())
+            let summary = daemon::sync_once(config, options, stop_signal()?)
                 .await
                 .map_err(Failure::runtime)?;
             if summary.succeeded() {
@@ -233,7 +234,8 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             if rebuild_state {
                 rebuild(&config).await?;
             }
-            daemon::run_reloadable(config, shutdown_signal(), reload_signal())
+            let reload = signals::reload_signal().map_err(signal_failure)?;
+            daemon::run_reloadable(config, stop_signal()?, reload)
                 .await
                 .map_err(Failure::runtime)
         }
@@ -287,7 +289,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             Ok(())
         }
         Command::Emulator { listen, options } => {
-            let stop = shutdown_signal();
+            let stop = stop_signal()?;
             let running = emulator::start(&listen, *options)
                 .await
                 .map_err(Failure::runtime)?;
@@ -378,48 +380,17 @@ async fn rebuild(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Receives once per SIGHUP (several quick ones coalesce into one reload).
-fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = tx.try_send(());
-        }
-    });
-    rx
-}
-
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once (the state database
-/// is consistent at every instant, so nothing is lost).
-///
-/// The handlers are installed when this is called, not when the future is first polled: a
-/// stop asked for while the daemon is still starting must not kill it with the default
-/// action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("signal received; stopping (send it again to exit at once)");
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        });
-    }
+/// The SIGTERM/SIGINT handlers ([`signals::stop_signal`]), installed now.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+    signals::stop_signal().map_err(signal_failure)
+}
+
+fn signal_failure(err: std::io::Error) -> Failure {
+    Failure::runtime(format!("cannot install the signal handlers: {err}"))
 }
 
 fn init_logging(format: LogFormat, bars: Option<MultiProgress>) {
