@@ -5,20 +5,21 @@
 //! so files, directories and multipart uploads in progress survive a restart.
 //!
 //! Module map: this file holds the options, authentication, request counters and the
-//! router; `handlers` the endpoints' behaviour; `names` the name rules and wildcards;
-//! `store` the on-disk state; `snappy` the request decompression.
+//! router; `handlers` the endpoints' behaviour; `names` the server's wording of the name
+//! rules, and wildcards; `store` the on-disk state.
 //!
 //! Behaviours the emulator defines (the protocol's \[choice\] items, strict by default):
 //! - POST only; an unknown path is 404, another method on a known path 405. A request
 //!   without a known Content-Type is read as JSON and answered in JSON;
-//!   `application/x-snappy` is raw Snappy around Avro binary, answered in Avro binary.
+//!   `application/x-snappy` is raw Snappy around Avro binary (the official clients' SNAPPY
+//!   encoding, decompressed with the `snap` crate), answered in Avro binary.
 //! - Auth: with no `--kifs-user`/`--kifs-token`, any Basic credentials are accepted as that
 //!   user name, any Bearer token as `token-user`, and no header runs as `anonymous` (unless
 //!   `--kifs-no-anonymous`). With credentials configured, only they are accepted and a
 //!   missing header is 401 too. A bad or malformed header is 401 with an empty body.
 //! - Names: one leading `/` is stripped; empty segments, `.` and `..` segments are errors
-//!   (the files are real files under the data directory); `~` is allowed in the directory
-//!   part only; names are case-sensitive. A name whose path component is both a file and a
+//!   (the files are real files under the data directory); `~` may only lead the directory
+//!   part (a home directory); names are case-sensitive. A name whose path component is both a file and a
 //!   directory (`d/x` and `d/x/y`) cannot be stored: ERROR.
 //! - Permissions: directories made by `/create/directory` or `--kifs-directory` give
 //!   everyone `directory_write`; `--kifs-read-only-directory` gives `directory_read`; a home
@@ -48,7 +49,6 @@
 
 mod handlers;
 mod names;
-mod snappy;
 mod store;
 
 use std::fmt;
@@ -439,7 +439,7 @@ async fn endpoint(app: App, index: usize, headers: HeaderMap, body: Bytes) -> Re
     };
     let (enc, snappy) = encoding_of(&headers);
     let result = match snappy {
-        true => match snappy::decompress(&body) {
+        true => match snap::raw::Decoder::new().decompress_vec(&body) {
             Ok(raw) => dispatch(&app, index, enc, Bytes::from(raw), user).await,
             Err(e) => Err(format!("Cannot read the request body: {e}")),
         },

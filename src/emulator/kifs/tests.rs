@@ -1284,14 +1284,16 @@ async fn undecodable_body_is_a_400_error_in_the_request_encoding() {
 async fn snappy_requests_are_decompressed_and_answered_in_binary() {
     let dir = TempDir::new().unwrap();
     let emu = start(&with_dirs(&["d"]), dir.path()).await;
+    // A repetitive body, so the block holds back-references and not only literals.
     let raw = ShowFilesRequest {
-        paths: strings(&["d"]),
+        paths: strings(&["d"; 64]),
         options: StringMap::new(),
     }
     .to_body(KifsEncoding::Binary);
-    // One literal block holding the whole body.
-    let mut block = vec![raw.len() as u8, ((raw.len() - 1) << 2) as u8];
-    block.extend_from_slice(&raw);
+    let block = snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("a small body compresses");
+    assert!(block.len() < raw.len() / 2, "the body is really compressed");
     let response = emu
         .post("/show/files", Some("application/x-snappy"), None, block)
         .await;
@@ -1303,6 +1305,16 @@ async fn snappy_requests_are_decompressed_and_answered_in_binary() {
     let wrapper = Wrapper::decode(KifsEncoding::Binary, &response.bytes().await.unwrap()).unwrap();
     let listed: ShowFilesResponse = wrapper.into_inner(KifsEncoding::Binary).unwrap();
     assert!(listed.file_names.is_empty());
+
+    let corrupt = emu
+        .post(
+            "/show/files",
+            Some("application/x-snappy"),
+            None,
+            vec![0xff, 0xff, 0xff],
+        )
+        .await;
+    assert_eq!(corrupt.status(), 400, "a corrupt block is an ERROR reply");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! `upsync-bench`: measures the real daemon against the emulator and prints one table.
 //!
 //! ```text
-//! cargo run --release --bin upsync-bench            # full run (~15-20 minutes)
-//! cargo run --release --bin upsync-bench -- --quick # small sizes (< 1 minute), for CI
+//! cargo run --release -p upsync-bench            # full run (~15-20 minutes)
+//! cargo run --release -p upsync-bench -- --quick # small sizes (< 1 minute), for CI
 //! ```
 //!
 //! The emulator runs inside this process; the daemon is the `upsync` binary next to this
@@ -308,7 +308,7 @@ fn daemon_binary(given: Option<PathBuf>) -> BenchResult<PathBuf> {
         let mut build = std::process::Command::new(cargo);
         build
             .args(["build", "--bin", "upsync", "--manifest-path"])
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
         if release {
             build.arg("--release");
         }
@@ -323,7 +323,7 @@ fn daemon_binary(given: Option<PathBuf>) -> BenchResult<PathBuf> {
         Ok(sibling)
     } else {
         Err(format!(
-            "no daemon binary at {}: run `cargo build --release --bin upsync` or pass --bin-path",
+            "no daemon binary at {}: run `cargo build --release -p upsync` or pass --bin-path",
             sibling.display()
         ))
     }
