@@ -110,14 +110,28 @@ impl KifsBackend {
             return Ok(());
         };
         let mut shown = self.show_directory(directory).await;
-        if matches!(
+        let refused = matches!(
             &shown,
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 ..
             })
-        ) && *create
-        {
+        );
+        if refused {
+            // Listing every directory tells a missing directory from a refused request
+            // (wrong credentials, wrong URL): only the first is worth creating or hinting at.
+            self.show_directory("").await.map_err(|err| match err {
+                UploadError::Remote {
+                    disposition,
+                    message,
+                } => UploadError::remote(
+                    disposition,
+                    format!("cannot check KiFS directory '{directory}': {message}"),
+                ),
+                other => other,
+            })?;
+        }
+        if refused && *create {
             let request = CreateDirectoryRequest {
                 directory_name: directory.clone(),
                 options: BTreeMap::from([("no_error_if_exists".into(), "true".into())]),
@@ -920,6 +934,68 @@ mod tests {
             outcomes[2]
         );
         assert_eq!(upload_requests(&running).await, 1);
+        running.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn rejected_credentials_are_named_as_such_and_a_missing_directory_keeps_its_hint() {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let mut options = EmulatorOptions::with_data_dir(tmp.path().join("remote"));
+        options.kifs.kifs_users = vec!["alice:s3cret".parse().expect("a user parses")];
+        let running = emulator::start("127.0.0.1:0", options)
+            .await
+            .expect("the emulator starts on a free port");
+        let backend = |password: &str| {
+            KifsBackend::new(&KifsConfig {
+                url: format!("http://{}/kifs", running.addr),
+                auth: KifsAuth::Basic {
+                    username: "alice".into(),
+                    password: crate::config::Secret::new(password),
+                },
+                encoding: KifsEncoding::Binary,
+            })
+            .expect("the backend builds")
+        };
+        let folder = |create: bool| FolderConfig {
+            path: tmp.path().join("inbox"),
+            target: Target::KifsDirectory {
+                directory: "missing".into(),
+                create,
+            },
+            include: vec![],
+            exclude: vec![],
+            settle: Duration::from_secs(1),
+            recursive: true,
+        };
+        for create in [false, true] {
+            let err = backend("wrong")
+                .prepare_folder(&folder(create))
+                .await
+                .expect_err("wrong credentials stop the start");
+            let message = err.to_string();
+            assert!(message.contains("rejected the credentials"), "{message}");
+            assert!(!message.contains("create_directory"), "{message}");
+        }
+        let stats: serde_json::Value =
+            reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
+                .await
+                .expect("the stats answer")
+                .json()
+                .await
+                .expect("the stats are JSON");
+        assert_eq!(
+            stats["requests"]["/create/directory"], 0,
+            "no directory is created with credentials the server refuses"
+        );
+        let err = backend("s3cret")
+            .prepare_folder(&folder(false))
+            .await
+            .expect_err("the directory is missing");
+        assert!(
+            err.to_string()
+                .contains("(set create_directory = true to create it)"),
+            "{err}"
+        );
         running.shutdown.cancel();
     }
 }
