@@ -8,8 +8,8 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `upsync_files_uploaded_total` | counter | folder, backend |
-//! | `upsync_bytes_uploaded_total` | counter | folder, backend |
+//! | `upsync_uploaded_files_total` | counter | folder, backend |
+//! | `upsync_uploaded_bytes_total` | counter | folder, backend |
 //! | `upsync_upload_failures_total` | counter | folder, backend, class |
 //! | `upsync_upload_retries_total` | counter | folder, backend |
 //! | `upsync_upload_duration_seconds` | histogram | backend |
@@ -18,7 +18,15 @@
 //! | `upsync_oldest_pending_age_seconds` | gauge | folder |
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
-//! | `upsync_in_flight_bytes_done` / `upsync_in_flight_bytes_total` | gauge | folder, backend |
+//! | `upsync_in_flight_acknowledged_bytes`, `upsync_in_flight_size_bytes` | gauge | folder, backend |
+//! | `upsync_build_info` | gauge (always 1) | version |
+//! | `process_*` | (`process` submodule) | — |
+//!
+//! Names follow the Prometheus naming guide: the unit ends the name, `_total` only on
+//! counters. Every labelled counter and histogram exists from the first scrape, at 0, for
+//! each configured folder and its backend (and every failure class and request kind and
+//! outcome of that backend), so an alert on a rate or an increase reads 0, not "no data";
+//! the scrape's refresh does it, so folders added by a reload get theirs too.
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -31,6 +39,14 @@
 //! `class` is one of `permanent` (the remote refused the file), `unreadable` (the local file
 //! could not be read), `transient` (an outage or 5xx: retried later), `state-database`,
 //! `config` (no backend for the folder's target).
+//!
+//! The endpoint serves OpenMetrics or the classic text format, as the scraper asks
+//! (`exposition` submodule).
+
+mod exposition;
+mod process;
+
+pub use exposition::Format;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -44,9 +60,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-
-/// The content type of the text the endpoint serves (OpenMetrics, which Prometheus reads).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UploadLabels {
@@ -84,6 +97,11 @@ pub struct FolderLabels {
     pub folder: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
 /// Why an upload attempt failed, as the `class` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
@@ -95,6 +113,14 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    const ALL: [FailureClass; 5] = [
+        FailureClass::Permanent,
+        FailureClass::Unreadable,
+        FailureClass::Transient,
+        FailureClass::StateDatabase,
+        FailureClass::Config,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             FailureClass::Permanent => "permanent",
@@ -116,8 +142,10 @@ pub struct FolderGauges {
     pub oldest_pending_age_s: Option<f64>,
     pub last_success_ms: Option<u64>,
     pub in_flight: u64,
-    pub in_flight_bytes_done: u64,
-    pub in_flight_bytes_total: u64,
+    /// Bytes the remote acknowledged so far, over the folder's uploads in progress.
+    pub in_flight_acknowledged_bytes: u64,
+    /// The sizes of the files being uploaded, added up.
+    pub in_flight_size_bytes: u64,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -141,6 +169,15 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
+    /// The kinds of request a backend (`kifs`, `redivis`) sends.
+    fn of_backend(backend: &str) -> &'static [RequestKind] {
+        match backend {
+            "kifs" => &[RequestKind::KifsApi],
+            "redivis" => &[RequestKind::RedivisApi, RequestKind::RedivisSession],
+            _ => &[],
+        }
+    }
+
     fn labels(self) -> (&'static str, &'static str) {
         match self {
             RequestKind::KifsApi => ("kifs", "api"),
@@ -167,7 +204,6 @@ pub async fn timed_request(
 
 /// Records one request to a remote: its answer's status (`None`: no answer) and duration.
 pub fn observe_request(kind: RequestKind, status: Option<u16>, duration: Duration) {
-    let (backend, kind) = kind.labels();
     let outcome = match status {
         Some(100..=199) => "1xx",
         Some(200..=299) => "2xx",
@@ -177,28 +213,36 @@ pub fn observe_request(kind: RequestKind, status: Option<u16>, duration: Duratio
         None => "error",
     };
     REQUEST_DURATION
-        .get_or_create(&RequestLabels {
-            backend,
-            kind,
-            outcome,
-        })
+        .get_or_create(&request_labels(kind, outcome))
         .observe(duration.as_secs_f64());
+}
+
+/// Every `outcome` label value of the request timings.
+const OUTCOMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+fn request_labels(kind: RequestKind, outcome: &'static str) -> RequestLabels {
+    let (backend, kind) = kind.labels();
+    RequestLabels {
+        backend,
+        kind,
+        outcome,
+    }
 }
 
 /// Every metric upsync exports, registered once.
 pub struct Metrics {
     registry: Registry,
-    files_uploaded: Family<UploadLabels, Counter>,
-    bytes_uploaded: Family<UploadLabels, Counter>,
+    uploaded_files: Family<UploadLabels, Counter>,
+    uploaded_bytes: Family<UploadLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     retries: Family<UploadLabels, Counter>,
-    upload_duration: Family<BackendLabels, Histogram>,
+    upload_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
     queue_jobs: Family<StateLabels, Gauge>,
     oldest_pending_age: Family<FolderLabels, FloatGauge>,
     last_success: Family<FolderLabels, FloatGauge>,
     in_flight: Family<UploadLabels, Gauge>,
-    in_flight_bytes_done: Family<UploadLabels, Gauge>,
-    in_flight_bytes_total: Family<UploadLabels, Gauge>,
+    in_flight_acknowledged: Family<UploadLabels, Gauge>,
+    in_flight_size: Family<UploadLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -207,119 +251,125 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `upsync_<name>` and hands it back.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("upsync");
-        let files_uploaded = Family::<UploadLabels, Counter>::default();
-        registry.register(
-            "files_uploaded",
-            "Files uploaded completely",
-            files_uploaded.clone(),
-        );
-        let bytes_uploaded = Family::<UploadLabels, Counter>::default();
-        registry.register(
-            "bytes_uploaded",
-            "Bytes of files uploaded completely",
-            bytes_uploaded.clone(),
-        );
-        let failures = Family::<FailureLabels, Counter>::default();
-        registry.register(
-            "upload_failures",
-            "Upload attempts that failed, by class of reason",
-            failures.clone(),
-        );
-        let retries = Family::<UploadLabels, Counter>::default();
-        registry.register(
-            "upload_retries",
-            "Uploads scheduled for a later retry after a transient failure",
-            retries.clone(),
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector));
+        let r = registry.sub_registry_with_prefix("upsync");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "The running upsync's version (always 1)",
+            build_info,
         );
         // 50 ms to about 27 minutes: a small file on a LAN up to a large one on a slow link.
-        let upload_duration = Family::<BackendLabels, Histogram>::new_with_constructor(
+        let upload_duration = Family::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.05, 2.0, 16))) as fn() -> Histogram,
         );
-        registry.register(
-            "upload_duration_seconds",
-            "Duration of successful upload attempts (all requests of one file)",
-            upload_duration.clone(),
-        );
-        registry.register(
+        r.register(
             "request_duration_seconds",
             "Duration of HTTP requests to the remotes, from sending to the answer's headers",
             REQUEST_DURATION.clone(),
         );
-        let queue_jobs = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "queue_jobs",
-            "Jobs in the queue by state (done: files in the upload ledger)",
-            queue_jobs.clone(),
-        );
-        let oldest_pending_age = Family::<FolderLabels, FloatGauge>::default();
-        registry.register(
-            "oldest_pending_age_seconds",
-            "Age of the oldest file waiting to be uploaded (0 when none waits)",
-            oldest_pending_age.clone(),
-        );
-        let last_success = Family::<FolderLabels, FloatGauge>::default();
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last completed upload (0 when none is recorded)",
-            last_success.clone(),
-        );
-        let in_flight = Family::<UploadLabels, Gauge>::default();
-        registry.register(
-            "in_flight_uploads",
-            "Uploads in progress",
-            in_flight.clone(),
-        );
-        let in_flight_bytes_done = Family::<UploadLabels, Gauge>::default();
-        registry.register(
-            "in_flight_bytes_done",
-            "Bytes the remote acknowledged so far for uploads in progress",
-            in_flight_bytes_done.clone(),
-        );
-        let in_flight_bytes_total = Family::<UploadLabels, Gauge>::default();
-        registry.register(
-            "in_flight_bytes_total",
-            "Total size of the files being uploaded",
-            in_flight_bytes_total.clone(),
-        );
         Metrics {
+            uploaded_files: registered(
+                r,
+                "uploaded_files",
+                "Files uploaded completely",
+                Family::default(),
+            ),
+            uploaded_bytes: registered(
+                r,
+                "uploaded_bytes",
+                "Bytes of files uploaded completely",
+                Family::default(),
+            ),
+            failures: registered(
+                r,
+                "upload_failures",
+                "Upload attempts that failed, by class of reason",
+                Family::default(),
+            ),
+            retries: registered(
+                r,
+                "upload_retries",
+                "Uploads scheduled for a later retry after a transient failure",
+                Family::default(),
+            ),
+            upload_duration: registered(
+                r,
+                "upload_duration_seconds",
+                "Duration of successful upload attempts (all requests of one file)",
+                upload_duration,
+            ),
+            queue_jobs: registered(
+                r,
+                "queue_jobs",
+                "Jobs in the queue by state (done: files in the upload ledger)",
+                Family::default(),
+            ),
+            oldest_pending_age: registered(
+                r,
+                "oldest_pending_age_seconds",
+                "Age of the oldest file waiting to be uploaded (0 when none waits)",
+                Family::default(),
+            ),
+            last_success: registered(
+                r,
+                "last_success_timestamp_seconds",
+                "Unix time of the last completed upload (0 when none is recorded)",
+                Family::default(),
+            ),
+            in_flight: registered(
+                r,
+                "in_flight_uploads",
+                "Uploads in progress",
+                Family::default(),
+            ),
+            in_flight_acknowledged: registered(
+                r,
+                "in_flight_acknowledged_bytes",
+                "Bytes the remote acknowledged so far for uploads in progress",
+                Family::default(),
+            ),
+            in_flight_size: registered(
+                r,
+                "in_flight_size_bytes",
+                "Total size of the files being uploaded",
+                Family::default(),
+            ),
             registry,
-            files_uploaded,
-            bytes_uploaded,
-            failures,
-            retries,
-            upload_duration,
-            queue_jobs,
-            oldest_pending_age,
-            last_success,
-            in_flight,
-            in_flight_bytes_done,
-            in_flight_bytes_total,
         }
     }
 
     /// A completed upload of `bytes` that took `duration`.
     pub fn uploaded(&self, folder: &str, backend: &str, bytes: u64, duration: Duration) {
         let labels = upload_labels(folder, backend);
-        self.files_uploaded.get_or_create(&labels).inc();
-        self.bytes_uploaded.get_or_create(&labels).inc_by(bytes);
+        self.uploaded_files.get_or_create(&labels).inc();
+        self.uploaded_bytes.get_or_create(&labels).inc_by(bytes);
         self.upload_duration
-            .get_or_create(&BackendLabels {
-                backend: backend.to_string(),
-            })
+            .get_or_create(&backend_labels(backend))
             .observe(duration.as_secs_f64());
     }
 
     /// A failed attempt; `retried` when it was scheduled for a later retry.
     pub fn failed(&self, folder: &str, backend: &str, class: FailureClass, retried: bool) {
         self.failures
-            .get_or_create(&FailureLabels {
-                folder: folder.to_string(),
-                backend: backend.to_string(),
-                class: class.label().to_string(),
-            })
+            .get_or_create(&failure_labels(folder, backend, class))
             .inc();
         if retried {
             self.retries
@@ -329,16 +379,39 @@ impl Metrics {
     }
 
     /// Sets the queue gauges of the configured folders; a folder a reload removed no longer
-    /// shows (its counters stay: they count since the start).
+    /// shows (its counters stay: they count since the start). Every counter of a configured
+    /// folder exists from here on, at 0 until it counts something.
     pub fn set_folders(&self, folders: &[FolderGauges]) {
         self.queue_jobs.clear();
         self.oldest_pending_age.clear();
         self.last_success.clear();
         self.in_flight.clear();
-        self.in_flight_bytes_done.clear();
-        self.in_flight_bytes_total.clear();
+        self.in_flight_acknowledged.clear();
+        self.in_flight_size.clear();
         for figures in folders {
+            self.initialise_counters(&figures.folder, &figures.backend);
             self.set_folder(figures);
+        }
+    }
+
+    /// Creates (at 0) every counter and histogram series `folder` and its `backend` can have.
+    fn initialise_counters(&self, folder: &str, backend: &str) {
+        // `get_or_create` makes the series; the guard it returns is not needed.
+        let labels = upload_labels(folder, backend);
+        drop(self.uploaded_files.get_or_create(&labels));
+        drop(self.uploaded_bytes.get_or_create(&labels));
+        drop(self.retries.get_or_create(&labels));
+        for class in FailureClass::ALL {
+            drop(
+                self.failures
+                    .get_or_create(&failure_labels(folder, backend, class)),
+            );
+        }
+        drop(self.upload_duration.get_or_create(&backend_labels(backend)));
+        for kind in RequestKind::of_backend(backend) {
+            for outcome in OUTCOMES {
+                drop(REQUEST_DURATION.get_or_create(&request_labels(*kind, outcome)));
+            }
         }
     }
 
@@ -366,26 +439,48 @@ impl Metrics {
         self.in_flight
             .get_or_create(&labels)
             .set(as_i64(figures.in_flight));
-        self.in_flight_bytes_done
+        self.in_flight_acknowledged
             .get_or_create(&labels)
-            .set(as_i64(figures.in_flight_bytes_done));
-        self.in_flight_bytes_total
+            .set(as_i64(figures.in_flight_acknowledged_bytes));
+        self.in_flight_size
             .get_or_create(&labels)
-            .set(as_i64(figures.in_flight_bytes_total));
+            .set(as_i64(figures.in_flight_size_bytes));
     }
 
-    /// The exposition text of every metric.
+    /// The exposition text of every metric, as OpenMetrics.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing metrics into a String cannot fail");
         text
     }
+
+    /// The exposition text of every metric in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Classic => exposition::to_classic(&self.encode()),
+        }
+    }
 }
 
 fn upload_labels(folder: &str, backend: &str) -> UploadLabels {
     UploadLabels {
         folder: folder.to_string(),
+        backend: backend.to_string(),
+    }
+}
+
+fn failure_labels(folder: &str, backend: &str, class: FailureClass) -> FailureLabels {
+    FailureLabels {
+        folder: folder.to_string(),
+        backend: backend.to_string(),
+        class: class.label().to_string(),
+    }
+}
+
+fn backend_labels(backend: &str) -> BackendLabels {
+    BackendLabels {
         backend: backend.to_string(),
     }
 }
@@ -404,15 +499,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     use axum::extract::State;
-    use axum::http::header::CONTENT_TYPE as HEADER;
+    use axum::http::HeaderMap;
+    use axum::http::header::{ACCEPT, CONTENT_TYPE};
     use axum::response::IntoResponse;
 
-    async fn scrape(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response {
+    async fn scrape(
+        State(endpoint): State<Arc<Endpoint>>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
         let refresh = Arc::clone(&endpoint.refresh);
         if let Err(err) = tokio::task::spawn_blocking(move || refresh()).await {
             tracing::warn!(error = %err, "refreshing the metrics failed");
         }
-        ([(HEADER, CONTENT_TYPE)], endpoint.metrics.encode()).into_response()
+        let format = Format::from_accept(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+        let text = endpoint.metrics.encode_as(format);
+        ([(CONTENT_TYPE, format.content_type())], text).into_response()
     }
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -448,10 +549,10 @@ mod tests {
         metrics.uploaded("/data/x", "kifs", 24, Duration::from_millis(30));
         let text = metrics.encode();
         assert!(
-            line(&text, "upsync_files_uploaded_total{").ends_with(" 2"),
+            line(&text, "upsync_uploaded_files_total{").ends_with(" 2"),
             "{text}"
         );
-        let bytes = line(&text, "upsync_bytes_uploaded_total{");
+        let bytes = line(&text, "upsync_uploaded_bytes_total{");
         assert!(bytes.contains("folder=\"/data/x\""), "{bytes}");
         assert!(bytes.contains("backend=\"kifs\""), "{bytes}");
         assert!(bytes.ends_with(" 1024"), "{bytes}");
@@ -506,6 +607,7 @@ mod tests {
             .find(|l| {
                 l.starts_with("upsync_request_duration_seconds_bucket{")
                     && l.contains("le=\"0.004\"")
+                    && l.contains("kind=\"session\"")
                     && l.contains("outcome=\"1xx\"")
             })
             .unwrap_or_else(|| panic!("millisecond buckets are exported: {text}"));
@@ -551,8 +653,8 @@ mod tests {
             oldest_pending_age_s: Some(42.5),
             last_success_ms: Some(1_700_000_000_500),
             in_flight: 1,
-            in_flight_bytes_done: 10,
-            in_flight_bytes_total: 100,
+            in_flight_acknowledged_bytes: 10,
+            in_flight_size_bytes: 100,
         });
         let text = metrics.encode();
         assert!(
@@ -568,7 +670,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            line(&text, "upsync_in_flight_bytes_done{").ends_with(" 10"),
+            line(&text, "upsync_in_flight_acknowledged_bytes{").ends_with(" 10"),
             "{text}"
         );
     }
@@ -582,11 +684,25 @@ mod tests {
             jobs_by_state: vec![("queued", 2)],
             ..FolderGauges::default()
         };
+        let gauge_lines = |text: &str, folder: &str| -> usize {
+            let gauges = [
+                "upsync_queue_jobs{",
+                "upsync_oldest_pending_age_seconds{",
+                "upsync_last_success_timestamp_seconds{",
+                "upsync_in_flight_uploads{",
+                "upsync_in_flight_acknowledged_bytes{",
+                "upsync_in_flight_size_bytes{",
+            ];
+            text.lines()
+                .filter(|l| gauges.iter().any(|g| l.starts_with(g)))
+                .filter(|l| l.contains(&format!("folder=\"{folder}\"")))
+                .count()
+        };
         metrics.set_folders(&[folder("/kept"), folder("/removed")]);
-        assert!(metrics.encode().contains("folder=\"/removed\""));
+        assert_eq!(gauge_lines(&metrics.encode(), "/removed"), 6);
         metrics.set_folders(&[folder("/kept"), folder("/added")]);
         let text = metrics.encode();
-        assert!(!text.contains("folder=\"/removed\""), "{text}");
+        assert_eq!(gauge_lines(&text, "/removed"), 0, "{text}");
         assert!(
             line(
                 &text,
@@ -602,12 +718,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let for_refresh = Arc::clone(&metrics);
         let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            for_refresh.set_folder(&FolderGauges {
+            for_refresh.set_folders(&[FolderGauges {
                 folder: "/d".into(),
                 backend: "kifs".into(),
                 jobs_by_state: vec![("queued", 7)],
                 ..FolderGauges::default()
-            })
+            }])
         });
         let shutdown = CancellationToken::new();
         let addr = serve(
@@ -618,18 +734,124 @@ mod tests {
         )
         .await
         .expect("a free loopback port binds");
-        let response = reqwest::get(format!("http://{addr}/metrics"))
+        let scrape = |accept: Option<&'static str>| {
+            let mut request = reqwest::Client::new().get(format!("http://{addr}/metrics"));
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            request.send()
+        };
+        let response = scrape(Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1"))
             .await
             .expect("the endpoint answers");
         assert_eq!(
             response.headers()[reqwest::header::CONTENT_TYPE],
-            CONTENT_TYPE
+            exposition::OPENMETRICS
         );
         let text = response.text().await.unwrap();
         assert!(
             line(&text, "upsync_queue_jobs{folder=\"/d\",state=\"queued\"}").ends_with(" 7"),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE upsync_uploaded_files counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+
+        let response = scrape(None).await.expect("the endpoint answers");
+        assert_eq!(
+            response.headers()[reqwest::header::CONTENT_TYPE],
+            exposition::CLASSIC
+        );
+        let text = response.text().await.unwrap();
+        assert!(
+            line(&text, "upsync_queue_jobs{folder=\"/d\",state=\"queued\"}").ends_with(" 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE upsync_uploaded_files_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
         shutdown.cancel();
+    }
+
+    #[test]
+    fn every_counter_of_a_configured_folder_reads_zero_before_it_counts() {
+        let metrics = Metrics::new();
+        let folder = |path: &str, backend: &str| FolderGauges {
+            folder: path.into(),
+            backend: backend.into(),
+            ..FolderGauges::default()
+        };
+        metrics.set_folders(&[folder("/k", "kifs")]);
+        let text = metrics.encode();
+        for series in [
+            "upsync_uploaded_files_total{folder=\"/k\",backend=\"kifs\"} 0",
+            "upsync_uploaded_bytes_total{folder=\"/k\",backend=\"kifs\"} 0",
+            "upsync_upload_retries_total{folder=\"/k\",backend=\"kifs\"} 0",
+            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"transient\"} 0",
+            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"state-database\"} 0",
+            "upsync_upload_duration_seconds_count{backend=\"kifs\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+        }
+        assert!(
+            text.lines().any(|l| l
+                .starts_with("upsync_request_duration_seconds_count{backend=\"kifs\",kind=\"api\",outcome=\"5xx\"}")),
+            "{text}"
+        );
+
+        // A reload adds a Redivis folder: its series appear; the removed folder's counters
+        // stay, since they count from the start.
+        metrics.set_folders(&[folder("/r", "redivis")]);
+        let text = metrics.encode();
+        for series in [
+            "upsync_uploaded_files_total{folder=\"/r\",backend=\"redivis\"} 0",
+            "upsync_uploaded_files_total{folder=\"/k\",backend=\"kifs\"} 0",
+            "upsync_upload_failures_total{folder=\"/r\",backend=\"redivis\",class=\"permanent\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+        }
+        assert!(
+            text.lines().any(|l| l.starts_with(
+                "upsync_request_duration_seconds_count{backend=\"redivis\",kind=\"session\",outcome=\"error\"}"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_build_and_the_process_are_described() {
+        let text = Metrics::new().encode();
+        assert!(
+            text.lines().any(|l| l
+                == format!(
+                    "upsync_build_info{{version=\"{}\"}} 1",
+                    env!("CARGO_PKG_VERSION")
+                )),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter\n"),
+            "{text}"
+        );
+        let resident: f64 = line(&text, "process_resident_memory_bytes ")
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert!(resident > 0.0, "{text}");
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+            "process_threads ",
+            "process_virtual_memory_bytes ",
+        ] {
+            line(&text, name);
+        }
     }
 }

@@ -143,7 +143,7 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
         "{metrics}"
     );
     assert!(
-        sample(&metrics, "upsync_in_flight_bytes_done", &[]).unwrap_or(0.0) >= PART as f64,
+        sample(&metrics, "upsync_in_flight_acknowledged_bytes", &[]).unwrap_or(0.0) >= PART as f64,
         "{metrics}"
     );
     assert_eq!(
@@ -166,14 +166,14 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
     assert_eq!(
         sample(
             &metrics,
-            "upsync_files_uploaded_total",
+            "upsync_uploaded_files_total",
             &["backend=\"kifs\""]
         ),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "upsync_bytes_uploaded_total", &[]),
+        sample(&metrics, "upsync_uploaded_bytes_total", &[]),
         Some((2 * PART + (10 << 20)) as f64),
         "{metrics}"
     );

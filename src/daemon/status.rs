@@ -362,8 +362,8 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 oldest_pending_age_s: status.oldest_pending_age_s.map(|s| s as f64),
                 last_success_ms: status.last_success_ms,
                 in_flight: uploads.len() as u64,
-                in_flight_bytes_done: uploads.iter().map(|u| u.bytes_done).sum(),
-                in_flight_bytes_total: uploads.iter().map(|u| u.bytes_total).sum(),
+                in_flight_acknowledged_bytes: uploads.iter().map(|u| u.bytes_done).sum(),
+                in_flight_size_bytes: uploads.iter().map(|u| u.bytes_total).sum(),
             }
         })
         .collect()
