@@ -1,7 +1,8 @@
-//! Operating upsync: live status and metrics while the daemon uploads, `upsync retry`
-//! through the control socket, `upsync sync --once`, systemd notifications, the systemd
-//! unit (verify + security score), the README's config reference, help and completions.
-//! The real binary against an `upsync emulator` process (KiFS).
+//! Operating upsync: live status and metrics while the daemon uploads, the metrics and the
+//! shipped alert rules through promtool, `upsync retry` through the control socket,
+//! `upsync sync --once`, systemd notifications, the systemd unit (verify + security score),
+//! the README's config reference, help and completions. The real binary against an
+//! `upsync emulator` process (KiFS).
 
 mod common;
 
@@ -445,21 +446,134 @@ fn under_systemd_the_daemon_notifies_ready_status_watchdog_and_stopping() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// `systemd-analyze`, or `None` (with the reason printed) when it is not installed and
-/// `UPSYNC_REQUIRE_TOOLS` (set by `.ci/run` once it installed the tool) is not set.
-fn systemd_analyze() -> Option<&'static str> {
-    match Command::new("systemd-analyze").arg("--version").output() {
-        Ok(out) if out.status.success() => Some("systemd-analyze"),
+/// `program`, or `None` (with the reason printed) when it is not installed and
+/// `UPSYNC_REQUIRE_TOOLS` (set by `.ci/run` once it installed the tools) is not set.
+fn tool(program: &'static str, debian_package: &str) -> Option<&'static str> {
+    match Command::new(program).arg("--version").output() {
+        Ok(out) if out.status.success() => Some(program),
         _ => {
             // CI installs it and says so: there a missing tool is a failure, not a skip.
             assert!(
                 std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
-                "systemd-analyze is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
+                "{program} is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
             );
-            eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+            eprintln!("skipped: {program} is not installed (apt-get install {debian_package})");
             None
         }
     }
+}
+
+fn systemd_analyze() -> Option<&'static str> {
+    tool("systemd-analyze", "systemd")
+}
+
+fn promtool() -> Option<&'static str> {
+    tool("promtool", "prometheus")
+}
+
+/// Runs `promtool ARGS` with `stdin`; panics with its output unless it succeeds.
+fn run_promtool(promtool: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("promtool reads its input");
+    let out = child.wait_with_output().expect("promtool ends");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_shipped_alert_rules_pass_promtool_check_and_test_rules() {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    let checked = run_promtool(promtool, &["check", "rules", "upsync-rules.yml"], "");
+    assert!(checked.contains("SUCCESS: 3 rules found"), "{checked}");
+    let tested = run_promtool(promtool, &["test", "rules", "upsync-rules.test.yml"], "");
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+#[test]
+fn a_live_daemon_s_metrics_pass_promtool_and_a_reloaded_folder_gets_its_counters_at_zero() {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    let port = free_port();
+    let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let path = s.inbox.join("a.csv");
+    std::fs::write(&path, "id\n1\n").unwrap();
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let inbox = s.inbox.display().to_string();
+    let uploaded = [
+        "upsync_uploaded_files_total",
+        &format!("folder=\"{inbox}\""),
+    ];
+    daemon.wait_until(Duration::from_secs(30), "the upload to be counted", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && sample(&get_text(&url), uploaded[0], &uploaded[1..]) == Some(1.0)
+    });
+    let metrics = get_text(&url);
+    let linted = run_promtool(promtool, &["check", "metrics"], &metrics);
+    assert!(linted.trim().is_empty(), "promtool: {linted}\n{metrics}");
+    let folder = format!("folder=\"{inbox}\"");
+    for (metric, labels) in [
+        (
+            "upsync_upload_failures_total",
+            vec![folder.as_str(), "class=\"transient\""],
+        ),
+        ("upsync_upload_retries_total", vec![folder.as_str()]),
+    ] {
+        assert_eq!(sample(&metrics, metric, &labels), Some(0.0), "{metrics}");
+    }
+    assert_eq!(
+        sample(&metrics, "upsync_build_info", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
+
+    // A folder added by a reload has its counters at once, at 0.
+    let added = s.tmp.path().join("added");
+    std::fs::create_dir_all(&added).unwrap();
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str("[[folder]]\npath = \"added\"\nkifs_directory = \"ingest\"\n");
+    std::fs::write(&s.config, config).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let added_folder = format!("folder=\"{}\"", added.display());
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "the added folder's counters",
+        || {
+            sample(
+                &get_text(&url),
+                "upsync_upload_failures_total",
+                &[&added_folder, "class=\"permanent\""],
+            ) == Some(0.0)
+        },
+    );
+    run_promtool(promtool, &["check", "metrics"], &get_text(&url));
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
 }
 
 fn unit_path() -> PathBuf {
