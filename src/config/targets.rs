@@ -31,7 +31,9 @@ pub(crate) fn check_kifs_directory(name: &str) -> Result<(), String> {
     })
 }
 
-/// Checks a Redivis table reference `owner.dataset[:…]:next.table[:refId]` (protocols/redivis.md §2).
+/// Checks a Redivis table reference `owner.dataset[:…]:next.table[:refId]`: an owner (user or
+/// organization), a dataset with qualifiers of which `next` (the unreleased version, the only
+/// one that takes uploads) must be one, and a table with an optional reference id.
 pub(crate) fn check_redivis_table(reference: &str) -> Result<(), String> {
     const SHAPE: &str = "a table reference like \"owner.dataset:next.table\"";
     let parts: Vec<&str> = reference.split('.').collect();

@@ -27,7 +27,8 @@ const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
 const DEFAULT_CHUNK: u64 = 8 << 20;
-/// Resumable-upload chunks must be multiples of 256 KiB (protocols/redivis.md §10).
+/// Resumable-upload chunks must be multiples of 256 KiB: an upload session refuses any
+/// other chunk size but for the last chunk.
 const CHUNK_GRANULE: u64 = 256 << 10;
 const MAX_CHUNK: u64 = 1 << 30;
 

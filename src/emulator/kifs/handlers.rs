@@ -1,4 +1,4 @@
-//! The KiFS endpoints' behaviour (protocols/kifs.md §6 items 8–36), one function per
+//! The KiFS endpoints' behaviour (`docs/protocols/kifs.md` §6, items 8–36), one function per
 //! endpoint. Each runs on a blocking thread: it does its file I/O directly and holds the
 //! state lock only around the checks and renames that must not interleave.
 
@@ -27,7 +27,8 @@ fn io_failure(what: &str, e: std::io::Error) -> Failure {
     format!("Internal error while {what}: {e}")
 }
 
-/// A boolean option: absent = false; only `true`/`false` accepted (§6 item 17).
+/// A boolean option: absent = false; only `true`/`false` accepted
+/// (docs/protocols/kifs.md §6, item 17).
 fn flag(options: &StringMap, key: &str) -> Result<bool, Failure> {
     match options.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -38,7 +39,7 @@ fn flag(options: &StringMap, key: &str) -> Result<bool, Failure> {
     }
 }
 
-/// Whether `file_encoding` asks for base64 (§6 item 15).
+/// Whether `file_encoding` asks for base64 (docs/protocols/kifs.md §6, item 15).
 fn base64_encoding(options: &StringMap) -> Result<bool, Failure> {
     match options.get("file_encoding").map(String::as_str) {
         None | Some("none") => Ok(false),
@@ -97,7 +98,7 @@ fn require(
 }
 
 /// Errors when storing `incoming` more bytes in `directory` (replacing `replaced` bytes)
-/// would exceed its limit (§6 item 11).
+/// would exceed its limit (docs/protocols/kifs.md §6, item 11).
 fn check_limit(
     state: &State,
     directory_name: &str,
@@ -128,7 +129,7 @@ fn file_names(raw: &[String]) -> Result<Vec<FileName>, Failure> {
     raw.iter().map(|n| names::parse_file_name(n)).collect()
 }
 
-/// `/upload/files` (§6 items 12–25).
+/// `/upload/files` (docs/protocols/kifs.md §6, items 12–25).
 pub(crate) fn upload_files(
     store: &Store,
     enc: KifsEncoding,
@@ -268,7 +269,7 @@ fn whole_files(
 }
 
 /// Everything that can refuse a whole-file upload, so it is refused before any change
-/// (all-or-nothing, §6 item 18).
+/// (all-or-nothing, docs/protocols/kifs.md §6, item 18).
 fn check_whole_upload(
     state: &State,
     user: &str,
@@ -465,7 +466,7 @@ fn selectors(paths: &[String]) -> Result<Vec<Selector>, Failure> {
     paths.iter().map(|p| names::parse_selector(p)).collect()
 }
 
-/// `/show/files` (§6 items 27–30).
+/// `/show/files` (docs/protocols/kifs.md §6, items 27–30).
 pub(crate) fn show_files(
     store: &Store,
     user: &str,
@@ -504,7 +505,7 @@ pub(crate) fn show_files(
     Ok(response)
 }
 
-/// `/show/directories` (§6 item 31).
+/// `/show/directories` (docs/protocols/kifs.md §6, item 31).
 pub(crate) fn show_directories(
     store: &Store,
     user: &str,
@@ -566,7 +567,7 @@ pub(crate) fn ensure_directory(
         .map_err(|e| io_failure("saving the directory list", e))
 }
 
-/// `/create/directory` (§6 item 32).
+/// `/create/directory` (docs/protocols/kifs.md §6, item 32).
 pub(crate) fn create_directory(
     store: &Store,
     user: &str,
@@ -667,7 +668,7 @@ fn expand(
     Ok(out)
 }
 
-/// `/delete/files` (§6 item 33).
+/// `/delete/files` (docs/protocols/kifs.md §6, item 33).
 pub(crate) fn delete_files(
     store: &Store,
     user: &str,
@@ -693,7 +694,7 @@ pub(crate) fn delete_files(
     Ok(response)
 }
 
-/// `/delete/directory` (§6 item 34).
+/// `/delete/directory` (docs/protocols/kifs.md §6, item 34).
 pub(crate) fn delete_directory(
     store: &Store,
     user: &str,
@@ -752,7 +753,7 @@ pub(crate) fn delete_directory(
     })
 }
 
-/// `/download/files` (§6 item 35).
+/// `/download/files` (docs/protocols/kifs.md §6, item 35).
 pub(crate) fn download_files(
     store: &Store,
     user: &str,

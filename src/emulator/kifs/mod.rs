@@ -1,14 +1,16 @@
 //! The KiFS emulator: `/upload/files` (whole files and multipart), `/show/files`,
 //! `/show/directories`, `/create/directory`, `/delete/files`, `/delete/directory`,
 //! `/download/files`, `/show/system/properties` and `/show/system/status`, in Avro binary
-//! and JSON, following protocols/kifs.md §6. State lives on disk (layout in the `store` submodule's doc)
-//! so files, directories and multipart uploads in progress survive a restart.
+//! and JSON, following `docs/protocols/kifs.md` §6. State lives on disk (layout in the
+//! `store` submodule's doc) so files, directories and multipart uploads in progress survive
+//! a restart.
 //!
 //! Module map: this file holds the options, authentication, request counters and the
 //! router; `handlers` the endpoints' behaviour; `names` the server's wording of the name
 //! rules, and wildcards; `store` the on-disk state.
 //!
-//! Behaviours the emulator defines (the protocol's \[choice\] items, strict by default):
+//! Behaviours the emulator defines (the **\[emulator\]** items of that page, strict by
+//! default):
 //! - POST only; an unknown path is 404, another method on a known path 405. A request
 //!   without a known Content-Type is read as JSON and answered in JSON;
 //!   `application/x-snappy` is raw Snappy around Avro binary (the official clients' SNAPPY
@@ -43,7 +45,7 @@
 //! - `--kifs-part-delay` sleeps before each `upload_part` is processed, so a client can be
 //!   killed while a part is in flight.
 //!
-//! Left out: the scripted faults of §6 item 7 (502/503, `Kinetica is offline`, `System
+//! Left out: the scripted faults of §6, item 7 (502/503, `Kinetica is offline`, `System
 //! shutting down`, dropped connections) belong to the emulator's shared fault layer, not to
 //! this module; `ttl` and `skip_writing` are ignored; `/upload/files/fromurl` is not served.
 

@@ -1,6 +1,6 @@
 //! How the emulated server answers names: file names, `/show/files`-style selectors and
 //! directory names are checked against the KiFS name rules ([`crate::upload::kifs::names`],
-//! `docs/protocols/kifs.md` "Names"), and a broken rule is worded as the server's `ERROR`
+//! `docs/protocols/kifs.md` §4), and a broken rule is worded as the server's `ERROR`
 //! message. Also the `*`/`?` wildcards of show/delete/download.
 //!
 //! The server's own choices on top of the rules: one leading `/` is stripped and accepted

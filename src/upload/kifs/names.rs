@@ -1,6 +1,6 @@
 //! KiFS name rules, stated once: the client checks a target here before any byte is sent,
 //! the configuration checks `kifs_directory` at load time, and the emulator rejects what
-//! the server would (`docs/protocols/kifs.md`, "Names").
+//! the server would (`docs/protocols/kifs.md` §4).
 //!
 //! 1. Characters: ASCII letters and digits, space, and `/ . - : [ ] ( ) # =`. Letters are
 //!    restricted to ASCII: whether KiFS accepts other letters is unverified, and a name the
