@@ -69,21 +69,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn get_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-    })
-}
-
 /// The value of the first sample line of `metric` whose labels contain every `labels` part.
 fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     metrics

@@ -135,6 +135,12 @@ impl Drop for EmulatorProcess {
 }
 
 fn blocking_get_json(url: &str) -> serde_json::Value {
+    let text = get_text(url);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// The body of `GET url`, as text; panics when the request fails.
+pub fn get_text(url: &str) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -143,9 +149,9 @@ fn blocking_get_json(url: &str) -> serde_json::Value {
         reqwest::get(url)
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
+            .text()
             .await
-            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
     })
 }
 
