@@ -251,7 +251,17 @@ impl Default for Metrics {
     }
 }
 
-/// Registers `metric` under `upsync_<name>` and hands it back.
+/// The one `upsync_build_info` series, at 1: a label carries the information.
+fn build_info() -> Family<BuildLabels, Gauge> {
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    info
+}
+
+/// Registers `metric` under `name` and hands it back.
 fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
 where
     M: prometheus_client::registry::Metric + Clone,
@@ -265,16 +275,10 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         let r = registry.sub_registry_with_prefix("upsync");
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
         r.register(
             "build_info",
             "The running upsync's version (always 1)",
-            build_info,
+            build_info(),
         );
         // 50 ms to about 27 minutes: a small file on a LAN up to a large one on a slow link.
         let upload_duration = Family::new_with_constructor(
