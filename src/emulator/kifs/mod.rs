@@ -45,9 +45,10 @@
 //! - `--kifs-part-delay` sleeps before each `upload_part` is processed, so a client can be
 //!   killed while a part is in flight.
 //!
-//! Left out: the scripted faults of §6, item 7 (502/503, `Kinetica is offline`, `System
-//! shutting down`, dropped connections) belong to the emulator's shared fault layer, not to
-//! this module; `ttl` and `skip_writing` are ignored; `/upload/files/fromurl` is not served.
+//! Left out: the scripted faults of `docs/protocols/kifs.md` §6, item 7 (502/503, `Kinetica
+//! is offline`, `System shutting down`, dropped connections) belong to the emulator's shared
+//! fault layer, not to this module; `ttl` and `skip_writing` are ignored;
+//! `/upload/files/fromurl` is not served.
 
 mod handlers;
 mod names;
