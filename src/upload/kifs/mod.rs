@@ -863,15 +863,18 @@ mod tests {
         )
     }
 
+    /// The KiFS emulator's counters.
+    async fn stats(running: &emulator::RunningEmulator) -> serde_json::Value {
+        reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
+            .await
+            .expect("the stats answer")
+            .json()
+            .await
+            .expect("the stats are JSON")
+    }
+
     async fn upload_requests(running: &emulator::RunningEmulator) -> u64 {
-        let stats: serde_json::Value =
-            reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
-                .await
-                .expect("the stats answer")
-                .json()
-                .await
-                .expect("the stats are JSON");
-        stats["requests"]["/upload/files"]
+        stats(running).await["requests"]["/upload/files"]
             .as_u64()
             .expect("the upload counter is a number")
     }
@@ -976,15 +979,9 @@ mod tests {
             assert!(message.contains("rejected the credentials"), "{message}");
             assert!(!message.contains("create_directory"), "{message}");
         }
-        let stats: serde_json::Value =
-            reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
-                .await
-                .expect("the stats answer")
-                .json()
-                .await
-                .expect("the stats are JSON");
         assert_eq!(
-            stats["requests"]["/create/directory"], 0,
+            stats(&running).await["requests"]["/create/directory"],
+            0,
             "no directory is created with credentials the server refuses"
         );
         let err = backend("s3cret")
