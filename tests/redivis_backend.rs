@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use upsync::config::{FolderConfig, RedivisConfig, RedivisProtocol, Secret, Target};
+use upsync::config::{FolderConfig, NetConfig, RedivisConfig, RedivisProtocol, Secret, Target};
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
 use upsync::queue::{FileKey, Store};
@@ -93,6 +93,7 @@ impl Harness {
             token: Secret::new(TOKEN),
             chunk_size,
             protocol,
+            net: NetConfig::default(),
         }
     }
 

@@ -812,6 +812,7 @@ mod tests {
             url: format!("http://{}/kifs", running.addr),
             auth: KifsAuth::None,
             encoding,
+            net: crate::config::NetConfig::default(),
         })
         .expect("the backend builds");
         let store = Store::open(&root.join("state")).expect("the store opens");

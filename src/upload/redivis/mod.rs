@@ -910,6 +910,7 @@ mod tests {
             token: crate::config::Secret::new("t0ken"),
             chunk_size: 1000,
             protocol: RedivisProtocol::ResumableUpload,
+            net: crate::config::NetConfig::default(),
         };
         let err = RedivisBackend::new(&config).unwrap_err();
         assert!(err.contains("256 KiB"), "{err}");
