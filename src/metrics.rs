@@ -150,21 +150,6 @@ impl RequestKind {
     }
 }
 
-/// Sends `request` and records how long its answer took under `kind`.
-pub async fn timed_request(
-    kind: RequestKind,
-    request: impl std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
-) -> Result<reqwest::Response, reqwest::Error> {
-    let started = std::time::Instant::now();
-    let answer = request.await;
-    let status = answer
-        .as_ref()
-        .ok()
-        .map(|response| response.status().as_u16());
-    observe_request(kind, status, started.elapsed());
-    answer
-}
-
 /// Records one request to a remote: its answer's status (`None`: no answer) and duration.
 pub fn observe_request(kind: RequestKind, status: Option<u16>, duration: Duration) {
     let (backend, kind) = kind.labels();

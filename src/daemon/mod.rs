@@ -31,6 +31,7 @@ use crate::config::{Config, KifsAuth, Target};
 use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
 use crate::metrics::Metrics;
+use crate::net::Bandwidth;
 use crate::queue::{Store, StoreError};
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
@@ -267,7 +268,8 @@ impl Core {
             ))
         })?;
         let close_on_error = stop_serving.clone().drop_guard();
-        let backends = build_backends(&config)?;
+        live.bandwidth.configure(config.bandwidth.clone());
+        let backends = build_backends(&config, &live.bandwidth)?;
         prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until
@@ -441,14 +443,17 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
     Ok(Some(running))
 }
 
-fn build_backends(config: &Config) -> Result<Backends, DaemonError> {
+/// The backends of the configured sections, their request bodies paced by `bandwidth`.
+fn build_backends(config: &Config, bandwidth: &Arc<Bandwidth>) -> Result<Backends, DaemonError> {
     let mut backends = Backends::default();
     if let Some(kifs) = &config.kifs {
-        let backend = KifsBackend::new(kifs).map_err(DaemonError::Startup)?;
+        let backend =
+            KifsBackend::new(kifs, Arc::clone(bandwidth)).map_err(DaemonError::Startup)?;
         backends.kifs = Some(Arc::new(Backend::Kifs(backend)));
     }
     if let Some(redivis) = &config.redivis {
-        let backend = RedivisBackend::new(redivis).map_err(DaemonError::Startup)?;
+        let backend =
+            RedivisBackend::new(redivis, Arc::clone(bandwidth)).map_err(DaemonError::Startup)?;
         backends.redivis = Some(Arc::new(Backend::Redivis(backend)));
     }
     Ok(backends)

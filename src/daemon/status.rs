@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
+use crate::net::Bandwidth;
 use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
 use crate::upload::LiveProgress;
 
@@ -111,6 +112,8 @@ pub struct RetryingJob {
 pub struct Live {
     pub in_flight: InFlightRegistry,
     pub activity: Activity,
+    /// The bandwidth limit every request body shares.
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
