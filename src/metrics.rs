@@ -19,6 +19,7 @@
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
 //! | `upsync_in_flight_bytes_done` / `upsync_in_flight_bytes_total` | gauge | folder, backend |
+//! | `upsync_bandwidth_limit_bytes_per_second` | gauge | (none; 0 = unlimited) |
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -184,6 +185,7 @@ pub struct Metrics {
     in_flight: Family<UploadLabels, Gauge>,
     in_flight_bytes_done: Family<UploadLabels, Gauge>,
     in_flight_bytes_total: Family<UploadLabels, Gauge>,
+    bandwidth_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -269,8 +271,15 @@ impl Metrics {
             "Total size of the files being uploaded",
             in_flight_bytes_total.clone(),
         );
+        let bandwidth_limit = Gauge::default();
+        registry.register(
+            "bandwidth_limit_bytes_per_second",
+            "Upload bandwidth limit in force (bandwidth_limit or bandwidth_schedule); 0 when unlimited",
+            bandwidth_limit.clone(),
+        );
         Metrics {
             registry,
+            bandwidth_limit,
             files_uploaded,
             bytes_uploaded,
             failures,
@@ -325,6 +334,12 @@ impl Metrics {
         for figures in folders {
             self.set_folder(figures);
         }
+    }
+
+    /// Sets the bandwidth limit gauge (`None`: unlimited, shown as 0).
+    pub fn set_bandwidth_limit(&self, limit: Option<u64>) {
+        let value = limit.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.bandwidth_limit.set(value);
     }
 
     /// Sets the queue gauges of one folder.

@@ -269,7 +269,9 @@ impl Fleet {
         }
         let emulator_changed = match (&new.emulator, &old.emulator) {
             (None, None) => false,
-            (Some(a), Some(b)) => a.listen != b.listen || a.data_dir != b.data_dir,
+            (Some(a), Some(b)) => {
+                a.listen != b.listen || a.data_dir != b.data_dir || a.tls != b.tls
+            }
             _ => true,
         };
         if emulator_changed {

@@ -309,7 +309,10 @@ impl Core {
                 // One read of the configuration for both: a reload may land in between.
                 let config = probe.config();
                 match status::build_report(&config, &probe.store, Some(&probe.live)) {
-                    Ok(report) => metrics.set_folders(&status::folder_gauges(&config, &report)),
+                    Ok(report) => {
+                        metrics.set_folders(&status::folder_gauges(&config, &report));
+                        metrics.set_bandwidth_limit(report.bandwidth.limit_bytes_per_s);
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
                     }
@@ -431,12 +434,17 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
     if let Some(redivis) = &config.redivis {
         options.redivis.redivis_token = Some(redivis.token.clone());
     }
+    if let Some(tls) = &section.tls {
+        options.tls_cert = Some(tls.cert.clone());
+        options.tls_key = Some(tls.key.clone());
+    }
     let running = emulator::start(&section.listen.to_string(), options)
         .await
         .map_err(|err| DaemonError::Startup(format!("embedded emulator: {err}")))?;
+    let base = format!("{}://{}", running.scheme, running.addr);
     tracing::info!(
-        kifs = %format!("http://{}/kifs", running.addr),
-        redivis = %format!("http://{}/api/v1", running.addr),
+        kifs = %format!("{base}/kifs"),
+        redivis = %format!("{base}/api/v1"),
         data = %section.data_dir.display(),
         "embedded emulator started"
     );
