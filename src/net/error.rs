@@ -180,21 +180,18 @@ pub fn describe(err: &reqwest::Error) -> String {
 }
 
 /// The rustls error somewhere in the chain. An `io::Error` hides the error it wraps from
-/// `source()` (it returns that error's own source), so each one is opened too.
+/// `source()` (it returns that error's own source), and TLS connectors wrap one I/O error in
+/// another, so an I/O error's link is the error it wraps.
 fn rustls_error(err: &reqwest::Error) -> Option<&rustls::Error> {
     let mut next: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(current) = next {
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        let wrapped = current
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if wrapped.is_some() {
-            return wrapped;
-        }
-        next = current.source();
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => current.source(),
+        };
     }
     None
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,7 @@ impl EmulatorProcess {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected emulator greeting: {line:?}"))
             .parse()
             .expect("emulator address parses");
@@ -432,5 +436,70 @@ impl EmulatorProcess {
                 }
             }
         })
+    }
+}
+
+/// `upsync status --json` for `config`, parsed.
+pub fn status_json(config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "status failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn get_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    })
+}
+
+/// The value of the first sample line of `metric` whose labels contain every `labels` part.
+pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|part| l.contains(part)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl EmulatorProcess {
+    /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
+    pub fn delete(&self, path: &str) {
+        let url = format!("http://{}{path}", self.addr);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .delete(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DELETE {url}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "DELETE {url}: {}",
+                response.status()
+            );
+        });
     }
 }
