@@ -133,9 +133,10 @@ async fn a_stalled_server_is_abandoned_after_the_idle_timeout_in_both_directions
     for size in [1024usize, 64 << 20] {
         let started = Instant::now();
         let request = http.client().post(&url).body(vec![1u8; size]);
-        let err = http
-            .send(RequestKind::KifsApi, request)
+        let sent = tokio::time::timeout(idle * 10, http.send(RequestKind::KifsApi, request));
+        let err = sent
             .await
+            .unwrap_or_else(|_| panic!("{size} bytes: still held after 10 idle timeouts"))
             .expect_err("the server never answers");
         let took = started.elapsed();
         assert!(err.is_stalled(), "{size} bytes: {err}");

@@ -55,7 +55,8 @@ impl Site {
         let path = self.path(name);
         let text = format!(
             "state_dir = \"{name}.state\"\nshutdown_timeout = \"5s\"\n{top}\n[kifs]\nurl = \"{url}\"\n{kifs}\n\
-             [[folder]]\npath = \"inbox\"\nkifs_directory = \"net\"\nsettle = \"1s\"\n"
+             [[folder]]\npath = \"inbox\"\nkifs_directory = \"net\"\ncreate_directory = true\n\
+             settle = \"1s\"\n"
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -312,4 +313,28 @@ fn a_stalled_server_is_abandoned_after_idle_timeout_and_the_file_completes_once_
         "the file once the stall is cleared",
         || same_content(&local, &emulator.kifs_file("net/stalled.bin")),
     );
+}
+
+#[test]
+fn the_embedded_emulator_serves_https_to_the_daemon() {
+    let site = Site::new();
+    let cert = site.ca.server_cert("localhost", &["localhost"]);
+    let port = free_port();
+    let emulator = format!(
+        "[emulator]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"remote\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let config = site.config(
+        "upsync.toml",
+        &format!("https://localhost:{port}/kifs"),
+        "",
+        &format!("ca_file = \"{}\"\n{emulator}", site.ca.ca_file.display()),
+    );
+    let local = site.drop_file("demo.csv", 2000, 6);
+    let (code, text) = sync_once(&config, &[]);
+    assert_eq!(code, 0, "{text}");
+    let stored =
+        upsync::emulator::kifs::stored_file_path(&site.path("remote").join("kifs"), "net/demo.csv");
+    assert!(same_content(&local, &stored), "{text}");
 }
