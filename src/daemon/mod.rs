@@ -269,6 +269,7 @@ impl Core {
         })?;
         let close_on_error = stop_serving.clone().drop_guard();
         live.bandwidth.configure(config.bandwidth.clone());
+        log_bandwidth(&config, &live.bandwidth);
         let backends = build_backends(&config, &live.bandwidth)?;
         prepare_folders(&config, &backends).await?;
         {
@@ -449,6 +450,19 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
         "embedded emulator started"
     );
     Ok(Some(running))
+}
+
+/// Says which upload limit is in force at start, when one is configured.
+fn log_bandwidth(config: &Config, bandwidth: &Bandwidth) {
+    if config.bandwidth == crate::config::BandwidthConfig::default() {
+        return;
+    }
+    let in_force = bandwidth.in_force();
+    let limit = in_force.limit.map_or_else(
+        || "unlimited".to_string(),
+        |limit| format!("{}/s", bytesize::ByteSize(limit)),
+    );
+    tracing::info!(limit = %limit, rule = ?in_force.rule, "upload bandwidth limit in force");
 }
 
 /// The backends of the configured sections, their request bodies paced by `bandwidth`.
