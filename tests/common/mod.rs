@@ -93,11 +93,7 @@ impl EmulatorProcess {
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) {
         let url = format!("http://{}{path}", self.addr);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
+        block_on(async {
             let response = reqwest::Client::new()
                 .post(&url)
                 .json(body)
@@ -138,12 +134,17 @@ impl Drop for EmulatorProcess {
     }
 }
 
-fn blocking_get_json(url: &str) -> serde_json::Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `future` to completion on a runtime of its own (the tests themselves are sync).
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
+        .expect("runtime builds")
+        .block_on(future)
+}
+
+fn blocking_get_json(url: &str) -> serde_json::Value {
+    block_on(async {
         reqwest::get(url)
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -394,11 +395,7 @@ impl EmulatorProcess {
     /// that does not exist yet. The emulator's injected faults hit these requests too, so
     /// failed ones are retried.
     pub fn list_redivis_uploads(&self, table: &str, token: &str) -> Vec<serde_json::Value> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
+        block_on(async {
             let client = reqwest::Client::new();
             let table =
                 percent_encoding::utf8_percent_encode(table, percent_encoding::NON_ALPHANUMERIC)
@@ -457,11 +454,7 @@ pub fn free_port() -> u16 {
 }
 
 pub fn get_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
+    block_on(async {
         reqwest::get(url)
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -485,11 +478,7 @@ impl EmulatorProcess {
     /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
     pub fn delete(&self, path: &str) {
         let url = format!("http://{}{path}", self.addr);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
+        block_on(async {
             let response = reqwest::Client::new()
                 .delete(&url)
                 .send()
