@@ -177,3 +177,40 @@ async fn concurrent_bodies_share_the_bandwidth_limit() {
     assert!(took >= Duration::from_millis(1700), "4 MiB in {took:?}");
     running.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn proxy_credentials_never_show_in_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy =
+        common::proxy::ProxyServer::start(&tmp.path().join("proxy.log"), Some(("u", "right")));
+    let unreachable = format!("http://127.0.0.1:{}", common::free_port());
+    for proxy_base in [proxy.url(), unreachable] {
+        let with_password = proxy_base.replace("http://", "http://u:wr0ng-s3cret@");
+        let net = NetConfig {
+            proxy: Some(proxy_url(&format!("proxy = {with_password:?}"))),
+            ..NetConfig::default()
+        };
+        let http = client(&net, Bandwidth::unlimited());
+        let err = get(&http, "https://localhost:9/anything")
+            .await
+            .expect_err("refused");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("wr0ng-s3cret"), "{shown}");
+        }
+    }
+    let lines = proxy.lines();
+    assert!(lines.iter().any(|l| l.starts_with("407")), "{lines:?}");
+}
+
+/// The `proxy` of a `[kifs]` section holding `line`, as the config reads it.
+fn proxy_url(line: &str) -> upsync::config::ProxyUrl {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("inbox")).unwrap();
+    let path = dir.path().join("upsync.toml");
+    let text = format!(
+        "state_dir = \"state\"\n[kifs]\nurl = \"http://k\"\n{line}\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"k\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = upsync::config::Config::load(&path).expect("the config loads");
+    config.kifs.expect("[kifs]").net.proxy.expect("a proxy")
+}

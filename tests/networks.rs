@@ -109,10 +109,16 @@ fn a_folder_mirrors_into_an_https_emulator_through_a_proxy_at_the_configured_ban
     let emulator = site.https_emulator("remote", &cert);
     let proxy = ProxyServer::start(&site.path("proxy.log"), Some(("upsync", PROXY_PASSWORD)));
     let proxy_url = format!("http://upsync:{PROXY_PASSWORD}@{}", proxy.addr);
+    let port = free_port();
+    let metrics = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let limit_gauge = || {
+        let text = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+        sample(&text, "upsync_bandwidth_limit_bytes_per_second", &[])
+    };
     let config = site.config(
         "upsync.toml",
         &kifs_url(&emulator, "localhost"),
-        "bandwidth_limit = \"1MiB/s\"",
+        &format!("{metrics}\nbandwidth_limit = \"1MiB/s\""),
         &format!(
             "ca_file = \"{}\"\nproxy = \"{proxy_url}\"",
             site.ca.ca_file.display()
@@ -143,12 +149,13 @@ fn a_folder_mirrors_into_an_https_emulator_through_a_proxy_at_the_configured_ban
         "{report}"
     );
     assert_eq!(report["bandwidth"]["rule"], "bandwidth_limit", "{report}");
+    assert_eq!(limit_gauge(), Some(1048576.0));
 
     // SIGHUP puts a timetable in force; status follows at once.
     let reloaded = site.config(
         "upsync.toml",
         &kifs_url(&emulator, "localhost"),
-        "bandwidth_schedule = [\"00:00-24:00 2MiB/s\", \"off\"]",
+        &format!("{metrics}\nbandwidth_schedule = [\"00:00-24:00 2MiB/s\", \"off\"]"),
         &format!(
             "ca_file = \"{}\"\nproxy = \"{proxy_url}\"",
             site.ca.ca_file.display()
@@ -163,6 +170,7 @@ fn a_folder_mirrors_into_an_https_emulator_through_a_proxy_at_the_configured_ban
         text.contains("bandwidth: 2.0 MiB/s (00:00-24:00 2MiB/s)"),
         "{text}"
     );
+    assert_eq!(limit_gauge(), Some(2097152.0));
     let log = daemon.log_text();
     assert!(
         !log.contains(PROXY_PASSWORD),

@@ -6,10 +6,10 @@
 //!    once they appear). An invalid file is logged with its error and changes nothing.
 //! 2. `state_dir`, `metrics_listen` and `[emulator]` cannot change while running: a change
 //!    is logged and the running value kept (restart to apply it).
-//! 3. The bandwidth limit or timetable takes effect from the next piece of every request
-//!    body. A backend whose section changed (network keys included) is built anew; an added folder's remote is checked
-//!    like at start, and a definitive refusal (missing KiFS directory, no permission)
-//!    rejects the whole reload.
+//! 3. A backend whose section changed (network keys included) is built anew; an added
+//!    folder's remote is checked like at start, and a definitive refusal (missing KiFS
+//!    directory, no permission) rejects the whole reload. The bandwidth limit or timetable
+//!    of an accepted reload applies from the next piece of every request body.
 //! 4. Watchers of removed or changed folders stop; added or changed folders get a new
 //!    watcher (which scans them). Unchanged folders keep their watcher.
 //! 5. A new generation of workers starts with the new config; the previous one stops
