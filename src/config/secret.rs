@@ -4,6 +4,7 @@
 //! Secret files also work with systemd credentials (`LoadCredential=`): when the file is not
 //! at its resolved path and `CREDENTIALS_DIRECTORY` is set, `$CREDENTIALS_DIRECTORY/<file
 //! name>` is tried. Messages name the key, the file or the variable, never the content.
+//! Other `*_file` keys (`ca_file`) are looked up the same way, through [`read_key_file`].
 
 use std::ffi::OsString;
 use std::fmt;
