@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod emulator;
 pub mod fingerprint;
 pub mod metrics;
+pub mod net;
 pub mod queue;
 pub mod signals;
 pub mod upload;

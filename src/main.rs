@@ -294,7 +294,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 .await
                 .map_err(Failure::runtime)?;
             // Tests and scripts read the bound address from this line.
-            println!("listening on http://{}", running.addr);
+            println!("listening on {}://{}", running.scheme, running.addr);
             stop.await;
             running.shutdown.cancel();
             let _ = running.task.await;

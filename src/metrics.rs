@@ -27,6 +27,7 @@
 //! each configured folder and its backend (and every failure class and request kind and
 //! outcome of that backend), so an alert on a rate or an increase reads 0, not "no data";
 //! the scrape's refresh does it, so folders added by a reload get theirs too.
+//! | `upsync_bandwidth_limit_bytes_per_second` | gauge | (none; 0 = unlimited) |
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -187,21 +188,6 @@ impl RequestKind {
     }
 }
 
-/// Sends `request` and records how long its answer took under `kind`.
-pub async fn timed_request(
-    kind: RequestKind,
-    request: impl std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
-) -> Result<reqwest::Response, reqwest::Error> {
-    let started = std::time::Instant::now();
-    let answer = request.await;
-    let status = answer
-        .as_ref()
-        .ok()
-        .map(|response| response.status().as_u16());
-    observe_request(kind, status, started.elapsed());
-    answer
-}
-
 /// Records one request to a remote: its answer's status (`None`: no answer) and duration.
 pub fn observe_request(kind: RequestKind, status: Option<u16>, duration: Duration) {
     let outcome = match status {
@@ -243,6 +229,7 @@ pub struct Metrics {
     in_flight: Family<UploadLabels, Gauge>,
     in_flight_acknowledged: Family<UploadLabels, Gauge>,
     in_flight_size: Family<UploadLabels, Gauge>,
+    bandwidth_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -356,6 +343,12 @@ impl Metrics {
                 "Total size of the files being uploaded",
                 Family::default(),
             ),
+            bandwidth_limit: registered(
+                r,
+                "bandwidth_limit_bytes_per_second",
+                "Upload bandwidth limit in force (bandwidth_limit or bandwidth_schedule); 0 when unlimited",
+                Gauge::default(),
+            ),
             registry,
         }
     }
@@ -417,6 +410,12 @@ impl Metrics {
                 drop(REQUEST_DURATION.get_or_create(&request_labels(*kind, outcome)));
             }
         }
+    }
+
+    /// Sets the bandwidth limit gauge (`None`: unlimited, shown as 0).
+    pub fn set_bandwidth_limit(&self, limit: Option<u64>) {
+        let value = limit.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.bandwidth_limit.set(value);
     }
 
     /// Sets the queue gauges of one folder.

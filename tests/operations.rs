@@ -60,25 +60,6 @@ fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
     same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The value of the first sample line of `metric` whose labels contain every `labels` part.
-fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
-        .find(|l| labels.iter().all(|part| l.contains(part)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
     let port = free_port();

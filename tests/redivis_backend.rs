@@ -12,9 +12,10 @@ use common::md5_hex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use upsync::config::{FolderConfig, RedivisConfig, RedivisProtocol, Secret, Target};
+use upsync::config::{FolderConfig, NetConfig, RedivisConfig, RedivisProtocol, Secret, Target};
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
+use upsync::net::Bandwidth;
 use upsync::queue::{FileKey, Store};
 use upsync::upload::redivis::api::RetryPolicy;
 use upsync::upload::redivis::poll::PollConfig;
@@ -46,8 +47,6 @@ fn tuning() -> Tuning {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
         },
-        api_timeout: Duration::from_secs(10),
-        chunk_timeout: Duration::from_secs(10),
         inline_max: 0,
         ..Tuning::default()
     }
@@ -91,6 +90,10 @@ impl Harness {
             token: Secret::new(TOKEN),
             chunk_size,
             protocol,
+            net: NetConfig {
+                idle_timeout: Duration::from_secs(10),
+                ..NetConfig::default()
+            },
         }
     }
 
@@ -104,8 +107,12 @@ impl Harness {
         chunk_size: u64,
         tuning: Tuning,
     ) -> RedivisBackend {
-        RedivisBackend::with_tuning(&self.config(protocol, chunk_size), tuning)
-            .expect("backend config is valid")
+        RedivisBackend::with_tuning(
+            &self.config(protocol, chunk_size),
+            tuning,
+            Bandwidth::unlimited(),
+        )
+        .expect("backend config is valid")
     }
 
     fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
@@ -711,14 +718,10 @@ async fn a_lost_upload_post_answer_is_reconciled_through_the_list_not_reposted()
     let h = Harness::start(|o| o.redivis.redivis_post_delay = 1500).await;
     let bytes = data(CHUNK + 1, 14);
     h.write("lost.csv", &bytes);
-    let backend = h.backend_with(
-        RedivisProtocol::ResumableUpload,
-        CHUNK,
-        Tuning {
-            api_timeout: Duration::from_millis(700),
-            ..tuning()
-        },
-    );
+    let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
+    config.net.idle_timeout = Duration::from_millis(700);
+    let backend = RedivisBackend::with_tuning(&config, tuning(), Bandwidth::unlimited())
+        .expect("backend config is valid");
     let mut job = h.claim("lost.csv");
     upload_ok(&backend, &mut job).await;
 
@@ -1325,7 +1328,7 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
 
     let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
     config.token = Secret::new("wrong-token");
-    let wrong = RedivisBackend::with_tuning(&config, tuning()).unwrap();
+    let wrong = RedivisBackend::with_tuning(&config, tuning(), Bandwidth::unlimited()).unwrap();
     let err = wrong.prepare_folder(&folder(TABLE)).await.unwrap_err();
     assert!(
         matches!(
@@ -1383,7 +1386,7 @@ async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress()
 
     let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
     config.token = Secret::new(format!("{TOKEN}-not-accepted"));
-    let rejected = RedivisBackend::with_tuning(&config, tuning()).unwrap();
+    let rejected = RedivisBackend::with_tuning(&config, tuning(), Bandwidth::unlimited()).unwrap();
     h.write("denied.csv", &data(10, 27));
     let mut job = h.claim("denied.csv");
     let err = rejected.upload(&mut job).await.unwrap_err();

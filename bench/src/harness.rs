@@ -175,6 +175,8 @@ pub struct DaemonConfig {
     pub chunk_size: &'static str,
     pub folders: Vec<(PathBuf, Remote)>,
     pub settle: &'static str,
+    /// `bandwidth_limit`, e.g. "10MiB/s".
+    pub bandwidth_limit: Option<&'static str>,
 }
 
 impl DaemonConfig {
@@ -188,6 +190,7 @@ impl DaemonConfig {
             chunk_size: "8MiB",
             folders: Vec::new(),
             settle: "1s",
+            bandwidth_limit: None,
         }
     }
 
@@ -201,6 +204,10 @@ impl DaemonConfig {
             self.concurrency
         )
         .expect("writing to a String cannot fail");
+        if let Some(limit) = self.bandwidth_limit {
+            writeln!(text, "bandwidth_limit = \"{limit}\"")
+                .expect("writing to a String cannot fail");
+        }
         if let Some(url) = &self.kifs_url {
             let encoding = if self.kifs_json { "json" } else { "binary" };
             writeln!(

@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release -p upsync-bench            # full run (~15-20 minutes)
 //! cargo run --release -p upsync-bench -- --quick # small sizes (< 1 minute), for CI
+//! cargo run --release -p upsync-bench -- --only bandwidth   # one section (~30 s)
 //! ```
+//!
+//! The bandwidth section (a limit held over a long transfer) runs in full runs and with
+//! `--only bandwidth`, never in `--quick`.
 //!
 //! The emulator runs inside this process; the daemon is the `upsync` binary next to this
 //! one (built first when run through cargo) or `--bin-path`. Every figure has a baseline
@@ -49,6 +53,7 @@ enum Section {
     RedivisSmall,
     Restart,
     Latency,
+    Bandwidth,
 }
 
 /// How big everything is in a run.
@@ -261,6 +266,14 @@ async fn run(args: Args) -> BenchResult<bool> {
     if wanted(Section::Latency) {
         eprintln!("latency");
         collect(&mut rows, "Latency", scenarios::latency(&ctx, &sizes).await);
+    }
+    if wanted(Section::Bandwidth) && !args.quick {
+        eprintln!("bandwidth limit");
+        collect(
+            &mut rows,
+            "Bandwidth limit",
+            scenarios::bandwidth(&ctx).await,
+        );
     }
 
     print_table(&ctx, &rows, args.quick, started.elapsed());

@@ -804,3 +804,88 @@ pub fn size_label(bytes: u64) -> String {
         format!("{} KiB", bytes >> 10)
     }
 }
+
+/// `bandwidth_limit = "10MiB/s"` with 4 files of 64 MiB uploading at once to Redivis: the
+/// aggregate rate of acknowledged bytes (all uploads, sampled from the daemon's status)
+/// between 10 % and 90 % of the total, against the limit.
+pub async fn bandwidth(ctx: &Ctx) -> BenchResult<Vec<Row>> {
+    const FILES: u64 = 4;
+    const SIZE: u64 = 64 << 20;
+    const LIMIT: u64 = 10 << 20;
+    let dir = ctx.fresh_dir("bandwidth")?;
+    let staging = dir.join("staging");
+    let mut files = Vec::new();
+    for i in 0..FILES {
+        let path = staging.join(format!("paced-{i}.bin"));
+        write_random_file(&path, SIZE, 300 + i)?;
+        files.push(path);
+    }
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
+    let mut config = DaemonConfig::new(&dir, &emulator);
+    config.redivis_url = Some(emulator.redivis_url());
+    config.kifs_url = None;
+    // Small chunks: the status counts acknowledged chunks, so they set its resolution.
+    config.chunk_size = "2MiB";
+    config.bandwidth_limit = Some("10MiB/s");
+    config.folders.push((inbox.clone(), Remote::Redivis));
+    let daemon = Daemon::start(ctx, &dir, &config).await?;
+    for file in &files {
+        let name = file.file_name().expect("bench files have names");
+        std::fs::rename(file, inbox.join(name)).map_err(|e| format!("move in: {e}"))?;
+    }
+    let samples = acknowledged_bytes(&daemon, FILES, SIZE).await;
+    let log = daemon.terminate().await;
+    emulator.stop().await;
+    let samples = samples?;
+    log?;
+    let total = FILES * SIZE;
+    let at = |share: f64| {
+        samples
+            .iter()
+            .find(|(_, bytes)| *bytes as f64 >= share * total as f64)
+            .copied()
+            .ok_or_else(|| "the samples never reached the share".to_string())
+    };
+    let ((t10, b10), (t90, b90)) = (at(0.1)?, at(0.9)?);
+    let rate = (b90 - b10) as f64 / t90.duration_since(t10).as_secs_f64();
+    let ratio = rate / LIMIT as f64;
+    Ok(vec![Row {
+        figure: format!(
+            "bandwidth_limit = \"10MiB/s\", {FILES} files of {} at once to Redivis: aggregate rate",
+            size_label(SIZE)
+        ),
+        upsync: format!("{:.2} MiB/s", mib(rate as u64)),
+        baseline: "10.00 MiB/s (the limit)".into(),
+        ratio: format!("{ratio:.3}"),
+        target: "0.90–1.10".into(),
+        verdict: Verdict::of((0.9..=1.1).contains(&ratio)),
+    }])
+}
+
+/// (when, bytes acknowledged over all `files` uploads) every 100 ms until all are done.
+async fn acknowledged_bytes(
+    daemon: &Daemon,
+    files: u64,
+    size: u64,
+) -> BenchResult<Vec<(Instant, u64)>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut samples = Vec::new();
+    loop {
+        let report = daemon.status().await?;
+        let done: u64 = report.folders.iter().map(|f| f.counts.done).sum();
+        let in_flight: u64 = report.in_flight.iter().map(|u| u.bytes_done).sum();
+        samples.push((Instant::now(), done * size + in_flight));
+        if done >= files {
+            return Ok(samples);
+        }
+        if !report.failed.is_empty() || Instant::now() > deadline {
+            return Err(format!(
+                "{done} of {files} uploaded, {} failed",
+                report.failed.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -11,19 +11,24 @@
 //! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
 //! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors.
 //! - `plan`: the folder → target plan that `upsync check` prints.
+//! - `network`: CA files, proxies, timeouts and the bandwidth limit or timetable.
 
 mod errors;
+mod network;
 mod paths;
 mod plan;
 mod raw;
 mod secret;
 mod targets;
-mod units;
+pub(crate) mod units;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
+pub use network::{
+    BandwidthConfig, CaFile, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, NetConfig, ProxyUrl,
+};
 pub use secret::Secret;
 
 use std::ffi::OsString;
@@ -42,6 +47,7 @@ pub struct Config {
     pub rescan_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    pub bandwidth: BandwidthConfig,
     pub redivis: Option<RedivisConfig>,
     pub kifs: Option<KifsConfig>,
     pub folders: Vec<FolderConfig>,
@@ -56,6 +62,7 @@ pub struct RedivisConfig {
     /// A multiple of 256 KiB.
     pub chunk_size: u64,
     pub protocol: RedivisProtocol,
+    pub net: NetConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +79,7 @@ pub struct KifsConfig {
     pub url: String,
     pub auth: KifsAuth,
     pub encoding: KifsEncoding,
+    pub net: NetConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +120,15 @@ pub struct FolderConfig {
 pub struct EmulatorConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Serve HTTPS with this certificate chain and key.
+    pub tls: Option<EmulatorTls>,
+}
+
+/// PEM files of the emulator's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatorTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A config that cannot be used; `Display` is the message shown to the user.

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use super::units::format_size;
-use super::{Config, FolderConfig, KifsAuth, KifsEncoding, RedivisProtocol, Target};
+use super::{
+    BandwidthConfig, Config, FolderConfig, KifsAuth, KifsEncoding, NetConfig, RedivisProtocol,
+    Target,
+};
 
 impl Config {
     /// The folder → target plan, one line per folder, plus the service URLs and state_dir.
@@ -40,6 +43,7 @@ impl Config {
                 KifsEncoding::Json => "json",
             };
             let _ = writeln!(out, "kifs: {} (auth: {auth}, encoding: {encoding})", k.url);
+            let _ = writeln!(out, "  network: {}", net_line(&k.net));
         }
         if let Some(r) = &self.redivis {
             let protocol = match r.protocol {
@@ -52,7 +56,9 @@ impl Config {
                 r.api_url,
                 format_size(r.chunk_size)
             );
+            let _ = writeln!(out, "  network: {}", net_line(&r.net));
         }
+        let _ = writeln!(out, "bandwidth: {}", bandwidth_line(&self.bandwidth));
         if let Some(e) = &self.emulator {
             let _ = writeln!(
                 out,
@@ -66,6 +72,41 @@ impl Config {
             let _ = writeln!(out, "  {}", folder_line(folder));
         }
         out
+    }
+}
+
+/// "connect timeout 30s, idle timeout 2m, CA file /etc/ca.pem (2 certificates), proxy …".
+fn net_line(net: &NetConfig) -> String {
+    let mut parts = vec![
+        format!(
+            "connect timeout {}",
+            humantime::format_duration(net.connect_timeout)
+        ),
+        format!(
+            "idle timeout {}",
+            humantime::format_duration(net.idle_timeout)
+        ),
+    ];
+    if let Some(ca) = &net.ca_file {
+        parts.push(format!(
+            "CA file {} ({} certificate{}) and the usual roots",
+            ca.path.display(),
+            ca.certificates,
+            if ca.certificates == 1 { "" } else { "s" }
+        ));
+    }
+    parts.push(match &net.proxy {
+        Some(proxy) => format!("proxy {proxy}"),
+        None => "proxy from HTTPS_PROXY/HTTP_PROXY/NO_PROXY when set".to_string(),
+    });
+    parts.join(", ")
+}
+
+fn bandwidth_line(bandwidth: &BandwidthConfig) -> String {
+    match (&bandwidth.schedule, bandwidth.limit) {
+        (Some(schedule), _) => format!("by schedule, local time: {schedule}"),
+        (None, Some(limit)) => format!("{}/s", bytesize::ByteSize(limit)),
+        (None, None) => "unlimited".to_string(),
     }
 }
 

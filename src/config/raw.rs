@@ -18,6 +18,8 @@ pub(crate) struct RawConfig {
     pub rescan_interval: Option<Spanned<HumanDuration>>,
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
     pub metrics_listen: Option<Spanned<Listen>>,
+    pub bandwidth_limit: Option<Spanned<String>>,
+    pub bandwidth_schedule: Option<Spanned<Vec<Spanned<String>>>>,
     pub redivis: Option<Spanned<RawRedivis>>,
     pub kifs: Option<Spanned<RawKifs>>,
     #[serde(default)]
@@ -34,6 +36,10 @@ pub(crate) struct RawRedivis {
     pub token_env: Option<Spanned<String>>,
     pub chunk_size: Option<Spanned<HumanSize>>,
     pub protocol: Option<RawProtocol>,
+    pub ca_file: Option<Spanned<String>>,
+    pub proxy: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -55,6 +61,10 @@ pub(crate) struct RawKifs {
     pub token_file: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
     pub encoding: Option<RawEncoding>,
+    pub ca_file: Option<Spanned<String>>,
+    pub proxy: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -82,4 +92,6 @@ pub(crate) struct RawFolder {
 pub(crate) struct RawEmulator {
     pub listen: Spanned<Listen>,
     pub data_dir: Spanned<String>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
 }

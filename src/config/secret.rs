@@ -4,6 +4,7 @@
 //! Secret files also work with systemd credentials (`LoadCredential=`): when the file is not
 //! at its resolved path and `CREDENTIALS_DIRECTORY` is set, `$CREDENTIALS_DIRECTORY/<file
 //! name>` is tried. Messages name the key, the file or the variable, never the content.
+//! Other `*_file` keys (`ca_file`) are looked up the same way, through [`read_key_file`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -120,45 +121,7 @@ fn read_secret_file(
     env: EnvLookup<'_>,
 ) -> Result<Secret, String> {
     let span = file.span();
-    if file.get_ref().trim().is_empty() {
-        return Err(src.key_error(
-            &span,
-            key,
-            "expected the path of a file holding the secret, found \"\"",
-        ));
-    }
-    let path = paths::join(base, file.get_ref());
-    let (path, result) = match std::fs::read(&path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match credential_path(&path, env) {
-            Some(credential) => {
-                let result = std::fs::read(&credential);
-                match result {
-                    Err(e2) if e2.kind() == io::ErrorKind::NotFound => {
-                        return Err(src.key_error(
-                            &span,
-                            key,
-                            format!(
-                                "cannot read the secret file \"{}\" (also tried the systemd credential \"{}\"): {}",
-                                path.display(),
-                                credential.display(),
-                                e
-                            ),
-                        ));
-                    }
-                    other => (credential, other),
-                }
-            }
-            None => (path, Err(e)),
-        },
-        other => (path, other),
-    };
-    let bytes = result.map_err(|e| {
-        src.key_error(
-            &span,
-            key,
-            format!("cannot read the secret file \"{}\": {}", path.display(), e),
-        )
-    })?;
+    let (path, bytes) = read_key_file(src, key, file, base, env, &SECRET_FILE)?;
     let text = String::from_utf8(bytes).map_err(|_| {
         src.key_error(
             &span,
@@ -179,6 +142,82 @@ fn read_secret_file(
         ));
     }
     Ok(Secret::new(value))
+}
+
+/// How messages about one kind of `*_file` key name the file and its content.
+pub(crate) struct FileKind {
+    /// "secret file", "CA file".
+    pub name: &'static str,
+    /// What the file holds: "the secret", "CA certificates (PEM)".
+    pub holding: &'static str,
+}
+
+const SECRET_FILE: FileKind = FileKind {
+    name: "secret file",
+    holding: "the secret",
+};
+
+/// Reads the file a `*_file` key names: resolved against the config's directory, or, when
+/// it is not there and systemd passed credentials, `$CREDENTIALS_DIRECTORY/<file name>`.
+/// Returns the path actually read and its bytes; errors are located messages.
+pub(crate) fn read_key_file(
+    src: &Source<'_>,
+    key: &str,
+    file: &Spanned<String>,
+    base: &Path,
+    env: EnvLookup<'_>,
+    kind: &FileKind,
+) -> Result<(PathBuf, Vec<u8>), String> {
+    let span = file.span();
+    if file.get_ref().trim().is_empty() {
+        return Err(src.key_error(
+            &span,
+            key,
+            format!(
+                "expected the path of a file holding {}, found \"\"",
+                kind.holding
+            ),
+        ));
+    }
+    let path = paths::join(base, file.get_ref());
+    let (path, result) = match std::fs::read(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match credential_path(&path, env) {
+            Some(credential) => {
+                let result = std::fs::read(&credential);
+                match result {
+                    Err(e2) if e2.kind() == io::ErrorKind::NotFound => {
+                        return Err(src.key_error(
+                            &span,
+                            key,
+                            format!(
+                                "cannot read the {} \"{}\" (also tried the systemd credential \"{}\"): {}",
+                                kind.name,
+                                path.display(),
+                                credential.display(),
+                                e
+                            ),
+                        ));
+                    }
+                    other => (credential, other),
+                }
+            }
+            None => (path, Err(e)),
+        },
+        other => (path, other),
+    };
+    let bytes = result.map_err(|e| {
+        src.key_error(
+            &span,
+            key,
+            format!(
+                "cannot read the {} \"{}\": {}",
+                kind.name,
+                path.display(),
+                e
+            ),
+        )
+    })?;
+    Ok((path, bytes))
 }
 
 /// `$CREDENTIALS_DIRECTORY/<file name>`, when systemd passed credentials to the service.

@@ -860,3 +860,169 @@ fn load_reads_the_file_and_names_a_missing_one() {
     assert!(err.starts_with(&missing.display().to_string()), "{err}");
     assert!(err.contains("cannot read the config file"), "{err}");
 }
+
+/// A self-signed certificate in PEM, as a private CA's file would hold it.
+fn ca_pem() -> String {
+    rcgen::generate_simple_self_signed(vec!["ca.example".to_string()])
+        .expect("a certificate can be generated")
+        .cert
+        .pem()
+}
+
+#[test]
+fn network_keys_have_wan_defaults_and_are_read_per_backend() {
+    let fx = Fixture::new();
+    let config = fx.ok(KIFS_FOLDER);
+    let kifs = config.kifs.as_ref().expect("[kifs] is given");
+    assert_eq!(kifs.net, NetConfig::default());
+    assert_eq!(kifs.net.connect_timeout, Duration::from_secs(30));
+    assert_eq!(kifs.net.idle_timeout, Duration::from_secs(120));
+    assert_eq!(config.bandwidth, BandwidthConfig::default());
+
+    fx.write("ca.pem", &format!("{}{}", ca_pem(), ca_pem()));
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "ca_file = \"ca.pem\"\nproxy = \"http://proxy.example:3128\"\nconnect_timeout = \"5s\"\nidle_timeout = \"45s\"\n[[folder]]",
+    );
+    let config = fx.ok(&format!("bandwidth_limit = \"20MiB/s\"\n{text}"));
+    let net = &config.kifs.as_ref().expect("[kifs] is given").net;
+    let ca = net.ca_file.as_ref().expect("ca_file is given");
+    assert_eq!(ca.path, fx.root().join("ca.pem"));
+    assert_eq!(ca.certificates, 2);
+    assert_eq!(
+        net.proxy.as_ref().map(|p| p.expose().as_str()),
+        Some("http://proxy.example:3128/")
+    );
+    assert_eq!(net.connect_timeout, Duration::from_secs(5));
+    assert_eq!(net.idle_timeout, Duration::from_secs(45));
+    assert_eq!(config.bandwidth.limit, Some(20 << 20));
+    let plan = config.plan();
+    assert!(plan.contains("CA file"), "{plan}");
+    assert!(plan.contains("bandwidth: 20.0 MiB/s"), "{plan}");
+}
+
+#[test]
+fn a_ca_file_is_found_among_systemd_credentials_and_must_hold_a_certificate() {
+    let mut fx = Fixture::new();
+    let creds = fx.root().join("creds");
+    std::fs::create_dir(&creds).expect("the temp dir is writable");
+    std::fs::write(creds.join("corp-ca.pem"), ca_pem()).expect("the temp dir is writable");
+    let text = REDIVIS_FOLDER.replace(
+        "[[folder]]",
+        "ca_file = \"/etc/upsync/corp-ca.pem\"\n[[folder]]",
+    );
+    fx.env("CREDENTIALS_DIRECTORY", &creds.display().to_string());
+    let config = fx.ok(&text);
+    let ca = config.redivis.expect("[redivis] is given").net.ca_file;
+    assert_eq!(ca.expect("ca_file is read").path, creds.join("corp-ca.pem"));
+
+    std::fs::write(creds.join("corp-ca.pem"), "not a certificate\n").expect("writable");
+    assert_names(
+        &fx.err(&text),
+        4,
+        &[
+            "key 'redivis.ca_file'",
+            "holds no PEM certificate",
+            "BEGIN CERTIFICATE",
+        ],
+    );
+    let missing = text.replace("corp-ca.pem", "other.pem");
+    assert_names(
+        &fx.err(&missing),
+        4,
+        &[
+            "key 'redivis.ca_file'",
+            "cannot read the CA file",
+            "systemd credential",
+        ],
+    );
+}
+
+#[test]
+fn proxy_credentials_never_show_in_debug_plan_or_errors() {
+    let fx = Fixture::new();
+    let with_proxy = |proxy: &str| {
+        KIFS_FOLDER.replace("[[folder]]", &format!("proxy = \"{proxy}\"\n[[folder]]"))
+    };
+    let config = fx.ok(&with_proxy("http://user:s3cret-pw@proxy.example:3128"));
+    let proxy = config.kifs.as_ref().expect("[kifs]").net.proxy.clone();
+    let proxy = proxy.expect("the proxy is read");
+    assert_eq!(proxy.expose().password(), Some("s3cret-pw"));
+    for shown in [format!("{config:?}"), config.plan(), proxy.to_string()] {
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("user"), "{shown}");
+    }
+    for bad in [
+        "ftp://user:s3cret-pw@proxy.example:21",
+        "http://user:s3cret-pw@proxy.example:3128/path",
+        "user:s3cret-pw@proxy",
+    ] {
+        let message = fx.err(&with_proxy(bad));
+        assert_names(
+            &message,
+            4,
+            &["key 'kifs.proxy'", "expected a proxy URL like"],
+        );
+        assert!(!message.contains("s3cret-pw"), "{message}");
+    }
+}
+
+#[test]
+fn timeouts_below_one_second_are_rejected() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[[folder]]", "idle_timeout = \"500ms\"\n[[folder]]");
+    assert_names(
+        &fx.err(&text),
+        4,
+        &["key 'kifs.idle_timeout'", "at least \"1s\""],
+    );
+}
+
+#[test]
+fn bandwidth_schedule_errors_name_the_entry_and_its_line() {
+    let fx = Fixture::new();
+    let schedule = "bandwidth_schedule = [\n  \"Mon-Fri 08:00-18:00 5MiB/s\",\n  \"Sat 25:00-26:00 1MiB/s\",\n  \"off\",\n]\n";
+    assert_names(
+        &fx.err(&format!("{schedule}{KIFS_FOLDER}")),
+        3,
+        &["key 'bandwidth_schedule[1]'", "\"25:00\"", "HH:MM"],
+    );
+    let both =
+        format!("bandwidth_limit = \"1MiB/s\"\nbandwidth_schedule = [\"off\"]\n{KIFS_FOLDER}");
+    assert_names(
+        &fx.err(&both),
+        1,
+        &["key 'bandwidth_limit'", "not both", "line 2"],
+    );
+    let bad_rate = format!("bandwidth_limit = \"fast\"\n{KIFS_FOLDER}");
+    assert_names(
+        &fx.err(&bad_rate),
+        1,
+        &["key 'bandwidth_limit'", "\"5MiB/s\""],
+    );
+    let good = format!(
+        "{}{KIFS_FOLDER}",
+        schedule.replace("Sat 25:00-26:00", "Sat 10:00-11:00")
+    );
+    let config = fx.ok(&good);
+    assert!(config.bandwidth.schedule.is_some());
+    assert!(config.plan().contains("by schedule"), "{}", config.plan());
+}
+
+#[test]
+fn the_emulator_takes_a_certificate_and_key_together() {
+    let fx = Fixture::new();
+    let section = "[emulator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"remote\"\n";
+    let config = fx.ok(&format!(
+        "{KIFS_FOLDER}{section}tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+    ));
+    let tls = config.emulator.expect("[emulator]").tls.expect("TLS files");
+    assert_eq!(tls.cert, fx.root().join("cert.pem"));
+    assert_eq!(tls.key, fx.root().join("key.pem"));
+    let message = fx.err(&format!("{KIFS_FOLDER}{section}tls_cert = \"cert.pem\"\n"));
+    assert_names(
+        &message,
+        10,
+        &["key 'emulator'", "both tls_cert and tls_key"],
+    );
+}

@@ -82,6 +82,29 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("expected {SIZE_EXAMPLE}, found \"{s}\" ({e})"))
 }
 
+pub(crate) const RATE_EXAMPLE: &str = "a rate like \"5MiB/s\" or \"512KiB/s\", or \"off\"";
+
+/// The slowest limit accepted: slower, a single request body would take minutes per piece.
+pub const MIN_RATE: u64 = 1024;
+
+/// Parses "5MiB/s" (bytes per second) or "off" (`None`: no limit); the error is the whole
+/// user-facing sentence.
+pub(crate) fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+    let trimmed = s.trim();
+    if trimmed.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || format!("expected {RATE_EXAMPLE}, found \"{s}\"");
+    let size = trimmed.strip_suffix("/s").ok_or_else(bad)?;
+    let rate = parse_size(size).map_err(|_| bad())?;
+    if rate < MIN_RATE {
+        return Err(format!(
+            "expected a rate of at least 1KiB/s (or \"off\"), found \"{s}\""
+        ));
+    }
+    Ok(Some(rate))
+}
+
 /// A socket address (`127.0.0.1:8787`, `[::1]:9464`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listen(pub SocketAddr);
@@ -155,6 +178,19 @@ mod tests {
         let err = parse_duration("5 parsecs").expect_err("parsecs are not a time unit");
         assert!(err.starts_with("expected a duration like \"5s\""), "{err}");
         assert!(err.contains("found \"5 parsecs\""), "{err}");
+    }
+
+    #[test]
+    fn rates_take_a_size_per_second_or_off() {
+        assert_eq!(parse_rate("5MiB/s"), Ok(Some(5 << 20)));
+        assert_eq!(parse_rate(" 512 KiB/s "), Ok(Some(512 << 10)));
+        assert_eq!(parse_rate("off"), Ok(None));
+        for bad in ["5MiB", "fast", "-1MiB/s", ""] {
+            let err = parse_rate(bad).expect_err("not a rate");
+            assert!(err.contains("\"5MiB/s\""), "{err}");
+        }
+        let err = parse_rate("100/s").expect_err("too slow");
+        assert!(err.contains("at least 1KiB/s"), "{err}");
     }
 
     #[test]

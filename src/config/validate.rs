@@ -12,12 +12,15 @@ use globset::Glob;
 use toml::Spanned;
 
 use super::errors::Source;
-use super::raw::{RawConfig, RawEncoding, RawFolder, RawKifs, RawProtocol, RawRedivis};
+use super::network::{self, RawNetKeys};
+use super::raw::{
+    RawConfig, RawEmulator, RawEncoding, RawFolder, RawKifs, RawProtocol, RawRedivis,
+};
 use super::secret::{EnvLookup, SecretKeys};
 use super::units::{HumanDuration, format_size};
 use super::{
-    Config, ConfigError, DEFAULT_EXCLUDES, EmulatorConfig, FolderConfig, KifsAuth, KifsConfig,
-    KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol, Target, paths, targets,
+    Config, ConfigError, DEFAULT_EXCLUDES, EmulatorConfig, EmulatorTls, FolderConfig, KifsAuth,
+    KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol, Target, paths, targets,
 };
 
 const DEFAULT_CONCURRENCY: i64 = 4;
@@ -33,15 +36,15 @@ const CHUNK_GRANULE: u64 = 256 << 10;
 const MAX_CHUNK: u64 = 1 << 30;
 
 /// Collects located messages while the config is checked.
-struct Checker<'a> {
-    src: &'a Source<'a>,
-    base: PathBuf,
-    env: EnvLookup<'a>,
-    errors: Vec<String>,
+pub(super) struct Checker<'a> {
+    pub src: &'a Source<'a>,
+    pub base: PathBuf,
+    pub env: EnvLookup<'a>,
+    pub errors: Vec<String>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, span: &Range<usize>, key: &str, what: impl AsRef<str>) {
+    pub fn error(&mut self, span: &Range<usize>, key: &str, what: impl AsRef<str>) {
         self.errors.push(self.src.key_error(span, key, what));
     }
 }
@@ -79,6 +82,11 @@ pub(crate) fn build(
     let rescan_interval = (!rescan_interval.is_zero()).then_some(rescan_interval);
     let shutdown_timeout = duration_or(&raw.shutdown_timeout, DEFAULT_SHUTDOWN);
     let metrics_listen = raw.metrics_listen.as_ref().map(|l| l.get_ref().0);
+    let bandwidth = network::bandwidth(
+        &mut ck,
+        raw.bandwidth_limit.as_ref(),
+        raw.bandwidth_schedule.as_ref(),
+    );
 
     let redivis = raw.redivis.as_ref().and_then(|r| redivis(&mut ck, r));
     let kifs = raw.kifs.as_ref().and_then(|k| kifs(&mut ck, k));
@@ -101,13 +109,7 @@ pub(crate) fn build(
         }
     }
 
-    let emulator = raw.emulator.as_ref().map(|e| {
-        let e = e.get_ref();
-        EmulatorConfig {
-            listen: e.listen.get_ref().0,
-            data_dir: required_path(&mut ck, &e.data_dir, "emulator.data_dir"),
-        }
-    });
+    let emulator = raw.emulator.as_ref().map(|e| emulator(&mut ck, e));
 
     check_overlaps(&mut ck, &folders);
     check_inside_folders(
@@ -139,6 +141,7 @@ pub(crate) fn build(
         rescan_interval,
         shutdown_timeout,
         metrics_listen,
+        bandwidth,
         redivis,
         kifs,
         folders: folders.into_iter().map(|c| c.folder).collect(),
@@ -224,12 +227,48 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
             return None;
         }
     };
+    let net = network::net_config(
+        ck,
+        &RawNetKeys {
+            table: "redivis",
+            ca_file: r.ca_file.as_ref(),
+            proxy: r.proxy.as_ref(),
+            connect_timeout: r.connect_timeout.as_ref(),
+            idle_timeout: r.idle_timeout.as_ref(),
+        },
+    );
     Some(RedivisConfig {
         api_url,
         token,
         chunk_size,
         protocol,
+        net,
     })
+}
+
+/// The `[emulator]` section; `tls_cert` and `tls_key` go together.
+fn emulator(ck: &mut Checker<'_>, section: &Spanned<RawEmulator>) -> EmulatorConfig {
+    let e = section.get_ref();
+    let tls = match (&e.tls_cert, &e.tls_key) {
+        (Some(cert), Some(key)) => Some(EmulatorTls {
+            cert: required_path(ck, cert, "emulator.tls_cert"),
+            key: required_path(ck, key, "emulator.tls_key"),
+        }),
+        (None, None) => None,
+        (Some(given), None) | (None, Some(given)) => {
+            ck.error(
+                &given.span(),
+                "emulator",
+                "give both tls_cert and tls_key (PEM files) to serve HTTPS, or neither",
+            );
+            None
+        }
+    };
+    EmulatorConfig {
+        listen: e.listen.get_ref().0,
+        data_dir: required_path(ck, &e.data_dir, "emulator.data_dir"),
+        tls,
+    }
 }
 
 /// "8000000 bytes", or "2 GiB (2147483648 bytes)" when a unit reads better.
@@ -324,10 +363,21 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
             }
         }
     };
+    let net = network::net_config(
+        ck,
+        &RawNetKeys {
+            table: "kifs",
+            ca_file: k.ca_file.as_ref(),
+            proxy: k.proxy.as_ref(),
+            connect_timeout: k.connect_timeout.as_ref(),
+            idle_timeout: k.idle_timeout.as_ref(),
+        },
+    );
     Some(KifsConfig {
         url,
         auth,
         encoding,
+        net,
     })
 }
 

@@ -6,9 +6,10 @@
 //!    once they appear). An invalid file is logged with its error and changes nothing.
 //! 2. `state_dir`, `metrics_listen` and `[emulator]` cannot change while running: a change
 //!    is logged and the running value kept (restart to apply it).
-//! 3. A backend whose section changed is built anew; an added folder's remote is checked
-//!    like at start, and a definitive refusal (missing KiFS directory, no permission)
-//!    rejects the whole reload.
+//! 3. A backend whose section changed (network keys included) is built anew; an added
+//!    folder's remote is checked like at start, and a definitive refusal (missing KiFS
+//!    directory, no permission) rejects the whole reload. The bandwidth limit or timetable
+//!    of an accepted reload applies from the next piece of every request body.
 //! 4. Watchers of removed or changed folders stop; added or changed folders get a new
 //!    watcher (which scans them). Unchanged folders keep their watcher.
 //! 5. A new generation of workers starts with the new config; the previous one stops
@@ -236,6 +237,7 @@ impl Fleet {
             self.retired.push(watch.task);
         }
         self.retired.retain(|task| !task.is_finished());
+        self.live.bandwidth.configure(new.bandwidth.clone());
         self.config = Arc::new(new);
         self.current.set(Arc::clone(&self.config));
         self.backends = backends;
@@ -267,7 +269,9 @@ impl Fleet {
         }
         let emulator_changed = match (&new.emulator, &old.emulator) {
             (None, None) => false,
-            (Some(a), Some(b)) => a.listen != b.listen || a.data_dir != b.data_dir,
+            (Some(a), Some(b)) => {
+                a.listen != b.listen || a.data_dir != b.data_dir || a.tls != b.tls
+            }
             _ => true,
         };
         if emulator_changed {
@@ -281,7 +285,7 @@ impl Fleet {
     /// The running backends where their section is unchanged (keeping their pacing and
     /// multipart state), new ones where it changed.
     fn backends_for(&self, new: &Config) -> Result<Backends, DaemonError> {
-        let built = super::build_backends(new)?;
+        let built = super::build_backends(new, &self.live.bandwidth)?;
         let kifs = if same_kifs(&self.config.kifs, &new.kifs) {
             self.backends.kifs.clone()
         } else {
@@ -412,7 +416,7 @@ fn same_kifs(a: &Option<KifsConfig>, b: &Option<KifsConfig>) -> bool {
                 }
                 _ => false,
             };
-            a.url == b.url && a.encoding == b.encoding && same_auth
+            a.url == b.url && a.encoding == b.encoding && a.net == b.net && same_auth
         }
         _ => false,
     }
@@ -426,6 +430,7 @@ fn same_redivis(a: &Option<RedivisConfig>, b: &Option<RedivisConfig>) -> bool {
                 && a.token.expose() == b.token.expose()
                 && a.chunk_size == b.chunk_size
                 && a.protocol == b.protocol
+                && a.net == b.net
         }
         _ => false,
     }

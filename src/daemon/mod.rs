@@ -31,6 +31,7 @@ use crate::config::{Config, KifsAuth, Target};
 use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
 use crate::metrics::Metrics;
+use crate::net::Bandwidth;
 use crate::queue::{Store, StoreError};
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
@@ -267,7 +268,9 @@ impl Core {
             ))
         })?;
         let close_on_error = stop_serving.clone().drop_guard();
-        let backends = build_backends(&config)?;
+        live.bandwidth.configure(config.bandwidth.clone());
+        log_bandwidth(&config, &live.bandwidth);
+        let backends = build_backends(&config, &live.bandwidth)?;
         prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until
@@ -307,7 +310,10 @@ impl Core {
                 // One read of the configuration for both: a reload may land in between.
                 let config = probe.config();
                 match status::build_report(&config, &probe.store, Some(&probe.live)) {
-                    Ok(report) => metrics.set_folders(&status::folder_gauges(&config, &report)),
+                    Ok(report) => {
+                        metrics.set_folders(&status::folder_gauges(&config, &report));
+                        metrics.set_bandwidth_limit(report.bandwidth.limit_bytes_per_s);
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
                     }
@@ -429,26 +435,47 @@ async fn start_embedded_emulator(config: &Config) -> Result<Option<RunningEmulat
     if let Some(redivis) = &config.redivis {
         options.redivis.redivis_token = Some(redivis.token.clone());
     }
+    if let Some(tls) = &section.tls {
+        options.tls_cert = Some(tls.cert.clone());
+        options.tls_key = Some(tls.key.clone());
+    }
     let running = emulator::start(&section.listen.to_string(), options)
         .await
         .map_err(|err| DaemonError::Startup(format!("embedded emulator: {err}")))?;
+    let base = format!("{}://{}", running.scheme, running.addr);
     tracing::info!(
-        kifs = %format!("http://{}/kifs", running.addr),
-        redivis = %format!("http://{}/api/v1", running.addr),
+        kifs = %format!("{base}/kifs"),
+        redivis = %format!("{base}/api/v1"),
         data = %section.data_dir.display(),
         "embedded emulator started"
     );
     Ok(Some(running))
 }
 
-fn build_backends(config: &Config) -> Result<Backends, DaemonError> {
+/// Says which upload limit is in force at start, when one is configured.
+fn log_bandwidth(config: &Config, bandwidth: &Bandwidth) {
+    if config.bandwidth == crate::config::BandwidthConfig::default() {
+        return;
+    }
+    let in_force = bandwidth.in_force();
+    let limit = in_force.limit.map_or_else(
+        || "unlimited".to_string(),
+        |limit| format!("{}/s", bytesize::ByteSize(limit)),
+    );
+    tracing::info!(limit = %limit, rule = ?in_force.rule, "upload bandwidth limit in force");
+}
+
+/// The backends of the configured sections, their request bodies paced by `bandwidth`.
+fn build_backends(config: &Config, bandwidth: &Arc<Bandwidth>) -> Result<Backends, DaemonError> {
     let mut backends = Backends::default();
     if let Some(kifs) = &config.kifs {
-        let backend = KifsBackend::new(kifs).map_err(DaemonError::Startup)?;
+        let backend =
+            KifsBackend::new(kifs, Arc::clone(bandwidth)).map_err(DaemonError::Startup)?;
         backends.kifs = Some(Arc::new(Backend::Kifs(backend)));
     }
     if let Some(redivis) = &config.redivis {
-        let backend = RedivisBackend::new(redivis).map_err(DaemonError::Startup)?;
+        let backend =
+            RedivisBackend::new(redivis, Arc::clone(bandwidth)).map_err(DaemonError::Startup)?;
         backends.redivis = Some(Arc::new(Backend::Redivis(backend)));
     }
     Ok(backends)

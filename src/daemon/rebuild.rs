@@ -94,7 +94,8 @@ pub async fn rebuild_state(config: &Config) -> Result<RebuildSummary, DaemonErro
 
 /// The listing of each folder's remote, in the order of `config.folders`.
 async fn list_remotes(config: &Config) -> Result<Vec<HashMap<String, RemoteFile>>, DaemonError> {
-    let backends = super::build_backends(config)?;
+    let bandwidth = crate::net::Bandwidth::new(config.bandwidth.clone());
+    let backends = super::build_backends(config, &bandwidth)?;
     let mut listed = Vec::new();
     for folder in &config.folders {
         let cannot = |err: String| {

@@ -19,7 +19,9 @@
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
 //!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
 //!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
-//!                   "last_error": "…" | null } ] }
+//!                   "last_error": "…" | null } ],
+//!   "bandwidth": { "limit_bytes_per_s": 5242880 | null,
+//!                  "rule": "Mon-Fri 08:00-18:00 5MiB/s" | "bandwidth_limit" | null } }
 //! ```
 //! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
 //!   to retry has had its job; `null` when none is pending.
@@ -28,6 +30,9 @@
 //!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
 //!   it moved past where it resumed. `eta_s` follows from it.
 //! - `in_flight` is empty when the daemon is stopped.
+//! - `bandwidth`: the upload limit in force now (`null`: unlimited) and the
+//!   `bandwidth_schedule` entry (or `bandwidth_limit`) that sets it; for a stopped daemon,
+//!   the one its configuration would put in force now.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
+use crate::net::Bandwidth;
 use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
 use crate::upload::LiveProgress;
 
@@ -59,6 +65,17 @@ pub struct StatusReport {
     pub failed: Vec<FailedJob>,
     #[serde(default)]
     pub retrying: Vec<RetryingJob>,
+    #[serde(default)]
+    pub bandwidth: BandwidthStatus,
+}
+
+/// The upload bandwidth limit in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BandwidthStatus {
+    /// `None`: unlimited.
+    pub limit_bytes_per_s: Option<u64>,
+    /// The schedule entry as written, or `bandwidth_limit`; `None` without either.
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +128,8 @@ pub struct RetryingJob {
 pub struct Live {
     pub in_flight: InFlightRegistry,
     pub activity: Activity,
+    /// The bandwidth limit every request body shares.
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
@@ -332,7 +351,19 @@ pub fn build_report(
             .unwrap_or_default(),
         failed,
         retrying,
+        bandwidth: bandwidth_status(config, live),
     })
+}
+
+fn bandwidth_status(config: &Config, live: Option<&Live>) -> BandwidthStatus {
+    let in_force = match live {
+        Some(live) => live.bandwidth.in_force(),
+        None => Bandwidth::new(config.bandwidth.clone()).in_force(),
+    };
+    BandwidthStatus {
+        limit_bytes_per_s: in_force.limit,
+        rule: in_force.rule,
+    }
 }
 
 /// The metrics' view of a report: one entry per configured folder.
@@ -417,6 +448,18 @@ pub fn render_text(report: &StatusReport) -> String {
         DaemonState::Stopped => "not running (read from the state database)",
     };
     let _ = writeln!(out, "daemon: {state}");
+    let limit = report.bandwidth.limit_bytes_per_s.map_or_else(
+        || "unlimited".to_string(),
+        |limit| format!("{}/s", bytesize::ByteSize(limit)),
+    );
+    match &report.bandwidth.rule {
+        Some(rule) => {
+            let _ = writeln!(out, "bandwidth: {limit} ({rule})");
+        }
+        None => {
+            let _ = writeln!(out, "bandwidth: {limit}");
+        }
+    }
     for folder in &report.folders {
         let c = &folder.counts;
         let _ = writeln!(
@@ -577,6 +620,7 @@ mod tests {
             in_flight: vec![],
             failed: vec![],
             retrying: vec![],
+            bandwidth: BandwidthStatus::default(),
         };
         assert_eq!(
             summary_line(&report),

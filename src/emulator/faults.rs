@@ -27,7 +27,8 @@
 //!   {"target": "redivis-session", "action": {"status": 503, "retry_after": "2"}, "persist": "half"},
 //!   {"target": "redivis-api", "action": {"drop": true}},
 //!   {"target": "kifs", "action": {"delay_ms": 500}},
-//!   {"target": "any", "action": {"status": 429, "retry_after": "1"}}
+//!   {"target": "any", "action": {"status": 429, "retry_after": "1"}},
+//!   {"target": "kifs", "action": {"stall": true}}
 //! ]
 //! ```
 //!
@@ -38,6 +39,10 @@
 //! - `{"drop": true}`: close the connection without an answer, after reading part of the body.
 //! - `{"delay_ms": N}`: handle the request normally, then hold the answer back for N ms
 //!   (the request takes effect; the client may time out before it hears so).
+//! - `{"stall": true}`: accept the request, then read nothing of its body and send nothing,
+//!   as a server that hangs; the client must give up on its own. A stalled request is held
+//!   until the script is cleared (`DELETE /_emulator/faults`) or the emulator stops, and then
+//!   its connection is closed without an answer: it never takes effect.
 //! - `persist` (Redivis session PUTs only): how much of the chunk the session keeps before the
 //!   status or drop fault strikes: `all`, `none`, `half` (256 KiB-aligned half of what arrived)
 //!   or `random` (a random 256 KiB-aligned prefix; the default, also used by random faults).
@@ -47,8 +52,9 @@
 //!
 //! `GET /_emulator/stats`:
 //! `{"requests": {"kifs": n, "redivis-api": n, "redivis-session": n}, "faults": {"status_503": n,
-//! "drop": n, "delay": n, ...}, "responses_429": n, "drops": n}`; `responses_429` counts every
-//! 429 answered (rate limiter and faults alike), `drops` every connection closed on purpose.
+//! "drop": n, "delay": n, "stall": n, ...}, "responses_429": n, "drops": n, "stalled_now": n}`;
+//! `responses_429` counts every 429 answered (rate limiter and faults alike), `drops` every
+//! connection closed on purpose, `stalled_now` the requests held by a stall at this moment.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -165,6 +171,9 @@ pub enum ActionSpec {
     Delay {
         delay_ms: u64,
     },
+    Stall {
+        stall: bool,
+    },
 }
 
 /// What happens to one request.
@@ -176,6 +185,8 @@ pub enum FaultAction {
     },
     Drop,
     Delay(Duration),
+    /// Hold the request unread and unanswered until the script is cleared.
+    Stall,
 }
 
 /// A fault decided for a request. Session PUT handlers find it in the request extensions
@@ -207,6 +218,7 @@ struct Counters {
     faults: BTreeMap<String, u64>,
     responses_429: u64,
     drops: u64,
+    stalled_now: u64,
 }
 
 /// The shared fault state: generator, script, counters.
@@ -217,6 +229,8 @@ pub struct FaultEngine {
     rng: Mutex<StdRng>,
     script: Mutex<VecDeque<ScriptedFault>>,
     counters: Mutex<Counters>,
+    /// Bumped by every clear: releases the stalled requests.
+    cleared: tokio::sync::watch::Sender<u64>,
 }
 
 impl FaultEngine {
@@ -227,6 +241,7 @@ impl FaultEngine {
             rng: Mutex::new(StdRng::seed_from_u64(options.seed)),
             script: Mutex::new(VecDeque::new()),
             counters: Mutex::new(Counters::default()),
+            cleared: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -248,6 +263,25 @@ impl FaultEngine {
             .lock()
             .expect("fault script lock is never poisoned")
             .clear();
+        self.cleared.send_modify(|generation| *generation += 1);
+    }
+
+    /// Holds a stalled request (its body unread) until the next clear.
+    async fn stall(&self, request: Request) {
+        let mut cleared = self.cleared.subscribe();
+        self.count_stalled(1);
+        // The request stays alive, unread, for as long as the stall lasts.
+        let _held = request;
+        let _ = cleared.changed().await;
+        self.count_stalled(-1);
+    }
+
+    fn count_stalled(&self, change: i64) {
+        let mut counters = self
+            .counters
+            .lock()
+            .expect("counter lock is never poisoned");
+        counters.stalled_now = counters.stalled_now.saturating_add_signed(change);
     }
 
     fn pending(&self) -> Vec<ScriptedFault> {
@@ -315,6 +349,7 @@ impl FaultEngine {
                 FaultAction::Status { status, .. } => format!("status_{}", status.as_u16()),
                 FaultAction::Drop => "drop".to_string(),
                 FaultAction::Delay(_) => "delay".to_string(),
+                FaultAction::Stall => "stall".to_string(),
             };
             *counters.faults.entry(kind).or_default() += 1;
         }
@@ -369,6 +404,10 @@ fn action_of(spec: &ActionSpec) -> Result<FaultAction, String> {
             Err("\"drop\" must be true (leave the entry out instead)".to_string())
         }
         ActionSpec::Delay { delay_ms } => Ok(FaultAction::Delay(Duration::from_millis(*delay_ms))),
+        ActionSpec::Stall { stall: true } => Ok(FaultAction::Stall),
+        ActionSpec::Stall { stall: false } => {
+            Err("\"stall\" must be true (leave the entry out instead)".to_string())
+        }
     }
 }
 
@@ -483,7 +522,11 @@ pub async fn layer(
     let fault = engine.decide(target);
     let response = match fault {
         None => next.run(request).await,
-        Some(fault) if target == Target::RedivisSession && request.method() == Method::PUT => {
+        Some(fault)
+            if target == Target::RedivisSession
+                && request.method() == Method::PUT
+                && fault.action != FaultAction::Stall =>
+        {
             request.extensions_mut().insert(fault);
             next.run(request).await
         }
@@ -500,6 +543,10 @@ pub async fn layer(
             FaultAction::Drop => {
                 let declared = declared_length(&request);
                 read_part_of_body(request.into_body(), declared).await;
+                drop_connection()
+            }
+            FaultAction::Stall => {
+                engine.stall(request).await;
                 drop_connection()
             }
         },

@@ -6,10 +6,14 @@
 //! layer, see [`faults`]) returns a response carrying the [`DropConnection`] marker, and the
 //! service wrapping the router turns it into an error, on which hyper closes the connection.
 //! Emulator-only routes live under `/_emulator/` (fault script, counters, test hooks).
+//!
+//! With `--tls-cert` and `--tls-key` every connection first completes a TLS handshake
+//! (within [`HANDSHAKE_TIMEOUT`]) and the same service is served over it (HTTPS).
 
 pub mod faults;
 pub mod kifs;
 pub mod redivis;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -38,6 +43,12 @@ pub struct EmulatorOptions {
     pub kifs: kifs::KifsOptions,
     #[command(flatten)]
     pub redivis: redivis::RedivisOptions,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl EmulatorOptions {
@@ -57,6 +68,8 @@ impl EmulatorOptions {
 /// A running emulator; dropping it does not stop it, `shutdown` does.
 pub struct RunningEmulator {
     pub addr: SocketAddr,
+    /// "http", or "https" with TLS.
+    pub scheme: &'static str,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +102,9 @@ struct ConnectionDropped;
 /// How long a shutdown waits for requests in flight before cutting their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A client that connects but does not complete the TLS handshake in this time is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the router for both services, the fault layer and the `/_emulator` routes.
 pub fn router(options: &EmulatorOptions) -> Result<Router, EmulatorError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| EmulatorError::Data {
@@ -116,6 +132,16 @@ pub async fn start(
     options: EmulatorOptions,
 ) -> Result<RunningEmulator, EmulatorError> {
     let app = router(&options)?;
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => {
+            return Err(EmulatorError::Options(
+                "give both --tls-cert and --tls-key, or neither".to_string(),
+            ));
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| EmulatorError::Listen {
@@ -129,10 +155,11 @@ pub async fn start(
             source,
         })?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, app, shutdown.clone()));
-    tracing::info!(%addr, kifs = %format!("http://{addr}/kifs"), redivis = %format!("http://{addr}/api/v1"), "emulator listening");
+    let task = tokio::spawn(serve(listener, app, tls, shutdown.clone()));
+    tracing::info!(%addr, kifs = %format!("{scheme}://{addr}/kifs"), redivis = %format!("{scheme}://{addr}/api/v1"), "emulator listening");
     Ok(RunningEmulator {
         addr,
+        scheme,
         shutdown,
         task,
     })
@@ -140,7 +167,12 @@ pub async fn start(
 
 /// The accept loop: one task per connection, HTTP/1.1 with keep-alive; on shutdown, stop
 /// accepting, let connections finish their current request (up to [`SHUTDOWN_GRACE`]).
-async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -158,7 +190,20 @@ async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
             }
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(stream, app.clone(), stop.clone()));
+        let (app, stop) = (app.clone(), stop.clone());
+        match &tls {
+            None => connections.spawn(serve_connection(stream, app, stop)),
+            Some(acceptor) => {
+                let accepting = acceptor.accept(stream);
+                connections.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app, stop).await,
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                })
+            }
+        };
     }
     drop(listener);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -175,7 +220,10 @@ async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
     tracing::info!("emulator stopped");
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, app: Router, stop: CancellationToken) {
+async fn serve_connection<S>(stream: S, app: Router, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let app = app.clone();
         async move {

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,7 @@ impl EmulatorProcess {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected emulator greeting: {line:?}"))
             .parse()
             .expect("emulator address parses");
@@ -89,11 +93,7 @@ impl EmulatorProcess {
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) {
         let url = format!("http://{}{path}", self.addr);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
+        block_on(async {
             let response = reqwest::Client::new()
                 .post(&url)
                 .json(body)
@@ -134,25 +134,18 @@ impl Drop for EmulatorProcess {
     }
 }
 
+/// Runs `future` to completion on a runtime of its own (the tests themselves are sync).
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds")
+        .block_on(future)
+}
+
 fn blocking_get_json(url: &str) -> serde_json::Value {
     let text = get_text(url);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
-}
-
-/// The body of `GET url`, as text; panics when the request fails.
-pub fn get_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-    })
 }
 
 /// Redivis uploads grouped by their `name`, so a name listed twice shows as two entries.
@@ -426,11 +419,7 @@ impl EmulatorProcess {
     /// that does not exist yet. The emulator's injected faults hit these requests too, so
     /// failed ones are retried.
     pub fn list_redivis_uploads(&self, table: &str, token: &str) -> Vec<serde_json::Value> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
+        block_on(async {
             let client = reqwest::Client::new();
             let table =
                 percent_encoding::utf8_percent_encode(table, percent_encoding::NON_ALPHANUMERIC)
@@ -468,5 +457,55 @@ impl EmulatorProcess {
                 }
             }
         })
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET url`, as text; panics when the request fails.
+pub fn get_text(url: &str) -> String {
+    block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    })
+}
+
+/// The value of the first sample line of `metric` whose labels contain every `labels` part.
+pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|part| l.contains(part)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl EmulatorProcess {
+    /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
+    pub fn delete(&self, path: &str) {
+        let url = format!("http://{}{path}", self.addr);
+        block_on(async {
+            let response = reqwest::Client::new()
+                .delete(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DELETE {url}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "DELETE {url}: {}",
+                response.status()
+            );
+        });
     }
 }

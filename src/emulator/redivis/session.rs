@@ -305,7 +305,8 @@ async fn put_session_task(
                         );
                     }
                     FaultAction::Drop => return faults::drop_connection(),
-                    FaultAction::Delay(_) => {}
+                    // Stalls are held by the fault layer and never reach a handler.
+                    FaultAction::Delay(_) | FaultAction::Stall => {}
                 }
             }
             status_query(&service, &mut slot, total).await

@@ -36,7 +36,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{FolderConfig, KifsAuth, KifsConfig, KifsEncoding, Target};
 use crate::fingerprint::Fingerprint;
-use crate::metrics::{RequestKind, timed_request};
+use crate::metrics::RequestKind;
+use crate::net::{Bandwidth, HttpClient, describe};
 
 use super::backoff::{Backoff, retry_after};
 use super::chunk::FileReader;
@@ -75,7 +76,7 @@ struct MultipartState {
 }
 
 pub struct KifsBackend {
-    http: reqwest::Client,
+    http: HttpClient,
     url: String,
     auth: KifsAuth,
     encoding: KifsEncoding,
@@ -85,14 +86,9 @@ pub struct KifsBackend {
 }
 
 impl KifsBackend {
-    pub fn new(config: &KifsConfig) -> Result<KifsBackend, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(300))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("upsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+    /// The backend for `config`, its request bodies paced by `bandwidth`.
+    pub fn new(config: &KifsConfig, bandwidth: Arc<Bandwidth>) -> Result<KifsBackend, String> {
+        let http = HttpClient::build("kifs", &config.net, bandwidth, |builder| builder)?;
         Ok(KifsBackend {
             http,
             url: config.url.trim_end_matches('/').to_string(),
@@ -659,6 +655,7 @@ impl KifsBackend {
         let content_type = wire::content_type(self.encoding);
         let mut builder = self
             .http
+            .client()
             .post(format!("{}{endpoint}", self.url))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(reqwest::header::ACCEPT, content_type)
@@ -671,14 +668,13 @@ impl KifsBackend {
             }
             KifsAuth::Bearer { token } => builder.bearer_auth(token.expose()),
         };
-        let response = timed_request(RequestKind::KifsApi, builder.send())
+        // Every transport failure is transient here, certificate problems included (see
+        // `net`): the message says what to fix, the job backs off meanwhile.
+        let response = self
+            .http
+            .send(RequestKind::KifsApi, builder)
             .await
-            .map_err(|err| {
-                UploadError::remote(
-                    Disposition::Retry { after: None },
-                    format!("KiFS {endpoint}: {}", describe_transport_error(&err)),
-                )
-            })?;
+            .map_err(|err| UploadError::retry(format!("KiFS {endpoint}: {err}")))?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|err| {
@@ -686,7 +682,7 @@ impl KifsBackend {
                 Disposition::Retry { after: None },
                 format!(
                     "KiFS {endpoint}: reading the answer failed: {}",
-                    describe_transport_error(&err)
+                    describe(&err)
                 ),
             )
         })?;
@@ -777,30 +773,6 @@ fn status_hint(status: u16) -> &'static str {
     }
 }
 
-/// A transport error without the URL (which may carry credentials in some setups).
-pub(crate) fn describe_transport_error(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else if err.is_body() || err.is_request() {
-        "connection interrupted"
-    } else {
-        "request failed"
-    };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        detail = inner.to_string();
-        source = inner.source();
-    }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -822,11 +794,15 @@ mod tests {
         let running = emulator::start("127.0.0.1:0", options)
             .await
             .expect("the emulator starts on a free port");
-        let backend = KifsBackend::new(&KifsConfig {
-            url: format!("http://{}/kifs", running.addr),
-            auth: KifsAuth::None,
-            encoding,
-        })
+        let backend = KifsBackend::new(
+            &KifsConfig {
+                url: format!("http://{}/kifs", running.addr),
+                auth: KifsAuth::None,
+                encoding,
+                net: crate::config::NetConfig::default(),
+            },
+            Bandwidth::unlimited(),
+        )
         .expect("the backend builds");
         let store = Store::open(&root.join("state")).expect("the store opens");
         (running, backend, store)
@@ -949,14 +925,18 @@ mod tests {
             .await
             .expect("the emulator starts on a free port");
         let backend = |password: &str| {
-            KifsBackend::new(&KifsConfig {
-                url: format!("http://{}/kifs", running.addr),
-                auth: KifsAuth::Basic {
-                    username: "alice".into(),
-                    password: crate::config::Secret::new(password),
+            KifsBackend::new(
+                &KifsConfig {
+                    url: format!("http://{}/kifs", running.addr),
+                    auth: KifsAuth::Basic {
+                        username: "alice".into(),
+                        password: crate::config::Secret::new(password),
+                    },
+                    encoding: KifsEncoding::Binary,
+                    net: crate::config::NetConfig::default(),
                 },
-                encoding: KifsEncoding::Binary,
-            })
+                Bandwidth::unlimited(),
+            )
             .expect("the backend builds")
         };
         let folder = |create: bool| FolderConfig {

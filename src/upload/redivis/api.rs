@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use super::classify;
 use super::ratelimit::Pacer;
 use crate::config::Secret;
-use crate::metrics::{RequestKind, timed_request};
+use crate::metrics::RequestKind;
+use crate::net::{HttpClient, describe};
 use crate::upload::backoff::{Backoff, retry_after};
 use crate::upload::{Disposition, UploadError};
 
@@ -193,14 +194,13 @@ struct ErrorBody {
 }
 
 pub struct ApiClient {
-    http: reqwest::Client,
+    http: HttpClient,
     base: String,
     origin: Option<(String, u16)>,
     token: Secret,
     pacer: Pacer,
     requests: AtomicU64,
     retry: RetryPolicy,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -215,12 +215,11 @@ impl std::fmt::Debug for ApiClient {
 
 impl ApiClient {
     pub fn new(
-        http: reqwest::Client,
+        http: HttpClient,
         api_url: &str,
         token: Secret,
         pacer: Pacer,
         retry: RetryPolicy,
-        timeout: Duration,
     ) -> Result<ApiClient, String> {
         let base = api_url.trim_end_matches('/').to_string();
         let origin = origin_of(&base)
@@ -233,7 +232,6 @@ impl ApiClient {
             pacer,
             requests: AtomicU64::new(0),
             retry,
-            timeout,
         })
     }
 
@@ -290,11 +288,11 @@ impl ApiClient {
                 permit = self.pacer.acquire() => permit,
             };
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut request = build(&self.http).timeout(self.timeout);
+            let mut request = build(self.http.client());
             if send_token {
                 request = request.bearer_auth(self.token.expose());
             }
-            let failure = match timed_request(RequestKind::RedivisApi, request.send()).await {
+            let failure = match self.http.send(RequestKind::RedivisApi, request).await {
                 Ok(response) => {
                     permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();
@@ -321,7 +319,7 @@ impl ApiClient {
                     ApiError {
                         status: None,
                         disposition: classify::api_transport(&err),
-                        message: format!("Redivis {what} failed: {}", describe_transport(&err)),
+                        message: format!("Redivis {what} failed: {err}"),
                         maybe_processed: !classify::never_sent(&err),
                         shutdown: false,
                     }
@@ -368,10 +366,7 @@ impl ApiClient {
     ) -> Result<T, ApiError> {
         let response = self.send(what, idempotency, cancel, url, build).await?;
         let body = response.bytes().await.map_err(|err| {
-            let message = format!(
-                "Redivis {what}: answer cut off: {}",
-                describe_transport(&err)
-            );
+            let message = format!("Redivis {what}: answer cut off: {}", describe(&err));
             ApiError::unusable(message, true)
         })?;
         serde_json::from_slice(&body).map_err(|err| {
@@ -630,30 +625,6 @@ fn describe_status(what: &str, status: u16, body: &str) -> String {
             let text: String = body.chars().take(200).collect();
             format!("Redivis {what} failed: HTTP {status}: {}", text.trim())
         }
-    }
-}
-
-/// A transport error as a sentence, without the URL reqwest would print.
-pub fn describe_transport(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "cannot connect"
-    } else if err.is_body() {
-        "connection broke while sending the body"
-    } else {
-        "request failed"
-    };
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    if causes.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {}", causes.join(": "))
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::net::HttpError;
 use crate::upload::Disposition;
 
 /// What an API (not session) response status means.
@@ -23,8 +24,9 @@ pub fn api_status(status: u16, retry_after: Option<Duration>) -> Disposition {
 }
 
 /// What a transport failure on an API call means: the remote might be back soon, unless
-/// the request could not even be built.
-pub fn api_transport(err: &reqwest::Error) -> Disposition {
+/// the request could not even be built. A refused certificate is transient too (see
+/// `net`): the jobs back off while someone fixes the server or `ca_file`.
+pub fn api_transport(err: &HttpError) -> Disposition {
     if err.is_builder() {
         Disposition::Permanent
     } else {
@@ -46,7 +48,7 @@ pub fn session_status(status: u16) -> Disposition {
 
 /// What a transport failure on a session URL means: the chunk may have been partly
 /// persisted, so only the server knows the offset now.
-pub fn session_transport(err: &reqwest::Error) -> Disposition {
+pub fn session_transport(err: &HttpError) -> Disposition {
     if err.is_builder() {
         Disposition::Permanent
     } else {
@@ -56,7 +58,7 @@ pub fn session_transport(err: &reqwest::Error) -> Disposition {
 
 /// A connect error happens before any byte of the request is sent: such a request can be
 /// repeated even when it is not idempotent (upload.post).
-pub fn never_sent(err: &reqwest::Error) -> bool {
+pub fn never_sent(err: &HttpError) -> bool {
     err.is_connect()
 }
 
@@ -112,9 +114,16 @@ mod tests {
     #[tokio::test]
     async fn transport_errors_are_transient_on_both_layers() {
         // Port 1 on loopback refuses connections: a real connect error.
-        let err = reqwest::Client::new()
-            .get("http://127.0.0.1:1/")
-            .send()
+        let http = crate::net::HttpClient::build(
+            "redivis",
+            &crate::config::NetConfig::default(),
+            crate::net::Bandwidth::unlimited(),
+            |builder| builder,
+        )
+        .expect("the client builds");
+        let request = http.client().get("http://127.0.0.1:1/");
+        let err = http
+            .send(crate::metrics::RequestKind::RedivisApi, request)
             .await
             .expect_err("nothing listens on port 1");
         assert!(never_sent(&err));

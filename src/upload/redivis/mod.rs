@@ -97,6 +97,7 @@ use super::backoff::Backoff;
 use super::chunk::FileReader;
 use super::{Disposition, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
+use crate::net::{Bandwidth, HttpClient};
 
 /// Files up to this size go inline in one multipart upload.post (the official client's
 /// `MAX_SIMPLE_UPLOAD_SIZE`, 1 MiB): one API request instead of three or more.
@@ -113,10 +114,6 @@ pub struct Tuning {
     pub poll: PollConfig,
     /// How long a listing of a table answers name checks ([`names::NameIndex`]).
     pub name_index: IndexConfig,
-    /// Per API request.
-    pub api_timeout: Duration,
-    /// Per chunk PUT (and per whole-body PUT).
-    pub chunk_timeout: Duration,
     pub session_max_age: Duration,
     /// Files up to this size go inline ([`INLINE_UPLOAD_MAX`]; 0 sends only empty files
     /// inline, which tests use to drive small files through sessions).
@@ -132,8 +129,6 @@ impl Default for Tuning {
             retry: RetryPolicy::default(),
             poll: PollConfig::default(),
             name_index: IndexConfig::default(),
-            api_timeout: Duration::from_secs(125),
-            chunk_timeout: Duration::from_secs(600),
             session_max_age: SESSION_LIFETIME,
             inline_max: INLINE_UPLOAD_MAX,
             session_restarts: 3,
@@ -197,38 +192,41 @@ fn now_ms() -> u64 {
 }
 
 impl RedivisBackend {
-    pub fn new(config: &RedivisConfig) -> Result<RedivisBackend, String> {
-        RedivisBackend::with_tuning(config, Tuning::default())
+    /// The backend for `config`, its request bodies paced by `bandwidth`.
+    pub fn new(
+        config: &RedivisConfig,
+        bandwidth: Arc<Bandwidth>,
+    ) -> Result<RedivisBackend, String> {
+        RedivisBackend::with_tuning(config, Tuning::default(), bandwidth)
     }
 
-    pub fn with_tuning(config: &RedivisConfig, tuning: Tuning) -> Result<RedivisBackend, String> {
+    pub fn with_tuning(
+        config: &RedivisConfig,
+        tuning: Tuning,
+        bandwidth: Arc<Bandwidth>,
+    ) -> Result<RedivisBackend, String> {
         if config.chunk_size == 0 || !config.chunk_size.is_multiple_of(256 * 1024) {
             return Err(format!(
                 "Redivis chunk_size must be a positive multiple of 256 KiB, not {} bytes",
                 config.chunk_size
             ));
         }
-        let http = reqwest::Client::builder()
+        let http = HttpClient::build("redivis", &config.net, bandwidth, |builder| {
             // A session's 308 is "resume incomplete", never a redirect to follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30))
-            .user_agent(concat!("upsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| format!("cannot set up the HTTP client: {err}"))?;
+            builder.redirect(reqwest::redirect::Policy::none())
+        })?;
         let api = Arc::new(ApiClient::new(
             http.clone(),
             &config.api_url,
             config.token.clone(),
             Pacer::new(tuning.pacer),
             tuning.retry,
-            tuning.api_timeout,
         )?);
         let sessions = Arc::new(SessionClient::new(
             http,
             &config.api_url,
             config.token.clone(),
             tuning.retry,
-            tuning.chunk_timeout,
         ));
         let poller = Arc::new(Poller::new(Arc::clone(&api), tuning.poll));
         Ok(RedivisBackend {
@@ -910,8 +908,9 @@ mod tests {
             token: crate::config::Secret::new("t0ken"),
             chunk_size: 1000,
             protocol: RedivisProtocol::ResumableUpload,
+            net: crate::config::NetConfig::default(),
         };
-        let err = RedivisBackend::new(&config).unwrap_err();
+        let err = RedivisBackend::new(&config, Bandwidth::unlimited()).unwrap_err();
         assert!(err.contains("256 KiB"), "{err}");
     }
 }

@@ -31,11 +31,12 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LOCATION, RANGE}
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::api::{RetryPolicy, describe_transport, origin_of, strip_query};
+use super::api::{RetryPolicy, origin_of, strip_query};
 use super::classify;
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
-use crate::metrics::{RequestKind, timed_request};
+use crate::metrics::RequestKind;
+use crate::net::{HttpClient, HttpError};
 use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
 use crate::upload::{Disposition, LiveProgress, UploadError};
@@ -156,27 +157,24 @@ pub fn parse_range(headers: &HeaderMap) -> Result<Option<u64>, String> {
 /// HTTP access to session URLs.
 #[derive(Debug)]
 pub struct SessionClient {
-    http: reqwest::Client,
+    http: HttpClient,
     api_origin: Option<(String, u16)>,
     token: Secret,
     pub retry: RetryPolicy,
-    timeout: Duration,
 }
 
 impl SessionClient {
     pub fn new(
-        http: reqwest::Client,
+        http: HttpClient,
         api_url: &str,
         token: Secret,
         retry: RetryPolicy,
-        timeout: Duration,
     ) -> SessionClient {
         SessionClient {
             http,
             api_origin: origin_of(api_url),
             token,
             retry,
-            timeout,
         }
     }
 
@@ -193,15 +191,14 @@ impl SessionClient {
         url: &str,
         content_range: String,
         body: Bytes,
-    ) -> Result<reqwest::Response, reqwest::Error> {
+    ) -> Result<reqwest::Response, HttpError> {
         let len = body.len();
         let request = self
-            .with_auth(url, self.http.put(url))
+            .with_auth(url, self.http.client().put(url))
             .header(CONTENT_RANGE, content_range)
             .header(CONTENT_LENGTH, len)
-            .body(body)
-            .timeout(self.timeout);
-        timed_request(RequestKind::RedivisSession, request.send()).await
+            .body(body);
+        self.http.send(RequestKind::RedivisSession, request).await
     }
 
     /// Status query: where does the server stand? Retried in place on transient trouble.
@@ -242,7 +239,7 @@ impl SessionClient {
                         }
                     }
                 },
-                Err(err) => format!("status query: {}", describe_transport(&err)),
+                Err(err) => format!("status query: {err}"),
             };
             let give_up = || format!("upload session {}", strip_query(url));
             attempts.pause(&problem, give_up, cancel).await?;
@@ -259,14 +256,12 @@ impl SessionClient {
     ) -> Result<String, SessionFailure> {
         let mut attempts = Attempts::new(&self.retry, "upload session initiation");
         loop {
-            let sent = self
-                .with_auth(temp_url, self.http.post(temp_url))
+            let request = self
+                .with_auth(temp_url, self.http.client().post(temp_url))
                 .header("x-goog-resumable", "start")
                 .header("x-upload-content-length", size)
-                .header(CONTENT_LENGTH, 0)
-                .timeout(self.timeout)
-                .send();
-            let sent = timed_request(RequestKind::RedivisSession, sent).await;
+                .header(CONTENT_LENGTH, 0);
+            let sent = self.http.send(RequestKind::RedivisSession, request).await;
             let problem = match sent {
                 Ok(response) if response.status().is_success() => {
                     let location = response
@@ -287,7 +282,7 @@ impl SessionClient {
                         temp_url,
                     )?
                 }
-                Err(err) => format!("session initiation: {}", describe_transport(&err)),
+                Err(err) => format!("session initiation: {err}"),
             };
             let give_up = || format!("temp upload {}", strip_query(temp_url));
             attempts.pause(&problem, give_up, cancel).await?;
@@ -616,12 +611,11 @@ impl Transfer<'_> {
                 Err(err) => match classify::session_transport(&err) {
                     Disposition::Permanent => {
                         return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                            "upload session {}: {}",
+                            "upload session {}: {err}",
                             strip_query(&url),
-                            describe_transport(&err)
                         ))));
                     }
-                    _ => format!("chunk PUT: {}", describe_transport(&err)),
+                    _ => format!("chunk PUT: {err}"),
                 },
             };
             // In doubt: the server's word decides where to continue.
@@ -677,14 +671,16 @@ impl Transfer<'_> {
                 Arc::clone(&hasher),
                 Arc::clone(&trouble),
             )?;
+            let request = self
+                .client
+                .with_auth(url, self.client.http.client().put(url))
+                .header(CONTENT_LENGTH, size)
+                .body(body);
             let sent = self
                 .client
-                .with_auth(url, self.client.http.put(url))
-                .header(CONTENT_LENGTH, size)
-                .body(body)
-                .timeout(self.client.timeout)
-                .send();
-            let sent = timed_request(RequestKind::RedivisSession, sent).await;
+                .http
+                .send(RequestKind::RedivisSession, request)
+                .await;
             if let Some(err) = trouble.lock().expect("body state lock").take() {
                 return Err(SessionFailure::Fail(err));
             }
@@ -703,7 +699,7 @@ impl Transfer<'_> {
                         url,
                     )?
                 }
-                Err(err) => format!("whole-file PUT: {}", describe_transport(&err)),
+                Err(err) => format!("whole-file PUT: {err}"),
             };
             let give_up = || format!("temp upload {}", strip_query(url));
             attempts.pause(&problem, give_up, self.cancel).await?;
@@ -786,16 +782,22 @@ mod tests {
 
     #[test]
     fn the_token_goes_only_to_session_urls_on_the_api_host_and_port() {
+        let http = HttpClient::build(
+            "redivis",
+            &crate::config::NetConfig::default(),
+            crate::net::Bandwidth::unlimited(),
+            |builder| builder,
+        )
+        .expect("the client builds");
         let client = SessionClient::new(
-            reqwest::Client::new(),
+            http,
             "http://127.0.0.1:8787/api/v1",
             Secret::new("t0ken-xyz"),
             RetryPolicy::default(),
-            Duration::from_secs(1),
         );
         let auth = |url: &str| {
             client
-                .with_auth(url, client.http.put(url))
+                .with_auth(url, client.http.client().put(url))
                 .build()
                 .expect("request builds")
                 .headers()
