@@ -1,5 +1,6 @@
 //! The Redivis emulator: the REST upload API under `/api/v1` and the GCS-style resumable
 //! session URLs it hands out under `/upload/...`, with state on disk (see [`store`]).
+//! "Protocol §N" here is `docs/protocols/redivis.md`.
 //!
 //! # Routes
 //!

@@ -1,4 +1,5 @@
 //! The Redivis backend: one local file becomes one upload in a Redivis table, exactly once.
+//! "Protocol §N" in this module and its children is `docs/protocols/redivis.md`.
 //!
 //! Modules: [`api`] (REST client, pacing, in-request retries), [`session`] (the resumable
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
