@@ -1301,6 +1301,7 @@ fn folder(table: &str) -> FolderConfig {
         exclude: vec![],
         settle: Duration::from_secs(1),
         recursive: true,
+        redivis: Default::default(),
     }
 }
 

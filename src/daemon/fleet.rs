@@ -389,6 +389,7 @@ fn same_folder(a: &FolderConfig, b: &FolderConfig) -> bool {
         && a.exclude == b.exclude
         && a.settle == b.settle
         && a.recursive == b.recursive
+        && a.redivis == b.redivis
 }
 
 fn same_kifs(a: &Option<KifsConfig>, b: &Option<KifsConfig>) -> bool {
