@@ -20,6 +20,16 @@ struct Setup {
 }
 
 fn setup(emulator_args: &[&str], redivis_extra: &str) -> Setup {
+    setup_with(
+        emulator_args,
+        &format!("chunk_size = \"1MiB\"\n{redivis_extra}"),
+        "",
+    )
+}
+
+/// A setup whose `[redivis]` section gets `redivis_extra` (it sets no chunk size) and whose
+/// folder gets `folder_extra` after its own keys.
+fn setup_with(emulator_args: &[&str], redivis_extra: &str, folder_extra: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let inbox = tmp.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -34,12 +44,12 @@ concurrency = 4
 [redivis]
 api_url = "{url}"
 token_env = "UPSYNC_E2E_REDIVIS_TOKEN"
-chunk_size = "1MiB"
 {redivis_extra}
 [[folder]]
 path = "inbox"
 redivis_table = "{TABLE}"
 settle = "1s"
+{folder_extra}
 "#,
         url = emulator.redivis_url()
     );
@@ -259,4 +269,109 @@ fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
     let created = s.emulator.get_json("/_emulator/redivis/stats")["uploads_created"].clone();
     assert_eq!(json_number(&created), Some(1), "upload.post ran twice");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A headerless TSV of about `size` bytes: `<i>\t<text>` rows, some values null markers.
+fn write_tsv(path: &Path, size: usize) -> u64 {
+    let mut text = String::with_capacity(size + 64);
+    let mut rows = 0;
+    while text.len() < size {
+        let value = if rows % 7 == 0 {
+            "NA".to_string()
+        } else {
+            format!("value {rows}")
+        };
+        text.push_str(&format!("{rows}\t{value}\n"));
+        rows += 1;
+    }
+    std::fs::write(path, text).unwrap();
+    backdate(path, 60);
+    rows
+}
+
+#[test]
+fn parse_options_reach_redivis_inline_through_sessions_and_temp_uploads() {
+    let options = r#"
+[folder.redivis_options]
+type = "delimited"
+delimiter = "\t"
+has_header_row = false
+skip_bad_records = false
+has_quoted_newlines = false
+allow_jagged_rows = true
+quote_character = "'"
+escape_character = "\\"
+null_markers = ["NA", ""]
+"#;
+    let expected = serde_json::json!({"type": "delimited", "delimiter": "\t",
+        "hasHeaderRow": false, "skipBadRecords": false, "hasQuotedNewlines": false,
+        "allowJaggedRows": true, "quoteCharacter": "'", "escapeCharacter": "\\",
+        "nullMarkers": ["NA", ""]});
+    // Inline multipart (1 KiB); with a 2 MiB chunk, 1.5 MiB is one plain temp-upload PUT
+    // (or a one-chunk legacy session) and 2.5 MiB a resumable session of two chunks.
+    let sizes = [
+        ("inline.tsv", 1024),
+        ("whole.tsv", 3 << 19),
+        ("chunked.tsv", 5 << 19),
+    ];
+    for protocol in ["resumable-upload", "temp-uploads"] {
+        let redivis = format!("chunk_size = \"2MiB\"\nprotocol = \"{protocol}\"");
+        let s = setup_with(&[], &redivis, options);
+        let rows: Vec<(&str, u64)> = sizes
+            .iter()
+            .map(|(name, size)| (*name, write_tsv(&s.inbox.join(name), *size)))
+            .collect();
+        let mut daemon = DaemonProcess::start(&s.config);
+        daemon.wait_until(Duration::from_secs(90), "every upload to complete", || {
+            let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+            uploads.len() == sizes.len() && uploads.iter().all(|u| u["status"] == "completed")
+        });
+        let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+        for (name, rows) in &rows {
+            let upload = uploads
+                .iter()
+                .find(|u| u["name"] == *name)
+                .unwrap_or_else(|| panic!("{protocol}: {name} was not uploaded"));
+            let uri = upload["uri"].as_str().expect("an upload has a uri");
+            let got = get_redivis(&s, uri);
+            for (field, value) in expected.as_object().expect("an object") {
+                assert_eq!(&got[field], value, "{protocol}: {name}: {field}");
+            }
+            assert_eq!(
+                json_number(&got["numRows"]),
+                Some(*rows),
+                "{protocol}: {name}"
+            );
+        }
+        let stats = s.emulator.get_json("/_emulator/redivis/stats");
+        let temp_puts = json_number(&stats["temp_puts"]).unwrap_or(0);
+        let initiations = json_number(&stats["session_initiations"]).unwrap_or(0);
+        if protocol == "temp-uploads" {
+            assert!(
+                temp_puts >= 1 && initiations >= 1,
+                "both temp-upload paths: {stats}"
+            );
+        }
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+}
+
+/// `GET` of an API path (such as an upload's `uri`) on the emulator, with the token.
+fn get_redivis(s: &Setup, uri: &str) -> serde_json::Value {
+    let url = format!("{}{uri}", s.emulator.redivis_url());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the emulator answers")
+            .json()
+            .await
+            .expect("the answer is JSON")
+    })
 }

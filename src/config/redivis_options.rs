@@ -67,7 +67,10 @@ impl ParseOptions {
         put("delimiter", text(self.delimiter));
         put("hasHeaderRow", self.has_header_row.map(Value::Bool));
         put("skipBadRecords", self.skip_bad_records.map(Value::Bool));
-        put("hasQuotedNewlines", self.has_quoted_newlines.map(Value::Bool));
+        put(
+            "hasQuotedNewlines",
+            self.has_quoted_newlines.map(Value::Bool),
+        );
         put("allowJaggedRows", self.allow_jagged_rows.map(Value::Bool));
         put("quoteCharacter", text(self.quote_character));
         put("escapeCharacter", text(self.escape_character));
@@ -153,9 +156,9 @@ pub fn check_character(value: &str) -> Result<char, String> {
     let mut chars = value.chars();
     match (chars.next(), chars.next()) {
         (Some(c), None) if c != '\n' && c != '\r' => Ok(c),
-        (Some('\n' | '\r'), None) => Err(
-            "expected one character, found a line break (rows end at line breaks)".to_string(),
-        ),
+        (Some('\n' | '\r'), None) => {
+            Err("expected one character, found a line break (rows end at line breaks)".to_string())
+        }
         _ => Err(format!(
             "expected exactly one character, like \",\" or \"\\t\", found \"{}\" ({} \
              characters)",

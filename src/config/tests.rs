@@ -899,7 +899,10 @@ null_markers = ["NA", ""]
         }
     );
     let plan = config.plan();
-    assert!(plan.contains("creates the next version when missing"), "{plan}");
+    assert!(
+        plan.contains("creates the next version when missing"),
+        "{plan}"
+    );
     assert!(plan.contains("delimiter '\\t', no header row"), "{plan}");
 }
 
@@ -912,7 +915,11 @@ fn a_type_outside_the_documented_list_names_the_key() {
     assert_names(
         &message,
         8,
-        &["key 'folder[0].redivis_options.type'", "\"delimited\"", "\"csv\""],
+        &[
+            "key 'folder[0].redivis_options.type'",
+            "\"delimited\"",
+            "\"csv\"",
+        ],
     );
 }
 
@@ -925,7 +932,10 @@ fn a_multi_character_delimiter_names_the_key() {
     assert_names(
         &message,
         9,
-        &["key 'folder[0].redivis_options.delimiter'", "exactly one character"],
+        &[
+            "key 'folder[0].redivis_options.delimiter'",
+            "exactly one character",
+        ],
     );
     let quote = fx.err(&format!(
         "{REDIVIS_FOLDER}[folder.redivis_options]\ndelimiter = \";\"\nquote_character = \";\"\n"
@@ -933,7 +943,10 @@ fn a_multi_character_delimiter_names_the_key() {
     assert_names(
         &quote,
         9,
-        &["key 'folder[0].redivis_options.quote_character'", "differ from the delimiter"],
+        &[
+            "key 'folder[0].redivis_options.quote_character'",
+            "differ from the delimiter",
+        ],
     );
 }
 
@@ -946,7 +959,10 @@ fn delimited_options_with_another_type_are_rejected() {
     assert_names(
         &message,
         8,
-        &["key 'folder[0].redivis_options.delimiter'", "only applies to delimited files"],
+        &[
+            "key 'folder[0].redivis_options.delimiter'",
+            "only applies to delimited files",
+        ],
     );
 }
 
@@ -956,11 +972,19 @@ fn unknown_or_mistyped_redivis_options_are_named() {
     let unknown = fx.err(&format!(
         "{REDIVIS_FOLDER}[folder.redivis_options]\nhas_headers = false\n"
     ));
-    assert_names(&unknown, 8, &["unknown key 'has_headers'", "has_header_row"]);
+    assert_names(
+        &unknown,
+        8,
+        &["unknown key 'has_headers'", "has_header_row"],
+    );
     let mistyped = fx.err(&format!(
         "{REDIVIS_FOLDER}[folder.redivis_options]\nskip_bad_records = \"yes\"\n"
     ));
-    assert_names(&mistyped, 8, &["folder[0].redivis_options.skip_bad_records"]);
+    assert_names(
+        &mistyped,
+        8,
+        &["folder[0].redivis_options.skip_bad_records"],
+    );
 }
 
 #[test]
@@ -972,7 +996,10 @@ fn redivis_settings_on_a_kifs_folder_are_rejected() {
     assert_names(
         &message,
         7,
-        &["key 'folder[0].create_next_version'", "only applies to a folder with redivis_table"],
+        &[
+            "key 'folder[0].create_next_version'",
+            "only applies to a folder with redivis_table",
+        ],
     );
     assert!(
         message.contains("key 'folder[0].redivis_options'"),

@@ -459,8 +459,14 @@ fn folder(
 fn redivis_folder(ck: &mut Checker<'_>, f: &RawFolder, i: usize) -> RedivisFolder {
     if f.redivis_table.is_none() {
         let given = [
-            ("create_next_version", f.create_next_version.as_ref().map(|v| v.span())),
-            ("redivis_options", f.redivis_options.as_ref().map(|v| v.span())),
+            (
+                "create_next_version",
+                f.create_next_version.as_ref().map(|v| v.span()),
+            ),
+            (
+                "redivis_options",
+                f.redivis_options.as_ref().map(|v| v.span()),
+            ),
         ];
         for (name, span) in given {
             if let Some(span) = span {

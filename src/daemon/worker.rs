@@ -348,7 +348,8 @@ impl Worker {
             self.store.clone(),
             live,
             self.interrupt.clone(),
-        );
+        )
+        .with_redivis(folder.redivis.clone());
         Some(Prepared {
             upload,
             backend,

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FolderConfig, Target};
+use crate::config::{FolderConfig, RedivisFolder, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{JobId, LedgerEntry, Store, StoreError};
 
@@ -120,6 +120,8 @@ pub struct UploadJob {
     pub previous: Option<LedgerEntry>,
     pub live: Arc<LiveProgress>,
     pub shutdown: CancellationToken,
+    /// The folder's Redivis settings (parse options); default for KiFS.
+    pub redivis: RedivisFolder,
     store: Store,
 }
 
@@ -147,8 +149,15 @@ impl UploadJob {
             previous,
             live,
             shutdown,
+            redivis: RedivisFolder::default(),
             store,
         }
+    }
+
+    /// The job with its folder's Redivis settings.
+    pub fn with_redivis(mut self, redivis: RedivisFolder) -> UploadJob {
+        self.redivis = redivis;
+        self
     }
 
     /// The backend's resume state saved by an earlier attempt, if any and if it parses.

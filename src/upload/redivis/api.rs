@@ -41,6 +41,9 @@ const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'~');
 
+/// Fields of a JSON request body (parse options of upload.post).
+pub type ApiFields = serde_json::Map<String, serde_json::Value>;
+
 /// Page size for upload lists (the documented default).
 pub const LIST_PAGE_SIZE: u32 = 100;
 
@@ -422,18 +425,20 @@ impl ApiClient {
     }
 
     /// upload.post, JSON form: creates the upload from a finished session.
-    /// `id_field` is `resumableUploadId` or `tempUploadId`.
+    /// `id_field` is `resumableUploadId` or `tempUploadId`; `options` are the parse options
+    /// as API fields.
     pub async fn post_upload(
         &self,
         table: &str,
         name: &str,
         id_field: &str,
         id: &str,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
-        let mut body = serde_json::Map::new();
+        let mut body = options.clone();
         body.insert("name".into(), name.into());
         body.insert(id_field.into(), id.into());
         let body = serde_json::Value::Object(body);
@@ -443,18 +448,21 @@ impl ApiClient {
         .await
     }
 
-    /// upload.post, multipart form: metadata first, then the file's bytes (small files).
+    /// upload.post, multipart form: metadata (name and parse options) first, then the
+    /// file's bytes (small files).
     pub async fn post_upload_inline(
         &self,
         table: &str,
         name: &str,
         data: Bytes,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
-        let metadata = serde_json::to_vec(&serde_json::json!({ "name": name }))
-            .expect("upload metadata serializes to JSON");
+        let mut metadata = options.clone();
+        metadata.insert("name".into(), name.into());
+        let metadata = serde_json::to_vec(&metadata).expect("upload metadata serializes to JSON");
         // Only a hint in a part header: the name itself travels in the metadata JSON, and
         // a control character or quote would break the header (a name may hold a newline).
         let file_name: String = name

@@ -89,7 +89,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiClient, RetryPolicy, UploadResource};
+use self::api::{ApiClient, ApiFields, RetryPolicy, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
@@ -499,8 +499,17 @@ impl RedivisBackend {
                     }
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
+                    let options = job.redivis.parse.api_fields();
                     let posted = match self
-                        .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
+                        .post(
+                            table,
+                            &job.rel,
+                            reader.size,
+                            &md5,
+                            &finalize,
+                            &options,
+                            &cancel,
+                        )
                         .await
                     {
                         Err(UploadError::Remote {
@@ -631,6 +640,7 @@ impl RedivisBackend {
     /// upload.post; an answer lost on the way is reconciled through the list, never
     /// re-posted blindly. A name already taken in the table comes back as
     /// [`Posted::NameTaken`], whether the server refuses it or renames our upload.
+    #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
         table: &str,
@@ -638,6 +648,7 @@ impl RedivisBackend {
         size: u64,
         md5: &str,
         finalize: &Finalize,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<Posted, UploadError> {
         let retry = self.api.retry_policy();
@@ -648,12 +659,12 @@ impl RedivisBackend {
             let posted = match finalize {
                 Finalize::Inline(data) => {
                     self.api
-                        .post_upload_inline(table, name, data.clone(), cancel)
+                        .post_upload_inline(table, name, data.clone(), options, cancel)
                         .await
                 }
                 Finalize::Session { flow, id } => {
                     self.api
-                        .post_upload(table, name, flow.id_field(), id, cancel)
+                        .post_upload(table, name, flow.id_field(), id, options, cancel)
                         .await
                 }
             };
