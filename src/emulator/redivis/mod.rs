@@ -89,7 +89,7 @@
 
 mod api;
 mod parse;
-mod ratelimit;
+pub(crate) mod ratelimit;
 mod rawfiles;
 mod session;
 pub mod store;

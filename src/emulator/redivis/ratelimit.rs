@@ -40,7 +40,8 @@ impl Limiter {
         self.check_at(Instant::now())
     }
 
-    fn check_at(&self, now: Instant) -> Verdict {
+    /// [`Self::check`] at a given instant (tests drive it with simulated time).
+    pub(crate) fn check_at(&self, now: Instant) -> Verdict {
         if !self.enforce {
             return Verdict::Allowed {
                 remaining: self.max,

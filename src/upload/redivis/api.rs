@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::classify;
-use super::ratelimit::Pacer;
+use super::ratelimit::{Announced, Pacer};
 use crate::config::Secret;
 use crate::metrics::{RequestKind, timed_request};
 use crate::upload::backoff::{Backoff, retry_after};
@@ -299,14 +299,16 @@ impl ApiClient {
             }
             let failure = match timed_request(RequestKind::RedivisApi, request.send()).await {
                 Ok(response) => {
-                    permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();
-                    if response.status().is_success() {
-                        return Ok(response);
-                    }
+                    let announced = rate_limit_headers(response.headers());
                     let after = retry_after(response.headers());
                     if status == 429 {
-                        self.pacer.block(after);
+                        permit.refused(after, announced);
+                    } else {
+                        permit.answered(announced);
+                    }
+                    if response.status().is_success() {
+                        return Ok(response);
                     }
                     let disposition = classify::api_status(status, after);
                     let body = response.text().await.unwrap_or_default();
@@ -599,11 +601,18 @@ impl ApiClient {
     }
 }
 
-fn rate_limit_remaining(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("x-ratelimit-remaining")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+/// `X-RateLimit-Limit` and `X-RateLimit-Remaining`, where present and numeric.
+fn rate_limit_headers(headers: &HeaderMap) -> Announced {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Announced {
+        limit: number("x-ratelimit-limit"),
+        remaining: number("x-ratelimit-remaining"),
+    }
 }
 
 /// `host:port` of an http(s) URL (default ports filled in).

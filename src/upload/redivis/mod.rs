@@ -199,7 +199,11 @@ fn now_ms() -> u64 {
 
 impl RedivisBackend {
     pub fn new(config: &RedivisConfig) -> Result<RedivisBackend, String> {
-        RedivisBackend::with_tuning(config, Tuning::default())
+        let tuning = Tuning {
+            pacer: PacerConfig::from_env(),
+            ..Tuning::default()
+        };
+        RedivisBackend::with_tuning(config, tuning)
     }
 
     pub fn with_tuning(config: &RedivisConfig, tuning: Tuning) -> Result<RedivisBackend, String> {
