@@ -129,6 +129,11 @@ impl Harness {
 
     /// Offers the file and claims its job, as a worker would.
     fn claim(&self, rel: &str) -> UploadJob {
+        self.claim_into(rel, TABLE)
+    }
+
+    /// [`Self::claim`] for a job into `table`.
+    fn claim_into(&self, rel: &str, table: &str) -> UploadJob {
         let path = self.inbox.join(rel);
         let fingerprint = Fingerprint::read(&path).expect("test file exists");
         self.store.offer(&self.key(rel), &fingerprint).unwrap();
@@ -142,7 +147,7 @@ impl Harness {
             job.id,
             path,
             rel.to_string(),
-            Target::RedivisTable(TABLE.to_string()),
+            Target::RedivisTable(table.to_string()),
             fingerprint,
             job.finalize_started,
             self.store.ledger_get(&job.key).unwrap(),
@@ -1525,4 +1530,254 @@ async fn interrupted_attempt_for_secret(h: &Harness, backend: &RedivisBackend) {
         "token leaked into saved progress: {text}"
     );
     h.store.drop_job(job.id).unwrap();
+}
+
+// ---- file index tables ---------------------------------------------------------------------
+
+const FILES_TABLE: &str = "owner.dataset:next.scans";
+
+impl Harness {
+    /// Creates `FILES_TABLE` as a file index table and a backend that knows it is one.
+    async fn file_index(&self, tuning: Tuning) -> RedivisBackend {
+        let response = self
+            .http
+            .post(format!("{}/_emulator/redivis/tables", self.base()))
+            .json(&json!({"reference": FILES_TABLE, "isFileIndex": true}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let backend = self.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning);
+        backend
+            .prepare_folder(&folder(FILES_TABLE))
+            .await
+            .expect("the file index table is reachable");
+        backend
+    }
+
+    /// The files of `FILES_TABLE`: name → (md5Hash, uri) of each entry.
+    async fn raw_files(&self) -> Vec<(String, String, String)> {
+        let table =
+            percent_encoding::utf8_percent_encode(FILES_TABLE, percent_encoding::NON_ALPHANUMERIC);
+        let list: Value = self
+            .http
+            .get(format!(
+                "{}/api/v1/tables/{table}/rawFiles?maxResults=1000",
+                self.base()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            list["nextPageToken"],
+            Value::Null,
+            "one page holds them all"
+        );
+        let mut files: Vec<(String, String, String)> = list["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let text = |field: &str| f[field].as_str().unwrap_or_default().to_string();
+                (text("name"), text("md5Hash"), text("uri"))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Asserts the file index table holds exactly `expected`, each once.
+    async fn assert_files(&self, expected: &[(String, Vec<u8>)]) {
+        use base64::Engine;
+        let files = self.raw_files().await;
+        let mut wanted: Vec<(String, String)> = expected
+            .iter()
+            .map(|(name, bytes)| {
+                let md5 = Md5::digest(bytes);
+                (
+                    name.clone(),
+                    base64::engine::general_purpose::STANDARD.encode(md5),
+                )
+            })
+            .collect();
+        wanted.sort();
+        let got: Vec<(String, String)> = files.into_iter().map(|(n, m, _)| (n, m)).collect();
+        assert_eq!(got, wanted);
+    }
+}
+
+fn small_files(count: usize, seed: u8) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            (
+                format!("scans/page-{i:03}.png"),
+                data(200 + i as u64 * 7, seed.wrapping_add(i as u8)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_index_folder_sends_a_batch_with_one_temp_uploads_and_one_raw_files_call() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.file_index(tuning()).await;
+    assert!(
+        backend
+            .batch_limits(&Target::RedivisTable(FILES_TABLE.into()))
+            .is_some()
+    );
+    assert!(
+        backend
+            .batch_limits(&Target::RedivisTable(TABLE.into()))
+            .is_none()
+    );
+    assert_eq!(
+        backend.target_kind(&Target::RedivisTable(FILES_TABLE.into())),
+        Some("file index table")
+    );
+    let files = small_files(20, 1);
+    let mut jobs = Vec::new();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+        jobs.push(h.claim_into(name, FILES_TABLE));
+    }
+    let before = backend.api_requests();
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        let uploaded = outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        assert!(
+            uploaded.remote.starts_with("/rawFiles/"),
+            "{}",
+            uploaded.remote
+        );
+        h.complete(job, &uploaded);
+    }
+    assert_eq!(
+        backend.api_requests() - before,
+        2,
+        "tempUploads and rawFiles, once each"
+    );
+    assert_eq!(h.api_count("rawFiles.post").await, 1);
+    assert_eq!(h.api_count("uploads.post").await, 0);
+    h.assert_files(&files).await;
+}
+
+#[tokio::test]
+async fn a_changed_file_replaces_its_entry_and_a_touched_one_is_not_sent_again() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.file_index(tuning()).await;
+    let mut files = small_files(3, 2);
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+        let mut job = h.claim_into(name, FILES_TABLE);
+        let uploaded = upload_ok(&backend, &mut job).await;
+        h.complete(&job, &uploaded);
+    }
+    // A new version of the first file, and the second only touched.
+    files[0].1 = data(999, 77);
+    h.write(&files[0].0, &files[0].1);
+    h.write(&files[1].0, &files[1].1);
+    let temp_uploads = h.api_count("tempUploads").await;
+    let mut changed = h.claim_into(&files[0].0, FILES_TABLE);
+    let uploaded = upload_ok(&backend, &mut changed).await;
+    h.complete(&changed, &uploaded);
+    let mut touched = h.claim_into(&files[1].0, FILES_TABLE);
+    let previous = touched.previous.clone().expect("the ledger knows it");
+    let adopted = upload_ok(&backend, &mut touched).await;
+    assert_eq!(
+        adopted.remote, previous.remote,
+        "the entry already there is kept"
+    );
+    assert_eq!(
+        h.api_count("tempUploads").await - temp_uploads,
+        1,
+        "only the changed file is sent"
+    );
+    assert_eq!(h.api_count("rawFiles.delete").await, 1);
+    h.assert_files(&files).await;
+}
+
+#[tokio::test]
+async fn a_lost_raw_files_answer_is_reconciled_through_the_listing_not_registered_twice() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h
+        .file_index(Tuning {
+            api_timeout: Duration::from_millis(500),
+            ..tuning()
+        })
+        .await;
+    let files = small_files(5, 3);
+    let mut jobs = Vec::new();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+        jobs.push(h.claim_into(name, FILES_TABLE));
+    }
+    // tempUploads goes through; rawFiles is carried out, but answered after the timeout.
+    h.script(json!([
+        {"target": "redivis-api", "action": {"delay_ms": 0}},
+        {"target": "redivis-api", "action": {"delay_ms": 1500}}
+    ]))
+    .await;
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        let uploaded = outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        h.complete(job, &uploaded);
+    }
+    assert_eq!(h.api_count("rawFiles.post").await, 1, "registered once");
+    assert_eq!(
+        h.api_count("rawFiles.list").await,
+        1,
+        "reconciled by one listing"
+    );
+    h.assert_files(&files).await;
+}
+
+#[tokio::test]
+async fn a_restart_while_finalizing_adopts_what_the_table_holds() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.file_index(tuning()).await;
+    let files = small_files(4, 4);
+    let mut jobs = Vec::new();
+    for (name, bytes) in &files {
+        h.write(name, bytes);
+        jobs.push(h.claim_into(name, FILES_TABLE));
+    }
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        // The daemon died before recording the success: the job is still finalizing.
+        assert!(job.finalize_started);
+    }
+    let fresh = h.file_index(tuning()).await;
+    for job in &mut jobs {
+        job.finalize_started = true;
+    }
+    let outcomes = fresh.upload_batch(&mut jobs).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(
+        h.api_count("rawFiles.post").await,
+        1,
+        "nothing registered again"
+    );
+    assert_eq!(h.api_count("tempUploads").await, 1, "nothing sent again");
+    h.assert_files(&files).await;
+}
+
+#[tokio::test]
+async fn a_file_larger_than_a_chunk_goes_alone_through_a_resumable_temp_upload() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.file_index(tuning()).await;
+    let big = data(2 * CHUNK + 10, 5);
+    h.write("weights.ckpt", &big);
+    let mut job = h.claim_into("weights.ckpt", FILES_TABLE);
+    let uploaded = upload_ok(&backend, &mut job).await;
+    assert!(uploaded.remote.starts_with("/rawFiles/"));
+    let stats = h.stats().await;
+    assert_eq!(stats["session_initiations"], 1);
+    assert_eq!(stats["session_puts"], 3);
+    h.assert_files(&[("weights.ckpt".to_string(), big)]).await;
 }

@@ -239,6 +239,7 @@ impl Fleet {
         self.config = Arc::new(new);
         self.current.set(Arc::clone(&self.config));
         self.backends = backends;
+        self.live.remotes.set(self.backends.clone());
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");
             // The scan summary is not awaited: the daemon is already running.

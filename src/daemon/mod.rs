@@ -268,6 +268,7 @@ impl Core {
         })?;
         let close_on_error = stop_serving.clone().drop_guard();
         let backends = build_backends(&config)?;
+        live.remotes.set(backends.clone());
         prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until

@@ -167,6 +167,9 @@ pub struct RedivisOptions {
     /// Test hook: delay (ms) the answer to upload.post after the upload is created.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub redivis_post_delay: u64,
+    /// Test hook: delay (ms) the answer to `rawFiles` after the files are registered.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub redivis_raw_files_delay: u64,
     /// Status for a `:next` reference while the dataset has no unreleased version.
     #[arg(long, value_name = "STATUS", default_value = "404", value_parser = parse_status)]
     pub redivis_missing_version_status: axum::http::StatusCode,

@@ -119,6 +119,10 @@ pub async fn post_raw_files(
     })
     .await
     .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    if service.options.redivis_raw_files_delay > 0 {
+        let delay = std::time::Duration::from_millis(service.options.redivis_raw_files_delay);
+        tokio::time::sleep(delay).await;
+    }
     let body = json!({ "kind": "rawFileList", "results": results });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -59,6 +59,7 @@ pub const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_files: 1000,
     max_bytes: WHOLE_FILE_LIMIT,
     max_file_size: 4 << 20,
+    one_target: false,
 };
 /// Attempts for an idempotent request before the job goes back to the queue.
 const REQUEST_ATTEMPTS: u32 = 5;

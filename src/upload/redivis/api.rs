@@ -35,7 +35,7 @@ use crate::upload::{Disposition, UploadError};
 
 /// Characters kept literally in a table reference path segment: Python's
 /// `quote(ref, safe="")` keeps only letters, digits and `_.-~` (so `:` becomes `%3A`).
-const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'-')
@@ -91,7 +91,7 @@ impl From<ApiError> for UploadError {
 impl ApiError {
     /// No usable answer (cut off, not understood): retried later; `maybe_processed` says
     /// whether the request may have been carried out all the same.
-    fn unusable(message: String, maybe_processed: bool) -> ApiError {
+    pub(super) fn unusable(message: String, maybe_processed: bool) -> ApiError {
         ApiError {
             status: None,
             disposition: Disposition::Retry { after: None },
@@ -363,7 +363,7 @@ impl ApiClient {
         }
     }
 
-    async fn send_json<T: DeserializeOwned>(
+    pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
         what: &str,
         idempotency: Idempotency,
@@ -674,7 +674,7 @@ pub fn describe_transport(err: &reqwest::Error) -> String {
     }
 }
 
-fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
@@ -691,7 +691,9 @@ fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
     }
 }
 
-fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(super) fn lenient_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),

@@ -76,10 +76,12 @@
 
 pub mod api;
 pub mod classify;
+pub mod files;
 pub mod names;
 pub mod poll;
 pub mod ratelimit;
 pub mod session;
+pub mod tables;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,9 +96,10 @@ use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
+use self::tables::{TableKind, TableKinds};
 use super::backoff::Backoff;
 use super::chunk::FileReader;
-use super::{Disposition, UploadError, UploadJob, Uploaded};
+use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 
 /// Files up to this size go inline in one multipart upload.post (the official client's
@@ -150,6 +153,8 @@ pub struct RedivisBackend {
     poller: Arc<Poller>,
     names: Arc<NameRegistry>,
     index: Arc<NameIndex>,
+    /// Which tables are file index tables ([`files`]).
+    kinds: Arc<TableKinds>,
     chunk_size: u64,
     flow: Flow,
     tuning: Arc<Tuning>,
@@ -242,6 +247,7 @@ impl RedivisBackend {
             poller,
             names: Arc::new(NameRegistry::default()),
             index: Arc::new(NameIndex::new(tuning.name_index)),
+            kinds: Arc::new(TableKinds::default()),
             chunk_size: config.chunk_size,
             flow: match config.protocol {
                 RedivisProtocol::ResumableUpload => Flow::ResumableUpload,
@@ -279,8 +285,12 @@ impl RedivisBackend {
             )));
         };
         let cancel = CancellationToken::new();
-        let Err(err) = self.api.list_uploads(table, 1, None, &cancel).await else {
-            return Ok(());
+        let err = match self.kinds.get(&self.api, table, &cancel).await {
+            Ok(kind) => {
+                log_table_kind(folder, table, kind);
+                return Ok(());
+            }
+            Err(err) => err,
         };
         let definitive = |message: String| Err(UploadError::permanent(message));
         match err.status {
@@ -306,7 +316,46 @@ impl RedivisBackend {
         }
     }
 
-    /// Uploads one file (module doc, steps 1–9).
+    /// The batch limits of `target`'s table: only a file index table (known to be one)
+    /// takes files in batches.
+    pub fn batch_limits(&self, target: &Target) -> Option<BatchLimits> {
+        let Target::RedivisTable(table) = target else {
+            return None;
+        };
+        (self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| self.file_batch_limits())
+    }
+
+    /// `table` or `file index table`, once the table was read.
+    pub fn target_kind(&self, target: &Target) -> Option<&'static str> {
+        match target {
+            Target::RedivisTable(table) => self.kinds.known(table).map(TableKind::label),
+            Target::KifsDirectory { .. } => None,
+        }
+    }
+
+    /// Uploads several files: in one batch when they all go to one file index table,
+    /// else one after the other.
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+        let first = jobs.first().map(|job| job.target.clone());
+        let one_file_index = match &first {
+            Some(Target::RedivisTable(table)) => {
+                self.kinds.known(table) == Some(TableKind::FileIndex)
+                    && jobs.iter().all(|job| Some(&job.target) == first.as_ref())
+            }
+            _ => false,
+        };
+        if let (true, Some(Target::RedivisTable(table))) = (one_file_index, &first) {
+            return self.upload_files(table, jobs).await;
+        }
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(self.upload(job).await);
+        }
+        outcomes
+    }
+
+    /// Uploads one file (module doc, steps 1–9; a file index table's file as [`files`]
+    /// says).
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
@@ -317,6 +366,11 @@ impl RedivisBackend {
                 )));
             }
         };
+        let cancel = job.shutdown.clone();
+        if self.kinds.get(&self.api, &table, &cancel).await? == TableKind::FileIndex {
+            let mut outcomes = self.upload_files(&table, std::slice::from_mut(job)).await;
+            return outcomes.pop().expect("one outcome per job");
+        }
         // 1. The name.
         let escaped = match self.names.claim(&table, &job.rel) {
             Ok(escaped) => escaped,
@@ -740,8 +794,23 @@ impl RedivisBackend {
         reader: &FileReader,
         cancel: &CancellationToken,
     ) -> Result<(Finalize, String), UploadError> {
+        self.transfer_as(job, table, reader, self.flow, true, cancel)
+            .await
+    }
+
+    /// Step 4 in `flow`, small files inline when `inline` (file index tables take temp
+    /// uploads only).
+    async fn transfer_as(
+        &self,
+        job: &UploadJob,
+        table: &str,
+        reader: &FileReader,
+        flow: Flow,
+        inline: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
-        if size <= self.tuning.inline_max {
+        if inline && size <= self.tuning.inline_max {
             job.check_unchanged()?;
             let data = reader.read_at(0, size as usize).await?;
             job.check_unchanged()?;
@@ -749,7 +818,6 @@ impl RedivisBackend {
             return Ok((Finalize::Inline(data), md5));
         }
 
-        let flow = self.flow;
         let mut resume = match job.load_progress::<SessionState>()? {
             Some(saved) => match saved.unusable_for(
                 flow,
@@ -890,6 +958,14 @@ impl RedivisBackend {
             confirmed_offset: 0,
             fingerprint: job.fingerprint,
         }))
+    }
+}
+
+/// The start-up line saying which kind of table a folder feeds.
+fn log_table_kind(folder: &FolderConfig, table: &str, kind: TableKind) {
+    tracing::info!(folder = %folder.path.display(), table, kind = kind.label(), "Redivis folder target");
+    if kind == TableKind::FileIndex && !folder.redivis.parse.is_empty() {
+        tracing::warn!(folder = %folder.path.display(), table, "redivis_options do not apply to a file index table: its files are stored as they are");
     }
 }
 
