@@ -1781,3 +1781,61 @@ async fn a_file_larger_than_a_chunk_goes_alone_through_a_resumable_temp_upload()
     assert_eq!(stats["session_puts"], 3);
     h.assert_files(&[("weights.ckpt".to_string(), big)]).await;
 }
+
+// ---- dataset versions ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_once() {
+    use upsync::upload::redivis::api::ApiClient;
+    use upsync::upload::redivis::ratelimit::Pacer;
+    use upsync::upload::redivis::tables::NextVersion;
+    let h = Harness::start(|_| {}).await;
+    let client = || {
+        ApiClient::new(
+            reqwest::Client::new(),
+            &format!("{}/api/v1", h.base()),
+            Secret::new(TOKEN),
+            Pacer::new(PacerConfig::default()),
+            tuning().retry,
+            Duration::from_secs(10),
+        )
+        .expect("the API URL is valid")
+    };
+    let (first, second) = (client(), client());
+    let cancel = CancellationToken::new();
+    let dataset = "owner.dataset";
+    let found = first.create_next_version(dataset, &cancel).await.unwrap();
+    assert_eq!(found, NextVersion::Existed, "a new dataset starts with one");
+    let release = h
+        .http
+        .post(format!(
+            "{}/api/v1/datasets/{dataset}/versions/next/release",
+            h.base()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(release.status().is_success());
+    let (a, b) = tokio::join!(
+        first.create_next_version(dataset, &cancel),
+        second.create_next_version(dataset, &cancel)
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let created = outcomes
+        .iter()
+        .filter(|o| **o == NextVersion::Created)
+        .count();
+    assert_eq!(created, 1, "{outcomes:?}");
+    let dataset: Value = h
+        .http
+        .get(format!("{}/api/v1/datasets/{dataset}", h.base()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dataset["nextVersion"]["tag"], "v2.0");
+}
