@@ -27,26 +27,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-/// The upload types Redivis documents for upload.post.
-pub const TYPES: [&str; 17] = [
-    "delimited",
-    "stream",
-    "avro",
-    "ndjson",
-    "parquet",
-    "orc",
-    "xls",
-    "xlsx",
-    "dta",
-    "sas7bdat",
-    "sav",
-    "geojson",
-    "geojsonl",
-    "json",
-    "shp",
-    "shp.zip",
-    "kml",
-];
+use crate::config::UPLOAD_TYPES as TYPES;
 
 const BOOLEANS: [&str; 4] = [
     "hasHeaderRow",

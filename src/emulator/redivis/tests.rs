@@ -2227,39 +2227,3 @@ async fn tables_can_be_created_as_users_do_through_the_dataset() {
     );
     emu.stop().await;
 }
-
-#[tokio::test]
-async fn the_rate_limit_window_and_budget_are_configurable() {
-    let (emu, _dir) = emulator_with(|options| {
-        options.redivis.rate_limit = true;
-        options.redivis.rate_limit_max = 100;
-        options.redivis.rate_limit_window = Duration::from_secs(100);
-    })
-    .await;
-    let first = emu
-        .get(&emu.table("/uploads"))
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(first.headers()["x-ratelimit-limit"], "100");
-    assert_eq!(first.headers()["x-ratelimit-remaining"], "99");
-    for _ in 0..99 {
-        emu.get(&emu.table("/uploads"))
-            .send()
-            .await
-            .expect("answers");
-    }
-    let limited = emu
-        .get(&emu.table("/uploads"))
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .expect("ASCII")
-        .parse()
-        .expect("seconds");
-    assert!((90..=100).contains(&retry_after), "{retry_after}");
-    emu.stop().await;
-}

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, ApiError, Idempotency, NewUpload, lenient_string, lenient_u64};
-use super::session::{Flow, SessionState, Transfer};
+use super::session::{Flow, SessionState, Transfer, sleep_or_shutdown};
 use super::{Finalize, RedivisBackend, hashes_match, now_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
@@ -550,10 +550,7 @@ impl RedivisBackend {
                 return Err(err.into());
             }
             let sleep = backoff.next_delay(None, &mut rand::rng());
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(UploadError::Shutdown),
-                _ = tokio::time::sleep(sleep) => {}
-            }
+            sleep_or_shutdown(sleep, cancel).await?;
         }
     }
 
