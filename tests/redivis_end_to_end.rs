@@ -522,3 +522,31 @@ fn kill_9_at_random_moments_into_a_file_index_table_leaves_each_file_once() {
     assert_eq!(daemon.terminate(), Some(0));
     files_exactly_once(&s, &files).unwrap();
 }
+
+#[test]
+fn rebuild_state_over_a_file_index_table_registers_nothing_twice() {
+    let s = file_index_setup(&[]);
+    let files = binary_files(&s, 6);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_files(&s, &files, Duration::from_secs(60), &daemon);
+    assert_eq!(daemon.terminate(), Some(0));
+    let registered = raw_files_posts(&s);
+    std::fs::remove_dir_all(s.config.with_file_name("state")).unwrap();
+    let earlier_log = daemon.log_text().len();
+    let mut daemon = DaemonProcess::start_with(&s.config, |cmd| {
+        cmd.arg("--rebuild-state");
+    });
+    // Not `upsync status` yet: it would hold the state database the rebuild needs.
+    let log = || daemon.log_text()[earlier_log..].to_string();
+    daemon.wait_until(Duration::from_secs(30), "the rebuild", || {
+        log().contains("upsync is running")
+    });
+    assert!(
+        log().contains("6 file(s) already uploaded, 0 to upload"),
+        "{}",
+        log()
+    );
+    wait_files(&s, &files, Duration::from_secs(60), &daemon);
+    assert_eq!(raw_files_posts(&s), registered, "nothing registered again");
+    assert_eq!(daemon.terminate(), Some(0));
+}

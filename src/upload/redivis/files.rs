@@ -30,7 +30,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{ApiClient, ApiError, Idempotency, NewUpload, lenient_string, lenient_u64};
+use super::api::{
+    ApiClient, ApiError, Idempotency, NewUpload, UploadResource, lenient_string, lenient_u64,
+};
 use super::session::{Flow, SessionState, Transfer, sleep_or_shutdown};
 use super::{Finalize, RedivisBackend, hashes_match, now_ms};
 use crate::upload::backoff::Backoff;
@@ -61,6 +63,18 @@ pub struct RawFile {
 }
 
 impl RawFile {
+    /// The file as an upload resource that completed (for listings that treat both alike).
+    pub fn as_upload(self) -> UploadResource {
+        UploadResource {
+            uri: self.uri,
+            name: self.name,
+            status: Some("completed".to_string()),
+            size: self.size,
+            hash: self.md5_hash,
+            ..UploadResource::default()
+        }
+    }
+
     /// Whether this is `name` with `size` bytes hashing to `md5` (where the server says).
     fn holds(&self, name: &str, size: u64, md5: &str) -> bool {
         self.name.as_deref() == Some(name)

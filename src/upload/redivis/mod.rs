@@ -3,8 +3,9 @@
 //!
 //! Modules: [`api`] (REST client, pacing, in-request retries), [`session`] (the resumable
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
-//! shared token bucket), [`names`] (escaping, collisions, the per-table name index),
-//! [`poll`] (batched status polls).
+//! shared budget of API requests), [`names`] (escaping, collisions, the per-table name
+//! index), [`poll`] (batched status polls), [`tables`] (a table's kind, a dataset's next
+//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
 //! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
@@ -262,11 +263,14 @@ impl RedivisBackend {
         self.api.requests()
     }
 
-    /// Checks that the folder's table is reachable with this token.
     /// Every upload in `table` that did not fail processing (all pages), for rebuilding
-    /// the ledger from the remote.
+    /// the ledger from the remote; a file index table's files, as uploads.
     pub async fn list_uploads(&self, table: &str) -> Result<Vec<api::UploadResource>, UploadError> {
         let cancel = CancellationToken::new();
+        if self.kinds.get(&self.api, table, &cancel).await? == TableKind::FileIndex {
+            let files = self.api.list_raw_files(table, &cancel).await?;
+            return Ok(files.into_iter().map(files::RawFile::as_upload).collect());
+        }
         let mut uploads = Vec::new();
         self.api
             .for_each_upload_page(table, &cancel, &mut |page| {
@@ -336,22 +340,24 @@ impl RedivisBackend {
     /// Uploads several files: in one batch when they all go to one file index table,
     /// else one after the other.
     pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
-        let first = jobs.first().map(|job| job.target.clone());
-        let one_file_index = match &first {
-            Some(Target::RedivisTable(table)) => {
-                self.kinds.known(table) == Some(TableKind::FileIndex)
-                    && jobs.iter().all(|job| Some(&job.target) == first.as_ref())
-            }
-            _ => false,
-        };
-        if let (true, Some(Target::RedivisTable(table))) = (one_file_index, &first) {
-            return self.upload_files(table, jobs).await;
+        if let Some(table) = self.one_file_index_table(jobs) {
+            return self.upload_files(&table, jobs).await;
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             outcomes.push(self.upload(job).await);
         }
         outcomes
+    }
+
+    /// The file index table every job goes to, if they all go to the same one.
+    fn one_file_index_table(&self, jobs: &[UploadJob]) -> Option<String> {
+        let first = &jobs.first()?.target;
+        let Target::RedivisTable(table) = first else {
+            return None;
+        };
+        let one_table = jobs.iter().all(|job| job.target == *first);
+        (one_table && self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| table.clone())
     }
 
     /// Uploads one file (module doc, steps 1–9; a file index table's file as [`files`]
