@@ -2227,3 +2227,47 @@ async fn tables_can_be_created_as_users_do_through_the_dataset() {
     );
     emu.stop().await;
 }
+
+#[tokio::test]
+async fn raw_files_and_table_kinds_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let emu = Emu::start(options(dir.path())).await;
+    emu.create_table(FILES_TABLE, true).await;
+    let ids = emu.temp_files(FILES_TABLE, &[("kept.bin", b"kept")]).await;
+    let registered = emu
+        .raw_files(
+            FILES_TABLE,
+            json!([{"name": "kept.bin", "tempUploadId": ids[0]}]),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    emu.stop().await;
+
+    let emu = Emu::start(options(dir.path())).await;
+    let table = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files").await)
+        .await;
+    assert_eq!(table["isFileIndex"], true);
+    let listed = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files/rawFiles").await)
+        .await;
+    assert_eq!(listed["results"][0]["name"], "kept.bin");
+    // Sequence numbers go on after the restart: a new file lists after the old one.
+    let ids = emu.temp_files(FILES_TABLE, &[("new.bin", b"new")]).await;
+    emu.raw_files(
+        FILES_TABLE,
+        json!([{"name": "new.bin", "tempUploadId": ids[0]}]),
+    )
+    .await;
+    let listed = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files/rawFiles").await)
+        .await;
+    let names: Vec<&str> = listed["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["kept.bin", "new.bin"]);
+    emu.stop().await;
+}

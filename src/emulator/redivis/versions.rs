@@ -284,7 +284,6 @@ fn open_next_version(
     });
     let record = record.clone();
     save(service, &key, &record).map_err(|err| internal("creating the version", err))?;
-    tables.datasets.insert(key.clone(), record.clone());
     if let Some(current) = record.released.last() {
         carry_tables_over(service, &mut tables.by_key, &key, current.number)
             .map_err(|err| internal("creating the version's tables", err))?;
