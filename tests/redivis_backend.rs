@@ -1302,7 +1302,7 @@ async fn the_pacer_meets_no_429_at_100_requests_per_100_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pacer_meets_no_429_at_the_documented_limits_in_real_time() {
     if std::env::var("UPSYNC_RATE_LIMIT_LONG").as_deref() != Ok("1") {
-        eprintln!("skipped: UPSYNC_RATE_LIMIT_LONG=1 runs the documented limits unscaled (6 min)");
+        eprintln!("skipped: UPSYNC_RATE_LIMIT_LONG=1 runs the documented limits unscaled (7 min)");
         return;
     }
     let current = hammer(
@@ -1553,23 +1553,26 @@ impl Harness {
         backend
     }
 
-    /// The files of `FILES_TABLE`: name → (md5Hash, uri) of each entry.
-    async fn raw_files(&self) -> Vec<(String, String, String)> {
-        let table =
-            percent_encoding::utf8_percent_encode(FILES_TABLE, percent_encoding::NON_ALPHANUMERIC);
-        let list: Value = self
-            .http
-            .get(format!(
-                "{}/api/v1/tables/{table}/rawFiles?maxResults=1000",
-                self.base()
-            ))
+    /// `GET` of an API path (with the token), as JSON.
+    async fn api_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1{path}", self.base()))
             .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The files of `FILES_TABLE`: name → (md5Hash, uri) of each entry.
+    async fn raw_files(&self) -> Vec<(String, String, String)> {
+        let table =
+            percent_encoding::utf8_percent_encode(FILES_TABLE, percent_encoding::NON_ALPHANUMERIC);
+        let list = self
+            .api_json(&format!("/tables/{table}/rawFiles?maxResults=1000"))
+            .await;
         assert_eq!(
             list["nextPageToken"],
             Value::Null,
@@ -1825,15 +1828,6 @@ async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_o
         .filter(|o| **o == NextVersion::Created)
         .count();
     assert_eq!(created, 1, "{outcomes:?}");
-    let dataset: Value = h
-        .http
-        .get(format!("{}/api/v1/datasets/{dataset}", h.base()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dataset = h.api_json(&format!("/datasets/{dataset}")).await;
     assert_eq!(dataset["nextVersion"]["tag"], "v2.0");
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{
     ApiClient, ApiError, Idempotency, NewUpload, UploadResource, lenient_string, lenient_u64,
 };
-use super::session::{Flow, SessionState, Transfer, sleep_or_shutdown};
+use super::session::{Flow, SessionState, sleep_or_shutdown};
 use super::{Finalize, RedivisBackend, hashes_match, now_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
@@ -426,16 +426,7 @@ impl RedivisBackend {
         cancel: &CancellationToken,
     ) -> Result<String, UploadError> {
         let check = || job.check_unchanged();
-        let transfer = Transfer {
-            client: &self.sessions,
-            reader,
-            path: &job.path,
-            fingerprint: job.fingerprint,
-            chunk_size: self.chunk_size,
-            cancel,
-            live: &job.live,
-            check: &check,
-        };
+        let transfer = self.file_transfer(job, reader, &check, cancel);
         let url = self.api.absolute(&temp.url);
         let sent = if temp.resumable == Some(true) {
             let session_url = self.sessions.initiate(&url, reader.size, cancel).await;

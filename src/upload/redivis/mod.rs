@@ -842,16 +842,7 @@ impl RedivisBackend {
             None => None,
         };
         let check = || job.check_unchanged();
-        let transfer = Transfer {
-            client: &self.sessions,
-            reader,
-            path: &job.path,
-            fingerprint: job.fingerprint,
-            chunk_size: self.chunk_size,
-            cancel,
-            live: &job.live,
-            check: &check,
-        };
+        let transfer = self.file_transfer(job, reader, &check, cancel);
         let mut persist = |state: &SessionState| job.save_progress(state);
         let mut rejected = 0;
         let mut restarts = 0;
@@ -917,6 +908,26 @@ impl RedivisBackend {
                     );
                 }
             }
+        }
+    }
+
+    /// The session layer's view of `job`'s file, checked with `check` around each chunk.
+    fn file_transfer<'a>(
+        &'a self,
+        job: &'a UploadJob,
+        reader: &'a FileReader,
+        check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
+        cancel: &'a CancellationToken,
+    ) -> Transfer<'a> {
+        Transfer {
+            client: &self.sessions,
+            reader,
+            path: &job.path,
+            fingerprint: job.fingerprint,
+            chunk_size: self.chunk_size,
+            cancel,
+            live: &job.live,
+            check,
         }
     }
 
