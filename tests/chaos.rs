@@ -248,6 +248,8 @@ fn start_daemon(w: &World) -> DaemonProcess {
     DaemonProcess::start_with(&w.config, |cmd| {
         cmd.env(TOKEN_ENV, TOKEN)
             .env("UPSYNC_JOB_RETRY_MAX", "5s")
+            // The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
+            .env("UPSYNC_REDIVIS_RATE_WINDOW", "5s")
             .env("RUST_LOG", "info");
     })
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -19,6 +19,18 @@ struct Setup {
 }
 
 fn setup(emulator_args: &[&str], redivis_extra: &str) -> Setup {
+    let redivis = format!("chunk_size = \"1MiB\"\n{redivis_extra}");
+    setup_with(TABLE, emulator_args, &redivis, "")
+}
+
+/// A setup for `table` whose `[redivis]` section gets `redivis_extra` (it sets no chunk
+/// size) and whose folder gets `folder_extra` after its own keys.
+fn setup_with(
+    table: &str,
+    emulator_args: &[&str],
+    redivis_extra: &str,
+    folder_extra: &str,
+) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let inbox = tmp.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -33,12 +45,12 @@ concurrency = 4
 [redivis]
 api_url = "{url}"
 token_env = "UPSYNC_E2E_REDIVIS_TOKEN"
-chunk_size = "1MiB"
 {redivis_extra}
 [[folder]]
 path = "inbox"
-redivis_table = "{TABLE}"
+redivis_table = "{table}"
 settle = "1s"
+{folder_extra}
 "#,
         url = emulator.redivis_url()
     );
@@ -242,5 +254,283 @@ fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
     mirrored_exactly_once(&s, &files).unwrap();
     let created = s.emulator.get_json("/_emulator/redivis/stats")["uploads_created"].clone();
     assert_eq!(json_number(&created), Some(1), "upload.post ran twice");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A headerless TSV of about `size` bytes: `<i>\t<text>` rows, some values null markers.
+fn write_tsv(path: &Path, size: usize) -> u64 {
+    let mut text = String::with_capacity(size + 64);
+    let mut rows = 0;
+    while text.len() < size {
+        let value = if rows % 7 == 0 {
+            "NA".to_string()
+        } else {
+            format!("value {rows}")
+        };
+        text.push_str(&format!("{rows}\t{value}\n"));
+        rows += 1;
+    }
+    std::fs::write(path, text).unwrap();
+    backdate(path, 60);
+    rows
+}
+
+#[test]
+fn parse_options_reach_redivis_inline_through_sessions_and_temp_uploads() {
+    let options = r#"
+[folder.redivis_options]
+type = "delimited"
+delimiter = "\t"
+has_header_row = false
+skip_bad_records = false
+has_quoted_newlines = false
+allow_jagged_rows = true
+quote_character = "'"
+escape_character = "\\"
+null_markers = ["NA", ""]
+"#;
+    let expected = serde_json::json!({"type": "delimited", "delimiter": "\t",
+        "hasHeaderRow": false, "skipBadRecords": false, "hasQuotedNewlines": false,
+        "allowJaggedRows": true, "quoteCharacter": "'", "escapeCharacter": "\\",
+        "nullMarkers": ["NA", ""]});
+    // Inline multipart (1 KiB); with a 2 MiB chunk, 1.5 MiB is one plain temp-upload PUT
+    // (or a one-chunk legacy session) and 2.5 MiB a resumable session of two chunks.
+    let sizes = [
+        ("inline.tsv", 1024),
+        ("whole.tsv", 3 << 19),
+        ("chunked.tsv", 5 << 19),
+    ];
+    for protocol in ["resumable-upload", "temp-uploads"] {
+        let redivis = format!("chunk_size = \"2MiB\"\nprotocol = \"{protocol}\"");
+        let s = setup_with(TABLE, &[], &redivis, options);
+        let rows: Vec<(&str, u64)> = sizes
+            .iter()
+            .map(|(name, size)| (*name, write_tsv(&s.inbox.join(name), *size)))
+            .collect();
+        let mut daemon = DaemonProcess::start(&s.config);
+        daemon.wait_until(Duration::from_secs(90), "every upload to complete", || {
+            let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+            uploads.len() == sizes.len() && uploads.iter().all(|u| u["status"] == "completed")
+        });
+        let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+        for (name, rows) in &rows {
+            let upload = uploads
+                .iter()
+                .find(|u| u["name"] == *name)
+                .unwrap_or_else(|| panic!("{protocol}: {name} was not uploaded"));
+            let uri = upload["uri"].as_str().expect("an upload has a uri");
+            let got = get_redivis(&s, uri);
+            for (field, value) in expected.as_object().expect("an object") {
+                assert_eq!(&got[field], value, "{protocol}: {name}: {field}");
+            }
+            assert_eq!(
+                json_number(&got["numRows"]),
+                Some(*rows),
+                "{protocol}: {name}"
+            );
+        }
+        let stats = s.emulator.get_json("/_emulator/redivis/stats");
+        let temp_puts = json_number(&stats["temp_puts"]).unwrap_or(0);
+        let initiations = json_number(&stats["session_initiations"]).unwrap_or(0);
+        if protocol == "temp-uploads" {
+            assert!(
+                temp_puts >= 1 && initiations >= 1,
+                "both temp-upload paths: {stats}"
+            );
+        }
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+}
+
+/// `GET` of an API path (such as an upload's `uri`) on the emulator, with the token.
+fn get_redivis(s: &Setup, uri: &str) -> serde_json::Value {
+    let url = format!("{}{uri}", s.emulator.redivis_url());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the emulator answers")
+            .json()
+            .await
+            .expect("the answer is JSON")
+    })
+}
+
+// ---- file index tables ---------------------------------------------------------------------
+
+const FILES_TABLE: &str = "test.dataset:next.scans";
+
+/// A setup whose folder feeds `FILES_TABLE`, created as a file index table.
+fn file_index_setup(emulator_args: &[&str]) -> Setup {
+    let s = setup_with(FILES_TABLE, emulator_args, "chunk_size = \"1MiB\"", "");
+    s.emulator.create_redivis_table(FILES_TABLE, true);
+    s
+}
+
+/// Binary files of a few KiB in nested folders, backdated so they are ready at once.
+fn binary_files(s: &Setup, count: u64) -> Vec<(String, PathBuf)> {
+    (0..count)
+        .map(|i| {
+            let name = format!("scans/{}/img-{i:03}.png", i % 4);
+            let path = s.inbox.join(&name);
+            write_file(&path, 1024 + i * 311, 500 + i);
+            backdate(&path, 60);
+            (name, path)
+        })
+        .collect()
+}
+
+/// Whether each local file is in the file index table exactly once, with its size and MD5.
+fn files_exactly_once(s: &Setup, files: &[(String, PathBuf)]) -> Result<(), String> {
+    use base64::Engine;
+    let listed = s.emulator.list_redivis_files(FILES_TABLE, TOKEN);
+    if listed.len() != files.len() {
+        return Err(format!(
+            "{} files listed, {} expected",
+            listed.len(),
+            files.len()
+        ));
+    }
+    for (name, local) in files {
+        let found: Vec<_> = listed
+            .iter()
+            .filter(|f| f["name"] == name.as_str())
+            .collect();
+        let [file] = found.as_slice() else {
+            return Err(format!("{name}: {} entries", found.len()));
+        };
+        let md5 = hex::decode(file_md5_hex(local).expect("the local file reads")).unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode(md5);
+        if file["md5Hash"] != expected.as_str() {
+            return Err(format!(
+                "{name}: md5Hash {} differs from the local MD5",
+                file["md5Hash"]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the daemon has recorded every file as done, then checks the table.
+fn wait_files(s: &Setup, files: &[(String, PathBuf)], timeout: Duration, daemon: &DaemonProcess) {
+    let config = s.config.to_str().unwrap().to_string();
+    daemon.wait_until(timeout, "every file recorded as uploaded", || {
+        let (code, out, _) = upsync(&["status", "-c", &config, "--json"]);
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return false;
+        };
+        let folder = &status["folders"][0];
+        let count = |key: &str| folder[key].as_u64().unwrap_or(u64::MAX);
+        code == 0
+            && count("done") == files.len() as u64
+            && ["queued", "active", "finalizing", "retry_wait", "failed"]
+                .iter()
+                .all(|key| count(key) == 0)
+    });
+    if let Err(why) = files_exactly_once(s, files) {
+        panic!("{why}\n{}", daemon.log_text());
+    }
+}
+
+fn raw_files_posts(s: &Setup) -> u64 {
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    json_number(&stats["api_requests"]["rawFiles.post"]).unwrap_or(0)
+}
+
+#[test]
+fn a_file_index_folder_lands_each_file_once_in_batched_raw_files_calls() {
+    let s = file_index_setup(&[]);
+    let mut files = binary_files(&s, 60);
+    let large = s.inbox.join("checkpoints/model.ckpt");
+    write_file(&large, (3 << 20) + 17, 900);
+    backdate(&large, 60);
+    files.push(("checkpoints/model.ckpt".to_string(), large));
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_files(&s, &files, Duration::from_secs(90), &daemon);
+    let posts = raw_files_posts(&s);
+    assert!(posts <= 10, "61 files in {posts} rawFiles calls");
+    let (code, out, _) = upsync(&["status", "-c", s.config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(status["folders"][0]["remote_kind"], "file index table");
+    assert!(
+        daemon.log_text().contains("file index table"),
+        "the start-up log names the kind"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    files_exactly_once(&s, &files).unwrap();
+}
+
+#[test]
+fn kill_9_while_raw_files_is_answered_leaves_each_file_once() {
+    // rawFiles registers the files at once but answers 4 s later: the daemon dies with
+    // its files registered and unconfirmed, and must find them instead of registering again.
+    let s = file_index_setup(&["--redivis-raw-files-delay", "4000"]);
+    let files = binary_files(&s, 20);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the first rawFiles call", || {
+        raw_files_posts(&s) >= 1
+    });
+    daemon.kill9();
+    let registered = s.emulator.list_redivis_files(FILES_TABLE, TOKEN).len();
+    assert!(registered > 0, "rawFiles registered files before the kill");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_files(&s, &files, Duration::from_secs(60), &daemon);
+    assert_eq!(daemon.terminate(), Some(0));
+    files_exactly_once(&s, &files).unwrap();
+}
+
+#[test]
+fn kill_9_at_random_moments_into_a_file_index_table_leaves_each_file_once() {
+    let s = file_index_setup(&["--fail-rate", "0.05", "--seed", "9"]);
+    let files = binary_files(&s, 40);
+    let mut rng_state = 0x5eed_f11e_u64;
+    for round in 0..5 {
+        let mut daemon = DaemonProcess::start(&s.config);
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let run_ms = 300 + rng_state % 1200;
+        std::thread::sleep(Duration::from_millis(run_ms));
+        daemon.kill9();
+        eprintln!("round {round}: killed after {run_ms} ms");
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_files(&s, &files, Duration::from_secs(120), &daemon);
+    assert_eq!(daemon.terminate(), Some(0));
+    files_exactly_once(&s, &files).unwrap();
+}
+
+#[test]
+fn rebuild_state_over_a_file_index_table_registers_nothing_twice() {
+    let s = file_index_setup(&[]);
+    let files = binary_files(&s, 6);
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_files(&s, &files, Duration::from_secs(60), &daemon);
+    assert_eq!(daemon.terminate(), Some(0));
+    let registered = raw_files_posts(&s);
+    std::fs::remove_dir_all(s.config.with_file_name("state")).unwrap();
+    let earlier_log = daemon.log_text().len();
+    let mut daemon = DaemonProcess::start_with(&s.config, |cmd| {
+        cmd.arg("--rebuild-state");
+    });
+    // Not `upsync status` yet: it would hold the state database the rebuild needs.
+    let log = || daemon.log_text()[earlier_log..].to_string();
+    daemon.wait_until(Duration::from_secs(30), "the rebuild", || {
+        log().contains("upsync is running")
+    });
+    assert!(
+        log().contains("6 file(s) already uploaded, 0 to upload"),
+        "{}",
+        log()
+    );
+    wait_files(&s, &files, Duration::from_secs(60), &daemon);
+    assert_eq!(raw_files_posts(&s), registered, "nothing registered again");
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -16,6 +16,8 @@ pub type BenchResult<T> = Result<T, String>;
 /// The Redivis table every scenario uploads into (an unreleased version, the only kind that
 /// takes uploads).
 pub const TABLE: &str = "bench.dataset:next.files";
+/// The file index table of the file index section.
+pub const FILES_TABLE: &str = "bench.dataset:next.scans";
 pub const REDIVIS_TOKEN: &str = "bench-token";
 
 /// What the scenarios share: where the daemon binary is, where scratch files go.
@@ -132,6 +134,30 @@ impl Emulator {
         Ok(stats["requests"]["/upload/files"].as_u64().unwrap_or(0))
     }
 
+    /// Creates [`FILES_TABLE`] as a file index table.
+    pub async fn create_file_index(&self) -> BenchResult<()> {
+        let url = format!("{}/_emulator/redivis/tables", self.base());
+        let body = serde_json::json!({"reference": FILES_TABLE, "isFileIndex": true});
+        let response = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("POST {url}: {}", response.status()))
+        }
+    }
+
+    /// API requests the emulator's Redivis side counted for `endpoint` (`rawFiles.post`).
+    pub async fn redivis_calls(&self, endpoint: &str) -> BenchResult<u64> {
+        let stats = self.get_json("/_emulator/redivis/stats").await?;
+        Ok(stats["api_requests"][endpoint].as_u64().unwrap_or(0))
+    }
+
     /// Stops the server and deletes everything it stored.
     pub async fn stop(self) {
         self.running.shutdown.cancel();
@@ -161,8 +187,18 @@ impl std::ops::Sub for Requests {
 /// Where a watched folder's files go.
 #[derive(Clone)]
 pub enum Remote {
-    Kifs { directory: String },
+    Kifs {
+        directory: String,
+    },
     Redivis,
+    /// The file index table [`FILES_TABLE`] (created by [`Emulator::create_file_index`]).
+    RedivisFiles,
+}
+
+impl Remote {
+    pub fn is_redivis(&self) -> bool {
+        matches!(self, Remote::Redivis | Remote::RedivisFiles)
+    }
 }
 
 /// The daemon's config, written as TOML.
@@ -233,6 +269,7 @@ impl DaemonConfig {
                     toml_string(directory)
                 ),
                 Remote::Redivis => format!("redivis_table = \"{TABLE}\""),
+                Remote::RedivisFiles => format!("redivis_table = \"{FILES_TABLE}\""),
             };
             writeln!(
                 text,

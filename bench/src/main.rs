@@ -51,6 +51,7 @@ enum Section {
     Memory,
     KifsSmall,
     RedivisSmall,
+    RedivisFiles,
     Restart,
     Latency,
     Bandwidth,
@@ -62,6 +63,7 @@ pub struct Sizes {
     pub memory_file: u64,
     pub small_files: u64,
     pub redivis_files: u64,
+    pub file_index_files: u64,
     pub restart_files: u64,
     pub latency_files: u64,
 }
@@ -72,8 +74,9 @@ impl Sizes {
             large: 1 << 30,
             memory_file: 1 << 30,
             small_files: 10_000,
-            // Redivis paces itself to its rate limit (~100 API requests per 100 s).
+            // Redivis paces itself to its rate limit (100 to 1,000 API requests per window).
             redivis_files: 100,
+            file_index_files: 500,
             restart_files: 100_000,
             latency_files: 100,
         }
@@ -86,6 +89,7 @@ impl Sizes {
             memory_file: 16 << 20,
             small_files: 300,
             redivis_files: 8,
+            file_index_files: 50,
             restart_files: 1_000,
             latency_files: 5,
         }
@@ -257,6 +261,14 @@ async fn run(args: Args) -> BenchResult<bool> {
             &mut rows,
             "Small files, Redivis",
             scenarios::redivis_small(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::RedivisFiles) {
+        eprintln!("small files, Redivis file index table");
+        collect(
+            &mut rows,
+            "Small files, Redivis file index table",
+            scenarios::redivis_files(&ctx, &sizes).await,
         );
     }
     if wanted(Section::Restart) {

@@ -50,7 +50,7 @@ async fn daemon_run(
     let inbox = dir.join("inbox");
     std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
     let mut config = DaemonConfig::new(&dir, emulator);
-    if matches!(remote, Remote::Redivis) {
+    if remote.is_redivis() {
         config.redivis_url = Some(emulator.redivis_url());
         config.kifs_url = None;
     }
@@ -610,6 +610,51 @@ pub async fn redivis_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         ratio: "-".into(),
         target: "≤ 1.50".into(),
         verdict: Verdict::of(per_file <= 1.5),
+    }])
+}
+
+/// Small files into a Redivis file index table: API requests per file, with `tempUploads`
+/// and `rawFiles` sent once per batch.
+pub async fn redivis_files(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("redivis-files")?;
+    let count = sizes.file_index_files;
+    let staging = dir.join("staging");
+    let small = staging.join("scans");
+    write_small_files(&small, count, 4096, 1000, 13)?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = async {
+        emulator.create_file_index().await?;
+        let outcome = daemon_run(
+            ctx,
+            &emulator,
+            "redivis-files-run",
+            Remote::RedivisFiles,
+            std::slice::from_ref(&small),
+            count,
+            Until::Ledger,
+            |_| {},
+        )
+        .await?;
+        Ok::<_, String>((outcome, emulator.redivis_calls("rawFiles.post").await?))
+    }
+    .await;
+    emulator.stop().await;
+    let _ = std::fs::remove_dir_all(&staging);
+    let (many, registrations) = result?;
+    let per_file = many.requests.redivis_api as f64 / count as f64;
+    Ok(vec![Row {
+        figure: format!(
+            "{count} files of 4 KiB to a Redivis file index table: API requests per file"
+        ),
+        upsync: format!(
+            "{per_file:.3} ({registrations} rawFiles calls, {:.0} files/s, {:.2} PUTs per file)",
+            count as f64 / many.took.as_secs_f64(),
+            many.requests.redivis_session as f64 / count as f64
+        ),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "≤ 0.10".into(),
+        verdict: Verdict::of(per_file <= 0.1),
     }])
 }
 

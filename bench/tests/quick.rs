@@ -39,6 +39,7 @@ fn quick_benchmark_prints_every_figure() {
         "files of 4 KiB to KiFS: HTTP requests per file",
         "files of 4 KiB to KiFS: state database flushes per file",
         "files of 4 KiB to Redivis: API requests per file",
+        "files of 4 KiB to a Redivis file index table: API requests per file",
         "Restart over 1000 uploaded files",
         "Latency, 1 KiB file closed",
     ];

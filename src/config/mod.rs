@@ -8,6 +8,7 @@
 //! - `secret`: the [`Secret`] type and reading secrets inline, from files or the environment.
 //! - `paths`: resolving and normalizing paths.
 //! - `targets`: KiFS directory names and Redivis table references.
+//! - `redivis_options`: a Redivis folder's `create_next_version` and parse options.
 //! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
 //! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors.
 //! - `plan`: the folder → target plan that `upsync check` prints.
@@ -18,6 +19,7 @@ mod network;
 mod paths;
 mod plan;
 mod raw;
+mod redivis_options;
 mod secret;
 mod targets;
 pub(crate) mod units;
@@ -29,6 +31,7 @@ mod tests;
 pub use network::{
     BandwidthConfig, CaFile, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, NetConfig, ProxyUrl,
 };
+pub use redivis_options::{ParseOptions, RedivisFolder, UPLOAD_TYPES};
 pub use secret::Secret;
 
 use std::ffi::OsString;
@@ -114,6 +117,8 @@ pub struct FolderConfig {
     pub exclude: Vec<String>,
     pub settle: Duration,
     pub recursive: bool,
+    /// Redivis settings (default for KiFS folders, which may not set them).
+    pub redivis: RedivisFolder,
 }
 
 #[derive(Debug, Clone)]

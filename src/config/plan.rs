@@ -117,7 +117,15 @@ fn folder_line(folder: &FolderConfig) -> String {
             details.push(format!("create: {}", if *create { "yes" } else { "no" }));
             format!("kifs {directory}/")
         }
-        Target::RedivisTable(table) => format!("redivis {table}"),
+        Target::RedivisTable(table) => {
+            if folder.redivis.create_next_version {
+                details.push("creates the next version when missing".to_string());
+            }
+            if !folder.redivis.parse.is_empty() {
+                details.push(format!("parse: {}", folder.redivis.parse.describe()));
+            }
+            format!("redivis {table}")
+        }
     };
     details.push(format!(
         "settle {}",

@@ -85,6 +85,24 @@ pub(crate) struct RawFolder {
     pub exclude: Option<Vec<Spanned<String>>>,
     pub settle: Option<Spanned<HumanDuration>>,
     pub recursive: Option<bool>,
+    pub create_next_version: Option<Spanned<bool>>,
+    pub redivis_options: Option<Spanned<RawRedivisOptions>>,
+}
+
+/// `[folder.redivis_options]`: parse options, named like the API's fields in snake_case.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedivisOptions {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub delimiter: Option<Spanned<String>>,
+    pub has_header_row: Option<bool>,
+    pub skip_bad_records: Option<bool>,
+    pub has_quoted_newlines: Option<bool>,
+    pub allow_jagged_rows: Option<bool>,
+    pub quote_character: Option<Spanned<String>>,
+    pub escape_character: Option<Spanned<String>>,
+    pub null_markers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

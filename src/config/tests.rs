@@ -1026,3 +1026,149 @@ fn the_emulator_takes_a_certificate_and_key_together() {
         &["key 'emulator'", "both tls_cert and tls_key"],
     );
 }
+
+// ---- Redivis folder settings ---------------------------------------------------------------
+
+#[test]
+fn redivis_options_map_to_parse_options_and_next_versions_default_to_off() {
+    let fx = Fixture::new();
+    let plain = fx.ok(REDIVIS_FOLDER);
+    assert_eq!(plain.folders[0].redivis, RedivisFolder::default());
+    let config = fx.ok(&format!(
+        r#"{REDIVIS_FOLDER}create_next_version = true
+[folder.redivis_options]
+type = "delimited"
+delimiter = "\t"
+has_header_row = false
+skip_bad_records = true
+has_quoted_newlines = true
+allow_jagged_rows = false
+quote_character = "'"
+escape_character = "\\"
+null_markers = ["NA", ""]
+"#
+    ));
+    let redivis = &config.folders[0].redivis;
+    assert!(redivis.create_next_version);
+    assert_eq!(
+        redivis.parse,
+        ParseOptions {
+            kind: Some("delimited".into()),
+            delimiter: Some('\t'),
+            has_header_row: Some(false),
+            skip_bad_records: Some(true),
+            has_quoted_newlines: Some(true),
+            allow_jagged_rows: Some(false),
+            quote_character: Some('\''),
+            escape_character: Some('\\'),
+            null_markers: Some(vec!["NA".into(), String::new()]),
+        }
+    );
+    let plan = config.plan();
+    assert!(
+        plan.contains("creates the next version when missing"),
+        "{plan}"
+    );
+    assert!(plan.contains("delimiter '\\t', no header row"), "{plan}");
+}
+
+#[test]
+fn a_type_outside_the_documented_list_names_the_key() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\ntype = \"csv\"\n"
+    ));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].redivis_options.type'",
+            "\"delimited\"",
+            "\"csv\"",
+        ],
+    );
+}
+
+#[test]
+fn a_multi_character_delimiter_names_the_key() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\nhas_header_row = false\ndelimiter = \"||\"\n"
+    ));
+    assert_names(
+        &message,
+        9,
+        &[
+            "key 'folder[0].redivis_options.delimiter'",
+            "exactly one character",
+        ],
+    );
+    let quote = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\ndelimiter = \";\"\nquote_character = \";\"\n"
+    ));
+    assert_names(
+        &quote,
+        9,
+        &[
+            "key 'folder[0].redivis_options.quote_character'",
+            "differ from the delimiter",
+        ],
+    );
+}
+
+#[test]
+fn delimited_options_with_another_type_are_rejected() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\ntype = \"parquet\"\ndelimiter = \",\"\n"
+    ));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].redivis_options.delimiter'",
+            "only applies to delimited files",
+        ],
+    );
+}
+
+#[test]
+fn unknown_or_mistyped_redivis_options_are_named() {
+    let fx = Fixture::new();
+    let unknown = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\nhas_headers = false\n"
+    ));
+    assert_names(
+        &unknown,
+        8,
+        &["unknown key 'has_headers'", "has_header_row"],
+    );
+    let mistyped = fx.err(&format!(
+        "{REDIVIS_FOLDER}[folder.redivis_options]\nskip_bad_records = \"yes\"\n"
+    ));
+    assert_names(
+        &mistyped,
+        8,
+        &["folder[0].redivis_options.skip_bad_records"],
+    );
+}
+
+#[test]
+fn redivis_settings_on_a_kifs_folder_are_rejected() {
+    let fx = Fixture::new();
+    let message = fx.err(&format!(
+        "{KIFS_FOLDER}create_next_version = false\n[folder.redivis_options]\ndelimiter = \";\"\n"
+    ));
+    assert_names(
+        &message,
+        7,
+        &[
+            "key 'folder[0].create_next_version'",
+            "only applies to a folder with redivis_table",
+        ],
+    );
+    assert!(
+        message.contains("key 'folder[0].redivis_options'"),
+        "{message}"
+    );
+}

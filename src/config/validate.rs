@@ -15,7 +15,9 @@ use super::errors::Source;
 use super::network::{self, RawNetKeys};
 use super::raw::{
     RawConfig, RawEmulator, RawEncoding, RawFolder, RawKifs, RawProtocol, RawRedivis,
+    RawRedivisOptions,
 };
+use super::redivis_options::{self, ParseOptions, RedivisFolder};
 use super::secret::{EnvLookup, SecretKeys};
 use super::units::{HumanDuration, format_size};
 use super::{
@@ -482,6 +484,7 @@ fn folder(
         }
     };
 
+    let redivis = redivis_folder(ck, f, i);
     let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
     let exclude = match f.exclude.as_deref() {
         Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
@@ -498,7 +501,94 @@ fn folder(
         exclude,
         settle: duration_or(&f.settle, DEFAULT_SETTLE),
         recursive: f.recursive.unwrap_or(true),
+        redivis,
     })
+}
+
+/// `create_next_version` and `[folder.redivis_options]`: only for a Redivis folder.
+fn redivis_folder(ck: &mut Checker<'_>, f: &RawFolder, i: usize) -> RedivisFolder {
+    if f.redivis_table.is_none() {
+        let given = [
+            (
+                "create_next_version",
+                f.create_next_version.as_ref().map(|v| v.span()),
+            ),
+            (
+                "redivis_options",
+                f.redivis_options.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (name, span) in given {
+            if let Some(span) = span {
+                ck.error(
+                    &span,
+                    &format!("folder[{i}].{name}"),
+                    "only applies to a folder with redivis_table (remove the key)",
+                );
+            }
+        }
+    }
+    RedivisFolder {
+        create_next_version: f.create_next_version.as_ref().is_some_and(|v| *v.get_ref()),
+        parse: f
+            .redivis_options
+            .as_ref()
+            .map(|options| parse_options(ck, options.get_ref(), i))
+            .unwrap_or_default(),
+    }
+}
+
+fn parse_options(ck: &mut Checker<'_>, raw: &RawRedivisOptions, i: usize) -> ParseOptions {
+    let key = |name: &str| format!("folder[{i}].redivis_options.{name}");
+    let mut character = |value: &Option<Spanned<String>>, name: &str| {
+        let value = value.as_ref()?;
+        redivis_options::check_character(value.get_ref())
+            .map_err(|e| ck.error(&value.span(), &key(name), e))
+            .ok()
+    };
+    let delimiter = character(&raw.delimiter, "delimiter");
+    let quote_character = character(&raw.quote_character, "quote_character");
+    let escape_character = character(&raw.escape_character, "escape_character");
+    let kind = raw.kind.as_ref().and_then(|kind| {
+        redivis_options::check_type(kind.get_ref())
+            .map_err(|e| ck.error(&kind.span(), &key("type"), e))
+            .ok()
+    });
+    let options = ParseOptions {
+        kind,
+        delimiter,
+        has_header_row: raw.has_header_row,
+        skip_bad_records: raw.skip_bad_records,
+        has_quoted_newlines: raw.has_quoted_newlines,
+        allow_jagged_rows: raw.allow_jagged_rows,
+        quote_character,
+        escape_character,
+        null_markers: raw.null_markers.clone(),
+    };
+    if let (Some(d), Some(q)) = (delimiter, quote_character)
+        && d == q
+    {
+        let span = raw.quote_character.as_ref().expect("checked").span();
+        ck.error(
+            &span,
+            &key("quote_character"),
+            format!("the quote must differ from the delimiter, both are {d:?}"),
+        );
+    }
+    if let Some(kind) = raw.kind.as_ref().filter(|k| k.get_ref() != "delimited") {
+        for name in options.delimited_only_keys() {
+            ck.error(
+                &kind.span(),
+                &key(name),
+                format!(
+                    "only applies to delimited files, but type is \"{}\" (remove {name}, or \
+                     set type = \"delimited\")",
+                    kind.get_ref()
+                ),
+            );
+        }
+    }
+    options
 }
 
 fn globs(ck: &mut Checker<'_>, list: Option<&[Spanned<String>]>, key: &str) -> Option<Vec<String>> {

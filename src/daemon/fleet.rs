@@ -241,6 +241,7 @@ impl Fleet {
         self.config = Arc::new(new);
         self.current.set(Arc::clone(&self.config));
         self.backends = backends;
+        self.live.remotes.set(self.backends.clone());
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");
             // The scan summary is not awaited: the daemon is already running.
@@ -393,6 +394,7 @@ fn same_folder(a: &FolderConfig, b: &FolderConfig) -> bool {
         && a.exclude == b.exclude
         && a.settle == b.settle
         && a.recursive == b.recursive
+        && a.redivis == b.redivis
 }
 
 fn same_kifs(a: &Option<KifsConfig>, b: &Option<KifsConfig>) -> bool {

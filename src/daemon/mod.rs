@@ -271,6 +271,7 @@ impl Core {
         live.bandwidth.configure(config.bandwidth.clone());
         log_bandwidth(&config, &live.bandwidth);
         let backends = build_backends(&config, &live.bandwidth)?;
+        live.remotes.set(backends.clone());
         prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until

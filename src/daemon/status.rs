@@ -8,6 +8,7 @@
 //! { "daemon": "running" | "stopped",
 //!   "generated_at_ms": 1700000000000,
 //!   "folders": [ { "path": "/data/x", "target": "kifs ingest/",
+//!                  "remote_kind": "directory" | "table" | "file index table" | null,
 //!                  "queued": 0, "active": 1, "finalizing": 0, "retry_wait": 0,
 //!                  "failed": 1, "done": 12,
 //!                  "oldest_pending_age_s": 95 | null,
@@ -26,6 +27,9 @@
 //! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
 //!   to retry has had its job; `null` when none is pending.
 //! - `last_success_ms`: the newest upload the ledger holds for the folder.
+//! - `remote_kind`: what the folder feeds, as the running daemon found it (a Redivis table
+//!   is a `table` of uploads or a `file index table`); `null` when not known yet or when
+//!   the daemon is stopped.
 //! - `rate_bytes_per_s` is the average over the current attempt (bytes the remote
 //!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
 //!   it moved past where it resumed. `eta_s` follows from it.
@@ -42,6 +46,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::worker::Backends;
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
 use crate::net::Bandwidth;
@@ -82,6 +87,8 @@ pub struct BandwidthStatus {
 pub struct FolderStatus {
     pub path: String,
     pub target: String,
+    #[serde(default)]
+    pub remote_kind: Option<String>,
     #[serde(flatten)]
     pub counts: FolderCounts,
     #[serde(default)]
@@ -130,6 +137,26 @@ pub struct Live {
     pub activity: Activity,
     /// The bandwidth limit every request body shares.
     pub bandwidth: Arc<Bandwidth>,
+    pub remotes: Remotes,
+}
+
+/// The daemon's backends, for what they learned about each target (a table's kind).
+#[derive(Default)]
+pub struct Remotes {
+    backends: Mutex<Option<Backends>>,
+}
+
+impl Remotes {
+    /// The backends in use (at start, and after a reload).
+    pub fn set(&self, backends: Backends) {
+        *lock(&self.backends) = Some(backends);
+    }
+
+    /// What `target` is, when its backend knows.
+    pub fn kind(&self, target: &Target) -> Option<&'static str> {
+        let backends = lock(&self.backends);
+        backends.as_ref()?.for_target(target)?.target_kind(target)
+    }
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
@@ -330,6 +357,9 @@ pub fn build_report(
             FolderStatus {
                 counts: counts.get(&key).cloned().unwrap_or_default(),
                 target: describe_target(&folder.target),
+                remote_kind: live
+                    .and_then(|live| live.remotes.kind(&folder.target))
+                    .map(str::to_string),
                 oldest_pending_age_s: oldest_pending
                     .get(&key)
                     .map(|created| now_ms.saturating_sub(*created) / 1000),
@@ -462,9 +492,13 @@ pub fn render_text(report: &StatusReport) -> String {
     }
     for folder in &report.folders {
         let c = &folder.counts;
+        let kind = folder
+            .remote_kind
+            .as_ref()
+            .map_or_else(String::new, |kind| format!(" ({kind})"));
         let _ = writeln!(
             out,
-            "{} → {}: {} queued, {} active, {} finalizing, {} waiting to retry, {} failed, {} done",
+            "{} → {}{kind}: {} queued, {} active, {} finalizing, {} waiting to retry, {} failed, {} done",
             folder.path,
             folder.target,
             c.queued,
@@ -605,6 +639,7 @@ mod tests {
         let folder = |queued, age| FolderStatus {
             path: "/x".into(),
             target: "kifs x/".into(),
+            remote_kind: None,
             counts: FolderCounts {
                 queued,
                 done: 2,

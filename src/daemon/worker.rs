@@ -140,10 +140,15 @@ impl Worker {
                 .folder_for(&job.key.folder)
                 .and_then(|folder| self.backends.for_target(&folder.target))
         };
-        let Some(backend) = backend_of(first) else {
+        let target_of = |job: &Job| {
+            self.config
+                .folder_for(&job.key.folder)
+                .map(|folder| &folder.target)
+        };
+        let (Some(backend), Some(first_target)) = (backend_of(first), target_of(first)) else {
             return Vec::new();
         };
-        let Some(limits) = backend.batch_limits() else {
+        let Some(limits) = backend.batch_limits(first_target) else {
             return Vec::new();
         };
         if first.fingerprint.size > limits.max_file_size || limits.max_files < 2 {
@@ -154,8 +159,10 @@ impl Worker {
             .store
             .claim_more(SystemTime::now(), limits.max_files - 1, |job| {
                 let size = job.fingerprint.size;
+                let same_target = !limits.one_target || target_of(job) == Some(first_target);
                 let fits = size <= limits.max_file_size
                     && bytes + size <= limits.max_bytes
+                    && same_target
                     && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
                 if fits {
                     bytes += size;
@@ -348,7 +355,8 @@ impl Worker {
             self.store.clone(),
             live,
             self.interrupt.clone(),
-        );
+        )
+        .with_redivis(folder.redivis.clone());
         Some(Prepared {
             upload,
             backend,

@@ -781,16 +781,25 @@ impl Store {
 
     /// Persists `finalizing` before the non-idempotent finalize call (invariant 5).
     pub fn mark_finalizing(&self, id: JobId) -> Result<(), StoreError> {
+        self.mark_finalizing_many(&[id])
+    }
+
+    /// [`Self::mark_finalizing`] for several jobs in one transaction and one flush, before
+    /// one finalize call that covers them all.
+    pub fn mark_finalizing_many(&self, ids: &[JobId]) -> Result<(), StoreError> {
         let now = now_ms();
         self.transact(|tx| {
-            let job = tx.require_job(id)?;
-            let finalizing = Job {
-                state: JobState::Finalizing,
-                finalize_started: true,
-                updated_at_ms: now,
-                ..job.clone()
-            };
-            tx.put_job(Some(&job), &finalizing)
+            for &id in ids {
+                let job = tx.require_job(id)?;
+                let finalizing = Job {
+                    state: JobState::Finalizing,
+                    finalize_started: true,
+                    updated_at_ms: now,
+                    ..job.clone()
+                };
+                tx.put_job(Some(&job), &finalizing)?;
+            }
+            Ok(())
         })?;
         self.flush()
     }

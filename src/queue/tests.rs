@@ -304,6 +304,30 @@ fn progress_survives_a_restart() {
 }
 
 #[test]
+fn a_batch_is_marked_finalizing_in_one_transaction_with_one_flush() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids: Vec<JobId> = ["a.png", "b.png", "c.png"]
+        .iter()
+        .map(|name| queued_id(store.offer(&key(name), &fp(1)).expect("offer")))
+        .collect();
+    store.claim(SystemTime::now()).expect("claim works");
+    store
+        .claim_more(SystemTime::now(), 2, |_| true)
+        .expect("claim works");
+    let flushes = store.flushes();
+    store.mark_finalizing_many(&ids).expect("mark works");
+    assert_eq!(store.flushes() - flushes, 1);
+    let store = reopen(store);
+    for id in ids {
+        let marked = job(&store, id);
+        assert_eq!(marked.state, JobState::Finalizing);
+        assert!(marked.finalize_started);
+    }
+    assert_invariants(&store);
+}
+
+#[test]
 fn finalizing_survives_a_restart_and_recovery_keeps_finalize_started() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FolderConfig, Target};
+use crate::config::{FolderConfig, RedivisFolder, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{JobId, LedgerEntry, Store, StoreError};
 
@@ -120,6 +120,8 @@ pub struct UploadJob {
     pub previous: Option<LedgerEntry>,
     pub live: Arc<LiveProgress>,
     pub shutdown: CancellationToken,
+    /// The folder's Redivis settings (parse options); default for KiFS.
+    pub redivis: RedivisFolder,
     store: Store,
 }
 
@@ -147,8 +149,15 @@ impl UploadJob {
             previous,
             live,
             shutdown,
+            redivis: RedivisFolder::default(),
             store,
         }
+    }
+
+    /// The job with its folder's Redivis settings.
+    pub fn with_redivis(mut self, redivis: RedivisFolder) -> UploadJob {
+        self.redivis = redivis;
+        self
     }
 
     /// The backend's resume state saved by an earlier attempt, if any and if it parses.
@@ -206,6 +215,20 @@ impl UploadJob {
     }
 }
 
+/// Persists `finalizing` for `jobs[i]`, each `i` of `indexes`, in one transaction, before
+/// one non-idempotent finalize call that covers them all.
+pub fn mark_finalizing_all(jobs: &mut [UploadJob], indexes: &[usize]) -> Result<(), UploadError> {
+    let Some(&first) = indexes.first() else {
+        return Ok(());
+    };
+    let ids: Vec<JobId> = indexes.iter().map(|&i| jobs[i].id).collect();
+    jobs[first].store.mark_finalizing_many(&ids)?;
+    for &i in indexes {
+        jobs[i].finalize_started = true;
+    }
+    Ok(())
+}
+
 /// How many files a backend sends in one request ([`Backend::upload_batch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
@@ -214,6 +237,9 @@ pub struct BatchLimits {
     pub max_bytes: u64,
     /// Larger files always go alone.
     pub max_file_size: u64,
+    /// Every file of a batch goes to the same target (a Redivis table), not just to the
+    /// same backend.
+    pub one_target: bool,
 }
 
 /// A configured remote service.
@@ -240,11 +266,20 @@ impl Backend {
         }
     }
 
-    /// Whether (and how far) this backend sends several small files in one request.
-    pub fn batch_limits(&self) -> Option<BatchLimits> {
+    /// Whether (and how far) this backend sends several small files for `target` in one
+    /// request: KiFS always; Redivis for a file index table (once its kind is known).
+    pub fn batch_limits(&self, target: &Target) -> Option<BatchLimits> {
         match self {
             Backend::Kifs(_) => Some(kifs::BATCH_LIMITS),
-            Backend::Redivis(_) => None,
+            Backend::Redivis(backend) => backend.batch_limits(target),
+        }
+    }
+
+    /// What kind of remote `target` is, when known: `directory`, `table`, `file index table`.
+    pub fn target_kind(&self, target: &Target) -> Option<&'static str> {
+        match self {
+            Backend::Kifs(_) => Some("directory"),
+            Backend::Redivis(backend) => backend.target_kind(target),
         }
     }
 
@@ -253,13 +288,7 @@ impl Backend {
     pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
         match self {
             Backend::Kifs(backend) => backend.upload_batch(jobs).await,
-            Backend::Redivis(backend) => {
-                let mut outcomes = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    outcomes.push(backend.upload(job).await);
-                }
-                outcomes
-            }
+            Backend::Redivis(backend) => backend.upload_batch(jobs).await,
         }
     }
 }

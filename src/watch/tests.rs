@@ -84,6 +84,7 @@ fn folder_config(path: &Path, settle: Duration) -> FolderConfig {
         exclude: DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
         settle,
         recursive: true,
+        redivis: Default::default(),
     }
 }
 

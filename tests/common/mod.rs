@@ -419,6 +419,24 @@ impl EmulatorProcess {
     /// that does not exist yet. The emulator's injected faults hit these requests too, so
     /// failed ones are retried.
     pub fn list_redivis_uploads(&self, table: &str, token: &str) -> Vec<serde_json::Value> {
+        self.list_redivis(table, token, "uploads")
+    }
+
+    /// Every file of a Redivis file index table (all pages), like
+    /// [`Self::list_redivis_uploads`].
+    pub fn list_redivis_files(&self, table: &str, token: &str) -> Vec<serde_json::Value> {
+        self.list_redivis(table, token, "rawFiles")
+    }
+
+    /// Creates a Redivis table in the emulator, a file index table when `is_file_index`.
+    pub fn create_redivis_table(&self, table: &str, is_file_index: bool) {
+        self.post_json(
+            "/_emulator/redivis/tables",
+            &serde_json::json!({"reference": table, "isFileIndex": is_file_index}),
+        );
+    }
+
+    fn list_redivis(&self, table: &str, token: &str, collection: &str) -> Vec<serde_json::Value> {
         block_on(async {
             let client = reqwest::Client::new();
             let table =
@@ -428,7 +446,7 @@ impl EmulatorProcess {
             let mut page_token: Option<String> = None;
             loop {
                 let mut url = format!(
-                    "{}/tables/{table}/uploads?maxResults=100",
+                    "{}/tables/{table}/{collection}?maxResults=100",
                     self.redivis_url()
                 );
                 if let Some(t) = &page_token {

@@ -17,10 +17,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::ratelimit::Verdict;
 use super::store::{
-    self, ContentSummary, Digest, RefError, TableRecord, Transfer, TransferKind, TransferState,
-    UploadRecord,
+    self, ContentSummary, Digest, RefError, Transfer, TransferKind, TransferState, UploadRecord,
 };
-use super::{DuplicateNames, Shared, Table};
+use super::{DuplicateNames, Service, Shared, Table, parse, tables};
 use crate::emulator::faults;
 
 /// Upper bound for JSON request bodies (tempUploads lists, upload.post metadata).
@@ -193,67 +192,6 @@ pub async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError 
     )
 }
 
-/// Finds or (unless `--strict-tables`) creates a table; returns its key.
-async fn ensure_table(service: &Shared, reference: &str) -> Result<String, ApiError> {
-    store::check_table_ref(reference, true)?;
-    let key = store::table_key(reference);
-    let mut tables = service.tables.lock().await;
-    if !tables.by_key.contains_key(&key) {
-        if service.options.strict_tables {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "Table {reference:?} does not exist (the emulator runs with --strict-tables; \
-                     create it with POST /_emulator/redivis/tables)."
-                ),
-            ));
-        }
-        create_table_locked(service, &mut tables.by_key, reference)
-            .map_err(|err| ApiError::internal("creating the table", err))?;
-    }
-    Ok(key)
-}
-
-fn create_table_locked(
-    service: &Shared,
-    tables: &mut HashMap<String, Table>,
-    reference: &str,
-) -> std::io::Result<()> {
-    let key = store::table_key(reference);
-    let record = TableRecord {
-        reference: reference.to_string(),
-        created_ms: store::now_ms(),
-    };
-    let dir = service.table_dir(&key);
-    std::fs::create_dir_all(dir.join("uploads"))?;
-    std::fs::create_dir_all(dir.join("files"))?;
-    store::write_json(&dir.join("table.json"), &record)?;
-    tables.insert(
-        key,
-        Table {
-            record,
-            uploads: Vec::new(),
-        },
-    );
-    Ok(())
-}
-
-/// `POST /_emulator/redivis/tables` `{"reference": "owner.dataset:next.table"}`.
-pub async fn create_table(State(service): State<Shared>, body: Bytes) -> ApiResult {
-    let reference = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|value| value.get("reference")?.as_str().map(str::to_string))
-        .ok_or_else(|| ApiError::bad("expected {\"reference\": \"owner.dataset:next.table\"}"))?;
-    store::check_table_ref(&reference, true)?;
-    let mut tables = service.tables.lock().await;
-    let created = !tables.by_key.contains_key(&store::table_key(&reference));
-    if created {
-        create_table_locked(&service, &mut tables.by_key, &reference)
-            .map_err(|err| ApiError::internal("creating the table", err))?;
-    }
-    Ok(Json(json!({ "reference": reference, "created": created })).into_response())
-}
-
 /// A size given as a JSON integer or a numeric string.
 fn size_of(value: Option<&Value>) -> Option<u64> {
     match value? {
@@ -293,7 +231,7 @@ pub async fn resumable_upload(
     body: Bytes,
 ) -> ApiResult {
     service.count_api("resumableUpload");
-    let key = ensure_table(&service, &table).await?;
+    let key = tables::ensure_writable(&service, &table).await?;
     let size = match query.get("size") {
         Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
             ApiError::bad(format!(
@@ -328,7 +266,7 @@ pub async fn temp_uploads(
     body: Bytes,
 ) -> ApiResult {
     service.count_api("tempUploads");
-    let key = ensure_table(&service, &table).await?;
+    let key = tables::ensure_writable(&service, &table).await?;
     let request: Value = serde_json::from_slice(&body).map_err(|err| {
         ApiError::bad(format!(
             "the body must be JSON {{\"tempUploads\": [{{\"size\": <bytes>, \"name\": ..., \"resumable\": ...}}]}}: {err}"
@@ -553,7 +491,7 @@ where
 
 /// The bytes a transfer holds, ready to become an upload: path, summary, and the ids to mark
 /// consumed.
-async fn take_transfer(
+pub(super) async fn take_transfer(
     service: &Shared,
     key: &str,
     id: &str,
@@ -656,6 +594,10 @@ async fn create_upload(
     result
 }
 
+/// upload.post's creation, in steps: name and options checked (400), the table's lock
+/// taken, the bytes taken from their transfer or the staging area, a free name found, the
+/// bytes stored, the record written; then, outside the lock, the import's check of the
+/// bytes against the parse options (see [`super::parse`]).
 async fn create_upload_inner(
     service: &Shared,
     reference: &str,
@@ -663,18 +605,97 @@ async fn create_upload_inner(
     content: Content,
     base: &str,
 ) -> Result<Value, ApiError> {
-    let key = ensure_table(service, reference).await?;
+    parse::check_shape(&metadata).map_err(ApiError::bad)?;
     let requested_type = metadata
         .get("type")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let name = upload_name(&metadata, requested_type.as_deref())?;
+    let mut tables = service.tables.lock().await;
+    let key = tables::writable(service, &mut tables, reference)?;
+    if tables
+        .by_key
+        .get(&key)
+        .is_some_and(|t| t.record.is_file_index)
+    {
+        return Err(ApiError::bad(format!(
+            "table {reference:?} is a file index table: register files with POST \
+             /tables/{{ref}}/rawFiles instead of creating uploads"
+        )));
+    }
+    let (source_path, summary, consumed, source) = match content {
+        Content::Transfer(id) => {
+            let (path, summary, consumed) = take_transfer(service, &key, &id).await?;
+            (Some(path), summary, consumed, Some(id))
+        }
+        Content::Staged(path, summary) => (Some(path), summary, Vec::new(), None),
+        Content::Empty => (None, Digest::default().summary(), Vec::new(), None),
+    };
+    let next_seq = tables.next_seq;
+    let table = tables
+        .by_key
+        .get_mut(&key)
+        .expect("tables::writable made the table under this lock");
+    let name = free_name(service, table, name)?;
+    let target = store_bytes(service, &key, &name, source_path.as_deref())?;
+    let kind = requested_type.unwrap_or_else(|| store::infer_type(&name).to_string());
+    let options: Map<String, Value> = metadata
+        .into_iter()
+        .filter(|(field, value)| {
+            !value.is_null() && PARSE_OPTIONS.iter().any(|(known, _)| known == field)
+        })
+        .collect();
+    let plan = import_plan(service, &name, &kind, &options, summary.size);
+    let record = UploadRecord {
+        id: store::short_id(),
+        seq: next_seq,
+        kind,
+        name,
+        created_ms: store::now_ms(),
+        content: summary,
+        failure: match &plan {
+            ImportPlan::Done(failure) => failure.clone(),
+            ImportPlan::Check(_) => None,
+        },
+        importing: matches!(plan, ImportPlan::Check(_)),
+        rows: None,
+        bad_records: 0,
+        options,
+        source,
+    };
+    save_upload(service, &key, &record)?;
+    let mut reference = table.record.reference.clone();
+    table.uploads.push(record.clone());
+    tables.next_seq += 1;
+    // Marked while the table lock is held, so a concurrent post of the same id sees it.
+    for id in consumed {
+        if let Some(slot) = service.transfer(&id) {
+            let mut slot = slot.lock().await;
+            slot.record.consumed_by = Some(record.id.clone());
+            service
+                .save_transfer(&slot.record)
+                .map_err(|err| ApiError::internal("recording the used transfer", err))?;
+        }
+    }
+    drop(tables);
+    service.count(|stats| stats.uploads_created += 1);
+    let mut record = record;
+    if let ImportPlan::Check(options) = plan {
+        (reference, record) = run_import(service, &key, record, target, options).await?;
+    }
+    Ok(resource(service, &reference, &record, base))
+}
+
+/// The name the upload gets (empty → `untitled_upload.<type>`), refused when it cannot be
+/// referenced or stored.
+fn upload_name(metadata: &Map<String, Value>, kind: Option<&str>) -> Result<String, ApiError> {
     let mut name = metadata
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
     if name.is_empty() {
-        let extension = match requested_type.as_deref() {
+        let extension = match kind {
             None | Some("delimited") => "csv",
             Some(other) => other,
         };
@@ -690,20 +711,12 @@ async fn create_upload_inner(
             "upload name {name:?} is too long for the emulator's file store (at most about 240 bytes)"
         )));
     }
-    let mut tables = service.tables.lock().await;
-    let (source_path, summary, consumed, source) = match content {
-        Content::Transfer(id) => {
-            let (path, summary, consumed) = take_transfer(service, &key, &id).await?;
-            (Some(path), summary, consumed, Some(id))
-        }
-        Content::Staged(path, summary) => (Some(path), summary, Vec::new(), None),
-        Content::Empty => (None, Digest::default().summary(), Vec::new(), None),
-    };
-    let next_seq = tables.next_seq;
-    let table = tables
-        .by_key
-        .get_mut(&key)
-        .expect("ensure_table created the table and tables are never removed");
+    Ok(name)
+}
+
+/// `name`, or (with `--redivis-duplicate-names rename`) a free variant of it when an upload
+/// of the table holds it under name escaping.
+fn free_name(service: &Shared, table: &Table, name: String) -> Result<String, ApiError> {
     let taken = |candidate: &str| {
         let escaped = store::escape_name(candidate);
         table
@@ -711,87 +724,141 @@ async fn create_upload_inner(
             .iter()
             .any(|upload| store::escape_name(&upload.name) == escaped)
     };
-    if taken(&name) {
-        match service.options.redivis_duplicate_names {
-            DuplicateNames::Reject => {
-                return Err(ApiError {
-                    status: StatusCode::CONFLICT,
-                    code: Some("conflict"),
-                    description: format!(
-                        "an upload named {name:?} (or one equal to it after name escaping) already exists on this table"
-                    ),
-                });
-            }
-            DuplicateNames::Rename => {
-                let (stem, extension) = split_extension(&name);
-                name = (1..)
-                    .map(|counter| format!("{stem} ({counter}){extension}"))
-                    .find(|candidate| !taken(candidate))
-                    .expect("some counter gives a free name");
-            }
+    if !taken(&name) {
+        return Ok(name);
+    }
+    match service.options.redivis_duplicate_names {
+        DuplicateNames::Reject => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: Some("conflict"),
+            description: format!(
+                "an upload named {name:?} (or one equal to it after name escaping) already exists on this table"
+            ),
+        }),
+        DuplicateNames::Rename => {
+            let (stem, extension) = split_extension(&name);
+            Ok((1..)
+                .map(|counter| format!("{stem} ({counter}){extension}"))
+                .find(|candidate| !taken(candidate))
+                .expect("some counter gives a free name"))
         }
     }
-    let files = service.table_dir(&key).join("files");
-    let target = files.join(store::file_component(&name));
+}
+
+/// Moves the upload's bytes (or nothing, for an empty stream upload) to `files/<name>`.
+fn store_bytes(
+    service: &Shared,
+    key: &str,
+    name: &str,
+    source: Option<&std::path::Path>,
+) -> Result<PathBuf, ApiError> {
+    let files = service.table_dir(key).join("files");
+    let target = files.join(store::file_component(name));
     let stored: std::io::Result<()> = (|| {
         std::fs::create_dir_all(&files)?;
-        match &source_path {
+        match source {
             Some(path) => std::fs::rename(path, &target),
             None => std::fs::File::create(&target).map(|_| ()),
         }
     })();
     stored.map_err(|err| ApiError::internal("storing the upload's bytes", err))?;
-    let failure = service
+    Ok(target)
+}
+
+fn save_upload(service: &Service, key: &str, record: &UploadRecord) -> Result<(), ApiError> {
+    let path = service
+        .table_dir(key)
+        .join("uploads")
+        .join(format!("{}.json", record.id));
+    store::write_json(&path, record).map_err(|err| ApiError::internal("recording the upload", err))
+}
+
+/// What the import of a new upload does.
+enum ImportPlan {
+    /// Nothing to check: it completes, or fails with this `errorMessage`.
+    Done(Option<String>),
+    /// Check the bytes of a delimited upload against these options.
+    Check(parse::DelimitedOptions),
+}
+
+fn import_plan(
+    service: &Service,
+    name: &str,
+    kind: &str,
+    options: &Map<String, Value>,
+    size: u64,
+) -> ImportPlan {
+    if service
         .fail_names
         .as_ref()
-        .filter(|matcher| matcher.is_match(&name))
-        .map(|_| {
-            format!(
-                "Import failed: the emulator fails uploads whose name matches {:?} (--redivis-fail-name-pattern).",
-                service.options.redivis_fail_name_pattern.as_deref().unwrap_or("")
-            )
-        });
-    let options: Map<String, Value> = metadata
-        .into_iter()
-        .filter(|(field, value)| {
-            !value.is_null() && PARSE_OPTIONS.iter().any(|(known, _)| known == field)
-        })
-        .collect();
-    let record = UploadRecord {
-        id: store::short_id(),
-        seq: next_seq,
-        kind: requested_type.unwrap_or_else(|| store::infer_type(&name).to_string()),
-        name,
-        created_ms: store::now_ms(),
-        content: summary,
-        failure,
-        options,
-        source,
-    };
-    store::write_json(
-        &service
-            .table_dir(&key)
-            .join("uploads")
-            .join(format!("{}.json", record.id)),
-        &record,
-    )
-    .map_err(|err| ApiError::internal("recording the upload", err))?;
-    let reference = table.record.reference.clone();
-    table.uploads.push(record.clone());
-    tables.next_seq += 1;
-    // Marked while the table lock is held, so a concurrent post of the same id sees it.
-    for id in consumed {
-        if let Some(slot) = service.transfer(&id) {
-            let mut slot = slot.lock().await;
-            slot.record.consumed_by = Some(record.id.clone());
+        .is_some_and(|matcher| matcher.is_match(name))
+    {
+        return ImportPlan::Done(Some(format!(
+            "Import failed: the emulator fails uploads whose name matches {:?} (--redivis-fail-name-pattern).",
             service
-                .save_transfer(&slot.record)
-                .map_err(|err| ApiError::internal("recording the used transfer", err))?;
-        }
+                .options
+                .redivis_fail_name_pattern
+                .as_deref()
+                .unwrap_or("")
+        )));
     }
-    drop(tables);
-    service.count(|stats| stats.uploads_created += 1);
-    Ok(resource(service, &reference, &record, base))
+    if kind != "delimited" {
+        return ImportPlan::Done(None);
+    }
+    match parse::import_options(options) {
+        Err(message) => ImportPlan::Done(Some(message)),
+        Ok(import) if parse::names_options(options) => {
+            if size <= service.options.redivis_import_check_max {
+                ImportPlan::Check(import)
+            } else {
+                // Taken as well-formed: reading large files would slow every benchmark.
+                ImportPlan::Done(None)
+            }
+        }
+        // Without options Redivis detects the format; the emulator does not try, and takes
+        // the bytes as they are.
+        Ok(_) => ImportPlan::Done(None),
+    }
+}
+
+/// Runs the import's check of `record`'s bytes and records its verdict; returns the
+/// table's reference (a release may have renamed it meanwhile) and the updated record.
+async fn run_import(
+    service: &Shared,
+    key: &str,
+    record: UploadRecord,
+    path: PathBuf,
+    options: parse::DelimitedOptions,
+) -> Result<(String, UploadRecord), ApiError> {
+    let verdict = tokio::task::spawn_blocking(move || parse::check_delimited(&path, &options))
+        .await
+        .map_err(|err| ApiError::internal("checking the upload's data", err))?
+        .map_err(|err| ApiError::internal("checking the upload's data", err))?;
+    let mut tables = service.tables.lock().await;
+    let found = tables.by_key.iter_mut().find_map(|(table_key, table)| {
+        let upload = table.uploads.iter_mut().find(|u| u.id == record.id)?;
+        Some((table_key.clone(), table.record.reference.clone(), upload))
+    });
+    let Some((current_key, reference, upload)) = found else {
+        // Deleted meanwhile: what it was is what the post answers.
+        let reference = tables
+            .by_key
+            .get(key)
+            .map_or_else(String::new, |t| t.record.reference.clone());
+        return Ok((reference, record));
+    };
+    apply_verdict(upload, verdict);
+    let updated = upload.clone();
+    save_upload(service, &current_key, &updated)?;
+    Ok((reference, updated))
+}
+
+/// Records what the import found.
+pub(super) fn apply_verdict(record: &mut UploadRecord, verdict: parse::ImportVerdict) {
+    record.importing = false;
+    record.rows = Some(verdict.rows);
+    record.bad_records = verdict.bad_records;
+    record.failure = verdict.error;
 }
 
 /// `data.csv` → (`data`, `.csv`); `archive.shp.zip` → (`archive.shp`, `.zip`); no extension →
@@ -813,13 +880,13 @@ fn resource(service: &Shared, reference: &str, record: &UploadRecord, base: &str
     );
     let elapsed = store::now_ms().saturating_sub(record.created_ms);
     let delay = service.options.redivis_processing_delay.as_millis() as u64;
-    let status = if elapsed >= delay {
+    let status = if elapsed >= delay && !record.importing {
         if record.failure.is_some() {
             "failed"
         } else {
             "completed"
         }
-    } else if elapsed * 2 < delay {
+    } else if elapsed * 2 < delay.max(1) {
         "queued"
     } else {
         "running"
@@ -851,24 +918,95 @@ fn resource(service: &Shared, reference: &str, record: &UploadRecord, base: &str
         "completed" => {
             let header_row = record.kind == "delimited"
                 && object.get("hasHeaderRow") != Some(&Value::Bool(false));
-            let rows = record.content.lines.saturating_sub(u64::from(header_row));
+            let lines = record.content.lines.saturating_sub(u64::from(header_row));
+            let rows = record.rows.unwrap_or(lines);
             object.insert("numRows".into(), service.number(rows));
             object.insert("numBytes".into(), service.number(record.content.size));
-            object.insert("badRecordsCount".into(), service.number(0));
+            object.insert("badRecordsCount".into(), service.number(record.bad_records));
         }
         "failed" => {
             object.insert("errorMessage".into(), json!(record.failure));
+            if record.rows.is_some() {
+                object.insert("badRecordsCount".into(), service.number(record.bad_records));
+            }
         }
         _ => {}
     }
     value
 }
 
+/// `maxResults` and `pageToken` of a listing.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     max_results: Option<String>,
     page_token: Option<String>,
+}
+
+/// One page of a listing: at most `max_results`, after the record with `seq == after`.
+pub struct PageBounds {
+    pub max_results: usize,
+    pub after: Option<u64>,
+}
+
+impl ListQuery {
+    /// The documented `maxResults` (default 100, at most 1000) and our opaque `pageToken`.
+    pub fn bounds(&self) -> Result<PageBounds, ApiError> {
+        let max_results = match &self.max_results {
+            None => 100,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|&max| (1..=1000).contains(&max))
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "maxResults {text:?} must be an integer from 1 to 1000"
+                    ))
+                })?,
+        };
+        let after = match self.page_token.as_deref().filter(|token| !token.is_empty()) {
+            None => None,
+            Some(token) => Some(token.parse::<u64>().map_err(|_| {
+                ApiError::bad(format!(
+                    "pageToken {token:?} is not one this emulator handed out"
+                ))
+            })?),
+        };
+        Ok(PageBounds { max_results, after })
+    }
+}
+
+impl PageBounds {
+    /// The page of `records` (in `seq` order) and the token of the next one.
+    pub fn page<'a, T>(&self, records: &'a [T], seq: impl Fn(&T) -> u64) -> (Vec<&'a T>, Value) {
+        let mut remaining = records
+            .iter()
+            .filter(|record| self.after.is_none_or(|after| seq(record) > after));
+        let page: Vec<&T> = remaining.by_ref().take(self.max_results).collect();
+        let next = match (page.last(), remaining.next()) {
+            (Some(last), Some(_)) => Value::String(seq(last).to_string()),
+            _ => Value::Null,
+        };
+        (page, next)
+    }
+}
+
+/// The table `reference` names for reading (404 when strict and missing; `None` when
+/// missing otherwise).
+pub fn existing_table<'a>(
+    service: &Shared,
+    tables: &'a mut super::Tables,
+    reference: &str,
+) -> Result<Option<&'a mut Table>, ApiError> {
+    let key = tables::readable(service, tables, reference)?;
+    match tables.by_key.get_mut(&key) {
+        Some(table) => Ok(Some(table)),
+        None if service.options.strict_tables => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Table {reference:?} does not exist."),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// `GET /tables/{ref}/uploads?maxResults=&pageToken=`, oldest first.
@@ -879,51 +1017,13 @@ pub async fn list_uploads(
     headers: HeaderMap,
 ) -> ApiResult {
     service.count_api("uploads.list");
-    store::check_table_ref(&table, false)?;
-    let max_results = match &query.max_results {
-        None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|&max| (1..=1000).contains(&max))
-            .ok_or_else(|| {
-                ApiError::bad(format!(
-                    "maxResults {text:?} must be an integer from 1 to 1000"
-                ))
-            })?,
-    };
-    let after = match query
-        .page_token
-        .as_deref()
-        .filter(|token| !token.is_empty())
-    {
-        None => None,
-        Some(token) => Some(token.parse::<u64>().map_err(|_| {
-            ApiError::bad(format!(
-                "pageToken {token:?} is not one this emulator handed out"
-            ))
-        })?),
-    };
+    let bounds = query.bounds()?;
     let base = base_url(&headers);
-    let tables = service.tables.lock().await;
-    let Some(table_state) = tables.by_key.get(&store::table_key(&table)) else {
-        if service.options.strict_tables {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("Table {table:?} does not exist."),
-            ));
-        }
+    let mut tables = service.tables.lock().await;
+    let Some(table_state) = existing_table(&service, &mut tables, &table)? else {
         return Ok(Json(json!({ "results": [], "nextPageToken": Value::Null })).into_response());
     };
-    let mut remaining = table_state
-        .uploads
-        .iter()
-        .filter(|upload| after.is_none_or(|after| upload.seq > after));
-    let page: Vec<&UploadRecord> = remaining.by_ref().take(max_results).collect();
-    let next = match (page.last(), remaining.next()) {
-        (Some(last), Some(_)) => Value::String(last.seq.to_string()),
-        _ => Value::Null,
-    };
+    let (page, next) = bounds.page(&table_state.uploads, |upload| upload.seq);
     let results: Vec<Value> = page
         .iter()
         .map(|upload| resource(&service, &table_state.record.reference, upload, &base))
@@ -956,12 +1056,9 @@ async fn lookup(
     segment: &str,
     base: &str,
 ) -> Result<Value, ApiError> {
-    store::check_table_ref(table, false)?;
-    let tables = service.tables.lock().await;
-    let table_state = tables
-        .by_key
-        .get(&store::table_key(table))
-        .ok_or_else(|| no_upload(table, segment))?;
+    let mut tables = service.tables.lock().await;
+    let table_state =
+        existing_table(service, &mut tables, table)?.ok_or_else(|| no_upload(table, segment))?;
     let index = find_upload(table_state, segment).ok_or_else(|| no_upload(table, segment))?;
     Ok(resource(
         service,
@@ -996,9 +1093,13 @@ pub async fn delete_upload(
     Path((table, upload)): Path<(String, String)>,
 ) -> ApiResult {
     service.count_api("uploads.delete");
-    store::check_table_ref(&table, false)?;
-    let key = store::table_key(&table);
+    if store::check_table_ref(&table, false)?.version != store::Version::Next {
+        return Err(ApiError::bad(format!(
+            "table {table:?} is in a released version: its uploads cannot be deleted"
+        )));
+    }
     let mut tables = service.tables.lock().await;
+    let key = tables::readable(&service, &mut tables, &table)?;
     let table_state = tables
         .by_key
         .get_mut(&key)

@@ -1,5 +1,6 @@
 //! The Redivis emulator: the REST upload API under `/api/v1` and the GCS-style resumable
 //! session URLs it hands out under `/upload/...`, with state on disk (see [`store`]).
+//! "Protocol §N" here is `docs/protocols/redivis.md`.
 //!
 //! # Routes
 //!
@@ -10,12 +11,19 @@
 //! | `POST /api/v1/tables/{ref}/uploads` | upload.post: JSON (`tempUploadId` / `resumableUploadId`), `multipart/form-data` (part `metadata` first, then `data`), or the simple form (query `name`/`type`, raw body) |
 //! | `GET /api/v1/tables/{ref}/uploads?maxResults=&pageToken=` | list, oldest first |
 //! | `HEAD`/`GET`/`DELETE /api/v1/tables/{ref}/uploads/{name or id}` | by escaped name (or by the id in the returned `uri`) |
+//! | `GET /api/v1/tables/{ref}` | the table: `{"kind":"table","uri","name","isFileIndex",...}` ([`tables`]) |
+//! | `POST`/`GET /api/v1/tables/{ref}/rawFiles` | file index tables: register `{"files":[{"name","tempUploadId"}]}` (201), list ([`rawfiles`]) |
+//! | `GET`/`DELETE /api/v1/rawFiles/{id}` | one file of a file index table |
+//! | `GET /api/v1/datasets/{ref}` | the dataset, `nextVersion` null when there is no unreleased version ([`versions`]) |
+//! | `POST /api/v1/datasets/{ref}/versions` | opens the next version (400 when one is open) |
+//! | `POST /api/v1/datasets/{ref}/versions/next/release` | releases it: `:next` names nothing until the next one |
+//! | `POST /api/v1/datasets/{ref}/tables` `{"name","isFileIndex"}` | a table in the unreleased version |
 //! | `PUT /upload/sessions/{id}` | chunk (`Content-Range: bytes a-b/N`) or status query (`bytes */N`) |
 //! | `POST /upload/temp/{id}` + `x-goog-resumable: start` | initiates a session: 201 + `Location` |
 //! | `PUT /upload/temp/{id}` | non-resumable body: stores exactly the bytes received |
 //! | `DELETE /upload/sessions/{id}` (or `/upload/temp/{id}`) | cancels: 499, and 499 afterwards |
 //! | `GET /_emulator/redivis/stats` | counters: API requests by endpoint, session PUTs, status queries, 429s, uploads created |
-//! | `POST /_emulator/redivis/tables` `{"reference": "..."}` | creates a table (needed with `--strict-tables`) |
+//! | `POST /_emulator/redivis/tables` `{"reference": "...", "isFileIndex": false}` | creates a table and its dataset (needed with `--strict-tables`) |
 //! | `POST /_emulator/redivis/poison/{id}` | the session answers 410 from now on |
 //! | `POST /_emulator/redivis/expire/{id}` | the session is past its lifetime (404) from now on |
 //!
@@ -46,11 +54,16 @@
 //! # Upload lifecycle
 //!
 //! An upload is `queued` for the first half of `--redivis-processing-delay`, then `running`,
-//! then `completed` (or `failed` with `errorMessage` when its name matches
-//! `--redivis-fail-name-pattern`); computed from timestamps on read. `size` and `hash` (MD5
-//! hex) are present from the start, `numRows` (text lines, minus the header row of a
-//! delimited file unless `hasHeaderRow` is false) and `numBytes` (= size) once completed.
-//! Numbers are JSON integers, or strings with `--redivis-numbers-as-strings`.
+//! then `completed` or `failed` with `errorMessage`; computed from timestamps on read. It
+//! fails when its name matches `--redivis-fail-name-pattern`, or when its import does: the
+//! parse options are checked at upload.post (a wrong JSON type or an unknown `type` is 400,
+//! a delimiter that is not one character fails the import) and a delimited file up to
+//! `--redivis-import-check-max` is read under them ([`parse`]: a bad record fails it unless
+//! `skipBadRecords`). The options are echoed on GET with their defaults. `size` and `hash`
+//! (MD5 hex) are present from the start, `numRows` (rows the import read, or text lines
+//! minus a header row for a file it did not read), `numBytes` (= size) and
+//! `badRecordsCount` once completed. Numbers are JSON integers, or strings with
+//! `--redivis-numbers-as-strings`.
 //!
 //! Duplicate names (equal after escaping) are renamed by default: `data.csv` becomes
 //! `data (1).csv`, then `data (2).csv` (the counter goes before the last extension);
@@ -59,7 +72,8 @@
 //!
 //! # Protocol §12 coverage
 //!
-//! Cases 1–21 are implemented, with these choices: (5) a released version gets 400;
+//! Cases 1–21 are implemented, with these choices: (5) a released version gets 400, and a
+//! `:next` while the dataset has none gets `--redivis-missing-version-status` (404);
 //! (8) an unknown, unfinished or already-used upload id gets 400 at once (the
 //! "fail later" alternative is not offered); (16) overlap is always accepted-and-skipped;
 //! (19) slow responses, 5xx/408/429 after partial persistence and resets mid-body come from
@@ -67,15 +81,22 @@
 //! `persist: none` followed by a status query, or from partial persistence keeping 0 bytes;
 //! (20) a token on session URLs is accepted, never required; (21) a temp upload whose plain
 //! PUT carried a different number of bytes than its declared size fails upload.post with 400.
-//! `X-REDIVIS-WARNING` is never sent; `transferSpecification` uploads and `rawFiles` are not
-//! emulated (400 / 404). Responses produced by the fault layer carry no `X-RateLimit-*`.
+//! `X-REDIVIS-WARNING` is never sent; `transferSpecification` uploads are not emulated
+//! (400). Responses produced by the fault layer carry no `X-RateLimit-*`. The rate limit
+//! defaults to the documented 1,000 requests per 60 s (`--rate-limit` enforces it;
+//! `--rate-limit-max`, `--rate-limit-window` change it). Every choice made where Redivis
+//! does not document its answer is listed in `docs/protocols/redivis.md`.
 
 mod api;
-mod ratelimit;
+mod parse;
+pub(crate) mod ratelimit;
+mod rawfiles;
 mod session;
 pub mod store;
+mod tables;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -89,11 +110,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 
+pub use rawfiles::stored_raw_file_path;
 pub use store::{escape_name, stored_upload_path};
 
 use super::EmulatorError;
 use crate::config::Secret;
-use store::{Digest, TableRecord, Transfer, UploadRecord};
+use store::{Digest, RawFileRecord, TableRecord, Transfer, UploadRecord};
 
 /// What to do with an upload.post whose name is already taken (after escaping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,11 +149,11 @@ pub struct RedivisOptions {
     /// Enforce the API rate limit (429 + Retry-After past it).
     #[arg(long)]
     pub rate_limit: bool,
-    /// API requests allowed per window.
-    #[arg(long, default_value_t = 100)]
+    /// API requests allowed per window (announced in `X-RateLimit-Limit` either way).
+    #[arg(long, default_value_t = 1000)]
     pub rate_limit_max: u32,
     /// Length of the sliding rate-limit window.
-    #[arg(long, default_value = "100s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub rate_limit_window: Duration,
     /// Tables must be created first (`POST /_emulator/redivis/tables`); unknown ones are 404.
     #[arg(long)]
@@ -145,6 +167,29 @@ pub struct RedivisOptions {
     /// Test hook: delay (ms) the answer to upload.post after the upload is created.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub redivis_post_delay: u64,
+    /// Test hook: delay (ms) the answer to `rawFiles` after the files are registered.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub redivis_raw_files_delay: u64,
+    /// Status for a `:next` reference while the dataset has no unreleased version.
+    #[arg(long, value_name = "STATUS", default_value = "404", value_parser = parse_status)]
+    pub redivis_missing_version_status: axum::http::StatusCode,
+    /// Delimited uploads up to this many bytes are checked against their parse options;
+    /// larger ones are taken as well-formed.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub redivis_import_check_max: u64,
+    /// Answer `DELETE /rawFiles/{id}` like an unknown route (404), as a Redivis without
+    /// that endpoint would.
+    #[arg(long)]
+    pub redivis_no_raw_file_delete: bool,
+}
+
+fn parse_status(value: &str) -> Result<axum::http::StatusCode, String> {
+    value
+        .parse::<u16>()
+        .ok()
+        .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+        .filter(|code| code.is_client_error())
+        .ok_or_else(|| format!("{value:?} is not a 4xx status code"))
 }
 
 fn parse_secret(value: &str) -> Result<Secret, String> {
@@ -174,11 +219,17 @@ pub(crate) struct Table {
     pub record: TableRecord,
     /// In creation order (`seq`).
     pub uploads: Vec<UploadRecord>,
+    /// A file index table's files, in registration order (`seq`).
+    pub raw_files: Vec<RawFileRecord>,
 }
 
+/// Datasets and tables, under one lock: a release renames tables.
 #[derive(Default)]
 pub(crate) struct Tables {
     pub by_key: HashMap<String, Table>,
+    /// By dataset key (`owner.dataset`, lower case).
+    pub datasets: HashMap<String, store::DatasetRecord>,
+    /// The next `seq` of an upload or raw file.
     pub next_seq: u64,
 }
 
@@ -225,7 +276,7 @@ impl Service {
                     .compile_matcher(),
             ),
         };
-        for sub in ["sessions", "tables", "tmp"] {
+        for sub in ["sessions", "tables", "tmp", "datasets"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(data_error(&dir.join(sub)))?;
         }
         // Inline bodies still being received when the emulator stopped will never finish.
@@ -246,30 +297,8 @@ impl Service {
                 Arc::new(tokio::sync::Mutex::new(slot)),
             );
         }
-        let mut tables = Tables::default();
-        let tables_dir = dir.join("tables");
-        for entry in std::fs::read_dir(&tables_dir).map_err(data_error(&tables_dir))? {
-            let table_dir = entry.map_err(data_error(&tables_dir))?.path();
-            let record_path = table_dir.join("table.json");
-            if !record_path.exists() {
-                continue;
-            }
-            let record: TableRecord =
-                store::read_json(&record_path).map_err(data_error(&record_path))?;
-            let mut uploads = Vec::new();
-            for path in
-                store::json_files(&table_dir.join("uploads")).map_err(data_error(&table_dir))?
-            {
-                let upload: UploadRecord = store::read_json(&path).map_err(data_error(&path))?;
-                tables.next_seq = tables.next_seq.max(upload.seq + 1);
-                uploads.push(upload);
-            }
-            uploads.sort_by_key(|upload| upload.seq);
-            tables.by_key.insert(
-                store::table_key(&record.reference),
-                Table { record, uploads },
-            );
-        }
+        let mut tables = load_tables(&dir.join("tables")).map_err(data_error(dir))?;
+        versions::load(dir, &mut tables).map_err(data_error(dir))?;
         Ok(Service {
             options: options.clone(),
             fail_names,
@@ -349,6 +378,66 @@ impl Service {
     }
 }
 
+/// Reads `tables/`: records, uploads and raw files; finishes the import checks a stop
+/// interrupted.
+fn load_tables(tables_dir: &Path) -> std::io::Result<Tables> {
+    let mut tables = Tables::default();
+    for entry in std::fs::read_dir(tables_dir)? {
+        let table_dir = entry?.path();
+        let record_path = table_dir.join("table.json");
+        if !record_path.exists() {
+            continue;
+        }
+        let record: TableRecord = store::read_json(&record_path)?;
+        let mut uploads: Vec<UploadRecord> = Vec::new();
+        for path in store::json_files(&table_dir.join("uploads"))? {
+            let mut upload: UploadRecord = store::read_json(&path)?;
+            if upload.importing {
+                finish_import(&table_dir, &mut upload)?;
+                store::write_json(&path, &upload)?;
+            }
+            uploads.push(upload);
+        }
+        let mut raw_files: Vec<RawFileRecord> = Vec::new();
+        for path in store::json_files(&table_dir.join("rawfiles"))? {
+            raw_files.push(store::read_json(&path)?);
+        }
+        let seqs = uploads
+            .iter()
+            .map(|u| u.seq)
+            .chain(raw_files.iter().map(|f| f.seq));
+        tables.next_seq = seqs.fold(tables.next_seq, |next, seq| next.max(seq + 1));
+        uploads.sort_by_key(|upload| upload.seq);
+        raw_files.sort_by_key(|file| file.seq);
+        tables.by_key.insert(
+            store::table_key(&record.reference),
+            Table {
+                record,
+                uploads,
+                raw_files,
+            },
+        );
+    }
+    Ok(tables)
+}
+
+/// Runs the import check an emulator stop interrupted (blocking; at start only).
+fn finish_import(table_dir: &Path, upload: &mut UploadRecord) -> std::io::Result<()> {
+    let path = table_dir
+        .join("files")
+        .join(store::file_component(&upload.name));
+    let verdict = match parse::import_options(&upload.options) {
+        Ok(import) => parse::check_delimited(&path, &import)?,
+        Err(message) => parse::ImportVerdict {
+            rows: 0,
+            bad_records: 0,
+            error: Some(message),
+        },
+    };
+    api::apply_verdict(upload, verdict);
+    Ok(())
+}
+
 /// The Redivis routes, with partial persistence drawn from a generator seeded with 0.
 pub fn router(options: &RedivisOptions, data_dir: &Path) -> Result<Router, EmulatorError> {
     router_seeded(options, data_dir, 0)
@@ -382,6 +471,30 @@ pub fn router_seeded(
                 .head(api::head_upload)
                 .delete(api::delete_upload),
         )
+        .route("/api/v1/tables/{table}", get(tables::get_table))
+        .route(
+            "/api/v1/tables/{table}/rawFiles",
+            get(rawfiles::list_raw_files)
+                .post(rawfiles::post_raw_files)
+                .layer(DefaultBodyLimit::max(16 << 20)),
+        )
+        .route(
+            "/api/v1/rawFiles/{id}",
+            get(rawfiles::get_raw_file).delete(rawfiles::delete_raw_file),
+        )
+        .route("/api/v1/datasets/{dataset}", get(versions::get_dataset))
+        .route(
+            "/api/v1/datasets/{dataset}/tables",
+            post(tables::create_table_in_dataset),
+        )
+        .route(
+            "/api/v1/datasets/{dataset}/versions",
+            post(versions::create_version),
+        )
+        .route(
+            "/api/v1/datasets/{dataset}/versions/{version}/release",
+            post(versions::release_version),
+        )
         .route("/api/{*rest}", any(api::unknown_endpoint))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
@@ -400,7 +513,7 @@ pub fn router_seeded(
         );
     let hooks = Router::new()
         .route("/_emulator/redivis/stats", get(stats))
-        .route("/_emulator/redivis/tables", post(api::create_table))
+        .route("/_emulator/redivis/tables", post(tables::create_table_hook))
         .route("/_emulator/redivis/poison/{id}", post(session::poison))
         .route("/_emulator/redivis/expire/{id}", post(session::expire));
     Ok(api.merge(sessions).merge(hooks).with_state(service))

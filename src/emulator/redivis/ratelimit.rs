@@ -1,5 +1,6 @@
-//! The Redivis API rate limit: a sliding window of accepted requests (about 100 per 100 s in
-//! the real service). Only API requests count; session and temp-upload URLs never do.
+//! The Redivis API rate limit: a sliding window of accepted requests (about 1,000 per 60 s
+//! in the current docs, 100 per 100 s in older ones). Only API requests count; session and
+//! temp-upload URLs never do.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -39,7 +40,8 @@ impl Limiter {
         self.check_at(Instant::now())
     }
 
-    fn check_at(&self, now: Instant) -> Verdict {
+    /// [`Self::check`] at a given instant (tests drive it with simulated time).
+    pub(crate) fn check_at(&self, now: Instant) -> Verdict {
         if !self.enforce {
             return Verdict::Allowed {
                 remaining: self.max,

@@ -6,13 +6,18 @@
 //! ```text
 //! sessions/<id>.json        one transfer: legacy resumable upload, temp upload or session
 //! sessions/<id>.data        its bytes so far (the file length is the persisted offset)
+//! datasets/<dataset key>.json              a dataset: its unreleased and released versions
 //! tables/<table key>/table.json
 //! tables/<table key>/uploads/<upload id>.json
 //! tables/<table key>/files/<upload name>   the upload's bytes, for a person to look at
+//! tables/<table key>/rawfiles/<id>.json    a file of a file index table
+//! tables/<table key>/rawfiles/<id>.data    its bytes
 //! tmp/                      inline upload bodies being received
 //! ```
 //!
-//! `<table key>` is the reference in lower case (references are case-insensitive);
+//! `<dataset key>` is `owner.dataset` in lower case. `<table key>` is the reference in lower
+//! case (references are case-insensitive), its version qualifier as written for `:next`
+//! and `v<major>_<minor>` for a released version (a release renames the directory);
 //! `<upload name>` is the name with `%` and `/` percent-encoded (and a name of `.` or `..`
 //! fully encoded), so every upload is one flat file whatever its name.
 //! JSON records are written to a temporary file and renamed, so a crash leaves the old or
@@ -94,47 +99,158 @@ pub enum RefError {
     Released(String),
 }
 
+/// Which version of a dataset a reference names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `:next`, the unreleased version: the only one that takes uploads.
+    Next,
+    /// No version qualifier, or `:current`: the latest released version.
+    Current,
+    /// `:v1_0`, `:v1.0` or `:1.0`: a released version by its tag.
+    Tag { major: u32, minor: u32 },
+}
+
+impl Version {
+    fn parse(qualifier: &str) -> Option<Version> {
+        if qualifier.eq_ignore_ascii_case("next") {
+            return Some(Version::Next);
+        }
+        if qualifier.eq_ignore_ascii_case("current") {
+            return Some(Version::Current);
+        }
+        let digits = qualifier.strip_prefix(['v', 'V']).unwrap_or(qualifier);
+        let (major, minor) = digits.split_once(['_', '.'])?;
+        Some(Version::Tag {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
+
+    /// How the version appears in a table key: `next` or `v1_0`.
+    pub fn key_part(major: u32, minor: u32) -> String {
+        format!("v{major}_{minor}")
+    }
+}
+
+/// A parsed table reference `owner.dataset[:refId][:version].table[:refId]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    owner: String,
+    /// The dataset name followed by its qualifiers, the version among them (if given).
+    dataset_parts: Vec<String>,
+    /// Where the version qualifier is in `dataset_parts`.
+    version_at: Option<usize>,
+    pub version: Version,
+    /// `name[:refId]`.
+    pub table: String,
+}
+
+impl TableRef {
+    /// Parses (and checks the characters of) a table reference.
+    pub fn parse(reference: &str) -> Result<TableRef, RefError> {
+        let malformed = |why: &str| {
+            RefError::Malformed(format!(
+                "table reference {reference:?} is not valid: {why}; expected \
+                 owner.dataset:next.table"
+            ))
+        };
+        let (owner, rest) = reference
+            .split_once('.')
+            .ok_or_else(|| malformed("it has no '.'"))?;
+        let (dataset, table) = rest
+            .rsplit_once('.')
+            .ok_or_else(|| malformed("it needs owner, dataset and table parts separated by '.'"))?;
+        let word = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
+        };
+        if !word(owner) || owner.contains('.') {
+            return Err(malformed("the owner must be letters, digits and '_'"));
+        }
+        if !dataset.split(':').all(word) || !table.split(':').all(word) || table.contains('.') {
+            return Err(malformed(
+                "dataset and table parts are names with optional ':' qualifiers",
+            ));
+        }
+        let dataset_parts: Vec<String> = dataset.split(':').map(str::to_string).collect();
+        let version_at = dataset_parts
+            .iter()
+            .skip(1)
+            .position(|part| Version::parse(part).is_some())
+            .map(|index| index + 1);
+        let version = version_at
+            .and_then(|index| Version::parse(&dataset_parts[index]))
+            .unwrap_or(Version::Current);
+        Ok(TableRef {
+            owner: owner.to_string(),
+            dataset_parts,
+            version_at,
+            version,
+            table: table.to_string(),
+        })
+    }
+
+    /// Parses a dataset reference `owner.dataset[:refId][:version]`.
+    pub fn parse_dataset(reference: &str) -> Result<TableRef, RefError> {
+        // A dataset reference is a table reference without its table part.
+        TableRef::parse(&format!("{reference}._")).map_err(|_| {
+            RefError::Malformed(format!(
+                "dataset reference {reference:?} is not valid; expected owner.dataset, \
+                 optionally with a version (owner.dataset:next)"
+            ))
+        })
+    }
+
+    /// Whether the reference names a version (else it means the current one).
+    pub fn has_version(&self) -> bool {
+        self.version_at.is_some()
+    }
+
+    /// `owner.dataset`, as written, without qualifiers.
+    pub fn dataset_reference(&self) -> String {
+        format!("{}.{}", self.owner, self.dataset_parts[0])
+    }
+
+    /// The dataset's key: `owner.name`, lower case (references are case-insensitive).
+    pub fn dataset_key(&self) -> String {
+        format!("{}.{}", self.owner, self.dataset_parts[0]).to_lowercase()
+    }
+
+    /// The table's name, without its reference id.
+    pub fn table_name(&self) -> &str {
+        self.table.split(':').next().unwrap_or(&self.table)
+    }
+
+    /// The reference with its version qualifier replaced by (or given) `version`
+    /// (`next` or a [`Version::key_part`]), as written.
+    pub fn with_version(&self, version: &str) -> String {
+        let mut parts = self.dataset_parts.clone();
+        match self.version_at {
+            Some(index) => parts[index] = version.to_string(),
+            None => parts.push(version.to_string()),
+        }
+        format!("{}.{}.{}", self.owner, parts.join(":"), self.table)
+    }
+
+    /// The key of this table in `version`: [`table_key`] of [`Self::with_version`].
+    pub fn key(&self, version: &str) -> String {
+        table_key(&self.with_version(version))
+    }
+}
+
 /// Checks `owner.dataset[:refId][:version].table[:refId]`; `writable` additionally requires
 /// the dataset part to name the unreleased version (`:next`).
-pub fn check_table_ref(reference: &str, writable: bool) -> Result<(), RefError> {
-    let malformed = |why: &str| {
-        RefError::Malformed(format!(
-            "table reference {reference:?} is not valid: {why}; expected \
-             owner.dataset:next.table"
-        ))
-    };
-    let (owner, rest) = reference
-        .split_once('.')
-        .ok_or_else(|| malformed("it has no '.'"))?;
-    let (dataset, table) = rest
-        .rsplit_once('.')
-        .ok_or_else(|| malformed("it needs owner, dataset and table parts separated by '.'"))?;
-    let word = |part: &str| {
-        !part.is_empty()
-            && part
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
-    };
-    if !word(owner) || owner.contains('.') {
-        return Err(malformed("the owner must be letters, digits and '_'"));
-    }
-    if !dataset.split(':').all(word) || !table.split(':').all(word) || table.contains('.') {
-        return Err(malformed(
-            "dataset and table parts are names with optional ':' qualifiers",
-        ));
-    }
-    if writable
-        && !dataset
-            .split(':')
-            .skip(1)
-            .any(|part| part.eq_ignore_ascii_case("next"))
-    {
+pub fn check_table_ref(reference: &str, writable: bool) -> Result<TableRef, RefError> {
+    let parsed = TableRef::parse(reference)?;
+    if writable && parsed.version != Version::Next {
         return Err(RefError::Released(format!(
             "uploads can only be created on tables in an unreleased version: {reference:?} \
              does not name one (the dataset part must carry :next, e.g. owner.dataset:next.table)"
         )));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 /// What kind of transfer a `sessions/<id>` record is.
@@ -257,6 +373,45 @@ impl Digest {
 pub struct TableRecord {
     pub reference: String,
     pub created_ms: u64,
+    /// A file index table: it holds files registered with `rawFiles`, not uploads.
+    #[serde(default)]
+    pub is_file_index: bool,
+}
+
+/// A dataset's record (`datasets/<key>.json`): which versions exist.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetRecord {
+    /// `owner.dataset` as first written.
+    pub reference: String,
+    /// The unreleased version, when there is one.
+    pub next: Option<VersionRecord>,
+    /// Released versions, oldest first; the last one is the current version.
+    pub released: Vec<VersionRecord>,
+}
+
+/// One version of a dataset; released versions are `v<number>.0`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRecord {
+    pub number: u32,
+    pub created_ms: u64,
+    pub released_ms: Option<u64>,
+    pub release_notes: Option<String>,
+}
+
+/// A file of a file index table (`tables/<key>/rawfiles/<id>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawFileRecord {
+    pub id: String,
+    /// Registration order across the emulator's life; list pages follow it.
+    pub seq: u64,
+    pub name: String,
+    pub created_ms: u64,
+    pub content: ContentSummary,
+    /// The temp upload its bytes came from.
+    pub source: String,
 }
 
 /// An upload's record (`tables/<key>/uploads/<id>.json`).
@@ -273,6 +428,16 @@ pub struct UploadRecord {
     pub content: ContentSummary,
     /// Set when the upload is bound to fail (its `errorMessage` once processed).
     pub failure: Option<String>,
+    /// The import is still checking the bytes against the parse options: the upload is
+    /// not `completed` or `failed` before it ends.
+    #[serde(default)]
+    pub importing: bool,
+    /// Rows the import found; `None`: not checked, rows are counted as text lines.
+    #[serde(default)]
+    pub rows: Option<u64>,
+    /// Records the import skipped (`skipBadRecords`).
+    #[serde(default)]
+    pub bad_records: u64,
     /// The parse options as posted (hasHeaderRow, delimiter, ...), echoed on GET.
     pub options: serde_json::Map<String, serde_json::Value>,
     /// Which transfer its bytes came from, if any.
@@ -370,8 +535,8 @@ mod tests {
 
     #[test]
     fn only_unreleased_tables_take_uploads() {
-        assert_eq!(check_table_ref("owner.ds:next.tbl", true), Ok(()));
-        assert_eq!(check_table_ref("owner.ds:7br5:next.tbl:9x", true), Ok(()));
+        assert!(check_table_ref("owner.ds:next.tbl", true).is_ok());
+        assert!(check_table_ref("owner.ds:7br5:next.tbl:9x", true).is_ok());
         assert!(matches!(
             check_table_ref("owner.ds.tbl", true),
             Err(RefError::Released(_))
@@ -380,7 +545,7 @@ mod tests {
             check_table_ref("owner.ds:v1.0.tbl", true),
             Err(RefError::Released(_))
         ));
-        assert_eq!(check_table_ref("owner.ds:v1.0.tbl", false), Ok(()));
+        assert!(check_table_ref("owner.ds:v1.0.tbl", false).is_ok());
         assert!(matches!(
             check_table_ref("nodots", true),
             Err(RefError::Malformed(_))
@@ -389,6 +554,26 @@ mod tests {
             check_table_ref("o.d:next.t/x", true),
             Err(RefError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn references_name_their_dataset_and_version() {
+        let next = TableRef::parse("Owner.DS:7br5:next.tbl:9x").expect("valid");
+        assert_eq!(next.version, Version::Next);
+        assert_eq!(next.dataset_key(), "owner.ds");
+        assert_eq!(next.table_name(), "tbl");
+        assert_eq!(next.key("next"), "owner.ds:7br5:next.tbl:9x");
+        assert_eq!(next.key("v1_0"), "owner.ds:7br5:v1_0.tbl:9x");
+        let current = TableRef::parse("owner.ds.tbl").expect("valid");
+        assert_eq!(current.version, Version::Current);
+        assert_eq!(current.with_version("v2_0"), "owner.ds:v2_0.tbl");
+        let tagged = TableRef::parse("owner.ds:v1.0.tbl").expect("valid");
+        assert_eq!(tagged.version, Version::Tag { major: 1, minor: 0 });
+        assert_eq!(tagged.key("v1_0"), "owner.ds:v1_0.tbl");
+        let dataset = TableRef::parse_dataset("owner.ds:next").expect("valid");
+        assert!(dataset.has_version());
+        assert_eq!(dataset.dataset_reference(), "owner.ds");
+        assert!(TableRef::parse_dataset("owner").is_err());
     }
 
     #[test]

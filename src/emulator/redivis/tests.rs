@@ -469,8 +469,9 @@ async fn case_04_every_api_answer_carries_rate_limit_headers() {
             .await
             .expect("answers"),
     ] {
-        assert_eq!(response.headers()["x-ratelimit-limit"], "100");
-        assert_eq!(response.headers()["x-ratelimit-remaining"], "100");
+        // The current docs: about 1,000 requests per 60 s.
+        assert_eq!(response.headers()["x-ratelimit-limit"], "1000");
+        assert_eq!(response.headers()["x-ratelimit-remaining"], "1000");
     }
     emu.stop().await;
 }
@@ -1691,5 +1692,582 @@ async fn kifs_requests_get_plain_text_faults() {
             .starts_with("emulator: injected fault")
     );
     assert_eq!(emu.stats("/_emulator/stats").await["requests"]["kifs"], 1);
+    emu.stop().await;
+}
+
+// ---- datasets and versions ---------------------------------------------------------------
+
+impl Emu {
+    async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the emulator answers")
+    }
+
+    async fn get_api(&self, path: &str) -> reqwest::Response {
+        self.get(&format!("{}/api/v1{path}", self.base))
+            .send()
+            .await
+            .expect("the emulator answers")
+    }
+}
+
+#[tokio::test]
+async fn a_release_closes_next_until_a_new_version_is_created_once() {
+    let (emu, _dir) = emulator().await;
+    assert_eq!(
+        emu.multipart("a.csv", b"h\n1\n").await.status(),
+        StatusCode::OK
+    );
+    let dataset = emu.json(emu.get_api("/datasets/owner.ds").await).await;
+    assert_eq!(dataset["nextVersion"]["tag"], "v1.0");
+    assert_eq!(dataset["nextVersion"]["isReleased"], false);
+    assert_eq!(
+        dataset["nextVersion"]["datasetUri"],
+        "/datasets/owner.ds%3Anext"
+    );
+    assert_eq!(dataset["currentVersion"], Value::Null);
+    let open = emu.post_empty("/datasets/owner.ds/versions").await;
+    assert_eq!(open.status(), StatusCode::BAD_REQUEST, "v1.0 is still open");
+
+    let released = emu
+        .post_empty("/datasets/owner.ds%3Anext/versions/next/release")
+        .await;
+    assert_eq!(released.status(), StatusCode::OK);
+    let released = emu.json(released).await;
+    assert_eq!(released["isReleased"], true);
+    assert_eq!(released["datasetUri"], "/datasets/owner.ds%3Av1_0");
+    let dataset = emu.json(emu.get_api("/datasets/owner.ds").await).await;
+    assert_eq!(dataset["nextVersion"], Value::Null);
+    assert_eq!(dataset["currentVersion"]["tag"], "v1.0");
+    // :next names nothing now: writes and reads alike.
+    let refused = emu.multipart("b.csv", b"h\n2\n").await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let message = emu.json(refused).await["error_description"].to_string();
+    assert!(message.contains("no unreleased version"), "{message}");
+    assert_eq!(
+        emu.get(&emu.table("/uploads"))
+            .send()
+            .await
+            .expect("answers")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // The released version keeps its upload, as v1_0 and as the current version.
+    for table in ["owner.ds%3Av1_0.tbl", "owner.ds%3Av1.0.tbl", "owner.ds.tbl"] {
+        let listed = emu
+            .json(emu.get_api(&format!("/tables/{table}/uploads")).await)
+            .await;
+        assert_eq!(listed["results"][0]["name"], "a.csv", "{table}");
+    }
+    let frozen = emu
+        .http
+        .delete(format!(
+            "{}/api/v1/tables/owner.ds%3Av1_0.tbl/uploads/a_csv",
+            emu.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(frozen.status(), StatusCode::BAD_REQUEST);
+
+    let created = emu.post_empty("/datasets/owner.ds/versions").await;
+    assert_eq!(created.status(), StatusCode::OK);
+    assert_eq!(emu.json(created).await["tag"], "v2.0");
+    let again = emu.post_empty("/datasets/owner.ds/versions").await;
+    assert_eq!(
+        again.status(),
+        StatusCode::BAD_REQUEST,
+        "one next version at a time"
+    );
+    let fresh = emu
+        .json(
+            emu.get(&emu.table("/uploads"))
+                .send()
+                .await
+                .expect("answers"),
+        )
+        .await;
+    assert_eq!(
+        fresh["results"],
+        json!([]),
+        "the new version starts without uploads"
+    );
+    assert_eq!(
+        emu.multipart("a.csv", b"h\n3\n").await.status(),
+        StatusCode::OK
+    );
+    let stats = emu.stats("/_emulator/redivis/stats").await;
+    assert_eq!(stats["api_requests"]["versions.post"], 3);
+    assert_eq!(stats["api_requests"]["versions.release"], 1);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_next_version_can_answer_400_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let mut configured = options(dir.path());
+    configured.redivis.redivis_missing_version_status = StatusCode::BAD_REQUEST;
+    let emu = Emu::start(configured.clone()).await;
+    let (id, url) = temp_upload(&emu, 4, false).await;
+    emu.http
+        .put(&url)
+        .body("a\nb\n")
+        .send()
+        .await
+        .expect("answers");
+    emu.post_empty("/datasets/owner.ds/versions/next/release")
+        .await;
+    let refused = emu
+        .post_json(
+            &emu.table("/uploads"),
+            json!({"name": "t.csv", "tempUploadId": id}),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    emu.stop().await;
+    let emu = Emu::start(configured).await;
+    let dataset = emu.json(emu.get_api("/datasets/owner.ds").await).await;
+    assert_eq!(dataset["nextVersion"], Value::Null);
+    assert_eq!(dataset["currentVersion"]["tag"], "v1.0");
+    emu.stop().await;
+}
+
+// ---- parse options -----------------------------------------------------------------------
+
+impl Emu {
+    /// Inline upload.post with `metadata` as given; returns the answer.
+    async fn multipart_with(&self, metadata: Value, bytes: &[u8]) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "metadata",
+                reqwest::multipart::Part::bytes(metadata.to_string().into_bytes())
+                    .file_name("metadata"),
+            )
+            .part(
+                "data",
+                reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("data"),
+            );
+        self.http
+            .post(self.table("/uploads"))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .expect("the emulator answers")
+    }
+
+    /// The upload as GET shows it, by the `uri` of a post's answer.
+    async fn upload_of(&self, posted: reqwest::Response) -> Value {
+        assert_eq!(posted.status(), StatusCode::OK, "upload.post succeeds");
+        let posted = self.json(posted).await;
+        let uri = posted["uri"].as_str().expect("uri").to_string();
+        self.json(self.get_api(&uri).await).await
+    }
+}
+
+#[tokio::test]
+async fn parse_options_are_echoed_and_a_headerless_tsv_counts_every_row() {
+    let (emu, _dir) = emulator().await;
+    let metadata = json!({"name": "x.tsv", "type": "delimited", "delimiter": "\t",
+        "hasHeaderRow": false, "skipBadRecords": true, "hasQuotedNewlines": true,
+        "allowJaggedRows": true, "quoteCharacter": "'", "escapeCharacter": "\\",
+        "nullMarkers": ["NA", ""]});
+    let upload = emu
+        .upload_of(
+            emu.multipart_with(metadata.clone(), b"1\t2\n3\t4\n5\n")
+                .await,
+        )
+        .await;
+    for field in [
+        "type",
+        "delimiter",
+        "hasHeaderRow",
+        "skipBadRecords",
+        "hasQuotedNewlines",
+        "allowJaggedRows",
+        "quoteCharacter",
+        "escapeCharacter",
+        "nullMarkers",
+    ] {
+        assert_eq!(upload[field], metadata[field], "{field} is echoed");
+    }
+    assert_eq!(upload["status"], "completed");
+    assert_eq!(
+        upload["numRows"], 3,
+        "no header row; a jagged row is allowed"
+    );
+    assert_eq!(upload["badRecordsCount"], 0);
+    // Defaults are echoed too.
+    let plain = emu
+        .upload_of(emu.multipart_with(json!({"name": "p.csv"}), b"a\n").await)
+        .await;
+    assert_eq!(plain["hasHeaderRow"], true);
+    assert_eq!(plain["delimiter"], Value::Null);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn options_of_the_wrong_shape_are_refused_at_post() {
+    let (emu, _dir) = emulator().await;
+    for metadata in [
+        json!({"name": "a.csv", "type": "csv"}),
+        json!({"name": "a.csv", "hasHeaderRow": "no"}),
+        json!({"name": "a.csv", "delimiter": 44}),
+        json!({"name": "a.csv", "nullMarkers": "NA"}),
+    ] {
+        let refused = emu.multipart_with(metadata.clone(), b"a\n").await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{metadata}");
+    }
+    let stats = emu.stats("/_emulator/redivis/stats").await;
+    assert_eq!(stats["uploads_created"], 0);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_delimiter_or_a_malformed_file_fails_the_import_with_a_message() {
+    let (emu, _dir) = emulator().await;
+    let bad_delimiter = emu
+        .upload_of(
+            emu.multipart_with(json!({"name": "d.csv", "delimiter": "||"}), b"a||b\n")
+                .await,
+        )
+        .await;
+    assert_eq!(bad_delimiter["status"], "failed");
+    let message = bad_delimiter["errorMessage"].as_str().expect("a message");
+    assert!(message.contains("Invalid delimiter \"||\""), "{message}");
+
+    let text = b"id,name\n1,a\n2,b,extra\n3,c\n";
+    let malformed = emu
+        .upload_of(
+            emu.multipart_with(json!({"name": "m.csv", "skipBadRecords": false}), text)
+                .await,
+        )
+        .await;
+    assert_eq!(malformed["status"], "failed");
+    let message = malformed["errorMessage"].as_str().expect("a message");
+    assert!(message.contains("line 3"), "{message}");
+    let skipped = emu
+        .upload_of(
+            emu.multipart_with(json!({"name": "s.csv", "skipBadRecords": true}), text)
+                .await,
+        )
+        .await;
+    assert_eq!(skipped["status"], "completed");
+    assert_eq!(
+        (
+            skipped["numRows"].clone(),
+            skipped["badRecordsCount"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    // Without options the bytes are taken as they are.
+    let unchecked = emu
+        .upload_of(emu.multipart_with(json!({"name": "u.csv"}), text).await)
+        .await;
+    assert_eq!(unchecked["status"], "completed");
+    emu.stop().await;
+}
+
+// ---- file index tables -------------------------------------------------------------------
+
+const FILES_TABLE: &str = "owner.ds:next.files";
+
+impl Emu {
+    async fn create_table(&self, reference: &str, is_file_index: bool) {
+        let response = self
+            .http
+            .post(format!("{}/_emulator/redivis/tables", self.base))
+            .json(&json!({"reference": reference, "isFileIndex": is_file_index}))
+            .send()
+            .await
+            .expect("the emulator answers");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// Temp uploads on `table` holding `files` (plain PUTs); returns their ids.
+    async fn temp_files(&self, table: &str, files: &[(&str, &[u8])]) -> Vec<String> {
+        let path = format!("/tables/{}/tempUploads", super::api::encode_segment(table));
+        let entries: Vec<Value> = files
+            .iter()
+            .map(|(name, bytes)| json!({"name": name, "size": bytes.len(), "resumable": false}))
+            .collect();
+        let list = self
+            .json(
+                self.post_json(
+                    &format!("{}/api/v1{path}", self.base),
+                    json!({"tempUploads": entries}),
+                )
+                .await,
+            )
+            .await;
+        let mut ids = Vec::new();
+        for (result, (_, bytes)) in list["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .zip(files)
+        {
+            let put = self
+                .http
+                .put(result["url"].as_str().expect("url"))
+                .body(bytes.to_vec())
+                .send()
+                .await
+                .expect("answers");
+            assert_eq!(put.status(), StatusCode::OK);
+            ids.push(result["id"].as_str().expect("id").to_string());
+        }
+        ids
+    }
+
+    async fn raw_files(&self, table: &str, files: Value) -> reqwest::Response {
+        let path = format!("/tables/{}/rawFiles", super::api::encode_segment(table));
+        self.post_json(
+            &format!("{}/api/v1{path}", self.base),
+            json!({ "files": files }),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn file_index_tables_register_temp_uploads_in_one_call_and_list_them() {
+    let (emu, _dir) = emulator().await;
+    emu.create_table(FILES_TABLE, true).await;
+    let table = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files").await)
+        .await;
+    assert_eq!(table["isFileIndex"], true);
+    let plain = emu
+        .json(emu.get(&emu.table("")).send().await.expect("answers"))
+        .await;
+    assert_eq!(plain["isFileIndex"], false);
+
+    let files: [(&str, &[u8]); 3] = [
+        ("img/a.png", b"\x89PNG one"),
+        ("b.pdf", b"%PDF two"),
+        ("c.bin", b""),
+    ];
+    let ids = emu.temp_files(FILES_TABLE, &files).await;
+    let entries: Vec<Value> = files
+        .iter()
+        .zip(&ids)
+        .map(|((name, _), id)| json!({"name": name, "tempUploadId": id}))
+        .collect();
+    let registered = emu.raw_files(FILES_TABLE, json!(entries)).await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let registered = emu.json(registered).await;
+    assert_eq!(registered["kind"], "rawFileList");
+    let results = registered["results"].as_array().expect("results");
+    use base64::Engine;
+    for (result, (name, bytes)) in results.iter().zip(&files) {
+        assert_eq!(result["kind"], "rawFile");
+        assert_eq!(result["name"], *name, "request order");
+        assert_eq!(result["size"], bytes.len() as u64);
+        let md5 = md5::Md5::digest(bytes);
+        use md5::Digest;
+        let expected = base64::engine::general_purpose::STANDARD.encode(md5);
+        assert_eq!(result["md5Hash"], expected);
+    }
+    let again = emu
+        .raw_files(FILES_TABLE, json!([{"name": "x", "tempUploadId": ids[0]}]))
+        .await;
+    assert_eq!(
+        again.status(),
+        StatusCode::BAD_REQUEST,
+        "a temp upload is used once"
+    );
+
+    let page = emu
+        .json(
+            emu.get_api("/tables/owner.ds%3Anext.files/rawFiles?maxResults=2")
+                .await,
+        )
+        .await;
+    assert_eq!(page["results"].as_array().map(Vec::len), Some(2));
+    let token = page["nextPageToken"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let last = emu
+        .json(
+            emu.get_api(&format!(
+                "/tables/owner.ds%3Anext.files/rawFiles?pageToken={token}"
+            ))
+            .await,
+        )
+        .await;
+    assert_eq!(last["results"][0]["name"], "c.bin");
+    assert_eq!(last["nextPageToken"], Value::Null);
+
+    let uri = results[1]["uri"].as_str().expect("uri");
+    assert_eq!(emu.json(emu.get_api(uri).await).await["name"], "b.pdf");
+    let stored = super::stored_raw_file_path(
+        &emu.data_dir,
+        FILES_TABLE,
+        results[0]["id"].as_str().expect("id"),
+    );
+    assert_eq!(std::fs::read(stored).expect("bytes on disk"), files[0].1);
+    let deleted = emu
+        .http
+        .delete(format!("{}/api/v1{uri}", emu.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(deleted.status(), StatusCode::OK);
+    assert_eq!(emu.get_api(uri).await.status(), StatusCode::NOT_FOUND);
+    let stats = emu.stats("/_emulator/redivis/stats").await;
+    assert_eq!(stats["api_requests"]["rawFiles.post"], 2);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_and_raw_files_each_keep_to_their_kind_of_table() {
+    let (emu, _dir) =
+        emulator_with(|options| options.redivis.redivis_no_raw_file_delete = true).await;
+    emu.create_table(FILES_TABLE, true).await;
+    let path = format!("{}/api/v1/tables/owner.ds%3Anext.files/uploads", emu.base);
+    let refused = emu
+        .post_json(&path, json!({"name": "a.csv", "type": "stream"}))
+        .await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "no uploads into a file index"
+    );
+    let ids = emu.temp_files(TABLE, &[("a.csv", b"a\n")]).await;
+    let wrong = emu
+        .raw_files(TABLE, json!([{"name": "a.csv", "tempUploadId": ids[0]}]))
+        .await;
+    assert_eq!(
+        wrong.status(),
+        StatusCode::BAD_REQUEST,
+        "no raw files into a plain table"
+    );
+    let ids = emu.temp_files(FILES_TABLE, &[("f.bin", b"f")]).await;
+    let created = emu
+        .json(
+            emu.raw_files(
+                FILES_TABLE,
+                json!([{"name": "f.bin", "tempUploadId": ids[0]}]),
+            )
+            .await,
+        )
+        .await;
+    let uri = created["results"][0]["uri"].as_str().expect("uri");
+    let delete = emu
+        .http
+        .delete(format!("{}/api/v1{uri}", emu.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(
+        delete.status(),
+        StatusCode::NOT_FOUND,
+        "DELETE can be switched off"
+    );
+    assert_eq!(
+        emu.get_api(uri).await.status(),
+        StatusCode::OK,
+        "and the file stays"
+    );
+    // A release keeps the kind: the next version's table is a file index again.
+    emu.post_empty("/datasets/owner.ds/versions/next/release")
+        .await;
+    emu.post_empty("/datasets/owner.ds/versions").await;
+    let table = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files").await)
+        .await;
+    assert_eq!(table["isFileIndex"], true);
+    assert_eq!(table["numFiles"], 0);
+    let released = emu
+        .json(emu.get_api("/tables/owner.ds%3Av1_0.files/rawFiles").await)
+        .await;
+    assert_eq!(released["results"][0]["name"], "f.bin");
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn tables_can_be_created_as_users_do_through_the_dataset() {
+    let (emu, _dir) = emulator_with(|options| options.redivis.strict_tables = true).await;
+    assert_eq!(
+        emu.get_api("/datasets/owner.ds").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    emu.create_table(TABLE, false).await;
+    let created = emu
+        .post_json(
+            &format!("{}/api/v1/datasets/owner.ds/tables", emu.base),
+            json!({"name": "scans", "isFileIndex": true}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::OK);
+    assert_eq!(emu.json(created).await["isFileIndex"], true);
+    let twice = emu
+        .post_json(
+            &format!("{}/api/v1/datasets/owner.ds/tables", emu.base),
+            json!({"name": "scans"}),
+        )
+        .await;
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    let table = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.scans").await)
+        .await;
+    assert_eq!(table["isFileIndex"], true);
+    assert_eq!(
+        emu.get_api("/tables/owner.ds%3Anext.other").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn raw_files_and_table_kinds_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let emu = Emu::start(options(dir.path())).await;
+    emu.create_table(FILES_TABLE, true).await;
+    let ids = emu.temp_files(FILES_TABLE, &[("kept.bin", b"kept")]).await;
+    let registered = emu
+        .raw_files(
+            FILES_TABLE,
+            json!([{"name": "kept.bin", "tempUploadId": ids[0]}]),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    emu.stop().await;
+
+    let emu = Emu::start(options(dir.path())).await;
+    let table = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files").await)
+        .await;
+    assert_eq!(table["isFileIndex"], true);
+    let listed = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files/rawFiles").await)
+        .await;
+    assert_eq!(listed["results"][0]["name"], "kept.bin");
+    // Sequence numbers go on after the restart: a new file lists after the old one.
+    let ids = emu.temp_files(FILES_TABLE, &[("new.bin", b"new")]).await;
+    emu.raw_files(
+        FILES_TABLE,
+        json!([{"name": "new.bin", "tempUploadId": ids[0]}]),
+    )
+    .await;
+    let listed = emu
+        .json(emu.get_api("/tables/owner.ds%3Anext.files/rawFiles").await)
+        .await;
+    let names: Vec<&str> = listed["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["kept.bin", "new.bin"]);
     emu.stop().await;
 }

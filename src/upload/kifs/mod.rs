@@ -60,6 +60,7 @@ pub const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_files: 1000,
     max_bytes: WHOLE_FILE_LIMIT,
     max_file_size: 4 << 20,
+    one_target: false,
 };
 /// Attempts for an idempotent request before the job goes back to the queue.
 const REQUEST_ATTEMPTS: u32 = 5;
@@ -949,6 +950,7 @@ mod tests {
             exclude: vec![],
             settle: Duration::from_secs(1),
             recursive: true,
+            redivis: Default::default(),
         };
         for create in [false, true] {
             let err = backend("wrong")

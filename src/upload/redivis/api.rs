@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::classify;
-use super::ratelimit::Pacer;
+use super::ratelimit::{Announced, Pacer};
 use crate::config::Secret;
 use crate::metrics::RequestKind;
 use crate::net::{HttpClient, describe};
@@ -36,11 +36,14 @@ use crate::upload::{Disposition, UploadError};
 
 /// Characters kept literally in a table reference path segment: Python's
 /// `quote(ref, safe="")` keeps only letters, digits and `_.-~` (so `:` becomes `%3A`).
-const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const REF_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'-')
     .remove(b'~');
+
+/// Fields of a JSON request body (parse options of upload.post).
+pub type ApiFields = serde_json::Map<String, serde_json::Value>;
 
 /// Page size for upload lists (the documented default).
 pub const LIST_PAGE_SIZE: u32 = 100;
@@ -89,7 +92,7 @@ impl From<ApiError> for UploadError {
 impl ApiError {
     /// No usable answer (cut off, not understood): retried later; `maybe_processed` says
     /// whether the request may have been carried out all the same.
-    fn unusable(message: String, maybe_processed: bool) -> ApiError {
+    pub(super) fn unusable(message: String, maybe_processed: bool) -> ApiError {
         ApiError {
             status: None,
             disposition: Disposition::Retry { after: None },
@@ -294,14 +297,16 @@ impl ApiClient {
             }
             let failure = match self.http.send(RequestKind::RedivisApi, request).await {
                 Ok(response) => {
-                    permit.finish(rate_limit_remaining(response.headers()));
                     let status = response.status().as_u16();
-                    if response.status().is_success() {
-                        return Ok(response);
-                    }
+                    let announced = rate_limit_headers(response.headers());
                     let after = retry_after(response.headers());
                     if status == 429 {
-                        self.pacer.block(after);
+                        permit.refused(after, announced);
+                    } else {
+                        permit.answered(announced);
+                    }
+                    if response.status().is_success() {
+                        return Ok(response);
                     }
                     let disposition = classify::api_status(status, after);
                     let body = response.text().await.unwrap_or_default();
@@ -356,7 +361,7 @@ impl ApiClient {
         }
     }
 
-    async fn send_json<T: DeserializeOwned>(
+    pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
         what: &str,
         idempotency: Idempotency,
@@ -417,18 +422,20 @@ impl ApiClient {
     }
 
     /// upload.post, JSON form: creates the upload from a finished session.
-    /// `id_field` is `resumableUploadId` or `tempUploadId`.
+    /// `id_field` is `resumableUploadId` or `tempUploadId`; `options` are the parse options
+    /// as API fields.
     pub async fn post_upload(
         &self,
         table: &str,
         name: &str,
         id_field: &str,
         id: &str,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
-        let mut body = serde_json::Map::new();
+        let mut body = options.clone();
         body.insert("name".into(), name.into());
         body.insert(id_field.into(), id.into());
         let body = serde_json::Value::Object(body);
@@ -438,18 +445,21 @@ impl ApiClient {
         .await
     }
 
-    /// upload.post, multipart form: metadata first, then the file's bytes (small files).
+    /// upload.post, multipart form: metadata (name and parse options) first, then the
+    /// file's bytes (small files).
     pub async fn post_upload_inline(
         &self,
         table: &str,
         name: &str,
         data: Bytes,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
-        let metadata = serde_json::to_vec(&serde_json::json!({ "name": name }))
-            .expect("upload metadata serializes to JSON");
+        let mut metadata = options.clone();
+        metadata.insert("name".into(), name.into());
+        let metadata = serde_json::to_vec(&metadata).expect("upload metadata serializes to JSON");
         // Only a hint in a part header: the name itself travels in the metadata JSON, and
         // a control character or quote would break the header (a name may hold a newline).
         let file_name: String = name
@@ -586,11 +596,18 @@ impl ApiClient {
     }
 }
 
-fn rate_limit_remaining(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("x-ratelimit-remaining")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+/// `X-RateLimit-Limit` and `X-RateLimit-Remaining`, where present and numeric.
+fn rate_limit_headers(headers: &HeaderMap) -> Announced {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Announced {
+        limit: number("x-ratelimit-limit"),
+        remaining: number("x-ratelimit-remaining"),
+    }
 }
 
 /// `host:port` of an http(s) URL (default ports filled in).
@@ -628,7 +645,7 @@ fn describe_status(what: &str, status: u16, body: &str) -> String {
     }
 }
 
-fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
@@ -645,7 +662,9 @@ fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
     }
 }
 
-fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(super) fn lenient_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),

@@ -1,9 +1,11 @@
 //! The Redivis backend: one local file becomes one upload in a Redivis table, exactly once.
+//! "Protocol §N" in this module and its children is `docs/protocols/redivis.md`.
 //!
 //! Modules: [`api`] (REST client, pacing, in-request retries), [`session`] (the resumable
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
-//! shared token bucket), [`names`] (escaping, collisions, the per-table name index),
-//! [`poll`] (batched status polls).
+//! shared budget of API requests), [`names`] (escaping, collisions, the per-table name
+//! index), [`poll`] (batched status polls), [`tables`] (a table's kind, a dataset's next
+//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
 //! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
@@ -75,10 +77,12 @@
 
 pub mod api;
 pub mod classify;
+pub mod files;
 pub mod names;
 pub mod poll;
 pub mod ratelimit;
 pub mod session;
+pub mod tables;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,14 +92,15 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiClient, RetryPolicy, UploadResource};
+use self::api::{ApiClient, ApiFields, RetryPolicy, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
+use self::tables::{TableKind, TableKinds};
 use super::backoff::Backoff;
 use super::chunk::FileReader;
-use super::{Disposition, UploadError, UploadJob, Uploaded};
+use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 use crate::net::{Bandwidth, HttpClient};
 
@@ -144,6 +149,8 @@ pub struct RedivisBackend {
     poller: Arc<Poller>,
     names: Arc<NameRegistry>,
     index: Arc<NameIndex>,
+    /// Which tables are file index tables ([`files`]).
+    kinds: Arc<TableKinds>,
     chunk_size: u64,
     flow: Flow,
     tuning: Arc<Tuning>,
@@ -197,7 +204,11 @@ impl RedivisBackend {
         config: &RedivisConfig,
         bandwidth: Arc<Bandwidth>,
     ) -> Result<RedivisBackend, String> {
-        RedivisBackend::with_tuning(config, Tuning::default(), bandwidth)
+        let tuning = Tuning {
+            pacer: PacerConfig::from_env(),
+            ..Tuning::default()
+        };
+        RedivisBackend::with_tuning(config, tuning, bandwidth)
     }
 
     pub fn with_tuning(
@@ -235,6 +246,7 @@ impl RedivisBackend {
             poller,
             names: Arc::new(NameRegistry::default()),
             index: Arc::new(NameIndex::new(tuning.name_index)),
+            kinds: Arc::new(TableKinds::default()),
             chunk_size: config.chunk_size,
             flow: match config.protocol {
                 RedivisProtocol::ResumableUpload => Flow::ResumableUpload,
@@ -249,11 +261,14 @@ impl RedivisBackend {
         self.api.requests()
     }
 
-    /// Checks that the folder's table is reachable with this token.
     /// Every upload in `table` that did not fail processing (all pages), for rebuilding
-    /// the ledger from the remote.
+    /// the ledger from the remote; a file index table's files, as uploads.
     pub async fn list_uploads(&self, table: &str) -> Result<Vec<api::UploadResource>, UploadError> {
         let cancel = CancellationToken::new();
+        if self.kinds.get(&self.api, table, &cancel).await? == TableKind::FileIndex {
+            let files = self.api.list_raw_files(table, &cancel).await?;
+            return Ok(files.into_iter().map(files::RawFile::as_upload).collect());
+        }
         let mut uploads = Vec::new();
         self.api
             .for_each_upload_page(table, &cancel, &mut |page| {
@@ -272,8 +287,12 @@ impl RedivisBackend {
             )));
         };
         let cancel = CancellationToken::new();
-        let Err(err) = self.api.list_uploads(table, 1, None, &cancel).await else {
-            return Ok(());
+        let err = match self.kinds.get(&self.api, table, &cancel).await {
+            Ok(kind) => {
+                log_table_kind(folder, table, kind);
+                return Ok(());
+            }
+            Err(err) => err,
         };
         let definitive = |message: String| Err(UploadError::permanent(message));
         match err.status {
@@ -299,7 +318,48 @@ impl RedivisBackend {
         }
     }
 
-    /// Uploads one file (module doc, steps 1–9).
+    /// The batch limits of `target`'s table: only a file index table (known to be one)
+    /// takes files in batches.
+    pub fn batch_limits(&self, target: &Target) -> Option<BatchLimits> {
+        let Target::RedivisTable(table) = target else {
+            return None;
+        };
+        (self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| self.file_batch_limits())
+    }
+
+    /// `table` or `file index table`, once the table was read.
+    pub fn target_kind(&self, target: &Target) -> Option<&'static str> {
+        match target {
+            Target::RedivisTable(table) => self.kinds.known(table).map(TableKind::label),
+            Target::KifsDirectory { .. } => None,
+        }
+    }
+
+    /// Uploads several files: in one batch when they all go to one file index table,
+    /// else one after the other.
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+        if let Some(table) = self.one_file_index_table(jobs) {
+            return self.upload_files(&table, jobs).await;
+        }
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(self.upload(job).await);
+        }
+        outcomes
+    }
+
+    /// The file index table every job goes to, if they all go to the same one.
+    fn one_file_index_table(&self, jobs: &[UploadJob]) -> Option<String> {
+        let first = &jobs.first()?.target;
+        let Target::RedivisTable(table) = first else {
+            return None;
+        };
+        let one_table = jobs.iter().all(|job| job.target == *first);
+        (one_table && self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| table.clone())
+    }
+
+    /// Uploads one file (module doc, steps 1–9; a file index table's file as [`files`]
+    /// says).
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
@@ -310,6 +370,11 @@ impl RedivisBackend {
                 )));
             }
         };
+        let cancel = job.shutdown.clone();
+        if self.kinds.get(&self.api, &table, &cancel).await? == TableKind::FileIndex {
+            let mut outcomes = self.upload_files(&table, std::slice::from_mut(job)).await;
+            return outcomes.pop().expect("one outcome per job");
+        }
         // 1. The name.
         let escaped = match self.names.claim(&table, &job.rel) {
             Ok(escaped) => escaped,
@@ -496,8 +561,17 @@ impl RedivisBackend {
                     }
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
+                    let options = job.redivis.parse.api_fields();
                     let posted = match self
-                        .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
+                        .post(
+                            table,
+                            &job.rel,
+                            reader.size,
+                            &md5,
+                            &finalize,
+                            &options,
+                            &cancel,
+                        )
                         .await
                     {
                         Err(UploadError::Remote {
@@ -628,6 +702,7 @@ impl RedivisBackend {
     /// upload.post; an answer lost on the way is reconciled through the list, never
     /// re-posted blindly. A name already taken in the table comes back as
     /// [`Posted::NameTaken`], whether the server refuses it or renames our upload.
+    #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
         table: &str,
@@ -635,6 +710,7 @@ impl RedivisBackend {
         size: u64,
         md5: &str,
         finalize: &Finalize,
+        options: &ApiFields,
         cancel: &CancellationToken,
     ) -> Result<Posted, UploadError> {
         let retry = self.api.retry_policy();
@@ -645,12 +721,12 @@ impl RedivisBackend {
             let posted = match finalize {
                 Finalize::Inline(data) => {
                     self.api
-                        .post_upload_inline(table, name, data.clone(), cancel)
+                        .post_upload_inline(table, name, data.clone(), options, cancel)
                         .await
                 }
                 Finalize::Session { flow, id } => {
                     self.api
-                        .post_upload(table, name, flow.id_field(), id, cancel)
+                        .post_upload(table, name, flow.id_field(), id, options, cancel)
                         .await
                 }
             };
@@ -722,8 +798,23 @@ impl RedivisBackend {
         reader: &FileReader,
         cancel: &CancellationToken,
     ) -> Result<(Finalize, String), UploadError> {
+        self.transfer_as(job, table, reader, self.flow, true, cancel)
+            .await
+    }
+
+    /// Step 4 in `flow`, small files inline when `inline` (file index tables take temp
+    /// uploads only).
+    async fn transfer_as(
+        &self,
+        job: &UploadJob,
+        table: &str,
+        reader: &FileReader,
+        flow: Flow,
+        inline: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
-        if size <= self.tuning.inline_max {
+        if inline && size <= self.tuning.inline_max {
             job.check_unchanged()?;
             let data = reader.read_at(0, size as usize).await?;
             job.check_unchanged()?;
@@ -731,7 +822,6 @@ impl RedivisBackend {
             return Ok((Finalize::Inline(data), md5));
         }
 
-        let flow = self.flow;
         let mut resume = match job.load_progress::<SessionState>()? {
             Some(saved) => match saved.unusable_for(
                 flow,
@@ -750,16 +840,7 @@ impl RedivisBackend {
             None => None,
         };
         let check = || job.check_unchanged();
-        let transfer = Transfer {
-            client: &self.sessions,
-            reader,
-            path: &job.path,
-            fingerprint: job.fingerprint,
-            chunk_size: self.chunk_size,
-            cancel,
-            live: &job.live,
-            check: &check,
-        };
+        let transfer = self.file_transfer(job, reader, &check, cancel);
         let mut persist = |state: &SessionState| job.save_progress(state);
         let mut rejected = 0;
         let mut restarts = 0;
@@ -828,6 +909,26 @@ impl RedivisBackend {
         }
     }
 
+    /// The session layer's view of `job`'s file, checked with `check` around each chunk.
+    fn file_transfer<'a>(
+        &'a self,
+        job: &'a UploadJob,
+        reader: &'a FileReader,
+        check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
+        cancel: &'a CancellationToken,
+    ) -> Transfer<'a> {
+        Transfer {
+            client: &self.sessions,
+            reader,
+            path: &job.path,
+            fingerprint: job.fingerprint,
+            chunk_size: self.chunk_size,
+            cancel,
+            live: &job.live,
+            check,
+        }
+    }
+
     async fn open_session(
         &self,
         flow: Flow,
@@ -872,6 +973,14 @@ impl RedivisBackend {
             confirmed_offset: 0,
             fingerprint: job.fingerprint,
         }))
+    }
+}
+
+/// The start-up line saying which kind of table a folder feeds.
+fn log_table_kind(folder: &FolderConfig, table: &str, kind: TableKind) {
+    tracing::info!(folder = %folder.path.display(), table, kind = kind.label(), "Redivis folder target");
+    if kind == TableKind::FileIndex && !folder.redivis.parse.is_empty() {
+        tracing::warn!(folder = %folder.path.display(), table, "redivis_options do not apply to a file index table: its files are stored as they are");
     }
 }
 

@@ -1,245 +1,350 @@
-//! Pacing of Redivis API requests: one token bucket shared by every worker of the backend.
+//! Pacing of Redivis API requests: one budget shared by every worker of the backend, kept
+//! so that the server never needs to answer 429 (protocol §3, §15).
 //!
-//! Redivis allows about 100 API requests per 100 s (protocol §3). The bucket starts full
-//! (capacity 100) and refills one token a second, so a burst is allowed but the long-run
-//! rate stays under the limit. The server's own count is better than our estimate (other
-//! clients may share the token's budget, and the window is the server's): every response's
-//! `X-RateLimit-Remaining`, less the requests still in flight, becomes the local token
-//! count, up as well as down. A server that reports no limit trouble is therefore not
-//! paced at 1/s, and a low remainder slows us at once. (With `follow_server` off, the
-//! server's count only caps the local tokens once it drops under a low-water mark.)
-//! A `429` blocks every API call until its `Retry-After` has passed. Session-URL PUTs are
-//! not API requests and are not paced.
+//! Redivis announces its limit on every answer (`X-RateLimit-Limit`, about 1,000 today,
+//! 100 in older docs) and what is left of it (`X-RateLimit-Remaining`), but not how long
+//! its window is. A client that spends its budget in a burst and then waits for a
+//! token-bucket refill would send the next request while the server still counts the
+//! burst: a 429. So the pacer keeps what the server keeps: the requests it counts, and
+//! when each stops counting. Session-URL PUTs are not API requests and are not paced.
+//!
+//! # The algorithm ([`Budget`], a pure state machine; time is passed in)
+//! 1. The limit is the latest `X-RateLimit-Limit` (100 until an answer says otherwise).
+//! 2. Sending a request takes one credit; it is in flight until its answer.
+//! 3. An answer enters the log with its time. When it carries `X-RateLimit-Remaining`,
+//!    the credits become what remains less the requests the server may have counted
+//!    after it counted this one: those still in flight, and those answered since this
+//!    one was sent (answers overtake each other). The log keeps only the newest `limit - remaining - in flight`
+//!    answers: the server counts no more of ours than that (the requests in flight may be
+//!    among them; their own answers log them).
+//! 4. A logged answer gives its credit back `window` after it arrived: by then the server
+//!    no longer counts it, as long as `window` is at least the server's window. `window`
+//!    starts at the longest window the docs have named (100 s).
+//! 5. A request may go when a credit is left; otherwise it waits for the next credit to
+//!    come back. With nothing logged and nothing in flight (another client spent the
+//!    budget), one request goes `window` after the last answer.
+//! 6. A 429 blocks every request until its `Retry-After` (a default pause without one),
+//!    after which one request may go. A 429 that carries the rate-limit headers (the
+//!    server's own limiter, not a proxy) also teaches the window: if the oldest logged
+//!    answer would have given its credit back before `Retry-After` ends, the window is
+//!    longer than assumed, and grows to match.
+//! 7. An answer that never came (transport error, cancellation) is logged like one that
+//!    did: the server may have counted the request.
+//!
+//! A server window shorter than `window` only costs speed (at most `limit` requests per
+//! `window`), never a 429; a fixed window (reset every interval) is as safe as a sliding
+//! one, since no span of `window` holds more than `limit` requests.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Token bucket parameters (internal; tests use small numbers).
+/// Pacing parameters (internal; tests use small numbers).
 #[derive(Debug, Clone, Copy)]
 pub struct PacerConfig {
-    pub capacity: f64,
-    pub refill_per_sec: f64,
-    /// Below this server-reported remainder, local tokens are capped to it.
-    pub low_water: u64,
+    /// The limit until an answer announces one.
+    pub initial_limit: u64,
+    /// How long the server counts a request, until a 429 shows it counts longer.
+    pub window: Duration,
     /// Pause after a 429 that carries no usable `Retry-After`.
     pub default_block: Duration,
-    /// Take the server's `X-RateLimit-Remaining` as the token count (see the module doc).
-    pub follow_server: bool,
 }
 
 impl Default for PacerConfig {
     fn default() -> Self {
         PacerConfig {
-            capacity: 100.0,
-            refill_per_sec: 1.0,
-            low_water: 10,
+            initial_limit: 100,
+            window: Duration::from_secs(100),
             default_block: Duration::from_secs(10),
-            follow_server: true,
         }
     }
 }
 
-#[derive(Debug)]
-struct State {
-    tokens: f64,
-    refilled_at: Instant,
-    blocked_until: Option<Instant>,
-    in_flight: u64,
+/// Environment variable setting [`PacerConfig::window`] (a duration such as `5s`), for
+/// tests whose emulator counts over a short window; not meant for production.
+pub const RATE_WINDOW_ENV: &str = "UPSYNC_REDIVIS_RATE_WINDOW";
+
+impl PacerConfig {
+    /// The defaults, with the window of [`RATE_WINDOW_ENV`] when it is set.
+    pub fn from_env() -> PacerConfig {
+        let mut config = PacerConfig::default();
+        if let Some(value) = std::env::var_os(RATE_WINDOW_ENV) {
+            match humantime::parse_duration(&value.to_string_lossy()) {
+                Ok(window) if !window.is_zero() => {
+                    tracing::warn!(window = %humantime::format_duration(window), "{RATE_WINDOW_ENV} sets the Redivis rate-limit window");
+                    config.window = window;
+                }
+                _ => tracing::warn!("ignoring {RATE_WINDOW_ENV}: not a positive duration"),
+            }
+        }
+        config
+    }
 }
 
+/// What an answer's `X-RateLimit-*` headers announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+}
+
+impl Announced {
+    pub fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.remaining.is_none()
+    }
+}
+
+/// The budget (module doc, steps 1–7).
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    window: Duration,
+    default_block: Duration,
+    /// May go negative when the server reports less than we thought we had.
+    credits: i64,
+    /// The requests sent and not answered yet: sequence number → [`Self::answers`] when
+    /// it was sent.
+    in_flight: BTreeMap<u64, u64>,
+    next_seq: u64,
+    /// Answers (and losses) so far.
+    answers: u64,
+    /// Arrival times of the answers the server may still count, oldest first.
+    log: VecDeque<Instant>,
+    last_answer: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+impl Budget {
+    pub fn new(config: PacerConfig) -> Budget {
+        Budget {
+            limit: config.initial_limit,
+            window: config.window,
+            default_block: config.default_block,
+            credits: config.initial_limit as i64,
+            in_flight: BTreeMap::new(),
+            next_seq: 0,
+            answers: 0,
+            log: VecDeque::new(),
+            last_answer: None,
+            blocked_until: None,
+        }
+    }
+
+    /// The window currently assumed (it only grows, step 6).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Step 5: takes a credit for a request sent now and gives its sequence number, or
+    /// says when to ask again (`None`: when an answer arrives).
+    pub fn try_take(&mut self, now: Instant) -> Result<u64, Option<Instant>> {
+        if let Some(until) = self.blocked_until {
+            if until > now {
+                return Err(Some(until));
+            }
+            self.blocked_until = None;
+            self.credits = self.credits.max(1);
+        }
+        self.give_back(now);
+        if self.credits >= 1 {
+            self.credits -= 1;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.in_flight.insert(seq, self.answers);
+            return Ok(seq);
+        }
+        Err(self.next_credit_at())
+    }
+
+    /// Step 4 (and the fallback of step 5): credits of answers older than the window.
+    fn give_back(&mut self, now: Instant) {
+        while let Some(&oldest) = self.log.front() {
+            if now < oldest + self.window {
+                break;
+            }
+            self.log.pop_front();
+            self.credits = (self.credits + 1).min(self.limit as i64);
+        }
+        let all_expired = self
+            .last_answer
+            .is_some_and(|last| now >= last + self.window);
+        if self.credits < 1 && self.in_flight.is_empty() && self.log.is_empty() && all_expired {
+            self.credits = 1;
+        }
+    }
+
+    fn next_credit_at(&self) -> Option<Instant> {
+        let missing = usize::try_from(1 - self.credits).unwrap_or(usize::MAX);
+        match self.log.get(missing - 1) {
+            Some(&at) => Some(at + self.window),
+            None if !self.in_flight.is_empty() => None,
+            None => Some(
+                self.last_answer
+                    .map_or(Instant::now(), |last| last + self.window),
+            ),
+        }
+    }
+
+    /// Steps 1 and 3: request `seq` got an answer other than 429.
+    pub fn answered(&mut self, now: Instant, seq: u64, announced: Announced) {
+        let answers_before = self.finish(seq);
+        self.last_answer = Some(now);
+        if let Some(limit) = announced.limit.filter(|&limit| limit > 0) {
+            self.limit = limit;
+        }
+        self.log.push_back(now);
+        match announced.remaining {
+            Some(remaining) => {
+                let uncounted = self.answers - answers_before - 1 + self.in_flight.len() as u64;
+                self.credits = remaining as i64 - uncounted as i64;
+                // Requests in flight may be among the counted ones: keeping their places
+                // for answers the server may have let go would give credits back twice.
+                let counted =
+                    self.limit
+                        .saturating_sub(remaining)
+                        .saturating_sub(self.in_flight.len() as u64) as usize;
+                while self.log.len() > counted {
+                    self.log.pop_front();
+                }
+            }
+            None => {
+                while self.log.len() > self.limit as usize {
+                    self.log.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Ends request `seq`; returns how many answers had come when it was sent.
+    fn finish(&mut self, seq: u64) -> u64 {
+        self.answers += 1;
+        self.in_flight.remove(&seq).unwrap_or(self.answers - 1)
+    }
+
+    /// Step 7: request `seq` ended without an answer.
+    pub fn lost(&mut self, now: Instant, seq: u64) {
+        self.answered(now, seq, Announced::default());
+    }
+
+    /// Step 6: request `seq` got a 429; `announced` are its rate-limit headers, if any.
+    pub fn refused(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        retry_after: Option<Duration>,
+        announced: Announced,
+    ) {
+        self.finish(seq);
+        if let Some(limit) = announced.limit.filter(|&limit| limit > 0) {
+            self.limit = limit;
+        }
+        let pause = retry_after.unwrap_or(self.default_block);
+        let until = now + pause;
+        if retry_after.is_some()
+            && !announced.is_empty()
+            && let Some(&oldest) = self.log.front()
+            && oldest + self.window < until
+        {
+            // Our answer came after the server counted the request: a second covers that.
+            let longer = until - oldest + Duration::from_secs(1);
+            tracing::info!(
+                assumed_s = self.window.as_secs_f64(),
+                learned_s = longer.as_secs_f64(),
+                "the Redivis rate-limit window is longer than assumed; pacing to it"
+            );
+            self.window = longer;
+        }
+        self.credits = self.credits.min(0);
+        self.blocked_until = Some(match self.blocked_until {
+            Some(current) if current > until => current,
+            _ => until,
+        });
+    }
+}
+
+/// The budget shared by the backend's workers, with waiting.
 #[derive(Debug)]
 pub struct Pacer {
-    config: PacerConfig,
-    state: Mutex<State>,
+    budget: Mutex<Budget>,
+    answers: Notify,
 }
 
 impl Pacer {
     pub fn new(config: PacerConfig) -> Pacer {
         Pacer {
-            config,
-            state: Mutex::new(State {
-                tokens: config.capacity,
-                refilled_at: Instant::now(),
-                blocked_until: None,
-                in_flight: 0,
-            }),
+            budget: Mutex::new(Budget::new(config)),
+            answers: Notify::new(),
         }
     }
 
-    /// Waits until one API request may be sent, and takes its token. The permit counts
-    /// the request as in flight until it is finished (or dropped).
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().expect("pacer lock is not poisoned")
+    }
+
+    /// Waits until one API request may be sent, and takes its credit. The permit counts
+    /// the request as in flight until it is answered (or dropped).
     pub async fn acquire(&self) -> Permit<'_> {
         loop {
-            let wait = {
-                let mut state = self.state.lock().expect("pacer lock is not poisoned");
-                let now = Instant::now();
-                self.refill(&mut state, now);
-                match state.blocked_until {
-                    Some(until) if until > now => until - now,
-                    _ => {
-                        state.blocked_until = None;
-                        if state.tokens >= 1.0 {
-                            state.tokens -= 1.0;
-                            state.in_flight += 1;
-                            return Permit { pacer: self };
-                        }
-                        Duration::from_secs_f64((1.0 - state.tokens) / self.config.refill_per_sec)
+            // Registered before the check, so an answer between the two is not missed.
+            let answered = self.answers.notified();
+            let wait = match self.budget().try_take(Instant::now()) {
+                Ok(seq) => return Permit { pacer: self, seq },
+                Err(wait) => wait,
+            };
+            match wait {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = answered => {}
                     }
                 }
-            };
-            tokio::time::sleep(wait).await;
+                None => answered.await,
+            }
         }
     }
 
-    /// Takes the server's `X-RateLimit-Remaining` of a response into account.
-    fn observe_remaining(&self, state: &mut State, remaining: u64) {
-        let available = remaining.saturating_sub(state.in_flight) as f64;
-        if self.config.follow_server {
-            state.tokens = available.min(self.config.capacity);
-        } else if remaining < self.config.low_water {
-            state.tokens = state.tokens.min(available);
-        }
-    }
-
-    fn finish(&self, remaining: Option<u64>) {
-        let mut state = self.state.lock().expect("pacer lock is not poisoned");
-        self.refill(&mut state, Instant::now());
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if let Some(remaining) = remaining {
-            self.observe_remaining(&mut state, remaining);
-        }
-    }
-
-    /// A 429: no API call until `retry_after` (or the default pause) has passed.
-    pub fn block(&self, retry_after: Option<Duration>) {
-        let pause = retry_after.unwrap_or(self.config.default_block);
-        let mut state = self.state.lock().expect("pacer lock is not poisoned");
-        let until = Instant::now() + pause;
-        state.tokens = 0.0;
-        state.blocked_until = Some(match state.blocked_until {
-            Some(current) if current > until => current,
-            _ => until,
-        });
-    }
-
-    fn refill(&self, state: &mut State, now: Instant) {
-        let elapsed = now
-            .saturating_duration_since(state.refilled_at)
-            .as_secs_f64();
-        state.tokens =
-            (state.tokens + elapsed * self.config.refill_per_sec).min(self.config.capacity);
-        state.refilled_at = now;
+    /// The window the pacer currently assumes.
+    pub fn window(&self) -> Duration {
+        self.budget().window()
     }
 }
 
 /// One paced request in flight.
-#[must_use = "a permit counts its request as in flight until finished"]
+#[must_use = "a permit counts its request as in flight until it is answered"]
 pub struct Permit<'a> {
     pacer: &'a Pacer,
+    seq: u64,
 }
 
 impl Permit<'_> {
-    /// The request got an answer carrying `X-RateLimit-Remaining` (if any).
-    pub fn finish(self, remaining: Option<u64>) {
-        self.pacer.finish(remaining);
+    /// The request got an answer other than 429, with these rate-limit headers.
+    pub fn answered(self, announced: Announced) {
+        self.pacer
+            .budget()
+            .answered(Instant::now(), self.seq, announced);
+        self.pacer.answers.notify_waiters();
+        std::mem::forget(self);
+    }
+
+    /// The request got a 429.
+    pub fn refused(self, retry_after: Option<Duration>, announced: Announced) {
+        self.pacer
+            .budget()
+            .refused(Instant::now(), self.seq, retry_after, announced);
+        self.pacer.answers.notify_waiters();
         std::mem::forget(self);
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        // No answer (transport error, cancellation): the request is no longer in flight.
-        self.pacer.finish(None);
+        self.pacer.budget().lost(Instant::now(), self.seq);
+        self.pacer.answers.notify_waiters();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    // Real (short) time: the crate does not enable tokio's paused test clock.
-    use super::*;
-
-    fn small() -> PacerConfig {
-        PacerConfig {
-            capacity: 3.0,
-            refill_per_sec: 20.0,
-            low_water: 2,
-            default_block: Duration::from_millis(300),
-            follow_server: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_full_bucket_allows_a_burst_then_paces_at_the_refill_rate() {
-        let pacer = Pacer::new(small());
-        let start = Instant::now();
-        for _ in 0..3 {
-            pacer.acquire().await.finish(None);
-        }
-        assert!(
-            start.elapsed() < Duration::from_millis(40),
-            "the burst is not delayed"
-        );
-        for _ in 0..4 {
-            pacer.acquire().await.finish(None);
-        }
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(190) && elapsed < Duration::from_millis(600),
-            "four more requests take four refill intervals (4 x 50 ms), took {elapsed:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_429_blocks_every_caller_until_retry_after() {
-        let pacer = Pacer::new(small());
-        let start = Instant::now();
-        pacer.block(Some(Duration::from_millis(300)));
-        let _permit = pacer.acquire().await;
-        assert!(start.elapsed() >= Duration::from_millis(300));
-        // A shorter block does not shorten a longer one; no Retry-After = the default.
-        let again = Instant::now();
-        pacer.block(Some(Duration::from_millis(250)));
-        pacer.block(Some(Duration::from_millis(10)));
-        let _permit = pacer.acquire().await;
-        assert!(again.elapsed() >= Duration::from_millis(250));
-        let third = Instant::now();
-        pacer.block(None);
-        let _permit = pacer.acquire().await;
-        assert!(third.elapsed() >= Duration::from_millis(300));
-    }
-
-    #[tokio::test]
-    async fn a_low_server_remainder_caps_the_local_tokens() {
-        let pacer = Pacer::new(small());
-        pacer.acquire().await.finish(Some(10)); // above low water: ignored
-        let start = Instant::now();
-        pacer.acquire().await.finish(Some(0));
-        assert!(start.elapsed() < Duration::from_millis(40));
-        let start = Instant::now();
-        drop(pacer.acquire().await);
-        assert!(start.elapsed() >= Duration::from_millis(45));
-    }
-
-    #[tokio::test]
-    async fn following_the_server_lifts_and_lowers_the_tokens_minus_requests_in_flight() {
-        let pacer = Pacer::new(PacerConfig {
-            follow_server: true,
-            ..small()
-        });
-        let start = Instant::now();
-        // The server keeps saying 3 are left: never paced, far beyond the bucket's 3.
-        for _ in 0..20 {
-            pacer.acquire().await.finish(Some(3));
-        }
-        assert!(start.elapsed() < Duration::from_millis(40));
-        // One request still in flight when the server says 1 is left: nothing is.
-        let in_flight = pacer.acquire().await;
-        pacer.acquire().await.finish(Some(1));
-        let start = Instant::now();
-        pacer.acquire().await.finish(None);
-        assert!(start.elapsed() >= Duration::from_millis(45));
-        drop(in_flight);
-    }
-}
+mod tests;

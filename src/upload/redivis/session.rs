@@ -348,7 +348,11 @@ impl<'a> Attempts<'a> {
     }
 }
 
-async fn sleep_or_shutdown(sleep: Duration, cancel: &CancellationToken) -> Result<(), UploadError> {
+/// Sleeps `sleep`, or ends early with [`UploadError::Shutdown`] when shutdown is asked.
+pub async fn sleep_or_shutdown(
+    sleep: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), UploadError> {
     tokio::select! {
         _ = cancel.cancelled() => Err(UploadError::Shutdown),
         _ = tokio::time::sleep(sleep) => Ok(()),
