@@ -216,6 +216,7 @@ fn world(plan: &Plan) -> World {
 state_dir = "state"
 concurrency = 4
 shutdown_timeout = "5s"
+retry_max_delay = "5s"
 [kifs]
 url = "{kifs}"
 [redivis]
@@ -247,9 +248,7 @@ settle = "1s"
 
 fn start_daemon(w: &World) -> DaemonProcess {
     DaemonProcess::start_with(&w.config, |cmd| {
-        cmd.env(TOKEN_ENV, TOKEN)
-            .env("UPSYNC_JOB_RETRY_MAX", "5s")
-            .env("RUST_LOG", "info");
+        cmd.env(TOKEN_ENV, TOKEN).env("RUST_LOG", "info");
     })
 }
 

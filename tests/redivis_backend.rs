@@ -14,9 +14,9 @@ use upsync::config::{FolderConfig, RedivisConfig, RedivisProtocol, Secret, Targe
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
 use upsync::queue::{FileKey, Store};
-use upsync::upload::redivis::api::RetryPolicy;
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::{INLINE_UPLOAD_MAX, RedivisBackend, Tuning};
+use upsync::upload::retry::{CallScope, RetryPolicy};
 use upsync::upload::{Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
 
 const TABLE: &str = "owner.dataset:next.table";
@@ -33,13 +33,17 @@ struct Harness {
 }
 
 /// Fast retries and polls; small files go through sessions unless a test says otherwise.
+/// Faults here are scripted per request, so the remote is never judged down by them (the
+/// daemon's end-to-end tests cover that).
 fn tuning() -> Tuning {
     Tuning {
         retry: RetryPolicy {
             attempts: 6,
             base: Duration::from_millis(20),
             max: Duration::from_millis(200),
+            budget: Duration::from_secs(30),
         },
+        down_after: u32::MAX,
         poll: PollConfig {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
@@ -879,12 +883,13 @@ async fn shutdown_interrupts_a_retry_pause_at_once() {
             attempts: 8,
             base: Duration::from_secs(5),
             max: Duration::from_secs(10),
+            budget: Duration::from_secs(60),
         },
         ..tuning()
     };
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, slow);
     let mut job = h.claim("paused.csv");
-    let shutdown = job.shutdown.clone();
+    let shutdown = job.scope.stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         shutdown.cancel();
@@ -1309,7 +1314,7 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
     let h = Harness::start(|o| o.redivis.strict_tables = true).await;
     let backend = h.backend();
     let err = backend
-        .prepare_folder(&folder("nobody.nothing:next.none"))
+        .prepare_folder(&folder("nobody.nothing:next.none"), &CallScope::default())
         .await
         .unwrap_err()
         .to_string();
@@ -1323,12 +1328,18 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    backend.prepare_folder(&folder(TABLE)).await.unwrap();
+    backend
+        .prepare_folder(&folder(TABLE), &CallScope::default())
+        .await
+        .unwrap();
 
     let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
     config.token = Secret::new("wrong-token");
     let wrong = RedivisBackend::with_tuning(&config, tuning()).unwrap();
-    let err = wrong.prepare_folder(&folder(TABLE)).await.unwrap_err();
+    let err = wrong
+        .prepare_folder(&folder(TABLE), &CallScope::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -1392,7 +1403,7 @@ async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress()
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(
-        logs.contains("retrying Redivis API request") && logs.contains("resuming chunk upload"),
+        logs.contains("\"Redivis API request\"") && logs.contains("\"chunk upload\""),
         "the retries were logged: {logs}"
     );
     let texts = [

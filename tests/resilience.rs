@@ -14,7 +14,7 @@
 //!   database (then `--rebuild-state`), an unreadable file, a watched folder missing at
 //!   start or deleted and recreated, two daemons on one `state_dir`.
 //!
-//! Outage tests cap job-level retry delays with `UPSYNC_JOB_RETRY_MAX` so they finish in CI
+//! Outage tests cap job-level retry delays with `retry_max_delay` so they finish in CI
 //! time; `UPSYNC_OUTAGE_SECS` lengthens the outage (default 30 s).
 
 mod common;
@@ -286,10 +286,11 @@ fn outage() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The config of the outage tests: job-level retries at most 8 s apart.
+const OUTAGE_CONFIG: &str = "retry_max_delay = \"8s\"";
+
 fn outage_daemon(config: &Path) -> DaemonProcess {
-    DaemonProcess::start_with(config, |cmd| {
-        cmd.env("UPSYNC_JOB_RETRY_MAX", "8s");
-    })
+    DaemonProcess::start(config)
 }
 
 /// Reads the jobs straight from the state database of a stopped daemon.
@@ -319,7 +320,7 @@ fn all_arrived(s: &Setup, files: &[PathBuf]) -> bool {
 
 #[test]
 fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
-    let mut s = Setup::new(&["--fail-rate", "1.0", "--seed", "3"], "");
+    let mut s = Setup::new(&["--fail-rate", "1.0", "--seed", "3"], OUTAGE_CONFIG);
     let files = write_batch(&s, 6, "o");
     let mut daemon = outage_daemon(&s.config);
     wait_running(&daemon, 1);
@@ -367,7 +368,7 @@ fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
 
 #[test]
 fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
-    let mut s = Setup::new(&[], "");
+    let mut s = Setup::new(&[], OUTAGE_CONFIG);
     let early = write_batch(&s, 3, "early");
     let mut daemon = outage_daemon(&s.config);
     wait_until(Duration::from_secs(30), "the early files", || {
@@ -384,7 +385,7 @@ fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
     std::thread::sleep(outage().saturating_sub(started.elapsed()));
     // Every failed request is logged once: in-request retries and job-level retries.
     let log = daemon.log_text();
-    let failures = log.matches("retrying KiFS request").count()
+    let failures = log.matches("retrying a request").count()
         + log.matches("upload failed; will retry").count();
     let seconds = started.elapsed().as_secs();
     let bound = 15 * files.len() as u64 * seconds.div_ceil(30) + 20;

@@ -145,6 +145,7 @@ impl Fleet {
                 live: Arc::clone(&self.live),
                 metrics: Arc::clone(&self.metrics),
                 stop_claiming: self.generation.clone(),
+                stopping: self.stop_claiming.clone(),
                 interrupt: self.interrupt.clone(),
             };
             self.workers.push(tokio::spawn(worker.run()));
@@ -369,7 +370,10 @@ async fn check_remote(backends: &Backends, folder: &FolderConfig) -> Result<(), 
             folder.path.display()
         ));
     };
-    match backend.prepare_folder(folder).await {
+    match backend
+        .prepare_folder(folder, &crate::upload::retry::CallScope::default())
+        .await
+    {
         Ok(()) => Ok(()),
         Err(UploadError::Remote {
             disposition: Disposition::Permanent,

@@ -462,7 +462,10 @@ async fn prepare_folders(config: &Config, backends: &Backends) -> Result<(), Dae
         let Some(backend) = backends.for_target(&folder.target) else {
             continue;
         };
-        match backend.prepare_folder(folder).await {
+        match backend
+            .prepare_folder(folder, &crate::upload::retry::CallScope::default())
+            .await
+        {
             Ok(()) => {}
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,

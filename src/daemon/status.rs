@@ -15,7 +15,9 @@
 //!   "in_flight": [ { "path": "/data/x/big.bin", "folder": "/data/x",
 //!                    "bytes_done": 1048576, "bytes_total": 4194304,
 //!                    "elapsed_s": 12, "rate_bytes_per_s": 87381 | null,
-//!                    "eta_s": 36 | null } ],
+//!                    "eta_s": 36 | null,
+//!                    "retrying": { "attempt": 2, "next_in_s": 3,
+//!                                  "last_error": "…" } | null } ],
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
 //!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
 //!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
@@ -27,6 +29,10 @@
 //! - `rate_bytes_per_s` is the average over the current attempt (bytes the remote
 //!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
 //!   it moved past where it resumed. `eta_s` follows from it.
+//! - `in_flight[].retrying`: the request the upload is retrying in place (failed tries so
+//!   far, seconds until the next one, the last error); `null` while it is not retrying.
+//!   The text report then shows "retrying (attempt n, next in Ns): last error" instead of
+//!   the rate and ETA.
 //! - `in_flight` is empty when the daemon is stopped.
 
 use std::collections::BTreeMap;
@@ -86,6 +92,17 @@ pub struct InFlight {
     pub rate_bytes_per_s: Option<u64>,
     #[serde(default)]
     pub eta_s: Option<u64>,
+    #[serde(default)]
+    pub retrying: Option<InPlaceRetry>,
+}
+
+/// An in-flight upload's request being retried in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlaceRetry {
+    /// Failed tries so far.
+    pub attempt: u32,
+    pub next_in_s: u64,
+    pub last_error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +245,14 @@ impl InFlightRegistry {
                     elapsed_s: now.duration_since(entry.started).as_secs(),
                     rate_bytes_per_s: rate.map(|r| r as u64),
                     eta_s: rate.map(|r| (total.saturating_sub(done) as f64 / r).ceil() as u64),
+                    retrying: entry.start.live.retry().map(|note| InPlaceRetry {
+                        attempt: note.attempt,
+                        next_in_s: note
+                            .next_at
+                            .duration_since(SystemTime::now())
+                            .map_or(0, |left| left.as_secs_f64().ceil() as u64),
+                        last_error: note.last_error,
+                    }),
                 }
             })
             .collect()
@@ -408,6 +433,24 @@ fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(crate::queue::from_ms(ms)).to_string()
 }
 
+/// How an in-flight upload is doing: its rate and ETA, or the retry it waits for.
+fn pace(upload: &InFlight) -> String {
+    if let Some(retry) = &upload.retrying {
+        return format!(
+            "retrying (attempt {}, next in {}s): {}",
+            retry.attempt, retry.next_in_s, retry.last_error
+        );
+    }
+    let rate = upload.rate_bytes_per_s.map_or_else(
+        || "rate unknown yet".to_string(),
+        |r| format!("{}/s", bytesize::ByteSize(r)),
+    );
+    let eta = upload
+        .eta_s
+        .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
+    format!("{rate}{eta}")
+}
+
 /// The human-readable form of a report.
 pub fn render_text(report: &StatusReport) -> String {
     use std::fmt::Write;
@@ -447,19 +490,13 @@ pub fn render_text(report: &StatusReport) -> String {
             } else {
                 upload.bytes_done as f64 * 100.0 / upload.bytes_total as f64
             };
-            let rate = upload.rate_bytes_per_s.map_or_else(
-                || "rate unknown yet".to_string(),
-                |r| format!("{}/s", bytesize::ByteSize(r)),
-            );
-            let eta = upload
-                .eta_s
-                .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
             let _ = writeln!(
                 out,
-                "  {} {}/{} ({percent:.0}%), {rate}{eta}",
+                "  {} {}/{} ({percent:.0}%), {}",
                 upload.path,
                 bytesize::ByteSize(upload.bytes_done),
-                bytesize::ByteSize(upload.bytes_total)
+                bytesize::ByteSize(upload.bytes_total),
+                pace(upload)
             );
         }
     }
@@ -541,6 +578,29 @@ mod tests {
         live.set(9_000_100, 10_000_000);
         let rate = registry.snapshot()[0].rate_bytes_per_s.unwrap();
         assert!(rate <= 600, "{rate}");
+    }
+
+    #[test]
+    fn an_upload_retrying_in_place_shows_the_retry_instead_of_a_rate() {
+        let registry = InFlightRegistry::default();
+        let live = Arc::new(LiveProgress::default());
+        live.set(100, 1000);
+        registry.insert(JobId(1), start(&live, false));
+        live.note_retry(crate::upload::RetryNote {
+            attempt: 2,
+            next_at: SystemTime::now() + std::time::Duration::from_millis(2500),
+            last_error: "KiFS /upload/files: HTTP 503".into(),
+        });
+        let upload = &registry.snapshot()[0];
+        let retry = upload.retrying.as_ref().expect("the retry is shown");
+        assert_eq!(retry.attempt, 2);
+        assert_eq!(retry.next_in_s, 3);
+        assert_eq!(
+            pace(upload),
+            "retrying (attempt 2, next in 3s): KiFS /upload/files: HTTP 503"
+        );
+        live.clear_retry();
+        assert!(registry.snapshot()[0].retrying.is_none());
     }
 
     #[test]

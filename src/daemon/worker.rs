@@ -18,37 +18,16 @@ use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
 use crate::queue::{Completed, Job, Store, to_ms};
 use crate::upload::backoff::delay_bound;
+use crate::upload::retry::CallScope;
 use crate::upload::{Backend, LiveProgress, UploadError, UploadJob, Uploaded};
 
-/// Job-level retry delays: 5 s doubling up to an hour, so an outage of any length ends in a
-/// retry within the hour after it, without a hot loop.
+/// The first job-level retry delay; it doubles up to the config's `retry_max_delay`. A
+/// remote that comes back makes every waiting job of its folders due at once, so the cap
+/// only bounds how often a file the remote keeps refusing is tried.
 const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
-const JOB_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Why a job whose folder left the configuration fails; the job is queued again when the
 /// folder comes back (see `fleet`).
 pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configuration";
-/// Environment variable lowering [`JOB_RETRY_MAX`] (a duration such as `10s`), so that
-/// tests of long outages finish in CI time; not meant for production.
-pub const JOB_RETRY_MAX_ENV: &str = "UPSYNC_JOB_RETRY_MAX";
-
-fn job_retry_max() -> Duration {
-    static MAX: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        let Some(value) = std::env::var_os(JOB_RETRY_MAX_ENV) else {
-            return JOB_RETRY_MAX;
-        };
-        match humantime::parse_duration(&value.to_string_lossy()) {
-            Ok(max) => {
-                tracing::warn!(max = %humantime::format_duration(max), "{JOB_RETRY_MAX_ENV} caps job-level retry delays");
-                max.min(JOB_RETRY_MAX)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "ignoring {JOB_RETRY_MAX_ENV}: not a duration");
-                JOB_RETRY_MAX
-            }
-        }
-    })
-}
 
 /// How long an idle worker sleeps when nothing wakes it, to pick up due retries.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -77,8 +56,10 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
-    /// Stops claiming new jobs.
+    /// Stops claiming new jobs (this generation of workers).
     pub stop_claiming: CancellationToken,
+    /// Cancelled when the daemon starts stopping: in-place retry pauses end at once.
+    pub stopping: CancellationToken,
     /// Asks in-flight uploads to checkpoint and return.
     pub interrupt: CancellationToken,
 }
@@ -347,7 +328,11 @@ impl Worker {
             previous,
             self.store.clone(),
             live,
-            self.interrupt.clone(),
+            CallScope {
+                stop: self.stopping.clone(),
+                checkpoint: self.interrupt.clone(),
+                entries: Vec::new(),
+            },
         );
         Some(Prepared {
             upload,
@@ -425,7 +410,7 @@ impl Worker {
                     } => *after,
                     _ => None,
                 };
-                let bound = delay_bound(JOB_RETRY_BASE, job_retry_max(), job.attempts);
+                let bound = delay_bound(JOB_RETRY_BASE, self.config.retry_max_delay, job.attempts);
                 let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
                 let delay = after.map_or(jittered, |after| after.max(jittered));
                 let class = match &err {

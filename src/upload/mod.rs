@@ -1,4 +1,5 @@
-//! Uploading one file: the backend interface, error dispositions, chunked reading and backoff.
+//! Uploading one file: the backend interface, error dispositions, chunked reading, the
+//! in-place retry policy and the health of each remote.
 //!
 //! A backend turns a claimed job into remote state. It reads the file through
 //! [`chunk::FileReader`] (which notices a file that changes or vanishes under it), persists
@@ -10,21 +11,24 @@
 
 pub mod backoff;
 pub mod chunk;
+pub mod health;
 pub mod kifs;
 pub mod redivis;
+pub mod retry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{JobId, LedgerEntry, Store, StoreError};
+use retry::CallScope;
 
 /// What to do about a failed remote request (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,17 +94,47 @@ pub struct Uploaded {
     pub md5: Option<String>,
 }
 
-/// Bytes sent so far for an in-flight upload, read by the status endpoint.
+/// Bytes sent so far for an in-flight upload, and the in-place retry it is waiting for, if
+/// any; read by the status endpoint.
 #[derive(Debug, Default)]
 pub struct LiveProgress {
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
+    retry: Mutex<Option<RetryNote>>,
+}
+
+/// An in-place retry an upload is waiting for ([`retry::Attempts::pause`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNote {
+    /// Failed tries of the request so far.
+    pub attempt: u32,
+    pub next_at: SystemTime,
+    pub last_error: String,
 }
 
 impl LiveProgress {
     pub fn set(&self, done: u64, total: u64) {
         self.bytes_done.store(done, Ordering::Relaxed);
         self.bytes_total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn note_retry(&self, note: RetryNote) {
+        *self.retry_lock() = Some(note);
+    }
+
+    pub fn clear_retry(&self) {
+        *self.retry_lock() = None;
+    }
+
+    pub fn retry(&self) -> Option<RetryNote> {
+        self.retry_lock().clone()
+    }
+
+    fn retry_lock(&self) -> std::sync::MutexGuard<'_, Option<RetryNote>> {
+        // A plain value: a panicking holder cannot leave it half-changed.
+        self.retry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -119,7 +153,8 @@ pub struct UploadJob {
     /// What the ledger holds for this path from an earlier upload, if anything.
     pub previous: Option<LedgerEntry>,
     pub live: Arc<LiveProgress>,
-    pub shutdown: CancellationToken,
+    /// When pauses end and transfers checkpoint; its `live` is this job's entry.
+    pub scope: CallScope,
     store: Store,
 }
 
@@ -135,8 +170,12 @@ impl UploadJob {
         previous: Option<LedgerEntry>,
         store: Store,
         live: Arc<LiveProgress>,
-        shutdown: CancellationToken,
+        scope: impl Into<CallScope>,
     ) -> UploadJob {
+        let scope = CallScope {
+            entries: vec![Arc::clone(&live)],
+            ..scope.into()
+        };
         UploadJob {
             id,
             path,
@@ -146,7 +185,7 @@ impl UploadJob {
             finalize_started,
             previous,
             live,
-            shutdown,
+            scope,
             store,
         }
     }
@@ -201,8 +240,9 @@ impl UploadJob {
         }
     }
 
+    /// True once the transfer should checkpoint and return.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.scope.interrupted()
     }
 }
 
@@ -223,13 +263,36 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Checks, once at start, that the remote can take this folder's files (directory
-    /// exists and is writable, table reachable), creating what the config asks for. A
-    /// `Permanent` error means the folder cannot work until the config or the remote changes.
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
+    /// Checks that the remote can take this folder's files (directory exists and is
+    /// writable, table reachable), creating what the config asks for. A `Permanent` error
+    /// means the folder cannot work until the config or the remote changes.
+    pub async fn prepare_folder(
+        &self,
+        folder: &FolderConfig,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
         match self {
-            Backend::Kifs(backend) => backend.prepare_folder(folder).await,
-            Backend::Redivis(backend) => backend.prepare_folder(folder).await,
+            Backend::Kifs(backend) => backend.prepare_folder(folder, scope).await,
+            Backend::Redivis(backend) => backend.prepare_folder(folder, scope).await,
+        }
+    }
+
+    /// The health of this backend's remote.
+    pub fn health(&self) -> &Arc<health::RemoteHealth> {
+        match self {
+            Backend::Kifs(backend) => backend.health(),
+            Backend::Redivis(backend) => backend.health(),
+        }
+    }
+
+    /// One cheap, unretried request to the remote, about `target`: `Ok` when it answers.
+    pub async fn probe(&self, target: &Target) -> Result<(), String> {
+        match (self, target) {
+            (Backend::Kifs(backend), Target::KifsDirectory { directory, .. }) => {
+                backend.probe(directory).await
+            }
+            (Backend::Redivis(backend), Target::RedivisTable(table)) => backend.probe(table).await,
+            _ => Err("the target belongs to another backend".into()),
         }
     }
 

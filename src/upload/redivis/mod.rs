@@ -86,15 +86,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiClient, RetryPolicy, UploadResource};
+use self::api::{ApiClient, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
-use super::backoff::Backoff;
 use super::chunk::FileReader;
+use super::health::RemoteHealth;
+use super::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
 use super::{Disposition, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 
@@ -123,6 +123,8 @@ pub struct Tuning {
     pub inline_max: u64,
     /// New sessions one attempt may start after dead ones before handing back to the queue.
     pub session_restarts: u32,
+    /// Consecutive transient failures after which Redivis counts as down ([`health`]).
+    pub down_after: u32,
 }
 
 impl Default for Tuning {
@@ -137,6 +139,7 @@ impl Default for Tuning {
             session_max_age: SESSION_LIFETIME,
             inline_max: INLINE_UPLOAD_MAX,
             session_restarts: 3,
+            down_after: super::health::DOWN_AFTER,
         }
     }
 }
@@ -215,6 +218,11 @@ impl RedivisBackend {
             .user_agent(concat!("upsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| format!("cannot set up the HTTP client: {err}"))?;
+        let health = Arc::new(RemoteHealth::with_threshold(
+            "redivis",
+            &config.api_url,
+            tuning.down_after,
+        ));
         let api = Arc::new(ApiClient::new(
             http.clone(),
             &config.api_url,
@@ -222,6 +230,7 @@ impl RedivisBackend {
             Pacer::new(tuning.pacer),
             tuning.retry,
             tuning.api_timeout,
+            Arc::clone(&health),
         )?);
         let sessions = Arc::new(SessionClient::new(
             http,
@@ -229,6 +238,7 @@ impl RedivisBackend {
             config.token.clone(),
             tuning.retry,
             tuning.chunk_timeout,
+            health,
         ));
         let poller = Arc::new(Poller::new(Arc::clone(&api), tuning.poll));
         Ok(RedivisBackend {
@@ -251,14 +261,47 @@ impl RedivisBackend {
         self.api.requests()
     }
 
-    /// Checks that the folder's table is reachable with this token.
+    /// The health of the Redivis API and its session URLs, which every request reports to.
+    pub fn health(&self) -> &Arc<RemoteHealth> {
+        self.api.health()
+    }
+
+    /// One cheap request, not retried, telling whether Redivis answers: `Ok` for any answer
+    /// that is not a transient failure (a 404 for the table is an answer).
+    pub async fn probe(&self, table: &str) -> Result<(), String> {
+        let once = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let url = self
+            .api
+            .absolute(&format!("{}/uploads", ApiClient::table_path(table)));
+        let what = format!("upload list of table {table}");
+        let scope = CallScope::default();
+        let sent = self
+            .api
+            .send_with(
+                &once,
+                &what,
+                api::Idempotency::Repeatable,
+                &scope,
+                &url,
+                &|http| http.get(&url).query(&[("maxResults", 1)]),
+            )
+            .await;
+        match sent {
+            Err(err) if matches!(err.disposition, Disposition::Retry { .. }) => Err(err.message),
+            _ => Ok(()),
+        }
+    }
+
     /// Every upload in `table` that did not fail processing (all pages), for rebuilding
     /// the ledger from the remote.
     pub async fn list_uploads(&self, table: &str) -> Result<Vec<api::UploadResource>, UploadError> {
-        let cancel = CancellationToken::new();
+        let scope = CallScope::default();
         let mut uploads = Vec::new();
         self.api
-            .for_each_upload_page(table, &cancel, &mut |page| {
+            .for_each_upload_page(table, &scope, &mut |page| {
                 uploads.extend(page.iter().filter(|u| !u.is_failed()).cloned());
                 true
             })
@@ -266,17 +309,24 @@ impl RedivisBackend {
         Ok(uploads)
     }
 
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
+    /// Checks that the folder's table is reachable with this token.
+    pub async fn prepare_folder(
+        &self,
+        folder: &FolderConfig,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
             return Err(UploadError::permanent(format!(
                 "folder {} does not target a Redivis table",
                 folder.path.display()
             )));
         };
-        let cancel = CancellationToken::new();
-        let Err(err) = self.api.list_uploads(table, 1, None, &cancel).await else {
+        let Err(err) = self.api.list_uploads(table, 1, None, scope).await else {
             return Ok(());
         };
+        if err.shutdown {
+            return Err(UploadError::Shutdown);
+        }
         let definitive = |message: String| Err(UploadError::permanent(message));
         match err.status {
             Some(404) => definitive(format!(
@@ -320,10 +370,9 @@ impl RedivisBackend {
                 // the table is the judge: an upload of exactly our name means an earlier
                 // attempt of ours got there first, and the name is ours.
                 let escaped = names::escape(&job.rel);
-                let cancel = job.shutdown.clone();
                 match self
                     .api
-                    .find_upload_by_name(&table, &escaped, &cancel)
+                    .find_upload_by_name(&table, &escaped, &job.scope)
                     .await?
                 {
                     Some(existing) if existing.name.as_deref() == Some(job.rel.as_str()) => {
@@ -369,7 +418,7 @@ impl RedivisBackend {
         escaped: &str,
     ) -> Result<Uploaded, UploadError> {
         let reader = FileReader::open(&job.path, &job.fingerprint)?;
-        let cancel = job.shutdown.clone();
+        let scope = job.scope.clone();
         let mut local_md5: Option<String> = None;
 
         // 2. Reconcile a finalize that may have happened.
@@ -377,7 +426,7 @@ impl RedivisBackend {
         if job.finalize_started {
             let md5 = self.file_md5(&reader).await?;
             adopted = self
-                .find_posted(table, &job.rel, reader.size, &md5, &cancel)
+                .find_posted(table, &job.rel, reader.size, &md5, &scope)
                 .await?;
             if let Some(found) = &adopted {
                 tracing::info!(
@@ -419,9 +468,7 @@ impl RedivisBackend {
                     let known = if name_taken {
                         Known::Unknown
                     } else {
-                        self.index
-                            .lookup(&self.api, table, escaped, &cancel)
-                            .await?
+                        self.index.lookup(&self.api, table, escaped, &scope).await?
                     };
                     let ask = match &known {
                         Known::Free => false,
@@ -447,10 +494,7 @@ impl RedivisBackend {
                         Known::Held(_) | Known::Unknown => true,
                     };
                     let existing = if ask {
-                        let found = self
-                            .api
-                            .find_upload_by_name(table, escaped, &cancel)
-                            .await?;
+                        let found = self.api.find_upload_by_name(table, escaped, &scope).await?;
                         self.index.learned(
                             table,
                             escaped,
@@ -490,16 +534,16 @@ impl RedivisBackend {
                         }
                     }
                     // 4–6.
-                    let (finalize, md5) = self.transfer(job, table, &reader, &cancel).await?;
+                    let (finalize, md5) = self.transfer(job, table, &reader, &scope).await?;
                     for uri in stale.drain(..) {
                         tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
-                        self.api.delete_upload(&uri, &cancel).await?;
+                        self.api.delete_upload(&uri, &scope).await?;
                         self.index.deleted(table, escaped, &uri);
                     }
                     job.check_unchanged()?;
                     job.mark_finalizing()?;
                     let posted = match self
-                        .post(table, &job.rel, reader.size, &md5, &finalize, &cancel)
+                        .post(table, &job.rel, reader.size, &md5, &finalize, &scope)
                         .await
                     {
                         Err(UploadError::Remote {
@@ -547,7 +591,7 @@ impl RedivisBackend {
                 }
             };
             // 7. Processing.
-            let done = self.poller.wait(table, posted, &cancel).await?;
+            let done = self.poller.wait(table, posted, &scope).await?;
             if done.is_failed() {
                 return Err(failed_upload_error(&done));
             }
@@ -577,7 +621,7 @@ impl RedivisBackend {
                 format!("hash mismatch: local {md5}, remote {remote_hash}")
             };
             tracing::warn!(job = job.id.0, upload = %done.uri, attempt = mismatches, max_attempts = 2, reason = %reason, "deleting a corrupt upload");
-            self.api.delete_upload(&done.uri, &cancel).await?;
+            self.api.delete_upload(&done.uri, &scope).await?;
             self.index.deleted(table, escaped, &done.uri);
             job.clear_progress()?;
             local_md5 = Some(md5);
@@ -603,11 +647,11 @@ impl RedivisBackend {
         name: &str,
         size: u64,
         md5: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Option<UploadResource>, UploadError> {
         let mut best: Option<UploadResource> = None;
         self.api
-            .for_each_upload_page(table, cancel, &mut |page| {
+            .for_each_upload_page(table, scope, &mut |page| {
                 for upload in page {
                     let ours = upload.name.as_deref() == Some(name)
                         && !upload.is_failed()
@@ -637,22 +681,20 @@ impl RedivisBackend {
         size: u64,
         md5: &str,
         finalize: &Finalize,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Posted, UploadError> {
-        let retry = self.api.retry_policy();
-        let mut backoff = Backoff::new(retry.base, retry.max);
-        let mut attempt = 0;
+        let mut attempts =
+            Attempts::new(self.api.retry_policy(), scope, "upload.post").watching(self.health());
         loop {
-            attempt += 1;
             let posted = match finalize {
                 Finalize::Inline(data) => {
                     self.api
-                        .post_upload_inline(table, name, data.clone(), cancel)
+                        .post_upload_inline(table, name, data.clone(), scope)
                         .await
                 }
                 Finalize::Session { flow, id } => {
                     self.api
-                        .post_upload(table, name, flow.id_field(), id, cancel)
+                        .post_upload(table, name, flow.id_field(), id, scope)
                         .await
                 }
             };
@@ -665,7 +707,7 @@ impl RedivisBackend {
                             // Redivis renames an upload whose name is taken (protocol §9):
                             // a second copy of the file under another name is a duplicate.
                             tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
-                            self.api.delete_upload(&upload.uri, cancel).await?;
+                            self.api.delete_upload(&upload.uri, scope).await?;
                             Ok(Posted::NameTaken(format!(
                                 "Redivis created it as {given:?}"
                             )))
@@ -698,20 +740,18 @@ impl RedivisBackend {
             }
             tracing::warn!(
                 upload = name,
-                attempt,
+                attempt = attempts.failures() + 1,
                 reason = %err.message,
                 "upload.post answer lost; checking the table before posting again"
             );
-            if let Some(found) = self.find_posted(table, name, size, md5, cancel).await? {
+            if let Some(found) = self.find_posted(table, name, size, md5, scope).await? {
                 return Ok(Posted::Created(found));
             }
-            if attempt >= retry.attempts {
-                return Err(err.into());
-            }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(UploadError::Shutdown),
-                _ = tokio::time::sleep(sleep) => {}
+            if let Err(gave_up) = attempts.pause(None, &err.message).await {
+                return Err(match gave_up {
+                    GaveUp::Shutdown => UploadError::Shutdown,
+                    GaveUp::Spent(_) => err.into(),
+                });
             }
         }
     }
@@ -722,7 +762,7 @@ impl RedivisBackend {
         job: &UploadJob,
         table: &str,
         reader: &FileReader,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
         if size <= self.tuning.inline_max {
@@ -758,7 +798,7 @@ impl RedivisBackend {
             path: &job.path,
             fingerprint: job.fingerprint,
             chunk_size: self.chunk_size,
-            cancel,
+            scope,
             live: &job.live,
             check: &check,
         };
@@ -779,7 +819,7 @@ impl RedivisBackend {
                         .await
                         .map(|md5| (state.upload_id, md5))
                 }
-                None => match self.open_session(flow, table, job, size, cancel).await {
+                None => match self.open_session(flow, table, job, size, scope).await {
                     Ok(Opened::Session(mut state)) => {
                         job.save_progress(&state)?;
                         transfer
@@ -836,14 +876,14 @@ impl RedivisBackend {
         table: &str,
         job: &UploadJob,
         size: u64,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Opened, SessionFailure> {
         let created_at_ms = now_ms();
         let (id, session_url) = match flow {
             Flow::ResumableUpload => {
                 let new = self
                     .api
-                    .create_resumable_upload(table, size, cancel)
+                    .create_resumable_upload(table, size, scope)
                     .await
                     .map_err(UploadError::from)?;
                 (new.id, self.api.absolute(&new.url))
@@ -854,14 +894,14 @@ impl RedivisBackend {
                 let resumable = size > self.chunk_size;
                 let new = self
                     .api
-                    .create_temp_upload(table, &job.rel, size, resumable, cancel)
+                    .create_temp_upload(table, &job.rel, size, resumable, scope)
                     .await
                     .map_err(UploadError::from)?;
                 let url = self.api.absolute(&new.url);
                 if new.resumable == Some(false) {
                     return Ok(Opened::Whole { id: new.id, url });
                 }
-                let session = self.sessions.initiate(&url, size, cancel).await?;
+                let session = self.sessions.initiate(&url, size, scope).await?;
                 (new.id, session)
             }
         };
