@@ -231,7 +231,7 @@ fn pending(config: &Config, store: &Store, limit_ms: u64) -> Result<Pending, Str
                 out.retry_soon += 1;
                 out.unfinished.push(left);
             }
-            JobState::Queued | JobState::Active | JobState::Finalizing => {
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {
                 out.busy += 1;
                 out.unfinished.push(left);
             }

@@ -321,7 +321,7 @@ pub fn build_report(
                 next_attempt_ms: next_attempt_at_ms,
                 last_error: job.last_error.clone(),
             }),
-            JobState::Queued | JobState::Active | JobState::Finalizing => {}
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
         }
         let oldest = oldest_pending
             .entry(job.key.folder.clone())

@@ -131,18 +131,18 @@ impl Worker {
             return Vec::new();
         }
         let mut bytes = first.fingerprint.size;
-        let claimed = self
-            .store
-            .claim_more(SystemTime::now(), limits.max_files - 1, |job| {
-                let size = job.fingerprint.size;
-                let fits = size <= limits.max_file_size
-                    && bytes + size <= limits.max_bytes
-                    && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
-                if fits {
-                    bytes += size;
-                }
-                fits
-            });
+        let claimed =
+            self.store
+                .claim_more(first, SystemTime::now(), limits.max_files - 1, |job| {
+                    let size = job.fingerprint.size;
+                    let fits = size <= limits.max_file_size
+                        && bytes + size <= limits.max_bytes
+                        && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
+                    if fits {
+                        bytes += size;
+                    }
+                    fits
+                });
         match claimed {
             Ok(jobs) => jobs,
             Err(err) => {
