@@ -353,16 +353,15 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
 
 #[test]
 fn sync_once_reports_a_retry_due_after_the_limit_as_not_done() {
-    let s = setup(&[], "");
+    let s = setup(&["--kifs-directory", "ingest"], "");
     let path = s.inbox.join("later.csv");
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
-    // Every KiFS call is tried 5 times in-request. The first 5 faults make the start-up
-    // check of the directory give up (a warning: uploads retry), the next 5 fail the
-    // upload's first attempt, which goes to retry-wait, due after the zero limit.
-    let faults: Vec<serde_json::Value> = (0..10)
-        .map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}}))
-        .collect();
+    // The folder's remote check is one request (the directory exists), left alone; then
+    // the upload's 5 in-place tries fail, and its job goes to retry-wait, due after the
+    // zero limit.
+    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
+    faults.extend((0..5).map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}})));
     s.emulator
         .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
     let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);

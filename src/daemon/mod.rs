@@ -13,8 +13,10 @@
 
 pub mod control;
 mod fleet;
+pub mod gates;
 mod once;
 pub mod rebuild;
+mod schedule;
 pub mod status;
 pub mod systemd;
 mod worker;
@@ -27,14 +29,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KifsAuth, Target};
+use crate::config::{Config, KifsAuth};
 use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
 use crate::metrics::Metrics;
 use crate::queue::{Store, StoreError};
+use crate::upload::Backend;
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
-use crate::upload::{Backend, Disposition, UploadError};
 use crate::watch;
 use fleet::Fleet;
 pub use once::{ProgressMode, SyncOptions, SyncSummary, sync_once};
@@ -232,8 +234,8 @@ pub(crate) struct Core {
 
 impl Core {
     /// Starts the embedded emulator, opens the store (recovering interrupted jobs), builds
-    /// the backends, checks the remote targets, and opens the control socket and the
-    /// metrics endpoint.
+    /// the backends, and opens the control socket and the metrics endpoint. No remote is
+    /// asked anything here: each folder's remote is checked in the background ([`gates`]).
     async fn start(config: Config) -> Result<Core, DaemonError> {
         let config = Arc::new(config);
         let emulator = start_embedded_emulator(&config).await?;
@@ -268,7 +270,6 @@ impl Core {
         })?;
         let close_on_error = stop_serving.clone().drop_guard();
         let backends = build_backends(&config)?;
-        prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until
             // it is merged.
@@ -341,16 +342,22 @@ impl Core {
 
     /// Starts one watcher per folder; each sends its start-up scan's summary when queued.
     /// Jobs that failed because their folder had left the configuration are queued again
-    /// first, for the folders configured now.
+    /// first, for the folders configured now. Each folder's remote check starts too.
     fn spawn_watchers(
         &mut self,
     ) -> Vec<(String, tokio::sync::oneshot::Receiver<watch::ScanSummary>)> {
         self.fleet.requeue_returning_folders();
+        self.fleet.start_checks();
         self.fleet.start_watchers()
     }
 
     fn spawn_workers(&mut self) {
         self.fleet.start_workers();
+    }
+
+    /// Starts each folder's remote check, which lets the workers claim its jobs.
+    fn spawn_checks(&mut self) {
+        self.fleet.start_checks();
     }
 
     async fn stop(self) -> Result<(), DaemonError> {
@@ -452,40 +459,4 @@ fn build_backends(config: &Config) -> Result<Backends, DaemonError> {
         backends.redivis = Some(Arc::new(Backend::Redivis(backend)));
     }
     Ok(backends)
-}
-
-/// A folder whose remote definitively cannot take files (missing directory, no permission,
-/// rejected credentials) stops the start with a clear error; an unreachable remote only
-/// warns, since uploads retry until it is back.
-async fn prepare_folders(config: &Config, backends: &Backends) -> Result<(), DaemonError> {
-    for folder in &config.folders {
-        let Some(backend) = backends.for_target(&folder.target) else {
-            continue;
-        };
-        match backend
-            .prepare_folder(folder, &crate::upload::retry::CallScope::default())
-            .await
-        {
-            Ok(()) => {}
-            Err(UploadError::Remote {
-                disposition: Disposition::Permanent,
-                message,
-            }) => {
-                let target = match &folder.target {
-                    Target::KifsDirectory { directory, .. } => {
-                        format!("KiFS directory '{directory}'")
-                    }
-                    Target::RedivisTable(table) => format!("Redivis table '{table}'"),
-                };
-                return Err(DaemonError::Startup(format!(
-                    "folder {} → {target}: {message}",
-                    folder.path.display()
-                )));
-            }
-            Err(err) => {
-                tracing::warn!(folder = %folder.path.display(), error = %err, "cannot check the remote target yet; uploads will retry");
-            }
-        }
-    }
-    Ok(())
 }

@@ -251,6 +251,7 @@ pub async fn sync_once(
     let started = Instant::now();
     let limit_ms = to_ms(SystemTime::now() + options.retry_wait_limit);
     let mut core = Core::start(config).await?;
+    core.spawn_checks();
     core.spawn_workers();
     let mut display = Display::new(options.progress);
 

@@ -11,7 +11,10 @@
 //!                  "queued": 0, "active": 1, "finalizing": 0, "retry_wait": 0,
 //!                  "failed": 1, "done": 12,
 //!                  "oldest_pending_age_s": 95 | null,
-//!                  "last_success_ms": 1700000000000 | null } ],
+//!                  "last_success_ms": 1700000000000 | null,
+//!                  "remote_check": { "state": "ready" | "checking" | "refused" | "waiting",
+//!                                    "reason": "…" | null,
+//!                                    "since_ms": 1700000000000 } | null } ],
 //!   "in_flight": [ { "path": "/data/x/big.bin", "folder": "/data/x",
 //!                    "bytes_done": 1048576, "bytes_total": 4194304,
 //!                    "elapsed_s": 12, "rate_bytes_per_s": 87381 | null,
@@ -26,6 +29,10 @@
 //! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
 //!   to retry has had its job; `null` when none is pending.
 //! - `last_success_ms`: the newest upload the ledger holds for the folder.
+//! - `remote_check`: whether the folder's remote can take its files ([`super::gates`]):
+//!   `checking` (not answered yet; `reason` is the last error), `ready`, `refused` (for good
+//!   until fixed; `reason` says why), `waiting` (`reason` says for what); `null` when the
+//!   daemon is stopped. Jobs of a folder that is not ready wait in the queue.
 //! - `rate_bytes_per_s` is the average over the current attempt (bytes the remote
 //!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
 //!   it moved past where it resumed. `eta_s` follows from it.
@@ -43,6 +50,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::gates::{FolderGates, GateStatus};
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
 use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
@@ -77,6 +85,8 @@ pub struct FolderStatus {
     pub oldest_pending_age_s: Option<u64>,
     #[serde(default)]
     pub last_success_ms: Option<u64>,
+    #[serde(default)]
+    pub remote_check: Option<GateStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +138,8 @@ pub struct RetryingJob {
 pub struct Live {
     pub in_flight: InFlightRegistry,
     pub activity: Activity,
+    /// Each folder's remote check.
+    pub gates: Arc<FolderGates>,
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
@@ -340,6 +352,7 @@ pub fn build_report(
                     .get(&key)
                     .map(|created| now_ms.saturating_sub(*created) / 1000),
                 last_success_ms: last_success.get(&key).copied().filter(|ms| *ms > 0),
+                remote_check: live.and_then(|live| live.gates.status(&key)),
                 path: key,
             }
         })
@@ -481,6 +494,18 @@ pub fn render_text(report: &StatusReport) -> String {
             .last_success_ms
             .map_or_else(|| "never".to_string(), format_time);
         let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
+        if let Some(check) = folder.remote_check.as_ref().filter(|c| c.state != "ready") {
+            let _ = writeln!(
+                out,
+                "  remote {} since {}{}; its files wait",
+                check.state,
+                format_time(check.since_ms),
+                check
+                    .reason
+                    .as_deref()
+                    .map_or_else(String::new, |reason| format!(": {reason}"))
+            );
+        }
     }
     if !report.in_flight.is_empty() {
         let _ = writeln!(out, "uploading:");
@@ -629,6 +654,7 @@ mod tests {
             },
             oldest_pending_age_s: age,
             last_success_ms: None,
+            remote_check: None,
         };
         let report = StatusReport {
             daemon: DaemonState::Running,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
@@ -62,12 +63,20 @@ pub struct Worker {
     pub stopping: CancellationToken,
     /// Asks in-flight uploads to checkpoint and return.
     pub interrupt: CancellationToken,
+    /// Which folders may be claimed from, and whose turn it is.
+    pub schedule: Arc<Schedule>,
 }
 
 impl Worker {
     pub async fn run(self) {
         while !self.stop_claiming.is_cancelled() {
-            let claimed = match self.store.claim(SystemTime::now()) {
+            let claimed = self.schedule.claim(
+                &self.store,
+                &self.config,
+                &self.live.gates,
+                SystemTime::now(),
+            );
+            let claimed = match claimed {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot claim a job from the state database");
@@ -78,7 +87,10 @@ impl Worker {
             match claimed {
                 Some(job) => self.process(job).await,
                 None => {
-                    let wait = match self.store.next_due() {
+                    let next_due =
+                        self.schedule
+                            .next_due(&self.store, &self.config, &self.live.gates);
+                    let wait = match next_due {
                         Ok(Some(due)) => due
                             .duration_since(SystemTime::now())
                             .unwrap_or(Duration::ZERO)
