@@ -19,6 +19,12 @@
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
 //! | `upsync_in_flight_bytes_done` / `upsync_in_flight_bytes_total` | gauge | folder, backend |
+//! | `upsync_folder_remote_check` | gauge | folder, state |
+//! | `upsync_remote_up` | gauge | backend, remote |
+//!
+//! `upsync_folder_remote_check` is 1 for the state the folder's remote check is in
+//! (`checking`, `ready`, `refused`, `waiting`) and 0 for the others; `upsync_remote_up` is
+//! 1 while a remote answers and 0 while it is down (its folders' files wait for it).
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -106,6 +112,15 @@ impl FailureClass {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteLabels {
+    pub backend: String,
+    pub remote: String,
+}
+
+/// The states a folder's remote check can be in, as `upsync_folder_remote_check` says them.
+pub const REMOTE_CHECK_STATES: [&str; 4] = ["checking", "ready", "refused", "waiting"];
+
 /// One folder's queue figures, as the gauges take them.
 #[derive(Debug, Clone, Default)]
 pub struct FolderGauges {
@@ -118,6 +133,8 @@ pub struct FolderGauges {
     pub in_flight: u64,
     pub in_flight_bytes_done: u64,
     pub in_flight_bytes_total: u64,
+    /// The state of the folder's remote check; `None` leaves the gauge out.
+    pub remote_check: Option<String>,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -199,6 +216,8 @@ pub struct Metrics {
     in_flight: Family<UploadLabels, Gauge>,
     in_flight_bytes_done: Family<UploadLabels, Gauge>,
     in_flight_bytes_total: Family<UploadLabels, Gauge>,
+    folder_remote_check: Family<StateLabels, Gauge>,
+    remote_up: Family<RemoteLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -284,8 +303,22 @@ impl Metrics {
             "Total size of the files being uploaded",
             in_flight_bytes_total.clone(),
         );
+        let folder_remote_check = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "folder_remote_check",
+            "1 for the state of the folder's remote check (checking, ready, refused, waiting)",
+            folder_remote_check.clone(),
+        );
+        let remote_up = Family::<RemoteLabels, Gauge>::default();
+        registry.register(
+            "remote_up",
+            "1 while the remote answers, 0 while it is down",
+            remote_up.clone(),
+        );
         Metrics {
             registry,
+            folder_remote_check,
+            remote_up,
             files_uploaded,
             bytes_uploaded,
             failures,
@@ -337,8 +370,22 @@ impl Metrics {
         self.in_flight.clear();
         self.in_flight_bytes_done.clear();
         self.in_flight_bytes_total.clear();
+        self.folder_remote_check.clear();
         for figures in folders {
             self.set_folder(figures);
+        }
+    }
+
+    /// Sets `upsync_remote_up` for the remotes in use; `remotes` are (backend, remote, up).
+    pub fn set_remotes(&self, remotes: &[(String, String, bool)]) {
+        self.remote_up.clear();
+        for (backend, remote, up) in remotes {
+            self.remote_up
+                .get_or_create(&RemoteLabels {
+                    backend: backend.clone(),
+                    remote: remote.clone(),
+                })
+                .set(i64::from(*up));
         }
     }
 
@@ -372,6 +419,16 @@ impl Metrics {
         self.in_flight_bytes_total
             .get_or_create(&labels)
             .set(as_i64(figures.in_flight_bytes_total));
+        if let Some(current) = &figures.remote_check {
+            for state in REMOTE_CHECK_STATES {
+                self.folder_remote_check
+                    .get_or_create(&StateLabels {
+                        folder: figures.folder.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(state == current));
+            }
+        }
     }
 
     /// The exposition text of every metric.
@@ -553,6 +610,7 @@ mod tests {
             in_flight: 1,
             in_flight_bytes_done: 10,
             in_flight_bytes_total: 100,
+            remote_check: None,
         });
         let text = metrics.encode();
         assert!(
@@ -594,6 +652,55 @@ mod tests {
             )
             .ends_with(" 2"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn remote_health_and_folder_checks_are_gauges_that_follow_each_refresh() {
+        let metrics = Metrics::new();
+        metrics.set_remotes(&[
+            ("kifs".into(), "http://k:9191".into(), true),
+            ("redivis".into(), "http://r/api/v1".into(), false),
+        ]);
+        metrics.set_folders(&[FolderGauges {
+            folder: "/d".into(),
+            backend: "kifs".into(),
+            remote_check: Some("refused".into()),
+            ..FolderGauges::default()
+        }]);
+        let text = metrics.encode();
+        assert!(
+            line(
+                &text,
+                "upsync_remote_up{backend=\"redivis\",remote=\"http://r/api/v1\"}"
+            )
+            .ends_with(" 0"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_remote_up{backend=\"kifs\"").ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "upsync_folder_remote_check{folder=\"/d\",state=\"refused\"}"
+            )
+            .ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "upsync_folder_remote_check{folder=\"/d\",state=\"ready\"}"
+            )
+            .ends_with(" 0"),
+            "{text}"
+        );
+        metrics.set_remotes(&[("kifs".into(), "http://k:9191".into(), true)]);
+        assert!(
+            !metrics.encode().contains("redivis"),
+            "a remote no longer used leaves"
         );
     }
 

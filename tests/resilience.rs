@@ -320,10 +320,16 @@ fn all_arrived(s: &Setup, files: &[PathBuf]) -> bool {
 
 #[test]
 fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
-    let mut s = Setup::new(&["--fail-rate", "1.0", "--seed", "3"], OUTAGE_CONFIG);
-    let files = write_batch(&s, 6, "o");
+    let mut s = Setup::new(&[], OUTAGE_CONFIG);
     let mut daemon = outage_daemon(&s.config);
     wait_running(&daemon, 1);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    // The outage begins once the folder's remote was found ready, so uploads are tried.
+    s.emulator
+        .start_again(Some(&["--fail-rate", "1.0", "--seed", "3"]));
+    let files = write_batch(&s, 6, "o");
     let started = Instant::now();
     let outage = outage();
     // Halfway, a kill -9 and a restart: the retries are persisted with their next attempt.
@@ -336,6 +342,11 @@ fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
         .filter(|job| matches!(job.state, upsync::queue::JobState::RetryWait { .. }))
         .count();
     assert!(waiting >= 1, "no job is waiting for a retry: {jobs:?}");
+    assert!(
+        jobs.iter()
+            .all(|job| !matches!(job.state, upsync::queue::JobState::Failed { .. })),
+        "an outage fails nothing: {jobs:?}"
+    );
     let mut daemon = outage_daemon(&s.config);
     let remaining = outage.saturating_sub(started.elapsed());
     std::thread::sleep(remaining);

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
 use super::DaemonError;
+use super::remotes;
 use super::schedule::Schedule;
 use super::status::Live;
 use super::worker::{Backends, FOLDER_REMOVED, Worker};
@@ -139,11 +140,24 @@ impl Fleet {
         scanned_rx
     }
 
-    /// Starts the remote check of every configured folder ([`super::gates`]).
+    /// Starts the remote check of every configured folder ([`super::gates`]) and the
+    /// watch over every remote in use ([`super::remotes`]).
     pub fn start_checks(&self) {
         for folder in &self.config.folders {
             self.start_check(folder);
         }
+        self.watch_remotes();
+    }
+
+    fn watch_remotes(&self) {
+        let context = remotes::WatchContext {
+            config: self.current.clone(),
+            store: self.store.clone(),
+            wake: Arc::clone(&self.wake),
+        };
+        self.live
+            .remotes
+            .watch(&self.backends, &context, &self.stop_checking);
     }
 
     fn start_check(&self, folder: &FolderConfig) {
@@ -271,6 +285,7 @@ impl Fleet {
         self.current.set(Arc::clone(&self.config));
         self.backends = backends;
         self.restart_checks(&added, kifs_rebuilt, redivis_rebuilt);
+        self.watch_remotes();
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");
             // The scan summary is not awaited: the daemon is already running.

@@ -12,7 +12,7 @@
 //!    [`REFUSED_RECHECK`] and at every reload (SIGHUP), so fixing the remote or the config
 //!    unblocks the folder without a restart.
 //! 5. Anything else (the remote unreachable, 5xx): still `Checking`, with the last error;
-//!    tried again after a pause (1 s doubling to 30 s), at once when the remote is seen
+//!    tried again after a pause (1 s doubling to 20 s), at once when the remote is seen
 //!    answering again, or at a reload.
 //!
 //! `Waiting` is for a remote that cannot take the folder's files for a known reason that is
@@ -35,8 +35,9 @@ use crate::upload::{Backend, Disposition, UploadError};
 
 /// How often a refused (or waiting) folder's remote is checked again.
 pub const REFUSED_RECHECK: Duration = Duration::from_secs(300);
-/// Pauses between checks of an unreachable remote: 1 s doubling up to this.
-const UNREACHABLE_RECHECK_MAX: Duration = Duration::from_secs(30);
+/// Pauses between checks of an unreachable remote: 1 s doubling up to this (a check also
+/// runs at once when the remote's probe finds it back).
+const UNREACHABLE_RECHECK_MAX: Duration = Duration::from_secs(20);
 
 /// Where a folder's remote check stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

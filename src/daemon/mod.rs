@@ -16,6 +16,7 @@ mod fleet;
 pub mod gates;
 mod once;
 pub mod rebuild;
+mod remotes;
 mod schedule;
 pub mod status;
 pub mod systemd;
@@ -308,7 +309,10 @@ impl Core {
                 // One read of the configuration for both: a reload may land in between.
                 let config = probe.config();
                 match status::build_report(&config, &probe.store, Some(&probe.live)) {
-                    Ok(report) => metrics.set_folders(&status::folder_gauges(&config, &report)),
+                    Ok(report) => {
+                        metrics.set_folders(&status::folder_gauges(&config, &report));
+                        metrics.set_remotes(&status::remote_gauges(&report));
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
                     }

@@ -1,7 +1,8 @@
 //! Which folders the workers may claim from, and whose turn is next.
 //!
-//! A folder's jobs are claimable when its remote check passed ([`super::gates`]); other
-//! folders' jobs wait, without failing and without holding a worker. Jobs of a folder no longer in the configuration stay
+//! A folder's jobs are claimable when its remote check passed ([`super::gates`]) and its
+//! remote is up ([`crate::upload::health`]); other folders' jobs wait, without failing and
+//! without holding a worker. Jobs of a folder no longer in the configuration stay
 //! claimable, so that a worker can fail them with the reason (see `fleet`). Among the
 //! claimable folders, claims go in turn (`Store::claim_next`), the turn shared by every
 //! worker.
@@ -11,6 +12,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::gates::FolderGates;
+use super::worker::Backends;
 use crate::config::Config;
 use crate::queue::{FolderTag, Job, Store, StoreError, folder_tag};
 
@@ -27,10 +29,11 @@ impl Schedule {
         &self,
         store: &Store,
         config: &Config,
+        backends: &Backends,
         gates: &FolderGates,
         now: SystemTime,
     ) -> Result<Option<Job>, StoreError> {
-        let folders = claimable(store, config, gates)?;
+        let folders = claimable(store, config, backends, gates)?;
         let mut turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let claimed = store.claim_next(now, &folders, *turn)?;
         Ok(claimed.map(|(job, tag)| {
@@ -44,9 +47,10 @@ impl Schedule {
         &self,
         store: &Store,
         config: &Config,
+        backends: &Backends,
         gates: &FolderGates,
     ) -> Result<Option<SystemTime>, StoreError> {
-        let folders = claimable(store, config, gates)?;
+        let folders = claimable(store, config, backends, gates)?;
         store.next_due_in(&folders)
     }
 }
@@ -55,6 +59,7 @@ impl Schedule {
 fn claimable(
     store: &Store,
     config: &Config,
+    backends: &Backends,
     gates: &FolderGates,
 ) -> Result<Vec<FolderTag>, StoreError> {
     let configured: HashMap<FolderTag, &crate::config::FolderConfig> = config
@@ -65,7 +70,12 @@ fn claimable(
     let mut folders = store.due_folders()?;
     folders.retain(|tag| match configured.get(tag) {
         None => true,
-        Some(folder) => gates.is_ready(&folder.path),
+        Some(folder) => {
+            gates.is_ready(&folder.path)
+                && backends
+                    .for_target(&folder.target)
+                    .is_none_or(|backend| backend.health().is_up())
+        }
     });
     Ok(folders)
 }

@@ -51,10 +51,12 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::gates::{FolderGates, GateStatus};
+use super::remotes::Remotes;
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
 use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
 use crate::upload::LiveProgress;
+use crate::upload::health::HealthSnapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +75,8 @@ pub struct StatusReport {
     pub failed: Vec<FailedJob>,
     #[serde(default)]
     pub retrying: Vec<RetryingJob>,
+    #[serde(default)]
+    pub remotes: Vec<HealthSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +144,8 @@ pub struct Live {
     pub activity: Activity,
     /// Each folder's remote check.
     pub gates: Arc<FolderGates>,
+    /// The health of each remote in use.
+    pub remotes: Remotes,
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
@@ -370,6 +376,7 @@ pub fn build_report(
             .unwrap_or_default(),
         failed,
         retrying,
+        remotes: live.map(|live| live.remotes.snapshot()).unwrap_or_default(),
     })
 }
 
@@ -393,10 +400,12 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                     ("queued", c.queued),
                     ("active", c.active),
                     ("finalizing", c.finalizing),
+                    ("importing", c.importing),
                     ("retry_wait", c.retry_wait),
                     ("failed", c.failed),
                     ("done", c.done),
                 ],
+                remote_check: status.remote_check.as_ref().map(|c| c.state.clone()),
                 oldest_pending_age_s: status.oldest_pending_age_s.map(|s| s as f64),
                 last_success_ms: status.last_success_ms,
                 in_flight: uploads.len() as u64,
@@ -404,6 +413,15 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 in_flight_bytes_total: uploads.iter().map(|u| u.bytes_total).sum(),
             }
         })
+        .collect()
+}
+
+/// The metrics' view of the remotes: (backend, remote, up).
+pub fn remote_gauges(report: &StatusReport) -> Vec<(String, String, bool)> {
+    report
+        .remotes
+        .iter()
+        .map(|r| (r.backend.clone(), r.remote.clone(), r.state == "up"))
         .collect()
 }
 
@@ -415,14 +433,16 @@ pub fn summary_line(report: &StatusReport) -> String {
         total.queued += c.queued;
         total.active += c.active;
         total.finalizing += c.finalizing;
+        total.importing += c.importing;
         total.retry_wait += c.retry_wait;
         total.failed += c.failed;
         total.done += c.done;
     }
     let mut line = format!(
-        "{} queued, {} uploading, {} waiting to retry, {} failed, {} done",
+        "{} queued, {} uploading, {} importing, {} waiting to retry, {} failed, {} done",
         total.queued,
         total.active + total.finalizing,
+        total.importing,
         total.retry_wait,
         total.failed,
         total.done
@@ -444,6 +464,24 @@ fn format_age(seconds: u64) -> String {
 
 fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(crate::queue::from_ms(ms)).to_string()
+}
+
+/// A remote that is down, as the text report shows it.
+fn remote_line(remote: &HealthSnapshot) -> String {
+    let since = remote
+        .since_ms
+        .map_or_else(String::new, |ms| format!(" since {}", format_time(ms)));
+    let probe = remote.next_probe_ms.map_or_else(String::new, |ms| {
+        let left = ms.saturating_sub(to_ms(SystemTime::now())).div_ceil(1000);
+        format!(", next probe in {left}s")
+    });
+    format!(
+        "remote {} {}: {}{since}{probe}: {}",
+        remote.backend,
+        remote.remote,
+        remote.state,
+        remote.last_error.as_deref().unwrap_or("no error recorded")
+    )
 }
 
 /// How an in-flight upload is doing: its rate and ETA, or the retry it waits for.
@@ -477,12 +515,14 @@ pub fn render_text(report: &StatusReport) -> String {
         let c = &folder.counts;
         let _ = writeln!(
             out,
-            "{} → {}: {} queued, {} active, {} finalizing, {} waiting to retry, {} failed, {} done",
+            "{} → {}: {} queued, {} active, {} finalizing, {} importing, {} waiting to retry, \
+             {} failed, {} done",
             folder.path,
             folder.target,
             c.queued,
             c.active,
             c.finalizing,
+            c.importing,
             c.retry_wait,
             c.failed,
             c.done
@@ -506,6 +546,9 @@ pub fn render_text(report: &StatusReport) -> String {
                     .map_or_else(String::new, |reason| format!(": {reason}"))
             );
         }
+    }
+    for remote in report.remotes.iter().filter(|r| r.state != "up") {
+        let _ = writeln!(out, "{}", remote_line(remote));
     }
     if !report.in_flight.is_empty() {
         let _ = writeln!(out, "uploading:");
@@ -663,10 +706,11 @@ mod tests {
             in_flight: vec![],
             failed: vec![],
             retrying: vec![],
+            remotes: vec![],
         };
         assert_eq!(
             summary_line(&report),
-            "3 queued, 0 uploading, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
+            "3 queued, 0 uploading, 0 importing, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
         );
     }
 }

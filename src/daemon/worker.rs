@@ -73,6 +73,7 @@ impl Worker {
             let claimed = self.schedule.claim(
                 &self.store,
                 &self.config,
+                &self.backends,
                 &self.live.gates,
                 SystemTime::now(),
             );
@@ -87,9 +88,12 @@ impl Worker {
             match claimed {
                 Some(job) => self.process(job).await,
                 None => {
-                    let next_due =
-                        self.schedule
-                            .next_due(&self.store, &self.config, &self.live.gates);
+                    let next_due = self.schedule.next_due(
+                        &self.store,
+                        &self.config,
+                        &self.backends,
+                        &self.live.gates,
+                    );
                     let wait = match next_due {
                         Ok(Some(due)) => due
                             .duration_since(SystemTime::now())
