@@ -276,7 +276,7 @@ impl Harness {
 }
 
 async fn upload_ok(backend: &RedivisBackend, job: &mut UploadJob) -> Uploaded {
-    match backend.upload(job).await {
+    match backend.upload_and_import(job).await {
         Ok(uploaded) => uploaded,
         Err(err) => panic!("upload of {} failed: {err} ({err:?})", job.rel),
     }
@@ -559,7 +559,7 @@ async fn a_session_that_rejects_the_upload_twice_fails_the_job() {
     ]))
     .await;
     let mut job = h.claim("rejected.csv");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(message.contains("rejected"), "{message}");
     assert_eq!(
         h.api_count("resumableUpload").await,
@@ -578,7 +578,7 @@ async fn interrupted_attempt(h: &Harness, backend: &RedivisBackend, rel: &str) -
     ));
     h.script(Value::Array(script)).await;
     let mut job = h.claim(rel);
-    match backend.upload(&mut job).await {
+    match backend.upload_and_import(&mut job).await {
         Err(UploadError::Remote {
             disposition: Disposition::Retry { .. },
             ..
@@ -824,7 +824,7 @@ async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
 
     // The same process remembers the name...
     let mut job = h.claim("A-B.csv");
-    let message = permanent_message(backend.upload(&mut job).await);
+    let message = permanent_message(backend.upload_and_import(&mut job).await);
     assert!(
         message.contains("\"A-B.csv\"") && message.contains("\"a.b.csv\""),
         "{message}"
@@ -832,7 +832,7 @@ async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
     h.store.fail(job.id, &message).unwrap();
     // ...and a fresh one finds it in the table.
     let mut job = h.claim("a_b.csv");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(
         message.contains("\"a_b.csv\"") && message.contains("\"a.b.csv\""),
         "{message}"
@@ -845,7 +845,7 @@ async fn a_failed_import_fails_the_job_with_redivis_error_message() {
     let h = Harness::start(|o| o.redivis.redivis_fail_name_pattern = Some("*.bad".into())).await;
     h.write("broken.bad", &data(CHUNK, 23));
     let mut job = h.claim("broken.bad");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(message.contains("broken.bad"), "{message}");
 }
 
@@ -860,7 +860,7 @@ async fn a_file_that_changes_between_chunks_ends_the_attempt_as_changed() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         std::fs::write(&path, data(3 * CHUNK + 1, 25)).unwrap();
     });
-    let result = h.backend().upload(&mut job).await;
+    let result = h.backend().upload_and_import(&mut job).await;
     writer.await.unwrap();
     assert!(matches!(result, Err(UploadError::Changed)), "{result:?}");
     assert_eq!(
@@ -895,7 +895,7 @@ async fn shutdown_interrupts_a_retry_pause_at_once() {
         shutdown.cancel();
     });
     let started = std::time::Instant::now();
-    let result = backend.upload(&mut job).await;
+    let result = backend.upload_and_import(&mut job).await;
     assert!(matches!(result, Err(UploadError::Shutdown)), "{result:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -958,7 +958,8 @@ async fn small_files_cost_at_most_one_and_a_half_api_requests_each() {
     // Four workers, as the daemon's default concurrency.
     for group in jobs.chunks_mut(4) {
         let results =
-            futures::future::join_all(group.iter_mut().map(|job| backend.upload(job))).await;
+            futures::future::join_all(group.iter_mut().map(|job| backend.upload_and_import(job)))
+                .await;
         for result in results {
             result.expect("small uploads succeed");
         }
@@ -1085,7 +1086,7 @@ async fn a_colliding_name_taken_after_the_listing_fails_naming_both_files() {
     h.post_foreign("Q-1.csv", b"theirs\n").await;
     h.write("q.1.csv", &data(700, 52));
     let mut job = h.claim("q.1.csv");
-    let message = permanent_message(backend.upload(&mut job).await);
+    let message = permanent_message(backend.upload_and_import(&mut job).await);
 
     assert!(
         message.contains("\"q.1.csv\"") && message.contains("\"Q-1.csv\""),
@@ -1182,7 +1183,8 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
     }
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
     let started = std::time::Instant::now();
-    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    let results =
+        futures::future::join_all(jobs.iter_mut().map(|job| backend.upload_and_import(job))).await;
     for result in results {
         result.expect("every file gets through the rate limit");
     }
@@ -1243,7 +1245,8 @@ async fn waiting_workers_share_list_polls_per_table() {
         },
     );
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
-    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    let results =
+        futures::future::join_all(jobs.iter_mut().map(|job| backend.upload_and_import(job))).await;
     for result in results {
         result.expect("uploads succeed");
     }
@@ -1284,7 +1287,7 @@ async fn uploads_posted_one_after_another_share_their_polls() {
         let backend = &backend;
         async move {
             tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
-            backend.upload(job).await
+            backend.upload_and_import(job).await
         }
     });
     for result in futures::future::join_all(uploads).await {
@@ -1399,7 +1402,7 @@ async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress()
     let rejected = RedivisBackend::with_tuning(&config, tuning()).unwrap();
     h.write("denied.csv", &data(10, 27));
     let mut job = h.claim("denied.csv");
-    let err = rejected.upload(&mut job).await.unwrap_err();
+    let err = rejected.upload_and_import(&mut job).await.unwrap_err();
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(

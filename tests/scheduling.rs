@@ -8,6 +8,9 @@
 //! - An outage of the Redivis API only: KiFS files keep arriving within their settle time
 //!   while Redivis is down (shown in status and metrics), and the Redivis files follow once
 //!   it answers again.
+//! - Imports off the workers: 200 small files to Redivis with a 10 s import each and 4
+//!   workers finish in well under 30 s (one after the other they would take 500 s); a
+//!   kill -9 while files are importing resumes the wait and posts nothing twice.
 
 mod common;
 
@@ -41,10 +44,15 @@ impl Setup {
         let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
         let metrics_port = free_port();
         let config = tmp.path().join("upsync.toml");
+        let concurrency = if top_extra.contains("concurrency") {
+            ""
+        } else {
+            "concurrency = 2"
+        };
         let text = format!(
             r#"
 state_dir = "state"
-concurrency = 2
+{concurrency}
 shutdown_timeout = "5s"
 retry_max_delay = "1h"
 metrics_listen = "127.0.0.1:{metrics_port}"
@@ -91,6 +99,15 @@ settle = "1s"
     fn kifs_arrived(&self, local: &Path) -> bool {
         let name = local.file_name().unwrap().to_str().unwrap();
         same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+    }
+
+    fn redivis_stats(&self) -> serde_json::Value {
+        self.emulator.get_json("/_emulator/redivis/stats")
+    }
+
+    /// The status of folder `index` (0: `kin`, 1: `rin`).
+    fn folder(&self, index: usize) -> serde_json::Value {
+        self.status()["folders"][index].clone()
     }
 
     /// Names of the table's uploads.
@@ -213,4 +230,151 @@ fn with_the_remote_down_at_start_uploads_begin_soon_after_it_is_reachable() {
     );
     assert_eq!(daemon.terminate(), Some(0));
     let _ = &s.tmp;
+}
+
+/// Writes `count` files of 4 KiB named `{prefix}{i}.csv` into `dir`, backdated.
+fn small_files(dir: &Path, prefix: &str, count: usize) -> Vec<PathBuf> {
+    (0..count)
+        .map(|i| {
+            let path = dir.join(format!("{prefix}{i:03}.csv"));
+            write_file(&path, 4096, 7_000 + i as u64);
+            backdate(&path, 60);
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn two_hundred_small_files_with_a_ten_second_import_each_finish_within_thirty_seconds() {
+    let s = Setup::new(&["--redivis-processing-delay", "10s"], "concurrency = 4");
+    let files = small_files(&s.rin, "f", 200);
+    let started = Instant::now();
+    let mut daemon = DaemonProcess::start(&s.config);
+    let mut most_importing = 0;
+    daemon.wait_until(Duration::from_secs(60), "every file imported", || {
+        let folder = s.folder(1);
+        most_importing = most_importing.max(folder["importing"].as_u64().unwrap_or(0));
+        assert!(folder["active"].as_u64().unwrap_or(0) <= 4, "{folder}");
+        folder["done"] == 200
+    });
+    let took = started.elapsed();
+    println!(
+        "200 × 4 KiB, 10 s import, 4 workers: {took:?} (one import after another: {} s); \
+         at most {most_importing} importing at once",
+        200 * 10 / 4
+    );
+    assert!(took <= Duration::from_secs(30), "{took:?}");
+    assert!(
+        most_importing > 4,
+        "imports held no worker: {most_importing}"
+    );
+    let mut names = s.redivis_names();
+    names.sort();
+    let expected: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, expected, "each file exactly once");
+    assert_eq!(s.redivis_stats()["uploads_created"], 200);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_kill_while_files_import_resumes_the_wait_and_posts_nothing_twice() {
+    let s = Setup::new(&["--redivis-processing-delay", "6s"], "");
+    small_files(&s.rin, "k", 6);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "every file posted", || {
+        s.redivis_stats()["uploads_created"] == 6
+    });
+    daemon.kill9();
+    let store = upsync::queue::Store::open(&s.tmp.path().join("state")).unwrap();
+    let importing = store.importing_jobs().unwrap().len();
+    drop(store);
+    assert!(importing >= 1, "files were importing at the kill");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(40), "every file imported", || {
+        s.folder(1)["done"] == 6
+    });
+    assert_eq!(
+        s.redivis_stats()["uploads_created"],
+        6,
+        "the restart waited for the imports instead of posting again"
+    );
+    assert_eq!(s.redivis_names().len(), 6);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// The `state` of the remote of `backend` in a status report.
+fn remote_state(status: &serde_json::Value, backend: &str) -> String {
+    status["remotes"]
+        .as_array()
+        .and_then(|remotes| remotes.iter().find(|r| r["backend"] == backend))
+        .and_then(|r| r["state"].as_str())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+#[test]
+fn an_outage_of_redivis_alone_leaves_kifs_files_arriving_at_full_speed() {
+    let s = Setup::new(&[], "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "both folders ready", || {
+        let status = s.status();
+        (0..2).all(|i| status["folders"][i]["remote_check"]["state"] == "ready")
+    });
+    // Redivis' API answers 503 from now on, until the faults are cleared.
+    let outage: Vec<serde_json::Value> = (0..2000)
+        .map(|_| serde_json::json!({"target": "redivis-api", "action": {"status": 503}}))
+        .collect();
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(outage));
+    let redivis_files = small_files(&s.rin, "r", 4);
+    daemon.wait_until(Duration::from_secs(30), "Redivis judged down", || {
+        remote_state(&s.status(), "redivis") == "down"
+    });
+    let metrics = s.metrics();
+    assert_eq!(
+        sample(&metrics, "upsync_remote_up", &["backend=\"redivis\""]),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "upsync_remote_up", &["backend=\"kifs\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    // KiFS files keep arriving within their settle time plus a few seconds.
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        let path = s.kin.join(format!("k{i}.csv"));
+        let written = Instant::now();
+        std::fs::write(&path, format!("kifs file {i}\n")).unwrap();
+        daemon.wait_until(Duration::from_secs(10), "a KiFS file", || {
+            s.kifs_arrived(&path)
+        });
+        slowest = slowest.max(written.elapsed());
+    }
+    println!("Redivis down: slowest KiFS file took {slowest:?} (settle 1 s)");
+    assert!(slowest <= Duration::from_secs(4), "{slowest:?}");
+    let status = s.status();
+    assert_eq!(remote_state(&status, "redivis"), "down", "{status}");
+    assert_eq!(status["folders"][1]["done"], 0, "{status}");
+    assert_eq!(s.redivis_stats()["uploads_created"], 0);
+
+    s.emulator.clear_faults();
+    let back = Instant::now();
+    daemon.wait_until(Duration::from_secs(40), "the Redivis files", || {
+        s.folder(1)["done"] == redivis_files.len()
+    });
+    println!(
+        "Redivis back: its files uploaded {:?} later",
+        back.elapsed()
+    );
+    assert!(
+        back.elapsed() <= Duration::from_secs(30),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
 }

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
 use super::DaemonError;
+use super::imports::Imports;
 use super::remotes;
 use super::schedule::Schedule;
 use super::status::Live;
@@ -71,6 +72,8 @@ pub(super) struct Fleet {
     stop_checking: CancellationToken,
     /// Whose turn it is to be claimed from, shared by every worker generation.
     schedule: Arc<Schedule>,
+    /// Posted uploads waiting for their import.
+    imports: Arc<Imports>,
     /// The current worker generation's token.
     generation: CancellationToken,
     workers: Vec<JoinHandle<()>>,
@@ -90,6 +93,14 @@ impl Fleet {
         stop_watching: CancellationToken,
     ) -> Fleet {
         let stop_claiming = CancellationToken::new();
+        let stop_checking = CancellationToken::new();
+        let imports = Arc::new(Imports::new(
+            store.clone(),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Arc::clone(&wake),
+            stop_checking.child_token(),
+        ));
         Fleet {
             generation: stop_claiming.child_token(),
             config: current.get(),
@@ -102,8 +113,9 @@ impl Fleet {
             stop_claiming,
             interrupt: CancellationToken::new(),
             stop_watching,
-            stop_checking: CancellationToken::new(),
+            stop_checking,
             schedule: Arc::new(Schedule::default()),
+            imports,
             workers: Vec::new(),
             watchers: Vec::new(),
             retired: Vec::new(),
@@ -140,13 +152,15 @@ impl Fleet {
         scanned_rx
     }
 
-    /// Starts the remote check of every configured folder ([`super::gates`]) and the
-    /// watch over every remote in use ([`super::remotes`]).
+    /// Starts the remote check of every configured folder ([`super::gates`]), the watch
+    /// over every remote in use ([`super::remotes`]), and the wait for the imports the last
+    /// run left ([`super::imports`]).
     pub fn start_checks(&self) {
         for folder in &self.config.folders {
             self.start_check(folder);
         }
         self.watch_remotes();
+        self.imports.resume(&self.backends);
     }
 
     fn watch_remotes(&self) {
@@ -189,6 +203,7 @@ impl Fleet {
                 stopping: self.stop_claiming.clone(),
                 interrupt: self.interrupt.clone(),
                 schedule: Arc::clone(&self.schedule),
+                imports: Arc::clone(&self.imports),
             };
             self.workers.push(tokio::spawn(worker.run()));
         }

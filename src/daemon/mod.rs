@@ -14,6 +14,7 @@
 pub mod control;
 mod fleet;
 pub mod gates;
+mod imports;
 mod once;
 pub mod rebuild;
 mod remotes;

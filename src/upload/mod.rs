@@ -5,9 +5,11 @@
 //! [`chunk::FileReader`] (which notices a file that changes or vanishes under it), persists
 //! its own resume state through [`UploadJob::save_progress`] only after the remote
 //! acknowledged it, and persists `finalizing` through [`UploadJob::mark_finalizing`] before
-//! any non-idempotent finalize call. Every failure is an [`UploadError`] whose
-//! [`Disposition`] tells the worker what to do next; backends decide it in one place each
-//! (their `classify` functions).
+//! any non-idempotent finalize call. It returns once the bytes are on the remote: either
+//! the file is there ([`Delivery::Uploaded`]), or the remote still imports it
+//! ([`Delivery::Posted`], Redivis), which the daemon waits for without a worker. Every
+//! failure is an [`UploadError`] whose [`Disposition`] tells the worker what to do next;
+//! backends decide it in one place each (their `classify` functions).
 
 pub mod backoff;
 pub mod chunk;
@@ -83,6 +85,26 @@ impl UploadError {
     pub fn retry(message: impl Into<String>) -> UploadError {
         UploadError::remote(Disposition::Retry { after: None }, message)
     }
+}
+
+/// How far a successful upload attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The file is on the remote.
+    Uploaded(Uploaded),
+    /// The remote holds the bytes and is importing them (the post was acknowledged).
+    Posted(Posted),
+}
+
+/// An upload the remote acknowledged and still imports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    /// The remote's name for it (a Redivis upload URI).
+    pub remote: String,
+    /// Where it was posted (a Redivis table reference).
+    pub target: String,
+    /// MD5 hex of the bytes posted.
+    pub md5: String,
 }
 
 /// What a successful upload leaves in the ledger.
@@ -296,9 +318,9 @@ impl Backend {
         }
     }
 
-    pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+    pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         match self {
-            Backend::Kifs(backend) => backend.upload(job).await,
+            Backend::Kifs(backend) => backend.upload(job).await.map(Delivery::Uploaded),
             Backend::Redivis(backend) => backend.upload(job).await,
         }
     }
@@ -313,9 +335,14 @@ impl Backend {
 
     /// Uploads several files, one outcome per job in order; backends without batching
     /// upload them one after the other.
-    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Delivery, UploadError>> {
         match self {
-            Backend::Kifs(backend) => backend.upload_batch(jobs).await,
+            Backend::Kifs(backend) => backend
+                .upload_batch(jobs)
+                .await
+                .into_iter()
+                .map(|outcome| outcome.map(Delivery::Uploaded))
+                .collect(),
             Backend::Redivis(backend) => {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for job in jobs {

@@ -108,6 +108,27 @@ impl EmulatorProcess {
         });
     }
 
+    /// Removes every scripted fault not consumed yet (`DELETE /_emulator/faults`).
+    pub fn clear_faults(&self) {
+        let url = format!("http://{}/_emulator/faults", self.addr);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime builds");
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .delete(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DELETE {url}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "DELETE {url}: {}",
+                response.status()
+            );
+        });
+    }
+
     pub fn kifs_url(&self) -> String {
         format!("http://{}/kifs", self.addr)
     }

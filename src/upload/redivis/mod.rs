@@ -41,11 +41,14 @@
 //!    refuses the post (409) or creates our upload under another name, which is deleted
 //!    at once. Then back to 3, asking by name this time, with a new session; a second
 //!    time goes back to the queue.
-//! 7. Wait for `completed`/`failed` through the table's shared poller (2 s → 30 s).
+//! 7. Redivis imports the posted upload. While it is `queued` or `running`, return
+//!    [`Delivery::Posted`]: the daemon waits for it without a worker, through
+//!    [`RedivisBackend::await_import`] and the table's shared poller (2 s → 30 s).
 //!    `failed` fails the job with Redivis' `errorMessage`.
-//! 8. Compare the upload's `hash` with our MD5 (hex any case, or base64). A mismatch
-//!    deletes the upload and starts over at 3 once; a second one fails the job.
-//! 9. Clear the saved session and return the upload's URI and our MD5.
+//! 8. Once imported, compare the upload's `hash` with our MD5 (hex any case, or base64),
+//!    and its size. A mismatch deletes the upload and sends the file again once (from 3); a
+//!    second one fails the job. Clear the saved session; the upload's URI and our MD5 go to
+//!    the ledger.
 //!
 //! Throughout, the file's fingerprint is checked before and after each chunk and before
 //! posting: a file that changed ends the attempt with `UploadError::Changed`.
@@ -95,7 +98,7 @@ use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionStat
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use super::{Disposition, UploadError, UploadJob, Uploaded};
+use super::{Delivery, Disposition, Posted, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 
 /// Files up to this size go inline in one multipart upload.post (the official client's
@@ -168,12 +171,21 @@ impl std::fmt::Debug for RedivisBackend {
 }
 
 /// What upload.post gave.
-enum Posted {
+enum PostAnswer {
     /// The upload, under exactly the name we sent.
     Created(UploadResource),
     /// Another upload holds the name: the server refused ours (409), or created it under
     /// another name, which has been deleted again. Nothing of ours is in the table.
     NameTaken(String),
+}
+
+/// How an import that Redivis finished turned out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    /// Our size and MD5: the file is uploaded.
+    Verified(Uploaded),
+    /// Other bytes than were sent (the reason says how); the upload has been deleted.
+    Corrupt(String),
 }
 
 /// How the bytes reach upload.post.
@@ -351,8 +363,9 @@ impl RedivisBackend {
         }
     }
 
-    /// Uploads one file (module doc, steps 1–9).
-    pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+    /// Uploads one file (module doc, steps 1–8): returns once Redivis holds it, imported
+    /// and verified, or still importing ([`Delivery::Posted`]).
+    pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
             Target::KifsDirectory { directory, .. } => {
@@ -410,13 +423,13 @@ impl RedivisBackend {
         result
     }
 
-    /// Steps 2–9 for a file whose name is claimed.
+    /// Steps 2–8 for a file whose name is claimed.
     async fn upload_named(
         &self,
         job: &mut UploadJob,
         table: &str,
         escaped: &str,
-    ) -> Result<Uploaded, UploadError> {
+    ) -> Result<Delivery, UploadError> {
         let reader = FileReader::open(&job.path, &job.fingerprint)?;
         let scope = job.scope.clone();
         let mut local_md5: Option<String> = None;
@@ -568,15 +581,15 @@ impl RedivisBackend {
                         other => other?,
                     };
                     let posted = match posted {
-                        Posted::Created(upload) => upload,
-                        Posted::NameTaken(reason) if !name_taken => {
+                        PostAnswer::Created(upload) => upload,
+                        PostAnswer::NameTaken(reason) if !name_taken => {
                             name_taken = true;
                             tracing::warn!(job = job.id.0, upload = %job.rel, reason = %reason, "the upload name was taken in the table meanwhile; checking it again by name");
                             // A session's upload id may be used up: send the bytes anew.
                             job.clear_progress()?;
                             continue;
                         }
-                        Posted::NameTaken(reason) => {
+                        PostAnswer::NameTaken(reason) => {
                             job.clear_progress()?;
                             return Err(UploadError::retry(format!(
                                 "the Redivis upload name {escaped:?} of {} in table {table} \
@@ -590,45 +603,140 @@ impl RedivisBackend {
                     (posted, md5)
                 }
             };
-            // 7. Processing.
-            let done = self.poller.wait(table, posted, &scope).await?;
-            if done.is_failed() {
-                return Err(failed_upload_error(&done));
+            job.live.set(reader.size, reader.size);
+            // 7. Still importing: handed back, the daemon waits without a worker.
+            if !posted.is_terminal() {
+                return Ok(Delivery::Posted(Posted {
+                    remote: posted.uri,
+                    target: table.to_string(),
+                    md5,
+                }));
             }
             // 8. Integrity.
-            let remote_hash = done.hash.clone().unwrap_or_default();
-            let size_ok = done.size.is_none_or(|s| s == reader.size);
-            let hash_ok = remote_hash.is_empty() || hashes_match(&md5, &remote_hash);
-            if size_ok && hash_ok {
-                if remote_hash.is_empty() {
-                    tracing::warn!(job = job.id.0, upload = %done.uri, "Redivis reported no hash; the upload is not verified");
+            let reason = match self
+                .verify(table, escaped, posted, reader.size, &md5, &scope)
+                .await?
+            {
+                Imported::Verified(uploaded) => {
+                    job.clear_progress()?;
+                    return Ok(Delivery::Uploaded(uploaded));
                 }
-                job.clear_progress()?;
-                job.live.set(reader.size, reader.size);
-                return Ok(Uploaded {
-                    remote: done.uri,
-                    md5: Some(md5),
-                });
-            }
-            mismatches += 1;
-            let reason = if hash_ok {
-                format!(
-                    "size mismatch: local {} bytes, remote {} bytes",
-                    reader.size,
-                    done.size.unwrap_or_default()
-                )
-            } else {
-                format!("hash mismatch: local {md5}, remote {remote_hash}")
+                Imported::Corrupt(reason) => reason,
             };
-            tracing::warn!(job = job.id.0, upload = %done.uri, attempt = mismatches, max_attempts = 2, reason = %reason, "deleting a corrupt upload");
-            self.api.delete_upload(&done.uri, &scope).await?;
-            self.index.deleted(table, escaped, &done.uri);
+            mismatches += 1;
             job.clear_progress()?;
             local_md5 = Some(md5);
             if mismatches >= 2 {
                 return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
             }
         }
+    }
+
+    /// Steps 7–8 for an upload handed back as posted: waits through the table's shared
+    /// poller until Redivis finished importing it, then checks it. An import Redivis
+    /// failed is an error carrying its `errorMessage`; a corrupt one is deleted. In both
+    /// cases the file's name is released, since nothing of it stays in the table.
+    pub async fn await_import(
+        &self,
+        rel: &str,
+        posted: &Posted,
+        size: u64,
+        scope: &CallScope,
+    ) -> Result<Imported, UploadError> {
+        let table = posted.target.as_str();
+        let waited = UploadResource {
+            uri: posted.remote.clone(),
+            name: Some(rel.to_string()),
+            ..UploadResource::default()
+        };
+        let done = self.poller.wait(table, waited, scope).await?;
+        let escaped = names::escape(rel);
+        let checked = self
+            .verify(table, &escaped, done, size, &posted.md5, scope)
+            .await;
+        if matches!(
+            checked,
+            Ok(Imported::Corrupt(_))
+                | Err(UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    ..
+                })
+        ) {
+            self.names.release(table, rel);
+        }
+        checked
+    }
+
+    /// [`RedivisBackend::upload`], then [`RedivisBackend::await_import`] when needed: the
+    /// whole way to an imported, verified upload in one call (tests, tools). A corrupt
+    /// import sends the file again once.
+    pub async fn upload_and_import(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+        let mut corrupt = 0;
+        loop {
+            let posted = match self.upload(job).await? {
+                Delivery::Uploaded(uploaded) => return Ok(uploaded),
+                Delivery::Posted(posted) => posted,
+            };
+            let scope = job.scope.clone();
+            match self
+                .await_import(&job.rel, &posted, job.fingerprint.size, &scope)
+                .await?
+            {
+                Imported::Verified(uploaded) => {
+                    job.clear_progress()?;
+                    return Ok(uploaded);
+                }
+                Imported::Corrupt(reason) => {
+                    corrupt += 1;
+                    if corrupt >= 2 {
+                        return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                    }
+                    // The corrupt upload is deleted: nothing of this file is posted now.
+                    job.clear_progress()?;
+                    job.finalize_started = false;
+                }
+            }
+        }
+    }
+
+    /// Step 8: a finished upload is ours when Redivis reports our size and MD5. Another
+    /// size or hash: the upload is deleted (it holds bytes that are not the file's).
+    async fn verify(
+        &self,
+        table: &str,
+        escaped: &str,
+        done: UploadResource,
+        size: u64,
+        md5: &str,
+        scope: &CallScope,
+    ) -> Result<Imported, UploadError> {
+        if done.is_failed() {
+            return Err(failed_upload_error(&done));
+        }
+        let remote_hash = done.hash.clone().unwrap_or_default();
+        let size_ok = done.size.is_none_or(|s| s == size);
+        let hash_ok = remote_hash.is_empty() || hashes_match(md5, &remote_hash);
+        if size_ok && hash_ok {
+            if remote_hash.is_empty() {
+                tracing::warn!(upload = %done.uri, "Redivis reported no hash; the upload is not verified");
+            }
+            return Ok(Imported::Verified(Uploaded {
+                remote: done.uri,
+                md5: Some(md5.to_string()),
+            }));
+        }
+        let reason = if hash_ok {
+            format!(
+                "size mismatch: local {size} bytes, remote {} bytes",
+                done.size.unwrap_or_default()
+            )
+        } else {
+            format!("hash mismatch: local {md5}, remote {remote_hash}")
+        };
+        tracing::warn!(upload = %done.uri, reason = %reason, "deleting a corrupt upload");
+        self.api.delete_upload(&done.uri, scope).await?;
+        self.index.deleted(table, escaped, &done.uri);
+        Ok(Imported::Corrupt(reason))
     }
 
     /// The MD5 (hex) of the whole file.
@@ -673,7 +781,7 @@ impl RedivisBackend {
 
     /// upload.post; an answer lost on the way is reconciled through the list, never
     /// re-posted blindly. A name already taken in the table comes back as
-    /// [`Posted::NameTaken`], whether the server refuses it or renames our upload.
+    /// [`PostAnswer::NameTaken`], whether the server refuses it or renames our upload.
     async fn post(
         &self,
         table: &str,
@@ -682,7 +790,7 @@ impl RedivisBackend {
         md5: &str,
         finalize: &Finalize,
         scope: &CallScope,
-    ) -> Result<Posted, UploadError> {
+    ) -> Result<PostAnswer, UploadError> {
         let mut attempts =
             Attempts::new(self.api.retry_policy(), scope, "upload.post").watching(self.health());
         loop {
@@ -708,11 +816,11 @@ impl RedivisBackend {
                             // a second copy of the file under another name is a duplicate.
                             tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
                             self.api.delete_upload(&upload.uri, scope).await?;
-                            Ok(Posted::NameTaken(format!(
+                            Ok(PostAnswer::NameTaken(format!(
                                 "Redivis created it as {given:?}"
                             )))
                         }
-                        _ => Ok(Posted::Created(upload)),
+                        _ => Ok(PostAnswer::Created(upload)),
                     };
                 }
                 Ok(_) => {
@@ -724,7 +832,7 @@ impl RedivisBackend {
             };
             if err.status == Some(409) {
                 // Refused, so nothing was created.
-                return Ok(Posted::NameTaken(err.message));
+                return Ok(PostAnswer::NameTaken(err.message));
             }
             if matches!(finalize, Finalize::Session { .. }) && err.status == Some(400) {
                 // The transferred bytes are unknown to upload.post (the session expired, or
@@ -745,7 +853,7 @@ impl RedivisBackend {
                 "upload.post answer lost; checking the table before posting again"
             );
             if let Some(found) = self.find_posted(table, name, size, md5, scope).await? {
-                return Ok(Posted::Created(found));
+                return Ok(PostAnswer::Created(found));
             }
             if let Err(gave_up) = attempts.pause(None, &err.message).await {
                 return Err(match gave_up {
