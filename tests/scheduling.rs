@@ -378,3 +378,33 @@ fn an_outage_of_redivis_alone_leaves_kifs_files_arriving_at_full_speed() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_failed_file_that_is_renamed_clears_without_retry() {
+    let s = Setup::new(&[], "");
+    let bad = s.kin.join("bad_name.csv");
+    write_backdated(&bad, "a name KiFS refuses\n");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the failure", || {
+        s.folder(0)["failed"] == 1
+    });
+    let failed =
+        |metrics: &str| sample(metrics, "upsync_queue_jobs", &["state=\"failed\"", "kin\""]);
+    assert_eq!(failed(&s.metrics()), Some(1.0));
+    // The README's remedy for a name the remote rejects: rename the file.
+    let good = s.kin.join("good-name.csv");
+    std::fs::rename(&bad, &good).unwrap();
+    daemon.wait_until(Duration::from_secs(20), "the renamed file", || {
+        s.kifs_arrived(&good)
+    });
+    daemon.wait_until(Duration::from_secs(10), "the failure cleared", || {
+        s.folder(0)["failed"] == 0
+    });
+    let status = s.status();
+    assert_eq!(status["failed"], serde_json::json!([]), "{status}");
+    assert_eq!(failed(&s.metrics()), Some(0.0));
+    assert_eq!(daemon.terminate(), Some(0));
+    // A one-shot run has nothing left to report.
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}

@@ -143,6 +143,14 @@ impl Sink for CountingSink {
         uploaded
     }
 
+    fn vanished(&self, key: &FileKey) {
+        Sink::vanished(&self.store, key);
+    }
+
+    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
+        Sink::pending_files(&self.store, folder, under)
+    }
+
     fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
         self.offered.fetch_add(1, Ordering::Relaxed);
         let offer = Sink::offer(&self.store, key, fingerprint);

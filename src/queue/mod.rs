@@ -869,10 +869,12 @@ impl Store {
         })
     }
 
-    /// The files of `folder` (relative paths) that have a job, from the `by_path` index.
-    pub fn files_with_jobs(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
+    /// for all) that have a job, from the `by_path` index.
+    pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
+        prefix.extend_from_slice(under.as_bytes());
         let mut files = Vec::new();
         for entry in self.inner.trees.by_path.scan_prefix(&prefix).keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
