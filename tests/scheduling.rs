@@ -408,3 +408,69 @@ fn a_failed_file_that_is_renamed_clears_without_retry() {
     let (code, stdout, stderr) = upsync(&["sync", "--once", "-c", s.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 }
+
+#[test]
+fn sync_once_with_the_remote_down_ends_at_its_retry_wait_limit_with_a_summary() {
+    let mut s = Setup::new(&[], "");
+    write_backdated(&s.kin.join("k.csv"), "kifs\n");
+    write_backdated(&s.rin.join("r.csv"), "redivis\n");
+    s.emulator.stop();
+    let started = Instant::now();
+    let (code, stdout, stderr) = upsync(&[
+        "sync",
+        "--once",
+        "-c",
+        s.config.to_str().unwrap(),
+        "--retry-wait-limit",
+        "10s",
+    ]);
+    let took = started.elapsed();
+    println!("sync --once, remote down, limit 10 s: exit {code} after {took:?}");
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        took >= Duration::from_secs(10) && took <= Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert!(stderr.contains("2 file(s) not uploaded yet"), "{stderr}");
+    assert!(
+        stderr.contains("k.csv") && stderr.contains("r.csv"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--retry-wait-limit"), "{stderr}");
+    assert!(
+        stderr.contains("remote"),
+        "the summary says what they wait for: {stderr}"
+    );
+    // The next run, with the remote back, uploads them.
+    s.emulator.start_again(None);
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("uploaded 2 file(s)"), "{stdout}");
+}
+
+#[test]
+fn sync_once_does_not_wait_for_a_folder_whose_remote_refuses_it() {
+    let s = Setup::new(&[], "");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "kifs_directory = \"ingest\"",
+        "kifs_directory = \"missing\"",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    write_backdated(&s.kin.join("k.csv"), "waits for its directory\n");
+    write_backdated(&s.rin.join("r.csv"), "redivis\n");
+    let started = Instant::now();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "-c", s.config.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(20),
+        "waited {took:?} for nothing"
+    );
+    assert!(stderr.contains("uploaded 1 file(s)"), "{stderr}");
+    assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
+    assert!(
+        stderr.contains("k.csv: its folder's remote refuses it") && stderr.contains("'missing'"),
+        "{stderr}"
+    );
+    assert_eq!(s.redivis_names(), ["r.csv"]);
+}
