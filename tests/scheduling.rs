@@ -474,3 +474,80 @@ fn sync_once_does_not_wait_for_a_folder_whose_remote_refuses_it() {
     );
     assert_eq!(s.redivis_names(), ["r.csv"]);
 }
+
+#[test]
+fn a_backlog_of_ten_thousand_files_in_one_folder_does_not_delay_another_folders_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    // b comes after a in the queue's folder order, so only taking turns serves it early.
+    let tag = |path: &Path| upsync::queue::folder_tag(&path.to_string_lossy());
+    let b = (0..)
+        .map(|n| tmp.path().join(format!("b{n}")))
+        .find(|b| tag(b) > tag(&a))
+        .unwrap();
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let emulator = EmulatorProcess::start(
+        &tmp.path().join("remote"),
+        &["--kifs-directory", "a", "--kifs-directory", "b"],
+    );
+    let config = tmp.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir = "state"
+concurrency = 1
+[kifs]
+url = "{}"
+[[folder]]
+path = "a"
+kifs_directory = "a"
+settle = "1s"
+[[folder]]
+path = "{}"
+kifs_directory = "b"
+settle = "1s"
+"#,
+            emulator.kifs_url(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    for i in 0..10_000 {
+        let path = a.join(format!("f{i:05}.csv"));
+        std::fs::write(&path, format!("{i}\n")).unwrap();
+    }
+    // Every KiFS request takes 0.7 s, so the backlog lasts (a batch carries up to 1000
+    // files): draining it takes 7 s or more.
+    let slow: Vec<serde_json::Value> = (0..100)
+        .map(|_| serde_json::json!({"target": "kifs", "action": {"delay_ms": 700}}))
+        .collect();
+    emulator.post_json("/_emulator/faults", &serde_json::Value::Array(slow));
+    let mut daemon = DaemonProcess::start(&config);
+    let status = || {
+        let (code, stdout, stderr) = upsync(&["status", "-c", config.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    daemon.wait_until(Duration::from_secs(60), "a backlog in a", || {
+        status()["folders"][0]["queued"].as_u64().unwrap_or(0) >= 3_000
+    });
+    let file = b.join("urgent.csv");
+    let written = Instant::now();
+    std::fs::write(&file, "from b\n").unwrap();
+    daemon.wait_until(Duration::from_secs(30), "b's file", || {
+        same_content(&file, &emulator.kifs_file("b/urgent.csv"))
+    });
+    let took = written.elapsed();
+    let left = status()["folders"][0]["queued"].as_u64().unwrap_or(0);
+    println!(
+        "b's file arrived {took:?} after it was written (settle 1 s); a still had {left} queued"
+    );
+    assert!(
+        left > 0,
+        "the backlog was gone before b's file: the test proves nothing"
+    );
+    assert!(took <= Duration::from_secs(4), "{took:?}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
