@@ -16,6 +16,8 @@
 //! - Vanished files: a failed file that is renamed clears without `upsync retry`.
 //! - `sync --once`: with the remote down it ends at its `--retry-wait-limit` with a
 //!   summary; a folder whose remote refuses it is not waited for.
+//! - Stalls are visible: an upload waiting for an in-place retry shows "retrying (attempt
+//!   n, next in Ns): last error" in `status`, text and JSON.
 
 mod common;
 
@@ -554,5 +556,49 @@ settle = "1s"
         left > 0,
         "the backlog was gone before b's file: the test proves nothing"
     );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn an_upload_retrying_in_place_shows_the_retry_instead_of_a_rate() {
+    let s = Setup::new(&[], "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the KiFS folder ready", || {
+        s.folder(0)["remote_check"]["state"] == "ready"
+    });
+    // Two answers asking for a 4 s pause: the upload waits in place, in plain sight.
+    let busy: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "4"}})
+        })
+        .collect();
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(busy));
+    let path = s.kin.join("stalled.csv");
+    write_backdated(&path, "waits twice\n");
+    let mut shown = serde_json::Value::Null;
+    daemon.wait_until(Duration::from_secs(20), "the retry in status", || {
+        shown = s.status()["in_flight"][0].clone();
+        shown["retrying"].is_object()
+    });
+    assert!(
+        shown["retrying"]["attempt"].as_u64().unwrap() >= 1,
+        "{shown}"
+    );
+    assert!(
+        shown["retrying"]["next_in_s"].as_u64().unwrap() <= 4,
+        "{shown}"
+    );
+    let error = shown["retrying"]["last_error"].as_str().unwrap();
+    assert!(error.contains("503"), "{shown}");
+    let (code, text, _) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("stalled.csv") && text.contains("retrying (attempt "),
+        "{text}"
+    );
+    daemon.wait_until(Duration::from_secs(30), "the file after the pauses", || {
+        s.kifs_arrived(&path)
+    });
     assert_eq!(daemon.terminate(), Some(0));
 }
