@@ -39,6 +39,7 @@ fn quick_benchmark_prints_every_figure() {
         "files of 4 KiB to Redivis: API requests per file",
         "Restart over 1000 uploaded files",
         "Latency, 1 KiB file closed",
+        "files of 4 KiB to Redivis, 2 s import each, 4 workers: wall time",
     ];
     for figure in figures {
         let row = stdout

@@ -66,40 +66,6 @@ fn status_json(config: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-    })
-}
-
-/// The value of the first sample line of `metric` whose labels contain every `labels` part.
-fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
-        .find(|l| labels.iter().all(|part| l.contains(part)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
     let port = free_port();

@@ -127,37 +127,6 @@ settle = "1s"
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .unwrap()
-    })
-}
-
-/// The value of the first sample of `metric` whose labels contain every one of `labels`.
-fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 fn write_backdated(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     backdate(path, 60);

@@ -2,14 +2,20 @@
 //! one watcher per folder, the workers, the control socket, the metrics endpoint and the
 //! systemd notifications, and shuts them down in order.
 //!
+//! Nothing in the start asks a remote: each folder's remote is checked in the background
+//! ([`gates`]), a remote that stops answering is probed alone (`remotes`), workers claim
+//! only from folders whose remote takes files, in turn (`schedule`), and Redivis imports
+//! are waited for without a worker (`imports`).
+//!
 //! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop (and reloads
 //! the config on SIGHUP, see [`fleet`]); [`sync_once`] (`upsync sync --once`) scans the
 //! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
 //! is in [`rebuild`].
 //!
-//! Shutdown: stop claiming jobs, give in-flight uploads `shutdown_timeout` to reach their
-//! next checkpoint, then abort whatever is left (safe: progress is only ever persisted after
-//! the remote acknowledged it) and flush the store.
+//! Shutdown: stop claiming jobs and end every pause (retries, remote checks, import waits),
+//! give in-flight uploads `shutdown_timeout` to reach their next checkpoint, then abort
+//! whatever is left (safe: progress is only ever persisted after the remote acknowledged
+//! it) and flush the store.
 
 pub mod control;
 mod fleet;

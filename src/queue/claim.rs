@@ -17,7 +17,9 @@
 use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
-use super::{Job, JobState, Store, StoreError, encode, folder_tag, from_ms, job_key, to_ms};
+use super::{
+    Job, JobState, Store, StoreError, Tx, TxResult, encode, folder_tag, from_ms, job_key, to_ms,
+};
 
 impl Store {
     /// Claims the earliest due job of any folder, the folders taken in key order (tests and
@@ -70,26 +72,7 @@ impl Store {
 
     /// Makes the job of one due entry active, unless another worker took it meanwhile.
     fn claim_entry(&self, raw: &[u8], due: DueEntry, now: u64) -> Result<Option<Job>, StoreError> {
-        self.transact(|tx| {
-            if tx.due.remove(raw)?.is_none() {
-                return Ok(None);
-            }
-            let Some(job) = tx.job(due.id)? else {
-                return Ok(None);
-            };
-            if job.due_ms() != Some(due.due_ms) {
-                return Ok(None);
-            }
-            let active = Job {
-                state: JobState::Active,
-                updated_at_ms: now,
-                ..job.clone()
-            };
-            tx.put_job(Some(&job), &active)?;
-            tx.claimed
-                .insert(&job_key(due.id), encode(&active.fingerprint))?;
-            Ok(Some(active))
-        })
+        self.transact(|tx| tx.activate(raw, due, now))
     }
 
     /// Claims, in one transaction, more jobs of `first`'s folder due at or before `now`
@@ -134,24 +117,9 @@ impl Store {
         self.transact(|tx| {
             let mut claimed = Vec::with_capacity(candidates.len());
             for (raw, due) in &candidates {
-                if tx.due.remove(raw)?.is_none() {
-                    continue;
+                if let Some(active) = tx.activate(raw, *due, now)? {
+                    claimed.push(active);
                 }
-                let Some(job) = tx.job(due.id)? else {
-                    continue;
-                };
-                if job.due_ms() != Some(due.due_ms) {
-                    continue;
-                }
-                let active = Job {
-                    state: JobState::Active,
-                    updated_at_ms: now,
-                    ..job.clone()
-                };
-                tx.put_job(Some(&job), &active)?;
-                tx.claimed
-                    .insert(&job_key(due.id), encode(&active.fingerprint))?;
-                claimed.push(active);
             }
             Ok(claimed)
         })
@@ -248,6 +216,31 @@ impl Store {
             from = next_tag(tag);
         }
         Ok(tags)
+    }
+}
+
+impl Tx<'_> {
+    /// Takes a due entry and makes its job active (invariants 2 and 6); `None` when the
+    /// entry was taken meanwhile or no longer matches its job.
+    fn activate(&self, raw: &[u8], due: DueEntry, now: u64) -> TxResult<Option<Job>> {
+        if self.due.remove(raw)?.is_none() {
+            return Ok(None);
+        }
+        let Some(job) = self.job(due.id)? else {
+            return Ok(None);
+        };
+        if job.due_ms() != Some(due.due_ms) {
+            return Ok(None);
+        }
+        let active = Job {
+            state: JobState::Active,
+            updated_at_ms: now,
+            ..job.clone()
+        };
+        self.put_job(Some(&job), &active)?;
+        self.claimed
+            .insert(&job_key(due.id), encode(&active.fingerprint))?;
+        Ok(Some(active))
     }
 }
 

@@ -89,44 +89,13 @@ impl EmulatorProcess {
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) {
         let url = format!("http://{}{path}", self.addr);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
-            let response = reqwest::Client::new()
-                .post(&url)
-                .json(body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "POST {url}: {}",
-                response.status()
-            );
-        });
+        send_ok("POST", reqwest::Client::new().post(&url).json(body));
     }
 
     /// Removes every scripted fault not consumed yet (`DELETE /_emulator/faults`).
     pub fn clear_faults(&self) {
         let url = format!("http://{}/_emulator/faults", self.addr);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime builds");
-        runtime.block_on(async {
-            let response = reqwest::Client::new()
-                .delete(&url)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("DELETE {url}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "DELETE {url}: {}",
-                response.status()
-            );
-        });
+        send_ok("DELETE", reqwest::Client::new().delete(&url));
     }
 
     pub fn kifs_url(&self) -> String {
@@ -153,6 +122,61 @@ impl Drop for EmulatorProcess {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// Sends `request` and checks that it succeeded.
+fn send_ok(method: &str, request: reqwest::RequestBuilder) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let url = response.url().to_string();
+        assert!(
+            response.status().is_success(),
+            "{method} {url}: {}",
+            response.status()
+        );
+    });
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET url`.
+pub fn get_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds");
+    runtime.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    })
+}
+
+/// The value of the first sample line of `metric` whose labels contain every `labels` part.
+pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|part| l.contains(part)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn blocking_get_json(url: &str) -> serde_json::Value {

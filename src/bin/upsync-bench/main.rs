@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release --bin upsync-bench            # full run (~15-20 minutes)
 //! cargo run --release --bin upsync-bench -- --quick # small sizes (< 1 minute), for CI
+//! cargo run --release --bin upsync-bench -- --only outage-recovery   # 5-minute outage
 //! ```
+//!
+//! `outage-recovery` runs only when named with `--only`: it waits out a five-minute outage
+//! (ten seconds with `--quick`).
 //!
 //! The emulator runs inside this process; the daemon is the `upsync` binary next to this
 //! one (built first when run through cargo) or `--bin-path`. Every figure has a baseline
@@ -14,6 +18,7 @@
 
 mod harness;
 mod scenarios;
+mod waiting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +54,9 @@ enum Section {
     RedivisSmall,
     Restart,
     Latency,
+    RedivisImports,
+    /// Not in a run without `--only`: it takes five minutes.
+    OutageRecovery,
 }
 
 /// How big everything is in a run.
@@ -59,6 +67,8 @@ pub struct Sizes {
     pub redivis_files: u64,
     pub restart_files: u64,
     pub latency_files: u64,
+    pub imports: Vec<waiting::ImportRun>,
+    pub outage: std::time::Duration,
 }
 
 impl Sizes {
@@ -71,6 +81,21 @@ impl Sizes {
             redivis_files: 100,
             restart_files: 100_000,
             latency_files: 100,
+            imports: vec![
+                waiting::ImportRun {
+                    files: 60,
+                    import: std::time::Duration::from_secs(10),
+                    workers: 4,
+                    target: Some(std::time::Duration::from_secs(40)),
+                },
+                waiting::ImportRun {
+                    files: 200,
+                    import: std::time::Duration::from_secs(10),
+                    workers: 4,
+                    target: Some(std::time::Duration::from_secs(30)),
+                },
+            ],
+            outage: std::time::Duration::from_secs(300),
         }
     }
 
@@ -83,6 +108,13 @@ impl Sizes {
             redivis_files: 8,
             restart_files: 1_000,
             latency_files: 5,
+            imports: vec![waiting::ImportRun {
+                files: 8,
+                import: std::time::Duration::from_secs(2),
+                workers: 4,
+                target: None,
+            }],
+            outage: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -162,7 +194,9 @@ async fn run(args: Args) -> BenchResult<bool> {
     } else {
         Sizes::full()
     };
-    let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    let wanted = |section: Section| {
+        args.only.contains(&section) || (args.only.is_empty() && section != Section::OutageRecovery)
+    };
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
 
@@ -261,6 +295,22 @@ async fn run(args: Args) -> BenchResult<bool> {
     if wanted(Section::Latency) {
         eprintln!("latency");
         collect(&mut rows, "Latency", scenarios::latency(&ctx, &sizes).await);
+    }
+    if wanted(Section::RedivisImports) {
+        eprintln!("Redivis imports");
+        collect(
+            &mut rows,
+            "Redivis imports",
+            waiting::redivis_imports(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::OutageRecovery) {
+        eprintln!("outage recovery");
+        collect(
+            &mut rows,
+            "Outage recovery",
+            waiting::outage_recovery(&ctx, &sizes).await,
+        );
     }
 
     print_table(&ctx, &rows, args.quick, started.elapsed());
