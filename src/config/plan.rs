@@ -23,7 +23,8 @@ impl Config {
         };
         let _ = writeln!(
             out,
-            "concurrency: {}, rescan: {}, shutdown timeout: {}, retry delays up to: {}, metrics: {}",
+            "concurrency: {}, rescan: {}, shutdown timeout: {}, retry delays up to: {}, \
+             metrics: {}",
             self.concurrency,
             rescan,
             humantime::format_duration(self.shutdown_timeout),

@@ -21,11 +21,11 @@
 //! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it; it is queued
 //! again when a reload (or a restart) brings its folder back.
 //!
-//! Shutdown: stop claiming, end every pause (retries, remote checks) and stop the
-//! watchers, give in-flight uploads `shutdown_timeout` (minus a short checkpoint margin) to
-//! finish, then ask them to checkpoint, abort what is still running when the deadline
-//! passes (safe: progress is only ever persisted after the remote acknowledged it) and
-//! flush the store.
+//! Shutdown: stop claiming, end every pause (retries, remote checks and probes, import
+//! waits) and stop the watchers, give in-flight uploads `shutdown_timeout` (minus a short
+//! checkpoint margin) to finish, then ask them to checkpoint, abort what is still running
+//! when the deadline passes (safe: progress is only ever persisted after the remote
+//! acknowledged it) and flush the store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
