@@ -180,18 +180,8 @@ pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 }
 
 fn blocking_get_json(url: &str) -> serde_json::Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime builds");
-    runtime.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
-    })
+    let text = get_text(url);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
 }
 
 /// Redivis uploads grouped by their `name`, so a name listed twice shows as two entries.
