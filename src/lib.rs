@@ -3,18 +3,21 @@
 //!
 //! Data flow: notify events, a start-up scan and periodic rescans produce candidates
 //! ([`watch`]); a candidate whose size and mtime have settled becomes a durable job in the
-//! sled queue ([`queue`]); workers ([`daemon`]) claim jobs and stream the files to a
-//! backend ([`upload`]), persisting progress after every acknowledged chunk, and record the
-//! uploaded fingerprint in the ledger so nothing is uploaded twice.
+//! sled queue ([`queue`]); workers ([`daemon`]) claim jobs, taking the folders in turn and
+//! only those whose remote takes files, and stream the files to a backend ([`upload`]),
+//! persisting progress after every acknowledged chunk, and record the uploaded fingerprint
+//! in the ledger so nothing is uploaded twice.
 //!
 //! - [`config`]: strict TOML schema, human units, secrets, validation with file:line errors.
 //! - [`fingerprint`]: the (size, mtime, inode) identity of a local file version.
 //! - [`watch`]: notify watches, the settle rule, include/exclude filters, the scanner.
 //! - [`queue`]: the sled store: jobs, ledger, progress; its invariants.
-//! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff.
+//! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff, the
+//!   one in-place retry policy, and the health of each remote.
 //! - [`emulator`]: local KiFS and Redivis servers with scripted faults (tests, demo, bench).
 //! - [`daemon`]: wiring, workers, shutdown, the control socket for status and retry,
-//!   systemd notifications, one-shot sync.
+//!   systemd notifications, one-shot sync; each folder's remote check, the probes of a
+//!   remote that is down, fair claiming across folders, and the waits for remote imports.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
 

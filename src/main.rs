@@ -82,8 +82,9 @@ enum Command {
         /// Upload once and exit (continuous mirroring is `upsync run`).
         #[arg(long, required = true)]
         once: bool,
-        /// How long to wait for files whose upload failed transiently and is retried later;
-        /// retries due after that are reported as not done.
+        /// The longest the run waits for anything: a remote that does not answer or is
+        /// being checked, retries, Redivis imports. What is left then is reported as not
+        /// done (exit 1) and uploaded by the next run.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         retry_wait_limit: Duration,
         /// Progress display: bars on a terminal, log lines otherwise (auto), or force one.

@@ -19,6 +19,9 @@
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
 //! | `upsync_in_flight_acknowledged_bytes`, `upsync_in_flight_size_bytes` | gauge | folder, backend |
+//! | `upsync_bandwidth_limit_bytes_per_second` | gauge | (none; 0 = unlimited) |
+//! | `upsync_folder_remote_check_state` | gauge | folder, state |
+//! | `upsync_remote_up` | gauge | backend, remote |
 //! | `upsync_build_info` | gauge (always 1) | version |
 //! | `process_*` | (`process` submodule) | — |
 //!
@@ -27,7 +30,10 @@
 //! each configured folder and its backend (and every failure class and request kind and
 //! outcome of that backend), so an alert on a rate or an increase reads 0, not "no data";
 //! the scrape's refresh does it, so folders added by a reload get theirs too.
-//! | `upsync_bandwidth_limit_bytes_per_second` | gauge | (none; 0 = unlimited) |
+//!
+//! `upsync_folder_remote_check_state` is 1 for the state the folder's remote check is in
+//! (`checking`, `ready`, `refused`, `waiting`) and 0 for the others; `upsync_remote_up` is
+//! 1 while a remote answers and 0 while it is down (its folders' files wait for it).
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -133,6 +139,15 @@ impl FailureClass {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteLabels {
+    pub backend: String,
+    pub remote: String,
+}
+
+/// The states a folder's remote check can be in, as `upsync_folder_remote_check_state` says them.
+pub const REMOTE_CHECK_STATES: [&str; 4] = ["checking", "ready", "refused", "waiting"];
+
 /// One folder's queue figures, as the gauges take them.
 #[derive(Debug, Clone, Default)]
 pub struct FolderGauges {
@@ -147,6 +162,8 @@ pub struct FolderGauges {
     pub in_flight_acknowledged_bytes: u64,
     /// The sizes of the files being uploaded, added up.
     pub in_flight_size_bytes: u64,
+    /// The state of the folder's remote check; `None` leaves the gauge out.
+    pub remote_check: Option<String>,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -230,6 +247,8 @@ pub struct Metrics {
     in_flight_acknowledged: Family<UploadLabels, Gauge>,
     in_flight_size: Family<UploadLabels, Gauge>,
     bandwidth_limit: Gauge,
+    folder_remote_check: Family<StateLabels, Gauge>,
+    remote_up: Family<RemoteLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -349,6 +368,18 @@ impl Metrics {
                 "Upload bandwidth limit in force (bandwidth_limit or bandwidth_schedule); 0 when unlimited",
                 Gauge::default(),
             ),
+            folder_remote_check: registered(
+                r,
+                "folder_remote_check_state",
+                "1 for the state of the folder's remote check (checking, ready, refused, waiting), 0 for the others",
+                Family::default(),
+            ),
+            remote_up: registered(
+                r,
+                "remote_up",
+                "1 while the remote answers, 0 while it is down",
+                Family::default(),
+            ),
             registry,
         }
     }
@@ -385,6 +416,7 @@ impl Metrics {
         self.in_flight.clear();
         self.in_flight_acknowledged.clear();
         self.in_flight_size.clear();
+        self.folder_remote_check.clear();
         for figures in folders {
             self.initialise_counters(&figures.folder, &figures.backend);
             self.set_folder(figures);
@@ -418,6 +450,19 @@ impl Metrics {
         self.bandwidth_limit.set(value);
     }
 
+    /// Sets `upsync_remote_up` for the remotes in use; `remotes` are (backend, remote, up).
+    pub fn set_remotes(&self, remotes: &[(String, String, bool)]) {
+        self.remote_up.clear();
+        for (backend, remote, up) in remotes {
+            self.remote_up
+                .get_or_create(&RemoteLabels {
+                    backend: backend.clone(),
+                    remote: remote.clone(),
+                })
+                .set(i64::from(*up));
+        }
+    }
+
     /// Sets the queue gauges of one folder.
     fn set_folder(&self, figures: &FolderGauges) {
         for (state, jobs) in &figures.jobs_by_state {
@@ -448,6 +493,16 @@ impl Metrics {
         self.in_flight_size
             .get_or_create(&labels)
             .set(as_i64(figures.in_flight_size_bytes));
+        if let Some(current) = &figures.remote_check {
+            for state in REMOTE_CHECK_STATES {
+                self.folder_remote_check
+                    .get_or_create(&StateLabels {
+                        folder: figures.folder.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(state == current));
+            }
+        }
     }
 
     /// The exposition text of every metric, as OpenMetrics.
@@ -658,6 +713,7 @@ mod tests {
             in_flight: 1,
             in_flight_acknowledged_bytes: 10,
             in_flight_size_bytes: 100,
+            remote_check: None,
         });
         let text = metrics.encode();
         assert!(
@@ -713,6 +769,59 @@ mod tests {
             )
             .ends_with(" 2"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn remote_health_and_folder_checks_are_gauges_that_follow_each_refresh() {
+        let metrics = Metrics::new();
+        metrics.set_remotes(&[
+            ("kifs".into(), "http://k:9191".into(), true),
+            ("redivis".into(), "http://r/api/v1".into(), false),
+        ]);
+        metrics.set_folders(&[FolderGauges {
+            folder: "/d".into(),
+            backend: "kifs".into(),
+            remote_check: Some("refused".into()),
+            ..FolderGauges::default()
+        }]);
+        let text = metrics.encode();
+        assert!(
+            line(
+                &text,
+                "upsync_remote_up{backend=\"redivis\",remote=\"http://r/api/v1\"}"
+            )
+            .ends_with(" 0"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_remote_up{backend=\"kifs\"").ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "upsync_folder_remote_check_state{folder=\"/d\",state=\"refused\"}"
+            )
+            .ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "upsync_folder_remote_check_state{folder=\"/d\",state=\"ready\"}"
+            )
+            .ends_with(" 0"),
+            "{text}"
+        );
+        metrics.set_remotes(&[("kifs".into(), "http://k:9191".into(), true)]);
+        // Request timings are process-wide (other tests' requests show there): only the
+        // remote's own series must leave.
+        assert!(
+            !metrics
+                .encode()
+                .contains("upsync_remote_up{backend=\"redivis\""),
+            "a remote no longer used leaves"
         );
     }
 

@@ -215,6 +215,7 @@ fn world(plan: &Plan) -> World {
 state_dir = "state"
 concurrency = 4
 shutdown_timeout = "5s"
+retry_max_delay = "5s"
 [kifs]
 url = "{kifs}"
 [redivis]
@@ -247,7 +248,6 @@ settle = "1s"
 fn start_daemon(w: &World) -> DaemonProcess {
     DaemonProcess::start_with(&w.config, |cmd| {
         cmd.env(TOKEN_ENV, TOKEN)
-            .env("UPSYNC_JOB_RETRY_MAX", "5s")
             // The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
             .env("UPSYNC_REDIVIS_RATE_WINDOW", "5s")
             .env("RUST_LOG", "info");

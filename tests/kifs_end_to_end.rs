@@ -222,7 +222,7 @@ fn json_encoding_uploads_whole_and_multipart_files() {
 }
 
 #[test]
-fn basic_and_bearer_credentials_are_sent_and_bad_ones_stop_the_start() {
+fn basic_and_bearer_credentials_are_sent_and_bad_ones_are_reported_while_the_daemon_runs() {
     for (emulator_args, auth) in [
         (
             ["--kifs-user", "alice:s3cret"],
@@ -244,47 +244,86 @@ fn basic_and_bearer_credentials_are_sent_and_bad_ones_stop_the_start() {
         "username = \"alice\"\npassword = \"wrong\"",
         "",
     );
+    let path = s.inbox.join("a.txt");
+    std::fs::write(&path, "waits for good credentials\n").unwrap();
+    backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || {
-        daemon.exited().is_some()
+    let mut folder = refused_folder(&daemon, &s.config);
+    let reason = folder["remote_check"]["reason"].as_str().unwrap();
+    assert!(reason.contains("credentials"), "{folder}");
+    daemon.wait_until(Duration::from_secs(20), "the file queued", || {
+        folder = status_json(&s.config)["folders"][0].clone();
+        folder["queued"] == 1
     });
-    assert_eq!(daemon.exited(), Some(Some(1)));
+    assert_eq!(upload_requests(&s), 0, "the file waits: {folder}");
+    assert_eq!(daemon.exited(), None, "the daemon keeps running");
     let log = daemon.log_text();
     assert!(log.contains("credentials"), "{log}");
     assert!(
         !log.contains("wrong"),
         "the password leaked into the log: {log}"
     );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Waits until the daemon reports the folder's remote as refused; returns the folder's
+/// status.
+fn refused_folder(daemon: &DaemonProcess, config: &Path) -> serde_json::Value {
+    let mut folder = serde_json::Value::Null;
+    daemon.wait_until(Duration::from_secs(20), "the refusal in status", || {
+        folder = status_json(config)["folders"][0].clone();
+        folder["remote_check"]["state"] == "refused"
+    });
+    folder
 }
 
 #[test]
-fn a_missing_or_read_only_directory_is_a_clear_error_at_start() {
+fn a_missing_or_read_only_directory_is_reported_and_fixing_it_needs_no_restart() {
     let s = setup(&[], "", "");
-    let text = std::fs::read_to_string(&s.config)
+    let without_create = std::fs::read_to_string(&s.config)
         .unwrap()
         .replace("create_directory = true", "");
-    std::fs::write(&s.config, text).unwrap();
+    std::fs::write(&s.config, &without_create).unwrap();
+    let path = s.inbox.join("a.txt");
+    std::fs::write(&path, "waits for its directory\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || {
-        daemon.exited().is_some()
-    });
-    assert_eq!(daemon.exited(), Some(Some(1)));
-    let log = daemon.log_text();
+    let folder = refused_folder(&daemon, &s.config);
+    let reason = folder["remote_check"]["reason"].as_str().unwrap();
     assert!(
-        log.contains("'ingest'") && log.contains("create_directory"),
-        "{log}"
+        reason.contains("'ingest'") && reason.contains("create_directory"),
+        "{folder}"
     );
+    assert_eq!(
+        upload_requests(&s),
+        0,
+        "nothing is sent to a refused folder"
+    );
+    // The fix: let upsync create the directory, and reload.
+    let fixed = without_create.replace(
+        "kifs_directory = \"ingest\"",
+        "kifs_directory = \"ingest\"\ncreate_directory = true",
+    );
+    std::fs::write(&s.config, fixed).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(Duration::from_secs(20), "the file after the fix", || {
+        arrived(&s, &path, "a.txt")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
 
     let s = setup(&["--kifs-read-only-directory", "ingest"], "", "");
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to give up", || {
-        daemon.exited().is_some()
-    });
-    let log = daemon.log_text();
+    let folder = refused_folder(&daemon, &s.config);
+    let reason = folder["remote_check"]["reason"].as_str().unwrap();
     assert!(
-        log.contains("no write permission on KiFS directory 'ingest'"),
-        "{log}"
+        reason.contains("no write permission on KiFS directory 'ingest'"),
+        "{folder}"
     );
+    assert!(
+        daemon
+            .log_text()
+            .contains("no write permission on KiFS directory 'ingest'")
+    );
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]

@@ -312,33 +312,39 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
 }
 
 #[test]
-fn sync_once_reports_a_retry_due_after_the_limit_as_not_done() {
-    let s = setup(&[], "");
+fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next_run_uploads_it() {
+    let s = setup(&["--kifs-directory", "ingest"], "");
     let path = s.inbox.join("later.csv");
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
-    // Every KiFS call is tried 5 times in-request. The first 5 faults make the start-up
-    // check of the directory give up (a warning: uploads retry), the next 5 fail the
-    // upload's first attempt, which goes to retry-wait, due after the zero limit.
-    let faults: Vec<serde_json::Value> = (0..10)
-        .map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}}))
-        .collect();
+    // The folder's remote check is one request (the directory exists), left alone; then
+    // the upload's tries fail while the 3 s limit runs out.
+    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
+    faults.extend((0..6).map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}})));
     s.emulator
         .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
-    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "3s"]);
     assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the limit bounds the in-place retries: {:?}",
+        started.elapsed()
+    );
     assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
     assert!(stderr.contains("later.csv"), "{stderr}");
     assert!(stderr.contains("503"), "the last error is shown: {stderr}");
     // Retries are logged at warn with their numbers.
     assert!(
-        stderr.contains("WARN") && stderr.contains("attempt=") && stderr.contains("retry_in_s="),
+        stderr.contains("WARN") && stderr.contains("attempt=") && stderr.contains("sleep_ms="),
         "{stderr}"
     );
-    // The job is kept for the next run, which uploads it.
+    // The job is kept for the next run (the interrupted attempt is resumed), which
+    // uploads it.
     let report = status_json(&s.config);
-    assert_eq!(report["folders"][0]["retry_wait"], 1, "{report}");
-    assert!(report["retrying"][0]["last_error"].is_string(), "{report}");
+    let folder = &report["folders"][0];
+    let kept = folder["queued"].as_u64().unwrap() + folder["active"].as_u64().unwrap();
+    assert_eq!(kept, 1, "{report}");
     let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "10m"]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(arrived(&s, &path, "later.csv"));
@@ -470,7 +476,7 @@ fn the_shipped_alert_rules_pass_promtool_check_and_test_rules() {
         return;
     };
     let checked = run_promtool(promtool, &["check", "rules", "upsync-rules.yml"], "");
-    assert!(checked.contains("SUCCESS: 3 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
     let tested = run_promtool(promtool, &["test", "rules", "upsync-rules.test.yml"], "");
     assert!(tested.contains("SUCCESS"), "{tested}");
 }

@@ -17,11 +17,12 @@ use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
 use upsync::net::{Bandwidth, HttpClient};
 use upsync::queue::{FileKey, Store};
-use upsync::upload::redivis::api::RetryPolicy;
+use upsync::upload::health::RemoteHealth;
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::ratelimit::PacerConfig;
 use upsync::upload::redivis::{INLINE_UPLOAD_MAX, RedivisBackend, Tuning};
-use upsync::upload::{Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
+use upsync::upload::retry::{CallScope, RetryPolicy};
+use upsync::upload::{Delivery, Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
 
 const TABLE: &str = "owner.dataset:next.table";
 const TOKEN: &str = "redivis-test-token-5b1e93";
@@ -37,13 +38,17 @@ struct Harness {
 }
 
 /// Fast retries and polls; small files go through sessions unless a test says otherwise.
+/// Faults here are scripted per request, so the remote is never judged down by them (the
+/// daemon's end-to-end tests cover that).
 fn tuning() -> Tuning {
     Tuning {
         retry: RetryPolicy {
             attempts: 6,
             base: Duration::from_millis(20),
             max: Duration::from_millis(200),
+            budget: Duration::from_secs(30),
         },
+        down_after: u32::MAX,
         poll: PollConfig {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
@@ -283,9 +288,19 @@ impl Harness {
 }
 
 async fn upload_ok(backend: &RedivisBackend, job: &mut UploadJob) -> Uploaded {
-    match backend.upload(job).await {
+    match backend.upload_and_import(job).await {
         Ok(uploaded) => uploaded,
         Err(err) => panic!("upload of {} failed: {err} ({err:?})", job.rel),
+    }
+}
+
+/// A file index table's outcome: registered at once (`rawFiles` answers synchronously, so
+/// nothing is left importing).
+fn registered(job: &UploadJob, outcome: Result<Delivery, UploadError>) -> Uploaded {
+    match outcome {
+        Ok(Delivery::Uploaded(uploaded)) => uploaded,
+        Ok(Delivery::Posted(posted)) => panic!("{}: left importing: {posted:?}", job.rel),
+        Err(err) => panic!("{}: {err}", job.rel),
     }
 }
 
@@ -566,7 +581,7 @@ async fn a_session_that_rejects_the_upload_twice_fails_the_job() {
     ]))
     .await;
     let mut job = h.claim("rejected.csv");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(message.contains("rejected"), "{message}");
     assert_eq!(
         h.api_count("resumableUpload").await,
@@ -585,7 +600,7 @@ async fn interrupted_attempt(h: &Harness, backend: &RedivisBackend, rel: &str) -
     ));
     h.script(Value::Array(script)).await;
     let mut job = h.claim(rel);
-    match backend.upload(&mut job).await {
+    match backend.upload_and_import(&mut job).await {
         Err(UploadError::Remote {
             disposition: Disposition::Retry { .. },
             ..
@@ -827,7 +842,7 @@ async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
 
     // The same process remembers the name...
     let mut job = h.claim("A-B.csv");
-    let message = permanent_message(backend.upload(&mut job).await);
+    let message = permanent_message(backend.upload_and_import(&mut job).await);
     assert!(
         message.contains("\"A-B.csv\"") && message.contains("\"a.b.csv\""),
         "{message}"
@@ -835,7 +850,7 @@ async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
     h.store.fail(job.id, &message).unwrap();
     // ...and a fresh one finds it in the table.
     let mut job = h.claim("a_b.csv");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(
         message.contains("\"a_b.csv\"") && message.contains("\"a.b.csv\""),
         "{message}"
@@ -848,7 +863,7 @@ async fn a_failed_import_fails_the_job_with_redivis_error_message() {
     let h = Harness::start(|o| o.redivis.redivis_fail_name_pattern = Some("*.bad".into())).await;
     h.write("broken.bad", &data(CHUNK, 23));
     let mut job = h.claim("broken.bad");
-    let message = permanent_message(h.backend().upload(&mut job).await);
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(message.contains("broken.bad"), "{message}");
 }
 
@@ -863,7 +878,7 @@ async fn a_file_that_changes_between_chunks_ends_the_attempt_as_changed() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         std::fs::write(&path, data(3 * CHUNK + 1, 25)).unwrap();
     });
-    let result = h.backend().upload(&mut job).await;
+    let result = h.backend().upload_and_import(&mut job).await;
     writer.await.unwrap();
     assert!(matches!(result, Err(UploadError::Changed)), "{result:?}");
     assert_eq!(
@@ -886,18 +901,19 @@ async fn shutdown_interrupts_a_retry_pause_at_once() {
             attempts: 8,
             base: Duration::from_secs(5),
             max: Duration::from_secs(10),
+            budget: Duration::from_secs(60),
         },
         ..tuning()
     };
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, slow);
     let mut job = h.claim("paused.csv");
-    let shutdown = job.shutdown.clone();
+    let shutdown = job.scope.stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         shutdown.cancel();
     });
     let started = std::time::Instant::now();
-    let result = backend.upload(&mut job).await;
+    let result = backend.upload_and_import(&mut job).await;
     assert!(matches!(result, Err(UploadError::Shutdown)), "{result:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -960,7 +976,8 @@ async fn small_files_cost_at_most_one_and_a_half_api_requests_each() {
     // Four workers, as the daemon's default concurrency.
     for group in jobs.chunks_mut(4) {
         let results =
-            futures::future::join_all(group.iter_mut().map(|job| backend.upload(job))).await;
+            futures::future::join_all(group.iter_mut().map(|job| backend.upload_and_import(job)))
+                .await;
         for result in results {
             result.expect("small uploads succeed");
         }
@@ -1087,7 +1104,7 @@ async fn a_colliding_name_taken_after_the_listing_fails_naming_both_files() {
     h.post_foreign("Q-1.csv", b"theirs\n").await;
     h.write("q.1.csv", &data(700, 52));
     let mut job = h.claim("q.1.csv");
-    let message = permanent_message(backend.upload(&mut job).await);
+    let message = permanent_message(backend.upload_and_import(&mut job).await);
 
     assert!(
         message.contains("\"q.1.csv\"") && message.contains("\"Q-1.csv\""),
@@ -1188,7 +1205,8 @@ async fn rides_out_a_429_storm_with_a_bounded_number_of_requests() {
     }
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
     let started = std::time::Instant::now();
-    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    let results =
+        futures::future::join_all(jobs.iter_mut().map(|job| backend.upload_and_import(job))).await;
     for result in results {
         result.expect("every file gets through the rate limit");
     }
@@ -1345,7 +1363,8 @@ async fn waiting_workers_share_list_polls_per_table() {
         },
     );
     let mut jobs: Vec<UploadJob> = files.iter().map(|(name, _)| h.claim(name)).collect();
-    let results = futures::future::join_all(jobs.iter_mut().map(|job| backend.upload(job))).await;
+    let results =
+        futures::future::join_all(jobs.iter_mut().map(|job| backend.upload_and_import(job))).await;
     for result in results {
         result.expect("uploads succeed");
     }
@@ -1386,7 +1405,7 @@ async fn uploads_posted_one_after_another_share_their_polls() {
         let backend = &backend;
         async move {
             tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
-            backend.upload(job).await
+            backend.upload_and_import(job).await
         }
     });
     for result in futures::future::join_all(uploads).await {
@@ -1417,7 +1436,7 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
     let h = Harness::start(|o| o.redivis.strict_tables = true).await;
     let backend = h.backend();
     let err = backend
-        .prepare_folder(&folder("nobody.nothing:next.none"))
+        .prepare_folder(&folder("nobody.nothing:next.none"), &CallScope::default())
         .await
         .unwrap_err()
         .to_string();
@@ -1431,12 +1450,18 @@ async fn prepare_folder_reports_a_missing_table_and_a_rejected_token() {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    backend.prepare_folder(&folder(TABLE)).await.unwrap();
+    backend
+        .prepare_folder(&folder(TABLE), &CallScope::default())
+        .await
+        .unwrap();
 
     let mut config = h.config(RedivisProtocol::ResumableUpload, CHUNK);
     config.token = Secret::new("wrong-token");
     let wrong = RedivisBackend::with_tuning(&config, tuning(), Bandwidth::unlimited()).unwrap();
-    let err = wrong.prepare_folder(&folder(TABLE)).await.unwrap_err();
+    let err = wrong
+        .prepare_folder(&folder(TABLE), &CallScope::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -1496,11 +1521,11 @@ async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress()
     let rejected = RedivisBackend::with_tuning(&config, tuning(), Bandwidth::unlimited()).unwrap();
     h.write("denied.csv", &data(10, 27));
     let mut job = h.claim("denied.csv");
-    let err = rejected.upload(&mut job).await.unwrap_err();
+    let err = rejected.upload_and_import(&mut job).await.unwrap_err();
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(
-        logs.contains("retrying Redivis API request") && logs.contains("resuming chunk upload"),
+        logs.contains("\"Redivis API request\"") && logs.contains("\"chunk upload\""),
         "the retries were logged: {logs}"
     );
     let texts = [
@@ -1557,7 +1582,7 @@ impl Harness {
         let backend = RedivisBackend::with_tuning(&config, tuning, Bandwidth::unlimited())
             .expect("backend config is valid");
         backend
-            .prepare_folder(&folder(FILES_TABLE))
+            .prepare_folder(&folder(FILES_TABLE), &CallScope::default())
             .await
             .expect("the file index table is reachable");
         backend
@@ -1659,7 +1684,7 @@ async fn a_file_index_folder_sends_a_batch_with_one_temp_uploads_and_one_raw_fil
     let before = backend.api_requests();
     let outcomes = backend.upload_batch(&mut jobs).await;
     for (job, outcome) in jobs.iter().zip(outcomes) {
-        let uploaded = outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        let uploaded = registered(job, outcome);
         assert!(
             uploaded.remote.starts_with("/rawFiles/"),
             "{}",
@@ -1732,7 +1757,7 @@ async fn a_lost_raw_files_answer_is_reconciled_through_the_listing_not_registere
     .await;
     let outcomes = backend.upload_batch(&mut jobs).await;
     for (job, outcome) in jobs.iter().zip(outcomes) {
-        let uploaded = outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        let uploaded = registered(job, outcome);
         h.complete(job, &uploaded);
     }
     assert_eq!(h.api_count("rawFiles.post").await, 1, "registered once");
@@ -1756,7 +1781,7 @@ async fn a_restart_while_finalizing_adopts_what_the_table_holds() {
     }
     let outcomes = backend.upload_batch(&mut jobs).await;
     for (job, outcome) in jobs.iter().zip(outcomes) {
-        outcome.unwrap_or_else(|err| panic!("{}: {err}", job.rel));
+        registered(job, outcome);
         // The daemon died before recording the success: the job is still finalizing.
         assert!(job.finalize_started);
     }
@@ -1811,13 +1836,14 @@ async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_o
             Secret::new(TOKEN),
             Pacer::new(PacerConfig::default()),
             tuning().retry,
+            Arc::new(RemoteHealth::new("redivis", &h.base())),
         )
         .expect("the API URL is valid")
     };
     let (first, second) = (client(), client());
-    let cancel = CancellationToken::new();
+    let scope = CallScope::default();
     let dataset = "owner.dataset";
-    let found = first.create_next_version(dataset, &cancel).await.unwrap();
+    let found = first.create_next_version(dataset, &scope).await.unwrap();
     assert_eq!(found, NextVersion::Existed, "a new dataset starts with one");
     let release = h
         .http
@@ -1831,8 +1857,8 @@ async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_o
         .unwrap();
     assert!(release.status().is_success());
     let (a, b) = tokio::join!(
-        first.create_next_version(dataset, &cancel),
-        second.create_next_version(dataset, &cancel)
+        first.create_next_version(dataset, &scope),
+        second.create_next_version(dataset, &scope)
     );
     let outcomes = [a.unwrap(), b.unwrap()];
     let created = outcomes

@@ -14,7 +14,7 @@
 //!   database (then `--rebuild-state`), an unreadable file, a watched folder missing at
 //!   start or deleted and recreated, two daemons on one `state_dir`.
 //!
-//! Outage tests cap job-level retry delays with `UPSYNC_JOB_RETRY_MAX` so they finish in CI
+//! Outage tests cap job-level retry delays with `retry_max_delay` so they finish in CI
 //! time; `UPSYNC_OUTAGE_SECS` lengthens the outage (default 30 s).
 
 mod common;
@@ -283,10 +283,11 @@ fn outage() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The config of the outage tests: job-level retries at most 8 s apart.
+const OUTAGE_CONFIG: &str = "retry_max_delay = \"8s\"";
+
 fn outage_daemon(config: &Path) -> DaemonProcess {
-    DaemonProcess::start_with(config, |cmd| {
-        cmd.env("UPSYNC_JOB_RETRY_MAX", "8s");
-    })
+    DaemonProcess::start(config)
 }
 
 /// Reads the jobs straight from the state database of a stopped daemon.
@@ -316,10 +317,16 @@ fn all_arrived(s: &Setup, files: &[PathBuf]) -> bool {
 
 #[test]
 fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
-    let mut s = Setup::new(&["--fail-rate", "1.0", "--seed", "3"], "");
-    let files = write_batch(&s, 6, "o");
+    let mut s = Setup::new(&[], OUTAGE_CONFIG);
     let mut daemon = outage_daemon(&s.config);
     wait_running(&daemon, 1);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    // The outage begins once the folder's remote was found ready, so uploads are tried.
+    s.emulator
+        .start_again(Some(&["--fail-rate", "1.0", "--seed", "3"]));
+    let files = write_batch(&s, 6, "o");
     let started = Instant::now();
     let outage = outage();
     // Halfway, a kill -9 and a restart: the retries are persisted with their next attempt.
@@ -332,6 +339,11 @@ fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
         .filter(|job| matches!(job.state, upsync::queue::JobState::RetryWait { .. }))
         .count();
     assert!(waiting >= 1, "no job is waiting for a retry: {jobs:?}");
+    assert!(
+        jobs.iter()
+            .all(|job| !matches!(job.state, upsync::queue::JobState::Failed { .. })),
+        "an outage fails nothing: {jobs:?}"
+    );
     let mut daemon = outage_daemon(&s.config);
     let remaining = outage.saturating_sub(started.elapsed());
     std::thread::sleep(remaining);
@@ -364,7 +376,7 @@ fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
 
 #[test]
 fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
-    let mut s = Setup::new(&[], "");
+    let mut s = Setup::new(&[], OUTAGE_CONFIG);
     let early = write_batch(&s, 3, "early");
     let mut daemon = outage_daemon(&s.config);
     wait_until(Duration::from_secs(30), "the early files", || {
@@ -381,7 +393,7 @@ fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
     std::thread::sleep(outage().saturating_sub(started.elapsed()));
     // Every failed request is logged once: in-request retries and job-level retries.
     let log = daemon.log_text();
-    let failures = log.matches("retrying KiFS request").count()
+    let failures = log.matches("retrying a request").count()
         + log.matches("upload failed; will retry").count();
     let seconds = started.elapsed().as_secs();
     let bound = 15 * files.len() as u64 * seconds.div_ceil(30) + 20;

@@ -53,6 +53,7 @@ impl Ctx {
 /// The emulator, served from this process on 127.0.0.1 with a free port.
 pub struct Emulator {
     running: RunningEmulator,
+    options: EmulatorOptions,
     pub data_dir: PathBuf,
     http: reqwest::Client,
 }
@@ -61,18 +62,46 @@ impl Emulator {
     /// Starts an emulator over `data_dir`; Redivis uploads complete at once (no processing
     /// delay: the benchmark measures the transfer, not the remote's import).
     pub async fn start(data_dir: &Path, kifs_directories: &[&str]) -> BenchResult<Emulator> {
+        Emulator::start_with(data_dir, kifs_directories, |_| {}).await
+    }
+
+    /// [`Emulator::start`] with `adjust` applied to the options.
+    pub async fn start_with(
+        data_dir: &Path,
+        kifs_directories: &[&str],
+        adjust: impl FnOnce(&mut EmulatorOptions),
+    ) -> BenchResult<Emulator> {
         let mut options = EmulatorOptions::with_data_dir(data_dir.to_path_buf());
         options.redivis.redivis_processing_delay = Duration::ZERO;
         options.redivis.redivis_token = Some(upsync::config::Secret::new(REDIVIS_TOKEN));
         options.kifs.kifs_directories = kifs_directories.iter().map(|d| d.to_string()).collect();
-        let running = emulator::start("127.0.0.1:0", options)
+        adjust(&mut options);
+        let running = emulator::start("127.0.0.1:0", options.clone())
             .await
             .map_err(|e| format!("cannot start the emulator: {e}"))?;
         Ok(Emulator {
             running,
+            options,
             data_dir: data_dir.to_path_buf(),
             http: reqwest::Client::new(),
         })
+    }
+
+    /// Stops serving (clients get "connection refused"), keeping what was stored.
+    pub async fn go_away(&self) {
+        self.running.shutdown.cancel();
+        while !self.running.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Serves again on the same address and data after [`Emulator::go_away`].
+    pub async fn come_back(&mut self) -> BenchResult<()> {
+        let addr = self.running.addr.to_string();
+        self.running = emulator::start(&addr, self.options.clone())
+            .await
+            .map_err(|e| format!("cannot start the emulator again on {addr}: {e}"))?;
+        Ok(())
     }
 
     pub fn base(&self) -> String {

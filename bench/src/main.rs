@@ -4,10 +4,12 @@
 //! cargo run --release -p upsync-bench            # full run (~15-20 minutes)
 //! cargo run --release -p upsync-bench -- --quick # small sizes (< 1 minute), for CI
 //! cargo run --release -p upsync-bench -- --only bandwidth   # one section (~30 s)
+//! cargo run --release -p upsync-bench -- --only outage-recovery   # 5-minute outage
 //! ```
 //!
 //! The bandwidth section (a limit held over a long transfer) runs in full runs and with
-//! `--only bandwidth`, never in `--quick`.
+//! `--only bandwidth`, never in `--quick`. `outage-recovery` runs only when named with
+//! `--only`: it waits out a five-minute outage (ten seconds with `--quick`).
 //!
 //! The emulator runs inside this process; the daemon is the `upsync` binary next to this
 //! one (built first when run through cargo) or `--bin-path`. Every figure has a baseline
@@ -18,6 +20,7 @@
 
 mod harness;
 mod scenarios;
+mod waiting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,9 @@ enum Section {
     Restart,
     Latency,
     Bandwidth,
+    RedivisImports,
+    /// Not in a run without `--only`: it takes five minutes.
+    OutageRecovery,
 }
 
 /// How big everything is in a run.
@@ -66,6 +72,8 @@ pub struct Sizes {
     pub file_index_files: u64,
     pub restart_files: u64,
     pub latency_files: u64,
+    pub imports: Vec<waiting::ImportRun>,
+    pub outage: std::time::Duration,
 }
 
 impl Sizes {
@@ -79,6 +87,21 @@ impl Sizes {
             file_index_files: 500,
             restart_files: 100_000,
             latency_files: 100,
+            imports: vec![
+                waiting::ImportRun {
+                    files: 60,
+                    import: std::time::Duration::from_secs(10),
+                    workers: 4,
+                    target: Some(std::time::Duration::from_secs(40)),
+                },
+                waiting::ImportRun {
+                    files: 200,
+                    import: std::time::Duration::from_secs(10),
+                    workers: 4,
+                    target: Some(std::time::Duration::from_secs(30)),
+                },
+            ],
+            outage: std::time::Duration::from_secs(300),
         }
     }
 
@@ -92,6 +115,13 @@ impl Sizes {
             file_index_files: 50,
             restart_files: 1_000,
             latency_files: 5,
+            imports: vec![waiting::ImportRun {
+                files: 8,
+                import: std::time::Duration::from_secs(2),
+                workers: 4,
+                target: None,
+            }],
+            outage: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -171,7 +201,9 @@ async fn run(args: Args) -> BenchResult<bool> {
     } else {
         Sizes::full()
     };
-    let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    let wanted = |section: Section| {
+        args.only.contains(&section) || (args.only.is_empty() && section != Section::OutageRecovery)
+    };
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
 
@@ -285,6 +317,22 @@ async fn run(args: Args) -> BenchResult<bool> {
             &mut rows,
             "Bandwidth limit",
             scenarios::bandwidth(&ctx).await,
+        );
+    }
+    if wanted(Section::RedivisImports) {
+        eprintln!("Redivis imports");
+        collect(
+            &mut rows,
+            "Redivis imports",
+            waiting::redivis_imports(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::OutageRecovery) {
+        eprintln!("outage recovery");
+        collect(
+            &mut rows,
+            "Outage recovery",
+            waiting::outage_recovery(&ctx, &sizes).await,
         );
     }
 

@@ -15,7 +15,7 @@ use crate::{Row, Sizes, Verdict};
 const PART: u64 = 62_914_560;
 
 /// What one daemon run measured.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub took: Duration,
     pub peak_rss: u64,
     pub flushes: Option<u64>,
@@ -24,7 +24,7 @@ pub struct Outcome {
 
 /// When a run is over.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Until {
+pub(crate) enum Until {
     /// The daemon's ledger holds every file (its status, polled).
     Ledger,
     /// The KiFS emulator stored every file (polled cheaply; for many files, where polling
@@ -36,7 +36,7 @@ enum Until {
 /// (renames: they appear whole, with old mtimes), wait until `expected` files are uploaded,
 /// stop it, and move the items back where they were.
 #[allow(clippy::too_many_arguments)]
-async fn daemon_run(
+pub(crate) async fn daemon_run(
     ctx: &Ctx,
     emulator: &Emulator,
     name: &str,
@@ -117,7 +117,7 @@ async fn daemon_run(
 }
 
 /// Polls the KiFS emulator until it has stored `total` files; returns when it saw that.
-async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+pub(crate) async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let stored = emulator.kifs_files_stored().await?;

@@ -49,6 +49,9 @@ pub struct Config {
     /// `None` when `rescan_interval = "0s"`.
     pub rescan_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// The longest pause between two job-level attempts of a file whose upload keeps
+    /// failing transiently (the pause doubles from 5 s up to this).
+    pub retry_max_delay: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub bandwidth: BandwidthConfig,
     pub redivis: Option<RedivisConfig>,

@@ -26,10 +26,12 @@ impl Config {
         };
         let _ = writeln!(
             out,
-            "concurrency: {}, rescan: {}, shutdown timeout: {}, metrics: {}",
+            "concurrency: {}, rescan: {}, shutdown timeout: {}, retry delays up to: {}, \
+             metrics: {}",
             self.concurrency,
             rescan,
             humantime::format_duration(self.shutdown_timeout),
+            humantime::format_duration(self.retry_max_delay),
             metrics
         );
         if let Some(k) = &self.kifs {

@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub concurrency: Option<Spanned<i64>>,
     pub rescan_interval: Option<Spanned<HumanDuration>>,
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    pub retry_max_delay: Option<Spanned<HumanDuration>>,
     pub metrics_listen: Option<Spanned<Listen>>,
     pub bandwidth_limit: Option<Spanned<String>>,
     pub bandwidth_schedule: Option<Spanned<Vec<Spanned<String>>>>,

@@ -99,6 +99,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.concurrency, 4);
     assert_eq!(config.rescan_interval, Some(Duration::from_secs(600)));
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.retry_max_delay, Duration::from_secs(3600));
     assert_eq!(config.metrics_listen, None);
     assert!(config.redivis.is_none());
     assert!(config.emulator.is_none());
@@ -137,6 +138,7 @@ fn every_key_is_read_when_given() {
 concurrency = 8
 rescan_interval = "1h 30m"
 shutdown_timeout = "45s"
+retry_max_delay = "10m"
 metrics_listen = "127.0.0.1:9464"
 [redivis]
 api_url = "http://127.0.0.1:8787/api/v1/"
@@ -167,6 +169,7 @@ data_dir = "remote"
     assert_eq!(config.concurrency, 8);
     assert_eq!(config.rescan_interval, Some(Duration::from_secs(5400)));
     assert_eq!(config.shutdown_timeout, Duration::from_secs(45));
+    assert_eq!(config.retry_max_delay, Duration::from_secs(600));
     assert_eq!(
         config.metrics_listen,
         Some("127.0.0.1:9464".parse().expect("a valid address"))

@@ -29,6 +29,8 @@ const DEFAULT_CONCURRENCY: i64 = 4;
 const MAX_CONCURRENCY: i64 = 64;
 const DEFAULT_RESCAN: Duration = Duration::from_secs(600);
 const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(3600);
+const MIN_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
 const DEFAULT_CHUNK: u64 = 8 << 20;
@@ -83,6 +85,19 @@ pub(crate) fn build(
     let rescan_interval = duration_or(&raw.rescan_interval, DEFAULT_RESCAN);
     let rescan_interval = (!rescan_interval.is_zero()).then_some(rescan_interval);
     let shutdown_timeout = duration_or(&raw.shutdown_timeout, DEFAULT_SHUTDOWN);
+    let retry_max_delay = duration_or(&raw.retry_max_delay, DEFAULT_RETRY_MAX_DELAY);
+    if let Some(given) = &raw.retry_max_delay
+        && retry_max_delay < MIN_RETRY_MAX_DELAY
+    {
+        ck.error(
+            &given.span(),
+            "retry_max_delay",
+            format!(
+                "expected a duration of at least 1s, like \"1h\", found \"{}\"",
+                humantime::format_duration(retry_max_delay)
+            ),
+        );
+    }
     let metrics_listen = raw.metrics_listen.as_ref().map(|l| l.get_ref().0);
     let bandwidth = network::bandwidth(
         &mut ck,
@@ -142,6 +157,7 @@ pub(crate) fn build(
         concurrency: usize::try_from(concurrency).expect("concurrency was checked to be 1..=64"),
         rescan_interval,
         shutdown_timeout,
+        retry_max_delay,
         metrics_listen,
         bandwidth,
         redivis,

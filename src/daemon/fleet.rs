@@ -6,13 +6,16 @@
 //!    once they appear). An invalid file is logged with its error and changes nothing.
 //! 2. `state_dir`, `metrics_listen` and `[emulator]` cannot change while running: a change
 //!    is logged and the running value kept (restart to apply it).
-//! 3. A backend whose section changed (network keys included) is built anew; an added
-//!    folder's remote is checked like at start, and a definitive refusal (missing KiFS
-//!    directory, no permission) rejects the whole reload. The bandwidth limit or timetable
-//!    of an accepted reload applies from the next piece of every request body.
+//! 3. A backend whose section changed (network keys included) is built anew. The
+//!    bandwidth limit or timetable of an accepted reload applies from the next piece of
+//!    every request body.
 //! 4. Watchers of removed or changed folders stop; added or changed folders get a new
 //!    watcher (which scans them). Unchanged folders keep their watcher.
-//! 5. A new generation of workers starts with the new config; the previous one stops
+//! 5. Remote checks ([`super::gates`]): added folders and folders whose backend was built
+//!    anew are checked from the start; removed folders' checks end; every check still
+//!    waiting (a refused folder, an unreachable remote) tries again now. A refused folder
+//!    does not reject the reload: its files wait and `status` says why.
+//! 6. A new generation of workers starts with the new config; the previous one stops
 //!    claiming and its workers exit once their current upload ends, so for that moment
 //!    more than `concurrency` uploads can run.
 //!
@@ -20,10 +23,11 @@
 //! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it; it is queued
 //! again when a reload (or a restart) brings its folder back.
 //!
-//! Shutdown: stop claiming and stop the watchers, give in-flight uploads
-//! `shutdown_timeout` (minus a short checkpoint margin) to finish, then ask them to
-//! checkpoint, abort what is still running when the deadline passes (safe: progress is
-//! only ever persisted after the remote acknowledged it) and flush the store.
+//! Shutdown: stop claiming, end every pause (retries, remote checks and probes, import
+//! waits) and stop the watchers, give in-flight uploads `shutdown_timeout` (minus a short
+//! checkpoint margin) to finish, then ask them to checkpoint, abort what is still running
+//! when the deadline passes (safe: progress is only ever persisted after the remote
+//! acknowledged it) and flush the store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,12 +39,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
 use super::DaemonError;
+use super::imports::Imports;
+use super::remotes;
+use super::schedule::Schedule;
 use super::status::Live;
 use super::worker::{Backends, FOLDER_REMOVED, Worker};
 use crate::config::{Config, FolderConfig, KifsAuth, KifsConfig, LoadOptions, RedivisConfig};
 use crate::metrics::Metrics;
 use crate::queue::{JobState, RetrySelection, Store};
-use crate::upload::{Disposition, UploadError};
 use crate::watch::{self, ScanSummary, WatchContext};
 
 struct FolderWatch {
@@ -64,6 +70,12 @@ pub(super) struct Fleet {
     interrupt: CancellationToken,
     /// Parent of every watcher's token.
     stop_watching: CancellationToken,
+    /// Parent of every remote check's token.
+    stop_checking: CancellationToken,
+    /// Whose turn it is to be claimed from, shared by every worker generation.
+    schedule: Arc<Schedule>,
+    /// Posted uploads waiting for their import.
+    imports: Arc<Imports>,
     /// The current worker generation's token.
     generation: CancellationToken,
     workers: Vec<JoinHandle<()>>,
@@ -83,6 +95,14 @@ impl Fleet {
         stop_watching: CancellationToken,
     ) -> Fleet {
         let stop_claiming = CancellationToken::new();
+        let stop_checking = CancellationToken::new();
+        let imports = Arc::new(Imports::new(
+            store.clone(),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Arc::clone(&wake),
+            stop_checking.child_token(),
+        ));
         Fleet {
             generation: stop_claiming.child_token(),
             config: current.get(),
@@ -95,6 +115,9 @@ impl Fleet {
             stop_claiming,
             interrupt: CancellationToken::new(),
             stop_watching,
+            stop_checking,
+            schedule: Arc::new(Schedule::default()),
+            imports,
             workers: Vec::new(),
             watchers: Vec::new(),
             retired: Vec::new(),
@@ -131,6 +154,39 @@ impl Fleet {
         scanned_rx
     }
 
+    /// Starts the remote check of every configured folder ([`super::gates`]), the watch
+    /// over every remote in use ([`super::remotes`]), and the wait for the imports the last
+    /// run left ([`super::imports`]).
+    pub fn start_checks(&self) {
+        for folder in &self.config.folders {
+            self.start_check(folder);
+        }
+        self.watch_remotes();
+        self.imports.resume(&self.backends);
+    }
+
+    fn watch_remotes(&self) {
+        let context = remotes::WatchContext {
+            config: self.current.clone(),
+            store: self.store.clone(),
+            wake: Arc::clone(&self.wake),
+        };
+        self.live
+            .remotes
+            .watch(&self.backends, &context, &self.stop_checking);
+    }
+
+    fn start_check(&self, folder: &FolderConfig) {
+        if let Some(backend) = self.backends.for_target(&folder.target) {
+            self.live.gates.start(
+                folder.clone(),
+                Arc::clone(backend),
+                Arc::clone(&self.wake),
+                &self.stop_checking,
+            );
+        }
+    }
+
     /// Starts a new generation of `concurrency` workers with the current config and
     /// retires the previous one (it finishes its current uploads, then exits).
     pub fn start_workers(&mut self) {
@@ -146,7 +202,10 @@ impl Fleet {
                 live: Arc::clone(&self.live),
                 metrics: Arc::clone(&self.metrics),
                 stop_claiming: self.generation.clone(),
+                stopping: self.stop_claiming.clone(),
                 interrupt: self.interrupt.clone(),
+                schedule: Arc::clone(&self.schedule),
+                imports: Arc::clone(&self.imports),
             };
             self.workers.push(tokio::spawn(worker.run()));
         }
@@ -220,12 +279,6 @@ impl Fleet {
             .filter(|folder| !self.watchers.iter().any(|w| same_folder(&w.folder, folder)))
             .cloned()
             .collect();
-        for folder in &added {
-            if let Err(err) = check_remote(&backends, folder).await {
-                tracing::error!(error = %err, "config reload rejected; the running configuration stays in effect");
-                return;
-            }
-        }
 
         let (kept, gone): (Vec<FolderWatch>, Vec<FolderWatch>) = std::mem::take(&mut self.watchers)
             .into_iter()
@@ -238,10 +291,19 @@ impl Fleet {
         }
         self.retired.retain(|task| !task.is_finished());
         self.live.bandwidth.configure(new.bandwidth.clone());
+        let rebuilt =
+            |old: &Option<Arc<crate::upload::Backend>>,
+             new: &Option<Arc<crate::upload::Backend>>| match (old, new) {
+                (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
+                _ => true,
+            };
+        let kifs_rebuilt = rebuilt(&self.backends.kifs, &backends.kifs);
+        let redivis_rebuilt = rebuilt(&self.backends.redivis, &backends.redivis);
         self.config = Arc::new(new);
         self.current.set(Arc::clone(&self.config));
         self.backends = backends;
-        self.live.remotes.set(self.backends.clone());
+        self.restart_checks(&added, kifs_rebuilt, redivis_rebuilt);
+        self.watch_remotes();
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");
             // The scan summary is not awaited: the daemon is already running.
@@ -254,6 +316,29 @@ impl Fleet {
             workers = self.config.concurrency,
             "configuration reloaded"
         );
+    }
+
+    /// Reload step 5: checks of removed folders end, added folders and folders on a
+    /// rebuilt backend are checked from the start, and every waiting check tries again.
+    fn restart_checks(&self, added: &[FolderConfig], kifs_rebuilt: bool, redivis_rebuilt: bool) {
+        let configured: Vec<String> = self
+            .config
+            .folders
+            .iter()
+            .map(|folder| folder.path.to_string_lossy().into_owned())
+            .collect();
+        self.live.gates.retain(&configured);
+        for folder in &self.config.folders {
+            let on_rebuilt = match folder.target {
+                crate::config::Target::KifsDirectory { .. } => kifs_rebuilt,
+                crate::config::Target::RedivisTable(_) => redivis_rebuilt,
+            };
+            let is_added = added.iter().any(|a| a.path == folder.path);
+            if on_rebuilt || is_added {
+                self.start_check(folder);
+            }
+        }
+        self.live.gates.recheck();
     }
 
     fn keep_restart_only_settings(&self, new: &mut Config) {
@@ -314,6 +399,7 @@ impl Fleet {
         );
         self.stop_claiming.cancel();
         self.stop_watching.cancel();
+        self.stop_checking.cancel();
         let aborts: Vec<_> = self.workers.iter().map(|w| w.abort_handle()).collect();
         let all_done = futures::future::join_all(self.workers);
         tokio::pin!(all_done);
@@ -362,27 +448,6 @@ pub(super) async fn store_failure(store: Store) -> crate::queue::StoreError {
         .await;
         if let Ok(Err(err)) = checked {
             return err;
-        }
-    }
-}
-
-/// Checks an added folder's remote like at start: only a definitive refusal is an error.
-async fn check_remote(backends: &Backends, folder: &FolderConfig) -> Result<(), String> {
-    let Some(backend) = backends.for_target(&folder.target) else {
-        return Err(format!(
-            "folder {} needs a backend section the config does not have",
-            folder.path.display()
-        ));
-    };
-    match backend.prepare_folder(folder).await {
-        Ok(()) => Ok(()),
-        Err(UploadError::Remote {
-            disposition: Disposition::Permanent,
-            message,
-        }) => Err(format!("folder {}: {message}", folder.path.display())),
-        Err(err) => {
-            tracing::warn!(folder = %folder.path.display(), error = %err, "cannot check the remote target yet; uploads will retry");
-            Ok(())
         }
     }
 }

@@ -2,19 +2,29 @@
 //! one watcher per folder, the workers, the control socket, the metrics endpoint and the
 //! systemd notifications, and shuts them down in order.
 //!
+//! Nothing in the start asks a remote: each folder's remote is checked in the background
+//! ([`gates`]), a remote that stops answering is probed alone (`remotes`), workers claim
+//! only from folders whose remote takes files, in turn (`schedule`), and Redivis imports
+//! are waited for without a worker (`imports`).
+//!
 //! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop (and reloads
 //! the config on SIGHUP, see [`fleet`]); [`sync_once`] (`upsync sync --once`) scans the
 //! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
 //! is in [`rebuild`].
 //!
-//! Shutdown: stop claiming jobs, give in-flight uploads `shutdown_timeout` to reach their
-//! next checkpoint, then abort whatever is left (safe: progress is only ever persisted after
-//! the remote acknowledged it) and flush the store.
+//! Shutdown: stop claiming jobs and end every pause (retries, remote checks, import waits),
+//! give in-flight uploads `shutdown_timeout` to reach their next checkpoint, then abort
+//! whatever is left (safe: progress is only ever persisted after the remote acknowledged
+//! it) and flush the store.
 
 pub mod control;
 mod fleet;
+pub mod gates;
+mod imports;
 mod once;
 pub mod rebuild;
+mod remotes;
+mod schedule;
 pub mod status;
 pub mod systemd;
 mod worker;
@@ -27,15 +37,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KifsAuth, Target};
+use crate::config::{Config, KifsAuth};
 use crate::emulator::kifs::{KifsToken, KifsUser};
 use crate::emulator::{self, EmulatorOptions, RunningEmulator};
 use crate::metrics::Metrics;
 use crate::net::Bandwidth;
 use crate::queue::{Store, StoreError};
+use crate::upload::Backend;
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
-use crate::upload::{Backend, Disposition, UploadError};
 use crate::watch;
 use fleet::Fleet;
 pub use once::{ProgressMode, SyncOptions, SyncSummary, sync_once};
@@ -233,8 +243,8 @@ pub(crate) struct Core {
 
 impl Core {
     /// Starts the embedded emulator, opens the store (recovering interrupted jobs), builds
-    /// the backends, checks the remote targets, and opens the control socket and the
-    /// metrics endpoint.
+    /// the backends, and opens the control socket and the metrics endpoint. No remote is
+    /// asked anything here: each folder's remote is checked in the background ([`gates`]).
     async fn start(config: Config) -> Result<Core, DaemonError> {
         let config = Arc::new(config);
         let emulator = start_embedded_emulator(&config).await?;
@@ -271,8 +281,6 @@ impl Core {
         live.bandwidth.configure(config.bandwidth.clone());
         log_bandwidth(&config, &live.bandwidth);
         let backends = build_backends(&config, &live.bandwidth)?;
-        live.remotes.set(backends.clone());
-        prepare_folders(&config, &backends).await?;
         {
             // The ledger scan can take a moment on a large tree; status shows "never" until
             // it is merged.
@@ -314,6 +322,7 @@ impl Core {
                     Ok(report) => {
                         metrics.set_folders(&status::folder_gauges(&config, &report));
                         metrics.set_bandwidth_limit(report.bandwidth.limit_bytes_per_s);
+                        metrics.set_remotes(&status::remote_gauges(&report));
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
@@ -348,16 +357,22 @@ impl Core {
 
     /// Starts one watcher per folder; each sends its start-up scan's summary when queued.
     /// Jobs that failed because their folder had left the configuration are queued again
-    /// first, for the folders configured now.
+    /// first, for the folders configured now. Each folder's remote check starts too.
     fn spawn_watchers(
         &mut self,
     ) -> Vec<(String, tokio::sync::oneshot::Receiver<watch::ScanSummary>)> {
         self.fleet.requeue_returning_folders();
+        self.fleet.start_checks();
         self.fleet.start_watchers()
     }
 
     fn spawn_workers(&mut self) {
         self.fleet.start_workers();
+    }
+
+    /// Starts each folder's remote check, which lets the workers claim its jobs.
+    fn spawn_checks(&mut self) {
+        self.fleet.start_checks();
     }
 
     async fn stop(self) -> Result<(), DaemonError> {
@@ -480,37 +495,4 @@ fn build_backends(config: &Config, bandwidth: &Arc<Bandwidth>) -> Result<Backend
         backends.redivis = Some(Arc::new(Backend::Redivis(backend)));
     }
     Ok(backends)
-}
-
-/// A folder whose remote definitively cannot take files (missing directory, no permission,
-/// rejected credentials) stops the start with a clear error; an unreachable remote only
-/// warns, since uploads retry until it is back.
-async fn prepare_folders(config: &Config, backends: &Backends) -> Result<(), DaemonError> {
-    for folder in &config.folders {
-        let Some(backend) = backends.for_target(&folder.target) else {
-            continue;
-        };
-        match backend.prepare_folder(folder).await {
-            Ok(()) => {}
-            Err(UploadError::Remote {
-                disposition: Disposition::Permanent,
-                message,
-            }) => {
-                let target = match &folder.target {
-                    Target::KifsDirectory { directory, .. } => {
-                        format!("KiFS directory '{directory}'")
-                    }
-                    Target::RedivisTable(table) => format!("Redivis table '{table}'"),
-                };
-                return Err(DaemonError::Startup(format!(
-                    "folder {} → {target}: {message}",
-                    folder.path.display()
-                )));
-            }
-            Err(err) => {
-                tracing::warn!(folder = %folder.path.display(), error = %err, "cannot check the remote target yet; uploads will retry");
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,16 +1,20 @@
 //! One-shot mode (`upsync sync --once`): scan every folder once, upload what is ready, and
 //! return a summary instead of watching.
 //!
-//! 1. Start what the daemon starts (store, backends, control socket, metrics), and the
-//!    workers.
+//! 1. Start what the daemon starts (store, backends, control socket, metrics), the remote
+//!    checks of the folders, and the workers.
 //! 2. Scan each folder once ([`watch::scan_once`]): files whose mtime is older than the
 //!    folder's `settle` are queued. Files younger than that may still be being written: the
 //!    folder is scanned again once `settle` has passed; what is still changing then is left
 //!    for the next run (and counted in the summary).
-//! 3. Wait until nothing is queued or uploading. Jobs waiting to retry after a transient
-//!    failure are waited for while their next attempt falls within `retry_wait_limit` of
-//!    the start; later ones are reported as not done.
-//! 4. Stop like the daemon (in-flight progress is saved) and summarize: uploaded files,
+//! 3. Wait until nothing is queued, uploading or importing. Jobs waiting to retry after a
+//!    transient failure are waited for while their next attempt falls within
+//!    `retry_wait_limit` of the start; later ones are reported as not done, and so are the
+//!    files of a folder whose remote refuses it (there is nothing to wait for).
+//! 4. `retry_wait_limit` after the start, stop waiting whatever is left: a remote check that
+//!    has not passed, a remote that is down, in-place retries, imports. Those files are
+//!    reported as not done, with what they wait for.
+//! 5. Stop like the daemon (in-flight progress is saved) and summarize: uploaded files,
 //!    failed jobs with reasons (including failures of earlier runs that were not retried),
 //!    jobs not done. The run succeeded when there are neither failed nor unfinished jobs.
 
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::status::{FailedJob, InFlight, RetryingJob};
+use super::status::{FailedJob, InFlight, Live, RetryingJob};
 use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
@@ -60,6 +64,8 @@ pub struct SyncSummary {
     pub still_changing: u64,
     /// A signal stopped the run early.
     pub interrupted: bool,
+    /// The run stopped waiting at `retry_wait_limit`.
+    pub timed_out: Option<Duration>,
 }
 
 impl SyncSummary {
@@ -79,6 +85,13 @@ impl SyncSummary {
         );
         if self.interrupted {
             out.push_str("; interrupted before the end");
+        }
+        if let Some(limit) = self.timed_out {
+            let _ = write!(
+                out,
+                "; stopped waiting after {} (--retry-wait-limit)",
+                humantime::format_duration(limit)
+            );
         }
         if self.still_changing > 0 {
             let _ = write!(
@@ -143,6 +156,14 @@ impl Sink for CountingSink {
         uploaded
     }
 
+    fn vanished(&self, key: &FileKey) {
+        Sink::vanished(&self.store, key);
+    }
+
+    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
+        Sink::pending_files(&self.store, folder, under)
+    }
+
     fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
         self.offered.fetch_add(1, Ordering::Relaxed);
         let offer = Sink::offer(&self.store, key, fingerprint);
@@ -178,13 +199,13 @@ async fn scan(core: &Core, folder: &FolderConfig) -> Result<u64, DaemonError> {
 /// Jobs of the configured folders, as the end-of-run check needs them.
 #[derive(Default)]
 struct Pending {
-    /// Queued, active or finalizing.
+    /// Queued, active, finalizing or importing.
     busy: u64,
     /// Retry-wait jobs due at or before the limit.
     retry_soon: u64,
-    /// Retry-wait jobs due after the limit.
+    /// Retry-wait jobs due after the limit, and jobs of folders whose remote refuses them.
     retry_late: Vec<RetryingJob>,
-    /// Busy jobs and retry-wait jobs due before the limit (not done if interrupted).
+    /// Busy jobs and retry-wait jobs due before the limit (not done if the run ends first).
     unfinished: Vec<RetryingJob>,
     /// Queued, uploading and retrying files, and their bytes.
     files: u64,
@@ -192,7 +213,14 @@ struct Pending {
     failed: Vec<FailedJob>,
 }
 
-fn pending(config: &Config, store: &Store, limit_ms: u64) -> Result<Pending, String> {
+/// The jobs of the configured folders by what the run still waits for; `held` says why a
+/// folder's files cannot be uploaded in this run at all (its remote refuses it).
+fn pending(
+    config: &Config,
+    store: &Store,
+    limit_ms: u64,
+    held: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pending, String> {
     let folders: BTreeSet<String> = config
         .folders
         .iter()
@@ -204,12 +232,23 @@ fn pending(config: &Config, store: &Store, limit_ms: u64) -> Result<Pending, Str
             continue;
         }
         let path = job.path().display().to_string();
-        let left = RetryingJob {
+        let mut left = RetryingJob {
             path: path.clone(),
             attempts: job.attempts,
             next_attempt_ms: job.due_ms().unwrap_or(0),
             last_error: job.last_error.clone(),
         };
+        let refused = match job.state {
+            JobState::Failed { .. } | JobState::Importing => None,
+            _ => held(&job.key.folder),
+        };
+        if let Some(reason) = refused {
+            left.last_error = Some(reason);
+            out.retry_late.push(left);
+            out.files += 1;
+            out.bytes += job.fingerprint.size;
+            continue;
+        }
         match job.state {
             JobState::Failed {
                 reason,
@@ -231,7 +270,7 @@ fn pending(config: &Config, store: &Store, limit_ms: u64) -> Result<Pending, Str
                 out.retry_soon += 1;
                 out.unfinished.push(left);
             }
-            JobState::Queued | JobState::Active | JobState::Finalizing => {
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {
                 out.busy += 1;
                 out.unfinished.push(left);
             }
@@ -249,8 +288,10 @@ pub async fn sync_once(
     shutdown: impl Future<Output = ()>,
 ) -> Result<SyncSummary, DaemonError> {
     let started = Instant::now();
+    let deadline = started + options.retry_wait_limit;
     let limit_ms = to_ms(SystemTime::now() + options.retry_wait_limit);
     let mut core = Core::start(config).await?;
+    core.spawn_checks();
     core.spawn_workers();
     let mut display = Display::new(options.progress);
 
@@ -267,59 +308,36 @@ pub async fn sync_once(
             young.insert(i, count);
         }
     }
-    let mut rescan_at = young
+    let rescan_at = young
         .keys()
         .map(|i| core.config.folders[*i].settle)
         .max()
         .map(|settle| Instant::now() + settle + Duration::from_millis(100));
-    let mut still_changing = 0;
-
-    tokio::pin!(shutdown);
-    let mut interrupted = false;
-    let probe = core.probe();
-    let last = loop {
-        let figures = {
-            let (config, store) = (Arc::clone(&core.config), core.store.clone());
-            tokio::task::spawn_blocking(move || pending(&config, &store, limit_ms))
-                .await
-                .map_err(|err| DaemonError::Startup(format!("the status task failed: {err}")))?
-                .map_err(DaemonError::Startup)?
-        };
-        let in_flight = probe.live.in_flight.snapshot();
-        display.update(&core, &figures, &in_flight);
-        let settled = figures.busy == 0 && figures.retry_soon == 0 && in_flight.is_empty();
-        if settled && rescan_at.is_none() {
-            break figures;
-        }
-        if interrupted {
-            break figures;
-        }
-        if rescan_at.is_some_and(|at| Instant::now() >= at) {
-            rescan_at = None;
-            for i in std::mem::take(&mut young).into_keys() {
-                let folder = core.config.folders[i].clone();
-                still_changing += scan(&core, &folder).await?;
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("interrupted; saving progress");
-                interrupted = true;
-            }
-            _ = tokio::time::sleep(display.tick()) => {}
-        }
+    let mut wait = Wait {
+        limit_ms,
+        deadline,
+        rescan_at,
+        young,
+        still_changing: 0,
+        ended: Ended::Settled,
     };
+    let last = wait.until_settled(&core, &mut display, shutdown).await?;
     display.finish();
     let (uploaded_files, uploaded_bytes) = core.live.activity.uploaded();
     let mut not_done = last.retry_late;
-    if interrupted {
-        not_done.extend(last.unfinished);
+    if wait.ended != Ended::Settled {
+        let in_flight = core.live.in_flight.snapshot();
+        not_done.extend(last.unfinished.into_iter().map(|mut job| {
+            if let Some(why) = left_waiting_for(&core, &in_flight, &job.path) {
+                job.last_error = Some(why);
+            }
+            job
+        }));
     }
     core.stop().await?;
-    if still_changing > 0 {
+    if wait.still_changing > 0 {
         tracing::warn!(
-            files = still_changing,
+            files = wait.still_changing,
             "files were still being written; they are left for the next run"
         );
     }
@@ -329,9 +347,146 @@ pub async fn sync_once(
         elapsed: started.elapsed(),
         failed: last.failed,
         not_done,
-        still_changing,
-        interrupted,
+        still_changing: wait.still_changing,
+        interrupted: wait.ended == Ended::Interrupted,
+        timed_out: (wait.ended == Ended::OutOfTime).then_some(options.retry_wait_limit),
     })
+}
+
+/// How the wait of step 3 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Settled,
+    Interrupted,
+    OutOfTime,
+}
+
+/// Steps 3 and 4: the wait for the run's files, and its bounds.
+struct Wait {
+    limit_ms: u64,
+    deadline: Instant,
+    /// When folders with files too young to upload are scanned again.
+    rescan_at: Option<Instant>,
+    /// Those folders (by index) and how many young files they had.
+    young: BTreeMap<usize, u64>,
+    still_changing: u64,
+    ended: Ended,
+}
+
+impl Wait {
+    /// Waits until nothing the run can still upload is left, a signal, or the deadline;
+    /// returns the last figures.
+    async fn until_settled(
+        &mut self,
+        core: &Core,
+        display: &mut Display,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Pending, DaemonError> {
+        tokio::pin!(shutdown);
+        loop {
+            let figures = self.figures(core).await?;
+            let in_flight = core.live.in_flight.snapshot();
+            display.update(core, &figures, &in_flight);
+            let settled = figures.busy == 0 && figures.retry_soon == 0 && in_flight.is_empty();
+            if (settled && self.rescan_at.is_none()) || self.ended != Ended::Settled {
+                return Ok(figures);
+            }
+            if Instant::now() >= self.deadline {
+                tracing::warn!("the --retry-wait-limit is reached; stopping with what is left");
+                self.ended = Ended::OutOfTime;
+                return Ok(figures);
+            }
+            if self.rescan_at.is_some_and(|at| Instant::now() >= at) {
+                self.rescan_at = None;
+                for i in std::mem::take(&mut self.young).into_keys() {
+                    let folder = core.config.folders[i].clone();
+                    self.still_changing += scan(core, &folder).await?;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("interrupted; saving progress");
+                    self.ended = Ended::Interrupted;
+                }
+                _ = tokio::time::sleep_until(self.deadline.into()) => {}
+                _ = tokio::time::sleep(display.tick()) => {}
+            }
+        }
+    }
+
+    async fn figures(&self, core: &Core) -> Result<Pending, DaemonError> {
+        let (config, store, live) = (
+            Arc::clone(&core.config),
+            core.store.clone(),
+            Arc::clone(&core.live),
+        );
+        let limit_ms = self.limit_ms;
+        tokio::task::spawn_blocking(move || {
+            let held = |folder: &str| refused(&live, folder);
+            pending(&config, &store, limit_ms, &held)
+        })
+        .await
+        .map_err(|err| DaemonError::Startup(format!("the status task failed: {err}")))?
+        .map_err(DaemonError::Startup)
+    }
+}
+
+/// Why a folder's files cannot be uploaded in this run at all: its remote refuses it.
+fn refused(live: &Live, folder: &str) -> Option<String> {
+    let check = live.gates.status(folder)?;
+    (check.state == "refused").then(|| {
+        format!(
+            "its folder's remote refuses it: {}",
+            check.reason.unwrap_or_default()
+        )
+    })
+}
+
+/// What a file left unfinished waited for when the run ended: an in-place retry, its
+/// folder's remote check, or its remote being down.
+fn left_waiting_for(core: &Core, in_flight: &[InFlight], path: &str) -> Option<String> {
+    if let Some(retry) = in_flight
+        .iter()
+        .find(|upload| upload.path == path)
+        .and_then(|upload| upload.retrying.as_ref())
+    {
+        return Some(format!(
+            "retrying (attempt {}): {}",
+            retry.attempt, retry.last_error
+        ));
+    }
+    let folder = core
+        .config
+        .folders
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .find(|f| std::path::Path::new(path).starts_with(f))?;
+    waiting_for(&core.config, &core.live, &folder)
+}
+
+/// What a folder's files waited for when the run ended: the folder's remote check, or its
+/// remote being down.
+fn waiting_for(config: &Config, live: &Live, folder: &str) -> Option<String> {
+    if let Some(check) = live.gates.status(folder).filter(|c| c.state != "ready") {
+        return Some(format!(
+            "its folder's remote check has not passed ({}): {}",
+            check.state,
+            check.reason.unwrap_or_else(|| "no answer yet".into())
+        ));
+    }
+    let target = &config.folder_for(folder)?.target;
+    let backend = super::status::backend_name(target);
+    live.remotes
+        .snapshot()
+        .into_iter()
+        .find(|remote| remote.backend == backend && remote.state != "up")
+        .map(|remote| {
+            format!(
+                "its remote is down: {}",
+                remote.last_error.unwrap_or_else(|| "no answer".into())
+            )
+        })
 }
 
 /// Progress bars on a terminal, or a log line now and then.

@@ -9,20 +9,28 @@
 //!   "generated_at_ms": 1700000000000,
 //!   "folders": [ { "path": "/data/x", "target": "kifs ingest/",
 //!                  "remote_kind": "directory" | "table" | "file index table" | null,
-//!                  "queued": 0, "active": 1, "finalizing": 0, "retry_wait": 0,
-//!                  "failed": 1, "done": 12,
+//!                  "queued": 0, "active": 1, "finalizing": 0, "importing": 0,
+//!                  "retry_wait": 0, "failed": 1, "done": 12,
 //!                  "oldest_pending_age_s": 95 | null,
-//!                  "last_success_ms": 1700000000000 | null } ],
+//!                  "last_success_ms": 1700000000000 | null,
+//!                  "remote_check": { "state": "ready" | "checking" | "refused" | "waiting",
+//!                                    "reason": "…" | null,
+//!                                    "since_ms": 1700000000000 } | null } ],
 //!   "in_flight": [ { "path": "/data/x/big.bin", "folder": "/data/x",
 //!                    "bytes_done": 1048576, "bytes_total": 4194304,
 //!                    "elapsed_s": 12, "rate_bytes_per_s": 87381 | null,
-//!                    "eta_s": 36 | null } ],
+//!                    "eta_s": 36 | null,
+//!                    "retrying": { "attempt": 2, "next_in_s": 3,
+//!                                  "last_error": "…" } | null } ],
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
 //!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
 //!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
 //!                   "last_error": "…" | null } ],
 //!   "bandwidth": { "limit_bytes_per_s": 5242880 | null,
-//!                  "rule": "Mon-Fri 08:00-18:00 5MiB/s" | "bandwidth_limit" | null } }
+//!                  "rule": "Mon-Fri 08:00-18:00 5MiB/s" | "bandwidth_limit" | null },
+//!   "remotes": [ { "backend": "kifs" | "redivis", "remote": "https://kinetica:9191",
+//!                  "state": "up" | "down", "since_ms": 1700000000000 | null,
+//!                  "last_error": "…" | null, "next_probe_ms": 1700000000000 | null } ] }
 //! ```
 //! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
 //!   to retry has had its job; `null` when none is pending.
@@ -30,13 +38,25 @@
 //! - `remote_kind`: what the folder feeds, as the running daemon found it (a Redivis table
 //!   is a `table` of uploads or a `file index table`); `null` when not known yet or when
 //!   the daemon is stopped.
+//! - `importing`: files Redivis holds and is still importing; no worker waits for them.
+//! - `remote_check`: whether the folder's remote can take its files ([`super::gates`]):
+//!   `checking` (not answered yet; `reason` is the last error), `ready`, `refused` (for good
+//!   until fixed; `reason` says why), `waiting` (`reason` says for what); `null` when the
+//!   daemon is stopped. Jobs of a folder that is not ready wait in the queue.
 //! - `rate_bytes_per_s` is the average over the current attempt (bytes the remote
 //!   acknowledged); `null` until the first acknowledgement, and for a resumed upload until
 //!   it moved past where it resumed. `eta_s` follows from it.
+//! - `in_flight[].retrying`: the request the upload is retrying in place (failed tries so
+//!   far, seconds until the next one, the last error); `null` while it is not retrying.
+//!   The text report then shows "retrying (attempt n, next in Ns): last error" instead of
+//!   the rate and ETA.
 //! - `in_flight` is empty when the daemon is stopped.
 //! - `bandwidth`: the upload limit in force now (`null`: unlimited) and the
 //!   `bandwidth_schedule` entry (or `bandwidth_limit`) that sets it; for a stopped daemon,
 //!   the one its configuration would put in force now.
+//! - `remotes`: each remote in use and whether it answers (`down` after repeated transient
+//!   failures: its folders wait, one probe asks it, `next_probe_ms` says when); empty
+//!   when the daemon is stopped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,12 +66,14 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::worker::Backends;
+use super::gates::{FolderGates, GateStatus};
+use super::remotes::Remotes;
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
 use crate::net::Bandwidth;
 use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
 use crate::upload::LiveProgress;
+use crate::upload::health::HealthSnapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +94,8 @@ pub struct StatusReport {
     pub retrying: Vec<RetryingJob>,
     #[serde(default)]
     pub bandwidth: BandwidthStatus,
+    #[serde(default)]
+    pub remotes: Vec<HealthSnapshot>,
 }
 
 /// The upload bandwidth limit in force.
@@ -95,6 +119,8 @@ pub struct FolderStatus {
     pub oldest_pending_age_s: Option<u64>,
     #[serde(default)]
     pub last_success_ms: Option<u64>,
+    #[serde(default)]
+    pub remote_check: Option<GateStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +136,17 @@ pub struct InFlight {
     pub rate_bytes_per_s: Option<u64>,
     #[serde(default)]
     pub eta_s: Option<u64>,
+    #[serde(default)]
+    pub retrying: Option<InPlaceRetry>,
+}
+
+/// An in-flight upload's request being retried in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlaceRetry {
+    /// Failed tries so far.
+    pub attempt: u32,
+    pub next_in_s: u64,
+    pub last_error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,26 +174,10 @@ pub struct Live {
     pub activity: Activity,
     /// The bandwidth limit every request body shares.
     pub bandwidth: Arc<Bandwidth>,
+    /// Each folder's remote check.
+    pub gates: Arc<FolderGates>,
+    /// The remotes in use: their health, and what their backends learned of each target.
     pub remotes: Remotes,
-}
-
-/// The daemon's backends, for what they learned about each target (a table's kind).
-#[derive(Default)]
-pub struct Remotes {
-    backends: Mutex<Option<Backends>>,
-}
-
-impl Remotes {
-    /// The backends in use (at start, and after a reload).
-    pub fn set(&self, backends: Backends) {
-        *lock(&self.backends) = Some(backends);
-    }
-
-    /// What `target` is, when its backend knows.
-    pub fn kind(&self, target: &Target) -> Option<&'static str> {
-        let backends = lock(&self.backends);
-        backends.as_ref()?.for_target(target)?.target_kind(target)
-    }
 }
 
 /// Completed uploads as this process saw them, and the newest success per folder (seeded
@@ -274,6 +295,14 @@ impl InFlightRegistry {
                     elapsed_s: now.duration_since(entry.started).as_secs(),
                     rate_bytes_per_s: rate.map(|r| r as u64),
                     eta_s: rate.map(|r| (total.saturating_sub(done) as f64 / r).ceil() as u64),
+                    retrying: entry.start.live.retry().map(|note| InPlaceRetry {
+                        attempt: note.attempt,
+                        next_in_s: note
+                            .next_at
+                            .duration_since(SystemTime::now())
+                            .map_or(0, |left| left.as_secs_f64().ceil() as u64),
+                        last_error: note.last_error,
+                    }),
                 }
             })
             .collect()
@@ -342,7 +371,7 @@ pub fn build_report(
                 next_attempt_ms: next_attempt_at_ms,
                 last_error: job.last_error.clone(),
             }),
-            JobState::Queued | JobState::Active | JobState::Finalizing => {}
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
         }
         let oldest = oldest_pending
             .entry(job.key.folder.clone())
@@ -364,6 +393,7 @@ pub fn build_report(
                     .get(&key)
                     .map(|created| now_ms.saturating_sub(*created) / 1000),
                 last_success_ms: last_success.get(&key).copied().filter(|ms| *ms > 0),
+                remote_check: live.and_then(|live| live.gates.status(&key)),
                 path: key,
             }
         })
@@ -382,6 +412,7 @@ pub fn build_report(
         failed,
         retrying,
         bandwidth: bandwidth_status(config, live),
+        remotes: live.map(|live| live.remotes.snapshot()).unwrap_or_default(),
     })
 }
 
@@ -416,10 +447,12 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                     ("queued", c.queued),
                     ("active", c.active),
                     ("finalizing", c.finalizing),
+                    ("importing", c.importing),
                     ("retry_wait", c.retry_wait),
                     ("failed", c.failed),
                     ("done", c.done),
                 ],
+                remote_check: status.remote_check.as_ref().map(|c| c.state.clone()),
                 oldest_pending_age_s: status.oldest_pending_age_s.map(|s| s as f64),
                 last_success_ms: status.last_success_ms,
                 in_flight: uploads.len() as u64,
@@ -427,6 +460,15 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 in_flight_size_bytes: uploads.iter().map(|u| u.bytes_total).sum(),
             }
         })
+        .collect()
+}
+
+/// The metrics' view of the remotes: (backend, remote, up).
+pub fn remote_gauges(report: &StatusReport) -> Vec<(String, String, bool)> {
+    report
+        .remotes
+        .iter()
+        .map(|r| (r.backend.clone(), r.remote.clone(), r.state == "up"))
         .collect()
 }
 
@@ -438,14 +480,16 @@ pub fn summary_line(report: &StatusReport) -> String {
         total.queued += c.queued;
         total.active += c.active;
         total.finalizing += c.finalizing;
+        total.importing += c.importing;
         total.retry_wait += c.retry_wait;
         total.failed += c.failed;
         total.done += c.done;
     }
     let mut line = format!(
-        "{} queued, {} uploading, {} waiting to retry, {} failed, {} done",
+        "{} queued, {} uploading, {} importing, {} waiting to retry, {} failed, {} done",
         total.queued,
         total.active + total.finalizing,
+        total.importing,
         total.retry_wait,
         total.failed,
         total.done
@@ -467,6 +511,42 @@ fn format_age(seconds: u64) -> String {
 
 fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(crate::queue::from_ms(ms)).to_string()
+}
+
+/// A remote that is down, as the text report shows it.
+fn remote_line(remote: &HealthSnapshot) -> String {
+    let since = remote
+        .since_ms
+        .map_or_else(String::new, |ms| format!(" since {}", format_time(ms)));
+    let probe = remote.next_probe_ms.map_or_else(String::new, |ms| {
+        let left = ms.saturating_sub(to_ms(SystemTime::now())).div_ceil(1000);
+        format!(", next probe in {left}s")
+    });
+    format!(
+        "remote {} {}: {}{since}{probe}: {}",
+        remote.backend,
+        remote.remote,
+        remote.state,
+        remote.last_error.as_deref().unwrap_or("no error recorded")
+    )
+}
+
+/// How an in-flight upload is doing: its rate and ETA, or the retry it waits for.
+fn pace(upload: &InFlight) -> String {
+    if let Some(retry) = &upload.retrying {
+        return format!(
+            "retrying (attempt {}, next in {}s): {}",
+            retry.attempt, retry.next_in_s, retry.last_error
+        );
+    }
+    let rate = upload.rate_bytes_per_s.map_or_else(
+        || "rate unknown yet".to_string(),
+        |r| format!("{}/s", bytesize::ByteSize(r)),
+    );
+    let eta = upload
+        .eta_s
+        .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
+    format!("{rate}{eta}")
 }
 
 /// The human-readable form of a report.
@@ -498,12 +578,14 @@ pub fn render_text(report: &StatusReport) -> String {
             .map_or_else(String::new, |kind| format!(" ({kind})"));
         let _ = writeln!(
             out,
-            "{} → {}{kind}: {} queued, {} active, {} finalizing, {} waiting to retry, {} failed, {} done",
+            "{} → {}{kind}: {} queued, {} active, {} finalizing, {} importing, {} waiting to \
+             retry, {} failed, {} done",
             folder.path,
             folder.target,
             c.queued,
             c.active,
             c.finalizing,
+            c.importing,
             c.retry_wait,
             c.failed,
             c.done
@@ -515,6 +597,21 @@ pub fn render_text(report: &StatusReport) -> String {
             .last_success_ms
             .map_or_else(|| "never".to_string(), format_time);
         let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
+        if let Some(check) = folder.remote_check.as_ref().filter(|c| c.state != "ready") {
+            let _ = writeln!(
+                out,
+                "  remote {} since {}{}; its files wait",
+                check.state,
+                format_time(check.since_ms),
+                check
+                    .reason
+                    .as_deref()
+                    .map_or_else(String::new, |reason| format!(": {reason}"))
+            );
+        }
+    }
+    for remote in report.remotes.iter().filter(|r| r.state != "up") {
+        let _ = writeln!(out, "{}", remote_line(remote));
     }
     if !report.in_flight.is_empty() {
         let _ = writeln!(out, "uploading:");
@@ -524,19 +621,13 @@ pub fn render_text(report: &StatusReport) -> String {
             } else {
                 upload.bytes_done as f64 * 100.0 / upload.bytes_total as f64
             };
-            let rate = upload.rate_bytes_per_s.map_or_else(
-                || "rate unknown yet".to_string(),
-                |r| format!("{}/s", bytesize::ByteSize(r)),
-            );
-            let eta = upload
-                .eta_s
-                .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
             let _ = writeln!(
                 out,
-                "  {} {}/{} ({percent:.0}%), {rate}{eta}",
+                "  {} {}/{} ({percent:.0}%), {}",
                 upload.path,
                 bytesize::ByteSize(upload.bytes_done),
-                bytesize::ByteSize(upload.bytes_total)
+                bytesize::ByteSize(upload.bytes_total),
+                pace(upload)
             );
         }
     }
@@ -621,6 +712,29 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_retrying_in_place_shows_the_retry_instead_of_a_rate() {
+        let registry = InFlightRegistry::default();
+        let live = Arc::new(LiveProgress::default());
+        live.set(100, 1000);
+        registry.insert(JobId(1), start(&live, false));
+        live.note_retry(crate::upload::RetryNote {
+            attempt: 2,
+            next_at: SystemTime::now() + std::time::Duration::from_millis(2500),
+            last_error: "KiFS /upload/files: HTTP 503".into(),
+        });
+        let upload = &registry.snapshot()[0];
+        let retry = upload.retrying.as_ref().expect("the retry is shown");
+        assert_eq!(retry.attempt, 2);
+        assert_eq!(retry.next_in_s, 3);
+        assert_eq!(
+            pace(upload),
+            "retrying (attempt 2, next in 3s): KiFS /upload/files: HTTP 503"
+        );
+        live.clear_retry();
+        assert!(registry.snapshot()[0].retrying.is_none());
+    }
+
+    #[test]
     fn activity_keeps_the_newest_success_per_folder_across_seeding() {
         let activity = Activity::default();
         activity.record_success("/a", 2_000, 10);
@@ -647,6 +761,7 @@ mod tests {
             },
             oldest_pending_age_s: age,
             last_success_ms: None,
+            remote_check: None,
         };
         let report = StatusReport {
             daemon: DaemonState::Running,
@@ -656,10 +771,11 @@ mod tests {
             failed: vec![],
             retrying: vec![],
             bandwidth: BandwidthStatus::default(),
+            remotes: vec![],
         };
         assert_eq!(
             summary_line(&report),
-            "3 queued, 0 uploading, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
+            "3 queued, 0 uploading, 0 importing, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
         );
     }
 }

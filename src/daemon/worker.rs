@@ -1,9 +1,11 @@
 //! Workers: claim a job, upload it through its folder's backend, and record the outcome.
 //!
 //! Outcomes map to queue transitions in one place ([`Worker::settle_outcome`]):
-//! success → ledger; vanished file → job dropped; changed file → queued again; permanent
-//! failure → `failed` with the reason; anything transient → `retry-wait` with a persisted,
-//! exponentially growing `next_attempt_at`; shutdown → left `active` (recovered at start).
+//! success → ledger; posted (the remote imports it) → `importing`, handed to [`Imports`]
+//! and the worker is free; vanished file → job dropped; changed file → queued again;
+//! permanent failure → `failed` with the reason; anything transient → `retry-wait` with a
+//! persisted, exponentially growing `next_attempt_at`; shutdown → left `active` (recovered
+//! at start).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,43 +14,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::imports::Imports;
+use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Completed, Job, Store, to_ms};
+use crate::queue::{Completed, Import, Job, JobState, Store, to_ms};
 use crate::upload::backoff::delay_bound;
-use crate::upload::{Backend, LiveProgress, UploadError, UploadJob, Uploaded};
+use crate::upload::retry::CallScope;
+use crate::upload::{Backend, Delivery, LiveProgress, Posted, UploadError, UploadJob};
 
-/// Job-level retry delays: 5 s doubling up to an hour, so an outage of any length ends in a
-/// retry within the hour after it, without a hot loop.
+/// The first job-level retry delay; it doubles up to the config's `retry_max_delay`. A
+/// remote that comes back makes every waiting job of its folders due at once, so the cap
+/// only bounds how often a file the remote keeps refusing is tried.
 const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
-const JOB_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Why a job whose folder left the configuration fails; the job is queued again when the
 /// folder comes back (see `fleet`).
 pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configuration";
-/// Environment variable lowering [`JOB_RETRY_MAX`] (a duration such as `10s`), so that
-/// tests of long outages finish in CI time; not meant for production.
-pub const JOB_RETRY_MAX_ENV: &str = "UPSYNC_JOB_RETRY_MAX";
-
-fn job_retry_max() -> Duration {
-    static MAX: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        let Some(value) = std::env::var_os(JOB_RETRY_MAX_ENV) else {
-            return JOB_RETRY_MAX;
-        };
-        match humantime::parse_duration(&value.to_string_lossy()) {
-            Ok(max) => {
-                tracing::warn!(max = %humantime::format_duration(max), "{JOB_RETRY_MAX_ENV} caps job-level retry delays");
-                max.min(JOB_RETRY_MAX)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "ignoring {JOB_RETRY_MAX_ENV}: not a duration");
-                JOB_RETRY_MAX
-            }
-        }
-    })
-}
 
 /// How long an idle worker sleeps when nothing wakes it, to pick up due retries.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -77,16 +60,29 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
-    /// Stops claiming new jobs.
+    /// Stops claiming new jobs (this generation of workers).
     pub stop_claiming: CancellationToken,
+    /// Cancelled when the daemon starts stopping: in-place retry pauses end at once.
+    pub stopping: CancellationToken,
     /// Asks in-flight uploads to checkpoint and return.
     pub interrupt: CancellationToken,
+    /// Which folders may be claimed from, and whose turn it is.
+    pub schedule: Arc<Schedule>,
+    /// Where posted uploads wait for their import.
+    pub imports: Arc<Imports>,
 }
 
 impl Worker {
     pub async fn run(self) {
         while !self.stop_claiming.is_cancelled() {
-            let claimed = match self.store.claim(SystemTime::now()) {
+            let claimed = self.schedule.claim(
+                &self.store,
+                &self.config,
+                &self.backends,
+                &self.live.gates,
+                SystemTime::now(),
+            );
+            let claimed = match claimed {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot claim a job from the state database");
@@ -97,7 +93,13 @@ impl Worker {
             match claimed {
                 Some(job) => self.process(job).await,
                 None => {
-                    let wait = match self.store.next_due() {
+                    let next_due = self.schedule.next_due(
+                        &self.store,
+                        &self.config,
+                        &self.backends,
+                        &self.live.gates,
+                    );
+                    let wait = match next_due {
                         Ok(Some(due)) => due
                             .duration_since(SystemTime::now())
                             .unwrap_or(Duration::ZERO)
@@ -155,20 +157,20 @@ impl Worker {
             return Vec::new();
         }
         let mut bytes = first.fingerprint.size;
-        let claimed = self
-            .store
-            .claim_more(SystemTime::now(), limits.max_files - 1, |job| {
-                let size = job.fingerprint.size;
-                let same_target = !limits.one_target || target_of(job) == Some(first_target);
-                let fits = size <= limits.max_file_size
-                    && bytes + size <= limits.max_bytes
-                    && same_target
-                    && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
-                if fits {
-                    bytes += size;
-                }
-                fits
-            });
+        let claimed =
+            self.store
+                .claim_more(first, SystemTime::now(), limits.max_files - 1, |job| {
+                    let size = job.fingerprint.size;
+                    let same_target = !limits.one_target || target_of(job) == Some(first_target);
+                    let fits = size <= limits.max_file_size
+                        && bytes + size <= limits.max_bytes
+                        && same_target
+                        && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
+                    if fits {
+                        bytes += size;
+                    }
+                    fits
+                });
         match claimed {
             Ok(jobs) => jobs,
             Err(err) => {
@@ -185,14 +187,8 @@ impl Worker {
         let started = Instant::now();
         let outcome = prepared.backend.upload(&mut prepared.upload).await;
         self.live.in_flight.remove(job.id);
-        self.settle_outcome(
-            &job,
-            &prepared.display,
-            prepared.backend_name,
-            prepared.upload.fingerprint,
-            started,
-            outcome,
-        );
+        let attempt = prepared.finished(&job, started);
+        self.settle_outcome(&attempt, outcome);
     }
 
     /// Uploads several jobs in one backend call and records all that succeeded in one
@@ -218,16 +214,17 @@ impl Worker {
             jobs.iter().zip(&displays).zip(&uploads).zip(outcomes)
         {
             self.live.in_flight.remove(job.id);
+            let attempt = Finished {
+                job,
+                path: display,
+                backend: &backend,
+                backend_name: backend_label,
+                fingerprint: upload.fingerprint,
+                started,
+            };
             match outcome {
-                Ok(uploaded) => {
-                    self.count_success(
-                        job,
-                        display,
-                        backend_label,
-                        upload.fingerprint.size,
-                        started,
-                        &uploaded.remote,
-                    );
+                Ok(Delivery::Uploaded(uploaded)) => {
+                    self.count_success(&attempt, &uploaded.remote);
                     completed.push((
                         job,
                         display,
@@ -239,14 +236,7 @@ impl Worker {
                         },
                     ));
                 }
-                Err(err) => self.settle_outcome(
-                    job,
-                    display,
-                    backend_label,
-                    upload.fingerprint,
-                    started,
-                    Err(err),
-                ),
+                other => self.settle_outcome(&attempt, other),
             }
         }
         if completed.is_empty() {
@@ -354,7 +344,11 @@ impl Worker {
             previous,
             self.store.clone(),
             live,
-            self.interrupt.clone(),
+            CallScope {
+                stop: self.stopping.clone(),
+                checkpoint: self.interrupt.clone(),
+                entries: Vec::new(),
+            },
         )
         .with_redivis(folder.redivis.clone());
         Some(Prepared {
@@ -365,33 +359,25 @@ impl Worker {
         })
     }
 
-    fn settle_outcome(
-        &self,
-        job: &Job,
-        path: &str,
-        backend: &str,
-        fingerprint: Fingerprint,
-        started: Instant,
-        outcome: Result<Uploaded, UploadError>,
-    ) {
+    fn settle_outcome(&self, attempt: &Finished<'_>, outcome: Result<Delivery, UploadError>) {
+        let Finished {
+            job,
+            path,
+            backend_name: backend,
+            ..
+        } = *attempt;
         match outcome {
-            Ok(uploaded) => {
-                self.count_success(
-                    job,
-                    path,
-                    backend,
-                    fingerprint.size,
-                    started,
-                    &uploaded.remote,
-                );
+            Ok(Delivery::Uploaded(uploaded)) => {
+                self.count_success(attempt, &uploaded.remote);
                 let recorded = self.store.complete(
                     job.id,
-                    &fingerprint,
+                    &attempt.fingerprint,
                     &uploaded.remote,
                     uploaded.md5.as_deref(),
                 );
                 self.after_complete(job, path, recorded);
             }
+            Ok(Delivery::Posted(posted)) => self.start_import(attempt, posted),
             Err(UploadError::Vanished(_)) => {
                 tracing::info!(path, "file vanished during its upload; dropping the job");
                 self.record(job, self.store.drop_job(job.id));
@@ -433,7 +419,7 @@ impl Worker {
                     } => *after,
                     _ => None,
                 };
-                let bound = delay_bound(JOB_RETRY_BASE, job_retry_max(), job.attempts);
+                let bound = delay_bound(JOB_RETRY_BASE, self.config.retry_max_delay, job.attempts);
                 let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
                 let delay = after.map_or(jittered, |after| after.max(jittered));
                 let class = match &err {
@@ -456,22 +442,42 @@ impl Worker {
     }
 
     /// The log line, metrics and status figures of one uploaded file.
-    fn count_success(
-        &self,
-        job: &Job,
-        path: &str,
-        backend: &str,
-        bytes: u64,
-        started: Instant,
-        remote: &str,
-    ) {
-        let elapsed = started.elapsed();
-        log_uploaded(path, bytes, elapsed, remote);
-        self.metrics
-            .uploaded(&job.key.folder, backend, bytes, elapsed);
-        self.live
-            .activity
-            .record_success(&job.key.folder, to_ms(SystemTime::now()), bytes);
+    fn count_success(&self, attempt: &Finished<'_>, remote: &str) {
+        record_upload(
+            &self.metrics,
+            &self.live,
+            &attempt.job.key.folder,
+            attempt.path,
+            attempt.backend_name,
+            attempt.fingerprint.size,
+            attempt.started.elapsed(),
+            remote,
+        );
+    }
+
+    /// The remote holds the bytes and imports them: the job waits in `importing`, without
+    /// this worker ([`Imports`]).
+    fn start_import(&self, attempt: &Finished<'_>, posted: Posted) {
+        let job = attempt.job;
+        let import = Import {
+            remote: posted.remote,
+            target: posted.target,
+            fingerprint: attempt.fingerprint,
+            md5: posted.md5,
+            posted_at_ms: to_ms(SystemTime::now()),
+            transfer_ms: u64::try_from(attempt.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Err(err) = self.store.mark_importing(job.id, import.clone()) {
+            // Left finalizing: the next start finds the posted upload and adopts it.
+            return self.record(job, Err(err));
+        }
+        tracing::debug!(path = attempt.path, upload = %import.remote, "posted; the remote imports it");
+        let importing = Job {
+            state: JobState::Importing,
+            import: Some(import),
+            ..job.clone()
+        };
+        self.imports.track(importing, Arc::clone(attempt.backend));
     }
 
     fn after_complete(
@@ -507,7 +513,45 @@ struct Prepared {
     display: String,
 }
 
-fn log_uploaded(path: &str, bytes: u64, elapsed: Duration, remote: &str) {
+impl Prepared {
+    fn finished<'a>(&'a self, job: &'a Job, started: Instant) -> Finished<'a> {
+        Finished {
+            job,
+            path: &self.display,
+            backend: &self.backend,
+            backend_name: self.backend_name,
+            fingerprint: self.upload.fingerprint,
+            started,
+        }
+    }
+}
+
+/// An attempt that ended, as [`Worker::settle_outcome`] records it.
+#[derive(Clone, Copy)]
+struct Finished<'a> {
+    job: &'a Job,
+    /// The local path, for logs.
+    path: &'a str,
+    backend: &'a Arc<Backend>,
+    backend_name: &'static str,
+    /// The version the attempt sent.
+    fingerprint: Fingerprint,
+    started: Instant,
+}
+
+/// The log line, metrics and status figures of one uploaded file (by a worker, or at the
+/// end of its import).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_upload(
+    metrics: &Metrics,
+    live: &Live,
+    folder: &str,
+    path: &str,
+    backend: &str,
+    bytes: u64,
+    elapsed: Duration,
+    remote: &str,
+) {
     let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
     tracing::info!(
         path,
@@ -517,6 +561,9 @@ fn log_uploaded(path: &str, bytes: u64, elapsed: Duration, remote: &str) {
         remote = %remote,
         "uploaded"
     );
+    metrics.uploaded(folder, backend, bytes, elapsed);
+    live.activity
+        .record_success(folder, to_ms(SystemTime::now()), bytes);
 }
 
 /// A version whose mtime is older than the settle time is complete even if the watcher has

@@ -13,7 +13,8 @@
 //!    request is dropped, which closes its connection: a stalled server never holds a worker
 //!    longer than the idle timeout, whether it stopped reading the body or never answers.
 //! 4. The answer's body ([`WatchedBody`]) has its own timer, reset by every piece; when it
-//!    fires, the read fails with a `TimedOut` I/O error whose message names the timeout.
+//!    fires, the read fails with a `TimedOut` I/O error whose message names the timeout,
+//!    and the stall counts as a transient failure of the remote (its health, when given).
 
 use std::io;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::bandwidth::Bandwidth;
+use crate::upload::health::RemoteHealth;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -178,6 +180,7 @@ pub struct WatchedBody {
     inner: reqwest::Body,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    health: Option<Arc<RemoteHealth>>,
 }
 
 impl WatchedBody {
@@ -186,7 +189,14 @@ impl WatchedBody {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            health: None,
         }
+    }
+
+    /// The same body, reporting a stall to `health` as a transient failure.
+    pub fn reporting_to(mut self, health: Arc<RemoteHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 }
 
@@ -207,7 +217,11 @@ impl Body for WatchedBody {
             }
             Poll::Pending => {
                 ready!(this.timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(Box::new(stalled_error(this.idle)))))
+                let stalled = stalled_error(this.idle);
+                if let Some(health) = this.health.take() {
+                    health.failed(&format!("the answer {stalled}"));
+                }
+                Poll::Ready(Some(Err(Box::new(stalled))))
             }
         }
     }

@@ -7,7 +7,9 @@
 //!   `connect_timeout` for the TCP connection, the proxy tunnel and the TLS handshake.
 //! - [`HttpClient::send`]: every request body goes through the shared bandwidth limit, and
 //!   the request is abandoned after `idle_timeout` without a byte moving (see `idle`). There
-//!   is no total timeout: a slow upload that keeps moving is never cut.
+//!   is no total timeout: a slow upload that keeps moving is never cut. Every outcome (an
+//!   answer, a transport failure, a stall, an answer body that stalls) is reported to the
+//!   remote's health when the client has one ([`HttpClient::reporting_to`]).
 //! - `error`: what went wrong, in words, certificate problems named with the host.
 //! - `bandwidth`, `schedule`: the shared limit and the timetable that sets it.
 
@@ -23,6 +25,7 @@ use reqwest::{ClientBuilder, RequestBuilder, Response};
 
 use crate::config::NetConfig;
 use crate::metrics::{RequestKind, observe_request};
+use crate::upload::health::RemoteHealth;
 pub use bandwidth::Bandwidth;
 pub use error::{CertificateProblem, HttpError, describe};
 use idle::{Activity, MeteredBody, WatchedBody};
@@ -38,6 +41,8 @@ pub struct HttpClient {
     section: &'static str,
     idle_timeout: Duration,
     bandwidth: Arc<Bandwidth>,
+    /// Where outcomes are reported, when the backend keeps the health of its remote.
+    health: Option<Arc<RemoteHealth>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -85,7 +90,14 @@ impl HttpClient {
             section,
             idle_timeout: net.idle_timeout,
             bandwidth,
+            health: None,
         })
+    }
+
+    /// The same client, reporting the outcome of every request to `health`.
+    pub fn reporting_to(mut self, health: Arc<RemoteHealth>) -> HttpClient {
+        self.health = Some(health);
+        self
     }
 
     /// The underlying client, to start requests (`client().post(url)`).
@@ -126,13 +138,32 @@ impl HttpClient {
         };
         let status = answer.as_ref().ok().map(|r| r.status().as_u16());
         observe_request(kind, status, started.elapsed());
+        self.report(&answer);
         Ok(self.watch_answer(answer?))
+    }
+
+    /// Tells the remote's health how the request went: an answer (whose status may still
+    /// be a transient failure), or none.
+    fn report(&self, answer: &Result<Response, HttpError>) {
+        let Some(health) = &self.health else {
+            return;
+        };
+        match answer {
+            Ok(response) => {
+                let status = response.status();
+                health.observe(Some(status.as_u16()), || format!("answered HTTP {status}"));
+            }
+            Err(err) => health.failed(&err.to_string()),
+        }
     }
 
     /// The same answer, its body read under the idle timeout.
     fn watch_answer(&self, response: Response) -> Response {
         let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-        let watched = WatchedBody::new(body, self.idle_timeout);
+        let mut watched = WatchedBody::new(body, self.idle_timeout);
+        if let Some(health) = &self.health {
+            watched = watched.reporting_to(Arc::clone(health));
+        }
         Response::from(http::Response::from_parts(
             parts,
             reqwest::Body::wrap(watched),

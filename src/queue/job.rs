@@ -22,8 +22,34 @@ pub enum JobState {
     Queued,
     Active,
     Finalizing,
-    RetryWait { next_attempt_at_ms: u64 },
-    Failed { reason: String, failed_at_ms: u64 },
+    /// The bytes are on the remote, which is still importing them ([`Job::import`] says
+    /// which upload); no worker holds the job.
+    Importing,
+    RetryWait {
+        next_attempt_at_ms: u64,
+    },
+    Failed {
+        reason: String,
+        failed_at_ms: u64,
+    },
+}
+
+/// What waiting for a remote import needs, kept durably so that a restart resumes the
+/// wait instead of posting again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    /// The remote's name for the posted upload (a Redivis upload URI).
+    pub remote: String,
+    /// Where it was posted (a Redivis table reference).
+    pub target: String,
+    /// The version of the file whose bytes were posted.
+    pub fingerprint: Fingerprint,
+    /// MD5 hex of the bytes posted.
+    pub md5: String,
+    pub posted_at_ms: u64,
+    /// How long the transfer before the post took.
+    #[serde(default)]
+    pub transfer_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,9 +64,22 @@ pub struct Job {
     pub finalize_started: bool,
     /// Job-level attempts so far (reset when the content changes or on `upsync retry`).
     pub attempts: u32,
+    /// Imports of this content the remote finished with another size or hash (each such
+    /// upload is deleted); the second one fails the job. Reset like `attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrupt_imports: u32,
     pub last_error: Option<String>,
+    /// The upload being imported: present exactly while the job is importing. (A field of
+    /// its own rather than of the state: the state is an internally tagged enum, whose
+    /// decoding cannot carry the fingerprint's 128-bit mtime.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<Import>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the ledger remembers about an uploaded file.
@@ -88,6 +127,8 @@ pub struct FolderCounts {
     pub queued: u64,
     pub active: u64,
     pub finalizing: u64,
+    #[serde(default)]
+    pub importing: u64,
     pub retry_wait: u64,
     pub failed: u64,
     pub done: u64,
@@ -126,6 +167,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Active => "active",
             JobState::Finalizing => "finalizing",
+            JobState::Importing => "importing",
             JobState::RetryWait { .. } => "retry-wait",
             JobState::Failed { .. } => "failed",
         }
@@ -135,12 +177,16 @@ impl JobState {
 impl Job {
     /// Where the job sits in the `due` index: queued jobs at the time they were queued
     /// (`updated_at_ms`, which every transition into `Queued` sets), retry-wait jobs at their
-    /// next attempt. Active, finalizing and failed jobs are not claimable and have no entry.
+    /// next attempt. Active, finalizing, importing and failed jobs are not claimable and
+    /// have no entry.
     pub fn due_ms(&self) -> Option<u64> {
         match self.state {
             JobState::Queued => Some(self.updated_at_ms),
             JobState::RetryWait { next_attempt_at_ms } => Some(next_attempt_at_ms),
-            JobState::Active | JobState::Finalizing | JobState::Failed { .. } => None,
+            JobState::Active
+            | JobState::Finalizing
+            | JobState::Importing
+            | JobState::Failed { .. } => None,
         }
     }
 

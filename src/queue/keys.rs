@@ -1,14 +1,36 @@
 //! Byte encodings of the store's keys.
 //!
 //! Numbers are big-endian so that sled's lexicographic key order is numeric order: the
-//! `due` index is then a time-ordered queue whose first entry is the next claimable job.
+//! `due` index is then, per folder, a time-ordered queue whose first entry is the folder's
+//! next claimable job. Its keys start with the folder's [`FolderTag`], so that claims can go
+//! to the folders in turn and a backlog in one folder never hides another folder's jobs.
 //! File keys are `folder \0 rel`; neither part of a real path can contain NUL, so the first
 //! NUL splits them unambiguously, and all keys of one folder share the prefix `folder \0`.
 
+use md5::{Digest, Md5};
+
 use super::job::{FileKey, JobId};
 
-/// Length of a `due` key: due time (ms) then job id, both `u64` big-endian.
-pub const DUE_KEY_LEN: usize = 16;
+/// Length of a `due` key: folder tag, due time (ms), job id.
+pub const DUE_KEY_LEN: usize = 24;
+
+/// A short, fixed-length stand-in for a folder in the `due` index: the first 8 bytes of
+/// the MD5 of its queue key. MD5 rather than std's hasher because the value is stored and
+/// must not change between releases; two folders sharing a tag (1 in 2^64) would only share
+/// their turn, never a job.
+pub type FolderTag = [u8; 8];
+
+pub fn folder_tag(folder: &str) -> FolderTag {
+    let digest = Md5::digest(folder.as_bytes());
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&digest[..8]);
+    tag
+}
+
+/// The first tag after `tag` in key order, `None` after the last one.
+pub fn next_tag(tag: FolderTag) -> Option<FolderTag> {
+    u64::from_be_bytes(tag).checked_add(1).map(u64::to_be_bytes)
+}
 
 pub fn job_key(id: JobId) -> [u8; 8] {
     id.0.to_be_bytes()
@@ -41,20 +63,30 @@ pub fn decode_file_key(raw: &[u8]) -> Option<FileKey> {
     Some(FileKey::new(folder, rel))
 }
 
-pub fn due_key(due_ms: u64, id: JobId) -> [u8; DUE_KEY_LEN] {
+pub fn due_key(tag: FolderTag, due_ms: u64, id: JobId) -> [u8; DUE_KEY_LEN] {
     let mut raw = [0u8; DUE_KEY_LEN];
-    raw[..8].copy_from_slice(&due_ms.to_be_bytes());
-    raw[8..].copy_from_slice(&id.0.to_be_bytes());
+    raw[..8].copy_from_slice(&tag);
+    raw[8..16].copy_from_slice(&due_ms.to_be_bytes());
+    raw[16..].copy_from_slice(&id.0.to_be_bytes());
     raw
 }
 
-pub fn decode_due_key(raw: &[u8]) -> Option<(u64, JobId)> {
+/// A `due` key's parts; `None` for anything else (an entry of an older layout included).
+pub fn decode_due_key(raw: &[u8]) -> Option<DueEntry> {
     let raw: &[u8; DUE_KEY_LEN] = raw.try_into().ok()?;
-    let (due, id) = raw.split_at(8);
-    Some((
-        u64::from_be_bytes(due.try_into().ok()?),
-        JobId(u64::from_be_bytes(id.try_into().ok()?)),
-    ))
+    Some(DueEntry {
+        tag: raw[..8].try_into().ok()?,
+        due_ms: u64::from_be_bytes(raw[8..16].try_into().ok()?),
+        id: JobId(u64::from_be_bytes(raw[16..].try_into().ok()?)),
+    })
+}
+
+/// One entry of the `due` index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueEntry {
+    pub tag: FolderTag,
+    pub due_ms: u64,
+    pub id: JobId,
 }
 
 /// A key as error messages show it: text where it is text, hex otherwise.
@@ -72,27 +104,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn due_keys_sort_by_time_then_id() {
+    fn due_keys_sort_by_folder_then_time_then_id() {
+        let (a, b) = (folder_tag("/data/a"), folder_tag("/data/b"));
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
         let mut keys = [
-            due_key(1_000, JobId(2)),
-            due_key(999, JobId(7)),
-            due_key(1_000, JobId(1)),
-            due_key(256, JobId(u64::MAX)),
+            due_key(second, 1, JobId(9)),
+            due_key(first, 1_000, JobId(2)),
+            due_key(first, 999, JobId(7)),
+            due_key(first, 1_000, JobId(1)),
+            due_key(first, 256, JobId(u64::MAX)),
         ];
         keys.sort();
         let decoded: Vec<_> = keys
             .iter()
-            .map(|k| decode_due_key(k).expect("due keys are 16 bytes"))
+            .map(|k| {
+                let entry = decode_due_key(k).expect("due keys are 24 bytes");
+                (entry.tag, entry.due_ms, entry.id)
+            })
             .collect();
         assert_eq!(
             decoded,
             vec![
-                (256, JobId(u64::MAX)),
-                (999, JobId(7)),
-                (1_000, JobId(1)),
-                (1_000, JobId(2))
+                (first, 256, JobId(u64::MAX)),
+                (first, 999, JobId(7)),
+                (first, 1_000, JobId(1)),
+                (first, 1_000, JobId(2)),
+                (second, 1, JobId(9)),
             ]
         );
+    }
+
+    #[test]
+    fn folder_tags_are_stable_and_the_next_tag_follows_in_key_order() {
+        // Stored in the database: a change would strand every due entry.
+        assert_eq!(folder_tag("/data/in"), folder_tag("/data/in"));
+        assert_eq!(hex::encode(folder_tag("")), "d41d8cd98f00b204");
+        let tag = folder_tag("/data/in");
+        let next = next_tag(tag).expect("not the last tag");
+        assert!(next > tag);
+        assert_eq!(next_tag([0xff; 8]), None);
+    }
+
+    #[test]
+    fn due_keys_of_the_older_layout_are_not_decoded() {
+        assert_eq!(decode_due_key(&[0u8; 16]), None);
     }
 
     #[test]

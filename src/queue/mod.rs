@@ -16,73 +16,92 @@
 //!     by_path        folder \0 rel                       -> JobId (u64 BE)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
-//!     due            due ms (u64 BE) ++ JobId (u64 BE)   -> empty
+//!     due            folder tag (8 bytes) ++ due ms (u64 BE) ++ JobId (u64 BE) -> empty
 //!     claimed        JobId (u64 BE)                      -> Fingerprint (JSON) at claim
 //! ```
 //!
 //! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
-//! Big-endian keys make sled's byte order numeric order: the first `due` entry is the job
-//! to claim next, and `next_due` is one read.
+//! Big-endian keys make sled's byte order numeric order. The `due` index is grouped by
+//! folder ([`keys::folder_tag`]): within a folder the first entry is the job to claim
+//! next, and claims take the folders in turn (`claim`), so a backlog of one folder never
+//! delays another folder's files. `due` is an index only: entries of an older layout are
+//! dropped and rebuilt from the jobs by `recover_after_restart`.
 //!
 //! # Job states
 //!
 //! ```text
-//!            offer                claim            mark_finalizing         complete
-//!   (none) ───────> queued ─────────────> active ──────────────> finalizing ─────> (done:
-//!                    ^  ^                  │  │                     │  │         ledger only)
-//!                    │  └─ retry-wait <────┘  └───> failed <────────┘  │
-//!                    │     (retry_later)          (fail; retry_failed  │
-//!                    │                             or a new version    │
-//!                    └──── requeue / complete with a moved fingerprint ┘
-//!                          / recover_after_restart (active, finalizing)
+//!            offer                claim            mark_finalizing
+//!   (none) ───────> queued ─────────────> active ──────────────> finalizing
+//!                    ^  ^                  │  │                     │  │  │
+//!                    │  └─ retry-wait <────┘  └────> failed <───────┘  │  │ mark_importing
+//!                    │     (retry_later;          (fail; retry_failed  │  v
+//!                    │      release_waiting       or a new version)   │  importing ──> failed
+//!                    │      makes it due now)                         │  │  │
+//!                    │                                     complete   v  v  │ complete
+//!                    │                                  (done: ledger only) <┘
+//!                    └──── requeue / complete with a moved fingerprint /
+//!                          requeue_corrupt (importing) / recover_after_restart (active,
+//!                          finalizing)
 //! ```
+//!
+//! Importing jobs wait for the remote to finish importing bytes it already holds (Redivis
+//! processes a posted upload): no worker holds them, they are not due, and they survive
+//! restarts untouched, so the wait resumes and nothing is posted twice.
 //!
 //! # Invariants
 //!
 //! The tests check 1 to 3 and 6's index after the operations of each test
 //! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
-//! reopen and recovery, 6 with a file that changes during an attempt.
+//! reopen and recovery, 6 with a file that changes during an attempt or an import.
 //!
 //! 1. **One job per file.** `by_path[job.key] == job.id` for every job, and every `by_path`
 //!    entry names an existing job with that key. Offering a file that has a job updates that
 //!    job (coalescing); it never creates a second one.
-//! 2. **The `due` index is exactly the claimable jobs.** Every queued job has one entry at its
-//!    `updated_at_ms` (the time it was queued) and every retry-wait job one at its
-//!    `next_attempt_at_ms` ([`Job::due_ms`]); active, finalizing and failed jobs have none.
-//!    `claim` takes jobs only from this index and removes the entry in the same transaction
-//!    that makes the job active, so no job is claimed twice.
+//! 2. **The `due` index is exactly the claimable jobs.** Every queued job has one entry,
+//!    under its folder's tag, at its `updated_at_ms` (the time it was queued) and every
+//!    retry-wait job one at its `next_attempt_at_ms` ([`Job::due_ms`]); active, finalizing,
+//!    importing and failed jobs have none. `claim` takes jobs only from this index and
+//!    removes the entry in the same transaction that makes the job active, so no job is
+//!    claimed twice.
 //! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
-//!    only for existing jobs, and are removed when the job completes, fails, is dropped, or
-//!    takes a new fingerprint (a session for old bytes must never be resumed for new ones).
-//!    A retry-wait keeps them: the pause resumes the same session. Progress is written only
-//!    for what the remote acknowledged (the caller's duty), and flushed before returning.
+//!    only for existing jobs, and are removed when the job completes, fails, is dropped,
+//!    starts importing, or takes a new fingerprint (a session for old bytes must never be
+//!    resumed for new ones). A retry-wait keeps them: the pause resumes the same session.
+//!    Progress is written only for what the remote acknowledged (the caller's duty), and
+//!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
 //!    `offer` when the ledger already holds the offered fingerprint and the job had failed,
-//!    or (c) by `drop_job` because the file vanished. So a file whose fingerprint differs
-//!    from its ledger entry keeps a queued, active, retry-wait or failed job. `offer` itself is
-//!    not flushed: after a crash the start-up scan offers every file again, which re-derives
-//!    any job that was lost with the unflushed tail of the log.
+//!    or (c) by `drop_job` or `drop_vanished` because the file vanished (never while
+//!    importing: those bytes are on the remote, and the import's end records them). So a
+//!    file whose fingerprint differs from its ledger entry keeps a queued, active,
+//!    importing, retry-wait or failed job. `offer` itself is not flushed: after a crash the
+//!    start-up scan offers every file again, which re-derives any job that was lost with
+//!    the unflushed tail of the log.
 //! 5. **Finalizing is durable before the finalize call.** `mark_finalizing` sets
 //!    `finalize_started` and flushes before returning; the flag survives restarts and
 //!    `recover_after_restart`, and is cleared only when the job takes new content, so the
 //!    backend asks the remote whether the finalize happened before doing it again.
 //! 6. **An attempt knows whether its content moved.** `claimed` holds, for exactly the
-//!    active and finalizing jobs, the fingerprint the job had when it was claimed. When the
-//!    attempt ends and `fingerprint` has moved on (an `offer` came in meanwhile), the saved
-//!    progress describes the old bytes: `retry_later`, `fail` and `recover_after_restart`
-//!    then drop it, and `retry_later` and `fail` queue the job afresh for the new version,
-//!    exactly as if the offer had arrived just after them. So resumed progress always
-//!    belongs to the content the job holds.
+//!    active and finalizing jobs, the fingerprint the job had when it was claimed; an
+//!    importing job's [`Import`] holds the fingerprint whose bytes were posted. When the
+//!    attempt or the import ends and `fingerprint` has moved on (an `offer` came in
+//!    meanwhile), the saved progress describes the old bytes: `retry_later`, `fail` and
+//!    `recover_after_restart` then drop it, and `retry_later`, `fail` and `complete` queue
+//!    the job afresh for the new version, exactly as if the offer had arrived just after
+//!    them. So resumed progress always belongs to the content the job holds, and a file
+//!    changed during its import is uploaded again once the import settles.
 //! 7. **Every state transition is one sled transaction** over all six trees, so a crash
 //!    leaves each job either before or after a transition, never half-way. Transitions the
-//!    invariants above depend on (progress, finalizing, complete, fail, retry-wait, requeue,
-//!    retry of failed jobs, recovery) are flushed before they return.
+//!    invariants above depend on (progress, finalizing, importing, complete, fail,
+//!    retry-wait, requeue, retry of failed jobs, recovery) are flushed before they return.
 //!
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
+mod claim;
 mod error;
+mod import;
 mod job;
 mod keys;
 mod lock;
@@ -103,8 +122,10 @@ use sled::transaction::{
 
 pub use error::StoreError;
 pub use job::{
-    Completed, FileKey, FolderCounts, Job, JobId, JobState, LedgerEntry, Offer, RetrySelection,
+    Completed, FileKey, FolderCounts, Import, Job, JobId, JobState, LedgerEntry, Offer,
+    RetrySelection,
 };
+pub use keys::{FolderTag, folder_tag};
 
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
@@ -286,12 +307,23 @@ impl Tx<'_> {
     }
 
     /// Writes `new` over `old` (the stored version, `None` for a new job) and moves its
-    /// `by_path` and `due` entries to match (invariants 1 and 2).
+    /// `by_path` and `due` entries to match (invariants 1 and 2). A job leaving `importing`
+    /// leaves its import record behind.
     fn put_job(&self, old: Option<&Job>, new: &Job) -> TxResult<()> {
+        let without_import;
+        let new = if new.import.is_some() && new.state != JobState::Importing {
+            without_import = Job {
+                import: None,
+                ..new.clone()
+            };
+            &without_import
+        } else {
+            new
+        };
         if let Some(old) = old
             && let Some(due) = old.due_ms()
         {
-            self.due.remove(&due_key(due, old.id))?;
+            self.due.remove(&job_due_key(old, due))?;
         }
         let raw_key = match valid_key(&new.key) {
             Ok(raw) => raw,
@@ -300,7 +332,7 @@ impl Tx<'_> {
         self.jobs.insert(&job_key(new.id), encode(new))?;
         self.by_path.insert(raw_key, &job_key(new.id))?;
         if let Some(due) = new.due_ms() {
-            self.due.insert(&due_key(due, new.id), &[])?;
+            self.due.insert(&job_due_key(new, due), &[])?;
         }
         if !is_attempt(&new.state) {
             self.claimed.remove(&job_key(new.id))?;
@@ -308,9 +340,12 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// True when the job's fingerprint moved on since the current attempt claimed it
-    /// (invariant 6).
+    /// True when the job's fingerprint moved on since the current attempt claimed it, or
+    /// since its bytes were posted (invariant 6).
     fn content_moved(&self, job: &Job) -> TxResult<bool> {
+        if let Some(import) = &job.import {
+            return Ok(import.fingerprint != job.fingerprint);
+        }
         let Some(raw) = self.claimed.get(job_key(job.id))? else {
             return Ok(false);
         };
@@ -335,7 +370,7 @@ impl Tx<'_> {
         self.progress.remove(&job_key(job.id))?;
         self.claimed.remove(&job_key(job.id))?;
         if let Some(due) = job.due_ms() {
-            self.due.remove(&due_key(due, job.id))?;
+            self.due.remove(&job_due_key(job, due))?;
         }
         Ok(())
     }
@@ -374,8 +409,9 @@ impl Tx<'_> {
             Some(job) if job.fingerprint == *fingerprint => Ok(Offer::AlreadyQueued(job.id)),
             Some(job) => {
                 let updated = match job.state {
-                    // The worker sees the new fingerprint when it completes and requeues.
-                    JobState::Active | JobState::Finalizing => Job {
+                    // The worker (or the import's end) sees the new fingerprint when it
+                    // completes, and queues the job again.
+                    JobState::Active | JobState::Finalizing | JobState::Importing => Job {
                         fingerprint: *fingerprint,
                         updated_at_ms: now,
                         ..job.clone()
@@ -399,7 +435,9 @@ impl Tx<'_> {
                     state: JobState::Queued,
                     finalize_started: false,
                     attempts: 0,
+                    corrupt_imports: 0,
                     last_error: None,
+                    import: None,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -415,11 +453,17 @@ fn is_attempt(state: &JobState) -> bool {
     matches!(state, JobState::Active | JobState::Finalizing)
 }
 
+/// The job's entry in the `due` index, at `due`.
+fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
+    due_key(folder_tag(&job.key.folder), due, job.id)
+}
+
 /// Puts a job back in the queue for new content: a fresh start, due now.
 fn queued_afresh(job: &Job, now: u64) -> Job {
     Job {
         state: JobState::Queued,
         attempts: 0,
+        corrupt_imports: 0,
         last_error: None,
         finalize_started: false,
         updated_at_ms: now,
@@ -624,121 +668,6 @@ impl Store {
         })
     }
 
-    /// Claims the earliest job due at or before `now` and makes it active. Entries of the
-    /// `due` index that no longer match a claimable job are removed on the way.
-    pub fn claim(&self, now: SystemTime) -> Result<Option<Job>, StoreError> {
-        let now = to_ms(now);
-        for entry in self.inner.trees.due.iter() {
-            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
-            let Some((due, id)) = decode_due_key(&raw) else {
-                tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
-                self.inner
-                    .trees
-                    .due
-                    .remove(&raw)
-                    .map_err(|err| self.db_error(err))?;
-                continue;
-            };
-            if due > now {
-                return Ok(None);
-            }
-            let claimed = self.transact(|tx| {
-                // Another worker may have taken this entry since the scan read it.
-                if tx.due.remove(&raw)?.is_none() {
-                    return Ok(None);
-                }
-                let Some(job) = tx.job(id)? else {
-                    return Ok(None);
-                };
-                if job.due_ms() != Some(due) {
-                    return Ok(None);
-                }
-                let active = Job {
-                    state: JobState::Active,
-                    updated_at_ms: now,
-                    ..job.clone()
-                };
-                tx.put_job(Some(&job), &active)?;
-                tx.claimed
-                    .insert(&job_key(id), encode(&active.fingerprint))?;
-                Ok(Some(active))
-            })?;
-            if claimed.is_some() {
-                return Ok(claimed);
-            }
-        }
-        Ok(None)
-    }
-
-    /// Claims, in one transaction, more jobs due at or before `now` for a batch: up to
-    /// `max` of them, in due order, each one `accept` agrees to (it sees candidates in order
-    /// and may keep running totals). Jobs another worker took meanwhile are skipped.
-    pub fn claim_more(
-        &self,
-        now: SystemTime,
-        max: usize,
-        mut accept: impl FnMut(&Job) -> bool,
-    ) -> Result<Vec<Job>, StoreError> {
-        let now = to_ms(now);
-        let mut candidates = Vec::new();
-        for entry in self.inner.trees.due.iter() {
-            if candidates.len() >= max {
-                break;
-            }
-            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
-            let Some((due, id)) = decode_due_key(&raw) else {
-                continue;
-            };
-            if due > now {
-                break;
-            }
-            let Some(job) = self.get(id)? else {
-                continue;
-            };
-            if job.due_ms() == Some(due) && accept(&job) {
-                candidates.push((raw, id, due));
-            }
-        }
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.transact(|tx| {
-            let mut claimed = Vec::with_capacity(candidates.len());
-            for (raw, id, due) in &candidates {
-                if tx.due.remove(raw)?.is_none() {
-                    continue;
-                }
-                let Some(job) = tx.job(*id)? else {
-                    continue;
-                };
-                if job.due_ms() != Some(*due) {
-                    continue;
-                }
-                let active = Job {
-                    state: JobState::Active,
-                    updated_at_ms: now,
-                    ..job.clone()
-                };
-                tx.put_job(Some(&job), &active)?;
-                tx.claimed
-                    .insert(&job_key(*id), encode(&active.fingerprint))?;
-                claimed.push(active);
-            }
-            Ok(claimed)
-        })
-    }
-
-    /// When the earliest queued or retry-wait job becomes claimable.
-    pub fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
-        for entry in self.inner.trees.due.iter() {
-            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
-            if let Some((due, _)) = decode_due_key(&raw) {
-                return Ok(Some(from_ms(due)));
-            }
-        }
-        Ok(None)
-    }
-
     pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match self
             .inner
@@ -929,6 +858,42 @@ impl Store {
         })
     }
 
+    /// Removes the job of a file found gone (an event, a scan), unless a worker or an
+    /// import holds it: a worker notices the file is gone at its next check, and bytes
+    /// being imported are already on the remote (the import's end records them). Returns
+    /// the state of the dropped job. Not flushed: a rescan finds the file gone again.
+    pub fn drop_vanished(&self, key: &FileKey) -> Result<Option<&'static str>, StoreError> {
+        let raw_key = valid_key(key)?;
+        self.transact(|tx| {
+            let Some(job) = tx.job_for(&raw_key)? else {
+                return Ok(None);
+            };
+            match job.state {
+                JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
+                    tx.remove_job(&job)?;
+                    Ok(Some(job.state.name()))
+                }
+                JobState::Active | JobState::Finalizing | JobState::Importing => Ok(None),
+            }
+        })
+    }
+
+    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
+    /// for all) that have a job, from the `by_path` index.
+    pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = folder.as_bytes().to_vec();
+        prefix.push(0);
+        prefix.extend_from_slice(under.as_bytes());
+        let mut files = Vec::new();
+        for entry in self.inner.trees.by_path.scan_prefix(&prefix).keys() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            if let Some(key) = decode_file_key(&raw) {
+                files.push(key.rel);
+            }
+        }
+        Ok(files)
+    }
+
     /// Moves failed jobs back to the queue (`upsync retry`); returns how many moved.
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
@@ -952,6 +917,7 @@ impl Store {
                 let queued = Job {
                     state: JobState::Queued,
                     attempts: 0,
+                    corrupt_imports: 0,
                     updated_at_ms: now,
                     ..job.clone()
                 };
@@ -1000,7 +966,7 @@ impl Store {
                 };
                 let indexed = tx.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..]);
                 let due_indexed = match job.due_ms() {
-                    Some(due) => tx.due.get(due_key(due, job.id))?.is_some(),
+                    Some(due) => tx.due.get(job_due_key(&job, due))?.is_some(),
                     None => true,
                 };
                 if indexed && due_indexed {
@@ -1032,7 +998,9 @@ impl Store {
             let (raw, _) = entry.map_err(db_error)?;
             let stale = match decode_due_key(&raw) {
                 None => true,
-                Some((due, id)) => self.get(id)?.is_none_or(|job| job.due_ms() != Some(due)),
+                Some(entry) => self.get(entry.id)?.is_none_or(|job| {
+                    job.due_ms() != Some(entry.due_ms) || folder_tag(&job.key.folder) != entry.tag
+                }),
             };
             if stale {
                 trees.due.remove(&raw).map_err(db_error)?;
@@ -1110,6 +1078,7 @@ impl Store {
                 JobState::Queued => folder.queued += 1,
                 JobState::Active => folder.active += 1,
                 JobState::Finalizing => folder.finalizing += 1,
+                JobState::Importing => folder.importing += 1,
                 JobState::RetryWait { .. } => folder.retry_wait += 1,
                 JobState::Failed { .. } => folder.failed += 1,
             }

@@ -68,7 +68,7 @@ fn assert_invariants(store: &Store) {
             assert!(
                 trees
                     .due
-                    .contains_key(due_key(due, job.id))
+                    .contains_key(due_key(folder_tag(&job.key.folder), due, job.id))
                     .expect("due reads"),
                 "claimable job {} ({}) must have a due entry at {due}",
                 job.id,
@@ -87,16 +87,22 @@ fn assert_invariants(store: &Store) {
     }
     for entry in trees.due.iter() {
         let (raw, _) = entry.expect("due iterates");
-        let (due, id) = decode_due_key(&raw).expect("due keys are 16 bytes");
+        let entry = decode_due_key(&raw).expect("due keys are 24 bytes");
+        let id = entry.id;
         let job = jobs
             .iter()
             .find(|job| job.id == id)
             .expect("every due entry names an existing job");
         assert_eq!(
             job.due_ms(),
-            Some(due),
+            Some(entry.due_ms),
             "due entry of job {id} matches its state {}",
             job.state.name()
+        );
+        assert_eq!(
+            entry.tag,
+            folder_tag(&job.key.folder),
+            "job {id} is under its folder"
         );
     }
     for job in &jobs {
@@ -104,6 +110,12 @@ fn assert_invariants(store: &Store) {
             .claimed
             .contains_key(job_key(job.id))
             .expect("claimed reads");
+        assert_eq!(
+            job.import.is_some(),
+            job.state == JobState::Importing,
+            "job {} has an import record exactly while importing",
+            job.id
+        );
         let attempt = matches!(job.state, JobState::Active | JobState::Finalizing);
         assert_eq!(
             claimed,
@@ -311,9 +323,12 @@ fn a_batch_is_marked_finalizing_in_one_transaction_with_one_flush() {
         .iter()
         .map(|name| queued_id(store.offer(&key(name), &fp(1)).expect("offer")))
         .collect();
-    store.claim(SystemTime::now()).expect("claim works");
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due");
     store
-        .claim_more(SystemTime::now(), 2, |_| true)
+        .claim_more(&first, SystemTime::now(), 2, |_| true)
         .expect("claim works");
     let flushes = store.flushes();
     store.mark_finalizing_many(&ids).expect("mark works");
@@ -389,14 +404,18 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
     let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
     let trees = &store.inner.trees;
     let due = job(&store, id).due_ms().expect("a queued job is due");
-    trees.due.remove(due_key(due, id)).expect("removing works");
+    let tag = folder_tag("/data/in");
+    trees
+        .due
+        .remove(due_key(tag, due, id))
+        .expect("removing works");
     trees
         .by_path
         .remove(file_key(&key("a")).expect("valid key"))
         .expect("removing works");
     trees
         .due
-        .insert(due_key(5, JobId(999_999)), &[])
+        .insert(due_key(tag, 5, JobId(999_999)), &[])
         .expect("inserting works");
     trees
         .progress
@@ -938,6 +957,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
             queued: 1,
             active: 1,
             finalizing: 1,
+            importing: 0,
             retry_wait: 1,
             failed: 0,
             done: 1,
@@ -1245,7 +1265,7 @@ fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
     // Accept only even sizes, and at most 12 bytes in all: 2 + 4 + 6, then 8 is too much.
     let mut bytes = 0;
     let batch = store
-        .claim_more(SystemTime::now(), 100, |job| {
+        .claim_more(&first, SystemTime::now(), 100, |job| {
             let size = job.fingerprint.size;
             let fits = size % 2 == 0 && bytes + size <= 12;
             if fits {
@@ -1259,12 +1279,12 @@ fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
     assert!(batch.iter().all(|j| j.state == JobState::Active));
     assert!(batch.iter().all(|j| j.id != first.id));
     let capped = store
-        .claim_more(SystemTime::now(), 2, |_| true)
+        .claim_more(&first, SystemTime::now(), 2, |_| true)
         .expect("claim_more works");
     assert_eq!(capped.len(), 2, "at most `max` jobs");
     assert!(
         store
-            .claim_more(far_future(), 100, |job| job.id == first.id)
+            .claim_more(&first, far_future(), 100, |job| job.id == first.id)
             .expect("claim_more works")
             .is_empty(),
         "an active job is not claimable again"
@@ -1380,5 +1400,325 @@ fn a_rebuilt_ledger_entry_makes_the_file_up_to_date_but_never_overrides_a_job() 
     let store = reopen(store);
     assert!(store.is_uploaded(&key("a"), &fp(1)).expect("ledger read"));
     assert!(!store.is_uploaded(&key("b"), &fp(2)).expect("ledger read"));
+    assert_invariants(&store);
+}
+
+// ---- fair claiming across folders --------------------------------------------------
+
+fn in_folder(folder: &str, rel: &str) -> FileKey {
+    FileKey::new(folder, rel)
+}
+
+#[test]
+fn a_backlog_in_one_folder_does_not_hold_back_another_folders_jobs() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 0..50 {
+        store
+            .offer(&in_folder("/big", &format!("f{n}")), &fp(n + 1))
+            .expect("offer");
+    }
+    for n in 0..2 {
+        store
+            .offer(&in_folder("/small", &format!("s{n}")), &fp(100 + n))
+            .expect("offer");
+    }
+    let folders = [folder_tag("/big"), folder_tag("/small")];
+    let mut after = None;
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let (job, tag) = store
+            .claim_next(SystemTime::now(), &folders, after)
+            .expect("claim works")
+            .expect("jobs are due");
+        after = Some(tag);
+        order.push(job.key.folder);
+    }
+    // The folders take turns while both have due jobs, whichever comes first in key order.
+    assert_ne!(order[0], order[1], "{order:?}");
+    assert_eq!(order[0], order[2], "{order:?}");
+    assert_eq!(order[1], order[3], "{order:?}");
+    assert_eq!(
+        order.iter().filter(|f| *f == "/small").count(),
+        2,
+        "{order:?}"
+    );
+    // A folder left out of the claim (its remote is down) keeps its jobs.
+    store
+        .offer(&in_folder("/small", "s2"), &fp(200))
+        .expect("offer");
+    let only_big = [folder_tag("/big")];
+    while let Some((job, _)) = store
+        .claim_next(SystemTime::now(), &only_big, None)
+        .expect("claim works")
+    {
+        assert_eq!(job.key.folder, "/big");
+    }
+    assert_eq!(store.counts().expect("counts")["/small"].queued, 1);
+    assert_invariants(&store);
+}
+
+#[test]
+fn next_due_in_looks_only_at_the_given_folders() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let waiting = queued_id(store.offer(&in_folder("/a", "x"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    let at = SystemTime::now() + Duration::from_secs(3600);
+    store.retry_later(waiting, at, "HTTP 503").expect("waits");
+    store.offer(&in_folder("/b", "y"), &fp(2)).expect("offer");
+    let a_due = store
+        .next_due_in(&[folder_tag("/a")])
+        .expect("reads")
+        .expect("a has a job");
+    assert_eq!(to_ms(a_due), to_ms(at));
+    let b_due = store.next_due().expect("reads").expect("b has a job");
+    assert!(b_due <= SystemTime::now());
+    assert_eq!(store.next_due_in(&[folder_tag("/c")]).expect("reads"), None);
+}
+
+#[test]
+fn a_remote_coming_back_makes_its_folders_waiting_jobs_due_now_and_no_others() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let later = far_future();
+    let mut ids = Vec::new();
+    for (folder, rel) in [("/down", "a"), ("/down", "b"), ("/up", "c")] {
+        let id = queued_id(
+            store
+                .offer(&in_folder(folder, rel), &fp(ids.len() as u64 + 1))
+                .expect("offer"),
+        );
+        store.claim(SystemTime::now()).expect("claims");
+        store
+            .retry_later(id, later, "connection refused")
+            .expect("waits");
+        ids.push(id);
+    }
+    assert!(store.claim(SystemTime::now()).expect("claims").is_none());
+    let released = store
+        .release_waiting(&["/down".to_string()], SystemTime::now())
+        .expect("release works");
+    assert_eq!(released, 2);
+    assert_invariants(&store);
+    let mut claimed = Vec::new();
+    while let Some(job) = store.claim(SystemTime::now()).expect("claims") {
+        claimed.push(job.id);
+    }
+    claimed.sort();
+    assert_eq!(claimed, vec![ids[0], ids[1]]);
+    assert!(matches!(
+        job(&store, ids[2]).state,
+        JobState::RetryWait { .. }
+    ));
+    assert_eq!(
+        store
+            .release_waiting(&["/down".to_string()], SystemTime::now())
+            .expect("release works"),
+        0,
+        "nothing left to release"
+    );
+}
+
+#[test]
+fn due_entries_of_the_older_layout_are_rebuilt_at_recovery() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    let trees = &store.inner.trees;
+    trees.due.clear().expect("clears");
+    let mut old = [0u8; 16];
+    old[..8].copy_from_slice(&5u64.to_be_bytes());
+    old[8..].copy_from_slice(&id.0.to_be_bytes());
+    trees.due.insert(old, &[]).expect("inserts");
+    store.recover_after_restart().expect("recovery works");
+    assert_invariants(&store);
+    assert_eq!(
+        store
+            .claim(SystemTime::now())
+            .expect("claims")
+            .map(|job| job.id),
+        Some(id)
+    );
+}
+
+// ---- importing ---------------------------------------------------------------------
+
+fn import_of(version: Fingerprint) -> Import {
+    Import {
+        remote: "/tables/t/uploads/1".into(),
+        target: "o.d:next.t".into(),
+        fingerprint: version,
+        md5: "9e107d9d372bb6826bd81d3542a419d6".into(),
+        posted_at_ms: 1_000,
+        transfer_ms: 20,
+    }
+}
+
+/// Offers `a` version 1, claims it, marks it finalizing with saved progress, then importing.
+fn importing_job(store: &Store) -> JobId {
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.save_progress(id, b"session").expect("saves");
+    store.mark_finalizing(id).expect("finalizing");
+    store
+        .mark_importing(id, import_of(fp(1)))
+        .expect("importing");
+    id
+}
+
+#[test]
+fn an_importing_job_holds_no_worker_and_survives_a_restart_untouched() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = importing_job(&store);
+    assert_invariants(&store);
+    assert_eq!(
+        store.load_progress(id).expect("reads"),
+        None,
+        "the session is used up"
+    );
+    assert!(
+        store.claim(far_future()).expect("claims").is_none(),
+        "not claimable"
+    );
+    assert_eq!(store.counts().expect("counts")["/data/in"].importing, 1);
+
+    let store = reopen(store);
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 0);
+    let kept = job(&store, id);
+    assert_eq!(kept.state, JobState::Importing);
+    assert_eq!(kept.import, Some(import_of(fp(1))));
+    assert!(kept.finalize_started);
+    assert_eq!(store.importing_jobs().expect("reads").len(), 1);
+    assert_invariants(&store);
+
+    assert!(
+        store
+            .complete(id, &fp(1), "/tables/t/uploads/1", Some("9e1"))
+            .expect("completes")
+    );
+    assert!(store.is_uploaded(&key("a"), &fp(1)).expect("reads"));
+    assert!(store.get(id).expect("reads").is_none());
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_file_changed_during_its_import_is_queued_again_once_the_import_settles() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = importing_job(&store);
+    assert_eq!(
+        store.offer(&key("a"), &fp(2)).expect("offer"),
+        Offer::Queued(id)
+    );
+    assert!(
+        matches!(job(&store, id).state, JobState::Importing),
+        "the import goes on"
+    );
+    assert_invariants(&store);
+    assert!(
+        !store
+            .complete(id, &fp(1), "/tables/t/uploads/1", None)
+            .expect("completes")
+    );
+    assert!(
+        store.is_uploaded(&key("a"), &fp(1)).expect("reads"),
+        "version 1 is on the remote"
+    );
+    let again = job(&store, id);
+    assert_eq!(again.state, JobState::Queued);
+    assert_eq!(again.fingerprint, fp(2));
+    assert!(!again.finalize_started);
+    assert_covered(&store, &key("a"), &fp(2));
+
+    // A refused import of an old version also leaves the new one queued.
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .mark_importing(id, import_of(fp(2)))
+        .expect("importing");
+    store.offer(&key("a"), &fp(3)).expect("offer");
+    store
+        .fail(id, "Redivis could not import: bad row")
+        .expect("fails");
+    assert_eq!(job(&store, id).state, JobState::Queued);
+    assert_covered(&store, &key("a"), &fp(3));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_corrupt_import_queues_the_file_to_be_sent_again_and_counts_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = importing_job(&store);
+    store
+        .requeue_corrupt(id, "hash mismatch: local a, remote b")
+        .expect("requeues");
+    let again = job(&store, id);
+    assert_eq!(again.state, JobState::Queued);
+    assert_eq!(again.corrupt_imports, 1);
+    assert!(!again.finalize_started, "nothing of it is posted any more");
+    assert_eq!(
+        again.last_error.as_deref(),
+        Some("hash mismatch: local a, remote b")
+    );
+    assert_invariants(&store);
+    // A new version starts with a clean count.
+    store.offer(&key("a"), &fp(5)).expect("offer");
+    assert_eq!(job(&store, id).corrupt_imports, 0);
+}
+
+// ---- vanished files ----------------------------------------------------------------
+
+#[test]
+fn a_vanished_file_drops_its_job_unless_a_worker_or_an_import_holds_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let failed = queued_id(store.offer(&key("failed"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .fail(failed, "KiFS does not allow '_'")
+        .expect("fails");
+    let waiting = queued_id(store.offer(&key("waiting"), &fp(2)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store
+        .retry_later(waiting, far_future(), "HTTP 503")
+        .expect("waits");
+    let importing = {
+        let id = queued_id(store.offer(&key("importing"), &fp(4)).expect("offer"));
+        store.claim(SystemTime::now()).expect("claims");
+        store
+            .mark_importing(id, import_of(fp(4)))
+            .expect("importing");
+        id
+    };
+    let active = queued_id(store.offer(&key("active"), &fp(5)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.offer(&key("queued"), &fp(3)).expect("offer");
+
+    let mut with_jobs = store.files_with_jobs("/data/in", "").expect("reads");
+    with_jobs.sort();
+    assert_eq!(
+        with_jobs,
+        ["active", "failed", "importing", "queued", "waiting"]
+    );
+    for (rel, dropped) in [
+        ("failed", Some("failed")),
+        ("waiting", Some("retry-wait")),
+        ("queued", Some("queued")),
+        ("importing", None),
+        ("active", None),
+        ("never-had-a-job", None),
+    ] {
+        assert_eq!(
+            store.drop_vanished(&key(rel)).expect("drops"),
+            dropped,
+            "{rel}"
+        );
+    }
+    assert!(store.get(importing).expect("reads").is_some());
+    assert!(store.get(active).expect("reads").is_some());
+    assert_eq!(store.jobs().expect("reads").len(), 2);
+    assert_eq!(store.counts().expect("counts")["/data/in"].failed, 0);
     assert_invariants(&store);
 }

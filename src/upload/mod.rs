@@ -1,36 +1,47 @@
-//! Uploading one file: the backend interface, error dispositions, chunked reading and backoff.
+//! Uploading one file: the backend interface, error dispositions, chunked reading, the
+//! in-place retry policy and the health of each remote.
 //!
 //! A backend turns a claimed job into remote state. It reads the file through
 //! [`chunk::FileReader`] (which notices a file that changes or vanishes under it), persists
 //! its own resume state through [`UploadJob::save_progress`] only after the remote
 //! acknowledged it, and persists `finalizing` through [`UploadJob::mark_finalizing`] before
-//! any non-idempotent finalize call. Every failure is an [`UploadError`] whose
-//! [`Disposition`] tells the worker what to do next; backends decide it in one place each
-//! (their `classify` functions).
+//! any non-idempotent finalize call. It returns once the bytes are on the remote: either
+//! the file is there ([`Delivery::Uploaded`]), or the remote still imports it
+//! ([`Delivery::Posted`], Redivis), which the daemon waits for without a worker. Every
+//! failure is an [`UploadError`] whose [`Disposition`] tells the worker what to do next;
+//! backends decide it in one place each (their `classify` functions).
 
 pub mod backoff;
 pub mod chunk;
+pub mod health;
 pub mod kifs;
 pub mod redivis;
+pub mod retry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{FolderConfig, RedivisFolder, Target};
 use crate::fingerprint::Fingerprint;
+use crate::net::HttpError;
 use crate::queue::{JobId, LedgerEntry, Store, StoreError};
+use retry::CallScope;
 
-/// What to do about a failed remote request (DESIGN §5).
+/// What to do about a failed remote request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Transient: send the same request again after a pause (`after` from `Retry-After`).
     Retry { after: Option<Duration> },
+    /// Transient, but the same request sent again within seconds would meet the same
+    /// refusal (a server certificate upsync does not trust, which someone must fix on the
+    /// server or in `ca_file`): no in-place retry; the job waits in `retry-wait`.
+    RetryLater,
     /// A chunk may have been partly taken: ask the server for its offset and continue.
     ResumeFromServer,
     /// The upload session is gone or unusable: start a new one from byte 0.
@@ -64,6 +75,28 @@ pub enum UploadError {
     Shutdown,
 }
 
+impl Disposition {
+    /// What a request that got no answer means, for a request that may simply be sent
+    /// again: [`Disposition::Permanent`] when it could not even be built,
+    /// [`Disposition::RetryLater`] when the server's certificate was refused,
+    /// [`Disposition::Retry`] otherwise (connection refused or broken, a stall).
+    pub fn of_transport(err: &HttpError) -> Disposition {
+        if err.is_builder() {
+            Disposition::Permanent
+        } else if err.certificate_problem().is_some() {
+            Disposition::RetryLater
+        } else {
+            Disposition::Retry { after: None }
+        }
+    }
+
+    /// Whether the job may succeed later without anyone changing anything it depends on
+    /// (not permanent); such jobs go to `retry-wait`.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Disposition::Retry { .. } | Disposition::RetryLater)
+    }
+}
+
 impl UploadError {
     pub fn remote(disposition: Disposition, message: impl Into<String>) -> UploadError {
         UploadError::Remote {
@@ -81,6 +114,26 @@ impl UploadError {
     }
 }
 
+/// How far a successful upload attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The file is on the remote.
+    Uploaded(Uploaded),
+    /// The remote holds the bytes and is importing them (the post was acknowledged).
+    Posted(Posted),
+}
+
+/// An upload the remote acknowledged and still imports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    /// The remote's name for it (a Redivis upload URI).
+    pub remote: String,
+    /// Where it was posted (a Redivis table reference).
+    pub target: String,
+    /// MD5 hex of the bytes posted.
+    pub md5: String,
+}
+
 /// What a successful upload leaves in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploaded {
@@ -90,17 +143,47 @@ pub struct Uploaded {
     pub md5: Option<String>,
 }
 
-/// Bytes sent so far for an in-flight upload, read by the status endpoint.
+/// Bytes sent so far for an in-flight upload, and the in-place retry it is waiting for, if
+/// any; read by the status endpoint.
 #[derive(Debug, Default)]
 pub struct LiveProgress {
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
+    retry: Mutex<Option<RetryNote>>,
+}
+
+/// An in-place retry an upload is waiting for ([`retry::Attempts::pause`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNote {
+    /// Failed tries of the request so far.
+    pub attempt: u32,
+    pub next_at: SystemTime,
+    pub last_error: String,
 }
 
 impl LiveProgress {
     pub fn set(&self, done: u64, total: u64) {
         self.bytes_done.store(done, Ordering::Relaxed);
         self.bytes_total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn note_retry(&self, note: RetryNote) {
+        *self.retry_lock() = Some(note);
+    }
+
+    pub fn clear_retry(&self) {
+        *self.retry_lock() = None;
+    }
+
+    pub fn retry(&self) -> Option<RetryNote> {
+        self.retry_lock().clone()
+    }
+
+    fn retry_lock(&self) -> std::sync::MutexGuard<'_, Option<RetryNote>> {
+        // A plain value: a panicking holder cannot leave it half-changed.
+        self.retry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -119,7 +202,8 @@ pub struct UploadJob {
     /// What the ledger holds for this path from an earlier upload, if anything.
     pub previous: Option<LedgerEntry>,
     pub live: Arc<LiveProgress>,
-    pub shutdown: CancellationToken,
+    /// When pauses end and transfers checkpoint; its `live` is this job's entry.
+    pub scope: CallScope,
     /// The folder's Redivis settings (parse options); default for KiFS.
     pub redivis: RedivisFolder,
     store: Store,
@@ -137,8 +221,12 @@ impl UploadJob {
         previous: Option<LedgerEntry>,
         store: Store,
         live: Arc<LiveProgress>,
-        shutdown: CancellationToken,
+        scope: impl Into<CallScope>,
     ) -> UploadJob {
+        let scope = CallScope {
+            entries: vec![Arc::clone(&live)],
+            ..scope.into()
+        };
         UploadJob {
             id,
             path,
@@ -148,7 +236,7 @@ impl UploadJob {
             finalize_started,
             previous,
             live,
-            shutdown,
+            scope,
             redivis: RedivisFolder::default(),
             store,
         }
@@ -210,8 +298,9 @@ impl UploadJob {
         }
     }
 
+    /// True once the transfer should checkpoint and return.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.scope.interrupted()
     }
 }
 
@@ -249,19 +338,42 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Checks, once at start, that the remote can take this folder's files (directory
-    /// exists and is writable, table reachable), creating what the config asks for. A
-    /// `Permanent` error means the folder cannot work until the config or the remote changes.
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
+    /// Checks that the remote can take this folder's files (directory exists and is
+    /// writable, table reachable), creating what the config asks for. A `Permanent` error
+    /// means the folder cannot work until the config or the remote changes.
+    pub async fn prepare_folder(
+        &self,
+        folder: &FolderConfig,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
         match self {
-            Backend::Kifs(backend) => backend.prepare_folder(folder).await,
-            Backend::Redivis(backend) => backend.prepare_folder(folder).await,
+            Backend::Kifs(backend) => backend.prepare_folder(folder, scope).await,
+            Backend::Redivis(backend) => backend.prepare_folder(folder, scope).await,
         }
     }
 
-    pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+    /// The health of this backend's remote.
+    pub fn health(&self) -> &Arc<health::RemoteHealth> {
         match self {
-            Backend::Kifs(backend) => backend.upload(job).await,
+            Backend::Kifs(backend) => backend.health(),
+            Backend::Redivis(backend) => backend.health(),
+        }
+    }
+
+    /// One cheap, unretried request to the remote, about `target`: `Ok` when it answers.
+    pub async fn probe(&self, target: &Target) -> Result<(), String> {
+        match (self, target) {
+            (Backend::Kifs(backend), Target::KifsDirectory { directory, .. }) => {
+                backend.probe(directory).await
+            }
+            (Backend::Redivis(backend), Target::RedivisTable(table)) => backend.probe(table).await,
+            _ => Err("the target belongs to another backend".into()),
+        }
+    }
+
+    pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
+        match self {
+            Backend::Kifs(backend) => backend.upload(job).await.map(Delivery::Uploaded),
             Backend::Redivis(backend) => backend.upload(job).await,
         }
     }
@@ -285,9 +397,14 @@ impl Backend {
 
     /// Uploads several files, one outcome per job in order; backends without batching
     /// upload them one after the other.
-    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Delivery, UploadError>> {
         match self {
-            Backend::Kifs(backend) => backend.upload_batch(jobs).await,
+            Backend::Kifs(backend) => backend
+                .upload_batch(jobs)
+                .await
+                .into_iter()
+                .map(|outcome| outcome.map(Delivery::Uploaded))
+                .collect(),
             Backend::Redivis(backend) => backend.upload_batch(jobs).await,
         }
     }

@@ -22,7 +22,7 @@ use super::filter::Filter;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
 use super::watcher::{self, DirWatcher, EventFlags};
-use super::{ScanSummary, Sink, SinkOffer};
+use super::{ScanSummary, Sink, SinkOffer, forget_vanished};
 use crate::fingerprint::Fingerprint;
 use crate::queue::FileKey;
 
@@ -179,6 +179,7 @@ impl FolderState {
         self.root_state = Root::Present { inode };
         let root = self.root.clone();
         let summary = self.walk(&root, false);
+        forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         info!(
             files_seen = summary.files_seen,
@@ -293,11 +294,18 @@ impl FolderState {
         }
     }
 
-    /// `path` no longer exists: forget it and, if it was a directory, its subtree.
+    /// `path` no longer exists: forget it and, if it was a directory, its subtree; jobs of
+    /// what vanished leave the queue.
     fn gone(&mut self, path: &Path, rel: &str) {
         self.settle.remove(&rel.to_string());
         self.recent.remove(rel);
         if self.watched.contains(path) || self.fallback.contains_key(path) {
+            forget_vanished(
+                &self.root,
+                &self.folder_key,
+                &format!("{rel}/"),
+                &*self.sink,
+            );
             let under: Vec<PathBuf> = self
                 .watched
                 .iter()
@@ -312,6 +320,8 @@ impl FolderState {
             let prefix = format!("{rel}/");
             self.settle.retain(|k| !k.starts_with(&prefix));
             debug!(dir = %path.display(), "directory removed; its watches are dropped");
+        } else {
+            self.sink.vanished(&self.key(rel));
         }
     }
 
@@ -365,6 +375,7 @@ impl FolderState {
     fn full_rescan(&mut self) {
         let root = self.root.clone();
         self.walk(&root, true);
+        forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
     }
 

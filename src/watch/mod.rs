@@ -11,6 +11,12 @@
 //! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
 //! to run rescans, and runs all file-system work on the blocking pool. Settled files go to a
 //! [`Sink`] — the queue's [`Store`] in the daemon, a recorder in tests.
+//!
+//! Files found gone go to the sink too ([`Sink::vanished`]): an event for a path that no
+//! longer exists (a deletion, the old name of a rename), and, after the start-up scan and
+//! every rescan, each file that has a job but is no longer there ([`forget_vanished`]).
+//! So the job of a deleted or renamed file leaves the queue, a failed one included, without
+//! `upsync retry`. A folder that is gone as a whole (unmounted) drops nothing.
 
 pub mod filter;
 mod folder;
@@ -82,6 +88,12 @@ pub trait Sink: Send + Sync {
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
         files.iter().map(|(key, fp)| self.offer(key, fp)).collect()
     }
+    /// The file is gone: forget what is pending for it.
+    fn vanished(&self, _key: &FileKey) {}
+    /// The files of `folder` under the relative prefix `under` that have something pending.
+    fn pending_files(&self, _folder: &str, _under: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Sink for Store {
@@ -104,6 +116,25 @@ impl Sink for Store {
                 SinkOffer::Failed
             }
         }
+    }
+
+    fn vanished(&self, key: &FileKey) {
+        match self.drop_vanished(key) {
+            Ok(Some(state)) => {
+                tracing::info!(path = %key, state, "file vanished; dropping its job")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!(path = %key, error = %e, "cannot drop the job of a vanished file; a rescan tries again")
+            }
+        }
+    }
+
+    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
+        self.files_with_jobs(folder, under).unwrap_or_else(|e| {
+            error!(folder, error = %e, "cannot read the jobs of a folder; a rescan tries again");
+            Vec::new()
+        })
     }
 
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
@@ -332,7 +363,23 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         recursive: folder.recursive,
     }
     .walk(&folder.path, &mut visit, &mut HashSet::new());
+    forget_vanished(&folder.path, &visit.folder_key, "", sink);
     Ok(visit.summary)
+}
+
+/// Tells the sink about every file of the folder at `root` (under the relative prefix
+/// `under`) that has something pending but no longer exists. Call only while the folder
+/// itself is there: an unmounted folder must not look like deleted files.
+pub fn forget_vanished(root: &std::path::Path, folder_key: &str, under: &str, sink: &dyn Sink) {
+    for rel in sink.pending_files(folder_key, under) {
+        let gone = matches!(
+            std::fs::symlink_metadata(root.join(&rel)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if gone {
+            sink.vanished(&FileKey::new(folder_key, rel));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::config::{FolderConfig, Target};
 
-/// Records offers; answers `is_uploaded` from a preset ledger.
+/// Records offers and vanished files; answers `is_uploaded` from a preset ledger and
+/// `pending_files` from a preset list.
 #[derive(Default)]
 struct Recorder {
     offers: Mutex<Vec<(FileKey, Fingerprint)>>,
@@ -23,6 +24,9 @@ struct Recorder {
     batches: Mutex<Vec<usize>>,
     /// `is_uploaded` calls: every scan asks once per file it finds.
     ledger_reads: AtomicUsize,
+    /// Files with something pending (relative paths).
+    pending: Mutex<Vec<String>>,
+    vanished: Mutex<Vec<String>>,
 }
 
 impl Recorder {
@@ -40,6 +44,21 @@ impl Recorder {
             .filter(|(r, _)| r == rel)
             .map(|(_, f)| f)
             .collect()
+    }
+    fn mark_pending(&self, rel: &str) {
+        self.pending
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .push(rel.to_string());
+    }
+    fn vanished(&self) -> Vec<String> {
+        let mut vanished = self
+            .vanished
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .clone();
+        vanished.sort();
+        vanished
     }
     fn mark_uploaded(&self, rel: &str, fp: Fingerprint) {
         self.uploaded
@@ -70,6 +89,25 @@ impl Sink for Recorder {
             .expect("recorder lock is not poisoned")
             .push(files.len());
         files.iter().map(|(key, fp)| self.offer(key, fp)).collect()
+    }
+    fn vanished(&self, key: &FileKey) {
+        self.pending
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .retain(|rel| *rel != key.rel);
+        self.vanished
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .push(key.rel.clone());
+    }
+    fn pending_files(&self, _folder: &str, under: &str) -> Vec<String> {
+        self.pending
+            .lock()
+            .expect("recorder lock is not poisoned")
+            .iter()
+            .filter(|rel| rel.starts_with(under))
+            .cloned()
+            .collect()
     }
 }
 
@@ -829,4 +867,104 @@ async fn scanning_many_watched_directories_does_not_overflow_the_event_channel()
         "listing watched directories must not flood the channel"
     );
     assert!(recorder.offers().is_empty(), "every file is in the ledger");
+}
+
+#[tokio::test]
+async fn files_deleted_renamed_or_gone_with_their_directory_are_forgotten() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).expect("create sub");
+    for rel in ["deleted.csv", "renamed.csv", "kept.csv", "sub/inner.csv"] {
+        write_old(&root.join(rel), b"x");
+    }
+    let recorder = Arc::new(Recorder::default());
+    // Jobs left by an earlier run: one of a file that vanished while nothing watched.
+    for rel in [
+        "deleted.csv",
+        "renamed.csv",
+        "kept.csv",
+        "sub/inner.csv",
+        "gone-before.csv",
+    ] {
+        recorder.mark_pending(rel);
+    }
+    let folder = folder_config(root, Duration::from_secs(1));
+    let opts = Options::new(Duration::from_secs(1), None);
+    let run = start_with(folder, recorder.clone(), opts, real_dirs()).await;
+    assert_eq!(
+        recorder.vanished(),
+        ["gone-before.csv"],
+        "found by the start-up scan"
+    );
+
+    std::fs::remove_file(root.join("deleted.csv")).expect("delete");
+    std::fs::rename(root.join("renamed.csv"), root.join("new-name.csv")).expect("rename");
+    std::fs::remove_dir_all(root.join("sub")).expect("delete the directory");
+    let rec = recorder.clone();
+    assert!(
+        eventually(WAIT, || rec.vanished().len() == 4).await,
+        "{:?}",
+        rec.vanished()
+    );
+    assert_eq!(
+        recorder.vanished(),
+        [
+            "deleted.csv",
+            "gone-before.csv",
+            "renamed.csv",
+            "sub/inner.csv"
+        ]
+    );
+    assert!(
+        eventually(WAIT, || rec.offers_of("new-name.csv").len() == 1).await,
+        "the new name is offered"
+    );
+    run.stop().await;
+}
+
+#[test]
+fn a_folder_gone_as_a_whole_forgets_no_file() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("mount");
+    std::fs::create_dir_all(&root).expect("create the folder");
+    write_old(&root.join("a.csv"), b"a");
+    let recorder = Arc::new(Recorder::default());
+    recorder.mark_pending("a.csv");
+    let mut state = folder::FolderState::new(folder::FolderParts {
+        root: root.clone(),
+        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
+        recursive: true,
+        settle: Duration::from_secs(1),
+        dirs: Box::new(NoDirs {
+            reason: "not needed".into(),
+        }),
+        sink: recorder.clone(),
+        wake: None,
+        flags: Arc::new(EventFlags::default()),
+        cancel: CancellationToken::new(),
+        opts: Options::new(Duration::from_secs(1), None),
+    });
+    state.start();
+    std::fs::rename(&root, dir.path().join("unmounted")).expect("move the folder away");
+    // Ticks notice the folder missing and look for it again.
+    for _ in 0..3 {
+        state.tick();
+    }
+    assert!(recorder.vanished().is_empty(), "{:?}", recorder.vanished());
+    assert_eq!(recorder.offers_of("a.csv").len(), 1);
+}
+
+#[test]
+fn scan_once_forgets_files_that_vanished_since_their_job_was_queued() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    write_old(&dir.path().join("here.csv"), b"x");
+    let recorder = Recorder::default();
+    recorder.mark_pending("here.csv");
+    recorder.mark_pending("renamed-away.csv");
+    scan_once(
+        &folder_config(dir.path(), Duration::from_secs(1)),
+        &recorder,
+    )
+    .expect("scans");
+    assert_eq!(recorder.vanished(), ["renamed-away.csv"]);
 }

@@ -93,19 +93,7 @@ impl EmulatorProcess {
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) {
         let url = format!("http://{}{path}", self.addr);
-        block_on(async {
-            let response = reqwest::Client::new()
-                .post(&url)
-                .json(body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "POST {url}: {}",
-                response.status()
-            );
-        });
+        send_ok("POST", reqwest::Client::new().post(&url).json(body));
     }
 
     pub fn kifs_url(&self) -> String {
@@ -141,6 +129,22 @@ pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         .build()
         .expect("runtime builds")
         .block_on(future)
+}
+
+/// Sends `request` and checks that it succeeded.
+fn send_ok(method: &str, request: reqwest::RequestBuilder) {
+    block_on(async {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let url = response.url().to_string();
+        assert!(
+            response.status().is_success(),
+            "{method} {url}: {}",
+            response.status()
+        );
+    });
 }
 
 fn blocking_get_json(url: &str) -> serde_json::Value {
@@ -513,17 +517,6 @@ impl EmulatorProcess {
     /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
     pub fn delete(&self, path: &str) {
         let url = format!("http://{}{path}", self.addr);
-        block_on(async {
-            let response = reqwest::Client::new()
-                .delete(&url)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("DELETE {url}: {e}"));
-            assert!(
-                response.status().is_success(),
-                "DELETE {url}: {}",
-                response.status()
-            );
-        });
+        send_ok("DELETE", reqwest::Client::new().delete(&url));
     }
 }

@@ -5,7 +5,7 @@
 //!    a bad name fails the job permanently, naming the offending character.
 //! 2. Size ≤ [`WHOLE_FILE_LIMIT`]: one whole-file `/upload/files` request (an empty element
 //!    for a zero-byte file). Replacing a file is idempotent, so transient failures are
-//!    retried in-request with backoff.
+//!    retried in place under the backend's [`RetryPolicy`].
 //! 3. Larger files go multipart, one file at a time across all workers:
 //!    a. If resume state exists for the same local version and part size, ask `/show/files`
 //!    for the target: when `info.multipart_uploads` lists our UUID with its last part
@@ -19,6 +19,10 @@
 //!    failure (timeout, reset, 5xx): the job goes back to the queue and step (a) decides.
 //! 4. The local file's fingerprint is checked before and after every part; a change
 //!    restarts the upload with the new content.
+//!
+//! Every request reports its outcome to the remote's [`RemoteHealth`] (the HTTP client
+//! does). A refused server certificate is not retried in place: the job waits in
+//! `retry-wait` while someone fixes the server or `ca_file`.
 
 pub mod wire;
 
@@ -28,7 +32,6 @@ pub mod names;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -39,8 +42,10 @@ use crate::fingerprint::Fingerprint;
 use crate::metrics::RequestKind;
 use crate::net::{Bandwidth, HttpClient, describe};
 
-use super::backoff::{Backoff, retry_after};
+use super::backoff::retry_after;
 use super::chunk::FileReader;
+use super::health::RemoteHealth;
+use super::retry::{self, Attempts, CallScope, RetryPolicy};
 use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
 use body::{Source, StreamedRequest};
 use classify::{classify_error_message, classify_status};
@@ -62,8 +67,6 @@ pub const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_file_size: 4 << 20,
     one_target: false,
 };
-/// Attempts for an idempotent request before the job goes back to the queue.
-const REQUEST_ATTEMPTS: u32 = 5;
 
 /// What survives a crash in the middle of a multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,29 +87,73 @@ pub struct KifsBackend {
     part_size: u64,
     /// KiFS may cancel an in-progress multipart upload when another one starts: one at a time.
     multipart_slot: Arc<Semaphore>,
+    retry: RetryPolicy,
+    health: Arc<RemoteHealth>,
 }
 
 impl KifsBackend {
     /// The backend for `config`, its request bodies paced by `bandwidth`.
     pub fn new(config: &KifsConfig, bandwidth: Arc<Bandwidth>) -> Result<KifsBackend, String> {
-        let http = HttpClient::build("kifs", &config.net, bandwidth, |builder| builder)?;
+        KifsBackend::with_retry(config, RetryPolicy::default(), bandwidth)
+    }
+
+    /// A backend whose requests are retried in place under `retry`.
+    pub fn with_retry(
+        config: &KifsConfig,
+        retry: RetryPolicy,
+        bandwidth: Arc<Bandwidth>,
+    ) -> Result<KifsBackend, String> {
+        let url = config.url.trim_end_matches('/').to_string();
+        let health = Arc::new(RemoteHealth::new("kifs", &url));
+        let http = HttpClient::build("kifs", &config.net, bandwidth, |builder| builder)?
+            .reporting_to(Arc::clone(&health));
         Ok(KifsBackend {
             http,
-            url: config.url.trim_end_matches('/').to_string(),
+            health,
+            url,
             auth: config.auth.clone(),
             encoding: config.encoding,
             part_size: WHOLE_FILE_LIMIT,
             multipart_slot: Arc::new(Semaphore::new(1)),
+            retry,
         })
+    }
+
+    /// The health of the KiFS server, which every request reports to.
+    pub fn health(&self) -> &Arc<RemoteHealth> {
+        &self.health
+    }
+
+    /// One cheap request, not retried, telling whether the server answers: `Ok` for any
+    /// answer that is not a transient failure (a refusal is an answer).
+    pub async fn probe(&self, directory: &str) -> Result<(), String> {
+        let request = ShowDirectoriesRequest {
+            directory_name: directory.to_string(),
+            options: BTreeMap::new(),
+        };
+        match self
+            .call::<_, ShowDirectoriesResponse>("/show/directories", &request)
+            .await
+        {
+            Err(UploadError::Remote {
+                disposition,
+                message,
+            }) if disposition.is_transient() => Err(message),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that the folder's KiFS directory exists and is writable, creating it first
     /// when the folder says `create_directory = true`.
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
+    pub async fn prepare_folder(
+        &self,
+        folder: &FolderConfig,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
         let Target::KifsDirectory { directory, create } = &folder.target else {
             return Ok(());
         };
-        let mut shown = self.show_directory(directory).await;
+        let mut shown = self.show_directory(directory, scope).await;
         let refused = matches!(
             &shown,
             Err(UploadError::Remote {
@@ -117,16 +164,18 @@ impl KifsBackend {
         if refused {
             // Listing every directory tells a missing directory from a refused request
             // (wrong credentials, wrong URL): only the first is worth creating or hinting at.
-            self.show_directory("").await.map_err(|err| match err {
-                UploadError::Remote {
-                    disposition,
-                    message,
-                } => UploadError::remote(
-                    disposition,
-                    format!("cannot check KiFS directory '{directory}': {message}"),
-                ),
-                other => other,
-            })?;
+            self.show_directory("", scope)
+                .await
+                .map_err(|err| match err {
+                    UploadError::Remote {
+                        disposition,
+                        message,
+                    } => UploadError::remote(
+                        disposition,
+                        format!("cannot check KiFS directory '{directory}': {message}"),
+                    ),
+                    other => other,
+                })?;
         }
         if refused && *create {
             let request = CreateDirectoryRequest {
@@ -134,15 +183,19 @@ impl KifsBackend {
                 options: BTreeMap::from([("no_error_if_exists".into(), "true".into())]),
             };
             let _: CreateDirectoryResponse = self
-                .call_with_retries("/create/directory", &request)
+                .call_with_retries("/create/directory", &request, scope)
                 .await
-                .map_err(|err| {
-                    UploadError::permanent(format!(
-                        "cannot create KiFS directory '{directory}': {err}"
-                    ))
+                .map_err(|err| match err {
+                    UploadError::Remote {
+                        disposition: Disposition::Permanent,
+                        message,
+                    } => UploadError::permanent(format!(
+                        "cannot create KiFS directory '{directory}': {message}"
+                    )),
+                    other => other,
                 })?;
             tracing::info!(directory = %directory, "created KiFS directory");
-            shown = self.show_directory(directory).await;
+            shown = self.show_directory(directory, scope).await;
         }
         let shown = shown.map_err(|err| match err {
             UploadError::Remote {
@@ -194,12 +247,14 @@ impl KifsBackend {
     async fn show_directory(
         &self,
         directory: &str,
+        scope: &CallScope,
     ) -> Result<ShowDirectoriesResponse, UploadError> {
         let request = ShowDirectoriesRequest {
             directory_name: directory.to_string(),
             options: BTreeMap::new(),
         };
-        self.call_with_retries("/show/directories", &request).await
+        self.call_with_retries("/show/directories", &request, scope)
+            .await
     }
 
     /// Uploads the job's file. With `create_directory = true`, a directory found missing
@@ -222,7 +277,7 @@ impl KifsBackend {
                     options: BTreeMap::from([("no_error_if_exists".into(), "true".into())]),
                 };
                 let _: CreateDirectoryResponse = self
-                    .call_with_retries("/create/directory", &request)
+                    .call_with_retries("/create/directory", &request, &job.scope)
                     .await?;
                 self.upload_into(job, &directory).await
             }
@@ -246,7 +301,7 @@ impl KifsBackend {
                 slot = self.multipart_slot.clone().acquire_owned() => {
                     slot.expect("the multipart semaphore is never closed")
                 }
-                _ = job.shutdown.cancelled() => return Err(UploadError::Shutdown),
+                _ = job.scope.stop.cancelled() => return Err(UploadError::Shutdown),
             };
             match self.upload_multipart(job, &reader, &target).await {
                 // The server refused a step of an upload it had accepted (unknown or
@@ -288,7 +343,15 @@ impl KifsBackend {
                 }
             }
         }
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let scope = CallScope {
+            entries: jobs.iter().map(|job| Arc::clone(&job.live)).collect(),
+            ..jobs
+                .first()
+                .map(|job| job.scope.clone())
+                .unwrap_or_default()
+        };
+        let mut attempts =
+            Attempts::new(&self.retry, &scope, "KiFS batch upload").watching(&self.health);
         let mut first_pass = true;
         loop {
             let mut live = Vec::new();
@@ -348,22 +411,17 @@ impl KifsBackend {
                 outcomes[live[position]] = Some(Err(local));
                 continue;
             }
-            match err {
+            let err = match err {
                 UploadError::Remote {
                     disposition: Disposition::Retry { after },
                     message,
-                } if backoff.attempt() + 1 < REQUEST_ATTEMPTS => {
-                    let sleep = backoff.next_delay(after, &mut rand::rng());
-                    tracing::warn!(
-                        files = live.len(),
-                        attempt = backoff.attempt(),
-                        max_attempts = REQUEST_ATTEMPTS,
-                        sleep_ms = sleep.as_millis() as u64,
-                        reason = %message,
-                        "retrying a KiFS batch upload"
-                    );
-                    tokio::time::sleep(sleep).await;
-                }
+                } => match attempts.pause(after, &message).await {
+                    Ok(()) => continue,
+                    Err(gave_up) => gave_up.into_error(&message, after),
+                },
+                err => err,
+            };
+            match err {
                 UploadError::Remote {
                     disposition: Disposition::Permanent,
                     message,
@@ -409,7 +467,7 @@ impl KifsBackend {
             &self.data_options(),
         );
         let _: UploadFilesResponse = self
-            .with_retries("/upload/files", || {
+            .with_retries("/upload/files", &job.scope, || {
                 self.call_streamed("/upload/files", &request)
             })
             .await?;
@@ -484,7 +542,7 @@ impl KifsBackend {
         let same_version = saved.fingerprint == job.fingerprint
             && saved.part_size == self.part_size
             && saved.target == target;
-        let shown = self.show_file(target).await?;
+        let shown = self.show_file(target, &job.scope).await?;
         let in_progress = multipart_progress(&shown, &saved.uuid);
         if same_version {
             if let Some(last_part) = in_progress {
@@ -526,7 +584,9 @@ impl KifsBackend {
             paths: vec![directory.to_string()],
             options: BTreeMap::new(),
         };
-        let shown: ShowFilesResponse = self.call_with_retries("/show/files", &request).await?;
+        let shown: ShowFilesResponse = self
+            .call_with_retries("/show/files", &request, &CallScope::default())
+            .await?;
         Ok(shown
             .file_names
             .into_iter()
@@ -535,12 +595,16 @@ impl KifsBackend {
             .collect())
     }
 
-    async fn show_file(&self, target: &str) -> Result<ShowFilesResponse, UploadError> {
+    async fn show_file(
+        &self,
+        target: &str,
+        scope: &CallScope,
+    ) -> Result<ShowFilesResponse, UploadError> {
         let request = ShowFilesRequest {
             paths: vec![target.to_string()],
             options: BTreeMap::new(),
         };
-        self.call_with_retries("/show/files", &request).await
+        self.call_with_retries("/show/files", &request, scope).await
     }
 
     /// One multipart step, sent exactly once: an ambiguous failure is returned as is.
@@ -575,47 +639,30 @@ impl KifsBackend {
         }
     }
 
-    /// An idempotent call, retried with backoff on transient failures.
+    /// An idempotent call, retried in place on transient failures.
     async fn call_with_retries<Req: Record, Resp: Record>(
         &self,
         endpoint: &str,
         request: &Req,
+        scope: &CallScope,
     ) -> Result<Resp, UploadError> {
-        self.with_retries(endpoint, || self.call(endpoint, request))
+        self.with_retries(endpoint, scope, || self.call(endpoint, request))
             .await
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the attempts are spent.
+    /// Runs `attempt` under the backend's retry policy (see [`retry::retry`]).
     async fn with_retries<T, F, Fut>(
         &self,
         endpoint: &str,
-        mut attempt: F,
+        scope: &CallScope,
+        attempt: F,
     ) -> Result<T, UploadError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, UploadError>>,
     {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        loop {
-            match attempt().await {
-                Err(UploadError::Remote {
-                    disposition: Disposition::Retry { after },
-                    message,
-                }) if backoff.attempt() + 1 < REQUEST_ATTEMPTS => {
-                    let sleep = backoff.next_delay(after, &mut rand::rng());
-                    tracing::warn!(
-                        endpoint,
-                        attempt = backoff.attempt(),
-                        max_attempts = REQUEST_ATTEMPTS,
-                        sleep_ms = sleep.as_millis() as u64,
-                        reason = %message,
-                        "retrying KiFS request"
-                    );
-                    tokio::time::sleep(sleep).await;
-                }
-                other => return other,
-            }
-        }
+        let step = format!("KiFS {endpoint}");
+        retry::retry(&self.retry, scope, Some(&self.health), &step, attempt).await
     }
 
     /// Sends one request held in memory.
@@ -669,13 +716,18 @@ impl KifsBackend {
             }
             KifsAuth::Bearer { token } => builder.bearer_auth(token.expose()),
         };
-        // Every transport failure is transient here, certificate problems included (see
-        // `net`): the message says what to fix, the job backs off meanwhile.
+        // A refused certificate is transient (see `net`) but not retried in place: the
+        // message says what to fix, the job backs off meanwhile.
         let response = self
             .http
             .send(RequestKind::KifsApi, builder)
             .await
-            .map_err(|err| UploadError::retry(format!("KiFS {endpoint}: {err}")))?;
+            .map_err(|err| {
+                UploadError::remote(
+                    Disposition::of_transport(&err),
+                    format!("KiFS {endpoint}: {err}"),
+                )
+            })?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|err| {
@@ -777,6 +829,7 @@ fn status_hint(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use tokio_util::sync::CancellationToken;
 
@@ -954,7 +1007,7 @@ mod tests {
         };
         for create in [false, true] {
             let err = backend("wrong")
-                .prepare_folder(&folder(create))
+                .prepare_folder(&folder(create), &CallScope::default())
                 .await
                 .expect_err("wrong credentials stop the start");
             let message = err.to_string();
@@ -967,7 +1020,7 @@ mod tests {
             "no directory is created with credentials the server refuses"
         );
         let err = backend("s3cret")
-            .prepare_folder(&folder(false))
+            .prepare_folder(&folder(false), &CallScope::default())
             .await
             .expect_err("the directory is missing");
         assert!(

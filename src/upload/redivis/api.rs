@@ -2,10 +2,11 @@
 //!
 //! Every call goes through [`ApiClient::send`]: it waits for the shared [`Pacer`], counts
 //! the request, sends `Authorization: Bearer` (only to the API's own host:port), reads the
-//! rate-limit headers, and classifies failures with [`classify`]. Transient failures are
-//! retried in place a bounded number of times with jittered exponential backoff (honouring
-//! `Retry-After`); when the budget is spent the error carries `Disposition::Retry`, so the
-//! worker schedules a durable job-level retry.
+//! rate-limit headers, reports the outcome to the remote's [`RemoteHealth`], and classifies
+//! failures with [`classify`]. Transient failures are retried in place under the backend's
+//! [`RetryPolicy`] (jittered backoff honouring `Retry-After`, bounded attempts and time);
+//! when it gives up the error carries `Disposition::Retry`, so the worker schedules a
+//! durable job-level retry.
 //!
 //! upload.post is not idempotent (protocol §9): [`ApiClient::send`] repeats it only when the
 //! server cannot have processed it (429, 408, or a connect error). Any other failure comes
@@ -15,8 +16,8 @@
 //! Error messages name the endpoint and the table, never a URL with its query string, and
 //! never the token.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -24,14 +25,15 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use super::classify;
 use super::ratelimit::{Announced, Pacer};
 use crate::config::Secret;
 use crate::metrics::RequestKind;
 use crate::net::{HttpClient, describe};
-use crate::upload::backoff::{Backoff, retry_after};
+use crate::upload::backoff::retry_after;
+use crate::upload::health::RemoteHealth;
+use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
 use crate::upload::{Disposition, UploadError};
 
 /// Characters kept literally in a table reference path segment: Python's
@@ -47,24 +49,6 @@ pub type ApiFields = serde_json::Map<String, serde_json::Value>;
 
 /// Page size for upload lists (the documented default).
 pub const LIST_PAGE_SIZE: u32 = 100;
-
-/// How often and how long transient failures are retried inside one request.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 8,
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(64),
-        }
-    }
-}
 
 /// A failed API call.
 #[derive(Debug, Clone)]
@@ -204,6 +188,7 @@ pub struct ApiClient {
     pacer: Pacer,
     requests: AtomicU64,
     retry: RetryPolicy,
+    health: Arc<RemoteHealth>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -223,6 +208,7 @@ impl ApiClient {
         token: Secret,
         pacer: Pacer,
         retry: RetryPolicy,
+        health: Arc<RemoteHealth>,
     ) -> Result<ApiClient, String> {
         let base = api_url.trim_end_matches('/').to_string();
         let origin = origin_of(&base)
@@ -235,6 +221,7 @@ impl ApiClient {
             pacer,
             requests: AtomicU64::new(0),
             retry,
+            health,
         })
     }
 
@@ -243,8 +230,13 @@ impl ApiClient {
         self.requests.load(Ordering::Relaxed)
     }
 
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.retry
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The health of the Redivis API, which every request reports to.
+    pub fn health(&self) -> &Arc<RemoteHealth> {
+        &self.health
     }
 
     /// Whether `url` is served by the API's host:port, so the token may go there (B9).
@@ -277,58 +269,30 @@ impl ApiClient {
         &self,
         what: &str,
         idempotency: Idempotency,
-        cancel: &CancellationToken,
+        scope: &CallScope,
         url: &str,
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
     ) -> Result<Response, ApiError> {
-        let send_token = self.is_api_origin(url);
-        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
-        let mut attempt = 0;
+        self.send_with(&self.retry, what, idempotency, scope, url, build)
+            .await
+    }
+
+    /// [`ApiClient::send`] under another retry policy (a probe tries once).
+    pub async fn send_with(
+        &self,
+        policy: &RetryPolicy,
+        what: &str,
+        idempotency: Idempotency,
+        scope: &CallScope,
+        url: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<Response, ApiError> {
+        let mut attempts =
+            Attempts::new(policy, scope, "Redivis API request").watching(&self.health);
         loop {
-            attempt += 1;
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return Err(shutdown_error()),
-                permit = self.pacer.acquire() => permit,
-            };
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut request = build(self.http.client());
-            if send_token {
-                request = request.bearer_auth(self.token.expose());
-            }
-            let failure = match self.http.send(RequestKind::RedivisApi, request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let announced = rate_limit_headers(response.headers());
-                    let after = retry_after(response.headers());
-                    if status == 429 {
-                        permit.refused(after, announced);
-                    } else {
-                        permit.answered(announced);
-                    }
-                    if response.status().is_success() {
-                        return Ok(response);
-                    }
-                    let disposition = classify::api_status(status, after);
-                    let body = response.text().await.unwrap_or_default();
-                    ApiError {
-                        status: Some(status),
-                        disposition,
-                        message: describe_status(what, status, &body),
-                        // 429 and 408 are answered before the request is processed.
-                        maybe_processed: !matches!(status, 408 | 429),
-                        shutdown: false,
-                    }
-                }
-                Err(err) => {
-                    drop(permit);
-                    ApiError {
-                        status: None,
-                        disposition: classify::api_transport(&err),
-                        message: format!("Redivis {what} failed: {err}"),
-                        maybe_processed: !classify::never_sent(&err),
-                        shutdown: false,
-                    }
-                }
+            let failure = match self.send_once(what, scope, url, build).await? {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
             };
             let after = match failure.disposition {
                 Disposition::Retry { after } => after,
@@ -337,39 +301,83 @@ impl ApiClient {
             if idempotency == Idempotency::Once && failure.maybe_processed {
                 return Err(failure);
             }
-            if attempt >= self.retry.attempts {
-                return Err(ApiError {
-                    message: format!(
-                        "{} (gave up after {attempt} attempts; will retry later)",
-                        failure.message
-                    ),
-                    ..failure
-                });
-            }
-            let sleep = backoff.next_delay(after, &mut rand::rng());
-            tracing::warn!(
-                attempt,
-                max_attempts = self.retry.attempts,
-                sleep_ms = sleep.as_millis() as u64,
-                reason = %failure.message,
-                "retrying Redivis API request"
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(shutdown_error()),
-                _ = tokio::time::sleep(sleep) => {}
+            match attempts.pause(after, &failure.message).await {
+                Ok(()) => {}
+                Err(GaveUp::Shutdown) => return Err(shutdown_error()),
+                Err(GaveUp::Spent(why)) => {
+                    return Err(ApiError {
+                        message: format!("{} ({why})", failure.message),
+                        ..failure
+                    });
+                }
             }
         }
+    }
+
+    /// One try: waits for the pacer and sends. The outer `Err` is shutdown during the
+    /// pacer's wait; the inner one a failed request.
+    async fn send_once(
+        &self,
+        what: &str,
+        scope: &CallScope,
+        url: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<Result<Response, ApiError>, ApiError> {
+        let permit = tokio::select! {
+            _ = scope.stop.cancelled() => return Err(shutdown_error()),
+            permit = self.pacer.acquire() => permit,
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = build(self.http.client());
+        if self.is_api_origin(url) {
+            request = request.bearer_auth(self.token.expose());
+        }
+        // The HTTP client reports the outcome to the remote's health.
+        let response = match self.http.send(RequestKind::RedivisApi, request).await {
+            Ok(response) => response,
+            Err(err) => {
+                drop(permit);
+                return Ok(Err(ApiError {
+                    status: None,
+                    disposition: classify::api_transport(&err),
+                    message: format!("Redivis {what} failed: {err}"),
+                    maybe_processed: !classify::never_sent(&err),
+                    shutdown: false,
+                }));
+            }
+        };
+        let status = response.status().as_u16();
+        let announced = rate_limit_headers(response.headers());
+        let after = retry_after(response.headers());
+        if status == 429 {
+            permit.refused(after, announced);
+        } else {
+            permit.answered(announced);
+        }
+        if response.status().is_success() {
+            return Ok(Ok(response));
+        }
+        let disposition = classify::api_status(status, after);
+        let body = response.text().await.unwrap_or_default();
+        Ok(Err(ApiError {
+            status: Some(status),
+            disposition,
+            message: describe_status(what, status, &body),
+            // 429 and 408 are answered before the request is processed.
+            maybe_processed: !matches!(status, 408 | 429),
+            shutdown: false,
+        }))
     }
 
     pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
         what: &str,
         idempotency: Idempotency,
-        cancel: &CancellationToken,
+        scope: &CallScope,
         url: &str,
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
     ) -> Result<T, ApiError> {
-        let response = self.send(what, idempotency, cancel, url, build).await?;
+        let response = self.send(what, idempotency, scope, url, build).await?;
         let body = response.bytes().await.map_err(|err| {
             let message = format!("Redivis {what}: answer cut off: {}", describe(&err));
             ApiError::unusable(message, true)
@@ -384,11 +392,11 @@ impl ApiClient {
         &self,
         table: &str,
         size: u64,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<NewUpload, ApiError> {
         let url = self.absolute(&format!("{}/resumableUpload", Self::table_path(table)));
         let what = format!("resumableUpload for table {table}");
-        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
             http.post(&url)
                 .query(&[("size", size)])
                 .header(reqwest::header::CONTENT_LENGTH, 0)
@@ -403,7 +411,7 @@ impl ApiClient {
         name: &str,
         size: u64,
         resumable: bool,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<NewUpload, ApiError> {
         let url = self.absolute(&format!("{}/tempUploads", Self::table_path(table)));
         let what = format!("tempUploads for table {table}");
@@ -411,7 +419,7 @@ impl ApiClient {
             "tempUploads": [{"size": size, "name": name, "resumable": resumable}]
         });
         let list: TempUploadList = self
-            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.post(&url).json(&body)
             })
             .await?;
@@ -431,7 +439,7 @@ impl ApiClient {
         id_field: &str,
         id: &str,
         options: &ApiFields,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
@@ -439,7 +447,7 @@ impl ApiClient {
         body.insert("name".into(), name.into());
         body.insert(id_field.into(), id.into());
         let body = serde_json::Value::Object(body);
-        self.send_json(&what, Idempotency::Once, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Once, scope, &url, &|http| {
             http.post(&url).json(&body)
         })
         .await
@@ -453,7 +461,7 @@ impl ApiClient {
         name: &str,
         data: Bytes,
         options: &ApiFields,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload.post of {name:?} to table {table}");
@@ -475,7 +483,7 @@ impl ApiClient {
                 }
             })
             .collect();
-        self.send_json(&what, Idempotency::Once, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Once, scope, &url, &|http| {
             let meta = reqwest::multipart::Part::bytes(metadata.clone())
                 .file_name("metadata")
                 .mime_str("application/json")
@@ -495,11 +503,11 @@ impl ApiClient {
     pub async fn get_upload(
         &self,
         uri: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<UploadResource, ApiError> {
         let url = self.absolute(uri);
         let what = format!("upload.get of {}", strip_query(uri));
-        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
             http.get(&url)
         })
         .await
@@ -510,7 +518,7 @@ impl ApiClient {
         &self,
         table: &str,
         escaped: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Option<UploadResource>, ApiError> {
         let url = self.absolute(&format!(
             "{}/uploads/{}",
@@ -519,7 +527,7 @@ impl ApiClient {
         ));
         let what = format!("upload.get of {escaped:?} in table {table}");
         match self
-            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.get(&url)
             })
             .await
@@ -536,11 +544,11 @@ impl ApiClient {
         table: &str,
         max_results: u32,
         page_token: Option<&str>,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<UploadPage, ApiError> {
         let url = self.absolute(&format!("{}/uploads", Self::table_path(table)));
         let what = format!("upload list of table {table}");
-        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
             let request = http.get(&url).query(&[("maxResults", max_results)]);
             match page_token {
                 Some(token) => request.query(&[("pageToken", token)]),
@@ -555,14 +563,14 @@ impl ApiClient {
     pub async fn for_each_upload_page(
         &self,
         table: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
         visit: &mut (dyn FnMut(&[UploadResource]) -> bool + Send),
     ) -> Result<usize, ApiError> {
         let mut token: Option<String> = None;
         let mut pages = 0;
         loop {
             let page = self
-                .list_uploads(table, LIST_PAGE_SIZE, token.as_deref(), cancel)
+                .list_uploads(table, LIST_PAGE_SIZE, token.as_deref(), scope)
                 .await?;
             pages += 1;
             if !visit(&page.results) {
@@ -576,15 +584,11 @@ impl ApiClient {
     }
 
     /// `DELETE {upload.uri}`; an upload that is already gone counts as deleted.
-    pub async fn delete_upload(
-        &self,
-        uri: &str,
-        cancel: &CancellationToken,
-    ) -> Result<(), ApiError> {
+    pub async fn delete_upload(&self, uri: &str, scope: &CallScope) -> Result<(), ApiError> {
         let url = self.absolute(uri);
         let what = format!("upload.delete of {}", strip_query(uri));
         match self
-            .send(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.delete(&url)
             })
             .await

@@ -1,4 +1,4 @@
-//! The one place that decides what a failed Redivis request means (DESIGN §5), per layer.
+//! The one place that decides what a failed Redivis request means, per layer.
 //!
 //! Two layers answer differently:
 //! - the **API** (`{api_url}/...`): transient trouble (408, 429, 5xx, connect or timeout)
@@ -25,13 +25,10 @@ pub fn api_status(status: u16, retry_after: Option<Duration>) -> Disposition {
 
 /// What a transport failure on an API call means: the remote might be back soon, unless
 /// the request could not even be built. A refused certificate is transient too (see
-/// `net`): the jobs back off while someone fixes the server or `ca_file`.
+/// `net`), but not retried in place: the jobs back off while someone fixes the server or
+/// `ca_file`.
 pub fn api_transport(err: &HttpError) -> Disposition {
-    if err.is_builder() {
-        Disposition::Permanent
-    } else {
-        Disposition::Retry { after: None }
-    }
+    Disposition::of_transport(err)
 }
 
 /// What a session URL response status (not 200/201/308) means.
@@ -47,12 +44,12 @@ pub fn session_status(status: u16) -> Disposition {
 }
 
 /// What a transport failure on a session URL means: the chunk may have been partly
-/// persisted, so only the server knows the offset now.
+/// persisted, so only the server knows the offset now. A refused certificate cannot have
+/// let a byte through, and asking again at once would be refused the same way.
 pub fn session_transport(err: &HttpError) -> Disposition {
-    if err.is_builder() {
-        Disposition::Permanent
-    } else {
-        Disposition::ResumeFromServer
+    match Disposition::of_transport(err) {
+        Disposition::Retry { .. } => Disposition::ResumeFromServer,
+        other => other,
     }
 }
 

@@ -18,26 +18,33 @@
 //!    then one `POST rawFiles` `{"files": [{"name", "tempUploadId"}]}`. An answer lost on
 //!    the way is never re-sent blindly: the table's files are listed, the jobs found there
 //!    adopt theirs, and only the others are registered again with their (unused) temp
-//!    uploads, a bounded number of times.
+//!    uploads, as often as the backend's in-place retry policy allows.
 //! 6. Verify. A registered file whose `size` or `md5Hash` is not ours is deleted, and its
 //!    job fails for a retry.
 //!
-//! The remote recorded in the ledger is the file's `uri`.
+//! The remote recorded in the ledger is the file's `uri`. A registration is synchronous
+//! (the `rawFiles` answer is the registered file, with its size and MD5), so a file of a
+//! file index table is uploaded when its batch returns: it never waits in `importing`.
+//!
+//! The requests that serve the whole batch (listings, `tempUploads`, `rawFiles`) show an
+//! in-place retry on every job of the batch; a file's own PUT on that job alone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 use super::api::{
     ApiClient, ApiError, Idempotency, NewUpload, UploadResource, lenient_string, lenient_u64,
 };
-use super::session::{Flow, SessionState, sleep_or_shutdown};
+use super::session::{Flow, SessionState};
 use super::{Finalize, RedivisBackend, hashes_match, now_ms};
-use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
-use crate::upload::{BatchLimits, UploadError, UploadJob, Uploaded, mark_finalizing_all};
+use crate::upload::retry::{Attempts, CallScope};
+use crate::upload::{
+    BatchLimits, Disposition, UploadError, UploadJob, Uploaded, mark_finalizing_all,
+};
 
 /// Files per `tempUploads` and `rawFiles` call, as the official client sends at most.
 pub const MAX_FILES: usize = 1000;
@@ -106,7 +113,7 @@ impl ApiClient {
         &self,
         table: &str,
         files: &[(String, u64)],
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Vec<NewUpload>, ApiError> {
         let url = self.absolute(&format!("{}/tempUploads", Self::table_path(table)));
         let what = format!("tempUploads for table {table}");
@@ -116,7 +123,7 @@ impl ApiClient {
             .collect();
         let body = serde_json::json!({ "tempUploads": entries });
         let list: TempUploadList = self
-            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.post(&url).json(&body)
             })
             .await?;
@@ -137,7 +144,7 @@ impl ApiClient {
         &self,
         table: &str,
         files: &[(String, String)],
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Vec<RawFile>, ApiError> {
         let url = self.absolute(&format!("{}/rawFiles", Self::table_path(table)));
         let what = format!("rawFiles of {} files to table {table}", files.len());
@@ -147,7 +154,7 @@ impl ApiClient {
             .collect();
         let body = serde_json::json!({ "files": entries });
         let list: RawFileList = self
-            .send_json(&what, Idempotency::Once, cancel, &url, &|http| {
+            .send_json(&what, Idempotency::Once, scope, &url, &|http| {
                 http.post(&url).json(&body)
             })
             .await?;
@@ -158,7 +165,7 @@ impl ApiClient {
     pub async fn list_raw_files(
         &self,
         table: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Vec<RawFile>, ApiError> {
         let url = self.absolute(&format!("{}/rawFiles", Self::table_path(table)));
         let what = format!("file list of table {table}");
@@ -166,7 +173,7 @@ impl ApiClient {
         let mut token: Option<String> = None;
         loop {
             let page: RawFileList = self
-                .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+                .send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
                     let request = http.get(&url).query(&[("maxResults", 1000)]);
                     match &token {
                         Some(token) => request.query(&[("pageToken", token)]),
@@ -186,12 +193,12 @@ impl ApiClient {
     pub async fn get_raw_file(
         &self,
         uri: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Option<RawFile>, ApiError> {
         let url = self.absolute(uri);
         let what = format!("rawFile.get of {uri}");
         match self
-            .send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.get(&url)
             })
             .await
@@ -204,22 +211,18 @@ impl ApiClient {
 
     /// `DELETE {rawFile.uri}`; returns whether the file is gone. A 404 is checked with a
     /// `GET`: a server without the endpoint answers 404 too, and keeps the file.
-    pub async fn delete_raw_file(
-        &self,
-        uri: &str,
-        cancel: &CancellationToken,
-    ) -> Result<bool, ApiError> {
+    pub async fn delete_raw_file(&self, uri: &str, scope: &CallScope) -> Result<bool, ApiError> {
         let url = self.absolute(uri);
         let what = format!("rawFile.delete of {uri}");
         match self
-            .send(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+            .send(&what, Idempotency::Repeatable, scope, &url, &|http| {
                 http.delete(&url)
             })
             .await
         {
             Ok(_) => Ok(true),
             Err(err) if err.status == Some(404) => {
-                Ok(self.get_raw_file(uri, cancel).await?.is_none())
+                Ok(self.get_raw_file(uri, scope).await?.is_none())
             }
             Err(err) => Err(err),
         }
@@ -256,21 +259,24 @@ impl RedivisBackend {
         jobs: &mut [UploadJob],
     ) -> Vec<Result<Uploaded, UploadError>> {
         let mut outcomes: Outcomes = jobs.iter().map(|_| None).collect();
-        let cancel = match jobs.first() {
-            Some(job) => job.shutdown.clone(),
-            None => return Vec::new(),
+        let Some(first) = jobs.first() else {
+            return Vec::new();
+        };
+        let scope = CallScope {
+            entries: jobs.iter().map(|job| Arc::clone(&job.live)).collect(),
+            ..first.scope.clone()
         };
         let mut pending = open_readers(jobs, &mut outcomes);
         let steps = async {
-            self.reconcile(table, jobs, &mut pending, &mut outcomes, &cancel)
+            self.reconcile(table, jobs, &mut pending, &mut outcomes, &scope)
                 .await?;
-            self.adopt_unchanged(jobs, &mut pending, &mut outcomes, &cancel)
+            self.adopt_unchanged(jobs, &mut pending, &mut outcomes, &scope)
                 .await?;
-            self.send_bytes(table, jobs, &mut pending, &mut outcomes, &cancel)
+            self.send_bytes(table, jobs, &mut pending, &mut outcomes, &scope)
                 .await?;
-            self.replace_earlier(jobs, &mut pending, &mut outcomes, &cancel)
+            self.replace_earlier(jobs, &mut pending, &mut outcomes, &scope)
                 .await?;
-            self.register(table, jobs, pending, &mut outcomes, &cancel)
+            self.register(table, jobs, pending, &mut outcomes, &scope)
                 .await
         };
         let failed: Result<(), UploadError> = steps.await;
@@ -284,12 +290,12 @@ impl RedivisBackend {
         jobs: &[UploadJob],
         pending: &mut Vec<Pending>,
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         if !pending.iter().any(|p| jobs[p.index].finalize_started) {
             return Ok(());
         }
-        let listed = self.api.list_raw_files(table, cancel).await?;
+        let listed = self.api.list_raw_files(table, scope).await?;
         for p in pending.iter_mut() {
             let job = &jobs[p.index];
             if !job.finalize_started {
@@ -314,7 +320,7 @@ impl RedivisBackend {
         jobs: &[UploadJob],
         pending: &mut Vec<Pending>,
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         for p in pending.iter_mut() {
             let job = &jobs[p.index];
@@ -333,7 +339,7 @@ impl RedivisBackend {
             if same
                 && self
                     .api
-                    .get_raw_file(&previous.remote, cancel)
+                    .get_raw_file(&previous.remote, scope)
                     .await?
                     .is_some()
             {
@@ -352,14 +358,14 @@ impl RedivisBackend {
         jobs: &[UploadJob],
         pending: &mut Vec<Pending>,
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         if let [single] = pending.as_mut_slice()
             && single.reader.size > self.chunk_size
         {
             let job = &jobs[single.index];
             let (finalize, md5) = self
-                .transfer_as(job, table, &single.reader, Flow::TempUploads, false, cancel)
+                .transfer_as(job, table, &single.reader, Flow::TempUploads, false, scope)
                 .await?;
             let Finalize::Session { id, .. } = finalize else {
                 unreachable!("a temp-upload transfer without inline bytes ends in a session");
@@ -375,7 +381,7 @@ impl RedivisBackend {
             .iter()
             .map(|p| (jobs[p.index].rel.clone(), p.reader.size))
             .collect();
-        let temps = self.api.create_temp_uploads(table, &files, cancel).await?;
+        let temps = self.api.create_temp_uploads(table, &files, scope).await?;
         // Boxed with their lifetime spelled out: the stream of borrowing futures must be
         // Send for the worker task, which the compiler cannot show for an unnamed one.
         type Put<'a> = std::pin::Pin<
@@ -391,7 +397,7 @@ impl RedivisBackend {
             .map(|(p, temp)| {
                 let job = &jobs[p.index];
                 let put: Put<'_> = Box::pin(async move {
-                    let sent = self.put_file(job, &p.reader, &temp, cancel).await;
+                    let sent = self.put_file(job, &p.reader, &temp).await;
                     (p.index, sent.map(|md5| (temp.id, md5)))
                 });
                 put
@@ -423,13 +429,13 @@ impl RedivisBackend {
         job: &UploadJob,
         reader: &FileReader,
         temp: &NewUpload,
-        cancel: &CancellationToken,
     ) -> Result<String, UploadError> {
+        let scope = &job.scope;
         let check = || job.check_unchanged();
-        let transfer = self.file_transfer(job, reader, &check, cancel);
+        let transfer = self.file_transfer(job, reader, &check, scope);
         let url = self.api.absolute(&temp.url);
         let sent = if temp.resumable == Some(true) {
-            let session_url = self.sessions.initiate(&url, reader.size, cancel).await;
+            let session_url = self.sessions.initiate(&url, reader.size, scope).await;
             match session_url {
                 Ok(session_url) => {
                     let mut state = SessionState {
@@ -463,7 +469,7 @@ impl RedivisBackend {
         jobs: &[UploadJob],
         pending: &mut [Pending],
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         for p in pending.iter() {
             let job = &jobs[p.index];
@@ -471,7 +477,7 @@ impl RedivisBackend {
             else {
                 continue;
             };
-            match self.api.delete_raw_file(&previous.remote, cancel).await {
+            match self.api.delete_raw_file(&previous.remote, scope).await {
                 Ok(true) => {
                     tracing::info!(job = job.id.0, file = %previous.remote, "deleted the file this one replaces");
                 }
@@ -492,7 +498,7 @@ impl RedivisBackend {
         jobs: &mut [UploadJob],
         pending: Vec<Pending>,
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         let mut pending: Vec<Pending> = pending
             .into_iter()
@@ -510,11 +516,9 @@ impl RedivisBackend {
         }
         let indexes: Vec<usize> = pending.iter().map(|p| p.index).collect();
         mark_finalizing_all(jobs, &indexes)?;
-        let retry = self.api.retry_policy();
-        let mut backoff = Backoff::new(retry.base, retry.max);
-        let mut attempt = 0;
+        let mut attempts =
+            Attempts::new(self.api.retry_policy(), scope, "rawFiles").watching(self.health());
         loop {
-            attempt += 1;
             let entries: Vec<(String, String)> = pending
                 .iter()
                 .map(|p| {
@@ -525,48 +529,64 @@ impl RedivisBackend {
                     (jobs[p.index].rel.clone(), id)
                 })
                 .collect();
-            let err = match self.api.register_raw_files(table, &entries, cancel).await {
-                Ok(files) => return self.verify(jobs, &pending, files, outcomes, cancel).await,
+            let err = match self.api.register_raw_files(table, &entries, scope).await {
+                Ok(files) => {
+                    return self
+                        .verify_registered(jobs, &pending, files, outcomes, scope)
+                        .await;
+                }
                 Err(err) => err,
             };
             if err.shutdown
-                || !(err.maybe_processed
-                    && matches!(err.disposition, crate::upload::Disposition::Retry { .. }))
+                || !(err.maybe_processed && matches!(err.disposition, Disposition::Retry { .. }))
             {
                 return Err(err.into());
             }
-            tracing::warn!(files = pending.len(), attempt, reason = %err.message, "rawFiles answer lost; checking the table before registering again");
-            let listed = self.api.list_raw_files(table, cancel).await?;
-            for p in &pending {
-                let job = &jobs[p.index];
-                let md5 = p.md5.clone().unwrap_or_default();
-                if let Some(found) = listed
-                    .iter()
-                    .find(|f| f.holds(&job.rel, p.reader.size, &md5))
-                {
-                    outcomes[p.index] = Some(Ok(uploaded(found.uri.clone(), md5)));
-                }
-            }
-            pending.retain(|p| outcomes[p.index].is_none());
+            tracing::warn!(files = pending.len(), attempt = attempts.failures() + 1, reason = %err.message, "rawFiles answer lost; checking the table before registering again");
+            self.adopt_registered(table, jobs, &mut pending, outcomes, scope)
+                .await?;
             if pending.is_empty() {
                 return Ok(());
             }
-            if attempt >= retry.attempts {
-                return Err(err.into());
+            if let Err(gave_up) = attempts.pause(None, &err.message).await {
+                return Err(gave_up.into_error(&err.message, None));
             }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            sleep_or_shutdown(sleep, cancel).await?;
         }
     }
 
+    /// After a lost `rawFiles` answer: the pending jobs the table's listing holds adopt
+    /// their file and leave `pending`.
+    async fn adopt_registered(
+        &self,
+        table: &str,
+        jobs: &[UploadJob],
+        pending: &mut Vec<Pending>,
+        outcomes: &mut Outcomes,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
+        let listed = self.api.list_raw_files(table, scope).await?;
+        for p in pending.iter() {
+            let job = &jobs[p.index];
+            let md5 = p.md5.clone().unwrap_or_default();
+            if let Some(found) = listed
+                .iter()
+                .find(|f| f.holds(&job.rel, p.reader.size, &md5))
+            {
+                outcomes[p.index] = Some(Ok(uploaded(found.uri.clone(), md5)));
+            }
+        }
+        pending.retain(|p| outcomes[p.index].is_none());
+        Ok(())
+    }
+
     /// Step 6: the registered files, in request order, against what was sent.
-    async fn verify(
+    async fn verify_registered(
         &self,
         jobs: &[UploadJob],
         pending: &[Pending],
         files: Vec<RawFile>,
         outcomes: &mut Outcomes,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(), UploadError> {
         if files.len() != pending.len() {
             return Err(UploadError::retry(format!(
@@ -585,7 +605,7 @@ impl RedivisBackend {
             }
             tracing::warn!(job = job.id.0, file = %file.uri, "deleting a registered file that is not what was sent");
             if !file.uri.is_empty() {
-                self.api.delete_raw_file(&file.uri, cancel).await?;
+                self.api.delete_raw_file(&file.uri, scope).await?;
             }
             outcomes[p.index] = Some(Err(UploadError::retry(format!(
                 "{}: Redivis registered {:?} with size {:?} and MD5 {:?}, not {} bytes with MD5 {md5}",

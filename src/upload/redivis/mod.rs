@@ -43,11 +43,14 @@
 //!    refuses the post (409) or creates our upload under another name, which is deleted
 //!    at once. Then back to 3, asking by name this time, with a new session; a second
 //!    time goes back to the queue.
-//! 7. Wait for `completed`/`failed` through the table's shared poller (2 s → 30 s).
+//! 7. Redivis imports the posted upload. While it is `queued` or `running`, return
+//!    [`Delivery::Posted`]: the daemon waits for it without a worker, through
+//!    [`RedivisBackend::await_import`] and the table's shared poller (2 s → 30 s).
 //!    `failed` fails the job with Redivis' `errorMessage`.
-//! 8. Compare the upload's `hash` with our MD5 (hex any case, or base64). A mismatch
-//!    deletes the upload and starts over at 3 once; a second one fails the job.
-//! 9. Clear the saved session and return the upload's URI and our MD5.
+//! 8. Once imported, compare the upload's `hash` with our MD5 (hex any case, or base64),
+//!    and its size. A mismatch deletes the upload and sends the file again once (from 3); a
+//!    second one fails the job. Clear the saved session; the upload's URI and our MD5 go to
+//!    the ledger.
 //!
 //! Throughout, the file's fingerprint is checked before and after each chunk and before
 //! posting: a file that changed ends the attempt with `UploadError::Changed`.
@@ -90,17 +93,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use tokio_util::sync::CancellationToken;
 
-use self::api::{ApiClient, ApiFields, RetryPolicy, UploadResource};
+use self::api::{ApiClient, ApiFields, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failed_upload_error};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
 use self::tables::{TableKind, TableKinds};
-use super::backoff::Backoff;
 use super::chunk::FileReader;
-use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
+use super::health::RemoteHealth;
+use super::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
+use super::{BatchLimits, Delivery, Disposition, Posted, UploadError, UploadJob, Uploaded};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 use crate::net::{Bandwidth, HttpClient};
 
@@ -125,6 +128,8 @@ pub struct Tuning {
     pub inline_max: u64,
     /// New sessions one attempt may start after dead ones before handing back to the queue.
     pub session_restarts: u32,
+    /// Consecutive transient failures after which Redivis counts as down ([`health`]).
+    pub down_after: u32,
 }
 
 impl Default for Tuning {
@@ -137,6 +142,7 @@ impl Default for Tuning {
             session_max_age: SESSION_LIFETIME,
             inline_max: INLINE_UPLOAD_MAX,
             session_restarts: 3,
+            down_after: super::health::DOWN_AFTER,
         }
     }
 }
@@ -167,12 +173,21 @@ impl std::fmt::Debug for RedivisBackend {
 }
 
 /// What upload.post gave.
-enum Posted {
+enum PostAnswer {
     /// The upload, under exactly the name we sent.
     Created(UploadResource),
     /// Another upload holds the name: the server refused ours (409), or created it under
     /// another name, which has been deleted again. Nothing of ours is in the table.
     NameTaken(String),
+}
+
+/// How an import that Redivis finished turned out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    /// Our size and MD5: the file is uploaded.
+    Verified(Uploaded),
+    /// Other bytes than were sent (the reason says how); the upload has been deleted.
+    Corrupt(String),
 }
 
 /// How the bytes reach upload.post.
@@ -222,22 +237,31 @@ impl RedivisBackend {
                 config.chunk_size
             ));
         }
+        // The API and its session URLs share one health: both are Redivis answering.
+        let health = Arc::new(RemoteHealth::with_threshold(
+            "redivis",
+            &config.api_url,
+            tuning.down_after,
+        ));
         let http = HttpClient::build("redivis", &config.net, bandwidth, |builder| {
             // A session's 308 is "resume incomplete", never a redirect to follow.
             builder.redirect(reqwest::redirect::Policy::none())
-        })?;
+        })?
+        .reporting_to(Arc::clone(&health));
         let api = Arc::new(ApiClient::new(
             http.clone(),
             &config.api_url,
             config.token.clone(),
             Pacer::new(tuning.pacer),
             tuning.retry,
+            Arc::clone(&health),
         )?);
         let sessions = Arc::new(SessionClient::new(
             http,
             &config.api_url,
             config.token.clone(),
             tuning.retry,
+            health,
         ));
         let poller = Arc::new(Poller::new(Arc::clone(&api), tuning.poll));
         Ok(RedivisBackend {
@@ -261,17 +285,51 @@ impl RedivisBackend {
         self.api.requests()
     }
 
+    /// The health of the Redivis API and its session URLs, which every request reports to.
+    pub fn health(&self) -> &Arc<RemoteHealth> {
+        self.api.health()
+    }
+
+    /// One cheap request, not retried, telling whether Redivis answers: `Ok` for any answer
+    /// that is not a transient failure (a 404 for the table is an answer).
+    pub async fn probe(&self, table: &str) -> Result<(), String> {
+        let once = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let url = self
+            .api
+            .absolute(&format!("{}/uploads", ApiClient::table_path(table)));
+        let what = format!("upload list of table {table}");
+        let scope = CallScope::default();
+        let sent = self
+            .api
+            .send_with(
+                &once,
+                &what,
+                api::Idempotency::Repeatable,
+                &scope,
+                &url,
+                &|http| http.get(&url).query(&[("maxResults", 1)]),
+            )
+            .await;
+        match sent {
+            Err(err) if err.disposition.is_transient() => Err(err.message),
+            _ => Ok(()),
+        }
+    }
+
     /// Every upload in `table` that did not fail processing (all pages), for rebuilding
     /// the ledger from the remote; a file index table's files, as uploads.
     pub async fn list_uploads(&self, table: &str) -> Result<Vec<api::UploadResource>, UploadError> {
-        let cancel = CancellationToken::new();
-        if self.kinds.get(&self.api, table, &cancel).await? == TableKind::FileIndex {
-            let files = self.api.list_raw_files(table, &cancel).await?;
+        let scope = CallScope::default();
+        if self.kinds.get(&self.api, table, &scope).await? == TableKind::FileIndex {
+            let files = self.api.list_raw_files(table, &scope).await?;
             return Ok(files.into_iter().map(files::RawFile::as_upload).collect());
         }
         let mut uploads = Vec::new();
         self.api
-            .for_each_upload_page(table, &cancel, &mut |page| {
+            .for_each_upload_page(table, &scope, &mut |page| {
                 uploads.extend(page.iter().filter(|u| !u.is_failed()).cloned());
                 true
             })
@@ -279,21 +337,28 @@ impl RedivisBackend {
         Ok(uploads)
     }
 
-    pub async fn prepare_folder(&self, folder: &FolderConfig) -> Result<(), UploadError> {
+    /// Checks that the folder's table is reachable with this token.
+    pub async fn prepare_folder(
+        &self,
+        folder: &FolderConfig,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
             return Err(UploadError::permanent(format!(
                 "folder {} does not target a Redivis table",
                 folder.path.display()
             )));
         };
-        let cancel = CancellationToken::new();
-        let err = match self.kinds.get(&self.api, table, &cancel).await {
+        let err = match self.kinds.get(&self.api, table, scope).await {
             Ok(kind) => {
                 log_table_kind(folder, table, kind);
                 return Ok(());
             }
             Err(err) => err,
         };
+        if err.shutdown {
+            return Err(UploadError::Shutdown);
+        }
         let definitive = |message: String| Err(UploadError::permanent(message));
         match err.status {
             Some(404) => definitive(format!(
@@ -337,9 +402,13 @@ impl RedivisBackend {
 
     /// Uploads several files: in one batch when they all go to one file index table,
     /// else one after the other.
-    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+    pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Delivery, UploadError>> {
         if let Some(table) = self.one_file_index_table(jobs) {
-            return self.upload_files(&table, jobs).await;
+            let outcomes = self.upload_files(&table, jobs).await;
+            return outcomes
+                .into_iter()
+                .map(|outcome| outcome.map(Delivery::Uploaded))
+                .collect();
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -358,9 +427,10 @@ impl RedivisBackend {
         (one_table && self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| table.clone())
     }
 
-    /// Uploads one file (module doc, steps 1–9; a file index table's file as [`files`]
-    /// says).
-    pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+    /// Uploads one file (module doc, steps 1–8; a file index table's file as [`files`]
+    /// says): returns once Redivis holds it, imported and verified, or still importing
+    /// ([`Delivery::Posted`]).
+    pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
             Target::KifsDirectory { directory, .. } => {
@@ -370,10 +440,10 @@ impl RedivisBackend {
                 )));
             }
         };
-        let cancel = job.shutdown.clone();
-        if self.kinds.get(&self.api, &table, &cancel).await? == TableKind::FileIndex {
+        if self.kinds.get(&self.api, &table, &job.scope).await? == TableKind::FileIndex {
             let mut outcomes = self.upload_files(&table, std::slice::from_mut(job)).await;
-            return outcomes.pop().expect("one outcome per job");
+            let outcome = outcomes.pop().expect("one outcome per job");
+            return outcome.map(Delivery::Uploaded);
         }
         // 1. The name.
         let escaped = match self.names.claim(&table, &job.rel) {
@@ -383,10 +453,9 @@ impl RedivisBackend {
                 // the table is the judge: an upload of exactly our name means an earlier
                 // attempt of ours got there first, and the name is ours.
                 let escaped = names::escape(&job.rel);
-                let cancel = job.shutdown.clone();
                 match self
                     .api
-                    .find_upload_by_name(&table, &escaped, &cancel)
+                    .find_upload_by_name(&table, &escaped, &job.scope)
                     .await?
                 {
                     Some(existing) if existing.name.as_deref() == Some(job.rel.as_str()) => {
@@ -424,15 +493,15 @@ impl RedivisBackend {
         result
     }
 
-    /// Steps 2–9 for a file whose name is claimed.
+    /// Steps 2–8 for a file whose name is claimed.
     async fn upload_named(
         &self,
         job: &mut UploadJob,
         table: &str,
         escaped: &str,
-    ) -> Result<Uploaded, UploadError> {
+    ) -> Result<Delivery, UploadError> {
         let reader = FileReader::open(&job.path, &job.fingerprint)?;
-        let cancel = job.shutdown.clone();
+        let scope = job.scope.clone();
         let mut local_md5: Option<String> = None;
 
         // 2. Reconcile a finalize that may have happened.
@@ -440,7 +509,7 @@ impl RedivisBackend {
         if job.finalize_started {
             let md5 = self.file_md5(&reader).await?;
             adopted = self
-                .find_posted(table, &job.rel, reader.size, &md5, &cancel)
+                .find_posted(table, &job.rel, reader.size, &md5, &scope)
                 .await?;
             if let Some(found) = &adopted {
                 tracing::info!(
@@ -482,9 +551,7 @@ impl RedivisBackend {
                     let known = if name_taken {
                         Known::Unknown
                     } else {
-                        self.index
-                            .lookup(&self.api, table, escaped, &cancel)
-                            .await?
+                        self.index.lookup(&self.api, table, escaped, &scope).await?
                     };
                     let ask = match &known {
                         Known::Free => false,
@@ -510,10 +577,7 @@ impl RedivisBackend {
                         Known::Held(_) | Known::Unknown => true,
                     };
                     let existing = if ask {
-                        let found = self
-                            .api
-                            .find_upload_by_name(table, escaped, &cancel)
-                            .await?;
+                        let found = self.api.find_upload_by_name(table, escaped, &scope).await?;
                         self.index.learned(
                             table,
                             escaped,
@@ -553,10 +617,10 @@ impl RedivisBackend {
                         }
                     }
                     // 4–6.
-                    let (finalize, md5) = self.transfer(job, table, &reader, &cancel).await?;
+                    let (finalize, md5) = self.transfer(job, table, &reader, &scope).await?;
                     for uri in stale.drain(..) {
                         tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
-                        self.api.delete_upload(&uri, &cancel).await?;
+                        self.api.delete_upload(&uri, &scope).await?;
                         self.index.deleted(table, escaped, &uri);
                     }
                     job.check_unchanged()?;
@@ -570,7 +634,7 @@ impl RedivisBackend {
                             &md5,
                             &finalize,
                             &options,
-                            &cancel,
+                            &scope,
                         )
                         .await
                     {
@@ -596,15 +660,15 @@ impl RedivisBackend {
                         other => other?,
                     };
                     let posted = match posted {
-                        Posted::Created(upload) => upload,
-                        Posted::NameTaken(reason) if !name_taken => {
+                        PostAnswer::Created(upload) => upload,
+                        PostAnswer::NameTaken(reason) if !name_taken => {
                             name_taken = true;
                             tracing::warn!(job = job.id.0, upload = %job.rel, reason = %reason, "the upload name was taken in the table meanwhile; checking it again by name");
                             // A session's upload id may be used up: send the bytes anew.
                             job.clear_progress()?;
                             continue;
                         }
-                        Posted::NameTaken(reason) => {
+                        PostAnswer::NameTaken(reason) => {
                             job.clear_progress()?;
                             return Err(UploadError::retry(format!(
                                 "the Redivis upload name {escaped:?} of {} in table {table} \
@@ -618,45 +682,140 @@ impl RedivisBackend {
                     (posted, md5)
                 }
             };
-            // 7. Processing.
-            let done = self.poller.wait(table, posted, &cancel).await?;
-            if done.is_failed() {
-                return Err(failed_upload_error(&done));
+            job.live.set(reader.size, reader.size);
+            // 7. Still importing: handed back, the daemon waits without a worker.
+            if !posted.is_terminal() {
+                return Ok(Delivery::Posted(Posted {
+                    remote: posted.uri,
+                    target: table.to_string(),
+                    md5,
+                }));
             }
             // 8. Integrity.
-            let remote_hash = done.hash.clone().unwrap_or_default();
-            let size_ok = done.size.is_none_or(|s| s == reader.size);
-            let hash_ok = remote_hash.is_empty() || hashes_match(&md5, &remote_hash);
-            if size_ok && hash_ok {
-                if remote_hash.is_empty() {
-                    tracing::warn!(job = job.id.0, upload = %done.uri, "Redivis reported no hash; the upload is not verified");
+            let reason = match self
+                .verify(table, escaped, posted, reader.size, &md5, &scope)
+                .await?
+            {
+                Imported::Verified(uploaded) => {
+                    job.clear_progress()?;
+                    return Ok(Delivery::Uploaded(uploaded));
                 }
-                job.clear_progress()?;
-                job.live.set(reader.size, reader.size);
-                return Ok(Uploaded {
-                    remote: done.uri,
-                    md5: Some(md5),
-                });
-            }
-            mismatches += 1;
-            let reason = if hash_ok {
-                format!(
-                    "size mismatch: local {} bytes, remote {} bytes",
-                    reader.size,
-                    done.size.unwrap_or_default()
-                )
-            } else {
-                format!("hash mismatch: local {md5}, remote {remote_hash}")
+                Imported::Corrupt(reason) => reason,
             };
-            tracing::warn!(job = job.id.0, upload = %done.uri, attempt = mismatches, max_attempts = 2, reason = %reason, "deleting a corrupt upload");
-            self.api.delete_upload(&done.uri, &cancel).await?;
-            self.index.deleted(table, escaped, &done.uri);
+            mismatches += 1;
             job.clear_progress()?;
             local_md5 = Some(md5);
             if mismatches >= 2 {
                 return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
             }
         }
+    }
+
+    /// Steps 7–8 for an upload handed back as posted: waits through the table's shared
+    /// poller until Redivis finished importing it, then checks it. An import Redivis
+    /// failed is an error carrying its `errorMessage`; a corrupt one is deleted. In both
+    /// cases the file's name is released, since nothing of it stays in the table.
+    pub async fn await_import(
+        &self,
+        rel: &str,
+        posted: &Posted,
+        size: u64,
+        scope: &CallScope,
+    ) -> Result<Imported, UploadError> {
+        let table = posted.target.as_str();
+        let waited = UploadResource {
+            uri: posted.remote.clone(),
+            name: Some(rel.to_string()),
+            ..UploadResource::default()
+        };
+        let done = self.poller.wait(table, waited, scope).await?;
+        let escaped = names::escape(rel);
+        let checked = self
+            .verify(table, &escaped, done, size, &posted.md5, scope)
+            .await;
+        if matches!(
+            checked,
+            Ok(Imported::Corrupt(_))
+                | Err(UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    ..
+                })
+        ) {
+            self.names.release(table, rel);
+        }
+        checked
+    }
+
+    /// [`RedivisBackend::upload`], then [`RedivisBackend::await_import`] when needed: the
+    /// whole way to an imported, verified upload in one call (tests, tools). A corrupt
+    /// import sends the file again once.
+    pub async fn upload_and_import(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
+        let mut corrupt = 0;
+        loop {
+            let posted = match self.upload(job).await? {
+                Delivery::Uploaded(uploaded) => return Ok(uploaded),
+                Delivery::Posted(posted) => posted,
+            };
+            let scope = job.scope.clone();
+            match self
+                .await_import(&job.rel, &posted, job.fingerprint.size, &scope)
+                .await?
+            {
+                Imported::Verified(uploaded) => {
+                    job.clear_progress()?;
+                    return Ok(uploaded);
+                }
+                Imported::Corrupt(reason) => {
+                    corrupt += 1;
+                    if corrupt >= 2 {
+                        return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                    }
+                    // The corrupt upload is deleted: nothing of this file is posted now.
+                    job.clear_progress()?;
+                    job.finalize_started = false;
+                }
+            }
+        }
+    }
+
+    /// Step 8: a finished upload is ours when Redivis reports our size and MD5. Another
+    /// size or hash: the upload is deleted (it holds bytes that are not the file's).
+    async fn verify(
+        &self,
+        table: &str,
+        escaped: &str,
+        done: UploadResource,
+        size: u64,
+        md5: &str,
+        scope: &CallScope,
+    ) -> Result<Imported, UploadError> {
+        if done.is_failed() {
+            return Err(failed_upload_error(&done));
+        }
+        let remote_hash = done.hash.clone().unwrap_or_default();
+        let size_ok = done.size.is_none_or(|s| s == size);
+        let hash_ok = remote_hash.is_empty() || hashes_match(md5, &remote_hash);
+        if size_ok && hash_ok {
+            if remote_hash.is_empty() {
+                tracing::warn!(upload = %done.uri, "Redivis reported no hash; the upload is not verified");
+            }
+            return Ok(Imported::Verified(Uploaded {
+                remote: done.uri,
+                md5: Some(md5.to_string()),
+            }));
+        }
+        let reason = if hash_ok {
+            format!(
+                "size mismatch: local {size} bytes, remote {} bytes",
+                done.size.unwrap_or_default()
+            )
+        } else {
+            format!("hash mismatch: local {md5}, remote {remote_hash}")
+        };
+        tracing::warn!(upload = %done.uri, reason = %reason, "deleting a corrupt upload");
+        self.api.delete_upload(&done.uri, scope).await?;
+        self.index.deleted(table, escaped, &done.uri);
+        Ok(Imported::Corrupt(reason))
     }
 
     /// The MD5 (hex) of the whole file.
@@ -675,11 +834,11 @@ impl RedivisBackend {
         name: &str,
         size: u64,
         md5: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Option<UploadResource>, UploadError> {
         let mut best: Option<UploadResource> = None;
         self.api
-            .for_each_upload_page(table, cancel, &mut |page| {
+            .for_each_upload_page(table, scope, &mut |page| {
                 for upload in page {
                     let ours = upload.name.as_deref() == Some(name)
                         && !upload.is_failed()
@@ -701,7 +860,7 @@ impl RedivisBackend {
 
     /// upload.post; an answer lost on the way is reconciled through the list, never
     /// re-posted blindly. A name already taken in the table comes back as
-    /// [`Posted::NameTaken`], whether the server refuses it or renames our upload.
+    /// [`PostAnswer::NameTaken`], whether the server refuses it or renames our upload.
     #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
@@ -711,22 +870,20 @@ impl RedivisBackend {
         md5: &str,
         finalize: &Finalize,
         options: &ApiFields,
-        cancel: &CancellationToken,
-    ) -> Result<Posted, UploadError> {
-        let retry = self.api.retry_policy();
-        let mut backoff = Backoff::new(retry.base, retry.max);
-        let mut attempt = 0;
+        scope: &CallScope,
+    ) -> Result<PostAnswer, UploadError> {
+        let mut attempts =
+            Attempts::new(self.api.retry_policy(), scope, "upload.post").watching(self.health());
         loop {
-            attempt += 1;
             let posted = match finalize {
                 Finalize::Inline(data) => {
                     self.api
-                        .post_upload_inline(table, name, data.clone(), options, cancel)
+                        .post_upload_inline(table, name, data.clone(), options, scope)
                         .await
                 }
                 Finalize::Session { flow, id } => {
                     self.api
-                        .post_upload(table, name, flow.id_field(), id, options, cancel)
+                        .post_upload(table, name, flow.id_field(), id, options, scope)
                         .await
                 }
             };
@@ -739,12 +896,12 @@ impl RedivisBackend {
                             // Redivis renames an upload whose name is taken (protocol §9):
                             // a second copy of the file under another name is a duplicate.
                             tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
-                            self.api.delete_upload(&upload.uri, cancel).await?;
-                            Ok(Posted::NameTaken(format!(
+                            self.api.delete_upload(&upload.uri, scope).await?;
+                            Ok(PostAnswer::NameTaken(format!(
                                 "Redivis created it as {given:?}"
                             )))
                         }
-                        _ => Ok(Posted::Created(upload)),
+                        _ => Ok(PostAnswer::Created(upload)),
                     };
                 }
                 Ok(_) => {
@@ -756,7 +913,7 @@ impl RedivisBackend {
             };
             if err.status == Some(409) {
                 // Refused, so nothing was created.
-                return Ok(Posted::NameTaken(err.message));
+                return Ok(PostAnswer::NameTaken(err.message));
             }
             if matches!(finalize, Finalize::Session { .. }) && err.status == Some(400) {
                 // The transferred bytes are unknown to upload.post (the session expired, or
@@ -772,20 +929,18 @@ impl RedivisBackend {
             }
             tracing::warn!(
                 upload = name,
-                attempt,
+                attempt = attempts.failures() + 1,
                 reason = %err.message,
                 "upload.post answer lost; checking the table before posting again"
             );
-            if let Some(found) = self.find_posted(table, name, size, md5, cancel).await? {
-                return Ok(Posted::Created(found));
+            if let Some(found) = self.find_posted(table, name, size, md5, scope).await? {
+                return Ok(PostAnswer::Created(found));
             }
-            if attempt >= retry.attempts {
-                return Err(err.into());
-            }
-            let sleep = backoff.next_delay(None, &mut rand::rng());
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(UploadError::Shutdown),
-                _ = tokio::time::sleep(sleep) => {}
+            if let Err(gave_up) = attempts.pause(None, &err.message).await {
+                return Err(match gave_up {
+                    GaveUp::Shutdown => UploadError::Shutdown,
+                    GaveUp::Spent(_) => err.into(),
+                });
             }
         }
     }
@@ -796,9 +951,9 @@ impl RedivisBackend {
         job: &UploadJob,
         table: &str,
         reader: &FileReader,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(Finalize, String), UploadError> {
-        self.transfer_as(job, table, reader, self.flow, true, cancel)
+        self.transfer_as(job, table, reader, self.flow, true, scope)
             .await
     }
 
@@ -811,7 +966,7 @@ impl RedivisBackend {
         reader: &FileReader,
         flow: Flow,
         inline: bool,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
         if inline && size <= self.tuning.inline_max {
@@ -840,7 +995,7 @@ impl RedivisBackend {
             None => None,
         };
         let check = || job.check_unchanged();
-        let transfer = self.file_transfer(job, reader, &check, cancel);
+        let transfer = self.file_transfer(job, reader, &check, scope);
         let mut persist = |state: &SessionState| job.save_progress(state);
         let mut rejected = 0;
         let mut restarts = 0;
@@ -858,7 +1013,7 @@ impl RedivisBackend {
                         .await
                         .map(|md5| (state.upload_id, md5))
                 }
-                None => match self.open_session(flow, table, job, size, cancel).await {
+                None => match self.open_session(flow, table, job, size, scope).await {
                     Ok(Opened::Session(mut state)) => {
                         job.save_progress(&state)?;
                         transfer
@@ -915,7 +1070,7 @@ impl RedivisBackend {
         job: &'a UploadJob,
         reader: &'a FileReader,
         check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
-        cancel: &'a CancellationToken,
+        scope: &'a CallScope,
     ) -> Transfer<'a> {
         Transfer {
             client: &self.sessions,
@@ -923,7 +1078,7 @@ impl RedivisBackend {
             path: &job.path,
             fingerprint: job.fingerprint,
             chunk_size: self.chunk_size,
-            cancel,
+            scope,
             live: &job.live,
             check,
         }
@@ -935,14 +1090,14 @@ impl RedivisBackend {
         table: &str,
         job: &UploadJob,
         size: u64,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Opened, SessionFailure> {
         let created_at_ms = now_ms();
         let (id, session_url) = match flow {
             Flow::ResumableUpload => {
                 let new = self
                     .api
-                    .create_resumable_upload(table, size, cancel)
+                    .create_resumable_upload(table, size, scope)
                     .await
                     .map_err(UploadError::from)?;
                 (new.id, self.api.absolute(&new.url))
@@ -953,14 +1108,14 @@ impl RedivisBackend {
                 let resumable = size > self.chunk_size;
                 let new = self
                     .api
-                    .create_temp_upload(table, &job.rel, size, resumable, cancel)
+                    .create_temp_upload(table, &job.rel, size, resumable, scope)
                     .await
                     .map_err(UploadError::from)?;
                 let url = self.api.absolute(&new.url);
                 if new.resumable == Some(false) {
                     return Ok(Opened::Whole { id: new.id, url });
                 }
-                let session = self.sessions.initiate(&url, size, cancel).await?;
+                let session = self.sessions.initiate(&url, size, scope).await?;
                 (new.id, session)
             }
         };

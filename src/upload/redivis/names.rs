@@ -40,10 +40,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::api::ApiClient;
 use crate::upload::UploadError;
+use crate::upload::retry::CallScope;
 
 /// The escaped form of an upload name, as Redivis matches names.
 pub fn escape(name: &str) -> String {
@@ -257,7 +257,7 @@ impl NameIndex {
         api: &ApiClient,
         table: &str,
         escaped: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<Known, UploadError> {
         let names = self.table(table);
         {
@@ -272,7 +272,7 @@ impl NameIndex {
             }
         }
         let _listing = tokio::select! {
-            _ = cancel.cancelled() => return Err(UploadError::Shutdown),
+            _ = scope.stop.cancelled() => return Err(UploadError::Shutdown),
             guard = names.listing.lock() => guard,
         };
         {
@@ -285,7 +285,7 @@ impl NameIndex {
         let started = Instant::now();
         let mut holders: HashMap<String, Vec<String>> = HashMap::new();
         let walked = api
-            .for_each_upload_page(table, cancel, &mut |page| {
+            .for_each_upload_page(table, scope, &mut |page| {
                 for upload in page {
                     // Failed uploads hold their name too (asking by name finds them).
                     if let Some(name) = &upload.name

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, ApiError, UploadResource};
+use crate::upload::retry::CallScope;
 use crate::upload::{Disposition, UploadError};
 
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +62,7 @@ pub struct Poller {
     tables: Mutex<HashMap<String, TableState>>,
     /// The driver tasks' API calls are not tied to any one job's shutdown (a waiter that
     /// shuts down just leaves; the driver stops when no waiter is left).
-    background: CancellationToken,
+    background: CallScope,
 }
 
 impl Poller {
@@ -71,7 +71,7 @@ impl Poller {
             api,
             config,
             tables: Mutex::new(HashMap::new()),
-            background: CancellationToken::new(),
+            background: CallScope::default(),
         }
     }
 
@@ -80,7 +80,7 @@ impl Poller {
         self: &Arc<Self>,
         table: &str,
         upload: UploadResource,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<UploadResource, UploadError> {
         if upload.is_terminal() {
             return Ok(upload);
@@ -110,7 +110,7 @@ impl Poller {
             }
         }
         tokio::select! {
-            _ = cancel.cancelled() => Err(UploadError::Shutdown),
+            _ = scope.stop.cancelled() => Err(UploadError::Shutdown),
             outcome = rx => match outcome {
                 Ok(Ok(upload)) => Ok(upload),
                 Ok(Err(err)) => Err(err.into()),

@@ -10,14 +10,18 @@
 //! 4. `200`/`201` on the chunk that reaches N: done. `308` + `Range: bytes=0-K`: offset =
 //!    K + 1 (the server may keep less than we sent); `308` without `Range`: offset = 0;
 //!    a malformed `Range` or any other 2xx: status query.
-//! 5. Transport error, timeout, 408/429/5xx: back off, status query, continue from its
+//! 5. Transport error, stall, 408/429/5xx: back off, status query, continue from its
 //!    offset. 404/410/499 (expired, killed, cancelled) or 400: the session is unusable,
-//!    the caller starts a new one from byte 0.
+//!    the caller starts a new one from byte 0. A refused server certificate ends the
+//!    attempt at once (nothing went through; the job waits in `retry-wait`).
 //! 6. After every acknowledged offset: fold the confirmed bytes into the MD5, persist the
 //!    state (so a crash resumes there), and publish the live progress.
 //!
-//! Failures without progress are bounded (`RetryPolicy::attempts`); when spent, the error
-//! is `Disposition::Retry` and the persisted state lets the next job attempt resume.
+//! Failures without progress are bounded by the backend's [`RetryPolicy`] (attempts and
+//! total time; progress starts the count again); when it gives up, the error is
+//! `Disposition::Retry` and the persisted state lets the next job attempt resume. Every
+//! request reports its outcome to the Redivis remote's [`RemoteHealth`] (through the HTTP
+//! client).
 //!
 //! The token goes to a session URL only when its host:port is the API's (B9).
 
@@ -29,16 +33,16 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LOCATION, RANGE};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-use super::api::{RetryPolicy, origin_of, strip_query};
+use super::api::{origin_of, strip_query};
 use super::classify;
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
 use crate::metrics::RequestKind;
 use crate::net::{HttpClient, HttpError};
-use crate::upload::backoff::Backoff;
 use crate::upload::chunk::FileReader;
+use crate::upload::health::RemoteHealth;
+use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
 use crate::upload::{Disposition, LiveProgress, UploadError};
 
 /// Which Redivis flow created a session (they differ in how the upload is posted).
@@ -161,6 +165,7 @@ pub struct SessionClient {
     api_origin: Option<(String, u16)>,
     token: Secret,
     pub retry: RetryPolicy,
+    health: Arc<RemoteHealth>,
 }
 
 impl SessionClient {
@@ -169,13 +174,26 @@ impl SessionClient {
         api_url: &str,
         token: Secret,
         retry: RetryPolicy,
+        health: Arc<RemoteHealth>,
     ) -> SessionClient {
         SessionClient {
             http,
             api_origin: origin_of(api_url),
             token,
             retry,
+            health,
         }
+    }
+
+    /// Retried tries of one session request.
+    fn attempts<'a>(&'a self, scope: &'a CallScope, step: &'a str) -> Attempts<'a> {
+        Attempts::new(&self.retry, scope, step).watching(&self.health)
+    }
+
+    /// Sends a session request (the HTTP client reports its outcome to the remote's
+    /// health).
+    async fn sent(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, HttpError> {
+        self.http.send(RequestKind::RedivisSession, request).await
     }
 
     fn with_auth(&self, url: &str, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -198,7 +216,7 @@ impl SessionClient {
             .header(CONTENT_RANGE, content_range)
             .header(CONTENT_LENGTH, len)
             .body(body);
-        self.http.send(RequestKind::RedivisSession, request).await
+        self.sent(request).await
     }
 
     /// Status query: where does the server stand? Retried in place on transient trouble.
@@ -206,9 +224,9 @@ impl SessionClient {
         &self,
         url: &str,
         total: u64,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<ServerOffset, SessionFailure> {
-        let mut attempts = Attempts::new(&self.retry, "upload status query");
+        let mut attempts = self.attempts(scope, "upload status query");
         loop {
             let problem = match self
                 .put(url, format!("bytes */{total}"), Bytes::new())
@@ -239,10 +257,10 @@ impl SessionClient {
                         }
                     }
                 },
-                Err(err) => format!("status query: {err}"),
+                Err(err) => no_answer(&err, "status query", url)?,
             };
             let give_up = || format!("upload session {}", strip_query(url));
-            attempts.pause(&problem, give_up, cancel).await?;
+            pause(&mut attempts, &problem, give_up).await?;
         }
     }
 
@@ -252,16 +270,16 @@ impl SessionClient {
         &self,
         temp_url: &str,
         size: u64,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<String, SessionFailure> {
-        let mut attempts = Attempts::new(&self.retry, "upload session initiation");
+        let mut attempts = self.attempts(scope, "upload session initiation");
         loop {
             let request = self
                 .with_auth(temp_url, self.http.client().post(temp_url))
                 .header("x-goog-resumable", "start")
                 .header("x-upload-content-length", size)
                 .header(CONTENT_LENGTH, 0);
-            let sent = self.http.send(RequestKind::RedivisSession, request).await;
+            let sent = self.sent(request).await;
             let problem = match sent {
                 Ok(response) if response.status().is_success() => {
                     let location = response
@@ -282,10 +300,10 @@ impl SessionClient {
                         temp_url,
                     )?
                 }
-                Err(err) => format!("session initiation: {err}"),
+                Err(err) => no_answer(&err, "session initiation", temp_url)?,
             };
             let give_up = || format!("temp upload {}", strip_query(temp_url));
-            attempts.pause(&problem, give_up, cancel).await?;
+            pause(&mut attempts, &problem, give_up).await?;
         }
     }
 }
@@ -297,65 +315,33 @@ fn resolve(base: &str, location: &str) -> String {
     }
 }
 
-/// The attempts of one retried session request (status query, initiation, whole-file PUT).
-struct Attempts<'a> {
-    retry: &'a RetryPolicy,
-    backoff: Backoff,
-    /// Tries that failed so far.
-    made: u32,
-    /// What the request is, in the retry log line.
-    step: &'static str,
+/// After a failed try of a session request: the pause, or a job-level retry once the
+/// policy gives up (the saved session state lets the next attempt resume; `give_up` names
+/// what is given up).
+async fn pause(
+    attempts: &mut Attempts<'_>,
+    problem: &str,
+    give_up: impl FnOnce() -> String,
+) -> Result<(), SessionFailure> {
+    attempts.pause(None, problem).await.map_err(|gave_up| {
+        let problem = match gave_up {
+            GaveUp::Spent(_) => format!("{}: {problem}", give_up()),
+            GaveUp::Shutdown => String::new(),
+        };
+        SessionFailure::Fail(gave_up.into_error(&problem, None))
+    })
 }
 
-impl<'a> Attempts<'a> {
-    fn new(retry: &'a RetryPolicy, step: &'static str) -> Attempts<'a> {
-        Attempts {
-            retry,
-            backoff: Backoff::new(retry.base, retry.max),
-            made: 0,
-            step,
-        }
-    }
-
-    /// After a failed try: once `retry.attempts` are spent, a job-level retry (the saved
-    /// session state lets the next attempt resume; `give_up` names what is given up);
-    /// otherwise a logged, jittered pause that shutdown cuts short.
-    async fn pause(
-        &mut self,
-        problem: &str,
-        give_up: impl FnOnce() -> String,
-        cancel: &CancellationToken,
-    ) -> Result<(), SessionFailure> {
-        self.made += 1;
-        let attempt = self.made;
-        if attempt >= self.retry.attempts {
-            return Err(SessionFailure::Fail(UploadError::retry(format!(
-                "{}: {problem} (gave up after {attempt} attempts; will resume later)",
-                give_up()
-            ))));
-        }
-        let sleep = self.backoff.next_delay(None, &mut rand::rng());
-        tracing::warn!(
-            step = self.step,
-            attempt,
-            max_attempts = self.retry.attempts,
-            sleep_ms = sleep.as_millis() as u64,
-            reason = %problem,
-            "retrying a Redivis session request"
-        );
-        sleep_or_shutdown(sleep, cancel).await?;
-        Ok(())
-    }
-}
-
-/// Sleeps `sleep`, or ends early with [`UploadError::Shutdown`] when shutdown is asked.
-pub async fn sleep_or_shutdown(
-    sleep: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), UploadError> {
-    tokio::select! {
-        _ = cancel.cancelled() => Err(UploadError::Shutdown),
-        _ = tokio::time::sleep(sleep) => Ok(()),
+/// A session request that got no answer: what to say before trying again, or the failure
+/// itself when trying again at once cannot help (a request that cannot be built, a server
+/// certificate refused).
+fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<String, SessionFailure> {
+    match classify::session_transport(err) {
+        Disposition::ResumeFromServer => Ok(format!("{step}: {err}")),
+        disposition => Err(SessionFailure::Fail(UploadError::remote(
+            disposition,
+            format!("upload session {}: {err}", strip_query(url)),
+        ))),
     }
 }
 
@@ -437,7 +423,7 @@ pub struct Transfer<'a> {
     pub path: &'a Path,
     pub fingerprint: Fingerprint,
     pub chunk_size: u64,
-    pub cancel: &'a CancellationToken,
+    pub scope: &'a CallScope,
     pub live: &'a LiveProgress,
     pub check: &'a (dyn Fn() -> Result<(), UploadError> + Sync),
 }
@@ -476,13 +462,12 @@ impl Transfer<'_> {
         let size = state.size;
         let url = state.session_url.clone();
         let mut md5 = RunningMd5::default();
-        let mut backoff = Backoff::new(self.client.retry.base, self.client.retry.max);
-        let mut failures = 0u32;
+        let mut attempts = self.client.attempts(self.scope, "chunk upload");
         // The next chunk, read while the previous one was sent.
         let mut ahead: Option<(u64, Bytes)> = None;
 
         let mut next = if query_first {
-            self.client.query(&url, size, self.cancel).await?
+            self.client.query(&url, size, self.scope).await?
         } else {
             ServerOffset::At(state.confirmed_offset)
         };
@@ -514,8 +499,7 @@ impl Transfer<'_> {
             }
             self.live.set(offset, size);
             if progressed {
-                failures = 0;
-                backoff.reset();
+                attempts.progressed();
             }
             if next == ServerOffset::Complete {
                 return Ok(md5.hex());
@@ -523,15 +507,14 @@ impl Transfer<'_> {
             if offset == size {
                 // All bytes are there but the session did not say "complete": a status
                 // query finalizes it (protocol §7).
-                next = self.client.query(&url, size, self.cancel).await?;
+                next = self.client.query(&url, size, self.scope).await?;
                 if next != ServerOffset::Complete {
-                    failures += 1;
-                    self.pause(&mut backoff, failures, "all bytes sent but not finalized")
+                    self.pause(&mut attempts, "all bytes sent but not finalized")
                         .await?;
                 }
                 continue;
             }
-            if self.cancel.is_cancelled() {
+            if self.scope.interrupted() {
                 return Err(SessionFailure::Fail(UploadError::Shutdown));
             }
 
@@ -585,9 +568,7 @@ impl Transfer<'_> {
                             let server = server.unwrap_or(0);
                             next = ServerOffset::At(server);
                             if server <= offset {
-                                failures += 1;
-                                self.pause(&mut backoff, failures, "chunk was not persisted")
-                                    .await?;
+                                self.pause(&mut attempts, "chunk was not persisted").await?;
                             }
                             continue;
                         }
@@ -612,56 +593,38 @@ impl Transfer<'_> {
                         _ => format!("chunk answered HTTP {status}"),
                     },
                 },
-                Err(err) => match classify::session_transport(&err) {
-                    Disposition::Permanent => {
-                        return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                            "upload session {}: {err}",
-                            strip_query(&url),
-                        ))));
-                    }
-                    _ => format!("chunk PUT: {err}"),
-                },
+                Err(err) => no_answer(&err, "chunk PUT", &url)?,
             };
             // In doubt: the server's word decides where to continue.
-            failures += 1;
-            self.pause(&mut backoff, failures, &problem).await?;
-            next = self.client.query(&url, size, self.cancel).await?;
+            self.pause(&mut attempts, &problem).await?;
+            next = self.client.query(&url, size, self.scope).await?;
         }
     }
 
+    /// A failure without progress: pause, then the server's offset decides; when the
+    /// policy gives up, the saved session lets the next job attempt resume.
     async fn pause(
         &self,
-        backoff: &mut Backoff,
-        failures: u32,
+        attempts: &mut Attempts<'_>,
         problem: &str,
     ) -> Result<(), SessionFailure> {
-        let max = self.client.retry.attempts;
-        if failures >= max {
-            return Err(SessionFailure::Fail(UploadError::retry(format!(
-                "upload of {} stalled: {problem} ({failures} times without progress; will \
-                 resume later)",
-                self.path.display()
-            ))));
-        }
-        let sleep = backoff.next_delay(None, &mut rand::rng());
-        tracing::warn!(
-            file = %self.path.display(),
-            attempt = failures,
-            max_attempts = max,
-            sleep_ms = sleep.as_millis() as u64,
-            reason = %problem,
-            "resuming chunk upload after a pause"
-        );
-        sleep_or_shutdown(sleep, self.cancel).await?;
-        Ok(())
+        let give_up = || {
+            format!(
+                "upload of {} stalled ({} times without progress)",
+                self.path.display(),
+                attempts.failures() + 1
+            )
+        };
+        let stalled = give_up();
+        pause(attempts, problem, || stalled).await
     }
 
     /// Non-resumable temp upload: one PUT of the whole file, re-sent whole on every retry
     /// (never just the unread remainder, B1). Returns the MD5 (hex) of what was sent.
     pub async fn put_whole(&self, url: &str, size: u64) -> Result<String, SessionFailure> {
-        let mut attempts = Attempts::new(&self.client.retry, "whole-file PUT");
+        let mut attempts = self.client.attempts(self.scope, "whole-file PUT");
         loop {
-            if self.cancel.is_cancelled() {
+            if self.scope.interrupted() {
                 return Err(SessionFailure::Fail(UploadError::Shutdown));
             }
             (self.check)()?;
@@ -680,11 +643,7 @@ impl Transfer<'_> {
                 .with_auth(url, self.client.http.client().put(url))
                 .header(CONTENT_LENGTH, size)
                 .body(body);
-            let sent = self
-                .client
-                .http
-                .send(RequestKind::RedivisSession, request)
-                .await;
+            let sent = self.client.sent(request).await;
             if let Some(err) = trouble.lock().expect("body state lock").take() {
                 return Err(SessionFailure::Fail(err));
             }
@@ -703,10 +662,10 @@ impl Transfer<'_> {
                         url,
                     )?
                 }
-                Err(err) => format!("whole-file PUT: {err}"),
+                Err(err) => no_answer(&err, "whole-file PUT", url)?,
             };
             let give_up = || format!("temp upload {}", strip_query(url));
-            attempts.pause(&problem, give_up, self.cancel).await?;
+            pause(&mut attempts, &problem, give_up).await?;
         }
     }
 }
@@ -798,6 +757,7 @@ mod tests {
             "http://127.0.0.1:8787/api/v1",
             Secret::new("t0ken-xyz"),
             RetryPolicy::default(),
+            Arc::new(RemoteHealth::new("redivis", "http://127.0.0.1:8787/api/v1")),
         );
         let auth = |url: &str| {
             client

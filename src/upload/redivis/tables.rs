@@ -7,9 +7,9 @@ use std::sync::Mutex;
 
 use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, ApiError, Idempotency, REF_ESCAPE};
+use crate::upload::retry::CallScope;
 
 /// Which kind of table a folder feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +64,12 @@ impl TableKinds {
         &self,
         api: &ApiClient,
         table: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<TableKind, ApiError> {
         if let Some(kind) = self.known(table) {
             return Ok(kind);
         }
-        let resource = api.get_table(table, cancel).await?;
+        let resource = api.get_table(table, scope).await?;
         let kind = if resource.is_file_index {
             TableKind::FileIndex
         } else {
@@ -122,11 +122,11 @@ impl ApiClient {
     pub async fn get_table(
         &self,
         table: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<TableResource, ApiError> {
         let url = self.absolute(&Self::table_path(table));
         let what = format!("table.get of {table}");
-        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
             http.get(&url)
         })
         .await
@@ -136,11 +136,11 @@ impl ApiClient {
     pub async fn get_dataset(
         &self,
         dataset: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<DatasetResource, ApiError> {
         let url = self.absolute(&dataset_path(dataset));
         let what = format!("dataset.get of {dataset}");
-        self.send_json(&what, Idempotency::Repeatable, cancel, &url, &|http| {
+        self.send_json(&what, Idempotency::Repeatable, scope, &url, &|http| {
             http.get(&url)
         })
         .await
@@ -154,10 +154,10 @@ impl ApiClient {
     pub async fn create_next_version(
         &self,
         dataset: &str,
-        cancel: &CancellationToken,
+        scope: &CallScope,
     ) -> Result<NextVersion, ApiError> {
         if self
-            .get_dataset(dataset, cancel)
+            .get_dataset(dataset, scope)
             .await?
             .next_version
             .is_some()
@@ -167,7 +167,7 @@ impl ApiClient {
         let url = self.absolute(&format!("{}/versions", dataset_path(dataset)));
         let what = format!("versions.post of {dataset}");
         let posted = self
-            .send(&what, Idempotency::Once, cancel, &url, &|http| {
+            .send(&what, Idempotency::Once, scope, &url, &|http| {
                 http.post(&url).header(reqwest::header::CONTENT_LENGTH, 0)
             })
             .await;
@@ -176,7 +176,7 @@ impl ApiClient {
             Err(err) if err.shutdown => return Err(err),
             Err(err) => err,
         };
-        match self.get_dataset(dataset, cancel).await?.next_version {
+        match self.get_dataset(dataset, scope).await?.next_version {
             Some(_) if err.maybe_processed && err.status.is_none_or(|s| s >= 500) => {
                 Ok(NextVersion::Created)
             }

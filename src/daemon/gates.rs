@@ -1,0 +1,329 @@
+//! Whether each folder's remote can take its files: every folder's remote check, run in the
+//! background (the start never waits for a remote), and what it found.
+//!
+//! The check of one folder ([`check_folder`]):
+//! 1. The folder starts `Checking`; its jobs wait (they are not claimed, and not failed).
+//! 2. Ask the backend (`prepare_folder`: the KiFS directory exists and is writable, created
+//!    when the folder says so; the Redivis table is reachable with the token), under the
+//!    backend's in-place retry policy.
+//! 3. Passed: `Ready`, and idle workers are woken. The check ends.
+//! 4. A definitive refusal (missing directory, no write permission, rejected credentials,
+//!    unknown table): `Refused` with the reason, logged once. Checked again every
+//!    [`REFUSED_RECHECK`] and at every reload (SIGHUP), so fixing the remote or the config
+//!    unblocks the folder without a restart.
+//! 5. Anything else (the remote unreachable, 5xx): still `Checking`, with the last error;
+//!    tried again after a pause (1 s doubling to 20 s), at once when the remote is seen
+//!    answering again, or at a reload.
+//!
+//! `Waiting` is for a remote that cannot take the folder's files for a known reason that is
+//! not an error (the folder's jobs wait, the status says why); it is rechecked like
+//! `Refused`. Shutdown ends every check at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FolderConfig;
+use crate::queue::to_ms;
+use crate::upload::backoff::Backoff;
+use crate::upload::retry::CallScope;
+use crate::upload::{Backend, Disposition, UploadError};
+
+/// How often a refused (or waiting) folder's remote is checked again.
+pub const REFUSED_RECHECK: Duration = Duration::from_secs(300);
+/// Pauses between checks of an unreachable remote: 1 s doubling up to this (a check also
+/// runs at once when the remote's probe finds it back).
+const UNREACHABLE_RECHECK_MAX: Duration = Duration::from_secs(20);
+
+/// Where a folder's remote check stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Checking { last_error: Option<String> },
+    Ready,
+    Refused { reason: String },
+    Waiting { reason: String },
+}
+
+/// A folder's gate as `upsync status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateStatus {
+    /// `checking`, `ready`, `refused` or `waiting`.
+    pub state: String,
+    /// Why the folder's jobs wait (the refusal, the last error of an unreachable remote).
+    pub reason: Option<String>,
+    /// Since when the folder is in this state (ms since the epoch).
+    pub since_ms: u64,
+}
+
+impl Gate {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gate::Checking { .. } => "checking",
+            Gate::Ready => "ready",
+            Gate::Refused { .. } => "refused",
+            Gate::Waiting { .. } => "waiting",
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Gate::Checking { last_error } => last_error.as_deref(),
+            Gate::Ready => None,
+            Gate::Refused { reason } | Gate::Waiting { reason } => Some(reason),
+        }
+    }
+}
+
+struct Entry {
+    gate: Gate,
+    since_ms: u64,
+    /// Ends this folder's check (folder removed, or checked anew).
+    stop: CancellationToken,
+}
+
+/// The gates of the configured folders, by queue key (the folder's path).
+#[derive(Default)]
+pub struct FolderGates {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Asks every waiting check to try again now (a reload).
+    recheck: Notify,
+}
+
+impl FolderGates {
+    /// Whether the folder's jobs may be claimed. A folder without a gate has not been
+    /// configured (its jobs are claimed to be failed with the reason).
+    pub fn is_ready(&self, folder: &std::path::Path) -> bool {
+        let key = folder.to_string_lossy();
+        self.lock()
+            .get(key.as_ref())
+            .is_none_or(|entry| entry.gate == Gate::Ready)
+    }
+
+    pub fn status(&self, folder: &str) -> Option<GateStatus> {
+        self.lock().get(folder).map(|entry| GateStatus {
+            state: entry.gate.name().to_string(),
+            reason: entry.gate.reason().map(str::to_string),
+            since_ms: entry.since_ms,
+        })
+    }
+
+    /// Each folder's gate by queue key.
+    pub fn snapshot(&self) -> BTreeMap<String, Gate> {
+        self.lock()
+            .iter()
+            .map(|(folder, entry)| (folder.clone(), entry.gate.clone()))
+            .collect()
+    }
+
+    /// Makes `folder` wait for `reason` (see the module doc).
+    pub fn wait(&self, folder: &str, reason: &str) {
+        self.set(
+            folder,
+            Gate::Waiting {
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    /// Starts checking `folder` (again): a new gate in `Checking`, and a task that runs the
+    /// check until the folder is ready, `stop` is cancelled or the folder is checked anew.
+    pub fn start(
+        self: &Arc<Self>,
+        folder: FolderConfig,
+        backend: Arc<Backend>,
+        wake: Arc<Notify>,
+        stop: &CancellationToken,
+    ) {
+        let key = folder.path.to_string_lossy().into_owned();
+        let token = stop.child_token();
+        let previous = self.lock().insert(
+            key,
+            Entry {
+                gate: Gate::Checking { last_error: None },
+                since_ms: to_ms(SystemTime::now()),
+                stop: token.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        let check = Check {
+            gates: Arc::clone(self),
+            folder,
+            backend,
+            wake,
+            stop: token,
+        };
+        tokio::spawn(check_folder(check));
+    }
+
+    /// Forgets the folders not in `keep` (removed by a reload) and ends their checks.
+    pub fn retain(&self, keep: &[String]) {
+        self.lock().retain(|folder, entry| {
+            let kept = keep.contains(folder);
+            if !kept {
+                entry.stop.cancel();
+            }
+            kept
+        });
+    }
+
+    /// Tells every check still waiting to try again now.
+    pub fn recheck(&self) {
+        self.recheck.notify_waiters();
+    }
+
+    /// Records a new gate for the folder; returns whether it changed.
+    fn set(&self, folder: &str, gate: Gate) -> bool {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(folder) else {
+            return false;
+        };
+        if entry.gate == gate {
+            return false;
+        }
+        if entry.gate.name() != gate.name() {
+            entry.since_ms = to_ms(SystemTime::now());
+        }
+        entry.gate = gate;
+        true
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        // Plain values: a panicking holder cannot leave them half-changed.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One folder's check task and what it needs.
+struct Check {
+    gates: Arc<FolderGates>,
+    folder: FolderConfig,
+    backend: Arc<Backend>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl Check {
+    fn key(&self) -> String {
+        self.folder.path.to_string_lossy().into_owned()
+    }
+
+    /// Waits `pause`, or less when a reload asks again, the remote is seen answering
+    /// again (`after_remote`), or the check is stopped; false when stopped.
+    async fn wait(&self, pause: Duration, after_remote: bool) -> bool {
+        let health = self.backend.health();
+        let came_back = async {
+            if after_remote && !health.is_up() {
+                health.came_up().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.gates.recheck.notified() => true,
+            _ = came_back => true,
+            _ = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
+/// The check loop of one folder (module doc, steps 2 to 5).
+async fn check_folder(check: Check) {
+    let scope = CallScope::until(check.stop.clone());
+    let key = check.key();
+    let mut backoff = Backoff::new(Duration::from_secs(1), UNREACHABLE_RECHECK_MAX);
+    loop {
+        let outcome = check.backend.prepare_folder(&check.folder, &scope).await;
+        if check.stop.is_cancelled() {
+            return;
+        }
+        let (pause, after_remote) = match outcome {
+            Ok(()) => {
+                if check.gates.set(&key, Gate::Ready) {
+                    tracing::info!(folder = %key, "the folder's remote is ready");
+                }
+                check.wake.notify_waiters();
+                return;
+            }
+            Err(UploadError::Shutdown) => return,
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                message,
+            }) => {
+                let refused = Gate::Refused { reason: message };
+                if check.gates.set(&key, refused.clone()) {
+                    tracing::error!(
+                        folder = %key,
+                        reason = refused.reason().unwrap_or_default(),
+                        recheck_in_s = REFUSED_RECHECK.as_secs(),
+                        "the folder's remote refuses it; its files wait until the remote or the \
+                         config is fixed (checked again periodically and at a reload)"
+                    );
+                }
+                backoff.reset();
+                (REFUSED_RECHECK, false)
+            }
+            Err(err) => {
+                let last_error = Some(err.to_string());
+                check.gates.set(&key, Gate::Checking { last_error });
+                tracing::debug!(folder = %key, error = %err, "cannot check the folder's remote yet");
+                (backoff.next_delay(None, &mut rand::rng()), true)
+            }
+        };
+        if !check.wait(pause, after_remote).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ready_or_unconfigured_folder_is_claimable() {
+        let gates = FolderGates::default();
+        gates.lock().insert(
+            "/a".into(),
+            Entry {
+                gate: Gate::Checking { last_error: None },
+                since_ms: 1,
+                stop: CancellationToken::new(),
+            },
+        );
+        assert!(!gates.is_ready(std::path::Path::new("/a")));
+        assert!(gates.is_ready(std::path::Path::new("/not-configured")));
+        assert!(gates.set(
+            "/a",
+            Gate::Refused {
+                reason: "403".into()
+            }
+        ));
+        assert!(
+            !gates.set(
+                "/a",
+                Gate::Refused {
+                    reason: "403".into()
+                }
+            ),
+            "no change"
+        );
+        let status = gates.status("/a").expect("configured");
+        assert_eq!(status.state, "refused");
+        assert_eq!(status.reason.as_deref(), Some("403"));
+        gates.wait("/a", "the dataset has no unreleased version");
+        assert_eq!(gates.status("/a").unwrap().state, "waiting");
+        assert!(gates.set("/a", Gate::Ready));
+        assert!(gates.is_ready(std::path::Path::new("/a")));
+        gates.retain(&[]);
+        assert!(gates.status("/a").is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! Waiting for remote imports without holding a worker.
+//!
+//! Redivis imports an upload after upload.post (seconds to minutes per file). Workers are
+//! for bytes on the wire, so the wait happens here:
+//! 1. A worker whose upload came back posted moves its job to `importing` (durably, with
+//!    the upload's URI, table, MD5 and the posted version) and hands it over; at start,
+//!    every importing job of the store is handed over again (it is never posted again).
+//! 2. One task per importing job waits through the table's shared poller, which polls all
+//!    of a table's imports together.
+//! 3. Imported with our size and MD5: the ledger records it; a file changed meanwhile is
+//!    queued again by the same transition.
+//! 4. Imported with another size or hash: the upload is deleted and the file queued to be
+//!    sent again; the second time for the same content fails the job.
+//! 5. Failed by Redivis: the job fails with Redivis' `errorMessage`.
+//! 6. The polls failing (the remote down, 5xx): wait until the remote answers again or
+//!    after a pause, then poll again.
+//!
+//! Shutdown ends every wait at once; the jobs stay `importing` for the next start.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::status::Live;
+use super::worker::{Backends, record_upload};
+use crate::metrics::{FailureClass, Metrics};
+use crate::queue::{Import, Job, JobId, Store};
+use crate::upload::backoff::Backoff;
+use crate::upload::redivis::Imported;
+use crate::upload::retry::CallScope;
+use crate::upload::{Backend, Disposition, Posted, UploadError};
+
+/// Pauses between polls that failed: 2 s doubling up to this.
+const FAILED_POLL_MAX: Duration = Duration::from_secs(30);
+
+/// The importing jobs being waited for.
+pub(crate) struct Imports {
+    store: Store,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    waiting: Mutex<HashSet<JobId>>,
+}
+
+impl Imports {
+    pub(crate) fn new(
+        store: Store,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> Imports {
+        Imports {
+            store,
+            live,
+            metrics,
+            wake,
+            stop,
+            waiting: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Step 1 at start: waits for every importing job of the store.
+    pub(crate) fn resume(self: &Arc<Self>, backends: &Backends) {
+        let jobs = match self.store.importing_jobs() {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the importing jobs from the state database");
+                return;
+            }
+        };
+        if !jobs.is_empty() {
+            tracing::info!(
+                jobs = jobs.len(),
+                "waiting again for the imports of the last run"
+            );
+        }
+        for job in jobs {
+            match &backends.redivis {
+                Some(backend) => self.track(job, Arc::clone(backend)),
+                None => {
+                    tracing::warn!(path = %job.key, "an importing file waits for a [redivis] section to be configured again")
+                }
+            }
+        }
+    }
+
+    /// Waits for `job`'s import (steps 2–6); a job already waited for is left alone.
+    pub(crate) fn track(self: &Arc<Self>, job: Job, backend: Arc<Backend>) {
+        if job.import.is_none() || !self.lock().insert(job.id) {
+            return;
+        }
+        let imports = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = job.id;
+            imports.wait_for(job, backend).await;
+            imports.lock().remove(&id);
+        });
+    }
+
+    async fn wait_for(&self, job: Job, backend: Arc<Backend>) {
+        let (Backend::Redivis(redivis), Some(import)) = (&*backend, job.import.clone()) else {
+            return;
+        };
+        let posted = Posted {
+            remote: import.remote.clone(),
+            target: import.target.clone(),
+            md5: import.md5.clone(),
+        };
+        let scope = CallScope::until(self.stop.clone());
+        let mut backoff = Backoff::new(Duration::from_secs(2), FAILED_POLL_MAX);
+        loop {
+            let size = import.fingerprint.size;
+            let outcome = redivis
+                .await_import(&job.key.rel, &posted, size, &scope)
+                .await;
+            match outcome {
+                Ok(Imported::Verified(uploaded)) => {
+                    return self.completed(&job, &import, uploaded);
+                }
+                Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
+                Err(UploadError::Shutdown) => return,
+                Err(UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    message,
+                }) => return self.failed(&job, &message),
+                Err(err) => {
+                    tracing::debug!(path = %job.key, error = %err, "cannot poll an import yet");
+                    let pause = backoff.next_delay(None, &mut rand::rng());
+                    let health = backend.health();
+                    let came_back = async {
+                        if health.is_up() {
+                            std::future::pending().await
+                        } else {
+                            health.came_up().await
+                        }
+                    };
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = came_back => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 3.
+    fn completed(&self, job: &Job, import: &Import, uploaded: crate::upload::Uploaded) {
+        let path = job.path().display().to_string();
+        let transfer = Duration::from_millis(import.transfer_ms);
+        record_upload(
+            &self.metrics,
+            &self.live,
+            &job.key.folder,
+            &path,
+            "redivis",
+            import.fingerprint.size,
+            transfer,
+            &uploaded.remote,
+        );
+        let recorded = self.store.complete(
+            job.id,
+            &import.fingerprint,
+            &uploaded.remote,
+            uploaded.md5.as_deref(),
+        );
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(
+                    path,
+                    "file changed during its import; uploading the new version"
+                );
+                self.wake.notify_one();
+            }
+            Err(err) => {
+                tracing::error!(job = job.id.0, error = %err, "cannot record an import in the state database")
+            }
+        }
+    }
+
+    /// Step 4.
+    fn corrupt(&self, job: &Job, reason: &str) {
+        if job.corrupt_imports >= 1 {
+            return self.failed(job, &format!("{} ({reason})", job.key.rel));
+        }
+        tracing::warn!(path = %job.key, reason, "the import holds other bytes than were sent; sending the file again");
+        if let Err(err) = self.store.requeue_corrupt(job.id, reason) {
+            tracing::error!(job = job.id.0, error = %err, "cannot record a corrupt import in the state database");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Step 5 (and a second corrupt import).
+    fn failed(&self, job: &Job, reason: &str) {
+        tracing::error!(path = %job.key, reason, "upload failed permanently");
+        if let Err(err) = self.store.fail(job.id, reason) {
+            tracing::error!(job = job.id.0, error = %err, "cannot record a failed import in the state database");
+        }
+        self.metrics
+            .failed(&job.key.folder, "redivis", FailureClass::Permanent, false);
+        // A file changed meanwhile was queued instead of failed.
+        self.wake.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<JobId>> {
+        // A plain set: a panicking holder cannot leave it half-changed.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

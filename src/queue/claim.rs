@@ -1,0 +1,281 @@
+//! Taking due jobs from the `due` index, fairly across folders, and making waiting jobs due.
+//!
+//! The index is grouped by folder tag, each group in due order (see the layout in the
+//! module doc of [`super`]). A claim ([`Store::claim_next`]):
+//! 1. Orders the folders the caller may claim from (those whose remote is reachable and
+//!    ready), starting with the first one after the folder of the previous claim, so
+//!    folders take turns.
+//! 2. In each folder in that order, reads the first entry: due later than now means the
+//!    folder has nothing to claim yet; go on with the next folder.
+//! 3. Makes the job of a due entry active in one transaction that removes the entry (an
+//!    entry another worker took meanwhile is skipped, and the folder's next one tried).
+//!
+//! A batch ([`Store::claim_more`]) takes more due jobs of one folder in one transaction. A
+//! remote that comes back makes every retry-wait job of its folders due at once
+//! ([`Store::release_waiting`]).
+
+use std::time::SystemTime;
+
+use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
+use super::{
+    Job, JobState, Store, StoreError, Tx, TxResult, encode, folder_tag, from_ms, job_key, to_ms,
+};
+
+impl Store {
+    /// Claims the earliest due job of any folder, the folders taken in key order (tests and
+    /// callers without a schedule).
+    pub fn claim(&self, now: SystemTime) -> Result<Option<Job>, StoreError> {
+        let tags = self.due_folders()?;
+        Ok(self.claim_next(now, &tags, None)?.map(|(job, _)| job))
+    }
+
+    /// Claims the next due job from `folders`, starting after the folder `after` (the
+    /// previous claim's), so that folders take turns (module doc). Returns the job and its
+    /// folder's tag, for the next call's `after`.
+    pub fn claim_next(
+        &self,
+        now: SystemTime,
+        folders: &[FolderTag],
+        after: Option<FolderTag>,
+    ) -> Result<Option<(Job, FolderTag)>, StoreError> {
+        let now = to_ms(now);
+        for tag in in_turn(folders, after) {
+            if let Some(job) = self.claim_in(tag, now)? {
+                return Ok(Some((job, tag)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims the first due job of one folder (steps 2 and 3).
+    fn claim_in(&self, tag: FolderTag, now: u64) -> Result<Option<Job>, StoreError> {
+        for entry in self.inner.trees.due.scan_prefix(tag) {
+            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+            let Some(due) = decode_due_key(&raw) else {
+                tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
+                self.inner
+                    .trees
+                    .due
+                    .remove(&raw)
+                    .map_err(|err| self.db_error(err))?;
+                continue;
+            };
+            if due.due_ms > now {
+                return Ok(None);
+            }
+            if let Some(job) = self.claim_entry(&raw, due, now)? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the job of one due entry active, unless another worker took it meanwhile.
+    fn claim_entry(&self, raw: &[u8], due: DueEntry, now: u64) -> Result<Option<Job>, StoreError> {
+        self.transact(|tx| tx.activate(raw, due, now))
+    }
+
+    /// Claims, in one transaction, more jobs of `first`'s folder due at or before `now`
+    /// for a batch: up to `max` of them, in due order, each one `accept` agrees to (it sees
+    /// candidates in order and may keep running totals). Jobs another worker took
+    /// meanwhile are skipped.
+    pub fn claim_more(
+        &self,
+        first: &Job,
+        now: SystemTime,
+        max: usize,
+        mut accept: impl FnMut(&Job) -> bool,
+    ) -> Result<Vec<Job>, StoreError> {
+        let now = to_ms(now);
+        let mut candidates = Vec::new();
+        for entry in self
+            .inner
+            .trees
+            .due
+            .scan_prefix(folder_tag(&first.key.folder))
+        {
+            if candidates.len() >= max {
+                break;
+            }
+            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+            let Some(due) = decode_due_key(&raw) else {
+                continue;
+            };
+            if due.due_ms > now {
+                break;
+            }
+            let Some(job) = self.get(due.id)? else {
+                continue;
+            };
+            if job.due_ms() == Some(due.due_ms) && accept(&job) {
+                candidates.push((raw, due));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.transact(|tx| {
+            let mut claimed = Vec::with_capacity(candidates.len());
+            for (raw, due) in &candidates {
+                if let Some(active) = tx.activate(raw, *due, now)? {
+                    claimed.push(active);
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    /// When the earliest queued or retry-wait job of `folders` becomes claimable.
+    pub fn next_due_in(&self, folders: &[FolderTag]) -> Result<Option<SystemTime>, StoreError> {
+        let mut earliest: Option<u64> = None;
+        for tag in folders {
+            if let Some(due) = self.first_entry(*tag)? {
+                earliest = Some(earliest.map_or(due.due_ms, |e| e.min(due.due_ms)));
+            }
+        }
+        Ok(earliest.map(from_ms))
+    }
+
+    /// When the earliest queued or retry-wait job of any folder becomes claimable.
+    pub fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        let tags = self.due_folders()?;
+        self.next_due_in(&tags)
+    }
+
+    /// Makes every retry-wait job of `folders` due now (their remote is back); returns how
+    /// many. Not flushed: after a crash the jobs just wait for their own time.
+    pub fn release_waiting(&self, folders: &[String], now: SystemTime) -> Result<u64, StoreError> {
+        let now = to_ms(now);
+        let mut released = 0;
+        for folder in folders {
+            let waiting: Vec<DueEntry> = self
+                .inner
+                .trees
+                .due
+                .scan_prefix(folder_tag(folder))
+                .keys()
+                .filter_map(|raw| raw.ok().and_then(|raw| decode_due_key(&raw)))
+                .filter(|due| due.due_ms > now)
+                .collect();
+            for due in waiting {
+                released += u64::from(self.make_due(due.id, now)?);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Moves one retry-wait job's next attempt to `now`; false when it is no longer waiting.
+    fn make_due(&self, id: super::JobId, now: u64) -> Result<bool, StoreError> {
+        self.transact(|tx| {
+            let Some(job) = tx.job(id)? else {
+                return Ok(false);
+            };
+            let JobState::RetryWait { next_attempt_at_ms } = job.state else {
+                return Ok(false);
+            };
+            if next_attempt_at_ms <= now {
+                return Ok(false);
+            }
+            let due = Job {
+                state: JobState::RetryWait {
+                    next_attempt_at_ms: now,
+                },
+                ..job.clone()
+            };
+            tx.put_job(Some(&job), &due)?;
+            Ok(true)
+        })
+    }
+
+    /// The first `due` entry of a folder, if any.
+    fn first_entry(&self, tag: FolderTag) -> Result<Option<DueEntry>, StoreError> {
+        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            if let Some(due) = decode_due_key(&raw) {
+                return Ok(Some(due));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The tags of the folders that have queued or retry-wait jobs, in key order: one seek
+    /// per folder.
+    pub fn due_folders(&self) -> Result<Vec<FolderTag>, StoreError> {
+        let due = &self.inner.trees.due;
+        let mut tags = Vec::new();
+        let mut from = Some([0u8; 8]);
+        while let Some(start) = from {
+            let Some(entry) = due.range(start..).keys().next() else {
+                break;
+            };
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            let Ok(tag) = <FolderTag>::try_from(&raw[..raw.len().min(8)]) else {
+                break;
+            };
+            tags.push(tag);
+            from = next_tag(tag);
+        }
+        Ok(tags)
+    }
+}
+
+impl Tx<'_> {
+    /// Takes a due entry and makes its job active (invariants 2 and 6); `None` when the
+    /// entry was taken meanwhile or no longer matches its job.
+    fn activate(&self, raw: &[u8], due: DueEntry, now: u64) -> TxResult<Option<Job>> {
+        if self.due.remove(raw)?.is_none() {
+            return Ok(None);
+        }
+        let Some(job) = self.job(due.id)? else {
+            return Ok(None);
+        };
+        if job.due_ms() != Some(due.due_ms) {
+            return Ok(None);
+        }
+        let active = Job {
+            state: JobState::Active,
+            updated_at_ms: now,
+            ..job.clone()
+        };
+        self.put_job(Some(&job), &active)?;
+        self.claimed
+            .insert(&job_key(due.id), encode(&active.fingerprint))?;
+        Ok(Some(active))
+    }
+}
+
+/// `folders` in key order, starting with the first one after `after` and wrapping around.
+fn in_turn(folders: &[FolderTag], after: Option<FolderTag>) -> Vec<FolderTag> {
+    let mut sorted = folders.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let start = after.map_or(0, |after| sorted.partition_point(|tag| *tag <= after));
+    let start = start.min(sorted.len());
+    sorted.rotate_left(start);
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_take_turns_after_the_previous_claim_and_wrap_around() {
+        let tags = [[3u8; 8], [1u8; 8], [2u8; 8]];
+        assert_eq!(in_turn(&tags, None), vec![[1u8; 8], [2u8; 8], [3u8; 8]]);
+        assert_eq!(
+            in_turn(&tags, Some([1u8; 8])),
+            vec![[2u8; 8], [3u8; 8], [1u8; 8]]
+        );
+        assert_eq!(
+            in_turn(&tags, Some([3u8; 8])),
+            vec![[1u8; 8], [2u8; 8], [3u8; 8]]
+        );
+        // A previous folder no longer eligible: the next one after it in key order.
+        assert_eq!(
+            in_turn(&[[1u8; 8], [3u8; 8]], Some([2u8; 8])),
+            vec![[3u8; 8], [1u8; 8]]
+        );
+        assert!(in_turn(&[], Some([2u8; 8])).is_empty());
+    }
+}
