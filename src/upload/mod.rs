@@ -90,8 +90,8 @@ impl Disposition {
         }
     }
 
-    /// Whether the job may succeed later without anyone changing anything it depends on
-    /// (not permanent); such jobs go to `retry-wait`.
+    /// Whether a later attempt may succeed (the remote did not answer, or not yet usably):
+    /// such a job goes to `retry-wait`, and a probe that ends so has not reached the remote.
     pub fn is_transient(self) -> bool {
         matches!(self, Disposition::Retry { .. } | Disposition::RetryLater)
     }

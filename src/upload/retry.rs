@@ -18,6 +18,10 @@
 //!    starts the count and the budget again.
 //!
 //! The entry's retry note is cleared on progress and when the [`Attempts`] ends.
+//!
+//! Only [`Disposition::Retry`] is retried in place. [`Disposition::RetryLater`] (a server
+//! certificate upsync refuses: the same handshake would fail again within seconds) goes to
+//! the job-level retry at once, like a spent budget.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -376,10 +376,17 @@ impl RedivisBackend {
                  scope and edit access to the dataset): {}",
                 err.message
             )),
-            _ => Err(UploadError::retry(format!(
-                "cannot reach Redivis table {table}: {}",
-                err.message
-            ))),
+            _ => {
+                // Anything else is checked again later, a refused certificate included.
+                let disposition = match err.disposition {
+                    transient @ (Disposition::Retry { .. } | Disposition::RetryLater) => transient,
+                    _ => Disposition::Retry { after: None },
+                };
+                Err(UploadError::remote(
+                    disposition,
+                    format!("cannot reach Redivis table {table}: {}", err.message),
+                ))
+            }
         }
     }
 
