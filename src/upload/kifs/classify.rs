@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::upload::Disposition;
 
 /// Messages after which the official clients fail over: the server is going away, not
-/// rejecting the request (`protocols/kifs.md` §1.6).
+/// rejecting the request (`docs/protocols/kifs.md` §1.6).
 const TRANSIENT_MESSAGES: &[&str] = &[
     "System shutting down",
     "Unavailable: Draining HA queue",

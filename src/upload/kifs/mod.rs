@@ -1,4 +1,4 @@
-//! The KiFS backend: uploads one file into a KiFS directory (`protocols/kifs.md`).
+//! The KiFS backend: uploads one file into a KiFS directory (`docs/protocols/kifs.md`).
 //!
 //! Upload algorithm, per file (the target is `<kifs_directory>/<relative path>`):
 //! 1. Validate the name locally (allowed characters, ≤ 1024 characters, no empty segment):
@@ -58,9 +58,9 @@ use wire::{
 
 /// Largest whole-file upload and the multipart part size (every official client's 60 MiB).
 pub const WHOLE_FILE_LIMIT: u64 = 62_914_560;
-/// Small files go several to a whole-file request (`protocols/kifs.md` §5.2: several files
-/// per request, at most 60 MiB in all, as the Java client batches): one request and one
-/// state-database flush for up to 1000 files instead of one each.
+/// Small files go several to a whole-file request (`docs/protocols/kifs.md` §5.2: several
+/// files per request, at most 60 MiB in all, as the Java client batches): one request and
+/// one state-database flush for up to 1000 files instead of one each.
 pub const BATCH_LIMITS: BatchLimits = BatchLimits {
     max_files: 1000,
     max_bytes: WHOLE_FILE_LIMIT,
@@ -799,7 +799,8 @@ enum Resume {
 }
 
 /// The last part number the server reports for `uuid` in `info.multipart_uploads`, in the
-/// emulator-defined layout (`protocols/kifs.md` §6 item 30); `None` when absent or unparsable.
+/// emulator-defined layout (`docs/protocols/kifs.md` §6 item 30); `None` when absent or
+/// unparsable.
 fn multipart_progress(shown: &ShowFilesResponse, uuid: &str) -> Option<u64> {
     #[derive(Deserialize)]
     struct InProgress {
