@@ -1,7 +1,8 @@
 //! The backends' HTTP client against real servers on loopback: certificate problems named
 //! precisely (unknown issuer, name mismatch, expired), a stalled server abandoned after the
-//! idle timeout whether it stops reading the body or never answers, and request bodies paced
-//! by the shared bandwidth limit.
+//! idle timeout whether it stops reading the body or never answers (and counted toward the
+//! remote being down, as is an answer that stops half-way), and request bodies paced by the
+//! shared bandwidth limit.
 
 mod common;
 
@@ -13,6 +14,7 @@ use upsync::config::{BandwidthConfig, CaFile, NetConfig};
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::metrics::RequestKind;
 use upsync::net::{Bandwidth, CertificateProblem, HttpClient, HttpError};
+use upsync::upload::health::RemoteHealth;
 
 fn client(net: &NetConfig, bandwidth: Arc<Bandwidth>) -> HttpClient {
     HttpClient::build("kifs", net, bandwidth, |builder| builder).expect("the client builds")
@@ -144,6 +146,59 @@ async fn a_stalled_server_is_abandoned_after_the_idle_timeout_in_both_directions
         assert!(took >= idle, "{size} bytes: abandoned after {took:?}");
         assert!(took < idle * 4, "{size} bytes: held for {took:?}");
     }
+}
+
+/// A server that answers every request with headers and the first bytes of a 100-byte
+/// body, then holds the connection.
+fn server_that_stops_mid_answer() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst");
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn stalls_count_toward_the_remote_being_down_whether_the_request_or_its_answer_stalls() {
+    let idle = Duration::from_secs(1);
+    let net = NetConfig {
+        idle_timeout: idle,
+        ..NetConfig::default()
+    };
+    // A server that never answers: two stalled requests take the remote down.
+    let health = Arc::new(RemoteHealth::with_threshold("kifs", "http://silent", 2));
+    let http = client(&net, Bandwidth::unlimited()).reporting_to(Arc::clone(&health));
+    let url = format!("http://{}/upload", silent_server());
+    for _ in 0..2 {
+        assert!(health.is_up());
+        let err = get(&http, &url)
+            .await
+            .expect_err("the server never answers");
+        assert!(err.is_stalled(), "{err}");
+    }
+    assert!(!health.is_up(), "{:?}", health.snapshot());
+    let last = health.snapshot().last_error.unwrap_or_default();
+    assert!(last.contains("no byte moved for 1s"), "{last}");
+
+    // A server whose answer stops half-way: the answer counted as one, its stall as a failure.
+    let health = Arc::new(RemoteHealth::with_threshold("kifs", "http://halfway", 1));
+    let http = client(&net, Bandwidth::unlimited()).reporting_to(Arc::clone(&health));
+    let url = format!("http://{}/show", server_that_stops_mid_answer());
+    let answer = get(&http, &url).await.expect("the headers arrive");
+    assert!(health.is_up(), "headers are an answer");
+    let err = answer.bytes().await.expect_err("the body stalls");
+    assert!(format!("{err:?}").contains("no byte moved"), "{err:?}");
+    assert!(!health.is_up(), "{:?}", health.snapshot());
+    let last = health.snapshot().last_error.unwrap_or_default();
+    assert!(last.contains("the answer stalled"), "{last}");
 }
 
 #[tokio::test]
