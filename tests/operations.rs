@@ -524,6 +524,24 @@ fn a_live_daemon_s_metrics_pass_promtool_and_a_reloaded_folder_gets_its_counters
         sample(&metrics, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
         "{metrics}"
     );
+    // The folder's remote check passed (it uploaded), and the remote answers.
+    for (state, value) in [("ready", 1.0), ("checking", 0.0), ("refused", 0.0)] {
+        let state = format!("state=\"{state}\"");
+        assert_eq!(
+            sample(
+                &metrics,
+                "upsync_folder_remote_check_state",
+                &[&folder, &state]
+            ),
+            Some(value),
+            "{metrics}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, "upsync_remote_up", &["backend=\"kifs\""]),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // A folder added by a reload has its counters at once, at 0.
     let added = s.tmp.path().join("added");
