@@ -138,22 +138,28 @@ impl HttpClient {
         };
         let status = answer.as_ref().ok().map(|r| r.status().as_u16());
         observe_request(kind, status, started.elapsed());
-        self.report(&answer);
+        self.report(kind, &answer);
         Ok(self.watch_answer(answer?))
     }
 
     /// Tells the remote's health how the request went: an answer (whose status may still
     /// be a transient failure), or none.
-    fn report(&self, answer: &Result<Response, HttpError>) {
+    fn report(&self, kind: RequestKind, answer: &Result<Response, HttpError>) {
         let Some(health) = &self.health else {
             return;
+        };
+        let what = match kind {
+            RequestKind::KifsApi | RequestKind::RedivisApi => "an API request",
+            RequestKind::RedivisSession => "an upload-session request",
         };
         match answer {
             Ok(response) => {
                 let status = response.status();
-                health.observe(Some(status.as_u16()), || format!("answered HTTP {status}"));
+                health.observe(Some(status.as_u16()), || {
+                    format!("{what} answered HTTP {status}")
+                });
             }
-            Err(err) => health.failed(&err.to_string()),
+            Err(err) => health.failed(&format!("{what} failed: {err}")),
         }
     }
 
