@@ -304,6 +304,18 @@ impl UploadJob {
     }
 }
 
+/// The scope of the requests one batch of `jobs` shares: the first job's stop and
+/// checkpoint, and every job's in-flight entry (an in-place retry shows on each).
+pub fn batch_scope(jobs: &[UploadJob]) -> CallScope {
+    CallScope {
+        entries: jobs.iter().map(|job| Arc::clone(&job.live)).collect(),
+        ..jobs
+            .first()
+            .map(|job| job.scope.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Persists `finalizing` for `jobs[i]`, each `i` of `indexes`, in one transaction, before
 /// one non-idempotent finalize call that covers them all.
 pub fn mark_finalizing_all(jobs: &mut [UploadJob], indexes: &[usize]) -> Result<(), UploadError> {

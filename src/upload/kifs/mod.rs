@@ -46,7 +46,7 @@ use super::backoff::retry_after;
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{self, Attempts, CallScope, RetryPolicy};
-use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded};
+use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded, batch_scope};
 use body::{Source, StreamedRequest};
 use classify::{classify_error_message, classify_status};
 pub use names::{MAX_NAME_LEN, validate_name};
@@ -343,13 +343,7 @@ impl KifsBackend {
                 }
             }
         }
-        let scope = CallScope {
-            entries: jobs.iter().map(|job| Arc::clone(&job.live)).collect(),
-            ..jobs
-                .first()
-                .map(|job| job.scope.clone())
-                .unwrap_or_default()
-        };
+        let scope = batch_scope(jobs);
         let mut attempts =
             Attempts::new(&self.retry, &scope, "KiFS batch upload").watching(&self.health);
         let mut first_pass = true;

@@ -30,7 +30,6 @@
 //! in-place retry on every job of the batch; a file's own PUT on that job alone.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Deserialize;
@@ -43,7 +42,7 @@ use super::{Finalize, RedivisBackend, hashes_match, now_ms};
 use crate::upload::chunk::FileReader;
 use crate::upload::retry::{Attempts, CallScope};
 use crate::upload::{
-    BatchLimits, Disposition, UploadError, UploadJob, Uploaded, mark_finalizing_all,
+    BatchLimits, Disposition, UploadError, UploadJob, Uploaded, batch_scope, mark_finalizing_all,
 };
 
 /// Files per `tempUploads` and `rawFiles` call, as the official client sends at most.
@@ -259,13 +258,10 @@ impl RedivisBackend {
         jobs: &mut [UploadJob],
     ) -> Vec<Result<Uploaded, UploadError>> {
         let mut outcomes: Outcomes = jobs.iter().map(|_| None).collect();
-        let Some(first) = jobs.first() else {
+        if jobs.is_empty() {
             return Vec::new();
-        };
-        let scope = CallScope {
-            entries: jobs.iter().map(|job| Arc::clone(&job.live)).collect(),
-            ..first.scope.clone()
-        };
+        }
+        let scope = batch_scope(jobs);
         let mut pending = open_readers(jobs, &mut outcomes);
         let steps = async {
             self.reconcile(table, jobs, &mut pending, &mut outcomes, &scope)
