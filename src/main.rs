@@ -83,8 +83,9 @@ enum Command {
         #[arg(long, required = true)]
         once: bool,
         /// The longest the run waits for anything: a remote that does not answer or is
-        /// being checked, retries, Redivis imports. What is left then is reported as not
-        /// done (exit 1) and uploaded by the next run.
+        /// being checked again, retries, Redivis imports. First tries (each folder's first
+        /// remote check, each file's first attempt) always run. What is left then is
+        /// reported as not done (exit 1) and uploaded by the next run.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         retry_wait_limit: Duration,
         /// Progress display: bars on a terminal, log lines otherwise (auto), or force one.

@@ -283,6 +283,23 @@ fn sync_once_uploads_a_folder_and_exits_0() {
 }
 
 #[test]
+fn sync_once_with_a_zero_retry_wait_limit_still_checks_the_remote_and_uploads_once_each() {
+    let s = setup(&[], "");
+    let names = ["a.csv", "nested/b.csv", "c.bin"];
+    for (i, name) in names.iter().enumerate() {
+        write_file(&s.inbox.join(name), 20_000, i as u64);
+        backdate(&s.inbox.join(name), 60);
+    }
+    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    for name in names {
+        assert!(arrived(&s, &s.inbox.join(name), name), "{name}: {stderr}");
+    }
+    assert!(stdout.contains("uploaded 3 file(s)"), "{stdout}");
+    assert_eq!(status_json(&s.config)["folders"][0]["done"], 3);
+}
+
+#[test]
 fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
     let s = setup(&[], "");
     let good = s.inbox.join("good.csv");
@@ -318,13 +335,13 @@ fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
     // The folder's remote check is one request (the directory exists), left alone; then
-    // the upload's tries fail while the 3 s limit runs out.
+    // the upload's first try fails, and a zero limit does not wait for its in-place retry.
     let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
     faults.extend((0..6).map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}})));
     s.emulator
         .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "3s"]);
+    let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
     assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(10),

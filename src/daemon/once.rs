@@ -13,7 +13,10 @@
 //!    files of a folder whose remote refuses it (there is nothing to wait for).
 //! 4. `retry_wait_limit` after the start, stop waiting whatever is left: a remote check that
 //!    has not passed, a remote that is down, in-place retries, imports. Those files are
-//!    reported as not done, with what they wait for.
+//!    reported as not done, with what they wait for. The limit bounds waiting only: each
+//!    folder's first remote check, and the first attempt of each file whose folder's remote
+//!    takes files, always run (so `--retry-wait-limit 0s` uploads what can be uploaded
+//!    without waiting) ([`Wait::owes_first_tries`]).
 //! 5. Stop like the daemon (in-flight progress is saved) and summarize: uploaded files,
 //!    failed jobs with reasons (including failures of earlier runs that were not retried),
 //!    jobs not done. The run succeeded when there are neither failed nor unfinished jobs.
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use super::gates::Gate;
 use super::status::{FailedJob, InFlight, Live, RetryingJob};
 use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
@@ -207,10 +211,20 @@ struct Pending {
     retry_late: Vec<RetryingJob>,
     /// Busy jobs and retry-wait jobs due before the limit (not done if the run ends first).
     unfinished: Vec<RetryingJob>,
+    /// Jobs whose first attempt has not ended yet: the limit does not cut those short.
+    untried: Vec<Untried>,
     /// Queued, uploading and retrying files, and their bytes.
     files: u64,
     bytes: u64,
     failed: Vec<FailedJob>,
+}
+
+/// A job not attempted yet in this state database's life (no job-level retry so far).
+struct Untried {
+    folder: String,
+    path: String,
+    /// A worker holds it: its first attempt is running.
+    started: bool,
 }
 
 /// The jobs of the configured folders by what the run still waits for; `held` says why a
@@ -271,6 +285,13 @@ fn pending(
                 out.unfinished.push(left);
             }
             JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {
+                if job.attempts == 0 && job.state != JobState::Importing {
+                    out.untried.push(Untried {
+                        folder: job.key.folder.clone(),
+                        path: path.clone(),
+                        started: job.state != JobState::Queued,
+                    });
+                }
                 out.busy += 1;
                 out.unfinished.push(left);
             }
@@ -391,9 +412,13 @@ impl Wait {
             if (settled && self.rescan_at.is_none()) || self.ended != Ended::Settled {
                 return Ok(figures);
             }
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.deadline
+                && !Wait::owes_first_tries(core, &figures, &in_flight)
+            {
                 tracing::warn!("the --retry-wait-limit is reached; stopping with what is left");
                 self.ended = Ended::OutOfTime;
+                // Files too young at the first scan are not waited for either.
+                self.still_changing += std::mem::take(&mut self.young).into_values().sum::<u64>();
                 return Ok(figures);
             }
             if self.rescan_at.is_some_and(|at| Instant::now() >= at) {
@@ -409,10 +434,32 @@ impl Wait {
                     tracing::info!("interrupted; saving progress");
                     self.ended = Ended::Interrupted;
                 }
-                _ = tokio::time::sleep_until(self.deadline.into()) => {}
+                _ = tokio::time::sleep_until(self.deadline.into()), if Instant::now() < self.deadline => {}
                 _ = tokio::time::sleep(display.tick()) => {}
             }
         }
+    }
+
+    /// Whether the run still owes a first try that the limit must not cut short: a
+    /// folder's first remote check that has not answered yet, or a file's first attempt
+    /// that is running (not pausing for an in-place retry) or could be claimed now (its
+    /// folder's check passed and its remote is up).
+    fn owes_first_tries(core: &Core, figures: &Pending, in_flight: &[InFlight]) -> bool {
+        let gates = core.live.gates.snapshot();
+        let first_check_running = core.config.folders.iter().any(|folder| {
+            gates.get(folder.path.to_string_lossy().as_ref())
+                == Some(&Gate::Checking { last_error: None })
+        });
+        first_check_running
+            || figures.untried.iter().any(|job| {
+                if job.started {
+                    !in_flight
+                        .iter()
+                        .any(|upload| upload.path == job.path && upload.retrying.is_some())
+                } else {
+                    waiting_for(&core.config, &core.live, &job.folder).is_none()
+                }
+            })
     }
 
     async fn figures(&self, core: &Core) -> Result<Pending, DaemonError> {
