@@ -289,7 +289,7 @@ impl Worker {
         let previous = self.store.ledger_get(&job.key).ok().flatten();
         if previous
             .as_ref()
-            .is_some_and(|entry| entry.fingerprint == fingerprint)
+            .is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint))
         {
             // This exact version is already on the remote (e.g. reverted to an uploaded state).
             self.record(job, self.store.drop_job(job.id));

@@ -251,6 +251,18 @@ fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError>
     decode_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
 }
 
+/// The ledger entry `raw`, encoded again with `fingerprint` in place of its own (an entry
+/// of an older layout, upgraded with the change time).
+fn with_fingerprint(
+    raw: &[u8],
+    key: &[u8],
+    fingerprint: &Fingerprint,
+) -> Result<Vec<u8>, StoreError> {
+    let mut entry = decode_ledger(raw, key)?;
+    entry.fingerprint = *fingerprint;
+    Ok(encode(&entry))
+}
+
 /// The upload time of a ledger entry, without decoding the rest of it.
 fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
     #[derive(serde::Deserialize)]
@@ -393,6 +405,13 @@ impl Tx<'_> {
         let uploaded = match self.ledger.get(raw_key)? {
             None => false,
             Some(raw) => match ledger_fingerprint(&raw, raw_key) {
+                Ok(uploaded) if fingerprint.upgrades(&uploaded) => {
+                    match with_fingerprint(&raw, raw_key, fingerprint) {
+                        Ok(upgraded) => self.ledger.insert(raw_key, upgraded)?,
+                        Err(err) => return abort(err),
+                    };
+                    true
+                }
                 Ok(uploaded) => uploaded == *fingerprint,
                 Err(err) => return abort(err),
             },
@@ -619,8 +638,11 @@ impl Store {
             })
     }
 
-    /// True when the ledger holds exactly this fingerprint for the file (one read, and
-    /// only the fingerprint is decoded: the start-up scan asks this for every file).
+    /// True when the ledger holds this version of the file (one read, and only the
+    /// fingerprint is decoded: the start-up scan asks this for every file). An entry
+    /// written before change times were kept, matching on the rest, is rewritten with this
+    /// one's change time ([`Fingerprint::is_version_of`]); not flushed: an upgrade lost in
+    /// a crash is made again by the next scan.
     pub fn is_uploaded(
         &self,
         key: &FileKey,
@@ -635,7 +657,20 @@ impl Store {
             .map_err(|err| self.db_error(err))?
         {
             None => Ok(false),
-            Some(raw) => ledger_fingerprint(&raw, &raw_key).map(|found| found == *fingerprint),
+            Some(raw) => {
+                let found = ledger_fingerprint(&raw, &raw_key)?;
+                if fingerprint.upgrades(&found) {
+                    let upgraded = with_fingerprint(&raw, &raw_key, fingerprint)?;
+                    // Only if the entry is still the one read: a concurrent upload wins.
+                    let _ = self
+                        .inner
+                        .trees
+                        .ledger
+                        .compare_and_swap(&raw_key, Some(raw), Some(upgraded))
+                        .map_err(|err| self.db_error(err))?;
+                }
+                Ok(fingerprint.is_version_of(&found))
+            }
         }
     }
 

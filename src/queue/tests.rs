@@ -14,6 +14,7 @@ fn fp(n: u64) -> Fingerprint {
         size: n,
         mtime_ns: i128::from(n) * 1_000,
         inode: n,
+        ctime_ns: Some(i128::from(n) * 1_000),
     }
 }
 
@@ -239,6 +240,81 @@ fn an_uploaded_version_stays_up_to_date_after_a_restart() {
     assert_eq!(entry.fingerprint, fp(1));
     assert_eq!(entry.remote, "ingest/a.csv");
     assert_eq!(entry.md5.as_deref(), Some("abc123"));
+    assert_invariants(&store);
+}
+
+/// `fp(n)` as a ledger written before change times were kept recorded it.
+fn without_ctime(fingerprint: Fingerprint) -> Fingerprint {
+    Fingerprint {
+        ctime_ns: None,
+        ..fingerprint
+    }
+}
+
+#[test]
+fn a_ledger_entry_without_ctime_matches_on_the_rest_and_is_rewritten_with_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for rel in ["scanned.csv", "offered.csv"] {
+        assert!(
+            store
+                .record_uploaded(&key(rel), &without_ctime(fp(1)), "ingest/x", Some("abc"))
+                .expect("the ledger writes")
+        );
+    }
+    let ledger_fp = |rel: &str| {
+        store
+            .ledger_get(&key(rel))
+            .expect("the ledger reads")
+            .expect("recorded")
+            .fingerprint
+    };
+    // Another size, mtime or inode is another version, whatever the change time.
+    let other = Fingerprint {
+        mtime_ns: 7,
+        ..fp(1)
+    };
+    assert!(
+        !store
+            .is_uploaded(&key("scanned.csv"), &other)
+            .expect("reads")
+    );
+    assert_eq!(ledger_fp("scanned.csv"), without_ctime(fp(1)));
+    // The scan's question and the offer both match, and write the change time back.
+    assert!(
+        store
+            .is_uploaded(&key("scanned.csv"), &fp(1))
+            .expect("reads")
+    );
+    assert_eq!(ledger_fp("scanned.csv"), fp(1));
+    assert_eq!(
+        store
+            .offer(&key("offered.csv"), &fp(1))
+            .expect("offer works"),
+        Offer::UpToDate
+    );
+    assert_eq!(ledger_fp("offered.csv"), fp(1));
+    // From then on, a new change time is a new version.
+    let chmodded = Fingerprint {
+        ctime_ns: Some(99),
+        ..fp(1)
+    };
+    assert!(
+        !store
+            .is_uploaded(&key("scanned.csv"), &chmodded)
+            .expect("reads")
+    );
+    assert!(matches!(
+        store
+            .offer(&key("offered.csv"), &chmodded)
+            .expect("offer works"),
+        Offer::Queued(_)
+    ));
+    let entry = store.ledger_get(&key("offered.csv")).unwrap().unwrap();
+    assert_eq!(
+        (entry.remote.as_str(), entry.md5.as_deref()),
+        ("ingest/x", Some("abc"))
+    );
     assert_invariants(&store);
 }
 

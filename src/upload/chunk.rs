@@ -403,6 +403,7 @@ mod tests {
             size: 1,
             mtime_ns: 0,
             inode: 0,
+            ctime_ns: Some(0),
         };
         let err = FileReader::open(&dir.path().join("gone"), &fp)
             .err()

@@ -240,6 +240,7 @@ pub(crate) mod tests {
             size,
             mtime_ns,
             inode: 7,
+            ctime_ns: Some(mtime_ns),
         }
     }
 

@@ -382,14 +382,24 @@ async fn repeated_events_give_one_offer_per_distinct_settled_fingerprint() {
     assert!(eventually(WAIT, || rec.offers().len() == 1).await);
     let first = fp(&path);
 
-    // Events that do not change size or mtime: permissions, opening and reading.
-    for mode in [0o600, 0o644, 0o640] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    // Events that change nothing of the file: opening and reading it.
+    for _ in 0..3 {
         let _ = std::fs::read(&path).expect("read");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(rec.offers_of("r.csv"), vec![first]);
+
+    // A permission change (the attribute event) is a new version by its change time: a
+    // file that failed as unreadable is offered again once it is fixed.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(eventually(WAIT, || rec.offers().len() == 2).await);
+    let chmodded = fp(&path);
+    assert_eq!(
+        (chmodded.size, chmodded.mtime_ns),
+        (first.size, first.mtime_ns)
+    );
+    assert_ne!(chmodded, first);
 
     let mut file = std::fs::File::options()
         .append(true)
@@ -397,11 +407,11 @@ async fn repeated_events_give_one_offer_per_distinct_settled_fingerprint() {
         .expect("open for append");
     file.write_all(b" two").expect("append");
     drop(file);
-    assert!(eventually(WAIT, || rec.offers().len() == 2).await);
+    assert!(eventually(WAIT, || rec.offers().len() == 3).await);
     let second = fp(&path);
-    assert_ne!(first, second);
+    assert_ne!(chmodded, second);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(rec.offers_of("r.csv"), vec![first, second]);
+    assert_eq!(rec.offers_of("r.csv"), vec![first, chmodded, second]);
     run.stop().await;
 }
 

@@ -798,6 +798,7 @@ mod tests {
                 size: 10,
                 mtime_ns: 1,
                 inode: 2,
+                ctime_ns: Some(1),
             },
         }
     }

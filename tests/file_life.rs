@@ -1,0 +1,205 @@
+//! Every change of a file is seen: the real `upsync` binary against the real emulator
+//! process, with a KiFS folder and a Redivis folder.
+//!
+//! Cases:
+//! - New bytes of the same size with the old mtime set back (`touch -r`, `cp -p`, `tar -x`),
+//!   written in place or into a file deleted and recreated (often on the same inode), are
+//!   uploaded by the next run on both backends.
+//! - A permission change alone (only the change time moves) costs no new Redivis upload:
+//!   the identical upload is adopted; the run after it has nothing to do.
+//! - The running daemon sees such a replacement through its file events.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+const TOKEN: &str = "file-life-test-token";
+const TABLE: &str = "life.dataset:next.files";
+
+/// Two folders, `kin` → KiFS directory `ingest` and `rin` → Redivis table [`TABLE`].
+struct Setup {
+    _tmp: tempfile::TempDir,
+    kin: PathBuf,
+    rin: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
+        std::fs::create_dir_all(&kin).unwrap();
+        std::fs::create_dir_all(&rin).unwrap();
+        let emulator = EmulatorProcess::start(
+            &tmp.path().join("remote"),
+            &["--kifs-directory", "ingest", "--redivis-token", TOKEN],
+        );
+        let config = tmp.path().join("upsync.toml");
+        let text = format!(
+            r#"
+state_dir = "state"
+shutdown_timeout = "5s"
+[kifs]
+url = "{kifs}"
+[redivis]
+api_url = "{redivis}"
+token = "{TOKEN}"
+[[folder]]
+path = "kin"
+kifs_directory = "ingest"
+settle = "1s"
+[[folder]]
+path = "rin"
+redivis_table = "{TABLE}"
+settle = "1s"
+"#,
+            kifs = emulator.kifs_url(),
+            redivis = emulator.redivis_url(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            _tmp: tmp,
+            kin,
+            rin,
+            config,
+            emulator,
+        }
+    }
+
+    /// `upsync sync --once`: its exit code and all it printed.
+    fn sync_once(&self) -> (i32, String) {
+        let (code, stdout, stderr) =
+            upsync(&["sync", "--once", "-c", self.config.to_str().unwrap()]);
+        (code, format!("{stdout}\n{stderr}"))
+    }
+
+    fn kifs_holds(&self, local: &Path) -> bool {
+        let name = local.file_name().unwrap().to_str().unwrap();
+        same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+    }
+
+    /// The MD5 hashes of the table's completed uploads named `name`.
+    fn redivis_hashes(&self, name: &str) -> Vec<String> {
+        let uploads = self.emulator.list_redivis_uploads(TABLE, TOKEN);
+        uploads_by_name(&uploads)
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|upload| upload["status"] == "completed")
+            .map(|upload| upload["hash"].as_str().unwrap_or("").to_lowercase())
+            .collect()
+    }
+
+    /// Whether the table holds exactly one completed upload named after `local`, with its
+    /// bytes.
+    fn redivis_holds(&self, local: &Path) -> bool {
+        let name = local.file_name().unwrap().to_str().unwrap();
+        self.redivis_hashes(name) == vec![file_md5_hex(local).unwrap()]
+    }
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// Sets `path`'s mtime to `time`, as `touch -r` does.
+fn set_mtime(path: &Path, time: SystemTime) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(time).unwrap();
+}
+
+/// Writes `text` over `path` in place (same inode) and sets its old mtime back.
+fn replace_in_place(path: &Path, text: &str) {
+    let before = mtime(path);
+    std::fs::write(path, text).unwrap();
+    set_mtime(path, before);
+}
+
+/// Deletes `path`, creates it again with `text` and sets its old mtime back.
+fn recreate(path: &Path, text: &str) {
+    let before = mtime(path);
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, text).unwrap();
+    set_mtime(path, before);
+}
+
+#[test]
+fn new_bytes_of_the_same_size_under_the_old_mtime_are_uploaded_again_on_both_backends() {
+    let s = Setup::new();
+    let files: Vec<PathBuf> = [&s.kin, &s.rin]
+        .into_iter()
+        .flat_map(|dir| [dir.join("same.csv"), dir.join("again.csv")])
+        .collect();
+    for path in &files {
+        std::fs::write(path, "AAAA-original\n").unwrap();
+        backdate(path, 60);
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(files[..2].iter().all(|f| s.kifs_holds(f)), "{text}");
+    assert!(files[2..].iter().all(|f| s.redivis_holds(f)), "{text}");
+
+    for dir in [&s.kin, &s.rin] {
+        replace_in_place(&dir.join("same.csv"), "BBBB-replaced\n");
+        recreate(&dir.join("again.csv"), "CCCC-recreate\n");
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("uploaded 4 file(s)"), "{text}");
+    for path in &files[..2] {
+        assert!(s.kifs_holds(path), "{}: {text}", path.display());
+    }
+    for path in &files[2..] {
+        assert!(s.redivis_holds(path), "{}: {text}", path.display());
+    }
+}
+
+#[test]
+fn a_permission_change_alone_adds_no_redivis_upload_and_the_next_run_has_nothing_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let files = [s.kin.join("p.csv"), s.rin.join("p.csv")];
+    for path in &files {
+        write_file(path, 50_000, 3);
+        backdate(path, 60);
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let hash = file_md5_hex(&files[1]).unwrap();
+    for path in &files {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(s.kifs_holds(&files[0]), "{text}");
+    assert_eq!(
+        s.redivis_hashes("p.csv"),
+        vec![hash],
+        "one upload, adopted: {text}"
+    );
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("uploaded 0 file(s)"), "{text}");
+}
+
+#[test]
+fn the_daemon_uploads_a_replacement_that_keeps_size_and_mtime_from_its_file_events() {
+    let s = Setup::new();
+    let path = s.kin.join("live.csv");
+    std::fs::write(&path, "AAAA-original\n").unwrap();
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the first version", || {
+        s.kifs_holds(&path)
+    });
+    replace_in_place(&path, "BBBB-replaced\n");
+    daemon.wait_until(Duration::from_secs(30), "the replacement", || {
+        s.kifs_holds(&path)
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
