@@ -9,7 +9,7 @@
 //! in the ledger so nothing is uploaded twice.
 //!
 //! - [`config`]: strict TOML schema, human units, secrets, validation with file:line errors.
-//! - [`fingerprint`]: the (size, mtime, inode) identity of a local file version.
+//! - [`fingerprint`]: the (size, mtime, inode, ctime) identity of a local file version.
 //! - [`watch`]: notify watches, the settle rule, include/exclude filters, the scanner.
 //! - [`queue`]: the sled store: jobs, ledger, progress; its invariants.
 //! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff, the

@@ -11,8 +11,9 @@
 //!   restart in between): requests during the outage stay bounded, job-level retries are
 //!   persisted with their next attempt time, everything arrives once the remote is back.
 //! - Local faults: `state_dir` on a full filesystem, a corrupt and a foreign state
-//!   database (then `--rebuild-state`), an unreadable file, a watched folder missing at
-//!   start or deleted and recreated, two daemons on one `state_dir`.
+//!   database (then `--rebuild-state`), an unreadable file (uploaded once its permission is
+//!   fixed, without `upsync retry`), a watched folder missing at start or deleted and
+//!   recreated, two daemons on one `state_dir`.
 //!
 //! Outage tests cap job-level retry delays with `retry_max_delay` so they finish in CI
 //! time; `UPSYNC_OUTAGE_SECS` lengthens the outage (default 30 s).
@@ -589,7 +590,7 @@ fn a_foreign_state_database_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn an_unreadable_file_fails_with_the_reason_while_the_others_arrive() {
+fn an_unreadable_file_fails_with_the_reason_and_uploads_once_its_permission_is_fixed() {
     use std::os::unix::fs::{PermissionsExt, chown};
     let s = Setup::new(&[], "");
     // The daemon runs as `nobody`, for whom a mode-000 file is unreadable (root reads all).
@@ -622,6 +623,15 @@ fn an_unreadable_file_fails_with_the_reason_while_the_others_arrive() {
     assert_eq!(failed["path"], secret.display().to_string(), "{status}");
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("ermission denied"), "{reason}");
+    // The fix (an attribute event: only the change time moves) is a new version of the
+    // file: it is uploaded without `upsync retry`.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_until(Duration::from_secs(30), "the fixed file", || {
+        s.arrived(&secret, "ingest/secret.csv")
+    });
+    wait_until(Duration::from_secs(10), "the failure cleared", || {
+        s.status()["failed"].as_array().is_some_and(Vec::is_empty)
+    });
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -692,19 +692,56 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         let report = second.status().await?;
         second.terminate().await?;
         let uploads = emulator.kifs_uploads().await? - uploads_before;
-        let queued: u64 = report
-            .folders
-            .iter()
-            .map(|f| f.counts.queued + f.counts.active + f.counts.retry_wait + f.counts.failed)
-            .sum();
-        Ok::<_, String>((to_idle, find, uploads, queued, populate))
+        let queued = unfinished(&report);
+        eprintln!("  restart over a ledger written without change times");
+        strip_change_times(&config.state_dir)?;
+        let legacy = Daemon::start(ctx, &dir, &config).await?;
+        let legacy_to_idle = legacy.startup;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let legacy_queued = unfinished(&legacy.status().await?);
+        legacy.terminate().await?;
+        let legacy_uploads = emulator.kifs_uploads().await? - uploads_before - uploads;
+        let restarts = Restarts {
+            to_idle,
+            uploads,
+            queued,
+            legacy_to_idle,
+            legacy_uploads,
+            legacy_queued,
+        };
+        Ok::<_, String>((restarts, find, populate))
     }
     .await;
     emulator.stop().await;
     let _ = std::fs::remove_dir_all(&tree);
-    let (to_idle, find, uploads, queued, populate) = result?;
+    let (restarts, find, populate) = result?;
+    let Restarts {
+        to_idle,
+        uploads,
+        queued,
+        ..
+    } = restarts;
     let ratio = to_idle.as_secs_f64() / find.as_secs_f64();
+    let legacy_ratio = restarts.legacy_to_idle.as_secs_f64() / to_idle.as_secs_f64();
     Ok(vec![
+        Row {
+            figure: format!(
+                "First restart over {count} uploaded files whose ledger has no change times \
+                 (each entry matched and rewritten) vs a restart over an upgraded ledger"
+            ),
+            upsync: format!(
+                "{:.3} s, {} uploads, {} jobs",
+                restarts.legacy_to_idle.as_secs_f64(),
+                restarts.legacy_uploads,
+                restarts.legacy_queued
+            ),
+            baseline: format!("{:.3} s", to_idle.as_secs_f64()),
+            ratio: format!("{legacy_ratio:.2}"),
+            target: "≤ 2.00, 0 uploads".into(),
+            verdict: Verdict::of(
+                legacy_ratio <= 2.0 && restarts.legacy_uploads == 0 && restarts.legacy_queued == 0,
+            ),
+        },
         Row {
             figure: format!(
                 "Restart over {count} uploaded files: time until idle vs find -printf '%s %T@'"
@@ -731,6 +768,42 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             verdict: Verdict::Info,
         },
     ])
+}
+
+/// Two restarts over the same uploaded tree: over the current ledger, and over one whose
+/// entries were written before change times were kept.
+struct Restarts {
+    to_idle: Duration,
+    uploads: u64,
+    queued: u64,
+    legacy_to_idle: Duration,
+    legacy_uploads: u64,
+    legacy_queued: u64,
+}
+
+/// Jobs not done in a status report (queued, active, waiting to retry, failed).
+fn unfinished(report: &upsync::daemon::status::StatusReport) -> u64 {
+    report
+        .folders
+        .iter()
+        .map(|f| f.counts.queued + f.counts.active + f.counts.retry_wait + f.counts.failed)
+        .sum()
+}
+
+/// Rewrites every ledger entry of a stopped daemon's state as an older upsync wrote it:
+/// without the change time.
+fn strip_change_times(state_dir: &Path) -> BenchResult<()> {
+    let store = upsync::queue::Store::open(state_dir).map_err(|e| e.to_string())?;
+    for (key, entry) in store.ledger_entries(None).map_err(|e| e.to_string())? {
+        let legacy = upsync::fingerprint::Fingerprint {
+            ctime_ns: None,
+            ..entry.fingerprint
+        };
+        store
+            .record_uploaded(&key, &legacy, &entry.remote, entry.md5.as_deref())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The best of three warm runs of `find DIR -printf '%s %T@\n'`.

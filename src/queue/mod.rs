@@ -1089,6 +1089,46 @@ impl Store {
         }
     }
 
+    /// The ledger's entries (the files held as uploaded), of one folder or of all, in key
+    /// order (folder, then relative path).
+    pub fn ledger_entries(
+        &self,
+        folder: Option<&str>,
+    ) -> Result<Vec<(FileKey, LedgerEntry)>, StoreError> {
+        let prefix = match folder {
+            Some(folder) => valid_key(&FileKey::new(folder, ""))?,
+            None => Vec::new(),
+        };
+        let mut entries = Vec::new();
+        for entry in self.inner.trees.ledger.scan_prefix(&prefix) {
+            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
+            let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
+                tree: "ledger",
+                key: keys::describe(&raw_key),
+                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
+            })?;
+            entries.push((key, decode_ledger(&raw, &raw_key)?));
+        }
+        Ok(entries)
+    }
+
+    /// Drops the file's ledger entry, so that it is uploaded again, and offers its current
+    /// version (`None`: the file is gone) in the same transaction. Returns whether an
+    /// entry was dropped. Flushed.
+    pub fn forget(&self, key: &FileKey, current: Option<&Fingerprint>) -> Result<bool, StoreError> {
+        let raw_key = valid_key(key)?;
+        let now = now_ms();
+        let dropped = self.transact(|tx| {
+            let dropped = tx.ledger.remove(raw_key.as_slice())?.is_some();
+            if let Some(fingerprint) = current {
+                tx.offer(&raw_key, key, fingerprint, now)?;
+            }
+            Ok(dropped)
+        })?;
+        self.flush()?;
+        Ok(dropped)
+    }
+
     /// Every job, in id (creation) order.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();

@@ -319,6 +319,50 @@ fn a_ledger_entry_without_ctime_matches_on_the_rest_and_is_rewritten_with_it() {
 }
 
 #[test]
+fn the_ledger_lists_by_folder_and_a_forgotten_file_is_queued_again() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let other = FileKey::new("/data/in2", "z.csv");
+    for (key, n) in [(key("b.csv"), 2), (key("a/c.csv"), 3), (other.clone(), 4)] {
+        assert!(store.record_uploaded(&key, &fp(n), "r", None).unwrap());
+    }
+    let listed = |folder: Option<&str>| -> Vec<String> {
+        store
+            .ledger_entries(folder)
+            .expect("the ledger reads")
+            .into_iter()
+            .map(|(key, _)| key.to_string())
+            .collect()
+    };
+    assert_eq!(
+        listed(Some("/data/in")),
+        vec!["/data/in/a/c.csv", "/data/in/b.csv"]
+    );
+    assert_eq!(listed(None).len(), 3);
+    // `/data/in` is not a prefix of `/data/in2`'s entries.
+    assert_eq!(listed(Some("/data/in2")), vec!["/data/in2/z.csv"]);
+
+    assert!(
+        store
+            .forget(&key("b.csv"), Some(&fp(2)))
+            .expect("forget works")
+    );
+    assert!(!store.is_uploaded(&key("b.csv"), &fp(2)).unwrap());
+    let jobs = store.jobs().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (&jobs[0].key, jobs[0].state.clone()),
+        (&key("b.csv"), JobState::Queued)
+    );
+    // A file that is gone leaves no job; a file never uploaded drops nothing.
+    assert!(store.forget(&other, None).unwrap());
+    assert!(!store.forget(&key("never.csv"), None).unwrap());
+    assert_eq!(store.jobs().unwrap().len(), 1);
+    assert_eq!(listed(None), vec!["/data/in/a/c.csv"]);
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_job_survives_a_restart_in_every_state() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());

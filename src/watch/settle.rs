@@ -2,8 +2,8 @@
 //! observations (fingerprints read by the caller) and writer events, with an injected clock.
 //!
 //! A candidate is settled when
-//! 1. its fingerprint (size, mtime, inode) has not changed for `settle` since it was first
-//!    observed with those values — any change restarts the clock; or
+//! 1. its fingerprint (size, mtime, inode, ctime) has not changed for `settle` since it was
+//!    first observed with those values — any change restarts the clock; or
 //! 2. at its first observation its mtime was already older than `settle` (an old file found
 //!    by a scan: nothing is writing it, no need to wait);
 //!
