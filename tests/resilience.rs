@@ -459,7 +459,7 @@ fn fill(filler: &Path) {
 }
 
 #[test]
-fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back() {
+fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back_sending_none_twice() {
     let s = Setup::new(&[], "");
     let state = s.dir().join("state");
     let Some(_mount) = mount_tmpfs(&state, "4m") else {
@@ -508,6 +508,10 @@ fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back() {
     assert!(jobs.is_empty(), "{jobs:?}");
     let status = s.status();
     assert_eq!(status["folders"][0]["done"], 803, "{status}");
+    // Files sent while their completion could not be recorded are found on KiFS after the
+    // restart, not sent again.
+    let stats = s.emulator.get_json("/kifs/_emulator/stats");
+    assert_eq!(stats["files_stored"], 803, "no file sent twice: {stats}");
 }
 
 /// Overwrites every file of the sled database with garbage.

@@ -334,7 +334,7 @@ impl Worker {
                 resumed,
             },
         );
-        let upload = UploadJob::new(
+        let mut upload = UploadJob::new(
             job.id,
             path,
             job.key.rel.clone(),
@@ -351,6 +351,7 @@ impl Worker {
             },
         )
         .with_redivis(folder.redivis.clone());
+        upload.unconfirmed_since_ms = job.unconfirmed_attempt_ms;
         Some(Prepared {
             upload,
             backend,

@@ -74,6 +74,12 @@ pub struct Job {
     /// decoding cannot carry the fingerprint's 128-bit mtime.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<Import>,
+    /// An attempt at this content, started at this time (ms), ended without its outcome
+    /// recorded (found active at a restart: a crash, or a state write that failed after the
+    /// request): its bytes may be on the remote, so a backend whose uploads are not
+    /// reconciled otherwise looks before sending them again. Cleared with new content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_attempt_ms: Option<u64>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }

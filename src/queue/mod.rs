@@ -457,6 +457,7 @@ impl Tx<'_> {
                     corrupt_imports: 0,
                     last_error: None,
                     import: None,
+                    unconfirmed_attempt_ms: None,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -485,6 +486,7 @@ fn queued_afresh(job: &Job, now: u64) -> Job {
         corrupt_imports: 0,
         last_error: None,
         finalize_started: false,
+        unconfirmed_attempt_ms: None,
         updated_at_ms: now,
         ..job.clone()
     }
@@ -984,11 +986,19 @@ impl Store {
                     return Ok(Repair::Sound);
                 };
                 if is_attempt(&job.state) {
-                    if tx.content_moved(&job)? {
+                    // The attempt's outcome was never recorded: its bytes may have landed,
+                    // unless they were of an older version.
+                    let moved = tx.content_moved(&job)?;
+                    if moved {
                         tx.clear_progress(job.id)?;
                     }
                     let queued = Job {
                         state: JobState::Queued,
+                        unconfirmed_attempt_ms: if moved {
+                            None
+                        } else {
+                            job.unconfirmed_attempt_ms.or(Some(job.updated_at_ms))
+                        },
                         updated_at_ms: now,
                         ..job.clone()
                     };

@@ -206,6 +206,9 @@ pub struct UploadJob {
     pub scope: CallScope,
     /// The folder's Redivis settings (parse options); default for KiFS.
     pub redivis: RedivisFolder,
+    /// An earlier attempt at this content, started then (ms), ended without its outcome
+    /// recorded: its bytes may already be on the remote.
+    pub unconfirmed_since_ms: Option<u64>,
     store: Store,
 }
 
@@ -238,8 +241,17 @@ impl UploadJob {
             live,
             scope,
             redivis: RedivisFolder::default(),
+            unconfirmed_since_ms: None,
             store,
         }
+    }
+
+    /// Makes the claim of this job (and of everything written before it) durable, so that
+    /// a restart knows an attempt may have sent its bytes (see
+    /// [`crate::queue::Job::unconfirmed_attempt_ms`]). One flush serves a whole batch.
+    pub fn persist_claim(&self) -> Result<(), UploadError> {
+        self.store.flush()?;
+        Ok(())
     }
 
     /// The job with its folder's Redivis settings.

@@ -19,6 +19,14 @@
 //!    failure (timeout, reset, 5xx): the job goes back to the queue and step (a) decides.
 //! 4. The local file's fingerprint is checked before and after every part; a change
 //!    restarts the upload with the new content.
+//! 5. Exactly once for whole files: the claim of a job is made durable before its bytes
+//!    are sent, so a job found claimed at a restart (a crash, or a state write that failed
+//!    after the request) is known to be unconfirmed. Before sending such a job's bytes
+//!    again, one `/show/files` for all of a batch's unconfirmed targets: a target holding a
+//!    file of the job's size is taken as this upload, done without sending, unless an
+//!    earlier upload of the path had that same size (the file there may be the old
+//!    version: sent again, which only overwrites). A failed look sends nothing: the job
+//!    waits to retry.
 //!
 //! Every request reports its outcome to the remote's [`RemoteHealth`] (the HTTP client
 //! does). A refused server certificate is not retried in place: the job waits in
@@ -295,7 +303,15 @@ impl KifsBackend {
         let reader = Arc::new(FileReader::open(&job.path, &job.fingerprint)?);
         job.live.set(0, reader.size);
         if reader.size <= self.part_size {
-            self.upload_whole(job, &reader, &target).await?;
+            let unconfirmed = [(0, target.as_str(), &*job)];
+            if self
+                .landed_before(&unconfirmed, &job.scope)
+                .await?
+                .is_empty()
+            {
+                job.persist_claim()?;
+                self.upload_whole(job, &reader, &target).await?;
+            }
         } else {
             let _slot = tokio::select! {
                 slot = self.multipart_slot.clone().acquire_owned() => {
@@ -344,6 +360,8 @@ impl KifsBackend {
             }
         }
         let scope = batch_scope(jobs);
+        self.settle_unconfirmed(jobs, &targets, &mut outcomes, &scope)
+            .await;
         let mut attempts =
             Attempts::new(&self.retry, &scope, "KiFS batch upload").watching(&self.health);
         let mut first_pass = true;
@@ -365,10 +383,16 @@ impl KifsBackend {
                     Err(err) => outcomes[index] = Some(Err(err)),
                 }
             }
-            first_pass = false;
             let Some(&first) = live.first() else {
                 break;
             };
+            if first_pass && let Err(err) = jobs[first].persist_claim() {
+                for &index in &live {
+                    outcomes[index] = Some(Err(replicate(&err)));
+                }
+                break;
+            }
+            first_pass = false;
             if jobs[first].is_shutting_down() {
                 for &index in &live {
                     outcomes[index] = Some(Err(UploadError::Shutdown));
@@ -438,6 +462,90 @@ impl KifsBackend {
             .into_iter()
             .map(|o| o.expect("every job of a batch gets an outcome"))
             .collect()
+    }
+
+    /// Step 5 for a batch: the outcome of each unconfirmed job whose bytes are already on
+    /// KiFS is an upload; when the look fails, theirs is its error (nothing is sent).
+    async fn settle_unconfirmed(
+        &self,
+        jobs: &[UploadJob],
+        targets: &[String],
+        outcomes: &mut [Option<Result<Uploaded, UploadError>>],
+        scope: &CallScope,
+    ) {
+        let unconfirmed: Vec<(usize, &str, &UploadJob)> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| outcomes[*index].is_none())
+            .map(|(index, job)| (index, targets[index].as_str(), job))
+            .collect();
+        match self.landed_before(&unconfirmed, scope).await {
+            Ok(landed) => {
+                for index in landed {
+                    outcomes[index] = Some(Ok(Uploaded {
+                        remote: targets[index].clone(),
+                        md5: None,
+                    }));
+                }
+            }
+            Err(err) => {
+                for (index, _, job) in unconfirmed {
+                    if job.unconfirmed_since_ms.is_some() {
+                        outcomes[index] = Some(Err(replicate(&err)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 5: which of `candidates` (index, target, job) are unconfirmed jobs whose bytes
+    /// KiFS already holds. No request when none is unconfirmed.
+    async fn landed_before(
+        &self,
+        candidates: &[(usize, &str, &UploadJob)],
+        scope: &CallScope,
+    ) -> Result<Vec<usize>, UploadError> {
+        let unconfirmed: Vec<&(usize, &str, &UploadJob)> = candidates
+            .iter()
+            .filter(|(_, _, job)| job.unconfirmed_since_ms.is_some())
+            .collect();
+        if unconfirmed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = ShowFilesRequest {
+            paths: unconfirmed.iter().map(|(_, t, _)| t.to_string()).collect(),
+            options: BTreeMap::new(),
+        };
+        let shown: ShowFilesResponse = self
+            .call_with_retries("/show/files", &request, scope)
+            .await?;
+        let sizes: BTreeMap<&str, i64> = shown
+            .file_names
+            .iter()
+            .map(String::as_str)
+            .zip(shown.sizes.iter().copied())
+            .collect();
+        let mut landed = Vec::new();
+        for (index, target, job) in unconfirmed {
+            let size = job.fingerprint.size;
+            let held = sizes
+                .get(target)
+                .is_some_and(|s| u64::try_from(*s) == Ok(size));
+            let ambiguous = job
+                .previous
+                .as_ref()
+                .is_some_and(|previous| previous.fingerprint.size == size);
+            if held && !ambiguous {
+                tracing::info!(
+                    job = job.id.0,
+                    target,
+                    "already on KiFS from an attempt whose outcome was not recorded; not sent again"
+                );
+                job.live.set(size, size);
+                landed.push(*index);
+            }
+        }
+        Ok(landed)
     }
 
     async fn upload_whole(
@@ -830,7 +938,7 @@ mod tests {
 
     use super::*;
     use crate::emulator::{self, EmulatorOptions};
-    use crate::queue::{FileKey, Store};
+    use crate::queue::{FileKey, LedgerEntry, Store};
     use crate::upload::LiveProgress;
 
     /// An emulator with KiFS directory `dir`, a backend for it, and a store of jobs.
@@ -931,6 +1039,92 @@ mod tests {
             }
             running.shutdown.cancel();
         }
+    }
+
+    /// The upload of a job claimed from `store` (after a restart), as the worker builds it.
+    fn reclaimed(root: &Path, store: &Store, previous: Option<LedgerEntry>) -> UploadJob {
+        let claimed = store
+            .claim(std::time::SystemTime::now())
+            .expect("claim works")
+            .expect("a job is due");
+        let path = root.join("inbox").join(&claimed.key.rel);
+        let mut upload = UploadJob::new(
+            claimed.id,
+            path,
+            claimed.key.rel.clone(),
+            Target::KifsDirectory {
+                directory: "dir".into(),
+                create: false,
+            },
+            claimed.fingerprint,
+            false,
+            previous,
+            store.clone(),
+            Arc::new(LiveProgress::default()),
+            CancellationToken::new(),
+        );
+        upload.unconfirmed_since_ms = claimed.unconfirmed_attempt_ms;
+        upload
+    }
+
+    async fn files_stored(running: &emulator::RunningEmulator) -> u64 {
+        stats(running).await["files_stored"]
+            .as_u64()
+            .expect("the stored-files counter is a number")
+    }
+
+    #[tokio::test]
+    async fn files_sent_without_their_outcome_recorded_are_not_sent_again_after_a_restart() {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let root = tmp.path();
+        let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
+        // Sent, but the state write recording them fails (a full disk) and the daemon
+        // stops; a fourth job was claimed and never sent.
+        let mut sent = vec![
+            job(root, &store, "a.bin", b"first"),
+            job(root, &store, "b.bin", b"second"),
+            job(root, &store, "c.bin", b"third"),
+        ];
+        let never_sent = job(root, &store, "d.bin", b"fourth");
+        for outcome in backend.upload_batch(&mut sent).await {
+            outcome.expect("the batch is uploaded");
+        }
+        assert_eq!(files_stored(&running).await, 3);
+        drop((sent, never_sent));
+        drop(store);
+
+        let store = Store::open(&root.join("state")).expect("the store opens again");
+        assert_eq!(store.recover_after_restart().expect("recovery works"), 4);
+        let mut again: Vec<UploadJob> = (0..4).map(|_| reclaimed(root, &store, None)).collect();
+        assert!(again.iter().all(|job| job.unconfirmed_since_ms.is_some()));
+        // c.bin was uploaded before with the same size: what KiFS holds may be that old
+        // version, so it is sent again.
+        let c = again
+            .iter_mut()
+            .find(|job| job.rel == "c.bin")
+            .expect("c.bin");
+        c.previous = Some(LedgerEntry {
+            fingerprint: Fingerprint {
+                ctime_ns: Some(1),
+                ..c.fingerprint
+            },
+            remote: "dir/c.bin".into(),
+            md5: None,
+            uploaded_at_ms: 1,
+        });
+        let requests_before = upload_requests(&running).await;
+        for (outcome, job) in backend
+            .upload_batch(&mut again)
+            .await
+            .into_iter()
+            .zip(&again)
+        {
+            let uploaded = outcome.expect("every job ends uploaded");
+            assert_eq!(uploaded.remote, format!("dir/{}", job.rel));
+        }
+        assert_eq!(upload_requests(&running).await - requests_before, 1);
+        assert_eq!(files_stored(&running).await, 5, "d.bin, and c.bin again");
+        running.shutdown.cancel();
     }
 
     #[tokio::test]
