@@ -1339,3 +1339,64 @@ fn a_rebuilt_ledger_entry_makes_the_file_up_to_date_but_never_overrides_a_job() 
     assert!(!store.is_uploaded(&key("b"), &fp(2)).expect("ledger read"));
     assert_invariants(&store);
 }
+
+/// The state database file's length and modification time: what any write would change.
+fn db_file_stamp(state_dir: &Path) -> (u64, SystemTime) {
+    let meta = std::fs::metadata(state_dir.join(DB_DIR).join("db")).expect("sled's data file");
+    (meta.len(), meta.modified().expect("mtime is supported"))
+}
+
+#[test]
+fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    // Jobs created, claimed and completed by the thousand leave log segments full of dead
+    // pages, the state in which sled's own segment cleaning kept rewriting them.
+    for round in 0..4 {
+        let files: Vec<(FileKey, Fingerprint)> = (0..1500)
+            .map(|n| (key(&format!("d{}/f{n:05}", n % 7)), fp(round * 10_000 + n)))
+            .collect();
+        for batch in files.chunks(256) {
+            store.offer_many(batch).expect("offer_many works");
+        }
+        loop {
+            let claimed = store
+                .claim_more(far_future(), 1000, |_| true)
+                .expect("claim_more works");
+            if claimed.is_empty() {
+                break;
+            }
+            let completed: Vec<Completed> = claimed
+                .iter()
+                .map(|job| Completed {
+                    id: job.id,
+                    fingerprint: job.fingerprint,
+                    remote: job.key.rel.clone(),
+                    md5: None,
+                })
+                .collect();
+            store
+                .complete_many(&completed)
+                .expect("complete_many works");
+        }
+    }
+    store.flush().expect("flush works");
+    let flushes = store.flushes();
+    let stamp = db_file_stamp(dir.path());
+    // A background flusher would show within its period (sled's default is 500 ms); eight
+    // looks over two seconds give it four chances.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            db_file_stamp(dir.path()),
+            stamp,
+            "the database file changed while nothing was written"
+        );
+    }
+    store.flush().expect("flush works");
+    assert_eq!(
+        store.flushes(),
+        flushes,
+        "a flush with nothing new is not counted"
+    );
+}
