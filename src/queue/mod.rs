@@ -127,6 +127,7 @@ use sled::transaction::{
 pub use error::StoreError;
 pub use job::{
     Completed, FileKey, FolderCounts, Job, JobId, JobState, LedgerEntry, Offer, RetrySelection,
+    Space,
 };
 
 use crate::fingerprint::Fingerprint;
@@ -1168,6 +1169,35 @@ impl Store {
         Ok(last)
     }
 
+    /// The live data against the database's size on disk. Reads every entry of every tree:
+    /// meant for the benchmark and for diagnosing a state dir, not for a running daemon's
+    /// status.
+    pub fn space(&self) -> Result<Space, StoreError> {
+        let db = &self.inner.db;
+        let db_error = |err| self.db_error(err);
+        let mut live_bytes = 0u64;
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name).map_err(db_error)?;
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(db_error)?;
+                live_bytes += (key.len() + value.len()) as u64;
+            }
+        }
+        let db_dir = self.inner.state_dir.join(DB_DIR);
+        let on_disk_bytes = files_size(&db_dir).map_err(|source| {
+            StoreError::io(
+                "measure the state database at",
+                &db_dir,
+                &self.inner.state_dir,
+                source,
+            )
+        })?;
+        Ok(Space {
+            live_bytes,
+            on_disk_bytes,
+        })
+    }
+
     /// How many flushes of this process had something to write (each one ends in an
     /// fsync); flushes with nothing new are free and not counted.
     pub fn flushes(&self) -> u64 {
@@ -1178,6 +1208,22 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().map_err(|err| self.db_error(err))
     }
+}
+
+/// The total length of the files under `dir` (sled's database is a directory of files, one
+/// level of subdirectories deep).
+fn files_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            files_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Opens the database at `path`, creating it first if it does not exist.

@@ -1400,3 +1400,39 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
         "a flush with nothing new is not counted"
     );
 }
+
+#[test]
+fn space_counts_the_key_and_value_bytes_of_every_tree() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let marker = (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len()) as u64;
+    assert_eq!(store.space().expect("space reads").live_bytes, marker);
+
+    let file = key("a.csv");
+    store.offer(&file, &fp(1)).expect("offer");
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the offered job is due");
+    store
+        .complete(claimed.id, &fp(1), "dir/a.csv", Some("00ff"))
+        .expect("complete");
+    let entry = store
+        .ledger_get(&file)
+        .expect("ledger reads")
+        .expect("the upload is recorded");
+    let ledger_bytes = (file_key(&file).expect("valid").len() + encode(&entry).len()) as u64;
+    let space = store.space().expect("space reads");
+    assert_eq!(
+        space.live_bytes,
+        marker + ledger_bytes,
+        "only the marker and one ledger entry are left"
+    );
+    let data_file = std::fs::metadata(dir.path().join(DB_DIR).join("db"))
+        .expect("sled's data file")
+        .len();
+    assert!(
+        space.on_disk_bytes > data_file,
+        "{space:?} counts more than the data file"
+    );
+}
