@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::filter::Filter;
+use super::recent::RecentOffers;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
 use super::watcher::{self, DirWatcher, EventFlags};
@@ -29,6 +30,8 @@ use crate::queue::FileKey;
 /// How long an offered fingerprint is remembered, so that repeated events for an unchanged
 /// file (a chmod, a rescan) do not offer it again. After that the queue's own dedup applies.
 const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
+/// How many offered fingerprints are remembered at most (about 150 bytes each).
+const RECENT_OFFER_LIMIT: usize = 16_384;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 const OFFER_BATCH: usize = 256;
@@ -91,7 +94,7 @@ pub struct FolderState {
     limit_reported: bool,
     sink: Arc<dyn Sink>,
     wake: Option<Arc<Notify>>,
-    recent: HashMap<String, (Fingerprint, Instant)>,
+    recent: RecentOffers,
     /// Settled files waiting to be offered together ([`FolderState::flush_offers`]); empty
     /// whenever a public method returns.
     outbox: Vec<(String, Fingerprint)>,
@@ -135,7 +138,7 @@ impl FolderState {
             limit_reported: false,
             sink: p.sink,
             wake: p.wake,
-            recent: HashMap::new(),
+            recent: RecentOffers::new(RECENT_OFFER_MEMORY, RECENT_OFFER_LIMIT),
             outbox: Vec::new(),
             queued_total: 0,
             next_prune: now + PRUNE_EVERY,
@@ -293,7 +296,7 @@ impl FolderState {
     /// `path` no longer exists: forget it and, if it was a directory, its subtree.
     fn gone(&mut self, path: &Path, rel: &str) {
         self.settle.remove(&rel.to_string());
-        self.recent.remove(rel);
+        self.recent.forget(rel);
         if self.watched.contains(path) || self.fallback.contains_key(path) {
             let under: Vec<PathBuf> = self
                 .watched
@@ -352,8 +355,7 @@ impl FolderState {
         self.flush_offers();
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
-            self.recent
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < RECENT_OFFER_MEMORY);
+            self.recent.expire(now);
         }
     }
 
@@ -526,7 +528,7 @@ impl FolderState {
 
     /// Tracks a file with its current fingerprint; offers it if already settled.
     fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) {
-        if self.recent.get(rel).is_some_and(|(f, _)| *f == fp) {
+        if self.recent.contains(rel, &fp) {
             self.settle.remove(&rel.to_string());
             return;
         }
@@ -573,7 +575,7 @@ impl FolderState {
                 SinkOffer::Queued | SinkOffer::Known => {
                     queued += u64::from(outcome == SinkOffer::Queued);
                     self.settle.remove(&rel);
-                    self.recent.insert(rel, (fp, now));
+                    self.recent.remember(rel, fp, now);
                 }
                 SinkOffer::Failed => {
                     self.settle

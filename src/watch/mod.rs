@@ -6,6 +6,7 @@
 //! - `scan`: the directory walk (watch first, then list; symlinks never followed).
 //! - [`watcher`]: notify setup, the non-blocking event callback, the inotify-limit message.
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
+//! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //!
 //! [`run_folder`] is the async loop around a folder: it receives notify events from a
 //! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
@@ -14,6 +15,7 @@
 
 pub mod filter;
 mod folder;
+mod recent;
 mod scan;
 pub mod settle;
 pub mod watcher;
