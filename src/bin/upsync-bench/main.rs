@@ -13,11 +13,13 @@
 //! which is cleaned up at the end.
 
 mod harness;
+mod idle;
+mod million;
 mod scenarios;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
@@ -35,7 +37,7 @@ struct Args {
     /// The `upsync` binary to run (default: the one next to this binary).
     #[arg(long, value_name = "PATH")]
     bin_path: Option<PathBuf>,
-    /// Run only these sections (default: all).
+    /// Run only these sections (default: all but `million`).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -49,6 +51,9 @@ enum Section {
     RedivisSmall,
     Restart,
     Latency,
+    Idle,
+    /// Not in the default run: `--only million`.
+    Million,
 }
 
 /// How big everything is in a run.
@@ -59,6 +64,10 @@ pub struct Sizes {
     pub redivis_files: u64,
     pub restart_files: u64,
     pub latency_files: u64,
+    /// Files uploaded (and a third of them changed and uploaded again) before the idle time.
+    pub churn_files: u64,
+    pub idle_window: Duration,
+    pub million_files: u64,
 }
 
 impl Sizes {
@@ -71,6 +80,9 @@ impl Sizes {
             redivis_files: 100,
             restart_files: 100_000,
             latency_files: 100,
+            churn_files: 50_000,
+            idle_window: Duration::from_secs(300),
+            million_files: 1_000_000,
         }
     }
 
@@ -83,6 +95,9 @@ impl Sizes {
             redivis_files: 8,
             restart_files: 1_000,
             latency_files: 5,
+            churn_files: 300,
+            idle_window: Duration::from_secs(3),
+            million_files: 2_000,
         }
     }
 }
@@ -162,7 +177,13 @@ async fn run(args: Args) -> BenchResult<bool> {
     } else {
         Sizes::full()
     };
-    let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    let wanted = |section: Section| {
+        if args.only.is_empty() {
+            section != Section::Million
+        } else {
+            args.only.contains(&section)
+        }
+    };
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
 
@@ -261,6 +282,23 @@ async fn run(args: Args) -> BenchResult<bool> {
     if wanted(Section::Latency) {
         eprintln!("latency");
         collect(&mut rows, "Latency", scenarios::latency(&ctx, &sizes).await);
+    }
+
+    if wanted(Section::Idle) {
+        eprintln!("idle after churn");
+        collect(
+            &mut rows,
+            "Idle after churn",
+            idle::idle_after_churn(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::Million) {
+        eprintln!("a million files");
+        collect(
+            &mut rows,
+            "A million files",
+            million::million(&ctx, &sizes).await,
+        );
     }
 
     print_table(&ctx, &rows, args.quick, started.elapsed());

@@ -117,7 +117,7 @@ async fn daemon_run(
 }
 
 /// Polls the KiFS emulator until it has stored `total` files; returns when it saw that.
-async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+pub async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let stored = emulator.kifs_files_stored().await?;
@@ -689,7 +689,7 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
 }
 
 /// The best of three warm runs of `find DIR -printf '%s %T@\n'`.
-async fn time_find(tree: &Path) -> BenchResult<Duration> {
+pub async fn time_find(tree: &Path) -> BenchResult<Duration> {
     let mut best = Duration::MAX;
     for _ in 0..4 {
         let started = Instant::now();
