@@ -112,17 +112,18 @@ mod lock;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionalTree,
+    TransactionalTree, UnabortableTransactionError,
 };
+use sled::{IVec, Transactional};
 
 pub use error::StoreError;
 pub use job::{
@@ -171,6 +172,8 @@ struct Inner {
     state_dir: PathBuf,
     /// Flushes that wrote something (`Store::flushes`), a cost the benchmark reports.
     flushes: AtomicU64,
+    /// Entries set or removed by transactions (`Store::writes`), another such cost.
+    writes: AtomicU64,
     _lock: StateLock,
 }
 
@@ -193,7 +196,8 @@ impl Drop for Inner {
             );
         }
         let flushes = self.flushes.load(Ordering::Relaxed);
-        tracing::info!(flushes, "state database closed");
+        let writes = self.writes.load(Ordering::Relaxed);
+        tracing::info!(flushes, writes, "state database closed");
     }
 }
 
@@ -278,12 +282,57 @@ fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
 
 /// The six trees as one transaction sees them, with the moves that keep the invariants.
 struct Tx<'a> {
-    jobs: &'a TransactionalTree,
-    by_path: &'a TransactionalTree,
-    ledger: &'a TransactionalTree,
-    progress: &'a TransactionalTree,
-    due: &'a TransactionalTree,
-    claimed: &'a TransactionalTree,
+    jobs: TxTree<'a>,
+    by_path: TxTree<'a>,
+    ledger: TxTree<'a>,
+    progress: TxTree<'a>,
+    due: TxTree<'a>,
+    claimed: TxTree<'a>,
+}
+
+/// What a read or write of one entry inside a transaction gives back: the value it had.
+type TreeResult = Result<Option<IVec>, UnabortableTransactionError>;
+
+/// One tree inside a transaction, counting the writes that change something (sled skips
+/// setting the value a key already has and removing a key that is not there) for
+/// [`Store::writes`].
+struct TxTree<'a> {
+    tree: &'a TransactionalTree,
+    writes: &'a Cell<u64>,
+}
+
+impl TxTree<'_> {
+    fn get<K: AsRef<[u8]>>(&self, key: K) -> TreeResult {
+        self.tree.get(key)
+    }
+
+    fn insert<K, V>(&self, key: K, value: V) -> TreeResult
+    where
+        K: AsRef<[u8]> + Into<IVec>,
+        V: Into<IVec>,
+    {
+        let value: IVec = value.into();
+        let old = self.tree.insert(key, value.clone())?;
+        if old.as_ref() != Some(&value) {
+            self.writes.set(self.writes.get() + 1);
+        }
+        Ok(old)
+    }
+
+    fn remove<K>(&self, key: K) -> TreeResult
+    where
+        K: AsRef<[u8]> + Into<IVec>,
+    {
+        let old = self.tree.remove(key)?;
+        if old.is_some() {
+            self.writes.set(self.writes.get() + 1);
+        }
+        Ok(old)
+    }
+
+    fn generate_id(&self) -> sled::Result<u64> {
+        self.tree.generate_id()
+    }
 }
 
 impl Tx<'_> {
@@ -503,6 +552,7 @@ impl Store {
                 trees,
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
                 _lock: lock,
             }),
         };
@@ -584,7 +634,9 @@ impl Store {
     /// so `f` must not have side effects outside the trees).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
         let t = &self.inner.trees;
-        (
+        // Counted per attempt: sled runs `f` again after a conflict.
+        let writes = Cell::new(0);
+        let done = (
             &t.jobs,
             &t.by_path,
             &t.ledger,
@@ -593,19 +645,26 @@ impl Store {
             &t.claimed,
         )
             .transaction(|(jobs, by_path, ledger, progress, due, claimed)| {
+                writes.set(0);
+                let counted = |tree| TxTree {
+                    tree,
+                    writes: &writes,
+                };
                 f(&Tx {
-                    jobs,
-                    by_path,
-                    ledger,
-                    progress,
-                    due,
-                    claimed,
+                    jobs: counted(jobs),
+                    by_path: counted(by_path),
+                    ledger: counted(ledger),
+                    progress: counted(progress),
+                    due: counted(due),
+                    claimed: counted(claimed),
                 })
             })
             .map_err(|err| match err {
                 TransactionError::Abort(err) => err,
                 TransactionError::Storage(err) => self.db_error(err),
-            })
+            })?;
+        self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
+        Ok(done)
     }
 
     /// True when the ledger holds exactly this fingerprint for the file (one read, and
@@ -1202,6 +1261,12 @@ impl Store {
     /// fsync); flushes with nothing new are free and not counted.
     pub fn flushes(&self) -> u64 {
         self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How many entries this process's transactions set or removed so far (each one a
+    /// write to sled's log); writes that changed nothing are not counted.
+    pub fn writes(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
     }
 
     /// Makes everything written so far durable (fsync).

@@ -1436,3 +1436,35 @@ fn space_counts_the_key_and_value_bytes_of_every_tree() {
         "{space:?} counts more than the data file"
     );
 }
+
+#[test]
+fn writes_count_the_entries_each_transition_changes() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let file = key("a.csv");
+    let mut last = store.writes();
+    let mut wrote = |what: &str, expected: u64| {
+        let now = store.writes();
+        assert_eq!(now - last, expected, "writes of {what}");
+        last = now;
+    };
+    store.offer(&file, &fp(1)).expect("offer");
+    wrote("a new job: jobs, by_path, due", 3);
+    store.offer(&file, &fp(1)).expect("offer");
+    wrote("the same version offered again", 0);
+    let job = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the job is due");
+    wrote(
+        "a claim: due out, the job, claimed (by_path is unchanged)",
+        3,
+    );
+    store
+        .complete(job.id, &fp(1), "dir/a.csv", None)
+        .expect("complete");
+    wrote(
+        "a completion: the ledger, and jobs, by_path, claimed out",
+        4,
+    );
+}
