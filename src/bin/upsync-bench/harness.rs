@@ -552,14 +552,15 @@ pub fn process_cpu(pid: u32) -> BenchResult<Duration> {
     Ok(Duration::from_secs_f64((user + system) as f64 / per_second))
 }
 
-/// The state database's flush count the daemon logs when it closes it.
-pub fn flushes_in_log(log: &str) -> Option<u64> {
+/// A figure the daemon logs when it closes the state database (`flushes`, `writes`).
+pub fn closing_figure(log: &str, name: &str) -> Option<u64> {
+    let label = format!("{name}=");
     log.lines()
         .rev()
         .find(|line| line.contains("state database closed"))
         .and_then(|line| {
             let line = strip_ansi(line);
-            let at = line.find("flushes=")? + "flushes=".len();
+            let at = line.find(&label)? + label.len();
             line[at..]
                 .split(|c: char| !c.is_ascii_digit())
                 .next()?

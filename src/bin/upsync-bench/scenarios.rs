@@ -19,7 +19,11 @@ pub struct Outcome {
     pub took: Duration,
     pub peak_rss: u64,
     pub flushes: Option<u64>,
+    /// Entries the daemon's transactions set or removed.
+    pub writes: Option<u64>,
     pub requests: Requests,
+    /// The daemon's CPU time from the moment it was running until the files were in.
+    pub cpu: Duration,
 }
 
 /// When a run is over.
@@ -57,6 +61,7 @@ async fn daemon_run(
     config.folders.push((inbox.clone(), remote));
     tweak(&mut config);
     let daemon = Daemon::start(ctx, &dir, &config).await?;
+    let cpu_before = daemon.sample()?.cpu;
     let before = emulator.requests().await?;
     let stored_before = if until == Until::KifsStored {
         emulator.kifs_files_stored().await?
@@ -99,6 +104,7 @@ async fn daemon_run(
             });
     }
     let peak_rss = daemon.peak_rss();
+    let cpu = daemon.sample().map(|after| after.cpu - cpu_before);
     let requests = emulator.requests().await.map(|after| after - before);
     let log = daemon.terminate().await;
     for (from, to) in &moved {
@@ -111,8 +117,10 @@ async fn daemon_run(
     Ok(Outcome {
         took: done - started,
         peak_rss: peak_rss?,
-        flushes: flushes_in_log(&log),
+        flushes: closing_figure(&log, "flushes"),
+        writes: closing_figure(&log, "writes"),
         requests: requests?,
+        cpu: cpu?,
     })
 }
 
@@ -499,7 +507,10 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     write_small_files(&small, count, size, 1000, 7)?;
     let single = staging.join("single.bin");
     write_random_file(&single, count * size, 8)?;
-    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    // Its own process, so that its cost (one stored file, one inode, per file) is
+    // measured apart from the daemon's.
+    let emulator = Emulator::start_process(ctx, &dir.join("remote"), &[]).await?;
+    let emulator_pid = emulator.pid().ok_or("the emulator runs as a process")?;
     let result = async {
         eprintln!("  one file of {}", size_label(count * size));
         let one = daemon_run(
@@ -516,6 +527,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         )
         .await?;
         eprintln!("  {count} small files");
+        let emulator_before = process_cpu(emulator_pid)?;
         let many = daemon_run(
             ctx,
             &emulator,
@@ -529,12 +541,14 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             |_| {},
         )
         .await?;
-        Ok::<_, String>((one, many))
+        let emulator_cpu = process_cpu(emulator_pid)? - emulator_before;
+        Ok::<_, String>((one, many, emulator_cpu))
     }
     .await;
     emulator.stop().await;
     let _ = std::fs::remove_dir_all(&staging);
-    let (one, many) = result?;
+    let (one, many, emulator_cpu) = result?;
+    let cpu_per_file = |cpu: Duration| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / count as f64);
     let slowdown = many.took.as_secs_f64() / one.took.as_secs_f64();
     let per_file = |n: u64| n as f64 / count as f64;
     Ok(vec![
@@ -562,14 +576,28 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             verdict: Verdict::Info,
         },
         Row {
-            figure: format!("{count} files of 4 KiB to KiFS: state database flushes per file"),
-            upsync: many
-                .flushes
-                .map_or("not reported by the daemon".into(), |f| {
-                    format!("{:.3}", per_file(f))
-                }),
+            figure: format!(
+                "{count} files of 4 KiB to KiFS: state database flushes and writes (entries set or removed) per file"
+            ),
+            upsync: format!(
+                "{} flushes, {} writes",
+                many.flushes
+                    .map_or("?".into(), |f| format!("{:.3}", per_file(f))),
+                many.writes
+                    .map_or("?".into(), |w| format!("{:.2}", per_file(w)))
+            ),
             baseline: "-".into(),
             ratio: "-".into(),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
+        Row {
+            figure: format!(
+                "{count} files of 4 KiB to KiFS: CPU per file, daemon vs emulator (its own process)"
+            ),
+            upsync: cpu_per_file(many.cpu),
+            baseline: cpu_per_file(emulator_cpu),
+            ratio: format!("{:.2}", many.cpu.as_secs_f64() / emulator_cpu.as_secs_f64()),
             target: "(reported)".into(),
             verdict: Verdict::Info,
         },
