@@ -47,6 +47,9 @@ pub struct Options {
     pub missing_poll: Duration,
     /// How often pending candidates are checked.
     pub tick: Duration,
+    /// How often a folder with no pending candidate ticks (rescans, fallback rescans, the
+    /// folder's presence).
+    pub idle_tick: Duration,
     /// How many notify events may wait for the loop before new ones are dropped (and a
     /// rescan scheduled instead).
     pub event_capacity: usize,
@@ -62,6 +65,7 @@ impl Options {
             // A settled file waits for the next tick: a short tick keeps that wait small
             // next to the settle time, and a tick with nothing due costs a stat.
             tick: (settle / 20).clamp(Duration::from_millis(10), Duration::from_millis(50)),
+            idle_tick: Duration::from_secs(1),
             event_capacity: 4096,
         }
     }
@@ -313,6 +317,11 @@ impl FolderState {
             self.settle.retain(|k| !k.starts_with(&prefix));
             debug!(dir = %path.display(), "directory removed; its watches are dropped");
         }
+    }
+
+    /// True when no file waits to settle: nothing needs the short tick.
+    pub fn is_quiet(&self) -> bool {
+        self.settle.is_empty() && self.outbox.is_empty()
     }
 
     /// Periodic work: the folder's presence, requested and scheduled rescans, fallback

@@ -10,7 +10,10 @@
 //!
 //! [`run_folder`] is the async loop around a folder: it receives notify events from a
 //! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
-//! to run rescans, and runs all file-system work on the blocking pool. Settled files go to a
+//! to run rescans, and runs all file-system work on the blocking pool. It ticks often only
+//! while files wait to settle; a quiet folder ticks once a second (its rescans, fallback
+//! rescans and the check that the folder is still there need no more), so an idle daemon
+//! hardly wakes up. Settled files go to a
 //! [`Sink`] — the queue's [`Store`] in the daemon, a recorder in tests.
 
 pub mod filter;
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, warn};
 
@@ -180,7 +184,7 @@ pub async fn run_folder_with<F>(
                 })
             }
         };
-        let tick_period = opts.tick;
+        let (tick_period, idle_period) = (opts.tick, opts.idle_tick.max(opts.tick));
         let state = Arc::new(Mutex::new(FolderState::new(FolderParts {
             root: folder.path.clone(),
             filter,
@@ -199,17 +203,21 @@ pub async fn run_folder_with<F>(
         };
         let _ = scanned.send(summary);
 
-        let mut tick = tokio::time::interval(tick_period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = Instant::now() + tick_period;
         let mut events_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if on_blocking_pool(&state, FolderState::tick).await.is_none() {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    let Some(quiet) = on_blocking_pool(&state, |st| {
+                        st.tick();
+                        st.is_quiet()
+                    })
+                    .await else {
                         break;
-                    }
+                    };
+                    next_tick = Instant::now() + if quiet { idle_period } else { tick_period };
                 }
                 event = rx.recv(), if events_open => {
                     let Some(event) = event else {
@@ -224,8 +232,16 @@ pub async fn run_folder_with<F>(
                             Err(_) => break,
                         }
                     }
-                    if on_blocking_pool(&state, move |st| st.handle_events(batch)).await.is_none() {
+                    let Some(quiet) = on_blocking_pool(&state, move |st| {
+                        st.handle_events(batch);
+                        st.is_quiet()
+                    })
+                    .await else {
                         break;
+                    };
+                    if !quiet {
+                        // A file to settle: back to the short tick.
+                        next_tick = next_tick.min(Instant::now() + tick_period);
                     }
                 }
             }
