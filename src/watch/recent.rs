@@ -90,6 +90,7 @@ mod tests {
             size: n,
             mtime_ns: i128::from(n),
             inode: n,
+            ctime_ns: Some(i128::from(n)),
         }
     }
 
