@@ -220,7 +220,7 @@ impl RedivisBackend {
         bandwidth: Arc<Bandwidth>,
     ) -> Result<RedivisBackend, String> {
         let tuning = Tuning {
-            pacer: PacerConfig::from_env(),
+            pacer: PacerConfig::with_window(config.rate_limit_window),
             ..Tuning::default()
         };
         RedivisBackend::with_tuning(config, tuning, bandwidth)
@@ -1179,6 +1179,7 @@ mod tests {
             token: crate::config::Secret::new("t0ken"),
             chunk_size: 1000,
             protocol: RedivisProtocol::ResumableUpload,
+            rate_limit_window: crate::config::DEFAULT_RATE_LIMIT_WINDOW,
             net: crate::config::NetConfig::default(),
         };
         let err = RedivisBackend::new(&config, Bandwidth::unlimited()).unwrap_err();
