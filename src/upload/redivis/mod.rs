@@ -5,7 +5,8 @@
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
 //! shared budget of API requests), [`names`] (escaping, collisions, the per-table name
 //! index), [`poll`] (batched status polls), [`tables`] (a table's kind, a dataset's next
-//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches).
+//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches),
+//! [`versions`] (a dataset without an unreleased version, a release mid-import).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
 //! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
@@ -46,14 +47,17 @@
 //! 7. Redivis imports the posted upload. While it is `queued` or `running`, return
 //!    [`Delivery::Posted`]: the daemon waits for it without a worker, through
 //!    [`RedivisBackend::await_import`] and the table's shared poller (2 s → 30 s).
-//!    `failed` fails the job with Redivis' `errorMessage`.
+//!    `failed`: the upload is removed (its name is free again) and the job fails with
+//!    Redivis' `errorMessage` ([`RedivisBackend::remove_failed`]).
 //! 8. Once imported, compare the upload's `hash` with our MD5 (hex any case, or base64),
 //!    and its size. A mismatch deletes the upload and sends the file again once (from 3); a
 //!    second one fails the job. Clear the saved session; the upload's URI and our MD5 go to
 //!    the ledger.
 //!
 //! Throughout, the file's fingerprint is checked before and after each chunk and before
-//! posting: a file that changed ends the attempt with `UploadError::Changed`.
+//! posting: a file that changed ends the attempt with `UploadError::Changed`. A definitive
+//! refusal from a `:next` table whose dataset has no unreleased version (released) ends it
+//! with `UploadError::Waiting` ([`versions`]).
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
 //! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
