@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::MultiProgress;
 
 use upsync::config::Config;
-use upsync::daemon::{self, ProgressMode, SyncOptions, control, status};
+use upsync::daemon::{self, ProgressMode, SyncOptions, control, history, status};
 use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{RetrySelection, Store, StoreError};
 use upsync::signals;
@@ -124,6 +124,32 @@ enum Command {
         all: bool,
         /// Files to retry (paths inside watched folders).
         #[arg(value_name = "PATH", required_unless_present = "all")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the files upsync holds as uploaded: local path, remote name, size, upload time.
+    ///
+    /// Asks the running daemon when there is one; otherwise reads the state database.
+    Ls {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this configured folder.
+        #[arg(long, value_name = "PATH")]
+        folder: Option<PathBuf>,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget uploads so that those files are uploaded again.
+    ///
+    /// Drops what upsync remembers of each file (a directory: every file under it) and
+    /// queues the files still there. Goes through the running daemon when there is one.
+    Forget {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Files or directories inside watched folders.
+        #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
@@ -291,6 +317,58 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     }
                 };
             println!("{requeued} failed job(s) queued again");
+            Ok(())
+        }
+        Command::Ls {
+            config,
+            folder,
+            json,
+        } => {
+            let config = load(&config)?;
+            let request = history::ListRequest {
+                folder: folder.map(|f| absolute(&f)),
+            };
+            let body = serde_json::to_vec(&request).expect("ls request serializes");
+            let files =
+                match ask_daemon::<Vec<history::Uploaded>>(&config, "POST", "/ls", Some(&body))
+                    .await?
+                {
+                    Answer::Daemon(files) => files,
+                    Answer::Stopped(store) => {
+                        history::list(&config, &store, &request).map_err(Failure::runtime)?
+                    }
+                };
+            if json {
+                let text = serde_json::to_string_pretty(&files).expect("the list serializes");
+                println!("{text}");
+            } else {
+                print!("{}", history::render(&files));
+            }
+            Ok(())
+        }
+        Command::Forget { config, paths } => {
+            let config = load(&config)?;
+            let request = history::ForgetRequest {
+                paths: paths.iter().map(|p| absolute(p)).collect(),
+            };
+            let body = serde_json::to_vec(&request).expect("forget request serializes");
+            let answer = match ask_daemon::<history::ForgetResponse>(
+                &config,
+                "POST",
+                "/forget",
+                Some(&body),
+            )
+            .await?
+            {
+                Answer::Daemon(answer) => answer,
+                Answer::Stopped(store) => {
+                    history::forget(&config, &store, &request).map_err(Failure::runtime)?
+                }
+            };
+            println!(
+                "{} upload(s) forgotten, {} file(s) queued to upload again",
+                answer.forgotten, answer.queued
+            );
             Ok(())
         }
         Command::Emulator { listen, options } => {

@@ -203,3 +203,60 @@ fn the_daemon_uploads_a_replacement_that_keeps_size_and_mtime_from_its_file_even
     });
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn ls_lists_the_uploads_and_forget_uploads_a_file_again_through_the_running_daemon() {
+    let s = Setup::new();
+    let (a, b) = (s.kin.join("a.csv"), s.rin.join("b.csv"));
+    for path in [&a, &b] {
+        write_file(path, 3_000, 5);
+        backdate(path, 60);
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let config = s.config.to_str().unwrap();
+
+    // With no daemon, from the state database.
+    let (code, stdout, stderr) = upsync(&["ls", "-c", config, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 2, "{stdout}");
+    assert_eq!(listed[0]["path"], a.display().to_string());
+    assert_eq!(listed[0]["remote"], "ingest/a.csv");
+    assert_eq!(listed[0]["size"], 3_000);
+    assert!(listed[1]["uploaded_at_ms"].as_u64().unwrap() > 0);
+    let kin = s.kin.to_str().unwrap();
+    let (code, stdout, _) = upsync(&["ls", "-c", config, "--folder", kin]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("ingest/a.csv") && !stdout.contains("b.csv"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 file(s) uploaded"), "{stdout}");
+
+    // With the daemon running, through its control socket: the forgotten file is sent again.
+    let stored = |s: &Setup| s.emulator.get_json("/kifs/_emulator/stats")["files_stored"].clone();
+    assert_eq!(stored(&s), 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the daemon to answer", || {
+        upsync(&["status", "-c", config]).0 == 0 && daemon.log_text().contains("upsync is running")
+    });
+    let (code, stdout, stderr) = upsync(&["forget", "-c", config, a.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("1 upload(s) forgotten, 1 file(s) queued"),
+        "{stdout}"
+    );
+    daemon.wait_until(Duration::from_secs(30), "a.csv sent again", || {
+        stored(&s) == 2
+    });
+    daemon.wait_until(Duration::from_secs(10), "a.csv listed again", || {
+        let (_, stdout, _) = upsync(&["ls", "-c", config, "--folder", kin]);
+        stdout.contains("ingest/a.csv")
+    });
+    let (code, _, stderr) = upsync(&["forget", "-c", config, "/not/watched.csv"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/not/watched.csv"), "{stderr}");
+    assert_eq!(daemon.terminate(), Some(0));
+}

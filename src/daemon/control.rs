@@ -1,6 +1,8 @@
 //! The control socket: a Unix socket in `state_dir` (mode 0600) on which a running daemon
-//! answers `upsync status` and `upsync retry`, since the state database is locked while it
-//! runs. Plain HTTP/1.0: `GET /status`, `POST /retry` with a JSON [`RetryRequest`].
+//! answers `upsync status`, `retry`, `ls` and `forget`, since the state database is locked
+//! while it runs. Plain HTTP/1.0: `GET /status`, `POST /retry` with a JSON
+//! [`RetryRequest`], `POST /ls` with a [`history::ListRequest`], `POST /forget` with a
+//! [`history::ForgetRequest`].
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
+use super::history;
 use super::status::{Live, StatusReport, build_report};
 use crate::queue::{RetrySelection, Store};
 
@@ -67,6 +70,8 @@ pub(crate) async fn serve(
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/retry", post(retry))
+        .route("/ls", post(list))
+        .route("/forget", post(forget))
         .with_state(state);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -103,6 +108,25 @@ async fn retry(
         .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     state.wake.notify_waiters();
     Ok(Json(RetryResponse { requeued }))
+}
+
+async fn list(
+    State(state): State<Arc<ControlState>>,
+    Json(request): Json<history::ListRequest>,
+) -> Result<Json<Vec<history::Uploaded>>, (StatusCode, String)> {
+    history::list(&state.config.get(), &state.store, &request)
+        .map(Json)
+        .map_err(|err| (StatusCode::BAD_REQUEST, err))
+}
+
+async fn forget(
+    State(state): State<Arc<ControlState>>,
+    Json(request): Json<history::ForgetRequest>,
+) -> Result<Json<history::ForgetResponse>, (StatusCode, String)> {
+    let forgotten = history::forget(&state.config.get(), &state.store, &request)
+        .map_err(|err| (StatusCode::BAD_REQUEST, err))?;
+    state.wake.notify_waiters();
+    Ok(Json(forgotten))
 }
 
 /// Asks a running daemon; `Ok(None)` when no daemon listens on the socket.

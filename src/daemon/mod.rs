@@ -24,6 +24,7 @@ pub mod control;
 mod fleet;
 pub mod gates;
 pub mod heap;
+pub mod history;
 mod imports;
 mod once;
 pub mod rebuild;
