@@ -733,6 +733,52 @@ fn a_malformed_file_fails_with_redivis_message_and_its_fixed_version_takes_the_n
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A crash after the failure was recorded and before the failed upload was removed: the
+/// next start removes it and fails the file with the recorded reason, posting nothing.
+#[test]
+fn a_crash_between_a_failed_import_and_its_removal_is_finished_at_the_next_start() {
+    let options = "[folder.redivis_options]\ntype = \"delimited\"\ndelimiter = \",\"";
+    let s = setup_with(
+        TABLE,
+        &["--redivis-processing-delay", "4s"],
+        "chunk_size = \"1MiB\"",
+        options,
+    );
+    let path = s.inbox.join("survey.csv");
+    std::fs::write(&path, "id,answer\n1,yes\n2,no,extra\n").unwrap();
+    backdate(&path, 120);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file importing", || {
+        json_number(&folder_status(&s.config)["importing"]) == Some(1)
+    });
+    daemon.kill9();
+    // As if the daemon had recorded the failure and died before the removal.
+    let store = upsync::queue::Store::open(&s._tmp.path().join("state")).unwrap();
+    let job = store
+        .importing_jobs()
+        .unwrap()
+        .pop()
+        .expect("an importing job");
+    let uri = job.import.as_ref().expect("its import").remote.clone();
+    store
+        .mark_import_failed(job.id, &uri, "Redivis could not import: recorded reason")
+        .unwrap();
+    drop(store);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file failed", || {
+        json_number(&folder_status(&s.config)["failed"]) == Some(1)
+    });
+    let status = status_json(&s.config);
+    assert_eq!(
+        status["failed"][0]["reason"], "Redivis could not import: recorded reason",
+        "{status}"
+    );
+    assert!(s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty());
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(json_number(&stats["uploads_created"]), Some(1), "{stats}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 // ---- log lines -----------------------------------------------------------------------------
 
 /// The number after `field=` in `line`.
