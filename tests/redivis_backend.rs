@@ -1428,6 +1428,7 @@ fn folder(table: &str) -> FolderConfig {
         settle: Duration::from_secs(1),
         recursive: true,
         redivis: Default::default(),
+        deletes: Default::default(),
     }
 }
 

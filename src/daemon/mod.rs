@@ -18,6 +18,7 @@
 //! it) and flush the store.
 
 pub mod control;
+mod deleter;
 mod fleet;
 pub mod gates;
 mod imports;

@@ -458,6 +458,7 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 in_flight: uploads.len() as u64,
                 in_flight_acknowledged_bytes: uploads.iter().map(|u| u.bytes_done).sum(),
                 in_flight_size_bytes: uploads.iter().map(|u| u.bytes_total).sum(),
+                deletions_held: c.held,
             }
         })
         .collect()

@@ -100,6 +100,7 @@
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
 mod claim;
+mod delete;
 mod error;
 mod import;
 mod job;
@@ -121,8 +122,9 @@ use sled::transaction::{
 };
 
 pub use error::StoreError;
+pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use job::{
-    Completed, FileKey, FolderCounts, Import, Job, JobId, JobState, LedgerEntry, Offer,
+    Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
     RetrySelection,
 };
 pub use keys::{FolderTag, folder_tag};
@@ -397,6 +399,11 @@ impl Tx<'_> {
                 Err(err) => return abort(err),
             },
         };
+        if let Some(job) = &existing
+            && job.kind == JobKind::Delete
+        {
+            return self.cancel_deletion(job, fingerprint, uploaded, now);
+        }
         if uploaded {
             if let Some(job) = &existing
                 && matches!(job.state, JobState::Failed { .. })
@@ -438,6 +445,8 @@ impl Tx<'_> {
                     corrupt_imports: 0,
                     last_error: None,
                     import: None,
+                    kind: JobKind::Upload,
+                    approved: false,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -772,7 +781,8 @@ impl Store {
                 };
                 tx.ledger.insert(raw_key, encode(&entry))?;
                 tx.clear_progress(c.id)?;
-                if job.fingerprint == c.fingerprint {
+                // A job marked for deletion meanwhile deletes what was just recorded.
+                if job.fingerprint == c.fingerprint && job.kind == JobKind::Upload {
                     tx.remove_job(&job)?;
                     done.push(true);
                 } else {
@@ -850,9 +860,15 @@ impl Store {
     }
 
     /// Removes the job because its file vanished. Not flushed: if a crash undoes it, the
-    /// worker finds the file missing again.
+    /// worker finds the file missing again. A job marked for deletion during its attempt
+    /// is queued again, as the deletion it now is.
     pub fn drop_job(&self, id: JobId) -> Result<(), StoreError> {
+        let now = now_ms();
         self.transact(|tx| match tx.job(id)? {
+            Some(job) if job.kind == JobKind::Delete => {
+                tx.clear_progress(id)?;
+                tx.put_job(Some(&job), &queued_afresh(&job, now))
+            }
             Some(job) => tx.remove_job(&job),
             None => Ok(()),
         })
@@ -868,6 +884,9 @@ impl Store {
             let Some(job) = tx.job_for(&raw_key)? else {
                 return Ok(None);
             };
+            if job.kind == JobKind::Delete {
+                return Ok(None);
+            }
             match job.state {
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
                     tx.remove_job(&job)?;
@@ -898,9 +917,11 @@ impl Store {
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
         let selected = |job: &Job| match selection {
-            RetrySelection::All => true,
+            RetrySelection::All => !delete::is_held(job),
+            RetrySelection::Deletes => job.kind == JobKind::Delete,
             RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
         };
+        let approve = matches!(selection, RetrySelection::Deletes);
         let mut moved = 0;
         for job in self.jobs()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
@@ -918,6 +939,7 @@ impl Store {
                     state: JobState::Queued,
                     attempts: 0,
                     corrupt_imports: 0,
+                    approved: job.approved || approve,
                     updated_at_ms: now,
                     ..job.clone()
                 };
@@ -1081,6 +1103,10 @@ impl Store {
                 JobState::Importing => folder.importing += 1,
                 JobState::RetryWait { .. } => folder.retry_wait += 1,
                 JobState::Failed { .. } => folder.failed += 1,
+            }
+            if job.kind == JobKind::Delete {
+                folder.deletions += 1;
+                folder.held += u64::from(delete::is_held(&job));
             }
         }
         // Ledger keys carry the folder, so counting needs no value decoding.

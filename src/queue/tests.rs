@@ -961,6 +961,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
             retry_wait: 1,
             failed: 0,
             done: 1,
+            ..FolderCounts::default()
         })
     );
     assert_eq!(

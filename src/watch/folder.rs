@@ -97,6 +97,8 @@ pub struct FolderState {
     /// Settled files waiting to be offered together ([`FolderState::flush_offers`]); empty
     /// whenever a public method returns.
     outbox: Vec<(String, Fingerprint)>,
+    /// Files a batch of events found gone, told to the sink together at its end.
+    gone_box: Vec<FileKey>,
     /// Files whose offer queued a job, since the folder state was made.
     queued_total: u64,
     next_prune: Instant,
@@ -140,6 +142,7 @@ impl FolderState {
             wake: p.wake,
             recent: HashMap::new(),
             outbox: Vec::new(),
+            gone_box: Vec::new(),
             queued_total: 0,
             next_prune: now + PRUNE_EVERY,
             warned: HashSet::new(),
@@ -180,6 +183,7 @@ impl FolderState {
         let root = self.root.clone();
         let summary = self.walk(&root, false);
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
+        self.sink.scan_done(&self.folder_key);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         info!(
             files_seen = summary.files_seen,
@@ -259,6 +263,7 @@ impl FolderState {
             let hint = hints.get(&path).copied().unwrap_or(Hint::None);
             self.handle_path(&path, hint);
         }
+        self.flush_gone();
         self.flush_offers();
     }
 
@@ -321,7 +326,16 @@ impl FolderState {
             self.settle.retain(|k| !k.starts_with(&prefix));
             debug!(dir = %path.display(), "directory removed; its watches are dropped");
         } else {
-            self.sink.vanished(&self.key(rel));
+            let key = self.key(rel);
+            self.gone_box.push(key);
+        }
+    }
+
+    /// Tells the sink about the files this batch of events found gone, together.
+    fn flush_gone(&mut self) {
+        if !self.gone_box.is_empty() {
+            let gone = std::mem::take(&mut self.gone_box);
+            self.sink.vanished_many(&gone);
         }
     }
 
@@ -376,6 +390,7 @@ impl FolderState {
         let root = self.root.clone();
         self.walk(&root, true);
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
+        self.sink.scan_done(&self.folder_key);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
     }
 
@@ -432,6 +447,8 @@ impl FolderState {
         for dir in self.watched.drain() {
             self.dirs.unwatch_dir(&dir);
         }
+        self.gone_box.clear();
+        self.sink.root_lost(&self.folder_key);
         self.fallback.clear();
         self.settle.retain(|_| false);
         self.recent.clear();
