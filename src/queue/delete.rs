@@ -104,6 +104,7 @@ impl Tx<'_> {
         // content moved and queues the job again, as the deletion it now is.
         let marked = Job {
             kind: JobKind::Delete,
+            approved: false,
             fingerprint: uploaded,
             ..job.clone()
         };

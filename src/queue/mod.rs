@@ -48,6 +48,17 @@
 //! processes a posted upload): no worker holds them, they are not due, and they survive
 //! restarts untouched, so the wait resumes and nothing is posted twice.
 //!
+//! # Job kinds
+//!
+//! A job uploads its file's current version ([`JobKind::Upload`]) or, in a folder that
+//! propagates deletions, deletes the copy the ledger records for a file that is gone
+//! ([`JobKind::Delete`], see `delete`). Both kinds go through the same states; a file
+//! keeps one job whatever its kind, so a deletion and an upload of one path are never
+//! pending at once: an upload that loses its file becomes a deletion, and a deletion whose
+//! file comes back becomes an upload (after it ends, if it is running). The mass-delete
+//! guard holds deletions in `failed`, with a reason saying so, until the operator approves
+//! them (`retry_failed` with [`RetrySelection::Deletes`]).
+//!
 //! # Invariants
 //!
 //! The tests check 1 to 3 and 6's index after the operations of each test
@@ -71,9 +82,12 @@
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
-//!    `offer` when the ledger already holds the offered fingerprint and the job had failed,
-//!    or (c) by `drop_job` or `drop_vanished` because the file vanished (never while
-//!    importing: those bytes are on the remote, and the import's end records them). So a
+//!    `offer` when the ledger already holds the offered fingerprint and the job had failed
+//!    or was a deletion, (c) by `drop_job` or `drop_vanished` because the file vanished
+//!    (never while importing: those bytes are on the remote, and the import's end records
+//!    them; never a deletion, nor an upload marked for deletion), or (d) by
+//!    `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
+//!    when the whole folder is gone (its files are looked at again when it is back). So a
 //!    file whose fingerprint differs from its ledger entry keeps a queued, active,
 //!    importing, retry-wait or failed job. `offer` itself is not flushed: after a crash the
 //!    start-up scan offers every file again, which re-derives any job that was lost with
@@ -921,7 +935,9 @@ impl Store {
             RetrySelection::Deletes => job.kind == JobKind::Delete,
             RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
         };
-        let approve = matches!(selection, RetrySelection::Deletes);
+        // A deletion retried by name or with --deletes is the operator's word for it; the
+        // mass-delete guard no longer holds it.
+        let approve = !matches!(selection, RetrySelection::All);
         let mut moved = 0;
         for job in self.jobs()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
@@ -939,7 +955,7 @@ impl Store {
                     state: JobState::Queued,
                     attempts: 0,
                     corrupt_imports: 0,
-                    approved: job.approved || approve,
+                    approved: job.approved || (approve && job.kind == JobKind::Delete),
                     updated_at_ms: now,
                     ..job.clone()
                 };

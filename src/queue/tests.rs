@@ -1723,3 +1723,5 @@ fn a_vanished_file_drops_its_job_unless_a_worker_or_an_import_holds_it() {
     assert_eq!(store.counts().expect("counts")["/data/in"].failed, 0);
     assert_invariants(&store);
 }
+
+mod deletions;
