@@ -105,7 +105,11 @@ fn max_delete(ck: &mut Checker<'_>, value: &Spanned<RawMaxDelete>, key: &str) ->
             RawMaxDelete::Count(count) => count.to_string(),
             RawMaxDelete::Text(text) => format!("\"{text}\""),
         };
-        ck.error(&value.span(), key, format!("{shown} is not a limit ({expected})"));
+        ck.error(
+            &value.span(),
+            key,
+            format!("{shown} is not a limit ({expected})"),
+        );
     }
     parsed
 }

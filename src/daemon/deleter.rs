@@ -69,7 +69,10 @@ impl Worker {
                 }
             }
             Err(UploadError::Shutdown) => {
-                tracing::info!(path, "deletion interrupted by shutdown; it runs at the next start");
+                tracing::info!(
+                    path,
+                    "deletion interrupted by shutdown; it runs at the next start"
+                );
             }
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
@@ -77,14 +80,22 @@ impl Worker {
             }) => {
                 tracing::error!(path, reason = %message, "deletion failed permanently");
                 self.record(&job, self.store.fail(job.id, &message));
-                self.metrics
-                    .failed(&job.key.folder, backend_label, FailureClass::Permanent, false);
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend_label,
+                    FailureClass::Permanent,
+                    false,
+                );
             }
             Err(err) => {
                 let delay = self.job_retry_delay(&job, &err);
                 tracing::warn!(path, attempt = job.attempts + 1, retry_in_s = delay.as_secs(), reason = %err, "deletion failed; will retry");
-                self.metrics
-                    .failed(&job.key.folder, backend_label, FailureClass::Transient, true);
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend_label,
+                    FailureClass::Transient,
+                    true,
+                );
                 let at = SystemTime::now() + delay;
                 self.record(&job, self.store.retry_later(job.id, at, &err.to_string()));
             }

@@ -134,10 +134,13 @@ impl Tx<'_> {
         };
         if is_attempt(&job.state) || job.state == JobState::Importing {
             // Whoever holds the job queues the upload when it ends.
-            self.put_job(Some(job), &Job {
-                updated_at_ms: now,
-                ..upload
-            })?;
+            self.put_job(
+                Some(job),
+                &Job {
+                    updated_at_ms: now,
+                    ..upload
+                },
+            )?;
             return Ok(Offer::Queued(job.id));
         }
         if uploaded {
@@ -155,10 +158,7 @@ impl Store {
     /// deletion due at `due`. Returns how many deletions were queued. Not flushed, like
     /// `offer`: the next scan finds the files gone again.
     pub fn offer_deletions(&self, keys: &[FileKey], due: SystemTime) -> Result<usize, StoreError> {
-        let raw_keys = keys
-            .iter()
-            .map(valid_key)
-            .collect::<Result<Vec<_>, _>>()?;
+        let raw_keys = keys.iter().map(valid_key).collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         let due = to_ms(due).max(now);
         self.transact(|tx| {

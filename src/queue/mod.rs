@@ -135,8 +135,8 @@ use sled::transaction::{
     TransactionalTree,
 };
 
-pub use error::StoreError;
 pub use delete::{DeletionTally, HELD_BY_GUARD};
+pub use error::StoreError;
 pub use job::{
     Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
     RetrySelection,

@@ -9,8 +9,10 @@
 //! 1. Counts the folder's deletions waiting to run that the operator has not approved,
 //!    held ones included, and the files the ledger records as uploaded.
 //! 2. If the count is over `max_delete` (a count, or a percentage of the uploaded files),
-//!    holds every one of them: nothing is deleted, the log says why, `status` lists them
-//!    with the reason, and the metrics count them; they wait for `upsync retry --deletes`.
+//!    or is every uploaded file of the folder (two or more: what an empty mount point looks
+//!    like, whatever the limit), holds every one of them: nothing is deleted, the log says
+//!    why, `status` lists them with the reason, and the metrics count them; they wait for
+//!    `upsync retry --deletes`.
 //! 3. If the count is within the limit again (files came back, the limit was raised), the
 //!    held deletions are queued again.
 //!
@@ -62,7 +64,9 @@ impl DeletingSink {
         };
         let count = tally.pending + tally.held;
         let limit = self.policy.max_delete.limit(tally.uploaded);
-        if count > limit && tally.pending > 0 {
+        let everything = tally.uploaded >= 2 && count >= tally.uploaded;
+        let over = count > limit || everything;
+        if over && tally.pending > 0 {
             let why = self.why(&tally, limit);
             match self.store.hold_deletions(folder, &why) {
                 Ok(held) => {
@@ -70,7 +74,7 @@ impl DeletingSink {
                 }
                 Err(e) => error!(folder, error = %e, "cannot hold the folder's deletions"),
             }
-        } else if count <= limit && tally.held > 0 {
+        } else if !over && tally.held > 0 {
             match self.store.release_deletions(folder) {
                 Ok(released) => info!(
                     folder,
@@ -84,6 +88,13 @@ impl DeletingSink {
     }
 
     fn why(&self, tally: &DeletionTally, limit: u64) -> String {
+        let count = tally.pending + tally.held;
+        if count <= limit {
+            return format!(
+                "all {count} uploaded files of the folder are gone at once (an empty mount \
+                 point looks like this); nothing is deleted until `upsync retry --deletes`"
+            );
+        }
         format!(
             "{} of the folder's {} uploaded files are gone, more than max_delete = {} \
              allows ({limit}); nothing is deleted until `upsync retry --deletes` or a higher \
@@ -151,9 +162,12 @@ impl Sink for DeletingSink {
             Ok(0) => {}
             Ok(dropped) => warn!(
                 folder,
-                dropped, "the folder is gone as a whole; its deletions that had not run are dropped"
+                dropped,
+                "the folder is gone as a whole; its deletions that had not run are dropped"
             ),
-            Err(e) => error!(folder, error = %e, "cannot drop the deletions of a folder that is gone"),
+            Err(e) => {
+                error!(folder, error = %e, "cannot drop the deletions of a folder that is gone")
+            }
         }
     }
 }

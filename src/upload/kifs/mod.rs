@@ -52,9 +52,8 @@ use classify::{classify_error_message, classify_status};
 pub use names::{MAX_NAME_LEN, validate_name};
 use wire::{
     CreateDirectoryRequest, CreateDirectoryResponse, DeleteFilesRequest, DeleteFilesResponse,
-    Record, ShowDirectoriesRequest,
-    ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse, UploadFilesResponse, Wrapper,
-    WrapperError,
+    Record, ShowDirectoriesRequest, ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse,
+    UploadFilesResponse, Wrapper, WrapperError,
 };
 
 /// Largest whole-file upload and the multipart part size (every official client's 60 MiB).
