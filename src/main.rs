@@ -170,6 +170,9 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. } | Command::Sync { .. }) {
+        daemon::heap::limit_arenas();
+    }
     // Progress bars and log lines share stderr: log lines are printed between redraws.
     let bars = match &cli.command {
         Command::Sync { progress, .. }

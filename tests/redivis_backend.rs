@@ -840,7 +840,7 @@ async fn names_that_collide_under_escaping_are_refused_naming_both_files() {
     let uploaded = upload_ok(&backend, &mut job).await;
     h.complete(&job, &uploaded);
 
-    // The same process remembers the name...
+    // Once uploaded, the table holds the name: the same process refuses the next file...
     let mut job = h.claim("A-B.csv");
     let message = permanent_message(backend.upload_and_import(&mut job).await);
     assert!(

@@ -50,12 +50,24 @@ impl Ctx {
     }
 }
 
-/// The emulator, served from this process on 127.0.0.1 with a free port.
+/// The emulator on 127.0.0.1 with a free port: served from this process, or an
+/// `upsync emulator` child process where its own cost must stay out of the figures.
 pub struct Emulator {
-    running: RunningEmulator,
-    options: EmulatorOptions,
+    server: Server,
     pub data_dir: PathBuf,
     http: reqwest::Client,
+}
+
+enum Server {
+    InProcess {
+        running: RunningEmulator,
+        /// What it was started with, to serve again after [`Emulator::go_away`].
+        options: EmulatorOptions,
+    },
+    Process {
+        child: tokio::process::Child,
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl Emulator {
@@ -80,32 +92,93 @@ impl Emulator {
             .await
             .map_err(|e| format!("cannot start the emulator: {e}"))?;
         Ok(Emulator {
-            running,
-            options,
+            server: Server::InProcess { running, options },
             data_dir: data_dir.to_path_buf(),
             http: reqwest::Client::new(),
         })
     }
 
     /// Stops serving (clients get "connection refused"), keeping what was stored.
-    pub async fn go_away(&self) {
-        self.running.shutdown.cancel();
-        while !self.running.task.is_finished() {
+    /// Only for an emulator served from this process.
+    pub async fn go_away(&self) -> BenchResult<()> {
+        let Server::InProcess { running, .. } = &self.server else {
+            return Err("only an emulator in this process can go away and come back".into());
+        };
+        running.shutdown.cancel();
+        while !running.task.is_finished() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(())
     }
 
     /// Serves again on the same address and data after [`Emulator::go_away`].
     pub async fn come_back(&mut self) -> BenchResult<()> {
-        let addr = self.running.addr.to_string();
-        self.running = emulator::start(&addr, self.options.clone())
+        let Server::InProcess { running, options } = &mut self.server else {
+            return Err("only an emulator in this process can go away and come back".into());
+        };
+        let addr = running.addr.to_string();
+        *running = emulator::start(&addr, options.clone())
             .await
             .map_err(|e| format!("cannot start the emulator again on {addr}: {e}"))?;
         Ok(())
     }
 
+    /// Starts `upsync emulator` (the daemon binary's own command) over `data_dir` as a child
+    /// process, with the given KiFS directories.
+    pub async fn start_process(
+        ctx: &Ctx,
+        data_dir: &Path,
+        kifs_directories: &[&str],
+    ) -> BenchResult<Emulator> {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(&ctx.bin);
+        command
+            .args(["emulator", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data_dir)
+            .args(["--redivis-token", REDIVIS_TOKEN])
+            .args(["--redivis-processing-delay", "0s"]);
+        for directory in kifs_directories {
+            command.args(["--kifs-directory", directory]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {} emulator: {e}", ctx.bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut greeting = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut greeting)
+            .await
+            .map_err(|e| format!("reading the emulator's address: {e}"))?;
+        let addr = greeting
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| format!("unexpected emulator greeting: {greeting:?}"))?;
+        Ok(Emulator {
+            server: Server::Process { child, addr },
+            data_dir: data_dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The emulator's process id when it runs as its own process.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.server {
+            Server::InProcess { .. } => None,
+            Server::Process { child, .. } => child.id(),
+        }
+    }
+
     pub fn base(&self) -> String {
-        format!("http://{}", self.running.addr)
+        let addr = match &self.server {
+            Server::InProcess { running, .. } => running.addr,
+            Server::Process { addr, .. } => *addr,
+        };
+        format!("http://{addr}")
     }
 
     pub fn kifs_url(&self) -> String {
@@ -189,8 +262,15 @@ impl Emulator {
 
     /// Stops the server and deletes everything it stored.
     pub async fn stop(self) {
-        self.running.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.running.task).await;
+        match self.server {
+            Server::InProcess { running, .. } => {
+                running.shutdown.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
+            }
+            Server::Process { mut child, .. } => {
+                let _ = child.kill().await;
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -391,20 +471,39 @@ impl Daemon {
 
     /// Peak resident set size so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> BenchResult<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .map_err(|e| format!("read /proc/{}/status: {e}", self.pid))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| "no VmHWM line in /proc/PID/status".to_string())
+        Ok(proc_field(&read_proc(self.pid, "status")?, "VmHWM:", self.pid)? * 1024)
+    }
+
+    /// What the kernel counts for the daemon process so far.
+    pub fn sample(&self) -> BenchResult<ProcSample> {
+        ProcSample::read(self.pid)
+    }
+
+    /// Polls the daemon's status every `poll` until `done` files are in the ledger and no
+    /// job is left in any state (queued, uploading, waiting to retry, failed).
+    pub async fn wait_drained(&self, done: u64, poll: Duration) -> BenchResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let report = self.status().await?;
+            let uploaded: u64 = report.folders.iter().map(|f| f.counts.done).sum();
+            let left: u64 = report
+                .folders
+                .iter()
+                .map(|f| {
+                    let c = &f.counts;
+                    c.queued + c.active + c.finalizing + c.retry_wait + c.failed
+                })
+                .sum();
+            if uploaded >= done && left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "after 30 minutes {uploaded} of {done} files are uploaded and {left} jobs are left"
+                ));
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 
     pub async fn status(&self) -> BenchResult<StatusReport> {
@@ -475,14 +574,76 @@ impl Daemon {
     }
 }
 
-/// The state database's flush count the daemon logs when it closes it.
-pub fn flushes_in_log(log: &str) -> Option<u64> {
+/// What the kernel counts for a process: `/proc/PID/io` and `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    pub at: Instant,
+    /// Bytes passed to write(2) and friends, to files, sockets and pipes alike (`wchar`).
+    pub written: u64,
+    /// Bytes the process sent towards storage (`write_bytes`).
+    pub stored: u64,
+    /// Resident set size (`VmRSS`), in bytes.
+    pub rss: u64,
+    /// User plus system CPU time.
+    pub cpu: Duration,
+}
+
+impl ProcSample {
+    pub fn read(pid: u32) -> BenchResult<ProcSample> {
+        let at = Instant::now();
+        let io = read_proc(pid, "io")?;
+        let status = read_proc(pid, "status")?;
+        Ok(ProcSample {
+            at,
+            written: proc_field(&io, "wchar:", pid)?,
+            stored: proc_field(&io, "write_bytes:", pid)?,
+            rss: proc_field(&status, "VmRSS:", pid)? * 1024,
+            cpu: process_cpu(pid)?,
+        })
+    }
+}
+
+fn read_proc(pid: u32, file: &str) -> BenchResult<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .map_err(|e| format!("read /proc/{pid}/{file}: {e}"))
+}
+
+/// The number after `label` on its line (`kB` units are left to the caller).
+fn proc_field(text: &str, label: &str, pid: u32) -> BenchResult<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no {label} figure for process {pid}"))
+}
+
+/// User plus system CPU time of a process so far (`/proc/PID/stat`, fields 14 and 15).
+pub fn process_cpu(pid: u32) -> BenchResult<Duration> {
+    let stat = read_proc(pid, "stat")?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // Fields 14 and 15 of the whole line are the 12th and 13th after the name.
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64((user + system) as f64 / per_second))
+}
+
+/// A figure the daemon logs when it closes the state database (`flushes`, `writes`).
+pub fn closing_figure(log: &str, name: &str) -> Option<u64> {
+    let label = format!("{name}=");
     log.lines()
         .rev()
         .find(|line| line.contains("state database closed"))
         .and_then(|line| {
             let line = strip_ansi(line);
-            let at = line.find("flushes=")? + "flushes=".len();
+            let at = line.find(&label)? + label.len();
             line[at..]
                 .split(|c: char| !c.is_ascii_digit())
                 .next()?
@@ -549,6 +710,36 @@ fn backdate(file: &std::fs::File, path: &Path) -> BenchResult<()> {
         .map_err(|e| format!("set mtime of {}: {e}", path.display()))
 }
 
+/// Gives each file new random bytes of the same length and an mtime 30 s in the past (a
+/// new version, settled at first sight).
+pub fn rewrite_files(paths: &[PathBuf], seed: u64) -> BenchResult<()> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for path in paths {
+        let len = std::fs::metadata(path)
+            .map_err(|e| format!("stat {}: {e}", path.display()))?
+            .len();
+        let mut data = vec![0u8; len as usize];
+        fill_random(&mut state, &mut data);
+        let mut file =
+            std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        file.write_all(&data)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(30))
+            .map_err(|e| format!("set mtime of {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Fills `buf` with xorshift64* bytes, one per step, advancing `state`.
+fn fill_random(state: &mut u64, buf: &mut [u8]) {
+    for byte in buf {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        *byte = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+    }
+}
+
 /// Many small files of random bytes under `dir`, `per_dir` to a sub-directory.
 pub fn write_small_files(
     dir: &Path,
@@ -558,6 +749,20 @@ pub fn write_small_files(
     seed: u64,
 ) -> BenchResult<Vec<PathBuf>> {
     let mut paths = Vec::with_capacity(count as usize);
+    write_tree(dir, count, size, per_dir, seed, |path| paths.push(path))?;
+    Ok(paths)
+}
+
+/// [`write_small_files`], handing each path to `written` instead of collecting them (a
+/// million paths take a hundred megabytes).
+pub fn write_tree(
+    dir: &Path,
+    count: u64,
+    size: u64,
+    per_dir: u64,
+    seed: u64,
+    mut written: impl FnMut(PathBuf),
+) -> BenchResult<()> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut data = vec![0u8; size as usize];
     for i in 0..count {
@@ -565,21 +770,16 @@ pub fn write_small_files(
         if i % per_dir.max(1) == 0 {
             std::fs::create_dir_all(&sub).map_err(|e| format!("create {}: {e}", sub.display()))?;
         }
-        for byte in data.iter_mut() {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            *byte = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
-        }
+        fill_random(&mut state, &mut data);
         let path = sub.join(format!("f{i:06}.bin"));
         let mut file =
             std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         file.write_all(&data)
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         backdate(&file, &path)?;
-        paths.push(path);
+        written(path);
     }
-    Ok(paths)
+    Ok(())
 }
 
 /// Runs `curl` with `args` (plus `-sS -o /dev/null -w '%{http_code} '`) and returns its

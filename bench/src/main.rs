@@ -5,13 +5,16 @@
 //! cargo run --release -p upsync-bench -- --quick # small sizes (< 1 minute), for CI
 //! cargo run --release -p upsync-bench -- --only bandwidth   # one section (~30 s)
 //! cargo run --release -p upsync-bench -- --only outage-recovery   # 5-minute outage
+//! cargo run --release -p upsync-bench -- --only million   # a million files (~10 GB)
 //! ```
 //!
 //! The bandwidth section (a limit held over a long transfer) runs in full runs and with
-//! `--only bandwidth`, never in `--quick`. `outage-recovery` runs only when named with
-//! `--only`: it waits out a five-minute outage (ten seconds with `--quick`).
+//! `--only bandwidth`, never in `--quick`. `outage-recovery` and `million` run only when
+//! named with `--only`: one waits out a five-minute outage (ten seconds with `--quick`), the
+//! other writes a million files.
 //!
-//! The emulator runs inside this process; the daemon is the `upsync` binary next to this
+//! The emulator runs inside this process, or as an `upsync emulator` child process where
+//! its own cost must stay out of the daemon's figures; the daemon is the `upsync` binary next to this
 //! one (built first when run through cargo) or `--bin-path`. Every figure has a baseline
 //! measured in the same run, on the same emulator, with the same bytes: `curl` sending the
 //! same file or the same pre-encoded requests, one file of the same total size, or `find`
@@ -19,12 +22,14 @@
 //! which is cleaned up at the end.
 
 mod harness;
+mod idle;
+mod million;
 mod scenarios;
 mod waiting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
@@ -42,7 +47,7 @@ struct Args {
     /// The `upsync` binary to run (default: the one next to this binary).
     #[arg(long, value_name = "PATH")]
     bin_path: Option<PathBuf>,
-    /// Run only these sections (default: all).
+    /// Run only these sections (default: all but `outage-recovery` and `million`).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -61,6 +66,9 @@ enum Section {
     RedivisImports,
     /// Not in a run without `--only`: it takes five minutes.
     OutageRecovery,
+    Idle,
+    /// Not in a run without `--only`: it writes a million files.
+    Million,
 }
 
 /// How big everything is in a run.
@@ -74,6 +82,10 @@ pub struct Sizes {
     pub latency_files: u64,
     pub imports: Vec<waiting::ImportRun>,
     pub outage: std::time::Duration,
+    /// Files uploaded (and a third of them changed and uploaded again) before the idle time.
+    pub churn_files: u64,
+    pub idle_window: Duration,
+    pub million_files: u64,
 }
 
 impl Sizes {
@@ -102,6 +114,9 @@ impl Sizes {
                 },
             ],
             outage: std::time::Duration::from_secs(300),
+            churn_files: 50_000,
+            idle_window: Duration::from_secs(300),
+            million_files: 1_000_000,
         }
     }
 
@@ -122,6 +137,9 @@ impl Sizes {
                 target: None,
             }],
             outage: std::time::Duration::from_secs(10),
+            churn_files: 300,
+            idle_window: Duration::from_secs(3),
+            million_files: 2_000,
         }
     }
 }
@@ -202,7 +220,11 @@ async fn run(args: Args) -> BenchResult<bool> {
         Sizes::full()
     };
     let wanted = |section: Section| {
-        args.only.contains(&section) || (args.only.is_empty() && section != Section::OutageRecovery)
+        if args.only.is_empty() {
+            section != Section::OutageRecovery && section != Section::Million
+        } else {
+            args.only.contains(&section)
+        }
     };
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
@@ -333,6 +355,23 @@ async fn run(args: Args) -> BenchResult<bool> {
             &mut rows,
             "Outage recovery",
             waiting::outage_recovery(&ctx, &sizes).await,
+        );
+    }
+
+    if wanted(Section::Idle) {
+        eprintln!("idle after churn");
+        collect(
+            &mut rows,
+            "Idle after churn",
+            idle::idle_after_churn(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::Million) {
+        eprintln!("a million files");
+        collect(
+            &mut rows,
+            "A million files",
+            million::million(&ctx, &sizes).await,
         );
     }
 

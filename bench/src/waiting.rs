@@ -112,7 +112,7 @@ async fn outage_run(
         },
     ));
     let daemon = Daemon::start(ctx, dir, &config).await?;
-    emulator.go_away().await;
+    emulator.go_away().await?;
     write_small_files(&inbox, FILES, 4096, 1000, 13)?;
     eprintln!(
         "  the remote is away for {} s",

@@ -37,12 +37,17 @@ fn quick_benchmark_prints_every_figure() {
         "Peak RSS, one 64 MiB file vs one 16 MiB file, KiFS",
         "files of 4 KiB to KiFS vs one file of",
         "files of 4 KiB to KiFS: HTTP requests per file",
-        "files of 4 KiB to KiFS: state database flushes per file",
+        "files of 4 KiB to KiFS: state database flushes and writes",
         "files of 4 KiB to Redivis: API requests per file",
         "files of 4 KiB to a Redivis file index table: API requests per file",
         "Restart over 1000 uploaded files",
         "Latency, 1 KiB file closed",
         "files of 4 KiB to Redivis, 2 s import each, 4 workers: wall time",
+        "Redivis: daemon CPU per GiB",
+        "files of 4 KiB to KiFS: CPU per file, daemon vs emulator",
+        "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): bytes written per second",
+        "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): RSS",
+        "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): state database on disk",
     ];
     for figure in figures {
         let row = stdout

@@ -12,6 +12,9 @@
 //! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
 //! is in [`rebuild`].
 //!
+//! Memory: [`heap`] caps glibc's arenas (from `main`, before the runtime starts) and returns
+//! freed memory to the system while the daemon is busy.
+//!
 //! Shutdown: stop claiming jobs and end every pause (retries, remote checks, import waits),
 //! give in-flight uploads `shutdown_timeout` to reach their next checkpoint, then abort
 //! whatever is left (safe: progress is only ever persisted after the remote acknowledged
@@ -21,6 +24,7 @@ pub mod control;
 mod deleter;
 mod fleet;
 pub mod gates;
+pub mod heap;
 mod imports;
 mod once;
 pub mod rebuild;
@@ -293,6 +297,15 @@ impl Core {
                 }
             });
         }
+        tokio::spawn({
+            let store = store.clone();
+            heap::trim_while_busy(
+                move || store.writes(),
+                heap::trim,
+                heap::TRIM_EVERY,
+                stop_serving.clone(),
+            )
+        });
         let metrics = Arc::new(Metrics::new());
         let fleet = Fleet::new(
             current,

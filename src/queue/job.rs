@@ -150,6 +150,16 @@ pub enum RetrySelection {
     Paths(Vec<std::path::PathBuf>),
 }
 
+/// How much the database holds against how much room it takes on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Key and value bytes of every entry of every tree: what the store would take if it
+    /// stored nothing but its entries, packed.
+    pub live_bytes: u64,
+    /// The length of the database's files (sled's log, snapshot, blobs and config).
+    pub on_disk_bytes: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderCounts {
     pub queued: u64,

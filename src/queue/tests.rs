@@ -1724,4 +1724,131 @@ fn a_vanished_file_drops_its_job_unless_a_worker_or_an_import_holds_it() {
     assert_invariants(&store);
 }
 
+/// The state database file's length and modification time: what any write would change.
+fn db_file_stamp(state_dir: &Path) -> (u64, SystemTime) {
+    let meta = std::fs::metadata(state_dir.join(DB_DIR).join("db")).expect("sled's data file");
+    (meta.len(), meta.modified().expect("mtime is supported"))
+}
+
+#[test]
+fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    // Jobs created, claimed and completed by the thousand leave log segments full of dead
+    // pages, the state in which sled's own segment cleaning kept rewriting them.
+    for round in 0..4 {
+        let files: Vec<(FileKey, Fingerprint)> = (0..1500)
+            .map(|n| (key(&format!("d{}/f{n:05}", n % 7)), fp(round * 10_000 + n)))
+            .collect();
+        for batch in files.chunks(256) {
+            store.offer_many(batch).expect("offer_many works");
+        }
+        while let Some(first) = store.claim(far_future()).expect("claim works") {
+            let mut claimed = store
+                .claim_more(&first, far_future(), 1000, |_| true)
+                .expect("claim_more works");
+            claimed.push(first);
+            let completed: Vec<Completed> = claimed
+                .iter()
+                .map(|job| Completed {
+                    id: job.id,
+                    fingerprint: job.fingerprint,
+                    remote: job.key.rel.clone(),
+                    md5: None,
+                })
+                .collect();
+            store
+                .complete_many(&completed)
+                .expect("complete_many works");
+        }
+    }
+    store.flush().expect("flush works");
+    let flushes = store.flushes();
+    let stamp = db_file_stamp(dir.path());
+    // A background flusher would show within its period (sled's default is 500 ms); eight
+    // looks over two seconds give it four chances.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            db_file_stamp(dir.path()),
+            stamp,
+            "the database file changed while nothing was written"
+        );
+    }
+    store.flush().expect("flush works");
+    assert_eq!(
+        store.flushes(),
+        flushes,
+        "a flush with nothing new is not counted"
+    );
+}
+
+#[test]
+fn space_counts_the_key_and_value_bytes_of_every_tree() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let marker = (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len()) as u64;
+    assert_eq!(store.space().expect("space reads").live_bytes, marker);
+
+    let file = key("a.csv");
+    store.offer(&file, &fp(1)).expect("offer");
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the offered job is due");
+    store
+        .complete(claimed.id, &fp(1), "dir/a.csv", Some("00ff"))
+        .expect("complete");
+    let entry = store
+        .ledger_get(&file)
+        .expect("ledger reads")
+        .expect("the upload is recorded");
+    let ledger_bytes = (file_key(&file).expect("valid").len() + encode(&entry).len()) as u64;
+    let space = store.space().expect("space reads");
+    assert_eq!(
+        space.live_bytes,
+        marker + ledger_bytes,
+        "only the marker and one ledger entry are left"
+    );
+    let data_file = std::fs::metadata(dir.path().join(DB_DIR).join("db"))
+        .expect("sled's data file")
+        .len();
+    assert!(
+        space.on_disk_bytes > data_file,
+        "{space:?} counts more than the data file"
+    );
+}
+
+#[test]
+fn writes_count_the_entries_each_transition_changes() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let file = key("a.csv");
+    let mut last = store.writes();
+    let mut wrote = |what: &str, expected: u64| {
+        let now = store.writes();
+        assert_eq!(now - last, expected, "writes of {what}");
+        last = now;
+    };
+    store.offer(&file, &fp(1)).expect("offer");
+    wrote("a new job: jobs, by_path, due", 3);
+    store.offer(&file, &fp(1)).expect("offer");
+    wrote("the same version offered again", 0);
+    let job = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("the job is due");
+    wrote(
+        "a claim: due out, the job, claimed (by_path is unchanged)",
+        3,
+    );
+    store
+        .complete(job.id, &fp(1), "dir/a.csv", None)
+        .expect("complete");
+    wrote(
+        "a completion: the ledger, and jobs, by_path, claimed out",
+        4,
+    );
+}
+
 mod deletions;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::filter::Filter;
+use super::recent::RecentOffers;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
 use super::watcher::{self, DirWatcher, EventFlags};
@@ -29,6 +30,8 @@ use crate::queue::FileKey;
 /// How long an offered fingerprint is remembered, so that repeated events for an unchanged
 /// file (a chmod, a rescan) do not offer it again. After that the queue's own dedup applies.
 const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
+/// How many offered fingerprints are remembered at most (about 150 bytes each).
+const RECENT_OFFER_LIMIT: usize = 16_384;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 const OFFER_BATCH: usize = 256;
@@ -44,6 +47,9 @@ pub struct Options {
     pub missing_poll: Duration,
     /// How often pending candidates are checked.
     pub tick: Duration,
+    /// How often a folder with no pending candidate ticks (rescans, fallback rescans, the
+    /// folder's presence).
+    pub idle_tick: Duration,
     /// How many notify events may wait for the loop before new ones are dropped (and a
     /// rescan scheduled instead).
     pub event_capacity: usize,
@@ -59,6 +65,7 @@ impl Options {
             // A settled file waits for the next tick: a short tick keeps that wait small
             // next to the settle time, and a tick with nothing due costs a stat.
             tick: (settle / 20).clamp(Duration::from_millis(10), Duration::from_millis(50)),
+            idle_tick: Duration::from_secs(1),
             event_capacity: 4096,
         }
     }
@@ -93,7 +100,7 @@ pub struct FolderState {
     dropped_reported: u64,
     sink: Arc<dyn Sink>,
     wake: Option<Arc<Notify>>,
-    recent: HashMap<String, (Fingerprint, Instant)>,
+    recent: RecentOffers,
     /// Settled files waiting to be offered together ([`FolderState::flush_offers`]); empty
     /// whenever a public method returns.
     outbox: Vec<(String, Fingerprint)>,
@@ -140,7 +147,7 @@ impl FolderState {
             dropped_reported: 0,
             sink: p.sink,
             wake: p.wake,
-            recent: HashMap::new(),
+            recent: RecentOffers::new(RECENT_OFFER_MEMORY, RECENT_OFFER_LIMIT),
             outbox: Vec::new(),
             gone_box: Vec::new(),
             queued_total: 0,
@@ -303,7 +310,7 @@ impl FolderState {
     /// what vanished leave the queue.
     fn gone(&mut self, path: &Path, rel: &str) {
         self.settle.remove(&rel.to_string());
-        self.recent.remove(rel);
+        self.recent.forget(rel);
         if self.watched.contains(path) || self.fallback.contains_key(path) {
             forget_vanished(
                 &self.root,
@@ -337,6 +344,11 @@ impl FolderState {
             let gone = std::mem::take(&mut self.gone_box);
             self.sink.vanished_many(&gone);
         }
+    }
+
+    /// True when no file waits to settle: nothing needs the short tick.
+    pub fn is_quiet(&self) -> bool {
+        self.settle.is_empty() && self.outbox.is_empty()
     }
 
     /// Periodic work: the folder's presence, requested and scheduled rescans, fallback
@@ -381,8 +393,7 @@ impl FolderState {
         self.flush_offers();
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
-            self.recent
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < RECENT_OFFER_MEMORY);
+            self.recent.expire(now);
         }
     }
 
@@ -559,7 +570,7 @@ impl FolderState {
 
     /// Tracks a file with its current fingerprint; offers it if already settled.
     fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) {
-        if self.recent.get(rel).is_some_and(|(f, _)| *f == fp) {
+        if self.recent.contains(rel, &fp) {
             self.settle.remove(&rel.to_string());
             return;
         }
@@ -606,7 +617,7 @@ impl FolderState {
                 SinkOffer::Queued | SinkOffer::Known => {
                     queued += u64::from(outcome == SinkOffer::Queued);
                     self.settle.remove(&rel);
-                    self.recent.insert(rel, (fp, now));
+                    self.recent.remember(rel, fp, now);
                 }
                 SinkOffer::Failed => {
                     self.settle

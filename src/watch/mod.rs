@@ -6,10 +6,14 @@
 //! - `scan`: the directory walk (watch first, then list; symlinks never followed).
 //! - [`watcher`]: notify setup, the non-blocking event callback, the inotify-limit message.
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
+//! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //!
 //! [`run_folder`] is the async loop around a folder: it receives notify events from a
 //! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
-//! to run rescans, and runs all file-system work on the blocking pool. Settled files go to a
+//! to run rescans, and runs all file-system work on the blocking pool. It ticks often only
+//! while files wait to settle; a quiet folder ticks once a second (its rescans, fallback
+//! rescans and the check that the folder is still there need no more), so an idle daemon
+//! hardly wakes up. Settled files go to a
 //! [`Sink`] — the queue's [`Store`] in the daemon, a recorder in tests.
 //!
 //! Files found gone go to the sink too ([`Sink::vanished`]): an event for a path that no
@@ -21,6 +25,7 @@
 mod deletions;
 pub mod filter;
 mod folder;
+mod recent;
 mod scan;
 pub mod settle;
 pub mod watcher;
@@ -31,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, warn};
 
@@ -226,7 +232,7 @@ pub async fn run_folder_with<F>(
                 })
             }
         };
-        let tick_period = opts.tick;
+        let (tick_period, idle_period) = (opts.tick, opts.idle_tick.max(opts.tick));
         let state = Arc::new(Mutex::new(FolderState::new(FolderParts {
             root: folder.path.clone(),
             filter,
@@ -245,17 +251,21 @@ pub async fn run_folder_with<F>(
         };
         let _ = scanned.send(summary);
 
-        let mut tick = tokio::time::interval(tick_period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = Instant::now() + tick_period;
         let mut events_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if on_blocking_pool(&state, FolderState::tick).await.is_none() {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    let Some(quiet) = on_blocking_pool(&state, |st| {
+                        st.tick();
+                        st.is_quiet()
+                    })
+                    .await else {
                         break;
-                    }
+                    };
+                    next_tick = Instant::now() + if quiet { idle_period } else { tick_period };
                 }
                 event = rx.recv(), if events_open => {
                     let Some(event) = event else {
@@ -270,8 +280,16 @@ pub async fn run_folder_with<F>(
                             Err(_) => break,
                         }
                     }
-                    if on_blocking_pool(&state, move |st| st.handle_events(batch)).await.is_none() {
+                    let Some(quiet) = on_blocking_pool(&state, move |st| {
+                        st.handle_events(batch);
+                        st.is_quiet()
+                    })
+                    .await else {
                         break;
+                    };
+                    if !quiet {
+                        // A file to settle: back to the short tick.
+                        next_tick = next_tick.min(Instant::now() + tick_period);
                     }
                 }
             }

@@ -507,7 +507,8 @@ impl RedivisBackend {
             )));
         }
         let result = self.upload_named(job, &table, &escaped).await;
-        if let Err(
+        if let Ok(_)
+        | Err(
             UploadError::Vanished(_)
             | UploadError::Remote {
                 disposition: Disposition::Permanent,
@@ -515,10 +516,12 @@ impl RedivisBackend {
             },
         ) = &result
         {
-            // The file is gone, or failed for good (for instance because the table holds
-            // the name for another file, posted before a crash): it has nothing in flight,
-            // and whatever it left in the table is found by the remote check, so the file
-            // the table names may take the name. Keeping the claim would refuse that file.
+            // The file is uploaded, gone, or failed for good (for instance because the
+            // table holds the name for another file, posted before a crash): it has nothing
+            // in flight, and whatever it left in the table is found by the remote check
+            // (step 3), so the claim is no longer needed, and keeping it would refuse the
+            // file the table names. Claims are thus held only by uploads in progress or
+            // waiting to retry, not by every file ever uploaded.
             self.names.release(&table, &job.rel);
         }
         result

@@ -5,9 +5,11 @@
 //! digits and `_` become `_`, runs of `_` collapse, leading and trailing `_` drop, and case
 //! is ignored. So `a.b.csv`, `a_b.csv` and `A-B.csv` are the same upload (`a_b_csv`). Two
 //! local files that escape alike must not overwrite each other: the first one to claim the
-//! escaped name in a table keeps it for the life of the process (unless its file vanishes);
-//! the remote check (an upload already in the table under another name) covers earlier
-//! runs.
+//! escaped name in a table keeps it while its upload is in progress or waiting to retry;
+//! once it is uploaded (or gone, or failed for good) the table holds the name, and the
+//! remote check (an upload already in the table under another name) guards it, as it does
+//! for earlier runs. So the claims kept in memory are as many as the uploads under way,
+//! not as many as the files ever uploaded (about 180 bytes each).
 //!
 //! # The name index ([`NameIndex`])
 //! Before sending a byte, every upload asks whether its escaped name is already held in the

@@ -1,0 +1,185 @@
+//! Idle after churn: a daemon uploads a burst of files, then a third of them again after
+//! they changed, and is then left alone. An idle daemon should write nothing, keep its
+//! memory, and its state database should take little more room than the data it holds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use upsync::queue::Store;
+
+use crate::harness::*;
+use crate::scenarios::wait_stored;
+use crate::{Row, Sizes, Verdict};
+
+/// How often the idle daemon is sampled (memory can grow and shrink in between).
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the idle window measured.
+struct Idle {
+    files: u64,
+    changed: u64,
+    window: Duration,
+    start: ProcSample,
+    end: ProcSample,
+    peak_rss: u64,
+    live_bytes: u64,
+    on_disk_bytes: u64,
+}
+
+pub async fn idle_after_churn(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let dir = ctx.fresh_dir("idle")?;
+    let staging = dir.join("staging");
+    eprintln!("  writing {} files of 1 KiB", sizes.churn_files);
+    let paths = write_small_files(&staging, sizes.churn_files, 1024, 1000, 21)?;
+    let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
+    let result = churn_then_idle(ctx, &dir, &emulator, &staging, &paths, sizes.idle_window).await;
+    emulator.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows(&result?))
+}
+
+async fn churn_then_idle(
+    ctx: &Ctx,
+    dir: &Path,
+    emulator: &Emulator,
+    staging: &Path,
+    paths: &[PathBuf],
+    window: Duration,
+) -> BenchResult<Idle> {
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
+    let mut config = DaemonConfig::new(dir, emulator);
+    config.folders.push((
+        inbox.clone(),
+        Remote::Kifs {
+            directory: "ingest".into(),
+        },
+    ));
+    let daemon = Daemon::start(ctx, dir, &config).await?;
+    let measured = async {
+        let files = paths.len() as u64;
+        let stored = emulator.kifs_files_stored().await?;
+        eprintln!("  uploading {files} files");
+        move_children(staging, &inbox)?;
+        wait_stored(emulator, stored + files).await?;
+        let changed: Vec<PathBuf> = paths
+            .iter()
+            .step_by(3)
+            .map(|p| inbox.join(p.strip_prefix(staging).expect("files are under staging")))
+            .collect();
+        eprintln!("  changing {} of them", changed.len());
+        rewrite_files(&changed, 22)?;
+        wait_stored(emulator, stored + files + changed.len() as u64).await?;
+        daemon
+            .wait_drained(files, Duration::from_millis(200))
+            .await?;
+        eprintln!("  idle for {}", humantime::format_duration(window));
+        let (start, end, peak_rss) = watch_idle(&daemon, window).await?;
+        Ok::<_, String>((files, changed.len() as u64, start, end, peak_rss))
+    }
+    .await;
+    let stopped = daemon.terminate().await;
+    let (files, changed, start, end, peak_rss) = measured?;
+    stopped?;
+    let space = Store::open(&config.state_dir)
+        .and_then(|store| store.space())
+        .map_err(|e| format!("cannot measure the state database: {e}"))?;
+    Ok(Idle {
+        files,
+        changed,
+        window,
+        start,
+        end,
+        peak_rss,
+        live_bytes: space.live_bytes,
+        on_disk_bytes: space.on_disk_bytes,
+    })
+}
+
+/// Moves every entry of `from` into `to` (renames: directories arrive whole).
+fn move_children(from: &Path, to: &Path) -> BenchResult<()> {
+    let entries = std::fs::read_dir(from).map_err(|e| format!("list {}: {e}", from.display()))?;
+    let mut names: Vec<_> = entries
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("list {}: {e}", from.display()))?;
+    names.sort();
+    for name in names {
+        std::fs::rename(from.join(&name), to.join(&name))
+            .map_err(|e| format!("move {} in: {e}", from.join(&name).display()))?;
+    }
+    Ok(())
+}
+
+/// Samples the daemon at the start and the end of `window` and every [`SAMPLE_EVERY`] in
+/// between (for the peak); nothing else talks to it meanwhile.
+async fn watch_idle(
+    daemon: &Daemon,
+    window: Duration,
+) -> BenchResult<(ProcSample, ProcSample, u64)> {
+    let start = daemon.sample()?;
+    let mut peak = start.rss;
+    loop {
+        let left = window.saturating_sub(start.at.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(SAMPLE_EVERY)).await;
+        peak = peak.max(daemon.sample()?.rss);
+    }
+    let end = daemon.sample()?;
+    Ok((start, end, peak.max(end.rss)))
+}
+
+fn rows(idle: &Idle) -> Vec<Row> {
+    let what = format!(
+        "Idle {} after churn ({} files of 1 KiB uploaded, {} of them changed and uploaded again)",
+        humantime::format_duration(idle.window),
+        idle.files,
+        idle.changed
+    );
+    let seconds = (idle.end.at - idle.start.at).as_secs_f64();
+    let per_second = |bytes: u64| bytes as f64 / seconds;
+    let written = per_second(idle.end.written - idle.start.written);
+    let stored = per_second(idle.end.stored.saturating_sub(idle.start.stored));
+    let rss_change = (idle.end.rss as f64 - idle.start.rss as f64) / idle.start.rss as f64;
+    let cpu = (idle.end.cpu - idle.start.cpu).as_secs_f64();
+    let ratio = idle.on_disk_bytes as f64 / idle.live_bytes as f64;
+    vec![
+        Row {
+            figure: format!("{what}: bytes written per second"),
+            upsync: format!(
+                "{written:.0} B/s (wchar), {stored:.0} B/s to storage; CPU {:.1} ms/s",
+                cpu * 1000.0 / seconds
+            ),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "≤ 4096 B/s".into(),
+            verdict: Verdict::of(written <= 4096.0),
+        },
+        Row {
+            figure: format!("{what}: RSS at the start and the end of the idle time"),
+            upsync: format!(
+                "{:.1} → {:.1} MiB ({:+.1} %), peak {:.1} MiB",
+                mib(idle.start.rss),
+                mib(idle.end.rss),
+                rss_change * 100.0,
+                mib(idle.peak_rss)
+            ),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "≤ 5 % change".into(),
+            verdict: Verdict::of(rss_change.abs() <= 0.05),
+        },
+        Row {
+            figure: format!(
+                "{what}: state database on disk vs its live data (key + value bytes of every tree)"
+            ),
+            upsync: format!("{:.1} MiB", mib(idle.on_disk_bytes)),
+            baseline: format!("{:.1} MiB", mib(idle.live_bytes)),
+            ratio: format!("{ratio:.2}"),
+            target: "≤ 2.00".into(),
+            verdict: Verdict::of(ratio <= 2.0),
+        },
+    ]
+}
