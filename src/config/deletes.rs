@@ -127,6 +127,55 @@ fn parse_text(text: &str) -> Option<MaxDelete> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, LoadOptions};
+
+    fn parse(folder_keys: &str) -> Result<Config, String> {
+        let text = format!(
+            "state_dir = \"/var/lib/upsync\"\n[kifs]\nurl = \"http://127.0.0.1:1/kifs\"\n\
+             [[folder]]\npath = \"/data/in\"\nkifs_directory = \"ingest\"\n{folder_keys}\n"
+        );
+        let options = LoadOptions {
+            check_folders_exist: false,
+        };
+        Config::parse(std::path::Path::new("u.toml"), &text, options, &|_| None).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn deletions_are_kept_by_default_and_read_from_the_folder() {
+        let config = parse("").expect("valid");
+        assert_eq!(config.folders[0].deletes, DeletePolicy::default());
+        assert_eq!(config.folders[0].deletes.on_delete, OnDelete::Keep);
+        assert_eq!(config.folders[0].deletes.max_delete, MaxDelete::Percent(50));
+        let config = parse("on_delete = \"delete\"\nmax_delete = 200").expect("valid");
+        assert_eq!(
+            config.folders[0].deletes,
+            DeletePolicy {
+                on_delete: OnDelete::Delete,
+                max_delete: MaxDelete::Count(200),
+            }
+        );
+        let config = parse("max_delete = \"5%\"").expect("valid");
+        assert_eq!(config.folders[0].deletes.max_delete, MaxDelete::Percent(5));
+    }
+
+    #[test]
+    fn bad_deletion_settings_name_the_file_line_and_key() {
+        let err = parse("on_delete = \"purge\"").expect_err("not a choice");
+        assert!(
+            err.contains("u.toml:7: key 'folder[0].on_delete': \"purge\" is not a choice"),
+            "{err}"
+        );
+        let err = parse("max_delete = \"150%\"").expect_err("over 100%");
+        assert!(
+            err.contains("u.toml:7: key 'folder[0].max_delete': \"150%\""),
+            "{err}"
+        );
+        let err = parse("max_delete = -3").expect_err("negative");
+        assert!(
+            err.contains("key 'folder[0].max_delete': -3 is not a limit"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_percentage_limit_scales_with_the_folder_but_keeps_its_floor() {

@@ -23,7 +23,7 @@ use super::recent::RecentOffers;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
 use super::watcher::{self, DirWatcher, EventFlags};
-use super::{ScanSummary, Sink, SinkOffer, forget_vanished};
+use super::{ScanSummary, Sink, SinkOffer, forget_vanished, vanished_files};
 use crate::fingerprint::Fingerprint;
 use crate::queue::FileKey;
 
@@ -312,12 +312,13 @@ impl FolderState {
         self.settle.remove(&rel.to_string());
         self.recent.forget(rel);
         if self.watched.contains(path) || self.fallback.contains_key(path) {
-            forget_vanished(
+            let under = vanished_files(
                 &self.root,
                 &self.folder_key,
                 &format!("{rel}/"),
                 &*self.sink,
             );
+            self.gone_box.extend(under);
             let under: Vec<PathBuf> = self
                 .watched
                 .iter()
@@ -341,7 +342,10 @@ impl FolderState {
     /// Tells the sink about the files this batch of events found gone, together.
     fn flush_gone(&mut self) {
         if !self.gone_box.is_empty() {
-            let gone = std::mem::take(&mut self.gone_box);
+            let mut gone = std::mem::take(&mut self.gone_box);
+            // A file and its directory may both have been reported.
+            gone.sort_unstable();
+            gone.dedup();
             self.sink.vanished_many(&gone);
         }
     }

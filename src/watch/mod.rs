@@ -407,11 +407,24 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
 /// `under`) that has something pending but no longer exists. Call only while the folder
 /// itself is there: an unmounted folder must not look like deleted files.
 pub fn forget_vanished(root: &std::path::Path, folder_key: &str, under: &str, sink: &dyn Sink) {
+    let gone = vanished_files(root, folder_key, under, sink);
+    if !gone.is_empty() {
+        sink.vanished_many(&gone);
+    }
+}
+
+/// The files [`forget_vanished`] would tell the sink about.
+fn vanished_files(
+    root: &std::path::Path,
+    folder_key: &str,
+    under: &str,
+    sink: &dyn Sink,
+) -> Vec<FileKey> {
     let mut candidates = sink.pending_files(folder_key, under);
     candidates.extend(sink.uploaded_files(folder_key, under));
     candidates.sort_unstable();
     candidates.dedup();
-    let gone: Vec<FileKey> = candidates
+    candidates
         .into_iter()
         .filter(|rel| {
             matches!(
@@ -420,10 +433,7 @@ pub fn forget_vanished(root: &std::path::Path, folder_key: &str, under: &str, si
             )
         })
         .map(|rel| FileKey::new(folder_key, rel))
-        .collect();
-    if !gone.is_empty() {
-        sink.vanished_many(&gone);
-    }
+        .collect()
 }
 
 #[cfg(test)]
