@@ -1081,6 +1081,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
             retry_wait: 1,
             failed: 0,
             done: 1,
+            ..FolderCounts::default()
         })
     );
     assert_eq!(
@@ -1994,3 +1995,5 @@ fn writes_count_the_entries_each_transition_changes() {
         4,
     );
 }
+
+mod deletions;
