@@ -1920,10 +1920,8 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
 fn space_counts_the_key_and_value_bytes_of_every_tree() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let marker = (FORMAT_KEY.len()
-        + FORMAT_VERSION.to_string().len()
-        + counts::COUNTS_KEY.len()
-        + 1) as u64;
+    let marker =
+        (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len() + counts::COUNTS_KEY.len() + 1) as u64;
     assert_eq!(store.space().expect("space reads").live_bytes, marker);
 
     let file = key("a.csv");
@@ -1992,4 +1990,60 @@ fn writes_count_the_entries_each_transition_changes() {
     wrote("another job, claimed", 8);
     store.fail(id, "400").expect("fail");
     wrote("a failure: the job, claimed out, counts, attention", 4);
+}
+
+#[test]
+fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let mut last = store.flushes();
+    let mut flushed = |what: &str, expected: bool| {
+        let now = store.flushes();
+        assert_eq!(now > last, expected, "{what} flushed: {expected}");
+        last = now;
+    };
+    let ids: Vec<JobId> = (0..4)
+        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
+        .collect();
+    flushed("offers (a rescan offers again)", false);
+    let claim_all = || while store.claim(far_future()).expect("claims").is_some() {};
+    claim_all();
+    flushed("claims (an active job is queued again at start)", false);
+    store.save_progress(ids[0], b"session").expect("saves");
+    flushed("progress", true);
+    store.clear_progress(ids[0]).expect("clears");
+    flushed("cleared progress", true);
+    store.mark_finalizing(ids[0]).expect("marks");
+    flushed("finalizing", true);
+    store
+        .complete(ids[0], &fp(0), "r", None)
+        .expect("completes");
+    flushed("a completion", true);
+    store.fail(ids[1], "400").expect("fails");
+    flushed("a failure", true);
+    store
+        .retry_later(ids[2], far_future(), "503")
+        .expect("waits");
+    flushed("a retry-wait", true);
+    store.requeue(ids[3]).expect("requeues");
+    flushed("a requeue", true);
+    store.retry_failed(&RetrySelection::All).expect("retries");
+    flushed("a retry of failed jobs", true);
+    claim_all();
+    store
+        .mark_importing(ids[1], import_of(fp(1)))
+        .expect("marks");
+    flushed("importing", true);
+    store
+        .requeue_corrupt(ids[1], "other bytes")
+        .expect("requeues");
+    flushed("a requeue of a corrupt import", true);
+    claim_all();
+    store.recover_after_restart().expect("recovers");
+    flushed("recovery", true);
+    store.drop_job(ids[3]).expect("drops");
+    flushed(
+        "a dropped job (the worker finds the file gone again)",
+        false,
+    );
 }
