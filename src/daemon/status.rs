@@ -32,9 +32,11 @@
 //!                  "state": "up" | "down", "since_ms": 1700000000000 | null,
 //!                  "last_error": "…" | null, "next_probe_ms": 1700000000000 | null } ] }
 //! ```
-//! - `oldest_pending_age_s`: how long the folder's longest-waiting file due for upload (queued,
-//!   or waiting to retry and its time has come) has waited for a worker, since it was queued
-//!   or its retry came due; `null` when no file is due. Read from the first entry of the
+//! - `oldest_pending_age_s`: how long the folder's longest-pending file has waited: an
+//!   upload in progress since its job was created, a file due for upload (queued, or a
+//!   retry whose time has come) since it was queued or its retry came due; `null` when no
+//!   file is uploading or due (files waiting for a later retry or for Redivis to import
+//!   them do not count). Read from the uploads in progress and the first entry of the
 //!   folder's queue, so it costs the same whatever the queue's length.
 //! - `last_success_ms`: the newest upload the ledger holds for the folder.
 //! - `remote_kind`: what the folder feeds, as the running daemon found it (a Redivis table
@@ -227,6 +229,8 @@ pub struct InFlightStart {
     pub path: String,
     /// The folder's queue key.
     pub folder: String,
+    /// When the file's job was created: it has been pending since.
+    pub pending_since_ms: u64,
     pub live: Arc<LiveProgress>,
     /// The attempt continues saved progress: the first bytes it reports were sent before.
     pub resumed: bool,
@@ -271,6 +275,19 @@ impl InFlightRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Per folder, since when its longest-pending upload in progress has been pending.
+    pub fn pending_since(&self) -> BTreeMap<String, u64> {
+        let mut since: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in lock(&self.entries).values() {
+            let start = &entry.start;
+            let oldest = since
+                .entry(start.folder.clone())
+                .or_insert(start.pending_since_ms);
+            *oldest = (*oldest).min(start.pending_since_ms);
+        }
+        since
     }
 
     /// The uploads in progress now, with their rate and ETA.
@@ -372,11 +389,15 @@ pub fn build_report(
             JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
         }
     }
-    let mut waiting_since = BTreeMap::new();
+    // Uploads in progress are pending too; the queue's head says for the others.
+    let mut waiting_since = live
+        .map(|live| live.in_flight.pending_since())
+        .unwrap_or_default();
     for folder in &config.folders {
         let key = folder.path.to_string_lossy().into_owned();
-        if let Some(since) = store.waiting_since(&key, now)? {
-            waiting_since.insert(key, since);
+        if let Some(due) = store.waiting_since(&key, now)? {
+            let since = waiting_since.entry(key).or_insert(due);
+            *since = (*since).min(due);
         }
     }
     let folders = config
@@ -674,6 +695,7 @@ mod tests {
         InFlightStart {
             path: "/d/big.bin".into(),
             folder: "/d".into(),
+            pending_since_ms: 1_000,
             live: Arc::clone(live),
             resumed,
         }
