@@ -222,6 +222,8 @@ url = "{kifs}"
 api_url = "{redivis}"
 token_env = "{TOKEN_ENV}"
 chunk_size = "2MiB"
+# The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
+rate_limit_window = "5s"
 [[folder]]
 path = "kin"
 kifs_directory = "{KIFS_DIR}"
@@ -247,10 +249,7 @@ settle = "1s"
 
 fn start_daemon(w: &World) -> DaemonProcess {
     DaemonProcess::start_with(&w.config, |cmd| {
-        cmd.env(TOKEN_ENV, TOKEN)
-            // The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
-            .env("UPSYNC_REDIVIS_RATE_WINDOW", "5s")
-            .env("RUST_LOG", "info");
+        cmd.env(TOKEN_ENV, TOKEN).env("RUST_LOG", "info");
     })
 }
 

@@ -12,7 +12,10 @@ use common::md5_hex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use upsync::config::{FolderConfig, NetConfig, RedivisConfig, RedivisProtocol, Secret, Target};
+use upsync::config::{
+    DEFAULT_RATE_LIMIT_WINDOW, FolderConfig, NetConfig, RedivisConfig, RedivisProtocol, Secret,
+    Target,
+};
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
 use upsync::net::{Bandwidth, HttpClient};
@@ -96,6 +99,7 @@ impl Harness {
             token: Secret::new(TOKEN),
             chunk_size,
             protocol,
+            rate_limit_window: DEFAULT_RATE_LIMIT_WINDOW,
             net: NetConfig {
                 idle_timeout: Duration::from_secs(10),
                 ..NetConfig::default()

@@ -534,3 +534,162 @@ fn rebuild_state_over_a_file_index_table_registers_nothing_twice() {
     assert_eq!(raw_files_posts(&s), registered, "nothing registered again");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+// ---- dataset versions ----------------------------------------------------------------------
+
+const DATASET: &str = "test.dataset";
+const RELEASED_TABLE: &str = "test.dataset:v1_0.files";
+
+/// `METHOD {path}` on the emulator's Redivis API with the token: (status, JSON or null).
+fn redivis_call(s: &Setup, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", s.emulator.redivis_url());
+    block_on(async {
+        let response = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(TOKEN)
+            .header(reqwest::header::CONTENT_LENGTH, 0)
+            .send()
+            .await
+            .expect("the emulator answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    })
+}
+
+fn release_next_version(s: &Setup) {
+    let path = format!("/datasets/{DATASET}/versions/next/release");
+    let (status, body) = redivis_call(s, reqwest::Method::POST, &path);
+    assert_eq!(status, 200, "release: {body}");
+}
+
+fn api_requests(s: &Setup, endpoint: &str) -> u64 {
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    json_number(&stats["api_requests"][endpoint]).unwrap_or(0)
+}
+
+fn small_files(s: &Setup, names: &[&str], seed: u64) -> Vec<(String, PathBuf)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let path = s.inbox.join(name);
+            write_file(&path, 2048 + i as u64, seed + i as u64);
+            backdate(&path, 60);
+            (name.to_string(), path)
+        })
+        .collect()
+}
+
+/// Whether `table` holds exactly `names`, each once and completed.
+fn holds_exactly(s: &Setup, table: &str, names: &[&str]) -> Result<(), String> {
+    let uploads = s.emulator.list_redivis_uploads(table, TOKEN);
+    let mut held: Vec<String> = uploads
+        .iter()
+        .filter(|u| u["status"] == "completed")
+        .map(|u| u["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    held.sort();
+    let mut wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    wanted.sort();
+    if held == wanted && uploads.len() == names.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{table} holds {held:?} of {} uploads, not {wanted:?}",
+            uploads.len()
+        ))
+    }
+}
+
+fn folder_status(config: &Path) -> serde_json::Value {
+    status_json(config)["folders"][0].clone()
+}
+
+/// Three files are importing when the version is released: the release takes them along
+/// and they are recorded as uploaded in it. Two files written afterwards wait (never
+/// failed) while the dataset has no next version, and go into it once one is opened.
+#[test]
+fn a_release_mid_run_makes_new_files_wait_until_a_next_version_exists() {
+    let s = setup(&["--redivis-processing-delay", "3s"], "");
+    let first = ["a.csv", "b.csv", "c.csv"];
+    small_files(&s, &first, 10);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "three posted uploads", || {
+        s.emulator.list_redivis_uploads(TABLE, TOKEN).len() == 3
+    });
+    release_next_version(&s);
+    let later = ["d.csv", "e.csv"];
+    small_files(&s, &later, 20);
+    daemon.wait_until(Duration::from_secs(60), "the folder to wait", || {
+        let folder = folder_status(&s.config);
+        folder["remote_check"]["state"] == "waiting" && json_number(&folder["queued"]) == Some(2)
+    });
+    let folder = folder_status(&s.config);
+    assert_eq!(
+        folder["remote_check"]["reason"], "dataset has no unreleased version",
+        "{folder}"
+    );
+    assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    daemon.wait_until(Duration::from_secs(60), "the first files imported", || {
+        holds_exactly(&s, RELEASED_TABLE, &first).is_ok()
+            && json_number(&folder_status(&s.config)["done"]) == Some(3)
+    });
+
+    let path = format!("/datasets/{DATASET}/versions");
+    let (status, body) = redivis_call(&s, reqwest::Method::POST, &path);
+    assert_eq!(status, 200, "open a version: {body}");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the new files in the new version",
+        || holds_exactly(&s, TABLE, &later).is_ok(),
+    );
+    holds_exactly(&s, RELEASED_TABLE, &first).unwrap();
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(json_number(&stats["uploads_created"]), Some(5), "{stats}");
+    assert_eq!(
+        api_requests(&s, "versions.post"),
+        1,
+        "only the test opened one"
+    );
+    let folder = folder_status(&s.config);
+    assert_eq!(folder["remote_check"]["state"], "ready", "{folder}");
+    assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// With `create_next_version = true`, a release mid-run is followed by exactly one new
+/// version opened by upsync, and the mirror goes on without anyone: every file once.
+#[test]
+fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
+    let s = setup_with(
+        TABLE,
+        &["--redivis-processing-delay", "2s"],
+        "chunk_size = \"1MiB\"",
+        "create_next_version = true",
+    );
+    let first = ["a.csv", "b.csv", "c.csv"];
+    small_files(&s, &first, 30);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "three posted uploads", || {
+        s.emulator.list_redivis_uploads(TABLE, TOKEN).len() == 3
+    });
+    release_next_version(&s);
+    let later = ["d.csv", "e.csv", "f.csv", "g.csv"];
+    small_files(&s, &later, 40);
+    daemon.wait_until(Duration::from_secs(90), "every file mirrored once", || {
+        holds_exactly(&s, RELEASED_TABLE, &first).is_ok()
+            && holds_exactly(&s, TABLE, &later).is_ok()
+            && json_number(&folder_status(&s.config)["done"]) == Some(7)
+    });
+    assert_eq!(
+        api_requests(&s, "versions.post"),
+        1,
+        "exactly one version opened"
+    );
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(json_number(&stats["uploads_created"]), Some(7), "{stats}");
+    let folder = folder_status(&s.config);
+    assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    assert_eq!(daemon.terminate(), Some(0));
+}

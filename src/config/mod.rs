@@ -68,6 +68,8 @@ pub struct RedivisConfig {
     /// A multiple of 256 KiB.
     pub chunk_size: u64,
     pub protocol: RedivisProtocol,
+    /// How long Redivis counts a request toward its rate limit (the pacer's window).
+    pub rate_limit_window: Duration,
     pub net: NetConfig,
 }
 
@@ -143,6 +145,9 @@ pub struct EmulatorTls {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// The longest window over which the Redivis docs have said requests are counted.
+pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(100);
 
 /// Exclude globs used when a folder gives no `exclude` list: temporary, partial, swap,
 /// hidden and backup files. A folder's own `exclude` replaces this list.

@@ -54,9 +54,10 @@ impl Config {
             };
             let _ = writeln!(
                 out,
-                "redivis: {} (protocol: {protocol}, chunk size: {})",
+                "redivis: {} (protocol: {protocol}, chunk size: {}, rate-limit window: {})",
                 r.api_url,
-                format_size(r.chunk_size)
+                format_size(r.chunk_size),
+                humantime::format_duration(r.rate_limit_window)
             );
             let _ = writeln!(out, "  network: {}", net_line(&r.net));
         }

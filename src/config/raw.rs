@@ -37,6 +37,7 @@ pub(crate) struct RawRedivis {
     pub token_env: Option<Spanned<String>>,
     pub chunk_size: Option<Spanned<HumanSize>>,
     pub protocol: Option<RawProtocol>,
+    pub rate_limit_window: Option<Spanned<HumanDuration>>,
     pub ca_file: Option<Spanned<String>>,
     pub proxy: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<HumanDuration>>,

@@ -971,6 +971,34 @@ fn proxy_credentials_never_show_in_debug_plan_or_errors() {
 }
 
 #[test]
+fn the_redivis_rate_limit_window_is_a_key_with_the_documented_default() {
+    let fx = Fixture::new();
+    let config = fx.ok(REDIVIS_FOLDER);
+    let redivis = config.redivis.as_ref().expect("[redivis] is given");
+    assert_eq!(redivis.rate_limit_window, Duration::from_secs(100));
+    assert!(
+        config.plan().contains("rate-limit window: 1m 40s"),
+        "{}",
+        config.plan()
+    );
+
+    let text = REDIVIS_FOLDER.replace("[redivis]\n", "[redivis]\nrate_limit_window = \"60s\"\n");
+    let config = fx.ok(&text);
+    let redivis = config.redivis.as_ref().expect("[redivis] is given");
+    assert_eq!(redivis.rate_limit_window, Duration::from_secs(60));
+
+    for bad in ["\"500ms\"", "\"2days\""] {
+        let text = REDIVIS_FOLDER.replace(
+            "[redivis]\n",
+            &format!("[redivis]\nrate_limit_window = {bad}\n"),
+        );
+        let err = fx.err(&text);
+        assert!(err.contains("key 'redivis.rate_limit_window'"), "{err}");
+        assert!(err.contains("from \"1s\" to \"1day\""), "{err}");
+    }
+}
+
+#[test]
 fn timeouts_below_one_second_are_rejected() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER.replace("[[folder]]", "idle_timeout = \"500ms\"\n[[folder]]");

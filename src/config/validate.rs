@@ -21,8 +21,9 @@ use super::redivis_options::{self, ParseOptions, RedivisFolder};
 use super::secret::{EnvLookup, SecretKeys};
 use super::units::{HumanDuration, format_size};
 use super::{
-    Config, ConfigError, DEFAULT_EXCLUDES, EmulatorConfig, EmulatorTls, FolderConfig, KifsAuth,
-    KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol, Target, paths, targets,
+    Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
+    FolderConfig, KifsAuth, KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol,
+    Target, paths, targets,
 };
 
 const DEFAULT_CONCURRENCY: i64 = 4;
@@ -38,6 +39,8 @@ const DEFAULT_CHUNK: u64 = 8 << 20;
 /// other chunk size but for the last chunk.
 const CHUNK_GRANULE: u64 = 256 << 10;
 const MAX_CHUNK: u64 = 1 << 30;
+/// Redivis never says how long it counts a request; a day is surely longer.
+const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects located messages while the config is checked.
 pub(super) struct Checker<'a> {
@@ -223,6 +226,7 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
         None | Some(RawProtocol::ResumableUpload) => RedivisProtocol::ResumableUpload,
         Some(RawProtocol::TempUploads) => RedivisProtocol::TempUploads,
     };
+    let rate_limit_window = rate_limit_window(ck, r.rate_limit_window.as_ref());
     let keys = SecretKeys {
         table: "redivis",
         name: "token",
@@ -260,8 +264,28 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
         token,
         chunk_size,
         protocol,
+        rate_limit_window,
         net,
     })
+}
+
+/// `redivis.rate_limit_window`: between 1 s and a day.
+fn rate_limit_window(ck: &mut Checker<'_>, value: Option<&Spanned<HumanDuration>>) -> Duration {
+    let Some(value) = value else {
+        return DEFAULT_RATE_LIMIT_WINDOW;
+    };
+    let window = value.get_ref().0;
+    if window < Duration::from_secs(1) || window > MAX_RATE_LIMIT_WINDOW {
+        ck.error(
+            &value.span(),
+            "redivis.rate_limit_window",
+            format!(
+                "expected a duration from \"1s\" to \"1day\", like \"100s\", found \"{}\"",
+                humantime::format_duration(window)
+            ),
+        );
+    }
+    window
 }
 
 /// The `[emulator]` section; `tls_cert` and `tls_key` go together.

@@ -16,8 +16,10 @@
 //!    answering again, or at a reload.
 //!
 //! `Waiting` is for a remote that cannot take the folder's files for a known reason that is
-//! not an error (the folder's jobs wait, the status says why); it is rechecked like
-//! `Refused`. Shutdown ends every check at once.
+//! not an error (a Redivis dataset without an unreleased version): the folder's jobs wait,
+//! the status says why, the change is logged once, and the remote is checked again every
+//! [`WAITING_RECHECK`] and at a reload. A ready folder goes back to waiting when an upload
+//! meets that reason ([`FolderGates::hold`]). Shutdown ends every check at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,8 +35,11 @@ use crate::upload::backoff::Backoff;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Disposition, UploadError};
 
-/// How often a refused (or waiting) folder's remote is checked again.
+/// How often a refused folder's remote is checked again.
 pub const REFUSED_RECHECK: Duration = Duration::from_secs(300);
+/// How often a waiting folder's remote is checked again: one cheap request, and the wait
+/// (a dataset without an unreleased version) usually ends by someone's hand at any time.
+pub const WAITING_RECHECK: Duration = Duration::from_secs(60);
 /// Pauses between checks of an unreachable remote: 1 s doubling up to this (a check also
 /// runs at once when the remote's probe finds it back).
 const UNREACHABLE_RECHECK_MAX: Duration = Duration::from_secs(20);
@@ -161,6 +166,43 @@ impl FolderGates {
         tokio::spawn(check_folder(check));
     }
 
+    /// A ready folder whose upload found the remote waiting for `reason`: the folder waits
+    /// and its check starts again. Several uploads meeting it at once start one check.
+    pub fn hold(
+        self: &Arc<Self>,
+        folder: FolderConfig,
+        backend: Arc<Backend>,
+        wake: Arc<Notify>,
+        stop: &CancellationToken,
+        reason: &str,
+    ) {
+        let key = folder.path.to_string_lossy().into_owned();
+        let token = stop.child_token();
+        {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(&key) else {
+                return;
+            };
+            if entry.gate != Gate::Ready {
+                return;
+            }
+            entry.gate = Gate::Waiting {
+                reason: reason.to_string(),
+            };
+            entry.since_ms = to_ms(SystemTime::now());
+            entry.stop = token.clone();
+        }
+        log_waiting(&key, reason);
+        let check = Check {
+            gates: Arc::clone(self),
+            folder,
+            backend,
+            wake,
+            stop: token,
+        };
+        tokio::spawn(check_folder(check));
+    }
+
     /// Forgets the folders not in `keep` (removed by a reload) and ends their checks.
     pub fn retain(&self, keep: &[String]) {
         self.lock().retain(|folder, entry| {
@@ -271,6 +313,18 @@ async fn check_folder(check: Check) {
                 backoff.reset();
                 (REFUSED_RECHECK, false)
             }
+            Err(UploadError::Waiting(reason)) => {
+                if check.gates.set(
+                    &key,
+                    Gate::Waiting {
+                        reason: reason.clone(),
+                    },
+                ) {
+                    log_waiting(&key, &reason);
+                }
+                backoff.reset();
+                (WAITING_RECHECK, false)
+            }
             Err(err) => {
                 let last_error = Some(err.to_string());
                 check.gates.set(&key, Gate::Checking { last_error });
@@ -282,6 +336,17 @@ async fn check_folder(check: Check) {
             return;
         }
     }
+}
+
+/// The one line a folder's change to `Waiting` gets.
+fn log_waiting(folder: &str, reason: &str) {
+    tracing::warn!(
+        folder,
+        reason,
+        recheck_in_s = WAITING_RECHECK.as_secs(),
+        "the folder waits: its files stay queued and go as soon as the remote takes them \
+         (checked again periodically and at a reload)"
+    );
 }
 
 #[cfg(test)]

@@ -6,13 +6,20 @@
 //!    the upload's URI, table, MD5 and the posted version) and hands it over; at start,
 //!    every importing job of the store is handed over again (it is never posted again).
 //! 2. One task per importing job waits through the table's shared poller, which polls all
-//!    of a table's imports together.
+//!    of a table's imports together (in the released version when a release took the
+//!    upload along).
 //! 3. Imported with our size and MD5: the ledger records it; a file changed meanwhile is
 //!    queued again by the same transition.
 //! 4. Imported with another size or hash: the upload is deleted and the file queued to be
 //!    sent again; the second time for the same content fails the job.
-//! 5. Failed by Redivis: the job fails with Redivis' `errorMessage`.
-//! 6. The polls failing (the remote down, 5xx): wait until the remote answers again or
+//! 5. Failed by Redivis: the reason (Redivis' `errorMessage`, and its count of bad
+//!    records) is recorded durably with the job, still `importing`; the failed upload is
+//!    removed from the table (its name is free again; after a crash the removal is simply
+//!    done again), and the job fails. It is not posted again until the file changes or
+//!    `upsync retry`.
+//! 6. The upload gone from the table (deleted by someone; not found in the version
+//!    released meanwhile either): the file is queued to be sent again.
+//! 7. The polls failing (the remote down, 5xx): wait until the remote answers again or
 //!    after a pause, then poll again.
 //!
 //! Shutdown ends every wait at once; the jobs stay `importing` for the next start.
@@ -113,16 +120,43 @@ impl Imports {
         };
         let scope = CallScope::until(self.stop.clone());
         let mut backoff = Backoff::new(Duration::from_secs(2), FAILED_POLL_MAX);
+        // Set once the failure is recorded: from then on only the removal is left.
+        let mut failed = import
+            .failed
+            .clone()
+            .map(|reason| (reason, import.remote.clone()));
         loop {
-            let size = import.fingerprint.size;
-            let outcome = redivis
-                .await_import(&job.key.rel, &posted, size, &scope)
-                .await;
+            let outcome = match &failed {
+                Some((reason, uri)) => redivis
+                    .remove_failed(&import.target, &job.key.rel, uri, &scope)
+                    .await
+                    .map(|()| Imported::Failed {
+                        reason: reason.clone(),
+                        uri: uri.clone(),
+                    }),
+                None => {
+                    let size = import.fingerprint.size;
+                    redivis
+                        .await_import(&job.key.rel, &posted, size, &scope)
+                        .await
+                }
+            };
             match outcome {
                 Ok(Imported::Verified(uploaded)) => {
                     return self.completed(&job, &import, uploaded);
                 }
                 Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
+                Ok(Imported::Gone(reason)) => return self.gone(&job, &reason),
+                Ok(Imported::Failed { reason, .. }) if failed.is_some() => {
+                    return self.failed(&job, &reason);
+                }
+                Ok(Imported::Failed { reason, uri }) => {
+                    if let Err(err) = self.store.mark_import_failed(job.id, &uri, &reason) {
+                        tracing::error!(job = job.id.0, error = %err, "cannot record a failed import in the state database");
+                        return;
+                    }
+                    failed = Some((reason, uri));
+                }
                 Err(UploadError::Shutdown) => return,
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
@@ -130,22 +164,29 @@ impl Imports {
                 }) => return self.failed(&job, &message),
                 Err(err) => {
                     tracing::debug!(path = %job.key, error = %err, "cannot poll an import yet");
-                    let pause = backoff.next_delay(None, &mut rand::rng());
-                    let health = backend.health();
-                    let came_back = async {
-                        if health.is_up() {
-                            std::future::pending().await
-                        } else {
-                            health.came_up().await
-                        }
-                    };
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return,
-                        _ = came_back => {}
-                        _ = tokio::time::sleep(pause) => {}
+                    if !self.pause(&backend, &mut backoff).await {
+                        return;
                     }
                 }
             }
+        }
+    }
+
+    /// Step 7: waits after a poll that failed; false at shutdown.
+    async fn pause(&self, backend: &Backend, backoff: &mut Backoff) -> bool {
+        let pause = backoff.next_delay(None, &mut rand::rng());
+        let health = backend.health();
+        let came_back = async {
+            if health.is_up() {
+                std::future::pending().await
+            } else {
+                health.came_up().await
+            }
+        };
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = came_back => true,
+            _ = tokio::time::sleep(pause) => true,
         }
     }
 
@@ -192,6 +233,15 @@ impl Imports {
         tracing::warn!(path = %job.key, reason, "the import holds other bytes than were sent; sending the file again");
         if let Err(err) = self.store.requeue_corrupt(job.id, reason) {
             tracing::error!(job = job.id.0, error = %err, "cannot record a corrupt import in the state database");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Step 6.
+    fn gone(&self, job: &Job, reason: &str) {
+        tracing::warn!(path = %job.key, reason, "the posted upload is gone; sending the file again");
+        if let Err(err) = self.store.requeue(job.id) {
+            tracing::error!(job = job.id.0, error = %err, "cannot queue a file again in the state database");
         }
         self.wake.notify_one();
     }

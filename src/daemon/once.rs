@@ -432,15 +432,16 @@ impl Wait {
     }
 }
 
-/// Why a folder's files cannot be uploaded in this run at all: its remote refuses it.
+/// Why a folder's files cannot be uploaded in this run at all: its remote refuses it, or
+/// waits for someone (a dataset without an unreleased version).
 fn refused(live: &Live, folder: &str) -> Option<String> {
     let check = live.gates.status(folder)?;
-    (check.state == "refused").then(|| {
-        format!(
-            "its folder's remote refuses it: {}",
-            check.reason.unwrap_or_default()
-        )
-    })
+    let reason = check.reason.unwrap_or_default();
+    match check.state.as_str() {
+        "refused" => Some(format!("its folder's remote refuses it: {reason}")),
+        "waiting" => Some(format!("its folder waits: {reason}")),
+        _ => None,
+    }
 }
 
 /// What a file left unfinished waited for when the run ended: an in-place retry, its

@@ -3,7 +3,8 @@
 //! Outcomes map to queue transitions in one place ([`Worker::settle_outcome`]):
 //! success → ledger; posted (the remote imports it) → `importing`, handed to [`Imports`]
 //! and the worker is free; vanished file → job dropped; changed file → queued again;
-//! permanent failure → `failed` with the reason; anything transient → `retry-wait` with a
+//! permanent failure → `failed` with the reason; the remote waiting (a dataset without an
+//! unreleased version) → queued again while the folder waits; anything transient → `retry-wait` with a
 //! persisted, exponentially growing `next_attempt_at`; shutdown → left `active` (recovered
 //! at start).
 
@@ -397,6 +398,7 @@ impl Worker {
                     "upload interrupted by shutdown; it resumes at the next start"
                 );
             }
+            Err(UploadError::Waiting(reason)) => self.hold_folder(attempt, &reason),
             Err(UploadError::Unreadable(reason)) => {
                 tracing::error!(path, reason = %reason, "upload failed");
                 self.record(job, self.store.fail(job.id, &reason));
@@ -442,6 +444,27 @@ impl Worker {
         }
     }
 
+    /// The remote cannot take the folder's files for now (not an error): the file is
+    /// queued again, unfailed, and the folder waits until its check finds the remote ready.
+    fn hold_folder(&self, attempt: &Finished<'_>, reason: &str) {
+        let job = attempt.job;
+        tracing::debug!(
+            path = attempt.path,
+            reason,
+            "the remote cannot take the file yet; it waits queued"
+        );
+        self.record(job, self.store.requeue(job.id));
+        if let Some(folder) = self.config.folder_for(&job.key.folder) {
+            self.live.gates.hold(
+                folder.clone(),
+                Arc::clone(attempt.backend),
+                Arc::clone(&self.wake),
+                &self.stopping,
+                reason,
+            );
+        }
+    }
+
     /// The log line, metrics and status figures of one uploaded file.
     fn count_success(&self, attempt: &Finished<'_>, remote: &str) {
         record_upload(
@@ -467,6 +490,7 @@ impl Worker {
             md5: posted.md5,
             posted_at_ms: to_ms(SystemTime::now()),
             transfer_ms: u64::try_from(attempt.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            failed: None,
         };
         if let Err(err) = self.store.mark_importing(job.id, import.clone()) {
             // Left finalizing: the next start finds the posted upload and adopts it.

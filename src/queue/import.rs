@@ -4,7 +4,8 @@
 //! ([`Store::mark_importing`]) and is free; whoever waits for the import settles it:
 //! `complete` when the remote imported the bytes it was sent, [`Store::requeue_corrupt`]
 //! when it kept other bytes (the bad upload is deleted, the file sent again), `fail` when
-//! it refused them. At start, [`Store::importing_jobs`] hands them to the wait again.
+//! it refused them (after [`Store::mark_import_failed`] and the removal of the failed
+//! upload), `requeue` when the upload is gone. At start, [`Store::importing_jobs`] hands them to the wait again.
 
 use super::{Import, Job, JobId, JobState, Store, StoreError, now_ms};
 
@@ -48,6 +49,36 @@ impl Store {
             };
             tx.clear_progress(id)?;
             tx.put_job(Some(&job), &queued)
+        })?;
+        self.flush()
+    }
+
+    /// The remote ended the import `failed`: records the reason and where the failed
+    /// upload is, before it is removed, so that a crash between its removal and the job
+    /// failing neither loses the reason nor posts the file again. Flushed.
+    pub fn mark_import_failed(
+        &self,
+        id: JobId,
+        remote: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.transact(|tx| {
+            let job = tx.require_job(id)?;
+            let Some(import) = &job.import else {
+                return Ok(());
+            };
+            let failed = Job {
+                import: Some(Import {
+                    remote: remote.to_owned(),
+                    failed: Some(reason.to_owned()),
+                    ..import.clone()
+                }),
+                last_error: Some(reason.to_owned()),
+                updated_at_ms: now,
+                ..job.clone()
+            };
+            tx.put_job(Some(&job), &failed)
         })?;
         self.flush()
     }

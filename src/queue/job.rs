@@ -50,6 +50,10 @@ pub struct Import {
     /// How long the transfer before the post took.
     #[serde(default)]
     pub transfer_ms: u64,
+    /// The remote ended the import `failed` with this reason, and the failed upload (at
+    /// `remote`) is being removed; the job fails once it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1686,6 +1686,7 @@ fn import_of(version: Fingerprint) -> Import {
         md5: "9e107d9d372bb6826bd81d3542a419d6".into(),
         posted_at_ms: 1_000,
         transfer_ms: 20,
+        failed: None,
     }
 }
 
@@ -1777,6 +1778,30 @@ fn a_file_changed_during_its_import_is_queued_again_once_the_import_settles() {
         .expect("fails");
     assert_eq!(job(&store, id).state, JobState::Queued);
     assert_covered(&store, &key("a"), &fp(3));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_failed_import_is_recorded_durably_before_its_upload_is_removed() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let id = {
+        let store = open(dir.path());
+        let id = importing_job(&store);
+        store
+            .mark_import_failed(id, "/tables/v/uploads/1", "bad row 3")
+            .expect("marks");
+        id
+    };
+    // As after a crash: still importing, with the reason and the upload to remove.
+    let store = open(dir.path());
+    let kept = job(&store, id);
+    assert_eq!(kept.state, JobState::Importing);
+    let import = kept.import.expect("the import is kept");
+    assert_eq!(import.failed.as_deref(), Some("bad row 3"));
+    assert_eq!(import.remote, "/tables/v/uploads/1");
+    assert_eq!(store.importing_jobs().expect("lists").len(), 1);
+    store.fail(id, "bad row 3").expect("fails");
+    assert!(matches!(job(&store, id).state, JobState::Failed { .. }));
     assert_invariants(&store);
 }
 

@@ -70,6 +70,11 @@ pub enum UploadError {
     Unreadable(String),
     #[error("state database: {0}")]
     Store(#[from] StoreError),
+    /// The remote cannot take the folder's files for a reason that is not an error (a
+    /// Redivis dataset without an unreleased version): the file waits, queued, until the
+    /// folder's remote check finds the remote ready again.
+    #[error("{0}")]
+    Waiting(String),
     /// Shutdown was requested; progress up to the last acknowledged chunk is saved.
     #[error("interrupted by shutdown")]
     Shutdown,

@@ -781,6 +781,7 @@ fn replicate(err: &UploadError) -> UploadError {
         UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
         UploadError::Changed => UploadError::Changed,
         UploadError::Unreadable(reason) => UploadError::Unreadable(reason.clone()),
+        UploadError::Waiting(reason) => UploadError::Waiting(reason.clone()),
         UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
         UploadError::Shutdown => UploadError::Shutdown,
     }

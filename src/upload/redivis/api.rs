@@ -121,6 +121,9 @@ pub struct UploadResource {
     pub hash: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
+    /// Records the import skipped or found bad, where Redivis counts them.
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub bad_records_count: Option<u64>,
 }
 
 impl UploadResource {

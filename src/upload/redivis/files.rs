@@ -673,6 +673,7 @@ fn copy_error(err: &UploadError) -> UploadError {
         UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
         UploadError::Changed => UploadError::Changed,
         UploadError::Unreadable(why) => UploadError::Unreadable(why.clone()),
+        UploadError::Waiting(why) => UploadError::Waiting(why.clone()),
         UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
     }
 }

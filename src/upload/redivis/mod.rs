@@ -5,7 +5,8 @@
 //! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
 //! shared budget of API requests), [`names`] (escaping, collisions, the per-table name
 //! index), [`poll`] (batched status polls), [`tables`] (a table's kind, a dataset's next
-//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches).
+//! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches),
+//! [`versions`] (a dataset without an unreleased version, a release mid-import).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
 //! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
@@ -46,14 +47,17 @@
 //! 7. Redivis imports the posted upload. While it is `queued` or `running`, return
 //!    [`Delivery::Posted`]: the daemon waits for it without a worker, through
 //!    [`RedivisBackend::await_import`] and the table's shared poller (2 s → 30 s).
-//!    `failed` fails the job with Redivis' `errorMessage`.
+//!    `failed`: the upload is removed (its name is free again) and the job fails with
+//!    Redivis' `errorMessage` ([`RedivisBackend::remove_failed`]).
 //! 8. Once imported, compare the upload's `hash` with our MD5 (hex any case, or base64),
 //!    and its size. A mismatch deletes the upload and sends the file again once (from 3); a
 //!    second one fails the job. Clear the saved session; the upload's URI and our MD5 go to
 //!    the ledger.
 //!
 //! Throughout, the file's fingerprint is checked before and after each chunk and before
-//! posting: a file that changed ends the attempt with `UploadError::Changed`.
+//! posting: a file that changed ends the attempt with `UploadError::Changed`. A definitive
+//! refusal from a `:next` table whose dataset has no unreleased version (released) ends it
+//! with `UploadError::Waiting` ([`versions`]).
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
 //! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
@@ -86,6 +90,7 @@ pub mod poll;
 pub mod ratelimit;
 pub mod session;
 pub mod tables;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,7 +101,7 @@ use md5::{Digest, Md5};
 
 use self::api::{ApiClient, ApiFields, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
-use self::poll::{PollConfig, Poller, failed_upload_error};
+use self::poll::{PollConfig, Poller, failure_message};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
 use self::tables::{TableKind, TableKinds};
@@ -188,6 +193,12 @@ pub enum Imported {
     Verified(Uploaded),
     /// Other bytes than were sent (the reason says how); the upload has been deleted.
     Corrupt(String),
+    /// Redivis ended the import `failed` (the reason carries its `errorMessage`); the
+    /// failed upload at `uri` is still in the table ([`RedivisBackend::remove_failed`]).
+    Failed { reason: String, uri: String },
+    /// The upload is in the table no more (deleted by someone, or released without it):
+    /// the file must be sent again.
+    Gone(String),
 }
 
 /// How the bytes reach upload.post.
@@ -220,7 +231,7 @@ impl RedivisBackend {
         bandwidth: Arc<Bandwidth>,
     ) -> Result<RedivisBackend, String> {
         let tuning = Tuning {
-            pacer: PacerConfig::from_env(),
+            pacer: PacerConfig::with_window(config.rate_limit_window),
             ..Tuning::default()
         };
         RedivisBackend::with_tuning(config, tuning, bandwidth)
@@ -349,13 +360,25 @@ impl RedivisBackend {
                 folder.path.display()
             )));
         };
-        let err = match self.kinds.get(&self.api, table, scope).await {
+        let mut err = match self.kinds.get(&self.api, table, scope).await {
             Ok(kind) => {
                 log_table_kind(folder, table, kind);
                 return Ok(());
             }
             Err(err) => err,
         };
+        let refused = err
+            .status
+            .is_some_and(|s| (400..500).contains(&s) && ![401, 403, 408, 429].contains(&s));
+        if refused && self.ensure_next_version(folder, table, scope).await? {
+            err = match self.kinds.get(&self.api, table, scope).await {
+                Ok(kind) => {
+                    log_table_kind(folder, table, kind);
+                    return Ok(());
+                }
+                Err(err) => err,
+            };
+        }
         if err.shutdown {
             return Err(UploadError::Shutdown);
         }
@@ -411,7 +434,10 @@ impl RedivisBackend {
     /// else one after the other.
     pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Delivery, UploadError>> {
         if let Some(table) = self.one_file_index_table(jobs) {
-            let outcomes = self.upload_files(&table, jobs).await;
+            let mut outcomes = self.upload_files(&table, jobs).await;
+            if let Some(scope) = jobs.first().map(|job| job.scope.clone()) {
+                self.explain_refusal(&table, &mut outcomes, &scope).await;
+            }
             return outcomes
                 .into_iter()
                 .map(|outcome| outcome.map(Delivery::Uploaded))
@@ -438,6 +464,16 @@ impl RedivisBackend {
     /// says): returns once Redivis holds it, imported and verified, or still importing
     /// ([`Delivery::Posted`]).
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
+        let mut outcome = [self.upload_one(job).await];
+        if let Target::RedivisTable(table) = &job.target {
+            self.explain_refusal(table, &mut outcome, &job.scope).await;
+        }
+        let [outcome] = outcome;
+        outcome
+    }
+
+    /// [`Self::upload`], before a refusal is put down to a released version.
+    async fn upload_one(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
             Target::KifsDirectory { directory, .. } => {
@@ -711,6 +747,11 @@ impl RedivisBackend {
                     return Ok(Delivery::Uploaded(uploaded));
                 }
                 Imported::Corrupt(reason) => reason,
+                Imported::Failed { reason, uri } => {
+                    self.remove_failed(table, &job.rel, &uri, &scope).await?;
+                    return Err(UploadError::permanent(reason));
+                }
+                Imported::Gone(reason) => return Err(UploadError::retry(reason)),
             };
             mismatches += 1;
             job.clear_progress()?;
@@ -722,9 +763,10 @@ impl RedivisBackend {
     }
 
     /// Steps 7–8 for an upload handed back as posted: waits through the table's shared
-    /// poller until Redivis finished importing it, then checks it. An import Redivis
-    /// failed is an error carrying its `errorMessage`; a corrupt one is deleted. In both
-    /// cases the file's name is released, since nothing of it stays in the table.
+    /// poller until Redivis finished importing it, then checks it. A corrupt upload is
+    /// deleted; a failed one is left for [`Self::remove_failed`]. An upload no longer in
+    /// the table is looked for in the version just released ([`versions`], step 4). When
+    /// nothing of the file stays in the table, its name is released.
     pub async fn await_import(
         &self,
         rel: &str,
@@ -732,28 +774,71 @@ impl RedivisBackend {
         size: u64,
         scope: &CallScope,
     ) -> Result<Imported, UploadError> {
-        let table = posted.target.as_str();
         let waited = UploadResource {
             uri: posted.remote.clone(),
             name: Some(rel.to_string()),
             ..UploadResource::default()
         };
-        let done = self.poller.wait(table, waited, scope).await?;
-        let escaped = names::escape(rel);
-        let checked = self
-            .verify(table, &escaped, done, size, &posted.md5, scope)
-            .await;
-        if matches!(
-            checked,
-            Ok(Imported::Corrupt(_))
-                | Err(UploadError::Remote {
-                    disposition: Disposition::Permanent,
-                    ..
-                })
-        ) {
-            self.names.release(table, rel);
+        let checked = match self.wait_anywhere(&posted.target, waited, scope).await? {
+            Ok((table, done)) => {
+                let escaped = names::escape(rel);
+                self.verify(&table, &escaped, done, size, &posted.md5, scope)
+                    .await?
+            }
+            Err(gone) => gone,
+        };
+        if !matches!(checked, Imported::Verified(_)) {
+            self.names.release(&posted.target, rel);
         }
-        checked
+        Ok(checked)
+    }
+
+    /// The finished upload and the table it ended in: `table`, or the version released
+    /// while it was importing; `Err(Gone)` when neither has it.
+    async fn wait_anywhere(
+        &self,
+        table: &str,
+        waited: UploadResource,
+        scope: &CallScope,
+    ) -> Result<Result<(String, UploadResource), Imported>, UploadError> {
+        let uri = waited.uri.clone();
+        if let Some(done) = self.poller.wait(table, waited, scope).await? {
+            return Ok(Ok((table.to_string(), done)));
+        }
+        let gone = || Imported::Gone(format!("upload {uri} is no longer in table {table}"));
+        let Some((released, found)) = self.find_released(table, &uri, scope).await? else {
+            return Ok(Err(gone()));
+        };
+        tracing::info!(upload = %found.uri, table = %released, "the upload was importing when its version was released; its import ends there");
+        Ok(self
+            .poller
+            .wait(&released, found, scope)
+            .await?
+            .map(|done| (released, done))
+            .ok_or_else(gone))
+    }
+
+    /// Removes an upload whose import Redivis failed (the official client's
+    /// `remove_on_fail`), so that its name is free again. Gone already, or in a released
+    /// version (which takes no changes), counts as removed.
+    pub async fn remove_failed(
+        &self,
+        table: &str,
+        rel: &str,
+        uri: &str,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
+        match self.api.delete_upload(uri, scope).await {
+            Ok(()) => {}
+            Err(err) if err.shutdown || err.disposition != Disposition::Permanent => {
+                return Err(err.into());
+            }
+            Err(err) => {
+                tracing::warn!(upload = %uri, error = %err.message, "cannot remove a failed upload; it stays in the table");
+            }
+        }
+        self.index.deleted(table, &names::escape(rel), uri);
+        Ok(())
     }
 
     /// [`RedivisBackend::upload`], then [`RedivisBackend::await_import`] when needed: the
@@ -775,6 +860,12 @@ impl RedivisBackend {
                     job.clear_progress()?;
                     return Ok(uploaded);
                 }
+                Imported::Failed { reason, uri } => {
+                    self.remove_failed(&posted.target, &job.rel, &uri, &scope)
+                        .await?;
+                    return Err(UploadError::permanent(reason));
+                }
+                Imported::Gone(reason) => return Err(UploadError::retry(reason)),
                 Imported::Corrupt(reason) => {
                     corrupt += 1;
                     if corrupt >= 2 {
@@ -800,7 +891,10 @@ impl RedivisBackend {
         scope: &CallScope,
     ) -> Result<Imported, UploadError> {
         if done.is_failed() {
-            return Err(failed_upload_error(&done));
+            return Ok(Imported::Failed {
+                reason: failure_message(&done),
+                uri: done.uri,
+            });
         }
         let remote_hash = done.hash.clone().unwrap_or_default();
         let size_ok = done.size.is_none_or(|s| s == size);
@@ -1182,6 +1276,7 @@ mod tests {
             token: crate::config::Secret::new("t0ken"),
             chunk_size: 1000,
             protocol: RedivisProtocol::ResumableUpload,
+            rate_limit_window: crate::config::DEFAULT_RATE_LIMIT_WINDOW,
             net: crate::config::NetConfig::default(),
         };
         let err = RedivisBackend::new(&config, Bandwidth::unlimited()).unwrap_err();

@@ -321,6 +321,12 @@ impl NameIndex {
         Ok(state.known(escaped))
     }
 
+    /// Drops what is known of `table`'s names (a new version of it starts without them).
+    pub fn forget(&self, table: &str) {
+        let mut tables = self.tables.lock().expect("name index lock is not poisoned");
+        tables.remove(&table.to_ascii_lowercase());
+    }
+
     /// We created `uri` under `escaped`.
     pub fn created(&self, table: &str, escaped: &str, uri: &str) {
         self.record(

@@ -12,7 +12,8 @@
 //! due upload; otherwise it walks the table's list
 //! (stopping as soon as every waiter was seen) and resolves every waiter whose upload is
 //! terminal, due or not. A `failed` upload seen in the list is fetched once more for its
-//! `errorMessage` (list entries do not carry it).
+//! `errorMessage` (list entries do not carry it), and so is one the list does not show
+//! (a 404 then says it is gone, for instance with a released version).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::api::{ApiClient, ApiError, UploadResource};
+use crate::upload::UploadError;
 use crate::upload::retry::CallScope;
-use crate::upload::{Disposition, UploadError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollConfig {
@@ -75,15 +76,16 @@ impl Poller {
         }
     }
 
-    /// Waits until `upload` is `completed` or `failed`, and returns its final resource.
+    /// Waits until `upload` is `completed` or `failed`, and returns its final resource;
+    /// `None` when the table does not have it (any more): the server answers 404 for it.
     pub async fn wait(
         self: &Arc<Self>,
         table: &str,
         upload: UploadResource,
         scope: &CallScope,
-    ) -> Result<UploadResource, UploadError> {
+    ) -> Result<Option<UploadResource>, UploadError> {
         if upload.is_terminal() {
-            return Ok(upload);
+            return Ok(Some(upload));
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -112,7 +114,8 @@ impl Poller {
         tokio::select! {
             _ = scope.stop.cancelled() => Err(UploadError::Shutdown),
             outcome = rx => match outcome {
-                Ok(Ok(upload)) => Ok(upload),
+                Ok(Ok(upload)) => Ok(Some(upload)),
+                Ok(Err(err)) if err.status == Some(404) => Ok(None),
                 Ok(Err(err)) => Err(err.into()),
                 Err(_) => Err(UploadError::retry("the upload status poller stopped")),
             },
@@ -197,7 +200,15 @@ impl Poller {
                             Some(remote) if remote.is_terminal() => {
                                 outcomes.push((mine.clone(), Ok(remote)));
                             }
-                            _ => {}
+                            Some(_) => {}
+                            None => {
+                                // Not in the list (the walk saw every page): asked alone,
+                                // a 404 says it is gone; a list that lags says nothing.
+                                match self.api.get_upload(&mine.uri, &self.background).await {
+                                    Ok(remote) if !remote.is_terminal() => {}
+                                    full => outcomes.push((mine.clone(), full)),
+                                }
+                            }
                         }
                     }
                 }
@@ -259,19 +270,19 @@ impl Poller {
     }
 }
 
-/// Text for a `failed` upload.
+/// Text for a `failed` upload: Redivis' `errorMessage`, and its count of bad records
+/// when it gives one.
 pub fn failure_message(upload: &UploadResource) -> String {
+    let bad_records = match upload.bad_records_count {
+        Some(count) if count > 0 => format!(" ({count} bad records)"),
+        _ => String::new(),
+    };
     format!(
-        "Redivis could not import upload {:?}: {}",
+        "Redivis could not import upload {:?}: {}{bad_records}",
         upload.name.as_deref().unwrap_or(&upload.uri),
         upload
             .error_message
             .as_deref()
             .unwrap_or("(no errorMessage given)")
     )
-}
-
-/// A failed upload fails the job; retrying the same bytes cannot help.
-pub fn failed_upload_error(upload: &UploadResource) -> UploadError {
-    UploadError::remote(Disposition::Permanent, failure_message(upload))
 }

@@ -19,7 +19,8 @@
 //!    among them; their own answers log them).
 //! 4. A logged answer gives its credit back `window` after it arrived: by then the server
 //!    no longer counts it, as long as `window` is at least the server's window. `window`
-//!    starts at the longest window the docs have named (100 s).
+//!    starts at the `[redivis] rate_limit_window` key (default: the longest window the
+//!    docs have named, 100 s).
 //! 5. A request may go when a credit is left; otherwise it waits for the next credit to
 //!    come back. With nothing logged and nothing in flight (another client spent the
 //!    budget), one request goes `window` after the last answer.
@@ -57,30 +58,19 @@ impl Default for PacerConfig {
     fn default() -> Self {
         PacerConfig {
             initial_limit: 100,
-            window: Duration::from_secs(100),
+            window: crate::config::DEFAULT_RATE_LIMIT_WINDOW,
             default_block: Duration::from_secs(10),
         }
     }
 }
 
-/// Environment variable setting [`PacerConfig::window`] (a duration such as `5s`), for
-/// tests whose emulator counts over a short window; not meant for production.
-pub const RATE_WINDOW_ENV: &str = "UPSYNC_REDIVIS_RATE_WINDOW";
-
 impl PacerConfig {
-    /// The defaults, with the window of [`RATE_WINDOW_ENV`] when it is set.
-    pub fn from_env() -> PacerConfig {
-        let mut config = PacerConfig::default();
-        if let Some(value) = std::env::var_os(RATE_WINDOW_ENV) {
-            match humantime::parse_duration(&value.to_string_lossy()) {
-                Ok(window) if !window.is_zero() => {
-                    tracing::warn!(window = %humantime::format_duration(window), "{RATE_WINDOW_ENV} sets the Redivis rate-limit window");
-                    config.window = window;
-                }
-                _ => tracing::warn!("ignoring {RATE_WINDOW_ENV}: not a positive duration"),
-            }
+    /// The defaults, counting requests over `window` (the `rate_limit_window` key).
+    pub fn with_window(window: Duration) -> PacerConfig {
+        PacerConfig {
+            window,
+            ..PacerConfig::default()
         }
-        config
     }
 }
 

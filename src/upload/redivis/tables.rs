@@ -45,6 +45,17 @@ pub struct DatasetResource {
     /// `null` when the dataset has no unreleased version.
     #[serde(default)]
     pub next_version: Option<serde_json::Value>,
+    /// The latest released version (`tag` such as `v1.0`); `null` before the first release.
+    #[serde(default)]
+    pub current_version: Option<serde_json::Value>,
+}
+
+impl DatasetResource {
+    /// The current version's tag as a reference qualifier: `v1.0` → `v1_0`.
+    pub fn current_qualifier(&self) -> Option<String> {
+        let tag = self.current_version.as_ref()?.get("tag")?.as_str()?;
+        is_version(tag).then(|| tag.replace('.', "_"))
+    }
 }
 
 /// The kinds of the tables seen so far.
@@ -79,6 +90,12 @@ impl TableKinds {
         Ok(kind)
     }
 
+    /// Forgets `table`'s kind, so that the next [`Self::get`] asks the table again (its
+    /// version was released: the check must see whether a next version exists).
+    pub fn forget(&self, table: &str) {
+        self.lock().remove(table);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TableKind>> {
         self.kinds.lock().expect("table kinds lock is not poisoned")
     }
@@ -94,6 +111,33 @@ pub fn dataset_of(table: &str) -> Option<String> {
         .filter(|part| !is_version(part))
         .collect();
     Some(format!("{owner}.{}", parts.join(":")))
+}
+
+/// Whether `table` may name the unreleased version: `:next`, or no version at all.
+pub fn names_next_version(table: &str) -> bool {
+    let Some((_, rest)) = table.split_once('.') else {
+        return false;
+    };
+    let Some((dataset, _)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    let mut versions = dataset.split(':').skip(1).filter(|part| is_version(part));
+    versions
+        .next()
+        .is_none_or(|version| version.eq_ignore_ascii_case("next"))
+}
+
+/// `table` with its dataset's version qualifier replaced by `qualifier`:
+/// (`owner.ds:next.tbl`, `v1_0`) → `owner.ds:v1_0.tbl`.
+pub fn in_version(table: &str, qualifier: &str) -> Option<String> {
+    let (owner, rest) = table.split_once('.')?;
+    let (dataset, name) = rest.rsplit_once('.')?;
+    let mut parts: Vec<&str> = dataset
+        .split(':')
+        .filter(|part| !is_version(part))
+        .collect();
+    parts.push(qualifier);
+    Some(format!("{owner}.{}.{name}", parts.join(":")))
 }
 
 fn is_version(qualifier: &str) -> bool {
@@ -204,5 +248,32 @@ mod tests {
         );
         assert_eq!(dataset_of("owner.ds.tbl").as_deref(), Some("owner.ds"));
         assert_eq!(dataset_of("nodots"), None);
+    }
+
+    #[test]
+    fn a_table_names_the_next_version_unless_it_names_a_released_one() {
+        assert!(names_next_version("owner.ds:next.tbl"));
+        assert!(names_next_version("owner.ds:7br5:NEXT.tbl"));
+        assert!(names_next_version("owner.ds.tbl"));
+        assert!(!names_next_version("owner.ds:v1_0.tbl"));
+        assert!(!names_next_version("owner.ds:current.tbl"));
+        assert!(!names_next_version("nodots"));
+    }
+
+    #[test]
+    fn a_table_moves_to_another_version_by_its_qualifier() {
+        assert_eq!(
+            in_version("owner.ds:next.tbl", "v1_0").as_deref(),
+            Some("owner.ds:v1_0.tbl")
+        );
+        assert_eq!(
+            in_version("owner.ds:7br5:next.tbl:x", "v2_0").as_deref(),
+            Some("owner.ds:7br5:v2_0.tbl:x")
+        );
+        let dataset: DatasetResource =
+            serde_json::from_str(r#"{"nextVersion": null, "currentVersion": {"tag": "v3.0"}}"#)
+                .unwrap();
+        assert_eq!(dataset.current_qualifier().as_deref(), Some("v3_0"));
+        assert!(dataset.next_version.is_none());
     }
 }
