@@ -13,6 +13,7 @@
 //! | `upsync_upload_failures_total` | counter | folder, backend, class |
 //! | `upsync_upload_retries_total` | counter | folder, backend |
 //! | `upsync_upload_duration_seconds` | histogram | backend |
+//! | `upsync_import_duration_seconds` | histogram | backend |
 //! | `upsync_request_duration_seconds` | histogram | backend, kind, outcome |
 //! | `upsync_queue_jobs` | gauge | folder, state |
 //! | `upsync_oldest_pending_age_seconds` | gauge | folder |
@@ -240,6 +241,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     retries: Family<UploadLabels, Counter>,
     upload_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    import_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
     queue_jobs: Family<StateLabels, Gauge>,
     oldest_pending_age: Family<FolderLabels, FloatGauge>,
     last_success: Family<FolderLabels, FloatGauge>,
@@ -290,6 +292,11 @@ impl Metrics {
         let upload_duration = Family::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.05, 2.0, 16))) as fn() -> Histogram,
         );
+        // 0.5 s to about 68 minutes: Redivis imports a small file in seconds, a large one
+        // in many minutes.
+        let import_duration = Family::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.5, 2.0, 14))) as fn() -> Histogram,
+        );
         r.register(
             "request_duration_seconds",
             "Duration of HTTP requests to the remotes, from sending to the answer's headers",
@@ -323,8 +330,15 @@ impl Metrics {
             upload_duration: registered(
                 r,
                 "upload_duration_seconds",
-                "Duration of successful upload attempts (all requests of one file)",
+                "Duration of successful upload attempts (all requests of one file, up to the \
+                 remote holding its bytes)",
                 upload_duration,
+            ),
+            import_duration: registered(
+                r,
+                "import_duration_seconds",
+                "How long the remote took to import an uploaded file's bytes (Redivis)",
+                import_duration,
             ),
             queue_jobs: registered(
                 r,
@@ -394,6 +408,13 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
+    /// An upload the remote imported `duration` after it held the bytes (Redivis).
+    pub fn imported(&self, backend: &str, duration: Duration) {
+        self.import_duration
+            .get_or_create(&backend_labels(backend))
+            .observe(duration.as_secs_f64());
+    }
+
     /// A failed attempt; `retried` when it was scheduled for a later retry.
     pub fn failed(&self, folder: &str, backend: &str, class: FailureClass, retried: bool) {
         self.failures
@@ -437,6 +458,9 @@ impl Metrics {
             );
         }
         drop(self.upload_duration.get_or_create(&backend_labels(backend)));
+        if backend == "redivis" {
+            drop(self.import_duration.get_or_create(&backend_labels(backend)));
+        }
         for kind in RequestKind::of_backend(backend) {
             for outcome in OUTCOMES {
                 drop(REQUEST_DURATION.get_or_create(&request_labels(*kind, outcome)));
@@ -623,6 +647,24 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn an_import_is_timed_apart_from_its_transfer() {
+        let metrics = Metrics::new();
+        metrics.uploaded("/r", "redivis", 10, Duration::from_millis(40));
+        metrics.imported("redivis", Duration::from_secs(3));
+        let text = metrics.encode();
+        let sum = line(
+            &text,
+            "upsync_import_duration_seconds_sum{backend=\"redivis\"}",
+        );
+        assert!(sum.ends_with(" 3.0"), "{text}");
+        let transfer = line(
+            &text,
+            "upsync_upload_duration_seconds_sum{backend=\"redivis\"}",
+        );
+        assert!(transfer.ends_with(" 0.04"), "{text}");
     }
 
     #[test]
@@ -923,6 +965,7 @@ mod tests {
             "upsync_uploaded_files_total{folder=\"/r\",backend=\"redivis\"} 0",
             "upsync_uploaded_files_total{folder=\"/k\",backend=\"kifs\"} 0",
             "upsync_upload_failures_total{folder=\"/r\",backend=\"redivis\",class=\"permanent\"} 0",
+            "upsync_import_duration_seconds_count{backend=\"redivis\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
         }

@@ -693,3 +693,140 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+// ---- import failures -----------------------------------------------------------------------
+
+/// A file Redivis cannot parse fails with Redivis' own message, its upload is removed (the
+/// name is free again) and it is not posted again; fixed, it uploads under the same name.
+#[test]
+fn a_malformed_file_fails_with_redivis_message_and_its_fixed_version_takes_the_name() {
+    let options = "[folder.redivis_options]\ntype = \"delimited\"\ndelimiter = \",\"";
+    let s = setup_with(TABLE, &[], "chunk_size = \"1MiB\"", options);
+    let path = s.inbox.join("survey.csv");
+    std::fs::write(&path, "id,answer\n1,yes\n2,no,extra\n3,maybe\n").unwrap();
+    backdate(&path, 120);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file to fail", || {
+        json_number(&folder_status(&s.config)["failed"]) == Some(1)
+    });
+    let status = status_json(&s.config);
+    let reason = status["failed"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("line 3"), "Redivis' errorMessage: {reason}");
+    assert!(
+        s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty(),
+        "the failed upload is removed from the table"
+    );
+
+    std::fs::write(&path, "id,answer\n1,yes\n2,no\n3,maybe\n").unwrap();
+    backdate(&path, 60);
+    daemon.wait_until(Duration::from_secs(60), "the fixed file uploaded", || {
+        holds_exactly(&s, TABLE, &["survey.csv"]).is_ok()
+            && json_number(&folder_status(&s.config)["done"]) == Some(1)
+    });
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(
+        json_number(&stats["uploads_created"]),
+        Some(2),
+        "posted once failing, once fixed: {stats}"
+    );
+    assert_eq!(json_number(&folder_status(&s.config)["failed"]), Some(0));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A crash after the failure was recorded and before the failed upload was removed: the
+/// next start removes it and fails the file with the recorded reason, posting nothing.
+#[test]
+fn a_crash_between_a_failed_import_and_its_removal_is_finished_at_the_next_start() {
+    let options = "[folder.redivis_options]\ntype = \"delimited\"\ndelimiter = \",\"";
+    let s = setup_with(
+        TABLE,
+        &["--redivis-processing-delay", "4s"],
+        "chunk_size = \"1MiB\"",
+        options,
+    );
+    let path = s.inbox.join("survey.csv");
+    std::fs::write(&path, "id,answer\n1,yes\n2,no,extra\n").unwrap();
+    backdate(&path, 120);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file importing", || {
+        json_number(&folder_status(&s.config)["importing"]) == Some(1)
+    });
+    daemon.kill9();
+    // As if the daemon had recorded the failure and died before the removal.
+    let store = upsync::queue::Store::open(&s._tmp.path().join("state")).unwrap();
+    let job = store
+        .importing_jobs()
+        .unwrap()
+        .pop()
+        .expect("an importing job");
+    let uri = job.import.as_ref().expect("its import").remote.clone();
+    store
+        .mark_import_failed(job.id, &uri, "Redivis could not import: recorded reason")
+        .unwrap();
+    drop(store);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file failed", || {
+        json_number(&folder_status(&s.config)["failed"]) == Some(1)
+    });
+    let status = status_json(&s.config);
+    assert_eq!(
+        status["failed"][0]["reason"], "Redivis could not import: recorded reason",
+        "{status}"
+    );
+    assert!(s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty());
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(json_number(&stats["uploads_created"]), Some(1), "{stats}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+// ---- log lines -----------------------------------------------------------------------------
+
+/// The number after `field=` in `line`.
+fn field_ms(line: &str, field: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{field}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+}
+
+/// The "imported" line names the table and the upload, its rate counts the transfer only
+/// and the import's time is a field (and a histogram) of its own.
+#[test]
+fn the_imported_line_names_table_and_upload_and_times_the_import_apart() {
+    let s = setup(&["--redivis-processing-delay", "2s"], "");
+    let port = free_port();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.inbox.join("2024")).unwrap();
+    small_files(&s, &["2024/a.csv"], 50);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file imported", || {
+        json_number(&folder_status(&s.config)["done"]) == Some(1)
+    });
+    let metrics = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+    let count = "upsync_import_duration_seconds_count";
+    assert_eq!(
+        sample(&metrics, count, &["redivis"]),
+        Some(1.0),
+        "{metrics}"
+    );
+    let sum = sample(&metrics, "upsync_import_duration_seconds_sum", &["redivis"]);
+    assert!(sum.is_some_and(|seconds| seconds >= 1.0), "{metrics}");
+    assert_eq!(daemon.terminate(), Some(0));
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(" imported ") && l.contains("2024/a.csv"))
+        .unwrap_or_else(|| panic!("no 'imported' line in the log: {log}"));
+    assert!(
+        line.contains("remote=test.dataset:next.files/2024/a.csv"),
+        "{line}"
+    );
+    let (transfer, import) = (field_ms(line, "duration_ms"), field_ms(line, "import_ms"));
+    assert!(import >= 1000, "the 2 s import is timed apart: {line}");
+    assert!(transfer < import, "the import is not transfer time: {line}");
+}

@@ -26,15 +26,15 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::status::Live;
-use super::worker::{Backends, record_upload};
+use super::worker::{Backends, UploadLine, record_upload};
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Import, Job, JobId, Store};
+use crate::queue::{Import, Job, JobId, Store, to_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::redivis::Imported;
 use crate::upload::retry::CallScope;
@@ -193,17 +193,17 @@ impl Imports {
     /// Step 3.
     fn completed(&self, job: &Job, import: &Import, uploaded: crate::upload::Uploaded) {
         let path = job.path().display().to_string();
-        let transfer = Duration::from_millis(import.transfer_ms);
-        record_upload(
-            &self.metrics,
-            &self.live,
-            &job.key.folder,
-            &path,
-            "redivis",
-            import.fingerprint.size,
-            transfer,
-            &uploaded.remote,
-        );
+        let imported_ms = to_ms(SystemTime::now()).saturating_sub(import.posted_at_ms);
+        let line = UploadLine {
+            folder: &job.key.folder,
+            path: &path,
+            backend: "redivis",
+            bytes: import.fingerprint.size,
+            transfer: Duration::from_millis(import.transfer_ms),
+            import: Some(Duration::from_millis(imported_ms)),
+            remote: format!("{}/{}", import.target, job.key.rel),
+        };
+        record_upload(&self.metrics, &self.live, &line);
         let recorded = self.store.complete(
             job.id,
             &import.fingerprint,

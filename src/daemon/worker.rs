@@ -4,9 +4,9 @@
 //! success → ledger; posted (the remote imports it) → `importing`, handed to [`Imports`]
 //! and the worker is free; vanished file → job dropped; changed file → queued again;
 //! permanent failure → `failed` with the reason; the remote waiting (a dataset without an
-//! unreleased version) → queued again while the folder waits; anything transient → `retry-wait` with a
-//! persisted, exponentially growing `next_attempt_at`; shutdown → left `active` (recovered
-//! at start).
+//! unreleased version) → queued again while the folder waits; anything transient →
+//! `retry-wait` with a persisted, exponentially growing `next_attempt_at`; shutdown → left
+//! `active` (recovered at start).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -220,6 +220,7 @@ impl Worker {
                 path: display,
                 backend: &backend,
                 backend_name: backend_label,
+                target: &upload.target,
                 fingerprint: upload.fingerprint,
                 started,
             };
@@ -467,16 +468,16 @@ impl Worker {
 
     /// The log line, metrics and status figures of one uploaded file.
     fn count_success(&self, attempt: &Finished<'_>, remote: &str) {
-        record_upload(
-            &self.metrics,
-            &self.live,
-            &attempt.job.key.folder,
-            attempt.path,
-            attempt.backend_name,
-            attempt.fingerprint.size,
-            attempt.started.elapsed(),
-            remote,
-        );
+        let line = UploadLine {
+            folder: &attempt.job.key.folder,
+            path: attempt.path,
+            backend: attempt.backend_name,
+            bytes: attempt.fingerprint.size,
+            transfer: attempt.started.elapsed(),
+            import: None,
+            remote: remote_label(attempt.target, &attempt.job.key.rel, remote),
+        };
+        record_upload(&self.metrics, &self.live, &line);
     }
 
     /// The remote holds the bytes and imports them: the job waits in `importing`, without
@@ -545,6 +546,7 @@ impl Prepared {
             path: &self.display,
             backend: &self.backend,
             backend_name: self.backend_name,
+            target: &self.upload.target,
             fingerprint: self.upload.fingerprint,
             started,
         }
@@ -559,36 +561,69 @@ struct Finished<'a> {
     path: &'a str,
     backend: &'a Arc<Backend>,
     backend_name: &'static str,
+    target: &'a Target,
     /// The version the attempt sent.
     fingerprint: Fingerprint,
     started: Instant,
 }
 
-/// The log line, metrics and status figures of one uploaded file (by a worker, or at the
-/// end of its import).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn record_upload(
-    metrics: &Metrics,
-    live: &Live,
-    folder: &str,
-    path: &str,
-    backend: &str,
-    bytes: u64,
-    elapsed: Duration,
-    remote: &str,
-) {
-    let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
-    tracing::info!(
-        path,
-        bytes,
-        duration_ms = elapsed.as_millis() as u64,
-        rate = %format!("{}/s", bytesize::ByteSize(rate as u64)),
-        remote = %remote,
-        "uploaded"
-    );
-    metrics.uploaded(folder, backend, bytes, elapsed);
+/// One uploaded file as its log line, metrics and status figures tell it (by a worker, or
+/// at the end of its import).
+pub(super) struct UploadLine<'a> {
+    pub folder: &'a str,
+    /// The local path.
+    pub path: &'a str,
+    pub backend: &'static str,
+    pub bytes: u64,
+    /// The bytes' time: from the attempt's start until the remote held them.
+    pub transfer: Duration,
+    /// How long the remote then took to import them (Redivis uploads), if it did.
+    pub import: Option<Duration>,
+    /// Where the file is, as its user names it ([`remote_label`]).
+    pub remote: String,
+}
+
+/// Logs, counts and shows one uploaded file: an "uploaded" line, or an "imported" one
+/// with the import's time as a field of its own. The rate counts the transfer only.
+pub(super) fn record_upload(metrics: &Metrics, live: &Live, line: &UploadLine<'_>) {
+    let per_second = line.bytes as f64 / line.transfer.as_secs_f64().max(1e-6);
+    let rate = format!("{}/s", bytesize::ByteSize(per_second as u64));
+    let duration_ms = millis(line.transfer);
+    let (path, bytes, remote) = (line.path, line.bytes, &line.remote);
+    match line.import {
+        None => {
+            tracing::info!(path, bytes, duration_ms, rate = %rate, remote = %remote, "uploaded")
+        }
+        Some(import) => {
+            let import_ms = millis(import);
+            tracing::info!(
+                path,
+                bytes,
+                duration_ms,
+                rate = %rate,
+                import_ms,
+                remote = %remote,
+                "imported"
+            );
+            metrics.imported(line.backend, import);
+        }
+    }
+    metrics.uploaded(line.folder, line.backend, line.bytes, line.transfer);
     live.activity
-        .record_success(folder, to_ms(SystemTime::now()), bytes);
+        .record_success(line.folder, to_ms(SystemTime::now()), line.bytes);
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
+/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS.
+pub(super) fn remote_label(target: &Target, rel: &str, remote: &str) -> String {
+    match target {
+        Target::RedivisTable(table) => format!("{table}/{rel}"),
+        Target::KifsDirectory { .. } => remote.to_string(),
+    }
 }
 
 /// A version whose mtime is older than the settle time is complete even if the watcher has

@@ -291,7 +291,8 @@ pub async fn temp_uploads(
             ))
         })?;
         let name = item.get("name").and_then(Value::as_str).map(str::to_string);
-        // A resumable temp upload of 0 bytes makes the official client loop forever (B5).
+        // A resumable temp upload of 0 bytes makes the official client loop forever
+        // (protocol §11, B5).
         let resumable = size > 0 && item.get("resumable").and_then(Value::as_bool) == Some(true);
         let mut transfer = new_transfer(TransferKind::TempUpload, key.clone(), Some(size));
         transfer.name = name.clone();

@@ -526,7 +526,7 @@ async fn case_06_temp_uploads_answer_in_order_with_string_sizes() {
     assert_eq!(results[0]["resumable"], true);
     assert_eq!(
         results[1]["resumable"], false,
-        "0 bytes is never resumable (B5)"
+        "0 bytes is never resumable (docs/protocols/redivis.md §11, B5)"
     );
     assert!(
         results[2]["url"]

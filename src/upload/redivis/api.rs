@@ -242,7 +242,8 @@ impl ApiClient {
         &self.health
     }
 
-    /// Whether `url` is served by the API's host:port, so the token may go there (B9).
+    /// Whether `url` is served by the API's host:port, so the token may go there (protocol
+    /// §11, B9).
     pub fn is_api_origin(&self, url: &str) -> bool {
         self.origin.is_some() && origin_of(url) == self.origin
     }

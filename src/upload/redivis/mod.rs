@@ -14,24 +14,25 @@
 //! 2. If `finalizing` was persisted by an earlier attempt (`job.finalize_started`), the
 //!    upload.post may have happened: list the table's uploads (all pages) and look for our
 //!    name with our size and MD5 (or still importing). Found: adopt it, go to 7.
-//! 3. Before sending a byte (B6), is the escaped name held in the table? The table's
-//!    [`names::NameIndex`] (one listing shared by many uploads) answers the usual cases
-//!    without a request: nobody holds it, or only the ledger's `job.previous` upload does
-//!    (and this file's size or MD5 differs from it). Otherwise `GET` the upload by escaped
-//!    name: another local name → collision (permanent). Ours with the same size and hash,
-//!    not failed → adopt it (the file is already there, e.g. the ledger was lost or the
-//!    file was only touched), go to 7.
+//! 3. Before sending a byte (protocol §11, B6), is the escaped name held in the table?
+//!    The table's [`names::NameIndex`] (one listing shared by many uploads) answers the
+//!    usual cases without a request: nobody holds it, or only the ledger's `job.previous`
+//!    upload does (and this file's size or MD5 differs from it). Otherwise `GET` the upload
+//!    by escaped name: another local name → collision (permanent). Ours with the same
+//!    size and hash, not failed → adopt it (the file is already there, e.g. the ledger
+//!    was lost or the file was only touched), go to 7.
 //!    Anything else under our name (an earlier version, a failed import, a leftover) is
 //!    stale; so is the ledger's `job.previous` upload. Stale uploads are deleted in step 5,
 //!    after the transfer, so the old data stays visible as long as possible.
 //! 4. Transfer, computing the MD5 while streaming:
-//!    - ≤ [`INLINE_UPLOAD_MAX`] (always for 0 bytes, B5): nothing to transfer, the bytes go
-//!      inline in the multipart upload.post (one API call instead of three or more).
+//!    - ≤ [`INLINE_UPLOAD_MAX`] (always for 0 bytes, protocol §11 B5): nothing to
+//!      transfer, the bytes go inline in the multipart upload.post (one API call
+//!      instead of three or more).
 //!    - `resumable-upload` flow: `POST resumableUpload?size=N` → session URL.
 //!    - `temp-uploads` flow: `POST tempUploads`, asking for a resumable upload when the
 //!      file is larger than one chunk; the server's answer decides. Resumable:
 //!      `x-goog-resumable: start` → `Location` = session URL. Non-resumable: one whole-body
-//!      PUT, re-sent whole on every retry (B1).
+//!      PUT, re-sent whole on every retry (protocol §11, B1).
 //!    - The session's state is saved after creation and after every acknowledged chunk. A
 //!      saved session is resumed (status query first) unless the file changed, the flow
 //!      differs or it is older than 24 h. A session that dies (404/410/499, or one 400)

@@ -23,7 +23,8 @@
 //! request reports its outcome to the Redivis remote's [`RemoteHealth`] (through the HTTP
 //! client).
 //!
-//! The token goes to a session URL only when its host:port is the API's (B9).
+//! The token goes to a session URL only when its host:port is the API's (protocol §11,
+//! B9).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -140,7 +141,7 @@ pub enum ServerOffset {
 }
 
 /// Parses `Range: bytes=0-K`: `Ok(None)` without the header, `Ok(Some(K + 1))`, or `Err`
-/// for anything else (B7: never a crash).
+/// for anything else (protocol §11 B7: never a crash).
 pub fn parse_range(headers: &HeaderMap) -> Result<Option<u64>, String> {
     let Some(value) = headers.get(RANGE) else {
         return Ok(None);
@@ -620,7 +621,8 @@ impl Transfer<'_> {
     }
 
     /// Non-resumable temp upload: one PUT of the whole file, re-sent whole on every retry
-    /// (never just the unread remainder, B1). Returns the MD5 (hex) of what was sent.
+    /// (never just the unread remainder, protocol §11 B1). Returns the MD5 (hex) of what was
+    /// sent.
     pub async fn put_whole(&self, url: &str, size: u64) -> Result<String, SessionFailure> {
         let mut attempts = self.client.attempts(self.scope, "whole-file PUT");
         loop {
