@@ -1,9 +1,10 @@
 //! The per-folder figures `status`, the metrics and the systemd status line show, kept up
 //! to date by the transitions themselves so that reading them costs one entry per folder.
 //!
-//! - `counts` tree: folder -> [`Tally`] (its jobs by state, its ledger entries, its newest
-//!   upload). Every job write goes through `Tx::put_job`/`Tx::remove_job` and every ledger
-//!   write through `Tx::put_ledger`; each notes the change in the transaction's [`Changes`],
+//! - `counts` tree: folder -> [`Tally`] (its jobs by state, its deletions and those the
+//!   mass-delete guard holds, its ledger entries, its newest upload). Every job write goes
+//!   through `Tx::put_job`/`Tx::remove_job` and every ledger write through
+//!   `Tx::put_ledger`/`Tx::remove_ledger`; each notes the change in the transaction's [`Changes`],
 //!   and `Tx::settle_counts` adds them to the folders' tallies at the end of the same
 //!   transaction: one write per folder a transaction touched, whatever its size.
 //! - `attention` tree: JobId -> empty for exactly the failed and retry-wait jobs, the ones
@@ -18,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::job::{FolderCounts, Job, JobState};
+use super::delete;
+use super::job::{FolderCounts, Job, JobKind, JobState};
 use super::keys::{decode_file_key, decode_job_key, job_key};
 use super::{Store, StoreError, Tx, TxResult, abort, encode, ledger_uploaded_at};
 
@@ -46,9 +48,40 @@ pub(super) enum Column {
     RetryWait,
     Failed,
     Done,
+    Deletions,
+    Held,
 }
 
-const COLUMNS: usize = 7;
+const COLUMNS: usize = 9;
+
+/// Where one job counts: its state's column, and for a deletion also `deletions` (and
+/// `held` while the mass-delete guard holds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Place {
+    state: Column,
+    deletion: bool,
+    held: bool,
+}
+
+impl Place {
+    pub(super) fn of(job: &Job) -> Place {
+        Place {
+            state: Column::of(&job.state),
+            deletion: job.kind == JobKind::Delete,
+            held: delete::is_held(job),
+        }
+    }
+
+    fn columns(self) -> impl Iterator<Item = Column> {
+        [
+            Some(self.state),
+            self.deletion.then_some(Column::Deletions),
+            self.held.then_some(Column::Held),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
 
 impl Column {
     pub(super) fn of(state: &JobState) -> Column {
@@ -76,6 +109,8 @@ impl Column {
             Column::RetryWait => &mut counts.retry_wait,
             Column::Failed => &mut counts.failed,
             Column::Done => &mut counts.done,
+            Column::Deletions => &mut counts.deletions,
+            Column::Held => &mut counts.held,
         }
     }
 }
@@ -91,25 +126,32 @@ struct Change {
 }
 
 impl Changes {
-    pub(super) fn moved(&self, folder: &str, from: Option<Column>, to: Option<Column>) {
+    pub(super) fn moved(&self, folder: &str, from: Option<Place>, to: Option<Place>) {
         if from == to {
             return;
         }
         let mut changes = self.0.borrow_mut();
         let change = changes.entry(folder.to_owned()).or_default();
-        if let Some(from) = from {
-            change.by_column[from as usize] -= 1;
+        for column in from.into_iter().flat_map(Place::columns) {
+            change.by_column[column as usize] -= 1;
         }
-        if let Some(to) = to {
-            change.by_column[to as usize] += 1;
+        for column in to.into_iter().flat_map(Place::columns) {
+            change.by_column[column as usize] += 1;
         }
     }
 
+    /// A ledger entry written (`new_entry`: where there was none) at `at_ms`.
     pub(super) fn uploaded(&self, folder: &str, new_entry: bool, at_ms: u64) {
         let mut changes = self.0.borrow_mut();
         let change = changes.entry(folder.to_owned()).or_default();
         change.by_column[Column::Done as usize] += i64::from(new_entry);
         change.last_upload_ms = change.last_upload_ms.max(at_ms);
+    }
+
+    /// A ledger entry removed.
+    pub(super) fn forgotten(&self, folder: &str) {
+        let mut changes = self.0.borrow_mut();
+        changes.entry(folder.to_owned()).or_default().by_column[Column::Done as usize] -= 1;
     }
 }
 
@@ -132,6 +174,8 @@ fn column_at(n: usize) -> Column {
         Column::RetryWait,
         Column::Failed,
         Column::Done,
+        Column::Deletions,
+        Column::Held,
     ][n]
 }
 
@@ -171,15 +215,15 @@ impl Tx<'_> {
         let Some(job) = new.or(old) else {
             return Ok(());
         };
-        let from = old.map(|job| Column::of(&job.state));
-        let to = new.map(|job| Column::of(&job.state));
+        let from = old.map(Place::of);
+        let to = new.map(Place::of);
         if from == to {
             return Ok(());
         }
         self.changes.moved(&job.key.folder, from, to);
         let (was, is) = (
-            from.is_some_and(Column::needs_attention),
-            to.is_some_and(Column::needs_attention),
+            from.is_some_and(|place| place.state.needs_attention()),
+            to.is_some_and(|place| place.state.needs_attention()),
         );
         if was && !is {
             self.attention.remove(&job_key(job.id))?;
@@ -362,9 +406,12 @@ impl Store {
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
         let mut attention = Vec::new();
         for job in self.jobs()? {
-            let column = Column::of(&job.state);
-            *column.of_counts(&mut tallies.entry(job.key.folder.clone()).or_default().counts) += 1;
-            if column.needs_attention() {
+            let place = Place::of(&job);
+            let counts = &mut tallies.entry(job.key.folder.clone()).or_default().counts;
+            for column in place.columns() {
+                *column.of_counts(counts) += 1;
+            }
+            if place.state.needs_attention() {
                 attention.push(job_key(job.id).to_vec());
             }
         }

@@ -57,6 +57,17 @@
 //! processes a posted upload): no worker holds them, they are not due, and they survive
 //! restarts untouched, so the wait resumes and nothing is posted twice.
 //!
+//! # Job kinds
+//!
+//! A job uploads its file's current version ([`JobKind::Upload`]) or, in a folder that
+//! propagates deletions, deletes the copy the ledger records for a file that is gone
+//! ([`JobKind::Delete`], see `delete`). Both kinds go through the same states; a file
+//! keeps one job whatever its kind, so a deletion and an upload of one path are never
+//! pending at once: an upload that loses its file becomes a deletion, and a deletion whose
+//! file comes back becomes an upload (after it ends, if it is running). The mass-delete
+//! guard holds deletions in `failed`, with a reason saying so, until the operator approves
+//! them (`retry_failed` with [`RetrySelection::Deletes`]).
+//!
 //! # Invariants
 //!
 //! The tests check 1 to 3, 6's index and 8 after the operations of each test
@@ -80,9 +91,12 @@
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
-//!    `offer` when the ledger already holds the offered fingerprint and the job had failed,
-//!    or (c) by `drop_job` or `drop_vanished` because the file vanished (never while
-//!    importing: those bytes are on the remote, and the import's end records them). So a
+//!    `offer` when the ledger already holds the offered fingerprint and the job had failed
+//!    or was a deletion, (c) by `drop_job` or `drop_vanished` because the file vanished
+//!    (never while importing: those bytes are on the remote, and the import's end records
+//!    them; never a deletion, nor an upload marked for deletion), or (d) by
+//!    `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
+//!    when the whole folder is gone (its files are looked at again when it is back). So a
 //!    file whose fingerprint differs from its ledger entry keeps a queued, active,
 //!    importing, retry-wait or failed job. `offer` itself is not flushed: after a crash the
 //!    start-up scan offers every file again, which re-derives any job that was lost with
@@ -104,11 +118,12 @@
 //!    leaves each job either before or after a transition, never half-way. Transitions the
 //!    invariants above depend on (progress, finalizing, importing, complete, fail,
 //!    retry-wait, requeue, retry of failed jobs, recovery) are flushed before they return.
-//! 8. **The counts are the trees'.** For every folder, `counts` holds its jobs by state and
-//!    its ledger entries (no entry when all are zero and it never uploaded), and the newest
-//!    upload time; `attention` holds exactly the failed and retry-wait jobs. Every job
-//!    write goes through `Tx::put_job`/`Tx::remove_job` and every ledger write through
-//!    `Tx::put_ledger`, which note the change, and the transaction adds it to the counts
+//! 8. **The counts are the trees'.** For every folder, `counts` holds its jobs by state
+//!    (and its deletions, and the held ones), its ledger entries (no entry when all are
+//!    zero and it never uploaded), and the newest upload time; `attention` holds exactly
+//!    the failed and retry-wait jobs. Every job write goes through
+//!    `Tx::put_job`/`Tx::remove_job` and every ledger write through
+//!    `Tx::put_ledger`/`Tx::remove_ledger`, which note the change, and the transaction adds it to the counts
 //!    before it commits. `check_counts` (at daemon start, from `recover_after_restart`)
 //!    repairs any drift and warns about it.
 //!
@@ -140,6 +155,7 @@
 
 mod claim;
 mod counts;
+mod delete;
 mod error;
 mod import;
 mod job;
@@ -161,9 +177,10 @@ use sled::transaction::{
 use sled::{IVec, Transactional};
 
 pub use counts::Tally;
+pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
 pub use job::{
-    Completed, FileKey, FolderCounts, Import, Job, JobId, JobState, LedgerEntry, Offer,
+    Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
@@ -444,6 +461,14 @@ impl Tx<'_> {
         self.count_job(old, Some(new))
     }
 
+    /// Removes a file's ledger entry (one file fewer done).
+    fn remove_ledger(&self, raw_key: Vec<u8>, folder: &str) -> TxResult<()> {
+        if self.ledger.remove(raw_key)?.is_some() {
+            self.changes.forgotten(folder);
+        }
+        Ok(())
+    }
+
     /// Records an upload in the ledger (a new entry counts as one more file done).
     fn put_ledger(&self, raw_key: Vec<u8>, folder: &str, entry: &LedgerEntry) -> TxResult<()> {
         let previous = self.ledger.insert(raw_key, encode(entry))?;
@@ -509,6 +534,11 @@ impl Tx<'_> {
                 Err(err) => return abort(err),
             },
         };
+        if let Some(job) = &existing
+            && job.kind == JobKind::Delete
+        {
+            return self.cancel_deletion(job, fingerprint, uploaded, now);
+        }
         if uploaded {
             if let Some(job) = &existing
                 && matches!(job.state, JobState::Failed { .. })
@@ -550,6 +580,8 @@ impl Tx<'_> {
                     corrupt_imports: 0,
                     last_error: None,
                     import: None,
+                    kind: JobKind::Upload,
+                    approved: false,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -907,7 +939,8 @@ impl Store {
                 };
                 tx.put_ledger(raw_key, &job.key.folder, &entry)?;
                 tx.clear_progress(c.id)?;
-                if job.fingerprint == c.fingerprint {
+                // A job marked for deletion meanwhile deletes what was just recorded.
+                if job.fingerprint == c.fingerprint && job.kind == JobKind::Upload {
                     tx.remove_job(&job)?;
                     done.push(true);
                 } else {
@@ -985,9 +1018,15 @@ impl Store {
     }
 
     /// Removes the job because its file vanished. Not flushed: if a crash undoes it, the
-    /// worker finds the file missing again.
+    /// worker finds the file missing again. A job marked for deletion during its attempt
+    /// is queued again, as the deletion it now is.
     pub fn drop_job(&self, id: JobId) -> Result<(), StoreError> {
+        let now = now_ms();
         self.transact(|tx| match tx.job(id)? {
+            Some(job) if job.kind == JobKind::Delete => {
+                tx.clear_progress(id)?;
+                tx.put_job(Some(&job), &queued_afresh(&job, now))
+            }
             Some(job) => tx.remove_job(&job),
             None => Ok(()),
         })
@@ -1003,6 +1042,9 @@ impl Store {
             let Some(job) = tx.job_for(&raw_key)? else {
                 return Ok(None);
             };
+            if job.kind == JobKind::Delete {
+                return Ok(None);
+            }
             match job.state {
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
                     tx.remove_job(&job)?;
@@ -1033,9 +1075,13 @@ impl Store {
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
         let selected = |job: &Job| match selection {
-            RetrySelection::All => true,
+            RetrySelection::All => !delete::is_held(job),
+            RetrySelection::Deletes => job.kind == JobKind::Delete,
             RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
         };
+        // A deletion retried by name or with --deletes is the operator's word for it; the
+        // mass-delete guard no longer holds it.
+        let approve = !matches!(selection, RetrySelection::All);
         let mut moved = 0;
         for job in self.jobs_needing_attention()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
@@ -1053,6 +1099,7 @@ impl Store {
                     state: JobState::Queued,
                     attempts: 0,
                     corrupt_imports: 0,
+                    approved: job.approved || (approve && job.kind == JobKind::Delete),
                     updated_at_ms: now,
                     ..job.clone()
                 };

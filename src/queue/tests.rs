@@ -973,6 +973,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
             retry_wait: 1,
             failed: 0,
             done: 1,
+            ..FolderCounts::default()
         })
     );
     assert_eq!(
@@ -2072,3 +2073,5 @@ fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
         false,
     );
 }
+
+mod deletions;
