@@ -13,7 +13,7 @@ use indicatif::MultiProgress;
 use upsync::config::Config;
 use upsync::daemon::{self, ProgressMode, SyncOptions, control, status};
 use upsync::emulator::{self, EmulatorOptions};
-use upsync::queue::{RetrySelection, Store, StoreError};
+use upsync::queue::{Store, StoreError};
 use upsync::signals;
 
 #[derive(Parser)]
@@ -118,11 +118,14 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Retry every failed job.
-        #[arg(long, conflicts_with = "paths")]
+        /// Retry every failed job (deletions held by the mass-delete guard stay held).
+        #[arg(long, conflicts_with_all = ["paths", "deletes"])]
         all: bool,
+        /// Let the deletions held by the mass-delete guard run, and retry failed deletions.
+        #[arg(long, conflicts_with = "paths")]
+        deletes: bool,
         /// Files to retry (paths inside watched folders).
-        #[arg(value_name = "PATH", required_unless_present = "all")]
+        #[arg(value_name = "PATH", required_unless_present_any = ["all", "deletes"])]
         paths: Vec<PathBuf>,
     },
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
@@ -265,12 +268,18 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             }
             Ok(())
         }
-        Command::Retry { config, all, paths } => {
+        Command::Retry {
+            config,
+            all,
+            deletes,
+            paths,
+        } => {
             let config = load(&config)?;
             let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
             let request = control::RetryRequest {
                 all,
-                paths: paths.clone(),
+                deletes,
+                paths,
             };
             let body = serde_json::to_vec(&request).expect("retry request serializes");
             let requeued =
@@ -279,12 +288,9 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 {
                     Answer::Daemon(answer) => answer.requeued,
                     Answer::Stopped(store) => {
-                        let selection = if all {
-                            RetrySelection::All
-                        } else {
-                            RetrySelection::Paths(paths)
-                        };
-                        let requeued = store.retry_failed(&selection).map_err(Failure::runtime)?;
+                        let requeued = store
+                            .retry_failed(&request.selection())
+                            .map_err(Failure::runtime)?;
                         store.flush().map_err(Failure::runtime)?;
                         requeued
                     }

@@ -15,7 +15,9 @@
 //! | `upsync_upload_duration_seconds` | histogram | backend |
 //! | `upsync_import_duration_seconds` | histogram | backend |
 //! | `upsync_request_duration_seconds` | histogram | backend, kind, outcome |
+//! | `upsync_deleted_files_total` | counter | folder, backend |
 //! | `upsync_queue_jobs` | gauge | folder, state |
+//! | `upsync_deletions_held` | gauge | folder |
 //! | `upsync_oldest_pending_age_seconds` | gauge | folder |
 //! | `upsync_last_success_timestamp_seconds` | gauge | folder |
 //! | `upsync_in_flight_uploads` | gauge | folder, backend |
@@ -165,6 +167,8 @@ pub struct FolderGauges {
     pub in_flight_size_bytes: u64,
     /// The state of the folder's remote check; `None` leaves the gauge out.
     pub remote_check: Option<String>,
+    /// Deletions the mass-delete guard holds.
+    pub deletions_held: u64,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -241,8 +245,10 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     retries: Family<UploadLabels, Counter>,
     upload_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    deleted_files: Family<UploadLabels, Counter>,
     import_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
     queue_jobs: Family<StateLabels, Gauge>,
+    deletions_held: Family<FolderLabels, Gauge>,
     oldest_pending_age: Family<FolderLabels, FloatGauge>,
     last_success: Family<FolderLabels, FloatGauge>,
     in_flight: Family<UploadLabels, Gauge>,
@@ -334,6 +340,12 @@ impl Metrics {
                  remote holding its bytes)",
                 upload_duration,
             ),
+            deleted_files: registered(
+                r,
+                "deleted_files",
+                "Remote copies deleted because their local file is gone (on_delete = \"delete\")",
+                Family::default(),
+            ),
             import_duration: registered(
                 r,
                 "import_duration_seconds",
@@ -344,6 +356,12 @@ impl Metrics {
                 r,
                 "queue_jobs",
                 "Jobs in the queue by state (done: files in the upload ledger)",
+                Family::default(),
+            ),
+            deletions_held: registered(
+                r,
+                "deletions_held",
+                "Deletions the mass-delete guard holds until `upsync retry --deletes` (0 when none)",
                 Family::default(),
             ),
             oldest_pending_age: registered(
@@ -408,6 +426,13 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
+    /// The remote copy of a file that is gone locally was deleted.
+    pub fn deleted(&self, folder: &str, backend: &str) {
+        self.deleted_files
+            .get_or_create(&upload_labels(folder, backend))
+            .inc();
+    }
+
     /// An upload the remote imported `duration` after it held the bytes (Redivis).
     pub fn imported(&self, backend: &str, duration: Duration) {
         self.import_duration
@@ -432,6 +457,7 @@ impl Metrics {
     /// folder exists from here on, at 0 until it counts something.
     pub fn set_folders(&self, folders: &[FolderGauges]) {
         self.queue_jobs.clear();
+        self.deletions_held.clear();
         self.oldest_pending_age.clear();
         self.last_success.clear();
         self.in_flight.clear();
@@ -451,6 +477,7 @@ impl Metrics {
         drop(self.uploaded_files.get_or_create(&labels));
         drop(self.uploaded_bytes.get_or_create(&labels));
         drop(self.retries.get_or_create(&labels));
+        drop(self.deleted_files.get_or_create(&labels));
         for class in FailureClass::ALL {
             drop(
                 self.failures
@@ -506,6 +533,9 @@ impl Metrics {
         self.last_success
             .get_or_create(&folder)
             .set(figures.last_success_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        self.deletions_held
+            .get_or_create(&folder)
+            .set(i64::try_from(figures.deletions_held).unwrap_or(i64::MAX));
         let labels = upload_labels(&figures.folder, &figures.backend);
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.in_flight
@@ -756,10 +786,15 @@ mod tests {
             in_flight_acknowledged_bytes: 10,
             in_flight_size_bytes: 100,
             remote_check: None,
+            deletions_held: 4,
         });
         let text = metrics.encode();
         assert!(
             line(&text, "upsync_queue_jobs{folder=\"/d\",state=\"queued\"}").ends_with(" 3"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "upsync_deletions_held{folder=\"/d\"}").ends_with(" 4"),
             "{text}"
         );
         assert!(

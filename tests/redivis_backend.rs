@@ -1432,6 +1432,7 @@ fn folder(table: &str) -> FolderConfig {
         settle: Duration::from_secs(1),
         recursive: true,
         redivis: Default::default(),
+        deletes: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `plan`: the folder → target plan that `upsync check` prints.
 //! - `network`: CA files, proxies, timeouts and the bandwidth limit or timetable.
 
+mod deletes;
 mod errors;
 mod network;
 mod paths;
@@ -28,6 +29,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use deletes::{DeletePolicy, MaxDelete, OnDelete, PERCENT_FLOOR};
 pub use network::{
     BandwidthConfig, CaFile, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, NetConfig, ProxyUrl,
 };
@@ -124,6 +126,8 @@ pub struct FolderConfig {
     pub recursive: bool,
     /// Redivis settings (default for KiFS folders, which may not set them).
     pub redivis: RedivisFolder,
+    /// What a local deletion does to the remote copy, and the mass-delete guard.
+    pub deletes: DeletePolicy,
 }
 
 #[derive(Debug, Clone)]

@@ -89,6 +89,16 @@ pub(crate) struct RawFolder {
     pub recursive: Option<bool>,
     pub create_next_version: Option<Spanned<bool>>,
     pub redivis_options: Option<Spanned<RawRedivisOptions>>,
+    pub on_delete: Option<Spanned<String>>,
+    pub max_delete: Option<Spanned<RawMaxDelete>>,
+}
+
+/// `max_delete` as written: a count, or a string holding a count or a percentage.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawMaxDelete {
+    Count(i64),
+    Text(String),
 }
 
 /// `[folder.redivis_options]`: parse options, named like the API's fields in snake_case.

@@ -525,6 +525,7 @@ fn folder(
     };
 
     let redivis = redivis_folder(ck, f, i);
+    let deletes = super::deletes::delete_policy(ck, f, i);
     let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
     let exclude = match f.exclude.as_deref() {
         Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
@@ -542,6 +543,7 @@ fn folder(
         settle: duration_or(&f.settle, DEFAULT_SETTLE),
         recursive: f.recursive.unwrap_or(true),
         redivis,
+        deletes,
     })
 }
 

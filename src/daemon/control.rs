@@ -29,7 +29,23 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetryRequest {
     pub all: bool,
+    /// Retry the failed deletions, approving those the mass-delete guard holds.
+    #[serde(default)]
+    pub deletes: bool,
     pub paths: Vec<PathBuf>,
+}
+
+impl RetryRequest {
+    /// Which failed jobs the request moves back to the queue.
+    pub fn selection(&self) -> RetrySelection {
+        if self.deletes {
+            RetrySelection::Deletes
+        } else if self.all {
+            RetrySelection::All
+        } else {
+            RetrySelection::Paths(self.paths.clone())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,11 +108,7 @@ async fn retry(
     State(state): State<Arc<ControlState>>,
     Json(request): Json<RetryRequest>,
 ) -> Result<Json<RetryResponse>, (StatusCode, String)> {
-    let selection = if request.all {
-        RetrySelection::All
-    } else {
-        RetrySelection::Paths(request.paths)
-    };
+    let selection = request.selection();
     let requeued = state
         .store
         .retry_failed(&selection)

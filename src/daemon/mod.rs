@@ -21,6 +21,7 @@
 //! it) and flush the store.
 
 pub mod control;
+mod deleter;
 mod fleet;
 pub mod gates;
 pub mod heap;

@@ -130,9 +130,10 @@ impl SyncSummary {
     }
 }
 
-/// Offers to the store, counting the files that were not ready yet.
+/// Offers to the folder's sink (the store, deleting or not), counting the files that were
+/// not ready yet.
 struct CountingSink {
-    store: Store,
+    inner: Arc<dyn Sink>,
     wake: Arc<tokio::sync::Notify>,
     not_uploaded: AtomicU64,
     offered: AtomicU64,
@@ -149,7 +150,7 @@ impl CountingSink {
 
 impl Sink for CountingSink {
     fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
-        let uploaded = Sink::is_uploaded(&self.store, key, fingerprint);
+        let uploaded = self.inner.is_uploaded(key, fingerprint);
         if !uploaded {
             self.not_uploaded.fetch_add(1, Ordering::Relaxed);
         }
@@ -157,16 +158,29 @@ impl Sink for CountingSink {
     }
 
     fn vanished(&self, key: &FileKey) {
-        Sink::vanished(&self.store, key);
+        self.inner.vanished(key);
+    }
+
+    fn vanished_many(&self, keys: &[FileKey]) {
+        self.inner.vanished_many(keys);
+        self.wake.notify_one();
     }
 
     fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
-        Sink::pending_files(&self.store, folder, under)
+        self.inner.pending_files(folder, under)
+    }
+
+    fn uploaded_files(&self, folder: &str, under: &str) -> Vec<String> {
+        self.inner.uploaded_files(folder, under)
+    }
+
+    fn scan_done(&self, folder: &str) {
+        self.inner.scan_done(folder);
     }
 
     fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {
         self.offered.fetch_add(1, Ordering::Relaxed);
-        let offer = Sink::offer(&self.store, key, fingerprint);
+        let offer = self.inner.offer(key, fingerprint);
         if offer == SinkOffer::Queued {
             self.wake.notify_one();
         }
@@ -177,7 +191,7 @@ impl Sink for CountingSink {
 /// Scans `folder` once on the blocking pool; returns how many files were too young.
 async fn scan(core: &Core, folder: &FolderConfig) -> Result<u64, DaemonError> {
     let sink = Arc::new(CountingSink {
-        store: core.store.clone(),
+        inner: watch::DeletingSink::for_folder(core.store.clone(), folder),
         wake: Arc::clone(&core.wake),
         not_uploaded: AtomicU64::new(0),
         offered: AtomicU64::new(0),

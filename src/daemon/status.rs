@@ -11,6 +11,7 @@
 //!                  "remote_kind": "directory" | "table" | "file index table" | null,
 //!                  "queued": 0, "active": 1, "finalizing": 0, "importing": 0,
 //!                  "retry_wait": 0, "failed": 1, "done": 12,
+//!                  "deletions": 0, "held": 0,
 //!                  "oldest_pending_age_s": 95 | null,
 //!                  "last_success_ms": 1700000000000 | null,
 //!                  "remote_check": { "state": "ready" | "checking" | "refused" | "waiting",
@@ -38,6 +39,10 @@
 //! - `remote_kind`: what the folder feeds, as the running daemon found it (a Redivis table
 //!   is a `table` of uploads or a `file index table`); `null` when not known yet or when
 //!   the daemon is stopped.
+//! - `deletions`: deletion jobs of a folder with `on_delete = "delete"` (remote copies of
+//!   files that are gone), counted under their state too; `held`: those of them the
+//!   mass-delete guard holds (counted as failed, with the reason in `failed`) until
+//!   `upsync retry --deletes`.
 //! - `importing`: files Redivis holds and is still importing; no worker waits for them.
 //! - `remote_check`: whether the folder's remote can take its files ([`super::gates`]):
 //!   `checking` (not answered yet; `reason` is the last error), `ready`, `refused` (for good
@@ -458,6 +463,7 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 in_flight: uploads.len() as u64,
                 in_flight_acknowledged_bytes: uploads.iter().map(|u| u.bytes_done).sum(),
                 in_flight_size_bytes: uploads.iter().map(|u| u.bytes_total).sum(),
+                deletions_held: c.held,
             }
         })
         .collect()
@@ -597,6 +603,16 @@ pub fn render_text(report: &StatusReport) -> String {
             .last_success_ms
             .map_or_else(|| "never".to_string(), format_time);
         let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
+        if c.held > 0 {
+            let _ = writeln!(
+                out,
+                "  {} deletions held by the mass-delete guard (max_delete): nothing is deleted \
+                 until `upsync retry --deletes` or a higher max_delete",
+                c.held
+            );
+        } else if c.deletions > 0 {
+            let _ = writeln!(out, "  {} remote copies to delete", c.deletions);
+        }
         if let Some(check) = folder.remote_check.as_ref().filter(|c| c.state != "ready") {
             let _ = writeln!(
                 out,

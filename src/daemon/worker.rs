@@ -21,7 +21,7 @@ use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Completed, Import, Job, JobState, Store, to_ms};
+use crate::queue::{Completed, Import, Job, JobKind, JobState, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Delivery, LiveProgress, Posted, UploadError, UploadJob};
@@ -123,6 +123,9 @@ impl Worker {
 
     /// Uploads a claimed job, together with more small ones when its backend batches them.
     async fn process(&self, job: Job) {
+        if job.kind == JobKind::Delete {
+            return self.process_deletion(job).await;
+        }
         let batch = self.claim_batch_with(&job);
         if batch.is_empty() {
             self.process_one(job).await;
@@ -163,7 +166,8 @@ impl Worker {
                 .claim_more(first, SystemTime::now(), limits.max_files - 1, |job| {
                     let size = job.fingerprint.size;
                     let same_target = !limits.one_target || target_of(job) == Some(first_target);
-                    let fits = size <= limits.max_file_size
+                    let fits = job.kind == JobKind::Upload
+                        && size <= limits.max_file_size
                         && bytes + size <= limits.max_bytes
                         && same_target
                         && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
@@ -415,16 +419,8 @@ impl Worker {
                     .failed(&job.key.folder, backend, FailureClass::Permanent, false);
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
-                let after = match &err {
-                    UploadError::Remote {
-                        disposition: crate::upload::Disposition::Retry { after },
-                        ..
-                    } => *after,
-                    _ => None,
-                };
-                let bound = delay_bound(JOB_RETRY_BASE, self.config.retry_max_delay, job.attempts);
-                let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
-                let delay = after.map_or(jittered, |after| after.max(jittered));
+                let after = retry_after_of(&err);
+                let delay = self.job_retry_delay(job, &err);
                 let class = match &err {
                     UploadError::Store(_) => FailureClass::StateDatabase,
                     _ => FailureClass::Transient,
@@ -442,6 +438,14 @@ impl Worker {
                 self.record(job, self.store.retry_later(job.id, at, &err.to_string()));
             }
         }
+    }
+
+    /// The pause before a job's next attempt after the transient failure `err`: growing
+    /// with its attempts, jittered, and never shorter than the remote asked.
+    pub(super) fn job_retry_delay(&self, job: &Job, err: &UploadError) -> Duration {
+        let bound = delay_bound(JOB_RETRY_BASE, self.config.retry_max_delay, job.attempts);
+        let jittered = bound / 2 + bound.mul_f64(rand::random::<f64>() / 2.0);
+        retry_after_of(err).map_or(jittered, |after| after.max(jittered))
     }
 
     /// The remote cannot take the folder's files for now (not an error): the file is
@@ -521,7 +525,7 @@ impl Worker {
         self.record(job, recorded.map(|_| ()));
     }
 
-    fn record(&self, job: &Job, result: Result<(), crate::queue::StoreError>) {
+    pub(super) fn record(&self, job: &Job, result: Result<(), crate::queue::StoreError>) {
         if let Err(err) = result {
             tracing::error!(job = job.id.0, error = %err, "cannot record a job's outcome in the state database");
         }
@@ -622,6 +626,17 @@ pub(super) fn remote_label(target: &Target, rel: &str, remote: &str) -> String {
     match target {
         Target::RedivisTable(table) => format!("{table}/{rel}"),
         Target::KifsDirectory { .. } => remote.to_string(),
+    }
+}
+
+/// The pause a remote asked for (`Retry-After`), if it did.
+fn retry_after_of(err: &UploadError) -> Option<Duration> {
+    match err {
+        UploadError::Remote {
+            disposition: crate::upload::Disposition::Retry { after },
+            ..
+        } => *after,
+        _ => None,
     }
 }
 

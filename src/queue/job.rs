@@ -56,13 +56,38 @@ pub struct Import {
     pub failed: Option<String>,
 }
 
+/// What a job does for its file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Send the file's current version.
+    #[default]
+    Upload,
+    /// The file is gone: delete what the ledger records as uploaded for it.
+    Delete,
+}
+
+impl JobKind {
+    pub fn is_upload(&self) -> bool {
+        *self == JobKind::Upload
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub key: FileKey,
-    /// The newest fingerprint seen for the file.
+    /// The newest fingerprint seen for the file; for a deletion, the version it deletes.
     pub fingerprint: Fingerprint,
     pub state: JobState,
+    /// Upload or delete; one job per file either way, so a file that comes back turns its
+    /// deletion into an upload.
+    #[serde(default, skip_serializing_if = "JobKind::is_upload")]
+    pub kind: JobKind,
+    /// A deletion the operator let through the mass-delete guard (`upsync retry
+    /// --deletes`): the guard no longer counts or holds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
     /// Set when `finalizing` was persisted for the current content: the finalize call may
     /// have reached the remote, so the backend reconciles before finalizing again.
     pub finalize_started: bool,
@@ -121,7 +146,10 @@ pub enum Offer {
 /// Which failed jobs `retry_failed` moves back to the queue.
 #[derive(Debug, Clone)]
 pub enum RetrySelection {
+    /// Every failed job but the deletions the mass-delete guard holds.
     All,
+    /// Every failed deletion, the held ones included (`upsync retry --deletes`).
+    Deletes,
     /// Absolute paths of files (folder joined with relative path).
     Paths(Vec<std::path::PathBuf>),
 }
@@ -146,6 +174,12 @@ pub struct FolderCounts {
     pub retry_wait: u64,
     pub failed: u64,
     pub done: u64,
+    /// Deletion jobs, in any state (also counted under their state).
+    #[serde(default)]
+    pub deletions: u64,
+    /// Deletions the mass-delete guard holds (also counted as failed).
+    #[serde(default)]
+    pub held: u64,
 }
 
 impl FileKey {

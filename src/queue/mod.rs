@@ -48,6 +48,17 @@
 //! processes a posted upload): no worker holds them, they are not due, and they survive
 //! restarts untouched, so the wait resumes and nothing is posted twice.
 //!
+//! # Job kinds
+//!
+//! A job uploads its file's current version ([`JobKind::Upload`]) or, in a folder that
+//! propagates deletions, deletes the copy the ledger records for a file that is gone
+//! ([`JobKind::Delete`], see `delete`). Both kinds go through the same states; a file
+//! keeps one job whatever its kind, so a deletion and an upload of one path are never
+//! pending at once: an upload that loses its file becomes a deletion, and a deletion whose
+//! file comes back becomes an upload (after it ends, if it is running). The mass-delete
+//! guard holds deletions in `failed`, with a reason saying so, until the operator approves
+//! them (`retry_failed` with [`RetrySelection::Deletes`]).
+//!
 //! # Invariants
 //!
 //! The tests check 1 to 3 and 6's index after the operations of each test
@@ -71,9 +82,12 @@
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
-//!    `offer` when the ledger already holds the offered fingerprint and the job had failed,
-//!    or (c) by `drop_job` or `drop_vanished` because the file vanished (never while
-//!    importing: those bytes are on the remote, and the import's end records them). So a
+//!    `offer` when the ledger already holds the offered fingerprint and the job had failed
+//!    or was a deletion, (c) by `drop_job` or `drop_vanished` because the file vanished
+//!    (never while importing: those bytes are on the remote, and the import's end records
+//!    them; never a deletion, nor an upload marked for deletion), or (d) by
+//!    `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
+//!    when the whole folder is gone (its files are looked at again when it is back). So a
 //!    file whose fingerprint differs from its ledger entry keeps a queued, active,
 //!    importing, retry-wait or failed job. `offer` itself is not flushed: after a crash the
 //!    start-up scan offers every file again, which re-derives any job that was lost with
@@ -123,6 +137,7 @@
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
 mod claim;
+mod delete;
 mod error;
 mod import;
 mod job;
@@ -144,9 +159,10 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
+pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
 pub use job::{
-    Completed, FileKey, FolderCounts, Import, Job, JobId, JobState, LedgerEntry, Offer,
+    Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
@@ -478,6 +494,11 @@ impl Tx<'_> {
                 Err(err) => return abort(err),
             },
         };
+        if let Some(job) = &existing
+            && job.kind == JobKind::Delete
+        {
+            return self.cancel_deletion(job, fingerprint, uploaded, now);
+        }
         if uploaded {
             if let Some(job) = &existing
                 && matches!(job.state, JobState::Failed { .. })
@@ -519,6 +540,8 @@ impl Tx<'_> {
                     corrupt_imports: 0,
                     last_error: None,
                     import: None,
+                    kind: JobKind::Upload,
+                    approved: false,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -863,7 +886,8 @@ impl Store {
                 };
                 tx.ledger.insert(raw_key, encode(&entry))?;
                 tx.clear_progress(c.id)?;
-                if job.fingerprint == c.fingerprint {
+                // A job marked for deletion meanwhile deletes what was just recorded.
+                if job.fingerprint == c.fingerprint && job.kind == JobKind::Upload {
                     tx.remove_job(&job)?;
                     done.push(true);
                 } else {
@@ -941,9 +965,15 @@ impl Store {
     }
 
     /// Removes the job because its file vanished. Not flushed: if a crash undoes it, the
-    /// worker finds the file missing again.
+    /// worker finds the file missing again. A job marked for deletion during its attempt
+    /// is queued again, as the deletion it now is.
     pub fn drop_job(&self, id: JobId) -> Result<(), StoreError> {
+        let now = now_ms();
         self.transact(|tx| match tx.job(id)? {
+            Some(job) if job.kind == JobKind::Delete => {
+                tx.clear_progress(id)?;
+                tx.put_job(Some(&job), &queued_afresh(&job, now))
+            }
             Some(job) => tx.remove_job(&job),
             None => Ok(()),
         })
@@ -959,6 +989,9 @@ impl Store {
             let Some(job) = tx.job_for(&raw_key)? else {
                 return Ok(None);
             };
+            if job.kind == JobKind::Delete {
+                return Ok(None);
+            }
             match job.state {
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
                     tx.remove_job(&job)?;
@@ -989,9 +1022,13 @@ impl Store {
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
         let selected = |job: &Job| match selection {
-            RetrySelection::All => true,
+            RetrySelection::All => !delete::is_held(job),
+            RetrySelection::Deletes => job.kind == JobKind::Delete,
             RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
         };
+        // A deletion retried by name or with --deletes is the operator's word for it; the
+        // mass-delete guard no longer holds it.
+        let approve = !matches!(selection, RetrySelection::All);
         let mut moved = 0;
         for job in self.jobs()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
@@ -1009,6 +1046,7 @@ impl Store {
                     state: JobState::Queued,
                     attempts: 0,
                     corrupt_imports: 0,
+                    approved: job.approved || (approve && job.kind == JobKind::Delete),
                     updated_at_ms: now,
                     ..job.clone()
                 };
@@ -1172,6 +1210,10 @@ impl Store {
                 JobState::Importing => folder.importing += 1,
                 JobState::RetryWait { .. } => folder.retry_wait += 1,
                 JobState::Failed { .. } => folder.failed += 1,
+            }
+            if job.kind == JobKind::Delete {
+                folder.deletions += 1;
+                folder.held += u64::from(delete::is_held(&job));
             }
         }
         // Ledger keys carry the folder, so counting needs no value decoding.

@@ -961,6 +961,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
             retry_wait: 1,
             failed: 0,
             done: 1,
+            ..FolderCounts::default()
         })
     );
     assert_eq!(
@@ -1874,3 +1875,5 @@ fn writes_count_the_entries_each_transition_changes() {
         4,
     );
 }
+
+mod deletions;

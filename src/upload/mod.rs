@@ -388,6 +388,29 @@ impl Backend {
         }
     }
 
+    /// Deletes the copy of the file `rel` that the ledger records as uploaded to `target`
+    /// (`remote`: the KiFS name, the Redivis upload or file entry). A copy already gone
+    /// counts as deleted.
+    pub async fn delete_uploaded(
+        &self,
+        target: &Target,
+        rel: &str,
+        remote: &str,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
+        match (self, target) {
+            (Backend::Kifs(backend), Target::KifsDirectory { .. }) => {
+                backend.delete_file(remote, scope).await
+            }
+            (Backend::Redivis(backend), Target::RedivisTable(table)) => {
+                backend.delete_uploaded(table, rel, remote, scope).await
+            }
+            _ => Err(UploadError::permanent(
+                "the folder's target belongs to another backend",
+            )),
+        }
+    }
+
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         match self {
             Backend::Kifs(backend) => backend.upload(job).await.map(Delivery::Uploaded),

@@ -23,7 +23,7 @@ use super::recent::RecentOffers;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
 use super::watcher::{self, DirWatcher, EventFlags};
-use super::{ScanSummary, Sink, SinkOffer, forget_vanished};
+use super::{ScanSummary, Sink, SinkOffer, forget_vanished, vanished_files};
 use crate::fingerprint::Fingerprint;
 use crate::queue::FileKey;
 
@@ -104,6 +104,8 @@ pub struct FolderState {
     /// Settled files waiting to be offered together ([`FolderState::flush_offers`]); empty
     /// whenever a public method returns.
     outbox: Vec<(String, Fingerprint)>,
+    /// Files a batch of events found gone, told to the sink together at its end.
+    gone_box: Vec<FileKey>,
     /// Files whose offer queued a job, since the folder state was made.
     queued_total: u64,
     next_prune: Instant,
@@ -147,6 +149,7 @@ impl FolderState {
             wake: p.wake,
             recent: RecentOffers::new(RECENT_OFFER_MEMORY, RECENT_OFFER_LIMIT),
             outbox: Vec::new(),
+            gone_box: Vec::new(),
             queued_total: 0,
             next_prune: now + PRUNE_EVERY,
             warned: HashSet::new(),
@@ -187,6 +190,7 @@ impl FolderState {
         let root = self.root.clone();
         let summary = self.walk(&root, false);
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
+        self.sink.scan_done(&self.folder_key);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         info!(
             files_seen = summary.files_seen,
@@ -266,6 +270,7 @@ impl FolderState {
             let hint = hints.get(&path).copied().unwrap_or(Hint::None);
             self.handle_path(&path, hint);
         }
+        self.flush_gone();
         self.flush_offers();
     }
 
@@ -307,12 +312,13 @@ impl FolderState {
         self.settle.remove(&rel.to_string());
         self.recent.forget(rel);
         if self.watched.contains(path) || self.fallback.contains_key(path) {
-            forget_vanished(
+            let under = vanished_files(
                 &self.root,
                 &self.folder_key,
                 &format!("{rel}/"),
                 &*self.sink,
             );
+            self.gone_box.extend(under);
             let under: Vec<PathBuf> = self
                 .watched
                 .iter()
@@ -328,7 +334,19 @@ impl FolderState {
             self.settle.retain(|k| !k.starts_with(&prefix));
             debug!(dir = %path.display(), "directory removed; its watches are dropped");
         } else {
-            self.sink.vanished(&self.key(rel));
+            let key = self.key(rel);
+            self.gone_box.push(key);
+        }
+    }
+
+    /// Tells the sink about the files this batch of events found gone, together.
+    fn flush_gone(&mut self) {
+        if !self.gone_box.is_empty() {
+            let mut gone = std::mem::take(&mut self.gone_box);
+            // A file and its directory may both have been reported.
+            gone.sort_unstable();
+            gone.dedup();
+            self.sink.vanished_many(&gone);
         }
     }
 
@@ -387,6 +405,7 @@ impl FolderState {
         let root = self.root.clone();
         self.walk(&root, true);
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
+        self.sink.scan_done(&self.folder_key);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
     }
 
@@ -443,6 +462,8 @@ impl FolderState {
         for dir in self.watched.drain() {
             self.dirs.unwatch_dir(&dir);
         }
+        self.gone_box.clear();
+        self.sink.root_lost(&self.folder_key);
         self.fallback.clear();
         self.settle.retain(|_| false);
         self.recent.clear();

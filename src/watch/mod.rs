@@ -22,6 +22,7 @@
 //! So the job of a deleted or renamed file leaves the queue, a failed one included, without
 //! `upsync retry`. A folder that is gone as a whole (unmounted) drops nothing.
 
+mod deletions;
 pub mod filter;
 mod folder;
 mod recent;
@@ -43,6 +44,7 @@ use crate::config::FolderConfig;
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, Offer, Store};
 
+pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
 pub use folder::Options;
 use folder::{FolderParts, FolderState};
@@ -96,10 +98,25 @@ pub trait Sink: Send + Sync {
     }
     /// The file is gone: forget what is pending for it.
     fn vanished(&self, _key: &FileKey) {}
+    /// Files found gone together (by one scan, or one batch of events).
+    fn vanished_many(&self, keys: &[FileKey]) {
+        for key in keys {
+            self.vanished(key);
+        }
+    }
     /// The files of `folder` under the relative prefix `under` that have something pending.
     fn pending_files(&self, _folder: &str, _under: &str) -> Vec<String> {
         Vec::new()
     }
+    /// The files of `folder` under `under` whose absence matters beyond their jobs: those a
+    /// sink that deletes remote copies has uploaded. Empty for every other sink.
+    fn uploaded_files(&self, _folder: &str, _under: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// A look at the whole folder ended (the start-up scan, a rescan).
+    fn scan_done(&self, _folder: &str) {}
+    /// The folder is gone as a whole (deleted, unmounted, replaced).
+    fn root_lost(&self, _folder: &str) {}
 }
 
 impl Sink for Store {
@@ -168,7 +185,7 @@ pub async fn run_folder(
     scanned: tokio::sync::oneshot::Sender<ScanSummary>,
 ) {
     let opts = Options::new(folder.settle, ctx.rescan_interval);
-    let sink: Arc<dyn Sink> = Arc::new(ctx.store);
+    let sink = DeletingSink::for_folder(ctx.store, &folder);
     run_folder_with(
         folder,
         sink,
@@ -382,6 +399,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
     }
     .walk(&folder.path, &mut visit, &mut HashSet::new());
     forget_vanished(&folder.path, &visit.folder_key, "", sink);
+    sink.scan_done(&visit.folder_key);
     Ok(visit.summary)
 }
 
@@ -389,15 +407,33 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
 /// `under`) that has something pending but no longer exists. Call only while the folder
 /// itself is there: an unmounted folder must not look like deleted files.
 pub fn forget_vanished(root: &std::path::Path, folder_key: &str, under: &str, sink: &dyn Sink) {
-    for rel in sink.pending_files(folder_key, under) {
-        let gone = matches!(
-            std::fs::symlink_metadata(root.join(&rel)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound
-        );
-        if gone {
-            sink.vanished(&FileKey::new(folder_key, rel));
-        }
+    let gone = vanished_files(root, folder_key, under, sink);
+    if !gone.is_empty() {
+        sink.vanished_many(&gone);
     }
+}
+
+/// The files [`forget_vanished`] would tell the sink about.
+fn vanished_files(
+    root: &std::path::Path,
+    folder_key: &str,
+    under: &str,
+    sink: &dyn Sink,
+) -> Vec<FileKey> {
+    let mut candidates = sink.pending_files(folder_key, under);
+    candidates.extend(sink.uploaded_files(folder_key, under));
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates
+        .into_iter()
+        .filter(|rel| {
+            matches!(
+                std::fs::symlink_metadata(root.join(rel)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            )
+        })
+        .map(|rel| FileKey::new(folder_key, rel))
+        .collect()
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ fn folder_config(path: &Path, settle: Duration) -> FolderConfig {
         settle,
         recursive: true,
         redivis: Default::default(),
+        deletes: Default::default(),
     }
 }
 

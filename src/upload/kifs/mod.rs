@@ -51,9 +51,9 @@ use body::{Source, StreamedRequest};
 use classify::{classify_error_message, classify_status};
 pub use names::{MAX_NAME_LEN, validate_name};
 use wire::{
-    CreateDirectoryRequest, CreateDirectoryResponse, Record, ShowDirectoriesRequest,
-    ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse, UploadFilesResponse, Wrapper,
-    WrapperError,
+    CreateDirectoryRequest, CreateDirectoryResponse, DeleteFilesRequest, DeleteFilesResponse,
+    Record, ShowDirectoriesRequest, ShowDirectoriesResponse, ShowFilesRequest, ShowFilesResponse,
+    UploadFilesResponse, Wrapper, WrapperError,
 };
 
 /// Largest whole-file upload and the multipart part size (every official client's 60 MiB).
@@ -589,6 +589,25 @@ impl KifsBackend {
             .collect())
     }
 
+    /// Deletes the file `remote` (a full KiFS name upsync uploaded); a file already gone
+    /// counts as deleted. `/delete/files` reads `*` and `?` as wildcards, so a name holding
+    /// one is refused rather than sent: it could delete other files.
+    pub async fn delete_file(&self, remote: &str, scope: &CallScope) -> Result<(), UploadError> {
+        if remote.contains(['*', '?']) {
+            return Err(UploadError::permanent(format!(
+                "not deleting KiFS file {remote}: the name holds a wildcard character"
+            )));
+        }
+        let request = DeleteFilesRequest {
+            file_names: vec![remote.to_string()],
+            options: BTreeMap::from([("no_error_if_not_exists".into(), "true".into())]),
+        };
+        let _: DeleteFilesResponse = self
+            .call_with_retries("/delete/files", &request, scope)
+            .await?;
+        Ok(())
+    }
+
     async fn show_file(
         &self,
         target: &str,
@@ -1000,6 +1019,7 @@ mod tests {
             settle: Duration::from_secs(1),
             recursive: true,
             redivis: Default::default(),
+            deletes: Default::default(),
         };
         for create in [false, true] {
             let err = backend("wrong")

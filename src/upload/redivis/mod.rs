@@ -349,6 +349,30 @@ impl RedivisBackend {
         Ok(uploads)
     }
 
+    /// Deletes what upsync uploaded for the file `rel` of `table`: the upload `remote` (a
+    /// table), or the file entry `remote` (a file index table). A copy already gone counts
+    /// as deleted.
+    pub async fn delete_uploaded(
+        &self,
+        table: &str,
+        rel: &str,
+        remote: &str,
+        scope: &CallScope,
+    ) -> Result<(), UploadError> {
+        if self.kinds.get(&self.api, table, scope).await? == TableKind::FileIndex {
+            if !self.api.delete_raw_file(remote, scope).await? {
+                return Err(UploadError::permanent(format!(
+                    "Redivis kept the file {remote} of table {table} after deleting it"
+                )));
+            }
+        } else {
+            self.api.delete_upload(remote, scope).await?;
+            self.index.deleted(table, &names::escape(rel), remote);
+        }
+        self.names.release(table, rel);
+        Ok(())
+    }
+
     /// Checks that the folder's table is reachable with this token.
     pub async fn prepare_folder(
         &self,

@@ -1,0 +1,161 @@
+//! A worker's deletion of the remote copy of a file that is gone (a job of kind
+//! [`JobKind::Delete`](crate::queue::JobKind)); the queue side is in `queue::delete`.
+//!
+//! 1. Check the folder: still configured and still propagating deletions (else the job
+//!    ends, the ledger untouched), its root present (else wait: an unmounted folder
+//!    deletes nothing).
+//! 2. Check the file: if it is there again, the job turns back into its upload.
+//! 3. Read the ledger entry: it names the copy upsync uploaded, the only thing deleted.
+//! 4. Delete that copy on the remote (a copy already gone counts as deleted).
+//! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
+//!    transaction. A failure waits and retries like an upload's; a shutdown leaves the job
+//!    active, and the next start deletes again.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::status::backend_name;
+use super::worker::{FOLDER_REMOVED, Worker};
+use crate::config::{FolderConfig, OnDelete};
+use crate::fingerprint::Fingerprint;
+use crate::metrics::FailureClass;
+use crate::queue::{Job, LedgerEntry, Store};
+use crate::upload::retry::CallScope;
+use crate::upload::{Disposition, UploadError};
+
+/// How long a deletion waits for its folder's root to come back before looking again.
+const MISSING_ROOT_WAIT: Duration = Duration::from_secs(30);
+
+/// What steps 1 to 3 decided.
+enum Checked<'a> {
+    /// Delete this copy.
+    Delete(&'a FolderConfig, LedgerEntry),
+    /// Settled without a remote request.
+    Done,
+}
+
+impl Worker {
+    /// Deletes the remote copy of a claimed deletion job (module doc, steps 1 to 5).
+    pub(super) async fn process_deletion(&self, job: Job) {
+        let (folder, entry) = match self.check_deletion(&job) {
+            Checked::Delete(folder, entry) => (folder, entry),
+            Checked::Done => return,
+        };
+        let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
+            let reason = "no backend is configured for this folder's target";
+            return self.record(&job, self.store.fail(job.id, reason));
+        };
+        let scope = CallScope {
+            stop: self.stopping.clone(),
+            checkpoint: self.interrupt.clone(),
+            entries: Vec::new(),
+        };
+        let path = job.path().display().to_string();
+        let deleted = backend
+            .delete_uploaded(&folder.target, &job.key.rel, &entry.remote, &scope)
+            .await;
+        let backend_label = backend_name(&folder.target);
+        match deleted {
+            Ok(()) => {
+                tracing::info!(path, remote = %entry.remote, "deleted the remote copy of a file that is gone");
+                self.metrics.deleted(&job.key.folder, backend_label);
+                match self.store.complete_deletion(job.id, Some(&entry.remote)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(path, "the file is back; uploading it");
+                        self.wake.notify_one();
+                    }
+                    Err(err) => self.record(&job, Err(err)),
+                }
+            }
+            Err(UploadError::Shutdown) => {
+                tracing::info!(
+                    path,
+                    "deletion interrupted by shutdown; it runs at the next start"
+                );
+            }
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                message,
+            }) => {
+                tracing::error!(path, reason = %message, "deletion failed permanently");
+                self.record(&job, self.store.fail(job.id, &message));
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend_label,
+                    FailureClass::Permanent,
+                    false,
+                );
+            }
+            Err(err) => {
+                let delay = self.job_retry_delay(&job, &err);
+                tracing::warn!(path, attempt = job.attempts + 1, retry_in_s = delay.as_secs(), reason = %err, "deletion failed; will retry");
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend_label,
+                    FailureClass::Transient,
+                    true,
+                );
+                let at = SystemTime::now() + delay;
+                self.record(&job, self.store.retry_later(job.id, at, &err.to_string()));
+            }
+        }
+    }
+
+    /// Steps 1 to 3.
+    fn check_deletion<'a>(&'a self, job: &Job) -> Checked<'a> {
+        let store = &self.store;
+        let Some(folder) = self.config.folder_for(&job.key.folder) else {
+            self.record(job, store.fail(job.id, FOLDER_REMOVED));
+            return Checked::Done;
+        };
+        if folder.deletes.on_delete == OnDelete::Keep {
+            tracing::info!(path = %job.key, "the folder keeps remote copies now; not deleting");
+            self.record(job, store.complete_deletion(job.id, None).map(drop));
+            return Checked::Done;
+        }
+        if !Path::new(&job.key.folder).is_dir() {
+            let at = SystemTime::now() + MISSING_ROOT_WAIT;
+            let reason = "the folder is missing; its deletions wait for it";
+            self.record(job, store.retry_later(job.id, at, reason));
+            return Checked::Done;
+        }
+        match Fingerprint::read(&job.path()) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(fingerprint) => {
+                tracing::info!(path = %job.key, "the file is back; uploading it instead of deleting");
+                self.record(job, turn_into_upload(store, job, &fingerprint));
+                self.wake.notify_one();
+                return Checked::Done;
+            }
+            Err(err) => {
+                let at = SystemTime::now() + MISSING_ROOT_WAIT;
+                let reason = format!("cannot tell whether {} is gone: {err}", job.key);
+                self.record(job, store.retry_later(job.id, at, &reason));
+                return Checked::Done;
+            }
+        }
+        match store.ledger_get(&job.key) {
+            Ok(Some(entry)) => Checked::Delete(folder, entry),
+            Ok(None) => {
+                self.record(job, store.complete_deletion(job.id, None).map(drop));
+                Checked::Done
+            }
+            Err(err) => {
+                let at = SystemTime::now() + MISSING_ROOT_WAIT;
+                self.record(job, store.retry_later(job.id, at, &err.to_string()));
+                Checked::Done
+            }
+        }
+    }
+}
+
+/// Step 2: the claimed deletion becomes the upload of `fingerprint`, queued now.
+fn turn_into_upload(
+    store: &Store,
+    job: &Job,
+    fingerprint: &Fingerprint,
+) -> Result<(), crate::queue::StoreError> {
+    store.offer(&job.key, fingerprint)?;
+    store.requeue(job.id)
+}

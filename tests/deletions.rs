@@ -1,0 +1,310 @@
+//! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
+//! end: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
+//! kill -9. Checked through the remote's own listings and request counters and through
+//! `upsync status --json`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const TABLE: &str = "test.dataset:next.files";
+const TOKEN: &str = "e2e-deletions-token-41c9";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    inbox: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+/// A folder `inbox` with `on_delete = "delete"` (and `folder_extra`), mapped to the KiFS
+/// directory `ingest` when `kifs`, else to the Redivis table [`TABLE`].
+fn setup(kifs: bool, folder_extra: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
+    let remote = if kifs {
+        format!(
+            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"ingest\"\n\
+             create_directory = true\n",
+            emulator.kifs_url()
+        )
+    } else {
+        emulator.create_redivis_table(TABLE, false);
+        format!(
+            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_DELETIONS_TOKEN\"\n\
+             [[folder]]\npath = \"inbox\"\nredivis_table = \"{TABLE}\"\n",
+            emulator.redivis_url()
+        )
+    };
+    let config = tmp.path().join("upsync.toml");
+    let text = format!(
+        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\non_delete = \"delete\"\n\
+         {folder_extra}\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    // SAFETY: set before any daemon is spawned; the tests only read it through children.
+    unsafe { std::env::set_var("UPSYNC_E2E_DELETIONS_TOKEN", TOKEN) };
+    Setup {
+        _tmp: tmp,
+        inbox,
+        config,
+        emulator,
+    }
+}
+
+impl Setup {
+    fn write(&self, rel: &str, seed: u64) {
+        let path = self.inbox.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_file(&path, 100 + seed, seed);
+        backdate(&path, 60);
+    }
+
+    fn on_kifs(&self, rel: &str) -> bool {
+        self.emulator.kifs_file(&format!("ingest/{rel}")).exists()
+    }
+
+    fn kifs_deletes(&self) -> u64 {
+        let stats = self.emulator.get_json("/kifs/_emulator/stats");
+        stats["requests"]["/delete/files"].as_u64().unwrap_or(0)
+    }
+
+    /// The names of the table's uploads, one entry per upload.
+    fn redivis_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .emulator
+            .list_redivis_uploads(TABLE, TOKEN)
+            .iter()
+            .map(|u| u["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn folder_status(&self, field: &str) -> u64 {
+        let status = status_json(&self.config);
+        status["folders"][0][field].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until the ledger records exactly `done` files and no job is left.
+    fn wait_settled(&self, daemon: &DaemonProcess, done: u64) {
+        daemon.wait_until(
+            WAIT,
+            &format!("{done} files done and nothing pending"),
+            || {
+                let status = status_json(&self.config);
+                let folder = &status["folders"][0];
+                let pending: u64 = [
+                    "queued",
+                    "active",
+                    "finalizing",
+                    "importing",
+                    "retry_wait",
+                    "failed",
+                ]
+                .iter()
+                .map(|f| folder[*f].as_u64().unwrap_or(0))
+                .sum();
+                pending == 0 && folder["done"].as_u64() == Some(done)
+            },
+        );
+    }
+}
+
+fn remove(path: &Path) {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn kifs_a_deleted_file_a_deleted_subtree_and_a_renamed_directory_leave_the_remote() {
+    let s = setup(true, "");
+    let files = [
+        "a.csv",
+        "keep.csv",
+        "sub/x.csv",
+        "sub/deeper/y.csv",
+        "dir/one.csv",
+        "dir/two.csv",
+    ];
+    for (i, rel) in files.iter().enumerate() {
+        s.write(rel, i as u64);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 6);
+
+    remove(&s.inbox.join("a.csv"));
+    remove(&s.inbox.join("sub"));
+    std::fs::rename(s.inbox.join("dir"), s.inbox.join("moved")).unwrap();
+    daemon.wait_until(
+        WAIT,
+        "the old names to leave KiFS and the new ones to arrive",
+        || {
+            [
+                "a.csv",
+                "sub/x.csv",
+                "sub/deeper/y.csv",
+                "dir/one.csv",
+                "dir/two.csv",
+            ]
+            .iter()
+            .all(|rel| !s.on_kifs(rel))
+                && s.on_kifs("moved/one.csv")
+                && s.on_kifs("moved/two.csv")
+        },
+    );
+    s.wait_settled(&daemon, 3);
+    assert!(
+        s.on_kifs("keep.csv"),
+        "a file still there keeps its remote copy"
+    );
+    assert_eq!(s.kifs_deletes(), 5, "one request per deleted file");
+    assert_eq!(s.folder_status("deletions"), 0);
+    daemon.terminate();
+}
+
+#[test]
+fn kifs_deletions_made_while_the_daemon_was_stopped_are_found_at_start() {
+    let s = setup(true, "");
+    for (i, rel) in ["a.csv", "b.csv", "c/d.csv", "keep.csv"].iter().enumerate() {
+        s.write(rel, i as u64);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 4);
+    daemon.terminate();
+
+    remove(&s.inbox.join("a.csv"));
+    remove(&s.inbox.join("c"));
+    // Deleted and written again while stopped: a new version, uploaded, never deleted.
+    remove(&s.inbox.join("b.csv"));
+    s.write("b.csv", 9);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the deleted files to leave KiFS", || {
+        !s.on_kifs("a.csv") && !s.on_kifs("c/d.csv")
+    });
+    s.wait_settled(&daemon, 2);
+    assert!(same_content(
+        &s.inbox.join("b.csv"),
+        &s.emulator.kifs_file("ingest/b.csv")
+    ));
+    assert!(s.on_kifs("keep.csv"));
+    assert_eq!(s.kifs_deletes(), 2);
+    daemon.terminate();
+}
+
+#[test]
+fn kifs_kill9_during_a_deletion_batch_deletes_every_file_and_nothing_else() {
+    let s = setup(true, "max_delete = 100");
+    let doomed: Vec<String> = (0..12).map(|i| format!("batch/{i:02}.csv")).collect();
+    for (i, rel) in doomed.iter().enumerate() {
+        s.write(rel, i as u64);
+    }
+    s.write("keep.csv", 99);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 13);
+    daemon.terminate();
+
+    remove(&s.inbox.join("batch"));
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the first deletion request", || s.kifs_deletes() >= 1);
+    daemon.kill9();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "every deleted file to leave KiFS", || {
+        doomed.iter().all(|rel| !s.on_kifs(rel))
+    });
+    s.wait_settled(&daemon, 1);
+    assert!(s.on_kifs("keep.csv"));
+    // Deleted once each, plus at most the requests in flight when the daemon was killed
+    // (one per worker), which the restart sends again.
+    let requests = s.kifs_deletes();
+    assert!(
+        (12..=14).contains(&requests),
+        "{requests} deletion requests"
+    );
+    daemon.terminate();
+}
+
+#[test]
+fn the_guard_holds_a_ninety_percent_deletion_until_retry_deletes() {
+    let s = setup(true, "");
+    for i in 0..20 {
+        s.write(&format!("{i:02}.csv"), i);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 20);
+    daemon.terminate();
+
+    for i in 0..18 {
+        remove(&s.inbox.join(format!("{i:02}.csv")));
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the guard to hold the 18 deletions", || {
+        s.folder_status("held") == 18
+    });
+    assert_eq!(s.kifs_deletes(), 0, "nothing deleted while held");
+    let (code, text, _) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("18 deletions held by the mass-delete guard"),
+        "{text}"
+    );
+    assert!(text.contains("upsync retry --deletes"), "{text}");
+
+    let (code, out, err) = upsync(&["retry", "-c", s.config.to_str().unwrap(), "--deletes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    daemon.wait_until(WAIT, "the approved deletions to run", || {
+        (0..18).all(|i| !s.on_kifs(&format!("{i:02}.csv")))
+    });
+    s.wait_settled(&daemon, 2);
+    assert_eq!(s.kifs_deletes(), 18);
+    daemon.terminate();
+}
+
+#[test]
+fn a_folder_root_removed_and_replaced_by_an_empty_one_deletes_nothing() {
+    let s = setup(true, "");
+    for i in 0..5 {
+        s.write(&format!("{i}.csv"), i);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 5);
+
+    // Like an unmount: the folder goes, then an empty directory is where it was.
+    remove(&s.inbox);
+    std::fs::create_dir(&s.inbox).unwrap();
+    daemon.wait_until(
+        WAIT,
+        "the guard to hold the deletions of every file",
+        || s.folder_status("held") == 5,
+    );
+    assert_eq!(s.kifs_deletes(), 0, "nothing deleted");
+    assert!((0..5).all(|i| s.on_kifs(&format!("{i}.csv"))));
+    daemon.terminate();
+}
+
+#[test]
+fn redivis_a_deleted_and_a_renamed_file_leave_only_the_new_name_in_the_table() {
+    let s = setup(false, "");
+    s.write("a.csv", 1);
+    s.write("b.csv", 2);
+    s.write("keep.csv", 3);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 3);
+
+    remove(&s.inbox.join("a.csv"));
+    std::fs::rename(s.inbox.join("b.csv"), s.inbox.join("c.csv")).unwrap();
+    daemon.wait_until(WAIT, "the table to hold exactly c.csv and keep.csv", || {
+        s.redivis_names() == ["c.csv", "keep.csv"]
+    });
+    s.wait_settled(&daemon, 2);
+    daemon.terminate();
+}
