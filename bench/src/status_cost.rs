@@ -92,6 +92,7 @@ async fn fill(config: &DaemonConfig, entries: u64) -> BenchResult<()> {
                 size: 1024,
                 mtime_ns: 1_700_000_000_000_000_000 + i128::from(n),
                 inode: n,
+                ctime_ns: Some(1_700_000_000_000_000_000 + i128::from(n)),
             };
             store
                 .record_uploaded(

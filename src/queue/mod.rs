@@ -544,6 +544,7 @@ impl Tx<'_> {
             Some(raw) => match ledger_fingerprint(&raw, raw_key) {
                 Ok(uploaded) if fingerprint.upgrades(&uploaded) => {
                     match with_fingerprint(&raw, raw_key, fingerprint) {
+                        // The same upload, with its change time: no count changes.
                         Ok(upgraded) => self.ledger.insert(raw_key, upgraded)?,
                         Err(err) => return abort(err),
                     };
@@ -1312,7 +1313,8 @@ impl Store {
         let raw_key = valid_key(key)?;
         let now = now_ms();
         let dropped = self.transact(|tx| {
-            let dropped = tx.ledger.remove(raw_key.as_slice())?.is_some();
+            let dropped = tx.ledger.get(&raw_key)?.is_some();
+            tx.remove_ledger(raw_key.clone(), &key.folder)?;
             if let Some(fingerprint) = current {
                 tx.offer(&raw_key, key, fingerprint, now)?;
             }
