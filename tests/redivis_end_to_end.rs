@@ -611,6 +611,7 @@ fn folder_status(config: &Path) -> serde_json::Value {
 #[test]
 fn a_release_mid_run_makes_new_files_wait_until_a_next_version_exists() {
     let s = setup(&["--redivis-processing-delay", "3s"], "");
+    let port = listen_for_metrics(&s);
     let first = ["a.csv", "b.csv", "c.csv"];
     small_files(&s, &first, 10);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -630,6 +631,14 @@ fn a_release_mid_run_makes_new_files_wait_until_a_next_version_exists() {
         "{folder}"
     );
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    let metrics = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+    let check = "upsync_folder_remote_check_state";
+    assert_eq!(
+        sample(&metrics, check, &["waiting"]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, check, &["ready"]), Some(0.0), "{metrics}");
     daemon.wait_until(Duration::from_secs(60), "the first files imported", || {
         holds_exactly(&s, RELEASED_TABLE, &first).is_ok()
             && json_number(&folder_status(&s.config)["done"]) == Some(3)
@@ -656,6 +665,26 @@ fn a_release_mid_run_makes_new_files_wait_until_a_next_version_exists() {
     assert_eq!(folder["remote_check"]["state"], "ready", "{folder}");
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// `sync --once` does not wait for a version nobody may open: it names the file and why.
+#[test]
+fn sync_once_reports_files_waiting_for_a_next_version_at_once() {
+    let s = setup(&[], "");
+    s.emulator.create_redivis_table(TABLE, false);
+    release_next_version(&s);
+    small_files(&s, &["a.csv"], 60);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let output = format!("{stdout}{stderr}");
+    assert!(output.contains("a.csv"), "{output}");
+    assert!(
+        output.contains("dataset has no unreleased version"),
+        "{output}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{output}");
+    assert!(s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty());
 }
 
 /// With `create_next_version = true`, a release mid-run is followed by exactly one new
@@ -781,6 +810,15 @@ fn a_crash_between_a_failed_import_and_its_removal_is_finished_at_the_next_start
 
 // ---- log lines -----------------------------------------------------------------------------
 
+/// Adds `metrics_listen` on a free port to the setup's config; returns the port.
+fn listen_for_metrics(s: &Setup) -> u16 {
+    let port = free_port();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}");
+    std::fs::write(&s.config, text).unwrap();
+    port
+}
+
 /// The number after `field=` in `line`.
 fn field_ms(line: &str, field: &str) -> u64 {
     line.split_whitespace()
@@ -794,13 +832,7 @@ fn field_ms(line: &str, field: &str) -> u64 {
 #[test]
 fn the_imported_line_names_table_and_upload_and_times_the_import_apart() {
     let s = setup(&["--redivis-processing-delay", "2s"], "");
-    let port = free_port();
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}"),
-    )
-    .unwrap();
+    let port = listen_for_metrics(&s);
     std::fs::create_dir_all(s.inbox.join("2024")).unwrap();
     small_files(&s, &["2024/a.csv"], 50);
     let mut daemon = DaemonProcess::start(&s.config);

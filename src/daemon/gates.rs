@@ -156,14 +156,7 @@ impl FolderGates {
         if let Some(previous) = previous {
             previous.stop.cancel();
         }
-        let check = Check {
-            gates: Arc::clone(self),
-            folder,
-            backend,
-            wake,
-            stop: token,
-        };
-        tokio::spawn(check_folder(check));
+        self.spawn_check(folder, backend, wake, token);
     }
 
     /// A ready folder whose upload found the remote waiting for `reason`: the folder waits
@@ -193,12 +186,23 @@ impl FolderGates {
             entry.stop = token.clone();
         }
         log_waiting(&key, reason);
+        self.spawn_check(folder, backend, wake, token);
+    }
+
+    /// Runs the check of `folder` in a task of its own until `stop`.
+    fn spawn_check(
+        self: &Arc<Self>,
+        folder: FolderConfig,
+        backend: Arc<Backend>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
         let check = Check {
             gates: Arc::clone(self),
             folder,
             backend,
             wake,
-            stop: token,
+            stop,
         };
         tokio::spawn(check_folder(check));
     }
