@@ -1437,6 +1437,7 @@ fn folder(table: &str) -> FolderConfig {
         recursive: true,
         redivis: Default::default(),
         deletes: Default::default(),
+        after_upload: Default::default(),
     }
 }
 
