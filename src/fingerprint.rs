@@ -62,7 +62,9 @@ impl Fingerprint {
         recorded.ctime_ns.is_none() && self.ctime_ns.is_some() && self.is_version_of(recorded)
     }
 
-    fn without_ctime(&self) -> Fingerprint {
+    /// The fingerprint as a record without the change time has it (for comparisons the
+    /// change time cannot take part in, such as across a rename, which moves it).
+    pub fn without_ctime(&self) -> Fingerprint {
         Fingerprint {
             ctime_ns: None,
             ..*self
