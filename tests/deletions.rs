@@ -21,9 +21,27 @@ struct Setup {
     emulator: EmulatorProcess,
 }
 
+/// Where a test's folder goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Remote {
+    Kifs,
+    /// A Redivis table of uploads.
+    Table,
+    /// A Redivis file index table.
+    FileIndex,
+}
+
 /// A folder `inbox` with `on_delete = "delete"` (and `folder_extra`), mapped to the KiFS
 /// directory `ingest` when `kifs`, else to the Redivis table [`TABLE`].
 fn setup(kifs: bool, folder_extra: &str) -> Setup {
+    setup_for(
+        if kifs { Remote::Kifs } else { Remote::Table },
+        folder_extra,
+    )
+}
+
+fn setup_for(target: Remote, folder_extra: &str) -> Setup {
+    let kifs = target == Remote::Kifs;
     let tmp = tempfile::tempdir().unwrap();
     let inbox = tmp.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -35,7 +53,7 @@ fn setup(kifs: bool, folder_extra: &str) -> Setup {
             emulator.kifs_url()
         )
     } else {
-        emulator.create_redivis_table(TABLE, false);
+        emulator.create_redivis_table(TABLE, target == Remote::FileIndex);
         format!(
             "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_DELETIONS_TOKEN\"\n\
              [[folder]]\npath = \"inbox\"\nredivis_table = \"{TABLE}\"\n",
@@ -82,6 +100,18 @@ impl Setup {
             .list_redivis_uploads(TABLE, TOKEN)
             .iter()
             .map(|u| u["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The names of the file index table's files.
+    fn redivis_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .emulator
+            .list_redivis_files(TABLE, TOKEN)
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or("").to_string())
             .collect();
         names.sort();
         names
@@ -306,5 +336,22 @@ fn redivis_a_deleted_and_a_renamed_file_leave_only_the_new_name_in_the_table() {
         s.redivis_names() == ["c.csv", "keep.csv"]
     });
     s.wait_settled(&daemon, 2);
+    daemon.terminate();
+}
+
+#[test]
+fn redivis_a_deleted_file_leaves_the_file_index_table() {
+    let s = setup_for(Remote::FileIndex, "");
+    s.write("a.bin", 1);
+    s.write("b.bin", 2);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 2);
+    assert_eq!(s.redivis_files(), ["a.bin", "b.bin"]);
+
+    remove(&s.inbox.join("a.bin"));
+    daemon.wait_until(WAIT, "the file index table to hold b.bin only", || {
+        s.redivis_files() == ["b.bin"]
+    });
+    s.wait_settled(&daemon, 1);
     daemon.terminate();
 }

@@ -1433,6 +1433,7 @@ fn folder(table: &str) -> FolderConfig {
         recursive: true,
         redivis: Default::default(),
         deletes: Default::default(),
+        after_upload: Default::default(),
     }
 }
 

@@ -322,6 +322,8 @@ pub struct DaemonConfig {
     pub settle: &'static str,
     /// `bandwidth_limit`, e.g. "10MiB/s".
     pub bandwidth_limit: Option<&'static str>,
+    /// `metrics_listen`, e.g. "127.0.0.1:0".
+    pub metrics_listen: Option<&'static str>,
 }
 
 impl DaemonConfig {
@@ -336,6 +338,7 @@ impl DaemonConfig {
             folders: Vec::new(),
             settle: "1s",
             bandwidth_limit: None,
+            metrics_listen: None,
         }
     }
 
@@ -349,6 +352,10 @@ impl DaemonConfig {
             self.concurrency
         )
         .expect("writing to a String cannot fail");
+        if let Some(listen) = self.metrics_listen {
+            writeln!(text, "metrics_listen = \"{listen}\"")
+                .expect("writing to a String cannot fail");
+        }
         if let Some(limit) = self.bandwidth_limit {
             writeln!(text, "bandwidth_limit = \"{limit}\"")
                 .expect("writing to a String cannot fail");

@@ -6,6 +6,7 @@
 //! cargo run --release -p upsync-bench -- --only bandwidth   # one section (~30 s)
 //! cargo run --release -p upsync-bench -- --only outage-recovery   # 5-minute outage
 //! cargo run --release -p upsync-bench -- --only million   # a million files (~10 GB)
+//! cargo run --release -p upsync-bench -- --only status    # status over a million-entry ledger
 //! ```
 //!
 //! The bandwidth section (a limit held over a long transfer) runs in full runs and with
@@ -25,6 +26,7 @@ mod harness;
 mod idle;
 mod million;
 mod scenarios;
+mod status_cost;
 mod waiting;
 
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ enum Section {
     /// Not in a run without `--only`: it takes five minutes.
     OutageRecovery,
     Idle,
+    /// `status` and a metrics scrape over a large ledger.
+    Status,
     /// Not in a run without `--only`: it writes a million files.
     Million,
 }
@@ -86,6 +90,8 @@ pub struct Sizes {
     pub churn_files: u64,
     pub idle_window: Duration,
     pub million_files: u64,
+    /// Ledger entries of the state database `status` and the metrics read.
+    pub status_ledger: u64,
 }
 
 impl Sizes {
@@ -117,6 +123,7 @@ impl Sizes {
             churn_files: 50_000,
             idle_window: Duration::from_secs(300),
             million_files: 1_000_000,
+            status_ledger: 1_000_000,
         }
     }
 
@@ -140,6 +147,7 @@ impl Sizes {
             churn_files: 300,
             idle_window: Duration::from_secs(3),
             million_files: 2_000,
+            status_ledger: 1_000,
         }
     }
 }
@@ -364,6 +372,14 @@ async fn run(args: Args) -> BenchResult<bool> {
             &mut rows,
             "Idle after churn",
             idle::idle_after_churn(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::Status) {
+        eprintln!("status and metrics over a large ledger");
+        collect(
+            &mut rows,
+            "Status cost",
+            status_cost::status_cost(&ctx, &sizes).await,
         );
     }
     if wanted(Section::Million) {

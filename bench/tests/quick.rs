@@ -48,6 +48,8 @@ fn quick_benchmark_prints_every_figure() {
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): bytes written per second",
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): RSS",
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): state database on disk",
+        "`upsync status --json`, daemon stopped",
+        "Metrics scrape of a running daemon",
     ];
     for figure in figures {
         let row = stdout

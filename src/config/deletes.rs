@@ -159,6 +159,39 @@ mod tests {
     }
 
     #[test]
+    fn spool_settings_are_checked_against_each_other() {
+        let config =
+            parse("after_upload = \"move\"\narchive_dir = \"/data/archive\"").expect("valid");
+        assert_eq!(
+            config.folders[0].after_upload,
+            crate::config::AfterUpload::Move("/data/archive".into())
+        );
+        let err = parse("after_upload = \"move\"").expect_err("no archive_dir");
+        assert!(
+            err.contains("u.toml:7: key 'folder[0].after_upload': \"move\" needs archive_dir"),
+            "{err}"
+        );
+        let err = parse("archive_dir = \"/a\"").expect_err("archive_dir without move");
+        assert!(
+            err.contains("key 'folder[0].archive_dir': only applies"),
+            "{err}"
+        );
+        let err = parse("after_upload = \"delete\"\non_delete = \"delete\"").expect_err("both");
+        assert!(
+            err.contains("key 'folder[0].after_upload': a spool folder cannot also"),
+            "{err}"
+        );
+        let err = parse("after_upload = \"move\"\narchive_dir = \"/data/in/done\"")
+            .expect_err("inside the folder");
+        assert!(
+            err.contains("key 'folder[0].archive_dir': \"/data/in/done\" overlaps"),
+            "{err}"
+        );
+        let err = parse("after_upload = \"shred\"").expect_err("not a choice");
+        assert!(err.contains("\"shred\" is not a choice"), "{err}");
+    }
+
+    #[test]
     fn bad_deletion_settings_name_the_file_line_and_key() {
         let err = parse("on_delete = \"purge\"").expect_err("not a choice");
         assert!(

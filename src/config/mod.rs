@@ -22,6 +22,7 @@ mod plan;
 mod raw;
 mod redivis_options;
 mod secret;
+mod spool;
 mod targets;
 pub(crate) mod units;
 mod validate;
@@ -35,6 +36,7 @@ pub use network::{
 };
 pub use redivis_options::{ParseOptions, RedivisFolder, UPLOAD_TYPES};
 pub use secret::Secret;
+pub use spool::AfterUpload;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -128,6 +130,8 @@ pub struct FolderConfig {
     pub redivis: RedivisFolder,
     /// What a local deletion does to the remote copy, and the mass-delete guard.
     pub deletes: DeletePolicy,
+    /// What happens to a local file once the remote confirmed it (a spool folder).
+    pub after_upload: AfterUpload,
 }
 
 #[derive(Debug, Clone)]

@@ -91,6 +91,8 @@ pub(crate) struct RawFolder {
     pub redivis_options: Option<Spanned<RawRedivisOptions>>,
     pub on_delete: Option<Spanned<String>>,
     pub max_delete: Option<Spanned<RawMaxDelete>>,
+    pub after_upload: Option<Spanned<String>>,
+    pub archive_dir: Option<Spanned<String>>,
 }
 
 /// `max_delete` as written: a count, or a string holding a count or a percentage.

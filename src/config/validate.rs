@@ -132,6 +132,19 @@ pub(crate) fn build(
     let emulator = raw.emulator.as_ref().map(|e| emulator(&mut ck, e));
 
     check_overlaps(&mut ck, &folders);
+    for (i, f) in raw.folder.iter().enumerate() {
+        if let Some(dir) = &f.get_ref().archive_dir {
+            let archive = paths::resolve(&ck.base, dir.get_ref());
+            check_inside_folders(
+                &mut ck,
+                &folders,
+                &archive,
+                &dir.span(),
+                &format!("folder[{i}].archive_dir"),
+                "files moved there would be uploaded again",
+            );
+        }
+    }
     check_inside_folders(
         &mut ck,
         &folders,
@@ -526,6 +539,7 @@ fn folder(
 
     let redivis = redivis_folder(ck, f, i);
     let deletes = super::deletes::delete_policy(ck, f, i);
+    let after_upload = super::spool::after_upload(ck, f, i, deletes.on_delete);
     let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
     let exclude = match f.exclude.as_deref() {
         Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
@@ -544,6 +558,7 @@ fn folder(
         recursive: f.recursive.unwrap_or(true),
         redivis,
         deletes,
+        after_upload,
     })
 }
 

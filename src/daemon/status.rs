@@ -33,8 +33,12 @@
 //!                  "state": "up" | "down", "since_ms": 1700000000000 | null,
 //!                  "last_error": "…" | null, "next_probe_ms": 1700000000000 | null } ] }
 //! ```
-//! - `oldest_pending_age_s`: how long the oldest file that is queued, uploading or waiting
-//!   to retry has had its job; `null` when none is pending.
+//! - `oldest_pending_age_s`: how long the folder's longest-pending file has waited: an
+//!   upload in progress since its job was created, a file due for upload (queued, or a
+//!   retry whose time has come) since it was queued or its retry came due; `null` when no
+//!   file is uploading or due (files waiting for a later retry or for Redivis to import
+//!   them do not count). Read from the uploads in progress and the first entry of the
+//!   folder's queue, so it costs the same whatever the queue's length.
 //! - `last_success_ms`: the newest upload the ledger holds for the folder.
 //! - `remote_kind`: what the folder feeds, as the running daemon found it (a Redivis table
 //!   is a `table` of uploads or a `file index table`); `null` when not known yet or when
@@ -64,7 +68,6 @@
 //!   when the daemon is stopped.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -231,6 +234,8 @@ pub struct InFlightStart {
     pub path: String,
     /// The folder's queue key.
     pub folder: String,
+    /// When the file's job was created: it has been pending since.
+    pub pending_since_ms: u64,
     pub live: Arc<LiveProgress>,
     /// The attempt continues saved progress: the first bytes it reports were sent before.
     pub resumed: bool,
@@ -275,6 +280,19 @@ impl InFlightRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Per folder, since when its longest-pending upload in progress has been pending.
+    pub fn pending_since(&self) -> BTreeMap<String, u64> {
+        let mut since: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in lock(&self.entries).values() {
+            let start = &entry.start;
+            let oldest = since
+                .entry(start.folder.clone())
+                .or_insert(start.pending_since_ms);
+            *oldest = (*oldest).min(start.pending_since_ms);
+        }
+        since
     }
 
     /// The uploads in progress now, with their rate and ETA.
@@ -342,34 +360,31 @@ pub fn build_report(
     store: &Store,
     live: Option<&Live>,
 ) -> Result<StatusReport, StoreError> {
-    let now_ms = to_ms(SystemTime::now());
-    let counts = store.counts()?;
+    let now = SystemTime::now();
+    let now_ms = to_ms(now);
+    let tallies = store.tallies()?;
     let last_success = match live {
         Some(live) => live.activity.last_success(),
-        None => store.last_uploads()?,
+        None => tallies
+            .iter()
+            .map(|(folder, tally)| (folder.clone(), tally.last_upload_ms))
+            .collect(),
     };
-    let mut oldest_pending: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = Vec::new();
     let mut retrying = Vec::new();
-    for job in store.jobs()? {
-        let path = Path::new(&job.key.folder)
-            .join(&job.key.rel)
-            .display()
-            .to_string();
+    for job in store.jobs_needing_attention()? {
+        let path = job.path().display().to_string();
         match job.state {
             JobState::Failed {
                 reason,
                 failed_at_ms,
-            } => {
-                failed.push(FailedJob {
-                    path,
-                    reason,
-                    failed_at_ms,
-                    last_attempt_ms: job.updated_at_ms,
-                    attempts: job.attempts,
-                });
-                continue;
-            }
+            } => failed.push(FailedJob {
+                path,
+                reason,
+                failed_at_ms,
+                last_attempt_ms: job.updated_at_ms,
+                attempts: job.attempts,
+            }),
             JobState::RetryWait { next_attempt_at_ms } => retrying.push(RetryingJob {
                 path,
                 attempts: job.attempts,
@@ -378,10 +393,17 @@ pub fn build_report(
             }),
             JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
         }
-        let oldest = oldest_pending
-            .entry(job.key.folder.clone())
-            .or_insert(job.created_at_ms);
-        *oldest = (*oldest).min(job.created_at_ms);
+    }
+    // Uploads in progress are pending too; the queue's head says for the others.
+    let mut waiting_since = live
+        .map(|live| live.in_flight.pending_since())
+        .unwrap_or_default();
+    for folder in &config.folders {
+        let key = folder.path.to_string_lossy().into_owned();
+        if let Some(due) = store.waiting_since(&key, now)? {
+            let since = waiting_since.entry(key).or_insert(due);
+            *since = (*since).min(due);
+        }
     }
     let folders = config
         .folders
@@ -389,14 +411,17 @@ pub fn build_report(
         .map(|folder| {
             let key = folder.path.to_string_lossy().into_owned();
             FolderStatus {
-                counts: counts.get(&key).cloned().unwrap_or_default(),
+                counts: tallies
+                    .get(&key)
+                    .map(|tally| tally.counts.clone())
+                    .unwrap_or_default(),
                 target: describe_target(&folder.target),
                 remote_kind: live
                     .and_then(|live| live.remotes.kind(&folder.target))
                     .map(str::to_string),
-                oldest_pending_age_s: oldest_pending
+                oldest_pending_age_s: waiting_since
                     .get(&key)
-                    .map(|created| now_ms.saturating_sub(*created) / 1000),
+                    .map(|since| now_ms.saturating_sub(*since) / 1000),
                 last_success_ms: last_success.get(&key).copied().filter(|ms| *ms > 0),
                 remote_check: live.and_then(|live| live.gates.status(&key)),
                 path: key,
@@ -686,6 +711,7 @@ mod tests {
         InFlightStart {
             path: "/d/big.bin".into(),
             folder: "/d".into(),
+            pending_since_ms: 1_000,
             live: Arc::clone(live),
             resumed,
         }

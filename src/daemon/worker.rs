@@ -336,6 +336,7 @@ impl Worker {
             InFlightStart {
                 path: display.clone(),
                 folder: job.key.folder.clone(),
+                pending_since_ms: job.created_at_ms,
                 live: Arc::clone(&live),
                 resumed,
             },

@@ -136,6 +136,15 @@ impl Store {
         Ok(earliest.map(from_ms))
     }
 
+    /// Since when the folder's longest-waiting claimable job has been due (the first entry
+    /// of its `due` index, if that is due by `now`): one seek, however long the queue.
+    pub fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError> {
+        let first = self.first_entry(folder_tag(folder))?;
+        Ok(first
+            .map(|due| due.due_ms)
+            .filter(|due_ms| *due_ms <= to_ms(now)))
+    }
+
     /// When the earliest queued or retry-wait job of any folder becomes claimable.
     pub fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
         let tags = self.due_folders()?;

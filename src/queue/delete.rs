@@ -313,7 +313,7 @@ impl Store {
                     Err(err) => return abort(err),
                 };
                 if Some(entry.remote.as_str()) == deleted {
-                    tx.ledger.remove(raw_key)?;
+                    tx.remove_ledger(raw_key, &job.key.folder)?;
                 }
             }
             tx.clear_progress(id)?;

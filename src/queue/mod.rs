@@ -12,12 +12,17 @@
 //!   db.new/          only while a new database is being created and stamped; renamed to db
 //!   db/              the sled database:
 //!     default tree   "format"  -> "1"  (ASCII decimal; anything else is refused at open)
+//!                    "counts"  -> "1"  (the counts below are kept; absent in a database
+//!                                       from before them, which is counted at open)
 //!     jobs           JobId (u64 BE)                      -> Job (JSON)
 //!     by_path        folder \0 rel                       -> JobId (u64 BE)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
 //!     due            folder tag (8 bytes) ++ due ms (u64 BE) ++ JobId (u64 BE) -> empty
 //!     claimed        JobId (u64 BE)                      -> Fingerprint (JSON) at claim
+//!     counts         folder                              -> Tally (JSON): jobs by state,
+//!                                                           ledger entries, newest upload
+//!     attention      JobId (u64 BE)                      -> empty (failed, retry-wait)
 //! ```
 //!
 //! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
@@ -26,6 +31,10 @@
 //! next, and claims take the folders in turn (`claim`), so a backlog of one folder never
 //! delays another folder's files. `due` is an index only: entries of an older layout are
 //! dropped and rebuilt from the jobs by `recover_after_restart`.
+//!
+//! `counts` and `attention` (module `counts`) let `status`, the metrics and the systemd
+//! status line read one entry per folder and the failed and retrying jobs alone, instead
+//! of walking the jobs and the ledger.
 //!
 //! # Job states
 //!
@@ -61,7 +70,7 @@
 //!
 //! # Invariants
 //!
-//! The tests check 1 to 3 and 6's index after the operations of each test
+//! The tests check 1 to 3, 6's index and 8 after the operations of each test
 //! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
 //! reopen and recovery, 6 with a file that changes during an attempt or an import.
 //!
@@ -105,10 +114,18 @@
 //!    the job afresh for the new version, exactly as if the offer had arrived just after
 //!    them. So resumed progress always belongs to the content the job holds, and a file
 //!    changed during its import is uploaded again once the import settles.
-//! 7. **Every state transition is one sled transaction** over all six trees, so a crash
+//! 7. **Every state transition is one sled transaction** over all the trees, so a crash
 //!    leaves each job either before or after a transition, never half-way. Transitions the
 //!    invariants above depend on (progress, finalizing, importing, complete, fail,
 //!    retry-wait, requeue, retry of failed jobs, recovery) are flushed before they return.
+//! 8. **The counts are the trees'.** For every folder, `counts` holds its jobs by state
+//!    (and its deletions, and the held ones), its ledger entries (no entry when all are
+//!    zero and it never uploaded), and the newest upload time; `attention` holds exactly
+//!    the failed and retry-wait jobs. Every job write goes through
+//!    `Tx::put_job`/`Tx::remove_job` and every ledger write through
+//!    `Tx::put_ledger`/`Tx::remove_ledger`, which note the change, and the transaction adds it to the counts
+//!    before it commits. `check_counts` (at daemon start, from `recover_after_restart`)
+//!    repairs any drift and warns about it.
 //!
 //! # No background work
 //!
@@ -137,6 +154,7 @@
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
 mod claim;
+mod counts;
 mod delete;
 mod error;
 mod import;
@@ -147,7 +165,6 @@ mod lock;
 mod tests;
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,6 +176,7 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
+pub use counts::Tally;
 pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
 pub use job::{
@@ -198,6 +216,8 @@ struct Trees {
     progress: sled::Tree,
     due: sled::Tree,
     claimed: sled::Tree,
+    counts: sled::Tree,
+    attention: sled::Tree,
 }
 
 struct Inner {
@@ -316,7 +336,7 @@ fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
     file_key(key).map_err(StoreError::InvalidKey)
 }
 
-/// The six trees as one transaction sees them, with the moves that keep the invariants.
+/// The trees as one transaction sees them, with the moves that keep the invariants.
 struct Tx<'a> {
     jobs: TxTree<'a>,
     by_path: TxTree<'a>,
@@ -324,6 +344,10 @@ struct Tx<'a> {
     progress: TxTree<'a>,
     due: TxTree<'a>,
     claimed: TxTree<'a>,
+    counts: TxTree<'a>,
+    attention: TxTree<'a>,
+    /// What the transaction changed in the per-folder counts, added to them as it ends.
+    changes: counts::Changes,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -434,6 +458,22 @@ impl Tx<'_> {
         if !is_attempt(&new.state) {
             self.claimed.remove(&job_key(new.id))?;
         }
+        self.count_job(old, Some(new))
+    }
+
+    /// Removes a file's ledger entry (one file fewer done).
+    fn remove_ledger(&self, raw_key: Vec<u8>, folder: &str) -> TxResult<()> {
+        if self.ledger.remove(raw_key)?.is_some() {
+            self.changes.forgotten(folder);
+        }
+        Ok(())
+    }
+
+    /// Records an upload in the ledger (a new entry counts as one more file done).
+    fn put_ledger(&self, raw_key: Vec<u8>, folder: &str, entry: &LedgerEntry) -> TxResult<()> {
+        let previous = self.ledger.insert(raw_key, encode(entry))?;
+        self.changes
+            .uploaded(folder, previous.is_none(), entry.uploaded_at_ms);
         Ok(())
     }
 
@@ -469,7 +509,7 @@ impl Tx<'_> {
         if let Some(due) = job.due_ms() {
             self.due.remove(&job_due_key(job, due))?;
         }
-        Ok(())
+        self.count_job(Some(job), None)
     }
 
     fn clear_progress(&self, id: JobId) -> TxResult<()> {
@@ -611,6 +651,8 @@ impl Store {
             progress: tree("progress")?,
             due: tree("due")?,
             claimed: tree("claimed")?,
+            counts: tree("counts")?,
+            attention: tree("attention")?,
         };
         let store = Store {
             inner: Arc::new(Inner {
@@ -622,6 +664,7 @@ impl Store {
                 _lock: lock,
             }),
         };
+        store.count_if_uncounted()?;
         store.flush()?;
         Ok(store)
     }
@@ -687,7 +730,7 @@ impl Store {
                 md5: md5.map(str::to_owned),
                 uploaded_at_ms: now,
             };
-            tx.ledger.insert(raw_key.clone(), encode(&entry))?;
+            tx.put_ledger(raw_key.clone(), &key.folder, &entry)?;
             Ok(true)
         })
     }
@@ -709,22 +752,32 @@ impl Store {
             &t.progress,
             &t.due,
             &t.claimed,
+            &t.counts,
+            &t.attention,
         )
-            .transaction(|(jobs, by_path, ledger, progress, due, claimed)| {
-                writes.set(0);
-                let counted = |tree| TxTree {
-                    tree,
-                    writes: &writes,
-                };
-                f(&Tx {
-                    jobs: counted(jobs),
-                    by_path: counted(by_path),
-                    ledger: counted(ledger),
-                    progress: counted(progress),
-                    due: counted(due),
-                    claimed: counted(claimed),
-                })
-            })
+            .transaction(
+                |(jobs, by_path, ledger, progress, due, claimed, counts, attention)| {
+                    writes.set(0);
+                    let counted = |tree| TxTree {
+                        tree,
+                        writes: &writes,
+                    };
+                    let tx = Tx {
+                        jobs: counted(jobs),
+                        by_path: counted(by_path),
+                        ledger: counted(ledger),
+                        progress: counted(progress),
+                        due: counted(due),
+                        claimed: counted(claimed),
+                        counts: counted(counts),
+                        attention: counted(attention),
+                        changes: counts::Changes::default(),
+                    };
+                    let done = f(&tx)?;
+                    tx.settle_counts()?;
+                    Ok(done)
+                },
+            )
             .map_err(|err| match err {
                 TransactionError::Abort(err) => err,
                 TransactionError::Storage(err) => self.db_error(err),
@@ -884,7 +937,7 @@ impl Store {
                     md5: c.md5.clone(),
                     uploaded_at_ms: now,
                 };
-                tx.ledger.insert(raw_key, encode(&entry))?;
+                tx.put_ledger(raw_key, &job.key.folder, &entry)?;
                 tx.clear_progress(c.id)?;
                 // A job marked for deletion meanwhile deletes what was just recorded.
                 if job.fingerprint == c.fingerprint && job.kind == JobKind::Upload {
@@ -1030,7 +1083,7 @@ impl Store {
         // mass-delete guard no longer holds it.
         let approve = !matches!(selection, RetrySelection::All);
         let mut moved = 0;
-        for job in self.jobs()? {
+        for job in self.jobs_needing_attention()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
                 continue;
             }
@@ -1062,8 +1115,8 @@ impl Store {
     /// Run once at daemon start, before any worker claims: jobs that were active or
     /// finalizing when the last process stopped go back to the queue, keeping their progress
     /// and `finalize_started`. Also repairs the indexes (a missing `due` or `by_path` entry,
-    /// `due` entries and progress of jobs that are gone). Returns how many jobs were
-    /// interrupted uploads put back in the queue.
+    /// `due` entries and progress of jobs that are gone) and the per-folder counts
+    /// (invariant 8). Returns how many jobs were interrupted uploads put back in the queue.
     pub fn recover_after_restart(&self) -> Result<usize, StoreError> {
         enum Repair {
             Requeued,
@@ -1114,6 +1167,7 @@ impl Store {
             }
         }
         self.remove_dangling_entries()?;
+        self.check_counts()?;
         self.flush()?;
         Ok(recovered)
     }
@@ -1196,55 +1250,6 @@ impl Store {
             jobs.push(decode_job(&raw, id)?);
         }
         Ok(jobs)
-    }
-
-    /// Jobs by state and uploaded files (`done`, the ledger entries) per folder.
-    pub fn counts(&self) -> Result<BTreeMap<String, FolderCounts>, StoreError> {
-        let mut counts: BTreeMap<String, FolderCounts> = BTreeMap::new();
-        for job in self.jobs()? {
-            let folder = counts.entry(job.key.folder.clone()).or_default();
-            match job.state {
-                JobState::Queued => folder.queued += 1,
-                JobState::Active => folder.active += 1,
-                JobState::Finalizing => folder.finalizing += 1,
-                JobState::Importing => folder.importing += 1,
-                JobState::RetryWait { .. } => folder.retry_wait += 1,
-                JobState::Failed { .. } => folder.failed += 1,
-            }
-            if job.kind == JobKind::Delete {
-                folder.deletions += 1;
-                folder.held += u64::from(delete::is_held(&job));
-            }
-        }
-        // Ledger keys carry the folder, so counting needs no value decoding.
-        for entry in self.inner.trees.ledger.iter().keys() {
-            let raw = entry.map_err(|err| self.db_error(err))?;
-            let key = decode_file_key(&raw).ok_or_else(|| StoreError::Corrupt {
-                tree: "ledger",
-                key: keys::describe(&raw),
-                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
-            })?;
-            counts.entry(key.folder).or_default().done += 1;
-        }
-        Ok(counts)
-    }
-
-    /// The time of the newest upload recorded in the ledger, per folder (ms since the epoch).
-    /// Reads every ledger entry: meant for start-up and for a stopped daemon's status.
-    pub fn last_uploads(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
-        for entry in self.inner.trees.ledger.iter() {
-            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
-            let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
-                tree: "ledger",
-                key: keys::describe(&raw_key),
-                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
-            })?;
-            let uploaded_at = ledger_uploaded_at(&raw, &raw_key)?;
-            let newest = last.entry(key.folder).or_default();
-            *newest = (*newest).max(uploaded_at);
-        }
-        Ok(last)
     }
 
     /// The live data against the database's size on disk. Reads every entry of every tree:
@@ -1378,6 +1383,8 @@ fn create_db(path: &Path) -> Result<(), FormatError> {
     {
         let db = sled_config(&fresh).open()?;
         db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
+        // A new database keeps its counts from the first write on.
+        db.insert(counts::COUNTS_KEY, b"1")?;
         db.flush()?;
     }
     std::fs::rename(&fresh, path).map_err(io_error("move the new database into place at", path))?;

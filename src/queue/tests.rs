@@ -141,6 +141,18 @@ fn assert_invariants(store: &Store) {
             "progress of job {id} belongs to an existing job"
         );
     }
+    assert_counted(store);
+}
+
+/// Invariant 8: the kept counts and the `attention` index are what walking the trees finds.
+fn assert_counted(store: &Store) {
+    let drift = store.counts_drift().expect("the counts read");
+    assert!(
+        drift.tallies.is_empty()
+            && drift.attention_stale.is_empty()
+            && drift.attention_missing.is_empty(),
+        "the kept counts differ from the trees: {drift:?}"
+    );
 }
 
 /// Invariant 4, for one file: a version not in the ledger has a job.
@@ -974,6 +986,128 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
         })
     );
     assert_eq!(counts.len(), 2);
+    assert_invariants(&store);
+    let attention: Vec<JobId> = store
+        .jobs_needing_attention()
+        .expect("reads")
+        .iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(attention, [waiting, failed]);
+    assert!(store.last_uploads().expect("reads")["/data/in"] > 0);
+}
+
+#[test]
+fn drifted_counts_are_repaired_by_the_check_at_start() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let done = queued_id(store.offer(&key("done"), &fp(1)).expect("offer"));
+    let failed = queued_id(store.offer(&key("failed"), &fp(2)).expect("offer"));
+    store.offer(&key("queued"), &fp(3)).expect("offer");
+    store.claim(far_future()).expect("claims");
+    store.claim(far_future()).expect("claims");
+    store.complete(done, &fp(1), "r", None).expect("completes");
+    store.fail(failed, "400").expect("fails");
+    let right = store.tallies().expect("reads");
+    assert_eq!(
+        store.check_counts().expect("checks"),
+        0,
+        "nothing to repair"
+    );
+
+    // A counter off by a thousand, a folder that does not exist, a failed job missing from
+    // the attention index and a stale entry in it.
+    let trees = &store.inner.trees;
+    let mut wrong = right["/data/in"].clone();
+    wrong.counts.queued += 1000;
+    wrong.counts.done = 0;
+    trees
+        .counts
+        .insert("/data/in", encode(&wrong))
+        .expect("writes");
+    let never_uploaded = Tally {
+        last_upload_ms: 0,
+        ..wrong.clone()
+    };
+    trees
+        .counts
+        .insert("/data/gone", encode(&never_uploaded))
+        .expect("writes");
+    trees.attention.remove(job_key(failed)).expect("writes");
+    trees.attention.insert(job_key(done), &[]).expect("writes");
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
+
+    let store = reopen(store);
+    store.recover_after_restart().expect("recovers");
+    assert_eq!(store.tallies().expect("reads"), right);
+    let attention: Vec<JobId> = store
+        .jobs_needing_attention()
+        .expect("reads")
+        .iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(attention, [failed]);
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_database_from_before_the_counts_is_counted_when_opened() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let done = queued_id(store.offer(&key("done"), &fp(1)).expect("offer"));
+    store.claim(far_future()).expect("claims");
+    store.complete(done, &fp(1), "r", None).expect("completes");
+    let waiting = queued_id(store.offer(&key("waiting"), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claims");
+    store
+        .retry_later(waiting, far_future(), "503")
+        .expect("waits");
+    store.offer(&key("queued"), &fp(3)).expect("offer");
+    let right = store.tallies().expect("reads");
+    // What an older version left: the same jobs and ledger, without counts or marker.
+    store.inner.trees.counts.clear().expect("clears");
+    store.inner.trees.attention.clear().expect("clears");
+    store.inner.db.remove(counts::COUNTS_KEY).expect("removes");
+    assert!(store.counts().expect("reads").is_empty());
+
+    let store = reopen(store);
+    assert_eq!(store.tallies().expect("reads"), right);
+    assert_eq!(
+        store.jobs_needing_attention().expect("reads")[0].id,
+        waiting
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn waiting_since_is_the_first_due_entry_of_the_folder() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let now = SystemTime::now();
+    assert_eq!(store.waiting_since("/data/in", now).expect("reads"), None);
+    let first = queued_id(store.offer(&key("first"), &fp(1)).expect("offer"));
+    let queued_at = job(&store, first).updated_at_ms;
+    std::thread::sleep(Duration::from_millis(5));
+    store.offer(&key("second"), &fp(2)).expect("offer");
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(
+        store.waiting_since("/data/in", later).expect("reads"),
+        Some(queued_at)
+    );
+    assert_eq!(
+        store.waiting_since("/data/other", later).expect("reads"),
+        None
+    );
+    // Claimed, the first leaves the queue: the second is the one waiting now.
+    let claimed = store.claim(later).expect("claims").expect("a job is due");
+    assert_eq!(claimed.id, first);
+    assert!(store.waiting_since("/data/in", later).expect("reads") > Some(queued_at));
+    // A retry that is not due yet is not waiting for a worker.
+    store.claim(later).expect("claims").expect("a job is due");
+    store
+        .retry_later(first, far_future(), "503")
+        .expect("waits");
+    assert_eq!(store.waiting_since("/data/in", later).expect("reads"), None);
 }
 
 #[test]
@@ -1812,7 +1946,8 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
 fn space_counts_the_key_and_value_bytes_of_every_tree() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let marker = (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len()) as u64;
+    let marker =
+        (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len() + counts::COUNTS_KEY.len() + 1) as u64;
     assert_eq!(store.space().expect("space reads").live_bytes, marker);
 
     let file = key("a.csv");
@@ -1829,11 +1964,13 @@ fn space_counts_the_key_and_value_bytes_of_every_tree() {
         .expect("ledger reads")
         .expect("the upload is recorded");
     let ledger_bytes = (file_key(&file).expect("valid").len() + encode(&entry).len()) as u64;
+    let tally = &store.tallies().expect("reads")[&file.folder];
+    let counts_bytes = (file.folder.len() + encode(tally).len()) as u64;
     let space = store.space().expect("space reads");
     assert_eq!(
         space.live_bytes,
-        marker + ledger_bytes,
-        "only the marker and one ledger entry are left"
+        marker + ledger_bytes + counts_bytes,
+        "only the markers, one ledger entry and the folder's counts are left"
     );
     let data_file = std::fs::metadata(dir.path().join(DB_DIR).join("db"))
         .expect("sled's data file")
@@ -1856,7 +1993,7 @@ fn writes_count_the_entries_each_transition_changes() {
         last = now;
     };
     store.offer(&file, &fp(1)).expect("offer");
-    wrote("a new job: jobs, by_path, due", 3);
+    wrote("a new job: jobs, by_path, due, counts", 4);
     store.offer(&file, &fp(1)).expect("offer");
     wrote("the same version offered again", 0);
     let job = store
@@ -1864,15 +2001,76 @@ fn writes_count_the_entries_each_transition_changes() {
         .expect("claim works")
         .expect("the job is due");
     wrote(
-        "a claim: due out, the job, claimed (by_path is unchanged)",
-        3,
+        "a claim: due out, the job, claimed, counts (by_path is unchanged)",
+        4,
     );
     store
         .complete(job.id, &fp(1), "dir/a.csv", None)
         .expect("complete");
     wrote(
-        "a completion: the ledger, and jobs, by_path, claimed out",
-        4,
+        "a completion: the ledger, counts, and jobs, by_path, claimed out",
+        5,
+    );
+    let id = queued_id(store.offer(&key("failing.csv"), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claim works");
+    wrote("another job, claimed", 8);
+    store.fail(id, "400").expect("fail");
+    wrote("a failure: the job, claimed out, counts, attention", 4);
+}
+
+#[test]
+fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let mut last = store.flushes();
+    let mut flushed = |what: &str, expected: bool| {
+        let now = store.flushes();
+        assert_eq!(now > last, expected, "{what} flushed: {expected}");
+        last = now;
+    };
+    let ids: Vec<JobId> = (0..4)
+        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
+        .collect();
+    flushed("offers (a rescan offers again)", false);
+    let claim_all = || while store.claim(far_future()).expect("claims").is_some() {};
+    claim_all();
+    flushed("claims (an active job is queued again at start)", false);
+    store.save_progress(ids[0], b"session").expect("saves");
+    flushed("progress", true);
+    store.clear_progress(ids[0]).expect("clears");
+    flushed("cleared progress", true);
+    store.mark_finalizing(ids[0]).expect("marks");
+    flushed("finalizing", true);
+    store
+        .complete(ids[0], &fp(0), "r", None)
+        .expect("completes");
+    flushed("a completion", true);
+    store.fail(ids[1], "400").expect("fails");
+    flushed("a failure", true);
+    store
+        .retry_later(ids[2], far_future(), "503")
+        .expect("waits");
+    flushed("a retry-wait", true);
+    store.requeue(ids[3]).expect("requeues");
+    flushed("a requeue", true);
+    store.retry_failed(&RetrySelection::All).expect("retries");
+    flushed("a retry of failed jobs", true);
+    claim_all();
+    store
+        .mark_importing(ids[1], import_of(fp(1)))
+        .expect("marks");
+    flushed("importing", true);
+    store
+        .requeue_corrupt(ids[1], "other bytes")
+        .expect("requeues");
+    flushed("a requeue of a corrupt import", true);
+    claim_all();
+    store.recover_after_restart().expect("recovers");
+    flushed("recovery", true);
+    store.drop_job(ids[3]).expect("drops");
+    flushed(
+        "a dropped job (the worker finds the file gone again)",
+        false,
     );
 }
 

@@ -22,6 +22,7 @@ use super::filter::Filter;
 use super::recent::RecentOffers;
 use super::scan::{self, Visit, Walker};
 use super::settle::{Settle, SystemClock};
+use super::spool::{SPOOL_CHECK, Settled, Spool};
 use super::watcher::{self, DirWatcher, EventFlags};
 use super::{ScanSummary, Sink, SinkOffer, forget_vanished, vanished_files};
 use crate::fingerprint::Fingerprint;
@@ -115,6 +116,10 @@ pub struct FolderState {
     flags: Arc<EventFlags>,
     cancel: CancellationToken,
     opts: Options,
+    spool: Option<Spool>,
+    /// A spool folder's files offered and not yet removed ([`FolderState::settle_spooled`]).
+    spooled: HashSet<String>,
+    next_spool_check: Instant,
 }
 
 pub struct FolderParts {
@@ -128,6 +133,8 @@ pub struct FolderParts {
     pub flags: Arc<EventFlags>,
     pub cancel: CancellationToken,
     pub opts: Options,
+    /// Set for a spool folder: files leave once their upload is confirmed.
+    pub spool: Option<Spool>,
 }
 
 impl FolderState {
@@ -158,6 +165,9 @@ impl FolderState {
             flags: p.flags,
             cancel: p.cancel,
             opts: p.opts,
+            spool: p.spool,
+            spooled: HashSet::new(),
+            next_spool_check: now + SPOOL_CHECK,
         }
     }
 
@@ -395,6 +405,10 @@ impl FolderState {
         }
         self.offer_due();
         self.flush_offers();
+        if self.spool.is_some() && now >= self.next_spool_check {
+            self.next_spool_check = now + SPOOL_CHECK;
+            self.settle_spooled();
+        }
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
             self.recent.expire(now);
@@ -580,6 +594,9 @@ impl FolderState {
         }
         if self.sink.is_uploaded(&self.key(rel), &fp) {
             self.settle.remove(&rel.to_string());
+            if let Some(spool) = &self.spool {
+                spool.settle(rel, &*self.sink);
+            }
             return;
         }
         let key = rel.to_string();
@@ -621,6 +638,9 @@ impl FolderState {
                 SinkOffer::Queued | SinkOffer::Known => {
                     queued += u64::from(outcome == SinkOffer::Queued);
                     self.settle.remove(&rel);
+                    if self.spool.is_some() {
+                        self.spooled.insert(rel.clone());
+                    }
                     self.recent.remember(rel, fp, now);
                 }
                 SinkOffer::Failed => {
@@ -638,6 +658,16 @@ impl FolderState {
             wake.notify_waiters();
             wake.notify_one();
         }
+    }
+
+    /// A spool folder's offered files leave once their upload is confirmed.
+    fn settle_spooled(&mut self) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let sink = &*self.sink;
+        self.spooled
+            .retain(|rel| spool.settle(rel, sink) == Settled::Left);
     }
 
     fn key(&self, rel: &str) -> FileKey {
@@ -665,11 +695,15 @@ impl Visit for Pass<'_> {
         self.st.consider(rel, Fingerprint::of(meta), Hint::None);
     }
 
-    /// Already uploaded: as `consider` would, forget any candidate for it.
+    /// Already uploaded: as `consider` would, forget any candidate for it (and let it
+    /// leave a spool folder).
     fn known_file(&mut self, rel: &str) {
         self.summary.files_seen += 1;
         if !self.st.settle.is_empty() {
             self.st.settle.remove(&rel.to_string());
+        }
+        if let Some(spool) = &self.st.spool {
+            spool.settle(rel, &*self.st.sink);
         }
     }
 

@@ -28,6 +28,7 @@ mod folder;
 mod recent;
 mod scan;
 pub mod settle;
+mod spool;
 pub mod watcher;
 
 use std::collections::HashSet;
@@ -244,6 +245,7 @@ pub async fn run_folder_with<F>(
             flags,
             cancel: shutdown.clone(),
             opts,
+            spool: spool::Spool::new(&folder.path, &folder.after_upload),
         })));
 
         let Some(summary) = on_blocking_pool(&state, FolderState::start).await else {
@@ -363,6 +365,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         sink: &'a dyn Sink,
         settle: Settle<String, SystemClock>,
         summary: ScanSummary,
+        spool: Option<spool::Spool>,
     }
     impl Visit for Once<'_> {
         fn enter_dir(&mut self, _dir: &std::path::Path) {}
@@ -374,6 +377,9 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
                 rel: rel.to_string(),
             };
             if self.sink.is_uploaded(&key, &fp) {
+                if let Some(spool) = &self.spool {
+                    spool.settle(rel, self.sink);
+                }
                 return;
             }
             // A fresh tracker per file: only the old-mtime rule can settle it at first sight.
@@ -391,6 +397,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         sink,
         settle: Settle::new(folder.settle, SystemClock),
         summary: ScanSummary::default(),
+        spool: spool::Spool::new(&folder.path, &folder.after_upload),
     };
     Walker {
         root: &folder.path,

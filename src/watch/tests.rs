@@ -124,6 +124,7 @@ fn folder_config(path: &Path, settle: Duration) -> FolderConfig {
         recursive: true,
         redivis: Default::default(),
         deletes: Default::default(),
+        after_upload: Default::default(),
     }
 }
 
@@ -944,6 +945,7 @@ fn a_folder_gone_as_a_whole_forgets_no_file() {
         flags: Arc::new(EventFlags::default()),
         cancel: CancellationToken::new(),
         opts: Options::new(Duration::from_secs(1), None),
+        spool: None,
     });
     state.start();
     std::fs::rename(&root, dir.path().join("unmounted")).expect("move the folder away");

@@ -1020,6 +1020,7 @@ mod tests {
             recursive: true,
             redivis: Default::default(),
             deletes: Default::default(),
+            after_upload: Default::default(),
         };
         for create in [false, true] {
             let err = backend("wrong")

@@ -1,0 +1,202 @@
+//! What `upsync status` and a metrics scrape cost with a large ledger, against the same
+//! with a ledger of ten files: both read a few entries per folder, so the two should cost
+//! the same.
+//!
+//! 1. Fill a state database directly (no uploads): the ledger entries spread over
+//!    [`FOLDERS`] folders.
+//! 2. `upsync status --json` on the stopped daemon's database: the best of [`ROUNDS`].
+//! 3. Start the daemon over it with `metrics_listen` and scrape `/metrics`: the median of
+//!    [`SCRAPES`].
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use upsync::fingerprint::Fingerprint;
+use upsync::queue::{FileKey, Store};
+
+use crate::harness::*;
+use crate::{Row, Sizes, Verdict};
+
+const FOLDERS: u64 = 10;
+const ROUNDS: usize = 5;
+const SCRAPES: usize = 21;
+const STATUS_TARGET: Duration = Duration::from_millis(50);
+const SCRAPE_TARGET: Duration = Duration::from_millis(10);
+
+/// The two costs for one ledger size.
+struct Costs {
+    status: Duration,
+    scrape: Duration,
+}
+
+pub async fn status_cost(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
+    let emulator = Emulator::start(&ctx.fresh_dir("status-remote")?, &["ingest"]).await?;
+    let result = async {
+        let small = measure(ctx, &emulator, "status-small", 10).await?;
+        let large = measure(ctx, &emulator, "status-large", sizes.status_ledger).await?;
+        Ok::<_, String>(rows(sizes.status_ledger, &small, &large))
+    }
+    .await;
+    emulator.stop().await;
+    result
+}
+
+async fn measure(ctx: &Ctx, emulator: &Emulator, name: &str, entries: u64) -> BenchResult<Costs> {
+    let dir = ctx.fresh_dir(name)?;
+    let mut config = DaemonConfig::new(&dir, emulator);
+    config.metrics_listen = Some("127.0.0.1:0");
+    for n in 0..FOLDERS {
+        let folder = dir.join(format!("folder-{n}"));
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| format!("create {}: {e}", folder.display()))?;
+        config.folders.push((
+            folder,
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+        ));
+    }
+    eprintln!("  {name}: {entries} ledger entries");
+    let started = Instant::now();
+    fill(&config, entries).await?;
+    eprintln!("  filled in {:.0} s", started.elapsed().as_secs_f64());
+    let config_path = dir.join("upsync.toml");
+    std::fs::write(&config_path, config.render())
+        .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+    let status = stopped_status(ctx, &config_path, entries).await?;
+    let daemon = Daemon::start(ctx, &dir, &config).await?;
+    let scrape = scrapes(&daemon).await;
+    daemon.terminate().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Costs {
+        status,
+        scrape: scrape?,
+    })
+}
+
+/// Writes `entries` ledger entries, spread over the config's folders, straight into the
+/// state database.
+async fn fill(config: &DaemonConfig, entries: u64) -> BenchResult<()> {
+    let state_dir = config.state_dir.clone();
+    let folders: Vec<String> = config
+        .folders
+        .iter()
+        .map(|(path, _)| path.to_string_lossy().into_owned())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
+        for n in 0..entries {
+            let folder = &folders[(n % FOLDERS) as usize];
+            let rel = format!("d{:04}/f{n:07}.bin", n / 100 % 10_000);
+            let fingerprint = Fingerprint {
+                size: 1024,
+                mtime_ns: 1_700_000_000_000_000_000 + i128::from(n),
+                inode: n,
+            };
+            store
+                .record_uploaded(
+                    &FileKey::new(folder.as_str(), rel.as_str()),
+                    &fingerprint,
+                    &rel,
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        store.flush().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("filling the state database failed: {e}"))?
+}
+
+/// The best of [`ROUNDS`] runs of `upsync status --json` on a stopped daemon's database,
+/// after checking that it reports every entry.
+async fn stopped_status(ctx: &Ctx, config_path: &Path, entries: u64) -> BenchResult<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let out = tokio::process::Command::new(&ctx.bin)
+            .args(["status", "--json", "-c"])
+            .arg(config_path)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", ctx.bin.display()))?;
+        best = best.min(started.elapsed());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "upsync status --json printed no report ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let done: u64 = report["folders"]
+            .as_array()
+            .map(|folders| folders.iter().filter_map(|f| f["done"].as_u64()).sum())
+            .unwrap_or(0);
+        if done != entries {
+            return Err(format!("status reports {done} files done, not {entries}"));
+        }
+    }
+    Ok(best)
+}
+
+/// The median time of [`SCRAPES`] scrapes of the daemon's `/metrics`.
+async fn scrapes(daemon: &Daemon) -> BenchResult<Duration> {
+    let url = metrics_url(&daemon.log_text()).ok_or("the daemon logged no metrics address")?;
+    let client = reqwest::Client::new();
+    let mut took = Vec::with_capacity(SCRAPES);
+    for _ in 0..SCRAPES {
+        let started = Instant::now();
+        let body = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(|answer| answer.error_for_status())
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        took.push(started.elapsed());
+        if !body.contains("upsync_queue_jobs") {
+            return Err(format!("{url} has no upsync_queue_jobs"));
+        }
+    }
+    took.sort();
+    Ok(took[SCRAPES / 2])
+}
+
+/// The address from the daemon's "serving Prometheus metrics" line.
+fn metrics_url(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("serving Prometheus metrics"))?;
+    let start = line.find("http://")?;
+    let url = &line[start..];
+    Some(url[..url.find(char::is_whitespace).unwrap_or(url.len())].to_string())
+}
+
+fn rows(entries: u64, small: &Costs, large: &Costs) -> Vec<Row> {
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let row = |what: &str, large: Duration, small: Duration, target: Duration| Row {
+        figure: format!(
+            "{what} with {entries} ledger entries in {FOLDERS} folders (baseline: 10 entries)"
+        ),
+        upsync: ms(large),
+        baseline: ms(small),
+        ratio: format!("{:.2}", large.as_secs_f64() / small.as_secs_f64()),
+        target: format!("≤ {}", ms(target)),
+        verdict: Verdict::of(large <= target),
+    };
+    vec![
+        row(
+            "`upsync status --json`, daemon stopped (best of 5, process start included)",
+            large.status,
+            small.status,
+            STATUS_TARGET,
+        ),
+        row(
+            "Metrics scrape of a running daemon (median of 21)",
+            large.scrape,
+            small.scrape,
+            SCRAPE_TARGET,
+        ),
+    ]
+}

@@ -1,0 +1,199 @@
+//! Spool folders (`after_upload = "delete"` or `"move"`): a file leaves the folder once the
+//! remote confirmed it.
+//!
+//! "Confirmed" is the ledger holding the file's current fingerprint: the ledger is written
+//! only when the remote has the file whole (for Redivis, when its import completed). So
+//! the action is decided from the ledger and the file alone, and is idempotent across
+//! crashes: a file whose upload was recorded just before a crash is found by the start-up
+//! scan, still matching its entry, and handled then. For one file ([`Spool::settle`]):
+//!
+//! 1. Read the file's fingerprint; a file already gone is done.
+//! 2. Ask the ledger whether that exact version is uploaded; if not (not yet, or changed
+//!    since its upload), leave the file alone.
+//! 3. Delete it, or move it to `archive_dir` under its relative path (creating the
+//!    directories), by a rename that keeps its inode.
+//! 4. For a move, read the fingerprint of the moved file again: if it differs (the file
+//!    was written between steps 1 and 3), move it back, to be uploaded in its new version.
+//!
+//! The folder's watcher runs this when a scan finds a file already uploaded, and, every
+//! [`SPOOL_CHECK`], for the files it offered recently (so a file leaves soon after its
+//! upload, without an event).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use super::Sink;
+use crate::config::AfterUpload;
+use crate::fingerprint::Fingerprint;
+use crate::queue::FileKey;
+
+/// How often the files offered recently are checked for a confirmed upload.
+pub const SPOOL_CHECK: Duration = Duration::from_secs(1);
+
+/// What [`Spool::settle`] did with a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Deleted or moved away.
+    Removed,
+    /// Not confirmed in this version (or it could not be removed): left in place.
+    Left,
+    /// Not there.
+    Gone,
+}
+
+/// A spool folder's action.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+    folder_key: String,
+    action: Action,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Delete,
+    Move(PathBuf),
+}
+
+impl Spool {
+    /// The spool of the folder at `root`, or `None` when its files stay.
+    pub fn new(root: &Path, after_upload: &AfterUpload) -> Option<Spool> {
+        let action = match after_upload {
+            AfterUpload::Keep => return None,
+            AfterUpload::Delete => Action::Delete,
+            AfterUpload::Move(dir) => Action::Move(dir.clone()),
+        };
+        Some(Spool {
+            root: root.to_path_buf(),
+            folder_key: root.to_string_lossy().into_owned(),
+            action,
+        })
+    }
+
+    /// Steps 1 to 4 for the file `rel`.
+    pub fn settle(&self, rel: &str, sink: &dyn Sink) -> Settled {
+        let path = self.root.join(rel);
+        let fingerprint = match Fingerprint::read(&path) {
+            Ok(fingerprint) => fingerprint,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Settled::Gone,
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "cannot stat a spooled file");
+                return Settled::Left;
+            }
+        };
+        let key = FileKey::new(&self.folder_key, rel);
+        if !sink.is_uploaded(&key, &fingerprint) {
+            return Settled::Left;
+        }
+        let done = match &self.action {
+            Action::Delete => std::fs::remove_file(&path).map(|()| true),
+            Action::Move(archive) => move_checked(&path, &archive.join(rel), &fingerprint),
+        };
+        match done {
+            Ok(true) => {
+                info!(path = %path.display(), "uploaded and confirmed; removed from the spool folder");
+                Settled::Removed
+            }
+            Ok(false) => Settled::Left,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settled::Gone,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays");
+                Settled::Left
+            }
+        }
+    }
+}
+
+/// Steps 3 and 4 of a move: false when the file changed meanwhile and was moved back.
+fn move_checked(from: &Path, to: &Path, expected: &Fingerprint) -> std::io::Result<bool> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, to)?;
+    match Fingerprint::read(to) {
+        Ok(moved) if moved == *expected => Ok(true),
+        _ => {
+            std::fs::rename(to, from)?;
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use crate::watch::SinkOffer;
+
+    /// A ledger of fingerprints by relative path.
+    #[derive(Default)]
+    struct Ledger(Mutex<HashMap<String, Fingerprint>>);
+
+    impl Ledger {
+        fn record(&self, root: &Path, rel: &str) {
+            let fingerprint = Fingerprint::read(&root.join(rel)).expect("the file exists");
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .insert(rel.into(), fingerprint);
+        }
+    }
+
+    impl Sink for Ledger {
+        fn is_uploaded(&self, key: &FileKey, fingerprint: &Fingerprint) -> bool {
+            self.0.lock().expect("not poisoned").get(&key.rel) == Some(fingerprint)
+        }
+        fn offer(&self, _: &FileKey, _: &Fingerprint) -> SinkOffer {
+            SinkOffer::Known
+        }
+    }
+
+    #[test]
+    fn a_confirmed_file_is_deleted_and_an_unconfirmed_or_changed_one_stays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        for rel in ["up.csv", "pending.csv", "changed.csv"] {
+            std::fs::write(root.join(rel), b"v1").expect("write");
+        }
+        let ledger = Ledger::default();
+        ledger.record(root, "up.csv");
+        ledger.record(root, "changed.csv");
+        std::fs::write(root.join("changed.csv"), b"version 2").expect("rewrite");
+        let spool = Spool::new(root, &AfterUpload::Delete).expect("a spool");
+
+        assert_eq!(spool.settle("up.csv", &ledger), Settled::Removed);
+        assert_eq!(spool.settle("pending.csv", &ledger), Settled::Left);
+        assert_eq!(spool.settle("changed.csv", &ledger), Settled::Left);
+        assert_eq!(spool.settle("up.csv", &ledger), Settled::Gone, "idempotent");
+        assert!(!root.join("up.csv").exists());
+        assert_eq!(
+            std::fs::read(root.join("changed.csv")).expect("kept"),
+            b"version 2"
+        );
+        assert!(root.join("pending.csv").exists());
+    }
+
+    #[test]
+    fn a_confirmed_file_moves_under_its_relative_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("out");
+        let archive = dir.path().join("archive");
+        std::fs::create_dir_all(root.join("a/b")).expect("dirs");
+        std::fs::write(root.join("a/b/c.csv"), b"data").expect("write");
+        let ledger = Ledger::default();
+        ledger.record(&root, "a/b/c.csv");
+        let spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
+
+        assert_eq!(spool.settle("a/b/c.csv", &ledger), Settled::Removed);
+        assert_eq!(
+            std::fs::read(archive.join("a/b/c.csv")).expect("moved"),
+            b"data"
+        );
+        assert!(!root.join("a/b/c.csv").exists());
+        assert!(Spool::new(&root, &AfterUpload::Keep).is_none());
+    }
+}

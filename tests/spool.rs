@@ -1,0 +1,177 @@
+//! Spool folders (`after_upload = "delete"` or `"move"`) end to end: the real daemon, real
+//! files, the emulator over HTTP on 127.0.0.1. A file leaves the folder only once the
+//! remote confirmed it (Redivis: its import completed), checked through the remote's
+//! listings and `upsync status --json`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const TABLE: &str = "test.dataset:next.spool";
+const TOKEN: &str = "e2e-spool-token-90be";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    outbox: PathBuf,
+    config: PathBuf,
+    emulator: EmulatorProcess,
+}
+
+/// A folder `outbox` with `folder_extra`, to the KiFS directory `ingest` when `kifs`, else
+/// to the Redivis table [`TABLE`]; the emulator gets `emulator_args`.
+fn setup(kifs: bool, folder_extra: &str, emulator_args: &[&str]) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let outbox = tmp.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let mut args = vec!["--redivis-token", TOKEN];
+    args.extend_from_slice(emulator_args);
+    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
+    let remote = if kifs {
+        format!(
+            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"outbox\"\nkifs_directory = \"ingest\"\n\
+             create_directory = true\n",
+            emulator.kifs_url()
+        )
+    } else {
+        emulator.create_redivis_table(TABLE, false);
+        format!(
+            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_SPOOL_TOKEN\"\n\
+             [[folder]]\npath = \"outbox\"\nredivis_table = \"{TABLE}\"\n",
+            emulator.redivis_url()
+        )
+    };
+    let config = tmp.path().join("upsync.toml");
+    let text = format!(
+        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\n{folder_extra}\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    // SAFETY: set before any daemon is spawned; the tests only read it through children.
+    unsafe { std::env::set_var("UPSYNC_E2E_SPOOL_TOKEN", TOKEN) };
+    Setup {
+        tmp,
+        outbox,
+        config,
+        emulator,
+    }
+}
+
+impl Setup {
+    /// Writes `rel` and returns its MD5.
+    fn write(&self, rel: &str, seed: u64) -> String {
+        let path = self.outbox.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_file(&path, 1000 + seed, seed);
+        backdate(&path, 60);
+        file_md5_hex(&path).unwrap()
+    }
+
+    fn kifs_md5(&self, rel: &str) -> Option<String> {
+        file_md5_hex(&self.emulator.kifs_file(&format!("ingest/{rel}")))
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(
+                    path.strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn kifs_spool_delete_empties_the_folder_as_files_arrive_whole() {
+    let s = setup(true, "after_upload = \"delete\"", &[]);
+    let names = ["a.csv", "nested/b.csv", "nested/deeper/c.csv"];
+    let sums: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| s.write(n, i as u64))
+        .collect();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the spool folder to hold no file", || {
+        files_under(&s.outbox).is_empty()
+    });
+    for (name, sum) in names.iter().zip(&sums) {
+        assert_eq!(
+            s.kifs_md5(name).as_deref(),
+            Some(sum.as_str()),
+            "{name} on KiFS"
+        );
+    }
+    // A file dropped in later leaves too.
+    let later = s.write("later.csv", 7);
+    daemon.wait_until(WAIT, "the later file to leave", || {
+        files_under(&s.outbox).is_empty()
+    });
+    assert_eq!(s.kifs_md5("later.csv"), Some(later));
+    daemon.terminate();
+}
+
+#[test]
+fn kifs_spool_move_keeps_the_relative_path_in_the_archive() {
+    let s = setup(
+        true,
+        "after_upload = \"move\"\narchive_dir = \"archive\"",
+        &[],
+    );
+    let sum = s.write("day/one.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    let archive = s.tmp.path().join("archive");
+    daemon.wait_until(WAIT, "the file to move into the archive", || {
+        archive.join("day/one.csv").exists()
+    });
+    assert_eq!(
+        file_md5_hex(&archive.join("day/one.csv")),
+        Some(sum.clone())
+    );
+    assert_eq!(s.kifs_md5("day/one.csv"), Some(sum));
+    assert!(files_under(&s.outbox).is_empty());
+    daemon.terminate();
+}
+
+#[test]
+fn redivis_spool_removes_a_file_only_after_its_import_completed() {
+    let s = setup(
+        false,
+        "after_upload = \"delete\"",
+        &["--redivis-fail-name-pattern", "bad*"],
+    );
+    s.write("good.csv", 1);
+    s.write("bad.csv", 2);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        WAIT,
+        "the import of bad.csv to fail and good.csv to leave",
+        || {
+            let status = status_json(&s.config);
+            status["folders"][0]["failed"].as_u64() == Some(1)
+                && !s.outbox.join("good.csv").exists()
+        },
+    );
+    assert!(
+        s.outbox.join("bad.csv").exists(),
+        "a failed import leaves the file in place"
+    );
+    let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+    let by_name = uploads_by_name(&uploads);
+    assert_eq!(by_name["good.csv"][0]["status"], "completed");
+    daemon.terminate();
+}
