@@ -370,41 +370,8 @@ pub fn build_report(
             .map(|(folder, tally)| (folder.clone(), tally.last_upload_ms))
             .collect(),
     };
-    let mut failed = Vec::new();
-    let mut retrying = Vec::new();
-    for job in store.jobs_needing_attention()? {
-        let path = job.path().display().to_string();
-        match job.state {
-            JobState::Failed {
-                reason,
-                failed_at_ms,
-            } => failed.push(FailedJob {
-                path,
-                reason,
-                failed_at_ms,
-                last_attempt_ms: job.updated_at_ms,
-                attempts: job.attempts,
-            }),
-            JobState::RetryWait { next_attempt_at_ms } => retrying.push(RetryingJob {
-                path,
-                attempts: job.attempts,
-                next_attempt_ms: next_attempt_at_ms,
-                last_error: job.last_error.clone(),
-            }),
-            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
-        }
-    }
-    // Uploads in progress are pending too; the queue's head says for the others.
-    let mut waiting_since = live
-        .map(|live| live.in_flight.pending_since())
-        .unwrap_or_default();
-    for folder in &config.folders {
-        let key = folder.path.to_string_lossy().into_owned();
-        if let Some(due) = store.waiting_since(&key, now)? {
-            let since = waiting_since.entry(key).or_insert(due);
-            *since = (*since).min(due);
-        }
-    }
+    let (failed, retrying) = failed_and_retrying(store)?;
+    let waiting_since = pending_since(config, store, live, now)?;
     let folders = config
         .folders
         .iter()
@@ -444,6 +411,56 @@ pub fn build_report(
         bandwidth: bandwidth_status(config, live),
         remotes: live.map(|live| live.remotes.snapshot()).unwrap_or_default(),
     })
+}
+
+/// The failed and the retrying jobs, from the store's index of them.
+fn failed_and_retrying(store: &Store) -> Result<(Vec<FailedJob>, Vec<RetryingJob>), StoreError> {
+    let mut failed = Vec::new();
+    let mut retrying = Vec::new();
+    for job in store.jobs_needing_attention()? {
+        let path = job.path().display().to_string();
+        match job.state {
+            JobState::Failed {
+                reason,
+                failed_at_ms,
+            } => failed.push(FailedJob {
+                path,
+                reason,
+                failed_at_ms,
+                last_attempt_ms: job.updated_at_ms,
+                attempts: job.attempts,
+            }),
+            JobState::RetryWait { next_attempt_at_ms } => retrying.push(RetryingJob {
+                path,
+                attempts: job.attempts,
+                next_attempt_ms: next_attempt_at_ms,
+                last_error: job.last_error.clone(),
+            }),
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
+        }
+    }
+    Ok((failed, retrying))
+}
+
+/// Per folder, since when its longest-pending file has waited (ms since the epoch): the
+/// uploads in progress, and the head of the folder's queue.
+fn pending_since(
+    config: &Config,
+    store: &Store,
+    live: Option<&Live>,
+    now: SystemTime,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut since = live
+        .map(|live| live.in_flight.pending_since())
+        .unwrap_or_default();
+    for folder in &config.folders {
+        let key = folder.path.to_string_lossy().into_owned();
+        if let Some(due) = store.waiting_since(&key, now)? {
+            let oldest = since.entry(key).or_insert(due);
+            *oldest = (*oldest).min(due);
+        }
+    }
+    Ok(since)
 }
 
 fn bandwidth_status(config: &Config, live: Option<&Live>) -> BandwidthStatus {

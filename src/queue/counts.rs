@@ -4,9 +4,9 @@
 //! - `counts` tree: folder -> [`Tally`] (its jobs by state, its deletions and those the
 //!   mass-delete guard holds, its ledger entries, its newest upload). Every job write goes
 //!   through `Tx::put_job`/`Tx::remove_job` and every ledger write through
-//!   `Tx::put_ledger`/`Tx::remove_ledger`; each notes the change in the transaction's [`Changes`],
-//!   and `Tx::settle_counts` adds them to the folders' tallies at the end of the same
-//!   transaction: one write per folder a transaction touched, whatever its size.
+//!   `Tx::put_ledger`/`Tx::remove_ledger`; each notes the change in the transaction's
+//!   [`Changes`], and `Tx::settle_counts` adds them to the folders' tallies at the end of
+//!   the same transaction: one write per folder a transaction touched, whatever its size.
 //! - `attention` tree: JobId -> empty for exactly the failed and retry-wait jobs, the ones
 //!   `status` lists by name; the happy path (queued, active, done) never writes it.
 //!
