@@ -23,7 +23,7 @@
 
 use std::time::SystemTime;
 
-use super::keys::{decode_file_key, decode_job_key};
+use super::keys::decode_job_key;
 use super::{
     Job, JobId, JobKind, JobState, Offer, Store, StoreError, Tx, TxResult, abort, decode_ledger,
     is_attempt, now_ms, queued_afresh, to_ms, valid_key,
@@ -173,17 +173,7 @@ impl Store {
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
     /// for all) that the ledger records as uploaded; keys only.
     pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        let mut prefix = folder.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(under.as_bytes());
-        let mut files = Vec::new();
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix).keys() {
-            let raw = entry.map_err(|err| self.db_error(err))?;
-            if let Some(key) = decode_file_key(&raw) {
-                files.push(key.rel);
-            }
-        }
-        Ok(files)
+        self.files_under(&self.inner.trees.ledger, folder, under)
     }
 
     /// Every job of `folder`, through the `by_path` index.

@@ -1058,11 +1058,22 @@ impl Store {
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
     /// for all) that have a job, from the `by_path` index.
     pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
+        self.files_under(&self.inner.trees.by_path, folder, under)
+    }
+
+    /// The relative paths of the keys of `tree` (keyed `folder NUL rel`, like `by_path`
+    /// and `ledger`) in `folder` under the prefix `under`.
+    fn files_under(
+        &self,
+        tree: &sled::Tree,
+        folder: &str,
+        under: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         prefix.extend_from_slice(under.as_bytes());
         let mut files = Vec::new();
-        for entry in self.inner.trees.by_path.scan_prefix(&prefix).keys() {
+        for entry in tree.scan_prefix(&prefix).keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(key) = decode_file_key(&raw) {
                 files.push(key.rel);

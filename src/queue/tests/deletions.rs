@@ -26,6 +26,13 @@ fn the_job(store: &Store, rel: &str) -> Option<Job> {
         .find(|job| job.key == key(rel))
 }
 
+/// Uploads `rel`, finds it gone, and claims its deletion.
+fn deleting(store: &Store, rel: &str) -> Job {
+    uploaded(store, rel, 1);
+    store.offer_deletions(&[key(rel)], soon()).expect("offer");
+    store.claim(far_future()).expect("claim").expect("due")
+}
+
 fn soon() -> SystemTime {
     SystemTime::now() + Duration::from_secs(3600)
 }
@@ -118,11 +125,7 @@ fn a_file_that_comes_back_turns_its_deletion_into_an_upload() {
 fn a_deletion_running_when_its_file_comes_back_ends_first_then_queues_the_upload() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    uploaded(&store, "a.csv", 1);
-    store
-        .offer_deletions(&[key("a.csv")], soon())
-        .expect("offer");
-    let deleting = store.claim(far_future()).expect("claim").expect("due");
+    let deleting = deleting(&store, "a.csv");
 
     // Even the very version the ledger holds must be sent again: its copy is being deleted.
     store.offer(&key("a.csv"), &fp(1)).expect("offer");
@@ -146,11 +149,7 @@ fn a_deletion_running_when_its_file_comes_back_ends_first_then_queues_the_upload
 fn an_older_deletion_never_removes_the_entry_of_another_copy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    uploaded(&store, "a.csv", 1);
-    store
-        .offer_deletions(&[key("a.csv")], soon())
-        .expect("offer");
-    let deleting = store.claim(far_future()).expect("claim").expect("due");
+    let deleting = deleting(&store, "a.csv");
 
     assert!(
         store
