@@ -601,6 +601,18 @@ fn holds_exactly(s: &Setup, table: &str, names: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Starts the daemon on `names` and releases the version once all are posted (and still
+/// importing, with the emulator's processing delay).
+fn release_while_importing(s: &Setup, names: &[&str]) -> DaemonProcess {
+    small_files(s, names, 10);
+    let daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "every file posted", || {
+        s.emulator.list_redivis_uploads(TABLE, TOKEN).len() == names.len()
+    });
+    release_next_version(s);
+    daemon
+}
+
 fn folder_status(config: &Path) -> serde_json::Value {
     status_json(config)["folders"][0].clone()
 }
@@ -613,12 +625,7 @@ fn a_release_mid_run_makes_new_files_wait_until_a_next_version_exists() {
     let s = setup(&["--redivis-processing-delay", "3s"], "");
     let port = listen_for_metrics(&s);
     let first = ["a.csv", "b.csv", "c.csv"];
-    small_files(&s, &first, 10);
-    let mut daemon = DaemonProcess::start(&s.config);
-    daemon.wait_until(Duration::from_secs(60), "three posted uploads", || {
-        s.emulator.list_redivis_uploads(TABLE, TOKEN).len() == 3
-    });
-    release_next_version(&s);
+    let mut daemon = release_while_importing(&s, &first);
     let later = ["d.csv", "e.csv"];
     small_files(&s, &later, 20);
     daemon.wait_until(Duration::from_secs(60), "the folder to wait", || {
@@ -698,12 +705,7 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
         "create_next_version = true",
     );
     let first = ["a.csv", "b.csv", "c.csv"];
-    small_files(&s, &first, 30);
-    let mut daemon = DaemonProcess::start(&s.config);
-    daemon.wait_until(Duration::from_secs(60), "three posted uploads", || {
-        s.emulator.list_redivis_uploads(TABLE, TOKEN).len() == 3
-    });
-    release_next_version(&s);
+    let mut daemon = release_while_importing(&s, &first);
     let later = ["d.csv", "e.csv", "f.csv", "g.csv"];
     small_files(&s, &later, 40);
     daemon.wait_until(Duration::from_secs(90), "every file mirrored once", || {
