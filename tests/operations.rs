@@ -206,8 +206,10 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
 fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
     let s = setup(&[], "");
     let mut daemon = DaemonProcess::start(&s.config);
-    wait_until(Duration::from_secs(20), "the daemon to be ready", || {
-        daemon.log_text().contains("upsync is running")
+    // The folder's remote check runs in the background after the start; the fault below must
+    // meet the upload, not that check (which would take the 403 and hold the folder).
+    wait_until(Duration::from_secs(20), "the folder's remote check", || {
+        status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
     });
     // The next KiFS request is refused for good (403): the upload fails permanently.
     s.emulator.post_json(
