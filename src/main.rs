@@ -91,6 +91,13 @@ enum Command {
         /// Progress display: bars on a terminal, log lines otherwise (auto), or force one.
         #[arg(long, value_enum, default_value_t = Progress::Auto)]
         progress: Progress,
+        /// Only show, per folder, what would be uploaded (new, changed), deleted and skipped
+        /// (and why); sends nothing to any remote and leaves the state database as it was.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Validate the config and print the folder → target plan.
     ///
@@ -202,9 +209,11 @@ fn main() -> ExitCode {
     }
     // Progress bars and log lines share stderr: log lines are printed between redraws.
     let bars = match &cli.command {
-        Command::Sync { progress, .. }
-            if *progress == Progress::Bars
-                || (*progress == Progress::Auto && std::io::stderr().is_terminal()) =>
+        Command::Sync {
+            progress, dry_run, ..
+        } if !*dry_run
+            && (*progress == Progress::Bars
+                || (*progress == Progress::Auto && std::io::stderr().is_terminal())) =>
         {
             Some(MultiProgress::new())
         }
@@ -237,8 +246,22 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             once: _,
             retry_wait_limit,
             progress: _,
+            dry_run,
+            json,
         } => {
             let config = load(&config)?;
+            if dry_run {
+                let plan = daemon::dry_run::plan(&config)
+                    .await
+                    .map_err(Failure::runtime)?;
+                if json {
+                    let text = serde_json::to_string_pretty(&plan).expect("the plan serializes");
+                    println!("{text}");
+                } else {
+                    print!("{}", daemon::dry_run::render(&plan));
+                }
+                return Ok(());
+            }
             let options = SyncOptions {
                 retry_wait_limit,
                 progress: match bars {

@@ -8,6 +8,9 @@
 //! - A permission change alone (only the change time moves) costs no new Redivis upload:
 //!   the identical upload is adopted; the run after it has nothing to do.
 //! - The running daemon sees such a replacement through its file events.
+//! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
+//! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
+//!   request and leaves the state database byte-identical.
 
 mod common;
 
@@ -30,6 +33,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_kifs_folder_extra("")
+    }
+
+    /// [`Setup::new`] with `extra` lines in the KiFS folder's section.
+    fn with_kifs_folder_extra(extra: &str) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
         std::fs::create_dir_all(&kin).unwrap();
@@ -52,6 +60,7 @@ token = "{TOKEN}"
 path = "kin"
 kifs_directory = "ingest"
 settle = "1s"
+{extra}
 [[folder]]
 path = "rin"
 redivis_table = "{TABLE}"
@@ -259,4 +268,106 @@ fn ls_lists_the_uploads_and_forget_uploads_a_file_again_through_the_running_daem
     assert_ne!(code, 0);
     assert!(stderr.contains("/not/watched.csv"), "{stderr}");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Every file under `dir` with its MD5, to tell whether anything in it changed.
+fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
+    let mut files: Vec<(PathBuf, Option<String>)> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_file())
+        .map(|entry| (entry.path().to_path_buf(), file_md5_hex(entry.path())))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical() {
+    let s = Setup::with_kifs_folder_extra("on_delete = \"delete\"");
+    for name in ["same.csv", "changed.csv", "gone.csv"] {
+        std::fs::write(s.kin.join(name), format!("{name}\n")).unwrap();
+        backdate(&s.kin.join(name), 60);
+    }
+    std::fs::write(s.rin.join("r.csv"), "r\n").unwrap();
+    backdate(&s.rin.join("r.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+
+    std::fs::write(s.kin.join("changed.csv"), "changed, longer\n").unwrap();
+    backdate(&s.kin.join("changed.csv"), 30);
+    std::fs::write(s.kin.join("new.csv"), "new\n").unwrap();
+    backdate(&s.kin.join("new.csv"), 30);
+    std::fs::write(s.kin.join("young.csv"), "still being written\n").unwrap();
+    std::fs::write(s.kin.join("draft.tmp"), "excluded\n").unwrap();
+    backdate(&s.kin.join("draft.tmp"), 30);
+    std::fs::remove_file(s.kin.join("gone.csv")).unwrap();
+
+    let state = s.config.parent().unwrap().join("state");
+    let database = tree_hashes(&state.join("db"));
+    let stats = |s: &Setup| {
+        (
+            s.emulator.get_json("/kifs/_emulator/stats"),
+            s.emulator.get_json("/_emulator/redivis/stats"),
+        )
+    };
+    let before = stats(&s);
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stats(&s), before, "no request reached a remote");
+    assert_eq!(
+        tree_hashes(&state.join("db")),
+        database,
+        "the database is byte-identical"
+    );
+
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kin = &plan["folders"][0];
+    let names = |list: &serde_json::Value, field: &str| -> Vec<(String, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                let path = item["path"].as_str().unwrap();
+                let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+                (name.to_string(), item[field].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&kin["upload"], "why"),
+        vec![
+            ("changed.csv".into(), "changed".into()),
+            ("new.csv".into(), "new".into())
+        ],
+        "{plan}"
+    );
+    assert_eq!(
+        names(&kin["delete"], "remote"),
+        vec![("gone.csv".into(), "ingest/gone.csv".into())],
+        "{plan}"
+    );
+    let skipped = names(&kin["skipped"], "why");
+    assert_eq!(skipped.len(), 2, "{plan}");
+    assert!(
+        skipped[0].0 == "draft.tmp" && skipped[0].1.contains("excluded"),
+        "{plan}"
+    );
+    assert!(
+        skipped[1].0 == "young.csv" && skipped[1].1.contains("not settled"),
+        "{plan}"
+    );
+    assert_eq!(kin["up_to_date"], 1, "{plan}");
+    assert_eq!(plan["folders"][1]["up_to_date"], 1, "{plan}");
+
+    // The text form says the same, and that nothing was done.
+    let (code, stdout, _) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("upload  new") && stdout.contains("delete  "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing was sent"), "{stdout}");
+    assert_eq!(stats(&s), before);
 }

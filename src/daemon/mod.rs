@@ -22,6 +22,7 @@
 
 pub mod control;
 mod deleter;
+pub mod dry_run;
 mod fleet;
 pub mod gates;
 pub mod heap;

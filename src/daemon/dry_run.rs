@@ -1,0 +1,318 @@
+//! `upsync sync --once --dry-run`: what a one-shot run would do, per folder, without doing
+//! any of it. It sends no request to any remote and leaves the state database as it was.
+//!
+//! 1. Refuse while a daemon (or a one-shot run) answers on the control socket: it holds
+//!    the database and would change it under the look.
+//! 2. Copy the state database to a temporary directory and open the copy (sled may write
+//!    when it opens a database; the original is never opened). The copy is removed after.
+//! 3. Walk each folder (symlinks not followed) and sort every file: excluded by the
+//!    folder's globs, failed earlier (that version, until `upsync retry`), already
+//!    uploaded, not settled (written within `settle`), or to upload: new or changed.
+//! 4. In a folder with `on_delete = "delete"`, each uploaded file that is gone is a
+//!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
+//!    of the folder) would be held by the mass-delete guard, which the plan says.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::control;
+use super::status::{StatusReport, describe_target};
+use crate::config::{Config, FolderConfig, OnDelete};
+use crate::fingerprint::Fingerprint;
+use crate::queue::{FileKey, Job, JobState, LedgerEntry, Store};
+use crate::watch::filter::Filter;
+
+/// What a one-shot run would do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Plan {
+    pub folders: Vec<FolderPlan>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FolderPlan {
+    pub folder: String,
+    pub target: String,
+    pub upload: Vec<PlannedUpload>,
+    pub delete: Vec<PlannedDelete>,
+    /// Why the deletions would be held by the mass-delete guard, when they would.
+    pub deletions_held: Option<String>,
+    pub skipped: Vec<Skipped>,
+    /// Files already uploaded in this version.
+    pub up_to_date: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedUpload {
+    pub path: String,
+    pub size: u64,
+    /// `new` (never uploaded) or `changed` (another version was).
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedDelete {
+    pub path: String,
+    /// The remote copy that would be deleted.
+    pub remote: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub why: String,
+}
+
+/// Plans a one-shot run of `config` (module doc).
+pub async fn plan(config: &Config) -> Result<Plan, String> {
+    let running = control::request::<StatusReport>(&config.state_dir, "GET", "/status", None)
+        .await
+        .unwrap_or(None);
+    if running.is_some() {
+        return Err(format!(
+            "upsync is running on state_dir {} (a daemon or a one-shot run): a dry run reads \
+             the state database it holds; stop it first",
+            config.state_dir.display()
+        ));
+    }
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let copy = StoreCopy::of(&config.state_dir)?;
+        let store = Store::open(&copy.dir).map_err(|err| err.to_string())?;
+        let jobs = store.jobs().map_err(|err| err.to_string())?;
+        let plan = config
+            .folders
+            .iter()
+            .map(|folder| plan_folder(folder, &store, &jobs))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Plan { folders: plan })
+    })
+    .await
+    .map_err(|err| format!("the dry run failed: {err}"))?
+}
+
+/// Step 2: a copy of `state_dir/db` in a temporary directory, removed when dropped.
+struct StoreCopy {
+    dir: PathBuf,
+}
+
+impl StoreCopy {
+    fn of(state_dir: &Path) -> Result<StoreCopy, String> {
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("upsync-dry-run-{}-{stamp}", std::process::id()));
+        let copy = StoreCopy { dir };
+        let original = state_dir.join("db");
+        if original.is_dir() {
+            copy_tree(&original, &copy.dir.join("db")).map_err(|err| {
+                format!(
+                    "cannot copy the state database {}: {err}",
+                    original.display()
+                )
+            })?;
+        }
+        Ok(copy)
+    }
+}
+
+impl Drop for StoreCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let rel = entry
+            .path()
+            .strip_prefix(from)
+            .map_err(std::io::Error::other)?;
+        let dest = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else if entry.file_type().is_file() {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Steps 3 and 4 for one folder.
+fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<FolderPlan, String> {
+    let key = folder.path.to_string_lossy().into_owned();
+    let filter = Filter::new(&folder.include, &folder.exclude).map_err(|err| err.to_string())?;
+    let ledger: BTreeMap<String, LedgerEntry> = store
+        .ledger_entries(Some(&key))
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .map(|(file, entry)| (file.rel, entry))
+        .collect();
+    let failed: BTreeMap<&str, (&Fingerprint, &str)> = jobs
+        .iter()
+        .filter(|job| job.key.folder == key)
+        .filter_map(|job| match &job.state {
+            JobState::Failed { reason, .. } => {
+                Some((job.key.rel.as_str(), (&job.fingerprint, reason.as_str())))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut plan = FolderPlan {
+        folder: key.clone(),
+        target: describe_target(&folder.target),
+        ..FolderPlan::default()
+    };
+    let mut present = std::collections::BTreeSet::new();
+    for (rel, meta) in files_of(folder) {
+        let path = FileKey::new(&key, &rel).path().display().to_string();
+        present.insert(rel.clone());
+        let fingerprint = Fingerprint::of(&meta);
+        let recorded = ledger.get(&rel);
+        if !accepted(&filter, &rel) {
+            plan.skipped.push(Skipped {
+                path,
+                why: "excluded by the folder's include/exclude".into(),
+            });
+        } else if let Some((_, reason)) = failed
+            .get(rel.as_str())
+            .filter(|(version, _)| **version == fingerprint)
+        {
+            plan.skipped.push(Skipped {
+                path,
+                why: format!("failed earlier (until `upsync retry`): {reason}"),
+            });
+        } else if recorded.is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint)) {
+            plan.up_to_date += 1;
+        } else if let Some(age) = younger_than(&meta, folder.settle) {
+            plan.skipped.push(Skipped {
+                path,
+                why: format!(
+                    "not settled: written {}s ago, settle is {}",
+                    age.as_secs(),
+                    humantime::format_duration(folder.settle)
+                ),
+            });
+        } else {
+            let why = if recorded.is_some() { "changed" } else { "new" };
+            plan.upload.push(PlannedUpload {
+                path,
+                size: meta.len(),
+                why: why.into(),
+            });
+        }
+    }
+    if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() {
+        plan.delete = ledger
+            .iter()
+            .filter(|(rel, _)| !present.contains(*rel))
+            .map(|(rel, entry)| PlannedDelete {
+                path: FileKey::new(&key, rel.as_str())
+                    .path()
+                    .display()
+                    .to_string(),
+                remote: entry.remote.clone(),
+            })
+            .collect();
+        plan.deletions_held =
+            guard_would_hold(folder, plan.delete.len() as u64, ledger.len() as u64);
+    }
+    Ok(plan)
+}
+
+/// Every regular file of the folder (not following symlinks), excluded ones included, by
+/// `/`-separated relative path; names that are not UTF-8 are left out (they are never
+/// uploaded).
+fn files_of(folder: &FolderConfig) -> Vec<(String, std::fs::Metadata)> {
+    let depth = if folder.recursive { usize::MAX } else { 1 };
+    walkdir::WalkDir::new(&folder.path)
+        .max_depth(depth)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_file())
+        .filter_map(|entry| {
+            let rel = entry
+                .path()
+                .strip_prefix(&folder.path)
+                .ok()?
+                .to_str()?
+                .to_string();
+            Some((rel, entry.metadata().ok()?))
+        })
+        .collect()
+}
+
+/// Whether the file is a candidate: accepted itself, and in no excluded directory.
+fn accepted(filter: &Filter, rel: &str) -> bool {
+    let mut dirs = rel.match_indices('/').map(|(at, _)| &rel[..at]);
+    filter.accepts_file(rel) && !dirs.any(|dir| filter.excludes_dir(dir))
+}
+
+/// How long ago the file was written, when that is within `settle`.
+fn younger_than(meta: &std::fs::Metadata, settle: Duration) -> Option<Duration> {
+    let age = meta.modified().ok()?.elapsed().unwrap_or_default();
+    (age < settle).then_some(age)
+}
+
+/// Why the mass-delete guard would hold `deletions` of a folder with `uploaded` files.
+fn guard_would_hold(folder: &FolderConfig, deletions: u64, uploaded: u64) -> Option<String> {
+    let limit = folder.deletes.max_delete.limit(uploaded);
+    if deletions >= 2 && deletions == uploaded {
+        Some(format!(
+            "every uploaded file of the folder ({uploaded}) is gone"
+        ))
+    } else if deletions > limit {
+        Some(format!(
+            "{deletions} of the folder's {uploaded} uploaded files are gone, more than max_delete = {} allows ({limit})",
+            folder.deletes.max_delete
+        ))
+    } else {
+        None
+    }
+}
+
+/// The plan as text: per folder, each action and why, then the counts.
+pub fn render(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for folder in &plan.folders {
+        let _ = writeln!(out, "{} -> {}", folder.folder, folder.target);
+        for file in &folder.upload {
+            let _ = writeln!(
+                out,
+                "  upload  {:<8} {} ({})",
+                file.why,
+                file.path,
+                bytesize::ByteSize(file.size)
+            );
+        }
+        for file in &folder.delete {
+            let _ = writeln!(out, "  delete  {} (remote {})", file.path, file.remote);
+        }
+        if let Some(why) = &folder.deletions_held {
+            let _ = writeln!(
+                out,
+                "  (these deletions would be held by the mass-delete guard: {why})"
+            );
+        }
+        for file in &folder.skipped {
+            let _ = writeln!(out, "  skip    {}: {}", file.path, file.why);
+        }
+        let _ = writeln!(
+            out,
+            "  {} to upload, {} to delete, {} skipped, {} up to date",
+            folder.upload.len(),
+            folder.delete.len(),
+            folder.skipped.len(),
+            folder.up_to_date
+        );
+    }
+    out.push_str("dry run: nothing was sent and the state database is unchanged\n");
+    out
+}
