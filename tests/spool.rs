@@ -175,3 +175,41 @@ fn redivis_spool_removes_a_file_only_after_its_import_completed() {
     assert_eq!(by_name["good.csv"][0]["status"], "completed");
     daemon.terminate();
 }
+
+#[test]
+fn a_file_changed_while_its_first_version_imports_leaves_only_after_the_new_version() {
+    let s = setup(
+        false,
+        "after_upload = \"delete\"",
+        &["--redivis-processing-delay", "3s"],
+    );
+    s.write("day.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the first version to be posted", || {
+        !s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty()
+    });
+    // New bytes while Redivis still imports the first version: its confirmation must not
+    // remove them (the new version needs its own settle, post and 3 s import first).
+    let second = s.write("day.csv", 2);
+    daemon.wait_until(WAIT, "the first version's import to complete", || {
+        s.emulator
+            .list_redivis_uploads(TABLE, TOKEN)
+            .iter()
+            .any(|u| u["status"] == "completed")
+    });
+    assert_eq!(
+        file_md5_hex(&s.outbox.join("day.csv")),
+        Some(second.clone()),
+        "the changed file stays after the first version is confirmed"
+    );
+    daemon.wait_until(WAIT, "the new version to leave", || {
+        !s.outbox.join("day.csv").exists()
+    });
+    let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+    assert!(
+        uploads.iter().any(|u| u["status"] == "completed"
+            && u["hash"].as_str().unwrap_or("").to_lowercase() == second),
+        "the file left only once its new bytes were imported: {uploads:?}"
+    );
+    daemon.terminate();
+}

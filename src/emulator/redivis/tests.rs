@@ -1,6 +1,6 @@
 //! End-to-end tests of the Redivis emulator (and the server loop and faults under it) over
-//! real HTTP on 127.0.0.1:0, one per protocol §12 case plus the seed flow, faults, rate
-//! limiting and restarts.
+//! real HTTP on 127.0.0.1:0, one per case listed in docs/protocols/redivis.md §12 plus the
+//! seed flow, faults, rate limiting and restarts.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
