@@ -342,6 +342,21 @@ impl DaemonConfig {
         }
     }
 
+    /// A daemon mirroring one folder, `dir/inbox` (created here), to the KiFS directory
+    /// `ingest`; returns the config and the inbox.
+    pub fn kifs_inbox(dir: &Path, emulator: &Emulator) -> BenchResult<(DaemonConfig, PathBuf)> {
+        let inbox = dir.join("inbox");
+        std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
+        let mut config = DaemonConfig::new(dir, emulator);
+        config.folders.push((
+            inbox.clone(),
+            Remote::Kifs {
+                directory: "ingest".into(),
+            },
+        ));
+        Ok((config, inbox))
+    }
+
     pub fn render(&self) -> String {
         let mut text = String::new();
         let quoted = |p: &Path| toml_string(&p.to_string_lossy());

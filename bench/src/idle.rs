@@ -46,15 +46,7 @@ async fn churn_then_idle(
     paths: &[PathBuf],
     window: Duration,
 ) -> BenchResult<Idle> {
-    let inbox = dir.join("inbox");
-    std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
-    let mut config = DaemonConfig::new(dir, emulator);
-    config.folders.push((
-        inbox.clone(),
-        Remote::Kifs {
-            directory: "ingest".into(),
-        },
-    ));
+    let (config, inbox) = DaemonConfig::kifs_inbox(dir, emulator)?;
     let daemon = Daemon::start(ctx, dir, &config).await?;
     let measured = async {
         let files = paths.len() as u64;

@@ -921,15 +921,7 @@ pub async fn latency(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     let emulator = Emulator::start(&dir.join("remote"), &[]).await?;
     let settle = Duration::from_secs(1);
     let result = async {
-        let inbox = dir.join("inbox");
-        std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
-        let mut config = DaemonConfig::new(&dir, &emulator);
-        config.folders.push((
-            inbox.clone(),
-            Remote::Kifs {
-                directory: "ingest".into(),
-            },
-        ));
+        let (mut config, inbox) = DaemonConfig::kifs_inbox(&dir, &emulator)?;
         config.settle = "1s";
         let daemon = Daemon::start(ctx, &dir, &config).await?;
         let mut samples = Vec::new();

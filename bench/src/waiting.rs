@@ -102,15 +102,7 @@ async fn outage_run(
     outage: Duration,
 ) -> BenchResult<(Duration, Duration, u64)> {
     const FILES: u64 = 10;
-    let inbox = dir.join("inbox");
-    std::fs::create_dir_all(&inbox).map_err(|e| format!("create {}: {e}", inbox.display()))?;
-    let mut config = DaemonConfig::new(dir, emulator);
-    config.folders.push((
-        inbox.clone(),
-        Remote::Kifs {
-            directory: "ingest".into(),
-        },
-    ));
+    let (config, inbox) = DaemonConfig::kifs_inbox(dir, emulator)?;
     let daemon = Daemon::start(ctx, dir, &config).await?;
     emulator.go_away().await?;
     write_small_files(&inbox, FILES, 4096, 1000, 13)?;
