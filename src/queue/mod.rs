@@ -160,7 +160,9 @@
 //! 2. every transition that must survive a crash flushes before returning (invariant 7);
 //!    what is not flushed (offers, dropped jobs) reaches the disk with the next flush or
 //!    when sled's write buffer fills, and the daemon flushes once a second while it runs
-//!    (its check that the database can still be written), and on close;
+//!    (its check that the database can still be written), and on close; a flush called
+//!    from an async task hands that task's runtime thread to the other tasks while it
+//!    waits for the disk (`blocking`);
 //! 3. space is still reused: a log segment whose pages have all been rewritten since is
 //!    freed and filled again, so the file stays within a small multiple of its live data
 //!    (the churn benchmark measures it), as it did with the cleaning.
@@ -171,6 +173,7 @@
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
+mod blocking;
 mod claim;
 mod counts;
 mod delete;
@@ -258,8 +261,10 @@ struct Inner {
 }
 
 impl Inner {
+    /// Flushes (an fsync when anything was written) without stalling the async runtime's
+    /// other tasks (`blocking`).
     fn flush(&self) -> sled::Result<()> {
-        if self.db.flush()? > 0 {
+        if blocking::off_the_worker(|| self.db.flush())? > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
