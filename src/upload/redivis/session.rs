@@ -36,7 +36,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LOCATION, RANGE}
 use serde::{Deserialize, Serialize};
 
 use super::api::{origin_of, strip_query};
-use super::classify;
+use super::classify::{self, SESSION_ENDPOINT};
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
 use crate::metrics::RequestKind;
@@ -44,7 +44,7 @@ use crate::net::{HttpClient, HttpError};
 use crate::upload::chunk::FileReader;
 use crate::upload::health::RemoteHealth;
 use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use crate::upload::{Disposition, LiveProgress, UploadError};
+use crate::upload::{Disposition, ErrorKind, LiveProgress, UploadError};
 
 /// Which Redivis flow created a session (they differ in how the upload is posted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,10 +249,13 @@ impl SessionClient {
                                 });
                             }
                             Disposition::Permanent if !(200..300).contains(&status) => {
-                                return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                                    "upload session {}: {message}",
-                                    strip_query(url)
-                                ))));
+                                let message =
+                                    format!("upload session {}: {message}", strip_query(url));
+                                return Err(SessionFailure::Fail(UploadError::refused(
+                                    SESSION_ENDPOINT,
+                                    status,
+                                    message,
+                                )));
                             }
                             _ => message,
                         }
@@ -329,7 +332,8 @@ async fn pause(
             GaveUp::Spent(_) => format!("{}: {problem}", give_up()),
             GaveUp::Shutdown => String::new(),
         };
-        SessionFailure::Fail(gave_up.into_error(&problem, None))
+        let failed = UploadError::retry(ErrorKind::Server, problem).at(SESSION_ENDPOINT);
+        SessionFailure::Fail(gave_up.into_error(failed))
     })
 }
 
@@ -339,10 +343,14 @@ async fn pause(
 fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<String, SessionFailure> {
     match classify::session_transport(err) {
         Disposition::ResumeFromServer => Ok(format!("{step}: {err}")),
-        disposition => Err(SessionFailure::Fail(UploadError::remote(
-            disposition,
-            format!("upload session {}: {err}", strip_query(url)),
-        ))),
+        disposition => Err(SessionFailure::Fail(
+            UploadError::remote(
+                ErrorKind::Transport,
+                disposition,
+                format!("upload session {}: {err}", strip_query(url)),
+            )
+            .at(SESSION_ENDPOINT),
+        )),
     }
 }
 
@@ -586,10 +594,15 @@ impl Transfer<'_> {
                             });
                         }
                         Disposition::Permanent => {
-                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                            let message = format!(
                                 "upload session {}: chunk answered HTTP {status}",
                                 strip_query(&url)
-                            ))));
+                            );
+                            return Err(SessionFailure::Fail(UploadError::refused(
+                                SESSION_ENDPOINT,
+                                status,
+                                message,
+                            )));
                         }
                         _ => format!("chunk answered HTTP {status}"),
                     },
@@ -726,10 +739,11 @@ fn unexpected_answer(status: u16, message: String, url: &str) -> Result<String, 
             rejected: status == 400,
             message,
         }),
-        Disposition::Permanent => Err(SessionFailure::Fail(UploadError::permanent(format!(
-            "temp upload {}: {message}",
-            strip_query(url)
-        )))),
+        Disposition::Permanent => Err(SessionFailure::Fail(UploadError::refused(
+            SESSION_ENDPOINT,
+            status,
+            format!("temp upload {}: {message}", strip_query(url)),
+        ))),
         _ => Ok(message),
     }
 }
