@@ -219,7 +219,7 @@ async fn a_file_that_changed_or_has_a_bad_name_leaves_the_batch_alone() {
     assert!(
         matches!(
             &outcomes[2],
-            Err(UploadError::Remote { disposition: Disposition::Permanent, message }) if message.contains('_')
+            Err(UploadError::Remote { disposition: Disposition::Permanent, message, .. }) if message.contains('_')
         ),
         "{:?}",
         outcomes[2]
