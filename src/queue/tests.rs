@@ -1542,13 +1542,14 @@ fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let lingering = sled::Config::new().path(&path).open().unwrap();
-    match sled::Config::new().path(&path).open() {
-        Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {}
-        other => panic!(
-            "the first instance holds sled's lock: {:?}",
-            other.map(|_| ())
-        ),
-    }
+    assert!(
+        lock::is_held(&path.join(SLED_LOCKED_FILE)).unwrap(),
+        "the first instance holds sled's lock"
+    );
+    assert!(
+        sled::Config::new().path(&path).open().is_err(),
+        "a second instance cannot open it meanwhile"
+    );
     let released = Arc::new(AtomicBool::new(false));
     let releaser = {
         let released = Arc::clone(&released);
