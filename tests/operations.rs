@@ -253,6 +253,7 @@ fn a_refused_token_is_counted_as_an_auth_failure_and_keeps_its_reason() {
     let port = free_port();
     let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
     let (mut daemon, _, report) = an_upload_refused_with(&s, 401);
+    assert_eq!(report["failed"][0]["kind"], "auth", "{report}");
     let reason = report["failed"][0]["reason"].as_str().unwrap();
     assert_eq!(
         reason,

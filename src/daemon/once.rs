@@ -281,10 +281,12 @@ fn pending(
             JobState::Failed {
                 reason,
                 failed_at_ms,
+                kind,
             } => {
                 out.failed.push(FailedJob {
                     path,
                     reason,
+                    kind,
                     failed_at_ms,
                     last_attempt_ms: job.updated_at_ms,
                     attempts: job.attempts,

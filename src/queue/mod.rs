@@ -1032,6 +1032,11 @@ impl Store {
     /// `retry_failed` or a new version of the file. If a new version was offered during the
     /// attempt, the failure concerned the old bytes and the job is queued afresh instead.
     pub fn fail(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
+        self.fail_as(id, reason, None)
+    }
+
+    /// [`Store::fail`], recording also what kind of failure it was (a metrics label).
+    pub fn fail_as(&self, id: JobId, reason: &str, kind: Option<&str>) -> Result<(), StoreError> {
         let now = now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
@@ -1043,6 +1048,7 @@ impl Store {
                 state: JobState::Failed {
                     reason: reason.to_owned(),
                     failed_at_ms: now,
+                    kind: kind.map(str::to_owned),
                 },
                 last_error: Some(reason.to_owned()),
                 updated_at_ms: now,
