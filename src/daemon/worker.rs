@@ -402,10 +402,12 @@ impl Worker {
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
                 kind,
+                status,
+                endpoint,
                 message,
-                ..
             }) => {
-                tracing::error!(path, reason = %message, kind = %kind, "upload failed permanently");
+                let endpoint = endpoint.map(tracing::field::display);
+                tracing::error!(path, reason = %message, kind = %kind, status, endpoint, "upload failed permanently");
                 self.fail_job(job, backend, FailureClass::Permanent, kind, &message);
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
@@ -424,6 +426,7 @@ impl Worker {
                     retry_in_s = delay.as_secs(),
                     honoured_retry_after_s = after.map(|a| a.as_secs()),
                     reason = %err,
+                    kind = %kind,
                     "upload failed; will retry"
                 );
                 let at = SystemTime::now() + delay;
