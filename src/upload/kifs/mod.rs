@@ -54,9 +54,11 @@ use super::backoff::retry_after;
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{self, Attempts, CallScope, RetryPolicy};
-use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded, batch_scope};
+use super::{
+    BatchLimits, Disposition, Endpoint, ErrorKind, UploadError, UploadJob, Uploaded, batch_scope,
+};
 use body::{Source, StreamedRequest};
-use classify::{classify_error_message, classify_status};
+use classify::classify_error_message;
 pub use names::{MAX_NAME_LEN, validate_name};
 use wire::{
     CreateDirectoryRequest, CreateDirectoryResponse, DeleteFilesRequest, DeleteFilesResponse,
@@ -146,6 +148,7 @@ impl KifsBackend {
             Err(UploadError::Remote {
                 disposition,
                 message,
+                ..
             }) if disposition.is_transient() => Err(message),
             _ => Ok(()),
         }
@@ -172,18 +175,11 @@ impl KifsBackend {
         if refused {
             // Listing every directory tells a missing directory from a refused request
             // (wrong credentials, wrong URL): only the first is worth creating or hinting at.
-            self.show_directory("", scope)
-                .await
-                .map_err(|err| match err {
-                    UploadError::Remote {
-                        disposition,
-                        message,
-                    } => UploadError::remote(
-                        disposition,
-                        format!("cannot check KiFS directory '{directory}': {message}"),
-                    ),
-                    other => other,
-                })?;
+            self.show_directory("", scope).await.map_err(|err| {
+                err.reworded(|message| {
+                    format!("cannot check KiFS directory '{directory}': {message}")
+                })
+            })?;
         }
         if refused && *create {
             let request = CreateDirectoryRequest {
@@ -193,45 +189,44 @@ impl KifsBackend {
             let _: CreateDirectoryResponse = self
                 .call_with_retries("/create/directory", &request, scope)
                 .await
-                .map_err(|err| match err {
-                    UploadError::Remote {
-                        disposition: Disposition::Permanent,
-                        message,
-                    } => UploadError::permanent(format!(
-                        "cannot create KiFS directory '{directory}': {message}"
-                    )),
-                    other => other,
+                .map_err(|err| match err.disposition() {
+                    Some(Disposition::Permanent) => err.reworded(|message| {
+                        format!("cannot create KiFS directory '{directory}': {message}")
+                    }),
+                    _ => err,
                 })?;
             tracing::info!(directory = %directory, "created KiFS directory");
             shown = self.show_directory(directory, scope).await;
         }
-        let shown = shown.map_err(|err| match err {
-            UploadError::Remote {
-                disposition: Disposition::Permanent,
-                message,
-            } => UploadError::permanent(format!(
-                "KiFS directory '{directory}' is not usable: {message}{}",
-                if *create {
-                    ""
-                } else {
-                    " (set create_directory = true to create it)"
-                }
-            )),
-            other => other,
+        let shown = shown.map_err(|err| match err.disposition() {
+            Some(Disposition::Permanent) => err.reworded(|message| {
+                format!(
+                    "KiFS directory '{directory}' is not usable: {message}{}",
+                    if *create {
+                        ""
+                    } else {
+                        " (set create_directory = true to create it)"
+                    }
+                )
+            }),
+            _ => err,
         })?;
         let index = shown
             .directories
             .iter()
             .position(|d| d == directory)
             .ok_or_else(|| {
-                UploadError::permanent(format!(
-                    "KiFS directory '{directory}' does not exist{}",
-                    if *create {
-                        ""
-                    } else {
-                        " (set create_directory = true to create it)"
-                    }
-                ))
+                UploadError::permanent(
+                    ErrorKind::NotFound,
+                    format!(
+                        "KiFS directory '{directory}' does not exist{}",
+                        if *create {
+                            ""
+                        } else {
+                            " (set create_directory = true to create it)"
+                        }
+                    ),
+                )
             })?;
         let permission = shown
             .permissions
@@ -239,15 +234,18 @@ impl KifsBackend {
             .map(String::as_str)
             .unwrap_or("");
         if permission != "directory_write" {
-            return Err(UploadError::permanent(format!(
-                "no write permission on KiFS directory '{directory}' (the server reports '{}'); \
+            return Err(UploadError::permanent(
+                ErrorKind::Auth,
+                format!(
+                    "no write permission on KiFS directory '{directory}' (the server reports '{}'); \
                  grant directory_write to the configured user",
-                if permission.is_empty() {
-                    "no access"
-                } else {
-                    permission
-                }
-            )));
+                    if permission.is_empty() {
+                        "no access"
+                    } else {
+                        permission
+                    }
+                ),
+            ));
         }
         Ok(())
     }
@@ -270,12 +268,16 @@ impl KifsBackend {
     /// and the upload tried once more.
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
         let Target::KifsDirectory { directory, create } = job.target.clone() else {
-            return Err(UploadError::permanent("not a KiFS target"));
+            return Err(UploadError::permanent(
+                ErrorKind::Config,
+                "not a KiFS target",
+            ));
         };
         match self.upload_into(job, &directory).await {
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
+                ..
             }) if create
                 && message.contains(&format!("Directory '{directory}' does not exist")) =>
             {
@@ -299,7 +301,7 @@ impl KifsBackend {
         directory: &str,
     ) -> Result<Uploaded, UploadError> {
         let target = format!("{directory}/{}", job.rel);
-        validate_name(&target).map_err(UploadError::permanent)?;
+        validate_name(&target).map_err(|why| UploadError::permanent(ErrorKind::Rejected, why))?;
         let reader = Arc::new(FileReader::open(&job.path, &job.fingerprint)?);
         job.live.set(0, reader.size);
         if reader.size <= self.part_size {
@@ -325,6 +327,7 @@ impl KifsBackend {
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
                     message,
+                    ..
                 }) if job.load_progress::<MultipartState>()?.is_some() => {
                     tracing::warn!(job = job.id.0, target, reason = %message, "multipart upload refused mid-way; starting again with a new upload");
                     job.clear_progress()?;
@@ -388,7 +391,7 @@ impl KifsBackend {
             };
             if first_pass && let Err(err) = jobs[first].persist_claim() {
                 for &index in &live {
-                    outcomes[index] = Some(Err(replicate(&err)));
+                    outcomes[index] = Some(Err(err.clone()));
                 }
                 break;
             }
@@ -429,20 +432,20 @@ impl KifsBackend {
                 outcomes[live[position]] = Some(Err(local));
                 continue;
             }
-            let err = match err {
-                UploadError::Remote {
-                    disposition: Disposition::Retry { after },
-                    message,
-                } => match attempts.pause(after, &message).await {
-                    Ok(()) => continue,
-                    Err(gave_up) => gave_up.into_error(&message, after),
-                },
-                err => err,
+            let err = match err.disposition() {
+                Some(Disposition::Retry { after }) => {
+                    match attempts.pause(after, &err.to_string()).await {
+                        Ok(()) => continue,
+                        Err(gave_up) => gave_up.into_error(err),
+                    }
+                }
+                _ => err,
             };
             match err {
                 UploadError::Remote {
                     disposition: Disposition::Permanent,
                     message,
+                    ..
                 } if live.len() > 1 => {
                     tracing::info!(files = live.len(), reason = %message, "KiFS refused a batch; sending its files one by one");
                     for &index in &live {
@@ -452,7 +455,7 @@ impl KifsBackend {
                 }
                 err => {
                     for &index in &live {
-                        outcomes[index] = Some(Err(replicate(&err)));
+                        outcomes[index] = Some(Err(err.clone()));
                     }
                     break;
                 }
@@ -491,7 +494,7 @@ impl KifsBackend {
             Err(err) => {
                 for (index, _, job) in unconfirmed {
                     if job.unconfirmed_since_ms.is_some() {
-                        outcomes[index] = Some(Err(replicate(&err)));
+                        outcomes[index] = Some(Err(err.clone()));
                     }
                 }
             }
@@ -702,9 +705,10 @@ impl KifsBackend {
     /// one is refused rather than sent: it could delete other files.
     pub async fn delete_file(&self, remote: &str, scope: &CallScope) -> Result<(), UploadError> {
         if remote.contains(['*', '?']) {
-            return Err(UploadError::permanent(format!(
-                "not deleting KiFS file {remote}: the name holds a wildcard character"
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Rejected,
+                format!("not deleting KiFS file {remote}: the name holds a wildcard character"),
+            ));
         }
         let request = DeleteFilesRequest {
             file_names: vec![remote.to_string()],
@@ -837,41 +841,31 @@ impl KifsBackend {
             }
             KifsAuth::Bearer { token } => builder.bearer_auth(token.expose()),
         };
+        let call = Endpoint::matching(&reqwest::Method::POST, endpoint, classify::ENDPOINTS);
         // A refused certificate is transient (see `net`) but not retried in place: the
         // message says what to fix, the job backs off meanwhile.
         let response = self
             .http
             .send(RequestKind::KifsApi, builder)
             .await
-            .map_err(|err| {
-                UploadError::remote(
-                    Disposition::of_transport(&err),
-                    format!("KiFS {endpoint}: {err}"),
-                )
-            })?;
+            .map_err(|err| UploadError::no_answer(call, &err, format!("KiFS {endpoint}: {err}")))?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|err| {
-            UploadError::remote(
-                Disposition::Retry { after: None },
-                format!(
-                    "KiFS {endpoint}: reading the answer failed: {}",
-                    describe(&err)
-                ),
-            )
+            let message = format!(
+                "KiFS {endpoint}: reading the answer failed: {}",
+                describe(&err)
+            );
+            UploadError::retry(ErrorKind::Transport, message).at(call)
         })?;
         if status.as_u16() != 200 && status.as_u16() != 400 {
-            let disposition = classify_status(status.as_u16(), after);
-            return Err(UploadError::remote(
-                disposition,
-                format!(
-                    "KiFS {endpoint}: HTTP {status}{}",
-                    status_hint(status.as_u16())
-                ),
-            ));
+            let hint = status_hint(status.as_u16());
+            let message = format!("KiFS {endpoint}: HTTP {status}{hint}");
+            return Err(UploadError::answered(call, status.as_u16(), after, message));
         }
+        let undecodable = |why: String| UploadError::retry(ErrorKind::Unexpected, why).at(call);
         let wrapper = Wrapper::decode(self.encoding, &body).map_err(|err| {
-            UploadError::retry(format!(
+            undecodable(format!(
                 "KiFS {endpoint}: undecodable answer (HTTP {status}): {err}"
             ))
         })?;
@@ -879,10 +873,17 @@ impl KifsBackend {
             .into_inner::<Resp>(self.encoding)
             .map_err(|err| match err {
                 WrapperError::Remote(message) => {
-                    UploadError::remote(classify_error_message(&message), message)
+                    let (kind, disposition) = classify_error_message(&message);
+                    UploadError::Remote {
+                        kind,
+                        disposition,
+                        status: Some(status.as_u16()),
+                        endpoint: Some(call),
+                        message,
+                    }
                 }
                 WrapperError::Malformed(err) => {
-                    UploadError::retry(format!("KiFS {endpoint}: undecodable answer: {err}"))
+                    undecodable(format!("KiFS {endpoint}: undecodable answer: {err}"))
                 }
             })
     }
@@ -891,27 +892,14 @@ impl KifsBackend {
 /// The KiFS name of a job's file: `<directory>/<relative path>`, checked locally.
 fn target_name(job: &UploadJob) -> Result<String, UploadError> {
     let Target::KifsDirectory { directory, .. } = &job.target else {
-        return Err(UploadError::permanent("not a KiFS target"));
+        return Err(UploadError::permanent(
+            ErrorKind::Config,
+            "not a KiFS target",
+        ));
     };
     let target = format!("{directory}/{}", job.rel);
-    validate_name(&target).map_err(UploadError::permanent)?;
+    validate_name(&target).map_err(|why| UploadError::permanent(ErrorKind::Rejected, why))?;
     Ok(target)
-}
-
-/// The same failure for another file of a batch.
-fn replicate(err: &UploadError) -> UploadError {
-    match err {
-        UploadError::Remote {
-            disposition,
-            message,
-        } => UploadError::remote(*disposition, message.clone()),
-        UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
-        UploadError::Changed => UploadError::Changed,
-        UploadError::Unreadable(reason) => UploadError::Unreadable(reason.clone()),
-        UploadError::Waiting(reason) => UploadError::Waiting(reason.clone()),
-        UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
-        UploadError::Shutdown => UploadError::Shutdown,
-    }
 }
 
 enum Resume {
@@ -1170,7 +1158,7 @@ mod tests {
         assert!(
             matches!(
                 &outcomes[2],
-                Err(UploadError::Remote { disposition: Disposition::Permanent, message }) if message.contains('_')
+                Err(UploadError::Remote { disposition: Disposition::Permanent, message, .. }) if message.contains('_')
             ),
             "{:?}",
             outcomes[2]

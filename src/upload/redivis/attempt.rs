@@ -55,7 +55,7 @@ use super::names::{self, Known, collision_message};
 use super::source::file_md5;
 use super::{Finalize, Imported, PostAnswer, RedivisBackend, hashes_match};
 use crate::upload::retry::CallScope;
-use crate::upload::{Delivery, Disposition, Posted, UploadError, UploadJob};
+use crate::upload::{Delivery, Disposition, ErrorKind, Posted, UploadError, UploadJob};
 
 /// What one upload attempt of one file knows and has done (module doc).
 pub(super) struct UploadAttempt<'a> {
@@ -165,11 +165,14 @@ impl<'a> UploadAttempt<'a> {
                 tracing::warn!(job = job.id.0, upload = %job.rel, reason = %err, "upload.post refused the transferred bytes; sending them again in a new session");
             }
             Again::NameTaken(reason) if self.sent_again.name_taken => {
-                return Err(UploadError::retry(format!(
-                    "the Redivis upload name {:?} of {} in table {} was taken by another \
-                     upload twice while posting ({reason}); will retry later",
-                    self.escaped, job.rel, self.table
-                )));
+                return Err(UploadError::retry(
+                    ErrorKind::Conflict,
+                    format!(
+                        "the Redivis upload name {:?} of {} in table {} was taken by another \
+                         upload twice while posting ({reason}); will retry later",
+                        self.escaped, job.rel, self.table
+                    ),
+                ));
             }
             Again::NameTaken(reason) => {
                 // The next check asks the server by name, not the index.
@@ -177,7 +180,10 @@ impl<'a> UploadAttempt<'a> {
                 tracing::warn!(job = job.id.0, upload = %job.rel, reason = %reason, "the upload name was taken in the table meanwhile; checking it again by name");
             }
             Again::Corrupt(reason) if self.sent_again.corrupt => {
-                return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                return Err(UploadError::permanent(
+                    ErrorKind::Unexpected,
+                    format!("{} ({reason})", job.rel),
+                ));
             }
             Again::Corrupt(_) => self.sent_again.corrupt = true,
         }
@@ -208,18 +214,22 @@ impl RedivisBackend {
                         self.names.take_over(table, &job.rel)
                     }
                     _ => {
-                        return Err(UploadError::permanent(collision_message(
-                            &job.rel, &other, &escaped, table,
-                        )));
+                        return Err(UploadError::permanent(
+                            ErrorKind::Conflict,
+                            collision_message(&job.rel, &other, &escaped, table),
+                        ));
                     }
                 }
             }
         };
         if escaped.is_empty() {
-            return Err(UploadError::permanent(format!(
-                "{:?} has no letters or digits, so Redivis cannot name an upload after it",
-                job.rel
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Rejected,
+                format!(
+                    "{:?} has no letters or digits, so Redivis cannot name an upload after it",
+                    job.rel
+                ),
+            ));
         }
         Ok(escaped)
     }
@@ -292,9 +302,10 @@ impl RedivisBackend {
         };
         let name = existing.name.clone().unwrap_or_default();
         if !name.is_empty() && name != a.job.rel {
-            return Err(UploadError::permanent(collision_message(
-                &a.job.rel, &name, a.escaped, a.table,
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Conflict,
+                collision_message(&a.job.rel, &name, a.escaped, a.table),
+            ));
         }
         if !existing.is_failed() && existing.size == Some(a.reader.size) {
             let md5 = a.md5().await?;
@@ -419,9 +430,9 @@ impl RedivisBackend {
             Imported::Failed { reason, uri } => {
                 self.remove_failed(a.table, &a.job.rel, &uri, &a.scope)
                     .await?;
-                Err(UploadError::permanent(reason))
+                Err(UploadError::permanent(ErrorKind::Rejected, reason))
             }
-            Imported::Gone(reason) => Err(UploadError::retry(reason)),
+            Imported::Gone(reason) => Err(UploadError::retry(ErrorKind::Unexpected, reason)),
         }
     }
 }

@@ -73,7 +73,9 @@ use self::tables::{TableKind, TableKinds};
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use super::{BatchLimits, Delivery, Disposition, Posted, UploadError, UploadJob, Uploaded};
+use super::{
+    BatchLimits, Delivery, Disposition, ErrorKind, Posted, UploadError, UploadJob, Uploaded,
+};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 use crate::net::{Bandwidth, HttpClient};
 
@@ -326,9 +328,10 @@ impl RedivisBackend {
     ) -> Result<(), UploadError> {
         if self.kinds.get(&self.api, table, scope).await? == TableKind::FileIndex {
             if !self.api.delete_raw_file(remote, scope).await? {
-                return Err(UploadError::permanent(format!(
-                    "Redivis kept the file {remote} of table {table} after deleting it"
-                )));
+                return Err(UploadError::permanent(
+                    ErrorKind::Unexpected,
+                    format!("Redivis kept the file {remote} of table {table} after deleting it"),
+                ));
             }
         } else {
             self.api.delete_upload(remote, scope).await?;
@@ -345,10 +348,13 @@ impl RedivisBackend {
         scope: &CallScope,
     ) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
-            return Err(UploadError::permanent(format!(
-                "folder {} does not target a Redivis table",
-                folder.path.display()
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Config,
+                format!(
+                    "folder {} does not target a Redivis table",
+                    folder.path.display()
+                ),
+            ));
         };
         let mut err = match self.kinds.get(&self.api, table, scope).await {
             Ok(kind) => {
@@ -372,7 +378,16 @@ impl RedivisBackend {
         if err.shutdown {
             return Err(UploadError::Shutdown);
         }
-        let definitive = |message: String| Err(UploadError::permanent(message));
+        let failed = |disposition: Disposition, message: String| {
+            Err(UploadError::Remote {
+                kind: err.kind,
+                disposition,
+                status: err.status,
+                endpoint: err.endpoint,
+                message,
+            })
+        };
+        let definitive = |message: String| failed(Disposition::Permanent, message);
         match err.status {
             Some(404) => definitive(format!(
                 "Redivis table {table} not found, or not visible to this token \
@@ -395,10 +410,10 @@ impl RedivisBackend {
                     transient @ (Disposition::Retry { .. } | Disposition::RetryLater) => transient,
                     _ => Disposition::Retry { after: None },
                 };
-                Err(UploadError::remote(
+                failed(
                     disposition,
                     format!("cannot reach Redivis table {table}: {}", err.message),
-                ))
+                )
             }
         }
     }
@@ -467,10 +482,13 @@ impl RedivisBackend {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
             Target::KifsDirectory { directory, .. } => {
-                return Err(UploadError::permanent(format!(
-                    "job for {} targets KiFS directory {directory}, not a Redivis table",
-                    job.rel
-                )));
+                return Err(UploadError::permanent(
+                    ErrorKind::Config,
+                    format!(
+                        "job for {} targets KiFS directory {directory}, not a Redivis table",
+                        job.rel
+                    ),
+                ));
             }
         };
         if self.kinds.get(&self.api, &table, &job.scope).await? == TableKind::FileIndex {
@@ -601,13 +619,18 @@ impl RedivisBackend {
                 Imported::Failed { reason, uri } => {
                     self.remove_failed(&posted.target, &job.rel, &uri, &scope)
                         .await?;
-                    return Err(UploadError::permanent(reason));
+                    return Err(UploadError::permanent(ErrorKind::Rejected, reason));
                 }
-                Imported::Gone(reason) => return Err(UploadError::retry(reason)),
+                Imported::Gone(reason) => {
+                    return Err(UploadError::retry(ErrorKind::Unexpected, reason));
+                }
                 Imported::Corrupt(reason) => {
                     corrupt += 1;
                     if corrupt >= 2 {
-                        return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                        return Err(UploadError::permanent(
+                            ErrorKind::Unexpected,
+                            format!("{} ({reason})", job.rel),
+                        ));
                     }
                     // The corrupt upload is deleted: nothing of this file is posted now.
                     job.clear_progress()?;
@@ -744,9 +767,12 @@ impl RedivisBackend {
                     };
                 }
                 Ok(_) => {
-                    return Err(UploadError::retry(format!(
-                        "Redivis upload.post of {name:?} answered without the upload's uri"
-                    )));
+                    return Err(UploadError::retry(
+                        ErrorKind::Unexpected,
+                        format!(
+                            "Redivis upload.post of {name:?} answered without the upload's uri"
+                        ),
+                    ));
                 }
                 Err(err) => err,
             };
@@ -758,10 +784,11 @@ impl RedivisBackend {
                 // The transferred bytes are unknown to upload.post (the session expired, or
                 // was never completed): they must be sent again in a new session. Not
                 // posted yet, so this cannot duplicate anything.
-                return Err(UploadError::remote(
-                    Disposition::RestartSession,
-                    err.message,
-                ));
+                return Err(api::ApiError {
+                    disposition: Disposition::RestartSession,
+                    ..err
+                }
+                .into());
             }
             if !(err.maybe_processed && matches!(err.disposition, Disposition::Retry { .. })) {
                 return Err(err.into());
@@ -865,19 +892,25 @@ impl RedivisBackend {
                     if was_rejected {
                         rejected += 1;
                         if rejected >= 2 {
-                            return Err(UploadError::permanent(format!(
-                                "Redivis rejected the upload of {} twice: {message}",
-                                job.rel
-                            )));
+                            return Err(UploadError::permanent(
+                                ErrorKind::Rejected,
+                                format!(
+                                    "Redivis rejected the upload of {} twice: {message}",
+                                    job.rel
+                                ),
+                            ));
                         }
                     }
                     restarts += 1;
                     if restarts > self.tuning.session_restarts {
-                        return Err(UploadError::retry(format!(
-                            "upload sessions for {} kept dying ({restarts} times, last: \
+                        return Err(UploadError::retry(
+                            ErrorKind::Server,
+                            format!(
+                                "upload sessions for {} kept dying ({restarts} times, last: \
                              {message}); will retry later",
-                            job.rel
-                        )));
+                                job.rel
+                            ),
+                        ));
                     }
                     tracing::warn!(
                         job = job.id.0,
