@@ -184,6 +184,71 @@ enum Opened {
     },
 }
 
+/// The sessions that died under one transfer: one rejection (400) is allowed, and a
+/// bounded number of new sessions.
+#[derive(Default)]
+struct DeadSessions {
+    rejected: u32,
+    restarts: u32,
+}
+
+impl DeadSessions {
+    /// Counts a dead session; an error once another new one is not worth starting.
+    fn count(
+        &mut self,
+        job: &UploadJob,
+        rejected: bool,
+        message: &str,
+        max_restarts: u32,
+    ) -> Result<(), UploadError> {
+        if rejected {
+            self.rejected += 1;
+            if self.rejected >= 2 {
+                return Err(UploadError::permanent(
+                    ErrorKind::Rejected,
+                    format!(
+                        "Redivis rejected the upload of {} twice: {message}",
+                        job.rel
+                    ),
+                ));
+            }
+        }
+        self.restarts += 1;
+        let restarts = self.restarts;
+        if restarts > max_restarts {
+            return Err(UploadError::retry(
+                ErrorKind::Server,
+                format!(
+                    "upload sessions for {} kept dying ({restarts} times, last: {message}); \
+                     will retry later",
+                    job.rel
+                ),
+            ));
+        }
+        tracing::warn!(
+            job = job.id.0,
+            attempt = restarts,
+            max_attempts = max_restarts,
+            reason = %message,
+            "upload session unusable; starting a new one from byte 0"
+        );
+        Ok(())
+    }
+}
+
+/// A file small enough to go inline: its bytes, read while it was checked unchanged, and
+/// their MD5.
+async fn read_inline(
+    job: &UploadJob,
+    reader: &FileReader,
+) -> Result<(Finalize, String), UploadError> {
+    job.check_unchanged()?;
+    let data = reader.read_at(0, reader.size as usize).await?;
+    job.check_unchanged()?;
+    let md5 = hex::encode(Md5::digest(&data));
+    Ok((Finalize::Inline(data), md5))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -737,43 +802,8 @@ impl RedivisBackend {
         let mut attempts =
             Attempts::new(self.api.retry_policy(), scope, "upload.post").watching(self.health());
         loop {
-            let posted = match finalize {
-                Finalize::Inline(data) => {
-                    self.api
-                        .post_upload_inline(table, name, data.clone(), options, scope)
-                        .await
-                }
-                Finalize::Session { flow, id } => {
-                    self.api
-                        .post_upload(table, name, flow.id_field(), id, options, scope)
-                        .await
-                }
-            };
-            let err = match posted {
-                Ok(upload) if !upload.uri.is_empty() => {
-                    return match upload.name.as_deref() {
-                        // Only another escaped name is another address: a name given back
-                        // in another case or spelling is still ours.
-                        Some(given) if names::escape(given) != names::escape(name) => {
-                            // Redivis renames an upload whose name is taken (protocol §9):
-                            // a second copy of the file under another name is a duplicate.
-                            tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
-                            self.api.delete_upload(&upload.uri, scope).await?;
-                            Ok(PostAnswer::NameTaken(format!(
-                                "Redivis created it as {given:?}"
-                            )))
-                        }
-                        _ => Ok(PostAnswer::Created(upload)),
-                    };
-                }
-                Ok(_) => {
-                    return Err(UploadError::retry(
-                        ErrorKind::Unexpected,
-                        format!(
-                            "Redivis upload.post of {name:?} answered without the upload's uri"
-                        ),
-                    ));
-                }
+            let err = match self.post_once(table, name, finalize, options, scope).await {
+                Ok(upload) => return self.created_as_named(upload, name, scope).await,
                 Err(err) => err,
             };
             if err.status == Some(409) {
@@ -811,8 +841,62 @@ impl RedivisBackend {
         }
     }
 
-    /// The bytes of `job` to Redivis in `flow` ([`attempt`]'s `transfer`; [`files`]), small files inline when `inline` (file index tables take temp
-    /// uploads only).
+    /// One upload.post of the bytes `finalize` names.
+    async fn post_once(
+        &self,
+        table: &str,
+        name: &str,
+        finalize: &Finalize,
+        options: &ApiFields,
+        scope: &CallScope,
+    ) -> Result<UploadResource, api::ApiError> {
+        match finalize {
+            Finalize::Inline(data) => {
+                self.api
+                    .post_upload_inline(table, name, data.clone(), options, scope)
+                    .await
+            }
+            Finalize::Session { flow, id } => {
+                self.api
+                    .post_upload(table, name, flow.id_field(), id, options, scope)
+                    .await
+            }
+        }
+    }
+
+    /// What the upload upload.post created is: ours, or, under another name because ours
+    /// is taken, a duplicate that is deleted again.
+    async fn created_as_named(
+        &self,
+        upload: UploadResource,
+        name: &str,
+        scope: &CallScope,
+    ) -> Result<PostAnswer, UploadError> {
+        if upload.uri.is_empty() {
+            return Err(UploadError::retry(
+                ErrorKind::Unexpected,
+                format!("Redivis upload.post of {name:?} answered without the upload's uri"),
+            ));
+        }
+        match upload.name.as_deref() {
+            // Only another escaped name is another address: a name given back in another
+            // case or spelling is still ours.
+            Some(given) if names::escape(given) != names::escape(name) => {
+                // Redivis renames an upload whose name is taken (protocol §9): a second
+                // copy of the file under another name is a duplicate.
+                tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
+                self.api.delete_upload(&upload.uri, scope).await?;
+                Ok(PostAnswer::NameTaken(format!(
+                    "Redivis created it as {given:?}"
+                )))
+            }
+            _ => Ok(PostAnswer::Created(upload)),
+        }
+    }
+
+    /// The bytes of `job` to Redivis in `flow` (`transfer` in [`attempt`], and [`files`]):
+    /// inline when `inline` allows (file index tables take temp uploads only) and the file
+    /// is small, else through sessions, a saved one resumed and dead ones replaced.
     async fn transfer_as(
         &self,
         job: &UploadJob,
@@ -824,35 +908,13 @@ impl RedivisBackend {
     ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
         if inline && size <= self.tuning.inline_max {
-            job.check_unchanged()?;
-            let data = reader.read_at(0, size as usize).await?;
-            job.check_unchanged()?;
-            let md5 = hex::encode(Md5::digest(&data));
-            return Ok((Finalize::Inline(data), md5));
+            return read_inline(job, reader).await;
         }
-
-        let mut resume = match job.load_progress::<SessionState>()? {
-            Some(saved) => match saved.unusable_for(
-                flow,
-                size,
-                &job.fingerprint,
-                now_ms(),
-                self.tuning.session_max_age,
-            ) {
-                None => Some(saved),
-                Some(why) => {
-                    tracing::info!(job = job.id.0, why, "not resuming the saved upload session");
-                    job.clear_progress()?;
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut resume = self.saved_session(job, flow, size)?;
         let check = || job.check_unchanged();
         let transfer = self.file_transfer(job, reader, &check, scope);
         let mut persist = |state: &SessionState| job.save_progress(state);
-        let mut rejected = 0;
-        let mut restarts = 0;
+        let mut dead = DeadSessions::default();
         loop {
             let outcome = match resume.take() {
                 Some(mut state) => {
@@ -884,42 +946,32 @@ impl RedivisBackend {
             match outcome {
                 Ok((id, md5)) => return Ok((Finalize::Session { flow, id }, md5)),
                 Err(SessionFailure::Fail(err)) => return Err(err),
-                Err(SessionFailure::Restart {
-                    rejected: was_rejected,
-                    message,
-                }) => {
+                Err(SessionFailure::Restart { rejected, message }) => {
                     job.clear_progress()?;
-                    if was_rejected {
-                        rejected += 1;
-                        if rejected >= 2 {
-                            return Err(UploadError::permanent(
-                                ErrorKind::Rejected,
-                                format!(
-                                    "Redivis rejected the upload of {} twice: {message}",
-                                    job.rel
-                                ),
-                            ));
-                        }
-                    }
-                    restarts += 1;
-                    if restarts > self.tuning.session_restarts {
-                        return Err(UploadError::retry(
-                            ErrorKind::Server,
-                            format!(
-                                "upload sessions for {} kept dying ({restarts} times, last: \
-                             {message}); will retry later",
-                                job.rel
-                            ),
-                        ));
-                    }
-                    tracing::warn!(
-                        job = job.id.0,
-                        attempt = restarts,
-                        max_attempts = self.tuning.session_restarts,
-                        reason = %message,
-                        "upload session unusable; starting a new one from byte 0"
-                    );
+                    dead.count(job, rejected, &message, self.tuning.session_restarts)?;
                 }
+            }
+        }
+    }
+
+    /// The session state an earlier attempt saved, if it can be resumed for this version
+    /// of the file; one that cannot is forgotten.
+    fn saved_session(
+        &self,
+        job: &UploadJob,
+        flow: Flow,
+        size: u64,
+    ) -> Result<Option<SessionState>, UploadError> {
+        let Some(saved) = job.load_progress::<SessionState>()? else {
+            return Ok(None);
+        };
+        let max_age = self.tuning.session_max_age;
+        match saved.unusable_for(flow, size, &job.fingerprint, now_ms(), max_age) {
+            None => Ok(Some(saved)),
+            Some(why) => {
+                tracing::info!(job = job.id.0, why, "not resuming the saved upload session");
+                job.clear_progress()?;
+                Ok(None)
             }
         }
     }
