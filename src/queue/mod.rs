@@ -144,9 +144,10 @@
 //!    reads (`upsync status` of a stopped daemon) writes nothing;
 //! 3. `recover_after_restart` checks the counts only when the open found no `closed`;
 //! 4. closing (the last clone of the Store dropped) writes `closed` back (if step 2
-//!    removed it) and flushes, but only if the counts are trusted: the open found `closed`, or this process
-//!    checked them. A process that opened a database left by a crash and did not check
-//!    (`upsync status` of a stopped daemon) leaves it unmarked, for the next start to check.
+//!    removed it) and flushes, but only if the counts are trusted: the open found
+//!    `closed`, or this process checked them. A process that opened a database left by a
+//!    crash and did not check (`upsync status` of a stopped daemon) leaves it unmarked,
+//!    for the next start to check.
 //!
 //! # No background work
 //!
