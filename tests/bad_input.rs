@@ -118,17 +118,13 @@ fn both() -> Both {
     std::fs::create_dir_all(&rin).unwrap();
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
     let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[kifs]\nurl = \"{}\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
-             [[folder]]\npath = \"kin\"\nkifs_directory = \"ingest\"\ncreate_directory = true\nsettle = \"1s\"\nexclude = []\n\
-             [[folder]]\npath = \"rin\"\nredivis_table = \"{TABLE}\"\nsettle = \"1s\"\nexclude = []\n",
-            emulator.kifs_url(),
-            emulator.redivis_url()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .kifs(&emulator.kifs_url())
+        .redivis(&emulator.redivis_url(), TOKEN_ENV)
+        .folder(FolderBuilder::kifs("kin", "ingest"))
+        .folder(FolderBuilder::redivis("rin", TABLE))
+        .each_folder(|folder| folder.with("exclude = []"))
+        .write(&config);
     Both {
         _tmp: tmp,
         kin,
@@ -282,7 +278,12 @@ fn symlink_loops_are_not_followed_and_the_other_files_arrive() {
     wait_until(Duration::from_secs(30), "the real file", || {
         same_content(&real, &b.emulator.kifs_file("ingest/x/real.csv"))
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Ready once the start-up scan, links and all, is over; settled then, a file found
+    // through a link would be pending or counted as done.
+    daemon.wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+        daemon.log_text().contains("upsync is running")
+    });
+    daemon.wait_settled(&b.config, 1);
     let status = status_json(&b.config);
     assert_eq!(status["folders"][0]["done"], 1, "{status}");
     assert_eq!(status["folders"][0]["queued"], 0, "{status}");

@@ -38,23 +38,12 @@ fn setup_with(
     args.extend_from_slice(emulator_args);
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
     let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        r#"
-state_dir = "state"
-concurrency = 4
-[redivis]
-api_url = "{url}"
-token_env = "UPSYNC_E2E_REDIVIS_TOKEN"
-{redivis_extra}
-[[folder]]
-path = "inbox"
-redivis_table = "{table}"
-settle = "1s"
-{folder_extra}
-"#,
-        url = emulator.redivis_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    ConfigBuilder::new()
+        .top("concurrency = 4")
+        .redivis(&emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with(redivis_extra)
+        .folder(FolderBuilder::redivis("inbox", table).with(folder_extra))
+        .write(&config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_REDIVIS_TOKEN", TOKEN) };
     Setup {
@@ -202,6 +191,18 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Whether the emulator holds all `size` bytes of an upload session (the file it keeps
+/// each session's bytes in has reached that length).
+fn session_holds(s: &Setup, size: u64) -> bool {
+    let sessions = s.emulator.data_dir.join("redivis/sessions");
+    std::fs::read_dir(sessions).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry.path().extension().is_some_and(|ext| ext == "data")
+                && entry.metadata().is_ok_and(|m| m.len() == size)
+        })
+    })
+}
+
 fn session_puts(s: &Setup) -> u64 {
     json_number(&s.emulator.get_json("/_emulator/redivis/stats")["session_puts"]).unwrap_or(0)
 }
@@ -216,20 +217,19 @@ fn kill_9_between_the_last_chunk_and_upload_post_leaves_exactly_one_upload() {
     backdate(&path, 60);
     let files = vec![("three-chunks.bin".to_string(), path)];
     let mut daemon = DaemonProcess::start(&s.config);
+    let size = std::fs::metadata(&files[0].1).unwrap().len();
     daemon.wait_until(
         Duration::from_secs(60),
-        "the final chunk to be sent",
-        || session_puts(&s) >= 3,
+        "the final chunk to be stored",
+        || session_puts(&s) >= 3 && session_holds(&s, size),
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        s.emulator.list_redivis_uploads(TABLE, TOKEN).is_empty(),
-        "upload.post ran before the kill"
-    );
+    let posts = &s.emulator.get_json("/_emulator/redivis/stats")["api_requests"]["uploads.post"];
+    assert_eq!(json_number(posts), None, "upload.post ran before the kill");
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
     wait_mirrored(&s, &files, Duration::from_secs(60), &daemon);
-    std::thread::sleep(Duration::from_secs(1));
+    // Settled: a second upload.post would have been counted, or be pending.
+    daemon.wait_settled(&s.config, 1);
     mirrored_exactly_once(&s, &files).unwrap();
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -250,7 +250,7 @@ fn kill_9_between_upload_post_and_its_answer_leaves_exactly_one_upload() {
     daemon.kill9();
     let mut daemon = DaemonProcess::start(&s.config);
     wait_mirrored(&s, &files, Duration::from_secs(60), &daemon);
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.wait_settled(&s.config, 1);
     mirrored_exactly_once(&s, &files).unwrap();
     let created = s.emulator.get_json("/_emulator/redivis/stats")["uploads_created"].clone();
     assert_eq!(json_number(&created), Some(1), "upload.post ran twice");

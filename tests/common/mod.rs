@@ -3,8 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod pki;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use config::{ConfigBuilder, FolderBuilder};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -396,6 +400,45 @@ pub fn status_json(config: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
 }
 
+/// The job states of `status --json` that still have work to do: a job in any of them may
+/// yet send a request.
+pub const PENDING: [&str; 5] = ["queued", "active", "finalizing", "importing", "retry_wait"];
+
+/// The sum of the per-folder count `field` (`done`, `failed`, one of [`PENDING`]) over every
+/// folder of a `status --json` report.
+pub fn folders_total(status: &serde_json::Value, field: &str) -> u64 {
+    status["folders"]
+        .as_array()
+        .map(|folders| folders.iter().map(|f| f[field].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// Whether a `status --json` report shows the daemon settled with `done` files recorded as
+/// uploaded: no job pending in any folder and no upload in flight.
+pub fn settled(status: &serde_json::Value, done: u64) -> bool {
+    PENDING
+        .iter()
+        .all(|state| folders_total(status, state) == 0)
+        && status["in_flight"].as_array().is_some_and(Vec::is_empty)
+        && folders_total(status, "done") == done
+}
+
+impl DaemonProcess {
+    /// Waits until the daemon behind `config` is [`settled`] with `done` files uploaded.
+    ///
+    /// This is the moment to assert that something was *not* sent: every file the daemon
+    /// has offered is then either uploaded (and counted by the remote) or failed, and a
+    /// second upload of a file it has recorded needs a new job, which would show as pending
+    /// (or as a `done` count off by one) here.
+    pub fn wait_settled(&self, config: &Path, done: u64) {
+        self.wait_until(
+            Duration::from_secs(60),
+            &format!("{done} files done and nothing pending"),
+            || settled(&status_json(config), done),
+        );
+    }
+}
+
 /// Runs `upsync ARGS`, returning (exit code, stdout, stderr).
 pub fn upsync(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(BIN).args(args).output().expect("upsync runs");
@@ -519,4 +562,36 @@ impl EmulatorProcess {
         let url = format!("http://{}{path}", self.addr);
         send_ok("DELETE", reqwest::Client::new().delete(&url));
     }
+}
+
+/// How many inotify watches process `pid` holds on the directory `dir`, from the kernel's
+/// own list (`/proc/PID/fdinfo` of its inotify descriptors): whether file events of `dir`
+/// can reach the process at all.
+pub fn inotify_watches_on(pid: u32, dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(dir).map(|m| m.ino()) else {
+        return 0;
+    };
+    let wanted = format!("ino:{inode:x} ");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target == Path::new("anon_inode:inotify"))
+        })
+        .filter_map(|fd| {
+            std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()
+        })
+        .map(|info| {
+            info.lines()
+                .filter(|line| line.starts_with("inotify wd:") && line.contains(&wanted))
+                .count()
+        })
+        .sum()
 }
