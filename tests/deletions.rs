@@ -46,26 +46,19 @@ fn setup_for(target: Remote, folder_extra: &str) -> Setup {
     let inbox = tmp.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
-    let remote = if kifs {
-        format!(
-            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"ingest\"\n\
-             create_directory = true\n",
-            emulator.kifs_url()
-        )
+    let base = ConfigBuilder::new().top("concurrency = 2");
+    let with_remote = if kifs {
+        base.kifs(&emulator.kifs_url())
+            .folder(FolderBuilder::kifs("inbox", "ingest"))
     } else {
         emulator.create_redivis_table(TABLE, target == Remote::FileIndex);
-        format!(
-            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_DELETIONS_TOKEN\"\n\
-             [[folder]]\npath = \"inbox\"\nredivis_table = \"{TABLE}\"\n",
-            emulator.redivis_url()
-        )
+        base.redivis(&emulator.redivis_url(), "UPSYNC_E2E_DELETIONS_TOKEN")
+            .folder(FolderBuilder::redivis("inbox", TABLE))
     };
     let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\non_delete = \"delete\"\n\
-         {folder_extra}\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    with_remote
+        .each_folder(|folder| folder.with("on_delete = \"delete\"").with(folder_extra))
+        .write(&config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_DELETIONS_TOKEN", TOKEN) };
     Setup {
@@ -122,26 +115,15 @@ impl Setup {
         status["folders"][0][field].as_u64().unwrap_or(0)
     }
 
-    /// Waits until the ledger records exactly `done` files and no job is left.
+    /// Waits until the ledger records exactly `done` files and no job is left, failed
+    /// ones included.
     fn wait_settled(&self, daemon: &DaemonProcess, done: u64) {
         daemon.wait_until(
             WAIT,
-            &format!("{done} files done and nothing pending"),
+            &format!("{done} files done and nothing pending or failed"),
             || {
                 let status = status_json(&self.config);
-                let folder = &status["folders"][0];
-                let pending: u64 = [
-                    "queued",
-                    "active",
-                    "finalizing",
-                    "importing",
-                    "retry_wait",
-                    "failed",
-                ]
-                .iter()
-                .map(|f| folder[*f].as_u64().unwrap_or(0))
-                .sum();
-                pending == 0 && folder["done"].as_u64() == Some(done)
+                settled(&status, done) && folders_total(&status, "failed") == 0
             },
         );
     }

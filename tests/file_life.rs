@@ -47,29 +47,17 @@ impl Setup {
             &["--kifs-directory", "ingest", "--redivis-token", TOKEN],
         );
         let config = tmp.path().join("upsync.toml");
-        let text = format!(
-            r#"
-state_dir = "state"
-shutdown_timeout = "5s"
-[kifs]
-url = "{kifs}"
-[redivis]
-api_url = "{redivis}"
-token = "{TOKEN}"
-[[folder]]
-path = "kin"
-kifs_directory = "ingest"
-settle = "1s"
-{extra}
-[[folder]]
-path = "rin"
-redivis_table = "{TABLE}"
-settle = "1s"
-"#,
-            kifs = emulator.kifs_url(),
-            redivis = emulator.redivis_url(),
-        );
-        std::fs::write(&config, text).unwrap();
+        ConfigBuilder::new()
+            .top("shutdown_timeout = \"5s\"")
+            .kifs(&emulator.kifs_url())
+            .redivis_with_token(&emulator.redivis_url(), TOKEN)
+            .folder(
+                FolderBuilder::kifs("kin", "ingest")
+                    .without("create_directory")
+                    .with(extra),
+            )
+            .folder(FolderBuilder::redivis("rin", TABLE))
+            .write(&config);
         Setup {
             _tmp: tmp,
             kin,

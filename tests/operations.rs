@@ -31,23 +31,12 @@ fn setup(emulator_args: &[&str], top_extra: &str) -> Setup {
     std::fs::create_dir_all(&inbox).unwrap();
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
     let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        r#"
-state_dir = "state"
-concurrency = 2
-shutdown_timeout = "5s"
-{top_extra}
-[kifs]
-url = "{url}"
-[[folder]]
-path = "inbox"
-kifs_directory = "ingest"
-create_directory = true
-settle = "1s"
-"#,
-        url = emulator.kifs_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    ConfigBuilder::new()
+        .top("concurrency = 2\nshutdown_timeout = \"5s\"")
+        .top(top_extra)
+        .kifs(&emulator.kifs_url())
+        .folder(FolderBuilder::kifs("inbox", "ingest"))
+        .write(&config);
     Setup {
         tmp,
         inbox,

@@ -209,7 +209,14 @@ fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file
     s.write_config("concurrency = 1", &[("kept", "kept"), ("added", "added")]);
     daemon.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(20), "the reload", || {
-        daemon.log_text().contains("configuration reloaded")
+        let folders = s.status()["folders"].clone();
+        let shown = |name: &str| {
+            folders.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|f| f["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            })
+        };
+        shown("added") && !shown("removed")
     });
     // The kernel's own list of the daemon's watches: once the removed folder has none, no
     // event of it can reach the daemon (its periodic rescan is 10 minutes away).
@@ -682,6 +689,11 @@ fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears
         "the file of the recreated folder",
         || s.arrived(&second, "ingest/second.csv"),
     );
+    assert!(
+        inotify_watches_on(daemon.pid(), &s.inbox) >= 1,
+        "the recreated folder is watched, not only scanned"
+    );
+    // The operator's messages for a missing folder and its return.
     let log = daemon.log_text();
     assert!(log.contains("polling every"), "{log}");
     assert!(log.contains("watching") && log.contains("again"), "{log}");
@@ -814,10 +826,11 @@ fn a_redivis_session_expiring_before_upload_post_is_sent_again_and_posted_once()
         "a second session was made: {}",
         stats()
     );
-    let log = daemon.log_text();
+    let posts = json_number(&stats()["api_requests"]["uploads.post"]);
     assert!(
-        log.contains("upload.post refused the transferred bytes"),
-        "{log}"
+        posts >= Some(2),
+        "upload.post refused the expired session's bytes, then took the new one's: {}",
+        stats()
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

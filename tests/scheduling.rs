@@ -51,37 +51,15 @@ impl Setup {
         let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
         let metrics_port = free_port();
         let config = tmp.path().join("upsync.toml");
-        let concurrency = if top_extra.contains("concurrency") {
-            ""
-        } else {
-            "concurrency = 2"
-        };
-        let text = format!(
-            r#"
-state_dir = "state"
-{concurrency}
-shutdown_timeout = "5s"
-retry_max_delay = "1h"
-metrics_listen = "127.0.0.1:{metrics_port}"
-{top_extra}
-[kifs]
-url = "{kifs}"
-[redivis]
-api_url = "{redivis}"
-token = "{TOKEN}"
-[[folder]]
-path = "kin"
-kifs_directory = "ingest"
-settle = "1s"
-[[folder]]
-path = "rin"
-redivis_table = "{TABLE}"
-settle = "1s"
-"#,
-            kifs = emulator.kifs_url(),
-            redivis = emulator.redivis_url(),
-        );
-        std::fs::write(&config, text).unwrap();
+        ConfigBuilder::new()
+            .top("concurrency = 2\nshutdown_timeout = \"5s\"\nretry_max_delay = \"1h\"")
+            .top(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
+            .top(top_extra)
+            .kifs(&emulator.kifs_url())
+            .redivis_with_token(&emulator.redivis_url(), TOKEN)
+            .folder(FolderBuilder::kifs("kin", "ingest").without("create_directory"))
+            .folder(FolderBuilder::redivis("rin", TABLE))
+            .write(&config);
         Setup {
             tmp,
             kin,
@@ -465,28 +443,13 @@ fn a_backlog_of_ten_thousand_files_in_one_folder_does_not_delay_another_folders_
         &["--kifs-directory", "a", "--kifs-directory", "b"],
     );
     let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-state_dir = "state"
-concurrency = 1
-[kifs]
-url = "{}"
-[[folder]]
-path = "a"
-kifs_directory = "a"
-settle = "1s"
-[[folder]]
-path = "{}"
-kifs_directory = "b"
-settle = "1s"
-"#,
-            emulator.kifs_url(),
-            b.display()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .top("concurrency = 1")
+        .kifs(&emulator.kifs_url())
+        .folder(FolderBuilder::kifs("a", "a"))
+        .folder(FolderBuilder::kifs(&b.display().to_string(), "b"))
+        .each_folder(|folder| folder.without("create_directory"))
+        .write(&config);
     for i in 0..10_000 {
         let path = a.join(format!("f{i:05}.csv"));
         std::fs::write(&path, format!("{i}\n")).unwrap();

@@ -30,25 +30,19 @@ fn setup(kifs: bool, folder_extra: &str, emulator_args: &[&str]) -> Setup {
     let mut args = vec!["--redivis-token", TOKEN];
     args.extend_from_slice(emulator_args);
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
-    let remote = if kifs {
-        format!(
-            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"outbox\"\nkifs_directory = \"ingest\"\n\
-             create_directory = true\n",
-            emulator.kifs_url()
-        )
+    let base = ConfigBuilder::new().top("concurrency = 2");
+    let with_remote = if kifs {
+        base.kifs(&emulator.kifs_url())
+            .folder(FolderBuilder::kifs("outbox", "ingest"))
     } else {
         emulator.create_redivis_table(TABLE, false);
-        format!(
-            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_SPOOL_TOKEN\"\n\
-             [[folder]]\npath = \"outbox\"\nredivis_table = \"{TABLE}\"\n",
-            emulator.redivis_url()
-        )
+        base.redivis(&emulator.redivis_url(), "UPSYNC_E2E_SPOOL_TOKEN")
+            .folder(FolderBuilder::redivis("outbox", TABLE))
     };
     let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\n{folder_extra}\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    with_remote
+        .each_folder(|folder| folder.with(folder_extra))
+        .write(&config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_SPOOL_TOKEN", TOKEN) };
     Setup {

@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
-/// The lines of one TOML section, a key set twice keeping its last value in its first place.
+/// The lines of one TOML section, a key set twice keeping its last value in its first place;
+/// then any sub-tables (`[folder.redivis_options]` and its keys), as given.
 #[derive(Clone, Debug, Default)]
-struct Lines(Vec<(String, String)>);
+struct Lines(Vec<(String, String)>, Vec<String>);
 
 impl Lines {
     fn set(&mut self, key: &str, value: &str) {
@@ -19,9 +20,14 @@ impl Lines {
         }
     }
 
-    /// Sets each `key = value` line of `text` (blank lines are skipped).
+    /// Sets each `key = value` line of `text` (blank lines are skipped); from a `[table]`
+    /// header on, the lines are kept as they are, to follow the section's own keys.
     fn set_all(&mut self, text: &str) {
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if line.starts_with('[') || !self.1.is_empty() {
+                self.1.push(line.to_string());
+                continue;
+            }
             let (key, value) = line
                 .split_once('=')
                 .unwrap_or_else(|| panic!("not a `key = value` line: {line:?}"));
@@ -36,6 +42,10 @@ impl Lines {
     fn render(&self, out: &mut String) {
         for (key, value) in &self.0 {
             out.push_str(&format!("{key} = {value}\n"));
+        }
+        for line in &self.1 {
+            out.push_str(line);
+            out.push('\n');
         }
     }
 }
@@ -139,21 +149,30 @@ impl ConfigBuilder {
 
     /// The `[redivis]` section for the emulator's Redivis `api_url`, with the token read
     /// from the environment variable `token_env`.
-    pub fn redivis(mut self, api_url: &str, token_env: &str) -> ConfigBuilder {
+    pub fn redivis(self, api_url: &str, token_env: &str) -> ConfigBuilder {
+        self.redivis_section(api_url, ("token_env", token_env))
+    }
+
+    /// The `[redivis]` section for the emulator's Redivis `api_url`, with the `token` itself
+    /// in the file.
+    pub fn redivis_with_token(self, api_url: &str, token: &str) -> ConfigBuilder {
+        self.redivis_section(api_url, ("token", token))
+    }
+
+    fn redivis_section(mut self, api_url: &str, (key, value): (&str, &str)) -> ConfigBuilder {
         let mut lines = Lines::default();
         lines.set("api_url", &quoted(api_url));
-        lines.set("token_env", &quoted(token_env));
+        lines.set(key, &quoted(value));
         self.redivis = Some(lines);
         self
     }
 
-    /// More `[redivis]` lines (after [`Self::redivis`]); a `token` line replaces `token_env`.
+    /// More `[redivis]` lines (after [`Self::redivis`]).
     pub fn redivis_with(mut self, text: &str) -> ConfigBuilder {
-        let lines = self.redivis.as_mut().expect("redivis(url) comes first");
-        lines.set_all(text);
-        if lines.0.iter().any(|(k, _)| k == "token") {
-            lines.remove("token_env");
-        }
+        self.redivis
+            .as_mut()
+            .expect("redivis(url) comes first")
+            .set_all(text);
         self
     }
 
