@@ -25,6 +25,7 @@ use super::{
     FolderConfig, KifsAuth, KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol,
     Target, paths, targets,
 };
+use crate::upload::redivis::session::{CHUNK_GRANULE, is_valid_chunk_size};
 
 const DEFAULT_CONCURRENCY: i64 = 4;
 const MAX_CONCURRENCY: i64 = 64;
@@ -35,9 +36,6 @@ const MIN_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
 const DEFAULT_CHUNK: u64 = 8 << 20;
-/// Resumable-upload chunks must be multiples of 256 KiB: an upload session refuses any
-/// other chunk size but for the last chunk.
-const CHUNK_GRANULE: u64 = 256 << 10;
 const MAX_CHUNK: u64 = 1 << 30;
 /// Redivis never says how long it counts a request; a day is surely longer.
 const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -221,13 +219,14 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
         None => DEFAULT_CHUNK,
         Some(size) => {
             let n = size.get_ref().0;
-            if n == 0 || !n.is_multiple_of(CHUNK_GRANULE) || n > MAX_CHUNK {
+            if !is_valid_chunk_size(n) || n > MAX_CHUNK {
                 ck.error(
                     &size.span(),
                     "redivis.chunk_size",
                     format!(
-                        "expected a positive multiple of 256 KiB (262144 bytes) up to 1 GiB, \
+                        "expected a positive multiple of {} ({CHUNK_GRANULE} bytes) up to 1 GiB, \
                          like \"8MiB\", found {}; use binary units (KiB, MiB)",
+                        format_size(CHUNK_GRANULE),
                         describe_size(n)
                     ),
                 );

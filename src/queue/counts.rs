@@ -11,8 +11,9 @@
 //!   `status` lists by name; the happy path (queued, active, done) never writes it.
 //!
 //! A count could still drift (a database written by a version that did not keep them, an
-//! edit by hand), so the daemon checks them at start ([`Store::check_counts`]): it counts
-//! by walking the trees, repairs what differs and says so.
+//! edit by hand, a bug), so the daemon checks them at start after a stop that was not
+//! clean ([`Store::check_counts`], "Clean close" in the module doc of [`super`]): it
+//! counts by walking the trees, repairs what differs and says so.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -341,6 +342,9 @@ impl Store {
                 .map_err(|err| self.db_error(err))?;
         }
         self.flush()?;
+        self.inner
+            .counts_trusted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(drift.tallies.len())
     }
 

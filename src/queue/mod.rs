@@ -14,6 +14,8 @@
 //!     default tree   "format"  -> "1"  (ASCII decimal; anything else is refused at open)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
+//!                    "closed"  -> "1"  (the last process closed the database in order;
+//!                                       removed at open, written back at close)
 //!     jobs           JobId (u64 BE)                      -> Job (JSON)
 //!     by_path        folder \0 rel                       -> JobId (u64 BE)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
@@ -124,8 +126,24 @@
 //!    the failed and retry-wait jobs. Every job write goes through
 //!    `Tx::put_job`/`Tx::remove_job` and every ledger write through
 //!    `Tx::put_ledger`/`Tx::remove_ledger`, which note the change, and the transaction adds it to the counts
-//!    before it commits. `check_counts` (at daemon start, from `recover_after_restart`)
-//!    repairs any drift and warns about it.
+//!    before it commits. `check_counts` (at daemon start, from `recover_after_restart`,
+//!    unless the database was closed cleanly: see "Clean close") repairs any drift and
+//!    warns about it.
+//!
+//! # Clean close
+//!
+//! Checking the counts walks every job and every ledger entry: at a million uploads it
+//! was most of a restart. A database closed in order needs no check (every change of the
+//! counts was made in the transaction that made the change they count), so:
+//!
+//! 1. a new database is stamped `closed` (its counts, all zero, are right);
+//! 2. opening removes `closed` (flushed with the open), so a process that is killed, or
+//!    loses power, leaves a database without it;
+//! 3. `recover_after_restart` checks the counts only when the open found no `closed`;
+//! 4. closing (the last clone of the Store dropped) writes `closed` back and flushes,
+//!    but only if the counts are trusted: the open found `closed`, or this process
+//!    checked them. A process that opened a database left by a crash and did not check
+//!    (`upsync status` of a stopped daemon) leaves it unmarked, for the next start to check.
 //!
 //! # No background work
 //!
@@ -167,7 +185,7 @@ mod tests;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{
@@ -192,6 +210,8 @@ use lock::StateLock;
 /// The layout version this code reads and writes (the default tree's `format` key).
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &[u8] = b"format";
+/// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
+const CLEAN_CLOSE_KEY: &[u8] = b"closed";
 const DB_DIR: &str = "db";
 
 /// Milliseconds since the Unix epoch; times before it (a badly set clock) count as 0.
@@ -230,6 +250,10 @@ struct Inner {
     flushes: AtomicU64,
     /// Entries set or removed by transactions (`Store::writes`), another such cost.
     writes: AtomicU64,
+    /// Whether the counts are known to match the trees: the last process closed the
+    /// database in order, or this one checked them. Only then does closing mark the
+    /// database as closed cleanly (see "Clean close" in the module doc).
+    counts_trusted: AtomicBool,
     _lock: StateLock,
 }
 
@@ -244,6 +268,15 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.counts_trusted.load(Ordering::Relaxed)
+            && let Err(err) = self.db.insert(CLEAN_CLOSE_KEY, b"1")
+        {
+            tracing::warn!(
+                state_dir = %self.state_dir.display(),
+                error = %err,
+                "could not mark the state database as closed cleanly"
+            );
+        }
         if let Err(err) = self.flush() {
             tracing::warn!(
                 state_dir = %self.state_dir.display(),
@@ -676,6 +709,8 @@ impl Store {
             counts: tree("counts")?,
             attention: tree("attention")?,
         };
+        // Removed while open, so that a process that stops without closing leaves none.
+        let closed_cleanly = db.remove(CLEAN_CLOSE_KEY).map_err(open_error)?.is_some();
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -683,6 +718,7 @@ impl Store {
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
+                counts_trusted: AtomicBool::new(closed_cleanly),
                 _lock: lock,
             }),
         };
@@ -1224,7 +1260,9 @@ impl Store {
             }
         }
         self.remove_dangling_entries()?;
-        self.check_counts()?;
+        if !self.inner.counts_trusted.load(Ordering::Relaxed) {
+            self.check_counts()?;
+        }
         self.flush()?;
         Ok(recovered)
     }
@@ -1483,6 +1521,8 @@ fn create_db(path: &Path) -> Result<(), FormatError> {
         db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
         // A new database keeps its counts from the first write on.
         db.insert(counts::COUNTS_KEY, b"1")?;
+        // Its counts (none) are right: the first start need not check them.
+        db.insert(CLEAN_CLOSE_KEY, b"1")?;
         db.flush()?;
     }
     std::fs::rename(&fresh, path).map_err(io_error("move the new database into place at", path))?;

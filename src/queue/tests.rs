@@ -32,6 +32,21 @@ fn reopen(store: Store) -> Store {
     open(&dir)
 }
 
+/// A restart after the process was killed: the database as a kill leaves it (everything
+/// flushed, but not marked as closed cleanly).
+fn reopen_after_kill(store: Store) -> Store {
+    let dir = store.state_dir().to_path_buf();
+    drop(store);
+    let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    assert!(
+        db.remove(CLEAN_CLOSE_KEY).expect("removes").is_some(),
+        "an orderly close marks the database"
+    );
+    db.flush().expect("flushes");
+    drop(db);
+    open(&dir)
+}
+
 fn far_future() -> SystemTime {
     SystemTime::now() + Duration::from_secs(365 * 24 * 3600)
 }
@@ -1118,7 +1133,7 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
 }
 
 #[test]
-fn drifted_counts_are_repaired_by_the_check_at_start() {
+fn drifted_counts_are_repaired_by_the_check_at_a_start_after_a_kill() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let done = queued_id(store.offer(&key("done"), &fp(1)).expect("offer"));
@@ -1157,7 +1172,7 @@ fn drifted_counts_are_repaired_by_the_check_at_start() {
     trees.attention.insert(job_key(done), &[]).expect("writes");
     assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
 
-    let store = reopen(store);
+    let store = reopen_after_kill(store);
     store.recover_after_restart().expect("recovers");
     assert_eq!(store.tallies().expect("reads"), right);
     let attention: Vec<JobId> = store
@@ -1168,6 +1183,53 @@ fn drifted_counts_are_repaired_by_the_check_at_start() {
         .collect();
     assert_eq!(attention, [failed]);
     assert_invariants(&store);
+}
+
+/// Offers one file, and sets the folder's queued count off by a thousand, as drift would.
+fn drift_the_queued_count(store: &Store) {
+    store.offer(&key("queued"), &fp(1)).expect("offer");
+    let mut wrong = store.tallies().expect("reads")["/data/in"].clone();
+    wrong.counts.queued += 1000;
+    store
+        .inner
+        .trees
+        .counts
+        .insert("/data/in", encode(&wrong))
+        .expect("writes");
+}
+
+#[test]
+fn a_start_after_an_orderly_close_does_not_walk_the_trees_to_check_the_counts() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    drift_the_queued_count(&store);
+
+    // The drift stands for a count the walk would find wrong: a start that does not walk
+    // keeps it.
+    let store = reopen(store);
+    store.recover_after_restart().expect("recovers");
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
+    let store = reopen(store);
+    store.recover_after_restart().expect("recovers");
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
+
+    let store = reopen_after_kill(store);
+    store.recover_after_restart().expect("recovers");
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1);
+}
+
+#[test]
+fn a_process_that_opens_a_killed_database_without_checking_leaves_the_check_to_the_next_start() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    drift_the_queued_count(&store);
+    let store = reopen_after_kill(store);
+    // Read (as `upsync status` of a stopped daemon does) and closed, without a check.
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
+
+    let store = reopen(store);
+    store.recover_after_restart().expect("recovers");
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1);
 }
 
 #[test]

@@ -90,6 +90,7 @@ pub mod names;
 pub mod poll;
 pub mod ratelimit;
 pub mod session;
+pub mod source;
 pub mod tables;
 pub mod versions;
 
@@ -104,7 +105,7 @@ use self::api::{ApiClient, ApiFields, UploadResource};
 use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
 use self::poll::{PollConfig, Poller, failure_message};
 use self::ratelimit::{Pacer, PacerConfig};
-use self::session::{Flow, RunningMd5, SessionClient, SessionFailure, SessionState, Transfer};
+use self::session::{Flow, SessionClient, SessionFailure, SessionState, Transfer};
 use self::tables::{TableKind, TableKinds};
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
@@ -243,9 +244,10 @@ impl RedivisBackend {
         tuning: Tuning,
         bandwidth: Arc<Bandwidth>,
     ) -> Result<RedivisBackend, String> {
-        if config.chunk_size == 0 || !config.chunk_size.is_multiple_of(256 * 1024) {
+        if !session::is_valid_chunk_size(config.chunk_size) {
             return Err(format!(
-                "Redivis chunk_size must be a positive multiple of 256 KiB, not {} bytes",
+                "Redivis chunk_size must be a positive multiple of {}, not {} bytes",
+                crate::config::units::format_size(session::CHUNK_GRANULE),
                 config.chunk_size
             ));
         }
@@ -949,10 +951,7 @@ impl RedivisBackend {
 
     /// The MD5 (hex) of the whole file.
     async fn file_md5(&self, reader: &FileReader) -> Result<String, UploadError> {
-        let mut md5 = RunningMd5::default();
-        md5.advance(reader.size, reader, None, self.chunk_size)
-            .await?;
-        Ok(md5.hex())
+        source::file_md5(reader, self.chunk_size).await
     }
 
     /// Lists the table (all pages) for an upload named `name` that is ours: not failed,

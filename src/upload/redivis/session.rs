@@ -2,11 +2,15 @@
 //! chunked PUTs, `308` + `Range`, status queries, resume, and the whole-body PUT of a
 //! non-resumable temp upload. Both flows share this loop.
 //!
-//! The chunk loop, with `offset` = the server's persisted byte count:
+//! The chunk loop ([`Transfer::run`]), with `offset` = the server's persisted byte count.
+//! The bytes come from a [`ChunkSource`] (read ahead, hashed while they travel); this loop
+//! only speaks the protocol:
 //! 1. Fresh session: `offset = 0`. Resumed session: status query first (`PUT`, empty body,
 //!    `Content-Range: bytes */N`) and take the server's offset, never our own record.
-//! 2. Check the file is unchanged, read `[offset, offset + chunk)`, check again.
-//! 3. `PUT` it with `Content-Range: bytes S-E/N` and its exact `Content-Length`.
+//! 2. [`ChunkSource::chunk_at`]: `[offset, offset + chunk)`, the file checked unchanged
+//!    before and after the read.
+//! 3. `PUT` it with `Content-Range: bytes S-E/N` and its exact `Content-Length`
+//!    ([`ChunkSource::while_sending`] reads the next chunk and hashes this one meanwhile).
 //! 4. `200`/`201` on the chunk that reaches N: done. `308` + `Range: bytes=0-K`: offset =
 //!    K + 1 (the server may keep less than we sent); `308` without `Range`: offset = 0;
 //!    a malformed `Range` or any other 2xx: status query.
@@ -14,8 +18,14 @@
 //!    offset. 404/410/499 (expired, killed, cancelled) or 400: the session is unusable,
 //!    the caller starts a new one from byte 0. A refused server certificate ends the
 //!    attempt at once (nothing went through; the job waits in `retry-wait`).
-//! 6. After every acknowledged offset: fold the confirmed bytes into the MD5, persist the
-//!    state (so a crash resumes there), and publish the live progress.
+//! 6. After every acknowledged offset: fold the confirmed bytes into the MD5
+//!    ([`ChunkSource::confirmed`]) and publish the live progress. The state (with the
+//!    confirmed offset) is saved at most once a second while chunks keep being
+//!    acknowledged, and whenever an attempt ends without finishing; the caller saved it
+//!    when the session was created. Not after every chunk: resuming asks the server for
+//!    its offset first (step 1), so the saved state only has to name the session, and a
+//!    save per chunk cost one flush of the state database per chunk. A crash thus loses
+//!    nothing but the status query that finds the offset again.
 //!
 //! Failures without progress are bounded by the backend's [`RetryPolicy`] (attempts and
 //! total time; progress starts the count again); when it gives up, the error is
@@ -37,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{origin_of, strip_query};
 use super::classify;
+use super::source::ChunkSource;
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
 use crate::metrics::RequestKind;
@@ -45,6 +56,16 @@ use crate::upload::chunk::FileReader;
 use crate::upload::health::RemoteHealth;
 use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
 use crate::upload::{Disposition, LiveProgress, UploadError};
+
+/// Every chunk but a session's last is a multiple of this many bytes (256 KiB): a session
+/// refuses any other (protocol §7).
+pub const CHUNK_GRANULE: u64 = 256 << 10;
+
+/// Whether `size` may be the chunk size of a session: a positive multiple of
+/// [`CHUNK_GRANULE`].
+pub fn is_valid_chunk_size(size: u64) -> bool {
+    size > 0 && size.is_multiple_of(CHUNK_GRANULE)
+}
 
 /// Which Redivis flow created a session (they differ in how the upload is posted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +87,8 @@ impl Flow {
     }
 }
 
-/// The resume state saved after every acknowledged chunk.
+/// The resume state: saved when the session is created, then at most once a second while
+/// chunks are acknowledged, and when an attempt ends without finishing (module doc, step 6).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pub flow: Flow,
@@ -346,77 +368,6 @@ fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<String, SessionFa
     }
 }
 
-/// The MD5 of the file's first `upto` bytes, kept in step with the confirmed offset.
-pub struct RunningMd5 {
-    hasher: Md5,
-    upto: u64,
-    /// The digest of `[0, end)` computed ahead, while the chunk ending at `end` was sent;
-    /// taken when the server confirms exactly `end`.
-    speculated: Option<(u64, Md5)>,
-}
-
-impl Default for RunningMd5 {
-    fn default() -> Self {
-        RunningMd5 {
-            hasher: Md5::new(),
-            upto: 0,
-            speculated: None,
-        }
-    }
-}
-
-impl RunningMd5 {
-    /// Moves the digest to cover `[0, to)`, using `chunk` (bytes at `chunk_start`) where it
-    /// covers the range and the file elsewhere.
-    pub async fn advance(
-        &mut self,
-        to: u64,
-        reader: &FileReader,
-        chunk: Option<(u64, &Bytes)>,
-        read_size: u64,
-    ) -> Result<(), UploadError> {
-        if let Some((end, hasher)) = self.speculated.take()
-            && end == to
-            && self.upto < end
-        {
-            self.hasher = hasher;
-            self.upto = end;
-        }
-        if to < self.upto {
-            // MD5 cannot be rewound: start over from the file.
-            *self = RunningMd5::default();
-        }
-        while self.upto < to {
-            if let Some((start, bytes)) = chunk {
-                let end = start + bytes.len() as u64;
-                if start <= self.upto && self.upto < end {
-                    let from = (self.upto - start) as usize;
-                    let until = (to.min(end) - start) as usize;
-                    self.hasher.update(&bytes[from..until]);
-                    self.upto += (until - from) as u64;
-                    continue;
-                }
-            }
-            let len = (to - self.upto).min(read_size) as usize;
-            let bytes = reader.read_at(self.upto, len).await?;
-            if bytes.is_empty() {
-                return Err(UploadError::Changed);
-            }
-            self.hasher.update(&bytes);
-            self.upto += bytes.len() as u64;
-        }
-        Ok(())
-    }
-
-    pub fn upto(&self) -> u64 {
-        self.upto
-    }
-
-    pub fn hex(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-}
-
 /// One file going through one session.
 pub struct Transfer<'a> {
     pub client: &'a SessionClient,
@@ -452,6 +403,7 @@ impl Transfer<'_> {
         result
     }
 
+    /// The chunk loop (module doc, steps 1–6), from the server's offset to the last byte.
     async fn chunks(
         &self,
         state: &mut SessionState,
@@ -459,37 +411,23 @@ impl Transfer<'_> {
         persist: &mut (dyn FnMut(&SessionState) -> Result<(), UploadError> + Send),
         saved: &mut u64,
     ) -> Result<String, SessionFailure> {
-        let mut last_save = std::time::Instant::now();
         let size = state.size;
         let url = state.session_url.clone();
-        let mut md5 = RunningMd5::default();
+        let mut source = ChunkSource::new(self.reader, self.chunk_size, self.check);
         let mut attempts = self.client.attempts(self.scope, "chunk upload");
-        // The next chunk, read while the previous one was sent.
-        let mut ahead: Option<(u64, Bytes)> = None;
-
+        let mut last_save = std::time::Instant::now();
         let mut next = if query_first {
             self.client.query(&url, size, self.scope).await?
         } else {
             ServerOffset::At(state.confirmed_offset)
         };
         loop {
-            let offset = match next {
-                ServerOffset::Complete => size,
-                ServerOffset::At(offset) if offset > size => {
-                    return Err(SessionFailure::Restart {
-                        rejected: false,
-                        message: format!(
-                            "the server claims {offset} bytes of a {size}-byte upload"
-                        ),
-                    });
-                }
-                ServerOffset::At(offset) => offset,
-            };
-            let progressed = offset > state.confirmed_offset;
-            // The digest of a whole acknowledged chunk was computed while it was sent; after
-            // a partial one the rest is read again from the file, so no chunk is kept.
-            md5.advance(offset, self.reader, None, self.chunk_size)
-                .await?;
+            let offset = within_size(next, size)?;
+            // Step 6: the confirmed bytes are hashed, recorded and published.
+            source.confirmed(offset).await?;
+            if offset > state.confirmed_offset {
+                attempts.progressed();
+            }
             if offset != state.confirmed_offset {
                 state.confirmed_offset = offset;
                 if last_save.elapsed() >= PERSIST_EVERY && offset < size {
@@ -499,107 +437,63 @@ impl Transfer<'_> {
                 }
             }
             self.live.set(offset, size);
-            if progressed {
-                attempts.progressed();
-            }
             if next == ServerOffset::Complete {
-                return Ok(md5.hex());
+                return Ok(source.md5_hex());
             }
-            if offset == size {
-                // All bytes are there but the session did not say "complete": a status
-                // query finalizes it (protocol §7).
-                next = self.client.query(&url, size, self.scope).await?;
-                if next != ServerOffset::Complete {
-                    self.pause(&mut attempts, "all bytes sent but not finalized")
-                        .await?;
-                }
-                continue;
-            }
-            if self.scope.interrupted() {
+            next = if offset == size {
+                self.finalize_by_query(&url, size, &mut attempts).await?
+            } else if self.scope.interrupted() {
                 return Err(SessionFailure::Fail(UploadError::Shutdown));
-            }
-
-            (self.check)()?;
-            let len = (size - offset).min(self.chunk_size) as usize;
-            let bytes = match ahead.take() {
-                Some((at, bytes)) if at == offset && bytes.len() == len => bytes,
-                stale => {
-                    // Its buffer goes back to the pool before the read needs one.
-                    drop(stale);
-                    self.reader.read_at(offset, len).await?
-                }
+            } else {
+                self.send_chunk(&mut source, &url, offset, &mut attempts)
+                    .await?
             };
-            (self.check)()?;
-            let end = offset + bytes.len() as u64;
-            let range = format!("bytes {offset}-{}/{size}", end - 1);
-            // While the chunk travels: hash it (on the blocking pool, from a copy of the
-            // digest, used only if the server takes the whole chunk) and read the next one.
-            let speculative = (md5.upto() == offset).then(|| {
-                let mut hasher = md5.hasher.clone();
-                let chunk = bytes.clone();
-                tokio::task::spawn_blocking(move || {
-                    hasher.update(&chunk);
-                    hasher
-                })
-            });
-            let next_len = (size - end).min(self.chunk_size) as usize;
-            let read_ahead = async {
-                if next_len > 0 {
-                    self.reader.read_at(end, next_len).await.ok()
-                } else {
-                    None
-                }
-            };
-            let (sent, following) =
-                tokio::join!(self.client.put(&url, range, bytes.clone()), read_ahead);
-            ahead = following.map(|bytes| (end, bytes));
-            if let Some(hashed) = speculative {
-                let hasher = hashed.await.expect("hashing a chunk does not panic");
-                md5.speculated = Some((end, hasher));
-            }
-            drop(bytes);
-            let problem = match sent {
-                Ok(response) => match response.status().as_u16() {
-                    200 | 201 if end == size => {
-                        next = ServerOffset::Complete;
-                        continue;
-                    }
-                    308 => match parse_range(response.headers()) {
-                        Ok(server) => {
-                            let server = server.unwrap_or(0);
-                            next = ServerOffset::At(server);
-                            if server <= offset {
-                                self.pause(&mut attempts, "chunk was not persisted").await?;
-                            }
-                            continue;
-                        }
-                        Err(malformed) => malformed,
-                    },
-                    status @ 200..=299 => {
-                        format!("chunk answered HTTP {status} before the last byte")
-                    }
-                    status => match classify::session_status(status) {
-                        Disposition::RestartSession => {
-                            return Err(SessionFailure::Restart {
-                                rejected: status == 400,
-                                message: format!("chunk answered HTTP {status}"),
-                            });
-                        }
-                        Disposition::Permanent => {
-                            return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                                "upload session {}: chunk answered HTTP {status}",
-                                strip_query(&url)
-                            ))));
-                        }
-                        _ => format!("chunk answered HTTP {status}"),
-                    },
-                },
-                Err(err) => no_answer(&err, "chunk PUT", &url)?,
-            };
-            // In doubt: the server's word decides where to continue.
-            self.pause(&mut attempts, &problem).await?;
-            next = self.client.query(&url, size, self.scope).await?;
         }
+    }
+
+    /// All bytes are there but the session did not say "complete": a status query
+    /// finalizes it (protocol §7).
+    async fn finalize_by_query(
+        &self,
+        url: &str,
+        size: u64,
+        attempts: &mut Attempts<'_>,
+    ) -> Result<ServerOffset, SessionFailure> {
+        let next = self.client.query(url, size, self.scope).await?;
+        if next != ServerOffset::Complete {
+            self.pause(attempts, "all bytes sent but not finalized")
+                .await?;
+        }
+        Ok(next)
+    }
+
+    /// Steps 2–5 for the chunk at `offset`: where the server stands after it.
+    async fn send_chunk(
+        &self,
+        source: &mut ChunkSource<'_>,
+        url: &str,
+        offset: u64,
+        attempts: &mut Attempts<'_>,
+    ) -> Result<ServerOffset, SessionFailure> {
+        let size = self.reader.size;
+        let chunk = source.chunk_at(offset).await?;
+        let end = chunk.end();
+        let range = format!("bytes {offset}-{}/{size}", end - 1);
+        let body = chunk.bytes.clone();
+        let sent = source
+            .while_sending(chunk, self.client.put(url, range, body))
+            .await;
+        let problem = match chunk_answer(sent, end == size, url)? {
+            Ok(ServerOffset::At(server)) if server <= offset => {
+                self.pause(attempts, "chunk was not persisted").await?;
+                return Ok(ServerOffset::At(server));
+            }
+            Ok(next) => return Ok(next),
+            Err(problem) => problem,
+        };
+        // In doubt: the server's word decides where to continue.
+        self.pause(attempts, &problem).await?;
+        self.client.query(url, size, self.scope).await
     }
 
     /// A failure without progress: pause, then the server's offset decides; when the
@@ -670,6 +564,57 @@ impl Transfer<'_> {
             pause(&mut attempts, &problem, give_up).await?;
         }
     }
+}
+
+/// The server's offset, unless it claims more bytes than the file has (then the session
+/// is not ours to trust: a new one starts from byte 0).
+fn within_size(next: ServerOffset, size: u64) -> Result<u64, SessionFailure> {
+    match next {
+        ServerOffset::Complete => Ok(size),
+        ServerOffset::At(offset) if offset > size => Err(SessionFailure::Restart {
+            rejected: false,
+            message: format!("the server claims {offset} bytes of a {size}-byte upload"),
+        }),
+        ServerOffset::At(offset) => Ok(offset),
+    }
+}
+
+/// Step 4 of the chunk loop: what the answer to a chunk says. `Ok(Ok(next))`: where the
+/// server stands; `Ok(Err(problem))`: in doubt, ask the server after a pause; `Err`: the
+/// session is dead or the upload failed.
+fn chunk_answer(
+    sent: Result<reqwest::Response, HttpError>,
+    last: bool,
+    url: &str,
+) -> Result<Result<ServerOffset, String>, SessionFailure> {
+    let response = match sent {
+        Ok(response) => response,
+        Err(err) => return no_answer(&err, "chunk PUT", url).map(Err),
+    };
+    let problem = match response.status().as_u16() {
+        200 | 201 if last => return Ok(Ok(ServerOffset::Complete)),
+        308 => match parse_range(response.headers()) {
+            Ok(server) => return Ok(Ok(ServerOffset::At(server.unwrap_or(0)))),
+            Err(malformed) => malformed,
+        },
+        status @ 200..=299 => format!("chunk answered HTTP {status} before the last byte"),
+        status => match classify::session_status(status) {
+            Disposition::RestartSession => {
+                return Err(SessionFailure::Restart {
+                    rejected: status == 400,
+                    message: format!("chunk answered HTTP {status}"),
+                });
+            }
+            Disposition::Permanent => {
+                return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                    "upload session {}: chunk answered HTTP {status}",
+                    strip_query(url)
+                ))));
+            }
+            _ => format!("chunk answered HTTP {status}"),
+        },
+    };
+    Ok(Err(problem))
 }
 
 /// A request body streaming the file in chunks from a fresh reader, hashing as it goes and
@@ -835,29 +780,5 @@ mod tests {
         let text = format!("{:?}", state(0));
         assert!(!text.contains("capability"), "{text}");
         assert!(text.contains("http://127.0.0.1:1/upload/s1"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn the_running_md5_follows_the_offset_forwards_and_backwards() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let fp = Fingerprint::read(&path).unwrap();
-        let reader = FileReader::open(&path, &fp).unwrap();
-        let md5_of = |bytes: &[u8]| hex::encode(Md5::digest(bytes));
-
-        let mut md5 = RunningMd5::default();
-        let chunk = Bytes::copy_from_slice(&data[300..600]);
-        md5.advance(450, &reader, Some((300, &chunk)), 64)
-            .await
-            .unwrap();
-        assert_eq!(md5.hex(), md5_of(&data[..450]));
-        md5.advance(200, &reader, None, 64).await.unwrap();
-        assert_eq!(md5.hex(), md5_of(&data[..200]));
-        md5.advance(1000, &reader, Some((300, &chunk)), 64)
-            .await
-            .unwrap();
-        assert_eq!(md5.hex(), md5_of(&data));
     }
 }
