@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | `upsync_uploaded_files_total` | counter | folder, backend |
 //! | `upsync_uploaded_bytes_total` | counter | folder, backend |
-//! | `upsync_upload_failures_total` | counter | folder, backend, class |
+//! | `upsync_upload_failures_total` | counter | folder, backend, class, kind |
 //! | `upsync_upload_retries_total` | counter | folder, backend |
 //! | `upsync_upload_duration_seconds` | histogram | backend |
 //! | `upsync_import_duration_seconds` | histogram | backend |
@@ -48,7 +48,10 @@
 //!
 //! `class` is one of `permanent` (the remote refused the file), `unreadable` (the local file
 //! could not be read), `transient` (an outage or 5xx: retried later), `state-database`,
-//! `config` (no backend for the folder's target).
+//! `config` (no backend for the folder's target). `kind` says what happened
+//! ([`crate::upload::ErrorKind`]: `auth`, `not_found`, `rate_limited`, `server`, `transport`,
+//! `rejected`, `conflict`, `unexpected`, `config`, `local_io`, `state_database`); each class
+//! has the kinds it can go with ([`FailureClass::kinds`]), and only those series are made.
 //!
 //! The endpoint serves OpenMetrics or the classic text format, as the scraper asks
 //! (`exposition` submodule).
@@ -71,6 +74,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::upload::ErrorKind;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UploadLabels {
     pub folder: String,
@@ -82,6 +87,7 @@ pub struct FailureLabels {
     pub folder: String,
     pub backend: String,
     pub class: String,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +137,18 @@ impl FailureClass {
         FailureClass::Config,
     ];
 
+    /// The kinds a failure of this class can have: one for a local class, any but a local
+    /// read's for a remote one (a remote failure may also be a folder's target that does
+    /// not fit the backend, or a state database write during a deletion).
+    pub fn kinds(self) -> &'static [ErrorKind] {
+        match self {
+            FailureClass::Unreadable => &[ErrorKind::LocalIo],
+            FailureClass::StateDatabase => &[ErrorKind::StateDatabase],
+            FailureClass::Config => &[ErrorKind::Config],
+            FailureClass::Permanent | FailureClass::Transient => &REMOTE_FAILURE_KINDS,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             FailureClass::Permanent => "permanent",
@@ -141,6 +159,20 @@ impl FailureClass {
         }
     }
 }
+
+/// [`FailureClass::kinds`] of the remote classes: every kind but a local read's.
+const REMOTE_FAILURE_KINDS: [ErrorKind; 10] = [
+    ErrorKind::Auth,
+    ErrorKind::NotFound,
+    ErrorKind::RateLimited,
+    ErrorKind::Server,
+    ErrorKind::Transport,
+    ErrorKind::Rejected,
+    ErrorKind::Conflict,
+    ErrorKind::Unexpected,
+    ErrorKind::Config,
+    ErrorKind::StateDatabase,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RemoteLabels {
@@ -324,7 +356,7 @@ impl Metrics {
             failures: registered(
                 r,
                 "upload_failures",
-                "Upload attempts that failed, by class of reason",
+                "Upload attempts that failed, by class of reason and kind of failure",
                 Family::default(),
             ),
             retries: registered(
@@ -440,10 +472,17 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// A failed attempt; `retried` when it was scheduled for a later retry.
-    pub fn failed(&self, folder: &str, backend: &str, class: FailureClass, retried: bool) {
+    /// A failed attempt of `kind`; `retried` when it was scheduled for a later retry.
+    pub fn failed(
+        &self,
+        folder: &str,
+        backend: &str,
+        class: FailureClass,
+        kind: ErrorKind,
+        retried: bool,
+    ) {
         self.failures
-            .get_or_create(&failure_labels(folder, backend, class))
+            .get_or_create(&failure_labels(folder, backend, class, kind))
             .inc();
         if retried {
             self.retries
@@ -479,10 +518,12 @@ impl Metrics {
         drop(self.retries.get_or_create(&labels));
         drop(self.deleted_files.get_or_create(&labels));
         for class in FailureClass::ALL {
-            drop(
-                self.failures
-                    .get_or_create(&failure_labels(folder, backend, class)),
-            );
+            for &kind in class.kinds() {
+                drop(
+                    self.failures
+                        .get_or_create(&failure_labels(folder, backend, class, kind)),
+                );
+            }
         }
         drop(self.upload_duration.get_or_create(&backend_labels(backend)));
         if backend == "redivis" {
@@ -583,11 +624,17 @@ fn upload_labels(folder: &str, backend: &str) -> UploadLabels {
     }
 }
 
-fn failure_labels(folder: &str, backend: &str, class: FailureClass) -> FailureLabels {
+fn failure_labels(
+    folder: &str,
+    backend: &str,
+    class: FailureClass,
+    kind: ErrorKind,
+) -> FailureLabels {
     FailureLabels {
         folder: folder.to_string(),
         backend: backend.to_string(),
         class: class.label().to_string(),
+        kind: kind.label(),
     }
 }
 
@@ -745,32 +792,58 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_counted_by_class_and_retries_apart() {
+    fn failures_are_counted_by_class_and_kind_and_retries_apart() {
         let metrics = Metrics::new();
-        metrics.failed("/d", "redivis", FailureClass::Transient, true);
-        metrics.failed("/d", "redivis", FailureClass::Transient, true);
-        metrics.failed("/d", "redivis", FailureClass::Permanent, false);
+        let transient = FailureClass::Transient;
+        metrics.failed("/d", "redivis", transient, ErrorKind::Server, true);
+        metrics.failed("/d", "redivis", transient, ErrorKind::Server, true);
+        metrics.failed("/d", "redivis", transient, ErrorKind::RateLimited, true);
+        metrics.failed(
+            "/d",
+            "redivis",
+            FailureClass::Permanent,
+            ErrorKind::Auth,
+            false,
+        );
         let text = metrics.encode();
+        for (labels, count) in [
+            ("class=\"transient\",kind=\"server\"}", " 2"),
+            ("class=\"transient\",kind=\"rate_limited\"}", " 1"),
+            ("class=\"permanent\",kind=\"auth\"}", " 1"),
+        ] {
+            let series =
+                format!("upsync_upload_failures_total{{folder=\"/d\",backend=\"redivis\",{labels}");
+            assert!(line(&text, &series).ends_with(count), "{series}: {text}");
+        }
         assert!(
-            line(
-                &text,
-                "upsync_upload_failures_total{folder=\"/d\",backend=\"redivis\",class=\"transient\"}"
-            )
-            .ends_with(" 2"),
+            line(&text, "upsync_upload_retries_total{").ends_with(" 3"),
             "{text}"
         );
-        assert!(
-            line(
-                &text,
-                "upsync_upload_failures_total{folder=\"/d\",backend=\"redivis\",class=\"permanent\"}"
-            )
-            .ends_with(" 1"),
-            "{text}"
-        );
-        assert!(
-            line(&text, "upsync_upload_retries_total{").ends_with(" 2"),
-            "{text}"
-        );
+    }
+
+    #[test]
+    fn every_class_starts_at_zero_with_each_kind_it_can_have_and_no_other() {
+        let metrics = Metrics::new();
+        metrics.initialise_counters("/d", "kifs");
+        let text = metrics.encode();
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("upsync_upload_failures_total{"))
+            .collect();
+        let expected: usize = FailureClass::ALL.iter().map(|c| c.kinds().len()).sum();
+        assert_eq!(failures.len(), expected, "{text}");
+        assert!(failures.iter().all(|l| l.ends_with("} 0")), "{text}");
+        for kind in ErrorKind::ALL {
+            let label = format!("kind=\"{}\"}}", kind.label());
+            assert!(
+                failures.iter().any(|l| l.contains(&label)),
+                "{label}: {text}"
+            );
+        }
+        let local = "class=\"unreadable\",kind=\"local_io\"}";
+        assert!(failures.iter().any(|l| l.contains(local)), "{text}");
+        let mismatched = "class=\"unreadable\",kind=\"auth\"}";
+        assert!(!failures.iter().any(|l| l.contains(mismatched)), "{text}");
     }
 
     #[test]
@@ -980,8 +1053,8 @@ mod tests {
             "upsync_uploaded_files_total{folder=\"/k\",backend=\"kifs\"} 0",
             "upsync_uploaded_bytes_total{folder=\"/k\",backend=\"kifs\"} 0",
             "upsync_upload_retries_total{folder=\"/k\",backend=\"kifs\"} 0",
-            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"transient\"} 0",
-            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"state-database\"} 0",
+            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"transient\",kind=\"server\"} 0",
+            "upsync_upload_failures_total{folder=\"/k\",backend=\"kifs\",class=\"state-database\",kind=\"state_database\"} 0",
             "upsync_upload_duration_seconds_count{backend=\"kifs\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
@@ -999,7 +1072,7 @@ mod tests {
         for series in [
             "upsync_uploaded_files_total{folder=\"/r\",backend=\"redivis\"} 0",
             "upsync_uploaded_files_total{folder=\"/k\",backend=\"kifs\"} 0",
-            "upsync_upload_failures_total{folder=\"/r\",backend=\"redivis\",class=\"permanent\"} 0",
+            "upsync_upload_failures_total{folder=\"/r\",backend=\"redivis\",class=\"permanent\",kind=\"auth\"} 0",
             "upsync_import_duration_seconds_count{backend=\"redivis\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");

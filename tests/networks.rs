@@ -291,6 +291,7 @@ fn a_refused_certificate_is_tried_once_per_request_and_left_to_the_job_level_ret
             UploadError::Remote {
                 disposition: Disposition::RetryLater,
                 message,
+                ..
             } => assert!(message.contains("unknown issuer"), "{message}"),
             other => panic!(
                 "{}: expected a later retry, got {other:?}",

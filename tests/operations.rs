@@ -231,6 +231,55 @@ fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+#[test]
+fn a_refused_token_is_counted_as_an_auth_failure_and_keeps_its_reason() {
+    let port = free_port();
+    let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let mut daemon = DaemonProcess::start(&s.config);
+    // The fault must meet the upload, not the folder's background remote check.
+    wait_until(Duration::from_secs(20), "the folder's remote check", || {
+        status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"status": 401}}),
+    );
+    let path = s.inbox.join("report.csv");
+    std::fs::write(&path, "a,b\n1,2\n").unwrap();
+    wait_until(Duration::from_secs(20), "the upload to fail", || {
+        status_json(&s.config)["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    });
+    let report = status_json(&s.config);
+    let reason = report["failed"][0]["reason"].as_str().unwrap();
+    assert_eq!(
+        reason,
+        "KiFS /upload/files: HTTP 401 Unauthorized (the server rejected the credentials: \
+         check [kifs] username/password or token)",
+        "{report}"
+    );
+    let metrics = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+    let folder = format!("folder=\"{}\"", s.inbox.display());
+    let failures = |class: &str, kind: &str| {
+        let (class, kind) = (format!("class=\"{class}\""), format!("kind=\"{kind}\""));
+        sample(
+            &metrics,
+            "upsync_upload_failures_total",
+            &[&folder, &class, &kind],
+        )
+    };
+    assert_eq!(failures("permanent", "auth"), Some(1.0), "{metrics}");
+    for (class, kind) in [("permanent", "rejected"), ("transient", "auth")] {
+        assert_eq!(
+            failures(class, kind),
+            Some(0.0),
+            "{class} {kind}: {metrics}"
+        );
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 fn sync_once(config: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["sync", "--once", "-c", config.to_str().unwrap()];
     args.extend_from_slice(extra);

@@ -313,6 +313,7 @@ fn permanent_message(result: Result<Uploaded, UploadError>) -> String {
         Err(UploadError::Remote {
             disposition: Disposition::Permanent,
             message,
+            ..
         }) => message,
         other => panic!("expected a permanent failure, got {other:?}"),
     }

@@ -62,7 +62,7 @@ enum Server {
     InProcess {
         running: RunningEmulator,
         /// What it was started with, to serve again after [`Emulator::go_away`].
-        options: EmulatorOptions,
+        options: Box<EmulatorOptions>,
     },
     Process {
         child: tokio::process::Child,
@@ -92,7 +92,10 @@ impl Emulator {
             .await
             .map_err(|e| format!("cannot start the emulator: {e}"))?;
         Ok(Emulator {
-            server: Server::InProcess { running, options },
+            server: Server::InProcess {
+                running,
+                options: Box::new(options),
+            },
             data_dir: data_dir.to_path_buf(),
             http: reqwest::Client::new(),
         })
@@ -117,7 +120,7 @@ impl Emulator {
             return Err("only an emulator in this process can go away and come back".into());
         };
         let addr = running.addr.to_string();
-        *running = emulator::start(&addr, options.clone())
+        *running = emulator::start(&addr, (**options).clone())
             .await
             .map_err(|e| format!("cannot start the emulator again on {addr}: {e}"))?;
         Ok(())

@@ -21,7 +21,7 @@ use crate::fingerprint::Fingerprint;
 use crate::metrics::FailureClass;
 use crate::queue::{Job, LedgerEntry, Store};
 use crate::upload::retry::CallScope;
-use crate::upload::{Disposition, UploadError};
+use crate::upload::{Disposition, ErrorKind, UploadError};
 
 /// How long a deletion waits for its folder's root to come back before looking again.
 const MISSING_ROOT_WAIT: Duration = Duration::from_secs(30);
@@ -76,14 +76,17 @@ impl Worker {
             }
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
+                kind,
                 message,
+                ..
             }) => {
-                tracing::error!(path, reason = %message, "deletion failed permanently");
+                tracing::error!(path, reason = %message, kind = %kind, "deletion failed permanently");
                 self.record(&job, self.store.fail(job.id, &message));
                 self.metrics.failed(
                     &job.key.folder,
                     backend_label,
                     FailureClass::Permanent,
+                    kind,
                     false,
                 );
             }
@@ -94,6 +97,7 @@ impl Worker {
                     &job.key.folder,
                     backend_label,
                     FailureClass::Transient,
+                    err.kind().unwrap_or(ErrorKind::Unexpected),
                     true,
                 );
                 let at = SystemTime::now() + delay;

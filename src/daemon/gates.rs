@@ -303,6 +303,7 @@ async fn check_folder(check: Check) {
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
+                ..
             }) => {
                 let refused = Gate::Refused { reason: message };
                 if check.gates.set(&key, refused.clone()) {

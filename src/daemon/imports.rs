@@ -38,7 +38,7 @@ use crate::queue::{Import, Job, JobId, Store, to_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::redivis::Imported;
 use crate::upload::retry::CallScope;
-use crate::upload::{Backend, Disposition, Posted, UploadError};
+use crate::upload::{Backend, Disposition, ErrorKind, Posted, UploadError};
 
 /// Pauses between polls that failed: 2 s doubling up to this.
 const FAILED_POLL_MAX: Duration = Duration::from_secs(30);
@@ -148,7 +148,7 @@ impl Imports {
                 Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
                 Ok(Imported::Gone(reason)) => return self.gone(&job, &reason),
                 Ok(Imported::Failed { reason, .. }) if failed.is_some() => {
-                    return self.failed(&job, &reason);
+                    return self.failed(&job, ErrorKind::Rejected, &reason);
                 }
                 Ok(Imported::Failed { reason, uri }) => {
                     if let Err(err) = self.store.mark_import_failed(job.id, &uri, &reason) {
@@ -160,8 +160,10 @@ impl Imports {
                 Err(UploadError::Shutdown) => return,
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
+                    kind,
                     message,
-                }) => return self.failed(&job, &message),
+                    ..
+                }) => return self.failed(&job, kind, &message),
                 Err(err) => {
                     tracing::debug!(path = %job.key, error = %err, "cannot poll an import yet");
                     if !self.pause(&backend, &mut backoff).await {
@@ -228,7 +230,8 @@ impl Imports {
     /// Step 4.
     fn corrupt(&self, job: &Job, reason: &str) {
         if job.corrupt_imports >= 1 {
-            return self.failed(job, &format!("{} ({reason})", job.key.rel));
+            let reason = format!("{} ({reason})", job.key.rel);
+            return self.failed(job, ErrorKind::Unexpected, &reason);
         }
         tracing::warn!(path = %job.key, reason, "the import holds other bytes than were sent; sending the file again");
         if let Err(err) = self.store.requeue_corrupt(job.id, reason) {
@@ -247,13 +250,14 @@ impl Imports {
     }
 
     /// Step 5 (and a second corrupt import).
-    fn failed(&self, job: &Job, reason: &str) {
+    fn failed(&self, job: &Job, kind: ErrorKind, reason: &str) {
         tracing::error!(path = %job.key, reason, "upload failed permanently");
         if let Err(err) = self.store.fail(job.id, reason) {
             tracing::error!(job = job.id.0, error = %err, "cannot record a failed import in the state database");
         }
+        let permanent = FailureClass::Permanent;
         self.metrics
-            .failed(&job.key.folder, "redivis", FailureClass::Permanent, false);
+            .failed(&job.key.folder, "redivis", permanent, kind, false);
         // A file changed meanwhile was queued instead of failed.
         self.wake.notify_one();
     }

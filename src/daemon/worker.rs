@@ -24,7 +24,7 @@ use crate::metrics::{FailureClass, Metrics};
 use crate::queue::{Completed, Import, Job, JobKind, JobState, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
-use crate::upload::{Backend, Delivery, LiveProgress, Posted, UploadError, UploadJob};
+use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
 
 /// The first job-level retry delay; it doubles up to the config's `retry_max_delay`. A
 /// remote that comes back makes every waiting job of its folders due at once, so the cap
@@ -266,8 +266,9 @@ impl Worker {
     fn prepare(&self, job: &Job) -> Option<Prepared> {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             self.record(job, self.store.fail(job.id, FOLDER_REMOVED));
+            let (folder, config) = (&job.key.folder, FailureClass::Config);
             self.metrics
-                .failed(&job.key.folder, "none", FailureClass::Config, false);
+                .failed(folder, "none", config, ErrorKind::Config, false);
             return None;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
@@ -286,6 +287,7 @@ impl Worker {
                     &job.key.folder,
                     backend_name(&folder.target),
                     FailureClass::Unreadable,
+                    ErrorKind::LocalIo,
                     false,
                 );
                 return None;
@@ -323,6 +325,7 @@ impl Worker {
                 &job.key.folder,
                 backend_name(&folder.target),
                 FailureClass::Config,
+                ErrorKind::Config,
                 false,
             );
             return None;
@@ -408,17 +411,30 @@ impl Worker {
             Err(UploadError::Unreadable(reason)) => {
                 tracing::error!(path, reason = %reason, "upload failed");
                 self.record(job, self.store.fail(job.id, &reason));
-                self.metrics
-                    .failed(&job.key.folder, backend, FailureClass::Unreadable, false);
+                let unreadable = FailureClass::Unreadable;
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend,
+                    unreadable,
+                    ErrorKind::LocalIo,
+                    false,
+                );
             }
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
+                kind,
                 message,
+                ..
             }) => {
-                tracing::error!(path, reason = %message, "upload failed permanently");
+                tracing::error!(path, reason = %message, kind = %kind, "upload failed permanently");
                 self.record(job, self.store.fail(job.id, &message));
-                self.metrics
-                    .failed(&job.key.folder, backend, FailureClass::Permanent, false);
+                self.metrics.failed(
+                    &job.key.folder,
+                    backend,
+                    FailureClass::Permanent,
+                    kind,
+                    false,
+                );
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
                 let after = retry_after_of(&err);
@@ -427,7 +443,9 @@ impl Worker {
                     UploadError::Store(_) => FailureClass::StateDatabase,
                     _ => FailureClass::Transient,
                 };
-                self.metrics.failed(&job.key.folder, backend, class, true);
+                let kind = err.kind().unwrap_or(ErrorKind::StateDatabase);
+                self.metrics
+                    .failed(&job.key.folder, backend, class, kind, true);
                 tracing::warn!(
                     path,
                     attempt = job.attempts + 1,

@@ -8,11 +8,14 @@
 //! any non-idempotent finalize call. It returns once the bytes are on the remote: either
 //! the file is there ([`Delivery::Uploaded`]), or the remote still imports it
 //! ([`Delivery::Posted`], Redivis), which the daemon waits for without a worker. Every
-//! failure is an [`UploadError`] whose [`Disposition`] tells the worker what to do next;
-//! backends decide it in one place each (their `classify` functions).
+//! failure is an [`UploadError`] whose [`Disposition`] tells the worker what to do next and
+//! whose [`ErrorKind`] says what happened (the `error` module); HTTP statuses are classified
+//! in [`classify`], the rules of each backend's own layers in its `classify` module.
 
 pub mod backoff;
 pub mod chunk;
+pub mod classify;
+mod error;
 pub mod health;
 pub mod kifs;
 pub mod redivis;
@@ -22,102 +25,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::{FolderConfig, RedivisFolder, Target};
 use crate::fingerprint::Fingerprint;
-use crate::net::HttpError;
-use crate::queue::{JobId, LedgerEntry, Store, StoreError};
+use crate::queue::{JobId, LedgerEntry, Store};
+pub use error::{Disposition, Endpoint, ErrorKind, UploadError};
 use retry::CallScope;
-
-/// What to do about a failed remote request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Transient: send the same request again after a pause (`after` from `Retry-After`).
-    Retry { after: Option<Duration> },
-    /// Transient, but the same request sent again within seconds would meet the same
-    /// refusal (a server certificate upsync does not trust, which someone must fix on the
-    /// server or in `ca_file`): no in-place retry; the job waits in `retry-wait`.
-    RetryLater,
-    /// A chunk may have been partly taken: ask the server for its offset and continue.
-    ResumeFromServer,
-    /// The upload session is gone or unusable: start a new one from byte 0.
-    RestartSession,
-    /// Retrying cannot help: fail the job with the reason.
-    Permanent,
-}
-
-/// Why an upload attempt ended without success.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    /// The remote (or the way to it) failed; the disposition says what to do.
-    #[error("{message}")]
-    Remote {
-        disposition: Disposition,
-        message: String,
-    },
-    /// The file disappeared before or during the upload: the job is dropped.
-    #[error("file vanished: {0}")]
-    Vanished(String),
-    /// The file changed during the upload: start again with the new content.
-    #[error("file changed during upload")]
-    Changed,
-    /// The file cannot be read (permissions, I/O error): fail with the reason.
-    #[error("{0}")]
-    Unreadable(String),
-    #[error("state database: {0}")]
-    Store(#[from] StoreError),
-    /// The remote cannot take the folder's files for a reason that is not an error (a
-    /// Redivis dataset without an unreleased version): the file waits, queued, until the
-    /// folder's remote check finds the remote ready again.
-    #[error("{0}")]
-    Waiting(String),
-    /// Shutdown was requested; progress up to the last acknowledged chunk is saved.
-    #[error("interrupted by shutdown")]
-    Shutdown,
-}
-
-impl Disposition {
-    /// What a request that got no answer means, for a request that may simply be sent
-    /// again: [`Disposition::Permanent`] when it could not even be built,
-    /// [`Disposition::RetryLater`] when the server's certificate was refused,
-    /// [`Disposition::Retry`] otherwise (connection refused or broken, a stall).
-    pub fn of_transport(err: &HttpError) -> Disposition {
-        if err.is_builder() {
-            Disposition::Permanent
-        } else if err.certificate_problem().is_some() {
-            Disposition::RetryLater
-        } else {
-            Disposition::Retry { after: None }
-        }
-    }
-
-    /// Whether a later attempt may succeed (the remote did not answer, or not yet usably):
-    /// such a job goes to `retry-wait`, and a probe that ends so has not reached the remote.
-    pub fn is_transient(self) -> bool {
-        matches!(self, Disposition::Retry { .. } | Disposition::RetryLater)
-    }
-}
-
-impl UploadError {
-    pub fn remote(disposition: Disposition, message: impl Into<String>) -> UploadError {
-        UploadError::Remote {
-            disposition,
-            message: message.into(),
-        }
-    }
-
-    pub fn permanent(message: impl Into<String>) -> UploadError {
-        UploadError::remote(Disposition::Permanent, message)
-    }
-
-    pub fn retry(message: impl Into<String>) -> UploadError {
-        UploadError::remote(Disposition::Retry { after: None }, message)
-    }
-}
 
 /// How far a successful upload attempt got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,6 +335,7 @@ impl Backend {
                 backend.delete_uploaded(table, rel, remote, scope).await
             }
             _ => Err(UploadError::permanent(
+                ErrorKind::Config,
                 "the folder's target belongs to another backend",
             )),
         }

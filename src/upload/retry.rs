@@ -111,13 +111,12 @@ pub enum GaveUp {
 }
 
 impl GaveUp {
-    /// The job-level outcome: a transient failure carrying `problem`, or shutdown.
-    pub fn into_error(self, problem: &str, after: Option<Duration>) -> UploadError {
+    /// The job-level outcome of the transient failure `failed`: itself, its sentence saying
+    /// why the in-place retries stopped; or shutdown.
+    pub fn into_error(self, failed: UploadError) -> UploadError {
         match self {
             GaveUp::Shutdown => UploadError::Shutdown,
-            GaveUp::Spent(why) => {
-                UploadError::remote(Disposition::Retry { after }, format!("{problem} ({why})"))
-            }
+            GaveUp::Spent(why) => failed.reworded(|problem| format!("{problem} ({why})")),
         }
     }
 }
@@ -261,12 +260,14 @@ where
     }
     loop {
         match attempt().await {
-            Err(UploadError::Remote {
-                disposition: Disposition::Retry { after },
-                message,
-            }) => {
-                if let Err(gave_up) = attempts.pause(after, &message).await {
-                    return Err(gave_up.into_error(&message, after));
+            Err(
+                failed @ UploadError::Remote {
+                    disposition: Disposition::Retry { after },
+                    ..
+                },
+            ) => {
+                if let Err(gave_up) = attempts.pause(after, &failed.to_string()).await {
+                    return Err(gave_up.into_error(failed));
                 }
             }
             other => return other,
@@ -279,6 +280,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use crate::upload::ErrorKind;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -290,7 +292,11 @@ mod tests {
     }
 
     fn transient(after: Option<Duration>) -> UploadError {
-        UploadError::remote(Disposition::Retry { after }, "HTTP 503")
+        let endpoint = crate::upload::Endpoint {
+            method: "POST",
+            path: "/upload/files",
+        };
+        UploadError::answered(endpoint, 503, after, "HTTP 503")
     }
 
     #[tokio::test(start_paused = true)]
@@ -306,7 +312,10 @@ mod tests {
         match result {
             Err(UploadError::Remote {
                 disposition: Disposition::Retry { .. },
+                kind: ErrorKind::Server,
+                status: Some(503),
                 message,
+                ..
             }) => assert!(message.contains("gave up after 4 attempts"), "{message}"),
             other => panic!("expected a transient failure for the job, got {other:?}"),
         }

@@ -6,8 +6,8 @@
 //! a restart.
 //!
 //! Module map: this file holds the options, authentication, request counters and the
-//! router; `handlers` the endpoints' behaviour; `names` the server's wording of the name
-//! rules, and wildcards; `store` the on-disk state.
+//! router; `handlers` the endpoints' behaviour; `hooks` the delayed and lost answers;
+//! `names` the server's wording of the name rules, and wildcards; `store` the on-disk state.
 //!
 //! Behaviours the emulator defines (the **\[emulator\]** items of that page, strict by
 //! default):
@@ -44,6 +44,8 @@
 //!   none); a name selecting several files applies its range to each.
 //! - `--kifs-part-delay` sleeps before each `upload_part` is processed, so a client can be
 //!   killed while a part is in flight.
+//! - `--kifs-answer-delay` and `--kifs-lose-answer` hold back or lose the answer of a
+//!   request that took effect (the `hooks` submodule).
 //!
 //! Left out: the scripted faults of `docs/protocols/kifs.md` §6, item 7 (502/503, `Kinetica
 //! is offline`, `System shutting down`, dropped connections) belong to the emulator's shared
@@ -51,6 +53,7 @@
 //! `/upload/files/fromurl` is not served.
 
 mod handlers;
+mod hooks;
 mod names;
 mod store;
 
@@ -69,10 +72,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::prelude::*;
 
-use super::EmulatorError;
+use super::{EmulatorError, faults};
 use crate::config::{KifsEncoding, Secret};
 use crate::upload::kifs::wire::{self, Record, Wrapper};
 use handlers::{Failure, Settings};
+pub use hooks::OperationValue;
+use hooks::{AnswerHooks, Fate};
 use store::Store;
 
 /// Request bodies up to this size are read: parts are up to 60 MiB, and JSON with base64
@@ -155,6 +160,15 @@ pub struct KifsOptions {
     /// Milliseconds to wait before processing each multipart `upload_part`.
     #[arg(long = "kifs-part-delay", value_name = "MS", default_value_t = 0)]
     pub kifs_part_delay_ms: u64,
+    /// Hold back each successful answer to a `/upload/files` operation (`none` for whole
+    /// files, `init`, `upload_part`, `complete`, `cancel`) this many milliseconds after it
+    /// took effect (repeatable).
+    #[arg(long = "kifs-answer-delay", value_name = "OPERATION=MS")]
+    pub kifs_answer_delays: Vec<OperationValue>,
+    /// Apply the first N requests of an operation, then close their connections without an
+    /// answer (repeatable).
+    #[arg(long = "kifs-lose-answer", value_name = "OPERATION=N")]
+    pub kifs_lost_answers: Vec<OperationValue>,
     /// Default `data_limit` in bytes of new KiFS directories (-1 = unlimited).
     #[arg(
         long = "kifs-data-limit",
@@ -175,6 +189,8 @@ impl Default for KifsOptions {
             kifs_directories: Vec::new(),
             kifs_read_only_directories: Vec::new(),
             kifs_part_delay_ms: 0,
+            kifs_answer_delays: Vec::new(),
+            kifs_lost_answers: Vec::new(),
             kifs_data_limit: -1,
         }
     }
@@ -327,6 +343,7 @@ struct App {
     settings: Settings,
     stats: Arc<KifsStats>,
     part_delay: Duration,
+    hooks: Arc<AnswerHooks>,
 }
 
 /// Where the content of the KiFS file `kifs_name` (`dir/a/b.txt`) is stored, `data_dir`
@@ -364,12 +381,17 @@ pub fn router_with_stats(
         })?;
     }
     let stats = Arc::new(KifsStats::default());
+    let hooks = Arc::new(AnswerHooks::new(
+        &options.kifs_answer_delays,
+        &options.kifs_lost_answers,
+    ));
     let app = App {
         store,
         auth: Arc::new(Auth::new(options)),
         settings,
         stats: stats.clone(),
         part_delay: Duration::from_millis(options.kifs_part_delay_ms),
+        hooks: hooks.clone(),
     };
     let mut router = Router::new();
     for (index, path) in ENDPOINTS.iter().enumerate() {
@@ -383,7 +405,12 @@ pub fn router_with_stats(
     let router = router
         .route(
             "/_emulator/stats",
-            get(move || async move { axum::Json(stats_route.to_json()) }),
+            get(move || async move {
+                let mut json = stats_route.to_json();
+                json["answers_delayed"] = hooks.delayed().into();
+                json["answers_lost"] = hooks.lost().into();
+                axum::Json(json)
+            }),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "Endpoint not found") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
@@ -449,7 +476,11 @@ async fn endpoint(app: App, index: usize, headers: HeaderMap, body: Bytes) -> Re
         false => dispatch(&app, index, enc, body, user).await,
     };
     let (status, body) = match result {
-        Ok(reply) => {
+        Ok(Answer::Lost) => {
+            app.stats.ok.fetch_add(1, Ordering::Relaxed);
+            return faults::drop_connection();
+        }
+        Ok(Answer::Send(reply)) => {
             app.stats.ok.fetch_add(1, Ordering::Relaxed);
             (StatusCode::OK, reply)
         }
@@ -471,7 +502,68 @@ async fn endpoint(app: App, index: usize, headers: HeaderMap, body: Bytes) -> Re
     response
 }
 
+/// The outcome of a request that succeeded.
+enum Answer {
+    Send(Vec<u8>),
+    /// Applied, but the client gets no answer (an [`AnswerHooks`] fault).
+    Lost,
+}
+
 async fn dispatch(
+    app: &App,
+    index: usize,
+    enc: KifsEncoding,
+    body: Bytes,
+    user: String,
+) -> Result<Answer, Failure> {
+    if ENDPOINTS[index] == "/upload/files" {
+        return upload_files(app, enc, body, user).await;
+    }
+    answer_other(app, index, enc, body, user)
+        .await
+        .map(Answer::Send)
+}
+
+/// `/upload/files`, counted per operation, with the test hooks around it.
+async fn upload_files(
+    app: &App,
+    enc: KifsEncoding,
+    body: Bytes,
+    user: String,
+) -> Result<Answer, Failure> {
+    let request = decode::<wire::UploadFilesRequest>(enc, body).await?;
+    let operation = request
+        .options
+        .get("multipart_operation")
+        .map_or("none", String::as_str)
+        .to_string();
+    let counter = MULTIPART_OPERATIONS
+        .iter()
+        .position(|o| *o == operation)
+        .unwrap_or(MULTIPART_OPERATIONS.len() - 1);
+    app.stats.multipart[counter].fetch_add(1, Ordering::Relaxed);
+    if operation == "upload_part" && !app.part_delay.is_zero() {
+        tokio::time::sleep(app.part_delay).await;
+    }
+    let stored = match operation.as_str() {
+        "none" => request.file_names.len() as u64,
+        "complete" => 1,
+        _ => 0,
+    };
+    let store = app.store.clone();
+    let reply = blocking(move || {
+        handlers::upload_files(&store, enc, &user, request).map(|r| Wrapper::ok(enc, &r))
+    })
+    .await?;
+    app.stats.files_stored.fetch_add(stored, Ordering::Relaxed);
+    match app.hooks.after_success(&operation).await {
+        Fate::Answer => Ok(Answer::Send(reply)),
+        Fate::Lose => Ok(Answer::Lost),
+    }
+}
+
+/// Every endpoint but `/upload/files`.
+async fn answer_other(
     app: &App,
     index: usize,
     enc: KifsEncoding,
@@ -480,35 +572,6 @@ async fn dispatch(
 ) -> Result<Vec<u8>, Failure> {
     use wire::*;
     match ENDPOINTS[index] {
-        "/upload/files" => {
-            let request = decode::<UploadFilesRequest>(enc, body).await?;
-            let operation = request
-                .options
-                .get("multipart_operation")
-                .map_or("none", String::as_str);
-            let counter = MULTIPART_OPERATIONS
-                .iter()
-                .position(|o| *o == operation)
-                .unwrap_or(MULTIPART_OPERATIONS.len() - 1);
-            app.stats.multipart[counter].fetch_add(1, Ordering::Relaxed);
-            if operation == "upload_part" && !app.part_delay.is_zero() {
-                tokio::time::sleep(app.part_delay).await;
-            }
-            let stored = match operation {
-                "none" => request.file_names.len() as u64,
-                "complete" => 1,
-                _ => 0,
-            };
-            let store = app.store.clone();
-            let reply = blocking(move || {
-                handlers::upload_files(&store, enc, &user, request).map(|r| Wrapper::ok(enc, &r))
-            })
-            .await;
-            if reply.is_ok() {
-                app.stats.files_stored.fetch_add(stored, Ordering::Relaxed);
-            }
-            reply
-        }
         "/show/files" => {
             serve(app, enc, body, move |s, r: ShowFilesRequest| {
                 handlers::show_files(s, &user, r)

@@ -1647,3 +1647,99 @@ async fn bodies_above_the_default_two_mebibyte_limit_are_accepted() {
         data
     );
 }
+
+/// One multipart step sent to the whole emulator (whose server can close a connection
+/// unanswered); the transport error when no answer came.
+async fn multipart_over_http(
+    base: &str,
+    name: &str,
+    uuid: &str,
+    operation: &str,
+    part: Option<(i64, &[u8])>,
+) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let mut options = map(&[
+        ("multipart_operation", operation),
+        ("multipart_upload_uuid", uuid),
+    ]);
+    let mut data = Vec::new();
+    if let Some((number, bytes)) = part {
+        options.insert("multipart_upload_part_number".into(), number.to_string());
+        data.push(Bytes::copy_from_slice(bytes));
+    }
+    let request = UploadFilesRequest {
+        file_names: strings(&[name]),
+        file_data: data,
+        options,
+    };
+    let enc = KifsEncoding::Binary;
+    reqwest::Client::new()
+        .post(format!("{base}/upload/files"))
+        .header("Content-type", content_type(enc))
+        .body(request.to_body(enc))
+        .send()
+        .await
+        .map(|response| response.status())
+}
+
+#[tokio::test]
+async fn a_lost_or_delayed_complete_answer_still_stores_the_file() {
+    let dir = TempDir::new().unwrap();
+    let mut options = crate::emulator::EmulatorOptions::with_data_dir(dir.path().to_path_buf());
+    options.kifs = KifsOptions {
+        kifs_answer_delays: vec!["complete=300".parse().unwrap()],
+        kifs_lost_answers: vec!["complete=1".parse().unwrap()],
+        ..with_dirs(&["d"])
+    };
+    let running = crate::emulator::start("127.0.0.1:0", options)
+        .await
+        .expect("the emulator starts");
+    let base = format!("http://{}/kifs", running.addr);
+    let stats = || async {
+        reqwest::get(format!("{base}/_emulator/stats"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    for (name, uuid) in [
+        ("d/lost", "eeeeeeee-1111-4222-8333-444444444444"),
+        ("d/late", "eeeeeeee-1111-4222-8333-555555555555"),
+    ] {
+        let step = |op, part| multipart_over_http(&base, name, uuid, op, part);
+        assert_eq!(step("init", None).await.unwrap(), 200);
+        assert_eq!(step("upload_part", Some((1, b"bytes"))).await.unwrap(), 200);
+        let started = std::time::Instant::now();
+        let completed = step("complete", None).await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        match name {
+            "d/lost" => assert!(completed.is_err(), "{completed:?}"),
+            _ => assert_eq!(completed.unwrap(), 200),
+        }
+    }
+    let stats = stats().await;
+    assert_eq!(stats["answers_lost"], 1, "{stats}");
+    assert_eq!(stats["answers_delayed"], 2, "{stats}");
+    assert_eq!(stats["files_stored"], 2, "{stats}");
+    let data = dir.path().join("kifs");
+    for name in ["d/lost", "d/late"] {
+        assert_eq!(
+            std::fs::read(store::file_path(&data, name)).unwrap(),
+            b"bytes"
+        );
+    }
+    running.shutdown.cancel();
+}
+
+#[test]
+fn answer_hooks_name_an_operation_and_a_number() {
+    let parsed: OperationValue = "complete=4000".parse().unwrap();
+    assert_eq!(
+        (parsed.operation.as_str(), parsed.value),
+        ("complete", 4000)
+    );
+    for bad in ["complete", "finish=1", "complete=soon", "=1"] {
+        let err = bad.parse::<OperationValue>().unwrap_err();
+        assert!(err.contains("OPERATION=NUMBER"), "{bad}: {err}");
+    }
+}

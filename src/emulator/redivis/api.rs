@@ -372,6 +372,9 @@ pub async fn post_upload(
         ))
         .await;
     }
+    if service.lose_post_answer() {
+        return Ok(crate::emulator::faults::drop_connection());
+    }
     Ok(Json(created).into_response())
 }
 

@@ -167,6 +167,10 @@ pub struct RedivisOptions {
     /// Test hook: delay (ms) the answer to upload.post after the upload is created.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub redivis_post_delay: u64,
+    /// Test hook: create the upload of the first N upload.post requests, then close their
+    /// connections without an answer.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub redivis_lose_post: u64,
     /// Test hook: delay (ms) the answer to `rawFiles` after the files are registered.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub redivis_raw_files_delay: u64,
@@ -242,6 +246,8 @@ struct Stats {
     session_initiations: u64,
     responses_429: u64,
     uploads_created: u64,
+    /// upload.post answers lost on purpose (`--redivis-lose-post`).
+    answers_lost: u64,
 }
 
 /// The emulator's shared state.
@@ -362,6 +368,16 @@ impl Service {
 
     fn count(&self, update: impl FnOnce(&mut Stats)) {
         update(&mut self.stats.lock().expect("stats lock is never poisoned"));
+    }
+
+    /// Whether this upload.post answer is to be lost (`--redivis-lose-post`); counts it.
+    pub fn lose_post_answer(&self) -> bool {
+        let mut stats = self.stats.lock().expect("stats lock is never poisoned");
+        let lose = stats.answers_lost < self.options.redivis_lose_post;
+        if lose {
+            stats.answers_lost += 1;
+        }
+        lose
     }
 
     pub fn count_api(&self, endpoint: &'static str) {

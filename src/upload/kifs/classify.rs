@@ -1,8 +1,16 @@
-//! The one place that decides whether a KiFS failure is worth retrying.
+//! The one place that decides what a KiFS failure means, beyond its HTTP status (which
+//! [`crate::upload::classify`] decides for both backends): the `ERROR` answers.
 
-use std::time::Duration;
+use crate::upload::{Disposition, ErrorKind};
 
-use crate::upload::Disposition;
+/// The endpoints upsync calls, as a failure names them ([`crate::upload::Endpoint`]).
+pub const ENDPOINTS: &[&str] = &[
+    "/show/directories",
+    "/create/directory",
+    "/show/files",
+    "/delete/files",
+    "/upload/files",
+];
 
 /// Messages after which the official clients fail over: the server is going away, not
 /// rejecting the request (`docs/protocols/kifs.md` §1.6).
@@ -17,20 +25,19 @@ const TRANSIENT_MESSAGES: &[&str] = &[
     "Query planner is not running",
 ];
 
-/// An HTTP status other than 200/400 (whose bodies are response wrappers).
-pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Disposition {
-    match status {
-        408 | 429 | 500 | 502 | 503 | 504 => Disposition::Retry { after: retry_after },
-        _ => Disposition::Permanent,
-    }
-}
-
-/// An `ERROR` wrapper: permanent unless the message says the server is unavailable.
-pub fn classify_error_message(message: &str) -> Disposition {
+/// An `ERROR` wrapper: permanent unless the message says the server is unavailable. KiFS
+/// says what went wrong only in words, so the kind comes from them too.
+pub fn classify_error_message(message: &str) -> (ErrorKind, Disposition) {
     if TRANSIENT_MESSAGES.iter().any(|m| message.contains(m)) {
-        Disposition::Retry { after: None }
+        (ErrorKind::Server, Disposition::Retry { after: None })
+    } else if message.contains(" permission on ") {
+        (ErrorKind::Auth, Disposition::Permanent)
+    } else if message.contains(" does not exist") {
+        (ErrorKind::NotFound, Disposition::Permanent)
+    } else if message.contains(" already exists") {
+        (ErrorKind::Conflict, Disposition::Permanent)
     } else {
-        Disposition::Permanent
+        (ErrorKind::Rejected, Disposition::Permanent)
     }
 }
 
@@ -39,46 +46,46 @@ mod tests {
     use super::*;
 
     const RETRY: Disposition = Disposition::Retry { after: None };
+    const PERMANENT: Disposition = Disposition::Permanent;
 
     #[test]
-    fn statuses_map_to_dispositions() {
+    fn error_messages_map_to_kinds_and_dispositions() {
         let table = [
-            (401, Disposition::Permanent),
-            (403, Disposition::Permanent),
-            (404, Disposition::Permanent),
-            (405, Disposition::Permanent),
-            (408, RETRY),
-            (429, RETRY),
-            (500, RETRY),
-            (502, RETRY),
-            (503, RETRY),
-            (504, RETRY),
-        ];
-        for (status, expected) in table {
-            assert_eq!(classify_status(status, None), expected, "HTTP {status}");
-        }
-        let after = Some(Duration::from_secs(3));
-        assert_eq!(classify_status(503, after), Disposition::Retry { after });
-    }
-
-    #[test]
-    fn error_messages_map_to_dispositions() {
-        let table = [
-            ("Kinetica is offline", RETRY),
-            ("System shutting down; try again", RETRY),
-            ("Unavailable: Draining HA queue", RETRY),
-            ("Directory 'x' does not exist", Disposition::Permanent),
+            ("Kinetica is offline", ErrorKind::Server, RETRY),
+            ("System shutting down; try again", ErrorKind::Server, RETRY),
+            ("Unavailable: Draining HA queue", ErrorKind::Server, RETRY),
+            (
+                "Directory 'x' does not exist",
+                ErrorKind::NotFound,
+                PERMANENT,
+            ),
+            (
+                "User 'u' does not have write permission on directory 'x'",
+                ErrorKind::Auth,
+                PERMANENT,
+            ),
+            (
+                "Directory 'x' already exists",
+                ErrorKind::Conflict,
+                PERMANENT,
+            ),
             (
                 "Invalid file name 'a_b': character '_' is not allowed",
-                Disposition::Permanent,
+                ErrorKind::Rejected,
+                PERMANENT,
             ),
             (
                 "Part number 3 out of order (expected 2)",
-                Disposition::Permanent,
+                ErrorKind::Rejected,
+                PERMANENT,
             ),
         ];
-        for (message, expected) in table {
-            assert_eq!(classify_error_message(message), expected, "{message}");
+        for (message, kind, disposition) in table {
+            assert_eq!(
+                classify_error_message(message),
+                (kind, disposition),
+                "{message}"
+            );
         }
     }
 }

@@ -54,9 +54,11 @@ use super::backoff::retry_after;
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{self, Attempts, CallScope, RetryPolicy};
-use super::{BatchLimits, Disposition, UploadError, UploadJob, Uploaded, batch_scope};
+use super::{
+    BatchLimits, Disposition, Endpoint, ErrorKind, UploadError, UploadJob, Uploaded, batch_scope,
+};
 use body::{Source, StreamedRequest};
-use classify::{classify_error_message, classify_status};
+use classify::classify_error_message;
 pub use names::{MAX_NAME_LEN, validate_name};
 use wire::{
     CreateDirectoryRequest, CreateDirectoryResponse, DeleteFilesRequest, DeleteFilesResponse,
@@ -146,6 +148,7 @@ impl KifsBackend {
             Err(UploadError::Remote {
                 disposition,
                 message,
+                ..
             }) if disposition.is_transient() => Err(message),
             _ => Ok(()),
         }
@@ -172,18 +175,11 @@ impl KifsBackend {
         if refused {
             // Listing every directory tells a missing directory from a refused request
             // (wrong credentials, wrong URL): only the first is worth creating or hinting at.
-            self.show_directory("", scope)
-                .await
-                .map_err(|err| match err {
-                    UploadError::Remote {
-                        disposition,
-                        message,
-                    } => UploadError::remote(
-                        disposition,
-                        format!("cannot check KiFS directory '{directory}': {message}"),
-                    ),
-                    other => other,
-                })?;
+            self.show_directory("", scope).await.map_err(|err| {
+                err.reworded(|message| {
+                    format!("cannot check KiFS directory '{directory}': {message}")
+                })
+            })?;
         }
         if refused && *create {
             let request = CreateDirectoryRequest {
@@ -193,45 +189,44 @@ impl KifsBackend {
             let _: CreateDirectoryResponse = self
                 .call_with_retries("/create/directory", &request, scope)
                 .await
-                .map_err(|err| match err {
-                    UploadError::Remote {
-                        disposition: Disposition::Permanent,
-                        message,
-                    } => UploadError::permanent(format!(
-                        "cannot create KiFS directory '{directory}': {message}"
-                    )),
-                    other => other,
+                .map_err(|err| match err.disposition() {
+                    Some(Disposition::Permanent) => err.reworded(|message| {
+                        format!("cannot create KiFS directory '{directory}': {message}")
+                    }),
+                    _ => err,
                 })?;
             tracing::info!(directory = %directory, "created KiFS directory");
             shown = self.show_directory(directory, scope).await;
         }
-        let shown = shown.map_err(|err| match err {
-            UploadError::Remote {
-                disposition: Disposition::Permanent,
-                message,
-            } => UploadError::permanent(format!(
-                "KiFS directory '{directory}' is not usable: {message}{}",
-                if *create {
-                    ""
-                } else {
-                    " (set create_directory = true to create it)"
-                }
-            )),
-            other => other,
+        let shown = shown.map_err(|err| match err.disposition() {
+            Some(Disposition::Permanent) => err.reworded(|message| {
+                format!(
+                    "KiFS directory '{directory}' is not usable: {message}{}",
+                    if *create {
+                        ""
+                    } else {
+                        " (set create_directory = true to create it)"
+                    }
+                )
+            }),
+            _ => err,
         })?;
         let index = shown
             .directories
             .iter()
             .position(|d| d == directory)
             .ok_or_else(|| {
-                UploadError::permanent(format!(
-                    "KiFS directory '{directory}' does not exist{}",
-                    if *create {
-                        ""
-                    } else {
-                        " (set create_directory = true to create it)"
-                    }
-                ))
+                UploadError::permanent(
+                    ErrorKind::NotFound,
+                    format!(
+                        "KiFS directory '{directory}' does not exist{}",
+                        if *create {
+                            ""
+                        } else {
+                            " (set create_directory = true to create it)"
+                        }
+                    ),
+                )
             })?;
         let permission = shown
             .permissions
@@ -239,15 +234,18 @@ impl KifsBackend {
             .map(String::as_str)
             .unwrap_or("");
         if permission != "directory_write" {
-            return Err(UploadError::permanent(format!(
-                "no write permission on KiFS directory '{directory}' (the server reports '{}'); \
+            return Err(UploadError::permanent(
+                ErrorKind::Auth,
+                format!(
+                    "no write permission on KiFS directory '{directory}' (the server reports '{}'); \
                  grant directory_write to the configured user",
-                if permission.is_empty() {
-                    "no access"
-                } else {
-                    permission
-                }
-            )));
+                    if permission.is_empty() {
+                        "no access"
+                    } else {
+                        permission
+                    }
+                ),
+            ));
         }
         Ok(())
     }
@@ -270,12 +268,16 @@ impl KifsBackend {
     /// and the upload tried once more.
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
         let Target::KifsDirectory { directory, create } = job.target.clone() else {
-            return Err(UploadError::permanent("not a KiFS target"));
+            return Err(UploadError::permanent(
+                ErrorKind::Config,
+                "not a KiFS target",
+            ));
         };
         match self.upload_into(job, &directory).await {
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
+                ..
             }) if create
                 && message.contains(&format!("Directory '{directory}' does not exist")) =>
             {
@@ -299,7 +301,7 @@ impl KifsBackend {
         directory: &str,
     ) -> Result<Uploaded, UploadError> {
         let target = format!("{directory}/{}", job.rel);
-        validate_name(&target).map_err(UploadError::permanent)?;
+        validate_name(&target).map_err(|why| UploadError::permanent(ErrorKind::Rejected, why))?;
         let reader = Arc::new(FileReader::open(&job.path, &job.fingerprint)?);
         job.live.set(0, reader.size);
         if reader.size <= self.part_size {
@@ -325,6 +327,7 @@ impl KifsBackend {
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
                     message,
+                    ..
                 }) if job.load_progress::<MultipartState>()?.is_some() => {
                     tracing::warn!(job = job.id.0, target, reason = %message, "multipart upload refused mid-way; starting again with a new upload");
                     job.clear_progress()?;
@@ -388,7 +391,7 @@ impl KifsBackend {
             };
             if first_pass && let Err(err) = jobs[first].persist_claim() {
                 for &index in &live {
-                    outcomes[index] = Some(Err(replicate(&err)));
+                    outcomes[index] = Some(Err(err.clone()));
                 }
                 break;
             }
@@ -429,20 +432,20 @@ impl KifsBackend {
                 outcomes[live[position]] = Some(Err(local));
                 continue;
             }
-            let err = match err {
-                UploadError::Remote {
-                    disposition: Disposition::Retry { after },
-                    message,
-                } => match attempts.pause(after, &message).await {
-                    Ok(()) => continue,
-                    Err(gave_up) => gave_up.into_error(&message, after),
-                },
-                err => err,
+            let err = match err.disposition() {
+                Some(Disposition::Retry { after }) => {
+                    match attempts.pause(after, &err.to_string()).await {
+                        Ok(()) => continue,
+                        Err(gave_up) => gave_up.into_error(err),
+                    }
+                }
+                _ => err,
             };
             match err {
                 UploadError::Remote {
                     disposition: Disposition::Permanent,
                     message,
+                    ..
                 } if live.len() > 1 => {
                     tracing::info!(files = live.len(), reason = %message, "KiFS refused a batch; sending its files one by one");
                     for &index in &live {
@@ -452,7 +455,7 @@ impl KifsBackend {
                 }
                 err => {
                     for &index in &live {
-                        outcomes[index] = Some(Err(replicate(&err)));
+                        outcomes[index] = Some(Err(err.clone()));
                     }
                     break;
                 }
@@ -491,7 +494,7 @@ impl KifsBackend {
             Err(err) => {
                 for (index, _, job) in unconfirmed {
                     if job.unconfirmed_since_ms.is_some() {
-                        outcomes[index] = Some(Err(replicate(&err)));
+                        outcomes[index] = Some(Err(err.clone()));
                     }
                 }
             }
@@ -702,9 +705,10 @@ impl KifsBackend {
     /// one is refused rather than sent: it could delete other files.
     pub async fn delete_file(&self, remote: &str, scope: &CallScope) -> Result<(), UploadError> {
         if remote.contains(['*', '?']) {
-            return Err(UploadError::permanent(format!(
-                "not deleting KiFS file {remote}: the name holds a wildcard character"
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Rejected,
+                format!("not deleting KiFS file {remote}: the name holds a wildcard character"),
+            ));
         }
         let request = DeleteFilesRequest {
             file_names: vec![remote.to_string()],
@@ -837,41 +841,31 @@ impl KifsBackend {
             }
             KifsAuth::Bearer { token } => builder.bearer_auth(token.expose()),
         };
+        let call = Endpoint::matching(&reqwest::Method::POST, endpoint, classify::ENDPOINTS);
         // A refused certificate is transient (see `net`) but not retried in place: the
         // message says what to fix, the job backs off meanwhile.
         let response = self
             .http
             .send(RequestKind::KifsApi, builder)
             .await
-            .map_err(|err| {
-                UploadError::remote(
-                    Disposition::of_transport(&err),
-                    format!("KiFS {endpoint}: {err}"),
-                )
-            })?;
+            .map_err(|err| UploadError::no_answer(call, &err, format!("KiFS {endpoint}: {err}")))?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|err| {
-            UploadError::remote(
-                Disposition::Retry { after: None },
-                format!(
-                    "KiFS {endpoint}: reading the answer failed: {}",
-                    describe(&err)
-                ),
-            )
+            let message = format!(
+                "KiFS {endpoint}: reading the answer failed: {}",
+                describe(&err)
+            );
+            UploadError::retry(ErrorKind::Transport, message).at(call)
         })?;
         if status.as_u16() != 200 && status.as_u16() != 400 {
-            let disposition = classify_status(status.as_u16(), after);
-            return Err(UploadError::remote(
-                disposition,
-                format!(
-                    "KiFS {endpoint}: HTTP {status}{}",
-                    status_hint(status.as_u16())
-                ),
-            ));
+            let hint = status_hint(status.as_u16());
+            let message = format!("KiFS {endpoint}: HTTP {status}{hint}");
+            return Err(UploadError::answered(call, status.as_u16(), after, message));
         }
+        let undecodable = |why: String| UploadError::retry(ErrorKind::Unexpected, why).at(call);
         let wrapper = Wrapper::decode(self.encoding, &body).map_err(|err| {
-            UploadError::retry(format!(
+            undecodable(format!(
                 "KiFS {endpoint}: undecodable answer (HTTP {status}): {err}"
             ))
         })?;
@@ -879,10 +873,17 @@ impl KifsBackend {
             .into_inner::<Resp>(self.encoding)
             .map_err(|err| match err {
                 WrapperError::Remote(message) => {
-                    UploadError::remote(classify_error_message(&message), message)
+                    let (kind, disposition) = classify_error_message(&message);
+                    UploadError::Remote {
+                        kind,
+                        disposition,
+                        status: Some(status.as_u16()),
+                        endpoint: Some(call),
+                        message,
+                    }
                 }
                 WrapperError::Malformed(err) => {
-                    UploadError::retry(format!("KiFS {endpoint}: undecodable answer: {err}"))
+                    undecodable(format!("KiFS {endpoint}: undecodable answer: {err}"))
                 }
             })
     }
@@ -891,27 +892,14 @@ impl KifsBackend {
 /// The KiFS name of a job's file: `<directory>/<relative path>`, checked locally.
 fn target_name(job: &UploadJob) -> Result<String, UploadError> {
     let Target::KifsDirectory { directory, .. } = &job.target else {
-        return Err(UploadError::permanent("not a KiFS target"));
+        return Err(UploadError::permanent(
+            ErrorKind::Config,
+            "not a KiFS target",
+        ));
     };
     let target = format!("{directory}/{}", job.rel);
-    validate_name(&target).map_err(UploadError::permanent)?;
+    validate_name(&target).map_err(|why| UploadError::permanent(ErrorKind::Rejected, why))?;
     Ok(target)
-}
-
-/// The same failure for another file of a batch.
-fn replicate(err: &UploadError) -> UploadError {
-    match err {
-        UploadError::Remote {
-            disposition,
-            message,
-        } => UploadError::remote(*disposition, message.clone()),
-        UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
-        UploadError::Changed => UploadError::Changed,
-        UploadError::Unreadable(reason) => UploadError::Unreadable(reason.clone()),
-        UploadError::Waiting(reason) => UploadError::Waiting(reason.clone()),
-        UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
-        UploadError::Shutdown => UploadError::Shutdown,
-    }
 }
 
 enum Resume {
@@ -950,295 +938,4 @@ fn status_hint(status: u16) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-    use std::time::Duration;
-
-    use tokio_util::sync::CancellationToken;
-
-    use super::*;
-    use crate::emulator::{self, EmulatorOptions};
-    use crate::queue::{FileKey, LedgerEntry, Store};
-    use crate::upload::LiveProgress;
-
-    /// An emulator with KiFS directory `dir`, a backend for it, and a store of jobs.
-    async fn setup(
-        root: &Path,
-        encoding: KifsEncoding,
-    ) -> (emulator::RunningEmulator, KifsBackend, Store) {
-        let mut options = EmulatorOptions::with_data_dir(root.join("remote"));
-        options.kifs.kifs_directories = vec!["dir".into()];
-        let running = emulator::start("127.0.0.1:0", options)
-            .await
-            .expect("the emulator starts on a free port");
-        let backend = KifsBackend::new(
-            &KifsConfig {
-                url: format!("http://{}/kifs", running.addr),
-                auth: KifsAuth::None,
-                encoding,
-                net: crate::config::NetConfig::default(),
-            },
-            Bandwidth::unlimited(),
-        )
-        .expect("the backend builds");
-        let store = Store::open(&root.join("state")).expect("the store opens");
-        (running, backend, store)
-    }
-
-    /// A claimed job for `rel` under `root/inbox` holding `data`.
-    fn job(root: &Path, store: &Store, rel: &str, data: &[u8]) -> UploadJob {
-        let folder = root.join("inbox");
-        let path = folder.join(rel);
-        std::fs::create_dir_all(path.parent().expect("a file has a parent"))
-            .expect("the inbox can be created");
-        std::fs::write(&path, data).expect("the file can be written");
-        let fingerprint = Fingerprint::read(&path).expect("the file stats");
-        let key = FileKey::new(folder.to_string_lossy(), rel);
-        store.offer(&key, &fingerprint).expect("offer works");
-        let claimed = store
-            .claim(std::time::SystemTime::now())
-            .expect("claim works")
-            .expect("the offered job is due");
-        UploadJob::new(
-            claimed.id,
-            path,
-            rel.to_string(),
-            Target::KifsDirectory {
-                directory: "dir".into(),
-                create: false,
-            },
-            fingerprint,
-            false,
-            None,
-            store.clone(),
-            Arc::new(LiveProgress::default()),
-            CancellationToken::new(),
-        )
-    }
-
-    /// The KiFS emulator's counters.
-    async fn stats(running: &emulator::RunningEmulator) -> serde_json::Value {
-        reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
-            .await
-            .expect("the stats answer")
-            .json()
-            .await
-            .expect("the stats are JSON")
-    }
-
-    async fn upload_requests(running: &emulator::RunningEmulator) -> u64 {
-        stats(running).await["requests"]["/upload/files"]
-            .as_u64()
-            .expect("the upload counter is a number")
-    }
-
-    #[tokio::test]
-    async fn a_batch_of_small_files_goes_in_one_request_in_both_encodings() {
-        for encoding in [KifsEncoding::Binary, KifsEncoding::Json] {
-            let tmp = tempfile::tempdir().expect("a temp dir can be created");
-            let root = tmp.path();
-            let (running, backend, store) = setup(root, encoding).await;
-            let contents: Vec<Vec<u8>> = (0..20u8)
-                .map(|i| (0..(i as usize * 997)).map(|b| (b as u8) ^ i).collect())
-                .collect();
-            let mut jobs: Vec<UploadJob> = contents
-                .iter()
-                .enumerate()
-                .map(|(i, data)| job(root, &store, &format!("sub/f{i}.bin"), data))
-                .collect();
-            let outcomes = backend.upload_batch(&mut jobs).await;
-            assert_eq!(upload_requests(&running).await, 1, "{encoding:?}");
-            for (i, (outcome, data)) in outcomes.into_iter().zip(&contents).enumerate() {
-                let uploaded = outcome.expect("every file of the batch is uploaded");
-                assert_eq!(uploaded.remote, format!("dir/sub/f{i}.bin"));
-                let stored = emulator::kifs::stored_file_path(
-                    &root.join("remote").join("kifs"),
-                    &uploaded.remote,
-                );
-                assert_eq!(&std::fs::read(stored).expect("the file is stored"), data);
-            }
-            running.shutdown.cancel();
-        }
-    }
-
-    /// The upload of a job claimed from `store` (after a restart), as the worker builds it.
-    fn reclaimed(root: &Path, store: &Store, previous: Option<LedgerEntry>) -> UploadJob {
-        let claimed = store
-            .claim(std::time::SystemTime::now())
-            .expect("claim works")
-            .expect("a job is due");
-        let path = root.join("inbox").join(&claimed.key.rel);
-        let mut upload = UploadJob::new(
-            claimed.id,
-            path,
-            claimed.key.rel.clone(),
-            Target::KifsDirectory {
-                directory: "dir".into(),
-                create: false,
-            },
-            claimed.fingerprint,
-            false,
-            previous,
-            store.clone(),
-            Arc::new(LiveProgress::default()),
-            CancellationToken::new(),
-        );
-        upload.unconfirmed_since_ms = claimed.unconfirmed_attempt_ms;
-        upload
-    }
-
-    async fn files_stored(running: &emulator::RunningEmulator) -> u64 {
-        stats(running).await["files_stored"]
-            .as_u64()
-            .expect("the stored-files counter is a number")
-    }
-
-    #[tokio::test]
-    async fn files_sent_without_their_outcome_recorded_are_not_sent_again_after_a_restart() {
-        let tmp = tempfile::tempdir().expect("a temp dir can be created");
-        let root = tmp.path();
-        let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
-        // Sent, but the state write recording them fails (a full disk) and the daemon
-        // stops; a fourth job was claimed and never sent.
-        let mut sent = vec![
-            job(root, &store, "a.bin", b"first"),
-            job(root, &store, "b.bin", b"second"),
-            job(root, &store, "c.bin", b"third"),
-        ];
-        let never_sent = job(root, &store, "d.bin", b"fourth");
-        for outcome in backend.upload_batch(&mut sent).await {
-            outcome.expect("the batch is uploaded");
-        }
-        assert_eq!(files_stored(&running).await, 3);
-        drop((sent, never_sent));
-        drop(store);
-
-        let store = Store::open(&root.join("state")).expect("the store opens again");
-        assert_eq!(store.recover_after_restart().expect("recovery works"), 4);
-        let mut again: Vec<UploadJob> = (0..4).map(|_| reclaimed(root, &store, None)).collect();
-        assert!(again.iter().all(|job| job.unconfirmed_since_ms.is_some()));
-        // c.bin was uploaded before with the same size: what KiFS holds may be that old
-        // version, so it is sent again.
-        let c = again
-            .iter_mut()
-            .find(|job| job.rel == "c.bin")
-            .expect("c.bin");
-        c.previous = Some(LedgerEntry {
-            fingerprint: Fingerprint {
-                ctime_ns: Some(1),
-                ..c.fingerprint
-            },
-            remote: "dir/c.bin".into(),
-            md5: None,
-            uploaded_at_ms: 1,
-        });
-        let requests_before = upload_requests(&running).await;
-        for (outcome, job) in backend
-            .upload_batch(&mut again)
-            .await
-            .into_iter()
-            .zip(&again)
-        {
-            let uploaded = outcome.expect("every job ends uploaded");
-            assert_eq!(uploaded.remote, format!("dir/{}", job.rel));
-        }
-        assert_eq!(upload_requests(&running).await - requests_before, 1);
-        assert_eq!(files_stored(&running).await, 5, "d.bin, and c.bin again");
-        running.shutdown.cancel();
-    }
-
-    #[tokio::test]
-    async fn a_file_that_changed_or_has_a_bad_name_leaves_the_batch_alone() {
-        let tmp = tempfile::tempdir().expect("a temp dir can be created");
-        let root = tmp.path();
-        let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
-        let mut jobs = vec![
-            job(root, &store, "a.bin", b"first"),
-            job(root, &store, "b.bin", b"second"),
-            job(root, &store, "bad_name.bin", b"third"),
-        ];
-        // b.bin is rewritten after its job was claimed.
-        std::thread::sleep(Duration::from_millis(10));
-        std::fs::write(root.join("inbox/b.bin"), b"second, longer").expect("rewrite");
-        let outcomes = backend.upload_batch(&mut jobs).await;
-        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
-        assert!(
-            matches!(outcomes[1], Err(UploadError::Changed)),
-            "{:?}",
-            outcomes[1]
-        );
-        assert!(
-            matches!(
-                &outcomes[2],
-                Err(UploadError::Remote { disposition: Disposition::Permanent, message }) if message.contains('_')
-            ),
-            "{:?}",
-            outcomes[2]
-        );
-        assert_eq!(upload_requests(&running).await, 1);
-        running.shutdown.cancel();
-    }
-
-    #[tokio::test]
-    async fn rejected_credentials_are_named_as_such_and_a_missing_directory_keeps_its_hint() {
-        let tmp = tempfile::tempdir().expect("a temp dir can be created");
-        let mut options = EmulatorOptions::with_data_dir(tmp.path().join("remote"));
-        options.kifs.kifs_users = vec!["alice:s3cret".parse().expect("a user parses")];
-        let running = emulator::start("127.0.0.1:0", options)
-            .await
-            .expect("the emulator starts on a free port");
-        let backend = |password: &str| {
-            KifsBackend::new(
-                &KifsConfig {
-                    url: format!("http://{}/kifs", running.addr),
-                    auth: KifsAuth::Basic {
-                        username: "alice".into(),
-                        password: crate::config::Secret::new(password),
-                    },
-                    encoding: KifsEncoding::Binary,
-                    net: crate::config::NetConfig::default(),
-                },
-                Bandwidth::unlimited(),
-            )
-            .expect("the backend builds")
-        };
-        let folder = |create: bool| FolderConfig {
-            path: tmp.path().join("inbox"),
-            target: Target::KifsDirectory {
-                directory: "missing".into(),
-                create,
-            },
-            include: vec![],
-            exclude: vec![],
-            settle: Duration::from_secs(1),
-            recursive: true,
-            redivis: Default::default(),
-            deletes: Default::default(),
-            after_upload: Default::default(),
-        };
-        for create in [false, true] {
-            let err = backend("wrong")
-                .prepare_folder(&folder(create), &CallScope::default())
-                .await
-                .expect_err("wrong credentials stop the start");
-            let message = err.to_string();
-            assert!(message.contains("rejected the credentials"), "{message}");
-            assert!(!message.contains("create_directory"), "{message}");
-        }
-        assert_eq!(
-            stats(&running).await["requests"]["/create/directory"],
-            0,
-            "no directory is created with credentials the server refuses"
-        );
-        let err = backend("s3cret")
-            .prepare_folder(&folder(false), &CallScope::default())
-            .await
-            .expect_err("the directory is missing");
-        assert!(
-            err.to_string()
-                .contains("(set create_directory = true to create it)"),
-            "{err}"
-        );
-        running.shutdown.cancel();
-    }
-}
+mod tests;

@@ -34,7 +34,7 @@ use crate::net::{HttpClient, describe};
 use crate::upload::backoff::retry_after;
 use crate::upload::health::RemoteHealth;
 use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use crate::upload::{Disposition, UploadError};
+use crate::upload::{Disposition, Endpoint, ErrorKind, UploadError};
 
 /// Characters kept literally in a table reference path segment: Python's
 /// `quote(ref, safe="")` keeps only letters, digits and `_.-~` (so `:` becomes `%3A`).
@@ -55,7 +55,10 @@ pub const LIST_PAGE_SIZE: u32 = 100;
 pub struct ApiError {
     /// The HTTP status, when the server answered.
     pub status: Option<u16>,
+    pub kind: ErrorKind,
     pub disposition: Disposition,
+    /// The call that failed, when known.
+    pub endpoint: Option<Endpoint>,
     pub message: String,
     /// The request may have been carried out although no success answer arrived.
     pub maybe_processed: bool,
@@ -68,7 +71,13 @@ impl From<ApiError> for UploadError {
         if err.shutdown {
             UploadError::Shutdown
         } else {
-            UploadError::remote(err.disposition, err.message)
+            UploadError::Remote {
+                kind: err.kind,
+                disposition: err.disposition,
+                status: err.status,
+                endpoint: err.endpoint,
+                message: err.message,
+            }
         }
     }
 }
@@ -79,7 +88,9 @@ impl ApiError {
     pub(super) fn unusable(message: String, maybe_processed: bool) -> ApiError {
         ApiError {
             status: None,
+            kind: ErrorKind::Unexpected,
             disposition: Disposition::Retry { after: None },
+            endpoint: None,
             message,
             maybe_processed,
             shutdown: false,
@@ -341,9 +352,12 @@ impl ApiClient {
             Ok(response) => response,
             Err(err) => {
                 drop(permit);
+                let (kind, disposition) = crate::upload::classify::transport(&err);
                 return Ok(Err(ApiError {
                     status: None,
-                    disposition: classify::api_transport(&err),
+                    kind,
+                    disposition,
+                    endpoint: self.endpoint(url, build),
                     message: format!("Redivis {what} failed: {err}"),
                     maybe_processed: !classify::never_sent(&err),
                     shutdown: false,
@@ -361,16 +375,35 @@ impl ApiClient {
         if response.status().is_success() {
             return Ok(Ok(response));
         }
-        let disposition = classify::api_status(status, after);
+        let (kind, disposition) = crate::upload::classify::status(status, after);
         let body = response.text().await.unwrap_or_default();
         Ok(Err(ApiError {
             status: Some(status),
+            kind,
             disposition,
+            endpoint: self.endpoint(url, build),
             message: describe_status(what, status, &body),
             // 429 and 408 are answered before the request is processed.
             maybe_processed: !matches!(status, 408 | 429),
             shutdown: false,
         }))
+    }
+
+    /// The endpoint of the request `build` makes for `url` (only a failure needs it, so
+    /// the request is built again rather than taken apart on every call); `None` when it
+    /// cannot be built.
+    fn endpoint(
+        &self,
+        url: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Option<Endpoint> {
+        let request = build(self.http.client()).build().ok()?;
+        let path = url.strip_prefix(&self.base).unwrap_or(url);
+        Some(Endpoint::matching(
+            request.method(),
+            path,
+            classify::API_ENDPOINTS,
+        ))
     }
 
     pub(super) async fn send_json<T: DeserializeOwned>(
@@ -384,7 +417,10 @@ impl ApiClient {
         let response = self.send(what, idempotency, scope, url, build).await?;
         let body = response.bytes().await.map_err(|err| {
             let message = format!("Redivis {what}: answer cut off: {}", describe(&err));
-            ApiError::unusable(message, true)
+            ApiError {
+                kind: ErrorKind::Transport,
+                ..ApiError::unusable(message, true)
+            }
         })?;
         serde_json::from_slice(&body).map_err(|err| {
             ApiError::unusable(format!("Redivis {what}: unexpected answer ({err})"), true)

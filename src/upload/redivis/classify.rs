@@ -1,35 +1,38 @@
 //! The one place that decides what a failed Redivis request means, per layer.
 //!
 //! Two layers answer differently:
-//! - the **API** (`{api_url}/...`): transient trouble (408, 429, 5xx, connect or timeout)
-//!   means "send the same request again later"; a 4xx says the request itself is wrong.
+//! - the **API** (`{api_url}/...`): as every backend's API ([`crate::upload::classify`]):
+//!   transient trouble (408, 429, 5xx, connect or timeout) means "send the same request
+//!   again later"; a 4xx says the request itself is wrong.
 //! - the **session URL** (GCS-style resumable session, protocol §7): a chunk that failed
 //!   for a transient reason may still have been partly persisted, so the answer is never
 //!   "resend" but "ask the server where it stands" (`ResumeFromServer`); a session that is
 //!   gone (404 expired, 410 killed, 499 cancelled) only heals with a new one from byte 0.
 //!   A 400 on a session may be a bad chunk we sent; the caller restarts once, then gives up.
 
-use std::time::Duration;
-
 use crate::net::HttpError;
 use crate::upload::Disposition;
 
-/// What an API (not session) response status means.
-pub fn api_status(status: u16, retry_after: Option<Duration>) -> Disposition {
-    match status {
-        408 | 429 | 500 | 502 | 503 | 504 => Disposition::Retry { after: retry_after },
-        // Other 5xx (501 Not Implemented, 505 ...) will not change by asking again.
-        _ => Disposition::Permanent,
-    }
-}
+/// The API endpoints upsync calls, relative to `api_url`, as a failure names them
+/// ([`crate::upload::Endpoint`]). An upload's or a file's `uri` is one of these paths too.
+pub const API_ENDPOINTS: &[&str] = &[
+    "/tables/{table}",
+    "/tables/{table}/uploads",
+    "/tables/{table}/uploads/{upload}",
+    "/tables/{table}/tempUploads",
+    "/tables/{table}/resumableUpload",
+    "/tables/{table}/rawFiles",
+    "/rawFiles/{file}",
+    "/datasets/{dataset}",
+    "/datasets/{dataset}/versions",
+];
 
-/// What a transport failure on an API call means: the remote might be back soon, unless
-/// the request could not even be built. A refused certificate is transient too (see
-/// `net`), but not retried in place: the jobs back off while someone fixes the server or
-/// `ca_file`.
-pub fn api_transport(err: &HttpError) -> Disposition {
-    Disposition::of_transport(err)
-}
+/// The endpoint a failure on an upload session names: its URL is a capability, so never
+/// more than this.
+pub const SESSION_ENDPOINT: crate::upload::Endpoint = crate::upload::Endpoint {
+    method: "PUT",
+    path: "{upload session}",
+};
 
 /// What a session URL response status (not 200/201/308) means.
 pub fn session_status(status: u16) -> Disposition {
@@ -62,29 +65,6 @@ pub fn never_sent(err: &HttpError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_statuses_map_to_dispositions_as_in_the_table() {
-        let after = Some(Duration::from_secs(7));
-        let retry = Disposition::Retry { after };
-        let table = [
-            (408, retry),
-            (429, retry),
-            (500, retry),
-            (502, retry),
-            (503, retry),
-            (504, retry),
-            (400, Disposition::Permanent),
-            (401, Disposition::Permanent),
-            (403, Disposition::Permanent),
-            (404, Disposition::Permanent),
-            (409, Disposition::Permanent),
-            (501, Disposition::Permanent),
-        ];
-        for (status, expected) in table {
-            assert_eq!(api_status(status, after), expected, "status {status}");
-        }
-    }
 
     #[test]
     fn session_statuses_map_to_dispositions_as_in_the_table() {
@@ -124,7 +104,10 @@ mod tests {
             .await
             .expect_err("nothing listens on port 1");
         assert!(never_sent(&err));
-        assert_eq!(api_transport(&err), Disposition::Retry { after: None });
+        assert_eq!(
+            crate::upload::classify::transport(&err).1,
+            Disposition::Retry { after: None }
+        );
         assert_eq!(session_transport(&err), Disposition::ResumeFromServer);
     }
 }

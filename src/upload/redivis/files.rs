@@ -42,7 +42,8 @@ use super::{Finalize, RedivisBackend, hashes_match, now_ms};
 use crate::upload::chunk::FileReader;
 use crate::upload::retry::{Attempts, CallScope};
 use crate::upload::{
-    BatchLimits, Disposition, UploadError, UploadJob, Uploaded, batch_scope, mark_finalizing_all,
+    BatchLimits, Disposition, ErrorKind, UploadError, UploadJob, Uploaded, batch_scope,
+    mark_finalizing_all,
 };
 
 /// Files per `tempUploads` and `rawFiles` call, as the official client sends at most.
@@ -454,7 +455,8 @@ impl RedivisBackend {
         sent.map_err(|failure| match failure {
             super::session::SessionFailure::Fail(err) => err,
             super::session::SessionFailure::Restart { message, .. } => {
-                UploadError::retry(format!("the temp upload of {} died: {message}", job.rel))
+                let message = format!("the temp upload of {} died: {message}", job.rel);
+                UploadError::retry(ErrorKind::Server, message)
             }
         })
     }
@@ -545,7 +547,7 @@ impl RedivisBackend {
                 return Ok(());
             }
             if let Err(gave_up) = attempts.pause(None, &err.message).await {
-                return Err(gave_up.into_error(&err.message, None));
+                return Err(gave_up.into_error(err.into()));
             }
         }
     }
@@ -585,11 +587,14 @@ impl RedivisBackend {
         scope: &CallScope,
     ) -> Result<(), UploadError> {
         if files.len() != pending.len() {
-            return Err(UploadError::retry(format!(
-                "Redivis registered {} files of the {} sent",
-                files.len(),
-                pending.len()
-            )));
+            return Err(UploadError::retry(
+                ErrorKind::Unexpected,
+                format!(
+                    "Redivis registered {} files of the {} sent",
+                    files.len(),
+                    pending.len()
+                ),
+            ));
         }
         for (p, file) in pending.iter().zip(files) {
             let job = &jobs[p.index];
@@ -603,10 +608,13 @@ impl RedivisBackend {
             if !file.uri.is_empty() {
                 self.api.delete_raw_file(&file.uri, scope).await?;
             }
-            outcomes[p.index] = Some(Err(UploadError::retry(format!(
-                "{}: Redivis registered {:?} with size {:?} and MD5 {:?}, not {} bytes with MD5 {md5}",
-                job.rel, file.name, file.size, file.md5_hash, p.reader.size
-            ))));
+            outcomes[p.index] = Some(Err(UploadError::retry(
+                ErrorKind::Unexpected,
+                format!(
+                    "{}: Redivis registered {:?} with size {:?} and MD5 {:?}, not {} bytes with MD5 {md5}",
+                    job.rel, file.name, file.size, file.md5_hash, p.reader.size
+                ),
+            )));
         }
         Ok(())
     }
@@ -656,24 +664,11 @@ fn finish(
         .into_iter()
         .map(|outcome| match (outcome, &stopped) {
             (Some(outcome), _) => outcome,
-            (None, Some(err)) => Err(copy_error(err)),
-            (None, None) => Err(UploadError::retry("the batch ended without this file")),
+            (None, Some(err)) => Err(err.clone()),
+            (None, None) => Err(UploadError::retry(
+                ErrorKind::Unexpected,
+                "the batch ended without this file",
+            )),
         })
         .collect()
-}
-
-/// The same error for another job of the batch.
-fn copy_error(err: &UploadError) -> UploadError {
-    match err {
-        UploadError::Remote {
-            disposition,
-            message,
-        } => UploadError::remote(*disposition, message.clone()),
-        UploadError::Shutdown => UploadError::Shutdown,
-        UploadError::Vanished(path) => UploadError::Vanished(path.clone()),
-        UploadError::Changed => UploadError::Changed,
-        UploadError::Unreadable(why) => UploadError::Unreadable(why.clone()),
-        UploadError::Waiting(why) => UploadError::Waiting(why.clone()),
-        UploadError::Store(err) => UploadError::retry(format!("state database: {err}")),
-    }
 }

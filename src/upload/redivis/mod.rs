@@ -110,7 +110,9 @@ use self::tables::{TableKind, TableKinds};
 use super::chunk::FileReader;
 use super::health::RemoteHealth;
 use super::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use super::{BatchLimits, Delivery, Disposition, Posted, UploadError, UploadJob, Uploaded};
+use super::{
+    BatchLimits, Delivery, Disposition, ErrorKind, Posted, UploadError, UploadJob, Uploaded,
+};
 use crate::config::{FolderConfig, RedivisConfig, RedivisProtocol, Target};
 use crate::net::{Bandwidth, HttpClient};
 
@@ -363,9 +365,10 @@ impl RedivisBackend {
     ) -> Result<(), UploadError> {
         if self.kinds.get(&self.api, table, scope).await? == TableKind::FileIndex {
             if !self.api.delete_raw_file(remote, scope).await? {
-                return Err(UploadError::permanent(format!(
-                    "Redivis kept the file {remote} of table {table} after deleting it"
-                )));
+                return Err(UploadError::permanent(
+                    ErrorKind::Unexpected,
+                    format!("Redivis kept the file {remote} of table {table} after deleting it"),
+                ));
             }
         } else {
             self.api.delete_upload(remote, scope).await?;
@@ -382,10 +385,13 @@ impl RedivisBackend {
         scope: &CallScope,
     ) -> Result<(), UploadError> {
         let Target::RedivisTable(table) = &folder.target else {
-            return Err(UploadError::permanent(format!(
-                "folder {} does not target a Redivis table",
-                folder.path.display()
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Config,
+                format!(
+                    "folder {} does not target a Redivis table",
+                    folder.path.display()
+                ),
+            ));
         };
         let mut err = match self.kinds.get(&self.api, table, scope).await {
             Ok(kind) => {
@@ -409,7 +415,16 @@ impl RedivisBackend {
         if err.shutdown {
             return Err(UploadError::Shutdown);
         }
-        let definitive = |message: String| Err(UploadError::permanent(message));
+        let failed = |disposition: Disposition, message: String| {
+            Err(UploadError::Remote {
+                kind: err.kind,
+                disposition,
+                status: err.status,
+                endpoint: err.endpoint,
+                message,
+            })
+        };
+        let definitive = |message: String| failed(Disposition::Permanent, message);
         match err.status {
             Some(404) => definitive(format!(
                 "Redivis table {table} not found, or not visible to this token \
@@ -432,10 +447,10 @@ impl RedivisBackend {
                     transient @ (Disposition::Retry { .. } | Disposition::RetryLater) => transient,
                     _ => Disposition::Retry { after: None },
                 };
-                Err(UploadError::remote(
+                failed(
                     disposition,
                     format!("cannot reach Redivis table {table}: {}", err.message),
-                ))
+                )
             }
         }
     }
@@ -504,10 +519,13 @@ impl RedivisBackend {
         let table = match &job.target {
             Target::RedivisTable(table) => table.clone(),
             Target::KifsDirectory { directory, .. } => {
-                return Err(UploadError::permanent(format!(
-                    "job for {} targets KiFS directory {directory}, not a Redivis table",
-                    job.rel
-                )));
+                return Err(UploadError::permanent(
+                    ErrorKind::Config,
+                    format!(
+                        "job for {} targets KiFS directory {directory}, not a Redivis table",
+                        job.rel
+                    ),
+                ));
             }
         };
         if self.kinds.get(&self.api, &table, &job.scope).await? == TableKind::FileIndex {
@@ -532,18 +550,22 @@ impl RedivisBackend {
                         self.names.take_over(&table, &job.rel)
                     }
                     _ => {
-                        return Err(UploadError::permanent(collision_message(
-                            &job.rel, &other, &escaped, &table,
-                        )));
+                        return Err(UploadError::permanent(
+                            ErrorKind::Conflict,
+                            collision_message(&job.rel, &other, &escaped, &table),
+                        ));
                     }
                 }
             }
         };
         if escaped.is_empty() {
-            return Err(UploadError::permanent(format!(
-                "{:?} has no letters or digits, so Redivis cannot name an upload after it",
-                job.rel
-            )));
+            return Err(UploadError::permanent(
+                ErrorKind::Rejected,
+                format!(
+                    "{:?} has no letters or digits, so Redivis cannot name an upload after it",
+                    job.rel
+                ),
+            ));
         }
         let result = self.upload_named(job, &table, &escaped).await;
         if let Ok(_)
@@ -663,9 +685,10 @@ impl RedivisBackend {
                     if let Some(existing) = existing {
                         let name = existing.name.clone().unwrap_or_default();
                         if !name.is_empty() && name != job.rel {
-                            return Err(UploadError::permanent(collision_message(
-                                &job.rel, &name, escaped, table,
-                            )));
+                            return Err(UploadError::permanent(
+                                ErrorKind::Conflict,
+                                collision_message(&job.rel, &name, escaped, table),
+                            ));
                         }
                         if !existing.is_failed() && existing.size == Some(reader.size) {
                             let md5 = match &local_md5 {
@@ -714,21 +737,24 @@ impl RedivisBackend {
                         Err(UploadError::Remote {
                             disposition: Disposition::RestartSession,
                             message,
+                            ..
                         }) if !refused_post => {
                             refused_post = true;
                             tracing::warn!(job = job.id.0, upload = %job.rel, reason = %message, "upload.post refused the transferred bytes; sending them again in a new session");
                             job.clear_progress()?;
                             continue;
                         }
-                        Err(UploadError::Remote {
-                            disposition: Disposition::RestartSession,
-                            message,
-                        }) => {
+                        Err(
+                            refused @ UploadError::Remote {
+                                disposition: Disposition::RestartSession,
+                                ..
+                            },
+                        ) => {
                             // Refused twice in a row: the session outlives the transfer
                             // no better now (a slow link, a short lifetime). Not the file's
                             // fault: the queue tries again later with a new session.
                             job.clear_progress()?;
-                            return Err(UploadError::remote(Disposition::RestartSession, message));
+                            return Err(refused);
                         }
                         other => other?,
                     };
@@ -743,12 +769,15 @@ impl RedivisBackend {
                         }
                         PostAnswer::NameTaken(reason) => {
                             job.clear_progress()?;
-                            return Err(UploadError::retry(format!(
-                                "the Redivis upload name {escaped:?} of {} in table {table} \
+                            return Err(UploadError::retry(
+                                ErrorKind::Conflict,
+                                format!(
+                                    "the Redivis upload name {escaped:?} of {} in table {table} \
                                  was taken by another upload twice while posting ({reason}); \
                                  will retry later",
-                                job.rel
-                            )));
+                                    job.rel
+                                ),
+                            ));
                         }
                     };
                     self.index.created(table, escaped, &posted.uri);
@@ -776,15 +805,20 @@ impl RedivisBackend {
                 Imported::Corrupt(reason) => reason,
                 Imported::Failed { reason, uri } => {
                     self.remove_failed(table, &job.rel, &uri, &scope).await?;
-                    return Err(UploadError::permanent(reason));
+                    return Err(UploadError::permanent(ErrorKind::Rejected, reason));
                 }
-                Imported::Gone(reason) => return Err(UploadError::retry(reason)),
+                Imported::Gone(reason) => {
+                    return Err(UploadError::retry(ErrorKind::Unexpected, reason));
+                }
             };
             mismatches += 1;
             job.clear_progress()?;
             local_md5 = Some(md5);
             if mismatches >= 2 {
-                return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                return Err(UploadError::permanent(
+                    ErrorKind::Unexpected,
+                    format!("{} ({reason})", job.rel),
+                ));
             }
         }
     }
@@ -890,13 +924,18 @@ impl RedivisBackend {
                 Imported::Failed { reason, uri } => {
                     self.remove_failed(&posted.target, &job.rel, &uri, &scope)
                         .await?;
-                    return Err(UploadError::permanent(reason));
+                    return Err(UploadError::permanent(ErrorKind::Rejected, reason));
                 }
-                Imported::Gone(reason) => return Err(UploadError::retry(reason)),
+                Imported::Gone(reason) => {
+                    return Err(UploadError::retry(ErrorKind::Unexpected, reason));
+                }
                 Imported::Corrupt(reason) => {
                     corrupt += 1;
                     if corrupt >= 2 {
-                        return Err(UploadError::permanent(format!("{} ({reason})", job.rel)));
+                        return Err(UploadError::permanent(
+                            ErrorKind::Unexpected,
+                            format!("{} ({reason})", job.rel),
+                        ));
                     }
                     // The corrupt upload is deleted: nothing of this file is posted now.
                     job.clear_progress()?;
@@ -1033,9 +1072,12 @@ impl RedivisBackend {
                     };
                 }
                 Ok(_) => {
-                    return Err(UploadError::retry(format!(
-                        "Redivis upload.post of {name:?} answered without the upload's uri"
-                    )));
+                    return Err(UploadError::retry(
+                        ErrorKind::Unexpected,
+                        format!(
+                            "Redivis upload.post of {name:?} answered without the upload's uri"
+                        ),
+                    ));
                 }
                 Err(err) => err,
             };
@@ -1047,10 +1089,11 @@ impl RedivisBackend {
                 // The transferred bytes are unknown to upload.post (the session expired, or
                 // was never completed): they must be sent again in a new session. Not
                 // posted yet, so this cannot duplicate anything.
-                return Err(UploadError::remote(
-                    Disposition::RestartSession,
-                    err.message,
-                ));
+                return Err(api::ApiError {
+                    disposition: Disposition::RestartSession,
+                    ..err
+                }
+                .into());
             }
             if !(err.maybe_processed && matches!(err.disposition, Disposition::Retry { .. })) {
                 return Err(err.into());
@@ -1166,19 +1209,25 @@ impl RedivisBackend {
                     if was_rejected {
                         rejected += 1;
                         if rejected >= 2 {
-                            return Err(UploadError::permanent(format!(
-                                "Redivis rejected the upload of {} twice: {message}",
-                                job.rel
-                            )));
+                            return Err(UploadError::permanent(
+                                ErrorKind::Rejected,
+                                format!(
+                                    "Redivis rejected the upload of {} twice: {message}",
+                                    job.rel
+                                ),
+                            ));
                         }
                     }
                     restarts += 1;
                     if restarts > self.tuning.session_restarts {
-                        return Err(UploadError::retry(format!(
-                            "upload sessions for {} kept dying ({restarts} times, last: \
+                        return Err(UploadError::retry(
+                            ErrorKind::Server,
+                            format!(
+                                "upload sessions for {} kept dying ({restarts} times, last: \
                              {message}); will retry later",
-                            job.rel
-                        )));
+                                job.rel
+                            ),
+                        ));
                     }
                     tracing::warn!(
                         job = job.id.0,

@@ -23,8 +23,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::api::{ApiClient, ApiError, UploadResource};
-use crate::upload::UploadError;
 use crate::upload::retry::CallScope;
+use crate::upload::{ErrorKind, UploadError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollConfig {
@@ -117,7 +117,7 @@ impl Poller {
                 Ok(Ok(upload)) => Ok(Some(upload)),
                 Ok(Err(err)) if err.status == Some(404) => Ok(None),
                 Ok(Err(err)) => Err(err.into()),
-                Err(_) => Err(UploadError::retry("the upload status poller stopped")),
+                Err(_) => Err(UploadError::retry(ErrorKind::Unexpected, "the upload status poller stopped")),
             },
         }
     }

@@ -46,7 +46,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LOCATION, RANGE}
 use serde::{Deserialize, Serialize};
 
 use super::api::{origin_of, strip_query};
-use super::classify;
+use super::classify::{self, SESSION_ENDPOINT};
 use super::source::ChunkSource;
 use crate::config::Secret;
 use crate::fingerprint::Fingerprint;
@@ -55,7 +55,7 @@ use crate::net::{HttpClient, HttpError};
 use crate::upload::chunk::FileReader;
 use crate::upload::health::RemoteHealth;
 use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
-use crate::upload::{Disposition, LiveProgress, UploadError};
+use crate::upload::{Disposition, ErrorKind, LiveProgress, UploadError};
 
 /// Every chunk but a session's last is a multiple of this many bytes (256 KiB): a session
 /// refuses any other (protocol §7).
@@ -271,10 +271,13 @@ impl SessionClient {
                                 });
                             }
                             Disposition::Permanent if !(200..300).contains(&status) => {
-                                return Err(SessionFailure::Fail(UploadError::permanent(format!(
-                                    "upload session {}: {message}",
-                                    strip_query(url)
-                                ))));
+                                let message =
+                                    format!("upload session {}: {message}", strip_query(url));
+                                return Err(SessionFailure::Fail(UploadError::refused(
+                                    SESSION_ENDPOINT,
+                                    status,
+                                    message,
+                                )));
                             }
                             _ => message,
                         }
@@ -351,7 +354,8 @@ async fn pause(
             GaveUp::Spent(_) => format!("{}: {problem}", give_up()),
             GaveUp::Shutdown => String::new(),
         };
-        SessionFailure::Fail(gave_up.into_error(&problem, None))
+        let failed = UploadError::retry(ErrorKind::Server, problem).at(SESSION_ENDPOINT);
+        SessionFailure::Fail(gave_up.into_error(failed))
     })
 }
 
@@ -361,10 +365,14 @@ async fn pause(
 fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<String, SessionFailure> {
     match classify::session_transport(err) {
         Disposition::ResumeFromServer => Ok(format!("{step}: {err}")),
-        disposition => Err(SessionFailure::Fail(UploadError::remote(
-            disposition,
-            format!("upload session {}: {err}", strip_query(url)),
-        ))),
+        disposition => Err(SessionFailure::Fail(
+            UploadError::remote(
+                ErrorKind::Transport,
+                disposition,
+                format!("upload session {}: {err}", strip_query(url)),
+            )
+            .at(SESSION_ENDPOINT),
+        )),
     }
 }
 
@@ -606,10 +614,15 @@ fn chunk_answer(
                 });
             }
             Disposition::Permanent => {
-                return Err(SessionFailure::Fail(UploadError::permanent(format!(
+                let message = format!(
                     "upload session {}: chunk answered HTTP {status}",
                     strip_query(url)
-                ))));
+                );
+                return Err(SessionFailure::Fail(UploadError::refused(
+                    SESSION_ENDPOINT,
+                    status,
+                    message,
+                )));
             }
             _ => format!("chunk answered HTTP {status}"),
         },
@@ -671,10 +684,11 @@ fn unexpected_answer(status: u16, message: String, url: &str) -> Result<String, 
             rejected: status == 400,
             message,
         }),
-        Disposition::Permanent => Err(SessionFailure::Fail(UploadError::permanent(format!(
-            "temp upload {}: {message}",
-            strip_query(url)
-        )))),
+        Disposition::Permanent => Err(SessionFailure::Fail(UploadError::refused(
+            SESSION_ENDPOINT,
+            status,
+            format!("temp upload {}: {message}", strip_query(url)),
+        ))),
         _ => Ok(message),
     }
 }

@@ -1,0 +1,516 @@
+//! Component tests: the KiFS backend against the in-process emulator over loopback HTTP.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::emulator::{self, EmulatorOptions};
+use crate::queue::{FileKey, LedgerEntry, Store};
+use crate::upload::LiveProgress;
+
+/// An emulator with KiFS directory `dir`, a backend for it, and a store of jobs.
+async fn setup(
+    root: &Path,
+    encoding: KifsEncoding,
+) -> (emulator::RunningEmulator, KifsBackend, Store) {
+    let mut options = EmulatorOptions::with_data_dir(root.join("remote"));
+    options.kifs.kifs_directories = vec!["dir".into()];
+    let running = emulator::start("127.0.0.1:0", options)
+        .await
+        .expect("the emulator starts on a free port");
+    let backend = KifsBackend::new(
+        &KifsConfig {
+            url: format!("http://{}/kifs", running.addr),
+            auth: KifsAuth::None,
+            encoding,
+            net: crate::config::NetConfig::default(),
+        },
+        Bandwidth::unlimited(),
+    )
+    .expect("the backend builds");
+    let store = Store::open(&root.join("state")).expect("the store opens");
+    (running, backend, store)
+}
+
+/// A claimed job for `rel` under `root/inbox` holding `data`.
+fn job(root: &Path, store: &Store, rel: &str, data: &[u8]) -> UploadJob {
+    let folder = root.join("inbox");
+    let path = folder.join(rel);
+    std::fs::create_dir_all(path.parent().expect("a file has a parent"))
+        .expect("the inbox can be created");
+    std::fs::write(&path, data).expect("the file can be written");
+    let fingerprint = Fingerprint::read(&path).expect("the file stats");
+    let key = FileKey::new(folder.to_string_lossy(), rel);
+    store.offer(&key, &fingerprint).expect("offer works");
+    let claimed = store
+        .claim(std::time::SystemTime::now())
+        .expect("claim works")
+        .expect("the offered job is due");
+    UploadJob::new(
+        claimed.id,
+        path,
+        rel.to_string(),
+        Target::KifsDirectory {
+            directory: "dir".into(),
+            create: false,
+        },
+        fingerprint,
+        false,
+        None,
+        store.clone(),
+        Arc::new(LiveProgress::default()),
+        CancellationToken::new(),
+    )
+}
+
+/// The KiFS emulator's counters.
+async fn stats(running: &emulator::RunningEmulator) -> serde_json::Value {
+    reqwest::get(format!("http://{}/kifs/_emulator/stats", running.addr))
+        .await
+        .expect("the stats answer")
+        .json()
+        .await
+        .expect("the stats are JSON")
+}
+
+async fn upload_requests(running: &emulator::RunningEmulator) -> u64 {
+    stats(running).await["requests"]["/upload/files"]
+        .as_u64()
+        .expect("the upload counter is a number")
+}
+
+#[tokio::test]
+async fn a_batch_of_small_files_goes_in_one_request_in_both_encodings() {
+    for encoding in [KifsEncoding::Binary, KifsEncoding::Json] {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let root = tmp.path();
+        let (running, backend, store) = setup(root, encoding).await;
+        let contents: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| (0..(i as usize * 997)).map(|b| (b as u8) ^ i).collect())
+            .collect();
+        let mut jobs: Vec<UploadJob> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, data)| job(root, &store, &format!("sub/f{i}.bin"), data))
+            .collect();
+        let outcomes = backend.upload_batch(&mut jobs).await;
+        assert_eq!(upload_requests(&running).await, 1, "{encoding:?}");
+        for (i, (outcome, data)) in outcomes.into_iter().zip(&contents).enumerate() {
+            let uploaded = outcome.expect("every file of the batch is uploaded");
+            assert_eq!(uploaded.remote, format!("dir/sub/f{i}.bin"));
+            let stored = emulator::kifs::stored_file_path(
+                &root.join("remote").join("kifs"),
+                &uploaded.remote,
+            );
+            assert_eq!(&std::fs::read(stored).expect("the file is stored"), data);
+        }
+        running.shutdown.cancel();
+    }
+}
+
+/// The upload of a job claimed from `store` (after a restart), as the worker builds it.
+fn reclaimed(root: &Path, store: &Store, previous: Option<LedgerEntry>) -> UploadJob {
+    let claimed = store
+        .claim(std::time::SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due");
+    let path = root.join("inbox").join(&claimed.key.rel);
+    let mut upload = UploadJob::new(
+        claimed.id,
+        path,
+        claimed.key.rel.clone(),
+        Target::KifsDirectory {
+            directory: "dir".into(),
+            create: false,
+        },
+        claimed.fingerprint,
+        false,
+        previous,
+        store.clone(),
+        Arc::new(LiveProgress::default()),
+        CancellationToken::new(),
+    );
+    upload.unconfirmed_since_ms = claimed.unconfirmed_attempt_ms;
+    upload
+}
+
+async fn files_stored(running: &emulator::RunningEmulator) -> u64 {
+    stats(running).await["files_stored"]
+        .as_u64()
+        .expect("the stored-files counter is a number")
+}
+
+#[tokio::test]
+async fn files_sent_without_their_outcome_recorded_are_not_sent_again_after_a_restart() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
+    // Sent, but the state write recording them fails (a full disk) and the daemon
+    // stops; a fourth job was claimed and never sent.
+    let mut sent = vec![
+        job(root, &store, "a.bin", b"first"),
+        job(root, &store, "b.bin", b"second"),
+        job(root, &store, "c.bin", b"third"),
+    ];
+    let never_sent = job(root, &store, "d.bin", b"fourth");
+    for outcome in backend.upload_batch(&mut sent).await {
+        outcome.expect("the batch is uploaded");
+    }
+    assert_eq!(files_stored(&running).await, 3);
+    drop((sent, never_sent));
+    drop(store);
+
+    let store = Store::open(&root.join("state")).expect("the store opens again");
+    assert_eq!(store.recover_after_restart().expect("recovery works"), 4);
+    let mut again: Vec<UploadJob> = (0..4).map(|_| reclaimed(root, &store, None)).collect();
+    assert!(again.iter().all(|job| job.unconfirmed_since_ms.is_some()));
+    // c.bin was uploaded before with the same size: what KiFS holds may be that old
+    // version, so it is sent again.
+    let c = again
+        .iter_mut()
+        .find(|job| job.rel == "c.bin")
+        .expect("c.bin");
+    c.previous = Some(LedgerEntry {
+        fingerprint: Fingerprint {
+            ctime_ns: Some(1),
+            ..c.fingerprint
+        },
+        remote: "dir/c.bin".into(),
+        md5: None,
+        uploaded_at_ms: 1,
+    });
+    let requests_before = upload_requests(&running).await;
+    for (outcome, job) in backend
+        .upload_batch(&mut again)
+        .await
+        .into_iter()
+        .zip(&again)
+    {
+        let uploaded = outcome.expect("every job ends uploaded");
+        assert_eq!(uploaded.remote, format!("dir/{}", job.rel));
+    }
+    assert_eq!(upload_requests(&running).await - requests_before, 1);
+    assert_eq!(files_stored(&running).await, 5, "d.bin, and c.bin again");
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_file_that_changed_or_has_a_bad_name_leaves_the_batch_alone() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
+    let mut jobs = vec![
+        job(root, &store, "a.bin", b"first"),
+        job(root, &store, "b.bin", b"second"),
+        job(root, &store, "bad_name.bin", b"third"),
+    ];
+    // b.bin is rewritten after its job was claimed.
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(root.join("inbox/b.bin"), b"second, longer").expect("rewrite");
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[1], Err(UploadError::Changed)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(
+            &outcomes[2],
+            Err(UploadError::Remote { disposition: Disposition::Permanent, message, .. }) if message.contains('_')
+        ),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(upload_requests(&running).await, 1);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_named_as_such_and_a_missing_directory_keeps_its_hint() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let mut options = EmulatorOptions::with_data_dir(tmp.path().join("remote"));
+    options.kifs.kifs_users = vec!["alice:s3cret".parse().expect("a user parses")];
+    let running = emulator::start("127.0.0.1:0", options)
+        .await
+        .expect("the emulator starts on a free port");
+    let backend = |password: &str| {
+        KifsBackend::new(
+            &KifsConfig {
+                url: format!("http://{}/kifs", running.addr),
+                auth: KifsAuth::Basic {
+                    username: "alice".into(),
+                    password: crate::config::Secret::new(password),
+                },
+                encoding: KifsEncoding::Binary,
+                net: crate::config::NetConfig::default(),
+            },
+            Bandwidth::unlimited(),
+        )
+        .expect("the backend builds")
+    };
+    let folder = |create: bool| FolderConfig {
+        path: tmp.path().join("inbox"),
+        target: Target::KifsDirectory {
+            directory: "missing".into(),
+            create,
+        },
+        include: vec![],
+        exclude: vec![],
+        settle: Duration::from_secs(1),
+        recursive: true,
+        redivis: Default::default(),
+        deletes: Default::default(),
+        after_upload: Default::default(),
+    };
+    for create in [false, true] {
+        let err = backend("wrong")
+            .prepare_folder(&folder(create), &CallScope::default())
+            .await
+            .expect_err("wrong credentials stop the start");
+        let message = err.to_string();
+        assert!(message.contains("rejected the credentials"), "{message}");
+        assert!(!message.contains("create_directory"), "{message}");
+    }
+    assert_eq!(
+        stats(&running).await["requests"]["/create/directory"],
+        0,
+        "no directory is created with credentials the server refuses"
+    );
+    let err = backend("s3cret")
+        .prepare_folder(&folder(false), &CallScope::default())
+        .await
+        .expect_err("the directory is missing");
+    assert!(
+        err.to_string()
+            .contains("(set create_directory = true to create it)"),
+        "{err}"
+    );
+    running.shutdown.cancel();
+}
+
+/// Parts of this size in the tests below, so a multipart upload needs only a few KiB.
+const SMALL_PART: u64 = 1000;
+
+/// The counter of one multipart operation.
+async fn multipart_count(running: &emulator::RunningEmulator, operation: &str) -> u64 {
+    stats(running).await["multipart_operations"][operation]
+        .as_u64()
+        .expect("the operation counter is a number")
+}
+
+/// An upload of `target` started by an earlier attempt, left on the server with its
+/// first part, and its saved state as that attempt recorded it for `fingerprint`.
+async fn earlier_attempt(
+    backend: &KifsBackend,
+    job: &UploadJob,
+    fingerprint: Fingerprint,
+    data: &[u8],
+) -> MultipartState {
+    let state = MultipartState {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        target: "dir/big.bin".into(),
+        fingerprint,
+        part_size: SMALL_PART,
+        last_part: 1,
+    };
+    backend
+        .multipart_step(&state.target, &state.uuid, "init", None, None)
+        .await
+        .expect("init");
+    let part = Source::opened(
+        Arc::new(FileReader::open(&job.path, &job.fingerprint).expect("the file opens")),
+        job.path.clone(),
+        job.fingerprint,
+        0,
+        SMALL_PART.min(data.len() as u64),
+    );
+    backend
+        .multipart_step(
+            &state.target,
+            &state.uuid,
+            "upload_part",
+            Some(1),
+            Some(part),
+        )
+        .await
+        .expect("part 1");
+    job.save_progress(&state).expect("the state is saved");
+    state
+}
+
+fn stored(root: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(emulator::kifs::stored_file_path(
+        &root.join("remote").join("kifs"),
+        name,
+    ))
+    .expect("the file is stored")
+}
+
+#[tokio::test]
+async fn a_saved_upload_of_another_version_still_in_progress_is_cancelled_then_started_afresh() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup(root, KifsEncoding::Binary).await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    let older = Fingerprint {
+        size: 2400,
+        ..job.fingerprint
+    };
+    let stale = earlier_attempt(&backend, &job, older, &data).await;
+
+    backend.upload(&mut job).await.expect("the upload succeeds");
+
+    assert_eq!(
+        multipart_count(&running, "cancel").await,
+        1,
+        "the stale UUID"
+    );
+    assert_eq!(
+        multipart_count(&running, "init").await,
+        2,
+        "the stale one, then ours"
+    );
+    assert_eq!(multipart_count(&running, "complete").await, 1);
+    assert_eq!(stored(root, "dir/big.bin"), data);
+    let shown = backend
+        .show_file("dir/big.bin", &CallScope::default())
+        .await
+        .expect("show works");
+    assert_eq!(multipart_progress(&shown, &stale.uuid), None);
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_saved_upload_the_server_still_holds_is_resumed_after_its_last_part() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup(root, KifsEncoding::Binary).await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 241) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    earlier_attempt(&backend, &job, job.fingerprint, &data).await;
+
+    backend.upload(&mut job).await.expect("the upload succeeds");
+
+    assert_eq!(multipart_count(&running, "cancel").await, 0);
+    assert_eq!(
+        multipart_count(&running, "init").await,
+        1,
+        "the same upload"
+    );
+    assert_eq!(
+        multipart_count(&running, "upload_part").await,
+        3,
+        "part 1 once"
+    );
+    assert_eq!(stored(root, "dir/big.bin"), data);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_finalizing_job_whose_complete_went_through_sends_nothing_more() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup(root, KifsEncoding::Binary).await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..1800u32).map(|i| (i % 239) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    let state = earlier_attempt(&backend, &job, job.fingerprint, &data).await;
+    let rest = Source::opened(
+        Arc::new(FileReader::open(&job.path, &job.fingerprint).expect("the file opens")),
+        job.path.clone(),
+        job.fingerprint,
+        SMALL_PART,
+        data.len() as u64 - SMALL_PART,
+    );
+    backend
+        .multipart_step(
+            &state.target,
+            &state.uuid,
+            "upload_part",
+            Some(2),
+            Some(rest),
+        )
+        .await
+        .expect("part 2");
+    job.save_progress(&MultipartState {
+        last_part: 2,
+        ..state.clone()
+    })
+    .expect("saved");
+    job.mark_finalizing().expect("finalizing is saved");
+    // The complete took effect; its answer never reached the attempt that sent it.
+    backend
+        .multipart_step(&state.target, &state.uuid, "complete", None, None)
+        .await
+        .expect("complete");
+    let requests_before = upload_requests(&running).await;
+
+    backend
+        .upload(&mut job)
+        .await
+        .expect("the upload is reconciled");
+
+    assert_eq!(
+        upload_requests(&running).await,
+        requests_before,
+        "nothing sent"
+    );
+    assert_eq!(multipart_count(&running, "complete").await, 1);
+    assert_eq!(stored(root, "dir/big.bin"), data);
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_finalizing_job_finding_another_size_at_its_target_uploads_again() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup(root, KifsEncoding::Binary).await;
+    backend.part_size = SMALL_PART;
+    // An older, shorter version is at the target; our complete never arrived.
+    let old = job(root, &store, "old.bin", b"an older version");
+    let old_uuid = uuid::Uuid::new_v4().to_string();
+    let old_bytes = Source::opened(
+        Arc::new(FileReader::open(&old.path, &old.fingerprint).expect("the file opens")),
+        old.path.clone(),
+        old.fingerprint,
+        0,
+        old.fingerprint.size,
+    );
+    for (operation, part, data) in [
+        ("init", None, None),
+        ("upload_part", Some(1), Some(old_bytes)),
+        ("complete", None, None),
+    ] {
+        backend
+            .multipart_step("dir/big.bin", &old_uuid, operation, part, data)
+            .await
+            .expect("the older version is uploaded");
+    }
+    let data: Vec<u8> = (0..1800u32).map(|i| (i % 233) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    let state = earlier_attempt(&backend, &job, job.fingerprint, &data).await;
+    backend
+        .multipart_step(&state.target, &state.uuid, "cancel", None, None)
+        .await
+        .expect("cancel");
+    job.mark_finalizing().expect("finalizing is saved");
+
+    backend.upload(&mut job).await.expect("the upload succeeds");
+
+    assert_eq!(multipart_count(&running, "init").await, 3, "started afresh");
+    assert_eq!(
+        multipart_count(&running, "complete").await,
+        2,
+        "the old one, ours"
+    );
+    assert_eq!(stored(root, "dir/big.bin"), data);
+    running.shutdown.cancel();
+}
