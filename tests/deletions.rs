@@ -42,30 +42,21 @@ fn setup(kifs: bool, folder_extra: &str) -> Setup {
 
 fn setup_for(target: Remote, folder_extra: &str) -> Setup {
     let kifs = target == Remote::Kifs;
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
-    let base = ConfigBuilder::new().top("concurrency = 2");
-    let with_remote = if kifs {
-        base.kifs(&emulator.kifs_url())
-            .folder(FolderBuilder::kifs("inbox", "ingest"))
-    } else {
-        emulator.create_redivis_table(TABLE, target == Remote::FileIndex);
-        base.redivis(&emulator.redivis_url(), "UPSYNC_E2E_DELETIONS_TOKEN")
-            .folder(FolderBuilder::redivis("inbox", TABLE))
-    };
-    let config = tmp.path().join("upsync.toml");
-    with_remote
+    let site = Site::start(&["inbox"], &["--redivis-token", TOKEN]);
+    if !kifs {
+        site.emulator
+            .create_redivis_table(TABLE, target == Remote::FileIndex);
+    }
+    one_folder_config(&site, kifs, TABLE, "UPSYNC_E2E_DELETIONS_TOKEN")
         .each_folder(|folder| folder.with("on_delete = \"delete\"").with(folder_extra))
-        .write(&config);
+        .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_DELETIONS_TOKEN", TOKEN) };
     Setup {
-        _tmp: tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        _tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 
@@ -82,20 +73,13 @@ impl Setup {
     }
 
     fn kifs_deletes(&self) -> u64 {
-        let stats = self.emulator.get_json("/kifs/_emulator/stats");
+        let stats = self.emulator.kifs_stats();
         stats["requests"]["/delete/files"].as_u64().unwrap_or(0)
     }
 
     /// The names of the table's uploads, one entry per upload.
     fn redivis_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .emulator
-            .list_redivis_uploads(TABLE, TOKEN)
-            .iter()
-            .map(|u| u["name"].as_str().unwrap_or("").to_string())
-            .collect();
-        names.sort();
-        names
+        self.emulator.redivis_upload_names(TABLE, TOKEN)
     }
 
     /// The names of the file index table's files.

@@ -38,15 +38,16 @@ impl Setup {
 
     /// [`Setup::new`] with `extra` lines in the KiFS folder's section.
     fn with_kifs_folder_extra(extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
-        std::fs::create_dir_all(&kin).unwrap();
-        std::fs::create_dir_all(&rin).unwrap();
-        let emulator = EmulatorProcess::start(
-            &tmp.path().join("remote"),
+        let Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        } = Site::start(
+            &["kin", "rin"],
             &["--kifs-directory", "ingest", "--redivis-token", TOKEN],
         );
-        let config = tmp.path().join("upsync.toml");
+        let (kin, rin) = (folders[0].clone(), folders[1].clone());
         ConfigBuilder::new()
             .top("shutdown_timeout = \"5s\"")
             .kifs(&emulator.kifs_url())
@@ -76,7 +77,7 @@ impl Setup {
 
     fn kifs_holds(&self, local: &Path) -> bool {
         let name = local.file_name().unwrap().to_str().unwrap();
-        same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+        self.emulator.kifs_holds(local, &format!("ingest/{name}"))
     }
 
     /// The MD5 hashes of the table's completed uploads named `name`.

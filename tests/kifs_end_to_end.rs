@@ -19,22 +19,18 @@ struct Setup {
 
 /// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
 fn setup(emulator_args: &[&str], kifs_extra: &str, folder_extra: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
-    let config = tmp.path().join("upsync.toml");
+    let site = Site::start(&["inbox"], emulator_args);
     config_of(
-        &emulator,
+        &site.emulator,
         kifs_extra,
         FolderBuilder::kifs("inbox", "ingest").with(folder_extra),
     )
-    .write(&config);
+    .write(&site.config);
     Setup {
-        _tmp: tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        _tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 
@@ -48,12 +44,11 @@ fn config_of(emulator: &EmulatorProcess, kifs_extra: &str, folder: FolderBuilder
 }
 
 fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
-    same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
+    setup.emulator.kifs_holds(local, &format!("ingest/{name}"))
 }
 
 fn upload_requests(setup: &Setup) -> u64 {
-    let stats = setup.emulator.get_json("/kifs/_emulator/stats");
-    stats["requests"]["/upload/files"].as_u64().unwrap_or(0)
+    setup.emulator.kifs_upload_requests()
 }
 
 #[test]

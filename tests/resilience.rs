@@ -35,16 +35,12 @@ struct Setup {
 impl Setup {
     /// One folder `inbox` → KiFS directory `ingest` on a fresh emulator.
     fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let inbox = tmp.path().join("inbox");
-        std::fs::create_dir_all(&inbox).unwrap();
-        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
-        let config = tmp.path().join("upsync.toml");
+        let site = Site::start(&["inbox"], emulator_args);
         let setup = Setup {
-            tmp,
-            inbox,
-            config,
-            emulator,
+            inbox: site.folders[0].clone(),
+            tmp: site.tmp,
+            config: site.config,
+            emulator: site.emulator,
         };
         setup.write_config(top_extra, &[("inbox", "ingest")]);
         setup
@@ -67,7 +63,7 @@ impl Setup {
     }
 
     fn arrived(&self, local: &Path, name: &str) -> bool {
-        same_content(local, &self.emulator.kifs_file(name))
+        self.emulator.kifs_holds(local, name)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -75,13 +71,11 @@ impl Setup {
     }
 
     fn kifs_stats(&self) -> serde_json::Value {
-        self.emulator.get_json("/kifs/_emulator/stats")
+        self.emulator.kifs_stats()
     }
 
     fn upload_requests(&self) -> u64 {
-        self.kifs_stats()["requests"]["/upload/files"]
-            .as_u64()
-            .unwrap_or(0)
+        self.emulator.kifs_upload_requests()
     }
 
     /// Files the emulator stored: several small files can share one request.

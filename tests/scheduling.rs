@@ -42,15 +42,16 @@ struct Setup {
 
 impl Setup {
     fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
-        std::fs::create_dir_all(&kin).unwrap();
-        std::fs::create_dir_all(&rin).unwrap();
         let mut args = vec!["--kifs-directory", "ingest", "--redivis-token", TOKEN];
         args.extend_from_slice(emulator_args);
-        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
+        let Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        } = Site::start(&["kin", "rin"], &args);
+        let (kin, rin) = (folders[0].clone(), folders[1].clone());
         let metrics_port = free_port();
-        let config = tmp.path().join("upsync.toml");
         ConfigBuilder::new()
             .top("concurrency = 2\nshutdown_timeout = \"5s\"\nretry_max_delay = \"1h\"")
             .top(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
@@ -80,7 +81,7 @@ impl Setup {
 
     fn kifs_arrived(&self, local: &Path) -> bool {
         let name = local.file_name().unwrap().to_str().unwrap();
-        same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+        self.emulator.kifs_holds(local, &format!("ingest/{name}"))
     }
 
     fn redivis_stats(&self) -> serde_json::Value {
@@ -94,11 +95,7 @@ impl Setup {
 
     /// Names of the table's uploads.
     fn redivis_names(&self) -> Vec<String> {
-        self.emulator
-            .list_redivis_uploads(TABLE, TOKEN)
-            .iter()
-            .filter_map(|u| u["name"].as_str().map(str::to_string))
-            .collect()
+        self.emulator.redivis_upload_names(TABLE, TOKEN)
     }
 }
 

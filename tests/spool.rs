@@ -24,32 +24,22 @@ struct Setup {
 /// A folder `outbox` with `folder_extra`, to the KiFS directory `ingest` when `kifs`, else
 /// to the Redivis table [`TABLE`]; the emulator gets `emulator_args`.
 fn setup(kifs: bool, folder_extra: &str, emulator_args: &[&str]) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let outbox = tmp.path().join("outbox");
-    std::fs::create_dir_all(&outbox).unwrap();
     let mut args = vec!["--redivis-token", TOKEN];
     args.extend_from_slice(emulator_args);
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
-    let base = ConfigBuilder::new().top("concurrency = 2");
-    let with_remote = if kifs {
-        base.kifs(&emulator.kifs_url())
-            .folder(FolderBuilder::kifs("outbox", "ingest"))
-    } else {
-        emulator.create_redivis_table(TABLE, false);
-        base.redivis(&emulator.redivis_url(), "UPSYNC_E2E_SPOOL_TOKEN")
-            .folder(FolderBuilder::redivis("outbox", TABLE))
-    };
-    let config = tmp.path().join("upsync.toml");
-    with_remote
+    let site = Site::start(&["outbox"], &args);
+    if !kifs {
+        site.emulator.create_redivis_table(TABLE, false);
+    }
+    one_folder_config(&site, kifs, TABLE, "UPSYNC_E2E_SPOOL_TOKEN")
         .each_folder(|folder| folder.with(folder_extra))
-        .write(&config);
+        .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_SPOOL_TOKEN", TOKEN) };
     Setup {
-        tmp,
-        outbox,
-        config,
-        emulator,
+        outbox: site.folders[0].clone(),
+        tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 

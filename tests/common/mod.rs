@@ -126,6 +126,57 @@ impl Drop for EmulatorProcess {
     }
 }
 
+/// One test's temp dir: its watched folders, an emulator keeping its data in `remote/`,
+/// and the path of its config file (`upsync.toml`, for the test to write).
+pub struct Site {
+    pub tmp: tempfile::TempDir,
+    pub folders: Vec<PathBuf>,
+    pub emulator: EmulatorProcess,
+    pub config: PathBuf,
+}
+
+impl Site {
+    /// Creates the folders `folders` in a fresh temp dir and starts an emulator with
+    /// `emulator_args`.
+    pub fn start(folders: &[&str], emulator_args: &[&str]) -> Site {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let folders = folders
+            .iter()
+            .map(|name| {
+                let path = tmp.path().join(name);
+                std::fs::create_dir_all(&path).expect("the folder can be created");
+                path
+            })
+            .collect();
+        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
+        let config = tmp.path().join("upsync.toml");
+        Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        }
+    }
+}
+
+/// The config of a site with one folder `folder` (its first), two workers, mirrored to the
+/// KiFS directory `ingest` when `kifs`, else to the Redivis `table` with the token read from
+/// `token_env`.
+pub fn one_folder_config(site: &Site, kifs: bool, table: &str, token_env: &str) -> ConfigBuilder {
+    let folder = site.folders[0]
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("the folder has a UTF-8 name");
+    let base = ConfigBuilder::new().top("concurrency = 2");
+    if kifs {
+        base.kifs(&site.emulator.kifs_url())
+            .folder(FolderBuilder::kifs(folder, "ingest"))
+    } else {
+        base.redivis(&site.emulator.redivis_url(), token_env)
+            .folder(FolderBuilder::redivis(folder, table))
+    }
+}
+
 /// Runs `future` to completion on a runtime of its own (the tests themselves are sync).
 pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -557,6 +608,35 @@ pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 }
 
 impl EmulatorProcess {
+    /// Whether KiFS holds the file `name` (full KiFS name) with the bytes of `local`.
+    pub fn kifs_holds(&self, local: &Path, name: &str) -> bool {
+        same_content(local, &self.kifs_file(name))
+    }
+
+    /// The KiFS emulator's counters: requests by endpoint, multipart operations, files
+    /// stored.
+    pub fn kifs_stats(&self) -> serde_json::Value {
+        self.get_json("/kifs/_emulator/stats")
+    }
+
+    /// How many `/upload/files` requests KiFS received (several small files can share one).
+    pub fn kifs_upload_requests(&self) -> u64 {
+        self.kifs_stats()["requests"]["/upload/files"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The names of a Redivis table's uploads, one entry per upload, sorted.
+    pub fn redivis_upload_names(&self, table: &str, token: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list_redivis_uploads(table, token)
+            .iter()
+            .map(|u| u["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
     pub fn delete(&self, path: &str) {
         let url = format!("http://{}{path}", self.addr);
