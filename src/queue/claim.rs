@@ -17,9 +17,7 @@
 use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
-use super::{
-    Job, JobState, Store, StoreError, Tx, TxResult, encode, folder_tag, from_ms, job_key, to_ms,
-};
+use super::{Job, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
 
 impl Store {
     /// Claims the earliest due job of any folder, the folders taken in key order (tests and
@@ -243,12 +241,11 @@ impl Tx<'_> {
         }
         let active = Job {
             state: JobState::Active,
+            claimed: Some(job.fingerprint),
             updated_at_ms: now,
             ..job.clone()
         };
         self.put_job(Some(&job), &active)?;
-        self.claimed
-            .insert(&job_key(due.id), encode(&active.fingerprint))?;
         Ok(Some(active))
     }
 }

@@ -92,6 +92,7 @@ impl Tx<'_> {
                 last_error: None,
                 import: None,
                 unconfirmed_attempt_ms: None,
+                claimed: None,
                 created_at_ms: now,
                 updated_at_ms: due,
             };

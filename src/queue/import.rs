@@ -37,7 +37,7 @@ impl Store {
         let now = now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
-            let moved = tx.content_moved(&job)?;
+            let moved = tx.content_moved(&job);
             let queued = Job {
                 state: JobState::Queued,
                 finalize_started: false,

@@ -109,6 +109,11 @@ pub struct Job {
     /// reconciled otherwise looks before sending them again. Cleared with new content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfirmed_attempt_ms: Option<u64>,
+    /// The fingerprint the job had when the current attempt claimed it: present exactly
+    /// while the job is active or finalizing. When the attempt ends with `fingerprint`
+    /// moved on, the attempt sent an older version (the store's invariant 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed: Option<Fingerprint>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }

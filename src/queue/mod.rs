@@ -11,7 +11,8 @@
 //!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
 //!   db.new/          only while a new database is being created and stamped; renamed to db
 //!   db/              the sled database:
-//!     default tree   "format"  -> "1"  (ASCII decimal; anything else is refused at open)
+//!     default tree   "format"  -> "2"  (ASCII decimal; "1" is upgraded at open, see
+//!                                       `upgrade`; anything else is refused)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
 //!                    "closed"  -> "1"  (the last process closed the database in order;
@@ -21,7 +22,6 @@
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
 //!     due            folder tag (8 bytes) ++ due ms (u64 BE) ++ JobId (u64 BE) -> empty
-//!     claimed        JobId (u64 BE)                      -> Fingerprint (JSON) at claim
 //!     counts         folder                              -> Tally (JSON): jobs by state,
 //!                                                           ledger entries, newest upload
 //!     attention      JobId (u64 BE)                      -> empty (failed, retry-wait)
@@ -72,7 +72,7 @@
 //!
 //! # Invariants
 //!
-//! The tests check 1 to 3, 6's index and 8 after the operations of each test
+//! The tests check 1 to 3, 6's claimed fingerprints and 8 after the operations of each test
 //! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
 //! reopen and recovery, 6 with a file that changes during an attempt or an import.
 //!
@@ -107,8 +107,8 @@
 //!    `finalize_started` and flushes before returning; the flag survives restarts and
 //!    `recover_after_restart`, and is cleared only when the job takes new content, so the
 //!    backend asks the remote whether the finalize happened before doing it again.
-//! 6. **An attempt knows whether its content moved.** `claimed` holds, for exactly the
-//!    active and finalizing jobs, the fingerprint the job had when it was claimed; an
+//! 6. **An attempt knows whether its content moved.** [`Job::claimed`] holds, for exactly
+//!    the active and finalizing jobs, the fingerprint the job had when it was claimed; an
 //!    importing job's [`Import`] holds the fingerprint whose bytes were posted. When the
 //!    attempt or the import ends and `fingerprint` has moved on (an `offer` came in
 //!    meanwhile), the saved progress describes the old bytes: `retry_later`, `fail` and
@@ -160,7 +160,9 @@
 //! 2. every transition that must survive a crash flushes before returning (invariant 7);
 //!    what is not flushed (offers, dropped jobs) reaches the disk with the next flush or
 //!    when sled's write buffer fills, and the daemon flushes once a second while it runs
-//!    (its check that the database can still be written), and on close;
+//!    (its check that the database can still be written), and on close; a flush called
+//!    from an async task hands that task's runtime thread to the other tasks while it
+//!    waits for the disk (`blocking`);
 //! 3. space is still reused: a log segment whose pages have all been rewritten since is
 //!    freed and filled again, so the file stays within a small multiple of its live data
 //!    (the churn benchmark measures it), as it did with the cleaning.
@@ -171,6 +173,7 @@
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
+mod blocking;
 mod claim;
 mod counts;
 mod delete;
@@ -181,6 +184,7 @@ mod keys;
 mod lock;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -207,8 +211,9 @@ use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
 use lock::StateLock;
 
-/// The layout version this code reads and writes (the default tree's `format` key).
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout version this code writes (the default tree's `format` key). It reads this
+/// one and upgrades older ones at open (module `upgrade`).
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
@@ -235,7 +240,6 @@ struct Trees {
     ledger: sled::Tree,
     progress: sled::Tree,
     due: sled::Tree,
-    claimed: sled::Tree,
     counts: sled::Tree,
     attention: sled::Tree,
 }
@@ -258,8 +262,10 @@ struct Inner {
 }
 
 impl Inner {
+    /// Flushes (an fsync when anything was written) without stalling the async runtime's
+    /// other tasks (`blocking`).
     fn flush(&self) -> sled::Result<()> {
-        if self.db.flush()? > 0 {
+        if blocking::off_the_worker(|| self.db.flush())? > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -388,7 +394,6 @@ struct Tx<'a> {
     ledger: TxTree<'a>,
     progress: TxTree<'a>,
     due: TxTree<'a>,
-    claimed: TxTree<'a>,
     counts: TxTree<'a>,
     attention: TxTree<'a>,
     /// What the transaction changed in the per-folder counts, added to them as it ends.
@@ -474,15 +479,23 @@ impl Tx<'_> {
 
     /// Writes `new` over `old` (the stored version, `None` for a new job) and moves its
     /// `by_path` and `due` entries to match (invariants 1 and 2). A job leaving `importing`
-    /// leaves its import record behind.
+    /// leaves its import record behind, and one that is no longer an attempt its claimed
+    /// fingerprint (invariant 6).
     fn put_job(&self, old: Option<&Job>, new: &Job) -> TxResult<()> {
-        let without_import;
-        let new = if new.import.is_some() && new.state != JobState::Importing {
-            without_import = Job {
-                import: None,
+        let stale_import = new.import.is_some() && new.state != JobState::Importing;
+        let stale_claim = new.claimed.is_some() && !is_attempt(&new.state);
+        let without_stale;
+        let new = if stale_import || stale_claim {
+            without_stale = Job {
+                import: if stale_import {
+                    None
+                } else {
+                    new.import.clone()
+                },
+                claimed: if stale_claim { None } else { new.claimed },
                 ..new.clone()
             };
-            &without_import
+            &without_stale
         } else {
             new
         };
@@ -499,9 +512,6 @@ impl Tx<'_> {
         self.by_path.insert(raw_key, &job_key(new.id))?;
         if let Some(due) = new.due_ms() {
             self.due.insert(&job_due_key(new, due), &[])?;
-        }
-        if !is_attempt(&new.state) {
-            self.claimed.remove(&job_key(new.id))?;
         }
         self.count_job(old, Some(new))
     }
@@ -524,20 +534,11 @@ impl Tx<'_> {
 
     /// True when the job's fingerprint moved on since the current attempt claimed it, or
     /// since its bytes were posted (invariant 6).
-    fn content_moved(&self, job: &Job) -> TxResult<bool> {
-        if let Some(import) = &job.import {
-            return Ok(import.fingerprint != job.fingerprint);
-        }
-        let Some(raw) = self.claimed.get(job_key(job.id))? else {
-            return Ok(false);
-        };
-        match serde_json::from_slice::<Fingerprint>(&raw) {
-            Ok(claimed) => Ok(claimed != job.fingerprint),
-            Err(err) => abort(StoreError::Corrupt {
-                tree: "claimed",
-                key: format!("job {}", job.id),
-                detail: err.to_string(),
-            }),
+    fn content_moved(&self, job: &Job) -> bool {
+        match (&job.import, &job.claimed) {
+            (Some(import), _) => import.fingerprint != job.fingerprint,
+            (None, Some(claimed)) => *claimed != job.fingerprint,
+            (None, None) => false,
         }
     }
 
@@ -550,7 +551,6 @@ impl Tx<'_> {
             self.by_path.remove(raw_key)?;
         }
         self.progress.remove(&job_key(job.id))?;
-        self.claimed.remove(&job_key(job.id))?;
         if let Some(due) = job.due_ms() {
             self.due.remove(&job_due_key(job, due))?;
         }
@@ -634,6 +634,7 @@ impl Tx<'_> {
                     last_error: None,
                     import: None,
                     unconfirmed_attempt_ms: None,
+                    claimed: None,
                     kind: JobKind::Upload,
                     approved: false,
                     created_at_ms: now,
@@ -705,7 +706,6 @@ impl Store {
             ledger: tree("ledger")?,
             progress: tree("progress")?,
             due: tree("due")?,
-            claimed: tree("claimed")?,
             counts: tree("counts")?,
             attention: tree("attention")?,
         };
@@ -809,12 +809,11 @@ impl Store {
             &t.ledger,
             &t.progress,
             &t.due,
-            &t.claimed,
             &t.counts,
             &t.attention,
         )
             .transaction(
-                |(jobs, by_path, ledger, progress, due, claimed, counts, attention)| {
+                |(jobs, by_path, ledger, progress, due, counts, attention)| {
                     writes.set(0);
                     let counted = |tree| TxTree {
                         tree,
@@ -826,7 +825,6 @@ impl Store {
                         ledger: counted(ledger),
                         progress: counted(progress),
                         due: counted(due),
-                        claimed: counted(claimed),
                         counts: counted(counts),
                         attention: counted(attention),
                         changes: counts::Changes::default(),
@@ -1036,7 +1034,7 @@ impl Store {
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             tx.clear_progress(id)?;
-            if tx.content_moved(&job)? {
+            if tx.content_moved(&job) {
                 return tx.put_job(Some(&job), &queued_afresh(&job, now));
             }
             let failed = Job {
@@ -1061,7 +1059,7 @@ impl Store {
         let at = to_ms(at);
         self.transact(|tx| {
             let job = tx.require_job(id)?;
-            if tx.content_moved(&job)? {
+            if tx.content_moved(&job) {
                 tx.clear_progress(id)?;
                 return tx.put_job(Some(&job), &queued_afresh(&job, now));
             }
@@ -1218,7 +1216,7 @@ impl Store {
                 if is_attempt(&job.state) {
                     // The attempt's outcome was never recorded: its bytes may have landed,
                     // unless they were of an older version.
-                    let moved = tx.content_moved(&job)?;
+                    let moved = tx.content_moved(&job);
                     if moved {
                         tx.clear_progress(job.id)?;
                     }
@@ -1267,8 +1265,7 @@ impl Store {
         Ok(recovered)
     }
 
-    /// Removes `due`, `by_path`, `progress` and `claimed` entries whose job no longer matches
-    /// them.
+    /// Removes `due`, `by_path` and `progress` entries whose job no longer matches them.
     fn remove_dangling_entries(&self) -> Result<(), StoreError> {
         let trees = &self.inner.trees;
         let db_error = |err| self.db_error(err);
@@ -1303,16 +1300,6 @@ impl Store {
             };
             if orphan {
                 trees.progress.remove(&raw).map_err(db_error)?;
-            }
-        }
-        for entry in trees.claimed.iter() {
-            let (raw, _) = entry.map_err(db_error)?;
-            let stale = match decode_job_key(&raw) {
-                Some(id) => self.get(id)?.is_none_or(|job| !is_attempt(&job.state)),
-                None => true,
-            };
-            if stale {
-                trees.claimed.remove(&raw).map_err(db_error)?;
             }
         }
         Ok(())
@@ -1463,7 +1450,8 @@ fn open_db(path: &Path) -> Result<sled::Db, FormatError> {
         create_db(path)?;
     }
     let db = open_sled(path)?;
-    check_format(&db, path)?;
+    let found = check_format(&db, path)?;
+    upgrade::upgrade(&db, found)?;
     Ok(db)
 }
 
@@ -1544,10 +1532,20 @@ impl From<sled::Error> for FormatError {
     }
 }
 
-/// Accepts only a database stamped with [`FORMAT_VERSION`].
-fn check_format(db: &sled::Db, path: &Path) -> Result<(), FormatError> {
+/// Accepts a database stamped with [`FORMAT_VERSION`] or an older format this code
+/// upgrades; returns its format.
+fn check_format(db: &sled::Db, path: &Path) -> Result<u32, FormatError> {
+    let known = |found: &[u8]| {
+        std::str::from_utf8(found)
+            .ok()
+            .and_then(|found| found.parse::<u32>().ok())
+            .filter(|version| {
+                (upgrade::CLAIMED_TREE_FORMAT..=FORMAT_VERSION).contains(version)
+                    && found == version.to_string().as_bytes()
+            })
+    };
     match db.get(FORMAT_KEY)? {
-        Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
+        Some(found) if let Some(version) = known(&found) => Ok(version),
         Some(found) => Err(FormatError::Store(StoreError::UnknownFormat {
             path: path.to_path_buf(),
             found: String::from_utf8_lossy(&found).into_owned(),

@@ -65,8 +65,8 @@ fn job(store: &Store, id: JobId) -> Job {
         .expect("the job is still in the queue")
 }
 
-/// Checks invariants 1 to 3, and that `claimed` indexes exactly the attempts (6), by
-/// scanning every tree.
+/// Checks invariants 1 to 3, and that exactly the attempts have a claimed fingerprint
+/// (6), by scanning every tree.
 fn assert_invariants(store: &Store) {
     let trees = &store.inner.trees;
     let jobs = store.jobs().expect("all jobs decode");
@@ -122,10 +122,6 @@ fn assert_invariants(store: &Store) {
         );
     }
     for job in &jobs {
-        let claimed = trees
-            .claimed
-            .contains_key(job_key(job.id))
-            .expect("claimed reads");
         assert_eq!(
             job.import.is_some(),
             job.state == JobState::Importing,
@@ -134,19 +130,11 @@ fn assert_invariants(store: &Store) {
         );
         let attempt = matches!(job.state, JobState::Active | JobState::Finalizing);
         assert_eq!(
-            claimed,
+            job.claimed.is_some(),
             attempt,
-            "job {} ({}) has a claimed entry exactly while it is an attempt",
+            "job {} ({}) has a claimed fingerprint exactly while it is an attempt",
             job.id,
             job.state.name()
-        );
-    }
-    for entry in trees.claimed.iter() {
-        let (raw, _) = entry.expect("claimed iterates");
-        let id = decode_job_key(&raw).expect("claimed keys are job ids");
-        assert!(
-            jobs.iter().any(|job| job.id == id),
-            "claimed entry of job {id} belongs to an existing job"
         );
     }
     for entry in trees.progress.iter() {
@@ -1232,6 +1220,72 @@ fn a_process_that_opens_a_killed_database_without_checking_leaves_the_check_to_t
     assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1);
 }
 
+/// Rewrites a closed database as format 1 kept it: each attempt's claimed fingerprint in
+/// the `claimed` tree instead of its job record, plus a stale entry of a job long gone.
+fn rewrite_as_format_1(dir: &Path) {
+    let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    let jobs = db.open_tree("jobs").expect("opens");
+    let claimed = db.open_tree("claimed").expect("opens");
+    for entry in jobs.iter() {
+        let (raw_id, raw) = entry.expect("reads");
+        let id = decode_job_key(&raw_id).expect("job keys are ids");
+        let job = decode_job(&raw, id).expect("decodes");
+        if let Some(fingerprint) = job.claimed {
+            claimed
+                .insert(&raw_id, encode(&fingerprint))
+                .expect("writes");
+            let old = Job {
+                claimed: None,
+                ..job
+            };
+            jobs.insert(&raw_id, encode(&old)).expect("writes");
+        }
+    }
+    claimed
+        .insert(job_key(JobId(999_999)), encode(&fp(9)))
+        .expect("writes");
+    db.insert(FORMAT_KEY, "1").expect("writes");
+    db.flush().expect("flushes");
+}
+
+#[test]
+fn a_database_of_format_1_is_upgraded_at_open_and_its_attempts_know_what_they_claimed() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let changed = queued_id(store.offer(&key("changed"), &fp(1)).expect("offer"));
+    let steady = queued_id(store.offer(&key("steady"), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claims");
+    store.claim(far_future()).expect("claims");
+    // A new version of one file arrives during its attempt.
+    store.offer(&key("changed"), &fp(3)).expect("offer");
+    drop(store);
+    rewrite_as_format_1(dir.path());
+
+    let store = open(dir.path());
+    assert_eq!(
+        store.inner.db.get(FORMAT_KEY).expect("reads").as_deref(),
+        Some(FORMAT_VERSION.to_string().as_bytes())
+    );
+    assert!(
+        !store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name == b"claimed"),
+        "the old tree is dropped"
+    );
+    assert_eq!(job(&store, changed).claimed, Some(fp(1)));
+    assert_eq!(job(&store, steady).claimed, Some(fp(2)));
+    assert_invariants(&store);
+    // The attempt at the old bytes of `changed` fails: the new version is queued instead.
+    store.fail(changed, "400").expect("fails");
+    assert_eq!(job(&store, changed).state, JobState::Queued);
+    store.fail(steady, "400").expect("fails");
+    assert!(matches!(job(&store, steady).state, JobState::Failed { .. }));
+    assert_invariants(&store);
+}
+
 #[test]
 fn a_database_from_before_the_counts_is_counted_when_opened() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
@@ -2199,21 +2253,18 @@ fn writes_count_the_entries_each_transition_changes() {
         .expect("claim works")
         .expect("the job is due");
     wrote(
-        "a claim: due out, the job, claimed, counts (by_path is unchanged)",
-        4,
+        "a claim: due out, the job, counts (by_path is unchanged)",
+        3,
     );
     store
         .complete(job.id, &fp(1), "dir/a.csv", None)
         .expect("complete");
-    wrote(
-        "a completion: the ledger, counts, and jobs, by_path, claimed out",
-        5,
-    );
+    wrote("a completion: the ledger, counts, and jobs, by_path out", 4);
     let id = queued_id(store.offer(&key("failing.csv"), &fp(2)).expect("offer"));
     store.claim(far_future()).expect("claim works");
-    wrote("another job, claimed", 8);
+    wrote("another job, claimed", 7);
     store.fail(id, "400").expect("fail");
-    wrote("a failure: the job, claimed out, counts, attention", 4);
+    wrote("a failure: the job, counts, attention", 3);
 }
 
 #[test]
