@@ -202,19 +202,18 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
     }
 }
 
-#[test]
-fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
-    let s = setup(&[], "");
-    let mut daemon = DaemonProcess::start(&s.config);
+/// Starts the daemon, has KiFS answer the upload of a new file `report.csv` with `status`
+/// (a permanent refusal), and waits for the job to fail: the file and `status --json`.
+fn an_upload_refused_with(s: &Setup, status: u16) -> (DaemonProcess, PathBuf, serde_json::Value) {
+    let daemon = DaemonProcess::start(&s.config);
     // The folder's remote check runs in the background after the start; the fault below must
-    // meet the upload, not that check (which would take the 403 and hold the folder).
+    // meet the upload, not that check (which would take the refusal and hold the folder).
     wait_until(Duration::from_secs(20), "the folder's remote check", || {
         status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
     });
-    // The next KiFS request is refused for good (403): the upload fails permanently.
     s.emulator.post_json(
         "/_emulator/faults",
-        &serde_json::json!({"target": "kifs", "action": {"status": 403}}),
+        &serde_json::json!({"target": "kifs", "action": {"status": status}}),
     );
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
@@ -223,7 +222,14 @@ fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
             .as_array()
             .is_some_and(|f| !f.is_empty())
     });
-    let report = status_json(&s.config);
+    (daemon, path, status_json(&s.config))
+}
+
+#[test]
+fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
+    let s = setup(&[], "");
+    // The next KiFS request is refused for good (403): the upload fails permanently.
+    let (mut daemon, path, report) = an_upload_refused_with(&s, 403);
     let failed = &report["failed"][0];
     assert_eq!(failed["path"], path.display().to_string(), "{report}");
     assert!(failed["last_attempt_ms"].as_u64().unwrap() > 0, "{report}");
@@ -246,23 +252,8 @@ fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
 fn a_refused_token_is_counted_as_an_auth_failure_and_keeps_its_reason() {
     let port = free_port();
     let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
-    let mut daemon = DaemonProcess::start(&s.config);
-    // The fault must meet the upload, not the folder's background remote check.
-    wait_until(Duration::from_secs(20), "the folder's remote check", || {
-        status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
-    });
-    s.emulator.post_json(
-        "/_emulator/faults",
-        &serde_json::json!({"target": "kifs", "action": {"status": 401}}),
-    );
-    let path = s.inbox.join("report.csv");
-    std::fs::write(&path, "a,b\n1,2\n").unwrap();
-    wait_until(Duration::from_secs(20), "the upload to fail", || {
-        status_json(&s.config)["failed"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty())
-    });
-    let report = status_json(&s.config);
+    let (mut daemon, _, report) = an_upload_refused_with(&s, 401);
+    assert_eq!(report["failed"][0]["kind"], "auth", "{report}");
     let reason = report["failed"][0]["reason"].as_str().unwrap();
     assert_eq!(
         reason,

@@ -43,7 +43,10 @@ impl Worker {
         };
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
-            return self.record(&job, self.store.fail(job.id, reason));
+            let failed = self
+                .store
+                .fail_as(job.id, reason, Some(ErrorKind::Config.label()));
+            return self.record(&job, failed);
         };
         let scope = CallScope {
             stop: self.stopping.clone(),
@@ -81,14 +84,8 @@ impl Worker {
                 ..
             }) => {
                 tracing::error!(path, reason = %message, kind = %kind, "deletion failed permanently");
-                self.record(&job, self.store.fail(job.id, &message));
-                self.metrics.failed(
-                    &job.key.folder,
-                    backend_label,
-                    FailureClass::Permanent,
-                    kind,
-                    false,
-                );
+                let permanent = FailureClass::Permanent;
+                self.fail_job(&job, backend_label, permanent, kind, &message);
             }
             Err(err) => {
                 let delay = self.job_retry_delay(&job, &err);
@@ -110,7 +107,8 @@ impl Worker {
     fn check_deletion<'a>(&'a self, job: &Job) -> Checked<'a> {
         let store = &self.store;
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
-            self.record(job, store.fail(job.id, FOLDER_REMOVED));
+            let config = Some(ErrorKind::Config.label());
+            self.record(job, store.fail_as(job.id, FOLDER_REMOVED, config));
             return Checked::Done;
         };
         if folder.deletes.on_delete == OnDelete::Keep {

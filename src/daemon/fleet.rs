@@ -426,9 +426,7 @@ impl Fleet {
         for watcher in watchers {
             let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
         }
-        self.store.flush().map_err(|err| {
-            DaemonError::Startup(format!("final flush of the state database failed: {err}"))
-        })
+        self.store.flush().map_err(DaemonError::FinalFlush)
     }
 }
 

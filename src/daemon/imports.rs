@@ -252,7 +252,7 @@ impl Imports {
     /// Step 5 (and a second corrupt import).
     fn failed(&self, job: &Job, kind: ErrorKind, reason: &str) {
         tracing::error!(path = %job.key, reason, "upload failed permanently");
-        if let Err(err) = self.store.fail(job.id, reason) {
+        if let Err(err) = self.store.fail_as(job.id, reason, Some(kind.label())) {
             tracing::error!(job = job.id.0, error = %err, "cannot record a failed import in the state database");
         }
         let permanent = FailureClass::Permanent;

@@ -60,14 +60,23 @@ use status::{Live, StatusReport};
 use systemd::Notifier;
 use worker::Backends;
 
-/// Why the daemon could not run.
+/// Why the daemon could not run, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// It could not start (the state database, the control socket, the metrics endpoint,
+    /// the backends, a `--rebuild-state`).
     #[error("{0}")]
     Startup(String),
     /// The daemon ran but had to stop (the state database can no longer be written).
     #[error("{0}")]
     Runtime(String),
+    /// A pass of `sync --once` could not finish (a scan or the count of what is left).
+    #[error("{0}")]
+    Pass(String),
+    /// Everything stopped, but the last flush of the state database failed: what the last
+    /// moments acknowledged may be sent again at the next start.
+    #[error("final flush of the state database failed: {0}")]
+    FinalFlush(#[source] StoreError),
 }
 
 /// Runs until `shutdown` resolves; returns once everything is stopped and flushed.

@@ -203,8 +203,8 @@ async fn scan(core: &Core, folder: &FolderConfig) -> Result<u64, DaemonError> {
     let (folder, for_scan) = (folder.clone(), Arc::clone(&sink));
     let summary = tokio::task::spawn_blocking(move || watch::scan_once(&folder, for_scan.as_ref()))
         .await
-        .map_err(|err| DaemonError::Startup(format!("the scan task failed: {err}")))?
-        .map_err(|err| DaemonError::Startup(err.to_string()))?;
+        .map_err(|err| DaemonError::Pass(format!("the scan task failed: {err}")))?
+        .map_err(|err| DaemonError::Pass(err.to_string()))?;
     core.wake.notify_waiters();
     tracing::debug!(
         files = summary.files_seen,
@@ -281,10 +281,12 @@ fn pending(
             JobState::Failed {
                 reason,
                 failed_at_ms,
+                kind,
             } => {
                 out.failed.push(FailedJob {
                     path,
                     reason,
+                    kind,
                     failed_at_ms,
                     last_attempt_ms: job.updated_at_ms,
                     attempts: job.attempts,
@@ -488,8 +490,8 @@ impl Wait {
             pending(&config, &store, limit_ms, &held)
         })
         .await
-        .map_err(|err| DaemonError::Startup(format!("the status task failed: {err}")))?
-        .map_err(DaemonError::Startup)
+        .map_err(|err| DaemonError::Pass(format!("the status task failed: {err}")))?
+        .map_err(DaemonError::Pass)
     }
 }
 

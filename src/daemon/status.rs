@@ -161,6 +161,9 @@ pub struct InPlaceRetry {
 pub struct FailedJob {
     pub path: String,
     pub reason: String,
+    /// What went wrong, as the failure metrics label it; absent where not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub failed_at_ms: u64,
     #[serde(default)]
     pub last_attempt_ms: u64,
@@ -423,9 +426,11 @@ fn failed_and_retrying(store: &Store) -> Result<(Vec<FailedJob>, Vec<RetryingJob
             JobState::Failed {
                 reason,
                 failed_at_ms,
+                kind,
             } => failed.push(FailedJob {
                 path,
                 reason,
+                kind,
                 failed_at_ms,
                 last_attempt_ms: job.updated_at_ms,
                 attempts: job.attempts,

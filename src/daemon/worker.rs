@@ -265,10 +265,8 @@ impl Worker {
     /// settled here without uploading. Registers the upload as in flight.
     fn prepare(&self, job: &Job) -> Option<Prepared> {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
-            self.record(job, self.store.fail(job.id, FOLDER_REMOVED));
-            let (folder, config) = (&job.key.folder, FailureClass::Config);
-            self.metrics
-                .failed(folder, "none", config, ErrorKind::Config, false);
+            let config = FailureClass::Config;
+            self.fail_job(job, "none", config, ErrorKind::Config, FOLDER_REMOVED);
             return None;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
@@ -282,14 +280,8 @@ impl Worker {
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
                 tracing::error!(path = %path.display(), reason = %reason, "upload failed");
-                self.record(job, self.store.fail(job.id, &reason));
-                self.metrics.failed(
-                    &job.key.folder,
-                    backend_name(&folder.target),
-                    FailureClass::Unreadable,
-                    ErrorKind::LocalIo,
-                    false,
-                );
+                let (backend, class) = (backend_name(&folder.target), FailureClass::Unreadable);
+                self.fail_job(job, backend, class, ErrorKind::LocalIo, &reason);
                 return None;
             }
         };
@@ -320,14 +312,8 @@ impl Worker {
         }
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
-            self.record(job, self.store.fail(job.id, reason));
-            self.metrics.failed(
-                &job.key.folder,
-                backend_name(&folder.target),
-                FailureClass::Config,
-                ErrorKind::Config,
-                false,
-            );
+            let (backend, class) = (backend_name(&folder.target), FailureClass::Config);
+            self.fail_job(job, backend, class, ErrorKind::Config, reason);
             return None;
         };
         let live = Arc::new(LiveProgress::default());
@@ -410,31 +396,19 @@ impl Worker {
             Err(UploadError::Waiting(reason)) => self.hold_folder(attempt, &reason),
             Err(UploadError::Unreadable(reason)) => {
                 tracing::error!(path, reason = %reason, "upload failed");
-                self.record(job, self.store.fail(job.id, &reason));
                 let unreadable = FailureClass::Unreadable;
-                self.metrics.failed(
-                    &job.key.folder,
-                    backend,
-                    unreadable,
-                    ErrorKind::LocalIo,
-                    false,
-                );
+                self.fail_job(job, backend, unreadable, ErrorKind::LocalIo, &reason);
             }
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
                 kind,
+                status,
+                endpoint,
                 message,
-                ..
             }) => {
-                tracing::error!(path, reason = %message, kind = %kind, "upload failed permanently");
-                self.record(job, self.store.fail(job.id, &message));
-                self.metrics.failed(
-                    &job.key.folder,
-                    backend,
-                    FailureClass::Permanent,
-                    kind,
-                    false,
-                );
+                let endpoint = endpoint.map(tracing::field::display);
+                tracing::error!(path, reason = %message, kind = %kind, status, endpoint, "upload failed permanently");
+                self.fail_job(job, backend, FailureClass::Permanent, kind, &message);
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
                 let after = retry_after_of(&err);
@@ -452,6 +426,7 @@ impl Worker {
                     retry_in_s = delay.as_secs(),
                     honoured_retry_after_s = after.map(|a| a.as_secs()),
                     reason = %err,
+                    kind = %kind,
                     "upload failed; will retry"
                 );
                 let at = SystemTime::now() + delay;
@@ -543,6 +518,21 @@ impl Worker {
             self.wake.notify_one();
         }
         self.record(job, recorded.map(|_| ()));
+    }
+
+    /// Fails `job` for good with `reason`, recording its `kind`, and counts the failure.
+    pub(super) fn fail_job(
+        &self,
+        job: &Job,
+        backend: &str,
+        class: FailureClass,
+        kind: ErrorKind,
+        reason: &str,
+    ) {
+        let failed = self.store.fail_as(job.id, reason, Some(kind.label()));
+        self.record(job, failed);
+        self.metrics
+            .failed(&job.key.folder, backend, class, kind, false);
     }
 
     pub(super) fn record(&self, job: &Job, result: Result<(), crate::queue::StoreError>) {

@@ -219,6 +219,7 @@ impl Store {
             state: JobState::Failed {
                 reason: reason.clone(),
                 failed_at_ms: now,
+                kind: None,
             },
             last_error: Some(reason.clone()),
             updated_at_ms: now,

@@ -31,6 +31,10 @@ pub enum JobState {
     Failed {
         reason: String,
         failed_at_ms: u64,
+        /// What went wrong, as `upsync_upload_failures_total` labels it (`auth`,
+        /// `rejected`, …); absent where it was not recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
     },
 }
 

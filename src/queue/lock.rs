@@ -33,23 +33,42 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .map_err(|source| StoreError::io("create the lock file", &path, state_dir, source))?;
-        loop {
-            // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(StateLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => {
-                    return Err(StoreError::Locked {
-                        state_dir: state_dir.to_path_buf(),
-                        lock_path: path,
-                    });
-                }
-                _ => return Err(StoreError::io("lock", &path, state_dir, err)),
-            }
+        match try_lock(&file) {
+            Ok(true) => Ok(StateLock { _file: file }),
+            Ok(false) => Err(StoreError::Locked {
+                state_dir: state_dir.to_path_buf(),
+                lock_path: path,
+            }),
+            Err(err) => Err(StoreError::io("lock", &path, state_dir, err)),
+        }
+    }
+}
+
+/// Whether another open file description holds an flock on `path` (sled locks its data
+/// file so); a file that does not exist is not held. The probe's own lock, if it got one,
+/// ends with the call.
+pub(super) fn is_held(path: &Path) -> std::io::Result<bool> {
+    match File::open(path) {
+        Ok(file) => try_lock(&file).map(|taken| !taken),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Takes an exclusive flock on `file` without waiting: `false` when another open file
+/// description holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
         }
     }
 }
@@ -67,5 +86,17 @@ mod tests {
         assert!(err.to_string().contains("upsync.lock"), "{err}");
         drop(first);
         StateLock::acquire(dir.path()).expect("dropping the first lock released it");
+    }
+
+    #[test]
+    fn a_probe_sees_a_lock_held_elsewhere_and_leaves_a_free_file_free() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let path = dir.path().join(LOCK_FILE);
+        assert!(!is_held(&path).expect("a missing file can be probed"));
+        let held = StateLock::acquire(dir.path()).expect("the lock is free");
+        assert!(is_held(&path).expect("the lock file can be probed"));
+        drop(held);
+        assert!(!is_held(&path).expect("the lock file can be probed"));
+        StateLock::acquire(dir.path()).expect("the probe did not keep the lock");
     }
 }

@@ -1030,6 +1030,11 @@ impl Store {
     /// `retry_failed` or a new version of the file. If a new version was offered during the
     /// attempt, the failure concerned the old bytes and the job is queued afresh instead.
     pub fn fail(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
+        self.fail_as(id, reason, None)
+    }
+
+    /// [`Store::fail`], recording also what kind of failure it was (a metrics label).
+    pub fn fail_as(&self, id: JobId, reason: &str, kind: Option<&str>) -> Result<(), StoreError> {
         let now = now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
@@ -1041,6 +1046,7 @@ impl Store {
                 state: JobState::Failed {
                     reason: reason.to_owned(),
                     failed_at_ms: now,
+                    kind: kind.map(str::to_owned),
                 },
                 last_error: Some(reason.to_owned()),
                 updated_at_ms: now,
@@ -1473,23 +1479,22 @@ fn sled_config(path: &Path) -> sled::Config {
         .cache_capacity(CACHE_CAPACITY)
 }
 
+/// The file of a sled database directory that an open sled instance holds an flock on.
+const SLED_LOCKED_FILE: &str = "db";
+
 /// Opens sled, waiting briefly while its file lock is still held. `upsync.lock` already
 /// keeps other processes out, so a held lock can only be a sled instance of this process
-/// that was just dropped (as in [`create_db`]) and whose threads have not let go yet.
+/// that was just dropped (as in [`create_db`]) and whose threads have not let go yet. sled
+/// reports a held lock only as the text of an `Other` I/O error, so the lock is probed
+/// first ([`lock::is_held`]), by its errno.
 fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match sled_config(path).open() {
-            // sled wraps the flock failure in an `Other` error with this text.
-            Err(sled::Error::Io(err))
-                if err.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
+    let locked = path.join(SLED_LOCKED_FILE);
+    // A probe that cannot even open the file leaves the answer to sled's own open.
+    while lock::is_held(&locked).unwrap_or(false) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    sled_config(path).open()
 }
 
 fn create_db(path: &Path) -> Result<(), FormatError> {

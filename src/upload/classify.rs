@@ -83,25 +83,4 @@ mod tests {
         assert_eq!(status(503, None).1, Disposition::Retry { after: None });
         assert_eq!(status(403, after).1, Disposition::Permanent);
     }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_a_transient_transport_failure() {
-        // Port 1 on loopback refuses connections: a real connect error.
-        let http = crate::net::HttpClient::build(
-            "kifs",
-            &crate::config::NetConfig::default(),
-            crate::net::Bandwidth::unlimited(),
-            |builder| builder,
-        )
-        .expect("the client builds");
-        let request = http.client().get("http://127.0.0.1:1/");
-        let err = http
-            .send(crate::metrics::RequestKind::KifsApi, request)
-            .await
-            .expect_err("nothing listens on port 1");
-        assert_eq!(
-            transport(&err),
-            (ErrorKind::Transport, Disposition::Retry { after: None })
-        );
-    }
 }

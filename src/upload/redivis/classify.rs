@@ -105,8 +105,11 @@ mod tests {
             .expect_err("nothing listens on port 1");
         assert!(never_sent(&err));
         assert_eq!(
-            crate::upload::classify::transport(&err).1,
-            Disposition::Retry { after: None }
+            crate::upload::classify::transport(&err),
+            (
+                crate::upload::ErrorKind::Transport,
+                Disposition::Retry { after: None }
+            )
         );
         assert_eq!(session_transport(&err), Disposition::ResumeFromServer);
     }
