@@ -1,64 +1,26 @@
 //! The Redivis backend: one local file becomes one upload in a Redivis table, exactly once.
 //! "Protocol §N" in this module and its children is `docs/protocols/redivis.md`.
 //!
-//! Modules: [`api`] (REST client, pacing, in-request retries), [`session`] (the resumable
-//! chunk loop both flows share), [`classify`] (status → disposition), [`ratelimit`] (the
+//! Modules: [`api`] (REST client, pacing, in-request retries), [`attempt`] (one file
+//! into a table, as named steps), [`session`] (the resumable chunk loop both flows share),
+//! [`source`] (a file's chunks, read ahead and hashed while they travel), [`classify`] (status → disposition), [`ratelimit`] (the
 //! shared budget of API requests), [`names`] (escaping, collisions, the per-table name
 //! index), [`poll`] (batched status polls), [`tables`] (a table's kind, a dataset's next
 //! version), [`files`] (file index tables: temp uploads registered in `rawFiles` batches),
 //! [`versions`] (a dataset without an unreleased version, a release mid-import).
 //!
 //! # The algorithm ([`RedivisBackend::upload`])
-//! 1. Claim the upload name (`job.rel`) under Redivis' escaping in this table; a second
-//!    local file that escapes alike fails permanently, naming both files.
-//! 2. If `finalizing` was persisted by an earlier attempt (`job.finalize_started`), the
-//!    upload.post may have happened: list the table's uploads (all pages) and look for our
-//!    name with our size and MD5 (or still importing). Found: adopt it, go to 7.
-//! 3. Before sending a byte (protocol §11, B6), is the escaped name held in the table?
-//!    The table's [`names::NameIndex`] (one listing shared by many uploads) answers the
-//!    usual cases without a request: nobody holds it, or only the ledger's `job.previous`
-//!    upload does (and this file's size or MD5 differs from it). Otherwise `GET` the upload
-//!    by escaped name: another local name → collision (permanent). Ours with the same
-//!    size and hash, not failed → adopt it (the file is already there, e.g. the ledger
-//!    was lost or the file was only touched), go to 7.
-//!    Anything else under our name (an earlier version, a failed import, a leftover) is
-//!    stale; so is the ledger's `job.previous` upload. Stale uploads are deleted in step 5,
-//!    after the transfer, so the old data stays visible as long as possible.
-//! 4. Transfer, computing the MD5 while streaming:
-//!    - ≤ [`INLINE_UPLOAD_MAX`] (always for 0 bytes, protocol §11 B5): nothing to
-//!      transfer, the bytes go inline in the multipart upload.post (one API call
-//!      instead of three or more).
-//!    - `resumable-upload` flow: `POST resumableUpload?size=N` → session URL.
-//!    - `temp-uploads` flow: `POST tempUploads`, asking for a resumable upload when the
-//!      file is larger than one chunk; the server's answer decides. Resumable:
-//!      `x-goog-resumable: start` → `Location` = session URL. Non-resumable: one whole-body
-//!      PUT, re-sent whole on every retry (protocol §11, B1).
-//!    - The session's state is saved after creation and after every acknowledged chunk. A
-//!      saved session is resumed (status query first) unless the file changed, the flow
-//!      differs or it is older than 24 h. A session that dies (404/410/499, or one 400)
-//!      is replaced by a new one from byte 0; a second 400 fails the job.
-//! 5. Delete the stale uploads of step 3 (a missing one is fine).
-//! 6. Persist `finalizing`, then upload.post (`resumableUploadId` / `tempUploadId`, or
-//!    multipart `metadata` + `data`). A lost answer (5xx, timeout, broken connection) is
-//!    never blindly re-posted: list the table and adopt our upload if it is there.
-//!    A name taken since the index's listing (another client) shows here: the server
-//!    refuses the post (409) or creates our upload under another name, which is deleted
-//!    at once. Then back to 3, asking by name this time, with a new session; a second
-//!    time goes back to the queue.
-//! 7. Redivis imports the posted upload. While it is `queued` or `running`, return
-//!    [`Delivery::Posted`]: the daemon waits for it without a worker, through
-//!    [`RedivisBackend::await_import`] and the table's shared poller (2 s → 30 s).
-//!    `failed`: the upload is removed (its name is free again) and the job fails with
-//!    Redivis' `errorMessage` ([`RedivisBackend::remove_failed`]).
-//! 8. Once imported, compare the upload's `hash` with our MD5 (hex any case, or base64),
-//!    and its size. A mismatch deletes the upload and sends the file again once (from 3); a
-//!    second one fails the job. Clear the saved session; the upload's URI and our MD5 go to
-//!    the ledger.
+//! A file for a plain table goes through the numbered steps of [`attempt`], each a function
+//! (`claim_name`, `reconcile_finalize`, `check_name`, `transfer`, `delete_stale`, `post`,
+//! `settle`, `send_again`); a file for a file index table goes through [`files`]. An upload
+//! still importing is waited for by [`RedivisBackend::await_import`] and the table's
+//! shared poller (2 s → 30 s), then verified ([`RedivisBackend::verify`]: our size and
+//! MD5, hex any case or base64); a failed import is removed
+//! ([`RedivisBackend::remove_failed`]). `docs/upload-algorithms.md` ("Redivis upload")
+//! describes the steps with what is durable after each and what a crash at each leads to.
 //!
-//! Throughout, the file's fingerprint is checked before and after each chunk and before
-//! posting: a file that changed ends the attempt with `UploadError::Changed`. A definitive
-//! refusal from a `:next` table whose dataset has no unreleased version (released) ends it
-//! with `UploadError::Waiting` ([`versions`]).
+//! A definitive refusal from a `:next` table whose dataset has no unreleased version
+//! (released) ends an upload with `UploadError::Waiting` ([`versions`]).
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
 //! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
@@ -84,6 +46,7 @@
 //!   token in no log line, error, Debug output or saved progress.
 
 pub mod api;
+mod attempt;
 pub mod classify;
 pub mod files;
 pub mod names;
@@ -102,7 +65,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use self::api::{ApiClient, ApiFields, UploadResource};
-use self::names::{IndexConfig, Known, NameIndex, NameRegistry, collision_message};
+use self::names::{IndexConfig, NameIndex, NameRegistry};
 use self::poll::{PollConfig, Poller, failure_message};
 use self::ratelimit::{Pacer, PacerConfig};
 use self::session::{Flow, SessionClient, SessionFailure, SessionState, Transfer};
@@ -219,6 +182,71 @@ enum Opened {
         id: String,
         url: String,
     },
+}
+
+/// The sessions that died under one transfer: one rejection (400) is allowed, and a
+/// bounded number of new sessions.
+#[derive(Default)]
+struct DeadSessions {
+    rejected: u32,
+    restarts: u32,
+}
+
+impl DeadSessions {
+    /// Counts a dead session; an error once another new one is not worth starting.
+    fn count(
+        &mut self,
+        job: &UploadJob,
+        rejected: bool,
+        message: &str,
+        max_restarts: u32,
+    ) -> Result<(), UploadError> {
+        if rejected {
+            self.rejected += 1;
+            if self.rejected >= 2 {
+                return Err(UploadError::permanent(
+                    ErrorKind::Rejected,
+                    format!(
+                        "Redivis rejected the upload of {} twice: {message}",
+                        job.rel
+                    ),
+                ));
+            }
+        }
+        self.restarts += 1;
+        let restarts = self.restarts;
+        if restarts > max_restarts {
+            return Err(UploadError::retry(
+                ErrorKind::Server,
+                format!(
+                    "upload sessions for {} kept dying ({restarts} times, last: {message}); \
+                     will retry later",
+                    job.rel
+                ),
+            ));
+        }
+        tracing::warn!(
+            job = job.id.0,
+            attempt = restarts,
+            max_attempts = max_restarts,
+            reason = %message,
+            "upload session unusable; starting a new one from byte 0"
+        );
+        Ok(())
+    }
+}
+
+/// A file small enough to go inline: its bytes, read while it was checked unchanged, and
+/// their MD5.
+async fn read_inline(
+    job: &UploadJob,
+    reader: &FileReader,
+) -> Result<(Finalize, String), UploadError> {
+    job.check_unchanged()?;
+    let data = reader.read_at(0, reader.size as usize).await?;
+    job.check_unchanged()?;
+    let md5 = hex::encode(Md5::digest(&data));
+    Ok((Finalize::Inline(data), md5))
 }
 
 fn now_ms() -> u64 {
@@ -502,7 +530,7 @@ impl RedivisBackend {
         (one_table && self.kinds.known(table) == Some(TableKind::FileIndex)).then(|| table.clone())
     }
 
-    /// Uploads one file (module doc, steps 1–8; a file index table's file as [`files`]
+    /// Uploads one file (the steps of [`attempt`]; a file index table's file as [`files`]
     /// says): returns once Redivis holds it, imported and verified, or still importing
     /// ([`Delivery::Posted`]).
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
@@ -533,40 +561,7 @@ impl RedivisBackend {
             let outcome = outcomes.pop().expect("one outcome per job");
             return outcome.map(Delivery::Uploaded);
         }
-        // 1. The name.
-        let escaped = match self.names.claim(&table, &job.rel) {
-            Ok(escaped) => escaped,
-            Err(other) => {
-                // Another local file holds the name in this process, but after a restart
-                // the table is the judge: an upload of exactly our name means an earlier
-                // attempt of ours got there first, and the name is ours.
-                let escaped = names::escape(&job.rel);
-                match self
-                    .api
-                    .find_upload_by_name(&table, &escaped, &job.scope)
-                    .await?
-                {
-                    Some(existing) if existing.name.as_deref() == Some(job.rel.as_str()) => {
-                        self.names.take_over(&table, &job.rel)
-                    }
-                    _ => {
-                        return Err(UploadError::permanent(
-                            ErrorKind::Conflict,
-                            collision_message(&job.rel, &other, &escaped, &table),
-                        ));
-                    }
-                }
-            }
-        };
-        if escaped.is_empty() {
-            return Err(UploadError::permanent(
-                ErrorKind::Rejected,
-                format!(
-                    "{:?} has no letters or digits, so Redivis cannot name an upload after it",
-                    job.rel
-                ),
-            ));
-        }
+        let escaped = self.claim_name(job, &table).await?;
         let result = self.upload_named(job, &table, &escaped).await;
         if let Ok(_)
         | Err(
@@ -580,7 +575,7 @@ impl RedivisBackend {
             // The file is uploaded, gone, or failed for good (for instance because the
             // table holds the name for another file, posted before a crash): it has nothing
             // in flight, and whatever it left in the table is found by the remote check
-            // (step 3), so the claim is no longer needed, and keeping it would refuse the
+            // (`check_name`), so the claim is no longer needed, and keeping it would refuse the
             // file the table names. Claims are thus held only by uploads in progress or
             // waiting to retry, not by every file ever uploaded.
             self.names.release(&table, &job.rel);
@@ -588,242 +583,7 @@ impl RedivisBackend {
         result
     }
 
-    /// Steps 2–8 for a file whose name is claimed.
-    async fn upload_named(
-        &self,
-        job: &mut UploadJob,
-        table: &str,
-        escaped: &str,
-    ) -> Result<Delivery, UploadError> {
-        let reader = FileReader::open(&job.path, &job.fingerprint)?;
-        let scope = job.scope.clone();
-        let mut local_md5: Option<String> = None;
-
-        // 2. Reconcile a finalize that may have happened.
-        let mut adopted = None;
-        if job.finalize_started {
-            let md5 = self.file_md5(&reader).await?;
-            adopted = self
-                .find_posted(table, &job.rel, reader.size, &md5, &scope)
-                .await?;
-            if let Some(found) = &adopted {
-                tracing::info!(
-                    job = job.id.0,
-                    upload = %found.uri,
-                    status = found.status(),
-                    "adopting the upload an earlier attempt posted"
-                );
-            }
-            local_md5 = Some(md5);
-        }
-
-        let mut stale: Vec<String> = job
-            .previous
-            .iter()
-            .map(|p| p.remote.clone())
-            .filter(|r| !r.is_empty())
-            .collect();
-        let mut mismatches = 0;
-        // upload.post refused a session's bytes once (expired); a second refusal goes back
-        // to the queue.
-        let mut refused_post = false;
-        // upload.post found the name taken (since the index's snapshot): the next check
-        // asks the server by name; a second time goes back to the queue.
-        let mut name_taken = false;
-        loop {
-            let (posted, md5) = match adopted.take() {
-                Some(found) => {
-                    let md5 = match &local_md5 {
-                        Some(md5) => md5.clone(),
-                        None => self.file_md5(&reader).await?,
-                    };
-                    (found, md5)
-                }
-                None => {
-                    // 3. Conflicts before any byte is sent: the table's name index rules
-                    // out the usual cases (a new name, or only the upload this file
-                    // replaces); anything else is asked by name.
-                    let known = if name_taken {
-                        Known::Unknown
-                    } else {
-                        self.index.lookup(&self.api, table, escaped, &scope).await?
-                    };
-                    let ask = match &known {
-                        Known::Free => false,
-                        Known::Held(uris) if uris.iter().all(|uri| stale.contains(uri)) => {
-                            // Still ask when the replaced upload may hold these very
-                            // bytes (a file touched, not changed): it is then adopted.
-                            match &job.previous {
-                                Some(previous) if previous.fingerprint.size == reader.size => {
-                                    let md5 = match &local_md5 {
-                                        Some(md5) => md5.clone(),
-                                        None => self.file_md5(&reader).await?,
-                                    };
-                                    let same = previous
-                                        .md5
-                                        .as_deref()
-                                        .is_none_or(|remote| hashes_match(&md5, remote));
-                                    local_md5 = Some(md5);
-                                    same
-                                }
-                                _ => false,
-                            }
-                        }
-                        Known::Held(_) | Known::Unknown => true,
-                    };
-                    let existing = if ask {
-                        let found = self.api.find_upload_by_name(table, escaped, &scope).await?;
-                        self.index.learned(
-                            table,
-                            escaped,
-                            found.as_ref().map(|upload| upload.uri.as_str()),
-                        );
-                        found
-                    } else {
-                        None
-                    };
-                    if let Some(existing) = existing {
-                        let name = existing.name.clone().unwrap_or_default();
-                        if !name.is_empty() && name != job.rel {
-                            return Err(UploadError::permanent(
-                                ErrorKind::Conflict,
-                                collision_message(&job.rel, &name, escaped, table),
-                            ));
-                        }
-                        if !existing.is_failed() && existing.size == Some(reader.size) {
-                            let md5 = match &local_md5 {
-                                Some(md5) => md5.clone(),
-                                None => self.file_md5(&reader).await?,
-                            };
-                            local_md5 = Some(md5.clone());
-                            if let Some(remote) = &existing.hash
-                                && hashes_match(&md5, remote)
-                            {
-                                tracing::info!(
-                                    job = job.id.0,
-                                    upload = %existing.uri,
-                                    "the table already holds this exact file; adopting it"
-                                );
-                                adopted = Some(existing);
-                                continue;
-                            }
-                        }
-                        if !stale.contains(&existing.uri) {
-                            stale.push(existing.uri.clone());
-                        }
-                    }
-                    // 4–6.
-                    let (finalize, md5) = self.transfer(job, table, &reader, &scope).await?;
-                    for uri in stale.drain(..) {
-                        tracing::info!(job = job.id.0, upload = %uri, "deleting the upload this file replaces");
-                        self.api.delete_upload(&uri, &scope).await?;
-                        self.index.deleted(table, escaped, &uri);
-                    }
-                    job.check_unchanged()?;
-                    job.mark_finalizing()?;
-                    let options = job.redivis.parse.api_fields();
-                    let posted = match self
-                        .post(
-                            table,
-                            &job.rel,
-                            reader.size,
-                            &md5,
-                            &finalize,
-                            &options,
-                            &scope,
-                        )
-                        .await
-                    {
-                        Err(UploadError::Remote {
-                            disposition: Disposition::RestartSession,
-                            message,
-                            ..
-                        }) if !refused_post => {
-                            refused_post = true;
-                            tracing::warn!(job = job.id.0, upload = %job.rel, reason = %message, "upload.post refused the transferred bytes; sending them again in a new session");
-                            job.clear_progress()?;
-                            continue;
-                        }
-                        Err(
-                            refused @ UploadError::Remote {
-                                disposition: Disposition::RestartSession,
-                                ..
-                            },
-                        ) => {
-                            // Refused twice in a row: the session outlives the transfer
-                            // no better now (a slow link, a short lifetime). Not the file's
-                            // fault: the queue tries again later with a new session.
-                            job.clear_progress()?;
-                            return Err(refused);
-                        }
-                        other => other?,
-                    };
-                    let posted = match posted {
-                        PostAnswer::Created(upload) => upload,
-                        PostAnswer::NameTaken(reason) if !name_taken => {
-                            name_taken = true;
-                            tracing::warn!(job = job.id.0, upload = %job.rel, reason = %reason, "the upload name was taken in the table meanwhile; checking it again by name");
-                            // A session's upload id may be used up: send the bytes anew.
-                            job.clear_progress()?;
-                            continue;
-                        }
-                        PostAnswer::NameTaken(reason) => {
-                            job.clear_progress()?;
-                            return Err(UploadError::retry(
-                                ErrorKind::Conflict,
-                                format!(
-                                    "the Redivis upload name {escaped:?} of {} in table {table} \
-                                 was taken by another upload twice while posting ({reason}); \
-                                 will retry later",
-                                    job.rel
-                                ),
-                            ));
-                        }
-                    };
-                    self.index.created(table, escaped, &posted.uri);
-                    (posted, md5)
-                }
-            };
-            job.live.set(reader.size, reader.size);
-            // 7. Still importing: handed back, the daemon waits without a worker.
-            if !posted.is_terminal() {
-                return Ok(Delivery::Posted(Posted {
-                    remote: posted.uri,
-                    target: table.to_string(),
-                    md5,
-                }));
-            }
-            // 8. Integrity.
-            let reason = match self
-                .verify(table, escaped, posted, reader.size, &md5, &scope)
-                .await?
-            {
-                Imported::Verified(uploaded) => {
-                    job.clear_progress()?;
-                    return Ok(Delivery::Uploaded(uploaded));
-                }
-                Imported::Corrupt(reason) => reason,
-                Imported::Failed { reason, uri } => {
-                    self.remove_failed(table, &job.rel, &uri, &scope).await?;
-                    return Err(UploadError::permanent(ErrorKind::Rejected, reason));
-                }
-                Imported::Gone(reason) => {
-                    return Err(UploadError::retry(ErrorKind::Unexpected, reason));
-                }
-            };
-            mismatches += 1;
-            job.clear_progress()?;
-            local_md5 = Some(md5);
-            if mismatches >= 2 {
-                return Err(UploadError::permanent(
-                    ErrorKind::Unexpected,
-                    format!("{} ({reason})", job.rel),
-                ));
-            }
-        }
-    }
-
-    /// Steps 7–8 for an upload handed back as posted: waits through the table's shared
+    /// After [`attempt`]'s step 7 handed an upload back as posted: waits through the table's shared
     /// poller until Redivis finished importing it, then checks it. A corrupt upload is
     /// deleted; a failed one is left for [`Self::remove_failed`]. An upload no longer in
     /// the table is looked for in the version just released ([`versions`], step 4). When
@@ -945,7 +705,7 @@ impl RedivisBackend {
         }
     }
 
-    /// Step 8: a finished upload is ours when Redivis reports our size and MD5. Another
+    /// A finished upload is ours when Redivis reports our size and MD5. Another
     /// size or hash: the upload is deleted (it holds bytes that are not the file's).
     async fn verify(
         &self,
@@ -1029,7 +789,7 @@ impl RedivisBackend {
     /// re-posted blindly. A name already taken in the table comes back as
     /// [`PostAnswer::NameTaken`], whether the server refuses it or renames our upload.
     #[allow(clippy::too_many_arguments)]
-    async fn post(
+    async fn post_reconciled(
         &self,
         table: &str,
         name: &str,
@@ -1042,43 +802,8 @@ impl RedivisBackend {
         let mut attempts =
             Attempts::new(self.api.retry_policy(), scope, "upload.post").watching(self.health());
         loop {
-            let posted = match finalize {
-                Finalize::Inline(data) => {
-                    self.api
-                        .post_upload_inline(table, name, data.clone(), options, scope)
-                        .await
-                }
-                Finalize::Session { flow, id } => {
-                    self.api
-                        .post_upload(table, name, flow.id_field(), id, options, scope)
-                        .await
-                }
-            };
-            let err = match posted {
-                Ok(upload) if !upload.uri.is_empty() => {
-                    return match upload.name.as_deref() {
-                        // Only another escaped name is another address: a name given back
-                        // in another case or spelling is still ours.
-                        Some(given) if names::escape(given) != names::escape(name) => {
-                            // Redivis renames an upload whose name is taken (protocol §9):
-                            // a second copy of the file under another name is a duplicate.
-                            tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
-                            self.api.delete_upload(&upload.uri, scope).await?;
-                            Ok(PostAnswer::NameTaken(format!(
-                                "Redivis created it as {given:?}"
-                            )))
-                        }
-                        _ => Ok(PostAnswer::Created(upload)),
-                    };
-                }
-                Ok(_) => {
-                    return Err(UploadError::retry(
-                        ErrorKind::Unexpected,
-                        format!(
-                            "Redivis upload.post of {name:?} answered without the upload's uri"
-                        ),
-                    ));
-                }
+            let err = match self.post_once(table, name, finalize, options, scope).await {
+                Ok(upload) => return self.created_as_named(upload, name, scope).await,
                 Err(err) => err,
             };
             if err.status == Some(409) {
@@ -1116,20 +841,62 @@ impl RedivisBackend {
         }
     }
 
-    /// Step 4: gets the bytes to Redivis; returns how to finalize and the MD5 (hex).
-    async fn transfer(
+    /// One upload.post of the bytes `finalize` names.
+    async fn post_once(
         &self,
-        job: &UploadJob,
         table: &str,
-        reader: &FileReader,
+        name: &str,
+        finalize: &Finalize,
+        options: &ApiFields,
         scope: &CallScope,
-    ) -> Result<(Finalize, String), UploadError> {
-        self.transfer_as(job, table, reader, self.flow, true, scope)
-            .await
+    ) -> Result<UploadResource, api::ApiError> {
+        match finalize {
+            Finalize::Inline(data) => {
+                self.api
+                    .post_upload_inline(table, name, data.clone(), options, scope)
+                    .await
+            }
+            Finalize::Session { flow, id } => {
+                self.api
+                    .post_upload(table, name, flow.id_field(), id, options, scope)
+                    .await
+            }
+        }
     }
 
-    /// Step 4 in `flow`, small files inline when `inline` (file index tables take temp
-    /// uploads only).
+    /// What the upload upload.post created is: ours, or, under another name because ours
+    /// is taken, a duplicate that is deleted again.
+    async fn created_as_named(
+        &self,
+        upload: UploadResource,
+        name: &str,
+        scope: &CallScope,
+    ) -> Result<PostAnswer, UploadError> {
+        if upload.uri.is_empty() {
+            return Err(UploadError::retry(
+                ErrorKind::Unexpected,
+                format!("Redivis upload.post of {name:?} answered without the upload's uri"),
+            ));
+        }
+        match upload.name.as_deref() {
+            // Only another escaped name is another address: a name given back in another
+            // case or spelling is still ours.
+            Some(given) if names::escape(given) != names::escape(name) => {
+                // Redivis renames an upload whose name is taken (protocol §9): a second
+                // copy of the file under another name is a duplicate.
+                tracing::warn!(upload = name, renamed = given, uri = %upload.uri, "Redivis renamed the new upload because its name is taken; deleting it");
+                self.api.delete_upload(&upload.uri, scope).await?;
+                Ok(PostAnswer::NameTaken(format!(
+                    "Redivis created it as {given:?}"
+                )))
+            }
+            _ => Ok(PostAnswer::Created(upload)),
+        }
+    }
+
+    /// The bytes of `job` to Redivis in `flow` (`transfer` in [`attempt`], and [`files`]):
+    /// inline when `inline` allows (file index tables take temp uploads only) and the file
+    /// is small, else through sessions, a saved one resumed and dead ones replaced.
     async fn transfer_as(
         &self,
         job: &UploadJob,
@@ -1141,35 +908,13 @@ impl RedivisBackend {
     ) -> Result<(Finalize, String), UploadError> {
         let size = reader.size;
         if inline && size <= self.tuning.inline_max {
-            job.check_unchanged()?;
-            let data = reader.read_at(0, size as usize).await?;
-            job.check_unchanged()?;
-            let md5 = hex::encode(Md5::digest(&data));
-            return Ok((Finalize::Inline(data), md5));
+            return read_inline(job, reader).await;
         }
-
-        let mut resume = match job.load_progress::<SessionState>()? {
-            Some(saved) => match saved.unusable_for(
-                flow,
-                size,
-                &job.fingerprint,
-                now_ms(),
-                self.tuning.session_max_age,
-            ) {
-                None => Some(saved),
-                Some(why) => {
-                    tracing::info!(job = job.id.0, why, "not resuming the saved upload session");
-                    job.clear_progress()?;
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut resume = self.saved_session(job, flow, size)?;
         let check = || job.check_unchanged();
         let transfer = self.file_transfer(job, reader, &check, scope);
         let mut persist = |state: &SessionState| job.save_progress(state);
-        let mut rejected = 0;
-        let mut restarts = 0;
+        let mut dead = DeadSessions::default();
         loop {
             let outcome = match resume.take() {
                 Some(mut state) => {
@@ -1201,42 +946,32 @@ impl RedivisBackend {
             match outcome {
                 Ok((id, md5)) => return Ok((Finalize::Session { flow, id }, md5)),
                 Err(SessionFailure::Fail(err)) => return Err(err),
-                Err(SessionFailure::Restart {
-                    rejected: was_rejected,
-                    message,
-                }) => {
+                Err(SessionFailure::Restart { rejected, message }) => {
                     job.clear_progress()?;
-                    if was_rejected {
-                        rejected += 1;
-                        if rejected >= 2 {
-                            return Err(UploadError::permanent(
-                                ErrorKind::Rejected,
-                                format!(
-                                    "Redivis rejected the upload of {} twice: {message}",
-                                    job.rel
-                                ),
-                            ));
-                        }
-                    }
-                    restarts += 1;
-                    if restarts > self.tuning.session_restarts {
-                        return Err(UploadError::retry(
-                            ErrorKind::Server,
-                            format!(
-                                "upload sessions for {} kept dying ({restarts} times, last: \
-                             {message}); will retry later",
-                                job.rel
-                            ),
-                        ));
-                    }
-                    tracing::warn!(
-                        job = job.id.0,
-                        attempt = restarts,
-                        max_attempts = self.tuning.session_restarts,
-                        reason = %message,
-                        "upload session unusable; starting a new one from byte 0"
-                    );
+                    dead.count(job, rejected, &message, self.tuning.session_restarts)?;
                 }
+            }
+        }
+    }
+
+    /// The session state an earlier attempt saved, if it can be resumed for this version
+    /// of the file; one that cannot is forgotten.
+    fn saved_session(
+        &self,
+        job: &UploadJob,
+        flow: Flow,
+        size: u64,
+    ) -> Result<Option<SessionState>, UploadError> {
+        let Some(saved) = job.load_progress::<SessionState>()? else {
+            return Ok(None);
+        };
+        let max_age = self.tuning.session_max_age;
+        match saved.unusable_for(flow, size, &job.fingerprint, now_ms(), max_age) {
+            None => Ok(Some(saved)),
+            Some(why) => {
+                tracing::info!(job = job.id.0, why, "not resuming the saved upload session");
+                job.clear_progress()?;
+                Ok(None)
             }
         }
     }

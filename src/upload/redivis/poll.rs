@@ -169,65 +169,82 @@ impl Poller {
         if due.is_empty() {
             return;
         }
+        let (outcomes, pages_used) = if due.len() >= 2 && due.len() > pages_last {
+            self.poll_by_listing(table, &due, &all).await
+        } else {
+            (self.poll_one_by_one(&due).await, None)
+        };
+        self.settle(table, now, &due, outcomes, pages_used);
+    }
+
+    /// Polls the due uploads of `table` with one walk of its upload list (stopping once
+    /// every waiter was seen); returns the finished ones and the pages the walk took.
+    async fn poll_by_listing(
+        &self,
+        table: &str,
+        due: &[UploadResource],
+        all: &[UploadResource],
+    ) -> (Vec<(UploadResource, Outcome)>, Option<usize>) {
         let mut outcomes: Vec<(UploadResource, Outcome)> = Vec::new();
         let mut pages_used = None;
-        if due.len() >= 2 && due.len() > pages_last {
-            let mut seen: Vec<Option<UploadResource>> = vec![None; all.len()];
-            let walked = self
-                .api
-                .for_each_upload_page(table, &self.background, &mut |page| {
-                    for remote in page {
-                        for (slot, mine) in seen.iter_mut().zip(&all) {
-                            if mine.same_as(remote) {
-                                *slot = Some(remote.clone());
-                            }
-                        }
-                    }
-                    seen.iter().any(Option::is_none)
-                })
-                .await;
-            match walked {
-                Ok(pages) => {
-                    pages_used = Some(pages);
-                    for (mine, remote) in all.iter().zip(seen) {
-                        match remote {
-                            Some(remote)
-                                if remote.is_failed() && remote.error_message.is_none() =>
-                            {
-                                let full = self.api.get_upload(&mine.uri, &self.background).await;
-                                outcomes.push((mine.clone(), full));
-                            }
-                            Some(remote) if remote.is_terminal() => {
-                                outcomes.push((mine.clone(), Ok(remote)));
-                            }
-                            Some(_) => {}
-                            None => {
-                                // Not in the list (the walk saw every page): asked alone,
-                                // a 404 says it is gone; a list that lags says nothing.
-                                match self.api.get_upload(&mine.uri, &self.background).await {
-                                    Ok(remote) if !remote.is_terminal() => {}
-                                    full => outcomes.push((mine.clone(), full)),
-                                }
-                            }
+        let mut seen: Vec<Option<UploadResource>> = vec![None; all.len()];
+        let walked = self
+            .api
+            .for_each_upload_page(table, &self.background, &mut |page| {
+                for remote in page {
+                    for (slot, mine) in seen.iter_mut().zip(all) {
+                        if mine.same_as(remote) {
+                            *slot = Some(remote.clone());
                         }
                     }
                 }
-                Err(err) => {
-                    for mine in &due {
-                        outcomes.push((mine.clone(), Err(err.clone())));
+                seen.iter().any(Option::is_none)
+            })
+            .await;
+        match walked {
+            Ok(pages) => {
+                pages_used = Some(pages);
+                for (mine, remote) in all.iter().zip(seen) {
+                    match remote {
+                        Some(remote) if remote.is_failed() && remote.error_message.is_none() => {
+                            let full = self.api.get_upload(&mine.uri, &self.background).await;
+                            outcomes.push((mine.clone(), full));
+                        }
+                        Some(remote) if remote.is_terminal() => {
+                            outcomes.push((mine.clone(), Ok(remote)));
+                        }
+                        Some(_) => {}
+                        None => {
+                            // Not in the list (the walk saw every page): asked alone,
+                            // a 404 says it is gone; a list that lags says nothing.
+                            match self.api.get_upload(&mine.uri, &self.background).await {
+                                Ok(remote) if !remote.is_terminal() => {}
+                                full => outcomes.push((mine.clone(), full)),
+                            }
+                        }
                     }
                 }
             }
-        } else {
-            for mine in &due {
-                match self.api.get_upload(&mine.uri, &self.background).await {
-                    Ok(remote) if remote.is_terminal() => outcomes.push((mine.clone(), Ok(remote))),
-                    Ok(_) => {}
-                    Err(err) => outcomes.push((mine.clone(), Err(err))),
+            Err(err) => {
+                for mine in due {
+                    outcomes.push((mine.clone(), Err(err.clone())));
                 }
             }
         }
-        self.settle(table, now, &due, outcomes, pages_used);
+        (outcomes, pages_used)
+    }
+
+    /// Polls each due upload with a GET of its own; returns the finished ones.
+    async fn poll_one_by_one(&self, due: &[UploadResource]) -> Vec<(UploadResource, Outcome)> {
+        let mut outcomes: Vec<(UploadResource, Outcome)> = Vec::new();
+        for mine in due {
+            match self.api.get_upload(&mine.uri, &self.background).await {
+                Ok(remote) if remote.is_terminal() => outcomes.push((mine.clone(), Ok(remote))),
+                Ok(_) => {}
+                Err(err) => outcomes.push((mine.clone(), Err(err))),
+            }
+        }
+        outcomes
     }
 
     fn settle(
