@@ -304,6 +304,7 @@ impl Store {
 
     /// [`Store::check_counts`], warning about each repair when `warn`.
     fn reconcile_counts(&self, warn: bool) -> Result<usize, StoreError> {
+        self.unmark_closed()?;
         let drift = self.counts_drift()?;
         let trees = &self.inner.trees;
         for (folder, kept, counted) in &drift.tallies {

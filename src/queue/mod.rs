@@ -16,7 +16,8 @@
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
 //!                    "closed"  -> "1"  (the last process closed the database in order;
-//!                                       removed at open, written back at close)
+//!                                       removed before a process first changes
+//!                                       anything, written back at close)
 //!     jobs           JobId (u64 BE)                      -> Job (JSON)
 //!     by_path        folder \0 rel                       -> JobId (u64 BE)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
@@ -137,11 +138,13 @@
 //! counts was made in the transaction that made the change they count), so:
 //!
 //! 1. a new database is stamped `closed` (its counts, all zero, are right);
-//! 2. opening removes `closed` (flushed with the open), so a process that is killed, or
-//!    loses power, leaves a database without it;
+//! 2. the first change a process makes (a transaction, a repair of the counts) removes
+//!    `closed` and flushes before it goes ahead, so a process that is killed, or loses
+//!    power, after changing anything leaves a database without it; a process that only
+//!    reads (`upsync status` of a stopped daemon) writes nothing;
 //! 3. `recover_after_restart` checks the counts only when the open found no `closed`;
-//! 4. closing (the last clone of the Store dropped) writes `closed` back and flushes,
-//!    but only if the counts are trusted: the open found `closed`, or this process
+//! 4. closing (the last clone of the Store dropped) writes `closed` back (if step 2
+//!    removed it) and flushes, but only if the counts are trusted: the open found `closed`, or this process
 //!    checked them. A process that opened a database left by a crash and did not check
 //!    (`upsync status` of a stopped daemon) leaves it unmarked, for the next start to check.
 //!
@@ -188,8 +191,8 @@ mod upgrade;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{
@@ -258,6 +261,9 @@ struct Inner {
     /// database in order, or this one checked them. Only then does closing mark the
     /// database as closed cleanly (see "Clean close" in the module doc).
     counts_trusted: AtomicBool,
+    /// Whether the `closed` marker is still on disk: found at open, and removed before
+    /// this process first changes the trees ([`Store::unmark_closed`]).
+    marked_closed: Mutex<bool>,
     _lock: StateLock,
 }
 
@@ -274,7 +280,12 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.counts_trusted.load(Ordering::Relaxed)
+        let marked = *self
+            .marked_closed
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !marked
+            && self.counts_trusted.load(Ordering::Relaxed)
             && let Err(err) = self.db.insert(CLEAN_CLOSE_KEY, b"1")
         {
             tracing::warn!(
@@ -709,8 +720,7 @@ impl Store {
             counts: tree("counts")?,
             attention: tree("attention")?,
         };
-        // Removed while open, so that a process that stops without closing leaves none.
-        let closed_cleanly = db.remove(CLEAN_CLOSE_KEY).map_err(open_error)?.is_some();
+        let closed_cleanly = db.contains_key(CLEAN_CLOSE_KEY).map_err(open_error)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -719,6 +729,7 @@ impl Store {
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 counts_trusted: AtomicBool::new(closed_cleanly),
+                marked_closed: Mutex::new(closed_cleanly),
                 _lock: lock,
             }),
         };
@@ -797,9 +808,30 @@ impl Store {
         StoreError::from_sled(&self.inner.state_dir, err)
     }
 
+    /// Removes the `closed` marker, durably, before the first change this process makes
+    /// (step 2 of "Clean close" in the module doc): a process that is killed afterwards
+    /// leaves a database without it. A process that only reads never writes.
+    fn unmark_closed(&self) -> Result<(), StoreError> {
+        let mut marked = self
+            .inner
+            .marked_closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *marked {
+            self.inner
+                .db
+                .remove(CLEAN_CLOSE_KEY)
+                .map_err(|err| self.db_error(err))?;
+            self.flush()?;
+            *marked = false;
+        }
+        Ok(())
+    }
+
     /// Runs `f` as one serializable transaction over all trees (sled retries it on conflict,
     /// so `f` must not have side effects outside the trees).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
+        self.unmark_closed()?;
         let t = &self.inner.trees;
         // Counted per attempt: sled runs `f` again after a conflict.
         let writes = Cell::new(0);

@@ -1228,6 +1228,22 @@ fn a_start_after_an_orderly_close_does_not_walk_the_trees_to_check_the_counts() 
 }
 
 #[test]
+fn a_process_that_only_reads_a_cleanly_closed_database_writes_nothing() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    store.offer(&key("queued"), &fp(1)).expect("offer");
+    let store = reopen(store);
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1);
+    store.jobs_needing_attention().expect("reads");
+    assert_eq!(store.flushes(), 0, "nothing was flushed");
+    // The first change unmarks the database, durably, before it is made.
+    store.offer(&key("another"), &fp(2)).expect("offer");
+    assert_eq!(store.flushes(), 1, "the marker's removal was flushed");
+    let store = reopen_after_kill(store);
+    assert_eq!(store.counts().expect("reads")["/data/in"].queued, 2);
+}
+
+#[test]
 fn a_process_that_opens_a_killed_database_without_checking_leaves_the_check_to_the_next_start() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
@@ -2222,7 +2238,11 @@ fn space_counts_the_key_and_value_bytes_of_every_tree() {
     let store = open(dir.path());
     let marker =
         (FORMAT_KEY.len() + FORMAT_VERSION.to_string().len() + counts::COUNTS_KEY.len() + 1) as u64;
-    assert_eq!(store.space().expect("space reads").live_bytes, marker);
+    let closed_marker = (CLEAN_CLOSE_KEY.len() + 1) as u64;
+    assert_eq!(
+        store.space().expect("space reads").live_bytes,
+        marker + closed_marker
+    );
 
     let file = key("a.csv");
     store.offer(&file, &fp(1)).expect("offer");
@@ -2293,6 +2313,8 @@ fn writes_count_the_entries_each_transition_changes() {
 fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
+    // The first change of a process flushes the removal of the clean-close marker.
+    store.unmark_closed().expect("unmarks");
     let mut last = store.flushes();
     let mut flushed = |what: &str, expected: bool| {
         let now = store.flushes();
