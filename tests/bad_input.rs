@@ -111,24 +111,20 @@ const TOKEN_ENV: &str = "UPSYNC_BAD_INPUT_REDIVIS_TOKEN";
 fn both() -> Both {
     // SAFETY: set before any child starts; every child reads the same value.
     unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
-    let tmp = tempfile::tempdir().unwrap();
-    let kin = tmp.path().join("kin");
-    let rin = tmp.path().join("rin");
-    std::fs::create_dir_all(&kin).unwrap();
-    std::fs::create_dir_all(&rin).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
-    let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[kifs]\nurl = \"{}\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
-             [[folder]]\npath = \"kin\"\nkifs_directory = \"ingest\"\ncreate_directory = true\nsettle = \"1s\"\nexclude = []\n\
-             [[folder]]\npath = \"rin\"\nredivis_table = \"{TABLE}\"\nsettle = \"1s\"\nexclude = []\n",
-            emulator.kifs_url(),
-            emulator.redivis_url()
-        ),
-    )
-    .unwrap();
+    let Site {
+        tmp,
+        folders,
+        emulator,
+        config,
+    } = Site::start(&["kin", "rin"], &["--redivis-token", TOKEN]);
+    let (kin, rin) = (folders[0].clone(), folders[1].clone());
+    ConfigBuilder::new()
+        .kifs(&emulator.kifs_url())
+        .redivis(&emulator.redivis_url(), TOKEN_ENV)
+        .folder(FolderBuilder::kifs("kin", "ingest"))
+        .folder(FolderBuilder::redivis("rin", TABLE))
+        .each_folder(|folder| folder.with("exclude = []"))
+        .write(&config);
     Both {
         _tmp: tmp,
         kin,
@@ -146,36 +142,9 @@ fn failed_reason(status: &serde_json::Value, path: &Path) -> Option<String> {
         .map(|f| f["reason"].as_str().unwrap_or("").to_string())
 }
 
-/// Upload names in the table (one page is enough for these tests).
+/// Upload names in the table.
 fn redivis_names(b: &Both) -> Vec<String> {
-    let table = percent_encoding::utf8_percent_encode(TABLE, percent_encoding::NON_ALPHANUMERIC);
-    let url = format!(
-        "{}/tables/{table}/uploads?maxResults=100",
-        b.emulator.redivis_url()
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        if response.status().as_u16() == 404 {
-            return Vec::new();
-        }
-        let page: serde_json::Value = response.json().await.unwrap();
-        page["results"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|u| u["name"].as_str().unwrap_or("").to_string())
-            .collect()
-    })
+    b.emulator.redivis_upload_names(TABLE, TOKEN)
 }
 
 #[test]
@@ -282,7 +251,12 @@ fn symlink_loops_are_not_followed_and_the_other_files_arrive() {
     wait_until(Duration::from_secs(30), "the real file", || {
         same_content(&real, &b.emulator.kifs_file("ingest/x/real.csv"))
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Ready once the start-up scan, links and all, is over; settled then, a file found
+    // through a link would be pending or counted as done.
+    daemon.wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+        daemon.log_text().contains("upsync is running")
+    });
+    daemon.wait_settled(&b.config, 1);
     let status = status_json(&b.config);
     assert_eq!(status["folders"][0]["done"], 1, "{status}");
     assert_eq!(status["folders"][0]["queued"], 0, "{status}");

@@ -208,37 +208,15 @@ fn world(plan: &Plan) -> World {
     let config = tmp.path().join("upsync.toml");
     std::fs::create_dir_all(tmp.path().join("kin")).unwrap();
     std::fs::create_dir_all(tmp.path().join("rin")).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-state_dir = "state"
-concurrency = 4
-shutdown_timeout = "5s"
-retry_max_delay = "5s"
-[kifs]
-url = "{kifs}"
-[redivis]
-api_url = "{redivis}"
-token_env = "{TOKEN_ENV}"
-chunk_size = "2MiB"
-# The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
-rate_limit_window = "5s"
-[[folder]]
-path = "kin"
-kifs_directory = "{KIFS_DIR}"
-create_directory = true
-settle = "1s"
-[[folder]]
-path = "rin"
-redivis_table = "{TABLE}"
-settle = "1s"
-"#,
-            kifs = emulator.kifs_url(),
-            redivis = emulator.redivis_url()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .top("concurrency = 4\nshutdown_timeout = \"5s\"\nretry_max_delay = \"5s\"")
+        .kifs(&emulator.kifs_url())
+        .redivis(&emulator.redivis_url(), TOKEN_ENV)
+        // The emulator counts its rate limit over 5 s, not Redivis' 60-100 s.
+        .redivis_with("chunk_size = \"2MiB\"\nrate_limit_window = \"5s\"")
+        .folder(FolderBuilder::kifs("kin", KIFS_DIR))
+        .folder(FolderBuilder::redivis("rin", TABLE))
+        .write(&config);
     World {
         tmp,
         config,

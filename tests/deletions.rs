@@ -42,37 +42,21 @@ fn setup(kifs: bool, folder_extra: &str) -> Setup {
 
 fn setup_for(target: Remote, folder_extra: &str) -> Setup {
     let kifs = target == Remote::Kifs;
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
-    let remote = if kifs {
-        format!(
-            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"ingest\"\n\
-             create_directory = true\n",
-            emulator.kifs_url()
-        )
-    } else {
-        emulator.create_redivis_table(TABLE, target == Remote::FileIndex);
-        format!(
-            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_DELETIONS_TOKEN\"\n\
-             [[folder]]\npath = \"inbox\"\nredivis_table = \"{TABLE}\"\n",
-            emulator.redivis_url()
-        )
-    };
-    let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\non_delete = \"delete\"\n\
-         {folder_extra}\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    let site = Site::start(&["inbox"], &["--redivis-token", TOKEN]);
+    if !kifs {
+        site.emulator
+            .create_redivis_table(TABLE, target == Remote::FileIndex);
+    }
+    one_folder_config(&site, kifs, TABLE, "UPSYNC_E2E_DELETIONS_TOKEN")
+        .each_folder(|folder| folder.with("on_delete = \"delete\"").with(folder_extra))
+        .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_DELETIONS_TOKEN", TOKEN) };
     Setup {
-        _tmp: tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        _tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 
@@ -89,20 +73,13 @@ impl Setup {
     }
 
     fn kifs_deletes(&self) -> u64 {
-        let stats = self.emulator.get_json("/kifs/_emulator/stats");
+        let stats = self.emulator.kifs_stats();
         stats["requests"]["/delete/files"].as_u64().unwrap_or(0)
     }
 
     /// The names of the table's uploads, one entry per upload.
     fn redivis_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .emulator
-            .list_redivis_uploads(TABLE, TOKEN)
-            .iter()
-            .map(|u| u["name"].as_str().unwrap_or("").to_string())
-            .collect();
-        names.sort();
-        names
+        self.emulator.redivis_upload_names(TABLE, TOKEN)
     }
 
     /// The names of the file index table's files.
@@ -122,26 +99,15 @@ impl Setup {
         status["folders"][0][field].as_u64().unwrap_or(0)
     }
 
-    /// Waits until the ledger records exactly `done` files and no job is left.
+    /// Waits until the ledger records exactly `done` files and no job is left, failed
+    /// ones included.
     fn wait_settled(&self, daemon: &DaemonProcess, done: u64) {
         daemon.wait_until(
             WAIT,
-            &format!("{done} files done and nothing pending"),
+            &format!("{done} files done and nothing pending or failed"),
             || {
                 let status = status_json(&self.config);
-                let folder = &status["folders"][0];
-                let pending: u64 = [
-                    "queued",
-                    "active",
-                    "finalizing",
-                    "importing",
-                    "retry_wait",
-                    "failed",
-                ]
-                .iter()
-                .map(|f| folder[*f].as_u64().unwrap_or(0))
-                .sum();
-                pending == 0 && folder["done"].as_u64() == Some(done)
+                settled(&status, done) && folders_total(&status, "failed") == 0
             },
         );
     }

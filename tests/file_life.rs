@@ -38,38 +38,27 @@ impl Setup {
 
     /// [`Setup::new`] with `extra` lines in the KiFS folder's section.
     fn with_kifs_folder_extra(extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
-        std::fs::create_dir_all(&kin).unwrap();
-        std::fs::create_dir_all(&rin).unwrap();
-        let emulator = EmulatorProcess::start(
-            &tmp.path().join("remote"),
+        let Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        } = Site::start(
+            &["kin", "rin"],
             &["--kifs-directory", "ingest", "--redivis-token", TOKEN],
         );
-        let config = tmp.path().join("upsync.toml");
-        let text = format!(
-            r#"
-state_dir = "state"
-shutdown_timeout = "5s"
-[kifs]
-url = "{kifs}"
-[redivis]
-api_url = "{redivis}"
-token = "{TOKEN}"
-[[folder]]
-path = "kin"
-kifs_directory = "ingest"
-settle = "1s"
-{extra}
-[[folder]]
-path = "rin"
-redivis_table = "{TABLE}"
-settle = "1s"
-"#,
-            kifs = emulator.kifs_url(),
-            redivis = emulator.redivis_url(),
-        );
-        std::fs::write(&config, text).unwrap();
+        let (kin, rin) = (folders[0].clone(), folders[1].clone());
+        ConfigBuilder::new()
+            .top("shutdown_timeout = \"5s\"")
+            .kifs(&emulator.kifs_url())
+            .redivis_with_token(&emulator.redivis_url(), TOKEN)
+            .folder(
+                FolderBuilder::kifs("kin", "ingest")
+                    .without("create_directory")
+                    .with(extra),
+            )
+            .folder(FolderBuilder::redivis("rin", TABLE))
+            .write(&config);
         Setup {
             _tmp: tmp,
             kin,
@@ -88,7 +77,7 @@ settle = "1s"
 
     fn kifs_holds(&self, local: &Path) -> bool {
         let name = local.file_name().unwrap().to_str().unwrap();
-        same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+        self.emulator.kifs_holds(local, &format!("ingest/{name}"))
     }
 
     /// The MD5 hashes of the table's completed uploads named `name`.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pki::TestCa;
+use common::{ConfigBuilder, FolderBuilder};
 use upsync::config::{BandwidthConfig, CaFile, NetConfig};
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::metrics::RequestKind;
@@ -262,10 +263,11 @@ fn proxy_url(line: &str) -> upsync::config::ProxyUrl {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("inbox")).unwrap();
     let path = dir.path().join("upsync.toml");
-    let text = format!(
-        "state_dir = \"state\"\n[kifs]\nurl = \"http://k\"\n{line}\n[[folder]]\npath = \"inbox\"\nkifs_directory = \"k\"\n"
-    );
-    std::fs::write(&path, text).unwrap();
+    ConfigBuilder::new()
+        .kifs("http://k")
+        .kifs_with(line)
+        .folder(FolderBuilder::kifs("inbox", "k"))
+        .write(&path);
     let config = upsync::config::Config::load(&path).expect("the config loads");
     config.kifs.expect("[kifs]").net.proxy.expect("a proxy")
 }

@@ -19,43 +19,36 @@ struct Setup {
 
 /// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
 fn setup(emulator_args: &[&str], kifs_extra: &str, folder_extra: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
-    let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        r#"
-state_dir = "state"
-concurrency = 3
-[kifs]
-url = "{url}"
-{kifs_extra}
-[[folder]]
-path = "inbox"
-kifs_directory = "ingest"
-create_directory = true
-settle = "1s"
-{folder_extra}
-"#,
-        url = emulator.kifs_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let site = Site::start(&["inbox"], emulator_args);
+    config_of(
+        &site.emulator,
+        kifs_extra,
+        FolderBuilder::kifs("inbox", "ingest").with(folder_extra),
+    )
+    .write(&site.config);
     Setup {
-        _tmp: tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        _tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 
+/// The config of these tests, with `folder` as the one folder.
+fn config_of(emulator: &EmulatorProcess, kifs_extra: &str, folder: FolderBuilder) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .top("concurrency = 3")
+        .kifs(&emulator.kifs_url())
+        .kifs_with(kifs_extra)
+        .folder(folder)
+}
+
 fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
-    same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
+    setup.emulator.kifs_holds(local, &format!("ingest/{name}"))
 }
 
 fn upload_requests(setup: &Setup) -> u64 {
-    let stats = setup.emulator.get_json("/kifs/_emulator/stats");
-    stats["requests"]["/upload/files"].as_u64().unwrap_or(0)
+    setup.emulator.kifs_upload_requests()
 }
 
 #[test]
@@ -78,7 +71,9 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
     daemon.wait_until(Duration::from_secs(20), "the file to arrive", || {
         arrived(&s, &path, "slow.csv")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Settled: an upload of a partial version, or a second one of the whole file, would
+    // have been a job of its own, counted by KiFS before this or pending now.
+    daemon.wait_settled(&s.config, 1);
     assert_eq!(upload_requests(&s), 1, "{}", daemon.log_text());
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -88,14 +83,20 @@ fn a_file_changed_after_its_upload_is_uploaded_again() {
     let s = setup(&[], "", "");
     let path = s.inbox.join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
-    let daemon = DaemonProcess::start(&s.config);
+    let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(Duration::from_secs(20), "the first version", || {
         arrived(&s, &path, "report.csv")
     });
+    daemon.wait_settled(&s.config, 1);
+    assert_eq!(upload_requests(&s), 1, "the first version, once");
     std::fs::write(&path, "a,b\n1,2\n3,4\n").unwrap();
     daemon.wait_until(Duration::from_secs(20), "the second version", || {
         arrived(&s, &path, "report.csv")
     });
+    // The ledger holds one entry per file: the second version replaces the first one.
+    daemon.wait_settled(&s.config, 1);
+    assert_eq!(upload_requests(&s), 2, "each version uploaded exactly once");
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]
@@ -143,12 +144,14 @@ fn a_restart_after_everything_is_uploaded_uploads_nothing() {
     assert_eq!(daemon.terminate(), Some(0));
     let before = upload_requests(&s);
     let mut daemon = DaemonProcess::start(&s.config);
+    // Ready means the start-up scan has offered every file; settled means each offer that
+    // queued a job has been uploaded and counted by KiFS.
     daemon.wait_until(
         Duration::from_secs(20),
         "the restarted daemon to be ready",
         || daemon.log_text().matches("upsync is running").count() >= 2,
     );
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_settled(&s.config, 20);
     assert_eq!(upload_requests(&s), before);
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -226,10 +229,13 @@ fn refused_folder(daemon: &DaemonProcess, config: &Path) -> serde_json::Value {
 #[test]
 fn a_missing_or_read_only_directory_is_reported_and_fixing_it_needs_no_restart() {
     let s = setup(&[], "", "");
-    let without_create = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("create_directory = true", "");
-    std::fs::write(&s.config, &without_create).unwrap();
+    let inbox_folder = FolderBuilder::kifs("inbox", "ingest");
+    config_of(
+        &s.emulator,
+        "",
+        inbox_folder.clone().without("create_directory"),
+    )
+    .write(&s.config);
     let path = s.inbox.join("a.txt");
     std::fs::write(&path, "waits for its directory\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
@@ -245,11 +251,7 @@ fn a_missing_or_read_only_directory_is_reported_and_fixing_it_needs_no_restart()
         "nothing is sent to a refused folder"
     );
     // The fix: let upsync create the directory, and reload.
-    let fixed = without_create.replace(
-        "kifs_directory = \"ingest\"",
-        "kifs_directory = \"ingest\"\ncreate_directory = true",
-    );
-    std::fs::write(&s.config, fixed).unwrap();
+    config_of(&s.emulator, "", inbox_folder).write(&s.config);
     daemon.signal(libc::SIGHUP);
     daemon.wait_until(Duration::from_secs(20), "the file after the fix", || {
         arrived(&s, &path, "a.txt")

@@ -59,12 +59,15 @@ impl Site {
     /// `top` and `kifs` lines added to the top level and the `[kifs]` section.
     fn config(&self, name: &str, url: &str, top: &str, kifs: &str) -> PathBuf {
         let path = self.path(name);
-        let text = format!(
-            "state_dir = \"{name}.state\"\nshutdown_timeout = \"5s\"\n{top}\n[kifs]\nurl = \"{url}\"\n{kifs}\n\
-             [[folder]]\npath = \"inbox\"\nkifs_directory = \"net\"\ncreate_directory = true\n\
-             settle = \"1s\"\n"
-        );
-        std::fs::write(&path, text).unwrap();
+        ConfigBuilder::new()
+            .top(&format!(
+                "state_dir = \"{name}.state\"\nshutdown_timeout = \"5s\""
+            ))
+            .top(top)
+            .kifs(url)
+            .kifs_with(kifs)
+            .folder(FolderBuilder::kifs("inbox", "net"))
+            .write(&path);
         path
     }
 
@@ -275,16 +278,13 @@ fn a_refused_certificate_is_tried_once_per_request_and_left_to_the_job_level_ret
         &proxy_line,
     );
     let redivis = site.path("redivis.toml");
-    std::fs::write(
-        &redivis,
-        format!(
-            "state_dir = \"redivis.state\"\n[redivis]\napi_url = \"https://localhost:{}/api/v1\"\n\
-             token = \"t0ken\"\n{proxy_line}\n[[folder]]\npath = \"inbox\"\n\
-             redivis_table = \"owner.dataset:next.table\"\n",
-            emulator.addr.port()
-        ),
-    )
-    .unwrap();
+    let api_url = format!("https://localhost:{}/api/v1", emulator.addr.port());
+    ConfigBuilder::new()
+        .top("state_dir = \"redivis.state\"")
+        .redivis_with_token(&api_url, "t0ken")
+        .redivis_with(&proxy_line)
+        .folder(FolderBuilder::redivis("inbox", "owner.dataset:next.table").without("settle"))
+        .write(&redivis);
     for config in [kifs, redivis] {
         let (err, tunnels) = folder_check_through(&config, &proxy);
         match &err {

@@ -26,38 +26,23 @@ struct Setup {
 
 /// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
 fn setup(emulator_args: &[&str], top_extra: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
-    let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        r#"
-state_dir = "state"
-concurrency = 2
-shutdown_timeout = "5s"
-{top_extra}
-[kifs]
-url = "{url}"
-[[folder]]
-path = "inbox"
-kifs_directory = "ingest"
-create_directory = true
-settle = "1s"
-"#,
-        url = emulator.kifs_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let site = Site::start(&["inbox"], emulator_args);
+    ConfigBuilder::new()
+        .top("concurrency = 2\nshutdown_timeout = \"5s\"")
+        .top(top_extra)
+        .kifs(&site.emulator.kifs_url())
+        .folder(FolderBuilder::kifs("inbox", "ingest"))
+        .write(&site.config);
     Setup {
-        tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 
 fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
-    same_content(local, &setup.emulator.kifs_file(&format!("ingest/{name}")))
+    setup.emulator.kifs_holds(local, &format!("ingest/{name}"))
 }
 
 #[test]

@@ -31,37 +31,22 @@ fn setup_with(
     redivis_extra: &str,
     folder_extra: &str,
 ) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let inbox = tmp.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
     let mut args = vec!["--redivis-token", TOKEN];
     args.extend_from_slice(emulator_args);
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
-    let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        r#"
-state_dir = "state"
-concurrency = 4
-[redivis]
-api_url = "{url}"
-token_env = "UPSYNC_E2E_REDIVIS_TOKEN"
-{redivis_extra}
-[[folder]]
-path = "inbox"
-redivis_table = "{table}"
-settle = "1s"
-{folder_extra}
-"#,
-        url = emulator.redivis_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let site = Site::start(&["inbox"], &args);
+    ConfigBuilder::new()
+        .top("concurrency = 4")
+        .redivis(&site.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with(redivis_extra)
+        .folder(FolderBuilder::redivis("inbox", table).with(folder_extra))
+        .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_REDIVIS_TOKEN", TOKEN) };
     Setup {
-        _tmp: tmp,
-        inbox,
-        config,
-        emulator,
+        inbox: site.folders[0].clone(),
+        _tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 

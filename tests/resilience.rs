@@ -35,16 +35,12 @@ struct Setup {
 impl Setup {
     /// One folder `inbox` → KiFS directory `ingest` on a fresh emulator.
     fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let inbox = tmp.path().join("inbox");
-        std::fs::create_dir_all(&inbox).unwrap();
-        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
-        let config = tmp.path().join("upsync.toml");
+        let site = Site::start(&["inbox"], emulator_args);
         let setup = Setup {
-            tmp,
-            inbox,
-            config,
-            emulator,
+            inbox: site.folders[0].clone(),
+            tmp: site.tmp,
+            config: site.config,
+            emulator: site.emulator,
         };
         setup.write_config(top_extra, &[("inbox", "ingest")]);
         setup
@@ -56,25 +52,18 @@ impl Setup {
 
     /// Writes the config with `folders` as (local folder, KiFS directory) pairs.
     fn write_config(&self, top_extra: &str, folders: &[(&str, &str)]) {
-        let concurrency = if top_extra.contains("concurrency") {
-            ""
-        } else {
-            "concurrency = 2\n"
-        };
-        let mut text = format!(
-            "state_dir = \"state\"\n{concurrency}{top_extra}\n[kifs]\nurl = \"{}\"\n",
-            self.emulator.kifs_url()
-        );
+        let mut config = ConfigBuilder::new()
+            .top("concurrency = 2")
+            .top(top_extra)
+            .kifs(&self.emulator.kifs_url());
         for (path, directory) in folders {
-            text.push_str(&format!(
-                "[[folder]]\npath = \"{path}\"\nkifs_directory = \"{directory}\"\ncreate_directory = true\nsettle = \"1s\"\n"
-            ));
+            config = config.folder(FolderBuilder::kifs(path, directory));
         }
-        std::fs::write(&self.config, text).unwrap();
+        config.write(&self.config);
     }
 
     fn arrived(&self, local: &Path, name: &str) -> bool {
-        same_content(local, &self.emulator.kifs_file(name))
+        self.emulator.kifs_holds(local, name)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -82,13 +71,11 @@ impl Setup {
     }
 
     fn kifs_stats(&self) -> serde_json::Value {
-        self.emulator.get_json("/kifs/_emulator/stats")
+        self.emulator.kifs_stats()
     }
 
     fn upload_requests(&self) -> u64 {
-        self.kifs_stats()["requests"]["/upload/files"]
-            .as_u64()
-            .unwrap_or(0)
+        self.emulator.kifs_upload_requests()
     }
 
     /// Files the emulator stored: several small files can share one request.
@@ -176,10 +163,9 @@ fn a_second_signal_exits_at_once_and_the_restart_still_delivers_the_file_whole()
     wait_until(Duration::from_secs(120), "the whole file", || {
         s.arrived(&path, "ingest/big.bin")
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Settled with the file done: a second multipart upload would be pending or counted.
+    daemon.wait_settled(&s.config, 1);
     assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
-    let status = s.status();
-    assert_eq!(status["folders"][0]["done"], 1, "{status}");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -212,15 +198,32 @@ fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file
         s.upload_requests() >= 1
     });
 
+    // The watch list below is readable: the kept folder is watched.
+    assert!(inotify_watches_on(daemon.pid(), &s.dir().join("kept")) >= 1);
     s.write_config("concurrency = 1", &[("kept", "kept"), ("added", "added")]);
     daemon.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(20), "the reload", || {
-        daemon.log_text().contains("configuration reloaded")
+        let folders = s.status()["folders"].clone();
+        let shown = |name: &str| {
+            folders.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|f| f["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            })
+        };
+        shown("added") && !shown("removed")
     });
+    // The kernel's own list of the daemon's watches: once the removed folder has none, no
+    // event of it can reach the daemon (its periodic rescan is 10 minutes away).
+    let removed_dir = s.dir().join("removed");
+    wait_until(
+        Duration::from_secs(20),
+        "the removed folder unwatched",
+        || inotify_watches_on(daemon.pid(), &removed_dir) == 0,
+    );
     let added = s.dir().join("added/a.csv");
-    let removed = s.dir().join("removed/r.csv");
-    std::fs::write(&added, "added after the reload\n").unwrap();
+    let removed = removed_dir.join("r.csv");
     std::fs::write(&removed, "must not be uploaded\n").unwrap();
+    std::fs::write(&added, "added after the reload\n").unwrap();
     wait_until(
         Duration::from_secs(60),
         "every kept file and the added one",
@@ -231,7 +234,7 @@ fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file
                 && s.arrived(&added, "added/a.csv")
         },
     );
-    std::thread::sleep(Duration::from_secs(3));
+    daemon.wait_settled(&s.config, kept.len() as u64 + 1);
     assert!(
         !s.emulator.kifs_file("removed/r.csv").exists(),
         "a file of the removed folder was uploaded"
@@ -377,7 +380,17 @@ fn a_remote_answering_503_for_a_while_gets_bounded_requests_then_everything() {
 
 #[test]
 fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
-    let mut s = Setup::new(&[], OUTAGE_CONFIG);
+    let port = free_port();
+    let mut s = Setup::new(
+        &[],
+        &format!("{OUTAGE_CONFIG}\nmetrics_listen = \"127.0.0.1:{port}\""),
+    );
+    // Requests that got no answer, as the running daemon counts them.
+    let failed_requests = || {
+        let metrics = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+        let labels = ["backend=\"kifs\"", "outcome=\"error\""];
+        sample(&metrics, "upsync_request_duration_seconds_count", &labels).unwrap_or(0.0) as u64
+    };
     let early = write_batch(&s, 3, "early");
     let mut daemon = outage_daemon(&s.config);
     wait_until(Duration::from_secs(30), "the early files", || {
@@ -387,23 +400,23 @@ fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
     let files = write_batch(&s, 5, "late");
     let started = Instant::now();
     std::thread::sleep(outage() / 2);
+    // Counters start from 0 in each process: the first one's are read just before its end.
+    let before_the_kill = failed_requests();
     daemon.kill9();
     let jobs = jobs_of_stopped_daemon(&s);
     assert_eq!(jobs.len(), files.len(), "{jobs:?}");
     let mut daemon = outage_daemon(&s.config);
     std::thread::sleep(outage().saturating_sub(started.elapsed()));
-    // Every failed request is logged once: in-request retries and job-level retries.
-    let log = daemon.log_text();
-    let failures = log.matches("retrying a request").count()
-        + log.matches("upload failed; will retry").count();
+    // Every request refused, in-request retries and job-level retries alike.
+    let failures = before_the_kill + failed_requests();
     let seconds = started.elapsed().as_secs();
     let bound = 15 * files.len() as u64 * seconds.div_ceil(30) + 20;
     println!("refused outage: {seconds} s, {failures} failed requests (bound {bound})");
     assert!(
-        failures as u64 <= bound,
+        failures <= bound,
         "{failures} failed requests in {seconds} s"
     );
-    assert!(failures >= 1, "{log}");
+    assert!(failures >= 1, "{}", daemon.log_text());
     s.emulator.start_again(None);
     wait_until(
         Duration::from_secs(90),
@@ -557,7 +570,9 @@ fn a_corrupt_state_database_stops_the_start_and_rebuild_state_uploads_nothing_tw
         "the changed and the new file",
         || s.arrived(&first[0], "ingest/a0.bin") && all_arrived(&s, &new),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Settled: had the rebuild taken a known file for new, its upload would be pending
+    // or counted by now.
+    daemon.wait_settled(&s.config, 6);
     assert_eq!(
         s.files_stored() - before,
         2,
@@ -668,6 +683,11 @@ fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears
         "the file of the recreated folder",
         || s.arrived(&second, "ingest/second.csv"),
     );
+    assert!(
+        inotify_watches_on(daemon.pid(), &s.inbox) >= 1,
+        "the recreated folder is watched, not only scanned"
+    );
+    // The operator's messages for a missing folder and its return.
     let log = daemon.log_text();
     assert!(log.contains("polling every"), "{log}");
     assert!(log.contains("watching") && log.contains("again"), "{log}");
@@ -710,15 +730,11 @@ fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
     std::fs::create_dir_all(&inbox).unwrap();
     let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &["--redivis-token", TOKEN]);
     let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nchunk_size = \"1MiB\"\n\
-             [[folder]]\npath = \"inbox\"\nredivis_table = \"re.build:next.files\"\nsettle = \"1s\"\n",
-            emulator.redivis_url()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .redivis(&emulator.redivis_url(), TOKEN_ENV)
+        .redivis_with("chunk_size = \"1MiB\"")
+        .folder(FolderBuilder::redivis("inbox", "re.build:next.files"))
+        .write(&config);
     let created = || {
         emulator.get_json("/_emulator/redivis/stats")["uploads_created"]
             .as_u64()
@@ -734,7 +750,7 @@ fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
         .collect();
     let mut daemon = DaemonProcess::start(&config);
     wait_until(Duration::from_secs(60), "four uploads", || created() >= 4);
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_settled(&config, 4);
     assert_eq!(daemon.terminate(), Some(0));
     assert_eq!(created(), 4);
 
@@ -751,7 +767,8 @@ fn rebuild_state_matches_redivis_uploads_by_name_size_and_md5() {
         "the changed file's new upload",
         || created() >= 5,
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Settled: every file the rebuild queued is uploaded (or pending, and waited for).
+    daemon.wait_settled(&config, 4);
     assert_eq!(created(), 5, "only the changed file is uploaded again");
     let log = daemon.log_text();
     assert!(
@@ -775,15 +792,11 @@ fn a_redivis_session_expiring_before_upload_post_is_sent_again_and_posted_once()
         &["--redivis-token", TOKEN, "--session-ttl", "6s"],
     );
     let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[redivis]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nchunk_size = \"4MiB\"\n\
-             [[folder]]\npath = \"inbox\"\nredivis_table = \"ex.pire:next.files\"\nsettle = \"1s\"\n",
-            emulator.redivis_url()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .redivis(&emulator.redivis_url(), TOKEN_ENV)
+        .redivis_with("chunk_size = \"4MiB\"")
+        .folder(FolderBuilder::redivis("inbox", "ex.pire:next.files"))
+        .write(&config);
     // The one chunk's answer comes 7 s late: by upload.post the 6 s session has expired.
     emulator.post_json(
         "/_emulator/faults",
@@ -797,7 +810,7 @@ fn a_redivis_session_expiring_before_upload_post_is_sent_again_and_posted_once()
     wait_until(Duration::from_secs(60), "the upload", || {
         stats()["uploads_created"].as_u64().unwrap_or(0) >= 1
     });
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_settled(&config, 1);
     assert_eq!(stats()["uploads_created"], 1, "{}", stats());
     assert!(
         stats()["api_requests"]["resumableUpload"]
@@ -807,10 +820,11 @@ fn a_redivis_session_expiring_before_upload_post_is_sent_again_and_posted_once()
         "a second session was made: {}",
         stats()
     );
-    let log = daemon.log_text();
+    let posts = json_number(&stats()["api_requests"]["uploads.post"]);
     assert!(
-        log.contains("upload.post refused the transferred bytes"),
-        "{log}"
+        posts >= Some(2),
+        "upload.post refused the expired session's bytes, then took the new one's: {}",
+        stats()
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -42,46 +42,25 @@ struct Setup {
 
 impl Setup {
     fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let (kin, rin) = (tmp.path().join("kin"), tmp.path().join("rin"));
-        std::fs::create_dir_all(&kin).unwrap();
-        std::fs::create_dir_all(&rin).unwrap();
         let mut args = vec!["--kifs-directory", "ingest", "--redivis-token", TOKEN];
         args.extend_from_slice(emulator_args);
-        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
+        let Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        } = Site::start(&["kin", "rin"], &args);
+        let (kin, rin) = (folders[0].clone(), folders[1].clone());
         let metrics_port = free_port();
-        let config = tmp.path().join("upsync.toml");
-        let concurrency = if top_extra.contains("concurrency") {
-            ""
-        } else {
-            "concurrency = 2"
-        };
-        let text = format!(
-            r#"
-state_dir = "state"
-{concurrency}
-shutdown_timeout = "5s"
-retry_max_delay = "1h"
-metrics_listen = "127.0.0.1:{metrics_port}"
-{top_extra}
-[kifs]
-url = "{kifs}"
-[redivis]
-api_url = "{redivis}"
-token = "{TOKEN}"
-[[folder]]
-path = "kin"
-kifs_directory = "ingest"
-settle = "1s"
-[[folder]]
-path = "rin"
-redivis_table = "{TABLE}"
-settle = "1s"
-"#,
-            kifs = emulator.kifs_url(),
-            redivis = emulator.redivis_url(),
-        );
-        std::fs::write(&config, text).unwrap();
+        ConfigBuilder::new()
+            .top("concurrency = 2\nshutdown_timeout = \"5s\"\nretry_max_delay = \"1h\"")
+            .top(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
+            .top(top_extra)
+            .kifs(&emulator.kifs_url())
+            .redivis_with_token(&emulator.redivis_url(), TOKEN)
+            .folder(FolderBuilder::kifs("kin", "ingest").without("create_directory"))
+            .folder(FolderBuilder::redivis("rin", TABLE))
+            .write(&config);
         Setup {
             tmp,
             kin,
@@ -102,7 +81,7 @@ settle = "1s"
 
     fn kifs_arrived(&self, local: &Path) -> bool {
         let name = local.file_name().unwrap().to_str().unwrap();
-        same_content(local, &self.emulator.kifs_file(&format!("ingest/{name}")))
+        self.emulator.kifs_holds(local, &format!("ingest/{name}"))
     }
 
     fn redivis_stats(&self) -> serde_json::Value {
@@ -116,11 +95,7 @@ settle = "1s"
 
     /// Names of the table's uploads.
     fn redivis_names(&self) -> Vec<String> {
-        self.emulator
-            .list_redivis_uploads(TABLE, TOKEN)
-            .iter()
-            .filter_map(|u| u["name"].as_str().map(str::to_string))
-            .collect()
+        self.emulator.redivis_upload_names(TABLE, TOKEN)
     }
 }
 
@@ -465,28 +440,13 @@ fn a_backlog_of_ten_thousand_files_in_one_folder_does_not_delay_another_folders_
         &["--kifs-directory", "a", "--kifs-directory", "b"],
     );
     let config = tmp.path().join("upsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-state_dir = "state"
-concurrency = 1
-[kifs]
-url = "{}"
-[[folder]]
-path = "a"
-kifs_directory = "a"
-settle = "1s"
-[[folder]]
-path = "{}"
-kifs_directory = "b"
-settle = "1s"
-"#,
-            emulator.kifs_url(),
-            b.display()
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .top("concurrency = 1")
+        .kifs(&emulator.kifs_url())
+        .folder(FolderBuilder::kifs("a", "a"))
+        .folder(FolderBuilder::kifs(&b.display().to_string(), "b"))
+        .each_folder(|folder| folder.without("create_directory"))
+        .write(&config);
     for i in 0..10_000 {
         let path = a.join(format!("f{i:05}.csv"));
         std::fs::write(&path, format!("{i}\n")).unwrap();

@@ -24,38 +24,22 @@ struct Setup {
 /// A folder `outbox` with `folder_extra`, to the KiFS directory `ingest` when `kifs`, else
 /// to the Redivis table [`TABLE`]; the emulator gets `emulator_args`.
 fn setup(kifs: bool, folder_extra: &str, emulator_args: &[&str]) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let outbox = tmp.path().join("outbox");
-    std::fs::create_dir_all(&outbox).unwrap();
     let mut args = vec!["--redivis-token", TOKEN];
     args.extend_from_slice(emulator_args);
-    let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
-    let remote = if kifs {
-        format!(
-            "[kifs]\nurl = \"{}\"\n[[folder]]\npath = \"outbox\"\nkifs_directory = \"ingest\"\n\
-             create_directory = true\n",
-            emulator.kifs_url()
-        )
-    } else {
-        emulator.create_redivis_table(TABLE, false);
-        format!(
-            "[redivis]\napi_url = \"{}\"\ntoken_env = \"UPSYNC_E2E_SPOOL_TOKEN\"\n\
-             [[folder]]\npath = \"outbox\"\nredivis_table = \"{TABLE}\"\n",
-            emulator.redivis_url()
-        )
-    };
-    let config = tmp.path().join("upsync.toml");
-    let text = format!(
-        "state_dir = \"state\"\nconcurrency = 2\n{remote}settle = \"1s\"\n{folder_extra}\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    let site = Site::start(&["outbox"], &args);
+    if !kifs {
+        site.emulator.create_redivis_table(TABLE, false);
+    }
+    one_folder_config(&site, kifs, TABLE, "UPSYNC_E2E_SPOOL_TOKEN")
+        .each_folder(|folder| folder.with(folder_extra))
+        .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_SPOOL_TOKEN", TOKEN) };
     Setup {
-        tmp,
-        outbox,
-        config,
-        emulator,
+        outbox: site.folders[0].clone(),
+        tmp: site.tmp,
+        config: site.config,
+        emulator: site.emulator,
     }
 }
 

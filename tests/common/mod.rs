@@ -3,8 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod pki;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use config::{ConfigBuilder, FolderBuilder};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -119,6 +123,57 @@ impl Drop for EmulatorProcess {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+    }
+}
+
+/// One test's temp dir: its watched folders, an emulator keeping its data in `remote/`,
+/// and the path of its config file (`upsync.toml`, for the test to write).
+pub struct Site {
+    pub tmp: tempfile::TempDir,
+    pub folders: Vec<PathBuf>,
+    pub emulator: EmulatorProcess,
+    pub config: PathBuf,
+}
+
+impl Site {
+    /// Creates the folders `folders` in a fresh temp dir and starts an emulator with
+    /// `emulator_args`.
+    pub fn start(folders: &[&str], emulator_args: &[&str]) -> Site {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let folders = folders
+            .iter()
+            .map(|name| {
+                let path = tmp.path().join(name);
+                std::fs::create_dir_all(&path).expect("the folder can be created");
+                path
+            })
+            .collect();
+        let emulator = EmulatorProcess::start(&tmp.path().join("remote"), emulator_args);
+        let config = tmp.path().join("upsync.toml");
+        Site {
+            tmp,
+            folders,
+            emulator,
+            config,
+        }
+    }
+}
+
+/// The config of a site with one folder `folder` (its first), two workers, mirrored to the
+/// KiFS directory `ingest` when `kifs`, else to the Redivis `table` with the token read from
+/// `token_env`.
+pub fn one_folder_config(site: &Site, kifs: bool, table: &str, token_env: &str) -> ConfigBuilder {
+    let folder = site.folders[0]
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("the folder has a UTF-8 name");
+    let base = ConfigBuilder::new().top("concurrency = 2");
+    if kifs {
+        base.kifs(&site.emulator.kifs_url())
+            .folder(FolderBuilder::kifs(folder, "ingest"))
+    } else {
+        base.redivis(&site.emulator.redivis_url(), token_env)
+            .folder(FolderBuilder::redivis(folder, table))
     }
 }
 
@@ -396,6 +451,45 @@ pub fn status_json(config: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {stdout}"))
 }
 
+/// The job states of `status --json` that still have work to do: a job in any of them may
+/// yet send a request.
+pub const PENDING: [&str; 5] = ["queued", "active", "finalizing", "importing", "retry_wait"];
+
+/// The sum of the per-folder count `field` (`done`, `failed`, one of [`PENDING`]) over every
+/// folder of a `status --json` report.
+pub fn folders_total(status: &serde_json::Value, field: &str) -> u64 {
+    status["folders"]
+        .as_array()
+        .map(|folders| folders.iter().map(|f| f[field].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// Whether a `status --json` report shows the daemon settled with `done` files recorded as
+/// uploaded: no job pending in any folder and no upload in flight.
+pub fn settled(status: &serde_json::Value, done: u64) -> bool {
+    PENDING
+        .iter()
+        .all(|state| folders_total(status, state) == 0)
+        && status["in_flight"].as_array().is_some_and(Vec::is_empty)
+        && folders_total(status, "done") == done
+}
+
+impl DaemonProcess {
+    /// Waits until the daemon behind `config` is [`settled`] with `done` files uploaded.
+    ///
+    /// This is the moment to assert that something was *not* sent: every file the daemon
+    /// has offered is then either uploaded (and counted by the remote) or failed, and a
+    /// second upload of a file it has recorded needs a new job, which would show as pending
+    /// (or as a `done` count off by one) here.
+    pub fn wait_settled(&self, config: &Path, done: u64) {
+        self.wait_until(
+            Duration::from_secs(60),
+            &format!("{done} files done and nothing pending"),
+            || settled(&status_json(config), done),
+        );
+    }
+}
+
 /// Runs `upsync ARGS`, returning (exit code, stdout, stderr).
 pub fn upsync(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(BIN).args(args).output().expect("upsync runs");
@@ -514,9 +608,70 @@ pub fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 }
 
 impl EmulatorProcess {
+    /// Whether KiFS holds the file `name` (full KiFS name) with the bytes of `local`.
+    pub fn kifs_holds(&self, local: &Path, name: &str) -> bool {
+        same_content(local, &self.kifs_file(name))
+    }
+
+    /// The KiFS emulator's counters: requests by endpoint, multipart operations, files
+    /// stored.
+    pub fn kifs_stats(&self) -> serde_json::Value {
+        self.get_json("/kifs/_emulator/stats")
+    }
+
+    /// How many `/upload/files` requests KiFS received (several small files can share one).
+    pub fn kifs_upload_requests(&self) -> u64 {
+        self.kifs_stats()["requests"]["/upload/files"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The names of a Redivis table's uploads, one entry per upload, sorted.
+    pub fn redivis_upload_names(&self, table: &str, token: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list_redivis_uploads(table, token)
+            .iter()
+            .map(|u| u["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// `DELETE {path}` on the emulator (e.g. `/_emulator/faults` clears the fault script).
     pub fn delete(&self, path: &str) {
         let url = format!("http://{}{path}", self.addr);
         send_ok("DELETE", reqwest::Client::new().delete(&url));
     }
+}
+
+/// How many inotify watches process `pid` holds on the directory `dir`, from the kernel's
+/// own list (`/proc/PID/fdinfo` of its inotify descriptors): whether file events of `dir`
+/// can reach the process at all.
+pub fn inotify_watches_on(pid: u32, dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(dir).map(|m| m.ino()) else {
+        return 0;
+    };
+    let wanted = format!("ino:{inode:x} ");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target == Path::new("anon_inode:inotify"))
+        })
+        .filter_map(|fd| {
+            std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()
+        })
+        .map(|info| {
+            info.lines()
+                .filter(|line| line.starts_with("inotify wd:") && line.contains(&wanted))
+                .count()
+        })
+        .sum()
 }
