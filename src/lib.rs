@@ -5,7 +5,7 @@
 //! ([`watch`]); a candidate whose size and mtime have settled becomes a durable job in the
 //! sled queue ([`queue`]); workers ([`daemon`]) claim jobs, taking the folders in turn and
 //! only those whose remote takes files, and stream the files to a backend ([`upload`]),
-//! persisting progress after every acknowledged chunk, and record the uploaded fingerprint
+//! persisting progress as the remote acknowledges it, and record the uploaded fingerprint
 //! in the ledger so nothing is uploaded twice.
 //!
 //! - [`config`]: strict TOML schema, human units, secrets, validation with file:line errors.

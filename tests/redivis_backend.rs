@@ -23,7 +23,7 @@ use upsync::queue::{FileKey, Store};
 use upsync::upload::health::RemoteHealth;
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::ratelimit::PacerConfig;
-use upsync::upload::redivis::{INLINE_UPLOAD_MAX, RedivisBackend, Tuning};
+use upsync::upload::redivis::{INLINE_UPLOAD_MAX, Imported, RedivisBackend, Tuning};
 use upsync::upload::retry::{CallScope, RetryPolicy};
 use upsync::upload::{Delivery, Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
 
@@ -874,6 +874,82 @@ async fn a_failed_import_fails_the_job_with_redivis_error_message() {
     let mut job = h.claim("broken.bad");
     let message = permanent_message(h.backend().upload_and_import(&mut job).await);
     assert!(message.contains("broken.bad"), "{message}");
+}
+
+/// Processing takes no time here, so upload.post answers with a finished upload and the
+/// attempt verifies it itself instead of handing it back to wait.
+async fn damaged_upload(corrupt_uploads: u32) -> (Harness, Vec<u8>, UploadJob) {
+    let h = Harness::start(|o| {
+        o.redivis.redivis_processing_delay = Duration::ZERO;
+        o.redivis.redivis_corrupt_uploads = corrupt_uploads;
+    })
+    .await;
+    let bytes = data(2 * CHUNK + 7, 24);
+    h.write("damaged.csv", &bytes);
+    let job = h.claim("damaged.csv");
+    (h, bytes, job)
+}
+
+#[tokio::test]
+async fn an_import_with_another_hash_is_deleted_and_the_file_sent_again_once() {
+    let (h, bytes, mut job) = damaged_upload(1).await;
+    let uploaded = match h.backend().upload(&mut job).await {
+        Ok(Delivery::Uploaded(uploaded)) => uploaded,
+        other => panic!("expected the file uploaded and verified, got {other:?}"),
+    };
+
+    assert_eq!(uploaded.md5.as_deref(), Some(md5_hex(&bytes).as_str()));
+    h.assert_table_holds(&[("damaged.csv", &bytes)]).await;
+    let stats = h.stats().await;
+    assert_eq!(stats["uploads_created"], 2, "the damaged upload, then ours");
+    assert_eq!(stats["session_puts"], 6, "three chunks, sent twice");
+    assert_eq!(h.api_count("uploads.delete").await, 1, "the damaged one");
+    assert_eq!(job.load_progress::<Value>().unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_second_import_with_another_hash_fails_the_job_and_nothing_is_counted_uploaded() {
+    let (h, _bytes, mut job) = damaged_upload(2).await;
+    let message = match h.backend().upload(&mut job).await {
+        Err(UploadError::Remote {
+            disposition: Disposition::Permanent,
+            message,
+            ..
+        }) => message,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    };
+
+    assert!(
+        message.contains("damaged.csv") && message.contains("hash mismatch"),
+        "{message}"
+    );
+    assert!(h.uploads().await.is_empty(), "both damaged uploads deleted");
+    assert_eq!(h.stats().await["uploads_created"], 2);
+}
+
+#[tokio::test]
+async fn an_upload_whose_import_ends_with_another_hash_is_deleted_not_counted_uploaded() {
+    // Imports take their time: the upload is handed back and verified by the wait.
+    let h = Harness::start(|o| o.redivis.redivis_corrupt_uploads = 1).await;
+    let bytes = data(CHUNK + 3, 25);
+    h.write("late.csv", &bytes);
+    let mut job = h.claim("late.csv");
+    let backend = h.backend();
+    let posted = match backend.upload(&mut job).await {
+        Ok(Delivery::Posted(posted)) => posted,
+        other => panic!("expected the upload handed back while importing, got {other:?}"),
+    };
+    let scope = job.scope.clone();
+    let imported = backend
+        .await_import("late.csv", &posted, bytes.len() as u64, &scope)
+        .await
+        .unwrap();
+
+    match imported {
+        Imported::Corrupt(reason) => assert!(reason.contains("hash mismatch"), "{reason}"),
+        other => panic!("expected the import judged corrupt, got {other:?}"),
+    }
+    assert!(h.uploads().await.is_empty(), "the damaged upload deleted");
 }
 
 #[tokio::test]

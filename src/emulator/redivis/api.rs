@@ -656,7 +656,7 @@ async fn create_upload_inner(
         kind,
         name,
         created_ms: store::now_ms(),
-        content: summary,
+        content: service.recorded(summary),
         failure: match &plan {
             ImportPlan::Done(failure) => failure.clone(),
             ImportPlan::Check(_) => None,

@@ -60,7 +60,8 @@
 //! a delimiter that is not one character fails the import) and a delimited file up to
 //! `--redivis-import-check-max` is read under them ([`parse`]: a bad record fails it unless
 //! `skipBadRecords`). The options are echoed on GET with their defaults. `size` and `hash`
-//! (MD5 hex) are present from the start, `numRows` (rows the import read, or text lines
+//! (MD5 hex) are present from the start (with `--redivis-corrupt-uploads N`, the first N
+//! uploads report the MD5 of other bytes, as if damaged on the way), `numRows` (rows the import read, or text lines
 //! minus a header row for a file it did not read), `numBytes` (= size) and
 //! `badRecordsCount` once completed. Numbers are JSON integers, or strings with
 //! `--redivis-numbers-as-strings`.
@@ -171,6 +172,10 @@ pub struct RedivisOptions {
     /// connections without an answer.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub redivis_lose_post: u64,
+    /// Test hook: the first N uploads created report the MD5 of other bytes than those sent
+    /// (`hash`), as a service that damaged them on the way would.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub redivis_corrupt_uploads: u32,
     /// Test hook: delay (ms) the answer to `rawFiles` after the files are registered.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub redivis_raw_files_delay: u64,
@@ -260,6 +265,8 @@ pub(crate) struct Service {
     limiter: ratelimit::Limiter,
     stats: Mutex<Stats>,
     pub rng: Mutex<StdRng>,
+    /// Uploads still to be damaged (`--redivis-corrupt-uploads`).
+    corrupt_left: std::sync::atomic::AtomicU32,
 }
 
 type Shared = Arc<Service>;
@@ -318,7 +325,23 @@ impl Service {
             ),
             stats: Mutex::new(Stats::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            corrupt_left: std::sync::atomic::AtomicU32::new(options.redivis_corrupt_uploads),
         })
+    }
+
+    /// What a new upload records of its bytes: `summary`, or, while
+    /// `--redivis-corrupt-uploads` lasts, the same with the MD5 of other bytes.
+    pub fn recorded(&self, mut summary: store::ContentSummary) -> store::ContentSummary {
+        use std::sync::atomic::Ordering::SeqCst;
+        let damaged = self
+            .corrupt_left
+            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        if damaged {
+            use md5::Digest as _;
+            summary.md5 = hex::encode(md5::Md5::digest(summary.md5.as_bytes()));
+        }
+        summary
     }
 
     pub fn transfer(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Slot>>> {

@@ -39,8 +39,10 @@
 //!   file adopts its earlier upload; a name taken after the listing (renamed or refused by
 //!   the server) ends replaced once, adopted, or refused as a collision, never duplicated;
 //!   a stale index of a large table asks by name until that costs as much as a listing.
-//! - Integrity and safety: a hash mismatch deletes the upload and re-sends once; a file
-//!   changing between chunks ends the attempt; a failed import fails the job with
+//! - Integrity and safety: a hash mismatch deletes the upload and re-sends once, a second
+//!   one fails the job, one found while waiting for the import deletes the upload (the
+//!   emulator's `--redivis-corrupt-uploads`); a file changing between chunks ends the
+//!   attempt; a failed import fails the job with
 //!   Redivis' message; shutdown interrupts a retry pause.
 //! - Pacing and secrets: a 429 storm with a bounded request count; shared list polls; the
 //!   token in no log line, error, Debug output or saved progress.
