@@ -424,8 +424,16 @@ fn crash_after_the_last_chunk_before_its_answer(backend: Backend) {
 /// the restart finds it instead of finalizing (or sending) again.
 fn crash_while_the_finalize_answer_is_held(backend: Backend) {
     let w = World::new(backend, Pace::Full, Some(Hook::HoldFinalize(5000)));
-    let name = "finalized.bin";
-    let local = w.write(name, backend.chunk() + 1, 78);
+    let daemon = kill_once_finalized_then_restart(&w, "finalized.bin", backend.chunk() + 1);
+    assert_eq!(w.transfers_started(), 1, "the bytes were sent again");
+    w.stop(daemon);
+}
+
+/// Uploads `size` bytes as `name`, kill -9s the daemon as soon as the emulator finalized
+/// the upload (its answer held back), restarts it, and waits until the file is recorded,
+/// finalized once.
+fn kill_once_finalized_then_restart(w: &World, name: &str, size: u64) -> DaemonProcess {
+    let local = w.write(name, size, size ^ 78);
     let mut daemon = w.daemon();
     daemon.wait_until(Duration::from_secs(60), "the finalize call to land", || {
         w.finalized() >= 1
@@ -435,25 +443,14 @@ fn crash_while_the_finalize_answer_is_held(backend: Backend) {
     w.wait_held(&daemon, name, &local, Duration::from_secs(60));
     w.wait_settled(&daemon, 1);
     assert_eq!(w.finalized(), 1, "finalized twice");
-    assert_eq!(w.transfers_started(), 1, "the bytes were sent again");
-    w.stop(daemon);
+    daemon
 }
 
 /// kill -9 while the one request of a small file is answered: it took effect, and the
 /// restart does not store it again.
 fn crash_while_a_small_file_is_answered(backend: Backend) {
     let w = World::new(backend, Pace::Full, Some(Hook::HoldSingleRequest(5000)));
-    let name = "single.csv";
-    let local = w.write(name, 4096, 79);
-    let mut daemon = w.daemon();
-    daemon.wait_until(Duration::from_secs(60), "the request to land", || {
-        w.finalized() >= 1
-    });
-    daemon.kill9();
-    let daemon = w.daemon();
-    w.wait_held(&daemon, name, &local, Duration::from_secs(60));
-    w.wait_settled(&daemon, 1);
-    assert_eq!(w.finalized(), 1, "stored twice");
+    let daemon = kill_once_finalized_then_restart(&w, "single.csv", 4096);
     w.stop(daemon);
 }
 

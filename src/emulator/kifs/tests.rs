@@ -63,6 +63,29 @@ fn map(pairs: &[(&str, &str)]) -> StringMap {
         .collect()
 }
 
+/// One multipart step of `name`, with part `(number, bytes)` for `upload_part`.
+fn multipart_request(
+    name: &str,
+    uuid: &str,
+    operation: &str,
+    part: Option<(i64, &[u8])>,
+) -> UploadFilesRequest {
+    let mut options = map(&[
+        ("multipart_operation", operation),
+        ("multipart_upload_uuid", uuid),
+    ]);
+    let mut data = Vec::new();
+    if let Some((number, bytes)) = part {
+        options.insert("multipart_upload_part_number".into(), number.to_string());
+        data.push(Bytes::copy_from_slice(bytes));
+    }
+    UploadFilesRequest {
+        file_names: strings(&[name]),
+        file_data: data,
+        options,
+    }
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -152,20 +175,7 @@ impl Emu {
         operation: &str,
         part: Option<(i64, &[u8])>,
     ) -> Result<UploadFilesResponse, String> {
-        let mut options = map(&[
-            ("multipart_operation", operation),
-            ("multipart_upload_uuid", uuid),
-        ]);
-        let mut data = Vec::new();
-        if let Some((number, bytes)) = part {
-            options.insert("multipart_upload_part_number".into(), number.to_string());
-            data.push(Bytes::copy_from_slice(bytes));
-        }
-        let request = UploadFilesRequest {
-            file_names: strings(&[name]),
-            file_data: data,
-            options,
-        };
+        let request = multipart_request(name, uuid, operation, part);
         self.call(enc, "/upload/files", &request).await
     }
 
@@ -1657,20 +1667,7 @@ async fn multipart_over_http(
     operation: &str,
     part: Option<(i64, &[u8])>,
 ) -> Result<reqwest::StatusCode, reqwest::Error> {
-    let mut options = map(&[
-        ("multipart_operation", operation),
-        ("multipart_upload_uuid", uuid),
-    ]);
-    let mut data = Vec::new();
-    if let Some((number, bytes)) = part {
-        options.insert("multipart_upload_part_number".into(), number.to_string());
-        data.push(Bytes::copy_from_slice(bytes));
-    }
-    let request = UploadFilesRequest {
-        file_names: strings(&[name]),
-        file_data: data,
-        options,
-    };
+    let request = multipart_request(name, uuid, operation, part);
     let enc = KifsEncoding::Binary;
     reqwest::Client::new()
         .post(format!("{base}/upload/files"))

@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::body::Source;
+use super::multipart::multipart_progress;
 use super::*;
+use crate::config::FolderConfig;
 use crate::emulator::{self, EmulatorOptions};
+use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, LedgerEntry, Store};
 use crate::upload::LiveProgress;
+use crate::upload::retry::CallScope;
 
 /// An emulator with KiFS directory `dir`, a backend for it, and a store of jobs.
 async fn setup(

@@ -1,0 +1,284 @@
+//! The multipart upload of one file larger than a part, as a driver over named steps
+//! (step 3 of the algorithm in the parent module's doc). The state of the upload lives in
+//! one [`Multipart`]; each step takes it a little further and returns the [`Step`] that
+//! comes next. The steps, in order:
+//!
+//! 1. [`Multipart::look_for_saved`]: no saved state → `start`. Saved state for the same
+//!    version (fingerprint, part size, target): one `/show/files` for the target; when
+//!    `info.multipart_uploads` lists the saved UUID with its last part L → `send_part`
+//!    from L + 1 (the server's count wins over ours). A job already `finalizing` whose
+//!    UUID is no longer in progress while the target holds a file of the expected size →
+//!    `reconcile_finalized`. Anything else → `discard_saved`.
+//! 2. [`Multipart::discard_saved`]: cancel the saved UUID when the server still has it in
+//!    progress (best effort: errors are ignored), forget the saved state → `start`.
+//! 3. [`Multipart::start`]: a fresh UUID v4, persisted *before* `init` so that a crash
+//!    after `init` can find (and cancel) it → `send_part`.
+//! 4. [`Multipart::send_part`]: the next part, the file's fingerprint checked before and
+//!    after it, its number persisted once acknowledged → `send_part` until the last part,
+//!    then `finalize`.
+//! 5. [`Multipart::finalize`]: persist `finalizing`, send `complete`, forget the saved
+//!    state → done.
+//! 6. [`Multipart::reconcile_finalized`]: the `complete` of an earlier attempt went
+//!    through; forget the saved state, send nothing → done.
+//!
+//! `init`, `upload_part` and `complete` are sent exactly once each: an ambiguous failure
+//! (timeout, reset, 5xx) ends the attempt, and the next attempt's `look_for_saved` decides.
+//!
+//! What is durable after each step, and what a restart does, is in
+//! `docs/upload-algorithms.md` ("KiFS upload").
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::KifsBackend;
+use super::body::{Source, StreamedRequest};
+use super::wire::{ShowFilesResponse, UploadFilesResponse};
+use crate::fingerprint::Fingerprint;
+use crate::upload::chunk::FileReader;
+use crate::upload::{UploadError, UploadJob};
+
+/// What survives a crash in the middle of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MultipartState {
+    pub uuid: String,
+    pub target: String,
+    pub fingerprint: Fingerprint,
+    pub part_size: u64,
+    /// Parts 1..=last_part were acknowledged by the server.
+    pub last_part: u64,
+}
+
+/// What the driver does next.
+enum Step {
+    Discard {
+        saved: MultipartState,
+        in_progress: bool,
+    },
+    Start,
+    SendPart(MultipartState),
+    Finalize(MultipartState),
+    ReconcileFinalized,
+    Done,
+}
+
+/// One multipart upload of `job`'s file to `target`.
+struct Multipart<'a> {
+    backend: &'a KifsBackend,
+    job: &'a mut UploadJob,
+    reader: &'a Arc<FileReader>,
+    target: &'a str,
+    /// Number of parts of the file.
+    parts: u64,
+}
+
+impl KifsBackend {
+    /// Uploads `job`'s file in parts: the driver over the steps of this module's doc.
+    pub(super) async fn upload_multipart(
+        &self,
+        job: &mut UploadJob,
+        reader: &Arc<FileReader>,
+        target: &str,
+    ) -> Result<(), UploadError> {
+        let mut upload = Multipart {
+            backend: self,
+            parts: reader.size.div_ceil(self.part_size),
+            job,
+            reader,
+            target,
+        };
+        let mut step = upload.look_for_saved().await?;
+        loop {
+            step = match step {
+                Step::Discard { saved, in_progress } => {
+                    upload.discard_saved(saved, in_progress).await?
+                }
+                Step::Start => upload.start().await?,
+                Step::SendPart(state) => upload.send_part(state).await?,
+                Step::Finalize(state) => upload.finalize(state).await?,
+                Step::ReconcileFinalized => upload.reconcile_finalized()?,
+                Step::Done => return Ok(()),
+            };
+        }
+    }
+
+    /// One multipart operation, sent exactly once: an ambiguous failure is returned as is.
+    pub(super) async fn multipart_step(
+        &self,
+        target: &str,
+        uuid: &str,
+        operation: &str,
+        part: Option<u64>,
+        data: Option<Source>,
+    ) -> Result<(), UploadError> {
+        let mut options = self.data_options();
+        options.insert("multipart_operation".into(), operation.into());
+        options.insert("multipart_upload_uuid".into(), uuid.into());
+        if let Some(part) = part {
+            options.insert("multipart_upload_part_number".into(), part.to_string());
+        }
+        let request = StreamedRequest::new(
+            self.encoding,
+            &[target.to_string()],
+            data.into_iter().collect(),
+            &options,
+        );
+        let _: UploadFilesResponse = self.call_streamed("/upload/files", &request).await?;
+        Ok(())
+    }
+}
+
+impl Multipart<'_> {
+    /// Step 1: where an earlier attempt left this upload, as the server sees it.
+    async fn look_for_saved(&mut self) -> Result<Step, UploadError> {
+        let Some(saved) = self.job.load_progress::<MultipartState>()? else {
+            return Ok(Step::Start);
+        };
+        let same_version = saved.fingerprint == self.job.fingerprint
+            && saved.part_size == self.backend.part_size
+            && saved.target == self.target;
+        let shown = self.backend.show_file(self.target, &self.job.scope).await?;
+        let in_progress = multipart_progress(&shown, &saved.uuid);
+        if same_version {
+            if let Some(last_part) = in_progress {
+                tracing::info!(job = self.job.id.0, target = self.target, uuid = %saved.uuid, next_part = last_part + 1, parts = self.parts, "resuming multipart upload");
+                return Ok(self.after_part(MultipartState { last_part, ..saved }));
+            }
+            if self.job.finalize_started && self.target_holds_this_size(&shown) {
+                return Ok(Step::ReconcileFinalized);
+            }
+        }
+        Ok(Step::Discard {
+            saved,
+            in_progress: in_progress.is_some(),
+        })
+    }
+
+    /// Whether `/show/files` lists the target with the size of the job's file.
+    fn target_holds_this_size(&self, shown: &ShowFilesResponse) -> bool {
+        shown
+            .file_names
+            .iter()
+            .zip(&shown.sizes)
+            .any(|(name, size)| name == self.target && *size as u64 == self.job.fingerprint.size)
+    }
+
+    /// Step 2: the saved upload cannot continue; cancel it where the server still has it.
+    async fn discard_saved(
+        &mut self,
+        saved: MultipartState,
+        in_progress: bool,
+    ) -> Result<Step, UploadError> {
+        if in_progress {
+            // Best effort: a new init for the same target cancels it on the server anyway.
+            let cancelled = self
+                .backend
+                .multipart_step(self.target, &saved.uuid, "cancel", None, None)
+                .await;
+            if let Err(err) = cancelled {
+                tracing::debug!(target = self.target, error = %err, "cancel of a stale multipart upload failed");
+            }
+        }
+        self.job.clear_progress()?;
+        Ok(Step::Start)
+    }
+
+    /// Step 3: a new upload, its UUID persisted before `init`.
+    async fn start(&mut self) -> Result<Step, UploadError> {
+        let state = MultipartState {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            target: self.target.to_string(),
+            fingerprint: self.job.fingerprint,
+            part_size: self.backend.part_size,
+            last_part: 0,
+        };
+        // Persisted before init, so a crash after init can find (and cancel) it.
+        self.job.save_progress(&state)?;
+        self.backend
+            .multipart_step(self.target, &state.uuid, "init", None, None)
+            .await?;
+        Ok(self.after_part(state))
+    }
+
+    /// Step 4: the part after `state.last_part`, its number persisted once acknowledged.
+    async fn send_part(&mut self, mut state: MultipartState) -> Result<Step, UploadError> {
+        if self.job.is_shutting_down() {
+            return Err(UploadError::Shutdown);
+        }
+        let part_size = self.backend.part_size;
+        let part = state.last_part + 1;
+        let offset = (part - 1) * part_size;
+        let len = part_size.min(self.reader.size - offset);
+        self.job.check_unchanged()?;
+        let data = Source::opened(
+            Arc::clone(self.reader),
+            self.job.path.clone(),
+            self.job.fingerprint,
+            offset,
+            len,
+        );
+        self.backend
+            .multipart_step(
+                self.target,
+                &state.uuid,
+                "upload_part",
+                Some(part),
+                Some(data),
+            )
+            .await?;
+        self.job.check_unchanged()?;
+        state.last_part = part;
+        self.job.save_progress(&state)?;
+        self.job.live.set(offset + len, self.reader.size);
+        Ok(self.after_part(state))
+    }
+
+    /// The step after part `state.last_part` was acknowledged.
+    fn after_part(&self, state: MultipartState) -> Step {
+        if state.last_part < self.parts {
+            Step::SendPart(state)
+        } else {
+            Step::Finalize(state)
+        }
+    }
+
+    /// Step 5: `finalizing` persisted, then `complete`.
+    async fn finalize(&mut self, state: MultipartState) -> Result<Step, UploadError> {
+        self.job.mark_finalizing()?;
+        self.backend
+            .multipart_step(self.target, &state.uuid, "complete", None, None)
+            .await?;
+        self.job.clear_progress()?;
+        Ok(Step::Done)
+    }
+
+    /// Step 6: an earlier attempt's `complete` went through; nothing is sent.
+    fn reconcile_finalized(&mut self) -> Result<Step, UploadError> {
+        tracing::info!(
+            job = self.job.id.0,
+            target = self.target,
+            "multipart upload was completed before the restart"
+        );
+        self.job.clear_progress()?;
+        Ok(Step::Done)
+    }
+}
+
+/// The last part number the server reports for `uuid` in `info.multipart_uploads`, in the
+/// emulator-defined layout (`docs/protocols/kifs.md` §6 item 30); `None` when absent or
+/// unparsable.
+pub(super) fn multipart_progress(shown: &ShowFilesResponse, uuid: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct InProgress {
+        uuid: String,
+        last_part_number: serde_json::Value,
+    }
+    let raw = shown.info.get("multipart_uploads")?;
+    let uploads: Vec<InProgress> = serde_json::from_str(raw).ok()?;
+    let entry = uploads.into_iter().find(|upload| upload.uuid == uuid)?;
+    match entry.last_part_number {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
