@@ -80,7 +80,7 @@ impl Tx<'_> {
         };
         let Some(job) = existing else {
             let job = Job {
-                id: JobId(self.jobs.generate_id()?),
+                id: self.new_job_id(&key.folder)?,
                 key: key.clone(),
                 fingerprint: uploaded,
                 state: JobState::Queued,
@@ -93,6 +93,8 @@ impl Tx<'_> {
                 import: None,
                 unconfirmed_attempt_ms: None,
                 claimed: None,
+                // Due later than it is created: it waits in the `due` index.
+                in_line: false,
                 created_at_ms: now,
                 updated_at_ms: due,
             };

@@ -11,14 +11,14 @@
 //!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
 //!   db.new/          only while a new database is being created and stamped; renamed to db
 //!   db/              the sled database:
-//!     default tree   "format"  -> "2"  (ASCII decimal; "1" is upgraded at open, see
-//!                                       `upgrade`; anything else is refused)
+//!     default tree   "format"  -> "3"  (ASCII decimal; "1" and "2" are upgraded at open,
+//!                                       see `upgrade`; anything else is refused)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
 //!                    "closed"  -> "1"  (the last process closed the database in order;
 //!                                       removed before a process first changes
 //!                                       anything, written back at close)
-//!     jobs           JobId (u64 BE)                      -> Job (JSON)
+//!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job (JSON)
 //!     by_path        folder \0 rel                       -> JobId (u64 BE)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
@@ -28,12 +28,17 @@
 //!     attention      JobId (u64 BE)                      -> empty (failed, retry-wait)
 //! ```
 //!
-//! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
-//! Big-endian keys make sled's byte order numeric order. The `due` index is grouped by
-//! folder ([`keys::folder_tag`]): within a folder the first entry is the job to claim
-//! next, and claims take the folders in turn (`claim`), so a backlog of one folder never
-//! delays another folder's files. `due` is an index only: entries of an older layout are
-//! dropped and rebuilt from the jobs by `recover_after_restart`.
+//! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
+//! number from sled's `generate_id`, so ids are unique for the life of the database and
+//! the `jobs` tree holds each folder's jobs together, oldest first (jobs of a database
+//! from before format 3 keep their plain numbers). Big-endian keys make sled's byte order
+//! numeric order. A folder's claimable jobs wait in two places: the jobs `offer` created
+//! and nothing has changed since wait *in line* ([`Job::in_line`], module `line`), in the
+//! order of their ids, without any other entry, and every other one in the `due` index,
+//! grouped by folder ([`keys::folder_tag`]) and in due order. A claim takes the earlier of
+//! the two first ones, and claims take the folders in turn (`claim`), so a backlog of one
+//! folder never delays another folder's files. `due` is an index only: entries of an older
+//! layout are dropped and rebuilt from the jobs by `recover_after_restart`.
 //!
 //! `counts` and `attention` (module `counts`) let `status`, the metrics and the systemd
 //! status line read one entry per folder and the failed and retrying jobs alone, instead
@@ -80,11 +85,15 @@
 //! 1. **One job per file.** `by_path[job.key] == job.id` for every job, and every `by_path`
 //!    entry names an existing job with that key. Offering a file that has a job updates that
 //!    job (coalescing); it never creates a second one.
-//! 2. **The `due` index is exactly the claimable jobs.** Every queued job has one entry,
-//!    under its folder's tag, at its `updated_at_ms` (the time it was queued) and every
-//!    retry-wait job one at its `next_attempt_at_ms` ([`Job::due_ms`]); active, finalizing,
-//!    importing and failed jobs have none. `claim` takes jobs only from this index and
-//!    removes the entry in the same transaction that makes the job active, so no job is
+//! 2. **The `due` index and the lines are exactly the claimable jobs.** A job in line
+//!    ([`Job::in_line`]) is queued, was created by `offer` and has been written since only
+//!    as queued and due at the same time (`Tx::put_job` takes it out of line for good
+//!    otherwise); its id starts with its folder's line prefix, and it has no `due` entry.
+//!    Every other queued job has one entry, under its folder's tag, at its `updated_at_ms`
+//!    (the time it was queued) and every retry-wait job one at its `next_attempt_at_ms`
+//!    ([`Job::due_entry_ms`]); active, finalizing, importing and failed jobs have none.
+//!    `claim` takes jobs only from the index and the lines, and removes the entry or takes
+//!    the job out of line in the same transaction that makes the job active, so no job is
 //!    claimed twice.
 //! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
 //!    only for existing jobs, and are removed when the job completes, fails, is dropped,
@@ -185,6 +194,7 @@ mod error;
 mod import;
 mod job;
 mod keys;
+mod line;
 mod lock;
 #[cfg(test)]
 mod tests;
@@ -217,7 +227,7 @@ use lock::StateLock;
 
 /// The layout version this code writes (the default tree's `format` key). It reads this
 /// one and upgrades older ones at open (module `upgrade`).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
@@ -265,6 +275,8 @@ struct Inner {
     /// Whether the `closed` marker is still on disk: found at open, and removed before
     /// this process first changes the trees ([`Store::unmark_closed`]).
     marked_closed: Mutex<bool>,
+    /// Where each folder's line of new jobs starts (module `line`).
+    lines: line::Lines,
     _lock: StateLock,
 }
 
@@ -410,6 +422,9 @@ struct Tx<'a> {
     attention: TxTree<'a>,
     /// What the transaction changed in the per-folder counts, added to them as it ends.
     changes: counts::Changes,
+    lines: &'a line::Lines,
+    /// The ids it registered as being created (`Tx::new_job_id`).
+    registered: &'a line::Registered,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -496,8 +511,9 @@ impl Tx<'_> {
     fn put_job(&self, old: Option<&Job>, new: &Job) -> TxResult<()> {
         let stale_import = new.import.is_some() && new.state != JobState::Importing;
         let stale_claim = new.claimed.is_some() && !is_attempt(&new.state);
+        let out_of_line = new.in_line && !stays_in_line(old, new);
         let without_stale;
-        let new = if stale_import || stale_claim {
+        let new = if stale_import || stale_claim || out_of_line {
             without_stale = Job {
                 import: if stale_import {
                     None
@@ -505,6 +521,7 @@ impl Tx<'_> {
                     new.import.clone()
                 },
                 claimed: if stale_claim { None } else { new.claimed },
+                in_line: new.in_line && !out_of_line,
                 ..new.clone()
             };
             &without_stale
@@ -512,7 +529,7 @@ impl Tx<'_> {
             new
         };
         if let Some(old) = old
-            && let Some(due) = old.due_ms()
+            && let Some(due) = old.due_entry_ms()
         {
             self.due.remove(&job_due_key(old, due))?;
         }
@@ -522,7 +539,7 @@ impl Tx<'_> {
         };
         self.jobs.insert(&job_key(new.id), encode(new))?;
         self.by_path.insert(raw_key, &job_key(new.id))?;
-        if let Some(due) = new.due_ms() {
+        if let Some(due) = new.due_entry_ms() {
             self.due.insert(&job_due_key(new, due), &[])?;
         }
         self.count_job(old, Some(new))
@@ -563,7 +580,7 @@ impl Tx<'_> {
             self.by_path.remove(raw_key)?;
         }
         self.progress.remove(&job_key(job.id))?;
-        if let Some(due) = job.due_ms() {
+        if let Some(due) = job.due_entry_ms() {
             self.due.remove(&job_due_key(job, due))?;
         }
         self.count_job(Some(job), None)
@@ -636,7 +653,7 @@ impl Tx<'_> {
             }
             None => {
                 let job = Job {
-                    id: JobId(self.jobs.generate_id()?),
+                    id: self.new_job_id(&key.folder)?,
                     key: key.clone(),
                     fingerprint: *fingerprint,
                     state: JobState::Queued,
@@ -649,6 +666,7 @@ impl Tx<'_> {
                     claimed: None,
                     kind: JobKind::Upload,
                     approved: false,
+                    in_line: true,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -664,6 +682,15 @@ fn is_attempt(state: &JobState) -> bool {
     matches!(state, JobState::Active | JobState::Finalizing)
 }
 
+/// Whether `new`, written over `old`, keeps the place in its folder's line that `old` had
+/// (or, for a new job, takes one): only while it stays queued, due when it was.
+fn stays_in_line(old: Option<&Job>, new: &Job) -> bool {
+    new.state == JobState::Queued
+        && old.is_none_or(|old| {
+            old.in_line && old.state == JobState::Queued && old.updated_at_ms == new.updated_at_ms
+        })
+}
+
 /// The job's entry in the `due` index, at `due`.
 fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
     due_key(folder_tag(&job.key.folder), due, job.id)
@@ -673,6 +700,7 @@ fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
 fn queued_afresh(job: &Job, now: u64) -> Job {
     Job {
         state: JobState::Queued,
+        in_line: false,
         attempts: 0,
         corrupt_imports: 0,
         last_error: None,
@@ -731,6 +759,7 @@ impl Store {
                 writes: AtomicU64::new(0),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
+                lines: line::Lines::default(),
                 _lock: lock,
             }),
         };
@@ -836,6 +865,7 @@ impl Store {
         let t = &self.inner.trees;
         // Counted per attempt: sled runs `f` again after a conflict.
         let writes = Cell::new(0);
+        let registered = line::Registered::default();
         let done = (
             &t.jobs,
             &t.by_path,
@@ -861,16 +891,19 @@ impl Store {
                         counts: counted(counts),
                         attention: counted(attention),
                         changes: counts::Changes::default(),
+                        lines: &self.inner.lines,
+                        registered: &registered,
                     };
                     let done = f(&tx)?;
                     tx.settle_counts()?;
                     Ok(done)
                 },
-            )
-            .map_err(|err| match err {
-                TransactionError::Abort(err) => err,
-                TransactionError::Storage(err) => self.db_error(err),
-            })?;
+            );
+        self.inner.lines.created(&registered.0.borrow());
+        let done = done.map_err(|err| match err {
+            TransactionError::Abort(err) => err,
+            TransactionError::Storage(err) => self.db_error(err),
+        })?;
         self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
         Ok(done)
     }
@@ -1277,7 +1310,7 @@ impl Store {
                     Err(err) => return abort(err),
                 };
                 let indexed = tx.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..]);
-                let due_indexed = match job.due_ms() {
+                let due_indexed = match job.due_entry_ms() {
                     Some(due) => tx.due.get(job_due_key(&job, due))?.is_some(),
                     None => true,
                 };
@@ -1313,7 +1346,8 @@ impl Store {
             let stale = match decode_due_key(&raw) {
                 None => true,
                 Some(entry) => self.get(entry.id)?.is_none_or(|job| {
-                    job.due_ms() != Some(entry.due_ms) || folder_tag(&job.key.folder) != entry.tag
+                    job.due_entry_ms() != Some(entry.due_ms)
+                        || folder_tag(&job.key.folder) != entry.tag
                 }),
             };
             if stale {

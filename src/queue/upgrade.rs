@@ -14,6 +14,14 @@
 //! them, so the upgrade simply runs again at the next open. A crash after it leaves at
 //! most an unused tree behind, dropped by the next upgrade-free open as well (step 3 is
 //! repeated whenever the tree exists).
+//!
+//! Format 3 lets the jobs `offer` creates wait in their folder's line instead of in the
+//! `due` index (module `line`). A database of format 2 has no job in line: every queued
+//! job of it has its `due` entry, and its job ids (plain numbers) are below every line but
+//! the one of prefix zero, whose jobs are told apart by [`Job::in_line`], which they lack.
+//! So it is already a valid database of format 3, and upgrading it (or the result of the
+//! upgrade from 1) only sets the marker, flushed. Opened by an older version, a database
+//! of format 3 is refused: that version would never claim the jobs in line.
 
 use super::job::Job;
 use super::keys::{decode_job_key, job_key};
@@ -24,12 +32,14 @@ use crate::fingerprint::Fingerprint;
 pub(super) const CLAIMED_TREE_FORMAT: u32 = 1;
 const CLAIMED_TREE: &[u8] = b"claimed";
 
-/// Brings a database of format `found` (checked to be 1 or [`FORMAT_VERSION`]) to the
-/// current format (module doc).
+/// Brings a database of format `found` (checked to be between 1 and [`FORMAT_VERSION`]) to
+/// the current format (module doc).
 pub(super) fn upgrade(db: &sled::Db, found: u32) -> sled::Result<()> {
     if found == CLAIMED_TREE_FORMAT {
         copy_claims_into_jobs(db)?;
         db.flush()?;
+    }
+    if found < FORMAT_VERSION {
         db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
         db.flush()?;
         tracing::info!(
