@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
+use super::record::FileRecord;
 use super::*;
 
 fn fp(n: u64) -> Fingerprint {
@@ -72,13 +73,13 @@ fn assert_invariants(store: &Store) {
     let jobs = store.jobs().expect("all jobs decode");
     for job in &jobs {
         let raw_key = file_key(&job.key).expect("stored keys are valid");
-        let indexed = trees.by_path.get(&raw_key).expect("by_path reads");
+        let raw = trees.ledger.get(&raw_key).expect("the ledger reads");
         assert_eq!(
-            indexed.as_deref(),
-            Some(&job_key(job.id)[..]),
-            "by_path must name job {} for {}",
-            job.id,
-            job.key
+            raw.as_deref().and_then(|raw| FileRecord::split(raw).job),
+            Some(job.id),
+            "the ledger entry of {} must name job {}",
+            job.key,
+            job.id
         );
         if job.in_line {
             assert_eq!(
@@ -106,13 +107,23 @@ fn assert_invariants(store: &Store) {
             );
         }
     }
-    for entry in trees.by_path.iter() {
-        let (raw_key, raw_id) = entry.expect("by_path iterates");
-        let id = decode_job_key(&raw_id).expect("by_path values are job ids");
+    for entry in trees.ledger.iter() {
+        let (raw_key, raw) = entry.expect("the ledger iterates");
+        let record = FileRecord::split(&raw);
+        assert!(
+            record.job.is_some() || record.upload.is_some(),
+            "a ledger entry holds something"
+        );
+        if let Some(upload) = record.upload {
+            decode_ledger(upload, &raw_key).expect("uploads decode");
+        }
+        let Some(id) = record.job else {
+            continue;
+        };
         let job = jobs
             .iter()
             .find(|job| job.id == id)
-            .expect("every by_path entry names an existing job");
+            .expect("every job a ledger entry names exists");
         assert_eq!(file_key(&job.key).expect("valid key"), raw_key.to_vec());
     }
     for entry in trees.due.iter() {
@@ -563,8 +574,9 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
         .due
         .remove(due_key(tag, due, id))
         .expect("removing works");
+    // Its file's entry no longer names it (it held nothing else).
     trees
-        .by_path
+        .ledger
         .remove(file_key(&key("a")).expect("valid key"))
         .expect("removing works");
     trees
@@ -575,17 +587,24 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
         .progress
         .insert(job_key(JobId(999_999)), &b"orphan"[..])
         .expect("inserting works");
+    let ghost = FileRecord {
+        job: Some(JobId(999_999)),
+        upload: None,
+    };
     trees
-        .by_path
+        .ledger
         .insert(
             file_key(&key("ghost")).expect("valid key"),
-            &job_key(JobId(999_999)),
+            ghost.join().expect("holds a job"),
         )
         .expect("inserting works");
     assert!(
         store.claim(far_future()).expect("claim works").is_none(),
         "without its due entry the job cannot be claimed; the dangling entry is skipped"
     );
+    // Damage like this comes with a stop that was not clean, after which recovery walks
+    // the ledger (a clean close vouches for it).
+    let store = reopen_after_kill(store);
 
     assert_eq!(store.recover_after_restart().expect("recovery works"), 0);
     assert_invariants(&store);
@@ -1388,6 +1407,7 @@ fn a_process_that_opens_a_killed_database_without_checking_leaves_the_check_to_t
 /// the `claimed` tree instead of its job record, plus a stale entry of a job long gone.
 fn rewrite_as_format_1(dir: &Path) {
     let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    move_jobs_to_by_path(&db, |id| id);
     let jobs = db.open_tree("jobs").expect("opens");
     let claimed = db.open_tree("claimed").expect("opens");
     for entry in jobs.iter() {
@@ -1450,12 +1470,39 @@ fn a_database_of_format_1_is_upgraded_at_open_and_its_attempts_know_what_they_cl
     assert_invariants(&store);
 }
 
-/// Rewrites a closed database as format 2 kept it: plain job ids, and every queued job in
-/// the `due` index (none in line).
+/// Moves each file's job out of its `ledger` entry into a `by_path` tree, as formats 1 to
+/// 3 kept them, the id changed by `rename`.
+fn move_jobs_to_by_path(db: &sled::Db, rename: impl Fn(JobId) -> JobId) {
+    let ledger = db.open_tree("ledger").expect("opens");
+    let by_path = db.open_tree("by_path").expect("opens");
+    for entry in ledger.iter() {
+        let (raw_key, raw) = entry.expect("reads");
+        let record = FileRecord::split(&raw);
+        let Some(id) = record.job else {
+            continue;
+        };
+        by_path
+            .insert(&raw_key, &job_key(rename(id)))
+            .expect("writes");
+        match (FileRecord {
+            job: None,
+            ..record
+        })
+        .join()
+        {
+            Some(plain) => ledger.insert(&raw_key, plain),
+            None => ledger.remove(&raw_key),
+        }
+        .expect("writes");
+    }
+}
+
+/// Rewrites a closed database as format 2 kept it: plain job ids, every queued job in
+/// the `due` index (none in line), each file's job in `by_path`.
 fn rewrite_as_format_2(dir: &Path) {
     let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    move_jobs_to_by_path(&db, |id| JobId(id.0 & ((1 << 40) - 1)));
     let jobs = db.open_tree("jobs").expect("opens");
-    let by_path = db.open_tree("by_path").expect("opens");
     let due = db.open_tree("due").expect("opens");
     for entry in jobs.iter() {
         let (raw_id, raw) = entry.expect("reads");
@@ -1469,9 +1516,6 @@ fn rewrite_as_format_2(dir: &Path) {
         };
         jobs.remove(&raw_id).expect("writes");
         jobs.insert(job_key(old.id), encode(&old)).expect("writes");
-        by_path
-            .insert(file_key(&old.key).expect("valid"), &job_key(old.id))
-            .expect("writes");
         let at = old.due_ms().expect("queued");
         due.insert(due_key(folder_tag(&old.key.folder), at, old.id), &[])
             .expect("writes");
@@ -1494,6 +1538,15 @@ fn a_database_of_format_2_is_upgraded_at_open_and_its_queued_jobs_are_claimed_be
     assert_eq!(
         store.inner.db.get(FORMAT_KEY).expect("reads").as_deref(),
         Some(FORMAT_VERSION.to_string().as_bytes())
+    );
+    assert!(
+        !store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name == b"by_path"),
+        "the old tree is dropped"
     );
     assert_invariants(&store);
     store.recover_after_restart().expect("recovers");
@@ -2471,7 +2524,10 @@ fn writes_count_the_entries_each_transition_changes() {
         last = now;
     };
     store.offer(&file, &fp(1)).expect("offer");
-    wrote("a new job, in line: jobs, by_path, counts", 3);
+    wrote(
+        "a new job, in line: jobs, its file's ledger entry, counts",
+        3,
+    );
     store.offer(&file, &fp(1)).expect("offer");
     wrote("the same version offered again", 0);
     let job = store
@@ -2479,13 +2535,16 @@ fn writes_count_the_entries_each_transition_changes() {
         .expect("claim works")
         .expect("the job is due");
     wrote(
-        "a claim from the line: the job, counts (by_path is unchanged)",
+        "a claim from the line: the job, counts (the ledger is unchanged)",
         2,
     );
     store
         .complete(job.id, &fp(1), "dir/a.csv", None)
         .expect("complete");
-    wrote("a completion: the ledger, counts, and jobs, by_path out", 4);
+    wrote(
+        "a completion: the ledger entry (the upload in, the job out), counts, jobs out",
+        3,
+    );
     let id = queued_id(store.offer(&key("failing.csv"), &fp(2)).expect("offer"));
     store.claim(far_future()).expect("claim works");
     wrote("another job, claimed", 5);
