@@ -47,11 +47,11 @@ impl Store {
 
     /// Claims the first due job of one folder (steps 2 and 3).
     fn claim_in(&self, tag: FolderTag, now: u64) -> Result<Option<Job>, StoreError> {
-        for entry in self.inner.trees.due.scan_prefix(tag) {
+        for entry in self.handles().trees.due.scan_prefix(tag) {
             let (raw, _) = entry.map_err(|err| self.db_error(err))?;
             let Some(due) = decode_due_key(&raw) else {
                 tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
-                self.inner
+                self.handles()
                     .trees
                     .due
                     .remove(&raw)
@@ -87,7 +87,7 @@ impl Store {
         let now = to_ms(now);
         let mut candidates = Vec::new();
         for entry in self
-            .inner
+            .handles()
             .trees
             .due
             .scan_prefix(folder_tag(&first.key.folder))
@@ -156,7 +156,7 @@ impl Store {
         let mut released = 0;
         for folder in folders {
             let waiting: Vec<DueEntry> = self
-                .inner
+                .handles()
                 .trees
                 .due
                 .scan_prefix(folder_tag(folder))
@@ -196,7 +196,7 @@ impl Store {
 
     /// The first `due` entry of a folder, if any.
     fn first_entry(&self, tag: FolderTag) -> Result<Option<DueEntry>, StoreError> {
-        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+        for entry in self.handles().trees.due.scan_prefix(tag).keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(due) = decode_due_key(&raw) {
                 return Ok(Some(due));
@@ -208,7 +208,8 @@ impl Store {
     /// The tags of the folders that have queued or retry-wait jobs, in key order: one seek
     /// per folder.
     pub fn due_folders(&self) -> Result<Vec<FolderTag>, StoreError> {
-        let due = &self.inner.trees.due;
+        let handles = self.handles();
+        let due = &handles.trees.due;
         let mut tags = Vec::new();
         let mut from = Some([0u8; 8]);
         while let Some(start) = from {

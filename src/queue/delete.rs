@@ -175,7 +175,7 @@ impl Store {
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
     /// for all) that the ledger records as uploaded; keys only.
     pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_under(&self.inner.trees.ledger, folder, under)
+        self.files_under(&self.handles().trees.ledger, folder, under)
     }
 
     /// Every job of `folder`, through the `by_path` index.
@@ -183,7 +183,7 @@ impl Store {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         let mut jobs = Vec::new();
-        for entry in self.inner.trees.by_path.scan_prefix(&prefix).values() {
+        for entry in self.handles().trees.by_path.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(id) = decode_job_key(&raw)
                 && let Some(job) = self.get(id)?
@@ -203,7 +203,7 @@ impl Store {
         }
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix).keys() {
+        for entry in self.handles().trees.ledger.scan_prefix(&prefix).keys() {
             entry.map_err(|err| self.db_error(err))?;
             tally.uploaded += 1;
         }
