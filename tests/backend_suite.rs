@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+use upsync::emulator::redivis::store::{Transfer, TransferState, read_json};
 
 const KIFS_PART: u64 = 62_914_560;
 const REDIVIS_CHUNK: u64 = 2 << 20;
@@ -122,24 +123,25 @@ impl Backend {
         args
     }
 
-    fn remote_section(self, emulator: &EmulatorProcess) -> String {
+    /// The daemon's config: three workers, one folder `inbox` feeding the backend, the
+    /// token read from `secret.token`.
+    fn config(self, emulator: &EmulatorProcess, pace: Pace) -> ConfigBuilder {
+        let config = ConfigBuilder::new().top("concurrency = 3\nretry_max_delay = \"8s\"");
         match self {
-            Backend::Kifs => format!(
-                "[kifs]\nurl = \"{}\"\ntoken_file = \"secret.token\"\n",
-                emulator.kifs_url()
-            ),
-            Backend::Redivis => format!(
-                "[redivis]\napi_url = \"{}\"\ntoken_file = \"secret.token\"\n\
-                 chunk_size = \"2MiB\"\n",
-                emulator.redivis_url()
-            ),
-        }
-    }
-
-    fn target_keys(self) -> String {
-        match self {
-            Backend::Kifs => "kifs_directory = \"ingest\"\ncreate_directory = true\n".into(),
-            Backend::Redivis => format!("redivis_table = \"{TABLE}\"\n"),
+            Backend::Kifs => config
+                .kifs(&emulator.kifs_url())
+                .kifs_with("token_file = \"secret.token\"")
+                .folder(FolderBuilder::kifs("inbox", "ingest")),
+            Backend::Redivis => {
+                let config = match pace {
+                    Pace::Slow => config.top("bandwidth_limit = \"4MiB/s\""),
+                    Pace::Full => config,
+                };
+                config
+                    .redivis_with_token_file(&emulator.redivis_url(), "secret.token")
+                    .redivis_with("chunk_size = \"2MiB\"")
+                    .folder(FolderBuilder::redivis("inbox", TABLE))
+            }
         }
     }
 
@@ -168,18 +170,8 @@ impl World {
         let args = backend.emulator_args(pace, hook);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let emulator = EmulatorProcess::start(&tmp.path().join("remote"), &args);
-        let bandwidth = match (backend, pace) {
-            (Backend::Redivis, Pace::Slow) => "bandwidth_limit = \"4MiB/s\"\n",
-            _ => "",
-        };
-        let text = format!(
-            "state_dir = \"state\"\nconcurrency = 3\nretry_max_delay = \"8s\"\n{bandwidth}\
-             {remote}\n[[folder]]\npath = \"inbox\"\nsettle = \"1s\"\n{target}",
-            remote = backend.remote_section(&emulator),
-            target = backend.target_keys(),
-        );
         let config = tmp.path().join("upsync.toml");
-        std::fs::write(&config, text).unwrap();
+        backend.config(&emulator, pace).write(&config);
         std::fs::write(tmp.path().join("secret.token"), backend.secret()).unwrap();
         World {
             backend,
@@ -238,6 +230,20 @@ impl World {
     /// Chunks that reached the emulator: KiFS parts, Redivis session PUTs.
     fn chunks_received(&self) -> u64 {
         self.counter(&["multipart_operations", "upload_part"], &["session_puts"])
+    }
+
+    /// Whether the last of `chunks` chunks of a `size`-byte file took effect, its answer
+    /// now held back ([`Hook::HoldChunkAnswers`]): KiFS delays every part's answer once the
+    /// part is stored; a Redivis session is recorded complete before its final answer.
+    fn all_bytes_taken(&self, chunks: u64, size: u64) -> bool {
+        match self.backend {
+            Backend::Kifs => {
+                json_number(&self.kifs_stats()["answers_delayed"]).unwrap_or(0) >= chunks
+            }
+            Backend::Redivis => redivis_transfers(&self.emulator)
+                .iter()
+                .any(|t| t.state == TransferState::Complete && t.total == Some(size)),
+        }
     }
 
     fn answers_lost(&self) -> u64 {
@@ -304,15 +310,10 @@ impl World {
         self.wait_held(daemon, "ready.txt", &path, Duration::from_secs(30));
     }
 
-    /// Waits until the ledger records `done` files and nothing is pending.
+    /// Waits until the ledger records `done` files and nothing is pending, none failed.
     fn wait_settled(&self, daemon: &DaemonProcess, done: u64) {
-        daemon.wait_until(Duration::from_secs(30), "the ledger to settle", || {
-            let folder = self.folder();
-            folder["done"] == done
-                && ["queued", "active", "finalizing", "retry_wait", "failed"]
-                    .iter()
-                    .all(|state| folder[state] == 0)
-        });
+        daemon.wait_settled(&self.config, done);
+        assert_eq!(self.folder()["failed"], 0, "{}", self.folder());
     }
 
     /// Stops the daemon with SIGTERM and checks it exited cleanly without leaking the secret.
@@ -405,7 +406,18 @@ fn crash_after_the_last_chunk_before_its_answer(backend: Backend) {
     daemon.wait_until(Duration::from_secs(60), "the last chunk to arrive", || {
         w.chunks_received() >= chunks
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the last chunk to take effect",
+        || w.all_bytes_taken(chunks, backend.chunk() + 12_345),
+    );
+    // A job is marked `finalizing` before its finalize call: still `active` means the
+    // daemon has not got that far, so the kill falls between the chunk and the finalize.
+    let folder = w.folder();
+    assert!(
+        folder["active"] == 1 && folder["finalizing"] == 0,
+        "the job moved on before the kill: {folder}"
+    );
     assert_eq!(w.finalized(), 0, "finalized before the kill");
     assert!(
         !w.holds_any(name),
@@ -567,6 +579,21 @@ fn remote_down_and_back(backend: Backend) {
     // The emulator's counters started again with it.
     assert_eq!(w.finalized(), 1, "finalized once after the outage");
     w.stop(daemon);
+}
+
+/// The Redivis emulator's transfer records (`sessions/<id>.json`); a record being
+/// replaced at this moment is skipped.
+fn redivis_transfers(emulator: &EmulatorProcess) -> Vec<Transfer> {
+    let sessions = emulator.data_dir.join("redivis").join("sessions");
+    let Ok(entries) = std::fs::read_dir(sessions) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .filter_map(|path| read_json(&path).ok())
+        .collect()
 }
 
 macro_rules! suite {

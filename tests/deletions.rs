@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -14,12 +14,8 @@ const TABLE: &str = "test.dataset:next.files";
 const TOKEN: &str = "e2e-deletions-token-41c9";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    inbox: PathBuf,
-    config: PathBuf,
-    emulator: EmulatorProcess,
-}
+/// A test's temp dir, emulator, config and its one watched folder.
+type Setup = Site;
 
 /// Where a test's folder goes.
 #[derive(Clone, Copy, PartialEq)]
@@ -52,17 +48,12 @@ fn setup_for(target: Remote, folder_extra: &str) -> Setup {
         .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_DELETIONS_TOKEN", TOKEN) };
-    Setup {
-        inbox: site.folders[0].clone(),
-        _tmp: site.tmp,
-        config: site.config,
-        emulator: site.emulator,
-    }
+    site
 }
 
 impl Setup {
     fn write(&self, rel: &str, seed: u64) {
-        let path = self.inbox.join(rel);
+        let path = self.folder().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         write_file(&path, 100 + seed, seed);
         backdate(&path, 60);
@@ -138,9 +129,9 @@ fn kifs_a_deleted_file_a_deleted_subtree_and_a_renamed_directory_leave_the_remot
     let mut daemon = DaemonProcess::start(&s.config);
     s.wait_settled(&daemon, 6);
 
-    remove(&s.inbox.join("a.csv"));
-    remove(&s.inbox.join("sub"));
-    std::fs::rename(s.inbox.join("dir"), s.inbox.join("moved")).unwrap();
+    remove(&s.folder().join("a.csv"));
+    remove(&s.folder().join("sub"));
+    std::fs::rename(s.folder().join("dir"), s.folder().join("moved")).unwrap();
     daemon.wait_until(
         WAIT,
         "the old names to leave KiFS and the new ones to arrive",
@@ -178,10 +169,10 @@ fn kifs_deletions_made_while_the_daemon_was_stopped_are_found_at_start() {
     s.wait_settled(&daemon, 4);
     daemon.terminate();
 
-    remove(&s.inbox.join("a.csv"));
-    remove(&s.inbox.join("c"));
+    remove(&s.folder().join("a.csv"));
+    remove(&s.folder().join("c"));
     // Deleted and written again while stopped: a new version, uploaded, never deleted.
-    remove(&s.inbox.join("b.csv"));
+    remove(&s.folder().join("b.csv"));
     s.write("b.csv", 9);
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(WAIT, "the deleted files to leave KiFS", || {
@@ -189,7 +180,7 @@ fn kifs_deletions_made_while_the_daemon_was_stopped_are_found_at_start() {
     });
     s.wait_settled(&daemon, 2);
     assert!(same_content(
-        &s.inbox.join("b.csv"),
+        &s.folder().join("b.csv"),
         &s.emulator.kifs_file("ingest/b.csv")
     ));
     assert!(s.on_kifs("keep.csv"));
@@ -209,7 +200,7 @@ fn kifs_kill9_during_a_deletion_batch_deletes_every_file_and_nothing_else() {
     s.wait_settled(&daemon, 13);
     daemon.terminate();
 
-    remove(&s.inbox.join("batch"));
+    remove(&s.folder().join("batch"));
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(WAIT, "the first deletion request", || s.kifs_deletes() >= 1);
     daemon.kill9();
@@ -240,7 +231,7 @@ fn the_guard_holds_a_ninety_percent_deletion_until_retry_deletes() {
     daemon.terminate();
 
     for i in 0..18 {
-        remove(&s.inbox.join(format!("{i:02}.csv")));
+        remove(&s.folder().join(format!("{i:02}.csv")));
     }
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(WAIT, "the guard to hold the 18 deletions", || {
@@ -275,8 +266,8 @@ fn a_folder_root_removed_and_replaced_by_an_empty_one_deletes_nothing() {
     s.wait_settled(&daemon, 5);
 
     // Like an unmount: the folder goes, then an empty directory is where it was.
-    remove(&s.inbox);
-    std::fs::create_dir(&s.inbox).unwrap();
+    remove(s.folder());
+    std::fs::create_dir(s.folder()).unwrap();
     daemon.wait_until(
         WAIT,
         "the guard to hold the deletions of every file",
@@ -296,8 +287,8 @@ fn redivis_a_deleted_and_a_renamed_file_leave_only_the_new_name_in_the_table() {
     let mut daemon = DaemonProcess::start(&s.config);
     s.wait_settled(&daemon, 3);
 
-    remove(&s.inbox.join("a.csv"));
-    std::fs::rename(s.inbox.join("b.csv"), s.inbox.join("c.csv")).unwrap();
+    remove(&s.folder().join("a.csv"));
+    std::fs::rename(s.folder().join("b.csv"), s.folder().join("c.csv")).unwrap();
     daemon.wait_until(WAIT, "the table to hold exactly c.csv and keep.csv", || {
         s.redivis_names() == ["c.csv", "keep.csv"]
     });
@@ -314,7 +305,7 @@ fn redivis_a_deleted_file_leaves_the_file_index_table() {
     s.wait_settled(&daemon, 2);
     assert_eq!(s.redivis_files(), ["a.bin", "b.bin"]);
 
-    remove(&s.inbox.join("a.bin"));
+    remove(&s.folder().join("a.bin"));
     daemon.wait_until(WAIT, "the file index table to hold b.bin only", || {
         s.redivis_files() == ["b.bin"]
     });

@@ -3,19 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const PART: u64 = 62_914_560;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    inbox: PathBuf,
-    config: PathBuf,
-    emulator: EmulatorProcess,
-}
+/// A test's temp dir, emulator, config and its one watched folder.
+type Setup = Site;
 
 /// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
 fn setup(emulator_args: &[&str], kifs_extra: &str, folder_extra: &str) -> Setup {
@@ -26,12 +22,7 @@ fn setup(emulator_args: &[&str], kifs_extra: &str, folder_extra: &str) -> Setup 
         FolderBuilder::kifs("inbox", "ingest").with(folder_extra),
     )
     .write(&site.config);
-    Setup {
-        inbox: site.folders[0].clone(),
-        _tmp: site.tmp,
-        config: site.config,
-        emulator: site.emulator,
-    }
+    site
 }
 
 /// The config of these tests, with `folder` as the one folder.
@@ -58,7 +49,7 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
     wait_until(Duration::from_secs(20), "the daemon to be ready", || {
         daemon.log_text().contains("upsync is running")
     });
-    let path = s.inbox.join("slow.csv");
+    let path = s.folder().join("slow.csv");
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&path).unwrap();
@@ -81,7 +72,7 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
 #[test]
 fn a_file_changed_after_its_upload_is_uploaded_again() {
     let s = setup(&[], "", "");
-    let path = s.inbox.join("report.csv");
+    let path = s.folder().join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(Duration::from_secs(20), "the first version", || {
@@ -102,8 +93,8 @@ fn a_file_changed_after_its_upload_is_uploaded_again() {
 #[test]
 fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
     let s = setup(&[], "", "");
-    let good = s.inbox.join("good.csv");
-    let bad = s.inbox.join("bad_name.csv");
+    let good = s.folder().join("good.csv");
+    let bad = s.folder().join("bad_name.csv");
     std::fs::write(&good, "ok\n").unwrap();
     std::fs::write(&bad, "rejected\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
@@ -135,11 +126,17 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
 fn a_restart_after_everything_is_uploaded_uploads_nothing() {
     let s = setup(&[], "", "");
     for i in 0..20 {
-        write_file(&s.inbox.join(format!("f{i}.bin")), 1000 + i, i);
+        write_file(&s.folder().join(format!("f{i}.bin")), 1000 + i, i);
     }
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(Duration::from_secs(30), "all files", || {
-        (0..20).all(|i| arrived(&s, &s.inbox.join(format!("f{i}.bin")), &format!("f{i}.bin")))
+        (0..20).all(|i| {
+            arrived(
+                &s,
+                &s.folder().join(format!("f{i}.bin")),
+                &format!("f{i}.bin"),
+            )
+        })
     });
     assert_eq!(daemon.terminate(), Some(0));
     let before = upload_requests(&s);
@@ -159,8 +156,8 @@ fn a_restart_after_everything_is_uploaded_uploads_nothing() {
 #[test]
 fn json_encoding_uploads_whole_and_multipart_files() {
     let s = setup(&[], "encoding = \"json\"", "");
-    let small = s.inbox.join("small.txt");
-    let large = s.inbox.join("large.bin");
+    let small = s.folder().join("small.txt");
+    let large = s.folder().join("large.bin");
     write_file(&small, 4096, 1);
     write_file(&large, PART + 4096, 2);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -180,7 +177,7 @@ fn basic_and_bearer_credentials_are_sent_and_bad_ones_are_reported_while_the_dae
         (["--kifs-token", "tok123"], "token = \"tok123\""),
     ] {
         let s = setup(&emulator_args, auth, "");
-        let path = s.inbox.join("a.txt");
+        let path = s.folder().join("a.txt");
         std::fs::write(&path, "authenticated\n").unwrap();
         let mut daemon = DaemonProcess::start(&s.config);
         daemon.wait_until(Duration::from_secs(20), "the file", || {
@@ -193,7 +190,7 @@ fn basic_and_bearer_credentials_are_sent_and_bad_ones_are_reported_while_the_dae
         "username = \"alice\"\npassword = \"wrong\"",
         "",
     );
-    let path = s.inbox.join("a.txt");
+    let path = s.folder().join("a.txt");
     std::fs::write(&path, "waits for good credentials\n").unwrap();
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -236,7 +233,7 @@ fn a_missing_or_read_only_directory_is_reported_and_fixing_it_needs_no_restart()
         inbox_folder.clone().without("create_directory"),
     )
     .write(&s.config);
-    let path = s.inbox.join("a.txt");
+    let path = s.folder().join("a.txt");
     std::fs::write(&path, "waits for its directory\n").unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
     let folder = refused_folder(&daemon, &s.config);
@@ -297,7 +294,7 @@ fn check_prints_the_plan_of_a_good_config() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ingest"), "{stdout}");
     assert!(
-        stdout.contains(&s.inbox.canonicalize().unwrap().display().to_string()),
+        stdout.contains(&s.folder().canonicalize().unwrap().display().to_string()),
         "{stdout}"
     );
 }

@@ -17,28 +17,23 @@ use common::*;
 /// KiFS multipart part size (files larger than this are sent in parts).
 const PART: u64 = 62_914_560;
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    inbox: PathBuf,
-    config: PathBuf,
-    emulator: EmulatorProcess,
-}
+/// A test's temp dir, emulator, config and its one watched folder.
+type Setup = Site;
 
 /// A folder mapped to KiFS directory `ingest` of a fresh emulator started with `emulator_args`.
 fn setup(emulator_args: &[&str], top_extra: &str) -> Setup {
     let site = Site::start(&["inbox"], emulator_args);
+    config_of(&site, top_extra).write(&site.config);
+    site
+}
+
+/// The config [`setup`] writes: two workers, `top_extra`, the folder `inbox`.
+fn config_of(site: &Site, top_extra: &str) -> ConfigBuilder {
     ConfigBuilder::new()
         .top("concurrency = 2\nshutdown_timeout = \"5s\"")
         .top(top_extra)
         .kifs(&site.emulator.kifs_url())
         .folder(FolderBuilder::kifs("inbox", "ingest"))
-        .write(&site.config);
-    Setup {
-        inbox: site.folders[0].clone(),
-        tmp: site.tmp,
-        config: site.config,
-        emulator: site.emulator,
-    }
 }
 
 fn arrived(setup: &Setup, local: &Path, name: &str) -> bool {
@@ -52,7 +47,7 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
         &["--kifs-part-delay", "1500"],
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
     );
-    let path = s.inbox.join("big.bin");
+    let path = s.folder().join("big.bin");
     write_file(&path, 2 * PART + (10 << 20), 7);
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -200,7 +195,7 @@ fn an_upload_refused_with(s: &Setup, status: u16) -> (DaemonProcess, PathBuf, se
         "/_emulator/faults",
         &serde_json::json!({"target": "kifs", "action": {"status": status}}),
     );
-    let path = s.inbox.join("report.csv");
+    let path = s.folder().join("report.csv");
     std::fs::write(&path, "a,b\n1,2\n").unwrap();
     wait_until(Duration::from_secs(20), "the upload to fail", || {
         status_json(&s.config)["failed"]
@@ -247,7 +242,7 @@ fn a_refused_token_is_counted_as_an_auth_failure_and_keeps_its_reason() {
         "{report}"
     );
     let metrics = get_text(&format!("http://127.0.0.1:{port}/metrics"));
-    let folder = format!("folder=\"{}\"", s.inbox.display());
+    let folder = format!("folder=\"{}\"", s.folder().display());
     let failures = |class: &str, kind: &str| {
         let (class, kind) = (format!("class=\"{class}\""), format!("kind=\"{kind}\""));
         sample(
@@ -282,17 +277,20 @@ fn sync_once_uploads_a_folder_and_exits_0() {
         ("multi.bin", PART + 5),
     ];
     for (i, (name, size)) in files.iter().enumerate() {
-        write_file(&s.inbox.join(name), *size, i as u64);
-        backdate(&s.inbox.join(name), 60);
+        write_file(&s.folder().join(name), *size, i as u64);
+        backdate(&s.folder().join(name), 60);
     }
     // Written just now: too young at the first scan, picked up by the second one.
-    let fresh = s.inbox.join("fresh.txt");
+    let fresh = s.folder().join("fresh.txt");
     std::fs::write(&fresh, "just written\n").unwrap();
 
     let (code, stdout, stderr) = sync_once(&s.config, &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     for (name, _) in files {
-        assert!(arrived(&s, &s.inbox.join(name), name), "{name}: {stderr}");
+        assert!(
+            arrived(&s, &s.folder().join(name), name),
+            "{name}: {stderr}"
+        );
     }
     assert!(arrived(&s, &fresh, "fresh.txt"), "{stderr}");
     assert!(stdout.contains("uploaded 4 file(s)"), "{stdout}");
@@ -314,13 +312,16 @@ fn sync_once_with_a_zero_retry_wait_limit_still_checks_the_remote_and_uploads_on
     let s = setup(&[], "");
     let names = ["a.csv", "nested/b.csv", "c.bin"];
     for (i, name) in names.iter().enumerate() {
-        write_file(&s.inbox.join(name), 20_000, i as u64);
-        backdate(&s.inbox.join(name), 60);
+        write_file(&s.folder().join(name), 20_000, i as u64);
+        backdate(&s.folder().join(name), 60);
     }
     let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     for name in names {
-        assert!(arrived(&s, &s.inbox.join(name), name), "{name}: {stderr}");
+        assert!(
+            arrived(&s, &s.folder().join(name), name),
+            "{name}: {stderr}"
+        );
     }
     assert!(stdout.contains("uploaded 3 file(s)"), "{stdout}");
     assert_eq!(status_json(&s.config)["folders"][0]["done"], 3);
@@ -329,8 +330,8 @@ fn sync_once_with_a_zero_retry_wait_limit_still_checks_the_remote_and_uploads_on
 #[test]
 fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
     let s = setup(&[], "");
-    let good = s.inbox.join("good.csv");
-    let bad = s.inbox.join("bad_name.csv");
+    let good = s.folder().join("good.csv");
+    let bad = s.folder().join("bad_name.csv");
     std::fs::write(&good, "ok\n").unwrap();
     std::fs::write(&bad, "rejected\n").unwrap();
     backdate(&good, 60);
@@ -358,7 +359,7 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
 #[test]
 fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next_run_uploads_it() {
     let s = setup(&["--kifs-directory", "ingest"], "");
-    let path = s.inbox.join("later.csv");
+    let path = s.folder().join("later.csv");
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
     // The folder's remote check is one request (the directory exists), left alone; then
@@ -397,7 +398,7 @@ fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next
 #[test]
 fn under_systemd_the_daemon_notifies_ready_status_watchdog_and_stopping() {
     let s = setup(&[], "");
-    let file = s.inbox.join("one.csv");
+    let file = s.folder().join("one.csv");
     std::fs::write(&file, "1\n").unwrap();
     let socket_path = s.tmp.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("the notify socket binds");
@@ -531,13 +532,14 @@ fn a_live_daemon_s_metrics_pass_promtool_and_a_reloaded_folder_gets_its_counters
         return;
     };
     let port = free_port();
-    let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
-    let path = s.inbox.join("a.csv");
+    let metrics_listen = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let s = setup(&[], &metrics_listen);
+    let path = s.folder().join("a.csv");
     std::fs::write(&path, "id\n1\n").unwrap();
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let inbox = s.inbox.display().to_string();
+    let inbox = s.folder().display().to_string();
     let uploaded = [
         "upsync_uploaded_files_total",
         &format!("folder=\"{inbox}\""),
@@ -590,9 +592,13 @@ fn a_live_daemon_s_metrics_pass_promtool_and_a_reloaded_folder_gets_its_counters
     // A folder added by a reload has its counters at once, at 0.
     let added = s.tmp.path().join("added");
     std::fs::create_dir_all(&added).unwrap();
-    let mut config = std::fs::read_to_string(&s.config).unwrap();
-    config.push_str("[[folder]]\npath = \"added\"\nkifs_directory = \"ingest\"\n");
-    std::fs::write(&s.config, config).unwrap();
+    config_of(&s, &metrics_listen)
+        .folder(
+            FolderBuilder::kifs("added", "ingest")
+                .without("settle")
+                .without("create_directory"),
+        )
+        .write(&s.config);
     daemon.signal(libc::SIGHUP);
     let added_folder = format!("folder=\"{}\"", added.display());
     daemon.wait_until(

@@ -23,9 +23,12 @@ use upsync::queue::{FileKey, Store};
 use upsync::upload::health::RemoteHealth;
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::ratelimit::PacerConfig;
+use upsync::upload::redivis::versions::NEXT_VERSION_OPENED;
 use upsync::upload::redivis::{INLINE_UPLOAD_MAX, Imported, RedivisBackend, Tuning};
 use upsync::upload::retry::{CallScope, RetryPolicy};
-use upsync::upload::{Delivery, Disposition, LiveProgress, UploadError, UploadJob, Uploaded};
+use upsync::upload::{
+    Delivery, Disposition, ErrorKind, LiveProgress, UploadError, UploadJob, Uploaded,
+};
 
 const TABLE: &str = "owner.dataset:next.table";
 const TOKEN: &str = "redivis-test-token-5b1e93";
@@ -594,6 +597,45 @@ async fn a_session_that_rejects_the_upload_twice_fails_the_job() {
         "one new session, not more"
     );
     assert_eq!(h.stats().await["uploads_created"], 0);
+}
+
+/// A session whose retries give up reports the kind of the failure that made it give up
+/// (a rate limit, a connection that broke), not always `server`.
+#[tokio::test]
+async fn a_session_that_gives_up_reports_the_kind_of_its_last_failure() {
+    let cases = [
+        (json!({"status": 429}), ErrorKind::RateLimited),
+        (json!({"drop": true}), ErrorKind::Transport),
+        (json!({"status": 503}), ErrorKind::Server),
+    ];
+    for (action, kind) in cases {
+        let h = Harness::start(|_| {}).await;
+        h.write("stuck.csv", &data(2 * CHUNK, 32));
+        // Enough for the chunk and every retry of the status queries after it.
+        let faults: Vec<Value> = (0..3 * tuning().retry.attempts)
+            .map(|_| json!({"target": "redivis-session", "action": action, "persist": "none"}))
+            .collect();
+        h.script(Value::Array(faults)).await;
+        let mut job = h.claim("stuck.csv");
+        let err = h
+            .backend()
+            .upload(&mut job)
+            .await
+            .expect_err("every session request fails");
+        match &err {
+            UploadError::Remote {
+                kind: got,
+                disposition: Disposition::Retry { .. },
+                endpoint: Some(endpoint),
+                ..
+            } => {
+                assert_eq!(*got, kind, "{action}: {err:?}");
+                assert_eq!(endpoint.path, "{upload session}", "{err:?}");
+            }
+            other => panic!("{action}: expected a job-level retry, got {other:?}"),
+        }
+        assert_eq!(h.stats().await["uploads_created"], 0);
+    }
 }
 
 /// Runs an attempt that gets one chunk through and then sees only 503s until its
@@ -1955,4 +1997,157 @@ async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_o
     assert_eq!(created, 1, "{outcomes:?}");
     let dataset = h.api_json(&format!("/datasets/{dataset}")).await;
     assert_eq!(dataset["nextVersion"]["tag"], "v2.0");
+}
+
+impl Harness {
+    /// Arms the emulator's release window: the next write of `endpoint` finds the dataset
+    /// released, and a new version is open again right after its refusal.
+    async fn arm_release_window(&self, endpoint: &str) {
+        let response = self
+            .http
+            .post(format!("{}/_emulator/redivis/release-window", self.base()))
+            .json(&json!({ "endpoint": endpoint }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "window armed");
+    }
+
+    /// The dataset's next version's tag (`null` without one).
+    async fn next_version_tag(&self) -> Value {
+        self.api_json("/datasets/owner.dataset").await["nextVersion"]["tag"].clone()
+    }
+}
+
+/// Whether `outcome` is the wait of an upload refused in the window between a release and
+/// the next version.
+fn waits_for_the_new_version<T: std::fmt::Debug>(outcome: &Result<T, UploadError>) -> bool {
+    matches!(outcome, Err(UploadError::Waiting(reason)) if reason == NEXT_VERSION_OPENED)
+}
+
+/// One file of `size` into `TABLE` through `backend`, refused at `endpoint` inside the
+/// window between a release and the next version: it waits (never fails), the folder's
+/// check passes, and the file then goes into the new version, once.
+async fn through_the_release_window(
+    h: &Harness,
+    backend: &RedivisBackend,
+    endpoint: &str,
+    size: u64,
+) {
+    let bytes = data(size, 33);
+    h.write("window.csv", &bytes);
+    let mut job = h.claim("window.csv");
+    h.arm_release_window(endpoint).await;
+    let outcome = backend.upload(&mut job).await;
+    assert!(
+        waits_for_the_new_version(&outcome),
+        "{endpoint}: {outcome:?}"
+    );
+    let stats = h.stats().await;
+    assert_eq!(
+        stats["release_windows"], 1,
+        "{endpoint}: the window was met there"
+    );
+    assert_eq!(h.next_version_tag().await, "v2.0", "{endpoint}");
+    backend
+        .prepare_folder(&folder(TABLE), &CallScope::default())
+        .await
+        .expect("the folder's check finds the table in the new version");
+    upload_ok(backend, &mut job).await;
+    h.assert_table_holds(&[("window.csv", &bytes)]).await;
+    let released = h
+        .api_json("/tables/owner.dataset%3Av1_0.table/uploads")
+        .await;
+    assert_eq!(
+        released["results"],
+        json!([]),
+        "{endpoint}: nothing of the file went into the released version"
+    );
+}
+
+#[tokio::test]
+async fn an_inline_upload_refused_between_a_release_and_the_next_version_waits() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, inline_tuning());
+    through_the_release_window(&h, &backend, "uploads.post", 2 * KIB).await;
+    assert_eq!(
+        h.stats().await["uploads_created"],
+        1,
+        "the refused post created nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_session_refused_between_a_release_and_the_next_version_waits() {
+    let h = Harness::start(|_| {}).await;
+    through_the_release_window(&h, &h.backend(), "resumableUpload", 2 * CHUNK).await;
+    assert_eq!(h.stats().await["uploads_created"], 1);
+}
+
+#[tokio::test]
+async fn a_temp_upload_refused_between_a_release_and_the_next_version_waits() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.backend_with(RedivisProtocol::TempUploads, CHUNK, tuning());
+    through_the_release_window(&h, &backend, "tempUploads", 2 * CHUNK).await;
+    assert_eq!(h.stats().await["uploads_created"], 1);
+}
+
+#[tokio::test]
+async fn a_post_after_a_session_refused_between_a_release_and_the_next_version_waits() {
+    let h = Harness::start(|_| {}).await;
+    through_the_release_window(&h, &h.backend(), "uploads.post", 2 * CHUNK).await;
+    assert_eq!(h.stats().await["uploads_created"], 1);
+}
+
+#[tokio::test]
+async fn raw_files_refused_between_a_release_and_the_next_version_wait() {
+    let h = Harness::start(|_| {}).await;
+    let backend = h.file_index(tuning()).await;
+    let files = small_files(3, 34);
+    let mut jobs: Vec<UploadJob> = files
+        .iter()
+        .map(|(rel, bytes)| {
+            h.write(rel, bytes);
+            h.claim_into(rel, FILES_TABLE)
+        })
+        .collect();
+    h.arm_release_window("rawFiles.post").await;
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    for outcome in &outcomes {
+        assert!(waits_for_the_new_version(outcome), "{outcome:?}");
+    }
+    assert_eq!(h.stats().await["release_windows"], 1);
+    backend
+        .prepare_folder(&folder(FILES_TABLE), &CallScope::default())
+        .await
+        .expect("the folder's check finds the table in the new version");
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        registered(job, outcome);
+    }
+    h.assert_files(&files).await;
+}
+
+/// A table missing from a dataset that has its next version is the table's problem: the
+/// refusal stands (the upload does not wait for a version that will not bring it).
+#[tokio::test]
+async fn a_table_missing_from_the_next_version_is_refused_not_waited_for() {
+    let h = Harness::start(|o| o.redivis.strict_tables = true).await;
+    let response = h
+        .http
+        .post(format!("{}/_emulator/redivis/tables", h.base()))
+        .json(&json!({"reference": TABLE}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    h.write("lost.csv", &data(2 * KIB, 35));
+    let mut job = h.claim_into("lost.csv", "owner.dataset:next.missing");
+    let message = permanent_message(h.backend().upload_and_import(&mut job).await);
+    assert!(message.contains("missing"), "{message}");
+    assert_eq!(
+        h.api_count("datasets.get").await,
+        1,
+        "the dataset was asked"
+    );
 }

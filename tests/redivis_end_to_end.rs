@@ -644,6 +644,42 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A small file posted inline in the window between a release and the next version (the
+/// emulator opens that version right after refusing the post, before upsync can look): the
+/// folder waits a moment, the file is never failed, and it goes into the new version once.
+#[test]
+fn a_file_posted_between_a_release_and_the_next_version_goes_into_the_new_version() {
+    let s = setup(&[], "");
+    small_files(&s, &["a.csv"], 70);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the first file mirrored", || {
+        json_number(&folder_status(&s.config)["done"]) == Some(1)
+    });
+    s.emulator.post_json(
+        "/_emulator/redivis/release-window",
+        &serde_json::json!({"endpoint": "uploads.post"}),
+    );
+    small_files(&s, &["b.csv"], 80);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the second file in the new version",
+        || {
+            let folder = folder_status(&s.config);
+            assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+            holds_exactly(&s, TABLE, &["b.csv"]).is_ok() && json_number(&folder["done"]) == Some(2)
+        },
+    );
+    let stats = s.emulator.get_json("/_emulator/redivis/stats");
+    assert_eq!(json_number(&stats["release_windows"]), Some(1), "{stats}");
+    assert_eq!(json_number(&stats["uploads_created"]), Some(2), "{stats}");
+    assert_eq!(api_requests(&s, "versions.post"), 0, "the version was open");
+    holds_exactly(&s, RELEASED_TABLE, &["a.csv"]).unwrap();
+    let folder = folder_status(&s.config);
+    assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    assert_eq!(folder["remote_check"]["state"], "ready", "{folder}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 // ---- import failures -----------------------------------------------------------------------
 
 /// A file Redivis cannot parse fails with Redivis' own message, its upload is removed (the

@@ -25,25 +25,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    inbox: PathBuf,
-    config: PathBuf,
-    emulator: EmulatorProcess,
-}
+/// A test's temp dir, emulator, config and its one watched folder.
+type Setup = Site;
 
 impl Setup {
     /// One folder `inbox` → KiFS directory `ingest` on a fresh emulator.
     fn new(emulator_args: &[&str], top_extra: &str) -> Setup {
         let site = Site::start(&["inbox"], emulator_args);
-        let setup = Setup {
-            inbox: site.folders[0].clone(),
-            tmp: site.tmp,
-            config: site.config,
-            emulator: site.emulator,
-        };
-        setup.write_config(top_extra, &[("inbox", "ingest")]);
-        setup
+        site.write_config(top_extra, &[("inbox", "ingest")]);
+        site
     }
 
     fn dir(&self) -> &Path {
@@ -97,7 +87,7 @@ const PART: u64 = 62_914_560;
 #[test]
 fn sigterm_mid_upload_exits_zero_within_the_timeout_and_the_restart_completes_it_once() {
     let s = Setup::new(&["--kifs-part-delay", "700"], "shutdown_timeout = \"4s\"");
-    let path = s.inbox.join("big.bin");
+    let path = s.folder().join("big.bin");
     write_file(&path, 3 * PART + 100, 7);
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -129,7 +119,7 @@ fn sigterm_mid_upload_exits_zero_within_the_timeout_and_the_restart_completes_it
 #[test]
 fn a_second_signal_exits_at_once_and_the_restart_still_delivers_the_file_whole() {
     let s = Setup::new(&["--kifs-part-delay", "2500"], "shutdown_timeout = \"60s\"");
-    let path = s.inbox.join("big.bin");
+    let path = s.folder().join("big.bin");
     write_file(&path, 2 * PART + 100, 8);
     backdate(&path, 60);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -304,7 +294,7 @@ fn jobs_of_stopped_daemon(s: &Setup) -> Vec<upsync::queue::Job> {
 fn write_batch(s: &Setup, count: usize, prefix: &str) -> Vec<PathBuf> {
     (0..count)
         .map(|i| {
-            let path = s.inbox.join(format!("{prefix}{i}.bin"));
+            let path = s.folder().join(format!("{prefix}{i}.bin"));
             write_file(&path, 10_000 + i as u64, 100 + i as u64);
             backdate(&path, 60);
             path
@@ -488,7 +478,7 @@ fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back_sendi
     // Enough small files that sled needs space beyond what it had allocated.
     let during: Vec<PathBuf> = (0..800)
         .map(|i| {
-            let path = s.inbox.join(format!("during/d{i}.txt"));
+            let path = s.folder().join(format!("during/d{i}.txt"));
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, format!("written while the state dir is full {i}\n")).unwrap();
             path
@@ -616,8 +606,8 @@ fn an_unreadable_file_fails_with_the_reason_and_uploads_once_its_permission_is_f
     const NOBODY: u32 = 65534;
     chown(s.dir(), Some(NOBODY), Some(NOBODY)).unwrap();
     chown(&s.config, Some(NOBODY), Some(NOBODY)).unwrap();
-    let good = s.inbox.join("good.csv");
-    let secret = s.inbox.join("secret.csv");
+    let good = s.folder().join("good.csv");
+    let secret = s.folder().join("secret.csv");
     std::fs::write(&good, "readable\n").unwrap();
     std::fs::write(&secret, "unreadable\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -657,7 +647,7 @@ fn an_unreadable_file_fails_with_the_reason_and_uploads_once_its_permission_is_f
 #[test]
 fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears() {
     let s = Setup::new(&[], "");
-    std::fs::remove_dir(&s.inbox).unwrap();
+    std::fs::remove_dir(s.folder()).unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
     wait_running(&daemon, 1);
     assert!(
@@ -665,18 +655,18 @@ fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears
         "{}",
         daemon.log_text()
     );
-    std::fs::create_dir(&s.inbox).unwrap();
-    let first = s.inbox.join("first.csv");
+    std::fs::create_dir(s.folder()).unwrap();
+    let first = s.folder().join("first.csv");
     std::fs::write(&first, "after the mount\n").unwrap();
     wait_until(
         Duration::from_secs(30),
         "the file of the late folder",
         || s.arrived(&first, "ingest/first.csv"),
     );
-    std::fs::remove_dir_all(&s.inbox).unwrap();
+    std::fs::remove_dir_all(s.folder()).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    std::fs::create_dir(&s.inbox).unwrap();
-    let second = s.inbox.join("second.csv");
+    std::fs::create_dir(s.folder()).unwrap();
+    let second = s.folder().join("second.csv");
     std::fs::write(&second, "after the recreation\n").unwrap();
     wait_until(
         Duration::from_secs(30),
@@ -684,7 +674,7 @@ fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears
         || s.arrived(&second, "ingest/second.csv"),
     );
     assert!(
-        inotify_watches_on(daemon.pid(), &s.inbox) >= 1,
+        inotify_watches_on(daemon.pid(), s.folder()) >= 1,
         "the recreated folder is watched, not only scanned"
     );
     // The operator's messages for a missing folder and its return.
@@ -709,7 +699,7 @@ fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     );
     // The first one is unharmed: its control socket still answers.
     assert_eq!(s.status()["daemon"], "running");
-    let file = s.inbox.join("after.csv");
+    let file = s.folder().join("after.csv");
     std::fs::write(&file, "first daemon still works\n").unwrap();
     wait_until(
         Duration::from_secs(20),

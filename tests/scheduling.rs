@@ -477,7 +477,10 @@ fn a_backlog_of_ten_thousand_files_in_one_folder_does_not_delay_another_folders_
     println!(
         "b's file arrived {took:?} after it was written (settle 1 s); a still had {left} queued"
     );
-    assert!(took <= Duration::from_secs(4), "{took:?}");
+    // Served in turn, b's file waits for its settle and at most the batch of a in flight
+    // (about 2–3 s); served after the backlog it would wait 7 s or more. 6 s keeps the two
+    // apart on a loaded machine.
+    assert!(took <= Duration::from_secs(6), "{took:?}");
     assert!(
         left > 0,
         "the backlog was gone before b's file: the test proves nothing"

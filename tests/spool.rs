@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -14,12 +14,8 @@ const TABLE: &str = "test.dataset:next.spool";
 const TOKEN: &str = "e2e-spool-token-90be";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    outbox: PathBuf,
-    config: PathBuf,
-    emulator: EmulatorProcess,
-}
+/// A test's temp dir, emulator, config and its one watched folder.
+type Setup = Site;
 
 /// A folder `outbox` with `folder_extra`, to the KiFS directory `ingest` when `kifs`, else
 /// to the Redivis table [`TABLE`]; the emulator gets `emulator_args`.
@@ -35,18 +31,13 @@ fn setup(kifs: bool, folder_extra: &str, emulator_args: &[&str]) -> Setup {
         .write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_SPOOL_TOKEN", TOKEN) };
-    Setup {
-        outbox: site.folders[0].clone(),
-        tmp: site.tmp,
-        config: site.config,
-        emulator: site.emulator,
-    }
+    site
 }
 
 impl Setup {
     /// Writes `rel` and returns its MD5.
     fn write(&self, rel: &str, seed: u64) -> String {
-        let path = self.outbox.join(rel);
+        let path = self.folder().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         write_file(&path, 1000 + seed, seed);
         backdate(&path, 60);
@@ -91,7 +82,7 @@ fn kifs_spool_delete_empties_the_folder_as_files_arrive_whole() {
         .collect();
     let mut daemon = DaemonProcess::start(&s.config);
     daemon.wait_until(WAIT, "the spool folder to hold no file", || {
-        files_under(&s.outbox).is_empty()
+        files_under(s.folder()).is_empty()
     });
     for (name, sum) in names.iter().zip(&sums) {
         assert_eq!(
@@ -103,7 +94,7 @@ fn kifs_spool_delete_empties_the_folder_as_files_arrive_whole() {
     // A file dropped in later leaves too.
     let later = s.write("later.csv", 7);
     daemon.wait_until(WAIT, "the later file to leave", || {
-        files_under(&s.outbox).is_empty()
+        files_under(s.folder()).is_empty()
     });
     assert_eq!(s.kifs_md5("later.csv"), Some(later));
     daemon.terminate();
@@ -127,7 +118,7 @@ fn kifs_spool_move_keeps_the_relative_path_in_the_archive() {
         Some(sum.clone())
     );
     assert_eq!(s.kifs_md5("day/one.csv"), Some(sum));
-    assert!(files_under(&s.outbox).is_empty());
+    assert!(files_under(s.folder()).is_empty());
     daemon.terminate();
 }
 
@@ -147,11 +138,11 @@ fn redivis_spool_removes_a_file_only_after_its_import_completed() {
         || {
             let status = status_json(&s.config);
             status["folders"][0]["failed"].as_u64() == Some(1)
-                && !s.outbox.join("good.csv").exists()
+                && !s.folder().join("good.csv").exists()
         },
     );
     assert!(
-        s.outbox.join("bad.csv").exists(),
+        s.folder().join("bad.csv").exists(),
         "a failed import leaves the file in place"
     );
     let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
@@ -182,12 +173,12 @@ fn a_file_changed_while_its_first_version_imports_leaves_only_after_the_new_vers
             .any(|u| u["status"] == "completed")
     });
     assert_eq!(
-        file_md5_hex(&s.outbox.join("day.csv")),
+        file_md5_hex(&s.folder().join("day.csv")),
         Some(second.clone()),
         "the changed file stays after the first version is confirmed"
     );
     daemon.wait_until(WAIT, "the new version to leave", || {
-        !s.outbox.join("day.csv").exists()
+        !s.folder().join("day.csv").exists()
     });
     let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
     assert!(

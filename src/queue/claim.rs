@@ -1,14 +1,18 @@
-//! Taking due jobs from the `due` index, fairly across folders, and making waiting jobs due.
+//! Taking due jobs, fairly across folders, and making waiting jobs due.
 //!
-//! The index is grouped by folder tag, each group in due order (see the layout in the
-//! module doc of [`super`]). A claim ([`Store::claim_next`]):
+//! A folder's claimable jobs wait in two places, each in due order: its group of the `due`
+//! index (grouped by folder tag; see the layout in the module doc of [`super`]), and its
+//! line of jobs new since an offer created them (module `line`). A claim
+//! ([`Store::claim_next`]):
 //! 1. Orders the folders the caller may claim from (those whose remote is reachable and
 //!    ready), starting with the first one after the folder of the previous claim, so
 //!    folders take turns.
-//! 2. In each folder in that order, reads the first entry: due later than now means the
-//!    folder has nothing to claim yet; go on with the next folder.
-//! 3. Makes the job of a due entry active in one transaction that removes the entry (an
-//!    entry another worker took meanwhile is skipped, and the folder's next one tried).
+//! 2. In each folder in that order, reads the first due entry and the first job in line;
+//!    the one due earlier goes first. Both due later than now means the folder has nothing
+//!    to claim yet; go on with the next folder.
+//! 3. Makes that job active in one transaction that removes its due entry or takes it out
+//!    of its line (a job another worker took meanwhile is skipped, and the folder's next
+//!    one tried).
 //!
 //! A batch ([`Store::claim_more`]) takes more due jobs of one folder in one transaction. A
 //! remote that comes back makes every retry-wait job of its folders due at once
@@ -17,7 +21,41 @@
 use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
-use super::{Job, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
+use super::line::Walk;
+use super::{Job, JobId, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
+
+/// Where a claimable job waits: its entry in the `due` index (the raw key and its parts),
+/// or its place in line.
+enum Waiting {
+    Due(sled::IVec, DueEntry),
+    InLine { id: JobId, due_ms: u64 },
+}
+
+impl Waiting {
+    fn due_ms(&self) -> u64 {
+        match self {
+            Waiting::Due(_, due) => due.due_ms,
+            Waiting::InLine { due_ms, .. } => *due_ms,
+        }
+    }
+}
+
+/// Where a job in line waits.
+fn in_line(job: &Job) -> Waiting {
+    Waiting::InLine {
+        id: job.id,
+        due_ms: job.due_ms().unwrap_or(u64::MAX),
+    }
+}
+
+/// The one of `a` and `b` due first.
+fn earlier(a: Option<Waiting>, b: Option<Waiting>) -> Option<Waiting> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.due_ms() < a.due_ms() => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
+}
 
 impl Store {
     /// Claims the earliest due job of any folder, the folders taken in key order (tests and
@@ -45,10 +83,28 @@ impl Store {
         Ok(None)
     }
 
-    /// Claims the first due job of one folder (steps 2 and 3).
+    /// Claims the first due job of one folder (steps 2 and 3). Each pass that finds its
+    /// job taken has removed that job's entry or seen it leave the line, so the next pass
+    /// looks at another one.
     fn claim_in(&self, tag: FolderTag, now: u64) -> Result<Option<Job>, StoreError> {
-        for entry in self.inner.trees.due.scan_prefix(tag) {
-            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
+        loop {
+            let first = earlier(
+                self.first_due(tag)?,
+                self.first_in_line(tag)?.as_ref().map(in_line),
+            );
+            let Some(first) = first.filter(|first| first.due_ms() <= now) else {
+                return Ok(None);
+            };
+            if let Some(job) = self.transact(|tx| tx.take(&first, now))? {
+                return Ok(Some(job));
+            }
+        }
+    }
+
+    /// The folder's first well-formed `due` entry; malformed ones on the way are removed.
+    fn first_due(&self, tag: FolderTag) -> Result<Option<Waiting>, StoreError> {
+        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
             let Some(due) = decode_due_key(&raw) else {
                 tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
                 self.inner
@@ -58,19 +114,9 @@ impl Store {
                     .map_err(|err| self.db_error(err))?;
                 continue;
             };
-            if due.due_ms > now {
-                return Ok(None);
-            }
-            if let Some(job) = self.claim_entry(&raw, due, now)? {
-                return Ok(Some(job));
-            }
+            return Ok(Some(Waiting::Due(raw, due)));
         }
         Ok(None)
-    }
-
-    /// Makes the job of one due entry active, unless another worker took it meanwhile.
-    fn claim_entry(&self, raw: &[u8], due: DueEntry, now: u64) -> Result<Option<Job>, StoreError> {
-        self.transact(|tx| tx.activate(raw, due, now))
     }
 
     /// Claims, in one transaction, more jobs of `first`'s folder due at or before `now`
@@ -85,28 +131,26 @@ impl Store {
         mut accept: impl FnMut(&Job) -> bool,
     ) -> Result<Vec<Job>, StoreError> {
         let now = to_ms(now);
+        let tag = folder_tag(&first.key.folder);
+        let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
+        let mut lined = self.line_candidates(tag, now, max)?.into_iter().peekable();
+        // The two lists merged in due order, each job offered to `accept` once, in order.
         let mut candidates = Vec::new();
-        for entry in self
-            .inner
-            .trees
-            .due
-            .scan_prefix(folder_tag(&first.key.folder))
-        {
-            if candidates.len() >= max {
-                break;
-            }
-            let (raw, _) = entry.map_err(|err| self.db_error(err))?;
-            let Some(due) = decode_due_key(&raw) else {
-                continue;
+        while candidates.len() < max {
+            let from_index = match (indexed.peek(), lined.peek()) {
+                (Some((_, a)), Some(b)) => a.due_ms() <= b.due_ms(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
             };
-            if due.due_ms > now {
-                break;
-            }
-            let Some(job) = self.get(due.id)? else {
-                continue;
+            let (waiting, job) = if from_index {
+                indexed.next().expect("peeked")
+            } else {
+                let job = lined.next().expect("peeked");
+                (in_line(&job), job)
             };
-            if job.due_ms() == Some(due.due_ms) && accept(&job) {
-                candidates.push((raw, due));
+            if accept(&job) {
+                candidates.push(waiting);
             }
         }
         if candidates.is_empty() {
@@ -114,8 +158,8 @@ impl Store {
         }
         self.transact(|tx| {
             let mut claimed = Vec::with_capacity(candidates.len());
-            for (raw, due) in &candidates {
-                if let Some(active) = tx.activate(raw, *due, now)? {
+            for waiting in &candidates {
+                if let Some(active) = tx.take(waiting, now)? {
                     claimed.push(active);
                 }
             }
@@ -123,24 +167,83 @@ impl Store {
         })
     }
 
+    /// Up to `max` jobs of the folder's `due` group due by `now`, in due order.
+    fn due_candidates(
+        &self,
+        tag: FolderTag,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<(Waiting, Job)>, StoreError> {
+        let mut candidates = Vec::new();
+        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+            if candidates.len() >= max {
+                break;
+            }
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            let Some(due) = decode_due_key(&raw) else {
+                continue;
+            };
+            if due.due_ms > now {
+                break;
+            }
+            if let Some(job) = self.get(due.id)?
+                && job.due_entry_ms() == Some(due.due_ms)
+            {
+                candidates.push((Waiting::Due(raw, due), job));
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Up to `max` jobs of the folder's line due by `now`, in line order.
+    fn line_candidates(
+        &self,
+        tag: FolderTag,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut candidates = Vec::new();
+        self.walk_line(keys::tag_prefix(tag), Some(tag), |job| {
+            if job.due_ms().is_none_or(|due| due > now) {
+                return Walk::Enough;
+            }
+            candidates.push(job.clone());
+            if candidates.len() >= max {
+                Walk::Enough
+            } else {
+                Walk::More
+            }
+        })?;
+        Ok(candidates)
+    }
+
     /// When the earliest queued or retry-wait job of `folders` becomes claimable.
     pub fn next_due_in(&self, folders: &[FolderTag]) -> Result<Option<SystemTime>, StoreError> {
         let mut earliest: Option<u64> = None;
         for tag in folders {
-            if let Some(due) = self.first_entry(*tag)? {
-                earliest = Some(earliest.map_or(due.due_ms, |e| e.min(due.due_ms)));
+            if let Some(due) = self.first_due_ms(*tag)? {
+                earliest = Some(earliest.map_or(due, |e| e.min(due)));
             }
         }
         Ok(earliest.map(from_ms))
     }
 
     /// Since when the folder's longest-waiting claimable job has been due (the first entry
-    /// of its `due` index, if that is due by `now`): one seek, however long the queue.
+    /// of its `due` index or the first job in its line, whichever is due first, if that is
+    /// due by `now`): a seek or two, however long the queue.
     pub fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError> {
-        let first = self.first_entry(folder_tag(folder))?;
-        Ok(first
-            .map(|due| due.due_ms)
-            .filter(|due_ms| *due_ms <= to_ms(now)))
+        let first = self.first_due_ms(folder_tag(folder))?;
+        Ok(first.filter(|due_ms| *due_ms <= to_ms(now)))
+    }
+
+    /// When the folder's first claimable job is due, in the `due` index or in line.
+    fn first_due_ms(&self, tag: FolderTag) -> Result<Option<u64>, StoreError> {
+        let first = earlier(
+            self.first_entry(tag)?
+                .map(|due| Waiting::Due(sled::IVec::default(), due)),
+            self.first_in_line(tag)?.as_ref().map(in_line),
+        );
+        Ok(first.map(|first| first.due_ms()))
     }
 
     /// When the earliest queued or retry-wait job of any folder becomes claimable.
@@ -206,10 +309,10 @@ impl Store {
     }
 
     /// The tags of the folders that have queued or retry-wait jobs, in key order: one seek
-    /// per folder.
+    /// per folder in the `due` index, and one per line.
     pub fn due_folders(&self) -> Result<Vec<FolderTag>, StoreError> {
         let due = &self.inner.trees.due;
-        let mut tags = Vec::new();
+        let mut tags = self.folders_in_line()?;
         let mut from = Some([0u8; 8]);
         while let Some(start) = from {
             let Some(entry) = due.range(start..).keys().next() else {
@@ -222,11 +325,21 @@ impl Store {
             tags.push(tag);
             from = next_tag(tag);
         }
+        tags.sort_unstable();
+        tags.dedup();
         Ok(tags)
     }
 }
 
 impl Tx<'_> {
+    /// Makes a waiting job active (step 3); `None` when another worker took it meanwhile.
+    fn take(&self, waiting: &Waiting, now: u64) -> TxResult<Option<Job>> {
+        match waiting {
+            Waiting::Due(raw, due) => self.activate(raw, *due, now),
+            Waiting::InLine { id, .. } => self.activate_in_line(*id, now),
+        }
+    }
+
     /// Takes a due entry and makes its job active (invariants 2 and 6); `None` when the
     /// entry was taken meanwhile or no longer matches its job.
     fn activate(&self, raw: &[u8], due: DueEntry, now: u64) -> TxResult<Option<Job>> {
@@ -236,17 +349,32 @@ impl Tx<'_> {
         let Some(job) = self.job(due.id)? else {
             return Ok(None);
         };
-        if job.due_ms() != Some(due.due_ms) {
+        if job.due_entry_ms() != Some(due.due_ms) {
             return Ok(None);
         }
+        self.make_active(job, now).map(Some)
+    }
+
+    /// Takes a job out of its line and makes it active; `None` when it left the line
+    /// meanwhile (claimed, changed or gone).
+    fn activate_in_line(&self, id: JobId, now: u64) -> TxResult<Option<Job>> {
+        match self.job(id)? {
+            Some(job) if job.in_line => self.make_active(job, now).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The claim itself: the job active, with the fingerprint it is claimed with (6).
+    fn make_active(&self, job: Job, now: u64) -> TxResult<Job> {
         let active = Job {
             state: JobState::Active,
             claimed: Some(job.fingerprint),
+            in_line: false,
             updated_at_ms: now,
             ..job.clone()
         };
         self.put_job(Some(&job), &active)?;
-        Ok(Some(active))
+        Ok(active)
     }
 }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::delete;
 use super::job::{FolderCounts, Job, JobKind, JobState};
 use super::keys::{decode_file_key, decode_job_key, job_key};
+use super::record::FileRecord;
 use super::{Store, StoreError, Tx, TxResult, abort, encode, ledger_uploaded_at};
 
 /// Key of the default tree's marker saying the counts are kept (a database created before
@@ -427,7 +428,10 @@ impl Store {
                 key: super::keys::describe(&raw_key),
                 detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
             })?;
-            let uploaded_at_ms = ledger_uploaded_at(&raw, &raw_key)?;
+            let Some(upload) = FileRecord::split(&raw).upload else {
+                continue;
+            };
+            let uploaded_at_ms = ledger_uploaded_at(upload, &raw_key)?;
             let tally = tallies.entry(key.folder).or_default();
             tally.counts.done += 1;
             tally.last_upload_ms = tally.last_upload_ms.max(uploaded_at_ms);

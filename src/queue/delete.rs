@@ -23,7 +23,7 @@
 
 use std::time::SystemTime;
 
-use super::keys::decode_job_key;
+use super::record::FileRecord;
 use super::{
     Job, JobId, JobKind, JobState, Offer, Store, StoreError, Tx, TxResult, abort, decode_ledger,
     is_attempt, now_ms, queued_afresh, to_ms, valid_key,
@@ -64,7 +64,8 @@ impl Tx<'_> {
     /// `drop_vanished` would.
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
         let existing = self.job_for(raw_key)?;
-        let Some(raw) = self.ledger.get(raw_key)? else {
+        let raw = self.ledger.get(raw_key)?;
+        let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) else {
             if let Some(job) = existing
                 && job.kind == JobKind::Upload
                 && !is_attempt(&job.state)
@@ -74,13 +75,13 @@ impl Tx<'_> {
             }
             return Ok(false);
         };
-        let uploaded = match decode_ledger(&raw, raw_key) {
+        let uploaded = match decode_ledger(upload, raw_key) {
             Ok(entry) => entry.fingerprint,
             Err(err) => return abort(err),
         };
         let Some(job) = existing else {
             let job = Job {
-                id: JobId(self.jobs.generate_id()?),
+                id: self.new_job_id(&key.folder)?,
                 key: key.clone(),
                 fingerprint: uploaded,
                 state: JobState::Queued,
@@ -93,6 +94,8 @@ impl Tx<'_> {
                 import: None,
                 unconfirmed_attempt_ms: None,
                 claimed: None,
+                // Due later than it is created: it waits in the `due` index.
+                in_line: false,
                 created_at_ms: now,
                 updated_at_ms: due,
             };
@@ -175,17 +178,17 @@ impl Store {
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
     /// for all) that the ledger records as uploaded; keys only.
     pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_under(&self.inner.trees.ledger, folder, under)
+        self.files_under(folder, under, |record| record.upload.is_some())
     }
 
-    /// Every job of `folder`, through the `by_path` index.
+    /// Every job of `folder`, through its files' `ledger` entries.
     fn folder_jobs(&self, folder: &str) -> Result<Vec<Job>, StoreError> {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         let mut jobs = Vec::new();
-        for entry in self.inner.trees.by_path.scan_prefix(&prefix).values() {
+        for entry in self.inner.trees.ledger.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;
-            if let Some(id) = decode_job_key(&raw)
+            if let Some(id) = FileRecord::split(&raw).job
                 && let Some(job) = self.get(id)?
             {
                 jobs.push(job);
@@ -203,9 +206,9 @@ impl Store {
         }
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix).keys() {
-            entry.map_err(|err| self.db_error(err))?;
-            tally.uploaded += 1;
+        for entry in self.inner.trees.ledger.scan_prefix(&prefix).values() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            tally.uploaded += u64::from(FileRecord::split(&raw).upload.is_some());
         }
         Ok(tally)
     }
@@ -300,8 +303,9 @@ impl Store {
                 Ok(raw) => raw,
                 Err(err) => return abort(err),
             };
-            if let Some(raw) = tx.ledger.get(&raw_key)? {
-                let entry = match decode_ledger(&raw, &raw_key) {
+            let raw = tx.ledger.get(&raw_key)?;
+            if let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) {
+                let entry = match decode_ledger(upload, &raw_key) {
                     Ok(entry) => entry,
                     Err(err) => return abort(err),
                 };

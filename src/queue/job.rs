@@ -118,6 +118,10 @@ pub struct Job {
     /// moved on, the attempt sent an older version (the store's invariant 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed: Option<Fingerprint>,
+    /// Queued since `offer` created it, and never written otherwise since: it waits in its
+    /// folder's line, at the place its id gives it, and has no `due` entry (module `line`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_line: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -238,10 +242,10 @@ impl JobState {
 }
 
 impl Job {
-    /// Where the job sits in the `due` index: queued jobs at the time they were queued
-    /// (`updated_at_ms`, which every transition into `Queued` sets), retry-wait jobs at their
-    /// next attempt. Active, finalizing, importing and failed jobs are not claimable and
-    /// have no entry.
+    /// When the job is claimable: queued jobs from the time they were queued
+    /// (`updated_at_ms`, which every transition into `Queued` sets), retry-wait jobs from
+    /// their next attempt. Active, finalizing, importing and failed jobs are not claimable.
+    /// Where it is claimed from: [`Job::due_entry_ms`].
     pub fn due_ms(&self) -> Option<u64> {
         match self.state {
             JobState::Queued => Some(self.updated_at_ms),
@@ -251,6 +255,15 @@ impl Job {
             | JobState::Importing
             | JobState::Failed { .. } => None,
         }
+    }
+
+    /// Where the job sits in the `due` index: at [`Job::due_ms`], unless it waits in its
+    /// folder's line instead ([`Job::in_line`]).
+    pub fn due_entry_ms(&self) -> Option<u64> {
+        if self.in_line {
+            return None;
+        }
+        self.due_ms()
     }
 
     /// The file's absolute local path.

@@ -6,6 +6,8 @@
 //! to the folders in turn and a backlog in one folder never hides another folder's jobs.
 //! File keys are `folder \0 rel`; neither part of a real path can contain NUL, so the first
 //! NUL splits them unambiguously, and all keys of one folder share the prefix `folder \0`.
+//! A job id starts with its folder's [`LinePrefix`] (module `line`), so that the `jobs`
+//! tree holds each folder's jobs together, in the order they were created.
 
 use md5::{Digest, Md5};
 
@@ -30,6 +32,54 @@ pub fn folder_tag(folder: &str) -> FolderTag {
 /// The first tag after `tag` in key order, `None` after the last one.
 pub fn next_tag(tag: FolderTag) -> Option<FolderTag> {
     u64::from_be_bytes(tag).checked_add(1).map(u64::to_be_bytes)
+}
+
+/// The first bytes of the job ids of one folder: the start of its [`FolderTag`]. Two
+/// folders sharing a prefix (about 1 in 16 million) share their line, never a job.
+pub type LinePrefix = [u8; LINE_PREFIX_LEN];
+pub const LINE_PREFIX_LEN: usize = 3;
+/// The bits of a job id after the prefix: a sequence number from sled's `generate_id`.
+const SEQUENCE_BITS: u32 = 64 - 8 * LINE_PREFIX_LEN as u32;
+
+pub fn line_prefix(folder: &str) -> LinePrefix {
+    tag_prefix(folder_tag(folder))
+}
+
+/// The line prefix of the folder tagged `tag`.
+pub fn tag_prefix(tag: FolderTag) -> LinePrefix {
+    let mut prefix = [0u8; LINE_PREFIX_LEN];
+    prefix.copy_from_slice(&tag[..LINE_PREFIX_LEN]);
+    prefix
+}
+
+/// The id of a job of the folder with `prefix`, numbered `sequence`; `None` once the
+/// sequence no longer fits (after about 10^12 jobs).
+pub fn new_job_id(prefix: LinePrefix, sequence: u64) -> Option<JobId> {
+    if sequence >> SEQUENCE_BITS != 0 {
+        return None;
+    }
+    let mut raw = [0u8; 8];
+    raw[..LINE_PREFIX_LEN].copy_from_slice(&prefix);
+    Some(JobId(u64::from_be_bytes(raw) | sequence))
+}
+
+/// The line prefix a job id starts with.
+pub fn prefix_of(id: JobId) -> LinePrefix {
+    let mut prefix = [0u8; LINE_PREFIX_LEN];
+    prefix.copy_from_slice(&id.0.to_be_bytes()[..LINE_PREFIX_LEN]);
+    prefix
+}
+
+/// The ids of the jobs of `prefix`: from its first possible id to its last.
+pub fn line_ids(prefix: LinePrefix) -> (JobId, JobId) {
+    let first = new_job_id(prefix, 0).expect("0 fits");
+    (first, JobId(first.0 | ((1u64 << SEQUENCE_BITS) - 1)))
+}
+
+/// The first prefix after `prefix` in key order, `None` after the last one.
+pub fn next_prefix(prefix: LinePrefix) -> Option<LinePrefix> {
+    let (_, last) = line_ids(prefix);
+    last.0.checked_add(1).map(|id| prefix_of(JobId(id)))
 }
 
 pub fn job_key(id: JobId) -> [u8; 8] {
@@ -162,6 +212,25 @@ mod tests {
     fn file_keys_with_nul_are_refused() {
         let err = file_key(&FileKey::new("/data", "a\0b")).unwrap_err();
         assert!(err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn job_ids_of_one_folder_share_its_prefix_and_sort_by_sequence() {
+        let prefix = line_prefix("/data/in");
+        assert_eq!(prefix[..], folder_tag("/data/in")[..LINE_PREFIX_LEN]);
+        let first = new_job_id(prefix, 7).expect("fits");
+        let second = new_job_id(prefix, 300).expect("fits");
+        assert!(job_key(first) < job_key(second));
+        assert_eq!(prefix_of(first), prefix);
+        let (low, high) = line_ids(prefix);
+        assert!(low <= first && second <= high);
+        assert_eq!(prefix_of(high), prefix);
+        assert!(job_key(high) < job_key(line_ids(next_prefix(prefix).expect("not last")).0));
+        assert_eq!(next_prefix([0xff; LINE_PREFIX_LEN]), None);
+        assert_eq!(new_job_id(prefix, 1 << SEQUENCE_BITS), None);
+        // Ids of an older layout (small sequence numbers alone) sort before every line but
+        // the zero prefix's, and are never equal to a new one.
+        assert_eq!(prefix_of(JobId(42)), [0u8; LINE_PREFIX_LEN]);
     }
 
     #[test]

@@ -11,16 +11,17 @@
 //!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
 //!   db.new/          only while a new database is being created and stamped; renamed to db
 //!   db/              the sled database:
-//!     default tree   "format"  -> "2"  (ASCII decimal; "1" is upgraded at open, see
-//!                                       `upgrade`; anything else is refused)
+//!     default tree   "format"  -> "4"  (ASCII decimal; "1" to "3" are upgraded at open,
+//!                                       see `upgrade`; anything else is refused)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
 //!                    "closed"  -> "1"  (the last process closed the database in order;
 //!                                       removed before a process first changes
 //!                                       anything, written back at close)
-//!     jobs           JobId (u64 BE)                      -> Job (JSON)
-//!     by_path        folder \0 rel                       -> JobId (u64 BE)
-//!     ledger         folder \0 rel                       -> LedgerEntry (JSON)
+//!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job (JSON)
+//!     ledger         folder \0 rel                       -> LedgerEntry (JSON), the file's
+//!                                                           JobId before it if it has a
+//!                                                           job (module `record`)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
 //!     due            folder tag (8 bytes) ++ due ms (u64 BE) ++ JobId (u64 BE) -> empty
 //!     counts         folder                              -> Tally (JSON): jobs by state,
@@ -28,12 +29,17 @@
 //!     attention      JobId (u64 BE)                      -> empty (failed, retry-wait)
 //! ```
 //!
-//! Job ids come from sled's `generate_id`, so they are unique for the life of the database.
-//! Big-endian keys make sled's byte order numeric order. The `due` index is grouped by
-//! folder ([`keys::folder_tag`]): within a folder the first entry is the job to claim
-//! next, and claims take the folders in turn (`claim`), so a backlog of one folder never
-//! delays another folder's files. `due` is an index only: entries of an older layout are
-//! dropped and rebuilt from the jobs by `recover_after_restart`.
+//! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
+//! number from sled's `generate_id`, so ids are unique for the life of the database and
+//! the `jobs` tree holds each folder's jobs together, oldest first (jobs of a database
+//! from before format 3 keep their plain numbers). Big-endian keys make sled's byte order
+//! numeric order. A folder's claimable jobs wait in two places: the jobs `offer` created
+//! and nothing has changed since wait *in line* ([`Job::in_line`], module `line`), in the
+//! order of their ids, without any other entry, and every other one in the `due` index,
+//! grouped by folder ([`keys::folder_tag`]) and in due order. A claim takes the earlier of
+//! the two first ones, and claims take the folders in turn (`claim`), so a backlog of one
+//! folder never delays another folder's files. `due` is an index only: entries of an older
+//! layout are dropped and rebuilt from the jobs by `recover_after_restart`.
 //!
 //! `counts` and `attention` (module `counts`) let `status`, the metrics and the systemd
 //! status line read one entry per folder and the failed and retrying jobs alone, instead
@@ -77,14 +83,18 @@
 //! (`assert_invariants`, which scans every tree), 4 per file (`assert_covered`), 5 across
 //! reopen and recovery, 6 with a file that changes during an attempt or an import.
 //!
-//! 1. **One job per file.** `by_path[job.key] == job.id` for every job, and every `by_path`
-//!    entry names an existing job with that key. Offering a file that has a job updates that
-//!    job (coalescing); it never creates a second one.
-//! 2. **The `due` index is exactly the claimable jobs.** Every queued job has one entry,
-//!    under its folder's tag, at its `updated_at_ms` (the time it was queued) and every
-//!    retry-wait job one at its `next_attempt_at_ms` ([`Job::due_ms`]); active, finalizing,
-//!    importing and failed jobs have none. `claim` takes jobs only from this index and
-//!    removes the entry in the same transaction that makes the job active, so no job is
+//! 1. **One job per file.** The `ledger` entry of `job.key` names `job.id`, for every job,
+//!    and every job a `ledger` entry names exists and has that key. Offering a file that has
+//!    a job updates that job (coalescing); it never creates a second one.
+//! 2. **The `due` index and the lines are exactly the claimable jobs.** A job in line
+//!    ([`Job::in_line`]) is queued, was created by `offer` and has been written since only
+//!    as queued and due at the same time (`Tx::put_job` takes it out of line for good
+//!    otherwise); its id starts with its folder's line prefix, and it has no `due` entry.
+//!    Every other queued job has one entry, under its folder's tag, at its `updated_at_ms`
+//!    (the time it was queued) and every retry-wait job one at its `next_attempt_at_ms`
+//!    ([`Job::due_entry_ms`]); active, finalizing, importing and failed jobs have none.
+//!    `claim` takes jobs only from the index and the lines, and removes the entry or takes
+//!    the job out of line in the same transaction that makes the job active, so no job is
 //!    claimed twice.
 //! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
 //!    only for existing jobs, and are removed when the job completes, fails, is dropped,
@@ -185,7 +195,9 @@ mod error;
 mod import;
 mod job;
 mod keys;
+mod line;
 mod lock;
+mod record;
 #[cfg(test)]
 mod tests;
 mod upgrade;
@@ -214,10 +226,11 @@ pub use keys::{FolderTag, folder_tag};
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
 use lock::StateLock;
+use record::FileRecord;
 
 /// The layout version this code writes (the default tree's `format` key). It reads this
 /// one and upgrades older ones at open (module `upgrade`).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
@@ -240,7 +253,6 @@ fn now_ms() -> u64 {
 
 struct Trees {
     jobs: sled::Tree,
-    by_path: sled::Tree,
     ledger: sled::Tree,
     progress: sled::Tree,
     due: sled::Tree,
@@ -265,6 +277,8 @@ struct Inner {
     /// Whether the `closed` marker is still on disk: found at open, and removed before
     /// this process first changes the trees ([`Store::unmark_closed`]).
     marked_closed: Mutex<bool>,
+    /// Where each folder's line of new jobs starts (module `line`).
+    lines: line::Lines,
     _lock: StateLock,
 }
 
@@ -402,7 +416,6 @@ fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
 /// The trees as one transaction sees them, with the moves that keep the invariants.
 struct Tx<'a> {
     jobs: TxTree<'a>,
-    by_path: TxTree<'a>,
     ledger: TxTree<'a>,
     progress: TxTree<'a>,
     due: TxTree<'a>,
@@ -410,6 +423,9 @@ struct Tx<'a> {
     attention: TxTree<'a>,
     /// What the transaction changed in the per-folder counts, added to them as it ends.
     changes: counts::Changes,
+    lines: &'a line::Lines,
+    /// The ids it registered as being created (`Tx::new_job_id`).
+    registered: &'a line::Registered,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -476,28 +492,46 @@ impl Tx<'_> {
     }
 
     fn job_for(&self, raw_key: &[u8]) -> TxResult<Option<Job>> {
-        let Some(raw_id) = self.by_path.get(raw_key)? else {
+        let Some(raw) = self.ledger.get(raw_key)? else {
             return Ok(None);
         };
-        let Some(id) = decode_job_key(&raw_id) else {
-            return abort(StoreError::Corrupt {
-                tree: "by_path",
-                key: keys::describe(raw_key),
-                detail: format!("the value is {} bytes, not an 8-byte job id", raw_id.len()),
-            });
+        match FileRecord::split(&raw).job {
+            Some(id) => self.job(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Rewrites the file's `ledger` entry with `job` (module `record`): one write, and
+    /// none when it names that job already.
+    fn point_to(&self, raw_key: &[u8], job: Option<JobId>) -> TxResult<()> {
+        let raw = self.ledger.get(raw_key)?;
+        let record = raw.as_deref().map(FileRecord::split);
+        if record.and_then(|record| record.job) == job {
+            return Ok(());
+        }
+        let upload = record.and_then(|record| record.upload);
+        self.write_file(raw_key, FileRecord { job, upload })
+    }
+
+    /// Writes the file's `ledger` entry, or removes it when it holds nothing.
+    fn write_file(&self, raw_key: &[u8], record: FileRecord<'_>) -> TxResult<()> {
+        match record.join() {
+            Some(raw) => self.ledger.insert(raw_key, raw)?,
+            None => self.ledger.remove(raw_key)?,
         };
-        self.job(id)
+        Ok(())
     }
 
     /// Writes `new` over `old` (the stored version, `None` for a new job) and moves its
-    /// `by_path` and `due` entries to match (invariants 1 and 2). A job leaving `importing`
+    /// `due` entry and its file's `ledger` entry to match (invariants 1 and 2). A job leaving `importing`
     /// leaves its import record behind, and one that is no longer an attempt its claimed
     /// fingerprint (invariant 6).
     fn put_job(&self, old: Option<&Job>, new: &Job) -> TxResult<()> {
         let stale_import = new.import.is_some() && new.state != JobState::Importing;
         let stale_claim = new.claimed.is_some() && !is_attempt(&new.state);
+        let out_of_line = new.in_line && !stays_in_line(old, new);
         let without_stale;
-        let new = if stale_import || stale_claim {
+        let new = if stale_import || stale_claim || out_of_line {
             without_stale = Job {
                 import: if stale_import {
                     None
@@ -505,6 +539,7 @@ impl Tx<'_> {
                     new.import.clone()
                 },
                 claimed: if stale_claim { None } else { new.claimed },
+                in_line: new.in_line && !out_of_line,
                 ..new.clone()
             };
             &without_stale
@@ -512,7 +547,7 @@ impl Tx<'_> {
             new
         };
         if let Some(old) = old
-            && let Some(due) = old.due_ms()
+            && let Some(due) = old.due_entry_ms()
         {
             self.due.remove(&job_due_key(old, due))?;
         }
@@ -521,16 +556,27 @@ impl Tx<'_> {
             Err(err) => return abort(err),
         };
         self.jobs.insert(&job_key(new.id), encode(new))?;
-        self.by_path.insert(raw_key, &job_key(new.id))?;
-        if let Some(due) = new.due_ms() {
+        self.point_to(&raw_key, Some(new.id))?;
+        if let Some(due) = new.due_entry_ms() {
             self.due.insert(&job_due_key(new, due), &[])?;
         }
         self.count_job(old, Some(new))
     }
 
-    /// Removes a file's ledger entry (one file fewer done).
+    /// Removes a file's ledger entry (one file fewer done), keeping its job.
     fn remove_ledger(&self, raw_key: Vec<u8>, folder: &str) -> TxResult<()> {
-        if self.ledger.remove(raw_key)?.is_some() {
+        let Some(raw) = self.ledger.get(&raw_key)? else {
+            return Ok(());
+        };
+        let record = FileRecord::split(&raw);
+        if record.upload.is_some() {
+            self.write_file(
+                &raw_key,
+                FileRecord {
+                    upload: None,
+                    ..record
+                },
+            )?;
             self.changes.forgotten(folder);
         }
         Ok(())
@@ -538,7 +584,32 @@ impl Tx<'_> {
 
     /// Records an upload in the ledger (a new entry counts as one more file done).
     fn put_ledger(&self, raw_key: Vec<u8>, folder: &str, entry: &LedgerEntry) -> TxResult<()> {
-        let previous = self.ledger.insert(raw_key, encode(entry))?;
+        self.put_ledger_ending(raw_key, folder, entry, None)
+    }
+
+    /// [`Tx::put_ledger`], also ending the file's job `ending` (its entry no longer names
+    /// it) in the same write; the job itself goes with [`Tx::remove_job_record`].
+    fn put_ledger_ending(
+        &self,
+        raw_key: Vec<u8>,
+        folder: &str,
+        entry: &LedgerEntry,
+        ending: Option<JobId>,
+    ) -> TxResult<()> {
+        let raw = self.ledger.get(&raw_key)?;
+        let record = raw.as_deref().map(FileRecord::split);
+        let job = record
+            .and_then(|record| record.job)
+            .filter(|job| Some(*job) != ending);
+        let previous = record.and_then(|record| record.upload);
+        let encoded = encode(entry);
+        self.write_file(
+            &raw_key,
+            FileRecord {
+                job,
+                upload: Some(&encoded),
+            },
+        )?;
         self.changes
             .uploaded(folder, previous.is_none(), entry.uploaded_at_ms);
         Ok(())
@@ -556,14 +627,20 @@ impl Tx<'_> {
 
     /// Removes the job with everything that refers to it (invariants 1 to 3).
     fn remove_job(&self, job: &Job) -> TxResult<()> {
-        self.jobs.remove(&job_key(job.id))?;
         if let Ok(raw_key) = file_key(&job.key)
-            && self.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..])
+            && let Some(raw) = self.ledger.get(&raw_key)?
+            && FileRecord::split(&raw).job == Some(job.id)
         {
-            self.by_path.remove(raw_key)?;
+            self.point_to(&raw_key, None)?;
         }
+        self.remove_job_record(job)
+    }
+
+    /// Removes the job and its own entries, leaving its file's `ledger` entry to the caller.
+    fn remove_job_record(&self, job: &Job) -> TxResult<()> {
+        self.jobs.remove(&job_key(job.id))?;
         self.progress.remove(&job_key(job.id))?;
-        if let Some(due) = job.due_ms() {
+        if let Some(due) = job.due_entry_ms() {
             self.due.remove(&job_due_key(job, due))?;
         }
         self.count_job(Some(job), None)
@@ -584,13 +661,21 @@ impl Tx<'_> {
         now: u64,
     ) -> TxResult<Offer> {
         let existing = self.job_for(raw_key)?;
-        let uploaded = match self.ledger.get(raw_key)? {
+        let raw = self.ledger.get(raw_key)?;
+        let record = raw.as_deref().map(FileRecord::split);
+        let uploaded = match record.and_then(|record| record.upload) {
             None => false,
-            Some(raw) => match ledger_fingerprint(&raw, raw_key) {
+            Some(upload) => match ledger_fingerprint(upload, raw_key) {
                 Ok(uploaded) if fingerprint.upgrades(&uploaded) => {
-                    match with_fingerprint(&raw, raw_key, fingerprint) {
+                    match with_fingerprint(upload, raw_key, fingerprint) {
                         // The same upload, with its change time: no count changes.
-                        Ok(upgraded) => self.ledger.insert(raw_key, upgraded)?,
+                        Ok(upgraded) => self.write_file(
+                            raw_key,
+                            FileRecord {
+                                job: record.and_then(|record| record.job),
+                                upload: Some(&upgraded),
+                            },
+                        )?,
                         Err(err) => return abort(err),
                     };
                     true
@@ -636,7 +721,7 @@ impl Tx<'_> {
             }
             None => {
                 let job = Job {
-                    id: JobId(self.jobs.generate_id()?),
+                    id: self.new_job_id(&key.folder)?,
                     key: key.clone(),
                     fingerprint: *fingerprint,
                     state: JobState::Queued,
@@ -649,6 +734,7 @@ impl Tx<'_> {
                     claimed: None,
                     kind: JobKind::Upload,
                     approved: false,
+                    in_line: true,
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -664,6 +750,15 @@ fn is_attempt(state: &JobState) -> bool {
     matches!(state, JobState::Active | JobState::Finalizing)
 }
 
+/// Whether `new`, written over `old`, keeps the place in its folder's line that `old` had
+/// (or, for a new job, takes one): only while it stays queued, due when it was.
+fn stays_in_line(old: Option<&Job>, new: &Job) -> bool {
+    new.state == JobState::Queued
+        && old.is_none_or(|old| {
+            old.in_line && old.state == JobState::Queued && old.updated_at_ms == new.updated_at_ms
+        })
+}
+
 /// The job's entry in the `due` index, at `due`.
 fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
     due_key(folder_tag(&job.key.folder), due, job.id)
@@ -673,6 +768,7 @@ fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
 fn queued_afresh(job: &Job, now: u64) -> Job {
     Job {
         state: JobState::Queued,
+        in_line: false,
         attempts: 0,
         corrupt_imports: 0,
         last_error: None,
@@ -714,7 +810,6 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let trees = Trees {
             jobs: tree("jobs")?,
-            by_path: tree("by_path")?,
             ledger: tree("ledger")?,
             progress: tree("progress")?,
             due: tree("due")?,
@@ -731,6 +826,7 @@ impl Store {
                 writes: AtomicU64::new(0),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
+                lines: line::Lines::default(),
                 _lock: lock,
             }),
         };
@@ -836,41 +932,41 @@ impl Store {
         let t = &self.inner.trees;
         // Counted per attempt: sled runs `f` again after a conflict.
         let writes = Cell::new(0);
+        let registered = line::Registered::default();
         let done = (
             &t.jobs,
-            &t.by_path,
             &t.ledger,
             &t.progress,
             &t.due,
             &t.counts,
             &t.attention,
         )
-            .transaction(
-                |(jobs, by_path, ledger, progress, due, counts, attention)| {
-                    writes.set(0);
-                    let counted = |tree| TxTree {
-                        tree,
-                        writes: &writes,
-                    };
-                    let tx = Tx {
-                        jobs: counted(jobs),
-                        by_path: counted(by_path),
-                        ledger: counted(ledger),
-                        progress: counted(progress),
-                        due: counted(due),
-                        counts: counted(counts),
-                        attention: counted(attention),
-                        changes: counts::Changes::default(),
-                    };
-                    let done = f(&tx)?;
-                    tx.settle_counts()?;
-                    Ok(done)
-                },
-            )
-            .map_err(|err| match err {
-                TransactionError::Abort(err) => err,
-                TransactionError::Storage(err) => self.db_error(err),
-            })?;
+            .transaction(|(jobs, ledger, progress, due, counts, attention)| {
+                writes.set(0);
+                let counted = |tree| TxTree {
+                    tree,
+                    writes: &writes,
+                };
+                let tx = Tx {
+                    jobs: counted(jobs),
+                    ledger: counted(ledger),
+                    progress: counted(progress),
+                    due: counted(due),
+                    counts: counted(counts),
+                    attention: counted(attention),
+                    changes: counts::Changes::default(),
+                    lines: &self.inner.lines,
+                    registered: &registered,
+                };
+                let done = f(&tx)?;
+                tx.settle_counts()?;
+                Ok(done)
+            });
+        self.inner.lines.created(&registered.0.borrow());
+        let done = done.map_err(|err| match err {
+            TransactionError::Abort(err) => err,
+            TransactionError::Storage(err) => self.db_error(err),
+        })?;
         self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
         Ok(done)
     }
@@ -895,15 +991,24 @@ impl Store {
         {
             None => Ok(false),
             Some(raw) => {
-                let found = ledger_fingerprint(&raw, &raw_key)?;
+                let record = FileRecord::split(&raw);
+                let Some(upload) = record.upload else {
+                    return Ok(false);
+                };
+                let found = ledger_fingerprint(upload, &raw_key)?;
                 if fingerprint.upgrades(&found) {
-                    let upgraded = with_fingerprint(&raw, &raw_key, fingerprint)?;
+                    let upgraded = with_fingerprint(upload, &raw_key, fingerprint)?;
+                    let upgraded = FileRecord {
+                        upload: Some(&upgraded),
+                        ..record
+                    }
+                    .join();
                     // Only if the entry is still the one read: a concurrent upload wins.
                     let _ = self
                         .inner
                         .trees
                         .ledger
-                        .compare_and_swap(&raw_key, Some(raw), Some(upgraded))
+                        .compare_and_swap(&raw_key, Some(&raw), upgraded)
                         .map_err(|err| self.db_error(err))?;
                 }
                 Ok(fingerprint.is_version_of(&found))
@@ -1042,13 +1147,15 @@ impl Store {
                     md5: c.md5.clone(),
                     uploaded_at_ms: now,
                 };
-                tx.put_ledger(raw_key, &job.key.folder, &entry)?;
                 tx.clear_progress(c.id)?;
                 // A job marked for deletion meanwhile deletes what was just recorded.
                 if job.fingerprint == c.fingerprint && job.kind == JobKind::Upload {
-                    tx.remove_job(&job)?;
+                    // One write of the file's entry: the upload in, the job out.
+                    tx.put_ledger_ending(raw_key, &job.key.folder, &entry, Some(job.id))?;
+                    tx.remove_job_record(&job)?;
                     done.push(true);
                 } else {
+                    tx.put_ledger(raw_key, &job.key.folder, &entry)?;
                     tx.put_job(Some(&job), &queued_afresh(&job, now))?;
                     done.push(false);
                 }
@@ -1167,26 +1274,28 @@ impl Store {
     }
 
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
-    /// for all) that have a job, from the `by_path` index.
+    /// for all) that have a job, from their `ledger` entries.
     pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_under(&self.inner.trees.by_path, folder, under)
+        self.files_under(folder, under, |record| record.job.is_some())
     }
 
-    /// The relative paths of the keys of `tree` (keyed `folder NUL rel`, like `by_path`
-    /// and `ledger`) in `folder` under the prefix `under`.
+    /// The relative paths of the files in `folder` under the prefix `under` whose `ledger`
+    /// entry `keep` picks.
     fn files_under(
         &self,
-        tree: &sled::Tree,
         folder: &str,
         under: &str,
+        keep: impl Fn(FileRecord<'_>) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         prefix.extend_from_slice(under.as_bytes());
         let mut files = Vec::new();
-        for entry in tree.scan_prefix(&prefix).keys() {
-            let raw = entry.map_err(|err| self.db_error(err))?;
-            if let Some(key) = decode_file_key(&raw) {
+        for entry in self.inner.trees.ledger.scan_prefix(&prefix) {
+            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
+            if keep(FileRecord::split(&raw))
+                && let Some(key) = decode_file_key(&raw_key)
+            {
                 files.push(key.rel);
             }
         }
@@ -1236,9 +1345,11 @@ impl Store {
 
     /// Run once at daemon start, before any worker claims: jobs that were active or
     /// finalizing when the last process stopped go back to the queue, keeping their progress
-    /// and `finalize_started`. Also repairs the indexes (a missing `due` or `by_path` entry,
-    /// `due` entries and progress of jobs that are gone) and the per-folder counts
-    /// (invariant 8). Returns how many jobs were interrupted uploads put back in the queue.
+    /// and `finalize_started`. Also repairs the indexes (a missing `due` entry or a `ledger`
+    /// entry that does not name its file's job, `due` entries and progress of jobs that are
+    /// gone) and, after a stop that was not clean, the per-folder counts (invariant 8) and
+    /// `ledger` entries naming jobs that are gone (both walk the whole ledger). Returns how
+    /// many jobs were interrupted uploads put back in the queue.
     pub fn recover_after_restart(&self) -> Result<usize, StoreError> {
         enum Repair {
             Requeued,
@@ -1276,15 +1387,18 @@ impl Store {
                     Ok(raw) => raw,
                     Err(err) => return abort(err),
                 };
-                let indexed = tx.by_path.get(&raw_key)?.as_deref() == Some(&job_key(job.id)[..]);
-                let due_indexed = match job.due_ms() {
+                let indexed = match tx.ledger.get(&raw_key)? {
+                    Some(raw) => FileRecord::split(&raw).job == Some(job.id),
+                    None => false,
+                };
+                let due_indexed = match job.due_entry_ms() {
                     Some(due) => tx.due.get(job_due_key(&job, due))?.is_some(),
                     None => true,
                 };
                 if indexed && due_indexed {
                     return Ok(Repair::Sound);
                 }
-                // put_job rewrites the job's by_path and due entries.
+                // put_job rewrites the job's due entry and its file's pointer to it.
                 tx.put_job(Some(&job), &job)?;
                 Ok(Repair::Reindexed)
             })?;
@@ -1298,13 +1412,14 @@ impl Store {
         }
         self.remove_dangling_entries()?;
         if !self.inner.counts_trusted.load(Ordering::Relaxed) {
+            self.remove_dangling_pointers()?;
             self.check_counts()?;
         }
         self.flush()?;
         Ok(recovered)
     }
 
-    /// Removes `due`, `by_path` and `progress` entries whose job no longer matches them.
+    /// Removes `due` and `progress` entries whose job no longer matches them.
     fn remove_dangling_entries(&self) -> Result<(), StoreError> {
         let trees = &self.inner.trees;
         let db_error = |err| self.db_error(err);
@@ -1313,22 +1428,12 @@ impl Store {
             let stale = match decode_due_key(&raw) {
                 None => true,
                 Some(entry) => self.get(entry.id)?.is_none_or(|job| {
-                    job.due_ms() != Some(entry.due_ms) || folder_tag(&job.key.folder) != entry.tag
+                    job.due_entry_ms() != Some(entry.due_ms)
+                        || folder_tag(&job.key.folder) != entry.tag
                 }),
             };
             if stale {
                 trees.due.remove(&raw).map_err(db_error)?;
-            }
-        }
-        for entry in trees.by_path.iter() {
-            let (raw, value) = entry.map_err(db_error)?;
-            let job = match decode_job_key(&value) {
-                Some(id) => self.get(id)?,
-                None => None,
-            };
-            let stale = job.is_none_or(|job| file_key(&job.key).ok().as_deref() != Some(&raw[..]));
-            if stale {
-                trees.by_path.remove(&raw).map_err(db_error)?;
             }
         }
         for entry in trees.progress.iter() {
@@ -1344,17 +1449,46 @@ impl Store {
         Ok(())
     }
 
+    /// Makes `ledger` entries that name a job that is gone, or a job of another file, name
+    /// none (the upload they hold stays).
+    fn remove_dangling_pointers(&self) -> Result<(), StoreError> {
+        let ledger = &self.inner.trees.ledger;
+        let db_error = |err| self.db_error(err);
+        for entry in ledger.iter() {
+            let (raw_key, raw) = entry.map_err(db_error)?;
+            let record = FileRecord::split(&raw);
+            let Some(id) = record.job else {
+                continue;
+            };
+            let stale = self
+                .get(id)?
+                .is_none_or(|job| file_key(&job.key).ok().as_deref() != Some(&raw_key[..]));
+            if stale {
+                let kept = FileRecord {
+                    job: None,
+                    ..record
+                }
+                .join();
+                ledger
+                    .compare_and_swap(&raw_key, Some(&raw), kept)
+                    .map_err(db_error)?
+                    .ok();
+            }
+        }
+        Ok(())
+    }
+
     pub fn ledger_get(&self, key: &FileKey) -> Result<Option<LedgerEntry>, StoreError> {
         let raw_key = valid_key(key)?;
-        match self
+        let raw = self
             .inner
             .trees
             .ledger
             .get(&raw_key)
-            .map_err(|err| self.db_error(err))?
-        {
+            .map_err(|err| self.db_error(err))?;
+        match raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) {
             None => Ok(None),
-            Some(raw) => decode_ledger(&raw, &raw_key).map(Some),
+            Some(upload) => decode_ledger(upload, &raw_key).map(Some),
         }
     }
 
@@ -1376,7 +1510,9 @@ impl Store {
                 key: keys::describe(&raw_key),
                 detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
             })?;
-            entries.push((key, decode_ledger(&raw, &raw_key)?));
+            if let Some(upload) = FileRecord::split(&raw).upload {
+                entries.push((key, decode_ledger(upload, &raw_key)?));
+            }
         }
         Ok(entries)
     }
@@ -1388,7 +1524,10 @@ impl Store {
         let raw_key = valid_key(key)?;
         let now = now_ms();
         let dropped = self.transact(|tx| {
-            let dropped = tx.ledger.get(&raw_key)?.is_some();
+            let dropped = tx
+                .ledger
+                .get(&raw_key)?
+                .is_some_and(|raw| FileRecord::split(&raw).upload.is_some());
             tx.remove_ledger(raw_key.clone(), &key.folder)?;
             if let Some(fingerprint) = current {
                 tx.offer(&raw_key, key, fingerprint, now)?;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
+use super::record::FileRecord;
 use super::*;
 
 fn fp(n: u64) -> Fingerprint {
@@ -72,15 +73,29 @@ fn assert_invariants(store: &Store) {
     let jobs = store.jobs().expect("all jobs decode");
     for job in &jobs {
         let raw_key = file_key(&job.key).expect("stored keys are valid");
-        let indexed = trees.by_path.get(&raw_key).expect("by_path reads");
+        let raw = trees.ledger.get(&raw_key).expect("the ledger reads");
         assert_eq!(
-            indexed.as_deref(),
-            Some(&job_key(job.id)[..]),
-            "by_path must name job {} for {}",
-            job.id,
-            job.key
+            raw.as_deref().and_then(|raw| FileRecord::split(raw).job),
+            Some(job.id),
+            "the ledger entry of {} must name job {}",
+            job.key,
+            job.id
         );
-        if let Some(due) = job.due_ms() {
+        if job.in_line {
+            assert_eq!(
+                job.state,
+                JobState::Queued,
+                "job {} in line is queued",
+                job.id
+            );
+            assert_eq!(
+                keys::prefix_of(job.id),
+                keys::line_prefix(&job.key.folder),
+                "job {} in line has an id of its folder's line",
+                job.id
+            );
+        }
+        if let Some(due) = job.due_entry_ms() {
             assert!(
                 trees
                     .due
@@ -92,13 +107,23 @@ fn assert_invariants(store: &Store) {
             );
         }
     }
-    for entry in trees.by_path.iter() {
-        let (raw_key, raw_id) = entry.expect("by_path iterates");
-        let id = decode_job_key(&raw_id).expect("by_path values are job ids");
+    for entry in trees.ledger.iter() {
+        let (raw_key, raw) = entry.expect("the ledger iterates");
+        let record = FileRecord::split(&raw);
+        assert!(
+            record.job.is_some() || record.upload.is_some(),
+            "a ledger entry holds something"
+        );
+        if let Some(upload) = record.upload {
+            decode_ledger(upload, &raw_key).expect("uploads decode");
+        }
+        let Some(id) = record.job else {
+            continue;
+        };
         let job = jobs
             .iter()
             .find(|job| job.id == id)
-            .expect("every by_path entry names an existing job");
+            .expect("every job a ledger entry names exists");
         assert_eq!(file_key(&job.key).expect("valid key"), raw_key.to_vec());
     }
     for entry in trees.due.iter() {
@@ -110,7 +135,7 @@ fn assert_invariants(store: &Store) {
             .find(|job| job.id == id)
             .expect("every due entry names an existing job");
         assert_eq!(
-            job.due_ms(),
+            job.due_entry_ms(),
             Some(entry.due_ms),
             "due entry of job {id} matches its state {}",
             job.state.name()
@@ -537,15 +562,21 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    // Out of its line, so that it waits in the `due` index.
+    store.claim(SystemTime::now()).expect("claim works");
+    store.requeue(id).expect("requeues");
     let trees = &store.inner.trees;
-    let due = job(&store, id).due_ms().expect("a queued job is due");
+    let due = job(&store, id)
+        .due_entry_ms()
+        .expect("a requeued job has a due entry");
     let tag = folder_tag("/data/in");
     trees
         .due
         .remove(due_key(tag, due, id))
         .expect("removing works");
+    // Its file's entry no longer names it (it held nothing else).
     trees
-        .by_path
+        .ledger
         .remove(file_key(&key("a")).expect("valid key"))
         .expect("removing works");
     trees
@@ -556,17 +587,24 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
         .progress
         .insert(job_key(JobId(999_999)), &b"orphan"[..])
         .expect("inserting works");
+    let ghost = FileRecord {
+        job: Some(JobId(999_999)),
+        upload: None,
+    };
     trees
-        .by_path
+        .ledger
         .insert(
             file_key(&key("ghost")).expect("valid key"),
-            &job_key(JobId(999_999)),
+            ghost.join().expect("holds a job"),
         )
         .expect("inserting works");
     assert!(
         store.claim(far_future()).expect("claim works").is_none(),
         "without its due entry the job cannot be claimed; the dangling entry is skipped"
     );
+    // Damage like this comes with a stop that was not clean, after which recovery walks
+    // the ledger (a clean close vouches for it).
+    let store = reopen_after_kill(store);
 
     assert_eq!(store.recover_after_restart().expect("recovery works"), 0);
     assert_invariants(&store);
@@ -1000,6 +1038,114 @@ fn claims_go_in_due_order_and_next_due_reports_the_earliest() {
 }
 
 #[test]
+fn new_jobs_wait_in_line_without_a_due_entry_and_are_claimed_in_the_order_they_came() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids: Vec<JobId> = ["c", "a", "b"]
+        .iter()
+        .map(|rel| queued_id(store.offer(&key(rel), &fp(1)).expect("offer")))
+        .collect();
+    assert!(ids.iter().all(|&id| job(&store, id).in_line));
+    assert!(
+        store.inner.trees.due.is_empty(),
+        "jobs in line have no due entry"
+    );
+    assert_invariants(&store);
+    let order: Vec<Job> =
+        std::iter::from_fn(|| store.claim(SystemTime::now()).expect("claims")).collect();
+    assert_eq!(order.iter().map(|job| job.id).collect::<Vec<_>>(), ids);
+    assert!(
+        order
+            .iter()
+            .all(|job| !job.in_line && job.state == JobState::Active)
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_job_changed_in_line_leaves_it_for_the_due_index_behind_the_others() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let first = queued_id(store.offer(&key("first"), &fp(1)).expect("offer"));
+    let second = queued_id(store.offer(&key("second"), &fp(1)).expect("offer"));
+    std::thread::sleep(Duration::from_millis(2));
+    // A new version is queued afresh, as before lines: due now, behind `second`.
+    store.offer(&key("first"), &fp(2)).expect("offer");
+    let moved = job(&store, first);
+    assert!(!moved.in_line);
+    assert!(moved.due_entry_ms().is_some());
+    assert_invariants(&store);
+    let order: Vec<JobId> = std::iter::from_fn(|| store.claim(SystemTime::now()).expect("claims"))
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(order, vec![second, first]);
+    // Queued again, it waits in the `due` index too, never in line.
+    store.requeue(second).expect("requeues");
+    assert!(!job(&store, second).in_line);
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_batch_takes_jobs_from_the_due_index_and_the_line_in_due_order() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let early = queued_id(store.offer(&key("early"), &fp(1)).expect("offer"));
+    let later = queued_id(store.offer(&key("later"), &fp(2)).expect("offer"));
+    while store.claim(SystemTime::now()).expect("claims").is_some() {}
+    let fresh = queued_id(store.offer(&key("fresh"), &fp(3)).expect("offer"));
+    let epoch = SystemTime::UNIX_EPOCH;
+    store
+        .retry_later(later, epoch + Duration::from_secs(2), "503")
+        .expect("waits");
+    store
+        .retry_later(early, epoch + Duration::from_secs(1), "503")
+        .expect("waits");
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claims")
+        .expect("a job is due");
+    assert_eq!(first.id, early);
+    let mut offered = Vec::new();
+    let batch = store
+        .claim_more(&first, SystemTime::now(), 10, |job| {
+            offered.push(job.id);
+            true
+        })
+        .expect("claims");
+    assert_eq!(offered, vec![later, fresh]);
+    assert_eq!(
+        batch.iter().map(|job| job.id).collect::<Vec<_>>(),
+        vec![later, fresh]
+    );
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_claim_reads_past_the_jobs_that_left_the_line_once() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids: Vec<JobId> = (0..5)
+        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
+        .collect();
+    let prefix = keys::line_prefix("/data/in");
+    for _ in 0..3 {
+        store.claim(SystemTime::now()).expect("claims");
+    }
+    // The next claim starts at the first job still in line, not at the claimed ones.
+    assert_eq!(
+        store
+            .first_in_line(folder_tag("/data/in"))
+            .expect("reads")
+            .map(|job| job.id),
+        Some(ids[3])
+    );
+    assert_eq!(store.inner.lines.start(prefix), ids[3]);
+    while store.claim(SystemTime::now()).expect("claims").is_some() {}
+    assert!(store.inner.lines.start(prefix) > ids[4]);
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_new_version_of_a_waiting_file_is_due_now_with_fresh_attempts() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
@@ -1261,6 +1407,7 @@ fn a_process_that_opens_a_killed_database_without_checking_leaves_the_check_to_t
 /// the `claimed` tree instead of its job record, plus a stale entry of a job long gone.
 fn rewrite_as_format_1(dir: &Path) {
     let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    move_jobs_to_by_path(&db, |id| id);
     let jobs = db.open_tree("jobs").expect("opens");
     let claimed = db.open_tree("claimed").expect("opens");
     for entry in jobs.iter() {
@@ -1320,6 +1467,96 @@ fn a_database_of_format_1_is_upgraded_at_open_and_its_attempts_know_what_they_cl
     assert_eq!(job(&store, changed).state, JobState::Queued);
     store.fail(steady, "400").expect("fails");
     assert!(matches!(job(&store, steady).state, JobState::Failed { .. }));
+    assert_invariants(&store);
+}
+
+/// Moves each file's job out of its `ledger` entry into a `by_path` tree, as formats 1 to
+/// 3 kept them, the id changed by `rename`.
+fn move_jobs_to_by_path(db: &sled::Db, rename: impl Fn(JobId) -> JobId) {
+    let ledger = db.open_tree("ledger").expect("opens");
+    let by_path = db.open_tree("by_path").expect("opens");
+    for entry in ledger.iter() {
+        let (raw_key, raw) = entry.expect("reads");
+        let record = FileRecord::split(&raw);
+        let Some(id) = record.job else {
+            continue;
+        };
+        by_path
+            .insert(&raw_key, &job_key(rename(id)))
+            .expect("writes");
+        match (FileRecord {
+            job: None,
+            ..record
+        })
+        .join()
+        {
+            Some(plain) => ledger.insert(&raw_key, plain),
+            None => ledger.remove(&raw_key),
+        }
+        .expect("writes");
+    }
+}
+
+/// Rewrites a closed database as format 2 kept it: plain job ids, every queued job in
+/// the `due` index (none in line), each file's job in `by_path`.
+fn rewrite_as_format_2(dir: &Path) {
+    let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
+    move_jobs_to_by_path(&db, |id| JobId(id.0 & ((1 << 40) - 1)));
+    let jobs = db.open_tree("jobs").expect("opens");
+    let due = db.open_tree("due").expect("opens");
+    for entry in jobs.iter() {
+        let (raw_id, raw) = entry.expect("reads");
+        let id = decode_job_key(&raw_id).expect("job keys are ids");
+        let job = decode_job(&raw, id).expect("decodes");
+        assert!(job.in_line, "only queued jobs are rewritten");
+        let old = Job {
+            id: JobId(id.0 & ((1 << 40) - 1)),
+            in_line: false,
+            ..job
+        };
+        jobs.remove(&raw_id).expect("writes");
+        jobs.insert(job_key(old.id), encode(&old)).expect("writes");
+        let at = old.due_ms().expect("queued");
+        due.insert(due_key(folder_tag(&old.key.folder), at, old.id), &[])
+            .expect("writes");
+    }
+    db.insert(FORMAT_KEY, "2").expect("writes");
+    db.flush().expect("flushes");
+}
+
+#[test]
+fn a_database_of_format_2_is_upgraded_at_open_and_its_queued_jobs_are_claimed_before_new_ones() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for rel in ["a", "b"] {
+        store.offer(&key(rel), &fp(1)).expect("offer");
+    }
+    drop(store);
+    rewrite_as_format_2(dir.path());
+
+    let store = open(dir.path());
+    assert_eq!(
+        store.inner.db.get(FORMAT_KEY).expect("reads").as_deref(),
+        Some(FORMAT_VERSION.to_string().as_bytes())
+    );
+    assert!(
+        !store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name == b"by_path"),
+        "the old tree is dropped"
+    );
+    assert_invariants(&store);
+    store.recover_after_restart().expect("recovers");
+    let new = queued_id(store.offer(&key("new"), &fp(2)).expect("offer"));
+    assert!(job(&store, new).in_line);
+    let order: Vec<Job> =
+        std::iter::from_fn(|| store.claim(SystemTime::now()).expect("claims")).collect();
+    let names: Vec<&str> = order.iter().map(|job| job.key.rel.as_str()).collect();
+    assert_eq!(names, vec!["a", "b", "new"]);
+    assert!(order[0].id.0 < 1 << 40, "old jobs keep their ids");
     assert_invariants(&store);
 }
 
@@ -2287,7 +2524,10 @@ fn writes_count_the_entries_each_transition_changes() {
         last = now;
     };
     store.offer(&file, &fp(1)).expect("offer");
-    wrote("a new job: jobs, by_path, due, counts", 4);
+    wrote(
+        "a new job, in line: jobs, its file's ledger entry, counts",
+        3,
+    );
     store.offer(&file, &fp(1)).expect("offer");
     wrote("the same version offered again", 0);
     let job = store
@@ -2295,16 +2535,19 @@ fn writes_count_the_entries_each_transition_changes() {
         .expect("claim works")
         .expect("the job is due");
     wrote(
-        "a claim: due out, the job, counts (by_path is unchanged)",
-        3,
+        "a claim from the line: the job, counts (the ledger is unchanged)",
+        2,
     );
     store
         .complete(job.id, &fp(1), "dir/a.csv", None)
         .expect("complete");
-    wrote("a completion: the ledger, counts, and jobs, by_path out", 4);
+    wrote(
+        "a completion: the ledger entry (the upload in, the job out), counts, jobs out",
+        3,
+    );
     let id = queued_id(store.offer(&key("failing.csv"), &fp(2)).expect("offer"));
     store.claim(far_future()).expect("claim works");
-    wrote("another job, claimed", 7);
+    wrote("another job, claimed", 5);
     store.fail(id, "400").expect("fail");
     wrote("a failure: the job, counts, attention", 3);
 }

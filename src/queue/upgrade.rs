@@ -14,22 +14,51 @@
 //! them, so the upgrade simply runs again at the next open. A crash after it leaves at
 //! most an unused tree behind, dropped by the next upgrade-free open as well (step 3 is
 //! repeated whenever the tree exists).
+//!
+//! Format 3 lets the jobs `offer` creates wait in their folder's line instead of in the
+//! `due` index (module `line`). A database of format 2 has no job in line: every queued
+//! job of it has its `due` entry, and its job ids (plain numbers) are below every line but
+//! the one of prefix zero, whose jobs are told apart by [`Job::in_line`], which they lack.
+//! So it is already a valid database of format 3. Opened by an older version, a database
+//! of a newer format is refused: that version would never claim the jobs in line.
+//!
+//! Format 4 names each file's job in the file's `ledger` entry (module `record`) instead of
+//! a `by_path` tree (`folder \0 rel -> JobId (u64 BE)`). Upgrading from 1, 2 or 3 (after
+//! the step from 1 above):
+//!
+//! 4. each `by_path` entry is written into its file's `ledger` entry, unless that names
+//!    the job already;
+//! 5. flushed, then the format marker is set to the current format and flushed;
+//! 6. the `by_path` tree is dropped.
+//!
+//! A crash before step 5 ends leaves the old format, and step 4 runs again (an entry
+//! already written is skipped); after it, only the unused tree, dropped whenever it exists.
 
 use super::job::Job;
 use super::keys::{decode_job_key, job_key};
+use super::record::FileRecord;
 use super::{FORMAT_KEY, FORMAT_VERSION, decode_job, encode, is_attempt};
 use crate::fingerprint::Fingerprint;
 
 /// The format whose attempts kept their claimed fingerprint in the `claimed` tree.
 pub(super) const CLAIMED_TREE_FORMAT: u32 = 1;
 const CLAIMED_TREE: &[u8] = b"claimed";
+/// The last format that kept each file's job in the `by_path` tree.
+const BY_PATH_FORMAT: u32 = 3;
+const BY_PATH_TREE: &[u8] = b"by_path";
 
-/// Brings a database of format `found` (checked to be 1 or [`FORMAT_VERSION`]) to the
-/// current format (module doc).
+/// Brings a database of format `found` (checked to be between 1 and [`FORMAT_VERSION`]) to
+/// the current format (module doc).
 pub(super) fn upgrade(db: &sled::Db, found: u32) -> sled::Result<()> {
     if found == CLAIMED_TREE_FORMAT {
         copy_claims_into_jobs(db)?;
         db.flush()?;
+    }
+    if found <= BY_PATH_FORMAT {
+        move_jobs_into_ledger(db)?;
+        db.flush()?;
+    }
+    if found < FORMAT_VERSION {
         db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
         db.flush()?;
         tracing::info!(
@@ -38,8 +67,38 @@ pub(super) fn upgrade(db: &sled::Db, found: u32) -> sled::Result<()> {
             "upgraded the state database's format"
         );
     }
-    if db.tree_names().iter().any(|name| name == CLAIMED_TREE) {
-        db.drop_tree(CLAIMED_TREE)?;
+    for unused in [CLAIMED_TREE, BY_PATH_TREE] {
+        if db.tree_names().iter().any(|name| name == unused) {
+            db.drop_tree(unused)?;
+        }
+    }
+    Ok(())
+}
+
+/// Step 4: each file's job from `by_path` into the file's `ledger` entry.
+fn move_jobs_into_ledger(db: &sled::Db) -> sled::Result<()> {
+    let by_path = db.open_tree(BY_PATH_TREE)?;
+    let ledger = db.open_tree("ledger")?;
+    for entry in by_path.iter() {
+        let (raw_key, raw_id) = entry?;
+        // What cannot be decoded is left out: recovery indexes every job again.
+        let Some(id) = decode_job_key(&raw_id) else {
+            continue;
+        };
+        let current = ledger.get(&raw_key)?;
+        let record = current.as_deref().map(FileRecord::split);
+        if record.and_then(|record| record.job) == Some(id) {
+            continue;
+        }
+        let upload = record.and_then(|record| record.upload);
+        if let Some(raw) = (FileRecord {
+            job: Some(id),
+            upload,
+        })
+        .join()
+        {
+            ledger.insert(&raw_key, raw)?;
+        }
     }
     Ok(())
 }

@@ -159,6 +159,12 @@ impl ConfigBuilder {
         self.redivis_section(api_url, ("token", token))
     }
 
+    /// The `[redivis]` section for the emulator's Redivis `api_url`, with the token read
+    /// from the file `token_file` (relative to the config file).
+    pub fn redivis_with_token_file(self, api_url: &str, token_file: &str) -> ConfigBuilder {
+        self.redivis_section(api_url, ("token_file", token_file))
+    }
+
     fn redivis_section(mut self, api_url: &str, (key, value): (&str, &str)) -> ConfigBuilder {
         let mut lines = Lines::default();
         lines.set("api_url", &quoted(api_url));

@@ -157,6 +157,10 @@ impl Site {
             config,
         }
     }
+    /// The first folder: the one watched folder of most tests.
+    pub fn folder(&self) -> &Path {
+        &self.folders[0]
+    }
 }
 
 /// The config of a site with one folder `folder` (its first), two workers, mirrored to the

@@ -231,7 +231,7 @@ pub async fn resumable_upload(
     body: Bytes,
 ) -> ApiResult {
     service.count_api("resumableUpload");
-    let key = tables::ensure_writable(&service, &table).await?;
+    let key = tables::ensure_writable(&service, &table, "resumableUpload").await?;
     let size = match query.get("size") {
         Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
             ApiError::bad(format!(
@@ -266,7 +266,7 @@ pub async fn temp_uploads(
     body: Bytes,
 ) -> ApiResult {
     service.count_api("tempUploads");
-    let key = tables::ensure_writable(&service, &table).await?;
+    let key = tables::ensure_writable(&service, &table, "tempUploads").await?;
     let request: Value = serde_json::from_slice(&body).map_err(|err| {
         ApiError::bad(format!(
             "the body must be JSON {{\"tempUploads\": [{{\"size\": <bytes>, \"name\": ..., \"resumable\": ...}}]}}: {err}"
@@ -616,7 +616,7 @@ async fn create_upload_inner(
         .map(str::to_string);
     let name = upload_name(&metadata, requested_type.as_deref())?;
     let mut tables = service.tables.lock().await;
-    let key = tables::writable(service, &mut tables, reference)?;
+    let key = tables::writable(service, &mut tables, reference, "uploads.post")?;
     if tables
         .by_key
         .get(&key)

@@ -26,6 +26,7 @@
 //! | `POST /_emulator/redivis/tables` `{"reference": "...", "isFileIndex": false}` | creates a table and its dataset (needed with `--strict-tables`) |
 //! | `POST /_emulator/redivis/poison/{id}` | the session answers 410 from now on |
 //! | `POST /_emulator/redivis/expire/{id}` | the session is past its lifetime (404) from now on |
+//! | `POST /_emulator/redivis/release-window` `{"endpoint": "uploads.post"}` | the next write of that endpoint (`uploads.post`, `resumableUpload`, `tempUploads`, `rawFiles.post`) meets the window between a release and the next version ([`versions::in_release_window`]) |
 //!
 //! Absolute URLs are built from the request's `Host` header, so they work with port 0.
 //! Every API request needs `Authorization: Bearer <token>` (any non-empty token, or exactly
@@ -253,6 +254,8 @@ struct Stats {
     uploads_created: u64,
     /// upload.post answers lost on purpose (`--redivis-lose-post`).
     answers_lost: u64,
+    /// Writes refused inside a release window (`/_emulator/redivis/release-window`).
+    release_windows: u64,
 }
 
 /// The emulator's shared state.
@@ -267,6 +270,8 @@ pub(crate) struct Service {
     pub rng: Mutex<StdRng>,
     /// Uploads still to be damaged (`--redivis-corrupt-uploads`).
     corrupt_left: std::sync::atomic::AtomicU32,
+    /// The write endpoint whose next request meets a release window, when one is armed.
+    release_window: Mutex<Option<String>>,
 }
 
 type Shared = Arc<Service>;
@@ -326,6 +331,7 @@ impl Service {
             stats: Mutex::new(Stats::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             corrupt_left: std::sync::atomic::AtomicU32::new(options.redivis_corrupt_uploads),
+            release_window: Mutex::new(None),
         })
     }
 
@@ -401,6 +407,22 @@ impl Service {
             stats.answers_lost += 1;
         }
         lose
+    }
+
+    /// Whether this write of `endpoint` meets the armed release window; disarms it and
+    /// counts it.
+    pub fn takes_release_window(&self, endpoint: &str) -> bool {
+        let mut armed = self
+            .release_window
+            .lock()
+            .expect("release window lock is never poisoned");
+        if armed.as_deref() != Some(endpoint) {
+            return false;
+        }
+        *armed = None;
+        drop(armed);
+        self.count(|stats| stats.release_windows += 1);
+        true
     }
 
     pub fn count_api(&self, endpoint: &'static str) {
@@ -554,8 +576,39 @@ pub fn router_seeded(
         .route("/_emulator/redivis/stats", get(stats))
         .route("/_emulator/redivis/tables", post(tables::create_table_hook))
         .route("/_emulator/redivis/poison/{id}", post(session::poison))
-        .route("/_emulator/redivis/expire/{id}", post(session::expire));
+        .route("/_emulator/redivis/expire/{id}", post(session::expire))
+        .route(
+            "/_emulator/redivis/release-window",
+            post(arm_release_window),
+        );
     Ok(api.merge(sessions).merge(hooks).with_state(service))
+}
+
+/// The write endpoints a release window can be armed for.
+const WINDOW_ENDPOINTS: [&str; 4] = [
+    "uploads.post",
+    "resumableUpload",
+    "tempUploads",
+    "rawFiles.post",
+];
+
+/// `POST /_emulator/redivis/release-window` `{"endpoint": "..."}`.
+async fn arm_release_window(
+    axum::extract::State(service): axum::extract::State<Shared>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let request = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let endpoint = request["endpoint"].as_str().unwrap_or_default();
+    if !WINDOW_ENDPOINTS.contains(&endpoint) {
+        let message = format!("endpoint must be one of {WINDOW_ENDPOINTS:?}, not {endpoint:?}");
+        return api::ApiError::bad(message).into_response();
+    }
+    *service
+        .release_window
+        .lock()
+        .expect("release window lock is never poisoned") = Some(endpoint.to_string());
+    axum::Json(serde_json::json!({ "armed": endpoint })).into_response()
 }
 
 async fn stats(

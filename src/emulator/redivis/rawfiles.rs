@@ -134,7 +134,7 @@ async fn register(
     entries: Vec<Entry>,
     base: &str,
 ) -> Result<Vec<Value>, ApiError> {
-    let key = tables::writable(service, tables, reference)?;
+    let key = tables::writable(service, tables, reference, "rawFiles.post")?;
     if !tables.by_key[&key].record.is_file_index {
         return Err(ApiError::bad(format!(
             "table {reference:?} is not a file index table: create uploads \

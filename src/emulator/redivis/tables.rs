@@ -61,13 +61,21 @@ fn missing_table(reference: &str) -> ApiError {
 }
 
 /// The key of the unreleased table `reference` names, created on first use unless
-/// `--strict-tables`.
+/// `--strict-tables`, for a request of `endpoint` (which may meet an armed release window).
 pub fn writable(
     service: &Service,
     tables: &mut Tables,
     reference: &str,
+    endpoint: &str,
 ) -> Result<String, ApiError> {
-    let (_, key) = versions::table_key(service, tables, reference, Access::Write)?;
+    let find = |tables: &mut Tables| {
+        versions::table_key(service, tables, reference, Access::Write).map(|(_, key)| key)
+    };
+    let key = if service.takes_release_window(endpoint) {
+        versions::in_release_window(service, tables, reference, find)?
+    } else {
+        find(tables)?
+    };
     if !tables.by_key.contains_key(&key) {
         if service.options.strict_tables {
             return Err(missing_table(reference));
@@ -83,9 +91,13 @@ pub fn writable(
 }
 
 /// [`writable`], taking the tables' lock.
-pub async fn ensure_writable(service: &Service, reference: &str) -> Result<String, ApiError> {
+pub async fn ensure_writable(
+    service: &Service,
+    reference: &str,
+    endpoint: &str,
+) -> Result<String, ApiError> {
     let mut tables = service.tables.lock().await;
-    writable(service, &mut tables, reference)
+    writable(service, &mut tables, reference, endpoint)
 }
 
 /// The key of the table `reference` names in an existing version; the table itself may
@@ -126,7 +138,7 @@ pub async fn get_table(State(service): State<Shared>, Path(reference): Path<Stri
         Err(err) => return ApiError::from(err).into_response(),
     };
     let key = if parsed.version == store::Version::Next {
-        writable(&service, &mut tables, &reference)
+        writable(&service, &mut tables, &reference, "tables.get")
     } else {
         readable(&service, &mut tables, &reference)
     };

@@ -248,6 +248,24 @@ pub async fn get_dataset(State(service): State<Shared>, Path(reference): Path<St
     }
 }
 
+/// The window between a release and the opening of the next version, made deterministic
+/// for tests (`POST /_emulator/redivis/release-window`): the dataset of the table
+/// `reference` is released, `request` runs (and finds no `:next`), then a new version is
+/// opened, all under the tables' lock the caller holds. A client thus meets the refusal
+/// of a released version and then, at once, a dataset with a next version.
+pub fn in_release_window<T>(
+    service: &Service,
+    tables: &mut Tables,
+    reference: &str,
+    request: impl FnOnce(&mut Tables) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let dataset = store::check_table_ref(reference, true)?.dataset_reference();
+    release_next(service, tables, &dataset, None)?;
+    let answer = request(tables);
+    open_next_version(service, tables, &dataset)?;
+    answer
+}
+
 /// `POST /api/v1/datasets/{ref}/versions`: opens the next version; 400 when one is open.
 pub async fn create_version(
     State(service): State<Shared>,

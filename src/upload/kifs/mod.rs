@@ -1,32 +1,34 @@
 //! The KiFS backend: uploads one file into a KiFS directory (`docs/protocols/kifs.md`).
 //!
 //! Upload algorithm, per file ([`KifsBackend::upload`]; the target is
-//! `<kifs_directory>/<relative path>`):
+//! `<kifs_directory>/<relative path>`). After step 1, a file of at most
+//! [`WHOLE_FILE_LIMIT`] goes whole (`upload_alone`: steps 2 to 4), a larger one in parts
+//! (`upload_in_parts`: step 5):
 //! 1. [`validate_name`]: the name is checked locally (allowed characters, ≤ 1024
 //!    characters, no empty segment): a bad name fails the job permanently, naming the
 //!    offending character.
-//! 2. `upload_alone` for a size ≤ [`WHOLE_FILE_LIMIT`]: one whole-file `/upload/files`
-//!    request (`upload_whole`; an empty element for a zero-byte file). Replacing a file is
-//!    idempotent, so transient failures are retried in place under the backend's
-//!    [`RetryPolicy`]. Small files come several to a request through
-//!    [`KifsBackend::upload_batch`].
-//! 3. `upload_in_parts` for larger files, one file at a time across all workers:
-//!    `upload_multipart`, a driver over the steps of the `multipart` module (look for
-//!    saved state, discard it, start, send each part, finalize, or reconcile a `complete`
-//!    that went through). `init`, `upload_part` and `complete` are never re-sent blindly
-//!    after an ambiguous failure (timeout, reset, 5xx): the job goes back to the queue and
-//!    the next attempt decides. A step the server refuses for good mid-way (an unknown or
-//!    superseded UUID, a part out of order) starts the upload over once with a new UUID.
-//! 4. The local file's fingerprint is checked before and after every request that sends
-//!    its bytes; a change restarts the upload with the new content.
-//! 5. `landed_before`, exactly once for whole files: the claim of a job is made durable
-//!    before its bytes are sent, so a job found claimed at a restart (a crash, or a state
-//!    write that failed after the request) is known to be unconfirmed. Before sending such
-//!    a job's bytes again, one `/show/files` for all of a batch's unconfirmed targets: a
-//!    target holding a file of the job's size is taken as this upload, done without
-//!    sending, unless an earlier upload of the path had that same size (the file there may
-//!    be the old version: sent again, which only overwrites). A failed look sends nothing:
-//!    the job waits to retry.
+//! 2. `landed_before`, only for a job found claimed at a restart (a crash, or a state
+//!    write that failed after the request: its earlier attempt is unconfirmed): one
+//!    `/show/files` for all of a batch's unconfirmed targets. A target holding a file of
+//!    the job's size is taken as this upload, done without sending, unless an earlier
+//!    upload of the path had that same size (the file there may be the old version: sent
+//!    again, which only overwrites). A failed look sends nothing: the job waits to retry.
+//! 3. `persist_claim`: the job's claim is made durable before its bytes are sent, so that
+//!    a job found claimed at a restart is known to be unconfirmed (step 2).
+//! 4. `upload_whole`: one whole-file `/upload/files` request (an empty element for a
+//!    zero-byte file). Replacing a file is idempotent, so transient failures are retried
+//!    in place under the backend's [`RetryPolicy`]. Small files come several to a request
+//!    through [`KifsBackend::upload_batch`], which takes steps 2 to 4 for the whole batch.
+//! 5. `upload_in_parts`, one file at a time across all workers: `upload_multipart`, a
+//!    driver over the steps of the `multipart` module (look for saved state, discard it,
+//!    start, send each part, finalize, or reconcile a `complete` that went through).
+//!    `init`, `upload_part` and `complete` are never re-sent blindly after an ambiguous
+//!    failure (timeout, reset, 5xx): the job goes back to the queue and the next attempt
+//!    decides. A step the server refuses for good mid-way (an unknown or superseded UUID,
+//!    a part out of order) starts the upload over once with a new UUID.
+//!
+//! The local file's fingerprint is checked before and after every request that sends its
+//! bytes (steps 4 and 5); a change restarts the upload with the new content.
 //!
 //! The state of each step, what is durable after it and what a crash there leads to are
 //! in `docs/upload-algorithms.md` ("KiFS upload").
@@ -36,8 +38,8 @@
 //! `retry-wait` while someone fixes the server or `ca_file`.
 //!
 //! Module map: this file holds the backend and the per-file driver; `whole` whole-file
-//! uploads, batches and the unconfirmed-claim look (steps 2 and 5); `multipart` the
-//! multipart steps (3); `folder` the directory checks, listing and deletion; `transport`
+//! uploads, batches and the unconfirmed-claim look (steps 2 and 4); `multipart` the
+//! multipart steps (5); `folder` the directory checks, listing and deletion; `transport`
 //! the requests and the classification of answers; `body` streamed request bodies;
 //! `classify` what an `ERROR` message means; `names` the name rules; `wire` the encodings.
 
@@ -169,7 +171,7 @@ impl KifsBackend {
         })
     }
 
-    /// Step 2: one whole-file request, unless an unconfirmed earlier one landed (step 5).
+    /// Steps 2 to 4: one whole-file request, unless an unconfirmed earlier one landed.
     async fn upload_alone(
         &self,
         job: &mut UploadJob,
@@ -188,7 +190,7 @@ impl KifsBackend {
         Ok(())
     }
 
-    /// Step 3: the multipart upload, alone across all workers, started over once when the
+    /// Step 5: the multipart upload, alone across all workers, started over once when the
     /// server refuses a step of an upload it had accepted.
     async fn upload_in_parts(
         &self,

@@ -1,5 +1,5 @@
 //! The multipart upload of one file larger than a part, as a driver over named steps
-//! (step 3 of the algorithm in the parent module's doc). The state of the upload lives in
+//! (step 5 of the algorithm in the parent module's doc). The state of the upload lives in
 //! one [`Multipart`]; each step takes it a little further and returns the [`Step`] that
 //! comes next. The steps, in order:
 //!

@@ -1,4 +1,4 @@
-//! Whole-file uploads (steps 2 and 5 of the algorithm in the parent module's doc): one
+//! Whole-file uploads (steps 2 to 4 of the algorithm in the parent module's doc): one
 //! file alone, or a batch of small files in one request, with the look at `/show/files`
 //! that keeps a file whose earlier attempt was never confirmed from being sent twice.
 
@@ -202,7 +202,7 @@ impl KifsBackend {
         Pass::Over
     }
 
-    /// Step 5 for a batch: the outcome of each unconfirmed job whose bytes are already on
+    /// Step 2 for a batch: the outcome of each unconfirmed job whose bytes are already on
     /// KiFS is an upload; when the look fails, theirs is its error (nothing is sent).
     async fn settle_unconfirmed(&self, batch: &mut Batch<'_>, scope: &CallScope) {
         let unconfirmed: Vec<(usize, &str, &UploadJob)> = batch
@@ -232,7 +232,7 @@ impl KifsBackend {
         }
     }
 
-    /// Step 5: which of `candidates` (index, target, job) are unconfirmed jobs whose bytes
+    /// Step 2: which of `candidates` (index, target, job) are unconfirmed jobs whose bytes
     /// KiFS already holds. No request when none is unconfirmed.
     pub(super) async fn landed_before(
         &self,
@@ -282,7 +282,7 @@ impl KifsBackend {
         Ok(landed)
     }
 
-    /// Step 2: one whole-file request, retried in place (replacing a file is idempotent).
+    /// Step 4: one whole-file request, retried in place (replacing a file is idempotent).
     pub(super) async fn upload_whole(
         &self,
         job: &UploadJob,

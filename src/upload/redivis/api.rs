@@ -98,6 +98,18 @@ impl ApiError {
     }
 }
 
+/// The endpoint that hands out temp uploads (one or a batch).
+pub(super) const TEMP_UPLOADS_ENDPOINT: Endpoint = Endpoint {
+    method: "POST",
+    path: "/tables/{table}/tempUploads",
+};
+
+/// upload.post.
+pub(super) const UPLOAD_POST_ENDPOINT: Endpoint = Endpoint {
+    method: "POST",
+    path: "/tables/{table}/uploads",
+};
+
 fn shutdown_error() -> ApiError {
     ApiError {
         shutdown: true,
@@ -419,11 +431,13 @@ impl ApiClient {
             let message = format!("Redivis {what}: answer cut off: {}", describe(&err));
             ApiError {
                 kind: ErrorKind::Transport,
+                endpoint: self.endpoint(url, build),
                 ..ApiError::unusable(message, true)
             }
         })?;
-        serde_json::from_slice(&body).map_err(|err| {
-            ApiError::unusable(format!("Redivis {what}: unexpected answer ({err})"), true)
+        serde_json::from_slice(&body).map_err(|err| ApiError {
+            endpoint: self.endpoint(url, build),
+            ..ApiError::unusable(format!("Redivis {what}: unexpected answer ({err})"), true)
         })
     }
 
@@ -465,7 +479,10 @@ impl ApiClient {
             .await?;
         list.results.into_iter().next().ok_or_else(|| {
             let message = format!("Redivis {what}: the answer lists no temp upload");
-            ApiError::unusable(message, false)
+            ApiError {
+                endpoint: Some(TEMP_UPLOADS_ENDPOINT),
+                ..ApiError::unusable(message, false)
+            }
         })
     }
 
@@ -764,6 +781,77 @@ mod tests {
         );
         assert_eq!(origin_of("ftp://x/"), None);
         assert_eq!(strip_query("http://h/s?upload_id=secret"), "http://h/s");
+    }
+
+    /// A client of a server on 127.0.0.1 that answers every request 200 with `body`.
+    async fn client_of_a_server_answering(body: &'static str) -> ApiClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = listener.local_addr().expect("the listener has an address");
+        let router = axum::Router::new().fallback(move || async move { body });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = HttpClient::build(
+            "redivis",
+            &crate::config::NetConfig::default(),
+            crate::net::Bandwidth::unlimited(),
+            |builder| builder,
+        )
+        .expect("the client builds");
+        let base = format!("http://{addr}/api/v1");
+        ApiClient::new(
+            http,
+            &base,
+            Secret::new("t0ken"),
+            Pacer::new(super::super::ratelimit::PacerConfig::default()),
+            RetryPolicy::default(),
+            Arc::new(RemoteHealth::new("redivis", &base)),
+        )
+        .expect("the API URL is valid")
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_parse_names_its_endpoint() {
+        let api = client_of_a_server_answering(r#"{"kind": "resumableUpl"#).await;
+        let scope = CallScope::default();
+        let err = api
+            .create_resumable_upload("owner.ds:next.tbl", 10, &scope)
+            .await
+            .expect_err("half a JSON object is no answer");
+        assert_eq!(err.kind, ErrorKind::Unexpected);
+        assert_eq!(err.status, None);
+        assert_eq!(
+            err.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("POST /tables/{table}/resumableUpload"),
+            "{err:?}"
+        );
+        let err = api
+            .get_dataset("owner.ds", &scope)
+            .await
+            .expect_err("half a JSON object is no answer");
+        assert_eq!(
+            err.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("GET /datasets/{dataset}"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_temp_uploads_answer_listing_no_upload_names_its_endpoint() {
+        let api =
+            client_of_a_server_answering(r#"{"kind": "tempUploadList", "results": []}"#).await;
+        let err = api
+            .create_temp_upload(
+                "owner.ds:next.tbl",
+                "a.csv",
+                10,
+                true,
+                &CallScope::default(),
+            )
+            .await
+            .expect_err("no temp upload in the answer");
+        assert_eq!(err.kind, ErrorKind::Unexpected);
+        assert_eq!(err.endpoint, Some(TEMP_UPLOADS_ENDPOINT), "{err:?}");
     }
 
     #[test]

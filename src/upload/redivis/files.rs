@@ -133,7 +133,10 @@ impl ApiClient {
                 files.len(),
                 list.results.len()
             );
-            return Err(ApiError::unusable(message, false));
+            return Err(ApiError {
+                endpoint: Some(super::api::TEMP_UPLOADS_ENDPOINT),
+                ..ApiError::unusable(message, false)
+            });
         }
         Ok(list.results)
     }

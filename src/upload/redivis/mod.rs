@@ -20,7 +20,9 @@
 //! describes the steps with what is durable after each and what a crash at each leads to.
 //!
 //! A definitive refusal from a `:next` table whose dataset has no unreleased version
-//! (released) ends an upload with `UploadError::Waiting` ([`versions`]).
+//! (released), or that met the window between a release and the opening of the next
+//! version, ends an upload with `UploadError::Waiting`: one decision for every request of
+//! every flow ([`versions`]).
 //!
 //! # Scenarios (each has a test in `tests/redivis_backend.rs`)
 //! - Resume: a dropped connection mid-chunk and a 5xx after partial persistence continue
@@ -878,7 +880,8 @@ impl RedivisBackend {
             return Err(UploadError::retry(
                 ErrorKind::Unexpected,
                 format!("Redivis upload.post of {name:?} answered without the upload's uri"),
-            ));
+            )
+            .at(api::UPLOAD_POST_ENDPOINT));
         }
         match upload.name.as_deref() {
             // Only another escaped name is another address: a name given back in another

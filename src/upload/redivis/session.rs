@@ -259,7 +259,7 @@ impl SessionClient {
                     200 | 201 => return Ok(ServerOffset::Complete),
                     308 => match parse_range(response.headers()) {
                         Ok(offset) => return Ok(ServerOffset::At(offset.unwrap_or(0))),
-                        Err(malformed) => format!("status query: {malformed}"),
+                        Err(malformed) => Problem::unexpected(format!("status query: {malformed}")),
                     },
                     status => {
                         let message = format!("status query answered HTTP {status}");
@@ -279,7 +279,7 @@ impl SessionClient {
                                     message,
                                 )));
                             }
-                            _ => message,
+                            _ => Problem::answered(status, message),
                         }
                     }
                 },
@@ -315,7 +315,9 @@ impl SessionClient {
                         .map(str::to_string);
                     match location {
                         Some(location) => return Ok(resolve(temp_url, &location)),
-                        None => "session initiation answered without a Location".to_string(),
+                        None => Problem::unexpected(
+                            "session initiation answered without a Location".to_string(),
+                        ),
                     }
                 }
                 Ok(response) => {
@@ -341,30 +343,71 @@ fn resolve(base: &str, location: &str) -> String {
     }
 }
 
+/// A failed try of a session request that is worth another: what happened, and the
+/// sentence the log line and, once the retries give up, the error carry.
+#[derive(Debug)]
+struct Problem {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Problem {
+    /// An answer with the transient failure `status` (408, 429, 5xx).
+    fn answered(status: u16, message: String) -> Problem {
+        Problem {
+            kind: crate::upload::classify::status_kind(status),
+            message,
+        }
+    }
+
+    /// An answer that is not usable (a malformed `Range`, a missing `Location`).
+    fn unexpected(message: String) -> Problem {
+        Problem {
+            kind: ErrorKind::Unexpected,
+            message,
+        }
+    }
+
+    /// The server took the request without doing its part (bytes not kept, an upload not
+    /// finalized).
+    fn server(message: &str) -> Problem {
+        Problem {
+            kind: ErrorKind::Server,
+            message: message.to_string(),
+        }
+    }
+}
+
 /// After a failed try of a session request: the pause, or a job-level retry once the
-/// policy gives up (the saved session state lets the next attempt resume; `give_up` names
-/// what is given up).
+/// policy gives up, of the kind of the failure that made it give up (the saved session
+/// state lets the next attempt resume; `give_up` names what is given up).
 async fn pause(
     attempts: &mut Attempts<'_>,
-    problem: &str,
+    problem: &Problem,
     give_up: impl FnOnce() -> String,
 ) -> Result<(), SessionFailure> {
-    attempts.pause(None, problem).await.map_err(|gave_up| {
-        let problem = match gave_up {
-            GaveUp::Spent(_) => format!("{}: {problem}", give_up()),
-            GaveUp::Shutdown => String::new(),
-        };
-        let failed = UploadError::retry(ErrorKind::Server, problem).at(SESSION_ENDPOINT);
-        SessionFailure::Fail(gave_up.into_error(failed))
-    })
+    attempts
+        .pause(None, &problem.message)
+        .await
+        .map_err(|gave_up| {
+            let message = match gave_up {
+                GaveUp::Spent(_) => format!("{}: {}", give_up(), problem.message),
+                GaveUp::Shutdown => String::new(),
+            };
+            let failed = UploadError::retry(problem.kind, message).at(SESSION_ENDPOINT);
+            SessionFailure::Fail(gave_up.into_error(failed))
+        })
 }
 
 /// A session request that got no answer: what to say before trying again, or the failure
 /// itself when trying again at once cannot help (a request that cannot be built, a server
 /// certificate refused).
-fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<String, SessionFailure> {
+fn no_answer(err: &HttpError, step: &str, url: &str) -> Result<Problem, SessionFailure> {
     match classify::session_transport(err) {
-        Disposition::ResumeFromServer => Ok(format!("{step}: {err}")),
+        Disposition::ResumeFromServer => Ok(Problem {
+            kind: crate::upload::classify::transport(err).0,
+            message: format!("{step}: {err}"),
+        }),
         disposition => Err(SessionFailure::Fail(
             UploadError::remote(
                 ErrorKind::Transport,
@@ -469,8 +512,8 @@ impl Transfer<'_> {
     ) -> Result<ServerOffset, SessionFailure> {
         let next = self.client.query(url, size, self.scope).await?;
         if next != ServerOffset::Complete {
-            self.pause(attempts, "all bytes sent but not finalized")
-                .await?;
+            let problem = Problem::server("all bytes sent but not finalized");
+            self.pause(attempts, &problem).await?;
         }
         Ok(next)
     }
@@ -493,7 +536,8 @@ impl Transfer<'_> {
             .await;
         let problem = match chunk_answer(sent, end == size, url)? {
             Ok(ServerOffset::At(server)) if server <= offset => {
-                self.pause(attempts, "chunk was not persisted").await?;
+                let problem = Problem::server("chunk was not persisted");
+                self.pause(attempts, &problem).await?;
                 return Ok(ServerOffset::At(server));
             }
             Ok(next) => return Ok(next),
@@ -509,7 +553,7 @@ impl Transfer<'_> {
     async fn pause(
         &self,
         attempts: &mut Attempts<'_>,
-        problem: &str,
+        problem: &Problem,
     ) -> Result<(), SessionFailure> {
         let give_up = || {
             format!(
@@ -594,7 +638,7 @@ fn chunk_answer(
     sent: Result<reqwest::Response, HttpError>,
     last: bool,
     url: &str,
-) -> Result<Result<ServerOffset, String>, SessionFailure> {
+) -> Result<Result<ServerOffset, Problem>, SessionFailure> {
     let response = match sent {
         Ok(response) => response,
         Err(err) => return no_answer(&err, "chunk PUT", url).map(Err),
@@ -603,9 +647,11 @@ fn chunk_answer(
         200 | 201 if last => return Ok(Ok(ServerOffset::Complete)),
         308 => match parse_range(response.headers()) {
             Ok(server) => return Ok(Ok(ServerOffset::At(server.unwrap_or(0)))),
-            Err(malformed) => malformed,
+            Err(malformed) => Problem::unexpected(malformed),
         },
-        status @ 200..=299 => format!("chunk answered HTTP {status} before the last byte"),
+        status @ 200..=299 => {
+            Problem::unexpected(format!("chunk answered HTTP {status} before the last byte"))
+        }
         status => match classify::session_status(status) {
             Disposition::RestartSession => {
                 return Err(SessionFailure::Restart {
@@ -624,7 +670,7 @@ fn chunk_answer(
                     message,
                 )));
             }
-            _ => format!("chunk answered HTTP {status}"),
+            _ => Problem::answered(status, format!("chunk answered HTTP {status}")),
         },
     };
     Ok(Err(problem))
@@ -678,7 +724,7 @@ fn whole_file_body(
 
 /// An answer a temp-upload URL should not give: a dead session to restart, a permanent
 /// failure, or (for transient codes) the message to retry with.
-fn unexpected_answer(status: u16, message: String, url: &str) -> Result<String, SessionFailure> {
+fn unexpected_answer(status: u16, message: String, url: &str) -> Result<Problem, SessionFailure> {
     match classify::session_status(status) {
         Disposition::RestartSession => Err(SessionFailure::Restart {
             rejected: status == 400,
@@ -689,7 +735,7 @@ fn unexpected_answer(status: u16, message: String, url: &str) -> Result<String, 
             status,
             format!("temp upload {}: {message}", strip_query(url)),
         ))),
-        _ => Ok(message),
+        _ => Ok(Problem::answered(status, message)),
     }
 }
 
