@@ -3,7 +3,9 @@
 //! runs as its own process, so the daemon's figures are its own.
 //!
 //! Not part of the default run (it needs about 10 GB of disk and a quarter of an hour):
-//! `upsync-bench --only million`.
+//! `upsync-bench --only million`. `UPSYNC_BENCH_MILLION_FILES=200000` runs the same shape
+//! (100 files to a directory) with fewer files, to see how each figure grows with the
+//! file count.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,7 +36,10 @@ struct Million {
 }
 
 pub async fn million(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
-    let files = sizes.million_files;
+    let files = std::env::var("UPSYNC_BENCH_MILLION_FILES")
+        .ok()
+        .and_then(|files| files.parse().ok())
+        .unwrap_or(sizes.million_files);
     let dir = ctx.fresh_dir("million")?;
     let tree = dir.join("tree");
     eprintln!("  writing {files} files of 1 KiB, {PER_DIR} to a directory");

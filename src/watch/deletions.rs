@@ -119,6 +119,10 @@ impl Sink for DeletingSink {
         Sink::offer_many(&self.store, files)
     }
 
+    fn queued(&self, folder: &str) -> Option<u64> {
+        Sink::queued(&self.store, folder)
+    }
+
     fn vanished(&self, key: &FileKey) {
         self.vanished_many(std::slice::from_ref(key));
     }

@@ -4,6 +4,12 @@
 //!
 //! All of it does file-system I/O and store calls, so the async loop in `mod.rs` runs these
 //! methods on the blocking pool; nothing here touches notify's thread.
+//!
+//! Backpressure: a look at the whole folder (the start-up scan, a rescan) pauses when the
+//! folder has [`Options::backlog`] jobs waiting to be claimed, or as many files waiting to
+//! settle, and goes on from where it stood once half of them are gone. So a first scan of a
+//! million files keeps a bounded number of jobs in the state database, and the folder's
+//! events are handled meanwhile. The daemon counts a folder as scanned at its first pause.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -20,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use super::filter::Filter;
 use super::recent::RecentOffers;
-use super::scan::{self, Visit, Walker};
+use super::scan::{self, Visit, WalkCursor, WalkEnd, Walker};
 use super::settle::{Settle, SystemClock};
 use super::spool::{SPOOL_CHECK, Settled, Spool};
 use super::watcher::{self, DirWatcher, EventFlags};
@@ -36,6 +42,9 @@ const RECENT_OFFER_LIMIT: usize = 16_384;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 const OFFER_BATCH: usize = 256;
+/// [`Options::backlog`]: at 3,000 uploads a second, a few seconds of work for the workers,
+/// while the jobs in the state database stay a small part of a large tree.
+const DEFAULT_BACKLOG: u64 = 10_000;
 
 /// Timings of a folder's loop.
 #[derive(Debug, Clone)]
@@ -54,6 +63,9 @@ pub struct Options {
     /// How many notify events may wait for the loop before new ones are dropped (and a
     /// rescan scheduled instead).
     pub event_capacity: usize,
+    /// A whole-folder scan pauses at this many of the folder's jobs waiting to be claimed
+    /// (or files waiting to settle), and goes on at half of it (module doc).
+    pub backlog: u64,
 }
 
 impl Options {
@@ -68,6 +80,7 @@ impl Options {
             tick: (settle / 20).clamp(Duration::from_millis(10), Duration::from_millis(50)),
             idle_tick: Duration::from_secs(1),
             event_capacity: 4096,
+            backlog: DEFAULT_BACKLOG,
         }
     }
 }
@@ -83,6 +96,15 @@ enum Hint {
 enum Root {
     Present { inode: u64 },
     Missing { next_poll: Instant },
+}
+
+/// A whole-folder scan that paused for the backlog (module doc), with what it found so far.
+struct PausedScan {
+    cursor: WalkCursor,
+    rewatch: bool,
+    /// The start-up scan (logged when it ends), not a rescan.
+    startup: bool,
+    summary: ScanSummary,
 }
 
 pub struct FolderState {
@@ -113,6 +135,10 @@ pub struct FolderState {
     warned: HashSet<PathBuf>,
     root_state: Root,
     next_rescan: Option<Instant>,
+    /// The whole-folder scan waiting for the backlog to shrink.
+    paused: Option<PausedScan>,
+    /// `queued_total` when the backlog was last looked at.
+    queued_at_backlog_check: u64,
     flags: Arc<EventFlags>,
     cancel: CancellationToken,
     opts: Options,
@@ -162,6 +188,8 @@ impl FolderState {
             warned: HashSet::new(),
             root_state: Root::Missing { next_poll: now },
             next_rescan: None,
+            paused: None,
+            queued_at_backlog_check: 0,
             flags: p.flags,
             cancel: p.cancel,
             opts: p.opts,
@@ -197,19 +225,91 @@ impl FolderState {
 
     fn start_watching(&mut self, inode: u64) -> ScanSummary {
         self.root_state = Root::Present { inode };
-        let root = self.root.clone();
-        let summary = self.walk(&root, false);
+        self.scan_folder(false, true)
+    }
+
+    /// Starts a look at the whole folder (dropping one that is paused); returns what it
+    /// found until it ended or paused.
+    fn scan_folder(&mut self, rewatch: bool, startup: bool) -> ScanSummary {
+        self.paused = None;
+        self.go_on_scanning(PausedScan {
+            cursor: WalkCursor::new(&self.root),
+            rewatch,
+            startup,
+            summary: ScanSummary::default(),
+        })
+    }
+
+    /// Walks on with `scan` until it ends (then what follows a whole-folder look) or
+    /// pauses for the backlog (then kept for [`FolderState::tick`]).
+    fn go_on_scanning(&mut self, mut scan: PausedScan) -> ScanSummary {
+        let (found, end) = self.walk_from(&mut scan.cursor, scan.rewatch, true);
+        scan.summary.files_seen += found.files_seen;
+        scan.summary.queued += found.queued;
+        let summary = scan.summary.clone();
+        match end {
+            WalkEnd::Done => self.scan_ended(&scan),
+            WalkEnd::Paused => {
+                debug!(
+                    files_seen = summary.files_seen,
+                    queued = summary.queued,
+                    "folder scan paused until uploads make room in the queue"
+                );
+                self.paused = Some(scan);
+            }
+            WalkEnd::Cancelled => {}
+        }
+        summary
+    }
+
+    /// After a whole-folder look: jobs of files no longer there go, and the next rescan
+    /// is scheduled.
+    fn scan_ended(&mut self, scan: &PausedScan) {
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.sink.scan_done(&self.folder_key);
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
-        info!(
-            files_seen = summary.files_seen,
-            queued = summary.queued,
-            pending = self.settle.len(),
-            watched_dirs = self.watched.len(),
-            "folder scanned"
-        );
-        summary
+        if scan.startup {
+            info!(
+                files_seen = scan.summary.files_seen,
+                queued = scan.summary.queued,
+                pending = self.settle.len(),
+                watched_dirs = self.watched.len(),
+                "folder scanned"
+            );
+        }
+    }
+
+    /// Whether the folder has [`Options::backlog`] jobs waiting to be claimed or files
+    /// waiting to settle: a whole-folder scan pauses. Reads the queue only when this
+    /// folder queued files since the last look.
+    fn backlog_full(&mut self) -> bool {
+        if self.settle.len() as u64 >= self.opts.backlog {
+            return true;
+        }
+        self.flush_offers();
+        if self.queued_total == self.queued_at_backlog_check {
+            return false;
+        }
+        self.queued_at_backlog_check = self.queued_total;
+        self.sink
+            .queued(&self.folder_key)
+            .is_some_and(|queued| queued >= self.opts.backlog)
+    }
+
+    /// Whether a paused scan may go on: the backlog is down to half.
+    fn backlog_has_room(&self) -> bool {
+        let half = self.opts.backlog / 2;
+        self.settle.len() as u64 <= half
+            && self
+                .sink
+                .queued(&self.folder_key)
+                .is_none_or(|queued| queued <= half)
+    }
+
+    /// Whether a whole-folder scan waits for the backlog to shrink.
+    #[cfg(test)]
+    pub fn scan_paused(&self) -> bool {
+        self.paused.is_some()
     }
 
     /// Handles one batch of notify events.
@@ -360,9 +460,10 @@ impl FolderState {
         }
     }
 
-    /// True when no file waits to settle: nothing needs the short tick.
+    /// True when no file waits to settle and no scan waits for room: nothing needs the
+    /// short tick.
     pub fn is_quiet(&self) -> bool {
-        self.settle.is_empty() && self.outbox.is_empty()
+        self.settle.is_empty() && self.outbox.is_empty() && self.paused.is_none()
     }
 
     /// Periodic work: the folder's presence, requested and scheduled rescans, fallback
@@ -405,6 +506,13 @@ impl FolderState {
         }
         self.offer_due();
         self.flush_offers();
+        if let Some(scan) = self.paused.take() {
+            if self.backlog_has_room() {
+                self.go_on_scanning(scan);
+            } else {
+                self.paused = Some(scan);
+            }
+        }
         if self.spool.is_some() && now >= self.next_spool_check {
             self.next_spool_check = now + SPOOL_CHECK;
             self.settle_spooled();
@@ -416,11 +524,7 @@ impl FolderState {
     }
 
     fn full_rescan(&mut self) {
-        let root = self.root.clone();
-        self.walk(&root, true);
-        forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
-        self.sink.scan_done(&self.folder_key);
-        self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
+        self.scan_folder(true, false);
     }
 
     /// Re-reads each settled candidate's fingerprint and offers it if unchanged.
@@ -479,6 +583,7 @@ impl FolderState {
         self.gone_box.clear();
         self.sink.root_lost(&self.folder_key);
         self.fallback.clear();
+        self.paused = None;
         self.settle.retain(|_| false);
         self.recent.clear();
         self.flags.rescan_needed.store(false, Ordering::Release);
@@ -489,6 +594,17 @@ impl FolderState {
     /// Walks `start`, adding watches (re-adding existing ones if `rewatch`), tracking and
     /// offering the files found.
     fn walk(&mut self, start: &Path, rewatch: bool) -> ScanSummary {
+        let mut cursor = WalkCursor::new(start);
+        self.walk_from(&mut cursor, rewatch, false).0
+    }
+
+    /// [`FolderState::walk`] from `cursor`; pauses when `pausable` and the backlog is full.
+    fn walk_from(
+        &mut self,
+        cursor: &mut WalkCursor,
+        rewatch: bool,
+        pausable: bool,
+    ) -> (ScanSummary, WalkEnd) {
         let root = self.root.clone();
         let filter = self.filter.clone();
         let walker = Walker {
@@ -512,14 +628,16 @@ impl FolderState {
         let mut pass = Pass {
             st: self,
             rewatch,
+            pausable,
             summary: ScanSummary::default(),
         };
-        walker.walk_with(start, &mut pass, &mut warned, Some(&uploaded));
+        // Only a pausable pass asks to pause, so any other walk runs to its end.
+        let end = walker.walk_on(cursor, &mut pass, &mut warned, Some(&uploaded));
         let mut summary = pass.summary;
         self.warned = warned;
         self.flush_offers();
         summary.queued = self.queued_total - queued_before;
-        summary
+        (summary, end)
     }
 
     fn ensure_watched(&mut self, dir: &Path, rewatch: bool) {
@@ -682,6 +800,8 @@ impl FolderState {
 struct Pass<'a> {
     st: &'a mut FolderState,
     rewatch: bool,
+    /// A whole-folder scan, which pauses for the backlog.
+    pausable: bool,
     summary: ScanSummary,
 }
 
@@ -709,5 +829,9 @@ impl Visit for Pass<'_> {
 
     fn cancelled(&self) -> bool {
         self.st.cancel.is_cancelled()
+    }
+
+    fn pause(&mut self) -> bool {
+        self.pausable && self.st.backlog_full()
     }
 }

@@ -8,6 +8,11 @@
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //!
+//! Memory does not grow with the number of files: a whole-folder scan pauses while the
+//! queue holds `Options::backlog` of the folder's jobs (or files wait to settle) and goes
+//! on as they upload (`folder`); directory listings are read in chunks (`scan`); recent
+//! offers are a bounded cache (`recent`). What grows is per directory (one watch each).
+//!
 //! [`run_folder`] is the async loop around a folder: it receives notify events from a
 //! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
 //! to run rescans, and runs all file-system work on the blocking pool. It ticks often only
@@ -97,6 +102,12 @@ pub trait Sink: Send + Sync {
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
         files.iter().map(|(key, fp)| self.offer(key, fp)).collect()
     }
+    /// How many of `folder`'s jobs wait to be claimed; a whole-folder scan pauses while
+    /// there are many (see `folder`). `None`: the sink does not say, and scans never pause
+    /// for it.
+    fn queued(&self, _folder: &str) -> Option<u64> {
+        None
+    }
     /// The file is gone: forget what is pending for it.
     fn vanished(&self, _key: &FileKey) {}
     /// Files found gone together (by one scan, or one batch of events).
@@ -142,6 +153,16 @@ impl Sink for Store {
         }
     }
 
+    fn queued(&self, folder: &str) -> Option<u64> {
+        match self.tallies() {
+            Ok(tallies) => Some(tallies.get(folder).map_or(0, |tally| tally.counts.queued)),
+            Err(e) => {
+                error!(folder, error = %e, "cannot read the folder's queued jobs; not pausing its scan");
+                None
+            }
+        }
+    }
+
     fn vanished(&self, key: &FileKey) {
         match self.drop_vanished(key) {
             Ok(Some(state)) => {
@@ -179,7 +200,8 @@ impl Sink for Store {
 }
 
 /// Watches one folder until `ctx.shutdown`; sends the start-up scan's summary on `scanned`
-/// once every settled file found by it is offered to the queue.
+/// once every settled file found by it is offered to the queue, or once it paused because
+/// the queue holds enough of the folder's files (the scan goes on as they upload).
 pub async fn run_folder(
     folder: FolderConfig,
     ctx: WatchContext,
@@ -443,5 +465,7 @@ fn vanished_files(
         .collect()
 }
 
+#[cfg(test)]
+mod backlog_tests;
 #[cfg(test)]
 mod tests;

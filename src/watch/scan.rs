@@ -10,6 +10,9 @@
 //! are not entered, and names that are not valid UTF-8 are skipped: they cannot become
 //! remote names.
 //!
+//! A walk can pause between two chunks of files and go on later from its [`WalkCursor`]
+//! (the folder pauses its whole-folder scans while the queue holds enough of its files).
+//!
 //! The files of a large directory are stat-ed on two threads (a restart over a big tree is
 //! mostly stats and ledger reads), together with an optional [`Known`] check that sorts out
 //! files needing no further look (already uploaded); the visitor then sees the files one by
@@ -24,8 +27,13 @@ use tracing::{debug, warn};
 
 use super::filter::Filter;
 
-/// Directories with at least this many files are stat-ed on two threads.
-const PARALLEL_FILES: usize = 128;
+/// Directories with at least this many files are stat-ed on two threads: below it, starting
+/// the second thread costs about what it saves.
+const PARALLEL_FILES: usize = 32;
+/// A directory's entries are read and looked at this many at a time, so that a directory
+/// of a million files does not hold a million entries in memory, and a walk can pause
+/// inside it.
+const LIST_CHUNK: usize = 4096;
 
 /// A check run on the stat-ing threads: true when the file (relative path, metadata) needs
 /// no further look; the visitor then gets [`Visit::known_file`] instead of [`Visit::file`].
@@ -42,6 +50,39 @@ pub trait Visit {
     /// Whether to stop walking (shutdown).
     fn cancelled(&self) -> bool {
         false
+    }
+    /// Whether to pause the walk here, to go on later from its [`WalkCursor`]; asked after
+    /// each chunk of files (at most [`LIST_CHUNK`], at least once per directory).
+    fn pause(&mut self) -> bool {
+        false
+    }
+}
+
+/// How a call of [`Walker::walk_on`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// Every directory was listed.
+    Done,
+    /// The visitor asked to pause; the cursor holds where to go on.
+    Paused,
+    Cancelled,
+}
+
+/// Where a walk stands: the listing in progress (an open directory, kept across a pause)
+/// and the directories still to list.
+#[derive(Debug)]
+pub struct WalkCursor {
+    listing: Option<(PathBuf, std::fs::ReadDir)>,
+    stack: Vec<PathBuf>,
+}
+
+impl WalkCursor {
+    /// A walk that starts at `start`.
+    pub fn new(start: &Path) -> WalkCursor {
+        WalkCursor {
+            listing: None,
+            stack: vec![start.to_path_buf()],
+        }
     }
 }
 
@@ -67,54 +108,29 @@ impl Walker<'_> {
         warned: &mut HashSet<PathBuf>,
         known: Option<&Known<'_>>,
     ) {
-        let mut stack = vec![start.to_path_buf()];
+        let mut cursor = WalkCursor::new(start);
+        while self.walk_on(&mut cursor, visit, warned, known) == WalkEnd::Paused {}
+    }
+
+    /// Walks on from `cursor` until the walk is done, the visitor is cancelled, or it asks
+    /// to pause ([`Visit::pause`], asked after each chunk of files); a paused walk goes on
+    /// from the same cursor later.
+    pub fn walk_on(
+        &self,
+        cursor: &mut WalkCursor,
+        visit: &mut impl Visit,
+        warned: &mut HashSet<PathBuf>,
+        known: Option<&Known<'_>>,
+    ) -> WalkEnd {
         let mut files: Vec<(std::fs::DirEntry, String)> = Vec::new();
-        while let Some(dir) = stack.pop() {
+        loop {
             if visit.cancelled() {
-                return;
+                return WalkEnd::Cancelled;
             }
-            visit.enter_dir(&dir);
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    debug!(dir = %dir.display(), "directory vanished before it was scanned");
-                    continue;
-                }
-                Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "cannot list directory; its files are not uploaded");
-                    continue;
-                }
+            let Some((dir, mut entries)) = self.next_listing(cursor, visit) else {
+                return WalkEnd::Done;
             };
-            for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        warn!(dir = %dir.display(), error = %e, "cannot read a directory entry");
-                        continue;
-                    }
-                };
-                let path = entry.path();
-                let Some(rel) = self.rel(&path, warned) else {
-                    continue;
-                };
-                // DirEntry::file_type does not follow symlinks.
-                let file_type = match entry.file_type() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        debug!(path = %path.display(), error = %e, "entry vanished while scanning");
-                        continue;
-                    }
-                };
-                if file_type.is_symlink() {
-                    debug!(path = %path.display(), "skipping symlink: links are never followed");
-                } else if file_type.is_dir() {
-                    if self.recursive && !self.filter.excludes_dir(&rel) {
-                        stack.push(path);
-                    }
-                } else if file_type.is_file() && self.filter.accepts_file(&rel) {
-                    files.push((entry, rel));
-                }
-            }
+            let more = self.list_chunk(&dir, &mut entries, &mut cursor.stack, &mut files, warned);
             let looked = look_at(&files, known);
             for ((entry, rel), look) in files.drain(..).zip(looked) {
                 match look {
@@ -123,7 +139,88 @@ impl Walker<'_> {
                     Look::Gone => {}
                 }
             }
+            if more {
+                cursor.listing = Some((dir, entries));
+            }
+            if visit.pause() {
+                return WalkEnd::Paused;
+            }
         }
+    }
+
+    /// The listing to go on with: the one a pause left open, or the next directory of the
+    /// stack, announced to the visitor before it is opened. `None` when none is left.
+    fn next_listing(
+        &self,
+        cursor: &mut WalkCursor,
+        visit: &mut impl Visit,
+    ) -> Option<(PathBuf, std::fs::ReadDir)> {
+        if let Some(listing) = cursor.listing.take() {
+            return Some(listing);
+        }
+        while let Some(dir) = cursor.stack.pop() {
+            visit.enter_dir(&dir);
+            match std::fs::read_dir(&dir) {
+                Ok(entries) => return Some((dir, entries)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!(dir = %dir.display(), "directory vanished before it was scanned");
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot list directory; its files are not uploaded");
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads up to [`LIST_CHUNK`] entries of `dir`: subdirectories to walk go on `stack`,
+    /// accepted regular files into `files`. True when the listing has more entries.
+    fn list_chunk(
+        &self,
+        dir: &Path,
+        entries: &mut std::fs::ReadDir,
+        stack: &mut Vec<PathBuf>,
+        files: &mut Vec<(std::fs::DirEntry, String)>,
+        warned: &mut HashSet<PathBuf>,
+    ) -> bool {
+        // The directory's own relative path, once: each entry's is that plus its name.
+        let Some(dir_rel) = self
+            .rel(dir, warned)
+            .or_else(|| (dir == self.root).then(String::new))
+        else {
+            return false;
+        };
+        for _ in 0..LIST_CHUNK {
+            let entry = match entries.next() {
+                None => return false,
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot read a directory entry");
+                    continue;
+                }
+            };
+            let Some(rel) = entry_rel(&dir_rel, &entry, warned) else {
+                continue;
+            };
+            // DirEntry::file_type does not follow symlinks.
+            let file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(path = %entry.path().display(), error = %e, "entry vanished while scanning");
+                    continue;
+                }
+            };
+            if file_type.is_symlink() {
+                debug!(path = %entry.path().display(), "skipping symlink: links are never followed");
+            } else if file_type.is_dir() {
+                if self.recursive && !self.filter.excludes_dir(&rel) {
+                    stack.push(entry.path());
+                }
+            } else if file_type.is_file() && self.filter.accepts_file(&rel) {
+                files.push((entry, rel));
+            }
+        }
+        true
     }
 
     /// The `/`-separated path of `path` relative to the root, or `None` (with a warning the
@@ -180,6 +277,34 @@ fn look_at(files: &[(std::fs::DirEntry, String)], known: Option<&Known<'_>>) -> 
         }
         looked
     })
+}
+
+/// The relative path of `entry`, listed in the directory whose relative path is `dir_rel`
+/// (empty for the root); `None` (warned about once) when its name is not valid UTF-8.
+fn entry_rel(
+    dir_rel: &str,
+    entry: &std::fs::DirEntry,
+    warned: &mut HashSet<PathBuf>,
+) -> Option<String> {
+    let name = entry.file_name();
+    let Some(name) = name.to_str() else {
+        let path = entry.path();
+        if warned.insert(path.clone()) {
+            warn!(
+                path = %path.to_string_lossy(),
+                "skipping a name that is not valid UTF-8: it cannot be a remote name"
+            );
+        }
+        return None;
+    };
+    if dir_rel.is_empty() {
+        return Some(name.to_string());
+    }
+    let mut rel = String::with_capacity(dir_rel.len() + 1 + name.len());
+    rel.push_str(dir_rel);
+    rel.push('/');
+    rel.push_str(name);
+    Some(rel)
 }
 
 /// See [`Walker::rel`]. `None` also for paths outside `root` and for the root itself.
@@ -285,6 +410,59 @@ mod tests {
         let flat = walk(root, &filter, false);
         assert_eq!(flat.files, vec!["top.csv"]);
         assert_eq!(flat.dirs, vec![root.to_path_buf()]);
+    }
+
+    #[test]
+    fn a_walk_paused_after_every_chunk_goes_on_where_it_stood() {
+        /// Pauses whenever asked, counting the pauses.
+        #[derive(Default)]
+        struct Pausing {
+            rec: Record,
+            pauses: usize,
+        }
+        impl Visit for Pausing {
+            fn enter_dir(&mut self, dir: &Path) {
+                self.rec.enter_dir(dir);
+            }
+            fn file(&mut self, path: &Path, rel: &str, meta: &Metadata) {
+                self.rec.file(path, rel, meta);
+            }
+            fn pause(&mut self) -> bool {
+                self.pauses += 1;
+                true
+            }
+        }
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let root = dir.path();
+        let big = LIST_CHUNK + 10;
+        for i in 0..big {
+            std::fs::write(root.join(format!("f{i}")), b"").expect("write");
+        }
+        std::fs::create_dir(root.join("sub")).expect("create a dir");
+        std::fs::write(root.join("sub/g"), b"").expect("write");
+
+        let filter = Filter::new::<&str>(&[], &[]).expect("no patterns");
+        let walker = Walker {
+            root,
+            filter: &filter,
+            recursive: true,
+        };
+        let mut visit = Pausing::default();
+        let mut cursor = WalkCursor::new(root);
+        let mut warned = HashSet::new();
+        let mut calls = 1;
+        while walker.walk_on(&mut cursor, &mut visit, &mut warned, None) == WalkEnd::Paused {
+            calls += 1;
+        }
+        // Two chunks of the root, one of `sub`: each ends in a pause, then the end.
+        assert_eq!(visit.pauses, 3);
+        assert_eq!(calls, 4);
+        assert_eq!(visit.rec.dirs.len(), 2, "each directory entered once");
+        let mut files = visit.rec.files;
+        assert_eq!(files.len(), big + 1);
+        files.sort();
+        files.dedup();
+        assert_eq!(files.len(), big + 1, "every file seen exactly once");
     }
 
     #[test]
