@@ -254,7 +254,7 @@ impl Tx<'_> {
             Some(id) => Ok(id),
             None => abort(StoreError::Message(
                 "the state database has given out every job id it can; rebuild it \
-                 (`upsync rebuild`) to start the numbering again"
+                 (`upsync run --rebuild-state`) to start the numbering again"
                     .into(),
             )),
         }

@@ -1580,7 +1580,7 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Every job, in id (creation) order.
+    /// Every job, in id order: folder by folder (their line prefixes), oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
         for entry in self.handles().trees.jobs.iter() {
