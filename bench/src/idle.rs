@@ -1,6 +1,13 @@
 //! Idle after churn: a daemon uploads a burst of files, then a third of them again after
 //! they changed, and is then left alone. An idle daemon should write nothing, keep its
 //! memory, and its state database should take little more room than the data it holds.
+//!
+//! 1. Upload the files, change a third of them, wait until every upload is done.
+//! 2. Let the daemon settle: once idle it compacts its database if the churn bloated it
+//!    (its "compacting" log line, then "compacted"); what the compaction did is reported.
+//! 3. Sample the daemon over the idle window; measure the database's files at the end,
+//!    while the daemon still runs.
+//! 4. Stop it, and weigh the live data (key + value bytes of every tree).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +23,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// What the idle window measured.
 struct Idle {
+    compaction: Option<Compacted>,
     files: u64,
     changed: u64,
     window: Duration,
@@ -65,18 +73,29 @@ async fn churn_then_idle(
         daemon
             .wait_drained(files, Duration::from_millis(200))
             .await?;
+        let compaction = wait_compaction(&daemon).await?;
         eprintln!("  idle for {}", humantime::format_duration(window));
         let (start, end, peak_rss) = watch_idle(&daemon, window).await?;
-        Ok::<_, String>((files, changed.len() as u64, start, end, peak_rss))
+        let on_disk = db_files_size(&config.state_dir)?;
+        Ok::<_, String>((
+            files,
+            changed.len() as u64,
+            start,
+            end,
+            peak_rss,
+            compaction,
+            on_disk,
+        ))
     }
     .await;
     let stopped = daemon.terminate().await;
-    let (files, changed, start, end, peak_rss) = measured?;
+    let (files, changed, start, end, peak_rss, compaction, on_disk_bytes) = measured?;
     stopped?;
     let space = Store::open(&config.state_dir)
         .and_then(|store| store.space())
         .map_err(|e| format!("cannot measure the state database: {e}"))?;
     Ok(Idle {
+        compaction,
         files,
         changed,
         window,
@@ -84,8 +103,92 @@ async fn churn_then_idle(
         end,
         peak_rss,
         live_bytes: space.live_bytes,
-        on_disk_bytes: space.on_disk_bytes,
+        on_disk_bytes,
     })
+}
+
+/// What the daemon's compaction logged.
+pub struct Compacted {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    pub paused: Duration,
+    /// From the daemon's "compacting" line to its "compacted" line, as the bench saw it.
+    pub seen: Duration,
+}
+
+/// The daemon's line when it starts compacting, and when it is done.
+const COMPACTING: &str = "compacting the state database";
+const COMPACTED: &str = "compacted the state database";
+/// How long an idle daemon may take to start compacting: its quiet time (5 s), a tick,
+/// and the read of every entry that weighs the live data.
+const COMPACTION_STARTS_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits for the compaction a daemon makes once idle (step 2): `None` when it starts none
+/// within [`COMPACTION_STARTS_WITHIN`] (its database was not bloated).
+pub async fn wait_compaction(daemon: &Daemon) -> BenchResult<Option<Compacted>> {
+    let count = |line: &str| daemon.log_text().matches(line).count();
+    let (before, done_before) = (count(COMPACTING), count(COMPACTED));
+    let started = std::time::Instant::now();
+    while count(COMPACTING) == before {
+        if started.elapsed() > COMPACTION_STARTS_WITHIN {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = std::time::Instant::now();
+    eprintln!("  the daemon is compacting its state database");
+    while count(COMPACTED) == done_before {
+        if seen.elapsed() > Duration::from_secs(1800) {
+            return Err("the daemon's compaction did not end within 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.elapsed();
+    let log = daemon.log_text();
+    let figure = |name| {
+        log_figure(&log, COMPACTED, name)
+            .ok_or_else(|| format!("the daemon's compaction line has no {name}"))
+    };
+    Ok(Some(Compacted {
+        before_bytes: figure("before_bytes")?,
+        after_bytes: figure("after_bytes")?,
+        paused: Duration::from_millis(figure("paused_ms")?),
+        seen,
+    }))
+}
+
+/// The number after `name=` on the last log line containing `line`.
+fn log_figure(log: &str, line: &str, name: &str) -> Option<u64> {
+    let label = format!("{name}=");
+    let text = log.lines().rev().find(|l| l.contains(line))?;
+    // Colour sequences may sit between the name and its value.
+    let after = &text[text.find(&label)? + label.len()..];
+    let digits: String = after
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The length of the files of the state database (`state_dir/db`), read while the daemon
+/// may hold it.
+pub fn db_files_size(state_dir: &Path) -> BenchResult<u64> {
+    fn size(dir: &Path) -> std::io::Result<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            total += if meta.is_dir() {
+                size(&entry.path())?
+            } else {
+                meta.len()
+            };
+        }
+        Ok(total)
+    }
+    let db = state_dir.join("db");
+    size(&db).map_err(|e| format!("measure {}: {e}", db.display()))
 }
 
 /// Moves every entry of `from` into `to` (renames: directories arrive whole).
@@ -137,7 +240,24 @@ fn rows(idle: &Idle) -> Vec<Row> {
     let rss_change = (idle.end.rss as f64 - idle.start.rss as f64) / idle.start.rss as f64;
     let cpu = (idle.end.cpu - idle.start.cpu).as_secs_f64();
     let ratio = idle.on_disk_bytes as f64 / idle.live_bytes as f64;
+    let compaction = match &idle.compaction {
+        Some(c) => format!(
+            "{:.1} → {:.1} MiB, store paused {:.0} ms",
+            mib(c.before_bytes),
+            mib(c.after_bytes),
+            c.paused.as_secs_f64() * 1e3
+        ),
+        None => "none (not bloated)".into(),
+    };
     vec![
+        Row {
+            figure: format!("{what}: the daemon's compaction once idle, before the window"),
+            upsync: compaction,
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "-".into(),
+            verdict: Verdict::Info,
+        },
         Row {
             figure: format!("{what}: bytes written per second"),
             upsync: format!(
@@ -165,7 +285,7 @@ fn rows(idle: &Idle) -> Vec<Row> {
         },
         Row {
             figure: format!(
-                "{what}: state database on disk vs its live data (key + value bytes of every tree)"
+                "{what}: state database on disk at the end of the window vs its live data (key + value bytes of every tree)"
             ),
             upsync: format!("{:.1} MiB", mib(idle.on_disk_bytes)),
             baseline: format!("{:.1} MiB", mib(idle.live_bytes)),

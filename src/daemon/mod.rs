@@ -20,6 +20,7 @@
 //! whatever is left (safe: progress is only ever persisted after the remote acknowledged
 //! it) and flush the store.
 
+mod compaction;
 pub mod control;
 mod deleter;
 pub mod dry_run;
@@ -317,6 +318,11 @@ impl Core {
                 stop_serving.clone(),
             )
         });
+        tokio::spawn(compaction::compact_when_idle(
+            store.clone(),
+            crate::queue::CompactPolicy::default(),
+            stop_serving.clone(),
+        ));
         let metrics = Arc::new(Metrics::new());
         let fleet = Fleet::new(
             current,

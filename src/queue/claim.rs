@@ -103,11 +103,11 @@ impl Store {
 
     /// The folder's first well-formed `due` entry; malformed ones on the way are removed.
     fn first_due(&self, tag: FolderTag) -> Result<Option<Waiting>, StoreError> {
-        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+        for entry in self.handles().trees.due.scan_prefix(tag).keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             let Some(due) = decode_due_key(&raw) else {
                 tracing::warn!(key = %keys::describe(&raw), "removing a malformed due-index entry");
-                self.inner
+                self.handles()
                     .trees
                     .due
                     .remove(&raw)
@@ -175,7 +175,7 @@ impl Store {
         max: usize,
     ) -> Result<Vec<(Waiting, Job)>, StoreError> {
         let mut candidates = Vec::new();
-        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+        for entry in self.handles().trees.due.scan_prefix(tag).keys() {
             if candidates.len() >= max {
                 break;
             }
@@ -259,7 +259,7 @@ impl Store {
         let mut released = 0;
         for folder in folders {
             let waiting: Vec<DueEntry> = self
-                .inner
+                .handles()
                 .trees
                 .due
                 .scan_prefix(folder_tag(folder))
@@ -299,7 +299,7 @@ impl Store {
 
     /// The first `due` entry of a folder, if any.
     fn first_entry(&self, tag: FolderTag) -> Result<Option<DueEntry>, StoreError> {
-        for entry in self.inner.trees.due.scan_prefix(tag).keys() {
+        for entry in self.handles().trees.due.scan_prefix(tag).keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(due) = decode_due_key(&raw) {
                 return Ok(Some(due));
@@ -311,7 +311,8 @@ impl Store {
     /// The tags of the folders that have queued or retry-wait jobs, in key order: one seek
     /// per folder in the `due` index, and one per line.
     pub fn due_folders(&self) -> Result<Vec<FolderTag>, StoreError> {
-        let due = &self.inner.trees.due;
+        let handles = self.handles();
+        let due = &handles.trees.due;
         let mut tags = self.folders_in_line()?;
         let mut from = Some([0u8; 8]);
         while let Some(start) = from {

@@ -255,7 +255,7 @@ impl Store {
     /// Every folder's tally (one read per folder).
     pub fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
         let mut tallies = BTreeMap::new();
-        for entry in self.inner.trees.counts.iter() {
+        for entry in self.handles().trees.counts.iter() {
             let (raw_folder, raw) = entry.map_err(|err| self.db_error(err))?;
             let folder = String::from_utf8_lossy(&raw_folder).into_owned();
             let tally = decode_tally(&raw, &folder)?;
@@ -286,7 +286,7 @@ impl Store {
     /// The failed and retry-wait jobs, in id order, from the `attention` index.
     pub fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
-        for entry in self.inner.trees.attention.iter().keys() {
+        for entry in self.handles().trees.attention.iter().keys() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(job) = decode_job_key(&raw).map(|id| self.get(id)).transpose()? {
                 jobs.extend(job);
@@ -307,7 +307,8 @@ impl Store {
     fn reconcile_counts(&self, warn: bool) -> Result<usize, StoreError> {
         self.unmark_closed()?;
         let drift = self.counts_drift()?;
-        let trees = &self.inner.trees;
+        let handles = self.handles();
+        let trees = &handles.trees;
         for (folder, kept, counted) in &drift.tallies {
             if warn {
                 tracing::warn!(
@@ -369,7 +370,7 @@ impl Store {
             }
         }
         let mut kept_attention = Vec::new();
-        for entry in self.inner.trees.attention.iter().keys() {
+        for entry in self.handles().trees.attention.iter().keys() {
             kept_attention.push(entry.map_err(|err| self.db_error(err))?.to_vec());
         }
         let absent_from = |list: &[Vec<u8>], other: &[Vec<u8>]| -> Vec<Vec<u8>> {
@@ -387,7 +388,8 @@ impl Store {
 
     /// Builds the counts of a database that does not keep them yet, and marks it.
     pub(super) fn count_if_uncounted(&self) -> Result<(), StoreError> {
-        let db = &self.inner.db;
+        let handles = self.handles();
+        let db = &handles.db;
         if db
             .contains_key(COUNTS_KEY)
             .map_err(|err| self.db_error(err))?
@@ -421,7 +423,7 @@ impl Store {
                 attention.push(job_key(job.id).to_vec());
             }
         }
-        for entry in self.inner.trees.ledger.iter() {
+        for entry in self.handles().trees.ledger.iter() {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
             let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
                 tree: "ledger",

@@ -186,7 +186,7 @@ impl Store {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         let mut jobs = Vec::new();
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix).values() {
+        for entry in self.handles().trees.ledger.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             if let Some(id) = FileRecord::split(&raw).job
                 && let Some(job) = self.get(id)?
@@ -206,7 +206,7 @@ impl Store {
         }
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix).values() {
+        for entry in self.handles().trees.ledger.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             tally.uploaded += u64::from(FileRecord::split(&raw).upload.is_some());
         }

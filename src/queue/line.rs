@@ -166,7 +166,12 @@ impl Store {
         let (_, last) = line_ids(prefix);
         let mut first_in_line = None;
         let mut read_past = start;
-        for entry in self.inner.trees.jobs.range(job_key(start)..=job_key(last)) {
+        for entry in self
+            .handles()
+            .trees
+            .jobs
+            .range(job_key(start)..=job_key(last))
+        {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
             let id = decode_job_key(&raw_id).ok_or_else(|| StoreError::Corrupt {
                 tree: "jobs",
@@ -207,7 +212,14 @@ impl Store {
         let mut folders = Vec::new();
         let mut next = Some(JobId(0));
         while let Some(from) = next {
-            let Some(entry) = self.inner.trees.jobs.range(job_key(from)..).keys().next() else {
+            let Some(entry) = self
+                .handles()
+                .trees
+                .jobs
+                .range(job_key(from)..)
+                .keys()
+                .next()
+            else {
                 break;
             };
             let raw = entry.map_err(|err| self.db_error(err))?;

@@ -10,6 +10,8 @@
 //! state_dir/
 //!   upsync.lock      flock(2)ed exclusively while a Store is open (see `lock`)
 //!   db.new/          only while a new database is being created and stamped; renamed to db
+//!   db.compact/      only while a compaction copies the database, then holds the old one
+//!                    until it is removed; removed at open if a crash left it (`compact`)
 //!   db/              the sled database:
 //!     default tree   "format"  -> "4"  (ASCII decimal; "1" to "3" are upgraded at open,
 //!                                       see `upgrade`; anything else is refused)
@@ -18,6 +20,8 @@
 //!                    "closed"  -> "1"  (the last process closed the database in order;
 //!                                       removed before a process first changes
 //!                                       anything, written back at close)
+//!                    "id_base" -> u64 BE (added to sled's ids to make job ids; absent
+//!                                       means 0; written by a compaction)
 //!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job (JSON)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON), the file's
 //!                                                           JobId before it if it has a
@@ -30,7 +34,8 @@
 //! ```
 //!
 //! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
-//! number from sled's `generate_id`, so ids are unique for the life of the database and
+//! number from sled's `generate_id` plus the `id_base` a compaction leaves, so ids are
+//! unique for the life of the database, across compactions, and
 //! the `jobs` tree holds each folder's jobs together, oldest first (jobs of a database
 //! from before format 3 keep their plain numbers). Big-endian keys make sled's byte order
 //! numeric order. A folder's claimable jobs wait in two places: the jobs `offer` created
@@ -178,8 +183,10 @@
 //!    from an async task hands that task's runtime thread to the other tasks while it
 //!    waits for the disk (`blocking`);
 //! 3. space is still reused: a log segment whose pages have all been rewritten since is
-//!    freed and filled again, so the file stays within a small multiple of its live data
-//!    (the churn benchmark measures it), as it did with the cleaning.
+//!    freed and filled again. A segment keeping a few live pages among dead ones is not,
+//!    so after churn the files stay as large as the churn made them: the daemon compacts
+//!    the database (module `compact`) once it is idle, when the files are more than
+//!    twice its live data.
 //!
 //! sled's page cache is bounded ([`CACHE_CAPACITY`]) instead of its 1 GB default, with
 //! which every page a start-up scan or a status count touched stayed decoded in memory.
@@ -189,6 +196,7 @@
 
 mod blocking;
 mod claim;
+mod compact;
 mod counts;
 mod delete;
 mod error;
@@ -206,6 +214,8 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{
@@ -214,6 +224,7 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
+pub use compact::{CompactPolicy, Compaction};
 pub use counts::Tally;
 pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
@@ -260,11 +271,38 @@ struct Trees {
     attention: sled::Tree,
 }
 
+/// The open sled database with its trees: replaced as a whole when a compaction swaps in
+/// a rewritten database (module `compact`).
+struct Handles {
+    db: sled::Db,
+    trees: Trees,
+    /// Added to sled's ids to make job ids: a compacted database starts sled's counter
+    /// afresh, above every id the database it replaces gave out (module `compact`).
+    id_base: u64,
+}
+
+impl Handles {
+    fn open(db: sled::Db) -> sled::Result<Handles> {
+        let tree = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            jobs: tree("jobs")?,
+            ledger: tree("ledger")?,
+            progress: tree("progress")?,
+            due: tree("due")?,
+            counts: tree("counts")?,
+            attention: tree("attention")?,
+        };
+        let id_base = compact::id_base(&db)?;
+        Ok(Handles { db, trees, id_base })
+    }
+}
+
 struct Inner {
     // Field order is drop order: the database is closed before the lock is released, so a
     // process that takes the lock next never sees sled still writing.
-    db: sled::Db,
-    trees: Trees,
+    /// Read-locked by every use of the database (recursively: a reader may read again), and
+    /// write-locked only by a compaction, which swaps them.
+    handles: RwLock<Handles>,
     state_dir: PathBuf,
     /// Flushes that wrote something (`Store::flushes`), a cost the benchmark reports.
     flushes: AtomicU64,
@@ -286,7 +324,7 @@ impl Inner {
     /// Flushes (an fsync when anything was written) without stalling the async runtime's
     /// other tasks (`blocking`).
     fn flush(&self) -> sled::Result<()> {
-        if blocking::off_the_worker(|| self.db.flush())? > 0 {
+        if blocking::off_the_worker(|| self.handles.read_recursive().db.flush())? > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -301,7 +339,7 @@ impl Drop for Inner {
             .unwrap_or_else(PoisonError::into_inner);
         if !marked
             && self.counts_trusted.load(Ordering::Relaxed)
-            && let Err(err) = self.db.insert(CLEAN_CLOSE_KEY, b"1")
+            && let Err(err) = self.handles.get_mut().db.insert(CLEAN_CLOSE_KEY, b"1")
         {
             tracing::warn!(
                 state_dir = %self.state_dir.display(),
@@ -437,6 +475,8 @@ type TreeResult = Result<Option<IVec>, UnabortableTransactionError>;
 struct TxTree<'a> {
     tree: &'a TransactionalTree,
     writes: &'a Cell<u64>,
+    /// [`Handles::id_base`] of the database the transaction runs on.
+    id_base: u64,
 }
 
 impl TxTree<'_> {
@@ -469,7 +509,7 @@ impl TxTree<'_> {
     }
 
     fn generate_id(&self) -> sled::Result<u64> {
-        self.tree.generate_id()
+        Ok(self.id_base + self.tree.generate_id()?)
     }
 }
 
@@ -803,24 +843,16 @@ impl Store {
                 detail: other.to_string(),
             },
         };
+        compact::clear_leftover(state_dir)?;
         let db = open_db(&db_path).map_err(|err| match err {
             FormatError::Sled(err) => open_error(err),
             FormatError::Store(err) => err,
         })?;
-        let tree = |name: &str| db.open_tree(name).map_err(open_error);
-        let trees = Trees {
-            jobs: tree("jobs")?,
-            ledger: tree("ledger")?,
-            progress: tree("progress")?,
-            due: tree("due")?,
-            counts: tree("counts")?,
-            attention: tree("attention")?,
-        };
         let closed_cleanly = db.contains_key(CLEAN_CLOSE_KEY).map_err(open_error)?;
+        let handles = Handles::open(db).map_err(open_error)?;
         let store = Store {
             inner: Arc::new(Inner {
-                db,
-                trees,
+                handles: RwLock::new(handles),
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
@@ -901,6 +933,13 @@ impl Store {
         })
     }
 
+    /// The database and its trees, read-locked until the guard is dropped: a compaction
+    /// waits for it before it swaps them. Recursive, so a caller holding a guard may call
+    /// what takes one again while a compaction waits.
+    fn handles(&self) -> RwLockReadGuard<'_, Handles> {
+        self.inner.handles.read_recursive()
+    }
+
     fn db_error(&self, err: sled::Error) -> StoreError {
         StoreError::from_sled(&self.inner.state_dir, err)
     }
@@ -915,7 +954,7 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if *marked {
-            self.inner
+            self.handles()
                 .db
                 .remove(CLEAN_CLOSE_KEY)
                 .map_err(|err| self.db_error(err))?;
@@ -929,7 +968,8 @@ impl Store {
     /// so `f` must not have side effects outside the trees).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
         self.unmark_closed()?;
-        let t = &self.inner.trees;
+        let handles = self.handles();
+        let t = &handles.trees;
         // Counted per attempt: sled runs `f` again after a conflict.
         let writes = Cell::new(0);
         let registered = line::Registered::default();
@@ -946,6 +986,7 @@ impl Store {
                 let counted = |tree| TxTree {
                     tree,
                     writes: &writes,
+                    id_base: handles.id_base,
                 };
                 let tx = Tx {
                     jobs: counted(jobs),
@@ -983,7 +1024,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let raw_key = valid_key(key)?;
         match self
-            .inner
+            .handles()
             .trees
             .ledger
             .get(&raw_key)
@@ -1005,7 +1046,7 @@ impl Store {
                     .join();
                     // Only if the entry is still the one read: a concurrent upload wins.
                     let _ = self
-                        .inner
+                        .handles()
                         .trees
                         .ledger
                         .compare_and_swap(&raw_key, Some(&raw), upgraded)
@@ -1047,7 +1088,7 @@ impl Store {
 
     pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match self
-            .inner
+            .handles()
             .trees
             .jobs
             .get(job_key(id))
@@ -1070,7 +1111,7 @@ impl Store {
 
     pub fn load_progress(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .inner
+            .handles()
             .trees
             .progress
             .get(job_key(id))
@@ -1291,7 +1332,7 @@ impl Store {
         prefix.push(0);
         prefix.extend_from_slice(under.as_bytes());
         let mut files = Vec::new();
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix) {
+        for entry in self.handles().trees.ledger.scan_prefix(&prefix) {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
             if keep(FileRecord::split(&raw))
                 && let Some(key) = decode_file_key(&raw_key)
@@ -1421,7 +1462,8 @@ impl Store {
 
     /// Removes `due` and `progress` entries whose job no longer matches them.
     fn remove_dangling_entries(&self) -> Result<(), StoreError> {
-        let trees = &self.inner.trees;
+        let handles = self.handles();
+        let trees = &handles.trees;
         let db_error = |err| self.db_error(err);
         for entry in trees.due.iter() {
             let (raw, _) = entry.map_err(db_error)?;
@@ -1452,7 +1494,7 @@ impl Store {
     /// Makes `ledger` entries that name a job that is gone, or a job of another file, name
     /// none (the upload they hold stays).
     fn remove_dangling_pointers(&self) -> Result<(), StoreError> {
-        let ledger = &self.inner.trees.ledger;
+        let ledger = &self.handles().trees.ledger;
         let db_error = |err| self.db_error(err);
         for entry in ledger.iter() {
             let (raw_key, raw) = entry.map_err(db_error)?;
@@ -1481,7 +1523,7 @@ impl Store {
     pub fn ledger_get(&self, key: &FileKey) -> Result<Option<LedgerEntry>, StoreError> {
         let raw_key = valid_key(key)?;
         let raw = self
-            .inner
+            .handles()
             .trees
             .ledger
             .get(&raw_key)
@@ -1503,7 +1545,7 @@ impl Store {
             None => Vec::new(),
         };
         let mut entries = Vec::new();
-        for entry in self.inner.trees.ledger.scan_prefix(&prefix) {
+        for entry in self.handles().trees.ledger.scan_prefix(&prefix) {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
             let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
                 tree: "ledger",
@@ -1541,7 +1583,7 @@ impl Store {
     /// Every job, in id (creation) order.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
-        for entry in self.inner.trees.jobs.iter() {
+        for entry in self.handles().trees.jobs.iter() {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
             let id = decode_job_key(&raw_id).ok_or_else(|| StoreError::Corrupt {
                 tree: "jobs",
@@ -1557,7 +1599,8 @@ impl Store {
     /// meant for the benchmark and for diagnosing a state dir, not for a running daemon's
     /// status.
     pub fn space(&self) -> Result<Space, StoreError> {
-        let db = &self.inner.db;
+        let handles = self.handles();
+        let db = &handles.db;
         let db_error = |err| self.db_error(err);
         let mut live_bytes = 0u64;
         for name in db.tree_names() {

@@ -69,7 +69,8 @@ fn job(store: &Store, id: JobId) -> Job {
 /// Checks invariants 1 to 3, and that exactly the attempts have a claimed fingerprint
 /// (6), by scanning every tree.
 fn assert_invariants(store: &Store) {
-    let trees = &store.inner.trees;
+    let handles = store.handles();
+    let trees = &handles.trees;
     let jobs = store.jobs().expect("all jobs decode");
     for job in &jobs {
         let raw_key = file_key(&job.key).expect("stored keys are valid");
@@ -565,7 +566,8 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
     // Out of its line, so that it waits in the `due` index.
     store.claim(SystemTime::now()).expect("claim works");
     store.requeue(id).expect("requeues");
-    let trees = &store.inner.trees;
+    let handles = store.handles();
+    let trees = &handles.trees;
     let due = job(&store, id)
         .due_entry_ms()
         .expect("a requeued job has a due entry");
@@ -602,6 +604,7 @@ fn recovery_restores_lost_index_entries_and_removes_dangling_ones() {
         store.claim(far_future()).expect("claim works").is_none(),
         "without its due entry the job cannot be claimed; the dangling entry is skipped"
     );
+    drop(handles);
     // Damage like this comes with a stop that was not clean, after which recovery walks
     // the ledger (a clean close vouches for it).
     let store = reopen_after_kill(store);
@@ -1047,7 +1050,7 @@ fn new_jobs_wait_in_line_without_a_due_entry_and_are_claimed_in_the_order_they_c
         .collect();
     assert!(ids.iter().all(|&id| job(&store, id).in_line));
     assert!(
-        store.inner.trees.due.is_empty(),
+        store.handles().trees.due.is_empty(),
         "jobs in line have no due entry"
     );
     assert_invariants(&store);
@@ -1307,7 +1310,8 @@ fn drifted_counts_are_repaired_by_the_check_at_a_start_after_a_kill() {
 
     // A counter off by a thousand, a folder that does not exist, a failed job missing from
     // the attention index and a stale entry in it.
-    let trees = &store.inner.trees;
+    let handles = store.handles();
+    let trees = &handles.trees;
     let mut wrong = right["/data/in"].clone();
     wrong.counts.queued += 1000;
     wrong.counts.done = 0;
@@ -1325,6 +1329,7 @@ fn drifted_counts_are_repaired_by_the_check_at_a_start_after_a_kill() {
         .expect("writes");
     trees.attention.remove(job_key(failed)).expect("writes");
     trees.attention.insert(job_key(done), &[]).expect("writes");
+    drop(handles);
     assert_eq!(store.counts().expect("reads")["/data/in"].queued, 1001);
 
     let store = reopen_after_kill(store);
@@ -1346,7 +1351,7 @@ fn drift_the_queued_count(store: &Store) {
     let mut wrong = store.tallies().expect("reads")["/data/in"].clone();
     wrong.counts.queued += 1000;
     store
-        .inner
+        .handles()
         .trees
         .counts
         .insert("/data/in", encode(&wrong))
@@ -1447,12 +1452,17 @@ fn a_database_of_format_1_is_upgraded_at_open_and_its_attempts_know_what_they_cl
 
     let store = open(dir.path());
     assert_eq!(
-        store.inner.db.get(FORMAT_KEY).expect("reads").as_deref(),
+        store
+            .handles()
+            .db
+            .get(FORMAT_KEY)
+            .expect("reads")
+            .as_deref(),
         Some(FORMAT_VERSION.to_string().as_bytes())
     );
     assert!(
         !store
-            .inner
+            .handles()
             .db
             .tree_names()
             .iter()
@@ -1536,12 +1546,17 @@ fn a_database_of_format_2_is_upgraded_at_open_and_its_queued_jobs_are_claimed_be
 
     let store = open(dir.path());
     assert_eq!(
-        store.inner.db.get(FORMAT_KEY).expect("reads").as_deref(),
+        store
+            .handles()
+            .db
+            .get(FORMAT_KEY)
+            .expect("reads")
+            .as_deref(),
         Some(FORMAT_VERSION.to_string().as_bytes())
     );
     assert!(
         !store
-            .inner
+            .handles()
             .db
             .tree_names()
             .iter()
@@ -1575,9 +1590,13 @@ fn a_database_from_before_the_counts_is_counted_when_opened() {
     store.offer(&key("queued"), &fp(3)).expect("offer");
     let right = store.tallies().expect("reads");
     // What an older version left: the same jobs and ledger, without counts or marker.
-    store.inner.trees.counts.clear().expect("clears");
-    store.inner.trees.attention.clear().expect("clears");
-    store.inner.db.remove(counts::COUNTS_KEY).expect("removes");
+    store.handles().trees.counts.clear().expect("clears");
+    store.handles().trees.attention.clear().expect("clears");
+    store
+        .handles()
+        .db
+        .remove(counts::COUNTS_KEY)
+        .expect("removes");
     assert!(store.counts().expect("reads").is_empty());
 
     let store = reopen(store);
@@ -1675,7 +1694,7 @@ fn an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     store
-        .inner
+        .handles()
         .db
         .insert(FORMAT_KEY, &b"7"[..])
         .expect("writing works");
@@ -1703,7 +1722,7 @@ fn a_corrupt_job_record_names_the_tree_and_key() {
     let store = open(dir.path());
     let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
     store
-        .inner
+        .handles()
         .trees
         .jobs
         .insert(job_key(id), &b"{not json"[..])
@@ -2171,7 +2190,8 @@ fn due_entries_of_the_older_layout_are_rebuilt_at_recovery() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
-    let trees = &store.inner.trees;
+    let handles = store.handles();
+    let trees = &handles.trees;
     trees.due.clear().expect("clears");
     let mut old = [0u8; 16];
     old[..8].copy_from_slice(&5u64.to_be_bytes());
@@ -2610,4 +2630,5 @@ fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
     );
 }
 
+mod compaction;
 mod deletions;

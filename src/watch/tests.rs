@@ -281,9 +281,7 @@ async fn startup_scan_offers_existing_old_files_at_once_and_sends_the_summary() 
     // Long enough that fresh.csv cannot look old by the time the scan sees it.
     let run = start(root, Duration::from_secs(1)).await;
     // The summary is sent only after the old files were offered.
-    let mut offered: Vec<String> = run.recorder.offers().into_iter().map(|(r, _)| r).collect();
-    offered.sort();
-    assert_eq!(offered, vec!["a.csv", "sub/b.csv"]);
+    assert_eq!(offered_names(&run.recorder), vec!["a.csv", "sub/b.csv"]);
     assert_eq!(run.summary.files_seen, 3, "a.csv, sub/b.csv and fresh.csv");
     assert_eq!(run.summary.queued, 2);
     assert_eq!(
@@ -478,14 +476,13 @@ async fn files_in_a_new_subdirectory_are_found_even_if_written_before_its_watch(
 
     let rec = run.recorder.clone();
     let all_found = || {
-        let mut got: Vec<String> = rec.offers().into_iter().map(|(r, _)| r).collect();
-        got.sort();
-        got == vec![
-            "batch/a.csv",
-            "batch/deeper/b.csv",
-            "quick/d.csv",
-            "quick/nested/c.csv",
-        ]
+        offered_names(&rec)
+            == [
+                "batch/a.csv",
+                "batch/deeper/b.csv",
+                "quick/d.csv",
+                "quick/nested/c.csv",
+            ]
     };
     assert!(eventually(WAIT, all_found).await, "got {:?}", rec.offers());
 

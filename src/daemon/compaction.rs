@@ -1,0 +1,235 @@
+//! Compacting the state database once the daemon is idle ([`Store::compact`]: why, how,
+//! and why a crash during it loses nothing, are in the module doc of `queue::compact`).
+//!
+//! 1. Every [`CHECK_EVERY`] the store's write counter is read: a change means work, and
+//!    starts the quiet time again.
+//! 2. After work, and once after the start (a database an earlier run left bloated), when
+//!    the store has not been written for [`QUIET`] and no upload is active or finalizing
+//!    (compacting pauses the store, and an upload would wait on it), the files are
+//!    measured (their length only). If they grew by [`REGROWTH`] since last measured, or
+//!    were never measured, the store reads every entry to weigh the live data and
+//!    rewrites the database if the files take more than twice that.
+//! 3. After a compaction the heap's free memory goes back to the system: the old
+//!    database's cache was freed.
+//!
+//! An idle daemon then reads and writes nothing until the next work; step 2's full read
+//! happens at most once per quarter of growth, so its cost stays a fraction of the writing
+//! that grew the files.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{CompactPolicy, Compaction, Store, StoreError};
+
+/// How often the write counter is read.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long the store must go unwritten before it counts as idle.
+pub const QUIET: Duration = Duration::from_secs(5);
+/// How much the files must grow since last measured before the live data is weighed again.
+const REGROWTH: f64 = 1.25;
+
+/// Step 1: whether the store has been left alone for [`QUIET`] since its last work.
+#[derive(Debug)]
+struct Quiet {
+    writes: u64,
+    since: Instant,
+    /// Work (or the start) not yet followed by a look at the files.
+    pending: bool,
+}
+
+impl Quiet {
+    fn new(writes: u64, now: Instant) -> Quiet {
+        Quiet {
+            writes,
+            since: now,
+            pending: true,
+        }
+    }
+
+    /// Notes the write counter; true when there was work and the store has been quiet
+    /// for [`QUIET`] since.
+    fn settled(&mut self, writes: u64, now: Instant) -> bool {
+        if writes != self.writes {
+            self.writes = writes;
+            self.since = now;
+            self.pending = true;
+        }
+        self.pending && now.duration_since(self.since) >= QUIET
+    }
+}
+
+/// Compacts `store` by `policy` whenever it settles after work (module doc), until `stop`.
+pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: CancellationToken) {
+    let mut quiet = Quiet::new(store.writes(), Instant::now());
+    let mut measured = None;
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !quiet.settled(store.writes(), Instant::now()) {
+            continue;
+        }
+        let checked = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || step_two(&store, &policy, measured)
+        })
+        .await;
+        match checked {
+            Ok(Ok(Checked::Busy)) => {}
+            Ok(Ok(Checked::Looked { on_disk, compacted })) => {
+                quiet.pending = false;
+                measured = Some(on_disk);
+                if compacted {
+                    super::heap::trim();
+                }
+            }
+            Ok(Err(err)) => {
+                quiet.pending = false;
+                tracing::warn!(error = %err, "cannot compact the state database");
+            }
+            Err(err) => {
+                quiet.pending = false;
+                tracing::warn!(error = %err, "the compaction of the state database failed");
+            }
+        }
+    }
+}
+
+/// What step 2 found.
+#[derive(Debug, PartialEq)]
+enum Checked {
+    /// An upload is active or finalizing: look again at the next tick.
+    Busy,
+    /// The files were looked at; their length now, and whether they were compacted.
+    Looked { on_disk: u64, compacted: bool },
+}
+
+/// Step 2, given the files' length when last measured.
+fn step_two(
+    store: &Store,
+    policy: &CompactPolicy,
+    measured: Option<u64>,
+) -> Result<Checked, StoreError> {
+    let uploading = store
+        .counts()?
+        .values()
+        .any(|counts| counts.active + counts.finalizing > 0);
+    if uploading {
+        return Ok(Checked::Busy);
+    }
+    let on_disk = store.on_disk_bytes()?;
+    if measured.is_some_and(|last| (on_disk as f64) < last as f64 * REGROWTH) {
+        return Ok(Checked::Looked {
+            on_disk,
+            compacted: false,
+        });
+    }
+    Ok(match store.compact(policy)? {
+        Some(Compaction { after_on_disk, .. }) => Checked::Looked {
+            on_disk: after_on_disk,
+            compacted: true,
+        },
+        None => Checked::Looked {
+            on_disk,
+            compacted: false,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_store_settles_after_quiet_time_following_work_and_not_again_without_work() {
+        let start = Instant::now();
+        let mut quiet = Quiet::new(7, start);
+        assert!(
+            !quiet.settled(7, start),
+            "the start waits for the quiet time"
+        );
+        tokio::time::advance(QUIET).await;
+        assert!(quiet.settled(7, Instant::now()), "the start counts as work");
+        quiet.pending = false;
+        tokio::time::advance(QUIET * 10).await;
+        assert!(!quiet.settled(7, Instant::now()), "no work, nothing to do");
+
+        assert!(
+            !quiet.settled(8, Instant::now()),
+            "work starts the quiet time again"
+        );
+        tokio::time::advance(QUIET - Duration::from_millis(1)).await;
+        assert!(!quiet.settled(8, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(quiet.settled(8, Instant::now()));
+    }
+
+    /// A store whose files are mostly garbage: many versions of a few entries.
+    fn bloated(dir: &std::path::Path) -> Store {
+        let store = Store::open(dir).expect("the store opens");
+        let key = crate::queue::FileKey::new("/data", "a");
+        for n in 0..20_000u64 {
+            let fingerprint = crate::fingerprint::Fingerprint {
+                size: n,
+                mtime_ns: i128::from(n),
+                inode: n,
+                ctime_ns: None,
+            };
+            store.offer(&key, &fingerprint).expect("offers");
+        }
+        store.flush().expect("flushes");
+        store
+    }
+
+    #[tokio::test]
+    async fn step_two_compacts_a_bloated_store_then_waits_for_a_quarter_of_growth() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let store = bloated(dir.path());
+        let policy = CompactPolicy {
+            max_ratio: 2.0,
+            min_on_disk: 0,
+        };
+        let before = store.on_disk_bytes().expect("measures");
+
+        let Checked::Looked { on_disk, compacted } =
+            step_two(&store, &policy, None).expect("checks")
+        else {
+            panic!("nothing is uploading");
+        };
+        assert!(compacted && on_disk < before / 2, "{on_disk} of {before}");
+
+        let grown = (on_disk as f64 * REGROWTH) as u64 + 1;
+        let measured_before_growth = Some(grown);
+        assert_eq!(
+            step_two(&store, &policy, measured_before_growth).expect("checks"),
+            Checked::Looked {
+                on_disk,
+                compacted: false
+            },
+            "files that did not grow a quarter are not weighed"
+        );
+    }
+
+    #[tokio::test]
+    async fn step_two_waits_while_an_upload_is_active() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let store = bloated(dir.path());
+        store
+            .claim(std::time::SystemTime::now())
+            .expect("claims")
+            .expect("a job is due");
+        let policy = CompactPolicy {
+            max_ratio: 0.0,
+            min_on_disk: 0,
+        };
+        assert_eq!(
+            step_two(&store, &policy, None).expect("checks"),
+            Checked::Busy
+        );
+    }
+}

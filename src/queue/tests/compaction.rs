@@ -1,0 +1,317 @@
+//! Compaction (module `compact`): it keeps every entry of every tree, keeps job ids
+//! growing, fires above its ratio and not below, lets concurrent writers wait instead of
+//! losing their writes, and a crash after any step leaves a whole database.
+
+use std::collections::BTreeMap;
+
+use super::super::compact::{COMPACT_DIR, ID_BASE_KEY, Step};
+use super::*;
+
+/// Every entry of every tree, by tree name; the id base (the compaction's own) and the
+/// clean-close marker (each close writes it) aside.
+type Contents = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Asserts `found == expected`, naming the first entry that differs.
+#[track_caller]
+fn assert_same(found: &Contents, expected: &Contents, what: &str) {
+    if found == expected {
+        return;
+    }
+    let show = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    for (tree, entries) in expected {
+        let other = found.get(tree).map(Vec::as_slice).unwrap_or(&[]);
+        let differs = entries
+            .iter()
+            .zip(other)
+            .position(|(a, b)| a != b)
+            .or((entries.len() != other.len()).then_some(entries.len().min(other.len())));
+        if let Some(at) = differs {
+            panic!(
+                "{what}: tree {} differs at entry {at} ({} entries, expected {}): found {:?}, expected {:?}",
+                show(tree),
+                other.len(),
+                entries.len(),
+                other.get(at).map(|(k, _)| show(k)),
+                entries.get(at).map(|(k, _)| show(k)),
+            );
+        }
+    }
+    panic!(
+        "{what}: trees {:?} are not all expected",
+        found.keys().map(|k| show(k)).collect::<Vec<_>>()
+    );
+}
+
+fn contents(store: &Store) -> Contents {
+    let handles = store.handles();
+    let db = &handles.db;
+    db.tree_names()
+        .into_iter()
+        .map(|name| {
+            let tree = db.open_tree(&name).expect("the tree opens");
+            let entries = tree
+                .iter()
+                .map(|entry| entry.expect("the tree iterates"))
+                .filter(|(key, _)| ![ID_BASE_KEY, CLEAN_CLOSE_KEY].contains(&key.as_ref()))
+                .map(|(key, value)| (key.to_vec(), value.to_vec()))
+                .collect();
+            (name.to_vec(), entries)
+        })
+        .collect()
+}
+
+/// Any compaction, whatever the ratio.
+fn always() -> CompactPolicy {
+    CompactPolicy {
+        max_ratio: 0.0,
+        min_on_disk: 0,
+    }
+}
+
+/// A store after churn: `files` uploaded, a third of them changed and uploaded again, and
+/// one job in each state a compaction must carry over (queued, active with progress,
+/// retry-wait, failed).
+fn churned(dir: &Path, files: u64) -> Store {
+    let store = open(dir);
+    let upload_all = |version: u64, step: usize| {
+        for n in (0..files).step_by(step) {
+            store
+                .offer(&key(&format!("f{n:05}.csv")), &fp(n * 10 + version))
+                .expect("offer works");
+        }
+        while let Some(job) = store.claim(SystemTime::now()).expect("claim works") {
+            store
+                .complete(job.id, &job.fingerprint, "remote", None)
+                .expect("complete works");
+        }
+    };
+    upload_all(1, 1);
+    upload_all(2, 3);
+    for (n, rel) in ["queued", "active", "waiting", "failed"].iter().enumerate() {
+        store
+            .offer(&key(rel), &fp(1_000_000 + n as u64))
+            .expect("offer works");
+    }
+    let now = SystemTime::now();
+    let mut claimed = Vec::new();
+    while let Some(job) = store.claim(now).expect("claim works") {
+        claimed.push(job);
+    }
+    for job in claimed {
+        match job.key.rel.as_str() {
+            "queued" => store.requeue(job.id).expect("requeue works"),
+            "active" => store.save_progress(job.id, b"p").expect("progress saves"),
+            "waiting" => store
+                .retry_later(job.id, far_future(), "later")
+                .expect("retry_later works"),
+            _ => store.fail(job.id, "broken").expect("fail works"),
+        }
+    }
+    store.flush().expect("flushes");
+    store
+}
+
+fn max_job_id(store: &Store) -> u64 {
+    store
+        .jobs()
+        .expect("jobs read")
+        .iter()
+        .map(|job| job.id.0)
+        .max()
+        .expect("the store has jobs")
+}
+
+#[test]
+fn a_compaction_keeps_every_tree_and_shrinks_a_churned_database() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 3000);
+    let before = contents(&store);
+    let highest = max_job_id(&store);
+
+    let done = store
+        .compact(&always())
+        .expect("the compaction works")
+        .expect("it compacts when told to");
+
+    assert!(
+        done.after_on_disk < done.before.on_disk_bytes,
+        "the files shrank: {done:?}"
+    );
+    assert_same(&contents(&store), &before, "every tree holds what it held");
+    assert!(!dir.path().join(COMPACT_DIR).exists());
+    assert_invariants(&store);
+    let id = queued_id(store.offer(&key("new"), &fp(7)).expect("offer works"));
+    assert!(id.0 > highest, "job {id} is newer than job {highest}");
+
+    let compacted = contents(&store);
+    let store = reopen(store);
+    assert_same(
+        &contents(&store),
+        &compacted,
+        "the compacted database is the one reopened",
+    );
+    assert_invariants(&store);
+    let id = queued_id(store.offer(&key("newer"), &fp(8)).expect("offer works"));
+    assert!(
+        id.0 > highest,
+        "after a restart, job {id} is newer than job {highest}"
+    );
+    assert!(matches!(
+        job(&store, JobId(highest)).state,
+        JobState::Failed { .. }
+    ));
+}
+
+#[test]
+fn job_ids_keep_growing_over_compactions_and_restarts() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let mut store = open(dir.path());
+    let mut highest = 0;
+    for round in 0..3u64 {
+        let id = queued_id(
+            store
+                .offer(&key(&format!("r{round}")), &fp(round + 1))
+                .expect("offer works"),
+        );
+        assert!(
+            round == 0 || id.0 > highest,
+            "round {round}: {id} > {highest}"
+        );
+        highest = id.0;
+        store.compact(&always()).expect("the compaction works");
+        store = reopen(store);
+    }
+    assert_eq!(store.jobs().expect("jobs read").len(), 3);
+}
+
+#[test]
+fn the_trigger_fires_above_the_ratio_and_not_below() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 600);
+    let space = store.space().expect("the store measures");
+    let ratio = space.on_disk_bytes as f64 / space.live_bytes as f64;
+    let at = |max_ratio: f64| CompactPolicy {
+        max_ratio,
+        min_on_disk: 0,
+    };
+
+    assert_eq!(store.compact(&at(ratio * 1.01)).expect("checks"), None);
+    assert_eq!(
+        store.space().expect("the store measures"),
+        space,
+        "a check below the ratio changes nothing"
+    );
+    let above = CompactPolicy {
+        min_on_disk: space.on_disk_bytes,
+        ..at(0.0)
+    };
+    assert_eq!(
+        store.compact(&above).expect("checks"),
+        None,
+        "files no larger than the floor are left alone"
+    );
+    assert!(
+        store
+            .compact(&at(ratio * 0.99))
+            .expect("compacts")
+            .is_some(),
+        "a ratio just below the database's compacts it"
+    );
+}
+
+#[test]
+fn the_default_policy_wants_more_than_twice_the_live_data_above_the_floor() {
+    let policy = CompactPolicy::default();
+    let space = |on_disk_bytes, live_bytes| Space {
+        live_bytes,
+        on_disk_bytes,
+    };
+    let big = compact::MIN_ON_DISK * 4;
+    assert!(policy.wants(&space(big, big / 2 - 1)));
+    assert!(!policy.wants(&space(big, big / 2)));
+    assert!(!policy.wants(&space(compact::MIN_ON_DISK, 0)));
+}
+
+#[test]
+fn a_crash_after_any_step_leaves_a_whole_database_and_the_next_open_cleans_up() {
+    for step in [Step::Copied, Step::Exchanged] {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let store = churned(dir.path(), 300);
+        let before = contents(&store);
+        let highest = max_job_id(&store);
+
+        store
+            .compact_stopping(&always(), |at| at == step)
+            .expect_err("the compaction stops after the step");
+        assert!(dir.path().join(COMPACT_DIR).exists(), "{step:?}");
+
+        // As after a kill: the database is not marked closed (the close marks the old one).
+        drop(store);
+        let store = open(dir.path());
+        assert!(
+            !dir.path().join(COMPACT_DIR).exists(),
+            "{step:?}: the open removes what the compaction left"
+        );
+        assert_same(
+            &contents(&store),
+            &before,
+            &format!("{step:?}: nothing is lost"),
+        );
+        store.recover_after_restart().expect("recovery works");
+        assert_invariants(&store);
+        let id = queued_id(store.offer(&key("new"), &fp(7)).expect("offer works"));
+        assert!(id.0 > highest, "{step:?}: job {id} is newer than {highest}");
+    }
+}
+
+#[test]
+fn a_half_written_copy_left_by_a_crash_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 30);
+    let before = contents(&store);
+    let dir_path = dir.path().to_path_buf();
+    drop(store);
+    let partial = dir_path.join(COMPACT_DIR);
+    std::fs::create_dir_all(&partial).expect("creates");
+    std::fs::write(partial.join("db"), b"half a log").expect("writes");
+
+    let store = open(&dir_path);
+    assert!(!partial.exists());
+    assert_same(&contents(&store), &before, "the database is whole");
+}
+
+#[test]
+fn writers_during_a_compaction_wait_for_it_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 3000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (store, stop) = (store.clone(), Arc::clone(&stop));
+        move || {
+            let mut offered = 0u64;
+            while !stop.load(Ordering::Relaxed) || offered < 50 {
+                store
+                    .offer(&key(&format!("during/{offered}")), &fp(offered + 1))
+                    .expect("offers keep working");
+                offered += 1;
+            }
+            offered
+        }
+    });
+    for _ in 0..3 {
+        store.compact(&always()).expect("the compaction works");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let offered = writer.join().expect("the writer ends");
+
+    let store = reopen(store);
+    let queued = store
+        .files_with_jobs("/data/in", "during")
+        .expect("the jobs read");
+    assert_eq!(
+        queued.len() as u64,
+        offered,
+        "every offer made during it is kept"
+    );
+    assert_invariants(&store);
+}
