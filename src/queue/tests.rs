@@ -1089,6 +1089,34 @@ fn a_job_changed_in_line_leaves_it_for_the_due_index_behind_the_others() {
 }
 
 #[test]
+fn a_job_in_line_written_as_queued_at_another_time_leaves_the_line_for_the_due_index() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a"), &fp(1)).expect("offer"));
+    let in_line = job(&store, id);
+    assert!(in_line.in_line);
+    // Written as it is, it keeps its place.
+    store
+        .transact(|tx| tx.put_job(Some(&in_line), &in_line))
+        .expect("writes");
+    assert!(job(&store, id).in_line);
+    let later = Job {
+        updated_at_ms: in_line.updated_at_ms + 1_000,
+        ..in_line.clone()
+    };
+    store
+        .transact(|tx| tx.put_job(Some(&in_line), &later))
+        .expect("writes");
+    let moved = job(&store, id);
+    assert!(
+        !moved.in_line,
+        "its place in line is no longer its due time"
+    );
+    assert_eq!(moved.due_entry_ms(), Some(later.updated_at_ms));
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_batch_takes_jobs_from_the_due_index_and_the_line_in_due_order() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
@@ -1096,10 +1124,10 @@ fn a_batch_takes_jobs_from_the_due_index_and_the_line_in_due_order() {
     let later = queued_id(store.offer(&key("later"), &fp(2)).expect("offer"));
     while store.claim(SystemTime::now()).expect("claims").is_some() {}
     let fresh = queued_id(store.offer(&key("fresh"), &fp(3)).expect("offer"));
+    std::thread::sleep(Duration::from_millis(2));
+    // Queued again after `fresh` was: due after it.
+    store.requeue(later).expect("requeues");
     let epoch = SystemTime::UNIX_EPOCH;
-    store
-        .retry_later(later, epoch + Duration::from_secs(2), "503")
-        .expect("waits");
     store
         .retry_later(early, epoch + Duration::from_secs(1), "503")
         .expect("waits");
@@ -1115,10 +1143,10 @@ fn a_batch_takes_jobs_from_the_due_index_and_the_line_in_due_order() {
             true
         })
         .expect("claims");
-    assert_eq!(offered, vec![later, fresh]);
+    assert_eq!(offered, vec![fresh, later]);
     assert_eq!(
         batch.iter().map(|job| job.id).collect::<Vec<_>>(),
-        vec![later, fresh]
+        vec![fresh, later]
     );
     assert_invariants(&store);
 }

@@ -37,8 +37,10 @@ use crate::queue::FileKey;
 /// How long an offered fingerprint is remembered, so that repeated events for an unchanged
 /// file (a chmod, a rescan) do not offer it again. After that the queue's own dedup applies.
 const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
-/// How many offered fingerprints are remembered at most (about 150 bytes each).
-const RECENT_OFFER_LIMIT: usize = 16_384;
+/// How many offered fingerprints are remembered at most: with the hash table's slack about
+/// 230 bytes each, under 1 MiB. 16,384 held 3.8 MiB for as long as the daemon ran, once a
+/// large scan had filled it; more only spares offers the queue answers as known anyway.
+const RECENT_OFFER_LIMIT: usize = 4_096;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 const OFFER_BATCH: usize = 256;

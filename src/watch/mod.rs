@@ -176,6 +176,15 @@ impl Sink for Store {
     }
 
     fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
+        // Jobs live in the files' ledger records, so listing them reads every file of the
+        // folder: after each whole-folder scan, at a million files, most of a restart. The
+        // folder's counts say in one read whether there is any job to list.
+        if self
+            .tallies()
+            .is_ok_and(|tallies| tallies.get(folder).is_none_or(|t| jobs_in(&t.counts) == 0))
+        {
+            return Vec::new();
+        }
         self.files_with_jobs(folder, under).unwrap_or_else(|e| {
             error!(folder, error = %e, "cannot read the jobs of a folder; a rescan tries again");
             Vec::new()
@@ -197,6 +206,16 @@ impl Sink for Store {
             }
         }
     }
+}
+
+/// The jobs a folder's counts hold, in every state.
+fn jobs_in(counts: &crate::queue::FolderCounts) -> u64 {
+    counts.queued
+        + counts.active
+        + counts.finalizing
+        + counts.importing
+        + counts.retry_wait
+        + counts.failed
 }
 
 /// Watches one folder until `ctx.shutdown`; sends the start-up scan's summary on `scanned`
@@ -467,5 +486,7 @@ fn vanished_files(
 
 #[cfg(test)]
 mod backlog_tests;
+#[cfg(test)]
+mod sink_tests;
 #[cfg(test)]
 mod tests;
