@@ -25,7 +25,11 @@
 //! 2. Pause the store: the write lock on its handles, so every other use of the store
 //!    waits until step 5 ends; then flush.
 //! 3. Copy every tree, entry by entry, into a new database in `db.compact/`, with the id
-//!    base (below); flush and close it ([`copy_live`]).
+//!    base (below); flush and close it ([`copy_live`]). If the copy does not take less
+//!    than three quarters of the old files, remove it and stop: sled writes a bulk load
+//!    with garbage of its own (node rewrites as each leaf fills; about 3 times the entries'
+//!    bytes for the idle benchmark's ledger), so a database that only grew, never churned,
+//!    comes out larger.
 //! 4. Swap the two directories in one `renameat2(RENAME_EXCHANGE)` and sync the state
 //!    directory ([`exchange`]).
 //! 5. Open `db` (the copy) and put its handles in place of the old ones, which close.
@@ -57,6 +61,9 @@ use super::{DB_DIR, Handles, Space, Store, StoreError, files_size, open_sled, sl
 pub(super) const COMPACT_DIR: &str = "db.compact";
 /// Key of the default tree holding the id base (u64 BE); absent means 0.
 pub(super) const ID_BASE_KEY: &[u8] = b"id_base";
+
+/// The largest copy worth swapping in, as a share of the files it replaces.
+const WORTH_SWAPPING: f64 = 0.75;
 
 /// Below this the files are never compacted: a new, empty database takes about 1.5 MiB.
 pub const MIN_ON_DISK: u64 = 4 << 20;
@@ -187,6 +194,9 @@ impl Store {
         if stop_after(Step::Copied) {
             return Err(StoreError::Message("stopped after the copy".into()));
         }
+        if !self.copy_is_smaller(&copy_path, &before)? {
+            return Ok(None);
+        }
         exchange(&db_path, &copy_path).map_err(|err| {
             let _ = std::fs::remove_dir_all(&copy_path);
             StoreError::io(
@@ -204,6 +214,25 @@ impl Store {
         let paused = paused.elapsed();
         self.finish(copy_path.as_path(), before, entries, paused)
             .map(Some)
+    }
+
+    /// Step 3's check: whether the copy takes less than [`WORTH_SWAPPING`] of the files it
+    /// would replace. sled writes a bulk copy with garbage of its own (module doc), so a
+    /// database that is already dense can come out larger; then the copy is removed.
+    fn copy_is_smaller(&self, copy_path: &Path, before: &Space) -> Result<bool, StoreError> {
+        let copied = files_size(copy_path).map_err(|source| {
+            StoreError::io("measure the copy at", copy_path, self.state_dir(), source)
+        })?;
+        let smaller = (copied as f64) < before.on_disk_bytes as f64 * WORTH_SWAPPING;
+        if !smaller {
+            let _ = std::fs::remove_dir_all(copy_path);
+            tracing::info!(
+                on_disk_bytes = before.on_disk_bytes,
+                copy_bytes = copied,
+                "kept the state database: a compacted copy would not be smaller"
+            );
+        }
+        Ok(smaller)
     }
 
     /// Step 5: the handles of the copy now at `db_path`. If it cannot be opened, the old

@@ -315,3 +315,39 @@ fn writers_during_a_compaction_wait_for_it_and_lose_nothing() {
     );
     assert_invariants(&store);
 }
+
+#[test]
+fn a_copy_that_is_not_smaller_is_removed_and_the_database_kept() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 300);
+    let before = contents(&store);
+    let on_disk = store.on_disk_bytes().expect("measures");
+    let db_dir = dir.path().join(DB_DIR);
+    let inode =
+        |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+    let original = inode(&db_dir);
+
+    let pad_the_copy = |step: Step| {
+        if step == Step::Copied {
+            let padding = dir.path().join(COMPACT_DIR).join("padding");
+            std::fs::write(padding, vec![0u8; on_disk as usize]).expect("writes");
+        }
+        false
+    };
+    assert_eq!(
+        store
+            .compact_stopping(&always(), pad_the_copy)
+            .expect("the check works"),
+        None
+    );
+
+    assert_eq!(inode(&db_dir), original, "the database stays in place");
+    assert!(
+        !dir.path().join(COMPACT_DIR).exists(),
+        "the copy is removed"
+    );
+    assert_same(&contents(&store), &before, "nothing changed");
+    store
+        .offer(&key("after"), &fp(5))
+        .expect("the store keeps working");
+}
