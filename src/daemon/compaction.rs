@@ -1,8 +1,9 @@
 //! Compacting the state database once the daemon is idle ([`Store::compact`]: why, how,
 //! and why a crash during it loses nothing, are in the module doc of `queue::compact`).
 //!
-//! 1. Every [`CHECK_EVERY`] the store's write counter is read: a change means work, and
-//!    starts the quiet time again.
+//! 1. Every [`CHECK_EVERY`] the store's use counter (writes and ledger lookups) is read
+//!    (lookups count: a scan that finds every file uploaded writes nothing, yet a
+//!    compaction would hold it up): a change means work, and starts the quiet time again.
 //! 2. After work, and once after the start (a database an earlier run left bloated), when
 //!    the store has not been written for [`QUIET`] and no upload is active or finalizing
 //!    (compacting pauses the store, and an upload would wait on it), the files are
@@ -10,7 +11,9 @@
 //!    were never measured, the store reads every entry to weigh the live data and
 //!    rewrites the database if the files take more than twice that.
 //! 3. After a compaction the heap's free memory goes back to the system: the old
-//!    database's cache was freed.
+//!    database's cache was freed. A compaction that gave way to a use of the store
+//!    (`queue::compact`, "Giving way") counts as work: it is tried again after the next
+//!    quiet time.
 //!
 //! An idle daemon then reads and writes nothing until the next work; step 2's full read
 //! happens at most once per quarter of growth, so its cost stays a fraction of the writing
@@ -33,26 +36,26 @@ const REGROWTH: f64 = 1.25;
 /// Step 1: whether the store has been left alone for [`QUIET`] since its last work.
 #[derive(Debug)]
 struct Quiet {
-    writes: u64,
+    uses: u64,
     since: Instant,
     /// Work (or the start) not yet followed by a look at the files.
     pending: bool,
 }
 
 impl Quiet {
-    fn new(writes: u64, now: Instant) -> Quiet {
+    fn new(uses: u64, now: Instant) -> Quiet {
         Quiet {
-            writes,
+            uses,
             since: now,
             pending: true,
         }
     }
 
-    /// Notes the write counter; true when there was work and the store has been quiet
+    /// Notes the use counter; true when there was work and the store has been quiet
     /// for [`QUIET`] since.
-    fn settled(&mut self, writes: u64, now: Instant) -> bool {
-        if writes != self.writes {
-            self.writes = writes;
+    fn settled(&mut self, uses: u64, now: Instant) -> bool {
+        if uses != self.uses {
+            self.uses = uses;
             self.since = now;
             self.pending = true;
         }
@@ -62,7 +65,7 @@ impl Quiet {
 
 /// Compacts `store` by `policy` whenever it settles after work (module doc), until `stop`.
 pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: CancellationToken) {
-    let mut quiet = Quiet::new(store.writes(), Instant::now());
+    let mut quiet = Quiet::new(store.uses(), Instant::now());
     let mut measured = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,7 +74,7 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if !quiet.settled(store.writes(), Instant::now()) {
+        if !quiet.settled(store.uses(), Instant::now()) {
             continue;
         }
         let checked = tokio::task::spawn_blocking({
@@ -79,8 +82,10 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
             move || step_two(&store, &policy, measured)
         })
         .await;
+        quiet.uses = store.uses();
         match checked {
             Ok(Ok(Checked::Busy)) => {}
+            Ok(Err(StoreError::CompactionYielded)) => quiet.since = Instant::now(),
             Ok(Ok(Checked::Looked { on_disk, compacted })) => {
                 quiet.pending = false;
                 measured = Some(on_disk);

@@ -35,6 +35,16 @@
 //! 5. Open `db` (the copy) and put its handles in place of the old ones, which close.
 //! 6. Remove `db.compact/`, which now holds the old database.
 //!
+//! # Giving way
+//!
+//! At a million entries the copy takes half a minute. Any use of the store that finds a
+//! compaction holding it (a new file, a scan, `status`, a metrics scrape, the final flush
+//! at a stop) sets a flag that step 3 reads every [`YIELD_CHECK_EVERY`] entries: the copy
+//! is then removed and the store released at once
+//! ([`StoreError::CompactionYielded`]), so no use waits for more than a slice of a copy.
+//! The daemon tries again after its next quiet time, so the database is compacted only in
+//! a moment when nothing uses it for as long as the copy takes.
+//!
 //! # Crash safety
 //!
 //! The exchange is atomic, and the copy is flushed before it, so at any instant `db` is a
@@ -64,6 +74,9 @@ pub(super) const ID_BASE_KEY: &[u8] = b"id_base";
 
 /// The largest copy worth swapping in, as a share of the files it replaces.
 const WORTH_SWAPPING: f64 = 0.75;
+
+/// How many entries step 3 copies between two looks at whether a use of the store waits.
+const YIELD_CHECK_EVERY: u64 = 1024;
 
 /// Below this the files are never compacted: a new, empty database takes about 1.5 MiB.
 pub const MIN_ON_DISK: u64 = 4 << 20;
@@ -184,13 +197,21 @@ impl Store {
         );
         let paused = Instant::now();
         let mut handles = self.inner.handles.write();
+        let wanted = &self.inner.wanted_during_compaction;
+        wanted.store(false, std::sync::atomic::Ordering::Relaxed);
         let db_error = |err| self.db_error(err);
         let next_id = handles.id_base + handles.db.generate_id().map_err(db_error)?;
         handles.db.flush().map_err(db_error)?;
-        let entries = copy_live(&handles.db, &copy_path, next_id).map_err(|err| {
+        let copied = copy_live(&handles.db, &copy_path, next_id, wanted).map_err(|err| {
             let _ = std::fs::remove_dir_all(&copy_path);
             db_error(err)
         })?;
+        let Some(entries) = copied else {
+            drop(handles);
+            let _ = std::fs::remove_dir_all(&copy_path);
+            tracing::debug!("the compaction of the state database gave way to its users");
+            return Err(StoreError::CompactionYielded);
+        };
         if stop_after(Step::Copied) {
             return Err(StoreError::Message("stopped after the copy".into()));
         }
@@ -287,8 +308,15 @@ impl Store {
 }
 
 /// Step 3: every entry of every tree of `from` into a new database at `to`, with the id
-/// base `next_id`; flushed and closed. Streams: holds one entry at a time.
-fn copy_live(from: &sled::Db, to: &Path, next_id: u64) -> sled::Result<u64> {
+/// base `next_id`; flushed and closed. Streams: holds one entry at a time. `None` when a
+/// use of the store set `wanted` meanwhile ("Giving way"); the partial copy is the
+/// caller's to remove.
+fn copy_live(
+    from: &sled::Db,
+    to: &Path,
+    next_id: u64,
+    wanted: &std::sync::atomic::AtomicBool,
+) -> sled::Result<Option<u64>> {
     match std::fs::remove_dir_all(to) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
         _ => {}
@@ -302,11 +330,15 @@ fn copy_live(from: &sled::Db, to: &Path, next_id: u64) -> sled::Result<u64> {
             let (key, value) = entry?;
             target.insert(key, value)?;
             entries += 1;
+            if entries % YIELD_CHECK_EVERY == 0 && wanted.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Ok(None);
+            }
         }
     }
     fresh.insert(ID_BASE_KEY, &next_id.to_be_bytes())?;
     fresh.flush()?;
-    Ok(entries)
+    Ok(Some(entries))
 }
 
 /// Step 4: swaps the directories `a` and `b` atomically, then syncs their parent so the

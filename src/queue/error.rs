@@ -10,6 +10,11 @@ pub enum StoreError {
     #[error("{0}")]
     Message(String),
 
+    /// A compaction gave way to another use of the store and was abandoned; the database
+    /// is as it was (`compact`).
+    #[error("the compaction of the state database gave way to its users")]
+    CompactionYielded,
+
     #[error(
         "another upsync is already running with state_dir {} (lock held on {})",
         state_dir.display(),

@@ -308,6 +308,12 @@ struct Inner {
     flushes: AtomicU64,
     /// Entries set or removed by transactions (`Store::writes`), another such cost.
     writes: AtomicU64,
+    /// Ledger lookups (the start-up scan and rescans make one per file): with `writes`,
+    /// how the daemon sees the store idle (`Store::uses`).
+    lookups: AtomicU64,
+    /// Set by a use that found a compaction holding the database: the compaction gives way
+    /// (module `compact`, "Giving way").
+    wanted_during_compaction: AtomicBool,
     /// Whether the counts are known to match the trees: the last process closed the
     /// database in order, or this one checked them. Only then does closing mark the
     /// database as closed cleanly (see "Clean close" in the module doc).
@@ -321,10 +327,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// The handles, read-locked; a compaction holding them is asked to give way first.
+    fn read_handles(&self) -> RwLockReadGuard<'_, Handles> {
+        if let Some(handles) = self.handles.try_read_recursive() {
+            return handles;
+        }
+        self.wanted_during_compaction.store(true, Ordering::Relaxed);
+        self.handles.read_recursive()
+    }
+
     /// Flushes (an fsync when anything was written) without stalling the async runtime's
     /// other tasks (`blocking`).
     fn flush(&self) -> sled::Result<()> {
-        if blocking::off_the_worker(|| self.handles.read_recursive().db.flush())? > 0 {
+        if blocking::off_the_worker(|| self.read_handles().db.flush())? > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -856,6 +871,8 @@ impl Store {
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
+                lookups: AtomicU64::new(0),
+                wanted_during_compaction: AtomicBool::new(false),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
                 lines: line::Lines::default(),
@@ -936,8 +953,16 @@ impl Store {
     /// The database and its trees, read-locked until the guard is dropped: a compaction
     /// waits for it before it swaps them. Recursive, so a caller holding a guard may call
     /// what takes one again while a compaction waits.
+    /// A use that finds a compaction copying asks it to give way, so that nothing waits
+    /// for a whole copy.
     fn handles(&self) -> RwLockReadGuard<'_, Handles> {
-        self.inner.handles.read_recursive()
+        self.inner.read_handles()
+    }
+
+    /// [`Store::handles`] for a ledger lookup, counted in [`Store::uses`].
+    fn handles_to_look_up(&self) -> RwLockReadGuard<'_, Handles> {
+        self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_handles()
     }
 
     fn db_error(&self, err: sled::Error) -> StoreError {
@@ -1024,7 +1049,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let raw_key = valid_key(key)?;
         match self
-            .handles()
+            .handles_to_look_up()
             .trees
             .ledger
             .get(&raw_key)
@@ -1523,7 +1548,7 @@ impl Store {
     pub fn ledger_get(&self, key: &FileKey) -> Result<Option<LedgerEntry>, StoreError> {
         let raw_key = valid_key(key)?;
         let raw = self
-            .handles()
+            .handles_to_look_up()
             .trees
             .ledger
             .get(&raw_key)
@@ -1635,6 +1660,13 @@ impl Store {
     /// write to sled's log); writes that changed nothing are not counted.
     pub fn writes(&self) -> u64 {
         self.inner.writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes plus ledger lookups so far: a count that stands still means no upload and no
+    /// scan is using the store (an idle worker's look for due jobs, the status line and
+    /// metrics do not count: they come every few seconds).
+    pub fn uses(&self) -> u64 {
+        self.writes() + self.inner.lookups.load(Ordering::Relaxed)
     }
 
     /// Makes everything written so far durable (fsync).

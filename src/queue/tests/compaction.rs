@@ -351,3 +351,49 @@ fn a_copy_that_is_not_smaller_is_removed_and_the_database_kept() {
         .offer(&key("after"), &fp(5))
         .expect("the store keeps working");
 }
+
+#[test]
+fn a_use_of_the_store_during_a_copy_makes_the_compaction_give_way_and_keeps_the_database() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 300);
+    {
+        // Enough entries that the copy takes a while, so the use below finds it copying.
+        let handles = store.handles();
+        let filler = handles.db.open_tree("filler").expect("a tree opens");
+        for n in 0u32..100_000 {
+            filler
+                .insert(n.to_be_bytes(), &[7u8; 64][..])
+                .expect("inserts");
+        }
+    }
+    store.flush().expect("flushes");
+    let before = contents(&store);
+    let copy = dir.path().join(COMPACT_DIR);
+    let compacting = std::thread::spawn({
+        let store = store.clone();
+        move || store.compact(&always())
+    });
+    while !copy.exists() {
+        assert!(
+            !compacting.is_finished(),
+            "the compaction ended before it was used"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    store
+        .counts()
+        .expect("the counts are read during the compaction");
+    let outcome = compacting.join().expect("the compaction thread ends");
+    assert!(
+        matches!(outcome, Err(StoreError::CompactionYielded)),
+        "{outcome:?}"
+    );
+    assert!(!copy.exists(), "the partial copy is removed");
+    assert_same(&contents(&store), &before, "after the compaction gave way");
+    assert_invariants(&store);
+    // Undisturbed, it runs to its end (whether the copy is kept depends on its size).
+    store
+        .compact(&always())
+        .expect("an undisturbed compaction ends");
+    assert_same(&contents(&store), &before, "after the compaction");
+}
