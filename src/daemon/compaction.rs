@@ -178,7 +178,10 @@ mod tests {
     fn bloated(dir: &std::path::Path) -> Store {
         let store = Store::open(dir).expect("the store opens");
         let key = crate::queue::FileKey::new("/data", "a");
-        for n in 0..20_000u64 {
+        // No more rewrites than the bloat needs: sled 0.34.7 can deadlock when a truncation
+        // of its file waits behind that file's own queued log writes, and heavy churn in
+        // parallel tests makes that likelier.
+        for n in 0..4_000u64 {
             let fingerprint = crate::fingerprint::Fingerprint {
                 size: n,
                 mtime_ns: i128::from(n),
