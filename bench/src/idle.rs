@@ -174,21 +174,8 @@ fn log_figure(log: &str, line: &str, name: &str) -> Option<u64> {
 /// The length of the files of the state database (`state_dir/db`), read while the daemon
 /// may hold it.
 pub fn db_files_size(state_dir: &Path) -> BenchResult<u64> {
-    fn size(dir: &Path) -> std::io::Result<u64> {
-        let mut total = 0;
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            total += if meta.is_dir() {
-                size(&entry.path())?
-            } else {
-                meta.len()
-            };
-        }
-        Ok(total)
-    }
     let db = state_dir.join("db");
-    size(&db).map_err(|e| format!("measure {}: {e}", db.display()))
+    upsync::queue::files_size(&db).map_err(|e| format!("measure {}: {e}", db.display()))
 }
 
 /// Moves every entry of `from` into `to` (renames: directories arrive whole).

@@ -55,6 +55,18 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
+    /// A client with the default network settings and no bandwidth limit, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn plain(name: &'static str) -> HttpClient {
+        HttpClient::build(
+            name,
+            &crate::config::NetConfig::default(),
+            crate::net::Bandwidth::unlimited(),
+            |builder| builder,
+        )
+        .expect("the client builds")
+    }
+
     /// The client of one backend section (module doc); `adjust` adds what the backend
     /// itself needs (e.g. a redirect policy).
     pub fn build(

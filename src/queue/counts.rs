@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::delete;
 use super::job::{FolderCounts, Job, JobKind, JobState};
-use super::keys::{decode_file_key, decode_job_key, job_key};
+use super::keys::{decode_job_key, job_key};
 use super::record::FileRecord;
 use super::{Store, StoreError, Tx, TxResult, abort, encode, ledger_uploaded_at};
 
@@ -425,11 +425,7 @@ impl Store {
         }
         for entry in self.handles().trees.ledger.iter() {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
-            let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
-                tree: "ledger",
-                key: super::keys::describe(&raw_key),
-                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
-            })?;
+            let key = super::keys::stored_file_key(&raw_key)?;
             let Some(upload) = FileRecord::split(&raw).upload else {
                 continue;
             };

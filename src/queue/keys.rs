@@ -149,6 +149,25 @@ pub fn describe(raw: &[u8]) -> String {
     }
 }
 
+/// [`decode_job_key`] of a key read from the `jobs` tree, which holds nothing else: a key
+/// that does not decode means the database is damaged.
+pub(super) fn stored_job_id(raw: &[u8]) -> Result<JobId, super::StoreError> {
+    decode_job_key(raw).ok_or_else(|| super::StoreError::Corrupt {
+        tree: "jobs",
+        key: describe(raw),
+        detail: "the key is not an 8-byte job id".into(),
+    })
+}
+
+/// [`decode_file_key`] of a key read from the `ledger` tree, as [`stored_job_id`].
+pub(super) fn stored_file_key(raw: &[u8]) -> Result<FileKey, super::StoreError> {
+    decode_file_key(raw).ok_or_else(|| super::StoreError::Corrupt {
+        tree: "ledger",
+        key: describe(raw),
+        detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,11 +173,7 @@ impl Store {
             .range(job_key(start)..=job_key(last))
         {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
-            let id = decode_job_key(&raw_id).ok_or_else(|| StoreError::Corrupt {
-                tree: "jobs",
-                key: keys::describe(&raw_id),
-                detail: "the key is not an 8-byte job id".into(),
-            })?;
+            let id = keys::stored_job_id(&raw_id)?;
             let job = decode_job(&raw, id)?;
             if !job.in_line {
                 if first_in_line.is_none() {

@@ -1572,11 +1572,7 @@ impl Store {
         let mut entries = Vec::new();
         for entry in self.handles().trees.ledger.scan_prefix(&prefix) {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
-            let key = decode_file_key(&raw_key).ok_or_else(|| StoreError::Corrupt {
-                tree: "ledger",
-                key: keys::describe(&raw_key),
-                detail: "the key is not `folder NUL relative-path` in UTF-8".into(),
-            })?;
+            let key = keys::stored_file_key(&raw_key)?;
             if let Some(upload) = FileRecord::split(&raw).upload {
                 entries.push((key, decode_ledger(upload, &raw_key)?));
             }
@@ -1610,11 +1606,7 @@ impl Store {
         let mut jobs = Vec::new();
         for entry in self.handles().trees.jobs.iter() {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
-            let id = decode_job_key(&raw_id).ok_or_else(|| StoreError::Corrupt {
-                tree: "jobs",
-                key: keys::describe(&raw_id),
-                detail: "the key is not an 8-byte job id".into(),
-            })?;
+            let id = keys::stored_job_id(&raw_id)?;
             jobs.push(decode_job(&raw, id)?);
         }
         Ok(jobs)
@@ -1677,7 +1669,9 @@ impl Store {
 
 /// The total length of the files under `dir` (sled's database is a directory of files, one
 /// level of subdirectories deep).
-fn files_size(dir: &Path) -> std::io::Result<u64> {
+/// The length of every file under `dir`, however deep: what a database directory takes on
+/// disk (also read by the benchmark while a daemon holds the database).
+pub fn files_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

@@ -1479,24 +1479,7 @@ fn a_database_of_format_1_is_upgraded_at_open_and_its_attempts_know_what_they_cl
     rewrite_as_format_1(dir.path());
 
     let store = open(dir.path());
-    assert_eq!(
-        store
-            .handles()
-            .db
-            .get(FORMAT_KEY)
-            .expect("reads")
-            .as_deref(),
-        Some(FORMAT_VERSION.to_string().as_bytes())
-    );
-    assert!(
-        !store
-            .handles()
-            .db
-            .tree_names()
-            .iter()
-            .any(|name| name == b"claimed"),
-        "the old tree is dropped"
-    );
+    assert_upgraded(&store, b"claimed");
     assert_eq!(job(&store, changed).claimed, Some(fp(1)));
     assert_eq!(job(&store, steady).claimed, Some(fp(2)));
     assert_invariants(&store);
@@ -1573,24 +1556,7 @@ fn a_database_of_format_2_is_upgraded_at_open_and_its_queued_jobs_are_claimed_be
     rewrite_as_format_2(dir.path());
 
     let store = open(dir.path());
-    assert_eq!(
-        store
-            .handles()
-            .db
-            .get(FORMAT_KEY)
-            .expect("reads")
-            .as_deref(),
-        Some(FORMAT_VERSION.to_string().as_bytes())
-    );
-    assert!(
-        !store
-            .handles()
-            .db
-            .tree_names()
-            .iter()
-            .any(|name| name == b"by_path"),
-        "the old tree is dropped"
-    );
+    assert_upgraded(&store, b"by_path");
     assert_invariants(&store);
     store.recover_after_restart().expect("recovers");
     let new = queued_id(store.offer(&key("new"), &fp(2)).expect("offer"));
@@ -2660,3 +2626,18 @@ fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
 
 mod compaction;
 mod deletions;
+
+/// Asserts that `store` was stamped with the current format at open and that the upgrade
+/// dropped the tree `old_tree` of the format before.
+#[track_caller]
+fn assert_upgraded(store: &Store, old_tree: &[u8]) {
+    let handles = store.handles();
+    assert_eq!(
+        handles.db.get(FORMAT_KEY).expect("reads").as_deref(),
+        Some(FORMAT_VERSION.to_string().as_bytes())
+    );
+    assert!(
+        !handles.db.tree_names().iter().any(|name| name == old_tree),
+        "the old tree is dropped"
+    );
+}

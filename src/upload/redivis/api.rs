@@ -791,13 +791,7 @@ mod tests {
         let addr = listener.local_addr().expect("the listener has an address");
         let router = axum::Router::new().fallback(move || async move { body });
         tokio::spawn(async move { axum::serve(listener, router).await });
-        let http = HttpClient::build(
-            "redivis",
-            &crate::config::NetConfig::default(),
-            crate::net::Bandwidth::unlimited(),
-            |builder| builder,
-        )
-        .expect("the client builds");
+        let http = HttpClient::plain("redivis");
         let base = format!("http://{addr}/api/v1");
         ApiClient::new(
             http,

@@ -91,13 +91,7 @@ mod tests {
     #[tokio::test]
     async fn transport_errors_are_transient_on_both_layers() {
         // Port 1 on loopback refuses connections: a real connect error.
-        let http = crate::net::HttpClient::build(
-            "redivis",
-            &crate::config::NetConfig::default(),
-            crate::net::Bandwidth::unlimited(),
-            |builder| builder,
-        )
-        .expect("the client builds");
+        let http = crate::net::HttpClient::plain("redivis");
         let request = http.client().get("http://127.0.0.1:1/");
         let err = http
             .send(crate::metrics::RequestKind::RedivisApi, request)

@@ -752,13 +752,7 @@ mod tests {
 
     #[test]
     fn the_token_goes_only_to_session_urls_on_the_api_host_and_port() {
-        let http = HttpClient::build(
-            "redivis",
-            &crate::config::NetConfig::default(),
-            crate::net::Bandwidth::unlimited(),
-            |builder| builder,
-        )
-        .expect("the client builds");
+        let http = HttpClient::plain("redivis");
         let client = SessionClient::new(
             http,
             "http://127.0.0.1:8787/api/v1",
