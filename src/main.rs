@@ -202,6 +202,19 @@ impl Failure {
     }
 }
 
+/// Writes a command's output. A reader that went away (`upsync status | head`) ends the
+/// output, not the command: what it did is done, and the rest had no one to read it.
+fn emit(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::runtime(format!(
+            "cannot write to standard output: {err}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. } | Command::Sync { .. }) {
@@ -256,9 +269,9 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     .map_err(Failure::runtime)?;
                 if json {
                     let text = serde_json::to_string_pretty(&plan).expect("the plan serializes");
-                    println!("{text}");
+                    emit(&format!("{text}\n"))?;
                 } else {
-                    print!("{}", daemon::dry_run::render(&plan));
+                    emit(&daemon::dry_run::render(&plan))?;
                 }
                 return Ok(());
             }
@@ -273,7 +286,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 .await
                 .map_err(Failure::runtime)?;
             if summary.succeeded() {
-                print!("{}", summary.render());
+                emit(&summary.render())?;
                 Ok(())
             } else {
                 Err(Failure::runtime(summary.render().trim_end()))
@@ -298,23 +311,29 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         }
         Command::Check { config } => {
             let config = load(&config)?;
-            print!("{}", config.plan());
+            emit(&config.plan())?;
             Ok(())
         }
         Command::Status { config, json } => {
             let config = load(&config)?;
-            let report =
-                match ask_daemon::<status::StatusReport>(&config, "GET", "/status", None).await? {
-                    Answer::Daemon(report) => report,
-                    Answer::Stopped(store) => {
-                        status::build_report(&config, &store, None).map_err(Failure::runtime)?
-                    }
-                };
+            let answer = ask_daemon_or::<status::StatusReport, _>(
+                &config,
+                "GET",
+                "/status",
+                None,
+                upsync::queue::open_stopped,
+            )
+            .await?;
+            let report = match answer {
+                Answer::Daemon(report) => report,
+                Answer::Stopped(stopped) => status::build_report(&config, stopped.source(), None)
+                    .map_err(Failure::runtime)?,
+            };
             if json {
                 let text = serde_json::to_string_pretty(&report).expect("status report serializes");
-                println!("{text}");
+                emit(&format!("{text}\n"))?;
             } else {
-                print!("{}", status::render_text(&report));
+                emit(&status::render_text(&report))?;
             }
             Ok(())
         }
@@ -345,7 +364,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                         requeued
                     }
                 };
-            println!("{requeued} failed job(s) queued again");
+            emit(&format!("{requeued} failed job(s) queued again\n"))?;
             Ok(())
         }
         Command::Ls {
@@ -369,9 +388,9 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 };
             if json {
                 let text = serde_json::to_string_pretty(&files).expect("the list serializes");
-                println!("{text}");
+                emit(&format!("{text}\n"))?;
             } else {
-                print!("{}", history::render(&files));
+                emit(&history::render(&files))?;
             }
             Ok(())
         }
@@ -394,10 +413,10 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     history::forget(&config, &store, &request).map_err(Failure::runtime)?
                 }
             };
-            println!(
-                "{} upload(s) forgotten, {} file(s) queued to upload again",
+            emit(&format!(
+                "{} upload(s) forgotten, {} file(s) queued to upload again\n",
                 answer.forgotten, answer.queued
-            );
+            ))?;
             Ok(())
         }
         Command::Emulator { listen, options } => {
@@ -416,11 +435,11 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
 }
 
 /// Who answers a `status` or `retry`.
-enum Answer<T> {
+enum Answer<T, S = Store> {
     /// The running daemon, over its control socket.
     Daemon(T),
-    /// No daemon runs: the state database, opened.
-    Stopped(Store),
+    /// No daemon runs: the state database, opened (or, for a status report, its summary).
+    Stopped(S),
 }
 
 /// Asks the running daemon, or opens the state database when none runs. A daemon that is
@@ -431,6 +450,17 @@ async fn ask_daemon<T: serde::de::DeserializeOwned>(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Answer<T>, Failure> {
+    ask_daemon_or(config, method, path, body, Store::open).await
+}
+
+/// [`ask_daemon`], with `open` for what to read when no daemon runs.
+async fn ask_daemon_or<T: serde::de::DeserializeOwned, S>(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    open: impl Fn(&Path) -> Result<S, StoreError>,
+) -> Result<Answer<T, S>, Failure> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(answer) = control::request::<T>(&config.state_dir, method, path, body)
@@ -439,7 +469,7 @@ async fn ask_daemon<T: serde::de::DeserializeOwned>(
         {
             return Ok(Answer::Daemon(answer));
         }
-        match Store::open(&config.state_dir) {
+        match open(&config.state_dir) {
             Ok(store) => return Ok(Answer::Stopped(store)),
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;

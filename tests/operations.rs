@@ -172,6 +172,30 @@ fn status_and_metrics_show_an_upload_in_flight_with_rate_and_eta() {
         "{stopped}"
     );
     assert!(stopped["folders"][0]["oldest_pending_age_s"].is_null());
+    // The orderly stop left the status summary that report was read from; without it the
+    // report opens the database and says the same.
+    let summary = s.config.parent().unwrap().join("state/status.summary");
+    std::fs::remove_file(&summary).expect("the stopped daemon left its status summary");
+    let opened = status_json(&s.config);
+    assert_eq!(opened["folders"], stopped["folders"]);
+    assert_eq!(opened["failed"], stopped["failed"]);
+    assert!(summary.exists(), "closing the database wrote it again");
+    // A reader that goes away before the report is written (`status | head`) ends the
+    // output, not in a panic.
+    let mut reader_gone = Command::new(BIN)
+        .args(["status", "-c", s.config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("upsync runs");
+    drop(reader_gone.stdout.take());
+    let output = reader_gone.wait_with_output().expect("upsync ends");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let log = daemon.log_text();
     let line = log
         .lines()

@@ -9,7 +9,10 @@
 //! 2. Start the daemon over it with `metrics_listen`. Once idle it compacts the database
 //!    as it would after recording the uploads itself (its time and the daemon's peak
 //!    memory are reported). Scrape `/metrics`: the median of [`SCRAPES`]. Stop it.
-//! 3. `upsync status --json` on the stopped daemon's database: the best of [`ROUNDS`].
+//! 3. `upsync status --json` on the stopped daemon: the best of [`ROUNDS`]. The daemon's
+//!    orderly stop left the status summary, which the command reads. Then the same
+//!    without it, as after a crash (the summary removed before each run): the command
+//!    opens the database.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,6 +33,8 @@ const SCRAPE_TARGET: Duration = Duration::from_millis(10);
 /// The two costs for one ledger size, and what the state database took.
 struct Costs {
     status: Duration,
+    /// `status` with no summary to read: it opens the database.
+    status_opening: Duration,
     scrape: Duration,
     filled_bytes: u64,
     compaction: Option<Compacted>,
@@ -82,10 +87,13 @@ async fn measure(ctx: &Ctx, emulator: &Emulator, name: &str, entries: u64) -> Be
     daemon.terminate().await?;
     let (compaction, daemon_peak_rss, scrape) = running?;
     let on_disk_bytes = db_files_size(&config.state_dir)?;
-    let status = stopped_status(ctx, &config_path, entries).await?;
+    let status = stopped_status(ctx, &config_path, entries, None).await?;
+    let summary = config.state_dir.join(upsync::queue::SUMMARY_FILE);
+    let status_opening = stopped_status(ctx, &config_path, entries, Some(&summary)).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Costs {
         status,
+        status_opening,
         scrape,
         filled_bytes,
         compaction,
@@ -130,10 +138,19 @@ async fn fill(config: &DaemonConfig, entries: u64) -> BenchResult<()> {
 }
 
 /// The best of [`ROUNDS`] runs of `upsync status --json` on a stopped daemon's database,
-/// after checking that it reports every entry.
-async fn stopped_status(ctx: &Ctx, config_path: &Path, entries: u64) -> BenchResult<Duration> {
+/// after checking that it reports every entry; with `remove`, that file removed before
+/// each run.
+async fn stopped_status(
+    ctx: &Ctx,
+    config_path: &Path,
+    entries: u64,
+    remove: Option<&Path>,
+) -> BenchResult<Duration> {
     let mut best = Duration::MAX;
     for _ in 0..ROUNDS {
+        if let Some(path) = remove {
+            std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+        }
         let started = Instant::now();
         let out = tokio::process::Command::new(&ctx.bin)
             .args(["status", "--json", "-c"])
@@ -241,6 +258,19 @@ fn rows(entries: u64, small: &Costs, large: &Costs) -> Vec<Row> {
             small.status,
             STATUS_TARGET,
         ),
+        Row {
+            figure: format!(
+                "`upsync status --json`, daemon stopped without leaving its status summary (as after a crash): the database is opened, {entries} ledger entries (baseline: 10)"
+            ),
+            upsync: ms(large.status_opening),
+            baseline: ms(small.status_opening),
+            ratio: format!(
+                "{:.2}",
+                large.status_opening.as_secs_f64() / small.status_opening.as_secs_f64()
+            ),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
         row(
             "Metrics scrape of a running daemon (median of 21)",
             large.scrape,

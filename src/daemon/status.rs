@@ -79,7 +79,7 @@ use super::remotes::Remotes;
 use crate::config::{Config, Target};
 use crate::metrics::FolderGauges;
 use crate::net::Bandwidth;
-use crate::queue::{FolderCounts, JobId, JobState, Store, StoreError, to_ms};
+use crate::queue::{FolderCounts, JobId, JobState, StatusSource, StoreError, to_ms};
 use crate::upload::LiveProgress;
 use crate::upload::health::HealthSnapshot;
 
@@ -360,7 +360,7 @@ pub fn backend_name(target: &Target) -> &'static str {
 /// Builds the report from the store, and from the daemon's live state when it runs.
 pub fn build_report(
     config: &Config,
-    store: &Store,
+    store: &dyn StatusSource,
     live: Option<&Live>,
 ) -> Result<StatusReport, StoreError> {
     let now = SystemTime::now();
@@ -417,7 +417,9 @@ pub fn build_report(
 }
 
 /// The failed and the retrying jobs, from the store's index of them.
-fn failed_and_retrying(store: &Store) -> Result<(Vec<FailedJob>, Vec<RetryingJob>), StoreError> {
+fn failed_and_retrying(
+    store: &dyn StatusSource,
+) -> Result<(Vec<FailedJob>, Vec<RetryingJob>), StoreError> {
     let mut failed = Vec::new();
     let mut retrying = Vec::new();
     for job in store.jobs_needing_attention()? {
@@ -451,7 +453,7 @@ fn failed_and_retrying(store: &Store) -> Result<(Vec<FailedJob>, Vec<RetryingJob
 /// uploads in progress, and the head of the folder's queue.
 fn pending_since(
     config: &Config,
-    store: &Store,
+    store: &dyn StatusSource,
     live: Option<&Live>,
     now: SystemTime,
 ) -> Result<BTreeMap<String, u64>, StoreError> {

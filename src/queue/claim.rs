@@ -237,7 +237,7 @@ impl Store {
     }
 
     /// When the folder's first claimable job is due, in the `due` index or in line.
-    fn first_due_ms(&self, tag: FolderTag) -> Result<Option<u64>, StoreError> {
+    pub(super) fn first_due_ms(&self, tag: FolderTag) -> Result<Option<u64>, StoreError> {
         let first = earlier(
             self.first_entry(tag)?
                 .map(|due| Waiting::Due(sled::IVec::default(), due)),

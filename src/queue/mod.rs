@@ -206,6 +206,7 @@ mod keys;
 mod line;
 mod lock;
 mod record;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod upgrade;
@@ -233,6 +234,7 @@ pub use job::{
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
+pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
@@ -346,21 +348,24 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let marked = *self
+impl Inner {
+    /// Step 4 of "Clean close" in the module doc: writes the `closed` marker back if this
+    /// process removed it and the counts are trusted, then flushes. Whether the marker is
+    /// on disk afterwards.
+    fn close_in_order(&self) -> bool {
+        let mut marked = self
             .marked_closed
-            .get_mut()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !marked
-            && self.counts_trusted.load(Ordering::Relaxed)
-            && let Err(err) = self.handles.get_mut().db.insert(CLEAN_CLOSE_KEY, b"1")
-        {
-            tracing::warn!(
-                state_dir = %self.state_dir.display(),
-                error = %err,
-                "could not mark the state database as closed cleanly"
-            );
+        if !*marked && self.counts_trusted.load(Ordering::Relaxed) {
+            match self.read_handles().db.insert(CLEAN_CLOSE_KEY, b"1") {
+                Ok(_) => *marked = true,
+                Err(err) => tracing::warn!(
+                    state_dir = %self.state_dir.display(),
+                    error = %err,
+                    "could not mark the state database as closed cleanly"
+                ),
+            }
         }
         if let Err(err) = self.flush() {
             tracing::warn!(
@@ -368,10 +373,37 @@ impl Drop for Inner {
                 error = %err,
                 "could not flush the state database on close"
             );
+            return false;
         }
+        *marked
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close_in_order();
         let flushes = self.flushes.load(Ordering::Relaxed);
         let writes = self.writes.load(Ordering::Relaxed);
         tracing::info!(flushes, writes, "state database closed");
+    }
+}
+
+impl Drop for Store {
+    /// The last clone closes the database in order and leaves the status summary (module
+    /// `summary`) for a report while no daemon runs. Two clones dropped at the same instant
+    /// may both see the other: then no summary is left, and a report opens the database.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) == 1 && self.inner.close_in_order() {
+            let written = self
+                .summarize()
+                .map_err(|err| err.to_string())
+                .and_then(|summary| {
+                    summary::write(self.state_dir(), &summary).map_err(|err| err.to_string())
+                });
+            if let Err(err) = written {
+                tracing::warn!(state_dir = %self.state_dir().display(), error = %err, "could not save the status summary; a report of the stopped daemon opens the database instead");
+            }
+        }
     }
 }
 
@@ -845,7 +877,7 @@ impl Store {
         Store::open_locked(state_dir, lock)
     }
 
-    fn open_locked(state_dir: &Path, lock: StateLock) -> Result<Store, StoreError> {
+    pub(super) fn open_locked(state_dir: &Path, lock: StateLock) -> Result<Store, StoreError> {
         let db_path = state_dir.join(DB_DIR);
         // Only a database sled cannot make sense of calls for moving it away; a plain I/O
         // error (permissions, a full disk) is reported as what it is.
@@ -859,6 +891,9 @@ impl Store {
             },
         };
         compact::clear_leftover(state_dir)?;
+        summary::remove(state_dir).map_err(|source| {
+            StoreError::io("remove the status summary in", state_dir, state_dir, source)
+        })?;
         let db = open_db(&db_path).map_err(|err| match err {
             FormatError::Sled(err) => open_error(err),
             FormatError::Store(err) => err,
