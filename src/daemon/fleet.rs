@@ -435,13 +435,14 @@ const STORE_CHECK: Duration = Duration::from_secs(1);
 
 /// Resolves when the state database can no longer be written (a full disk, an I/O error):
 /// sled then refuses every later write, even once the cause is gone, so the daemon stops
-/// and a restart reopens it. Checked by a flush every [`STORE_CHECK`].
+/// and a restart reopens it. Checked by a flush every [`STORE_CHECK`] (a turn is skipped
+/// while a compaction holds the database, so the check never makes it give way).
 pub(super) async fn store_failure(store: Store) -> crate::queue::StoreError {
     loop {
         tokio::time::sleep(STORE_CHECK).await;
         let checked = tokio::task::spawn_blocking({
             let store = store.clone();
-            move || store.flush()
+            move || store.flush_unless_compacting()
         })
         .await;
         if let Ok(Err(err)) = checked {

@@ -38,12 +38,16 @@
 //! # Giving way
 //!
 //! At a million entries the copy takes half a minute. Any use of the store that finds a
-//! compaction holding it (a new file, a scan, `status`, a metrics scrape, the final flush
-//! at a stop) sets a flag that step 3 reads every [`YIELD_CHECK_EVERY`] entries: the copy
+//! compaction holding it (a new file, a scan, a `retry` or `forget`, the final flush at
+//! a stop) sets a flag that step 3 reads every [`YIELD_CHECK_EVERY`] entries: the copy
 //! is then removed and the store released at once
 //! ([`StoreError::CompactionYielded`]), so no use waits for more than a slice of a copy.
 //! The daemon tries again after its next quiet time, so the database is compacted only in
-//! a moment when nothing uses it for as long as the copy takes.
+//! a moment when nothing uses it for as long as the copy takes. Reports (`status`, metrics,
+//! the systemd status line) do not count as uses: step 2 takes the status summary (module
+//! `summary`) before it pauses the store, and reports read that until step 5 ends, as
+//! nothing can change meanwhile. Nor does the daemon's check that the database can still
+//! be written, which skips its turn while a compaction holds the database.
 //!
 //! # Crash safety
 //!
@@ -65,7 +69,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{DB_DIR, Handles, Space, Store, StoreError, files_size, open_sled, sled_config};
+use std::sync::{Arc, PoisonError};
+
+use super::{
+    DB_DIR, Handles, Space, Store, StoreError, Summary, files_size, open_sled, sled_config,
+};
 
 /// Where step 3 builds the copy, next to `db`.
 pub(super) const COMPACT_DIR: &str = "db.compact";
@@ -195,8 +203,12 @@ impl Store {
             live_bytes = before.live_bytes,
             "compacting the state database"
         );
+        let summary = self.summarize()?;
+        let writes = self.writes();
         let paused = Instant::now();
         let mut handles = self.inner.handles.write();
+        // Taken before the pause; good for reports only if nothing was written in between.
+        let _frozen = (self.writes() == writes).then(|| Frozen::new(self, summary));
         let wanted = &self.inner.wanted_during_compaction;
         wanted.store(false, std::sync::atomic::Ordering::Relaxed);
         let db_error = |err| self.db_error(err);
@@ -304,6 +316,32 @@ impl Store {
             entries,
             paused,
         })
+    }
+}
+
+/// The summary reports read while a compaction holds the database (step 2 to 5), in
+/// place until dropped.
+struct Frozen<'a>(&'a Store);
+
+impl<'a> Frozen<'a> {
+    fn new(store: &'a Store, summary: Summary) -> Frozen<'a> {
+        *store
+            .inner
+            .frozen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(summary));
+        Frozen(store)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .inner
+            .frozen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

@@ -325,6 +325,10 @@ struct Inner {
     marked_closed: Mutex<bool>,
     /// Where each folder's line of new jobs starts (module `line`).
     lines: line::Lines,
+    /// What a report reads, taken as a compaction began: while it holds the database
+    /// nothing changes, so reports read this instead of making it give way (module
+    /// `compact`, "Giving way").
+    frozen: Mutex<Option<Arc<Summary>>>,
     _lock: StateLock,
 }
 
@@ -911,6 +915,7 @@ impl Store {
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
                 lines: line::Lines::default(),
+                frozen: Mutex::new(None),
                 _lock: lock,
             }),
         };
@@ -1699,6 +1704,17 @@ impl Store {
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().map_err(|err| self.db_error(err))
+    }
+
+    /// [`Store::flush`], but nothing while a compaction holds the database: a periodic
+    /// check that the disk still takes writes waits for its next turn rather than make the
+    /// compaction give way (module `compact`); the compaction's own writes meet a failing
+    /// disk first.
+    pub fn flush_unless_compacting(&self) -> Result<(), StoreError> {
+        match self.inner.handles.try_read_recursive() {
+            Some(_held) => self.flush(),
+            None => Ok(()),
+        }
     }
 }
 

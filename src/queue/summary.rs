@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -48,17 +49,28 @@ pub trait StatusSource {
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError>;
 }
 
+/// A running store answers from the trees, or, while a compaction holds them, from the
+/// summary the compaction took as it began (nothing changes meanwhile).
 impl StatusSource for Store {
     fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
-        Store::tallies(self)
+        match self.frozen() {
+            Some(summary) => summary.tallies(),
+            None => Store::tallies(self),
+        }
     }
 
     fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError> {
-        Store::jobs_needing_attention(self)
+        match self.frozen() {
+            Some(summary) => summary.jobs_needing_attention(),
+            None => Store::jobs_needing_attention(self),
+        }
     }
 
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError> {
-        Store::waiting_since(self, folder, now)
+        match self.frozen() {
+            Some(summary) => summary.waiting_since(folder, now),
+            None => Store::waiting_since(self, folder, now),
+        }
     }
 }
 
@@ -136,6 +148,15 @@ fn read(state_dir: &Path) -> Option<Summary> {
 }
 
 impl Store {
+    /// The summary a running compaction took, if one runs.
+    fn frozen(&self) -> Option<Arc<Summary>> {
+        self.inner
+            .frozen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The summary of the database as it is now.
     pub(super) fn summarize(&self) -> Result<Summary, StoreError> {
         let tallies = Store::tallies(self)?;

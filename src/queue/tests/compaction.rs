@@ -299,7 +299,12 @@ fn writers_during_a_compaction_wait_for_it_and_lose_nothing() {
         }
     });
     for _ in 0..3 {
-        store.compact(&always()).expect("the compaction works");
+        // An offer that finds the copy under way makes it give way; one that comes during
+        // the swap waits. Either way the offer must be kept.
+        match store.compact(&always()) {
+            Ok(_) | Err(StoreError::CompactionYielded) => {}
+            Err(err) => panic!("the compaction failed: {err}"),
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let offered = writer.join().expect("the writer ends");
@@ -396,4 +401,49 @@ fn a_use_of_the_store_during_a_copy_makes_the_compaction_give_way_and_keeps_the_
         .compact(&always())
         .expect("an undisturbed compaction ends");
     assert_same(&contents(&store), &before, "after the compaction");
+}
+
+#[test]
+fn reports_and_the_disk_check_during_a_compaction_neither_wait_nor_make_it_give_way() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 300);
+    let failed = queued_id(store.offer(&key("refused"), &fp(7)).expect("offers"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.fail(failed, "HTTP 403").expect("fails");
+    let report = |source: &dyn StatusSource| {
+        (
+            source.tallies().expect("tallies"),
+            source.jobs_needing_attention().expect("attention"),
+            source
+                .waiting_since("/data/in", far_future())
+                .expect("waiting since"),
+        )
+    };
+    let expected = report(&store);
+
+    let during_the_pause = |step: Step| {
+        if step == Step::Copied {
+            let (sent, received) = std::sync::mpsc::channel();
+            let reader = store.clone();
+            std::thread::spawn(move || {
+                let answer = report(&reader);
+                reader.flush_unless_compacting().expect("checks");
+                let _ = sent.send(answer);
+            });
+            let answer = received
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a report and the disk check do not wait for the compaction");
+            assert_eq!(answer, expected, "reports read what the store held");
+            assert!(
+                !store.inner.wanted_during_compaction.load(Ordering::Relaxed),
+                "neither asked the compaction to give way"
+            );
+        }
+        false
+    };
+    store
+        .compact_stopping(&always(), during_the_pause)
+        .expect("the compaction works")
+        .expect("and ends in a swap");
+    assert_eq!(report(&store), expected);
 }
