@@ -1,6 +1,7 @@
 //! A million files: the first mirror of a large tree to KiFS, the daemon's memory while it
-//! runs, the inotify watches it holds, and a restart over the mirrored tree. The emulator
-//! runs as its own process, so the daemon's figures are its own.
+//! runs, the inotify watches it holds, and a restart over the mirrored tree: right after
+//! the mirror, and again once the restarted daemon, idle, compacted its state database.
+//! The emulator runs as its own process, so the daemon's figures are its own.
 //!
 //! Not part of the default run (it needs about 10 GB of disk and a quarter of an hour):
 //! `upsync-bench --only million`. `UPSYNC_BENCH_MILLION_FILES=200000` runs the same shape
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::idle::{Compacted, wait_compaction};
 use crate::scenarios::{size_label, time_find, wait_stored};
 use crate::{Row, Sizes, Verdict};
 
@@ -33,6 +35,10 @@ struct Million {
     restart_uploads: u64,
     restart_jobs: u64,
     restart_peak_rss: u64,
+    /// The restarted daemon's compaction once idle, and a restart over its result.
+    compaction: Option<Compacted>,
+    compacted_restart: Duration,
+    compacted_restart_uploads: u64,
 }
 
 pub async fn million(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
@@ -104,8 +110,21 @@ async fn mirror_and_restart(
     }
     .await;
     let restart = second.startup;
+    let compaction = match restarted {
+        Ok(_) => wait_compaction(&second).await,
+        Err(_) => Ok(None),
+    };
     second.terminate().await?;
     let (restart_jobs, restart_peak_rss) = restarted?;
+    let compaction = compaction?;
+    let restart_uploads = emulator.kifs_uploads().await? - uploads_before;
+    eprintln!("  restart over the compacted database");
+    let uploads_before = emulator.kifs_uploads().await?;
+    let third = Daemon::start(ctx, dir, &config).await?;
+    let compacted_restart = third.startup;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    third.terminate().await?;
+    let compacted_restart_uploads = emulator.kifs_uploads().await? - uploads_before;
     Ok(Million {
         files,
         mirror,
@@ -115,9 +134,12 @@ async fn mirror_and_restart(
         watches,
         find,
         restart,
-        restart_uploads: emulator.kifs_uploads().await? - uploads_before,
+        restart_uploads,
         restart_jobs,
         restart_peak_rss,
+        compaction,
+        compacted_restart,
+        compacted_restart_uploads,
     })
 }
 
@@ -145,6 +167,7 @@ fn rows(m: &Million) -> Vec<Row> {
     );
     let per_file_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / m.files as f64;
     let ratio = m.restart.as_secs_f64() / m.find.as_secs_f64();
+    let compacted_ratio = m.compacted_restart.as_secs_f64() / m.find.as_secs_f64();
     let info = |figure: String, upsync: String| Row {
         figure,
         upsync,
@@ -195,6 +218,29 @@ fn rows(m: &Million) -> Vec<Row> {
             ratio: format!("{ratio:.2}"),
             target: "≤ 2.00, 0 uploads".into(),
             verdict: Verdict::of(ratio <= 2.0 && m.restart_uploads == 0 && m.restart_jobs == 0),
+        },
+        Row {
+            figure: format!(
+                "Restart over the mirrored {tree} once the idle daemon compacted its state database ({})",
+                match &m.compaction {
+                    Some(c) => format!(
+                        "{:.0} → {:.0} MiB, store paused {:.1} s",
+                        mib(c.before_bytes),
+                        mib(c.after_bytes),
+                        c.paused.as_secs_f64()
+                    ),
+                    None => "it did not compact".into(),
+                }
+            ),
+            upsync: format!(
+                "{:.2} s, {} uploads",
+                m.compacted_restart.as_secs_f64(),
+                m.compacted_restart_uploads
+            ),
+            baseline: format!("{:.2} s", m.find.as_secs_f64()),
+            ratio: format!("{compacted_ratio:.2}"),
+            target: "≤ 2.00, 0 uploads".into(),
+            verdict: Verdict::of(compacted_ratio <= 2.0 && m.compacted_restart_uploads == 0),
         },
     ]
 }

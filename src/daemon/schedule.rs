@@ -33,6 +33,13 @@ impl Schedule {
         gates: &FolderGates,
         now: SystemTime,
     ) -> Result<Option<Job>, StoreError> {
+        // An idle worker polls every second: while a compaction holds the store there is
+        // nothing new to claim (a new file would have made it give way), and a poll must not
+        // make it give way, or the store of a large tree is never compacted. A retry that
+        // falls due meanwhile waits for the end of the copy.
+        if store.is_compacting() {
+            return Ok(None);
+        }
         let folders = claimable(store, config, backends, gates)?;
         let mut turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let claimed = store.claim_next(now, &folders, *turn)?;
@@ -50,6 +57,9 @@ impl Schedule {
         backends: &Backends,
         gates: &FolderGates,
     ) -> Result<Option<SystemTime>, StoreError> {
+        if store.is_compacting() {
+            return Ok(None);
+        }
         let folders = claimable(store, config, backends, gates)?;
         store.next_due_in(&folders)
     }

@@ -46,8 +46,9 @@
 //! a moment when nothing uses it for as long as the copy takes. Reports (`status`, metrics,
 //! the systemd status line) do not count as uses: step 2 takes the status summary (module
 //! `summary`) before it pauses the store, and reports read that until step 5 ends, as
-//! nothing can change meanwhile. Nor does the daemon's check that the database can still
-//! be written, which skips its turn while a compaction holds the database.
+//! nothing can change meanwhile. Nor do the daemon's check that the database can still
+//! be written and its idle workers' polls for due jobs ([`Store::is_compacting`]), which
+//! skip their turn while a compaction holds the database.
 //!
 //! # Crash safety
 //!
@@ -171,6 +172,11 @@ impl Store {
     /// copies.
     pub fn compact(&self, policy: &CompactPolicy) -> Result<Option<Compaction>, StoreError> {
         self.compact_stopping(policy, |_| false)
+    }
+
+    /// Whether a compaction holds the database now (steps 2 to 5).
+    pub fn is_compacting(&self) -> bool {
+        self.inner.handles.try_read_recursive().is_none()
     }
 
     /// The length of the database's files, without reading them.

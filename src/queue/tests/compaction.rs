@@ -427,6 +427,10 @@ fn reports_and_the_disk_check_during_a_compaction_neither_wait_nor_make_it_give_
             let reader = store.clone();
             std::thread::spawn(move || {
                 let answer = report(&reader);
+                assert!(
+                    reader.is_compacting(),
+                    "idle workers see it and skip their poll"
+                );
                 reader.flush_unless_compacting().expect("checks");
                 let _ = sent.send(answer);
             });
