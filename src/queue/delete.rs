@@ -199,16 +199,20 @@ impl Store {
 
     /// Step 2's count for `folder`.
     pub fn deletion_tally(&self, folder: &str) -> Result<DeletionTally, StoreError> {
+        // Two reads, not one snapshot: deletions running meanwhile remove a job and its
+        // ledger entry together. The ledger is read first, so one that completes between
+        // the reads lowers the deletions counted, never the uploads they are weighed
+        // against: a restart amid a batch must not look like a folder emptied at once.
         let mut tally = DeletionTally::default();
-        for job in self.folder_jobs(folder)? {
-            tally.pending += u64::from(is_pending(&job));
-            tally.held += u64::from(is_held(&job));
-        }
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         for entry in self.handles().trees.ledger.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;
             tally.uploaded += u64::from(FileRecord::split(&raw).upload.is_some());
+        }
+        for job in self.folder_jobs(folder)? {
+            tally.pending += u64::from(is_pending(&job));
+            tally.held += u64::from(is_held(&job));
         }
         Ok(tally)
     }
