@@ -162,7 +162,8 @@
 //!    removed it) and flushes, but only if the counts are trusted: the open found
 //!    `closed`, or this process checked them. A process that opened a database left by a
 //!    crash and did not check (`upsync status` of a stopped daemon) leaves it unmarked,
-//!    for the next start to check.
+//!    for the next start to check. A close that leaves the marker also leaves the status
+//!    summary a report of the stopped daemon reads (module `summary`).
 //!
 //! # No background work
 //!
