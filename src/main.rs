@@ -215,6 +215,12 @@ fn emit(text: &str) -> Result<(), Failure> {
     }
 }
 
+/// [`emit`] of `value` as pretty JSON, one line break after it.
+fn emit_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).expect("the output serializes to JSON");
+    emit(&format!("{text}\n"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. } | Command::Sync { .. }) {
@@ -268,8 +274,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     .await
                     .map_err(Failure::runtime)?;
                 if json {
-                    let text = serde_json::to_string_pretty(&plan).expect("the plan serializes");
-                    emit(&format!("{text}\n"))?;
+                    emit_json(&plan)?;
                 } else {
                     emit(&daemon::dry_run::render(&plan))?;
                 }
@@ -330,8 +335,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     .map_err(Failure::runtime)?,
             };
             if json {
-                let text = serde_json::to_string_pretty(&report).expect("status report serializes");
-                emit(&format!("{text}\n"))?;
+                emit_json(&report)?;
             } else {
                 emit(&status::render_text(&report))?;
             }
@@ -387,8 +391,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     }
                 };
             if json {
-                let text = serde_json::to_string_pretty(&files).expect("the list serializes");
-                emit(&format!("{text}\n"))?;
+                emit_json(&files)?;
             } else {
                 emit(&history::render(&files))?;
             }

@@ -33,13 +33,6 @@ impl Schedule {
         gates: &FolderGates,
         now: SystemTime,
     ) -> Result<Option<Job>, StoreError> {
-        // An idle worker polls every second: while a compaction holds the store there is
-        // nothing new to claim (a new file would have made it give way), and a poll must not
-        // make it give way, or the store of a large tree is never compacted. A retry that
-        // falls due meanwhile waits for the end of the copy.
-        if store.is_compacting() {
-            return Ok(None);
-        }
         let folders = claimable(store, config, backends, gates)?;
         let mut turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let claimed = store.claim_next(now, &folders, *turn)?;
@@ -57,21 +50,25 @@ impl Schedule {
         backends: &Backends,
         gates: &FolderGates,
     ) -> Result<Option<SystemTime>, StoreError> {
-        if store.is_compacting() {
-            return Ok(None);
-        }
         let folders = claimable(store, config, backends, gates)?;
         store.next_due_in(&folders)
     }
 }
 
-/// The folders with due-index entries that may be claimed from now.
+/// The folders with due-index entries that may be claimed from now: none while a
+/// compaction holds the store. An idle worker polls every second, and a poll must not make
+/// the compaction give way, or the store of a large tree is never compacted; there is
+/// nothing new to claim meanwhile (a new file would have made it give way), and a retry
+/// that falls due waits for the end of the copy.
 fn claimable(
     store: &Store,
     config: &Config,
     backends: &Backends,
     gates: &FolderGates,
 ) -> Result<Vec<FolderTag>, StoreError> {
+    if store.is_compacting() {
+        return Ok(Vec::new());
+    }
     let configured: HashMap<FolderTag, &crate::config::FolderConfig> = config
         .folders
         .iter()

@@ -201,6 +201,13 @@ pub struct FolderCounts {
     pub held: u64,
 }
 
+impl FolderCounts {
+    /// The jobs counted, in every state.
+    pub fn jobs(&self) -> u64 {
+        self.queued + self.active + self.finalizing + self.importing + self.retry_wait + self.failed
+    }
+}
+
 impl FileKey {
     pub fn new(folder: impl Into<String>, rel: impl Into<String>) -> FileKey {
         FileKey {

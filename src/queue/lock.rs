@@ -21,9 +21,12 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    /// Takes the lock without waiting; fails with [`StoreError::Locked`] when another open
-    /// file description holds it.
+    /// Takes the lock without waiting, creating the state dir if it is missing; fails with
+    /// [`StoreError::Locked`] when another open file description holds it.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| {
+            StoreError::io("create the state directory", state_dir, state_dir, source)
+        })?;
         let path = state_dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)

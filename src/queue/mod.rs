@@ -351,9 +351,7 @@ impl Inner {
         }
         Ok(())
     }
-}
 
-impl Inner {
     /// Step 4 of "Clean close" in the module doc: writes the `closed` marker back if this
     /// process removed it and the counts are trusted, then flushes. Whether the marker is
     /// on disk afterwards.
@@ -875,9 +873,6 @@ impl Store {
     /// Opens (creating if needed) the state database in `state_dir`, and locks the dir
     /// against a second upsync for as long as any clone of the Store lives.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| {
-            StoreError::io("create the state directory", state_dir, state_dir, source)
-        })?;
         let lock = StateLock::acquire(state_dir)?;
         Store::open_locked(state_dir, lock)
     }
@@ -934,9 +929,6 @@ impl Store {
     /// where the old database went. The lock is taken first, so a running daemon's
     /// database is never moved.
     pub fn open_rebuilding(state_dir: &Path) -> Result<(Store, Option<PathBuf>), StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| {
-            StoreError::io("create the state directory", state_dir, state_dir, source)
-        })?;
         let lock = StateLock::acquire(state_dir)?;
         let db_path = state_dir.join(DB_DIR);
         let mut moved = None;
@@ -1719,8 +1711,6 @@ impl Store {
     }
 }
 
-/// The total length of the files under `dir` (sled's database is a directory of files, one
-/// level of subdirectories deep).
 /// The length of every file under `dir`, however deep: what a database directory takes on
 /// disk (also read by the benchmark while a daemon holds the database).
 pub fn files_size(dir: &Path) -> std::io::Result<u64> {

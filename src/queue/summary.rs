@@ -53,24 +53,22 @@ pub trait StatusSource {
 /// summary the compaction took as it began (nothing changes meanwhile).
 impl StatusSource for Store {
     fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
-        match self.frozen() {
-            Some(summary) => summary.tallies(),
-            None => Store::tallies(self),
-        }
+        self.frozen()
+            .map_or_else(|| Store::tallies(self), |summary| summary.tallies())
     }
 
     fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError> {
-        match self.frozen() {
-            Some(summary) => summary.jobs_needing_attention(),
-            None => Store::jobs_needing_attention(self),
-        }
+        self.frozen().map_or_else(
+            || Store::jobs_needing_attention(self),
+            |summary| summary.jobs_needing_attention(),
+        )
     }
 
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError> {
-        match self.frozen() {
-            Some(summary) => summary.waiting_since(folder, now),
-            None => Store::waiting_since(self, folder, now),
-        }
+        self.frozen().map_or_else(
+            || Store::waiting_since(self, folder, now),
+            |summary| summary.waiting_since(folder, now),
+        )
     }
 }
 
@@ -120,9 +118,6 @@ impl Stopped {
 /// Step 3: takes the lock of a stopped daemon's state dir and reads the summary, or opens
 /// the database when there is no summary it can use.
 pub fn open_stopped(state_dir: &Path) -> Result<Stopped, StoreError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| {
-        StoreError::io("create the state directory", state_dir, state_dir, source)
-    })?;
     let lock = StateLock::acquire(state_dir)?;
     match read(state_dir) {
         Some(summary) => Ok(Stopped::Summary(summary, lock)),

@@ -181,7 +181,7 @@ impl Sink for Store {
         // folder's counts say in one read whether there is any job to list.
         if self
             .tallies()
-            .is_ok_and(|tallies| tallies.get(folder).is_none_or(|t| jobs_in(&t.counts) == 0))
+            .is_ok_and(|tallies| tallies.get(folder).is_none_or(|t| t.counts.jobs() == 0))
         {
             return Vec::new();
         }
@@ -206,16 +206,6 @@ impl Sink for Store {
             }
         }
     }
-}
-
-/// The jobs a folder's counts hold, in every state.
-fn jobs_in(counts: &crate::queue::FolderCounts) -> u64 {
-    counts.queued
-        + counts.active
-        + counts.finalizing
-        + counts.importing
-        + counts.retry_wait
-        + counts.failed
 }
 
 /// Watches one folder until `ctx.shutdown`; sends the start-up scan's summary on `scanned`
