@@ -293,6 +293,47 @@ fn without_ctime(fingerprint: Fingerprint) -> Fingerprint {
 }
 
 #[test]
+fn only_an_entry_holding_the_same_fingerprint_matches_by_its_bytes() {
+    let entry = |fingerprint: Fingerprint| {
+        encode(&LedgerEntry {
+            fingerprint,
+            remote: "ingest/a.csv".into(),
+            md5: None,
+            uploaded_at_ms: 5,
+        })
+    };
+    assert!(records_exactly(&entry(fp(1)), &fp(1)));
+    assert!(!records_exactly(&entry(fp(1)), &fp(2)));
+    // A number that is a prefix of the recorded one is another number, also in the last
+    // field.
+    assert!(!records_exactly(&entry(fp(12)), &fp(1)));
+    let later_change = Fingerprint {
+        ctime_ns: Some(10_000),
+        ..fp(1)
+    };
+    assert_eq!(fp(1).ctime_ns, Some(1_000));
+    assert!(!records_exactly(&entry(later_change), &fp(1)));
+    assert!(!records_exactly(&entry(without_ctime(fp(1))), &fp(1)));
+
+    // An entry encoded otherwise (here with spaces) is decoded instead, and still matches.
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let spaced = String::from_utf8(entry(fp(1)))
+        .expect("JSON")
+        .replace(':', ": ");
+    assert!(!records_exactly(spaced.as_bytes(), &fp(1)));
+    let raw_key = file_key(&key("a.csv")).expect("a valid key");
+    store
+        .handles()
+        .trees
+        .ledger
+        .insert(raw_key, spaced.as_bytes())
+        .expect("the ledger writes");
+    assert!(store.is_uploaded(&key("a.csv"), &fp(1)).expect("reads"));
+    assert!(!store.is_uploaded(&key("a.csv"), &fp(2)).expect("reads"));
+}
+
+#[test]
 fn a_ledger_entry_without_ctime_matches_on_the_rest_and_is_rewritten_with_it() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());

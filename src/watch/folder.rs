@@ -285,10 +285,11 @@ impl FolderState {
     /// waiting to settle: a whole-folder scan pauses. Reads the queue only when this
     /// folder queued files since the last look.
     fn backlog_full(&mut self) -> bool {
+        // Settled files wait in the outbox as candidates: offered, they are no longer.
+        self.flush_offers();
         if self.settle.len() as u64 >= self.opts.backlog {
             return true;
         }
-        self.flush_offers();
         if self.queued_total == self.queued_at_backlog_check {
             return false;
         }
@@ -835,5 +836,15 @@ impl Visit for Pass<'_> {
 
     fn pause(&mut self) -> bool {
         self.pausable && self.st.backlog_full()
+    }
+
+    /// A pausable pass reads at most a backlog between two looks at it, so it goes past
+    /// the backlog by at most that much.
+    fn batch_entries(&self) -> usize {
+        if self.pausable {
+            usize::try_from(self.st.opts.backlog).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        }
     }
 }

@@ -27,12 +27,12 @@ use tracing::{debug, warn};
 
 use super::filter::Filter;
 
-/// Directories with at least this many files are stat-ed on two threads: below it, starting
-/// the second thread costs about what it saves.
+/// Batches of at least this many files are stat-ed on two threads: below it, starting the
+/// second thread costs about what it saves.
 const PARALLEL_FILES: usize = 32;
-/// A directory's entries are read and looked at this many at a time, so that a directory
-/// of a million files does not hold a million entries in memory, and a walk can pause
-/// inside it.
+/// Directory entries are read and looked at this many at a time (those of several small
+/// directories together), so that a directory of a million files does not hold a million
+/// entries in memory, and a walk can pause inside it.
 const LIST_CHUNK: usize = 4096;
 
 /// A check run on the stat-ing threads: true when the file (relative path, metadata) needs
@@ -52,9 +52,15 @@ pub trait Visit {
         false
     }
     /// Whether to pause the walk here, to go on later from its [`WalkCursor`]; asked after
-    /// each chunk of files (at most [`LIST_CHUNK`], at least once per directory).
+    /// each batch of files but the last (a batch is [`Visit::batch_entries`] directory
+    /// entries read, of one or several directories).
     fn pause(&mut self) -> bool {
         false
+    }
+    /// How many directory entries a batch reads at most: [`LIST_CHUNK`], or fewer for a
+    /// visitor that wants to be asked to pause more often.
+    fn batch_entries(&self) -> usize {
+        LIST_CHUNK
     }
 }
 
@@ -113,7 +119,7 @@ impl Walker<'_> {
     }
 
     /// Walks on from `cursor` until the walk is done, the visitor is cancelled, or it asks
-    /// to pause ([`Visit::pause`], asked after each chunk of files); a paused walk goes on
+    /// to pause ([`Visit::pause`], asked after each batch of files); a paused walk goes on
     /// from the same cursor later.
     pub fn walk_on(
         &self,
@@ -127,10 +133,7 @@ impl Walker<'_> {
             if visit.cancelled() {
                 return WalkEnd::Cancelled;
             }
-            let Some((dir, mut entries)) = self.next_listing(cursor, visit) else {
-                return WalkEnd::Done;
-            };
-            let more = self.list_chunk(&dir, &mut entries, &mut cursor.stack, &mut files, warned);
+            let listing_left = self.list_batch(cursor, visit, &mut files, warned);
             let looked = look_at(&files, known);
             for ((entry, rel), look) in files.drain(..).zip(looked) {
                 match look {
@@ -139,13 +142,44 @@ impl Walker<'_> {
                     Look::Gone => {}
                 }
             }
-            if more {
-                cursor.listing = Some((dir, entries));
+            if !listing_left {
+                return WalkEnd::Done;
             }
             if visit.pause() {
                 return WalkEnd::Paused;
             }
         }
+    }
+
+    /// Lists directories into `files` until [`Visit::batch_entries`] (at most
+    /// [`LIST_CHUNK`]) entries were read or none is
+    /// left: the files of many small directories are stat-ed together, so the second
+    /// stat-ing thread is started once per batch rather than once per directory (a
+    /// restart over 1,000 directories of 100 files started it 1,000 times). A listing
+    /// cut off by the limit stays in the cursor. False when every directory is listed.
+    fn list_batch(
+        &self,
+        cursor: &mut WalkCursor,
+        visit: &mut impl Visit,
+        files: &mut Vec<(std::fs::DirEntry, String)>,
+        warned: &mut HashSet<PathBuf>,
+    ) -> bool {
+        let mut budget = visit.batch_entries().clamp(1, LIST_CHUNK);
+        while budget > 0 {
+            let Some((dir, mut entries)) = self.next_listing(cursor, visit) else {
+                return false;
+            };
+            let read =
+                self.list_chunk(&dir, &mut entries, budget, &mut cursor.stack, files, warned);
+            match read {
+                Listed::All(count) => budget = budget.saturating_sub(count.max(1)),
+                Listed::Some => {
+                    cursor.listing = Some((dir, entries));
+                    return true;
+                }
+            }
+        }
+        true
     }
 
     /// The listing to go on with: the one a pause left open, or the next directory of the
@@ -173,26 +207,27 @@ impl Walker<'_> {
         None
     }
 
-    /// Reads up to [`LIST_CHUNK`] entries of `dir`: subdirectories to walk go on `stack`,
-    /// accepted regular files into `files`. True when the listing has more entries.
+    /// Reads up to `limit` entries of `dir`: subdirectories to walk go on `stack`,
+    /// accepted regular files into `files`.
     fn list_chunk(
         &self,
         dir: &Path,
         entries: &mut std::fs::ReadDir,
+        limit: usize,
         stack: &mut Vec<PathBuf>,
         files: &mut Vec<(std::fs::DirEntry, String)>,
         warned: &mut HashSet<PathBuf>,
-    ) -> bool {
+    ) -> Listed {
         // The directory's own relative path, once: each entry's is that plus its name.
         let Some(dir_rel) = self
             .rel(dir, warned)
             .or_else(|| (dir == self.root).then(String::new))
         else {
-            return false;
+            return Listed::All(0);
         };
-        for _ in 0..LIST_CHUNK {
+        for read in 0..limit {
             let entry = match entries.next() {
-                None => return false,
+                None => return Listed::All(read),
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
                     warn!(dir = %dir.display(), error = %e, "cannot read a directory entry");
@@ -220,7 +255,7 @@ impl Walker<'_> {
                 files.push((entry, rel));
             }
         }
-        true
+        Listed::Some
     }
 
     /// The `/`-separated path of `path` relative to the root, or `None` (with a warning the
@@ -228,6 +263,14 @@ impl Walker<'_> {
     pub fn rel(&self, path: &Path, warned: &mut HashSet<PathBuf>) -> Option<String> {
         relative(self.root, path, warned)
     }
+}
+
+/// How much of a directory [`Walker::list_chunk`] read.
+enum Listed {
+    /// The whole rest of the listing: this many entries.
+    All(usize),
+    /// As many entries as it was allowed; the listing has more.
+    Some,
 }
 
 /// What stat-ing one listed file found.
@@ -454,15 +497,44 @@ mod tests {
         while walker.walk_on(&mut cursor, &mut visit, &mut warned, None) == WalkEnd::Paused {
             calls += 1;
         }
-        // Two chunks of the root, one of `sub`: each ends in a pause, then the end.
-        assert_eq!(visit.pauses, 3);
-        assert_eq!(calls, 4);
+        // A full batch of the root ends in a pause; the rest of the root and `sub` make
+        // the second and last batch.
+        assert_eq!(visit.pauses, 1);
+        assert_eq!(calls, 2);
         assert_eq!(visit.rec.dirs.len(), 2, "each directory entered once");
         let mut files = visit.rec.files;
         assert_eq!(files.len(), big + 1);
         files.sort();
         files.dedup();
         assert_eq!(files.len(), big + 1, "every file seen exactly once");
+
+        // Small directories share a batch: one call, no pause, every file seen once.
+        let small = tempfile::tempdir().expect("a temp dir can be created");
+        for d in 0..40 {
+            let sub = small.path().join(format!("d{d}"));
+            std::fs::create_dir(&sub).expect("create a dir");
+            for f in 0..PARALLEL_FILES {
+                std::fs::write(sub.join(format!("f{f}")), b"").expect("write");
+            }
+        }
+        let walker = Walker {
+            root: small.path(),
+            filter: &filter,
+            recursive: true,
+        };
+        let mut visit = Pausing::default();
+        let mut cursor = WalkCursor::new(small.path());
+        let end = walker.walk_on(&mut cursor, &mut visit, &mut warned, None);
+        assert_eq!(end, WalkEnd::Done);
+        assert_eq!(
+            visit.pauses, 0,
+            "41 directories of 1,320 entries are one batch"
+        );
+        assert_eq!(visit.rec.dirs.len(), 41);
+        let mut files = visit.rec.files;
+        files.sort();
+        files.dedup();
+        assert_eq!(files.len(), 40 * PARALLEL_FILES);
     }
 
     #[test]
