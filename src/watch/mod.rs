@@ -30,6 +30,7 @@
 mod deletions;
 pub mod filter;
 mod folder;
+mod looks;
 mod recent;
 mod scan;
 pub mod settle;

@@ -22,10 +22,12 @@ use std::collections::HashSet;
 use std::fs::Metadata;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{debug, warn};
 
 use super::filter::Filter;
+use super::looks::{Batch, Helper, Look};
 
 /// Batches of at least this many files are stat-ed on two threads: below it, starting the
 /// second thread costs about what it saves.
@@ -80,6 +82,8 @@ pub enum WalkEnd {
 pub struct WalkCursor {
     listing: Option<(PathBuf, std::fs::ReadDir)>,
     stack: Vec<PathBuf>,
+    /// Files listed before a pause and not looked at yet: the next batch.
+    pending: Vec<(std::fs::DirEntry, String)>,
 }
 
 impl WalkCursor {
@@ -88,7 +92,13 @@ impl WalkCursor {
         WalkCursor {
             listing: None,
             stack: vec![start.to_path_buf()],
+            pending: Vec::new(),
         }
+    }
+
+    /// Whether any directory is left to list (or the rest of one).
+    fn has_more(&self) -> bool {
+        self.listing.is_some() || !self.stack.is_empty()
     }
 }
 
@@ -128,46 +138,70 @@ impl Walker<'_> {
         warned: &mut HashSet<PathBuf>,
         known: Option<&Known<'_>>,
     ) -> WalkEnd {
-        let mut files: Vec<(std::fs::DirEntry, String)> = Vec::new();
-        loop {
-            if visit.cancelled() {
-                return WalkEnd::Cancelled;
-            }
-            let listing_left = self.list_batch(cursor, visit, &mut files, warned);
-            let looked = look_at(&files, known);
-            for ((entry, rel), look) in files.drain(..).zip(looked) {
-                match look {
-                    Look::Known => visit.known_file(&rel),
-                    Look::File(meta) => visit.file(&entry.path(), &rel, &meta),
-                    Look::Gone => {}
+        std::thread::scope(|scope| {
+            let mut helper = Lazy::Unstarted;
+            let mut in_flight: Option<Arc<Batch>> = None;
+            loop {
+                if visit.cancelled() {
+                    return WalkEnd::Cancelled;
+                }
+                // 1. The next batch: one a pause left, or listed now, while the helper
+                // looks at the batch before it.
+                let next = if cursor.pending.is_empty() {
+                    let mut files = Vec::new();
+                    self.list_batch(cursor, visit, &mut files, warned);
+                    files
+                } else {
+                    std::mem::take(&mut cursor.pending)
+                };
+                // 2. The batch before it, looked at by both threads, goes to the visitor.
+                if let Some(batch) = in_flight.take() {
+                    deliver(&batch, batch.finish(known, || helper.gone()), visit);
+                    if (!next.is_empty() || cursor.has_more()) && visit.pause() {
+                        cursor.pending = next;
+                        return WalkEnd::Paused;
+                    }
+                }
+                if next.is_empty() {
+                    if cursor.has_more() {
+                        continue;
+                    }
+                    return WalkEnd::Done;
+                }
+                // 3. A large batch goes to the helper; a small one is looked at here.
+                let batch = Arc::new(Batch::new(next));
+                if batch.files.len() >= PARALLEL_FILES
+                    && let Some(started) = helper.get(scope, known)
+                    && started.hand(&batch)
+                {
+                    in_flight = Some(batch);
+                    continue;
+                }
+                deliver(&batch, batch.finish(known, || false), visit);
+                if cursor.has_more() && visit.pause() {
+                    return WalkEnd::Paused;
                 }
             }
-            if !listing_left {
-                return WalkEnd::Done;
-            }
-            if visit.pause() {
-                return WalkEnd::Paused;
-            }
-        }
+        })
     }
 
     /// Lists directories into `files` until [`Visit::batch_entries`] (at most
-    /// [`LIST_CHUNK`]) entries were read or none is
-    /// left: the files of many small directories are stat-ed together, so the second
-    /// stat-ing thread is started once per batch rather than once per directory (a
-    /// restart over 1,000 directories of 100 files started it 1,000 times). A listing
-    /// cut off by the limit stays in the cursor. False when every directory is listed.
+    /// [`LIST_CHUNK`]) entries were read or none is left: the files of many small
+    /// directories are looked at together, so the two threads share batches of thousands
+    /// of files rather than meet once per directory (a restart over 1,000 directories of
+    /// 100 files started a thread for each). A listing cut off by the limit stays in the
+    /// cursor.
     fn list_batch(
         &self,
         cursor: &mut WalkCursor,
         visit: &mut impl Visit,
         files: &mut Vec<(std::fs::DirEntry, String)>,
         warned: &mut HashSet<PathBuf>,
-    ) -> bool {
+    ) {
         let mut budget = visit.batch_entries().clamp(1, LIST_CHUNK);
         while budget > 0 {
             let Some((dir, mut entries)) = self.next_listing(cursor, visit) else {
-                return false;
+                return;
             };
             let read =
                 self.list_chunk(&dir, &mut entries, budget, &mut cursor.stack, files, warned);
@@ -175,11 +209,10 @@ impl Walker<'_> {
                 Listed::All(count) => budget = budget.saturating_sub(count.max(1)),
                 Listed::Some => {
                     cursor.listing = Some((dir, entries));
-                    return true;
+                    return;
                 }
             }
         }
-        true
     }
 
     /// The listing to go on with: the one a pause left open, or the next directory of the
@@ -273,53 +306,47 @@ enum Listed {
     Some,
 }
 
-/// What stat-ing one listed file found.
-enum Look {
-    /// A regular file the [`Known`] check sorted out.
-    Known,
-    File(Metadata),
-    /// Vanished, or no longer a regular file.
-    Gone,
+/// Hands a looked-at batch to the visitor, file by file in listing order.
+fn deliver(batch: &Batch, looks: Vec<Look>, visit: &mut impl Visit) {
+    for ((entry, rel), look) in batch.files.iter().zip(looks) {
+        match look {
+            Look::Known => visit.known_file(rel),
+            Look::File(meta) => visit.file(&entry.path(), rel, &meta),
+            Look::Gone => {}
+        }
+    }
 }
 
-/// Stats `files` (and runs `known`), on two threads when there are many. The stat is
-/// relative to the open directory (`DirEntry::metadata`, which does not follow symlinks),
-/// so the kernel does not walk the whole path again for every file.
-fn look_at(files: &[(std::fs::DirEntry, String)], known: Option<&Known<'_>>) -> Vec<Look> {
-    let look = |(entry, rel): &(std::fs::DirEntry, String)| match entry.metadata() {
-        Ok(meta) if meta.is_file() => {
-            if known.is_some_and(|known| known(rel, &meta)) {
-                Look::Known
-            } else {
-                Look::File(meta)
-            }
+/// A walk's helper thread, started at its first large batch (most walks of a running
+/// daemon look at a directory or two and need none).
+enum Lazy<'scope> {
+    Unstarted,
+    Started(Helper<'scope>),
+    /// No thread was to be had: the walking thread looks at every file.
+    Unavailable,
+}
+
+impl<'scope> Lazy<'scope> {
+    fn get<'k: 'scope>(
+        &mut self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        known: Option<&'scope Known<'k>>,
+    ) -> Option<&Helper<'scope>> {
+        if matches!(self, Lazy::Unstarted) {
+            *self = Helper::start(scope, known).map_or(Lazy::Unavailable, Lazy::Started);
         }
-        Ok(_) => Look::Gone,
-        Err(e) => {
-            debug!(path = %entry.path().display(), error = %e, "file vanished while scanning");
-            Look::Gone
+        match self {
+            Lazy::Started(helper) => Some(helper),
+            _ => None,
         }
-    };
-    if files.len() < PARALLEL_FILES {
-        return files.iter().map(look).collect();
     }
-    let (first, second) = files.split_at(files.len() / 2);
-    std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("upsync-scan".into())
-            .spawn_scoped(scope, || second.iter().map(look).collect::<Vec<_>>());
-        let mut looked: Vec<Look> = first.iter().map(look).collect();
-        match helper {
-            Ok(helper) => looked.extend(
-                helper
-                    .join()
-                    .expect("stat-ing files does not panic (errors are values)"),
-            ),
-            // No thread to be had: do the second half here.
-            Err(_) => looked.extend(second.iter().map(look)),
+
+    fn gone(&self) -> bool {
+        match self {
+            Lazy::Started(helper) => helper.gone(),
+            _ => true,
         }
-        looked
-    })
+    }
 }
 
 /// The relative path of `entry`, listed in the directory whose relative path is `dir_rel`
@@ -456,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn a_walk_paused_after_every_chunk_goes_on_where_it_stood() {
+    fn a_paused_walk_goes_on_where_it_stood_and_small_directories_share_batches() {
         /// Pauses whenever asked, counting the pauses.
         #[derive(Default)]
         struct Pausing {
@@ -535,6 +562,43 @@ mod tests {
         files.sort();
         files.dedup();
         assert_eq!(files.len(), 40 * PARALLEL_FILES);
+
+        // Looked at on both threads, each file is either known or not, once, as its check
+        // says.
+        #[derive(Default)]
+        struct Sorted {
+            rec: Record,
+            known: Vec<String>,
+        }
+        impl Visit for Sorted {
+            fn enter_dir(&mut self, dir: &Path) {
+                self.rec.enter_dir(dir);
+            }
+            fn file(&mut self, path: &Path, rel: &str, meta: &Metadata) {
+                self.rec.file(path, rel, meta);
+            }
+            fn known_file(&mut self, rel: &str) {
+                self.known.push(rel.to_string());
+            }
+        }
+        let odd = |rel: &str, _: &Metadata| rel.ends_with(['1', '3', '5', '7', '9']);
+        let mut sorted = Sorted::default();
+        walker.walk_with(small.path(), &mut sorted, &mut warned, Some(&odd));
+        assert_eq!(sorted.known.len(), 40 * PARALLEL_FILES / 2);
+        assert!(
+            sorted
+                .known
+                .iter()
+                .all(|rel| odd(rel, &std::fs::metadata(small.path()).unwrap()))
+        );
+        assert_eq!(sorted.rec.files.len(), 40 * PARALLEL_FILES / 2);
+        assert!(
+            sorted
+                .rec
+                .files
+                .iter()
+                .all(|rel| !rel.ends_with(['1', '3', '5', '7', '9']))
+        );
     }
 
     #[test]
