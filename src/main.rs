@@ -16,13 +16,6 @@ use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{Store, StoreError};
 use upsync::signals;
 
-/// mimalloc rather than glibc's allocator: sled allocates each page it reads on one thread
-/// and frees it on whichever thread evicts it, and glibc serializes such frees on the
-/// owning arena's lock; a restart over a million files spent a tenth of its time waiting
-/// on those locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "upsync",
