@@ -19,7 +19,8 @@
 //!    (`malloc_trim`; glibc only returns the top of a heap by itself) every
 //!    [`TRIM_EVERY`] while the state database is being written, so that a long burst does
 //!    not carry the garbage of its first minutes. An idle daemon has nothing to give back
-//!    and does not trim.
+//!    and does not trim. With four arenas, trimming every 5 s let the first mirror of a
+//!    million files peak at 163 MiB; every second, at 148 MiB.
 //!
 //! Other allocators and platforms: both are no-ops.
 
@@ -27,8 +28,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// How often a busy daemon returns its free memory.
-pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// How often a busy daemon returns its free memory (module doc, step 2).
+pub const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How many glibc arenas the daemon may use (glibc's default is eight per core).
 pub const ARENAS: i32 = 4;
