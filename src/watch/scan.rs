@@ -10,13 +10,15 @@
 //! are not entered, and names that are not valid UTF-8 are skipped: they cannot become
 //! remote names.
 //!
-//! A walk can pause between two chunks of files and go on later from its [`WalkCursor`]
-//! (the folder pauses its whole-folder scans while the queue holds enough of its files).
+//! Files are listed in batches (up to [`LIST_CHUNK`] directory entries, of one directory or
+//! of several small ones). A walk can pause between two batches and go on later from its
+//! [`WalkCursor`] (the folder pauses its whole-folder scans while the queue holds enough
+//! of its files).
 //!
-//! The files of a large directory are stat-ed on two threads (a restart over a big tree is
-//! mostly stats and ledger reads), together with an optional [`Known`] check that sorts out
-//! files needing no further look (already uploaded); the visitor then sees the files one by
-//! one, in directory order, on the walking thread.
+//! A large batch is stat-ed on two threads while the next one is listed (module `looks`;
+//! a restart over a big tree is mostly stats and ledger reads), together with an optional
+//! [`Known`] check that sorts out files needing no further look (already uploaded); the
+//! visitor then sees the files one by one, in listing order, on the walking thread.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
