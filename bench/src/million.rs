@@ -229,7 +229,9 @@ fn rows(m: &Million) -> Vec<Row> {
                         mib(c.after_bytes),
                         c.paused.as_secs_f64()
                     ),
-                    None => "it did not compact".into(),
+                    None =>
+                        "it did not compact: none was due, or the copy would not have been smaller"
+                            .into(),
                 }
             ),
             upsync: format!(

@@ -484,10 +484,17 @@ fn records_exactly(raw: &[u8], fingerprint: &Fingerprint) -> bool {
     let Some(rest) = raw.strip_prefix(FIELD) else {
         return false;
     };
-    let mut encoded = Vec::with_capacity(96);
-    serde_json::to_writer(&mut encoded, fingerprint)
-        .expect("a fingerprint has string keys only and serializes to JSON");
-    rest.starts_with(&encoded)
+    // On the stack: the scan asks this once per file, on two threads, and allocations
+    // there contend for the allocator. The longest fingerprint is 162 bytes of JSON.
+    let mut buffer = [0u8; 192];
+    let encoded_len = {
+        let mut writer = std::io::Cursor::new(&mut buffer[..]);
+        if serde_json::to_writer(&mut writer, fingerprint).is_err() {
+            return false;
+        }
+        writer.position() as usize
+    };
+    rest.starts_with(&buffer[..encoded_len])
 }
 
 /// The ledger entry `raw`, encoded again with `fingerprint` in place of its own (an entry

@@ -314,6 +314,14 @@ fn only_an_entry_holding_the_same_fingerprint_matches_by_its_bytes() {
     assert_eq!(fp(1).ctime_ns, Some(1_000));
     assert!(!records_exactly(&entry(later_change), &fp(1)));
     assert!(!records_exactly(&entry(without_ctime(fp(1))), &fp(1)));
+    // The longest fingerprint fits the encoding buffer.
+    let longest = Fingerprint {
+        size: u64::MAX,
+        mtime_ns: i128::MIN,
+        inode: u64::MAX,
+        ctime_ns: Some(i128::MIN),
+    };
+    assert!(records_exactly(&entry(longest), &longest));
 
     // An entry encoded otherwise (here with spaces) is decoded instead, and still matches.
     let dir = tempfile::tempdir().expect("a temp dir can be created");
