@@ -157,12 +157,16 @@ impl Walker<'_> {
                     std::mem::take(&mut cursor.pending)
                 };
                 // 2. The batch before it, looked at by both threads, goes to the visitor.
+                // It is dropped (its directories closed, its entries freed) only once the
+                // helper has the next one: no work for the helper to wait on.
+                let mut delivered = None;
                 if let Some(batch) = in_flight.take() {
                     deliver(&batch, batch.finish(known, || helper.gone()), visit);
                     if (!next.is_empty() || cursor.has_more()) && visit.pause() {
                         cursor.pending = next;
                         return WalkEnd::Paused;
                     }
+                    delivered = Some(batch);
                 }
                 if next.is_empty() {
                     if cursor.has_more() {
@@ -177,6 +181,7 @@ impl Walker<'_> {
                     && started.hand(&batch)
                 {
                     in_flight = Some(batch);
+                    drop(delivered);
                     continue;
                 }
                 deliver(&batch, batch.finish(known, || false), visit);
