@@ -164,6 +164,13 @@
 //!    crash and did not check (`upsync status` of a stopped daemon) leaves it unmarked,
 //!    for the next start to check. A close that leaves the marker also leaves the status
 //!    summary a report of the stopped daemon reads (module `summary`).
+//! 5. a process that wrote to the database and closed it in order then opens it once
+//!    more and closes it again (`SnapshotOnClose`). sled sums up its log into a snapshot
+//!    only as it opens a database, by reading all the log written since the last one:
+//!    without this, the start after a burst read everything the burst wrote (after the
+//!    first mirror of 200,000 files, opening took 0.11 s instead of 0.01 s; see the
+//!    README for a million). A stop pays it instead, once, while nothing waits on the
+//!    database; a crash leaves it to the next start, as before.
 //!
 //! # No background work
 //!
@@ -306,6 +313,9 @@ struct Inner {
     /// Read-locked by every use of the database (recursively: a reader may read again), and
     /// write-locked only by a compaction, which swaps them.
     handles: RwLock<Handles>,
+    /// Dropped right after `handles`, while the lock is still held: step 5 of "Clean
+    /// close" in the module doc.
+    snapshot: SnapshotOnClose,
     state_dir: PathBuf,
     /// Flushes that wrote something (`Store::flushes`), a cost the benchmark reports.
     flushes: AtomicU64,
@@ -324,6 +334,9 @@ struct Inner {
     /// Whether the `closed` marker is still on disk: found at open, and removed before
     /// this process first changes the trees ([`Store::unmark_closed`]).
     marked_closed: Mutex<bool>,
+    /// Whether this process changed the database: a transaction or a repair of the
+    /// counts ([`Store::unmark_closed`]), or a ledger entry upgraded in place.
+    changed: AtomicBool,
     /// Where each folder's line of new jobs starts (module `line`).
     lines: line::Lines,
     /// What a report reads, taken as a compaction began: while it holds the database
@@ -384,10 +397,43 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.close_in_order();
+        let closed = self.close_in_order();
+        self.snapshot.wanted = closed && self.changed.load(Ordering::Relaxed);
         let flushes = self.flushes.load(Ordering::Relaxed);
         let writes = self.writes.load(Ordering::Relaxed);
         tracing::info!(flushes, writes, "state database closed");
+    }
+}
+
+/// Step 5 of "Clean close" in the module doc: once sled has closed the database, opens it
+/// again and closes it, so that sled sums up the log this process wrote into a snapshot
+/// now rather than at the next start.
+struct SnapshotOnClose {
+    db_path: PathBuf,
+    /// Set as the database closes in order after this process wrote to it.
+    wanted: bool,
+}
+
+impl Drop for SnapshotOnClose {
+    fn drop(&mut self) {
+        if !self.wanted {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match open_sled(&self.db_path) {
+            Ok(db) => {
+                drop(db);
+                tracing::debug!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "state database log summed up for the next start"
+                );
+            }
+            Err(err) => tracing::warn!(
+                path = %self.db_path.display(),
+                error = %err,
+                "could not sum up the state database's log; the next start reads it instead"
+            ),
+        }
     }
 }
 
@@ -924,6 +970,10 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 handles: RwLock::new(handles),
+                snapshot: SnapshotOnClose {
+                    db_path: db_path.clone(),
+                    wanted: false,
+                },
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
@@ -931,6 +981,7 @@ impl Store {
                 wanted_during_compaction: AtomicBool::new(false),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
+                changed: AtomicBool::new(false),
                 lines: line::Lines::default(),
                 frozen: Mutex::new(None),
                 _lock: lock,
@@ -1027,6 +1078,7 @@ impl Store {
     /// (step 2 of "Clean close" in the module doc): a process that is killed afterwards
     /// leaves a database without it. A process that only reads never writes.
     fn unmark_closed(&self) -> Result<(), StoreError> {
+        self.inner.changed.store(true, Ordering::Relaxed);
         let mut marked = self
             .inner
             .marked_closed
@@ -1126,6 +1178,7 @@ impl Store {
                         ..record
                     }
                     .join();
+                    self.inner.changed.store(true, Ordering::Relaxed);
                     // Only if the entry is still the one read: a concurrent upload wins.
                     let _ = self
                         .handles()

@@ -2691,3 +2691,57 @@ fn assert_upgraded(store: &Store, old_tree: &[u8]) {
         "the old tree is dropped"
     );
 }
+
+/// The newest snapshot sled keeps in the database directory: its file name ends with the
+/// log position it sums up to, in hex, so later snapshots sort after earlier ones.
+fn newest_snapshot(dir: &Path) -> String {
+    let mut snapshots: Vec<String> = std::fs::read_dir(dir.join(DB_DIR))
+        .expect("the database directory lists")
+        .map(|entry| {
+            entry
+                .expect("lists")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.starts_with("snap."))
+        .collect();
+    snapshots.sort();
+    snapshots
+        .pop()
+        .expect("sled keeps a snapshot once it has opened a database")
+}
+
+#[test]
+fn a_store_that_wrote_leaves_its_log_summed_up_and_one_that_only_read_leaves_it_alone() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let files: Vec<(FileKey, Fingerprint)> = (0..2000)
+        .map(|n| (key(&format!("d{}/f{n:05}", n % 7)), fp(n)))
+        .collect();
+    for batch in files.chunks(256) {
+        store.offer_many(batch).expect("offer_many works");
+    }
+    store.flush().expect("flush works");
+    let before_close = newest_snapshot(dir.path());
+    drop(store);
+    // Without the second open at close, the snapshot would still be the one sled wrote
+    // when the store opened, before the offers.
+    let after_close = newest_snapshot(dir.path());
+    assert!(
+        after_close > before_close,
+        "closing sums up the log written since the open: {before_close} -> {after_close}"
+    );
+
+    // A store that only reads changes nothing at close: the snapshot stays as the open
+    // left it (the open itself sums up nothing new).
+    let reader = open(dir.path());
+    assert_eq!(reader.jobs().expect("the jobs read").len(), 2000);
+    let opened = newest_snapshot(dir.path());
+    drop(reader);
+    assert_eq!(newest_snapshot(dir.path()), opened);
+    assert_eq!(
+        opened, after_close,
+        "nothing was left to sum up at the open"
+    );
+}
