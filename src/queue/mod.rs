@@ -164,13 +164,13 @@
 //!    crash and did not check (`upsync status` of a stopped daemon) leaves it unmarked,
 //!    for the next start to check. A close that leaves the marker also leaves the status
 //!    summary a report of the stopped daemon reads (module `summary`).
-//! 5. a process that wrote to the database and closed it in order then opens it once
-//!    more and closes it again (`SnapshotOnClose`). sled sums up its log into a snapshot
-//!    only as it opens a database, by reading all the log written since the last one:
-//!    without this, the start after a burst read everything the burst wrote (after the
-//!    first mirror of 200,000 files, opening took 0.11 s instead of 0.01 s; see the
-//!    README for a million). A stop pays it instead, once, while nothing waits on the
-//!    database; a crash leaves it to the next start, as before.
+//! 5. a process whose close wrote `closed` back in step 4 (it changed the database) then
+//!    opens it once more and closes it again (`SnapshotOnClose`). sled sums up its log
+//!    into a snapshot only as it opens a database, by reading all the log written since
+//!    the last one: without this, the start after a burst read everything the burst
+//!    wrote (after the first mirror of 200,000 files, opening took 0.11 s instead of
+//!    0.01 s; see the README for a million). A stop pays it instead, once, while nothing
+//!    waits on the database; a crash leaves it to the next start, as before.
 //!
 //! # No background work
 //!
@@ -334,9 +334,6 @@ struct Inner {
     /// Whether the `closed` marker is still on disk: found at open, and removed before
     /// this process first changes the trees ([`Store::unmark_closed`]).
     marked_closed: Mutex<bool>,
-    /// Whether this process changed the database: a transaction or a repair of the
-    /// counts ([`Store::unmark_closed`]), or a ledger entry upgraded in place.
-    changed: AtomicBool,
     /// Where each folder's line of new jobs starts (module `line`).
     lines: line::Lines,
     /// What a report reads, taken as a compaction began: while it holds the database
@@ -367,7 +364,8 @@ impl Inner {
 
     /// Step 4 of "Clean close" in the module doc: writes the `closed` marker back if this
     /// process removed it and the counts are trusted, then flushes. Whether the marker is
-    /// on disk afterwards.
+    /// on disk afterwards. A marker written back means this process changed the database:
+    /// step 5 then sums up its log.
     fn close_in_order(&self) -> bool {
         let mut marked = self
             .marked_closed
@@ -375,7 +373,10 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner);
         if !*marked && self.counts_trusted.load(Ordering::Relaxed) {
             match self.read_handles().db.insert(CLEAN_CLOSE_KEY, b"1") {
-                Ok(_) => *marked = true,
+                Ok(_) => {
+                    *marked = true;
+                    self.snapshot.wanted.store(true, Ordering::Relaxed);
+                }
                 Err(err) => tracing::warn!(
                     state_dir = %self.state_dir.display(),
                     error = %err,
@@ -398,7 +399,8 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let closed = self.close_in_order();
-        self.snapshot.wanted = closed && self.changed.load(Ordering::Relaxed);
+        // A close that could not flush leaves the log to the next start.
+        *self.snapshot.wanted.get_mut() &= closed;
         let flushes = self.flushes.load(Ordering::Relaxed);
         let writes = self.writes.load(Ordering::Relaxed);
         tracing::info!(flushes, writes, "state database closed");
@@ -410,13 +412,13 @@ impl Drop for Inner {
 /// now rather than at the next start.
 struct SnapshotOnClose {
     db_path: PathBuf,
-    /// Set as the database closes in order after this process wrote to it.
-    wanted: bool,
+    /// Set when closing writes the `closed` marker back ([`Inner::close_in_order`]).
+    wanted: AtomicBool,
 }
 
 impl Drop for SnapshotOnClose {
     fn drop(&mut self) {
-        if !self.wanted {
+        if !*self.wanted.get_mut() {
             return;
         }
         let started = std::time::Instant::now();
@@ -972,7 +974,7 @@ impl Store {
                 handles: RwLock::new(handles),
                 snapshot: SnapshotOnClose {
                     db_path: db_path.clone(),
-                    wanted: false,
+                    wanted: AtomicBool::new(false),
                 },
                 state_dir: state_dir.to_path_buf(),
                 flushes: AtomicU64::new(0),
@@ -981,7 +983,6 @@ impl Store {
                 wanted_during_compaction: AtomicBool::new(false),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
-                changed: AtomicBool::new(false),
                 lines: line::Lines::default(),
                 frozen: Mutex::new(None),
                 _lock: lock,
@@ -1078,7 +1079,6 @@ impl Store {
     /// (step 2 of "Clean close" in the module doc): a process that is killed afterwards
     /// leaves a database without it. A process that only reads never writes.
     fn unmark_closed(&self) -> Result<(), StoreError> {
-        self.inner.changed.store(true, Ordering::Relaxed);
         let mut marked = self
             .inner
             .marked_closed
@@ -1178,7 +1178,6 @@ impl Store {
                         ..record
                     }
                     .join();
-                    self.inner.changed.store(true, Ordering::Relaxed);
                     // Only if the entry is still the one read: a concurrent upload wins.
                     let _ = self
                         .handles()
