@@ -20,7 +20,9 @@
 //!   remote that is down, fair claiming across folders, and the waits for remote imports.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
+//! - [`allocator`]: glibc's malloc, and mimalloc where the start-up scan looks at files.
 
+pub mod allocator;
 pub mod config;
 pub mod daemon;
 pub mod emulator;

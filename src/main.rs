@@ -16,6 +16,10 @@ use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{Store, StoreError};
 use upsync::signals;
 
+/// glibc's malloc, and mimalloc on the start-up scan's threads (module `allocator`).
+#[global_allocator]
+static ALLOCATOR: upsync::allocator::Allocator = upsync::allocator::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "upsync",
@@ -222,6 +226,7 @@ fn emit_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    upsync::allocator::tune();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. } | Command::Sync { .. }) {
         daemon::heap::limit_arenas();

@@ -14,7 +14,8 @@
 //!    allocation, so with two the start-up scan's two threads (each reading sled pages
 //!    the other may free) and the runtime's threads shared arenas, and a restart over a
 //!    million files spent about a tenth of its time waiting on arena locks (6.0 s; 3.4 s
-//!    with four).
+//!    with four). The scan's looks at files now allocate from mimalloc instead (module
+//!    `allocator`), which removed most of the waits that were left.
 //! 2. [`trim_while_busy`] hands the free pages inside the arenas back to the system
 //!    (`malloc_trim`; glibc only returns the top of a heap by itself) every
 //!    [`TRIM_EVERY`] while the state database is being written, so that a long burst does
@@ -24,7 +25,8 @@
 //!    second, at 139 MiB. The first mirror of 200,000 files peaked at 104–118 MiB (six
 //!    runs) instead of 117–137 MiB (seven), for about 1 % more CPU time.
 //!
-//! Other allocators and platforms: both are no-ops.
+//! On other platforms both are no-ops. They act on glibc's heap only; mimalloc,
+//! which serves the scan's looks, returns its free pages by itself (`allocator::tune`).
 
 use std::time::Duration;
 
