@@ -16,7 +16,7 @@ use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{Store, StoreError};
 use upsync::signals;
 
-/// glibc's malloc, and mimalloc on the start-up scan's threads (module `allocator`).
+/// glibc's malloc, and mimalloc where the start-up scan looks at files (module `allocator`).
 #[global_allocator]
 static ALLOCATOR: upsync::allocator::Allocator = upsync::allocator::Allocator;
 
