@@ -64,51 +64,41 @@ pub(crate) fn on_scan_heap() -> bool {
     on_mimalloc()
 }
 
+/// The allocator this thread allocates from now.
+fn for_this_thread() -> &'static dyn GlobalAlloc {
+    if on_mimalloc() { &MiMalloc } else { &System }
+}
+
+/// The allocator that gave out the block at `ptr`.
+fn owner_of(ptr: *mut u8) -> &'static dyn GlobalAlloc {
+    if from_mimalloc(ptr) {
+        &MiMalloc
+    } else {
+        &System
+    }
+}
+
 // SAFETY: every block is allocated by one of two allocators that are each sound, and is
-// freed or resized by the same one (`from_mimalloc` tells which).
+// freed or resized by the same one (`owner_of`).
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if on_mimalloc() {
-                MiMalloc.alloc(layout)
-            } else {
-                System.alloc(layout)
-            }
-        }
+        unsafe { for_this_thread().alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if on_mimalloc() {
-                MiMalloc.alloc_zeroed(layout)
-            } else {
-                System.alloc_zeroed(layout)
-            }
-        }
+        unsafe { for_this_thread().alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` goes back to the allocator that gave it out.
-        unsafe {
-            if from_mimalloc(ptr) {
-                MiMalloc.dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
+        unsafe { owner_of(ptr).dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` is resized by the allocator that gave it out.
-        unsafe {
-            if from_mimalloc(ptr) {
-                MiMalloc.realloc(ptr, layout, new_size)
-            } else {
-                System.realloc(ptr, layout, new_size)
-            }
-        }
+        unsafe { owner_of(ptr).realloc(ptr, layout, new_size) }
     }
 }
 
