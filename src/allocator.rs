@@ -54,19 +54,14 @@ fn from_mimalloc(ptr: *mut u8) -> bool {
     unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) }
 }
 
-fn on_mimalloc() -> bool {
-    ON_MIMALLOC.with(Cell::get)
-}
-
-/// Whether this thread holds a [`ScanHeap`].
-#[cfg(test)]
+/// Whether this thread holds a [`ScanHeap`], so allocates from mimalloc.
 pub(crate) fn on_scan_heap() -> bool {
-    on_mimalloc()
+    ON_MIMALLOC.with(Cell::get)
 }
 
 /// The allocator this thread allocates from now.
 fn for_this_thread() -> &'static dyn GlobalAlloc {
-    if on_mimalloc() { &MiMalloc } else { &System }
+    if on_scan_heap() { &MiMalloc } else { &System }
 }
 
 /// The allocator that gave out the block at `ptr`.
@@ -177,7 +172,7 @@ mod tests {
             let other = std::thread::spawn(move || Allocator.dealloc(address as *mut u8, big));
             other.join().unwrap();
             Allocator.dealloc(grown_glibc, big);
-            assert!(!on_mimalloc(), "dropping the guard restored the thread");
+            assert!(!on_scan_heap(), "dropping the guard restored the thread");
         }
     }
 }
