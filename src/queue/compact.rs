@@ -24,16 +24,31 @@
 //! 1. Measure the live data and the files ([`Store::space`]); stop if not worth it.
 //! 2. Pause the store: the write lock on its handles, so every other use of the store
 //!    waits until step 5 ends; then flush.
-//! 3. Copy every tree, entry by entry, into a new database in `db.compact/`, with the id
-//!    base (below); flush and close it ([`copy_live`]). If the copy does not take less
-//!    than three quarters of the old files, remove it and stop: sled writes a bulk load
-//!    with garbage of its own (node rewrites as each leaf fills; about 3 times the entries'
-//!    bytes for the idle benchmark's ledger), so a database that only grew, never churned,
-//!    comes out larger.
+//! 3. Copy every tree, entry by entry and in passes (below), into a new database in
+//!    `db.compact/`, with the id base (below); flush and close it ([`copy_live`]). If the
+//!    copy does not take less than three quarters of the old files, remove it and stop:
+//!    sled writes a bulk load with garbage of its own, so a database that only grew, never
+//!    churned, can come out larger.
 //! 4. Swap the two directories in one `renameat2(RENAME_EXCHANGE)` and sync the state
 //!    directory ([`exchange`]).
 //! 5. Open `db` (the copy) and put its handles in place of the old ones, which close.
 //! 6. Remove `db.compact/`, which now holds the old database.
+//!
+//! # Copying in passes
+//!
+//! sled keeps at most 16 entries in a leaf: the 17th splits it in two, each written whole,
+//! and every insert is first written as a delta of its own, folded into a whole rewrite of
+//! the leaf after ten of them. Copied in key order, each leaf takes eight entries and
+//! is never written again, so every log segment keeps the final images of a few leaves
+//! among the deltas and rewrites that led to them, and no segment is ever wholly dead:
+//! the copy of 50,000 ledger entries (11.4 MiB) took 36 MiB, 3.2 times its entries.
+//! The copy therefore makes three passes over each tree, each taking every third entry
+//! (the first, the second, the third): the first pass leaves sparse leaves, and the
+//! third splits every leaf again, which rewrites all of them, so the segments of the
+//! first passes die whole and are reused. The same 50,000 entries take 21–22 MiB (1.85
+//! to 1.95 times, over three runs) and 200,000 take 1.6 times instead of 2.5 times;
+//! other numbers of passes measured up to 2.2 times, and a random order 3.1 times.
+//! The cost is reading each tree three times.
 //!
 //! # Giving way
 //!
@@ -83,6 +98,9 @@ pub(super) const ID_BASE_KEY: &[u8] = b"id_base";
 
 /// The largest copy worth swapping in, as a share of the files it replaces.
 const WORTH_SWAPPING: f64 = 0.75;
+
+/// How many passes step 3 makes over each tree ("Copying in passes" in the module doc).
+const COPY_PASSES: usize = 3;
 
 /// How many entries step 3 copies between two looks at whether a use of the store waits.
 const YIELD_CHECK_EVERY: u64 = 1024;
@@ -355,7 +373,7 @@ impl Drop for Frozen<'_> {
 /// base `next_id`; flushed and closed. Streams: holds one entry at a time. `None` when a
 /// use of the store set `wanted` meanwhile ("Giving way"); the partial copy is the
 /// caller's to remove.
-fn copy_live(
+pub(super) fn copy_live(
     from: &sled::Db,
     to: &Path,
     next_id: u64,
@@ -370,13 +388,17 @@ fn copy_live(
     for name in from.tree_names() {
         let source = from.open_tree(&name)?;
         let target = fresh.open_tree(&name)?;
-        for entry in source.iter() {
-            let (key, value) = entry?;
-            target.insert(key, value)?;
-            entries += 1;
-            if entries % YIELD_CHECK_EVERY == 0 && wanted.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Ok(None);
+        for pass in 0..COPY_PASSES {
+            // The n-th entry goes in the pass n % COPY_PASSES ("Copying in passes").
+            for entry in source.iter().skip(pass).step_by(COPY_PASSES) {
+                let (key, value) = entry?;
+                target.insert(key, value)?;
+                entries += 1;
+                if entries % YIELD_CHECK_EVERY == 0
+                    && wanted.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Ok(None);
+                }
             }
         }
     }
