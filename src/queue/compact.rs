@@ -47,7 +47,7 @@
 //! third splits every leaf again, which rewrites all of them, so the segments of the
 //! first passes die whole and are reused. The same 50,000 entries take 21–22 MiB (1.85
 //! to 1.95 times, over three runs) and 200,000 take 1.6 times instead of 2.5 times;
-//! other numbers of passes measured up to 2.2 times, and a random order 3.1 times.
+//! other numbers of passes measured up to 2.5 times, and a random order 3.1 times.
 //! The cost is reading each tree three times.
 //!
 //! # Giving way
