@@ -312,7 +312,7 @@ impl Core {
         tokio::spawn({
             let store = store.clone();
             heap::trim_while_busy(
-                move || store.writes(),
+                move || store.activity(),
                 heap::trim,
                 heap::TRIM_EVERY,
                 stop_serving.clone(),

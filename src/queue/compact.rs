@@ -85,6 +85,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use super::{
@@ -234,11 +235,15 @@ impl Store {
         // Taken before the pause; good for reports only if nothing was written in between.
         let _frozen = (self.writes() == writes).then(|| Frozen::new(self, summary));
         let wanted = &self.inner.wanted_during_compaction;
-        wanted.store(false, std::sync::atomic::Ordering::Relaxed);
+        wanted.store(false, Ordering::Relaxed);
         let db_error = |err| self.db_error(err);
         let next_id = handles.id_base + handles.db.generate_id().map_err(db_error)?;
         handles.db.flush().map_err(db_error)?;
-        let copied = copy_live(&handles.db, &copy_path, next_id, wanted).map_err(|err| {
+        let progress = Progress {
+            wanted,
+            copied: &self.inner.copied,
+        };
+        let copied = copy_live(&handles.db, &copy_path, next_id, &progress).map_err(|err| {
             let _ = std::fs::remove_dir_all(&copy_path);
             db_error(err)
         })?;
@@ -371,13 +376,13 @@ impl Drop for Frozen<'_> {
 
 /// Step 3: every entry of every tree of `from` into a new database at `to`, with the id
 /// base `next_id`; flushed and closed. Streams: holds one entry at a time. `None` when a
-/// use of the store set `wanted` meanwhile ("Giving way"); the partial copy is the
-/// caller's to remove.
+/// use of the store set `progress.wanted` meanwhile ("Giving way"); the partial copy is
+/// the caller's to remove.
 pub(super) fn copy_live(
     from: &sled::Db,
     to: &Path,
     next_id: u64,
-    wanted: &std::sync::atomic::AtomicBool,
+    progress: &Progress<'_>,
 ) -> sled::Result<Option<u64>> {
     match std::fs::remove_dir_all(to) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
@@ -394,9 +399,7 @@ pub(super) fn copy_live(
                 let (key, value) = entry?;
                 target.insert(key, value)?;
                 entries += 1;
-                if entries % YIELD_CHECK_EVERY == 0
-                    && wanted.load(std::sync::atomic::Ordering::Relaxed)
-                {
+                if entries % YIELD_CHECK_EVERY == 0 && progress.slice_done() {
                     return Ok(None);
                 }
             }
@@ -405,6 +408,22 @@ pub(super) fn copy_live(
     fresh.insert(ID_BASE_KEY, &next_id.to_be_bytes())?;
     fresh.flush()?;
     Ok(Some(entries))
+}
+
+/// What step 3 reads and tells as it copies.
+pub(super) struct Progress<'a> {
+    /// Set by a use of the store that waits ("Giving way").
+    pub wanted: &'a AtomicBool,
+    /// Counts the entries copied, for [`Store::activity`].
+    pub copied: &'a AtomicU64,
+}
+
+impl Progress<'_> {
+    /// Notes a slice of [`YIELD_CHECK_EVERY`] entries copied; whether to give way.
+    fn slice_done(&self) -> bool {
+        self.copied.fetch_add(YIELD_CHECK_EVERY, Ordering::Relaxed);
+        self.wanted.load(Ordering::Relaxed)
+    }
 }
 
 /// Step 4: swaps the directories `a` and `b` atomically, then syncs their parent so the

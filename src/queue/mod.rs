@@ -324,6 +324,9 @@ struct Inner {
     /// Ledger lookups (the start-up scan and rescans make one per file): with `writes`,
     /// how the daemon sees the store idle (`Store::uses`).
     lookups: AtomicU64,
+    /// Entries compactions copied so far, counted a slice at a time: with `writes`, how the
+    /// daemon sees the heap churn (`Store::activity`).
+    copied: AtomicU64,
     /// Set by a use that found a compaction holding the database: the compaction gives way
     /// (module `compact`, "Giving way").
     wanted_during_compaction: AtomicBool,
@@ -980,6 +983,7 @@ impl Store {
                 flushes: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 lookups: AtomicU64::new(0),
+                copied: AtomicU64::new(0),
                 wanted_during_compaction: AtomicBool::new(false),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
@@ -1761,6 +1765,14 @@ impl Store {
     /// write to sled's log); writes that changed nothing are not counted.
     pub fn writes(&self) -> u64 {
         self.inner.writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes plus the entries compactions copied so far: a count that moves while the
+    /// process allocates and frees for the database, which the daemon uses to decide when
+    /// to hand freed memory back (a compaction at a million entries writes no entry of the
+    /// store's own for seconds).
+    pub fn activity(&self) -> u64 {
+        self.writes() + self.inner.copied.load(Ordering::Relaxed)
     }
 
     /// Writes plus ledger lookups so far: a count that stands still means no upload and no

@@ -3,8 +3,9 @@
 //! losing their writes, and a crash after any step leaves a whole database.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 
-use super::super::compact::{COMPACT_DIR, ID_BASE_KEY, Step, copy_live};
+use super::super::compact::{COMPACT_DIR, ID_BASE_KEY, Progress, Step, copy_live};
 use super::*;
 
 /// Every entry of every tree, by tree name; the id base (the compaction's own) and the
@@ -127,6 +128,7 @@ fn a_compaction_keeps_every_tree_and_shrinks_a_churned_database() {
     let store = churned(dir.path(), 3000);
     let before = contents(&store);
     let highest = max_job_id(&store);
+    let activity_before = store.activity();
 
     let done = store
         .compact(&always())
@@ -136,6 +138,13 @@ fn a_compaction_keeps_every_tree_and_shrinks_a_churned_database() {
     assert!(
         done.after_on_disk < done.before.on_disk_bytes,
         "the files shrank: {done:?}"
+    );
+    assert!(
+        store.activity() - activity_before >= done.entries / 1024 * 1024,
+        "the copy counts as activity: {} then {}, {} entries copied",
+        activity_before,
+        store.activity(),
+        done.entries
     );
     assert_same(&contents(&store), &before, "every tree holds what it held");
     assert!(!dir.path().join(COMPACT_DIR).exists());
@@ -478,11 +487,21 @@ fn a_copy_in_passes_takes_less_than_three_times_its_entries_where_one_pass_took_
     source.flush().expect("the flush works");
 
     let copy = dir.path().join("copy");
-    let copied = copy_live(&source, &copy, 0, &AtomicBool::new(false))
+    let (wanted, counted) = (AtomicBool::new(false), AtomicU64::new(0));
+    let progress = Progress {
+        wanted: &wanted,
+        copied: &counted,
+    };
+    let copied = copy_live(&source, &copy, 0, &progress)
         .expect("the copy works")
         .expect("nothing asked it to give way");
 
     assert_eq!(copied, 20_000, "every entry is copied once");
+    assert_eq!(
+        counted.load(Ordering::Relaxed),
+        20_000 / 1024 * 1024,
+        "the copy counts its entries a slice at a time"
+    );
     let on_disk = files_size(&copy).expect("the copy's files are measured");
     let ratio = on_disk as f64 / live as f64;
     assert!(ratio < 3.0, "the copy takes {ratio:.2} times its entries");
