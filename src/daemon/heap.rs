@@ -26,7 +26,7 @@
 //!    runs) instead of 117–137 MiB (seven), for about 1 % more CPU time. A compaction
 //!    counts as writing (`Store::activity`): copying a million entries writes none of the
 //!    store's own for nine seconds, and without trims the daemon peaked at 164.9 MiB
-//!    during it instead of 137.0 MiB.
+//!    during it instead of 136.3 MiB.
 //!
 //! On other platforms both are no-ops. They act on glibc's heap only; mimalloc,
 //! which serves the scan's looks, returns its free pages by itself (`allocator::tune`).

@@ -38,32 +38,32 @@
 //!
 //! sled keeps at most 16 entries in a leaf: the 17th splits it in two, each written whole,
 //! and every insert is first written as a delta of its own, folded into a whole rewrite of
-//! the leaf after ten of them. Copied in key order, each leaf takes eight entries and
-//! is never written again, so every log segment keeps the final images of a few leaves
-//! among the deltas and rewrites that led to them, and no segment is ever wholly dead:
-//! the copy of 50,000 ledger entries (11.4 MiB) took 36 MiB, 3.2 times its entries.
-//! The copy therefore makes three passes over each tree, each taking every third entry
-//! (the first, the second, the third): the first pass leaves sparse leaves, and the
-//! third splits every leaf again, which rewrites all of them, so the segments of the
-//! first passes die whole and are reused. The same 50,000 entries take 21–22 MiB (1.85
-//! to 1.95 times, over three runs) and 200,000 take 1.6 times instead of 2.5 times;
-//! other numbers of passes measured up to 2.5 times, and a random order 3.1 times.
-//! The cost is reading each tree three times.
+//! the leaf after ten of them. Copied in key order, each leaf takes eight entries and is
+//! never written again, so every log segment keeps the final images of a few leaves among
+//! the deltas and rewrites that led to them, and no segment is ever wholly dead: the copy
+//! of 50,000 ledger entries (11.4 MiB) took 36 MiB, 3.2 times its entries. The copy
+//! therefore makes three passes over each tree, each taking every third entry (the 1st,
+//! 4th, 7th… then the 2nd, 5th… then the rest): the first pass leaves sparse leaves, and
+//! the third splits every leaf again, which rewrites all of them, so the segments of the
+//! first passes die whole and are reused. The same 50,000 entries take 21–22 MiB (1.85 to
+//! 1.95 times, over three runs) and 200,000 take 1.6 times instead of 2.5 times; other
+//! numbers of passes measured up to 2.5 times, and a random order 3.1 times. The cost is
+//! reading each tree three times.
 //!
 //! # Giving way
 //!
-//! At a million entries the copy takes half a minute. Any use of the store that finds a
-//! compaction holding it (a new file, a scan, a `retry` or `forget`, the final flush at
-//! a stop) sets a flag that step 3 reads every [`YIELD_CHECK_EVERY`] entries: the copy
-//! is then removed and the store released at once
-//! ([`StoreError::CompactionYielded`]), so no use waits for more than a slice of a copy.
-//! The daemon tries again after its next quiet time, so the database is compacted only in
-//! a moment when nothing uses it for as long as the copy takes. Reports (`status`, metrics,
-//! the systemd status line) do not count as uses: step 2 takes the status summary (module
-//! `summary`) before it pauses the store, and reports read that until step 5 ends, as
-//! nothing can change meanwhile. Nor do the daemon's check that the database can still
-//! be written and its idle workers' polls for due jobs ([`Store::is_compacting`]), which
-//! skip their turn while a compaction holds the database.
+//! At a million entries the copy takes about nine seconds. Any use of the store that finds
+//! a compaction holding it (a new file, a scan, a `retry` or `forget`, the final flush at a
+//! stop) sets a flag that step 3 reads every [`YIELD_CHECK_EVERY`] entries: the copy is
+//! then removed and the store released at once ([`StoreError::CompactionYielded`]), so no
+//! use waits for more than a slice of a copy. The daemon tries again after its next quiet
+//! time, so the database is compacted only in a moment when nothing uses it for as long as
+//! the copy takes. Reports (`status`, metrics, the systemd status line) do not count as
+//! uses: step 2 takes the status summary (module `summary`) before it pauses the store, and
+//! reports read that until step 5 ends, as nothing can change meanwhile. Nor do the
+//! daemon's check that the database can still be written and its idle workers' polls for
+//! due jobs ([`Store::is_compacting`]), which skip their turn while a compaction holds the
+//! database.
 //!
 //! # Crash safety
 //!
