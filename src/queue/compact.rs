@@ -104,7 +104,7 @@ const WORTH_SWAPPING: f64 = 0.75;
 const COPY_PASSES: usize = 3;
 
 /// How many entries step 3 copies between two looks at whether a use of the store waits.
-const YIELD_CHECK_EVERY: u64 = 1024;
+pub(super) const YIELD_CHECK_EVERY: u64 = 1024;
 
 /// Below this the files are never compacted: a new, empty database takes about 1.5 MiB.
 pub const MIN_ON_DISK: u64 = 4 << 20;

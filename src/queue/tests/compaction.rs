@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
-use super::super::compact::{COMPACT_DIR, ID_BASE_KEY, Progress, Step, copy_live};
+use super::super::compact::{
+    COMPACT_DIR, ID_BASE_KEY, Progress, Step, YIELD_CHECK_EVERY, copy_live,
+};
 use super::*;
 
 /// Every entry of every tree, by tree name; the id base (the compaction's own) and the
@@ -140,7 +142,7 @@ fn a_compaction_keeps_every_tree_and_shrinks_a_churned_database() {
         "the files shrank: {done:?}"
     );
     assert!(
-        store.activity() - activity_before >= done.entries / 1024 * 1024,
+        store.activity() - activity_before >= done.entries / YIELD_CHECK_EVERY * YIELD_CHECK_EVERY,
         "the copy counts as activity: {} then {}, {} entries copied",
         activity_before,
         store.activity(),
@@ -499,7 +501,7 @@ fn a_copy_in_passes_takes_less_than_three_times_its_entries_where_one_pass_took_
     assert_eq!(copied, 20_000, "every entry is copied once");
     assert_eq!(
         counted.load(Ordering::Relaxed),
-        20_000 / 1024 * 1024,
+        20_000 / YIELD_CHECK_EVERY * YIELD_CHECK_EVERY,
         "the copy counts its entries a slice at a time"
     );
     let on_disk = files_size(&copy).expect("the copy's files are measured");
