@@ -415,7 +415,8 @@ fn a_use_of_the_store_during_a_copy_makes_the_compaction_give_way_and_keeps_the_
 }
 
 #[test]
-fn reports_and_the_disk_check_during_a_compaction_neither_wait_nor_make_it_give_way() {
+fn reports_the_disk_check_and_a_paused_scan_during_a_compaction_neither_wait_nor_make_it_give_way()
+{
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = churned(dir.path(), 300);
     let failed = queued_id(store.offer(&key("refused"), &fp(7)).expect("offers"));
@@ -443,12 +444,19 @@ fn reports_and_the_disk_check_during_a_compaction_neither_wait_nor_make_it_give_
                     "idle workers see it and skip their poll"
                 );
                 reader.flush_unless_compacting().expect("checks");
-                let _ = sent.send(answer);
+                // A whole-folder scan paused for the backlog asks this every tick.
+                let queued = crate::watch::Sink::queued(&reader, "/data/in");
+                let _ = sent.send((answer, queued));
             });
-            let answer = received
+            let (answer, queued) = received
                 .recv_timeout(Duration::from_secs(10))
-                .expect("a report and the disk check do not wait for the compaction");
+                .expect("a report, the disk check and a paused scan do not wait for it");
             assert_eq!(answer, expected, "reports read what the store held");
+            assert_eq!(
+                queued,
+                Some(expected.0.get("/data/in").map_or(0, |t| t.counts.queued)),
+                "a paused scan reads the queued jobs the store held"
+            );
             assert!(
                 !store.inner.wanted_during_compaction.load(Ordering::Relaxed),
                 "neither asked the compaction to give way"
