@@ -58,10 +58,11 @@
 //! then removed and the store released at once ([`StoreError::CompactionYielded`]), so no
 //! use waits for more than a slice of a copy. The daemon tries again after its next quiet
 //! time, so the database is compacted only in a moment when nothing uses it for as long as
-//! the copy takes. Reports (`status`, metrics, the systemd status line) and a scan paused
-//! for its folder's backlog, which asks for the queued count every tick, do not count as
-//! uses: step 2 takes the status summary (module `summary`) before it pauses the store, and
-//! they read that until step 5 ends, as nothing can change meanwhile. Nor do the
+//! the copy takes. Reads of the counts (`status`, metrics, the systemd status line, a scan
+//! paused for its folder's backlog, which asks every tick) do not count as uses: step 2
+//! takes the status summary (module `summary`) before it pauses the store, and
+//! [`Store::tallies`] answers from that until step 5 ends, as nothing can change meanwhile.
+//! The other reports (failed jobs, waiting since) read it too. Nor do the
 //! daemon's check that the database can still be written and its idle workers' polls for
 //! due jobs ([`Store::is_compacting`]), which skip their turn while a compaction holds the
 //! database.

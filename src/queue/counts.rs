@@ -24,6 +24,7 @@ use super::delete;
 use super::job::{FolderCounts, Job, JobKind, JobState};
 use super::keys::{decode_job_key, job_key};
 use super::record::FileRecord;
+use super::summary::StatusSource;
 use super::{Store, StoreError, Tx, TxResult, abort, encode, ledger_uploaded_at};
 
 /// Key of the default tree's marker saying the counts are kept (a database created before
@@ -252,8 +253,14 @@ struct Walked {
 }
 
 impl Store {
-    /// Every folder's tally (one read per folder).
+    /// Every folder's tally (one read per folder). While a compaction holds the trees, the
+    /// tallies of the summary it took as it began: nothing changes meanwhile, and a read of
+    /// the trees would make it give way (a paused scan asks every tick, reports every few
+    /// seconds).
     pub fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
+        if let Some(summary) = self.frozen() {
+            return summary.tallies();
+        }
         let mut tallies = BTreeMap::new();
         for entry in self.handles().trees.counts.iter() {
             let (raw_folder, raw) = entry.map_err(|err| self.db_error(err))?;

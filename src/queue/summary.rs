@@ -53,8 +53,7 @@ pub trait StatusSource {
 /// summary the compaction took as it began (nothing changes meanwhile).
 impl StatusSource for Store {
     fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
-        self.frozen()
-            .map_or_else(|| Store::tallies(self), |summary| summary.tallies())
+        Store::tallies(self)
     }
 
     fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError> {
@@ -144,7 +143,7 @@ fn read(state_dir: &Path) -> Option<Summary> {
 
 impl Store {
     /// The summary a running compaction took, if one runs.
-    fn frozen(&self) -> Option<Arc<Summary>> {
+    pub(super) fn frozen(&self) -> Option<Arc<Summary>> {
         self.inner
             .frozen
             .lock()

@@ -49,7 +49,7 @@ use tracing::{Instrument, error, warn};
 
 use crate::config::FolderConfig;
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Offer, StatusSource, Store};
+use crate::queue::{FileKey, Offer, Store};
 
 pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
@@ -155,10 +155,7 @@ impl Sink for Store {
     }
 
     fn queued(&self, folder: &str) -> Option<u64> {
-        // Read as a report reads: a paused scan asks every tick, and a read of the trees
-        // would make a compaction give way each time, so an idle daemon with a paused scan
-        // (its remote refusing it, say) would start one every few seconds and never end one.
-        match StatusSource::tallies(self) {
+        match self.tallies() {
             Ok(tallies) => Some(tallies.get(folder).map_or(0, |tally| tally.counts.queued)),
             Err(e) => {
                 error!(folder, error = %e, "cannot read the folder's queued jobs; not pausing its scan");
