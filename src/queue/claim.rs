@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
 use super::line::Walk;
+use super::marks::Mark;
 use super::{Job, JobId, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
 
 /// Where a claimable job waits: its entry in the `due` index (the raw key and its parts),
@@ -38,6 +39,13 @@ impl Waiting {
             Waiting::InLine { due_ms, .. } => *due_ms,
         }
     }
+}
+
+/// A job a batch claims: taken from where it waits and written active, or claimed by
+/// moving its folder's claim mark over it.
+enum Candidate {
+    Take(Waiting),
+    UnderMark(JobId),
 }
 
 /// Where a job in line waits.
@@ -122,7 +130,9 @@ impl Store {
     /// Claims, in one transaction, more jobs of `first`'s folder due at or before `now`
     /// for a batch: up to `max` of them, in due order, each one `accept` agrees to (it sees
     /// candidates in order and may keep running totals). Jobs another worker took
-    /// meanwhile are skipped.
+    /// meanwhile are skipped. The jobs taken from the front of the line are claimed by
+    /// moving the folder's claim mark over them, one write for all of them (module
+    /// `marks`); the others are each written active.
     pub fn claim_more(
         &self,
         first: &Job,
@@ -133,9 +143,13 @@ impl Store {
         let now = to_ms(now);
         let tag = folder_tag(&first.key.folder);
         let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
-        let mut lined = self.line_candidates(tag, now, max)?.into_iter().peekable();
+        let (lined, bound) = self.line_candidates(tag, now, max)?;
+        let mut lined = lined.into_iter().peekable();
         // The two lists merged in due order, each job offered to `accept` once, in order.
+        // The line's jobs go under the mark while none was refused and none may still
+        // appear before them ("When a batch may move the mark" in module `marks`).
         let mut candidates = Vec::new();
+        let mut front_of_line = true;
         while candidates.len() < max {
             let from_index = match (indexed.peek(), lined.peek()) {
                 (Some((_, a)), Some(b)) => a.due_ms() <= b.due_ms(),
@@ -143,25 +157,51 @@ impl Store {
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            let (waiting, job) = if from_index {
-                indexed.next().expect("peeked")
+            if from_index {
+                let (waiting, job) = indexed.next().expect("peeked");
+                if accept(&job) {
+                    candidates.push(Candidate::Take(waiting));
+                }
+                continue;
+            }
+            let job = lined.next().expect("peeked");
+            front_of_line &= bound.is_none_or(|bound| job.id < bound);
+            if !accept(&job) {
+                front_of_line = false;
+            } else if front_of_line {
+                candidates.push(Candidate::UnderMark(job.id));
             } else {
-                let job = lined.next().expect("peeked");
-                (in_line(&job), job)
-            };
-            if accept(&job) {
-                candidates.push(waiting);
+                candidates.push(Candidate::Take(in_line(&job)));
             }
         }
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
         self.transact(|tx| {
+            let mark = tx.mark(tag)?;
+            let mut through = None;
             let mut claimed = Vec::with_capacity(candidates.len());
-            for waiting in &candidates {
-                if let Some(active) = tx.take(waiting, now)? {
-                    claimed.push(active);
-                }
+            for candidate in &candidates {
+                let active = match candidate {
+                    Candidate::Take(waiting) => tx.take(waiting, now)?,
+                    Candidate::UnderMark(id) => {
+                        let active = tx.claim_under_mark(*id, mark, now)?;
+                        if active.is_some() {
+                            through = Some(*id);
+                        }
+                        active
+                    }
+                };
+                claimed.extend(active);
+            }
+            if let Some(through) = through {
+                tx.set_mark(
+                    tag,
+                    Mark {
+                        through,
+                        at_ms: now,
+                    },
+                )?;
             }
             Ok(claimed)
         })
@@ -195,15 +235,16 @@ impl Store {
         Ok(candidates)
     }
 
-    /// Up to `max` jobs of the folder's line due by `now`, in line order.
+    /// Up to `max` jobs of the folder's line due by `now`, in line order, and the walk's
+    /// bound ([`Store::walk_line`]).
     fn line_candidates(
         &self,
         tag: FolderTag,
         now: u64,
         max: usize,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<(Vec<Job>, Option<JobId>), StoreError> {
         let mut candidates = Vec::new();
-        self.walk_line(keys::tag_prefix(tag), Some(tag), |job| {
+        let bound = self.walk_line(keys::tag_prefix(tag), Some(tag), |job| {
             if job.due_ms().is_none_or(|due| due > now) {
                 return Walk::Enough;
             }
@@ -214,7 +255,7 @@ impl Store {
                 Walk::More
             }
         })?;
-        Ok(candidates)
+        Ok((candidates, bound))
     }
 
     /// When the earliest queued or retry-wait job of `folders` becomes claimable.

@@ -31,6 +31,7 @@ use super::keys::{
     self, FolderTag, LinePrefix, decode_job_key, folder_tag, job_key, line_ids, line_prefix,
     prefix_of, tag_prefix,
 };
+use super::marks::MarksRead;
 use super::{Job, JobId, Store, StoreError, Tx, TxResult, abort, decode_job};
 
 /// The starts of the lines, and the ids being created.
@@ -75,7 +76,7 @@ impl Lines {
 
     /// Takes the next id of `prefix` from `generate` and notes it as being created by the
     /// transaction that `registered` belongs to; `None` when the numbers are used up.
-    fn take_id(
+    pub(super) fn take_id(
         &self,
         prefix: LinePrefix,
         generate: impl FnOnce() -> sled::Result<u64>,
@@ -153,19 +154,22 @@ pub(super) enum Walk {
 impl Store {
     /// Hands the jobs in line of the folder tagged `folder` (`None`: of any folder sharing
     /// `prefix`) to `visit`, in line order, until it has enough (the steps in the module
-    /// doc).
+    /// doc). Jobs a claim mark covers are not in line (module `marks`). Returns the
+    /// walk's bound: the first id at or above which a job of the line may still appear
+    /// behind it (step 3), `None` when none can.
     pub(super) fn walk_line(
         &self,
         prefix: LinePrefix,
         folder: Option<FolderTag>,
         mut visit: impl FnMut(&Job) -> Walk,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<JobId>, StoreError> {
         let lines = &self.inner.lines;
         let before = lines.before_walk(prefix);
         let start = lines.start(prefix);
         let (_, last) = line_ids(prefix);
         let mut first_in_line = None;
         let mut read_past = start;
+        let mut marks = MarksRead::default();
         for entry in self
             .handles()
             .trees
@@ -174,7 +178,7 @@ impl Store {
         {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
             let id = keys::stored_job_id(&raw_id)?;
-            let job = decode_job(&raw, id)?;
+            let job = marks.see(self, decode_job(&raw, id)?)?;
             if !job.in_line {
                 if first_in_line.is_none() {
                     read_past = JobId(id.0.saturating_add(1));
@@ -189,7 +193,7 @@ impl Store {
         }
         let bound = lines.bound_after_walk(prefix, &before);
         lines.advance(prefix, first_in_line.unwrap_or(read_past), bound);
-        Ok(())
+        Ok(bound)
     }
 
     /// The first job in line of the folder tagged `folder`.

@@ -13,7 +13,7 @@
 //!   db.compact/      only while a compaction copies the database, then holds the old one
 //!                    until it is removed; removed at open if a crash left it (`compact`)
 //!   db/              the sled database:
-//!     default tree   "format"  -> "4"  (ASCII decimal; "1" to "3" are upgraded at open,
+//!     default tree   "format"  -> "5"  (ASCII decimal; "1" to "4" are upgraded at open,
 //!                                       see `upgrade`; anything else is refused)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
@@ -31,6 +31,10 @@
 //!     counts         folder                              -> Tally (JSON): jobs by state,
 //!                                                           ledger entries, newest upload
 //!     attention      JobId (u64 BE)                      -> empty (failed, retry-wait)
+//!     claim_marks    folder tag (8 bytes)                -> JobId (u64 BE) ++ ms (u64 BE):
+//!                                                           the folder's jobs in line up
+//!                                                           to that id were claimed then
+//!                                                           (module `marks`)
 //! ```
 //!
 //! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
@@ -44,7 +48,10 @@
 //! grouped by folder ([`keys::folder_tag`]) and in due order. A claim takes the earlier of
 //! the two first ones, and claims take the folders in turn (`claim`), so a backlog of one
 //! folder never delays another folder's files. `due` is an index only: entries of an older
-//! layout are dropped and rebuilt from the jobs by `recover_after_restart`.
+//! layout are dropped and rebuilt from the jobs by `recover_after_restart`. A batch that
+//! claims the first jobs of a line moves its folder's claim mark over them instead of
+//! writing each one (module `marks`): every read of a job sees one the mark covers as
+//! active, and its next write stores that.
 //!
 //! `counts` and `attention` (module `counts`) let `status`, the metrics and the systemd
 //! status line read one entry per folder and the failed and retrying jobs alone, instead
@@ -100,7 +107,8 @@
 //!    ([`Job::due_entry_ms`]); active, finalizing, importing and failed jobs have none.
 //!    `claim` takes jobs only from the index and the lines, and removes the entry or takes
 //!    the job out of line in the same transaction that makes the job active, so no job is
-//!    claimed twice.
+//!    claimed twice. A job stored in line that its folder's claim mark covers is active,
+//!    not in line (module `marks`): every read of a job goes through the mark.
 //! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
 //!    only for existing jobs, and are removed when the job completes, fails, is dropped,
 //!    starts importing, or takes a new fingerprint (a session for old bytes must never be
@@ -213,6 +221,7 @@ mod job;
 mod keys;
 mod line;
 mod lock;
+mod marks;
 mod record;
 mod summary;
 #[cfg(test)]
@@ -251,7 +260,7 @@ use record::FileRecord;
 
 /// The layout version this code writes (the default tree's `format` key). It reads this
 /// one and upgrades older ones at open (module `upgrade`).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
@@ -279,6 +288,7 @@ struct Trees {
     due: sled::Tree,
     counts: sled::Tree,
     attention: sled::Tree,
+    claim_marks: sled::Tree,
 }
 
 /// The open sled database with its trees: replaced as a whole when a compaction swaps in
@@ -301,6 +311,7 @@ impl Handles {
             due: tree("due")?,
             counts: tree("counts")?,
             attention: tree("attention")?,
+            claim_marks: tree(marks::MARKS_TREE)?,
         };
         let id_base = compact::id_base(&db)?;
         Ok(Handles { db, trees, id_base })
@@ -581,6 +592,7 @@ struct Tx<'a> {
     due: TxTree<'a>,
     counts: TxTree<'a>,
     attention: TxTree<'a>,
+    claim_marks: TxTree<'a>,
     /// What the transaction changed in the per-folder counts, added to them as it ends.
     changes: counts::Changes,
     lines: &'a line::Lines,
@@ -636,14 +648,20 @@ impl TxTree<'_> {
 }
 
 impl Tx<'_> {
+    /// The job as it stands: one its folder's claim mark covers is active (module `marks`).
     fn job(&self, id: JobId) -> TxResult<Option<Job>> {
-        match self.jobs.get(job_key(id))? {
-            None => Ok(None),
-            Some(raw) => match decode_job(&raw, id) {
-                Ok(job) => Ok(Some(job)),
-                Err(err) => abort(err),
-            },
+        let Some(raw) = self.jobs.get(job_key(id))? else {
+            return Ok(None);
+        };
+        let job = match decode_job(&raw, id) {
+            Ok(job) => job,
+            Err(err) => return abort(err),
+        };
+        if !job.in_line {
+            return Ok(Some(job));
         }
+        let mark = self.mark(folder_tag(&job.key.folder))?;
+        Ok(Some(marks::seen_through(job, mark)))
     }
 
     fn require_job(&self, id: JobId) -> TxResult<Job> {
@@ -1115,29 +1133,33 @@ impl Store {
             &t.due,
             &t.counts,
             &t.attention,
+            &t.claim_marks,
         )
-            .transaction(|(jobs, ledger, progress, due, counts, attention)| {
-                writes.set(0);
-                let counted = |tree| TxTree {
-                    tree,
-                    writes: &writes,
-                    id_base: handles.id_base,
-                };
-                let tx = Tx {
-                    jobs: counted(jobs),
-                    ledger: counted(ledger),
-                    progress: counted(progress),
-                    due: counted(due),
-                    counts: counted(counts),
-                    attention: counted(attention),
-                    changes: counts::Changes::default(),
-                    lines: &self.inner.lines,
-                    registered: &registered,
-                };
-                let done = f(&tx)?;
-                tx.settle_counts()?;
-                Ok(done)
-            });
+            .transaction(
+                |(jobs, ledger, progress, due, counts, attention, claim_marks)| {
+                    writes.set(0);
+                    let counted = |tree| TxTree {
+                        tree,
+                        writes: &writes,
+                        id_base: handles.id_base,
+                    };
+                    let tx = Tx {
+                        jobs: counted(jobs),
+                        ledger: counted(ledger),
+                        progress: counted(progress),
+                        due: counted(due),
+                        counts: counted(counts),
+                        attention: counted(attention),
+                        claim_marks: counted(claim_marks),
+                        changes: counts::Changes::default(),
+                        lines: &self.inner.lines,
+                        registered: &registered,
+                    };
+                    let done = f(&tx)?;
+                    tx.settle_counts()?;
+                    Ok(done)
+                },
+            );
         self.inner.lines.created(&registered.0.borrow());
         let done = done.map_err(|err| match err {
             TransactionError::Abort(err) => err,
@@ -1224,6 +1246,7 @@ impl Store {
         })
     }
 
+    /// The job as it stands (a job a claim mark covers is active; module `marks`).
     pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match self
             .handles()
@@ -1233,7 +1256,10 @@ impl Store {
             .map_err(|err| self.db_error(err))?
         {
             None => Ok(None),
-            Some(raw) => decode_job(&raw, id).map(Some),
+            Some(raw) => {
+                let job = decode_job(&raw, id)?;
+                marks::MarksRead::default().see(self, job).map(Some)
+            }
         }
     }
 
@@ -1714,13 +1740,15 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Every job, in id order: folder by folder (their line prefixes), oldest first.
+    /// Every job as it stands ([`Store::get`]), in id order: folder by folder (their line
+    /// prefixes), oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
+        let mut marks = marks::MarksRead::default();
         for entry in self.handles().trees.jobs.iter() {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
             let id = keys::stored_job_id(&raw_id)?;
-            jobs.push(decode_job(&raw, id)?);
+            jobs.push(marks.see(self, decode_job(&raw, id)?)?);
         }
         Ok(jobs)
     }

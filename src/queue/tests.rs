@@ -2675,6 +2675,7 @@ fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
 
 mod compaction;
 mod deletions;
+mod marks;
 mod summary;
 
 /// Asserts that `store` was stamped with the current format at open and that the upgrade

@@ -33,6 +33,13 @@
 //!
 //! A crash before step 5 ends leaves the old format, and step 4 runs again (an entry
 //! already written is skipped); after it, only the unused tree, dropped whenever it exists.
+//!
+//! Format 5 records the jobs a batch claims from the front of a line as one claim mark
+//! per folder (module `marks`) instead of writing each job. A database of format 4 has no
+//! mark, so nothing in it is claimed that way: it is a valid database of format 5 as it
+//! is, and only its marker changes. Opened by an older version, a database of format 5 is
+//! refused: that version would read a job under a mark as waiting in line, and send its
+//! bytes again after a crash without first looking whether they had landed.
 
 use super::job::Job;
 use super::keys::{decode_job_key, job_key};
