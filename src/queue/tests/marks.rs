@@ -320,3 +320,67 @@ fn batches_racing_with_offers_claim_every_job_exactly_once() {
     );
     assert_invariants(&store);
 }
+
+#[test]
+fn a_database_of_format_4_opens_as_format_5_and_its_line_is_claimed_under_a_mark() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids = offered(&store, 3);
+    // What format 4 left: the same jobs in line, no mark, no tree of marks.
+    store
+        .handles()
+        .db
+        .insert(FORMAT_KEY, &b"4"[..])
+        .expect("writing works");
+    store
+        .handles()
+        .db
+        .drop_tree(super::super::marks::MARKS_TREE)
+        .expect("drops");
+    let store = reopen(store);
+    assert_eq!(
+        store
+            .handles()
+            .db
+            .get(FORMAT_KEY)
+            .expect("reads")
+            .as_deref(),
+        Some(&b"5"[..])
+    );
+    for id in &ids {
+        assert_eq!(super::job(&store, *id).state, JobState::Queued);
+    }
+    assert_invariants(&store);
+    let batch = claim_batch(&store, 10);
+    assert_eq!(batch.len(), 3);
+    assert!(stored(&store, ids[2]).in_line, "under the mark");
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_compaction_keeps_the_marks_and_the_claims_they_stand_for() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids = offered(&store, 20);
+    let batch = claim_batch(&store, 10);
+    assert_eq!(batch.len(), 11);
+    let before = store.jobs().expect("jobs read");
+    store
+        .compact(&CompactPolicy {
+            max_ratio: 0.0,
+            min_on_disk: 0,
+        })
+        .expect("the compaction works")
+        .expect("and ends in a swap");
+    assert_eq!(store.jobs().expect("jobs read"), before);
+    assert!(stored(&store, ids[10]).in_line, "still under the mark");
+    assert_eq!(super::job(&store, ids[10]).state, JobState::Active);
+    assert_eq!(super::job(&store, ids[11]).state, JobState::Queued);
+    let rest = claim_batch(&store, 20);
+    assert_eq!(
+        rest.iter().map(|job| job.id).collect::<Vec<_>>(),
+        ids[11..],
+        "the compacted line goes on after the mark"
+    );
+    assert_invariants(&store);
+}
