@@ -12,7 +12,9 @@
 //!
 //! A job stored in line whose id is at or below its folder's mark was claimed: every read
 //! of a job ([`Tx::job`], [`Store::get`], [`Store::jobs`]) sees it active, out of line,
-//! claimed with its fingerprint, since the mark's time ([`seen_through`]). The first write
+//! claimed with its fingerprint, since the mark's time ([`seen_through`]: the folder's
+//! latest claim under the mark, for a job of an earlier batch still running later than its
+//! own; only reports show that time, as the last attempt's). The first write
 //! of such a job (its completion, a retry, a new version, a restart's recovery) stores
 //! that state explicitly, as for any other attempt; so does everything else (status,
 //! counts, recovery after a crash), which reads jobs through those same functions.
