@@ -33,6 +33,14 @@ fn stored(store: &Store, id: JobId) -> Job {
     decode_job(&raw, id).expect("the job decodes")
 }
 
+/// Claims the first due job; there must be one.
+fn first_due(store: &Store) -> Job {
+    store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due")
+}
+
 /// Claims the first due job, then the rest of the folder's due jobs as one batch.
 fn claim_batch(store: &Store, max: usize) -> Vec<Job> {
     let Some(first) = store.claim(SystemTime::now()).expect("claim works") else {
@@ -63,10 +71,7 @@ fn a_batch_from_the_front_of_a_line_is_claimed_with_one_write_and_reads_back_act
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let ids = offered(&store, 100);
-    let first = store
-        .claim(SystemTime::now())
-        .expect("claim works")
-        .expect("a job is due");
+    let first = first_due(&store);
     assert_eq!(first.id, ids[0]);
 
     let writes = store.writes();
@@ -225,10 +230,7 @@ fn a_refused_job_ends_the_part_of_a_batch_under_the_mark() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let ids = offered(&store, 5);
-    let first = store
-        .claim(SystemTime::now())
-        .expect("claim works")
-        .expect("a job is due");
+    let first = first_due(&store);
     // Refuses f0002 (version 3) only.
     let batch = store
         .claim_more(&first, SystemTime::now(), 10, |job| {
