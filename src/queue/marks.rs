@@ -14,15 +14,15 @@
 //! of a job ([`Tx::job`], [`Store::get`], [`Store::jobs`]) sees it active, out of line,
 //! claimed with its fingerprint, since the mark's time ([`seen_through`]: the folder's
 //! latest claim under the mark, for a job of an earlier batch still running later than its
-//! own; only reports show that time, as the last attempt's). The first write
-//! of such a job (its completion, a retry, a new version, a restart's recovery) stores
-//! that state explicitly, as for any other attempt; so does everything else (status,
-//! counts, recovery after a crash), which reads jobs through those same functions.
+//! own; only reports show that time, as the last attempt's). The first write of such a
+//! job (its completion, a retry, a new version, a restart's recovery) stores that state
+//! explicitly, as for any other attempt. Everything else (status, the counts, recovery
+//! after a crash) reads jobs through those same functions, so sees the same.
 //!
 //! # When a batch may move the mark
 //!
-//! The mark must never cover a job in line that was not claimed. A batch ([`Store::claim_more`])
-//! moves it over the jobs it takes from its folder's line when:
+//! The mark must never cover a job in line that was not claimed. A batch
+//! ([`Store::claim_more`]) moves it over the jobs it takes from its folder's line when:
 //! 1. they are the first jobs of the line after the mark, with none of the folder's jobs in
 //!    line between them passed over (a job the batch refuses ends the marked part);
 //! 2. no job of the line with a smaller id can still appear: the walk that found them
