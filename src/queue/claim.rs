@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
 use super::line::Walk;
-use super::marks::Mark;
+use super::marks::{self, Mark};
 use super::{Job, JobId, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
 
 /// Where a claimable job waits: its entry in the `due` index (the raw key and its parts),
@@ -178,14 +178,13 @@ impl Store {
             return Ok(Vec::new());
         }
         self.transact(|tx| {
-            let mark = tx.mark(tag)?;
             let mut through = None;
             let mut claimed = Vec::with_capacity(candidates.len());
             for candidate in &candidates {
                 let active = match candidate {
                     Candidate::Take(waiting) => tx.take(waiting, now)?,
                     Candidate::UnderMark(id) => {
-                        let active = tx.claim_under_mark(*id, mark, now)?;
+                        let active = tx.claim_under_mark(*id, now)?;
                         if active.is_some() {
                             through = Some(*id);
                         }
@@ -408,13 +407,7 @@ impl Tx<'_> {
 
     /// The claim itself: the job active, with the fingerprint it is claimed with (6).
     fn make_active(&self, job: Job, now: u64) -> TxResult<Job> {
-        let active = Job {
-            state: JobState::Active,
-            claimed: Some(job.fingerprint),
-            in_line: false,
-            updated_at_ms: now,
-            ..job.clone()
-        };
+        let active = marks::claimed(job.clone(), now);
         self.put_job(Some(&job), &active)?;
         Ok(active)
     }

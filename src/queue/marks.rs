@@ -118,6 +118,16 @@ impl MarksRead {
 }
 
 impl Store {
+    /// `job` as its folder's mark makes it ([`seen_through`]); the mark is read only for a
+    /// job stored in line.
+    pub(super) fn as_it_stands(&self, job: Job) -> Result<Job, StoreError> {
+        if !job.in_line {
+            return Ok(job);
+        }
+        let mark = self.mark(folder_tag(&job.key.folder))?;
+        Ok(seen_through(job, mark))
+    }
+
     /// The folder's mark, outside a transaction.
     pub(super) fn mark(&self, tag: FolderTag) -> Result<Option<Mark>, StoreError> {
         let raw = self
@@ -143,17 +153,10 @@ impl Tx<'_> {
     }
 
     /// Claims the job `id` of the line by moving the mark over it, without writing it:
-    /// `None` when the mark already covers it or it left the line. The caller moves the
-    /// mark to the last job claimed so.
-    pub(super) fn claim_under_mark(
-        &self,
-        id: JobId,
-        mark: Option<Mark>,
-        now: u64,
-    ) -> TxResult<Option<Job>> {
-        if mark.is_some_and(|mark| mark.covers(id)) {
-            return Ok(None);
-        }
+    /// `None` when it left the line, or the mark already covers it ([`Tx::job`] reads it
+    /// through the mark: step 3 of the module doc). The caller moves the mark to the last
+    /// job claimed so.
+    pub(super) fn claim_under_mark(&self, id: JobId, now: u64) -> TxResult<Option<Job>> {
         let Some(job) = self.job(id)? else {
             return Ok(None);
         };

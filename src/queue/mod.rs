@@ -1256,10 +1256,7 @@ impl Store {
             .map_err(|err| self.db_error(err))?
         {
             None => Ok(None),
-            Some(raw) => {
-                let job = decode_job(&raw, id)?;
-                marks::MarksRead::default().see(self, job).map(Some)
-            }
+            Some(raw) => self.as_it_stands(decode_job(&raw, id)?).map(Some),
         }
     }
 
