@@ -19,6 +19,13 @@
 //!   slow connection costs memory for a moment, never a stuck upload.
 //! - A buffer grows to the largest read asked of it and never shrinks; a short last chunk
 //!   is a shorter view of the same buffer.
+//! - A read lands at an address aligned to [`READ_ALIGN`], not where the allocator's block
+//!   starts (16 bytes past a page for a chunk-sized block). The kernel copies a read out of
+//!   its page cache several times slower into a destination that is not aligned to 32
+//!   bytes on some CPUs: on an AMD EPYC, reading a cached GiB into 8 MiB buffers took 0.70
+//!   s of system time at an offset of 16 bytes and 0.14–0.16 s at 0, 32, 64 or 4096, and
+//!   the daemon's CPU per GiB sent to Redivis had 0.7 s of such copying beside 2.3 s of
+//!   MD5.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +43,9 @@ pub const POOL_BUFFERS: usize = 2;
 
 /// How long a read waits for a lent buffer to come back before using a one-off buffer.
 pub const POOL_WAIT: Duration = Duration::from_secs(2);
+
+/// The alignment of the first byte of every read (module doc): a cache line.
+pub const READ_ALIGN: usize = 64;
 
 /// Reusable read buffers, shared by a reader and the chunks it handed out.
 #[derive(Clone)]
@@ -63,14 +73,34 @@ struct Slots {
 /// A buffer taken from a pool (or a one-off one), returned to the pool when dropped.
 struct Lent {
     buf: Vec<u8>,
-    /// Bytes of `buf` that hold data.
+    /// Where the read goes in `buf`: the first byte aligned to [`READ_ALIGN`].
+    start: usize,
+    /// Bytes from `start` that hold data.
     filled: usize,
     home: Option<Arc<PoolShared>>,
 }
 
+impl Lent {
+    /// A buffer whose aligned window holds `len` bytes, lent for `home` (none: one-off).
+    fn of(mut buf: Vec<u8>, len: usize, home: Option<Arc<PoolShared>>) -> Lent {
+        let start = aligned_window(&mut buf, len);
+        Lent {
+            buf,
+            start,
+            filled: 0,
+            home,
+        }
+    }
+
+    /// The `len` bytes a read fills.
+    fn window(&mut self, len: usize) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + len]
+    }
+}
+
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.filled]
+        &self.buf[self.start..self.start + self.filled]
     }
 }
 
@@ -148,13 +178,8 @@ impl BufferPool {
                     None
                 }
             };
-            if let Some(buf) = buf.as_mut() {
-                grow(buf, len);
-                return Lent {
-                    buf: std::mem::take(buf),
-                    filled: 0,
-                    home: Some(Arc::clone(shared)),
-                };
+            if let Some(buf) = buf {
+                return Lent::of(buf, len, Some(Arc::clone(shared)));
             }
             if tokio::time::timeout_at(deadline, returned).await.is_err() {
                 shared
@@ -166,28 +191,26 @@ impl BufferPool {
                     len,
                     "no chunk buffer came back in time; using a one-off one"
                 );
-                let mut buf = Vec::new();
-                grow(&mut buf, len);
-                return Lent {
-                    buf,
-                    filled: 0,
-                    home: None,
-                };
+                return Lent::of(Vec::new(), len, None);
             }
         }
     }
 }
 
-/// Makes `buf` at least `len` bytes long. A new buffer is zeroed by the allocator (fresh
-/// pages for chunk-sized ones); a reused one keeps its old bytes, which reads overwrite.
-fn grow(buf: &mut Vec<u8>, len: usize) {
-    if buf.len() < len {
+/// Makes `buf` long enough to hold `len` bytes from an address aligned to [`READ_ALIGN`],
+/// and returns where they start. A new buffer is zeroed by the allocator (fresh pages for
+/// chunk-sized ones); a reused one keeps its old bytes, which reads overwrite.
+fn aligned_window(buf: &mut Vec<u8>, len: usize) -> usize {
+    let needed = len + READ_ALIGN - 1;
+    if buf.len() < needed {
         if buf.is_empty() {
-            *buf = vec![0u8; len];
+            *buf = vec![0u8; needed];
         } else {
-            buf.resize(len, 0);
+            buf.resize(needed, 0);
         }
     }
+    // The offset depends on where the allocator put the block, which a resize may move.
+    buf.as_ptr().addr().wrapping_neg() % READ_ALIGN
 }
 
 pub struct FileReader {
@@ -244,7 +267,7 @@ impl FileReader {
         let mut lent = self.pool.take(len).await;
         let file = Arc::clone(&self.file);
         let read = tokio::task::spawn_blocking(move || {
-            let buf = &mut lent.buf[..len];
+            let buf = lent.window(len);
             let mut filled = 0;
             while filled < len {
                 match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -356,6 +379,23 @@ mod tests {
         let cloned = last.clone();
         drop(last);
         assert_eq!(&cloned[..], &data[2000..]);
+    }
+
+    #[tokio::test]
+    async fn every_read_starts_at_an_aligned_address_whatever_the_buffer() {
+        let (_dir, reader, data) = file_of(3 << 20);
+        // Sizes that make the allocator place and move the block differently: small,
+        // chunk-sized (a mapping of its own), and a reused buffer grown in place or moved.
+        for (at, len) in [(0, 100), (5, 3 << 20), (7, 1000), (0, (3 << 20) - 1)] {
+            let chunk = reader.read_at(at as u64, len).await.unwrap();
+            assert_eq!(chunk.as_ptr().addr() % READ_ALIGN, 0, "offset {at}, {len} bytes");
+            assert_eq!(&chunk[..], &data[at..(at + len).min(data.len())]);
+        }
+        let one_off = reader.with_pool(BufferPool::new(1, Duration::ZERO));
+        let _held = one_off.read_at(0, 10).await.unwrap();
+        let late = one_off.read_at(1, 10).await.unwrap();
+        assert_eq!(one_off.pool().stats().one_off, 1);
+        assert_eq!(late.as_ptr().addr() % READ_ALIGN, 0, "a one-off buffer");
     }
 
     #[tokio::test]
