@@ -162,7 +162,7 @@ impl BufferPool {
             let returned = shared.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            let mut buf = {
+            let buf = {
                 let mut slots = shared
                     .slots
                     .lock()
@@ -388,7 +388,11 @@ mod tests {
         // chunk-sized (a mapping of its own), and a reused buffer grown in place or moved.
         for (at, len) in [(0, 100), (5, 3 << 20), (7, 1000), (0, (3 << 20) - 1)] {
             let chunk = reader.read_at(at as u64, len).await.unwrap();
-            assert_eq!(chunk.as_ptr().addr() % READ_ALIGN, 0, "offset {at}, {len} bytes");
+            assert_eq!(
+                chunk.as_ptr().addr() % READ_ALIGN,
+                0,
+                "offset {at}, {len} bytes"
+            );
             assert_eq!(&chunk[..], &data[at..(at + len).min(data.len())]);
         }
         let one_off = reader.with_pool(BufferPool::new(1, Duration::ZERO));
