@@ -74,12 +74,20 @@ impl Mark {
     }
 }
 
-/// `job` as its folder's `mark` makes it: active since the mark when the mark covers it in
-/// line (module doc), unchanged otherwise.
-pub(super) fn seen_through(job: Job, mark: Option<Mark>) -> Job {
-    match mark {
-        Some(mark) if job.in_line && mark.covers(job.id) => claimed(job, mark.at_ms),
-        _ => job,
+/// `job` as its folder's mark makes it: active since the mark when the mark covers it in
+/// line (module doc), unchanged otherwise. `mark_of` reads a folder's mark (in a
+/// transaction, from the store, or from the marks already read); it is asked only for a
+/// job stored in line.
+pub(super) fn seen_through<E>(
+    job: Job,
+    mark_of: impl FnOnce(FolderTag) -> Result<Option<Mark>, E>,
+) -> Result<Job, E> {
+    if !job.in_line {
+        return Ok(job);
+    }
+    match mark_of(folder_tag(&job.key.folder))? {
+        Some(mark) if mark.covers(job.id) => Ok(claimed(job, mark.at_ms)),
+        _ => Ok(job),
     }
 }
 
@@ -101,33 +109,18 @@ pub(super) struct MarksRead(HashMap<FolderTag, Option<Mark>>);
 impl MarksRead {
     /// [`seen_through`] with the mark of the job's folder (read at its first job in line).
     pub(super) fn see(&mut self, store: &Store, job: Job) -> Result<Job, StoreError> {
-        if !job.in_line {
-            return Ok(job);
-        }
-        let tag = folder_tag(&job.key.folder);
-        let mark = match self.0.get(&tag) {
-            Some(mark) => *mark,
+        seen_through(job, |tag| match self.0.get(&tag) {
+            Some(mark) => Ok(*mark),
             None => {
                 let mark = store.mark(tag)?;
                 self.0.insert(tag, mark);
-                mark
+                Ok(mark)
             }
-        };
-        Ok(seen_through(job, mark))
+        })
     }
 }
 
 impl Store {
-    /// `job` as its folder's mark makes it ([`seen_through`]); the mark is read only for a
-    /// job stored in line.
-    pub(super) fn as_it_stands(&self, job: Job) -> Result<Job, StoreError> {
-        if !job.in_line {
-            return Ok(job);
-        }
-        let mark = self.mark(folder_tag(&job.key.folder))?;
-        Ok(seen_through(job, mark))
-    }
-
     /// The folder's mark, outside a transaction.
     pub(super) fn mark(&self, tag: FolderTag) -> Result<Option<Mark>, StoreError> {
         let raw = self

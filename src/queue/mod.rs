@@ -657,11 +657,7 @@ impl Tx<'_> {
             Ok(job) => job,
             Err(err) => return abort(err),
         };
-        if !job.in_line {
-            return Ok(Some(job));
-        }
-        let mark = self.mark(folder_tag(&job.key.folder))?;
-        Ok(Some(marks::seen_through(job, mark)))
+        marks::seen_through(job, |tag| self.mark(tag)).map(Some)
     }
 
     fn require_job(&self, id: JobId) -> TxResult<Job> {
@@ -1256,7 +1252,7 @@ impl Store {
             .map_err(|err| self.db_error(err))?
         {
             None => Ok(None),
-            Some(raw) => self.as_it_stands(decode_job(&raw, id)?).map(Some),
+            Some(raw) => marks::seen_through(decode_job(&raw, id)?, |tag| self.mark(tag)).map(Some),
         }
     }
 
