@@ -257,6 +257,14 @@ impl Emulator {
         }
     }
 
+    /// Uploads the Redivis emulator created (`upload.post` after every byte arrived).
+    pub async fn redivis_uploads_created(&self) -> BenchResult<u64> {
+        let stats = self.get_json("/_emulator/redivis/stats").await?;
+        stats["uploads_created"]
+            .as_u64()
+            .ok_or_else(|| format!("the Redivis emulator reports no uploads_created: {stats}"))
+    }
+
     /// API requests the emulator's Redivis side counted for `endpoint` (`rawFiles.post`).
     pub async fn redivis_calls(&self, endpoint: &str) -> BenchResult<u64> {
         let stats = self.get_json("/_emulator/redivis/stats").await?;
