@@ -5,6 +5,11 @@
 //! small pool of buffers that belongs to the reader: memory is bounded by the chunk size
 //! times the pool's size, never by the file size or by how long the upload runs.
 //!
+//! Files are opened without updating their access time where the kernel allows it
+//! (`O_NOATIME`, for files the daemon's user owns): reading a file to copy it is not a use
+//! of it, and on a filesystem mounted `relatime` the first read of every new file would
+//! otherwise dirty its inode, one more write to the disk per file uploaded.
+//!
 //! # The buffer pool
 //!
 //! A chunk is handed out as [`Bytes`] whose owner is a pooled buffer: when the last clone
@@ -220,12 +225,13 @@ pub struct FileReader {
 }
 
 /// Pooled chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) live as long as their
-/// upload and are freed on whichever thread drops the last chunk. glibc would serve them
+/// upload (the buffer of small KiFS files read together, as long as its request) and are
+/// freed on whichever thread drops the last chunk. glibc would serve them
 /// from per-thread arenas and keep the freed ones, so resident memory would grow with the
 /// number of threads that ever finished an upload. A fixed mmap threshold of 1 MiB makes
 /// every buffer this size its own mapping, returned to the system when the upload ends;
 /// smaller allocations are untouched.
-fn return_chunk_buffers_to_the_system() {
+pub(crate) fn return_chunk_buffers_to_the_system() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -241,22 +247,10 @@ impl FileReader {
     /// Opens `path` and checks that it still is the version `expected` describes.
     pub fn open(path: &Path, expected: &Fingerprint) -> Result<FileReader, UploadError> {
         return_chunk_buffers_to_the_system();
-        let file = File::open(path).map_err(|err| open_error(path, err))?;
-        let meta = file.metadata().map_err(|err| {
-            UploadError::Unreadable(format!("cannot stat {}: {err}", path.display()))
-        })?;
-        if !meta.is_file() {
-            return Err(UploadError::Unreadable(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        if Fingerprint::of(&meta) != *expected {
-            return Err(UploadError::Changed);
-        }
+        let (file, size) = open_checked(path, expected)?;
         Ok(FileReader {
             file: Arc::new(file),
-            size: meta.len(),
+            size,
             pool: BufferPool::new(POOL_BUFFERS, POOL_WAIT),
         })
     }
@@ -301,6 +295,75 @@ impl FileReader {
     }
 }
 
+/// Opens `path` for reading without changing its access time (module doc), and checks that
+/// it is a regular file and still the version `expected` describes; returns it with its size.
+fn open_checked(path: &Path, expected: &Fingerprint) -> Result<(File, u64), UploadError> {
+    let file = open_without_atime(path).map_err(|err| open_error(path, err))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))?;
+    if !meta.is_file() {
+        return Err(UploadError::Unreadable(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if Fingerprint::of(&meta) != *expected {
+        return Err(UploadError::Changed);
+    }
+    Ok((file, meta.len()))
+}
+
+/// `O_NOATIME` where the kernel allows it: only the file's owner (or a process with
+/// CAP_FOWNER) may ask, and anyone else is refused with EPERM, so then the file is opened as
+/// usual.
+fn open_without_atime(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(path)
+        {
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
+            opened => return opened,
+        }
+    }
+    File::open(path)
+}
+
+/// Appends the whole of the file at `path`, which must still be the version `expected`
+/// describes, to `out`. Blocking: for a caller on the blocking pool that reads many small
+/// files in one trip there (a KiFS batch), where a trip per file would cost more CPU than
+/// the reads.
+pub fn read_whole_into(
+    path: &Path,
+    expected: &Fingerprint,
+    out: &mut Vec<u8>,
+) -> Result<(), UploadError> {
+    let (file, size) = open_checked(path, expected)?;
+    let start = out.len();
+    out.resize(start + size as usize, 0);
+    let mut filled = 0;
+    while filled < size as usize {
+        match file.read_at(&mut out[start + filled..], filled as u64) {
+            // The file shrank while we held it open: it is being rewritten.
+            Ok(0) => {
+                out.truncate(start);
+                return Err(UploadError::Changed);
+            }
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                out.truncate(start);
+                return Err(UploadError::Unreadable(format!("read failed: {err}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn open_error(path: &Path, err: std::io::Error) -> UploadError {
     match err.kind() {
         std::io::ErrorKind::NotFound => UploadError::Vanished(path.display().to_string()),
@@ -314,6 +377,62 @@ fn open_error(path: &Path, err: std::io::Error) -> UploadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sets the access time of `path` three days back, well before its modification time,
+    /// so that a read on a `relatime` mount would move it.
+    fn age_access_time(path: &Path) -> std::time::SystemTime {
+        let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        std::fs::metadata(path).unwrap().accessed().unwrap()
+    }
+
+    #[tokio::test]
+    async fn reading_a_file_to_upload_it_leaves_its_access_time_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"read as anyone would").unwrap();
+        let aged = age_access_time(&probe);
+        std::fs::read(&probe).unwrap();
+        if std::fs::metadata(&probe).unwrap().accessed().unwrap() == aged {
+            eprintln!("skipping: reads do not update access times on this filesystem");
+            return;
+        }
+
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let aged = age_access_time(&path);
+        // Setting a time changes the change time, so the version is taken after.
+        let fp = Fingerprint::read(&path).unwrap();
+        let reader = FileReader::open(&path, &fp).unwrap();
+        assert_eq!(&reader.read_at(0, 10).await.unwrap()[..], b"0123456789");
+        drop(reader);
+        let mut whole = Vec::new();
+        read_whole_into(&path, &fp, &mut whole).unwrap();
+        assert_eq!(whole, b"0123456789");
+        assert_eq!(std::fs::metadata(&path).unwrap().accessed().unwrap(), aged);
+    }
+
+    #[test]
+    fn a_whole_read_appends_the_file_or_leaves_the_buffer_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let fp = Fingerprint::read(&path).unwrap();
+        let mut out = b"head:".to_vec();
+        read_whole_into(&path, &fp, &mut out).unwrap();
+        assert_eq!(out, b"head:abc");
+        std::fs::write(&path, b"abcdef").unwrap();
+        let err = read_whole_into(&path, &fp, &mut out).unwrap_err();
+        assert!(matches!(err, UploadError::Changed), "{err:?}");
+        assert_eq!(out, b"head:abc");
+        let err = read_whole_into(&dir.path().join("gone"), &fp, &mut out).unwrap_err();
+        assert!(matches!(err, UploadError::Vanished(_)), "{err:?}");
+    }
 
     #[tokio::test]
     async fn reads_chunks_and_notices_a_changed_file() {
