@@ -36,7 +36,8 @@ pub(crate) enum Until {
     KifsStored,
     /// The Redivis emulator created every upload (polled cheaply), then the daemon's status
     /// polled until the ledger holds them: for a figure of the daemon's CPU, which answering
-    /// a status every 5 ms for the whole upload would add to (about 0.3 ms of CPU each).
+    /// a status every 5 ms for the whole upload would add to (about half a millisecond of
+    /// CPU each).
     RedivisPosted,
 }
 
@@ -137,32 +138,33 @@ pub(crate) async fn daemon_run(
 /// Polls the Redivis emulator until it has created `total` uploads (every byte of them
 /// arrived); returns when it saw that.
 pub(crate) async fn wait_posted(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let created = emulator.redivis_uploads_created().await?;
-        if created >= total {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the emulator created {created} of {total} uploads in 30 minutes"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_count(total, "created uploads", || {
+        emulator.redivis_uploads_created()
+    })
+    .await
 }
 
 /// Polls the KiFS emulator until it has stored `total` files; returns when it saw that.
 pub(crate) async fn wait_stored(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+    wait_count(total, "stored files", || emulator.kifs_files_stored()).await
+}
+
+/// Reads one of the emulator's counters every 5 ms (work for the emulator, never for the
+/// daemon) until it reaches `total`, for at most 30 minutes.
+async fn wait_count<F, Count>(total: u64, what: &str, count: F) -> BenchResult<Instant>
+where
+    F: Fn() -> Count,
+    Count: std::future::Future<Output = BenchResult<u64>>,
+{
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let stored = emulator.kifs_files_stored().await?;
-        if stored >= total {
+        let seen = count().await?;
+        if seen >= total {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the emulator stored {stored} of {total} files in 30 minutes"
+                "the emulator counted {seen} of {total} {what} in 30 minutes"
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -334,7 +334,7 @@ fn open_without_atime(path: &Path) -> std::io::Result<File> {
 }
 
 /// Appends the whole of the file at `path`, which must still be the version `expected`
-/// describes, to `out`. Blocking: for a caller on the blocking pool that reads many small
+/// describes, to `out` (so for small files). Blocking: for a caller on the blocking pool that reads many small
 /// files in one trip there (a KiFS batch), where a trip per file would cost more CPU than
 /// the reads.
 pub fn read_whole_into(
