@@ -68,7 +68,7 @@ pub(crate) async fn daemon_run(
     let daemon = Daemon::start(ctx, &dir, &config).await?;
     let cpu_before = daemon.sample()?.cpu;
     let before = emulator.requests().await?;
-    let stored_before = match until {
+    let counted_before = match until {
         Until::KifsStored => emulator.kifs_files_stored().await?,
         Until::RedivisPosted => emulator.redivis_uploads_created().await?,
         Until::Ledger => 0,
@@ -90,9 +90,9 @@ pub(crate) async fn daemon_run(
     }
     if result.is_ok() {
         match until {
-            Until::KifsStored => result = wait_stored(emulator, stored_before + expected).await,
+            Until::KifsStored => result = wait_stored(emulator, counted_before + expected).await,
             Until::RedivisPosted => {
-                result = wait_posted(emulator, stored_before + expected).await;
+                result = wait_posted(emulator, counted_before + expected).await;
             }
             Until::Ledger => {}
         }

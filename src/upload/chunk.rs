@@ -261,18 +261,8 @@ impl FileReader {
         let mut lent = self.pool.take(len).await;
         let file = Arc::clone(&self.file);
         let read = tokio::task::spawn_blocking(move || {
-            let buf = lent.window(len);
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            lent.filled = filled;
-            Ok(lent)
+            lent.filled = fill_at(&file, lent.window(len), offset)?;
+            Ok::<_, std::io::Error>(lent)
         })
         .await
         .expect("file read task does not panic");
@@ -345,23 +335,33 @@ pub fn read_whole_into(
     let (file, size) = open_checked(path, expected)?;
     let start = out.len();
     out.resize(start + size as usize, 0);
-    let mut filled = 0;
-    while filled < size as usize {
-        match file.read_at(&mut out[start + filled..], filled as u64) {
-            // The file shrank while we held it open: it is being rewritten.
-            Ok(0) => {
-                out.truncate(start);
-                return Err(UploadError::Changed);
-            }
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                out.truncate(start);
-                return Err(UploadError::Unreadable(format!("read failed: {err}")));
-            }
+    let read = fill_at(&file, &mut out[start..], 0);
+    match read {
+        Ok(filled) if filled == size as usize => Ok(()),
+        failed => {
+            out.truncate(start);
+            Err(match failed {
+                Err(err) => UploadError::Unreadable(format!("read failed: {err}")),
+                // The file shrank while we held it open: it is being rewritten.
+                Ok(_) => UploadError::Changed,
+            })
         }
     }
-    Ok(())
+}
+
+/// Reads `file` from `offset` into `buf` until `buf` is full or the file ends; returns how
+/// many bytes it read.
+fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
 }
 
 fn open_error(path: &Path, err: std::io::Error) -> UploadError {

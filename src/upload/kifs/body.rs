@@ -40,8 +40,6 @@ pub struct Source {
     len: u64,
     /// Opened on first read, so a batch of many files does not hold them all open.
     reader: Mutex<Option<Arc<FileReader>>>,
-    /// The whole file, opened only when its bytes are needed ([`Source::lazy`]).
-    whole: bool,
 }
 
 impl Source {
@@ -59,7 +57,6 @@ impl Source {
             offset,
             len,
             reader: Mutex::new(Some(reader)),
-            whole: false,
         }
     }
 
@@ -71,13 +68,13 @@ impl Source {
             offset: 0,
             len: fingerprint.size,
             reader: Mutex::new(None),
-            whole: true,
         }
     }
 
     /// A whole file that no read has opened yet: it can be read in one go with others.
     fn is_whole_unopened(&self) -> bool {
-        self.whole
+        self.offset == 0
+            && self.len == self.fingerprint.size
             && self
                 .reader
                 .lock()
@@ -305,9 +302,12 @@ async fn read_small_files(
     return_chunk_buffers_to_the_system();
     tokio::task::spawn_blocking(move || {
         let files = &sources[first..=first + between.len()];
-        let encoded: u64 = files.iter().map(|s| encoded_len(enc, s.len)).sum();
+        let elements: u64 = files
+            .iter()
+            .map(|s| UploadFrame::element_len(enc, s.len))
+            .sum();
         let pieces: usize = between.iter().map(Bytes::len).sum();
-        let mut out = Vec::with_capacity(encoded as usize + pieces);
+        let mut out = Vec::with_capacity(elements as usize + pieces);
         let mut raw = Vec::new();
         for (offset, source) in files.iter().enumerate() {
             if offset > 0 {
@@ -316,35 +316,30 @@ async fn read_small_files(
             if source.len == 0 {
                 continue;
             }
-            let into = match enc {
-                KifsEncoding::Binary => &mut out,
+            let read = |into: &mut Vec<u8>| {
+                read_whole_into(&source.path, &source.fingerprint, into)
+                    .map_err(|err| (first + offset, err))
+            };
+            match enc {
+                KifsEncoding::Binary => read(&mut out)?,
                 KifsEncoding::Json => {
                     raw.clear();
-                    &mut raw
+                    read(&mut raw)?;
+                    let start = out.len();
+                    out.resize(
+                        start + UploadFrame::element_len(enc, source.len) as usize,
+                        0,
+                    );
+                    BASE64_STANDARD
+                        .encode_slice(&raw, &mut out[start..])
+                        .expect("the room made is the encoded length");
                 }
-            };
-            read_whole_into(&source.path, &source.fingerprint, into)
-                .map_err(|err| (first + offset, err))?;
-            if enc == KifsEncoding::Json {
-                let start = out.len();
-                out.resize(start + encoded_len(enc, source.len) as usize, 0);
-                BASE64_STANDARD
-                    .encode_slice(&raw, &mut out[start..])
-                    .expect("the room made is the encoded length");
             }
         }
         Ok(Bytes::from(out))
     })
     .await
     .expect("reading small files does not panic")
-}
-
-/// The length of `len` bytes as an element carries them.
-fn encoded_len(enc: KifsEncoding, len: u64) -> u64 {
-    match enc {
-        KifsEncoding::Binary => len,
-        KifsEncoding::Json => len.div_ceil(3) * 4,
-    }
 }
 
 /// Keeps the first local failure and turns it into the I/O error that aborts the body.
