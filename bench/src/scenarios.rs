@@ -89,13 +89,12 @@ pub(crate) async fn daemon_run(
         }
     }
     if result.is_ok() {
-        match until {
-            Until::KifsStored => result = wait_stored(emulator, counted_before + expected).await,
-            Until::RedivisPosted => {
-                result = wait_posted(emulator, counted_before + expected).await;
-            }
-            Until::Ledger => {}
-        }
+        let total = counted_before + expected;
+        result = match until {
+            Until::KifsStored => wait_stored(emulator, total).await,
+            Until::RedivisPosted => wait_posted(emulator, total).await,
+            Until::Ledger => result,
+        };
     }
     if let Ok(done_at) = result {
         let poll = if expected > 100 {
@@ -137,7 +136,7 @@ pub(crate) async fn daemon_run(
 
 /// Polls the Redivis emulator until it has created `total` uploads (every byte of them
 /// arrived); returns when it saw that.
-pub(crate) async fn wait_posted(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
+async fn wait_posted(emulator: &Emulator, total: u64) -> BenchResult<Instant> {
     wait_count(total, "created uploads", || {
         emulator.redivis_uploads_created()
     })

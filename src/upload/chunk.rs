@@ -324,9 +324,9 @@ fn open_without_atime(path: &Path) -> std::io::Result<File> {
 }
 
 /// Appends the whole of the file at `path`, which must still be the version `expected`
-/// describes, to `out` (so for small files). Blocking: for a caller on the blocking pool that reads many small
-/// files in one trip there (a KiFS batch), where a trip per file would cost more CPU than
-/// the reads.
+/// describes, to `out`; on an error `out` is left as it was. Blocking, and for small
+/// files: a caller on the blocking pool reads many of them in one trip there (a KiFS
+/// batch), where a trip per file would cost more CPU than the reads.
 pub fn read_whole_into(
     path: &Path,
     expected: &Fingerprint,
@@ -335,18 +335,14 @@ pub fn read_whole_into(
     let (file, size) = open_checked(path, expected)?;
     let start = out.len();
     out.resize(start + size as usize, 0);
-    let read = fill_at(&file, &mut out[start..], 0);
-    match read {
-        Ok(filled) if filled == size as usize => Ok(()),
-        failed => {
-            out.truncate(start);
-            Err(match failed {
-                Err(err) => UploadError::Unreadable(format!("read failed: {err}")),
-                // The file shrank while we held it open: it is being rewritten.
-                Ok(_) => UploadError::Changed,
-            })
-        }
-    }
+    let err = match fill_at(&file, &mut out[start..], 0) {
+        Ok(filled) if filled == size as usize => return Ok(()),
+        // The file shrank while we held it open: it is being rewritten.
+        Ok(_) => UploadError::Changed,
+        Err(err) => UploadError::Unreadable(format!("read failed: {err}")),
+    };
+    out.truncate(start);
+    Err(err)
 }
 
 /// Reads `file` from `offset` into `buf` until `buf` is full or the file ends; returns how
@@ -432,6 +428,22 @@ mod tests {
         assert_eq!(out, b"head:abc");
         let err = read_whole_into(&dir.path().join("gone"), &fp, &mut out).unwrap_err();
         assert!(matches!(err, UploadError::Vanished(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_whole_read_that_comes_up_short_is_a_change_and_leaves_the_buffer_as_it_was() {
+        // A sysfs attribute says it holds a page and reads a few bytes: what a file that
+        // shrinks between the open and the read looks like.
+        let short = Path::new("/sys/devices/system/cpu/online");
+        let Ok(fp) = Fingerprint::read(short) else {
+            eprintln!("skipping: no {}", short.display());
+            return;
+        };
+        assert!(fp.size > std::fs::read(short).unwrap().len() as u64);
+        let mut out = b"head:".to_vec();
+        let err = read_whole_into(short, &fp, &mut out).unwrap_err();
+        assert!(matches!(err, UploadError::Changed), "{err:?}");
+        assert_eq!(out, b"head:");
     }
 
     #[tokio::test]
