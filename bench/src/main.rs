@@ -80,6 +80,8 @@ pub struct Sizes {
     pub large: u64,
     pub memory_file: u64,
     pub small_files: u64,
+    /// Rounds of the small-file figures (each side's best counts).
+    pub small_rounds: usize,
     pub redivis_files: u64,
     pub file_index_files: u64,
     pub restart_files: u64,
@@ -100,6 +102,7 @@ impl Sizes {
             large: 1 << 30,
             memory_file: 1 << 30,
             small_files: 10_000,
+            small_rounds: 3,
             // Redivis paces itself to its rate limit (100 to 1,000 API requests per window).
             redivis_files: 100,
             file_index_files: 500,
@@ -133,6 +136,7 @@ impl Sizes {
             large: 72 << 20,
             memory_file: 16 << 20,
             small_files: 300,
+            small_rounds: 1,
             redivis_files: 8,
             file_index_files: 50,
             restart_files: 1_000,
