@@ -2714,6 +2714,20 @@ fn newest_snapshot(dir: &Path) -> String {
 }
 
 #[test]
+fn a_store_whose_state_dir_was_removed_while_open_leaves_nothing_behind_at_close() {
+    let parent = tempfile::tempdir().expect("a temp dir can be created");
+    let state_dir = parent.path().join("state");
+    let store = open(&state_dir);
+    store.offer(&key("a.csv"), &fp(1)).expect("offer works");
+    std::fs::remove_dir_all(&state_dir).expect("the state dir can be removed");
+    drop(store);
+    assert!(
+        !state_dir.exists(),
+        "closing must not create a new database where the old one was removed"
+    );
+}
+
+#[test]
 fn a_store_that_wrote_leaves_its_log_summed_up_and_one_that_only_read_leaves_it_alone() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
