@@ -902,3 +902,8 @@ pub fn mib(bytes: u64) -> f64 {
 pub fn rate(bytes: u64, took: Duration) -> f64 {
     mib(bytes) / took.as_secs_f64().max(1e-9)
 }
+
+/// CPU time per file, in microseconds.
+pub fn micros_per_file(cpu: Duration, files: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / files as f64
+}

@@ -165,7 +165,7 @@ fn rows(m: &Million) -> Vec<Row> {
         size_label(FILE_SIZE),
         m.files.div_ceil(PER_DIR)
     );
-    let per_file_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / m.files as f64;
+    let per_file_us = |cpu: Duration| micros_per_file(cpu, m.files);
     let ratio = m.restart.as_secs_f64() / m.find.as_secs_f64();
     let compacted_ratio = m.compacted_restart.as_secs_f64() / m.find.as_secs_f64();
     let info = |figure: String, upsync: String| Row {

@@ -641,14 +641,13 @@ async fn kifs_small_round(
         )
         .await?;
         let emulator_cpu = process_cpu(emulator_pid)? - emulator_before;
-        let micros_per_file = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count as f64;
         eprintln!(
             "  round {}: one file {:.2} s, {count} files {:.2} s; CPU per file: daemon {:.0} µs, emulator {:.0} µs",
             round + 1,
             one.took.as_secs_f64(),
             many.took.as_secs_f64(),
-            micros_per_file(many.cpu),
-            micros_per_file(emulator_cpu),
+            micros_per_file(many.cpu, count),
+            micros_per_file(emulator_cpu, count),
         );
         Ok::<_, String>(SmallRound {
             one,
@@ -704,7 +703,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     let daemon_cpu = least(|r| r.many.cpu)?;
     let emulator_cpu = least(|r| r.emulator_cpu)?;
     let rounds_label = format!("best of {} rounds each", sizes.small_rounds);
-    let cpu_per_file = |cpu: Duration| format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / count as f64);
+    let cpu_per_file = |cpu: Duration| format!("{:.0} µs", micros_per_file(cpu, count));
     let slowdown = many.took.as_secs_f64() / one_took.as_secs_f64();
     let per_file = |n: u64| n as f64 / count as f64;
     Ok(vec![
