@@ -12,6 +12,10 @@
 //! bytes must be sent again is the backend's business (see the README's "The life of a
 //! file").
 //!
+//! The times are written as JSON integers and read from their digits ([`nanos`]):
+//! serde_json reads a 128-bit integer by collecting its digits in a `String` first, three
+//! allocations for a timestamp, and a small upload decodes a fingerprint several times.
+//!
 //! Ledger entries written before the change time was recorded have none
 //! ([`Fingerprint::is_version_of`] matches them on size, mtime and inode); the store
 //! rewrites such an entry with the file's current ctime the first time it matches.
@@ -25,10 +29,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub size: u64,
+    #[serde(deserialize_with = "nanos::deserialize")]
     pub mtime_ns: i128,
     pub inode: u64,
     /// `None` only in records written before the change time was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nanos::deserialize_option"
+    )]
     pub ctime_ns: Option<i128>,
 }
 
@@ -76,6 +85,41 @@ fn nanos(seconds: i64, nanoseconds: i64) -> i128 {
     i128::from(seconds) * 1_000_000_000 + i128::from(nanoseconds)
 }
 
+/// Reading a timestamp from the JSON text of its number, without allocating.
+///
+/// Reading it as a number would either allocate (serde_json's 128-bit path) or round it:
+/// serde_json reads an integer beyond `u64` as a float, and a file dated after the year
+/// 2554 has such an mtime. The borrowed text of the number is exact and free, but only a
+/// deserializer that reads from memory can lend it: a record holding a fingerprint is
+/// decoded with `serde_json::from_slice` (as every record of the store is), not from a
+/// reader, a `Value` or another format, and not inside an internally tagged enum or a
+/// flattened struct, whose decoding buffers the fields first.
+mod nanos {
+    use serde::de::{Deserialize, Deserializer, Error, Unexpected};
+    use serde_json::value::RawValue;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+        let text = <&'de RawValue>::deserialize(deserializer)?.get();
+        parse(text)
+    }
+
+    /// As [`deserialize`], and `null` is `None` (what the derived decoding accepted).
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<i128>, D::Error> {
+        match <&'de RawValue>::deserialize(deserializer)?.get() {
+            "null" => Ok(None),
+            text => parse(text).map(Some),
+        }
+    }
+
+    fn parse<E: Error>(text: &str) -> Result<i128, E> {
+        text.parse().map_err(|_| {
+            E::invalid_value(Unexpected::Other(text), &"an integer number of nanoseconds")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +163,44 @@ mod tests {
             serde_json::from_str::<Fingerprint>(&new).unwrap(),
             version(Some(7))
         );
+    }
+
+    #[test]
+    fn times_beyond_64_bits_round_trip_exactly() {
+        // Year 3000 is past u64::MAX nanoseconds (a float would round it); the oldest time
+        // a file can carry is i64::MIN seconds.
+        let year_3000 = 32_503_680_000_123_456_789_i128;
+        let oldest = i128::from(i64::MIN) * 1_000_000_000 + 1;
+        for (mtime_ns, ctime_ns) in [(year_3000, Some(oldest)), (-1, Some(year_3000 + 1))] {
+            let fingerprint = Fingerprint {
+                size: u64::MAX,
+                mtime_ns,
+                inode: 7,
+                ctime_ns,
+            };
+            let encoded = serde_json::to_vec(&fingerprint).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<Fingerprint>(&encoded).unwrap(),
+                fingerprint
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_ctime_is_none_and_a_time_that_is_not_an_integer_is_refused() {
+        let null = r#"{"size":14,"mtime_ns":1700000000000000000,"inode":42,"ctime_ns":null}"#;
+        assert_eq!(
+            serde_json::from_str::<Fingerprint>(null).unwrap(),
+            version(None)
+        );
+        for time in ["1.7e18", "\"1700000000000000000\"", "true"] {
+            let raw = format!(r#"{{"size":14,"mtime_ns":{time},"inode":42}}"#);
+            let err = serde_json::from_str::<Fingerprint>(&raw).unwrap_err();
+            assert!(
+                err.to_string().contains("an integer number of nanoseconds"),
+                "{time}: {err}"
+            );
+        }
     }
 
     #[test]
