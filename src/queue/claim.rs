@@ -23,7 +23,9 @@ use std::time::SystemTime;
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
 use super::line::Walk;
 use super::marks::{self, Mark};
-use super::{Job, JobId, JobState, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms};
+use super::{
+    Job, JobId, JobState, ReadJob, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms,
+};
 
 /// Where a claimable job waits: its entry in the `due` index (the raw key and its parts),
 /// or its place in line.
@@ -42,10 +44,10 @@ impl Waiting {
 }
 
 /// A job a batch claims: taken from where it waits and written active, or claimed by
-/// moving its folder's claim mark over it.
+/// moving its folder's claim mark over it (as the line's walk read it).
 enum Candidate {
     Take(Waiting),
-    UnderMark(JobId),
+    UnderMark(Box<ReadJob>),
 }
 
 /// Where a job in line waits.
@@ -152,7 +154,7 @@ impl Store {
         let mut front_of_line = true;
         while candidates.len() < max {
             let from_index = match (indexed.peek(), lined.peek()) {
-                (Some((_, a)), Some(b)) => a.due_ms() <= b.due_ms(),
+                (Some((_, a)), Some(b)) => a.due_ms() <= b.job.due_ms(),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
@@ -164,14 +166,14 @@ impl Store {
                 }
                 continue;
             }
-            let job = lined.next().expect("peeked");
-            front_of_line &= bound.is_none_or(|bound| job.id < bound);
-            if !accept(&job) {
+            let read = lined.next().expect("peeked");
+            front_of_line &= bound.is_none_or(|bound| read.job.id < bound);
+            if !accept(&read.job) {
                 front_of_line = false;
             } else if front_of_line {
-                candidates.push(Candidate::UnderMark(job.id));
+                candidates.push(Candidate::UnderMark(Box::new(read)));
             } else {
-                candidates.push(Candidate::Take(in_line(&job)));
+                candidates.push(Candidate::Take(in_line(&read.job)));
             }
         }
         if candidates.is_empty() {
@@ -183,10 +185,10 @@ impl Store {
             for candidate in &candidates {
                 let active = match candidate {
                     Candidate::Take(waiting) => tx.take(waiting, now)?,
-                    Candidate::UnderMark(id) => {
-                        let active = tx.claim_under_mark(*id, now)?;
+                    Candidate::UnderMark(read) => {
+                        let active = tx.claim_under_mark(read, now)?;
                         if active.is_some() {
-                            through = Some(*id);
+                            through = Some(read.job.id);
                         }
                         active
                     }
@@ -241,13 +243,13 @@ impl Store {
         tag: FolderTag,
         now: u64,
         max: usize,
-    ) -> Result<(Vec<Job>, Option<JobId>), StoreError> {
+    ) -> Result<(Vec<ReadJob>, Option<JobId>), StoreError> {
         let mut candidates = Vec::new();
-        let bound = self.walk_line(keys::tag_prefix(tag), Some(tag), |job| {
-            if job.due_ms().is_none_or(|due| due > now) {
+        let bound = self.walk_line(keys::tag_prefix(tag), Some(tag), |read| {
+            if read.job.due_ms().is_none_or(|due| due > now) {
                 return Walk::Enough;
             }
-            candidates.push(job.clone());
+            candidates.push(read);
             if candidates.len() >= max {
                 Walk::Enough
             } else {

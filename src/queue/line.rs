@@ -32,7 +32,7 @@ use super::keys::{
     prefix_of, tag_prefix,
 };
 use super::marks::MarksRead;
-use super::{Job, JobId, Store, StoreError, Tx, TxResult, abort, decode_job};
+use super::{Job, JobId, ReadJob, Store, StoreError, Tx, TxResult, abort, decode_job};
 
 /// The starts of the lines, and the ids being created.
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl Store {
         &self,
         prefix: LinePrefix,
         folder: Option<FolderTag>,
-        mut visit: impl FnMut(&Job) -> Walk,
+        mut visit: impl FnMut(ReadJob) -> Walk,
     ) -> Result<Option<JobId>, StoreError> {
         let lines = &self.inner.lines;
         let before = lines.before_walk(prefix);
@@ -186,8 +186,9 @@ impl Store {
                 continue;
             }
             first_in_line.get_or_insert(id);
+            // A job in line is as stored: the mark did not change it.
             let of_folder = folder.is_none_or(|tag| folder_tag(&job.key.folder) == tag);
-            if of_folder && visit(&job) == Walk::Enough {
+            if of_folder && visit(ReadJob { raw, job }) == Walk::Enough {
                 break;
             }
         }
@@ -199,8 +200,8 @@ impl Store {
     /// The first job in line of the folder tagged `folder`.
     pub(super) fn first_in_line(&self, folder: FolderTag) -> Result<Option<Job>, StoreError> {
         let mut first = None;
-        self.walk_line(tag_prefix(folder), Some(folder), |job| {
-            first = Some(job.clone());
+        self.walk_line(tag_prefix(folder), Some(folder), |read| {
+            first = Some(read.job);
             Walk::Enough
         })?;
         Ok(first)
@@ -227,8 +228,8 @@ impl Store {
                 break;
             };
             let prefix = prefix_of(id);
-            self.walk_line(prefix, None, |job| {
-                folders.push(folder_tag(&job.key.folder));
+            self.walk_line(prefix, None, |read| {
+                folders.push(folder_tag(&read.job.key.folder));
                 Walk::Enough
             })?;
             next = keys::next_prefix(prefix).map(|prefix| line_ids(prefix).0);

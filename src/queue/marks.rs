@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 
 use super::keys::FolderTag;
-use super::{Job, JobId, JobState, Store, StoreError, Tx, TxResult, folder_tag};
+use super::{Job, JobId, JobState, ReadJob, Store, StoreError, Tx, TxResult, folder_tag};
 
 /// The `claim_marks` tree's name. (Not `claimed`: format 1 had a tree of that name, which
 /// the upgrade drops whenever it exists.)
@@ -145,12 +145,12 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Claims the job `id` of the line by moving the mark over it, without writing it:
-    /// `None` when it left the line, or the mark already covers it ([`Tx::job`] reads it
-    /// through the mark: step 3 of the module doc). The caller moves the mark to the last
-    /// job claimed so.
-    pub(super) fn claim_under_mark(&self, id: JobId, now: u64) -> TxResult<Option<Job>> {
-        let Some(job) = self.job(id)? else {
+    /// Claims the job of the line that `read` holds by moving the mark over it, without
+    /// writing it: `None` when it left the line, or the mark already covers it
+    /// ([`Tx::job_as_read`] reads it through the mark: step 3 of the module doc). The
+    /// caller moves the mark to the last job claimed so.
+    pub(super) fn claim_under_mark(&self, read: &ReadJob, now: u64) -> TxResult<Option<Job>> {
+        let Some(job) = self.job_as_read(read.job.id, Some(read))? else {
             return Ok(None);
         };
         if !job.in_line {

@@ -505,6 +505,15 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("store records have string keys only and serialize to JSON")
 }
 
+/// A job as stored, read outside a transaction, with the bytes it was decoded from: a
+/// transaction that finds the same bytes takes this decoding ([`Tx::job_as_read`]), which
+/// costs a small upload a decoding less.
+#[derive(Debug, Clone)]
+pub(super) struct ReadJob {
+    pub raw: IVec,
+    pub job: Job,
+}
+
 fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
     let job: Job = serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
         tree: "jobs",
@@ -659,12 +668,21 @@ impl TxTree<'_> {
 impl Tx<'_> {
     /// The job as it stands: one its folder's claim mark covers is active (module `marks`).
     fn job(&self, id: JobId) -> TxResult<Option<Job>> {
+        self.job_as_read(id, None)
+    }
+
+    /// [`Tx::job`], taking `read`'s decoding instead of decoding again when the job's
+    /// stored bytes are still those it was decoded from.
+    fn job_as_read(&self, id: JobId, read: Option<&ReadJob>) -> TxResult<Option<Job>> {
         let Some(raw) = self.jobs.get(job_key(id))? else {
             return Ok(None);
         };
-        let job = match decode_job(&raw, id) {
-            Ok(job) => job,
-            Err(err) => return abort(err),
+        let job = match read {
+            Some(read) if read.job.id == id && read.raw == raw => read.job.clone(),
+            _ => match decode_job(&raw, id) {
+                Ok(job) => job,
+                Err(err) => return abort(err),
+            },
         };
         marks::seen_through(job, |tag| self.mark(tag)).map(Some)
     }

@@ -1959,6 +1959,40 @@ fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
     releaser.join().unwrap();
 }
 
+/// The batch's transaction reuses the walk's decoding of a job only while the job's
+/// stored bytes are unchanged: a new version offered between the walk and the claim takes
+/// the job out of line, and the batch must not claim it with the old fingerprint.
+#[test]
+fn a_batch_does_not_claim_a_job_whose_new_version_came_after_the_walk_read_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for n in 1..=4 {
+        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
+    }
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due");
+    assert_eq!(first.key, key("f1"));
+    // `accept` runs after the walk read the candidates and before the claim's transaction.
+    let mut changed = None;
+    let batch = store
+        .claim_more(&first, SystemTime::now(), 100, |job| {
+            if job.key == key("f3") {
+                changed = Some(queued_id(store.offer(&key("f3"), &fp(30)).expect("offer")));
+            }
+            true
+        })
+        .expect("claim_more works");
+    let claimed: Vec<&str> = batch.iter().map(|job| job.key.rel.as_str()).collect();
+    assert_eq!(claimed, ["f2", "f4"]);
+    let changed = job(&store, changed.expect("the walk handed f3 over"));
+    assert_eq!(changed.key, key("f3"));
+    assert_eq!(changed.state, JobState::Queued);
+    assert_eq!(changed.fingerprint, fp(30));
+    assert_invariants(&store);
+}
+
 #[test]
 fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
