@@ -21,7 +21,7 @@
 use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
-use super::line::Walk;
+use super::line::{Walk, Walked};
 use super::marks::{self, Mark};
 use super::{
     Job, JobId, JobState, ReadJob, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms,
@@ -145,7 +145,7 @@ impl Store {
         let now = to_ms(now);
         let tag = folder_tag(&first.key.folder);
         let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
-        let (lined, bound) = self.line_candidates(tag, now, max)?;
+        let (lined, walked) = self.line_candidates(tag, now, max)?;
         let mut lined = lined.into_iter().peekable();
         // The two lists merged in due order, each job offered to `accept` once, in order.
         // The line's jobs go under the mark while none was refused and none may still
@@ -167,7 +167,7 @@ impl Store {
                 continue;
             }
             let read = lined.next().expect("peeked");
-            front_of_line &= bound.is_none_or(|bound| read.job.id < bound);
+            front_of_line &= walked.bound.is_none_or(|bound| read.job.id < bound);
             if !accept(&read.job) {
                 front_of_line = false;
             } else if front_of_line {
@@ -179,7 +179,7 @@ impl Store {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        self.transact(|tx| {
+        let (claimed, through) = self.transact(|tx| {
             let mut through = None;
             let mut claimed = Vec::with_capacity(candidates.len());
             for candidate in &candidates {
@@ -204,8 +204,13 @@ impl Store {
                     },
                 )?;
             }
-            Ok(claimed)
-        })
+            Ok((claimed, through))
+        })?;
+        if let Some(through) = through {
+            let prefix = keys::tag_prefix(tag);
+            self.inner.lines.passed_claimed(prefix, through, &walked);
+        }
+        Ok(claimed)
     }
 
     /// Up to `max` jobs of the folder's `due` group due by `now`, in due order.
@@ -236,16 +241,16 @@ impl Store {
         Ok(candidates)
     }
 
-    /// Up to `max` jobs of the folder's line due by `now`, in line order, and the walk's
-    /// bound ([`Store::walk_line`]).
+    /// Up to `max` jobs of the folder's line due by `now`, in line order, and what the walk
+    /// found besides ([`Store::walk_line`]).
     fn line_candidates(
         &self,
         tag: FolderTag,
         now: u64,
         max: usize,
-    ) -> Result<(Vec<ReadJob>, Option<JobId>), StoreError> {
+    ) -> Result<(Vec<ReadJob>, Walked), StoreError> {
         let mut candidates = Vec::new();
-        let bound = self.walk_line(keys::tag_prefix(tag), Some(tag), |read| {
+        let walked = self.walk_line(keys::tag_prefix(tag), Some(tag), |read| {
             if read.job.due_ms().is_none_or(|due| due > now) {
                 return Walk::Enough;
             }
@@ -256,7 +261,7 @@ impl Store {
                 Walk::More
             }
         })?;
-        Ok((candidates, bound))
+        Ok((candidates, walked))
     }
 
     /// When the earliest queued or retry-wait job of `folders` becomes claimable.

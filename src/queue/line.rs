@@ -22,6 +22,14 @@
 //! A job leaves its line and never comes back, and a new job's id is above every id given
 //! before it, so a start only ever moves forward, and the jobs a claim reads past are
 //! those that left the line since the last claim: each job is read past about once.
+//!
+//! Most jobs leave their line in a batch that moves its folder's claim mark over them
+//! (module `marks`), and the walk that found them knows that nothing before the last of
+//! them is left in line but what it passed over (jobs of other folders sharing the
+//! prefix) and what may still appear (the bound). So once the batch's transaction
+//! commits, the start moves past them ([`Lines::passed_claimed`]) instead of waiting for
+//! the next walk to read past them again: with files of a few KiB, reading and decoding
+//! each job once more was a twentieth of the daemon's instructions.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -135,6 +143,16 @@ impl Lines {
         }
     }
 
+    /// Moves the start of a line past the jobs a batch just claimed under its folder's
+    /// mark, the last one `through`, as the walk `walked` that found them allows: not past
+    /// a job of another folder it found in line, nor past its bound (which a batch puts
+    /// no job under the mark at or above, so that this only guards).
+    pub(super) fn passed_claimed(&self, prefix: LinePrefix, through: JobId, walked: &Walked) {
+        let past = JobId(through.0.saturating_add(1));
+        let to = walked.other_in_line.map_or(past, |other| other.min(past));
+        self.advance(prefix, to, walked.bound);
+    }
+
     /// Step 3: moves the start of `prefix` forward to `to`, but not past `bound`.
     fn advance(&self, prefix: LinePrefix, to: JobId, bound: Option<JobId>) {
         let to = bound.map_or(to, |bound| to.min(bound));
@@ -151,23 +169,33 @@ pub(super) enum Walk {
     Enough,
 }
 
+/// What a walk of a line found besides the jobs it handed over.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Walked {
+    /// The first id at or above which a job of the line may still appear behind the walk
+    /// (step 3), `None` when none can.
+    pub bound: Option<JobId>,
+    /// The first job in line of another folder sharing the prefix, in a walk of one
+    /// folder's jobs, if it read one.
+    pub other_in_line: Option<JobId>,
+}
+
 impl Store {
     /// Hands the jobs in line of the folder tagged `folder` (`None`: of any folder sharing
     /// `prefix`) to `visit`, in line order, until it has enough (the steps in the module
-    /// doc). Jobs a claim mark covers are not in line (module `marks`). Returns the
-    /// walk's bound: the first id at or above which a job of the line may still appear
-    /// behind it (step 3), `None` when none can.
+    /// doc). Jobs a claim mark covers are not in line (module `marks`).
     pub(super) fn walk_line(
         &self,
         prefix: LinePrefix,
         folder: Option<FolderTag>,
         mut visit: impl FnMut(ReadJob) -> Walk,
-    ) -> Result<Option<JobId>, StoreError> {
+    ) -> Result<Walked, StoreError> {
         let lines = &self.inner.lines;
         let before = lines.before_walk(prefix);
         let start = lines.start(prefix);
         let (_, last) = line_ids(prefix);
         let mut first_in_line = None;
+        let mut other_in_line = None;
         let mut read_past = start;
         let mut marks = MarksRead::default();
         for entry in self
@@ -188,13 +216,18 @@ impl Store {
             first_in_line.get_or_insert(id);
             // A job in line is as stored: the mark did not change it.
             let of_folder = folder.is_none_or(|tag| folder_tag(&job.key.folder) == tag);
-            if of_folder && visit(ReadJob { raw, job }) == Walk::Enough {
+            if !of_folder {
+                other_in_line.get_or_insert(id);
+            } else if visit(ReadJob { raw, job }) == Walk::Enough {
                 break;
             }
         }
         let bound = lines.bound_after_walk(prefix, &before);
         lines.advance(prefix, first_in_line.unwrap_or(read_past), bound);
-        Ok(bound)
+        Ok(Walked {
+            bound,
+            other_in_line,
+        })
     }
 
     /// The first job in line of the folder tagged `folder`.

@@ -1226,6 +1226,66 @@ fn a_claim_reads_past_the_jobs_that_left_the_line_once() {
 }
 
 #[test]
+fn a_batch_claimed_under_the_mark_moves_the_line_start_past_it() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let ids: Vec<JobId> = (0..5)
+        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
+        .collect();
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claims")
+        .expect("a job is due");
+    let batch = store
+        .claim_more(&first, SystemTime::now(), 100, |_| true)
+        .expect("claims more");
+    assert_eq!(batch.len(), 4);
+    // No walk has read past them since: the batch itself moved the start.
+    assert!(store.inner.lines.start(keys::line_prefix("/data/in")) > ids[4]);
+    assert_invariants(&store);
+}
+
+/// Two folders whose tags share their first bytes share a line: a batch of one folder
+/// moves the start past its jobs, but never past a job of the other one still in line.
+#[test]
+fn a_batch_never_moves_the_line_start_past_another_folders_job_in_line() {
+    let (a, b) = ("/data/s5475", "/data/s6206");
+    let prefix = keys::line_prefix(a);
+    assert_eq!(prefix, keys::line_prefix(b), "the two folders share a line");
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let offer = |folder: &str, rel: &str, n: u64| {
+        queued_id(
+            store
+                .offer(&FileKey::new(folder, rel), &fp(n))
+                .expect("offer"),
+        )
+    };
+    offer(a, "a1", 1);
+    let b1 = offer(b, "b1", 2);
+    offer(a, "a2", 3);
+    let a3 = offer(a, "a3", 4);
+    let first = store
+        .claim_next(SystemTime::now(), &[folder_tag(a)], None)
+        .expect("claims")
+        .expect("a job of a is due")
+        .0;
+    let batch = store
+        .claim_more(&first, SystemTime::now(), 100, |_| true)
+        .expect("claims more");
+    let claimed: Vec<&str> = batch.iter().map(|job| job.key.rel.as_str()).collect();
+    assert_eq!(claimed, ["a2", "a3"]);
+    assert!(b1 < a3);
+    assert_eq!(store.inner.lines.start(prefix), b1);
+    let next = store
+        .claim_next(SystemTime::now(), &[folder_tag(b)], None)
+        .expect("claims")
+        .expect("b's job is still in line");
+    assert_eq!(next.0.id, b1);
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_new_version_of_a_waiting_file_is_due_now_with_fresh_attempts() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
