@@ -59,6 +59,20 @@ fn queued_id(offer: Offer) -> JobId {
     }
 }
 
+/// Offers `f1` to `f{count}` (fingerprints 1 to `count`) and claims the first alone, as a
+/// worker does before it fills a batch: the ids offered, and the job claimed.
+fn offer_and_claim_the_first(store: &Store, count: u64) -> (Vec<JobId>, Job) {
+    let ids = (1..=count)
+        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
+        .collect();
+    let first = store
+        .claim(SystemTime::now())
+        .expect("claim works")
+        .expect("a job is due");
+    assert_eq!(first.key, key("f1"));
+    (ids, first)
+}
+
 fn job(store: &Store, id: JobId) -> Job {
     store
         .get(id)
@@ -1229,13 +1243,7 @@ fn a_claim_reads_past_the_jobs_that_left_the_line_once() {
 fn a_batch_claimed_under_the_mark_moves_the_line_start_past_it() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let ids: Vec<JobId> = (0..5)
-        .map(|n| queued_id(store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer")))
-        .collect();
-    let first = store
-        .claim(SystemTime::now())
-        .expect("claims")
-        .expect("a job is due");
+    let (ids, first) = offer_and_claim_the_first(&store, 5);
     let batch = store
         .claim_more(&first, SystemTime::now(), 100, |_| true)
         .expect("claims more");
@@ -2026,14 +2034,7 @@ fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
 fn a_batch_does_not_claim_a_job_whose_new_version_came_after_the_walk_read_it() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    for n in 1..=4 {
-        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
-    }
-    let first = store
-        .claim(SystemTime::now())
-        .expect("claim works")
-        .expect("a job is due");
-    assert_eq!(first.key, key("f1"));
+    let (_, first) = offer_and_claim_the_first(&store, 4);
     // `accept` runs after the walk read the candidates and before the claim's transaction.
     let mut changed = None;
     let batch = store
@@ -2057,13 +2058,7 @@ fn a_batch_does_not_claim_a_job_whose_new_version_came_after_the_walk_read_it() 
 fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    for n in 1..=10 {
-        store.offer(&key(&format!("f{n}")), &fp(n)).expect("offer");
-    }
-    let first = store
-        .claim(SystemTime::now())
-        .expect("claim works")
-        .expect("a job is due");
+    let (_, first) = offer_and_claim_the_first(&store, 10);
     // Accept only even sizes, and at most 12 bytes in all: 2 + 4 + 6, then 8 is too much.
     let mut bytes = 0;
     let batch = store
