@@ -508,7 +508,6 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// A job as stored, read outside a transaction, with the bytes it was decoded from: a
 /// transaction that finds the same bytes takes this decoding ([`Tx::job_as_read`]), which
 /// costs a small upload a decoding less.
-#[derive(Debug, Clone)]
 pub(super) struct ReadJob {
     pub raw: IVec,
     pub job: Job,
