@@ -21,7 +21,7 @@ use super::status::{InFlightStart, Live, backend_name};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Completed, Import, Job, JobKind, JobState, Store, to_ms};
+use crate::queue::{Claimed, Completed, Import, Job, JobKind, JobState, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
@@ -131,7 +131,10 @@ impl Worker {
             self.process_one(job).await;
         } else {
             let mut jobs = Vec::with_capacity(batch.len() + 1);
-            jobs.push(job);
+            jobs.push(Claimed {
+                job,
+                as_claimed: None,
+            });
             jobs.extend(batch);
             self.process_batch(jobs).await;
         }
@@ -140,7 +143,7 @@ impl Worker {
     /// More due jobs to send in one request with `first`, when `first` is small and its
     /// backend sends small files several to a request: files for the same backend, within
     /// the backend's limits, claimed in one transaction.
-    fn claim_batch_with(&self, first: &Job) -> Vec<Job> {
+    fn claim_batch_with(&self, first: &Job) -> Vec<Claimed> {
         let backend_of = |job: &Job| {
             self.config
                 .folder_for(&job.key.folder)
@@ -198,11 +201,11 @@ impl Worker {
 
     /// Uploads several jobs in one backend call and records all that succeeded in one
     /// state-database transaction (one flush for the batch).
-    async fn process_batch(&self, jobs: Vec<Job>) {
-        let mut ready: Vec<(Job, Prepared)> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if let Some(prepared) = self.prepare(&job) {
-                ready.push((job, prepared));
+    async fn process_batch(&self, jobs: Vec<Claimed>) {
+        let mut ready: Vec<(Claimed, Prepared)> = Vec::with_capacity(jobs.len());
+        for claimed in jobs {
+            if let Some(prepared) = self.prepare(&claimed.job) {
+                ready.push((claimed, prepared));
             }
         }
         let Some(backend) = ready.first().map(|(_, p)| Arc::clone(&p.backend)) else {
@@ -210,17 +213,19 @@ impl Worker {
         };
         let started = Instant::now();
         let backend_label = ready[0].1.backend_name;
-        let (jobs, prepared): (Vec<Job>, Vec<Prepared>) = ready.into_iter().unzip();
+        let (jobs, prepared): (Vec<Claimed>, Vec<Prepared>) = ready.into_iter().unzip();
         let (displays, mut uploads): (Vec<String>, Vec<UploadJob>) =
             prepared.into_iter().map(|p| (p.display, p.upload)).unzip();
         let outcomes = backend.upload_batch(&mut uploads).await;
+        // The uploads the remote holds, with their job and path; `entries` for the store.
         let mut completed = Vec::new();
-        for (((job, display), upload), outcome) in
-            jobs.iter().zip(&displays).zip(&uploads).zip(outcomes)
+        let mut entries = Vec::new();
+        for (((Claimed { job, as_claimed }, display), upload), outcome) in
+            jobs.into_iter().zip(&displays).zip(&uploads).zip(outcomes)
         {
             self.live.in_flight.remove(job.id);
             let attempt = Finished {
-                job,
+                job: &job,
                 path: display,
                 backend: &backend,
                 backend_name: backend_label,
@@ -231,27 +236,24 @@ impl Worker {
             match outcome {
                 Ok(Delivery::Uploaded(uploaded)) => {
                     self.count_success(&attempt, &uploaded.remote);
-                    completed.push((
-                        job,
-                        display,
-                        Completed {
-                            id: job.id,
-                            fingerprint: upload.fingerprint,
-                            remote: uploaded.remote,
-                            md5: uploaded.md5,
-                        },
-                    ));
+                    entries.push(Completed {
+                        id: job.id,
+                        fingerprint: upload.fingerprint,
+                        remote: uploaded.remote,
+                        md5: uploaded.md5,
+                        as_claimed,
+                    });
+                    completed.push((job, display));
                 }
                 other => self.settle_outcome(&attempt, other),
             }
         }
-        if completed.is_empty() {
+        if entries.is_empty() {
             return;
         }
-        let entries: Vec<Completed> = completed.iter().map(|(_, _, c)| c.clone()).collect();
         match self.store.complete_many(&entries) {
             Ok(done) => {
-                for ((job, display, _), done) in completed.iter().zip(done) {
+                for ((job, display), done) in completed.iter().zip(done) {
                     self.after_complete(job, display, Ok(done));
                 }
             }

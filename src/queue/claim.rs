@@ -50,6 +50,29 @@ enum Candidate {
     UnderMark(Box<ReadJob>),
 }
 
+/// A job a batch claimed ([`Store::claim_more`]), active.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    /// For a job claimed under its folder's mark, what its completion needs to skip
+    /// decoding it again ([`super::Completed::as_claimed`]).
+    pub as_claimed: Option<AsClaimed>,
+}
+
+/// A job claimed under its folder's mark as the claim read it: its stored record and that
+/// record's decoding. Moving the mark over a job leaves its record as it was, so while the
+/// record is unchanged, its completion takes this decoding (through the mark, which shows
+/// the job active) instead of decoding it once more; a record that changed meanwhile (a
+/// new version offered) is decoded as usual.
+#[derive(Debug, Clone)]
+pub struct AsClaimed(Box<ReadJob>);
+
+impl AsClaimed {
+    pub(super) fn read(&self) -> &ReadJob {
+        &self.0
+    }
+}
+
 /// Where a job in line waits.
 fn in_line(job: &Job) -> Waiting {
     Waiting::InLine {
@@ -141,7 +164,7 @@ impl Store {
         now: SystemTime,
         max: usize,
         mut accept: impl FnMut(&Job) -> bool,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         let now = to_ms(now);
         let tag = folder_tag(&first.key.folder);
         let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
@@ -182,7 +205,7 @@ impl Store {
         let (claimed, through) = self.transact(|tx| {
             let mut through = None;
             let mut claimed = Vec::with_capacity(candidates.len());
-            for candidate in &candidates {
+            for (index, candidate) in candidates.iter().enumerate() {
                 let active = match candidate {
                     Candidate::Take(waiting) => tx.take(waiting, now)?,
                     Candidate::UnderMark(read) => {
@@ -193,7 +216,7 @@ impl Store {
                         active
                     }
                 };
-                claimed.extend(active);
+                claimed.extend(active.map(|job| (index, job)));
             }
             if let Some(through) = through {
                 tx.set_mark(
@@ -210,6 +233,17 @@ impl Store {
             let prefix = keys::tag_prefix(tag);
             self.inner.lines.passed_claimed(prefix, through, &walked);
         }
+        let mut candidates: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+        let claimed = claimed
+            .into_iter()
+            .map(|(index, job)| {
+                let as_claimed = match candidates[index].take() {
+                    Some(Candidate::UnderMark(read)) => Some(AsClaimed(read)),
+                    _ => None,
+                };
+                Claimed { job, as_claimed }
+            })
+            .collect();
         Ok(claimed)
     }
 

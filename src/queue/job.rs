@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::claim::AsClaimed;
 use crate::fingerprint::Fingerprint;
 
 /// A file inside a watched folder: the folder's absolute path and the `/`-separated path
@@ -142,13 +143,16 @@ pub struct LedgerEntry {
 }
 
 /// One finished upload, for [`crate::queue::Store::complete_many`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Completed {
     pub id: JobId,
     /// The version that reached the remote.
     pub fingerprint: Fingerprint,
     pub remote: String,
     pub md5: Option<String>,
+    /// How a batch claimed the job, when it claimed it under its folder's mark
+    /// ([`super::Claimed`]): the completion then decodes the job only if it changed since.
+    pub as_claimed: Option<AsClaimed>,
 }
 
 /// The outcome of offering a settled file to the queue.

@@ -244,6 +244,7 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
+pub use claim::{AsClaimed, Claimed};
 pub use compact::{CompactPolicy, Compaction};
 pub use counts::Tally;
 pub use delete::{DeletionTally, HELD_BY_GUARD};
@@ -508,6 +509,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// A job as stored, read outside a transaction, with the bytes it was decoded from: a
 /// transaction that finds the same bytes takes this decoding ([`Tx::job_as_read`]), which
 /// costs a small upload a decoding less.
+#[derive(Debug, Clone)]
 pub(super) struct ReadJob {
     pub raw: IVec,
     pub job: Job,
@@ -695,7 +697,12 @@ impl Tx<'_> {
     }
 
     fn require_job(&self, id: JobId) -> TxResult<Job> {
-        match self.job(id)? {
+        self.require_job_as_read(id, None)
+    }
+
+    /// [`Tx::require_job`], taking `read`'s decoding as [`Tx::job_as_read`] does.
+    fn require_job_as_read(&self, id: JobId, read: Option<&ReadJob>) -> TxResult<Job> {
+        match self.job_as_read(id, read)? {
             Some(job) => Ok(job),
             None => abort(StoreError::NoSuchJob(id)),
         }
@@ -1357,6 +1364,7 @@ impl Store {
             fingerprint: *uploaded,
             remote: entry_remote.to_owned(),
             md5: md5.map(str::to_owned),
+            as_claimed: None,
         }])?;
         Ok(done[0])
     }
@@ -1368,7 +1376,8 @@ impl Store {
         let done = self.transact(|tx| {
             let mut done = Vec::with_capacity(completed.len());
             for c in completed {
-                let job = tx.require_job(c.id)?;
+                let job =
+                    tx.require_job_as_read(c.id, c.as_claimed.as_ref().map(AsClaimed::read))?;
                 let raw_key = match valid_key(&job.key) {
                     Ok(raw) => raw,
                     Err(err) => return abort(err),

@@ -1208,7 +1208,10 @@ fn a_batch_takes_jobs_from_the_due_index_and_the_line_in_due_order() {
         .expect("claims");
     assert_eq!(offered, vec![fresh, later]);
     assert_eq!(
-        batch.iter().map(|job| job.id).collect::<Vec<_>>(),
+        batch
+            .iter()
+            .map(|claimed| claimed.job.id)
+            .collect::<Vec<_>>(),
         vec![fresh, later]
     );
     assert_invariants(&store);
@@ -1281,7 +1284,7 @@ fn a_batch_never_moves_the_line_start_past_another_folders_job_in_line() {
     let batch = store
         .claim_more(&first, SystemTime::now(), 100, |_| true)
         .expect("claims more");
-    let claimed: Vec<&str> = batch.iter().map(|job| job.key.rel.as_str()).collect();
+    let claimed: Vec<&str> = batch.iter().map(|c| c.job.key.rel.as_str()).collect();
     assert_eq!(claimed, ["a2", "a3"]);
     assert!(b1 < a3);
     assert_eq!(store.inner.lines.start(prefix), b1);
@@ -2045,7 +2048,7 @@ fn a_batch_does_not_claim_a_job_whose_new_version_came_after_the_walk_read_it() 
             true
         })
         .expect("claim_more works");
-    let claimed: Vec<&str> = batch.iter().map(|job| job.key.rel.as_str()).collect();
+    let claimed: Vec<&str> = batch.iter().map(|c| c.job.key.rel.as_str()).collect();
     assert_eq!(claimed, ["f2", "f4"]);
     let changed = job(&store, changed.expect("the walk handed f3 over"));
     assert_eq!(changed.key, key("f3"));
@@ -2071,10 +2074,10 @@ fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
             fits
         })
         .expect("claim_more works");
-    let sizes: Vec<u64> = batch.iter().map(|j| j.fingerprint.size).collect();
+    let sizes: Vec<u64> = batch.iter().map(|c| c.job.fingerprint.size).collect();
     assert_eq!(sizes, vec![2, 4, 6]);
-    assert!(batch.iter().all(|j| j.state == JobState::Active));
-    assert!(batch.iter().all(|j| j.id != first.id));
+    assert!(batch.iter().all(|c| c.job.state == JobState::Active));
+    assert!(batch.iter().all(|c| c.job.id != first.id));
     let capped = store
         .claim_more(&first, SystemTime::now(), 2, |_| true)
         .expect("claim_more works");
@@ -2110,6 +2113,7 @@ fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
             fingerprint: job.fingerprint,
             remote: format!("dir/{}", job.key.rel),
             md5: None,
+            as_claimed: None,
         })
         .collect();
     let done = store
@@ -2585,14 +2589,18 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
             let mut claimed = store
                 .claim_more(&first, far_future(), 1000, |_| true)
                 .expect("claim_more works");
-            claimed.push(first);
+            claimed.push(Claimed {
+                job: first,
+                as_claimed: None,
+            });
             let completed: Vec<Completed> = claimed
-                .iter()
-                .map(|job| Completed {
+                .into_iter()
+                .map(|Claimed { job, as_claimed }| Completed {
                     id: job.id,
                     fingerprint: job.fingerprint,
                     remote: job.key.rel.clone(),
                     md5: None,
+                    as_claimed,
                 })
                 .collect();
             store

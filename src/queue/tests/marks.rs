@@ -43,25 +43,38 @@ fn first_due(store: &Store) -> Job {
 
 /// Claims the first due job, then the rest of the folder's due jobs as one batch.
 fn claim_batch(store: &Store, max: usize) -> Vec<Job> {
+    claim_batch_as_claimed(store, max)
+        .into_iter()
+        .map(|claimed| claimed.job)
+        .collect()
+}
+
+/// [`claim_batch`], with what the completion of each job may take from its claim.
+fn claim_batch_as_claimed(store: &Store, max: usize) -> Vec<Claimed> {
     let Some(first) = store.claim(SystemTime::now()).expect("claim works") else {
         return Vec::new();
     };
-    let mut batch = vec![first.clone()];
-    batch.extend(
-        store
-            .claim_more(&first, SystemTime::now(), max, |_| true)
-            .expect("claim_more works"),
-    );
+    let more = store
+        .claim_more(&first, SystemTime::now(), max, |_| true)
+        .expect("claim_more works");
+    let mut batch = vec![Claimed {
+        job: first,
+        as_claimed: None,
+    }];
+    batch.extend(more);
     batch
 }
 
-fn completed(jobs: &[Job]) -> Vec<Completed> {
-    jobs.iter()
-        .map(|job| Completed {
+/// The completions of a batch's uploads, each of the version its attempt claimed.
+fn completed(batch: &[Claimed]) -> Vec<Completed> {
+    batch
+        .iter()
+        .map(|Claimed { job, as_claimed }| Completed {
             id: job.id,
             fingerprint: job.claimed.expect("an attempt has its claimed fingerprint"),
             remote: format!("dir/{}", job.key.rel),
             md5: None,
+            as_claimed: as_claimed.clone(),
         })
         .collect()
 }
@@ -81,7 +94,10 @@ fn a_batch_from_the_front_of_a_line_is_claimed_with_one_write_and_reads_back_act
     let written = store.writes() - writes;
 
     assert_eq!(
-        batch.iter().map(|job| job.id).collect::<Vec<_>>(),
+        batch
+            .iter()
+            .map(|claimed| claimed.job.id)
+            .collect::<Vec<_>>(),
         ids[1..],
         "the rest of the line, in order"
     );
@@ -89,10 +105,14 @@ fn a_batch_from_the_front_of_a_line_is_claimed_with_one_write_and_reads_back_act
         written <= 2,
         "99 jobs claimed with the mark and the folder's counts: {written} writes"
     );
-    for job in &batch {
+    for Claimed { job, as_claimed } in &batch {
         assert!(
             stored(&store, job.id).in_line,
             "the job itself is not rewritten"
+        );
+        assert!(
+            as_claimed.is_some(),
+            "its completion may take the claim's reading"
         );
         let read = super::job(&store, job.id);
         assert_eq!(read.state, JobState::Active);
@@ -156,8 +176,9 @@ fn a_new_version_offered_during_a_claim_under_the_mark_is_uploaded_after_it() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     offered(&store, 3);
-    let batch = claim_batch(&store, 100);
-    let f2 = batch[2].clone();
+    let batch = claim_batch_as_claimed(&store, 100);
+    let f2 = batch[2].job.clone();
+    assert!(batch[2].as_claimed.is_some());
     assert!(stored(&store, f2.id).in_line, "claimed under the mark");
 
     store.offer(&key("f0002"), &fp(33)).expect("offer");
@@ -238,7 +259,10 @@ fn a_refused_job_ends_the_part_of_a_batch_under_the_mark() {
         })
         .expect("claim_more works");
     assert_eq!(
-        batch.iter().map(|job| job.id).collect::<Vec<_>>(),
+        batch
+            .iter()
+            .map(|claimed| claimed.job.id)
+            .collect::<Vec<_>>(),
         vec![ids[1], ids[3], ids[4]]
     );
     assert!(
