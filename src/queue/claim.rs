@@ -14,10 +14,15 @@
 //!    of its line (a job another worker took meanwhile is skipped, and the folder's next
 //!    one tried).
 //!
-//! A batch ([`Store::claim_more`]) takes more due jobs of one folder in one transaction. A
+//! A batch ([`Store::claim_more`]) takes more due jobs of one folder in one transaction.
+//! One batch claims at a time, from its walk to its commit: workers woken together by new
+//! files walked the same line at once, and the later transaction found the jobs both had
+//! read already claimed (in a run of 10,000 small files, 14,003 candidates checked for
+//! 9,984 jobs claimed, each decoded for nothing). A
 //! remote that comes back makes every retry-wait job of its folders due at once
 //! ([`Store::release_waiting`]).
 
+use std::sync::PoisonError;
 use std::time::SystemTime;
 
 use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
@@ -157,7 +162,8 @@ impl Store {
     /// candidates in order and may keep running totals). Jobs another worker took
     /// meanwhile are skipped. The jobs taken from the front of the line are claimed by
     /// moving the folder's claim mark over them, one write for all of them (module
-    /// `marks`); the others are each written active.
+    /// `marks`); the others are each written active. One batch claims at a time (module
+    /// doc), so `accept` must not claim.
     pub fn claim_more(
         &self,
         first: &Job,
@@ -167,6 +173,11 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = to_ms(now);
         let tag = folder_tag(&first.key.folder);
+        let _one_batch_at_a_time = self
+            .inner
+            .batch_claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
         let (lined, walked) = self.line_candidates(tag, now, max)?;
         let mut lined = lined.into_iter().peekable();

@@ -353,6 +353,8 @@ struct Inner {
     marked_closed: Mutex<bool>,
     /// Where each folder's line of new jobs starts (module `line`).
     lines: line::Lines,
+    /// Held by a batch claim from its walk to its commit (module `claim`).
+    batch_claim: Mutex<()>,
     /// What a report reads, taken as a compaction began: while it holds the database
     /// nothing changes, so reports read this instead of making it give way (module
     /// `compact`, "Giving way").
@@ -1043,6 +1045,7 @@ impl Store {
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
                 lines: line::Lines::default(),
+                batch_claim: Mutex::new(()),
                 frozen: Mutex::new(None),
                 _lock: lock,
             }),

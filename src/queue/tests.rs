@@ -2093,6 +2093,60 @@ fn claim_more_takes_due_jobs_the_caller_accepts_in_one_transaction() {
 }
 
 #[test]
+fn a_batch_claim_waits_for_the_one_running_instead_of_walking_its_jobs() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let (_, first) = offer_and_claim_the_first(&store, 20);
+    let (started, start) = std::sync::mpsc::channel();
+    let (saw, seen) = std::sync::mpsc::channel();
+    let (store, first) = (&store, &first);
+    let (one, other) = std::thread::scope(|scope| {
+        let one = scope.spawn(move || {
+            let mut offered = Vec::new();
+            store
+                .claim_more(first, SystemTime::now(), 100, |job| {
+                    if offered.is_empty() {
+                        started.send(()).expect("the other claim listens");
+                        // The other claim would hand over a job now if it walked the line
+                        // while this one runs.
+                        let walked_meanwhile = seen.recv_timeout(Duration::from_millis(500));
+                        assert!(
+                            walked_meanwhile.is_err(),
+                            "the other claim walked meanwhile"
+                        );
+                    }
+                    offered.push(job.id);
+                    true
+                })
+                .expect("claim_more works");
+            offered
+        });
+        let other = scope.spawn(move || {
+            start.recv().expect("the first claim started");
+            let mut offered = Vec::new();
+            store
+                .claim_more(first, SystemTime::now(), 100, |job| {
+                    let _ = saw.send(());
+                    offered.push(job.id);
+                    true
+                })
+                .expect("claim_more works");
+            offered
+        });
+        (
+            one.join().expect("the first claim ends"),
+            other.join().expect("the other claim ends"),
+        )
+    });
+    assert_eq!(one.len(), 19, "the first claim took every job but `first`");
+    assert!(
+        other.is_empty(),
+        "nothing was left for the other: {other:?}"
+    );
+    assert_invariants(store);
+}
+
+#[test]
 fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
