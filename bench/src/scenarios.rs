@@ -686,7 +686,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     };
     let measured = async {
         let on_disk = small_rounds(ctx, &files, sizes.small_rounds, &dir, true).await?;
-        let in_memory = match memory_dir()? {
+        let in_memory = match memory_dir() {
             Some(memory) => {
                 eprintln!(
                     "  again, the emulator storing in memory ({})",
@@ -851,13 +851,11 @@ async fn small_rounds(
 }
 
 /// A fresh directory on the tmpfs at `/dev/shm`, or `None` where there is no such tmpfs
-/// (or it cannot be written).
-fn memory_dir() -> BenchResult<Option<tempfile::TempDir>> {
+/// (or it cannot be written: then it says so).
+fn memory_dir() -> Option<tempfile::TempDir> {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     let shm = Path::new("/dev/shm");
-    let Ok(c_path) = std::ffi::CString::new(shm.as_os_str().as_encoded_bytes()) else {
-        return Ok(None);
-    };
+    let c_path = std::ffi::CString::new(shm.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statfs writes one struct statfs into `stats`, which lives across the call;
     // the path is a NUL-terminated string that outlives it.
     let is_tmpfs = unsafe {
@@ -865,12 +863,21 @@ fn memory_dir() -> BenchResult<Option<tempfile::TempDir>> {
         libc::statfs(c_path.as_ptr(), &mut stats) == 0 && stats.f_type as i64 == TMPFS_MAGIC
     };
     if !is_tmpfs {
-        return Ok(None);
+        return None;
     }
-    Ok(tempfile::Builder::new()
+    match tempfile::Builder::new()
         .prefix("upsync-bench-")
         .tempdir_in(shm)
-        .ok())
+    {
+        Ok(dir) => Some(dir),
+        Err(err) => {
+            eprintln!(
+                "  no in-memory rounds: cannot create a directory in {}: {err}",
+                shm.display()
+            );
+            None
+        }
+    }
 }
 
 /// Many small files to Redivis: API requests per file.

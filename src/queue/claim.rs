@@ -17,10 +17,9 @@
 //! A batch ([`Store::claim_more`]) takes more due jobs of one folder in one transaction.
 //! One batch claims at a time, from its walk to its commit: workers woken together by new
 //! files walked the same line at once, and the later transaction found the jobs both had
-//! read already claimed (in a run of 10,000 small files, 14,003 candidates checked for
-//! 9,984 jobs claimed, each decoded for nothing). A
-//! remote that comes back makes every retry-wait job of its folders due at once
-//! ([`Store::release_waiting`]).
+//! read already claimed (in a run of 10,000 small files, 14,003 candidates were decoded
+//! and checked for 9,984 jobs claimed). A remote that comes back makes every retry-wait
+//! job of its folders due at once ([`Store::release_waiting`]).
 
 use std::sync::PoisonError;
 use std::time::SystemTime;

@@ -630,7 +630,7 @@ type TreeResult = Result<Option<IVec>, UnabortableTransactionError>;
 /// It leaves out of the transaction a write that would change nothing (setting the value a
 /// key already has, removing a key that is not there). sled would skip it at commit too,
 /// but only after looking the key up in its tree once more (a completion removes its job's
-/// progress, which a small file never had: a tenth of a small file's lookups).
+/// progress, which a small file never had: one of the fifteen lookups of a small file).
 struct TxTree<'a> {
     tree: &'a TransactionalTree,
     writes: &'a Cell<u64>,
