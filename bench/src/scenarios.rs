@@ -850,18 +850,15 @@ async fn small_rounds(
     })
 }
 
-/// A fresh directory on the tmpfs at `/dev/shm`, or `None` where there is no such tmpfs
-/// (or it cannot be written: then it says so).
+/// A fresh directory on the tmpfs at `/dev/shm`, or `None` where `/dev/shm` is not a
+/// tmpfs mount (or cannot be written: then it says so).
 fn memory_dir() -> Option<tempfile::TempDir> {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
     let shm = Path::new("/dev/shm");
-    let c_path = std::ffi::CString::new(shm.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statfs writes one struct statfs into `stats`, which lives across the call;
-    // the path is a NUL-terminated string that outlives it.
-    let is_tmpfs = unsafe {
-        let mut stats: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stats) == 0 && stats.f_type as i64 == TMPFS_MAGIC
-    };
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let is_tmpfs = mounts.lines().any(|mount| {
+        let mut fields = mount.split_whitespace().skip(1);
+        (fields.next(), fields.next()) == (Some("/dev/shm"), Some("tmpfs"))
+    });
     if !is_tmpfs {
         return None;
     }

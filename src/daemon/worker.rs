@@ -131,10 +131,7 @@ impl Worker {
             self.process_one(job).await;
         } else {
             let mut jobs = Vec::with_capacity(batch.len() + 1);
-            jobs.push(Claimed {
-                job,
-                as_claimed: None,
-            });
+            jobs.push(Claimed::from(job));
             jobs.extend(batch);
             self.process_batch(jobs).await;
         }

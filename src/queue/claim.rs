@@ -63,6 +63,16 @@ pub struct Claimed {
     pub as_claimed: Option<AsClaimed>,
 }
 
+impl From<Job> for Claimed {
+    /// A job claimed on its own, written active: its completion decodes it.
+    fn from(job: Job) -> Claimed {
+        Claimed {
+            job,
+            as_claimed: None,
+        }
+    }
+}
+
 /// A job claimed under its folder's mark as the claim read it: its stored record and that
 /// record's decoding. Moving the mark over a job leaves its record as it was, so while the
 /// record is unchanged, its completion takes this decoding (through the mark, which shows
@@ -212,10 +222,11 @@ impl Store {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let (claimed, through) = self.transact(|tx| {
+        // Per candidate, the job made active, or `None` when another worker took it.
+        let (activated, through) = self.transact(|tx| {
             let mut through = None;
-            let mut claimed = Vec::with_capacity(candidates.len());
-            for (index, candidate) in candidates.iter().enumerate() {
+            let mut activated = Vec::with_capacity(candidates.len());
+            for candidate in &candidates {
                 let active = match candidate {
                     Candidate::Take(waiting) => tx.take(waiting, now)?,
                     Candidate::UnderMark(read) => {
@@ -226,7 +237,7 @@ impl Store {
                         active
                     }
                 };
-                claimed.extend(active.map(|job| (index, job)));
+                activated.push(active);
             }
             if let Some(through) = through {
                 tx.set_mark(
@@ -237,21 +248,24 @@ impl Store {
                     },
                 )?;
             }
-            Ok((claimed, through))
+            Ok((activated, through))
         })?;
         if let Some(through) = through {
             let prefix = keys::tag_prefix(tag);
             self.inner.lines.passed_claimed(prefix, through, &walked);
         }
-        let mut candidates: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
-        let claimed = claimed
+        let claimed = candidates
             .into_iter()
-            .map(|(index, job)| {
-                let as_claimed = match candidates[index].take() {
-                    Some(Candidate::UnderMark(read)) => Some(AsClaimed(read)),
-                    _ => None,
-                };
-                Claimed { job, as_claimed }
+            .zip(activated)
+            .filter_map(|(candidate, active)| {
+                let job = active?;
+                Some(match candidate {
+                    Candidate::Take(_) => Claimed::from(job),
+                    Candidate::UnderMark(read) => Claimed {
+                        job,
+                        as_claimed: Some(AsClaimed(read)),
+                    },
+                })
             })
             .collect();
         Ok(claimed)

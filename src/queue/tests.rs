@@ -2643,10 +2643,7 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
             let mut claimed = store
                 .claim_more(&first, far_future(), 1000, |_| true)
                 .expect("claim_more works");
-            claimed.push(Claimed {
-                job: first,
-                as_claimed: None,
-            });
+            claimed.push(Claimed::from(first));
             let completed: Vec<Completed> = claimed
                 .into_iter()
                 .map(|Claimed { job, as_claimed }| Completed {

@@ -57,10 +57,7 @@ fn claim_batch_as_claimed(store: &Store, max: usize) -> Vec<Claimed> {
     let more = store
         .claim_more(&first, SystemTime::now(), max, |_| true)
         .expect("claim_more works");
-    let mut batch = vec![Claimed {
-        job: first,
-        as_claimed: None,
-    }];
+    let mut batch = vec![Claimed::from(first)];
     batch.extend(more);
     batch
 }
