@@ -8,7 +8,7 @@
 //! multiple of 3.
 //!
 //! Small files are read together: a run of whole files (with the frame pieces between
-//! them) that fits in one `STREAM_CHUNK` is one read on the blocking pool, not one per
+//! them) that fits in [`SMALL_RUN`] bytes is one read on the blocking pool, not one per
 //! file. A trip to the blocking pool cost about 20 µs of CPU on the development VM, five
 //! times an open and read of a 4 KiB file, and a batch carries thousands of such files.
 //!
@@ -31,6 +31,13 @@ use crate::upload::chunk::{FileReader, read_whole_into, return_chunk_buffers_to_
 
 /// Bytes per read: 1.5 MiB, a multiple of 3 (see the module doc).
 pub const STREAM_CHUNK: usize = 3 << 19;
+
+/// The most bytes one read of small files gathers, as sent (encoded elements and the
+/// pieces between them): half a MiB, under the 1 MiB from which glibc gives a block a
+/// mapping of its own (module `upload::chunk`). So a run's buffer comes from the heap, and
+/// the next run reuses its pages; at 1.5 MiB every run mapped a fresh region, and the
+/// kernel zeroed and faulted in one page per 4 KiB file, then unmapped it.
+pub const SMALL_RUN: u64 = 512 << 10;
 
 /// Where one `file_data` element's bytes come from: `len` bytes at `offset` of a file.
 pub struct Source {
@@ -214,8 +221,9 @@ impl StreamedRequest {
         items
     }
 
-    /// How many sources from `first` on are whole files not yet opened whose bytes, with
-    /// the frame pieces between them, fit in one [`STREAM_CHUNK`] (0: `first` is not one).
+    /// How many sources from `first` on are whole files not yet opened whose bytes as
+    /// sent, with the frame pieces between them, fit in [`SMALL_RUN`] (0: `first` is not
+    /// one).
     fn small_run(&self, first: usize) -> usize {
         let mut bytes = 0u64;
         let mut run = 0;
@@ -228,8 +236,8 @@ impl StreamedRequest {
             } else {
                 0
             };
-            bytes += piece + source.len;
-            if bytes > STREAM_CHUNK as u64 {
+            bytes += piece + UploadFrame::element_len(self.enc, source.len);
+            if bytes > SMALL_RUN {
                 break;
             }
             run += 1;
@@ -297,7 +305,8 @@ async fn read_small_files(
     between: Vec<Bytes>,
     enc: KifsEncoding,
 ) -> Result<Bytes, (usize, UploadError)> {
-    // Up to a STREAM_CHUNK per read, like the chunks, so it goes back to the system alike.
+    // Fixes glibc's mapping threshold at 1 MiB, so this buffer of at most SMALL_RUN bytes
+    // stays on the heap (its default threshold starts at 128 KiB).
     return_chunk_buffers_to_the_system();
     tokio::task::spawn_blocking(move || {
         let files = &sources[first..=first + between.len()];
@@ -421,13 +430,34 @@ mod tests {
             let frames = frames_of(request.body()).await.expect("every file reads");
             assert_eq!(frames.concat(), expected, "{enc:?}");
             assert_eq!(request.len(), expected.len() as u64);
-            // One read per 1.5 MiB of small files and per chunk of the large one, each
+            // One read per half MiB of small files and per chunk of the large one, each
             // after a piece: a read per file would be over 600 frames.
             assert!(
                 frames.len() <= 16,
                 "{enc:?}: {} frames for {} files",
                 frames.len(),
                 sizes.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_of_small_files_stays_within_a_small_run_as_sent() {
+        // 1,000 files of 4 KiB: 4 MiB in binary, more in base64, but no read over SMALL_RUN.
+        let sizes = vec![4096; 1000];
+        for enc in [KifsEncoding::Binary, KifsEncoding::Json] {
+            let dir = tempfile::tempdir().unwrap();
+            let (names, sources, _) = files(dir.path(), &sizes);
+            let request = StreamedRequest::new(enc, &names, sources, &StringMap::new());
+            let frames = frames_of(request.body()).await.expect("every file reads");
+            let largest = frames.iter().map(Bytes::len).max().unwrap_or(0) as u64;
+            assert!(largest <= SMALL_RUN, "{enc:?}: a read of {largest} bytes");
+            // A piece and a read per run, and the closing piece: runs nearly full.
+            let runs = (frames.len() as u64 - 1) / 2;
+            assert!(
+                runs <= request.len() / SMALL_RUN + 2,
+                "{enc:?}: {runs} reads for {} bytes",
+                request.len()
             );
         }
     }
