@@ -215,8 +215,8 @@ impl Worker {
             prepared.into_iter().map(|p| (p.display, p.upload)).unzip();
         let outcomes = backend.upload_batch(&mut uploads).await;
         // The uploads the remote holds, with their job and path; `entries` for the store.
-        let mut completed = Vec::new();
-        let mut entries = Vec::new();
+        let mut completed = Vec::with_capacity(jobs.len());
+        let mut entries = Vec::with_capacity(jobs.len());
         for (((Claimed { job, as_claimed }, display), upload), outcome) in
             jobs.into_iter().zip(&displays).zip(&uploads).zip(outcomes)
         {
