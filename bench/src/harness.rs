@@ -619,6 +619,9 @@ pub struct ProcSample {
     pub rss: u64,
     /// User plus system CPU time.
     pub cpu: Duration,
+    /// Page faults served without reading storage (`minflt`): each one a trap into the
+    /// kernel, which zeroes or maps the page; a cost that CPU time hides.
+    pub minor_faults: u64,
 }
 
 impl ProcSample {
@@ -626,12 +629,14 @@ impl ProcSample {
         let at = Instant::now();
         let io = read_proc(pid, "io")?;
         let status = read_proc(pid, "status")?;
+        let stat = ProcStat::read(pid)?;
         Ok(ProcSample {
             at,
             written: proc_field(&io, "wchar:", pid)?,
             stored: proc_field(&io, "write_bytes:", pid)?,
             rss: proc_field(&status, "VmRSS:", pid)? * 1024,
-            cpu: process_cpu(pid)?,
+            cpu: stat.cpu,
+            minor_faults: stat.minor_faults,
         })
     }
 }
@@ -651,21 +656,39 @@ fn proc_field(text: &str, label: &str, pid: u32) -> BenchResult<u64> {
 
 /// User plus system CPU time of a process so far (`/proc/PID/stat`, fields 14 and 15).
 pub fn process_cpu(pid: u32) -> BenchResult<Duration> {
-    let stat = read_proc(pid, "stat")?;
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // Fields 14 and 15 of the whole line are the 12th and 13th after the name.
-    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-        return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(Duration::from_secs_f64((user + system) as f64 / per_second))
+    Ok(ProcStat::read(pid)?.cpu)
+}
+
+/// The figures of `/proc/PID/stat` the benchmark reads.
+struct ProcStat {
+    /// User plus system CPU time (fields 14 and 15).
+    cpu: Duration,
+    /// Minor page faults (field 10).
+    minor_faults: u64,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> BenchResult<ProcStat> {
+        let stat = read_proc(pid, "stat")?;
+        // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Field n of the whole line is the (n - 2)th after the name, counted from 1.
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let (Some(minor_faults), Some(user), Some(system)) = (field(10), field(14), field(15))
+        else {
+            return Err(format!("unexpected /proc/{pid}/stat: {stat}"));
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ProcStat {
+            cpu: Duration::from_secs_f64((user + system) as f64 / per_second),
+            minor_faults,
+        })
+    }
 }
 
 /// A figure the daemon logs when it closes the state database (`flushes`, `writes`).

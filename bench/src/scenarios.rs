@@ -24,6 +24,8 @@ pub(crate) struct Outcome {
     pub requests: Requests,
     /// The daemon's CPU time from the moment it was running until the files were in.
     pub cpu: Duration,
+    /// The daemon's minor page faults over the same time.
+    pub minor_faults: u64,
 }
 
 /// When a run is over.
@@ -66,7 +68,7 @@ pub(crate) async fn daemon_run(
     config.folders.push((inbox.clone(), remote));
     tweak(&mut config);
     let daemon = Daemon::start(ctx, &dir, &config).await?;
-    let cpu_before = daemon.sample()?.cpu;
+    let sample_before = daemon.sample()?;
     let before = emulator.requests().await?;
     let counted_before = match until {
         Until::KifsStored => emulator.kifs_files_stored().await?,
@@ -114,7 +116,7 @@ pub(crate) async fn daemon_run(
             });
     }
     let peak_rss = daemon.peak_rss();
-    let cpu = daemon.sample().map(|after| after.cpu - cpu_before);
+    let sample_after = daemon.sample();
     let requests = emulator.requests().await.map(|after| after - before);
     let log = daemon.terminate().await;
     for (from, to) in &moved {
@@ -124,13 +126,15 @@ pub(crate) async fn daemon_run(
     }
     let done = result?;
     let log = log?;
+    let after = sample_after?;
     Ok(Outcome {
         took: done - started,
         peak_rss: peak_rss?,
         flushes: closing_figure(&log, "flushes"),
         writes: closing_figure(&log, "writes"),
         requests: requests?,
-        cpu: cpu?,
+        cpu: after.cpu - sample_before.cpu,
+        minor_faults: after.minor_faults - sample_before.minor_faults,
     })
 }
 
@@ -703,6 +707,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     let (on_disk, in_memory) = measured?;
     let rounds_label = format!("best of {} rounds each", sizes.small_rounds);
     let cpu_per_file = |cpu: Duration| format!("{:.0} µs", micros_per_file(cpu, count));
+    let faults_per_file = |faults: u64| format!("{:.1} page faults", faults as f64 / count as f64);
     let per_file = |n: u64| n as f64 / count as f64;
     let many = &on_disk.best_many;
     let slowdown = on_disk.slowdown();
@@ -750,10 +755,14 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         },
         Row {
             figure: format!(
-                "{count} files of 4 KiB to KiFS: CPU per file, daemon vs emulator (its own process; least of {} rounds each)",
+                "{count} files of 4 KiB to KiFS: CPU per file, daemon vs emulator (its own process; least of {} rounds each), and the daemon's minor page faults per file (fewest of the rounds)",
                 sizes.small_rounds
             ),
-            upsync: cpu_per_file(on_disk.daemon_cpu),
+            upsync: format!(
+                "{}, {}",
+                cpu_per_file(on_disk.daemon_cpu),
+                faults_per_file(on_disk.daemon_faults)
+            ),
             baseline: cpu_per_file(on_disk.emulator_cpu),
             ratio: format!(
                 "{:.2}",
@@ -766,13 +775,14 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     if let Some(in_memory) = in_memory {
         rows.push(Row {
             figure: format!(
-                "the same, the emulator storing in memory (tmpfs): time ({rounds_label}); CPU per file, daemon and emulator (least of {} rounds each)",
+                "the same, the emulator storing in memory (tmpfs): time ({rounds_label}); CPU per file, daemon (with its page faults) and emulator (least of {} rounds each)",
                 sizes.small_rounds
             ),
             upsync: format!(
-                "{:.2} s; daemon {}, emulator {}",
+                "{:.2} s; daemon {} ({}), emulator {}",
                 in_memory.best_many.took.as_secs_f64(),
                 cpu_per_file(in_memory.daemon_cpu),
+                faults_per_file(in_memory.daemon_faults),
                 cpu_per_file(in_memory.emulator_cpu)
             ),
             baseline: format!("{:.2} s", in_memory.one_took.as_secs_f64()),
@@ -798,6 +808,8 @@ struct SmallRounds {
     one_took: Duration,
     best_many: Outcome,
     daemon_cpu: Duration,
+    /// The daemon's minor page faults (the fewest of the rounds).
+    daemon_faults: u64,
     emulator_cpu: Duration,
 }
 
@@ -836,6 +848,11 @@ async fn small_rounds(
     };
     let one_took = least(|r| r.one.took)?;
     let daemon_cpu = least(|r| r.many.cpu)?;
+    let daemon_faults = measured
+        .iter()
+        .map(|r| r.many.minor_faults)
+        .min()
+        .ok_or("no small-file round ran")?;
     let emulator_cpu = least(|r| r.emulator_cpu)?;
     let best_many = measured
         .into_iter()
@@ -846,6 +863,7 @@ async fn small_rounds(
         one_took,
         best_many,
         daemon_cpu,
+        daemon_faults,
         emulator_cpu,
     })
 }

@@ -70,6 +70,12 @@ fn quick_benchmark_prints_every_figure() {
             !row.contains("ERROR") && !row.contains("not reported"),
             "figure not measured: {row:?}"
         );
+        if figure.contains("CPU per file") || figure.contains("storing in memory") {
+            assert!(
+                cells[2].contains("page faults"),
+                "no page faults in {row:?}"
+            );
+        }
     }
 }
 
