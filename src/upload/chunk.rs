@@ -225,12 +225,13 @@ pub struct FileReader {
 }
 
 /// Pooled chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) live as long as their
-/// upload (the buffer of small KiFS files read together, as long as its request) and are
-/// freed on whichever thread drops the last chunk. glibc would serve them
+/// upload and are freed on whichever thread drops the last chunk. glibc would serve them
 /// from per-thread arenas and keep the freed ones, so resident memory would grow with the
 /// number of threads that ever finished an upload. A fixed mmap threshold of 1 MiB makes
 /// every buffer this size its own mapping, returned to the system when the upload ends;
-/// smaller allocations are untouched.
+/// smaller allocations are untouched. The buffer of small KiFS files read together stays
+/// under it on purpose (`upload::kifs::body::SMALL_RUN`): one is read per few hundred
+/// files, and a fresh mapping each time cost a page fault per 4 KiB file.
 pub(crate) fn return_chunk_buffers_to_the_system() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
