@@ -707,8 +707,8 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     let (on_disk, in_memory) = measured?;
     let rounds_label = format!("best of {} rounds each", sizes.small_rounds);
     let cpu_per_file = |cpu: Duration| format!("{:.0} µs", micros_per_file(cpu, count));
-    let faults_per_file = |faults: u64| format!("{:.1} page faults", faults as f64 / count as f64);
     let per_file = |n: u64| n as f64 / count as f64;
+    let faults_per_file = |faults: u64| format!("{:.1} page faults", per_file(faults));
     let many = &on_disk.best_many;
     let slowdown = on_disk.slowdown();
     let mut rows = vec![
@@ -839,21 +839,10 @@ async fn small_rounds(
         }
         measured.push(result?);
     }
-    let least = |figure: fn(&SmallRound) -> Duration| {
-        measured
-            .iter()
-            .map(figure)
-            .min()
-            .ok_or("no small-file round ran")
-    };
-    let one_took = least(|r| r.one.took)?;
-    let daemon_cpu = least(|r| r.many.cpu)?;
-    let daemon_faults = measured
-        .iter()
-        .map(|r| r.many.minor_faults)
-        .min()
-        .ok_or("no small-file round ran")?;
-    let emulator_cpu = least(|r| r.emulator_cpu)?;
+    let one_took = least(&measured, |r| r.one.took)?;
+    let daemon_cpu = least(&measured, |r| r.many.cpu)?;
+    let daemon_faults = least(&measured, |r| r.many.minor_faults)?;
+    let emulator_cpu = least(&measured, |r| r.emulator_cpu)?;
     let best_many = measured
         .into_iter()
         .min_by_key(|r| r.many.took)
@@ -866,6 +855,15 @@ async fn small_rounds(
         daemon_faults,
         emulator_cpu,
     })
+}
+
+/// The least of one figure over the small-file rounds.
+fn least<T: Ord>(rounds: &[SmallRound], figure: impl Fn(&SmallRound) -> T) -> BenchResult<T> {
+    Ok(rounds
+        .iter()
+        .map(figure)
+        .min()
+        .ok_or("no small-file round ran")?)
 }
 
 /// A fresh directory on the tmpfs at `/dev/shm`, or `None` where `/dev/shm` is not a
