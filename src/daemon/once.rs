@@ -170,12 +170,8 @@ impl Sink for CountingSink {
         self.wake.notify_one();
     }
 
-    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
-        self.inner.pending_files(folder, under)
-    }
-
-    fn uploaded_files(&self, folder: &str, under: &str) -> Vec<String> {
-        self.inner.uploaded_files(folder, under)
+    fn visit_tracked(&self, folder: &str, under: &str, visit: &mut dyn FnMut(&str)) {
+        self.inner.visit_tracked(folder, under, visit);
     }
 
     fn scan_done(&self, folder: &str) {

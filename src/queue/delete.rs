@@ -178,7 +178,7 @@ impl Store {
     /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
     /// for all) that the ledger records as uploaded; keys only.
     pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_under(folder, under, |record| record.upload.is_some())
+        self.files_picked(folder, under, super::FilePick::Uploaded)
     }
 
     /// Every job of `folder`, through its files' `ledger` entries.
@@ -199,16 +199,24 @@ impl Store {
 
     /// Step 2's count for `folder`.
     pub fn deletion_tally(&self, folder: &str) -> Result<DeletionTally, StoreError> {
-        // Two reads, not one snapshot: deletions running meanwhile remove a job and its
-        // ledger entry together. The ledger is read first, so one that completes between
-        // the reads lowers the deletions counted, never the uploads they are weighed
-        // against: a restart amid a batch must not look like a folder emptied at once.
-        let mut tally = DeletionTally::default();
-        let mut prefix = folder.as_bytes().to_vec();
-        prefix.push(0);
-        for entry in self.handles().trees.ledger.scan_prefix(&prefix).values() {
-            let raw = entry.map_err(|err| self.db_error(err))?;
-            tally.uploaded += u64::from(FileRecord::split(&raw).upload.is_some());
+        // The folder's counts (module `counts`) say in one read how many files it has
+        // uploaded and whether any deletion waits; only then are its jobs read, through
+        // every entry of its ledger. Two reads, not one snapshot: deletions running
+        // meanwhile remove a job and its ledger entry together. The counts are read first,
+        // so one that completes between the reads lowers the deletions counted, never the
+        // uploads they are weighed against: a restart amid a batch must not look like a
+        // folder emptied at once.
+        let counts = self
+            .tallies()?
+            .remove(folder)
+            .map(|tally| tally.counts)
+            .unwrap_or_default();
+        let mut tally = DeletionTally {
+            uploaded: counts.done,
+            ..DeletionTally::default()
+        };
+        if counts.deletions == 0 {
+            return Ok(tally);
         }
         for job in self.folder_jobs(folder)? {
             tally.pending += u64::from(is_pending(&job));

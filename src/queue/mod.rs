@@ -218,6 +218,7 @@ mod compact;
 mod counts;
 mod delete;
 mod error;
+mod files;
 mod import;
 mod job;
 mod keys;
@@ -249,6 +250,7 @@ pub use compact::{CompactPolicy, Compaction};
 pub use counts::Tally;
 pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
+pub use files::FilePick;
 pub use job::{
     Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
     RetrySelection, Space,
@@ -257,7 +259,7 @@ pub use keys::{FolderTag, folder_tag};
 pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
-use keys::{decode_due_key, decode_file_key, decode_job_key, due_key, file_key, job_key};
+use keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
 use lock::StateLock;
 use record::FileRecord;
 
@@ -1515,35 +1517,6 @@ impl Store {
                 JobState::Active | JobState::Finalizing | JobState::Importing => Ok(None),
             }
         })
-    }
-
-    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
-    /// for all) that have a job, from their `ledger` entries.
-    pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_under(folder, under, |record| record.job.is_some())
-    }
-
-    /// The relative paths of the files in `folder` under the prefix `under` whose `ledger`
-    /// entry `keep` picks.
-    fn files_under(
-        &self,
-        folder: &str,
-        under: &str,
-        keep: impl Fn(FileRecord<'_>) -> bool,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut prefix = folder.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(under.as_bytes());
-        let mut files = Vec::new();
-        for entry in self.handles().trees.ledger.scan_prefix(&prefix) {
-            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
-            if keep(FileRecord::split(&raw))
-                && let Some(key) = decode_file_key(&raw_key)
-            {
-                files.push(key.rel);
-            }
-        }
-        Ok(files)
     }
 
     /// Moves failed jobs back to the queue (`upsync retry`); returns how many moved.

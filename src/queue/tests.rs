@@ -2823,6 +2823,7 @@ fn every_transition_the_invariants_need_is_flushed_before_it_returns() {
 
 mod compaction;
 mod deletions;
+mod files;
 mod marks;
 mod summary;
 

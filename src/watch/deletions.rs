@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::{Sink, SinkOffer};
 use crate::config::{DeletePolicy, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{DeletionTally, FileKey, Store};
+use crate::queue::{DeletionTally, FileKey, FilePick, Store};
 
 /// The shortest wait between a file found gone and the deletion of its remote copy.
 pub const MIN_DELETE_DELAY: Duration = Duration::from_secs(1);
@@ -146,15 +146,11 @@ impl Sink for DeletingSink {
         }
     }
 
-    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
-        Sink::pending_files(&self.store, folder, under)
-    }
-
-    fn uploaded_files(&self, folder: &str, under: &str) -> Vec<String> {
-        self.store.ledger_files(folder, under).unwrap_or_else(|e| {
+    fn visit_tracked(&self, folder: &str, under: &str, visit: &mut dyn FnMut(&str)) {
+        let pick = FilePick::WithJobOrUploaded;
+        if let Err(e) = self.store.visit_files(folder, under, pick, visit) {
             error!(folder, error = %e, "cannot read the ledger of a folder; a rescan tries again");
-            Vec::new()
-        })
+        }
     }
 
     fn scan_done(&self, folder: &str) {

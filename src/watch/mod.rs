@@ -49,7 +49,7 @@ use tracing::{Instrument, error, warn};
 
 use crate::config::FolderConfig;
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Offer, Store};
+use crate::queue::{FileKey, FilePick, Offer, Store};
 
 pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
@@ -117,15 +117,11 @@ pub trait Sink: Send + Sync {
             self.vanished(key);
         }
     }
-    /// The files of `folder` under the relative prefix `under` that have something pending.
-    fn pending_files(&self, _folder: &str, _under: &str) -> Vec<String> {
-        Vec::new()
-    }
-    /// The files of `folder` under `under` whose absence matters beyond their jobs: those a
-    /// sink that deletes remote copies has uploaded. Empty for every other sink.
-    fn uploaded_files(&self, _folder: &str, _under: &str) -> Vec<String> {
-        Vec::new()
-    }
+    /// Hands `visit` each file of `folder` under the relative prefix `under` whose absence
+    /// matters: those with something pending and, for a sink that deletes remote copies,
+    /// those it has uploaded. One at a time, each once: a folder of a million uploaded
+    /// files is never listed in memory.
+    fn visit_tracked(&self, _folder: &str, _under: &str, _visit: &mut dyn FnMut(&str)) {}
     /// A look at the whole folder ended (the start-up scan, a rescan).
     fn scan_done(&self, _folder: &str) {}
     /// The folder is gone as a whole (deleted, unmounted, replaced).
@@ -176,20 +172,19 @@ impl Sink for Store {
         }
     }
 
-    fn pending_files(&self, folder: &str, under: &str) -> Vec<String> {
-        // Jobs live in the files' ledger records, so listing them reads every file of the
+    fn visit_tracked(&self, folder: &str, under: &str, visit: &mut dyn FnMut(&str)) {
+        // Jobs live in the files' ledger records, so finding them reads every file of the
         // folder: after each whole-folder scan, at a million files, most of a restart. The
-        // folder's counts say in one read whether there is any job to list.
+        // folder's counts say in one read whether there is any job to find.
         if self
             .tallies()
             .is_ok_and(|tallies| tallies.get(folder).is_none_or(|t| t.counts.jobs() == 0))
         {
-            return Vec::new();
+            return;
         }
-        self.files_with_jobs(folder, under).unwrap_or_else(|e| {
+        if let Err(e) = self.visit_files(folder, under, FilePick::WithJob, visit) {
             error!(folder, error = %e, "cannot read the jobs of a folder; a rescan tries again");
-            Vec::new()
-        })
+        }
     }
 
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
@@ -459,20 +454,16 @@ fn vanished_files(
     under: &str,
     sink: &dyn Sink,
 ) -> Vec<FileKey> {
-    let mut candidates = sink.pending_files(folder_key, under);
-    candidates.extend(sink.uploaded_files(folder_key, under));
-    candidates.sort_unstable();
-    candidates.dedup();
-    candidates
-        .into_iter()
-        .filter(|rel| {
-            matches!(
-                std::fs::symlink_metadata(root.join(rel)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound
-            )
-        })
-        .map(|rel| FileKey::new(folder_key, rel))
-        .collect()
+    let mut gone = Vec::new();
+    sink.visit_tracked(folder_key, under, &mut |rel| {
+        if matches!(
+            std::fs::symlink_metadata(root.join(rel)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        ) {
+            gone.push(FileKey::new(folder_key, rel));
+        }
+    });
+    gone
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::*;
 use crate::config::{FolderConfig, Target};
 
 /// Records offers and vanished files; answers `is_uploaded` from a preset ledger and
-/// `pending_files` from a preset list.
+/// `visit_tracked` from a preset list.
 #[derive(Default)]
 struct Recorder {
     offers: Mutex<Vec<(FileKey, Fingerprint)>>,
@@ -118,14 +118,15 @@ impl Sink for Recorder {
     fn root_lost(&self, _folder: &str) {
         self.roots_lost.fetch_add(1, Ordering::Relaxed);
     }
-    fn pending_files(&self, _folder: &str, under: &str) -> Vec<String> {
-        self.pending
+    fn visit_tracked(&self, _folder: &str, under: &str, visit: &mut dyn FnMut(&str)) {
+        let pending = self
+            .pending
             .lock()
             .expect("recorder lock is not poisoned")
-            .iter()
-            .filter(|rel| rel.starts_with(under))
-            .cloned()
-            .collect()
+            .clone();
+        for rel in pending.iter().filter(|rel| rel.starts_with(under)) {
+            visit(rel);
+        }
     }
 }
 

@@ -1,0 +1,127 @@
+//! Walking a folder's files through their `ledger` entries: the files a whole-folder scan
+//! checks for at its end (those with a job and, in a folder that propagates deletions,
+//! those uploaded) without listing them all in memory.
+//!
+//! A walk reads [`VISIT_CHUNK`] entries at a time under one hold of the database, then
+//! hands the picked files to its caller with the database let go: the caller looks at each
+//! file on disk, which must neither hold a compaction's swap nor keep a sled iterator open
+//! across file-system calls. The next chunk starts just after the last key read, so a
+//! compaction swapping the database between two chunks changes nothing: keys are the same
+//! in the copy.
+
+use super::record::FileRecord;
+use super::{Store, StoreError};
+
+/// How many `ledger` entries a walk reads under one hold of the database.
+pub(super) const VISIT_CHUNK: usize = 4_096;
+
+/// Which files [`Store::visit_files`] hands on, by their `ledger` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePick {
+    /// Files with a job.
+    WithJob,
+    /// Files the ledger records as uploaded.
+    Uploaded,
+    /// Files with a job or recorded as uploaded, each once.
+    WithJobOrUploaded,
+}
+
+impl FilePick {
+    fn picks(self, record: FileRecord<'_>) -> bool {
+        match self {
+            FilePick::WithJob => record.job.is_some(),
+            FilePick::Uploaded => record.upload.is_some(),
+            FilePick::WithJobOrUploaded => record.job.is_some() || record.upload.is_some(),
+        }
+    }
+}
+
+impl Store {
+    /// Hands `visit` the relative path of each file of `folder` under the relative path
+    /// prefix `under` (`""` for all) whose `ledger` entry `pick` picks, in the ledger's
+    /// (byte) order. Between chunks of [`VISIT_CHUNK`] entries the database is not held
+    /// (module doc), so entries written meanwhile after the walk's place are seen and
+    /// those before it are not. On an error, the files handed on before it stay handed on.
+    pub fn visit_files(
+        &self,
+        folder: &str,
+        under: &str,
+        pick: FilePick,
+        mut visit: impl FnMut(&str),
+    ) -> Result<(), StoreError> {
+        let mut prefix = folder.as_bytes().to_vec();
+        prefix.push(0);
+        let rel_start = prefix.len();
+        prefix.extend_from_slice(under.as_bytes());
+        let mut from = prefix.clone();
+        let mut picked = Vec::new();
+        loop {
+            let more = self.read_chunk(&prefix, &from, pick, &mut picked)?;
+            for raw_key in &picked {
+                if let Ok(rel) = std::str::from_utf8(&raw_key[rel_start..]) {
+                    visit(rel);
+                }
+            }
+            match more {
+                Some(last) => from = successor(&last),
+                None => return Ok(()),
+            }
+            picked.clear();
+        }
+    }
+
+    /// Reads up to [`VISIT_CHUNK`] entries under `prefix` from `from` on, putting the keys
+    /// of those `pick` picks into `picked`; returns the last key read when the chunk was
+    /// full (there may be more), `None` when the prefix ended.
+    fn read_chunk(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        pick: FilePick,
+        picked: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let handles = self.handles();
+        let mut read = 0;
+        for entry in handles.trees.ledger.range(from..) {
+            let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
+            if !raw_key.starts_with(prefix) {
+                return Ok(None);
+            }
+            if pick.picks(FileRecord::split(&raw)) {
+                picked.push(raw_key.to_vec());
+            }
+            read += 1;
+            if read == VISIT_CHUNK {
+                return Ok(Some(raw_key.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The files [`Store::visit_files`] hands on, as a list (for a caller that needs them
+    /// all at once, such as a test).
+    pub fn files_picked(
+        &self,
+        folder: &str,
+        under: &str,
+        pick: FilePick,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut files = Vec::new();
+        self.visit_files(folder, under, pick, |rel| files.push(rel.to_owned()))?;
+        Ok(files)
+    }
+
+    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
+    /// for all) that have a job, from their `ledger` entries.
+    pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
+        self.files_picked(folder, under, FilePick::WithJob)
+    }
+}
+
+/// The smallest key after `key` in byte order.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
