@@ -335,6 +335,8 @@ pub struct DaemonConfig {
     pub bandwidth_limit: Option<&'static str>,
     /// `metrics_listen`, e.g. "127.0.0.1:0".
     pub metrics_listen: Option<&'static str>,
+    /// Every folder's `on_delete` ("keep" is the daemon's default and is not written).
+    pub on_delete: &'static str,
 }
 
 impl DaemonConfig {
@@ -350,6 +352,7 @@ impl DaemonConfig {
             settle: "1s",
             bandwidth_limit: None,
             metrics_listen: None,
+            on_delete: "keep",
         }
     }
 
@@ -420,6 +423,10 @@ impl DaemonConfig {
                 self.settle
             )
             .expect("writing to a String cannot fail");
+            if self.on_delete != "keep" {
+                writeln!(text, "on_delete = \"{}\"", self.on_delete)
+                    .expect("writing to a String cannot fail");
+            }
         }
         text
     }

@@ -1008,6 +1008,7 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         // Anything the restart would upload again shows up within a settle time or two.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let report = second.status().await?;
+        let peak_rss = second.peak_rss()?;
         second.terminate().await?;
         let uploads = emulator.kifs_uploads().await? - uploads_before;
         let queued = unfinished(&report);
@@ -1019,13 +1020,18 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         let legacy_queued = unfinished(&legacy.status().await?);
         legacy.terminate().await?;
         let legacy_uploads = emulator.kifs_uploads().await? - uploads_before - uploads;
+        eprintln!("  restart with deletions propagated");
+        config.on_delete = "delete";
+        let deleting = restart_deleting(ctx, &dir, &config, &emulator).await?;
         let restarts = Restarts {
             to_idle,
             uploads,
             queued,
+            peak_rss,
             legacy_to_idle,
             legacy_uploads,
             legacy_queued,
+            deleting,
         };
         Ok::<_, String>((restarts, find, populate))
     }
@@ -1065,14 +1071,16 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
                 "Restart over {count} uploaded files: time until idle vs find -printf '%s %T@'"
             ),
             upsync: format!(
-                "{:.3} s, {uploads} uploads, {queued} jobs",
-                to_idle.as_secs_f64()
+                "{:.3} s, {uploads} uploads, {queued} jobs; peak RSS {:.1} MiB",
+                to_idle.as_secs_f64(),
+                mib(restarts.peak_rss)
             ),
             baseline: format!("{:.3} s", find.as_secs_f64()),
             ratio: format!("{ratio:.2}"),
             target: "≤ 3.00, 0 uploads".into(),
             verdict: Verdict::of(ratio <= 3.0 && uploads == 0 && queued == 0),
         },
+        restarts.deleting.row(count, find),
         Row {
             figure: format!("First upload of those {count} files of 256 B to KiFS (start-up scan)"),
             upsync: format!(
@@ -1088,15 +1096,83 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     ])
 }
 
-/// Two restarts over the same uploaded tree: over the current ledger, and over one whose
-/// entries were written before change times were kept.
+/// Three restarts over the same uploaded tree: over the current ledger, over one whose
+/// entries were written before change times were kept, and with the folder propagating
+/// deletions.
 struct Restarts {
     to_idle: Duration,
     uploads: u64,
     queued: u64,
+    /// The daemon's peak RSS in the first restart, bytes.
+    peak_rss: u64,
     legacy_to_idle: Duration,
     legacy_uploads: u64,
     legacy_queued: u64,
+    deleting: DeletingRestart,
+}
+
+/// A restart over the uploaded tree with `on_delete = "delete"`: at the end of its scan
+/// the daemon looks for every uploaded file, to delete the remote copies of those gone.
+struct DeletingRestart {
+    to_idle: Duration,
+    peak_rss: u64,
+    uploads: u64,
+    deletions: u64,
+    queued: u64,
+}
+
+/// Starts the daemon with `config` (whose folder propagates deletions) over the tree the
+/// emulator holds whole, and counts what it sent and deleted.
+async fn restart_deleting(
+    ctx: &Ctx,
+    dir: &Path,
+    config: &DaemonConfig,
+    emulator: &Emulator,
+) -> BenchResult<DeletingRestart> {
+    let deletes = || async {
+        let stats = emulator.get_json("/kifs/_emulator/stats").await?;
+        Ok::<_, String>(stats["requests"]["/delete/files"].as_u64().unwrap_or(0))
+    };
+    let (uploads_before, deletes_before) = (emulator.kifs_uploads().await?, deletes().await?);
+    let daemon = Daemon::start(ctx, dir, config).await?;
+    let to_idle = daemon.startup;
+    // A deletion waits a settle time (at least a second) before it runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let queued = unfinished(&daemon.status().await?);
+    let peak_rss = daemon.peak_rss()?;
+    daemon.terminate().await?;
+    Ok(DeletingRestart {
+        to_idle,
+        peak_rss,
+        uploads: emulator.kifs_uploads().await? - uploads_before,
+        deletions: deletes().await? - deletes_before,
+        queued,
+    })
+}
+
+impl DeletingRestart {
+    fn row(&self, count: u64, find: Duration) -> Row {
+        let ratio = self.to_idle.as_secs_f64() / find.as_secs_f64();
+        Row {
+            figure: format!(
+                "Restart over {count} uploaded files in a folder that propagates deletions \
+                 (on_delete = \"delete\": the scan's end looks for every uploaded file): \
+                 time until idle vs find -printf '%s %T@'"
+            ),
+            upsync: format!(
+                "{:.3} s, {} uploads, {} deletion requests, {} jobs; peak RSS {:.1} MiB",
+                self.to_idle.as_secs_f64(),
+                self.uploads,
+                self.deletions,
+                self.queued,
+                mib(self.peak_rss)
+            ),
+            baseline: format!("{:.3} s", find.as_secs_f64()),
+            ratio: format!("{ratio:.2}"),
+            target: "(reported), 0 uploads, 0 deletions".into(),
+            verdict: Verdict::of(self.uploads == 0 && self.deletions == 0 && self.queued == 0),
+        }
+    }
 }
 
 /// Jobs not done in a status report (queued, active, waiting to retry, failed).

@@ -41,6 +41,7 @@ fn quick_benchmark_prints_every_figure() {
         "files of 4 KiB to Redivis: API requests per file",
         "files of 4 KiB to a Redivis file index table: API requests per file",
         "Restart over 1000 uploaded files",
+        "Restart over 1000 uploaded files in a folder that propagates deletions",
         "Latency, 1 KiB file closed",
         "files of 4 KiB to Redivis, 2 s import each, 4 workers: wall time",
         "Redivis: daemon CPU per GiB",
