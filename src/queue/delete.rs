@@ -175,12 +175,6 @@ impl Store {
         })
     }
 
-    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
-    /// for all) that the ledger records as uploaded; keys only.
-    pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_picked(folder, under, super::FilePick::Uploaded)
-    }
-
     /// Every job of `folder`, through its files' `ledger` entries.
     fn folder_jobs(&self, folder: &str) -> Result<Vec<Job>, StoreError> {
         let mut prefix = folder.as_bytes().to_vec();

@@ -116,6 +116,12 @@ impl Store {
     pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
         self.files_picked(folder, under, FilePick::WithJob)
     }
+
+    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
+    /// for all) that the ledger records as uploaded.
+    pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
+        self.files_picked(folder, under, FilePick::Uploaded)
+    }
 }
 
 /// The smallest key after `key` in byte order.
