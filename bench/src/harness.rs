@@ -235,8 +235,18 @@ impl Emulator {
 
     /// `/upload/files` requests the KiFS emulator received.
     pub async fn kifs_uploads(&self) -> BenchResult<u64> {
+        self.kifs_requests_to("/upload/files").await
+    }
+
+    /// `/delete/files` requests the KiFS emulator received.
+    pub async fn kifs_deletes(&self) -> BenchResult<u64> {
+        self.kifs_requests_to("/delete/files").await
+    }
+
+    /// Requests the KiFS emulator received at `endpoint`.
+    async fn kifs_requests_to(&self, endpoint: &str) -> BenchResult<u64> {
         let stats = self.get_json("/kifs/_emulator/stats").await?;
-        Ok(stats["requests"]["/upload/files"].as_u64().unwrap_or(0))
+        Ok(stats["requests"][endpoint].as_u64().unwrap_or(0))
     }
 
     /// Creates [`FILES_TABLE`] as a file index table.

@@ -1129,11 +1129,8 @@ async fn restart_deleting(
     config: &DaemonConfig,
     emulator: &Emulator,
 ) -> BenchResult<DeletingRestart> {
-    let deletes = || async {
-        let stats = emulator.get_json("/kifs/_emulator/stats").await?;
-        Ok::<_, String>(stats["requests"]["/delete/files"].as_u64().unwrap_or(0))
-    };
-    let (uploads_before, deletes_before) = (emulator.kifs_uploads().await?, deletes().await?);
+    let uploads_before = emulator.kifs_uploads().await?;
+    let deletes_before = emulator.kifs_deletes().await?;
     let daemon = Daemon::start(ctx, dir, config).await?;
     let to_idle = daemon.startup;
     // A deletion waits a settle time (at least a second) before it runs.
@@ -1145,7 +1142,7 @@ async fn restart_deleting(
         to_idle,
         peak_rss,
         uploads: emulator.kifs_uploads().await? - uploads_before,
-        deletions: deletes().await? - deletes_before,
+        deletions: emulator.kifs_deletes().await? - deletes_before,
         queued,
     })
 }

@@ -177,8 +177,7 @@ impl Store {
 
     /// Every job of `folder`, through its files' `ledger` entries.
     fn folder_jobs(&self, folder: &str) -> Result<Vec<Job>, StoreError> {
-        let mut prefix = folder.as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = valid_key(&FileKey::new(folder, ""))?;
         let mut jobs = Vec::new();
         for entry in self.handles().trees.ledger.scan_prefix(&prefix).values() {
             let raw = entry.map_err(|err| self.db_error(err))?;

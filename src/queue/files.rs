@@ -10,7 +10,7 @@
 //! in the copy.
 
 use super::record::FileRecord;
-use super::{Store, StoreError};
+use super::{FileKey, Store, StoreError, valid_key};
 
 /// How many `ledger` entries a walk reads under one hold of the database.
 pub(super) const VISIT_CHUNK: usize = 4_096;
@@ -49,10 +49,9 @@ impl Store {
         pick: FilePick,
         mut visit: impl FnMut(&str),
     ) -> Result<(), StoreError> {
-        let mut prefix = folder.as_bytes().to_vec();
-        prefix.push(0);
-        let rel_start = prefix.len();
-        prefix.extend_from_slice(under.as_bytes());
+        // A file key is the folder, a NUL, then the relative path: `under` is its prefix.
+        let prefix = valid_key(&FileKey::new(folder, under))?;
+        let rel_start = folder.len() + 1;
         let mut from = prefix.clone();
         let mut picked = Vec::new();
         loop {
@@ -98,9 +97,9 @@ impl Store {
         Ok(None)
     }
 
-    /// The files [`Store::visit_files`] hands on, as a list (for a caller that needs them
-    /// all at once, such as a test).
-    pub fn files_picked(
+    /// The files [`Store::visit_files`] hands on, as a list.
+    #[cfg(test)]
+    pub(crate) fn files_picked(
         &self,
         folder: &str,
         under: &str,
@@ -109,18 +108,6 @@ impl Store {
         let mut files = Vec::new();
         self.visit_files(folder, under, pick, |rel| files.push(rel.to_owned()))?;
         Ok(files)
-    }
-
-    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
-    /// for all) that have a job, from their `ledger` entries.
-    pub fn files_with_jobs(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_picked(folder, under, FilePick::WithJob)
-    }
-
-    /// The files of `folder` (relative paths) under `under` (a relative path prefix, `""`
-    /// for all) that the ledger records as uploaded.
-    pub fn ledger_files(&self, folder: &str, under: &str) -> Result<Vec<String>, StoreError> {
-        self.files_picked(folder, under, FilePick::Uploaded)
     }
 }
 

@@ -2577,7 +2577,9 @@ fn a_vanished_file_drops_its_job_unless_a_worker_or_an_import_holds_it() {
     store.claim(SystemTime::now()).expect("claims");
     store.offer(&key("queued"), &fp(3)).expect("offer");
 
-    let mut with_jobs = store.files_with_jobs("/data/in", "").expect("reads");
+    let mut with_jobs = store
+        .files_picked("/data/in", "", FilePick::WithJob)
+        .expect("reads");
     with_jobs.sort();
     assert_eq!(
         with_jobs,

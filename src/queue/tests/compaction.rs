@@ -322,7 +322,7 @@ fn writers_during_a_compaction_wait_for_it_and_lose_nothing() {
 
     let store = reopen(store);
     let queued = store
-        .files_with_jobs("/data/in", "during")
+        .files_picked("/data/in", "during", FilePick::WithJob)
         .expect("the jobs read");
     assert_eq!(
         queued.len() as u64,

@@ -274,7 +274,13 @@ fn released_deletions_run_and_a_lost_root_drops_the_unapproved_ones() {
         vec!["1.csv".to_string()],
         "the deletion retried by path stays"
     );
-    assert_eq!(store.ledger_files("/data/in", "").expect("ledger").len(), 3);
+    assert_eq!(
+        store
+            .files_picked("/data/in", "", FilePick::Uploaded)
+            .expect("ledger")
+            .len(),
+        3
+    );
     assert_invariants(&store);
 }
 
