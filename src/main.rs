@@ -1,6 +1,7 @@
 //! The `upsync` command: parses the command line, loads the config, sets up logging and
 //! maps every failure to an exit code (0 ok, 1 runtime failure, 2 usage or config error).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -326,11 +327,16 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         }
         Command::Status { config, json } => {
             let config = load(&config)?;
-            let answer = ask_daemon_or::<status::StatusReport, _>(
+            let answer = ask_daemon_or(
                 &config,
-                "GET",
-                "/status",
-                None,
+                || {
+                    control::request::<status::StatusReport>(
+                        &config.state_dir,
+                        "GET",
+                        "/status",
+                        None,
+                    )
+                },
                 upsync::queue::open_stopped,
             )
             .await?;
@@ -386,21 +392,26 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 folder: folder.map(|f| absolute(&f)),
             };
             let body = serde_json::to_vec(&request).expect("ls request serializes");
-            let files =
-                match ask_daemon::<Vec<history::Uploaded>>(&config, "POST", "/ls", Some(&body))
-                    .await?
-                {
-                    Answer::Daemon(files) => files,
-                    Answer::Stopped(store) => {
-                        history::list(&config, &store, &request).map_err(Failure::runtime)?
-                    }
-                };
-            if json {
-                emit_json(&files)?;
-            } else {
-                emit(&history::render(&files))?;
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            let printer = RefCell::new(history::ListPrinter::new(out, json));
+            let answer = ask_daemon_or(
+                &config,
+                || {
+                    control::request_lines(&config.state_dir, "/ls", &body, |line| {
+                        printer.borrow_mut().line(line)
+                    })
+                },
+                Store::open,
+            )
+            .await?;
+            if let Answer::Stopped(store) = answer {
+                let folders =
+                    history::listed_folders(&config, &request).map_err(Failure::runtime)?;
+                history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
+                    .map_err(Failure::runtime)?;
+                printer.borrow_mut().walked();
             }
-            Ok(())
+            printer.into_inner().finish().map_err(Failure::runtime)
         }
         Command::Forget { config, paths } => {
             let config = load(&config)?;
@@ -450,31 +461,35 @@ enum Answer<T, S = Store> {
     Stopped(S),
 }
 
-/// Asks the running daemon, or opens the state database when none runs. A daemon that is
-/// starting or stopping holds the database without answering yet: ask again for a while.
+/// Asks the running daemon, or opens the state database when none runs.
 async fn ask_daemon<T: serde::de::DeserializeOwned>(
     config: &Config,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Answer<T>, Failure> {
-    ask_daemon_or(config, method, path, body, Store::open).await
+    ask_daemon_or(
+        config,
+        || control::request::<T>(&config.state_dir, method, path, body),
+        Store::open,
+    )
+    .await
 }
 
-/// [`ask_daemon`], with `open` for what to read when no daemon runs.
-async fn ask_daemon_or<T: serde::de::DeserializeOwned, S>(
+/// Asks the running daemon with `ask` (`Ok(None)`: none listens), or opens what `open`
+/// reads when none runs. A daemon that is starting or stopping holds the database without
+/// answering yet: ask again for a while.
+async fn ask_daemon_or<T, S, Asked>(
     config: &Config,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
+    ask: impl Fn() -> Asked,
     open: impl Fn(&Path) -> Result<S, StoreError>,
-) -> Result<Answer<T, S>, Failure> {
+) -> Result<Answer<T, S>, Failure>
+where
+    Asked: std::future::Future<Output = Result<Option<T>, String>>,
+{
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(answer) = control::request::<T>(&config.state_dir, method, path, body)
-            .await
-            .map_err(Failure::runtime)?
-        {
+        if let Some(answer) = ask().await.map_err(Failure::runtime)? {
             return Ok(Answer::Daemon(answer));
         }
         match open(&config.state_dir) {

@@ -2,20 +2,26 @@
 //! answers `upsync status`, `retry`, `ls` and `forget`, since the state database is locked
 //! while it runs. Plain HTTP/1.0: `GET /status`, `POST /retry` with a JSON
 //! [`RetryRequest`], `POST /ls` with a [`history::ListRequest`], `POST /forget` with a
-//! [`history::ForgetRequest`].
+//! [`history::ForgetRequest`]. Each answers one JSON value, except `/ls`: its list comes
+//! as it is read, one [`history::ListLine`] a line, until the connection closes.
 
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
@@ -125,10 +131,28 @@ async fn retry(
 async fn list(
     State(state): State<Arc<ControlState>>,
     Json(request): Json<history::ListRequest>,
-) -> Result<Json<Vec<history::Uploaded>>, (StatusCode, String)> {
-    history::list(&state.config.get(), &state.store, &request)
-        .map(Json)
-        .map_err(|err| (StatusCode::BAD_REQUEST, err))
+) -> Result<Response, (StatusCode, String)> {
+    let folders = history::listed_folders(&state.config.get(), &request)
+        .map_err(|err| (StatusCode::BAD_REQUEST, err))?;
+    // Two blocks in flight: the walk reads ahead of the socket, and no further.
+    let (sender, receiver) = mpsc::channel::<Vec<u8>>(2);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        history::send_list(&store, &folders, &sender);
+        // The walk freed what sled decoded of every page it read, and a list writes nothing
+        // to the database, so no trim while writing (`heap`) hands it back: each list of
+        // 200,000 files left 15-35 MB more resident than the one before until trimmed.
+        super::heap::trim();
+    });
+    let blocks = futures::stream::unfold(receiver, |mut receiver| async move {
+        let block = receiver.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(block), receiver))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(blocks),
+    )
+        .into_response())
 }
 
 async fn forget(
@@ -141,6 +165,10 @@ async fn forget(
     Ok(Json(forgotten))
 }
 
+/// How long a request may wait for the daemon: for the whole answer, or for each line
+/// of a list.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Asks a running daemon; `Ok(None)` when no daemon listens on the socket.
 pub async fn request<T: serde::de::DeserializeOwned>(
     state_dir: &Path,
@@ -149,40 +177,278 @@ pub async fn request<T: serde::de::DeserializeOwned>(
     body: Option<&[u8]>,
 ) -> Result<Option<T>, String> {
     let socket = socket_path(state_dir);
-    let mut stream = match UnixStream::connect(&socket).await {
-        Ok(stream) => stream,
-        Err(_) => return Ok(None),
+    let Some(stream) = connect(&socket).await else {
+        return Ok(None);
     };
+    let exchange = async {
+        let mut answer = BufReader::new(send(stream, method, path, body).await?);
+        let ok = read_head(&mut answer).await?;
+        let mut payload = Vec::new();
+        answer.read_to_end(&mut payload).await?;
+        Ok::<_, std::io::Error>((ok, payload))
+    };
+    let (ok, payload) = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        .await
+        .map_err(|_| no_answer(&socket))?
+        .map_err(|err| talking(&socket, &err))?;
+    refused(&ok, &payload)?;
+    serde_json::from_slice(&payload)
+        .map(Some)
+        .map_err(|err| format!("malformed answer from the daemon: {err}"))
+}
+
+/// Asks a running daemon for a list it streams, handing each line (without its line
+/// break) to `on_line` as it arrives, until the daemon closes the connection or
+/// `on_line` breaks; `Ok(None)` when no daemon listens on the socket.
+pub async fn request_lines(
+    state_dir: &Path,
+    path: &str,
+    body: &[u8],
+    mut on_line: impl FnMut(&[u8]) -> Result<ControlFlow<()>, String>,
+) -> Result<Option<()>, String> {
+    let socket = socket_path(state_dir);
+    let Some(stream) = connect(&socket).await else {
+        return Ok(None);
+    };
+    let sent = within(&socket, send(stream, "POST", path, Some(body))).await?;
+    let mut answer = BufReader::new(sent);
+    let ok = within(&socket, read_head(&mut answer)).await?;
+    if ok.is_err() {
+        let mut payload = Vec::new();
+        within(&socket, answer.read_to_end(&mut payload)).await?;
+        refused(&ok, &payload)?;
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if within(&socket, answer.read_until(b'\n', &mut line)).await? == 0 {
+            return Ok(Some(()));
+        }
+        if on_line(line.strip_suffix(b"\n").unwrap_or(&line))?.is_break() {
+            return Ok(Some(()));
+        }
+    }
+}
+
+/// `step` of an exchange with the daemon, given [`ANSWER_TIMEOUT`].
+async fn within<T>(
+    socket: &Path,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    tokio::time::timeout(ANSWER_TIMEOUT, step)
+        .await
+        .map_err(|_| no_answer(socket))?
+        .map_err(|err| talking(socket, &err))
+}
+
+/// The connection to a running daemon; `None` when none listens.
+async fn connect(socket: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket).await.ok()
+}
+
+/// Sends the request; the connection then carries the answer.
+async fn send(
+    mut stream: UnixStream,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<UnixStream> {
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.0\r\nHost: upsync\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let exchange = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| format!("the daemon did not answer on {}", socket.display()))?
-        .map_err(|err| format!("talking to the daemon on {}: {err}", socket.display()))?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| "malformed answer from the daemon".to_string())?;
-    let head = String::from_utf8_lossy(&answer[..split]);
-    let payload = &answer[split + 4..];
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!(
-            "the daemon answered: {} {}",
-            head.lines().next().unwrap_or(""),
-            String::from_utf8_lossy(payload)
-        ));
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    Ok(stream)
+}
+
+/// Reads the answer's head: `Ok(())` for a 200, else the status line.
+async fn read_head(answer: &mut BufReader<UnixStream>) -> std::io::Result<Result<(), String>> {
+    let mut status = String::new();
+    answer.read_line(&mut status).await?;
+    let mut field = String::new();
+    loop {
+        field.clear();
+        if answer.read_line(&mut field).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "malformed answer from the daemon",
+            ));
+        }
+        if field == "\r\n" || field == "\n" {
+            break;
+        }
     }
-    serde_json::from_slice(payload)
-        .map(Some)
-        .map_err(|err| format!("malformed answer from the daemon: {err}"))
+    let status = status.trim_end();
+    if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(status.to_string()))
+    }
+}
+
+/// The error for an answer other than a 200: its status line and what the daemon said.
+fn refused(ok: &Result<(), String>, payload: &[u8]) -> Result<(), String> {
+    match ok {
+        Ok(()) => Ok(()),
+        Err(status) => Err(format!(
+            "the daemon answered: {status} {}",
+            String::from_utf8_lossy(payload)
+        )),
+    }
+}
+
+fn no_answer(socket: &Path) -> String {
+    format!("the daemon did not answer on {}", socket.display())
+}
+
+fn talking(socket: &Path, err: &std::io::Error) -> String {
+    format!("talking to the daemon on {}: {err}", socket.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::fingerprint::Fingerprint;
+    use crate::queue::FileKey;
+
+    /// A daemon's control socket over a ledger of `files` uploads in one folder, with the
+    /// config and what stops it.
+    async fn serving(dir: &Path, files: usize) -> (Arc<Config>, Store, CancellationToken) {
+        let folder = dir.join("in");
+        std::fs::create_dir_all(&folder).unwrap();
+        let config_path = dir.join("upsync.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir = \"{}\"\n[kifs]\nurl = \"http://127.0.0.1:1/kifs\"\n\
+                 [[folder]]\npath = \"{}\"\nkifs_directory = \"in\"\n",
+                dir.join("state").display(),
+                folder.display()
+            ),
+        )
+        .unwrap();
+        let config = Arc::new(Config::load(&config_path).expect("the config loads"));
+        let store = Store::open(&config.state_dir).unwrap();
+        let folder = folder.to_string_lossy().into_owned();
+        for n in 0..files {
+            let fingerprint = Fingerprint {
+                size: n as u64,
+                mtime_ns: 1,
+                inode: n as u64,
+                ctime_ns: None,
+            };
+            let rel = format!("f{n:05}");
+            store
+                .record_uploaded(
+                    &FileKey::new(folder.as_str(), rel.as_str()),
+                    &fingerprint,
+                    &rel,
+                    None,
+                )
+                .unwrap();
+        }
+        let stop = CancellationToken::new();
+        serve(
+            CurrentConfig::new(Arc::clone(&config)),
+            store.clone(),
+            Arc::new(Live::default()),
+            Arc::new(Notify::new()),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        (config, store, stop)
+    }
+
+    /// The lines of the daemon's list, as the command reads them.
+    async fn listed(
+        config: &Config,
+        request: &history::ListRequest,
+    ) -> Result<Vec<history::ListLine>, String> {
+        let body = serde_json::to_vec(request).unwrap();
+        let mut lines = Vec::new();
+        control_answered(
+            request_lines(&config.state_dir, "/ls", &body, |line| {
+                lines.push(serde_json::from_slice(line).map_err(|err| err.to_string())?);
+                Ok(ControlFlow::Continue(()))
+            })
+            .await,
+        )?;
+        Ok(lines)
+    }
+
+    fn control_answered<T>(answer: Result<Option<T>, String>) -> Result<T, String> {
+        answer.and_then(|answer| answer.ok_or_else(|| "no daemon listened".to_string()))
+    }
+
+    #[tokio::test]
+    async fn a_list_streams_every_upload_in_order_then_its_count_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = 2 * 1_024 + 5;
+        let (config, _store, stop) = serving(dir.path(), files).await;
+
+        let lines = listed(&config, &history::ListRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(lines.len(), files + 1);
+        for (n, line) in lines[..files].iter().enumerate() {
+            match line {
+                history::ListLine::File(file) => {
+                    assert!(file.path.ends_with(&format!("/in/f{n:05}")), "{file:?}");
+                    assert_eq!(file.size, n as u64);
+                }
+                other => panic!("line {n}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            lines[files],
+            history::ListLine::End {
+                files: files as u64
+            }
+        );
+
+        // A folder that is not configured is refused before anything is listed.
+        let elsewhere = history::ListRequest {
+            folder: Some(PathBuf::from("/not/configured")),
+        };
+        let refused = listed(&config, &elsewhere).await.unwrap_err();
+        assert!(
+            refused.contains("400") && refused.contains("/not/configured"),
+            "{refused}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_leaves_mid_list_leaves_the_daemon_answering_whole_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _store, stop) = serving(dir.path(), 5 * 1_024).await;
+        let body = serde_json::to_vec(&history::ListRequest::default()).unwrap();
+        let mut read = 0;
+        control_answered(
+            request_lines(&config.state_dir, "/ls", &body, |_| {
+                read += 1;
+                Ok(if read == 10 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })
+            .await,
+        )
+        .unwrap();
+        assert_eq!(read, 10);
+        // The connection closed with most of the list unsent; the next list is whole.
+        let lines = listed(&config, &history::ListRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            lines.last(),
+            Some(&history::ListLine::End { files: 5 * 1_024 })
+        );
+        stop.cancel();
+    }
 }

@@ -2,22 +2,30 @@
 //! that files are uploaded again. Both read the ledger of the configured folders; both go
 //! through the running daemon's control socket when there is one (it holds the database).
 //!
+//! Listing walks the ledger a chunk at a time ([`Store::visit_uploads`]) and prints each
+//! file as it comes: a running daemon streams the list to the command as [`ListLine`]s, a
+//! block at a time, so neither process holds the whole list, whatever the folders hold.
+//!
 //! Forgetting a path:
 //! 1. Resolve it to its configured folder and the `/`-separated path inside it; a path in
 //!    no configured folder is an error naming it.
 //! 2. Select the ledger entries of that file, or of every file under it when it names a
-//!    directory (the folder itself: all of the folder's files).
+//!    directory (the folder itself: all of the folder's files), reading only the entries
+//!    under it.
 //! 3. Drop each entry and, when the file is still there, offer its current version in the
 //!    same transaction ([`Store::forget`]): it is queued and uploaded again; a file that is
 //!    gone is only forgotten.
 
+use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Store, StoreError};
+use crate::queue::{FileKey, FilePick, Store, StoreError};
 
 /// One uploaded file, as `upsync ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,32 +60,107 @@ pub struct ForgetResponse {
     pub queued: usize,
 }
 
-/// The uploaded files of the configured folders (or of `request.folder`, which must be
-/// one of them), by folder and path.
-pub fn list(
-    config: &Config,
-    store: &Store,
-    request: &ListRequest,
-) -> Result<Vec<Uploaded>, String> {
+/// One line of the list a running daemon streams for `upsync ls` (JSON, a line each):
+/// the files, then how many there were. A list the daemon could not finish ends with
+/// what stopped it instead, and one cut off ends with neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListLine {
+    File(Uploaded),
+    End { files: u64 },
+    Failed(String),
+}
+
+/// How many files a daemon streams in one block of its list.
+const LIST_BLOCK: usize = 1_024;
+
+/// The configured folders a list covers: all, or `request.folder`, which must be one of
+/// them (checked before anything is listed).
+pub fn listed_folders(config: &Config, request: &ListRequest) -> Result<Vec<String>, String> {
     let folders: Vec<&FolderConfig> = match &request.folder {
         Some(path) => vec![folder_named(config, path)?],
         None => config.folders.iter().collect(),
     };
-    let mut out = Vec::new();
+    Ok(folders
+        .iter()
+        .map(|folder| folder.path.to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Hands `visit` the uploaded files of `folders`, folder by folder and by path inside
+/// each, until it breaks.
+pub fn visit_list(
+    store: &Store,
+    folders: &[String],
+    mut visit: impl FnMut(Uploaded) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let mut stopped = false;
     for folder in folders {
-        let key = folder.path.to_string_lossy();
-        let entries = store
-            .ledger_entries(Some(&key))
-            .map_err(|e| e.to_string())?;
-        out.extend(entries.into_iter().map(|(file, entry)| Uploaded {
-            path: file.path().display().to_string(),
-            folder: file.folder,
-            remote: entry.remote,
-            size: entry.fingerprint.size,
-            uploaded_at_ms: entry.uploaded_at_ms,
-        }));
+        store.visit_uploads(folder, "", |rel, entry| {
+            let flow = visit(Uploaded {
+                path: FileKey::new(folder.as_str(), rel)
+                    .path()
+                    .display()
+                    .to_string(),
+                folder: folder.clone(),
+                remote: entry.remote,
+                size: entry.fingerprint.size,
+                uploaded_at_ms: entry.uploaded_at_ms,
+            });
+            stopped = flow.is_break();
+            flow
+        })?;
+        if stopped {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Sends the list of `folders` into `lines` as [`ListLine`]s, [`LIST_BLOCK`] files to a
+/// block, and the end line last; stops walking when the receiver is gone. Blocks: run it
+/// off the runtime.
+pub fn send_list(store: &Store, folders: &[String], lines: &mpsc::Sender<Vec<u8>>) {
+    let mut block = Vec::new();
+    let (mut in_block, mut files) = (0, 0);
+    let walked = visit_list(store, folders, |file| {
+        push_line(&mut block, &ListLine::File(file));
+        files += 1;
+        in_block += 1;
+        if in_block < LIST_BLOCK {
+            return ControlFlow::Continue(());
+        }
+        in_block = 0;
+        match lines.blocking_send(std::mem::take(&mut block)) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    });
+    let last = match walked {
+        Ok(()) => ListLine::End { files },
+        Err(err) => ListLine::Failed(err.to_string()),
+    };
+    push_line(&mut block, &last);
+    // A receiver gone meanwhile has stopped reading: nothing is left to tell it.
+    let _ = lines.blocking_send(block);
+}
+
+fn push_line(block: &mut Vec<u8>, line: &ListLine) {
+    serde_json::to_writer(&mut *block, line).expect("a list line always serializes");
+    block.push(b'\n');
+}
+
+/// The uploaded files of `request`'s folders, as a list.
+#[cfg(test)]
+fn list(config: &Config, store: &Store, request: &ListRequest) -> Result<Vec<Uploaded>, String> {
+    let folders = listed_folders(config, request)?;
+    let mut files = Vec::new();
+    visit_list(store, &folders, |file| {
+        files.push(file);
+        ControlFlow::Continue(())
+    })
+    .map_err(|err| err.to_string())?;
+    Ok(files)
 }
 
 /// Forgets the uploads of `request.paths` (module doc). Every path is resolved before
@@ -129,13 +212,21 @@ fn locate(config: &Config, path: &Path) -> Result<(String, String), String> {
 
 /// Step 2: the ledger keys of the file `rel` of `folder`, or of every file under it.
 fn under(store: &Store, folder: &str, rel: &str) -> Result<Vec<FileKey>, StoreError> {
-    let prefix = format!("{rel}/");
-    Ok(store
-        .ledger_entries(Some(folder))?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| rel.is_empty() || key.rel == rel || key.rel.starts_with(&prefix))
-        .collect())
+    let mut keys = Vec::new();
+    let file = FileKey::new(folder, rel);
+    if !rel.is_empty() && store.ledger_get(&file)?.is_some() {
+        keys.push(file);
+    }
+    // `rel/`, not `rel`: a directory `sub` holds `sub/x.csv`, not `subway.csv` beside it.
+    let inside = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}/")
+    };
+    store.visit_files(folder, &inside, FilePick::Uploaded, |path| {
+        keys.push(FileKey::new(folder, path));
+    })?;
+    Ok(keys)
 }
 
 fn folder_named<'a>(config: &'a Config, path: &Path) -> Result<&'a FolderConfig, String> {
@@ -146,24 +237,140 @@ fn folder_named<'a>(config: &'a Config, path: &Path) -> Result<&'a FolderConfig,
         .ok_or_else(|| format!("{} is not a configured folder", path.display()))
 }
 
-/// `upsync ls` as text: one line per file (upload time in UTC, size, local path, remote
-/// name), and a count.
-pub fn render(files: &[Uploaded]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for file in files {
-        let at = crate::queue::from_ms(file.uploaded_at_ms);
-        let _ = writeln!(
+/// Prints `upsync ls` as the files come: a line each (upload time in UTC, size, local
+/// path, remote name) and a count, or the JSON array a list of [`Uploaded`] serializes to
+/// (pretty), written a file at a time. The files come from a daemon's [`ListLine`]s
+/// ([`ListPrinter::line`]) or from a walk of the state database ([`ListPrinter::file`],
+/// then [`ListPrinter::walked`]). A reader that goes away (a closed pipe) stops the list
+/// quietly.
+pub struct ListPrinter<W: Write> {
+    out: W,
+    json: bool,
+    files: u64,
+    /// The list's end came: the daemon's end line, or the walk's end.
+    ended: bool,
+    /// Writing failed otherwise than on a closed pipe.
+    failed: Option<io::Error>,
+    /// The reader went away.
+    closed: bool,
+}
+
+impl<W: Write> ListPrinter<W> {
+    pub fn new(out: W, json: bool) -> Self {
+        ListPrinter {
             out,
-            "{}  {:>10}  {}  ->  {}",
-            humantime::format_rfc3339_seconds(at),
-            bytesize::ByteSize(file.size).to_string(),
-            file.path,
-            file.remote
-        );
+            json,
+            files: 0,
+            ended: false,
+            failed: None,
+            closed: false,
+        }
     }
-    let _ = writeln!(out, "{} file(s) uploaded", files.len());
-    out
+
+    /// Prints one file; breaks when the output cannot take more.
+    pub fn file(&mut self, file: &Uploaded) -> ControlFlow<()> {
+        match self.write_file(file) {
+            Ok(()) => {
+                self.files += 1;
+                ControlFlow::Continue(())
+            }
+            Err(err) => {
+                self.stop_on(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Takes one line of a daemon's list; breaks at its end or when the output cannot
+    /// take more. A line saying the list failed, or one that is not a list line, is an
+    /// error.
+    pub fn line(&mut self, line: &[u8]) -> Result<ControlFlow<()>, String> {
+        let line: ListLine = match serde_json::from_slice(line) {
+            Ok(line) => line,
+            // A daemon started from an upsync before lists were streamed answers one array.
+            Err(_) if self.files == 0 && line.starts_with(b"[") => {
+                return Err("the running daemon answers `ls` as an older upsync did: \
+                            restart it (it runs the binary it was started from)"
+                    .into());
+            }
+            Err(err) => return Err(format!("malformed list line from the daemon: {err}")),
+        };
+        match line {
+            ListLine::File(file) => Ok(self.file(&file)),
+            ListLine::End { files } if files == self.files => {
+                self.ended = true;
+                Ok(ControlFlow::Break(()))
+            }
+            ListLine::End { files } => Err(format!(
+                "the daemon listed {files} files but {} arrived",
+                self.files
+            )),
+            ListLine::Failed(reason) => {
+                Err(format!("the daemon could not list them all: {reason}"))
+            }
+        }
+    }
+
+    /// The walk of the state database handed on every file.
+    pub fn walked(&mut self) {
+        self.ended = true;
+    }
+
+    /// Ends the list: its count, or the array's end. An error if the list stopped short
+    /// (not for a reader that went away) or could not be written.
+    pub fn finish(mut self) -> Result<(), String> {
+        if !self.closed && self.failed.is_none() {
+            if !self.ended {
+                return Err(format!(
+                    "the daemon's list broke off after {} files",
+                    self.files
+                ));
+            }
+            if let Err(err) = self.write_end() {
+                self.stop_on(err);
+            }
+        }
+        match self.failed {
+            Some(err) => Err(format!("cannot write to standard output: {err}")),
+            None => Ok(()),
+        }
+    }
+
+    fn write_file(&mut self, file: &Uploaded) -> io::Result<()> {
+        if self.json {
+            // As serde_json prints an array: each element on lines of its own, indented.
+            let element = serde_json::to_string_pretty(file).expect("a file always serializes");
+            let lead = if self.files == 0 { "[\n  " } else { ",\n  " };
+            write!(self.out, "{lead}{}", element.replace('\n', "\n  "))
+        } else {
+            let at = crate::queue::from_ms(file.uploaded_at_ms);
+            writeln!(
+                self.out,
+                "{}  {:>10}  {}  ->  {}",
+                humantime::format_rfc3339_seconds(at),
+                bytesize::ByteSize(file.size).to_string(),
+                file.path,
+                file.remote
+            )
+        }
+    }
+
+    fn write_end(&mut self) -> io::Result<()> {
+        match (self.json, self.files) {
+            (true, 0) => writeln!(self.out, "[]")?,
+            (true, _) => write!(self.out, "\n]\n")?,
+            (false, files) => writeln!(self.out, "{files} file(s) uploaded")?,
+        }
+        self.out.flush()
+    }
+
+    fn stop_on(&mut self, err: io::Error) {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            self.closed = true;
+        } else {
+            self.failed = Some(err);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +455,137 @@ mod tests {
         let jobs = store.jobs().unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].key, FileKey::new(&a, "sub/x.csv"));
+
+        // A file selects itself, not a file whose name it begins.
+        let fp = Fingerprint::read(&dir.path().join("a/sub/x.csv")).unwrap();
+        for rel in ["subway.csv", "subway.csv.bak", "subway.csv/inner"] {
+            store
+                .record_uploaded(&FileKey::new(&a, rel), &fp, "remote", None)
+                .unwrap();
+        }
+        let file = ForgetRequest {
+            paths: vec![dir.path().join("a/subway.csv")],
+        };
+        assert_eq!(forget(&config, &store, &file).unwrap().forgotten, 2);
+        let left: Vec<String> = list(&config, &store, &ListRequest::default())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(
+            left,
+            vec![format!("{a}/subway.csv.bak"), format!("{b}/n.csv")]
+        );
+    }
+
+    fn uploaded(n: u64) -> Uploaded {
+        Uploaded {
+            path: format!("/data/in/f{n}.csv"),
+            folder: "/data/in".into(),
+            remote: format!("in/f{n}.csv"),
+            size: n * 1_000,
+            uploaded_at_ms: 1_764_547_200_000 + n,
+        }
+    }
+
+    /// What a printer prints for `files` taken one by one from a walk.
+    fn printed(json: bool, files: &[Uploaded]) -> String {
+        let mut out = Vec::new();
+        let mut printer = ListPrinter::new(&mut out, json);
+        for file in files {
+            assert!(printer.file(file).is_continue());
+        }
+        printer.walked();
+        printer.finish().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_list_printed_file_by_file_reads_as_the_whole_list_printed_at_once() {
+        for count in [0, 1, 3] {
+            let files: Vec<Uploaded> = (0..count).map(uploaded).collect();
+            let whole = serde_json::to_string_pretty(&files).unwrap() + "\n";
+            assert_eq!(printed(true, &files), whole, "{count} files as JSON");
+            let text = printed(false, &files);
+            assert_eq!(text.lines().count(), count as usize + 1, "{text}");
+            assert!(
+                text.ends_with(&format!("{count} file(s) uploaded\n")),
+                "{text}"
+            );
+        }
+        let one = printed(false, &[uploaded(2)]);
+        assert_eq!(
+            one.lines().next().unwrap(),
+            "2025-12-01T00:00:00Z     2.0 KiB  /data/in/f2.csv  ->  in/f2.csv"
+        );
+    }
+
+    /// Feeds `lines` to a printer as a daemon's list; what it printed, or its error.
+    fn from_daemon(lines: &[ListLine]) -> Result<String, String> {
+        let mut out = Vec::new();
+        let mut printer = ListPrinter::new(&mut out, false);
+        for line in lines {
+            if printer.line(&serde_json::to_vec(line).unwrap())?.is_break() {
+                break;
+            }
+        }
+        printer.finish()?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_daemons_list_is_whole_only_with_its_end_line_and_the_count_it_gives() {
+        let files = [ListLine::File(uploaded(1)), ListLine::File(uploaded(2))];
+        let whole = [
+            files[0].clone(),
+            files[1].clone(),
+            ListLine::End { files: 2 },
+        ];
+        assert!(
+            from_daemon(&whole)
+                .unwrap()
+                .ends_with("\n2 file(s) uploaded\n")
+        );
+
+        let cut = from_daemon(&files).unwrap_err();
+        assert!(cut.contains("broke off after 2 files"), "{cut}");
+        let miscounted = [files[0].clone(), ListLine::End { files: 2 }];
+        let miscounted = from_daemon(&miscounted).unwrap_err();
+        assert!(
+            miscounted.contains("listed 2 files but 1 arrived"),
+            "{miscounted}"
+        );
+        let failed = [
+            files[0].clone(),
+            ListLine::Failed("the database broke".into()),
+        ];
+        let failed = from_daemon(&failed).unwrap_err();
+        assert!(failed.contains("the database broke"), "{failed}");
+        let mut printer = ListPrinter::new(Vec::new(), false);
+        assert!(
+            printer
+                .line(b"<html>")
+                .unwrap_err()
+                .contains("malformed list line")
+        );
+    }
+
+    /// A writer whose reader went away.
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_stops_the_list_quietly() {
+        let mut printer = ListPrinter::new(ClosedPipe, false);
+        assert!(printer.file(&uploaded(1)).is_break());
+        assert_eq!(printer.finish(), Ok(()));
     }
 }

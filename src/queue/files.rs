@@ -1,6 +1,7 @@
-//! Walking a folder's files through their `ledger` entries: the files a whole-folder scan
-//! checks for at its end (those with a job and, in a folder that propagates deletions,
-//! those uploaded) without listing them all in memory.
+//! Walking a folder's files through their `ledger` entries without listing them all in
+//! memory: the files a whole-folder scan checks for at its end (those with a job and, in a
+//! folder that propagates deletions, those uploaded), and the uploads `upsync ls` lists
+//! and `upsync forget` selects.
 //!
 //! A walk reads [`VISIT_CHUNK`] entries at a time under one hold of the database, then
 //! hands the picked files to its caller with the database let go: the caller looks at each
@@ -9,8 +10,10 @@
 //! compaction swapping the database between two chunks changes nothing: keys are the same
 //! in the copy.
 
+use std::ops::ControlFlow;
+
 use super::record::FileRecord;
-use super::{FileKey, Store, StoreError, valid_key};
+use super::{FileKey, LedgerEntry, Store, StoreError, decode_ledger, valid_key};
 
 /// How many `ledger` entries a walk reads under one hold of the database.
 pub(super) const VISIT_CHUNK: usize = 4_096;
@@ -49,35 +52,78 @@ impl Store {
         pick: FilePick,
         mut visit: impl FnMut(&str),
     ) -> Result<(), StoreError> {
+        self.walk(
+            folder,
+            under,
+            |_, record| Ok(pick.picks(record).then_some(())),
+            |rel, ()| {
+                visit(rel);
+                ControlFlow::Continue(())
+            },
+        )
+    }
+
+    /// Hands `visit` each file of `folder` under `under` that the ledger records as
+    /// uploaded, with what it records, walking as [`Store::visit_files`] does; stops
+    /// early when `visit` breaks.
+    pub fn visit_uploads(
+        &self,
+        folder: &str,
+        under: &str,
+        visit: impl FnMut(&str, LedgerEntry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.walk(
+            folder,
+            under,
+            |raw_key, record| {
+                record
+                    .upload
+                    .map(|upload| decode_ledger(upload, raw_key))
+                    .transpose()
+            },
+            visit,
+        )
+    }
+
+    /// The walk of both: `take` reads what `visit` gets from each entry (`None`: the file
+    /// is passed over), chunk by chunk.
+    fn walk<T>(
+        &self,
+        folder: &str,
+        under: &str,
+        take: impl Fn(&[u8], FileRecord<'_>) -> Result<Option<T>, StoreError>,
+        mut visit: impl FnMut(&str, T) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         // A file key is the folder, a NUL, then the relative path: `under` is its prefix.
         let prefix = valid_key(&FileKey::new(folder, under))?;
         let rel_start = folder.len() + 1;
         let mut from = prefix.clone();
-        let mut picked = Vec::new();
+        let mut taken = Vec::new();
         loop {
-            let more = self.read_chunk(&prefix, &from, pick, &mut picked)?;
-            for raw_key in &picked {
-                if let Ok(rel) = std::str::from_utf8(&raw_key[rel_start..]) {
-                    visit(rel);
+            let more = self.read_chunk(&prefix, &from, &take, &mut taken)?;
+            for (raw_key, value) in taken.drain(..) {
+                if let Ok(rel) = std::str::from_utf8(&raw_key[rel_start..])
+                    && visit(rel, value).is_break()
+                {
+                    return Ok(());
                 }
             }
             match more {
                 Some(last) => from = successor(&last),
                 None => return Ok(()),
             }
-            picked.clear();
         }
     }
 
     /// Reads up to [`VISIT_CHUNK`] entries under `prefix` from `from` on, putting the keys
-    /// of those `pick` picks into `picked`; returns the last key read when the chunk was
-    /// full (there may be more), `None` when the prefix ended.
-    fn read_chunk(
+    /// of those `take` takes, with what it took, into `taken`; returns the last key read
+    /// when the chunk was full (there may be more), `None` when the prefix ended.
+    fn read_chunk<T>(
         &self,
         prefix: &[u8],
         from: &[u8],
-        pick: FilePick,
-        picked: &mut Vec<Vec<u8>>,
+        take: impl Fn(&[u8], FileRecord<'_>) -> Result<Option<T>, StoreError>,
+        taken: &mut Vec<(Vec<u8>, T)>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let handles = self.handles();
         let mut read = 0;
@@ -86,8 +132,8 @@ impl Store {
             if !raw_key.starts_with(prefix) {
                 return Ok(None);
             }
-            if pick.picks(FileRecord::split(&raw)) {
-                picked.push(raw_key.to_vec());
+            if let Some(value) = take(&raw_key, FileRecord::split(&raw))? {
+                taken.push((raw_key.to_vec(), value));
             }
             read += 1;
             if read == VISIT_CHUNK {

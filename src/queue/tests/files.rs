@@ -1,6 +1,8 @@
 //! Walking a folder's files through their ledger entries (module `files`): every picked
 //! file once and in order across the chunks a walk reads, none of another folder.
 
+use std::ops::ControlFlow;
+
 use super::super::files::VISIT_CHUNK;
 use super::*;
 
@@ -74,4 +76,59 @@ fn a_walk_hands_on_every_picked_file_once_in_order_across_its_chunks() {
         ["f00000"]
     );
     assert!(walked(&store, "/data/i", "", FilePick::WithJobOrUploaded).is_empty());
+}
+
+#[test]
+fn a_walk_of_uploads_hands_on_each_with_its_entry_across_chunks_until_told_to_stop() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let count = 2 * VISIT_CHUNK + 7;
+    let name = |n: usize| format!("f{n:05}");
+    let mut offers = Vec::new();
+    for n in 0..count {
+        if n % 50 == 3 {
+            // A file never uploaded: its entry names only its job, and is passed over.
+            offers.push((key(&name(n)), fp(1)));
+        } else {
+            store
+                .record_uploaded(&key(&name(n)), &fp(n as u64), &format!("r/{n}"), None)
+                .expect("records an upload");
+        }
+    }
+    store.offer_many(&offers).expect("offers");
+    let uploaded: Vec<usize> = (0..count).filter(|n| n % 50 != 3).collect();
+
+    let mut seen = Vec::new();
+    store
+        .visit_uploads("/data/in", "", |rel, entry| {
+            seen.push((rel.to_owned(), entry.remote, entry.fingerprint));
+            ControlFlow::Continue(())
+        })
+        .expect("the walk reads the ledger");
+    let expected: Vec<_> = uploaded
+        .iter()
+        .map(|&n| (name(n), format!("r/{n}"), fp(n as u64)))
+        .collect();
+    assert_eq!(seen.len(), expected.len());
+    if let Some(at) = (0..seen.len()).find(|&i| seen[i] != expected[i]) {
+        panic!(
+            "first difference at {at}: {:?}, expected {:?}",
+            seen[at], expected[at]
+        );
+    }
+
+    // Told to stop after a chunk and a half, it reads no further.
+    let stop_after = VISIT_CHUNK + VISIT_CHUNK / 2;
+    let mut handed = 0;
+    store
+        .visit_uploads("/data/in", "", |_, _| {
+            handed += 1;
+            if handed == stop_after {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("the walk reads the ledger");
+    assert_eq!(handed, stop_after);
 }
