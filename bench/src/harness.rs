@@ -521,7 +521,7 @@ impl Daemon {
 
     /// Peak resident set size so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> BenchResult<u64> {
-        Ok(proc_field(&read_proc(self.pid, "status")?, "VmHWM:", self.pid)? * 1024)
+        peak_rss_of(self.pid)
     }
 
     /// What the kernel counts for the daemon process so far.
@@ -661,6 +661,11 @@ impl ProcSample {
 fn read_proc(pid: u32, file: &str) -> BenchResult<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .map_err(|e| format!("read /proc/{pid}/{file}: {e}"))
+}
+
+/// A process's peak resident set size so far (`VmHWM`), in bytes.
+pub fn peak_rss_of(pid: u32) -> BenchResult<u64> {
+    Ok(proc_field(&read_proc(pid, "status")?, "VmHWM:", pid)? * 1024)
 }
 
 /// The number after `label` on its line (`kB` units are left to the caller).

@@ -1,6 +1,7 @@
-//! What `upsync status` and a metrics scrape cost with a large ledger, against the same
-//! with a ledger of ten files: both read a few entries per folder, so the two should cost
-//! the same.
+//! What `upsync status`, a metrics scrape, `upsync forget` and `upsync ls` cost with a
+//! large ledger, against the same with a ledger of ten files: the first three read a few
+//! entries per folder or per file, so they should cost the same at both sizes; a list
+//! prints every file, and should take time with the ledger but not memory.
 //!
 //! 1. Fill a state database directly (no uploads): the ledger entries spread over
 //!    [`FOLDERS`] folders. One transaction per entry, each also rewriting its folder's
@@ -8,8 +9,13 @@
 //!    uploads in batches); the daemon compacts it in step 2.
 //! 2. Start the daemon over it with `metrics_listen`. Once idle it compacts the database
 //!    as it would after recording the uploads itself (its time and the daemon's peak
-//!    memory are reported). Scrape `/metrics`: the median of [`SCRAPES`]. Stop it.
-//! 3. `upsync status --json` on the stopped daemon: the best of [`ROUNDS`]. The daemon's
+//!    memory are reported). Scrape `/metrics`: the median of [`SCRAPES`].
+//! 3. `upsync ls` through the daemon, once: its time and lines, the command's peak RSS,
+//!    the daemon's RSS before it, the highest sampled during it and a second after. Then
+//!    `upsync forget` of one file through the daemon: the best of [`ROUNDS`], a file of
+//!    another folder each time (the files are not on disk: each is only forgotten). Stop
+//!    the daemon.
+//! 4. `upsync status --json` on the stopped daemon: the best of [`ROUNDS`]. The daemon's
 //!    orderly stop left the status summary, which the command reads. Then the same
 //!    without it, as after a crash (the summary removed before each run): the command
 //!    opens the database.
@@ -28,6 +34,9 @@ const FOLDERS: u64 = 10;
 const ROUNDS: usize = 5;
 const SCRAPES: usize = 21;
 const STATUS_TARGET: Duration = Duration::from_millis(50);
+const FORGET_TARGET: Duration = Duration::from_millis(50);
+/// How much more the command may hold listing the large ledger than the small one.
+const LIST_MEMORY_GROWTH: f64 = 2.0;
 const SCRAPE_TARGET: Duration = Duration::from_millis(10);
 
 /// The two costs for one ledger size, and what the state database took.
@@ -40,6 +49,20 @@ struct Costs {
     compaction: Option<Compacted>,
     daemon_peak_rss: u64,
     on_disk_bytes: u64,
+    listing: Listing,
+    forget: Duration,
+}
+
+/// What one `upsync ls` through the running daemon cost.
+struct Listing {
+    took: Duration,
+    lines: u64,
+    command_peak_rss: u64,
+    daemon_before: u64,
+    /// The daemon's highest RSS sampled during the list.
+    daemon_during: u64,
+    /// The daemon's RSS a second after the list.
+    daemon_after: u64,
 }
 
 pub async fn status_cost(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
@@ -81,15 +104,19 @@ async fn measure(ctx: &Ctx, emulator: &Emulator, name: &str, entries: u64) -> Be
     let running = async {
         let compaction = wait_compaction(&daemon).await?;
         let peak = daemon.peak_rss()?;
-        Ok::<_, String>((compaction, peak, scrapes(&daemon).await?))
+        let scrape = scrapes(&daemon).await?;
+        let listing = list_through(ctx, &daemon, &config_path, entries).await?;
+        let forget = forget_one_by_one(ctx, &config, &config_path).await?;
+        Ok::<_, String>((compaction, peak, scrape, listing, forget))
     }
     .await;
     daemon.terminate().await?;
-    let (compaction, daemon_peak_rss, scrape) = running?;
+    let (compaction, daemon_peak_rss, scrape, listing, forget) = running?;
     let on_disk_bytes = db_files_size(&config.state_dir)?;
-    let status = stopped_status(ctx, &config_path, entries, None).await?;
+    let left = entries - ROUNDS as u64;
+    let status = stopped_status(ctx, &config_path, left, None).await?;
     let summary = config.state_dir.join(upsync::queue::SUMMARY_FILE);
-    let status_opening = stopped_status(ctx, &config_path, entries, Some(&summary)).await?;
+    let status_opening = stopped_status(ctx, &config_path, left, Some(&summary)).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Costs {
         status,
@@ -99,6 +126,8 @@ async fn measure(ctx: &Ctx, emulator: &Emulator, name: &str, entries: u64) -> Be
         compaction,
         daemon_peak_rss,
         on_disk_bytes,
+        listing,
+        forget,
     })
 }
 
@@ -115,7 +144,7 @@ async fn fill(config: &DaemonConfig, entries: u64) -> BenchResult<()> {
         let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
         for n in 0..entries {
             let folder = &folders[(n % FOLDERS) as usize];
-            let rel = format!("d{:04}/f{n:07}.bin", n / 100 % 10_000);
+            let rel = rel_of(n);
             let fingerprint = Fingerprint {
                 size: 1024,
                 mtime_ns: 1_700_000_000_000_000_000 + i128::from(n),
@@ -135,6 +164,135 @@ async fn fill(config: &DaemonConfig, entries: u64) -> BenchResult<()> {
     })
     .await
     .map_err(|e| format!("filling the state database failed: {e}"))?
+}
+
+/// The relative path `fill` gives the `n`th entry (in folder `n % FOLDERS`).
+fn rel_of(n: u64) -> String {
+    format!("d{:04}/f{n:07}.bin", n / 100 % 10_000)
+}
+
+/// One `upsync ls` through the running daemon (step 3), checking that it lists every entry.
+async fn list_through(
+    ctx: &Ctx,
+    daemon: &Daemon,
+    config_path: &Path,
+    entries: u64,
+) -> BenchResult<Listing> {
+    let daemon_before = daemon.sample()?.rss;
+    let bin = ctx.bin.clone();
+    let config_path = config_path.to_path_buf();
+    let command = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let (lines, command_peak_rss) = lines_and_peak_rss(&bin, &["ls", "-c"], &config_path)?;
+        Ok::<_, String>((started.elapsed(), lines, command_peak_rss))
+    });
+    let mut daemon_during = daemon_before;
+    while !command.is_finished() {
+        daemon_during = daemon_during.max(daemon.sample()?.rss);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (took, lines, command_peak_rss) = command
+        .await
+        .map_err(|e| format!("upsync ls did not finish: {e}"))??;
+    // A line per file and the count.
+    if lines != entries + 1 {
+        return Err(format!(
+            "upsync ls printed {lines} lines for {entries} files"
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Listing {
+        took,
+        lines,
+        command_peak_rss,
+        daemon_before,
+        daemon_during,
+        daemon_after: daemon.sample()?.rss,
+    })
+}
+
+/// Runs `bin args config_path` to its end, counting the lines it prints without keeping
+/// them; its lines and its peak RSS, in bytes: its `VmHWM`, read every millisecond while
+/// it runs (the last reading; a list of ten files takes about ten). Not `wait4`'s `ru_maxrss`: Linux carries into it the high-water mark
+/// of the process that spawned the command, here this benchmark with its own database.
+fn lines_and_peak_rss(bin: &Path, args: &[&str], config_path: &Path) -> BenchResult<(u64, u64)> {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let what = format!("{} {}", bin.display(), args.join(" "));
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .arg(config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let (peak, done) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sampler = {
+        let (peak, done, pid) = (Arc::clone(&peak), Arc::clone(&done), child.id());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(bytes) = peak_rss_of(pid) {
+                    peak.fetch_max(bytes, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut lines = 0;
+    let read = loop {
+        match stdout.read(&mut buffer) {
+            Ok(0) => break Ok(()),
+            Ok(read) => lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(e) => break Err(format!("reading {what}: {e}")),
+        }
+    };
+    let status = child.wait().map_err(|e| format!("waiting for {what}: {e}"));
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    read?;
+    let status = status?;
+    if !status.success() {
+        return Err(format!("{what} failed: {status}"));
+    }
+    Ok((lines, peak.load(Ordering::Relaxed)))
+}
+
+/// The best of [`ROUNDS`] runs of `upsync forget` of one file through the running daemon
+/// (step 3): the first file of folder `r` in round `r`, present at both ledger sizes.
+async fn forget_one_by_one(
+    ctx: &Ctx,
+    config: &DaemonConfig,
+    config_path: &Path,
+) -> BenchResult<Duration> {
+    let mut best = Duration::MAX;
+    for round in 0..ROUNDS as u64 {
+        let (folder, _) = &config.folders[(round % FOLDERS) as usize];
+        let file = folder.join(rel_of(round));
+        let started = Instant::now();
+        let out = tokio::process::Command::new(&ctx.bin)
+            .args(["forget", "-c"])
+            .arg(config_path)
+            .arg(&file)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", ctx.bin.display()))?;
+        best = best.min(started.elapsed());
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !said.contains("1 upload(s) forgotten") {
+            return Err(format!(
+                "upsync forget {} said: {said}{}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(best)
 }
 
 /// The best of [`ROUNDS`] runs of `upsync status --json` on a stopped daemon's database,
@@ -277,5 +435,42 @@ fn rows(entries: u64, small: &Costs, large: &Costs) -> Vec<Row> {
             small.scrape,
             SCRAPE_TARGET,
         ),
+        row(
+            "`upsync forget` of one file through the running daemon (best of 5, process start included)",
+            large.forget,
+            small.forget,
+            FORGET_TARGET,
+        ),
+        list_row(entries, small, large),
     ]
+}
+
+fn list_row(entries: u64, small: &Costs, large: &Costs) -> Row {
+    let (l, s) = (&large.listing, &small.listing);
+    let growth = l.command_peak_rss as f64 / s.command_peak_rss as f64;
+    Row {
+        figure: format!(
+            "`upsync ls` through the running daemon, {entries} ledger entries: time and lines; the command's peak RSS; the daemon's RSS before it, the highest sampled during it and a second after it (baseline: 10 entries)"
+        ),
+        upsync: format!(
+            "{:.2} s, {} lines; command {:.1} MiB; daemon {:.1} → {:.1} → {:.1} MiB",
+            l.took.as_secs_f64(),
+            l.lines,
+            mib(l.command_peak_rss),
+            mib(l.daemon_before),
+            mib(l.daemon_during),
+            mib(l.daemon_after)
+        ),
+        baseline: format!(
+            "{:.3} s; command {:.1} MiB; daemon {:.1} → {:.1} → {:.1} MiB",
+            s.took.as_secs_f64(),
+            mib(s.command_peak_rss),
+            mib(s.daemon_before),
+            mib(s.daemon_during),
+            mib(s.daemon_after)
+        ),
+        ratio: format!("{growth:.2}"),
+        target: format!("command ≤ {LIST_MEMORY_GROWTH:.1}× its baseline"),
+        verdict: Verdict::of(growth <= LIST_MEMORY_GROWTH),
+    }
 }

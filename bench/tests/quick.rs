@@ -51,6 +51,8 @@ fn quick_benchmark_prints_every_figure() {
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): state database on disk",
         "`upsync status --json`, daemon stopped",
         "Metrics scrape of a running daemon",
+        "`upsync forget` of one file through the running daemon",
+        "`upsync ls` through the running daemon",
     ];
     if shm_is_tmpfs() {
         figures.push("the same, the emulator storing in memory (tmpfs)");
