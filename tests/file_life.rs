@@ -274,7 +274,7 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
 #[test]
 fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical() {
     let s = Setup::with_kifs_folder_extra("on_delete = \"delete\"");
-    for name in ["same.csv", "changed.csv", "gone.csv"] {
+    for name in ["same.csv", "changed.csv", "gone.csv", "now-a-dir.csv"] {
         std::fs::write(s.kin.join(name), format!("{name}\n")).unwrap();
         backdate(&s.kin.join(name), 60);
     }
@@ -291,6 +291,9 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
     std::fs::write(s.kin.join("draft.tmp"), "excluded\n").unwrap();
     backdate(&s.kin.join("draft.tmp"), 30);
     std::fs::remove_file(s.kin.join("gone.csv")).unwrap();
+    // Something else at an uploaded file's path: the daemon deletes nothing for it.
+    std::fs::remove_file(s.kin.join("now-a-dir.csv")).unwrap();
+    std::fs::create_dir(s.kin.join("now-a-dir.csv")).unwrap();
 
     let state = s.config.parent().unwrap().join("state");
     let database = tree_hashes(&state.join("db"));

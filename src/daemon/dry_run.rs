@@ -5,14 +5,21 @@
 //!    the database and would change it under the look.
 //! 2. Copy the state database to a temporary directory and open the copy (sled may write
 //!    when it opens a database; the original is never opened). The copy is removed after.
-//! 3. Walk each folder (symlinks not followed) and sort every file: excluded by the
-//!    folder's globs, failed earlier (that version, until `upsync retry`), already
-//!    uploaded, not settled (written within `settle`), or to upload: new or changed.
-//! 4. In a folder with `on_delete = "delete"`, each uploaded file that is gone is a
+//! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
+//!    looking its version up in the ledger: excluded by the folder's globs, failed earlier
+//!    (that version, until `upsync retry`), already uploaded, not settled (written within
+//!    `settle`), or to upload: new or changed.
+//! 4. In a folder with `on_delete = "delete"` whose ledger holds more uploads than step 3
+//!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
+//!    at its path any more (`watch::is_gone`, as the daemon decides when a scan ends) is a
 //!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
 //!    of the folder) would be held by the mass-delete guard, which the plan says.
+//!
+//! Neither the folder's files nor its ledger are held in memory: the plan holds what it
+//! lists (uploads, deletions, skipped files) and counts the files already up to date.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +29,8 @@ use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Job, JobState, LedgerEntry, Store};
-use crate::watch::filter::Filter;
+use crate::queue::{FileKey, FilePick, Job, JobState, Store};
+use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -147,12 +154,6 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<FolderPlan, String> {
     let key = folder.path.to_string_lossy().into_owned();
     let filter = Filter::new(&folder.include, &folder.exclude).map_err(|err| err.to_string())?;
-    let ledger: BTreeMap<String, LedgerEntry> = store
-        .ledger_entries(Some(&key))
-        .map_err(|err| err.to_string())?
-        .into_iter()
-        .map(|(file, entry)| (file.rel, entry))
-        .collect();
     let failed: BTreeMap<&str, (&Fingerprint, &str)> = jobs
         .iter()
         .filter(|job| job.key.folder == key)
@@ -168,12 +169,15 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         target: describe_target(&folder.target),
         ..FolderPlan::default()
     };
-    let mut present = std::collections::BTreeSet::new();
+    // Files found with an upload in the ledger: when that is all of its uploads, none is gone.
+    let mut found_uploaded = 0;
     for (rel, meta) in files_of(folder) {
         let path = FileKey::new(&key, &rel).path().display().to_string();
-        present.insert(rel.clone());
         let fingerprint = Fingerprint::of(&meta);
-        let recorded = ledger.get(&rel);
+        let recorded = store
+            .ledger_get(&FileKey::new(&key, &rel))
+            .map_err(|err| err.to_string())?;
+        found_uploaded += u64::from(recorded.is_some());
         if !accepted(&filter, &rel) {
             plan.skipped.push(Skipped {
                 path,
@@ -187,7 +191,10 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
                 path,
                 why: format!("failed earlier (until `upsync retry`): {reason}"),
             });
-        } else if recorded.is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint)) {
+        } else if recorded
+            .as_ref()
+            .is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint))
+        {
             plan.up_to_date += 1;
         } else if let Some(age) = younger_than(&meta, folder.settle) {
             plan.skipped.push(Skipped {
@@ -208,27 +215,34 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         }
     }
     if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() {
-        plan.delete = ledger
-            .iter()
-            .filter(|(rel, _)| !present.contains(*rel))
-            .map(|(rel, entry)| PlannedDelete {
-                path: FileKey::new(&key, rel.as_str())
-                    .path()
-                    .display()
-                    .to_string(),
-                remote: entry.remote.clone(),
+        let mut uploads = 0;
+        store
+            .visit_files(&key, "", FilePick::Uploaded, |_| uploads += 1)
+            .map_err(|err| err.to_string())?;
+        if uploads == found_uploaded {
+            return Ok(plan);
+        }
+        store
+            .visit_uploads(&key, "", |rel, entry| {
+                let path = FileKey::new(&key, rel).path();
+                if watch::is_gone(&path) {
+                    plan.delete.push(PlannedDelete {
+                        path: path.display().to_string(),
+                        remote: entry.remote,
+                    });
+                }
+                ControlFlow::Continue(())
             })
-            .collect();
-        plan.deletions_held =
-            guard_would_hold(folder, plan.delete.len() as u64, ledger.len() as u64);
+            .map_err(|err| err.to_string())?;
+        plan.deletions_held = guard_would_hold(folder, plan.delete.len() as u64, uploads);
     }
     Ok(plan)
 }
 
 /// Every regular file of the folder (not following symlinks), excluded ones included, by
-/// `/`-separated relative path; names that are not UTF-8 are left out (they are never
-/// uploaded).
-fn files_of(folder: &FolderConfig) -> Vec<(String, std::fs::Metadata)> {
+/// `/`-separated relative path, as the walk reaches it; names that are not UTF-8 are left
+/// out (they are never uploaded).
+fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Metadata)> + '_ {
     let depth = if folder.recursive { usize::MAX } else { 1 };
     walkdir::WalkDir::new(&folder.path)
         .max_depth(depth)
@@ -245,7 +259,6 @@ fn files_of(folder: &FolderConfig) -> Vec<(String, std::fs::Metadata)> {
                 .to_string();
             Some((rel, entry.metadata().ok()?))
         })
-        .collect()
 }
 
 /// Whether the file is a candidate: accepted itself, and in no excluded directory.

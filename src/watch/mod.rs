@@ -456,14 +456,20 @@ fn vanished_files(
 ) -> Vec<FileKey> {
     let mut gone = Vec::new();
     sink.visit_tracked(folder_key, under, &mut |rel| {
-        if matches!(
-            std::fs::symlink_metadata(root.join(rel)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound
-        ) {
+        if is_gone(&root.join(rel)) {
             gone.push(FileKey::new(folder_key, rel));
         }
     });
     gone
+}
+
+/// Whether a file the ledger or the queue tracks is gone: nothing is at its path any more
+/// (a directory or a link in its place is not a deletion of the file).
+pub(crate) fn is_gone(path: &std::path::Path) -> bool {
+    matches!(
+        std::fs::symlink_metadata(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    )
 }
 
 #[cfg(test)]
