@@ -419,15 +419,21 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 paths: paths.iter().map(|p| absolute(p)).collect(),
             };
             let body = serde_json::to_vec(&request).expect("forget request serializes");
-            let answer = match ask_daemon::<history::ForgetResponse>(
+            let done = RefCell::new(None);
+            let answer = ask_daemon_or(
                 &config,
-                "POST",
-                "/forget",
-                Some(&body),
+                || {
+                    control::request_lines(&config.state_dir, "/forget", &body, |line| {
+                        history::forget_answer(line, &mut done.borrow_mut())
+                    })
+                },
+                Store::open,
             )
-            .await?
-            {
-                Answer::Daemon(answer) => answer,
+            .await?;
+            let answer = match answer {
+                Answer::Daemon(()) => done.into_inner().ok_or_else(|| {
+                    Failure::runtime("the daemon's answer broke off before the forgetting ended")
+                })?,
                 Answer::Stopped(store) => {
                     history::forget(&config, &store, &request).map_err(Failure::runtime)?
                 }

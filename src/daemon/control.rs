@@ -2,8 +2,9 @@
 //! answers `upsync status`, `retry`, `ls` and `forget`, since the state database is locked
 //! while it runs. Plain HTTP/1.0: `GET /status`, `POST /retry` with a JSON
 //! [`RetryRequest`], `POST /ls` with a [`history::ListRequest`], `POST /forget` with a
-//! [`history::ForgetRequest`]. Each answers one JSON value, except `/ls`: its list comes
-//! as it is read, one [`history::ListLine`] a line, until the connection closes.
+//! [`history::ForgetRequest`]. `/status` and `/retry` answer one JSON value; `/ls` and
+//! `/forget` answer JSON lines as the work goes ([`history::ListLine`],
+//! [`history::ForgetLine`]), until the connection closes.
 
 use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
@@ -144,25 +145,35 @@ async fn list(
         // 200,000 files left 15-35 MB more resident than the one before until trimmed.
         super::heap::trim();
     });
-    let blocks = futures::stream::unfold(receiver, |mut receiver| async move {
-        let block = receiver.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(block), receiver))
+    Ok(streamed(receiver))
+}
+
+/// An answer of JSON lines, sent as `lines` receives them, until its sender is dropped.
+fn streamed(lines: mpsc::Receiver<Vec<u8>>) -> Response {
+    let blocks = futures::stream::unfold(lines, |mut lines| async move {
+        let block = lines.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(block), lines))
     });
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(blocks),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn forget(
     State(state): State<Arc<ControlState>>,
     Json(request): Json<history::ForgetRequest>,
-) -> Result<Json<history::ForgetResponse>, (StatusCode, String)> {
-    let forgotten = history::forget(&state.config.get(), &state.store, &request)
+) -> Result<Response, (StatusCode, String)> {
+    let located = history::locate_all(&state.config.get(), &request)
         .map_err(|err| (StatusCode::BAD_REQUEST, err))?;
-    state.wake.notify_waiters();
-    Ok(Json(forgotten))
+    let (sender, receiver) = mpsc::channel::<Vec<u8>>(2);
+    let (store, wake) = (state.store.clone(), Arc::clone(&state.wake));
+    tokio::task::spawn_blocking(move || {
+        history::send_forget(&store, &located, &sender);
+        wake.notify_waiters();
+    });
+    Ok(streamed(receiver))
 }
 
 /// How long a request may wait for the daemon: for the whole answer, or for each line
@@ -419,6 +430,56 @@ mod tests {
             refused.contains("400") && refused.contains("/not/configured"),
             "{refused}"
         );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_forget_answers_its_counts_after_each_batch_then_the_final_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = 1_500;
+        let (config, store, stop) = serving(dir.path(), files).await;
+        let folder = &config.folders[0].path;
+        let request = history::ForgetRequest {
+            paths: vec![folder.clone()],
+        };
+        let body = serde_json::to_vec(&request).unwrap();
+        let mut lines = Vec::new();
+        control_answered(
+            request_lines(&config.state_dir, "/forget", &body, |line| {
+                lines.push(serde_json::from_slice(line).map_err(|err| err.to_string())?);
+                Ok(ControlFlow::Continue(()))
+            })
+            .await,
+        )
+        .unwrap();
+        let done = history::ForgetResponse {
+            forgotten: files,
+            queued: 0,
+        };
+        assert_eq!(lines.last(), Some(&history::ForgetLine::Done(done)));
+        let progress: Vec<usize> = lines
+            .iter()
+            .filter_map(|line| match line {
+                history::ForgetLine::Progress(so_far) => Some(so_far.forgotten),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(progress, vec![512, 1_024, 1_500]);
+        let key = folder.to_string_lossy();
+        let counts = store.counts().unwrap();
+        assert_eq!(counts.get(key.as_ref()).map_or(0, |c| c.done), 0);
+
+        // A path in no folder is refused before anything is forgotten.
+        let elsewhere = serde_json::to_vec(&history::ForgetRequest {
+            paths: vec![PathBuf::from("/not/watched.csv")],
+        })
+        .unwrap();
+        let refused = request_lines(&config.state_dir, "/forget", &elsewhere, |_| {
+            Ok(ControlFlow::Continue(()))
+        })
+        .await
+        .unwrap_err();
+        assert!(refused.contains("/not/watched.csv"), "{refused}");
         stop.cancel();
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Store, StoreError};
+use crate::queue::{FileKey, Store, StoreError};
 
 /// One uploaded file, as `upsync ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,7 +145,7 @@ pub fn send_list(store: &Store, folders: &[String], lines: &mpsc::Sender<Vec<u8>
     let _ = lines.blocking_send(block);
 }
 
-fn push_line(block: &mut Vec<u8>, line: &ListLine) {
+fn push_line(block: &mut Vec<u8>, line: &impl Serialize) {
     serde_json::to_writer(&mut *block, line).expect("a list line always serializes");
     block.push(b'\n');
 }
@@ -163,6 +163,21 @@ fn list(config: &Config, store: &Store, request: &ListRequest) -> Result<Vec<Upl
     Ok(files)
 }
 
+/// One line of a running daemon's answer to `upsync forget` (JSON, a line each): the
+/// counts so far after each batch, then the final counts, or what stopped it. The lines
+/// keep a long forget (a directory of a million files) from looking like a daemon that
+/// does not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgetLine {
+    Progress(ForgetResponse),
+    Done(ForgetResponse),
+    Failed(String),
+}
+
+/// How many files one transaction forgets.
+const FORGET_BATCH: usize = 512;
+
 /// Forgets the uploads of `request.paths` (module doc). Every path is resolved before
 /// anything is dropped, so a mistyped one changes nothing.
 pub fn forget(
@@ -170,21 +185,118 @@ pub fn forget(
     store: &Store,
     request: &ForgetRequest,
 ) -> Result<ForgetResponse, String> {
-    let mut selected = Vec::new();
-    for path in &request.paths {
-        let (folder, rel) = locate(config, path)?;
-        selected.extend(under(store, &folder, &rel).map_err(|e| e.to_string())?);
-    }
-    let mut response = ForgetResponse::default();
-    for key in selected {
-        let current = Fingerprint::read(&key.path()).ok();
-        if store
-            .forget(&key, current.as_ref())
-            .map_err(|e| e.to_string())?
-        {
-            response.forgotten += 1;
-            response.queued += usize::from(current.is_some());
+    let located = locate_all(config, request)?;
+    forget_located(store, &located, |_| ControlFlow::Continue(())).map_err(|e| e.to_string())
+}
+
+/// Forgets the located paths as [`forget_located`] does, sending a [`ForgetLine`] into
+/// `lines` after each batch and the final counts last. A reader gone meanwhile does not
+/// stop it: what was asked is done. Blocks: run it off the runtime.
+pub fn send_forget(store: &Store, located: &[(String, String)], lines: &mpsc::Sender<Vec<u8>>) {
+    let send = |line: &ForgetLine| {
+        let mut block = Vec::new();
+        push_line(&mut block, line);
+        let _ = lines.blocking_send(block);
+    };
+    let forgotten = forget_located(store, located, |so_far| {
+        send(&ForgetLine::Progress(so_far.clone()));
+        ControlFlow::Continue(())
+    });
+    send(&match forgotten {
+        Ok(response) => ForgetLine::Done(response),
+        Err(err) => ForgetLine::Failed(err.to_string()),
+    });
+}
+
+/// Takes one line of a daemon's answer to `upsync forget` into `done`: breaks with the
+/// final counts; a line saying it failed, or one that is not an answer, is an error. A
+/// daemon started from an upsync before answers were streamed sends its counts alone.
+pub fn forget_answer(
+    line: &[u8],
+    done: &mut Option<ForgetResponse>,
+) -> Result<ControlFlow<()>, String> {
+    let line = match serde_json::from_slice::<ForgetLine>(line) {
+        Ok(line) => line,
+        Err(err) => match serde_json::from_slice::<ForgetResponse>(line) {
+            Ok(counts) => ForgetLine::Done(counts),
+            Err(_) => return Err(format!("malformed answer from the daemon: {err}")),
+        },
+    };
+    match line {
+        ForgetLine::Progress(_) => Ok(ControlFlow::Continue(())),
+        ForgetLine::Done(counts) => {
+            *done = Some(counts);
+            Ok(ControlFlow::Break(()))
         }
+        ForgetLine::Failed(reason) => {
+            Err(format!("the daemon could not forget them all: {reason}"))
+        }
+    }
+}
+
+/// Step 1 for every path of `request`: its folder and its path inside it.
+pub fn locate_all(
+    config: &Config,
+    request: &ForgetRequest,
+) -> Result<Vec<(String, String)>, String> {
+    request
+        .paths
+        .iter()
+        .map(|path| locate(config, path))
+        .collect()
+}
+
+/// Steps 2 and 3 for the located paths, [`FORGET_BATCH`] files to a transaction, handing
+/// `progress` the counts after each batch (it may stop the forgetting there).
+pub fn forget_located(
+    store: &Store,
+    located: &[(String, String)],
+    mut progress: impl FnMut(&ForgetResponse) -> ControlFlow<()>,
+) -> Result<ForgetResponse, StoreError> {
+    let mut response = ForgetResponse::default();
+    let mut batch = Vec::with_capacity(FORGET_BATCH);
+    let mut failed = None;
+    let mut forget_batch = |batch: &mut Vec<FileKey>, response: &mut ForgetResponse| {
+        let files: Vec<(FileKey, Option<Fingerprint>)> = batch
+            .drain(..)
+            .map(|key| {
+                let current = Fingerprint::read(&key.path()).ok();
+                (key, current)
+            })
+            .collect();
+        let dropped = store.forget_many(&files)?;
+        for ((_, current), dropped) in files.iter().zip(dropped) {
+            if dropped {
+                response.forgotten += 1;
+                response.queued += usize::from(current.is_some());
+            }
+        }
+        Ok::<_, StoreError>(progress(response))
+    };
+    for (folder, rel) in located {
+        let stopped = under(store, folder, rel, |key| {
+            batch.push(key);
+            if batch.len() < FORGET_BATCH {
+                return ControlFlow::Continue(());
+            }
+            match forget_batch(&mut batch, &mut response) {
+                Ok(flow) => flow,
+                Err(err) => {
+                    failed = Some(err);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        if stopped {
+            return Ok(response);
+        }
+    }
+    if !batch.is_empty() {
+        // The last batch: nothing is left for `progress` to stop.
+        let _ = forget_batch(&mut batch, &mut response)?;
     }
     Ok(response)
 }
@@ -210,12 +322,17 @@ fn locate(config: &Config, path: &Path) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{} is in no configured folder", path.display()))
 }
 
-/// Step 2: the ledger keys of the file `rel` of `folder`, or of every file under it.
-fn under(store: &Store, folder: &str, rel: &str) -> Result<Vec<FileKey>, StoreError> {
-    let mut keys = Vec::new();
+/// Step 2: hands `select` the ledger key of the file `rel` of `folder`, or of every file
+/// under it, until it breaks; whether it broke.
+fn under(
+    store: &Store,
+    folder: &str,
+    rel: &str,
+    mut select: impl FnMut(FileKey) -> ControlFlow<()>,
+) -> Result<bool, StoreError> {
     let file = FileKey::new(folder, rel);
-    if !rel.is_empty() && store.ledger_get(&file)?.is_some() {
-        keys.push(file);
+    if !rel.is_empty() && store.ledger_get(&file)?.is_some() && select(file).is_break() {
+        return Ok(true);
     }
     // `rel/`, not `rel`: a directory `sub` holds `sub/x.csv`, not `subway.csv` beside it.
     let inside = if rel.is_empty() {
@@ -223,10 +340,13 @@ fn under(store: &Store, folder: &str, rel: &str) -> Result<Vec<FileKey>, StoreEr
     } else {
         format!("{rel}/")
     };
-    store.visit_files(folder, &inside, FilePick::Uploaded, |path| {
-        keys.push(FileKey::new(folder, path));
+    let mut stopped = false;
+    store.visit_uploads(folder, &inside, |path, _| {
+        let flow = select(FileKey::new(folder, path));
+        stopped = flow.is_break();
+        flow
     })?;
-    Ok(keys)
+    Ok(stopped)
 }
 
 fn folder_named<'a>(config: &'a Config, path: &Path) -> Result<&'a FolderConfig, String> {
@@ -475,6 +595,95 @@ mod tests {
         assert_eq!(
             left,
             vec![format!("{a}/subway.csv.bak"), format!("{b}/n.csv")]
+        );
+    }
+
+    #[test]
+    fn a_large_directory_is_forgotten_a_batch_at_a_time_with_the_counts_after_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let store = Store::open(&config.state_dir).unwrap();
+        let a = dir.path().join("a").to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.path().join("a/big")).unwrap();
+        std::fs::write(dir.path().join("a/big/a-kept.csv"), "x").unwrap();
+        let fp = Fingerprint::read(&dir.path().join("a/big/a-kept.csv")).unwrap();
+        let files = 2 * FORGET_BATCH + 3;
+        for n in 0..files {
+            let rel = if n == 0 {
+                "big/a-kept.csv".to_string()
+            } else {
+                format!("big/f{n:05}.csv")
+            };
+            store
+                .record_uploaded(&FileKey::new(&a, rel.as_str()), &fp, "remote", None)
+                .unwrap();
+        }
+        store
+            .record_uploaded(&FileKey::new(&a, "beside.csv"), &fp, "remote", None)
+            .unwrap();
+        let located = vec![(a.clone(), "big".to_string())];
+
+        // Stopped after its first batch: that batch is forgotten, whole, and nothing else.
+        let mut seen = Vec::new();
+        let first = forget_located(&store, &located, |so_far| {
+            seen.push(so_far.clone());
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        let one_batch = ForgetResponse {
+            forgotten: FORGET_BATCH,
+            queued: 1,
+        };
+        assert_eq!((first, seen), (one_batch.clone(), vec![one_batch]));
+        let left = |store: &Store| list(&config, store, &ListRequest::default()).unwrap().len();
+        assert_eq!(left(&store), files + 1 - FORGET_BATCH);
+
+        // Run to its end: the counts after each batch, the rest forgotten, `beside.csv` kept.
+        let mut seen = Vec::new();
+        let rest = forget_located(&store, &located, |so_far| {
+            seen.push(so_far.forgotten);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(rest.forgotten, files - FORGET_BATCH);
+        assert_eq!(rest.queued, 0, "a-kept.csv was queued by the first run");
+        assert_eq!(seen, vec![FORGET_BATCH, files - FORGET_BATCH]);
+        assert_eq!(left(&store), 1);
+        assert_eq!(store.jobs().unwrap().len(), 1, "a-kept.csv, queued once");
+    }
+
+    #[test]
+    fn a_daemons_answer_to_forget_ends_with_its_counts() {
+        let counts = ForgetResponse {
+            forgotten: 3,
+            queued: 2,
+        };
+        let line = |line: &ForgetLine| serde_json::to_vec(line).unwrap();
+        let mut done = None;
+        let progress = ForgetLine::Progress(ForgetResponse::default());
+        assert!(
+            forget_answer(&line(&progress), &mut done)
+                .unwrap()
+                .is_continue()
+        );
+        assert_eq!(done, None);
+        let end = ForgetLine::Done(counts.clone());
+        assert!(forget_answer(&line(&end), &mut done).unwrap().is_break());
+        assert_eq!(done, Some(counts.clone()));
+
+        // A daemon from before the lines answers with its counts alone.
+        let mut done = None;
+        let older = serde_json::to_vec(&counts).unwrap();
+        assert!(forget_answer(&older, &mut done).unwrap().is_break());
+        assert_eq!(done, Some(counts));
+
+        let failed = ForgetLine::Failed("the disk is full".into());
+        let failed = forget_answer(&line(&failed), &mut None).unwrap_err();
+        assert!(failed.contains("the disk is full"), "{failed}");
+        assert!(
+            forget_answer(b"<html>", &mut None)
+                .unwrap_err()
+                .contains("malformed")
         );
     }
 

@@ -1735,16 +1735,33 @@ impl Store {
     /// version (`None`: the file is gone) in the same transaction. Returns whether an
     /// entry was dropped. Flushed.
     pub fn forget(&self, key: &FileKey, current: Option<&Fingerprint>) -> Result<bool, StoreError> {
-        let raw_key = valid_key(key)?;
+        let dropped = self.forget_many(&[(key.clone(), current.copied())])?;
+        Ok(dropped[0])
+    }
+
+    /// [`Store::forget`] for several files in one transaction and one flush; whether each
+    /// one's entry was dropped, in order.
+    pub fn forget_many(
+        &self,
+        files: &[(FileKey, Option<Fingerprint>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let raw_keys = files
+            .iter()
+            .map(|(key, _)| valid_key(key))
+            .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         let dropped = self.transact(|tx| {
-            let dropped = tx
-                .ledger
-                .get(&raw_key)?
-                .is_some_and(|raw| FileRecord::split(&raw).upload.is_some());
-            tx.remove_ledger(raw_key.clone(), &key.folder)?;
-            if let Some(fingerprint) = current {
-                tx.offer(&raw_key, key, fingerprint, now)?;
+            let mut dropped = Vec::with_capacity(files.len());
+            for ((key, current), raw_key) in files.iter().zip(&raw_keys) {
+                dropped.push(
+                    tx.ledger
+                        .get(raw_key)?
+                        .is_some_and(|raw| FileRecord::split(&raw).upload.is_some()),
+                );
+                tx.remove_ledger(raw_key.clone(), &key.folder)?;
+                if let Some(fingerprint) = current {
+                    tx.offer(raw_key, key, fingerprint, now)?;
+                }
             }
             Ok(dropped)
         })?;
