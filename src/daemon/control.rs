@@ -374,21 +374,30 @@ mod tests {
         (config, store, stop)
     }
 
-    /// The lines of the daemon's list, as the command reads them.
-    async fn listed(
+    /// The lines of the daemon's answer to `request` on `path`, as the command reads them.
+    async fn answered_lines<T: serde::de::DeserializeOwned>(
         config: &Config,
-        request: &history::ListRequest,
-    ) -> Result<Vec<history::ListLine>, String> {
+        path: &str,
+        request: &impl Serialize,
+    ) -> Result<Vec<T>, String> {
         let body = serde_json::to_vec(request).unwrap();
         let mut lines = Vec::new();
         control_answered(
-            request_lines(&config.state_dir, "/ls", &body, |line| {
+            request_lines(&config.state_dir, path, &body, |line| {
                 lines.push(serde_json::from_slice(line).map_err(|err| err.to_string())?);
                 Ok(ControlFlow::Continue(()))
             })
             .await,
         )?;
         Ok(lines)
+    }
+
+    /// The lines of the daemon's list.
+    async fn listed(
+        config: &Config,
+        request: &history::ListRequest,
+    ) -> Result<Vec<history::ListLine>, String> {
+        answered_lines(config, "/ls", request).await
     }
 
     fn control_answered<T>(answer: Result<Option<T>, String>) -> Result<T, String> {
@@ -442,16 +451,8 @@ mod tests {
         let request = history::ForgetRequest {
             paths: vec![folder.clone()],
         };
-        let body = serde_json::to_vec(&request).unwrap();
-        let mut lines = Vec::new();
-        control_answered(
-            request_lines(&config.state_dir, "/forget", &body, |line| {
-                lines.push(serde_json::from_slice(line).map_err(|err| err.to_string())?);
-                Ok(ControlFlow::Continue(()))
-            })
-            .await,
-        )
-        .unwrap();
+        let lines: Vec<history::ForgetLine> =
+            answered_lines(&config, "/forget", &request).await.unwrap();
         let done = history::ForgetResponse {
             forgotten: files,
             queued: 0,
