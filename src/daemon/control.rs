@@ -177,7 +177,7 @@ async fn forget(
 }
 
 /// How long a request may wait for the daemon: for the whole answer, or for each line
-/// of a list.
+/// of an answer in lines.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Asks a running daemon; `Ok(None)` when no daemon listens on the socket.
@@ -208,9 +208,9 @@ pub async fn request<T: serde::de::DeserializeOwned>(
         .map_err(|err| format!("malformed answer from the daemon: {err}"))
 }
 
-/// Asks a running daemon for a list it streams, handing each line (without its line
-/// break) to `on_line` as it arrives, until the daemon closes the connection or
-/// `on_line` breaks; `Ok(None)` when no daemon listens on the socket.
+/// Asks a running daemon for an answer in JSON lines (`/ls`, `/forget`), handing each
+/// line (without its line break) to `on_line` as it arrives, until the daemon closes the
+/// connection or `on_line` breaks; `Ok(None)` when no daemon listens on the socket.
 pub async fn request_lines(
     state_dir: &Path,
     path: &str,

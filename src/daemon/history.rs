@@ -12,9 +12,10 @@
 //! 2. Select the ledger entries of that file, or of every file under it when it names a
 //!    directory (the folder itself: all of the folder's files), reading only the entries
 //!    under it.
-//! 3. Drop each entry and, when the file is still there, offer its current version in the
-//!    same transaction ([`Store::forget`]): it is queued and uploaded again; a file that is
-//!    gone is only forgotten.
+//! 3. Drop the entries, [`FORGET_BATCH`] to a transaction, and offer the current version
+//!    of each file still there in the same transaction ([`Store::forget_many`]): it is
+//!    queued and uploaded again; a file that is gone is only forgotten. Steps 2 and 3 go
+//!    a batch at a time, so a directory of any size is never held in memory.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -146,7 +147,7 @@ pub fn send_list(store: &Store, folders: &[String], lines: &mpsc::Sender<Vec<u8>
 }
 
 fn push_line(block: &mut Vec<u8>, line: &impl Serialize) {
-    serde_json::to_writer(&mut *block, line).expect("a list line always serializes");
+    serde_json::to_writer(&mut *block, line).expect("an answer's line always serializes");
     block.push(b'\n');
 }
 
