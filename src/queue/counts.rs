@@ -271,6 +271,21 @@ impl Store {
         Ok(tallies)
     }
 
+    /// One folder's tally (one read; zero for a folder without any), as [`Store::tallies`]
+    /// sees it.
+    pub fn tally(&self, folder: &str) -> Result<Tally, StoreError> {
+        if let Some(summary) = self.frozen() {
+            return Ok(summary.tallies()?.remove(folder).unwrap_or_default());
+        }
+        let raw = self
+            .handles()
+            .trees
+            .counts
+            .get(folder.as_bytes())
+            .map_err(|err| self.db_error(err))?;
+        raw.map_or_else(|| Ok(Tally::default()), |raw| decode_tally(&raw, folder))
+    }
+
     /// Jobs by state and uploaded files (`done`, the ledger entries) per folder.
     pub fn counts(&self) -> Result<BTreeMap<String, FolderCounts>, StoreError> {
         Ok(self

@@ -199,11 +199,7 @@ impl Store {
         // so one that completes between the reads lowers the deletions counted, never the
         // uploads they are weighed against: a restart amid a batch must not look like a
         // folder emptied at once.
-        let counts = self
-            .tallies()?
-            .remove(folder)
-            .map(|tally| tally.counts)
-            .unwrap_or_default();
+        let counts = self.tally(folder)?.counts;
         let mut tally = DeletionTally {
             uploaded: counts.done,
             ..DeletionTally::default()

@@ -1427,6 +1427,12 @@ fn counts_report_each_state_and_uploaded_files_per_folder() {
         })
     );
     assert_eq!(counts.len(), 2);
+    // One folder's tally, read alone, is the same; a folder without any counts zero.
+    let tallies = store.tallies().expect("reads");
+    for folder in ["/data/in", "/data/other"] {
+        assert_eq!(store.tally(folder).expect("reads"), tallies[folder]);
+    }
+    assert_eq!(store.tally("/data/i").expect("reads"), Tally::default());
     assert_invariants(&store);
     let attention: Vec<JobId> = store
         .jobs_needing_attention()

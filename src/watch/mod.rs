@@ -177,8 +177,8 @@ impl Sink for Store {
         // folder: after each whole-folder scan, at a million files, most of a restart. The
         // folder's counts say in one read whether there is any job to find.
         if self
-            .tallies()
-            .is_ok_and(|tallies| tallies.get(folder).is_none_or(|t| t.counts.jobs() == 0))
+            .tally(folder)
+            .is_ok_and(|tally| tally.counts.jobs() == 0)
         {
             return;
         }
