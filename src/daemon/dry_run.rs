@@ -172,11 +172,10 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
     // Files found with an upload in the ledger: when that is all of its uploads, none is gone.
     let mut found_uploaded = 0;
     for (rel, meta) in files_of(folder) {
-        let path = FileKey::new(&key, &rel).path().display().to_string();
+        let file = FileKey::new(&key, &rel);
+        let path = file.path().display().to_string();
         let fingerprint = Fingerprint::of(&meta);
-        let recorded = store
-            .ledger_get(&FileKey::new(&key, &rel))
-            .map_err(|err| err.to_string())?;
+        let recorded = store.ledger_get(&file).map_err(|err| err.to_string())?;
         found_uploaded += u64::from(recorded.is_some());
         if !accepted(&filter, &rel) {
             plan.skipped.push(Skipped {
@@ -217,7 +216,10 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
     if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() {
         let mut uploads = 0;
         store
-            .visit_files(&key, "", FilePick::Uploaded, |_| uploads += 1)
+            .visit_files(&key, "", FilePick::Uploaded, |_| {
+                uploads += 1;
+                ControlFlow::Continue(())
+            })
             .map_err(|err| err.to_string())?;
         if uploads == found_uploaded {
             return Ok(plan);

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Store, StoreError};
+use crate::queue::{FileKey, FilePick, Store, StoreError};
 
 /// One uploaded file, as `upsync ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,7 +342,7 @@ fn under(
         format!("{rel}/")
     };
     let mut stopped = false;
-    store.visit_uploads(folder, &inside, |path, _| {
+    store.visit_files(folder, &inside, FilePick::Uploaded, |path| {
         let flow = select(FileKey::new(folder, path));
         stopped = flow.is_break();
         flow

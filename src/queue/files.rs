@@ -44,28 +44,25 @@ impl Store {
     /// prefix `under` (`""` for all) whose `ledger` entry `pick` picks, in the ledger's
     /// (byte) order. Between chunks of [`VISIT_CHUNK`] entries the database is not held
     /// (module doc), so entries written meanwhile after the walk's place are seen and
-    /// those before it are not. On an error, the files handed on before it stay handed on.
+    /// those before it are not. Stops early when `visit` breaks. On an error, the files
+    /// handed on before it stay handed on.
     pub fn visit_files(
         &self,
         folder: &str,
         under: &str,
         pick: FilePick,
-        mut visit: impl FnMut(&str),
+        mut visit: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         self.walk(
             folder,
             under,
             |_, record| Ok(pick.picks(record).then_some(())),
-            |rel, ()| {
-                visit(rel);
-                ControlFlow::Continue(())
-            },
+            |rel, ()| visit(rel),
         )
     }
 
     /// Hands `visit` each file of `folder` under `under` that the ledger records as
-    /// uploaded, with what it records, walking as [`Store::visit_files`] does; stops
-    /// early when `visit` breaks.
+    /// uploaded, with what it records, walking as [`Store::visit_files`] does.
     pub fn visit_uploads(
         &self,
         folder: &str,
@@ -152,7 +149,10 @@ impl Store {
         pick: FilePick,
     ) -> Result<Vec<String>, StoreError> {
         let mut files = Vec::new();
-        self.visit_files(folder, under, pick, |rel| files.push(rel.to_owned()))?;
+        self.visit_files(folder, under, pick, |rel| {
+            files.push(rel.to_owned());
+            ControlFlow::Continue(())
+        })?;
         Ok(files)
     }
 }

@@ -148,7 +148,10 @@ impl Sink for DeletingSink {
 
     fn visit_tracked(&self, folder: &str, under: &str, visit: &mut dyn FnMut(&str)) {
         let pick = FilePick::WithJobOrUploaded;
-        if let Err(e) = self.store.visit_files(folder, under, pick, visit) {
+        if let Err(e) = self
+            .store
+            .visit_files(folder, under, pick, super::every(visit))
+        {
             error!(folder, error = %e, "cannot read the ledger of a folder; a rescan tries again");
         }
     }

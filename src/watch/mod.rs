@@ -182,7 +182,7 @@ impl Sink for Store {
         {
             return;
         }
-        if let Err(e) = self.visit_files(folder, under, FilePick::WithJob, visit) {
+        if let Err(e) = self.visit_files(folder, under, FilePick::WithJob, every(visit)) {
             error!(folder, error = %e, "cannot read the jobs of a folder; a rescan tries again");
         }
     }
@@ -461,6 +461,14 @@ fn vanished_files(
         }
     });
     gone
+}
+
+/// `visit` as a walk of the store's files that goes to the end.
+fn every(visit: &mut dyn FnMut(&str)) -> impl FnMut(&str) -> std::ops::ControlFlow<()> + '_ {
+    |rel| {
+        visit(rel);
+        std::ops::ControlFlow::Continue(())
+    }
 }
 
 /// Whether a file the ledger or the queue tracks is gone: nothing is at its path any more
