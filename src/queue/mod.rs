@@ -1731,16 +1731,9 @@ impl Store {
         Ok(entries)
     }
 
-    /// Drops the file's ledger entry, so that it is uploaded again, and offers its current
-    /// version (`None`: the file is gone) in the same transaction. Returns whether an
-    /// entry was dropped. Flushed.
-    pub fn forget(&self, key: &FileKey, current: Option<&Fingerprint>) -> Result<bool, StoreError> {
-        let dropped = self.forget_many(&[(key.clone(), current.copied())])?;
-        Ok(dropped[0])
-    }
-
-    /// [`Store::forget`] for several files in one transaction and one flush; whether each
-    /// one's entry was dropped, in order.
+    /// Drops the files' ledger entries, so that they are uploaded again, and offers each
+    /// one's current version (`None`: the file is gone), all in one transaction and one
+    /// flush; whether each one's entry was dropped, in order.
     pub fn forget_many(
         &self,
         files: &[(FileKey, Option<Fingerprint>)],
@@ -1767,6 +1760,17 @@ impl Store {
         })?;
         self.flush()?;
         Ok(dropped)
+    }
+
+    /// [`Store::forget_many`] of one file.
+    #[cfg(test)]
+    pub(crate) fn forget(
+        &self,
+        key: &FileKey,
+        current: Option<&Fingerprint>,
+    ) -> Result<bool, StoreError> {
+        let dropped = self.forget_many(&[(key.clone(), current.copied())])?;
+        Ok(dropped[0])
     }
 
     /// Every job as it stands ([`Store::get`]), in id order: folder by folder (their line
