@@ -43,7 +43,7 @@ const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
 const RECENT_OFFER_LIMIT: usize = 4_096;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
-const OFFER_BATCH: usize = 256;
+pub(super) const OFFER_BATCH: usize = 256;
 /// [`Options::backlog`]: at 3,000 uploads a second, a few seconds of work for the workers,
 /// while the jobs in the state database stay a small part of a large tree.
 const DEFAULT_BACKLOG: u64 = 10_000;

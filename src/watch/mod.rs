@@ -393,6 +393,8 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         settle: Settle<String, SystemClock>,
         summary: ScanSummary,
         spool: Option<spool::Spool>,
+        /// Settled files not offered yet ([`Once::flush_offers`]).
+        outbox: Vec<(FileKey, Fingerprint)>,
     }
     impl Visit for Once<'_> {
         fn enter_dir(&mut self, _dir: &std::path::Path) {}
@@ -413,9 +415,27 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
             self.settle.observe(key.rel.clone(), fp);
             let settled = self.settle.is_settled(&key.rel);
             self.settle.remove(&key.rel);
-            if settled && self.sink.offer(&key, &fp) == SinkOffer::Queued {
-                self.summary.queued += 1;
+            if settled {
+                self.outbox.push((key, fp));
+                if self.outbox.len() >= folder::OFFER_BATCH {
+                    self.flush_offers();
+                }
             }
+        }
+    }
+    impl Once<'_> {
+        /// Offers the outbox in one call: one queue transaction for the batch, not one per
+        /// file, as the watcher's scans do.
+        fn flush_offers(&mut self) {
+            if self.outbox.is_empty() {
+                return;
+            }
+            let outcomes = self.sink.offer_many(&self.outbox);
+            self.outbox.clear();
+            self.summary.queued += outcomes
+                .iter()
+                .filter(|outcome| **outcome == SinkOffer::Queued)
+                .count() as u64;
         }
     }
 
@@ -425,6 +445,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         settle: Settle::new(folder.settle, SystemClock),
         summary: ScanSummary::default(),
         spool: spool::Spool::new(&folder.path, &folder.after_upload),
+        outbox: Vec::with_capacity(folder::OFFER_BATCH),
     };
     Walker {
         root: &folder.path,
@@ -432,6 +453,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
         recursive: folder.recursive,
     }
     .walk(&folder.path, &mut visit, &mut HashSet::new());
+    visit.flush_offers();
     forget_vanished(&folder.path, &visit.folder_key, "", sink);
     sink.scan_done(&visit.folder_key);
     Ok(visit.summary)

@@ -815,6 +815,30 @@ fn scan_once_offers_only_old_files_not_yet_uploaded() {
 }
 
 #[test]
+fn scan_once_offers_in_batches_each_file_once() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    for i in 0..600 {
+        write_old(&root.join(format!("f{i:04}.csv")), b"x");
+    }
+
+    let recorder = Recorder::default();
+    let summary = scan_once(&folder_config(root, Duration::from_secs(5)), &recorder)
+        .expect("the folder can be scanned");
+    assert_eq!(summary.queued, 600);
+    let batches = recorder.batches.lock().expect("not poisoned").clone();
+    assert_eq!(
+        batches,
+        vec![256, 256, 88],
+        "600 files go in three offers (one queue transaction each), not 600"
+    );
+    let mut offered: Vec<String> = recorder.offers().into_iter().map(|(rel, _)| rel).collect();
+    offered.sort();
+    offered.dedup();
+    assert_eq!(offered.len(), 600, "each file once");
+}
+
+#[test]
 fn scan_once_reports_a_missing_folder() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let missing = dir.path().join("nope");
