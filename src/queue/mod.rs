@@ -1777,13 +1777,20 @@ impl Store {
     /// prefixes), oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
+        self.visit_jobs(|job| jobs.push(job))?;
+        Ok(jobs)
+    }
+
+    /// [`Store::jobs`] one at a time, without holding them all: a caller that only sums
+    /// them up needs memory for one job, whatever the backlog.
+    pub fn visit_jobs(&self, mut visit: impl FnMut(Job)) -> Result<(), StoreError> {
         let mut marks = marks::MarksRead::default();
         for entry in self.handles().trees.jobs.iter() {
             let (raw_id, raw) = entry.map_err(|err| self.db_error(err))?;
             let id = keys::stored_job_id(&raw_id)?;
-            jobs.push(marks.see(self, decode_job(&raw, id)?)?);
+            visit(marks.see(self, decode_job(&raw, id)?)?);
         }
-        Ok(jobs)
+        Ok(())
     }
 
     /// The live data against the database's size on disk. Reads every entry of every tree:
