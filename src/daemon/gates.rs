@@ -223,6 +223,20 @@ impl FolderGates {
         self.recheck.notify_waiters();
     }
 
+    /// Gives `folder` the gate `gate` without a check behind it: what a test needs to see
+    /// how others read a gate.
+    #[cfg(test)]
+    pub(crate) fn put(&self, folder: &str, gate: Gate) {
+        self.lock().insert(
+            folder.to_string(),
+            Entry {
+                gate,
+                since_ms: to_ms(SystemTime::now()),
+                stop: CancellationToken::new(),
+            },
+        );
+    }
+
     /// Records a new gate for the folder; returns whether it changed.
     fn set(&self, folder: &str, gate: Gate) -> bool {
         let mut entries = self.lock();

@@ -141,6 +141,19 @@ struct CountingSink {
     wake: Arc<tokio::sync::Notify>,
     not_uploaded: AtomicU64,
     offered: AtomicU64,
+    /// What says whether the folder's uploads can go on, for the scan's pauses
+    /// ([`Sink::queued`]); `None`: the scan never pauses.
+    room: Option<Room>,
+}
+
+/// When a one-shot scan may wait for the workers to make room in the queue: while they
+/// can take the folder's files (its remote check passed and its remote is up) and the
+/// run's `--retry-wait-limit` is not reached. Otherwise the scan goes on, and the run's
+/// wait reports what is left.
+struct Room {
+    config: Arc<Config>,
+    live: Arc<Live>,
+    until: Instant,
 }
 
 impl CountingSink {
@@ -187,6 +200,14 @@ impl Sink for CountingSink {
         offer
     }
 
+    fn queued(&self, folder: &str) -> Option<u64> {
+        let room = self.room.as_ref()?;
+        if Instant::now() >= room.until || waiting_for(&room.config, &room.live, folder).is_some() {
+            return None;
+        }
+        self.inner.queued(folder)
+    }
+
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
         self.offered
             .fetch_add(files.len() as u64, Ordering::Relaxed);
@@ -201,12 +222,17 @@ impl Sink for CountingSink {
 }
 
 /// Scans `folder` once on the blocking pool; returns how many files were too young.
-async fn scan(core: &Core, folder: &FolderConfig) -> Result<u64, DaemonError> {
+async fn scan(core: &Core, folder: &FolderConfig, until: Instant) -> Result<u64, DaemonError> {
     let sink = Arc::new(CountingSink {
         inner: watch::DeletingSink::for_folder(core.store.clone(), folder),
         wake: Arc::clone(&core.wake),
         not_uploaded: AtomicU64::new(0),
         offered: AtomicU64::new(0),
+        room: Some(Room {
+            config: Arc::clone(&core.config),
+            live: Arc::clone(&core.live),
+            until,
+        }),
     });
     let (folder, for_scan) = (folder.clone(), Arc::clone(&sink));
     let summary = tokio::task::spawn_blocking(move || watch::scan_once(&folder, for_scan.as_ref()))
@@ -375,7 +401,7 @@ pub async fn sync_once(
 
     let mut young: BTreeMap<usize, u64> = BTreeMap::new();
     for (i, folder) in core.config.folders.clone().iter().enumerate() {
-        let count = match scan(&core, folder).await {
+        let count = match scan(&core, folder, deadline).await {
             Ok(count) => count,
             Err(err) => {
                 let _ = core.stop().await;
@@ -498,7 +524,7 @@ impl Wait {
                 self.rescan_at = None;
                 for i in std::mem::take(&mut self.young).into_keys() {
                     let folder = core.config.folders[i].clone();
-                    self.still_changing += scan(core, &folder).await?;
+                    self.still_changing += scan(core, &folder, self.deadline).await?;
                 }
                 self.walked = None;
                 continue;
@@ -820,6 +846,70 @@ mod tests {
         }
     }
 
+    /// A sink with a full backlog in every folder.
+    struct Full;
+
+    impl Sink for Full {
+        fn is_uploaded(&self, _: &FileKey, _: &Fingerprint) -> bool {
+            false
+        }
+        fn offer(&self, _: &FileKey, _: &Fingerprint) -> SinkOffer {
+            SinkOffer::Queued
+        }
+        fn queued(&self, _: &str) -> Option<u64> {
+            Some(20_000)
+        }
+    }
+
+    #[test]
+    fn the_scan_waits_for_room_only_while_the_workers_can_make_it_and_the_run_has_time() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        std::fs::create_dir(dir.path().join("w")).expect("create the folder");
+        let config_path = dir.path().join("upsync.toml");
+        std::fs::write(
+            &config_path,
+            "state_dir = \"state\"\n\
+             [kifs]\nurl = \"http://127.0.0.1:9/kifs\"\nusername = \"u\"\npassword = \"p\"\n\
+             [[folder]]\npath = \"w\"\nkifs_directory = \"d\"\n",
+        )
+        .expect("write the config");
+        let config = Arc::new(Config::load(&config_path).expect("the config is valid"));
+        let folder = config.folders[0].path.to_string_lossy().into_owned();
+        let live = Arc::new(Live::default());
+        let sink = |until: Instant| CountingSink {
+            inner: Arc::new(Full),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            not_uploaded: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
+            room: Some(Room {
+                config: Arc::clone(&config),
+                live: Arc::clone(&live),
+                until,
+            }),
+        };
+        let later = Instant::now() + Duration::from_secs(600);
+
+        assert_eq!(sink(later).queued(&folder), Some(20_000), "the scan waits");
+        assert_eq!(
+            sink(Instant::now()).queued(&folder),
+            None,
+            "out of time: the scan goes on"
+        );
+        live.gates.put(&folder, Gate::Ready);
+        assert_eq!(sink(later).queued(&folder), Some(20_000), "the scan waits");
+        live.gates.put(
+            &folder,
+            Gate::Waiting {
+                reason: "a dataset without a next version".into(),
+            },
+        );
+        assert_eq!(
+            sink(later).queued(&folder),
+            None,
+            "the workers cannot take the folder's files: the scan goes on"
+        );
+    }
+
     #[test]
     fn the_run_offers_what_its_scan_finds_in_batches_and_counts_the_young_files() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
@@ -840,6 +930,7 @@ mod tests {
             wake: Arc::new(tokio::sync::Notify::new()),
             not_uploaded: AtomicU64::new(0),
             offered: AtomicU64::new(0),
+            room: None,
         };
         let folder = FolderConfig {
             path: dir.path().to_path_buf(),

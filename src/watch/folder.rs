@@ -46,7 +46,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 pub(super) const OFFER_BATCH: usize = 256;
 /// [`Options::backlog`]: at 3,000 uploads a second, a few seconds of work for the workers,
 /// while the jobs in the state database stay a small part of a large tree.
-const DEFAULT_BACKLOG: u64 = 10_000;
+pub(super) const DEFAULT_BACKLOG: u64 = 10_000;
 
 /// Timings of a folder's loop.
 #[derive(Debug, Clone)]

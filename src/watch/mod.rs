@@ -372,8 +372,13 @@ pub enum ScanError {
     },
 }
 
+/// How often a one-shot scan with a full backlog looks whether there is room again.
+const ROOM_POLL: Duration = Duration::from_millis(20);
+
 /// Scans a folder once, without watching: offers every file not yet uploaded whose mtime is
 /// already older than the folder's settle time (younger files are left for the watcher).
+/// When the folder has [`Options::backlog`]'s default of jobs waiting to be claimed and
+/// the sink says so ([`Sink::queued`]), the scan waits until half of them are claimed.
 pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, ScanError> {
     let filter = Filter::new(&folder.include, &folder.exclude)?;
     let meta = std::fs::metadata(&folder.path).map_err(|source| ScanError::Folder {
@@ -436,6 +441,27 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
                 .iter()
                 .filter(|outcome| **outcome == SinkOffer::Queued)
                 .count() as u64;
+            self.wait_for_room();
+        }
+
+        /// When the folder has a full backlog of jobs to claim and the sink says so, waits
+        /// until it is down to half, as the watcher's scans pause: the queue in the state
+        /// database stays a small part of a large tree. A sink whose uploads cannot go on
+        /// (the remote down, the run out of time) answers `None`, and the scan goes on.
+        fn wait_for_room(&self) {
+            let backlog = folder::DEFAULT_BACKLOG;
+            let queued = || self.sink.queued(&self.folder_key);
+            if queued().is_none_or(|queued| queued < backlog) {
+                return;
+            }
+            tracing::debug!(
+                folder = %self.folder_key,
+                files_seen = self.summary.files_seen,
+                "folder scan paused until uploads make room in the queue"
+            );
+            while queued().is_some_and(|queued| queued > backlog / 2) {
+                std::thread::sleep(ROOM_POLL);
+            }
         }
     }
 

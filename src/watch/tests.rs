@@ -838,6 +838,73 @@ fn scan_once_offers_in_batches_each_file_once() {
     assert_eq!(offered.len(), 600, "each file once");
 }
 
+/// A sink whose backlog is what it was offered less what the test released, and which
+/// counts the scan's looks at it.
+#[derive(Default)]
+struct Backlog {
+    offered: AtomicUsize,
+    released: AtomicUsize,
+    looks: AtomicUsize,
+}
+
+impl Sink for Backlog {
+    fn is_uploaded(&self, _: &FileKey, _: &Fingerprint) -> bool {
+        false
+    }
+    fn offer(&self, _: &FileKey, _: &Fingerprint) -> SinkOffer {
+        self.offered.fetch_add(1, Ordering::SeqCst);
+        SinkOffer::Queued
+    }
+    fn queued(&self, _: &str) -> Option<u64> {
+        self.looks.fetch_add(1, Ordering::SeqCst);
+        let backlog = self.offered.load(Ordering::SeqCst) - self.released.load(Ordering::SeqCst);
+        Some(backlog as u64)
+    }
+}
+
+#[test]
+fn scan_once_waits_for_room_while_the_folder_has_a_full_backlog() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().to_path_buf();
+    for i in 0..12_000 {
+        write_old(&root.join(format!("f{i:05}.csv")), b"x");
+    }
+    let sink = Arc::new(Backlog::default());
+    let scan = {
+        let (sink, root) = (Arc::clone(&sink), root.clone());
+        std::thread::spawn(move || {
+            scan_once(&folder_config(&root, Duration::from_secs(5)), sink.as_ref())
+        })
+    };
+    let waited = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+
+    // 40 batches of 256 make a backlog over 10,000: the scan looks at it again and again
+    // and offers nothing more.
+    waited("the scan offers 40 batches", &|| {
+        sink.offered.load(Ordering::SeqCst) >= 10_240
+    });
+    let looks = sink.looks.load(Ordering::SeqCst);
+    waited("the scan looks at the backlog while it waits", &|| {
+        sink.looks.load(Ordering::SeqCst) >= looks + 3
+    });
+    assert_eq!(sink.offered.load(Ordering::SeqCst), 10_240);
+    assert!(!scan.is_finished());
+    // Down to half of 10,000: the scan goes on to the end.
+    sink.released.store(5_240, Ordering::SeqCst);
+    let summary = scan
+        .join()
+        .expect("the scan does not panic")
+        .expect("the folder can be scanned");
+    assert_eq!(summary.queued, 12_000);
+    assert_eq!(sink.offered.load(Ordering::SeqCst), 12_000);
+}
+
 #[test]
 fn scan_once_reports_a_missing_folder() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
