@@ -1023,6 +1023,8 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
         eprintln!("  restart with deletions propagated");
         config.on_delete = "delete";
         let deleting = restart_deleting(ctx, &dir, &config, &emulator).await?;
+        eprintln!("  first mirror with sync --once and with the daemon, to an emulator in memory");
+        let one_shot = one_shot_mirror(ctx, &dir, &tree, count).await?;
         let restarts = Restarts {
             to_idle,
             uploads,
@@ -1033,12 +1035,12 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             legacy_queued,
             deleting,
         };
-        Ok::<_, String>((restarts, find, populate))
+        Ok::<_, String>((restarts, find, populate, one_shot))
     }
     .await;
     emulator.stop().await;
     let _ = std::fs::remove_dir_all(&tree);
-    let (restarts, find, populate) = result?;
+    let (restarts, find, populate, one_shot) = result?;
     let Restarts {
         to_idle,
         uploads,
@@ -1093,7 +1095,140 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             target: "(reported)".into(),
             verdict: Verdict::Info,
         },
+        one_shot.row(count),
     ])
+}
+
+/// The tree mirrored from nothing by `upsync sync --once` and by the daemon.
+struct OneShot {
+    took: Duration,
+    daemon_took: Duration,
+    in_memory: bool,
+    uploaded: bool,
+    flushes: Option<u64>,
+    writes: Option<u64>,
+}
+
+impl OneShot {
+    fn row(&self, count: u64) -> Row {
+        let per_file = |figure: Option<u64>| {
+            figure.map_or("?".to_string(), |n| {
+                format!("{:.3}", n as f64 / count as f64)
+            })
+        };
+        let storing = if self.in_memory {
+            "in memory (tmpfs)"
+        } else {
+            "on disk (no tmpfs here)"
+        };
+        Row {
+            figure: format!(
+                "First mirror of those {count} files with `upsync sync --once` vs the daemon's \
+                 first upload, each from a fresh state dir, the emulator storing {storing}; \
+                 the run's state database flushes and writes per file"
+            ),
+            upsync: format!(
+                "{:.1} s ({:.0} files/s); {} flushes, {} writes",
+                self.took.as_secs_f64(),
+                count as f64 / self.took.as_secs_f64(),
+                per_file(self.flushes),
+                per_file(self.writes),
+            ),
+            baseline: format!("{:.1} s", self.daemon_took.as_secs_f64()),
+            ratio: format!(
+                "{:.2}",
+                self.took.as_secs_f64() / self.daemon_took.as_secs_f64()
+            ),
+            target: "(reported)".into(),
+            verdict: if self.uploaded {
+                Verdict::Info
+            } else {
+                Verdict::Error
+            },
+        }
+    }
+}
+
+/// Mirrors `tree` from nothing twice, each run with a state dir and a KiFS directory of its
+/// own: the daemon (until its status counts every file), then `upsync sync --once`. The
+/// emulator runs as its own process and stores in memory where it can: on disk, creating
+/// its inodes sets the pace of both.
+async fn one_shot_mirror(ctx: &Ctx, dir: &Path, tree: &Path, count: u64) -> BenchResult<OneShot> {
+    let memory = memory_dir();
+    let data = match &memory {
+        Some(memory) => memory.path().to_path_buf(),
+        None => dir.join("mirror-remote"),
+    };
+    let emulator = Emulator::start_process(ctx, &data, &["daemon", "once"]).await?;
+    let config = |name: &str| {
+        let mut config = DaemonConfig::new(dir, &emulator);
+        config.state_dir = dir.join(format!("{name}-state"));
+        config.folders.push((
+            tree.to_path_buf(),
+            Remote::Kifs {
+                directory: name.into(),
+            },
+        ));
+        config
+    };
+    let result = async {
+        let daemon = Daemon::start(ctx, dir, &config("daemon")).await?;
+        let started = Instant::now();
+        daemon
+            .wait_done(count, Duration::from_millis(250), Duration::from_secs(3600))
+            .await?;
+        let daemon_took = daemon.startup + started.elapsed();
+        daemon.terminate().await?;
+        let once = sync_once(ctx, dir, &config("once"), count).await?;
+        Ok::<_, String>(OneShot {
+            daemon_took,
+            in_memory: memory.is_some(),
+            ..once
+        })
+    }
+    .await;
+    emulator.stop().await;
+    result
+}
+
+/// Runs `upsync sync --once` over `config` and reads what it did from its output.
+async fn sync_once(
+    ctx: &Ctx,
+    dir: &Path,
+    config: &DaemonConfig,
+    count: u64,
+) -> BenchResult<OneShot> {
+    let config_path = dir.join("once.toml");
+    std::fs::write(&config_path, config.render())
+        .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+    let started = Instant::now();
+    // `output` pipes stdout and stderr (the log) both.
+    let output = tokio::process::Command::new(&ctx.bin)
+        .args(["sync", "--once", "-c"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", ctx.bin.display()))?;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "sync --once failed ({}):\n{}",
+            output.status,
+            tail(&text, 20)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(OneShot {
+        took,
+        daemon_took: Duration::ZERO,
+        in_memory: false,
+        uploaded: stdout.contains(&format!("uploaded {count} file(s)")),
+        flushes: closing_figure(&text, "flushes"),
+        writes: closing_figure(&text, "writes"),
+    })
 }
 
 /// Three restarts over the same uploaded tree: over the current ledger, over one whose
