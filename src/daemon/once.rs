@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
 use super::gates::Gate;
 use super::status::{FailedJob, InFlight, Live, RetryingJob};
@@ -148,12 +149,14 @@ struct CountingSink {
 
 /// When a one-shot scan may wait for the workers to make room in the queue: while they
 /// can take the folder's files (its remote check passed and its remote is up) and the
-/// run's `--retry-wait-limit` is not reached. Otherwise the scan goes on, and the run's
-/// wait reports what is left.
+/// run's `--retry-wait-limit` is not reached, and no signal stopped it. Otherwise the scan
+/// goes on, and the run's wait reports what is left.
 struct Room {
     config: Arc<Config>,
     live: Arc<Live>,
     until: Instant,
+    /// Cancelled by a signal: the run is stopping.
+    stop: CancellationToken,
 }
 
 impl CountingSink {
@@ -202,7 +205,10 @@ impl Sink for CountingSink {
 
     fn queued(&self, folder: &str) -> Option<u64> {
         let room = self.room.as_ref()?;
-        if Instant::now() >= room.until || waiting_for(&room.config, &room.live, folder).is_some() {
+        if room.stop.is_cancelled()
+            || Instant::now() >= room.until
+            || waiting_for(&room.config, &room.live, folder).is_some()
+        {
             return None;
         }
         self.inner.queued(folder)
@@ -222,7 +228,12 @@ impl Sink for CountingSink {
 }
 
 /// Scans `folder` once on the blocking pool; returns how many files were too young.
-async fn scan(core: &Core, folder: &FolderConfig, until: Instant) -> Result<u64, DaemonError> {
+async fn scan(
+    core: &Core,
+    folder: &FolderConfig,
+    until: Instant,
+    stop: &CancellationToken,
+) -> Result<u64, DaemonError> {
     let sink = Arc::new(CountingSink {
         inner: watch::DeletingSink::for_folder(core.store.clone(), folder),
         wake: Arc::clone(&core.wake),
@@ -232,6 +243,7 @@ async fn scan(core: &Core, folder: &FolderConfig, until: Instant) -> Result<u64,
             config: Arc::clone(&core.config),
             live: Arc::clone(&core.live),
             until,
+            stop: stop.clone(),
         }),
     });
     let (folder, for_scan) = (folder.clone(), Arc::clone(&sink));
@@ -398,35 +410,20 @@ pub async fn sync_once(
     core.spawn_checks();
     core.spawn_workers();
     let mut display = Display::new(options.progress);
-
-    let mut young: BTreeMap<usize, u64> = BTreeMap::new();
-    for (i, folder) in core.config.folders.clone().iter().enumerate() {
-        let count = match scan(&core, folder, deadline).await {
-            Ok(count) => count,
-            Err(err) => {
-                let _ = core.stop().await;
-                return Err(err);
-            }
-        };
-        if count > 0 {
-            young.insert(i, count);
-        }
-    }
-    let rescan_at = young
-        .keys()
-        .map(|i| core.config.folders[*i].settle)
-        .max()
-        .map(|settle| Instant::now() + settle + Duration::from_millis(100));
-    let mut wait = Wait {
-        limit_ms,
-        deadline,
-        rescan_at,
-        young,
-        still_changing: 0,
-        ended: Ended::Settled,
-        walked: None,
+    // A signal ends the scans' pauses at once, and then the wait (step 5).
+    let stop = CancellationToken::new();
+    let on_signal = async {
+        shutdown.await;
+        stop.cancel();
     };
-    let last = wait.until_settled(&core, &mut display, shutdown).await?;
+    let run = scan_and_wait(&core, &mut display, deadline, limit_ms, &stop);
+    let (wait, last) = match beside(run, on_signal).await {
+        Ok(run) => run,
+        Err(err) => {
+            let _ = core.stop().await;
+            return Err(err);
+        }
+    };
     display.finish();
     let (uploaded_files, uploaded_bytes) = core.live.activity.uploaded();
     let mut not_done = last.names.retry_late;
@@ -458,6 +455,53 @@ pub async fn sync_once(
     })
 }
 
+/// Steps 2 and 3: scans every folder, then waits for the uploads; returns the wait and
+/// its last figures. `stop` is cancelled by a signal.
+async fn scan_and_wait(
+    core: &Core,
+    display: &mut Display,
+    deadline: Instant,
+    limit_ms: u64,
+    stop: &CancellationToken,
+) -> Result<(Wait, Pending), DaemonError> {
+    let mut young: BTreeMap<usize, u64> = BTreeMap::new();
+    for (i, folder) in core.config.folders.iter().enumerate() {
+        let count = scan(core, folder, deadline, stop).await?;
+        if count > 0 {
+            young.insert(i, count);
+        }
+    }
+    let rescan_at = young
+        .keys()
+        .map(|i| core.config.folders[*i].settle)
+        .max()
+        .map(|settle| Instant::now() + settle + Duration::from_millis(100));
+    let mut wait = Wait {
+        limit_ms,
+        deadline,
+        rescan_at,
+        young,
+        still_changing: 0,
+        ended: Ended::Settled,
+        walked: None,
+        stop: stop.clone(),
+    };
+    let last = wait.until_settled(core, display, stop.cancelled()).await?;
+    Ok((wait, last))
+}
+
+/// Runs `work` to its end, polling `signal` beside it until that is done.
+async fn beside<T>(work: impl Future<Output = T>, signal: impl Future<Output = ()>) -> T {
+    tokio::pin!(work, signal);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            () = &mut signal, if !signalled => signalled = true,
+        }
+    }
+}
+
 /// How the wait of step 3 ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -478,6 +522,8 @@ struct Wait {
     ended: Ended,
     /// The figures of the last walk of the jobs, with when the next one is due.
     walked: Option<Walked>,
+    /// Cancelled by a signal: a rescan does not pause for room then.
+    stop: CancellationToken,
 }
 
 /// A walk of the jobs ([`Wait::refresh`]).
@@ -524,7 +570,7 @@ impl Wait {
                 self.rescan_at = None;
                 for i in std::mem::take(&mut self.young).into_keys() {
                     let folder = core.config.folders[i].clone();
-                    self.still_changing += scan(core, &folder, self.deadline).await?;
+                    self.still_changing += scan(core, &folder, self.deadline, &self.stop).await?;
                 }
                 self.walked = None;
                 continue;
@@ -862,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_waits_for_room_only_while_the_workers_can_make_it_and_the_run_has_time() {
+    fn the_scan_waits_for_room_only_while_the_workers_can_make_it_and_the_run_goes_on() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         std::fs::create_dir(dir.path().join("w")).expect("create the folder");
         let config_path = dir.path().join("upsync.toml");
@@ -876,6 +922,7 @@ mod tests {
         let config = Arc::new(Config::load(&config_path).expect("the config is valid"));
         let folder = config.folders[0].path.to_string_lossy().into_owned();
         let live = Arc::new(Live::default());
+        let stop = CancellationToken::new();
         let sink = |until: Instant| CountingSink {
             inner: Arc::new(Full),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -885,6 +932,7 @@ mod tests {
                 config: Arc::clone(&config),
                 live: Arc::clone(&live),
                 until,
+                stop: stop.clone(),
             }),
         };
         let later = Instant::now() + Duration::from_secs(600);
@@ -907,6 +955,13 @@ mod tests {
             sink(later).queued(&folder),
             None,
             "the workers cannot take the folder's files: the scan goes on"
+        );
+        live.gates.put(&folder, Gate::Ready);
+        stop.cancel();
+        assert_eq!(
+            sink(later).queued(&folder),
+            None,
+            "a signal stops the run: the scan goes on"
         );
     }
 
