@@ -6,11 +6,13 @@
 //! 2. Scan each folder once ([`watch::scan_once`]): files whose mtime is older than the
 //!    folder's `settle` are queued. Files younger than that may still be being written: the
 //!    folder is scanned again once `settle` has passed; what is still changing then is left
-//!    for the next run (and counted in the summary).
+//!    for the next run (and counted in the summary). The workers upload meanwhile, and a
+//!    scan that finds a full backlog waits for them to make room while they can ([`Room`]).
 //! 3. Wait until nothing is queued, uploading or importing. Jobs waiting to retry after a
 //!    transient failure are waited for while their next attempt falls within
 //!    `retry_wait_limit` of the start; later ones are reported as not done, and so are the
-//!    files of a folder whose remote refuses it (there is nothing to wait for).
+//!    files of a folder whose remote refuses it (there is nothing to wait for). The jobs
+//!    are walked only as often as [`Wait::refresh`] says: a backlog is not decoded per tick.
 //! 4. `retry_wait_limit` after the start, stop waiting whatever is left: a remote check that
 //!    has not passed, a remote that is down, in-place retries, imports. Those files are
 //!    reported as not done, with what they wait for. The limit bounds waiting only: each
@@ -136,7 +138,7 @@ impl SyncSummary {
 }
 
 /// Offers to the folder's sink (the store, deleting or not), counting the files that were
-/// not ready yet.
+/// not ready yet, and says when the scan may wait for room in the queue ([`Room`]).
 struct CountingSink {
     inner: Arc<dyn Sink>,
     wake: Arc<tokio::sync::Notify>,
