@@ -1101,9 +1101,14 @@ pub async fn restart(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
 
 /// The tree mirrored from nothing by `upsync sync --once` and by the daemon.
 struct OneShot {
-    took: Duration,
+    once: OnceRun,
     daemon_took: Duration,
     in_memory: bool,
+}
+
+/// What one `upsync sync --once` did, from its output.
+struct OnceRun {
+    took: Duration,
     uploaded: bool,
     flushes: Option<u64>,
     writes: Option<u64>,
@@ -1111,6 +1116,7 @@ struct OneShot {
 
 impl OneShot {
     fn row(&self, count: u64) -> Row {
+        let once = &self.once;
         let per_file = |figure: Option<u64>| {
             figure.map_or("?".to_string(), |n| {
                 format!("{:.3}", n as f64 / count as f64)
@@ -1129,18 +1135,18 @@ impl OneShot {
             ),
             upsync: format!(
                 "{:.1} s ({:.0} files/s); {} flushes, {} writes",
-                self.took.as_secs_f64(),
-                count as f64 / self.took.as_secs_f64(),
-                per_file(self.flushes),
-                per_file(self.writes),
+                once.took.as_secs_f64(),
+                count as f64 / once.took.as_secs_f64(),
+                per_file(once.flushes),
+                per_file(once.writes),
             ),
             baseline: format!("{:.1} s", self.daemon_took.as_secs_f64()),
             ratio: format!(
                 "{:.2}",
-                self.took.as_secs_f64() / self.daemon_took.as_secs_f64()
+                once.took.as_secs_f64() / self.daemon_took.as_secs_f64()
             ),
             target: "(reported)".into(),
-            verdict: if self.uploaded {
+            verdict: if once.uploaded {
                 Verdict::Info
             } else {
                 Verdict::Error
@@ -1181,9 +1187,9 @@ async fn one_shot_mirror(ctx: &Ctx, dir: &Path, tree: &Path, count: u64) -> Benc
         daemon.terminate().await?;
         let once = sync_once(ctx, dir, &config("once"), count).await?;
         Ok::<_, String>(OneShot {
+            once,
             daemon_took,
             in_memory: memory.is_some(),
-            ..once
         })
     }
     .await;
@@ -1197,7 +1203,7 @@ async fn sync_once(
     dir: &Path,
     config: &DaemonConfig,
     count: u64,
-) -> BenchResult<OneShot> {
+) -> BenchResult<OnceRun> {
     let config_path = dir.join("once.toml");
     std::fs::write(&config_path, config.render())
         .map_err(|e| format!("write {}: {e}", config_path.display()))?;
@@ -1221,10 +1227,8 @@ async fn sync_once(
         ));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(OneShot {
+    Ok(OnceRun {
         took,
-        daemon_took: Duration::ZERO,
-        in_memory: false,
         uploaded: stdout.contains(&format!("uploaded {count} file(s)")),
         flushes: closing_figure(&text, "flushes"),
         writes: closing_figure(&text, "writes"),

@@ -151,8 +151,8 @@ impl Sink for Store {
     }
 
     fn queued(&self, folder: &str) -> Option<u64> {
-        match self.tallies() {
-            Ok(tallies) => Some(tallies.get(folder).map_or(0, |tally| tally.counts.queued)),
+        match self.tally(folder) {
+            Ok(tally) => Some(tally.counts.queued),
             Err(e) => {
                 error!(folder, error = %e, "cannot read the folder's queued jobs; not pausing its scan");
                 None
