@@ -37,7 +37,7 @@ use super::status::{FailedJob, InFlight, Live, RetryingJob};
 use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, JobState, Store, to_ms};
+use crate::queue::{FileKey, Job, JobState, Store, to_ms};
 use crate::watch::{self, Sink, SinkOffer};
 
 /// How the run shows its progress.
@@ -289,6 +289,76 @@ struct Names {
     failed: Vec<FailedJob>,
 }
 
+impl Pending {
+    /// Counts one job of a configured folder; `refused`: its folder's remote refuses it.
+    fn count(&mut self, job: &Job, refused: bool, limit_ms: u64) {
+        if let JobState::Failed { .. } = job.state {
+            self.failed_count += 1;
+            return;
+        }
+        self.files += 1;
+        self.bytes += job.fingerprint.size;
+        if refused {
+            return;
+        }
+        match job.state {
+            JobState::RetryWait { next_attempt_at_ms } if next_attempt_at_ms <= limit_ms => {
+                self.retry_soon += 1;
+            }
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {
+                self.busy += 1;
+            }
+            JobState::RetryWait { .. } | JobState::Failed { .. } => {}
+        }
+    }
+}
+
+impl Names {
+    /// Names one job of a configured folder where the summary lists it; `refused`: why its
+    /// folder's remote refuses it.
+    fn note(&mut self, job: &Job, refused: Option<String>, limit_ms: u64) {
+        let path = job.path().display().to_string();
+        let left = |last_error: Option<String>| RetryingJob {
+            path: path.clone(),
+            attempts: job.attempts,
+            next_attempt_ms: job.due_ms().unwrap_or(0),
+            last_error,
+        };
+        if let Some(reason) = refused {
+            self.retry_late.push(left(Some(reason)));
+            return;
+        }
+        match &job.state {
+            JobState::Failed {
+                reason,
+                failed_at_ms,
+                kind,
+            } => self.failed.push(FailedJob {
+                path: path.clone(),
+                reason: reason.clone(),
+                kind: kind.clone(),
+                failed_at_ms: *failed_at_ms,
+                last_attempt_ms: job.updated_at_ms,
+                attempts: job.attempts,
+            }),
+            JobState::RetryWait { next_attempt_at_ms } if *next_attempt_at_ms > limit_ms => {
+                self.retry_late.push(left(job.last_error.clone()));
+            }
+            JobState::RetryWait { .. } => self.unfinished.push(left(job.last_error.clone())),
+            JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {
+                if job.attempts == 0 && job.state != JobState::Importing {
+                    self.untried.push(Untried {
+                        folder: job.key.folder.clone(),
+                        path: path.clone(),
+                        started: job.state != JobState::Queued,
+                    });
+                }
+                self.unfinished.push(left(job.last_error.clone()));
+            }
+        }
+    }
+}
+
 /// What [`pending`] gathers: a walk that only counts holds one job at a time, whatever
 /// the backlog; names cost memory for every job left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,79 +390,18 @@ fn pending(
         .map(|f| f.path.to_string_lossy().into_owned())
         .collect();
     let mut out = Pending::default();
-    let named = detail == Detail::Names;
     store
         .visit_jobs(|job| {
             if !folders.contains(&job.key.folder) {
                 return;
             }
-            let left = || RetryingJob {
-                path: job.path().display().to_string(),
-                attempts: job.attempts,
-                next_attempt_ms: job.due_ms().unwrap_or(0),
-                last_error: job.last_error.clone(),
-            };
             let refused = match job.state {
                 JobState::Failed { .. } | JobState::Importing => None,
                 _ => held(&job.key.folder),
             };
-            if !matches!(job.state, JobState::Failed { .. }) {
-                out.files += 1;
-                out.bytes += job.fingerprint.size;
-            }
-            if let Some(reason) = refused {
-                if named {
-                    let mut left = left();
-                    left.last_error = Some(reason);
-                    out.names.retry_late.push(left);
-                }
-                return;
-            }
-            match &job.state {
-                JobState::Failed {
-                    reason,
-                    failed_at_ms,
-                    kind,
-                } => {
-                    out.failed_count += 1;
-                    if named {
-                        out.names.failed.push(FailedJob {
-                            path: job.path().display().to_string(),
-                            reason: reason.clone(),
-                            kind: kind.clone(),
-                            failed_at_ms: *failed_at_ms,
-                            last_attempt_ms: job.updated_at_ms,
-                            attempts: job.attempts,
-                        });
-                    }
-                }
-                JobState::RetryWait { next_attempt_at_ms } if *next_attempt_at_ms > limit_ms => {
-                    if named {
-                        out.names.retry_late.push(left());
-                    }
-                }
-                JobState::RetryWait { .. } => {
-                    out.retry_soon += 1;
-                    if named {
-                        out.names.unfinished.push(left());
-                    }
-                }
-                JobState::Queued
-                | JobState::Active
-                | JobState::Finalizing
-                | JobState::Importing => {
-                    out.busy += 1;
-                    if named {
-                        if job.attempts == 0 && job.state != JobState::Importing {
-                            out.names.untried.push(Untried {
-                                folder: job.key.folder.clone(),
-                                path: job.path().display().to_string(),
-                                started: job.state != JobState::Queued,
-                            });
-                        }
-                        out.names.unfinished.push(left());
-                    }
-                }
+            out.count(&job, refused.is_some(), limit_ms);
+            if detail == Detail::Names {
+                out.names.note(&job, refused, limit_ms);
             }
         })
         .map_err(|err| err.to_string())?;
