@@ -64,7 +64,7 @@ impl Tx<'_> {
     /// `drop_vanished` would.
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
         let existing = self.job_for(raw_key)?;
-        let raw = self.ledger.get(raw_key)?;
+        let raw = self.file_record(raw_key)?;
         let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) else {
             if let Some(job) = existing
                 && job.kind == JobKind::Upload
@@ -304,7 +304,7 @@ impl Store {
                 Ok(raw) => raw,
                 Err(err) => return abort(err),
             };
-            let raw = tx.ledger.get(&raw_key)?;
+            let raw = tx.file_record(&raw_key)?;
             if let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) {
                 let entry = match decode_ledger(upload, &raw_key) {
                     Ok(entry) => entry,

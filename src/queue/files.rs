@@ -114,7 +114,9 @@ impl Store {
 
     /// Reads up to [`VISIT_CHUNK`] entries under `prefix` from `from` on, putting the keys
     /// of those `take` takes, with what it took, into `taken`; returns the last key read
-    /// when the chunk was full (there may be more), `None` when the prefix ended.
+    /// when the chunk was full (there may be more), `None` when the prefix ended. The
+    /// pointers of new files kept in memory (module `pointers`) are read as part of the
+    /// entries: the files without an entry that they point from are taken in their place.
     fn read_chunk<T>(
         &self,
         prefix: &[u8],
@@ -122,22 +124,47 @@ impl Store {
         take: impl Fn(&[u8], FileRecord<'_>) -> Result<Option<T>, StoreError>,
         taken: &mut Vec<(Vec<u8>, T)>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.load_pointers()?;
         let handles = self.handles();
-        let mut read = 0;
+        let mut entries = Vec::new();
+        let mut last = None;
         for entry in handles.trees.ledger.range(from..) {
             let (raw_key, raw) = entry.map_err(|err| self.db_error(err))?;
             if !raw_key.starts_with(prefix) {
-                return Ok(None);
+                break;
             }
-            if let Some(value) = take(&raw_key, FileRecord::split(&raw))? {
-                taken.push((raw_key.to_vec(), value));
-            }
-            read += 1;
-            if read == VISIT_CHUNK {
-                return Ok(Some(raw_key.to_vec()));
+            entries.push((raw_key, raw));
+            if entries.len() == VISIT_CHUNK {
+                last = entries.last().map(|(raw_key, _)| raw_key.to_vec());
+                break;
             }
         }
-        Ok(None)
+        let mut kept = self
+            .inner
+            .pointers
+            .within(prefix, from, last.as_deref())
+            .into_iter()
+            .peekable();
+        let mut take_into = |raw_key: &[u8], record: FileRecord<'_>| {
+            if let Some(value) = take(raw_key, record)? {
+                taken.push((raw_key.to_vec(), value));
+            }
+            Ok::<(), StoreError>(())
+        };
+        for (raw_key, raw) in &entries {
+            while let Some((file, id)) = kept.next_if(|(file, _)| file[..] < raw_key[..]) {
+                take_into(&file, FileRecord::only_job(id))?;
+            }
+            let mut record = FileRecord::split(raw);
+            if let Some((_, id)) = kept.next_if(|(file, _)| file[..] == raw_key[..]) {
+                record.job = Some(id);
+            }
+            take_into(raw_key, record)?;
+        }
+        for (file, id) in kept {
+            take_into(&file, FileRecord::only_job(id))?;
+        }
+        Ok(last)
     }
 
     /// The files [`Store::visit_files`] hands on, as a list.

@@ -25,7 +25,9 @@
 //!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job (JSON)
 //!     ledger         folder \0 rel                       -> LedgerEntry (JSON), the file's
 //!                                                           JobId before it if it has a
-//!                                                           job (module `record`)
+//!                                                           job (module `record`); a
+//!                                                           new file's JobId is kept in
+//!                                                           memory instead (`pointers`)
 //!     progress       JobId (u64 BE)                      -> backend resume state (opaque)
 //!     due            folder tag (8 bytes) ++ due ms (u64 BE) ++ JobId (u64 BE) -> empty
 //!     counts         folder                              -> Tally (JSON): jobs by state,
@@ -96,8 +98,10 @@
 //! reopen and recovery, 6 with a file that changes during an attempt or an import.
 //!
 //! 1. **One job per file.** The `ledger` entry of `job.key` names `job.id`, for every job,
-//!    and every job a `ledger` entry names exists and has that key. Offering a file that has
-//!    a job updates that job (coalescing); it never creates a second one.
+//!    and every job a `ledger` entry names exists and has that key; for a file without an
+//!    entry, a pointer kept in memory does instead (module `pointers`, rebuilt from the
+//!    jobs after an open). Offering a file that has a job updates that job (coalescing); it
+//!    never creates a second one.
 //! 2. **The `due` index and the lines are exactly the claimable jobs.** A job in line
 //!    ([`Job::in_line`]) is queued, was created by `offer` and has been written since only
 //!    as queued and due at the same time (`Tx::put_job` takes it out of line for good
@@ -225,13 +229,14 @@ mod keys;
 mod line;
 mod lock;
 mod marks;
+mod pointers;
 mod record;
 mod summary;
 #[cfg(test)]
 mod tests;
 mod upgrade;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -261,6 +266,7 @@ pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
 use lock::StateLock;
+use pointers::{Noted, Pointers};
 use record::FileRecord;
 
 /// The layout version this code writes (the default tree's `format` key). It reads this
@@ -357,6 +363,8 @@ struct Inner {
     lines: line::Lines,
     /// Held by a batch claim from its walk to its commit (module `claim`).
     batch_claim: Mutex<()>,
+    /// The pointers of new files to their jobs (module `pointers`).
+    pointers: Pointers,
     /// What a report reads, taken as a compaction began: while it holds the database
     /// nothing changes, so reports read this instead of making it give way (module
     /// `compact`, "Giving way").
@@ -621,6 +629,12 @@ struct Tx<'a> {
     lines: &'a line::Lines,
     /// The ids it registered as being created (`Tx::new_job_id`).
     registered: &'a line::Registered,
+    /// The pointers of new files kept in memory (module `pointers`), and what this
+    /// transaction did with them.
+    pointers: &'a Pointers,
+    noted: &'a RefCell<Noted>,
+    /// Whether it may keep new pointers in memory (it holds [`Pointers::creating`]).
+    creating: bool,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -713,7 +727,7 @@ impl Tx<'_> {
     }
 
     fn job_for(&self, raw_key: &[u8]) -> TxResult<Option<Job>> {
-        let Some(raw) = self.ledger.get(raw_key)? else {
+        let Some(raw) = self.file_record(raw_key)? else {
             return Ok(None);
         };
         match FileRecord::split(&raw).job {
@@ -725,7 +739,7 @@ impl Tx<'_> {
     /// Rewrites the file's `ledger` entry with `job` (module `record`): one write, and
     /// none when it names that job already.
     fn point_to(&self, raw_key: &[u8], job: Option<JobId>) -> TxResult<()> {
-        let raw = self.ledger.get(raw_key)?;
+        let raw = self.file_record(raw_key)?;
         let record = raw.as_deref().map(FileRecord::split);
         if record.and_then(|record| record.job) == job {
             return Ok(());
@@ -734,12 +748,48 @@ impl Tx<'_> {
         self.write_file(raw_key, FileRecord { job, upload })
     }
 
-    /// Writes the file's `ledger` entry, or removes it when it holds nothing.
+    /// The file's `ledger` entry as this transaction sees it: with the pointer kept in
+    /// memory, if any, in place of the one it holds (module `pointers`).
+    fn file_record(&self, raw_key: &[u8]) -> TxResult<Option<IVec>> {
+        let stored = self.ledger.get(raw_key)?;
+        let kept = self.noted.borrow_mut().pointer(self.pointers, raw_key);
+        let Some(id) = kept else {
+            return Ok(stored);
+        };
+        let upload = stored
+            .as_deref()
+            .and_then(|raw| FileRecord::split(raw).upload);
+        Ok(FileRecord {
+            job: Some(id),
+            upload,
+        }
+        .join()
+        .map(IVec::from))
+    }
+
+    /// Writes the file's `ledger` entry, or removes it when it holds nothing. The pointer
+    /// of a file without an entry stays in memory instead, when this transaction may keep
+    /// one there and there is room (module `pointers`).
     fn write_file(&self, raw_key: &[u8], record: FileRecord<'_>) -> TxResult<()> {
+        let no_entry = record.upload.is_none() && self.ledger.get(raw_key)?.is_none();
+        let mut noted = self.noted.borrow_mut();
+        let kept_in_memory = no_entry
+            && match record.job {
+                None => true,
+                Some(_) => self.creating && self.pointers.has_room(&noted),
+            };
+        if kept_in_memory {
+            noted.leave(self.pointers, raw_key, record.job);
+            return Ok(());
+        }
         match record.join() {
             Some(raw) => self.ledger.insert(raw_key, raw)?,
             None => self.ledger.remove(raw_key)?,
         };
+        // The entry holds the pointer now, not memory.
+        if noted.pointer(self.pointers, raw_key).is_some() {
+            noted.leave(self.pointers, raw_key, None);
+        }
         Ok(())
     }
 
@@ -786,7 +836,7 @@ impl Tx<'_> {
 
     /// Removes a file's ledger entry (one file fewer done), keeping its job.
     fn remove_ledger(&self, raw_key: Vec<u8>, folder: &str) -> TxResult<()> {
-        let Some(raw) = self.ledger.get(&raw_key)? else {
+        let Some(raw) = self.file_record(&raw_key)? else {
             return Ok(());
         };
         let record = FileRecord::split(&raw);
@@ -817,7 +867,7 @@ impl Tx<'_> {
         entry: &LedgerEntry,
         ending: Option<JobId>,
     ) -> TxResult<()> {
-        let raw = self.ledger.get(&raw_key)?;
+        let raw = self.file_record(&raw_key)?;
         let record = raw.as_deref().map(FileRecord::split);
         let job = record
             .and_then(|record| record.job)
@@ -849,7 +899,7 @@ impl Tx<'_> {
     /// Removes the job with everything that refers to it (invariants 1 to 3).
     fn remove_job(&self, job: &Job) -> TxResult<()> {
         if let Ok(raw_key) = file_key(&job.key)
-            && let Some(raw) = self.ledger.get(&raw_key)?
+            && let Some(raw) = self.file_record(&raw_key)?
             && FileRecord::split(&raw).job == Some(job.id)
         {
             self.point_to(&raw_key, None)?;
@@ -882,7 +932,7 @@ impl Tx<'_> {
         now: u64,
     ) -> TxResult<Offer> {
         let existing = self.job_for(raw_key)?;
-        let raw = self.ledger.get(raw_key)?;
+        let raw = self.file_record(raw_key)?;
         let record = raw.as_deref().map(FileRecord::split);
         let uploaded = match record.and_then(|record| record.upload) {
             None => false,
@@ -1048,6 +1098,7 @@ impl Store {
                 marked_closed: Mutex::new(closed_cleanly),
                 lines: line::Lines::default(),
                 batch_claim: Mutex::new(()),
+                pointers: Pointers::default(),
                 frozen: Mutex::new(None),
                 _lock: lock,
             }),
@@ -1162,7 +1213,24 @@ impl Store {
     /// Runs `f` as one serializable transaction over all trees (sled retries it on conflict,
     /// so `f` must not have side effects outside the trees).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
+        self.transact_as(false, f)
+    }
+
+    /// [`Store::transact`] for a transaction that may create jobs: it may keep their files'
+    /// pointers in memory, and runs alone among those that may (module `pointers`).
+    fn transact_creating<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
+        let _creating = self.inner.pointers.creating();
+        self.transact_as(true, f)
+    }
+
+    fn transact_as<A>(
+        &self,
+        creating: bool,
+        f: impl Fn(&Tx<'_>) -> TxResult<A>,
+    ) -> Result<A, StoreError> {
         self.unmark_closed()?;
+        self.load_pointers()?;
+        let noted = RefCell::new(Noted::default());
         let handles = self.handles();
         let t = &handles.trees;
         // Counted per attempt: sled runs `f` again after a conflict.
@@ -1180,6 +1248,7 @@ impl Store {
             .transaction(
                 |(jobs, ledger, progress, due, counts, attention, claim_marks)| {
                     writes.set(0);
+                    noted.borrow_mut().clear();
                     let counted = |tree| TxTree {
                         tree,
                         writes: &writes,
@@ -1196,6 +1265,9 @@ impl Store {
                         changes: counts::Changes::default(),
                         lines: &self.inner.lines,
                         registered: &registered,
+                        pointers: &self.inner.pointers,
+                        noted: &noted,
+                        creating,
                     };
                     let done = f(&tx)?;
                     tx.settle_counts()?;
@@ -1207,8 +1279,33 @@ impl Store {
             TransactionError::Abort(err) => err,
             TransactionError::Storage(err) => self.db_error(err),
         })?;
+        self.inner.pointers.apply(noted.into_inner());
         self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// Step 1 of module `pointers`: the pointers of the jobs whose files have no ledger
+    /// entry, taken back once after the open.
+    fn load_pointers(&self) -> Result<(), StoreError> {
+        self.inner.pointers.load(|found| {
+            let handles = self.handles();
+            let trees = &handles.trees;
+            let db_error = |err| self.db_error(err);
+            for entry in trees.jobs.iter() {
+                let (raw_id, raw) = entry.map_err(db_error)?;
+                let id = keys::stored_job_id(&raw_id)?;
+                let job = decode_job(&raw, id)?;
+                // A key that cannot be stored has no entry either way; the job fails on
+                // its own when a worker takes it.
+                let Ok(raw_key) = file_key(&job.key) else {
+                    continue;
+                };
+                if trees.ledger.get(&raw_key).map_err(db_error)?.is_none() {
+                    found(raw_key, id);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// True when the ledger holds this version of the file (one read, and only the
@@ -1266,7 +1363,7 @@ impl Store {
     pub fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> Result<Offer, StoreError> {
         let raw_key = valid_key(key)?;
         let now = now_ms();
-        self.transact(|tx| tx.offer(&raw_key, key, fingerprint, now))
+        self.transact_creating(|tx| tx.offer(&raw_key, key, fingerprint, now))
     }
 
     /// [`Store::offer`] for several files in one transaction (a scan offers what it found
@@ -1279,7 +1376,7 @@ impl Store {
             .map(|(key, _)| valid_key(key))
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        self.transact(|tx| {
+        self.transact_creating(|tx| {
             files
                 .iter()
                 .zip(&raw_keys)
@@ -1604,7 +1701,7 @@ impl Store {
                     Ok(raw) => raw,
                     Err(err) => return abort(err),
                 };
-                let indexed = match tx.ledger.get(&raw_key)? {
+                let indexed = match tx.file_record(&raw_key)? {
                     Some(raw) => FileRecord::split(&raw).job == Some(job.id),
                     None => false,
                 };
@@ -1743,7 +1840,7 @@ impl Store {
             .map(|(key, _)| valid_key(key))
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        let dropped = self.transact(|tx| {
+        let dropped = self.transact_creating(|tx| {
             let mut dropped = Vec::with_capacity(files.len());
             for ((key, current), raw_key) in files.iter().zip(&raw_keys) {
                 dropped.push(

@@ -43,6 +43,14 @@ impl<'a> FileRecord<'a> {
         }
     }
 
+    /// The entry of a file with a job and no upload.
+    pub fn only_job(id: JobId) -> FileRecord<'static> {
+        FileRecord {
+            job: Some(id),
+            upload: None,
+        }
+    }
+
     /// The entry's bytes; `None` when it holds nothing (the entry is removed).
     pub fn join(self) -> Option<Vec<u8>> {
         let upload = self.upload.unwrap_or_default();
