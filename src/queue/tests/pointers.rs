@@ -212,3 +212,58 @@ fn offers_of_the_same_new_files_racing_create_one_job_per_file() {
         }
     }
 }
+
+#[test]
+fn small_new_files_in_batches_cost_three_writes_each_and_a_few_per_batch() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let count = 3_000;
+    let files: Vec<(FileKey, Fingerprint)> = (0..count)
+        .map(|n| (key(&format!("small{n:05}")), fp(1)))
+        .collect();
+    let before = store.writes();
+    let offers = files
+        .chunks(256)
+        .map(|offer| store.offer_many(offer))
+        .count();
+    let offered = store.writes() - before;
+    // Batches as a worker claims them (module `claim`): the first job, then up to 999 more.
+    let (mut batches, mut claimed, mut completed) = (0, 0, 0);
+    while let Some(first) = store.claim(far_future()).expect("claims") {
+        let start = store.writes();
+        let mut batch = vec![Claimed::from(first.clone())];
+        let more = store.claim_more(&first, far_future(), 999, |_| true);
+        batch.extend(more.expect("claims more"));
+        let claimed_at = store.writes();
+        let done: Vec<Completed> = batch
+            .into_iter()
+            .map(|claimed| Completed {
+                id: claimed.job.id,
+                fingerprint: claimed.job.fingerprint,
+                remote: claimed.job.key.rel.clone(),
+                md5: None,
+                as_claimed: claimed.as_claimed,
+            })
+            .collect();
+        store.complete_many(&done).expect("completes");
+        claimed += claimed_at - start;
+        completed += store.writes() - claimed_at;
+        batches += 1;
+    }
+    assert_eq!(batches, 3);
+    assert_eq!(
+        offered,
+        count + offers as u64,
+        "an offer: each file's job, and its folder's counts once per batch"
+    );
+    assert_eq!(
+        completed,
+        2 * count + batches,
+        "a completion: each file's ledger entry and its job's removal, the counts once"
+    );
+    assert!(
+        claimed <= 2 * batches,
+        "the rest of a batch's claim moves its folder's mark: {claimed} writes"
+    );
+    assert_invariants(&store);
+}
