@@ -63,8 +63,8 @@ impl Tx<'_> {
     /// entry there is nothing to delete, and a pending upload job is dropped as
     /// `drop_vanished` would.
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
-        let existing = self.job_for(raw_key)?;
         let raw = self.file_record(raw_key)?;
+        let existing = self.job_named(raw.as_deref())?;
         let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) else {
             if let Some(job) = existing
                 && job.kind == JobKind::Upload

@@ -727,10 +727,13 @@ impl Tx<'_> {
     }
 
     fn job_for(&self, raw_key: &[u8]) -> TxResult<Option<Job>> {
-        let Some(raw) = self.file_record(raw_key)? else {
-            return Ok(None);
-        };
-        match FileRecord::split(&raw).job {
+        let raw = self.file_record(raw_key)?;
+        self.job_named(raw.as_deref())
+    }
+
+    /// The job a file's entry (as [`Tx::file_record`] read it) names, if any.
+    fn job_named(&self, raw: Option<&[u8]>) -> TxResult<Option<Job>> {
+        match raw.and_then(|raw| FileRecord::split(raw).job) {
             Some(id) => self.job(id),
             None => Ok(None),
         }
@@ -931,8 +934,8 @@ impl Tx<'_> {
         fingerprint: &Fingerprint,
         now: u64,
     ) -> TxResult<Offer> {
-        let existing = self.job_for(raw_key)?;
         let raw = self.file_record(raw_key)?;
+        let existing = self.job_named(raw.as_deref())?;
         let record = raw.as_deref().map(FileRecord::split);
         let uploaded = match record.and_then(|record| record.upload) {
             None => false,

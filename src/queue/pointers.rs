@@ -27,7 +27,7 @@
 //! 5. **Walked with the ledger.** `Store::visit_files` hands on a file with a pointer kept
 //!    here as if its entry held it ([`Pointers::within`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -56,7 +56,9 @@ struct Kept {
 /// What one run of a transaction did with the pointers of the files it touched.
 #[derive(Default)]
 pub(super) struct Noted {
-    files: HashMap<Vec<u8>, Note>,
+    /// In key order, like a batch's files: a lookup compares a few keys instead of
+    /// hashing a whole path.
+    files: BTreeMap<Vec<u8>, Note>,
     /// How many files it leaves a pointer for.
     pointing: usize,
 }
