@@ -618,6 +618,8 @@ fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
 /// The trees as one transaction sees them, with the moves that keep the invariants.
 struct Tx<'a> {
     jobs: TxTree<'a>,
+    /// Read through [`Tx::file_record`] and written through [`Tx::write_file`], which
+    /// see the pointers of new files kept in memory (module `pointers`).
     ledger: TxTree<'a>,
     progress: TxTree<'a>,
     due: TxTree<'a>,
@@ -1847,8 +1849,7 @@ impl Store {
             let mut dropped = Vec::with_capacity(files.len());
             for ((key, current), raw_key) in files.iter().zip(&raw_keys) {
                 dropped.push(
-                    tx.ledger
-                        .get(raw_key)?
+                    tx.file_record(raw_key)?
                         .is_some_and(|raw| FileRecord::split(&raw).upload.is_some()),
                 );
                 tx.remove_ledger(raw_key.clone(), &key.folder)?;
