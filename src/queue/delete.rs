@@ -166,7 +166,7 @@ impl Store {
         let raw_keys = keys.iter().map(valid_key).collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         let due = to_ms(due).max(now);
-        self.transact(|tx| {
+        self.transact_creating(|tx| {
             let mut queued = 0;
             for (key, raw_key) in keys.iter().zip(&raw_keys) {
                 queued += usize::from(tx.offer_deletion(raw_key, key, due, now)?);

@@ -1161,7 +1161,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let raw_key = valid_key(key)?;
         let now = now_ms();
-        self.transact(|tx| {
+        // Among the offers: a job an offer is creating for the file must be seen here.
+        self.transact_creating(|tx| {
             if tx.job_for(&raw_key)?.is_some() {
                 return Ok(false);
             }
@@ -1221,8 +1222,9 @@ impl Store {
         self.transact_as(false, f)
     }
 
-    /// [`Store::transact`] for a transaction that may create jobs: it may keep their files'
-    /// pointers in memory, and runs alone among those that may (module `pointers`).
+    /// [`Store::transact`] for a transaction that may create jobs, or that acts on a file
+    /// having none: it may keep new files' pointers in memory, and runs alone among those
+    /// that may, so it sees every pointer they created (module `pointers`).
     fn transact_creating<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
         let _creating = self.inner.pointers.creating();
         self.transact_as(true, f)
@@ -1604,7 +1606,7 @@ impl Store {
     /// the state of the dropped job. Not flushed: a rescan finds the file gone again.
     pub fn drop_vanished(&self, key: &FileKey) -> Result<Option<&'static str>, StoreError> {
         let raw_key = valid_key(key)?;
-        self.transact(|tx| {
+        self.transact_creating(|tx| {
             let Some(job) = tx.job_for(&raw_key)? else {
                 return Ok(None);
             };

@@ -19,8 +19,11 @@
 //!    pointer for a file without one is the one change two transactions could make at once
 //!    without sled seeing a conflict (neither writes the file's entry), so only the
 //!    transactions that may create jobs create pointers, one at a time
-//!    ([`Pointers::creating`]), each applying its own before the next reads. Every other
-//!    change removes a pointer, and only if it is still the one the transaction read.
+//!    ([`Pointers::creating`]), each applying its own before the next reads. A
+//!    transaction whose outcome depends on a file having no job (a rebuild recording an
+//!    upload found on the remote, a file found gone) runs among them too, for the same
+//!    reason. Every other change removes
+//!    a pointer, and only if it is still the one the transaction read.
 //! 4. **Bounded.** Beyond [`LIMIT`] pointers, a new one is written to the ledger as before,
 //!    so the memory does not grow with the backlog (the scans pause at a backlog well
 //!    below it).
@@ -160,6 +163,9 @@ impl Pointers {
 
     /// Step 3: applies what a committed transaction noted.
     pub(super) fn apply(&self, noted: Noted) {
+        if noted.files.is_empty() {
+            return;
+        }
         let mut kept = lock(&self.kept);
         for (raw_key, note) in noted.files {
             match note.left {

@@ -268,3 +268,45 @@ fn small_new_files_in_batches_cost_three_writes_each_and_a_few_per_batch() {
     );
     assert_invariants(&store);
 }
+
+#[test]
+fn a_rebuild_recording_an_upload_and_an_offer_of_the_same_new_file_never_both_win() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for round in 0..10 {
+        let files: Vec<(FileKey, Fingerprint)> = (0..64)
+            .map(|n| (key(&format!("r{round}/f{n:02}")), fp(1)))
+            .collect();
+        let (offered, recorded): (Vec<Offer>, Vec<bool>) = thread::scope(|scope| {
+            let offers = scope.spawn(|| {
+                files
+                    .iter()
+                    .map(|(file, fingerprint)| store.offer(file, fingerprint).expect("offer"))
+                    .collect()
+            });
+            let records = scope.spawn(|| {
+                files
+                    .iter()
+                    .map(|(file, fingerprint)| {
+                        store
+                            .record_uploaded(file, fingerprint, "remote", None)
+                            .expect("records")
+                    })
+                    .collect()
+            });
+            (
+                offers.join().expect("the offers end"),
+                records.join().expect("the records end"),
+            )
+        });
+        for (n, (offer, recorded)) in offered.iter().zip(&recorded).enumerate() {
+            // Serialized, one of the two came first: either the offer found the
+            // recorded upload, or the record found the offer's job.
+            assert!(
+                !(matches!(offer, Offer::Queued(_)) && *recorded),
+                "round {round}, file {n}: queued again and recorded as uploaded"
+            );
+        }
+        assert_invariants(&store);
+    }
+}
