@@ -22,8 +22,8 @@
 //!    ([`Pointers::creating`]), each applying its own before the next reads. A
 //!    transaction whose outcome depends on a file having no job (a rebuild recording an
 //!    upload found on the remote, a file found gone) runs among them too, for the same
-//!    reason. Every other change removes
-//!    a pointer, and only if it is still the one the transaction read.
+//!    reason. Every other change removes a pointer, and only if it is still the one the
+//!    transaction read.
 //! 4. **Bounded.** Beyond [`LIMIT`] pointers, a new one is written to the ledger as before,
 //!    so the memory does not grow with the backlog (the scans pause at a backlog well
 //!    below it).
@@ -75,7 +75,7 @@ struct Note {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain values, changed in one step each: a panicking holder leaves them whole.
+    // Nothing panics while holding it but an allocation, which aborts the process.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
