@@ -113,7 +113,7 @@ fn assert_invariants(store: &Store) {
         assert_eq!(
             kept_pointer.or(raw.as_deref().and_then(|raw| FileRecord::split(raw).job)),
             Some(job.id),
-            "the ledger entry of {} must name job {}",
+            "the ledger entry of {} (or its pointer kept in memory) must name job {}",
             job.key,
             job.id
         );
