@@ -381,6 +381,55 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
 }
 
 #[test]
+fn sync_once_stops_at_a_signal_while_it_waits_for_a_retry() {
+    let s = setup(&["--kifs-directory", "ingest"], "");
+    let path = s.folder().join("waiting.csv");
+    std::fs::write(&path, "x\n").unwrap();
+    backdate(&path, 60);
+    // The folder's remote check passes; then every try of the upload is told to come back
+    // in 20 s, well within the run's limit: the run waits for the retry.
+    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
+    faults.extend((0..6).map(
+        |_| serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "20"}}),
+    ));
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
+    let mut run = Command::new(BIN)
+        .args(["sync", "--once", "--retry-wait-limit", "120s", "-c"])
+        .arg(&s.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("upsync sync --once starts");
+    let refused = || json_number(&s.emulator.get_json("/_emulator/stats")["faults"]["status_503"]);
+    let asked_back = Instant::now();
+    while refused().unwrap_or(0) < 1 {
+        assert!(
+            asked_back.elapsed() < Duration::from_secs(30),
+            "the upload was never tried"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signalled = Instant::now();
+    // SAFETY: kill(2) with the pid of a child not reaped yet.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGTERM);
+    }
+    let code = loop {
+        if let Some(status) = run.try_wait().expect("wait works") {
+            break status.code();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "sync --once still waits for the retry after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(1), "an interrupted run is not a clean one");
+    assert_eq!(refused(), Some(1), "no further try after the signal");
+}
+
+#[test]
 fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next_run_uploads_it() {
     let s = setup(&["--kifs-directory", "ingest"], "");
     let path = s.folder().join("later.csv");

@@ -497,7 +497,7 @@ async fn scan_and_wait(
         walked: None,
         stop: stop.clone(),
     };
-    let last = wait.until_settled(core, display, stop.cancelled()).await?;
+    let last = wait.until_settled(core, display).await?;
     Ok((wait, last))
 }
 
@@ -533,7 +533,7 @@ struct Wait {
     ended: Ended,
     /// The figures of the last walk of the jobs, with when the next one is due.
     walked: Option<Walked>,
-    /// Cancelled by a signal: a rescan does not pause for room then.
+    /// Cancelled by a signal: the wait ends, and a rescan does not pause for room.
     stop: CancellationToken,
 }
 
@@ -551,15 +551,14 @@ struct Walked {
 const WALK_SPACING: u32 = 20;
 
 impl Wait {
-    /// Waits until nothing the run can still upload is left, a signal, or the deadline;
-    /// returns the last figures.
+    /// Waits until nothing the run can still upload is left, a signal (`stop`), or the
+    /// deadline; returns the last figures.
     async fn until_settled(
         &mut self,
         core: &Core,
         display: &mut Display,
-        shutdown: impl Future<Output = ()>,
     ) -> Result<Pending, DaemonError> {
-        tokio::pin!(shutdown);
+        let stop = self.stop.clone();
         loop {
             self.refresh(core).await?;
             let figures = &self.walked.as_ref().expect("refreshed").figures;
@@ -587,7 +586,7 @@ impl Wait {
                 continue;
             }
             tokio::select! {
-                _ = &mut shutdown => {
+                () = stop.cancelled() => {
                     tracing::info!("interrupted; saving progress");
                     self.ended = Ended::Interrupted;
                 }
