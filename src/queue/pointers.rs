@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::JobId;
@@ -42,18 +42,15 @@ pub(super) const LIMIT: usize = 20_000;
 
 /// The pointers kept in memory, for one open store.
 pub(super) struct Pointers {
-    kept: Mutex<Kept>,
+    /// Each file's pointer, by the file's key.
+    kept: Mutex<BTreeMap<Vec<u8>, JobId>>,
+    /// Whether [`Pointers::load`] ran since the open: read without the lock, so that
+    /// every transaction after the first does not take it only to find the load done.
+    loaded: AtomicBool,
     /// Held by a transaction that may create pointers, from its start until its pointers
     /// apply (step 3 of the module doc).
     creating: Mutex<()>,
     limit: AtomicUsize,
-}
-
-#[derive(Default)]
-struct Kept {
-    /// Whether [`Pointers::load`] ran since the open.
-    loaded: bool,
-    by_file: BTreeMap<Vec<u8>, JobId>,
 }
 
 /// What one run of a transaction did with the pointers of the files it touched.
@@ -89,6 +86,7 @@ impl Pointers {
     pub(super) fn with_limit(limit: usize) -> Pointers {
         Pointers {
             kept: Mutex::default(),
+            loaded: AtomicBool::new(false),
             creating: Mutex::new(()),
             limit: AtomicUsize::new(limit),
         }
@@ -106,8 +104,12 @@ impl Pointers {
         &self,
         jobs_without_entry: impl FnOnce(&mut dyn FnMut(Vec<u8>, JobId)) -> Result<(), E>,
     ) -> Result<(), E> {
+        if self.loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut kept = lock(&self.kept);
-        if kept.loaded {
+        // Another caller may have loaded them while this one waited for the lock.
+        if self.loaded.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut found = BTreeMap::new();
@@ -116,14 +118,14 @@ impl Pointers {
             // points the file at the later one.
             found.insert(raw_key, id);
         })?;
-        kept.by_file = found;
-        kept.loaded = true;
+        *kept = found;
+        self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
     /// How many pointers are kept.
     pub(super) fn len(&self) -> usize {
-        lock(&self.kept).by_file.len()
+        lock(&self.kept).len()
     }
 
     /// Whether a transaction that noted `noted` may keep one more pointer here.
@@ -138,7 +140,7 @@ impl Pointers {
     }
 
     fn get(&self, raw_key: &[u8]) -> Option<JobId> {
-        lock(&self.kept).by_file.get(raw_key).copied()
+        lock(&self.kept).get(raw_key).copied()
     }
 
     /// The pointers of the files from `from` on (inclusive) under `prefix`, up to `to`
@@ -154,8 +156,7 @@ impl Pointers {
             Some(to) => Bound::Included(to),
             None => Bound::Unbounded,
         };
-        kept.by_file
-            .range::<[u8], _>((Bound::Included(from), upper))
+        kept.range::<[u8], _>((Bound::Included(from), upper))
             .take_while(|(raw_key, _)| raw_key.starts_with(prefix))
             .map(|(raw_key, id)| (raw_key.clone(), *id))
             .collect()
@@ -170,10 +171,10 @@ impl Pointers {
         for (raw_key, note) in noted.files {
             match note.left {
                 Some(Some(id)) => {
-                    kept.by_file.insert(raw_key, id);
+                    kept.insert(raw_key, id);
                 }
-                Some(None) if kept.by_file.get(&raw_key).copied() == note.read => {
-                    kept.by_file.remove(&raw_key);
+                Some(None) if kept.get(&raw_key).copied() == note.read => {
+                    kept.remove(&raw_key);
                 }
                 _ => {}
             }

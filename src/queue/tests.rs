@@ -73,6 +73,34 @@ fn offer_and_claim_the_first(store: &Store, count: u64) -> (Vec<JobId>, Job) {
     (ids, first)
 }
 
+/// The jobs a worker's batch claims (the first due, then up to `max` more of its folder),
+/// with what the completion of each job may take from its claim.
+fn claim_batch_as_claimed(store: &Store, max: usize) -> Vec<Claimed> {
+    let Some(first) = store.claim(SystemTime::now()).expect("claim works") else {
+        return Vec::new();
+    };
+    let more = store
+        .claim_more(&first, SystemTime::now(), max, |_| true)
+        .expect("claim_more works");
+    let mut batch = vec![Claimed::from(first)];
+    batch.extend(more);
+    batch
+}
+
+/// The completions of a batch's uploads, each of the version its attempt claimed.
+fn completed(batch: &[Claimed]) -> Vec<Completed> {
+    batch
+        .iter()
+        .map(|Claimed { job, as_claimed }| Completed {
+            id: job.id,
+            fingerprint: job.claimed.expect("an attempt has its claimed fingerprint"),
+            remote: format!("dir/{}", job.key.rel),
+            md5: None,
+            as_claimed: as_claimed.clone(),
+        })
+        .collect()
+}
+
 fn job(store: &Store, id: JobId) -> Job {
     store
         .get(id)
@@ -106,10 +134,11 @@ fn assert_invariants(store: &Store) {
     for job in &jobs {
         let raw_key = file_key(&job.key).expect("stored keys are valid");
         let raw = trees.ledger.get(&raw_key).expect("the ledger reads");
+        // `kept` is in key order.
         let kept_pointer = kept
-            .iter()
-            .find(|(file, _)| *file == raw_key)
-            .map(|(_, id)| *id);
+            .binary_search_by(|(file, _)| file.cmp(&raw_key))
+            .ok()
+            .map(|at| kept[at].1);
         assert_eq!(
             kept_pointer.or(raw.as_deref().and_then(|raw| FileRecord::split(raw).job)),
             Some(job.id),

@@ -49,33 +49,6 @@ fn claim_batch(store: &Store, max: usize) -> Vec<Job> {
         .collect()
 }
 
-/// [`claim_batch`], with what the completion of each job may take from its claim.
-fn claim_batch_as_claimed(store: &Store, max: usize) -> Vec<Claimed> {
-    let Some(first) = store.claim(SystemTime::now()).expect("claim works") else {
-        return Vec::new();
-    };
-    let more = store
-        .claim_more(&first, SystemTime::now(), max, |_| true)
-        .expect("claim_more works");
-    let mut batch = vec![Claimed::from(first)];
-    batch.extend(more);
-    batch
-}
-
-/// The completions of a batch's uploads, each of the version its attempt claimed.
-fn completed(batch: &[Claimed]) -> Vec<Completed> {
-    batch
-        .iter()
-        .map(|Claimed { job, as_claimed }| Completed {
-            id: job.id,
-            fingerprint: job.claimed.expect("an attempt has its claimed fingerprint"),
-            remote: format!("dir/{}", job.key.rel),
-            md5: None,
-            as_claimed: as_claimed.clone(),
-        })
-        .collect()
-}
-
 #[test]
 fn a_batch_from_the_front_of_a_line_is_claimed_with_one_write_and_reads_back_active() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
