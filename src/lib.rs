@@ -31,5 +31,7 @@ pub mod metrics;
 pub mod net;
 pub mod queue;
 pub mod signals;
+#[cfg(test)]
+mod test_logs;
 pub mod upload;
 pub mod watch;

@@ -69,6 +69,45 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// Small files sent several to a request are told in one info line per batch, not one
+/// each: every file is counted once, in its batch's line or in a line of its own.
+#[test]
+fn small_files_sent_together_are_told_in_one_line_per_batch() {
+    const FILES: u64 = 40;
+    let s = setup(&[], "", "");
+    for n in 0..FILES {
+        let path = s.folder().join(format!("small-{n:02}.csv"));
+        write_file(&path, 100, n);
+        backdate(&path, 60);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, FILES);
+    assert_eq!(daemon.terminate(), Some(0));
+    let log = daemon.log_text();
+    let in_batches: u64 = log
+        .lines()
+        .filter(|line| line.contains("uploaded a batch"))
+        .map(|line| {
+            let files = line
+                .split("files=")
+                .nth(1)
+                .expect("a batch line counts its files");
+            let digits: String = files.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().expect("a number of files")
+        })
+        .sum();
+    let file_lines = |level: &str| {
+        log.lines()
+            .filter(|line| line.contains(level) && line.contains("uploaded path="))
+            .count() as u64
+    };
+    assert_eq!(in_batches + file_lines(" INFO "), FILES, "{log}");
+    // These tests' daemons log at debug, where each file of a batch has its own line.
+    assert_eq!(file_lines(" DEBUG "), in_batches, "{log}");
+    // The start-up scan queued them all: the first worker's claim took most of them.
+    assert!(in_batches >= FILES / 2, "{log}");
+}
+
 #[test]
 fn a_file_changed_after_its_upload_is_uploaded_again() {
     let s = setup(&[], "", "");

@@ -32,7 +32,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::status::Live;
-use super::worker::{Backends, UploadLine, record_upload};
+use super::uploaded::{Told, UploadLine, record_upload};
+use super::worker::Backends;
 use crate::metrics::{FailureClass, Metrics};
 use crate::queue::{Import, Job, JobId, Store, to_ms};
 use crate::upload::backoff::Backoff;
@@ -205,7 +206,7 @@ impl Imports {
             import: Some(Duration::from_millis(imported_ms)),
             remote: format!("{}/{}", import.target, job.key.rel),
         };
-        record_upload(&self.metrics, &self.live, &line);
+        record_upload(&self.metrics, &self.live, &line, Told::Alone);
         let recorded = self.store.complete(
             job.id,
             &import.fingerprint,

@@ -35,6 +35,7 @@ mod remotes;
 mod schedule;
 pub mod status;
 pub mod systemd;
+mod uploaded;
 mod worker;
 
 use std::future::Future;

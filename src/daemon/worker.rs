@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::imports::Imports;
 use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
+use super::uploaded::{BatchLine, Told, UploadLine, record_upload, remote_label};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
@@ -214,6 +215,16 @@ impl Worker {
         let (displays, mut uploads): (Vec<String>, Vec<UploadJob>) =
             prepared.into_iter().map(|p| (p.display, p.upload)).unzip();
         let outcomes = backend.upload_batch(&mut uploads).await;
+        let held = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Ok(Delivery::Uploaded(_))))
+            .count();
+        let told = if held == 1 {
+            Told::Alone
+        } else {
+            Told::InBatch
+        };
+        let mut batch_line = BatchLine::default();
         // The uploads the remote holds, with their job and path; `entries` for the store.
         let mut completed = Vec::with_capacity(jobs.len());
         let mut entries = Vec::with_capacity(jobs.len());
@@ -232,7 +243,8 @@ impl Worker {
             };
             match outcome {
                 Ok(Delivery::Uploaded(uploaded)) => {
-                    self.count_success(&attempt, &uploaded.remote);
+                    self.count_success(&attempt, &uploaded.remote, told);
+                    batch_line.add(&job.key.folder, upload.fingerprint.size);
                     entries.push(Completed {
                         id: job.id,
                         fingerprint: upload.fingerprint,
@@ -245,6 +257,7 @@ impl Worker {
                 other => self.settle_outcome(&attempt, other),
             }
         }
+        batch_line.log(backend_label, started.elapsed());
         if entries.is_empty() {
             return;
         }
@@ -364,7 +377,7 @@ impl Worker {
         } = *attempt;
         match outcome {
             Ok(Delivery::Uploaded(uploaded)) => {
-                self.count_success(attempt, &uploaded.remote);
+                self.count_success(attempt, &uploaded.remote, Told::Alone);
                 let recorded = self.store.complete(
                     job.id,
                     &attempt.fingerprint,
@@ -464,7 +477,7 @@ impl Worker {
     }
 
     /// The log line, metrics and status figures of one uploaded file.
-    fn count_success(&self, attempt: &Finished<'_>, remote: &str) {
+    fn count_success(&self, attempt: &Finished<'_>, remote: &str, told: Told) {
         let line = UploadLine {
             folder: &attempt.job.key.folder,
             path: attempt.path,
@@ -474,7 +487,7 @@ impl Worker {
             import: None,
             remote: remote_label(attempt.target, &attempt.job.key.rel, remote),
         };
-        record_upload(&self.metrics, &self.live, &line);
+        record_upload(&self.metrics, &self.live, &line, told);
     }
 
     /// The remote holds the bytes and imports them: the job waits in `importing`, without
@@ -577,65 +590,6 @@ struct Finished<'a> {
     /// The version the attempt sent.
     fingerprint: Fingerprint,
     started: Instant,
-}
-
-/// One uploaded file as its log line, metrics and status figures tell it (by a worker, or
-/// at the end of its import).
-pub(super) struct UploadLine<'a> {
-    pub folder: &'a str,
-    /// The local path.
-    pub path: &'a str,
-    pub backend: &'static str,
-    pub bytes: u64,
-    /// The bytes' time: from the attempt's start until the remote held them.
-    pub transfer: Duration,
-    /// How long the remote then took to import them (Redivis uploads), if it did.
-    pub import: Option<Duration>,
-    /// Where the file is, as its user names it ([`remote_label`]).
-    pub remote: String,
-}
-
-/// Logs, counts and shows one uploaded file: an "uploaded" line, or an "imported" one
-/// with the import's time as a field of its own. The rate counts the transfer only.
-pub(super) fn record_upload(metrics: &Metrics, live: &Live, line: &UploadLine<'_>) {
-    let per_second = line.bytes as f64 / line.transfer.as_secs_f64().max(1e-6);
-    let rate = format!("{}/s", bytesize::ByteSize(per_second as u64));
-    let duration_ms = millis(line.transfer);
-    let (path, bytes, remote) = (line.path, line.bytes, &line.remote);
-    match line.import {
-        None => {
-            tracing::info!(path, bytes, duration_ms, rate = %rate, remote = %remote, "uploaded")
-        }
-        Some(import) => {
-            let import_ms = millis(import);
-            tracing::info!(
-                path,
-                bytes,
-                duration_ms,
-                rate = %rate,
-                import_ms,
-                remote = %remote,
-                "imported"
-            );
-            metrics.imported(line.backend, import);
-        }
-    }
-    metrics.uploaded(line.folder, line.backend, line.bytes, line.transfer);
-    live.activity
-        .record_success(line.folder, to_ms(SystemTime::now()), line.bytes);
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
-/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS.
-pub(super) fn remote_label(target: &Target, rel: &str, remote: &str) -> String {
-    match target {
-        Target::RedivisTable(table) => format!("{table}/{rel}"),
-        Target::KifsDirectory { .. } => remote.to_string(),
-    }
 }
 
 /// The pause a remote asked for (`Retry-After`), if it did.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::{FolderConfig, Target};
+use crate::test_logs::capture_logs;
 
 /// Records offers and vanished files; answers `is_uploaded` from a preset ledger and
 /// `visit_tracked` from a preset list.
@@ -564,50 +565,9 @@ impl DirWatcher for LimitedDirs {
     }
 }
 
-/// Log lines written through a tracing subscriber, for asserting messages.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log lock is not poisoned")).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("log lock is not poisoned")
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    (logs, guard)
-}
-
 #[tokio::test]
 async fn the_watch_limit_is_explained_once_and_the_subtree_is_rescanned_instead() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(tracing::Level::INFO);
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let root = dir.path();
     std::fs::create_dir_all(root.join("sub/inner")).expect("create dirs");
