@@ -720,6 +720,22 @@ impl FolderState {
             }
             return;
         }
+        self.track(rel, fp, hint);
+    }
+
+    /// [`FolderState::consider`] for a file a walk found, whose ledger check (run with its
+    /// stat, on the walk's threads) found this version not uploaded: asking the ledger
+    /// again, on the walking thread that also offers, would double the walk's reads.
+    fn consider_found(&mut self, rel: &str, fp: Fingerprint) {
+        if self.recent.contains(rel, &fp) {
+            self.settle.remove(&rel.to_string());
+            return;
+        }
+        self.track(rel, fp, Hint::None);
+    }
+
+    /// Tracks a file not uploaded in version `fp`; offers it if already settled.
+    fn track(&mut self, rel: &str, fp: Fingerprint, hint: Hint) {
         let key = rel.to_string();
         self.settle.observe(key.clone(), fp);
         match hint {
@@ -813,9 +829,11 @@ impl Visit for Pass<'_> {
         self.st.ensure_watched(dir, self.rewatch);
     }
 
+    /// A file the walk's ledger check found not uploaded in this version (every walk of
+    /// a pass runs the check, `FolderState::walk_from`).
     fn file(&mut self, _path: &Path, rel: &str, meta: &std::fs::Metadata) {
         self.summary.files_seen += 1;
-        self.st.consider(rel, Fingerprint::of(meta), Hint::None);
+        self.st.consider_found(rel, Fingerprint::of(meta));
     }
 
     /// Already uploaded: as `consider` would, forget any candidate for it (and let it

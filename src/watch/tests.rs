@@ -339,6 +339,10 @@ async fn scanned_files_are_offered_in_batches_each_file_once() {
         batches.len() <= 3 && batches.iter().all(|&n| n <= 256),
         "599 files go in at most three offers of at most 256: {batches:?}"
     );
+    // One ledger read per file: the walk's check, run with its stat.
+    for rel in ["a/f0.csv", "b/f7.csv", "c/f199.csv"] {
+        assert_eq!(recorder.ledger_reads_of(rel), 1, "{rel}");
+    }
 
     // A directory moved in later is scanned on its event and batched the same way.
     let outside = tempfile::tempdir().expect("a temp dir can be created");
@@ -357,6 +361,7 @@ async fn scanned_files_are_offered_in_batches_each_file_once() {
         batches.len() <= 5,
         "300 more files take two more offers, not 300: {batches:?}"
     );
+    assert_eq!(recorder.ledger_reads_of("d/g299.csv"), 1);
     run.stop().await;
 }
 
