@@ -2,12 +2,13 @@
 //! figures, by a worker or at the end of a remote's import.
 //!
 //! A file uploaded alone has an info line of its own. The files of a batch (small files
-//! sent several to a request: to KiFS, or to a Redivis file index table) have one info line for the whole batch and a debug line
-//! each: a pipeline dropping ten thousand small files would otherwise write ten thousand
-//! lines in a few seconds, past journald's default rate limit (10,000 lines in 30 s per
-//! service), which then drops the daemon's other lines too, its warnings included; and
-//! those lines were a twentieth of the daemon's work per small file
-//! (`docs/small-file-costs.md`). `upsync ls` lists every uploaded file.
+//! sent several to a request: to KiFS, or to a Redivis file index table) have one info
+//! line for the whole batch and a debug line each: a pipeline dropping ten thousand small
+//! files would otherwise write ten thousand lines in a few seconds, past journald's
+//! default rate limit (10,000 lines in 30 s per service), which then drops the daemon's
+//! other lines too, its warnings included; and those lines were a twentieth of the
+//! daemon's work per small file (`docs/small-file-costs.md`). `upsync ls` lists every
+//! uploaded file.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

@@ -709,8 +709,7 @@ impl FolderState {
 
     /// Tracks a file with its current fingerprint; offers it if already settled.
     fn consider(&mut self, rel: &str, fp: Fingerprint, hint: Hint) {
-        if self.recent.contains(rel, &fp) {
-            self.settle.remove(&rel.to_string());
+        if self.offered_lately(rel, &fp) {
             return;
         }
         if self.sink.is_uploaded(&self.key(rel), &fp) {
@@ -727,11 +726,18 @@ impl FolderState {
     /// stat, on the walk's threads) found this version not uploaded: asking the ledger
     /// again, on the walking thread that also offers, would double the walk's reads.
     fn consider_found(&mut self, rel: &str, fp: Fingerprint) {
-        if self.recent.contains(rel, &fp) {
-            self.settle.remove(&rel.to_string());
-            return;
+        if !self.offered_lately(rel, &fp) {
+            self.track(rel, fp, Hint::None);
         }
-        self.track(rel, fp, Hint::None);
+    }
+
+    /// Whether this version was offered lately; if so, any candidate for it is dropped.
+    fn offered_lately(&mut self, rel: &str, fp: &Fingerprint) -> bool {
+        let lately = self.recent.contains(rel, fp);
+        if lately {
+            self.settle.remove(&rel.to_string());
+        }
+        lately
     }
 
     /// Tracks a file not uploaded in version `fp`; offers it if already settled.
