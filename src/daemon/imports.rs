@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::status::Live;
-use super::uploaded::{Told, UploadLine, record_upload};
+use super::uploaded::{RemoteLabel, Told, UploadLine, record_upload};
 use super::worker::Backends;
 use crate::metrics::{FailureClass, Metrics};
 use crate::queue::{Import, Job, JobId, Store, to_ms};
@@ -204,7 +204,10 @@ impl Imports {
             bytes: import.fingerprint.size,
             transfer: Duration::from_millis(import.transfer_ms),
             import: Some(Duration::from_millis(imported_ms)),
-            remote: format!("{}/{}", import.target, job.key.rel),
+            remote: RemoteLabel::Table {
+                table: &import.target,
+                rel: &job.key.rel,
+            },
         };
         record_upload(&self.metrics, &self.live, &line, Told::Alone);
         let recorded = self.store.complete(

@@ -29,8 +29,38 @@ pub(super) struct UploadLine<'a> {
     pub transfer: Duration,
     /// How long the remote then took to import them (Redivis uploads), if it did.
     pub import: Option<Duration>,
-    /// Where the file is, as its user names it ([`remote_label`]).
-    pub remote: String,
+    /// Where the file is, as its user names it.
+    pub remote: RemoteLabel<'a>,
+}
+
+/// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
+/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS. Formatted
+/// only when a line is written: the files of a batch are told at debug.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RemoteLabel<'a> {
+    /// The remote's own name for the file (a KiFS path).
+    Path(&'a str),
+    /// An upload of a Redivis table, named by the file's relative path.
+    Table { table: &'a str, rel: &'a str },
+}
+
+impl<'a> RemoteLabel<'a> {
+    /// The label of `rel` uploaded to `target`, which named it `remote`.
+    pub fn of(target: &'a Target, rel: &'a str, remote: &'a str) -> RemoteLabel<'a> {
+        match target {
+            Target::RedivisTable(table) => RemoteLabel::Table { table, rel },
+            Target::KifsDirectory { .. } => RemoteLabel::Path(remote),
+        }
+    }
+}
+
+impl fmt::Display for RemoteLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteLabel::Path(path) => f.write_str(path),
+            RemoteLabel::Table { table, rel } => write!(f, "{table}/{rel}"),
+        }
+    }
 }
 
 /// Whether a file's "uploaded" line is its own (info) or one of a batch's (debug, the
@@ -49,7 +79,7 @@ pub(super) fn record_upload(metrics: &Metrics, live: &Live, line: &UploadLine<'_
         took: line.transfer,
     };
     let duration_ms = millis(line.transfer);
-    let (path, bytes, remote) = (line.path, line.bytes, &line.remote);
+    let (path, bytes, remote) = (line.path, line.bytes, line.remote);
     match (line.import, told) {
         (None, Told::Alone) => {
             tracing::info!(path, bytes, duration_ms, rate = %rate, remote = %remote, "uploaded")
@@ -78,8 +108,10 @@ pub(super) fn record_upload(metrics: &Metrics, live: &Live, line: &UploadLine<'_
 
 /// The files of one batch that the remote holds, told in one info line when there are
 /// two or more (a single file's own line says it all).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BatchLine {
+    /// How each file of the batch is told.
+    told: Told,
     files: u64,
     bytes: u64,
     /// The folders the files came from, each once, in the order first seen.
@@ -87,6 +119,25 @@ pub(super) struct BatchLine {
 }
 
 impl BatchLine {
+    /// The line of a batch of which the remote holds `held` files.
+    pub fn of(held: usize) -> BatchLine {
+        BatchLine {
+            told: if held == 1 {
+                Told::Alone
+            } else {
+                Told::InBatch
+            },
+            files: 0,
+            bytes: 0,
+            folders: Vec::new(),
+        }
+    }
+
+    /// How each file of the batch is told: alone when it is the only one.
+    pub fn told(&self) -> Told {
+        self.told
+    }
+
     /// Counts one uploaded file of the batch.
     pub fn add(&mut self, folder: &str, bytes: u64) {
         self.files += 1;
@@ -98,7 +149,7 @@ impl BatchLine {
 
     /// Logs the batch's line: `backend` took its files in `transfer`.
     pub fn log(&self, backend: &str, transfer: Duration) {
-        if self.files < 2 {
+        if self.told == Told::Alone || self.files == 0 {
             return;
         }
         let rate = Rate {
@@ -134,21 +185,13 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
-/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS.
-pub(super) fn remote_label(target: &Target, rel: &str, remote: &str) -> String {
-    match target {
-        Target::RedivisTable(table) => format!("{table}/{rel}"),
-        Target::KifsDirectory { .. } => remote.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_logs::capture_logs;
 
-    fn line<'a>(path: &'a str, import: Option<Duration>) -> UploadLine<'a> {
+    /// The line of `path`, stored in KiFS directory `ingest`.
+    fn line<'a>(path: &'a str, remote: &'a str, import: Option<Duration>) -> UploadLine<'a> {
         UploadLine {
             folder: "/data/in",
             path,
@@ -156,18 +199,19 @@ mod tests {
             bytes: 4096,
             transfer: Duration::from_millis(20),
             import,
-            remote: format!("ingest/{path}"),
+            remote: RemoteLabel::Path(remote),
         }
     }
 
-    /// The lines written at `level` for a batch of `paths` (each told as `told`), then its
+    /// The lines written at `level` for a batch of which the remote holds `paths`, then its
     /// batch line.
-    fn logged(level: tracing::Level, paths: &[&str], told: Told) -> String {
+    fn logged(level: tracing::Level, paths: &[&str]) -> String {
         let (logs, _guard) = capture_logs(level);
         let (metrics, live) = (Metrics::new(), Live::default());
-        let mut batch = BatchLine::default();
+        let mut batch = BatchLine::of(paths.len());
         for path in paths {
-            record_upload(&metrics, &live, &line(path, None), told);
+            let remote = format!("ingest/{path}");
+            record_upload(&metrics, &live, &line(path, &remote, None), batch.told());
             batch.add("/data/in", 4096);
         }
         batch.log("kifs", Duration::from_millis(40));
@@ -176,11 +220,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_one_info_line_and_its_files_are_debug_lines() {
-        let info = logged(
-            tracing::Level::INFO,
-            &["a.csv", "b.csv", "c.csv"],
-            Told::InBatch,
-        );
+        let info = logged(tracing::Level::INFO, &["a.csv", "b.csv", "c.csv"]);
         assert_eq!(info.lines().count(), 1, "{info}");
         for field in [
             "uploaded a batch",
@@ -194,11 +234,7 @@ mod tests {
             assert!(info.contains(field), "{field} in {info}");
         }
 
-        let debug = logged(
-            tracing::Level::DEBUG,
-            &["a.csv", "b.csv", "c.csv"],
-            Told::InBatch,
-        );
+        let debug = logged(tracing::Level::DEBUG, &["a.csv", "b.csv", "c.csv"]);
         assert_eq!(debug.lines().count(), 4, "{debug}");
         for path in ["a.csv", "b.csv", "c.csv"] {
             assert!(
@@ -212,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_file_alone_has_its_own_info_line_and_no_batch_line() {
-        let info = logged(tracing::Level::INFO, &["a.csv"], Told::Alone);
+        let info = logged(tracing::Level::INFO, &["a.csv"]);
         assert_eq!(info.lines().count(), 1, "{info}");
         for field in [
             "uploaded",
@@ -228,7 +264,7 @@ mod tests {
     #[test]
     fn an_import_is_told_at_info_even_in_a_batch() {
         let (logs, _guard) = capture_logs(tracing::Level::INFO);
-        let imported = line("a.csv", Some(Duration::from_secs(3)));
+        let imported = line("a.csv", "ingest/a.csv", Some(Duration::from_secs(3)));
         record_upload(&Metrics::new(), &Live::default(), &imported, Told::InBatch);
         let text = logs.text();
         assert!(
@@ -240,7 +276,7 @@ mod tests {
     #[test]
     fn a_batch_names_each_of_its_folders_once() {
         let (logs, _guard) = capture_logs(tracing::Level::INFO);
-        let mut batch = BatchLine::default();
+        let mut batch = BatchLine::of(3);
         for folder in ["/data/a", "/data/b", "/data/a"] {
             batch.add(folder, 10);
         }
@@ -249,6 +285,21 @@ mod tests {
         assert!(
             text.contains("files=3") && text.contains("folder=/data/a, /data/b"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_file_is_named_by_its_remote_path_in_kifs_and_by_table_and_path_in_redivis() {
+        let kifs = Target::KifsDirectory {
+            directory: "ingest".into(),
+            create: false,
+        };
+        let table = Target::RedivisTable("demo.uploads:next.files".into());
+        let label = |target| RemoteLabel::of(target, "2024/a.csv", "ingest/2024/a.csv");
+        assert_eq!(label(&kifs).to_string(), "ingest/2024/a.csv");
+        assert_eq!(
+            label(&table).to_string(),
+            "demo.uploads:next.files/2024/a.csv"
         );
     }
 

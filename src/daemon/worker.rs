@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::imports::Imports;
 use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
-use super::uploaded::{BatchLine, Told, UploadLine, record_upload, remote_label};
+use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
@@ -219,12 +219,7 @@ impl Worker {
             .iter()
             .filter(|outcome| matches!(outcome, Ok(Delivery::Uploaded(_))))
             .count();
-        let told = if held == 1 {
-            Told::Alone
-        } else {
-            Told::InBatch
-        };
-        let mut batch_line = BatchLine::default();
+        let mut batch_line = BatchLine::of(held);
         // The uploads the remote holds, with their job and path; `entries` for the store.
         let mut completed = Vec::with_capacity(jobs.len());
         let mut entries = Vec::with_capacity(jobs.len());
@@ -243,7 +238,7 @@ impl Worker {
             };
             match outcome {
                 Ok(Delivery::Uploaded(uploaded)) => {
-                    self.count_success(&attempt, &uploaded.remote, told);
+                    self.count_success(&attempt, &uploaded.remote, batch_line.told());
                     batch_line.add(&job.key.folder, upload.fingerprint.size);
                     entries.push(Completed {
                         id: job.id,
@@ -485,7 +480,7 @@ impl Worker {
             bytes: attempt.fingerprint.size,
             transfer: attempt.started.elapsed(),
             import: None,
-            remote: remote_label(attempt.target, &attempt.job.key.rel, remote),
+            remote: RemoteLabel::of(attempt.target, &attempt.job.key.rel, remote),
         };
         record_upload(&self.metrics, &self.live, &line, told);
     }
