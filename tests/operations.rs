@@ -380,20 +380,24 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
     assert!(summary.contains("upsync retry"), "{stderr}");
 }
 
+/// Leaves KiFS's first request alone (the folder's remote check: the directory exists)
+/// and answers the six after it, the upload's tries, with `action`.
+fn answer_the_upload_tries(s: &Setup, action: serde_json::Value) {
+    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
+    faults.extend((0..6).map(|_| serde_json::json!({"target": "kifs", "action": action})));
+    s.emulator
+        .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
+}
+
 #[test]
 fn sync_once_stops_at_a_signal_while_it_waits_for_a_retry() {
     let s = setup(&["--kifs-directory", "ingest"], "");
     let path = s.folder().join("waiting.csv");
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
-    // The folder's remote check passes; then every try of the upload is told to come back
-    // in 20 s, well within the run's limit: the run waits for the retry.
-    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
-    faults.extend((0..6).map(
-        |_| serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "20"}}),
-    ));
-    s.emulator
-        .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
+    // Every try of the upload is told to come back in 20 s, well within the run's limit:
+    // the run waits for the retry.
+    answer_the_upload_tries(&s, serde_json::json!({"status": 503, "retry_after": "20"}));
     let mut run = Command::new(BIN)
         .args(["sync", "--once", "--retry-wait-limit", "120s", "-c"])
         .arg(&s.config)
@@ -435,12 +439,8 @@ fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next
     let path = s.folder().join("later.csv");
     std::fs::write(&path, "x\n").unwrap();
     backdate(&path, 60);
-    // The folder's remote check is one request (the directory exists), left alone; then
-    // the upload's first try fails, and a zero limit does not wait for its in-place retry.
-    let mut faults = vec![serde_json::json!({"target": "kifs", "action": {"delay_ms": 0}})];
-    faults.extend((0..6).map(|_| serde_json::json!({"target": "kifs", "action": {"status": 503}})));
-    s.emulator
-        .post_json("/_emulator/faults", &serde_json::Value::Array(faults));
+    // The upload's first try fails, and a zero limit does not wait for its in-place retry.
+    answer_the_upload_tries(&s, serde_json::json!({"status": 503}));
     let started = std::time::Instant::now();
     let (code, stdout, stderr) = sync_once(&s.config, &["--retry-wait-limit", "0s"]);
     assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
