@@ -283,6 +283,14 @@ impl Emulator {
 
     /// Stops the server and deletes everything it stored.
     pub async fn stop(self) {
+        let data_dir = self.data_dir.clone();
+        self.stop_keeping_data().await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+
+    /// Stops the server and leaves what it stored in place, for the caller to delete
+    /// (`scenarios::small_rounds` says why that may wait).
+    pub async fn stop_keeping_data(self) {
         match self.server {
             Server::InProcess { running, .. } => {
                 running.shutdown.cancel();
@@ -292,7 +300,6 @@ impl Emulator {
                 let _ = child.kill().await;
             }
         }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
