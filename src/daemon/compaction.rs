@@ -11,7 +11,9 @@
 //!    were never measured, the store reads every entry to weigh the live data and
 //!    rewrites the database if the files take more than twice that.
 //! 3. After a compaction the heap's free memory goes back to the system: the old
-//!    database's cache was freed. A compaction that gave way to a use of the store
+//!    database's cache was freed. Only then is the compaction logged ("compacted the
+//!    state database"), so that an operator or a benchmark reading the line sees the
+//!    daemon's memory as the compaction leaves it. A compaction that gave way to a use of the store
 //!    (`queue::compact`, "Giving way") counts as work: it is tried again after the next
 //!    quiet time.
 //!
@@ -24,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{CompactPolicy, Compaction, Store, StoreError};
+use crate::queue::{CompactPolicy, Store, StoreError};
 
 /// How often the write counter is read.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -86,12 +88,9 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         match checked {
             Ok(Ok(Checked::Busy)) => {}
             Ok(Err(StoreError::CompactionYielded)) => quiet.since = Instant::now(),
-            Ok(Ok(Checked::Looked { on_disk, compacted })) => {
+            Ok(Ok(Checked::Looked { on_disk, .. })) => {
                 quiet.pending = false;
                 measured = Some(on_disk);
-                if compacted {
-                    super::heap::trim();
-                }
             }
             Ok(Err(err)) => {
                 quiet.pending = false;
@@ -135,10 +134,15 @@ fn step_two(
         });
     }
     Ok(match store.compact(policy)? {
-        Some(Compaction { after_on_disk, .. }) => Checked::Looked {
-            on_disk: after_on_disk,
-            compacted: true,
-        },
+        Some(compaction) => {
+            // Step 3, on this blocking thread; its line comes after it (`Compaction::log`).
+            super::heap::trim();
+            compaction.log();
+            Checked::Looked {
+                on_disk: compaction.after_on_disk,
+                compacted: true,
+            }
+        }
         None => Checked::Looked {
             on_disk,
             compacted: false,

@@ -150,6 +150,22 @@ pub struct Compaction {
     pub paused: Duration,
 }
 
+impl Compaction {
+    /// Logs what the compaction did. The daemon writes it after returning the memory the
+    /// old database's cache held (`daemon::compaction`), so that the line marks the end of
+    /// all a compaction changes: its files and the daemon's memory.
+    pub fn log(&self) {
+        tracing::info!(
+            before_bytes = self.before.on_disk_bytes,
+            after_bytes = self.after_on_disk,
+            live_bytes = self.before.live_bytes,
+            entries = self.entries,
+            paused_ms = self.paused.as_millis() as u64,
+            "compacted the state database"
+        );
+    }
+}
+
 /// Steps after which a test stops a compaction as a crash would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -320,7 +336,8 @@ impl Store {
         }
     }
 
-    /// Step 6, and the log line that says what the compaction did.
+    /// Step 6. The line that says what the compaction did is the caller's to write
+    /// ([`Compaction::log`]), once it has done what follows a compaction.
     fn finish(
         &self,
         old_copy: &Path,
@@ -333,14 +350,6 @@ impl Store {
             tracing::warn!(path = %old_copy.display(), error = %err, "cannot remove the database a compaction replaced");
         }
         let after_on_disk = self.on_disk_bytes()?;
-        tracing::info!(
-            before_bytes = before.on_disk_bytes,
-            after_bytes = after_on_disk,
-            live_bytes = before.live_bytes,
-            entries,
-            paused_ms = paused.as_millis() as u64,
-            "compacted the state database"
-        );
         Ok(Compaction {
             before,
             after_on_disk,
