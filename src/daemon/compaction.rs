@@ -81,7 +81,7 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         }
         let checked = tokio::task::spawn_blocking({
             let store = store.clone();
-            move || step_two(&store, &policy, measured)
+            move || step_two(&store, &policy, measured, &super::heap::trim)
         })
         .await;
         quiet.uses = store.uses();
@@ -118,6 +118,7 @@ fn step_two(
     store: &Store,
     policy: &CompactPolicy,
     measured: Option<u64>,
+    trim: &dyn Fn(),
 ) -> Result<Checked, StoreError> {
     let uploading = store
         .counts()?
@@ -136,7 +137,7 @@ fn step_two(
     Ok(match store.compact(policy)? {
         Some(compaction) => {
             // Step 3, on this blocking thread; its line comes after it (`Compaction::log`).
-            super::heap::trim();
+            trim();
             compaction.log();
             Checked::Looked {
                 on_disk: compaction.after_on_disk,
@@ -209,7 +210,7 @@ mod tests {
         let before = store.on_disk_bytes().expect("measures");
 
         let Checked::Looked { on_disk, compacted } =
-            step_two(&store, &policy, None).expect("checks")
+            step_two(&store, &policy, None, &|| {}).expect("checks")
         else {
             panic!("nothing is uploading");
         };
@@ -218,13 +219,46 @@ mod tests {
         let grown = (on_disk as f64 * REGROWTH) as u64 + 1;
         let measured_before_growth = Some(grown);
         assert_eq!(
-            step_two(&store, &policy, measured_before_growth).expect("checks"),
+            step_two(&store, &policy, measured_before_growth, &|| {}).expect("checks"),
             Checked::Looked {
                 on_disk,
                 compacted: false
             },
             "files that did not grow a quarter are not weighed"
         );
+    }
+
+    #[test]
+    fn a_compaction_is_logged_once_its_memory_went_back() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let store = bloated(dir.path());
+        let policy = CompactPolicy {
+            max_ratio: 2.0,
+            min_on_disk: 0,
+        };
+        let (logs, _guard) = crate::test_logs::capture_logs(tracing::Level::INFO);
+        let logged = || logs.text().contains("compacted the state database");
+        // Whether the line was out when the heap was trimmed, for each trim.
+        let trims = std::cell::RefCell::new(Vec::new());
+        let trim = || trims.borrow_mut().push(logged());
+
+        let checked = step_two(&store, &policy, None, &trim).expect("checks");
+        assert!(matches!(
+            checked,
+            Checked::Looked {
+                compacted: true,
+                ..
+            }
+        ));
+        assert_eq!(*trims.borrow(), [false], "one trim, before the line");
+        assert!(logged(), "the compaction is logged");
+
+        let Checked::Looked { on_disk, .. } = checked else {
+            unreachable!("matched above")
+        };
+        let grown = (on_disk as f64 * REGROWTH) as u64 + 1;
+        step_two(&store, &policy, Some(grown), &trim).expect("checks");
+        assert_eq!(trims.borrow().len(), 1, "no compaction, no trim");
     }
 
     #[tokio::test]
@@ -240,7 +274,7 @@ mod tests {
             min_on_disk: 0,
         };
         assert_eq!(
-            step_two(&store, &policy, None).expect("checks"),
+            step_two(&store, &policy, None, &|| {}).expect("checks"),
             Checked::Busy
         );
     }
