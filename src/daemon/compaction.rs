@@ -13,9 +13,9 @@
 //! 3. After a compaction the heap's free memory goes back to the system: the old
 //!    database's cache was freed. Only then is the compaction logged ("compacted the
 //!    state database"), so that an operator or a benchmark reading the line sees the
-//!    daemon's memory as the compaction leaves it. A compaction that gave way to a use of the store
-//!    (`queue::compact`, "Giving way") counts as work: it is tried again after the next
-//!    quiet time.
+//!    daemon's memory as the compaction leaves it. A compaction that gave way to a use of
+//!    the store (`queue::compact`, "Giving way") counts as work: it is tried again after
+//!    the next quiet time.
 //!
 //! An idle daemon then reads and writes nothing until the next work; step 2's full read
 //! happens at most once per quarter of growth, so its cost stays a fraction of the writing
