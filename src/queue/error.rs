@@ -15,6 +15,13 @@ pub enum StoreError {
     #[error("the compaction of the state database gave way to its users")]
     CompactionYielded,
 
+    /// A transaction that may not create pointers met a file with neither a ledger entry
+    /// nor a pointer in memory: the pointer of a job another transaction has just
+    /// committed, not yet kept. The store runs it again among those that create pointers
+    /// (module `pointers`, step 3), so this never leaves the store.
+    #[error("a transaction read a new file's pointer before it was kept")]
+    PointerUnsettled,
+
     #[error(
         "another upsync is already running with state_dir {} (lock held on {})",
         state_dir.display(),

@@ -759,6 +759,9 @@ impl Tx<'_> {
         let stored = self.ledger.get(raw_key)?;
         let kept = self.noted.borrow_mut().pointer(self.pointers, raw_key);
         let Some(id) = kept else {
+            if stored.is_none() && !self.creating {
+                return abort(StoreError::PointerUnsettled);
+            }
             return Ok(stored);
         };
         let upload = stored
@@ -1218,8 +1221,18 @@ impl Store {
 
     /// Runs `f` as one serializable transaction over all trees (sled retries it on conflict,
     /// so `f` must not have side effects outside the trees).
+    ///
+    /// One that meets a file whose pointer a transaction creating it has not yet kept runs
+    /// again among those (step 3 of module `pointers`).
     fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
-        self.transact_as(false, f)
+        match self.transact_as(false, &f) {
+            Err(StoreError::PointerUnsettled) => {
+                #[cfg(test)]
+                self.inner.pointers.rerun.fetch_add(1, Ordering::Relaxed);
+                self.transact_creating(f)
+            }
+            done => done,
+        }
     }
 
     /// [`Store::transact`] for a transaction that may create jobs, or that acts on a file
@@ -1227,13 +1240,13 @@ impl Store {
     /// that may, so it sees every pointer they created (module `pointers`).
     fn transact_creating<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
         let _creating = self.inner.pointers.creating();
-        self.transact_as(true, f)
+        self.transact_as(true, &f)
     }
 
     fn transact_as<A>(
         &self,
         creating: bool,
-        f: impl Fn(&Tx<'_>) -> TxResult<A>,
+        f: &impl Fn(&Tx<'_>) -> TxResult<A>,
     ) -> Result<A, StoreError> {
         self.unmark_closed()?;
         self.load_pointers()?;

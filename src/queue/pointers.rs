@@ -23,7 +23,12 @@
 //!    transaction whose outcome depends on a file having no job (a rebuild recording an
 //!    upload found on the remote, a file found gone) runs among them too, for the same
 //!    reason. Every other change removes a pointer, and only if it is still the one the
-//!    transaction read.
+//!    transaction read. Any other transaction can see a job committed and its pointer not
+//!    yet applied (a worker claiming a new file's job the moment its offer commits): it
+//!    would take the file for one without an entry or pointer, and write the entry that
+//!    the pointer then doubles. Every job's file has one or the other, so a transaction
+//!    outside the creating ones that meets a file with neither stops and runs again among
+//!    them ([`super::StoreError::PointerUnsettled`]), after the pointer applied.
 //! 4. **Bounded.** Beyond [`LIMIT`] pointers, a new one is written to the ledger as before,
 //!    so the memory does not grow with the backlog (the scans pause at a backlog well
 //!    below it).
@@ -51,6 +56,22 @@ pub(super) struct Pointers {
     /// apply (step 3 of the module doc).
     creating: Mutex<()>,
     limit: AtomicUsize,
+    /// How many transactions ran again among those creating pointers (step 3).
+    #[cfg(test)]
+    pub(super) rerun: AtomicUsize,
+    /// Holds the next transaction that keeps a pointer between its commit and the apply.
+    #[cfg(test)]
+    gate: Mutex<Option<Gate>>,
+}
+
+/// Where a test holds a transaction in step 3's window, after sled committed it and before
+/// its pointers apply.
+#[cfg(test)]
+pub(super) struct Gate {
+    /// Sent once the transaction is held.
+    pub(super) reached: std::sync::mpsc::Sender<()>,
+    /// Received to let it go on.
+    pub(super) release: std::sync::mpsc::Receiver<()>,
 }
 
 /// What one run of a transaction did with the pointers of the files it touched.
@@ -89,6 +110,10 @@ impl Pointers {
             loaded: AtomicBool::new(false),
             creating: Mutex::new(()),
             limit: AtomicUsize::new(limit),
+            #[cfg(test)]
+            rerun: AtomicUsize::new(0),
+            #[cfg(test)]
+            gate: Mutex::default(),
         }
     }
 
@@ -167,6 +192,10 @@ impl Pointers {
         if noted.files.is_empty() {
             return;
         }
+        #[cfg(test)]
+        if noted.pointing > 0 {
+            self.hold_at_gate();
+        }
         let mut kept = lock(&self.kept);
         for (raw_key, note) in noted.files {
             match note.left {
@@ -179,6 +208,21 @@ impl Pointers {
                 _ => {}
             }
         }
+    }
+
+    /// Holds the next transaction that keeps a pointer at `gate` (module doc, step 3).
+    #[cfg(test)]
+    pub(super) fn set_gate(&self, gate: Gate) {
+        *lock(&self.gate) = Some(gate);
+    }
+
+    #[cfg(test)]
+    fn hold_at_gate(&self) {
+        let Some(gate) = lock(&self.gate).take() else {
+            return;
+        };
+        gate.reached.send(()).ok();
+        gate.release.recv().ok();
     }
 
     /// Every pointer kept, in key order (the tests' check of invariant 1).

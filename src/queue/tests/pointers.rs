@@ -5,6 +5,7 @@
 use std::thread;
 
 use super::super::files::VISIT_CHUNK;
+use super::super::pointers::Gate;
 use super::*;
 
 fn stored_entry(store: &Store, file: &FileKey) -> Option<IVec> {
@@ -211,6 +212,47 @@ fn offers_of_the_same_new_files_racing_create_one_job_per_file() {
             );
         }
     }
+}
+
+#[test]
+fn a_claim_of_a_job_whose_pointer_is_not_yet_kept_waits_for_it_instead_of_writing_an_entry() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let (reached, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    store.inner.pointers.set_gate(Gate {
+        reached,
+        release: released,
+    });
+    let file = key("new.csv");
+    let claimed = thread::scope(|scope| {
+        let offer = scope.spawn(|| store.offer(&file, &fp(1)).expect("offer"));
+        held.recv()
+            .expect("the offer is held after its commit, before its pointer applies");
+        let claim = scope.spawn(|| store.claim(SystemTime::now()).expect("claim works"));
+        // The claim either runs again among the offers (and waits for this one) or, if it
+        // wrote the entry the pointer is about to double, ends on its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.inner.pointers.rerun.load(Ordering::Relaxed) == 0 && !claim.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the claim did neither"
+            );
+            thread::yield_now();
+        }
+        release.send(()).expect("the offer waits at the gate");
+        queued_id(offer.join().expect("the offer ends"));
+        claim.join().expect("the claim ends")
+    });
+    let claimed = claimed.expect("the new file's job was due");
+    assert_eq!(claimed.key, file);
+    assert_eq!(
+        stored_entry(&store, &file),
+        None,
+        "no ledger write before the upload"
+    );
+    assert_invariants(&store);
+    assert_eq!(store.inner.pointers.rerun.load(Ordering::Relaxed), 1);
 }
 
 #[test]
