@@ -1620,8 +1620,16 @@ impl std::io::Write for Captured {
     }
 }
 
+/// A subscriber that takes nothing, registered for the whole run: while one subscriber
+/// alone is registered, tracing asks only the subscriber of the thread that first reaches
+/// a log line whether it is of interest, so a line a parallel test reaches first, on a
+/// thread without one, would stay of no interest to the captured thread too.
+static ALWAYS_REGISTERED: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+
 #[tokio::test]
 async fn the_token_appears_in_no_log_line_error_debug_output_or_saved_progress() {
+    ALWAYS_REGISTERED
+        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new()));
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
