@@ -88,7 +88,7 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         match checked {
             Ok(Ok(Checked::Busy)) => {}
             Ok(Err(StoreError::CompactionYielded)) => quiet.since = Instant::now(),
-            Ok(Ok(Checked::Looked { on_disk, .. })) => {
+            Ok(Ok(Checked::Looked { on_disk })) => {
                 quiet.pending = false;
                 measured = Some(on_disk);
             }
@@ -109,8 +109,8 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
 enum Checked {
     /// An upload is active or finalizing: look again at the next tick.
     Busy,
-    /// The files were looked at; their length now, and whether they were compacted.
-    Looked { on_disk: u64, compacted: bool },
+    /// The files were looked at (and compacted if too large): their length now.
+    Looked { on_disk: u64 },
 }
 
 /// Step 2, given the files' length when last measured.
@@ -129,10 +129,7 @@ fn step_two(
     }
     let on_disk = store.on_disk_bytes()?;
     if measured.is_some_and(|last| (on_disk as f64) < last as f64 * REGROWTH) {
-        return Ok(Checked::Looked {
-            on_disk,
-            compacted: false,
-        });
+        return Ok(Checked::Looked { on_disk });
     }
     Ok(match store.compact(policy)? {
         Some(compaction) => {
@@ -141,13 +138,9 @@ fn step_two(
             compaction.log();
             Checked::Looked {
                 on_disk: compaction.after_on_disk,
-                compacted: true,
             }
         }
-        None => Checked::Looked {
-            on_disk,
-            compacted: false,
-        },
+        None => Checked::Looked { on_disk },
     })
 }
 
@@ -199,8 +192,8 @@ mod tests {
         store
     }
 
-    #[tokio::test]
-    async fn step_two_compacts_a_bloated_store_then_waits_for_a_quarter_of_growth() {
+    #[test]
+    fn step_two_compacts_a_bloated_store_returns_the_freed_memory_then_waits_for_growth() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let store = bloated(dir.path());
         let policy = CompactPolicy {
@@ -208,49 +201,22 @@ mod tests {
             min_on_disk: 0,
         };
         let before = store.on_disk_bytes().expect("measures");
-
-        let Checked::Looked { on_disk, compacted } =
-            step_two(&store, &policy, None, &|| {}).expect("checks")
-        else {
-            panic!("nothing is uploading");
-        };
-        assert!(compacted && on_disk < before / 2, "{on_disk} of {before}");
-
-        let grown = (on_disk as f64 * REGROWTH) as u64 + 1;
-        let measured_before_growth = Some(grown);
-        assert_eq!(
-            step_two(&store, &policy, measured_before_growth, &|| {}).expect("checks"),
-            Checked::Looked {
-                on_disk,
-                compacted: false
-            },
-            "files that did not grow a quarter are not weighed"
-        );
-    }
-
-    #[test]
-    fn a_compaction_returns_the_freed_memory_and_a_look_without_one_does_not() {
-        let dir = tempfile::tempdir().expect("a temp dir can be created");
-        let store = bloated(dir.path());
-        let policy = CompactPolicy {
-            max_ratio: 2.0,
-            min_on_disk: 0,
-        };
         let trims = std::cell::Cell::new(0);
         let trim = || trims.set(trims.get() + 1);
 
         let checked = step_two(&store, &policy, None, &trim).expect("checks");
-        let Checked::Looked {
-            on_disk,
-            compacted: true,
-        } = checked
-        else {
-            panic!("a bloated store is compacted: {checked:?}");
+        let Checked::Looked { on_disk } = checked else {
+            panic!("nothing is uploading: {checked:?}");
         };
+        assert!(on_disk < before / 2, "compacted: {on_disk} of {before}");
         assert_eq!(trims.get(), 1, "one trim after the compaction");
 
         let grown = (on_disk as f64 * REGROWTH) as u64 + 1;
-        step_two(&store, &policy, Some(grown), &trim).expect("checks");
+        assert_eq!(
+            step_two(&store, &policy, Some(grown), &trim).expect("checks"),
+            Checked::Looked { on_disk },
+            "files that did not grow a quarter are not weighed"
+        );
         assert_eq!(trims.get(), 1, "no compaction, no trim");
     }
 
