@@ -306,6 +306,23 @@ async fn whole_file_upload_is_all_or_nothing_and_checks_its_arrays() {
         .unwrap_err();
     assert!(err.contains("file_names is empty"), "{err}");
     let err = emu
+        .upload(
+            enc,
+            &["d/a", "d/b", "d/a"],
+            &[b"1", b"2", b"3"],
+            StringMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, "File 'd/a' appears twice in file_names");
+    assert!(
+        emu.show_files(enc, &["d"])
+            .await
+            .unwrap()
+            .file_names
+            .is_empty()
+    );
+    let err = emu
         .upload(enc, &["d/a"], &[b"1"], map(&[("delete_if_exists", "yes")]))
         .await
         .unwrap_err();
