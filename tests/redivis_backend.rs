@@ -1276,6 +1276,7 @@ async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing(
         name_index: upsync::upload::redivis::names::IndexConfig {
             max_age: Duration::ZERO,
             age_per_page: Duration::ZERO,
+            ..Default::default()
         },
         ..inline_tuning()
     };
@@ -1292,6 +1293,34 @@ async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing(
     assert_eq!(h.api_count("uploads.list").await - lists, 6);
     assert_eq!(h.api_count("uploads.get").await, 4);
     assert_eq!(h.api_count("uploads.post").await - 250, 6);
+}
+
+#[tokio::test]
+async fn a_table_with_more_names_than_the_index_keeps_is_asked_by_name() {
+    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+    for i in 0..250 {
+        h.post_foreign(&format!("old/{i}.csv"), b"x\n").await;
+    }
+    let at_most_150 = Tuning {
+        name_index: upsync::upload::redivis::names::IndexConfig {
+            max_names: 150,
+            ..Default::default()
+        },
+        ..inline_tuning()
+    };
+    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, at_most_150);
+    let lists = h.api_count("uploads.list").await;
+    for i in 0..3 {
+        let name = format!("new{i}.csv");
+        h.write(&name, &data(300, i));
+        let mut job = h.claim(&name);
+        upload_ok(&backend, &mut job).await;
+    }
+    // The listing stops on its second page (200 names, past 150), and the snapshot, still
+    // fresh, keeps none: every file asks by name.
+    assert_eq!(h.api_count("uploads.list").await - lists, 2);
+    assert_eq!(h.api_count("uploads.get").await, 3);
+    assert_eq!(h.api_count("uploads.post").await - 250, 3);
 }
 
 // ---- rate limit ------------------------------------------------------------------------

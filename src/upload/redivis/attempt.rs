@@ -334,7 +334,7 @@ impl RedivisBackend {
     ) -> Result<bool, UploadError> {
         match known {
             Known::Free => Ok(false),
-            Known::Held(uris) if uris.iter().all(|uri| a.stale.contains(uri)) => {
+            Known::Held(holders) if holders.only_among(&a.stale) => {
                 // Only uploads this file replaces: still ask when the replaced upload may
                 // hold these very bytes (a file touched, not changed), which is then
                 // adopted.

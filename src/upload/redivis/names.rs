@@ -36,8 +36,23 @@
 //!   much as one listing (P), and only then is the table listed again. A trickle of files
 //!   into a large table therefore costs at most about two requests per file, never P;
 //!   a batch costs P requests for the whole batch.
+//!
+//! # Memory
+//! A snapshot holds every upload of its table, so it grows with every file a daemon
+//! uploads there. It keeps 64-bit hashes instead of the texts ([`Holders`]): 22 bytes a
+//! name, where the escaped names with the lists of URIs took 250
+//! (`tests/name_index_memory.rs` counts them, for 100,000 names shaped like a
+//! daemon's). Two texts with one hash cost at most a request, never a wrong upload: a
+//! name that seems held when it is not is asked for by name, and a name that seems held
+//! only by uploads the caller replaces, when another upload holds it too, is a name
+//! taken since the listing, which `upload.post` catches (above). And a snapshot keeps
+//! at most [`IndexConfig::max_names`] names: a table with more (its listing stops
+//! there) is asked by name, file by file, at the cost above; a listing past the limit
+//! would take a thousand requests and more.
 
 use std::collections::HashMap;
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +148,8 @@ pub struct IndexConfig {
     /// ...and for this long per page that listing took (the request budget is one a
     /// second, so 10 s per page keeps re-listing under a tenth of it).
     pub age_per_page: Duration,
+    /// The most names a table's snapshot keeps (module doc, "Memory").
+    pub max_names: usize,
 }
 
 impl Default for IndexConfig {
@@ -140,17 +157,21 @@ impl Default for IndexConfig {
         IndexConfig {
             max_age: Duration::from_secs(30),
             age_per_page: Duration::from_secs(10),
+            max_names: MAX_NAMES,
         }
     }
 }
+
+/// How many names a table's snapshot keeps at most: about 2 MiB (module doc, "Memory").
+pub const MAX_NAMES: usize = 100_000;
 
 /// What the index knows about an escaped name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Known {
     /// No upload in the table escapes to it.
     Free,
-    /// The URIs of the uploads that hold it.
-    Held(Vec<String>),
+    /// The uploads that hold it.
+    Held(HeldBy),
     /// No fresh snapshot: ask the server by name.
     Unknown,
 }
@@ -169,14 +190,97 @@ struct TableNames {
     state: Mutex<Snapshot>,
 }
 
+/// The uploads holding one name, as hashes of their URIs (module doc, "Memory").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBy(Vec<u64>);
+
+impl HeldBy {
+    /// Whether every holder is one of `uris`.
+    pub fn only_among(&self, uris: &[String]) -> bool {
+        self.0
+            .iter()
+            .all(|held| uris.iter().any(|uri| hash_of(uri) == *held))
+    }
+}
+
+/// The 64-bit hash the snapshots keep of a name or a URI.
+fn hash_of(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Escaped names and the uploads holding them, as hashes (module doc, "Memory").
+#[derive(Debug, Default)]
+struct Holders {
+    /// Each name's first holder: nearly every name has one only.
+    first: HashMap<u64, u64>,
+    /// The further holders of the few names that have more.
+    more: HashMap<u64, Vec<u64>>,
+}
+
+impl Holders {
+    fn names(&self) -> usize {
+        self.first.len()
+    }
+
+    fn add(&mut self, name: u64, uri: u64) {
+        match self.first.entry(name) {
+            Entry::Vacant(first) => {
+                first.insert(uri);
+            }
+            Entry::Occupied(first) if *first.get() == uri => {}
+            Entry::Occupied(_) => {
+                let more = self.more.entry(name).or_default();
+                if !more.contains(&uri) {
+                    more.push(uri);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, name: u64, uri: u64) {
+        if self.first.get(&name) == Some(&uri) {
+            let Some(more) = self.more.get_mut(&name) else {
+                self.first.remove(&name);
+                return;
+            };
+            if let Some(next) = more.pop() {
+                self.first.insert(name, next);
+            }
+            if more.is_empty() {
+                self.more.remove(&name);
+            }
+        } else if let Some(more) = self.more.get_mut(&name) {
+            more.retain(|held| *held != uri);
+            if more.is_empty() {
+                self.more.remove(&name);
+            }
+        }
+    }
+
+    fn free(&mut self, name: u64) {
+        self.first.remove(&name);
+        self.more.remove(&name);
+    }
+
+    fn held_by(&self, name: u64) -> Option<HeldBy> {
+        let first = *self.first.get(&name)?;
+        let more = self.more.get(&name).map(Vec::as_slice).unwrap_or_default();
+        Some(HeldBy([&[first], more].concat()))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Snapshot {
     /// When the listing behind `holders` began; `None` before the first one.
     taken: Option<Instant>,
     /// Pages that listing took.
     pages: usize,
-    /// Escaped name → URIs of the uploads holding it.
-    holders: HashMap<String, Vec<String>>,
+    holders: Holders,
+    /// The table holds more names than a snapshot keeps: `holders` is empty, and
+    /// lookups ask by name (module doc, "Memory").
+    overflowed: bool,
     /// Lookups answered `Unknown` since the snapshot went stale.
     asked_while_stale: usize,
     /// Our own changes while a listing is in flight, replayed onto its result.
@@ -201,37 +305,40 @@ impl Snapshot {
     }
 
     fn known(&self, escaped: &str) -> Known {
-        match self.holders.get(escaped) {
-            Some(uris) if !uris.is_empty() => Known::Held(uris.clone()),
-            _ => Known::Free,
+        if self.overflowed {
+            return Known::Unknown;
+        }
+        match self.holders.held_by(hash_of(escaped)) {
+            Some(held) => Known::Held(held),
+            None => Known::Free,
         }
     }
 
-    fn apply(&mut self, change: &Change) {
+    /// Applies one of our changes; past `max_names` names, the snapshot keeps none.
+    fn apply(&mut self, change: &Change, max_names: usize) {
+        if self.overflowed {
+            return;
+        }
         match change {
             Change::Held { escaped, uri } => {
-                let uris = self.holders.entry(escaped.clone()).or_default();
-                if !uris.contains(uri) {
-                    uris.push(uri.clone());
+                self.holders.add(hash_of(escaped), hash_of(uri));
+                if self.holders.names() > max_names {
+                    self.overflow();
                 }
             }
-            Change::Gone { escaped, uri } => {
-                if let Some(uris) = self.holders.get_mut(escaped) {
-                    uris.retain(|held| held != uri);
-                    if uris.is_empty() {
-                        self.holders.remove(escaped);
-                    }
-                }
-            }
-            Change::Free { escaped } => {
-                self.holders.remove(escaped);
-            }
+            Change::Gone { escaped, uri } => self.holders.remove(hash_of(escaped), hash_of(uri)),
+            Change::Free { escaped } => self.holders.free(hash_of(escaped)),
         }
     }
 
-    fn record(&mut self, change: Change) {
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.holders = Holders::default();
+    }
+
+    fn record(&mut self, change: Change, max_names: usize) {
         if self.taken.is_some() {
-            self.apply(&change);
+            self.apply(&change, max_names);
         }
         if let Some(journal) = &mut self.journal {
             journal.push(change);
@@ -285,7 +392,8 @@ impl NameIndex {
             state.journal = Some(Vec::new());
         }
         let started = Instant::now();
-        let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+        let max_names = self.config.max_names;
+        let mut holders = Holders::default();
         let walked = api
             .for_each_upload_page(table, scope, &mut |page| {
                 for upload in page {
@@ -293,21 +401,23 @@ impl NameIndex {
                     if let Some(name) = &upload.name
                         && !upload.uri.is_empty()
                     {
-                        holders
-                            .entry(escape(name))
-                            .or_default()
-                            .push(upload.uri.clone());
+                        holders.add(hash_of(&escape(name)), hash_of(&upload.uri));
                     }
                 }
-                true
+                // Past the limit, the rest of the listing would be dropped anyway.
+                holders.names() <= max_names
             })
             .await;
         let mut state = names.state.lock().expect("name index lock is not poisoned");
         let journal = state.journal.take().unwrap_or_default();
         let pages = walked?;
         state.holders = holders;
+        state.overflowed = false;
+        if state.holders.names() > max_names {
+            state.overflow();
+        }
         for change in &journal {
-            state.apply(change);
+            state.apply(change, max_names);
         }
         state.taken = Some(started);
         state.pages = pages;
@@ -315,7 +425,8 @@ impl NameIndex {
         tracing::debug!(
             table,
             pages,
-            names = state.holders.len(),
+            names = state.holders.names(),
+            overflowed = state.overflowed,
             "listed the table's upload names"
         );
         Ok(state.known(escaped))
@@ -367,7 +478,7 @@ impl NameIndex {
             .state
             .lock()
             .expect("name index lock is not poisoned")
-            .record(change);
+            .record(change, self.config.max_names);
     }
 }
 
@@ -407,6 +518,21 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
     }
 
+    fn held(uri: &str) -> Change {
+        Change::Held {
+            escaped: "a_csv".into(),
+            uri: uri.into(),
+        }
+    }
+
+    fn holds_exactly(state: &Snapshot, escaped: &str, uris: &[&str]) -> bool {
+        let uris: Vec<String> = uris.iter().map(|uri| uri.to_string()).collect();
+        match state.known(escaped) {
+            Known::Held(held) => held.only_among(&uris) && held.0.len() == uris.len(),
+            _ => false,
+        }
+    }
+
     #[test]
     fn our_changes_during_a_listing_are_replayed_onto_its_result() {
         let mut state = Snapshot {
@@ -414,23 +540,89 @@ mod tests {
             journal: Some(Vec::new()),
             ..Snapshot::default()
         };
-        state.record(Change::Held {
-            escaped: "a_csv".into(),
-            uri: "/u/1".into(),
-        });
-        state.record(Change::Gone {
-            escaped: "old_csv".into(),
-            uri: "/u/0".into(),
-        });
-        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        state.record(held("/u/1"), MAX_NAMES);
+        state.record(
+            Change::Gone {
+                escaped: "old_csv".into(),
+                uri: "/u/0".into(),
+            },
+            MAX_NAMES,
+        );
+        assert!(holds_exactly(&state, "a_csv", &["/u/1"]));
         // The listing read `old.csv` before we deleted it, and missed `a.csv`.
         let journal = state.journal.take().unwrap();
-        state.holders = HashMap::from([("old_csv".to_string(), vec!["/u/0".to_string()])]);
+        state.holders = Holders::default();
+        state.holders.add(hash_of("old_csv"), hash_of("/u/0"));
         for change in &journal {
-            state.apply(change);
+            state.apply(change, MAX_NAMES);
         }
-        assert_eq!(state.known("a_csv"), Known::Held(vec!["/u/1".into()]));
+        assert!(holds_exactly(&state, "a_csv", &["/u/1"]));
         assert_eq!(state.known("old_csv"), Known::Free);
+    }
+
+    #[test]
+    fn a_name_held_twice_keeps_both_holders_until_each_is_gone() {
+        let mut state = Snapshot {
+            taken: Some(Instant::now()),
+            ..Snapshot::default()
+        };
+        state.record(held("/u/1"), MAX_NAMES);
+        state.record(held("/u/2"), MAX_NAMES);
+        state.record(held("/u/2"), MAX_NAMES);
+        assert!(holds_exactly(&state, "a_csv", &["/u/1", "/u/2"]));
+        let Known::Held(both) = state.known("a_csv") else {
+            panic!("the name is held");
+        };
+        assert!(!both.only_among(&["/u/1".into()]), "one holder is not ours");
+        let gone = |uri: &str| Change::Gone {
+            escaped: "a_csv".into(),
+            uri: uri.into(),
+        };
+        state.record(gone("/u/1"), MAX_NAMES);
+        assert!(holds_exactly(&state, "a_csv", &["/u/2"]));
+        state.record(held("/u/3"), MAX_NAMES);
+        state.record(gone("/u/3"), MAX_NAMES);
+        assert!(holds_exactly(&state, "a_csv", &["/u/2"]));
+        state.record(gone("/u/2"), MAX_NAMES);
+        assert_eq!(state.known("a_csv"), Known::Free);
+        assert!(state.holders.more.is_empty(), "{state:?}");
+        state.record(held("/u/4"), MAX_NAMES);
+        state.record(
+            Change::Free {
+                escaped: "a_csv".into(),
+            },
+            MAX_NAMES,
+        );
+        assert_eq!(state.known("a_csv"), Known::Free);
+    }
+
+    #[test]
+    fn past_its_limit_a_snapshot_keeps_no_name_and_sends_every_lookup_to_the_server() {
+        let mut state = Snapshot {
+            taken: Some(Instant::now()),
+            ..Snapshot::default()
+        };
+        for i in 0..3 {
+            state.record(
+                Change::Held {
+                    escaped: format!("f{i}_csv"),
+                    uri: format!("/u/{i}"),
+                },
+                3,
+            );
+        }
+        assert!(matches!(state.known("f0_csv"), Known::Held(_)));
+        assert_eq!(state.known("other_csv"), Known::Free);
+        state.record(
+            Change::Held {
+                escaped: "f3_csv".into(),
+                uri: "/u/3".into(),
+            },
+            3,
+        );
+        assert_eq!(state.known("f0_csv"), Known::Unknown);
+        assert_eq!(state.known("other_csv"), Known::Unknown);
+        assert_eq!(state.holders.names(), 0, "its memory is given back");
     }
 
     #[test]
