@@ -6,17 +6,14 @@
 //! Real parts: the listing that takes the snapshot goes to the emulator over HTTP; the
 //! names and URIs are shaped like the daemon's (nested export paths, the emulator's URIs).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use upsync::config::{NetConfig, Secret};
+use upsync::config::Secret;
 use upsync::emulator::{self, EmulatorOptions};
-use upsync::net::{Bandwidth, HttpClient};
-use upsync::upload::health::RemoteHealth;
-use upsync::upload::redivis::api::ApiClient;
 use upsync::upload::redivis::names::{IndexConfig, Known, NameIndex, escape};
-use upsync::upload::redivis::ratelimit::{Pacer, PacerConfig};
 use upsync::upload::retry::{CallScope, RetryPolicy};
 
 /// The system allocator, counting the bytes held.
@@ -65,21 +62,7 @@ async fn a_name_snapshot_takes_a_few_dozen_bytes_per_upload_it_knows() {
         .await
         .expect("emulator starts on a free port");
     let base = format!("http://{}", emulator.addr);
-    let api = ApiClient::new(
-        HttpClient::build(
-            "redivis",
-            &NetConfig::default(),
-            Bandwidth::unlimited(),
-            |builder| builder,
-        )
-        .expect("the HTTP client builds"),
-        &format!("{base}/api/v1"),
-        Secret::new(TOKEN),
-        Pacer::new(PacerConfig::default()),
-        RetryPolicy::default(),
-        Arc::new(RemoteHealth::new("redivis", &base)),
-    )
-    .expect("the API URL is valid");
+    let api = common::redivis_api_client(&base, TOKEN, RetryPolicy::default());
     let index = NameIndex::new(IndexConfig::default());
     // The first lookup lists the (empty) table: from then on the snapshot is kept.
     let first = index

@@ -18,9 +18,8 @@ use upsync::config::{
 };
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
-use upsync::net::{Bandwidth, HttpClient};
+use upsync::net::Bandwidth;
 use upsync::queue::{FileKey, Store};
-use upsync::upload::health::RemoteHealth;
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::ratelimit::PacerConfig;
 use upsync::upload::redivis::versions::NEXT_VERSION_OPENED;
@@ -1061,6 +1060,25 @@ fn inline_tuning() -> Tuning {
 }
 
 impl Harness {
+    /// A harness whose table holds `count` uploads another client posted.
+    async fn with_foreign_uploads(count: usize) -> Harness {
+        let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
+        for i in 0..count {
+            h.post_foreign(&format!("old/{i}.csv"), b"x\n").await;
+        }
+        h
+    }
+
+    /// Writes `count` new files and uploads them one after another through `backend`.
+    async fn upload_new_files(&self, backend: &RedivisBackend, count: u8) {
+        for i in 0..count {
+            let name = format!("new{i}.csv");
+            self.write(&name, &data(300, i));
+            let mut job = self.claim(&name);
+            upload_ok(backend, &mut job).await;
+        }
+    }
+
     /// Another client posts `name` to the table (the simple upload.post form).
     async fn post_foreign(&self, name: &str, bytes: &[u8]) -> Value {
         let table =
@@ -1268,10 +1286,7 @@ async fn an_identical_file_posted_after_the_listing_is_adopted() {
 
 #[tokio::test]
 async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing() {
-    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
-    for i in 0..250 {
-        h.post_foreign(&format!("old/{i}.csv"), b"x\n").await;
-    }
+    let h = Harness::with_foreign_uploads(250).await;
     let stale_at_once = Tuning {
         name_index: upsync::upload::redivis::names::IndexConfig {
             max_age: Duration::ZERO,
@@ -1282,12 +1297,7 @@ async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing(
     };
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, stale_at_once);
     let lists = h.api_count("uploads.list").await;
-    for i in 0..6 {
-        let name = format!("new{i}.csv");
-        h.write(&name, &data(300, i));
-        let mut job = h.claim(&name);
-        upload_ok(&backend, &mut job).await;
-    }
+    h.upload_new_files(&backend, 6).await;
     // 250 uploads: a listing is 3 pages. File 0 lists (3); files 1 and 2 ask by name;
     // file 3 lists again (3); files 4 and 5 ask by name.
     assert_eq!(h.api_count("uploads.list").await - lists, 6);
@@ -1297,10 +1307,7 @@ async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing(
 
 #[tokio::test]
 async fn a_table_with_more_names_than_the_index_keeps_is_asked_by_name() {
-    let h = Harness::start(|o| o.redivis.redivis_processing_delay = Duration::ZERO).await;
-    for i in 0..250 {
-        h.post_foreign(&format!("old/{i}.csv"), b"x\n").await;
-    }
+    let h = Harness::with_foreign_uploads(250).await;
     let at_most_150 = Tuning {
         name_index: upsync::upload::redivis::names::IndexConfig {
             max_names: 150,
@@ -1310,12 +1317,7 @@ async fn a_table_with_more_names_than_the_index_keeps_is_asked_by_name() {
     };
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, at_most_150);
     let lists = h.api_count("uploads.list").await;
-    for i in 0..3 {
-        let name = format!("new{i}.csv");
-        h.write(&name, &data(300, i));
-        let mut job = h.claim(&name);
-        upload_ok(&backend, &mut job).await;
-    }
+    h.upload_new_files(&backend, 3).await;
     // The listing stops on its second page (200 names, past 150), and the snapshot, still
     // fresh, keeps none: every file asks by name.
     assert_eq!(h.api_count("uploads.list").await - lists, 2);
@@ -1985,27 +1987,9 @@ async fn a_file_larger_than_a_chunk_goes_alone_through_a_resumable_temp_upload()
 
 #[tokio::test]
 async fn create_next_version_opens_exactly_one_version_when_two_clients_ask_at_once() {
-    use upsync::upload::redivis::api::ApiClient;
-    use upsync::upload::redivis::ratelimit::Pacer;
     use upsync::upload::redivis::tables::NextVersion;
     let h = Harness::start(|_| {}).await;
-    let client = || {
-        ApiClient::new(
-            HttpClient::build(
-                "redivis",
-                &NetConfig::default(),
-                Bandwidth::unlimited(),
-                |builder| builder,
-            )
-            .expect("the HTTP client builds"),
-            &format!("{}/api/v1", h.base()),
-            Secret::new(TOKEN),
-            Pacer::new(PacerConfig::default()),
-            tuning().retry,
-            Arc::new(RemoteHealth::new("redivis", &h.base())),
-        )
-        .expect("the API URL is valid")
-    };
+    let client = || common::redivis_api_client(&h.base(), TOKEN, tuning().retry);
     let (first, second) = (client(), client());
     let scope = CallScope::default();
     let dataset = "owner.dataset";

@@ -679,3 +679,29 @@ pub fn inotify_watches_on(pid: u32, dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// A Redivis API client of the emulator at `base` (`http://host:port`), with the default
+/// pacing and network settings.
+pub fn redivis_api_client(
+    base: &str,
+    token: &str,
+    retry: upsync::upload::retry::RetryPolicy,
+) -> upsync::upload::redivis::api::ApiClient {
+    use upsync::upload::redivis::ratelimit::{Pacer, PacerConfig};
+    let http = upsync::net::HttpClient::build(
+        "redivis",
+        &upsync::config::NetConfig::default(),
+        upsync::net::Bandwidth::unlimited(),
+        |builder| builder,
+    )
+    .expect("the HTTP client builds");
+    upsync::upload::redivis::api::ApiClient::new(
+        http,
+        &format!("{base}/api/v1"),
+        upsync::config::Secret::new(token),
+        Pacer::new(PacerConfig::default()),
+        retry,
+        std::sync::Arc::new(upsync::upload::health::RemoteHealth::new("redivis", base)),
+    )
+    .expect("the API URL is valid")
+}

@@ -167,6 +167,23 @@ impl Emu {
         self.call(enc, "/upload/files", &request).await
     }
 
+    /// The error of a whole-file upload into directory `d` that is refused, once checked
+    /// that `d` holds no file after it.
+    async fn refused_storing_nothing(
+        &self,
+        enc: KifsEncoding,
+        names: &[&str],
+        data: &[&[u8]],
+    ) -> String {
+        let err = self
+            .upload(enc, names, data, StringMap::new())
+            .await
+            .unwrap_err();
+        let stored = self.show_files(enc, &["d"]).await.unwrap().file_names;
+        assert!(stored.is_empty(), "{err}: yet it stored {stored:?}");
+        err
+    }
+
     async fn multipart(
         &self,
         enc: KifsEncoding,
@@ -281,17 +298,9 @@ async fn whole_file_upload_is_all_or_nothing_and_checks_its_arrays() {
     let emu = start(&with_dirs(&["d"]), dir.path()).await;
     let enc = KifsEncoding::Binary;
     let err = emu
-        .upload(enc, &["d/ok", "missing/x"], &[b"1", b"2"], StringMap::new())
-        .await
-        .unwrap_err();
+        .refused_storing_nothing(enc, &["d/ok", "missing/x"], &[b"1", b"2"])
+        .await;
     assert_eq!(err, "Directory 'missing' does not exist");
-    assert!(
-        emu.show_files(enc, &["d"])
-            .await
-            .unwrap()
-            .file_names
-            .is_empty()
-    );
     let err = emu
         .upload(enc, &["d/a", "d/b"], &[b"1"], StringMap::new())
         .await
@@ -306,22 +315,9 @@ async fn whole_file_upload_is_all_or_nothing_and_checks_its_arrays() {
         .unwrap_err();
     assert!(err.contains("file_names is empty"), "{err}");
     let err = emu
-        .upload(
-            enc,
-            &["d/a", "d/b", "d/a"],
-            &[b"1", b"2", b"3"],
-            StringMap::new(),
-        )
-        .await
-        .unwrap_err();
+        .refused_storing_nothing(enc, &["d/a", "d/b", "d/a"], &[b"1", b"2", b"3"])
+        .await;
     assert_eq!(err, "File 'd/a' appears twice in file_names");
-    assert!(
-        emu.show_files(enc, &["d"])
-            .await
-            .unwrap()
-            .file_names
-            .is_empty()
-    );
     let err = emu
         .upload(enc, &["d/a"], &[b"1"], map(&[("delete_if_exists", "yes")]))
         .await
