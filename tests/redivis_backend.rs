@@ -1310,19 +1310,21 @@ async fn a_table_with_more_names_than_the_index_keeps_is_asked_by_name() {
     let h = Harness::with_foreign_uploads(250).await;
     let at_most_150 = Tuning {
         name_index: upsync::upload::redivis::names::IndexConfig {
+            max_age: Duration::ZERO,
+            age_per_page: Duration::ZERO,
             max_names: 150,
-            ..Default::default()
         },
         ..inline_tuning()
     };
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, at_most_150);
     let lists = h.api_count("uploads.list").await;
-    h.upload_new_files(&backend, 3).await;
-    // The listing stops on its second page (200 names, past 150), and the snapshot, still
-    // fresh, keeps none: every file asks by name.
+    h.upload_new_files(&backend, 4).await;
+    // The listing stops on its second page (200 names, past 150) and keeps no name: every
+    // file asks by name, and the table is not listed again (a stale snapshot of two pages
+    // would be after two files).
     assert_eq!(h.api_count("uploads.list").await - lists, 2);
-    assert_eq!(h.api_count("uploads.get").await, 3);
-    assert_eq!(h.api_count("uploads.post").await - 250, 3);
+    assert_eq!(h.api_count("uploads.get").await, 4);
+    assert_eq!(h.api_count("uploads.post").await - 250, 4);
 }
 
 // ---- rate limit ------------------------------------------------------------------------

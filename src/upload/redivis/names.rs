@@ -47,8 +47,9 @@
 //! only by uploads the caller replaces, when another upload holds it too, is a name
 //! taken since the listing, which `upload.post` catches (above). And a snapshot keeps
 //! at most [`IndexConfig::max_names`] names: a table with more (its listing stops
-//! there) is asked by name, file by file, at the cost above; a listing past the limit
-//! would take a thousand requests and more.
+//! there) is asked by name, one request per file, and is not listed again until its
+//! next version or the next start; a listing past the limit takes a thousand requests
+//! and more.
 
 use std::collections::HashMap;
 use std::collections::hash_map::{DefaultHasher, Entry};
@@ -371,7 +372,8 @@ impl NameIndex {
         let names = self.table(table);
         {
             let mut state = names.state.lock().expect("name index lock is not poisoned");
-            if state.fresh(&self.config, Instant::now()) {
+            // A table past the limit is not listed again: its listing would stop there.
+            if state.overflowed || state.fresh(&self.config, Instant::now()) {
                 return Ok(state.known(escaped));
             }
             // Ski rental: a listing costs `pages` requests, asking by name one.
@@ -386,7 +388,7 @@ impl NameIndex {
         };
         {
             let mut state = names.state.lock().expect("name index lock is not poisoned");
-            if state.fresh(&self.config, Instant::now()) {
+            if state.overflowed || state.fresh(&self.config, Instant::now()) {
                 return Ok(state.known(escaped));
             }
             state.journal = Some(Vec::new());
