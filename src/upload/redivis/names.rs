@@ -43,10 +43,10 @@
 //! name, where the escaped names with the lists of URIs took 250
 //! (`tests/name_index_memory.rs` counts them, for 100,000 names shaped like a
 //! daemon's). Two texts with one hash cost at most a request, never a wrong upload: a
-//! name that seems held when it is not is asked for by name, and a name that seems held
-//! only by uploads the caller replaces, when another upload holds it too, is a name
-//! taken since the listing, which `upload.post` catches (above). And a snapshot keeps
-//! at most [`IndexConfig::max_names`] names: a table with more (its listing stops
+//! name that seems held when it is not is asked for by name, and a name that seems
+//! free, or held only by uploads the caller replaces, while another upload holds it is
+//! a name taken since the listing, which `upload.post` catches (above). And a snapshot
+//! keeps at most [`IndexConfig::max_names`] names: a table with more (its listing stops
 //! there) is asked by name, one request per file, and is not listed again until its
 //! next version or the next start; a listing past the limit takes a thousand requests
 //! and more.
