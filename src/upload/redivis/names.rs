@@ -241,22 +241,18 @@ impl Holders {
     }
 
     fn remove(&mut self, name: u64, uri: u64) {
+        let more = self.more.get_mut(&name);
         if self.first.get(&name) == Some(&uri) {
-            let Some(more) = self.more.get_mut(&name) else {
-                self.first.remove(&name);
-                return;
+            // A further holder, if any, becomes the first.
+            match more.and_then(Vec::pop) {
+                Some(next) => self.first.insert(name, next),
+                None => self.first.remove(&name),
             };
-            if let Some(next) = more.pop() {
-                self.first.insert(name, next);
-            }
-            if more.is_empty() {
-                self.more.remove(&name);
-            }
-        } else if let Some(more) = self.more.get_mut(&name) {
+        } else if let Some(more) = more {
             more.retain(|held| *held != uri);
-            if more.is_empty() {
-                self.more.remove(&name);
-            }
+        }
+        if self.more.get(&name).is_some_and(Vec::is_empty) {
+            self.more.remove(&name);
         }
     }
 
@@ -414,7 +410,6 @@ impl NameIndex {
         let journal = state.journal.take().unwrap_or_default();
         let pages = walked?;
         state.holders = holders;
-        state.overflowed = false;
         if state.holders.names() > max_names {
             state.overflow();
         }
@@ -520,11 +515,23 @@ mod tests {
         assert_eq!(names.claim("o.d:next.t", "A-B.csv"), Ok("a_b_csv".into()));
     }
 
-    fn held(uri: &str) -> Change {
+    /// A snapshot taken just now, of a table holding nothing.
+    fn listed() -> Snapshot {
+        Snapshot {
+            taken: Some(Instant::now()),
+            ..Snapshot::default()
+        }
+    }
+
+    fn held_as(escaped: &str, uri: &str) -> Change {
         Change::Held {
-            escaped: "a_csv".into(),
+            escaped: escaped.into(),
             uri: uri.into(),
         }
+    }
+
+    fn held(uri: &str) -> Change {
+        held_as("a_csv", uri)
     }
 
     fn holds_exactly(state: &Snapshot, escaped: &str, uris: &[&str]) -> bool {
@@ -538,9 +545,8 @@ mod tests {
     #[test]
     fn our_changes_during_a_listing_are_replayed_onto_its_result() {
         let mut state = Snapshot {
-            taken: Some(Instant::now()),
             journal: Some(Vec::new()),
-            ..Snapshot::default()
+            ..listed()
         };
         state.record(held("/u/1"), MAX_NAMES);
         state.record(
@@ -564,10 +570,7 @@ mod tests {
 
     #[test]
     fn a_name_held_twice_keeps_both_holders_until_each_is_gone() {
-        let mut state = Snapshot {
-            taken: Some(Instant::now()),
-            ..Snapshot::default()
-        };
+        let mut state = listed();
         state.record(held("/u/1"), MAX_NAMES);
         state.record(held("/u/2"), MAX_NAMES);
         state.record(held("/u/2"), MAX_NAMES);
@@ -600,28 +603,13 @@ mod tests {
 
     #[test]
     fn past_its_limit_a_snapshot_keeps_no_name_and_sends_every_lookup_to_the_server() {
-        let mut state = Snapshot {
-            taken: Some(Instant::now()),
-            ..Snapshot::default()
-        };
+        let mut state = listed();
         for i in 0..3 {
-            state.record(
-                Change::Held {
-                    escaped: format!("f{i}_csv"),
-                    uri: format!("/u/{i}"),
-                },
-                3,
-            );
+            state.record(held_as(&format!("f{i}_csv"), &format!("/u/{i}")), 3);
         }
         assert!(matches!(state.known("f0_csv"), Known::Held(_)));
         assert_eq!(state.known("other_csv"), Known::Free);
-        state.record(
-            Change::Held {
-                escaped: "f3_csv".into(),
-                uri: "/u/3".into(),
-            },
-            3,
-        );
+        state.record(held_as("f3_csv", "/u/3"), 3);
         assert_eq!(state.known("f0_csv"), Known::Unknown);
         assert_eq!(state.known("other_csv"), Known::Unknown);
         assert_eq!(state.holders.names(), 0, "its memory is given back");
