@@ -338,6 +338,9 @@ impl Remote {
     }
 }
 
+/// The daemon's workers in every run (`concurrency`), unless a scenario sets another.
+pub const WORKERS: u32 = 4;
+
 /// The daemon's config, written as TOML.
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
@@ -360,7 +363,7 @@ impl DaemonConfig {
     pub fn new(dir: &Path, emulator: &Emulator) -> DaemonConfig {
         DaemonConfig {
             state_dir: dir.join("state"),
-            concurrency: 4,
+            concurrency: WORKERS,
             kifs_url: Some(emulator.kifs_url()),
             kifs_json: false,
             redivis_url: None,

@@ -241,6 +241,12 @@ async fn curl_kifs(
     bodies: &[PathBuf],
     enc: KifsEncoding,
 ) -> BenchResult<Duration> {
+    curl(&curl_kifs_args(emulator, bodies, enc), &[200]).await
+}
+
+/// The arguments for one curl process that POSTs `bodies` to `/upload/files` one after
+/// the other on one connection.
+fn curl_kifs_args(emulator: &Emulator, bodies: &[PathBuf], enc: KifsEncoding) -> Vec<String> {
     let content_type = format!(
         "Content-Type: {}",
         upsync::upload::kifs::wire::content_type(enc)
@@ -258,7 +264,7 @@ async fn curl_kifs(
             std::slice::from_ref(&content_type),
         ));
     }
-    curl(&args, &[200]).await
+    args
 }
 
 fn ratio_row(figure: String, upsync: f64, baseline: f64, unit: &str, target: f64) -> Row {
@@ -600,6 +606,9 @@ struct SmallRound {
     one: Outcome,
     many: Outcome,
     emulator_cpu: Duration,
+    /// curl sending the one file, then the many, as the daemon's requests (pre-encoded).
+    curl_one: Duration,
+    curl_many: Duration,
 }
 
 /// One round of the small-file figures on a fresh emulator (its own process, so that its
@@ -644,18 +653,23 @@ async fn kifs_small_round(
         )
         .await?;
         let emulator_cpu = process_cpu(emulator_pid)? - emulator_before;
+        let (curl_one, curl_many) = curl_small(&emulator, files).await?;
         eprintln!(
-            "  round {}: one file {:.2} s, {count} files {:.2} s; CPU per file: daemon {:.0} µs, emulator {:.0} µs",
+            "  round {}: one file {:.2} s, {count} files {:.2} s; CPU per file: daemon {:.0} µs, emulator {:.0} µs; curl: one file {:.2} s, {count} files {:.2} s",
             round + 1,
             one.took.as_secs_f64(),
             many.took.as_secs_f64(),
             micros_per_file(many.cpu, count),
             micros_per_file(emulator_cpu, count),
+            curl_one.as_secs_f64(),
+            curl_many.as_secs_f64(),
         );
         Ok::<_, String>(SmallRound {
             one,
             many,
             emulator_cpu,
+            curl_one,
+            curl_many,
         })
     }
     .await;
@@ -681,13 +695,17 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     eprintln!("  writing {count} files of 4 KiB");
     let staging = dir.join("staging");
     let small = staging.join("small");
-    write_small_files(&small, count, size, 1000, 7)?;
+    let small_paths = write_small_files(&small, count, size, 1000, 7)?;
     let single = staging.join("single.bin");
     write_random_file(&single, count * size, 8)?;
+    eprintln!("  encoding curl's requests");
+    let curl = encode_small_requests(&small, &small_paths, &single, &dir.join("curl"))?;
+    drop(small_paths);
     let files = SmallFiles {
         single: &single,
         small: &small,
         count,
+        curl,
     };
     let measured = async {
         let on_disk = small_rounds(ctx, &files, sizes.small_rounds, &dir, true).await?;
@@ -705,6 +723,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     }
     .await;
     let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_dir_all(dir.join("curl"));
     let (on_disk, in_memory) = measured?;
     let rounds_label = format!("best of {} rounds each", sizes.small_rounds);
     let cpu_per_file = |cpu: Duration| format!("{:.0} µs", micros_per_file(cpu, count));
@@ -727,6 +746,22 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
             ratio: format!("{slowdown:.2}"),
             target: "≤ 3.00".into(),
             verdict: Verdict::of(slowdown <= 3.0),
+        },
+        Row {
+            figure: format!(
+                "the same ratio for curl sending the daemon's requests to the same emulator (encoded beforehand, up to {} files to a request, {WORKERS} connections; {rounds_label}): what the emulator alone allows; the ratio column is upsync's over curl's",
+                upsync::upload::kifs::BATCH_LIMITS.max_files
+            ),
+            upsync: format!("{slowdown:.2}"),
+            baseline: format!(
+                "{:.2} ({:.2} s vs {:.2} s)",
+                on_disk.curl_slowdown(),
+                on_disk.curl_many_took.as_secs_f64(),
+                on_disk.curl_one_took.as_secs_f64()
+            ),
+            ratio: format!("{:.2}", slowdown / on_disk.curl_slowdown()),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
         },
         Row {
             figure: format!("{count} files of 4 KiB to KiFS: HTTP requests per file"),
@@ -776,15 +811,18 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     if let Some(in_memory) = in_memory {
         rows.push(Row {
             figure: format!(
-                "the same, the emulator storing in memory (tmpfs): time ({rounds_label}); CPU per file, daemon (with its page faults) and emulator (least of {} rounds each)",
+                "the same, the emulator storing in memory (tmpfs): time ({rounds_label}); CPU per file, daemon (with its page faults) and emulator (least of {} rounds each); curl's ratio, sending the daemon's requests",
                 sizes.small_rounds
             ),
             upsync: format!(
-                "{:.2} s; daemon {} ({}), emulator {}",
+                "{:.2} s; daemon {} ({}), emulator {}; curl {:.2} ({:.2} s vs {:.2} s)",
                 in_memory.best_many.took.as_secs_f64(),
                 cpu_per_file(in_memory.daemon_cpu),
                 faults_per_file(in_memory.daemon_faults),
-                cpu_per_file(in_memory.emulator_cpu)
+                cpu_per_file(in_memory.emulator_cpu),
+                in_memory.curl_slowdown(),
+                in_memory.curl_many_took.as_secs_f64(),
+                in_memory.curl_one_took.as_secs_f64()
             ),
             baseline: format!("{:.2} s", in_memory.one_took.as_secs_f64()),
             ratio: format!("{:.2}", in_memory.slowdown()),
@@ -796,11 +834,118 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
 }
 
 /// The files of the small-file figures: one file, and a directory of many small ones
-/// holding the same bytes.
+/// holding the same bytes; and both as curl sends them.
 struct SmallFiles<'a> {
     single: &'a Path,
     small: &'a Path,
     count: u64,
+    curl: CurlRequests,
+}
+
+/// The bytes of the small-file figures as the daemon's requests, encoded once before the
+/// rounds, for curl to send: what the emulator alone allows, with a client that spends
+/// nothing on its side.
+struct CurlRequests {
+    /// One whole-file request holding the one file.
+    one: PathBuf,
+    /// The many files, as many to a request as the daemon puts in a batch.
+    many: Vec<PathBuf>,
+}
+
+/// Encodes [`CurlRequests`] into `dir`, in Avro binary as the daemon sends them; their
+/// files are named under `ingest/curl/`, apart from the daemon's own.
+fn encode_small_requests(
+    small: &Path,
+    small_paths: &[PathBuf],
+    single: &Path,
+    dir: &Path,
+) -> BenchResult<CurlRequests> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map(Bytes::from)
+            .map_err(|e| format!("read {}: {e}", path.display()))
+    };
+    let write = |name: &str, files: Vec<(String, Bytes)>| -> BenchResult<PathBuf> {
+        let (file_names, file_data) = files.into_iter().unzip();
+        let request = UploadFilesRequest {
+            file_names,
+            file_data,
+            options: Default::default(),
+        };
+        let path = dir.join(name);
+        let mut out =
+            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        for segment in request.encode(KifsEncoding::Binary) {
+            out.write_all(&segment)
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        Ok(path)
+    };
+    let one = write(
+        "one",
+        vec![("ingest/curl/single.bin".into(), read(single)?)],
+    )?;
+    let per_request = upsync::upload::kifs::BATCH_LIMITS.max_files;
+    let mut many = Vec::new();
+    for (index, batch) in small_paths.chunks(per_request).enumerate() {
+        let mut files = Vec::with_capacity(batch.len());
+        for path in batch {
+            let rel = path
+                .strip_prefix(small)
+                .map_err(|_| format!("{} is not under {}", path.display(), small.display()))?;
+            files.push((format!("ingest/curl/{}", rel.display()), read(path)?));
+        }
+        many.push(write(&format!("many-{index:04}"), files)?);
+    }
+    Ok(CurlRequests { one, many })
+}
+
+/// curl sends the one file, then the many, to `emulator`, which stores both (after the
+/// daemon's runs of the round created `ingest`): their times, each from the start of the
+/// curl processes to the last answer. The many go over as many connections as the daemon
+/// has workers, each sending its share of the requests one after the other.
+async fn curl_small(
+    emulator: &Emulator,
+    files: &SmallFiles<'_>,
+) -> BenchResult<(Duration, Duration)> {
+    let stored_before = emulator.kifs_files_stored().await?;
+    let one = curl_kifs(
+        emulator,
+        std::slice::from_ref(&files.curl.one),
+        KifsEncoding::Binary,
+    )
+    .await?;
+    let connections = WORKERS as usize;
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for connection in 0..connections {
+        let share: Vec<PathBuf> = files
+            .curl
+            .many
+            .iter()
+            .skip(connection)
+            .step_by(connections)
+            .cloned()
+            .collect();
+        if !share.is_empty() {
+            let args = curl_kifs_args(emulator, &share, KifsEncoding::Binary);
+            senders.spawn(async move { curl(&args, &[200]).await });
+        }
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent.map_err(|e| format!("a curl sender failed: {e}"))??;
+    }
+    let many = started.elapsed();
+    let stored = emulator.kifs_files_stored().await? - stored_before;
+    if stored != files.count + 1 {
+        return Err(format!(
+            "curl's requests stored {stored} files, not {}",
+            files.count + 1
+        ));
+    }
+    Ok((one, many))
 }
 
 /// The best of some rounds of the small-file figures: each side's best time, and the
@@ -812,12 +957,21 @@ struct SmallRounds {
     /// The daemon's minor page faults (the fewest of the rounds).
     daemon_faults: u64,
     emulator_cpu: Duration,
+    /// curl's best times for the one file and for the many.
+    curl_one_took: Duration,
+    curl_many_took: Duration,
 }
 
 impl SmallRounds {
     /// The many files' time over the one file's.
     fn slowdown(&self) -> f64 {
         self.best_many.took.as_secs_f64() / self.one_took.as_secs_f64()
+    }
+
+    /// The same ratio for curl sending the daemon's requests: what the emulator alone
+    /// allows any client.
+    fn curl_slowdown(&self) -> f64 {
+        self.curl_many_took.as_secs_f64() / self.curl_one_took.as_secs_f64()
     }
 }
 
@@ -847,6 +1001,8 @@ async fn small_rounds(
     let daemon_cpu = least(&measured, |r| r.many.cpu)?;
     let daemon_faults = least(&measured, |r| r.many.minor_faults)?;
     let emulator_cpu = least(&measured, |r| r.emulator_cpu)?;
+    let curl_one_took = least(&measured, |r| r.curl_one)?;
+    let curl_many_took = least(&measured, |r| r.curl_many)?;
     let best_many = measured
         .into_iter()
         .min_by_key(|r| r.many.took)
@@ -858,6 +1014,8 @@ async fn small_rounds(
         daemon_cpu,
         daemon_faults,
         emulator_cpu,
+        curl_one_took,
+        curl_many_took,
     })
 }
 

@@ -36,6 +36,7 @@ fn quick_benchmark_prints_every_figure() {
         "Peak RSS, 4 files of 16 MiB at once, KiFS",
         "Peak RSS, one 64 MiB file vs one 16 MiB file, KiFS",
         "files of 4 KiB to KiFS vs one file of",
+        "the same ratio for curl sending the daemon's requests",
         "files of 4 KiB to KiFS: HTTP requests per file",
         "files of 4 KiB to KiFS: state database flushes and writes",
         "files of 4 KiB to Redivis: API requests per file",
@@ -78,6 +79,9 @@ fn quick_benchmark_prints_every_figure() {
                 cells[2].contains("page faults"),
                 "no page faults in {row:?}"
             );
+        }
+        if figure.contains("storing in memory") {
+            assert!(cells[2].contains("curl"), "no curl ratio in {row:?}");
         }
     }
 }
