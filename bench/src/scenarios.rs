@@ -601,7 +601,7 @@ pub async fn memory(
 const MAX_WRITES_PER_FILE: f64 = 3.0;
 
 /// One round of the small-file figures: the one file, the many, and the emulator's CPU time
-/// while it stored the many.
+/// while it stored the many; then both sent by curl.
 struct SmallRound {
     one: Outcome,
     many: Outcome,
@@ -681,7 +681,9 @@ async fn kifs_small_round(
 /// Many small files to KiFS vs one file of the same total size, in `sizes.small_rounds`
 /// rounds, each on an emulator of its own: the one file, then the many. Each side's best
 /// round counts, as for the large Redivis file: the one file's time alone moved between
-/// 0.11 and 0.26 s from run to run.
+/// 0.11 and 0.26 s from run to run. After the daemon, curl sends the same bytes as the
+/// daemon's requests to the same emulator ([`curl_small`]): the ratio the emulator alone
+/// allows, beside which the daemon's own share of the time shows.
 ///
 /// The rounds run twice where the system has a tmpfs at `/dev/shm`: with the emulator
 /// storing next to the daemon's state (the target's figure), then storing in memory. On a
