@@ -46,6 +46,7 @@ fn quick_benchmark_prints_every_figure() {
         "Latency, 1 KiB file closed",
         "files of 4 KiB to Redivis, 2 s import each, 4 workers: wall time",
         "Redivis: daemon CPU per GiB",
+        "Redivis: daemon CPU per GiB vs the MD5 of a GiB plus curl's CPU",
         "files of 4 KiB to KiFS: CPU per file, daemon vs emulator",
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): bytes written per second",
         "after churn (300 files of 1 KiB uploaded, 100 of them changed and uploaded again): RSS",
