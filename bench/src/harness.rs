@@ -693,15 +693,15 @@ pub fn process_cpu(pid: u32) -> BenchResult<Duration> {
 
 /// The CPU time (user and system) of every child process of the benchmark that has ended
 /// and been waited for: read before and after a child that runs alone, its own.
-pub fn ended_children_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
+pub fn ended_children_cpu() -> BenchResult<Duration> {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Err(format!("getrusage: {}", std::io::Error::last_os_error()));
+    }
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
 /// The figures of `/proc/PID/stat` the benchmark reads.

@@ -393,10 +393,10 @@ pub async fn redivis_large(ctx: &Ctx, sizes: &Sizes, source: &Path) -> BenchResu
                     let session = new_session(ctx, &emulator, size).await?;
                     let range = format!("Content-Range: bytes 0-{}/{size}", size - 1);
                     // curl is the only child running (the daemon of the round has ended).
-                    let cpu_before = ended_children_cpu();
+                    let cpu_before = ended_children_cpu()?;
                     let took =
                         curl(&curl_upload("PUT", &session, source, &[range]), &[200, 201]).await?;
-                    least_curl_cpu = least_curl_cpu.min(ended_children_cpu() - cpu_before);
+                    least_curl_cpu = least_curl_cpu.min(ended_children_cpu()? - cpu_before);
                     rates.1 = rate(size, took);
                 } else {
                     eprintln!("  Redivis: upsync (round {})", round + 1);
