@@ -1284,17 +1284,23 @@ async fn an_identical_file_posted_after_the_listing_is_adopted() {
         .await;
 }
 
-#[tokio::test]
-async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing() {
-    let h = Harness::with_foreign_uploads(250).await;
-    let stale_at_once = Tuning {
+/// Inline tuning with a name index that is stale as soon as it is listed and keeps at most
+/// `max_names` names.
+fn stale_index_tuning(max_names: usize) -> Tuning {
+    Tuning {
         name_index: upsync::upload::redivis::names::IndexConfig {
             max_age: Duration::ZERO,
             age_per_page: Duration::ZERO,
-            ..Default::default()
+            max_names,
         },
         ..inline_tuning()
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing() {
+    let h = Harness::with_foreign_uploads(250).await;
+    let stale_at_once = stale_index_tuning(upsync::upload::redivis::names::MAX_NAMES);
     let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, stale_at_once);
     let lists = h.api_count("uploads.list").await;
     h.upload_new_files(&backend, 6).await;
@@ -1308,15 +1314,11 @@ async fn a_stale_index_of_a_large_table_asks_by_name_until_that_costs_a_listing(
 #[tokio::test]
 async fn a_table_with_more_names_than_the_index_keeps_is_asked_by_name() {
     let h = Harness::with_foreign_uploads(250).await;
-    let at_most_150 = Tuning {
-        name_index: upsync::upload::redivis::names::IndexConfig {
-            max_age: Duration::ZERO,
-            age_per_page: Duration::ZERO,
-            max_names: 150,
-        },
-        ..inline_tuning()
-    };
-    let backend = h.backend_with(RedivisProtocol::ResumableUpload, CHUNK, at_most_150);
+    let backend = h.backend_with(
+        RedivisProtocol::ResumableUpload,
+        CHUNK,
+        stale_index_tuning(150),
+    );
     let lists = h.api_count("uploads.list").await;
     h.upload_new_files(&backend, 4).await;
     // The listing stops on its second page (200 names, past 150) and keeps no name: every

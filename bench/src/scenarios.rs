@@ -183,7 +183,7 @@ fn encode_multipart(
     enc: KifsEncoding,
     dir: &Path,
 ) -> BenchResult<Vec<PathBuf>> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom};
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let uuid = uuid::Uuid::new_v4().to_string();
     let mut options = std::collections::BTreeMap::new();
@@ -205,19 +205,10 @@ fn encode_multipart(
     };
     let mut file =
         std::fs::File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
-    let mut requests = vec![step("init", None, None)];
-    let mut bodies = Vec::new();
-    let write = |index: usize, request: &UploadFilesRequest| -> BenchResult<PathBuf> {
-        let path = dir.join(format!("request-{index:03}"));
-        let mut out =
-            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        for segment in request.encode(enc) {
-            out.write_all(&segment)
-                .map_err(|e| format!("write {}: {e}", path.display()))?;
-        }
-        Ok(path)
+    let write = |index: usize, request: &UploadFilesRequest| {
+        write_request(request, enc, dir.join(format!("request-{index:03}")))
     };
-    bodies.push(write(0, &requests.remove(0))?);
+    let mut bodies = vec![write(0, &step("init", None, None))?];
     let parts = size.div_ceil(PART);
     for part in 1..=parts {
         let offset = (part - 1) * PART;
@@ -233,6 +224,22 @@ fn encode_multipart(
     }
     bodies.push(write(parts as usize + 1, &step("complete", None, None))?);
     Ok(bodies)
+}
+
+/// Writes `request`, encoded in `enc`, to `path`: a body for curl to send.
+fn write_request(
+    request: &UploadFilesRequest,
+    enc: KifsEncoding,
+    path: PathBuf,
+) -> BenchResult<PathBuf> {
+    use std::io::Write;
+    let mut out =
+        std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    for segment in request.encode(enc) {
+        out.write_all(&segment)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// curl POSTs the pre-encoded requests one after the other on one connection.
@@ -715,12 +722,11 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
     eprintln!("  writing {count} files of 4 KiB");
     let staging = dir.join("staging");
     let small = staging.join("small");
-    let small_paths = write_small_files(&small, count, size, 1000, 7)?;
     let single = staging.join("single.bin");
     write_random_file(&single, count * size, 8)?;
+    let small_paths = write_small_files(&small, count, size, 1000, 7)?;
     eprintln!("  encoding curl's requests");
     let curl = encode_small_requests(&small, &small_paths, &single, &dir.join("curl"))?;
-    drop(small_paths);
     let files = SmallFiles {
         single: &single,
         small: &small,
@@ -773,12 +779,7 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
                 upsync::upload::kifs::BATCH_LIMITS.max_files
             ),
             upsync: format!("{slowdown:.2}"),
-            baseline: format!(
-                "{:.2} ({:.2} s vs {:.2} s)",
-                on_disk.curl_slowdown(),
-                on_disk.curl_many_took.as_secs_f64(),
-                on_disk.curl_one_took.as_secs_f64()
-            ),
+            baseline: on_disk.curl_figure(),
             ratio: format!("{:.2}", slowdown / on_disk.curl_slowdown()),
             target: "(reported)".into(),
             verdict: Verdict::Info,
@@ -835,14 +836,12 @@ pub async fn kifs_small(ctx: &Ctx, sizes: &Sizes) -> BenchResult<Vec<Row>> {
                 sizes.small_rounds
             ),
             upsync: format!(
-                "{:.2} s; daemon {} ({}), emulator {}; curl {:.2} ({:.2} s vs {:.2} s)",
+                "{:.2} s; daemon {} ({}), emulator {}; curl {}",
                 in_memory.best_many.took.as_secs_f64(),
                 cpu_per_file(in_memory.daemon_cpu),
                 faults_per_file(in_memory.daemon_faults),
                 cpu_per_file(in_memory.emulator_cpu),
-                in_memory.curl_slowdown(),
-                in_memory.curl_many_took.as_secs_f64(),
-                in_memory.curl_one_took.as_secs_f64()
+                in_memory.curl_figure()
             ),
             baseline: format!("{:.2} s", in_memory.one_took.as_secs_f64()),
             ratio: format!("{:.2}", in_memory.slowdown()),
@@ -880,7 +879,6 @@ fn encode_small_requests(
     single: &Path,
     dir: &Path,
 ) -> BenchResult<CurlRequests> {
-    use std::io::Write;
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let read = |path: &Path| {
         std::fs::read(path)
@@ -894,14 +892,7 @@ fn encode_small_requests(
             file_data,
             options: Default::default(),
         };
-        let path = dir.join(name);
-        let mut out =
-            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        for segment in request.encode(KifsEncoding::Binary) {
-            out.write_all(&segment)
-                .map_err(|e| format!("write {}: {e}", path.display()))?;
-        }
-        Ok(path)
+        write_request(&request, KifsEncoding::Binary, dir.join(name))
     };
     let one = write(
         "one",
@@ -992,6 +983,16 @@ impl SmallRounds {
     /// allows any client.
     fn curl_slowdown(&self) -> f64 {
         self.curl_many_took.as_secs_f64() / self.curl_one_took.as_secs_f64()
+    }
+
+    /// curl's ratio with the two times behind it.
+    fn curl_figure(&self) -> String {
+        format!(
+            "{:.2} ({:.2} s vs {:.2} s)",
+            self.curl_slowdown(),
+            self.curl_many_took.as_secs_f64(),
+            self.curl_one_took.as_secs_f64()
+        )
     }
 }
 

@@ -319,18 +319,19 @@ impl Snapshot {
         match change {
             Change::Held { escaped, uri } => {
                 self.holders.add(hash_of(escaped), hash_of(uri));
-                if self.holders.names() > max_names {
-                    self.overflow();
-                }
+                self.keep_within(max_names);
             }
             Change::Gone { escaped, uri } => self.holders.remove(hash_of(escaped), hash_of(uri)),
             Change::Free { escaped } => self.holders.free(hash_of(escaped)),
         }
     }
 
-    fn overflow(&mut self) {
-        self.overflowed = true;
-        self.holders = Holders::default();
+    /// Past `max_names` names, the snapshot keeps none and lookups ask by name.
+    fn keep_within(&mut self, max_names: usize) {
+        if self.holders.names() > max_names {
+            self.overflowed = true;
+            self.holders = Holders::default();
+        }
     }
 
     fn record(&mut self, change: Change, max_names: usize) {
@@ -410,9 +411,7 @@ impl NameIndex {
         let journal = state.journal.take().unwrap_or_default();
         let pages = walked?;
         state.holders = holders;
-        if state.holders.names() > max_names {
-            state.overflow();
-        }
+        state.keep_within(max_names);
         for change in &journal {
             state.apply(change, max_names);
         }
@@ -534,6 +533,17 @@ mod tests {
         held_as("a_csv", uri)
     }
 
+    fn gone_as(escaped: &str, uri: &str) -> Change {
+        Change::Gone {
+            escaped: escaped.into(),
+            uri: uri.into(),
+        }
+    }
+
+    fn gone(uri: &str) -> Change {
+        gone_as("a_csv", uri)
+    }
+
     fn holds_exactly(state: &Snapshot, escaped: &str, uris: &[&str]) -> bool {
         let uris: Vec<String> = uris.iter().map(|uri| uri.to_string()).collect();
         match state.known(escaped) {
@@ -549,13 +559,7 @@ mod tests {
             ..listed()
         };
         state.record(held("/u/1"), MAX_NAMES);
-        state.record(
-            Change::Gone {
-                escaped: "old_csv".into(),
-                uri: "/u/0".into(),
-            },
-            MAX_NAMES,
-        );
+        state.record(gone_as("old_csv", "/u/0"), MAX_NAMES);
         assert!(holds_exactly(&state, "a_csv", &["/u/1"]));
         // The listing read `old.csv` before we deleted it, and missed `a.csv`.
         let journal = state.journal.take().unwrap();
@@ -579,10 +583,6 @@ mod tests {
             panic!("the name is held");
         };
         assert!(!both.only_among(&["/u/1".into()]), "one holder is not ours");
-        let gone = |uri: &str| Change::Gone {
-            escaped: "a_csv".into(),
-            uri: uri.into(),
-        };
         state.record(gone("/u/1"), MAX_NAMES);
         assert!(holds_exactly(&state, "a_csv", &["/u/2"]));
         state.record(held("/u/3"), MAX_NAMES);
