@@ -175,7 +175,9 @@ mod tests {
     /// A store whose files are mostly garbage: many versions of a few entries.
     fn bloated(dir: &std::path::Path) -> Store {
         let store = Store::open(dir).expect("the store opens");
-        let key = crate::queue::FileKey::new("/data", "a");
+        // A long name makes each version big enough that the garbage fills several of
+        // sled's segments (a compaction never goes below one).
+        let key = crate::queue::FileKey::new("/data", &"a".repeat(400));
         // No more rewrites than the bloat needs: sled 0.34.7 can deadlock when a truncation
         // of its file waits behind that file's own queued log writes, and heavy churn in
         // parallel tests makes that likelier.

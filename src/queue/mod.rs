@@ -13,7 +13,7 @@
 //!   db.compact/      only while a compaction copies the database, then holds the old one
 //!                    until it is removed; removed at open if a crash left it (`compact`)
 //!   db/              the sled database:
-//!     default tree   "format"  -> "5"  (ASCII decimal; "1" to "4" are upgraded at open,
+//!     default tree   "format"  -> "6"  (ASCII decimal; "1" to "5" are upgraded at open,
 //!                                       see `upgrade`; anything else is refused)
 //!                    "counts"  -> "1"  (the counts below are kept; absent in a database
 //!                                       from before them, which is counted at open)
@@ -22,8 +22,10 @@
 //!                                       anything, written back at close)
 //!                    "id_base" -> u64 BE (added to sled's ids to make job ids; absent
 //!                                       means 0; written by a compaction)
-//!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job (JSON)
-//!     ledger         folder \0 rel                       -> LedgerEntry (JSON), the file's
+//!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job
+//!                                                           (binary, module `binary`;
+//!                                                           JSON if written before format 6)
+//!     ledger         folder \0 rel                       -> LedgerEntry (likewise), the file's
 //!                                                           JobId before it if it has a
 //!                                                           job (module `record`); a
 //!                                                           new file's JobId is kept in
@@ -216,6 +218,7 @@
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
+mod binary;
 mod blocking;
 mod claim;
 mod compact;
@@ -271,7 +274,7 @@ use record::FileRecord;
 
 /// The layout version this code writes (the default tree's `format` key). It reads this
 /// one and upgrades older ones at open (module `upgrade`).
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
@@ -527,11 +530,17 @@ pub(super) struct ReadJob {
     pub job: Job,
 }
 
+/// A job record in either encoding (module `binary`).
 fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
-    let job: Job = serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
+    let decoded = if binary::is_binary(raw) {
+        binary::decode_job(raw)
+    } else {
+        serde_json::from_slice(raw).map_err(|err| err.to_string())
+    };
+    let job = decoded.map_err(|detail| StoreError::Corrupt {
         tree: "jobs",
         key: format!("job {id}"),
-        detail: err.to_string(),
+        detail,
     })?;
     if job.id != id {
         return Err(StoreError::Corrupt {
@@ -543,21 +552,29 @@ fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
     Ok(job)
 }
 
+/// A ledger entry in either encoding (module `binary`).
 fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
-    decode_ledger_as(raw, key)
+    if binary::is_binary(raw) {
+        return binary::decode_ledger(raw).map_err(|detail| ledger_corrupt(key, detail));
+    }
+    decode_json_ledger_as(raw, key)
 }
 
-/// Decodes a ledger entry as `T`, which may name only the fields a caller needs: the others
-/// are skipped, not decoded (allocated).
-fn decode_ledger_as<T: serde::de::DeserializeOwned>(
+fn ledger_corrupt(key: &[u8], detail: String) -> StoreError {
+    StoreError::Corrupt {
+        tree: "ledger",
+        key: keys::describe(key),
+        detail,
+    }
+}
+
+/// Decodes a JSON ledger entry as `T`, which may name only the fields a caller needs: the
+/// others are skipped, not decoded (allocated).
+fn decode_json_ledger_as<T: serde::de::DeserializeOwned>(
     raw: &[u8],
     key: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
-        tree: "ledger",
-        key: keys::describe(key),
-        detail: err.to_string(),
-    })
+    serde_json::from_slice(raw).map_err(|err| ledger_corrupt(key, err.to_string()))
 }
 
 /// The fingerprint of a ledger entry, without decoding the rest of it.
@@ -566,13 +583,20 @@ fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError>
     struct Only {
         fingerprint: Fingerprint,
     }
-    decode_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
+    if binary::is_binary(raw) {
+        return binary::ledger_fingerprint(raw).map_err(|detail| ledger_corrupt(key, detail));
+    }
+    decode_json_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
 }
 
-/// Whether the ledger entry `raw` begins with `fingerprint` exactly as [`encode`] writes
-/// it, which proves the entry records this version without decoding it (JSON parsing was a
+/// Whether the ledger entry `raw` begins with `fingerprint` exactly as it is encoded,
+/// which proves the entry records this version without decoding it (JSON parsing was a
 /// sixth of a restart's CPU). `false` proves nothing: the caller decodes.
 fn records_exactly(raw: &[u8], fingerprint: &Fingerprint) -> bool {
+    if binary::is_binary(raw) {
+        return binary::records_fingerprint(raw, fingerprint);
+    }
+    // An entry from before format 6.
     const FIELD: &[u8] = br#"{"fingerprint":"#;
     let Some(rest) = raw.strip_prefix(FIELD) else {
         return false;
@@ -599,16 +623,19 @@ fn with_fingerprint(
 ) -> Result<Vec<u8>, StoreError> {
     let mut entry = decode_ledger(raw, key)?;
     entry.fingerprint = *fingerprint;
-    Ok(encode(&entry))
+    Ok(binary::encode_ledger(&entry))
 }
 
-/// The upload time of a ledger entry, without decoding the rest of it.
+/// The upload time of a ledger entry, without decoding the rest of a JSON one.
 fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
     #[derive(serde::Deserialize)]
     struct Only {
         uploaded_at_ms: u64,
     }
-    decode_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
+    if binary::is_binary(raw) {
+        return decode_ledger(raw, key).map(|entry| entry.uploaded_at_ms);
+    }
+    decode_json_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
 }
 
 fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
@@ -834,7 +861,8 @@ impl Tx<'_> {
             Ok(raw) => raw,
             Err(err) => return abort(err),
         };
-        self.jobs.insert(&job_key(new.id), encode(new))?;
+        self.jobs
+            .insert(&job_key(new.id), binary::encode_job(new))?;
         self.point_to(&raw_key, Some(new.id))?;
         if let Some(due) = new.due_entry_ms() {
             self.due.insert(&job_due_key(new, due), &[])?;
@@ -881,7 +909,7 @@ impl Tx<'_> {
             .and_then(|record| record.job)
             .filter(|job| Some(*job) != ending);
         let previous = record.and_then(|record| record.upload);
-        let encoded = encode(entry);
+        let encoded = binary::encode_ledger(entry);
         self.write_file(
             &raw_key,
             FileRecord {

@@ -40,11 +40,17 @@
 //! is, and only its marker changes. Opened by an older version, a database of format 5 is
 //! refused: that version would read a job under a mark as waiting in line, and send its
 //! bytes again after a crash without first looking whether they had landed.
+//!
+//! Format 6 writes job records and ledger entries in a binary encoding (module `binary`)
+//! and reads them in either, so the records of a database of format 5 stay as they are
+//! until they are next written, and only its marker changes. Opened by an older version,
+//! a database of format 6 is refused: that version could not read the records written
+//! since.
 
 use super::job::Job;
 use super::keys::{decode_job_key, job_key};
 use super::record::FileRecord;
-use super::{FORMAT_KEY, FORMAT_VERSION, decode_job, encode, is_attempt};
+use super::{FORMAT_KEY, FORMAT_VERSION, binary, decode_job, is_attempt};
 use crate::fingerprint::Fingerprint;
 
 /// The format whose attempts kept their claimed fingerprint in the `claimed` tree.
@@ -134,7 +140,7 @@ fn copy_claims_into_jobs(db: &sled::Db) -> sled::Result<()> {
                 claimed: Some(fingerprint),
                 ..job
             };
-            jobs.insert(job_key(id), encode(&upgraded))?;
+            jobs.insert(job_key(id), binary::encode_job(&upgraded))?;
         }
     }
     Ok(())
