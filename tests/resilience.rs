@@ -493,14 +493,17 @@ fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back_sendi
 
     std::fs::remove_file(&filler).unwrap();
     let mut daemon = DaemonProcess::start(&s.config);
+    // Arrived is not enough: files sent before the exit were on KiFS already, and the
+    // restarted daemon records them once it has found them there.
     wait_until(
         Duration::from_secs(180),
-        "the files written while full",
+        "the files written while full, recorded",
         || {
             during
                 .iter()
                 .enumerate()
                 .all(|(i, p)| s.arrived(p, &format!("ingest/during/d{i}.txt")))
+                && s.status()["folders"][0]["done"] == 803
         },
     );
     assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
