@@ -177,7 +177,7 @@ mod tests {
         let store = Store::open(dir).expect("the store opens");
         // A long name makes each version big enough that the garbage fills several of
         // sled's segments (a compaction never goes below one).
-        let key = crate::queue::FileKey::new("/data", &"a".repeat(400));
+        let key = crate::queue::FileKey::new("/data", "a".repeat(400));
         // No more rewrites than the bloat needs: sled 0.34.7 can deadlock when a truncation
         // of its file waits behind that file's own queued log writes, and heavy churn in
         // parallel tests makes that likelier.

@@ -1,31 +1,34 @@
-//! The binary encoding of job records and ledger entries (format 6), and the reading of
-//! records in either encoding.
+//! The binary encoding of job records (format 6), and the reading of a job record in
+//! either encoding.
 //!
-//! Formats before 6 stored both as JSON. Decoding and encoding that JSON was about a tenth
-//! of the daemon's instructions per small file, and a ledger entry took about 190 bytes
-//! where its fields need about 75 (`docs/small-file-costs.md`, design 4). A record of
-//! this encoding starts with [`TAG`], a byte no JSON record starts with (JSON records
-//! start with `{`), so a database keeps its older records as they are and a record is
-//! read in whichever encoding it was written; every write uses this one.
+//! Formats before 6 stored jobs as JSON, and decoding and encoding them was most of the
+//! tenth of the daemon's instructions per small file that JSON took
+//! (`docs/small-file-costs.md`, "Built: job records in binary"). A record of this encoding
+//! starts with [`TAG`], a byte no JSON record starts with (JSON records start with `{`), so
+//! a database keeps its older records as they are and a record is read in whichever
+//! encoding it was written; every write uses this one.
 //!
 //! ```text
-//! record      = TAG fields
+//! record      = TAG id folder rel fingerprint state kind flags attempts corrupt_imports
+//!               option<last_error> option<import> option<unconfirmed_attempt_ms>
+//!               option<claimed(fingerprint)> created_at_ms updated_at_ms
 //! unsigned    = LEB128 (7 bits a byte, low bits first)
 //! signed      = zigzag, then as unsigned (mtimes before 1970 are negative)
 //! string      = unsigned length ++ UTF-8 bytes
 //! option<T>   = 0 | 1 T
 //! fingerprint = size inode mtime_ns(signed) option<ctime_ns(signed)>
-//! ledger      = TAG fingerprint remote(string) option<md5(string)> uploaded_at_ms
-//! job         = TAG id folder rel fingerprint state kind flags attempts corrupt_imports
-//!               option<last_error> option<import> option<unconfirmed_attempt_ms>
-//!               option<claimed(fingerprint)> created_at_ms updated_at_ms
 //! ```
 //!
-//! The fingerprint comes first in a ledger entry, so the scan can tell that an entry
-//! records a file's version by comparing bytes ([`records_fingerprint`]). A record must
-//! be read to its last byte: a shorter or longer one is reported corrupt, never guessed at.
+//! Ledger entries stay JSON. Encoded this way they would take about 55 bytes instead of
+//! 180, but sled's own cost per entry (about 165 bytes on disk after a compaction, measured
+//! with either encoding) would then make a compacted database hold 2.6 to 3 times its
+//! entries' bytes, against 1.7 times with JSON: over the twice the idle daemon's database
+//! may take (the same document has the measurements).
+//!
+//! A record must be read to its last byte: a shorter or longer one is reported corrupt,
+//! never guessed at.
 
-use super::job::{Import, Job, JobId, JobKind, JobState, LedgerEntry};
+use super::job::{Import, Job, JobId, JobKind, JobState};
 use super::{FileKey, Fingerprint};
 
 /// The first byte of a record in this encoding (version 1 of it).
@@ -99,48 +102,6 @@ pub(super) fn decode_job(raw: &[u8]) -> Result<Job, String> {
     Ok(job)
 }
 
-pub(super) fn encode_ledger(entry: &LedgerEntry) -> Vec<u8> {
-    let mut out = Writer::with_tag(48 + entry.remote.len());
-    out.fingerprint(&entry.fingerprint);
-    out.string(&entry.remote);
-    out.option(entry.md5.as_deref(), Writer::string);
-    out.unsigned(entry.uploaded_at_ms);
-    out.0
-}
-
-pub(super) fn decode_ledger(raw: &[u8]) -> Result<LedgerEntry, String> {
-    let mut input = Reader::after_tag(raw)?;
-    let entry = LedgerEntry {
-        fingerprint: input.fingerprint()?,
-        remote: input.string()?,
-        md5: input.option(Reader::string)?,
-        uploaded_at_ms: input.unsigned()?,
-    };
-    input.end()?;
-    Ok(entry)
-}
-
-/// The fingerprint of a binary ledger entry, without decoding the rest of it.
-pub(super) fn ledger_fingerprint(raw: &[u8]) -> Result<Fingerprint, String> {
-    Reader::after_tag(raw)?.fingerprint()
-}
-
-/// Whether the binary ledger entry `raw` records `fingerprint`, by comparing bytes: the
-/// scan asks this once per file, and an entry of this encoding holds exactly one encoding
-/// of each fingerprint.
-pub(super) fn records_fingerprint(raw: &[u8], fingerprint: &Fingerprint) -> bool {
-    // On the stack: the scan asks this on two threads, where allocations contend for the
-    // allocator. A fingerprint takes at most 10 + 10 + 19 + 1 + 19 bytes.
-    let mut buffer = [0u8; 64];
-    let mut len = 0;
-    fingerprint_bytes(fingerprint, &mut |byte| {
-        buffer[len] = byte;
-        len += 1;
-    });
-    raw.get(1..)
-        .is_some_and(|rest| rest.starts_with(&buffer[..len]))
-}
-
 const APPROVED: u8 = 1;
 const FINALIZE_STARTED: u8 = 2;
 const IN_LINE: u8 = 4;
@@ -178,29 +139,6 @@ fn unzigzag(value: u128) -> i128 {
     ((value >> 1) as i128) ^ -((value & 1) as i128)
 }
 
-/// `value` in LEB128, a byte at a time.
-fn leb128(mut value: u128, push: &mut impl FnMut(u8)) {
-    while value >= 0x80 {
-        push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    push(value as u8);
-}
-
-/// The bytes of a fingerprint, for a record and for [`records_fingerprint`] alike.
-fn fingerprint_bytes(fingerprint: &Fingerprint, push: &mut impl FnMut(u8)) {
-    leb128(fingerprint.size.into(), push);
-    leb128(fingerprint.inode.into(), push);
-    leb128(zigzag(fingerprint.mtime_ns), push);
-    match fingerprint.ctime_ns {
-        None => push(0),
-        Some(ctime_ns) => {
-            push(1);
-            leb128(zigzag(ctime_ns), push);
-        }
-    }
-}
-
 /// A record being encoded.
 struct Writer(Vec<u8>);
 
@@ -215,8 +153,21 @@ impl Writer {
         self.0.push(byte);
     }
 
+    /// `value` in LEB128.
+    fn wide(&mut self, mut value: u128) {
+        while value >= 0x80 {
+            self.0.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+    }
+
     fn unsigned(&mut self, value: u64) {
-        leb128(value.into(), &mut |byte| self.0.push(byte));
+        self.wide(value.into());
+    }
+
+    fn signed(&mut self, value: i128) {
+        self.wide(zigzag(value));
     }
 
     fn string(&mut self, text: &str) {
@@ -235,7 +186,10 @@ impl Writer {
     }
 
     fn fingerprint(&mut self, fingerprint: &Fingerprint) {
-        fingerprint_bytes(fingerprint, &mut |byte| self.0.push(byte));
+        self.unsigned(fingerprint.size);
+        self.unsigned(fingerprint.inode);
+        self.signed(fingerprint.mtime_ns);
+        self.option(fingerprint.ctime_ns, Writer::signed);
     }
 
     fn state(&mut self, state: &JobState) {

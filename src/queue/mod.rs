@@ -25,7 +25,7 @@
 //!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job
 //!                                                           (binary, module `binary`;
 //!                                                           JSON if written before format 6)
-//!     ledger         folder \0 rel                       -> LedgerEntry (likewise), the file's
+//!     ledger         folder \0 rel                       -> LedgerEntry (JSON), the file's
 //!                                                           JobId before it if it has a
 //!                                                           job (module `record`); a
 //!                                                           new file's JobId is kept in
@@ -552,29 +552,21 @@ fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
     Ok(job)
 }
 
-/// A ledger entry in either encoding (module `binary`).
 fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
-    if binary::is_binary(raw) {
-        return binary::decode_ledger(raw).map_err(|detail| ledger_corrupt(key, detail));
-    }
-    decode_json_ledger_as(raw, key)
+    decode_ledger_as(raw, key)
 }
 
-fn ledger_corrupt(key: &[u8], detail: String) -> StoreError {
-    StoreError::Corrupt {
-        tree: "ledger",
-        key: keys::describe(key),
-        detail,
-    }
-}
-
-/// Decodes a JSON ledger entry as `T`, which may name only the fields a caller needs: the
-/// others are skipped, not decoded (allocated).
-fn decode_json_ledger_as<T: serde::de::DeserializeOwned>(
+/// Decodes a ledger entry as `T`, which may name only the fields a caller needs: the others
+/// are skipped, not decoded (allocated).
+fn decode_ledger_as<T: serde::de::DeserializeOwned>(
     raw: &[u8],
     key: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|err| ledger_corrupt(key, err.to_string()))
+    serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
+        tree: "ledger",
+        key: keys::describe(key),
+        detail: err.to_string(),
+    })
 }
 
 /// The fingerprint of a ledger entry, without decoding the rest of it.
@@ -583,20 +575,13 @@ fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError>
     struct Only {
         fingerprint: Fingerprint,
     }
-    if binary::is_binary(raw) {
-        return binary::ledger_fingerprint(raw).map_err(|detail| ledger_corrupt(key, detail));
-    }
-    decode_json_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
+    decode_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
 }
 
-/// Whether the ledger entry `raw` begins with `fingerprint` exactly as it is encoded,
-/// which proves the entry records this version without decoding it (JSON parsing was a
+/// Whether the ledger entry `raw` begins with `fingerprint` exactly as [`encode`] writes
+/// it, which proves the entry records this version without decoding it (JSON parsing was a
 /// sixth of a restart's CPU). `false` proves nothing: the caller decodes.
 fn records_exactly(raw: &[u8], fingerprint: &Fingerprint) -> bool {
-    if binary::is_binary(raw) {
-        return binary::records_fingerprint(raw, fingerprint);
-    }
-    // An entry from before format 6.
     const FIELD: &[u8] = br#"{"fingerprint":"#;
     let Some(rest) = raw.strip_prefix(FIELD) else {
         return false;
@@ -623,19 +608,16 @@ fn with_fingerprint(
 ) -> Result<Vec<u8>, StoreError> {
     let mut entry = decode_ledger(raw, key)?;
     entry.fingerprint = *fingerprint;
-    Ok(binary::encode_ledger(&entry))
+    Ok(encode(&entry))
 }
 
-/// The upload time of a ledger entry, without decoding the rest of a JSON one.
+/// The upload time of a ledger entry, without decoding the rest of it.
 fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
     #[derive(serde::Deserialize)]
     struct Only {
         uploaded_at_ms: u64,
     }
-    if binary::is_binary(raw) {
-        return decode_ledger(raw, key).map(|entry| entry.uploaded_at_ms);
-    }
-    decode_json_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
+    decode_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
 }
 
 fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
@@ -909,7 +891,7 @@ impl Tx<'_> {
             .and_then(|record| record.job)
             .filter(|job| Some(*job) != ending);
         let previous = record.and_then(|record| record.upload);
-        let encoded = binary::encode_ledger(entry);
+        let encoded = encode(entry);
         self.write_file(
             &raw_key,
             FileRecord {

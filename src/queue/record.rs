@@ -5,16 +5,15 @@
 //! upload: the index entry out, next to the ledger entry in. One entry per file holds both:
 //!
 //! ```text
-//! uploaded, no job         LedgerEntry (binary, starts with 1; JSON, starts with `{`)
-//! a job, and maybe uploaded  JOB_MARK ++ JobId (u64 BE) ++ LedgerEntry or nothing
+//! uploaded, no job         LedgerEntry (JSON, starts with `{`)
+//! a job, and maybe uploaded  JOB_MARK ++ JobId (u64 BE) ++ LedgerEntry (JSON) or nothing
 //! ```
 //!
 //! An entry of the first kind is what every format before 4 wrote, so those need no change.
-//! The ledger entry is in either encoding of module `binary`.
 
 use super::JobId;
 
-/// The first byte of an entry that names a job (never the start of a ledger entry).
+/// The first byte of an entry that names a job (never the start of JSON).
 const JOB_MARK: u8 = 0;
 const MARKED_LEN: usize = 1 + 8;
 
@@ -22,7 +21,7 @@ const MARKED_LEN: usize = 1 + 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FileRecord<'a> {
     pub job: Option<JobId>,
-    /// The uploaded version (an encoded [`super::LedgerEntry`]), if any.
+    /// The uploaded version (a [`super::LedgerEntry`] in JSON), if any.
     pub upload: Option<&'a [u8]>,
 }
 

@@ -1745,12 +1745,11 @@ fn a_database_of_format_2_is_upgraded_at_open_and_its_queued_jobs_are_claimed_be
     assert_invariants(&store);
 }
 
-/// Rewrites a closed database as format 5 kept it: every job record and ledger entry in
-/// JSON. Returns how many records it rewrote.
+/// Rewrites a closed database as format 5 kept it: every job record in JSON. Returns how
+/// many records it rewrote.
 fn rewrite_as_format_5(dir: &Path) -> usize {
     let db = open_sled(&dir.join(DB_DIR)).expect("the closed database opens");
     let jobs = db.open_tree("jobs").expect("opens");
-    let ledger = db.open_tree("ledger").expect("opens");
     let mut rewritten = 0;
     for entry in jobs.iter() {
         let (raw_id, raw) = entry.expect("reads");
@@ -1759,91 +1758,53 @@ fn rewrite_as_format_5(dir: &Path) -> usize {
         jobs.insert(&raw_id, encode(&job)).expect("writes");
         rewritten += 1;
     }
-    for entry in ledger.iter() {
-        let (raw_key, raw) = entry.expect("reads");
-        let record = FileRecord::split(&raw);
-        let Some(upload) = record.upload else {
-            continue;
-        };
-        let json = encode(&decode_ledger(upload, &raw_key).expect("decodes"));
-        let joined = FileRecord {
-            upload: Some(&json),
-            ..record
-        }
-        .join()
-        .expect("holds an upload");
-        ledger.insert(&raw_key, joined).expect("writes");
-        rewritten += 1;
-    }
     db.insert(FORMAT_KEY, "5").expect("writes");
     db.flush().expect("flushes");
     rewritten
 }
 
-/// Whether the stored job record of `id` and the ledger entry of `rel` are in the binary
-/// encoding (module `binary`).
-fn stored_binary(store: &Store, id: Option<JobId>, rel: &str) -> (Option<bool>, Option<bool>) {
-    let handles = store.handles();
-    let job = id.map(|id| {
-        let raw = handles.trees.jobs.get(job_key(id)).expect("reads");
-        binary::is_binary(&raw.expect("the job is stored"))
-    });
-    let raw_key = file_key(&key(rel)).expect("valid");
-    let entry = handles
-        .trees
-        .ledger
-        .get(&raw_key)
-        .expect("reads")
-        .and_then(|raw| FileRecord::split(&raw).upload.map(binary::is_binary));
-    (job, entry)
+/// Whether the stored record of job `id` is in the binary encoding (module `binary`).
+fn stored_binary(store: &Store, id: JobId) -> bool {
+    let raw = store.handles().trees.jobs.get(job_key(id)).expect("reads");
+    binary::is_binary(&raw.expect("the job is stored"))
 }
 
 #[test]
-fn a_database_of_format_5_reads_its_json_records_and_writes_binary_ones() {
+fn a_database_of_format_5_reads_its_json_jobs_and_writes_binary_ones() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let done = queued_id(store.offer(&key("done"), &fp(1)).expect("offer"));
-    store.claim(far_future()).expect("claims");
-    store
-        .complete(done, &fp(1), "r/done", Some("00ff"))
-        .expect("completes");
-    let waiting = queued_id(store.offer(&key("waiting"), &fp(2)).expect("offer"));
-    let entry = store.ledger_get(&key("done")).expect("reads");
-    assert_eq!(
-        stored_binary(&store, Some(waiting), "done"),
-        (Some(true), Some(true))
-    );
+    let waiting = queued_id(store.offer(&key("waiting"), &fp(1)).expect("offer"));
+    let failing = queued_id(store.offer(&key("failing"), &fp(2)).expect("offer"));
+    assert!(stored_binary(&store, waiting));
     drop(store);
     assert_eq!(rewrite_as_format_5(dir.path()), 2);
 
     let store = open(dir.path());
     assert_upgraded(&store, b"by_path");
-    assert_eq!(
-        stored_binary(&store, Some(waiting), "done"),
-        (Some(false), Some(false)),
+    assert!(
+        !stored_binary(&store, waiting) && !stored_binary(&store, failing),
         "the upgrade leaves the records as they are"
     );
     assert_invariants(&store);
-    assert_eq!(store.ledger_get(&key("done")).expect("reads"), entry);
-    assert!(store.is_uploaded(&key("done"), &fp(1)).expect("reads"));
-    assert!(!store.is_uploaded(&key("done"), &fp(3)).expect("reads"));
-    assert_eq!(job(&store, waiting).fingerprint, fp(2));
+    assert_eq!(job(&store, waiting).fingerprint, fp(1));
 
     let claimed = store.claim(far_future()).expect("claims").expect("due");
     assert_eq!(claimed.id, waiting);
-    assert_eq!(
-        stored_binary(&store, Some(waiting), "waiting").0,
-        Some(true)
+    assert!(stored_binary(&store, waiting), "the claim wrote it");
+    assert!(
+        !stored_binary(&store, failing),
+        "a job nothing wrote stays JSON"
     );
     store
-        .complete(waiting, &fp(2), "r/waiting", None)
+        .complete(waiting, &fp(1), "r/waiting", None)
         .expect("completes");
-    assert_eq!(stored_binary(&store, None, "waiting").1, Some(true));
-    assert_eq!(
-        stored_binary(&store, None, "done").1,
-        Some(false),
-        "an entry nothing wrote stays JSON"
-    );
+    store.claim(far_future()).expect("claims").expect("due");
+    store.fail(failing, "HTTP 400").expect("fails");
+    assert!(stored_binary(&store, failing));
+    assert!(matches!(
+        job(&store, failing).state,
+        JobState::Failed { .. }
+    ));
     assert_invariants(&store);
 }
 
@@ -2865,8 +2826,7 @@ fn space_counts_the_key_and_value_bytes_of_every_tree() {
         .ledger_get(&file)
         .expect("ledger reads")
         .expect("the upload is recorded");
-    let ledger_bytes =
-        (file_key(&file).expect("valid").len() + binary::encode_ledger(&entry).len()) as u64;
+    let ledger_bytes = (file_key(&file).expect("valid").len() + encode(&entry).len()) as u64;
     let tally = &store.tallies().expect("reads")[&file.folder];
     let counts_bytes = (file.folder.len() + encode(tally).len()) as u64;
     let space = store.space().expect("space reads");

@@ -41,11 +41,10 @@
 //! refused: that version would read a job under a mark as waiting in line, and send its
 //! bytes again after a crash without first looking whether they had landed.
 //!
-//! Format 6 writes job records and ledger entries in a binary encoding (module `binary`)
-//! and reads them in either, so the records of a database of format 5 stay as they are
-//! until they are next written, and only its marker changes. Opened by an older version,
-//! a database of format 6 is refused: that version could not read the records written
-//! since.
+//! Format 6 writes job records in a binary encoding (module `binary`) and reads them in
+//! either, so the jobs of a database of format 5 stay as they are until they are next
+//! written, and only its marker changes. Opened by an older version, a database of format
+//! 6 is refused: that version could not read the jobs written since.
 
 use super::job::Job;
 use super::keys::{decode_job_key, job_key};
