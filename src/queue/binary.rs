@@ -108,17 +108,10 @@ const IN_LINE: u8 = 4;
 const ALL_FLAGS: u8 = APPROVED | FINALIZE_STARTED | IN_LINE;
 
 fn flags(job: &Job) -> u8 {
-    let mut flags = 0;
-    for (set, flag) in [
-        (job.approved, APPROVED),
-        (job.finalize_started, FINALIZE_STARTED),
-        (job.in_line, IN_LINE),
-    ] {
-        if set {
-            flags |= flag;
-        }
-    }
-    flags
+    let flag = |set: bool, flag: u8| if set { flag } else { 0 };
+    flag(job.approved, APPROVED)
+        | flag(job.finalize_started, FINALIZE_STARTED)
+        | flag(job.in_line, IN_LINE)
 }
 
 /// The state's tag byte, in the order of [`JobState`]'s variants.

@@ -81,23 +81,11 @@ impl Tx<'_> {
         };
         let Some(job) = existing else {
             let job = Job {
-                id: self.new_job_id(&key.folder)?,
-                key: key.clone(),
-                fingerprint: uploaded,
-                state: JobState::Queued,
                 kind: JobKind::Delete,
-                approved: false,
-                finalize_started: false,
-                attempts: 0,
-                corrupt_imports: 0,
-                last_error: None,
-                import: None,
-                unconfirmed_attempt_ms: None,
-                claimed: None,
                 // Due later than it is created: it waits in the `due` index.
                 in_line: false,
-                created_at_ms: now,
                 updated_at_ms: due,
+                ..Job::queued(self.new_job_id(&key.folder)?, key.clone(), uploaded, now)
             };
             self.put_job(None, &job)?;
             return Ok(true);

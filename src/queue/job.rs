@@ -253,6 +253,29 @@ impl JobState {
 }
 
 impl Job {
+    /// A new upload of `fingerprint`, queued at `now_ms` and waiting in its folder's line,
+    /// with nothing tried yet.
+    pub fn queued(id: JobId, key: FileKey, fingerprint: Fingerprint, now_ms: u64) -> Job {
+        Job {
+            id,
+            key,
+            fingerprint,
+            state: JobState::Queued,
+            kind: JobKind::Upload,
+            approved: false,
+            finalize_started: false,
+            attempts: 0,
+            corrupt_imports: 0,
+            last_error: None,
+            import: None,
+            unconfirmed_attempt_ms: None,
+            claimed: None,
+            in_line: true,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+
     /// When the job is claimable: queued jobs from the time they were queued
     /// (`updated_at_ms`, which every transition into `Queued` sets), retry-wait jobs from
     /// their next attempt. Active, finalizing, importing and failed jobs are not claimable.

@@ -1009,24 +1009,12 @@ impl Tx<'_> {
                 Ok(Offer::Queued(job.id))
             }
             None => {
-                let job = Job {
-                    id: self.new_job_id(&key.folder)?,
-                    key: key.clone(),
-                    fingerprint: *fingerprint,
-                    state: JobState::Queued,
-                    finalize_started: false,
-                    attempts: 0,
-                    corrupt_imports: 0,
-                    last_error: None,
-                    import: None,
-                    unconfirmed_attempt_ms: None,
-                    claimed: None,
-                    kind: JobKind::Upload,
-                    approved: false,
-                    in_line: true,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                };
+                let job = Job::queued(
+                    self.new_job_id(&key.folder)?,
+                    key.clone(),
+                    *fingerprint,
+                    now,
+                );
                 self.put_job(None, &job)?;
                 Ok(Offer::Queued(job.id))
             }

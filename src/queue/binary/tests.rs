@@ -10,31 +10,19 @@ fn fingerprint(size: u64, mtime_ns: i128, ctime_ns: Option<i128>) -> Fingerprint
 }
 
 fn queued_job() -> Job {
-    Job {
-        id: JobId(0x0001_0203_0000_0042),
-        key: FileKey {
+    Job::queued(
+        JobId(0x0001_0203_0000_0042),
+        FileKey {
             folder: "/data/exports".into(),
             rel: "2026/12/day.csv".into(),
         },
-        fingerprint: fingerprint(
+        fingerprint(
             4096,
             1_765_000_000_123_456_789,
             Some(1_765_000_001_000_000_000),
         ),
-        state: JobState::Queued,
-        kind: JobKind::Upload,
-        approved: false,
-        finalize_started: false,
-        attempts: 0,
-        corrupt_imports: 0,
-        last_error: None,
-        import: None,
-        unconfirmed_attempt_ms: None,
-        claimed: None,
-        in_line: true,
-        created_at_ms: 1_765_000_002_000,
-        updated_at_ms: 1_765_000_002_000,
-    }
+        1_765_000_002_000,
+    )
 }
 
 /// Jobs that between them set every field, every state and every option both ways.
