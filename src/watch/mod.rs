@@ -7,6 +7,7 @@
 //! - [`watcher`]: notify setup, the non-blocking event callback, the inotify-limit message.
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
+//! - `presence`: whether tracked files are still there, a listing per directory.
 //!
 //! Memory does not grow with the number of files: a whole-folder scan pauses while the
 //! queue holds `Options::backlog` of the folder's jobs (or files wait to settle) and goes
@@ -31,6 +32,7 @@ mod deletions;
 pub mod filter;
 mod folder;
 mod looks;
+mod presence;
 mod recent;
 mod scan;
 pub mod settle;
@@ -503,8 +505,9 @@ fn vanished_files(
     sink: &dyn Sink,
 ) -> Vec<FileKey> {
     let mut gone = Vec::new();
+    let mut presence = presence::Presence::new(root);
     sink.visit_tracked(folder_key, under, &mut |rel| {
-        if is_gone(&root.join(rel)) {
+        if presence.is_gone(rel) {
             gone.push(FileKey::new(folder_key, rel));
         }
     });
