@@ -11,7 +11,7 @@
 //!    `settle`), or to upload: new or changed.
 //! 4. In a folder with `on_delete = "delete"` whose ledger holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
-//!    at its path any more (`watch::is_gone`, as the daemon decides when a scan ends) is a
+//!    at its path any more (`watch::Presence`, as the daemon decides when a scan ends) is a
 //!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
 //!    of the folder) would be held by the mass-delete guard, which the plan says.
 //!
@@ -224,12 +224,12 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         if uploads == found_uploaded {
             return Ok(plan);
         }
+        let mut presence = watch::Presence::new(&folder.path);
         store
             .visit_uploads(&key, "", |rel, entry| {
-                let path = FileKey::new(&key, rel).path();
-                if watch::is_gone(&path) {
+                if presence.is_gone(rel) {
                     plan.delete.push(PlannedDelete {
-                        path: path.display().to_string(),
+                        path: FileKey::new(&key, rel).path().display().to_string(),
                         remote: entry.remote,
                     });
                 }

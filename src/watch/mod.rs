@@ -57,6 +57,7 @@ pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
 pub use folder::Options;
 use folder::{FolderParts, FolderState};
+pub(crate) use presence::Presence;
 use scan::{Visit, Walker};
 use settle::{Settle, SystemClock};
 use watcher::{DirWatcher, EventFlags, EventSender, NoDirs, NotifyDirs};
@@ -524,7 +525,7 @@ fn every(visit: &mut dyn FnMut(&str)) -> impl FnMut(&str) -> std::ops::ControlFl
 
 /// Whether a file the ledger or the queue tracks is gone: nothing is at its path any more
 /// (a directory or a link in its place is not a deletion of the file).
-pub(crate) fn is_gone(path: &std::path::Path) -> bool {
+pub(super) fn is_gone(path: &std::path::Path) -> bool {
     matches!(
         std::fs::symlink_metadata(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound

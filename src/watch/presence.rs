@@ -2,7 +2,8 @@
 //! instead of a look at each file ([`Presence`]).
 //!
 //! After every whole-folder scan each file with a job is checked ([`super::forget_vanished`]),
-//! and so is every tracked file under a directory that went away. A `stat` per file cost as
+//! and so is every tracked file under a directory that went away; a dry run checks the
+//! uploaded files of a folder that propagates deletions the same way (`daemon::dry_run`). A `stat` per file cost as
 //! much as the scan's own look at it: in a first mirror of small files, one of the five
 //! `statx` calls of each file. The files come in the ledger's byte order, so the files of a
 //! directory come together, interrupted only by those of its subdirectories. So:
@@ -23,10 +24,10 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The most names the kept listings hold together (step 4): a few hundred KiB.
-pub(super) const MAX_NAMES: usize = 16_384;
+pub(crate) const MAX_NAMES: usize = 16_384;
 
 /// What is known of one directory's entries.
 enum Listing {
@@ -40,7 +41,7 @@ enum Listing {
 
 /// Answers whether files of the folder at `root` are gone, in the order the ledger hands
 /// them on (module doc).
-pub(super) struct Presence<'a> {
+pub(crate) struct Presence<'a> {
     root: &'a Path,
     /// The directories (relative, `""` for the root) on the path of the last file asked
     /// about, outermost first, with their listings.
@@ -54,7 +55,7 @@ pub(super) struct Presence<'a> {
 }
 
 impl<'a> Presence<'a> {
-    pub(super) fn new(root: &'a Path) -> Presence<'a> {
+    pub(crate) fn new(root: &'a Path) -> Presence<'a> {
         Presence::with_max_names(root, MAX_NAMES)
     }
 
@@ -70,7 +71,7 @@ impl<'a> Presence<'a> {
     }
 
     /// Whether nothing is at `rel` (relative to the root) any more.
-    pub(super) fn is_gone(&mut self, rel: &str) -> bool {
+    pub(crate) fn is_gone(&mut self, rel: &str) -> bool {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         match self.listing_of(dir) {
             Listing::Names(names) => !names.contains(OsStr::new(name)),
@@ -102,12 +103,8 @@ impl<'a> Presence<'a> {
         {
             self.listed += 1;
         }
-        let path: PathBuf = if dir.is_empty() {
-            self.root.to_path_buf()
-        } else {
-            self.root.join(dir)
-        };
-        let entries = match std::fs::read_dir(&path) {
+        // For the root, `join("")` ends the path with a separator, which lists the same.
+        let entries = match std::fs::read_dir(self.root.join(dir)) {
             Ok(entries) => entries,
             Err(err) if err.kind() == ErrorKind::NotFound => return Listing::Missing,
             Err(_) => return Listing::Unlisted,
