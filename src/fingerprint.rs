@@ -17,8 +17,9 @@
 //! allocations for a timestamp, and a small upload decodes a fingerprint several times.
 //!
 //! Ledger entries written before the change time was recorded have none
-//! ([`Fingerprint::is_version_of`] matches them on size, mtime and inode); the store
-//! rewrites such an entry with the file's current ctime the first time it matches.
+//! ([`Fingerprint::is_version_of`] matches them on size, mtime and inode); once a scan
+//! has matched such entries, a walk after it gives them their files' current change times
+//! (the queue's module `stamp`).
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;

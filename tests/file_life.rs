@@ -7,6 +7,9 @@
 //!   uploaded by the next run on both backends.
 //! - A permission change alone (only the change time moves) costs no new Redivis upload:
 //!   the identical upload is adopted; the run after it has nothing to do.
+//! - A ledger an older version wrote without change times costs a run no upload, and the
+//!   run gives its entries the files' change times, after which a permission change is
+//!   seen again.
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
@@ -183,6 +186,59 @@ fn a_permission_change_alone_adds_no_redivis_upload_and_the_next_run_has_nothing
     let (code, text) = s.sync_once();
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("uploaded 0 file(s)"), "{text}");
+}
+
+#[test]
+fn a_ledger_an_older_version_wrote_without_change_times_costs_no_upload_and_is_stamped() {
+    use std::os::unix::fs::PermissionsExt;
+    use upsync::fingerprint::Fingerprint;
+    use upsync::queue::Store;
+    let s = Setup::new();
+    let files: Vec<PathBuf> = (0..3).map(|n| s.kin.join(format!("old{n}.csv"))).collect();
+    for (n, path) in files.iter().enumerate() {
+        write_file(path, 1_000, n as u64);
+        backdate(path, 60);
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let state = s._tmp.path().join("state");
+    {
+        let store = Store::open(&state).expect("the state opens");
+        for (key, entry) in store.ledger_entries(None).expect("the ledger reads") {
+            let older = Fingerprint {
+                ctime_ns: None,
+                ..entry.fingerprint
+            };
+            store
+                .record_uploaded(&key, &older, &entry.remote, entry.md5.as_deref())
+                .expect("the ledger writes");
+        }
+    }
+
+    let requests = s.emulator.kifs_upload_requests();
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("uploaded 0 file(s)"), "{text}");
+    assert_eq!(s.emulator.kifs_upload_requests(), requests, "{text}");
+    {
+        let store = Store::open(&state).expect("the state opens");
+        for path in &files {
+            let rel = path.file_name().unwrap().to_str().unwrap();
+            let key = upsync::queue::FileKey::new(s.kin.to_str().unwrap(), rel);
+            let entry = store.ledger_get(&key).expect("reads").expect("recorded");
+            let now = Fingerprint::of(&std::fs::metadata(path).unwrap());
+            assert_eq!(
+                entry.fingerprint, now,
+                "{rel} is stamped with its change time"
+            );
+        }
+    }
+
+    // From then on, a permission change alone is a new version again.
+    std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("uploaded 1 file(s)"), "{text}");
 }
 
 #[test]

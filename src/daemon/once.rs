@@ -37,7 +37,7 @@ use super::status::{FailedJob, InFlight, Live, RetryingJob};
 use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Job, JobState, Store, to_ms};
+use crate::queue::{FileKey, Job, JobState, StampFrom, StampStep, Store, to_ms};
 use crate::watch::{self, Sink, SinkOffer};
 
 /// How the run shows its progress.
@@ -194,6 +194,19 @@ impl Sink for CountingSink {
 
     fn scan_done(&self, folder: &str) {
         self.inner.scan_done(folder);
+    }
+
+    fn take_unstamped(&self, folder: &str) -> bool {
+        self.inner.take_unstamped(folder)
+    }
+
+    fn stamp_step(
+        &self,
+        folder: &str,
+        from: Option<&StampFrom>,
+        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
+    ) -> StampStep {
+        self.inner.stamp_step(folder, from, look)
     }
 
     fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> SinkOffer {

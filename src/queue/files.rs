@@ -117,7 +117,7 @@ impl Store {
     /// when the chunk was full (there may be more), `None` when the prefix ended. The
     /// pointers of new files kept in memory (module `pointers`) are read as part of the
     /// entries: the files without an entry that they point from are taken in their place.
-    fn read_chunk<T>(
+    pub(super) fn read_chunk<T>(
         &self,
         prefix: &[u8],
         from: &[u8],
@@ -185,7 +185,7 @@ impl Store {
 }
 
 /// The smallest key after `key` in byte order.
-fn successor(key: &[u8]) -> Vec<u8> {
+pub(super) fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = Vec::with_capacity(key.len() + 1);
     next.extend_from_slice(key);
     next.push(0);

@@ -234,6 +234,7 @@ mod lock;
 mod marks;
 mod pointers;
 mod record;
+mod stamp;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -264,6 +265,7 @@ pub use job::{
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
+pub use stamp::{StampFrom, StampStep};
 pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
@@ -372,6 +374,8 @@ struct Inner {
     /// nothing changes, so reports read this instead of making it give way (module
     /// `compact`, "Giving way").
     frozen: Mutex<Option<Arc<Summary>>>,
+    /// Folders whose looks matched uploads recorded without a change time (module `stamp`).
+    unstamped: stamp::Unstamped,
     _lock: StateLock,
 }
 
@@ -1106,6 +1110,7 @@ impl Store {
                 batch_claim: Mutex::new(()),
                 pointers: Pointers::default(),
                 frozen: Mutex::new(None),
+                unstamped: stamp::Unstamped::default(),
                 _lock: lock,
             }),
         };
@@ -1328,50 +1333,35 @@ impl Store {
 
     /// True when the ledger holds this version of the file (one read, and only the
     /// fingerprint is decoded: the start-up scan asks this for every file). An entry
-    /// written before change times were kept, matching on the rest, is rewritten with this
-    /// one's change time ([`Fingerprint::is_version_of`]); not flushed: an upgrade lost in
-    /// a crash is made again by the next scan.
+    /// written before change times were kept matches on the rest
+    /// ([`Fingerprint::is_version_of`]); its folder is noted, and its entry is given the
+    /// change time later, by [`Store::stamp_step`], not here: a look only reads.
     pub fn is_uploaded(
         &self,
         key: &FileKey,
         fingerprint: &Fingerprint,
     ) -> Result<bool, StoreError> {
         let raw_key = valid_key(key)?;
-        match self
+        let Some(raw) = self
             .handles_to_look_up()
             .trees
             .ledger
             .get(&raw_key)
             .map_err(|err| self.db_error(err))?
-        {
-            None => Ok(false),
-            Some(raw) => {
-                let record = FileRecord::split(&raw);
-                let Some(upload) = record.upload else {
-                    return Ok(false);
-                };
-                if records_exactly(upload, fingerprint) {
-                    return Ok(true);
-                }
-                let found = ledger_fingerprint(upload, &raw_key)?;
-                if fingerprint.upgrades(&found) {
-                    let upgraded = with_fingerprint(upload, &raw_key, fingerprint)?;
-                    let upgraded = FileRecord {
-                        upload: Some(&upgraded),
-                        ..record
-                    }
-                    .join();
-                    // Only if the entry is still the one read: a concurrent upload wins.
-                    let _ = self
-                        .handles()
-                        .trees
-                        .ledger
-                        .compare_and_swap(&raw_key, Some(&raw), upgraded)
-                        .map_err(|err| self.db_error(err))?;
-                }
-                Ok(fingerprint.is_version_of(&found))
-            }
+        else {
+            return Ok(false);
+        };
+        let Some(upload) = FileRecord::split(&raw).upload else {
+            return Ok(false);
+        };
+        if records_exactly(upload, fingerprint) {
+            return Ok(true);
         }
+        let found = ledger_fingerprint(upload, &raw_key)?;
+        if fingerprint.upgrades(&found) {
+            self.inner.unstamped.note(&key.folder);
+        }
+        Ok(fingerprint.is_version_of(&found))
     }
 
     /// Offers a settled file version to the queue. Not flushed (invariant 4).

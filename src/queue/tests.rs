@@ -406,73 +406,6 @@ fn only_an_entry_holding_the_same_fingerprint_matches_by_its_bytes() {
 }
 
 #[test]
-fn a_ledger_entry_without_ctime_matches_on_the_rest_and_is_rewritten_with_it() {
-    let dir = tempfile::tempdir().expect("a temp dir can be created");
-    let store = open(dir.path());
-    for rel in ["scanned.csv", "offered.csv"] {
-        assert!(
-            store
-                .record_uploaded(&key(rel), &without_ctime(fp(1)), "ingest/x", Some("abc"))
-                .expect("the ledger writes")
-        );
-    }
-    let ledger_fp = |rel: &str| {
-        store
-            .ledger_get(&key(rel))
-            .expect("the ledger reads")
-            .expect("recorded")
-            .fingerprint
-    };
-    // Another size, mtime or inode is another version, whatever the change time.
-    let other = Fingerprint {
-        mtime_ns: 7,
-        ..fp(1)
-    };
-    assert!(
-        !store
-            .is_uploaded(&key("scanned.csv"), &other)
-            .expect("reads")
-    );
-    assert_eq!(ledger_fp("scanned.csv"), without_ctime(fp(1)));
-    // The scan's question and the offer both match, and write the change time back.
-    assert!(
-        store
-            .is_uploaded(&key("scanned.csv"), &fp(1))
-            .expect("reads")
-    );
-    assert_eq!(ledger_fp("scanned.csv"), fp(1));
-    assert_eq!(
-        store
-            .offer(&key("offered.csv"), &fp(1))
-            .expect("offer works"),
-        Offer::UpToDate
-    );
-    assert_eq!(ledger_fp("offered.csv"), fp(1));
-    // From then on, a new change time is a new version.
-    let chmodded = Fingerprint {
-        ctime_ns: Some(99),
-        ..fp(1)
-    };
-    assert!(
-        !store
-            .is_uploaded(&key("scanned.csv"), &chmodded)
-            .expect("reads")
-    );
-    assert!(matches!(
-        store
-            .offer(&key("offered.csv"), &chmodded)
-            .expect("offer works"),
-        Offer::Queued(_)
-    ));
-    let entry = store.ledger_get(&key("offered.csv")).unwrap().unwrap();
-    assert_eq!(
-        (entry.remote.as_str(), entry.md5.as_deref()),
-        ("ingest/x", Some("abc"))
-    );
-    assert_invariants(&store);
-}
-
-#[test]
 fn the_ledger_lists_by_folder_and_a_forgotten_file_is_queued_again() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
@@ -2947,6 +2880,7 @@ mod deletions;
 mod files;
 mod marks;
 mod pointers;
+mod stamp;
 mod summary;
 
 /// Asserts that `store` was stamped with the current format at open and that the upgrade

@@ -1,6 +1,8 @@
-//! The backpressure of whole-folder scans: a scan pauses while the queue holds
-//! `Options::backlog` of the folder's jobs and goes on once half of them are claimed. Real
-//! files in a temp dir, a sink whose queue the test drains, ticks driven by hand.
+//! Work a whole-folder scan leaves for the ticks: the backpressure of scans (a scan pauses
+//! while the queue holds `Options::backlog` of the folder's jobs and goes on once half of
+//! them are claimed), and the walk giving ledger entries of an older version their files'
+//! change times (module `stamp`). Real files in a temp dir, a sink whose queue the test
+//! drains or a real queue, ticks driven by hand.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +15,7 @@ use super::folder::{FolderParts, FolderState, Options};
 use super::watcher::{DirWatcher, EventFlags};
 use super::{DEFAULT_EXCLUDES, Filter, Sink, SinkOffer};
 use crate::fingerprint::Fingerprint;
-use crate::queue::FileKey;
+use crate::queue::{FileKey, Store};
 
 const DIRS: usize = 6;
 const FILES_PER_DIR: usize = 20;
@@ -169,4 +171,61 @@ fn a_sink_that_does_not_count_its_queue_never_pauses_a_scan() {
     let summary = state.start();
     assert_eq!(summary.queued, (DIRS * FILES_PER_DIR) as u64);
     assert!(!state.scan_paused());
+}
+
+#[test]
+fn a_start_over_a_ledger_without_change_times_only_reads_and_a_tick_after_it_stamps_the_entries() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("tree");
+    std::fs::create_dir(&root).expect("create the folder");
+    old_tree(&root);
+    let store = Store::open(&dir.path().join("state")).expect("a fresh state dir opens");
+    let folder_key = root.to_string_lossy().into_owned();
+    let files = || {
+        let mut files = Vec::new();
+        for d in 0..DIRS {
+            for f in 0..FILES_PER_DIR {
+                let rel = format!("d{d}/f{f}.csv");
+                let meta = std::fs::metadata(root.join(&rel)).expect("the file is there");
+                files.push((FileKey::new(&folder_key, &rel), Fingerprint::of(&meta)));
+            }
+        }
+        files
+    };
+    for (key, now) in files() {
+        let older = Fingerprint {
+            ctime_ns: None,
+            ..now
+        };
+        store
+            .record_uploaded(&key, &older, "r", None)
+            .expect("the ledger writes");
+    }
+    let recorded = |key: &FileKey| {
+        store
+            .ledger_get(key)
+            .expect("the ledger reads")
+            .expect("recorded")
+            .fingerprint
+    };
+    let mut state = folder(&root, Arc::new(store.clone()));
+
+    let summary = state.start();
+    assert_eq!(summary.files_seen, (DIRS * FILES_PER_DIR) as u64);
+    assert_eq!(summary.queued, 0, "every file matches its entry");
+    for (key, _) in files() {
+        assert_eq!(recorded(&key).ctime_ns, None, "the scan's looks only read");
+    }
+    assert!(!state.is_quiet(), "the walk keeps the short tick");
+
+    state.tick();
+    assert!(
+        state.is_quiet(),
+        "{} entries are one step",
+        DIRS * FILES_PER_DIR
+    );
+    for (key, now) in files() {
+        assert_eq!(recorded(&key), now);
+    }
+    assert!(store.jobs().expect("the jobs read").is_empty());
 }

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::{Sink, SinkOffer};
 use crate::config::{DeletePolicy, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{DeletionTally, FileKey, FilePick, Store};
+use crate::queue::{DeletionTally, FileKey, FilePick, StampFrom, StampStep, Store};
 
 /// The shortest wait between a file found gone and the deletion of its remote copy.
 pub const MIN_DELETE_DELAY: Duration = Duration::from_secs(1);
@@ -158,6 +158,19 @@ impl Sink for DeletingSink {
 
     fn scan_done(&self, folder: &str) {
         self.guard(folder);
+    }
+
+    fn take_unstamped(&self, folder: &str) -> bool {
+        Sink::take_unstamped(&self.store, folder)
+    }
+
+    fn stamp_step(
+        &self,
+        folder: &str,
+        from: Option<&StampFrom>,
+        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
+    ) -> StampStep {
+        Sink::stamp_step(&self.store, folder, from, look)
     }
 
     fn root_lost(&self, folder: &str) {

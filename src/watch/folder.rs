@@ -1,6 +1,7 @@
 //! The state of one watched folder and everything it does synchronously: the start-up scan,
 //! handling a batch of notify events, and the periodic tick (settled candidates, rescans,
-//! fallback rescans of unwatched subtrees, the folder itself disappearing and coming back).
+//! fallback rescans of unwatched subtrees, the folder itself disappearing and coming back,
+//! the steps of the walk giving ledger entries their files' change times).
 //!
 //! All of it does file-system I/O and store calls, so the async loop in `mod.rs` runs these
 //! methods on the blocking pool; nothing here touches notify's thread.
@@ -29,6 +30,7 @@ use super::recent::RecentOffers;
 use super::scan::{self, Visit, WalkCursor, WalkEnd, Walker};
 use super::settle::{Settle, SystemClock};
 use super::spool::{SPOOL_CHECK, Settled, Spool};
+use super::stamp::Stamping;
 use super::watcher::{self, DirWatcher, EventFlags};
 use super::{ScanSummary, Sink, SinkOffer, forget_vanished, vanished_files};
 use crate::fingerprint::Fingerprint;
@@ -139,6 +141,9 @@ pub struct FolderState {
     next_rescan: Option<Instant>,
     /// The whole-folder scan waiting for the backlog to shrink.
     paused: Option<PausedScan>,
+    /// The walk giving ledger entries their files' change times, a step per tick (module
+    /// `stamp`).
+    stamping: Option<Stamping>,
     /// `queued_total` when the backlog was last looked at.
     queued_at_backlog_check: u64,
     flags: Arc<EventFlags>,
@@ -191,6 +196,7 @@ impl FolderState {
             root_state: Root::Missing { next_poll: now },
             next_rescan: None,
             paused: None,
+            stamping: None,
             queued_at_backlog_check: 0,
             flags: p.flags,
             cancel: p.cancel,
@@ -269,6 +275,8 @@ impl FolderState {
     fn scan_ended(&mut self, scan: &PausedScan) {
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.sink.scan_done(&self.folder_key);
+        // Started here, its steps wait for the ticks: the scan's end is the start-up's.
+        self.want_stamping();
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         if scan.startup {
             info!(
@@ -466,11 +474,15 @@ impl FolderState {
     /// True when no file waits to settle and no scan waits for room: nothing needs the
     /// short tick.
     pub fn is_quiet(&self) -> bool {
-        self.settle.is_empty() && self.outbox.is_empty() && self.paused.is_none()
+        self.settle.is_empty()
+            && self.outbox.is_empty()
+            && self.paused.is_none()
+            && self.stamping.is_none()
     }
 
     /// Periodic work: the folder's presence, requested and scheduled rescans, fallback
-    /// rescans, and offering settled candidates.
+    /// rescans, offering settled candidates, and a step of the walk giving ledger entries
+    /// their files' change times.
     pub fn tick(&mut self) {
         let now = Instant::now();
         self.check_root(now);
@@ -516,6 +528,7 @@ impl FolderState {
                 self.paused = Some(scan);
             }
         }
+        self.go_on_stamping();
         if self.spool.is_some() && now >= self.next_spool_check {
             self.next_spool_check = now + SPOOL_CHECK;
             self.settle_spooled();
@@ -528,6 +541,28 @@ impl FolderState {
 
     fn full_rescan(&mut self) {
         self.scan_folder(true, false);
+    }
+
+    /// Starts the walk giving ledger entries their files' change times if looks asked for
+    /// it and none is under way.
+    fn want_stamping(&mut self) {
+        if self.stamping.is_none() {
+            self.stamping = Stamping::if_wanted(&self.folder_key, &*self.sink);
+        }
+    }
+
+    /// A step of the walk giving ledger entries their files' change times, once no
+    /// whole-folder look is under way (its looks are what ask for the walk).
+    fn go_on_stamping(&mut self) {
+        if self.paused.is_some() {
+            return;
+        }
+        self.want_stamping();
+        if let Some(walk) = &mut self.stamping
+            && walk.step(&self.root, &self.folder_key, &*self.sink)
+        {
+            self.stamping = None;
+        }
     }
 
     /// Re-reads each settled candidate's fingerprint and offers it if unchanged.
@@ -587,6 +622,7 @@ impl FolderState {
         self.sink.root_lost(&self.folder_key);
         self.fallback.clear();
         self.paused = None;
+        self.stamping = None;
         self.settle.retain(|_| false);
         self.recent.clear();
         self.flags.rescan_needed.store(false, Ordering::Release);

@@ -8,6 +8,7 @@
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //! - `presence`: whether tracked files are still there, a listing per directory.
+//! - `stamp`: giving ledger entries an older version wrote their files' change times.
 //!
 //! Memory does not grow with the number of files: a whole-folder scan pauses while the
 //! queue holds `Options::backlog` of the folder's jobs (or files wait to settle) and goes
@@ -37,6 +38,7 @@ mod recent;
 mod scan;
 pub mod settle;
 mod spool;
+mod stamp;
 pub mod watcher;
 
 use std::collections::HashSet;
@@ -51,7 +53,7 @@ use tracing::{Instrument, error, warn};
 
 use crate::config::FolderConfig;
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Offer, Store};
+use crate::queue::{FileKey, FilePick, Offer, StampFrom, StampStep, Store};
 
 pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
@@ -129,6 +131,21 @@ pub trait Sink: Send + Sync {
     fn scan_done(&self, _folder: &str) {}
     /// The folder is gone as a whole (deleted, unmounted, replaced).
     fn root_lost(&self, _folder: &str) {}
+    /// Whether looks matched uploads of `folder` recorded without a change time since the
+    /// last call: the folder then walks them with [`Sink::stamp_step`] (module `stamp`).
+    fn take_unstamped(&self, _folder: &str) -> bool {
+        false
+    }
+    /// One step of that walk, from `from`; `look` gives the fingerprint a file of the
+    /// folder has now, by its relative path. A sink that cannot go on ends the walk.
+    fn stamp_step(
+        &self,
+        _folder: &str,
+        _from: Option<&StampFrom>,
+        _look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
+    ) -> StampStep {
+        StampStep::default()
+    }
 }
 
 impl Sink for Store {
@@ -188,6 +205,22 @@ impl Sink for Store {
         if let Err(e) = self.visit_files(folder, under, FilePick::WithJob, every(visit)) {
             error!(folder, error = %e, "cannot read the jobs of a folder; a rescan tries again");
         }
+    }
+
+    fn take_unstamped(&self, folder: &str) -> bool {
+        Store::take_unstamped(self, folder)
+    }
+
+    fn stamp_step(
+        &self,
+        folder: &str,
+        from: Option<&StampFrom>,
+        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
+    ) -> StampStep {
+        Store::stamp_step(self, folder, from, look).unwrap_or_else(|e| {
+            error!(folder, error = %e, "cannot give ledger entries their files' change times; a later scan tries again");
+            StampStep::default()
+        })
     }
 
     fn offer_many(&self, files: &[(FileKey, Fingerprint)]) -> Vec<SinkOffer> {
@@ -485,6 +518,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
     visit.flush_offers();
     forget_vanished(&folder.path, &visit.folder_key, "", sink);
     sink.scan_done(&visit.folder_key);
+    stamp::Stamping::run_if_wanted(&folder.path, &visit.folder_key, sink);
     Ok(visit.summary)
 }
 

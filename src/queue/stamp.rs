@@ -1,0 +1,142 @@
+//! Change times for ledger entries written before they were kept.
+//!
+//! An entry an older version wrote has no change time and matches a file on size, mtime
+//! and inode alone ([`Fingerprint::is_version_of`]). Given its file's change time, it sees
+//! every later change too (a `chmod`, a `touch` back to the same mtime). Rewriting each
+//! entry as a look matched it made the first start after an upgrade three times as long
+//! as a plain restart: a compare-and-swap per file was over a third of that start. So a
+//! look only notes the folder ([`Unstamped`]), and once the folder's scan has ended its
+//! watcher walks the folder's entries a step at a time between its other work
+//! ([`Store::stamp_step`]):
+//!
+//! 1. Read a chunk of the folder's entries, keeping those whose upload has no change time.
+//! 2. Look at each one's file as it is now.
+//! 3. Rewrite the entry with the file's fingerprint if the file is still the version the
+//!    entry records, and only if the entry is still the one read: an upload that wrote it
+//!    meanwhile wins.
+//!
+//! Nothing is flushed: a rewrite lost in a crash is made again after the next start's
+//! scan, which notes the folder again.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use super::files::successor;
+use super::record::FileRecord;
+use super::{FileKey, Store, StoreError, ledger_fingerprint, valid_key, with_fingerprint};
+use crate::fingerprint::Fingerprint;
+
+/// The folders whose looks matched an upload recorded without a change time, until their
+/// watcher takes them ([`Store::take_unstamped`]).
+#[derive(Default)]
+pub(super) struct Unstamped(Mutex<HashSet<String>>);
+
+impl Unstamped {
+    pub fn note(&self, folder: &str) {
+        let mut folders = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Looks at one folder note it once per file: no allocation when it is noted.
+        if !folders.contains(folder) {
+            folders.insert(folder.to_owned());
+        }
+    }
+
+    fn take(&self, folder: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(folder)
+    }
+}
+
+/// Where a walk of [`Store::stamp_step`] goes on: just after this ledger key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampFrom(Vec<u8>);
+
+/// What one step of the walk did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StampStep {
+    /// Entries given their file's change time.
+    pub stamped: u64,
+    /// Where the next step starts; `None` once the folder's entries are all read.
+    pub next: Option<StampFrom>,
+}
+
+impl Store {
+    /// Whether looks matched uploads of `folder` recorded without a change time since the
+    /// last call (module `stamp`): its watcher should walk the folder's entries.
+    pub fn take_unstamped(&self, folder: &str) -> bool {
+        self.inner.unstamped.take(folder)
+    }
+
+    /// One step of the walk giving `folder`'s entries without a change time the one of
+    /// their file (steps 1 to 3 of module `stamp`), from `from` (`None`: the folder's first
+    /// entry). `look` gives the fingerprint a file of the folder has now, by its relative
+    /// path, `None` when it has none (gone, not a regular file).
+    pub fn stamp_step(
+        &self,
+        folder: &str,
+        from: Option<&StampFrom>,
+        mut look: impl FnMut(&str) -> Option<Fingerprint>,
+    ) -> Result<StampStep, StoreError> {
+        let prefix = valid_key(&FileKey::new(folder, ""))?;
+        let start = from.map_or_else(|| prefix.clone(), |from| successor(&from.0));
+        let mut unstamped = Vec::new();
+        let last = self.read_chunk(&prefix, &start, recorded_without_ctime, &mut unstamped)?;
+        let mut stamped = 0;
+        for (raw_key, recorded) in unstamped {
+            let Ok(rel) = std::str::from_utf8(&raw_key[prefix.len()..]) else {
+                continue;
+            };
+            if let Some(now) = look(rel)
+                && now.upgrades(&recorded)
+                && self.stamp(&raw_key, &now)?
+            {
+                stamped += 1;
+            }
+        }
+        Ok(StampStep {
+            stamped,
+            next: last.map(StampFrom),
+        })
+    }
+
+    /// Step 3 for one entry: whether it was rewritten.
+    fn stamp(&self, raw_key: &[u8], fingerprint: &Fingerprint) -> Result<bool, StoreError> {
+        let handles = self.handles();
+        let ledger = &handles.trees.ledger;
+        let Some(raw) = ledger.get(raw_key).map_err(|err| self.db_error(err))? else {
+            return Ok(false);
+        };
+        let record = FileRecord::split(&raw);
+        let Some(upload) = record.upload else {
+            return Ok(false);
+        };
+        if !fingerprint.upgrades(&ledger_fingerprint(upload, raw_key)?) {
+            return Ok(false);
+        }
+        let stamped = with_fingerprint(upload, raw_key, fingerprint)?;
+        let stamped = FileRecord {
+            upload: Some(&stamped),
+            ..record
+        }
+        .join();
+        // The counts do not change, so the `closed` marker may stay: the counts it vouches
+        // for are still right (module doc of `queue`, "Clean close").
+        let swapped = ledger
+            .compare_and_swap(raw_key, Some(&raw), stamped)
+            .map_err(|err| self.db_error(err))?;
+        Ok(swapped.is_ok())
+    }
+}
+
+/// Step 1's pick: the recorded fingerprint of an upload without a change time.
+fn recorded_without_ctime(
+    raw_key: &[u8],
+    record: FileRecord<'_>,
+) -> Result<Option<Fingerprint>, StoreError> {
+    let Some(upload) = record.upload else {
+        return Ok(None);
+    };
+    let recorded = ledger_fingerprint(upload, raw_key)?;
+    Ok(recorded.ctime_ns.is_none().then_some(recorded))
+}
