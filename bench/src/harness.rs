@@ -975,3 +975,17 @@ pub fn rate(bytes: u64, took: Duration) -> f64 {
 pub fn micros_per_file(cpu: Duration, files: u64) -> f64 {
     cpu.as_secs_f64() * 1e6 / files as f64
 }
+
+/// The number after `name=` on the last log line containing `line`.
+pub fn log_figure(log: &str, line: &str, name: &str) -> Option<u64> {
+    let label = format!("{name}=");
+    let text = log.lines().rev().find(|l| l.contains(line))?;
+    // Colour sequences may sit between the name and its value.
+    let after = &text[text.find(&label)? + label.len()..];
+    let digits: String = after
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}

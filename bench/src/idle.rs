@@ -164,20 +164,6 @@ pub async fn wait_compaction(daemon: &Daemon) -> BenchResult<Option<Compacted>> 
     }))
 }
 
-/// The number after `name=` on the last log line containing `line`.
-fn log_figure(log: &str, line: &str, name: &str) -> Option<u64> {
-    let label = format!("{name}=");
-    let text = log.lines().rev().find(|l| l.contains(line))?;
-    // Colour sequences may sit between the name and its value.
-    let after = &text[text.find(&label)? + label.len()..];
-    let digits: String = after
-        .trim_start_matches(|c: char| !c.is_ascii_digit())
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 /// The length of the files of the state database (`state_dir/db`), read while the daemon
 /// may hold it.
 pub fn db_files_size(state_dir: &Path) -> BenchResult<u64> {

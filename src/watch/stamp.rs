@@ -53,7 +53,7 @@ impl Stamping {
         if self.stamped > 0 {
             info!(
                 entries = self.stamped,
-                took = ?self.started.elapsed(),
+                took_ms = self.started.elapsed().as_millis() as u64,
                 "ledger entries written by an older version now hold their files' change times"
             );
         }
