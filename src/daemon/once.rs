@@ -38,7 +38,7 @@ use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, Job, JobState, StampFrom, StampStep, Store, to_ms};
-use crate::watch::{self, Sink, SinkOffer};
+use crate::watch::{self, LookNow, Sink, SinkOffer};
 
 /// How the run shows its progress.
 #[derive(Clone)]
@@ -200,12 +200,7 @@ impl Sink for CountingSink {
         self.inner.take_unstamped(folder)
     }
 
-    fn stamp_step(
-        &self,
-        folder: &str,
-        from: Option<&StampFrom>,
-        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
-    ) -> StampStep {
+    fn stamp_step(&self, folder: &str, from: Option<&StampFrom>, look: LookNow) -> StampStep {
         self.inner.stamp_step(folder, from, look)
     }
 

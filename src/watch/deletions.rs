@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
-use super::{Sink, SinkOffer};
+use super::{LookNow, Sink, SinkOffer};
 use crate::config::{DeletePolicy, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{DeletionTally, FileKey, FilePick, StampFrom, StampStep, Store};
@@ -164,12 +164,7 @@ impl Sink for DeletingSink {
         Sink::take_unstamped(&self.store, folder)
     }
 
-    fn stamp_step(
-        &self,
-        folder: &str,
-        from: Option<&StampFrom>,
-        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
-    ) -> StampStep {
+    fn stamp_step(&self, folder: &str, from: Option<&StampFrom>, look: LookNow) -> StampStep {
         Sink::stamp_step(&self.store, folder, from, look)
     }
 

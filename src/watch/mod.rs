@@ -64,6 +64,10 @@ use scan::{Visit, Walker};
 use settle::{Settle, SystemClock};
 use watcher::{DirWatcher, EventFlags, EventSender, NoDirs, NotifyDirs};
 
+/// How a folder looks at one of its files now, by its relative path: the file's
+/// fingerprint, `None` when there is no regular file at that path.
+pub type LookNow<'a> = &'a mut dyn FnMut(&str) -> Option<Fingerprint>;
+
 /// At most this many events are handled in one batch on the blocking pool.
 const EVENT_BATCH: usize = 1024;
 
@@ -138,12 +142,7 @@ pub trait Sink: Send + Sync {
     }
     /// One step of that walk, from `from`; `look` gives the fingerprint a file of the
     /// folder has now, by its relative path. A sink that cannot go on ends the walk.
-    fn stamp_step(
-        &self,
-        _folder: &str,
-        _from: Option<&StampFrom>,
-        _look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
-    ) -> StampStep {
+    fn stamp_step(&self, _folder: &str, _from: Option<&StampFrom>, _look: LookNow) -> StampStep {
         StampStep::default()
     }
 }
@@ -211,12 +210,7 @@ impl Sink for Store {
         Store::take_unstamped(self, folder)
     }
 
-    fn stamp_step(
-        &self,
-        folder: &str,
-        from: Option<&StampFrom>,
-        look: &mut dyn FnMut(&str) -> Option<Fingerprint>,
-    ) -> StampStep {
+    fn stamp_step(&self, folder: &str, from: Option<&StampFrom>, look: LookNow) -> StampStep {
         Store::stamp_step(self, folder, from, look).unwrap_or_else(|e| {
             error!(folder, error = %e, "cannot give ledger entries their files' change times; a later scan tries again");
             StampStep::default()
