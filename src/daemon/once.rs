@@ -8,6 +8,8 @@
 //!    folder is scanned again once `settle` has passed; what is still changing then is left
 //!    for the next run (and counted in the summary). The workers upload meanwhile, and a
 //!    scan that finds a full backlog waits for them to make room while they can ([`Room`]).
+//!    A scan that matched ledger entries an older version wrote without change times
+//!    gives them their files' ones at its end, unless a signal stops the run.
 //! 3. Wait until nothing is queued, uploading or importing. Jobs waiting to retry after a
 //!    transient failure are waited for while their next attempt falls within
 //!    `retry_wait_limit` of the start; later ones are reported as not done, and so are the
@@ -201,6 +203,14 @@ impl Sink for CountingSink {
     }
 
     fn stamp_step(&self, folder: &str, from: Option<&StampFrom>, look: LookNow) -> StampStep {
+        // A run a signal stops leaves the rest of the walk to the next one.
+        if self
+            .room
+            .as_ref()
+            .is_some_and(|room| room.stop.is_cancelled())
+        {
+            return StampStep::default();
+        }
         self.inner.stamp_step(folder, from, look)
     }
 
@@ -911,7 +921,10 @@ mod tests {
     }
 
     /// A sink with a full backlog in every folder.
-    struct Full;
+    #[derive(Default)]
+    struct Full {
+        stamp_steps: AtomicU64,
+    }
 
     impl Sink for Full {
         fn is_uploaded(&self, _: &FileKey, _: &Fingerprint) -> bool {
@@ -923,10 +936,14 @@ mod tests {
         fn queued(&self, _: &str) -> Option<u64> {
             Some(20_000)
         }
+        fn stamp_step(&self, _: &str, _: Option<&StampFrom>, _: LookNow) -> StampStep {
+            self.stamp_steps.fetch_add(1, Ordering::Relaxed);
+            StampStep::default()
+        }
     }
 
     #[test]
-    fn the_scan_waits_for_room_only_while_the_workers_can_make_it_and_the_run_goes_on() {
+    fn the_scan_waits_for_room_and_stamps_only_while_the_workers_can_make_it_and_the_run_goes_on() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         std::fs::create_dir(dir.path().join("w")).expect("create the folder");
         let config_path = dir.path().join("upsync.toml");
@@ -941,8 +958,9 @@ mod tests {
         let folder = config.folders[0].path.to_string_lossy().into_owned();
         let live = Arc::new(Live::default());
         let stop = CancellationToken::new();
+        let full = Arc::new(Full::default());
         let sink = |until: Instant| CountingSink {
-            inner: Arc::new(Full),
+            inner: Arc::clone(&full) as Arc<dyn Sink>,
             wake: Arc::new(tokio::sync::Notify::new()),
             not_uploaded: AtomicU64::new(0),
             offered: AtomicU64::new(0),
@@ -975,11 +993,20 @@ mod tests {
             "the workers cannot take the folder's files: the scan goes on"
         );
         live.gates.put(&folder, Gate::Ready);
+        let stamp_step = || sink(later).stamp_step(&folder, None, &mut |_| None);
+        stamp_step();
+        assert_eq!(full.stamp_steps.load(Ordering::Relaxed), 1);
         stop.cancel();
         assert_eq!(
             sink(later).queued(&folder),
             None,
             "a signal stops the run: the scan goes on"
+        );
+        assert_eq!(stamp_step(), StampStep::default());
+        assert_eq!(
+            full.stamp_steps.load(Ordering::Relaxed),
+            1,
+            "a signal stops the run: the walk after the scan ends"
         );
     }
 
