@@ -115,8 +115,9 @@ impl Store {
         let Some(upload) = record.upload else {
             return Ok(false);
         };
-        if !fingerprint.upgrades(&ledger_fingerprint(upload, raw_key)?) {
-            return Ok(false);
+        match ledger_fingerprint(upload, raw_key) {
+            Ok(recorded) if fingerprint.upgrades(&recorded) => {}
+            _ => return Ok(false),
         }
         let stamped = with_fingerprint(upload, raw_key, fingerprint)?;
         let stamped = FileRecord {
@@ -133,14 +134,15 @@ impl Store {
     }
 }
 
-/// Step 1's pick: the recorded fingerprint of an upload without a change time.
+/// Step 1's pick: the recorded fingerprint of an upload without a change time. An entry
+/// that does not decode is passed over: a look at its file reports it, and the upload that
+/// follows writes the entry anew.
 fn recorded_without_ctime(
     raw_key: &[u8],
     record: FileRecord<'_>,
 ) -> Result<Option<Fingerprint>, StoreError> {
-    let Some(upload) = record.upload else {
-        return Ok(None);
-    };
-    let recorded = ledger_fingerprint(upload, raw_key)?;
-    Ok(recorded.ctime_ns.is_none().then_some(recorded))
+    let recorded = record
+        .upload
+        .and_then(|upload| ledger_fingerprint(upload, raw_key).ok());
+    Ok(recorded.filter(|recorded| recorded.ctime_ns.is_none()))
 }

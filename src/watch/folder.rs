@@ -275,7 +275,8 @@ impl FolderState {
     fn scan_ended(&mut self, scan: &PausedScan) {
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.sink.scan_done(&self.folder_key);
-        // Started here, its steps wait for the ticks: the scan's end is the start-up's.
+        // Started here and stepped by the ticks: the start-up ends with the scan, and so
+        // does not wait for the walk.
         self.want_stamping();
         self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
         if scan.startup {
@@ -471,8 +472,8 @@ impl FolderState {
         }
     }
 
-    /// True when no file waits to settle and no scan waits for room: nothing needs the
-    /// short tick.
+    /// True when no file waits to settle, no scan waits for room and no walk stamping
+    /// ledger entries is under way: nothing needs the short tick.
     pub fn is_quiet(&self) -> bool {
         self.settle.is_empty()
             && self.outbox.is_empty()

@@ -149,3 +149,29 @@ fn the_stamping_walk_goes_on_where_its_last_step_ended_and_loses_to_a_new_upload
     }
     assert_invariants(&store);
 }
+
+#[test]
+fn the_stamping_walk_passes_over_an_entry_that_does_not_decode() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    for rel in ["a.csv", "c.csv"] {
+        store
+            .record_uploaded(&key(rel), &without_ctime(fp(1)), "r", None)
+            .expect("the ledger writes");
+    }
+    let garbled = file_key(&key("b.csv")).expect("a valid key");
+    store
+        .handles()
+        .trees
+        .ledger
+        .insert(&garbled, &b"{\"fingerprint\": 7"[..])
+        .expect("the ledger writes");
+    let step = store
+        .stamp_step("/data/in", None, |_| Some(fp(1)))
+        .expect("the walk reads past the entry");
+    assert_eq!(step.stamped, 2);
+    for rel in ["a.csv", "c.csv"] {
+        let entry = store.ledger_get(&key(rel)).unwrap().unwrap();
+        assert_eq!(entry.fingerprint, fp(1));
+    }
+}
