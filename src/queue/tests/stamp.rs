@@ -1,6 +1,7 @@
 //! Ledger entries written before change times were kept (module `stamp`): a look matches
 //! them and only notes their folder; the walk after it gives them their files' change
-//! times, step by step, and loses to an upload that lands meanwhile.
+//! times, step by step, loses to an upload that lands meanwhile and passes over an entry
+//! that does not decode.
 
 use super::super::files::VISIT_CHUNK;
 use super::*;
