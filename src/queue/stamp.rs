@@ -24,7 +24,10 @@ use std::sync::{Mutex, PoisonError};
 
 use super::files::successor;
 use super::record::FileRecord;
-use super::{FileKey, Store, StoreError, ledger_fingerprint, valid_key, with_fingerprint};
+use super::{
+    FileKey, JobId, LedgerEntry, Store, StoreError, decode_ledger, encode, ledger_fingerprint,
+    valid_key,
+};
 use crate::fingerprint::Fingerprint;
 
 /// The folders whose looks matched an upload recorded without a change time, until their
@@ -84,16 +87,16 @@ impl Store {
         self.inner.lookups.fetch_add(1, Ordering::Relaxed);
         let prefix = valid_key(&FileKey::new(folder, ""))?;
         let start = from.map_or_else(|| prefix.clone(), |from| successor(&from.0));
-        let mut unstamped = Vec::new();
-        let last = self.read_chunk(&prefix, &start, recorded_without_ctime, &mut unstamped)?;
+        let mut picked = Vec::new();
+        let last = self.read_chunk(&prefix, &start, pick_unstamped, &mut picked)?;
         let mut stamped = 0;
-        for (raw_key, recorded) in unstamped {
+        for (raw_key, picked) in picked {
             let Ok(rel) = std::str::from_utf8(&raw_key[prefix.len()..]) else {
                 continue;
             };
             if let Some(now) = look(rel)
-                && now.upgrades(&recorded)
-                && self.stamp(&raw_key, &now)?
+                && now.upgrades(&picked.entry.fingerprint)
+                && self.stamp(&raw_key, picked, now)?
             {
                 stamped += 1;
             }
@@ -104,45 +107,59 @@ impl Store {
         })
     }
 
-    /// Step 3 for one entry: whether it was rewritten.
-    fn stamp(&self, raw_key: &[u8], fingerprint: &Fingerprint) -> Result<bool, StoreError> {
-        let handles = self.handles();
-        let ledger = &handles.trees.ledger;
-        let Some(raw) = ledger.get(raw_key).map_err(|err| self.db_error(err))? else {
-            return Ok(false);
-        };
-        let record = FileRecord::split(&raw);
-        let Some(upload) = record.upload else {
-            return Ok(false);
-        };
-        match ledger_fingerprint(upload, raw_key) {
-            Ok(recorded) if fingerprint.upgrades(&recorded) => {}
-            _ => return Ok(false),
-        }
-        let stamped = with_fingerprint(upload, raw_key, fingerprint)?;
+    /// Step 3 for one entry: whether it was rewritten. The compare-and-swap against the
+    /// bytes step 1 read is what lets an upload that wrote the entry meanwhile win.
+    fn stamp(
+        &self,
+        raw_key: &[u8],
+        picked: Picked,
+        fingerprint: Fingerprint,
+    ) -> Result<bool, StoreError> {
+        let Picked {
+            stored,
+            job,
+            mut entry,
+        } = picked;
+        entry.fingerprint = fingerprint;
         let stamped = FileRecord {
-            upload: Some(&stamped),
-            ..record
+            job,
+            upload: Some(&encode(&entry)),
         }
         .join();
         // The counts do not change, so the `closed` marker may stay: the counts it vouches
         // for are still right (module doc of `queue`, "Clean close").
-        let swapped = ledger
-            .compare_and_swap(raw_key, Some(&raw), stamped)
+        let swapped = self
+            .handles()
+            .trees
+            .ledger
+            .compare_and_swap(raw_key, stored, stamped)
             .map_err(|err| self.db_error(err))?;
         Ok(swapped.is_ok())
     }
 }
 
-/// Step 1's pick: the recorded fingerprint of an upload without a change time. An entry
-/// that does not decode is passed over: a look at its file reports it, and the upload that
-/// follows writes the entry anew.
-fn recorded_without_ctime(
-    raw_key: &[u8],
-    record: FileRecord<'_>,
-) -> Result<Option<Fingerprint>, StoreError> {
-    let recorded = record
-        .upload
-        .and_then(|upload| ledger_fingerprint(upload, raw_key).ok());
-    Ok(recorded.filter(|recorded| recorded.ctime_ns.is_none()))
+/// An entry step 1 picked: its bytes as read, and what it records.
+struct Picked {
+    stored: Option<Vec<u8>>,
+    job: Option<JobId>,
+    entry: LedgerEntry,
+}
+
+/// Step 1's pick: an entry whose upload has no change time. Only the fingerprint of the
+/// others is decoded (most entries of a walk hold one). An entry that does not decode is
+/// passed over: a look at its file reports it, and the upload that follows writes the
+/// entry anew. No pointer kept in memory stands for an entry with an upload (module
+/// `pointers`), so the record joins back to the bytes stored.
+fn pick_unstamped(raw_key: &[u8], record: FileRecord<'_>) -> Result<Option<Picked>, StoreError> {
+    let Some(upload) = record.upload else {
+        return Ok(None);
+    };
+    if !ledger_fingerprint(upload, raw_key).is_ok_and(|recorded| recorded.ctime_ns.is_none()) {
+        return Ok(None);
+    }
+    Ok(decode_ledger(upload, raw_key).ok().map(|entry| Picked {
+        stored: record.join(),
+        job: record.job,
+        entry,
+    }))
 }
