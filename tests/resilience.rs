@@ -684,6 +684,39 @@ fn a_folder_missing_at_start_or_deleted_and_recreated_is_watched_when_it_appears
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// With an `[emulator]` in the config, the second daemon finds the lock taken before it
+/// tries to serve an emulator on the first one's port.
+#[test]
+fn a_second_daemon_with_an_embedded_emulator_refuses_on_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("inbox")).unwrap();
+    let port = free_port();
+    let config = dir.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n\
+             [emulator]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"remote\"\n\
+             [kifs]\nurl = \"http://127.0.0.1:{port}/kifs\"\nusername = \"demo\"\npassword = \"demo\"\n\
+             [[folder]]\npath = \"inbox\"\nkifs_directory = \"demo\"\ncreate_directory = true\n"
+        ),
+    )
+    .unwrap();
+    let mut first = DaemonProcess::start(&config);
+    wait_until(Duration::from_secs(30), "the first daemon", || {
+        status_json(&config)["daemon"] == "running"
+    });
+    let mut second = DaemonProcess::start(&config);
+    assert_eq!(second.wait_exit(Duration::from_secs(30)), Some(1));
+    let log = first.log_text();
+    assert!(
+        log.contains("another upsync is already running with state_dir"),
+        "{log}"
+    );
+    assert!(!log.contains("cannot listen"), "{log}");
+    assert_eq!(first.terminate(), Some(0));
+}
+
 #[test]
 fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     let s = Setup::new(&[], "");

@@ -260,13 +260,15 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Starts the embedded emulator, opens the store (recovering interrupted jobs), builds
+    /// Opens the store (recovering interrupted jobs), starts the embedded emulator, builds
     /// the backends, and opens the control socket and the metrics endpoint. No remote is
     /// asked anything here: each folder's remote is checked in the background ([`gates`]).
     async fn start(config: Config) -> Result<Core, DaemonError> {
         let config = Arc::new(config);
-        let emulator = start_embedded_emulator(&config).await?;
+        // The store first: its lock is what tells a second upsync on this state_dir to
+        // stop, before it serves an emulator of its own or fails on the first one's port.
         let store = open_store(&config).await?;
+        let emulator = start_embedded_emulator(&config).await?;
         let recovered = store
             .recover_after_restart()
             .map_err(|err| DaemonError::Startup(err.to_string()))?;
