@@ -127,6 +127,7 @@ enum Command {
     /// Move failed jobs back to the queue.
     ///
     /// Goes through the running daemon when there is one, so it retries them at once.
+    #[command(override_usage = "upsync retry --config <FILE> (--all | --deletes | <PATH>...)")]
     Retry {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
@@ -244,7 +245,13 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
-    init_logging(cli.log_format, bars.clone());
+    // The commands that print an answer keep stderr for what went wrong; the ones that
+    // run (the daemon, a sync, the emulator) say what they do.
+    let default_level = match cli.command {
+        Command::Run { .. } | Command::Sync { .. } | Command::Emulator { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, bars.clone(), default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -293,7 +300,8 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     None => ProgressMode::Log(Duration::from_secs(10)),
                 },
             };
-            let summary = daemon::sync_once(config, options, stop_signal()?)
+            let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
+            let summary = daemon::sync_once(config, options, stop)
                 .await
                 .map_err(Failure::runtime)?;
             if summary.succeeded() {
@@ -359,7 +367,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             paths,
         } => {
             let config = load(&config)?;
-            let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+            let paths = paths_in_folders(&config, &paths)?;
             let request = control::RetryRequest {
                 all,
                 deletes,
@@ -389,7 +397,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         } => {
             let config = load(&config)?;
             let request = history::ListRequest {
-                folder: folder.map(|f| absolute(&f)),
+                folder: folder.map(|f| upsync::config::command_line_path(&f)),
             };
             let body = serde_json::to_vec(&request).expect("ls request serializes");
             let out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -416,7 +424,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         Command::Forget { config, paths } => {
             let config = load(&config)?;
             let request = history::ForgetRequest {
-                paths: paths.iter().map(|p| absolute(p)).collect(),
+                paths: paths_in_folders(&config, &paths)?,
             };
             let body = serde_json::to_vec(&request).expect("forget request serializes");
             let done = RefCell::new(None);
@@ -445,7 +453,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             Ok(())
         }
         Command::Emulator { listen, options } => {
-            let stop = stop_signal()?;
+            let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
             let running = emulator::start(&listen, *options)
                 .await
                 .map_err(Failure::runtime)?;
@@ -497,6 +505,13 @@ where
     loop {
         if let Some(answer) = ask().await.map_err(Failure::runtime)? {
             return Ok(Answer::Daemon(answer));
+        }
+        if !Store::exists(&config.state_dir) {
+            return Err(Failure::runtime(format!(
+                "no state database in {}: no upsync has run with this state_dir yet \
+                 (is `state_dir` in the config the daemon's?)",
+                config.state_dir.display()
+            )));
         }
         match open(&config.state_dir) {
             Ok(store) => return Ok(Answer::Stopped(store)),
@@ -551,8 +566,32 @@ async fn rebuild(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+/// The paths named on the command line, spelled as the folders are; a path in no configured
+/// folder is a usage error, named before anything is done.
+fn paths_in_folders(config: &Config, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
+    paths
+        .iter()
+        .map(|given| {
+            let path = upsync::config::command_line_path(given);
+            match config.folder_holding(&path) {
+                Some(_) => Ok(path),
+                None => Err(Failure::config(format!(
+                    "{} is in no configured folder (the folders are: {})",
+                    given.display(),
+                    folder_list(config)
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn folder_list(config: &Config) -> String {
+    let folders: Vec<String> = config
+        .folders
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
+    folders.join(", ")
 }
 
 /// The SIGTERM/SIGINT handlers ([`signals::stop_signal`]), installed now.
@@ -564,9 +603,10 @@ fn signal_failure(err: std::io::Error) -> Failure {
     Failure::runtime(format!("cannot install the signal handlers: {err}"))
 }
 
-fn init_logging(format: LogFormat, bars: Option<MultiProgress>) {
+fn init_logging(format: LogFormat, bars: Option<MultiProgress>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter { bars });

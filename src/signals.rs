@@ -5,7 +5,9 @@
 //!   a second one exits at once with [`SECOND_SIGNAL_EXIT_CODE`]. That exit happens in the
 //!   signal handler itself, so it works even when the runtime is stuck; the state database
 //!   is consistent at every instant, so nothing is lost.
-//! - SIGHUP ([`reload_signal`]): one message per signal, several quick ones coalesced.
+//! - SIGHUP ([`reload_signal`]): one message per signal, several quick ones coalesced. For
+//!   the commands that end by themselves, a stop like the two above
+//!   ([`stop_or_hangup_signal`]).
 //!
 //! Handlers are installed when these functions are called, before the daemon starts, not
 //! when a future is first polled: a stop asked for while the daemon is still starting must
@@ -25,19 +27,30 @@ use tokio::sync::mpsc;
 /// The exit code of a second SIGTERM/SIGINT (128 + SIGINT, as a shell reports Ctrl-C).
 pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
-const STOP_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
+const STOP_SIGNALS: &[i32] = &[SIGTERM, SIGINT];
 
 /// Installs the SIGTERM/SIGINT handlers; the future resolves at the first of them.
 pub fn stop_signal() -> io::Result<impl Future<Output = ()>> {
+    stop_on(STOP_SIGNALS)
+}
+
+/// [`stop_signal`] for a command that ends by itself (`sync --once`, the emulator), which
+/// SIGHUP stops as well: a terminal that closes sends it, and its default action would
+/// kill the command mid-upload, without its summary. The daemon takes SIGHUP as a reload.
+pub fn stop_or_hangup_signal() -> io::Result<impl Future<Output = ()>> {
+    stop_on(&[SIGTERM, SIGINT, SIGHUP])
+}
+
+fn stop_on(stop_signals: &'static [i32]) -> io::Result<impl Future<Output = ()>> {
     let armed = Arc::new(AtomicBool::new(false));
-    for signal in STOP_SIGNALS {
+    for &signal in stop_signals {
         // Actions run in the order they were registered: the first signal finds the exit
         // disarmed and then arms it; the second one exits.
         say_second_signal(signal, Arc::clone(&armed))?;
         flag::register_conditional_shutdown(signal, SECOND_SIGNAL_EXIT_CODE, Arc::clone(&armed))?;
         flag::register(signal, Arc::clone(&armed))?;
     }
-    let mut signals = Signals::new(STOP_SIGNALS)?;
+    let mut signals = Signals::new(stop_signals)?;
     Ok(async move {
         signals.next().await;
         tracing::info!("signal received; stopping (send it again to exit at once)");

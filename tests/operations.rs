@@ -391,6 +391,17 @@ fn answer_the_upload_tries(s: &Setup, action: serde_json::Value) {
 
 #[test]
 fn sync_once_stops_at_a_signal_while_it_waits_for_a_retry() {
+    sync_once_stops_at_while_it_waits_for_a_retry(libc::SIGTERM);
+}
+
+/// A closing terminal sends SIGHUP: a run started from it stops as at SIGTERM, with its
+/// summary and its state in order, instead of dying mid-upload.
+#[test]
+fn sync_once_stops_at_a_hangup_as_at_a_terminate() {
+    sync_once_stops_at_while_it_waits_for_a_retry(libc::SIGHUP);
+}
+
+fn sync_once_stops_at_while_it_waits_for_a_retry(signal: i32) {
     let s = setup(&["--kifs-directory", "ingest"], "");
     let path = s.folder().join("waiting.csv");
     std::fs::write(&path, "x\n").unwrap();
@@ -417,7 +428,7 @@ fn sync_once_stops_at_a_signal_while_it_waits_for_a_retry() {
     let signalled = Instant::now();
     // SAFETY: kill(2) with the pid of a child not reaped yet.
     unsafe {
-        libc::kill(run.id() as i32, libc::SIGTERM);
+        libc::kill(run.id() as i32, signal);
     }
     let code = loop {
         if let Some(status) = run.try_wait().expect("wait works") {
@@ -425,12 +436,66 @@ fn sync_once_stops_at_a_signal_while_it_waits_for_a_retry() {
         }
         assert!(
             signalled.elapsed() < Duration::from_secs(15),
-            "sync --once still waits for the retry after SIGTERM"
+            "sync --once still waits for the retry after signal {signal}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(1), "an interrupted run is not a clean one");
     assert_eq!(refused(), Some(1), "no further try after the signal");
+    let status = status_json(&s.config);
+    let pending: u64 = PENDING.iter().map(|f| folders_total(&status, f)).sum();
+    assert_eq!(pending, 1, "the file waits for the next run: {status}");
+}
+
+#[test]
+fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
+    let s = setup(&[], "");
+    let config = s.config.to_str().unwrap();
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let outside = s.tmp.path().join("elsewhere.csv");
+    for command in ["retry", "forget"] {
+        let (code, stdout, stderr) = upsync(&[command, "-c", config, outside.to_str().unwrap()]);
+        assert_eq!(code, 2, "{command}: a usage error: {stdout}{stderr}");
+        assert!(
+            stderr.contains("is in no configured folder"),
+            "{command}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{command} did nothing: {stdout}");
+    }
+    // A path spelled with `..` that lands in the folder is the folder's.
+    let inside = s.folder().join("../inbox/kept.csv");
+    let (code, stdout, stderr) = upsync(&["retry", "-c", config, inside.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("0 failed job(s) queued again"), "{stdout}");
+}
+
+#[test]
+fn commands_on_a_state_dir_no_daemon_ever_used_say_so_and_create_nothing() {
+    let s = setup(&[], "");
+    let unused = s.tmp.path().join("mistyped-state");
+    let config = s.tmp.path().join("mistyped.toml");
+    config_of(
+        &s,
+        &format!("state_dir = {:?}", unused.display().to_string()),
+    )
+    .write(&config);
+    let config = config.to_str().unwrap();
+    let file = s.folder().join("a.csv");
+    for args in [
+        vec!["status", "-c", config],
+        vec!["ls", "-c", config],
+        vec!["retry", "-c", config, "--all"],
+        vec!["forget", "-c", config, file.to_str().unwrap()],
+    ] {
+        let (code, stdout, stderr) = upsync(&args);
+        assert_eq!(code, 1, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("no state database in"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!unused.exists(), "{args:?} created {}", unused.display());
+    }
 }
 
 #[test]

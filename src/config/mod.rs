@@ -34,6 +34,7 @@ pub use deletes::{DeletePolicy, MaxDelete, OnDelete, PERCENT_FLOOR};
 pub use network::{
     BandwidthConfig, CaFile, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, NetConfig, ProxyUrl,
 };
+pub use paths::command_line_path;
 pub use redivis_options::{ParseOptions, RedivisFolder, UPLOAD_TYPES};
 pub use secret::Secret;
 pub use spool::AfterUpload;
@@ -206,6 +207,12 @@ impl Config {
         let raw: raw::RawConfig =
             toml::from_str(text).map_err(|e| src.toml_error(&e, Some(&doc)))?;
         validate::build(&src, raw, &options, env)
+    }
+
+    /// The folder holding `path` (the folder itself included), if any; folders never
+    /// overlap, so there is at most one.
+    pub fn folder_holding(&self, path: &Path) -> Option<&FolderConfig> {
+        self.folders.iter().find(|f| path.starts_with(&f.path))
     }
 
     /// The folder whose queue key is `folder_key` (`folder.path.to_string_lossy()`).

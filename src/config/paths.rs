@@ -59,6 +59,19 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// A file or directory named on the command line (`retry`, `forget`), spelled as folder
+/// paths are, so that it can be found in the folder holding it: `.` and `..` resolved by
+/// text, as a shell's `cd` does, and the directory holding it normalized like a folder
+/// path. The last component is kept as given: a symlink inside a folder is a file of that
+/// folder, whatever it points to.
+pub fn command_line_path(path: &Path) -> PathBuf {
+    let path = lexical_clean(&absolute(path));
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => normalize(parent).join(name),
+        _ => path,
+    }
+}
+
 /// Removes `.` and resolves `..` by text. Only used on parts of a path that do not exist
 /// (so no symlink can make `..` mean something else) or for display.
 fn lexical_clean(path: &Path) -> PathBuf {
@@ -101,6 +114,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let base = dir.path().canonicalize().expect("the temp dir exists");
         assert_eq!(resolve(&base, "a/../b/state"), base.join("b").join("state"));
+    }
+
+    #[test]
+    fn command_line_paths_resolve_their_directory_and_keep_their_last_name() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let base = dir.path().canonicalize().expect("the temp dir exists");
+        std::fs::create_dir(base.join("real")).expect("the temp dir is writable");
+        std::os::unix::fs::symlink(base.join("real"), base.join("via")).expect("symlinks work");
+        std::os::unix::fs::symlink("/elsewhere", base.join("real").join("link"))
+            .expect("symlinks work");
+        assert_eq!(
+            command_line_path(&base.join("via/./x/../link")),
+            base.join("real").join("link")
+        );
+        assert_eq!(
+            command_line_path(&base.join("via/gone.csv")),
+            base.join("real").join("gone.csv")
+        );
+        assert_eq!(command_line_path(Path::new("/")), PathBuf::from("/"));
     }
 
     #[test]

@@ -1061,6 +1061,16 @@ fn queued_afresh(job: &Job, now: u64) -> Job {
 }
 
 impl Store {
+    /// Whether `state_dir` holds a state database, or may soon: a process holding its lock
+    /// (a daemon starting for the first time) creates one. Commands that only read or
+    /// amend what a daemon left ask this first, so a mistyped `state_dir` is reported
+    /// instead of answered from an empty database made for the occasion. A lock that
+    /// cannot be probed counts as held: opening the database then says why.
+    pub fn exists(state_dir: &Path) -> bool {
+        state_dir.join(DB_DIR).is_dir()
+            || lock::is_held(&state_dir.join(lock::LOCK_FILE)).unwrap_or(true)
+    }
+
     /// Opens (creating if needed) the state database in `state_dir`, and locks the dir
     /// against a second upsync for as long as any clone of the Store lives.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
