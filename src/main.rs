@@ -352,6 +352,10 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 Answer::Daemon(report) => report,
                 Answer::Stopped(stopped) => status::build_report(&config, stopped.source(), None)
                     .map_err(Failure::runtime)?,
+                Answer::Unused => {
+                    status::build_report(&config, &upsync::queue::Summary::empty(), None)
+                        .map_err(Failure::runtime)?
+                }
             };
             if json {
                 emit_json(&report)?;
@@ -379,6 +383,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                     .await?
                 {
                     Answer::Daemon(answer) => answer.requeued,
+                    Answer::Unused => 0,
                     Answer::Stopped(store) => {
                         let requeued = store
                             .retry_failed(&request.selection())
@@ -412,12 +417,16 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                 Store::open,
             )
             .await?;
-            if let Answer::Stopped(store) = answer {
-                let folders =
-                    history::listed_folders(&config, &request).map_err(Failure::runtime)?;
-                history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
-                    .map_err(Failure::runtime)?;
-                printer.borrow_mut().walked();
+            match answer {
+                Answer::Daemon(()) => {}
+                Answer::Stopped(store) => {
+                    let folders =
+                        history::listed_folders(&config, &request).map_err(Failure::runtime)?;
+                    history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
+                        .map_err(Failure::runtime)?;
+                    printer.borrow_mut().walked();
+                }
+                Answer::Unused => printer.borrow_mut().walked(),
             }
             printer.into_inner().finish().map_err(Failure::runtime)
         }
@@ -439,6 +448,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             )
             .await?;
             let answer = match answer {
+                Answer::Unused => history::ForgetResponse::default(),
                 Answer::Daemon(()) => done.into_inner().ok_or_else(|| {
                     Failure::runtime("the daemon's answer broke off before the forgetting ended")
                 })?,
@@ -473,6 +483,9 @@ enum Answer<T, S = Store> {
     Daemon(T),
     /// No daemon runs: the state database, opened (or, for a status report, its summary).
     Stopped(S),
+    /// No daemon runs and none ever did with this state dir: there is nothing to read, and
+    /// nothing is created (a warning says so, in case `state_dir` is mistyped).
+    Unused,
 }
 
 /// Asks the running daemon, or opens the state database when none runs.
@@ -507,11 +520,12 @@ where
             return Ok(Answer::Daemon(answer));
         }
         if !Store::exists(&config.state_dir) {
-            return Err(Failure::runtime(format!(
-                "no state database in {}: no upsync has run with this state_dir yet \
-                 (is `state_dir` in the config the daemon's?)",
+            eprintln!(
+                "upsync: warning: no state database in {}: no upsync has run with this \
+                 state_dir yet (is `state_dir` in the config the daemon's?)",
                 config.state_dir.display()
-            )));
+            );
+            return Ok(Answer::Unused);
         }
         match open(&config.state_dir) {
             Ok(store) => return Ok(Answer::Stopped(store)),

@@ -82,6 +82,18 @@ pub struct Summary {
     first_due_ms: BTreeMap<String, u64>,
 }
 
+impl Summary {
+    /// What a state dir no upsync has used holds: nothing, in no folder.
+    pub fn empty() -> Summary {
+        Summary {
+            format: FORMAT_VERSION,
+            tallies: BTreeMap::new(),
+            attention: Vec::new(),
+            first_due_ms: BTreeMap::new(),
+        }
+    }
+}
+
 impl StatusSource for Summary {
     fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
         Ok(self.tallies.clone())
