@@ -19,7 +19,9 @@
 //! not an error (a Redivis dataset without an unreleased version): the folder's jobs wait,
 //! the status says why, the change is logged once, and the remote is checked again every
 //! [`WAITING_RECHECK`] and at a reload. A ready folder goes back to waiting when an upload
-//! meets that reason ([`FolderGates::hold`]). Shutdown ends every check at once.
+//! meets that reason ([`FolderGates::hold`]), and to refused when an upload is refused for
+//! its credentials or permissions ([`FolderGates::refuse`]: they changed since the check).
+//! Shutdown ends every check at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -169,24 +171,72 @@ impl FolderGates {
         stop: &CancellationToken,
         reason: &str,
     ) {
+        let waiting = Gate::Waiting {
+            reason: reason.to_string(),
+        };
+        if self.leave_ready(&folder, waiting, stop, None, backend, wake) {
+            log_waiting(&folder.path.to_string_lossy(), reason);
+        }
+    }
+
+    /// A ready folder whose upload the remote refused for its credentials or permissions
+    /// (`reason`): they changed since the check passed (a token revoked or rotated). The
+    /// folder is refused as if its check had found it so, and checked again after
+    /// [`REFUSED_RECHECK`] or at a reload; its files wait meanwhile instead of failing one
+    /// by one. The check waits first so that credentials the check accepts and uploads do
+    /// not (a token without the scope to write) cost one refused upload per pause, not a
+    /// loop of them.
+    pub fn refuse(
+        self: &Arc<Self>,
+        folder: FolderConfig,
+        backend: Arc<Backend>,
+        wake: Arc<Notify>,
+        stop: &CancellationToken,
+        reason: &str,
+    ) {
+        let refused = Gate::Refused {
+            reason: reason.to_string(),
+        };
+        if self.leave_ready(&folder, refused, stop, Some(REFUSED_RECHECK), backend, wake) {
+            log_refused(&folder.path.to_string_lossy(), reason);
+        }
+    }
+
+    /// Moves a ready `folder` to `gate` and starts its check again, after `first_wait` if
+    /// given; false (and nothing done) when the folder is not ready, so that several
+    /// uploads meeting the same answer start one check.
+    fn leave_ready(
+        self: &Arc<Self>,
+        folder: &FolderConfig,
+        gate: Gate,
+        stop: &CancellationToken,
+        first_wait: Option<Duration>,
+        backend: Arc<Backend>,
+        wake: Arc<Notify>,
+    ) -> bool {
         let key = folder.path.to_string_lossy().into_owned();
         let token = stop.child_token();
         {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(&key) else {
-                return;
+                return false;
             };
             if entry.gate != Gate::Ready {
-                return;
+                return false;
             }
-            entry.gate = Gate::Waiting {
-                reason: reason.to_string(),
-            };
+            entry.gate = gate;
             entry.since_ms = to_ms(SystemTime::now());
             entry.stop = token.clone();
         }
-        log_waiting(&key, reason);
-        self.spawn_check(folder, backend, wake, token);
+        let check = Check {
+            gates: Arc::clone(self),
+            folder: folder.clone(),
+            backend,
+            wake,
+            stop: token,
+        };
+        tokio::spawn(check_folder(check, first_wait));
+        true
     }
 
     /// Runs the check of `folder` in a task of its own until `stop`.
@@ -204,7 +254,7 @@ impl FolderGates {
             wake,
             stop,
         };
-        tokio::spawn(check_folder(check));
+        tokio::spawn(check_folder(check, None));
     }
 
     /// Forgets the folders not in `keep` (removed by a reload) and ends their checks.
@@ -295,8 +345,13 @@ impl Check {
     }
 }
 
-/// The check loop of one folder (module doc, steps 2 to 5).
-async fn check_folder(check: Check) {
+/// The check loop of one folder (module doc, steps 2 to 5), after `first_wait` if given.
+async fn check_folder(check: Check, first_wait: Option<Duration>) {
+    if let Some(pause) = first_wait
+        && !check.wait(pause, false).await
+    {
+        return;
+    }
     let scope = CallScope::until(check.stop.clone());
     let key = check.key();
     let mut backoff = Backoff::new(Duration::from_secs(1), UNREACHABLE_RECHECK_MAX);
@@ -319,15 +374,13 @@ async fn check_folder(check: Check) {
                 message,
                 ..
             }) => {
-                let refused = Gate::Refused { reason: message };
-                if check.gates.set(&key, refused.clone()) {
-                    tracing::error!(
-                        folder = %key,
-                        reason = refused.reason().unwrap_or_default(),
-                        recheck_in_s = REFUSED_RECHECK.as_secs(),
-                        "the folder's remote refuses it; its files wait until the remote or the \
-                         config is fixed (checked again periodically and at a reload)"
-                    );
+                if check.gates.set(
+                    &key,
+                    Gate::Refused {
+                        reason: message.clone(),
+                    },
+                ) {
+                    log_refused(&key, &message);
                 }
                 backoff.reset();
                 (REFUSED_RECHECK, false)
@@ -355,6 +408,17 @@ async fn check_folder(check: Check) {
             return;
         }
     }
+}
+
+/// The one line a folder's change to `Refused` gets.
+fn log_refused(folder: &str, reason: &str) {
+    tracing::error!(
+        folder,
+        reason,
+        recheck_in_s = REFUSED_RECHECK.as_secs(),
+        "the folder's remote refuses it; its files wait until the remote or the config is \
+         fixed (checked again periodically and at a reload)"
+    );
 }
 
 /// The one line a folder's change to `Waiting` gets.

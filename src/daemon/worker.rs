@@ -408,6 +408,12 @@ impl Worker {
             }
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
+                kind: ErrorKind::Auth,
+                message,
+                ..
+            }) => self.refuse_folder(attempt, &message),
+            Err(UploadError::Remote {
+                disposition: crate::upload::Disposition::Permanent,
                 kind,
                 status,
                 endpoint,
@@ -462,6 +468,40 @@ impl Worker {
         self.record(job, self.store.requeue(job.id));
         if let Some(folder) = self.config.folder_for(&job.key.folder) {
             self.live.gates.hold(
+                folder.clone(),
+                Arc::clone(attempt.backend),
+                Arc::clone(&self.wake),
+                &self.stopping,
+                reason,
+            );
+        }
+    }
+
+    /// The remote refused the upload for its credentials or permissions, which the
+    /// folder's check had accepted: the file waits, unfailed and due at once with its
+    /// progress kept (a session resumes once the credentials are right again), and the
+    /// folder is refused until a check of its remote passes ([`super::gates`]).
+    fn refuse_folder(&self, attempt: &Finished<'_>, reason: &str) {
+        let job = attempt.job;
+        tracing::warn!(
+            path = attempt.path,
+            reason,
+            "the remote refused the upload's credentials; the file waits until its folder's \
+             remote accepts them again"
+        );
+        self.metrics.failed(
+            &job.key.folder,
+            attempt.backend_name,
+            FailureClass::Transient,
+            ErrorKind::Auth,
+            true,
+        );
+        self.record(
+            job,
+            self.store.retry_later(job.id, SystemTime::now(), reason),
+        );
+        if let Some(folder) = self.config.folder_for(&job.key.folder) {
+            self.live.gates.refuse(
                 folder.clone(),
                 Arc::clone(attempt.backend),
                 Arc::clone(&self.wake),
