@@ -159,6 +159,52 @@ fn kifs_a_deleted_file_a_deleted_subtree_and_a_renamed_directory_leave_the_remot
     daemon.terminate();
 }
 
+/// A deletion that finds a FIFO or a symlink in its file's place when it runs ends there:
+/// that is not a deletion of the file, nor a file to upload. No worker waits on the FIFO
+/// for a writer, none loops on the link, and the copies stay.
+#[test]
+fn kifs_a_deletion_that_finds_a_fifo_or_a_symlink_in_place_keeps_the_copy_and_sends_nothing() {
+    let s = setup(true, "");
+    for (i, rel) in ["fifo.csv", "link.csv", "kept.csv"].iter().enumerate() {
+        s.write(rel, i as u64);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 3);
+    let uploads = s.emulator.kifs_upload_requests();
+
+    // The deletions' first attempts meet a remote that fails (each in-place try), so they
+    // wait to retry; the names are filled meanwhile, before the checks of their next one.
+    let busy = serde_json::json!({"target": "kifs", "action": {"status": 503}});
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::Value::Array(vec![busy; 50]),
+    );
+    let folder = s.folder();
+    remove(&folder.join("fifo.csv"));
+    remove(&folder.join("link.csv"));
+    daemon.wait_until(WAIT, "both deletions to wait for a retry", || {
+        s.folder_status("retry_wait") == 2
+    });
+    let fifo = std::ffi::CString::new(folder.join("fifo.csv").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink(folder.join("kept.csv"), folder.join("link.csv")).unwrap();
+    s.emulator.delete("/_emulator/faults");
+    // SIGHUP makes the waiting jobs due at once.
+    daemon.signal(libc::SIGHUP);
+
+    s.wait_settled(&daemon, 3);
+    for rel in ["fifo.csv", "link.csv", "kept.csv"] {
+        assert!(s.on_kifs(rel), "{rel} keeps its copy");
+    }
+    assert_eq!(
+        s.emulator.kifs_upload_requests(),
+        uploads,
+        "nothing was uploaded in their place"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "no worker is held by the FIFO");
+}
+
 #[test]
 fn kifs_deletions_made_while_the_daemon_was_stopped_are_found_at_start() {
     let s = setup(true, "");

@@ -4,7 +4,9 @@
 //! 1. Check the folder: still configured and still propagating deletions (else the job
 //!    ends, the ledger untouched), its root present (else wait: an unmounted folder
 //!    deletes nothing).
-//! 2. Check the file: if it is there again, the job turns back into its upload.
+//! 2. Check the file: if it is there again, the job turns back into its upload; if its name
+//!    now holds something else (a directory, a symlink, a FIFO), the job ends: that is not
+//!    a deletion of the file (the rule of `watch::is_gone`), nor anything to upload.
 //! 3. Read the ledger entry: it names the copy upsync uploaded, the only thing deleted.
 //! 4. Delete that copy on the remote (a copy already gone counts as deleted).
 //! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
@@ -122,12 +124,20 @@ impl Worker {
             self.record(job, store.retry_later(job.id, at, reason));
             return Checked::Done;
         }
-        match Fingerprint::read(&job.path()) {
+        match std::fs::symlink_metadata(job.path()) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Ok(fingerprint) => {
+            Ok(meta) if meta.is_file() => {
                 tracing::info!(path = %job.key, "the file is back; uploading it instead of deleting");
-                self.record(job, turn_into_upload(store, job, &fingerprint));
+                self.record(job, turn_into_upload(store, job, &Fingerprint::of(&meta)));
                 self.wake.notify_one();
+                return Checked::Done;
+            }
+            // A directory, a symlink or a FIFO in the file's place is not a deletion of
+            // the file (`watch::is_gone`), and it is nothing to upload either: the copy
+            // stays as it is, and the job ends without a remote request.
+            Ok(_) => {
+                tracing::info!(path = %job.key, "the file's name holds something that is not a file now; its copy is kept and nothing is uploaded");
+                self.record(job, store.complete_deletion(job.id, None).map(drop));
                 return Checked::Done;
             }
             Err(err) => {

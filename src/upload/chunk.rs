@@ -305,23 +305,27 @@ fn open_checked(path: &Path, expected: &Fingerprint) -> Result<(File, u64), Uplo
     Ok((file, meta.len()))
 }
 
-/// `O_NOATIME` where the kernel allows it: only the file's owner (or a process with
-/// CAP_FOWNER) may ask, and anyone else is refused with EPERM, so then the file is opened as
-/// usual.
+/// Opens `path` for reading as a file of the folder: never through a symlink
+/// (`O_NOFOLLOW`: the folder's files are what is there, not what a link points to), and
+/// without waiting (`O_NONBLOCK`: opening a FIFO would wait for a writer, holding the
+/// worker, and a FIFO is refused after the open anyway; reads of a regular file ignore the
+/// flag). `O_NOATIME` too where the kernel allows it: only the file's owner (or a process
+/// with CAP_FOWNER) may ask, and anyone else is refused with EPERM, so then the file is
+/// opened without it.
 fn open_without_atime(path: &Path) -> std::io::Result<File> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| {
+        std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOATIME)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
             .open(path)
-        {
-            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
-            opened => return opened,
-        }
+    };
+    #[cfg(target_os = "linux")]
+    match open(libc::O_NOATIME) {
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
+        opened => return opened,
     }
-    File::open(path)
+    open(0)
 }
 
 /// Appends the whole of the file at `path`, which must still be the version `expected`
@@ -362,6 +366,12 @@ fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
 }
 
 fn open_error(path: &Path, err: std::io::Error) -> UploadError {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        return UploadError::Unreadable(format!(
+            "{} is not a regular file (a symbolic link)",
+            path.display()
+        ));
+    }
     match err.kind() {
         std::io::ErrorKind::NotFound => UploadError::Vanished(path.display().to_string()),
         std::io::ErrorKind::PermissionDenied => {
@@ -412,6 +422,39 @@ mod tests {
         read_whole_into(&path, &fp, &mut whole).unwrap();
         assert_eq!(whole, b"0123456789");
         assert_eq!(std::fs::metadata(&path).unwrap().accessed().unwrap(), aged);
+    }
+
+    /// A FIFO or a symlink where a file was is refused at once: the open neither waits for
+    /// a FIFO's writer (which would hold the worker for good) nor follows the link.
+    #[test]
+    fn a_fifo_or_a_symlink_is_refused_without_waiting_or_following() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.csv");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        let target = dir.path().join("target.csv");
+        std::fs::write(&target, b"a,b\n").unwrap();
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for path in [fifo, link] {
+            let fp = Fingerprint::read(&path).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let opening = path.clone();
+            // On a thread of its own: an open that waits for a writer fails the test below
+            // instead of hanging it.
+            std::thread::spawn(move || {
+                let _ = tx.send(FileReader::open(&opening, &fp).map(drop));
+            });
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Err(UploadError::Unreadable(reason))) => {
+                    assert!(reason.contains("is not a regular file"), "{reason}")
+                }
+                Ok(Err(other)) => panic!("{}: {other}", path.display()),
+                Ok(Ok(())) => panic!("{} was opened", path.display()),
+                Err(_) => panic!("opening {} waits", path.display()),
+            }
+        }
     }
 
     #[test]
