@@ -177,6 +177,35 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
 }
 
 /// A headerless TSV of about `size` bytes: `<i>\t<text>` rows, some values null markers.
+/// SIGTERM while a file is sent: a transfer that ends within `shutdown_timeout` is posted
+/// before the stop, instead of sending its bytes and then being refused the post.
+#[test]
+fn an_upload_in_flight_at_sigterm_is_posted_before_the_stop() {
+    let s = setup(&[], "");
+    ConfigBuilder::new()
+        .top("concurrency = 4\nbandwidth_limit = \"8MiB/s\"\nshutdown_timeout = \"30s\"")
+        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with("chunk_size = \"1MiB\"")
+        .folder(FolderBuilder::redivis("inbox", TABLE))
+        .write(&s.config);
+    let path = s.inbox.join("big.bin");
+    write_file(&path, 12 << 20, 3);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "the upload to be under way",
+        || {
+            status_json(&s.config)["in_flight"]
+                .as_array()
+                .is_some_and(|files| !files.is_empty())
+        },
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+    assert_eq!(uploads.len(), 1, "posted before the stop: {uploads:?}");
+}
+
 fn write_tsv(path: &Path, size: usize) -> u64 {
     let mut text = String::with_capacity(size + 64);
     let mut rows = 0;

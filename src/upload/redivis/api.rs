@@ -350,9 +350,12 @@ impl ApiClient {
         url: &str,
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
     ) -> Result<Result<Response, ApiError>, ApiError> {
+        // During a shutdown a request goes if the pacer lets it go now (the post that ends
+        // a transfer the stop lets finish), and none waits for the pacer's window.
         let permit = tokio::select! {
-            _ = scope.stop.cancelled() => return Err(shutdown_error()),
+            biased;
             permit = self.pacer.acquire() => permit,
+            _ = scope.stop.cancelled() => return Err(shutdown_error()),
         };
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = build(self.http.client());
