@@ -326,7 +326,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             Ok(())
         }
         Command::Status { config, json } => {
-            let config = load(&config)?;
+            let config = load_without_secrets(&config)?;
             let answer = ask_daemon_or(
                 &config,
                 || {
@@ -358,7 +358,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             deletes,
             paths,
         } => {
-            let config = load(&config)?;
+            let config = load_without_secrets(&config)?;
             let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
             let request = control::RetryRequest {
                 all,
@@ -387,7 +387,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             folder,
             json,
         } => {
-            let config = load(&config)?;
+            let config = load_without_secrets(&config)?;
             let request = history::ListRequest {
                 folder: folder.map(|f| absolute(&f)),
             };
@@ -414,7 +414,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             printer.into_inner().finish().map_err(Failure::runtime)
         }
         Command::Forget { config, paths } => {
-            let config = load(&config)?;
+            let config = load_without_secrets(&config)?;
             let request = history::ForgetRequest {
                 paths: paths.iter().map(|p| absolute(p)).collect(),
             };
@@ -518,11 +518,24 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::config)
 }
 
+/// For the commands that only ask the daemon or open the state database: they send nothing
+/// to a remote, so they run where the secrets cannot be read, as the service's user outside
+/// the service (the variables of `EnvironmentFile=` and `$CREDENTIALS_DIRECTORY` exist only
+/// inside it).
+fn load_without_secrets(path: &Path) -> Result<Config, Failure> {
+    let options = upsync::config::LoadOptions {
+        read_secrets: false,
+        ..Default::default()
+    };
+    Config::load_with(path, options).map_err(Failure::config)
+}
+
 /// The daemon accepts folders that do not exist yet (not mounted, about to be created): each
 /// is watched from when it appears, and the watcher logs that it is waiting.
 fn load_for_daemon(path: &Path) -> Result<Config, Failure> {
     let options = upsync::config::LoadOptions {
         check_folders_exist: false,
+        ..Default::default()
     };
     let config = Config::load_with(path, options).map_err(Failure::config)?;
     for folder in &config.folders {

@@ -5,6 +5,10 @@
 //! at its resolved path and `CREDENTIALS_DIRECTORY` is set, `$CREDENTIALS_DIRECTORY/<file
 //! name>` is tried. Messages name the key, the file or the variable, never the content.
 //! Other `*_file` keys (`ca_file`) are looked up the same way, through [`read_key_file`].
+//!
+//! Commands that never reach a remote (`status`, `ls`, `retry`, `forget`) check the keys'
+//! shape without reading files or variables ([`super::LoadOptions::read_secrets`]): those
+//! often exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -16,17 +20,34 @@ use toml::Spanned;
 use super::errors::Source;
 use super::paths;
 
+/// `None`: the config was loaded without reading secrets, for a command that reaches no
+/// remote.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Option<String>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(Some(value.into()))
+    }
+
+    /// A secret whose keys were checked but whose file or variable was not read.
+    pub(crate) fn unread() -> Secret {
+        Secret(None)
+    }
+
+    /// Whether the value was read (see [`Secret::unread`]).
+    pub fn is_read(&self) -> bool {
+        self.0.is_some()
     }
 
     /// The secret itself, for the one place that puts it on the wire.
+    ///
+    /// Panics on an unread secret: sending anything else than the configured secret would
+    /// be worse than stopping.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0
+            .as_deref()
+            .expect("only commands that load the config with read_secrets reach a remote")
     }
 }
 
@@ -71,12 +92,14 @@ impl SecretKeys<'_> {
             .collect()
     }
 
-    /// Reads the secret. `Ok(None)` when none of the three keys is present.
+    /// Reads the secret. `Ok(None)` when none of the three keys is present. Without `read`,
+    /// a file or variable is only checked to be named, and the secret is [`Secret::unread`].
     pub fn resolve(
         &self,
         src: &Source<'_>,
         base: &Path,
         env: EnvLookup<'_>,
+        read: bool,
     ) -> Result<Option<Secret>, String> {
         let given = self.given();
         if given.len() > 1 {
@@ -104,10 +127,20 @@ impl SecretKeys<'_> {
             return Ok(Some(Secret::new(value.get_ref().clone())));
         }
         if let Some(file) = self.file {
-            return read_secret_file(src, &self.key("_file"), file, base, env).map(Some);
+            let key = self.key("_file");
+            if !read {
+                check_file_named(src, &key, file, &SECRET_FILE)?;
+                return Ok(Some(Secret::unread()));
+            }
+            return read_secret_file(src, &key, file, base, env).map(Some);
         }
         if let Some(var) = self.env {
-            return read_secret_env(src, &self.key("_env"), var, env).map(Some);
+            let key = self.key("_env");
+            if !read {
+                check_variable_name(src, &key, var)?;
+                return Ok(Some(Secret::unread()));
+            }
+            return read_secret_env(src, &key, var, env).map(Some);
         }
         Ok(None)
     }
@@ -169,16 +202,7 @@ pub(crate) fn read_key_file(
     kind: &FileKind,
 ) -> Result<(PathBuf, Vec<u8>), String> {
     let span = file.span();
-    if file.get_ref().trim().is_empty() {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!(
-                "expected the path of a file holding {}, found \"\"",
-                kind.holding
-            ),
-        ));
-    }
+    check_file_named(src, key, file, kind)?;
     let path = paths::join(base, file.get_ref());
     let (path, result) = match std::fs::read(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match credential_path(&path, env) {
@@ -220,11 +244,44 @@ pub(crate) fn read_key_file(
     Ok((path, bytes))
 }
 
+/// A `*_file` key must name a file, even where the file is not read.
+fn check_file_named(
+    src: &Source<'_>,
+    key: &str,
+    file: &Spanned<String>,
+    kind: &FileKind,
+) -> Result<(), String> {
+    if file.get_ref().trim().is_empty() {
+        return Err(src.key_error(
+            &file.span(),
+            key,
+            format!(
+                "expected the path of a file holding {}, found \"\"",
+                kind.holding
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `$CREDENTIALS_DIRECTORY/<file name>`, when systemd passed credentials to the service.
 fn credential_path(path: &Path, env: EnvLookup<'_>) -> Option<PathBuf> {
     let dir = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
     let name = path.file_name()?;
     Some(PathBuf::from(dir).join(name))
+}
+
+/// A `*_env` key must name a variable, even where the variable is not read.
+fn check_variable_name(src: &Source<'_>, key: &str, var: &Spanned<String>) -> Result<(), String> {
+    let name = var.get_ref();
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(src.key_error(
+            &var.span(),
+            key,
+            format!("expected the name of an environment variable, found \"{name}\""),
+        ));
+    }
+    Ok(())
 }
 
 fn read_secret_env(
@@ -235,13 +292,7 @@ fn read_secret_env(
 ) -> Result<Secret, String> {
     let span = var.span();
     let name = var.get_ref();
-    if name.is_empty() || name.contains(['=', '\0']) {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!("expected the name of an environment variable, found \"{name}\""),
-        ));
-    }
+    check_variable_name(src, key, var)?;
     match env(name) {
         None => Err(src.key_error(
             &span,

@@ -416,6 +416,7 @@ fn a_missing_folder_is_named_with_its_path() {
             &text,
             LoadOptions {
                 check_folders_exist: false,
+                ..LoadOptions::default()
             },
         )
         .expect("only the folder is missing");
@@ -595,6 +596,74 @@ fn two_ways_of_giving_one_token_are_rejected() {
             "key 'redivis.token_env'",
             "only one of token, token_file, token_env",
         ],
+    );
+}
+
+/// What `status`, `ls`, `retry` and `forget` load with.
+const WITHOUT_SECRETS: LoadOptions = LoadOptions {
+    check_folders_exist: true,
+    read_secrets: false,
+};
+
+#[test]
+fn without_reading_secrets_an_unset_variable_or_a_missing_file_is_accepted() {
+    let fx = Fixture::new();
+    let redivis = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_env = \"UNSET\"");
+    let kifs = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"u\"\npassword_file = \"no/such.password\"\n[[folder]]",
+    );
+    for text in [&redivis, &kifs] {
+        assert!(fx.load(text).is_err(), "reading the secret fails:\n{text}");
+        let config = fx
+            .load_with(text, WITHOUT_SECRETS)
+            .unwrap_or_else(|e| panic!("the config should load, got: {e}"));
+        let secret = match (&config.redivis, &config.kifs) {
+            (Some(redivis), _) => redivis.token.clone(),
+            (
+                None,
+                Some(KifsConfig {
+                    auth: KifsAuth::Basic { password, .. },
+                    ..
+                }),
+            ) => password.clone(),
+            _ => panic!("expected a token or a password"),
+        };
+        assert!(!secret.is_read());
+    }
+}
+
+#[test]
+fn without_reading_secrets_the_secret_keys_are_still_checked() {
+    let fx = Fixture::new();
+    let load = |text: &str| match fx.load_with(text, WITHOUT_SECRETS) {
+        Ok(_) => panic!("the config should be rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    };
+    let two = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token_file = \"t\"\ntoken_env = \"T\"",
+    );
+    assert_names(&load(&two), 4, &["key 'redivis.token_env'", "only one of"]);
+    let no_path = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"\"");
+    assert_names(
+        &load(&no_path),
+        3,
+        &["key 'redivis.token_file'", "expected the path"],
+    );
+    let no_name = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_env = \"A=B\"");
+    assert_names(
+        &load(&no_name),
+        3,
+        &["key 'redivis.token_env'", "expected the name"],
+    );
+    let none = REDIVIS_FOLDER.replace("token = \"t0ken-value\"\n", "");
+    assert_names(&load(&none), 2, &["key 'redivis'", "needs an API token"]);
+    let no_user = KIFS_FOLDER.replace("[[folder]]", "password_env = \"P\"\n[[folder]]");
+    assert_names(
+        &load(&no_user),
+        4,
+        &["key 'kifs.password_env'", "needs a username"],
     );
 }
 

@@ -45,6 +45,8 @@ pub(super) struct Checker<'a> {
     pub src: &'a Source<'a>,
     pub base: PathBuf,
     pub env: EnvLookup<'a>,
+    /// [`LoadOptions::read_secrets`].
+    pub read_secrets: bool,
     pub errors: Vec<String>,
 }
 
@@ -64,6 +66,7 @@ pub(crate) fn build(
         src,
         base: paths::base_dir(src.name),
         env,
+        read_secrets: options.read_secrets,
         errors: Vec::new(),
     };
 
@@ -246,7 +249,7 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
         file: r.token_file.as_ref(),
         env: r.token_env.as_ref(),
     };
-    let token = match keys.resolve(ck.src, &ck.base, ck.env) {
+    let token = match keys.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
         Ok(Some(token)) => token,
         Ok(None) => {
             ck.error(
@@ -379,7 +382,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                     "expected a user name, found \"\"",
                 );
             }
-            match password.resolve(ck.src, &ck.base, ck.env) {
+            match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(password)) => KifsAuth::Basic {
                     username: username.get_ref().clone(),
                     password,
@@ -407,7 +410,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                 );
                 return None;
             }
-            match token.resolve(ck.src, &ck.base, ck.env) {
+            match token.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(token)) => KifsAuth::Bearer { token },
                 Ok(None) => KifsAuth::None,
                 Err(e) => {
