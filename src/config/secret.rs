@@ -6,6 +6,11 @@
 //! name>` is tried. Messages name the key, the file or the variable, never the content.
 //! Other `*_file` keys (`ca_file`) are looked up the same way, through [`read_key_file`].
 //!
+//! A secret must be sendable: a bearer token goes into the `Authorization` header as it is,
+//! so it may hold only visible ASCII and spaces (what an HTTP header value takes); a
+//! password is base64-encoded there, so it may hold any character but a control character.
+//! A line break inside a secret file's value is the usual mistake this catches.
+//!
 //! Commands that never reach a remote (`status`, `ls`, `retry`, `forget`) check the keys'
 //! shape without reading files or variables ([`super::LoadOptions::read_secrets`]): those
 //! often exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
@@ -66,12 +71,22 @@ impl fmt::Display for Secret {
 /// Reads environment variables; injected so tests need not mutate the process environment.
 pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
+/// How a secret travels in the `Authorization` header, which decides what it may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// As it is (`Bearer <token>`): visible ASCII and spaces only.
+    Verbatim,
+    /// Base64-encoded (`Basic <user:password>`): anything but control characters.
+    Encoded,
+}
+
 /// The three ways one secret can be given, as found in one table.
 pub(crate) struct SecretKeys<'a> {
     /// Table path for messages, e.g. "redivis".
     pub table: &'a str,
     /// Base key name: "token" or "password"; the others are `<name>_file`, `<name>_env`.
     pub name: &'a str,
+    pub sent: Sent,
     pub inline: Option<&'a Spanned<String>>,
     pub file: Option<&'a Spanned<String>>,
     pub env: Option<&'a Spanned<String>>,
@@ -124,6 +139,9 @@ impl SecretKeys<'_> {
             if value.get_ref().is_empty() {
                 return Err(src.key_error(&value.span(), &self.key(""), "is empty"));
             }
+            if let Some(problem) = unsendable(value.get_ref(), self.sent) {
+                return Err(src.key_error(&value.span(), &self.key(""), problem));
+            }
             return Ok(Some(Secret::new(value.get_ref().clone())));
         }
         if let Some(file) = self.file {
@@ -132,7 +150,7 @@ impl SecretKeys<'_> {
                 check_file_named(src, &key, file, &SECRET_FILE)?;
                 return Ok(Some(Secret::unread()));
             }
-            return read_secret_file(src, &key, file, base, env).map(Some);
+            return read_secret_file(src, &key, file, base, env, self.sent).map(Some);
         }
         if let Some(var) = self.env {
             let key = self.key("_env");
@@ -140,10 +158,27 @@ impl SecretKeys<'_> {
                 check_variable_name(src, &key, var)?;
                 return Ok(Some(Secret::unread()));
             }
-            return read_secret_env(src, &key, var, env).map(Some);
+            return read_secret_env(src, &key, var, env, self.sent).map(Some);
         }
         Ok(None)
     }
+}
+
+/// Why `value` cannot be sent as `sent` says, in words that do not show it.
+fn unsendable(value: &str, sent: Sent) -> Option<String> {
+    let expected = match sent {
+        Sent::Verbatim => {
+            "expected visible ASCII characters and spaces, which is what an HTTP header takes"
+        }
+        Sent::Encoded => "expected printable characters",
+    };
+    let found = value.chars().find_map(|c| match c {
+        '\n' | '\r' => Some("a line break (a secret is one line)"),
+        c if c.is_control() => Some("a control character (such as a tab)"),
+        c if !c.is_ascii() && sent == Sent::Verbatim => Some("a character that is not ASCII"),
+        _ => None,
+    })?;
+    Some(format!("holds {found}; {expected}"))
 }
 
 fn read_secret_file(
@@ -152,6 +187,7 @@ fn read_secret_file(
     file: &Spanned<String>,
     base: &Path,
     env: EnvLookup<'_>,
+    sent: Sent,
 ) -> Result<Secret, String> {
     let span = file.span();
     let (path, bytes) = read_key_file(src, key, file, base, env, &SECRET_FILE)?;
@@ -172,6 +208,13 @@ fn read_secret_file(
             &span,
             key,
             format!("the secret file \"{}\" is empty", path.display()),
+        ));
+    }
+    if let Some(problem) = unsendable(value, sent) {
+        return Err(src.key_error(
+            &span,
+            key,
+            format!("the secret file \"{}\" {problem}", path.display()),
         ));
     }
     Ok(Secret::new(value))
@@ -289,6 +332,7 @@ fn read_secret_env(
     key: &str,
     var: &Spanned<String>,
     env: EnvLookup<'_>,
+    sent: Sent,
 ) -> Result<Secret, String> {
     let span = var.span();
     let name = var.get_ref();
@@ -305,7 +349,14 @@ fn read_secret_env(
             format!("the environment variable {name} is empty (expected it to hold the secret)"),
         )),
         Some(value) => match value.into_string() {
-            Ok(value) => Ok(Secret::new(value)),
+            Ok(value) => match unsendable(&value, sent) {
+                Some(problem) => Err(src.key_error(
+                    &span,
+                    key,
+                    format!("the environment variable {name} {problem}"),
+                )),
+                None => Ok(Secret::new(value)),
+            },
             Err(_) => Err(src.key_error(
                 &span,
                 key,

@@ -563,6 +563,94 @@ fn an_empty_token_file_is_rejected_without_showing_content() {
 }
 
 #[test]
+fn a_secret_that_cannot_go_in_a_header_is_rejected_without_showing_it() {
+    let mut fx = Fixture::new();
+    fx.write("two-lines.token", "a b\nline2\n");
+    fx.write("crlf-inside.password", "pass\r\nwQrd");
+    fx.write("tab.token", "to\tkXn");
+    fx.write("accent.token", "tok\u{e9}Xn");
+    fx.env("BAD_TOKEN", "first\nsecond");
+    fx.env("BAD_PASSWORD", "pass\u{7f}wQrd");
+    let redivis = |keys: &str| REDIVIS_FOLDER.replace("token = \"t0ken-value\"", keys);
+    let kifs = |keys: &str| KIFS_FOLDER.replace("[[folder]]", &format!("{keys}\n[[folder]]"));
+    let cases = [
+        (
+            redivis("token_file = \"two-lines.token\""),
+            3,
+            "redivis.token_file",
+            "line break",
+        ),
+        (
+            redivis("token_file = \"tab.token\""),
+            3,
+            "redivis.token_file",
+            "control character",
+        ),
+        (
+            redivis("token_file = \"accent.token\""),
+            3,
+            "redivis.token_file",
+            "not ASCII",
+        ),
+        (
+            redivis("token_env = \"BAD_TOKEN\""),
+            3,
+            "redivis.token_env",
+            "BAD_TOKEN holds a line break",
+        ),
+        (
+            redivis("token = \"in\\nline\""),
+            3,
+            "redivis.token",
+            "line break",
+        ),
+        (
+            kifs("token_file = \"two-lines.token\""),
+            4,
+            "kifs.token_file",
+            "line break",
+        ),
+        (
+            kifs("username = \"u\"\npassword_file = \"crlf-inside.password\""),
+            5,
+            "kifs.password_file",
+            "line break",
+        ),
+        (
+            kifs("username = \"u\"\npassword_env = \"BAD_PASSWORD\""),
+            5,
+            "kifs.password_env",
+            "control character",
+        ),
+        (
+            kifs("username = \"u\"\npassword = \"p\\tw\""),
+            5,
+            "kifs.password",
+            "control character",
+        ),
+    ];
+    for (text, line, key, what) in cases {
+        let message = fx.err(&text);
+        assert_names(&message, line, &[&format!("key '{key}'"), what]);
+        for content in ["line2", "wQrd", "kXn", "Xn", "second", "in\nline", "p\tw"] {
+            assert!(
+                !message.contains(content),
+                "{content:?} shown in: {message}"
+            );
+        }
+    }
+    let named = fx.err(&redivis("token_file = \"two-lines.token\""));
+    assert!(named.contains("two-lines.token\" holds"), "{named}");
+    // Spaces go in a header; a password is base64-encoded, so it may be any text.
+    fx.write("spaced.token", "a b c\n");
+    fx.write("accent.password", "p\u{e4}ssw\u{f6}rd\n");
+    fx.ok(&redivis("token_file = \"spaced.token\""));
+    fx.ok(&kifs(
+        "username = \"u\"\npassword_file = \"accent.password\"",
+    ));
+}
+
+#[test]
 fn a_token_file_is_found_among_systemd_credentials() {
     let mut fx = Fixture::new();
     let creds = fx.root().join("creds");

@@ -18,7 +18,7 @@ use super::raw::{
     RawRedivisOptions,
 };
 use super::redivis_options::{self, ParseOptions, RedivisFolder};
-use super::secret::{EnvLookup, SecretKeys};
+use super::secret::{EnvLookup, SecretKeys, Sent};
 use super::units::{HumanDuration, format_size};
 use super::{
     Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
@@ -245,6 +245,7 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
     let keys = SecretKeys {
         table: "redivis",
         name: "token",
+        sent: Sent::Verbatim,
         inline: r.token.as_ref(),
         file: r.token_file.as_ref(),
         env: r.token_env.as_ref(),
@@ -348,6 +349,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
     let password = SecretKeys {
         table: "kifs",
         name: "password",
+        sent: Sent::Encoded,
         inline: k.password.as_ref(),
         file: k.password_file.as_ref(),
         env: k.password_env.as_ref(),
@@ -355,6 +357,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
     let token = SecretKeys {
         table: "kifs",
         name: "token",
+        sent: Sent::Verbatim,
         inline: k.token.as_ref(),
         file: k.token_file.as_ref(),
         env: k.token_env.as_ref(),
