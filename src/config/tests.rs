@@ -925,6 +925,87 @@ fn a_bad_url_is_rejected() {
 }
 
 #[test]
+fn credentials_in_a_service_url_are_refused_and_never_shown() {
+    let fx = Fixture::new();
+    let kifs = |url: &str| KIFS_FOLDER.replace("http://127.0.0.1:9191/", url);
+    let redivis = |url: &str| {
+        REDIVIS_FOLDER.replace("[[folder]]", &format!("api_url = \"{url}\"\n[[folder]]"))
+    };
+    let cases = [
+        (
+            kifs("http://demo:UrlPw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+            "password_file",
+        ),
+        (
+            kifs("https://demoUser@kinetica.corp/kifs"),
+            3,
+            "kifs.url",
+            "password_file",
+        ),
+        (
+            redivis("https://demo:UrlPw777@redivis.com/api/v1"),
+            4,
+            "redivis.api_url",
+            "token_file",
+        ),
+        (
+            redivis("http://:UrlPw777@127.0.0.1:1/api/v1"),
+            4,
+            "redivis.api_url",
+            "token_file",
+        ),
+    ];
+    for (text, line, key, instead) in cases {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[
+                &format!("key '{key}'"),
+                "without a user or password",
+                instead,
+                "://***@",
+            ],
+        );
+        assert!(
+            !message.contains("UrlPw777") && !message.contains("demo"),
+            "{message}"
+        );
+    }
+    // A URL refused for its shape is shown without what may be a user and password.
+    for (text, line, key) in [
+        (
+            kifs("htp://demo:UrlPw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+        ),
+        (
+            kifs("http://demo:Url/Pw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+        ),
+        (
+            redivis("demo:UrlPw777@redivis.com/api/v1"),
+            4,
+            "redivis.api_url",
+        ),
+    ] {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[&format!("key '{key}'"), "http or https URL", "***@"],
+        );
+        assert!(
+            !message.contains("Pw777") && !message.contains("demo"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER

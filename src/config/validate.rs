@@ -195,17 +195,31 @@ fn required_path(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> Pa
     paths::resolve(&ck.base, value.get_ref())
 }
 
-/// An http(s) base URL without its trailing slash.
-fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> String {
+/// An http(s) base URL without its trailing slash. Credentials have keys of their own
+/// (`credentials` names them): in the URL they would show wherever the URL is shown (`upsync
+/// check`, `status`, logs), so a user or password there is refused, and never echoed.
+fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str, credentials: &str) -> String {
     let text = value.get_ref().trim().trim_end_matches('/').to_string();
     match reqwest::Url::parse(&text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if !url.username().is_empty() || url.password().is_some() {
+                ck.error(
+                    &value.span(),
+                    key,
+                    format!(
+                        "expected a URL without a user or password, found one with them (\"{}\"); \
+                         give the credentials in {credentials}",
+                        super::network::redact_text(&text)
+                    ),
+                );
+            }
+        }
         _ => ck.error(
             &value.span(),
             key,
             format!(
                 "expected an http or https URL like \"https://host/path\", found \"{}\"",
-                value.get_ref()
+                super::network::redact_text(value.get_ref())
             ),
         ),
     }
@@ -215,7 +229,7 @@ fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> String 
 fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<RedivisConfig> {
     let r = section.get_ref();
     let api_url = match &r.api_url {
-        Some(url) => base_url(ck, url, "redivis.api_url"),
+        Some(url) => base_url(ck, url, "redivis.api_url", "token_file or token_env"),
         None => DEFAULT_API_URL.to_string(),
     };
     let chunk_size = match &r.chunk_size {
@@ -341,7 +355,12 @@ fn describe_size(n: u64) -> String {
 
 fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> {
     let k = section.get_ref();
-    let url = base_url(ck, &k.url, "kifs.url");
+    let url = base_url(
+        ck,
+        &k.url,
+        "kifs.url",
+        "username with password_file or password_env, or in token_file or token_env",
+    );
     let encoding = match k.encoding {
         None | Some(RawEncoding::Binary) => KifsEncoding::Binary,
         Some(RawEncoding::Json) => KifsEncoding::Json,
