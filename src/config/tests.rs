@@ -1006,6 +1006,55 @@ fn credentials_in_a_service_url_are_refused_and_never_shown() {
 }
 
 #[test]
+fn a_secret_of_the_wrong_type_is_named_without_its_value() {
+    let fx = Fixture::new();
+    let kifs = |keys: &str| KIFS_FOLDER.replace("[[folder]]", &format!("{keys}\n[[folder]]"));
+    let cases = [
+        (
+            kifs("username = \"u\"\npassword = 98765432"),
+            5,
+            "kifs.password",
+            "an integer",
+        ),
+        (
+            kifs("username = \"u\"\npassword = 9876.5432"),
+            5,
+            "kifs.password",
+            "a float",
+        ),
+        (kifs("token = 98765432"), 4, "kifs.token", "an integer"),
+        (
+            REDIVIS_FOLDER.replace("\"t0ken-value\"", "987.654e3"),
+            3,
+            "redivis.token",
+            "a float",
+        ),
+        (
+            REDIVIS_FOLDER.replace("\"t0ken-value\"", "[\"987654\"]"),
+            3,
+            "redivis.token",
+            "an array",
+        ),
+    ];
+    for (text, line, key, found) in cases {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[
+                &format!("key '{key}'"),
+                "expected a string",
+                &format!("found {found}"),
+            ],
+        );
+        assert!(
+            !message.contains("987") && !message.contains("5432"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER
