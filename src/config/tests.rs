@@ -471,6 +471,39 @@ fn the_state_dir_must_not_lie_inside_a_watched_folder() {
 }
 
 #[test]
+fn a_state_dir_that_cannot_be_a_directory_is_rejected() {
+    let fx = Fixture::new();
+    fx.write("afile", "not a directory");
+    let state = |dir: &str| KIFS_FOLDER.replace("\"state\"", &format!("\"{dir}\""));
+    let message = fx.err(&state("afile"));
+    assert_names(
+        &message,
+        1,
+        &[
+            "key 'state_dir'",
+            "afile\" exists and is not a directory",
+            "expected a directory",
+        ],
+    );
+    let message = fx.err(&state("afile/deeper/state"));
+    assert_names(
+        &message,
+        1,
+        &[
+            "key 'state_dir'",
+            "cannot be created",
+            "afile\" is not a directory",
+        ],
+    );
+    let message = fx.err(&state("/proc/upsync-state"));
+    assert_names(&message, 1, &["key 'state_dir'", "proc pseudo-file system"]);
+    // Not there yet is fine: run creates it, with its parents.
+    fx.ok(&state("not/yet/there"));
+    std::fs::create_dir(fx.root().join("made")).expect("the temp dir is writable");
+    fx.ok(&state("made"));
+}
+
+#[test]
 fn a_kifs_folder_needs_the_kifs_section() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER.replace("[kifs]\nurl = \"http://127.0.0.1:9191/\"\n", "");

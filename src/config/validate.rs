@@ -71,6 +71,7 @@ pub(crate) fn build(
     };
 
     let state_dir = required_path(&mut ck, &raw.state_dir, "state_dir");
+    check_state_dir(&mut ck, &state_dir, &raw.state_dir.span());
 
     let concurrency = match &raw.concurrency {
         None => DEFAULT_CONCURRENCY,
@@ -182,6 +183,76 @@ pub(crate) fn build(
         folders: folders.into_iter().map(|c| c.folder).collect(),
         emulator,
     })
+}
+
+/// `state_dir` need not exist (`run` creates it) but must be a directory or creatable as
+/// one: its nearest existing ancestor a directory on a file system that holds directories.
+/// Nothing is written: `check` may run as another user than the service, whose permissions
+/// are what count.
+fn check_state_dir(ck: &mut Checker<'_>, path: &Path, span: &Range<usize>) {
+    const EXPECTED: &str = "expected a directory for the state database, or a path where \
+                            run can create one";
+    let mut existing = path;
+    let meta = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => break meta,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(parent) => existing = parent,
+                    None => return,
+                }
+            }
+            // Unreadable here may be readable for the service's user: `run` will say.
+            Err(_) => return,
+        }
+    };
+    let problem = if !meta.is_dir() {
+        if existing == path {
+            format!("\"{}\" exists and is not a directory", path.display())
+        } else {
+            format!(
+                "\"{}\" cannot be created: \"{}\" is not a directory",
+                path.display(),
+                existing.display()
+            )
+        }
+    } else if let Some(fs) = pseudo_file_system(existing) {
+        format!(
+            "\"{}\" lies on the {fs} pseudo-file system, which holds no directories of ours",
+            path.display()
+        )
+    } else {
+        return;
+    };
+    ck.error(span, "state_dir", format!("{problem} ({EXPECTED})"));
+}
+
+/// "proc" or "sysfs" when `dir` is on one of them (`/proc`, `/sys`): they exist as
+/// directories, but nothing can be created in them.
+fn pseudo_file_system(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    let name = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path and `stat` is a buffer of the size statfs writes.
+    let stat = unsafe {
+        if libc::statfs(name.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets.
+    match stat.f_type as i64 {
+        PROC_SUPER_MAGIC => Some("proc"),
+        SYSFS_MAGIC => Some("sysfs"),
+        _ => None,
+    }
 }
 
 fn duration_or(value: &Option<Spanned<HumanDuration>>, default: Duration) -> Duration {
