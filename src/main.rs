@@ -334,7 +334,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             Ok(())
         }
         Command::Status { config, json } => {
-            let config = load(&config)?;
+            let config = load_for_queries(&config)?;
             let answer = ask_daemon_or(
                 &config,
                 || {
@@ -370,7 +370,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             deletes,
             paths,
         } => {
-            let config = load(&config)?;
+            let config = load_for_queries(&config)?;
             let paths = paths_in_folders(&config, &paths)?;
             let request = control::RetryRequest {
                 all,
@@ -400,7 +400,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             folder,
             json,
         } => {
-            let config = load(&config)?;
+            let config = load_for_queries(&config)?;
             let request = history::ListRequest {
                 folder: folder.map(|f| upsync::config::command_line_path(&f)),
             };
@@ -431,7 +431,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             printer.into_inner().finish().map_err(Failure::runtime)
         }
         Command::Forget { config, paths } => {
-            let config = load(&config)?;
+            let config = load_for_queries(&config)?;
             let request = history::ForgetRequest {
                 paths: paths_in_folders(&config, &paths)?,
             };
@@ -547,11 +547,25 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::config)
 }
 
+/// For the commands that only ask the daemon or open the state database: they send nothing
+/// to a remote, so they run where the secrets cannot be read, as the service's user outside
+/// the service (the variables of `EnvironmentFile=` and `$CREDENTIALS_DIRECTORY` exist only
+/// inside it); and they read no folder, so a folder that is missing (unmounted, the moment
+/// an operator most needs `status` and `retry`) is the daemon's to report, not theirs.
+fn load_for_queries(path: &Path) -> Result<Config, Failure> {
+    let options = upsync::config::LoadOptions {
+        read_secrets: false,
+        check_folders_exist: false,
+    };
+    Config::load_with(path, options).map_err(Failure::config)
+}
+
 /// The daemon accepts folders that do not exist yet (not mounted, about to be created): each
 /// is watched from when it appears, and the watcher logs that it is waiting.
 fn load_for_daemon(path: &Path) -> Result<Config, Failure> {
     let options = upsync::config::LoadOptions {
         check_folders_exist: false,
+        ..Default::default()
     };
     let config = Config::load_with(path, options).map_err(Failure::config)?;
     for folder in &config.folders {

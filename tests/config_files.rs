@@ -53,6 +53,7 @@ fn every_shipped_config_file_loads() {
     for (file, name) in files.iter().zip(&names) {
         let options = LoadOptions {
             check_folders_exist: name.starts_with("demo"),
+            ..LoadOptions::default()
         };
         match Config::load_with(file, options) {
             Ok(config) => {

@@ -159,6 +159,58 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
     let stopped = status_json(&s.config);
     assert_eq!(stopped["daemon"], "stopped");
     assert_eq!(stopped["failed"][0]["path"], bad.display().to_string());
+
+    // Secrets given as the service gets them (EnvironmentFile=, $CREDENTIALS_DIRECTORY)
+    // cannot be read from a shell; the commands that reach no remote do not need them.
+    let folder = FolderBuilder::kifs("inbox", "ingest");
+    for secret in [
+        "token_env = \"UPSYNC_E2E_UNSET_TOKEN\"",
+        "token_file = \"kifs.token\"",
+    ] {
+        config_of(&s.emulator, secret, folder.clone()).write(&s.config);
+        let (code, out, err) = without_secrets(&["status", "--json"], &s.config);
+        assert_eq!(code, 0, "status with {secret}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).expect("status --json");
+        assert_eq!(report["failed"][0]["path"], bad.display().to_string());
+        let (code, out, err) = without_secrets(&["status"], &s.config);
+        assert!(
+            code == 0 && out.contains("bad_name.csv"),
+            "{code} {out} {err}"
+        );
+        let (code, out, err) = without_secrets(&["ls"], &s.config);
+        assert!(code == 0 && out.contains("good.csv"), "{code} {out} {err}");
+        let (code, _, err) = without_secrets(&["check"], &s.config);
+        assert_eq!(code, 2, "check still reads the secret: {err}");
+        assert!(err.contains("kifs.token_"), "{err}");
+    }
+    let good_path = good.to_str().unwrap();
+    let (code, out, err) = without_secrets(&["forget", good_path], &s.config);
+    assert!(
+        code == 0 && out.contains("1 upload(s) forgotten"),
+        "{code} {out} {err}"
+    );
+    let (code, out, err) = without_secrets(&["retry", "--all"], &s.config);
+    assert!(
+        code == 0 && out.contains("1 failed job(s)"),
+        "{code} {out} {err}"
+    );
+}
+
+/// `upsync ARGS -c CONFIG` without the variables that would let it read the secrets.
+fn without_secrets(args: &[&str], config: &Path) -> (i32, String, String) {
+    let output = std::process::Command::new(BIN)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("UPSYNC_E2E_UNSET_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("upsync runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]

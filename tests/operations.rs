@@ -489,6 +489,28 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
     assert!(stdout.contains("0 failed job(s) queued again"), "{stdout}");
 }
 
+/// A folder that is missing (unmounted) is the daemon's to report: `status`, `ls` and
+/// `retry` still answer, when they are needed most.
+#[test]
+fn status_ls_and_retry_answer_while_a_folder_is_missing() {
+    let s = setup(&[], "");
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::remove_dir(s.folder()).unwrap();
+    let config = s.config.to_str().unwrap();
+    for args in [
+        vec!["status", "-c", config, "--json"],
+        vec!["ls", "-c", config],
+        vec!["retry", "-c", config, "--all"],
+    ] {
+        let (code, stdout, stderr) = upsync(&args);
+        assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
+    }
+    let (code, _, stderr) = upsync(&["check", "-c", config]);
+    assert_eq!(code, 2, "check still names the missing folder: {stderr}");
+    assert!(stderr.contains("missing folder"), "{stderr}");
+}
+
 /// A state dir no upsync has used (a mistyped `state_dir`, or a daemon not started yet)
 /// answers as an empty one, with a warning naming it, and is not created.
 #[test]

@@ -136,6 +136,7 @@ mod tests {
         );
         let options = LoadOptions {
             check_folders_exist: false,
+            ..LoadOptions::default()
         };
         Config::parse(std::path::Path::new("u.toml"), &text, options, &|_| None).map_err(|e| e.0)
     }

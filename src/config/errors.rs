@@ -3,7 +3,8 @@
 //! The TOML deserializer reports a byte span and a serde message ("invalid type: string
 //! \"x\", expected i64"). The span is mapped to a line, and to a key path by walking the
 //! spanned document (`DeTable`), because serde itself does not know where in the file it is.
-//! The serde wording is then rephrased for people who write config files, not Rust types.
+//! The serde wording is then rephrased for people who write config files, not Rust types,
+//! and for a secret key (`token`, `password`) without the value found.
 
 use std::ops::Range;
 use std::path::Path;
@@ -131,8 +132,43 @@ impl Source<'_> {
         } else {
             render_path(path)
         };
-        self.key_error(span, &key, rephrase(message))
+        let mut text = rephrase(message);
+        if holds_secret(path) {
+            text = hide_found_value(&text);
+        }
+        self.key_error(span, &key, text)
     }
+}
+
+/// Keys whose value is a secret even when written with the wrong type (`password = 98765432`).
+const SECRET_KEYS: &[&str] = &["token", "password"];
+
+fn holds_secret(path: &[Seg]) -> bool {
+    matches!(path.last(), Some(Seg::Key(k)) if SECRET_KEYS.contains(&k.as_str()))
+}
+
+/// "expected a string, found integer 98765432" → "… found an integer (not shown: the key
+/// holds a secret)": what was found, without the value.
+fn hide_found_value(text: &str) -> String {
+    let Some((expected, found)) = text.split_once(", found ") else {
+        return "expected a string (the value is not shown: the key holds a secret)".to_string();
+    };
+    // serde names the kind first and the value after it ("floating point 1.5").
+    let kinds = [
+        ("integer", "an integer"),
+        ("floating point", "a float"),
+        ("boolean", "a boolean"),
+        ("sequence", "an array"),
+        ("an array", "an array"),
+        ("map", "a table"),
+        ("a table", "a table"),
+        ("string", "a string"),
+    ];
+    let kind = kinds
+        .iter()
+        .find(|(serde, _)| found.starts_with(serde))
+        .map_or("another type", |(_, words)| words);
+    format!("{expected}, found {kind} (the value is not shown: the key holds a secret)")
 }
 
 /// Finds the key path whose key or value span best covers `span`.

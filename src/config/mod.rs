@@ -168,12 +168,19 @@ pub struct LoadOptions {
     /// Require every `[[folder]].path` to exist and be a directory. Off only to check a
     /// config written for another machine (e.g. the shipped example).
     pub check_folders_exist: bool,
+    /// Read the files and environment variables that hold tokens and passwords. Off for
+    /// the commands that reach no remote (`status`, `ls`, `retry`, `forget`): the keys are
+    /// still checked (one way per secret, a file or variable named), but each secret is
+    /// left unread ([`Secret::is_read`] is false). Those files and variables often exist
+    /// only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
+    pub read_secrets: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             check_folders_exist: true,
+            read_secrets: true,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! A CA file is read like a secret file (relative to the config, else among the systemd
 //! credentials) and must hold at least one PEM certificate. A proxy URL may carry a user and
-//! password: [`ProxyUrl`] never shows them.
+//! password: [`ProxyUrl`] never shows them, nor does any message that shows a URL as written
+//! ([`redact_text`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -91,6 +92,18 @@ fn redact(url: &reqwest::Url) -> String {
     let _ = shown.set_username("***");
     let _ = shown.set_password(None);
     shown.to_string()
+}
+
+/// `text`, which may not parse as a URL, with anything before the last `@` after the scheme
+/// replaced by `***`. Written by hand because the URL parser cannot say where the user and
+/// password of a text it refuses end; the last `@` masks too much rather than too little
+/// (a password may hold `/`, `?` or `#`, a base URL's path hardly ever holds `@`).
+pub(crate) fn redact_text(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    match text[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
 }
 
 impl fmt::Debug for ProxyUrl {

@@ -5,6 +5,15 @@
 //! at its resolved path and `CREDENTIALS_DIRECTORY` is set, `$CREDENTIALS_DIRECTORY/<file
 //! name>` is tried. Messages name the key, the file or the variable, never the content.
 //! Other `*_file` keys (`ca_file`) are looked up the same way, through [`read_key_file`].
+//!
+//! A secret must be sendable: a bearer token goes into the `Authorization` header as it is,
+//! so it may hold only visible ASCII and spaces (what an HTTP header value takes); a
+//! password is base64-encoded there, so it may hold any character but a control character.
+//! A line break inside a secret file's value is the usual mistake this catches.
+//!
+//! Commands that never reach a remote (`status`, `ls`, `retry`, `forget`) check the keys'
+//! shape without reading files or variables ([`super::LoadOptions::read_secrets`]): those
+//! often exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -16,17 +25,34 @@ use toml::Spanned;
 use super::errors::Source;
 use super::paths;
 
+/// `None`: the config was loaded without reading secrets, for a command that reaches no
+/// remote.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Option<String>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(Some(value.into()))
+    }
+
+    /// A secret whose keys were checked but whose file or variable was not read.
+    pub(crate) fn unread() -> Secret {
+        Secret(None)
+    }
+
+    /// Whether the value was read (see [`Secret::unread`]).
+    pub fn is_read(&self) -> bool {
+        self.0.is_some()
     }
 
     /// The secret itself, for the one place that puts it on the wire.
+    ///
+    /// Panics on an unread secret: sending anything else than the configured secret would
+    /// be worse than stopping.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0
+            .as_deref()
+            .expect("only commands that load the config with read_secrets reach a remote")
     }
 }
 
@@ -45,12 +71,22 @@ impl fmt::Display for Secret {
 /// Reads environment variables; injected so tests need not mutate the process environment.
 pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
+/// How a secret travels in the `Authorization` header, which decides what it may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// As it is (`Bearer <token>`): visible ASCII and spaces only.
+    Verbatim,
+    /// Base64-encoded (`Basic <user:password>`): anything but control characters.
+    Encoded,
+}
+
 /// The three ways one secret can be given, as found in one table.
 pub(crate) struct SecretKeys<'a> {
     /// Table path for messages, e.g. "redivis".
     pub table: &'a str,
     /// Base key name: "token" or "password"; the others are `<name>_file`, `<name>_env`.
     pub name: &'a str,
+    pub sent: Sent,
     pub inline: Option<&'a Spanned<String>>,
     pub file: Option<&'a Spanned<String>>,
     pub env: Option<&'a Spanned<String>>,
@@ -71,12 +107,14 @@ impl SecretKeys<'_> {
             .collect()
     }
 
-    /// Reads the secret. `Ok(None)` when none of the three keys is present.
+    /// Reads the secret. `Ok(None)` when none of the three keys is present. Without `read`,
+    /// a file or variable is only checked to be named, and the secret is [`Secret::unread`].
     pub fn resolve(
         &self,
         src: &Source<'_>,
         base: &Path,
         env: EnvLookup<'_>,
+        read: bool,
     ) -> Result<Option<Secret>, String> {
         let given = self.given();
         if given.len() > 1 {
@@ -101,16 +139,46 @@ impl SecretKeys<'_> {
             if value.get_ref().is_empty() {
                 return Err(src.key_error(&value.span(), &self.key(""), "is empty"));
             }
+            if let Some(problem) = unsendable(value.get_ref(), self.sent) {
+                return Err(src.key_error(&value.span(), &self.key(""), problem));
+            }
             return Ok(Some(Secret::new(value.get_ref().clone())));
         }
         if let Some(file) = self.file {
-            return read_secret_file(src, &self.key("_file"), file, base, env).map(Some);
+            let key = self.key("_file");
+            if !read {
+                check_file_named(src, &key, file, &SECRET_FILE)?;
+                return Ok(Some(Secret::unread()));
+            }
+            return read_secret_file(src, &key, file, base, env, self.sent).map(Some);
         }
         if let Some(var) = self.env {
-            return read_secret_env(src, &self.key("_env"), var, env).map(Some);
+            let key = self.key("_env");
+            if !read {
+                check_variable_name(src, &key, var)?;
+                return Ok(Some(Secret::unread()));
+            }
+            return read_secret_env(src, &key, var, env, self.sent).map(Some);
         }
         Ok(None)
     }
+}
+
+/// Why `value` cannot be sent as `sent` says, in words that do not show it.
+fn unsendable(value: &str, sent: Sent) -> Option<String> {
+    let expected = match sent {
+        Sent::Verbatim => {
+            "expected visible ASCII characters and spaces, which is what an HTTP header takes"
+        }
+        Sent::Encoded => "expected printable characters",
+    };
+    let found = value.chars().find_map(|c| match c {
+        '\n' | '\r' => Some("a line break (a secret is one line)"),
+        c if c.is_control() => Some("a control character (such as a tab)"),
+        c if !c.is_ascii() && sent == Sent::Verbatim => Some("a character that is not ASCII"),
+        _ => None,
+    })?;
+    Some(format!("holds {found}; {expected}"))
 }
 
 fn read_secret_file(
@@ -119,6 +187,7 @@ fn read_secret_file(
     file: &Spanned<String>,
     base: &Path,
     env: EnvLookup<'_>,
+    sent: Sent,
 ) -> Result<Secret, String> {
     let span = file.span();
     let (path, bytes) = read_key_file(src, key, file, base, env, &SECRET_FILE)?;
@@ -139,6 +208,13 @@ fn read_secret_file(
             &span,
             key,
             format!("the secret file \"{}\" is empty", path.display()),
+        ));
+    }
+    if let Some(problem) = unsendable(value, sent) {
+        return Err(src.key_error(
+            &span,
+            key,
+            format!("the secret file \"{}\" {problem}", path.display()),
         ));
     }
     Ok(Secret::new(value))
@@ -169,16 +245,7 @@ pub(crate) fn read_key_file(
     kind: &FileKind,
 ) -> Result<(PathBuf, Vec<u8>), String> {
     let span = file.span();
-    if file.get_ref().trim().is_empty() {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!(
-                "expected the path of a file holding {}, found \"\"",
-                kind.holding
-            ),
-        ));
-    }
+    check_file_named(src, key, file, kind)?;
     let path = paths::join(base, file.get_ref());
     let (path, result) = match std::fs::read(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match credential_path(&path, env) {
@@ -220,6 +287,26 @@ pub(crate) fn read_key_file(
     Ok((path, bytes))
 }
 
+/// A `*_file` key must name a file, even where the file is not read.
+fn check_file_named(
+    src: &Source<'_>,
+    key: &str,
+    file: &Spanned<String>,
+    kind: &FileKind,
+) -> Result<(), String> {
+    if file.get_ref().trim().is_empty() {
+        return Err(src.key_error(
+            &file.span(),
+            key,
+            format!(
+                "expected the path of a file holding {}, found \"\"",
+                kind.holding
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `$CREDENTIALS_DIRECTORY/<file name>`, when systemd passed credentials to the service.
 fn credential_path(path: &Path, env: EnvLookup<'_>) -> Option<PathBuf> {
     let dir = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
@@ -227,21 +314,29 @@ fn credential_path(path: &Path, env: EnvLookup<'_>) -> Option<PathBuf> {
     Some(PathBuf::from(dir).join(name))
 }
 
+/// A `*_env` key must name a variable, even where the variable is not read.
+fn check_variable_name(src: &Source<'_>, key: &str, var: &Spanned<String>) -> Result<(), String> {
+    let name = var.get_ref();
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(src.key_error(
+            &var.span(),
+            key,
+            format!("expected the name of an environment variable, found \"{name}\""),
+        ));
+    }
+    Ok(())
+}
+
 fn read_secret_env(
     src: &Source<'_>,
     key: &str,
     var: &Spanned<String>,
     env: EnvLookup<'_>,
+    sent: Sent,
 ) -> Result<Secret, String> {
     let span = var.span();
     let name = var.get_ref();
-    if name.is_empty() || name.contains(['=', '\0']) {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!("expected the name of an environment variable, found \"{name}\""),
-        ));
-    }
+    check_variable_name(src, key, var)?;
     match env(name) {
         None => Err(src.key_error(
             &span,
@@ -254,7 +349,14 @@ fn read_secret_env(
             format!("the environment variable {name} is empty (expected it to hold the secret)"),
         )),
         Some(value) => match value.into_string() {
-            Ok(value) => Ok(Secret::new(value)),
+            Ok(value) => match unsendable(&value, sent) {
+                Some(problem) => Err(src.key_error(
+                    &span,
+                    key,
+                    format!("the environment variable {name} {problem}"),
+                )),
+                None => Ok(Secret::new(value)),
+            },
             Err(_) => Err(src.key_error(
                 &span,
                 key,

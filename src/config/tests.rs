@@ -416,6 +416,7 @@ fn a_missing_folder_is_named_with_its_path() {
             &text,
             LoadOptions {
                 check_folders_exist: false,
+                ..LoadOptions::default()
             },
         )
         .expect("only the folder is missing");
@@ -467,6 +468,39 @@ fn the_state_dir_must_not_lie_inside_a_watched_folder() {
         1,
         &["key 'state_dir'", "overlaps the watched folder", "line 5"],
     );
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_a_directory_is_rejected() {
+    let fx = Fixture::new();
+    fx.write("afile", "not a directory");
+    let state = |dir: &str| KIFS_FOLDER.replace("\"state\"", &format!("\"{dir}\""));
+    let message = fx.err(&state("afile"));
+    assert_names(
+        &message,
+        1,
+        &[
+            "key 'state_dir'",
+            "afile\" exists and is not a directory",
+            "expected a directory",
+        ],
+    );
+    let message = fx.err(&state("afile/deeper/state"));
+    assert_names(
+        &message,
+        1,
+        &[
+            "key 'state_dir'",
+            "cannot be created",
+            "afile\" is not a directory",
+        ],
+    );
+    let message = fx.err(&state("/proc/upsync-state"));
+    assert_names(&message, 1, &["key 'state_dir'", "proc pseudo-file system"]);
+    // Not there yet is fine: run creates it, with its parents.
+    fx.ok(&state("not/yet/there"));
+    std::fs::create_dir(fx.root().join("made")).expect("the temp dir is writable");
+    fx.ok(&state("made"));
 }
 
 #[test]
@@ -562,6 +596,94 @@ fn an_empty_token_file_is_rejected_without_showing_content() {
 }
 
 #[test]
+fn a_secret_that_cannot_go_in_a_header_is_rejected_without_showing_it() {
+    let mut fx = Fixture::new();
+    fx.write("two-lines.token", "a b\nline2\n");
+    fx.write("crlf-inside.password", "pass\r\nwQrd");
+    fx.write("tab.token", "to\tkXn");
+    fx.write("accent.token", "tok\u{e9}Xn");
+    fx.env("BAD_TOKEN", "first\nsecond");
+    fx.env("BAD_PASSWORD", "pass\u{7f}wQrd");
+    let redivis = |keys: &str| REDIVIS_FOLDER.replace("token = \"t0ken-value\"", keys);
+    let kifs = |keys: &str| KIFS_FOLDER.replace("[[folder]]", &format!("{keys}\n[[folder]]"));
+    let cases = [
+        (
+            redivis("token_file = \"two-lines.token\""),
+            3,
+            "redivis.token_file",
+            "line break",
+        ),
+        (
+            redivis("token_file = \"tab.token\""),
+            3,
+            "redivis.token_file",
+            "control character",
+        ),
+        (
+            redivis("token_file = \"accent.token\""),
+            3,
+            "redivis.token_file",
+            "not ASCII",
+        ),
+        (
+            redivis("token_env = \"BAD_TOKEN\""),
+            3,
+            "redivis.token_env",
+            "BAD_TOKEN holds a line break",
+        ),
+        (
+            redivis("token = \"in\\nline\""),
+            3,
+            "redivis.token",
+            "line break",
+        ),
+        (
+            kifs("token_file = \"two-lines.token\""),
+            4,
+            "kifs.token_file",
+            "line break",
+        ),
+        (
+            kifs("username = \"u\"\npassword_file = \"crlf-inside.password\""),
+            5,
+            "kifs.password_file",
+            "line break",
+        ),
+        (
+            kifs("username = \"u\"\npassword_env = \"BAD_PASSWORD\""),
+            5,
+            "kifs.password_env",
+            "control character",
+        ),
+        (
+            kifs("username = \"u\"\npassword = \"p\\tw\""),
+            5,
+            "kifs.password",
+            "control character",
+        ),
+    ];
+    for (text, line, key, what) in cases {
+        let message = fx.err(&text);
+        assert_names(&message, line, &[&format!("key '{key}'"), what]);
+        for content in ["line2", "wQrd", "kXn", "Xn", "second", "in\nline", "p\tw"] {
+            assert!(
+                !message.contains(content),
+                "{content:?} shown in: {message}"
+            );
+        }
+    }
+    let named = fx.err(&redivis("token_file = \"two-lines.token\""));
+    assert!(named.contains("two-lines.token\" holds"), "{named}");
+    // Spaces go in a header; a password is base64-encoded, so it may be any text.
+    fx.write("spaced.token", "a b c\n");
+    fx.write("accent.password", "p\u{e4}ssw\u{f6}rd\n");
+    fx.ok(&redivis("token_file = \"spaced.token\""));
+    fx.ok(&kifs(
+        "username = \"u\"\npassword_file = \"accent.password\"",
+    ));
+}
+
+#[test]
 fn a_token_file_is_found_among_systemd_credentials() {
     let mut fx = Fixture::new();
     let creds = fx.root().join("creds");
@@ -595,6 +717,74 @@ fn two_ways_of_giving_one_token_are_rejected() {
             "key 'redivis.token_env'",
             "only one of token, token_file, token_env",
         ],
+    );
+}
+
+/// What `status`, `ls`, `retry` and `forget` load with.
+const WITHOUT_SECRETS: LoadOptions = LoadOptions {
+    check_folders_exist: true,
+    read_secrets: false,
+};
+
+#[test]
+fn without_reading_secrets_an_unset_variable_or_a_missing_file_is_accepted() {
+    let fx = Fixture::new();
+    let redivis = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_env = \"UNSET\"");
+    let kifs = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"u\"\npassword_file = \"no/such.password\"\n[[folder]]",
+    );
+    for text in [&redivis, &kifs] {
+        assert!(fx.load(text).is_err(), "reading the secret fails:\n{text}");
+        let config = fx
+            .load_with(text, WITHOUT_SECRETS)
+            .unwrap_or_else(|e| panic!("the config should load, got: {e}"));
+        let secret = match (&config.redivis, &config.kifs) {
+            (Some(redivis), _) => redivis.token.clone(),
+            (
+                None,
+                Some(KifsConfig {
+                    auth: KifsAuth::Basic { password, .. },
+                    ..
+                }),
+            ) => password.clone(),
+            _ => panic!("expected a token or a password"),
+        };
+        assert!(!secret.is_read());
+    }
+}
+
+#[test]
+fn without_reading_secrets_the_secret_keys_are_still_checked() {
+    let fx = Fixture::new();
+    let load = |text: &str| match fx.load_with(text, WITHOUT_SECRETS) {
+        Ok(_) => panic!("the config should be rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    };
+    let two = REDIVIS_FOLDER.replace(
+        "token = \"t0ken-value\"",
+        "token_file = \"t\"\ntoken_env = \"T\"",
+    );
+    assert_names(&load(&two), 4, &["key 'redivis.token_env'", "only one of"]);
+    let no_path = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"\"");
+    assert_names(
+        &load(&no_path),
+        3,
+        &["key 'redivis.token_file'", "expected the path"],
+    );
+    let no_name = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_env = \"A=B\"");
+    assert_names(
+        &load(&no_name),
+        3,
+        &["key 'redivis.token_env'", "expected the name"],
+    );
+    let none = REDIVIS_FOLDER.replace("token = \"t0ken-value\"\n", "");
+    assert_names(&load(&none), 2, &["key 'redivis'", "needs an API token"]);
+    let no_user = KIFS_FOLDER.replace("[[folder]]", "password_env = \"P\"\n[[folder]]");
+    assert_names(
+        &load(&no_user),
+        4,
+        &["key 'kifs.password_env'", "needs a username"],
     );
 }
 
@@ -765,6 +955,136 @@ fn a_bad_url_is_rejected() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER.replace("http://127.0.0.1:9191/", "kinetica:9191");
     assert_names(&fx.err(&text), 3, &["key 'kifs.url'", "http or https URL"]);
+}
+
+#[test]
+fn credentials_in_a_service_url_are_refused_and_never_shown() {
+    let fx = Fixture::new();
+    let kifs = |url: &str| KIFS_FOLDER.replace("http://127.0.0.1:9191/", url);
+    let redivis = |url: &str| {
+        REDIVIS_FOLDER.replace("[[folder]]", &format!("api_url = \"{url}\"\n[[folder]]"))
+    };
+    let cases = [
+        (
+            kifs("http://demo:UrlPw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+            "password_file",
+        ),
+        (
+            kifs("https://demoUser@kinetica.corp/kifs"),
+            3,
+            "kifs.url",
+            "password_file",
+        ),
+        (
+            redivis("https://demo:UrlPw777@redivis.com/api/v1"),
+            4,
+            "redivis.api_url",
+            "token_file",
+        ),
+        (
+            redivis("http://:UrlPw777@127.0.0.1:1/api/v1"),
+            4,
+            "redivis.api_url",
+            "token_file",
+        ),
+    ];
+    for (text, line, key, instead) in cases {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[
+                &format!("key '{key}'"),
+                "without a user or password",
+                instead,
+                "://***@",
+            ],
+        );
+        assert!(
+            !message.contains("UrlPw777") && !message.contains("demo"),
+            "{message}"
+        );
+    }
+    // A URL refused for its shape is shown without what may be a user and password.
+    for (text, line, key) in [
+        (
+            kifs("htp://demo:UrlPw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+        ),
+        (
+            kifs("http://demo:Url/Pw777@127.0.0.1:28918/kifs"),
+            3,
+            "kifs.url",
+        ),
+        (
+            redivis("demo:UrlPw777@redivis.com/api/v1"),
+            4,
+            "redivis.api_url",
+        ),
+    ] {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[&format!("key '{key}'"), "http or https URL", "***@"],
+        );
+        assert!(
+            !message.contains("Pw777") && !message.contains("demo"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_named_without_its_value() {
+    let fx = Fixture::new();
+    let kifs = |keys: &str| KIFS_FOLDER.replace("[[folder]]", &format!("{keys}\n[[folder]]"));
+    let cases = [
+        (
+            kifs("username = \"u\"\npassword = 98765432"),
+            5,
+            "kifs.password",
+            "an integer",
+        ),
+        (
+            kifs("username = \"u\"\npassword = 9876.5432"),
+            5,
+            "kifs.password",
+            "a float",
+        ),
+        (kifs("token = 98765432"), 4, "kifs.token", "an integer"),
+        (
+            REDIVIS_FOLDER.replace("\"t0ken-value\"", "987.654e3"),
+            3,
+            "redivis.token",
+            "a float",
+        ),
+        (
+            REDIVIS_FOLDER.replace("\"t0ken-value\"", "[\"987654\"]"),
+            3,
+            "redivis.token",
+            "an array",
+        ),
+    ];
+    for (text, line, key, found) in cases {
+        let message = fx.err(&text);
+        assert_names(
+            &message,
+            line,
+            &[
+                &format!("key '{key}'"),
+                "expected a string",
+                &format!("found {found}"),
+            ],
+        );
+        assert!(
+            !message.contains("987") && !message.contains("5432"),
+            "{message}"
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::raw::{
     RawRedivisOptions,
 };
 use super::redivis_options::{self, ParseOptions, RedivisFolder};
-use super::secret::{EnvLookup, SecretKeys};
+use super::secret::{EnvLookup, SecretKeys, Sent};
 use super::units::{HumanDuration, format_size};
 use super::{
     Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
@@ -45,6 +45,8 @@ pub(super) struct Checker<'a> {
     pub src: &'a Source<'a>,
     pub base: PathBuf,
     pub env: EnvLookup<'a>,
+    /// [`LoadOptions::read_secrets`].
+    pub read_secrets: bool,
     pub errors: Vec<String>,
 }
 
@@ -64,10 +66,12 @@ pub(crate) fn build(
         src,
         base: paths::base_dir(src.name),
         env,
+        read_secrets: options.read_secrets,
         errors: Vec::new(),
     };
 
     let state_dir = required_path(&mut ck, &raw.state_dir, "state_dir");
+    check_state_dir(&mut ck, &state_dir, &raw.state_dir.span());
 
     let concurrency = match &raw.concurrency {
         None => DEFAULT_CONCURRENCY,
@@ -181,6 +185,76 @@ pub(crate) fn build(
     })
 }
 
+/// `state_dir` need not exist (`run` creates it) but must be a directory or creatable as
+/// one: its nearest existing ancestor a directory on a file system that holds directories.
+/// Nothing is written: `check` may run as another user than the service, whose permissions
+/// are what count.
+fn check_state_dir(ck: &mut Checker<'_>, path: &Path, span: &Range<usize>) {
+    const EXPECTED: &str = "expected a directory for the state database, or a path where \
+                            run can create one";
+    let mut existing = path;
+    let meta = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => break meta,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(parent) => existing = parent,
+                    None => return,
+                }
+            }
+            // Unreadable here may be readable for the service's user: `run` will say.
+            Err(_) => return,
+        }
+    };
+    let problem = if !meta.is_dir() {
+        if existing == path {
+            format!("\"{}\" exists and is not a directory", path.display())
+        } else {
+            format!(
+                "\"{}\" cannot be created: \"{}\" is not a directory",
+                path.display(),
+                existing.display()
+            )
+        }
+    } else if let Some(fs) = pseudo_file_system(existing) {
+        format!(
+            "\"{}\" lies on the {fs} pseudo-file system, which holds no directories of ours",
+            path.display()
+        )
+    } else {
+        return;
+    };
+    ck.error(span, "state_dir", format!("{problem} ({EXPECTED})"));
+}
+
+/// "proc" or "sysfs" when `dir` is on one of them (`/proc`, `/sys`): they exist as
+/// directories, but nothing can be created in them.
+fn pseudo_file_system(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    let name = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path and `stat` is a buffer of the size statfs writes.
+    let stat = unsafe {
+        if libc::statfs(name.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets.
+    match stat.f_type as i64 {
+        PROC_SUPER_MAGIC => Some("proc"),
+        SYSFS_MAGIC => Some("sysfs"),
+        _ => None,
+    }
+}
+
 fn duration_or(value: &Option<Spanned<HumanDuration>>, default: Duration) -> Duration {
     value.as_ref().map_or(default, |d| d.get_ref().0)
 }
@@ -192,17 +266,31 @@ fn required_path(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> Pa
     paths::resolve(&ck.base, value.get_ref())
 }
 
-/// An http(s) base URL without its trailing slash.
-fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> String {
+/// An http(s) base URL without its trailing slash. Credentials have keys of their own
+/// (`credentials` names them): in the URL they would show wherever the URL is shown (`upsync
+/// check`, `status`, logs), so a user or password there is refused, and never echoed.
+fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str, credentials: &str) -> String {
     let text = value.get_ref().trim().trim_end_matches('/').to_string();
     match reqwest::Url::parse(&text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if !url.username().is_empty() || url.password().is_some() {
+                ck.error(
+                    &value.span(),
+                    key,
+                    format!(
+                        "expected a URL without a user or password, found one with them (\"{}\"); \
+                         give the credentials in {credentials}",
+                        super::network::redact_text(&text)
+                    ),
+                );
+            }
+        }
         _ => ck.error(
             &value.span(),
             key,
             format!(
                 "expected an http or https URL like \"https://host/path\", found \"{}\"",
-                value.get_ref()
+                super::network::redact_text(value.get_ref())
             ),
         ),
     }
@@ -212,7 +300,7 @@ fn base_url(ck: &mut Checker<'_>, value: &Spanned<String>, key: &str) -> String 
 fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<RedivisConfig> {
     let r = section.get_ref();
     let api_url = match &r.api_url {
-        Some(url) => base_url(ck, url, "redivis.api_url"),
+        Some(url) => base_url(ck, url, "redivis.api_url", "token_file or token_env"),
         None => DEFAULT_API_URL.to_string(),
     };
     let chunk_size = match &r.chunk_size {
@@ -242,11 +330,12 @@ fn redivis(ck: &mut Checker<'_>, section: &Spanned<RawRedivis>) -> Option<Redivi
     let keys = SecretKeys {
         table: "redivis",
         name: "token",
+        sent: Sent::Verbatim,
         inline: r.token.as_ref(),
         file: r.token_file.as_ref(),
         env: r.token_env.as_ref(),
     };
-    let token = match keys.resolve(ck.src, &ck.base, ck.env) {
+    let token = match keys.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
         Ok(Some(token)) => token,
         Ok(None) => {
             ck.error(
@@ -337,7 +426,12 @@ fn describe_size(n: u64) -> String {
 
 fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> {
     let k = section.get_ref();
-    let url = base_url(ck, &k.url, "kifs.url");
+    let url = base_url(
+        ck,
+        &k.url,
+        "kifs.url",
+        "username with password_file or password_env, or in token_file or token_env",
+    );
     let encoding = match k.encoding {
         None | Some(RawEncoding::Binary) => KifsEncoding::Binary,
         Some(RawEncoding::Json) => KifsEncoding::Json,
@@ -345,6 +439,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
     let password = SecretKeys {
         table: "kifs",
         name: "password",
+        sent: Sent::Encoded,
         inline: k.password.as_ref(),
         file: k.password_file.as_ref(),
         env: k.password_env.as_ref(),
@@ -352,6 +447,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
     let token = SecretKeys {
         table: "kifs",
         name: "token",
+        sent: Sent::Verbatim,
         inline: k.token.as_ref(),
         file: k.token_file.as_ref(),
         env: k.token_env.as_ref(),
@@ -379,7 +475,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                     "expected a user name, found \"\"",
                 );
             }
-            match password.resolve(ck.src, &ck.base, ck.env) {
+            match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(password)) => KifsAuth::Basic {
                     username: username.get_ref().clone(),
                     password,
@@ -407,7 +503,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                 );
                 return None;
             }
-            match token.resolve(ck.src, &ck.base, ck.env) {
+            match token.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(token)) => KifsAuth::Bearer { token },
                 Ok(None) => KifsAuth::None,
                 Err(e) => {

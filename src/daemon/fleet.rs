@@ -253,6 +253,7 @@ impl Fleet {
         tracing::info!(file = %source.display(), "reloading the configuration");
         let options = LoadOptions {
             check_folders_exist: false,
+            ..LoadOptions::default()
         };
         let mut new = match Config::load_with(&source, options) {
             Ok(config) => config,
