@@ -556,10 +556,11 @@ impl Transfer<'_> {
         problem: &Problem,
     ) -> Result<(), SessionFailure> {
         let give_up = || {
+            let tries = attempts.failures() + 1;
             format!(
-                "upload of {} stalled ({} times without progress)",
+                "upload of {} made no progress in {tries} {}",
                 self.path.display(),
-                attempts.failures() + 1
+                if tries == 1 { "try" } else { "tries" }
             )
         };
         let stalled = give_up();
