@@ -19,8 +19,8 @@
 //! not an error (a Redivis dataset without an unreleased version): the folder's jobs wait,
 //! the status says why, the change is logged once, and the remote is checked again every
 //! [`WAITING_RECHECK`] and at a reload. A ready folder goes back to waiting when an upload
-//! meets that reason ([`FolderGates::hold`]), and to refused when an upload is refused for
-//! its credentials or permissions ([`FolderGates::refuse`]: they changed since the check).
+//! meets that reason, and to refused when an upload is refused for its credentials or
+//! permissions (they changed since the check): [`FolderGates::set_back`].
 //! Shutdown ends every check at once.
 
 use std::collections::BTreeMap;
@@ -53,6 +53,23 @@ pub enum Gate {
     Ready,
     Refused { reason: String },
     Waiting { reason: String },
+}
+
+/// What an upload of a ready folder met that concerns the whole folder
+/// ([`FolderGates::set_back`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Setback<'a> {
+    /// The remote cannot take the folder's files for now, for this reason (a Redivis
+    /// dataset without an unreleased version): the folder waits, checked again at once.
+    Waiting(&'a str),
+    /// The remote refused the upload's credentials or permissions, with this answer: they
+    /// changed since the check passed (a token revoked or rotated, a permission withdrawn).
+    /// The folder is refused as if its check had found it so, and checked again after
+    /// [`REFUSED_RECHECK`] or at a reload; its files wait meanwhile instead of failing one
+    /// by one. The check waits first so that credentials the check accepts and uploads do
+    /// not (a token without the scope to write) cost one refused upload per pause, not a
+    /// loop of them.
+    Refused(&'a str),
 }
 
 /// A folder's gate as `upsync status` shows it.
@@ -161,72 +178,48 @@ impl FolderGates {
         self.spawn_check(folder, backend, wake, token);
     }
 
-    /// A ready folder whose upload found the remote waiting for `reason`: the folder waits
-    /// and its check starts again. Several uploads meeting it at once start one check.
-    pub fn hold(
-        self: &Arc<Self>,
-        folder: FolderConfig,
-        backend: Arc<Backend>,
-        wake: Arc<Notify>,
-        stop: &CancellationToken,
-        reason: &str,
-    ) {
-        let waiting = Gate::Waiting {
-            reason: reason.to_string(),
-        };
-        if self.leave_ready(&folder, waiting, stop, None, backend, wake) {
-            log_waiting(&folder.path.to_string_lossy(), reason);
-        }
-    }
-
-    /// A ready folder whose upload the remote refused for its credentials or permissions
-    /// (`reason`): they changed since the check passed (a token revoked or rotated). The
-    /// folder is refused as if its check had found it so, and checked again after
-    /// [`REFUSED_RECHECK`] or at a reload; its files wait meanwhile instead of failing one
-    /// by one. The check waits first so that credentials the check accepts and uploads do
-    /// not (a token without the scope to write) cost one refused upload per pause, not a
-    /// loop of them.
-    pub fn refuse(
-        self: &Arc<Self>,
-        folder: FolderConfig,
-        backend: Arc<Backend>,
-        wake: Arc<Notify>,
-        stop: &CancellationToken,
-        reason: &str,
-    ) {
-        let refused = Gate::Refused {
-            reason: reason.to_string(),
-        };
-        if self.leave_ready(&folder, refused, stop, Some(REFUSED_RECHECK), backend, wake) {
-            log_refused(&folder.path.to_string_lossy(), reason);
-        }
-    }
-
-    /// Moves a ready `folder` to `gate` and starts its check again, after `first_wait` if
-    /// given; false (and nothing done) when the folder is not ready, so that several
-    /// uploads meeting the same answer start one check.
-    fn leave_ready(
+    /// A ready folder one of whose uploads met `setback`: the folder waits or is refused
+    /// ([`Setback`]) and its check starts again. Several uploads meeting it at once start
+    /// one check: a folder that is no longer ready is left as it is.
+    pub fn set_back(
         self: &Arc<Self>,
         folder: &FolderConfig,
-        gate: Gate,
-        stop: &CancellationToken,
-        first_wait: Option<Duration>,
         backend: Arc<Backend>,
         wake: Arc<Notify>,
-    ) -> bool {
+        stop: &CancellationToken,
+        setback: Setback<'_>,
+    ) {
         let key = folder.path.to_string_lossy().into_owned();
         let token = stop.child_token();
+        let (gate, first_wait) = match setback {
+            Setback::Waiting(reason) => (
+                Gate::Waiting {
+                    reason: reason.to_string(),
+                },
+                None,
+            ),
+            Setback::Refused(reason) => (
+                Gate::Refused {
+                    reason: reason.to_string(),
+                },
+                Some(REFUSED_RECHECK),
+            ),
+        };
         {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(&key) else {
-                return false;
+                return;
             };
             if entry.gate != Gate::Ready {
-                return false;
+                return;
             }
             entry.gate = gate;
             entry.since_ms = to_ms(SystemTime::now());
             entry.stop = token.clone();
+        }
+        match setback {
+            Setback::Waiting(reason) => log_waiting(&key, reason),
+            Setback::Refused(reason) => log_refused(&key, reason),
         }
         let check = Check {
             gates: Arc::clone(self),
@@ -236,7 +229,6 @@ impl FolderGates {
             stop: token,
         };
         tokio::spawn(check_folder(check, first_wait));
-        true
     }
 
     /// Runs the check of `folder` in a task of its own until `stop`.

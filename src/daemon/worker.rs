@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::gates::Setback;
 use super::imports::Imports;
 use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
@@ -466,15 +467,7 @@ impl Worker {
             "the remote cannot take the file yet; it waits queued"
         );
         self.record(job, self.store.requeue(job.id));
-        if let Some(folder) = self.config.folder_for(&job.key.folder) {
-            self.live.gates.hold(
-                folder.clone(),
-                Arc::clone(attempt.backend),
-                Arc::clone(&self.wake),
-                &self.stopping,
-                reason,
-            );
-        }
+        self.set_folder_back(attempt, Setback::Waiting(reason));
     }
 
     /// The remote refused the upload for its credentials or permissions, which the
@@ -500,13 +493,18 @@ impl Worker {
             job,
             self.store.retry_later(job.id, SystemTime::now(), reason),
         );
-        if let Some(folder) = self.config.folder_for(&job.key.folder) {
-            self.live.gates.refuse(
-                folder.clone(),
+        self.set_folder_back(attempt, Setback::Refused(reason));
+    }
+
+    /// The attempt's folder, if still configured, stops taking files ([`Setback`]).
+    fn set_folder_back(&self, attempt: &Finished<'_>, setback: Setback<'_>) {
+        if let Some(folder) = self.config.folder_for(&attempt.job.key.folder) {
+            self.live.gates.set_back(
+                folder,
                 Arc::clone(attempt.backend),
                 Arc::clone(&self.wake),
                 &self.stopping,
-                reason,
+                setback,
             );
         }
     }
