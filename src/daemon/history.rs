@@ -305,22 +305,16 @@ pub fn forget_located(
 /// Step 1: the configured folder holding `path`, and the path inside it (`""` for the
 /// folder itself).
 fn locate(config: &Config, path: &Path) -> Result<(String, String), String> {
-    // Folders never overlap (the config refuses it): at most one holds the path.
-    config
-        .folders
-        .iter()
-        .find_map(|folder| {
-            let rel = path.strip_prefix(&folder.path).ok()?;
-            Some((folder.path.to_string_lossy().into_owned(), rel))
-        })
-        .map(|(folder, rel)| {
-            let parts: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            (folder, parts.join("/"))
-        })
-        .ok_or_else(|| format!("{} is in no configured folder", path.display()))
+    let folder = config
+        .folder_holding(path)
+        .ok_or_else(|| format!("{} is in no configured folder", path.display()))?;
+    let parts: Vec<String> = path
+        .strip_prefix(&folder.path)
+        .expect("the folder holding a path is a prefix of it")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    Ok((folder.path.to_string_lossy().into_owned(), parts.join("/")))
 }
 
 /// Step 2: hands `select` the ledger key of the file `rel` of `folder`, or of every file

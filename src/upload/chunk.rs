@@ -289,7 +289,7 @@ impl FileReader {
 /// Opens `path` for reading without changing its access time (module doc), and checks that
 /// it is a regular file and still the version `expected` describes; returns it with its size.
 fn open_checked(path: &Path, expected: &Fingerprint) -> Result<(File, u64), UploadError> {
-    let file = open_without_atime(path).map_err(|err| open_error(path, err))?;
+    let file = open_folder_file(path).map_err(|err| open_error(path, err))?;
     let meta = file
         .metadata()
         .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))?;
@@ -312,7 +312,7 @@ fn open_checked(path: &Path, expected: &Fingerprint) -> Result<(File, u64), Uplo
 /// flag). `O_NOATIME` too where the kernel allows it: only the file's owner (or a process
 /// with CAP_FOWNER) may ask, and anyone else is refused with EPERM, so then the file is
 /// opened without it.
-fn open_without_atime(path: &Path) -> std::io::Result<File> {
+fn open_folder_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = |flags| {
         std::fs::OpenOptions::new()
