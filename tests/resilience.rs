@@ -3,7 +3,9 @@
 //!
 //! Cases:
 //! - SIGTERM mid-upload: exit 0 within `shutdown_timeout`, the restart finishes the upload
-//!   once; a second signal exits at once and the restart still delivers the file whole.
+//!   once; a second signal exits at once and the restart still delivers the file whole;
+//!   `status` of the stopped daemon (after SIGTERM or kill -9) counts the interrupted
+//!   upload as queued, not active, and leaves the database as it was.
 //! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
 //!   keeps running.
@@ -157,6 +159,85 @@ fn a_second_signal_exits_at_once_and_the_restart_still_delivers_the_file_whole()
     daemon.wait_settled(&s.config, 1);
     assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Starts the daemon and waits until an upload of a new file `name` hangs at the remote
+/// (a stalled request), its folder's remote check done first so that the stall catches the
+/// upload.
+fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
+    let daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"stall": true}}),
+    );
+    let path = s.folder().join(name);
+    std::fs::write(&path, "hangs\n").unwrap();
+    backdate(&path, 60);
+    wait_until(Duration::from_secs(30), "the upload to hang", || {
+        json_number(&s.emulator.get_json("/_emulator/stats")["stalled_now"]).unwrap_or(0) >= 1
+    });
+    daemon
+}
+
+/// The states of the jobs a stopped daemon left, read straight from its state database.
+fn job_states(s: &Setup) -> Vec<&'static str> {
+    let mut states: Vec<_> = jobs_of_stopped_daemon(s)
+        .iter()
+        .map(|job| job.state.name())
+        .collect();
+    states.sort();
+    states
+}
+
+/// `upsync status` of a stopped daemon does not show an upload that a stop or a kill -9
+/// ended as active: nothing runs it, and the next start queues it again. The counts still
+/// add up, and the state database still holds the job as the daemon left it.
+#[test]
+fn a_stopped_daemon_shows_the_upload_its_stop_interrupted_as_queued() {
+    let s = Setup::new(&[], "shutdown_timeout = \"1s\"");
+    let mut daemon = daemon_with_a_hanging_upload(&s, "first.csv");
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let report = s.status();
+    assert_eq!(report["daemon"], "stopped", "{report}");
+    let folder = &report["folders"][0];
+    assert_eq!(folder["active"], 0, "{report}");
+    assert_eq!(folder["queued"], 1, "{report}");
+    assert_eq!(folders_total(&report, "finalizing"), 0, "{report}");
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.contains(": 1 queued, 0 active, "), "{text}");
+    assert_eq!(
+        job_states(&s),
+        ["active"],
+        "status changed the state database"
+    );
+
+    // The next start sends it; then a kill -9 ends another upload.
+    s.emulator.delete("/_emulator/faults");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 1);
+    assert_eq!(daemon.terminate(), Some(0));
+    let mut daemon = daemon_with_a_hanging_upload(&s, "second.csv");
+    daemon.kill9();
+    let report = s.status();
+    let folder = &report["folders"][0];
+    assert_eq!(
+        (&folder["queued"], &folder["active"], &folder["done"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(1)
+        ),
+        "{report}"
+    );
+    assert_eq!(
+        job_states(&s),
+        ["active"],
+        "status changed the state database"
+    );
 }
 
 #[test]

@@ -59,7 +59,10 @@
 //!   far, seconds until the next one, the last error); `null` while it is not retrying.
 //!   The text report then shows "retrying (attempt n, next in Ns): last error" instead of
 //!   the rate and ETA.
-//! - `in_flight` is empty when the daemon is stopped.
+//! - `in_flight` is empty when the daemon is stopped. A stopped daemon's uploads that a
+//!   stop (or a crash) interrupted are counted as `queued`, not `active` or `finalizing`:
+//!   nothing runs them, and the next start queues them again, with their progress
+//!   ([`crate::queue::Store::recover_after_restart`]). The database is not changed for it.
 //! - `bandwidth`: the upload limit in force now (`null`: unlimited) and the
 //!   `bandwidth_schedule` entry (or `bandwidth_limit`) that sets it; for a stopped daemon,
 //!   the one its configuration would put in force now.
@@ -380,11 +383,15 @@ pub fn build_report(
         .iter()
         .map(|folder| {
             let key = folder.path.to_string_lossy().into_owned();
+            let counts = tallies
+                .get(&key)
+                .map(|tally| tally.counts.clone())
+                .unwrap_or_default();
             FolderStatus {
-                counts: tallies
-                    .get(&key)
-                    .map(|tally| tally.counts.clone())
-                    .unwrap_or_default(),
+                counts: match live {
+                    Some(_) => counts,
+                    None => counts.as_found_at_next_start(),
+                },
                 target: describe_target(&folder.target),
                 remote_kind: live
                     .and_then(|live| live.remotes.kind(&folder.target))
