@@ -402,6 +402,49 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
     );
 }
 
+/// A file name may hold a line break: the text status and the summary of `sync --once`
+/// show it escaped, on one line with its reason; `--json` keeps the name as it is. Its
+/// failed attempt is counted.
+#[test]
+fn a_failed_file_with_a_line_break_in_its_name_shows_on_one_line_with_its_attempt() {
+    let s = setup(&[], "");
+    let bad = s.folder().join("two\nlines.csv");
+    std::fs::write(&bad, "rejected\n").unwrap();
+    backdate(&bad, 60);
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    let folder = s.folder().display().to_string();
+    let shown = format!("  {folder}/two\\nlines.csv");
+    let summary_line = stdout
+        .lines()
+        .find(|line| line.starts_with(&shown))
+        .unwrap_or_else(|| panic!("no summary line for the file: {stdout}"));
+    assert!(summary_line.contains("KiFS does not allow"), "{stdout}");
+    assert!(
+        !stdout.lines().any(|line| line.starts_with("lines.csv")),
+        "{stdout}"
+    );
+
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let failed: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("failed"))
+        .skip(1)
+        .collect();
+    assert_eq!(failed.len(), 1, "one line for the one failed file: {text}");
+    assert!(
+        failed[0].starts_with(&format!("{shown} (last attempt ")),
+        "{text}"
+    );
+    assert!(failed[0].contains("KiFS does not allow"), "{text}");
+
+    let report = status_json(&s.config);
+    let job = &report["failed"][0];
+    assert_eq!(job["path"], bad.display().to_string(), "{report}");
+    assert_eq!(job["attempts"], 1, "the upload was tried once: {report}");
+}
+
 /// Leaves KiFS's first request alone (the folder's remote check: the directory exists)
 /// and answers the six after it, the upload's tries, with `action`.
 fn answer_the_upload_tries(s: &Setup, action: serde_json::Value) {

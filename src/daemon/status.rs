@@ -69,7 +69,12 @@
 //! - `remotes`: each remote in use and whether it answers (`down` after repeated transient
 //!   failures: its folders wait, one probe asks it, `next_probe_ms` says when); empty
 //!   when the daemon is stopped.
+//!
+//! The text report prints every path, reason and error on one line: line breaks, other
+//! control characters and backslashes in them are escaped ([`one_line`]). The JSON report
+//! escapes by itself.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -587,9 +592,9 @@ fn remote_line(remote: &HealthSnapshot) -> String {
     format!(
         "remote {} {}: {}{since}{probe}: {}",
         remote.backend,
-        remote.remote,
+        one_line(&remote.remote),
         remote.state,
-        remote.last_error.as_deref().unwrap_or("no error recorded")
+        one_line(remote.last_error.as_deref().unwrap_or("no error recorded"))
     )
 }
 
@@ -598,7 +603,9 @@ fn pace(upload: &InFlight) -> String {
     if let Some(retry) = &upload.retrying {
         return format!(
             "retrying (attempt {}, next in {}s): {}",
-            retry.attempt, retry.next_in_s, retry.last_error
+            retry.attempt,
+            retry.next_in_s,
+            one_line(&retry.last_error)
         );
     }
     let rate = upload.rate_bytes_per_s.map_or_else(
@@ -609,6 +616,35 @@ fn pace(upload: &InFlight) -> String {
         .eta_s
         .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
     format!("{rate}{eta}")
+}
+
+/// `text` as one line that reads back to one text: line breaks, other control characters,
+/// the characters that end or reorder a line (U+2028, U+2029, the bidirectional
+/// controls) and the backslash itself are written as Rust's `escape_default` writes them
+/// (`\n`, `\\`, `\u{1b}`). A file name may hold any of them; unescaped, a newline in a
+/// path cut its status line in two.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// The human-readable form of a report.
@@ -642,8 +678,8 @@ pub fn render_text(report: &StatusReport) -> String {
             out,
             "{} → {}{kind}: {} queued, {} active, {} finalizing, {} importing, {} waiting to \
              retry, {} failed, {} done",
-            folder.path,
-            folder.target,
+            one_line(&folder.path),
+            one_line(&folder.target),
             c.queued,
             c.active,
             c.finalizing,
@@ -678,7 +714,7 @@ pub fn render_text(report: &StatusReport) -> String {
                 check
                     .reason
                     .as_deref()
-                    .map_or_else(String::new, |reason| format!(": {reason}"))
+                    .map_or_else(String::new, |reason| format!(": {}", one_line(reason)))
             );
         }
     }
@@ -696,7 +732,7 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} {}/{} ({percent:.0}%), {}",
-                upload.path,
+                one_line(&upload.path),
                 bytesize::ByteSize(upload.bytes_done),
                 bytesize::ByteSize(upload.bytes_total),
                 pace(upload)
@@ -709,10 +745,10 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} (attempt {} at {}): {}",
-                job.path,
+                one_line(&job.path),
                 job.attempts + 1,
                 format_time(job.next_attempt_ms),
-                job.last_error.as_deref().unwrap_or("no error recorded")
+                one_line(job.last_error.as_deref().unwrap_or("no error recorded"))
             );
         }
     }
@@ -725,9 +761,9 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} (last attempt {}): {}",
-                failed.path,
+                one_line(&failed.path),
                 format_time(failed.last_attempt_ms.max(failed.failed_at_ms)),
-                failed.reason
+                one_line(&failed.reason)
             );
         }
     }
@@ -805,6 +841,24 @@ mod tests {
         );
         live.clear_retry();
         assert!(registry.snapshot()[0].retrying.is_none());
+    }
+
+    #[test]
+    fn one_line_escapes_what_would_break_or_blur_a_line_and_nothing_else() {
+        assert!(matches!(
+            one_line("/d/plain é 名 'x'.csv"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            one_line("/d/a\nb\tc\r\u{1b}[31m.csv"),
+            "/d/a\\nb\\tc\\r\\u{1b}[31m.csv"
+        );
+        assert_eq!(
+            one_line("/d/a\\nb"),
+            "/d/a\\\\nb",
+            "a backslash in a name cannot pass for an escape"
+        );
+        assert_eq!(one_line("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
     }
 
     #[test]
