@@ -11,7 +11,8 @@
 //!   keeps running.
 //! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
 //!   restart in between): requests during the outage stay bounded, job-level retries are
-//!   persisted with their next attempt time, everything arrives once the remote is back.
+//!   persisted with their next attempt time, everything arrives once the remote is back;
+//!   `status` says a retry whose time went by waits for the remote, not a past time.
 //! - Local faults: `state_dir` on a full filesystem, a corrupt and a foreign state
 //!   database (then `--rebuild-state`), an unreadable file (uploaded once its permission is
 //!   fixed, without `upsync retry`), a watched folder missing at start or deleted and
@@ -238,6 +239,48 @@ fn a_stopped_daemon_shows_the_upload_its_stop_interrupted_as_queued() {
         ["active"],
         "status changed the state database"
     );
+}
+
+/// A file whose retry time went by while its remote is still down is not shown with that
+/// time: the workers leave it until the remote answers again, which makes it due at once.
+#[test]
+fn a_retry_held_by_a_remote_that_is_down_says_it_waits_for_the_remote() {
+    let mut s = Setup::new(&[], "retry_max_delay = \"1s\"");
+    let mut daemon = outage_daemon(&s.config);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    s.emulator.stop();
+    let path = s.folder().join("waits.csv");
+    std::fs::write(&path, "waits\n").unwrap();
+    backdate(&path, 60);
+    let mut report = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "a retry whose time went by while the remote is down",
+        || {
+            report = s.status();
+            let now = report["generated_at_ms"].as_u64().unwrap_or(0);
+            report["remotes"][0]["state"] == "down"
+                && json_number(&report["retrying"][0]["next_attempt_ms"]).is_some_and(|at| at < now)
+        },
+    );
+    assert_eq!(report["retrying"][0]["waits_for"], "remote", "{report}");
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let line = text
+        .lines()
+        .find(|line| line.contains("waits.csv"))
+        .unwrap_or_else(|| panic!("the waiting file is listed: {text}"));
+    assert!(line.contains("when its remote answers again"), "{text}");
+
+    s.emulator.start_again(None);
+    wait_until(
+        Duration::from_secs(60),
+        "the file once the remote is back",
+        || s.arrived(&path, "ingest/waits.csv"),
+    );
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]

@@ -341,6 +341,7 @@ impl Names {
             attempts: job.attempts,
             next_attempt_ms: job.due_ms().unwrap_or(0),
             last_error,
+            waits_for: None,
         };
         if let Some(reason) = refused {
             self.retry_late.push(left(Some(reason)));
