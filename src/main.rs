@@ -304,11 +304,15 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             let summary = daemon::sync_once(config, options, stop)
                 .await
                 .map_err(Failure::runtime)?;
+            // The summary is the command's answer, on stdout whatever the outcome (`>
+            // report.txt` keeps it); stderr carries the logs, the bars and the exit's reason.
+            emit(&summary.render())?;
             if summary.succeeded() {
-                emit(&summary.render())?;
                 Ok(())
             } else {
-                Err(Failure::runtime(summary.render().trim_end()))
+                Err(Failure::runtime(
+                    "not every file was uploaded (the summary on standard output says which)",
+                ))
             }
         }
         Command::Completions { shell } => {

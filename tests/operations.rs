@@ -385,18 +385,64 @@ fn sync_once_exits_1_naming_a_rejected_file_and_its_reason() {
         arrived(&s, &good, "good.csv"),
         "stdout: {stdout}\nstderr: {stderr}"
     );
-    let summary = stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("upsync: "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(summary.contains("uploaded 1 file(s)"), "{stderr}");
-    assert!(summary.contains("1 file(s) failed"), "{stderr}");
+    // The summary is the command's output: `> report.txt` keeps it, and stderr only says
+    // why the exit code is 1.
+    let summary = &stdout;
+    assert!(summary.contains("uploaded 1 file(s)"), "{stdout}");
+    assert!(summary.contains("1 file(s) failed"), "{stdout}");
     assert!(
         summary.contains(&bad.display().to_string()) && summary.contains("'_'"),
+        "{stdout}"
+    );
+    assert!(summary.contains("upsync retry"), "{stdout}");
+    assert!(!stderr.contains("file(s) failed"), "{stderr}");
+    assert!(
+        stderr.contains("upsync: not every file was uploaded"),
         "{stderr}"
     );
-    assert!(summary.contains("upsync retry"), "{stderr}");
+}
+
+/// A file name may hold a line break: the text status and the summary of `sync --once`
+/// show it escaped, on one line with its reason; `--json` keeps the name as it is. Its
+/// failed attempt is counted.
+#[test]
+fn a_failed_file_with_a_line_break_in_its_name_shows_on_one_line_with_its_attempt() {
+    let s = setup(&[], "");
+    let bad = s.folder().join("two\nlines.csv");
+    std::fs::write(&bad, "rejected\n").unwrap();
+    backdate(&bad, 60);
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    let folder = s.folder().display().to_string();
+    let shown = format!("  {folder}/two\\nlines.csv");
+    let summary_line = stdout
+        .lines()
+        .find(|line| line.starts_with(&shown))
+        .unwrap_or_else(|| panic!("no summary line for the file: {stdout}"));
+    assert!(summary_line.contains("KiFS does not allow"), "{stdout}");
+    assert!(
+        !stdout.lines().any(|line| line.starts_with("lines.csv")),
+        "{stdout}"
+    );
+
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let failed: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("failed"))
+        .skip(1)
+        .collect();
+    assert_eq!(failed.len(), 1, "one line for the one failed file: {text}");
+    assert!(
+        failed[0].starts_with(&format!("{shown} (last attempt ")),
+        "{text}"
+    );
+    assert!(failed[0].contains("KiFS does not allow"), "{text}");
+
+    let report = status_json(&s.config);
+    let job = &report["failed"][0];
+    assert_eq!(job["path"], bad.display().to_string(), "{report}");
+    assert_eq!(job["attempts"], 1, "the upload was tried once: {report}");
 }
 
 /// Leaves KiFS's first request alone (the folder's remote check: the directory exists)
@@ -564,9 +610,9 @@ fn sync_once_reports_a_file_still_retrying_at_its_limit_as_not_done_and_the_next
         "the limit bounds the in-place retries: {:?}",
         started.elapsed()
     );
-    assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
-    assert!(stderr.contains("later.csv"), "{stderr}");
-    assert!(stderr.contains("503"), "the last error is shown: {stderr}");
+    assert!(stdout.contains("1 file(s) not uploaded yet"), "{stdout}");
+    assert!(stdout.contains("later.csv"), "{stdout}");
+    assert!(stdout.contains("503"), "the last error is shown: {stdout}");
     // Retries are logged at warn with their numbers.
     assert!(
         stderr.contains("WARN") && stderr.contains("attempt=") && stderr.contains("sleep_ms="),

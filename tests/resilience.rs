@@ -3,13 +3,16 @@
 //!
 //! Cases:
 //! - SIGTERM mid-upload: exit 0 within `shutdown_timeout`, the restart finishes the upload
-//!   once; a second signal exits at once and the restart still delivers the file whole.
+//!   once; a second signal exits at once and the restart still delivers the file whole;
+//!   `status` of the stopped daemon (after SIGTERM or kill -9) counts the interrupted
+//!   upload as queued, not active, and leaves the database as it was.
 //! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
 //!   keeps running.
 //! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
 //!   restart in between): requests during the outage stay bounded, job-level retries are
-//!   persisted with their next attempt time, everything arrives once the remote is back.
+//!   persisted with their next attempt time, everything arrives once the remote is back;
+//!   `status` says a retry whose time went by waits for the remote, not a past time.
 //! - Local faults: `state_dir` on a full filesystem, a corrupt and a foreign state
 //!   database (then `--rebuild-state`), an unreadable file (uploaded once its permission is
 //!   fixed, without `upsync retry`), a watched folder missing at start or deleted and
@@ -156,6 +159,127 @@ fn a_second_signal_exits_at_once_and_the_restart_still_delivers_the_file_whole()
     // Settled with the file done: a second multipart upload would be pending or counted.
     daemon.wait_settled(&s.config, 1);
     assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Starts the daemon and waits until an upload of a new file `name` hangs at the remote
+/// (a stalled request), its folder's remote check done first so that the stall catches the
+/// upload.
+fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
+    let daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"stall": true}}),
+    );
+    let path = s.folder().join(name);
+    std::fs::write(&path, "hangs\n").unwrap();
+    backdate(&path, 60);
+    wait_until(Duration::from_secs(30), "the upload to hang", || {
+        json_number(&s.emulator.get_json("/_emulator/stats")["stalled_now"]).unwrap_or(0) >= 1
+    });
+    daemon
+}
+
+/// The states of the jobs a stopped daemon left, read straight from its state database.
+fn job_states(s: &Setup) -> Vec<&'static str> {
+    let mut states: Vec<_> = jobs_of_stopped_daemon(s)
+        .iter()
+        .map(|job| job.state.name())
+        .collect();
+    states.sort();
+    states
+}
+
+/// `upsync status` of a stopped daemon does not show an upload that a stop or a kill -9
+/// ended as active: nothing runs it, and the next start queues it again. The counts still
+/// add up, and the state database still holds the job as the daemon left it.
+#[test]
+fn a_stopped_daemon_shows_the_upload_its_stop_interrupted_as_queued() {
+    let s = Setup::new(&[], "shutdown_timeout = \"1s\"");
+    let mut daemon = daemon_with_a_hanging_upload(&s, "first.csv");
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let report = s.status();
+    assert_eq!(report["daemon"], "stopped", "{report}");
+    let folder = &report["folders"][0];
+    assert_eq!(folder["active"], 0, "{report}");
+    assert_eq!(folder["queued"], 1, "{report}");
+    assert_eq!(folders_total(&report, "finalizing"), 0, "{report}");
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.contains(": 1 queued, 0 active, "), "{text}");
+    assert_eq!(
+        job_states(&s),
+        ["active"],
+        "status changed the state database"
+    );
+
+    // The next start sends it; then a kill -9 ends another upload.
+    s.emulator.delete("/_emulator/faults");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 1);
+    assert_eq!(daemon.terminate(), Some(0));
+    let mut daemon = daemon_with_a_hanging_upload(&s, "second.csv");
+    daemon.kill9();
+    let report = s.status();
+    let folder = &report["folders"][0];
+    assert_eq!(
+        (&folder["queued"], &folder["active"], &folder["done"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(1)
+        ),
+        "{report}"
+    );
+    assert_eq!(
+        job_states(&s),
+        ["active"],
+        "status changed the state database"
+    );
+}
+
+/// A file whose retry time went by while its remote is still down is not shown with that
+/// time: the workers leave it until the remote answers again, which makes it due at once.
+#[test]
+fn a_retry_held_by_a_remote_that_is_down_says_it_waits_for_the_remote() {
+    let mut s = Setup::new(&[], "retry_max_delay = \"1s\"");
+    let mut daemon = outage_daemon(&s.config);
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    s.emulator.stop();
+    let path = s.folder().join("waits.csv");
+    std::fs::write(&path, "waits\n").unwrap();
+    backdate(&path, 60);
+    let mut report = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "a retry whose time went by while the remote is down",
+        || {
+            report = s.status();
+            let now = report["generated_at_ms"].as_u64().unwrap_or(0);
+            report["remotes"][0]["state"] == "down"
+                && json_number(&report["retrying"][0]["next_attempt_ms"]).is_some_and(|at| at < now)
+        },
+    );
+    assert_eq!(report["retrying"][0]["waits_for"], "remote", "{report}");
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let line = text
+        .lines()
+        .find(|line| line.contains("waits.csv"))
+        .unwrap_or_else(|| panic!("the waiting file is listed: {text}"));
+    assert!(line.contains("when its remote answers again"), "{text}");
+
+    s.emulator.start_again(None);
+    wait_until(
+        Duration::from_secs(60),
+        "the file once the remote is back",
+        || s.arrived(&path, "ingest/waits.csv"),
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

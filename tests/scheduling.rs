@@ -379,15 +379,15 @@ fn sync_once_with_the_remote_down_ends_at_its_retry_wait_limit_with_a_summary() 
         took >= Duration::from_secs(10) && took <= Duration::from_secs(15),
         "{took:?}"
     );
-    assert!(stderr.contains("2 file(s) not uploaded yet"), "{stderr}");
+    assert!(stdout.contains("2 file(s) not uploaded yet"), "{stdout}");
     assert!(
-        stderr.contains("k.csv") && stderr.contains("r.csv"),
-        "{stderr}"
+        stdout.contains("k.csv") && stdout.contains("r.csv"),
+        "{stdout}"
     );
-    assert!(stderr.contains("--retry-wait-limit"), "{stderr}");
+    assert!(stdout.contains("--retry-wait-limit"), "{stdout}");
     assert!(
-        stderr.contains("remote"),
-        "the summary says what they wait for: {stderr}"
+        stdout.contains("remote"),
+        "the summary says what they wait for: {stdout}"
     );
     // The next run, with the remote back, uploads them.
     s.emulator.start_again(None);
@@ -414,11 +414,11 @@ fn sync_once_does_not_wait_for_a_folder_whose_remote_refuses_it() {
         took < Duration::from_secs(20),
         "waited {took:?} for nothing"
     );
-    assert!(stderr.contains("uploaded 1 file(s)"), "{stderr}");
-    assert!(stderr.contains("1 file(s) not uploaded yet"), "{stderr}");
+    assert!(stdout.contains("uploaded 1 file(s)"), "{stdout}");
+    assert!(stdout.contains("1 file(s) not uploaded yet"), "{stdout}");
     assert!(
-        stderr.contains("k.csv: its folder's remote refuses it") && stderr.contains("'missing'"),
-        "{stderr}"
+        stdout.contains("k.csv: its folder's remote refuses it") && stdout.contains("'missing'"),
+        "{stdout}"
     );
     assert_eq!(s.redivis_names(), ["r.csv"]);
 }

@@ -35,7 +35,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::gates::Gate;
-use super::status::{FailedJob, InFlight, Live, RetryingJob};
+use super::status::{FailedJob, InFlight, Live, RetryingJob, one_line};
 use super::{Core, DaemonError};
 use crate::config::{Config, FolderConfig};
 use crate::fingerprint::Fingerprint;
@@ -117,7 +117,7 @@ impl SyncSummary {
                 self.failed.len()
             );
             for job in &self.failed {
-                let _ = writeln!(out, "  {}: {}", job.path, job.reason);
+                let _ = writeln!(out, "  {}: {}", one_line(&job.path), one_line(&job.reason));
             }
         }
         if !self.not_done.is_empty() {
@@ -130,8 +130,8 @@ impl SyncSummary {
                 let _ = writeln!(
                     out,
                     "  {}: {}",
-                    job.path,
-                    job.last_error.as_deref().unwrap_or("still queued")
+                    one_line(&job.path),
+                    one_line(job.last_error.as_deref().unwrap_or("still queued"))
                 );
             }
         }
@@ -341,6 +341,7 @@ impl Names {
             attempts: job.attempts,
             next_attempt_ms: job.due_ms().unwrap_or(0),
             last_error,
+            waits_for: None,
         };
         if let Some(reason) = refused {
             self.retry_late.push(left(Some(reason)));

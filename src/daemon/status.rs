@@ -26,7 +26,8 @@
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
 //!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
 //!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
-//!                   "last_error": "…" | null } ],
+//!                   "last_error": "…" | null,
+//!                   "waits_for": "remote" | "remote_check" | null } ],
 //!   "bandwidth": { "limit_bytes_per_s": 5242880 | null,
 //!                  "rule": "Mon-Fri 08:00-18:00 5MiB/s" | "bandwidth_limit" | null },
 //!   "remotes": [ { "backend": "kifs" | "redivis", "remote": "https://kinetica:9191",
@@ -59,15 +60,30 @@
 //!   far, seconds until the next one, the last error); `null` while it is not retrying.
 //!   The text report then shows "retrying (attempt n, next in Ns): last error" instead of
 //!   the rate and ETA.
-//! - `in_flight` is empty when the daemon is stopped.
+//! - `in_flight` is empty when the daemon is stopped. A stopped daemon's uploads that a
+//!   stop (or a crash) interrupted are counted as `queued`, not `active` or `finalizing`:
+//!   nothing runs them, and the next start queues them again, with their progress
+//!   ([`crate::queue::Store::recover_after_restart`]). The database is not changed for it.
+//! - `retrying[].waits_for`: what the job waits for besides `next_attempt_ms`, as the
+//!   running daemon knows it: `remote` (its remote is down; the job is tried once the
+//!   remote answers again, whether its time has come or not), `remote_check` (its folder's
+//!   remote check has not passed); `null` otherwise and when the daemon is stopped. The
+//!   text report says so instead of a time, and says "due now" for a retry whose time has
+//!   come and waits for nothing else.
 //! - `bandwidth`: the upload limit in force now (`null`: unlimited) and the
 //!   `bandwidth_schedule` entry (or `bandwidth_limit`) that sets it; for a stopped daemon,
 //!   the one its configuration would put in force now.
 //! - `remotes`: each remote in use and whether it answers (`down` after repeated transient
 //!   failures: its folders wait, one probe asks it, `next_probe_ms` says when); empty
 //!   when the daemon is stopped.
+//!
+//! The text report prints every path, reason and error on one line: line breaks, other
+//! control characters and backslashes in them are escaped ([`one_line`]). The JSON report
+//! escapes by itself.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -176,6 +192,19 @@ pub struct RetryingJob {
     pub attempts: u32,
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
+    /// What the job waits for besides its time (module doc); `None`: nothing known.
+    #[serde(default)]
+    pub waits_for: Option<RetryHold>,
+}
+
+/// Why a retry-wait job is not tried at its time, where the running daemon knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryHold {
+    /// Its remote is down: it is tried when the remote answers again.
+    Remote,
+    /// Its folder's remote check has not passed.
+    RemoteCheck,
 }
 
 /// What a running daemon knows beyond its state database.
@@ -373,18 +402,25 @@ pub fn build_report(
             .map(|(folder, tally)| (folder.clone(), tally.last_upload_ms))
             .collect(),
     };
-    let (failed, retrying) = failed_and_retrying(store)?;
+    let (failed, mut retrying) = failed_and_retrying(store)?;
+    if let Some(live) = live {
+        note_retry_holds(&mut retrying, config, live);
+    }
     let waiting_since = pending_since(config, store, live, now)?;
     let folders = config
         .folders
         .iter()
         .map(|folder| {
             let key = folder.path.to_string_lossy().into_owned();
+            let counts = tallies
+                .get(&key)
+                .map(|tally| tally.counts.clone())
+                .unwrap_or_default();
             FolderStatus {
-                counts: tallies
-                    .get(&key)
-                    .map(|tally| tally.counts.clone())
-                    .unwrap_or_default(),
+                counts: match live {
+                    Some(_) => counts,
+                    None => counts.as_found_at_next_start(),
+                },
                 target: describe_target(&folder.target),
                 remote_kind: live
                     .and_then(|live| live.remotes.kind(&folder.target))
@@ -410,16 +446,19 @@ pub fn build_report(
             .map(|live| live.in_flight.snapshot())
             .unwrap_or_default(),
         failed,
-        retrying,
+        retrying: retrying.into_iter().map(|(_, job)| job).collect(),
         bandwidth: bandwidth_status(config, live),
         remotes: live.map(|live| live.remotes.snapshot()).unwrap_or_default(),
     })
 }
 
+/// A retry-wait job and the queue key of its folder.
+type InFolder = (String, RetryingJob);
+
 /// The failed and the retrying jobs, from the store's index of them.
 fn failed_and_retrying(
     store: &dyn StatusSource,
-) -> Result<(Vec<FailedJob>, Vec<RetryingJob>), StoreError> {
+) -> Result<(Vec<FailedJob>, Vec<InFolder>), StoreError> {
     let mut failed = Vec::new();
     let mut retrying = Vec::new();
     for job in store.jobs_needing_attention()? {
@@ -437,16 +476,45 @@ fn failed_and_retrying(
                 last_attempt_ms: job.updated_at_ms,
                 attempts: job.attempts,
             }),
-            JobState::RetryWait { next_attempt_at_ms } => retrying.push(RetryingJob {
-                path,
-                attempts: job.attempts,
-                next_attempt_ms: next_attempt_at_ms,
-                last_error: job.last_error.clone(),
-            }),
+            JobState::RetryWait { next_attempt_at_ms } => retrying.push((
+                job.key.folder.clone(),
+                RetryingJob {
+                    path,
+                    attempts: job.attempts,
+                    next_attempt_ms: next_attempt_at_ms,
+                    last_error: job.last_error.clone(),
+                    waits_for: None,
+                },
+            )),
             JobState::Queued | JobState::Active | JobState::Finalizing | JobState::Importing => {}
         }
     }
     Ok((failed, retrying))
+}
+
+/// Notes what each retrying job waits for besides its time: the workers claim a folder's
+/// jobs only while its remote is up and its remote check passed (`super::schedule`), and a
+/// remote that answers again makes its folders' waiting jobs due at once (`super::remotes`).
+fn note_retry_holds(retrying: &mut [InFolder], config: &Config, live: &Live) {
+    let down: Vec<String> = live
+        .remotes
+        .snapshot()
+        .into_iter()
+        .filter(|remote| remote.state == "down")
+        .map(|remote| remote.backend)
+        .collect();
+    for (folder, job) in retrying {
+        let remote_down = config
+            .folder_for(folder)
+            .is_some_and(|f| down.iter().any(|b| b == backend_name(&f.target)));
+        job.waits_for = if remote_down {
+            Some(RetryHold::Remote)
+        } else if !live.gates.is_ready(Path::new(folder.as_str())) {
+            Some(RetryHold::RemoteCheck)
+        } else {
+            None
+        };
+    }
 }
 
 /// Per folder, since when its longest-pending file has waited (ms since the epoch): the
@@ -580,9 +648,9 @@ fn remote_line(remote: &HealthSnapshot) -> String {
     format!(
         "remote {} {}: {}{since}{probe}: {}",
         remote.backend,
-        remote.remote,
+        one_line(&remote.remote),
         remote.state,
-        remote.last_error.as_deref().unwrap_or("no error recorded")
+        one_line(remote.last_error.as_deref().unwrap_or("no error recorded"))
     )
 }
 
@@ -591,7 +659,9 @@ fn pace(upload: &InFlight) -> String {
     if let Some(retry) = &upload.retrying {
         return format!(
             "retrying (attempt {}, next in {}s): {}",
-            retry.attempt, retry.next_in_s, retry.last_error
+            retry.attempt,
+            retry.next_in_s,
+            one_line(&retry.last_error)
         );
     }
     let rate = upload.rate_bytes_per_s.map_or_else(
@@ -602,6 +672,51 @@ fn pace(upload: &InFlight) -> String {
         .eta_s
         .map_or_else(String::new, |s| format!(", {} left", format_age(s)));
     format!("{rate}{eta}")
+}
+
+/// When a retry-wait job is tried next, as far as the report knows: a time already past
+/// is shown as what the job waits for instead (module doc, `retrying[].waits_for`).
+fn next_try(job: &RetryingJob, report: &StatusReport) -> String {
+    let at = (job.next_attempt_ms > report.generated_at_ms)
+        .then(|| format!("at {}", format_time(job.next_attempt_ms)));
+    let check = "once its folder's remote check passes";
+    match (job.waits_for, at) {
+        (Some(RetryHold::Remote), _) => "when its remote answers again".to_string(),
+        (Some(RetryHold::RemoteCheck), Some(at)) => format!("{at}, {check}"),
+        (Some(RetryHold::RemoteCheck), None) => check.to_string(),
+        (None, Some(at)) => at,
+        (None, None) if report.daemon == DaemonState::Running => "due now".to_string(),
+        (None, None) => "at the next start".to_string(),
+    }
+}
+
+/// `text` as one line that reads back to one text: line breaks, other control characters,
+/// the characters that end or reorder a line (U+2028, U+2029, the bidirectional
+/// controls) and the backslash itself are written as Rust's `escape_default` writes them
+/// (`\n`, `\\`, `\u{1b}`). A file name may hold any of them; unescaped, a newline in a
+/// path cut its status line in two.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// The human-readable form of a report.
@@ -635,8 +750,8 @@ pub fn render_text(report: &StatusReport) -> String {
             out,
             "{} → {}{kind}: {} queued, {} active, {} finalizing, {} importing, {} waiting to \
              retry, {} failed, {} done",
-            folder.path,
-            folder.target,
+            one_line(&folder.path),
+            one_line(&folder.target),
             c.queued,
             c.active,
             c.finalizing,
@@ -671,7 +786,7 @@ pub fn render_text(report: &StatusReport) -> String {
                 check
                     .reason
                     .as_deref()
-                    .map_or_else(String::new, |reason| format!(": {reason}"))
+                    .map_or_else(String::new, |reason| format!(": {}", one_line(reason)))
             );
         }
     }
@@ -689,7 +804,7 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} {}/{} ({percent:.0}%), {}",
-                upload.path,
+                one_line(&upload.path),
                 bytesize::ByteSize(upload.bytes_done),
                 bytesize::ByteSize(upload.bytes_total),
                 pace(upload)
@@ -701,11 +816,11 @@ pub fn render_text(report: &StatusReport) -> String {
         for job in &report.retrying {
             let _ = writeln!(
                 out,
-                "  {} (attempt {} at {}): {}",
-                job.path,
+                "  {} (attempt {} {}): {}",
+                one_line(&job.path),
                 job.attempts + 1,
-                format_time(job.next_attempt_ms),
-                job.last_error.as_deref().unwrap_or("no error recorded")
+                next_try(job, report),
+                one_line(job.last_error.as_deref().unwrap_or("no error recorded"))
             );
         }
     }
@@ -718,9 +833,9 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} (last attempt {}): {}",
-                failed.path,
+                one_line(&failed.path),
                 format_time(failed.last_attempt_ms.max(failed.failed_at_ms)),
-                failed.reason
+                one_line(&failed.reason)
             );
         }
     }
@@ -798,6 +913,82 @@ mod tests {
         );
         live.clear_retry();
         assert!(registry.snapshot()[0].retrying.is_none());
+    }
+
+    #[test]
+    fn one_line_escapes_what_would_break_or_blur_a_line_and_nothing_else() {
+        assert!(matches!(
+            one_line("/d/plain é 名 'x'.csv"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            one_line("/d/a\nb\tc\r\u{1b}[31m.csv"),
+            "/d/a\\nb\\tc\\r\\u{1b}[31m.csv"
+        );
+        assert_eq!(
+            one_line("/d/a\\nb"),
+            "/d/a\\\\nb",
+            "a backslash in a name cannot pass for an escape"
+        );
+        assert_eq!(one_line("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
+    }
+
+    fn report_with(daemon: DaemonState, retrying: Vec<RetryingJob>) -> StatusReport {
+        StatusReport {
+            daemon,
+            generated_at_ms: 1_000_000,
+            folders: vec![],
+            in_flight: vec![],
+            failed: vec![],
+            retrying,
+            bandwidth: BandwidthStatus::default(),
+            remotes: vec![],
+        }
+    }
+
+    fn waiting(next_attempt_ms: u64, waits_for: Option<RetryHold>) -> RetryingJob {
+        RetryingJob {
+            path: "/d/a.csv".into(),
+            attempts: 2,
+            next_attempt_ms,
+            last_error: Some("HTTP 503".into()),
+            waits_for,
+        }
+    }
+
+    #[test]
+    fn a_retry_shows_what_it_waits_for_instead_of_a_time_gone_by() {
+        let running = |job| {
+            let report = report_with(DaemonState::Running, vec![job]);
+            next_try(&report.retrying[0], &report)
+        };
+        let later = 1_000_000 + 60_000;
+        assert_eq!(
+            running(waiting(later, None)),
+            format!("at {}", format_time(later))
+        );
+        assert_eq!(running(waiting(999_000, None)), "due now");
+        assert_eq!(
+            running(waiting(999_000, Some(RetryHold::Remote))),
+            "when its remote answers again"
+        );
+        assert_eq!(
+            running(waiting(later, Some(RetryHold::Remote))),
+            "when its remote answers again",
+            "a remote that answers again makes every waiting file due"
+        );
+        assert_eq!(
+            running(waiting(999_000, Some(RetryHold::RemoteCheck))),
+            "once its folder's remote check passes"
+        );
+        let stopped = report_with(DaemonState::Stopped, vec![waiting(999_000, None)]);
+        assert_eq!(
+            next_try(&stopped.retrying[0], &stopped),
+            "at the next start"
+        );
+        assert!(
+            render_text(&stopped).contains("  /d/a.csv (attempt 3 at the next start): HTTP 503\n")
+        );
     }
 
     #[test]

@@ -210,6 +210,18 @@ impl FolderCounts {
     pub fn jobs(&self) -> u64 {
         self.queued + self.active + self.finalizing + self.importing + self.retry_wait + self.failed
     }
+
+    /// The counts of a stopped daemon as its next start finds them: the attempts it left
+    /// active or finalizing (a stop or a crash ended them) are queued again
+    /// ([`super::Store::recover_after_restart`]); nothing runs them meanwhile.
+    pub fn as_found_at_next_start(&self) -> FolderCounts {
+        FolderCounts {
+            queued: self.queued + self.active + self.finalizing,
+            active: 0,
+            finalizing: 0,
+            ..self.clone()
+        }
+    }
 }
 
 impl FileKey {

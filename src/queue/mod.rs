@@ -1528,7 +1528,8 @@ impl Store {
     }
 
     /// Moves the job to `failed` with a reason a person can act on; it is not retried until
-    /// `retry_failed` or a new version of the file. If a new version was offered during the
+    /// `retry_failed` or a new version of the file. The attempt that failed counts in
+    /// `attempts`, as one that waits to retry does. If a new version was offered during the
     /// attempt, the failure concerned the old bytes and the job is queued afresh instead.
     pub fn fail(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
         self.fail_as(id, reason, None)
@@ -1549,6 +1550,7 @@ impl Store {
                     failed_at_ms: now,
                     kind: kind.map(str::to_owned),
                 },
+                attempts: job.attempts.saturating_add(1),
                 last_error: Some(reason.to_owned()),
                 updated_at_ms: now,
                 ..job.clone()

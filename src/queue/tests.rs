@@ -776,6 +776,7 @@ fn a_failed_job_carries_its_reason_and_retry_all_requeues_it() {
         }
         other => panic!("expected failed, got {other:?}"),
     }
+    assert_eq!(failed.attempts, 1, "the attempt that failed counts");
     assert_eq!(store.load_progress(a).expect("reads"), None);
     assert!(
         store.claim(far_future()).expect("claim works").is_none(),
