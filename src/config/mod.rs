@@ -10,7 +10,8 @@
 //! - `targets`: KiFS directory names and Redivis table references.
 //! - `redivis_options`: a Redivis folder's `create_next_version` and parse options.
 //! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
-//! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors.
+//! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors, every
+//!   key of the wrong type or unit found in one run.
 //! - `plan`: the folder → target plan that `upsync check` prints.
 //! - `network`: CA files, proxies, timeouts and the bandwidth limit or timetable.
 
@@ -210,9 +211,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {
         let src = errors::Source { name: path, text };
-        let doc = toml::de::DeTable::parse(text).map_err(|e| src.toml_error(&e, None))?;
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| src.toml_error(&e, Some(&doc)))?;
+        let raw: raw::RawConfig = src.deserialize()?;
         validate::build(&src, raw, &options, env)
     }
 

@@ -1101,6 +1101,88 @@ fn every_problem_is_reported_at_once() {
     );
 }
 
+/// Each line of `message`, which must hold exactly `expected` lines.
+fn lines_of(message: &str, expected: usize) -> Vec<&str> {
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), expected, "{message}");
+    lines
+}
+
+#[test]
+fn every_key_of_the_wrong_type_or_unit_is_reported_at_once_in_file_order() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "concurrency = \"four\"\n[kifs]")
+        + "settle = \"5 parsecs\"\nmax_delete = true\n";
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 3);
+    assert_names(lines[0], 2, &["key 'concurrency'", "expected an integer"]);
+    assert_names(
+        lines[1],
+        8,
+        &["key 'folder[0].settle'", "found \"5 parsecs\""],
+    );
+    assert_names(
+        lines[2],
+        9,
+        &[
+            "key 'folder[0].max_delete'",
+            "expected a count of files",
+            "found boolean true",
+        ],
+    );
+}
+
+#[test]
+fn unknown_and_mistyped_keys_in_tables_and_inline_tables_are_all_reported() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{REDIVIS_FOLDER}setle = \"5s\"\nredivis_options = {{ skip_bad_records = \"yes\", has_headers = false }}\n\
+         [[folder]]\npath = \"inbox/b\"\nredivis_table = \"owner.dataset:next.b\"\nrecursive = \"yes\"\n"
+    );
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 7, &["unknown key 'setle' in folder[0]"]);
+    assert_names(
+        lines[1],
+        8,
+        &[
+            "key 'folder[0].redivis_options.skip_bad_records'",
+            "expected a boolean",
+        ],
+    );
+    assert_names(lines[2], 8, &["unknown key 'has_headers'"]);
+    assert_names(
+        lines[3],
+        12,
+        &["key 'folder[1].recursive'", "expected a boolean"],
+    );
+}
+
+#[test]
+fn a_required_key_of_the_wrong_type_is_not_also_reported_missing() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER
+        .replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nconcurrency = \"four\"",
+        )
+        .replace("path = \"inbox/a\"", "path = [\"inbox/a\"]");
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 2);
+    assert_names(lines[0], 2, &["key 'concurrency'", "expected an integer"]);
+    assert_names(lines[1], 6, &["key 'folder[0].path'", "expected a string"]);
+}
+
+#[test]
+fn a_missing_key_is_reported_with_the_mistyped_keys_before_it() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("state_dir = \"state\"\n", "concurrency = \"four\"\n");
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 2);
+    assert_names(lines[0], 1, &["missing required key 'state_dir'"]);
+    assert_names(lines[1], 1, &["key 'concurrency'", "expected an integer"]);
+}
+
 #[test]
 fn debug_output_never_contains_a_secret() {
     let fx = Fixture::new();
