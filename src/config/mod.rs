@@ -169,11 +169,13 @@ pub struct LoadOptions {
     /// Require every `[[folder]].path` to exist and be a directory. Off only to check a
     /// config written for another machine (e.g. the shipped example).
     pub check_folders_exist: bool,
-    /// Read the files and environment variables that hold tokens and passwords. Off for
-    /// the commands that reach no remote (`status`, `ls`, `retry`, `forget`): the keys are
-    /// still checked (one way per secret, a file or variable named), but each secret is
-    /// left unread ([`Secret::is_read`] is false). Those files and variables often exist
-    /// only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
+    /// Read the files and environment variables that hold tokens and passwords, and the
+    /// CA files. Off for the commands that reach no remote (`status`, `ls`, `retry`,
+    /// `forget`): the keys are still checked (one way per secret, a file or variable
+    /// named), but each secret is left unread ([`Secret::is_read`] is false) and each
+    /// `ca_file` too ([`NetConfig::ca_file`] is `None`). Those files and variables often
+    /// exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`), and a
+    /// CA file being replaced must not keep the operator from `status`.
     pub read_secrets: bool,
 }
 

@@ -1344,6 +1344,32 @@ fn a_ca_file_is_found_among_systemd_credentials_and_must_hold_a_certificate() {
 }
 
 #[test]
+fn without_reading_secrets_a_ca_file_is_checked_to_be_named_but_not_read() {
+    let fx = Fixture::new();
+    let with_ca = |file: &str| {
+        KIFS_FOLDER.replace("[[folder]]", &format!("ca_file = \"{file}\"\n[[folder]]"))
+    };
+    fx.write("not-a-ca.pem", "not a certificate\n");
+    for file in ["no/such/ca.pem", "not-a-ca.pem"] {
+        let text = with_ca(file);
+        assert_names(&fx.err(&text), 4, &["key 'kifs.ca_file'"]);
+        let config = fx
+            .load_with(&text, WITHOUT_SECRETS)
+            .unwrap_or_else(|e| panic!("{file}: the config should load, got: {e}"));
+        let kifs = config.kifs.expect("[kifs] is given");
+        assert_eq!(kifs.net.ca_file, None, "{file} is left unread");
+    }
+    let unnamed = fx
+        .load_with(&with_ca(""), WITHOUT_SECRETS)
+        .expect_err("a ca_file naming no file is refused");
+    assert_names(
+        &unnamed.to_string(),
+        4,
+        &["key 'kifs.ca_file'", "expected the path of a file"],
+    );
+}
+
+#[test]
 fn proxy_credentials_never_show_in_debug_plan_or_errors() {
     let fx = Fixture::new();
     let with_proxy = |proxy: &str| {
