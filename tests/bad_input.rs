@@ -5,8 +5,9 @@
 //!   type for every top-level, `[kifs]`, `[redivis]` and `[[folder]]` key that has one; out
 //!   of range (`concurrency = 0`, a chunk size not a multiple of 256 KiB, a zero chunk);
 //!   a wrong unit (`"5 parsecs"`, `"8 MiBs"`); a bad enum (`encoding`, `protocol`); a bad
-//!   socket address; three mistyped keys named in one run, in file order. The unit tests in
-//!   `src/config/tests.rs` cover the wording in detail.
+//!   socket address; a KiFS user name Basic auth cannot send (`in:gest`); three mistyped
+//!   keys named in one run, in file order. The unit tests in `src/config/tests.rs` cover
+//!   the wording in detail.
 //! - KiFS name rules: `_`, a newline, a non-ASCII letter and a name over 1024 characters
 //!   each fail with the reason naming the character or the limit; spaces and the allowed
 //!   punctuation go through.
@@ -68,6 +69,11 @@ fn every_config_key_with_a_wrong_type_range_or_unit_is_named_with_its_line() {
         ("", "metrics_listen = 9464", "metrics_listen"),
         ("kifs", "encoding = \"xml\"", "encoding"),
         ("kifs", "username = 7", "username"),
+        (
+            "kifs",
+            "username = \"in:gest\"\npassword = \"p\"",
+            "username",
+        ),
         ("kifs", "url = \"not a url\"", "url"),
         ("redivis", "chunk_size = \"8 MiBs\"", "chunk_size"),
         ("redivis", "chunk_size = \"1000KiB\"", "chunk_size"),

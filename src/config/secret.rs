@@ -166,7 +166,7 @@ impl SecretKeys<'_> {
 }
 
 /// Why `value` cannot be sent as `sent` says, in words that do not show it.
-fn unsendable(value: &str, sent: Sent) -> Option<String> {
+pub(crate) fn unsendable(value: &str, sent: Sent) -> Option<String> {
     let expected = match sent {
         Sent::Verbatim => {
             "expected visible ASCII characters and spaces, which is what an HTTP header takes"

@@ -844,6 +844,33 @@ fn kifs_auth_mistakes_are_named() {
 }
 
 #[test]
+fn a_kifs_username_that_basic_auth_cannot_send_is_refused_without_showing_it() {
+    let fx = Fixture::new();
+    for (username, problem) in [
+        ("ingest:hunter2", "holds a ':'"),
+        ("ingest\\nhunter2", "a line break"),
+    ] {
+        let text = KIFS_FOLDER.replace(
+            "[[folder]]",
+            &format!("username = \"{username}\"\npassword = \"s3cret-pw\"\n[[folder]]"),
+        );
+        let message = fx.err(&text);
+        assert_names(&message, 4, &["key 'kifs.username'", problem]);
+        for shown in ["hunter2", "s3cret-pw"] {
+            assert!(!message.contains(shown), "{message}");
+        }
+    }
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"ingest@example.org\"\npassword = \"p\"\n[[folder]]",
+    );
+    assert!(matches!(
+        fx.ok(&text).kifs.expect("[kifs] is given").auth,
+        KifsAuth::Basic { .. }
+    ));
+}
+
+#[test]
 fn a_bad_glob_names_the_pattern() {
     let fx = Fixture::new();
     let message = fx.err(&format!(

@@ -18,7 +18,7 @@ use super::raw::{
     RawRedivisOptions,
 };
 use super::redivis_options::{self, ParseOptions, RedivisFolder};
-use super::secret::{EnvLookup, SecretKeys, Sent};
+use super::secret::{EnvLookup, SecretKeys, Sent, unsendable};
 use super::units::{HumanDuration, format_size};
 use super::{
     Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
@@ -468,12 +468,8 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                 );
                 return None;
             }
-            if username.get_ref().is_empty() {
-                ck.error(
-                    &username.span(),
-                    "kifs.username",
-                    "expected a user name, found \"\"",
-                );
+            if let Some(problem) = unsendable_username(username.get_ref()) {
+                ck.error(&username.span(), "kifs.username", problem);
             }
             match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(password)) => KifsAuth::Basic {
@@ -529,6 +525,24 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
         encoding,
         net,
     })
+}
+
+/// Why `name` cannot be sent as the user of HTTP Basic auth, in words that do not show it:
+/// `user:password` is what gets sent, so the name ends at its first colon, and a name
+/// holding one is most likely a user and password pasted into one key.
+fn unsendable_username(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("expected a user name, found \"\"".to_string());
+    }
+    if name.contains(':') {
+        return Some(
+            "holds a ':', which HTTP Basic auth cannot send in a user name (the name ends at \
+             the first colon); expected the user name alone, with the password in \
+             password_file or password_env"
+                .to_string(),
+        );
+    }
+    unsendable(name, Sent::Encoded)
 }
 
 fn folder(
