@@ -3,7 +3,8 @@
 //! Cases:
 //! - Config (`upsync check`, exit 2, message naming the file:line and the key): a wrong
 //!   type for every top-level, `[kifs]`, `[redivis]` and `[[folder]]` key that has one; out
-//!   of range (`concurrency = 0`, a chunk size not a multiple of 256 KiB, a zero chunk);
+//!   of range (`concurrency = 0`, a chunk size not a multiple of 256 KiB, a zero chunk, a
+//!   rescan every millisecond, a zero shutdown timeout, the emulator's data in state_dir);
 //!   a wrong unit (`"5 parsecs"`, `"8 MiBs"`); a bad enum (`encoding`, `protocol`); a bad
 //!   socket address; a KiFS user name Basic auth cannot send (`in:gest`); three mistyped
 //!   keys named in one run, in file order. The unit tests in `src/config/tests.rs` cover
@@ -65,6 +66,14 @@ fn every_config_key_with_a_wrong_type_range_or_unit_is_named_with_its_line() {
         ("", "rescan_interval = \"10 fortnights\"", "rescan_interval"),
         ("", "shutdown_timeout = \"-5s\"", "shutdown_timeout"),
         ("", "shutdown_timeout = true", "shutdown_timeout"),
+        ("", "rescan_interval = \"1ms\"", "rescan_interval"),
+        ("", "shutdown_timeout = \"0s\"", "shutdown_timeout"),
+        ("", "retry_max_delay = \"10ms\"", "retry_max_delay"),
+        (
+            "",
+            "[emulator]\nlisten = \"127.0.0.1:9\"\ndata_dir = \"state\"",
+            "emulator.data_dir",
+        ),
         ("", "metrics_listen = \"localhost\"", "metrics_listen"),
         ("", "metrics_listen = 9464", "metrics_listen"),
         ("kifs", "encoding = \"xml\"", "encoding"),

@@ -1465,6 +1465,69 @@ fn timeouts_below_one_second_are_rejected() {
 }
 
 #[test]
+fn durations_too_short_to_be_meant_are_rejected_with_their_range() {
+    let fx = Fixture::new();
+    let top = |line: &str| KIFS_FOLDER.replace("state_dir", &format!("{line}\nstate_dir"));
+    for (line, key, range) in [
+        (
+            "rescan_interval = \"1ms\"",
+            "rescan_interval",
+            "expected \"0s\" (no rescans) or a duration of at least 1s, like \"10m\", found \"1ms\"",
+        ),
+        (
+            "shutdown_timeout = \"0s\"",
+            "shutdown_timeout",
+            "expected a duration of at least 1s, like \"30s\", found \"0s\"",
+        ),
+        (
+            "retry_max_delay = \"100ms\"",
+            "retry_max_delay",
+            "expected a duration of at least 1s, like \"1h\", found \"100ms\"",
+        ),
+    ] {
+        assert_names(&fx.err(&top(line)), 1, &[&format!("key '{key}'"), range]);
+    }
+    let config = fx.ok(&top(
+        "rescan_interval = \"1s\"\nshutdown_timeout = \"1s\"\nretry_max_delay = \"1s\"",
+    ));
+    assert_eq!(config.rescan_interval, Some(Duration::from_secs(1)));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(1));
+    assert_eq!(config.retry_max_delay, Duration::from_secs(1));
+}
+
+#[test]
+fn a_zero_settle_is_accepted_for_files_written_at_once() {
+    let fx = Fixture::new();
+    let config = fx.ok(&format!("{KIFS_FOLDER}settle = \"0s\"\n"));
+    assert_eq!(config.folders[0].settle, Duration::ZERO);
+}
+
+#[test]
+fn the_emulator_data_dir_must_lie_apart_from_the_state_dir() {
+    let fx = Fixture::new();
+    let emulator = |data_dir: &str| {
+        format!("{KIFS_FOLDER}[emulator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data_dir}\"\n")
+    };
+    for data_dir in ["state", "state/remote", "."] {
+        assert_names(
+            &fx.err(&emulator(data_dir)),
+            9,
+            &[
+                "key 'emulator.data_dir'",
+                "overlaps state_dir",
+                "(line 1)",
+                "apart from it",
+            ],
+        );
+    }
+    let config = fx.ok(&emulator("remote"));
+    assert_eq!(
+        config.emulator.expect("[emulator]").data_dir,
+        fx.root().join("remote")
+    );
+}
+
+#[test]
 fn bandwidth_schedule_errors_name_the_entry_and_its_line() {
     let fx = Fixture::new();
     let schedule = "bandwidth_schedule = [\n  \"Mon-Fri 08:00-18:00 5MiB/s\",\n  \"Sat 25:00-26:00 1MiB/s\",\n  \"off\",\n]\n";
