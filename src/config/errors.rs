@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 
 use super::ConfigError;
 
@@ -85,9 +85,9 @@ impl Source<'_> {
     /// Deserializes the file into `T`, or names every key serde refuses, in file order.
     ///
     /// After each refusal the refused `key = value` is blanked out (its line breaks kept, so
-    /// spans and line numbers stay true) and the text deserialized again. It stops at an
-    /// error no blanking can step past: a missing key, a refused table (blanking its header
-    /// would hand its keys to the table above), or a blanking that left invalid TOML.
+    /// spans and line numbers stay true), a refused table with all its keys, and the text
+    /// deserialized again. It stops at an error no blanking can step past: a missing key,
+    /// or a blanking that left invalid TOML (a dotted key's prefix, say).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let mut text = self.text.to_string();
         let mut found: Vec<(usize, String)> = Vec::new();
@@ -112,11 +112,17 @@ impl Source<'_> {
                 break;
             }
             found.push((span.start, self.toml_error(&err, Some(&doc)).0));
-            let Some(entry) = blankable_entry(doc.get_ref(), &span) else {
+            // An empty span points at no entry (serde's "somewhere in the document").
+            let entry = (!span.is_empty())
+                .then(|| blankable_entry(doc.get_ref(), &span))
+                .flatten();
+            let Some(entry) = entry else {
                 break;
             };
             blanked.push(locate(&doc, &span).unwrap_or_default());
-            blank(&mut text, entry);
+            for part in entry {
+                blank(&mut text, part);
+            }
         }
         found.sort_by_key(|(start, _)| *start);
         let messages: Vec<String> = found.into_iter().map(|(_, message)| message).collect();
@@ -197,10 +203,10 @@ fn missing_key(doc: &Spanned<DeTable<'_>>, span: &Range<usize>, message: &str) -
     Some(path)
 }
 
-/// The span from the key to the end of the value of the narrowest `key = value` entry whose
-/// key or value covers `target`; `None` when there is none or its value is a table or holds
-/// tables.
-fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Range<usize>> {
+/// The spans that make up the narrowest entry whose key or value covers `target`: its `key
+/// = value`, and for a table everything under it, whose keys may follow its `[header]`
+/// outside its span and would otherwise fall to the table above.
+fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Vec<Range<usize>>> {
     let covers = |span: Range<usize>| span.start <= target.start && target.end <= span.end;
     for (key, value) in table.iter() {
         // `[[folder]]` tables span only their header, so every table is searched.
@@ -216,17 +222,35 @@ fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Range<u
             return inner;
         }
         if covers(key.span()) || covers(value.span()) {
-            return (!holds_tables(value.get_ref())).then(|| key.span().start..value.span().end);
+            let mut spans = vec![entry_span(key, value)];
+            push_nested(value, &mut spans);
+            return Some(spans);
         }
     }
     None
 }
 
-fn holds_tables(value: &DeValue<'_>) -> bool {
-    match value {
-        DeValue::Table(_) => true,
-        DeValue::Array(items) => items.iter().any(|item| item.get_ref().is_table()),
-        _ => false,
+/// From the key (or a header's opening bracket) to the end of the value.
+fn entry_span(key: &Spanned<DeString<'_>>, value: &Spanned<DeValue<'_>>) -> Range<usize> {
+    key.span().start.min(value.span().start)..key.span().end.max(value.span().end)
+}
+
+/// Every entry and array item under `value`.
+fn push_nested(value: &Spanned<DeValue<'_>>, spans: &mut Vec<Range<usize>>) {
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, value) in table.iter() {
+                spans.push(entry_span(key, value));
+                push_nested(value, spans);
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items {
+                spans.push(item.span());
+                push_nested(item, spans);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -1186,6 +1186,22 @@ fn unknown_and_mistyped_keys_in_tables_and_inline_tables_are_all_reported() {
 }
 
 #[test]
+fn an_unknown_table_is_reported_with_the_mistakes_after_it_and_without_its_keys() {
+    let fx = Fixture::new();
+    // serde visits the keys in name order: [kifs] comes after both unknown tables.
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = 7\n[emulatr]\nlisten = \"x\"\n[[folder]]",
+    ) + "settle = \"5 parsecs\"\n[[folders]]\npath = \"inbox/b\"\n[folders.redivis_options]\nx = 1\n";
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 4, &["key 'kifs.username'", "expected a string"]);
+    assert_names(lines[1], 5, &["unknown key 'emulatr' in the top level"]);
+    assert_names(lines[2], 10, &["key 'folder[0].settle'"]);
+    assert_names(lines[3], 11, &["unknown key 'folders' in the top level"]);
+}
+
+#[test]
 fn a_required_key_of_the_wrong_type_is_not_also_reported_missing() {
     let fx = Fixture::new();
     let text = KIFS_FOLDER
