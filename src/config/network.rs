@@ -4,9 +4,9 @@
 //!
 //! A CA file is read like a secret file (relative to the config, else among the systemd
 //! credentials) and must hold at least one PEM certificate; like a secret file, it is only
-//! checked to be named, not read, by the commands that reach no remote. A proxy URL may carry a user and
-//! password: [`ProxyUrl`] never shows them, nor does any message that shows a URL as written
-//! ([`redact_text`]).
+//! checked to be named, not read, by the commands that reach no remote. A proxy URL may
+//! carry a user and password: [`ProxyUrl`] never shows them, nor does any message that
+//! shows a URL as written ([`redact_text`]).
 
 use std::fmt;
 use std::path::PathBuf;

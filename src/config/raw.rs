@@ -106,7 +106,8 @@ pub(crate) enum RawMaxDelete {
 }
 
 // By hand rather than `#[serde(untagged)]`, whose error for another type ("data did not
-// match any variant of untagged enum") says nothing of what the key takes.
+// match any variant of untagged enum") says nothing of what the key takes. TOML integers
+// are i64, so `visit_i64` sees them all.
 impl<'de> Deserialize<'de> for RawMaxDelete {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -117,11 +118,6 @@ impl<'de> Deserialize<'de> for RawMaxDelete {
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawMaxDelete, E> {
                 Ok(RawMaxDelete::Count(n))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawMaxDelete, E> {
-                // Beyond i64 only as text, which the range check then refuses by name.
-                Ok(i64::try_from(n)
-                    .map_or_else(|_| RawMaxDelete::Text(n.to_string()), RawMaxDelete::Count))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawMaxDelete, E> {
                 Ok(RawMaxDelete::Text(s.to_string()))

@@ -36,7 +36,8 @@ const MIN_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
 /// A folder's loop looks at the clock once a second when idle, so a shorter period would
 /// only mean a full rescan at every look (a busy loop over every file).
 const MIN_RESCAN: Duration = Duration::from_secs(1);
-/// Less leaves an upload no time to reach its checkpoint, nor the state database to flush.
+/// Shorter, a stop gives in-flight uploads no time to checkpoint: they are aborted at once
+/// and send again what they sent since their last checkpoint.
 const MIN_SHUTDOWN: Duration = Duration::from_secs(1);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
