@@ -552,10 +552,11 @@ fn load(path: &Path) -> Result<Config, Failure> {
 }
 
 /// For the commands that only ask the daemon or open the state database: they send nothing
-/// to a remote, so they run where the secrets cannot be read, as the service's user outside
-/// the service (the variables of `EnvironmentFile=` and `$CREDENTIALS_DIRECTORY` exist only
-/// inside it); and they read no folder, so a folder that is missing (unmounted, the moment
-/// an operator most needs `status` and `retry`) is the daemon's to report, not theirs.
+/// to a remote, so they run where the secrets and CA files cannot be read, as the service's
+/// user outside the service (the variables of `EnvironmentFile=` and `$CREDENTIALS_DIRECTORY`
+/// exist only inside it) or while a CA file is being replaced; and they read no folder, so
+/// a folder that is missing (unmounted, the moment an operator most needs `status` and
+/// `retry`) is the daemon's to report, not theirs.
 fn load_for_queries(path: &Path) -> Result<Config, Failure> {
     let options = upsync::config::LoadOptions {
         read_secrets: false,

@@ -3,9 +3,12 @@
 //! Cases:
 //! - Config (`upsync check`, exit 2, message naming the file:line and the key): a wrong
 //!   type for every top-level, `[kifs]`, `[redivis]` and `[[folder]]` key that has one; out
-//!   of range (`concurrency = 0`, a chunk size not a multiple of 256 KiB, a zero chunk);
+//!   of range (`concurrency = 0`, a chunk size not a multiple of 256 KiB, a zero chunk, a
+//!   rescan every millisecond, a zero shutdown timeout, the emulator's data in state_dir);
 //!   a wrong unit (`"5 parsecs"`, `"8 MiBs"`); a bad enum (`encoding`, `protocol`); a bad
-//!   socket address. The unit tests in `src/config/tests.rs` cover the wording in detail.
+//!   socket address; a KiFS user name Basic auth cannot send (`in:gest`); three mistyped
+//!   keys named in one run, in file order. The unit tests in `src/config/tests.rs` cover
+//!   the wording in detail.
 //! - KiFS name rules: `_`, a newline, a non-ASCII letter and a name over 1024 characters
 //!   each fail with the reason naming the character or the limit; spaces and the allowed
 //!   punctuation go through.
@@ -63,10 +66,23 @@ fn every_config_key_with_a_wrong_type_range_or_unit_is_named_with_its_line() {
         ("", "rescan_interval = \"10 fortnights\"", "rescan_interval"),
         ("", "shutdown_timeout = \"-5s\"", "shutdown_timeout"),
         ("", "shutdown_timeout = true", "shutdown_timeout"),
+        ("", "rescan_interval = \"1ms\"", "rescan_interval"),
+        ("", "shutdown_timeout = \"0s\"", "shutdown_timeout"),
+        ("", "retry_max_delay = \"10ms\"", "retry_max_delay"),
+        (
+            "",
+            "[emulator]\nlisten = \"127.0.0.1:9\"\ndata_dir = \"state\"",
+            "emulator.data_dir",
+        ),
         ("", "metrics_listen = \"localhost\"", "metrics_listen"),
         ("", "metrics_listen = 9464", "metrics_listen"),
         ("kifs", "encoding = \"xml\"", "encoding"),
         ("kifs", "username = 7", "username"),
+        (
+            "kifs",
+            "username = \"in:gest\"\npassword = \"p\"",
+            "username",
+        ),
         ("kifs", "url = \"not a url\"", "url"),
         ("redivis", "chunk_size = \"8 MiBs\"", "chunk_size"),
         ("redivis", "chunk_size = \"1000KiB\"", "chunk_size"),
@@ -92,6 +108,41 @@ fn every_config_key_with_a_wrong_type_range_or_unit_is_named_with_its_line() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn check_names_every_key_of_the_wrong_type_or_unit_in_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("inbox")).unwrap();
+    let config = tmp.path().join("upsync.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nconcurrency = \"four\"\n\
+         [kifs]\nurl = \"http://127.0.0.1:9/kifs\"\n\
+         [[folder]]\npath = \"inbox\"\nkifs_directory = \"ingest\"\nsettle = \"5 parsecs\"\nmax_delete = true\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = upsync(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    let named: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("upsync.toml:"))
+        .collect();
+    let expected = [
+        ("upsync.toml:2: key 'concurrency'", "expected an integer"),
+        (
+            "upsync.toml:8: key 'folder[0].settle'",
+            "expected a duration",
+        ),
+        (
+            "upsync.toml:9: key 'folder[0].max_delete'",
+            "expected a count of files",
+        ),
+    ];
+    assert_eq!(named.len(), expected.len(), "{stderr}");
+    for (line, (location, what)) in named.iter().zip(expected) {
+        assert!(line.contains(location) && line.contains(what), "{stderr}");
+    }
 }
 
 // ---------------------------------------------------------------- names

@@ -161,11 +161,13 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
     assert_eq!(stopped["failed"][0]["path"], bad.display().to_string());
 
     // Secrets given as the service gets them (EnvironmentFile=, $CREDENTIALS_DIRECTORY)
-    // cannot be read from a shell; the commands that reach no remote do not need them.
+    // cannot be read from a shell, and a CA file may be missing while it is replaced; the
+    // commands that reach no remote need neither. The last one stays for forget and retry.
     let folder = FolderBuilder::kifs("inbox", "ingest");
-    for secret in [
-        "token_env = \"UPSYNC_E2E_UNSET_TOKEN\"",
-        "token_file = \"kifs.token\"",
+    for (secret, key) in [
+        ("token_env = \"UPSYNC_E2E_UNSET_TOKEN\"", "kifs.token_env"),
+        ("token_file = \"kifs.token\"", "kifs.token_file"),
+        ("ca_file = \"corp-ca.pem\"", "kifs.ca_file"),
     ] {
         config_of(&s.emulator, secret, folder.clone()).write(&s.config);
         let (code, out, err) = without_secrets(&["status", "--json"], &s.config);
@@ -180,8 +182,8 @@ fn a_name_kifs_rejects_fails_with_a_clear_reason_while_others_go_through() {
         let (code, out, err) = without_secrets(&["ls"], &s.config);
         assert!(code == 0 && out.contains("good.csv"), "{code} {out} {err}");
         let (code, _, err) = without_secrets(&["check"], &s.config);
-        assert_eq!(code, 2, "check still reads the secret: {err}");
-        assert!(err.contains("kifs.token_"), "{err}");
+        assert_eq!(code, 2, "check still reads {key}: {err}");
+        assert!(err.contains(key), "{err}");
     }
     let good_path = good.to_str().unwrap();
     let (code, out, err) = without_secrets(&["forget", good_path], &s.config);

@@ -13,6 +13,10 @@ pub const DEFAULT_MAX_DELETE: MaxDelete = MaxDelete::Percent(50);
 /// folder can lose its last few files without the operator's word.
 pub const PERCENT_FLOOR: u64 = 10;
 
+/// What `max_delete` takes, for its messages.
+pub(super) const MAX_DELETE_EXPECTED: &str = "a count of files (0 or more, e.g. 500) or a \
+     percentage of the folder's uploaded files (\"1%\" to \"100%\")";
+
 /// What a local deletion does to the remote copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnDelete {
@@ -94,8 +98,6 @@ pub(super) fn delete_policy(ck: &mut Checker<'_>, f: &RawFolder, i: usize) -> De
 }
 
 fn max_delete(ck: &mut Checker<'_>, value: &Spanned<RawMaxDelete>, key: &str) -> Option<MaxDelete> {
-    let expected = "expected a count of files (0 or more, e.g. 500) or a percentage of the \
-                    folder's uploaded files (\"1%\" to \"100%\")";
     let parsed = match value.get_ref() {
         RawMaxDelete::Count(count) => u64::try_from(*count).ok().map(MaxDelete::Count),
         RawMaxDelete::Text(text) => parse_text(text.trim()),
@@ -108,7 +110,7 @@ fn max_delete(ck: &mut Checker<'_>, value: &Spanned<RawMaxDelete>, key: &str) ->
         ck.error(
             &value.span(),
             key,
-            format!("{shown} is not a limit ({expected})"),
+            format!("{shown} is not a limit (expected {MAX_DELETE_EXPECTED})"),
         );
     }
     parsed

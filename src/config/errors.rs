@@ -5,12 +5,16 @@
 //! spanned document (`DeTable`), because serde itself does not know where in the file it is.
 //! The serde wording is then rephrased for people who write config files, not Rust types,
 //! and for a secret key (`token`, `password`) without the value found.
+//!
+//! serde stops at the first key it refuses; [`Source::deserialize`] blanks that key out and
+//! tries again, so that one run names every key of the wrong type or unit.
 
 use std::ops::Range;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 
 use super::ConfigError;
 
@@ -78,6 +82,53 @@ impl Source<'_> {
         )
     }
 
+    /// Deserializes the file into `T`, or names every key serde refuses, in file order.
+    ///
+    /// After each refusal the refused `key = value` is blanked out (its line breaks kept, so
+    /// spans and line numbers stay true), a refused table with all its keys, and the text
+    /// deserialized again. It stops at an error no blanking can step past: a missing key,
+    /// or a blanking that left invalid TOML (a dotted key's prefix, say).
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let mut text = self.text.to_string();
+        let mut found: Vec<(usize, String)> = Vec::new();
+        let mut blanked: Vec<Vec<Seg>> = Vec::new();
+        loop {
+            let doc = match DeTable::parse(&text) {
+                Ok(doc) => doc,
+                Err(e) if found.is_empty() => return Err(self.toml_error(&e, None)),
+                Err(_) => break,
+            };
+            let err = match toml::from_str::<T>(&text) {
+                Ok(value) if found.is_empty() => return Ok(value),
+                Ok(_) => break,
+                Err(err) => err,
+            };
+            let span = err.span().unwrap_or(0..0);
+            if let Some(missing) = missing_key(&doc, &span, err.message()) {
+                // A required key blanked out here was refused for its value already.
+                if !blanked.contains(&missing) {
+                    found.push((span.start, self.toml_error(&err, Some(&doc)).0));
+                }
+                break;
+            }
+            found.push((span.start, self.toml_error(&err, Some(&doc)).0));
+            // An empty span points at no entry (serde's "somewhere in the document").
+            let entry = (!span.is_empty())
+                .then(|| blankable_entry(doc.get_ref(), &span))
+                .flatten();
+            let Some(entry) = entry else {
+                break;
+            };
+            blanked.push(locate(&doc, &span).unwrap_or_default());
+            for part in entry {
+                blank(&mut text, part);
+            }
+        }
+        found.sort_by_key(|(start, _)| *start);
+        let messages: Vec<String> = found.into_iter().map(|(_, message)| message).collect();
+        Err(ConfigError(messages.join("\n")))
+    }
+
     /// Rephrases a TOML syntax or deserialization error, locating it in `doc` when the
     /// document parsed.
     pub fn toml_error(
@@ -138,6 +189,89 @@ impl Source<'_> {
         }
         self.key_error(span, &key, text)
     }
+}
+
+/// The path of the key a "missing field" error is about.
+fn missing_key(doc: &Spanned<DeTable<'_>>, span: &Range<usize>, message: &str) -> Option<Vec<Seg>> {
+    let rest = message.trim().strip_prefix("missing field ")?;
+    // As in `describe`: an empty span is the top level.
+    let mut path = (!span.is_empty())
+        .then(|| locate(doc, span))
+        .flatten()
+        .unwrap_or_default();
+    path.push(Seg::Key(first_ticked(rest).0));
+    Some(path)
+}
+
+/// The spans that make up the narrowest entry whose key or value covers `target`: its `key
+/// = value`, and for a table everything under it, whose keys may follow its `[header]`
+/// outside its span and would otherwise fall to the table above.
+fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Vec<Range<usize>>> {
+    let covers = |span: Range<usize>| span.start <= target.start && target.end <= span.end;
+    for (key, value) in table.iter() {
+        // `[[folder]]` tables span only their header, so every table is searched.
+        let inner = match value.get_ref() {
+            DeValue::Table(t) => blankable_entry(t, target),
+            DeValue::Array(items) => items.iter().find_map(|item| match item.get_ref() {
+                DeValue::Table(t) => blankable_entry(t, target),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if inner.is_some() {
+            return inner;
+        }
+        if covers(key.span()) || covers(value.span()) {
+            let mut spans = vec![entry_span(key, value)];
+            push_nested(value, &mut spans);
+            return Some(spans);
+        }
+    }
+    None
+}
+
+/// From the key (or a header's opening bracket) to the end of the value.
+fn entry_span(key: &Spanned<DeString<'_>>, value: &Spanned<DeValue<'_>>) -> Range<usize> {
+    key.span().start.min(value.span().start)..key.span().end.max(value.span().end)
+}
+
+/// Every entry and array item under `value`.
+fn push_nested(value: &Spanned<DeValue<'_>>, spans: &mut Vec<Range<usize>>) {
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, value) in table.iter() {
+                spans.push(entry_span(key, value));
+                push_nested(value, spans);
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items {
+                spans.push(item.span());
+                push_nested(item, spans);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Overwrites `range` of `text` with spaces, and the comma right after it that would be
+/// left without an entry in an inline table, keeping line breaks and every byte offset.
+fn blank(text: &mut String, range: Range<usize>) {
+    let rest = &text[range.end..];
+    let spaces = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+    let end = if rest[spaces..].starts_with(',') {
+        range.end + spaces + 1
+    } else {
+        range.end
+    };
+    let mut bytes = std::mem::take(text).into_bytes();
+    for b in &mut bytes[range.start..end] {
+        if !matches!(*b, b'\n' | b'\r') {
+            *b = b' ';
+        }
+    }
+    // Whole characters were replaced, each byte by an ASCII space.
+    *text = String::from_utf8(bytes).expect("spans lie on character boundaries");
 }
 
 /// Keys whose value is a secret even when written with the wrong type (`password = 98765432`).

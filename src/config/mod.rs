@@ -10,7 +10,8 @@
 //! - `targets`: KiFS directory names and Redivis table references.
 //! - `redivis_options`: a Redivis folder's `create_next_version` and parse options.
 //! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
-//! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors.
+//! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors, every
+//!   key of the wrong type or unit found in one run.
 //! - `plan`: the folder → target plan that `upsync check` prints.
 //! - `network`: CA files, proxies, timeouts and the bandwidth limit or timetable.
 
@@ -168,11 +169,13 @@ pub struct LoadOptions {
     /// Require every `[[folder]].path` to exist and be a directory. Off only to check a
     /// config written for another machine (e.g. the shipped example).
     pub check_folders_exist: bool,
-    /// Read the files and environment variables that hold tokens and passwords. Off for
-    /// the commands that reach no remote (`status`, `ls`, `retry`, `forget`): the keys are
-    /// still checked (one way per secret, a file or variable named), but each secret is
-    /// left unread ([`Secret::is_read`] is false). Those files and variables often exist
-    /// only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
+    /// Read the files and environment variables that hold tokens and passwords, and the
+    /// CA files. Off for the commands that reach no remote (`status`, `ls`, `retry`,
+    /// `forget`): the keys are still checked (one way per secret, a file or variable
+    /// named), but each secret is left unread ([`Secret::is_read`] is false) and each
+    /// `ca_file` too ([`NetConfig::ca_file`] is `None`). Those files and variables often
+    /// exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`), and a
+    /// CA file being replaced must not keep the operator from `status`.
     pub read_secrets: bool,
 }
 
@@ -210,9 +213,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {
         let src = errors::Source { name: path, text };
-        let doc = toml::de::DeTable::parse(text).map_err(|e| src.toml_error(&e, None))?;
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| src.toml_error(&e, Some(&doc)))?;
+        let raw: raw::RawConfig = src.deserialize()?;
         validate::build(&src, raw, &options, env)
     }
 

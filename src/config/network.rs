@@ -3,9 +3,10 @@
 //! `bandwidth_limit` or `bandwidth_schedule` ([`BandwidthConfig`]).
 //!
 //! A CA file is read like a secret file (relative to the config, else among the systemd
-//! credentials) and must hold at least one PEM certificate. A proxy URL may carry a user and
-//! password: [`ProxyUrl`] never shows them, nor does any message that shows a URL as written
-//! ([`redact_text`]).
+//! credentials) and must hold at least one PEM certificate; like a secret file, it is only
+//! checked to be named, not read, by the commands that reach no remote. A proxy URL may
+//! carry a user and password: [`ProxyUrl`] never shows them, nor does any message that
+//! shows a URL as written ([`redact_text`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::secret::{FileKind, read_key_file};
+use super::secret::{FileKind, check_file_named, read_key_file};
 use super::units::{HumanDuration, parse_rate};
 use super::validate::Checker;
 use crate::net::schedule::Schedule;
@@ -27,7 +28,8 @@ const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How one backend reaches its remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// Certificates trusted in addition to the usual web roots.
+    /// Certificates trusted in addition to the usual web roots; `None` also when the
+    /// config was loaded without reading secrets ([`super::LoadOptions::read_secrets`]).
     pub ca_file: Option<CaFile>,
     /// Every request of the backend goes through it; `None`: `HTTPS_PROXY`, `HTTP_PROXY`,
     /// `ALL_PROXY` and `NO_PROXY` from the environment.
@@ -177,6 +179,13 @@ pub(crate) fn net_config(ck: &mut Checker<'_>, keys: &RawNetKeys<'_>) -> NetConf
 }
 
 fn ca_file(ck: &mut Checker<'_>, key: &str, file: &Spanned<String>) -> Option<CaFile> {
+    if !ck.read_secrets {
+        // No HTTP client is built, and the file may exist only inside the service.
+        if let Err(message) = check_file_named(ck.src, key, file, &CA_FILE) {
+            ck.errors.push(message);
+        }
+        return None;
+    }
     let read = read_key_file(ck.src, key, file, &ck.base, ck.env, &CA_FILE);
     let (path, pem) = match read {
         Ok(found) => found,

@@ -5,9 +5,13 @@
 //! "not given" stays distinguishable from "given as the default value". No `Debug` here:
 //! these structs hold secrets as written.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use super::deletes::MAX_DELETE_EXPECTED;
 use super::units::{HumanDuration, HumanSize, Listen};
 
 #[derive(Deserialize)]
@@ -96,11 +100,31 @@ pub(crate) struct RawFolder {
 }
 
 /// `max_delete` as written: a count, or a string holding a count or a percentage.
-#[derive(Deserialize)]
-#[serde(untagged)]
 pub(crate) enum RawMaxDelete {
     Count(i64),
     Text(String),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error for another type ("data did not
+// match any variant of untagged enum") says nothing of what the key takes. TOML integers
+// are i64, so `visit_i64` sees them all.
+impl<'de> Deserialize<'de> for RawMaxDelete {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawMaxDelete;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(MAX_DELETE_EXPECTED)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RawMaxDelete, E> {
+                Ok(RawMaxDelete::Count(n))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawMaxDelete, E> {
+                Ok(RawMaxDelete::Text(s.to_string()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// `[folder.redivis_options]`: parse options, named like the API's fields in snake_case.

@@ -14,6 +14,7 @@
 //! Commands that never reach a remote (`status`, `ls`, `retry`, `forget`) check the keys'
 //! shape without reading files or variables ([`super::LoadOptions::read_secrets`]): those
 //! often exist only inside the service (`EnvironmentFile=`, `$CREDENTIALS_DIRECTORY`).
+//! The same holds for `ca_file`, which they leave unread too.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -165,7 +166,7 @@ impl SecretKeys<'_> {
 }
 
 /// Why `value` cannot be sent as `sent` says, in words that do not show it.
-fn unsendable(value: &str, sent: Sent) -> Option<String> {
+pub(crate) fn unsendable(value: &str, sent: Sent) -> Option<String> {
     let expected = match sent {
         Sent::Verbatim => {
             "expected visible ASCII characters and spaces, which is what an HTTP header takes"
@@ -288,7 +289,7 @@ pub(crate) fn read_key_file(
 }
 
 /// A `*_file` key must name a file, even where the file is not read.
-fn check_file_named(
+pub(crate) fn check_file_named(
     src: &Source<'_>,
     key: &str,
     file: &Spanned<String>,

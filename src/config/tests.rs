@@ -844,6 +844,33 @@ fn kifs_auth_mistakes_are_named() {
 }
 
 #[test]
+fn a_kifs_username_that_basic_auth_cannot_send_is_refused_without_showing_it() {
+    let fx = Fixture::new();
+    for (username, problem) in [
+        ("ingest:hunter2", "holds a ':'"),
+        ("ingest\\nhunter2", "a line break"),
+    ] {
+        let text = KIFS_FOLDER.replace(
+            "[[folder]]",
+            &format!("username = \"{username}\"\npassword = \"s3cret-pw\"\n[[folder]]"),
+        );
+        let message = fx.err(&text);
+        assert_names(&message, 4, &["key 'kifs.username'", problem]);
+        for shown in ["hunter2", "s3cret-pw"] {
+            assert!(!message.contains(shown), "{message}");
+        }
+    }
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = \"ingest@example.org\"\npassword = \"p\"\n[[folder]]",
+    );
+    assert!(matches!(
+        fx.ok(&text).kifs.expect("[kifs] is given").auth,
+        KifsAuth::Basic { .. }
+    ));
+}
+
+#[test]
 fn a_bad_glob_names_the_pattern() {
     let fx = Fixture::new();
     let message = fx.err(&format!(
@@ -1101,6 +1128,104 @@ fn every_problem_is_reported_at_once() {
     );
 }
 
+/// Each line of `message`, which must hold exactly `expected` lines.
+fn lines_of(message: &str, expected: usize) -> Vec<&str> {
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), expected, "{message}");
+    lines
+}
+
+#[test]
+fn every_key_of_the_wrong_type_or_unit_is_reported_at_once_in_file_order() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("[kifs]", "concurrency = \"four\"\n[kifs]")
+        + "settle = \"5 parsecs\"\nmax_delete = true\n";
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 3);
+    assert_names(lines[0], 2, &["key 'concurrency'", "expected an integer"]);
+    assert_names(
+        lines[1],
+        8,
+        &["key 'folder[0].settle'", "found \"5 parsecs\""],
+    );
+    assert_names(
+        lines[2],
+        9,
+        &[
+            "key 'folder[0].max_delete'",
+            "expected a count of files",
+            "found boolean true",
+        ],
+    );
+}
+
+#[test]
+fn unknown_and_mistyped_keys_in_tables_and_inline_tables_are_all_reported() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{REDIVIS_FOLDER}setle = \"5s\"\nredivis_options = {{ skip_bad_records = \"yes\", has_headers = false }}\n\
+         [[folder]]\npath = \"inbox/b\"\nredivis_table = \"owner.dataset:next.b\"\nrecursive = \"yes\"\n"
+    );
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 7, &["unknown key 'setle' in folder[0]"]);
+    assert_names(
+        lines[1],
+        8,
+        &[
+            "key 'folder[0].redivis_options.skip_bad_records'",
+            "expected a boolean",
+        ],
+    );
+    assert_names(lines[2], 8, &["unknown key 'has_headers'"]);
+    assert_names(
+        lines[3],
+        12,
+        &["key 'folder[1].recursive'", "expected a boolean"],
+    );
+}
+
+#[test]
+fn an_unknown_table_is_reported_with_the_mistakes_after_it_and_without_its_keys() {
+    let fx = Fixture::new();
+    // serde visits the keys in name order: [kifs] comes after both unknown tables.
+    let text = KIFS_FOLDER.replace(
+        "[[folder]]",
+        "username = 7\n[emulatr]\nlisten = \"x\"\n[[folder]]",
+    ) + "settle = \"5 parsecs\"\n[[folders]]\npath = \"inbox/b\"\n[folders.redivis_options]\nx = 1\n";
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 4, &["key 'kifs.username'", "expected a string"]);
+    assert_names(lines[1], 5, &["unknown key 'emulatr' in the top level"]);
+    assert_names(lines[2], 10, &["key 'folder[0].settle'"]);
+    assert_names(lines[3], 11, &["unknown key 'folders' in the top level"]);
+}
+
+#[test]
+fn a_required_key_of_the_wrong_type_is_not_also_reported_missing() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER
+        .replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nconcurrency = \"four\"",
+        )
+        .replace("path = \"inbox/a\"", "path = [\"inbox/a\"]");
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 2);
+    assert_names(lines[0], 2, &["key 'concurrency'", "expected an integer"]);
+    assert_names(lines[1], 6, &["key 'folder[0].path'", "expected a string"]);
+}
+
+#[test]
+fn a_missing_key_is_reported_with_the_mistyped_keys_before_it() {
+    let fx = Fixture::new();
+    let text = KIFS_FOLDER.replace("state_dir = \"state\"\n", "concurrency = \"four\"\n");
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 2);
+    assert_names(lines[0], 1, &["missing required key 'state_dir'"]);
+    assert_names(lines[1], 1, &["key 'concurrency'", "expected an integer"]);
+}
+
 #[test]
 fn debug_output_never_contains_a_secret() {
     let fx = Fixture::new();
@@ -1262,6 +1387,32 @@ fn a_ca_file_is_found_among_systemd_credentials_and_must_hold_a_certificate() {
 }
 
 #[test]
+fn without_reading_secrets_a_ca_file_is_checked_to_be_named_but_not_read() {
+    let fx = Fixture::new();
+    let with_ca = |file: &str| {
+        KIFS_FOLDER.replace("[[folder]]", &format!("ca_file = \"{file}\"\n[[folder]]"))
+    };
+    fx.write("not-a-ca.pem", "not a certificate\n");
+    for file in ["no/such/ca.pem", "not-a-ca.pem"] {
+        let text = with_ca(file);
+        assert_names(&fx.err(&text), 4, &["key 'kifs.ca_file'"]);
+        let config = fx
+            .load_with(&text, WITHOUT_SECRETS)
+            .unwrap_or_else(|e| panic!("{file}: the config should load, got: {e}"));
+        let kifs = config.kifs.expect("[kifs] is given");
+        assert_eq!(kifs.net.ca_file, None, "{file} is left unread");
+    }
+    let unnamed = fx
+        .load_with(&with_ca(""), WITHOUT_SECRETS)
+        .expect_err("a ca_file naming no file is refused");
+    assert_names(
+        &unnamed.to_string(),
+        4,
+        &["key 'kifs.ca_file'", "expected the path of a file"],
+    );
+}
+
+#[test]
 fn proxy_credentials_never_show_in_debug_plan_or_errors() {
     let fx = Fixture::new();
     let with_proxy = |proxy: &str| {
@@ -1326,6 +1477,69 @@ fn timeouts_below_one_second_are_rejected() {
         &fx.err(&text),
         4,
         &["key 'kifs.idle_timeout'", "at least \"1s\""],
+    );
+}
+
+#[test]
+fn durations_too_short_to_be_meant_are_rejected_with_their_range() {
+    let fx = Fixture::new();
+    let top = |line: &str| KIFS_FOLDER.replace("state_dir", &format!("{line}\nstate_dir"));
+    for (line, key, range) in [
+        (
+            "rescan_interval = \"1ms\"",
+            "rescan_interval",
+            "expected \"0s\" (no rescans) or a duration of at least 1s, like \"10m\", found \"1ms\"",
+        ),
+        (
+            "shutdown_timeout = \"0s\"",
+            "shutdown_timeout",
+            "expected a duration of at least 1s, like \"30s\", found \"0s\"",
+        ),
+        (
+            "retry_max_delay = \"100ms\"",
+            "retry_max_delay",
+            "expected a duration of at least 1s, like \"1h\", found \"100ms\"",
+        ),
+    ] {
+        assert_names(&fx.err(&top(line)), 1, &[&format!("key '{key}'"), range]);
+    }
+    let config = fx.ok(&top(
+        "rescan_interval = \"1s\"\nshutdown_timeout = \"1s\"\nretry_max_delay = \"1s\"",
+    ));
+    assert_eq!(config.rescan_interval, Some(Duration::from_secs(1)));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(1));
+    assert_eq!(config.retry_max_delay, Duration::from_secs(1));
+}
+
+#[test]
+fn a_zero_settle_is_accepted_for_files_written_at_once() {
+    let fx = Fixture::new();
+    let config = fx.ok(&format!("{KIFS_FOLDER}settle = \"0s\"\n"));
+    assert_eq!(config.folders[0].settle, Duration::ZERO);
+}
+
+#[test]
+fn the_emulator_data_dir_must_lie_apart_from_the_state_dir() {
+    let fx = Fixture::new();
+    let emulator = |data_dir: &str| {
+        format!("{KIFS_FOLDER}[emulator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data_dir}\"\n")
+    };
+    for data_dir in ["state", "state/remote", "."] {
+        assert_names(
+            &fx.err(&emulator(data_dir)),
+            9,
+            &[
+                "key 'emulator.data_dir'",
+                "overlaps state_dir",
+                "(line 1)",
+                "apart from it",
+            ],
+        );
+    }
+    let config = fx.ok(&emulator("remote"));
+    assert_eq!(
+        config.emulator.expect("[emulator]").data_dir,
+        fx.root().join("remote")
     );
 }
 

@@ -18,7 +18,7 @@ use super::raw::{
     RawRedivisOptions,
 };
 use super::redivis_options::{self, ParseOptions, RedivisFolder};
-use super::secret::{EnvLookup, SecretKeys, Sent};
+use super::secret::{EnvLookup, SecretKeys, Sent, unsendable};
 use super::units::{HumanDuration, format_size};
 use super::{
     Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
@@ -33,6 +33,12 @@ const DEFAULT_RESCAN: Duration = Duration::from_secs(600);
 const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(3600);
 const MIN_RETRY_MAX_DELAY: Duration = Duration::from_secs(1);
+/// A folder's loop looks at the clock once a second when idle, so a shorter period would
+/// only mean a full rescan at every look (a busy loop over every file).
+const MIN_RESCAN: Duration = Duration::from_secs(1);
+/// Shorter, a stop gives in-flight uploads no time to checkpoint: they are aborted at once
+/// and send again what they sent since their last checkpoint.
+const MIN_SHUTDOWN: Duration = Duration::from_secs(1);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 const DEFAULT_API_URL: &str = "https://redivis.com/api/v1";
 const DEFAULT_CHUNK: u64 = 8 << 20;
@@ -87,22 +93,42 @@ pub(crate) fn build(
             n
         }
     };
-    let rescan_interval = duration_or(&raw.rescan_interval, DEFAULT_RESCAN);
-    let rescan_interval = (!rescan_interval.is_zero()).then_some(rescan_interval);
-    let shutdown_timeout = duration_or(&raw.shutdown_timeout, DEFAULT_SHUTDOWN);
-    let retry_max_delay = duration_or(&raw.retry_max_delay, DEFAULT_RETRY_MAX_DELAY);
-    if let Some(given) = &raw.retry_max_delay
-        && retry_max_delay < MIN_RETRY_MAX_DELAY
-    {
-        ck.error(
-            &given.span(),
-            "retry_max_delay",
-            format!(
-                "expected a duration of at least 1s, like \"1h\", found \"{}\"",
-                humantime::format_duration(retry_max_delay)
-            ),
-        );
-    }
+    let rescan_interval = match &raw.rescan_interval {
+        None => Some(DEFAULT_RESCAN),
+        Some(given) if given.get_ref().0.is_zero() => None,
+        Some(given) => Some(at_least(
+            &mut ck,
+            given,
+            "rescan_interval",
+            &Floor {
+                min: MIN_RESCAN,
+                example: "10m",
+                or: "\"0s\" (no rescans) or ",
+            },
+        )),
+    };
+    let shutdown_timeout = raw
+        .shutdown_timeout
+        .as_ref()
+        .map_or(DEFAULT_SHUTDOWN, |given| {
+            at_least(
+                &mut ck,
+                given,
+                "shutdown_timeout",
+                &Floor::plain(MIN_SHUTDOWN, "30s"),
+            )
+        });
+    let retry_max_delay = raw
+        .retry_max_delay
+        .as_ref()
+        .map_or(DEFAULT_RETRY_MAX_DELAY, |given| {
+            at_least(
+                &mut ck,
+                given,
+                "retry_max_delay",
+                &Floor::plain(MIN_RETRY_MAX_DELAY, "1h"),
+            )
+        });
     let metrics_listen = raw.metrics_listen.as_ref().map(|l| l.get_ref().0);
     let bandwidth = network::bandwidth(
         &mut ck,
@@ -164,6 +190,7 @@ pub(crate) fn build(
             "emulator.data_dir",
             "the emulator's remote files must not be watched again",
         );
+        check_apart_from_state_dir(&mut ck, e, raw_e.get_ref(), &state_dir, &raw.state_dir);
     }
 
     if !ck.errors.is_empty() {
@@ -253,6 +280,49 @@ fn pseudo_file_system(dir: &Path) -> Option<&'static str> {
         SYSFS_MAGIC => Some("sysfs"),
         _ => None,
     }
+}
+
+/// The shortest duration a key takes, for [`at_least`].
+struct Floor<'a> {
+    min: Duration,
+    /// A sensible value, shown in the message.
+    example: &'a str,
+    /// Another value the key takes, with how the message puts it: `"0s" (no rescans) or `.
+    or: &'a str,
+}
+
+impl Floor<'_> {
+    fn plain(min: Duration, example: &str) -> Floor<'_> {
+        Floor {
+            min,
+            example,
+            or: "",
+        }
+    }
+}
+
+/// The duration given for `key`, refused by name when shorter than the floor.
+fn at_least(
+    ck: &mut Checker<'_>,
+    given: &Spanned<HumanDuration>,
+    key: &str,
+    floor: &Floor<'_>,
+) -> Duration {
+    let duration = given.get_ref().0;
+    if duration < floor.min {
+        ck.error(
+            &given.span(),
+            key,
+            format!(
+                "expected {}a duration of at least {}, like \"{}\", found \"{}\"",
+                floor.or,
+                humantime::format_duration(floor.min),
+                floor.example,
+                humantime::format_duration(duration)
+            ),
+        );
+    }
+    duration
 }
 
 fn duration_or(value: &Option<Spanned<HumanDuration>>, default: Duration) -> Duration {
@@ -414,6 +484,27 @@ fn emulator(ck: &mut Checker<'_>, section: &Spanned<RawEmulator>) -> EmulatorCon
     }
 }
 
+/// The emulator's files and the state database each get a directory of their own, so that
+/// either can be removed (to start afresh) without the other.
+fn check_apart_from_state_dir(
+    ck: &mut Checker<'_>,
+    emulator: &EmulatorConfig,
+    raw: &RawEmulator,
+    state_dir: &Path,
+    raw_state_dir: &Spanned<String>,
+) {
+    if paths::overlaps(&emulator.data_dir, state_dir) {
+        let message = format!(
+            "\"{}\" overlaps state_dir \"{}\" (line {}); expected a directory apart from it: the \
+             emulator's files must not mix with the state database",
+            emulator.data_dir.display(),
+            state_dir.display(),
+            ck.src.line_of(raw_state_dir.span().start)
+        );
+        ck.error(&raw.data_dir.span(), "emulator.data_dir", message);
+    }
+}
+
 /// "8000000 bytes", or "2 GiB (2147483648 bytes)" when a unit reads better.
 fn describe_size(n: u64) -> String {
     let pretty = format_size(n);
@@ -468,12 +559,8 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
                 );
                 return None;
             }
-            if username.get_ref().is_empty() {
-                ck.error(
-                    &username.span(),
-                    "kifs.username",
-                    "expected a user name, found \"\"",
-                );
+            if let Some(problem) = unsendable_username(username.get_ref()) {
+                ck.error(&username.span(), "kifs.username", problem);
             }
             match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
                 Ok(Some(password)) => KifsAuth::Basic {
@@ -529,6 +616,24 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
         encoding,
         net,
     })
+}
+
+/// Why `name` cannot be sent as the user of HTTP Basic auth, in words that do not show it:
+/// `user:password` is what gets sent, so the name ends at its first colon, and a name
+/// holding one is most likely a user and password pasted into one key.
+fn unsendable_username(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("expected a user name, found \"\"".to_string());
+    }
+    if name.contains(':') {
+        return Some(
+            "holds a ':', which HTTP Basic auth cannot send in a user name (the name ends at \
+             the first colon); expected the user name alone, with the password in \
+             password_file or password_env"
+                .to_string(),
+        );
+    }
+    unsendable(name, Sent::Encoded)
 }
 
 fn folder(
