@@ -120,8 +120,14 @@ impl Source<'_> {
                 break;
             };
             blanked.push(locate(&doc, &span).unwrap_or_default());
+            let before = text.clone();
             for part in entry {
                 blank(&mut text, part);
+            }
+            // Each round must take something away, or the same refusal would come back for
+            // good (an entry whose spans hold nothing left to blank).
+            if text == before {
+                break;
             }
         }
         found.sort_by_key(|(start, _)| *start);
