@@ -89,7 +89,8 @@ impl Imports {
         }
         for job in jobs {
             match &backends.redivis {
-                Some(backend) => self.track(job, Arc::clone(backend)),
+                // What that run's transfer sent is not stored: the line names no rate.
+                Some(backend) => self.track(job, None, Arc::clone(backend)),
                 None => {
                     tracing::warn!(path = %job.key, "an importing file waits for a [redivis] section to be configured again")
                 }
@@ -98,19 +99,21 @@ impl Imports {
     }
 
     /// Waits for `job`'s import (steps 2–6); a job already waited for is left alone.
-    pub(crate) fn track(self: &Arc<Self>, job: Job, backend: Arc<Backend>) {
+    /// `sent`: the bytes its transfer sent, when known (fewer than the file's when it
+    /// resumed one of an earlier attempt).
+    pub(crate) fn track(self: &Arc<Self>, job: Job, sent: Option<u64>, backend: Arc<Backend>) {
         if job.import.is_none() || !self.lock().insert(job.id) {
             return;
         }
         let imports = Arc::clone(self);
         tokio::spawn(async move {
             let id = job.id;
-            imports.wait_for(job, backend).await;
+            imports.wait_for(job, sent, backend).await;
             imports.lock().remove(&id);
         });
     }
 
-    async fn wait_for(&self, job: Job, backend: Arc<Backend>) {
+    async fn wait_for(&self, job: Job, sent: Option<u64>, backend: Arc<Backend>) {
         let (Backend::Redivis(redivis), Some(import)) = (&*backend, job.import.clone()) else {
             return;
         };
@@ -144,7 +147,7 @@ impl Imports {
             };
             match outcome {
                 Ok(Imported::Verified(uploaded)) => {
-                    return self.completed(&job, &import, uploaded);
+                    return self.completed(&job, &import, sent, uploaded);
                 }
                 Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
                 Ok(Imported::Gone(reason)) => return self.gone(&job, &reason),
@@ -194,7 +197,13 @@ impl Imports {
     }
 
     /// Step 3.
-    fn completed(&self, job: &Job, import: &Import, uploaded: crate::upload::Uploaded) {
+    fn completed(
+        &self,
+        job: &Job,
+        import: &Import,
+        sent: Option<u64>,
+        uploaded: crate::upload::Uploaded,
+    ) {
         let path = job.path().display().to_string();
         let imported_ms = to_ms(SystemTime::now()).saturating_sub(import.posted_at_ms);
         let line = UploadLine {
@@ -202,6 +211,7 @@ impl Imports {
             path: &path,
             backend: "redivis",
             bytes: import.fingerprint.size,
+            sent,
             transfer: Duration::from_millis(import.transfer_ms),
             import: Some(Duration::from_millis(imported_ms)),
             remote: RemoteLabel::Table {
