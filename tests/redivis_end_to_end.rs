@@ -671,6 +671,13 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
     let folder = folder_status(&s.config);
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
     assert_eq!(daemon.terminate(), Some(0));
+    // The folder waited for no one: the release is told at info, never as a wait.
+    let log = daemon.log_text();
+    assert!(
+        log.contains("the dataset's unreleased version was released; the folder opens a new one"),
+        "{log}"
+    );
+    assert!(!log.contains("the folder waits"), "{log}");
 }
 
 /// A small file posted inline in the window between a release and the next version (the
