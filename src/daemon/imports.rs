@@ -9,7 +9,8 @@
 //!    of a table's imports together (in the released version when a release took the
 //!    upload along).
 //! 3. Imported with our size and MD5: the ledger records it; a file changed meanwhile is
-//!    queued again by the same transition.
+//!    queued again by the same transition. Its "imported" line names the table it was
+//!    imported into (the released version's after a release), not the one posted to.
 //! 4. Imported with another size or hash: the upload is deleted and the file queued to be
 //!    sent again; the second time for the same content fails the job.
 //! 5. Failed by Redivis: the reason (Redivis' `errorMessage`, and its count of bad
@@ -146,8 +147,8 @@ impl Imports {
                 }
             };
             match outcome {
-                Ok(Imported::Verified(uploaded)) => {
-                    return self.completed(&job, &import, sent, uploaded);
+                Ok(Imported::Verified { uploaded, table }) => {
+                    return self.completed(&job, &import, sent, uploaded, &table);
                 }
                 Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
                 Ok(Imported::Gone(reason)) => return self.gone(&job, &reason),
@@ -203,6 +204,7 @@ impl Imports {
         import: &Import,
         sent: Option<u64>,
         uploaded: crate::upload::Uploaded,
+        table: &str,
     ) {
         let path = job.path().display().to_string();
         let imported_ms = to_ms(SystemTime::now()).saturating_sub(import.posted_at_ms);
@@ -214,8 +216,9 @@ impl Imports {
             sent,
             transfer: Duration::from_millis(import.transfer_ms),
             import: Some(Duration::from_millis(imported_ms)),
+            // The table it was imported into: after a release, the released version's.
             remote: RemoteLabel::Table {
-                table: &import.target,
+                table,
                 rel: &job.key.rel,
             },
         };
