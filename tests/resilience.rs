@@ -422,8 +422,10 @@ fn a_remote_refusing_connections_at_the_start_is_never_shown_up_before_it_answer
     let mut s = Setup::new(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
     s.emulator.stop();
     let daemon = DaemonProcess::start(&s.config);
+    // None until the metrics endpoint serves (a busy machine may start it late).
     let remote_up = || {
-        let text = get_text(&format!("http://127.0.0.1:{port}/metrics"));
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let text = block_on(async { reqwest::get(&url).await.ok()?.text().await.ok() })?;
         sample(&text, "upsync_remote_up", &["backend=\"kifs\""])
     };
     let remote = |s: &Setup| s.status()["remotes"][0].clone();
