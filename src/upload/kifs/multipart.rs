@@ -261,6 +261,8 @@ impl Multipart<'_> {
             "multipart upload was completed before the restart"
         );
         self.job.clear_progress()?;
+        // Every byte went in an earlier attempt: this one's rate is not the file's.
+        self.job.live.sending_from(self.reader.size);
         Ok(Step::Done)
     }
 }

@@ -472,6 +472,11 @@ async fn a_finalizing_job_whose_complete_went_through_sends_nothing_more() {
         requests_before,
         "nothing sent"
     );
+    assert_eq!(
+        job.live.sent_by_attempt(data.len() as u64),
+        0,
+        "the attempt tells it sent none of the bytes"
+    );
     assert_eq!(multipart_count(&running, "complete").await, 1);
     assert_eq!(stored(root, "dir/big.bin"), data);
     assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
