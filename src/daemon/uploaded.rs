@@ -38,7 +38,8 @@ pub(super) struct UploadLine<'a> {
 }
 
 /// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
-/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS. Formatted
+/// for Redivis (not the API's URL-encoded upload URI; the version's tag in place of `next`
+/// for a file a release took along), the remote path for KiFS. Formatted
 /// only when a line is written: the files of a batch are told at debug.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum RemoteLabel<'a> {

@@ -610,7 +610,10 @@ impl Prepared {
             backend_name: self.backend_name,
             target: &self.upload.target,
             fingerprint: self.upload.fingerprint,
-            sent: (self.upload.live).sent_by_attempt(self.upload.fingerprint.size),
+            sent: self
+                .upload
+                .live
+                .sent_by_attempt(self.upload.fingerprint.size),
             started,
         }
     }
