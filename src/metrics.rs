@@ -36,7 +36,9 @@
 //!
 //! `upsync_folder_remote_check_state` is 1 for the state the folder's remote check is in
 //! (`checking`, `ready`, `refused`, `waiting`) and 0 for the others; `upsync_remote_up` is
-//! 1 while a remote answers and 0 while it is down (its folders' files wait for it).
+//! 1 while a remote answers and 0 while it is down (its folders' files wait for it), and 0
+//! too until its first answer since the start: a remote nothing has heard from yet is not
+//! shown as up.
 //!
 //! `upsync_request_duration_seconds` times each HTTP request to a remote, from sending it to
 //! its answer's headers (a chunk PUT includes sending its body): `kind` is `api` (KiFS
@@ -427,7 +429,7 @@ impl Metrics {
             remote_up: registered(
                 r,
                 "remote_up",
-                "1 while the remote answers, 0 while it is down",
+                "1 while the remote answers, 0 while it is down or until its first answer",
                 Family::default(),
             ),
             registry,

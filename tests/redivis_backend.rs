@@ -683,6 +683,11 @@ async fn the_next_attempt_resumes_the_saved_session_at_the_servers_offset() {
         1,
         "the saved session was resumed"
     );
+    assert_eq!(
+        job.live.sent_by_attempt(bytes.len() as u64),
+        2 * CHUNK,
+        "the attempt sent the chunks after the one the earlier attempt had sent"
+    );
     let stats = h.stats().await;
     assert_eq!(
         stats["status_queries"].as_u64().unwrap(),

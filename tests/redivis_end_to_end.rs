@@ -671,6 +671,24 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
     let folder = folder_status(&s.config);
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
     assert_eq!(daemon.terminate(), Some(0));
+    // The folder waited for no one: the release is told at info, never as a wait.
+    let log = daemon.log_text();
+    // Each file's line names the version it was imported into.
+    for (table, names) in [(RELEASED_TABLE, &first[..]), (TABLE, &later[..])] {
+        for name in names {
+            let remote = format!("remote={table}/{name}");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(" imported ") && l.contains(&remote)),
+                "{remote} in {log}"
+            );
+        }
+    }
+    assert!(
+        log.contains("the dataset's unreleased version was released; the folder opens a new one"),
+        "{log}"
+    );
+    assert!(!log.contains("the folder waits"), "{log}");
 }
 
 /// A small file posted inline in the window between a release and the next version (the

@@ -537,6 +537,51 @@ fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A daemon started while its remote refuses connections does not show it as up before
+/// any request had an answer: `upsync_remote_up` reads 0 from the first failed request on
+/// (not only once 5 failures judged it down), and 1 once the remote answers.
+#[test]
+fn a_remote_refusing_connections_at_the_start_is_never_shown_up_before_it_answers() {
+    let port = free_port();
+    let mut s = Setup::new(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    s.emulator.stop();
+    let daemon = DaemonProcess::start(&s.config);
+    // None until the metrics endpoint serves (a busy machine may start it late).
+    let remote_up = || {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let text = block_on(async { reqwest::get(&url).await.ok()?.text().await.ok() })?;
+        sample(&text, "upsync_remote_up", &["backend=\"kifs\""])
+    };
+    let remote = |s: &Setup| s.status()["remotes"][0].clone();
+    // A scrape between a failed request and the remote being judged down: the moment the
+    // gauge read 1 although nothing had answered.
+    let mut read = None;
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "a scrape after a refused request, before the remote is judged down",
+        || {
+            let tried = !remote(&s)["last_error"].is_null();
+            let value = remote_up();
+            let still_up = remote(&s)["state"] == "up";
+            read = value;
+            tried && still_up && value.is_some()
+        },
+    );
+    assert_eq!(read, Some(0.0), "{}", daemon.log_text());
+    assert_eq!(remote(&s)["answered"], false, "{}", s.status());
+    daemon.wait_until(Duration::from_secs(30), "the remote judged down", || {
+        remote(&s)["state"] == "down"
+    });
+    assert_eq!(remote_up(), Some(0.0));
+    s.emulator.start_again(None);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the gauge at 1 once it answers",
+        || remote_up() == Some(1.0),
+    );
+    assert_eq!(remote(&s)["answered"], true, "{}", s.status());
+}
+
 // ---------------------------------------------------------------- local faults
 
 /// Mounts a tmpfs of `size` on `dir`; `None` (with the reason printed) when not permitted.

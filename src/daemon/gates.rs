@@ -20,7 +20,9 @@
 //! the status says why, the change is logged once, and the remote is checked again every
 //! [`WAITING_RECHECK`] and at a reload. A ready folder goes back to waiting when an upload
 //! meets that reason, and to refused when an upload is refused for its credentials or
-//! permissions (they changed since the check): [`FolderGates::set_back`].
+//! permissions (they changed since the check): [`FolderGates::set_back`]. A folder whose
+//! check opens the dataset's next version itself (`create_next_version`) waits for no one:
+//! its setback by a release is told at info, the opening of the version by its check.
 //! Shutdown ends every check at once.
 
 use std::collections::BTreeMap;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FolderConfig;
 use crate::queue::to_ms;
 use crate::upload::backoff::Backoff;
+use crate::upload::redivis::versions::NO_NEXT_VERSION;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Disposition, UploadError};
 
@@ -218,6 +221,9 @@ impl FolderGates {
             entry.stop = token.clone();
         }
         match setback {
+            Setback::Waiting(reason) if opens_next_version(folder, reason) => {
+                log_opening_next_version(&key)
+            }
             Setback::Waiting(reason) => log_waiting(&key, reason),
             Setback::Refused(reason) => log_refused(&key, reason),
         }
@@ -410,6 +416,21 @@ fn log_refused(folder: &str, reason: &str) {
         recheck_in_s = REFUSED_RECHECK.as_secs(),
         "the folder's remote refuses it; its files wait until the remote or the config is \
          fixed (checked again periodically and at a reload)"
+    );
+}
+
+/// Whether the check that follows a setback for `reason` opens the dataset's next version
+/// itself (`create_next_version`): then the folder waits for no one, only for its check.
+fn opens_next_version(folder: &FolderConfig, reason: &str) -> bool {
+    folder.redivis.create_next_version && reason == NO_NEXT_VERSION
+}
+
+/// The line of a release met by an upload of a folder that opens the next version itself,
+/// instead of a warning that it waits.
+fn log_opening_next_version(folder: &str) {
+    tracing::info!(
+        folder,
+        "the dataset's unreleased version was released; the folder opens a new one          (create_next_version) and its files go into it"
     );
 }
 

@@ -9,7 +9,8 @@
 //!    of a table's imports together (in the released version when a release took the
 //!    upload along).
 //! 3. Imported with our size and MD5: the ledger records it; a file changed meanwhile is
-//!    queued again by the same transition.
+//!    queued again by the same transition. Its "imported" line names the table it was
+//!    imported into (the released version's after a release), not the one posted to.
 //! 4. Imported with another size or hash: the upload is deleted and the file queued to be
 //!    sent again; the second time for the same content fails the job.
 //! 5. Failed by Redivis: the reason (Redivis' `errorMessage`, and its count of bad
@@ -89,7 +90,8 @@ impl Imports {
         }
         for job in jobs {
             match &backends.redivis {
-                Some(backend) => self.track(job, Arc::clone(backend)),
+                // What that run's transfer sent is not stored: the line names no rate.
+                Some(backend) => self.track(job, None, Arc::clone(backend)),
                 None => {
                     tracing::warn!(path = %job.key, "an importing file waits for a [redivis] section to be configured again")
                 }
@@ -98,19 +100,21 @@ impl Imports {
     }
 
     /// Waits for `job`'s import (steps 2–6); a job already waited for is left alone.
-    pub(crate) fn track(self: &Arc<Self>, job: Job, backend: Arc<Backend>) {
+    /// `sent`: the bytes its transfer sent, when known (fewer than the file's when it
+    /// resumed one of an earlier attempt).
+    pub(crate) fn track(self: &Arc<Self>, job: Job, sent: Option<u64>, backend: Arc<Backend>) {
         if job.import.is_none() || !self.lock().insert(job.id) {
             return;
         }
         let imports = Arc::clone(self);
         tokio::spawn(async move {
             let id = job.id;
-            imports.wait_for(job, backend).await;
+            imports.wait_for(job, sent, backend).await;
             imports.lock().remove(&id);
         });
     }
 
-    async fn wait_for(&self, job: Job, backend: Arc<Backend>) {
+    async fn wait_for(&self, job: Job, sent: Option<u64>, backend: Arc<Backend>) {
         let (Backend::Redivis(redivis), Some(import)) = (&*backend, job.import.clone()) else {
             return;
         };
@@ -143,8 +147,8 @@ impl Imports {
                 }
             };
             match outcome {
-                Ok(Imported::Verified(uploaded)) => {
-                    return self.completed(&job, &import, uploaded);
+                Ok(Imported::Verified { uploaded, table }) => {
+                    return self.completed(&job, &import, sent, uploaded, &table);
                 }
                 Ok(Imported::Corrupt(reason)) => return self.corrupt(&job, &reason),
                 Ok(Imported::Gone(reason)) => return self.gone(&job, &reason),
@@ -194,7 +198,14 @@ impl Imports {
     }
 
     /// Step 3.
-    fn completed(&self, job: &Job, import: &Import, uploaded: crate::upload::Uploaded) {
+    fn completed(
+        &self,
+        job: &Job,
+        import: &Import,
+        sent: Option<u64>,
+        uploaded: crate::upload::Uploaded,
+        table: &str,
+    ) {
         let path = job.path().display().to_string();
         let imported_ms = to_ms(SystemTime::now()).saturating_sub(import.posted_at_ms);
         let line = UploadLine {
@@ -202,10 +213,12 @@ impl Imports {
             path: &path,
             backend: "redivis",
             bytes: import.fingerprint.size,
+            sent,
             transfer: Duration::from_millis(import.transfer_ms),
             import: Some(Duration::from_millis(imported_ms)),
+            // The table it was imported into: after a release, the released version's.
             remote: RemoteLabel::Table {
-                table: &import.target,
+                table,
                 rel: &job.key.rel,
             },
         };

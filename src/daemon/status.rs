@@ -31,7 +31,8 @@
 //!   "bandwidth": { "limit_bytes_per_s": 5242880 | null,
 //!                  "rule": "Mon-Fri 08:00-18:00 5MiB/s" | "bandwidth_limit" | null },
 //!   "remotes": [ { "backend": "kifs" | "redivis", "remote": "https://kinetica:9191",
-//!                  "state": "up" | "down", "since_ms": 1700000000000 | null,
+//!                  "state": "up" | "down", "answered": true | false,
+//!                  "since_ms": 1700000000000 | null,
 //!                  "last_error": "…" | null, "next_probe_ms": 1700000000000 | null } ] }
 //! ```
 //! - `oldest_pending_age_s`: how long the folder's longest-pending file has waited: an
@@ -586,12 +587,19 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
         .collect()
 }
 
-/// The metrics' view of the remotes: (backend, remote, up).
+/// The metrics' view of the remotes: (backend, remote, up), a remote counting as up once
+/// it has answered.
 pub fn remote_gauges(report: &StatusReport) -> Vec<(String, String, bool)> {
     report
         .remotes
         .iter()
-        .map(|r| (r.backend.clone(), r.remote.clone(), r.state == "up"))
+        .map(|r| {
+            (
+                r.backend.clone(),
+                r.remote.clone(),
+                r.state == "up" && r.answered,
+            )
+        })
         .collect()
 }
 

@@ -24,7 +24,11 @@ pub(super) struct UploadLine<'a> {
     /// The local path.
     pub path: &'a str,
     pub backend: &'static str,
+    /// The file's size.
     pub bytes: u64,
+    /// The bytes the attempt sent, when known: fewer than `bytes` when it resumed a
+    /// transfer an earlier attempt had begun.
+    pub sent: Option<u64>,
     /// The bytes' time: from the attempt's start until the remote held them.
     pub transfer: Duration,
     /// How long the remote then took to import them (Redivis uploads), if it did.
@@ -34,7 +38,8 @@ pub(super) struct UploadLine<'a> {
 }
 
 /// Where an uploaded file is, as a user names it: `owner.dataset:next.table/upload name`
-/// for Redivis (not the API's URL-encoded upload URI), the remote path for KiFS. Formatted
+/// for Redivis (not the API's URL-encoded upload URI; the version's tag in place of `next`
+/// for a file a release took along), the remote path for KiFS. Formatted
 /// only when a line is written: the files of a batch are told at debug.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum RemoteLabel<'a> {
@@ -72,28 +77,34 @@ pub(super) enum Told {
 }
 
 /// Logs, counts and shows one uploaded file: an "uploaded" line, or an "imported" one
-/// with the import's time as a field of its own. The rate counts the transfer only.
+/// with the import's time as a field of its own. The rate is that of the attempt: the
+/// bytes it sent over the transfer's time; a resumed attempt also says how many it sent
+/// (`sent`), and a line that cannot know them (an import waited for again after a
+/// restart) names no rate.
 pub(super) fn record_upload(metrics: &Metrics, live: &Live, line: &UploadLine<'_>, told: Told) {
-    let rate = Rate {
-        bytes: line.bytes,
+    let rate = line.sent.map(|sent| Rate {
+        bytes: sent,
         took: line.transfer,
-    };
+    });
+    let rate = rate.as_ref().map(tracing::field::display);
+    let sent = line.sent.filter(|sent| *sent != line.bytes);
     let duration_ms = millis(line.transfer);
     let (path, bytes, remote) = (line.path, line.bytes, line.remote);
     match (line.import, told) {
         (None, Told::Alone) => {
-            tracing::info!(path, bytes, duration_ms, rate = %rate, remote = %remote, "uploaded")
+            tracing::info!(path, bytes, sent, duration_ms, rate, remote = %remote, "uploaded")
         }
         (None, Told::InBatch) => {
-            tracing::debug!(path, bytes, duration_ms, rate = %rate, remote = %remote, "uploaded")
+            tracing::debug!(path, bytes, sent, duration_ms, rate, remote = %remote, "uploaded")
         }
         (Some(import), _) => {
             let import_ms = millis(import);
             tracing::info!(
                 path,
                 bytes,
+                sent,
                 duration_ms,
-                rate = %rate,
+                rate,
                 import_ms,
                 remote = %remote,
                 "imported"
@@ -197,6 +208,7 @@ mod tests {
             path,
             backend: "kifs",
             bytes: 4096,
+            sent: Some(4096),
             transfer: Duration::from_millis(20),
             import,
             remote: RemoteLabel::Path(remote),
@@ -300,6 +312,56 @@ mod tests {
         assert_eq!(
             label(&table).to_string(),
             "demo.uploads:next.files/2024/a.csv"
+        );
+    }
+
+    #[test]
+    fn a_resumed_upload_says_what_it_sent_and_its_rate_counts_only_that() {
+        let (logs, _guard) = capture_logs(tracing::Level::INFO);
+        let resumed = UploadLine {
+            bytes: 10 * 1024 * 1024,
+            sent: Some(1024 * 1024),
+            transfer: Duration::from_secs(1),
+            ..line("big.csv", "ingest/big.csv", None)
+        };
+        record_upload(&Metrics::new(), &Live::default(), &resumed, Told::Alone);
+        let text = logs.text();
+        for field in ["bytes=10485760", "sent=1048576", "rate=1.0 MiB/s"] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+    }
+
+    #[test]
+    fn an_upload_sent_whole_has_no_sent_field_and_a_line_without_sent_bytes_no_rate() {
+        let (logs, _guard) = capture_logs(tracing::Level::INFO);
+        let (metrics, live) = (Metrics::new(), Live::default());
+        record_upload(
+            &metrics,
+            &live,
+            &line("a.csv", "ingest/a.csv", None),
+            Told::Alone,
+        );
+        let unknown = UploadLine {
+            sent: None,
+            ..line("b.csv", "ingest/b.csv", Some(Duration::from_secs(1)))
+        };
+        record_upload(&metrics, &live, &unknown, Told::Alone);
+        let text = logs.text();
+        let whole = text
+            .lines()
+            .find(|l| l.contains("a.csv"))
+            .expect("a's line");
+        assert!(
+            whole.contains("rate=") && !whole.contains("sent="),
+            "{whole}"
+        );
+        let after_restart = text
+            .lines()
+            .find(|l| l.contains("b.csv"))
+            .expect("b's line");
+        assert!(
+            !after_restart.contains("rate=") && !after_restart.contains("sent="),
+            "{after_restart}"
         );
     }
 

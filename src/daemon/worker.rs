@@ -235,6 +235,7 @@ impl Worker {
                 backend_name: backend_label,
                 target: &upload.target,
                 fingerprint: upload.fingerprint,
+                sent: upload.live.sent_by_attempt(upload.fingerprint.size),
                 started,
             };
             match outcome {
@@ -516,6 +517,7 @@ impl Worker {
             path: attempt.path,
             backend: attempt.backend_name,
             bytes: attempt.fingerprint.size,
+            sent: Some(attempt.sent),
             transfer: attempt.started.elapsed(),
             import: None,
             remote: RemoteLabel::of(attempt.target, &attempt.job.key.rel, remote),
@@ -546,7 +548,9 @@ impl Worker {
             import: Some(import),
             ..job.clone()
         };
-        self.imports.track(importing, Arc::clone(attempt.backend));
+        let sent = Some(attempt.sent);
+        self.imports
+            .track(importing, sent, Arc::clone(attempt.backend));
     }
 
     fn after_complete(
@@ -606,6 +610,10 @@ impl Prepared {
             backend_name: self.backend_name,
             target: &self.upload.target,
             fingerprint: self.upload.fingerprint,
+            sent: self
+                .upload
+                .live
+                .sent_by_attempt(self.upload.fingerprint.size),
             started,
         }
     }
@@ -622,6 +630,8 @@ struct Finished<'a> {
     target: &'a Target,
     /// The version the attempt sent.
     fingerprint: Fingerprint,
+    /// The bytes of it this attempt sent (fewer than its size when it resumed).
+    sent: u64,
     started: Instant,
 }
 

@@ -358,28 +358,30 @@ impl Store {
     }
 
     /// Makes every retry-wait job of `folders` due now (their remote is back); returns how
-    /// many. Not flushed: after a crash the jobs just wait for their own time.
+    /// many are due now, counting those whose own time passed while the remote was down:
+    /// they were held back as well. Not flushed: after a crash the jobs just wait for their
+    /// own time.
     pub fn release_waiting(&self, folders: &[String], now: SystemTime) -> Result<u64, StoreError> {
         let now = to_ms(now);
         let mut released = 0;
         for folder in folders {
-            let waiting: Vec<DueEntry> = self
+            let entries: Vec<DueEntry> = self
                 .handles()
                 .trees
                 .due
                 .scan_prefix(folder_tag(folder))
                 .keys()
                 .filter_map(|raw| raw.ok().and_then(|raw| decode_due_key(&raw)))
-                .filter(|due| due.due_ms > now)
                 .collect();
-            for due in waiting {
+            for due in entries {
                 released += u64::from(self.make_due(due.id, now)?);
             }
         }
         Ok(released)
     }
 
-    /// Moves one retry-wait job's next attempt to `now`; false when it is no longer waiting.
+    /// Moves one retry-wait job's next attempt to `now` if it is later; false when the job
+    /// is not waiting for a retry.
     fn make_due(&self, id: super::JobId, now: u64) -> Result<bool, StoreError> {
         self.transact(|tx| {
             let Some(job) = tx.job(id)? else {
@@ -388,16 +390,15 @@ impl Store {
             let JobState::RetryWait { next_attempt_at_ms } = job.state else {
                 return Ok(false);
             };
-            if next_attempt_at_ms <= now {
-                return Ok(false);
+            if next_attempt_at_ms > now {
+                let due = Job {
+                    state: JobState::RetryWait {
+                        next_attempt_at_ms: now,
+                    },
+                    ..job.clone()
+                };
+                tx.put_job(Some(&job), &due)?;
             }
-            let due = Job {
-                state: JobState::RetryWait {
-                    next_attempt_at_ms: now,
-                },
-                ..job.clone()
-            };
-            tx.put_job(Some(&job), &due)?;
             Ok(true)
         })
     }

@@ -2429,6 +2429,59 @@ fn a_remote_coming_back_makes_its_folders_waiting_jobs_due_now_and_no_others() {
 }
 
 #[test]
+fn a_remote_coming_back_counts_the_waiting_jobs_whose_time_passed_while_it_was_down() {
+    // A short outage: the first job retry (5 s) falls due before the remote is back, and
+    // the job still waited for it, as the later one did.
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let back_at = SystemTime::now();
+    let retry_at = [back_at - Duration::from_secs(2), far_future()];
+    let mut ids = Vec::new();
+    for rel in ["overdue", "later"] {
+        let id = queued_id(
+            store
+                .offer(&in_folder("/down", rel), &fp(ids.len() as u64 + 1))
+                .expect("offer"),
+        );
+        ids.push(id);
+    }
+    for _ in &ids {
+        store
+            .claim(SystemTime::now())
+            .expect("claims")
+            .expect("a job");
+    }
+    for (id, at) in ids.iter().zip(retry_at) {
+        store
+            .retry_later(*id, at, "connection refused")
+            .expect("waits");
+    }
+    let queued = queued_id(
+        store
+            .offer(&in_folder("/down", "new"), &fp(9))
+            .expect("offer"),
+    );
+    let released = store
+        .release_waiting(&["/down".to_string()], back_at)
+        .expect("release works");
+    assert_eq!(
+        released, 2,
+        "both waiting jobs are due now; the queued one never waited"
+    );
+    assert_invariants(&store);
+    for id in ids {
+        assert!(matches!(
+            job(&store, id).state,
+            JobState::RetryWait { next_attempt_at_ms } if next_attempt_at_ms <= to_ms(back_at)
+        ));
+    }
+    assert!(!matches!(
+        job(&store, queued).state,
+        JobState::RetryWait { .. }
+    ));
+}
+
+#[test]
 fn due_entries_of_the_older_layout_are_rebuilt_at_recovery() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());

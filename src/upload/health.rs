@@ -11,6 +11,10 @@
 //! 3. Down: the first answer of any request (a probe or a request still in flight) makes it
 //!    up again; whoever waits on [`RemoteHealth::came_up`] then releases its waiting jobs.
 //!
+//! A remote no request has had an answer from yet counts as up for the scheduling (its
+//! folders' files are tried), but is not shown as answering: `answered` stays false, and
+//! `upsync_remote_up` reads 0, until its first answer.
+//!
 //! Counting requests rather than jobs makes the judgement quick (a few seconds of refused
 //! connections) and keeps it apart from what one file does (a rejected name is an answer).
 
@@ -41,6 +45,8 @@ struct State {
     last_error: Option<String>,
     /// When the current up or down period began (ms since the epoch); 0 = since start.
     since_ms: u64,
+    /// Whether any request had an answer since the start.
+    answered: bool,
     next_probe_ms: Option<u64>,
 }
 
@@ -51,6 +57,10 @@ pub struct HealthSnapshot {
     pub remote: String,
     /// `up` or `down`.
     pub state: String,
+    /// Whether the remote has answered a request since the start: a remote that is `up`
+    /// without having answered is only not yet judged down.
+    #[serde(default)]
+    pub answered: bool,
     /// When the remote went down, or came back up; `None` when up since the start.
     pub since_ms: Option<u64>,
     pub last_error: Option<String>,
@@ -98,6 +108,7 @@ impl RemoteHealth {
     pub fn answered(&self) {
         let mut state = self.lock();
         state.failures = 0;
+        state.answered = true;
         if !self.is_up() {
             state.since_ms = to_ms(SystemTime::now());
             state.next_probe_ms = None;
@@ -153,6 +164,7 @@ impl RemoteHealth {
             backend: self.backend.to_string(),
             remote: self.endpoint.clone(),
             state: if up { "up" } else { "down" }.to_string(),
+            answered: state.answered,
             since_ms: (state.since_ms > 0).then_some(state.since_ms),
             last_error: state.last_error.clone(),
             next_probe_ms: if up { None } else { state.next_probe_ms },
@@ -219,6 +231,20 @@ mod tests {
         health.answered();
         assert!(health.is_up());
         assert_eq!(health.snapshot().next_probe_ms, None);
+    }
+
+    #[test]
+    fn a_remote_is_shown_answering_only_after_its_first_answer() {
+        let health = RemoteHealth::with_threshold("kifs", "http://k", 3);
+        assert!(!health.snapshot().answered);
+        health.failed("refused");
+        let tried = health.snapshot();
+        assert!(
+            health.is_up() && !tried.answered,
+            "not judged down yet, not answering"
+        );
+        health.observe(Some(404), || unreachable!("an answer is no failure"));
+        assert!(health.snapshot().answered);
     }
 
     #[tokio::test(start_paused = true)]

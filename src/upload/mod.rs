@@ -66,12 +66,15 @@ pub struct Uploaded {
 }
 
 /// Bytes sent so far for an in-flight upload, and the in-place retry it is waiting for, if
-/// any; read by the status endpoint.
+/// any; read by the status endpoint. One per attempt.
 #[derive(Debug, Default)]
 pub struct LiveProgress {
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
     retry: Mutex<Option<RetryNote>>,
+    /// The lowest offset this attempt sent from, when it resumed a transfer (a Redivis
+    /// session, a KiFS multipart upload); none for an attempt that sent the whole file.
+    sent_from: Mutex<Option<u64>>,
 }
 
 /// An in-place retry an upload is waiting for ([`retry::Attempts::pause`]).
@@ -89,6 +92,20 @@ impl LiveProgress {
         self.bytes_total.store(total, Ordering::Relaxed);
     }
 
+    /// The attempt sends (again) from `offset` of the file: what lies before it an earlier
+    /// attempt sent, unless a lower offset follows (a transfer started over).
+    pub fn sending_from(&self, offset: u64) {
+        let mut sent_from = self.sent_from_lock();
+        *sent_from = Some(sent_from.map_or(offset, |earlier| earlier.min(offset)));
+    }
+
+    /// The bytes of a `size`-byte file this attempt sent itself, not counting those an
+    /// earlier attempt had sent.
+    pub fn sent_by_attempt(&self, size: u64) -> u64 {
+        let sent_from = self.sent_from_lock().unwrap_or(0);
+        size.saturating_sub(sent_from)
+    }
+
     pub fn note_retry(&self, note: RetryNote) {
         *self.retry_lock() = Some(note);
     }
@@ -99,6 +116,13 @@ impl LiveProgress {
 
     pub fn retry(&self) -> Option<RetryNote> {
         self.retry_lock().clone()
+    }
+
+    fn sent_from_lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        // A plain value: a panicking holder cannot leave it half-changed.
+        self.sent_from
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn retry_lock(&self) -> std::sync::MutexGuard<'_, Option<RetryNote>> {

@@ -209,6 +209,7 @@ impl Multipart<'_> {
         let part = state.last_part + 1;
         let offset = (part - 1) * part_size;
         let len = part_size.min(self.reader.size - offset);
+        self.job.live.sending_from(offset);
         self.job.check_unchanged()?;
         let data = Source::opened(
             Arc::clone(self.reader),
@@ -260,6 +261,8 @@ impl Multipart<'_> {
             "multipart upload was completed before the restart"
         );
         self.job.clear_progress()?;
+        // Every byte went in an earlier attempt: this one's rate is not the file's.
+        self.job.live.sending_from(self.reader.size);
         Ok(Step::Done)
     }
 }

@@ -415,6 +415,11 @@ async fn a_saved_upload_the_server_still_holds_is_resumed_after_its_last_part() 
         "part 1 once"
     );
     assert_eq!(stored(root, "dir/big.bin"), data);
+    assert_eq!(
+        job.live.sent_by_attempt(data.len() as u64),
+        data.len() as u64 - SMALL_PART,
+        "the attempt sent the parts after the earlier attempt's"
+    );
     running.shutdown.cancel();
 }
 
@@ -466,6 +471,11 @@ async fn a_finalizing_job_whose_complete_went_through_sends_nothing_more() {
         upload_requests(&running).await,
         requests_before,
         "nothing sent"
+    );
+    assert_eq!(
+        job.live.sent_by_attempt(data.len() as u64),
+        0,
+        "the attempt tells it sent none of the bytes"
     );
     assert_eq!(multipart_count(&running, "complete").await, 1);
     assert_eq!(stored(root, "dir/big.bin"), data);

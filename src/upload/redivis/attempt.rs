@@ -425,7 +425,7 @@ impl RedivisBackend {
         }
         let checked = self.verify(a.table, a.escaped, upload, size, &md5, &a.scope);
         match checked.await? {
-            Imported::Verified(uploaded) => Ok(Next::Done(Delivery::Uploaded(uploaded))),
+            Imported::Verified { uploaded, .. } => Ok(Next::Done(Delivery::Uploaded(uploaded))),
             Imported::Corrupt(reason) => Ok(Next::SendAgain(Again::Corrupt(reason))),
             Imported::Failed { reason, uri } => {
                 self.remove_failed(a.table, &a.job.rel, &uri, &a.scope)

@@ -160,8 +160,10 @@ enum PostAnswer {
 /// How an import that Redivis finished turned out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Imported {
-    /// Our size and MD5: the file is uploaded.
-    Verified(Uploaded),
+    /// Our size and MD5: the file is uploaded, into `table`: the table it was posted to,
+    /// or the same table of the version released while it was importing (its reference
+    /// names that version, e.g. `owner.dataset:v1_0.table`).
+    Verified { uploaded: Uploaded, table: String },
     /// Other bytes than were sent (the reason says how); the upload has been deleted.
     Corrupt(String),
     /// Redivis ended the import `failed` (the reason carries its `errorMessage`); the
@@ -612,7 +614,7 @@ impl RedivisBackend {
             }
             Err(gone) => gone,
         };
-        if !matches!(checked, Imported::Verified(_)) {
+        if !matches!(checked, Imported::Verified { .. }) {
             self.names.release(&posted.target, rel);
         }
         Ok(checked)
@@ -681,7 +683,7 @@ impl RedivisBackend {
                 .await_import(&job.rel, &posted, job.fingerprint.size, &scope)
                 .await?
             {
-                Imported::Verified(uploaded) => {
+                Imported::Verified { uploaded, .. } => {
                     job.clear_progress()?;
                     return Ok(uploaded);
                 }
@@ -733,10 +735,13 @@ impl RedivisBackend {
             if remote_hash.is_empty() {
                 tracing::warn!(upload = %done.uri, "Redivis reported no hash; the upload is not verified");
             }
-            return Ok(Imported::Verified(Uploaded {
-                remote: done.uri,
-                md5: Some(md5.to_string()),
-            }));
+            return Ok(Imported::Verified {
+                uploaded: Uploaded {
+                    remote: done.uri,
+                    md5: Some(md5.to_string()),
+                },
+                table: table.to_string(),
+            });
         }
         let reason = if hash_ok {
             format!(

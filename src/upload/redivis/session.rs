@@ -474,6 +474,7 @@ impl Transfer<'_> {
         };
         loop {
             let offset = within_size(next, size)?;
+            self.live.sending_from(offset);
             // Step 6: the confirmed bytes are hashed, recorded and published.
             source.confirmed(offset).await?;
             if offset > state.confirmed_offset {
