@@ -358,3 +358,57 @@ fn redivis_a_deleted_file_leaves_the_file_index_table() {
     s.wait_settled(&daemon, 1);
     daemon.terminate();
 }
+
+/// KiFS multipart part size (files larger than this are sent in parts).
+const PART: u64 = 62_914_560;
+
+/// The multipart uploads the KiFS emulator holds in progress, as it keeps them on disk.
+fn kifs_uploads_in_progress(s: &Setup) -> usize {
+    let multipart = s.emulator.data_dir.join("kifs").join("multipart");
+    std::fs::read_dir(&multipart)
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kifs_a_file_deleted_while_its_multipart_upload_waits_to_retry_has_that_upload_cancelled() {
+    // Part answers are held back, so a fault can be queued for the part after the first.
+    let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=1500"]);
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|folder| folder.with("on_delete = \"delete\""))
+        .write(&s.config);
+    s.write("big.bin", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 1);
+
+    let path = s.folder().join("big.bin");
+    write_file(&path, PART + 100, 2);
+    backdate(&path, 60);
+    daemon.wait_until(WAIT, "the new version's first part", || {
+        s.emulator.kifs_stats()["multipart_operations"]["upload_part"] == 1
+    });
+    // The second part is answered 503 with a long Retry-After: the job waits to retry,
+    // its upload saved, in progress on the server.
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "600"}}),
+    );
+    daemon.wait_until(WAIT, "the upload to wait for its retry", || {
+        s.folder_status("retry_wait") == 1
+    });
+    assert_eq!(kifs_uploads_in_progress(&s), 1);
+
+    std::fs::remove_file(&path).unwrap();
+    daemon.wait_until(WAIT, "the deletion of the uploaded copy", || {
+        !s.on_kifs("big.bin")
+    });
+    s.wait_settled(&daemon, 0);
+    assert_eq!(
+        s.emulator.kifs_stats()["multipart_operations"]["cancel"],
+        1,
+        "the waiting upload is cancelled"
+    );
+    assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_eq!(s.kifs_deletes(), 1);
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -119,6 +119,10 @@
 //!    only for existing jobs, and are removed when the job completes, fails, is dropped,
 //!    starts importing, or takes a new fingerprint (a session for old bytes must never be
 //!    resumed for new ones). A retry-wait keeps them: the pause resumes the same session.
+//!    One exception: a waiting upload that becomes a deletion keeps its progress, which no
+//!    deletion resumes; the deleter gives that upload up on the remote (a KiFS multipart
+//!    upload is cancelled), and the progress goes when the deletion ends or turns back
+//!    into an upload.
 //!    Progress is written only for what the remote acknowledged (the caller's duty), and
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the

@@ -38,6 +38,7 @@ use super::KifsBackend;
 use super::body::{Source, StreamedRequest};
 use super::wire::{ShowFilesResponse, UploadFilesResponse};
 use crate::fingerprint::Fingerprint;
+use crate::queue::{JobId, Store};
 use crate::upload::chunk::FileReader;
 use crate::upload::retry::CallScope;
 use crate::upload::{UploadError, UploadJob};
@@ -136,15 +137,25 @@ impl KifsBackend {
     /// and forget it. Not during a shutdown: the stop must not wait on it, and an
     /// interrupted upload keeps its progress to resume.
     pub(super) async fn abandon_saved(&self, job: &UploadJob) {
-        if job.scope.stop.is_cancelled() {
+        self.abandon_saved_upload(&job.store, job.id, &job.scope)
+            .await;
+    }
+
+    /// [`KifsBackend::abandon_saved`] for job `id` of `store`, which need not be an upload
+    /// any more (a deletion that replaced it).
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+        if scope.stop.is_cancelled() {
             return;
         }
-        let Ok(Some(saved)) = job.load_progress::<MultipartState>() else {
+        let Ok(Some(raw)) = store.load_progress(id) else {
             return;
         };
-        self.cancel_upload(&saved, &job.scope).await;
-        if let Err(err) = job.clear_progress() {
-            tracing::warn!(job = job.id.0, error = %err, "cannot forget an abandoned multipart upload");
+        // Anything else saved there is no multipart upload: nothing to cancel.
+        if let Ok(saved) = serde_json::from_slice::<MultipartState>(&raw) {
+            self.cancel_upload(&saved, scope).await;
+        }
+        if let Err(err) = store.clear_progress(id) {
+            tracing::warn!(job = id.0, error = %err, "cannot forget an abandoned multipart upload");
         }
     }
 
