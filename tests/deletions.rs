@@ -1,5 +1,6 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
-//! end: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
+//! end, and with either setting the cancel of a deleted file's waiting KiFS multipart
+//! upload: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
 //! kill -9. Checked through the remote's own listings and request counters and through
 //! `upsync status --json`.
 
@@ -370,12 +371,15 @@ fn kifs_uploads_in_progress(s: &Setup) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn kifs_a_file_deleted_while_its_multipart_upload_waits_to_retry_has_that_upload_cancelled() {
+/// A file whose newer version's multipart upload waits for a retry (its second part
+/// answered 503 with a long Retry-After) is deleted, in a folder with `on_delete`: that
+/// upload is cancelled on the remote, and the job ends as without it (the older copy
+/// deleted, or kept).
+fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
     // Part answers are held back, so a fault can be queued for the part after the first.
     let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=1500"]);
     one_folder_config(&s, true, TABLE, "UNUSED")
-        .each_folder(|folder| folder.with("on_delete = \"delete\""))
+        .each_folder(|folder| folder.with(&format!("on_delete = \"{on_delete}\"")))
         .write(&s.config);
     s.write("big.bin", 1);
     let mut daemon = DaemonProcess::start(&s.config);
@@ -387,8 +391,6 @@ fn kifs_a_file_deleted_while_its_multipart_upload_waits_to_retry_has_that_upload
     daemon.wait_until(WAIT, "the new version's first part", || {
         s.emulator.kifs_stats()["multipart_operations"]["upload_part"] == 1
     });
-    // The second part is answered 503 with a long Retry-After: the job waits to retry,
-    // its upload saved, in progress on the server.
     s.emulator.post_json(
         "/_emulator/faults",
         &serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "600"}}),
@@ -399,16 +401,30 @@ fn kifs_a_file_deleted_while_its_multipart_upload_waits_to_retry_has_that_upload
     assert_eq!(kifs_uploads_in_progress(&s), 1);
 
     std::fs::remove_file(&path).unwrap();
-    daemon.wait_until(WAIT, "the deletion of the uploaded copy", || {
-        !s.on_kifs("big.bin")
-    });
-    s.wait_settled(&daemon, 0);
+    let deleting = on_delete == "delete";
+    if deleting {
+        daemon.wait_until(WAIT, "the deletion of the uploaded copy", || {
+            !s.on_kifs("big.bin")
+        });
+    }
+    s.wait_settled(&daemon, if deleting { 0 } else { 1 });
     assert_eq!(
         s.emulator.kifs_stats()["multipart_operations"]["cancel"],
         1,
         "the waiting upload is cancelled"
     );
     assert_eq!(kifs_uploads_in_progress(&s), 0);
-    assert_eq!(s.kifs_deletes(), 1);
+    assert_eq!(s.kifs_deletes(), u64::from(deleting));
+    assert_eq!(s.on_kifs("big.bin"), !deleting);
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn kifs_deleting_a_file_whose_multipart_upload_waits_to_retry_cancels_that_upload() {
+    a_deleted_file_has_its_waiting_multipart_upload_cancelled("delete");
+}
+
+#[test]
+fn kifs_a_folder_keeping_copies_also_cancels_the_waiting_multipart_upload_of_a_deleted_file() {
+    a_deleted_file_has_its_waiting_multipart_upload_cancelled("keep");
 }

@@ -61,8 +61,8 @@ fn is_pending(job: &Job) -> bool {
 
 impl Tx<'_> {
     /// Step 1 for one file found gone; true when a deletion was queued. Without a ledger
-    /// entry there is nothing to delete, and a pending upload job is dropped as
-    /// `drop_vanished` would.
+    /// entry there is nothing to delete, and a pending upload job is dropped (or left to
+    /// give up its saved upload) as `drop_vanished` would.
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
         let raw = self.file_record(raw_key)?;
         let existing = self.job_named(raw.as_deref())?;
@@ -71,6 +71,7 @@ impl Tx<'_> {
                 && job.kind == JobKind::Upload
                 && !is_attempt(&job.state)
                 && job.state != JobState::Importing
+                && !self.left_to_give_up(&job)?
             {
                 self.remove_job(&job)?;
             }

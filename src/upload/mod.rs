@@ -341,8 +341,8 @@ impl Backend {
         }
     }
 
-    /// Gives up on the remote the upload saved for job `id` when its file is gone (the
-    /// deletion that replaced it runs): KiFS cancels its multipart upload, best effort;
+    /// Gives up on the remote the upload saved for job `id`, whose file is gone (the job is
+    /// dropped, or a deletion replaced it): KiFS cancels its multipart upload, best effort;
     /// a Redivis session has no cancel and expires on its own
     /// (`docs/protocols/redivis.md`). Nothing during a shutdown.
     pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
