@@ -210,7 +210,8 @@ impl KifsBackend {
         let outcome = match self.upload_multipart(job, reader, target).await {
             // An unknown or superseded UUID, a part out of order: a new UUID, once. The old
             // one is cancelled first rather than left to the new `init`: that `init` may
-            // fail too, and which uploads it cancels is inferred, not documented (§3.1).
+            // fail too, and which uploads it cancels is inferred, not documented
+            // (`docs/protocols/kifs.md` §3.1).
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
