@@ -497,8 +497,8 @@ fn file_changed_during_upload(backend: Backend) {
     w.stop(daemon);
 }
 
-/// The file is deleted while its chunks go out: nothing is finalized, the job ends, and the
-/// next file goes through.
+/// The file is deleted while its chunks go out: nothing is finalized, the job ends (its KiFS
+/// upload cancelled), and the next file goes through.
 fn file_vanished_during_upload(backend: Backend) {
     let w = World::new(backend, Pace::Slow, None);
     let name = "vanishing.bin";
@@ -513,6 +513,13 @@ fn file_vanished_during_upload(backend: Backend) {
     w.wait_settled(&daemon, 1);
     assert!(!w.holds_any(name), "the vanished file was finalized");
     assert_eq!(w.finalized(), 1, "only next.csv");
+    if w.backend == Backend::Kifs {
+        // The multipart upload is cancelled, not left on the server with its parts (a
+        // Redivis session has no cancel: it expires).
+        assert_eq!(w.kifs_stats()["multipart_operations"]["cancel"], 1);
+        let multipart = w.emulator.data_dir.join("kifs").join("multipart");
+        assert_eq!(std::fs::read_dir(multipart).unwrap().count(), 0);
+    }
     w.stop(daemon);
 }
 

@@ -1,5 +1,6 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
-//! end: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
+//! end, and with either setting the cancel of a deleted file's waiting KiFS multipart
+//! upload: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
 //! kill -9. Checked through the remote's own listings and request counters and through
 //! `upsync status --json`.
 
@@ -357,4 +358,73 @@ fn redivis_a_deleted_file_leaves_the_file_index_table() {
     });
     s.wait_settled(&daemon, 1);
     daemon.terminate();
+}
+
+/// KiFS multipart part size (files larger than this are sent in parts).
+const PART: u64 = 62_914_560;
+
+/// The multipart uploads the KiFS emulator holds in progress, as it keeps them on disk.
+fn kifs_uploads_in_progress(s: &Setup) -> usize {
+    let multipart = s.emulator.data_dir.join("kifs").join("multipart");
+    std::fs::read_dir(&multipart)
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+/// A file whose newer version's multipart upload waits for a retry (its second part
+/// answered 503 with a long Retry-After) is deleted, in a folder with `on_delete`: that
+/// upload is cancelled on the remote, and the job ends as without it (the older copy
+/// deleted, or kept).
+fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
+    // Part answers are held back, so a fault can be queued for the part after the first.
+    let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=1500"]);
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|folder| folder.with(&format!("on_delete = \"{on_delete}\"")))
+        .write(&s.config);
+    s.write("big.bin", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 1);
+
+    let path = s.folder().join("big.bin");
+    write_file(&path, PART + 100, 2);
+    backdate(&path, 60);
+    daemon.wait_until(WAIT, "the new version's first part", || {
+        s.emulator.kifs_stats()["multipart_operations"]["upload_part"] == 1
+    });
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "600"}}),
+    );
+    daemon.wait_until(WAIT, "the upload to wait for its retry", || {
+        s.folder_status("retry_wait") == 1
+    });
+    assert_eq!(kifs_uploads_in_progress(&s), 1);
+
+    std::fs::remove_file(&path).unwrap();
+    let deleting = on_delete == "delete";
+    if deleting {
+        daemon.wait_until(WAIT, "the deletion of the uploaded copy", || {
+            !s.on_kifs("big.bin")
+        });
+    }
+    s.wait_settled(&daemon, if deleting { 0 } else { 1 });
+    assert_eq!(
+        s.emulator.kifs_stats()["multipart_operations"]["cancel"],
+        1,
+        "the waiting upload is cancelled"
+    );
+    assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_eq!(s.kifs_deletes(), u64::from(deleting));
+    assert_eq!(s.on_kifs("big.bin"), !deleting);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn kifs_deleting_a_file_whose_multipart_upload_waits_to_retry_cancels_that_upload() {
+    a_deleted_file_has_its_waiting_multipart_upload_cancelled("delete");
+}
+
+#[test]
+fn kifs_a_folder_keeping_copies_also_cancels_the_waiting_multipart_upload_of_a_deleted_file() {
+    a_deleted_file_has_its_waiting_multipart_upload_cancelled("keep");
 }

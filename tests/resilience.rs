@@ -2,10 +2,11 @@
 //! The real `upsync` binary against the real emulator process, real files, real signals.
 //!
 //! Cases:
-//! - SIGTERM mid-upload: exit 0 within `shutdown_timeout`, the restart finishes the upload
-//!   once; a second signal exits at once and the restart still delivers the file whole;
-//!   `status` of the stopped daemon (after SIGTERM or kill -9) counts the interrupted
-//!   upload as queued, not active, and leaves the database as it was.
+//! - SIGTERM mid-upload: exit 0 within `shutdown_timeout`, nothing cancelled, the restart
+//!   resumes the same upload and finishes it once; a second signal exits at once and the
+//!   restart still delivers the file whole; `status` of the stopped daemon (after SIGTERM
+//!   or kill -9) counts the interrupted upload as queued, not active, and leaves the
+//!   database as it was.
 //! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
 //!   keeps running.
@@ -111,11 +112,19 @@ fn sigterm_mid_upload_exits_zero_within_the_timeout_and_the_restart_completes_it
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 
+    // The stop cancels nothing: the upload stays on the server, its progress saved.
+    assert_eq!(s.kifs_stats()["multipart_operations"]["cancel"], 0);
+
     let mut daemon = DaemonProcess::start(&s.config);
     wait_until(Duration::from_secs(120), "the whole file", || {
         s.arrived(&path, "ingest/big.bin")
     });
     assert_eq!(s.kifs_stats()["multipart_operations"]["complete"], 1);
+    assert_eq!(
+        s.kifs_stats()["multipart_operations"]["init"],
+        1,
+        "the restart resumed the same upload"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

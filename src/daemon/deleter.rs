@@ -8,7 +8,9 @@
 //!    now holds something else (a directory, a symlink, a FIFO), the job ends: that is not
 //!    a deletion of the file (the rule of `watch::is_gone`), nor anything to upload.
 //! 3. Read the ledger entry: it names the copy upsync uploaded, the only thing deleted.
-//! 4. Delete that copy on the remote (a copy already gone counts as deleted).
+//! 4. Give up the upload of a newer version the deletion replaced, if one was saved (a
+//!    KiFS multipart upload waiting for its retry is cancelled, so the server drops its
+//!    parts), then delete the copy on the remote (a copy already gone counts as deleted).
 //! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
 //!    transaction. A failure waits and retries like an upload's; a shutdown leaves the job
 //!    active, and the next start deletes again.
@@ -56,6 +58,9 @@ impl Worker {
             entries: Vec::new(),
         };
         let path = job.path().display().to_string();
+        backend
+            .abandon_saved_upload(&self.store, job.id, &scope)
+            .await;
         let deleted = backend
             .delete_uploaded(&folder.target, &job.key.rel, &entry.remote, &scope)
             .await;

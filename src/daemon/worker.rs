@@ -2,7 +2,9 @@
 //!
 //! Outcomes map to queue transitions in one place ([`Worker::settle_outcome`]):
 //! success → ledger; posted (the remote imports it) → `importing`, handed to [`Imports`]
-//! and the worker is free; vanished file → job dropped; changed file → queued again;
+//! and the worker is free; vanished file → job dropped (a file found gone before its
+//! attempt, with an upload saved by an earlier one, has that upload given up on the remote
+//! first); changed file → queued again;
 //! permanent failure → `failed` with the reason; the remote waiting (a dataset without an
 //! unreleased version) → queued again while the folder waits; anything transient →
 //! `retry-wait` with a persisted, exponentially growing `next_attempt_at`; shutdown → left
@@ -188,8 +190,12 @@ impl Worker {
     }
 
     async fn process_one(&self, job: Job) {
-        let Some(mut prepared) = self.prepare(&job) else {
-            return;
+        let mut prepared = match self.prepare(&job) {
+            Preparation::Ready(prepared) => prepared,
+            Preparation::Settled => return,
+            Preparation::GoneWithSavedUpload(backend) => {
+                return self.give_up_saved_upload(&job, &backend).await;
+            }
         };
         let started = Instant::now();
         let outcome = prepared.backend.upload(&mut prepared.upload).await;
@@ -203,8 +209,12 @@ impl Worker {
     async fn process_batch(&self, jobs: Vec<Claimed>) {
         let mut ready: Vec<(Claimed, Prepared)> = Vec::with_capacity(jobs.len());
         for claimed in jobs {
-            if let Some(prepared) = self.prepare(&claimed.job) {
-                ready.push((claimed, prepared));
+            match self.prepare(&claimed.job) {
+                Preparation::Ready(prepared) => ready.push((claimed, prepared)),
+                Preparation::Settled => {}
+                Preparation::GoneWithSavedUpload(backend) => {
+                    self.give_up_saved_upload(&claimed.job, &backend).await;
+                }
             }
         }
         let Some(backend) = ready.first().map(|(_, p)| Arc::clone(&p.backend)) else {
@@ -270,28 +280,32 @@ impl Worker {
         }
     }
 
-    /// The checks before an upload (folder, file, ledger, settle); `None` when the job was
-    /// settled here without uploading. Registers the upload as in flight.
-    fn prepare(&self, job: &Job) -> Option<Prepared> {
+    /// The checks before an upload (folder, file, ledger, settle): what to do with the job.
+    /// Registers the upload as in flight when it is ready.
+    fn prepare(&self, job: &Job) -> Preparation {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             let config = FailureClass::Config;
             self.fail_job(job, "none", config, ErrorKind::Config, FOLDER_REMOVED);
-            return None;
+            return Preparation::Settled;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
         let fingerprint = match Fingerprint::read(&path) {
             Ok(fp) => fp,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let saved = matches!(self.store.load_progress(job.id), Ok(Some(_)));
+                if saved && let Some(backend) = self.backends.for_target(&folder.target) {
+                    return Preparation::GoneWithSavedUpload(Arc::clone(backend));
+                }
                 tracing::info!(path = %path.display(), "file vanished before its upload; dropping the job");
                 self.record(job, self.store.drop_job(job.id));
-                return None;
+                return Preparation::Settled;
             }
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
                 tracing::error!(path = %path.display(), reason = %reason, "upload failed");
                 let (backend, class) = (backend_name(&folder.target), FailureClass::Unreadable);
                 self.fail_job(job, backend, class, ErrorKind::LocalIo, &reason);
-                return None;
+                return Preparation::Settled;
             }
         };
         // One ledger read serves both the check below and the backend (the previous upload).
@@ -302,7 +316,7 @@ impl Worker {
         {
             // This exact version is already on the remote (e.g. reverted to an uploaded state).
             self.record(job, self.store.drop_job(job.id));
-            return None;
+            return Preparation::Settled;
         }
         if fingerprint != job.fingerprint && !settled_by_mtime(&fingerprint, folder) {
             // Still being written: the watcher offers the new version once it settles.
@@ -311,7 +325,7 @@ impl Worker {
                 job,
                 self.store.retry_later(job.id, at, "file is still changing"),
             );
-            return None;
+            return Preparation::Settled;
         }
         if fingerprint != job.fingerprint {
             // Record the version we are about to send, so completing it does not requeue.
@@ -323,7 +337,7 @@ impl Worker {
             let reason = "no backend is configured for this folder's target";
             let (backend, class) = (backend_name(&folder.target), FailureClass::Config);
             self.fail_job(job, backend, class, ErrorKind::Config, reason);
-            return None;
+            return Preparation::Settled;
         };
         let live = Arc::new(LiveProgress::default());
         live.set(0, fingerprint.size);
@@ -357,12 +371,33 @@ impl Worker {
         )
         .with_redivis(folder.redivis.clone());
         upload.unconfirmed_since_ms = job.unconfirmed_attempt_ms;
-        Some(Prepared {
+        Preparation::Ready(Prepared {
             upload,
             backend,
             backend_name: backend_name(&folder.target),
             display,
         })
+    }
+
+    /// The file of `job` is gone and an earlier attempt saved an upload the remote may
+    /// still hold: the backend gives it up there (a KiFS multipart upload is cancelled),
+    /// then the job is dropped. A stop leaves the job to the next start, its upload with it.
+    async fn give_up_saved_upload(&self, job: &Job, backend: &Backend) {
+        let scope = CallScope {
+            stop: self.stopping.clone(),
+            checkpoint: self.interrupt.clone(),
+            entries: Vec::new(),
+        };
+        backend
+            .abandon_saved_upload(&self.store, job.id, &scope)
+            .await;
+        // A stop skips or cuts the cancel short: the job, still claimed, is found with its
+        // upload at the next start.
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        tracing::info!(path = %job.path().display(), "file vanished before its upload; dropping the job and its saved upload");
+        self.record(job, self.store.drop_job(job.id));
     }
 
     fn settle_outcome(&self, attempt: &Finished<'_>, outcome: Result<Delivery, UploadError>) {
@@ -589,6 +624,18 @@ impl Worker {
             tracing::error!(job = job.id.0, error = %err, "cannot record a job's outcome in the state database");
         }
     }
+}
+
+/// What the checks before an upload decided.
+// Made once per job and unpacked at once: boxing `Prepared` would cost every file an
+// allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Preparation {
+    Ready(Prepared),
+    /// The job was settled without uploading.
+    Settled,
+    /// The file is gone, and an earlier attempt saved an upload this backend may hold.
+    GoneWithSavedUpload(Arc<Backend>),
 }
 
 /// A claimed job ready to upload.

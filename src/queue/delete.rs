@@ -6,8 +6,9 @@
 //!    deletion ([`Store::offer_deletions`]), due after a delay, so that a file deleted and
 //!    written again at once (an editor's save) turns back into an upload before anything is
 //!    deleted. An upload in flight or importing is marked instead: the end of its attempt
-//!    or import queues it again, as a deletion. Only ledger entries are ever deleted: what
-//!    upsync did not upload has no entry.
+//!    or import queues it again, as a deletion. A waiting upload that becomes a deletion
+//!    keeps its saved progress, so that the deletion can give that upload up on the remote.
+//!    Only ledger entries are ever deleted: what upsync did not upload has no entry.
 //! 2. The mass-delete guard counts the folder's pending deletions ([`Store::deletion_tally`])
 //!    and, over the limit, holds all of them ([`Store::hold_deletions`]): they are failed
 //!    with [`HELD_BY_GUARD`] in the reason, until `upsync retry --deletes` approves them
@@ -60,8 +61,8 @@ fn is_pending(job: &Job) -> bool {
 
 impl Tx<'_> {
     /// Step 1 for one file found gone; true when a deletion was queued. Without a ledger
-    /// entry there is nothing to delete, and a pending upload job is dropped as
-    /// `drop_vanished` would.
+    /// entry there is nothing to delete, and a pending upload job is dropped (or left to
+    /// give up its saved upload) as `drop_vanished` would.
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
         let raw = self.file_record(raw_key)?;
         let existing = self.job_named(raw.as_deref())?;
@@ -70,6 +71,7 @@ impl Tx<'_> {
                 && job.kind == JobKind::Upload
                 && !is_attempt(&job.state)
                 && job.state != JobState::Importing
+                && !self.left_to_give_up(&job)?
             {
                 self.remove_job(&job)?;
             }
@@ -105,7 +107,8 @@ impl Tx<'_> {
             self.put_job(Some(&job), &marked)?;
             return Ok(false);
         }
-        self.clear_progress(job.id)?;
+        // The progress stays with the deletion, which gives that upload up on the remote
+        // (invariant 3).
         self.put_job(Some(&job), &queued_afresh(&marked, due))?;
         Ok(true)
     }

@@ -119,6 +119,10 @@
 //!    only for existing jobs, and are removed when the job completes, fails, is dropped,
 //!    starts importing, or takes a new fingerprint (a session for old bytes must never be
 //!    resumed for new ones). A retry-wait keeps them: the pause resumes the same session.
+//!    One exception: a waiting upload that becomes a deletion keeps its progress, which no
+//!    deletion resumes; the deleter gives that upload up on the remote (a KiFS multipart
+//!    upload is cancelled), and the progress goes when the deletion ends or turns back
+//!    into an upload.
 //!    Progress is written only for what the remote acknowledged (the caller's duty), and
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
@@ -126,8 +130,9 @@
 //!    `offer` when the ledger already holds the offered fingerprint and the job had failed
 //!    or was a deletion, (c) by `drop_job` or `drop_vanished` because the file vanished
 //!    (never while importing: those bytes are on the remote, and the import's end records
-//!    them; never a deletion, nor an upload marked for deletion), or (d) by
-//!    `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
+//!    them; never a deletion, nor an upload marked for deletion; a waiting upload with
+//!    saved progress is left, due, for the worker to give that upload up and drop it), or
+//!    (d) by `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
 //!    when the whole folder is gone (its files are looked at again when it is back). So a
 //!    file whose fingerprint differs from its ledger entry keeps a queued, active,
 //!    importing, retry-wait or failed job. `offer` itself is not flushed: after a crash the
@@ -944,6 +949,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// For a waiting upload whose file is gone: whether it saved an upload that the remote
+    /// may still hold (a KiFS multipart upload in progress), in which case it stays, due
+    /// now, with its progress: the worker that claims it finds the file gone, gives that
+    /// upload up on the remote and drops the job. Without progress the job can simply go.
+    fn left_to_give_up(&self, job: &Job) -> TxResult<bool> {
+        if self.progress.get(job_key(job.id))?.is_none() {
+            return Ok(false);
+        }
+        if matches!(job.state, JobState::RetryWait { .. }) {
+            self.put_job(Some(job), &queued_afresh(job, now_ms()))?;
+        }
+        Ok(true)
+    }
+
     /// The body of [`Store::offer`]: reads see the writes of earlier offers in the same
     /// transaction, so a batch behaves like the same offers made one after another.
     fn offer(
@@ -1615,7 +1634,8 @@ impl Store {
 
     /// Removes the job of a file found gone (an event, a scan), unless a worker or an
     /// import holds it: a worker notices the file is gone at its next check, and bytes
-    /// being imported are already on the remote (the import's end records them). Returns
+    /// being imported are already on the remote (the import's end records them). A waiting
+    /// job that saved an upload is made due instead (`Tx::left_to_give_up`). Returns
     /// the state of the dropped job. Not flushed: a rescan finds the file gone again.
     pub fn drop_vanished(&self, key: &FileKey) -> Result<Option<&'static str>, StoreError> {
         let raw_key = valid_key(key)?;
@@ -1627,6 +1647,9 @@ impl Store {
                 return Ok(None);
             }
             match job.state {
+                JobState::Queued | JobState::RetryWait { .. } if tx.left_to_give_up(&job)? => {
+                    Ok(None)
+                }
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
                     tx.remove_job(&job)?;
                     Ok(Some(job.state.name()))

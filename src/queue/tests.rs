@@ -2712,6 +2712,37 @@ fn a_vanished_file_drops_its_job_unless_a_worker_or_an_import_holds_it() {
     assert_invariants(&store);
 }
 
+#[test]
+fn a_waiting_job_whose_file_vanished_with_an_upload_saved_is_left_due_for_the_worker() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("big.bin"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claims");
+    store.save_progress(id, b"multipart upload").expect("saves");
+    store
+        .retry_later(id, far_future(), "HTTP 503")
+        .expect("retry-wait");
+
+    assert_eq!(store.drop_vanished(&key("big.bin")).expect("drops"), None);
+
+    let job = store.get(id).expect("reads").expect("the job stays");
+    assert_eq!(job.state, JobState::Queued, "due now, not at its retry");
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"multipart upload"[..])
+    );
+    assert_eq!(
+        store
+            .claim(SystemTime::now())
+            .expect("claims")
+            .map(|job| job.id),
+        Some(id)
+    );
+    store.drop_job(id).expect("the worker drops it");
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_invariants(&store);
+}
+
 /// The state database file's length and modification time: what any write would change.
 fn db_file_stamp(state_dir: &Path) -> (u64, SystemTime) {
     let meta = std::fs::metadata(state_dir.join(DB_DIR).join("db")).expect("sled's data file");

@@ -365,6 +365,17 @@ impl Backend {
         }
     }
 
+    /// Gives up on the remote the upload saved for job `id`, whose file is gone (the job is
+    /// dropped, or a deletion replaced it): KiFS cancels its multipart upload, best effort;
+    /// a Redivis session has no cancel and expires on its own
+    /// (`docs/protocols/redivis.md`). Nothing during a shutdown.
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+        match self {
+            Backend::Kifs(backend) => backend.abandon_saved_upload(store, id, scope).await,
+            Backend::Redivis(_) => {}
+        }
+    }
+
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Delivery, UploadError> {
         match self {
             Backend::Kifs(backend) => backend.upload(job).await.map(Delivery::Uploaded),

@@ -305,3 +305,39 @@ fn a_deletion_interrupted_by_a_crash_runs_again_after_the_restart() {
     assert!(store.ledger_get(&key("a.csv")).expect("ledger").is_some());
     assert_invariants(&store);
 }
+
+#[test]
+fn a_waiting_upload_that_becomes_a_deletion_keeps_its_progress_until_the_deletion_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    uploaded(&store, "a.csv", 1);
+    let id = queued_id(store.offer(&key("a.csv"), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claim").expect("due");
+    store
+        .save_progress(id, b"upload of version 2")
+        .expect("saves");
+    store
+        .retry_later(id, soon(), "HTTP 503")
+        .expect("retry-wait");
+
+    store
+        .offer_deletions(&[key("a.csv")], SystemTime::now())
+        .expect("offer");
+
+    let job = the_job(&store, "a.csv").expect("the deletion");
+    assert_eq!((job.id, job.kind), (id, JobKind::Delete));
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"upload of version 2"[..]),
+        "kept for the deleter to give up"
+    );
+    assert_invariants(&store);
+    store.claim(far_future()).expect("claim").expect("due");
+    assert!(
+        store
+            .complete_deletion(id, Some("dir/a.csv"))
+            .expect("ends")
+    );
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_invariants(&store);
+}

@@ -25,7 +25,10 @@
 //!    `init`, `upload_part` and `complete` are never re-sent blindly after an ambiguous
 //!    failure (timeout, reset, 5xx): the job goes back to the queue and the next attempt
 //!    decides. A step the server refuses for good mid-way (an unknown or superseded UUID,
-//!    a part out of order) starts the upload over once with a new UUID.
+//!    a part out of order) starts the upload over once with a new UUID. An upload that will
+//!    not be continued (the file vanished, changed or is unreadable, a step refused for
+//!    good, the refused upload before the new one) is cancelled on the server and
+//!    forgotten, except during a shutdown, which keeps it to resume.
 //!
 //! The local file's fingerprint is checked before and after every request that sends its
 //! bytes (steps 4 and 5); a change restarts the upload with the new content.
@@ -204,19 +207,49 @@ impl KifsBackend {
             }
             _ = job.scope.stop.cancelled() => return Err(UploadError::Shutdown),
         };
-        match self.upload_multipart(job, reader, target).await {
-            // An unknown or superseded UUID, a part out of order: a new UUID, once.
+        let outcome = match self.upload_multipart(job, reader, target).await {
+            // An unknown or superseded UUID, a part out of order: a new UUID, once. The old
+            // one is cancelled first rather than left to the new `init`: that `init` may
+            // fail too, and which uploads it cancels is inferred, not documented
+            // (`docs/protocols/kifs.md` §3.1).
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
                 ..
             }) if job.load_progress::<MultipartState>()?.is_some() => {
                 tracing::warn!(job = job.id.0, target, reason = %message, "multipart upload refused mid-way; starting again with a new upload");
+                self.abandon_saved(job).await;
                 job.clear_progress()?;
                 self.upload_multipart(job, reader, target).await
             }
             other => other,
+        };
+        if let Err(err) = &outcome
+            && ends_the_upload(err)
+        {
+            self.abandon_saved(job).await;
         }
+        outcome
+    }
+}
+
+/// Whether the job ends with `err` so that its saved multipart upload is never continued:
+/// the worker drops it (vanished), queues it afresh (changed) or fails it (unreadable, a
+/// permanent refusal), each forgetting its progress. A refused credential keeps the
+/// progress for the retry once it is fixed; a transient failure, a state database error
+/// and a shutdown keep it to resume.
+fn ends_the_upload(err: &UploadError) -> bool {
+    match err {
+        UploadError::Vanished(_) | UploadError::Changed | UploadError::Unreadable(_) => true,
+        UploadError::Remote {
+            disposition: Disposition::Permanent,
+            kind,
+            ..
+        } => *kind != ErrorKind::Auth,
+        UploadError::Remote { .. }
+        | UploadError::Store(_)
+        | UploadError::Waiting(_)
+        | UploadError::Shutdown => false,
     }
 }
 

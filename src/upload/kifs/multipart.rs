@@ -20,6 +20,9 @@
 //!    state → done.
 //! 6. [`Multipart::reconcile_finalized`]: the `complete` of an earlier attempt went
 //!    through; forget the saved state, send nothing → done.
+//! 7. [`KifsBackend::abandon_saved`], for an upload that will not be continued (the file
+//!    vanished, changed or is unreadable, a step refused for good): cancel the saved UUID
+//!    (best effort) and forget the saved state, except during a shutdown.
 //!
 //! `init`, `upload_part` and `complete` are sent exactly once each: an ambiguous failure
 //! (timeout, reset, 5xx) ends the attempt, and the next attempt's `look_for_saved` decides.
@@ -35,7 +38,9 @@ use super::KifsBackend;
 use super::body::{Source, StreamedRequest};
 use super::wire::{ShowFilesResponse, UploadFilesResponse};
 use crate::fingerprint::Fingerprint;
+use crate::queue::{JobId, Store};
 use crate::upload::chunk::FileReader;
+use crate::upload::retry::CallScope;
 use crate::upload::{UploadError, UploadJob};
 
 /// What survives a crash in the middle of a multipart upload.
@@ -126,6 +131,54 @@ impl KifsBackend {
         let _: UploadFilesResponse = self.call_streamed("/upload/files", &request).await?;
         Ok(())
     }
+
+    /// Step 7: the saved upload will never be continued (the file is gone, changed or
+    /// unreadable, a step was refused for good): cancel it, so the server drops its parts,
+    /// and forget it. Not during a shutdown: the stop must not wait on it, and an
+    /// interrupted upload keeps its progress to resume.
+    pub(super) async fn abandon_saved(&self, job: &UploadJob) {
+        self.abandon_saved_upload(&job.store, job.id, &job.scope)
+            .await;
+    }
+
+    /// [`KifsBackend::abandon_saved`] for job `id` of `store`, which need not be an upload
+    /// any more (a deletion that replaced it).
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+        if scope.stop.is_cancelled() {
+            return;
+        }
+        let Ok(Some(raw)) = store.load_progress(id) else {
+            return;
+        };
+        // Anything else saved there is no multipart upload: nothing to cancel.
+        if let Ok(saved) = serde_json::from_slice::<MultipartState>(&raw) {
+            self.cancel_upload(&saved, scope).await;
+        }
+        if let Err(err) = store.clear_progress(id) {
+            tracing::warn!(job = id.0, error = %err, "cannot forget an abandoned multipart upload");
+        }
+    }
+
+    /// Sends `cancel` for `saved`, best effort: one try, bounded like every request by the
+    /// client's connect and idle timeouts and cut short by a stop; a failure is only logged
+    /// (the server cancels it anyway at the next `init` of its target, §3.1 of
+    /// `docs/protocols/kifs.md`).
+    pub(super) async fn cancel_upload(&self, saved: &MultipartState, scope: &CallScope) {
+        let cancel = self.multipart_step(&saved.target, &saved.uuid, "cancel", None, None);
+        let cancelled = tokio::select! {
+            biased;
+            _ = scope.stop.cancelled() => return,
+            cancelled = cancel => cancelled,
+        };
+        match cancelled {
+            Ok(()) => {
+                tracing::debug!(target = %saved.target, uuid = %saved.uuid, "cancelled a multipart upload that will not be continued")
+            }
+            Err(err) => {
+                tracing::debug!(target = %saved.target, uuid = %saved.uuid, error = %err, "cancel of a multipart upload failed")
+            }
+        }
+    }
 }
 
 impl Multipart<'_> {
@@ -171,13 +224,7 @@ impl Multipart<'_> {
     ) -> Result<Step, UploadError> {
         if in_progress {
             // Best effort: a new init for the same target cancels it on the server anyway.
-            let cancelled = self
-                .backend
-                .multipart_step(self.target, &saved.uuid, "cancel", None, None)
-                .await;
-            if let Err(err) = cancelled {
-                tracing::debug!(target = self.target, error = %err, "cancel of a stale multipart upload failed");
-            }
+            self.backend.cancel_upload(&saved, &self.job.scope).await;
         }
         self.job.clear_progress()?;
         Ok(Step::Start)

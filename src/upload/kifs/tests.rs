@@ -20,8 +20,18 @@ async fn setup(
     root: &Path,
     encoding: KifsEncoding,
 ) -> (emulator::RunningEmulator, KifsBackend, Store) {
+    setup_with(root, encoding, |_| {}).await
+}
+
+/// [`setup`], with the emulator's options changed by `adjust` (its test hooks).
+async fn setup_with(
+    root: &Path,
+    encoding: KifsEncoding,
+    adjust: impl FnOnce(&mut EmulatorOptions),
+) -> (emulator::RunningEmulator, KifsBackend, Store) {
     let mut options = EmulatorOptions::with_data_dir(root.join("remote"));
     options.kifs.kifs_directories = vec!["dir".into()];
+    adjust(&mut options);
     let running = emulator::start("127.0.0.1:0", options)
         .await
         .expect("the emulator starts on a free port");
@@ -527,5 +537,226 @@ async fn a_finalizing_job_finding_another_size_at_its_target_uploads_again() {
         "the old one, ours"
     );
     assert_eq!(stored(root, "dir/big.bin"), data);
+    running.shutdown.cancel();
+}
+
+/// An emulator whose answers to `upload_part` are held back, a backend with small parts,
+/// and a job for `big.bin` of three parts.
+async fn setup_mid_upload(
+    root: &Path,
+) -> (emulator::RunningEmulator, KifsBackend, Store, UploadJob) {
+    let (running, mut backend, store) = setup_with(root, KifsEncoding::Binary, |options| {
+        options.kifs.kifs_answer_delays = vec!["upload_part=400".parse().expect("a hook")];
+    })
+    .await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 229) as u8).collect();
+    let job = job(root, &store, "big.bin", &data);
+    (running, backend, store, job)
+}
+
+/// Waits until the emulator applied the first part (its answer is still held back), then
+/// returns the UUID the upload saved and runs `meanwhile`.
+async fn after_first_part(
+    running: &emulator::RunningEmulator,
+    store: &Store,
+    id: crate::queue::JobId,
+    meanwhile: impl FnOnce(),
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while multipart_count(running, "upload_part").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no part arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let raw = store
+        .load_progress(id)
+        .expect("progress reads")
+        .expect("the upload saved its UUID before init");
+    let saved: MultipartState = serde_json::from_slice(&raw).expect("the state parses");
+    meanwhile();
+    saved.uuid
+}
+
+/// The UUIDs of the uploads of `dir/big.bin` the emulator still has in progress.
+async fn uploads_in_progress(backend: &KifsBackend) -> Vec<String> {
+    let shown = backend
+        .show_file("dir/big.bin", &CallScope::default())
+        .await
+        .expect("show works");
+    let Some(raw) = shown.info.get("multipart_uploads") else {
+        return Vec::new();
+    };
+    let uploads: Vec<serde_json::Value> = serde_json::from_str(raw).expect("a JSON array");
+    uploads
+        .iter()
+        .map(|upload| upload["uuid"].as_str().expect("a UUID").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_deleted_mid_upload_has_its_upload_cancelled_and_forgotten() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store, mut job) = setup_mid_upload(root).await;
+    let (id, path) = (job.id, job.path.clone());
+
+    let (outcome, uuid) = tokio::join!(
+        backend.upload(&mut job),
+        after_first_part(&running, &store, id, || std::fs::remove_file(&path)
+            .expect("the file is deleted"))
+    );
+
+    assert!(
+        matches!(outcome, Err(UploadError::Vanished(_))),
+        "the job is dropped as before: {outcome:?}"
+    );
+    assert_eq!(multipart_count(&running, "cancel").await, 1);
+    assert_eq!(
+        stats(&running).await["replies"]["error"],
+        0,
+        "the cancel named an upload the server had"
+    );
+    assert_eq!(
+        uploads_in_progress(&backend).await,
+        Vec::<String>::new(),
+        "{uuid} is gone"
+    );
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_file_that_shrinks_mid_upload_has_its_upload_cancelled_and_forgotten() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store, mut job) = setup_mid_upload(root).await;
+    let (id, path) = (job.id, job.path.clone());
+
+    let (outcome, uuid) = tokio::join!(
+        backend.upload(&mut job),
+        after_first_part(&running, &store, id, || std::fs::write(&path, b"shorter")
+            .expect("the file is rewritten"))
+    );
+
+    assert!(
+        matches!(outcome, Err(UploadError::Changed)),
+        "the job starts again as before: {outcome:?}"
+    );
+    assert_eq!(multipart_count(&running, "cancel").await, 1);
+    assert_eq!(stats(&running).await["replies"]["error"], 0);
+    assert_eq!(
+        uploads_in_progress(&backend).await,
+        Vec::<String>::new(),
+        "{uuid} is gone"
+    );
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    running.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_shutdown_mid_upload_cancels_nothing_and_keeps_the_upload_to_resume() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store, mut job) = setup_mid_upload(root).await;
+    let id = job.id;
+    let scope = job.scope.clone();
+
+    let (outcome, uuid) = tokio::join!(
+        backend.upload(&mut job),
+        after_first_part(&running, &store, id, || {
+            scope.stop.cancel();
+            scope.checkpoint.cancel();
+        })
+    );
+
+    assert!(matches!(outcome, Err(UploadError::Shutdown)), "{outcome:?}");
+    assert_eq!(multipart_count(&running, "cancel").await, 0);
+    assert_eq!(uploads_in_progress(&backend).await, vec![uuid.clone()]);
+    let saved = job
+        .load_progress::<MultipartState>()
+        .expect("loads")
+        .expect("the progress is kept");
+    assert_eq!(saved.uuid, uuid);
+    running.shutdown.cancel();
+}
+
+/// Once the server holds part 1 of the upload `job` saved under a UUID other than
+/// `after`, sends that upload's part 2 itself, so that the upload's own part 2 arrives out
+/// of order and is refused for good. Returns the UUID.
+async fn spoil_next_part(
+    backend: &KifsBackend,
+    store: &Store,
+    job: (crate::queue::JobId, &Path, Fingerprint),
+    after: Option<&str>,
+) -> String {
+    let (id, path, fingerprint) = job;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let uuid = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new upload took its part 1"
+        );
+        let saved = store
+            .load_progress(id)
+            .expect("progress reads")
+            .map(|raw| serde_json::from_slice::<MultipartState>(&raw).expect("the state parses"));
+        if let Some(saved) = saved
+            && Some(saved.uuid.as_str()) != after
+        {
+            let shown = backend
+                .show_file("dir/big.bin", &CallScope::default())
+                .await
+                .expect("show works");
+            if multipart_progress(&shown, &saved.uuid) == Some(1) {
+                break saved.uuid;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let part = Source::opened(
+        Arc::new(FileReader::open(path, &fingerprint).expect("the file opens")),
+        path.to_path_buf(),
+        fingerprint,
+        SMALL_PART,
+        SMALL_PART,
+    );
+    backend
+        .multipart_step("dir/big.bin", &uuid, "upload_part", Some(2), Some(part))
+        .await
+        .expect("part 2 out of band");
+    uuid
+}
+
+#[tokio::test]
+async fn a_refused_upload_is_cancelled_before_its_restart_and_a_refused_restart_at_the_end() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store, mut job) = setup_mid_upload(root).await;
+    let path = job.path.clone();
+    let of_job = (job.id, path.as_path(), job.fingerprint);
+
+    let spoil_both = async {
+        let first = spoil_next_part(&backend, &store, of_job, None).await;
+        spoil_next_part(&backend, &store, of_job, Some(&first)).await
+    };
+    let (outcome, _) = tokio::join!(backend.upload(&mut job), spoil_both);
+
+    assert!(
+        matches!(
+            outcome,
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                ..
+            })
+        ),
+        "the job fails as before: {outcome:?}"
+    );
+    assert_eq!(
+        multipart_count(&running, "cancel").await,
+        2,
+        "the first upload before the restart, the second at the end"
+    );
+    assert_eq!(uploads_in_progress(&backend).await, Vec::<String>::new());
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
     running.shutdown.cancel();
 }
