@@ -179,6 +179,10 @@ fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
     wait_until(Duration::from_secs(20), "the folder's remote ready", || {
         s.status()["folders"][0]["remote_check"]["state"] == "ready"
     });
+    // Counted since the emulator started: a request an earlier daemon left stalled may
+    // still be held, so `stalled_now` alone could answer before this upload began.
+    let stalls = || json_number(&s.emulator.get_json("/_emulator/stats")["faults"]["stall"]);
+    let before = stalls().unwrap_or(0);
     s.emulator.post_json(
         "/_emulator/faults",
         &serde_json::json!({"target": "kifs", "action": {"stall": true}}),
@@ -187,7 +191,7 @@ fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
     std::fs::write(&path, "hangs\n").unwrap();
     backdate(&path, 60);
     wait_until(Duration::from_secs(30), "the upload to hang", || {
-        json_number(&s.emulator.get_json("/_emulator/stats")["stalled_now"]).unwrap_or(0) >= 1
+        stalls().unwrap_or(0) > before
     });
     daemon
 }
