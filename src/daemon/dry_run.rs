@@ -265,8 +265,7 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
 
 /// Whether the file is a candidate: accepted itself, and in no excluded directory.
 fn accepted(filter: &Filter, rel: &str) -> bool {
-    let mut dirs = rel.match_indices('/').map(|(at, _)| &rel[..at]);
-    filter.accepts_file(rel) && !dirs.any(|dir| filter.excludes_dir(dir))
+    filter.selects(rel, true)
 }
 
 /// How long ago the file was written, when that is within `settle`.

@@ -45,7 +45,7 @@ use super::imports::Imports;
 use super::remotes;
 use super::schedule::Schedule;
 use super::status::Live;
-use super::worker::{Backends, FOLDER_REMOVED, Worker};
+use super::worker::{Backends, FOLDER_REMOVED, Filters, Worker};
 use crate::config::{Config, FolderConfig, KifsAuth, KifsConfig, LoadOptions, RedivisConfig};
 use crate::metrics::Metrics;
 use crate::queue::{JobState, RetrySelection, Store};
@@ -195,6 +195,7 @@ impl Fleet {
         self.generation.cancel();
         self.generation = self.stop_claiming.child_token();
         self.workers.retain(|worker| !worker.is_finished());
+        let filters = Arc::new(Filters::of(&self.config));
         for _ in 0..self.config.concurrency {
             let worker = Worker {
                 config: Arc::clone(&self.config),
@@ -208,6 +209,7 @@ impl Fleet {
                 interrupt: self.interrupt.clone(),
                 schedule: Arc::clone(&self.schedule),
                 imports: Arc::clone(&self.imports),
+                filters: Arc::clone(&filters),
             };
             self.workers.push(tokio::spawn(worker.run()));
         }
