@@ -19,7 +19,9 @@
 //!
 //! The folder's watcher runs this when a scan finds a file already uploaded, and, every
 //! [`SPOOL_CHECK`], for the files it offered recently (so a file leaves soon after its
-//! upload, without an event).
+//! upload, without an event) until each one left or failed to: a delete or move that
+//! fails (an archive on another file system, a full or read-only one) is tried again by
+//! the next scan (the periodic rescan, the start-up scan), not every second.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,8 +41,11 @@ pub const SPOOL_CHECK: Duration = Duration::from_secs(1);
 pub enum Settled {
     /// Deleted or moved away.
     Removed,
-    /// Not confirmed in this version (or it could not be removed): left in place.
+    /// Not confirmed in this version (or changed during its move): left in place.
     Left,
+    /// Confirmed, but deleting or moving it failed (logged): left in place, for the next
+    /// scan to try again rather than every [`SPOOL_CHECK`].
+    Failed,
     /// Not there.
     Gone,
 }
@@ -101,8 +106,8 @@ impl Spool {
             Ok(false) => Settled::Left,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settled::Gone,
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays");
-                Settled::Left
+                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays until the next scan of the folder tries again");
+                Settled::Failed
             }
         }
     }
