@@ -466,6 +466,9 @@ fn same_folder(a: &FolderConfig, b: &FolderConfig) -> bool {
         && a.settle == b.settle
         && a.recursive == b.recursive
         && a.redivis == b.redivis
+        // The watcher holds the folder's deletion sink and its spool action.
+        && a.deletes == b.deletes
+        && a.after_upload == b.after_upload
 }
 
 fn same_kifs(a: &Option<KifsConfig>, b: &Option<KifsConfig>) -> bool {
