@@ -32,7 +32,7 @@ mod imports;
 mod once;
 pub mod rebuild;
 mod remotes;
-mod retarget;
+pub(crate) mod retarget;
 mod schedule;
 pub mod status;
 pub mod systemd;

@@ -38,6 +38,13 @@ pub fn follow_target(store: &Store, folder: &FolderConfig) -> Result<(), StoreEr
     store.set_folder_target(&name, &target)
 }
 
+/// Whether the folder's ledger went to another target than its configured one: the next
+/// start or reload drops it ([`follow_target`]), so a dry run reads it as empty.
+pub fn moved_since_upload(store: &Store, folder: &FolderConfig) -> Result<bool, StoreError> {
+    let recorded = store.folder_target(&folder.path.to_string_lossy())?;
+    Ok(recorded.is_some_and(|recorded| recorded != target_identity(&folder.target)))
+}
+
 /// What names a target for [`follow_target`]: the backend and the directory or table,
 /// not how a directory is created.
 fn target_identity(target: &Target) -> String {
