@@ -13,7 +13,8 @@
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
-//!   request and leaves the state database byte-identical.
+//!   request and leaves the state database byte-identical; after a change of the
+//!   folder's directory it lists every file as new, and `sync --once` sends them there.
 
 mod common;
 
@@ -418,4 +419,49 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
     );
     assert!(stdout.contains("nothing was sent"), "{stdout}");
     assert_eq!(stats(&s), before);
+}
+
+/// A folder given another directory since its uploads: the dry run lists its files as new
+/// (a run uploads them again, to the new directory), and `sync --once` sends them there.
+#[test]
+fn a_dry_run_and_sync_once_after_a_change_of_directory_upload_every_file_again() {
+    let s = Setup::new();
+    for name in ["a.csv", "b.csv"] {
+        std::fs::write(s.kin.join(name), format!("{name}\n")).unwrap();
+        backdate(&s.kin.join(name), 60);
+    }
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(s.emulator.kifs_file("ingest/a.csv").exists());
+
+    ConfigBuilder::new()
+        .top("shutdown_timeout = \"5s\"")
+        .kifs(&s.emulator.kifs_url())
+        .folder(FolderBuilder::kifs("kin", "moved"))
+        .write(&s.config);
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let folder = &plan["folders"][0];
+    let planned: Vec<&str> = folder["upload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|upload| upload["why"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["new", "new"], "{plan}");
+    assert_eq!(folder["up_to_date"], 0, "{plan}");
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    for name in ["a.csv", "b.csv"] {
+        assert!(
+            same_content(
+                &s.kin.join(name),
+                &s.emulator.kifs_file(&format!("moved/{name}"))
+            ),
+            "{name} in the new directory"
+        );
+    }
 }

@@ -866,3 +866,53 @@ fn the_imported_line_names_table_and_upload_and_times_the_import_apart() {
     assert!(import >= 1000, "the 2 s import is timed apart: {line}");
     assert!(transfer < import, "the import is not transfer time: {line}");
 }
+
+/// A folder moved to another table by a reload: its files are uploaded into the new table,
+/// and a file changed afterwards replaces its upload there, never the old table's copy.
+#[test]
+fn a_folder_moved_to_another_table_by_a_reload_uploads_there_and_leaves_the_old_table_alone() {
+    const OTHER_TABLE: &str = "test.dataset:next.moved";
+    let s = setup(&[], "");
+    let files = small_files(&s, &["a.csv", "b.csv"], 7);
+    let names = ["a.csv", "b.csv"];
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the files in the first table",
+        || holds_exactly(&s, TABLE, &names).is_ok(),
+    );
+    daemon.wait_settled(&s.config, 2);
+
+    ConfigBuilder::new()
+        .top("concurrency = 4")
+        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with("chunk_size = \"1MiB\"")
+        .folder(FolderBuilder::redivis("inbox", OTHER_TABLE))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the files in the new table",
+        || holds_exactly(&s, OTHER_TABLE, &names).is_ok(),
+    );
+    daemon.wait_settled(&s.config, 2);
+
+    let changed = &files[0].1;
+    write_file(changed, 3000, 99);
+    let changed_md5 = file_md5_hex(changed).unwrap();
+    daemon.wait_until(
+        Duration::from_secs(60),
+        "the changed file replacing its upload in the new table",
+        || {
+            let uploads = s.emulator.list_redivis_uploads(OTHER_TABLE, TOKEN);
+            holds_exactly(&s, OTHER_TABLE, &names).is_ok()
+                && uploads.iter().any(|upload| {
+                    upload["name"] == "a.csv"
+                        && upload["hash"].as_str().unwrap_or("").to_lowercase() == changed_md5
+                })
+        },
+    );
+    daemon.wait_settled(&s.config, 2);
+    holds_exactly(&s, TABLE, &names).expect("the old table keeps its uploads");
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -9,7 +9,8 @@
 //!   database as it was.
 //! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
-//!   keeps running.
+//!   keeps running; a folder given another directory, by a reload or between two runs, is
+//!   uploaded there; queued files a reload or a restart no longer selects are not.
 //! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
 //!   restart in between): requests during the outage stay bounded, job-level retries are
 //!   persisted with their next attempt time, everything arrives once the remote is back;
@@ -398,6 +399,143 @@ fn sighup_adds_and_removes_folders_keeps_queued_jobs_and_rejects_an_invalid_file
         || s.arrived(&later, "added/later.csv"),
     );
     assert_eq!(daemon.exited(), None);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A folder pointed at another KiFS directory is uploaded there, by a reload and between
+/// two runs; the copies in the old directories stay, and a restart that changes nothing
+/// uploads nothing.
+#[test]
+fn a_folder_given_another_directory_uploads_its_files_there_by_reload_and_restart() {
+    let s = Setup::new(&[], "");
+    let files: Vec<PathBuf> = ["a.csv", "sub/b.csv"]
+        .iter()
+        .map(|name| s.folder().join(name))
+        .collect();
+    for (i, path) in files.iter().enumerate() {
+        write_file(path, 2000 + i as u64, i as u64);
+        backdate(path, 60);
+    }
+    let arrived_in = |directory: &str| {
+        s.arrived(&files[0], &format!("{directory}/a.csv"))
+            && s.arrived(&files[1], &format!("{directory}/sub/b.csv"))
+    };
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the files in ingest", || {
+        arrived_in("ingest")
+    });
+    daemon.wait_settled(&s.config, 2);
+
+    s.write_config("", &[("inbox", "moved")]);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "the files in the directory the reload named",
+        || arrived_in("moved"),
+    );
+    daemon.wait_settled(&s.config, 2);
+    assert_eq!(daemon.terminate(), Some(0));
+
+    s.write_config("", &[("inbox", "third")]);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "the files in the directory named between two runs",
+        || arrived_in("third"),
+    );
+    daemon.wait_settled(&s.config, 2);
+    assert!(
+        arrived_in("ingest") && arrived_in("moved"),
+        "old copies stay"
+    );
+    let ledger = upsync(&["ls", "-c", s.config.to_str().unwrap(), "--json"]).1;
+    let remotes: Vec<String> = serde_json::from_str::<serde_json::Value>(&ledger)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["remote"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(remotes, ["third/a.csv", "third/sub/b.csv"], "{ledger}");
+    assert_eq!(daemon.terminate(), Some(0));
+
+    let stored = s.files_stored();
+    let mut daemon = DaemonProcess::start(&s.config);
+    // Ready means the start-up scan has offered every file; settled means each offer that
+    // queued a job has been uploaded and counted by KiFS. The log holds every run's lines.
+    daemon.wait_until(Duration::from_secs(30), "the third start ready", || {
+        daemon.log_text().matches("upsync is running").count() >= 3
+    });
+    daemon.wait_settled(&s.config, 2);
+    assert_eq!(s.files_stored(), stored, "a restart sent files again");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Files queued before a reload or a restart narrowed the folder's selection (`exclude`,
+/// `include`, `recursive = false`) are not uploaded; the files still selected are.
+#[test]
+fn queued_files_a_reload_or_a_restart_no_longer_selects_are_not_uploaded() {
+    let s = Setup::new(&[], "");
+    let write_config = |directory: &str, folder_extra: &str| {
+        ConfigBuilder::new()
+            .top("concurrency = 2")
+            .kifs(&s.emulator.kifs_url())
+            .folder(FolderBuilder::kifs("inbox", directory).with(folder_extra))
+            .write(&s.config);
+    };
+    let names = ["keep.txt", "drop.csv", "sub/deep.txt"];
+    for (i, name) in names.iter().enumerate() {
+        let path = s.folder().join(name);
+        write_file(&path, 1000 + i as u64, i as u64);
+        backdate(&path, 60);
+    }
+    let held_back = |daemon: &DaemonProcess, directory: &str| {
+        daemon.wait_until(
+            Duration::from_secs(30),
+            "every file queued while the directory is missing",
+            || {
+                let folder = s.status()["folders"][0].clone();
+                folder["remote_check"]["state"] == "refused" && folder["queued"] == 3
+            },
+        );
+        assert!(!s.emulator.kifs_file(directory).exists());
+    };
+    let arrived = |directory: &str, name: &str| {
+        s.arrived(&s.folder().join(name), &format!("{directory}/{name}"))
+    };
+
+    write_config("ingest", "create_directory = false");
+    let mut daemon = DaemonProcess::start(&s.config);
+    held_back(&daemon, "ingest");
+    write_config("ingest", "exclude = [\"*.csv\"]\nrecursive = false");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(Duration::from_secs(30), "the file still selected", || {
+        arrived("ingest", "keep.txt")
+    });
+    daemon.wait_settled(&s.config, 1);
+    for name in ["drop.csv", "sub/deep.txt"] {
+        let remote = format!("ingest/{name}");
+        assert!(
+            !s.emulator.kifs_file(&remote).exists(),
+            "{remote} was uploaded"
+        );
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+
+    write_config("later", "create_directory = false");
+    let mut daemon = DaemonProcess::start(&s.config);
+    held_back(&daemon, "later");
+    assert_eq!(daemon.terminate(), Some(0));
+    write_config("later", "include = [\"*.txt\"]");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the files still selected", || {
+        arrived("later", "keep.txt") && arrived("later", "sub/deep.txt")
+    });
+    daemon.wait_settled(&s.config, 2);
+    assert!(
+        !s.emulator.kifs_file("later/drop.csv").exists(),
+        "a file the restart no longer selects was uploaded"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -122,6 +122,73 @@ fn kifs_spool_move_keeps_the_relative_path_in_the_archive() {
     daemon.terminate();
 }
 
+/// A pipeline that drops a file of the same name again: each version is archived, none
+/// replaces the one archived before it (the remote holds only the newest).
+#[test]
+fn kifs_spool_move_keeps_every_version_of_a_name_in_the_archive() {
+    let s = setup(
+        true,
+        "after_upload = \"move\"\narchive_dir = \"archive\"",
+        &[],
+    );
+    let archive = s.tmp.path().join("archive");
+    let mut daemon = DaemonProcess::start(&s.config);
+    let mut sums = Vec::new();
+    for (seed, archived) in [
+        (1, "day/one.csv"),
+        (2, "day/one.1.csv"),
+        (3, "day/one.2.csv"),
+    ] {
+        sums.push(s.write("day/one.csv", seed));
+        daemon.wait_until(WAIT, "the version to move into the archive", || {
+            archive.join(archived).exists()
+        });
+    }
+    assert_eq!(
+        files_under(&archive),
+        ["day/one.1.csv", "day/one.2.csv", "day/one.csv"]
+    );
+    for (archived, sum) in ["day/one.csv", "day/one.1.csv", "day/one.2.csv"]
+        .iter()
+        .zip(&sums)
+    {
+        assert_eq!(file_md5_hex(&archive.join(archived)).as_ref(), Some(sum));
+    }
+    assert_eq!(s.kifs_md5("day/one.csv").as_ref(), sums.last());
+    assert!(files_under(s.folder()).is_empty());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload that turns a folder into a spool folder applies at once: the files it
+/// uploaded before leave, and so do new ones.
+#[test]
+fn a_reload_that_makes_a_folder_a_spool_folder_applies_at_once() {
+    let s = setup(true, "", &[]);
+    let before = s.write("before.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the first file on the remote", || {
+        s.kifs_md5("before.csv").as_ref() == Some(&before)
+    });
+    daemon.wait_settled(&s.config, 1);
+    assert!(
+        s.folder().join("before.csv").exists(),
+        "not a spool folder yet"
+    );
+
+    one_folder_config(&s, true, TABLE, "UPSYNC_E2E_SPOOL_TOKEN")
+        .each_folder(|folder| folder.with("after_upload = \"delete\""))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(WAIT, "the file uploaded before the reload to leave", || {
+        !s.folder().join("before.csv").exists()
+    });
+    let after = s.write("after.csv", 2);
+    daemon.wait_until(WAIT, "the file written after the reload to leave", || {
+        s.kifs_md5("after.csv").as_ref() == Some(&after) && files_under(s.folder()).is_empty()
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn redivis_spool_removes_a_file_only_after_its_import_completed() {
     let s = setup(

@@ -6,10 +6,13 @@
 //! 2. Copy the state database to a temporary directory and open the copy (sled may write
 //!    when it opens a database; the original is never opened). The copy is removed after.
 //! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
-//!    looking its version up in the ledger: excluded by the folder's globs, failed earlier
+//!    looking its version up in the ledger (read as empty for a folder given another
+//!    target since its uploads: a run drops it, `retarget`): excluded by the folder's
+//!    globs, failed earlier
 //!    (that version, until `upsync retry`), already uploaded, not settled (written within
 //!    `settle`), or to upload: new or changed.
-//! 4. In a folder with `on_delete = "delete"` whose ledger holds more uploads than step 3
+//! 4. In a folder with `on_delete = "delete"` (and its target unchanged) whose ledger
+//!    holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
 //!    at its path any more (`watch::Presence`, as the daemon decides when a scan ends) is a
 //!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
@@ -169,13 +172,20 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         target: describe_target(&folder.target),
         ..FolderPlan::default()
     };
+    // A folder given another target since its uploads: a run drops its ledger first.
+    let retargeted =
+        super::retarget::moved_since_upload(store, folder).map_err(|err| err.to_string())?;
     // Files found with an upload in the ledger: when that is all of its uploads, none is gone.
     let mut found_uploaded = 0;
     for (rel, meta) in files_of(folder) {
         let file = FileKey::new(&key, &rel);
         let path = file.path().display().to_string();
         let fingerprint = Fingerprint::of(&meta);
-        let recorded = store.ledger_get(&file).map_err(|err| err.to_string())?;
+        let recorded = if retargeted {
+            None
+        } else {
+            store.ledger_get(&file).map_err(|err| err.to_string())?
+        };
         found_uploaded += u64::from(recorded.is_some());
         if !accepted(&filter, &rel) {
             plan.skipped.push(Skipped {
@@ -213,7 +223,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             });
         }
     }
-    if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() {
+    if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() && !retargeted {
         let mut uploads = 0;
         store
             .visit_files(&key, "", FilePick::Uploaded, |_| {
@@ -265,8 +275,7 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
 
 /// Whether the file is a candidate: accepted itself, and in no excluded directory.
 fn accepted(filter: &Filter, rel: &str) -> bool {
-    let mut dirs = rel.match_indices('/').map(|(at, _)| &rel[..at]);
-    filter.accepts_file(rel) && !dirs.any(|dir| filter.excludes_dir(dir))
+    filter.selects(rel, true)
 }
 
 /// How long ago the file was written, when that is within `settle`.

@@ -10,7 +10,9 @@
 //!    bandwidth limit or timetable of an accepted reload applies from the next piece of
 //!    every request body.
 //! 4. Watchers of removed or changed folders stop; added or changed folders get a new
-//!    watcher (which scans them). Unchanged folders keep their watcher.
+//!    watcher (which scans them). Unchanged folders keep their watcher. A folder given
+//!    another target first drops its ledger ([`super::retarget`]), so its scan queues its
+//!    files for the new target.
 //! 5. Remote checks ([`super::gates`]): added folders and folders whose backend was built
 //!    anew are checked from the start; removed folders' checks end; every check still
 //!    waiting (a refused folder, an unreachable remote) tries again now. A refused folder
@@ -19,7 +21,7 @@
 //!    claiming and its workers exit once their current upload ends, so for that moment
 //!    more than `concurrency` uploads can run.
 //!
-//! The queue is never touched by a reload: jobs of kept folders stay queued. A job whose
+//! The queue is never touched by a reload otherwise: jobs of kept folders stay queued. A job whose
 //! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it; it is queued
 //! again when a reload (or a restart) brings its folder back.
 //!
@@ -43,7 +45,7 @@ use super::imports::Imports;
 use super::remotes;
 use super::schedule::Schedule;
 use super::status::Live;
-use super::worker::{Backends, FOLDER_REMOVED, Worker};
+use super::worker::{Backends, FOLDER_REMOVED, Filters, Worker};
 use crate::config::{Config, FolderConfig, KifsAuth, KifsConfig, LoadOptions, RedivisConfig};
 use crate::metrics::Metrics;
 use crate::queue::{JobState, RetrySelection, Store};
@@ -193,6 +195,7 @@ impl Fleet {
         self.generation.cancel();
         self.generation = self.stop_claiming.child_token();
         self.workers.retain(|worker| !worker.is_finished());
+        let filters = Arc::new(Filters::of(&self.config));
         for _ in 0..self.config.concurrency {
             let worker = Worker {
                 config: Arc::clone(&self.config),
@@ -206,6 +209,7 @@ impl Fleet {
                 interrupt: self.interrupt.clone(),
                 schedule: Arc::clone(&self.schedule),
                 imports: Arc::clone(&self.imports),
+                filters: Arc::clone(&filters),
             };
             self.workers.push(tokio::spawn(worker.run()));
         }
@@ -305,6 +309,8 @@ impl Fleet {
         self.backends = backends;
         self.restart_checks(&added, kifs_rebuilt, redivis_rebuilt);
         self.watch_remotes();
+        // Before their scans: a folder given another target is uploaded to it afresh.
+        super::retarget::follow_targets(&self.store, added.clone()).await;
         for folder in added {
             tracing::info!(folder = %folder.path.display(), "folder added by the reload: watching it");
             // The scan summary is not awaited: the daemon is already running.
@@ -460,6 +466,9 @@ fn same_folder(a: &FolderConfig, b: &FolderConfig) -> bool {
         && a.settle == b.settle
         && a.recursive == b.recursive
         && a.redivis == b.redivis
+        // The watcher holds the folder's deletion sink and its spool action.
+        && a.deletes == b.deletes
+        && a.after_upload == b.after_upload
 }
 
 fn same_kifs(a: &Option<KifsConfig>, b: &Option<KifsConfig>) -> bool {

@@ -32,6 +32,7 @@ mod imports;
 mod once;
 pub mod rebuild;
 mod remotes;
+pub(crate) mod retarget;
 mod schedule;
 pub mod status;
 pub mod systemd;
@@ -278,6 +279,7 @@ impl Core {
                 "resuming jobs interrupted by the last stop"
             );
         }
+        retarget::follow_targets(&store, config.folders.clone()).await;
         let live = Arc::new(Live::default());
         let wake = Arc::new(Notify::new());
         let stop_serving = CancellationToken::new();

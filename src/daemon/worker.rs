@@ -8,8 +8,10 @@
 //! permanent failure → `failed` with the reason; the remote waiting (a dataset without an
 //! unreleased version) → queued again while the folder waits; anything transient →
 //! `retry-wait` with a persisted, exponentially growing `next_attempt_at`; shutdown → left
-//! `active` (recovered at start).
+//! `active` (recovered at start). Before that, a claimed upload of a file its folder's
+//! globs or `recursive` no longer select (changed by a reload or a restart) is dropped.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +31,7 @@ use crate::queue::{Claimed, Completed, Import, Job, JobKind, JobState, Store, to
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
+use crate::watch::filter::Filter;
 
 /// The first job-level retry delay; it doubles up to the config's `retry_max_delay`. A
 /// remote that comes back makes every waiting job of its folders due at once, so the cap
@@ -75,6 +78,30 @@ pub struct Worker {
     pub schedule: Arc<Schedule>,
     /// Where posted uploads wait for their import.
     pub imports: Arc<Imports>,
+    /// Each folder's include and exclude globs, compiled once for the generation.
+    pub filters: Arc<Filters>,
+}
+
+/// The compiled [`Filter`] of each configured folder, by folder path.
+pub struct Filters(HashMap<String, Filter>);
+
+impl Filters {
+    pub fn of(config: &Config) -> Filters {
+        let compiled = config.folders.iter().filter_map(|folder| {
+            // The config's checks compiled these globs already.
+            let filter = Filter::new(&folder.include, &folder.exclude).ok()?;
+            Some((folder.path.to_string_lossy().into_owned(), filter))
+        });
+        Filters(compiled.collect())
+    }
+
+    /// Whether the folder's scan would still select the file at `rel`: a job queued before
+    /// a reload or a restart narrowed the folder's globs or turned `recursive` off is not.
+    fn select(&self, folder: &FolderConfig, rel: &str) -> bool {
+        self.0
+            .get(folder.path.to_string_lossy().as_ref())
+            .is_none_or(|filter| filter.selects(rel, folder.recursive))
+    }
 }
 
 impl Worker {
@@ -289,6 +316,11 @@ impl Worker {
             return Preparation::Settled;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
+        if !self.filters.select(folder, &job.key.rel) {
+            tracing::info!(path = %path.display(), "the folder's include, exclude or recursive no longer selects the file; dropping its job");
+            self.record(job, self.store.drop_job(job.id));
+            return Preparation::Settled;
+        }
         let fingerprint = match Fingerprint::read(&path) {
             Ok(fp) => fp,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

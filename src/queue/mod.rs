@@ -22,6 +22,9 @@
 //!                                       anything, written back at close)
 //!                    "id_base" -> u64 BE (added to sled's ids to make job ids; absent
 //!                                       means 0; written by a compaction)
+//!                    "target" \0 folder -> the folder's target (UTF-8) its ledger
+//!                                       entries were uploaded to; absent until the
+//!                                       daemon first ran with the folder
 //!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job
 //!                                                           (binary, module `binary`;
 //!                                                           JSON if written before format 6)
@@ -285,6 +288,8 @@ pub const FORMAT_VERSION: u32 = 6;
 const FORMAT_KEY: &[u8] = b"format";
 /// Key of the default tree's marker of an orderly close (see "Clean close" in the module doc).
 const CLEAN_CLOSE_KEY: &[u8] = b"closed";
+/// Prefix of the default tree's keys that hold each folder's target ("target" \0 folder).
+const FOLDER_TARGET_PREFIX: &[u8] = b"target\0";
 const DB_DIR: &str = "db";
 
 /// Milliseconds since the Unix epoch; times before it (a badly set clock) count as 0.
@@ -1871,6 +1876,27 @@ impl Store {
         Ok(entries)
     }
 
+    /// The target the folder's ledger entries were uploaded to, as [`Store::set_folder_target`]
+    /// last wrote it; `None` for a folder never given one.
+    pub fn folder_target(&self, folder: &str) -> Result<Option<String>, StoreError> {
+        let raw = self
+            .handles()
+            .db
+            .get(folder_target_key(folder))
+            .map_err(|err| self.db_error(err))?;
+        Ok(raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    /// Records, durably, the target the folder's ledger entries are uploaded to from now on.
+    pub fn set_folder_target(&self, folder: &str, target: &str) -> Result<(), StoreError> {
+        self.unmark_closed()?;
+        self.handles()
+            .db
+            .insert(folder_target_key(folder), target.as_bytes())
+            .map_err(|err| self.db_error(err))?;
+        self.flush()
+    }
+
     /// Drops the files' ledger entries, so that they are uploaded again, and offers each
     /// one's current version (`None`: the file is gone), all in one transaction and one
     /// flush; whether each one's entry was dropped, in order.
@@ -2141,4 +2167,8 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<u32, FormatError> {
                 .into(),
         })),
     }
+}
+
+fn folder_target_key(folder: &str) -> Vec<u8> {
+    [FOLDER_TARGET_PREFIX, folder.as_bytes()].concat()
 }

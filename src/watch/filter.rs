@@ -50,6 +50,15 @@ impl Filter {
     pub fn excludes_dir(&self, rel: &str) -> bool {
         self.exclude.matches(rel)
     }
+
+    /// Whether a scan of the folder would reach and accept the file at `rel`: accepted
+    /// itself, in no excluded directory, and at the top unless the folder is `recursive`.
+    pub fn selects(&self, rel: &str, recursive: bool) -> bool {
+        let mut dirs = rel.match_indices('/').map(|(at, _)| &rel[..at]);
+        (recursive || !rel.contains('/'))
+            && self.accepts_file(rel)
+            && !dirs.any(|dir| self.excludes_dir(dir))
+    }
 }
 
 /// Base-name patterns and whole-path patterns, kept apart because they are matched against
@@ -113,6 +122,20 @@ mod tests {
 
     fn defaults() -> Filter {
         Filter::new::<&str>(&[], DEFAULT_EXCLUDES).expect("the default excludes are valid globs")
+    }
+
+    #[test]
+    fn selects_only_what_a_scan_would_reach() {
+        let f = Filter::new(&["*.csv"], &["old"]).expect("valid globs");
+        assert!(f.selects("a.csv", false));
+        assert!(f.selects("day/a.csv", true));
+        assert!(!f.selects("day/a.csv", false), "not recursive");
+        assert!(!f.selects("old/a.csv", true), "in an excluded directory");
+        assert!(
+            !f.selects("day/old/a.csv", true),
+            "in an excluded directory"
+        );
+        assert!(!f.selects("a.txt", true), "not included");
     }
 
     #[test]

@@ -11,13 +11,17 @@
 //! 2. Ask the ledger whether that exact version is uploaded; if not (not yet, or changed
 //!    since its upload), leave the file alone.
 //! 3. Delete it, or move it to `archive_dir` under its relative path (creating the
-//!    directories), by a rename that keeps its inode.
+//!    directories), by a rename that keeps its inode. A rename never replaces a file the
+//!    archive holds already (an earlier file of the same name, which may be the only copy
+//!    of that version left): the file takes the first free name `stem.N.ext` instead.
 //! 4. For a move, read the fingerprint of the moved file again: if it differs (the file
 //!    was written between steps 1 and 3), move it back, to be uploaded in its new version.
 //!
 //! The folder's watcher runs this when a scan finds a file already uploaded, and, every
 //! [`SPOOL_CHECK`], for the files it offered recently (so a file leaves soon after its
-//! upload, without an event).
+//! upload, without an event) until each one left or failed to: a delete or move that
+//! fails (an archive on another file system, a full or read-only one) is tried again by
+//! the next scan (the periodic rescan, the start-up scan), not every second.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,8 +41,11 @@ pub const SPOOL_CHECK: Duration = Duration::from_secs(1);
 pub enum Settled {
     /// Deleted or moved away.
     Removed,
-    /// Not confirmed in this version (or it could not be removed): left in place.
+    /// Not confirmed in this version (or changed during its move): left in place.
     Left,
+    /// Confirmed, but deleting or moving it failed (logged): left in place, for the next
+    /// scan to try again rather than every [`SPOOL_CHECK`].
+    Failed,
     /// Not there.
     Gone,
 }
@@ -99,27 +106,104 @@ impl Spool {
             Ok(false) => Settled::Left,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settled::Gone,
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays");
-                Settled::Left
+                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays until the next scan of the folder tries again");
+                Settled::Failed
             }
         }
     }
 }
+
+/// How many numbered names a move tries beside a taken one before it leaves the file.
+const ARCHIVE_NAME_TRIES: u32 = 10_000;
 
 /// Steps 3 and 4 of a move: false when the file changed meanwhile and was moved back.
 fn move_checked(from: &Path, to: &Path, expected: &Fingerprint) -> std::io::Result<bool> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::rename(from, to)?;
-    match Fingerprint::read(to) {
+    let to = move_to_free_name(from, to)?;
+    match Fingerprint::read(&to) {
         // The rename itself moves the change time: size, mtime and inode tell a write.
         Ok(moved) if moved.is_version_of(&expected.without_ctime()) => Ok(true),
         _ => {
-            std::fs::rename(to, from)?;
+            std::fs::rename(&to, from)?;
             Ok(false)
         }
     }
+}
+
+/// Renames `from` to `to`, or to the first numbered name beside it that is free; the name
+/// it took. Each try is one rename that fails on a taken name, so a file that appears in
+/// the archive meanwhile is never replaced either.
+fn move_to_free_name(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+    for n in 0..=ARCHIVE_NAME_TRIES {
+        let name = if n == 0 {
+            to.to_path_buf()
+        } else {
+            numbered(to, n)
+        };
+        match rename_noreplace(from, &name) {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+            Ok(()) => {
+                if n > 0 {
+                    info!(path = %name.display(), "the archive holds a file of this name already; moved under a numbered name");
+                }
+                return Ok(name);
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} and {ARCHIVE_NAME_TRIES} numbered names beside it are taken in the archive",
+            to.display()
+        ),
+    ))
+}
+
+/// `dir/stem.N.ext` for `dir/stem.ext` (`dir/name.N` for a name without an extension), so
+/// the archived file keeps its extension.
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{n}"),
+    };
+    path.with_file_name(name)
+}
+
+#[cfg(target_os = "linux")]
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(from.as_os_str().as_bytes())?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Without renameat2: a look before the rename, which a file appearing in between can
+/// still lose to.
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(std::io::ErrorKind::AlreadyExists.into());
+    }
+    std::fs::rename(from, to)
 }
 
 #[cfg(test)]
@@ -196,5 +280,36 @@ mod tests {
         );
         assert!(!root.join("a/b/c.csv").exists());
         assert!(Spool::new(&root, &AfterUpload::Keep).is_none());
+    }
+
+    #[test]
+    fn a_move_never_replaces_a_file_the_archive_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("out");
+        let archive = dir.path().join("archive");
+        std::fs::create_dir_all(&root).expect("dirs");
+        let ledger = Ledger::default();
+        let spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
+        for (version, archived) in [("v1", "a.csv"), ("v2", "a.1.csv"), ("v3", "a.2.csv")] {
+            std::fs::write(root.join("a.csv"), version).expect("write");
+            ledger.record(&root, "a.csv");
+            assert_eq!(spool.settle("a.csv", &ledger), Settled::Removed);
+            assert_eq!(
+                std::fs::read(archive.join(archived)).expect("archived"),
+                version.as_bytes()
+            );
+        }
+        std::fs::write(root.join("README"), "x").expect("write");
+        std::fs::write(archive.join("README"), "kept").expect("write");
+        ledger.record(&root, "README");
+        assert_eq!(spool.settle("README", &ledger), Settled::Removed);
+        assert_eq!(
+            std::fs::read(archive.join("README.1")).expect("archived"),
+            b"x"
+        );
+        assert_eq!(
+            std::fs::read(archive.join("README")).expect("kept"),
+            b"kept"
+        );
     }
 }

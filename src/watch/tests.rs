@@ -1015,6 +1015,52 @@ async fn files_deleted_renamed_or_gone_with_their_directory_are_forgotten() {
     run.stop().await;
 }
 
+/// A confirmed file that cannot move into the archive is not tried (and warned about)
+/// again at every spool check: the next scan tries it.
+#[test]
+fn a_spooled_file_that_cannot_move_is_not_tried_again_every_second() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("outbox");
+    std::fs::create_dir_all(&root).expect("create the folder");
+    // A file where the archive directory should be: every move into it fails.
+    let archive = dir.path().join("archive");
+    std::fs::write(&archive, b"not a directory").expect("write");
+    write_old(&root.join("a.csv"), b"a");
+    let recorder = Arc::new(Recorder::default());
+    let after_upload = crate::config::AfterUpload::Move(archive);
+    let mut state = folder::FolderState::new(folder::FolderParts {
+        root: root.clone(),
+        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
+        recursive: true,
+        settle: Duration::from_secs(1),
+        dirs: Box::new(NoDirs {
+            reason: "not needed".into(),
+        }),
+        sink: recorder.clone(),
+        wake: None,
+        flags: Arc::new(EventFlags::default()),
+        cancel: CancellationToken::new(),
+        opts: Options::new(Duration::from_secs(1), None),
+        spool: super::spool::Spool::new(&root, &after_upload),
+    });
+    state.start();
+    assert_eq!(recorder.offers_of("a.csv").len(), 1);
+    let fingerprint = Fingerprint::read(&root.join("a.csv")).expect("the file is there");
+    recorder.mark_uploaded("a.csv", fingerprint);
+    let reads_before_checks = recorder.ledger_reads_of("a.csv");
+    // Each tick after a spool check came due: the first tries the move and fails.
+    for _ in 0..3 {
+        std::thread::sleep(super::spool::SPOOL_CHECK + Duration::from_millis(50));
+        state.tick();
+    }
+    assert!(root.join("a.csv").exists());
+    assert_eq!(
+        recorder.ledger_reads_of("a.csv") - reads_before_checks,
+        1,
+        "the failed move was tried at more than one spool check"
+    );
+}
+
 #[test]
 fn a_folder_gone_as_a_whole_forgets_no_file() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");

@@ -1,0 +1,108 @@
+//! A folder given another target (another KiFS directory or Redivis table, or the other
+//! backend) by a reload or between two runs: its ledger speaks of copies on the old
+//! target, so it is dropped, and the folder's scan queues its files for the new target.
+//!
+//! The store keeps, per folder, the target its ledger entries were uploaded to. A folder
+//! first seen (or a database from before that record) has its current target recorded and
+//! its ledger kept. The old target's copies are left where they are: they are no longer
+//! the folder's, so neither a deletion (`on_delete = "delete"`) nor a Redivis upload that
+//! replaces a changed file's copy ever touches them.
+
+use std::ops::ControlFlow;
+
+use crate::config::{FolderConfig, Target};
+use crate::queue::{FileKey, FilePick, Store, StoreError};
+
+/// Ledger entries dropped per transaction, as `upsync forget` does.
+const FORGET_BATCH: usize = 512;
+
+/// Drops the folder's ledger if it was uploaded to another target than its configured
+/// one, then records that target. The ledger goes first: a crash in between drops it again
+/// at the next start. Blocks: run it off the runtime, before the folder is scanned.
+pub fn follow_target(store: &Store, folder: &FolderConfig) -> Result<(), StoreError> {
+    let name = folder.path.to_string_lossy();
+    let target = target_identity(&folder.target);
+    match store.folder_target(&name)? {
+        Some(recorded) if recorded == target => return Ok(()),
+        Some(_) => {
+            let forgotten = forget_folder(store, &name)?;
+            tracing::info!(
+                folder = %name,
+                target = %crate::daemon::status::describe_target(&folder.target),
+                forgotten,
+                "the folder's target changed: its files are uploaded to the new target"
+            );
+        }
+        None => {}
+    }
+    store.set_folder_target(&name, &target)
+}
+
+/// Whether the folder's ledger went to another target than its configured one: the next
+/// start or reload drops it ([`follow_target`]), so a dry run reads it as empty.
+pub fn moved_since_upload(store: &Store, folder: &FolderConfig) -> Result<bool, StoreError> {
+    let recorded = store.folder_target(&folder.path.to_string_lossy())?;
+    Ok(recorded.is_some_and(|recorded| recorded != target_identity(&folder.target)))
+}
+
+/// What names a target for [`follow_target`]: the backend and the directory or table,
+/// not how a directory is created.
+fn target_identity(target: &Target) -> String {
+    match target {
+        Target::KifsDirectory { directory, .. } => format!("kifs\0{directory}"),
+        Target::RedivisTable(table) => format!("redivis\0{table}"),
+    }
+}
+
+/// Drops every ledger entry of the folder, without queueing anything (its scan queues the
+/// files its filters select); how many were dropped.
+fn forget_folder(store: &Store, folder: &str) -> Result<usize, StoreError> {
+    let mut forgotten = 0;
+    let mut batch: Vec<(FileKey, Option<crate::fingerprint::Fingerprint>)> =
+        Vec::with_capacity(FORGET_BATCH);
+    let mut failed = None;
+    let mut forget_batch = |batch: &mut Vec<_>| -> Result<(), StoreError> {
+        let dropped = store.forget_many(batch)?;
+        forgotten += dropped.into_iter().filter(|dropped| *dropped).count();
+        batch.clear();
+        Ok(())
+    };
+    store.visit_files(folder, "", FilePick::Uploaded, |rel| {
+        batch.push((FileKey::new(folder, rel), None));
+        if batch.len() < FORGET_BATCH {
+            return ControlFlow::Continue(());
+        }
+        match forget_batch(&mut batch) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                failed = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    if !batch.is_empty() {
+        forget_batch(&mut batch)?;
+    }
+    Ok(forgotten)
+}
+
+/// [`follow_target`] for each of `folders`, off the runtime. A folder whose record cannot
+/// be read or written keeps its ledger (logged): the store's own failure check stops the
+/// daemon when the database no longer takes writes.
+pub async fn follow_targets(store: &Store, folders: Vec<FolderConfig>) {
+    let store = store.clone();
+    let followed = tokio::task::spawn_blocking(move || {
+        for folder in &folders {
+            if let Err(err) = follow_target(&store, folder) {
+                tracing::warn!(folder = %folder.path.display(), error = %err, "cannot compare the folder's target with the one its uploads went to");
+            }
+        }
+    })
+    .await;
+    if let Err(err) = followed {
+        tracing::warn!(error = %err, "comparing the folders' targets with their uploads' ended early");
+    }
+}
