@@ -367,6 +367,25 @@ fn redivis_a_file_deleted_while_its_first_upload_imports_leaves_the_table_once_i
 }
 
 #[test]
+fn redivis_a_deleted_upload_frees_its_name_for_the_file_that_collided_with_it() {
+    let s = setup(false, "");
+    s.write("Survey.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 1);
+    s.write("survey.csv", 2);
+    daemon.wait_until(WAIT, "survey.csv failed for its name", || {
+        s.folder_status("failed") == 1
+    });
+
+    remove(&s.folder().join("Survey.csv"));
+    daemon.wait_until(WAIT, "the table to hold exactly survey.csv", || {
+        s.redivis_names() == ["survey.csv"]
+    });
+    s.wait_settled(&daemon, 1);
+    daemon.terminate();
+}
+
+#[test]
 fn redivis_a_deleted_file_leaves_the_file_index_table() {
     let s = setup_for(Remote::FileIndex, "");
     s.write("a.bin", 1);
