@@ -150,6 +150,12 @@ impl<'a> UploadAttempt<'a> {
         Ok(md5)
     }
 
+    /// The table holds the file already: what this attempt adopts it sent none of, so its
+    /// line tells no rate of the whole file over a listing.
+    fn sent_nothing(&self) {
+        self.job.live.sending_from(self.reader.size);
+    }
+
     /// Step 8: back to step 3, unless the file was sent again for this reason before.
     fn send_again(&mut self, why: Again) -> Result<Next, UploadError> {
         let job = &self.job;
@@ -277,6 +283,7 @@ impl RedivisBackend {
             status = found.status(),
             "adopting the upload an earlier attempt posted"
         );
+        a.sent_nothing();
         Ok(Next::Settle(found))
     }
 
@@ -317,6 +324,7 @@ impl RedivisBackend {
                     upload = %existing.uri,
                     "the table already holds this exact file; adopting it"
                 );
+                a.sent_nothing();
                 return Ok(Next::Settle(existing));
             }
         }
