@@ -8,7 +8,7 @@
 //! 1. [`claim_name`](RedivisBackend::claim_name): the upload name (`job.rel`) under
 //!    Redivis' escaping, claimed in this table for this process; a second local file that
 //!    escapes alike fails permanently, naming both files (after a restart the table is the
-//!    judge: an upload of exactly our name is ours).
+//!    judge: an upload of exactly our name is ours, as only one folder feeds a table).
 //! 2. [`reconcile_finalize`](RedivisBackend::reconcile_finalize): if an earlier attempt
 //!    persisted `finalizing` (`job.finalize_started`), the upload.post may have happened:
 //!    list the table's uploads (all pages) for our name with our size and MD5 (or still
