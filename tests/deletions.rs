@@ -38,8 +38,14 @@ fn setup(kifs: bool, folder_extra: &str) -> Setup {
 }
 
 fn setup_for(target: Remote, folder_extra: &str) -> Setup {
+    setup_with(target, folder_extra, &[])
+}
+
+/// [`setup_for`] with more arguments for the emulator.
+fn setup_with(target: Remote, folder_extra: &str, emulator_args: &[&str]) -> Setup {
     let kifs = target == Remote::Kifs;
-    let site = Site::start(&["inbox"], &["--redivis-token", TOKEN]);
+    let args = [&["--redivis-token", TOKEN], emulator_args].concat();
+    let site = Site::start(&["inbox"], &args);
     if !kifs {
         site.emulator
             .create_redivis_table(TABLE, target == Remote::FileIndex);
@@ -340,6 +346,43 @@ fn redivis_a_deleted_and_a_renamed_file_leave_only_the_new_name_in_the_table() {
         s.redivis_names() == ["c.csv", "keep.csv"]
     });
     s.wait_settled(&daemon, 2);
+    daemon.terminate();
+}
+
+#[test]
+fn redivis_a_file_deleted_while_its_first_upload_imports_leaves_the_table_once_imported() {
+    let s = setup_with(Remote::Table, "", &["--redivis-processing-delay", "4s"]);
+    s.write("gone.csv", 1);
+    s.write("keep.csv", 2);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "both files importing", || {
+        s.folder_status("importing") == 2
+    });
+
+    remove(&s.folder().join("gone.csv"));
+    daemon.wait_until(WAIT, "the table to hold exactly keep.csv", || {
+        s.redivis_names() == ["keep.csv"]
+    });
+    s.wait_settled(&daemon, 1);
+    daemon.terminate();
+}
+
+#[test]
+fn redivis_a_deleted_upload_frees_its_name_for_the_file_that_collided_with_it() {
+    let s = setup(false, "");
+    s.write("Survey.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 1);
+    s.write("survey.csv", 2);
+    daemon.wait_until(WAIT, "survey.csv failed for its name", || {
+        s.folder_status("failed") == 1
+    });
+
+    remove(&s.folder().join("Survey.csv"));
+    daemon.wait_until(WAIT, "the table to hold exactly survey.csv", || {
+        s.redivis_names() == ["survey.csv"]
+    });
+    s.wait_settled(&daemon, 1);
     daemon.terminate();
 }
 

@@ -780,6 +780,11 @@ async fn a_restart_while_finalizing_adopts_the_posted_upload_instead_of_posting_
     let second = upload_ok(&backend, &mut job).await;
 
     assert_eq!(second.remote, first.remote, "the same upload was adopted");
+    assert_eq!(
+        job.live.sent_by_attempt(bytes.len() as u64),
+        0,
+        "the attempt tells it sent none of the bytes"
+    );
     assert_eq!(h.stats().await["uploads_created"], 1, "posted once");
     assert_eq!(
         h.stats().await["session_puts"].as_u64().unwrap(),
@@ -855,6 +860,11 @@ async fn an_identical_upload_already_in_the_table_is_adopted_without_sending_byt
     let again = upload_ok(&h.backend(), &mut job).await;
 
     assert_eq!(again.remote, first.remote);
+    assert_eq!(
+        job.live.sent_by_attempt(bytes.len() as u64),
+        0,
+        "the attempt tells it sent none of the bytes"
+    );
     assert_eq!(
         h.stats().await["session_puts"].as_u64().unwrap(),
         puts_before

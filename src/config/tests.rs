@@ -451,6 +451,33 @@ fn overlapping_folders_name_both_folders_and_both_lines() {
 }
 
 #[test]
+fn two_folders_feeding_one_redivis_table_are_refused() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{REDIVIS_FOLDER}[[folder]]\npath = \"inbox/b\"\nredivis_table = \"Owner.Dataset:next.Table\"\n"
+    );
+    assert_names(
+        &fx.err(&text),
+        9,
+        &[
+            "key 'folder[1].redivis_table'",
+            &format!("\"{}\"", fx.root().join("inbox/a").display()),
+            "folder[0].redivis_table on line 6",
+            "give each folder its own table",
+        ],
+    );
+}
+
+#[test]
+fn two_folders_feeding_two_tables_of_one_dataset_load() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{REDIVIS_FOLDER}[[folder]]\npath = \"inbox/b\"\nredivis_table = \"owner.dataset:next.other\"\n"
+    );
+    assert_eq!(fx.ok(&text).folders.len(), 2);
+}
+
+#[test]
 fn the_same_folder_twice_is_an_overlap() {
     let fx = Fixture::new();
     let text =

@@ -1,6 +1,7 @@
 //! From the raw schema to a [`Config`]: defaults, ranges, secrets, paths, and the checks
 //! that involve more than one key (one target per folder, sections present for the targets
-//! used, folders that exist and do not overlap, state outside watched folders).
+//! used, folders that exist and do not overlap, one folder per Redivis table, state outside
+//! watched folders).
 //!
 //! Every problem found is collected, so `upsync check` reports them all at once, one line each.
 
@@ -153,6 +154,7 @@ pub(crate) fn build(
                 folder,
                 index: i,
                 path_span: f.get_ref().path.span(),
+                table_span: f.get_ref().redivis_table.as_ref().map(|t| t.span()),
             });
         }
     }
@@ -160,6 +162,7 @@ pub(crate) fn build(
     let emulator = raw.emulator.as_ref().map(|e| emulator(&mut ck, e));
 
     check_overlaps(&mut ck, &folders);
+    check_shared_tables(&mut ck, &folders);
     for (i, f) in raw.folder.iter().enumerate() {
         if let Some(dir) = &f.get_ref().archive_dir {
             let archive = paths::resolve(&ck.base, dir.get_ref());
@@ -878,6 +881,8 @@ struct Checked {
     /// list, so this can differ from the list position.
     index: usize,
     path_span: Range<usize>,
+    /// Where `redivis_table` is written, for a folder that has one.
+    table_span: Option<Range<usize>>,
 }
 
 fn check_overlaps(ck: &mut Checker<'_>, folders: &[Checked]) {
@@ -909,6 +914,42 @@ fn check_overlaps(ck: &mut Checker<'_>, folders: &[Checked]) {
                 message,
             );
         }
+    }
+}
+
+/// Two folders may not feed one Redivis table: an upload is named by the file's path
+/// relative to its folder and the table keeps no more than the name, so `a/x.csv` and
+/// `b/x.csv` would take each other's upload for their own and replace or delete it.
+fn check_shared_tables(ck: &mut Checker<'_>, folders: &[Checked]) {
+    for (j, later) in folders.iter().enumerate() {
+        let (Target::RedivisTable(table), Some(span)) = (&later.folder.target, &later.table_span)
+        else {
+            continue;
+        };
+        let earlier = folders[..j].iter().find(|earlier| {
+            matches!(&earlier.folder.target, Target::RedivisTable(other)
+                if other.eq_ignore_ascii_case(table))
+        });
+        let Some(earlier) = earlier else {
+            continue;
+        };
+        let line = earlier
+            .table_span
+            .as_ref()
+            .map_or(0, |s| ck.src.line_of(s.start));
+        let message = format!(
+            "table {table:?} is also fed by folder \"{}\" (folder[{}].redivis_table on line \
+             {line}); uploads are named by the path relative to their folder, so the same name \
+             in both folders would replace each other's upload: give each folder its own \
+             table, or watch their common parent folder",
+            earlier.folder.path.display(),
+            earlier.index,
+        );
+        ck.error(
+            span,
+            &format!("folder[{}].redivis_table", later.index),
+            message,
+        );
     }
 }
 

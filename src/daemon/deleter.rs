@@ -13,17 +13,19 @@
 //!    parts), then delete the copy on the remote (a copy already gone counts as deleted).
 //! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
 //!    transaction. A failure waits and retries like an upload's; a shutdown leaves the job
-//!    active, and the next start deletes again.
+//!    active, and the next start deletes again. A Redivis upload deleted frees its name:
+//!    the folder's files that failed for colliding with it are queued again.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::status::backend_name;
 use super::worker::{FOLDER_REMOVED, Worker};
-use crate::config::{FolderConfig, OnDelete};
+use crate::config::{FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::FailureClass;
-use crate::queue::{Job, LedgerEntry, Store};
+use crate::queue::{Job, JobState, LedgerEntry, RetrySelection, Store};
+use crate::upload::redivis::names;
 use crate::upload::retry::CallScope;
 use crate::upload::{Disposition, ErrorKind, UploadError};
 
@@ -77,6 +79,9 @@ impl Worker {
                     }
                     Err(err) => self.record(&job, Err(err)),
                 }
+                if let Target::RedivisTable(_) = &folder.target {
+                    self.retry_collisions_with(&job);
+                }
             }
             Err(UploadError::Shutdown) => {
                 tracing::info!(
@@ -107,6 +112,35 @@ impl Worker {
                 let at = SystemTime::now() + delay;
                 self.record(&job, self.store.retry_later(job.id, at, &err.to_string()));
             }
+        }
+    }
+
+    /// Step 5 in a Redivis table: the upload deleted freed its name, so the files of the
+    /// folder refused for colliding with it under Redivis' name escaping are tried again
+    /// (their reason asks to rename one of the files; deleting one frees the name too).
+    fn retry_collisions_with(&self, job: &Job) {
+        let freed = names::escape(&job.key.rel);
+        let conflict = ErrorKind::Conflict.label();
+        let collided = |other: &Job| {
+            other.key.folder == job.key.folder
+                && matches!(&other.state, JobState::Failed { kind: Some(kind), .. } if kind == conflict)
+                && names::escape(&other.key.rel) == freed
+        };
+        let paths = match self.store.jobs_needing_attention() {
+            Ok(jobs) => jobs
+                .iter()
+                .filter(|other| collided(other))
+                .map(Job::path)
+                .collect(),
+            Err(err) => return self.record(job, Err(err)),
+        };
+        match self.store.retry_failed(&RetrySelection::Paths(paths)) {
+            Ok(0) => {}
+            Ok(retried) => {
+                tracing::info!(path = %job.key, retried, "the deleted upload freed its Redivis name; the files that collided with it are tried again");
+                self.wake.notify_one();
+            }
+            Err(err) => self.record(job, Err(err)),
         }
     }
 

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use super::status::Live;
+use super::status::{Live, one_line};
 use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::queue::to_ms;
@@ -62,8 +62,10 @@ impl<'a> RemoteLabel<'a> {
 impl fmt::Display for RemoteLabel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RemoteLabel::Path(path) => f.write_str(path),
-            RemoteLabel::Table { table, rel } => write!(f, "{table}/{rel}"),
+            RemoteLabel::Path(path) => f.write_str(&one_line(path)),
+            // A Redivis upload may be named by any file name, line breaks included: they
+            // would cut the log line in two, as a path field (quoted) never does.
+            RemoteLabel::Table { table, rel } => write!(f, "{table}/{}", one_line(rel)),
         }
     }
 }
@@ -312,6 +314,26 @@ mod tests {
         assert_eq!(
             label(&table).to_string(),
             "demo.uploads:next.files/2024/a.csv"
+        );
+    }
+
+    #[test]
+    fn a_redivis_upload_named_with_a_line_break_is_logged_on_one_line() {
+        let (logs, _guard) = capture_logs(tracing::Level::INFO);
+        let imported = UploadLine {
+            backend: "redivis",
+            remote: RemoteLabel::Table {
+                table: "demo.uploads:next.files",
+                rel: "new\nline.csv",
+            },
+            ..line("/data/in/new\nline.csv", "", Some(Duration::from_secs(2)))
+        };
+        record_upload(&Metrics::new(), &Live::default(), &imported, Told::Alone);
+        let text = logs.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("remote=demo.uploads:next.files/new\\nline.csv"),
+            "{text}"
         );
     }
 

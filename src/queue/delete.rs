@@ -5,10 +5,12 @@
 //! 1. A file found gone (an event, a scan) that the ledger records as uploaded becomes a
 //!    deletion ([`Store::offer_deletions`]), due after a delay, so that a file deleted and
 //!    written again at once (an editor's save) turns back into an upload before anything is
-//!    deleted. An upload in flight or importing is marked instead: the end of its attempt
-//!    or import queues it again, as a deletion. A waiting upload that becomes a deletion
-//!    keeps its saved progress, so that the deletion can give that upload up on the remote.
-//!    Only ledger entries are ever deleted: what upsync did not upload has no entry.
+//!    deleted. An upload in flight or importing is marked instead, the first upload of a
+//!    file too (its bytes may be on the remote already): the end of its attempt or import
+//!    records what reached the remote and queues the job again, as a deletion. A waiting
+//!    upload that becomes a deletion keeps its saved progress, so that the deletion can give
+//!    that upload up on the remote. Only ledger entries are ever deleted: what upsync did
+//!    not upload has no entry.
 //! 2. The mass-delete guard counts the folder's pending deletions ([`Store::deletion_tally`])
 //!    and, over the limit, holds all of them ([`Store::hold_deletions`]): they are failed
 //!    with [`HELD_BY_GUARD`] in the reason, until `upsync retry --deletes` approves them
@@ -52,6 +54,21 @@ pub(super) fn is_held(job: &Job) -> bool {
         && matches!(&job.state, JobState::Failed { reason, .. } if reason.starts_with(HELD_BY_GUARD))
 }
 
+/// True while a worker or an import holds the job: its end decides what comes next.
+fn in_flight(state: &JobState) -> bool {
+    is_attempt(state) || *state == JobState::Importing
+}
+
+/// The version a deletion names while the ledger records none: a job in flight turned
+/// into a deletion before its first upload was recorded. No file has it, so the end of
+/// that attempt or import sees its content moved and queues the deletion.
+const NOTHING_RECORDED: Fingerprint = Fingerprint {
+    size: 0,
+    mtime_ns: 0,
+    inode: 0,
+    ctime_ns: None,
+};
+
 /// True for a deletion the guard counts and may hold: waiting to run, not approved.
 fn is_pending(job: &Job) -> bool {
     job.kind == JobKind::Delete
@@ -61,19 +78,31 @@ fn is_pending(job: &Job) -> bool {
 
 impl Tx<'_> {
     /// Step 1 for one file found gone; true when a deletion was queued. Without a ledger
-    /// entry there is nothing to delete, and a pending upload job is dropped (or left to
-    /// give up its saved upload) as `drop_vanished` would.
+    /// entry there is nothing to delete yet: a pending upload job is dropped (or left to
+    /// give up its saved upload) as `drop_vanished` would, one in flight or importing is
+    /// marked (its bytes may be on the remote already).
     fn offer_deletion(&self, raw_key: &[u8], key: &FileKey, due: u64, now: u64) -> TxResult<bool> {
         let raw = self.file_record(raw_key)?;
         let existing = self.job_named(raw.as_deref())?;
         let Some(upload) = raw.as_deref().and_then(|raw| FileRecord::split(raw).upload) else {
-            if let Some(job) = existing
-                && job.kind == JobKind::Upload
-                && !is_attempt(&job.state)
-                && job.state != JobState::Importing
-                && !self.left_to_give_up(&job)?
-            {
-                self.remove_job(&job)?;
+            match existing {
+                Some(job) if job.kind == JobKind::Upload && in_flight(&job.state) => {
+                    // Its first upload may still reach the remote (posted, importing): the
+                    // end of the attempt or import records it, then deletes it.
+                    self.put_job(
+                        Some(&job),
+                        &Job {
+                            kind: JobKind::Delete,
+                            approved: false,
+                            fingerprint: NOTHING_RECORDED,
+                            ..job.clone()
+                        },
+                    )?;
+                }
+                Some(job) if job.kind == JobKind::Upload && !self.left_to_give_up(&job)? => {
+                    self.remove_job(&job)?
+                }
+                _ => {}
             }
             return Ok(false);
         };
@@ -103,7 +132,7 @@ impl Tx<'_> {
             fingerprint: uploaded,
             ..job.clone()
         };
-        if is_attempt(&job.state) || job.state == JobState::Importing {
+        if in_flight(&job.state) {
             self.put_job(Some(&job), &marked)?;
             return Ok(false);
         }

@@ -1541,7 +1541,15 @@ impl Store {
                     done.push(true);
                 } else {
                     tx.put_ledger(raw_key, &job.key.folder, &entry)?;
-                    tx.put_job(Some(&job), &queued_afresh(&job, now))?;
+                    let next = match job.kind {
+                        // The version to delete is the one just recorded.
+                        JobKind::Delete => Job {
+                            fingerprint: c.fingerprint,
+                            ..job.clone()
+                        },
+                        JobKind::Upload => job.clone(),
+                    };
+                    tx.put_job(Some(&job), &queued_afresh(&next, now))?;
                     done.push(false);
                 }
             }

@@ -8,7 +8,7 @@
 //! 1. [`claim_name`](RedivisBackend::claim_name): the upload name (`job.rel`) under
 //!    Redivis' escaping, claimed in this table for this process; a second local file that
 //!    escapes alike fails permanently, naming both files (after a restart the table is the
-//!    judge: an upload of exactly our name is ours).
+//!    judge: an upload of exactly our name is ours, as only one folder feeds a table).
 //! 2. [`reconcile_finalize`](RedivisBackend::reconcile_finalize): if an earlier attempt
 //!    persisted `finalizing` (`job.finalize_started`), the upload.post may have happened:
 //!    list the table's uploads (all pages) for our name with our size and MD5 (or still
@@ -150,6 +150,12 @@ impl<'a> UploadAttempt<'a> {
         Ok(md5)
     }
 
+    /// The table holds the file already: what this attempt adopts it sent none of, so its
+    /// line tells no rate of the whole file over a listing.
+    fn sent_nothing(&self) {
+        self.job.live.sending_from(self.reader.size);
+    }
+
     /// Step 8: back to step 3, unless the file was sent again for this reason before.
     fn send_again(&mut self, why: Again) -> Result<Next, UploadError> {
         let job = &self.job;
@@ -277,6 +283,7 @@ impl RedivisBackend {
             status = found.status(),
             "adopting the upload an earlier attempt posted"
         );
+        a.sent_nothing();
         Ok(Next::Settle(found))
     }
 
@@ -317,6 +324,7 @@ impl RedivisBackend {
                     upload = %existing.uri,
                     "the table already holds this exact file; adopting it"
                 );
+                a.sent_nothing();
                 return Ok(Next::Settle(existing));
             }
         }
