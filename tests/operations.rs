@@ -828,7 +828,7 @@ fn a_live_daemon_s_metrics_pass_promtool_and_a_reloaded_folder_gets_its_counters
     std::fs::create_dir_all(&added).unwrap();
     config_of(&s, &metrics_listen)
         .folder(
-            FolderBuilder::kifs("added", "ingest")
+            FolderBuilder::kifs("added", "added")
                 .without("settle")
                 .without("create_directory"),
         )

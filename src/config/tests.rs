@@ -469,6 +469,30 @@ fn two_folders_feeding_one_redivis_table_are_refused() {
 }
 
 #[test]
+fn two_folders_feeding_one_kifs_directory_are_refused() {
+    let fx = Fixture::new();
+    let text =
+        format!("{KIFS_FOLDER}[[folder]]\npath = \"inbox/b\"\nkifs_directory = \"ingest\"\n");
+    assert_names(
+        &fx.err(&text),
+        9,
+        &[
+            "key 'folder[1].kifs_directory'",
+            "KiFS directory \"ingest\"",
+            "folder[0].kifs_directory on line 6",
+            "give each folder its own directory",
+        ],
+    );
+    let apart =
+        format!("{KIFS_FOLDER}[[folder]]\npath = \"inbox/b\"\nkifs_directory = \"Ingest\"\n");
+    assert_eq!(
+        fx.ok(&apart).folders.len(),
+        2,
+        "KiFS names are case-sensitive"
+    );
+}
+
+#[test]
 fn two_folders_feeding_two_tables_of_one_dataset_load() {
     let fx = Fixture::new();
     let text = format!(

@@ -154,7 +154,8 @@ pub(crate) fn build(
                 folder,
                 index: i,
                 path_span: f.get_ref().path.span(),
-                table_span: f.get_ref().redivis_table.as_ref().map(|t| t.span()),
+                target_span: (f.get_ref().redivis_table.as_ref().map(|t| t.span()))
+                    .or_else(|| f.get_ref().kifs_directory.as_ref().map(|d| d.span())),
             });
         }
     }
@@ -881,8 +882,8 @@ struct Checked {
     /// list, so this can differ from the list position.
     index: usize,
     path_span: Range<usize>,
-    /// Where `redivis_table` is written, for a folder that has one.
-    table_span: Option<Range<usize>>,
+    /// Where its `redivis_table` or `kifs_directory` is written.
+    target_span: Option<Range<usize>>,
 }
 
 fn check_overlaps(ck: &mut Checker<'_>, folders: &[Checked]) {
@@ -917,39 +918,54 @@ fn check_overlaps(ck: &mut Checker<'_>, folders: &[Checked]) {
     }
 }
 
-/// Two folders may not feed one Redivis table: an upload is named by the file's path
-/// relative to its folder and the table keeps no more than the name, so `a/x.csv` and
-/// `b/x.csv` would take each other's upload for their own and replace or delete it.
+/// Two folders may not feed one Redivis table or one KiFS directory: a file is named there
+/// by its path relative to its folder, so `a/x.csv` and `b/x.csv` would take each other's
+/// copy for their own and replace or delete it.
 fn check_shared_tables(ck: &mut Checker<'_>, folders: &[Checked]) {
     for (j, later) in folders.iter().enumerate() {
-        let (Target::RedivisTable(table), Some(span)) = (&later.folder.target, &later.table_span)
-        else {
+        let Some(span) = &later.target_span else {
             continue;
         };
-        let earlier = folders[..j].iter().find(|earlier| {
-            matches!(&earlier.folder.target, Target::RedivisTable(other)
-                if other.eq_ignore_ascii_case(table))
-        });
+        let earlier = folders[..j]
+            .iter()
+            .find(|earlier| same_destination(&earlier.folder.target, &later.folder.target));
         let Some(earlier) = earlier else {
             continue;
         };
         let line = earlier
-            .table_span
+            .target_span
             .as_ref()
             .map_or(0, |s| ck.src.line_of(s.start));
+        let (what, key, own) = match &later.folder.target {
+            Target::RedivisTable(table) => (format!("table {table:?}"), "redivis_table", "table"),
+            Target::KifsDirectory { directory, .. } => (
+                format!("KiFS directory {directory:?}"),
+                "kifs_directory",
+                "directory",
+            ),
+        };
         let message = format!(
-            "table {table:?} is also fed by folder \"{}\" (folder[{}].redivis_table on line \
-             {line}); uploads are named by the path relative to their folder, so the same name \
-             in both folders would replace each other's upload: give each folder its own \
-             table, or watch their common parent folder",
+            "{what} is also fed by folder \"{}\" (folder[{}].{key} on line {line}); files are \
+             named by their path relative to their folder, so the same name in both folders \
+             would replace each other's copy: give each folder its own {own}, or watch their \
+             common parent folder",
             earlier.folder.path.display(),
             earlier.index,
         );
-        ck.error(
-            span,
-            &format!("folder[{}].redivis_table", later.index),
-            message,
-        );
+        ck.error(span, &format!("folder[{}].{key}", later.index), message);
+    }
+}
+
+/// Whether two targets name one place: Redivis table references ignore ASCII case, KiFS
+/// names are compared as written (case-sensitive: `docs/protocols/kifs.md`, names).
+fn same_destination(a: &Target, b: &Target) -> bool {
+    match (a, b) {
+        (Target::RedivisTable(a), Target::RedivisTable(b)) => a.eq_ignore_ascii_case(b),
+        (
+            Target::KifsDirectory { directory: a, .. },
+            Target::KifsDirectory { directory: b, .. },
+        ) => a == b,
+        _ => false,
     }
 }
 
