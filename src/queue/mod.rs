@@ -41,6 +41,11 @@
 //!                                                           (module `marks`)
 //! ```
 //!
+//! Beside its data file, sled keeps `db/snap.<lsn>`, a summary of its log up to `lsn`,
+//! written as `snap.<lsn>.generating` and renamed once whole. A start removes a
+//! `.generating` file a full disk or a kill left behind (`remove_unfinished_snapshots`),
+//! which sled would otherwise read as the newest snapshot and refuse as corrupt.
+//!
 //! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
 //! number from sled's `generate_id` plus the `id_base` a compaction leaves, so ids are
 //! unique for the life of the database, across compactions, and
@@ -2049,7 +2054,38 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     while lock::is_held(&locked).unwrap_or(false) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    remove_unfinished_snapshots(path).map_err(sled::Error::Io)?;
     sled_config(path).open()
+}
+
+/// The suffix sled gives a snapshot file while it writes it; it renames the file without
+/// it once the file is whole and synced.
+const UNFINISHED_SNAPSHOT_SUFFIX: &str = ".generating";
+
+/// Removes the snapshot files sled began and never finished (a full disk, or a kill, while
+/// it wrote one: every open and every close in order writes one). sled 0.34 reads the
+/// newest `snap.*` file at open without telling a finished one from one it was still
+/// writing, so such a leftover (often empty) sorts after the last whole snapshot and makes
+/// every later open fail as corrupt, even once space is back. Without it, sled reads the
+/// last whole snapshot and the log written since, which hold everything: an unfinished
+/// snapshot only ever sums up that log. Only this process can be opening the database
+/// (`upsync.lock`), and [`open_sled`] has waited for its own earlier instances to let go.
+fn remove_unfinished_snapshots(db_path: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(db_path) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(UNFINISHED_SNAPSHOT_SUFFIX) {
+            tracing::info!(file = %entry.path().display(), "removing a snapshot of the state database that was never finished");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn create_db(path: &Path) -> Result<(), FormatError> {
