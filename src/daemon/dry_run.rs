@@ -13,12 +13,14 @@
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
 //!    at its path any more (`watch::Presence`, as the daemon decides when a scan ends) is a
 //!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
-//!    of the folder) would be held by the mass-delete guard, which the plan says.
+//!    of the folder) would be held by the mass-delete guard, which the plan says. As the
+//!    guard does, it leaves out of that count the deletions `upsync retry --deletes`
+//!    approved: they run whatever the count.
 //!
 //! Neither the folder's files nor its ledger are held in memory: the plan holds what it
 //! lists (uploads, deletions, skipped files) and counts the files already up to date.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -29,7 +31,7 @@ use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Job, JobState, Store};
+use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, Store};
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -164,6 +166,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             _ => None,
         })
         .collect();
+    let approved = approved_deletions(jobs, &key);
     let mut plan = FolderPlan {
         folder: key.clone(),
         target: describe_target(&folder.target),
@@ -225,9 +228,11 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             return Ok(plan);
         }
         let mut presence = watch::Presence::new(&folder.path);
+        let mut approved_gone = 0;
         store
             .visit_uploads(&key, "", |rel, entry| {
                 if presence.is_gone(rel) {
+                    approved_gone += u64::from(approved.contains(rel));
                     plan.delete.push(PlannedDelete {
                         path: FileKey::new(&key, rel).path().display().to_string(),
                         remote: entry.remote,
@@ -236,9 +241,26 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
                 ControlFlow::Continue(())
             })
             .map_err(|err| err.to_string())?;
-        plan.deletions_held = guard_would_hold(folder, plan.delete.len() as u64, uploads);
+        let unapproved = plan.delete.len() as u64 - approved_gone;
+        plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
+            if approved_gone == 0 {
+                why
+            } else {
+                format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
+            }
+        });
     }
     Ok(plan)
+}
+
+/// The files of the folder keyed `folder` whose deletion `upsync retry --deletes` approved
+/// and that wait to run: the guard neither counts nor holds them (module `watch::deletions`).
+fn approved_deletions<'a>(jobs: &'a [Job], folder: &str) -> BTreeSet<&'a str> {
+    jobs.iter()
+        .filter(|job| job.key.folder == folder && job.kind == JobKind::Delete && job.approved)
+        .filter(|job| matches!(job.state, JobState::Queued | JobState::RetryWait { .. }))
+        .map(|job| job.key.rel.as_str())
+        .collect()
 }
 
 /// Every regular file of the folder (not following symlinks), excluded ones included, by
