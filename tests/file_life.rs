@@ -13,7 +13,8 @@
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
-//!   request and leaves the state database byte-identical.
+//!   request and leaves the state database byte-identical; over a damaged database it
+//!   names the state dir's database, not the temporary copy it opened.
 
 mod common;
 
@@ -325,6 +326,36 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
         .collect();
     files.sort();
     files
+}
+
+#[test]
+fn a_dry_run_over_a_damaged_database_names_the_state_dirs_database() {
+    let s = Setup::new();
+    std::fs::write(s.kin.join("a.csv"), "a\n").unwrap();
+    backdate(&s.kin.join("a.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let database = s.config.parent().unwrap().join("state").join("db");
+    std::fs::File::options()
+        .write(true)
+        .open(database.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let config = s.config.to_str().unwrap();
+    let (code, _, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 1, "{stderr}");
+    let named = format!("cannot open the state database at {}:", database.display());
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(
+        stderr.contains(&format!("kept as {}.moved-<time>", database.display())),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("upsync-dry-run"),
+        "no temporary copy named: {stderr}"
+    );
 }
 
 #[test]

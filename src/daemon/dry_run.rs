@@ -4,7 +4,8 @@
 //! 1. Refuse while a daemon (or a one-shot run) answers on the control socket: it holds
 //!    the database and would change it under the look.
 //! 2. Copy the state database to a temporary directory and open the copy (sled may write
-//!    when it opens a database; the original is never opened). The copy is removed after.
+//!    when it opens a database; the original is never opened). The copy is removed after;
+//!    a database it cannot open is reported under the original's name.
 //! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
 //!    looking its version up in the ledger: excluded by the folder's globs, failed earlier
 //!    (that version, until `upsync retry`), already uploaded, not settled (written within
@@ -31,7 +32,7 @@ use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, Store};
+use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, Store, StoreError};
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -89,7 +90,8 @@ pub async fn plan(config: &Config) -> Result<Plan, String> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
         let copy = StoreCopy::of(&config.state_dir)?;
-        let store = Store::open(&copy.dir).map_err(|err| err.to_string())?;
+        let store = Store::open(&copy.dir)
+            .map_err(|err| about_the_original(err, &config.state_dir).to_string())?;
         let jobs = store.jobs().map_err(|err| err.to_string())?;
         let plan = config
             .folders
@@ -132,6 +134,27 @@ impl StoreCopy {
 impl Drop for StoreCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An error about what the copied database holds (damaged, of an unknown format) is one
+/// about the original: it names the original, which the operator acts on, not the
+/// temporary copy, which is gone by the time the message is read.
+fn about_the_original(err: StoreError, state_dir: &Path) -> StoreError {
+    let original = state_dir.join("db");
+    match err {
+        StoreError::Open { detail, .. } => StoreError::Open {
+            path: original,
+            detail,
+        },
+        StoreError::UnknownFormat {
+            found, expected, ..
+        } => StoreError::UnknownFormat {
+            path: original,
+            found,
+            expected,
+        },
+        other => other,
     }
 }
 
