@@ -535,6 +535,39 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
     assert!(stdout.contains("0 failed job(s) queued again"), "{stdout}");
 }
 
+#[test]
+fn ls_refuses_a_folder_that_is_not_configured_as_a_usage_error_whoever_would_list_it() {
+    let s = setup(&[], "");
+    let config = s.config.to_str().unwrap();
+    let not_a_folder = s.folder().join("sub");
+    std::fs::create_dir(&not_a_folder).unwrap();
+    let ls_not_a_folder = || {
+        let (code, stdout, stderr) = upsync(&[
+            "ls",
+            "-c",
+            config,
+            "--folder",
+            not_a_folder.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "a usage error: {stdout}{stderr}");
+        assert!(stderr.contains("is not a configured folder"), "{stderr}");
+        assert!(stderr.contains("the folders are:"), "{stderr}");
+        assert!(stdout.is_empty(), "nothing listed: {stdout}");
+    };
+    // No upsync has used the state_dir yet.
+    ls_not_a_folder();
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // The database a stopped daemon left.
+    ls_not_a_folder();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the daemon to answer", || {
+        status_json(&s.config)["daemon"] == "running"
+    });
+    ls_not_a_folder();
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+}
+
 /// A folder that is missing (unmounted) is the daemon's to report: `status`, `ls` and
 /// `retry` still answer, when they are needed most.
 #[test]
