@@ -14,7 +14,8 @@
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
 //!   request and leaves the state database byte-identical; over a damaged database it
-//!   names the state dir's database, not the temporary copy it opened.
+//!   names the state dir's database, not the temporary copy it opened; it refuses while
+//!   another process holds the state dir's lock, socket or not.
 
 mod common;
 
@@ -326,6 +327,37 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
         .collect();
     files.sort();
     files
+}
+
+#[test]
+fn a_dry_run_refuses_while_another_process_holds_the_state_dir_without_a_socket() {
+    use std::os::fd::AsRawFd;
+    let s = Setup::new();
+    std::fs::write(s.kin.join("a.csv"), "a\n").unwrap();
+    backdate(&s.kin.join("a.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let config = s.config.to_str().unwrap();
+
+    // As a daemon recovering at its start, or `run --rebuild-state`, holds it: the lock
+    // taken, nothing listening on the control socket yet, the database being written.
+    let lock_path = s.config.parent().unwrap().join("state/upsync.lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock only reads the descriptor, which `lock` keeps open.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "the test takes the lock");
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("another upsync holds state_dir"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "no plan: {stdout}");
+
+    drop(lock);
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 up to date"), "{stdout}");
 }
 
 #[test]

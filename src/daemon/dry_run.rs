@@ -3,8 +3,12 @@
 //!
 //! 1. Refuse while a daemon (or a one-shot run) answers on the control socket: it holds
 //!    the database and would change it under the look.
-//! 2. Copy the state database to a temporary directory and open the copy (sled may write
-//!    when it opens a database; the original is never opened). The copy is removed after;
+//! 2. Copy the state database to a temporary directory, holding the state dir's lock
+//!    meanwhile, and open the copy (sled may write when it opens a database; the original
+//!    is never opened). A lock held elsewhere refuses as step 1 does: its holder writes
+//!    the database without answering on the socket yet (a daemon recovering at its start,
+//!    `run --rebuild-state` filling a new database), and a copy would catch it half
+//!    written. The copy is removed after;
 //!    a database it cannot open is reported under the original's name.
 //! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
 //!    looking its version up in the ledger: excluded by the folder's globs, failed earlier
@@ -32,7 +36,7 @@ use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, Store, StoreError};
+use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -81,15 +85,16 @@ pub async fn plan(config: &Config) -> Result<Plan, String> {
         .await
         .unwrap_or(None);
     if running.is_some() {
-        return Err(format!(
-            "upsync is running on state_dir {} (a daemon or a one-shot run): a dry run reads \
-             the state database it holds; stop it first",
-            config.state_dir.display()
-        ));
+        return Err(in_use(&config.state_dir));
     }
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
+        let lock = StateLock::hold_existing(&config.state_dir).map_err(|err| match err {
+            StoreError::Locked { .. } => held(&config.state_dir),
+            other => other.to_string(),
+        })?;
         let copy = StoreCopy::of(&config.state_dir)?;
+        drop(lock);
         let store = Store::open(&copy.dir)
             .map_err(|err| about_the_original(err, &config.state_dir).to_string())?;
         let jobs = store.jobs().map_err(|err| err.to_string())?;
@@ -102,6 +107,23 @@ pub async fn plan(config: &Config) -> Result<Plan, String> {
     })
     .await
     .map_err(|err| format!("the dry run failed: {err}"))?
+}
+
+fn in_use(state_dir: &Path) -> String {
+    format!(
+        "upsync is running on state_dir {} (a daemon or a one-shot run): a dry run reads the \
+         state database it holds; stop it first",
+        state_dir.display()
+    )
+}
+
+fn held(state_dir: &Path) -> String {
+    format!(
+        "another upsync holds state_dir {} without answering on its control socket (a daemon \
+         starting or stopping, `run --rebuild-state`, or a command reading the database): a \
+         dry run would copy the database while it may change; try again once it is done",
+        state_dir.display()
+    )
 }
 
 /// Step 2: a copy of `state_dir/db` in a temporary directory, removed when dropped.

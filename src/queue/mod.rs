@@ -270,12 +270,12 @@ pub use job::{
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
+pub use lock::StateLock;
 pub use stamp::{StampFrom, StampStep};
 pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
-use lock::StateLock;
 use pointers::{Noted, Pointers};
 use record::FileRecord;
 
