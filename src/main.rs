@@ -138,7 +138,8 @@ enum Command {
         /// Let the deletions held by the mass-delete guard run, and retry failed deletions.
         #[arg(long, conflicts_with = "paths")]
         deletes: bool,
-        /// Files to retry (paths inside watched folders).
+        /// Files to retry (paths inside watched folders); a directory: every failed file
+        /// under it.
         #[arg(value_name = "PATH", required_unless_present_any = ["all", "deletes"])]
         paths: Vec<PathBuf>,
     },

@@ -536,6 +536,45 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
 }
 
 #[test]
+fn retry_of_a_directory_queues_the_failed_files_under_it_and_no_others() {
+    let s = setup(&[], "");
+    let config = s.config.to_str().unwrap();
+    // KiFS refuses '_' in names: each of these fails for good.
+    for name in [
+        "sub/bad_a.csv",
+        "sub/deeper/bad_b.csv",
+        "subway/bad_c.csv",
+        "bad_d.csv",
+    ] {
+        let path = s.folder().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{name}\n")).unwrap();
+        backdate(&path, 60);
+    }
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(folders_total(&status_json(&s.config), "failed"), 4);
+
+    let sub = format!("{}/", s.folder().join("sub").display());
+    let (code, stdout, stderr) = upsync(&["retry", "-c", config, &sub]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 failed job(s) queued again"), "{stdout}");
+    let status = status_json(&s.config);
+    assert_eq!(folders_total(&status, "queued"), 2, "{status}");
+    assert_eq!(folders_total(&status, "failed"), 2, "{status}");
+    let still_failed: Vec<&str> = status["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        still_failed.iter().all(|path| !path.contains("/sub/")),
+        "{status}"
+    );
+}
+
+#[test]
 fn ls_refuses_a_folder_that_is_not_configured_as_a_usage_error_whoever_would_list_it() {
     let s = setup(&[], "");
     let config = s.config.to_str().unwrap();

@@ -1644,19 +1644,31 @@ impl Store {
     /// Moves failed jobs back to the queue (`upsync retry`); returns how many moved.
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
+        let named = |job: &Job| match selection {
+            RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
+            _ => false,
+        };
+        // A directory stands for the files under it (`Path::starts_with` compares whole
+        // components: `sub` holds `sub/a.csv`, not `subway.csv`), as `--all` stands for
+        // every file: neither names a deletion the mass-delete guard holds.
+        let under = |job: &Job| match selection {
+            RetrySelection::Paths(paths) => paths.iter().any(|path| job.path().starts_with(path)),
+            _ => false,
+        };
         let selected = |job: &Job| match selection {
             RetrySelection::All => !delete::is_held(job),
             RetrySelection::Deletes => job.kind == JobKind::Delete,
-            RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
+            RetrySelection::Paths(_) => named(job) || (under(job) && !delete::is_held(job)),
         };
-        // A deletion retried by name or with --deletes is the operator's word for it; the
-        // mass-delete guard no longer holds it.
-        let approve = !matches!(selection, RetrySelection::All);
+        // A deletion retried by its name or with --deletes is the operator's word for it;
+        // the mass-delete guard no longer holds it.
+        let approves = |job: &Job| matches!(selection, RetrySelection::Deletes) || named(job);
         let mut moved = 0;
         for job in self.jobs_needing_attention()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
                 continue;
             }
+            let approve = approves(&job);
             let now = now_ms();
             let retried = self.transact(|tx| {
                 let Some(job) = tx.job(job.id)? else {
