@@ -13,7 +13,8 @@
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
-//!   request and leaves the state database byte-identical; over a damaged database it
+//!   request and leaves the state database byte-identical; a name KiFS refuses shows as
+//!   the failure the run then has; over a damaged database it
 //!   names the state dir's database, not the temporary copy it opened; it refuses while
 //!   another process holds the state dir's lock, socket or not.
 
@@ -327,6 +328,46 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
         .collect();
     files.sort();
     files
+}
+
+#[test]
+fn a_dry_run_tells_a_name_kifs_refuses_as_the_failure_the_run_then_has() {
+    let s = Setup::new();
+    for name in ["good.csv", "bad_name.csv"] {
+        std::fs::write(s.kin.join(name), format!("{name}\n")).unwrap();
+        backdate(&s.kin.join(name), 60);
+    }
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kin = &plan["folders"][0];
+    let uploads: Vec<&str> = kin["upload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uploads,
+        vec![s.kin.join("good.csv").to_str().unwrap()],
+        "{plan}"
+    );
+    let skipped = &kin["skipped"][0];
+    assert_eq!(
+        skipped["path"],
+        s.kin.join("bad_name.csv").to_str().unwrap()
+    );
+    let why = skipped["why"].as_str().unwrap();
+    assert!(why.starts_with("would fail: "), "{why}");
+    assert!(why.contains("does not allow the character '_'"), "{why}");
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 1, "{text}");
+    let status = status_json(&s.config);
+    assert_eq!(status["failed"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["failed"][0]["path"], skipped["path"], "{status}");
+    assert_eq!(status["folders"][0]["done"], 1, "{status}");
 }
 
 #[test]

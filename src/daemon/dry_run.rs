@@ -13,7 +13,8 @@
 //! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
 //!    looking its version up in the ledger: excluded by the folder's globs, failed earlier
 //!    (that version, until `upsync retry`), already uploaded, not settled (written within
-//!    `settle`), or to upload: new or changed.
+//!    `settle`), would fail (a name KiFS refuses, which a run checks before sending), or to
+//!    upload: new or changed.
 //! 4. In a folder with `on_delete = "delete"` whose ledger holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
 //!    at its path any more (`watch::Presence`, as the daemon decides when a scan ends) is a
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::control;
 use super::status::{StatusReport, describe_target};
-use crate::config::{Config, FolderConfig, OnDelete};
+use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
 use crate::watch::{self, filter::Filter};
@@ -252,6 +253,11 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
                     humantime::format_duration(folder.settle)
                 ),
             });
+        } else if let Err(why) = name_the_remote_takes(folder, &rel) {
+            plan.skipped.push(Skipped {
+                path,
+                why: format!("would fail: {why}"),
+            });
         } else {
             let why = if recorded.is_some() { "changed" } else { "new" };
             plan.upload.push(PlannedUpload {
@@ -328,6 +334,17 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
                 .to_string();
             Some((rel, entry.metadata().ok()?))
         })
+}
+
+/// The check of the file's remote name that a run makes before sending a byte (KiFS allows
+/// only some characters and lengths), which fails the file for good.
+fn name_the_remote_takes(folder: &FolderConfig, rel: &str) -> Result<(), String> {
+    match &folder.target {
+        Target::KifsDirectory { directory, .. } => {
+            crate::upload::kifs::validate_name(&format!("{directory}/{rel}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether the file is a candidate: accepted itself, and in no excluded directory.
