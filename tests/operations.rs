@@ -536,6 +536,40 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
 }
 
 #[test]
+fn status_as_another_user_than_the_daemons_says_the_socket_is_not_theirs() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // As root, the test can ask as `nobody`, to whom the daemon's socket (mode 0600) is closed.
+    const NOBODY: u32 = 65534;
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to run a command as another user");
+        return;
+    }
+    let s = setup(&[], "");
+    // The config is readable to every user; the state dir and its socket stay the daemon's.
+    std::fs::set_permissions(s.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the daemon to answer", || {
+        status_json(&s.config)["daemon"] == "running"
+    });
+    let output = Command::new(BIN)
+        .args(["status", "-c", s.config.to_str().unwrap()])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot use the control socket"), "{stderr}");
+    assert!(
+        stderr.contains("run upsync as the user the daemon runs as"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+}
+
+#[test]
 fn retry_of_a_directory_queues_the_failed_files_under_it_and_no_others() {
     let s = setup(&[], "");
     let config = s.config.to_str().unwrap();
