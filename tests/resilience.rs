@@ -178,8 +178,15 @@ fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
     let path = s.folder().join(name);
     std::fs::write(&path, "hangs\n").unwrap();
     backdate(&path, 60);
+    // A stalled request alone could be another one the daemon sent meanwhile; the file's
+    // upload is the one in flight.
     wait_until(Duration::from_secs(30), "the upload to hang", || {
         json_number(&s.emulator.get_json("/_emulator/stats")["stalled_now"]).unwrap_or(0) >= 1
+            && s.status()["in_flight"].as_array().is_some_and(|uploads| {
+                uploads
+                    .iter()
+                    .any(|upload| upload["path"] == path.to_str().unwrap())
+            })
     });
     daemon
 }
