@@ -138,7 +138,8 @@ enum Command {
         /// Let the deletions held by the mass-delete guard run, and retry failed deletions.
         #[arg(long, conflicts_with = "paths")]
         deletes: bool,
-        /// Files to retry (paths inside watched folders).
+        /// Files to retry (paths inside watched folders); a directory: every failed file
+        /// under it.
         #[arg(value_name = "PATH", required_unless_present_any = ["all", "deletes"])]
         paths: Vec<PathBuf>,
     },
@@ -408,6 +409,11 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             let request = history::ListRequest {
                 folder: folder.map(|f| upsync::config::command_line_path(&f)),
             };
+            // A folder that is not configured is a usage error, whoever would list it: the
+            // daemon, the database it left, or none.
+            let folders = history::listed_folders(&config, &request).map_err(|err| {
+                Failure::config(format!("{err} (the folders are: {})", folder_list(&config)))
+            })?;
             let body = serde_json::to_vec(&request).expect("ls request serializes");
             let out = std::io::BufWriter::new(std::io::stdout().lock());
             let printer = RefCell::new(history::ListPrinter::new(out, json));
@@ -424,8 +430,6 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             match answer {
                 Answer::Daemon(()) => {}
                 Answer::Stopped(store) => {
-                    let folders =
-                        history::listed_folders(&config, &request).map_err(Failure::runtime)?;
                     history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
                         .map_err(Failure::runtime)?;
                     printer.borrow_mut().walked();

@@ -310,6 +310,41 @@ fn the_guard_holds_a_ninety_percent_deletion_until_retry_deletes() {
 }
 
 #[test]
+fn a_dry_run_after_retry_deletes_predicts_the_approved_deletions_run() {
+    let s = setup(true, "");
+    let config = s.config.to_str().unwrap();
+    for i in 0..20 {
+        s.write(&format!("{i:02}.csv"), i);
+    }
+    let (code, out, err) = upsync(&["sync", "--once", "-c", config]);
+    assert_eq!(code, 0, "{out}{err}");
+    for i in 0..18 {
+        remove(&s.folder().join(format!("{i:02}.csv")));
+    }
+    let (code, out, err) = upsync(&["sync", "--once", "-c", config]);
+    assert_eq!(code, 1, "the guard holds the 18 deletions: {out}{err}");
+    assert_eq!(s.folder_status("held"), 18);
+    let (code, out, err) = upsync(&["retry", "-c", config, "--deletes"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (code, out, err) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let folder = &plan["folders"][0];
+    assert_eq!(folder["delete"].as_array().unwrap().len(), 18, "{plan}");
+    assert_eq!(
+        folder["deletions_held"],
+        serde_json::Value::Null,
+        "approved deletions are not held: {plan}"
+    );
+
+    let (code, out, err) = upsync(&["sync", "--once", "-c", config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(s.kifs_deletes(), 18, "the run deleted what the plan said");
+    assert!((0..18).all(|i| !s.on_kifs(&format!("{i:02}.csv"))));
+}
+
+#[test]
 fn a_folder_root_removed_and_replaced_by_an_empty_one_deletes_nothing() {
     let s = setup(true, "");
     for i in 0..5 {

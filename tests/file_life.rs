@@ -13,8 +13,11 @@
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
-//!   request and leaves the state database byte-identical; after a change of the
-//!   folder's directory it lists every file as new, and `sync --once` sends them there.
+//!   request and leaves the state database byte-identical; a name KiFS refuses shows as
+//!   the failure the run then has; over a damaged database it names the state dir's
+//!   database, not the temporary copy it opened; it refuses while another process holds
+//!   the state dir's lock, socket or not; after a change of the folder's directory it
+//!   lists every file as new, and `sync --once` sends them there.
 
 mod common;
 
@@ -326,6 +329,107 @@ fn tree_hashes(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
         .collect();
     files.sort();
     files
+}
+
+#[test]
+fn a_dry_run_tells_a_name_kifs_refuses_as_the_failure_the_run_then_has() {
+    let s = Setup::new();
+    for name in ["good.csv", "bad_name.csv"] {
+        std::fs::write(s.kin.join(name), format!("{name}\n")).unwrap();
+        backdate(&s.kin.join(name), 60);
+    }
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kin = &plan["folders"][0];
+    let uploads: Vec<&str> = kin["upload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uploads,
+        vec![s.kin.join("good.csv").to_str().unwrap()],
+        "{plan}"
+    );
+    let skipped = &kin["skipped"][0];
+    assert_eq!(
+        skipped["path"],
+        s.kin.join("bad_name.csv").to_str().unwrap()
+    );
+    let why = skipped["why"].as_str().unwrap();
+    assert!(why.starts_with("would fail: "), "{why}");
+    assert!(why.contains("does not allow the character '_'"), "{why}");
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 1, "{text}");
+    let status = status_json(&s.config);
+    assert_eq!(status["failed"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["failed"][0]["path"], skipped["path"], "{status}");
+    assert_eq!(status["folders"][0]["done"], 1, "{status}");
+}
+
+#[test]
+fn a_dry_run_refuses_while_another_process_holds_the_state_dir_without_a_socket() {
+    use std::os::fd::AsRawFd;
+    let s = Setup::new();
+    std::fs::write(s.kin.join("a.csv"), "a\n").unwrap();
+    backdate(&s.kin.join("a.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let config = s.config.to_str().unwrap();
+
+    // As a daemon recovering at its start, or `run --rebuild-state`, holds it: the lock
+    // taken, nothing listening on the control socket yet, the database being written.
+    let lock_path = s.config.parent().unwrap().join("state/upsync.lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock only reads the descriptor, which `lock` keeps open.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "the test takes the lock");
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("another upsync holds state_dir"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "no plan: {stdout}");
+
+    drop(lock);
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 up to date"), "{stdout}");
+}
+
+#[test]
+fn a_dry_run_over_a_damaged_database_names_the_state_dirs_database() {
+    let s = Setup::new();
+    std::fs::write(s.kin.join("a.csv"), "a\n").unwrap();
+    backdate(&s.kin.join("a.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    let database = s.config.parent().unwrap().join("state").join("db");
+    std::fs::File::options()
+        .write(true)
+        .open(database.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let config = s.config.to_str().unwrap();
+    let (code, _, stderr) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 1, "{stderr}");
+    let named = format!("cannot open the state database at {}:", database.display());
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(
+        stderr.contains(&format!("kept as {}.moved-<time>", database.display())),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("upsync-dry-run"),
+        "no temporary copy named: {stderr}"
+    );
 }
 
 #[test]

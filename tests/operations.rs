@@ -535,6 +535,112 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
     assert!(stdout.contains("0 failed job(s) queued again"), "{stdout}");
 }
 
+#[test]
+fn status_as_another_user_than_the_daemons_says_the_socket_is_not_theirs() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // As root, the test can ask as `nobody`, to whom the daemon's socket (mode 0600) is closed.
+    const NOBODY: u32 = 65534;
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to run a command as another user");
+        return;
+    }
+    let s = setup(&[], "");
+    // The config is readable to every user; the state dir and its socket stay the daemon's.
+    std::fs::set_permissions(s.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the daemon to answer", || {
+        status_json(&s.config)["daemon"] == "running"
+    });
+    let output = Command::new(BIN)
+        .args(["status", "-c", s.config.to_str().unwrap()])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot use the control socket"), "{stderr}");
+    assert!(
+        stderr.contains("run upsync as the user the daemon runs as"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+}
+
+#[test]
+fn retry_of_a_directory_queues_the_failed_files_under_it_and_no_others() {
+    let s = setup(&[], "");
+    let config = s.config.to_str().unwrap();
+    // KiFS refuses '_' in names: each of these fails for good.
+    for name in [
+        "sub/bad_a.csv",
+        "sub/deeper/bad_b.csv",
+        "subway/bad_c.csv",
+        "bad_d.csv",
+    ] {
+        let path = s.folder().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{name}\n")).unwrap();
+        backdate(&path, 60);
+    }
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(folders_total(&status_json(&s.config), "failed"), 4);
+
+    let sub = format!("{}/", s.folder().join("sub").display());
+    let (code, stdout, stderr) = upsync(&["retry", "-c", config, &sub]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 failed job(s) queued again"), "{stdout}");
+    let status = status_json(&s.config);
+    assert_eq!(folders_total(&status, "queued"), 2, "{status}");
+    assert_eq!(folders_total(&status, "failed"), 2, "{status}");
+    let still_failed: Vec<&str> = status["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        still_failed.iter().all(|path| !path.contains("/sub/")),
+        "{status}"
+    );
+}
+
+#[test]
+fn ls_refuses_a_folder_that_is_not_configured_as_a_usage_error_whoever_would_list_it() {
+    let s = setup(&[], "");
+    let config = s.config.to_str().unwrap();
+    let not_a_folder = s.folder().join("sub");
+    std::fs::create_dir(&not_a_folder).unwrap();
+    let ls_not_a_folder = || {
+        let (code, stdout, stderr) = upsync(&[
+            "ls",
+            "-c",
+            config,
+            "--folder",
+            not_a_folder.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "a usage error: {stdout}{stderr}");
+        assert!(stderr.contains("is not a configured folder"), "{stderr}");
+        assert!(stderr.contains("the folders are:"), "{stderr}");
+        assert!(stdout.is_empty(), "nothing listed: {stdout}");
+    };
+    // No upsync has used the state_dir yet.
+    ls_not_a_folder();
+    let (code, _, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // The database a stopped daemon left.
+    ls_not_a_folder();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(30), "the daemon to answer", || {
+        status_json(&s.config)["daemon"] == "running"
+    });
+    ls_not_a_folder();
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+}
+
 /// A folder that is missing (unmounted) is the daemon's to report: `status`, `ls` and
 /// `retry` still answer, when they are needed most.
 #[test]

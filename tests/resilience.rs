@@ -15,7 +15,8 @@
 //!   restart in between): requests during the outage stay bounded, job-level retries are
 //!   persisted with their next attempt time, everything arrives once the remote is back;
 //!   `status` says a retry whose time went by waits for the remote, not a past time.
-//! - Local faults: `state_dir` on a full filesystem, a corrupt and a foreign state
+//! - Local faults: `state_dir` on a full filesystem (also at a start, whose snapshot of
+//!   the database the full disk cuts short), a corrupt and a foreign state
 //!   database (then `--rebuild-state`), an unreadable file (uploaded once its permission is
 //!   fixed, without `upsync retry`), a watched folder missing at start or deleted and
 //!   recreated, two daemons on one `state_dir`.
@@ -191,8 +192,15 @@ fn daemon_with_a_hanging_upload(s: &Setup, name: &str) -> DaemonProcess {
     let path = s.folder().join(name);
     std::fs::write(&path, "hangs\n").unwrap();
     backdate(&path, 60);
+    // A stalled request alone could be another one the daemon sent meanwhile; the file's
+    // upload is the one in flight.
     wait_until(Duration::from_secs(30), "the upload to hang", || {
         stalls().unwrap_or(0) > before
+            && s.status()["in_flight"].as_array().is_some_and(|uploads| {
+                uploads
+                    .iter()
+                    .any(|upload| upload["path"] == path.to_str().unwrap())
+            })
     });
     daemon
 }
@@ -773,9 +781,14 @@ impl Drop for TmpfsMount {
 
 /// Fills the filesystem holding `dir` with a file `filler`, until it is full.
 fn fill(filler: &Path) {
+    fill_in_blocks(filler, 64 * 1024);
+}
+
+/// [`fill`] in blocks of `block_size` bytes: less than one block is left free.
+fn fill_in_blocks(filler: &Path, block_size: usize) {
     use std::io::Write;
     let mut file = std::fs::File::create(filler).unwrap();
-    let block = vec![7u8; 64 * 1024];
+    let block = vec![7u8; block_size];
     while file.write_all(&block).is_ok() {}
     let _ = file.sync_all();
 }
@@ -837,6 +850,53 @@ fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back_sendi
     // restart, not sent again.
     let stats = s.emulator.get_json("/kifs/_emulator/stats");
     assert_eq!(stats["files_stored"], 803, "no file sent twice: {stats}");
+}
+
+#[test]
+fn a_start_on_a_full_state_dir_leaves_a_database_the_next_start_opens() {
+    let s = Setup::new(&[], "");
+    let state = s.dir().join("state");
+    let Some(_mount) = mount_tmpfs(&state, "4m") else {
+        return;
+    };
+    let first = write_batch(&s, 3, "before");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "the first files, recorded", || {
+        all_arrived(&s, &first) && s.status()["folders"][0]["done"] == 3
+    });
+    // Killed, the daemon leaves sled's log ahead of its last snapshot: the next open sums
+    // it up into a new snapshot file, which the full disk cuts short.
+    daemon.kill9();
+    // Not a page left: the snapshot, under 1 KiB, would fit in the last one.
+    let filler = state.join("filler");
+    fill_in_blocks(&filler, 4096);
+    let mut daemon = DaemonProcess::start(&s.config);
+    let code = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("no space left on device"),
+        "{}",
+        daemon.log_text()
+    );
+    let unfinished = std::fs::read_dir(state.join("db"))
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".generating"))
+        .count();
+    assert_eq!(unfinished, 1, "the full disk cut a snapshot short");
+
+    std::fs::remove_file(&filler).unwrap();
+    let later = write_batch(&s, 2, "after");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(60), "the later files, recorded", || {
+        if let Some(code) = daemon.exited() {
+            panic!("the start exited ({code:?}): {}", daemon.log_text());
+        }
+        all_arrived(&s, &later) && s.status()["folders"][0]["done"] == 5
+    });
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let stats = s.emulator.get_json("/kifs/_emulator/stats");
+    assert_eq!(stats["files_stored"], 5, "no file sent twice: {stats}");
 }
 
 /// Overwrites every file of the sled database with garbage.

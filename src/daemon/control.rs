@@ -188,7 +188,7 @@ pub async fn request<T: serde::de::DeserializeOwned>(
     body: Option<&[u8]>,
 ) -> Result<Option<T>, String> {
     let socket = socket_path(state_dir);
-    let Some(stream) = connect(&socket).await else {
+    let Some(stream) = connect(&socket).await? else {
         return Ok(None);
     };
     let exchange = async {
@@ -218,7 +218,7 @@ pub async fn request_lines(
     mut on_line: impl FnMut(&[u8]) -> Result<ControlFlow<()>, String>,
 ) -> Result<Option<()>, String> {
     let socket = socket_path(state_dir);
-    let Some(stream) = connect(&socket).await else {
+    let Some(stream) = connect(&socket).await? else {
         return Ok(None);
     };
     let sent = within(&socket, send(stream, "POST", path, Some(body))).await?;
@@ -252,9 +252,20 @@ async fn within<T>(
         .map_err(|err| talking(socket, &err))
 }
 
-/// The connection to a running daemon; `None` when none listens.
-async fn connect(socket: &Path) -> Option<UnixStream> {
-    UnixStream::connect(socket).await.ok()
+/// The connection to a running daemon; `None` when none listens. A socket this user may
+/// not use is an error that says so: the socket (mode 0600) and the state dir are the
+/// daemon's user's, and falling back to the database would only fail on its lock file,
+/// with a message that does not say a daemon runs or as whom to ask it.
+async fn connect(socket: &Path) -> Result<Option<UnixStream>, String> {
+    match UnixStream::connect(socket).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "cannot use the control socket {}: {err}; run upsync as the user the daemon runs \
+             as (e.g. sudo -u upsync upsync status -c CONFIG)",
+            socket.display()
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Sends the request; the connection then carries the answer.

@@ -3,25 +3,33 @@
 //!
 //! 1. Refuse while a daemon (or a one-shot run) answers on the control socket: it holds
 //!    the database and would change it under the look.
-//! 2. Copy the state database to a temporary directory and open the copy (sled may write
-//!    when it opens a database; the original is never opened). The copy is removed after.
+//! 2. Copy the state database to a temporary directory, holding the state dir's lock
+//!    meanwhile, and open the copy (sled may write when it opens a database; the original
+//!    is never opened). A lock held elsewhere refuses as step 1 does: its holder writes
+//!    the database without answering on the socket yet (a daemon recovering at its start,
+//!    `run --rebuild-state` filling a new database), and a copy would catch it half
+//!    written. The copy is removed after;
+//!    a database it cannot open is reported under the original's name.
 //! 3. Walk each folder (symlinks not followed) and sort every file as the walk reaches it,
 //!    looking its version up in the ledger (read as empty for a folder given another
 //!    target since its uploads: a run drops it, `retarget`): excluded by the folder's
 //!    globs, failed earlier
 //!    (that version, until `upsync retry`), already uploaded, not settled (written within
-//!    `settle`), or to upload: new or changed.
+//!    `settle`), would fail (a name KiFS refuses, which a run checks before sending), or to
+//!    upload: new or changed.
 //! 4. In a folder with `on_delete = "delete"` (and its target unchanged) whose ledger
 //!    holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
 //!    at its path any more (`watch::Presence`, as the daemon decides when a scan ends) is a
 //!    deletion of its remote copy; more than `max_delete` allows (or every uploaded file
-//!    of the folder) would be held by the mass-delete guard, which the plan says.
+//!    of the folder) would be held by the mass-delete guard, which the plan says. As the
+//!    guard does, it leaves out of that count the deletions `upsync retry --deletes`
+//!    approved: they run whatever the count.
 //!
 //! Neither the folder's files nor its ledger are held in memory: the plan holds what it
 //! lists (uploads, deletions, skipped files) and counts the files already up to date.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -30,9 +38,9 @@ use serde::{Deserialize, Serialize};
 
 use super::control;
 use super::status::{StatusReport, describe_target};
-use crate::config::{Config, FolderConfig, OnDelete};
+use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Job, JobState, Store};
+use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -81,16 +89,18 @@ pub async fn plan(config: &Config) -> Result<Plan, String> {
         .await
         .unwrap_or(None);
     if running.is_some() {
-        return Err(format!(
-            "upsync is running on state_dir {} (a daemon or a one-shot run): a dry run reads \
-             the state database it holds; stop it first",
-            config.state_dir.display()
-        ));
+        return Err(in_use(&config.state_dir));
     }
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
+        let lock = StateLock::hold_existing(&config.state_dir).map_err(|err| match err {
+            StoreError::Locked { .. } => held(&config.state_dir),
+            other => other.to_string(),
+        })?;
         let copy = StoreCopy::of(&config.state_dir)?;
-        let store = Store::open(&copy.dir).map_err(|err| err.to_string())?;
+        drop(lock);
+        let store = Store::open(&copy.dir)
+            .map_err(|err| about_the_original(err, &config.state_dir).to_string())?;
         let jobs = store.jobs().map_err(|err| err.to_string())?;
         let plan = config
             .folders
@@ -101,6 +111,23 @@ pub async fn plan(config: &Config) -> Result<Plan, String> {
     })
     .await
     .map_err(|err| format!("the dry run failed: {err}"))?
+}
+
+fn in_use(state_dir: &Path) -> String {
+    format!(
+        "upsync is running on state_dir {} (a daemon or a one-shot run): a dry run reads the \
+         state database it holds; stop it first",
+        state_dir.display()
+    )
+}
+
+fn held(state_dir: &Path) -> String {
+    format!(
+        "another upsync holds state_dir {} without answering on its control socket (a daemon \
+         starting or stopping, `run --rebuild-state`, or a command reading the database): a \
+         dry run would copy the database while it may change; try again once it is done",
+        state_dir.display()
+    )
 }
 
 /// Step 2: a copy of `state_dir/db` in a temporary directory, removed when dropped.
@@ -136,6 +163,27 @@ impl Drop for StoreCopy {
     }
 }
 
+/// An error about what the copied database holds (damaged, of an unknown format) is one
+/// about the original: it names the original, which the operator acts on, not the
+/// temporary copy, which is gone by the time the message is read.
+fn about_the_original(err: StoreError, state_dir: &Path) -> StoreError {
+    let original = state_dir.join("db");
+    match err {
+        StoreError::Open { detail, .. } => StoreError::Open {
+            path: original,
+            detail,
+        },
+        StoreError::UnknownFormat {
+            found, expected, ..
+        } => StoreError::UnknownFormat {
+            path: original,
+            found,
+            expected,
+        },
+        other => other,
+    }
+}
+
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in walkdir::WalkDir::new(from) {
         let entry = entry.map_err(std::io::Error::other)?;
@@ -167,6 +215,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             _ => None,
         })
         .collect();
+    let approved = approved_deletions(jobs, &key);
     let mut plan = FolderPlan {
         folder: key.clone(),
         target: describe_target(&folder.target),
@@ -214,6 +263,11 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
                     humantime::format_duration(folder.settle)
                 ),
             });
+        } else if let Err(why) = name_the_remote_takes(folder, &rel) {
+            plan.skipped.push(Skipped {
+                path,
+                why: format!("would fail: {why}"),
+            });
         } else {
             let why = if recorded.is_some() { "changed" } else { "new" };
             plan.upload.push(PlannedUpload {
@@ -235,9 +289,11 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             return Ok(plan);
         }
         let mut presence = watch::Presence::new(&folder.path);
+        let mut approved_gone = 0;
         store
             .visit_uploads(&key, "", |rel, entry| {
                 if presence.is_gone(rel) {
+                    approved_gone += u64::from(approved.contains(rel));
                     plan.delete.push(PlannedDelete {
                         path: FileKey::new(&key, rel).path().display().to_string(),
                         remote: entry.remote,
@@ -246,9 +302,26 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
                 ControlFlow::Continue(())
             })
             .map_err(|err| err.to_string())?;
-        plan.deletions_held = guard_would_hold(folder, plan.delete.len() as u64, uploads);
+        let unapproved = plan.delete.len() as u64 - approved_gone;
+        plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
+            if approved_gone == 0 {
+                why
+            } else {
+                format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
+            }
+        });
     }
     Ok(plan)
+}
+
+/// The files of the folder keyed `folder` whose deletion `upsync retry --deletes` approved
+/// and that wait to run: the guard neither counts nor holds them (module `watch::deletions`).
+fn approved_deletions<'a>(jobs: &'a [Job], folder: &str) -> BTreeSet<&'a str> {
+    jobs.iter()
+        .filter(|job| job.key.folder == folder && job.kind == JobKind::Delete && job.approved)
+        .filter(|job| matches!(job.state, JobState::Queued | JobState::RetryWait { .. }))
+        .map(|job| job.key.rel.as_str())
+        .collect()
 }
 
 /// Every regular file of the folder (not following symlinks), excluded ones included, by
@@ -271,6 +344,17 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
                 .to_string();
             Some((rel, entry.metadata().ok()?))
         })
+}
+
+/// The check of the file's remote name that a run makes before sending a byte (KiFS allows
+/// only some characters and lengths), which fails the file for good.
+fn name_the_remote_takes(folder: &FolderConfig, rel: &str) -> Result<(), String> {
+    match &folder.target {
+        Target::KifsDirectory { directory, .. } => {
+            crate::upload::kifs::validate_name(&format!("{directory}/{rel}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether the file is a candidate: accepted itself, and in no excluded directory.

@@ -173,7 +173,8 @@ pub enum RetrySelection {
     All,
     /// Every failed deletion, the held ones included (`upsync retry --deletes`).
     Deletes,
-    /// Absolute paths of files (folder joined with relative path).
+    /// Absolute paths (folder joined with relative path) of files, or of directories:
+    /// every failed job under one, but the deletions the mass-delete guard holds.
     Paths(Vec<std::path::PathBuf>),
 }
 

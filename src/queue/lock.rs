@@ -47,6 +47,37 @@ impl StateLock {
     }
 }
 
+impl StateLock {
+    /// Takes the lock of a state dir some upsync has used, through a read-only open of its
+    /// lock file, without waiting and without creating anything: `None` when there is no
+    /// lock file (no upsync ever opened a database there), [`StoreError::Locked`] when
+    /// another process holds it. For a reader that needs the database still while it
+    /// reads it but must not create a state dir where none is, nor need write access.
+    pub fn hold_existing(state_dir: &Path) -> Result<Option<StateLock>, StoreError> {
+        let path = state_dir.join(LOCK_FILE);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::io(
+                    "open the lock file",
+                    &path,
+                    state_dir,
+                    source,
+                ));
+            }
+        };
+        match try_lock(&file) {
+            Ok(true) => Ok(Some(StateLock { _file: file })),
+            Ok(false) => Err(StoreError::Locked {
+                state_dir: state_dir.to_path_buf(),
+                lock_path: path,
+            }),
+            Err(err) => Err(StoreError::io("lock", &path, state_dir, err)),
+        }
+    }
+}
+
 /// Whether another open file description holds an flock on `path` (sled locks its data
 /// file so); a file that does not exist is not held. The probe's own lock, if it got one,
 /// ends with the call.

@@ -44,6 +44,11 @@
 //!                                                           (module `marks`)
 //! ```
 //!
+//! Beside its data file, sled keeps `db/snap.<lsn>`, a summary of its log up to `lsn`,
+//! written as `snap.<lsn>.generating` and renamed once whole. A start removes a
+//! `.generating` file a full disk or a kill left behind (`remove_unfinished_snapshots`),
+//! which sled would otherwise read as the newest snapshot and refuse as corrupt.
+//!
 //! A job id is its folder's line prefix (the start of [`keys::folder_tag`]) followed by a
 //! number from sled's `generate_id` plus the `id_base` a compaction leaves, so ids are
 //! unique for the life of the database, across compactions, and
@@ -273,12 +278,12 @@ pub use job::{
     RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
+pub use lock::StateLock;
 pub use stamp::{StampFrom, StampStep};
 pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
 use keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
-use lock::StateLock;
 use pointers::{Noted, Pointers};
 use record::FileRecord;
 
@@ -1675,19 +1680,31 @@ impl Store {
     /// Moves failed jobs back to the queue (`upsync retry`); returns how many moved.
     /// `last_error` is kept so that `status` can still say what went wrong last time.
     pub fn retry_failed(&self, selection: &RetrySelection) -> Result<usize, StoreError> {
+        let named = |job: &Job| match selection {
+            RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
+            _ => false,
+        };
+        // A directory stands for the files under it (`Path::starts_with` compares whole
+        // components: `sub` holds `sub/a.csv`, not `subway.csv`), as `--all` stands for
+        // every file: neither names a deletion the mass-delete guard holds.
+        let under = |job: &Job| match selection {
+            RetrySelection::Paths(paths) => paths.iter().any(|path| job.path().starts_with(path)),
+            _ => false,
+        };
         let selected = |job: &Job| match selection {
             RetrySelection::All => !delete::is_held(job),
             RetrySelection::Deletes => job.kind == JobKind::Delete,
-            RetrySelection::Paths(paths) => paths.iter().any(|path| *path == job.path()),
+            RetrySelection::Paths(_) => named(job) || (under(job) && !delete::is_held(job)),
         };
-        // A deletion retried by name or with --deletes is the operator's word for it; the
-        // mass-delete guard no longer holds it.
-        let approve = !matches!(selection, RetrySelection::All);
+        // A deletion retried by its name or with --deletes is the operator's word for it;
+        // the mass-delete guard no longer holds it.
+        let approves = |job: &Job| matches!(selection, RetrySelection::Deletes) || named(job);
         let mut moved = 0;
         for job in self.jobs_needing_attention()? {
             if !matches!(job.state, JobState::Failed { .. }) || !selected(&job) {
                 continue;
             }
+            let approve = approves(&job);
             let now = now_ms();
             let retried = self.transact(|tx| {
                 let Some(job) = tx.job(job.id)? else {
@@ -2106,7 +2123,38 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     while lock::is_held(&locked).unwrap_or(false) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    remove_unfinished_snapshots(path).map_err(sled::Error::Io)?;
     sled_config(path).open()
+}
+
+/// The suffix sled gives a snapshot file while it writes it; it renames the file without
+/// it once the file is whole and synced.
+const UNFINISHED_SNAPSHOT_SUFFIX: &str = ".generating";
+
+/// Removes the snapshot files sled began and never finished (a full disk, or a kill, while
+/// it wrote one: every open and every close in order writes one). sled 0.34 reads the
+/// newest `snap.*` file at open without telling a finished one from one it was still
+/// writing, so such a leftover (often empty) sorts after the last whole snapshot and makes
+/// every later open fail as corrupt, even once space is back. Without it, sled reads the
+/// last whole snapshot and the log written since, which hold everything: an unfinished
+/// snapshot only ever sums up that log. Only this process can be opening the database
+/// (`upsync.lock`), and [`open_sled`] has waited for its own earlier instances to let go.
+fn remove_unfinished_snapshots(db_path: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(db_path) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(UNFINISHED_SNAPSHOT_SUFFIX) {
+            tracing::info!(file = %entry.path().display(), "removing a snapshot of the state database that was never finished");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn create_db(path: &Path) -> Result<(), FormatError> {

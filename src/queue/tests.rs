@@ -2052,6 +2052,34 @@ fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
 }
 
 #[test]
+fn a_snapshot_sled_never_finished_is_removed_and_the_database_opens_with_its_contents() {
+    // A full disk (or a kill) while sled wrote a snapshot leaves `snap.<lsn>.generating`,
+    // often empty; sled 0.34 would read it as the newest snapshot, and fail, at every open.
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let file = key("kept.csv");
+    assert!(
+        store
+            .record_uploaded(&file, &fp(7), "ingest/kept.csv", None)
+            .expect("records")
+    );
+    drop(store);
+    let unfinished = dir.path().join(DB_DIR).join(format!(
+        "snap.{:016X}{UNFINISHED_SNAPSHOT_SUFFIX}",
+        u64::MAX
+    ));
+    std::fs::write(&unfinished, b"").expect("write works");
+
+    let store = Store::open(dir.path()).expect("the database opens despite the leftover");
+    assert!(!unfinished.exists(), "the unfinished snapshot is removed");
+    let entry = store
+        .ledger_get(&file)
+        .expect("reads")
+        .expect("the upload is kept");
+    assert_eq!(entry.fingerprint, fp(7));
+}
+
+#[test]
 fn opening_waits_for_a_sled_lock_this_process_is_still_releasing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");

@@ -242,6 +242,36 @@ fn held_deletions_wait_for_retry_deletes_and_plain_retry_leaves_them() {
 }
 
 #[test]
+fn a_retried_directory_leaves_its_held_deletions_held_and_a_named_one_approves_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    for n in 1..=3 {
+        uploaded(&store, &format!("sub/{n}.csv"), n);
+    }
+    store
+        .offer_deletions(&[key("sub/1.csv"), key("sub/2.csv")], soon())
+        .expect("offer");
+    assert_eq!(
+        store.hold_deletions("/data/in", "too many").expect("hold"),
+        2
+    );
+
+    let sub = RetrySelection::Paths(vec![Path::new("/data/in/sub").to_path_buf()]);
+    assert_eq!(store.retry_failed(&sub).expect("retry"), 0, "like --all");
+    assert_eq!(store.deletion_tally("/data/in").expect("tally").held, 2);
+
+    let named = RetrySelection::Paths(vec![key("sub/1.csv").path()]);
+    assert_eq!(store.retry_failed(&named).expect("retry"), 1);
+    let tally = store.deletion_tally("/data/in").expect("tally");
+    assert_eq!(
+        (tally.pending, tally.held),
+        (0, 1),
+        "the named one is approved"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
 fn released_deletions_run_and_a_lost_root_drops_the_unapproved_ones() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
