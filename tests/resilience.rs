@@ -663,8 +663,10 @@ fn a_remote_refusing_connections_gets_bounded_retries_then_everything() {
     };
     let early = write_batch(&s, 3, "early");
     let mut daemon = outage_daemon(&s.config);
-    wait_until(Duration::from_secs(30), "the early files", || {
-        all_arrived(&s, &early)
+    // Recorded, not only stored: a stop between the two leaves their jobs waiting to
+    // confirm what landed, beside the late files' jobs counted below.
+    wait_until(Duration::from_secs(30), "the early files, recorded", || {
+        all_arrived(&s, &early) && s.status()["folders"][0]["done"] == early.len()
     });
     s.emulator.stop();
     let files = write_batch(&s, 5, "late");

@@ -593,6 +593,28 @@ async fn uploads_in_progress(backend: &KifsBackend) -> Vec<String> {
         .collect()
 }
 
+/// One cancel, of an upload the server had; nothing left in progress there; nothing saved
+/// to resume.
+async fn assert_cancelled_and_forgotten(
+    running: &emulator::RunningEmulator,
+    backend: &KifsBackend,
+    job: &UploadJob,
+    uuid: &str,
+) {
+    assert_eq!(multipart_count(running, "cancel").await, 1);
+    assert_eq!(
+        stats(running).await["replies"]["error"],
+        0,
+        "the cancel named an upload the server had"
+    );
+    assert_eq!(
+        uploads_in_progress(backend).await,
+        Vec::<String>::new(),
+        "{uuid} is gone"
+    );
+    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+}
+
 #[tokio::test]
 async fn a_file_deleted_mid_upload_has_its_upload_cancelled_and_forgotten() {
     let tmp = tempfile::tempdir().expect("a temp dir can be created");
@@ -610,18 +632,7 @@ async fn a_file_deleted_mid_upload_has_its_upload_cancelled_and_forgotten() {
         matches!(outcome, Err(UploadError::Vanished(_))),
         "the job is dropped as before: {outcome:?}"
     );
-    assert_eq!(multipart_count(&running, "cancel").await, 1);
-    assert_eq!(
-        stats(&running).await["replies"]["error"],
-        0,
-        "the cancel named an upload the server had"
-    );
-    assert_eq!(
-        uploads_in_progress(&backend).await,
-        Vec::<String>::new(),
-        "{uuid} is gone"
-    );
-    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    assert_cancelled_and_forgotten(&running, &backend, &job, &uuid).await;
     running.shutdown.cancel();
 }
 
@@ -642,14 +653,7 @@ async fn a_file_that_shrinks_mid_upload_has_its_upload_cancelled_and_forgotten()
         matches!(outcome, Err(UploadError::Changed)),
         "the job starts again as before: {outcome:?}"
     );
-    assert_eq!(multipart_count(&running, "cancel").await, 1);
-    assert_eq!(stats(&running).await["replies"]["error"], 0);
-    assert_eq!(
-        uploads_in_progress(&backend).await,
-        Vec::<String>::new(),
-        "{uuid} is gone"
-    );
-    assert_eq!(job.load_progress::<MultipartState>().expect("loads"), None);
+    assert_cancelled_and_forgotten(&running, &backend, &job, &uuid).await;
     running.shutdown.cancel();
 }
 
