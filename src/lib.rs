@@ -19,6 +19,7 @@
 //!   systemd notifications, one-shot sync; each folder's remote check, the probes of a
 //!   remote that is down, fair claiming across folders, and the waits for remote imports.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`rename`]: renames that never replace a file, and that swap two names.
 //! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
 //! - [`allocator`]: glibc's malloc, and mimalloc where the start-up scan looks at files.
 
@@ -30,6 +31,7 @@ pub mod fingerprint;
 pub mod metrics;
 pub mod net;
 pub mod queue;
+pub mod rename;
 pub mod signals;
 #[cfg(test)]
 mod test_logs;

@@ -440,38 +440,7 @@ impl Progress<'_> {
 /// Step 4: swaps the directories `a` and `b` atomically, then syncs their parent so the
 /// swap survives a power loss.
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    rename_exchange(a, b)?;
+    crate::rename::exchange(a, b)?;
     let parent = a.parent().unwrap_or(Path::new("."));
     std::fs::File::open(parent)?.sync_all()
-}
-
-#[cfg(target_os = "linux")]
-fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let a = CString::new(a.as_os_str().as_bytes())?;
-    let b = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn rename_exchange(_: &Path, _: &Path) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "directories can be exchanged atomically only on Linux",
-    ))
 }

@@ -142,7 +142,7 @@ fn move_to_free_name(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
         } else {
             numbered(to, n)
         };
-        match rename_noreplace(from, &name) {
+        match crate::rename::without_replacing(from, &name) {
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(err) => return Err(err),
             Ok(()) => {
@@ -171,39 +171,6 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
         None => format!("{stem}.{n}"),
     };
     path.with_file_name(name)
-}
-
-#[cfg(target_os = "linux")]
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from = CString::new(from.as_os_str().as_bytes())?;
-    let to = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Without renameat2: a look before the rename, which a file appearing in between can
-/// still lose to.
-#[cfg(not(target_os = "linux"))]
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(to).is_ok() {
-        return Err(std::io::ErrorKind::AlreadyExists.into());
-    }
-    std::fs::rename(from, to)
 }
 
 #[cfg(test)]
