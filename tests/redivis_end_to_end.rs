@@ -693,7 +693,8 @@ fn with_create_next_version_upsync_opens_exactly_one_version_after_a_release() {
 
 /// A small file posted inline in the window between a release and the next version (the
 /// emulator opens that version right after refusing the post, before upsync can look): the
-/// folder waits a moment, the file is never failed, and it goes into the new version once.
+/// folder waits a moment (a line at info, no warning), the file is never failed, and it goes
+/// into the new version once.
 #[test]
 fn a_file_posted_between_a_release_and_the_next_version_goes_into_the_new_version() {
     let s = setup(&[], "");
@@ -725,6 +726,13 @@ fn a_file_posted_between_a_release_and_the_next_version_goes_into_the_new_versio
     assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
     assert_eq!(folder["remote_check"]["state"], "ready", "{folder}");
     assert_eq!(daemon.terminate(), Some(0));
+    // The new version was open by then: the folder waited for no one, and says so.
+    let log = daemon.log_text();
+    assert!(
+        log.contains("a new one is open; the folder's files go into it"),
+        "{log}"
+    );
+    assert!(!log.contains("the folder waits"), "{log}");
 }
 
 // ---- import failures -----------------------------------------------------------------------

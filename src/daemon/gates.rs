@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FolderConfig;
 use crate::queue::to_ms;
 use crate::upload::backoff::Backoff;
-use crate::upload::redivis::versions::NO_NEXT_VERSION;
+use crate::upload::redivis::versions::{NEXT_VERSION_OPENED, NO_NEXT_VERSION};
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Disposition, UploadError};
 
@@ -223,6 +223,9 @@ impl FolderGates {
         match setback {
             Setback::Waiting(reason) if opens_next_version(folder, reason) => {
                 log_opening_next_version(&key)
+            }
+            Setback::Waiting(reason) if reason == NEXT_VERSION_OPENED => {
+                log_next_version_open(&key)
             }
             Setback::Waiting(reason) => log_waiting(&key, reason),
             Setback::Refused(reason) => log_refused(&key, reason),
@@ -430,7 +433,18 @@ fn opens_next_version(folder: &FolderConfig, reason: &str) -> bool {
 fn log_opening_next_version(folder: &str) {
     tracing::info!(
         folder,
-        "the dataset's unreleased version was released; the folder opens a new one          (create_next_version) and its files go into it"
+        "the dataset's unreleased version was released; the folder opens a new one \
+         (create_next_version) and its files go into it"
+    );
+}
+
+/// The line of an upload refused in the moment between a release and the opening of the
+/// next version, which is open now: the folder waits only for its check, for no one.
+fn log_next_version_open(folder: &str) {
+    tracing::info!(
+        folder,
+        "the dataset's unreleased version was released during an upload and a new one is \
+         open; the folder's files go into it"
     );
 }
 
