@@ -85,10 +85,11 @@ async fn measure(ctx: &Ctx, emulator: &Emulator, name: &str, entries: u64) -> Be
         let folder = dir.join(format!("folder-{n}"));
         std::fs::create_dir_all(&folder)
             .map_err(|e| format!("create {}: {e}", folder.display()))?;
+        // A directory each: two folders may not feed one (their names would collide).
         config.folders.push((
             folder,
             Remote::Kifs {
-                directory: "ingest".into(),
+                directory: format!("ingest{n}"),
             },
         ));
     }
