@@ -260,6 +260,44 @@ fn retry_goes_through_the_control_socket_while_the_daemon_runs() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A state dir deeper than a Unix socket address can name (108 bytes): the daemon starts,
+/// and `status` and `retry` reach it through its control socket.
+#[test]
+fn a_state_dir_too_deep_for_a_socket_address_still_serves_the_commands() {
+    let s = Site::start(&["inbox"], &[]);
+    let deep = (0..4).fold(s.tmp.path().join("state"), |dir, level| {
+        dir.join(format!("level-{level}-{}", "d".repeat(30)))
+    });
+    assert!(deep.join("control.sock").as_os_str().len() > 108);
+    config_of(
+        &s,
+        &format!(
+            "state_dir = {}",
+            common::config::quoted(deep.to_str().unwrap())
+        ),
+    )
+    .write(&s.config);
+    let mut daemon = DaemonProcess::start(&s.config);
+    let path = s.folder().join("report.csv");
+    write_file(&path, 4096, 7);
+    backdate(&path, 60);
+    wait_until(Duration::from_secs(20), "the file", || {
+        arrived(&s, &path, "report.csv")
+    });
+    // The daemon holds the state database, so these answer through the socket only.
+    daemon.wait_until(
+        Duration::from_secs(20),
+        "the running daemon's status",
+        || {
+            let status = status_json(&s.config);
+            status["daemon"] == "running" && folders_total(&status, "done") == 1
+        },
+    );
+    let (code, stdout, stderr) = upsync(&["retry", "-c", s.config.to_str().unwrap(), "--all"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// Credentials the folder's check accepted and an upload then meets refused (a token
 /// revoked or rotated on the remote): the folder is refused with the reason, as a check
 /// would have found it, and its file waits instead of failing; a reload checks the remote

@@ -7,7 +7,8 @@
 //! [`history::ForgetLine`]), until the connection closes.
 
 use std::ops::ControlFlow;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,54 @@ pub const SOCKET_NAME: &str = "control.sock";
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_NAME)
+}
+
+/// The longest path a Unix socket address holds: `sun_path` is 108 bytes, its NUL included.
+const SOCKET_ADDRESS_MAX: usize = 107;
+
+/// A path to the control socket that `bind(2)` and `connect(2)` accept.
+///
+/// A Unix socket address holds at most [`SOCKET_ADDRESS_MAX`] bytes of path, so a deep
+/// `state_dir` (past about 94 bytes) cannot name its socket directly: the daemon would not
+/// start, and no command could reach it. Such a socket is reached through a descriptor of
+/// its directory instead (`/proc/self/fd/N/control.sock`), which this keeps open.
+struct SocketAddress {
+    path: PathBuf,
+    _directory: Option<std::fs::File>,
+}
+
+impl SocketAddress {
+    fn of(socket: &Path) -> std::io::Result<SocketAddress> {
+        if socket.as_os_str().len() <= SOCKET_ADDRESS_MAX {
+            return Ok(SocketAddress {
+                path: socket.to_path_buf(),
+                _directory: None,
+            });
+        }
+        let (Some(directory), Some(name)) = (socket.parent(), socket.file_name()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a control socket path names a file in a directory",
+            ));
+        };
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(directory)?;
+        let path = Path::new("/proc/self/fd")
+            .join(handle.as_raw_fd().to_string())
+            .join(name);
+        if path.as_os_str().len() > SOCKET_ADDRESS_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the control socket's name is too long for a Unix socket address",
+            ));
+        }
+        Ok(SocketAddress {
+            path,
+            _directory: Some(handle),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,7 +131,7 @@ pub(crate) async fn serve(
     // The state directory cannot change while the daemon runs (it holds the lock there).
     let path = socket_path(&config.get().state_dir);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    let listener = UnixListener::bind(&SocketAddress::of(&path)?.path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let state = Arc::new(ControlState {
         config,
@@ -257,7 +306,11 @@ async fn within<T>(
 /// daemon's user's, and falling back to the database would only fail on its lock file,
 /// with a message that does not say a daemon runs or as whom to ask it.
 async fn connect(socket: &Path) -> Result<Option<UnixStream>, String> {
-    match UnixStream::connect(socket).await {
+    let Ok(address) = SocketAddress::of(socket) else {
+        // No state dir to hold a socket: no daemon.
+        return Ok(None);
+    };
+    match UnixStream::connect(&address.path).await {
         Ok(stream) => Ok(Some(stream)),
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
             "cannot use the control socket {}: {err}; run upsync as the user the daemon runs \
