@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -1850,4 +1850,62 @@ fn a_missing_key_of_a_table_written_with_dotted_keys_is_listed_with_the_rest() {
     let lines = lines_of(&message, 2);
     assert_names(lines[0], 2, &["missing required key 'kifs.url'"]);
     assert_names(lines[1], 4, &["key 'rescan_interval'", "5 parsecs"]);
+}
+
+/// `folder[0]` of `inbox/a` moving its uploaded files into `archive`.
+fn moving_into(archive: &Path) -> String {
+    format!(
+        "{KIFS_FOLDER}after_upload = \"move\"\narchive_dir = \"{}\"\n",
+        archive.display()
+    )
+}
+
+#[test]
+fn an_archive_dir_on_another_file_system_is_refused_by_check_and_taken_by_the_daemon() {
+    let fx = Fixture::new();
+    let Some(elsewhere) = dir_on_another_file_system(&fx.root().join("inbox/a")) else {
+        return;
+    };
+    let message = fx.err(&moving_into(elsewhere.path()));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].archive_dir'",
+            &format!(
+                "\"{}\" lies on another file system",
+                elsewhere.path().display()
+            ),
+            "inbox/a",
+            "expected an archive_dir on the folder's file system",
+        ],
+    );
+    // Not created yet: where it would be created counts.
+    let later = elsewhere.path().join("done/2026");
+    let message = fx.err(&moving_into(&later));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].archive_dir'",
+            &format!("(to be created in \"{}\")", elsewhere.path().display()),
+        ],
+    );
+    // The daemon takes folders as they come, and warns when it watches this one.
+    let daemon = LoadOptions {
+        check_folders_exist: false,
+        ..LoadOptions::default()
+    };
+    fx.load_with(&moving_into(elsewhere.path()), daemon)
+        .expect("the daemon takes the config");
+}
+
+#[test]
+fn an_archive_dir_on_the_folders_file_system_is_taken_made_or_not() {
+    let fx = Fixture::new();
+    let beside = fx.root().join("archive");
+    fx.ok(&moving_into(&beside.join("not/made/yet")));
+    std::fs::create_dir(&beside).expect("the temp dir is writable");
+    let config = fx.ok(&moving_into(&beside));
+    assert_eq!(config.folders[0].after_upload, AfterUpload::Move(beside));
 }
