@@ -397,7 +397,13 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
                         requeued
                     }
                 };
-            emit(&format!("{requeued} failed job(s) queued again\n"))?;
+            // --deletes runs what the mass-delete guard held: say so, not that they failed.
+            let what = if deletes {
+                "deletion(s) approved and queued to run"
+            } else {
+                "failed job(s) queued again"
+            };
+            emit(&format!("{requeued} {what}\n"))?;
             Ok(())
         }
         Command::Ls {

@@ -301,6 +301,7 @@ fn the_guard_holds_a_ninety_percent_deletion_until_retry_deletes() {
 
     let (code, out, err) = upsync(&["retry", "-c", s.config.to_str().unwrap(), "--deletes"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "18 deletion(s) approved and queued to run\n", "{err}");
     daemon.wait_until(WAIT, "the approved deletions to run", || {
         (0..18).all(|i| !s.on_kifs(&format!("{i:02}.csv")))
     });
@@ -341,6 +342,11 @@ fn a_dry_run_after_retry_deletes_predicts_the_approved_deletions_run() {
     let (code, out, err) = upsync(&["sync", "--once", "-c", config]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(s.kifs_deletes(), 18, "the run deleted what the plan said");
+    assert!(
+        out.contains("uploaded 0 file(s)")
+            && out.contains("deleted the remote copies of 18 file(s) gone"),
+        "the summary counts the deletions: {out}"
+    );
     assert!((0..18).all(|i| !s.on_kifs(&format!("{i:02}.csv"))));
 }
 

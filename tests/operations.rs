@@ -573,6 +573,40 @@ fn retry_and_forget_refuse_a_path_in_no_folder_before_doing_anything() {
     assert!(stdout.contains("0 failed job(s) queued again"), "{stdout}");
 }
 
+/// A folder taken out of the config keeps its failed jobs, which `retry` cannot reach
+/// (`--all` queues them to fail again, a path in them is in no configured folder): status
+/// lists them apart, saying what does help.
+#[test]
+fn status_tells_how_to_retry_the_failed_files_of_a_folder_no_longer_configured() {
+    let s = Site::start(&["inbox", "gone"], &[]);
+    let both = config_of(&s, "").folder(FolderBuilder::kifs("gone", "other"));
+    both.write(&s.config);
+    let kept = s.folder().join("bad_kept.csv");
+    let left = s.folders[1].join("bad_left.csv");
+    for file in [&kept, &left] {
+        std::fs::write(file, "refused for its name\n").unwrap();
+        backdate(file, 60);
+    }
+    let (code, stdout, stderr) = sync_once(&s.config, &[]);
+    assert_eq!(code, 1, "the two files fail: {stdout}{stderr}");
+    config_of(&s, "").write(&s.config);
+
+    let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let (configured, removed) = text
+        .split_once("failed in folders no longer in the configuration")
+        .unwrap_or_else(|| panic!("the removed folder's failures are told apart: {text}"));
+    assert!(configured.contains("upsync retry -c FILE --all"), "{text}");
+    assert!(configured.contains(&kept.display().to_string()), "{text}");
+    assert!(!configured.contains(&left.display().to_string()), "{text}");
+    assert!(removed.contains(&left.display().to_string()), "{text}");
+    assert!(!removed.contains("--all"), "{text}");
+    assert!(
+        removed.contains("put the folder back in the config"),
+        "{text}"
+    );
+}
+
 #[test]
 fn status_as_another_user_than_the_daemons_says_the_socket_is_not_theirs() {
     use std::os::unix::fs::PermissionsExt;

@@ -6,8 +6,9 @@
 //! The serde wording is then rephrased for people who write config files, not Rust types,
 //! and for a secret key (`token`, `password`) without the value found.
 //!
-//! serde stops at the first key it refuses; [`Source::deserialize`] blanks that key out and
-//! tries again, so that one run names every key of the wrong type or unit.
+//! serde stops at the first key it refuses; [`Source::deserialize`] blanks that key out (or
+//! writes a stand-in for a missing one) and tries again, so that one run names every key of
+//! the wrong type or unit and every missing one.
 
 use std::ops::Range;
 use std::path::Path;
@@ -84,54 +85,45 @@ impl Source<'_> {
 
     /// Deserializes the file into `T`, or names every key serde refuses, in file order.
     ///
-    /// After each refusal the refused `key = value` is blanked out (its line breaks kept, so
-    /// spans and line numbers stay true), a refused table with all its keys, and the text
-    /// deserialized again. It stops at an error no blanking can step past: a missing key,
-    /// or a blanking that left invalid TOML (a dotted key's prefix, say).
+    /// serde stops at the first key it refuses, so the text is deserialized again and
+    /// again, each time without the refusal before it:
+    ///
+    /// 1. A key of the wrong type or unit: its `key = value` is blanked out (its line
+    ///    breaks kept, so spans and line numbers stay true), a dotted key from its first
+    ///    part, a refused table with all its keys.
+    /// 2. A missing required key: a stand-in `key = "…"` is written into its table (the
+    ///    offsets after it are mapped back to the file's), so that the tables serde reads
+    ///    after that one are read too.
+    ///
+    /// It stops when nothing is refused any more, or at an error no step can get past (a
+    /// stand-in refused, or a table it cannot be written into).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let mut text = self.text.to_string();
-        let mut found: Vec<(usize, String)> = Vec::new();
-        let mut blanked: Vec<Vec<Seg>> = Vec::new();
+        let mut listing = Listing {
+            text: self.text.to_string(),
+            stand_ins: Vec::new(),
+            stood_in: Vec::new(),
+            found: Vec::new(),
+            blanked: Vec::new(),
+        };
         loop {
+            // The document borrows the text that this round's step changes.
+            let text = listing.text.clone();
             let doc = match DeTable::parse(&text) {
                 Ok(doc) => doc,
-                Err(e) if found.is_empty() => return Err(self.toml_error(&e, None)),
+                Err(e) if listing.found.is_empty() => return Err(self.toml_error(&e, None)),
                 Err(_) => break,
             };
             let err = match toml::from_str::<T>(&text) {
-                Ok(value) if found.is_empty() => return Ok(value),
+                Ok(value) if listing.found.is_empty() => return Ok(value),
                 Ok(_) => break,
                 Err(err) => err,
             };
-            let span = err.span().unwrap_or(0..0);
-            if let Some(missing) = missing_key(&doc, &span, err.message()) {
-                // A required key blanked out here was refused for its value already.
-                if !blanked.contains(&missing) {
-                    found.push((span.start, self.toml_error(&err, Some(&doc)).0));
-                }
-                break;
-            }
-            found.push((span.start, self.toml_error(&err, Some(&doc)).0));
-            // An empty span points at no entry (serde's "somewhere in the document").
-            let entry = (!span.is_empty())
-                .then(|| blankable_entry(doc.get_ref(), &span))
-                .flatten();
-            let Some(entry) = entry else {
-                break;
-            };
-            blanked.push(locate(&doc, &span).unwrap_or_default());
-            let before = text.clone();
-            for part in entry {
-                blank(&mut text, part);
-            }
-            // Each round must take something away, or the same refusal would come back for
-            // good (an entry whose spans hold nothing left to blank).
-            if text == before {
+            if !listing.step_past(self, &doc, &err) {
                 break;
             }
         }
-        found.sort_by_key(|(start, _)| *start);
-        let messages: Vec<String> = found.into_iter().map(|(_, message)| message).collect();
+        listing.found.sort_by_key(|(start, _)| *start);
+        let messages: Vec<String> = listing.found.into_iter().map(|(_, m)| m).collect();
         Err(ConfigError(messages.join("\n")))
     }
 
@@ -197,16 +189,183 @@ impl Source<'_> {
     }
 }
 
-/// The path of the key a "missing field" error is about.
-fn missing_key(doc: &Spanned<DeTable<'_>>, span: &Range<usize>, message: &str) -> Option<Vec<Seg>> {
+/// What [`Source::deserialize`] has found so far, and the text it deserializes next.
+struct Listing {
+    /// The file's text with the refused keys blanked out and stand-ins written in.
+    text: String,
+    /// Where the stand-ins lie in `text`.
+    stand_ins: Vec<Range<usize>>,
+    /// The missing keys written in as stand-ins.
+    stood_in: Vec<Vec<Seg>>,
+    /// Each refusal: its offset in the file, and its message.
+    found: Vec<(usize, String)>,
+    /// The keys blanked out.
+    blanked: Vec<Vec<Seg>>,
+}
+
+/// What a stand-in for a missing key holds: a string every required key takes (a path or
+/// URL takes any; `listen` takes an address).
+const STAND_IN: &str = "\"127.0.0.1:1\"";
+
+impl Listing {
+    /// Records `err` and changes the text so that the next round gets past it; false when
+    /// it cannot.
+    fn step_past(
+        &mut self,
+        src: &Source<'_>,
+        doc: &Spanned<DeTable<'_>>,
+        err: &toml::de::Error,
+    ) -> bool {
+        let span = err.span().unwrap_or(0..0);
+        if self.stand_ins.iter().any(|s| overlaps(s, &span)) {
+            // A stand-in was refused: what it stands for is already reported.
+            return false;
+        }
+        let in_file = self.file_span(&span);
+        // As in `Source::toml_error`: an empty span is the top level.
+        let path = (!span.is_empty())
+            .then(|| locate(doc, &span))
+            .flatten()
+            .unwrap_or_default();
+        let message = err.message().trim();
+        let text = src.describe(&in_file, &path, message, true);
+        if let Some(missing) = missing_key(&path, message) {
+            // A required key blanked out here was refused for its value already.
+            if !self.blanked.contains(&missing) {
+                self.found.push((in_file.start, text));
+            }
+            return self.write_stand_in(&span, missing);
+        }
+        self.found.push((in_file.start, text));
+        self.blank_refused(doc, &span, path)
+    }
+
+    /// Step 1: blanks out the entry refused at `span`; false when there is none, or
+    /// nothing left of it to blank (the same refusal would come back for good).
+    fn blank_refused(
+        &mut self,
+        doc: &Spanned<DeTable<'_>>,
+        span: &Range<usize>,
+        path: Vec<Seg>,
+    ) -> bool {
+        // An empty span points at no entry (serde's "somewhere in the document").
+        let entry = (!span.is_empty())
+            .then(|| blankable_entry(doc.get_ref(), span))
+            .flatten();
+        let Some(entry) = entry else {
+            return false;
+        };
+        self.blanked.push(path);
+        let before = self.text.clone();
+        for part in entry {
+            let from = dotted_start(&self.text, part.start);
+            blank(&mut self.text, from..part.end);
+        }
+        self.text != before
+    }
+
+    /// Step 2: writes a stand-in for `missing` at the top of its table, whose span is
+    /// `table` (empty for the top level): after its `[header]` line, after the `{` of an
+    /// inline table, or as a dotted key before the first one of a table written by dotted
+    /// keys. False for a key stood in for already.
+    fn write_stand_in(&mut self, table: &Range<usize>, missing: Vec<Seg>) -> bool {
+        let Some(Seg::Key(name)) = missing.last() else {
+            return false;
+        };
+        if self.stood_in.contains(&missing) {
+            return false;
+        }
+        // The schema's field names are bare keys: no quoting needed.
+        let entry = format!("{name} = {STAND_IN}");
+        let (at, insert) = if table.is_empty() {
+            (0, format!("{entry}\n"))
+        } else if self.text[table.start..].starts_with('[') {
+            match self.text[table.end..].find('\n') {
+                Some(n) => (table.end + n + 1, format!("{entry}\n")),
+                None => (self.text.len(), format!("\n{entry}\n")),
+            }
+        } else if self.text[table.start..].starts_with('{') {
+            let inside =
+                &self.text[table.start + 1..table.end.saturating_sub(1).max(table.start + 1)];
+            let comma = if inside.trim().is_empty() { "" } else { "," };
+            (table.start + 1, format!(" {entry}{comma} "))
+        } else {
+            // A table written by dotted keys alone spans its name in the first of them
+            // (`kifs` of `kifs.username = "u"`): a dotted key of its own goes before it.
+            let from = dotted_start(&self.text, table.start);
+            let prefix = &self.text[from..table.end];
+            (from, format!("{prefix}.{entry}\n"))
+        };
+        self.text.insert_str(at, &insert);
+        let shift = insert.len();
+        for s in &mut self.stand_ins {
+            if s.start >= at {
+                *s = s.start + shift..s.end + shift;
+            }
+        }
+        self.stand_ins.push(at..at + shift);
+        self.stood_in.push(missing);
+        true
+    }
+
+    /// `span` of the text as changed, in offsets of the file.
+    fn file_span(&self, span: &Range<usize>) -> Range<usize> {
+        self.file_offset(span.start)..self.file_offset(span.end)
+    }
+
+    fn file_offset(&self, at: usize) -> usize {
+        let written: usize = self
+            .stand_ins
+            .iter()
+            .map(|s| at.min(s.end).saturating_sub(s.start))
+            .sum();
+        at - written
+    }
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// The path of the key a "missing field" error is about, in the table at `table`.
+fn missing_key(table: &[Seg], message: &str) -> Option<Vec<Seg>> {
     let rest = message.trim().strip_prefix("missing field ")?;
-    // As in `describe`: an empty span is the top level.
-    let mut path = (!span.is_empty())
-        .then(|| locate(doc, span))
-        .flatten()
-        .unwrap_or_default();
+    let mut path = table.to_vec();
     path.push(Seg::Key(first_ticked(rest).0));
     Some(path)
+}
+
+/// Where the dotted key whose last part starts at `at` starts: `kifs.url = 5` is blanked
+/// from `kifs`, as a dangling `kifs.` would leave the text invalid TOML.
+fn dotted_start(text: &str, at: usize) -> usize {
+    let bytes = text.as_bytes();
+    let skip_blanks = |mut i: usize| {
+        while i > 0 && matches!(bytes[i - 1], b' ' | b'\t') {
+            i -= 1;
+        }
+        i
+    };
+    let mut start = at;
+    loop {
+        let dot = skip_blanks(start);
+        if dot == 0 || bytes[dot - 1] != b'.' {
+            return start;
+        }
+        let end = skip_blanks(dot - 1);
+        let part = match bytes[..end].last() {
+            Some(&quote @ (b'"' | b'\'')) => bytes[..end - 1].iter().rposition(|&b| b == quote),
+            _ => Some(
+                bytes[..end]
+                    .iter()
+                    .rposition(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')))
+                    .map_or(0, |i| i + 1),
+            ),
+        };
+        match part {
+            Some(part) if part < end => start = part,
+            _ => return start,
+        }
+    }
 }
 
 /// The spans that make up the narrowest entry whose key or value covers `target`: its `key

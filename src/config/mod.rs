@@ -38,7 +38,9 @@ pub use network::{
 pub use paths::command_line_path;
 pub use redivis_options::{ParseOptions, RedivisFolder, UPLOAD_TYPES};
 pub use secret::Secret;
-pub use spool::AfterUpload;
+#[cfg(test)]
+pub(crate) use spool::dir_on_another_file_system;
+pub use spool::{AfterUpload, archive_on_another_file_system};
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -4,9 +4,17 @@
 //! A spool folder never propagates deletions: the files it removes itself would otherwise
 //! read as files deleted by someone, and their remote copies would be deleted in turn. So
 //! `after_upload = "delete"` or `"move"` together with `on_delete = "delete"` is refused.
+//!
+//! A move is a rename, which cannot cross file systems: an `archive_dir` on another file
+//! system than its folder would leave every uploaded file in the folder. `check` refuses it
+//! ([`archive_on_another_file_system`]); the daemon, which takes folders that do not exist
+//! yet, warns when it starts watching the folder (the files stay, and are uploaded).
 
-use std::path::PathBuf;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
+use super::LoadOptions;
 use super::deletes::OnDelete;
 use super::paths;
 use super::raw::RawFolder;
@@ -84,4 +92,96 @@ pub(super) fn after_upload(
         );
     }
     action
+}
+
+/// Refuses `archive_dir` of folder `i` (at `folder`) when it lies on another file system
+/// than the folder. Only when folders are looked at ([`LoadOptions::check_folders_exist`]).
+pub(super) fn check_archive_file_system(
+    ck: &mut Checker<'_>,
+    f: &RawFolder,
+    i: usize,
+    folder: &Path,
+    after_upload: &AfterUpload,
+    options: &LoadOptions,
+) {
+    let (AfterUpload::Move(archive), Some(given)) = (after_upload, &f.archive_dir) else {
+        return;
+    };
+    if !options.check_folders_exist {
+        return;
+    }
+    if let Some(problem) = archive_on_another_file_system(folder, archive) {
+        ck.error(&given.span(), &format!("folder[{i}].archive_dir"), problem);
+    }
+}
+
+/// Why the files of the folder at `folder` cannot be moved into `archive`: the two lie on
+/// different file systems (`st_dev`; for an archive not created yet, its nearest existing
+/// ancestor's, where it would be created). `None` when they share one, or when either
+/// cannot be looked at: a missing folder is reported on its own.
+pub fn archive_on_another_file_system(folder: &Path, archive: &Path) -> Option<String> {
+    let folder_device = std::fs::metadata(folder).ok()?.dev();
+    let (existing, meta) = nearest_existing(archive)?;
+    if meta.dev() == folder_device {
+        return None;
+    }
+    let archive_at = if existing == archive {
+        format!("\"{}\"", archive.display())
+    } else {
+        format!(
+            "\"{}\" (to be created in \"{}\")",
+            archive.display(),
+            existing.display()
+        )
+    };
+    Some(format!(
+        "{archive_at} lies on another file system than the folder \"{}\": files are moved \
+         there by a rename, which cannot cross file systems, so every uploaded file would \
+         stay in the folder (expected an archive_dir on the folder's file system, or \
+         after_upload = \"delete\" or \"keep\")",
+        folder.display()
+    ))
+}
+
+/// `path` itself or its nearest ancestor that exists, with its metadata.
+fn nearest_existing(path: &Path) -> Option<(&Path, Metadata)> {
+    let mut existing = path;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => return Some((existing, meta)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                existing = existing.parent()?;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A new directory on another file system than `than`, for the tests of moves that cannot
+/// cross one; `None` (with the reason printed) when no candidate lies on another.
+#[cfg(test)]
+pub(crate) fn dir_on_another_file_system(than: &Path) -> Option<tempfile::TempDir> {
+    let device = std::fs::metadata(than).expect("the path exists").dev();
+    let candidates = [
+        PathBuf::from("/dev/shm"),
+        std::env::temp_dir(),
+        PathBuf::from("/var/tmp"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
+    ];
+    let found = candidates
+        .iter()
+        .filter(|dir| std::fs::metadata(dir).is_ok_and(|meta| meta.dev() != device))
+        .find_map(|dir| tempfile::tempdir_in(dir).ok());
+    if found.is_none() {
+        eprintln!(
+            "skipped: none of {candidates:?} is writable on another file system than {}",
+            than.display()
+        );
+    }
+    found
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -1787,4 +1787,125 @@ fn redivis_settings_on_a_kifs_folder_are_rejected() {
         message.contains("key 'folder[0].redivis_options'"),
         "{message}"
     );
+}
+
+#[test]
+fn missing_keys_are_listed_with_every_other_refused_key_in_file_order() {
+    let fx = Fixture::new();
+    let text = "state_dir = \"state\"\nconcurrency = \"four\"\n[kifs]\nusername = 7\n\
+                [[folder]]\nkifs_directory = \"ingest\"\n\
+                [[folder]]\npath = \"inbox/b\"\nkifs_directory = \"other\"\nsettle = \"5 parsecs\"\n\
+                [emulator]\nlisten = \"127.0.0.1:0\"\n";
+    let message = fx.err(text);
+    let lines = lines_of(&message, 6);
+    assert_names(lines[0], 2, &["key 'concurrency'", "expected an integer"]);
+    assert_names(lines[1], 3, &["missing required key 'kifs.url'"]);
+    assert_names(lines[2], 4, &["key 'kifs.username'", "expected a string"]);
+    assert_names(lines[3], 5, &["missing required key 'folder[0].path'"]);
+    assert_names(lines[4], 10, &["key 'folder[1].settle'", "5 parsecs"]);
+    assert_names(lines[5], 11, &["missing required key 'emulator.data_dir'"]);
+}
+
+#[test]
+fn a_missing_top_level_key_and_one_of_an_inline_table_are_listed_with_the_rest() {
+    let fx = Fixture::new();
+    // serde reads the tables in name order: emulator, folder, kifs, then the top level.
+    let text = KIFS_FOLDER.replace(
+        "state_dir = \"state\"\n",
+        "emulator = { listen = \"127.0.0.1:0\" }\n",
+    ) + "settle = \"5 parsecs\"\n[[folder]]\npath = \"inbox/b\"\nkifs_directory = \"b\"\n\
+           max_delete = true\n";
+    let message = fx.err(&text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 1, &["missing required key 'state_dir'"]);
+    assert_names(lines[1], 1, &["missing required key 'emulator.data_dir'"]);
+    assert_names(lines[2], 7, &["key 'folder[0].settle'"]);
+    assert_names(lines[3], 11, &["key 'folder[1].max_delete'"]);
+}
+
+#[test]
+fn refused_dotted_keys_are_listed_with_the_keys_after_them() {
+    let fx = Fixture::new();
+    let text = "state_dir = \"state\"\nkifs.url = \"http://k\"\nkifs . \"username\" = 7\n\
+                concurrency = \"four\"\n[[folder]]\npath = \"inbox/a\"\nredivis_table = \"o.d:next.t\"\n\
+                redivis_options.skip_bad_records = \"yes\"\nsettle = \"5 parsecs\"\n";
+    let message = fx.err(text);
+    let lines = lines_of(&message, 4);
+    assert_names(lines[0], 3, &["key 'kifs.username'", "expected a string"]);
+    assert_names(lines[1], 4, &["key 'concurrency'", "expected an integer"]);
+    assert_names(
+        lines[2],
+        8,
+        &["key 'folder[0].redivis_options.skip_bad_records'"],
+    );
+    assert_names(lines[3], 9, &["key 'folder[0].settle'"]);
+}
+
+#[test]
+fn a_missing_key_of_a_table_written_with_dotted_keys_is_listed_with_the_rest() {
+    let fx = Fixture::new();
+    let text = "state_dir = \"state\"\nkifs.username = \"u\"\nkifs.password = \"p\"\n\
+                rescan_interval = \"5 parsecs\"\n[[folder]]\npath = \"inbox/a\"\nkifs_directory = \"k\"\n";
+    let message = fx.err(text);
+    let lines = lines_of(&message, 2);
+    assert_names(lines[0], 2, &["missing required key 'kifs.url'"]);
+    assert_names(lines[1], 4, &["key 'rescan_interval'", "5 parsecs"]);
+}
+
+/// `folder[0]` of `inbox/a` moving its uploaded files into `archive`.
+fn moving_into(archive: &Path) -> String {
+    format!(
+        "{KIFS_FOLDER}after_upload = \"move\"\narchive_dir = \"{}\"\n",
+        archive.display()
+    )
+}
+
+#[test]
+fn an_archive_dir_on_another_file_system_is_refused_by_check_and_taken_by_the_daemon() {
+    let fx = Fixture::new();
+    let Some(elsewhere) = dir_on_another_file_system(&fx.root().join("inbox/a")) else {
+        return;
+    };
+    let message = fx.err(&moving_into(elsewhere.path()));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].archive_dir'",
+            &format!(
+                "\"{}\" lies on another file system",
+                elsewhere.path().display()
+            ),
+            "inbox/a",
+            "expected an archive_dir on the folder's file system",
+        ],
+    );
+    // Not created yet: where it would be created counts.
+    let later = elsewhere.path().join("done/2026");
+    let message = fx.err(&moving_into(&later));
+    assert_names(
+        &message,
+        8,
+        &[
+            "key 'folder[0].archive_dir'",
+            &format!("(to be created in \"{}\")", elsewhere.path().display()),
+        ],
+    );
+    // The daemon takes folders as they come, and warns when it watches this one.
+    let daemon = LoadOptions {
+        check_folders_exist: false,
+        ..LoadOptions::default()
+    };
+    fx.load_with(&moving_into(elsewhere.path()), daemon)
+        .expect("the daemon takes the config");
+}
+
+#[test]
+fn an_archive_dir_on_the_folders_file_system_is_taken_made_or_not() {
+    let fx = Fixture::new();
+    let beside = fx.root().join("archive");
+    fx.ok(&moving_into(&beside.join("not/made/yet")));
+    std::fs::create_dir(&beside).expect("the temp dir is writable");
+    let config = fx.ok(&moving_into(&beside));
+    assert_eq!(config.folders[0].after_upload, AfterUpload::Move(beside));
 }

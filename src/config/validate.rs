@@ -744,6 +744,7 @@ fn folder(
     let redivis = redivis_folder(ck, f, i);
     let deletes = super::deletes::delete_policy(ck, f, i);
     let after_upload = super::spool::after_upload(ck, f, i, deletes.on_delete);
+    super::spool::check_archive_file_system(ck, f, i, &path, &after_upload, options);
     let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
     let exclude = match f.exclude.as_deref() {
         Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),

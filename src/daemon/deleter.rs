@@ -71,6 +71,7 @@ impl Worker {
             Ok(()) => {
                 tracing::info!(path, remote = %entry.remote, "deleted the remote copy of a file that is gone");
                 self.metrics.deleted(&job.key.folder, backend_label);
+                self.live.activity.record_deletion();
                 match self.store.complete_deletion(job.id, Some(&entry.remote)) {
                     Ok(true) => {}
                     Ok(false) => {

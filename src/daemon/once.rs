@@ -63,6 +63,8 @@ pub struct SyncOptions {
 pub struct SyncSummary {
     pub uploaded_files: u64,
     pub uploaded_bytes: u64,
+    /// Remote copies deleted (folders with `on_delete = "delete"`).
+    pub deleted: u64,
     pub elapsed: Duration,
     /// Failed jobs of the configured folders, this run's and earlier ones.
     pub failed: Vec<FailedJob>,
@@ -92,6 +94,13 @@ impl SyncSummary {
             bytesize::ByteSize(self.uploaded_bytes),
             humantime::format_duration(Duration::from_secs(self.elapsed.as_secs()))
         );
+        if self.deleted > 0 {
+            let _ = write!(
+                out,
+                "; deleted the remote copies of {} file(s) gone",
+                self.deleted
+            );
+        }
         if self.interrupted {
             out.push_str("; interrupted before the end");
         }
@@ -456,6 +465,7 @@ pub async fn sync_once(
     };
     display.finish();
     let (uploaded_files, uploaded_bytes) = core.live.activity.uploaded();
+    let deleted = core.live.activity.deleted();
     let mut not_done = last.names.retry_late;
     if wait.ended != Ended::Settled {
         let in_flight = core.live.in_flight.snapshot();
@@ -476,6 +486,7 @@ pub async fn sync_once(
     Ok(SyncSummary {
         uploaded_files,
         uploaded_bytes,
+        deleted,
         elapsed: started.elapsed(),
         failed: last.names.failed,
         not_done,

@@ -221,13 +221,14 @@ pub struct Live {
     pub remotes: Remotes,
 }
 
-/// Completed uploads as this process saw them, and the newest success per folder (seeded
-/// from the ledger at start).
+/// Completed uploads and remote deletions as this process saw them, and the newest success
+/// per folder (seeded from the ledger at start).
 #[derive(Default)]
 pub struct Activity {
     last_success: Mutex<BTreeMap<String, u64>>,
     files: AtomicU64,
     bytes: AtomicU64,
+    deleted: AtomicU64,
 }
 
 impl Activity {
@@ -258,6 +259,16 @@ impl Activity {
             self.files.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// A remote copy deleted because its file is gone (`on_delete = "delete"`).
+    pub fn record_deletion(&self) {
+        self.deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remote copies deleted by this process.
+    pub fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::Relaxed)
     }
 }
 
@@ -832,22 +843,47 @@ pub fn render_text(report: &StatusReport) -> String {
             );
         }
     }
-    if !report.failed.is_empty() {
+    // `retry` takes paths in configured folders only, and what `--all` queues of a
+    // folder no longer configured fails again: those are told apart, with what helps.
+    let (configured, unconfigured): (Vec<&FailedJob>, Vec<&FailedJob>) =
+        report.failed.iter().partition(|failed| {
+            let path = Path::new(&failed.path);
+            report
+                .folders
+                .iter()
+                .any(|folder| path.starts_with(&folder.path))
+        });
+    write_failed(
+        &mut out,
+        "failed (retry with `upsync retry -c FILE --all` or PATH...):",
+        &configured,
+    );
+    write_failed(
+        &mut out,
+        "failed in folders no longer in the configuration (`upsync retry` cannot reach \
+         them: put the folder back in the config and reload; the jobs failed for its removal \
+         are queued again, retry the others then):",
+        &unconfigured,
+    );
+    out
+}
+
+/// A heading and one line per failed job, unless there is none.
+fn write_failed(out: &mut String, heading: &str, jobs: &[&FailedJob]) {
+    use std::fmt::Write;
+    if jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{heading}");
+    for failed in jobs {
         let _ = writeln!(
             out,
-            "failed (retry with `upsync retry -c FILE --all` or PATH...):"
+            "  {} (last attempt {}): {}",
+            one_line(&failed.path),
+            format_time(failed.last_attempt_ms.max(failed.failed_at_ms)),
+            one_line(&failed.reason)
         );
-        for failed in &report.failed {
-            let _ = writeln!(
-                out,
-                "  {} (last attempt {}): {}",
-                one_line(&failed.path),
-                format_time(failed.last_attempt_ms.max(failed.failed_at_ms)),
-                one_line(&failed.reason)
-            );
-        }
     }
-    out
 }
 
 #[cfg(test)]

@@ -233,6 +233,13 @@ impl FolderState {
 
     fn start_watching(&mut self, inode: u64) -> ScanSummary {
         self.root_state = Root::Present { inode };
+        // Warned, not refused: the folder's files are still uploaded, and stay in it.
+        if let Some(problem) = self.spool.as_ref().and_then(Spool::archive_problem) {
+            warn!(
+                "archive_dir: {problem}; the folder's files are uploaded and stay in it until \
+                 archive_dir is fixed (then reload or restart)"
+            );
+        }
         self.scan_folder(false, true)
     }
 

@@ -79,6 +79,17 @@ impl Spool {
         })
     }
 
+    /// Why no file of the folder can move into its archive (on another file system), for
+    /// a warning when the folder is first watched; `None` for a deleting spool.
+    pub fn archive_problem(&self) -> Option<String> {
+        match &self.action {
+            Action::Delete => None,
+            Action::Move(archive) => {
+                crate::config::archive_on_another_file_system(&self.root, archive)
+            }
+        }
+    }
+
     /// Steps 1 to 4 for the file `rel`.
     pub fn settle(&self, rel: &str, sink: &dyn Sink) -> Settled {
         let path = self.root.join(rel);

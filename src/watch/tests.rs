@@ -1061,6 +1061,54 @@ fn a_spooled_file_that_cannot_move_is_not_tried_again_every_second() {
     );
 }
 
+/// The daemon takes an archive_dir on another file system (check refuses it), says so when
+/// it starts watching the folder, and still uploads the folder's files, which stay in it.
+#[test]
+fn a_spool_folder_whose_archive_lies_on_another_file_system_is_warned_about_and_keeps_its_files() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path().join("outbox");
+    std::fs::create_dir_all(&root).expect("create the folder");
+    let Some(elsewhere) = crate::config::dir_on_another_file_system(&root) else {
+        return;
+    };
+    let archive = elsewhere.path().join("archive");
+    write_old(&root.join("a.csv"), b"a");
+    let recorder = Arc::new(Recorder::default());
+    let after_upload = crate::config::AfterUpload::Move(archive.clone());
+    let (logs, _guard) = capture_logs(tracing::Level::WARN);
+    let mut state = folder::FolderState::new(folder::FolderParts {
+        root: root.clone(),
+        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
+        recursive: true,
+        settle: Duration::from_secs(1),
+        dirs: Box::new(NoDirs {
+            reason: "not needed".into(),
+        }),
+        sink: recorder.clone(),
+        wake: None,
+        flags: Arc::new(EventFlags::default()),
+        cancel: CancellationToken::new(),
+        opts: Options::new(Duration::from_secs(1), None),
+        spool: super::spool::Spool::new(&root, &after_upload),
+    });
+    state.start();
+    let text = logs.text();
+    assert!(
+        text.contains("archive_dir") && text.contains("lies on another file system"),
+        "{text}"
+    );
+    assert_eq!(recorder.offers_of("a.csv").len(), 1, "the file is uploaded");
+    let fingerprint = Fingerprint::read(&root.join("a.csv")).expect("the file is there");
+    recorder.mark_uploaded("a.csv", fingerprint);
+    let reads_before_check = recorder.ledger_reads_of("a.csv");
+    while recorder.ledger_reads_of("a.csv") == reads_before_check {
+        std::thread::sleep(super::spool::SPOOL_CHECK);
+        state.tick();
+    }
+    assert!(root.join("a.csv").exists(), "the file stays in the folder");
+    assert!(!archive.join("a.csv").exists(), "no copy in the archive");
+}
+
 #[test]
 fn a_folder_gone_as_a_whole_forgets_no_file() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
