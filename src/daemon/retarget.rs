@@ -7,6 +7,19 @@
 //! its ledger kept. The old target's copies are left where they are: they are no longer
 //! the folder's, so neither a deletion (`on_delete = "delete"`) nor a Redivis upload that
 //! replaces a changed file's copy ever touches them.
+//!
+//! An upload or a Redivis import to the old target can still be under way when the
+//! target changes. Each attempt names the target it was started for
+//! ([`target_identity`]) when its upload is recorded, and the store records it only if
+//! the folder's recorded target is still that one; otherwise the file is queued again,
+//! for the new target ([`crate::queue::Store::complete_many`]). A change of target:
+//! 1. records [`CHANGING`] as the folder's target, so that from then on no completion
+//!    records an upload to the old target;
+//! 2. drops the folder's ledger, including what a completion recorded just before step 1;
+//! 3. records the new target.
+//!
+//! A crash before step 3 leaves a recorded target that is not the configured one, so the
+//! next start goes through the steps again.
 
 use std::ops::ControlFlow;
 
@@ -16,15 +29,20 @@ use crate::queue::{FileKey, FilePick, Store, StoreError};
 /// Ledger entries dropped per transaction, as `upsync forget` does.
 const FORGET_BATCH: usize = 512;
 
+/// The folder's recorded target while a change of target drops its ledger (module doc):
+/// it names no target, so no attempt's target matches it.
+pub const CHANGING: &str = "changing";
+
 /// Drops the folder's ledger if it was uploaded to another target than its configured
-/// one, then records that target. The ledger goes first: a crash in between drops it again
-/// at the next start. Blocks: run it off the runtime, before the folder is scanned.
+/// one, then records that target (the steps of the module doc). Blocks: run it off the
+/// runtime, before the folder is scanned.
 pub fn follow_target(store: &Store, folder: &FolderConfig) -> Result<(), StoreError> {
     let name = folder.path.to_string_lossy();
     let target = target_identity(&folder.target);
     match store.folder_target(&name)? {
         Some(recorded) if recorded == target => return Ok(()),
         Some(_) => {
+            store.set_folder_target(&name, CHANGING)?;
             let forgotten = forget_folder(store, &name)?;
             tracing::info!(
                 folder = %name,
@@ -45,9 +63,17 @@ pub fn moved_since_upload(store: &Store, folder: &FolderConfig) -> Result<bool, 
     Ok(recorded.is_some_and(|recorded| recorded != target_identity(&folder.target)))
 }
 
-/// What names a target for [`follow_target`]: the backend and the directory or table,
-/// not how a directory is created.
-fn target_identity(target: &Target) -> String {
+/// Whether the folder's recorded target is another than `started_for`, the target an
+/// attempt was started for: why its completion queued the file again instead of
+/// recording it. A record that cannot be read answers no (it only chooses a log line).
+pub fn retargeted(store: &Store, folder: &str, started_for: Option<&str>) -> bool {
+    let recorded = store.folder_target(folder).ok().flatten();
+    started_for.is_some_and(|started_for| recorded.is_some_and(|r| r != started_for))
+}
+
+/// What names a target for [`follow_target`], and for an attempt the target it was
+/// started for: the backend and the directory or table, not how a directory is created.
+pub fn target_identity(target: &Target) -> String {
     match target {
         Target::KifsDirectory { directory, .. } => format!("kifs\0{directory}"),
         Target::RedivisTable(table) => format!("redivis\0{table}"),

@@ -153,6 +153,10 @@ pub struct Completed {
     /// How a batch claimed the job, when it claimed it under its folder's mark
     /// ([`super::Claimed`]): the completion then decodes the job only if it changed since.
     pub as_claimed: Option<AsClaimed>,
+    /// The target the attempt was started for, as the folder's target is recorded
+    /// ([`super::Store::folder_target`]); the upload is recorded only if the folder still
+    /// has it. `None`: recorded whatever the folder's target.
+    pub target: Option<String>,
 }
 
 /// The outcome of offering a settled file to the queue.
