@@ -23,11 +23,10 @@
 
 use std::ops::ControlFlow;
 
+use super::history::ForgetBatches;
 use crate::config::{FolderConfig, Target};
+use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, FilePick, Store, StoreError};
-
-/// Ledger entries dropped per transaction, as `upsync forget` does.
-const FORGET_BATCH: usize = 512;
 
 /// The folder's recorded target while a change of target drops its ledger (module doc):
 /// it names no target, so no attempt's target matches it.
@@ -80,38 +79,22 @@ pub fn target_identity(target: &Target) -> String {
     }
 }
 
-/// Drops every ledger entry of the folder, without queueing anything (its scan queues the
+/// Drops every ledger entry of the folder, [`super::history::FORGET_BATCH`] to a
+/// transaction as `upsync forget` does, without queueing anything (its scan queues the
 /// files its filters select); how many were dropped.
 fn forget_folder(store: &Store, folder: &str) -> Result<usize, StoreError> {
     let mut forgotten = 0;
-    let mut batch: Vec<(FileKey, Option<crate::fingerprint::Fingerprint>)> =
-        Vec::with_capacity(FORGET_BATCH);
-    let mut failed = None;
-    let mut forget_batch = |batch: &mut Vec<_>| -> Result<(), StoreError> {
-        let dropped = store.forget_many(batch)?;
+    let mut batches = ForgetBatches::new(|batch: &mut Vec<FileKey>| {
+        let files: Vec<(FileKey, Option<Fingerprint>)> =
+            batch.drain(..).map(|key| (key, None)).collect();
+        let dropped = store.forget_many(&files)?;
         forgotten += dropped.into_iter().filter(|dropped| *dropped).count();
-        batch.clear();
-        Ok(())
-    };
+        Ok(ControlFlow::Continue(()))
+    });
     store.visit_files(folder, "", FilePick::Uploaded, |rel| {
-        batch.push((FileKey::new(folder, rel), None));
-        if batch.len() < FORGET_BATCH {
-            return ControlFlow::Continue(());
-        }
-        match forget_batch(&mut batch) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(err) => {
-                failed = Some(err);
-                ControlFlow::Break(())
-            }
-        }
+        batches.push(FileKey::new(folder, rel))
     })?;
-    if let Some(err) = failed {
-        return Err(err);
-    }
-    if !batch.is_empty() {
-        forget_batch(&mut batch)?;
-    }
+    batches.finish()?;
     Ok(forgotten)
 }
 
