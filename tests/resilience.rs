@@ -11,7 +11,8 @@
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
 //!   keeps running; a folder given another directory, by a reload or between two runs, is
 //!   uploaded there, also a file whose upload to the old one is answered after the reload
-//!   or cut by a kill -9; queued files a reload or a restart no longer selects are not.
+//!   or cut by a kill -9, and `status` of the stopped daemon counts none of its files done
+//!   until then; queued files a reload or a restart no longer selects are not.
 //! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
 //!   restart in between): requests during the outage stay bounded, job-level retries are
 //!   persisted with their next attempt time, everything arrives once the remote is back;
@@ -563,6 +564,63 @@ fn an_upload_answered_after_a_reload_changed_the_directory_is_sent_to_the_new_on
         .collect();
     assert_eq!(remotes, ["third/first.csv", "third/second.csv"], "{ledger}");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// `upsync status` of a stopped daemon whose folder was given another directory since its
+/// uploads agrees with the next start, which drops its ledger: none of its files is done,
+/// and it says the target changed; read from the summary a clean stop leaves and from
+/// the database alike. The start then uploads them there, and status counts them again.
+#[test]
+fn a_stopped_daemon_shows_a_folder_given_another_directory_with_no_file_done() {
+    let s = Setup::new(&[], "");
+    for (i, name) in ["a.csv", "b.csv"].iter().enumerate() {
+        let path = s.folder().join(name);
+        write_file(&path, 1000 + i as u64, i as u64);
+        backdate(&path, 60);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 2);
+    assert_eq!(daemon.terminate(), Some(0));
+    let folder = &s.status()["folders"][0];
+    assert_eq!(
+        (&folder["done"], &folder["target_changed"]),
+        (&2.into(), &false.into())
+    );
+
+    s.write_config("", &[("inbox", "moved")]);
+    let summary = s.dir().join("state").join("status.summary");
+    assert!(summary.exists(), "a clean stop leaves the summary");
+    for source in ["the summary", "the database"] {
+        let report = s.status();
+        assert_eq!(report["daemon"], "stopped", "{report}");
+        let folder = &report["folders"][0];
+        assert_eq!(folder["done"], 0, "read from {source}: {report}");
+        assert_eq!(
+            folder["target_changed"], true,
+            "read from {source}: {report}"
+        );
+        let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            text.contains("waiting to retry, 0 failed, 0 done"),
+            "{text}"
+        );
+        assert!(
+            text.contains("target changed since its files were uploaded"),
+            "{text}"
+        );
+        std::fs::remove_file(&summary).unwrap();
+    }
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 2);
+    assert!(s.arrived(&s.folder().join("a.csv"), "moved/a.csv"));
+    assert_eq!(daemon.terminate(), Some(0));
+    let folder = &s.status()["folders"][0];
+    assert_eq!(
+        (&folder["done"], &folder["target_changed"]),
+        (&2.into(), &false.into())
+    );
 }
 
 /// Files queued before a reload or a restart narrowed the folder's selection (`exclude`,

@@ -59,7 +59,13 @@ pub fn follow_target(store: &Store, folder: &FolderConfig) -> Result<(), StoreEr
 /// start or reload drops it ([`follow_target`]), so a dry run reads it as empty.
 pub fn moved_since_upload(store: &Store, folder: &FolderConfig) -> Result<bool, StoreError> {
     let recorded = store.folder_target(&folder.path.to_string_lossy())?;
-    Ok(recorded.is_some_and(|recorded| recorded != target_identity(&folder.target)))
+    Ok(moved(recorded.as_deref(), &folder.target))
+}
+
+/// Whether `recorded`, the target a folder's uploads went to, is another than `configured`:
+/// the next start or reload drops the folder's ledger. A folder with no record keeps it.
+pub fn moved(recorded: Option<&str>, configured: &Target) -> bool {
+    recorded.is_some_and(|recorded| recorded != target_identity(configured))
 }
 
 /// Whether the folder's recorded target is another than `started_for`, the target an

@@ -218,12 +218,15 @@ impl FolderCounts {
 
     /// The counts of a stopped daemon as its next start finds them: the attempts it left
     /// active or finalizing (a stop or a crash ended them) are queued again
-    /// ([`super::Store::recover_after_restart`]); nothing runs them meanwhile.
-    pub fn as_found_at_next_start(&self) -> FolderCounts {
+    /// ([`super::Store::recover_after_restart`]); nothing runs them meanwhile. A folder
+    /// given another target since its uploads (`retargeted`) has none done: that start
+    /// drops its ledger.
+    pub fn as_found_at_next_start(&self, retargeted: bool) -> FolderCounts {
         FolderCounts {
             queued: self.queued + self.active + self.finalizing,
             active: 0,
             finalizing: 0,
+            done: if retargeted { 0 } else { self.done },
             ..self.clone()
         }
     }

@@ -255,7 +255,7 @@ mod tests;
 mod upgrade;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -1539,7 +1539,7 @@ impl Store {
         // Read before the transaction: sled reads no other tree inside one.
         let recorded = match completed.iter().any(|c| c.target.is_some()) {
             true => self.folder_targets()?,
-            false => HashMap::new(),
+            false => BTreeMap::new(),
         };
         let done = self.transact(|tx| {
             let mut done = Vec::with_capacity(completed.len());
@@ -1938,8 +1938,8 @@ impl Store {
     }
 
     /// Every folder's recorded target ([`Store::folder_target`]), by folder.
-    fn folder_targets(&self) -> Result<HashMap<String, String>, StoreError> {
-        let mut targets = HashMap::new();
+    pub fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut targets = BTreeMap::new();
         for entry in self.handles().db.scan_prefix(FOLDER_TARGET_PREFIX) {
             let (key, target) = entry.map_err(|err| self.db_error(err))?;
             let folder = String::from_utf8_lossy(&key[FOLDER_TARGET_PREFIX.len()..]);
@@ -2268,7 +2268,7 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<u32, FormatError> {
 /// Whether the folder's recorded target is another than `started_for`, the target an
 /// attempt was started for (`None`: not compared). A folder with no record takes any.
 fn retargeted_since(
-    recorded: &HashMap<String, String>,
+    recorded: &BTreeMap<String, String>,
     folder: &str,
     started_for: Option<&str>,
 ) -> bool {
