@@ -121,3 +121,88 @@ pub async fn follow_targets(store: &Store, folders: Vec<FolderConfig>) {
         tracing::warn!(error = %err, "comparing the folders' targets with their uploads' ended early");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn config(dir: &Path) -> Config {
+        let text = format!(
+            "state_dir = \"{state}\"\n[kifs]\nurl = \"http://127.0.0.1:1/kifs\"\n\
+             [[folder]]\npath = \"{a}\"\nkifs_directory = \"new\"\n",
+            state = dir.join("state").display(),
+            a = dir.join("a").display(),
+        );
+        let path = dir.join("upsync.toml");
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).expect("the config loads")
+    }
+
+    /// Records `count` uploads of the folder, more than one batch of them.
+    fn record_uploads(store: &Store, folder: &str, count: usize) {
+        let fingerprint = Fingerprint {
+            size: 1,
+            mtime_ns: 1,
+            inode: 1,
+            ctime_ns: Some(1),
+        };
+        for n in 0..count {
+            let key = FileKey::new(folder, format!("f{n}.csv"));
+            store
+                .record_uploaded(&key, &fingerprint, "old", None)
+                .unwrap();
+        }
+    }
+
+    fn uploads(store: &Store, folder: &str) -> usize {
+        let mut count = 0;
+        store
+            .visit_files(folder, "", FilePick::Uploaded, |_| {
+                count += 1;
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        count
+    }
+
+    /// A folder first seen keeps its ledger; one whose change of target a crash cut short
+    /// (its record still `changing`) has its whole ledger dropped at the next start, and
+    /// the new target recorded, after which nothing more is dropped.
+    #[test]
+    fn a_change_of_target_cut_short_drops_the_whole_ledger_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let folder = &config.folders[0];
+        let name = folder.path.to_string_lossy().into_owned();
+        let store = Store::open(&config.state_dir).unwrap();
+        let many = crate::daemon::history::FORGET_BATCH + 3;
+        record_uploads(&store, &name, many);
+
+        follow_target(&store, folder).unwrap();
+        assert_eq!(
+            uploads(&store, &name),
+            many,
+            "a folder first seen keeps its ledger"
+        );
+        let configured = target_identity(&folder.target);
+        assert_eq!(
+            store.folder_target(&name).unwrap(),
+            Some(configured.clone())
+        );
+
+        store.set_folder_target(&name, CHANGING).unwrap();
+        assert!(moved_since_upload(&store, folder).unwrap());
+        follow_target(&store, folder).unwrap();
+        assert_eq!(uploads(&store, &name), 0);
+        assert_eq!(store.folder_target(&name).unwrap(), Some(configured));
+        assert!(!moved_since_upload(&store, folder).unwrap());
+
+        record_uploads(&store, &name, 2);
+        follow_target(&store, folder).unwrap();
+        assert_eq!(uploads(&store, &name), 2, "the target was followed once");
+    }
+}
