@@ -875,6 +875,44 @@ fn the_imported_line_names_table_and_upload_and_times_the_import_apart() {
     assert!(transfer < import, "the import is not transfer time: {line}");
 }
 
+/// An import into the old table that ends after a reload moved the folder to another table
+/// is not taken as the file's upload: the file is uploaded into the new table too.
+#[test]
+fn an_import_that_ends_after_a_reload_moved_the_folder_to_another_table_is_sent_there() {
+    const OTHER_TABLE: &str = "test.dataset:next.moved";
+    let s = setup(&["--redivis-processing-delay", "4s"], "");
+    small_files(&s, &["a.csv"], 7);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file importing", || {
+        json_number(&folder_status(&s.config)["importing"]) == Some(1)
+    });
+
+    ConfigBuilder::new()
+        .top("concurrency = 4")
+        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with("chunk_size = \"1MiB\"")
+        .folder(FolderBuilder::redivis("inbox", OTHER_TABLE))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(Duration::from_secs(20), "the reload to apply", || {
+        let folder = folder_status(&s.config);
+        folder["target"]
+            .as_str()
+            .unwrap_or("")
+            .contains(OTHER_TABLE)
+    });
+    assert_eq!(
+        json_number(&folder_status(&s.config)["importing"]),
+        Some(1),
+        "the import ended before the reload: {}",
+        daemon.log_text()
+    );
+    daemon.wait_settled(&s.config, 1);
+    holds_exactly(&s, OTHER_TABLE, &["a.csv"]).expect("the new table holds the file");
+    holds_exactly(&s, TABLE, &["a.csv"]).expect("the old table keeps its import");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// A folder moved to another table by a reload: its files are uploaded into the new table,
 /// and a file changed afterwards replaces its upload there, never the old table's copy.
 #[test]

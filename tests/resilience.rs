@@ -10,7 +10,9 @@
 //! - SIGHUP: an added folder is watched, a removed one no longer is, queued jobs of kept
 //!   folders all arrive; an invalid file is rejected with a log line and the old config
 //!   keeps running; a folder given another directory, by a reload or between two runs, is
-//!   uploaded there; queued files a reload or a restart no longer selects are not.
+//!   uploaded there, also a file whose upload to the old one is answered after the reload
+//!   or cut by a kill -9, and `status` of the stopped daemon counts none of its files done
+//!   until then; queued files a reload or a restart no longer selects are not.
 //! - Outages: a remote answering 503 and a remote refusing connections (with a daemon
 //!   restart in between): requests during the outage stay bounded, job-level retries are
 //!   persisted with their next attempt time, everything arrives once the remote is back;
@@ -477,6 +479,148 @@ fn a_folder_given_another_directory_uploads_its_files_there_by_reload_and_restar
     daemon.wait_settled(&s.config, 2);
     assert_eq!(s.files_stored(), stored, "a restart sent files again");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Writes `name` in the folder of the running daemon behind `s`, its remote check done,
+/// and waits until the remote holds it (in `directory`) but holds back its answer: the
+/// upload is still in flight. The answer comes `answer_ms` after the request.
+fn upload_answered_late(s: &Setup, name: &str, directory: &str, answer_ms: u64) -> PathBuf {
+    wait_until(Duration::from_secs(20), "the folder's remote ready", || {
+        s.status()["folders"][0]["remote_check"]["state"] == "ready"
+    });
+    let delays = || json_number(&s.emulator.get_json("/_emulator/stats")["faults"]["delay"]);
+    let before = delays().unwrap_or(0);
+    s.emulator.post_json(
+        "/_emulator/faults",
+        &serde_json::json!({"target": "kifs", "action": {"delay_ms": answer_ms}}),
+    );
+    let path = s.folder().join(name);
+    std::fs::write(&path, format!("{name} in flight\n")).unwrap();
+    backdate(&path, 60);
+    wait_until(
+        Duration::from_secs(30),
+        "the upload to wait for its answer",
+        || {
+            delays().unwrap_or(0) > before
+                && s.arrived(&path, &format!("{directory}/{name}"))
+                && in_flight(s, &path)
+        },
+    );
+    path
+}
+
+fn in_flight(s: &Setup, path: &Path) -> bool {
+    s.status()["in_flight"]
+        .as_array()
+        .is_some_and(|uploads| uploads.iter().any(|u| u["path"] == path.to_str().unwrap()))
+}
+
+/// Points the folder at `directory` and reloads; returns once the running daemon reports
+/// the new directory while `path`'s upload to the old one still waits for its answer.
+fn retarget_during(daemon: &DaemonProcess, s: &Setup, directory: &str, path: &Path) {
+    s.write_config("", &[("inbox", directory)]);
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the reload to apply", || {
+        let report = s.status();
+        let target = report["folders"][0]["target"].as_str().unwrap_or("");
+        target.contains(directory)
+    });
+    assert!(
+        in_flight(s, path),
+        "the upload was answered before the reload: {}",
+        daemon.log_text()
+    );
+}
+
+/// An upload to the old directory that is answered after a reload gave the folder another
+/// one is not taken as uploaded: the file is sent to the new directory. A kill -9 while
+/// such an upload waits for its answer loses nothing either: the next start sends it there.
+#[test]
+fn an_upload_answered_after_a_reload_changed_the_directory_is_sent_to_the_new_one() {
+    let s = Setup::new(&[], "");
+    let mut daemon = DaemonProcess::start(&s.config);
+    let first = upload_answered_late(&s, "first.csv", "ingest", 4_000);
+    retarget_during(&daemon, &s, "moved", &first);
+    daemon.wait_settled(&s.config, 1);
+    assert!(
+        s.arrived(&first, "moved/first.csv"),
+        "the late answer from the old directory was taken as the upload: {}",
+        daemon.log_text()
+    );
+
+    let second = upload_answered_late(&s, "second.csv", "moved", 30_000);
+    retarget_during(&daemon, &s, "third", &second);
+    daemon.kill9();
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 2);
+    assert!(s.arrived(&first, "third/first.csv") && s.arrived(&second, "third/second.csv"));
+    let ledger = upsync(&["ls", "-c", s.config.to_str().unwrap(), "--json"]).1;
+    let remotes: Vec<String> = serde_json::from_str::<serde_json::Value>(&ledger)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["remote"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(remotes, ["third/first.csv", "third/second.csv"], "{ledger}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// `upsync status` of a stopped daemon whose folder was given another directory since its
+/// uploads agrees with the next start, which drops its ledger: none of its files is done,
+/// and it says the target changed; read from the summary a clean stop leaves and from
+/// the database alike. The start then uploads them there, and status counts them again.
+#[test]
+fn a_stopped_daemon_shows_a_folder_given_another_directory_with_no_file_done() {
+    let s = Setup::new(&[], "");
+    for (i, name) in ["a.csv", "b.csv"].iter().enumerate() {
+        let path = s.folder().join(name);
+        write_file(&path, 1000 + i as u64, i as u64);
+        backdate(&path, 60);
+    }
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 2);
+    assert_eq!(daemon.terminate(), Some(0));
+    let folder = &s.status()["folders"][0];
+    assert_eq!(
+        (&folder["done"], &folder["target_changed"]),
+        (&2.into(), &false.into())
+    );
+
+    s.write_config("", &[("inbox", "moved")]);
+    let summary = s.dir().join("state").join("status.summary");
+    assert!(summary.exists(), "a clean stop leaves the summary");
+    for source in ["the summary", "the database"] {
+        let report = s.status();
+        assert_eq!(report["daemon"], "stopped", "{report}");
+        let folder = &report["folders"][0];
+        assert_eq!(folder["done"], 0, "read from {source}: {report}");
+        assert_eq!(
+            folder["target_changed"], true,
+            "read from {source}: {report}"
+        );
+        let (code, text, stderr) = upsync(&["status", "-c", s.config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            text.contains("waiting to retry, 0 failed, 0 done"),
+            "{text}"
+        );
+        assert!(
+            text.contains("target changed since its files were uploaded"),
+            "{text}"
+        );
+        std::fs::remove_file(&summary).unwrap();
+    }
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_settled(&s.config, 2);
+    assert!(s.arrived(&s.folder().join("a.csv"), "moved/a.csv"));
+    assert_eq!(daemon.terminate(), Some(0));
+    let folder = &s.status()["folders"][0];
+    assert_eq!(
+        (&folder["done"], &folder["target_changed"]),
+        (&2.into(), &false.into())
+    );
 }
 
 /// Files queued before a reload or a restart narrowed the folder's selection (`exclude`,

@@ -177,7 +177,7 @@ pub enum ForgetLine {
 }
 
 /// How many files one transaction forgets.
-const FORGET_BATCH: usize = 512;
+pub(crate) const FORGET_BATCH: usize = 512;
 
 /// Forgets the uploads of `request.paths` (module doc). Every path is resolved before
 /// anything is dropped, so a mistyped one changes nothing.
@@ -255,9 +255,7 @@ pub fn forget_located(
     mut progress: impl FnMut(&ForgetResponse) -> ControlFlow<()>,
 ) -> Result<ForgetResponse, StoreError> {
     let mut response = ForgetResponse::default();
-    let mut batch = Vec::with_capacity(FORGET_BATCH);
-    let mut failed = None;
-    let mut forget_batch = |batch: &mut Vec<FileKey>, response: &mut ForgetResponse| {
+    let mut batches = ForgetBatches::new(|batch: &mut Vec<FileKey>| {
         let files: Vec<(FileKey, Option<Fingerprint>)> = batch
             .drain(..)
             .map(|key| {
@@ -272,34 +270,74 @@ pub fn forget_located(
                 response.queued += usize::from(current.is_some());
             }
         }
-        Ok::<_, StoreError>(progress(response))
-    };
+        Ok(progress(&response))
+    });
     for (folder, rel) in located {
-        let stopped = under(store, folder, rel, |key| {
-            batch.push(key);
-            if batch.len() < FORGET_BATCH {
-                return ControlFlow::Continue(());
-            }
-            match forget_batch(&mut batch, &mut response) {
-                Ok(flow) => flow,
-                Err(err) => {
-                    failed = Some(err);
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(err) = failed {
-            return Err(err);
-        }
+        let stopped = under(store, folder, rel, |key| batches.push(key))?;
+        batches.check()?;
         if stopped {
+            drop(batches);
             return Ok(response);
         }
     }
-    if !batch.is_empty() {
-        // The last batch: nothing is left for `progress` to stop.
-        let _ = forget_batch(&mut batch, &mut response)?;
-    }
+    // The last batch: nothing is left for `progress` to stop.
+    batches.finish()?;
     Ok(response)
+}
+
+/// Ledger entries gathered from a walk of the ledger into batches of [`FORGET_BATCH`],
+/// each handed to a forgetting function as it fills and the last one by
+/// [`ForgetBatches::finish`]: `upsync forget` and the drop of a retargeted folder's ledger
+/// (module `retarget`) hold one batch at a time, whatever the folder holds.
+pub(crate) struct ForgetBatches<F> {
+    batch: Vec<FileKey>,
+    forget: F,
+    /// What stopped the walk: a batch that could not be forgotten.
+    failed: Option<StoreError>,
+}
+
+impl<F> ForgetBatches<F>
+where
+    F: FnMut(&mut Vec<FileKey>) -> Result<ControlFlow<()>, StoreError>,
+{
+    /// `forget` takes a full batch, leaves it empty, and says whether the walk goes on.
+    pub(crate) fn new(forget: F) -> ForgetBatches<F> {
+        ForgetBatches {
+            batch: Vec::with_capacity(FORGET_BATCH),
+            forget,
+            failed: None,
+        }
+    }
+
+    /// Adds `key`, forgetting the batch once full; breaks when that failed (see
+    /// [`ForgetBatches::check`]) or the forgetting function broke.
+    pub(crate) fn push(&mut self, key: FileKey) -> ControlFlow<()> {
+        self.batch.push(key);
+        if self.batch.len() < FORGET_BATCH {
+            return ControlFlow::Continue(());
+        }
+        match (self.forget)(&mut self.batch) {
+            Ok(flow) => flow,
+            Err(err) => {
+                self.failed = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// After a walk: the error of a batch that could not be forgotten, if one stopped it.
+    pub(crate) fn check(&mut self) -> Result<(), StoreError> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// Forgets what is left after the last walk.
+    pub(crate) fn finish(mut self) -> Result<(), StoreError> {
+        self.check()?;
+        if !self.batch.is_empty() {
+            let _ = (self.forget)(&mut self.batch)?;
+        }
+        Ok(())
+    }
 }
 
 /// Step 1: the configured folder holding `path`, and the path inside it (`""` for the

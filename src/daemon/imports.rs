@@ -9,7 +9,8 @@
 //!    of a table's imports together (in the released version when a release took the
 //!    upload along).
 //! 3. Imported with our size and MD5: the ledger records it; a file changed meanwhile is
-//!    queued again by the same transition. Its "imported" line names the table it was
+//!    queued again by the same transition, and so is one whose folder was given another
+//!    target meanwhile (module `retarget`). Its "imported" line names the table it was
 //!    imported into (the released version's after a release), not the one posted to.
 //! 4. Imported with another size or hash: the upload is deleted and the file queued to be
 //!    sent again; the second time for the same content fails the job.
@@ -32,11 +33,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::retarget::{retargeted, target_identity};
 use super::status::Live;
 use super::uploaded::{RemoteLabel, Told, UploadLine, record_upload};
 use super::worker::Backends;
+use crate::config::Target;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Import, Job, JobId, Store, to_ms};
+use crate::queue::{Completed, Import, Job, JobId, Store, to_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::redivis::Imported;
 use crate::upload::retry::CallScope;
@@ -223,14 +226,26 @@ impl Imports {
             },
         };
         record_upload(&self.metrics, &self.live, &line, Told::Alone);
-        let recorded = self.store.complete(
-            job.id,
-            &import.fingerprint,
-            &uploaded.remote,
-            uploaded.md5.as_deref(),
-        );
-        match recorded {
+        // Posted to the folder's table as configured then: a reload or a restart may have
+        // given the folder another one since.
+        let started_for = target_identity(&Target::RedivisTable(import.target.clone()));
+        let recorded = self.store.complete_many(&[Completed {
+            id: job.id,
+            fingerprint: import.fingerprint,
+            remote: uploaded.remote,
+            md5: uploaded.md5,
+            as_claimed: None,
+            target: Some(started_for.clone()),
+        }]);
+        match recorded.map(|done| done[0]) {
             Ok(true) => {}
+            Ok(false) if retargeted(&self.store, &job.key.folder, Some(&started_for)) => {
+                tracing::info!(
+                    path,
+                    "the folder's target changed during the file's import; uploading it to the new target"
+                );
+                self.wake.notify_one();
+            }
             Ok(false) => {
                 tracing::info!(
                     path,

@@ -16,7 +16,8 @@
 //!                  "last_success_ms": 1700000000000 | null,
 //!                  "remote_check": { "state": "ready" | "checking" | "refused" | "waiting",
 //!                                    "reason": "…" | null,
-//!                                    "since_ms": 1700000000000 } | null } ],
+//!                                    "since_ms": 1700000000000 } | null,
+//!                  "target_changed": false } ],
 //!   "in_flight": [ { "path": "/data/x/big.bin", "folder": "/data/x",
 //!                    "bytes_done": 1048576, "bytes_total": 4194304,
 //!                    "elapsed_s": 12, "rate_bytes_per_s": 87381 | null,
@@ -49,6 +50,10 @@
 //!   files that are gone), counted under their state too; `held`: those of them the
 //!   mass-delete guard holds (counted as failed, with the reason in `failed`) until
 //!   `upsync retry --deletes`.
+//! - `target_changed`: the daemon is stopped and the folder's configured target is
+//!   another than the one its uploads went to (module `retarget`): the next start drops
+//!   its ledger and uploads its files to the new target, so `done` is 0, as that start
+//!   will find it. Always `false` for a running daemon, which has followed the change.
 //! - `importing`: files Redivis holds and is still importing; no worker waits for them.
 //! - `remote_check`: whether the folder's remote can take its files ([`super::gates`]):
 //!   `checking` (not answered yet; `reason` is the last error), `ready`, `refused` (for good
@@ -146,6 +151,10 @@ pub struct FolderStatus {
     pub last_success_ms: Option<u64>,
     #[serde(default)]
     pub remote_check: Option<GateStatus>,
+    /// A stopped daemon's folder whose configured target is another than the one its
+    /// uploads went to (module doc); `done` is then 0.
+    #[serde(default)]
+    pub target_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,6 +428,11 @@ pub fn build_report(
         note_retry_holds(&mut retrying, config, live);
     }
     let waiting_since = pending_since(config, store, live, now)?;
+    // A running daemon has already followed every change of target.
+    let uploaded_to = match live {
+        Some(_) => BTreeMap::new(),
+        None => store.folder_targets()?,
+    };
     let folders = config
         .folders
         .iter()
@@ -428,11 +442,14 @@ pub fn build_report(
                 .get(&key)
                 .map(|tally| tally.counts.clone())
                 .unwrap_or_default();
+            let target_changed =
+                super::retarget::moved(uploaded_to.get(&key).map(String::as_str), &folder.target);
             FolderStatus {
                 counts: match live {
                     Some(_) => counts,
-                    None => counts.as_found_at_next_start(),
+                    None => counts.as_found_at_next_start(target_changed),
                 },
+                target_changed,
                 target: describe_target(&folder.target),
                 remote_kind: live
                     .and_then(|live| live.remotes.kind(&folder.target))
@@ -786,6 +803,13 @@ pub fn render_text(report: &StatusReport) -> String {
             .last_success_ms
             .map_or_else(|| "never".to_string(), format_time);
         let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
+        if folder.target_changed {
+            let _ = writeln!(
+                out,
+                "  target changed since its files were uploaded: none is done there; the next \
+                 start uploads them to it"
+            );
+        }
         if c.held > 0 {
             let _ = writeln!(
                 out,
@@ -1063,6 +1087,7 @@ mod tests {
             oldest_pending_age_s: age,
             last_success_ms: None,
             remote_check: None,
+            target_changed: false,
         };
         let report = StatusReport {
             daemon: DaemonState::Running,

@@ -1,8 +1,9 @@
 //! Workers: claim a job, upload it through its folder's backend, and record the outcome.
 //!
 //! Outcomes map to queue transitions in one place ([`Worker::settle_outcome`]):
-//! success → ledger; posted (the remote imports it) → `importing`, handed to [`Imports`]
-//! and the worker is free; vanished file → job dropped (a file found gone before its
+//! success → ledger (unless the folder was given another target since the attempt
+//! started: queued again, for the new target, module `retarget`); posted (the remote
+//! imports it) → `importing`, handed to [`Imports`] and the worker is free; vanished file → job dropped (a file found gone before its
 //! attempt, with an upload saved by an earlier one, has that upload given up on the remote
 //! first); changed file → queued again;
 //! permanent failure → `failed` with the reason; the remote waiting (a dataset without an
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gates::Setback;
 use super::imports::Imports;
+use super::retarget::{retargeted, target_identity};
 use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
 use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
@@ -285,6 +287,7 @@ impl Worker {
                         remote: uploaded.remote,
                         md5: uploaded.md5,
                         as_claimed,
+                        target: Some(target_identity(&upload.target)),
                     });
                     completed.push((job, display));
                 }
@@ -297,8 +300,8 @@ impl Worker {
         }
         match self.store.complete_many(&entries) {
             Ok(done) => {
-                for ((job, display), done) in completed.iter().zip(done) {
-                    self.after_complete(job, display, Ok(done));
+                for (((job, display), done), entry) in completed.iter().zip(done).zip(&entries) {
+                    self.after_complete(job, display, entry, Ok(done));
                 }
             }
             Err(err) => {
@@ -442,13 +445,16 @@ impl Worker {
         match outcome {
             Ok(Delivery::Uploaded(uploaded)) => {
                 self.count_success(attempt, &uploaded.remote, Told::Alone);
-                let recorded = self.store.complete(
-                    job.id,
-                    &attempt.fingerprint,
-                    &uploaded.remote,
-                    uploaded.md5.as_deref(),
-                );
-                self.after_complete(job, path, recorded);
+                let entry = Completed {
+                    id: job.id,
+                    fingerprint: attempt.fingerprint,
+                    remote: uploaded.remote,
+                    md5: uploaded.md5,
+                    as_claimed: None,
+                    target: Some(target_identity(attempt.target)),
+                };
+                let recorded = self.store.complete_many(std::slice::from_ref(&entry));
+                self.after_complete(job, path, &entry, recorded.map(|done| done[0]));
             }
             Ok(Delivery::Posted(posted)) => self.start_import(attempt, posted),
             Err(UploadError::Vanished(_)) => {
@@ -624,13 +630,21 @@ impl Worker {
         &self,
         job: &Job,
         path: &str,
+        entry: &Completed,
         recorded: Result<bool, crate::queue::StoreError>,
     ) {
         if let Ok(false) = recorded {
-            tracing::info!(
-                path,
-                "file changed during its upload; uploading the new version"
-            );
+            if retargeted(&self.store, &job.key.folder, entry.target.as_deref()) {
+                tracing::info!(
+                    path,
+                    "the folder's target changed during the file's upload; uploading it to the new target"
+                );
+            } else {
+                tracing::info!(
+                    path,
+                    "file changed during its upload; uploading the new version"
+                );
+            }
             self.wake.notify_one();
         }
         self.record(job, recorded.map(|_| ()));

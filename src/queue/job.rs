@@ -153,6 +153,10 @@ pub struct Completed {
     /// How a batch claimed the job, when it claimed it under its folder's mark
     /// ([`super::Claimed`]): the completion then decodes the job only if it changed since.
     pub as_claimed: Option<AsClaimed>,
+    /// The target the attempt was started for, as the folder's target is recorded
+    /// ([`super::Store::folder_target`]); the upload is recorded only if the folder still
+    /// has it. `None`: recorded whatever the folder's target.
+    pub target: Option<String>,
 }
 
 /// The outcome of offering a settled file to the queue.
@@ -214,12 +218,15 @@ impl FolderCounts {
 
     /// The counts of a stopped daemon as its next start finds them: the attempts it left
     /// active or finalizing (a stop or a crash ended them) are queued again
-    /// ([`super::Store::recover_after_restart`]); nothing runs them meanwhile.
-    pub fn as_found_at_next_start(&self) -> FolderCounts {
+    /// ([`super::Store::recover_after_restart`]); nothing runs them meanwhile. A folder
+    /// given another target since its uploads (`retargeted`) has none done: that start
+    /// drops its ledger.
+    pub fn as_found_at_next_start(&self, retargeted: bool) -> FolderCounts {
         FolderCounts {
             queued: self.queued + self.active + self.finalizing,
             active: 0,
             finalizing: 0,
+            done: if retargeted { 0 } else { self.done },
             ..self.clone()
         }
     }

@@ -24,7 +24,8 @@
 //!                                       means 0; written by a compaction)
 //!                    "target" \0 folder -> the folder's target (UTF-8) its ledger
 //!                                       entries were uploaded to; absent until the
-//!                                       daemon first ran with the folder
+//!                                       daemon first ran with the folder; "changing"
+//!                                       while a change of target drops its ledger
 //!     jobs           JobId (u64 BE: line prefix, 3 bytes ++ sequence, 5 bytes) -> Job
 //!                                                           (binary, module `binary`;
 //!                                                           JSON if written before format 6)
@@ -254,6 +255,7 @@ mod tests;
 mod upgrade;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -391,6 +393,11 @@ struct Inner {
     frozen: Mutex<Option<Arc<Summary>>>,
     /// Folders whose looks matched uploads recorded without a change time (module `stamp`).
     unstamped: stamp::Unstamped,
+    /// Read-held by a completion from its look at the folder's recorded target to its
+    /// commit, write-held by a change of that record: an upload recorded for the old
+    /// target is committed before the record changes, so the ledger drop that follows the
+    /// change sees it, and every completion after the change compares with the new one.
+    target_change: RwLock<()>,
     _lock: StateLock,
 }
 
@@ -1150,6 +1157,7 @@ impl Store {
                 pointers: Pointers::default(),
                 frozen: Mutex::new(None),
                 unstamped: stamp::Unstamped::default(),
+                target_change: RwLock::new(()),
                 _lock: lock,
             }),
         };
@@ -1500,7 +1508,9 @@ impl Store {
 
     /// Records the upload of `uploaded` in the ledger and ends the job. Returns false when
     /// the file changed while it was uploading: the job is then queued again for the new
-    /// version (the ledger still records the version that did reach the remote).
+    /// version (the ledger still records the version that did reach the remote). The
+    /// folder's target is not compared: [`Store::complete_many`] does for an attempt that
+    /// names its [`Completed::target`].
     pub fn complete(
         &self,
         id: JobId,
@@ -1514,19 +1524,34 @@ impl Store {
             remote: entry_remote.to_owned(),
             md5: md5.map(str::to_owned),
             as_claimed: None,
+            target: None,
         }])?;
         Ok(done[0])
     }
 
     /// [`Store::complete`] for several jobs in one transaction and one flush (group commit
-    /// for a batch uploaded in one request). Returns, per job, whether it ended.
+    /// for a batch uploaded in one request). Returns, per job, whether it ended. A job
+    /// whose attempt was started for another target than its folder's recorded one
+    /// ([`Completed::target`]) is not recorded: it is queued afresh, for the new target.
     pub fn complete_many(&self, completed: &[Completed]) -> Result<Vec<bool>, StoreError> {
         let now = now_ms();
+        let _target_unchanged = self.inner.target_change.read();
+        // Read before the transaction: sled reads no other tree inside one.
+        let recorded = match completed.iter().any(|c| c.target.is_some()) {
+            true => self.folder_targets()?,
+            false => BTreeMap::new(),
+        };
         let done = self.transact(|tx| {
             let mut done = Vec::with_capacity(completed.len());
             for c in completed {
                 let job =
                     tx.require_job_as_read(c.id, c.as_claimed.as_ref().map(AsClaimed::read))?;
+                if retargeted_since(&recorded, &job.key.folder, c.target.as_deref()) {
+                    tx.clear_progress(c.id)?;
+                    tx.put_job(Some(&job), &queued_afresh(&job, now))?;
+                    done.push(false);
+                    continue;
+                }
                 let raw_key = match valid_key(&job.key) {
                     Ok(raw) => raw,
                     Err(err) => return abort(err),
@@ -1912,8 +1937,23 @@ impl Store {
         Ok(raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()))
     }
 
+    /// Every folder's recorded target ([`Store::folder_target`]), by folder.
+    pub fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut targets = BTreeMap::new();
+        for entry in self.handles().db.scan_prefix(FOLDER_TARGET_PREFIX) {
+            let (key, target) = entry.map_err(|err| self.db_error(err))?;
+            let folder = String::from_utf8_lossy(&key[FOLDER_TARGET_PREFIX.len()..]);
+            let target = String::from_utf8_lossy(&target).into_owned();
+            targets.insert(folder.into_owned(), target);
+        }
+        Ok(targets)
+    }
+
     /// Records, durably, the target the folder's ledger entries are uploaded to from now on.
+    /// Waits for the completions under way: each one compares its attempt's target with
+    /// the record either before the change and commits before it, or after it.
     pub fn set_folder_target(&self, folder: &str, target: &str) -> Result<(), StoreError> {
+        let _changing = self.inner.target_change.write();
         self.unmark_closed()?;
         self.handles()
             .db
@@ -2223,6 +2263,20 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<u32, FormatError> {
                 .into(),
         })),
     }
+}
+
+/// Whether the folder's recorded target is another than `started_for`, the target an
+/// attempt was started for (`None`: not compared). A folder with no record takes any.
+fn retargeted_since(
+    recorded: &BTreeMap<String, String>,
+    folder: &str,
+    started_for: Option<&str>,
+) -> bool {
+    started_for.is_some_and(|started_for| {
+        recorded
+            .get(folder)
+            .is_some_and(|recorded| recorded != started_for)
+    })
 }
 
 fn folder_target_key(folder: &str) -> Vec<u8> {

@@ -47,6 +47,8 @@ pub trait StatusSource {
     fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError>;
     /// Since when the folder's first due job has waited, if it is due by `now`.
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError>;
+    /// The target each folder's uploads went to ([`Store::folder_target`]).
+    fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// A running store answers from the trees, or, while a compaction holds them, from the
@@ -69,6 +71,13 @@ impl StatusSource for Store {
             |summary| summary.waiting_since(folder, now),
         )
     }
+
+    fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.frozen().map_or_else(
+            || Store::folder_targets(self),
+            |summary| summary.folder_targets(),
+        )
+    }
 }
 
 /// The store's answers to [`StatusSource`], as they were when it closed.
@@ -80,6 +89,9 @@ pub struct Summary {
     attention: Vec<Job>,
     /// When each folder's first claimable job is due (folders with none are absent).
     first_due_ms: BTreeMap<String, u64>,
+    /// The target each folder's uploads went to; empty in a summary from before it.
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
 }
 
 impl Summary {
@@ -90,6 +102,7 @@ impl Summary {
             tallies: BTreeMap::new(),
             attention: Vec::new(),
             first_due_ms: BTreeMap::new(),
+            targets: BTreeMap::new(),
         }
     }
 }
@@ -106,6 +119,10 @@ impl StatusSource for Summary {
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError> {
         let due = self.first_due_ms.get(folder).copied();
         Ok(due.filter(|due_ms| *due_ms <= to_ms(now)))
+    }
+
+    fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        Ok(self.targets.clone())
     }
 }
 
@@ -177,6 +194,7 @@ impl Store {
             attention: Store::jobs_needing_attention(self)?,
             tallies,
             first_due_ms,
+            targets: Store::folder_targets(self)?,
         })
     }
 }

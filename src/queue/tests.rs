@@ -97,6 +97,7 @@ fn completed(batch: &[Claimed]) -> Vec<Completed> {
             remote: format!("dir/{}", job.key.rel),
             md5: None,
             as_claimed: as_claimed.clone(),
+            target: None,
         })
         .collect()
 }
@@ -725,6 +726,55 @@ fn complete_with_a_moved_fingerprint_requeues_the_job() {
     );
     assert!(store.get(id).expect("reads").is_none());
     assert_covered(&store, &key("a.csv"), &fp(2));
+    assert_invariants(&store);
+}
+
+/// An upload recorded for another target than the folder's recorded one (the folder was
+/// given another target while it was in flight) leaves no ledger entry: the job is queued
+/// afresh, and its upload to the folder's target is recorded. A folder with no record and
+/// a completion naming no target record as before.
+#[test]
+fn a_completion_for_another_target_than_the_folders_queues_the_file_again() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let id = queued_id(store.offer(&key("a.csv"), &fp(1)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    store.save_progress(id, b"session").expect("progress saves");
+    store
+        .set_folder_target("/data/in", "kifs\0new")
+        .expect("the target records");
+    let for_target = |target: &str| Completed {
+        id,
+        fingerprint: fp(1),
+        remote: "old/a.csv".into(),
+        md5: None,
+        as_claimed: None,
+        target: Some(target.into()),
+    };
+    let done = store.complete_many(&[for_target("kifs\0old")]);
+    assert_eq!(done.expect("complete works"), [false]);
+    assert_eq!(store.ledger_get(&key("a.csv")).expect("reads"), None);
+    let requeued = job(&store, id);
+    assert_eq!(requeued.state, JobState::Queued);
+    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_covered(&store, &key("a.csv"), &fp(1));
+    assert_invariants(&store);
+
+    store.claim(SystemTime::now()).expect("claim works");
+    let done = store.complete_many(&[for_target("kifs\0new")]);
+    assert_eq!(done.expect("complete works"), [true]);
+    assert!(store.is_uploaded(&key("a.csv"), &fp(1)).expect("reads"));
+    assert_invariants(&store);
+
+    let other = FileKey::new("/data/unrecorded", "b.csv");
+    let id = queued_id(store.offer(&other, &fp(2)).expect("offer"));
+    store.claim(SystemTime::now()).expect("claim works");
+    let unrecorded = Completed {
+        id,
+        fingerprint: fp(2),
+        ..for_target("kifs\0any")
+    };
+    assert_eq!(store.complete_many(&[unrecorded]).expect("works"), [true]);
     assert_invariants(&store);
 }
 
@@ -2249,6 +2299,7 @@ fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
             remote: format!("dir/{}", job.key.rel),
             md5: None,
             as_claimed: None,
+            target: None,
         })
         .collect();
     let done = store
@@ -2819,6 +2870,7 @@ fn an_idle_store_writes_nothing_after_a_burst_of_churn() {
                     remote: job.key.rel.clone(),
                     md5: None,
                     as_claimed,
+                    target: None,
                 })
                 .collect();
             store
