@@ -19,7 +19,7 @@ use upsync::config::{
 use upsync::emulator::{self, EmulatorOptions, RunningEmulator};
 use upsync::fingerprint::Fingerprint;
 use upsync::net::Bandwidth;
-use upsync::queue::{FileKey, Store};
+use upsync::queue::{FileKey, Job, Store};
 use upsync::upload::redivis::poll::PollConfig;
 use upsync::upload::redivis::ratelimit::PacerConfig;
 use upsync::upload::redivis::versions::NEXT_VERSION_OPENED;
@@ -159,10 +159,17 @@ impl Harness {
             .unwrap()
             .expect("the offered job is claimable");
         assert_eq!(job.key.rel, rel, "claimed the job just offered");
+        self.upload_job(&job, table)
+    }
+
+    /// The upload of the claimed `job`'s file into `table`.
+    fn upload_job(&self, job: &Job, table: &str) -> UploadJob {
+        let path = self.inbox.join(&job.key.rel);
+        let fingerprint = Fingerprint::read(&path).expect("test file exists");
         UploadJob::new(
             job.id,
             path,
-            rel.to_string(),
+            job.key.rel.clone(),
             Target::RedivisTable(table.to_string()),
             fingerprint,
             job.finalize_started,
@@ -757,6 +764,37 @@ async fn a_saved_session_older_than_its_lifetime_is_not_resumed() {
         queries_before,
         "the old session is not even asked"
     );
+}
+
+/// A folder given another table while its file waits to resume a session: the session
+/// was made for an upload of the old table, so the next attempt opens one in the new
+/// table instead of posting the old table's transfer there.
+#[tokio::test]
+async fn a_saved_session_of_another_table_is_not_resumed() {
+    const OTHER: &str = "owner.dataset:next.moved";
+    let h = Harness::start(|_| {}).await;
+    let bytes = data(3 * CHUNK, 14);
+    h.write("moved.csv", &bytes);
+    let backend = h.backend();
+    let job = interrupted_attempt(&h, &backend, "moved.csv").await;
+    let queries_before = h.stats().await["status_queries"].as_u64().unwrap();
+
+    let claimed = h
+        .store
+        .claim(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap()
+        .expect("the waiting job is claimable");
+    assert_eq!(claimed.id, job.id);
+    let mut job = h.upload_job(&claimed, OTHER);
+    upload_ok(&backend, &mut job).await;
+
+    assert_eq!(h.api_count("resumableUpload").await, 2, "a new session");
+    assert_eq!(
+        h.stats().await["status_queries"].as_u64().unwrap(),
+        queries_before,
+        "the old table's session is not even asked"
+    );
+    h.assert_table_holds(&[]).await;
 }
 
 // ---- exactly once ----------------------------------------------------------------------

@@ -446,6 +446,8 @@ impl RedivisBackend {
                         created_at_ms: now_ms(),
                         confirmed_offset: 0,
                         fingerprint: job.fingerprint,
+                        // Never saved: nothing resumes it in another table.
+                        table: None,
                     };
                     // Small files: a crash sends them again rather than resuming.
                     transfer.run(&mut state, false, &mut |_| Ok(())).await

@@ -920,7 +920,7 @@ impl RedivisBackend {
         if inline && size <= self.tuning.inline_max {
             return read_inline(job, reader).await;
         }
-        let mut resume = self.saved_session(job, flow, size)?;
+        let mut resume = self.saved_session(job, flow, table, size)?;
         let check = || job.check_unchanged();
         let transfer = self.file_transfer(job, reader, &check, scope);
         let mut persist = |state: &SessionState| job.save_progress(state);
@@ -970,13 +970,14 @@ impl RedivisBackend {
         &self,
         job: &UploadJob,
         flow: Flow,
+        table: &str,
         size: u64,
     ) -> Result<Option<SessionState>, UploadError> {
         let Some(saved) = job.load_progress::<SessionState>()? else {
             return Ok(None);
         };
         let max_age = self.tuning.session_max_age;
-        match saved.unusable_for(flow, size, &job.fingerprint, now_ms(), max_age) {
+        match saved.unusable_for(flow, table, size, &job.fingerprint, now_ms(), max_age) {
             None => Ok(Some(saved)),
             Some(why) => {
                 tracing::info!(job = job.id.0, why, "not resuming the saved upload session");
@@ -1049,6 +1050,7 @@ impl RedivisBackend {
             created_at_ms,
             confirmed_offset: 0,
             fingerprint: job.fingerprint,
+            table: Some(table.to_owned()),
         }))
     }
 }

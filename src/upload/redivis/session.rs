@@ -98,6 +98,10 @@ pub struct SessionState {
     pub created_at_ms: u64,
     pub confirmed_offset: u64,
     pub fingerprint: Fingerprint,
+    /// The table whose upload the session fills (`None` in a state saved before tables
+    /// were recorded): a folder given another table must not post these bytes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -109,6 +113,7 @@ impl std::fmt::Debug for SessionState {
             .field("size", &self.size)
             .field("created_at_ms", &self.created_at_ms)
             .field("confirmed_offset", &self.confirmed_offset)
+            .field("table", &self.table)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +123,7 @@ impl SessionState {
     pub fn unusable_for(
         &self,
         flow: Flow,
+        table: &str,
         size: u64,
         fingerprint: &Fingerprint,
         now_ms: u64,
@@ -125,6 +131,12 @@ impl SessionState {
     ) -> Option<&'static str> {
         if self.flow != flow {
             Some("it was made by the other protocol")
+        } else if self
+            .table
+            .as_deref()
+            .is_some_and(|made_for| made_for != table)
+        {
+            Some("it was made for another table")
         } else if self.fingerprint != *fingerprint || self.size != size {
             Some("the file changed since")
         } else if now_ms.saturating_sub(self.created_at_ms) >= max_age.as_millis() as u64 {
@@ -803,31 +815,42 @@ mod tests {
                 inode: 2,
                 ctime_ns: Some(1),
             },
+            table: Some("u.d:next.t".into()),
         }
     }
 
     #[test]
-    fn a_saved_session_is_reused_only_for_the_same_file_flow_and_lifetime() {
+    fn a_saved_session_is_reused_only_for_the_same_file_flow_table_and_lifetime() {
         let day = Duration::from_secs(24 * 3600);
         let s = state(1_000);
         let fp = s.fingerprint;
+        let table = "u.d:next.t";
         assert_eq!(
-            s.unusable_for(Flow::ResumableUpload, 10, &fp, 2_000, day),
+            s.unusable_for(Flow::ResumableUpload, table, 10, &fp, 2_000, day),
             None
         );
         assert!(
-            s.unusable_for(Flow::TempUploads, 10, &fp, 2_000, day)
+            s.unusable_for(Flow::TempUploads, table, 10, &fp, 2_000, day)
                 .is_some()
         );
         let other = Fingerprint { mtime_ns: 9, ..fp };
         assert!(
-            s.unusable_for(Flow::ResumableUpload, 10, &other, 2_000, day)
+            s.unusable_for(Flow::ResumableUpload, table, 10, &other, 2_000, day)
                 .is_some()
         );
         let later = 1_000 + day.as_millis() as u64;
         assert!(
-            s.unusable_for(Flow::ResumableUpload, 10, &fp, later, day)
+            s.unusable_for(Flow::ResumableUpload, table, 10, &fp, later, day)
                 .is_some()
+        );
+        assert_eq!(
+            s.unusable_for(Flow::ResumableUpload, "u.d:next.other", 10, &fp, 2_000, day),
+            Some("it was made for another table")
+        );
+        let saved_before_tables = SessionState { table: None, ..s };
+        assert_eq!(
+            saved_before_tables.unusable_for(Flow::ResumableUpload, table, 10, &fp, 2_000, day),
+            None
         );
     }
 
