@@ -298,6 +298,52 @@ fn a_state_dir_too_deep_for_a_socket_address_still_serves_the_commands() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A pipeline that makes and removes work directories in a watched folder: with the
+/// default log filter (no `RUST_LOG`, as under the shipped unit), the removals log no
+/// warning, though the file-watching library complains about each removed watch.
+#[test]
+fn removed_work_directories_leave_no_warning_in_the_default_log() {
+    let s = setup(&[], "");
+    let mut daemon = DaemonProcess::start_with(&s.config, |command| {
+        command.env_remove("RUST_LOG");
+    });
+    let work: Vec<PathBuf> = (0..10)
+        .map(|n| s.folder().join(format!("work{n}")))
+        .collect();
+    for dir in &work {
+        std::fs::create_dir_all(dir.join("part")).unwrap();
+    }
+    // Uploaded from the deepest directories: they are watched by then.
+    for (n, dir) in work.iter().enumerate() {
+        let file = dir.join("part").join("out.csv");
+        write_file(&file, 100, n as u64);
+        backdate(&file, 60);
+    }
+    for (n, dir) in work.iter().enumerate() {
+        let file = dir.join("part").join("out.csv");
+        wait_until(Duration::from_secs(30), "a work directory's file", || {
+            arrived(&s, &file, &format!("work{n}/part/out.csv"))
+        });
+    }
+    for dir in &work {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    // The watcher reads its events in order: once this file is uploaded, the removals
+    // before it have been seen.
+    let after = s.folder().join("after.csv");
+    write_file(&after, 100, 99);
+    backdate(&after, 60);
+    wait_until(
+        Duration::from_secs(30),
+        "the file written after the removals",
+        || arrived(&s, &after, "after.csv"),
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+    let log = daemon.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains(" WARN ")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
 /// Credentials the folder's check accepted and an upload then meets refused (a token
 /// revoked or rotated on the remote): the folder is refused with the reason, as a check
 /// would have found it, and its file waits instead of failing; a reload checks the remote
