@@ -391,6 +391,10 @@ struct Inner {
     frozen: Mutex<Option<Arc<Summary>>>,
     /// Folders whose looks matched uploads recorded without a change time (module `stamp`).
     unstamped: stamp::Unstamped,
+    /// Transactions run, retries by sled not counted: what the tests read to see that a
+    /// walk changes many jobs in few transactions.
+    #[cfg(test)]
+    transactions: AtomicU64,
     _lock: StateLock,
 }
 
@@ -1150,6 +1154,8 @@ impl Store {
                 pointers: Pointers::default(),
                 frozen: Mutex::new(None),
                 unstamped: stamp::Unstamped::default(),
+                #[cfg(test)]
+                transactions: AtomicU64::new(0),
                 _lock: lock,
             }),
         };
@@ -1292,6 +1298,8 @@ impl Store {
     ) -> Result<A, StoreError> {
         self.unmark_closed()?;
         self.load_pointers()?;
+        #[cfg(test)]
+        self.inner.transactions.fetch_add(1, Ordering::Relaxed);
         let noted = RefCell::new(Noted::default());
         let handles = self.handles();
         let t = &handles.trees;

@@ -2993,6 +2993,7 @@ mod deletions;
 mod files;
 mod marks;
 mod pointers;
+mod release;
 mod stamp;
 mod summary;
 
