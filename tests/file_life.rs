@@ -12,7 +12,8 @@
 //!   seen again.
 //! - The running daemon sees such a replacement through its file events.
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
-//! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
+//! - `sync --once --dry-run` shows new, changed, deleted and skipped files, and a file still
+//!   being written as an upload once settled, which the run then makes; it sends no
 //!   request and leaves the state database byte-identical; a name KiFS refuses shows as
 //!   the failure the run then has; over a damaged database it names the state dir's
 //!   database, not the temporary copy it opened; it refuses while another process holds
@@ -502,13 +503,14 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
         "{plan}"
     );
     let skipped = names(&kin["skipped"], "why");
-    assert_eq!(skipped.len(), 2, "{plan}");
+    assert_eq!(skipped.len(), 1, "{plan}");
     assert!(
         skipped[0].0 == "draft.tmp" && skipped[0].1.contains("excluded"),
         "{plan}"
     );
-    assert!(
-        skipped[1].0 == "young.csv" && skipped[1].1.contains("not settled"),
+    assert_eq!(
+        names(&kin["upload_once_settled"], "why"),
+        vec![("young.csv".into(), "new".into())],
         "{plan}"
     );
     assert_eq!(kin["up_to_date"], 1, "{plan}");
@@ -523,6 +525,53 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
     );
     assert!(stdout.contains("nothing was sent"), "{stdout}");
     assert_eq!(stats(&s), before);
+}
+
+/// A file still being written is one a run waits for and uploads once settled: the dry run
+/// lists it so, in JSON and text, and `sync --once` then uploads it.
+#[test]
+fn a_dry_run_lists_a_file_still_being_written_as_the_upload_the_run_makes_once_it_settled() {
+    let s = Setup::with_kifs_folder_extra("settle = \"5s\"");
+    let young = s.kin.join("young.csv");
+    std::fs::write(&young, "still being written\n").unwrap();
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kin = &plan["folders"][0];
+    assert_eq!(
+        kin["upload_once_settled"][0]["path"],
+        young.to_str().unwrap(),
+        "{plan}"
+    );
+    assert_eq!(kin["upload_once_settled"][0]["why"], "new", "{plan}");
+    assert_eq!(kin["upload_once_settled"][0]["size"], 20, "{plan}");
+    assert!(
+        kin["upload_once_settled"][0]["written_s_ago"]
+            .as_u64()
+            .unwrap()
+            < 5,
+        "{plan}"
+    );
+    assert_eq!(kin["skipped"], serde_json::json!([]), "{plan}");
+    assert_eq!(kin["upload"], serde_json::json!([]), "{plan}");
+    let (code, stdout, _) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&format!(
+            "upload  new      {} (20 B) once settled",
+            young.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 to upload, 1 to upload once settled"),
+        "{stdout}"
+    );
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(s.kifs_holds(&young), "the run uploaded it once settled");
 }
 
 /// A folder given another directory since its uploads: the dry run lists its files as new

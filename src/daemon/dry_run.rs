@@ -14,9 +14,10 @@
 //!    looking its version up in the ledger (read as empty for a folder given another
 //!    target since its uploads: a run drops it, `retarget`): excluded by the folder's
 //!    globs, failed earlier
-//!    (that version, until `upsync retry`), already uploaded, not settled (written within
-//!    `settle`), would fail (a name KiFS refuses, which a run checks before sending), or to
-//!    upload: new or changed.
+//!    (that version, until `upsync retry`), already uploaded, would fail (a name KiFS
+//!    refuses, which a run checks before sending), or to upload: new or changed, now or
+//!    once settled (written within `settle`: a run waits for it, as `sync --once` waits
+//!    for such files).
 //! 4. In a folder with `on_delete = "delete"` (and its target unchanged) whose ledger
 //!    holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
@@ -54,6 +55,10 @@ pub struct FolderPlan {
     pub folder: String,
     pub target: String,
     pub upload: Vec<PlannedUpload>,
+    /// Files still being written (younger than `settle`), which a run waits for and uploads
+    /// once settled.
+    #[serde(default)]
+    pub upload_once_settled: Vec<SettlingUpload>,
     pub delete: Vec<PlannedDelete>,
     /// Why the deletions would be held by the mass-delete guard, when they would.
     pub deletions_held: Option<String>,
@@ -68,6 +73,16 @@ pub struct PlannedUpload {
     pub size: u64,
     /// `new` (never uploaded) or `changed` (another version was).
     pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlingUpload {
+    pub path: String,
+    pub size: u64,
+    /// `new` or `changed`, as for an upload.
+    pub why: String,
+    /// How long ago the file was last written, in whole seconds.
+    pub written_s_ago: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,15 +269,6 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             .is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint))
         {
             plan.up_to_date += 1;
-        } else if let Some(age) = younger_than(&meta, folder.settle) {
-            plan.skipped.push(Skipped {
-                path,
-                why: format!(
-                    "not settled: written {}s ago, settle is {}",
-                    age.as_secs(),
-                    humantime::format_duration(folder.settle)
-                ),
-            });
         } else if let Err(why) = name_the_remote_takes(folder, &rel) {
             plan.skipped.push(Skipped {
                 path,
@@ -270,11 +276,19 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             });
         } else {
             let why = if recorded.is_some() { "changed" } else { "new" };
-            plan.upload.push(PlannedUpload {
-                path,
-                size: meta.len(),
-                why: why.into(),
-            });
+            match younger_than(&meta, folder.settle) {
+                Some(age) => plan.upload_once_settled.push(SettlingUpload {
+                    path,
+                    size: meta.len(),
+                    why: why.into(),
+                    written_s_ago: age.as_secs(),
+                }),
+                None => plan.upload.push(PlannedUpload {
+                    path,
+                    size: meta.len(),
+                    why: why.into(),
+                }),
+            }
         }
     }
     if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() && !retargeted {
@@ -400,6 +414,16 @@ pub fn render(plan: &Plan) -> String {
                 bytesize::ByteSize(file.size)
             );
         }
+        for file in &folder.upload_once_settled {
+            let _ = writeln!(
+                out,
+                "  upload  {:<8} {} ({}) once settled (written {}s ago)",
+                file.why,
+                file.path,
+                bytesize::ByteSize(file.size),
+                file.written_s_ago
+            );
+        }
         for file in &folder.delete {
             let _ = writeln!(out, "  delete  {} (remote {})", file.path, file.remote);
         }
@@ -414,8 +438,9 @@ pub fn render(plan: &Plan) -> String {
         }
         let _ = writeln!(
             out,
-            "  {} to upload, {} to delete, {} skipped, {} up to date",
+            "  {} to upload, {} to upload once settled, {} to delete, {} skipped, {} up to date",
             folder.upload.len(),
+            folder.upload_once_settled.len(),
             folder.delete.len(),
             folder.skipped.len(),
             folder.up_to_date
