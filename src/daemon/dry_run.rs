@@ -14,10 +14,10 @@
 //!    looking its version up in the ledger (read as empty for a folder given another
 //!    target since its uploads: a run drops it, `retarget`): excluded by the folder's
 //!    globs, failed earlier
-//!    (that version, until `upsync retry`), already uploaded, would fail (a name KiFS
-//!    refuses, which a run checks before sending), or to upload: new or changed, now or
-//!    once settled (written within `settle`: a run waits for it, as `sync --once` waits
-//!    for such files).
+//!    (that version, until `upsync retry`), already uploaded, would fail (a name the
+//!    remote refuses, which a run checks before sending), or to upload: new or changed,
+//!    now or once settled (written within `settle`: a run waits for it, as
+//!    `sync --once` waits for such files).
 //! 4. In a folder with `on_delete = "delete"` (and its target unchanged) whose ledger
 //!    holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
@@ -26,6 +26,13 @@
 //!    of the folder) would be held by the mass-delete guard, which the plan says. As the
 //!    guard does, it leaves out of that count the deletions `upsync retry --deletes`
 //!    approved: they run whatever the count.
+//! 5. In a Redivis table, where an upload is named by its file's relative path under
+//!    Redivis' escaping (`upload::redivis::names`), the run fails a file whose name
+//!    another file holds: the one the ledger records (unless step 4's deletion of its
+//!    copy runs and frees the name), else the first the walk reached of the files it
+//!    uploads. Each such file moves from the uploads to would fail, with the run's reason
+//!    (module [`collisions`]). Only Redivis can tell a file index table, where files keep
+//!    their own names and do not collide, so the reason says that.
 //!
 //! Neither the folder's files nor its ledger are held in memory: the plan holds what it
 //! lists (uploads, deletions, skipped files) and counts the files already up to date.
@@ -37,11 +44,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+mod collisions;
+
 use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
+use crate::upload::redivis::names;
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -241,6 +251,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         super::retarget::moved_since_upload(store, folder).map_err(|err| err.to_string())?;
     // Files found with an upload in the ledger: when that is all of its uploads, none is gone.
     let mut found_uploaded = 0;
+    let mut names = collisions::Names::of(folder);
     for (rel, meta) in files_of(folder) {
         let file = FileKey::new(&key, &rel);
         let path = file.path().display().to_string();
@@ -276,6 +287,9 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             });
         } else {
             let why = if recorded.is_some() { "changed" } else { "new" };
+            if let Some(names) = &mut names {
+                names.want(&rel);
+            }
             match younger_than(&meta, folder.settle) {
                 Some(age) => plan.upload_once_settled.push(SettlingUpload {
                     path,
@@ -291,41 +305,75 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             }
         }
     }
+    let mut freed = BTreeSet::new();
     if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() && !retargeted {
-        let mut uploads = 0;
-        store
-            .visit_files(&key, "", FilePick::Uploaded, |_| {
-                uploads += 1;
-                ControlFlow::Continue(())
-            })
-            .map_err(|err| err.to_string())?;
-        if uploads == found_uploaded {
-            return Ok(plan);
+        freed = plan_deletions(folder, store, found_uploaded, &approved, &mut plan)?;
+    }
+    if let Some(names) = names {
+        let ledger = if retargeted { None } else { Some(store) };
+        for (rel, reason) in names.collisions(ledger, &key, &freed)? {
+            let path = FileKey::new(&key, &rel).path().display().to_string();
+            plan.upload.retain(|upload| upload.path != path);
+            plan.upload_once_settled
+                .retain(|upload| upload.path != path);
+            plan.skipped.push(Skipped {
+                path,
+                why: format!("would fail: {reason}"),
+            });
         }
-        let mut presence = watch::Presence::new(&folder.path);
-        let mut approved_gone = 0;
-        store
-            .visit_uploads(&key, "", |rel, entry| {
-                if presence.is_gone(rel) {
-                    approved_gone += u64::from(approved.contains(rel));
-                    plan.delete.push(PlannedDelete {
-                        path: FileKey::new(&key, rel).path().display().to_string(),
-                        remote: entry.remote,
-                    });
-                }
-                ControlFlow::Continue(())
-            })
-            .map_err(|err| err.to_string())?;
-        let unapproved = plan.delete.len() as u64 - approved_gone;
-        plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
-            if approved_gone == 0 {
-                why
-            } else {
-                format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
-            }
-        });
     }
     Ok(plan)
+}
+
+/// Step 4: the deletions of the folder's uploaded files that are gone, and whether the
+/// mass-delete guard would hold them; returns the relative paths whose copies the run
+/// deletes (none when the guard holds them).
+fn plan_deletions(
+    folder: &FolderConfig,
+    store: &Store,
+    found_uploaded: u64,
+    approved: &BTreeSet<&str>,
+    plan: &mut FolderPlan,
+) -> Result<BTreeSet<String>, String> {
+    let key = plan.folder.clone();
+    let mut uploads = 0;
+    store
+        .visit_files(&key, "", FilePick::Uploaded, |_| {
+            uploads += 1;
+            ControlFlow::Continue(())
+        })
+        .map_err(|err| err.to_string())?;
+    if uploads == found_uploaded {
+        return Ok(BTreeSet::new());
+    }
+    let mut presence = watch::Presence::new(&folder.path);
+    let mut approved_gone = 0;
+    let mut gone = BTreeSet::new();
+    store
+        .visit_uploads(&key, "", |rel, entry| {
+            if presence.is_gone(rel) {
+                approved_gone += u64::from(approved.contains(rel));
+                gone.insert(rel.to_string());
+                plan.delete.push(PlannedDelete {
+                    path: FileKey::new(&key, rel).path().display().to_string(),
+                    remote: entry.remote,
+                });
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|err| err.to_string())?;
+    let unapproved = plan.delete.len() as u64 - approved_gone;
+    plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
+        if approved_gone == 0 {
+            why
+        } else {
+            format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
+        }
+    });
+    if plan.deletions_held.is_some() {
+        gone.retain(|rel| approved.contains(rel.as_str()));
+    }
+    Ok(gone)
 }
 
 /// The files of the folder keyed `folder` whose deletion `upsync retry --deletes` approved
@@ -361,13 +409,17 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
 }
 
 /// The check of the file's remote name that a run makes before sending a byte (KiFS allows
-/// only some characters and lengths), which fails the file for good.
+/// only some characters and lengths; a Redivis upload needs a letter or digit in its
+/// name), which fails the file for good.
 fn name_the_remote_takes(folder: &FolderConfig, rel: &str) -> Result<(), String> {
     match &folder.target {
         Target::KifsDirectory { directory, .. } => {
             crate::upload::kifs::validate_name(&format!("{directory}/{rel}"))
         }
-        _ => Ok(()),
+        Target::RedivisTable(_) if names::escape(rel).is_empty() => {
+            Err(names::nameless_message(rel))
+        }
+        Target::RedivisTable(_) => Ok(()),
     }
 }
 
