@@ -14,7 +14,9 @@
 //! - `ls` lists the uploads; `forget` uploads a file again through the running daemon.
 //! - `sync --once --dry-run` shows new, changed, deleted and skipped files, sends no
 //!   request and leaves the state database byte-identical; a name KiFS refuses shows as
-//!   the failure the run then has; over a damaged database it names the state dir's
+//!   the failure the run then has, and so do Redivis names that collide (with an
+//!   uploaded file's, or another new file's) or have no letter or digit, while a name a
+//!   deletion of the run frees counts as free; over a damaged database it names the state dir's
 //!   database, not the temporary copy it opened; it refuses while another process holds
 //!   the state dir's lock, socket or not; after a change of the folder's directory it
 //!   lists every file as new, and `sync --once` sends them there.
@@ -502,13 +504,14 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
         "{plan}"
     );
     let skipped = names(&kin["skipped"], "why");
-    assert_eq!(skipped.len(), 2, "{plan}");
+    assert_eq!(skipped.len(), 1, "{plan}");
     assert!(
         skipped[0].0 == "draft.tmp" && skipped[0].1.contains("excluded"),
         "{plan}"
     );
-    assert!(
-        skipped[1].0 == "young.csv" && skipped[1].1.contains("not settled"),
+    assert_eq!(
+        names(&kin["upload_once_settled"], "why"),
+        vec![("young.csv".into(), "new".into())],
         "{plan}"
     );
     assert_eq!(kin["up_to_date"], 1, "{plan}");
@@ -523,6 +526,195 @@ fn a_dry_run_shows_the_plan_sends_nothing_and_leaves_the_database_byte_identical
     );
     assert!(stdout.contains("nothing was sent"), "{stdout}");
     assert_eq!(stats(&s), before);
+}
+
+/// A file still being written is one a run waits for and uploads once settled: the dry run
+/// lists it so, in JSON and text, and `sync --once` then uploads it.
+#[test]
+fn a_dry_run_lists_a_file_still_being_written_as_the_upload_the_run_makes_once_it_settled() {
+    let s = Setup::with_kifs_folder_extra("settle = \"5s\"");
+    let young = s.kin.join("young.csv");
+    std::fs::write(&young, "still being written\n").unwrap();
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kin = &plan["folders"][0];
+    assert_eq!(
+        kin["upload_once_settled"][0]["path"],
+        young.to_str().unwrap(),
+        "{plan}"
+    );
+    assert_eq!(kin["upload_once_settled"][0]["why"], "new", "{plan}");
+    assert_eq!(kin["upload_once_settled"][0]["size"], 20, "{plan}");
+    assert!(
+        kin["upload_once_settled"][0]["written_s_ago"]
+            .as_u64()
+            .unwrap()
+            < 5,
+        "{plan}"
+    );
+    assert_eq!(kin["skipped"], serde_json::json!([]), "{plan}");
+    assert_eq!(kin["upload"], serde_json::json!([]), "{plan}");
+    let (code, stdout, _) = upsync(&["sync", "--once", "--dry-run", "-c", config]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&format!(
+            "upload  new      {} (20 B) once settled",
+            young.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 to upload, 1 to upload once settled"),
+        "{stdout}"
+    );
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(s.kifs_holds(&young), "the run uploaded it once settled");
+}
+
+/// Names a Redivis table cannot hold apart: a file whose name escapes like the uploaded one
+/// the ledger records, two new files that escape alike, a name without letters or digits.
+/// The dry run lists each file the run fails as would fail, with the run's reason.
+#[test]
+fn a_dry_run_tells_redivis_name_collisions_as_the_failures_the_run_then_has() {
+    let s = Setup::new();
+    let write = |name: &str| {
+        std::fs::write(s.rin.join(name), format!("{name}\n")).unwrap();
+        backdate(&s.rin.join(name), 60);
+    };
+    write("a.b.csv");
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    for name in ["a_b.csv", "x-y.csv", "x.y.csv", "+++"] {
+        write(name);
+    }
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rin = &plan["folders"][1];
+    let path = |name: &str| s.rin.join(name).to_str().unwrap().to_string();
+    assert_eq!(rin["upload"][0]["path"], path("x-y.csv"), "{plan}");
+    assert_eq!(rin["upload"].as_array().unwrap().len(), 1, "{plan}");
+    let predicted: std::collections::BTreeMap<String, String> = rin["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| {
+            let why = file["why"].as_str().unwrap();
+            let reason = why
+                .strip_prefix("would fail: ")
+                .unwrap_or_else(|| panic!("{why}"));
+            let reason = reason.trim_end_matches(
+                " (unless the table is a file index table, whose files keep their own names)",
+            );
+            (
+                file["path"].as_str().unwrap().to_string(),
+                reason.to_string(),
+            )
+        })
+        .collect();
+    let collision = |ours: &str, theirs: &str, escaped: &str| {
+        format!(
+            "name collision: {ours:?} and {theirs:?} both map to the Redivis upload name \
+             {escaped:?} in table {TABLE}; rename one of the files (only the first one is uploaded)"
+        )
+    };
+    assert_eq!(
+        predicted,
+        [
+            (
+                path("+++"),
+                "\"+++\" has no letters or digits, so Redivis cannot name an upload after it"
+                    .to_string()
+            ),
+            (path("a_b.csv"), collision("a_b.csv", "a.b.csv", "a_b_csv")),
+            (path("x.y.csv"), collision("x.y.csv", "x-y.csv", "x_y_csv")),
+        ]
+        .into_iter()
+        .collect(),
+        "{plan}"
+    );
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 1, "{text}");
+    let status = status_json(&s.config);
+    let failed: std::collections::BTreeMap<String, String> = status["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| {
+            (
+                file["path"].as_str().unwrap().to_string(),
+                file["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for name in ["+++", "a_b.csv"] {
+        assert_eq!(
+            failed.get(&path(name)),
+            predicted.get(&path(name)),
+            "{status}"
+        );
+    }
+    // Of the two new files, the run fails the one it reached second, which only its scan
+    // order decides: the reason names the other.
+    let pair: Vec<&String> = failed
+        .keys()
+        .filter(|failed| **failed == path("x-y.csv") || **failed == path("x.y.csv"))
+        .collect();
+    assert_eq!(pair.len(), 1, "{status}");
+    let expected = if *pair[0] == path("x.y.csv") {
+        collision("x.y.csv", "x-y.csv", "x_y_csv")
+    } else {
+        collision("x-y.csv", "x.y.csv", "x_y_csv")
+    };
+    assert_eq!(failed[pair[0]], expected, "{status}");
+    assert_eq!(failed.len(), 3, "{status}");
+}
+
+/// A file whose name escapes like an uploaded file that is gone, in a folder that deletes
+/// the copies of gone files: the run deletes that upload, which frees the name, and uploads
+/// the file; the dry run lists it as an upload, not as a collision.
+#[test]
+fn a_dry_run_counts_a_redivis_name_freed_by_a_deletion_of_the_run_as_free() {
+    let s = Setup::new();
+    ConfigBuilder::new()
+        .top("shutdown_timeout = \"5s\"")
+        .redivis_with_token(&s.emulator.redivis_url(), TOKEN)
+        .folder(FolderBuilder::redivis("rin", TABLE).with("on_delete = \"delete\""))
+        .write(&s.config);
+    std::fs::write(s.rin.join("a.b.csv"), "first\n").unwrap();
+    backdate(&s.rin.join("a.b.csv"), 60);
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    std::fs::remove_file(s.rin.join("a.b.csv")).unwrap();
+    std::fs::write(s.rin.join("a_b.csv"), "second\n").unwrap();
+    backdate(&s.rin.join("a_b.csv"), 60);
+
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["sync", "--once", "--dry-run", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rin = &plan["folders"][0];
+    assert_eq!(
+        rin["upload"][0]["path"],
+        s.rin.join("a_b.csv").to_str().unwrap(),
+        "{plan}"
+    );
+    assert_eq!(
+        rin["delete"][0]["path"],
+        s.rin.join("a.b.csv").to_str().unwrap(),
+        "{plan}"
+    );
+    assert_eq!(rin["skipped"], serde_json::json!([]), "{plan}");
+
+    let (code, text) = s.sync_once();
+    assert_eq!(code, 0, "{text}");
+    assert!(s.redivis_holds(&s.rin.join("a_b.csv")), "{text}");
 }
 
 /// A folder given another directory since its uploads: the dry run lists its files as new

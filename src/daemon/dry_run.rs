@@ -14,9 +14,10 @@
 //!    looking its version up in the ledger (read as empty for a folder given another
 //!    target since its uploads: a run drops it, `retarget`): excluded by the folder's
 //!    globs, failed earlier
-//!    (that version, until `upsync retry`), already uploaded, not settled (written within
-//!    `settle`), would fail (a name KiFS refuses, which a run checks before sending), or to
-//!    upload: new or changed.
+//!    (that version, until `upsync retry`), already uploaded, would fail (a name the
+//!    remote refuses, which a run checks before sending), or to upload: new or changed,
+//!    now or once settled (written within `settle`: a run waits for it, as
+//!    `sync --once` waits for such files).
 //! 4. In a folder with `on_delete = "delete"` (and its target unchanged) whose ledger
 //!    holds more uploads than step 3
 //!    found files for, walk its ledger a chunk at a time: each uploaded file with nothing
@@ -25,6 +26,13 @@
 //!    of the folder) would be held by the mass-delete guard, which the plan says. As the
 //!    guard does, it leaves out of that count the deletions `upsync retry --deletes`
 //!    approved: they run whatever the count.
+//! 5. In a Redivis table, where an upload is named by its file's relative path under
+//!    Redivis' escaping (`upload::redivis::names`), the run fails a file whose name
+//!    another file holds: the one the ledger records (unless step 4's deletion of its
+//!    copy runs and frees the name), else the first the walk reached of the files it
+//!    uploads. Each such file moves from the uploads to would fail, with the run's reason
+//!    (module [`collisions`]). Only Redivis can tell a file index table, where files keep
+//!    their own names and do not collide, so the reason says that.
 //!
 //! Neither the folder's files nor its ledger are held in memory: the plan holds what it
 //! lists (uploads, deletions, skipped files) and counts the files already up to date.
@@ -36,11 +44,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+mod collisions;
+
 use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
+use crate::upload::redivis::names;
 use crate::watch::{self, filter::Filter};
 
 /// What a one-shot run would do.
@@ -54,6 +65,10 @@ pub struct FolderPlan {
     pub folder: String,
     pub target: String,
     pub upload: Vec<PlannedUpload>,
+    /// Files still being written (younger than `settle`), which a run waits for and uploads
+    /// once settled.
+    #[serde(default)]
+    pub upload_once_settled: Vec<SettlingUpload>,
     pub delete: Vec<PlannedDelete>,
     /// Why the deletions would be held by the mass-delete guard, when they would.
     pub deletions_held: Option<String>,
@@ -68,6 +83,16 @@ pub struct PlannedUpload {
     pub size: u64,
     /// `new` (never uploaded) or `changed` (another version was).
     pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlingUpload {
+    pub path: String,
+    pub size: u64,
+    /// `new` or `changed`, as for an upload.
+    pub why: String,
+    /// How long ago the file was last written, in whole seconds.
+    pub written_s_ago: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +251,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
         super::retarget::moved_since_upload(store, folder).map_err(|err| err.to_string())?;
     // Files found with an upload in the ledger: when that is all of its uploads, none is gone.
     let mut found_uploaded = 0;
+    let mut names = collisions::Names::of(folder);
     for (rel, meta) in files_of(folder) {
         let file = FileKey::new(&key, &rel);
         let path = file.path().display().to_string();
@@ -254,15 +280,6 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             .is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint))
         {
             plan.up_to_date += 1;
-        } else if let Some(age) = younger_than(&meta, folder.settle) {
-            plan.skipped.push(Skipped {
-                path,
-                why: format!(
-                    "not settled: written {}s ago, settle is {}",
-                    age.as_secs(),
-                    humantime::format_duration(folder.settle)
-                ),
-            });
         } else if let Err(why) = name_the_remote_takes(folder, &rel) {
             plan.skipped.push(Skipped {
                 path,
@@ -270,48 +287,93 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
             });
         } else {
             let why = if recorded.is_some() { "changed" } else { "new" };
-            plan.upload.push(PlannedUpload {
+            if let Some(names) = &mut names {
+                names.want(&rel);
+            }
+            match younger_than(&meta, folder.settle) {
+                Some(age) => plan.upload_once_settled.push(SettlingUpload {
+                    path,
+                    size: meta.len(),
+                    why: why.into(),
+                    written_s_ago: age.as_secs(),
+                }),
+                None => plan.upload.push(PlannedUpload {
+                    path,
+                    size: meta.len(),
+                    why: why.into(),
+                }),
+            }
+        }
+    }
+    let mut freed = BTreeSet::new();
+    if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() && !retargeted {
+        freed = plan_deletions(folder, store, found_uploaded, &approved, &mut plan)?;
+    }
+    if let Some(names) = names {
+        let ledger = if retargeted { None } else { Some(store) };
+        for (rel, reason) in names.collisions(ledger, &key, &freed)? {
+            let path = FileKey::new(&key, &rel).path().display().to_string();
+            plan.upload.retain(|upload| upload.path != path);
+            plan.upload_once_settled
+                .retain(|upload| upload.path != path);
+            plan.skipped.push(Skipped {
                 path,
-                size: meta.len(),
-                why: why.into(),
+                why: format!("would fail: {reason}"),
             });
         }
     }
-    if folder.deletes.on_delete == OnDelete::Delete && folder.path.is_dir() && !retargeted {
-        let mut uploads = 0;
-        store
-            .visit_files(&key, "", FilePick::Uploaded, |_| {
-                uploads += 1;
-                ControlFlow::Continue(())
-            })
-            .map_err(|err| err.to_string())?;
-        if uploads == found_uploaded {
-            return Ok(plan);
-        }
-        let mut presence = watch::Presence::new(&folder.path);
-        let mut approved_gone = 0;
-        store
-            .visit_uploads(&key, "", |rel, entry| {
-                if presence.is_gone(rel) {
-                    approved_gone += u64::from(approved.contains(rel));
-                    plan.delete.push(PlannedDelete {
-                        path: FileKey::new(&key, rel).path().display().to_string(),
-                        remote: entry.remote,
-                    });
-                }
-                ControlFlow::Continue(())
-            })
-            .map_err(|err| err.to_string())?;
-        let unapproved = plan.delete.len() as u64 - approved_gone;
-        plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
-            if approved_gone == 0 {
-                why
-            } else {
-                format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
-            }
-        });
-    }
     Ok(plan)
+}
+
+/// Step 4: the deletions of the folder's uploaded files that are gone, and whether the
+/// mass-delete guard would hold them; returns the relative paths whose copies the run
+/// deletes (none when the guard holds them).
+fn plan_deletions(
+    folder: &FolderConfig,
+    store: &Store,
+    found_uploaded: u64,
+    approved: &BTreeSet<&str>,
+    plan: &mut FolderPlan,
+) -> Result<BTreeSet<String>, String> {
+    let key = plan.folder.clone();
+    let mut uploads = 0;
+    store
+        .visit_files(&key, "", FilePick::Uploaded, |_| {
+            uploads += 1;
+            ControlFlow::Continue(())
+        })
+        .map_err(|err| err.to_string())?;
+    if uploads == found_uploaded {
+        return Ok(BTreeSet::new());
+    }
+    let mut presence = watch::Presence::new(&folder.path);
+    let mut approved_gone = 0;
+    let mut gone = BTreeSet::new();
+    store
+        .visit_uploads(&key, "", |rel, entry| {
+            if presence.is_gone(rel) {
+                approved_gone += u64::from(approved.contains(rel));
+                gone.insert(rel.to_string());
+                plan.delete.push(PlannedDelete {
+                    path: FileKey::new(&key, rel).path().display().to_string(),
+                    remote: entry.remote,
+                });
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|err| err.to_string())?;
+    let unapproved = plan.delete.len() as u64 - approved_gone;
+    plan.deletions_held = guard_would_hold(folder, unapproved, uploads).map(|why| {
+        if approved_gone == 0 {
+            why
+        } else {
+            format!("{why}; the {approved_gone} approved by `upsync retry --deletes` run")
+        }
+    });
+    if plan.deletions_held.is_some() {
+        gone.retain(|rel| approved.contains(rel.as_str()));
+    }
+    Ok(gone)
 }
 
 /// The files of the folder keyed `folder` whose deletion `upsync retry --deletes` approved
@@ -347,13 +409,17 @@ fn files_of(folder: &FolderConfig) -> impl Iterator<Item = (String, std::fs::Met
 }
 
 /// The check of the file's remote name that a run makes before sending a byte (KiFS allows
-/// only some characters and lengths), which fails the file for good.
+/// only some characters and lengths; a Redivis upload needs a letter or digit in its
+/// name), which fails the file for good.
 fn name_the_remote_takes(folder: &FolderConfig, rel: &str) -> Result<(), String> {
     match &folder.target {
         Target::KifsDirectory { directory, .. } => {
             crate::upload::kifs::validate_name(&format!("{directory}/{rel}"))
         }
-        _ => Ok(()),
+        Target::RedivisTable(_) if names::escape(rel).is_empty() => {
+            Err(names::nameless_message(rel))
+        }
+        Target::RedivisTable(_) => Ok(()),
     }
 }
 
@@ -400,6 +466,16 @@ pub fn render(plan: &Plan) -> String {
                 bytesize::ByteSize(file.size)
             );
         }
+        for file in &folder.upload_once_settled {
+            let _ = writeln!(
+                out,
+                "  upload  {:<8} {} ({}) once settled (written {}s ago)",
+                file.why,
+                file.path,
+                bytesize::ByteSize(file.size),
+                file.written_s_ago
+            );
+        }
         for file in &folder.delete {
             let _ = writeln!(out, "  delete  {} (remote {})", file.path, file.remote);
         }
@@ -414,8 +490,9 @@ pub fn render(plan: &Plan) -> String {
         }
         let _ = writeln!(
             out,
-            "  {} to upload, {} to delete, {} skipped, {} up to date",
+            "  {} to upload, {} to upload once settled, {} to delete, {} skipped, {} up to date",
             folder.upload.len(),
+            folder.upload_once_settled.len(),
             folder.delete.len(),
             folder.skipped.len(),
             folder.up_to_date

@@ -19,17 +19,23 @@
 //! files walked the same line at once, and the later transaction found the jobs both had
 //! read already claimed (in a run of 10,000 small files, 14,003 candidates were decoded
 //! and checked for 9,984 jobs claimed). A remote that comes back makes every retry-wait
-//! job of its folders due at once ([`Store::release_waiting`]).
+//! job of its folders due at once ([`Store::release_waiting`]), a chunk of the folder's
+//! `due` group at a time, reading only the entries due later than now.
 
+use std::ops::Bound;
 use std::sync::PoisonError;
 use std::time::SystemTime;
 
-use super::keys::{self, DueEntry, FolderTag, decode_due_key, next_tag};
+use super::keys::{self, DueEntry, FolderTag, decode_due_key, due_key, next_tag};
 use super::line::{Walk, Walked};
 use super::marks::{self, Mark};
 use super::{
     Job, JobId, JobState, ReadJob, Store, StoreError, Tx, TxResult, folder_tag, from_ms, to_ms,
 };
+
+/// How many `due` entries [`Store::release_waiting`] reads at a time, and so the most jobs
+/// one of its transactions wakes.
+pub(super) const RELEASE_CHUNK: usize = 256;
 
 /// Where a claimable job waits: its entry in the `due` index (the raw key and its parts),
 /// or its place in line.
@@ -360,46 +366,92 @@ impl Store {
     /// Makes every retry-wait job of `folders` due now (their remote is back); returns how
     /// many are due now, counting those whose own time passed while the remote was down:
     /// they were held back as well. Not flushed: after a crash the jobs just wait for their
-    /// own time.
+    /// own time. Per folder:
+    /// 1. Read the next [`RELEASE_CHUNK`] entries of its `due` group after now (the ones at
+    ///    or before now are due already: the folder's queued jobs, a million of them in a
+    ///    large backlog, are never read), keeping those of retry-wait jobs, which the
+    ///    `attention` tree names, without decoding a job or opening a transaction.
+    /// 2. Wake them in one transaction, which reads each job again (a worker or an offer
+    ///    may have changed it since step 1).
+    /// 3. Go on after the last entry read until the group ends: a woken job's entry moves
+    ///    to now, behind the walk, so it is not read twice.
+    /// 4. Count the folder's retry-wait jobs, all due now, from its tally.
     pub fn release_waiting(&self, folders: &[String], now: SystemTime) -> Result<u64, StoreError> {
         let now = to_ms(now);
         let mut released = 0;
         for folder in folders {
-            let entries: Vec<DueEntry> = self
-                .handles()
-                .trees
-                .due
-                .scan_prefix(folder_tag(folder))
-                .keys()
-                .filter_map(|raw| raw.ok().and_then(|raw| decode_due_key(&raw)))
-                .collect();
-            for due in entries {
-                released += u64::from(self.make_due(due.id, now)?);
+            let tag = folder_tag(folder);
+            let mut after = Bound::Excluded(due_key(tag, now, JobId(u64::MAX)).to_vec());
+            loop {
+                let (waiting, last) = self.waiting_after(tag, after)?;
+                self.wake(&waiting, now)?;
+                match last {
+                    Some(last) => after = Bound::Excluded(last.to_vec()),
+                    None => break,
+                }
             }
+            released += self.tally(folder)?.counts.retry_wait;
         }
         Ok(released)
     }
 
-    /// Moves one retry-wait job's next attempt to `now` if it is later; false when the job
-    /// is not waiting for a retry.
-    fn make_due(&self, id: super::JobId, now: u64) -> Result<bool, StoreError> {
-        self.transact(|tx| {
-            let Some(job) = tx.job(id)? else {
-                return Ok(false);
-            };
-            let JobState::RetryWait { next_attempt_at_ms } = job.state else {
-                return Ok(false);
-            };
-            if next_attempt_at_ms > now {
-                let due = Job {
-                    state: JobState::RetryWait {
-                        next_attempt_at_ms: now,
-                    },
-                    ..job.clone()
-                };
-                tx.put_job(Some(&job), &due)?;
+    /// Step 1: the retry-wait jobs among the next [`RELEASE_CHUNK`] entries of the folder's
+    /// `due` group after `after`, and the last entry read when there may be more.
+    fn waiting_after(
+        &self,
+        tag: FolderTag,
+        after: Bound<Vec<u8>>,
+    ) -> Result<(Vec<JobId>, Option<sled::IVec>), StoreError> {
+        let handles = self.handles();
+        let trees = &handles.trees;
+        let end = Bound::Included(due_key(tag, u64::MAX, JobId(u64::MAX)).to_vec());
+        let mut waiting = Vec::new();
+        let mut read = 0;
+        let mut last = None;
+        for entry in trees.due.range::<Vec<u8>, _>((after, end)).keys() {
+            let raw = entry.map_err(|err| self.db_error(err))?;
+            if let Some(due) = decode_due_key(&raw)
+                && trees
+                    .attention
+                    .contains_key(keys::job_key(due.id))
+                    .map_err(|err| self.db_error(err))?
+            {
+                waiting.push(due.id);
             }
-            Ok(true)
+            read += 1;
+            if read == RELEASE_CHUNK {
+                last = Some(raw);
+                break;
+            }
+        }
+        Ok((waiting, last))
+    }
+
+    /// Step 2: moves the next attempt of each of these jobs still waiting to retry to
+    /// `now`, if it is later, in one transaction.
+    fn wake(&self, ids: &[JobId], now: u64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.transact(|tx| {
+            for id in ids {
+                let Some(job) = tx.job(*id)? else {
+                    continue;
+                };
+                let JobState::RetryWait { next_attempt_at_ms } = job.state else {
+                    continue;
+                };
+                if next_attempt_at_ms > now {
+                    let due = Job {
+                        state: JobState::RetryWait {
+                            next_attempt_at_ms: now,
+                        },
+                        ..job.clone()
+                    };
+                    tx.put_job(Some(&job), &due)?;
+                }
+            }
+            Ok(())
         })
     }
 

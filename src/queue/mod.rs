@@ -398,6 +398,10 @@ struct Inner {
     /// target is committed before the record changes, so the ledger drop that follows the
     /// change sees it, and every completion after the change compares with the new one.
     target_change: RwLock<()>,
+    /// Transactions run, retries by sled not counted: what the tests read to see that a
+    /// walk changes many jobs in few transactions.
+    #[cfg(test)]
+    transactions: AtomicU64,
     _lock: StateLock,
 }
 
@@ -1158,6 +1162,8 @@ impl Store {
                 frozen: Mutex::new(None),
                 unstamped: stamp::Unstamped::default(),
                 target_change: RwLock::new(()),
+                #[cfg(test)]
+                transactions: AtomicU64::new(0),
                 _lock: lock,
             }),
         };
@@ -1300,6 +1306,8 @@ impl Store {
     ) -> Result<A, StoreError> {
         self.unmark_closed()?;
         self.load_pointers()?;
+        #[cfg(test)]
+        self.inner.transactions.fetch_add(1, Ordering::Relaxed);
         let noted = RefCell::new(Noted::default());
         let handles = self.handles();
         let t = &handles.trees;

@@ -3045,6 +3045,7 @@ mod deletions;
 mod files;
 mod marks;
 mod pointers;
+mod release;
 mod stamp;
 mod summary;
 

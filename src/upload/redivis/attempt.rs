@@ -231,10 +231,7 @@ impl RedivisBackend {
         if escaped.is_empty() {
             return Err(UploadError::permanent(
                 ErrorKind::Rejected,
-                format!(
-                    "{:?} has no letters or digits, so Redivis cannot name an upload after it",
-                    job.rel
-                ),
+                names::nameless_message(&job.rel),
             ));
         }
         Ok(escaped)

@@ -141,6 +141,11 @@ pub fn collision_message(ours: &str, theirs: &str, escaped: &str, table: &str) -
     )
 }
 
+/// The error text for a name that escapes to nothing, after which no upload can be named.
+pub fn nameless_message(name: &str) -> String {
+    format!("{name:?} has no letters or digits, so Redivis cannot name an upload after it")
+}
+
 /// How long a table's name snapshot serves lookups.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexConfig {
