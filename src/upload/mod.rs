@@ -368,11 +368,12 @@ impl Backend {
     /// Gives up on the remote the upload saved for job `id`, whose file is gone (the job is
     /// dropped, or a deletion replaced it): KiFS cancels its multipart upload, best effort;
     /// a Redivis session has no cancel and expires on its own
-    /// (`docs/protocols/redivis.md`). Nothing during a shutdown.
-    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+    /// (`docs/protocols/redivis.md`). Nothing during a shutdown: false when a stop kept
+    /// the saved upload for the next start (the job must then stay as it is).
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) -> bool {
         match self {
             Backend::Kifs(backend) => backend.abandon_saved_upload(store, id, scope).await,
-            Backend::Redivis(_) => {}
+            Backend::Redivis(_) => true,
         }
     }
 

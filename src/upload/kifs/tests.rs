@@ -684,6 +684,50 @@ async fn a_shutdown_mid_upload_cancels_nothing_and_keeps_the_upload_to_resume() 
     running.shutdown.cancel();
 }
 
+/// A stop while the cancel of a vanished file's upload waits for its answer: the attempt
+/// ends as interrupted and keeps the upload (the cancel may not have reached the server),
+/// so the next start finds the file gone and gives the upload up then.
+#[tokio::test]
+async fn a_stop_that_cuts_a_cancel_short_keeps_the_upload_for_the_next_start() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup_with(root, KifsEncoding::Binary, |options| {
+        options.kifs.kifs_answer_delays = vec![
+            "upload_part=400".parse().expect("a hook"),
+            "cancel=5000".parse().expect("a hook"),
+        ];
+    })
+    .await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 227) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    let (id, path, scope) = (job.id, job.path.clone(), job.scope.clone());
+    let stop_once_cancelling = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while multipart_count(&running, "cancel").await < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "no cancel arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        scope.stop.cancel();
+        scope.checkpoint.cancel();
+    };
+
+    let (outcome, uuid, ()) = tokio::join!(
+        backend.upload(&mut job),
+        after_first_part(&running, &store, id, || std::fs::remove_file(&path)
+            .expect("the file is deleted")),
+        stop_once_cancelling
+    );
+
+    assert!(matches!(outcome, Err(UploadError::Shutdown)), "{outcome:?}");
+    let saved = job
+        .load_progress::<MultipartState>()
+        .expect("loads")
+        .expect("the progress is kept");
+    assert_eq!(saved.uuid, uuid);
+    running.shutdown.cancel();
+}
+
 /// Once the server holds part 1 of the upload `job` saved under a UUID other than
 /// `after`, sends that upload's part 2 itself, so that the upload's own part 2 arrives out
 /// of order and is refused for good. Returns the UUID.
