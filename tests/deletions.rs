@@ -1,7 +1,7 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
-//! continued (its file deleted, before or during a stop, or no longer selected after a
-//! reload): the real daemon, real files, the emulator over HTTP on 127.0.0.1,
+//! continued (its file deleted, replaced by a version small enough to go whole, deleted
+//! during a stop, or no longer selected after a reload): the real daemon, real files, the emulator over HTTP on 127.0.0.1,
 //! restarts and kill -9. Checked through the remote's own listings and request counters and through
 //! `upsync status --json`.
 
@@ -518,6 +518,23 @@ fn kifs_deleting_a_file_whose_multipart_upload_waits_to_retry_cancels_that_uploa
 #[test]
 fn kifs_a_folder_keeping_copies_also_cancels_the_waiting_multipart_upload_of_a_deleted_file() {
     a_deleted_file_has_its_waiting_multipart_upload_cancelled("keep");
+}
+
+/// A new version small enough to go whole replaces a version whose multipart upload waits
+/// for its retry: no later `init` of that target cancels the upload on the server, so the
+/// whole-file upload does.
+#[test]
+fn kifs_a_small_new_version_of_a_file_whose_multipart_upload_waits_to_retry_cancels_that_upload() {
+    let (s, mut daemon) = waiting_multipart_upload("", "600");
+
+    s.write("big.bin", 3);
+    let small = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 /// A reload that excludes a file whose newer version's upload waits for a retry: its job

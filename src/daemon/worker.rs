@@ -406,6 +406,7 @@ impl Worker {
         )
         .with_redivis(folder.redivis.clone());
         upload.unconfirmed_since_ms = job.unconfirmed_attempt_ms;
+        upload.saved_progress = resumed;
         Preparation::Ready(Prepared {
             upload,
             backend,

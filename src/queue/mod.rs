@@ -123,14 +123,18 @@
 //!    the job out of line in the same transaction that makes the job active, so no job is
 //!    claimed twice. A job stored in line that its folder's claim mark covers is active,
 //!    not in line (module `marks`): every read of a job goes through the mark.
-//! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
-//!    only for existing jobs, and are removed when the job completes, fails, is dropped,
-//!    starts importing, or takes a new fingerprint (a session for old bytes must never be
-//!    resumed for new ones). A retry-wait keeps them: the pause resumes the same session.
-//!    One exception: a waiting upload that becomes a deletion keeps its progress, which no
-//!    deletion resumes; the deleter gives that upload up on the remote (a KiFS multipart
-//!    upload is cancelled), and the progress goes when the deletion ends or turns back
-//!    into an upload.
+//! 3. **Progress belongs to a live job.** `progress` entries exist only for existing jobs,
+//!    and are removed when the job completes, fails, is dropped, starts importing, or is
+//!    queued again for a change found during its attempt (whose backend gave up the upload
+//!    on the remote first). A retry-wait keeps them: the pause resumes the same session.
+//!    A waiting job that takes a new fingerprint (an offer, or an attempt that ends for a
+//!    transient reason after one) keeps them too, so that its next attempt gives up on the
+//!    remote the upload of the old bytes: a backend never resumes a saved upload of
+//!    another version (each compares the fingerprint it saved), and a KiFS multipart
+//!    upload is cancelled even when the new version goes whole. Likewise a waiting upload
+//!    that becomes a deletion keeps its progress, which no deletion resumes; the deleter
+//!    gives that upload up on the remote, and the progress goes when the deletion ends or
+//!    turns back into an upload.
 //!    Progress is written only for what the remote acknowledged (the caller's duty), and
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
@@ -1030,8 +1034,9 @@ impl Tx<'_> {
                         updated_at_ms: now,
                         ..job.clone()
                     },
+                    // Progress saved for the old version stays for the next attempt to
+                    // give up on the remote (invariant 3).
                     JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
-                        self.clear_progress(job.id)?;
                         Job {
                             fingerprint: *fingerprint,
                             ..queued_afresh(&job, now)
@@ -1606,7 +1611,8 @@ impl Store {
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             if tx.content_moved(&job) {
-                tx.clear_progress(id)?;
+                // The progress of the version sent stays for the next attempt to give up
+                // on the remote (invariant 3).
                 return tx.put_job(Some(&job), &queued_afresh(&job, now));
             }
             let waiting = Job {

@@ -295,9 +295,9 @@ fn a_new_version_replaces_the_queued_one_instead_of_adding_a_job() {
     assert_eq!(jobs[0].fingerprint, fp(2));
     assert_eq!(jobs[0].state, JobState::Queued);
     assert_eq!(
-        store.load_progress(id).expect("progress reads"),
-        None,
-        "a session for the old bytes must not be resumed for the new ones"
+        store.load_progress(id).expect("progress reads").as_deref(),
+        Some(&b"session for version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     assert_invariants(&store);
 }
@@ -928,9 +928,12 @@ fn offers_made_together_in_one_batch_coalesce_and_skip_uploaded_versions_like_si
         "a new version takes the job"
     );
     assert_eq!(
-        store.load_progress(queued).expect("progress reads"),
-        None,
-        "a session for the old bytes must not be resumed for the new ones"
+        store
+            .load_progress(queued)
+            .expect("progress reads")
+            .as_deref(),
+        Some(&b"session for version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     let new = queued_id(offers[5].clone());
     assert_eq!(
@@ -1297,7 +1300,11 @@ fn a_new_version_of_a_waiting_file_is_due_now_with_fresh_attempts() {
     let job = job(&store, id);
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.attempts, 0);
-    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"old session"[..]),
+        "kept for the next attempt to give it up on the remote"
+    );
     assert!(store.claim(SystemTime::now()).expect("claims").is_some());
     assert_invariants(&store);
 }
@@ -1985,7 +1992,8 @@ fn attempt_overtaken_by_a_new_version(store: &Store) -> JobId {
 }
 
 #[test]
-fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
+fn a_retry_after_the_file_changed_starts_the_new_version_afresh_keeping_the_old_upload_to_give_up()
+{
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let id = attempt_overtaken_by_a_new_version(&store);
@@ -1997,9 +2005,9 @@ fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
     assert_eq!(job.fingerprint, fp(2));
     assert_eq!(job.attempts, 0);
     assert_eq!(
-        store.load_progress(id).expect("reads"),
-        None,
-        "a session holding old bytes must not be resumed with new ones"
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     assert_invariants(&store);
 }

@@ -155,6 +155,9 @@ pub struct UploadJob {
     /// An earlier attempt at this content, started then (ms), ended without its outcome
     /// recorded: its bytes may already be on the remote.
     pub unconfirmed_since_ms: Option<u64>,
+    /// An earlier attempt saved resume state for this job (seen when it was claimed). It
+    /// may be of an older version: a new version keeps it for the backend to give up.
+    pub saved_progress: bool,
     store: Store,
 }
 
@@ -188,6 +191,7 @@ impl UploadJob {
             scope,
             redivis: RedivisFolder::default(),
             unconfirmed_since_ms: None,
+            saved_progress: false,
             store,
         }
     }

@@ -30,6 +30,9 @@
 //!    good, the refused upload before the new one) is cancelled on the server and
 //!    forgotten, except during a shutdown, which keeps it to resume (an attempt that a
 //!    stop ends so ends as interrupted, whatever else it found: the next start decides).
+//!    A file that goes whole while its job holds saved progress (a multipart upload of an
+//!    older, larger version, which no `init` of the target follows to cancel on the
+//!    server) gives it up the same way before step 2 (`abandon_older_multipart`).
 //!
 //! The local file's fingerprint is checked before and after every request that sends its
 //! bytes (steps 4 and 5); a change restarts the upload with the new content.
@@ -182,6 +185,7 @@ impl KifsBackend {
         reader: &Arc<FileReader>,
         target: &str,
     ) -> Result<(), UploadError> {
+        self.abandon_older_multipart(job).await?;
         let unconfirmed = [(0, target, &*job)];
         if self
             .landed_before(&unconfirmed, &job.scope)

@@ -21,7 +21,8 @@
 //! 6. [`Multipart::reconcile_finalized`]: the `complete` of an earlier attempt went
 //!    through; forget the saved state, send nothing → done.
 //! 7. [`KifsBackend::abandon_saved`], for an upload that will not be continued (the file
-//!    vanished, changed or is unreadable, a step refused for good): cancel the saved UUID (best effort) and forget the saved state, except
+//!    vanished, changed or is unreadable, a step refused for good, a new version that goes
+//!    whole): cancel the saved UUID (best effort) and forget the saved state, except
 //!    during a shutdown, which keeps both (a stop that cuts the cancel short too).
 //!
 //! `init`, `upload_part` and `complete` are sent exactly once each: an ambiguous failure
@@ -139,6 +140,17 @@ impl KifsBackend {
     pub(super) async fn abandon_saved(&self, job: &UploadJob) -> bool {
         self.abandon_saved_upload(&job.store, job.id, &job.scope)
             .await
+    }
+
+    /// [`KifsBackend::abandon_saved`] for a job that goes as a whole file: any multipart
+    /// upload it saved is of an older, larger version, and no `init` of its target follows
+    /// to cancel it on the server. Nothing to read for a job claimed without progress. A
+    /// stop that keeps the upload ends the attempt: recording this one would forget it.
+    pub(super) async fn abandon_older_multipart(&self, job: &UploadJob) -> Result<(), UploadError> {
+        if job.saved_progress && !self.abandon_saved(job).await {
+            return Err(UploadError::Shutdown);
+        }
+        Ok(())
     }
 
     /// [`KifsBackend::abandon_saved`] for job `id` of `store`, which need not be an upload
