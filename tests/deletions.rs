@@ -1,7 +1,8 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
 //! continued (its file deleted, replaced by a version small enough to go whole, deleted
-//! during a stop, or no longer selected after a reload): the real daemon, real files, the emulator over HTTP on 127.0.0.1,
+//! during a stop, no longer selected after a reload, or its folder gone with the deletion
+//! that kept it): the real daemon, real files, the emulator over HTTP on 127.0.0.1,
 //! restarts and kill -9. Checked through the remote's own listings and request counters and through
 //! `upsync status --json`.
 
@@ -534,6 +535,25 @@ fn kifs_a_small_new_version_of_a_file_whose_multipart_upload_waits_to_retry_canc
     });
     s.wait_settled(&daemon, 1);
     assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file whose newer version's upload waits for a retry is deleted, its deletion held by
+/// the mass-delete guard, and then its whole folder goes (unmounted): the held deletion is
+/// dropped with the folder, and the waiting upload with it is cancelled, not left behind.
+#[test]
+fn kifs_a_folder_gone_as_a_whole_cancels_the_waiting_upload_its_dropped_deletion_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("on_delete = \"delete\"\nmax_delete = 0", "600");
+    std::fs::remove_file(s.folder().join("big.bin")).unwrap();
+    daemon.wait_until(WAIT, "the deletion held by the guard", || {
+        s.folder_status("failed") == 1
+    });
+
+    std::fs::remove_dir_all(s.folder()).unwrap();
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(s.kifs_deletes(), 0, "an unmounted folder deletes nothing");
+    assert!(s.on_kifs("big.bin"));
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -142,6 +142,22 @@ impl Tx<'_> {
         Ok(true)
     }
 
+    /// The deletion `job` is dropped. Without saved progress it simply goes. With it, it
+    /// turns back into the upload that saved it, due now: the worker that claims it finds
+    /// the file gone and gives that upload up on the remote (a KiFS multipart upload is
+    /// cancelled) before dropping the job, as for any waiting upload whose file is gone.
+    fn drop_deletion(&self, job: &Job, now: u64) -> TxResult<()> {
+        if !self.has_progress(job.id)? {
+            return self.remove_job(job);
+        }
+        let upload = Job {
+            kind: JobKind::Upload,
+            approved: false,
+            ..queued_afresh(job, now)
+        };
+        self.put_job(Some(job), &upload)
+    }
+
     /// Step 4: the file of a deletion is there again, with `fingerprint` (`uploaded` when
     /// that is the version the ledger holds).
     pub(super) fn cancel_deletion(
@@ -267,7 +283,9 @@ impl Store {
 
     /// The folder is gone as a whole (unmounted): its deletions the operator did not
     /// approve are dropped, held ones included, and derived again by the scan once the
-    /// folder is back. Returns how many.
+    /// folder is back. One that kept the saved upload of a newer version (invariant 3)
+    /// turns back into that upload instead, for a worker to give it up on the remote
+    /// (`Tx::drop_deletion`). Returns how many.
     pub fn drop_pending_deletions(&self, folder: &str) -> Result<usize, StoreError> {
         let unapproved = |job: &Job| is_pending(job) || is_held(job);
         let mut dropped = 0;
@@ -275,8 +293,9 @@ impl Store {
             if !unapproved(&job) {
                 continue;
             }
+            let now = now_ms();
             dropped += usize::from(self.transact(|tx| match tx.job(job.id)? {
-                Some(job) if unapproved(&job) => tx.remove_job(&job).map(|()| true),
+                Some(job) if unapproved(&job) => tx.drop_deletion(&job, now).map(|()| true),
                 _ => Ok(false),
             })?);
         }

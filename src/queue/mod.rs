@@ -134,7 +134,9 @@
 //!    upload is cancelled even when the new version goes whole. Likewise a waiting upload
 //!    that becomes a deletion keeps its progress, which no deletion resumes; the deleter
 //!    gives that upload up on the remote, and the progress goes when the deletion ends or
-//!    turns back into an upload.
+//!    turns back into an upload. A deletion dropped with its folder
+//!    (`drop_pending_deletions`) that kept progress turns back into that upload, due now,
+//!    for a worker to find its file gone and give the upload up.
 //!    Progress is written only for what the remote acknowledged (the caller's duty), and
 //!    flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
@@ -963,12 +965,17 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Whether the job saved resume state (an upload the remote may still hold).
+    fn has_progress(&self, id: JobId) -> TxResult<bool> {
+        Ok(self.progress.get(job_key(id))?.is_some())
+    }
+
     /// For a waiting upload whose file is gone: whether it saved an upload that the remote
     /// may still hold (a KiFS multipart upload in progress), in which case it stays, due
     /// now, with its progress: the worker that claims it finds the file gone, gives that
     /// upload up on the remote and drops the job. Without progress the job can simply go.
     fn left_to_give_up(&self, job: &Job) -> TxResult<bool> {
-        if self.progress.get(job_key(job.id))?.is_none() {
+        if !self.has_progress(job.id)? {
             return Ok(false);
         }
         if matches!(job.state, JobState::RetryWait { .. }) {
