@@ -1,10 +1,10 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
 //! continued (its file deleted, replaced by a version small enough to go whole, deleted
-//! during a stop, no longer selected after a reload, or its folder gone with the deletion
-//! that kept it): the real daemon, real files, the emulator over HTTP on 127.0.0.1,
-//! restarts and kill -9. Checked through the remote's own listings and request counters and through
-//! `upsync status --json`.
+//! during a stop, no longer selected after a reload, its folder gone with the deletion that
+//! kept it, or written again before that deletion ran): the real daemon, real files, the
+//! emulator over HTTP on 127.0.0.1, restarts and kill -9. Checked through the remote's own
+//! listings and request counters and through `upsync status --json`.
 
 mod common;
 
@@ -554,6 +554,28 @@ fn kifs_a_folder_gone_as_a_whole_cancels_the_waiting_upload_its_dropped_deletion
     assert_waiting_upload_cancelled(&s);
     assert_eq!(s.kifs_deletes(), 0, "an unmounted folder deletes nothing");
     assert!(s.on_kifs("big.bin"));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file whose newer version's upload waits for a retry is deleted, its deletion held by
+/// the mass-delete guard, and then written again, small enough to go whole: the deletion
+/// turns back into an upload, which cancels the waiting upload before it sends the file.
+#[test]
+fn kifs_a_file_back_before_its_held_deletion_ran_cancels_the_upload_that_deletion_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("on_delete = \"delete\"\nmax_delete = 0", "600");
+    std::fs::remove_file(s.folder().join("big.bin")).unwrap();
+    daemon.wait_until(WAIT, "the deletion held by the guard", || {
+        s.folder_status("held") == 1
+    });
+
+    s.write("big.bin", 3);
+    let small = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(s.kifs_deletes(), 0);
     assert_eq!(daemon.terminate(), Some(0));
 }
 

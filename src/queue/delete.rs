@@ -20,9 +20,11 @@
 //!    [`Store::complete_deletion`] removes that entry (if it still names that copy) and the
 //!    job in one flushed transaction. A crash in between deletes again, and the backends
 //!    count a copy that is already gone as deleted: deleted once, never another copy.
-//! 4. A file that comes back turns its deletion into an upload ([`Store::offer`]). A
-//!    deletion already running ends first: its end removes the ledger entry and queues the
-//!    upload, so the new version is sent after the old one is deleted, never before.
+//! 4. A file that comes back turns its deletion into an upload ([`Store::offer`]), which
+//!    keeps the progress step 1 kept, for its next attempt to give that upload up on the
+//!    remote. A deletion already running ends first: its end removes the ledger entry and
+//!    queues the upload, so the new version is sent after the old one is deleted, never
+//!    before.
 
 use std::time::SystemTime;
 
@@ -188,7 +190,8 @@ impl Tx<'_> {
             self.remove_job(job)?;
             return Ok(Offer::UpToDate);
         }
-        self.clear_progress(job.id)?;
+        // The progress it kept (step 1) stays for the upload's next attempt to give up on
+        // the remote (invariant 3): the new version never resumes it.
         self.put_job(Some(job), &queued_afresh(&upload, now))?;
         Ok(Offer::Queued(job.id))
     }

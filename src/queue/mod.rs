@@ -126,19 +126,20 @@
 //! 3. **Progress belongs to a live job.** `progress` entries exist only for existing jobs,
 //!    and are removed when the job completes, fails, is dropped, starts importing, or is
 //!    queued again for a change found during its attempt (whose backend gave up the upload
-//!    on the remote first). A retry-wait keeps them: the pause resumes the same session.
-//!    A waiting job that takes a new fingerprint (an offer, or an attempt that ends for a
-//!    transient reason after one) keeps them too, so that its next attempt gives up on the
-//!    remote the upload of the old bytes: a backend never resumes a saved upload of
-//!    another version (each compares the fingerprint it saved), and a KiFS multipart
-//!    upload is cancelled even when the new version goes whole. Likewise a waiting upload
-//!    that becomes a deletion keeps its progress, which no deletion resumes; the deleter
-//!    gives that upload up on the remote, and the progress goes when the deletion ends or
-//!    turns back into an upload. A deletion dropped with its folder
-//!    (`drop_pending_deletions`) that kept progress turns back into that upload, due now,
-//!    for a worker to find its file gone and give the upload up.
-//!    Progress is written only for what the remote acknowledged (the caller's duty), and
-//!    flushed before returning.
+//!    on the remote first). A retry-wait keeps them: the pause resumes the same session. A
+//!    waiting job that takes a new fingerprint (an offer, an attempt that ends for a
+//!    transient reason after one, or one a crash cut short, found by
+//!    `recover_after_restart`) keeps them too, so that its next attempt gives up on the
+//!    remote the upload of the old bytes: a backend never resumes a saved upload of another
+//!    version (each compares the fingerprint it saved), and a KiFS multipart upload is
+//!    cancelled even when the new version goes whole. Likewise a waiting upload that
+//!    becomes a deletion keeps its progress, which no deletion resumes; the deleter gives
+//!    that upload up on the remote, and the progress goes when the deletion ends; a
+//!    deletion that turns back into an upload (its file is back) keeps it, as a new version
+//!    does. A deletion dropped with its folder (`drop_pending_deletions`) that kept
+//!    progress turns back into that upload, due now, for a worker to find its file gone and
+//!    give the upload up. Progress is written only for what the remote acknowledged (the
+//!    caller's duty), and flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
 //!    `offer` when the ledger already holds the offered fingerprint and the job had failed
@@ -160,11 +161,13 @@
 //!    the active and finalizing jobs, the fingerprint the job had when it was claimed; an
 //!    importing job's [`Import`] holds the fingerprint whose bytes were posted. When the
 //!    attempt or the import ends and `fingerprint` has moved on (an `offer` came in
-//!    meanwhile), the saved progress describes the old bytes: `retry_later`, `fail` and
-//!    `recover_after_restart` then drop it, and `retry_later`, `fail` and `complete` queue
-//!    the job afresh for the new version, exactly as if the offer had arrived just after
-//!    them. So resumed progress always belongs to the content the job holds, and a file
-//!    changed during its import is uploaded again once the import settles.
+//!    meanwhile), the saved progress describes the old bytes: `fail` then drops it (the
+//!    backend gave the upload up first), `retry_later` and `recover_after_restart` keep it
+//!    for the next attempt to give up (invariant 3), and `retry_later`, `fail` and
+//!    `complete` queue the job afresh for the new version, exactly as if the offer had
+//!    arrived just after them. So progress is resumed only for the content it belongs to
+//!    (a backend compares the fingerprint it saved), and a file changed during its import
+//!    is uploaded again once the import settles.
 //! 7. **Every state transition is one sled transaction** over all the trees, so a crash
 //!    leaves each job either before or after a transition, never half-way. Transitions the
 //!    invariants above depend on (progress, finalizing, importing, complete, fail,
@@ -1765,11 +1768,9 @@ impl Store {
                 };
                 if is_attempt(&job.state) {
                     // The attempt's outcome was never recorded: its bytes may have landed,
-                    // unless they were of an older version.
+                    // unless they were of an older version, whose progress stays for the
+                    // next attempt to give up on the remote (invariant 3).
                     let moved = tx.content_moved(&job);
-                    if moved {
-                        tx.clear_progress(job.id)?;
-                    }
                     let queued = Job {
                         state: JobState::Queued,
                         unconfirmed_attempt_ms: if moved || job.kind != JobKind::Upload {

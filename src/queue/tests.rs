@@ -2040,7 +2040,7 @@ fn a_failure_of_an_old_version_queues_the_new_version_instead() {
 }
 
 #[test]
-fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
+fn recovery_keeps_the_old_version_s_upload_of_an_attempt_whose_file_changed_to_give_up() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let moved = attempt_overtaken_by_a_new_version(&store);
@@ -2050,7 +2050,12 @@ fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
 
     let store = reopen(store);
     assert_eq!(store.recover_after_restart().expect("recovery works"), 2);
-    assert_eq!(store.load_progress(moved).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(moved).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
+    );
+    assert_eq!(job(&store, moved).unconfirmed_attempt_ms, None);
     assert_eq!(
         store.load_progress(steady).expect("reads").as_deref(),
         Some(&b"b's session"[..])
