@@ -2,9 +2,10 @@
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
 //! continued (its file deleted, replaced by a version small enough to go whole, deleted
 //! during a stop, no longer selected after a reload, its folder gone with the deletion that
-//! kept it, or written again before that deletion ran): the real daemon, real files, the
-//! emulator over HTTP on 127.0.0.1, restarts and kill -9. Checked through the remote's own
-//! listings and request counters and through `upsync status --json`.
+//! kept it, or written again before that deletion ran), and the resume of one whose folder
+//! a reload removed and brought back: the real daemon, real files, the emulator over HTTP
+//! on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
+//! request counters and through `upsync status --json`.
 
 mod common;
 
@@ -576,6 +577,45 @@ fn kifs_a_file_back_before_its_held_deletion_ran_cancels_the_upload_that_deletio
     s.wait_settled(&daemon, 1);
     assert_waiting_upload_cancelled(&s);
     assert_eq!(s.kifs_deletes(), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload removes the folder of a file whose newer version's upload waits for a retry:
+/// at that retry (a few seconds later) its job fails as no longer configured, keeping the
+/// upload; a reload that brings the folder back resumes that upload where it stopped,
+/// with neither a cancel nor a second `init`.
+#[test]
+fn kifs_a_folder_removed_and_brought_back_resumes_the_multipart_upload_its_job_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("", "3");
+    let elsewhere = s.tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|_| FolderBuilder::kifs("elsewhere", "elsewhere"))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(WAIT, "the job failed as its folder is gone", || {
+        let status = status_json(&s.config);
+        status["failed"].as_array().is_some_and(|failed| {
+            failed.iter().any(|job| {
+                job["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("no longer in the configuration"))
+            })
+        })
+    });
+    assert_eq!(kifs_uploads_in_progress(&s), 1);
+
+    one_folder_config(&s, true, TABLE, "UNUSED").write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    let big = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the new version on the remote", || {
+        s.emulator.kifs_holds(&big, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    let multipart = &s.emulator.kifs_stats()["multipart_operations"];
+    assert_eq!(multipart["init"], 1, "resumed, not started again");
+    assert_eq!(multipart["cancel"], 0);
+    assert_eq!(kifs_uploads_in_progress(&s), 0);
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -158,7 +158,11 @@ impl Worker {
         let store = &self.store;
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             let config = Some(ErrorKind::Config.label());
-            self.record(job, store.fail_as(job.id, FOLDER_REMOVED, config));
+            // The upload it kept (if any) waits with it for the folder's return.
+            self.record(
+                job,
+                store.fail_keeping_upload(job.id, FOLDER_REMOVED, config),
+            );
             return Checked::Done;
         };
         if folder.deletes.on_delete == OnDelete::Keep {

@@ -2065,6 +2065,43 @@ fn recovery_keeps_the_old_version_s_upload_of_an_attempt_whose_file_changed_to_g
 }
 
 #[test]
+fn a_failure_that_keeps_its_upload_hands_it_to_the_attempt_after_a_retry_or_a_vanished_file() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    for rel in ["retried", "gone"] {
+        let id = queued_id(store.offer(&key(rel), &fp(1)).expect("offer"));
+        store.claim(SystemTime::now()).expect("claims");
+        store.save_progress(id, b"session").expect("saves");
+        store
+            .fail_keeping_upload(id, "its folder is no longer in the configuration", None)
+            .expect("fails");
+        assert!(matches!(job(&store, id).state, JobState::Failed { .. }));
+        assert_eq!(
+            store.load_progress(id).expect("reads").as_deref(),
+            Some(&b"session"[..]),
+            "{rel}: kept with the failed job"
+        );
+        ids.push(id);
+    }
+    assert_invariants(&store);
+
+    let retried = RetrySelection::Paths(vec![key("retried").path()]);
+    assert_eq!(store.retry_failed(&retried).expect("retries"), 1);
+    // A worker finds the file gone and gives the upload up before it drops the job.
+    assert_eq!(store.drop_vanished(&key("gone")).expect("drops"), None);
+
+    for id in ids {
+        assert_eq!(job(&store, id).state, JobState::Queued);
+        assert_eq!(
+            store.load_progress(id).expect("reads").as_deref(),
+            Some(&b"session"[..])
+        );
+    }
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_snapshot_sled_never_finished_is_removed_and_the_database_opens_with_its_contents() {
     // A full disk (or a kill) while sled wrote a snapshot leaves `snap.<lsn>.generating`,
     // often empty; sled 0.34 would read it as the newest snapshot, and fail, at every open.
