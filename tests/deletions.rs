@@ -1,8 +1,11 @@
 //! Deletions reaching the remote (`on_delete = "delete"`) and the mass-delete guard, end to
-//! end, and with either setting the cancel of a deleted file's waiting KiFS multipart
-//! upload: the real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and
-//! kill -9. Checked through the remote's own listings and request counters and through
-//! `upsync status --json`.
+//! end, and with either setting the cancel of a KiFS multipart upload that will not be
+//! continued (its file deleted, replaced by a version small enough to go whole, deleted
+//! during a stop, no longer selected after a reload, its folder gone with the deletion that
+//! kept it, or written again before that deletion ran), and the resume of one whose folder
+//! a reload removed and brought back: the real daemon, real files, the emulator over HTTP
+//! on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
+//! request counters and through `upsync status --json`.
 
 mod common;
 
@@ -455,18 +458,17 @@ fn kifs_uploads_in_progress(s: &Setup) -> usize {
         .unwrap_or(0)
 }
 
-/// A file whose newer version's multipart upload waits for a retry (its second part
-/// answered 503 with a long Retry-After) is deleted, in a folder with `on_delete`: that
-/// upload is cancelled on the remote, and the job ends as without it (the older copy
-/// deleted, or kept).
-fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
+/// A KiFS folder (with `folder_extra`) whose `big.bin`, uploaded once, has a newer
+/// version's multipart upload waiting for its retry (its second part answered 503 with
+/// `Retry-After: retry_after`): the one upload the server holds in progress.
+fn waiting_multipart_upload(folder_extra: &str, retry_after: &str) -> (Setup, DaemonProcess) {
     // Part answers are held back, so a fault can be queued for the part after the first.
     let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=1500"]);
     one_folder_config(&s, true, TABLE, "UNUSED")
-        .each_folder(|folder| folder.with(&format!("on_delete = \"{on_delete}\"")))
+        .each_folder(|folder| folder.with(folder_extra))
         .write(&s.config);
     s.write("big.bin", 1);
-    let mut daemon = DaemonProcess::start(&s.config);
+    let daemon = DaemonProcess::start(&s.config);
     s.wait_settled(&daemon, 1);
 
     let path = s.folder().join("big.bin");
@@ -477,14 +479,32 @@ fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
     });
     s.emulator.post_json(
         "/_emulator/faults",
-        &serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": "600"}}),
+        &serde_json::json!({"target": "kifs", "action": {"status": 503, "retry_after": retry_after}}),
     );
     daemon.wait_until(WAIT, "the upload to wait for its retry", || {
         s.folder_status("retry_wait") == 1
     });
     assert_eq!(kifs_uploads_in_progress(&s), 1);
+    (s, daemon)
+}
 
-    std::fs::remove_file(&path).unwrap();
+/// The waiting upload was cancelled, once, and the server holds no upload in progress.
+fn assert_waiting_upload_cancelled(s: &Setup) {
+    assert_eq!(
+        s.emulator.kifs_stats()["multipart_operations"]["cancel"],
+        1,
+        "the waiting upload is cancelled"
+    );
+    assert_eq!(kifs_uploads_in_progress(s), 0);
+}
+
+/// A file whose newer version's multipart upload waits for a retry is deleted, in a folder
+/// with `on_delete`: that upload is cancelled on the remote, and the job ends as without
+/// it (the older copy deleted, or kept).
+fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
+    let (s, mut daemon) = waiting_multipart_upload(&format!("on_delete = \"{on_delete}\""), "600");
+
+    std::fs::remove_file(s.folder().join("big.bin")).unwrap();
     let deleting = on_delete == "delete";
     if deleting {
         daemon.wait_until(WAIT, "the deletion of the uploaded copy", || {
@@ -492,12 +512,7 @@ fn a_deleted_file_has_its_waiting_multipart_upload_cancelled(on_delete: &str) {
         });
     }
     s.wait_settled(&daemon, if deleting { 0 } else { 1 });
-    assert_eq!(
-        s.emulator.kifs_stats()["multipart_operations"]["cancel"],
-        1,
-        "the waiting upload is cancelled"
-    );
-    assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_waiting_upload_cancelled(&s);
     assert_eq!(s.kifs_deletes(), u64::from(deleting));
     assert_eq!(s.on_kifs("big.bin"), !deleting);
     assert_eq!(daemon.terminate(), Some(0));
@@ -511,4 +526,142 @@ fn kifs_deleting_a_file_whose_multipart_upload_waits_to_retry_cancels_that_uploa
 #[test]
 fn kifs_a_folder_keeping_copies_also_cancels_the_waiting_multipart_upload_of_a_deleted_file() {
     a_deleted_file_has_its_waiting_multipart_upload_cancelled("keep");
+}
+
+/// A new version small enough to go whole replaces a version whose multipart upload waits
+/// for its retry: no later `init` of that target cancels the upload on the server, so the
+/// whole-file upload does.
+#[test]
+fn kifs_a_small_new_version_of_a_file_whose_multipart_upload_waits_to_retry_cancels_that_upload() {
+    let (s, mut daemon) = waiting_multipart_upload("", "600");
+
+    s.write("big.bin", 3);
+    let small = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file whose newer version's upload waits for a retry is deleted, its deletion held by
+/// the mass-delete guard, and then its whole folder goes (unmounted): the held deletion is
+/// dropped with the folder, and the waiting upload with it is cancelled, not left behind.
+#[test]
+fn kifs_a_folder_gone_as_a_whole_cancels_the_waiting_upload_its_dropped_deletion_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("on_delete = \"delete\"\nmax_delete = 0", "600");
+    std::fs::remove_file(s.folder().join("big.bin")).unwrap();
+    daemon.wait_until(WAIT, "the deletion held by the guard", || {
+        s.folder_status("failed") == 1
+    });
+
+    std::fs::remove_dir_all(s.folder()).unwrap();
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(s.kifs_deletes(), 0, "an unmounted folder deletes nothing");
+    assert!(s.on_kifs("big.bin"));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file whose newer version's upload waits for a retry is deleted, its deletion held by
+/// the mass-delete guard, and then written again, small enough to go whole: the deletion
+/// turns back into an upload, which cancels the waiting upload before it sends the file.
+#[test]
+fn kifs_a_file_back_before_its_held_deletion_ran_cancels_the_upload_that_deletion_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("on_delete = \"delete\"\nmax_delete = 0", "600");
+    std::fs::remove_file(s.folder().join("big.bin")).unwrap();
+    daemon.wait_until(WAIT, "the deletion held by the guard", || {
+        s.folder_status("held") == 1
+    });
+
+    s.write("big.bin", 3);
+    let small = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(s.kifs_deletes(), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload removes the folder of a file whose newer version's upload waits for a retry:
+/// at that retry (a few seconds later) its job fails as no longer configured, keeping the
+/// upload; a reload that brings the folder back resumes that upload where it stopped,
+/// with neither a cancel nor a second `init`.
+#[test]
+fn kifs_a_folder_removed_and_brought_back_resumes_the_multipart_upload_its_job_kept() {
+    let (s, mut daemon) = waiting_multipart_upload("", "3");
+    let elsewhere = s.tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|_| FolderBuilder::kifs("elsewhere", "elsewhere"))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(WAIT, "the job failed as its folder is gone", || {
+        let status = status_json(&s.config);
+        status["failed"].as_array().is_some_and(|failed| {
+            failed.iter().any(|job| {
+                job["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("no longer in the configuration"))
+            })
+        })
+    });
+    assert_eq!(kifs_uploads_in_progress(&s), 1);
+
+    one_folder_config(&s, true, TABLE, "UNUSED").write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    let big = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the new version on the remote", || {
+        s.emulator.kifs_holds(&big, "ingest/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    let multipart = &s.emulator.kifs_stats()["multipart_operations"];
+    assert_eq!(multipart["init"], 1, "resumed, not started again");
+    assert_eq!(multipart["cancel"], 0);
+    assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload that excludes a file whose newer version's upload waits for a retry: its job
+/// is dropped at that retry (a few seconds later), and that upload cancelled.
+#[test]
+fn kifs_a_reload_that_deselects_a_file_cancels_its_waiting_multipart_upload() {
+    let (s, mut daemon) = waiting_multipart_upload("", "5");
+
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|folder| folder.with("exclude = [\"*.bin\"]"))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file deleted while its last part is in flight and the daemon stops: the stop sends
+/// nothing and keeps the job with its upload, and the next start finds the file gone and
+/// cancels that upload.
+#[test]
+fn kifs_a_file_deleted_while_the_daemon_stops_has_its_upload_cancelled_at_the_next_start() {
+    let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=3000"]);
+    one_folder_config(&s, true, TABLE, "UNUSED").write(&s.config);
+    let path = s.folder().join("big.bin");
+    write_file(&path, PART + 100, 1);
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(WAIT, "the last part applied, its answer held back", || {
+        s.emulator.kifs_stats()["multipart_operations"]["upload_part"] == 2
+    });
+
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(s.emulator.kifs_stats()["multipart_operations"]["cancel"], 0);
+    assert_eq!(kifs_uploads_in_progress(&s), 1, "the stop kept the upload");
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 0);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
 }

@@ -11,6 +11,7 @@
 //! 4. Give up the upload of a newer version the deletion replaced, if one was saved (a
 //!    KiFS multipart upload waiting for its retry is cancelled, so the server drops its
 //!    parts), then delete the copy on the remote (a copy already gone counts as deleted).
+//!    A stop before that upload is given up leaves the job active, the upload with it.
 //! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
 //!    transaction. A failure waits and retries like an upload's; a shutdown leaves the job
 //!    active, and the next start deletes again. A Redivis upload deleted frees its name:
@@ -60,9 +61,17 @@ impl Worker {
             entries: Vec::new(),
         };
         let path = job.path().display().to_string();
-        backend
+        if !backend
             .abandon_saved_upload(&self.store, job.id, &scope)
-            .await;
+            .await
+        {
+            // The upload it kept must not be forgotten with the deletion's end.
+            tracing::info!(
+                path,
+                "deletion interrupted by shutdown; it runs at the next start"
+            );
+            return;
+        }
         let deleted = backend
             .delete_uploaded(&folder.target, &job.key.rel, &entry.remote, &scope)
             .await;
@@ -150,7 +159,11 @@ impl Worker {
         let store = &self.store;
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             let config = Some(ErrorKind::Config.label());
-            self.record(job, store.fail_as(job.id, FOLDER_REMOVED, config));
+            // The upload it kept (if any) waits with it for the folder's return.
+            self.record(
+                job,
+                store.fail_keeping_upload(job.id, FOLDER_REMOVED, config),
+            );
             return Checked::Done;
         };
         if folder.deletes.on_delete == OnDelete::Keep {

@@ -22,8 +22,9 @@
 //!    more than `concurrency` uploads can run.
 //!
 //! The queue is never touched by a reload otherwise: jobs of kept folders stay queued. A job whose
-//! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it; it is queued
-//! again when a reload (or a restart) brings its folder back.
+//! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it, keeping the
+//! upload an earlier attempt saved; it is queued again when a reload (or a restart) brings
+//! its folder back, and its next attempt resumes that upload or gives it up.
 //!
 //! Shutdown: stop claiming, end every pause (retries, remote checks and probes, import
 //! waits) and stop the watchers, give in-flight uploads `shutdown_timeout` (minus a short

@@ -10,7 +10,8 @@
 //! unreleased version) → queued again while the folder waits; anything transient →
 //! `retry-wait` with a persisted, exponentially growing `next_attempt_at`; shutdown → left
 //! `active` (recovered at start). Before that, a claimed upload of a file its folder's
-//! globs or `recursive` no longer select (changed by a reload or a restart) is dropped.
+//! globs or `recursive` no longer select (changed by a reload or a restart) is dropped,
+//! an upload it saved given up on the remote first, as for a vanished file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -222,8 +223,8 @@ impl Worker {
         let mut prepared = match self.prepare(&job) {
             Preparation::Ready(prepared) => prepared,
             Preparation::Settled => return,
-            Preparation::GoneWithSavedUpload(backend) => {
-                return self.give_up_saved_upload(&job, &backend).await;
+            Preparation::DropWithSavedUpload(backend, why) => {
+                return self.give_up_saved_upload(&job, &backend, why).await;
             }
         };
         let started = Instant::now();
@@ -241,8 +242,8 @@ impl Worker {
             match self.prepare(&claimed.job) {
                 Preparation::Ready(prepared) => ready.push((claimed, prepared)),
                 Preparation::Settled => {}
-                Preparation::GoneWithSavedUpload(backend) => {
-                    self.give_up_saved_upload(&claimed.job, &backend).await;
+                Preparation::DropWithSavedUpload(backend, why) => {
+                    self.give_up_saved_upload(&claimed.job, &backend, why).await;
                 }
             }
         }
@@ -315,23 +316,34 @@ impl Worker {
     fn prepare(&self, job: &Job) -> Preparation {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
             let config = FailureClass::Config;
-            self.fail_job(job, "none", config, ErrorKind::Config, FOLDER_REMOVED);
+            // Its saved upload waits with it for the folder's return, which resumes it or
+            // gives it up: its target, and so whom to cancel it with, is no longer known.
+            let failed = self.store.fail_keeping_upload(
+                job.id,
+                FOLDER_REMOVED,
+                Some(ErrorKind::Config.label()),
+            );
+            self.record(job, failed);
+            self.metrics
+                .failed(&job.key.folder, "none", config, ErrorKind::Config, false);
             return Preparation::Settled;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);
         if !self.filters.select(folder, &job.key.rel) {
-            tracing::info!(path = %path.display(), "the folder's include, exclude or recursive no longer selects the file; dropping its job");
+            if let Some(backend) = self.backend_holding_saved_upload(job, folder) {
+                return Preparation::DropWithSavedUpload(backend, Dropped::Deselected);
+            }
+            tracing::info!(path = %path.display(), "{}", Dropped::Deselected.reason());
             self.record(job, self.store.drop_job(job.id));
             return Preparation::Settled;
         }
         let fingerprint = match Fingerprint::read(&path) {
             Ok(fp) => fp,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let saved = matches!(self.store.load_progress(job.id), Ok(Some(_)));
-                if saved && let Some(backend) = self.backends.for_target(&folder.target) {
-                    return Preparation::GoneWithSavedUpload(Arc::clone(backend));
+                if let Some(backend) = self.backend_holding_saved_upload(job, folder) {
+                    return Preparation::DropWithSavedUpload(backend, Dropped::Vanished);
                 }
-                tracing::info!(path = %path.display(), "file vanished before its upload; dropping the job");
+                tracing::info!(path = %path.display(), "{}", Dropped::Vanished.reason());
                 self.record(job, self.store.drop_job(job.id));
                 return Preparation::Settled;
             }
@@ -406,6 +418,7 @@ impl Worker {
         )
         .with_redivis(folder.redivis.clone());
         upload.unconfirmed_since_ms = job.unconfirmed_attempt_ms;
+        upload.saved_progress = resumed;
         Preparation::Ready(Prepared {
             upload,
             backend,
@@ -414,24 +427,37 @@ impl Worker {
         })
     }
 
-    /// The file of `job` is gone and an earlier attempt saved an upload the remote may
+    /// The backend of `folder`'s target, when `job` saved an upload that it may still
+    /// hold (to give up before the job is dropped).
+    fn backend_holding_saved_upload(
+        &self,
+        job: &Job,
+        folder: &FolderConfig,
+    ) -> Option<Arc<Backend>> {
+        let saved = matches!(self.store.load_progress(job.id), Ok(Some(_)));
+        saved
+            .then(|| self.backends.for_target(&folder.target).cloned())
+            .flatten()
+    }
+
+    /// `job` is dropped (`why`) and an earlier attempt saved an upload the remote may
     /// still hold: the backend gives it up there (a KiFS multipart upload is cancelled),
     /// then the job is dropped. A stop leaves the job to the next start, its upload with it.
-    async fn give_up_saved_upload(&self, job: &Job, backend: &Backend) {
+    async fn give_up_saved_upload(&self, job: &Job, backend: &Backend, why: Dropped) {
         let scope = CallScope {
             stop: self.stopping.clone(),
             checkpoint: self.interrupt.clone(),
             entries: Vec::new(),
         };
-        backend
-            .abandon_saved_upload(&self.store, job.id, &scope)
-            .await;
         // A stop skips or cuts the cancel short: the job, still claimed, is found with its
         // upload at the next start.
-        if self.stopping.is_cancelled() {
+        if !backend
+            .abandon_saved_upload(&self.store, job.id, &scope)
+            .await
+        {
             return;
         }
-        tracing::info!(path = %job.path().display(), "file vanished before its upload; dropping the job and its saved upload");
+        tracing::info!(path = %job.path().display(), "{}; its saved upload is given up", why.reason());
         self.record(job, self.store.drop_job(job.id));
     }
 
@@ -680,8 +706,28 @@ enum Preparation {
     Ready(Prepared),
     /// The job was settled without uploading.
     Settled,
-    /// The file is gone, and an earlier attempt saved an upload this backend may hold.
-    GoneWithSavedUpload(Arc<Backend>),
+    /// The job is dropped, and an earlier attempt saved an upload this backend may hold.
+    DropWithSavedUpload(Arc<Backend>, Dropped),
+}
+
+/// Why a job is dropped before its attempt.
+#[derive(Clone, Copy)]
+enum Dropped {
+    /// Its file is gone.
+    Vanished,
+    /// Its folder's globs or `recursive` no longer select its file.
+    Deselected,
+}
+
+impl Dropped {
+    fn reason(self) -> &'static str {
+        match self {
+            Dropped::Vanished => "file vanished before its upload; dropping the job",
+            Dropped::Deselected => {
+                "the folder's include, exclude or recursive no longer selects the file; dropping its job"
+            }
+        }
+    }
 }
 
 /// A claimed job ready to upload.

@@ -20,9 +20,11 @@
 //!    [`Store::complete_deletion`] removes that entry (if it still names that copy) and the
 //!    job in one flushed transaction. A crash in between deletes again, and the backends
 //!    count a copy that is already gone as deleted: deleted once, never another copy.
-//! 4. A file that comes back turns its deletion into an upload ([`Store::offer`]). A
-//!    deletion already running ends first: its end removes the ledger entry and queues the
-//!    upload, so the new version is sent after the old one is deleted, never before.
+//! 4. A file that comes back turns its deletion into an upload ([`Store::offer`]), which
+//!    keeps the progress step 1 kept, for its next attempt to give that upload up on the
+//!    remote. A deletion already running ends first: its end removes the ledger entry and
+//!    queues the upload, so the new version is sent after the old one is deleted, never
+//!    before.
 
 use std::time::SystemTime;
 
@@ -142,6 +144,22 @@ impl Tx<'_> {
         Ok(true)
     }
 
+    /// The deletion `job` is dropped. Without saved progress it simply goes. With it, it
+    /// turns back into the upload that saved it, due now: the worker that claims it finds
+    /// the file gone and gives that upload up on the remote (a KiFS multipart upload is
+    /// cancelled) before dropping the job, as for any waiting upload whose file is gone.
+    fn drop_deletion(&self, job: &Job, now: u64) -> TxResult<()> {
+        if !self.has_progress(job.id)? {
+            return self.remove_job(job);
+        }
+        let upload = Job {
+            kind: JobKind::Upload,
+            approved: false,
+            ..queued_afresh(job, now)
+        };
+        self.put_job(Some(job), &upload)
+    }
+
     /// Step 4: the file of a deletion is there again, with `fingerprint` (`uploaded` when
     /// that is the version the ledger holds).
     pub(super) fn cancel_deletion(
@@ -172,7 +190,8 @@ impl Tx<'_> {
             self.remove_job(job)?;
             return Ok(Offer::UpToDate);
         }
-        self.clear_progress(job.id)?;
+        // The progress it kept (step 1) stays for the upload's next attempt to give up on
+        // the remote (invariant 3): the new version never resumes it.
         self.put_job(Some(job), &queued_afresh(&upload, now))?;
         Ok(Offer::Queued(job.id))
     }
@@ -267,7 +286,9 @@ impl Store {
 
     /// The folder is gone as a whole (unmounted): its deletions the operator did not
     /// approve are dropped, held ones included, and derived again by the scan once the
-    /// folder is back. Returns how many.
+    /// folder is back. One that kept the saved upload of a newer version (invariant 3)
+    /// turns back into that upload instead, for a worker to give it up on the remote
+    /// (`Tx::drop_deletion`). Returns how many.
     pub fn drop_pending_deletions(&self, folder: &str) -> Result<usize, StoreError> {
         let unapproved = |job: &Job| is_pending(job) || is_held(job);
         let mut dropped = 0;
@@ -275,8 +296,9 @@ impl Store {
             if !unapproved(&job) {
                 continue;
             }
+            let now = now_ms();
             dropped += usize::from(self.transact(|tx| match tx.job(job.id)? {
-                Some(job) if unapproved(&job) => tx.remove_job(&job).map(|()| true),
+                Some(job) if unapproved(&job) => tx.drop_deletion(&job, now).map(|()| true),
                 _ => Ok(false),
             })?);
         }

@@ -124,23 +124,33 @@
 //!    the job out of line in the same transaction that makes the job active, so no job is
 //!    claimed twice. A job stored in line that its folder's claim mark covers is active,
 //!    not in line (module `marks`): every read of a job goes through the mark.
-//! 3. **Progress belongs to a live job and to its current content.** `progress` entries exist
-//!    only for existing jobs, and are removed when the job completes, fails, is dropped,
-//!    starts importing, or takes a new fingerprint (a session for old bytes must never be
-//!    resumed for new ones). A retry-wait keeps them: the pause resumes the same session.
-//!    One exception: a waiting upload that becomes a deletion keeps its progress, which no
-//!    deletion resumes; the deleter gives that upload up on the remote (a KiFS multipart
-//!    upload is cancelled), and the progress goes when the deletion ends or turns back
-//!    into an upload.
-//!    Progress is written only for what the remote acknowledged (the caller's duty), and
-//!    flushed before returning.
+//! 3. **Progress belongs to a live job.** `progress` entries exist only for existing jobs,
+//!    and are removed when the job completes, fails, is dropped, starts importing, or is
+//!    queued again for a change found during its attempt (whose backend gave up the upload
+//!    on the remote first). A retry-wait keeps them: the pause resumes the same session. So
+//!    does a job failed because its folder left the configuration (`fail_keeping_upload`):
+//!    the folder's return queues it again, to resume or give up that upload; a file found
+//!    gone meanwhile makes it due, as below. A waiting job that takes a new fingerprint (an
+//!    offer, an attempt that ends for a transient reason after one, or one a crash cut
+//!    short, found by `recover_after_restart`) keeps them too, so that its next attempt
+//!    gives up on the remote the upload of the old bytes: a backend never resumes a saved
+//!    upload of another version (each compares the fingerprint it saved), and a KiFS
+//!    multipart upload is cancelled even when the new version goes whole. Likewise a
+//!    waiting upload that becomes a deletion keeps its progress, which no deletion resumes;
+//!    the deleter gives that upload up on the remote, and the progress goes when the
+//!    deletion ends; a deletion that turns back into an upload (its file is back) keeps it,
+//!    as a new version does. A deletion dropped with its folder (`drop_pending_deletions`)
+//!    that kept progress turns back into that upload, due now, for a worker to find its
+//!    file gone and give the upload up. Progress is written only for what the remote
+//!    acknowledged (the caller's duty), and flushed before returning.
 //! 4. **A changed file is never forgotten.** A job is removed only (a) by `complete` in the
 //!    same transaction that writes the ledger entry for the job's current fingerprint, (b) by
 //!    `offer` when the ledger already holds the offered fingerprint and the job had failed
 //!    or was a deletion, (c) by `drop_job` or `drop_vanished` because the file vanished
 //!    (never while importing: those bytes are on the remote, and the import's end records
 //!    them; never a deletion, nor an upload marked for deletion; a waiting upload with
-//!    saved progress is left, due, for the worker to give that upload up and drop it), or
+//!    saved progress, or a failed one that kept it, is left, due, for the worker to give
+//!    that upload up and drop it), or
 //!    (d) by `complete_deletion` once the remote copy is deleted, or by `drop_pending_deletions`
 //!    when the whole folder is gone (its files are looked at again when it is back). So a
 //!    file whose fingerprint differs from its ledger entry keeps a queued, active,
@@ -155,11 +165,13 @@
 //!    the active and finalizing jobs, the fingerprint the job had when it was claimed; an
 //!    importing job's [`Import`] holds the fingerprint whose bytes were posted. When the
 //!    attempt or the import ends and `fingerprint` has moved on (an `offer` came in
-//!    meanwhile), the saved progress describes the old bytes: `retry_later`, `fail` and
-//!    `recover_after_restart` then drop it, and `retry_later`, `fail` and `complete` queue
-//!    the job afresh for the new version, exactly as if the offer had arrived just after
-//!    them. So resumed progress always belongs to the content the job holds, and a file
-//!    changed during its import is uploaded again once the import settles.
+//!    meanwhile), the saved progress describes the old bytes: `fail` then drops it (the
+//!    backend gave the upload up first), `retry_later` and `recover_after_restart` keep it
+//!    for the next attempt to give up (invariant 3), and `retry_later`, `fail` and
+//!    `complete` queue the job afresh for the new version, exactly as if the offer had
+//!    arrived just after them. So progress is resumed only for the content it belongs to
+//!    (a backend compares the fingerprint it saved), and a file changed during its import
+//!    is uploaded again once the import settles.
 //! 7. **Every state transition is one sled transaction** over all the trees, so a crash
 //!    leaves each job either before or after a transition, never half-way. Transitions the
 //!    invariants above depend on (progress, finalizing, importing, complete, fail,
@@ -970,15 +982,22 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// For a waiting upload whose file is gone: whether it saved an upload that the remote
-    /// may still hold (a KiFS multipart upload in progress), in which case it stays, due
-    /// now, with its progress: the worker that claims it finds the file gone, gives that
-    /// upload up on the remote and drops the job. Without progress the job can simply go.
+    /// Whether the job saved resume state (an upload the remote may still hold).
+    fn has_progress(&self, id: JobId) -> TxResult<bool> {
+        Ok(self.progress.get(job_key(id))?.is_some())
+    }
+
+    /// For a waiting (or failed) upload whose file is gone: whether it saved an upload that
+    /// the remote may still hold (a KiFS multipart upload in progress), in which case it
+    /// stays, due now, with its progress: the worker that claims it finds the file gone,
+    /// gives that upload up on the remote and drops the job. Without progress the job can
+    /// simply go.
     fn left_to_give_up(&self, job: &Job) -> TxResult<bool> {
-        if self.progress.get(job_key(job.id))?.is_none() {
+        if !self.has_progress(job.id)? {
             return Ok(false);
         }
-        if matches!(job.state, JobState::RetryWait { .. }) {
+        // A retry-wait, or a failure that kept its upload (`Store::fail_keeping_upload`).
+        if job.state != JobState::Queued {
             self.put_job(Some(job), &queued_afresh(job, now_ms()))?;
         }
         Ok(true)
@@ -1041,8 +1060,9 @@ impl Tx<'_> {
                         updated_at_ms: now,
                         ..job.clone()
                     },
+                    // Progress saved for the old version stays for the next attempt to
+                    // give up on the remote (invariant 3).
                     JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
-                        self.clear_progress(job.id)?;
                         Job {
                             fingerprint: *fingerprint,
                             ..queued_afresh(&job, now)
@@ -1083,6 +1103,13 @@ fn stays_in_line(old: Option<&Job>, new: &Job) -> bool {
 /// The job's entry in the `due` index, at `due`.
 fn job_due_key(job: &Job, due: u64) -> [u8; keys::DUE_KEY_LEN] {
     due_key(folder_tag(&job.key.folder), due, job.id)
+}
+
+/// What a failure does with the job's saved progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SavedUpload {
+    Forget,
+    Keep,
 }
 
 /// Puts a job back in the queue for new content: a fresh start, due now.
@@ -1607,10 +1634,35 @@ impl Store {
 
     /// [`Store::fail`], recording also what kind of failure it was (a metrics label).
     pub fn fail_as(&self, id: JobId, reason: &str, kind: Option<&str>) -> Result<(), StoreError> {
+        self.fail_with(id, reason, kind, SavedUpload::Forget)
+    }
+
+    /// [`Store::fail_as`] for a job that fails before any attempt because nothing can
+    /// upload it now (its folder is no longer in the configuration): the upload an earlier
+    /// attempt saved stays with it (invariant 3), for the attempt after `retry` (or the
+    /// folder's return) to resume it or give it up on the remote.
+    pub fn fail_keeping_upload(
+        &self,
+        id: JobId,
+        reason: &str,
+        kind: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.fail_with(id, reason, kind, SavedUpload::Keep)
+    }
+
+    fn fail_with(
+        &self,
+        id: JobId,
+        reason: &str,
+        kind: Option<&str>,
+        saved: SavedUpload,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
-            tx.clear_progress(id)?;
+            if saved == SavedUpload::Forget {
+                tx.clear_progress(id)?;
+            }
             if tx.content_moved(&job) {
                 return tx.put_job(Some(&job), &queued_afresh(&job, now));
             }
@@ -1639,7 +1691,8 @@ impl Store {
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             if tx.content_moved(&job) {
-                tx.clear_progress(id)?;
+                // The progress of the version sent stays for the next attempt to give up
+                // on the remote (invariant 3).
                 return tx.put_job(Some(&job), &queued_afresh(&job, now));
             }
             let waiting = Job {
@@ -1686,8 +1739,9 @@ impl Store {
     /// Removes the job of a file found gone (an event, a scan), unless a worker or an
     /// import holds it: a worker notices the file is gone at its next check, and bytes
     /// being imported are already on the remote (the import's end records them). A waiting
-    /// job that saved an upload is made due instead (`Tx::left_to_give_up`). Returns
-    /// the state of the dropped job. Not flushed: a rescan finds the file gone again.
+    /// (or failed) job that saved an upload is made due instead (`Tx::left_to_give_up`).
+    /// Returns the state of the dropped job. Not flushed: a rescan finds the file gone
+    /// again.
     pub fn drop_vanished(&self, key: &FileKey) -> Result<Option<&'static str>, StoreError> {
         let raw_key = valid_key(key)?;
         self.transact_creating(|tx| {
@@ -1698,7 +1752,9 @@ impl Store {
                 return Ok(None);
             }
             match job.state {
-                JobState::Queued | JobState::RetryWait { .. } if tx.left_to_give_up(&job)? => {
+                JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. }
+                    if tx.left_to_give_up(&job)? =>
+                {
                     Ok(None)
                 }
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. } => {
@@ -1785,11 +1841,9 @@ impl Store {
                 };
                 if is_attempt(&job.state) {
                     // The attempt's outcome was never recorded: its bytes may have landed,
-                    // unless they were of an older version.
+                    // unless they were of an older version, whose progress stays for the
+                    // next attempt to give up on the remote (invariant 3).
                     let moved = tx.content_moved(&job);
-                    if moved {
-                        tx.clear_progress(job.id)?;
-                    }
                     let queued = Job {
                         state: JobState::Queued,
                         unconfirmed_attempt_ms: if moved || job.kind != JobKind::Upload {

@@ -296,9 +296,9 @@ fn a_new_version_replaces_the_queued_one_instead_of_adding_a_job() {
     assert_eq!(jobs[0].fingerprint, fp(2));
     assert_eq!(jobs[0].state, JobState::Queued);
     assert_eq!(
-        store.load_progress(id).expect("progress reads"),
-        None,
-        "a session for the old bytes must not be resumed for the new ones"
+        store.load_progress(id).expect("progress reads").as_deref(),
+        Some(&b"session for version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     assert_invariants(&store);
 }
@@ -978,9 +978,12 @@ fn offers_made_together_in_one_batch_coalesce_and_skip_uploaded_versions_like_si
         "a new version takes the job"
     );
     assert_eq!(
-        store.load_progress(queued).expect("progress reads"),
-        None,
-        "a session for the old bytes must not be resumed for the new ones"
+        store
+            .load_progress(queued)
+            .expect("progress reads")
+            .as_deref(),
+        Some(&b"session for version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     let new = queued_id(offers[5].clone());
     assert_eq!(
@@ -1347,7 +1350,11 @@ fn a_new_version_of_a_waiting_file_is_due_now_with_fresh_attempts() {
     let job = job(&store, id);
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.attempts, 0);
-    assert_eq!(store.load_progress(id).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"old session"[..]),
+        "kept for the next attempt to give it up on the remote"
+    );
     assert!(store.claim(SystemTime::now()).expect("claims").is_some());
     assert_invariants(&store);
 }
@@ -2035,7 +2042,8 @@ fn attempt_overtaken_by_a_new_version(store: &Store) -> JobId {
 }
 
 #[test]
-fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
+fn a_retry_after_the_file_changed_starts_the_new_version_afresh_keeping_the_old_upload_to_give_up()
+{
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let id = attempt_overtaken_by_a_new_version(&store);
@@ -2047,9 +2055,9 @@ fn a_retry_after_the_file_changed_starts_the_new_version_afresh() {
     assert_eq!(job.fingerprint, fp(2));
     assert_eq!(job.attempts, 0);
     assert_eq!(
-        store.load_progress(id).expect("reads"),
-        None,
-        "a session holding old bytes must not be resumed with new ones"
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
     );
     assert_invariants(&store);
 }
@@ -2082,7 +2090,7 @@ fn a_failure_of_an_old_version_queues_the_new_version_instead() {
 }
 
 #[test]
-fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
+fn recovery_keeps_the_old_version_s_upload_of_an_attempt_whose_file_changed_to_give_up() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
     let moved = attempt_overtaken_by_a_new_version(&store);
@@ -2092,12 +2100,54 @@ fn recovery_drops_progress_of_an_attempt_whose_file_changed() {
 
     let store = reopen(store);
     assert_eq!(store.recover_after_restart().expect("recovery works"), 2);
-    assert_eq!(store.load_progress(moved).expect("reads"), None);
+    assert_eq!(
+        store.load_progress(moved).expect("reads").as_deref(),
+        Some(&b"session holding bytes of version 1"[..]),
+        "kept for the next attempt to give it up on the remote (never to resume it)"
+    );
+    assert_eq!(job(&store, moved).unconfirmed_attempt_ms, None);
     assert_eq!(
         store.load_progress(steady).expect("reads").as_deref(),
         Some(&b"b's session"[..])
     );
     assert_eq!(job(&store, moved).fingerprint, fp(2));
+    assert_invariants(&store);
+}
+
+#[test]
+fn a_failure_that_keeps_its_upload_hands_it_to_the_attempt_after_a_retry_or_a_vanished_file() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    for rel in ["retried", "gone"] {
+        let id = queued_id(store.offer(&key(rel), &fp(1)).expect("offer"));
+        store.claim(SystemTime::now()).expect("claims");
+        store.save_progress(id, b"session").expect("saves");
+        store
+            .fail_keeping_upload(id, "its folder is no longer in the configuration", None)
+            .expect("fails");
+        assert!(matches!(job(&store, id).state, JobState::Failed { .. }));
+        assert_eq!(
+            store.load_progress(id).expect("reads").as_deref(),
+            Some(&b"session"[..]),
+            "{rel}: kept with the failed job"
+        );
+        ids.push(id);
+    }
+    assert_invariants(&store);
+
+    let retried = RetrySelection::Paths(vec![key("retried").path()]);
+    assert_eq!(store.retry_failed(&retried).expect("retries"), 1);
+    // A worker finds the file gone and gives the upload up before it drops the job.
+    assert_eq!(store.drop_vanished(&key("gone")).expect("drops"), None);
+
+    for id in ids {
+        assert_eq!(job(&store, id).state, JobState::Queued);
+        assert_eq!(
+            store.load_progress(id).expect("reads").as_deref(),
+            Some(&b"session"[..])
+        );
+    }
     assert_invariants(&store);
 }
 

@@ -155,6 +155,9 @@ pub struct UploadJob {
     /// An earlier attempt at this content, started then (ms), ended without its outcome
     /// recorded: its bytes may already be on the remote.
     pub unconfirmed_since_ms: Option<u64>,
+    /// An earlier attempt saved resume state for this job (seen when it was claimed). It
+    /// may be of an older version: a new version keeps it for the backend to give up.
+    pub saved_progress: bool,
     store: Store,
 }
 
@@ -188,6 +191,7 @@ impl UploadJob {
             scope,
             redivis: RedivisFolder::default(),
             unconfirmed_since_ms: None,
+            saved_progress: false,
             store,
         }
     }
@@ -368,11 +372,12 @@ impl Backend {
     /// Gives up on the remote the upload saved for job `id`, whose file is gone (the job is
     /// dropped, or a deletion replaced it): KiFS cancels its multipart upload, best effort;
     /// a Redivis session has no cancel and expires on its own
-    /// (`docs/protocols/redivis.md`). Nothing during a shutdown.
-    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+    /// (`docs/protocols/redivis.md`). Nothing during a shutdown: false when a stop kept
+    /// the saved upload for the next start (the job must then stay as it is).
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) -> bool {
         match self {
             Backend::Kifs(backend) => backend.abandon_saved_upload(store, id, scope).await,
-            Backend::Redivis(_) => {}
+            Backend::Redivis(_) => true,
         }
     }
 

@@ -337,6 +337,92 @@ fn a_deletion_interrupted_by_a_crash_runs_again_after_the_restart() {
 }
 
 #[test]
+fn a_deletion_dropped_with_its_folder_turns_back_into_the_upload_whose_progress_it_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    uploaded(&store, "a.csv", 1);
+    uploaded(&store, "b.csv", 1);
+    let id = queued_id(store.offer(&key("a.csv"), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claim").expect("due");
+    store
+        .save_progress(id, b"upload of version 2")
+        .expect("saves");
+    store
+        .retry_later(id, far_future(), "HTTP 503")
+        .expect("retry-wait");
+    store
+        .offer_deletions(&[key("a.csv"), key("b.csv")], far_future())
+        .expect("offer");
+
+    assert_eq!(store.drop_pending_deletions("/data/in").expect("drop"), 2);
+
+    let job = the_job(&store, "a.csv").expect("the upload is back");
+    assert_eq!(
+        (job.id, job.kind, &job.state),
+        (id, JobKind::Upload, &JobState::Queued)
+    );
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"upload of version 2"[..]),
+        "kept for the worker to give up"
+    );
+    assert!(
+        the_job(&store, "b.csv").is_none(),
+        "without progress it goes"
+    );
+    let claimed = store
+        .claim(SystemTime::now())
+        .expect("claim")
+        .expect("due now");
+    assert_eq!(claimed.id, id);
+    assert_invariants(&store);
+}
+
+/// Uploads `rel` at version 1, saves progress for version 2's upload, which then waits
+/// for its retry, and finds the file gone: a deletion that keeps that progress.
+fn deletion_keeping_an_upload(store: &Store, rel: &str) -> JobId {
+    uploaded(store, rel, 1);
+    let id = queued_id(store.offer(&key(rel), &fp(2)).expect("offer"));
+    store.claim(far_future()).expect("claim").expect("due");
+    store
+        .save_progress(id, b"upload of version 2")
+        .expect("saves");
+    store
+        .retry_later(id, soon(), "HTTP 503")
+        .expect("retry-wait");
+    store.offer_deletions(&[key(rel)], soon()).expect("offer");
+    assert_eq!(
+        the_job(store, rel).expect("the deletion").kind,
+        JobKind::Delete
+    );
+    id
+}
+
+#[test]
+fn a_file_back_before_its_deletion_ran_keeps_the_upload_that_deletion_kept_to_give_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    let id = deletion_keeping_an_upload(&store, "a.csv");
+
+    assert_eq!(
+        store.offer(&key("a.csv"), &fp(3)).expect("offer"),
+        Offer::Queued(id)
+    );
+
+    let job = the_job(&store, "a.csv").expect("the upload");
+    assert_eq!(
+        (job.id, job.kind, &job.state, job.fingerprint),
+        (id, JobKind::Upload, &JobState::Queued, fp(3))
+    );
+    assert_eq!(
+        store.load_progress(id).expect("reads").as_deref(),
+        Some(&b"upload of version 2"[..]),
+        "kept for the next attempt to give up on the remote"
+    );
+    assert_invariants(&store);
+}
+
+#[test]
 fn a_waiting_upload_that_becomes_a_deletion_keeps_its_progress_until_the_deletion_ends() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());

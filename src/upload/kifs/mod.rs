@@ -28,7 +28,11 @@
 //!    a part out of order) starts the upload over once with a new UUID. An upload that will
 //!    not be continued (the file vanished, changed or is unreadable, a step refused for
 //!    good, the refused upload before the new one) is cancelled on the server and
-//!    forgotten, except during a shutdown, which keeps it to resume.
+//!    forgotten, except during a shutdown, which keeps it to resume (an attempt that a
+//!    stop ends so ends as interrupted, whatever else it found: the next start decides).
+//!    A file that goes whole while its job holds saved progress (a multipart upload of an
+//!    older, larger version, which no `init` of the target follows to cancel on the
+//!    server) gives it up the same way before step 2 (`abandon_older_multipart`).
 //!
 //! The local file's fingerprint is checked before and after every request that sends its
 //! bytes (steps 4 and 5); a change restarts the upload with the new content.
@@ -181,6 +185,7 @@ impl KifsBackend {
         reader: &Arc<FileReader>,
         target: &str,
     ) -> Result<(), UploadError> {
+        self.abandon_older_multipart(job).await?;
         let unconfirmed = [(0, target, &*job)];
         if self
             .landed_before(&unconfirmed, &job.scope)
@@ -218,7 +223,9 @@ impl KifsBackend {
                 ..
             }) if job.load_progress::<MultipartState>()?.is_some() => {
                 tracing::warn!(job = job.id.0, target, reason = %message, "multipart upload refused mid-way; starting again with a new upload");
-                self.abandon_saved(job).await;
+                if !self.abandon_saved(job).await {
+                    return Err(UploadError::Shutdown);
+                }
                 job.clear_progress()?;
                 self.upload_multipart(job, reader, target).await
             }
@@ -226,8 +233,12 @@ impl KifsBackend {
         };
         if let Err(err) = &outcome
             && ends_the_upload(err)
+            && !self.abandon_saved(job).await
         {
-            self.abandon_saved(job).await;
+            // A stop keeps the upload: the next start finds the file as it is then (gone:
+            // the worker cancels the upload; changed: step 2 does). Ending the job now
+            // would forget the upload without a cancel.
+            return Err(UploadError::Shutdown);
         }
         outcome
     }

@@ -21,8 +21,9 @@
 //! 6. [`Multipart::reconcile_finalized`]: the `complete` of an earlier attempt went
 //!    through; forget the saved state, send nothing → done.
 //! 7. [`KifsBackend::abandon_saved`], for an upload that will not be continued (the file
-//!    vanished, changed or is unreadable, a step refused for good): cancel the saved UUID
-//!    (best effort) and forget the saved state, except during a shutdown.
+//!    vanished, changed or is unreadable, a step refused for good, a new version that goes
+//!    whole): cancel the saved UUID (best effort) and forget the saved state, except
+//!    during a shutdown, which keeps both (a stop that cuts the cancel short too).
 //!
 //! `init`, `upload_part` and `complete` are sent exactly once each: an ambiguous failure
 //! (timeout, reset, 5xx) ends the attempt, and the next attempt's `look_for_saved` decides.
@@ -135,39 +136,55 @@ impl KifsBackend {
     /// Step 7: the saved upload will never be continued (the file is gone, changed or
     /// unreadable, a step was refused for good): cancel it, so the server drops its parts,
     /// and forget it. Not during a shutdown: the stop must not wait on it, and an
-    /// interrupted upload keeps its progress to resume.
-    pub(super) async fn abandon_saved(&self, job: &UploadJob) {
+    /// interrupted upload keeps its progress to resume. False when a stop kept it.
+    pub(super) async fn abandon_saved(&self, job: &UploadJob) -> bool {
         self.abandon_saved_upload(&job.store, job.id, &job.scope)
-            .await;
+            .await
+    }
+
+    /// [`KifsBackend::abandon_saved`] for a job that goes as a whole file: any multipart
+    /// upload it saved is of an older, larger version, and no `init` of its target follows
+    /// to cancel it on the server. Nothing to read for a job claimed without progress. A
+    /// stop that keeps the upload ends the attempt: recording this one would forget it.
+    pub(super) async fn abandon_older_multipart(&self, job: &UploadJob) -> Result<(), UploadError> {
+        if job.saved_progress && !self.abandon_saved(job).await {
+            return Err(UploadError::Shutdown);
+        }
+        Ok(())
     }
 
     /// [`KifsBackend::abandon_saved`] for job `id` of `store`, which need not be an upload
-    /// any more (a deletion that replaced it).
-    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) {
+    /// any more (a deletion that replaced it). True once nothing is saved any more; false
+    /// when a stop came first or cut the cancel short: the saved upload stays for the next
+    /// start, which gives it up then (forgetting it now could leave it on the server).
+    pub async fn abandon_saved_upload(&self, store: &Store, id: JobId, scope: &CallScope) -> bool {
         if scope.stop.is_cancelled() {
-            return;
+            return false;
         }
         let Ok(Some(raw)) = store.load_progress(id) else {
-            return;
+            return true;
         };
         // Anything else saved there is no multipart upload: nothing to cancel.
-        if let Ok(saved) = serde_json::from_slice::<MultipartState>(&raw) {
-            self.cancel_upload(&saved, scope).await;
+        if let Ok(saved) = serde_json::from_slice::<MultipartState>(&raw)
+            && !self.cancel_upload(&saved, scope).await
+        {
+            return false;
         }
         if let Err(err) = store.clear_progress(id) {
             tracing::warn!(job = id.0, error = %err, "cannot forget an abandoned multipart upload");
         }
+        true
     }
 
     /// Sends `cancel` for `saved`, best effort: one try, bounded like every request by the
-    /// client's connect and idle timeouts and cut short by a stop; a failure is only logged
-    /// (the server cancels it anyway at the next `init` of its target, §3.1 of
-    /// `docs/protocols/kifs.md`).
-    pub(super) async fn cancel_upload(&self, saved: &MultipartState, scope: &CallScope) {
+    /// client's connect and idle timeouts and cut short by a stop (then false); a failure
+    /// is only logged (the server cancels it anyway at the next `init` of its target, §3.1
+    /// of `docs/protocols/kifs.md`).
+    pub(super) async fn cancel_upload(&self, saved: &MultipartState, scope: &CallScope) -> bool {
         let cancel = self.multipart_step(&saved.target, &saved.uuid, "cancel", None, None);
         let cancelled = tokio::select! {
             biased;
-            _ = scope.stop.cancelled() => return,
+            _ = scope.stop.cancelled() => return false,
             cancelled = cancel => cancelled,
         };
         match cancelled {
@@ -178,6 +195,7 @@ impl KifsBackend {
                 tracing::debug!(target = %saved.target, uuid = %saved.uuid, error = %err, "cancel of a multipart upload failed")
             }
         }
+        true
     }
 }
 
@@ -224,7 +242,9 @@ impl Multipart<'_> {
     ) -> Result<Step, UploadError> {
         if in_progress {
             // Best effort: a new init for the same target cancels it on the server anyway.
-            self.backend.cancel_upload(&saved, &self.job.scope).await;
+            if !self.backend.cancel_upload(&saved, &self.job.scope).await {
+                return Err(UploadError::Shutdown);
+            }
         }
         self.job.clear_progress()?;
         Ok(Step::Start)

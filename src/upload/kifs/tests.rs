@@ -59,25 +59,34 @@ fn job(root: &Path, store: &Store, rel: &str, data: &[u8]) -> UploadJob {
     let fingerprint = Fingerprint::read(&path).expect("the file stats");
     let key = FileKey::new(folder.to_string_lossy(), rel);
     store.offer(&key, &fingerprint).expect("offer works");
+    claim(root, store, rel)
+}
+
+/// The due job for `rel` under `root/inbox`, claimed and prepared as a worker does: with
+/// the file's fingerprint, and whether an earlier attempt saved progress.
+fn claim(root: &Path, store: &Store, rel: &str) -> UploadJob {
+    let path = root.join("inbox").join(rel);
     let claimed = store
         .claim(std::time::SystemTime::now())
         .expect("claim works")
-        .expect("the offered job is due");
-    UploadJob::new(
+        .expect("the job is due");
+    let mut job = UploadJob::new(
         claimed.id,
-        path,
+        path.clone(),
         rel.to_string(),
         Target::KifsDirectory {
             directory: "dir".into(),
             create: false,
         },
-        fingerprint,
+        Fingerprint::read(&path).expect("the file stats"),
         false,
         None,
         store.clone(),
         Arc::new(LiveProgress::default()),
         CancellationToken::new(),
-    )
+    );
+    job.saved_progress = store.load_progress(claimed.id).expect("reads").is_some();
+    job
 }
 
 /// The KiFS emulator's counters.
@@ -401,6 +410,47 @@ async fn a_saved_upload_of_another_version_still_in_progress_is_cancelled_then_s
     running.shutdown.cancel();
 }
 
+/// An attempt at `big.bin` ends for a transient reason (the worker's `retry_later`) after
+/// a new version, small enough to go whole, was offered while it ran: its saved upload is
+/// kept for the next attempt, which cancels it on the server before sending the new
+/// version whole (no `init` of the target follows to cancel it).
+#[tokio::test]
+async fn an_attempt_that_ends_transiently_after_a_new_version_leaves_its_upload_to_cancel() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup(root, KifsEncoding::Binary).await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 233) as u8).collect();
+    let job = job(root, &store, "big.bin", &data);
+    let stale = earlier_attempt(&backend, &job, job.fingerprint, &data).await;
+    let small = b"a new version small enough to go whole";
+    std::fs::write(&job.path, small).expect("the file is rewritten");
+    let key = FileKey::new(root.join("inbox").to_string_lossy(), "big.bin");
+    let new_version = Fingerprint::read(&job.path).expect("the file stats");
+    store.offer(&key, &new_version).expect("offer works");
+    store
+        .retry_later(job.id, std::time::SystemTime::now(), "HTTP 503")
+        .expect("retry_later works");
+
+    let mut next = claim(root, &store, "big.bin");
+    backend
+        .upload(&mut next)
+        .await
+        .expect("the upload succeeds");
+
+    assert_eq!(multipart_count(&running, "cancel").await, 1);
+    assert_eq!(stats(&running).await["replies"]["error"], 0);
+    assert_eq!(
+        uploads_in_progress(&backend).await,
+        Vec::<String>::new(),
+        "{} is gone",
+        stale.uuid
+    );
+    assert_eq!(next.load_progress::<MultipartState>().expect("loads"), None);
+    assert_eq!(stored(root, "dir/big.bin"), small);
+    running.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_saved_upload_the_server_still_holds_is_resumed_after_its_last_part() {
     let tmp = tempfile::tempdir().expect("a temp dir can be created");
@@ -676,6 +726,50 @@ async fn a_shutdown_mid_upload_cancels_nothing_and_keeps_the_upload_to_resume() 
     assert!(matches!(outcome, Err(UploadError::Shutdown)), "{outcome:?}");
     assert_eq!(multipart_count(&running, "cancel").await, 0);
     assert_eq!(uploads_in_progress(&backend).await, vec![uuid.clone()]);
+    let saved = job
+        .load_progress::<MultipartState>()
+        .expect("loads")
+        .expect("the progress is kept");
+    assert_eq!(saved.uuid, uuid);
+    running.shutdown.cancel();
+}
+
+/// A stop while the cancel of a vanished file's upload waits for its answer: the attempt
+/// ends as interrupted and keeps the upload (the cancel may not have reached the server),
+/// so the next start finds the file gone and gives the upload up then.
+#[tokio::test]
+async fn a_stop_that_cuts_a_cancel_short_keeps_the_upload_for_the_next_start() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, mut backend, store) = setup_with(root, KifsEncoding::Binary, |options| {
+        options.kifs.kifs_answer_delays = vec![
+            "upload_part=400".parse().expect("a hook"),
+            "cancel=5000".parse().expect("a hook"),
+        ];
+    })
+    .await;
+    backend.part_size = SMALL_PART;
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 227) as u8).collect();
+    let mut job = job(root, &store, "big.bin", &data);
+    let (id, path, scope) = (job.id, job.path.clone(), job.scope.clone());
+    let stop_once_cancelling = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while multipart_count(&running, "cancel").await < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "no cancel arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        scope.stop.cancel();
+        scope.checkpoint.cancel();
+    };
+
+    let (outcome, uuid, ()) = tokio::join!(
+        backend.upload(&mut job),
+        after_first_part(&running, &store, id, || std::fs::remove_file(&path)
+            .expect("the file is deleted")),
+        stop_once_cancelling
+    );
+
+    assert!(matches!(outcome, Err(UploadError::Shutdown)), "{outcome:?}");
     let saved = job
         .load_progress::<MultipartState>()
         .expect("loads")

@@ -111,8 +111,17 @@ impl KifsBackend {
     /// the server refuses the batch for good, each file is sent alone, so that only the file
     /// at fault fails.
     pub async fn upload_batch(&self, jobs: &mut [UploadJob]) -> Vec<Result<Uploaded, UploadError>> {
+        let mut kept = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Err(err) = self.abandon_older_multipart(job).await {
+                kept.push((i, err));
+            }
+        }
         let scope = batch_scope(jobs);
         let mut batch = Batch::new(jobs);
+        for (i, err) in kept {
+            batch.outcomes[i] = Some(Err(err));
+        }
         self.settle_unconfirmed(&mut batch, &scope).await;
         let mut attempts =
             Attempts::new(&self.retry, &scope, "KiFS batch upload").watching(&self.health);
