@@ -651,6 +651,19 @@ fn status_tells_how_to_retry_the_failed_files_of_a_folder_no_longer_configured()
         removed.contains("put the folder back in the config"),
         "{text}"
     );
+
+    let report = status_json(&s.config);
+    let failed = report["failed"].as_array().expect("failed is an array");
+    let configured_of = |file: &Path| {
+        let path = file.display().to_string();
+        failed
+            .iter()
+            .find(|job| job["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("{path} is listed as failed: {report}"))["folder_configured"]
+            .clone()
+    };
+    assert_eq!(configured_of(&kept), true, "{report}");
+    assert_eq!(configured_of(&left), false, "{report}");
 }
 
 #[test]
