@@ -651,6 +651,31 @@ fn status_tells_how_to_retry_the_failed_files_of_a_folder_no_longer_configured()
         removed.contains("put the folder back in the config"),
         "{text}"
     );
+
+    // The JSON tells them apart too, read from the database and from a running daemon.
+    let assert_json_tells_apart = |report: &serde_json::Value| {
+        let failed = report["failed"].as_array().expect("failed is an array");
+        let configured_of = |file: &Path| {
+            let path = file.display().to_string();
+            failed
+                .iter()
+                .find(|job| job["path"] == path.as_str())
+                .unwrap_or_else(|| panic!("{path} is listed as failed: {report}"))
+                ["folder_configured"]
+                .clone()
+        };
+        assert_eq!(configured_of(&kept), true, "{report}");
+        assert_eq!(configured_of(&left), false, "{report}");
+    };
+    assert_json_tells_apart(&status_json(&s.config));
+    let mut daemon = DaemonProcess::start(&s.config);
+    let mut report = serde_json::Value::Null;
+    daemon.wait_until(Duration::from_secs(30), "the daemon to answer", || {
+        report = status_json(&s.config);
+        report["daemon"] == "running"
+    });
+    assert_json_tells_apart(&report);
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
 }
 
 #[test]

@@ -90,7 +90,9 @@ impl Source<'_> {
     ///
     /// 1. A key of the wrong type or unit: its `key = value` is blanked out (its line
     ///    breaks kept, so spans and line numbers stay true), a dotted key from its first
-    ///    part, a refused table with all its keys.
+    ///    part, a refused table with all its keys. The only key of a table written by
+    ///    dotted keys leaves that table empty (`kifs.username = 7` becomes `kifs={}`), so
+    ///    that the table's missing keys are listed too.
     /// 2. A missing required key: a stand-in `key = "…"` is written into its table (the
     ///    offsets after it are mapped back to the file's), so that the tables serde reads
     ///    after that one are read too.
@@ -217,8 +219,9 @@ impl Listing {
         err: &toml::de::Error,
     ) -> bool {
         let span = err.span().unwrap_or(0..0);
-        if self.stand_ins.iter().any(|s| overlaps(s, &span)) {
-            // A stand-in was refused: what it stands for is already reported.
+        if self.stand_ins.iter().any(|s| contains(s, &span)) {
+            // A stand-in was refused: what it stands for is already reported. (An inline
+            // table missing another key spans the stand-ins written into it.)
             return false;
         }
         let in_file = self.file_span(&span);
@@ -257,9 +260,15 @@ impl Listing {
         };
         self.blanked.push(path);
         let before = self.text.clone();
-        for part in entry {
+        for (i, part) in entry.spans.iter().enumerate() {
             let from = dotted_start(&self.text, part.start);
-            blank(&mut self.text, from..part.end);
+            if i == 0 && entry.only_key && from < part.start {
+                // Its table is written by dotted keys alone: blanked whole, the table would
+                // be gone, and with it the report of the table's missing keys.
+                keep_empty_table(&mut self.text, from..part.end, part.start);
+            } else {
+                blank(&mut self.text, from..part.end);
+            }
         }
         self.text != before
     }
@@ -323,8 +332,8 @@ impl Listing {
     }
 }
 
-fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end && !inner.is_empty()
 }
 
 /// The path of the key a "missing field" error is about, in the table at `table`.
@@ -368,10 +377,17 @@ fn dotted_start(text: &str, at: usize) -> usize {
     }
 }
 
-/// The spans that make up the narrowest entry whose key or value covers `target`: its `key
-/// = value`, and for a table everything under it, whose keys may follow its `[header]`
-/// outside its span and would otherwise fall to the table above.
-fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Vec<Range<usize>>> {
+/// An entry of the document that [`Listing::blank_refused`] blanks out.
+struct BlankableEntry {
+    /// Its `key = value` first, then for a table everything under it, whose keys may follow
+    /// its `[header]` outside its span and would otherwise fall to the table above.
+    spans: Vec<Range<usize>>,
+    /// It is the only key of its table.
+    only_key: bool,
+}
+
+/// The narrowest entry whose key or value covers `target`.
+fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<BlankableEntry> {
     let covers = |span: Range<usize>| span.start <= target.start && target.end <= span.end;
     for (key, value) in table.iter() {
         // `[[folder]]` tables span only their header, so every table is searched.
@@ -389,7 +405,10 @@ fn blankable_entry(table: &DeTable<'_>, target: &Range<usize>) -> Option<Vec<Ran
         if covers(key.span()) || covers(value.span()) {
             let mut spans = vec![entry_span(key, value)];
             push_nested(value, &mut spans);
-            return Some(spans);
+            return Some(BlankableEntry {
+                spans,
+                only_key: table.len() == 1,
+            });
         }
     }
     None
@@ -429,13 +448,30 @@ fn blank(text: &mut String, range: Range<usize>) {
     } else {
         range.end
     };
+    write_over(text, range.start..end, "");
+}
+
+/// Overwrites the dotted key `range` (`kifs.username = 7`, its last part at `last_part`) with
+/// the empty table that holds it (`kifs={}`), keeping line breaks, every byte offset, and a
+/// comma after it in an inline table, as the entry is still there.
+fn keep_empty_table(text: &mut String, range: Range<usize>, last_part: usize) {
+    let table = text[range.start..last_part].trim_end();
+    let table = table.strip_suffix('.').unwrap_or(table).trim_end();
+    // The key's last part and the `.` and `=` around it are at least as long as `={}`, so
+    // the empty table fits before any line break of a value written over several lines.
+    write_over(text, range, &format!("{table}={{}}"));
+}
+
+/// Overwrites `range` of `text` with `with` followed by spaces, keeping its line breaks.
+fn write_over(text: &mut String, range: Range<usize>, with: &str) {
     let mut bytes = std::mem::take(text).into_bytes();
-    for b in &mut bytes[range.start..end] {
+    for b in &mut bytes[range.clone()] {
         if !matches!(*b, b'\n' | b'\r') {
             *b = b' ';
         }
     }
-    // Whole characters were replaced, each byte by an ASCII space.
+    bytes[range.start..range.start + with.len()].copy_from_slice(with.as_bytes());
+    // Whole characters were replaced, each byte by an ASCII one.
     *text = String::from_utf8(bytes).expect("spans lie on character boundaries");
 }
 

@@ -1852,6 +1852,44 @@ fn a_missing_key_of_a_table_written_with_dotted_keys_is_listed_with_the_rest() {
     assert_names(lines[1], 4, &["key 'rescan_interval'", "5 parsecs"]);
 }
 
+#[test]
+fn a_refused_only_key_of_a_table_written_with_dotted_keys_is_listed_with_its_missing_keys() {
+    let fx = Fixture::new();
+    let text = "state_dir = \"state\"\nkifs.username = 7\nemulator . \"data_dir\" = 5\n\
+                rescan_interval = \"5 parsecs\"\n[[folder]]\npath = \"inbox/a\"\nkifs_directory = \"k\"\n";
+    let message = fx.err(text);
+    let lines = lines_of(&message, 5);
+    assert_names(lines[0], 2, &["missing required key 'kifs.url'"]);
+    assert_names(lines[1], 2, &["key 'kifs.username'", "expected a string"]);
+    // A required key refused for its value is not listed again as missing.
+    assert_names(lines[2], 3, &["missing required key 'emulator.listen'"]);
+    assert_names(
+        lines[3],
+        3,
+        &["key 'emulator.data_dir'", "expected a string"],
+    );
+    assert_names(lines[4], 4, &["key 'rescan_interval'", "5 parsecs"]);
+}
+
+#[test]
+fn a_refused_only_key_of_a_dotted_table_in_an_inline_table_keeps_the_keys_after_it() {
+    let fx = Fixture::new();
+    let text = "state_dir = \"state\"\nfolder = [{ redivis_options.delimiter = 5, path = \"inbox/a\", \
+                redivis_table = \"o.d:next.t\", settle = \"5 parsecs\" }]\n\
+                [redivis]\ntoken = \"t\"\n";
+    let message = fx.err(text);
+    let lines = lines_of(&message, 2);
+    assert_names(
+        lines[0],
+        2,
+        &[
+            "key 'folder[0].redivis_options.delimiter'",
+            "expected a string",
+        ],
+    );
+    assert_names(lines[1], 2, &["key 'folder[0].settle'", "5 parsecs"]);
+}
+
 /// `folder[0]` of `inbox/a` moving its uploaded files into `archive`.
 fn moving_into(archive: &Path) -> String {
     format!(

@@ -368,6 +368,7 @@ impl Names {
                 failed_at_ms: *failed_at_ms,
                 last_attempt_ms: job.updated_at_ms,
                 attempts: job.attempts,
+                folder_configured: true,
             }),
             JobState::RetryWait { next_attempt_at_ms } if *next_attempt_at_ms > limit_ms => {
                 self.retry_late.push(left(job.last_error.clone()));

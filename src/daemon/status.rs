@@ -25,7 +25,8 @@
 //!                    "retrying": { "attempt": 2, "next_in_s": 3,
 //!                                  "last_error": "…" } | null } ],
 //!   "failed": [ { "path": "/data/x/a_b.csv", "reason": "…", "failed_at_ms": 1700000000000,
-//!                 "last_attempt_ms": 1700000000000, "attempts": 1 } ],
+//!                 "last_attempt_ms": 1700000000000, "attempts": 1,
+//!                 "folder_configured": true } ],
 //!   "retrying": [ { "path": "/data/x/c.csv", "attempts": 2, "next_attempt_ms": 1700000000000,
 //!                   "last_error": "…" | null,
 //!                   "waits_for": "remote" | "remote_check" | null } ],
@@ -54,6 +55,11 @@
 //!   another than the one its uploads went to (module `retarget`): the next start drops
 //!   its ledger and uploads its files to the new target, so `done` is 0, as that start
 //!   will find it. Always `false` for a running daemon, which has followed the change.
+//! - `failed[].folder_configured`: `false` for a job of a folder no longer in the
+//!   configuration (the daemon's, or for a stopped daemon the one `status` read): `retry`
+//!   cannot reach it; putting the folder back queues again the jobs failed for its
+//!   removal. A report without the field (an older upsync's) counts as `true`. The text
+//!   report lists those jobs apart.
 //! - `importing`: files Redivis holds and is still importing; no worker waits for them.
 //! - `remote_check`: whether the folder's remote can take its files ([`super::gates`]):
 //!   `checking` (not answered yet; `reason` is the last error), `ready`, `refused` (for good
@@ -88,7 +94,7 @@
 //! escapes by itself.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -194,6 +200,15 @@ pub struct FailedJob {
     #[serde(default)]
     pub last_attempt_ms: u64,
     pub attempts: u32,
+    /// The job's folder is in the configuration the report was made with (module doc).
+    #[serde(default = "folder_configured_when_not_told")]
+    pub folder_configured: bool,
+}
+
+/// A report from an upsync before `folder_configured` did not tell the failures of a
+/// removed folder apart.
+fn folder_configured_when_not_told() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -423,7 +438,7 @@ pub fn build_report(
             .map(|(folder, tally)| (folder.clone(), tally.last_upload_ms))
             .collect(),
     };
-    let (failed, mut retrying) = failed_and_retrying(store)?;
+    let (failed, mut retrying) = failed_and_retrying(config, store)?;
     if let Some(live) = live {
         note_retry_holds(&mut retrying, config, live);
     }
@@ -486,8 +501,14 @@ type InFolder = (String, RetryingJob);
 
 /// The failed and the retrying jobs, from the store's index of them.
 fn failed_and_retrying(
+    config: &Config,
     store: &dyn StatusSource,
 ) -> Result<(Vec<FailedJob>, Vec<InFolder>), StoreError> {
+    let configured: BTreeSet<Cow<'_, str>> = config
+        .folders
+        .iter()
+        .map(|folder| folder.path.to_string_lossy())
+        .collect();
     let mut failed = Vec::new();
     let mut retrying = Vec::new();
     for job in store.jobs_needing_attention()? {
@@ -504,6 +525,7 @@ fn failed_and_retrying(
                 failed_at_ms,
                 last_attempt_ms: job.updated_at_ms,
                 attempts: job.attempts,
+                folder_configured: configured.contains(job.key.folder.as_str()),
             }),
             JobState::RetryWait { next_attempt_at_ms } => retrying.push((
                 job.key.folder.clone(),
@@ -869,14 +891,10 @@ pub fn render_text(report: &StatusReport) -> String {
     }
     // `retry` takes paths in configured folders only, and what `--all` queues of a
     // folder no longer configured fails again: those are told apart, with what helps.
-    let (configured, unconfigured): (Vec<&FailedJob>, Vec<&FailedJob>) =
-        report.failed.iter().partition(|failed| {
-            let path = Path::new(&failed.path);
-            report
-                .folders
-                .iter()
-                .any(|folder| path.starts_with(&folder.path))
-        });
+    let (configured, unconfigured): (Vec<&FailedJob>, Vec<&FailedJob>) = report
+        .failed
+        .iter()
+        .partition(|failed| failed.folder_configured);
     write_failed(
         &mut out,
         "failed (retry with `upsync retry -c FILE --all` or PATH...):",
@@ -1103,5 +1121,13 @@ mod tests {
             summary_line(&report),
             "3 queued, 0 uploading, 0 importing, 0 waiting to retry, 0 failed, 4 done; oldest pending 1m 30s"
         );
+    }
+
+    #[test]
+    fn a_failure_reported_without_folder_configured_counts_as_in_a_configured_folder() {
+        let older = r#"{ "path": "/data/x/a_b.csv", "reason": "refused", "failed_at_ms": 1,
+                         "last_attempt_ms": 1, "attempts": 1 }"#;
+        let failed: FailedJob = serde_json::from_str(older).expect("an older report reads");
+        assert!(failed.folder_configured);
     }
 }
