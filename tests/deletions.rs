@@ -2,9 +2,9 @@
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
 //! continued (its file deleted, replaced by a version small enough to go whole, deleted
 //! during a stop, no longer selected after a reload, its folder gone with the deletion that
-//! kept it, or written again before that deletion ran), and the resume of one whose folder
-//! a reload removed and brought back: the real daemon, real files, the emulator over HTTP
-//! on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
+//! kept it, written again before that deletion ran, or its folder moved to another KiFS
+//! directory), and the resume of one whose folder a reload removed and brought back: the
+//! real daemon, real files, the emulator over HTTP on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
 //! request counters and through `upsync status --json`.
 
 mod common;
@@ -622,6 +622,26 @@ fn kifs_a_folder_removed_and_brought_back_resumes_the_multipart_upload_its_job_k
     assert_eq!(multipart["init"], 1, "resumed, not started again");
     assert_eq!(multipart["cancel"], 0);
     assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload moves the folder of a file whose newer version's upload waits for a retry to
+/// another KiFS directory: at that retry (a few seconds later) the upload waiting in the
+/// old directory is cancelled there, and the file goes to the new directory.
+#[test]
+fn kifs_a_folder_moved_to_another_directory_cancels_the_upload_waiting_in_the_old_one() {
+    let (s, mut daemon) = waiting_multipart_upload("", "3");
+
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|folder| folder.with("kifs_directory = \"moved\""))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    let big = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the new version in the new directory", || {
+        s.emulator.kifs_holds(&big, "moved/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
     assert_eq!(daemon.terminate(), Some(0));
 }
 
