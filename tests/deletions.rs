@@ -2,9 +2,10 @@
 //! end, and with either setting the cancel of a KiFS multipart upload that will not be
 //! continued (its file deleted, replaced by a version small enough to go whole, deleted
 //! during a stop, no longer selected after a reload, its folder gone with the deletion that
-//! kept it, or written again before that deletion ran), and the resume of one whose folder
-//! a reload removed and brought back: the real daemon, real files, the emulator over HTTP
-//! on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
+//! kept it, written again before that deletion ran, or its folder moved to another KiFS
+//! directory; or by a later attempt, when its file could not be examined), and the resume
+//! of one whose folder a reload removed and brought back: the real daemon, real files, the
+//! emulator over HTTP on 127.0.0.1, restarts and kill -9. Checked through the remote's own listings and
 //! request counters and through `upsync status --json`.
 
 mod common;
@@ -462,16 +463,25 @@ fn kifs_uploads_in_progress(s: &Setup) -> usize {
 /// version's multipart upload waiting for its retry (its second part answered 503 with
 /// `Retry-After: retry_after`): the one upload the server holds in progress.
 fn waiting_multipart_upload(folder_extra: &str, retry_after: &str) -> (Setup, DaemonProcess) {
+    waiting_multipart_upload_of("big.bin", folder_extra, retry_after)
+}
+
+/// [`waiting_multipart_upload`] of the file `rel` instead of `big.bin`.
+fn waiting_multipart_upload_of(
+    rel: &str,
+    folder_extra: &str,
+    retry_after: &str,
+) -> (Setup, DaemonProcess) {
     // Part answers are held back, so a fault can be queued for the part after the first.
     let s = Site::start(&["inbox"], &["--kifs-answer-delay", "upload_part=1500"]);
     one_folder_config(&s, true, TABLE, "UNUSED")
         .each_folder(|folder| folder.with(folder_extra))
         .write(&s.config);
-    s.write("big.bin", 1);
+    s.write(rel, 1);
     let daemon = DaemonProcess::start(&s.config);
     s.wait_settled(&daemon, 1);
 
-    let path = s.folder().join("big.bin");
+    let path = s.folder().join(rel);
     write_file(&path, PART + 100, 2);
     backdate(&path, 60);
     daemon.wait_until(WAIT, "the new version's first part", || {
@@ -622,6 +632,68 @@ fn kifs_a_folder_removed_and_brought_back_resumes_the_multipart_upload_its_job_k
     assert_eq!(multipart["init"], 1, "resumed, not started again");
     assert_eq!(multipart["cancel"], 0);
     assert_eq!(kifs_uploads_in_progress(&s), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A reload moves the folder of a file whose newer version's upload waits for a retry to
+/// another KiFS directory: at that retry (a few seconds later) the upload waiting in the
+/// old directory is cancelled there, and the file goes to the new directory.
+#[test]
+fn kifs_a_folder_moved_to_another_directory_cancels_the_upload_waiting_in_the_old_one() {
+    let (s, mut daemon) = waiting_multipart_upload("", "3");
+
+    one_folder_config(&s, true, TABLE, "UNUSED")
+        .each_folder(|folder| folder.with("kifs_directory = \"moved\""))
+        .write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    let big = s.folder().join("big.bin");
+    daemon.wait_until(WAIT, "the new version in the new directory", || {
+        s.emulator.kifs_holds(&big, "moved/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A file whose newer version's upload waits for a retry cannot be examined (its
+/// directory replaced by a symlink to a file while the daemon was stopped): at that retry
+/// (a few seconds after the restart) its job fails and keeps that upload, which the
+/// attempt of the version written once the directory is back (small enough to go whole)
+/// cancels.
+#[test]
+fn kifs_a_file_that_cannot_be_examined_keeps_its_waiting_upload_for_a_later_attempt_to_cancel() {
+    let (s, mut daemon) = waiting_multipart_upload_of("sub/big.bin", "", "5");
+    assert_eq!(daemon.terminate(), Some(0));
+    let sub = s.folder().join("sub");
+    std::fs::remove_dir_all(&sub).unwrap();
+    std::os::unix::fs::symlink(&s.config, &sub).unwrap();
+
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(
+        WAIT,
+        "the job failed as its file cannot be examined",
+        || {
+            let status = status_json(&s.config);
+            status["failed"].as_array().is_some_and(|failed| {
+                failed.iter().any(|job| {
+                    job["reason"]
+                        .as_str()
+                        .is_some_and(|reason| reason.contains("cannot stat"))
+                })
+            })
+        },
+    );
+    assert_eq!(s.emulator.kifs_stats()["multipart_operations"]["cancel"], 0);
+    assert_eq!(kifs_uploads_in_progress(&s), 1);
+
+    std::fs::remove_file(&sub).unwrap();
+    s.write("sub/big.bin", 3);
+    let small = s.folder().join("sub/big.bin");
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, "ingest/sub/big.bin")
+    });
+    s.wait_settled(&daemon, 1);
+    assert_waiting_upload_cancelled(&s);
     assert_eq!(daemon.terminate(), Some(0));
 }
 

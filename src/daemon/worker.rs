@@ -351,7 +351,10 @@ impl Worker {
                 let reason = format!("cannot stat {}: {err}", path.display());
                 tracing::error!(path = %path.display(), reason = %reason, "upload failed");
                 let (backend, class) = (backend_name(&folder.target), FailureClass::Unreadable);
-                self.fail_job(job, backend, class, ErrorKind::LocalIo, &reason);
+                // The file may still be there (a permission, an I/O error): the attempt
+                // after `upsync retry`, a new version or its deletion resumes the upload
+                // an earlier attempt saved, or gives it up on the remote.
+                self.fail_job_keeping_upload(job, backend, class, ErrorKind::LocalIo, &reason);
                 return Preparation::Settled;
             }
         };
@@ -383,7 +386,9 @@ impl Worker {
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
             let (backend, class) = (backend_name(&folder.target), FailureClass::Config);
-            self.fail_job(job, backend, class, ErrorKind::Config, reason);
+            // Nothing here can cancel the upload an earlier attempt saved: it stays for the
+            // attempt after `upsync retry`, which resumes it or gives it up.
+            self.fail_job_keeping_upload(job, backend, class, ErrorKind::Config, reason);
             return Preparation::Settled;
         };
         let live = Arc::new(LiveProgress::default());
@@ -686,6 +691,24 @@ impl Worker {
         reason: &str,
     ) {
         let failed = self.store.fail_as(job.id, reason, Some(kind.label()));
+        self.record(job, failed);
+        self.metrics
+            .failed(&job.key.folder, backend, class, kind, false);
+    }
+
+    /// [`Worker::fail_job`] before any attempt, keeping the upload an earlier attempt saved
+    /// (`Store::fail_keeping_upload`) for a later attempt to resume or give up.
+    fn fail_job_keeping_upload(
+        &self,
+        job: &Job,
+        backend: &str,
+        class: FailureClass,
+        kind: ErrorKind,
+        reason: &str,
+    ) {
+        let failed = self
+            .store
+            .fail_keeping_upload(job.id, reason, Some(kind.label()));
         self.record(job, failed);
         self.metrics
             .failed(&job.key.folder, backend, class, kind, false);

@@ -1638,7 +1638,8 @@ impl Store {
     }
 
     /// [`Store::fail_as`] for a job that fails before any attempt because nothing can
-    /// upload it now (its folder is no longer in the configuration): the upload an earlier
+    /// upload it now (its folder is no longer in the configuration, its file cannot be
+    /// examined, no backend serves its target): the upload an earlier
     /// attempt saved stays with it (invariant 3), for the attempt after `retry` (or the
     /// folder's return) to resume it or give it up on the remote.
     pub fn fail_keeping_upload(

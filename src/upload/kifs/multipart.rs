@@ -3,8 +3,10 @@
 //! one [`Multipart`]; each step takes it a little further and returns the [`Step`] that
 //! comes next. The steps, in order:
 //!
-//! 1. [`Multipart::look_for_saved`]: no saved state → `start`. Saved state for the same
-//!    version (fingerprint, part size, target): one `/show/files` for the target; when
+//! 1. [`Multipart::look_for_saved`]: no saved state → `start`. Saved state for another
+//!    target (the folder moved to another directory) → `discard_saved`, which cancels it
+//!    in its own directory. Saved state for the same version (fingerprint, part size,
+//!    target): one `/show/files` for the target; when
 //!    `info.multipart_uploads` lists the saved UUID with its last part L → `send_part`
 //!    from L + 1 (the server's count wins over ours). A job already `finalizing` whose
 //!    UUID is no longer in progress while the target holds a file of the expected size →
@@ -205,9 +207,17 @@ impl Multipart<'_> {
         let Some(saved) = self.job.load_progress::<MultipartState>()? else {
             return Ok(Step::Start);
         };
-        let same_version = saved.fingerprint == self.job.fingerprint
-            && saved.part_size == self.backend.part_size
-            && saved.target == self.target;
+        if saved.target != self.target {
+            // Started before the folder moved to another directory of this server: the
+            // target's `/show/files` cannot list it, and no `init` of the new target
+            // cancels it, so it is cancelled where it was started, unseen (best effort).
+            return Ok(Step::Discard {
+                saved,
+                in_progress: true,
+            });
+        }
+        let same_version =
+            saved.fingerprint == self.job.fingerprint && saved.part_size == self.backend.part_size;
         let shown = self.backend.show_file(self.target, &self.job.scope).await?;
         let in_progress = multipart_progress(&shown, &saved.uuid);
         if same_version {
