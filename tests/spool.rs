@@ -255,3 +255,85 @@ fn a_file_changed_while_its_first_version_imports_leaves_only_after_the_new_vers
     );
     daemon.terminate();
 }
+
+/// The warning lines of `log` (the daemon's) that contain `text`.
+fn warnings_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|line| line.contains(" WARN ") && line.contains(text))
+        .collect()
+}
+
+/// A spool folder the daemon cannot write (as under the shipped systemd unit, whose
+/// `ProtectSystem=strict` makes it read-only): the daemon says so once when it starts
+/// watching the folder, with the fix, uploads the files and leaves them; the deletes that
+/// fail log one warning per scan, not one per file. As root, the daemon runs as nobody,
+/// to whom a folder of root's with mode 0755 is read-only.
+#[test]
+fn a_spool_folder_the_daemon_cannot_write_is_named_once_and_its_files_stay() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    const FILES: usize = 20;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to run the daemon as another user");
+        return;
+    }
+    let s = setup(true, "after_upload = \"delete\"", &[]);
+    let names: Vec<String> = (0..FILES).map(|i| format!("f{i:02}.csv")).collect();
+    let sums: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| s.write(name, i as u64))
+        .collect();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Readable to nobody, writable by root alone; only the state dir is nobody's.
+    mode(s.tmp.path(), 0o755);
+    mode(&s.config, 0o644);
+    mode(s.folder(), 0o755);
+    for name in &names {
+        mode(&s.folder().join(name), 0o644);
+    }
+    let state = s.tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let as_nobody = |command: &mut std::process::Command| {
+        command.uid(NOBODY).gid(NOBODY);
+    };
+
+    let mut daemon = DaemonProcess::start_with(&s.config, as_nobody);
+    daemon.wait_settled(&s.config, FILES as u64);
+    for (name, sum) in names.iter().zip(&sums) {
+        assert_eq!(s.kifs_md5(name).as_ref(), Some(sum), "{name} on KiFS");
+    }
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log_text());
+    let first_run = daemon.log_text();
+    let folder = format!("\"{}\" (Permission denied", s.folder().display());
+    assert_eq!(
+        warnings_with(&first_run, &folder).len(),
+        1,
+        "the folder is named once: {first_run}"
+    );
+    let fix = format!("ReadWritePaths={} in a drop-in", s.folder().display());
+    assert!(warnings_with(&first_run, &fix).len() == 1, "{first_run}");
+    assert_eq!(files_under(s.folder()), names, "every file stays");
+
+    // The start-up scan finds every file uploaded and fails to delete each: one line,
+    // logged before the scan's own line.
+    let mut daemon = DaemonProcess::start_with(&s.config, as_nobody);
+    let second_run = || daemon.log_text()[first_run.len()..].to_string();
+    daemon.wait_until(WAIT, "the start-up scan to end", || {
+        second_run().contains("folder scanned")
+    });
+    let log = second_run();
+    let lines = warnings_with(&log, "upsync::watch::spool:");
+    assert_eq!(lines.len(), 1, "one line for the scan: {log}");
+    assert!(
+        lines[0].contains(&format!("{FILES} uploaded file(s) cannot be removed")),
+        "{log}"
+    );
+    assert_eq!(files_under(s.folder()), names, "every file stays");
+    assert_eq!(daemon.terminate(), Some(0), "{log}");
+}

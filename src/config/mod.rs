@@ -40,7 +40,7 @@ pub use redivis_options::{ParseOptions, RedivisFolder, UPLOAD_TYPES};
 pub use secret::Secret;
 #[cfg(test)]
 pub(crate) use spool::dir_on_another_file_system;
-pub use spool::{AfterUpload, archive_on_another_file_system};
+pub use spool::{AfterUpload, archive_on_another_file_system, nearest_existing};
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -143,8 +143,9 @@ pub fn archive_on_another_file_system(folder: &Path, archive: &Path) -> Option<S
     ))
 }
 
-/// `path` itself or its nearest ancestor that exists, with its metadata.
-fn nearest_existing(path: &Path) -> Option<(&Path, Metadata)> {
+/// `path` itself or its nearest ancestor that exists, with its metadata: where a missing
+/// directory would be created. `None` when one cannot be looked at.
+pub fn nearest_existing(path: &Path) -> Option<(&Path, Metadata)> {
     let mut existing = path;
     loop {
         match std::fs::metadata(existing) {

@@ -240,6 +240,9 @@ impl FolderState {
                  archive_dir is fixed (then reload or restart)"
             );
         }
+        if let Some(problem) = self.spool.as_ref().and_then(Spool::write_problem) {
+            warn!("{problem}");
+        }
         self.scan_folder(false, true)
     }
 
@@ -280,6 +283,7 @@ impl FolderState {
     /// After a whole-folder look: jobs of files no longer there go, and the next rescan
     /// is scheduled.
     fn scan_ended(&mut self, scan: &PausedScan) {
+        self.report_spool_failures();
         forget_vanished(&self.root, &self.folder_key, "", &*self.sink);
         self.sink.scan_done(&self.folder_key);
         // Started here and stepped by the ticks: the start-up ends with the scan, and so
@@ -545,6 +549,17 @@ impl FolderState {
             self.next_prune = now + PRUNE_EVERY;
             self.recent.expire(now);
         }
+        // A paused scan's failures are reported with the rest of the scan, as one line.
+        if self.paused.is_none() {
+            self.report_spool_failures();
+        }
+    }
+
+    /// One warning for the files a spool could not remove since the last one.
+    fn report_spool_failures(&mut self) {
+        if let Some(spool) = &mut self.spool {
+            spool.report_failures();
+        }
     }
 
     fn full_rescan(&mut self) {
@@ -758,7 +773,7 @@ impl FolderState {
         }
         if self.sink.is_uploaded(&self.key(rel), &fp) {
             self.settle.remove(&rel.to_string());
-            if let Some(spool) = &self.spool {
+            if let Some(spool) = &mut self.spool {
                 spool.settle(rel, &*self.sink);
             }
             return;
@@ -849,7 +864,7 @@ impl FolderState {
 
     /// A spool folder's offered files leave once their upload is confirmed.
     fn settle_spooled(&mut self) {
-        let Some(spool) = &self.spool else {
+        let Some(spool) = &mut self.spool else {
             return;
         };
         let sink = &*self.sink;
@@ -893,7 +908,7 @@ impl Visit for Pass<'_> {
         if !self.st.settle.is_empty() {
             self.st.settle.remove(&rel.to_string());
         }
-        if let Some(spool) = &self.st.spool {
+        if let Some(spool) = &mut self.st.spool {
             spool.settle(rel, &*self.st.sink);
         }
     }

@@ -441,7 +441,7 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
                 rel: rel.to_string(),
             };
             if self.sink.is_uploaded(&key, &fp) {
-                if let Some(spool) = &self.spool {
+                if let Some(spool) = &mut self.spool {
                     spool.settle(rel, self.sink);
                 }
                 return;
@@ -510,6 +510,9 @@ pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, 
     }
     .walk(&folder.path, &mut visit, &mut HashSet::new());
     visit.flush_offers();
+    if let Some(spool) = &mut visit.spool {
+        spool.report_failures();
+    }
     forget_vanished(&folder.path, &visit.folder_key, "", sink);
     sink.scan_done(&visit.folder_key);
     stamp::Stamping::run_if_wanted(&folder.path, &visit.folder_key, sink);

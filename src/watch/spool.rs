@@ -22,7 +22,17 @@
 //! upload, without an event) until each one left or failed to: a delete or move that
 //! fails (an archive on another file system, a full or read-only one) is tried again by
 //! the next scan (the periodic rescan, the start-up scan), not every second.
+//!
+//! Such failures are counted, each file's own line at debug, and
+//! [`Spool::report_failures`] logs them as one warning (a count and one example) after
+//! each scan: a folder of 10,000 files the daemon cannot write would otherwise log 10,000
+//! warnings every rescan, and journald drops lines past its rate limit, the daemon's other
+//! warnings with them. [`Spool::write_problem`] says once, when the folder is first
+//! watched, that the daemon cannot write the folder or its archive at all (under the
+//! shipped systemd unit every path but the state directory is read-only).
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +53,8 @@ pub enum Settled {
     Removed,
     /// Not confirmed in this version (or changed during its move): left in place.
     Left,
-    /// Confirmed, but deleting or moving it failed (logged): left in place, for the next
+    /// Confirmed, but deleting or moving it failed (counted for
+    /// [`Spool::report_failures`]): left in place, for the next
     /// scan to try again rather than every [`SPOOL_CHECK`].
     Failed,
     /// Not there.
@@ -56,6 +67,15 @@ pub struct Spool {
     root: PathBuf,
     folder_key: String,
     action: Action,
+    failures: FailureTally,
+}
+
+/// The deletes or moves that failed since the last [`Spool::report_failures`].
+#[derive(Debug, Clone, Default)]
+struct FailureTally {
+    count: u64,
+    /// The first file that failed, and why.
+    example: Option<(PathBuf, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +96,63 @@ impl Spool {
             root: root.to_path_buf(),
             folder_key: root.to_string_lossy().into_owned(),
             action,
+            failures: FailureTally::default(),
         })
+    }
+
+    /// Why this process cannot remove the folder's files or move them into its archive
+    /// (the folder, or the archive or its nearest existing parent, not writable: a
+    /// read-only mount, permissions), with the fix, for a warning when the folder is first
+    /// watched; `None` when it can.
+    pub fn write_problem(&self) -> Option<String> {
+        let mut needed = vec![self.root.as_path()];
+        if let Action::Move(archive) = &self.action {
+            needed.push(archive);
+        }
+        let problems: Vec<String> = needed
+            .iter()
+            .filter_map(|dir| {
+                let (at, result) = writable_or_creatable(dir)?;
+                let error = result.err()?;
+                let checked = if at == *dir {
+                    String::new()
+                } else {
+                    format!(", to be created in \"{}\"", at.display())
+                };
+                Some(format!("\"{}\"{checked} ({error})", dir.display()))
+            })
+            .collect();
+        if problems.is_empty() {
+            return None;
+        }
+        let paths: Vec<String> = needed.iter().map(|dir| dir.display().to_string()).collect();
+        Some(format!(
+            "the daemon cannot write {}: the spool folder's files are uploaded and stay in it. \
+             Under the shipped systemd unit every path but the state directory is read-only: \
+             add ReadWritePaths={} in a drop-in (systemctl edit upsync; the paths must exist), \
+             otherwise give the daemon's user write permission there; then restart",
+            problems.join(" and "),
+            paths.join(" ")
+        ))
+    }
+
+    /// Logs the deletes and moves that failed since the last call as one warning, a count
+    /// and one example, and starts counting again.
+    pub fn report_failures(&mut self) {
+        let tally = std::mem::take(&mut self.failures);
+        let Some((example, error)) = tally.example else {
+            return;
+        };
+        warn!(
+            folder = %self.root.display(),
+            files = tally.count,
+            example = %example.display(),
+            error = %error,
+            "{} uploaded file(s) cannot be removed from the spool folder (archive_dir must be on \
+             the same file system, and the folder and archive writable by the daemon); they stay \
+             until the next scan of the folder tries again",
+            tally.count
+        );
     }
 
     /// Why no file of the folder can move into its archive (on another file system), for
@@ -91,7 +167,7 @@ impl Spool {
     }
 
     /// Steps 1 to 4 for the file `rel`.
-    pub fn settle(&self, rel: &str, sink: &dyn Sink) -> Settled {
+    pub fn settle(&mut self, rel: &str, sink: &dyn Sink) -> Settled {
         let path = self.root.join(rel);
         let fingerprint = match Fingerprint::read(&path) {
             Ok(fingerprint) => fingerprint,
@@ -117,10 +193,41 @@ impl Spool {
             Ok(false) => Settled::Left,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settled::Gone,
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder (archive_dir must be on the same file system); it stays until the next scan of the folder tries again");
+                debug!(path = %path.display(), error = %e, "cannot remove an uploaded file from the spool folder");
+                self.failures.count += 1;
+                self.failures.example.get_or_insert((path, e.to_string()));
                 Settled::Failed
             }
         }
+    }
+}
+
+/// Whether this process may write `dir`, or, when it does not exist yet, its nearest
+/// existing ancestor (where it would be created): that ancestor and the answer. `None`
+/// when nothing on the path can be looked at (reported on its own).
+fn writable_or_creatable(dir: &Path) -> Option<(&Path, std::io::Result<()>)> {
+    let (existing, _) = crate::config::nearest_existing(dir)?;
+    Some((existing, may_write(existing)))
+}
+
+/// `faccessat(W_OK, AT_EACCESS)`: the effective user's right to write `path`, which also
+/// answers EROFS for a read-only mount (a systemd unit's `ProtectSystem=strict`) whoever
+/// owns it.
+fn may_write(path: &Path) -> std::io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::W_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -190,6 +297,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    use crate::test_logs::capture_logs;
     use crate::watch::SinkOffer;
 
     /// A ledger of fingerprints by relative path.
@@ -226,7 +334,7 @@ mod tests {
         ledger.record(root, "up.csv");
         ledger.record(root, "changed.csv");
         std::fs::write(root.join("changed.csv"), b"version 2").expect("rewrite");
-        let spool = Spool::new(root, &AfterUpload::Delete).expect("a spool");
+        let mut spool = Spool::new(root, &AfterUpload::Delete).expect("a spool");
 
         assert_eq!(spool.settle("up.csv", &ledger), Settled::Removed);
         assert_eq!(spool.settle("pending.csv", &ledger), Settled::Left);
@@ -249,7 +357,7 @@ mod tests {
         std::fs::write(root.join("a/b/c.csv"), b"data").expect("write");
         let ledger = Ledger::default();
         ledger.record(&root, "a/b/c.csv");
-        let spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
+        let mut spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
 
         assert_eq!(spool.settle("a/b/c.csv", &ledger), Settled::Removed);
         assert_eq!(
@@ -267,7 +375,7 @@ mod tests {
         let archive = dir.path().join("archive");
         std::fs::create_dir_all(&root).expect("dirs");
         let ledger = Ledger::default();
-        let spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
+        let mut spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
         for (version, archived) in [("v1", "a.csv"), ("v2", "a.1.csv"), ("v3", "a.2.csv")] {
             std::fs::write(root.join("a.csv"), version).expect("write");
             ledger.record(&root, "a.csv");
@@ -289,5 +397,100 @@ mod tests {
             std::fs::read(archive.join("README")).expect("kept"),
             b"kept"
         );
+    }
+
+    #[test]
+    fn a_writable_folder_and_archive_to_be_created_raise_no_write_problem() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("out");
+        std::fs::create_dir_all(&root).expect("dirs");
+        let archive = dir.path().join("not/yet/archive");
+        for action in [AfterUpload::Delete, AfterUpload::Move(archive)] {
+            let spool = Spool::new(&root, &action).expect("a spool");
+            assert_eq!(spool.write_problem(), None, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn a_folder_or_archive_the_process_cannot_write_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            println!("SKIPPED: permissions do not stop root (tests/spool.rs runs it as nobody)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (root, locked) = (dir.path().join("out"), dir.path().join("locked"));
+        std::fs::create_dir_all(&root).expect("dirs");
+        std::fs::create_dir_all(&locked).expect("dirs");
+        let read_only = std::fs::Permissions::from_mode(0o555);
+        std::fs::set_permissions(&locked, read_only).expect("chmod");
+        let archive = locked.join("archive");
+        let spool = Spool::new(&root, &AfterUpload::Move(archive.clone())).expect("a spool");
+        let problem = spool
+            .write_problem()
+            .expect("the archive cannot be created");
+        assert!(
+            problem.contains(&format!(
+                "\"{}\", to be created in \"{}\" (Permission denied",
+                archive.display(),
+                locked.display()
+            )),
+            "{problem}"
+        );
+        assert!(
+            problem.contains(&format!(
+                "ReadWritePaths={} {}",
+                root.display(),
+                archive.display()
+            )),
+            "{problem}"
+        );
+        assert!(
+            !problem.contains(&format!("\"{}\" (", root.display())),
+            "{problem}"
+        );
+
+        let spool = Spool::new(&locked, &AfterUpload::Delete).expect("a spool");
+        let problem = spool.write_problem().expect("the folder cannot be written");
+        assert!(
+            problem.contains(&format!("\"{}\" (", locked.display())),
+            "{problem}"
+        );
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    #[test]
+    fn failed_moves_are_one_warning_per_report_with_a_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("out");
+        std::fs::create_dir_all(&root).expect("dirs");
+        // A file where the archive's directory would be: every move fails, root or not.
+        let archive = dir.path().join("archive");
+        std::fs::write(&archive, b"not a directory").expect("write");
+        let ledger = Ledger::default();
+        let names: Vec<String> = (0..5).map(|i| format!("f{i}.csv")).collect();
+        for name in &names {
+            std::fs::write(root.join(name), name).expect("write");
+            ledger.record(&root, name);
+        }
+        let mut spool = Spool::new(&root, &AfterUpload::Move(archive)).expect("a spool");
+        let (logs, _guard) = capture_logs(tracing::Level::INFO);
+
+        for name in &names {
+            assert_eq!(spool.settle(name, &ledger), Settled::Failed);
+        }
+        spool.report_failures();
+        spool.report_failures();
+
+        let text = logs.text();
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{text}");
+        assert!(
+            warnings[0].contains("5 uploaded file(s) cannot be removed"),
+            "{text}"
+        );
+        assert!(warnings[0].contains("f0.csv"), "{text}");
+        assert!(names.iter().all(|name| root.join(name).exists()));
     }
 }
