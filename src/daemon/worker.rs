@@ -691,9 +691,7 @@ impl Worker {
         reason: &str,
     ) {
         let failed = self.store.fail_as(job.id, reason, Some(kind.label()));
-        self.record(job, failed);
-        self.metrics
-            .failed(&job.key.folder, backend, class, kind, false);
+        self.count_failure(job, failed, backend, class, kind);
     }
 
     /// [`Worker::fail_job`] before any attempt, keeping the upload an earlier attempt saved
@@ -709,6 +707,18 @@ impl Worker {
         let failed = self
             .store
             .fail_keeping_upload(job.id, reason, Some(kind.label()));
+        self.count_failure(job, failed, backend, class, kind);
+    }
+
+    /// Records a failure the store was told of (`failed`) and counts it in the metrics.
+    fn count_failure(
+        &self,
+        job: &Job,
+        failed: Result<(), crate::queue::StoreError>,
+        backend: &str,
+        class: FailureClass,
+        kind: ErrorKind,
+    ) {
         self.record(job, failed);
         self.metrics
             .failed(&job.key.folder, backend, class, kind, false);
