@@ -508,6 +508,18 @@ fn assert_waiting_upload_cancelled(s: &Setup) {
     assert_eq!(kifs_uploads_in_progress(s), 0);
 }
 
+/// Writes a small version of `rel` (one that goes whole), waits for it on the remote and for
+/// the daemon to settle, and checks that the multipart upload that waited is cancelled.
+fn small_version_replaces_the_waiting_upload(s: &Setup, daemon: &DaemonProcess, rel: &str) {
+    s.write(rel, 3);
+    let small = s.folder().join(rel);
+    daemon.wait_until(WAIT, "the small version on the remote", || {
+        s.emulator.kifs_holds(&small, &format!("ingest/{rel}"))
+    });
+    s.wait_settled(daemon, 1);
+    assert_waiting_upload_cancelled(s);
+}
+
 /// A file whose newer version's multipart upload waits for a retry is deleted, in a folder
 /// with `on_delete`: that upload is cancelled on the remote, and the job ends as without
 /// it (the older copy deleted, or kept).
@@ -545,13 +557,7 @@ fn kifs_a_folder_keeping_copies_also_cancels_the_waiting_multipart_upload_of_a_d
 fn kifs_a_small_new_version_of_a_file_whose_multipart_upload_waits_to_retry_cancels_that_upload() {
     let (s, mut daemon) = waiting_multipart_upload("", "600");
 
-    s.write("big.bin", 3);
-    let small = s.folder().join("big.bin");
-    daemon.wait_until(WAIT, "the small version on the remote", || {
-        s.emulator.kifs_holds(&small, "ingest/big.bin")
-    });
-    s.wait_settled(&daemon, 1);
-    assert_waiting_upload_cancelled(&s);
+    small_version_replaces_the_waiting_upload(&s, &daemon, "big.bin");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -585,13 +591,7 @@ fn kifs_a_file_back_before_its_held_deletion_ran_cancels_the_upload_that_deletio
         s.folder_status("held") == 1
     });
 
-    s.write("big.bin", 3);
-    let small = s.folder().join("big.bin");
-    daemon.wait_until(WAIT, "the small version on the remote", || {
-        s.emulator.kifs_holds(&small, "ingest/big.bin")
-    });
-    s.wait_settled(&daemon, 1);
-    assert_waiting_upload_cancelled(&s);
+    small_version_replaces_the_waiting_upload(&s, &daemon, "big.bin");
     assert_eq!(s.kifs_deletes(), 0);
     assert_eq!(daemon.terminate(), Some(0));
 }
@@ -687,13 +687,7 @@ fn kifs_a_file_that_cannot_be_examined_keeps_its_waiting_upload_for_a_later_atte
     assert_eq!(kifs_uploads_in_progress(&s), 1);
 
     std::fs::remove_file(&sub).unwrap();
-    s.write("sub/big.bin", 3);
-    let small = s.folder().join("sub/big.bin");
-    daemon.wait_until(WAIT, "the small version on the remote", || {
-        s.emulator.kifs_holds(&small, "ingest/sub/big.bin")
-    });
-    s.wait_settled(&daemon, 1);
-    assert_waiting_upload_cancelled(&s);
+    small_version_replaces_the_waiting_upload(&s, &daemon, "sub/big.bin");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
