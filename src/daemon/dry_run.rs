@@ -50,7 +50,7 @@ use super::control;
 use super::status::{StatusReport, describe_target};
 use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, FilePick, Job, JobKind, JobState, StateLock, Store, StoreError};
+use crate::queue::{FileKey, Job, JobKind, JobState, StateLock, Store, StoreError};
 use crate::upload::redivis::names;
 use crate::watch::{self, filter::Filter};
 
@@ -336,13 +336,8 @@ fn plan_deletions(
     plan: &mut FolderPlan,
 ) -> Result<BTreeSet<String>, String> {
     let key = plan.folder.clone();
-    let mut uploads = 0;
-    store
-        .visit_files(&key, "", FilePick::Uploaded, |_| {
-            uploads += 1;
-            ControlFlow::Continue(())
-        })
-        .map_err(|err| err.to_string())?;
+    // The folder's tally counts its ledger entries: no walk of the ledger to count them.
+    let uploads = store.tally(&key).map_err(|err| err.to_string())?.counts.done;
     if uploads == found_uploaded {
         return Ok(BTreeSet::new());
     }
