@@ -337,7 +337,11 @@ fn plan_deletions(
 ) -> Result<BTreeSet<String>, String> {
     let key = plan.folder.clone();
     // The folder's tally counts its ledger entries: no walk of the ledger to count them.
-    let uploads = store.tally(&key).map_err(|err| err.to_string())?.counts.done;
+    let uploads = store
+        .tally(&key)
+        .map_err(|err| err.to_string())?
+        .counts
+        .done;
     if uploads == found_uploaded {
         return Ok(BTreeSet::new());
     }

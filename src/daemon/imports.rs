@@ -33,13 +33,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::retarget::{retargeted, target_identity};
+use super::retarget::target_identity;
 use super::status::Live;
 use super::uploaded::{RemoteLabel, Told, UploadLine, record_upload};
 use super::worker::Backends;
 use crate::config::Target;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Completed, Import, Job, JobId, Store, to_ms};
+use crate::queue::{Completed, Completion, Import, Job, JobId, Store, to_ms};
 use crate::upload::backoff::Backoff;
 use crate::upload::redivis::Imported;
 use crate::upload::retry::CallScope;
@@ -235,18 +235,18 @@ impl Imports {
             remote: uploaded.remote,
             md5: uploaded.md5,
             as_claimed: None,
-            target: Some(started_for.clone()),
+            target: Some(started_for),
         }]);
         match recorded.map(|done| done[0]) {
-            Ok(true) => {}
-            Ok(false) if retargeted(&self.store, &job.key.folder, Some(&started_for)) => {
+            Ok(Completion::Recorded) => {}
+            Ok(Completion::Retargeted) => {
                 tracing::info!(
                     path,
                     "the folder's target changed during the file's import; uploading it to the new target"
                 );
                 self.wake.notify_one();
             }
-            Ok(false) => {
+            Ok(Completion::Superseded) => {
                 tracing::info!(
                     path,
                     "file changed during its import; uploading the new version"

@@ -68,14 +68,6 @@ pub fn moved(recorded: Option<&str>, configured: &Target) -> bool {
     recorded.is_some_and(|recorded| recorded != target_identity(configured))
 }
 
-/// Whether the folder's recorded target is another than `started_for`, the target an
-/// attempt was started for: why its completion queued the file again instead of
-/// recording it. A record that cannot be read answers no (it only chooses a log line).
-pub fn retargeted(store: &Store, folder: &str, started_for: Option<&str>) -> bool {
-    let recorded = store.folder_target(folder).ok().flatten();
-    started_for.is_some_and(|started_for| recorded.is_some_and(|r| r != started_for))
-}
-
 /// What names a target for [`follow_target`], and for an attempt the target it was
 /// started for: the backend and the directory or table, not how a directory is created.
 pub fn target_identity(target: &Target) -> String {

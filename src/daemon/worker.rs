@@ -23,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::gates::Setback;
 use super::imports::Imports;
-use super::retarget::{retargeted, target_identity};
+use super::retarget::target_identity;
 use super::schedule::Schedule;
 use super::status::{InFlightStart, Live, backend_name};
 use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Claimed, Completed, Import, Job, JobKind, JobState, Store, to_ms};
+use crate::queue::{Claimed, Completed, Completion, Import, Job, JobKind, JobState, Store, to_ms};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
@@ -301,8 +301,8 @@ impl Worker {
         }
         match self.store.complete_many(&entries) {
             Ok(done) => {
-                for (((job, display), done), entry) in completed.iter().zip(done).zip(&entries) {
-                    self.after_complete(job, display, entry, Ok(done));
+                for ((job, display), done) in completed.iter().zip(done) {
+                    self.after_complete(job, display, Ok(done));
                 }
             }
             Err(err) => {
@@ -484,8 +484,8 @@ impl Worker {
                     as_claimed: None,
                     target: Some(target_identity(attempt.target)),
                 };
-                let recorded = self.store.complete_many(std::slice::from_ref(&entry));
-                self.after_complete(job, path, &entry, recorded.map(|done| done[0]));
+                let recorded = self.store.complete_many(&[entry]);
+                self.after_complete(job, path, recorded.map(|done| done[0]));
             }
             Ok(Delivery::Posted(posted)) => self.start_import(attempt, posted),
             Err(UploadError::Vanished(_)) => {
@@ -661,21 +661,19 @@ impl Worker {
         &self,
         job: &Job,
         path: &str,
-        entry: &Completed,
-        recorded: Result<bool, crate::queue::StoreError>,
+        recorded: Result<Completion, crate::queue::StoreError>,
     ) {
-        if let Ok(false) = recorded {
-            if retargeted(&self.store, &job.key.folder, entry.target.as_deref()) {
-                tracing::info!(
-                    path,
-                    "the folder's target changed during the file's upload; uploading it to the new target"
-                );
-            } else {
-                tracing::info!(
-                    path,
-                    "file changed during its upload; uploading the new version"
-                );
+        let queued_again = match recorded {
+            Ok(Completion::Retargeted) => Some(
+                "the folder's target changed during the file's upload; uploading it to the new target",
+            ),
+            Ok(Completion::Superseded) => {
+                Some("file changed during its upload; uploading the new version")
             }
+            Ok(Completion::Recorded) | Err(_) => None,
+        };
+        if let Some(why) = queued_again {
+            tracing::info!(path, "{why}");
             self.wake.notify_one();
         }
         self.record(job, recorded.map(|_| ()));

@@ -159,6 +159,26 @@ pub struct Completed {
     pub target: Option<String>,
 }
 
+/// What [`super::Store::complete_many`] did with one upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Recorded in the ledger; the job ended.
+    Recorded,
+    /// Recorded, but the job took a new version (or a deletion) meanwhile: it is queued
+    /// again for that.
+    Superseded,
+    /// Not recorded: the folder was given another target since the attempt started
+    /// ([`Completed::target`]); the file is queued afresh, for the new target.
+    Retargeted,
+}
+
+impl Completion {
+    /// Whether the job ended.
+    pub fn ended(self) -> bool {
+        self == Completion::Recorded
+    }
+}
+
 /// The outcome of offering a settled file to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offer {

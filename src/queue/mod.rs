@@ -288,8 +288,8 @@ pub use delete::{DeletionTally, HELD_BY_GUARD};
 pub use error::StoreError;
 pub use files::FilePick;
 pub use job::{
-    Completed, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState, LedgerEntry, Offer,
-    RetrySelection, Space,
+    Completed, Completion, FileKey, FolderCounts, Import, Job, JobId, JobKind, JobState,
+    LedgerEntry, Offer, RetrySelection, Space,
 };
 pub use keys::{FolderTag, folder_tag};
 pub use lock::StateLock;
@@ -1561,14 +1561,14 @@ impl Store {
             as_claimed: None,
             target: None,
         }])?;
-        Ok(done[0])
+        Ok(done[0].ended())
     }
 
     /// [`Store::complete`] for several jobs in one transaction and one flush (group commit
-    /// for a batch uploaded in one request). Returns, per job, whether it ended. A job
+    /// for a batch uploaded in one request). Returns, per job, what it did. A job
     /// whose attempt was started for another target than its folder's recorded one
     /// ([`Completed::target`]) is not recorded: it is queued afresh, for the new target.
-    pub fn complete_many(&self, completed: &[Completed]) -> Result<Vec<bool>, StoreError> {
+    pub fn complete_many(&self, completed: &[Completed]) -> Result<Vec<Completion>, StoreError> {
         let now = now_ms();
         let _target_unchanged = self.inner.target_change.read();
         // Read before the transaction: sled reads no other tree inside one.
@@ -1584,7 +1584,7 @@ impl Store {
                 if retargeted_since(&recorded, &job.key.folder, c.target.as_deref()) {
                     tx.clear_progress(c.id)?;
                     tx.put_job(Some(&job), &queued_afresh(&job, now))?;
-                    done.push(false);
+                    done.push(Completion::Retargeted);
                     continue;
                 }
                 let raw_key = match valid_key(&job.key) {
@@ -1603,7 +1603,7 @@ impl Store {
                     // One write of the file's entry: the upload in, the job out.
                     tx.put_ledger_ending(raw_key, &job.key.folder, &entry, Some(job.id))?;
                     tx.remove_job_record(&job)?;
-                    done.push(true);
+                    done.push(Completion::Recorded);
                 } else {
                     tx.put_ledger(raw_key, &job.key.folder, &entry)?;
                     let next = match job.kind {
@@ -1615,7 +1615,7 @@ impl Store {
                         JobKind::Upload => job.clone(),
                     };
                     tx.put_job(Some(&job), &queued_afresh(&next, now))?;
-                    done.push(false);
+                    done.push(Completion::Superseded);
                 }
             }
             Ok(done)

@@ -752,7 +752,7 @@ fn a_completion_for_another_target_than_the_folders_queues_the_file_again() {
         target: Some(target.into()),
     };
     let done = store.complete_many(&[for_target("kifs\0old")]);
-    assert_eq!(done.expect("complete works"), [false]);
+    assert_eq!(done.expect("complete works"), [Completion::Retargeted]);
     assert_eq!(store.ledger_get(&key("a.csv")).expect("reads"), None);
     let requeued = job(&store, id);
     assert_eq!(requeued.state, JobState::Queued);
@@ -762,7 +762,7 @@ fn a_completion_for_another_target_than_the_folders_queues_the_file_again() {
 
     store.claim(SystemTime::now()).expect("claim works");
     let done = store.complete_many(&[for_target("kifs\0new")]);
-    assert_eq!(done.expect("complete works"), [true]);
+    assert_eq!(done.expect("complete works"), [Completion::Recorded]);
     assert!(store.is_uploaded(&key("a.csv"), &fp(1)).expect("reads"));
     assert_invariants(&store);
 
@@ -774,7 +774,10 @@ fn a_completion_for_another_target_than_the_folders_queues_the_file_again() {
         fingerprint: fp(2),
         ..for_target("kifs\0any")
     };
-    assert_eq!(store.complete_many(&[unrecorded]).expect("works"), [true]);
+    assert_eq!(
+        store.complete_many(&[unrecorded]).expect("works"),
+        [Completion::Recorded]
+    );
     assert_invariants(&store);
 }
 
@@ -2363,7 +2366,7 @@ fn complete_many_records_every_upload_and_requeues_files_that_moved_on() {
     let by_rel: std::collections::HashMap<_, _> = claimed
         .iter()
         .zip(&done)
-        .map(|(job, done)| (job.key.rel.clone(), *done))
+        .map(|(job, done)| (job.key.rel.clone(), done.ended()))
         .collect();
     assert!(by_rel["f1"] && by_rel["f2"], "f1 and f2 ended: {by_rel:?}");
     assert!(!by_rel["f3"], "f3 moved on and is queued again");

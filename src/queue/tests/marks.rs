@@ -100,7 +100,7 @@ fn a_batch_from_the_front_of_a_line_is_claimed_with_one_write_and_reads_back_act
     let done = store
         .complete_many(&completed(&batch))
         .expect("complete_many works");
-    assert!(done.iter().all(|done| *done));
+    assert!(done.iter().all(|done| done.ended()));
     assert_eq!(
         store.jobs().expect("jobs read").len(),
         1,
@@ -165,7 +165,15 @@ fn a_new_version_offered_during_a_claim_under_the_mark_is_uploaded_after_it() {
     let done = store
         .complete_many(&completed(&batch))
         .expect("complete_many works");
-    assert_eq!(done, vec![true, true, false], "f0002 moved on");
+    assert_eq!(
+        done,
+        vec![
+            Completion::Recorded,
+            Completion::Recorded,
+            Completion::Superseded
+        ],
+        "f0002 moved on"
+    );
     let left = super::job(&store, f2.id);
     assert_eq!(left.state, JobState::Queued);
     assert_eq!(left.fingerprint, fp(33));
