@@ -18,7 +18,7 @@
 //!    the folder's files that failed for colliding with it are queued again.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::status::backend_name;
 use super::worker::{FOLDER_REMOVED, Worker};
@@ -119,7 +119,7 @@ impl Worker {
                     err.kind().unwrap_or(ErrorKind::Unexpected),
                     true,
                 );
-                let at = SystemTime::now() + delay;
+                let at = self.store.now() + delay;
                 self.record(&job, self.store.retry_later(job.id, at, &err.to_string()));
             }
         }
@@ -172,7 +172,7 @@ impl Worker {
             return Checked::Done;
         }
         if !Path::new(&job.key.folder).is_dir() {
-            let at = SystemTime::now() + MISSING_ROOT_WAIT;
+            let at = self.store.now() + MISSING_ROOT_WAIT;
             let reason = "the folder is missing; its deletions wait for it";
             self.record(job, store.retry_later(job.id, at, reason));
             return Checked::Done;
@@ -194,7 +194,7 @@ impl Worker {
                 return Checked::Done;
             }
             Err(err) => {
-                let at = SystemTime::now() + MISSING_ROOT_WAIT;
+                let at = self.store.now() + MISSING_ROOT_WAIT;
                 let reason = format!("cannot tell whether {} is gone: {err}", job.key);
                 self.record(job, store.retry_later(job.id, at, &reason));
                 return Checked::Done;
@@ -207,7 +207,7 @@ impl Worker {
                 Checked::Done
             }
             Err(err) => {
-                let at = SystemTime::now() + MISSING_ROOT_WAIT;
+                let at = self.store.now() + MISSING_ROOT_WAIT;
                 self.record(job, store.retry_later(job.id, at, &err.to_string()));
                 Checked::Done
             }

@@ -28,7 +28,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use super::uploaded::{RemoteLabel, Told, UploadLine, record_upload};
 use super::worker::Backends;
 use crate::config::Target;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Completed, Completion, Import, Job, JobId, Store, to_ms};
+use crate::queue::{Completed, Completion, Import, Job, JobId, Store};
 use crate::upload::backoff::Backoff;
 use crate::upload::redivis::Imported;
 use crate::upload::retry::CallScope;
@@ -210,7 +210,7 @@ impl Imports {
         table: &str,
     ) {
         let path = job.path().display().to_string();
-        let imported_ms = to_ms(SystemTime::now()).saturating_sub(import.posted_at_ms);
+        let imported_ms = self.store.now_ms().saturating_sub(import.posted_at_ms);
         let line = UploadLine {
             folder: &job.key.folder,
             path: &path,

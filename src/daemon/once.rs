@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
@@ -445,8 +445,10 @@ pub async fn sync_once(
 ) -> Result<SyncSummary, DaemonError> {
     let started = Instant::now();
     let deadline = started + options.retry_wait_limit;
-    let limit_ms = to_ms(SystemTime::now() + options.retry_wait_limit);
     let mut core = Core::start(config).await?;
+    // On the store's clock, which the jobs' times are on (module `queue::clock`).
+    let limit_ms =
+        to_ms(core.store.now() + options.retry_wait_limit.saturating_sub(started.elapsed()));
     core.spawn_checks();
     core.spawn_workers();
     let mut display = Display::new(options.progress);
@@ -1026,7 +1028,7 @@ mod tests {
     #[test]
     fn the_run_offers_what_its_scan_finds_in_batches_and_counts_the_young_files() {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
-        let old = SystemTime::now() - Duration::from_secs(3600);
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
         for i in 0..300 {
             let path = dir.path().join(format!("f{i:03}.csv"));
             std::fs::write(&path, b"x").expect("write a test file");

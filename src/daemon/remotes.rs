@@ -185,8 +185,7 @@ async fn release(backend: &Backend, context: &WatchContext) {
         .collect();
     let store = context.store.clone();
     let released =
-        tokio::task::spawn_blocking(move || store.release_waiting(&folders, SystemTime::now()))
-            .await;
+        tokio::task::spawn_blocking(move || store.release_waiting(&folders, store.now())).await;
     match released {
         Ok(Ok(jobs)) => {
             let health = backend.health();

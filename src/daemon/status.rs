@@ -428,7 +428,7 @@ pub fn build_report(
     store: &dyn StatusSource,
     live: Option<&Live>,
 ) -> Result<StatusReport, StoreError> {
-    let now = SystemTime::now();
+    let now = store.now();
     let now_ms = to_ms(now);
     let tallies = store.tallies()?;
     let last_success = match live {

@@ -30,7 +30,7 @@ use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Claimed, Completed, Completion, Import, Job, JobKind, JobState, Store, to_ms};
+use crate::queue::{Claimed, Completed, Completion, Import, Job, JobKind, JobState, Store};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
@@ -115,7 +115,7 @@ impl Worker {
                 &self.config,
                 &self.backends,
                 &self.live.gates,
-                SystemTime::now(),
+                self.store.now(),
             );
             let claimed = match claimed {
                 Ok(claimed) => claimed,
@@ -136,7 +136,7 @@ impl Worker {
                     );
                     let wait = match next_due {
                         Ok(Some(due)) => due
-                            .duration_since(SystemTime::now())
+                            .duration_since(self.store.now())
                             .unwrap_or(Duration::ZERO)
                             .min(IDLE_POLL),
                         _ => IDLE_POLL,
@@ -195,21 +195,21 @@ impl Worker {
             return Vec::new();
         }
         let mut bytes = first.fingerprint.size;
-        let claimed =
-            self.store
-                .claim_more(first, SystemTime::now(), limits.max_files - 1, |job| {
-                    let size = job.fingerprint.size;
-                    let same_target = !limits.one_target || target_of(job) == Some(first_target);
-                    let fits = job.kind == JobKind::Upload
-                        && size <= limits.max_file_size
-                        && bytes + size <= limits.max_bytes
-                        && same_target
-                        && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
-                    if fits {
-                        bytes += size;
-                    }
-                    fits
-                });
+        let claimed = self
+            .store
+            .claim_more(first, self.store.now(), limits.max_files - 1, |job| {
+                let size = job.fingerprint.size;
+                let same_target = !limits.one_target || target_of(job) == Some(first_target);
+                let fits = job.kind == JobKind::Upload
+                    && size <= limits.max_file_size
+                    && bytes + size <= limits.max_bytes
+                    && same_target
+                    && backend_of(job).is_some_and(|b| Arc::ptr_eq(b, backend));
+                if fits {
+                    bytes += size;
+                }
+                fits
+            });
         match claimed {
             Ok(jobs) => jobs,
             Err(err) => {
@@ -370,7 +370,7 @@ impl Worker {
         }
         if fingerprint != job.fingerprint && !settled_by_mtime(&fingerprint, folder) {
             // Still being written: the watcher offers the new version once it settles.
-            let at = SystemTime::now() + folder.settle;
+            let at = self.store.now() + folder.settle;
             self.record(
                 job,
                 self.store.retry_later(job.id, at, "file is still changing"),
@@ -548,7 +548,7 @@ impl Worker {
                     kind = %kind,
                     "upload failed; will retry"
                 );
-                let at = SystemTime::now() + delay;
+                let at = self.store.now() + delay;
                 self.record(job, self.store.retry_later(job.id, at, &err.to_string()));
             }
         }
@@ -596,7 +596,7 @@ impl Worker {
         );
         self.record(
             job,
-            self.store.retry_later(job.id, SystemTime::now(), reason),
+            self.store.retry_later(job.id, self.store.now(), reason),
         );
         self.set_folder_back(attempt, Setback::Refused(reason));
     }
@@ -638,7 +638,7 @@ impl Worker {
             target: posted.target,
             fingerprint: attempt.fingerprint,
             md5: posted.md5,
-            posted_at_ms: to_ms(SystemTime::now()),
+            posted_at_ms: self.store.now_ms(),
             transfer_ms: u64::try_from(attempt.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             failed: None,
         };

@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use super::record::FileRecord;
 use super::{
     Job, JobId, JobKind, JobState, Offer, Store, StoreError, Tx, TxResult, abort, decode_ledger,
-    is_attempt, now_ms, queued_afresh, to_ms, valid_key,
+    is_attempt, queued_afresh, to_ms, valid_key,
 };
 use crate::fingerprint::Fingerprint;
 use crate::queue::FileKey;
@@ -203,7 +203,7 @@ impl Store {
     /// `offer`: the next scan finds the files gone again.
     pub fn offer_deletions(&self, keys: &[FileKey], due: SystemTime) -> Result<usize, StoreError> {
         let raw_keys = keys.iter().map(valid_key).collect::<Result<Vec<_>, _>>()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let due = to_ms(due).max(now);
         self.transact_creating(|tx| {
             let mut queued = 0;
@@ -257,7 +257,7 @@ impl Store {
     /// Flushed: a restart keeps them held.
     pub fn hold_deletions(&self, folder: &str, why: &str) -> Result<usize, StoreError> {
         let reason = format!("{HELD_BY_GUARD}: {why}");
-        let now = now_ms();
+        let now = self.now_ms();
         let held = self.change_folder_jobs(folder, is_pending, |job| Job {
             state: JobState::Failed {
                 reason: reason.clone(),
@@ -275,7 +275,7 @@ impl Store {
     /// Step 2: the limit allows the held deletions of `folder` again; they are queued, due
     /// now. Returns how many.
     pub fn release_deletions(&self, folder: &str) -> Result<usize, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let released = self.change_folder_jobs(folder, is_held, |job| Job {
             last_error: None,
             ..queued_afresh(job, now)
@@ -296,7 +296,7 @@ impl Store {
             if !unapproved(&job) {
                 continue;
             }
-            let now = now_ms();
+            let now = self.now_ms();
             dropped += usize::from(self.transact(|tx| match tx.job(job.id)? {
                 Some(job) if unapproved(&job) => tx.drop_deletion(&job, now).map(|()| true),
                 _ => Ok(false),
@@ -339,7 +339,7 @@ impl Store {
     /// and ends the job; if the file came back meanwhile, queues its upload instead and
     /// returns false. Flushed.
     pub fn complete_deletion(&self, id: JobId, deleted: Option<&str>) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let ended = self.transact(|tx| {
             let job = tx.require_job(id)?;
             let raw_key = match valid_key(&job.key) {

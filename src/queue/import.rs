@@ -7,14 +7,14 @@
 //! it refused them (after [`Store::mark_import_failed`] and the removal of the failed
 //! upload), `requeue` when the upload is gone. At start, [`Store::importing_jobs`] hands them to the wait again.
 
-use super::{Import, Job, JobId, JobState, Store, StoreError, now_ms};
+use super::{Import, Job, JobId, JobState, Store, StoreError};
 
 impl Store {
     /// Moves an attempt whose post the remote acknowledged to `importing`: no worker, no
     /// `due` entry, no progress (the session is used up). Flushed: after a crash the wait
     /// resumes instead of the post being made again.
     pub fn mark_importing(&self, id: JobId, import: Import) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             tx.clear_progress(id)?;
@@ -34,7 +34,7 @@ impl Store {
     /// nothing of it is posted any more, and `corrupt_imports` counts it (the caller fails
     /// the job instead on the second time).
     pub fn requeue_corrupt(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             let moved = tx.content_moved(&job);
@@ -62,7 +62,7 @@ impl Store {
         remote: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             let Some(import) = &job.import else {

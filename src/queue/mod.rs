@@ -247,6 +247,7 @@
 mod binary;
 mod blocking;
 mod claim;
+mod clock;
 mod compact;
 mod counts;
 mod delete;
@@ -320,10 +321,6 @@ pub fn to_ms(time: SystemTime) -> u64 {
 
 pub fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-fn now_ms() -> u64 {
-    to_ms(SystemTime::now())
 }
 
 struct Trees {
@@ -410,6 +407,8 @@ struct Inner {
     /// target is committed before the record changes, so the ledger drop that follows the
     /// change sees it, and every completion after the change compares with the new one.
     target_change: RwLock<()>,
+    /// The time every time the store writes or compares is read from (module `clock`).
+    clock: clock::Clock,
     /// Transactions run, retries by sled not counted: what the tests read to see that a
     /// walk changes many jobs in few transactions.
     #[cfg(test)]
@@ -688,6 +687,8 @@ struct Tx<'a> {
     noted: &'a RefCell<Noted>,
     /// Whether it may keep new pointers in memory (it holds [`Pointers::creating`]).
     creating: bool,
+    /// The store's clock (module `clock`).
+    clock: &'a clock::Clock,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -998,7 +999,7 @@ impl Tx<'_> {
         }
         // A retry-wait, or a failure that kept its upload (`Store::fail_keeping_upload`).
         if job.state != JobState::Queued {
-            self.put_job(Some(job), &queued_afresh(job, now_ms()))?;
+            self.put_job(Some(job), &queued_afresh(job, self.clock.now_ms()))?;
         }
         Ok(true)
     }
@@ -1189,6 +1190,7 @@ impl Store {
                 frozen: Mutex::new(None),
                 unstamped: stamp::Unstamped::default(),
                 target_change: RwLock::new(()),
+                clock: clock::Clock::new(),
                 #[cfg(test)]
                 transactions: AtomicU64::new(0),
                 _lock: lock,
@@ -1197,6 +1199,33 @@ impl Store {
         store.count_if_uncounted()?;
         store.flush()?;
         Ok(store)
+    }
+
+    /// The store's time (module `clock`): the system clock, but never behind a time the
+    /// store handed out before, so that a clock set back holds nothing up.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    /// [`Store::now`] in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Step 1 of module `clock`: moves the store's clock up to the latest time the
+    /// database holds (a job's last change, a folder's newest upload), which is later
+    /// than the system clock only if that went back while no process ran.
+    fn keep_clock_past(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        let latest_change = jobs.iter().map(|job| job.updated_at_ms).max();
+        let latest_upload = self
+            .tallies()?
+            .values()
+            .map(|tally| tally.last_upload_ms)
+            .max();
+        if let Some(latest) = latest_change.max(latest_upload) {
+            self.inner.clock.not_before(latest);
+        }
+        Ok(())
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -1246,7 +1275,7 @@ impl Store {
         md5: Option<&str>,
     ) -> Result<bool, StoreError> {
         let raw_key = valid_key(key)?;
-        let now = now_ms();
+        let now = self.now_ms();
         // Among the offers: a job an offer is creating for the file must be seen here.
         self.transact_creating(|tx| {
             if tx.job_for(&raw_key)?.is_some() {
@@ -1373,6 +1402,7 @@ impl Store {
                         pointers: &self.inner.pointers,
                         noted: &noted,
                         creating,
+                        clock: &self.inner.clock,
                     };
                     let done = f(&tx)?;
                     tx.settle_counts()?;
@@ -1452,7 +1482,7 @@ impl Store {
     /// failures wait for `upsync retry` or a new version of the file.
     pub fn offer(&self, key: &FileKey, fingerprint: &Fingerprint) -> Result<Offer, StoreError> {
         let raw_key = valid_key(key)?;
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact_creating(|tx| tx.offer(&raw_key, key, fingerprint, now))
     }
 
@@ -1465,7 +1495,7 @@ impl Store {
             .iter()
             .map(|(key, _)| valid_key(key))
             .collect::<Result<Vec<_>, _>>()?;
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact_creating(|tx| {
             files
                 .iter()
@@ -1524,7 +1554,7 @@ impl Store {
     /// [`Self::mark_finalizing`] for several jobs in one transaction and one flush, before
     /// one finalize call that covers them all.
     pub fn mark_finalizing_many(&self, ids: &[JobId]) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             for &id in ids {
                 let job = tx.require_job(id)?;
@@ -1569,7 +1599,7 @@ impl Store {
     /// whose attempt was started for another target than its folder's recorded one
     /// ([`Completed::target`]) is not recorded: it is queued afresh, for the new target.
     pub fn complete_many(&self, completed: &[Completed]) -> Result<Vec<Completion>, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let _target_unchanged = self.inner.target_change.read();
         // Read before the transaction: sled reads no other tree inside one.
         let recorded = match completed.iter().any(|c| c.target.is_some()) {
@@ -1658,7 +1688,7 @@ impl Store {
         kind: Option<&str>,
         saved: SavedUpload,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             if saved == SavedUpload::Forget {
@@ -1687,7 +1717,7 @@ impl Store {
     /// attempt resumes the same session. If a new version was offered during the attempt,
     /// the job is queued afresh for it instead (invariant 6).
     pub fn retry_later(&self, id: JobId, at: SystemTime, reason: &str) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let at = to_ms(at);
         self.transact(|tx| {
             let job = tx.require_job(id)?;
@@ -1713,7 +1743,7 @@ impl Store {
     /// Queues the job again from scratch because its file changed mid-upload: progress is
     /// dropped, attempts and `finalize_started` reset.
     pub fn requeue(&self, id: JobId) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| {
             let job = tx.require_job(id)?;
             tx.clear_progress(id)?;
@@ -1726,7 +1756,7 @@ impl Store {
     /// worker finds the file missing again. A job marked for deletion during its attempt
     /// is queued again, as the deletion it now is.
     pub fn drop_job(&self, id: JobId) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.transact(|tx| match tx.job(id)? {
             Some(job) if job.kind == JobKind::Delete => {
                 tx.clear_progress(id)?;
@@ -1795,7 +1825,7 @@ impl Store {
                 continue;
             }
             let approve = approves(&job);
-            let now = now_ms();
+            let now = self.now_ms();
             let retried = self.transact(|tx| {
                 let Some(job) = tx.job(job.id)? else {
                     return Ok(false);
@@ -1833,9 +1863,11 @@ impl Store {
             Reindexed,
             Sound,
         }
-        let now = now_ms();
+        let jobs = self.jobs()?;
+        self.keep_clock_past(&jobs)?;
+        let now = self.now_ms();
         let mut recovered = 0;
-        for job in self.jobs()? {
+        for job in jobs {
             let repair = self.transact(|tx| {
                 let Some(job) = tx.job(job.id)? else {
                     return Ok(Repair::Sound);
@@ -2036,7 +2068,7 @@ impl Store {
             .iter()
             .map(|(key, _)| valid_key(key))
             .collect::<Result<Vec<_>, _>>()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let dropped = self.transact_creating(|tx| {
             let mut dropped = Vec::with_capacity(files.len());
             for ((key, current), raw_key) in files.iter().zip(&raw_keys) {

@@ -49,6 +49,11 @@ pub trait StatusSource {
     fn waiting_since(&self, folder: &str, now: SystemTime) -> Result<Option<u64>, StoreError>;
     /// The target each folder's uploads went to ([`Store::folder_target`]).
     fn folder_targets(&self) -> Result<BTreeMap<String, String>, StoreError>;
+    /// The time the jobs' times are compared with: a running store's clock (module
+    /// `clock`), else the system's.
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// A running store answers from the trees, or, while a compaction holds them, from the
@@ -56,6 +61,10 @@ pub trait StatusSource {
 impl StatusSource for Store {
     fn tallies(&self) -> Result<BTreeMap<String, Tally>, StoreError> {
         Store::tallies(self)
+    }
+
+    fn now(&self) -> SystemTime {
+        Store::now(self)
     }
 
     fn jobs_needing_attention(&self) -> Result<Vec<Job>, StoreError> {

@@ -21,7 +21,7 @@
 //! are dropped ([`Sink::root_lost`]).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -133,7 +133,7 @@ impl Sink for DeletingSink {
         };
         match self
             .store
-            .offer_deletions(keys, SystemTime::now() + self.delay)
+            .offer_deletions(keys, self.store.now() + self.delay)
         {
             Ok(0) => {}
             Ok(queued) => {

@@ -64,7 +64,7 @@ fn transactions(store: &Store) -> u64 {
 fn a_remote_coming_back_wakes_its_waiting_jobs_a_chunk_to_a_transaction_past_the_queued_ones() {
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let back_at = now_ms();
+    let back_at = store.now_ms();
     let later = to_ms(far_future());
     // More waiting jobs than one chunk, among queued ones due before and after them.
     let queued_before = jobs_shaped(&store, "/down", "q", 300, queued_out_of_line(back_at - 5));
@@ -142,7 +142,7 @@ fn release_waiting_cost() {
     const QUEUED: u64 = 100_000;
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let store = open(dir.path());
-    let now = now_ms();
+    let now = store.now_ms();
     // The queued jobs on either side of the waiting ones in the index, as a backlog queued
     // during the outage is.
     jobs_shaped(
