@@ -44,6 +44,10 @@ const RECENT_OFFER_MEMORY: Duration = Duration::from_secs(600);
 /// large scan had filled it; more only spares offers the queue answers as known anyway.
 const RECENT_OFFER_LIMIT: usize = 4_096;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How long a directory an event dropped is remembered, so that the other event of its
+/// removal (its own watch's and its parent's come apart when the batches split between
+/// them) is not taken for the deletion of a file of that name.
+const DROPPED_DIR_MEMORY: Duration = Duration::from_secs(10);
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 pub(super) const OFFER_BATCH: usize = 256;
 /// [`Options::backlog`]: at 3,000 uploads a second, a few seconds of work for the workers,
@@ -133,6 +137,8 @@ pub struct FolderState {
     outbox: Vec<(String, Fingerprint)>,
     /// Files a batch of events found gone, told to the sink together at its end.
     gone_box: Vec<FileKey>,
+    /// Directories events found gone lately, with when ([`DROPPED_DIR_MEMORY`]).
+    dropped_dirs: HashMap<String, Instant>,
     /// Files whose offer queued a job, since the folder state was made.
     queued_total: u64,
     next_prune: Instant,
@@ -190,6 +196,7 @@ impl FolderState {
             recent: RecentOffers::new(RECENT_OFFER_MEMORY, RECENT_OFFER_LIMIT),
             outbox: Vec::new(),
             gone_box: Vec::new(),
+            dropped_dirs: HashMap::new(),
             queued_total: 0,
             next_prune: now + PRUNE_EVERY,
             warned: HashSet::new(),
@@ -414,7 +421,12 @@ impl FolderState {
         if !self.recursive && rel.contains('/') {
             return;
         }
-        match std::fs::symlink_metadata(path) {
+        let meta = std::fs::symlink_metadata(path);
+        if meta.is_ok() {
+            // There again: a later deletion of this name is the deletion of what is there.
+            self.dropped_dirs.remove(&rel);
+        }
+        match meta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.gone(path, &rel),
             Err(e) => debug!(path = %path.display(), error = %e, "cannot stat a changed path"),
             Ok(meta) if meta.is_dir() => {
@@ -465,11 +477,19 @@ impl FolderState {
             self.fallback.retain(|d, _| !d.starts_with(path));
             let prefix = format!("{rel}/");
             self.settle.retain(|k| !k.starts_with(&prefix));
+            self.dropped_dirs.insert(rel.to_owned(), Instant::now());
             debug!(dir = %path.display(), "directory removed; its watches are dropped");
-        } else {
+        } else if !self.dropped_lately(rel) {
             let key = self.key(rel);
             self.gone_box.push(key);
         }
+    }
+
+    /// Whether an event dropped the directory `rel` within [`DROPPED_DIR_MEMORY`].
+    fn dropped_lately(&self, rel: &str) -> bool {
+        self.dropped_dirs
+            .get(rel)
+            .is_some_and(|at| at.elapsed() < DROPPED_DIR_MEMORY)
     }
 
     /// Tells the sink about the files this batch of events found gone, together.
@@ -548,6 +568,8 @@ impl FolderState {
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
             self.recent.expire(now);
+            self.dropped_dirs
+                .retain(|_, at| now.duration_since(*at) < DROPPED_DIR_MEMORY);
         }
         // A paused scan's failures are reported with the rest of the scan, as one line.
         if self.paused.is_none() {
@@ -642,6 +664,7 @@ impl FolderState {
             self.dirs.unwatch_dir(&dir);
         }
         self.gone_box.clear();
+        self.dropped_dirs.clear();
         self.sink.root_lost(&self.folder_key);
         self.fallback.clear();
         self.paused = None;

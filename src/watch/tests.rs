@@ -1156,3 +1156,52 @@ fn scan_once_forgets_files_that_vanished_since_their_job_was_queued() {
     .expect("scans");
     assert_eq!(recorder.vanished(), ["renamed-away.csv"]);
 }
+
+/// Watches nothing and refuses nothing: for tests that hand a folder its events themselves.
+struct AcceptingDirs;
+
+impl DirWatcher for AcceptingDirs {
+    fn watch_dir(&mut self, _dir: &Path) -> notify::Result<()> {
+        Ok(())
+    }
+    fn unwatch_dir(&mut self, _dir: &Path) {}
+}
+
+/// A directory's removal comes as two events, its parent watch's and its own, which land
+/// in two batches when the loop takes the first before the second arrives: one removal,
+/// its files vanished, and its name is not taken for a file of that name.
+#[test]
+fn a_directory_removed_across_two_event_batches_is_one_removal() {
+    use notify::event::RemoveKind;
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).expect("create sub");
+    write_old(&root.join("sub/inner.csv"), b"x");
+    let recorder = Arc::new(Recorder::default());
+    recorder.mark_pending("sub/inner.csv");
+    let settle = Duration::from_secs(1);
+    let mut state = folder::FolderState::new(folder::FolderParts {
+        root: root.to_path_buf(),
+        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
+        recursive: true,
+        settle,
+        dirs: Box::new(AcceptingDirs),
+        sink: recorder.clone(),
+        wake: None,
+        flags: Arc::new(EventFlags::default()),
+        cancel: CancellationToken::new(),
+        opts: Options::new(settle, None),
+        spool: None,
+    });
+    state.start();
+
+    std::fs::remove_dir_all(root.join("sub")).expect("remove sub");
+    let removed = |kind| {
+        vec![Ok(
+            notify::Event::new(notify::EventKind::Remove(kind)).add_path(root.join("sub"))
+        )]
+    };
+    state.handle_events(removed(RemoveKind::Folder));
+    state.handle_events(removed(RemoveKind::Other));
+    assert_eq!(recorder.vanished(), ["sub/inner.csv"]);
+}
