@@ -29,6 +29,7 @@ use super::filter::Filter;
 use super::recent::RecentOffers;
 use super::scan::{self, Visit, WalkCursor, WalkEnd, Walker};
 use super::settle::{Settle, SystemClock};
+use super::shared_fs;
 use super::spool::{SPOOL_CHECK, Settled, Spool};
 use super::stamp::Stamping;
 use super::watcher::{self, DirWatcher, EventFlags};
@@ -48,6 +49,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// removal (its own watch's and its parent's come apart when the batches split between
 /// them) is not taken for the deletion of a file of that name.
 const DROPPED_DIR_MEMORY: Duration = Duration::from_secs(10);
+/// A folder on a shared file system is looked at again no sooner than this many times as
+/// long as its last look took ([`FolderState::rescan_interval`]).
+const SHARED_POLL_SHARE: u32 = 10;
 /// Settled files are offered to the sink this many at a time (one queue transaction each).
 pub(super) const OFFER_BATCH: usize = 256;
 /// [`Options::backlog`]: at 3,000 uploads a second, a few seconds of work for the workers,
@@ -113,6 +117,7 @@ struct PausedScan {
     /// The start-up scan (logged when it ends), not a rescan.
     startup: bool,
     summary: ScanSummary,
+    started: Instant,
 }
 
 pub struct FolderState {
@@ -144,6 +149,9 @@ pub struct FolderState {
     next_prune: Instant,
     warned: HashSet<PathBuf>,
     root_state: Root,
+    /// The shared file system the folder is on, which the folder's rescans poll (module
+    /// `shared_fs`); `None` on a local one.
+    shared: Option<&'static str>,
     next_rescan: Option<Instant>,
     /// The whole-folder scan waiting for the backlog to shrink.
     paused: Option<PausedScan>,
@@ -201,6 +209,7 @@ impl FolderState {
             next_prune: now + PRUNE_EVERY,
             warned: HashSet::new(),
             root_state: Root::Missing { next_poll: now },
+            shared: None,
             next_rescan: None,
             paused: None,
             stamping: None,
@@ -240,6 +249,16 @@ impl FolderState {
 
     fn start_watching(&mut self, inode: u64) -> ScanSummary {
         self.root_state = Root::Present { inode };
+        self.shared = shared_fs::shared_kind(&self.root);
+        if let Some(kind) = self.shared {
+            info!(
+                file_system = kind,
+                "the folder is on a shared file system, where files written by other machines \
+                 raise no file event here; it is rescanned every {} (longer for a folder whose \
+                 scan takes long)",
+                humantime::format_duration(self.opts.fallback_interval)
+            );
+        }
         // Warned, not refused: the folder's files are still uploaded, and stay in it.
         if let Some(problem) = self.spool.as_ref().and_then(Spool::archive_problem) {
             warn!(
@@ -262,6 +281,7 @@ impl FolderState {
             rewatch,
             startup,
             summary: ScanSummary::default(),
+            started: Instant::now(),
         })
     }
 
@@ -296,7 +316,9 @@ impl FolderState {
         // Started here and stepped by the ticks: the start-up ends with the scan, and so
         // does not wait for the walk.
         self.want_stamping();
-        self.next_rescan = self.opts.rescan_interval.map(|i| Instant::now() + i);
+        self.next_rescan = self
+            .rescan_interval(scan.started.elapsed())
+            .map(|every| Instant::now() + every);
         if scan.startup {
             info!(
                 files_seen = scan.summary.files_seen,
@@ -305,6 +327,22 @@ impl FolderState {
                 watched_dirs = self.watched.len(),
                 "folder scanned"
             );
+        }
+    }
+
+    /// How long after a whole-folder look that took `took` the next one starts:
+    /// `rescan_interval`, and on a shared file system the fallback rescans' interval, or
+    /// [`SHARED_POLL_SHARE`] times the look when that is longer, so that polling a large
+    /// tree on a file server keeps a bounded share of its time.
+    fn rescan_interval(&self, took: Duration) -> Option<Duration> {
+        let poll = self.shared.map(|_| {
+            self.opts
+                .fallback_interval
+                .max(took.saturating_mul(SHARED_POLL_SHARE))
+        });
+        match (self.opts.rescan_interval, poll) {
+            (Some(every), Some(poll)) => Some(every.min(poll)),
+            (every, poll) => every.or(poll),
         }
     }
 

@@ -9,6 +9,8 @@
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //! - `presence`: whether tracked files are still there, a listing per directory.
 //! - `stamp`: giving ledger entries an older version wrote their files' change times.
+//! - `shared_fs`: whether the folder is on a file system other machines write to, where
+//!   file events miss their changes and rescans poll for them.
 //!
 //! Memory does not grow with the number of files: a whole-folder scan pauses while the
 //! queue holds `Options::backlog` of the folder's jobs (or files wait to settle) and goes
@@ -37,6 +39,7 @@ mod presence;
 mod recent;
 mod scan;
 pub mod settle;
+mod shared_fs;
 mod spool;
 mod stamp;
 pub mod watcher;

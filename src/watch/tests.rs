@@ -1205,3 +1205,99 @@ fn a_directory_removed_across_two_event_batches_is_one_removal() {
     state.handle_events(removed(RemoveKind::Other));
     assert_eq!(recorder.vanished(), ["sub/inner.csv"]);
 }
+
+/// A temp dir bound through FUSE (bindfs) at another path: a file written to the dir
+/// beneath raises no event on the mount, as a file a file server's other client writes.
+struct FuseBind {
+    _dir: tempfile::TempDir,
+    beneath: PathBuf,
+    mount: PathBuf,
+}
+
+impl FuseBind {
+    /// `None` (the test skips, saying why) where bindfs is missing or cannot mount; where
+    /// `UPSYNC_REQUIRE_TOOLS` is set (`.ci/run` installed bindfs), a missing bindfs fails.
+    fn new() -> Option<FuseBind> {
+        let installed = std::process::Command::new("bindfs")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
+                "bindfs is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
+            );
+            eprintln!("skipped: bindfs is not installed (apt-get install bindfs)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let (beneath, mount) = (dir.path().join("beneath"), dir.path().join("mount"));
+        for path in [&beneath, &mount] {
+            std::fs::create_dir(path).expect("create a directory");
+        }
+        let mounted = std::process::Command::new("bindfs")
+            .arg(&beneath)
+            .arg(&mount)
+            .output()
+            .expect("bindfs runs");
+        if !mounted.status.success() {
+            // A container without the right to mount FUSE file systems.
+            eprintln!(
+                "skipped: bindfs cannot mount here: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(FuseBind {
+            _dir: dir,
+            beneath,
+            mount,
+        })
+    }
+}
+
+impl Drop for FuseBind {
+    fn drop(&mut self) {
+        for (program, args) in [
+            ("fusermount", ["-u"]),
+            ("fusermount3", ["-u"]),
+            ("umount", ["-l"]),
+        ] {
+            let unmounted = std::process::Command::new(program)
+                .args(args)
+                .arg(&self.mount)
+                .status()
+                .is_ok_and(|status| status.success());
+            if unmounted {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_folder_on_a_fuse_mount_is_rescanned_for_files_written_beneath_it() {
+    let Some(bind) = FuseBind::new() else {
+        return;
+    };
+    assert_eq!(shared_fs::shared_kind(&bind.mount), Some("fuse"));
+    assert_eq!(shared_fs::shared_kind(&bind.beneath), None);
+    let settle = Duration::from_millis(200);
+    let mut opts = Options::new(settle, None);
+    opts.fallback_interval = Duration::from_millis(300);
+    let run = start_with(
+        folder_config(&bind.mount, settle),
+        Arc::new(Recorder::default()),
+        opts,
+        real_dirs(),
+    )
+    .await;
+
+    write_old(&bind.beneath.join("from-elsewhere.csv"), b"x");
+    let rec = run.recorder.clone();
+    assert!(
+        eventually(WAIT, || rec.offers_of("from-elsewhere.csv").len() == 1).await,
+        "a file no event told of is found by the folder's rescans"
+    );
+    run.stop().await;
+}
