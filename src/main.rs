@@ -15,7 +15,7 @@ use upsync::config::Config;
 use upsync::daemon::{self, ProgressMode, SyncOptions, control, history, status};
 use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{Store, StoreError};
-use upsync::signals;
+use upsync::{signals, watch};
 
 /// glibc's malloc, and mimalloc where the start-up scan looks at files (module `allocator`).
 #[global_allocator]
@@ -336,6 +336,11 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         Command::Check { config } => {
             let config = load(&config)?;
             emit(&config.plan())?;
+            for folder in &config.folders {
+                if let Some(note) = watch::shared_folder_note(folder, config.rescan_interval) {
+                    emit(&format!("note: {note}\n"))?;
+                }
+            }
             Ok(())
         }
         Command::Status { config, json } => {

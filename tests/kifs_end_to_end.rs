@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -388,6 +389,62 @@ fn check_prints_the_plan_of_a_good_config() {
     assert!(stdout.contains("ingest"), "{stdout}");
     assert!(
         stdout.contains(&s.folder().canonicalize().unwrap().display().to_string()),
+        "{stdout}"
+    );
+}
+
+/// A folder on a FUSE mount (bindfs over the watched folder) is a folder on a shared file
+/// system: `check` says it is rescanned for what other machines write, and says nothing of
+/// the same folder unmounted.
+#[test]
+fn check_notes_a_folder_on_a_shared_file_system() {
+    let s = setup(&[], "", "");
+    let config = s.config.to_str().unwrap();
+    let (code, stdout, stderr) = upsync(&["check", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("shared file system"), "{stdout}");
+
+    if Command::new("bindfs").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
+            "bindfs is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
+        );
+        eprintln!("skipped: bindfs is not installed (apt-get install bindfs)");
+        return;
+    }
+    let beneath = tempfile::tempdir().expect("a temp dir can be created");
+    let mounted = Command::new("bindfs")
+        .arg(beneath.path())
+        .arg(s.folder())
+        .output()
+        .expect("bindfs runs");
+    if !mounted.status.success() {
+        eprintln!(
+            "skipped: bindfs cannot mount here: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let (code, stdout, stderr) = upsync(&["check", "-c", config]);
+    let unmounted = Command::new("fusermount")
+        .arg("-u")
+        .arg(s.folder())
+        .status()
+        .is_ok_and(|status| status.success())
+        || Command::new("umount")
+            .arg("-l")
+            .arg(s.folder())
+            .status()
+            .is_ok_and(|status| status.success());
+    assert!(
+        unmounted,
+        "the FUSE mount over {} goes",
+        s.folder().display()
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("is on a shared file system (fuse)")
+            && stdout.contains("also rescans it every 30s"),
         "{stdout}"
     );
 }

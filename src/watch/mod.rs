@@ -408,6 +408,23 @@ pub enum ScanError {
 /// How often a one-shot scan with a full backlog looks whether there is room again.
 const ROOM_POLL: Duration = Duration::from_millis(20);
 
+/// What `upsync check` says of a folder on a shared file system (module `shared_fs`): that
+/// files other machines write there raise no event, and how often the daemon rescans it
+/// for them. `None` for a folder on a local file system.
+pub fn shared_folder_note(
+    folder: &FolderConfig,
+    rescan_interval: Option<Duration>,
+) -> Option<String> {
+    let kind = shared_fs::shared_kind(&folder.path)?;
+    let every = Options::new(folder.settle, rescan_interval).fallback_interval;
+    Some(format!(
+        "{} is on a shared file system ({kind}): files other machines write there raise no \
+         file event here, so the daemon also rescans it every {}",
+        folder.path.display(),
+        humantime::format_duration(every)
+    ))
+}
+
 /// Scans a folder once, without watching: offers every file not yet uploaded whose mtime is
 /// already older than the folder's settle time (younger files are left for the watcher).
 /// When the folder has [`Options::backlog`]'s default of jobs waiting to be claimed and
