@@ -939,6 +939,33 @@ fn fill_in_blocks(filler: &Path, block_size: usize) {
     let _ = file.sync_all();
 }
 
+/// The state dir removed under a running daemon (a cleaner, an `rm -rf` by hand): the
+/// daemon stops with exit 1 instead of recording into a database no later start would find
+/// (and while another upsync could lock a new state dir there); the next start begins a
+/// new one and uploads what is new.
+#[test]
+fn a_state_dir_removed_under_the_running_daemon_stops_it_and_the_next_start_begins_anew() {
+    let s = Setup::new(&[], "");
+    let state = s.dir().join("state");
+    let before = write_batch(&s, 2, "before");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "the first files", || {
+        all_arrived(&s, &before)
+    });
+    std::fs::remove_dir_all(&state).unwrap();
+    let code = daemon.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+
+    let after = write_batch(&s, 1, "after");
+    let mut daemon = DaemonProcess::start(&s.config);
+    wait_until(Duration::from_secs(30), "the file written after", || {
+        all_arrived(&s, &after)
+    });
+    // The new database records the earlier files again, as it finds them.
+    daemon.wait_settled(&s.config, 3);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn a_full_state_dir_is_a_clear_error_and_uploads_resume_once_space_is_back_sending_none_twice() {
     let s = Setup::new(&[], "");

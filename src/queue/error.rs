@@ -32,6 +32,15 @@ pub enum StoreError {
         lock_path: PathBuf,
     },
 
+    #[error(
+        "the state directory {} was removed or replaced while upsync ran: what it recorded \
+         since went with it. upsync stops rather than record into a database no later start \
+         would find; the next start begins a new one there, sending each file again once \
+         (KiFS overwrites it; Redivis takes an identical upload as it is)",
+        state_dir.display()
+    )]
+    StateDirGone { state_dir: PathBuf },
+
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,

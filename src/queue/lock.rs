@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::error::StoreError;
@@ -17,7 +17,7 @@ pub const LOCK_FILE: &str = "upsync.lock";
 /// Holds the lock until dropped (closing the file releases it).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    file: File,
 }
 
 impl StateLock {
@@ -37,7 +37,7 @@ impl StateLock {
             .open(&path)
             .map_err(|source| StoreError::io("create the lock file", &path, state_dir, source))?;
         match try_lock(&file) {
-            Ok(true) => Ok(StateLock { _file: file }),
+            Ok(true) => Ok(StateLock { file }),
             Ok(false) => Err(StoreError::Locked {
                 state_dir: state_dir.to_path_buf(),
                 lock_path: path,
@@ -48,6 +48,19 @@ impl StateLock {
 }
 
 impl StateLock {
+    /// Whether `state_dir`'s lock file is still the one this lock holds. Not when the
+    /// state dir was removed (or moved away, or replaced) while the lock was held: its
+    /// database then goes with it, and another upsync could take a new lock there.
+    pub fn is_in_place(&self, state_dir: &Path) -> bool {
+        let (Ok(held), Ok(there)) = (
+            self.file.metadata(),
+            std::fs::metadata(state_dir.join(LOCK_FILE)),
+        ) else {
+            return false;
+        };
+        held.dev() == there.dev() && held.ino() == there.ino()
+    }
+
     /// Takes the lock of a state dir some upsync has used, through a read-only open of its
     /// lock file, without waiting and without creating anything: `None` when there is no
     /// lock file (no upsync ever opened a database there), [`StoreError::Locked`] when
@@ -68,7 +81,7 @@ impl StateLock {
             }
         };
         match try_lock(&file) {
-            Ok(true) => Ok(Some(StateLock { _file: file })),
+            Ok(true) => Ok(Some(StateLock { file })),
             Ok(false) => Err(StoreError::Locked {
                 state_dir: state_dir.to_path_buf(),
                 lock_path: path,
@@ -120,6 +133,19 @@ mod tests {
         assert!(err.to_string().contains("upsync.lock"), "{err}");
         drop(first);
         StateLock::acquire(dir.path()).expect("dropping the first lock released it");
+    }
+
+    #[test]
+    fn a_lock_is_in_place_until_its_state_dir_is_removed_or_replaced() {
+        let parent = tempfile::tempdir().expect("a temp dir can be created");
+        let state_dir = parent.path().join("state");
+        let held = StateLock::acquire(&state_dir).expect("the lock is free");
+        assert!(held.is_in_place(&state_dir));
+        std::fs::remove_dir_all(&state_dir).expect("remove the state dir");
+        assert!(!held.is_in_place(&state_dir), "removed");
+        let other = StateLock::acquire(&state_dir).expect("a new state dir is free");
+        assert!(!held.is_in_place(&state_dir), "replaced by another one");
+        assert!(other.is_in_place(&state_dir));
     }
 
     #[test]

@@ -413,7 +413,7 @@ struct Inner {
     /// walk changes many jobs in few transactions.
     #[cfg(test)]
     transactions: AtomicU64,
-    _lock: StateLock,
+    lock: StateLock,
 }
 
 impl Inner {
@@ -1193,7 +1193,7 @@ impl Store {
                 clock: clock::Clock::new(),
                 #[cfg(test)]
                 transactions: AtomicU64::new(0),
-                _lock: lock,
+                lock,
             }),
         };
         store.count_if_uncounted()?;
@@ -2184,6 +2184,17 @@ impl Store {
     /// check that the disk still takes writes waits for its next turn rather than make the
     /// compaction give way (module `compact`); the compaction's own writes meet a failing
     /// disk first.
+    /// An error once the state dir was removed, moved away or replaced under this process
+    /// (its lock file is no longer the one the store holds): the database went with it.
+    pub fn check_state_dir(&self) -> Result<(), StoreError> {
+        if self.inner.lock.is_in_place(&self.inner.state_dir) {
+            return Ok(());
+        }
+        Err(StoreError::StateDirGone {
+            state_dir: self.inner.state_dir.clone(),
+        })
+    }
+
     pub fn flush_unless_compacting(&self) -> Result<(), StoreError> {
         if self.is_compacting() {
             return Ok(());
