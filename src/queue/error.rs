@@ -33,10 +33,12 @@ pub enum StoreError {
     },
 
     #[error(
-        "the state directory {} was removed or replaced while upsync ran: what it recorded \
-         since went with it. upsync stops rather than record into a database no later start \
-         would find; the next start begins a new one there, sending each file again once \
-         (KiFS overwrites it; Redivis takes an identical upload as it is)",
+        "the state directory {} was removed or replaced while upsync ran, and its record of \
+         the uploads with it. upsync stops rather than record into a database no later \
+         start would find. A start begins a new one there and sends each file once more \
+         (KiFS overwrites it, a Redivis table takes an identical upload as it is); for a \
+         Redivis file index table, start once with --rebuild-state instead, which finds the \
+         uploads in the table",
         state_dir.display()
     )]
     StateDirGone { state_dir: PathBuf },
