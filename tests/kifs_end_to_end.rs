@@ -306,6 +306,39 @@ fn basic_and_bearer_credentials_are_sent_and_bad_ones_are_reported_while_the_dae
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A token file rotated in place (a secrets agent writing the new token) is used within
+/// seconds, without a reload: the folder refused for the old token is checked again and its
+/// file goes. Neither token shows in the log.
+#[test]
+fn a_token_file_rotated_in_place_is_used_without_a_reload() {
+    let s = setup(
+        &["--kifs-token", "new-token-42"],
+        "token_file = \"kifs.token\"",
+        "",
+    );
+    let token_file = s.tmp.path().join("kifs.token");
+    std::fs::write(&token_file, "old-token-17\n").unwrap();
+    let path = s.folder().join("a.txt");
+    std::fs::write(&path, "sent once the new token is in the file\n").unwrap();
+    backdate(&path, 60);
+    let mut daemon = DaemonProcess::start(&s.config);
+    refused_folder(&daemon, &s.config);
+    assert_eq!(upload_requests(&s), 0);
+
+    std::fs::write(&token_file, "new-token-42\n").unwrap();
+    daemon.wait_until(
+        Duration::from_secs(30),
+        "the file, sent with the new token",
+        || arrived(&s, &path, "a.txt"),
+    );
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("old-token-17") && !log.contains("new-token-42"),
+        "a token leaked into the log: {log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// Waits until the daemon reports the folder's remote as refused; returns the folder's
 /// status.
 fn refused_folder(daemon: &DaemonProcess, config: &Path) -> serde_json::Value {

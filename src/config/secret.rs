@@ -26,24 +26,34 @@ use toml::Spanned;
 use super::errors::Source;
 use super::paths;
 
-/// `None`: the config was loaded without reading secrets, for a command that reaches no
-/// remote.
+/// `value` is `None` when the config was loaded without reading secrets, for a command
+/// that reaches no remote. `file` is the file it was read from, read again when rotated
+/// ([`Secret::reread`]).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Option<String>);
+pub struct Secret {
+    value: Option<String>,
+    file: Option<(PathBuf, Sent)>,
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(Some(value.into()))
+        Secret {
+            value: Some(value.into()),
+            file: None,
+        }
     }
 
     /// A secret whose keys were checked but whose file or variable was not read.
     pub(crate) fn unread() -> Secret {
-        Secret(None)
+        Secret {
+            value: None,
+            file: None,
+        }
     }
 
     /// Whether the value was read (see [`Secret::unread`]).
     pub fn is_read(&self) -> bool {
-        self.0.is_some()
+        self.value.is_some()
     }
 
     /// The secret itself, for the one place that puts it on the wire.
@@ -51,10 +61,46 @@ impl Secret {
     /// Panics on an unread secret: sending anything else than the configured secret would
     /// be worse than stopping.
     pub fn expose(&self) -> &str {
-        self.0
+        self.value
             .as_deref()
             .expect("only commands that load the config with read_secrets reach a remote")
     }
+
+    /// A secret read from a file, read again: `Ok(None)` when it was not read from a file
+    /// or the file holds the same secret, the new secret when the file was rotated, and an
+    /// error that names the file (never its content) when the file cannot be used now (in
+    /// the middle of its rotation, say): the secret in use stays.
+    pub fn reread(&self) -> Result<Option<Secret>, String> {
+        let (Some(current), Some((path, sent))) = (&self.value, &self.file) else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|err| format!("cannot read the secret file \"{}\": {err}", path.display()))?;
+        let value = secret_in(&bytes, *sent)
+            .map_err(|problem| format!("the secret file \"{}\" {problem}", path.display()))?;
+        if value == *current {
+            return Ok(None);
+        }
+        Ok(Some(Secret {
+            value: Some(value),
+            file: self.file.clone(),
+        }))
+    }
+}
+
+/// The secret a secret file's `bytes` hold (without its final line break), or what is
+/// wrong with it, in words that do not show it.
+fn secret_in(bytes: &[u8], sent: Sent) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "is not valid UTF-8 text".to_string())?;
+    // `echo token > file` and editors add a final newline that is not part of the secret.
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some(problem) = unsendable(value, sent) {
+        return Err(problem);
+    }
+    Ok(value.to_owned())
 }
 
 impl fmt::Debug for Secret {
@@ -165,6 +211,37 @@ impl SecretKeys<'_> {
     }
 }
 
+/// Secret files read again while the daemon runs, so that a token or password rotated in
+/// place (by a secrets agent, a script) is used without a reload.
+impl super::Config {
+    /// The config with its secret files read again: `None` when no secret changed. A file
+    /// that cannot be used now is named in `problems` (never its content), and its secret
+    /// stays as it was.
+    pub fn with_rotated_secrets(&self, problems: &mut Vec<String>) -> Option<super::Config> {
+        let mut rotated = self.clone();
+        let mut changed = false;
+        let mut reread = |secret: &mut Secret| match secret.reread() {
+            Ok(Some(new)) => {
+                *secret = new;
+                changed = true;
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        };
+        if let Some(kifs) = &mut rotated.kifs {
+            match &mut kifs.auth {
+                super::KifsAuth::Basic { password, .. } => reread(password),
+                super::KifsAuth::Bearer { token } => reread(token),
+                super::KifsAuth::None => {}
+            }
+        }
+        if let Some(redivis) = &mut rotated.redivis {
+            reread(&mut redivis.token);
+        }
+        changed.then_some(rotated)
+    }
+}
+
 /// Why `value` cannot be sent as `sent` says, in words that do not show it.
 pub(crate) fn unsendable(value: &str, sent: Sent) -> Option<String> {
     let expected = match sent {
@@ -192,33 +269,17 @@ fn read_secret_file(
 ) -> Result<Secret, String> {
     let span = file.span();
     let (path, bytes) = read_key_file(src, key, file, base, env, &SECRET_FILE)?;
-    let text = String::from_utf8(bytes).map_err(|_| {
+    let value = secret_in(&bytes, sent).map_err(|problem| {
         src.key_error(
             &span,
             key,
-            format!(
-                "the secret file \"{}\" is not valid UTF-8 text",
-                path.display()
-            ),
+            format!("the secret file \"{}\" {problem}", path.display()),
         )
     })?;
-    // `echo token > file` and editors add a final newline that is not part of the secret.
-    let value = text.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!("the secret file \"{}\" is empty", path.display()),
-        ));
-    }
-    if let Some(problem) = unsendable(value, sent) {
-        return Err(src.key_error(
-            &span,
-            key,
-            format!("the secret file \"{}\" {problem}", path.display()),
-        ));
-    }
-    Ok(Secret::new(value))
+    Ok(Secret {
+        value: Some(value),
+        file: Some((path, sent)),
+    })
 }
 
 /// How messages about one kind of `*_file` key name the file and its content.

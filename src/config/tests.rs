@@ -639,6 +639,47 @@ fn a_token_file_loses_its_trailing_newline() {
 }
 
 #[test]
+fn a_rotated_token_file_is_read_again_and_an_unusable_one_keeps_the_token_in_use() {
+    let fx = Fixture::new();
+    fx.write("token", "first-token\n");
+    let text = REDIVIS_FOLDER.replace("token = \"t0ken-value\"", "token_file = \"token\"");
+    let config = fx.ok(&text);
+    let mut problems = Vec::new();
+    assert!(
+        config.with_rotated_secrets(&mut problems).is_none(),
+        "the same token: nothing to change"
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+
+    fx.write("token", "\n");
+    assert!(config.with_rotated_secrets(&mut problems).is_none());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("is empty"), "{problems:?}");
+
+    fx.write("token", "second-token\n");
+    let mut problems = Vec::new();
+    let rotated = config
+        .with_rotated_secrets(&mut problems)
+        .expect("a new token in the file");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        rotated.redivis.expect("[redivis]").token.expose(),
+        "second-token"
+    );
+    assert_eq!(
+        config.redivis.as_ref().expect("[redivis]").token.expose(),
+        "first-token",
+        "the running config is not changed in place"
+    );
+
+    let inline = fx.ok(REDIVIS_FOLDER);
+    assert!(
+        inline.with_rotated_secrets(&mut problems).is_none(),
+        "an inline token is not read again"
+    );
+}
+
+#[test]
 fn an_empty_token_file_is_rejected_without_showing_content() {
     let fx = Fixture::new();
     fx.write("token", "\n");

@@ -21,6 +21,10 @@
 //!    claiming and its workers exit once their current upload ends, so for that moment
 //!    more than `concurrency` uploads can run.
 //!
+//! A secret read from a file (`token_file`, `password_file`) is read again every few
+//! seconds ([`Fleet::follow_rotated_secrets`]): a rotated one takes steps 3 to 6 with the
+//! running configuration and the new secret, without reading the config file.
+//!
 //! The queue is never touched by a reload otherwise: jobs of kept folders stay queued. A job whose
 //! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it, keeping the
 //! upload an earlier attempt saved; it is queued again when a reload (or a restart) brings
@@ -32,6 +36,7 @@
 //! when the deadline passes (safe: progress is only ever persisted after the remote
 //! acknowledged it) and flush the store.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +90,8 @@ pub(super) struct Fleet {
     watchers: Vec<FolderWatch>,
     /// Watchers of removed folders, still finishing.
     retired: Vec<JoinHandle<()>>,
+    /// Secret files found unusable since the last rotation, each warned about once.
+    secret_problems: HashSet<String>,
 }
 
 impl Fleet {
@@ -124,6 +131,7 @@ impl Fleet {
             workers: Vec::new(),
             watchers: Vec::new(),
             retired: Vec::new(),
+            secret_problems: HashSet::new(),
         }
     }
 
@@ -272,11 +280,44 @@ impl Fleet {
             }
         };
         self.keep_restart_only_settings(&mut new);
+        if self.apply(new).await {
+            tracing::info!(
+                folders = self.config.folders.len(),
+                workers = self.config.concurrency,
+                "configuration reloaded"
+            );
+        }
+    }
+
+    /// Reads the running configuration's secret files again ([`Config::with_rotated_secrets`])
+    /// and, when one was rotated, builds that remote's backend anew and checks its folders
+    /// again, as a reload would, without reading the config file (an edit not yet reloaded
+    /// stays unapplied).
+    pub async fn follow_rotated_secrets(&mut self) {
+        let mut problems = Vec::new();
+        let rotated = self.config.with_rotated_secrets(&mut problems);
+        for problem in problems {
+            if self.secret_problems.insert(problem.clone()) {
+                tracing::warn!("{problem}; the secret read before stays in use");
+            }
+        }
+        let Some(rotated) = rotated else {
+            return;
+        };
+        self.secret_problems.clear();
+        if self.apply(rotated).await {
+            tracing::info!("a secret file changed; its remote's requests use the new secret");
+        }
+    }
+
+    /// Puts `new` in effect (the steps of a reload after reading the file); false when
+    /// its backends cannot be built, and the running configuration stays.
+    async fn apply(&mut self, new: Config) -> bool {
         let backends = match self.backends_for(&new) {
             Ok(backends) => backends,
             Err(err) => {
                 tracing::error!(error = %err, "config reload rejected; the running configuration stays in effect");
-                return;
+                return false;
             }
         };
         let added: Vec<FolderConfig> = new
@@ -319,11 +360,7 @@ impl Fleet {
         }
         self.start_workers();
         self.requeue_returning_folders();
-        tracing::info!(
-            folders = self.config.folders.len(),
-            workers = self.config.concurrency,
-            "configuration reloaded"
-        );
+        true
     }
 
     /// Reload step 5: checks of removed folders end, added folders and folders on a

@@ -139,10 +139,13 @@ pub async fn run_reloadable(
             notifier.ready(&line);
         }
         let mut broken = std::pin::pin!(fleet::store_failure(core.store.clone()));
+        let mut secrets = tokio::time::interval(SECRET_FILE_CHECK);
+        secrets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(()) = reload.recv() => core.fleet.reload().await,
+                _ = secrets.tick() => core.fleet.follow_rotated_secrets().await,
                 err = &mut broken => {
                     failure = Some(err);
                     break;
@@ -168,6 +171,10 @@ pub async fn run_reloadable(
     }
     stopped
 }
+
+/// How often the secret files are read again, so that a rotated token or password is used
+/// without a reload ([`fleet::Fleet::follow_rotated_secrets`]).
+const SECRET_FILE_CHECK: Duration = Duration::from_secs(5);
 
 const PHASE_STARTING: u8 = 0;
 const PHASE_RUNNING: u8 = 1;
