@@ -22,8 +22,8 @@
 //!    more than `concurrency` uploads can run.
 //!
 //! A secret read from a file (`token_file`, `password_file`) is read again every few
-//! seconds ([`Fleet::follow_rotated_secrets`]): a rotated one takes steps 3 to 6 with the
-//! running configuration and the new secret, without reading the config file.
+//! seconds (module `secrets`): a rotated one takes steps 3 to 6 with the running
+//! configuration and the new secret, without reading the config file.
 //!
 //! The queue is never touched by a reload otherwise: jobs of kept folders stay queued. A job whose
 //! folder was removed fails with [`FOLDER_REMOVED`] when a worker claims it, keeping the
@@ -36,7 +36,6 @@
 //! when the deadline passes (safe: progress is only ever persisted after the remote
 //! acknowledged it) and flush the store.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,8 +89,6 @@ pub(super) struct Fleet {
     watchers: Vec<FolderWatch>,
     /// Watchers of removed folders, still finishing.
     retired: Vec<JoinHandle<()>>,
-    /// Secret files found unusable since the last rotation, each warned about once.
-    secret_problems: HashSet<String>,
 }
 
 impl Fleet {
@@ -131,7 +128,6 @@ impl Fleet {
             workers: Vec::new(),
             watchers: Vec::new(),
             retired: Vec::new(),
-            secret_problems: HashSet::new(),
         }
     }
 
@@ -289,23 +285,13 @@ impl Fleet {
         }
     }
 
-    /// Reads the running configuration's secret files again ([`Config::with_rotated_secrets`])
-    /// and, when one was rotated, builds that remote's backend anew and checks its folders
-    /// again, as a reload would, without reading the config file (an edit not yet reloaded
-    /// stays unapplied).
-    pub async fn follow_rotated_secrets(&mut self) {
-        let mut problems = Vec::new();
-        let rotated = self.config.with_rotated_secrets(&mut problems);
-        for problem in problems {
-            if self.secret_problems.insert(problem.clone()) {
-                tracing::warn!("{problem}; the secret read before stays in use");
-            }
-        }
-        let Some(rotated) = rotated else {
+    /// Puts a configuration with a rotated secret in effect (module `secrets`), unless a
+    /// reload replaced the one it was read from.
+    pub async fn apply_rotated(&mut self, rotated: super::secrets::Rotated) {
+        if !Arc::ptr_eq(&rotated.from, &self.config) {
             return;
-        };
-        self.secret_problems.clear();
-        if self.apply(rotated).await {
+        }
+        if self.apply(rotated.config).await {
             tracing::info!("a secret file changed; its remote's requests use the new secret");
         }
     }

@@ -8,7 +8,8 @@
 //! are waited for without a worker (`imports`).
 //!
 //! Two modes share that wiring ([`Core`]): [`run`] watches until told to stop (and reloads
-//! the config on SIGHUP, see [`fleet`]); [`sync_once`] (`upsync sync --once`) scans the
+//! the config on SIGHUP, see [`fleet`], and follows secret files rotated in place, see
+//! `secrets`); [`sync_once`] (`upsync sync --once`) scans the
 //! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
 //! is in [`rebuild`].
 //!
@@ -34,6 +35,7 @@ pub mod rebuild;
 mod remotes;
 pub(crate) mod retarget;
 mod schedule;
+mod secrets;
 pub mod status;
 pub mod systemd;
 mod uploaded;
@@ -139,13 +141,15 @@ pub async fn run_reloadable(
             notifier.ready(&line);
         }
         let mut broken = std::pin::pin!(fleet::store_failure(core.store.clone()));
-        let mut secrets = tokio::time::interval(SECRET_FILE_CHECK);
-        secrets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop_reading_secrets = CancellationToken::new();
+        let mut rotations =
+            secrets::watch(core.fleet.current.clone(), stop_reading_secrets.clone());
+        let _stop_reading_secrets = stop_reading_secrets.drop_guard();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(()) = reload.recv() => core.fleet.reload().await,
-                _ = secrets.tick() => core.fleet.follow_rotated_secrets().await,
+                Some(rotated) = rotations.recv() => core.fleet.apply_rotated(rotated).await,
                 err = &mut broken => {
                     failure = Some(err);
                     break;
@@ -171,10 +175,6 @@ pub async fn run_reloadable(
     }
     stopped
 }
-
-/// How often the secret files are read again, so that a rotated token or password is used
-/// without a reload ([`fleet::Fleet::follow_rotated_secrets`]).
-const SECRET_FILE_CHECK: Duration = Duration::from_secs(5);
 
 const PHASE_STARTING: u8 = 0;
 const PHASE_RUNNING: u8 = 1;
