@@ -405,9 +405,6 @@ pub enum ScanError {
     },
 }
 
-/// How often a one-shot scan with a full backlog looks whether there is room again.
-const ROOM_POLL: Duration = Duration::from_millis(20);
-
 /// What `upsync check` says of a folder on a shared file system (module `shared_fs`): that
 /// files other machines write there raise no event, and how often the daemon rescans it
 /// for them. `None` for a folder on a local file system.
@@ -424,6 +421,9 @@ pub fn shared_folder_note(
         humantime::format_duration(every)
     ))
 }
+
+/// How often a one-shot scan with a full backlog looks whether there is room again.
+const ROOM_POLL: Duration = Duration::from_millis(20);
 
 /// Scans a folder once, without watching: offers every file not yet uploaded whose mtime is
 /// already older than the folder's settle time (younger files are left for the watcher).
