@@ -21,21 +21,9 @@ use common::*;
 /// expansion: the architecture's library directory).
 const LIBFAKETIME: &str = "/usr/$LIB/faketime/libfaketime.so.1";
 
-/// Whether libfaketime can run here; without it the tests say they skipped, unless
-/// `UPSYNC_REQUIRE_TOOLS` (set by `.ci/run` once it installed the tools) is set.
+/// Whether libfaketime can run here ([`tool_available`]).
 fn faketime_available() -> bool {
-    let works = Command::new("faketime")
-        .args(["-f", "-1h", "true"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !works {
-        assert!(
-            std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
-            "faketime is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
-        );
-        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
-    }
-    works
+    tool_available("faketime", "faketime")
 }
 
 /// The daemon's wall clock goes by libfaketime: shifted by what `FAKETIME` says, or by what

@@ -437,12 +437,7 @@ fn check_notes_a_folder_on_a_shared_file_system() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("shared file system"), "{stdout}");
 
-    if Command::new("bindfs").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
-            "bindfs is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
-        );
-        eprintln!("skipped: bindfs is not installed (apt-get install bindfs)");
+    if !tool_available("bindfs", "bindfs") {
         return;
     }
     let beneath = tempfile::tempdir().expect("a temp dir can be created");

@@ -946,21 +946,9 @@ fn under_systemd_the_daemon_notifies_ready_status_watchdog_and_stopping() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// `program`, or `None` (with the reason printed) when it is not installed and
-/// `UPSYNC_REQUIRE_TOOLS` (set by `.ci/run` once it installed the tools) is not set.
+/// `program`, or `None` (with the reason printed) when it is not installed ([`tool_available`]).
 fn tool(program: &'static str, debian_package: &str) -> Option<&'static str> {
-    match Command::new(program).arg("--version").output() {
-        Ok(out) if out.status.success() => Some(program),
-        _ => {
-            // CI installs it and says so: there a missing tool is a failure, not a skip.
-            assert!(
-                std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
-                "{program} is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
-            );
-            eprintln!("skipped: {program} is not installed (apt-get install {debian_package})");
-            None
-        }
-    }
+    tool_available(program, debian_package).then_some(program)
 }
 
 fn systemd_analyze() -> Option<&'static str> {

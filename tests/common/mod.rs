@@ -705,3 +705,21 @@ pub fn redivis_api_client(
     )
     .expect("the API URL is valid")
 }
+
+/// Whether `program` runs (`program --version` succeeds). When it does not, the calling test
+/// says it skipped, unless `UPSYNC_REQUIRE_TOOLS` is set (`.ci/run` sets it once it has
+/// installed the tools): there a missing tool is a failure, not a skip.
+pub fn tool_available(program: &str, debian_package: &str) -> bool {
+    let runs = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !runs {
+        assert!(
+            std::env::var_os("UPSYNC_REQUIRE_TOOLS").is_none(),
+            "{program} is required (UPSYNC_REQUIRE_TOOLS is set) but cannot run"
+        );
+        eprintln!("skipped: {program} is not installed (apt-get install {debian_package})");
+    }
+    runs
+}
