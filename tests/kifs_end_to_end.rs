@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -426,9 +426,56 @@ fn check_prints_the_plan_of_a_good_config() {
     );
 }
 
-/// A folder on a FUSE mount (bindfs over the watched folder) is a folder on a shared file
-/// system: `check` says it is rescanned for what other machines write, and says nothing of
-/// the same folder unmounted.
+/// A temp dir mounted over a folder with bindfs (FUSE): a file written to the dir beneath
+/// raises no event on the mount, as a file another machine writes on a file server.
+/// Unmounted when dropped.
+struct FuseMount {
+    beneath: tempfile::TempDir,
+    mountpoint: PathBuf,
+}
+
+impl FuseMount {
+    /// `None` (the test skips, saying why) where bindfs is missing or cannot mount here.
+    fn over(folder: &Path) -> Option<FuseMount> {
+        if !tool_available("bindfs", "bindfs") {
+            return None;
+        }
+        let beneath = tempfile::tempdir().expect("a temp dir can be created");
+        let mounted = Command::new("bindfs")
+            .arg(beneath.path())
+            .arg(folder)
+            .output()
+            .expect("bindfs runs");
+        if !mounted.status.success() {
+            // A container without the right to mount FUSE file systems.
+            eprintln!(
+                "skipped: bindfs cannot mount here: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(FuseMount {
+            beneath,
+            mountpoint: folder.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let unmounted = |program: &str, flag: &str| {
+            Command::new(program)
+                .arg(flag)
+                .arg(&self.mountpoint)
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let _ = unmounted("fusermount", "-u") || unmounted("umount", "-l");
+    }
+}
+
+/// A folder on a FUSE mount is a folder on a shared file system: `check` says the daemon
+/// rescans it for what other machines write, and says nothing of the same folder unmounted.
 #[test]
 fn check_notes_a_folder_on_a_shared_file_system() {
     let s = setup(&[], "", "");
@@ -437,42 +484,50 @@ fn check_notes_a_folder_on_a_shared_file_system() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("shared file system"), "{stdout}");
 
-    if !tool_available("bindfs", "bindfs") {
+    let Some(mount) = FuseMount::over(s.folder()) else {
         return;
-    }
-    let beneath = tempfile::tempdir().expect("a temp dir can be created");
-    let mounted = Command::new("bindfs")
-        .arg(beneath.path())
-        .arg(s.folder())
-        .output()
-        .expect("bindfs runs");
-    if !mounted.status.success() {
-        eprintln!(
-            "skipped: bindfs cannot mount here: {}",
-            String::from_utf8_lossy(&mounted.stderr).trim()
-        );
-        return;
-    }
+    };
     let (code, stdout, stderr) = upsync(&["check", "-c", config]);
-    let unmounted = Command::new("fusermount")
-        .arg("-u")
-        .arg(s.folder())
-        .status()
-        .is_ok_and(|status| status.success())
-        || Command::new("umount")
-            .arg("-l")
-            .arg(s.folder())
-            .status()
-            .is_ok_and(|status| status.success());
-    assert!(
-        unmounted,
-        "the FUSE mount over {} goes",
-        s.folder().display()
-    );
+    drop(mount);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("is on a shared file system (fuse)")
             && stdout.contains("also rescans it every 30s"),
         "{stdout}"
     );
+}
+
+/// The daemon on a folder mounted through FUSE, with the periodic rescan off: a file
+/// written beneath the mount raises no event and arrives by the folder's own rescans
+/// (every 30 s); one written through the mount goes at once.
+#[test]
+fn a_file_written_beneath_a_fuse_mounted_folder_arrives_by_its_rescans() {
+    let s = setup(&[], "", "");
+    config_of(
+        &s.emulator,
+        "",
+        FolderBuilder::kifs("inbox", "ingest").with("settle = \"1s\""),
+    )
+    .top("rescan_interval = \"0s\"")
+    .write(&s.config);
+    let Some(mount) = FuseMount::over(s.folder()) else {
+        return;
+    };
+    let mut daemon = DaemonProcess::start(&s.config);
+    let through = s.folder().join("through.txt");
+    std::fs::write(&through, "written through the mount\n").unwrap();
+    daemon.wait_until(
+        Duration::from_secs(15),
+        "the file written through the mount",
+        || arrived(&s, &through, "through.txt"),
+    );
+    let beneath = mount.beneath.path().join("beneath.txt");
+    std::fs::write(&beneath, "written beneath the mount\n").unwrap();
+    backdate(&beneath, 60);
+    daemon.wait_until(
+        Duration::from_secs(45),
+        "the file written beneath the mount",
+        || arrived(&s, &s.folder().join("beneath.txt"), "beneath.txt"),
+    );
+    assert_eq!(daemon.terminate(), Some(0));
 }
