@@ -36,6 +36,19 @@ fn under_faketime(command: &mut Command) {
         .env("NO_FAKE_STAT", "1");
 }
 
+/// Stops the daemon, then removes what libfaketime keeps in shared memory per process
+/// (named by its pid), which a process that does not exit in order leaves in /dev/shm.
+fn stop_under_faketime(mut daemon: DaemonProcess) {
+    let pid = daemon.pid();
+    assert_eq!(daemon.terminate(), Some(0));
+    for name in [
+        format!("faketime_shm_{pid}"),
+        format!("sem.faketime_sem_{pid}"),
+    ] {
+        let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+    }
+}
+
 /// One KiFS folder with a short settle, its emulator stopped: the remote refuses
 /// connections until the test starts it again.
 fn site_with_the_remote_down() -> Site {
@@ -105,6 +118,7 @@ fn files_queued_before_the_clock_went_back_an_hour_arrive_once_the_remote_answer
         &["a.txt", "b.txt", "c.txt", "after-the-step.txt"],
     );
     daemon.wait_settled(&site.config, 4);
+    stop_under_faketime(daemon);
 }
 
 #[test]
@@ -127,4 +141,5 @@ fn files_queued_before_a_stop_arrive_at_once_after_a_start_with_the_clock_an_hou
     });
     wait_arrived(&behind, &site, &["a.txt", "b.txt"]);
     behind.wait_settled(&site.config, 2);
+    stop_under_faketime(behind);
 }
