@@ -315,17 +315,10 @@ impl Worker {
     /// Registers the upload as in flight when it is ready.
     fn prepare(&self, job: &Job) -> Preparation {
         let Some(folder) = self.config.folder_for(&job.key.folder) else {
-            let config = FailureClass::Config;
             // Its saved upload waits with it for the folder's return, which resumes it or
             // gives it up: its target, and so whom to cancel it with, is no longer known.
-            let failed = self.store.fail_keeping_upload(
-                job.id,
-                FOLDER_REMOVED,
-                Some(ErrorKind::Config.label()),
-            );
-            self.record(job, failed);
-            self.metrics
-                .failed(&job.key.folder, "none", config, ErrorKind::Config, false);
+            let (class, kind) = (FailureClass::Config, ErrorKind::Config);
+            self.fail_job_keeping_upload(job, "none", class, kind, FOLDER_REMOVED);
             return Preparation::Settled;
         };
         let path = Path::new(&job.key.folder).join(&job.key.rel);

@@ -101,7 +101,7 @@ impl Tx<'_> {
                         },
                     )?;
                 }
-                Some(job) if job.kind == JobKind::Upload && !self.left_to_give_up(&job)? => {
+                Some(job) if job.kind == JobKind::Upload && !self.left_to_give_up(&job, now)? => {
                     self.remove_job(&job)?
                 }
                 _ => {}
@@ -291,12 +291,12 @@ impl Store {
     /// (`Tx::drop_deletion`). Returns how many.
     pub fn drop_pending_deletions(&self, folder: &str) -> Result<usize, StoreError> {
         let unapproved = |job: &Job| is_pending(job) || is_held(job);
+        let now = self.now_ms();
         let mut dropped = 0;
         for job in self.folder_jobs(folder)? {
             if !unapproved(&job) {
                 continue;
             }
-            let now = self.now_ms();
             dropped += usize::from(self.transact(|tx| match tx.job(job.id)? {
                 Some(job) if unapproved(&job) => tx.drop_deletion(&job, now).map(|()| true),
                 _ => Ok(false),

@@ -687,8 +687,6 @@ struct Tx<'a> {
     noted: &'a RefCell<Noted>,
     /// Whether it may keep new pointers in memory (it holds [`Pointers::creating`]).
     creating: bool,
-    /// The store's clock (module `clock`).
-    clock: &'a clock::Clock,
 }
 
 /// What a read or write of one entry inside a transaction gives back: the value it had.
@@ -992,14 +990,14 @@ impl Tx<'_> {
     /// the remote may still hold (a KiFS multipart upload in progress), in which case it
     /// stays, due now, with its progress: the worker that claims it finds the file gone,
     /// gives that upload up on the remote and drops the job. Without progress the job can
-    /// simply go.
-    fn left_to_give_up(&self, job: &Job) -> TxResult<bool> {
+    /// simply go. `now` is when the job is due if it stays.
+    fn left_to_give_up(&self, job: &Job, now: u64) -> TxResult<bool> {
         if !self.has_progress(job.id)? {
             return Ok(false);
         }
         // A retry-wait, or a failure that kept its upload (`Store::fail_keeping_upload`).
         if job.state != JobState::Queued {
-            self.put_job(Some(job), &queued_afresh(job, self.clock.now_ms()))?;
+            self.put_job(Some(job), &queued_afresh(job, now))?;
         }
         Ok(true)
     }
@@ -1402,7 +1400,6 @@ impl Store {
                         pointers: &self.inner.pointers,
                         noted: &noted,
                         creating,
-                        clock: &self.inner.clock,
                     };
                     let done = f(&tx)?;
                     tx.settle_counts()?;
@@ -1775,6 +1772,7 @@ impl Store {
     /// again.
     pub fn drop_vanished(&self, key: &FileKey) -> Result<Option<&'static str>, StoreError> {
         let raw_key = valid_key(key)?;
+        let now = self.now_ms();
         self.transact_creating(|tx| {
             let Some(job) = tx.job_for(&raw_key)? else {
                 return Ok(None);
@@ -1784,7 +1782,7 @@ impl Store {
             }
             match job.state {
                 JobState::Queued | JobState::RetryWait { .. } | JobState::Failed { .. }
-                    if tx.left_to_give_up(&job)? =>
+                    if tx.left_to_give_up(&job, now)? =>
                 {
                     Ok(None)
                 }
