@@ -1015,6 +1015,37 @@ async fn files_deleted_renamed_or_gone_with_their_directory_are_forgotten() {
     run.stop().await;
 }
 
+/// A folder's state for tests that hand it its events or call its steps themselves: no
+/// patterns, recursive, a settle of 1 s.
+fn folder_state(
+    root: &Path,
+    recorder: &Arc<Recorder>,
+    dirs: Box<dyn DirWatcher>,
+    spool: Option<super::spool::Spool>,
+) -> folder::FolderState {
+    let settle = Duration::from_secs(1);
+    folder::FolderState::new(folder::FolderParts {
+        root: root.to_path_buf(),
+        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
+        recursive: true,
+        settle,
+        dirs,
+        sink: recorder.clone(),
+        wake: None,
+        flags: Arc::new(EventFlags::default()),
+        cancel: CancellationToken::new(),
+        opts: Options::new(settle, None),
+        spool,
+    })
+}
+
+/// Watches nothing: every directory is left to rescans.
+fn unwatched() -> Box<dyn DirWatcher> {
+    Box::new(NoDirs {
+        reason: "not needed".into(),
+    })
+}
+
 /// A confirmed file that cannot move into the archive is not tried (and warned about)
 /// again at every spool check: the next scan tries it.
 #[test]
@@ -1028,21 +1059,12 @@ fn a_spooled_file_that_cannot_move_is_not_tried_again_every_second() {
     write_old(&root.join("a.csv"), b"a");
     let recorder = Arc::new(Recorder::default());
     let after_upload = crate::config::AfterUpload::Move(archive);
-    let mut state = folder::FolderState::new(folder::FolderParts {
-        root: root.clone(),
-        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
-        recursive: true,
-        settle: Duration::from_secs(1),
-        dirs: Box::new(NoDirs {
-            reason: "not needed".into(),
-        }),
-        sink: recorder.clone(),
-        wake: None,
-        flags: Arc::new(EventFlags::default()),
-        cancel: CancellationToken::new(),
-        opts: Options::new(Duration::from_secs(1), None),
-        spool: super::spool::Spool::new(&root, &after_upload),
-    });
+    let mut state = folder_state(
+        &root,
+        &recorder,
+        unwatched(),
+        super::spool::Spool::new(&root, &after_upload),
+    );
     state.start();
     assert_eq!(recorder.offers_of("a.csv").len(), 1);
     let fingerprint = Fingerprint::read(&root.join("a.csv")).expect("the file is there");
@@ -1076,21 +1098,12 @@ fn a_spool_folder_whose_archive_lies_on_another_file_system_is_warned_about_and_
     let recorder = Arc::new(Recorder::default());
     let after_upload = crate::config::AfterUpload::Move(archive.clone());
     let (logs, _guard) = capture_logs(tracing::Level::WARN);
-    let mut state = folder::FolderState::new(folder::FolderParts {
-        root: root.clone(),
-        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
-        recursive: true,
-        settle: Duration::from_secs(1),
-        dirs: Box::new(NoDirs {
-            reason: "not needed".into(),
-        }),
-        sink: recorder.clone(),
-        wake: None,
-        flags: Arc::new(EventFlags::default()),
-        cancel: CancellationToken::new(),
-        opts: Options::new(Duration::from_secs(1), None),
-        spool: super::spool::Spool::new(&root, &after_upload),
-    });
+    let mut state = folder_state(
+        &root,
+        &recorder,
+        unwatched(),
+        super::spool::Spool::new(&root, &after_upload),
+    );
     state.start();
     let text = logs.text();
     assert!(
@@ -1117,21 +1130,7 @@ fn a_folder_gone_as_a_whole_forgets_no_file() {
     write_old(&root.join("a.csv"), b"a");
     let recorder = Arc::new(Recorder::default());
     recorder.mark_pending("a.csv");
-    let mut state = folder::FolderState::new(folder::FolderParts {
-        root: root.clone(),
-        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
-        recursive: true,
-        settle: Duration::from_secs(1),
-        dirs: Box::new(NoDirs {
-            reason: "not needed".into(),
-        }),
-        sink: recorder.clone(),
-        wake: None,
-        flags: Arc::new(EventFlags::default()),
-        cancel: CancellationToken::new(),
-        opts: Options::new(Duration::from_secs(1), None),
-        spool: None,
-    });
+    let mut state = folder_state(&root, &recorder, unwatched(), None);
     state.start();
     std::fs::rename(&root, dir.path().join("unmounted")).expect("move the folder away");
     // Ticks notice the folder missing and look for it again.
@@ -1179,20 +1178,7 @@ fn a_directory_removed_across_two_event_batches_is_one_removal() {
     write_old(&root.join("sub/inner.csv"), b"x");
     let recorder = Arc::new(Recorder::default());
     recorder.mark_pending("sub/inner.csv");
-    let settle = Duration::from_secs(1);
-    let mut state = folder::FolderState::new(folder::FolderParts {
-        root: root.to_path_buf(),
-        filter: Filter::new::<String>(&[], &[]).expect("no patterns"),
-        recursive: true,
-        settle,
-        dirs: Box::new(AcceptingDirs),
-        sink: recorder.clone(),
-        wake: None,
-        flags: Arc::new(EventFlags::default()),
-        cancel: CancellationToken::new(),
-        opts: Options::new(settle, None),
-        spool: None,
-    });
+    let mut state = folder_state(root, &recorder, Box::new(AcceptingDirs), None);
     state.start();
 
     std::fs::remove_dir_all(root.join("sub")).expect("remove sub");
