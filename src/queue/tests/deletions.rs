@@ -340,16 +340,8 @@ fn a_deletion_interrupted_by_a_crash_runs_again_after_the_restart() {
 fn a_deletion_dropped_with_its_folder_turns_back_into_the_upload_whose_progress_it_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    uploaded(&store, "a.csv", 1);
     uploaded(&store, "b.csv", 1);
-    let id = queued_id(store.offer(&key("a.csv"), &fp(2)).expect("offer"));
-    store.claim(far_future()).expect("claim").expect("due");
-    store
-        .save_progress(id, b"upload of version 2")
-        .expect("saves");
-    store
-        .retry_later(id, far_future(), "HTTP 503")
-        .expect("retry-wait");
+    let id = waiting_upload_with_progress(&store, "a.csv", far_future());
     store
         .offer_deletions(&[key("a.csv"), key("b.csv")], far_future())
         .expect("offer");
@@ -378,9 +370,9 @@ fn a_deletion_dropped_with_its_folder_turns_back_into_the_upload_whose_progress_
     assert_invariants(&store);
 }
 
-/// Uploads `rel` at version 1, saves progress for version 2's upload, which then waits
-/// for its retry, and finds the file gone: a deletion that keeps that progress.
-fn deletion_keeping_an_upload(store: &Store, rel: &str) -> JobId {
+/// Uploads `rel` at version 1, then claims version 2's upload, which saves progress and
+/// waits to retry at `retry_at`; returns its job.
+fn waiting_upload_with_progress(store: &Store, rel: &str, retry_at: SystemTime) -> JobId {
     uploaded(store, rel, 1);
     let id = queued_id(store.offer(&key(rel), &fp(2)).expect("offer"));
     store.claim(far_future()).expect("claim").expect("due");
@@ -388,8 +380,15 @@ fn deletion_keeping_an_upload(store: &Store, rel: &str) -> JobId {
         .save_progress(id, b"upload of version 2")
         .expect("saves");
     store
-        .retry_later(id, soon(), "HTTP 503")
+        .retry_later(id, retry_at, "HTTP 503")
         .expect("retry-wait");
+    id
+}
+
+/// [`waiting_upload_with_progress`], whose file is then found gone: a deletion that keeps
+/// that progress.
+fn deletion_keeping_an_upload(store: &Store, rel: &str) -> JobId {
+    let id = waiting_upload_with_progress(store, rel, soon());
     store.offer_deletions(&[key(rel)], soon()).expect("offer");
     assert_eq!(
         the_job(store, rel).expect("the deletion").kind,
@@ -426,15 +425,7 @@ fn a_file_back_before_its_deletion_ran_keeps_the_upload_that_deletion_kept_to_gi
 fn a_waiting_upload_that_becomes_a_deletion_keeps_its_progress_until_the_deletion_ends() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    uploaded(&store, "a.csv", 1);
-    let id = queued_id(store.offer(&key("a.csv"), &fp(2)).expect("offer"));
-    store.claim(far_future()).expect("claim").expect("due");
-    store
-        .save_progress(id, b"upload of version 2")
-        .expect("saves");
-    store
-        .retry_later(id, soon(), "HTTP 503")
-        .expect("retry-wait");
+    let id = waiting_upload_with_progress(&store, "a.csv", soon());
 
     store
         .offer_deletions(&[key("a.csv")], SystemTime::now())
