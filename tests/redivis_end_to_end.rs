@@ -34,12 +34,7 @@ fn setup_with(
     let mut args = vec!["--redivis-token", TOKEN];
     args.extend_from_slice(emulator_args);
     let site = Site::start(&["inbox"], &args);
-    ConfigBuilder::new()
-        .top("concurrency = 4")
-        .redivis(&site.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
-        .redivis_with(redivis_extra)
-        .folder(FolderBuilder::redivis("inbox", table).with(folder_extra))
-        .write(&site.config);
+    config_for(&site.emulator, table, redivis_extra, folder_extra).write(&site.config);
     // SAFETY: set before any daemon is spawned; the tests only read it through children.
     unsafe { std::env::set_var("UPSYNC_E2E_REDIVIS_TOKEN", TOKEN) };
     Setup {
@@ -48,6 +43,20 @@ fn setup_with(
         config: site.config,
         emulator: site.emulator,
     }
+}
+
+/// The config of these tests: four workers, the folder `inbox` feeding `table`.
+fn config_for(
+    emulator: &EmulatorProcess,
+    table: &str,
+    redivis_extra: &str,
+    folder_extra: &str,
+) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .top("concurrency = 4")
+        .redivis(&emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
+        .redivis_with(redivis_extra)
+        .folder(FolderBuilder::redivis("inbox", table).with(folder_extra))
 }
 
 /// Whether each local file appears exactly once, completed, with its size and MD5.
@@ -176,17 +185,13 @@ fn kill_9_at_random_moments_during_a_50_file_run_leaves_each_file_once() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
-/// A headerless TSV of about `size` bytes: `<i>\t<text>` rows, some values null markers.
 /// SIGTERM while a file is sent: a transfer that ends within `shutdown_timeout` is posted
 /// before the stop, instead of sending its bytes and then being refused the post.
 #[test]
 fn an_upload_in_flight_at_sigterm_is_posted_before_the_stop() {
     let s = setup(&[], "");
-    ConfigBuilder::new()
-        .top("concurrency = 4\nbandwidth_limit = \"8MiB/s\"\nshutdown_timeout = \"30s\"")
-        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
-        .redivis_with("chunk_size = \"1MiB\"")
-        .folder(FolderBuilder::redivis("inbox", TABLE))
+    config_for(&s.emulator, TABLE, "chunk_size = \"1MiB\"", "")
+        .top("bandwidth_limit = \"8MiB/s\"\nshutdown_timeout = \"30s\"")
         .write(&s.config);
     let path = s.inbox.join("big.bin");
     write_file(&path, 12 << 20, 3);
@@ -887,12 +892,7 @@ fn an_import_that_ends_after_a_reload_moved_the_folder_to_another_table_is_sent_
         json_number(&folder_status(&s.config)["importing"]) == Some(1)
     });
 
-    ConfigBuilder::new()
-        .top("concurrency = 4")
-        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
-        .redivis_with("chunk_size = \"1MiB\"")
-        .folder(FolderBuilder::redivis("inbox", OTHER_TABLE))
-        .write(&s.config);
+    config_for(&s.emulator, OTHER_TABLE, "chunk_size = \"1MiB\"", "").write(&s.config);
     daemon.signal(libc::SIGHUP);
     daemon.wait_until(Duration::from_secs(20), "the reload to apply", || {
         let folder = folder_status(&s.config);
@@ -929,12 +929,7 @@ fn a_folder_moved_to_another_table_by_a_reload_uploads_there_and_leaves_the_old_
     );
     daemon.wait_settled(&s.config, 2);
 
-    ConfigBuilder::new()
-        .top("concurrency = 4")
-        .redivis(&s.emulator.redivis_url(), "UPSYNC_E2E_REDIVIS_TOKEN")
-        .redivis_with("chunk_size = \"1MiB\"")
-        .folder(FolderBuilder::redivis("inbox", OTHER_TABLE))
-        .write(&s.config);
+    config_for(&s.emulator, OTHER_TABLE, "chunk_size = \"1MiB\"", "").write(&s.config);
     daemon.signal(libc::SIGHUP);
     daemon.wait_until(
         Duration::from_secs(60),
