@@ -4,7 +4,9 @@
 //! - [`filter`]: include/exclude globs.
 //! - [`settle`]: the pure settle state machine (clock injected).
 //! - `scan`: the directory walk (watch first, then list; symlinks never followed).
-//! - [`watcher`]: notify setup, the non-blocking event callback, the inotify-limit message.
+//! - [`watcher`]: the watches' interface, the non-blocking event callback, the inotify-limit
+//!   message.
+//! - `inotify`: the directory watches, with only the changes asked for, read on a thread.
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //! - `presence`: whether tracked files are still there, a listing per directory.
@@ -34,6 +36,7 @@
 mod deletions;
 pub mod filter;
 mod folder;
+mod inotify;
 mod looks;
 mod presence;
 mod recent;
@@ -62,10 +65,11 @@ pub use deletions::DeletingSink;
 pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
 pub use folder::Options;
 use folder::{FolderParts, FolderState};
+use inotify::InotifyDirs;
 pub(crate) use presence::Presence;
 use scan::{Visit, Walker};
 use settle::{Settle, SystemClock};
-use watcher::{DirWatcher, EventFlags, EventSender, NoDirs, NotifyDirs};
+use watcher::{DirWatcher, EventFlags, EventSender, NoDirs};
 
 /// How a folder looks at one of its files now, by its relative path: the file's
 /// fingerprint, `None` when there is no regular file at that path.
@@ -253,7 +257,7 @@ pub async fn run_folder(
         Some(ctx.wake),
         ctx.shutdown,
         opts,
-        |events| NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>),
+        |events| InotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>),
         scanned,
     )
     .await

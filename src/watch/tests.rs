@@ -170,7 +170,7 @@ impl Running {
 type MakeDirs = Box<dyn FnOnce(EventSender) -> notify::Result<Box<dyn DirWatcher>> + Send>;
 
 fn real_dirs() -> MakeDirs {
-    Box::new(|events| NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>))
+    Box::new(|events| InotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>))
 }
 
 async fn start_with(
@@ -552,7 +552,7 @@ async fn a_file_the_ledger_already_has_is_not_offered() {
 /// Makes real watches, but refuses every directory under `refused` as if the inotify watch
 /// limit were reached.
 struct LimitedDirs {
-    inner: NotifyDirs,
+    inner: InotifyDirs,
     refused: PathBuf,
 }
 
@@ -585,7 +585,7 @@ async fn the_watch_limit_is_explained_once_and_the_subtree_is_rescanned_instead(
     let refused = root.join("sub");
     let make_dirs: MakeDirs = Box::new(move |events| {
         Ok(Box::new(LimitedDirs {
-            inner: NotifyDirs::new(events)?,
+            inner: InotifyDirs::new(events)?,
             refused,
         }) as Box<dyn DirWatcher>)
     });
@@ -932,7 +932,7 @@ async fn scanning_many_watched_directories_does_not_overflow_the_event_channel()
         let flags = Arc::clone(&flags);
         Box::new(move |events: EventSender| {
             *flags.lock().expect("not poisoned") = Some(events.flags());
-            NotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>)
+            InotifyDirs::new(events).map(|d| Box::new(d) as Box<dyn DirWatcher>)
         })
     };
     let run = start_with(

@@ -1,5 +1,6 @@
-//! notify setup: one non-recursive watch per directory, an event callback that never blocks,
-//! and the help text for the inotify watch limit.
+//! The watches' interface: one non-recursive watch per directory, an event callback that
+//! never blocks, and the help text for the inotify watch limit. Module `inotify` makes
+//! the watches.
 //!
 //! Watching each directory ourselves (instead of notify's recursive mode) keeps a failure to
 //! one subtree: a directory whose watch cannot be added is rescanned periodically instead.
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use notify::EventKind;
 use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Where the kernel's per-user inotify watch limit is read from.
@@ -23,30 +24,6 @@ pub trait DirWatcher: Send {
     fn watch_dir(&mut self, dir: &Path) -> notify::Result<()>;
     /// Stops watching `dir`; a watch that is already gone is not an error.
     fn unwatch_dir(&mut self, dir: &Path);
-}
-
-/// The platform's watcher (inotify on Linux).
-pub struct NotifyDirs {
-    watcher: RecommendedWatcher,
-}
-
-impl NotifyDirs {
-    pub fn new(events: EventSender) -> notify::Result<NotifyDirs> {
-        Ok(NotifyDirs {
-            watcher: notify::recommended_watcher(events)?,
-        })
-    }
-}
-
-impl DirWatcher for NotifyDirs {
-    fn watch_dir(&mut self, dir: &Path) -> notify::Result<()> {
-        self.watcher.watch(dir, RecursiveMode::NonRecursive)
-    }
-
-    fn unwatch_dir(&mut self, dir: &Path) {
-        // notify drops the watch of a deleted directory by itself, so "not found" is normal.
-        let _ = self.watcher.unwatch(dir);
-    }
 }
 
 /// A stand-in used when no watcher could be created: every directory fails to be watched,
