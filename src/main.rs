@@ -651,17 +651,10 @@ fn signal_failure(err: std::io::Error) -> Failure {
     Failure::runtime(format!("cannot install the signal handlers: {err}"))
 }
 
-/// The file-watching library's own messages shown without `RUST_LOG`: errors only. It
-/// warns twice for every watched directory that is removed (its watch went with it), so a
-/// pipeline that makes and removes work directories would fill the journal with warnings
-/// nobody can act on, up to journald's rate limit, beyond which the daemon's own lines are
-/// dropped. What matters of its work reaches the daemon as events and errors it logs itself.
-const WATCHER_LIBRARY_LOGS: &str = "notify=error";
-
 fn init_logging(format: LogFormat, bars: Option<MultiProgress>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},{WATCHER_LIBRARY_LOGS}")));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter { bars });

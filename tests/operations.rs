@@ -300,7 +300,7 @@ fn a_state_dir_too_deep_for_a_socket_address_still_serves_the_commands() {
 
 /// A pipeline that makes and removes work directories in a watched folder: with the
 /// default log filter (no `RUST_LOG`, as under the shipped unit), the removals log no
-/// warning, though the file-watching library complains about each removed watch.
+/// warning, though every removed directory takes its watch with it.
 #[test]
 fn removed_work_directories_leave_no_warning_in_the_default_log() {
     let s = setup(&[], "");
