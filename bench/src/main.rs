@@ -22,6 +22,7 @@
 //! walking the same tree. Test files hold random bytes and live in the system temp dir,
 //! which is cleaned up at the end.
 
+mod bystanders;
 mod harness;
 mod idle;
 mod million;
@@ -69,6 +70,8 @@ enum Section {
     /// Not in a run without `--only`: it takes five minutes.
     OutageRecovery,
     Idle,
+    /// Another process reading the mirrored tree, and one writing into the folder.
+    Bystanders,
     /// `status` and a metrics scrape over a large ledger.
     Status,
     /// Not in a run without `--only`: it writes a million files.
@@ -91,6 +94,10 @@ pub struct Sizes {
     /// Files uploaded (and a third of them changed and uploaded again) before the idle time.
     pub churn_files: u64,
     pub idle_window: Duration,
+    /// Files another process reads once they are mirrored.
+    pub bystander_files: u64,
+    /// Bytes another process writes into the folder in 4 KiB writes.
+    pub bystander_write: u64,
     pub million_files: u64,
     /// Ledger entries of the state database `status` and the metrics read.
     pub status_ledger: u64,
@@ -125,6 +132,8 @@ impl Sizes {
             outage: std::time::Duration::from_secs(300),
             churn_files: 50_000,
             idle_window: Duration::from_secs(300),
+            bystander_files: 50_000,
+            bystander_write: 1 << 30,
             million_files: 1_000_000,
             status_ledger: 1_000_000,
         }
@@ -150,6 +159,8 @@ impl Sizes {
             outage: std::time::Duration::from_secs(10),
             churn_files: 300,
             idle_window: Duration::from_secs(3),
+            bystander_files: 500,
+            bystander_write: 16 << 20,
             million_files: 2_000,
             status_ledger: 1_000,
         }
@@ -376,6 +387,14 @@ async fn run(args: Args) -> BenchResult<bool> {
             &mut rows,
             "Idle after churn",
             idle::idle_after_churn(&ctx, &sizes).await,
+        );
+    }
+    if wanted(Section::Bystanders) {
+        eprintln!("others at work in the watched tree");
+        collect(
+            &mut rows,
+            "Others at work in the watched tree",
+            bystanders::bystanders(&ctx, &sizes).await,
         );
     }
     if wanted(Section::Status) {
