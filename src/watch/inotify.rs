@@ -7,7 +7,9 @@
 //! open theirs: every open woke the event thread, which read it, built an event and threw
 //! it away, about 5 µs of the daemon's CPU each, and took a place in the kernel's event
 //! queue, whose overflow costs a rescan of the whole folder. The folder acts on changes
-//! only, so this watcher asks for nothing else.
+//! only, so this watcher asks for nothing else. It reads the kernel's events at most every
+//! [`GATHER_MS`], so that a file written in many small writes is a few events, not one per
+//! write.
 //!
 //! The events keep notify's shapes (the folder's code and its tests speak them): a
 //! change inside a watched directory names the entry's path, a change of the directory
@@ -17,7 +19,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -44,10 +46,13 @@ const CHANGES: WatchMask = WatchMask::CREATE
 
 /// How long events gather after a read before the next. The kernel merges an event into
 /// the last one queued when the two are alike, so a file written in 4 KiB writes is one
-/// IN_MODIFY per gathering instead of one per write (the daemon spent twice the writer's
-/// own CPU on those). Short beside any settle time; the queue's 16,384 places hold what
-/// a burst of new files raises in that time many times over.
+/// IN_MODIFY per gathering instead of one per write (the daemon spent as much CPU as the
+/// writer, or more, on those). Short beside any settle time; the queue's 16,384 places
+/// hold what a burst of new files raises in that time many times over.
 const GATHER_MS: libc::c_int = 10;
+
+/// Room for about a hundred events with names of 255 bytes per read.
+const READ_BUFFER: usize = 32 * 1024;
 
 /// What the reader waits for.
 enum Wait {
@@ -56,9 +61,6 @@ enum Wait {
     /// [`GATHER_MS`] to pass (or the end).
     Gathering,
 }
-
-/// Room for about a hundred events with names of 255 bytes per read.
-const READ_BUFFER: usize = 32 * 1024;
 
 /// The watched directories by watch descriptor, and the other way round.
 #[derive(Default)]
@@ -186,10 +188,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors were just opened and belong to nobody else.
-    Ok(unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    })
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The thread that reads the events.
@@ -205,25 +204,22 @@ impl<H: EventHandler> Reader<H> {
         let mut buffer = vec![0u8; READ_BUFFER];
         // 1. Wait for the kernel's first event. 2. Read and hand on all that are queued.
         // 3. Let the next ones gather a moment before reading again.
-        loop {
-            match self.wait(Wait::ForEvents).and_then(|go_on| {
-                if go_on {
-                    self.read_available(&mut buffer);
-                    self.wait(Wait::Gathering)
-                } else {
-                    Ok(false)
-                }
-            }) {
+        let ended = loop {
+            match self.wait(Wait::ForEvents) {
                 Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    // poll(2) fails only for want of kernel memory: the folder's rescans
-                    // are all that still see its changes.
-                    tracing::error!(error = %e, "the file watcher stopped");
-                    self.handler.handle_event(Err(notify::Error::io(e)));
-                    return;
-                }
+                other => break other,
             }
+            self.read_available(&mut buffer);
+            match self.wait(Wait::Gathering) {
+                Ok(true) => {}
+                other => break other,
+            }
+        };
+        if let Err(e) = ended {
+            // poll(2) fails only for want of kernel memory: the folder's rescans are all
+            // that still see its changes.
+            tracing::error!(error = %e, "the file watcher stopped");
+            self.handler.handle_event(Err(notify::Error::io(e)));
         }
     }
 
