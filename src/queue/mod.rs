@@ -2178,10 +2178,6 @@ impl Store {
         self.inner.flush().map_err(|err| self.db_error(err))
     }
 
-    /// [`Store::flush`], but nothing while a compaction holds the database: a periodic
-    /// check that the disk still takes writes waits for its next turn rather than make the
-    /// compaction give way (module `compact`); the compaction's own writes meet a failing
-    /// disk first.
     /// An error once the state dir was removed, moved away or replaced under this process
     /// (its lock file is no longer the one the store holds): the database went with it.
     pub fn check_state_dir(&self) -> Result<(), StoreError> {
@@ -2193,6 +2189,10 @@ impl Store {
         })
     }
 
+    /// [`Store::flush`], but nothing while a compaction holds the database: a periodic
+    /// check that the disk still takes writes waits for its next turn rather than make the
+    /// compaction give way (module `compact`); the compaction's own writes meet a failing
+    /// disk first.
     pub fn flush_unless_compacting(&self) -> Result<(), StoreError> {
         if self.is_compacting() {
             return Ok(());
