@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
@@ -128,20 +128,15 @@ impl InotifyDirs {
         })
     }
 
-    fn directories(&self) -> std::sync::MutexGuard<'_, Directories> {
-        self.directories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn directories(&self) -> MutexGuard<'_, Directories> {
+        lock(&self.directories)
     }
 }
 
 impl DirWatcher for InotifyDirs {
     fn watch_dir(&mut self, dir: &Path) -> notify::Result<()> {
         // Held across the add, so the reader cannot meet the new descriptor unnamed.
-        let mut directories = self
-            .directories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut directories = lock(&self.directories);
         match self.watches.add(dir, CHANGES) {
             Ok(wd) => {
                 directories.insert(dir, wd);
@@ -168,6 +163,11 @@ impl Drop for InotifyDirs {
             let _ = reader.join();
         }
     }
+}
+
+/// The directories' maps, shared by the watcher and its reading thread.
+fn lock(directories: &Mutex<Directories>) -> MutexGuard<'_, Directories> {
+    directories.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The limit of watches is `ENOSPC`, a directory gone before its watch is `ENOENT`: the
@@ -267,10 +267,7 @@ impl<H: EventHandler> Reader<H> {
                     return;
                 }
             };
-            let mut directories = self
-                .directories
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut directories = lock(&self.directories);
             let mut translated = Vec::new();
             for event in events {
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
@@ -283,9 +280,7 @@ impl<H: EventHandler> Reader<H> {
                 }
                 if let Some(path) = directories.path_of(&event.wd, event.name) {
                     translated.extend(
-                        kinds(event.mask)
-                            .into_iter()
-                            .map(|kind| Event::new(kind).add_path(path.clone())),
+                        kinds(event.mask).map(|kind| Event::new(kind).add_path(path.clone())),
                     );
                 }
             }
@@ -298,42 +293,43 @@ impl<H: EventHandler> Reader<H> {
 }
 
 /// The notify kinds of one inotify event, in the order notify gives them.
-fn kinds(mask: EventMask) -> Vec<EventKind> {
-    let is_dir = mask.contains(EventMask::ISDIR);
-    let mut kinds = Vec::with_capacity(1);
-    if mask.contains(EventMask::MOVED_FROM) || mask.contains(EventMask::MOVE_SELF) {
-        kinds.push(EventKind::Modify(ModifyKind::Name(RenameMode::From)));
-    }
-    if mask.contains(EventMask::MOVED_TO) {
-        kinds.push(EventKind::Modify(ModifyKind::Name(RenameMode::To)));
-    }
-    if mask.contains(EventMask::CREATE) {
-        kinds.push(EventKind::Create(if is_dir {
-            CreateKind::Folder
-        } else {
-            CreateKind::File
-        }));
-    }
-    if mask.contains(EventMask::DELETE) {
-        kinds.push(EventKind::Remove(if is_dir {
-            RemoveKind::Folder
-        } else {
-            RemoveKind::File
-        }));
-    }
-    if mask.contains(EventMask::DELETE_SELF) {
-        kinds.push(EventKind::Remove(RemoveKind::Folder));
-    }
-    if mask.contains(EventMask::MODIFY) {
-        kinds.push(EventKind::Modify(ModifyKind::Data(DataChange::Any)));
-    }
-    if mask.contains(EventMask::CLOSE_WRITE) {
-        kinds.push(EventKind::Access(AccessKind::Close(AccessMode::Write)));
-    }
-    if mask.contains(EventMask::ATTRIB) {
-        kinds.push(EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)));
-    }
-    kinds
+fn kinds(mask: EventMask) -> impl Iterator<Item = EventKind> {
+    let (created, removed) = if mask.contains(EventMask::ISDIR) {
+        (CreateKind::Folder, RemoveKind::Folder)
+    } else {
+        (CreateKind::File, RemoveKind::File)
+    };
+    [
+        (
+            EventMask::MOVED_FROM | EventMask::MOVE_SELF,
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+        ),
+        (
+            EventMask::MOVED_TO,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+        ),
+        (EventMask::CREATE, EventKind::Create(created)),
+        (EventMask::DELETE, EventKind::Remove(removed)),
+        (
+            EventMask::DELETE_SELF,
+            EventKind::Remove(RemoveKind::Folder),
+        ),
+        (
+            EventMask::MODIFY,
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+        ),
+        (
+            EventMask::CLOSE_WRITE,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ),
+        (
+            EventMask::ATTRIB,
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+        ),
+    ]
+    .into_iter()
+    .filter(move |(flags, _)| mask.intersects(*flags))
+    .map(|(_, kind)| kind)
 }
 
 #[cfg(test)]

@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use notify::EventKind;
-use notify::event::{AccessKind, AccessMode};
 use tokio::sync::mpsc;
 
 /// Where the kernel's per-user inotify watch limit is read from.
@@ -49,12 +47,10 @@ pub struct EventFlags {
     pub rescan_needed: AtomicBool,
 }
 
-/// The notify event handler: forwards events into a bounded channel without ever blocking
-/// notify's thread; when the channel is full the event is counted and a rescan requested.
-///
-/// Opens and read-only closes are dropped here, before the channel: every directory listing
-/// of a scan opens a watched directory, so forwarding them would let a large scan overflow
-/// the channel and trigger another scan, forever.
+/// The event handler: forwards events into a bounded channel without ever blocking the
+/// watches' reading thread; when the channel is full the event is counted and a rescan
+/// requested. Opens and reads never come (module `inotify` does not ask for them), so a
+/// scan's own listings cannot fill the channel.
 pub struct EventSender {
     tx: mpsc::Sender<notify::Result<notify::Event>>,
     flags: Arc<EventFlags>,
@@ -74,12 +70,6 @@ impl EventSender {
 
 impl notify::EventHandler for EventSender {
     fn handle_event(&mut self, event: notify::Result<notify::Event>) {
-        if let Ok(e) = &event
-            && let EventKind::Access(kind) = e.kind
-            && kind != AccessKind::Close(AccessMode::Write)
-        {
-            return;
-        }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(event) {
             self.flags.dropped.fetch_add(1, Ordering::Relaxed);
             self.flags.rescan_needed.store(true, Ordering::Release);
@@ -170,25 +160,5 @@ mod tests {
         assert_eq!(flags.dropped.load(Ordering::Relaxed), 2);
         assert!(flags.rescan_needed.load(Ordering::Acquire));
         assert!(rx.try_recv().is_ok(), "the first event was delivered");
-    }
-
-    #[test]
-    fn opens_and_read_only_closes_are_not_forwarded_but_close_write_is() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let flags = Arc::new(EventFlags::default());
-        let mut sender = EventSender::new(tx, flags.clone());
-        let access = |kind| Ok(notify::Event::new(EventKind::Access(kind)));
-        sender.handle_event(access(AccessKind::Open(AccessMode::Any)));
-        sender.handle_event(access(AccessKind::Close(AccessMode::Read)));
-        sender.handle_event(access(AccessKind::Close(AccessMode::Write)));
-        let forwarded = rx
-            .try_recv()
-            .expect("close-write is forwarded")
-            .expect("an event, not an error");
-        assert_eq!(
-            forwarded.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-        );
-        assert!(rx.try_recv().is_err(), "nothing else was forwarded");
     }
 }
