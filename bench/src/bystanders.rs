@@ -71,9 +71,9 @@ async fn measure(
         wait_stored(emulator, stored + sizes.bystander_files).await?;
         wait_quiet(&daemon).await?;
         eprintln!("  reading them");
-        let find = ["find", &tree.to_string_lossy(), "-type", "f"];
-        let reading =
-            while_running(&daemon, &[&find[..], &["-exec", "cat", "{}", "+"]].concat()).await?;
+        let tree = tree.to_string_lossy();
+        let read_all = ["find", &tree, "-type", "f", "-exec", "cat", "{}", "+"];
+        let reading = while_running(&daemon, &read_all).await?;
         wait_quiet(&daemon).await?;
         eprintln!(
             "  writing {} MiB in 4 KiB writes",
