@@ -34,9 +34,12 @@
 //! On other platforms both are no-ops. They act on glibc's heap only; mimalloc,
 //! which serves the scan's looks, returns its free pages by itself (`allocator::tune`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::queue::bell::Bell;
 
 /// How often a busy daemon returns its free memory (module doc, step 2).
 pub const TRIM_EVERY: Duration = Duration::from_millis(250);
@@ -66,13 +69,17 @@ pub fn trim() {
 /// store's writes) moved since the last look. `trim` runs on the blocking pool:
 /// `malloc_trim` takes each arena's lock in turn and walks its free memory, which must not
 /// hold a runtime thread four times a second; the next look waits until it is done.
+///
+/// A look that finds no work sleeps until the store's `bell` rings (module `queue::bell`),
+/// and looks again a period after that: an idle daemon wakes for nothing here.
 pub async fn trim_while_busy(
     activity: impl Fn() -> u64,
+    bell: Arc<Bell>,
     trim: impl Fn() + Send + Sync + 'static,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let trim = std::sync::Arc::new(trim);
+    let trim = Arc::new(trim);
     let mut seen = activity();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -81,12 +88,19 @@ pub async fn trim_while_busy(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Read before the work: a use that comes after this read wakes the sleep below.
+        let rings = bell.rings();
         let now = activity();
         if now != seen {
             seen = now;
-            let trim = std::sync::Arc::clone(&trim);
+            let trim = Arc::clone(&trim);
             // A panic in the trim is the allocator's: nothing of the daemon's is lost.
             let _ = tokio::task::spawn_blocking(move || trim()).await;
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = bell.rung_since(rings) => tick.reset(),
         }
     }
 }
@@ -94,46 +108,102 @@ pub async fn trim_while_busy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    const PERIOD: Duration = Duration::from_secs(5);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A store's counter and bell, the looks at the counter and the trims, counted.
+    #[derive(Default)]
+    struct Counted {
+        work: AtomicU64,
+        looks: AtomicU64,
+        trims: AtomicU64,
+        bell: Arc<Bell>,
+    }
+
+    impl Counted {
+        fn work(&self, uses: u64) {
+            for _ in 0..uses {
+                self.work.fetch_add(1, Ordering::SeqCst);
+                self.bell.ring();
+            }
+        }
+
+        fn get(counter: &AtomicU64) -> u64 {
+            counter.load(Ordering::SeqCst)
+        }
+
+        /// Runs [`trim_while_busy`] over these counters until `stop`.
+        fn spawn(self: &Arc<Self>, stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
+            let (looked, trimmed) = (Arc::clone(self), Arc::clone(self));
+            tokio::spawn(trim_while_busy(
+                move || {
+                    looked.looks.fetch_add(1, Ordering::SeqCst);
+                    Counted::get(&looked.work)
+                },
+                Arc::clone(&self.bell),
+                move || {
+                    trimmed.trims.fetch_add(1, Ordering::SeqCst);
+                },
+                PERIOD,
+                stop.clone(),
+            ))
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn trims_once_per_period_with_work_and_never_while_idle() {
-        let work = Arc::new(AtomicU64::new(0));
-        let trims = Arc::new(AtomicU64::new(0));
+        let counted = Arc::new(Counted::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (work, trims, stop) = (work.clone(), trims.clone(), stop.clone());
-            async move {
-                trim_while_busy(
-                    move || work.load(Ordering::SeqCst),
-                    move || {
-                        trims.fetch_add(1, Ordering::SeqCst);
-                    },
-                    Duration::from_secs(5),
-                    stop,
-                )
-                .await
-            }
-        });
-        let period = Duration::from_secs(5);
+        let task = counted.spawn(&stop);
         // Idle for three periods: no trim.
-        tokio::time::sleep(period * 3 + Duration::from_millis(1)).await;
+        tokio::time::sleep(PERIOD * 3 + MS).await;
         assert_eq!(
-            trims.load(Ordering::SeqCst),
+            Counted::get(&counted.trims),
             0,
             "an idle daemon does not trim"
         );
-        // Work during the fourth period: one trim at its end, however much work it was.
-        for _ in 0..100 {
-            work.fetch_add(1, Ordering::SeqCst);
+        // Work: one trim a period later, however much work it was.
+        counted.work(100);
+        tokio::time::sleep(PERIOD + MS).await;
+        assert_eq!(Counted::get(&counted.trims), 1);
+        // Work in each of the next two periods: a trim at the end of each.
+        for trims in 2..=3 {
+            counted.work(1);
+            tokio::time::sleep(PERIOD).await;
+            assert_eq!(Counted::get(&counted.trims), trims);
         }
-        tokio::time::sleep(period).await;
-        assert_eq!(trims.load(Ordering::SeqCst), 1);
         // Idle again: no more trims.
-        tokio::time::sleep(period * 4).await;
-        assert_eq!(trims.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(PERIOD * 4).await;
+        assert_eq!(Counted::get(&counted.trims), 3);
         stop.cancel();
         task.await.expect("the trim loop ends when stopped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_store_is_not_looked_at_until_its_bell_rings() {
+        let counted = Arc::new(Counted::default());
+        let stop = CancellationToken::new();
+        let task = counted.spawn(&stop);
+        // The look at the start and the first period's: then sleep.
+        tokio::time::sleep(PERIOD * 100).await;
+        assert_eq!(
+            Counted::get(&counted.looks),
+            2,
+            "an idle store is looked at once"
+        );
+        // Work wakes it: a look and a trim a period later, one more look that finds the
+        // store idle again, then sleep.
+        counted.work(1);
+        tokio::time::sleep(PERIOD * 100).await;
+        assert_eq!(Counted::get(&counted.trims), 1);
+        assert_eq!(Counted::get(&counted.looks), 4);
+        // A stop ends the sleep.
+        stop.cancel();
+        tokio::time::timeout(PERIOD, task)
+            .await
+            .expect("a stop ends a sleeping trim loop")
+            .expect("the trim loop ends when stopped");
     }
 }

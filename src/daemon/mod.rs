@@ -323,8 +323,10 @@ impl Core {
         }
         tokio::spawn({
             let store = store.clone();
+            let bell = store.bell();
             heap::trim_while_busy(
                 move || store.activity(),
+                bell,
                 heap::trim,
                 heap::TRIM_EVERY,
                 stop_serving.clone(),

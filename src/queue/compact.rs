@@ -260,6 +260,7 @@ impl Store {
         let progress = Progress {
             wanted,
             copied: &self.inner.copied,
+            bell: &self.inner.bell,
         };
         let copied = copy_live(&handles.db, &copy_path, next_id, &progress).map_err(|err| {
             let _ = std::fs::remove_dir_all(&copy_path);
@@ -427,12 +428,15 @@ pub(super) struct Progress<'a> {
     pub wanted: &'a AtomicBool,
     /// Counts the entries copied, for [`Store::activity`].
     pub copied: &'a AtomicU64,
+    /// Rung with each slice copied: the heap's trims go on while a compaction runs.
+    pub bell: &'a super::Bell,
 }
 
 impl Progress<'_> {
     /// Notes a slice of [`YIELD_CHECK_EVERY`] entries copied; whether to give way.
     fn slice_done(&self) -> bool {
         self.copied.fetch_add(YIELD_CHECK_EVERY, Ordering::Relaxed);
+        self.bell.ring();
         self.wanted.load(Ordering::Relaxed)
     }
 }

@@ -244,6 +244,7 @@
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
 
+pub mod bell;
 mod binary;
 mod blocking;
 mod claim;
@@ -298,6 +299,7 @@ pub use stamp::{StampFrom, StampStep};
 pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
+use bell::Bell;
 use keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
 use pointers::{Noted, Pointers};
 use record::FileRecord;
@@ -380,6 +382,9 @@ struct Inner {
     /// Entries compactions copied so far, counted a slice at a time: with `writes`, how the
     /// daemon sees the heap churn (`Store::activity`).
     copied: AtomicU64,
+    /// Rung by every use counted above, for the tasks that sleep while the store is idle
+    /// (module `bell`).
+    bell: Arc<Bell>,
     /// Set by a use that found a compaction holding the database: the compaction gives way
     /// (module `compact`, "Giving way").
     wanted_during_compaction: AtomicBool,
@@ -1179,6 +1184,7 @@ impl Store {
                 writes: AtomicU64::new(0),
                 lookups: AtomicU64::new(0),
                 copied: AtomicU64::new(0),
+                bell: Arc::default(),
                 wanted_during_compaction: AtomicBool::new(false),
                 counts_trusted: AtomicBool::new(closed_cleanly),
                 marked_closed: Mutex::new(closed_cleanly),
@@ -1302,6 +1308,7 @@ impl Store {
     /// [`Store::handles`] for a ledger lookup, counted in [`Store::uses`].
     fn handles_to_look_up(&self) -> RwLockReadGuard<'_, Handles> {
         self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.bell.ring();
         self.inner.read_handles()
     }
 
@@ -1412,7 +1419,10 @@ impl Store {
             TransactionError::Storage(err) => self.db_error(err),
         })?;
         self.inner.pointers.apply(noted.into_inner());
-        self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
+        if writes.get() > 0 {
+            self.inner.writes.fetch_add(writes.get(), Ordering::Relaxed);
+            self.inner.bell.ring();
+        }
         Ok(done)
     }
 
@@ -2171,6 +2181,12 @@ impl Store {
     /// metrics do not count: they come every few seconds).
     pub fn uses(&self) -> u64 {
         self.writes() + self.inner.lookups.load(Ordering::Relaxed)
+    }
+
+    /// The bell every use counted in [`Store::uses`] and [`Store::activity`] rings: what a
+    /// task that has nothing to do while the store is idle waits on (module `bell`).
+    pub fn bell(&self) -> Arc<Bell> {
+        Arc::clone(&self.inner.bell)
     }
 
     /// Makes everything written so far durable (fsync).

@@ -85,6 +85,7 @@ impl Store {
         // A use of the store (`Store::uses`): an idle daemon's compaction waits for the
         // walk's end rather than start between two steps and give way to the next.
         self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.bell.ring();
         let prefix = valid_key(&FileKey::new(folder, ""))?;
         let start = from.map_or_else(|| prefix.clone(), |from| successor(&from.0));
         let mut picked = Vec::new();

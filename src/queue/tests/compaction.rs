@@ -505,9 +505,11 @@ fn a_copy_in_passes_takes_less_than_three_times_its_entries_where_one_pass_took_
     for attempt in 0..3 {
         let copy = dir.path().join(format!("copy{attempt}"));
         let (wanted, counted) = (AtomicBool::new(false), AtomicU64::new(0));
+        let bell = crate::queue::Bell::default();
         let progress = Progress {
             wanted: &wanted,
             copied: &counted,
+            bell: &bell,
         };
         let copied = copy_live(&source, &copy, 0, &progress)
             .expect("the copy works")
@@ -518,6 +520,11 @@ fn a_copy_in_passes_takes_less_than_three_times_its_entries_where_one_pass_took_
             counted.load(Ordering::Relaxed),
             20_000 / YIELD_CHECK_EVERY * YIELD_CHECK_EVERY,
             "the copy counts its entries a slice at a time"
+        );
+        assert_eq!(
+            bell.rings(),
+            20_000 / YIELD_CHECK_EVERY,
+            "the copy rings the store's bell once a slice"
         );
         let on_disk = files_size(&copy).expect("the copy's files are measured");
         ratios.push(on_disk as f64 / live as f64);
