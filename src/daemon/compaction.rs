@@ -17,7 +17,9 @@
 //!    the store (`queue::compact`, "Giving way") counts as work: it is tried again after
 //!    the next quiet time.
 //!
-//! An idle daemon then reads and writes nothing until the next work; step 2's full read
+//! An idle daemon then reads and writes nothing until the next work, and does not wake for
+//! step 1 either: with nothing left to do, the counter is read again only once the store's
+//! bell rings (module `queue::bell`), at its next use. Step 2's full read
 //! happens at most once per quarter of growth, so its cost stays a fraction of the writing
 //! that grew the files.
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::bell::Bell;
 use crate::queue::{CompactPolicy, Store, StoreError};
 
 /// How often the write counter is read.
@@ -67,8 +70,61 @@ impl Quiet {
 
 /// Compacts `store` by `policy` whenever it settles after work (module doc), until `stop`.
 pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: CancellationToken) {
-    let mut quiet = Quiet::new(store.uses(), Instant::now());
-    let mut measured = None;
+    // The files' length when last measured, for step 2.
+    let measured = &std::sync::Mutex::new(None);
+    let uses = {
+        let store = store.clone();
+        move || store.uses()
+    };
+    at_each_quiet_time(uses, &store.bell(), &stop, || {
+        let store = store.clone();
+        let last = *measured.lock().expect("the measure's lock");
+        let checked = tokio::task::spawn_blocking(move || {
+            step_two(&store, &policy, last, &super::heap::trim)
+        });
+        async {
+            match checked.await {
+                Ok(Ok(Checked::Busy)) => After::Busy,
+                Ok(Err(StoreError::CompactionYielded)) => After::GaveWay,
+                Ok(Ok(Checked::Looked { on_disk })) => {
+                    *measured.lock().expect("the measure's lock") = Some(on_disk);
+                    After::Done
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "cannot compact the state database");
+                    After::Done
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the compaction of the state database failed");
+                    After::Done
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// What a look at a settled store (step 2) leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum After {
+    /// An upload is under way: look again at the next check.
+    Busy,
+    /// The compaction gave way to a use of the store: the quiet time starts again.
+    GaveWay,
+    /// Nothing until the next work.
+    Done,
+}
+
+/// Step 1's timing: reads `uses` every [`CHECK_EVERY`] and calls `look` whenever the store
+/// has settled after work, until `stop`. With nothing left to do it reads nothing and
+/// sleeps until `bell` rings (module `queue::bell`): an idle daemon wakes for nothing here.
+async fn at_each_quiet_time<F: Future<Output = After>>(
+    uses: impl Fn() -> u64,
+    bell: &Bell,
+    stop: &CancellationToken,
+    mut look: impl FnMut() -> F,
+) {
+    let mut quiet = Quiet::new(uses(), Instant::now());
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,30 +132,23 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if !quiet.settled(store.uses(), Instant::now()) {
+        // Read before the uses: a use after this read wakes the sleep below.
+        let rings = bell.rings();
+        if !quiet.settled(uses(), Instant::now()) {
+            if !quiet.pending {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = bell.rung_since(rings) => tick.reset(),
+                }
+            }
             continue;
         }
-        let checked = tokio::task::spawn_blocking({
-            let store = store.clone();
-            move || step_two(&store, &policy, measured, &super::heap::trim)
-        })
-        .await;
-        quiet.uses = store.uses();
-        match checked {
-            Ok(Ok(Checked::Busy)) => {}
-            Ok(Err(StoreError::CompactionYielded)) => quiet.since = Instant::now(),
-            Ok(Ok(Checked::Looked { on_disk })) => {
-                quiet.pending = false;
-                measured = Some(on_disk);
-            }
-            Ok(Err(err)) => {
-                quiet.pending = false;
-                tracing::warn!(error = %err, "cannot compact the state database");
-            }
-            Err(err) => {
-                quiet.pending = false;
-                tracing::warn!(error = %err, "the compaction of the state database failed");
-            }
+        let after = look().await;
+        quiet.uses = uses();
+        match after {
+            After::Busy => {}
+            After::GaveWay => quiet.since = Instant::now(),
+            After::Done => quiet.pending = false,
         }
     }
 }
@@ -170,6 +219,72 @@ mod tests {
         assert!(!quiet.settled(8, Instant::now()));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(quiet.settled(8, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_store_is_not_read_until_its_bell_rings_and_each_outcome_is_heeded() {
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        let uses = Arc::new(AtomicU64::new(0));
+        let reads = Arc::new(AtomicU64::new(0));
+        let bell = Arc::new(Bell::default());
+        let stop = CancellationToken::new();
+        // What the looks find, in order, and when each came.
+        let outcomes = [After::Busy, After::GaveWay, After::Done, After::Done];
+        let looks = Arc::new(std::sync::Mutex::new((
+            VecDeque::from(outcomes),
+            Vec::new(),
+        )));
+        let task = tokio::spawn({
+            let (uses, reads, bell, stop, looks) = (
+                uses.clone(),
+                reads.clone(),
+                bell.clone(),
+                stop.clone(),
+                looks.clone(),
+            );
+            let start = Instant::now();
+            async move {
+                let read = move || {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    uses.load(Ordering::SeqCst)
+                };
+                at_each_quiet_time(read, &bell, &stop, || {
+                    let mut looks = looks.lock().expect("the looks' lock");
+                    looks.1.push(start.elapsed().as_secs());
+                    std::future::ready(looks.0.pop_front().expect("a look was scripted"))
+                })
+                .await
+            }
+        });
+        let looked = || looks.lock().expect("the looks' lock").1.clone();
+
+        // The start counts as work: a look after the quiet time, again at the next check
+        // while an upload is busy, and after a quiet time more when the compaction gave way.
+        tokio::time::sleep(Duration::from_secs(1_000)).await;
+        assert_eq!(looked(), [5, 6, 11]);
+        // Done: the store is read no more, however long it stays idle.
+        let read_then = reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(100_000)).await;
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            read_then,
+            "an idle store is not read"
+        );
+        // Work rings the bell: a look once the store has been quiet after it.
+        uses.fetch_add(1, Ordering::SeqCst);
+        bell.ring();
+        tokio::time::sleep(QUIET * 2).await;
+        assert_eq!(looked().len(), 4);
+        assert_eq!(
+            looked()[3],
+            101_000 + 6,
+            "the check a second after the work, plus QUIET"
+        );
+        stop.cancel();
+        task.await.expect("the loop ends when stopped");
     }
 
     /// A store whose files are mostly garbage: many versions of a few entries.
