@@ -24,6 +24,7 @@
 //! - [`allocator`]: glibc's malloc, and mimalloc where the start-up scan looks at files.
 
 pub mod allocator;
+pub mod beat;
 pub mod config;
 pub mod daemon;
 pub mod emulator;

@@ -183,8 +183,7 @@ const PHASE_STOPPING: u8 = 2;
 /// Sends `STATUS=` (and `WATCHDOG=1` when enabled) every [`Notifier::interval`]; the
 /// watchdog ping follows a successful read of the queue figures.
 async fn status_ticker(probe: Probe, notifier: Notifier, phase: Arc<std::sync::atomic::AtomicU8>) {
-    let mut tick = tokio::time::interval(notifier.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::beat::interval(notifier.interval());
     loop {
         tick.tick().await;
         let figures = probe.summary().await;

@@ -36,8 +36,7 @@ pub(super) fn watch(current: CurrentConfig, stop: CancellationToken) -> mpsc::Re
     let (rotated_tx, rotated_rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut warned = HashSet::new();
-        let mut tick = tokio::time::interval(CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = crate::beat::interval(CHECK);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -44,7 +44,8 @@ const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
 /// folder comes back (see `fleet`).
 pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configuration";
 
-/// How long an idle worker sleeps when nothing wakes it, to pick up due retries.
+/// How long an idle worker sleeps when nothing wakes it, to pick up due retries (put on
+/// the daemon's beat: 1 to 2 s).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// The backends a daemon has, by kind of target.
@@ -134,23 +135,29 @@ impl Worker {
                         &self.backends,
                         &self.live.gates,
                     );
-                    let wait = match next_due {
-                        Ok(Some(due)) => due
-                            .duration_since(self.store.now())
-                            .unwrap_or(Duration::ZERO)
-                            .min(IDLE_POLL),
-                        _ => IDLE_POLL,
+                    // A due job's time is kept; the poll goes on the daemon's beat.
+                    let poll = crate::beat::on_beat(tokio::time::Instant::now() + IDLE_POLL);
+                    let wake_at = match next_due {
+                        Ok(Some(due)) => {
+                            let wait = due.duration_since(self.store.now()).unwrap_or_default();
+                            poll.min(tokio::time::Instant::now() + wait)
+                        }
+                        _ => poll,
                     };
-                    self.idle(wait).await;
+                    self.idle_until(wake_at).await;
                 }
             }
         }
     }
 
     async fn idle(&self, wait: Duration) {
+        self.idle_until(tokio::time::Instant::now() + wait).await
+    }
+
+    async fn idle_until(&self, deadline: tokio::time::Instant) {
         tokio::select! {
             _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
             _ = self.stop_claiming.cancelled() => {}
         }
     }
