@@ -1,6 +1,7 @@
 //! The moving parts every scenario uses: the in-process emulator, the real daemon as a child
 //! process, `curl`, test files of random bytes, and polling.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -671,6 +672,54 @@ impl ProcSample {
 fn read_proc(pid: u32, file: &str) -> BenchResult<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .map_err(|e| format!("read /proc/{pid}/{file}: {e}"))
+}
+
+/// How often each thread of a process went to sleep so far (`voluntary_ctxt_switches`):
+/// each time, something woke it again. By thread id, with the thread's name.
+pub struct ThreadSleeps(BTreeMap<u32, (String, u64)>);
+
+impl ThreadSleeps {
+    pub fn read(pid: u32) -> BenchResult<ThreadSleeps> {
+        let dir = format!("/proc/{pid}/task");
+        let tasks = std::fs::read_dir(&dir).map_err(|e| format!("list {dir}: {e}"))?;
+        let mut threads = BTreeMap::new();
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // A thread that ended since the listing is left out.
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            let name = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Name:"))
+                .map_or_else(String::new, |name| name.trim().to_owned());
+            let sleeps = proc_field(&status, "voluntary_ctxt_switches:", pid)?;
+            threads.insert(tid, (name, sleeps));
+        }
+        Ok(ThreadSleeps(threads))
+    }
+
+    /// The wakeups between `self` and the later `end`, split by `is_theirs(thread name)`:
+    /// (theirs, the rest). A thread that started in between counts whole; one that ended
+    /// in between is not counted.
+    pub fn wakeups_until(
+        &self,
+        end: &ThreadSleeps,
+        is_theirs: impl Fn(&str) -> bool,
+    ) -> (u64, u64) {
+        let (mut theirs, mut rest) = (0, 0);
+        for (tid, (name, sleeps)) in &end.0 {
+            let before = self.0.get(tid).map_or(0, |(_, sleeps)| *sleeps);
+            let woken = sleeps.saturating_sub(before);
+            match is_theirs(name) {
+                true => theirs += woken,
+                false => rest += woken,
+            }
+        }
+        (theirs, rest)
+    }
 }
 
 /// A process's peak resident set size so far (`VmHWM`), in bytes.

@@ -27,9 +27,7 @@ struct Idle {
     files: u64,
     changed: u64,
     window: Duration,
-    start: ProcSample,
-    end: ProcSample,
-    peak_rss: u64,
+    watched: Watched,
     live_bytes: u64,
     on_disk_bytes: u64,
 }
@@ -75,21 +73,13 @@ async fn churn_then_idle(
             .await?;
         let compaction = wait_compaction(&daemon).await?;
         eprintln!("  idle for {}", humantime::format_duration(window));
-        let (start, end, peak_rss) = watch_idle(&daemon, window).await?;
+        let watched = watch_idle(&daemon, window).await?;
         let on_disk = db_files_size(&config.state_dir)?;
-        Ok::<_, String>((
-            files,
-            changed.len() as u64,
-            start,
-            end,
-            peak_rss,
-            compaction,
-            on_disk,
-        ))
+        Ok::<_, String>((files, changed.len() as u64, watched, compaction, on_disk))
     }
     .await;
     let stopped = daemon.terminate().await;
-    let (files, changed, start, end, peak_rss, compaction, on_disk_bytes) = measured?;
+    let (files, changed, watched, compaction, on_disk_bytes) = measured?;
     stopped?;
     let space = Store::open(&config.state_dir)
         .and_then(|store| store.space())
@@ -99,9 +89,7 @@ async fn churn_then_idle(
         files,
         changed,
         window,
-        start,
-        end,
-        peak_rss,
+        watched,
         live_bytes: space.live_bytes,
         on_disk_bytes,
     })
@@ -186,13 +174,20 @@ fn move_children(from: &Path, to: &Path) -> BenchResult<()> {
     Ok(())
 }
 
+/// What the idle window saw of the daemon.
+struct Watched {
+    start: ProcSample,
+    end: ProcSample,
+    peak_rss: u64,
+    /// Times sled's own threads woke up, and the daemon's other threads.
+    sled_wakeups: u64,
+    own_wakeups: u64,
+}
+
 /// Samples the daemon at the start and the end of `window` and every [`SAMPLE_EVERY`] in
 /// between (for the peak); nothing else talks to it meanwhile.
-async fn watch_idle(
-    daemon: &Daemon,
-    window: Duration,
-) -> BenchResult<(ProcSample, ProcSample, u64)> {
-    let start = daemon.sample()?;
+async fn watch_idle(daemon: &Daemon, window: Duration) -> BenchResult<Watched> {
+    let (start, slept) = (daemon.sample()?, ThreadSleeps::read(daemon.pid)?);
     let mut peak = start.rss;
     loop {
         let left = window.saturating_sub(start.at.elapsed());
@@ -202,8 +197,16 @@ async fn watch_idle(
         tokio::time::sleep(left.min(SAMPLE_EVERY)).await;
         peak = peak.max(daemon.sample()?.rss);
     }
-    let end = daemon.sample()?;
-    Ok((start, end, peak.max(end.rss)))
+    let (end, sleeps) = (daemon.sample()?, ThreadSleeps::read(daemon.pid)?);
+    // sled's pool names its threads "sled-io-N".
+    let (sled_wakeups, own_wakeups) = slept.wakeups_until(&sleeps, |name| name.starts_with("sled"));
+    Ok(Watched {
+        peak_rss: peak.max(end.rss),
+        start,
+        end,
+        sled_wakeups,
+        own_wakeups,
+    })
 }
 
 fn rows(idle: &Idle) -> Vec<Row> {
@@ -213,12 +216,13 @@ fn rows(idle: &Idle) -> Vec<Row> {
         idle.files,
         idle.changed
     );
-    let seconds = (idle.end.at - idle.start.at).as_secs_f64();
+    let w = &idle.watched;
+    let seconds = (w.end.at - w.start.at).as_secs_f64();
     let per_second = |bytes: u64| bytes as f64 / seconds;
-    let written = per_second(idle.end.written - idle.start.written);
-    let stored = per_second(idle.end.stored.saturating_sub(idle.start.stored));
-    let rss_change = (idle.end.rss as f64 - idle.start.rss as f64) / idle.start.rss as f64;
-    let cpu = (idle.end.cpu - idle.start.cpu).as_secs_f64();
+    let written = per_second(w.end.written - w.start.written);
+    let stored = per_second(w.end.stored.saturating_sub(w.start.stored));
+    let rss_change = (w.end.rss as f64 - w.start.rss as f64) / w.start.rss as f64;
+    let cpu = (w.end.cpu - w.start.cpu).as_secs_f64();
     let ratio = idle.on_disk_bytes as f64 / idle.live_bytes as f64;
     let compaction = match &idle.compaction {
         Some(c) => format!(
@@ -250,13 +254,27 @@ fn rows(idle: &Idle) -> Vec<Row> {
             verdict: Verdict::of(written <= 4096.0),
         },
         Row {
+            figure: format!(
+                "{what}: times its threads woke up per second (voluntary context switches), the daemon's own and sled's"
+            ),
+            upsync: format!(
+                "{:.1}/s own, {:.1}/s sled's",
+                w.own_wakeups as f64 / seconds,
+                w.sled_wakeups as f64 / seconds
+            ),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "(reported)".into(),
+            verdict: Verdict::Info,
+        },
+        Row {
             figure: format!("{what}: RSS at the start and the end of the idle time"),
             upsync: format!(
                 "{:.1} → {:.1} MiB ({:+.1} %), peak {:.1} MiB",
-                mib(idle.start.rss),
-                mib(idle.end.rss),
+                mib(w.start.rss),
+                mib(w.end.rss),
                 rss_change * 100.0,
-                mib(idle.peak_rss)
+                mib(w.peak_rss)
             ),
             baseline: "-".into(),
             ratio: "-".into(),

@@ -45,7 +45,7 @@ const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
 pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configuration";
 
 /// How long an idle worker sleeps when nothing wakes it, to pick up due retries (put on
-/// the daemon's beat: 1 to 2 s).
+/// the daemon's beat, module `beat`).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// The backends a daemon has, by kind of target.
