@@ -36,7 +36,8 @@ fn on_beat_from(origin: Instant, deadline: Instant) -> Instant {
 }
 
 /// An interval of `period` (a whole number of beats, for its ticks to stay on the beat)
-/// whose first tick is the next beat; a tick missed under load is skipped, not made up.
+/// whose first tick is the nearest beat (at once when that one has passed); a tick missed
+/// under load is skipped, not made up.
 pub fn interval(period: Duration) -> Interval {
     let mut interval = tokio::time::interval_at(on_beat(Instant::now()), period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);

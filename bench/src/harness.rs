@@ -713,9 +713,10 @@ impl ThreadSleeps {
         for (tid, (name, sleeps)) in &end.0 {
             let before = self.0.get(tid).map_or(0, |(_, sleeps)| *sleeps);
             let woken = sleeps.saturating_sub(before);
-            match is_theirs(name) {
-                true => theirs += woken,
-                false => rest += woken,
+            if is_theirs(name) {
+                theirs += woken;
+            } else {
+                rest += woken;
             }
         }
         (theirs, rest)

@@ -468,9 +468,9 @@ const STORE_CHECK: Duration = Duration::from_secs(1);
 /// sled then refuses every later write, even once the cause is gone, so the daemon stops
 /// and a restart reopens it. The same when the state dir was removed or replaced under the
 /// daemon: its records would go into a database no start finds, and another upsync could
-/// take the state dir meanwhile. Checked by a flush every [`STORE_CHECK`] (on the daemon's
-/// beat, module `beat`; a turn is skipped
-/// while a compaction holds the database, so the check never makes it give way).
+/// take the state dir meanwhile. Checked by a flush every [`STORE_CHECK`], on the daemon's
+/// beat (module `beat`); a turn is skipped while a compaction holds the database, so the
+/// check never makes it give way.
 pub(super) async fn store_failure(store: Store) -> crate::queue::StoreError {
     loop {
         tokio::time::sleep_until(crate::beat::on_beat(

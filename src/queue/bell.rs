@@ -3,20 +3,22 @@
 //! asking a counter every fraction of a second.
 //!
 //! Every use the store counts (a transaction's writes, a ledger lookup, a slice of a
-//! compaction's copy) rings the bell. A ring costs an atomic add and a fence; it wakes
+//! compaction's copy) rings the bell. A ring costs an atomic add and a load; it wakes
 //! anyone only when a task has said it waits ([`Bell::rung_since`]), and then once, for
 //! all the tasks waiting: a waiter that wakes goes back to its own checks and arms the bell
 //! again only when those find the store idle, so a busy store rings into nobody's ear.
 //!
 //! No ring is lost between a waiter's look at the count and its sleep: the waiter arms the
 //! bell, then reads the count; a ring adds to the count, then reads whether the bell is
-//! armed. A fence on each side keeps either the waiter seeing the new count or the ring
-//! seeing the armed bell.
+//! armed. All four are sequentially consistent, so either the waiter sees the new count or
+//! the ring sees the armed bell (on x86 the add and the arming are locked instructions
+//! anyway, and the reads plain loads).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+/// Rung at each use of the store; wakes the tasks that wait for the next use.
 #[derive(Default)]
 pub struct Bell {
     rings: AtomicU64,
@@ -27,16 +29,15 @@ pub struct Bell {
 impl Bell {
     /// Counts one use, and wakes the tasks waiting for one.
     pub fn ring(&self) {
-        self.rings.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+        self.rings.fetch_add(1, Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
             self.waiters.notify_waiters();
         }
     }
 
     /// How many times the bell rang so far.
     pub fn rings(&self) -> u64 {
-        self.rings.load(Ordering::Relaxed)
+        self.rings.load(Ordering::SeqCst)
     }
 
     /// Resolves once the bell has rung more than `seen` times ([`Bell::rings`] read
@@ -51,8 +52,7 @@ impl Bell {
             tokio::pin!(woken);
             // Registered before the look below, so a ring after that look wakes it.
             woken.as_mut().enable();
-            self.armed.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            self.armed.store(true, Ordering::SeqCst);
             if self.rings() != seen {
                 // Rung in between: the bell stays armed, and its next ring wakes nobody.
                 return;

@@ -331,10 +331,11 @@ pub async fn run_folder_with<F>(
                     .await else {
                         break;
                     };
-                    next_tick = match quiet {
+                    next_tick = if quiet {
                         // Nothing waits on a quiet folder's tick: it goes on the daemon's beat.
-                        true => crate::beat::on_beat(Instant::now() + idle_period),
-                        false => Instant::now() + tick_period,
+                        crate::beat::on_beat(Instant::now() + idle_period)
+                    } else {
+                        Instant::now() + tick_period
                     };
                 }
                 event = rx.recv(), if events_open => {
