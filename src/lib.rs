@@ -1,7 +1,7 @@
 //! upsync mirrors local folders into Redivis tables and Kinetica KiFS directories,
 //! every new or changed file exactly once and whole, across crashes and outages.
 //!
-//! Data flow: notify events, a start-up scan and periodic rescans produce candidates
+//! Data flow: inotify events, a start-up scan and periodic rescans produce candidates
 //! ([`watch`]); a candidate whose size and mtime have settled becomes a durable job in the
 //! sled queue ([`queue`]); workers ([`daemon`]) claim jobs, taking the folders in turn and
 //! only those whose remote takes files, and stream the files to a backend ([`upload`]),
@@ -10,7 +10,7 @@
 //!
 //! - [`config`]: strict TOML schema, human units, secrets, validation with file:line errors.
 //! - [`fingerprint`]: the (size, mtime, inode, ctime) identity of a local file version.
-//! - [`watch`]: notify watches, the settle rule, include/exclude filters, the scanner.
+//! - [`watch`]: inotify watches, the settle rule, include/exclude filters, the scanner.
 //! - [`queue`]: the sled store: jobs, ledger, progress; its invariants.
 //! - [`upload`]: the backend interface, error dispositions, chunked reading, backoff, the
 //!   one in-place retry policy, and the health of each remote.
@@ -22,6 +22,7 @@
 //! - [`rename`]: renames that never replace a file, and that swap two names.
 //! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
 //! - [`allocator`]: glibc's malloc, and mimalloc where the start-up scan looks at files.
+//! - [`beat`]: the whole seconds an idle daemon's periodic checks share.
 
 pub mod allocator;
 pub mod beat;

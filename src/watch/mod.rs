@@ -1,4 +1,4 @@
-//! Finding files that are ready to upload: notify watches, the start-up scan, periodic
+//! Finding files that are ready to upload: inotify watches, the start-up scan, periodic
 //! rescans, include/exclude filters and the settle rule.
 //!
 //! - [`filter`]: include/exclude globs.
@@ -20,11 +20,11 @@
 //! offers are a bounded cache (`recent`). What grows is per directory (one watch each).
 //!
 //! [`run_folder`] is the async loop around a folder: it receives notify events from a
-//! bounded channel (notify's thread only ever `try_send`s), ticks to offer settled files and
-//! to run rescans, and runs all file-system work on the blocking pool. It ticks often only
-//! while files wait to settle; a quiet folder ticks once a second (its rescans, fallback
-//! rescans and the check that the folder is still there need no more), so an idle daemon
-//! hardly wakes up. Settled files go to a
+//! bounded channel (the watches' reading thread only ever `try_send`s), ticks to offer
+//! settled files and to run rescans, and runs all file-system work on the blocking pool. It
+//! ticks often only while files wait to settle; a quiet folder ticks once a second, on the
+//! daemon's beat (its rescans, fallback rescans and the check that the folder is still
+//! there need no more), so an idle daemon hardly wakes up. Settled files go to a
 //! [`Sink`] — the queue's [`Store`] in the daemon, a recorder in tests.
 //!
 //! Files found gone go to the sink too ([`Sink::vanished`]): an event for a path that no
