@@ -23,12 +23,13 @@
 //! happens at most once per quarter of growth, so its cost stays a fraction of the writing
 //! that grew the files.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::bell::Bell;
+use crate::queue::bell::{Bell, Pace};
 use crate::queue::{CompactPolicy, Store, StoreError};
 
 /// How often the write counter is read.
@@ -76,7 +77,7 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         let store = store.clone();
         move || store.uses()
     };
-    at_each_quiet_time(uses, &store.bell(), &stop, || {
+    at_each_quiet_time(uses, store.bell(), stop, || {
         let store = store.clone();
         let last = *measured.lock().expect("the measure's lock");
         let checked = tokio::task::spawn_blocking(move || {
@@ -120,26 +121,16 @@ enum After {
 /// sleeps until `bell` rings (module `queue::bell`): an idle daemon wakes for nothing here.
 async fn at_each_quiet_time<F: Future<Output = After>>(
     uses: impl Fn() -> u64,
-    bell: &Bell,
-    stop: &CancellationToken,
+    bell: Arc<Bell>,
+    stop: CancellationToken,
     mut look: impl FnMut() -> F,
 ) {
     let mut quiet = Quiet::new(uses(), Instant::now());
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // Read before the uses: a use after this read wakes the sleep below.
-        let rings = bell.rings();
+    let mut pace = Pace::new(bell, CHECK_EVERY, stop);
+    while pace.step().await {
         if !quiet.settled(uses(), Instant::now()) {
-            if !quiet.pending {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = bell.rung_since(rings) => tick.reset(),
-                }
+            if !quiet.pending && !pace.idle().await {
+                return;
             }
             continue;
         }
@@ -251,7 +242,7 @@ mod tests {
                     reads.fetch_add(1, Ordering::SeqCst);
                     uses.load(Ordering::SeqCst)
                 };
-                at_each_quiet_time(read, &bell, &stop, || {
+                at_each_quiet_time(read, bell, stop, || {
                     let mut looks = looks.lock().expect("the looks' lock");
                     looks.1.push(start.elapsed().as_secs());
                     std::future::ready(looks.0.pop_front().expect("a look was scripted"))

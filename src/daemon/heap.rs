@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::bell::Bell;
+use crate::queue::bell::{Bell, Pace};
 
 /// How often a busy daemon returns its free memory (module doc, step 2).
 pub const TRIM_EVERY: Duration = Duration::from_millis(250);
@@ -81,27 +81,19 @@ pub async fn trim_while_busy(
 ) {
     let trim = Arc::new(trim);
     let mut seen = activity();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // Read before the work: a use that comes after this read wakes the sleep below.
-        let rings = bell.rings();
+    let mut pace = Pace::new(bell, every, stop);
+    while pace.step().await {
         let now = activity();
-        if now != seen {
-            seen = now;
-            let trim = Arc::clone(&trim);
-            // A panic in the trim is the allocator's: nothing of the daemon's is lost.
-            let _ = tokio::task::spawn_blocking(move || trim()).await;
+        if now == seen {
+            if !pace.idle().await {
+                return;
+            }
             continue;
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = bell.rung_since(rings) => tick.reset(),
-        }
+        seen = now;
+        let trim = Arc::clone(&trim);
+        // A panic in the trim is the allocator's: nothing of the daemon's is lost.
+        let _ = tokio::task::spawn_blocking(move || trim()).await;
     }
 }
 

@@ -8,15 +8,22 @@
 //! all the tasks waiting: a waiter that wakes goes back to its own checks and arms the bell
 //! again only when those find the store idle, so a busy store rings into nobody's ear.
 //!
+//! [`Pace`] is the loop such a task runs: a step every period while the store is used, and
+//! sleep from a step that found nothing to do until the next ring.
+//!
 //! No ring is lost between a waiter's look at the count and its sleep: the waiter arms the
 //! bell, then reads the count; a ring adds to the count, then reads whether the bell is
 //! armed. All four are sequentially consistent, so either the waiter sees the new count or
 //! the ring sees the armed bell (on x86 the add and the arming are locked instructions
 //! anyway, and the reads plain loads).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 /// Rung at each use of the store; wakes the tasks that wait for the next use.
 #[derive(Default)]
@@ -58,6 +65,53 @@ impl Bell {
                 return;
             }
             woken.await;
+        }
+    }
+}
+
+/// The steps of a task that works while the store is used: one every period, and none
+/// after a step that found nothing to do until the bell rings again.
+pub struct Pace {
+    bell: Arc<Bell>,
+    tick: Interval,
+    stop: CancellationToken,
+    /// The bell's count when the last step began.
+    rings: u64,
+}
+
+impl Pace {
+    /// Steps every `every`, the first a period from now, until `stop`.
+    pub fn new(bell: Arc<Bell>, every: Duration, stop: CancellationToken) -> Pace {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Pace {
+            rings: bell.rings(),
+            bell,
+            tick,
+            stop,
+        }
+    }
+
+    /// Waits for the next step: false once stopped. Call before the step's look at the
+    /// store, so that a use after the look wakes [`Pace::idle`].
+    pub async fn step(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => return false,
+            _ = self.tick.tick() => {}
+        }
+        self.rings = self.bell.rings();
+        true
+    }
+
+    /// After a step that found nothing to do: sleeps until the store was used since that
+    /// step began, and the next step comes a period after that. False once stopped.
+    pub async fn idle(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.bell.rung_since(self.rings) => {
+                self.tick.reset();
+                true
+            }
         }
     }
 }
