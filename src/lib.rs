@@ -21,7 +21,7 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`rename`]: renames that never replace a file, and that swap two names.
 //! - [`signals`]: SIGTERM/SIGINT (stop, a second one exits) and SIGHUP (reload).
-//! - [`allocator`]: glibc's malloc, and mimalloc where the start-up scan looks at files.
+//! - [`allocator`]: jemalloc, with one arena, and its controls.
 //! - [`beat`]: the whole seconds an idle daemon's periodic checks share.
 
 pub mod allocator;

@@ -17,7 +17,7 @@ use upsync::emulator::{self, EmulatorOptions};
 use upsync::queue::{Store, StoreError};
 use upsync::{signals, watch};
 
-/// glibc's malloc, and mimalloc where the start-up scan looks at files (module `allocator`).
+/// jemalloc, with one arena (module `allocator`).
 #[global_allocator]
 static ALLOCATOR: upsync::allocator::Allocator = upsync::allocator::Allocator;
 
@@ -231,9 +231,6 @@ fn emit_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 fn main() -> ExitCode {
     upsync::allocator::tune();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run { .. } | Command::Sync { .. }) {
-        daemon::heap::limit_arenas();
-    }
     // Progress bars and log lines share stderr: log lines are printed between redraws.
     let bars = match &cli.command {
         Command::Sync {

@@ -81,7 +81,9 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         let store = store.clone();
         let last = *measured.lock().expect("the measure's lock");
         let checked = tokio::task::spawn_blocking(move || {
-            step_two(&store, &policy, last, &super::heap::trim)
+            step_two(&store, &policy, last, &|| {
+                super::heap::trim(super::heap::Trim::All)
+            })
         });
         async {
             match checked.await {

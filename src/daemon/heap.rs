@@ -1,38 +1,22 @@
-//! The daemon's glibc heap: how many arenas it may use, and when the memory it freed goes
-//! back to the system.
+//! When the memory the daemon freed goes back to the system.
 //!
-//! glibc gives a thread that finds the existing arenas busy an arena of its own, up to
-//! eight per core, and memory freed into an arena only ever serves that arena again. The
-//! daemon runs many threads (the runtime's workers, its blocking pool, sled's writer
-//! threads, the scan's stat threads), so after a burst of uploads its resident memory was
-//! mostly free space spread over a dozen arenas: 150 MB after 40,000 small files, of which
-//! a third was in use. So:
+//! jemalloc (module `allocator`) keeps the pages of freed blocks for reuse and hands back
+//! those unused for ten seconds (its `dirty_decay_ms`), but only as the process allocates:
+//! an idle daemon allocates nothing, so whatever its last work freed would stay resident
+//! until the next. So [`trim_while_busy`] looks every [`TRIM_EVERY`] whether the state
+//! database was used since its last look (`Store::activity`; a compaction counts as use):
 //!
-//! 1. [`limit_arenas`], before the runtime starts, caps the arenas at [`ARENAS`]: few
-//!    enough that freed memory gets reused. Two were once too few: a thread takes the
-//!    arena that is free at its first allocation and a free goes back to the arena of the
-//!    allocation, so with two the start-up scan's two threads (each reading sled pages
-//!    the other may free) and the runtime's threads shared arenas, and a restart over a
-//!    million files spent about a tenth of its time waiting on arena locks (6.0 s; 3.4 s
-//!    with four). The scan's looks at files now allocate from mimalloc (module
-//!    `allocator`), which took those waits away, and with them the reason for four: with
-//!    two, the first mirror of a million files peaked at 121.0 MiB instead of 151.9 MiB,
-//!    and the restart over them took 3.20 s against 3.02 s with four (3.18 s in a run
-//!    before).
-//! 2. [`trim_while_busy`] hands the free pages inside the arenas back to the system
-//!    (`malloc_trim`; glibc only returns the top of a heap by itself) every
-//!    [`TRIM_EVERY`] while the state database is being written, so that a long burst does
-//!    not carry the garbage of its first minutes. An idle daemon has nothing to give back
-//!    and does not trim. With four arenas, trimming every 5 s let the first mirror of a
-//!    million files peak at 163 MiB, and every second at 148–163 MiB; every quarter of a
-//!    second, at 139 MiB. The first mirror of 200,000 files peaked at 104–118 MiB (six
-//!    runs) instead of 117–137 MiB (seven), for about 1 % more CPU time. A compaction
-//!    counts as writing (`Store::activity`): copying a million entries writes none of the
-//!    store's own for nine seconds, and without trims the daemon peaked at 164.9 MiB
-//!    during it instead of 136.3 MiB.
+//! 1. while it was, the daemon hands back what is due by jemalloc's own decay
+//!    ([`Trim::Due`]), so that a long burst keeps the pace of a steady one. That pace was
+//!    measured with it: the first mirror of a million files peaked at 115.9 MiB.
+//! 2. at the first look that finds it unused, the daemon hands back every free page
+//!    ([`Trim::All`]), then sleeps until the store is used again (module `queue::bell`).
 //!
-//! On other platforms both are no-ops. They act on glibc's heap only; mimalloc,
-//! which serves the scan's looks, returns its free pages by itself (`allocator::tune`).
+//! A compaction and a listing of the ledger (`upsync ls`, which writes nothing) hand back
+//! every free page when they end ([`trim`]).
+//!
+//! (glibc's heap, before jemalloc, needed its arenas capped and a `malloc_trim` four times
+//! a second while busy to keep the first mirror of a million files under 150 MiB.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,59 +25,69 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::bell::{Bell, Pace};
 
-/// How often a busy daemon returns its free memory (module doc, step 2).
+/// How often a busy daemon hands back its free memory (module doc, step 1).
 pub const TRIM_EVERY: Duration = Duration::from_millis(250);
 
-/// How many glibc arenas the daemon may use (glibc's default is eight per core).
-pub const ARENAS: i32 = 2;
+/// What a trim hands back to the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trim {
+    /// The free pages jemalloc's decay would hand back by now.
+    Due,
+    /// Every free page.
+    All,
+}
 
-/// Caps glibc's arenas at [`ARENAS`]; call before any other thread exists.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; a failure (0) leaves the default.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+impl Trim {
+    /// jemalloc's control for the trim, over every arena (4096 is jemalloc's
+    /// `MALLCTL_ARENAS_ALL`).
+    fn control(self) -> &'static std::ffi::CStr {
+        match self {
+            Trim::Due => c"arena.4096.decay",
+            Trim::All => c"arena.4096.purge",
+        }
     }
 }
 
-/// Returns the free pages of every arena to the system.
-pub fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions; it only releases memory no one holds.
-    unsafe {
-        libc::malloc_trim(0);
+/// Hands free memory back to the system, as `kind` says.
+pub fn trim(kind: Trim) {
+    if let Err(code) = crate::allocator::run_control(kind.control()) {
+        tracing::debug!(?kind, code, "jemalloc refused a trim");
     }
 }
 
-/// Every `every` until `stop`, calls `trim` if `activity` (a counter of work done, the
-/// store's writes) moved since the last look. `trim` runs on the blocking pool:
-/// `malloc_trim` takes each arena's lock in turn and walks its free memory, which must not
-/// hold a runtime thread four times a second; the next look waits until it is done.
+/// Every `every` until `stop`, trims (module doc): [`Trim::Due`] after a period in which
+/// `activity` (a counter of the store's uses) moved, [`Trim::All`] at the first look that
+/// finds it where the last one left it. `trim` runs on the blocking pool, which a purge of
+/// many pages may hold for milliseconds; the next look waits until it is done.
 ///
 /// A look that finds no work sleeps until the store's `bell` rings (module `queue::bell`),
 /// and looks again a period after that: an idle daemon wakes for nothing here.
 pub async fn trim_while_busy(
     activity: impl Fn() -> u64,
     bell: Arc<Bell>,
-    trim: impl Fn() + Send + Sync + 'static,
+    trim: impl Fn(Trim) + Send + Sync + 'static,
     every: Duration,
     stop: CancellationToken,
 ) {
     let trim = Arc::new(trim);
     let mut seen = activity();
+    // Whether the store was used since the last `Trim::All`.
+    let mut used_since_all = false;
     let mut pace = Pace::new(bell, every, stop);
     while pace.step().await {
         let now = activity();
-        if now == seen {
-            if !pace.idle().await {
-                return;
-            }
-            continue;
-        }
+        let used = now != seen;
         seen = now;
-        let trim = Arc::clone(&trim);
-        // A panic in the trim is the allocator's: nothing of the daemon's is lost.
-        let _ = tokio::task::spawn_blocking(move || trim()).await;
+        if used || used_since_all {
+            used_since_all = used;
+            let kind = if used { Trim::Due } else { Trim::All };
+            let trim = Arc::clone(&trim);
+            // A panic in the trim is the allocator's: nothing of the daemon's is lost.
+            let _ = tokio::task::spawn_blocking(move || trim(kind)).await;
+        }
+        if !used && !pace.idle().await {
+            return;
+        }
     }
 }
 
@@ -105,12 +99,14 @@ mod tests {
     const PERIOD: Duration = Duration::from_secs(5);
     const MS: Duration = Duration::from_millis(1);
 
-    /// A store's counter and bell, the looks at the counter and the trims, counted.
+    /// A store's counter and bell, the looks at the counter and the trims of each kind,
+    /// counted.
     #[derive(Default)]
     struct Counted {
         work: AtomicU64,
         looks: AtomicU64,
-        trims: AtomicU64,
+        due: AtomicU64,
+        all: AtomicU64,
         bell: Arc<Bell>,
     }
 
@@ -126,6 +122,11 @@ mod tests {
             counter.load(Ordering::SeqCst)
         }
 
+        /// The trims so far: (due, all).
+        fn trims(&self) -> (u64, u64) {
+            (Counted::get(&self.due), Counted::get(&self.all))
+        }
+
         /// Runs [`trim_while_busy`] over these counters until `stop`.
         fn spawn(self: &Arc<Self>, stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
             let (looked, trimmed) = (Arc::clone(self), Arc::clone(self));
@@ -135,8 +136,12 @@ mod tests {
                     Counted::get(&looked.work)
                 },
                 Arc::clone(&self.bell),
-                move || {
-                    trimmed.trims.fetch_add(1, Ordering::SeqCst);
+                move |kind| {
+                    let counter = match kind {
+                        Trim::Due => &trimmed.due,
+                        Trim::All => &trimmed.all,
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
                 },
                 PERIOD,
                 stop.clone(),
@@ -145,30 +150,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn trims_once_per_period_with_work_and_never_while_idle() {
+    async fn trims_what_is_due_each_busy_period_and_everything_once_idle() {
         let counted = Arc::new(Counted::default());
         let stop = CancellationToken::new();
         let task = counted.spawn(&stop);
         // Idle for three periods: no trim.
         tokio::time::sleep(PERIOD * 3 + MS).await;
-        assert_eq!(
-            Counted::get(&counted.trims),
-            0,
-            "an idle daemon does not trim"
-        );
-        // Work: one trim a period later, however much work it was.
+        assert_eq!(counted.trims(), (0, 0), "an idle daemon does not trim");
+        // Work: what is due a period later, however much work it was.
         counted.work(100);
         tokio::time::sleep(PERIOD + MS).await;
-        assert_eq!(Counted::get(&counted.trims), 1);
-        // Work in each of the next two periods: a trim at the end of each.
-        for trims in 2..=3 {
+        assert_eq!(counted.trims(), (1, 0));
+        // Work in each of the next two periods: what is due at the end of each.
+        for due in 2..=3 {
             counted.work(1);
             tokio::time::sleep(PERIOD).await;
-            assert_eq!(Counted::get(&counted.trims), trims);
+            assert_eq!(counted.trims(), (due, 0));
         }
-        // Idle again: no more trims.
+        // Idle again: everything, once.
         tokio::time::sleep(PERIOD * 4).await;
-        assert_eq!(Counted::get(&counted.trims), 3);
+        assert_eq!(counted.trims(), (3, 1));
         stop.cancel();
         task.await.expect("the trim loop ends when stopped");
     }
@@ -185,11 +186,11 @@ mod tests {
             2,
             "an idle store is looked at once"
         );
-        // Work wakes it: a look and a trim a period later, one more look that finds the
-        // store idle again, then sleep.
+        // Work wakes it: a look and a trim of what is due a period later, one more look
+        // that finds the store idle again and hands everything back, then sleep.
         counted.work(1);
         tokio::time::sleep(PERIOD * 100).await;
-        assert_eq!(Counted::get(&counted.trims), 1);
+        assert_eq!(counted.trims(), (1, 1));
         assert_eq!(Counted::get(&counted.looks), 4);
         // A stop ends the sleep.
         stop.cancel();
@@ -197,5 +198,16 @@ mod tests {
             .await
             .expect("a stop ends a sleeping trim loop")
             .expect("the trim loop ends when stopped");
+    }
+
+    #[test]
+    fn jemalloc_takes_both_trims() {
+        for kind in [Trim::Due, Trim::All] {
+            assert_eq!(
+                crate::allocator::run_control(kind.control()),
+                Ok(()),
+                "{kind:?}"
+            );
+        }
     }
 }

@@ -224,30 +224,9 @@ pub struct FileReader {
     pool: BufferPool,
 }
 
-/// Pooled chunk buffers (1.5 MiB KiFS reads, 8 MiB Redivis chunks) live as long as their
-/// upload and are freed on whichever thread drops the last chunk. glibc would serve them
-/// from per-thread arenas and keep the freed ones, so resident memory would grow with the
-/// number of threads that ever finished an upload. A fixed mmap threshold of 1 MiB makes
-/// every buffer this size its own mapping, returned to the system when the upload ends;
-/// smaller allocations are untouched. The buffer of small KiFS files read together stays
-/// under it on purpose (`upload::kifs::body::SMALL_RUN`): one is read per few hundred
-/// files, and a fresh mapping each time cost a page fault per 4 KiB file.
-pub(crate) fn return_chunk_buffers_to_the_system() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator tuning; it is called once, before any
-        // chunk buffer exists, and a failure (0) just leaves the default behaviour.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        }
-    });
-}
-
 impl FileReader {
     /// Opens `path` and checks that it still is the version `expected` describes.
     pub fn open(path: &Path, expected: &Fingerprint) -> Result<FileReader, UploadError> {
-        return_chunk_buffers_to_the_system();
         let (file, size) = open_checked(path, expected)?;
         Ok(FileReader {
             file: Arc::new(file),

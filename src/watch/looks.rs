@@ -22,7 +22,6 @@ use std::time::Duration;
 use tracing::debug;
 
 use super::scan::Known;
-use crate::allocator::ScanHeap;
 
 /// Files taken at a time from a batch: small enough that the two threads end a batch
 /// together, large enough that the shared counter and the lock are rare.
@@ -83,7 +82,6 @@ impl Batch {
 
     /// Steps 1 and 2: looks at pieces until none is left to take.
     pub fn help(&self, known: Option<&Known<'_>>) {
-        let _heap = ScanHeap::enter();
         let total = self.files.len();
         loop {
             let start = self.next.fetch_add(PIECE, Ordering::Relaxed);
@@ -163,34 +161,5 @@ impl<'scope> Helper<'scope> {
     /// Whether the thread ended.
     pub fn gone(&self) -> bool {
         self.thread.is_finished()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    #[test]
-    fn files_are_looked_at_with_the_scan_heap_and_the_thread_leaves_it_after() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.bin"), b"a").unwrap();
-        let files: Vec<(DirEntry, String)> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|entry| (entry.unwrap(), "a.bin".to_string()))
-            .collect();
-        let batch = Batch::new(files);
-        let looked_on_scan_heap = AtomicBool::new(false);
-        let known = |_: &str, _: &Metadata| {
-            looked_on_scan_heap.store(crate::allocator::on_scan_heap(), Ordering::SeqCst);
-            true
-        };
-        let looks = batch.finish(Some(&known), || false);
-        assert!(matches!(looks.as_slice(), [Look::Known]));
-        assert!(
-            looked_on_scan_heap.load(Ordering::SeqCst),
-            "the ledger lookup ran on the scan heap"
-        );
-        assert!(!crate::allocator::on_scan_heap());
     }
 }

@@ -27,16 +27,16 @@ use super::wire::{StringMap, UploadFrame};
 use crate::config::KifsEncoding;
 use crate::fingerprint::Fingerprint;
 use crate::upload::UploadError;
-use crate::upload::chunk::{FileReader, read_whole_into, return_chunk_buffers_to_the_system};
+use crate::upload::chunk::{FileReader, read_whole_into};
 
 /// Bytes per read: 1.5 MiB, a multiple of 3 (see the module doc).
 pub const STREAM_CHUNK: usize = 3 << 19;
 
 /// The most bytes one read of small files gathers, as sent (encoded elements and the
-/// pieces between them): half a MiB, under the 1 MiB from which glibc gives a block a
-/// mapping of its own (module `upload::chunk`). So a run's buffer comes from the heap, and
-/// the next run reuses its pages; at 1.5 MiB every run mapped a fresh region, and the
-/// kernel zeroed and faulted in one page per 4 KiB file, then unmapped it.
+/// pieces between them): half a MiB, so that the next run reuses the freed pages of a
+/// run's buffer. (Chosen under glibc's heap, which at 1.5 MiB mapped a fresh region for
+/// every run, so the kernel zeroed and faulted in one page per 4 KiB file, then unmapped
+/// it. jemalloc, the allocator since, reuses freed pages of either size.)
 pub const SMALL_RUN: u64 = 512 << 10;
 
 /// Where one `file_data` element's bytes come from: `len` bytes at `offset` of a file.
@@ -305,9 +305,6 @@ async fn read_small_files(
     between: Vec<Bytes>,
     enc: KifsEncoding,
 ) -> Result<Bytes, (usize, UploadError)> {
-    // Fixes glibc's mapping threshold at 1 MiB, so this buffer of at most SMALL_RUN bytes
-    // stays on the heap (its default threshold starts at 128 KiB).
-    return_chunk_buffers_to_the_system();
     tokio::task::spawn_blocking(move || {
         let files = &sources[first..=first + between.len()];
         let elements: u64 = files
