@@ -12,23 +12,24 @@
 //! thread's cache without a lock. Measured against glibc (with mimalloc for the start-up
 //! scan's looks, which this replaced), release builds on the development VM:
 //!
-//! - `bench/instructions.sh`: 170.7 k instructions per small file instead of 186.5 k;
-//! - a first mirror of 200,000 files of 1 KiB by hand (everything on tmpfs): 8.6–12.6 s of
-//!   the daemon's CPU instead of 13.6–17.0 s, at the same peak (92–98 MiB against 93–98);
-//! - `upsync-bench --only million`: the first mirror of a million files in 92 s (66 µs of
-//!   the daemon's CPU per file) instead of 156 s (105 µs), peaking at 115.9 MiB instead of
-//!   119.0, and the restarts over them 1.32 and 1.24 times `find` instead of 1.28 and 1.64.
+//! - `bench/instructions.sh`: 160.4 k and 159.9 k instructions per small file instead of
+//!   185.7 k and 186.3 k;
+//! - a first mirror of 200,000 files of 1 KiB by hand (everything on tmpfs): 9.1 s of the
+//!   daemon's CPU instead of 12.9–13.6 s, at the same peak (90–98 MiB against 93–98);
+//! - `upsync-bench --only million`: the first mirror of a million files with 53 µs of the
+//!   daemon's CPU per file instead of 105 µs, peaking at 116.2 MiB instead of 119.0, and
+//!   the restarts over them 1.09 and 1.07 times `find` instead of 1.28 and 1.64.
 //!
-//! mimalloc for the whole process was as cheap, but kept the blocks one thread freed in
-//! pages of that thread's own heap, and the daemon's store work runs on whichever thread
-//! calls it: the first mirror of a million files peaked at 181 MiB
+//! mimalloc for the whole process was about as cheap, but kept the blocks one thread
+//! freed in pages of that thread's own heap, and the daemon's store work runs on whichever
+//! thread calls it: the first mirror of a million files peaked at 181 MiB
 //! (`docs/small-file-costs.md`).
 //!
 //! # Why one arena
 //!
 //! Memory freed into an arena serves that arena only, and jemalloc's default is four
 //! arenas per core, a thread's arena chosen at its first allocation. The first mirror of
-//! 200,000 files peaked at 166 MiB with the default, 122 MiB with two arenas and 91–98 MiB
+//! 200,000 files peaked at 166 MiB with the default, 122 MiB with two arenas and 95–98 MiB
 //! with one, with no more CPU: the threads' caches take most allocations and frees without
 //! touching the arena, so its locks are rarely waited on.
 //!

@@ -81,9 +81,7 @@ pub async fn compact_when_idle(store: Store, policy: CompactPolicy, stop: Cancel
         let store = store.clone();
         let last = *measured.lock().expect("the measure's lock");
         let checked = tokio::task::spawn_blocking(move || {
-            step_two(&store, &policy, last, &|| {
-                super::heap::trim(super::heap::Trim::All)
-            })
+            step_two(&store, &policy, last, &super::heap::trim)
         });
         async {
             match checked.await {

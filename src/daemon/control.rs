@@ -192,7 +192,7 @@ async fn list(
         // The walk freed what sled decoded of every page it read, and a list writes nothing
         // to the database, so no trim while writing (`heap`) hands it back: each list of
         // 200,000 files left 15-35 MB more resident than the one before until trimmed.
-        super::heap::trim(super::heap::Trim::All);
+        super::heap::trim();
     });
     Ok(streamed(receiver))
 }

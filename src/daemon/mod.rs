@@ -13,8 +13,8 @@
 //! folders once, uploads what it found and returns a summary. `upsync run --rebuild-state`
 //! is in [`rebuild`].
 //!
-//! Memory: [`heap`] hands what the daemon freed back to the system, as jemalloc's decay
-//! would while the store is busy, and all of it once the store is idle.
+//! Memory: [`heap`] hands the memory the daemon freed back to the system while the daemon
+//! is busy.
 //!
 //! Shutdown: stop claiming jobs and end every pause (retries, remote checks, import waits),
 //! give in-flight uploads `shutdown_timeout` to reach their next checkpoint, then abort
