@@ -71,43 +71,32 @@ pub fn tune() {
     }
 }
 
-/// Reads jemalloc's control `name` as a `T` (`mallctl`), or its error number.
-#[cfg(test)]
-pub(crate) fn read_control<T: Copy + Default>(name: &CStr) -> Result<T, i32> {
-    let mut value = T::default();
+/// Calls jemalloc's control `name` (`mallctl`), writing nothing to it and reading its
+/// value into `value` when one is given; its error number if it refused.
+fn control<T>(name: &CStr, value: Option<&mut T>) -> Result<(), i32> {
     let mut len = std::mem::size_of::<T>();
-    // SAFETY: jemalloc writes at most `len` bytes into `value`, which lives across the
-    // call; `name` is NUL-terminated.
-    let code = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr(),
-            (&raw mut value).cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
+    let (value, len) = match value {
+        Some(value) => (std::ptr::from_mut(value).cast(), &raw mut len),
+        None => (std::ptr::null_mut(), std::ptr::null_mut()),
     };
-    if code != 0 {
-        return Err(code);
-    }
-    Ok(value)
+    // SAFETY: `name` is NUL-terminated; jemalloc writes at most `len` bytes into `value`,
+    // which the caller's borrow keeps alive across the call, or nothing when both are null.
+    let code =
+        unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr(), value, len, std::ptr::null_mut(), 0) };
+    if code == 0 { Ok(()) } else { Err(code) }
 }
 
 /// Runs jemalloc's control `name`, which takes and gives nothing (a purge), or returns
 /// its error number.
 pub(crate) fn run_control(name: &CStr) -> Result<(), i32> {
-    // SAFETY: a control that takes and gives nothing reads and writes no pointer of ours;
-    // `name` is NUL-terminated.
-    let code = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if code == 0 { Ok(()) } else { Err(code) }
+    control::<()>(name, None)
+}
+
+/// Reads jemalloc's control `name` as a `T`, or its error number.
+#[cfg(test)]
+fn read_control<T: Default>(name: &CStr) -> Result<T, i32> {
+    let mut value = T::default();
+    control(name, Some(&mut value)).map(|()| value)
 }
 
 #[cfg(test)]
