@@ -37,10 +37,11 @@ pub fn trim() {
     }
 }
 
-/// Every `every` until `stop`, calls `trim` if `activity` (a counter of work done, the
-/// store's uses) moved since the last look. `trim` runs on the blocking pool: a purge
-/// walks the arenas' free memory and returns it page run by page run, which must not hold
-/// a runtime thread four times a second; the next look waits until it is done.
+/// Every `every` until `stop`, calls `trim` if `activity` (a counter of work done: the
+/// store's writes and a compaction's copies) moved since the last look. `trim` runs on the
+/// blocking pool: a purge walks the arenas' free memory and returns it page run by page
+/// run, which must not hold a runtime thread four times a second; the next look waits
+/// until it is done.
 ///
 /// A look that finds no work sleeps until the store's `bell` rings (module `queue::bell`),
 /// and looks again a period after that: an idle daemon wakes for nothing here.
