@@ -307,8 +307,9 @@ fn open_folder_file(path: &Path) -> std::io::Result<File> {
     open(0)
 }
 
-/// Appends the whole of the file at `path`, which must still be the version `expected`
-/// describes, to `out`; on an error `out` is left as it was. Blocking, and for small
+/// Appends the whole of the file at `path`, which must be the version `expected` describes
+/// when opened and still be it once read ([`still_version`]), to `out`; on an error `out`
+/// is left as it was. Blocking, and for small
 /// files: a caller on the blocking pool reads many of them in one trip there (a KiFS
 /// batch), where a trip per file would cost more CPU than the reads.
 pub fn read_whole_into(
@@ -320,13 +321,31 @@ pub fn read_whole_into(
     let start = out.len();
     out.resize(start + size as usize, 0);
     let err = match fill_at(&file, &mut out[start..], 0) {
-        Ok(filled) if filled == size as usize => return Ok(()),
+        Ok(filled) if filled == size as usize => match still_version(&file, path, expected) {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        },
         // The file shrank while we held it open: it is being rewritten.
         Ok(_) => UploadError::Changed,
         Err(err) => UploadError::Unreadable(format!("read failed: {err}")),
     };
     out.truncate(start);
     Err(err)
+}
+
+/// Whether the open `file` is still the version `expected` describes: asked once its
+/// bytes are read, this says they are that version whole. A write that overlapped the
+/// read stamps the file's times before it copies its bytes in, so it shows here. A look
+/// on the descriptor, not on the path: the bytes read are the open file's, whatever the
+/// path names by now (a file renamed over it is a new version, which the watcher offers).
+fn still_version(file: &File, path: &Path, expected: &Fingerprint) -> Result<(), UploadError> {
+    let meta = file
+        .metadata()
+        .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))?;
+    match Fingerprint::of(&meta) == *expected {
+        true => Ok(()),
+        false => Err(UploadError::Changed),
+    }
 }
 
 /// Reads `file` from `offset` into `buf` until `buf` is full or the file ends; returns how
@@ -451,6 +470,27 @@ mod tests {
         assert_eq!(out, b"head:abc");
         let err = read_whole_into(&dir.path().join("gone"), &fp, &mut out).unwrap_err();
         assert!(matches!(err, UploadError::Vanished(_)), "{err:?}");
+    }
+
+    /// A write while the file is open shows on its descriptor once the read is over, even
+    /// one that only adds bytes beyond those the read takes: what was read is then not the
+    /// version whole.
+    #[test]
+    fn a_file_written_while_open_is_no_longer_its_version() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let fp = Fingerprint::read(&path).unwrap();
+        let (file, _) = open_checked(&path, &fp).unwrap();
+        still_version(&file, &path, &fp).unwrap();
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.write_all(b"def").unwrap();
+        let err = still_version(&file, &path, &fp).unwrap_err();
+        assert!(matches!(err, UploadError::Changed), "{err:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! [`StreamedRequest::failure`] so the caller reports it rather than a transport error.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::prelude::*;
@@ -47,6 +48,9 @@ pub struct Source {
     len: u64,
     /// Opened on first read, so a batch of many files does not hold them all open.
     reader: Mutex<Option<Arc<FileReader>>>,
+    /// Set once its bytes were read in one piece and the open file was still its version
+    /// after the read ([`StreamedRequest::read_whole_and_checked`]).
+    checked_whole: AtomicBool,
 }
 
 impl Source {
@@ -64,6 +68,7 @@ impl Source {
             offset,
             len,
             reader: Mutex::new(Some(reader)),
+            checked_whole: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +80,7 @@ impl Source {
             offset: 0,
             len: fingerprint.size,
             reader: Mutex::new(None),
+            checked_whole: AtomicBool::new(false),
         }
     }
 
@@ -148,6 +154,18 @@ impl StreamedRequest {
             .lock()
             .expect("the failure slot is never poisoned")
             .take()
+    }
+
+    /// Whether the element at `position` was read whole in one piece and its file was
+    /// still the version being uploaded after that read (module `chunk`'s
+    /// `read_whole_into`): a body that went out carried that version, so no look at the
+    /// file after the answer is needed to say what was uploaded. False for an element read
+    /// in chunks (the check after its last read would not follow every earlier read, two
+    /// of which may be under way at once) and for an empty one (nothing is read).
+    pub fn read_whole_and_checked(&self, position: usize) -> bool {
+        self.sources
+            .get(position)
+            .is_some_and(|source| source.checked_whole.load(Ordering::Relaxed))
     }
 
     /// A fresh body: the frame pieces with the elements read from their files.
@@ -340,6 +358,7 @@ async fn read_small_files(
                         .expect("the room made is the encoded length");
                 }
             }
+            source.checked_whole.store(true, Ordering::Relaxed);
         }
         Ok(Bytes::from(out))
     })

@@ -252,6 +252,51 @@ async fn a_file_that_changed_or_has_a_bad_name_leaves_the_batch_alone() {
     running.shutdown.cancel();
 }
 
+/// A file rewritten after its bytes went out, while the answer is on its way: its outcome
+/// is the version the body carried, which was read whole and checked as it was read. The
+/// rewrite is a new version, which the watcher offers; no look at the path after the
+/// answer turns the upload that happened into a change.
+#[tokio::test]
+async fn a_file_rewritten_after_its_bytes_went_out_is_recorded_as_the_version_sent() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store) = setup(root, KifsEncoding::Binary).await;
+    let mut jobs = vec![
+        job(root, &store, "a.bin", b"first"),
+        job(root, &store, "b.bin", b"second"),
+    ];
+    let hold_answer = serde_json::json!({"target": "kifs", "action": {"delay_ms": 1500}});
+    reqwest::Client::new()
+        .post(format!("http://{}/_emulator/faults", running.addr))
+        .json(&hold_answer)
+        .send()
+        .await
+        .expect("the emulator takes the fault")
+        .error_for_status()
+        .expect("the fault is valid");
+    let sending = tokio::spawn(async move {
+        let outcomes = backend.upload_batch(&mut jobs).await;
+        (outcomes, jobs)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while files_stored(&running).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch is never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(root.join("inbox/b.bin"), b"second, rewritten").expect("rewrite");
+    assert!(!sending.is_finished(), "the answer came before the rewrite");
+    let (outcomes, jobs) = sending.await.expect("the upload does not panic");
+    for (outcome, job) in outcomes.into_iter().zip(&jobs) {
+        let uploaded = outcome.expect("each file is uploaded as the version sent");
+        assert_eq!(uploaded.remote, format!("dir/{}", job.rel));
+    }
+    assert_eq!(stored(root, "dir/b.bin"), b"second");
+    running.shutdown.cancel();
+}
+
 #[tokio::test]
 async fn rejected_credentials_are_named_as_such_and_a_missing_directory_keeps_its_hint() {
     let tmp = tempfile::tempdir().expect("a temp dir can be created");

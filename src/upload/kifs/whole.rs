@@ -68,11 +68,18 @@ impl<'a> Batch<'a> {
         live
     }
 
-    /// The outcome of every job of `live` whose request was answered.
-    fn record_sent(&mut self, live: &[usize]) {
-        for &index in live {
+    /// The outcome of every job of `live`, whose request `sent` was answered: the version
+    /// the body carried. A file read whole was checked as it was read (one look at its
+    /// open descriptor instead of a path lookup per file after the answer; a change since
+    /// then is a new version, which the watcher offers); any other is looked at now.
+    fn record_sent(&mut self, live: &[usize], sent: &StreamedRequest) {
+        for (position, &index) in live.iter().enumerate() {
             let job = &self.jobs[index];
-            self.outcomes[index] = Some(job.check_unchanged().map(|()| {
+            let checked = match sent.read_whole_and_checked(position) {
+                true => Ok(()),
+                false => job.check_unchanged(),
+            };
+            self.outcomes[index] = Some(checked.map(|()| {
                 job.live.set(job.fingerprint.size, job.fingerprint.size);
                 Uploaded {
                     remote: self.targets[index].clone(),
@@ -165,7 +172,7 @@ impl KifsBackend {
             .await;
         let err = match sent {
             Ok(_) => {
-                batch.record_sent(live);
+                batch.record_sent(live, &request);
                 return Pass::Over;
             }
             Err(err) => err,
