@@ -8,7 +8,7 @@
 //! Exclude applies to files and directories (an excluded directory is neither watched nor
 //! scanned); include applies to files only, and an empty include list accepts every file.
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 /// The config's default excludes (temporary files, hidden files, editor lock files).
 pub use crate::config::DEFAULT_EXCLUDES;
@@ -110,9 +110,15 @@ impl Patterns {
         self.base_name.is_empty() && self.path.is_empty()
     }
 
+    /// Asked for every file a scan finds and every job a worker takes, so it prepares a
+    /// candidate only for a set that has patterns, from the bytes of `rel` (which is
+    /// UTF-8 already: a candidate made from a path checks that again, and allocates).
     fn matches(&self, rel: &str) -> bool {
+        let set_matches = |set: &GlobSet, text: &str| {
+            !set.is_empty() && set.is_match_candidate(&Candidate::from_bytes(text))
+        };
         let base = rel.rsplit('/').next().unwrap_or(rel);
-        self.base_name.is_match(base) || self.path.is_match(rel)
+        set_matches(&self.base_name, base) || set_matches(&self.path, rel)
     }
 }
 
