@@ -221,6 +221,8 @@ fn aligned_window(buf: &mut Vec<u8>, len: usize) -> usize {
 pub struct FileReader {
     file: Arc<File>,
     pub size: u64,
+    /// The version the file was when opened, which every byte read must be of.
+    expected: Fingerprint,
     pool: BufferPool,
 }
 
@@ -231,6 +233,7 @@ impl FileReader {
         Ok(FileReader {
             file: Arc::new(file),
             size,
+            expected: *expected,
             pool: BufferPool::new(POOL_BUFFERS, POOL_WAIT),
         })
     }
@@ -252,6 +255,17 @@ impl FileReader {
             return Err(UploadError::Changed);
         }
         Ok(Bytes::from_owner(lent))
+    }
+
+    /// Fails with [`UploadError::Changed`] when the open file is no longer the version it
+    /// was opened as ([`still_version`]): asked once every read of a range is over, this
+    /// says the bytes read are of that version. `path` names the file in an error.
+    pub async fn check_unchanged(&self, path: &Path) -> Result<(), UploadError> {
+        let file = Arc::clone(&self.file);
+        let (path, expected) = (path.to_path_buf(), self.expected);
+        tokio::task::spawn_blocking(move || still_version(&file, &path, &expected))
+            .await
+            .expect("a look at an open file does not panic")
     }
 
     /// The same reader lending buffers from `pool` instead of its own.

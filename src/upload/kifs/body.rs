@@ -15,6 +15,11 @@
 //! A file that cannot be read as the version being uploaded (changed, vanished, unreadable)
 //! ends the body with an I/O error, which aborts the request; the precise reason is kept in
 //! [`StreamedRequest::failure`] so the caller reports it rather than a transport error.
+//! Each element is checked once all its bytes are read and before the last of them goes
+//! out: the open file must still be the version it was opened as (a write that overlapped
+//! a read shows there), so a body that ends well carried each element's version whole
+//! ([`StreamedRequest::read_and_checked`]), and a torn one ends before the server can
+//! store it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,9 +53,9 @@ pub struct Source {
     len: u64,
     /// Opened on first read, so a batch of many files does not hold them all open.
     reader: Mutex<Option<Arc<FileReader>>>,
-    /// Set once its bytes were read in one piece and the open file was still its version
-    /// after the read ([`StreamedRequest::read_whole_and_checked`]).
-    checked_whole: AtomicBool,
+    /// Set once all its bytes were read and the open file was still its version after
+    /// the last read ([`StreamedRequest::read_and_checked`]).
+    checked: AtomicBool,
 }
 
 impl Source {
@@ -68,7 +73,7 @@ impl Source {
             offset,
             len,
             reader: Mutex::new(Some(reader)),
-            checked_whole: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
         }
     }
 
@@ -80,7 +85,7 @@ impl Source {
             offset: 0,
             len: fingerprint.size,
             reader: Mutex::new(None),
-            checked_whole: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
         }
     }
 
@@ -156,47 +161,64 @@ impl StreamedRequest {
             .take()
     }
 
-    /// Whether the element at `position` was read whole in one piece and its file was
-    /// still the version being uploaded after that read (module `chunk`'s
-    /// `read_whole_into`): a body that went out carried that version, so no look at the
-    /// file after the answer is needed to say what was uploaded. False for an element read
-    /// in chunks (the check after its last read would not follow every earlier read, two
-    /// of which may be under way at once) and for an empty one (nothing is read).
-    pub fn read_whole_and_checked(&self, position: usize) -> bool {
+    /// Whether all the bytes of the element at `position` were read and its file was still
+    /// the version being uploaded after the last read (module doc): a body that went out
+    /// carried that version, so no look at the file after the answer is needed to say what
+    /// was uploaded. False for an empty element (nothing is read) and before a body read
+    /// the element.
+    pub fn read_and_checked(&self, position: usize) -> bool {
         self.sources
             .get(position)
-            .is_some_and(|source| source.checked_whole.load(Ordering::Relaxed))
+            .is_some_and(|source| source.checked.load(Ordering::Relaxed))
     }
 
     /// A fresh body: the frame pieces with the elements read from their files.
+    ///
+    /// Reads run two at a time (`buffered`), which hands their bytes on in order; the
+    /// check of an element read in chunks comes after that, when its last chunk is handed
+    /// on, so that every earlier read of it is over (two may be under way at once).
     pub fn body(&self) -> reqwest::Body {
-        let sources = Arc::clone(&self.sources);
-        let failure = Arc::clone(&self.failure);
+        let (sources, failure) = (Arc::clone(&self.sources), Arc::clone(&self.failure));
         let enc = self.enc;
-        let stream = futures::stream::iter(self.items())
-            .map(move |item| {
-                let sources = Arc::clone(&sources);
-                let failure = Arc::clone(&failure);
-                async move {
-                    match item {
-                        Item::Piece(piece) => Ok(piece),
-                        Item::Read {
-                            source,
-                            at,
-                            len,
-                            last,
-                        } => read_chunk(&sources, source, at, len, last, enc)
+        let read = move |item| {
+            let (sources, failure) = (Arc::clone(&sources), Arc::clone(&failure));
+            async move {
+                let read = match item {
+                    Item::Piece(piece) => Ok((piece, None)),
+                    Item::Read {
+                        source,
+                        at,
+                        len,
+                        last,
+                    } => read_chunk(&sources, source, at, len, last, enc).await,
+                    Item::SmallFiles { first, between } => {
+                        read_small_files(sources, first, between, enc)
                             .await
-                            .map_err(|(index, err)| fail(&failure, index, err)),
-                        Item::SmallFiles { first, between } => {
-                            read_small_files(sources, first, between, enc)
-                                .await
-                                .map_err(|(index, err)| fail(&failure, index, err))
-                        }
+                            .map(|bytes| (bytes, None))
+                    }
+                };
+                read.map_err(|(index, err)| fail(&failure, index, err))
+            }
+        };
+        let (sources, failure) = (Arc::clone(&self.sources), Arc::clone(&self.failure));
+        let check = move |read: std::io::Result<(Bytes, Option<LastRead>)>| {
+            let (sources, failure) = (Arc::clone(&sources), Arc::clone(&failure));
+            async move {
+                let (bytes, last) = read?;
+                if let Some(LastRead { index, reader }) = last {
+                    let source = &sources[index];
+                    match reader.check_unchanged(&source.path).await {
+                        Ok(()) => source.checked.store(true, Ordering::Relaxed),
+                        Err(err) => return Err(fail(&failure, index, err)),
                     }
                 }
-            })
-            .buffered(2);
+                Ok(bytes)
+            }
+        };
+        let stream = futures::stream::iter(self.items())
+            .map(read)
+            .buffered(2)
+            .then(check);
         reqwest::Body::wrap_stream(stream)
     }
 
@@ -282,7 +304,15 @@ enum Item {
     },
 }
 
-/// The bytes of one [`Item::Read`], encoded; an error names the element it is about.
+/// The last read of an element read in chunks: its index, and its reader, which holds the
+/// file open for the check that follows ([`StreamedRequest::body`]).
+struct LastRead {
+    index: usize,
+    reader: Arc<FileReader>,
+}
+
+/// The bytes of one [`Item::Read`], encoded, and for its element's last read what the check
+/// after it needs; an error names the element it is about.
 async fn read_chunk(
     sources: &[Source],
     index: usize,
@@ -290,29 +320,32 @@ async fn read_chunk(
     len: usize,
     last: bool,
     enc: KifsEncoding,
-) -> Result<Bytes, (usize, UploadError)> {
+) -> Result<(Bytes, Option<LastRead>), (usize, UploadError)> {
     let source = &sources[index];
-    let read = match source.reader() {
-        Ok(reader) => reader.read_at(source.offset + at, len).await,
-        Err(err) => Err(err),
+    let reader = source.reader().map_err(|err| (index, err))?;
+    let read = reader.read_at(source.offset + at, len).await;
+    let last = match last {
+        true => {
+            source.release();
+            Some(LastRead { index, reader })
+        }
+        false => None,
     };
-    if last {
-        source.release();
-    }
     let data = match read {
         Ok(data) if data.len() == len => data,
         // The file shrank under us: it is being rewritten.
         Ok(_) => return Err((index, UploadError::Changed)),
         Err(err) => return Err((index, err)),
     };
-    Ok(match enc {
+    let bytes = match enc {
         KifsEncoding::Binary => data,
         KifsEncoding::Json => {
             tokio::task::spawn_blocking(move || Bytes::from(BASE64_STANDARD.encode(&data)))
                 .await
                 .expect("base64 encoding does not panic")
         }
-    })
+    };
+    Ok((bytes, last))
 }
 
 /// The bytes of one [`Item::SmallFiles`]: each file read whole and encoded, the pieces
@@ -358,7 +391,7 @@ async fn read_small_files(
                         .expect("the room made is the encoded length");
                 }
             }
-            source.checked_whole.store(true, Ordering::Relaxed);
+            source.checked.store(true, Ordering::Relaxed);
         }
         Ok(Bytes::from(out))
     })
@@ -446,6 +479,14 @@ mod tests {
             let frames = frames_of(request.body()).await.expect("every file reads");
             assert_eq!(frames.concat(), expected, "{enc:?}");
             assert_eq!(request.len(), expected.len() as u64);
+            // Every file read was checked, the large one too; the empty one was not read.
+            for (position, &size) in sizes.iter().enumerate() {
+                assert_eq!(
+                    request.read_and_checked(position),
+                    size > 0,
+                    "file {position}"
+                );
+            }
             // One read per half MiB of small files and per chunk of the large one, each
             // after a piece: a read per file would be over 600 frames.
             assert!(
@@ -476,6 +517,46 @@ mod tests {
                 request.len()
             );
         }
+    }
+
+    /// A write to a file between its chunked reads: the check after its last read ends the
+    /// body before that chunk goes out, so the server never gets the whole element.
+    #[tokio::test]
+    async fn a_file_written_between_its_reads_ends_the_body_before_its_last_bytes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let size = 2 * STREAM_CHUNK + 10;
+        let (names, sources, _) = files(dir.path(), &[size]);
+        let request =
+            StreamedRequest::new(KifsEncoding::Binary, &names, sources, &StringMap::new());
+        let mut body = request.body();
+        let mut sent = 0;
+        // The frame's piece, then the first chunk.
+        while sent <= request.frame.pieces[0].len() {
+            let frame = body.frame().await.expect("more frames").expect("a frame");
+            sent += frame.into_data().map_or(0, |data| data.len());
+        }
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("f0"))
+            .unwrap();
+        writer.write_all(b"more").unwrap();
+        let ended = loop {
+            match body.frame().await {
+                None => break Ok(()),
+                Some(Err(err)) => break Err(err),
+                Some(Ok(frame)) => sent += frame.into_data().map_or(0, |data| data.len()),
+            }
+        };
+        assert!(ended.is_err(), "the body ends with an error");
+        assert!(
+            sent < request.len() as usize - 10,
+            "the last chunk went out"
+        );
+        let (index, err) = request.failure().expect("the failure is kept");
+        assert_eq!(index, 0);
+        assert!(matches!(err, UploadError::Changed), "{err:?}");
+        assert!(!request.read_and_checked(0));
     }
 
     #[tokio::test]

@@ -69,13 +69,14 @@ impl<'a> Batch<'a> {
     }
 
     /// The outcome of every job of `live`, whose request `sent` was answered: the version
-    /// the body carried. A file read whole was checked as it was read (one look at its
+    /// the body carried. Each file's bytes were checked as they were read (one look at its
     /// open descriptor instead of a path lookup per file after the answer; a change since
-    /// then is a new version, which the watcher offers); any other is looked at now.
+    /// then is a new version, which the watcher offers); an empty file, which nothing
+    /// read, is looked at now.
     fn record_sent(&mut self, live: &[usize], sent: &StreamedRequest) {
         for (position, &index) in live.iter().enumerate() {
             let job = &self.jobs[index];
-            let checked = match sent.read_whole_and_checked(position) {
+            let checked = match sent.read_and_checked(position) {
                 true => Ok(()),
                 false => job.check_unchanged(),
             };
@@ -324,7 +325,11 @@ impl KifsBackend {
                 self.call_streamed("/upload/files", &request)
             })
             .await?;
-        job.check_unchanged()
+        // The body that was answered carried the version read (module `body`).
+        match request.read_and_checked(0) {
+            true => Ok(()),
+            false => job.check_unchanged(),
+        }
     }
 }
 
