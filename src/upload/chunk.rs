@@ -323,9 +323,9 @@ fn open_folder_file(path: &Path) -> std::io::Result<File> {
 
 /// Appends the whole of the file at `path`, which must be the version `expected` describes
 /// when opened and still be it once read ([`still_version`]), to `out`; on an error `out`
-/// is left as it was. Blocking, and for small
-/// files: a caller on the blocking pool reads many of them in one trip there (a KiFS
-/// batch), where a trip per file would cost more CPU than the reads.
+/// is left as it was. Blocking, and for small files: a caller on the blocking pool reads
+/// many of them in one trip there (a KiFS batch), where a trip per file would cost more
+/// CPU than the reads.
 pub fn read_whole_into(
     path: &Path,
     expected: &Fingerprint,
