@@ -230,6 +230,30 @@ fn the_trigger_fires_above_the_ratio_and_not_below() {
     );
 }
 
+/// A check that leaves the database as it is says so, with what it weighed: the line an
+/// operator (and the benchmark, which stops waiting for a compaction there) reads.
+#[test]
+fn a_check_that_compacts_nothing_says_what_it_weighed() {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let store = churned(dir.path(), 100);
+    let space = store.space().expect("the store measures");
+    let (logs, _guard) = crate::test_logs::capture_logs(tracing::Level::INFO);
+    let policy = CompactPolicy {
+        max_ratio: f64::MAX,
+        min_on_disk: 0,
+    };
+    assert_eq!(store.compact(&policy).expect("checks"), None);
+    let text = logs.text();
+    assert!(
+        text.contains("the state database needs no compaction"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("on_disk_bytes={}", space.on_disk_bytes)),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_default_policy_wants_more_than_twice_the_live_data_above_the_floor() {
     let policy = CompactPolicy::default();
