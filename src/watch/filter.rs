@@ -110,9 +110,10 @@ impl Patterns {
         self.base_name.is_empty() && self.path.is_empty()
     }
 
-    /// Asked for every file a scan finds and every job a worker takes, so it prepares a
-    /// candidate only for a set that has patterns, from the bytes of `rel` (which is
-    /// UTF-8 already: a candidate made from a path checks that again, and allocates).
+    /// Asked for every file a scan finds (and each of its directories) and every job a
+    /// worker takes, so it prepares a candidate (the text's base name and extension found)
+    /// only for a set that has patterns: the default excludes are all base-name patterns,
+    /// and the whole-path set is then empty.
     fn matches(&self, rel: &str) -> bool {
         let set_matches = |set: &GlobSet, text: &str| {
             !set.is_empty() && set.is_match_candidate(&Candidate::from_bytes(text))
