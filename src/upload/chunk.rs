@@ -283,19 +283,29 @@ impl FileReader {
 /// it is a regular file and still the version `expected` describes; returns it with its size.
 fn open_checked(path: &Path, expected: &Fingerprint) -> Result<(File, u64), UploadError> {
     let file = open_folder_file(path).map_err(|err| open_error(path, err))?;
-    let meta = file
-        .metadata()
-        .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))?;
+    let meta = stat_open(&file, path)?;
     if !meta.is_file() {
         return Err(UploadError::Unreadable(format!(
             "{} is not a regular file",
             path.display()
         )));
     }
-    if Fingerprint::of(&meta) != *expected {
-        return Err(UploadError::Changed);
-    }
+    is_version(&meta, expected)?;
     Ok((file, meta.len()))
+}
+
+/// The open `file`'s metadata (`path` names it in the error).
+fn stat_open(file: &File, path: &Path) -> Result<std::fs::Metadata, UploadError> {
+    file.metadata()
+        .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))
+}
+
+/// [`UploadError::Changed`] unless `meta` is of the version `expected` describes.
+fn is_version(meta: &std::fs::Metadata, expected: &Fingerprint) -> Result<(), UploadError> {
+    match Fingerprint::of(meta) == *expected {
+        true => Ok(()),
+        false => Err(UploadError::Changed),
+    }
 }
 
 /// Opens `path` for reading as a file of the folder: never through a symlink
@@ -353,13 +363,7 @@ pub fn read_whole_into(
 /// on the descriptor, not on the path: the bytes read are the open file's, whatever the
 /// path names by now (a file renamed over it is a new version, which the watcher offers).
 fn still_version(file: &File, path: &Path, expected: &Fingerprint) -> Result<(), UploadError> {
-    let meta = file
-        .metadata()
-        .map_err(|err| UploadError::Unreadable(format!("cannot stat {}: {err}", path.display())))?;
-    match Fingerprint::of(&meta) == *expected {
-        true => Ok(()),
-        false => Err(UploadError::Changed),
-    }
+    is_version(&stat_open(file, path)?, expected)
 }
 
 /// Reads `file` from `offset` into `buf` until `buf` is full or the file ends; returns how

@@ -76,11 +76,7 @@ impl<'a> Batch<'a> {
     fn record_sent(&mut self, live: &[usize], sent: &StreamedRequest) {
         for (position, &index) in live.iter().enumerate() {
             let job = &self.jobs[index];
-            let checked = match sent.read_and_checked(position) {
-                true => Ok(()),
-                false => job.check_unchanged(),
-            };
-            self.outcomes[index] = Some(checked.map(|()| {
+            self.outcomes[index] = Some(carried_whole(sent, position, job).map(|()| {
                 job.live.set(job.fingerprint.size, job.fingerprint.size);
                 Uploaded {
                     remote: self.targets[index].clone(),
@@ -325,11 +321,21 @@ impl KifsBackend {
                 self.call_streamed("/upload/files", &request)
             })
             .await?;
-        // The body that was answered carried the version read (module `body`).
-        match request.read_and_checked(0) {
-            true => Ok(()),
-            false => job.check_unchanged(),
-        }
+        carried_whole(&request, 0, job)
+    }
+}
+
+/// Whether the answered request `sent` carried `job`'s version whole as its element at
+/// `position`: checked as its bytes were read (module `body`), or, for an element nothing
+/// read (an empty file), by a look at the file now.
+fn carried_whole(
+    sent: &StreamedRequest,
+    position: usize,
+    job: &UploadJob,
+) -> Result<(), UploadError> {
+    match sent.read_and_checked(position) {
+        true => Ok(()),
+        false => job.check_unchanged(),
     }
 }
 
