@@ -4,18 +4,14 @@
 
 use toml::Spanned;
 
-use super::raw::{RawFolder, RawMaxDelete};
-use super::validate::Checker;
+use super::checker::Checker;
+use super::raw::{MAX_DELETE_EXPECTED, RawFolder, RawMaxDelete};
 
 /// The guard's default: at most half of a folder's uploaded files at once.
 pub const DEFAULT_MAX_DELETE: MaxDelete = MaxDelete::Percent(50);
 /// A percentage limit never holds back this many deletions or fewer, so that a small
 /// folder can lose its last few files without the operator's word.
 pub const PERCENT_FLOOR: u64 = 10;
-
-/// What `max_delete` takes, for its messages.
-pub(super) const MAX_DELETE_EXPECTED: &str = "a count of files (0 or more, e.g. 500) or a \
-     percentage of the folder's uploaded files (\"1%\" to \"100%\")";
 
 /// What a local deletion does to the remote copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

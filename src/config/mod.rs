@@ -10,11 +10,13 @@
 //! - `targets`: KiFS directory names and Redivis table references.
 //! - `redivis_options`: a Redivis folder's `create_next_version` and parse options.
 //! - `validate`: defaults, ranges and cross-field checks, raw → [`Config`].
+//! - `checker`: what those checks write their located messages to.
 //! - `errors`: mapping spans to `file:line` and key paths, wording of parse errors, every
 //!   key of the wrong type or unit found in one run.
 //! - `plan`: the folder → target plan that `upsync check` prints.
 //! - `network`: CA files, proxies, timeouts and the bandwidth limit or timetable.
 
+mod checker;
 mod deletes;
 mod errors;
 mod network;
@@ -117,6 +119,24 @@ pub enum KifsEncoding {
 pub enum Target {
     RedivisTable(String),
     KifsDirectory { directory: String, create: bool },
+}
+
+impl Target {
+    /// The target as `status` and the logs show it: `kifs <directory>/`, `redivis <table>`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::KifsDirectory { directory, .. } => format!("kifs {directory}/"),
+            Target::RedivisTable(table) => format!("redivis {table}"),
+        }
+    }
+
+    /// The `backend` label of the target.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Target::KifsDirectory { .. } => "kifs",
+            Target::RedivisTable(_) => "redivis",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

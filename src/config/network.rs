@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::checker::Checker;
 use super::secret::{FileKind, check_file_named, read_key_file};
 use super::units::{HumanDuration, parse_rate};
-use super::validate::Checker;
 use crate::net::schedule::Schedule;
 
 /// Defaults that suit a WAN: a handshake across continents, a server busy for a while.

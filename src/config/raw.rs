@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::deletes::MAX_DELETE_EXPECTED;
 use super::units::{HumanDuration, HumanSize, Listen};
 
 #[derive(Deserialize)]
@@ -104,6 +103,10 @@ pub(crate) enum RawMaxDelete {
     Count(i64),
     Text(String),
 }
+
+/// What `max_delete` takes, for its messages.
+pub(super) const MAX_DELETE_EXPECTED: &str = "a count of files (0 or more, e.g. 500) or a \
+     percentage of the folder's uploaded files (\"1%\" to \"100%\")";
 
 // By hand rather than `#[serde(untagged)]`, whose error for another type ("data did not
 // match any variant of untagged enum") says nothing of what the key takes. TOML integers

@@ -15,10 +15,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::LoadOptions;
+use super::checker::Checker;
 use super::deletes::OnDelete;
 use super::paths;
 use super::raw::RawFolder;
-use super::validate::Checker;
 
 /// What happens to a local file once the remote confirmed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use globset::Glob;
 use toml::Spanned;
 
+use super::checker::Checker;
 use super::errors::Source;
 use super::network::{self, RawNetKeys};
 use super::raw::{
@@ -26,7 +27,7 @@ use super::{
     FolderConfig, KifsAuth, KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol,
     Target, paths, targets,
 };
-use crate::upload::redivis::session::{CHUNK_GRANULE, is_valid_chunk_size};
+use crate::upload::redivis::granule::{CHUNK_GRANULE, is_valid_chunk_size};
 
 const DEFAULT_CONCURRENCY: i64 = 4;
 const MAX_CONCURRENCY: i64 = 64;
@@ -46,22 +47,6 @@ const DEFAULT_CHUNK: u64 = 8 << 20;
 const MAX_CHUNK: u64 = 1 << 30;
 /// Redivis never says how long it counts a request; a day is surely longer.
 const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// Collects located messages while the config is checked.
-pub(super) struct Checker<'a> {
-    pub src: &'a Source<'a>,
-    pub base: PathBuf,
-    pub env: EnvLookup<'a>,
-    /// [`LoadOptions::read_secrets`].
-    pub read_secrets: bool,
-    pub errors: Vec<String>,
-}
-
-impl Checker<'_> {
-    pub fn error(&mut self, span: &Range<usize>, key: &str, what: impl AsRef<str>) {
-        self.errors.push(self.src.key_error(span, key, what));
-    }
-}
 
 pub(crate) fn build(
     src: &Source<'_>,

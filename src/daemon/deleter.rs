@@ -20,7 +20,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::status::backend_name;
 use super::worker::{FOLDER_REMOVED, Worker};
 use crate::config::{FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
@@ -75,7 +74,7 @@ impl Worker {
         let deleted = backend
             .delete_uploaded(&folder.target, &job.key.rel, &entry.remote, &scope)
             .await;
-        let backend_label = backend_name(&folder.target);
+        let backend_label = folder.target.backend_name();
         match deleted {
             Ok(()) => {
                 tracing::info!(path, remote = %entry.remote, "deleted the remote copy of a file that is gone");

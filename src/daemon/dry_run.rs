@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 mod collisions;
 
 use super::control;
-use super::status::{StatusReport, describe_target};
+use super::status::StatusReport;
 use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{FileKey, Job, JobKind, JobState, StateLock, Store, StoreError};
@@ -243,7 +243,7 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
     let approved = approved_deletions(jobs, &key);
     let mut plan = FolderPlan {
         folder: key.clone(),
-        target: describe_target(&folder.target),
+        target: folder.target.describe(),
         ..FolderPlan::default()
     };
     // A folder given another target since its uploads: a run drops its ledger first.

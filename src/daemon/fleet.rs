@@ -50,10 +50,11 @@ use super::imports::Imports;
 use super::remotes;
 use super::schedule::Schedule;
 use super::status::Live;
-use super::worker::{Backends, FOLDER_REMOVED, Filters, Worker};
+use super::worker::{FOLDER_REMOVED, Filters, Worker};
 use crate::config::{Config, FolderConfig, KifsAuth, KifsConfig, LoadOptions, RedivisConfig};
 use crate::metrics::Metrics;
 use crate::queue::{JobState, RetrySelection, Store};
+use crate::upload::Backends;
 use crate::watch::{self, ScanSummary, WatchContext};
 
 struct FolderWatch {

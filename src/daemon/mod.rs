@@ -56,6 +56,7 @@ use crate::metrics::Metrics;
 use crate::net::Bandwidth;
 use crate::queue::{Store, StoreError};
 use crate::upload::Backend;
+use crate::upload::Backends;
 use crate::upload::kifs::KifsBackend;
 use crate::upload::redivis::RedivisBackend;
 use crate::watch;
@@ -63,7 +64,6 @@ use fleet::Fleet;
 pub use once::{ProgressMode, SyncOptions, SyncSummary, sync_once};
 use status::{Live, StatusReport};
 use systemd::Notifier;
-use worker::Backends;
 
 /// Why the daemon could not run, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]

@@ -776,7 +776,7 @@ fn waiting_for(config: &Config, live: &Live, folder: &str) -> Option<String> {
         ));
     }
     let target = &config.folder_for(folder)?.target;
-    let backend = super::status::backend_name(target);
+    let backend = target.backend_name();
     live.remotes
         .snapshot()
         .into_iter()

@@ -19,10 +19,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CurrentConfig;
-use super::worker::Backends;
 use crate::config::{FolderConfig, Target};
 use crate::queue::Store;
 use crate::upload::Backend;
+use crate::upload::Backends;
 use crate::upload::backoff::Backoff;
 use crate::upload::health::{HealthSnapshot, RemoteHealth};
 

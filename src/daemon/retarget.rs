@@ -45,7 +45,7 @@ pub fn follow_target(store: &Store, folder: &FolderConfig) -> Result<(), StoreEr
             let forgotten = forget_folder(store, &name)?;
             tracing::info!(
                 folder = %name,
-                target = %crate::daemon::status::describe_target(&folder.target),
+                target = %folder.target.describe(),
                 forgotten,
                 "the folder's target changed: its files are uploaded to the new target"
             );

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::gates::FolderGates;
-use super::worker::Backends;
 use crate::config::Config;
 use crate::queue::{FolderTag, Job, Store, StoreError, folder_tag};
+use crate::upload::Backends;
 
 /// The shared turn and the rules above.
 #[derive(Default)]

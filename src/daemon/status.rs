@@ -104,7 +104,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gates::{FolderGates, GateStatus};
 use super::remotes::Remotes;
-use crate::config::{Config, Target};
+use crate::config::Config;
 use crate::metrics::FolderGauges;
 use crate::net::Bandwidth;
 use crate::queue::{FolderCounts, JobId, JobState, StatusSource, StoreError, to_ms};
@@ -407,21 +407,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub fn describe_target(target: &Target) -> String {
-    match target {
-        Target::KifsDirectory { directory, .. } => format!("kifs {directory}/"),
-        Target::RedivisTable(table) => format!("redivis {table}"),
-    }
-}
-
-/// The `backend` label of a target.
-pub fn backend_name(target: &Target) -> &'static str {
-    match target {
-        Target::KifsDirectory { .. } => "kifs",
-        Target::RedivisTable(_) => "redivis",
-    }
-}
-
 /// Builds the report from the store, and from the daemon's live state when it runs.
 pub fn build_report(
     config: &Config,
@@ -465,7 +450,7 @@ pub fn build_report(
                     None => counts.as_found_at_next_start(target_changed),
                 },
                 target_changed,
-                target: describe_target(&folder.target),
+                target: folder.target.describe(),
                 remote_kind: live
                     .and_then(|live| live.remotes.kind(&folder.target))
                     .map(str::to_string),
@@ -557,7 +542,7 @@ fn note_retry_holds(retrying: &mut [InFolder], config: &Config, live: &Live) {
     for (folder, job) in retrying {
         let remote_down = config
             .folder_for(folder)
-            .is_some_and(|f| down.iter().any(|b| b == backend_name(&f.target)));
+            .is_some_and(|f| down.iter().any(|b| b == f.target.backend_name()));
         job.waits_for = if remote_down {
             Some(RetryHold::Remote)
         } else if !live.gates.is_ready(Path::new(folder.as_str())) {
@@ -615,7 +600,7 @@ pub fn folder_gauges(config: &Config, report: &StatusReport) -> Vec<FolderGauges
                 .collect();
             FolderGauges {
                 folder: status.path.clone(),
-                backend: backend_name(&folder.target).to_string(),
+                backend: folder.target.backend_name().to_string(),
                 jobs_by_state: vec![
                     ("queued", c.queued),
                     ("active", c.active),

@@ -25,7 +25,7 @@ use super::gates::Setback;
 use super::imports::Imports;
 use super::retarget::target_identity;
 use super::schedule::Schedule;
-use super::status::{InFlightStart, Live, backend_name};
+use super::status::{InFlightStart, Live};
 use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
@@ -33,7 +33,9 @@ use crate::metrics::{FailureClass, Metrics};
 use crate::queue::{Claimed, Completed, Completion, Import, Job, JobKind, JobState, Store};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
-use crate::upload::{Backend, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob};
+use crate::upload::{
+    Backend, Backends, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob,
+};
 use crate::watch::filter::Filter;
 
 /// The first job-level retry delay; it doubles up to the config's `retry_max_delay`. A
@@ -47,22 +49,6 @@ pub(super) const FOLDER_REMOVED: &str = "its folder is no longer in the configur
 /// How long an idle worker sleeps when nothing wakes it, to pick up due retries (put on
 /// the daemon's beat, module `beat`).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-/// The backends a daemon has, by kind of target.
-#[derive(Clone, Default)]
-pub struct Backends {
-    pub kifs: Option<Arc<Backend>>,
-    pub redivis: Option<Arc<Backend>>,
-}
-
-impl Backends {
-    pub fn for_target(&self, target: &Target) -> Option<&Arc<Backend>> {
-        match target {
-            Target::KifsDirectory { .. } => self.kifs.as_ref(),
-            Target::RedivisTable(_) => self.redivis.as_ref(),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Worker {
@@ -350,7 +336,7 @@ impl Worker {
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
                 tracing::error!(path = %path.display(), reason = %reason, "upload failed");
-                let (backend, class) = (backend_name(&folder.target), FailureClass::Unreadable);
+                let (backend, class) = (folder.target.backend_name(), FailureClass::Unreadable);
                 // The file may still be there (a permission, an I/O error): the attempt
                 // after `upsync retry`, a new version or its deletion resumes the upload
                 // an earlier attempt saved, or gives it up on the remote.
@@ -385,7 +371,7 @@ impl Worker {
         }
         let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
             let reason = "no backend is configured for this folder's target";
-            let (backend, class) = (backend_name(&folder.target), FailureClass::Config);
+            let (backend, class) = (folder.target.backend_name(), FailureClass::Config);
             // Nothing here can cancel the upload an earlier attempt saved: it stays for the
             // attempt after `upsync retry`, which resumes it or gives it up.
             self.fail_job_keeping_upload(job, backend, class, ErrorKind::Config, reason);
@@ -427,7 +413,7 @@ impl Worker {
         Preparation::Ready(Prepared {
             upload,
             backend,
-            backend_name: backend_name(&folder.target),
+            backend_name: folder.target.backend_name(),
             display,
         })
     }

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::claim::AsClaimed;
 use crate::fingerprint::Fingerprint;
 
 /// A file inside a watched folder: the folder's absolute path and the `/`-separated path
@@ -140,43 +139,6 @@ pub struct LedgerEntry {
     /// MD5 hex of the uploaded bytes, where known.
     pub md5: Option<String>,
     pub uploaded_at_ms: u64,
-}
-
-/// One finished upload, for [`crate::queue::Store::complete_many`].
-#[derive(Debug, Clone)]
-pub struct Completed {
-    pub id: JobId,
-    /// The version that reached the remote.
-    pub fingerprint: Fingerprint,
-    pub remote: String,
-    pub md5: Option<String>,
-    /// How a batch claimed the job, when it claimed it under its folder's mark
-    /// ([`super::Claimed`]): the completion then decodes the job only if it changed since.
-    pub as_claimed: Option<AsClaimed>,
-    /// The target the attempt was started for, as the folder's target is recorded
-    /// ([`super::Store::folder_target`]); the upload is recorded only if the folder still
-    /// has it. `None`: recorded whatever the folder's target.
-    pub target: Option<String>,
-}
-
-/// What [`super::Store::complete_many`] did with one upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    /// Recorded in the ledger; the job ended.
-    Recorded,
-    /// Recorded, but the job took a new version (or a deletion) meanwhile: it is queued
-    /// again for that.
-    Superseded,
-    /// Not recorded: the folder was given another target since the attempt started
-    /// ([`Completed::target`]); the file is queued afresh, for the new target.
-    Retargeted,
-}
-
-impl Completion {
-    /// Whether the job ended.
-    pub fn ended(self) -> bool {
-        self == Completion::Recorded
-    }
 }
 
 /// The outcome of offering a settled file to the queue.

@@ -9,8 +9,9 @@
 //! the file is there ([`Delivery::Uploaded`]), or the remote still imports it
 //! ([`Delivery::Posted`], Redivis), which the daemon waits for without a worker. Every
 //! failure is an [`UploadError`] whose [`Disposition`] tells the worker what to do next and
-//! whose [`ErrorKind`] says what happened (the `error` module); HTTP statuses are classified
-//! in [`classify`], the rules of each backend's own layers in its `classify` module.
+//! whose [`ErrorKind`] says what happened (modules `error` and `kind`); HTTP statuses are
+//! classified in [`classify`], the rules of each backend's own layers in its `classify`
+//! module.
 
 pub mod backoff;
 pub mod chunk;
@@ -18,6 +19,7 @@ pub mod classify;
 mod error;
 pub mod health;
 pub mod kifs;
+pub mod kind;
 pub mod redivis;
 pub mod retry;
 
@@ -33,7 +35,8 @@ use serde::de::DeserializeOwned;
 use crate::config::{FolderConfig, RedivisFolder, Target};
 use crate::fingerprint::Fingerprint;
 use crate::queue::{JobId, LedgerEntry, Store};
-pub use error::{Disposition, Endpoint, ErrorKind, UploadError};
+pub use error::{Disposition, Endpoint, UploadError};
+pub use kind::ErrorKind;
 use retry::CallScope;
 
 /// How far a successful upload attempt got.
@@ -309,6 +312,22 @@ pub struct BatchLimits {
 pub enum Backend {
     Kifs(kifs::KifsBackend),
     Redivis(redivis::RedivisBackend),
+}
+
+/// The backends a daemon has, by kind of target.
+#[derive(Clone, Default)]
+pub struct Backends {
+    pub kifs: Option<Arc<Backend>>,
+    pub redivis: Option<Arc<Backend>>,
+}
+
+impl Backends {
+    pub fn for_target(&self, target: &Target) -> Option<&Arc<Backend>> {
+        match target {
+            Target::KifsDirectory { .. } => self.kifs.as_ref(),
+            Target::RedivisTable(_) => self.redivis.as_ref(),
+        }
+    }
 }
 
 impl Backend {

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::scan::Known;
+/// A check run on the stat-ing threads: true when the file (relative path, metadata) needs
+/// no further look; the walk's visitor then hears of it as a known file
+/// (`Visit::known_file` in module `scan`) instead of as a file to take.
+pub type Known<'a> = dyn Fn(&str, &Metadata) -> bool + Sync + 'a;
 
 /// Files taken at a time from a batch: small enough that the two threads end a batch
 /// together, large enough that the shared counter and the lock are rare.

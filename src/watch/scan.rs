@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::filter::Filter;
-use super::looks::{Batch, Helper, Look};
+use super::looks::{Batch, Helper, Known, Look};
 
 /// Batches of at least this many files are stat-ed on two threads: below it, starting the
 /// second thread costs about what it saves.
@@ -38,10 +38,6 @@ const PARALLEL_FILES: usize = 32;
 /// directories together), so that a directory of a million files does not hold a million
 /// entries in memory, and a walk can pause inside it.
 const LIST_CHUNK: usize = 4096;
-
-/// A check run on the stat-ing threads: true when the file (relative path, metadata) needs
-/// no further look; the visitor then gets [`Visit::known_file`] instead of [`Visit::file`].
-pub type Known<'a> = dyn Fn(&str, &Metadata) -> bool + Sync + 'a;
 
 /// What a walk reports to.
 pub trait Visit {

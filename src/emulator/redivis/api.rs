@@ -16,11 +16,11 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::ratelimit::Verdict;
+use super::reply::{ApiError, encode_segment};
 use super::store::{
-    self, ContentSummary, Digest, RefError, Transfer, TransferKind, TransferState, UploadRecord,
+    self, ContentSummary, Digest, Transfer, TransferKind, TransferState, UploadRecord,
 };
 use super::{DuplicateNames, Service, Shared, Table, parse, tables};
-use crate::emulator::faults;
 
 /// Upper bound for JSON request bodies (tempUploads lists, upload.post metadata).
 const JSON_LIMIT: usize = 16 << 20;
@@ -39,49 +39,6 @@ const PARSE_OPTIONS: [(&str, Value); 10] = [
     ("metadata", Value::Null),
 ];
 
-/// An API error: status, optional error code, and a description saying what is expected.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: Option<&'static str>,
-    pub description: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, description: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code: None,
-            description: description.into(),
-        }
-    }
-
-    pub fn bad(description: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, description)
-    }
-
-    fn internal(what: &str, err: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("emulator storage failed while {what}: {err}"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        faults::redivis_error(&Method::GET, self.status, self.code, &self.description)
-    }
-}
-
-impl From<RefError> for ApiError {
-    fn from(err: RefError) -> ApiError {
-        match err {
-            RefError::Malformed(why) | RefError::Released(why) => ApiError::bad(why),
-        }
-    }
-}
-
 type ApiResult = Result<Response, ApiError>;
 
 /// Scheme and authority for absolute URLs, from the request's `Host` (works with port 0).
@@ -91,16 +48,6 @@ pub fn base_url(headers: &HeaderMap) -> String {
         .and_then(|value| value.to_str().ok())
         .unwrap_or("127.0.0.1");
     format!("http://{host}")
-}
-
-/// Percent-encodes like Python's `quote(s, safe="")` (`:` → `%3A`, `.` kept).
-pub fn encode_segment(segment: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'-')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(segment, SET).to_string()
 }
 
 /// Rate limit, then bearer token; `X-RateLimit-*` on every answer; HEAD errors moved into

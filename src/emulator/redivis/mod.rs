@@ -93,6 +93,7 @@ mod api;
 mod parse;
 pub(crate) mod ratelimit;
 mod rawfiles;
+mod reply;
 mod session;
 pub mod store;
 mod tables;
@@ -390,6 +391,29 @@ impl Service {
         self.dir.join("tables").join(key)
     }
 
+    /// Creates a table's directories and record, and adds it to the map.
+    pub fn insert_table(
+        &self,
+        by_key: &mut HashMap<String, Table>,
+        record: TableRecord,
+    ) -> std::io::Result<()> {
+        let key = store::table_key(&record.reference);
+        let dir = self.table_dir(&key);
+        for sub in ["uploads", "files", "rawfiles"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        store::write_json(&dir.join("table.json"), &record)?;
+        by_key.insert(
+            key,
+            Table {
+                record,
+                uploads: Vec::new(),
+                raw_files: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
     pub fn expired(&self, record: &Transfer) -> bool {
         let age = store::now_ms().saturating_sub(record.created_ms);
         u128::from(age) >= self.options.session_ttl.as_millis()
@@ -602,7 +626,7 @@ async fn arm_release_window(
     let endpoint = request["endpoint"].as_str().unwrap_or_default();
     if !WINDOW_ENDPOINTS.contains(&endpoint) {
         let message = format!("endpoint must be one of {WINDOW_ENDPOINTS:?}, not {endpoint:?}");
-        return api::ApiError::bad(message).into_response();
+        return reply::ApiError::bad(message).into_response();
     }
     *service
         .release_window

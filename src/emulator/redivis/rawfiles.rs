@@ -30,7 +30,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::api::{ApiError, ListQuery, base_url, encode_segment, existing_table, take_transfer};
+use super::api::{ListQuery, base_url, existing_table, take_transfer};
+use super::reply::{ApiError, encode_segment};
 use super::store::{self, ContentSummary, RawFileRecord};
 use super::{Shared, Table, Tables, tables};
 

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 /// GCS chunk granularity: non-final chunks are at least this long, kept prefixes are
 /// multiples of it. The server's rule is the one the client keeps to, so both read it from
 /// one place.
-pub use crate::upload::redivis::session::CHUNK_GRANULE as ALIGN;
+pub use crate::upload::redivis::granule::CHUNK_GRANULE as ALIGN;
 
 /// Milliseconds since the Unix epoch: timestamps survive a restart of the emulator.
 pub fn now_ms() -> u64 {

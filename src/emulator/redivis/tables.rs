@@ -6,8 +6,6 @@
 //! never uploads: upload.post to it answers 400, and so does `rawFiles` to a table that is
 //! not one.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,33 +13,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::api::{ApiError, encode_segment};
+use super::reply::{ApiError, encode_segment};
 use super::store::{self, TableRecord, TableRef};
 use super::versions::{self, Access};
 use super::{Service, Shared, Table, Tables};
-
-/// Creates a table's directories and record, and adds it to the map.
-pub fn insert_table(
-    service: &Service,
-    by_key: &mut HashMap<String, Table>,
-    record: TableRecord,
-) -> std::io::Result<()> {
-    let key = store::table_key(&record.reference);
-    let dir = service.table_dir(&key);
-    for sub in ["uploads", "files", "rawfiles"] {
-        std::fs::create_dir_all(dir.join(sub))?;
-    }
-    store::write_json(&dir.join("table.json"), &record)?;
-    by_key.insert(
-        key,
-        Table {
-            record,
-            uploads: Vec::new(),
-            raw_files: Vec::new(),
-        },
-    );
-    Ok(())
-}
 
 fn storage_error(err: std::io::Error) -> ApiError {
     ApiError::new(
@@ -85,7 +60,9 @@ pub fn writable(
             created_ms: store::now_ms(),
             is_file_index: false,
         };
-        insert_table(service, &mut tables.by_key, record).map_err(storage_error)?;
+        service
+            .insert_table(&mut tables.by_key, record)
+            .map_err(storage_error)?;
     }
     Ok(key)
 }
@@ -172,7 +149,9 @@ async fn create(service: &Service, reference: &str, is_file_index: bool) -> Resu
         created_ms: store::now_ms(),
         is_file_index,
     };
-    insert_table(service, &mut tables.by_key, record).map_err(storage_error)?;
+    service
+        .insert_table(&mut tables.by_key, record)
+        .map_err(storage_error)?;
     Ok(true)
 }
 

@@ -1991,7 +1991,10 @@ impl Emu {
 
     /// Temp uploads on `table` holding `files` (plain PUTs); returns their ids.
     async fn temp_files(&self, table: &str, files: &[(&str, &[u8])]) -> Vec<String> {
-        let path = format!("/tables/{}/tempUploads", super::api::encode_segment(table));
+        let path = format!(
+            "/tables/{}/tempUploads",
+            super::reply::encode_segment(table)
+        );
         let entries: Vec<Value> = files
             .iter()
             .map(|(name, bytes)| json!({"name": name, "size": bytes.len(), "resumable": false}))
@@ -2026,7 +2029,7 @@ impl Emu {
     }
 
     async fn raw_files(&self, table: &str, files: Value) -> reqwest::Response {
-        let path = format!("/tables/{}/rawFiles", super::api::encode_segment(table));
+        let path = format!("/tables/{}/rawFiles", super::reply::encode_segment(table));
         self.post_json(
             &format!("{}/api/v1{path}", self.base),
             json!({ "files": files }),

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::api::{ApiError, encode_segment};
+use super::reply::{ApiError, encode_segment};
 use super::store::{self, DatasetRecord, RefError, TableRecord, TableRef, Version, VersionRecord};
 use super::{Service, Shared, Table, Tables};
 
@@ -338,7 +338,7 @@ fn carry_tables_over(
     for record in carried {
         let key = store::table_key(&record.reference);
         if !by_key.contains_key(&key) {
-            super::tables::insert_table(service, by_key, record)?;
+            service.insert_table(by_key, record)?;
         }
     }
     tracing::debug!(dataset = dataset_key, from = %released, "next version opened");

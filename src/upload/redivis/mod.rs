@@ -53,6 +53,7 @@ pub mod api;
 mod attempt;
 pub mod classify;
 pub mod files;
+pub mod granule;
 pub mod names;
 pub mod poll;
 pub mod ratelimit;
@@ -280,10 +281,10 @@ impl RedivisBackend {
         tuning: Tuning,
         bandwidth: Arc<Bandwidth>,
     ) -> Result<RedivisBackend, String> {
-        if !session::is_valid_chunk_size(config.chunk_size) {
+        if !granule::is_valid_chunk_size(config.chunk_size) {
             return Err(format!(
                 "Redivis chunk_size must be a positive multiple of {}, not {} bytes",
-                crate::config::units::format_size(session::CHUNK_GRANULE),
+                crate::config::units::format_size(granule::CHUNK_GRANULE),
                 config.chunk_size
             ));
         }

@@ -57,16 +57,6 @@ use crate::upload::health::RemoteHealth;
 use crate::upload::retry::{Attempts, CallScope, GaveUp, RetryPolicy};
 use crate::upload::{Disposition, ErrorKind, LiveProgress, UploadError};
 
-/// Every chunk but a session's last is a multiple of this many bytes (256 KiB): a session
-/// refuses any other (protocol §7).
-pub const CHUNK_GRANULE: u64 = 256 << 10;
-
-/// Whether `size` may be the chunk size of a session: a positive multiple of
-/// [`CHUNK_GRANULE`].
-pub fn is_valid_chunk_size(size: u64) -> bool {
-    size > 0 && size.is_multiple_of(CHUNK_GRANULE)
-}
-
 /// Which Redivis flow created a session (they differ in how the upload is posted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
