@@ -278,41 +278,7 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
             progress: _,
             dry_run,
             json,
-        } => {
-            let config = load(&config)?;
-            if dry_run {
-                let plan = daemon::dry_run::plan(&config)
-                    .await
-                    .map_err(Failure::runtime)?;
-                if json {
-                    emit_json(&plan)?;
-                } else {
-                    emit(&daemon::dry_run::render(&plan))?;
-                }
-                return Ok(());
-            }
-            let options = SyncOptions {
-                retry_wait_limit,
-                progress: match bars {
-                    Some(bars) => ProgressMode::Bars(bars),
-                    None => ProgressMode::Log(Duration::from_secs(10)),
-                },
-            };
-            let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
-            let summary = daemon::sync_once(config, options, stop)
-                .await
-                .map_err(Failure::runtime)?;
-            // The summary is the command's answer, on stdout whatever the outcome (`>
-            // report.txt` keeps it); stderr carries the logs, the bars and the exit's reason.
-            emit(&summary.render())?;
-            if summary.succeeded() {
-                Ok(())
-            } else {
-                Err(Failure::runtime(
-                    "not every file was uploaded (the summary on standard output says which)",
-                ))
-            }
-        }
+        } => sync_command(config, retry_wait_limit, dry_run, json, bars).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "upsync", &mut std::io::stdout());
             Ok(())
@@ -320,177 +286,239 @@ async fn execute(command: Command, bars: Option<MultiProgress>) -> Result<(), Fa
         Command::Run {
             config,
             rebuild_state,
-        } => {
-            let config = load_for_daemon(&config)?;
-            if rebuild_state {
-                rebuild(&config).await?;
-            }
-            let reload = signals::reload_signal().map_err(signal_failure)?;
-            daemon::run_reloadable(config, stop_signal()?, reload)
-                .await
-                .map_err(Failure::runtime)
-        }
-        Command::Check { config } => {
-            let config = load(&config)?;
-            emit(&config.plan())?;
-            for folder in &config.folders {
-                if let Some(note) = watch::shared_folder_note(folder, config.rescan_interval) {
-                    emit(&format!("note: {note}\n"))?;
-                }
-            }
-            Ok(())
-        }
-        Command::Status { config, json } => {
-            let config = load_for_queries(&config)?;
-            let answer = ask_daemon_or(
-                &config,
-                || {
-                    control::request::<status::StatusReport>(
-                        &config.state_dir,
-                        "GET",
-                        "/status",
-                        None,
-                    )
-                },
-                upsync::queue::open_stopped,
-            )
-            .await?;
-            let report = match answer {
-                Answer::Daemon(report) => report,
-                Answer::Stopped(stopped) => status::build_report(&config, stopped.source(), None)
-                    .map_err(Failure::runtime)?,
-                Answer::Unused => {
-                    status::build_report(&config, &upsync::queue::Summary::empty(), None)
-                        .map_err(Failure::runtime)?
-                }
-            };
-            if json {
-                emit_json(&report)?;
-            } else {
-                emit(&status::render_text(&report))?;
-            }
-            Ok(())
-        }
+        } => run_command(config, rebuild_state).await,
+        Command::Check { config } => check_command(config),
+        Command::Status { config, json } => status_command(config, json).await,
         Command::Retry {
             config,
             all,
             deletes,
             paths,
-        } => {
-            let config = load_for_queries(&config)?;
-            let paths = paths_in_folders(&config, &paths)?;
-            let request = control::RetryRequest {
-                all,
-                deletes,
-                paths,
-            };
-            let body = serde_json::to_vec(&request).expect("retry request serializes");
-            let requeued =
-                match ask_daemon::<control::RetryResponse>(&config, "POST", "/retry", Some(&body))
-                    .await?
-                {
-                    Answer::Daemon(answer) => answer.requeued,
-                    Answer::Unused => 0,
-                    Answer::Stopped(store) => {
-                        let requeued = store
-                            .retry_failed(&request.selection())
-                            .map_err(Failure::runtime)?;
-                        store.flush().map_err(Failure::runtime)?;
-                        requeued
-                    }
-                };
-            // --deletes runs what the mass-delete guard held: say so, not that they failed.
-            let what = if deletes {
-                "deletion(s) approved and queued to run"
-            } else {
-                "failed job(s) queued again"
-            };
-            emit(&format!("{requeued} {what}\n"))?;
-            Ok(())
-        }
+        } => retry_command(config, all, deletes, paths).await,
         Command::Ls {
             config,
             folder,
             json,
-        } => {
-            let config = load_for_queries(&config)?;
-            let request = history::ListRequest {
-                folder: folder.map(|f| upsync::config::command_line_path(&f)),
-            };
-            // A folder that is not configured is a usage error, whoever would list it: the
-            // daemon, the database it left, or none.
-            let folders = history::listed_folders(&config, &request).map_err(|err| {
-                Failure::config(format!("{err} (the folders are: {})", folder_list(&config)))
-            })?;
-            let body = serde_json::to_vec(&request).expect("ls request serializes");
-            let out = std::io::BufWriter::new(std::io::stdout().lock());
-            let printer = RefCell::new(history::ListPrinter::new(out, json));
-            let answer = ask_daemon_or(
-                &config,
-                || {
-                    control::request_lines(&config.state_dir, "/ls", &body, |line| {
-                        printer.borrow_mut().line(line)
-                    })
-                },
-                Store::open,
-            )
-            .await?;
-            match answer {
-                Answer::Daemon(()) => {}
-                Answer::Stopped(store) => {
-                    history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
-                        .map_err(Failure::runtime)?;
-                    printer.borrow_mut().walked();
-                }
-                Answer::Unused => printer.borrow_mut().walked(),
-            }
-            printer.into_inner().finish().map_err(Failure::runtime)
+        } => ls_command(config, folder, json).await,
+        Command::Forget { config, paths } => forget_command(config, paths).await,
+        Command::Emulator { listen, options } => emulator_command(listen, options).await,
+    }
+}
+
+/// `upsync sync --once`: uploads what is pending and exits, or prints the plan of a dry run.
+async fn sync_command(
+    config: PathBuf,
+    retry_wait_limit: Duration,
+    dry_run: bool,
+    json: bool,
+    bars: Option<MultiProgress>,
+) -> Result<(), Failure> {
+    let config = load(&config)?;
+    if dry_run {
+        let plan = daemon::dry_run::plan(&config)
+            .await
+            .map_err(Failure::runtime)?;
+        if json {
+            emit_json(&plan)?;
+        } else {
+            emit(&daemon::dry_run::render(&plan))?;
         }
-        Command::Forget { config, paths } => {
-            let config = load_for_queries(&config)?;
-            let request = history::ForgetRequest {
-                paths: paths_in_folders(&config, &paths)?,
-            };
-            let body = serde_json::to_vec(&request).expect("forget request serializes");
-            let done = RefCell::new(None);
-            let answer = ask_daemon_or(
-                &config,
-                || {
-                    control::request_lines(&config.state_dir, "/forget", &body, |line| {
-                        history::forget_answer(line, &mut done.borrow_mut())
-                    })
-                },
-                Store::open,
-            )
-            .await?;
-            let answer = match answer {
-                Answer::Unused => history::ForgetResponse::default(),
-                Answer::Daemon(()) => done.into_inner().ok_or_else(|| {
-                    Failure::runtime("the daemon's answer broke off before the forgetting ended")
-                })?,
-                Answer::Stopped(store) => {
-                    history::forget(&config, &store, &request).map_err(Failure::runtime)?
-                }
-            };
-            emit(&format!(
-                "{} upload(s) forgotten, {} file(s) queued to upload again\n",
-                answer.forgotten, answer.queued
-            ))?;
-            Ok(())
-        }
-        Command::Emulator { listen, options } => {
-            let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
-            let running = emulator::start(&listen, *options)
-                .await
-                .map_err(Failure::runtime)?;
-            // Tests and scripts read the bound address from this line.
-            println!("listening on {}://{}", running.scheme, running.addr);
-            stop.await;
-            running.shutdown.cancel();
-            let _ = running.task.await;
-            Ok(())
+        return Ok(());
+    }
+    let options = SyncOptions {
+        retry_wait_limit,
+        progress: match bars {
+            Some(bars) => ProgressMode::Bars(bars),
+            None => ProgressMode::Log(Duration::from_secs(10)),
+        },
+    };
+    let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
+    let summary = daemon::sync_once(config, options, stop)
+        .await
+        .map_err(Failure::runtime)?;
+    // The summary is the command's answer, on stdout whatever the outcome (`>
+    // report.txt` keeps it); stderr carries the logs, the bars and the exit's reason.
+    emit(&summary.render())?;
+    if summary.succeeded() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(
+            "not every file was uploaded (the summary on standard output says which)",
+        ))
+    }
+}
+
+/// `upsync run`: the daemon, until a stop signal; SIGHUP reloads its configuration.
+async fn run_command(config: PathBuf, rebuild_state: bool) -> Result<(), Failure> {
+    let config = load_for_daemon(&config)?;
+    if rebuild_state {
+        rebuild(&config).await?;
+    }
+    let reload = signals::reload_signal().map_err(signal_failure)?;
+    daemon::run_reloadable(config, stop_signal()?, reload)
+        .await
+        .map_err(Failure::runtime)
+}
+
+/// `upsync check`: the configuration's folder → target plan, with notes on shared folders.
+fn check_command(config: PathBuf) -> Result<(), Failure> {
+    let config = load(&config)?;
+    emit(&config.plan())?;
+    for folder in &config.folders {
+        if let Some(note) = watch::shared_folder_note(folder, config.rescan_interval) {
+            emit(&format!("note: {note}\n"))?;
         }
     }
+    Ok(())
+}
+
+/// `upsync status`: the running daemon's report, or the one its state database holds.
+async fn status_command(config: PathBuf, json: bool) -> Result<(), Failure> {
+    let config = load_for_queries(&config)?;
+    let answer = ask_daemon_or(
+        &config,
+        || control::request::<status::StatusReport>(&config.state_dir, "GET", "/status", None),
+        upsync::queue::open_stopped,
+    )
+    .await?;
+    let report = match answer {
+        Answer::Daemon(report) => report,
+        Answer::Stopped(stopped) => {
+            status::build_report(&config, stopped.source(), None).map_err(Failure::runtime)?
+        }
+        Answer::Unused => status::build_report(&config, &upsync::queue::Summary::empty(), None)
+            .map_err(Failure::runtime)?,
+    };
+    if json {
+        emit_json(&report)?;
+    } else {
+        emit(&status::render_text(&report))?;
+    }
+    Ok(())
+}
+
+/// `upsync retry`: failed jobs (or held deletions) queued again, by the daemon or in its
+/// state database.
+async fn retry_command(
+    config: PathBuf,
+    all: bool,
+    deletes: bool,
+    paths: Vec<PathBuf>,
+) -> Result<(), Failure> {
+    let config = load_for_queries(&config)?;
+    let paths = paths_in_folders(&config, &paths)?;
+    let request = control::RetryRequest {
+        all,
+        deletes,
+        paths,
+    };
+    let body = serde_json::to_vec(&request).expect("retry request serializes");
+    let requeued =
+        match ask_daemon::<control::RetryResponse>(&config, "POST", "/retry", Some(&body)).await? {
+            Answer::Daemon(answer) => answer.requeued,
+            Answer::Unused => 0,
+            Answer::Stopped(store) => {
+                let requeued = store
+                    .retry_failed(&request.selection())
+                    .map_err(Failure::runtime)?;
+                store.flush().map_err(Failure::runtime)?;
+                requeued
+            }
+        };
+    // --deletes runs what the mass-delete guard held: say so, not that they failed.
+    let what = if deletes {
+        "deletion(s) approved and queued to run"
+    } else {
+        "failed job(s) queued again"
+    };
+    emit(&format!("{requeued} {what}\n"))?;
+    Ok(())
+}
+
+/// `upsync ls`: the files held as uploaded, streamed as they are read, from the daemon or
+/// from its state database.
+async fn ls_command(config: PathBuf, folder: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    let config = load_for_queries(&config)?;
+    let request = history::ListRequest {
+        folder: folder.map(|f| upsync::config::command_line_path(&f)),
+    };
+    // A folder that is not configured is a usage error, whoever would list it: the
+    // daemon, the database it left, or none.
+    let folders = history::listed_folders(&config, &request).map_err(|err| {
+        Failure::config(format!("{err} (the folders are: {})", folder_list(&config)))
+    })?;
+    let body = serde_json::to_vec(&request).expect("ls request serializes");
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let printer = RefCell::new(history::ListPrinter::new(out, json));
+    let answer = ask_daemon_or(
+        &config,
+        || {
+            control::request_lines(&config.state_dir, "/ls", &body, |line| {
+                printer.borrow_mut().line(line)
+            })
+        },
+        Store::open,
+    )
+    .await?;
+    match answer {
+        Answer::Daemon(()) => {}
+        Answer::Stopped(store) => {
+            history::visit_list(&store, &folders, |file| printer.borrow_mut().file(&file))
+                .map_err(Failure::runtime)?;
+            printer.borrow_mut().walked();
+        }
+        Answer::Unused => printer.borrow_mut().walked(),
+    }
+    printer.into_inner().finish().map_err(Failure::runtime)
+}
+
+/// `upsync forget`: the uploads of the paths given forgotten, and the files still there
+/// queued to upload again.
+async fn forget_command(config: PathBuf, paths: Vec<PathBuf>) -> Result<(), Failure> {
+    let config = load_for_queries(&config)?;
+    let request = history::ForgetRequest {
+        paths: paths_in_folders(&config, &paths)?,
+    };
+    let body = serde_json::to_vec(&request).expect("forget request serializes");
+    let done = RefCell::new(None);
+    let answer = ask_daemon_or(
+        &config,
+        || {
+            control::request_lines(&config.state_dir, "/forget", &body, |line| {
+                history::forget_answer(line, &mut done.borrow_mut())
+            })
+        },
+        Store::open,
+    )
+    .await?;
+    let answer = match answer {
+        Answer::Unused => history::ForgetResponse::default(),
+        Answer::Daemon(()) => done.into_inner().ok_or_else(|| {
+            Failure::runtime("the daemon's answer broke off before the forgetting ended")
+        })?,
+        Answer::Stopped(store) => {
+            history::forget(&config, &store, &request).map_err(Failure::runtime)?
+        }
+    };
+    emit(&format!(
+        "{} upload(s) forgotten, {} file(s) queued to upload again\n",
+        answer.forgotten, answer.queued
+    ))?;
+    Ok(())
+}
+
+/// `upsync emulator`: the emulator alone, until a stop signal.
+async fn emulator_command(listen: String, options: Box<EmulatorOptions>) -> Result<(), Failure> {
+    let stop = signals::stop_or_hangup_signal().map_err(signal_failure)?;
+    let running = emulator::start(&listen, *options)
+        .await
+        .map_err(Failure::runtime)?;
+    // Tests and scripts read the bound address from this line.
+    println!("listening on {}://{}", running.scheme, running.addr);
+    stop.await;
+    running.shutdown.cancel();
+    let _ = running.task.await;
+    Ok(())
 }
 
 /// Who answers a `status` or `retry`.
