@@ -238,8 +238,9 @@
 //!    the database (module `compact`) once it is idle, when the files are more than
 //!    twice its live data.
 //!
-//! sled's page cache is bounded ([`CACHE_CAPACITY`]) instead of its 1 GB default, with
-//! which every page a start-up scan or a status count touched stayed decoded in memory.
+//! sled's page cache is bounded ([`disk::CACHE_CAPACITY`]) instead of its 1 GB default,
+//! with which every page a start-up scan or a status count touched stayed decoded in
+//! memory.
 //!
 //! Only one process may use a state dir: [`Store::open`] takes an exclusive `flock` on
 //! `state_dir/upsync.lock` and keeps it for the Store's lifetime (all clones share it).
@@ -249,10 +250,12 @@ mod binary;
 mod blocking;
 mod claim;
 mod clock;
+mod codec;
 mod compact;
 mod complete;
 mod counts;
 mod delete;
+mod disk;
 mod error;
 mod files;
 mod import;
@@ -279,10 +282,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
 };
-use sled::{IVec, Transactional};
 
 pub use claim::{AsClaimed, Claimed};
 pub use compact::{CompactPolicy, Compaction};
@@ -302,6 +305,12 @@ pub use summary::{SUMMARY_FILE, StatusSource, Stopped, Summary, open_stopped};
 
 use crate::fingerprint::Fingerprint;
 use bell::Bell;
+use codec::{
+    ReadJob, decode_job, decode_ledger, encode, ledger_fingerprint, ledger_uploaded_at,
+    records_exactly, valid_key, with_fingerprint,
+};
+pub use disk::files_size;
+use disk::{FormatError, open_db, open_sled, sled_config};
 use keys::{decode_due_key, decode_job_key, file_key, job_key};
 use pointers::{Noted, Pointers};
 use record::FileRecord;
@@ -564,113 +573,6 @@ type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
 
 fn abort<T>(err: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(err))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("store records have string keys only and serialize to JSON")
-}
-
-/// A job as stored, read outside a transaction, with the bytes it was decoded from: a
-/// transaction that finds the same bytes takes this decoding ([`Tx::job_as_read`]), which
-/// costs a small upload a decoding less.
-#[derive(Debug, Clone)]
-pub(super) struct ReadJob {
-    pub raw: IVec,
-    pub job: Job,
-}
-
-/// A job record in either encoding (module `binary`).
-fn decode_job(raw: &[u8], id: JobId) -> Result<Job, StoreError> {
-    let decoded = if binary::is_binary(raw) {
-        binary::decode_job(raw)
-    } else {
-        serde_json::from_slice(raw).map_err(|err| err.to_string())
-    };
-    let job = decoded.map_err(|detail| StoreError::Corrupt {
-        tree: "jobs",
-        key: format!("job {id}"),
-        detail,
-    })?;
-    if job.id != id {
-        return Err(StoreError::Corrupt {
-            tree: "jobs",
-            key: format!("job {id}"),
-            detail: format!("the record names job {}", job.id),
-        });
-    }
-    Ok(job)
-}
-
-fn decode_ledger(raw: &[u8], key: &[u8]) -> Result<LedgerEntry, StoreError> {
-    decode_ledger_as(raw, key)
-}
-
-/// Decodes a ledger entry as `T`, which may name only the fields a caller needs: the others
-/// are skipped, not decoded (allocated).
-fn decode_ledger_as<T: serde::de::DeserializeOwned>(
-    raw: &[u8],
-    key: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|err| StoreError::Corrupt {
-        tree: "ledger",
-        key: keys::describe(key),
-        detail: err.to_string(),
-    })
-}
-
-/// The fingerprint of a ledger entry, without decoding the rest of it.
-fn ledger_fingerprint(raw: &[u8], key: &[u8]) -> Result<Fingerprint, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct Only {
-        fingerprint: Fingerprint,
-    }
-    decode_ledger_as::<Only>(raw, key).map(|only| only.fingerprint)
-}
-
-/// Whether the ledger entry `raw` begins with `fingerprint` exactly as [`encode`] writes
-/// it, which proves the entry records this version without decoding it (JSON parsing was a
-/// sixth of a restart's CPU). `false` proves nothing: the caller decodes.
-fn records_exactly(raw: &[u8], fingerprint: &Fingerprint) -> bool {
-    const FIELD: &[u8] = br#"{"fingerprint":"#;
-    let Some(rest) = raw.strip_prefix(FIELD) else {
-        return false;
-    };
-    // On the stack: the scan asks this once per file, on two threads, and allocations
-    // there contend for the allocator. The longest fingerprint is 162 bytes of JSON.
-    let mut buffer = [0u8; 192];
-    let encoded_len = {
-        let mut writer = std::io::Cursor::new(&mut buffer[..]);
-        if serde_json::to_writer(&mut writer, fingerprint).is_err() {
-            return false;
-        }
-        writer.position() as usize
-    };
-    rest.starts_with(&buffer[..encoded_len])
-}
-
-/// The ledger entry `raw`, encoded again with `fingerprint` in place of its own (an entry
-/// of an older layout, upgraded with the change time).
-fn with_fingerprint(
-    raw: &[u8],
-    key: &[u8],
-    fingerprint: &Fingerprint,
-) -> Result<Vec<u8>, StoreError> {
-    let mut entry = decode_ledger(raw, key)?;
-    entry.fingerprint = *fingerprint;
-    Ok(encode(&entry))
-}
-
-/// The upload time of a ledger entry, without decoding the rest of it.
-fn ledger_uploaded_at(raw: &[u8], key: &[u8]) -> Result<u64, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct Only {
-        uploaded_at_ms: u64,
-    }
-    decode_ledger_as::<Only>(raw, key).map(|only| only.uploaded_at_ms)
-}
-
-fn valid_key(key: &FileKey) -> Result<Vec<u8>, StoreError> {
-    file_key(key).map_err(StoreError::InvalidKey)
 }
 
 impl Store {
@@ -1673,174 +1575,6 @@ impl Store {
             return Ok(());
         }
         self.flush()
-    }
-}
-
-/// The length of every file under `dir`, however deep: what a database directory takes on
-/// disk (also read by the benchmark while a daemon holds the database).
-pub fn files_size(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            files_size(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
-}
-
-/// Opens the database at `path`, creating it first if it does not exist.
-///
-/// A new database is built in `db.new`, stamped with the format marker, flushed, and only
-/// then renamed to `db`. So an existing `db` without the marker is never a half-created
-/// one: it is damaged or someone else's. That matters because sled reads a data file full
-/// of garbage as an empty database instead of failing; the missing marker is how such a
-/// loss of the queue and ledger gets noticed instead of silently starting over.
-fn open_db(path: &Path) -> Result<sled::Db, FormatError> {
-    if !path.exists() {
-        create_db(path)?;
-    }
-    let db = open_sled(path)?;
-    let found = check_format(&db, path)?;
-    upgrade::upgrade(&db, found)?;
-    Ok(db)
-}
-
-/// How much of the database sled keeps decoded in memory (its page cache, counted in bytes
-/// of the pages on disk; decoded they take about twice that). sled's default (1 GB) lets the
-/// cache grow with the ledger: every page a start-up scan or a status count touches stays
-/// resident, about 350 bytes per file. The daemon's working set is the few pages of the job
-/// trees and the ledger pages of the directory being scanned or appended to; pages read
-/// once per scan come back from the operating system's page cache. A restart over 200,000
-/// files took as long with 8 MiB as with 16 MiB, and 20 MB less memory.
-const CACHE_CAPACITY: u64 = 8 << 20;
-
-/// The sled configuration of every database this module opens: no flusher thread and a
-/// bounded cache (see "No background work" in the module doc).
-fn sled_config(path: &Path) -> sled::Config {
-    sled::Config::new()
-        .path(path)
-        .flush_every_ms(None)
-        .cache_capacity(CACHE_CAPACITY)
-}
-
-/// The file of a sled database directory that an open sled instance holds an flock on.
-const SLED_LOCKED_FILE: &str = "db";
-
-/// Opens sled, waiting briefly while its file lock is still held. `upsync.lock` already
-/// keeps other processes out, so a held lock can only be a sled instance of this process
-/// that was just dropped (as in [`create_db`]) and whose threads have not let go yet. sled
-/// reports a held lock only as the text of an `Other` I/O error, so the lock is probed
-/// first ([`lock::is_held`]), by its errno.
-fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let locked = path.join(SLED_LOCKED_FILE);
-    // A probe that cannot even open the file leaves the answer to sled's own open.
-    while lock::is_held(&locked).unwrap_or(false) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    remove_unfinished_snapshots(path).map_err(sled::Error::Io)?;
-    sled_config(path).open()
-}
-
-/// The suffix sled gives a snapshot file while it writes it; it renames the file without
-/// it once the file is whole and synced.
-const UNFINISHED_SNAPSHOT_SUFFIX: &str = ".generating";
-
-/// Removes the snapshot files sled began and never finished (a full disk, or a kill, while
-/// it wrote one: every open and every close in order writes one). sled 0.34 reads the
-/// newest `snap.*` file at open without telling a finished one from one it was still
-/// writing, so such a leftover (often empty) sorts after the last whole snapshot and makes
-/// every later open fail as corrupt, even once space is back. Without it, sled reads the
-/// last whole snapshot and the log written since, which hold everything: an unfinished
-/// snapshot only ever sums up that log. Only this process can be opening the database
-/// (`upsync.lock`), and [`open_sled`] has waited for its own earlier instances to let go.
-fn remove_unfinished_snapshots(db_path: &Path) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(db_path) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(UNFINISHED_SNAPSHOT_SUFFIX) {
-            tracing::info!(file = %entry.path().display(), "removing a snapshot of the state database that was never finished");
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-fn create_db(path: &Path) -> Result<(), FormatError> {
-    let fresh = path.with_extension("new");
-    let state_dir = path.parent().unwrap_or(path);
-    let io_error = |action: &'static str, at: &Path| {
-        let at = at.to_path_buf();
-        move |source| FormatError::Store(StoreError::io(action, &at, state_dir, source))
-    };
-    if fresh.exists() {
-        // Left by a crash during an earlier creation; it never held any state.
-        std::fs::remove_dir_all(&fresh)
-            .map_err(io_error("remove the half-created database", &fresh))?;
-    }
-    {
-        let db = sled_config(&fresh).open()?;
-        db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
-        // A new database keeps its counts from the first write on.
-        db.insert(counts::COUNTS_KEY, b"1")?;
-        // Its counts (none) are right: the first start need not check them.
-        db.insert(CLEAN_CLOSE_KEY, b"1")?;
-        db.flush()?;
-    }
-    std::fs::rename(&fresh, path).map_err(io_error("move the new database into place at", path))?;
-    // The rename is durable only once the directory holding it is synced.
-    std::fs::File::open(state_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error("sync the state directory", state_dir))?;
-    Ok(())
-}
-
-enum FormatError {
-    Sled(sled::Error),
-    Store(StoreError),
-}
-
-impl From<sled::Error> for FormatError {
-    fn from(err: sled::Error) -> Self {
-        FormatError::Sled(err)
-    }
-}
-
-/// Accepts a database stamped with [`FORMAT_VERSION`] or an older format this code
-/// upgrades; returns its format.
-fn check_format(db: &sled::Db, path: &Path) -> Result<u32, FormatError> {
-    let known = |found: &[u8]| {
-        std::str::from_utf8(found)
-            .ok()
-            .and_then(|found| found.parse::<u32>().ok())
-            .filter(|version| {
-                (upgrade::CLAIMED_TREE_FORMAT..=FORMAT_VERSION).contains(version)
-                    && found == version.to_string().as_bytes()
-            })
-    };
-    match db.get(FORMAT_KEY)? {
-        Some(found) if let Some(version) = known(&found) => Ok(version),
-        Some(found) => Err(FormatError::Store(StoreError::UnknownFormat {
-            path: path.to_path_buf(),
-            found: String::from_utf8_lossy(&found).into_owned(),
-            expected: FORMAT_VERSION,
-        })),
-        None => Err(FormatError::Store(StoreError::Open {
-            path: path.to_path_buf(),
-            detail: "it has no upsync format marker, so it is damaged (sled reads a corrupt \
-                     data file as empty) or was not written by upsync"
-                .into(),
-        })),
     }
 }
 

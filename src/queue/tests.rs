@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use super::disk::{SLED_LOCKED_FILE, UNFINISHED_SNAPSHOT_SUFFIX};
 use super::keys::{decode_due_key, decode_job_key, due_key, file_key, job_key};
 use super::record::FileRecord;
 use super::*;

@@ -45,7 +45,7 @@ pub(super) struct Tx<'a> {
 type TreeResult = Result<Option<IVec>, UnabortableTransactionError>;
 
 /// One tree inside a transaction, counting the writes that change something for
-/// [`Store::writes`].
+/// [`super::Store::writes`].
 ///
 /// It leaves out of the transaction a write that would change nothing (setting the value a
 /// key already has, removing a key that is not there). sled would skip it at commit too,
@@ -54,7 +54,7 @@ type TreeResult = Result<Option<IVec>, UnabortableTransactionError>;
 pub(super) struct TxTree<'a> {
     pub(super) tree: &'a TransactionalTree,
     pub(super) writes: &'a Cell<u64>,
-    /// [`Handles::id_base`] of the database the transaction runs on.
+    /// [`super::Handles::id_base`] of the database the transaction runs on.
     pub(super) id_base: u64,
 }
 
@@ -359,7 +359,7 @@ impl Tx<'_> {
         Ok(true)
     }
 
-    /// The body of [`Store::offer`]: reads see the writes of earlier offers in the same
+    /// The body of [`super::Store::offer`]: reads see the writes of earlier offers in the same
     /// transaction, so a batch behaves like the same offers made one after another.
     pub(super) fn offer(
         &self,

@@ -4,6 +4,8 @@
 
 use std::thread;
 
+use sled::IVec;
+
 use super::super::files::VISIT_CHUNK;
 use super::super::pointers::Gate;
 use super::*;

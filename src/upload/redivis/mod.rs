@@ -105,7 +105,8 @@ pub struct Tuning {
     pub inline_max: u64,
     /// New sessions one attempt may start after dead ones before handing back to the queue.
     pub session_restarts: u32,
-    /// Consecutive transient failures after which Redivis counts as down ([`health`]).
+    /// Consecutive transient failures after which Redivis counts as down (module
+    /// [`crate::upload::health`]).
     pub down_after: u32,
 }
 
