@@ -426,6 +426,38 @@ enum BodyEnd {
     TooLong,
 }
 
+/// A chunk's place in its session, from its headers and the bytes the session holds.
+struct ChunkPlan {
+    /// The session's total size, once known.
+    total: Option<u64>,
+    /// Bytes the session held before this chunk.
+    held: u64,
+    /// Bytes the chunk announces (`Content-Range`).
+    length: u64,
+    /// Bytes at the chunk's start that the session already holds: skipped, not compared.
+    overlap: u64,
+    /// Whether the chunk ends at the session's total.
+    is_final: bool,
+}
+
+/// What reading a chunk's body did.
+struct Received {
+    end: BodyEnd,
+    /// Bytes of the body read.
+    received: u64,
+    /// Bytes appended to the session (the body past the overlap).
+    written: u64,
+}
+
+/// A chunk `PUT` to a session:
+/// 1. checks its range against the session ([`plan_chunk`]);
+/// 2. appends the body's new bytes to the session's data ([`receive_chunk`]);
+/// 3. keeps what a body that broke off or did not match its range leaves, as GCS does
+///    ([`settle_body_end`]);
+/// 4. with partial persistence, keeps only some of the chunk's whole blocks
+///    ([`keep_partially`]);
+/// 5. answers an injected status fault, keeping what the fault says ([`injected_status`]);
+/// 6. finalizes a session that now holds its total, else answers 308.
 #[allow(clippy::too_many_arguments)]
 async fn chunk(
     service: &Shared,
@@ -440,71 +472,128 @@ async fn chunk(
     if slot.record.state == TransferState::Complete {
         return completed(slot);
     }
+    let plan = match plan_chunk(service, slot, headers, first, last, total).await {
+        Ok(plan) => plan,
+        Err(refused) => return refused,
+    };
+    let received = match receive_chunk(service, slot, &plan, fault.as_ref(), body).await {
+        Ok(received) => received,
+        Err(failed) => return failed,
+    };
+    if let Some(ended) = settle_body_end(service, slot, &plan, fault.as_ref(), &received).await {
+        return ended;
+    }
+    let now_held = match keep_partially(service, slot, &plan, received.written).await {
+        Ok(now_held) => now_held,
+        Err(failed) => return failed,
+    };
+    if let Some(faulted) = injected_status(service, slot, &plan, fault.as_ref(), now_held).await {
+        return faulted;
+    }
+    match plan.total {
+        Some(total) if now_held == total => finalize(service, slot, now_held).await,
+        _ => incomplete(now_held),
+    }
+}
+
+/// Step 1: the chunk's range checked against the session's total, its `Content-Length`
+/// and the bytes the session holds; a session that did not know its total learns it.
+async fn plan_chunk(
+    service: &Shared,
+    slot: &mut Slot,
+    headers: &HeaderMap,
+    first: u64,
+    last: u64,
+    total: Option<u64>,
+) -> Result<ChunkPlan, Response> {
     if let (Some(given), Some(declared)) = (total, slot.record.total)
         && given != declared
     {
-        return total_mismatch(given, declared);
+        return Err(total_mismatch(given, declared));
     }
     if slot.record.total.is_none() && total.is_some() {
         // A session started with an unknown total (`bytes a-b/*`) learns it here; later
         // chunks must agree with it.
         slot.record.total = total;
         if let Err(err) = service.save_transfer(&slot.record) {
-            return error(
+            return Err(error(
                 500,
                 &format!("the emulator cannot record the session: {err}"),
-            );
+            ));
         }
     }
     let total = total.or(slot.record.total);
     if first > last {
-        return error(
+        return Err(error(
             400,
             &format!("Invalid request. Content-Range bytes {first}-{last} is empty or reversed."),
-        );
+        ));
     }
     if let Some(total) = total.filter(|&total| last >= total) {
-        return error(
+        return Err(error(
             400,
             &format!(
                 "Invalid request. Content-Range ends at byte {last}, past the total of {total} byte(s)."
             ),
-        );
+        ));
     }
     let length = last - first + 1;
     if let Some(declared) = declared_length(headers).filter(|&declared| declared != length) {
-        return error(
+        return Err(error(
             400,
             &format!(
                 "Invalid request. Content-Length {declared} differs from the {length} byte(s) announced by Content-Range."
             ),
-        );
+        ));
     }
-    let id = slot.record.id.clone();
-    let held = match held_bytes(service, &id).await {
+    let held = match held_bytes(service, &slot.record.id).await {
         Ok(held) => held,
-        Err(err) => return error(500, &format!("the emulator cannot read the session: {err}")),
+        Err(err) => {
+            return Err(error(
+                500,
+                &format!("the emulator cannot read the session: {err}"),
+            ));
+        }
     };
     if first > held {
-        return error(
+        return Err(error(
             400,
             &format!(
                 "Invalid request. According to the Content-Range header, the upload offset is {first} byte(s), \
                  which exceeds already uploaded size of {held} byte(s)."
             ),
-        );
+        ));
     }
     let is_final = total == Some(last + 1);
     if !is_final && length < ALIGN {
-        return error(
+        return Err(error(
             400,
             &format!(
                 "Invalid request. The number of bytes uploaded is required to be equal or greater than 262144, \
                  except for the final request (it's recommended to be the exact multiple of 262144). The received \
                  request contained {length} bytes, which does not meet this requirement."
             ),
-        );
+        ));
     }
+    Ok(ChunkPlan {
+        total,
+        held,
+        length,
+        overlap: held - first,
+        is_final,
+    })
+}
+
+/// Step 2: reads the body, appending what the session does not hold yet, until it ends,
+/// breaks, grows past its range, or an injected drop strikes half-way.
+async fn receive_chunk(
+    service: &Shared,
+    slot: &mut Slot,
+    plan: &ChunkPlan,
+    fault: Option<&InjectedFault>,
+    body: Body,
+) -> Result<Received, Response> {
+    let held = plan.held;
     if slot
         .digest
         .as_ref()
@@ -514,21 +603,25 @@ async fn chunk(
     }
     let file = match std::fs::OpenOptions::new()
         .write(true)
-        .open(service.data_path(&id))
+        .open(service.data_path(&slot.record.id))
     {
         Ok(file) => file,
-        Err(err) => return error(500, &format!("the emulator cannot open the session: {err}")),
+        Err(err) => {
+            return Err(error(
+                500,
+                &format!("the emulator cannot open the session: {err}"),
+            ));
+        }
     };
     let mut writer = BodyWriter::new(file, held, slot.digest.take());
-    let drop_after = match &fault {
+    let drop_after = match fault {
         Some(InjectedFault {
             action: FaultAction::Drop,
             ..
-        }) => Some(length / 2),
+        }) => Some(plan.length / 2),
         _ => None,
     };
-    // Bytes of this chunk the session already holds: skipped, not compared (overlap).
-    let mut skip = held - first;
+    let mut skip = plan.overlap;
     let mut received = 0u64;
     let mut written = 0u64;
     let mut stream = body.into_data_stream();
@@ -542,7 +635,7 @@ async fn chunk(
             Some(Ok(bytes)) => bytes,
         };
         received += bytes.len() as u64;
-        if received > length {
+        if received > plan.length {
             break BodyEnd::TooLong;
         }
         let skipped = skip.min(bytes.len() as u64) as usize;
@@ -554,95 +647,127 @@ async fn chunk(
         written += fresh.len() as u64;
         if let Err(err) = writer.write(fresh).await {
             let _ = truncate(service, slot, held).await;
-            return error(
+            return Err(error(
                 500,
                 &format!("the emulator cannot write the session: {err}"),
-            );
+            ));
         }
     };
     match writer.finish().await {
         Ok(digest) => slot.digest = digest,
         Err(err) => {
             let _ = truncate(service, slot, held).await;
-            return error(
+            return Err(error(
                 500,
                 &format!("the emulator cannot write the session: {err}"),
-            );
+            ));
         }
     }
-    let keep = |kept: u64| held + kept;
-    match end {
-        BodyEnd::Complete if received == length => {}
+    Ok(Received {
+        end,
+        received,
+        written,
+    })
+}
+
+/// Step 3: the answer to a body that did not end whole and as long as its range, after
+/// cutting the session back to what such a body leaves; `None` for a whole body.
+async fn settle_body_end(
+    service: &Shared,
+    slot: &mut Slot,
+    plan: &ChunkPlan,
+    fault: Option<&InjectedFault>,
+    received: &Received,
+) -> Option<Response> {
+    let (held, length) = (plan.held, plan.length);
+    let (got, written) = (received.received, received.written);
+    match received.end {
+        BodyEnd::Complete if got == length => None,
         BodyEnd::Complete => {
             let _ = truncate(service, slot, held).await;
-            return error(
+            Some(error(
                 400,
                 &format!(
-                    "Invalid request. The request body held {received} byte(s) but Content-Range announced {length}."
+                    "Invalid request. The request body held {got} byte(s) but Content-Range announced {length}."
                 ),
-            );
+            ))
         }
         BodyEnd::TooLong => {
             let _ = truncate(service, slot, held).await;
-            return error(
+            Some(error(
                 400,
                 &format!(
                     "Invalid request. The request body is longer than the {length} byte(s) announced by Content-Range."
                 ),
-            );
+            ))
         }
         BodyEnd::Broken => {
             // Like GCS: what arrived is kept in whole 256 KiB blocks.
-            let _ = truncate(service, slot, keep(written / ALIGN * ALIGN)).await;
-            return faults::drop_connection();
+            let _ = truncate(service, slot, held + written / ALIGN * ALIGN).await;
+            Some(faults::drop_connection())
         }
         BodyEnd::Dropped => {
             let fault = fault.expect("a drop ends the body only when a drop fault was injected");
-            let _ = truncate(service, slot, keep(fault.kept(written, ALIGN))).await;
-            return faults::drop_connection();
+            let _ = truncate(service, slot, held + fault.kept(written, ALIGN)).await;
+            Some(faults::drop_connection())
         }
     }
-    let mut now_held = held + written;
-    if service.options.redivis_partial_persistence && !is_final {
-        let blocks = written / ALIGN;
-        let kept = service
-            .rng
-            .lock()
-            .expect("generator lock is never poisoned")
-            .random_range(0..=blocks)
-            * ALIGN;
-        now_held = keep(kept);
-        if let Err(err) = truncate(service, slot, now_held).await {
-            return error(
-                500,
-                &format!("the emulator cannot write the session: {err}"),
-            );
-        }
+}
+
+/// Step 4: what the session holds after a whole chunk; with partial persistence (a chunk
+/// not the last), a random number of its whole blocks, as a server may keep less than it
+/// was sent.
+async fn keep_partially(
+    service: &Shared,
+    slot: &mut Slot,
+    plan: &ChunkPlan,
+    written: u64,
+) -> Result<u64, Response> {
+    if !service.options.redivis_partial_persistence || plan.is_final {
+        return Ok(plan.held + written);
     }
-    if let Some(InjectedFault {
-        action: FaultAction::Status {
-            status,
-            retry_after,
-        },
-        ..
-    }) = &fault
-    {
-        let kept = fault
-            .as_ref()
-            .expect("matched just above")
-            .kept(now_held - held, ALIGN);
-        let _ = truncate(service, slot, keep(kept)).await;
-        return faults::fault_response(
-            Target::RedivisSession,
-            &Method::PUT,
-            *status,
-            retry_after.as_deref(),
-        );
+    let blocks = written / ALIGN;
+    let kept = service
+        .rng
+        .lock()
+        .expect("generator lock is never poisoned")
+        .random_range(0..=blocks)
+        * ALIGN;
+    let now_held = plan.held + kept;
+    match truncate(service, slot, now_held).await {
+        Ok(()) => Ok(now_held),
+        Err(err) => Err(error(
+            500,
+            &format!("the emulator cannot write the session: {err}"),
+        )),
     }
-    match total {
-        Some(total) if now_held == total => finalize(service, slot, now_held).await,
-        _ => incomplete(now_held),
-    }
+}
+
+/// Step 5: the answer of an injected status fault, the session cut back to what the fault
+/// keeps of this chunk; `None` without one.
+async fn injected_status(
+    service: &Shared,
+    slot: &mut Slot,
+    plan: &ChunkPlan,
+    fault: Option<&InjectedFault>,
+    now_held: u64,
+) -> Option<Response> {
+    let fault = fault?;
+    let FaultAction::Status {
+        status,
+        retry_after,
+    } = &fault.action
+    else {
+        return None;
+    };
+    let kept = fault.kept(now_held - plan.held, ALIGN);
+    let _ = truncate(service, slot, plan.held + kept).await;
+    Some(faults::fault_response(
+        Target::RedivisSession,
+        &Method::PUT,
+        *status,
+        retry_after.as_deref(),
+    ))
 }
 
 /// Cuts the session's bytes back to `length`; the running digest no longer matches.

@@ -1190,6 +1190,45 @@ async fn case_19_a_dropped_chunk_leaves_the_client_without_an_answer() {
 }
 
 #[tokio::test]
+async fn case_19_a_body_that_breaks_off_leaves_its_whole_blocks() {
+    let (emu, _dir) = emulator().await;
+    let bytes = data(4 * BLOCK);
+    let total = bytes.len().to_string();
+    let (_, url) = emu.resumable(bytes.len() as u64).await;
+    // Two and a half blocks of the four the range announces, then the body fails: the
+    // client closes the connection, and the emulator has read what was sent.
+    let sent = bytes::Bytes::copy_from_slice(&bytes[..2 * BLOCK + BLOCK / 2]);
+    let parts: Vec<std::io::Result<bytes::Bytes>> = vec![
+        Ok(sent),
+        Err(std::io::Error::other("the file could not be read further")),
+    ];
+    let broken = emu
+        .http
+        .put(&url)
+        .header(
+            "content-range",
+            format!("bytes 0-{}/{total}", bytes.len() - 1),
+        )
+        .header("content-length", bytes.len())
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(parts)))
+        .send()
+        .await;
+    assert!(broken.is_err(), "the body never ended: {broken:?}");
+    let query = emu.status_query(&url, &total).await;
+    assert_eq!(query.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        range(&query).as_deref(),
+        Some(format!("bytes=0-{}", 2 * BLOCK - 1).as_str()),
+        "the half block is not kept"
+    );
+    let resumed = emu
+        .chunk(&url, &bytes[2 * BLOCK..], 2 * BLOCK, &total)
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    emu.stop().await;
+}
+
+#[tokio::test]
 async fn case_20_session_urls_take_a_token_but_do_not_need_one() {
     let (emu, _dir) = emulator_with(|options| {
         options.redivis.redivis_token = Some(crate::config::Secret::new("right"));
