@@ -266,53 +266,107 @@ pub(crate) struct Core {
     fleet: Fleet,
 }
 
+/// Step 3 of [`Core::start`]: the jobs the last stop interrupted, made ready to resume.
+fn recover_interrupted(store: &Store) -> Result<(), DaemonError> {
+    let recovered = store
+        .recover_after_restart()
+        .map_err(|err| DaemonError::Startup(err.to_string()))?;
+    if recovered > 0 {
+        tracing::info!(
+            jobs = recovered,
+            "resuming jobs interrupted by the last stop"
+        );
+    }
+    Ok(())
+}
+
+/// Step 4 of [`Core::start`]: the control socket, opened before the remote checks so that
+/// `upsync status` answers while they run.
+async fn serve_control(
+    current: &CurrentConfig,
+    store: &Store,
+    live: &Arc<Live>,
+    wake: &Arc<Notify>,
+    stop_serving: &CancellationToken,
+) -> Result<(), DaemonError> {
+    control::serve(
+        current.clone(),
+        store.clone(),
+        Arc::clone(live),
+        Arc::clone(wake),
+        stop_serving.clone(),
+    )
+    .await
+    .map_err(|err| {
+        DaemonError::Startup(format!(
+            "cannot open the control socket {}: {err}",
+            control::socket_path(&current.get().state_dir).display()
+        ))
+    })
+}
+
 impl Core {
-    /// Opens the store (recovering interrupted jobs), starts the embedded emulator, builds
-    /// the backends, and opens the control socket and the metrics endpoint. No remote is
-    /// asked anything here: each folder's remote is checked in the background ([`gates`]).
+    /// Starts what `run` and `sync --once` share. No remote is asked anything here: each
+    /// folder's remote is checked in the background ([`gates`]).
+    /// 1. Opens the store: its lock is what tells a second upsync on this state_dir to
+    ///    stop, before it serves an emulator of its own or fails on the first one's port.
+    /// 2. Starts the embedded emulator, if configured.
+    /// 3. Recovers the jobs the last stop interrupted, and follows folders given another
+    ///    target since ([`retarget`]).
+    /// 4. Opens the control socket, so that `upsync status` answers from now on.
+    /// 5. Builds the backends, with the bandwidth limit they share.
+    /// 6. Starts the housekeeping tasks ([`Core::start_housekeeping`]).
+    /// 7. Builds the fleet of watchers and workers, and serves the metrics.
+    ///
+    /// A step after the fourth that fails closes the control socket again.
     async fn start(config: Config) -> Result<Core, DaemonError> {
         let config = Arc::new(config);
-        // The store first: its lock is what tells a second upsync on this state_dir to
-        // stop, before it serves an emulator of its own or fails on the first one's port.
         let store = open_store(&config).await?;
         let emulator = start_embedded_emulator(&config).await?;
-        let recovered = store
-            .recover_after_restart()
-            .map_err(|err| DaemonError::Startup(err.to_string()))?;
-        if recovered > 0 {
-            tracing::info!(
-                jobs = recovered,
-                "resuming jobs interrupted by the last stop"
-            );
-        }
+        recover_interrupted(&store)?;
         retarget::follow_targets(&store, config.folders.clone()).await;
         let live = Arc::new(Live::default());
         let wake = Arc::new(Notify::new());
         let stop_serving = CancellationToken::new();
         let current = CurrentConfig::new(Arc::clone(&config));
-        // Opened before the remote checks, so `upsync status` answers while they run.
-        control::serve(
-            current.clone(),
-            store.clone(),
-            Arc::clone(&live),
-            Arc::clone(&wake),
-            stop_serving.clone(),
-        )
-        .await
-        .map_err(|err| {
-            DaemonError::Startup(format!(
-                "cannot open the control socket {}: {err}",
-                control::socket_path(&config.state_dir).display()
-            ))
-        })?;
+        serve_control(&current, &store, &live, &wake, &stop_serving).await?;
         let close_on_error = stop_serving.clone().drop_guard();
         live.bandwidth.configure(config.bandwidth.clone());
         log_bandwidth(&config, &live.bandwidth);
         let backends = build_backends(&config, &live.bandwidth)?;
+        Core::start_housekeeping(&store, &live, &stop_serving);
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Fleet::new(
+            current,
+            store.clone(),
+            backends,
+            Arc::clone(&wake),
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            CancellationToken::new(),
+        );
+        let core = Core {
+            config,
+            store,
+            emulator,
+            wake,
+            live,
+            metrics,
+            stop_serving,
+            fleet,
+        };
+        core.serve_metrics().await?;
+        close_on_error.disarm();
+        Ok(core)
+    }
+
+    /// Step 6 of [`Core::start`]: the tasks that keep the daemon lean while it runs: the
+    /// last upload times read from the ledger (the scan can take a moment on a large tree;
+    /// status shows "never" until it is merged), the heap trimmed while the store is busy,
+    /// and the database compacted once it is idle.
+    fn start_housekeeping(store: &Store, live: &Arc<Live>, stop_serving: &CancellationToken) {
         {
-            // The ledger scan can take a moment on a large tree; status shows "never" until
-            // it is merged.
-            let (store, live) = (store.clone(), Arc::clone(&live));
+            let (store, live) = (store.clone(), Arc::clone(live));
             tokio::task::spawn_blocking(move || match store.last_uploads() {
                 Ok(last) => live.activity.seed(last),
                 Err(err) => {
@@ -336,59 +390,44 @@ impl Core {
             crate::queue::CompactPolicy::default(),
             stop_serving.clone(),
         ));
-        let metrics = Arc::new(Metrics::new());
-        let fleet = Fleet::new(
-            current,
-            store.clone(),
-            backends,
-            Arc::clone(&wake),
-            Arc::clone(&live),
-            Arc::clone(&metrics),
-            CancellationToken::new(),
-        );
-        let core = Core {
-            config,
-            store,
-            emulator,
-            wake,
-            live,
-            metrics,
-            stop_serving,
-            fleet,
+    }
+
+    /// Step 7 of [`Core::start`]: the metrics endpoint, when `metrics_listen` asks for one;
+    /// each scrape refreshes the queue figures first.
+    async fn serve_metrics(&self) -> Result<(), DaemonError> {
+        let Some(addr) = self.config.metrics_listen else {
+            return Ok(());
         };
-        if let Some(addr) = core.config.metrics_listen {
-            let probe = core.probe();
-            let metrics = Arc::clone(&core.metrics);
-            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                // One read of the configuration for both: a reload may land in between.
-                let config = probe.config();
-                match status::build_report(&config, &probe.store, Some(&probe.live)) {
-                    Ok(report) => {
-                        metrics.set_folders(&status::folder_gauges(&config, &report));
-                        metrics.set_bandwidth_limit(report.bandwidth.limit_bytes_per_s);
-                        metrics.set_remotes(&status::remote_gauges(&report));
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
-                    }
+        let probe = self.probe();
+        let metrics = Arc::clone(&self.metrics);
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            // One read of the configuration for both: a reload may land in between.
+            let config = probe.config();
+            match status::build_report(&config, &probe.store, Some(&probe.live)) {
+                Ok(report) => {
+                    metrics.set_folders(&status::folder_gauges(&config, &report));
+                    metrics.set_bandwidth_limit(report.bandwidth.limit_bytes_per_s);
+                    metrics.set_remotes(&status::remote_gauges(&report));
                 }
-            });
-            let bound = crate::metrics::serve(
-                addr,
-                Arc::clone(&core.metrics),
-                refresh,
-                core.stop_serving.clone(),
-            )
-            .await
-            .map_err(|err| {
-                DaemonError::Startup(format!(
-                    "cannot serve metrics on {addr} (metrics_listen): {err}"
-                ))
-            })?;
-            tracing::info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
-        }
-        close_on_error.disarm();
-        Ok(core)
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the queue figures for the metrics")
+                }
+            }
+        });
+        let bound = crate::metrics::serve(
+            addr,
+            Arc::clone(&self.metrics),
+            refresh,
+            self.stop_serving.clone(),
+        )
+        .await
+        .map_err(|err| {
+            DaemonError::Startup(format!(
+                "cannot serve metrics on {addr} (metrics_listen): {err}"
+            ))
+        })?;
+        tracing::info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
+        Ok(())
     }
 
     pub(crate) fn probe(&self) -> Probe {
