@@ -23,9 +23,9 @@ use super::redivis_options::{self, ParseOptions, RedivisFolder};
 use super::secret::{EnvLookup, SecretKeys, Sent, unsendable};
 use super::units::{HumanDuration, format_size};
 use super::{
-    Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW, EmulatorConfig, EmulatorTls,
-    FolderConfig, KifsAuth, KifsConfig, KifsEncoding, LoadOptions, RedivisConfig, RedivisProtocol,
-    Target, paths, targets,
+    BandwidthConfig, Config, ConfigError, DEFAULT_EXCLUDES, DEFAULT_RATE_LIMIT_WINDOW,
+    EmulatorConfig, EmulatorTls, FolderConfig, KifsAuth, KifsConfig, KifsEncoding, LoadOptions,
+    RedivisConfig, RedivisProtocol, Target, paths, targets,
 };
 use crate::upload::redivis::granule::{CHUNK_GRANULE, is_valid_chunk_size};
 
@@ -48,6 +48,14 @@ const MAX_CHUNK: u64 = 1 << 30;
 /// Redivis never says how long it counts a request; a day is surely longer.
 const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// From the raw schema to a [`Config`], every problem found collected:
+/// 1. `state_dir`, which must be a directory or creatable as one;
+/// 2. the daemon-wide keys ([`daemon_keys`]);
+/// 3. the `[redivis]` and `[kifs]` sections;
+/// 4. each `[[folder]]` ([`folders`]);
+/// 5. the `[emulator]` section;
+/// 6. where the folders and directories lie against each other ([`check_placement`]);
+/// 7. the config, or every message at once.
 pub(crate) fn build(
     src: &Source<'_>,
     raw: RawConfig,
@@ -61,10 +69,46 @@ pub(crate) fn build(
         read_secrets: options.read_secrets,
         errors: Vec::new(),
     };
-
     let state_dir = required_path(&mut ck, &raw.state_dir, "state_dir");
     check_state_dir(&mut ck, &state_dir, &raw.state_dir.span());
+    let keys = daemon_keys(&mut ck, &raw);
+    let redivis = raw.redivis.as_ref().and_then(|r| redivis(&mut ck, r));
+    let kifs = raw.kifs.as_ref().and_then(|k| kifs(&mut ck, k));
+    let folders = folders(&mut ck, &raw, options);
+    let emulator = raw.emulator.as_ref().map(|e| emulator(&mut ck, e));
+    check_placement(&mut ck, &raw, &folders, &state_dir, emulator.as_ref());
+    if !ck.errors.is_empty() {
+        return Err(ConfigError(ck.errors.join("\n")));
+    }
+    Ok(Config {
+        source: src.name.to_path_buf(),
+        state_dir,
+        concurrency: usize::try_from(keys.concurrency)
+            .expect("concurrency was checked to be 1..=64"),
+        rescan_interval: keys.rescan_interval,
+        shutdown_timeout: keys.shutdown_timeout,
+        retry_max_delay: keys.retry_max_delay,
+        metrics_listen: keys.metrics_listen,
+        bandwidth: keys.bandwidth,
+        redivis,
+        kifs,
+        folders: folders.into_iter().map(|c| c.folder).collect(),
+        emulator,
+    })
+}
 
+/// The keys that apply to the whole daemon, with their defaults.
+struct DaemonKeys {
+    concurrency: i64,
+    rescan_interval: Option<Duration>,
+    shutdown_timeout: Duration,
+    retry_max_delay: Duration,
+    metrics_listen: Option<std::net::SocketAddr>,
+    bandwidth: BandwidthConfig,
+}
+
+/// Step 2 of [`build`].
+fn daemon_keys(ck: &mut Checker<'_>, raw: &RawConfig) -> DaemonKeys {
     let concurrency = match &raw.concurrency {
         None => DEFAULT_CONCURRENCY,
         Some(c) => {
@@ -83,7 +127,7 @@ pub(crate) fn build(
         None => Some(DEFAULT_RESCAN),
         Some(given) if given.get_ref().0.is_zero() => None,
         Some(given) => Some(at_least(
-            &mut ck,
+            ck,
             given,
             "rescan_interval",
             &Floor {
@@ -98,7 +142,7 @@ pub(crate) fn build(
         .as_ref()
         .map_or(DEFAULT_SHUTDOWN, |given| {
             at_least(
-                &mut ck,
+                ck,
                 given,
                 "shutdown_timeout",
                 &Floor::plain(MIN_SHUTDOWN, "30s"),
@@ -109,7 +153,7 @@ pub(crate) fn build(
         .as_ref()
         .map_or(DEFAULT_RETRY_MAX_DELAY, |given| {
             at_least(
-                &mut ck,
+                ck,
                 given,
                 "retry_max_delay",
                 &Floor::plain(MIN_RETRY_MAX_DELAY, "1h"),
@@ -117,16 +161,25 @@ pub(crate) fn build(
         });
     let metrics_listen = raw.metrics_listen.as_ref().map(|l| l.get_ref().0);
     let bandwidth = network::bandwidth(
-        &mut ck,
+        ck,
         raw.bandwidth_limit.as_ref(),
         raw.bandwidth_schedule.as_ref(),
     );
 
-    let redivis = raw.redivis.as_ref().and_then(|r| redivis(&mut ck, r));
-    let kifs = raw.kifs.as_ref().and_then(|k| kifs(&mut ck, k));
+    DaemonKeys {
+        concurrency,
+        rescan_interval,
+        shutdown_timeout,
+        retry_max_delay,
+        metrics_listen,
+        bandwidth,
+    }
+}
 
+/// Step 4 of [`build`]: each folder that checks out, with where it is written.
+fn folders(ck: &mut Checker<'_>, raw: &RawConfig, options: &LoadOptions) -> Vec<Checked> {
     if raw.folder.is_empty() {
-        ck.errors.push(src.line_error(
+        ck.errors.push(ck.src.line_error(
             &(0..0),
             "no [[folder]] section: add at least one, e.g. [[folder]] with path = \"/data/exports\" \
              and kifs_directory = \"ingest\"",
@@ -134,7 +187,7 @@ pub(crate) fn build(
     }
     let mut folders = Vec::new();
     for (i, f) in raw.folder.iter().enumerate() {
-        if let Some(folder) = folder(&mut ck, &raw, i, f, options) {
+        if let Some(folder) = folder(ck, raw, i, f, options) {
             folders.push(Checked {
                 folder,
                 index: i,
@@ -145,16 +198,26 @@ pub(crate) fn build(
         }
     }
 
-    let emulator = raw.emulator.as_ref().map(|e| emulator(&mut ck, e));
+    folders
+}
 
-    check_overlaps(&mut ck, &folders);
-    check_shared_tables(&mut ck, &folders);
+/// Step 6 of [`build`]: no two folders overlap or share a Redivis table, and neither an
+/// archive directory, the state database nor the emulator's data lies in a watched folder.
+fn check_placement(
+    ck: &mut Checker<'_>,
+    raw: &RawConfig,
+    folders: &[Checked],
+    state_dir: &Path,
+    emulator: Option<&EmulatorConfig>,
+) {
+    check_overlaps(ck, folders);
+    check_shared_tables(ck, folders);
     for (i, f) in raw.folder.iter().enumerate() {
         if let Some(dir) = &f.get_ref().archive_dir {
             let archive = paths::resolve(&ck.base, dir.get_ref());
             check_inside_folders(
-                &mut ck,
-                &folders,
+                ck,
+                folders,
                 &archive,
                 &dir.span(),
                 &format!("folder[{i}].archive_dir"),
@@ -163,42 +226,24 @@ pub(crate) fn build(
         }
     }
     check_inside_folders(
-        &mut ck,
-        &folders,
-        &state_dir,
+        ck,
+        folders,
+        state_dir,
         &raw.state_dir.span(),
         "state_dir",
         "the queue database must live outside watched folders",
     );
-    if let (Some(e), Some(raw_e)) = (&emulator, &raw.emulator) {
+    if let (Some(e), Some(raw_e)) = (emulator, &raw.emulator) {
         check_inside_folders(
-            &mut ck,
-            &folders,
+            ck,
+            folders,
             &e.data_dir,
             &raw_e.get_ref().data_dir.span(),
             "emulator.data_dir",
             "the emulator's remote files must not be watched again",
         );
-        check_apart_from_state_dir(&mut ck, e, raw_e.get_ref(), &state_dir, &raw.state_dir);
+        check_apart_from_state_dir(ck, e, raw_e.get_ref(), state_dir, &raw.state_dir);
     }
-
-    if !ck.errors.is_empty() {
-        return Err(ConfigError(ck.errors.join("\n")));
-    }
-    Ok(Config {
-        source: src.name.to_path_buf(),
-        state_dir,
-        concurrency: usize::try_from(concurrency).expect("concurrency was checked to be 1..=64"),
-        rescan_interval,
-        shutdown_timeout,
-        retry_max_delay,
-        metrics_listen,
-        bandwidth,
-        redivis,
-        kifs,
-        folders: folders.into_iter().map(|c| c.folder).collect(),
-        emulator,
-    })
 }
 
 /// `state_dir` need not exist (`run` creates it) but must be a directory or creatable as
