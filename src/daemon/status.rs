@@ -762,118 +762,24 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
-/// The human-readable form of a report.
+/// The human-readable form of a report, as `upsync status` prints it:
+/// 1. the daemon's state and the bandwidth limit;
+/// 2. a line per folder, with what needs attention under it;
+/// 3. the remotes that are not up;
+/// 4. the uploads in flight, and the jobs waiting to retry;
+/// 5. the failed jobs, those of folders still configured first.
 pub fn render_text(report: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let state = match report.daemon {
-        DaemonState::Running => "running",
-        DaemonState::Stopped => "not running (read from the state database)",
-    };
-    let _ = writeln!(out, "daemon: {state}");
-    let limit = report.bandwidth.limit_bytes_per_s.map_or_else(
-        || "unlimited".to_string(),
-        |limit| format!("{}/s", bytesize::ByteSize(limit)),
-    );
-    match &report.bandwidth.rule {
-        Some(rule) => {
-            let _ = writeln!(out, "bandwidth: {limit} ({rule})");
-        }
-        None => {
-            let _ = writeln!(out, "bandwidth: {limit}");
-        }
-    }
+    write_daemon(&mut out, report);
     for folder in &report.folders {
-        let c = &folder.counts;
-        let kind = folder
-            .remote_kind
-            .as_ref()
-            .map_or_else(String::new, |kind| format!(" ({kind})"));
-        let _ = writeln!(
-            out,
-            "{} → {}{kind}: {} queued, {} active, {} finalizing, {} importing, {} waiting to \
-             retry, {} failed, {} done",
-            one_line(&folder.path),
-            one_line(&folder.target),
-            c.queued,
-            c.active,
-            c.finalizing,
-            c.importing,
-            c.retry_wait,
-            c.failed,
-            c.done
-        );
-        let oldest = folder
-            .oldest_pending_age_s
-            .map_or_else(|| "none".to_string(), format_age);
-        let last = folder
-            .last_success_ms
-            .map_or_else(|| "never".to_string(), format_time);
-        let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
-        if folder.target_changed {
-            let _ = writeln!(
-                out,
-                "  target changed since its files were uploaded: none is done there; the next \
-                 start uploads them to it"
-            );
-        }
-        if c.held > 0 {
-            let _ = writeln!(
-                out,
-                "  {} deletions held by the mass-delete guard (max_delete): nothing is deleted \
-                 until `upsync retry --deletes` or a higher max_delete",
-                c.held
-            );
-        } else if c.deletions > 0 {
-            let _ = writeln!(out, "  {} remote copies to delete", c.deletions);
-        }
-        if let Some(check) = folder.remote_check.as_ref().filter(|c| c.state != "ready") {
-            let _ = writeln!(
-                out,
-                "  remote {} since {}{}; its files wait",
-                check.state,
-                format_time(check.since_ms),
-                check
-                    .reason
-                    .as_deref()
-                    .map_or_else(String::new, |reason| format!(": {}", one_line(reason)))
-            );
-        }
+        write_folder(&mut out, folder);
     }
     for remote in report.remotes.iter().filter(|r| r.state != "up") {
         let _ = writeln!(out, "{}", remote_line(remote));
     }
-    if !report.in_flight.is_empty() {
-        let _ = writeln!(out, "uploading:");
-        for upload in &report.in_flight {
-            let percent = if upload.bytes_total == 0 {
-                100.0
-            } else {
-                upload.bytes_done as f64 * 100.0 / upload.bytes_total as f64
-            };
-            let _ = writeln!(
-                out,
-                "  {} {}/{} ({percent:.0}%), {}",
-                one_line(&upload.path),
-                bytesize::ByteSize(upload.bytes_done),
-                bytesize::ByteSize(upload.bytes_total),
-                pace(upload)
-            );
-        }
-    }
-    if !report.retrying.is_empty() {
-        let _ = writeln!(out, "waiting to retry:");
-        for job in &report.retrying {
-            let _ = writeln!(
-                out,
-                "  {} (attempt {} {}): {}",
-                one_line(&job.path),
-                job.attempts + 1,
-                next_try(job, report),
-                one_line(job.last_error.as_deref().unwrap_or("no error recorded"))
-            );
-        }
-    }
+    write_in_flight(&mut out, report);
+    write_retrying(&mut out, report);
     // `retry` takes paths in configured folders only, and what `--all` queues of a
     // folder no longer configured fails again: those are told apart, with what helps.
     let (configured, unconfigured): (Vec<&FailedJob>, Vec<&FailedJob>) = report
@@ -893,6 +799,132 @@ pub fn render_text(report: &StatusReport) -> String {
         &unconfigured,
     );
     out
+}
+
+/// Step 1 of [`render_text`].
+fn write_daemon(out: &mut String, report: &StatusReport) {
+    use std::fmt::Write;
+    let state = match report.daemon {
+        DaemonState::Running => "running",
+        DaemonState::Stopped => "not running (read from the state database)",
+    };
+    let _ = writeln!(out, "daemon: {state}");
+    let limit = report.bandwidth.limit_bytes_per_s.map_or_else(
+        || "unlimited".to_string(),
+        |limit| format!("{}/s", bytesize::ByteSize(limit)),
+    );
+    match &report.bandwidth.rule {
+        Some(rule) => {
+            let _ = writeln!(out, "bandwidth: {limit} ({rule})");
+        }
+        None => {
+            let _ = writeln!(out, "bandwidth: {limit}");
+        }
+    }
+}
+
+/// Step 2 of [`render_text`]: the folder's counts, its oldest pending file and last upload,
+/// then what needs attention (a changed target, held deletions, a remote not ready).
+fn write_folder(out: &mut String, folder: &FolderStatus) {
+    use std::fmt::Write;
+    let c = &folder.counts;
+    let kind = folder
+        .remote_kind
+        .as_ref()
+        .map_or_else(String::new, |kind| format!(" ({kind})"));
+    let _ = writeln!(
+        out,
+        "{} → {}{kind}: {} queued, {} active, {} finalizing, {} importing, {} waiting to \
+         retry, {} failed, {} done",
+        one_line(&folder.path),
+        one_line(&folder.target),
+        c.queued,
+        c.active,
+        c.finalizing,
+        c.importing,
+        c.retry_wait,
+        c.failed,
+        c.done
+    );
+    let oldest = folder
+        .oldest_pending_age_s
+        .map_or_else(|| "none".to_string(), format_age);
+    let last = folder
+        .last_success_ms
+        .map_or_else(|| "never".to_string(), format_time);
+    let _ = writeln!(out, "  oldest pending file: {oldest}; last upload: {last}");
+    if folder.target_changed {
+        let _ = writeln!(
+            out,
+            "  target changed since its files were uploaded: none is done there; the next \
+             start uploads them to it"
+        );
+    }
+    if c.held > 0 {
+        let _ = writeln!(
+            out,
+            "  {} deletions held by the mass-delete guard (max_delete): nothing is deleted \
+             until `upsync retry --deletes` or a higher max_delete",
+            c.held
+        );
+    } else if c.deletions > 0 {
+        let _ = writeln!(out, "  {} remote copies to delete", c.deletions);
+    }
+    if let Some(check) = folder.remote_check.as_ref().filter(|c| c.state != "ready") {
+        let _ = writeln!(
+            out,
+            "  remote {} since {}{}; its files wait",
+            check.state,
+            format_time(check.since_ms),
+            check
+                .reason
+                .as_deref()
+                .map_or_else(String::new, |reason| format!(": {}", one_line(reason)))
+        );
+    }
+}
+
+/// Step 4 of [`render_text`]: the uploads in flight, with their progress.
+fn write_in_flight(out: &mut String, report: &StatusReport) {
+    use std::fmt::Write;
+    if report.in_flight.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "uploading:");
+    for upload in &report.in_flight {
+        let percent = if upload.bytes_total == 0 {
+            100.0
+        } else {
+            upload.bytes_done as f64 * 100.0 / upload.bytes_total as f64
+        };
+        let _ = writeln!(
+            out,
+            "  {} {}/{} ({percent:.0}%), {}",
+            one_line(&upload.path),
+            bytesize::ByteSize(upload.bytes_done),
+            bytesize::ByteSize(upload.bytes_total),
+            pace(upload)
+        );
+    }
+}
+
+/// Step 4 of [`render_text`]: the jobs waiting to retry, with when and why.
+fn write_retrying(out: &mut String, report: &StatusReport) {
+    use std::fmt::Write;
+    if report.retrying.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "waiting to retry:");
+    for job in &report.retrying {
+        let _ = writeln!(
+            out,
+            "  {} (attempt {} {}): {}",
+            one_line(&job.path),
+            job.attempts + 1,
+            next_try(job, report),
+            one_line(job.last_error.as_deref().unwrap_or("no error recorded"))
+        );
+    }
 }
 
 /// A heading and one line per failed job, unless there is none.
