@@ -14,7 +14,7 @@
 //! an upload it saved given up on the remote first, as for a vanished file.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,9 @@ use super::uploaded::{BatchLine, RemoteLabel, Told, UploadLine, record_upload};
 use crate::config::{Config, FolderConfig, Target};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{FailureClass, Metrics};
-use crate::queue::{Claimed, Completed, Completion, Import, Job, JobKind, JobState, Store};
+use crate::queue::{
+    Claimed, Completed, Completion, Import, Job, JobKind, JobState, LedgerEntry, Store,
+};
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{
@@ -214,9 +216,9 @@ impl Worker {
 
     async fn process_one(&self, job: Job) {
         let mut prepared = match self.prepare(&job) {
-            Preparation::Ready(prepared) => prepared,
-            Preparation::Settled => return,
-            Preparation::DropWithSavedUpload(backend, why) => {
+            Ok(prepared) => prepared,
+            Err(NotReady::Settled) => return,
+            Err(NotReady::DropWithSavedUpload(backend, why)) => {
                 return self.give_up_saved_upload(&job, &backend, why).await;
             }
         };
@@ -233,9 +235,9 @@ impl Worker {
         let mut ready: Vec<(Claimed, Prepared)> = Vec::with_capacity(jobs.len());
         for claimed in jobs {
             match self.prepare(&claimed.job) {
-                Preparation::Ready(prepared) => ready.push((claimed, prepared)),
-                Preparation::Settled => {}
-                Preparation::DropWithSavedUpload(backend, why) => {
+                Ok(prepared) => ready.push((claimed, prepared)),
+                Err(NotReady::Settled) => {}
+                Err(NotReady::DropWithSavedUpload(backend, why)) => {
                     self.give_up_saved_upload(&claimed.job, &backend, why).await;
                 }
             }
@@ -304,34 +306,49 @@ impl Worker {
         }
     }
 
-    /// The checks before an upload (folder, file, ledger, settle): what to do with the job.
-    /// Registers the upload as in flight when it is ready.
-    fn prepare(&self, job: &Job) -> Preparation {
-        let Some(folder) = self.config.folder_for(&job.key.folder) else {
+    /// The checks before an upload: the upload, ready, or why the job ends before it
+    /// (`Err`). Each step lets the job go on or ends it there:
+    /// 1. its folder is still configured ([`Worker::folder_of`]);
+    /// 2. the folder's filters still select its file ([`Worker::check_selected`]);
+    /// 3. the file is there, and which version it is ([`Worker::current_version`]);
+    /// 4. that version is not on the remote yet, and has settled ([`Worker::check_version`]);
+    /// 5. a backend serves the folder's target ([`Worker::backend_for`]);
+    /// 6. the upload is registered as in flight and built ([`Worker::start_upload`]).
+    fn prepare(&self, job: &Job) -> Step<Prepared> {
+        let folder = self.folder_of(job)?;
+        let path = Path::new(&job.key.folder).join(&job.key.rel);
+        self.check_selected(job, folder, &path)?;
+        let fingerprint = self.current_version(job, folder, &path)?;
+        let previous = self.check_version(job, folder, &path, &fingerprint)?;
+        let backend = self.backend_for(job, folder)?;
+        Ok(self.start_upload(job, folder, path, fingerprint, previous, backend))
+    }
+
+    /// Step 1 of [`Worker::prepare`].
+    fn folder_of(&self, job: &Job) -> Step<&FolderConfig> {
+        self.config.folder_for(&job.key.folder).ok_or_else(|| {
             // Its saved upload waits with it for the folder's return, which resumes it or
             // gives it up: its target, and so whom to cancel it with, is no longer known.
             let (class, kind) = (FailureClass::Config, ErrorKind::Config);
             self.fail_job_keeping_upload(job, "none", class, kind, FOLDER_REMOVED);
-            return Preparation::Settled;
-        };
-        let path = Path::new(&job.key.folder).join(&job.key.rel);
-        if !self.filters.select(folder, &job.key.rel) {
-            if let Some(backend) = self.backend_holding_saved_upload(job, folder) {
-                return Preparation::DropWithSavedUpload(backend, Dropped::Deselected);
-            }
-            tracing::info!(path = %path.display(), "{}", Dropped::Deselected.reason());
-            self.record(job, self.store.drop_job(job.id));
-            return Preparation::Settled;
+            NotReady::Settled
+        })
+    }
+
+    /// Step 2 of [`Worker::prepare`].
+    fn check_selected(&self, job: &Job, folder: &FolderConfig, path: &Path) -> Step<()> {
+        if self.filters.select(folder, &job.key.rel) {
+            return Ok(());
         }
-        let fingerprint = match Fingerprint::read(&path) {
-            Ok(fp) => fp,
+        Err(self.drop_before_upload(job, folder, path, Dropped::Deselected))
+    }
+
+    /// Step 3 of [`Worker::prepare`].
+    fn current_version(&self, job: &Job, folder: &FolderConfig, path: &Path) -> Step<Fingerprint> {
+        match Fingerprint::read(path) {
+            Ok(fingerprint) => Ok(fingerprint),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(backend) = self.backend_holding_saved_upload(job, folder) {
-                    return Preparation::DropWithSavedUpload(backend, Dropped::Vanished);
-                }
-                tracing::info!(path = %path.display(), "{}", Dropped::Vanished.reason());
-                self.record(job, self.store.drop_job(job.id));
-                return Preparation::Settled;
+                Err(self.drop_before_upload(job, folder, path, Dropped::Vanished))
             }
             Err(err) => {
                 let reason = format!("cannot stat {}: {err}", path.display());
@@ -341,9 +358,37 @@ impl Worker {
                 // after `upsync retry`, a new version or its deletion resumes the upload
                 // an earlier attempt saved, or gives it up on the remote.
                 self.fail_job_keeping_upload(job, backend, class, ErrorKind::LocalIo, &reason);
-                return Preparation::Settled;
+                Err(NotReady::Settled)
             }
-        };
+        }
+    }
+
+    /// Steps 2 and 3 of [`Worker::prepare`]: a job whose file is no longer to upload is
+    /// dropped, through its backend when an earlier attempt saved an upload there.
+    fn drop_before_upload(
+        &self,
+        job: &Job,
+        folder: &FolderConfig,
+        path: &Path,
+        why: Dropped,
+    ) -> NotReady {
+        if let Some(backend) = self.backend_holding_saved_upload(job, folder) {
+            return NotReady::DropWithSavedUpload(backend, why);
+        }
+        tracing::info!(path = %path.display(), "{}", why.reason());
+        self.record(job, self.store.drop_job(job.id));
+        NotReady::Settled
+    }
+
+    /// Step 4 of [`Worker::prepare`]: the file's ledger entry (the previous upload, which
+    /// the backend is given) when this version still has to go.
+    fn check_version(
+        &self,
+        job: &Job,
+        folder: &FolderConfig,
+        path: &Path,
+        fingerprint: &Fingerprint,
+    ) -> Step<Option<LedgerEntry>> {
         // One ledger read serves both the check below and the backend (the previous upload).
         let previous = self.store.ledger_get(&job.key).ok().flatten();
         if previous
@@ -352,31 +397,51 @@ impl Worker {
         {
             // This exact version is already on the remote (e.g. reverted to an uploaded state).
             self.record(job, self.store.drop_job(job.id));
-            return Preparation::Settled;
+            return Err(NotReady::Settled);
         }
-        if fingerprint != job.fingerprint && !settled_by_mtime(&fingerprint, folder) {
+        if *fingerprint != job.fingerprint && !settled_by_mtime(fingerprint, folder) {
             // Still being written: the watcher offers the new version once it settles.
             let at = self.store.now() + folder.settle;
             self.record(
                 job,
                 self.store.retry_later(job.id, at, "file is still changing"),
             );
-            return Preparation::Settled;
+            return Err(NotReady::Settled);
         }
-        if fingerprint != job.fingerprint {
+        if *fingerprint != job.fingerprint {
             // Record the version we are about to send, so completing it does not requeue.
-            if let Err(err) = self.store.offer(&job.key, &fingerprint) {
+            if let Err(err) = self.store.offer(&job.key, fingerprint) {
                 tracing::warn!(path = %path.display(), error = %err, "cannot update the job's fingerprint");
             }
         }
-        let Some(backend) = self.backends.for_target(&folder.target).cloned() else {
-            let reason = "no backend is configured for this folder's target";
-            let (backend, class) = (folder.target.backend_name(), FailureClass::Config);
-            // Nothing here can cancel the upload an earlier attempt saved: it stays for the
-            // attempt after `upsync retry`, which resumes it or gives it up.
-            self.fail_job_keeping_upload(job, backend, class, ErrorKind::Config, reason);
-            return Preparation::Settled;
-        };
+        Ok(previous)
+    }
+
+    /// Step 5 of [`Worker::prepare`].
+    fn backend_for(&self, job: &Job, folder: &FolderConfig) -> Step<Arc<Backend>> {
+        self.backends
+            .for_target(&folder.target)
+            .cloned()
+            .ok_or_else(|| {
+                let reason = "no backend is configured for this folder's target";
+                let (backend, class) = (folder.target.backend_name(), FailureClass::Config);
+                // Nothing here can cancel the upload an earlier attempt saved: it stays for
+                // the attempt after `upsync retry`, which resumes it or gives it up.
+                self.fail_job_keeping_upload(job, backend, class, ErrorKind::Config, reason);
+                NotReady::Settled
+            })
+    }
+
+    /// Step 6 of [`Worker::prepare`].
+    fn start_upload(
+        &self,
+        job: &Job,
+        folder: &FolderConfig,
+        path: PathBuf,
+        fingerprint: Fingerprint,
+        previous: Option<LedgerEntry>,
+        backend: Arc<Backend>,
+    ) -> Prepared {
         let live = Arc::new(LiveProgress::default());
         live.set(0, fingerprint.size);
         let display = path.display().to_string();
@@ -410,12 +475,12 @@ impl Worker {
         .with_redivis(folder.redivis.clone());
         upload.unconfirmed_since_ms = job.unconfirmed_attempt_ms;
         upload.saved_progress = resumed;
-        Preparation::Ready(Prepared {
+        Prepared {
             upload,
             backend,
             backend_name: folder.target.backend_name(),
             display,
-        })
+        }
     }
 
     /// The backend of `folder`'s target, when `job` saved an upload that it may still
@@ -715,17 +780,16 @@ impl Worker {
     }
 }
 
-/// What the checks before an upload decided.
-// Made once per job and unpacked at once: boxing `Prepared` would cost every file an
-// allocation for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Preparation {
-    Ready(Prepared),
+/// Why a job does not go on to its upload after [`Worker::prepare`].
+enum NotReady {
     /// The job was settled without uploading.
     Settled,
     /// The job is dropped, and an earlier attempt saved an upload this backend may hold.
     DropWithSavedUpload(Arc<Backend>, Dropped),
 }
+
+/// A step of [`Worker::prepare`]: `Err` ends the job's way to its upload.
+type Step<T> = Result<T, NotReady>;
 
 /// Why a job is dropped before its attempt.
 #[derive(Clone, Copy)]
