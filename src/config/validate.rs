@@ -682,8 +682,49 @@ fn folder(
     let errors_before = ck.errors.len();
 
     let path = required_path(ck, &f.path, &key("path"));
+    check_folder_exists(ck, section, i, &path, options);
+    let target = folder_target(ck, raw, section, i);
+
+    let redivis = redivis_folder(ck, f, i);
+    let deletes = super::deletes::delete_policy(ck, f, i);
+    let after_upload = super::spool::after_upload(ck, f, i, deletes.on_delete);
+    super::spool::check_archive_file_system(ck, f, i, &path, &after_upload, options);
+    let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
+    let exclude = match f.exclude.as_deref() {
+        Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
+        None => DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+    };
+
+    if ck.errors.len() > errors_before {
+        return None;
+    }
+    Some(FolderConfig {
+        path,
+        target: target.expect("a folder without errors has a target"),
+        include,
+        exclude,
+        settle: duration_or(&f.settle, DEFAULT_SETTLE),
+        recursive: f.recursive.unwrap_or(true),
+        redivis,
+        deletes,
+        after_upload,
+    })
+}
+
+/// `folder[i].path` is an existing directory, when the caller asks
+/// ([`LoadOptions::check_folders_exist`]: not the queries, whose missing folder is the
+/// daemon's to report, nor a reload).
+fn check_folder_exists(
+    ck: &mut Checker<'_>,
+    section: &Spanned<RawFolder>,
+    i: usize,
+    path: &Path,
+    options: &LoadOptions,
+) {
+    let f = section.get_ref();
+    let key = |name: &str| format!("folder[{i}].{name}");
     if options.check_folders_exist {
-        match std::fs::metadata(&path) {
+        match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => ck.error(
                 &f.path.span(),
@@ -701,8 +742,19 @@ fn folder(
             ),
         }
     }
+}
 
-    let target = match (&f.redivis_table, &f.kifs_directory) {
+/// The folder's one target, `redivis_table` or `kifs_directory`, checked with the keys that
+/// go with it and the backend section it needs.
+fn folder_target(
+    ck: &mut Checker<'_>,
+    raw: &RawConfig,
+    section: &Spanned<RawFolder>,
+    i: usize,
+) -> Option<Target> {
+    let f = section.get_ref();
+    let key = |name: &str| format!("folder[{i}].{name}");
+    match (&f.redivis_table, &f.kifs_directory) {
         (Some(table), Some(dir)) => {
             let (first, second, second_key) = if table.span().start < dir.span().start {
                 (table.span(), dir.span(), "kifs_directory")
@@ -769,32 +821,7 @@ fn folder(
                 create: f.create_directory.as_ref().is_some_and(|c| *c.get_ref()),
             })
         }
-    };
-
-    let redivis = redivis_folder(ck, f, i);
-    let deletes = super::deletes::delete_policy(ck, f, i);
-    let after_upload = super::spool::after_upload(ck, f, i, deletes.on_delete);
-    super::spool::check_archive_file_system(ck, f, i, &path, &after_upload, options);
-    let include = globs(ck, f.include.as_deref(), &key("include")).unwrap_or_default();
-    let exclude = match f.exclude.as_deref() {
-        Some(list) => globs(ck, Some(list), &key("exclude")).unwrap_or_default(),
-        None => DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
-    };
-
-    if ck.errors.len() > errors_before {
-        return None;
     }
-    Some(FolderConfig {
-        path,
-        target: target.expect("a folder without errors has a target"),
-        include,
-        exclude,
-        settle: duration_or(&f.settle, DEFAULT_SETTLE),
-        recursive: f.recursive.unwrap_or(true),
-        redivis,
-        deletes,
-        after_upload,
-    })
 }
 
 /// `create_next_version` and `[folder.redivis_options]`: only for a Redivis folder.
