@@ -115,21 +115,20 @@ fn bandwidth_line(bandwidth: &BandwidthConfig) -> String {
 
 fn folder_line(folder: &FolderConfig) -> String {
     let mut details = Vec::new();
-    let target = match &folder.target {
-        Target::KifsDirectory { directory, create } => {
+    match &folder.target {
+        Target::KifsDirectory { create, .. } => {
             details.push(format!("create: {}", if *create { "yes" } else { "no" }));
-            format!("kifs {directory}/")
         }
-        Target::RedivisTable(table) => {
+        Target::RedivisTable(_) => {
             if folder.redivis.create_next_version {
                 details.push("creates the next version when missing".to_string());
             }
             if !folder.redivis.parse.is_empty() {
                 details.push(format!("parse: {}", folder.redivis.parse.describe()));
             }
-            format!("redivis {table}")
         }
-    };
+    }
+    let target = folder.target.describe();
     details.push(format!(
         "settle {}",
         humantime::format_duration(folder.settle)

@@ -723,24 +723,25 @@ fn check_folder_exists(
 ) {
     let f = section.get_ref();
     let key = |name: &str| format!("folder[{i}].{name}");
-    if options.check_folders_exist {
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => ck.error(
-                &f.path.span(),
-                &key("path"),
-                format!("\"{}\" is not a directory (expected a folder to watch)", path.display()),
+    if !options.check_folders_exist {
+        return;
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => ck.error(
+            &f.path.span(),
+            &key("path"),
+            format!("\"{}\" is not a directory (expected a folder to watch)", path.display()),
+        ),
+        Err(e) => ck.error(
+            &f.path.span(),
+            &key("path"),
+            format!(
+                "missing folder \"{}\": {} (expected an existing directory to watch; create it or fix the path)",
+                path.display(),
+                e
             ),
-            Err(e) => ck.error(
-                &f.path.span(),
-                &key("path"),
-                format!(
-                    "missing folder \"{}\": {} (expected an existing directory to watch; create it or fix the path)",
-                    path.display(),
-                    e
-                ),
-            ),
-        }
+        ),
     }
 }
 
