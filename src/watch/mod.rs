@@ -8,6 +8,7 @@
 //!   message.
 //! - `inotify`: the directory watches, with only the changes asked for, read on a thread.
 //! - `folder`: one folder's state and its synchronous work (scan, events, tick).
+//! - `once`: the one-shot scan of `upsync sync --once`, without watches.
 //! - `recent`: the bounded memory of recent offers that spares repeated offers.
 //! - `presence`: whether tracked files are still there, a listing per directory.
 //! - `stamp`: giving ledger entries an older version wrote their files' change times.
@@ -38,6 +39,7 @@ pub mod filter;
 mod folder;
 mod inotify;
 mod looks;
+mod once;
 mod presence;
 mod recent;
 mod scan;
@@ -47,8 +49,6 @@ mod spool;
 mod stamp;
 pub mod watcher;
 
-use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,9 +66,8 @@ pub use filter::{DEFAULT_EXCLUDES, Filter, PatternError};
 pub use folder::Options;
 use folder::{FolderParts, FolderState};
 use inotify::InotifyDirs;
+pub use once::{ScanError, scan_once};
 pub(crate) use presence::Presence;
-use scan::{Visit, Walker};
-use settle::{Settle, SystemClock};
 use watcher::{DirWatcher, EventFlags, EventSender, NoDirs};
 
 /// How a folder looks at one of its files now, by its relative path: the file's
@@ -265,6 +264,11 @@ pub async fn run_folder(
 
 /// [`run_folder`] with every part injectable: the sink, the timings and how directory
 /// watches are made (`make_dirs` receives the event handler to give notify).
+///
+/// 1. The folder's state: its filters, its watches and the channel of their events
+///    ([`folder_state`]).
+/// 2. The start-up scan, whose summary goes to `scanned`.
+/// 3. Events and ticks until shutdown ([`serve_folder`]).
 pub async fn run_folder_with<F>(
     folder: FolderConfig,
     sink: Arc<dyn Sink>,
@@ -278,98 +282,150 @@ pub async fn run_folder_with<F>(
 {
     let span = tracing::info_span!("watch", folder = %folder.path.display());
     async move {
-        let filter = match Filter::new(&folder.include, &folder.exclude) {
-            Ok(filter) => filter,
-            Err(e) => {
-                error!(error = %e, "cannot watch the folder: bad include/exclude pattern");
-                let _ = scanned.send(ScanSummary::default());
-                return;
-            }
+        let ticks = Ticks {
+            busy: opts.tick,
+            quiet: opts.idle_tick.max(opts.tick),
         };
-        let (tx, mut rx) = mpsc::channel(opts.event_capacity.max(1));
-        let flags = Arc::new(EventFlags::default());
-        let dirs = match make_dirs(EventSender::new(tx, flags.clone())) {
-            Ok(dirs) => dirs,
-            Err(e) => {
-                error!(error = %e, "cannot create a file watcher (is fs.inotify.max_user_instances reached?); the folder is rescanned every {} instead", humantime::format_duration(opts.fallback_interval));
-                Box::new(NoDirs {
-                    reason: format!("no file watcher: {e}"),
-                })
-            }
+        let Some((state, events)) = folder_state(&folder, sink, wake, &shutdown, opts, make_dirs)
+        else {
+            let _ = scanned.send(ScanSummary::default());
+            return;
         };
-        let (tick_period, idle_period) = (opts.tick, opts.idle_tick.max(opts.tick));
-        let state = Arc::new(Mutex::new(FolderState::new(FolderParts {
-            root: folder.path.clone(),
-            filter,
-            recursive: folder.recursive,
-            settle: folder.settle,
-            dirs,
-            sink,
-            wake,
-            flags,
-            cancel: shutdown.clone(),
-            opts,
-            spool: spool::Spool::new(&folder.path, &folder.after_upload),
-        })));
-
         let Some(summary) = on_blocking_pool(&state, FolderState::start).await else {
             return;
         };
         let _ = scanned.send(summary);
-
-        let mut next_tick = Instant::now() + tick_period;
-        let mut events_open = true;
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(next_tick) => {
-                    let Some(quiet) = on_blocking_pool(&state, |st| {
-                        st.tick();
-                        st.is_quiet()
-                    })
-                    .await else {
-                        break;
-                    };
-                    next_tick = if quiet {
-                        // Nothing waits on a quiet folder's tick: it goes on the daemon's beat.
-                        crate::beat::on_beat(Instant::now() + idle_period)
-                    } else {
-                        Instant::now() + tick_period
-                    };
-                }
-                event = rx.recv(), if events_open => {
-                    let Some(event) = event else {
-                        warn!("the file watcher stopped; relying on rescans");
-                        events_open = false;
-                        continue;
-                    };
-                    let mut batch = vec![event];
-                    while batch.len() < EVENT_BATCH {
-                        match rx.try_recv() {
-                            Ok(event) => batch.push(event),
-                            Err(_) => break,
-                        }
-                    }
-                    let Some(quiet) = on_blocking_pool(&state, move |st| {
-                        st.handle_events(batch);
-                        st.is_quiet()
-                    })
-                    .await else {
-                        break;
-                    };
-                    if !quiet {
-                        // A file to settle: back to the short tick.
-                        next_tick = next_tick.min(Instant::now() + tick_period);
-                    }
-                }
-            }
-        }
+        serve_folder(&state, events, &shutdown, ticks).await;
         // Dropping the state drops the watcher, which stops notify's thread.
         drop(state);
     }
     .instrument(span)
     .await
+}
+
+/// The events of a folder's watches, as the watches' reading thread sends them.
+type Events = mpsc::Receiver<notify::Result<notify::Event>>;
+
+/// How often a folder ticks: while files wait to settle, and while none does.
+#[derive(Clone, Copy)]
+struct Ticks {
+    busy: Duration,
+    quiet: Duration,
+}
+
+/// Step 1 of [`run_folder_with`]: the folder's state and the channel of its watches'
+/// events. `None`, said in an error, when its include or exclude patterns are bad; a
+/// folder whose watches cannot be made is rescanned instead.
+fn folder_state<F>(
+    folder: &FolderConfig,
+    sink: Arc<dyn Sink>,
+    wake: Option<Arc<Notify>>,
+    shutdown: &CancellationToken,
+    opts: Options,
+    make_dirs: F,
+) -> Option<(Arc<Mutex<FolderState>>, Events)>
+where
+    F: FnOnce(EventSender) -> notify::Result<Box<dyn DirWatcher>>,
+{
+    let filter = match Filter::new(&folder.include, &folder.exclude) {
+        Ok(filter) => filter,
+        Err(e) => {
+            error!(error = %e, "cannot watch the folder: bad include/exclude pattern");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel(opts.event_capacity.max(1));
+    let flags = Arc::new(EventFlags::default());
+    let dirs = match make_dirs(EventSender::new(tx, flags.clone())) {
+        Ok(dirs) => dirs,
+        Err(e) => {
+            error!(error = %e, "cannot create a file watcher (is fs.inotify.max_user_instances reached?); the folder is rescanned every {} instead", humantime::format_duration(opts.fallback_interval));
+            Box::new(NoDirs {
+                reason: format!("no file watcher: {e}"),
+            })
+        }
+    };
+    let state = FolderState::new(FolderParts {
+        root: folder.path.clone(),
+        filter,
+        recursive: folder.recursive,
+        settle: folder.settle,
+        dirs,
+        sink,
+        wake,
+        flags,
+        cancel: shutdown.clone(),
+        opts,
+        spool: spool::Spool::new(&folder.path, &folder.after_upload),
+    });
+    Some((Arc::new(Mutex::new(state)), rx))
+}
+
+/// Step 3 of [`run_folder_with`]: hands the watches' events and the ticks to the folder's
+/// state on the blocking pool until shutdown, or until its work panics.
+async fn serve_folder(
+    state: &Arc<Mutex<FolderState>>,
+    mut events: Events,
+    shutdown: &CancellationToken,
+    ticks: Ticks,
+) {
+    let mut next_tick = Instant::now() + ticks.busy;
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(next_tick) => {
+                let Some(quiet) = on_blocking_pool(state, |st| {
+                    st.tick();
+                    st.is_quiet()
+                })
+                .await else {
+                    break;
+                };
+                next_tick = if quiet {
+                    // Nothing waits on a quiet folder's tick: it goes on the daemon's beat.
+                    crate::beat::on_beat(Instant::now() + ticks.quiet)
+                } else {
+                    Instant::now() + ticks.busy
+                };
+            }
+            event = events.recv(), if events_open => {
+                let Some(event) = event else {
+                    warn!("the file watcher stopped; relying on rescans");
+                    events_open = false;
+                    continue;
+                };
+                let batch = with_queued_events(event, &mut events);
+                let Some(quiet) = on_blocking_pool(state, move |st| {
+                    st.handle_events(batch);
+                    st.is_quiet()
+                })
+                .await else {
+                    break;
+                };
+                if !quiet {
+                    // A file to settle: back to the short tick.
+                    next_tick = next_tick.min(Instant::now() + ticks.busy);
+                }
+            }
+        }
+    }
+}
+
+/// `first` and the events already queued behind it, up to [`EVENT_BATCH`].
+fn with_queued_events(
+    first: notify::Result<notify::Event>,
+    events: &mut Events,
+) -> Vec<notify::Result<notify::Event>> {
+    let mut batch = vec![first];
+    while batch.len() < EVENT_BATCH {
+        match events.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Runs `work` on the folder state on the blocking pool, in the caller's tracing context.
@@ -401,19 +457,6 @@ where
     }
 }
 
-/// Errors of [`scan_once`].
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error(transparent)]
-    Pattern(#[from] PatternError),
-    #[error("cannot scan folder {}: {source}", path.display())]
-    Folder {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// What `upsync check` says of a folder on a shared file system (module `shared_fs`): that
 /// files other machines write there raise no event, and how often the daemon rescans it
 /// for them. `None` for a folder on a local file system.
@@ -429,123 +472,6 @@ pub fn shared_folder_note(
         folder.path.display(),
         humantime::format_duration(every)
     ))
-}
-
-/// How often a one-shot scan with a full backlog looks whether there is room again.
-const ROOM_POLL: Duration = Duration::from_millis(20);
-
-/// Scans a folder once, without watching: offers every file not yet uploaded whose mtime is
-/// already older than the folder's settle time (younger files are left for the watcher).
-/// When the folder has [`Options::backlog`]'s default of jobs waiting to be claimed and
-/// the sink says so ([`Sink::queued`]), the scan waits until half of them are claimed.
-pub fn scan_once(folder: &FolderConfig, sink: &dyn Sink) -> Result<ScanSummary, ScanError> {
-    let filter = Filter::new(&folder.include, &folder.exclude)?;
-    let meta = std::fs::metadata(&folder.path).map_err(|source| ScanError::Folder {
-        path: folder.path.clone(),
-        source,
-    })?;
-    if !meta.is_dir() {
-        return Err(ScanError::Folder {
-            path: folder.path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
-
-    struct Once<'a> {
-        folder_key: String,
-        sink: &'a dyn Sink,
-        settle: Settle<String, SystemClock>,
-        summary: ScanSummary,
-        spool: Option<spool::Spool>,
-        /// Settled files not offered yet ([`Once::flush_offers`]).
-        outbox: Vec<(FileKey, Fingerprint)>,
-    }
-    impl Visit for Once<'_> {
-        fn enter_dir(&mut self, _dir: &std::path::Path) {}
-        fn file(&mut self, _path: &std::path::Path, rel: &str, meta: &std::fs::Metadata) {
-            self.summary.files_seen += 1;
-            let fp = Fingerprint::of(meta);
-            let key = FileKey {
-                folder: self.folder_key.clone(),
-                rel: rel.to_string(),
-            };
-            if self.sink.is_uploaded(&key, &fp) {
-                if let Some(spool) = &mut self.spool {
-                    spool.settle(rel, self.sink);
-                }
-                return;
-            }
-            // A fresh tracker per file: only the old-mtime rule can settle it at first sight.
-            self.settle.observe(key.rel.clone(), fp);
-            let settled = self.settle.is_settled(&key.rel);
-            self.settle.remove(&key.rel);
-            if settled {
-                self.outbox.push((key, fp));
-                if self.outbox.len() >= folder::OFFER_BATCH {
-                    self.flush_offers();
-                }
-            }
-        }
-    }
-    impl Once<'_> {
-        /// Offers the outbox in one call: one queue transaction for the batch, not one per
-        /// file, as the watcher's scans do.
-        fn flush_offers(&mut self) {
-            if self.outbox.is_empty() {
-                return;
-            }
-            let outcomes = self.sink.offer_many(&self.outbox);
-            self.outbox.clear();
-            self.summary.queued += outcomes
-                .iter()
-                .filter(|outcome| **outcome == SinkOffer::Queued)
-                .count() as u64;
-            self.wait_for_room();
-        }
-
-        /// When the folder has a full backlog of jobs to claim and the sink says so, waits
-        /// until it is down to half, as the watcher's scans pause: the queue in the state
-        /// database stays a small part of a large tree. A sink whose uploads cannot go on
-        /// (the remote down, the run out of time) answers `None`, and the scan goes on.
-        fn wait_for_room(&self) {
-            let backlog = folder::DEFAULT_BACKLOG;
-            let queued = || self.sink.queued(&self.folder_key);
-            if queued().is_none_or(|queued| queued < backlog) {
-                return;
-            }
-            tracing::debug!(
-                folder = %self.folder_key,
-                files_seen = self.summary.files_seen,
-                "folder scan paused until uploads make room in the queue"
-            );
-            while queued().is_some_and(|queued| queued > backlog / 2) {
-                std::thread::sleep(ROOM_POLL);
-            }
-        }
-    }
-
-    let mut visit = Once {
-        folder_key: folder.path.to_string_lossy().into_owned(),
-        sink,
-        settle: Settle::new(folder.settle, SystemClock),
-        summary: ScanSummary::default(),
-        spool: spool::Spool::new(&folder.path, &folder.after_upload),
-        outbox: Vec::with_capacity(folder::OFFER_BATCH),
-    };
-    Walker {
-        root: &folder.path,
-        filter: &filter,
-        recursive: folder.recursive,
-    }
-    .walk(&folder.path, &mut visit, &mut HashSet::new());
-    visit.flush_offers();
-    if let Some(spool) = &mut visit.spool {
-        spool.report_failures();
-    }
-    forget_vanished(&folder.path, &visit.folder_key, "", sink);
-    sink.scan_done(&visit.folder_key);
-    stamp::Stamping::run_if_wanted(&folder.path, &visit.folder_key, sink);
-    Ok(visit.summary)
 }
 
 /// Tells the sink about every file of the folder at `root` (under the relative prefix
