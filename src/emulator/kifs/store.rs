@@ -206,105 +206,140 @@ fn io_error(path: &Path, source: io::Error) -> EmulatorError {
     }
 }
 
+/// Step 1 of [`Store::open`]: the layout's directories, and `tmp` emptied of what a
+/// request left half-written.
+fn prepare_layout(root: &Path) -> Result<(), EmulatorError> {
+    for sub in ["files", "multipart"] {
+        let dir = root.join(sub);
+        fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    }
+    let tmp = root.join("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))
+}
+
+/// Step 2 of [`Store::open`]: the directories' list, empty when none was written yet.
+fn read_directories(root: &Path) -> Result<BTreeMap<String, Directory>, EmulatorError> {
+    let directories = root.join("directories.json");
+    match fs::read(&directories) {
+        Ok(text) => serde_json::from_slice(&text)
+            .map_err(|e| io_error(&directories, io::Error::new(io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(io_error(&directories, e)),
+    }
+}
+
+/// Step 3 of [`Store::open`]: every stored file, its size from disk, its user and creation
+/// time as recorded ([`read_recorded`]); a file recorded nowhere was made by an unknown
+/// user at its mtime.
+fn read_stored_files(root: &Path) -> Result<BTreeMap<String, FileMeta>, EmulatorError> {
+    let mut recorded = read_recorded(root)?;
+    let mut files = BTreeMap::new();
+    let files_root = root.join("files");
+    for entry in walkdir::WalkDir::new(&files_root).min_depth(2) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(&files_root).to_path_buf();
+            io_error(&path, e.into())
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(&files_root)
+            .expect("walkdir yields paths under its root");
+        let Some(name) = rel.to_str().map(str::to_string) else {
+            continue;
+        };
+        let metadata = entry
+            .metadata()
+            .map_err(|e| io_error(entry.path(), e.into()))?;
+        let (user, creation_time) = match recorded.remove(&name) {
+            Some(found) => found,
+            None => {
+                let mtime = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                ("unknown".to_string(), mtime)
+            }
+        };
+        files.insert(
+            name,
+            FileMeta {
+                size: metadata.len() as i64,
+                user,
+                creation_time,
+            },
+        );
+    }
+    Ok(files)
+}
+
+/// The user and creation time of each file by name: an older layout's sidecars, then the
+/// metadata log's lines over them.
+fn read_recorded(root: &Path) -> Result<HashMap<String, (String, i64)>, EmulatorError> {
+    let mut recorded = read_legacy_sidecars(root)?;
+    let log_path = root.join(META_LOG);
+    match fs::read(&log_path) {
+        Ok(text) => {
+            // A line torn by a crash (the last one) does not parse and is skipped.
+            for line in text.split(|&b| b == b'\n') {
+                if let Ok(line) = serde_json::from_slice::<MetaLine>(line) {
+                    recorded.insert(line.name, (line.user, line.creation_time));
+                }
+            }
+            Ok(recorded)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(recorded),
+        Err(e) => Err(io_error(&log_path, e)),
+    }
+}
+
+/// Step 4 of [`Store::open`]: the unfinished multipart uploads by id; one that cannot be
+/// read is dropped, and said so.
+fn read_uploads(root: &Path) -> Result<BTreeMap<String, Upload>, EmulatorError> {
+    let mut uploads = BTreeMap::new();
+    let multipart = root.join("multipart");
+    let entries = fs::read_dir(&multipart).map_err(|e| io_error(&multipart, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(&multipart, e))?;
+        let dir = entry.path();
+        match load_upload(&dir) {
+            Ok(upload) => {
+                uploads.insert(upload.uuid.clone(), upload);
+            }
+            Err(reason) => {
+                tracing::warn!(path = %dir.display(), %reason, "dropping an unreadable multipart upload");
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    Ok(uploads)
+}
+
 impl Store {
     /// Opens (creating if needed) the store under `root` and rebuilds the state from disk.
+    ///
+    /// 1. The layout's directories, with an empty `tmp`.
+    /// 2. The directories' list.
+    /// 3. Each stored file's size from disk, its user and creation time from the metadata
+    ///    log (or an older layout's sidecars).
+    /// 4. The unfinished multipart uploads; one that cannot be read is dropped.
+    /// 5. The metadata log written afresh with exactly the files that exist; only then are
+    ///    the sidecars of an older layout, now folded into it, removed.
     pub(crate) fn open(root: &Path) -> Result<Store, EmulatorError> {
-        for sub in ["files", "multipart"] {
-            let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        }
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
-        }
-        fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
-
-        let mut state = State::default();
-        let directories = root.join("directories.json");
-        match fs::read(&directories) {
-            Ok(text) => {
-                state.directories = serde_json::from_slice(&text).map_err(|e| {
-                    io_error(&directories, io::Error::new(io::ErrorKind::InvalidData, e))
-                })?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&directories, e)),
-        }
-
-        let mut recorded = read_legacy_sidecars(root)?;
-        let log_path = root.join(META_LOG);
-        match fs::read(&log_path) {
-            Ok(text) => {
-                // A line torn by a crash (the last one) does not parse and is skipped.
-                for line in text.split(|&b| b == b'\n') {
-                    if let Ok(line) = serde_json::from_slice::<MetaLine>(line) {
-                        recorded.insert(line.name, (line.user, line.creation_time));
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&log_path, e)),
-        }
-
-        let files_root = root.join("files");
-        for entry in walkdir::WalkDir::new(&files_root).min_depth(2) {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(&files_root).to_path_buf();
-                io_error(&path, e.into())
-            })?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let rel = entry
-                .path()
-                .strip_prefix(&files_root)
-                .expect("walkdir yields paths under its root");
-            let Some(name) = rel.to_str().map(str::to_string) else {
-                continue;
-            };
-            let metadata = entry
-                .metadata()
-                .map_err(|e| io_error(entry.path(), e.into()))?;
-            let (user, creation_time) = match recorded.remove(&name) {
-                Some(found) => found,
-                None => {
-                    let mtime = metadata
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or(0);
-                    ("unknown".to_string(), mtime)
-                }
-            };
-            state.files.insert(
-                name,
-                FileMeta {
-                    size: metadata.len() as i64,
-                    user,
-                    creation_time,
-                },
-            );
-        }
-
-        let multipart = root.join("multipart");
-        let entries = fs::read_dir(&multipart).map_err(|e| io_error(&multipart, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error(&multipart, e))?;
-            let dir = entry.path();
-            match load_upload(&dir) {
-                Ok(upload) => {
-                    state.uploads.insert(upload.uuid.clone(), upload);
-                }
-                Err(reason) => {
-                    tracing::warn!(path = %dir.display(), %reason, "dropping an unreadable multipart upload");
-                    let _ = fs::remove_dir_all(&dir);
-                }
-            }
-        }
-
-        // The log is written afresh with exactly the files that exist; only then are the
-        // sidecars of an older layout, now folded into it, removed.
+        prepare_layout(root)?;
+        let mut state = State {
+            directories: read_directories(root)?,
+            ..State::default()
+        };
+        state.files = read_stored_files(root)?;
+        state.uploads = read_uploads(root)?;
         let meta_log = write_meta_log(root, &state)?;
         let legacy = root.join("meta");
         if legacy.exists() {
