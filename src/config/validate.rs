@@ -549,6 +549,7 @@ fn describe_size(n: u64) -> String {
     }
 }
 
+/// The `[kifs]` section: its URL, encoding, authentication and network keys.
 fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> {
     let k = section.get_ref();
     let url = base_url(
@@ -561,79 +562,7 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
         None | Some(RawEncoding::Binary) => KifsEncoding::Binary,
         Some(RawEncoding::Json) => KifsEncoding::Json,
     };
-    let password = SecretKeys {
-        table: "kifs",
-        name: "password",
-        sent: Sent::Encoded,
-        inline: k.password.as_ref(),
-        file: k.password_file.as_ref(),
-        env: k.password_env.as_ref(),
-    };
-    let token = SecretKeys {
-        table: "kifs",
-        name: "token",
-        sent: Sent::Verbatim,
-        inline: k.token.as_ref(),
-        file: k.token_file.as_ref(),
-        env: k.token_env.as_ref(),
-    };
-    let token_given = token.given();
-    let password_given = password.given();
-    let auth = match &k.username {
-        Some(username) => {
-            if let Some((name, span)) = token_given.first() {
-                ck.error(
-                    span,
-                    &format!("kifs.{name}"),
-                    format!(
-                        "give either username with a password (Basic auth) or a token (Bearer \
-                         auth), not both (username is on line {})",
-                        ck.src.line_of(username.span().start)
-                    ),
-                );
-                return None;
-            }
-            if let Some(problem) = unsendable_username(username.get_ref()) {
-                ck.error(&username.span(), "kifs.username", problem);
-            }
-            match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
-                Ok(Some(password)) => KifsAuth::Basic {
-                    username: username.get_ref().clone(),
-                    password,
-                },
-                Ok(None) => {
-                    ck.error(
-                        &username.span(),
-                        "kifs.username",
-                        "a username needs a password: set password_file or password_env",
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    ck.errors.push(e);
-                    return None;
-                }
-            }
-        }
-        None => {
-            if let Some((name, span)) = password_given.first() {
-                ck.error(
-                    span,
-                    &format!("kifs.{name}"),
-                    "a password needs a username: set kifs.username",
-                );
-                return None;
-            }
-            match token.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
-                Ok(Some(token)) => KifsAuth::Bearer { token },
-                Ok(None) => KifsAuth::None,
-                Err(e) => {
-                    ck.errors.push(e);
-                    return None;
-                }
-            }
-        }
-    };
+    let auth = kifs_auth(ck, k)?;
     let net = network::net_config(
         ck,
         &RawNetKeys {
@@ -650,6 +579,97 @@ fn kifs(ck: &mut Checker<'_>, section: &Spanned<RawKifs>) -> Option<KifsConfig> 
         encoding,
         net,
     })
+}
+
+/// How the daemon authenticates to KiFS: Basic with a username and its password, Bearer
+/// with a token, or none; never both kinds. `None` once the problem is recorded.
+fn kifs_auth(ck: &mut Checker<'_>, k: &RawKifs) -> Option<KifsAuth> {
+    let password = SecretKeys {
+        table: "kifs",
+        name: "password",
+        sent: Sent::Encoded,
+        inline: k.password.as_ref(),
+        file: k.password_file.as_ref(),
+        env: k.password_env.as_ref(),
+    };
+    let token = SecretKeys {
+        table: "kifs",
+        name: "token",
+        sent: Sent::Verbatim,
+        inline: k.token.as_ref(),
+        file: k.token_file.as_ref(),
+        env: k.token_env.as_ref(),
+    };
+    match &k.username {
+        Some(username) => basic_auth(ck, username, &password, &token),
+        None => bearer_auth(ck, &password, &token),
+    }
+}
+
+/// [`kifs_auth`] with a username: its password, and no token beside it.
+fn basic_auth(
+    ck: &mut Checker<'_>,
+    username: &Spanned<String>,
+    password: &SecretKeys<'_>,
+    token: &SecretKeys<'_>,
+) -> Option<KifsAuth> {
+    if let Some((name, span)) = token.given().first() {
+        ck.error(
+            span,
+            &format!("kifs.{name}"),
+            format!(
+                "give either username with a password (Basic auth) or a token (Bearer \
+                 auth), not both (username is on line {})",
+                ck.src.line_of(username.span().start)
+            ),
+        );
+        return None;
+    }
+    if let Some(problem) = unsendable_username(username.get_ref()) {
+        ck.error(&username.span(), "kifs.username", problem);
+    }
+    match password.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
+        Ok(Some(password)) => Some(KifsAuth::Basic {
+            username: username.get_ref().clone(),
+            password,
+        }),
+        Ok(None) => {
+            ck.error(
+                &username.span(),
+                "kifs.username",
+                "a username needs a password: set password_file or password_env",
+            );
+            None
+        }
+        Err(e) => {
+            ck.errors.push(e);
+            None
+        }
+    }
+}
+
+/// [`kifs_auth`] without a username: a token if one is given, no password.
+fn bearer_auth(
+    ck: &mut Checker<'_>,
+    password: &SecretKeys<'_>,
+    token: &SecretKeys<'_>,
+) -> Option<KifsAuth> {
+    if let Some((name, span)) = password.given().first() {
+        ck.error(
+            span,
+            &format!("kifs.{name}"),
+            "a password needs a username: set kifs.username",
+        );
+        return None;
+    }
+    match token.resolve(ck.src, &ck.base, ck.env, ck.read_secrets) {
+        Ok(Some(token)) => Some(KifsAuth::Bearer { token }),
+        Ok(None) => Some(KifsAuth::None),
+        Err(e) => {
+            ck.errors.push(e);
+            None
+        }
+    }
 }
 
 /// Why `name` cannot be sent as the user of HTTP Basic auth, in words that do not show it:
