@@ -18,6 +18,7 @@ use super::api::base_url;
 use super::store::{self, ALIGN, ContentSummary, Digest, TransferKind, TransferState};
 use super::{Shared, Slot};
 use crate::emulator::faults::{self, FaultAction, InjectedFault, Target};
+use tokio::sync::OwnedMutexGuard;
 
 /// What `Content-Range` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +26,15 @@ enum ContentRange {
     /// `bytes */N` or `bytes */*`.
     Query { total: Option<u64> },
     /// `bytes a-b/N` or `bytes a-b/*`.
-    Chunk {
-        first: u64,
-        last: u64,
-        total: Option<u64>,
-    },
+    Chunk(ChunkRange),
+}
+
+/// The bytes a chunk says it carries, and the object's total if it says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkRange {
+    first: u64,
+    last: u64,
+    total: Option<u64>,
 }
 
 fn parse_content_range(value: &str) -> Option<ContentRange> {
@@ -43,11 +48,11 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
         "*" => Some(ContentRange::Query { total }),
         span => {
             let (first, last) = span.split_once('-')?;
-            Some(ContentRange::Chunk {
+            Some(ContentRange::Chunk(ChunkRange {
                 first: first.trim().parse().ok()?,
                 last: last.trim().parse().ok()?,
                 total,
-            })
+            }))
         }
     }
 }
@@ -228,6 +233,12 @@ pub async fn put_session(
     response
 }
 
+/// A `PUT` to a session, once its faults' delays are behind it:
+/// 1. the session, if a request may still use it ([`open_transfer`]);
+/// 2. what `Content-Range` asks for ([`requested_range`]);
+/// 3. an injected 410 poisons the session for good;
+/// 4. a status query, or a chunk ([`chunk`]), after which a finished upload may be held
+///    back (`redivis_final_chunk_delay`) with the session let go.
 async fn put_session_task(
     service: Shared,
     id: String,
@@ -235,87 +246,30 @@ async fn put_session_task(
     fault: Option<InjectedFault>,
     body: Body,
 ) -> Response {
-    let Some(slot) = service.transfer(&id) else {
-        return not_found();
+    let mut slot = match open_transfer(&service, &id, PutTo::Session).await {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
     };
-    let mut slot = slot.lock().await;
-    if slot.record.kind == TransferKind::TempUpload || service.expired(&slot.record) {
-        return not_found();
-    }
-    match slot.record.state {
-        TransferState::Cancelled => return cancelled(),
-        TransferState::Poisoned => return poisoned(),
-        TransferState::Open | TransferState::Complete => {}
-    }
-    let range = match headers.get(header::CONTENT_RANGE) {
-        Some(value) => match value.to_str().ok().and_then(parse_content_range) {
-            Some(range) => range,
-            None => {
-                return error(
-                    400,
-                    &format!(
-                        "Content-Range {value:?} is not valid: expected \"bytes a-b/N\", \"bytes a-b/*\", \
-                         \"bytes */N\" or \"bytes */*\""
-                    ),
-                );
-            }
-        },
-        // No Content-Range: the whole object in one request, or a bare status query.
-        None => match declared_length(&headers) {
-            Some(length) if length > 0 => ContentRange::Chunk {
-                first: 0,
-                last: length - 1,
-                total: Some(length),
-            },
-            _ => ContentRange::Query { total: None },
-        },
+    let range = match requested_range(&headers) {
+        Ok(range) => range,
+        Err(invalid) => return error(400, &invalid),
     };
     match range {
         ContentRange::Query { .. } => service.count(|stats| stats.status_queries += 1),
-        ContentRange::Chunk { .. } => service.count(|stats| stats.session_puts += 1),
+        ContentRange::Chunk(_) => service.count(|stats| stats.session_puts += 1),
     }
-    if let Some(InjectedFault {
-        action: FaultAction::Status { status, .. },
-        ..
-    }) = &fault
-        && status.as_u16() == 410
-    {
-        slot.record.state = TransferState::Poisoned;
-        if let Err(err) = service.save_transfer(&slot.record) {
-            return error(
-                500,
-                &format!("the emulator cannot record the session: {err}"),
-            );
-        }
-        return poisoned();
+    if let Some(poisoned) = poison_on_gone(&service, &mut slot, fault.as_ref()) {
+        return poisoned;
     }
     match range {
         ContentRange::Query { total } => {
-            if let Some(fault) = &fault {
-                match &fault.action {
-                    FaultAction::Status {
-                        status,
-                        retry_after,
-                    } => {
-                        return faults::fault_response(
-                            Target::RedivisSession,
-                            &Method::PUT,
-                            *status,
-                            retry_after.as_deref(),
-                        );
-                    }
-                    FaultAction::Drop => return faults::drop_connection(),
-                    // Stalls are held by the fault layer and never reach a handler.
-                    FaultAction::Delay(_) | FaultAction::Stall => {}
-                }
+            if let Some(faulted) = fault.as_ref().and_then(query_fault) {
+                return faulted;
             }
             status_query(&service, &mut slot, total).await
         }
-        ContentRange::Chunk { first, last, total } => {
-            let response = chunk(
-                &service, &mut slot, &headers, fault, body, first, last, total,
-            )
-            .await;
+        ContentRange::Chunk(range) => {
+            let response = chunk(&service, &mut slot, &headers, fault, body, range).await;
             let finished = response.status() == StatusCode::OK;
             drop(slot);
             if finished && service.options.redivis_final_chunk_delay > 0 {
@@ -326,6 +280,115 @@ async fn put_session_task(
             }
             response
         }
+    }
+}
+
+/// What a `PUT` is sent to: a session (a legacy resumable upload's URL, or one initiated
+/// on a temp upload URL), or a temp upload URL itself, which takes the object whole.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PutTo {
+    Session,
+    TempUrl,
+}
+
+impl PutTo {
+    fn of(kind: TransferKind) -> PutTo {
+        match kind {
+            TransferKind::TempUpload => PutTo::TempUrl,
+            TransferKind::ResumableUpload | TransferKind::Session => PutTo::Session,
+        }
+    }
+}
+
+/// The transfer `id`, locked, if a `PUT` to `to` may use it: 404 for one unknown, of the
+/// other kind or past its lifetime, 499 for one cancelled, 410 for one poisoned.
+async fn open_transfer(
+    service: &Shared,
+    id: &str,
+    to: PutTo,
+) -> Result<OwnedMutexGuard<Slot>, Response> {
+    let Some(slot) = service.transfer(id) else {
+        return Err(not_found());
+    };
+    let slot = slot.lock_owned().await;
+    if PutTo::of(slot.record.kind) != to || service.expired(&slot.record) {
+        return Err(not_found());
+    }
+    match slot.record.state {
+        TransferState::Cancelled => Err(cancelled()),
+        TransferState::Poisoned => Err(poisoned()),
+        TransferState::Open | TransferState::Complete => Ok(slot),
+    }
+}
+
+/// What a session `PUT` asks for: its `Content-Range`, or without one the whole object in
+/// one request (a `Content-Length` above 0) or a bare status query. For a header that does
+/// not parse, the description of the 400 it gets.
+fn requested_range(headers: &HeaderMap) -> Result<ContentRange, String> {
+    let Some(value) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(match declared_length(headers) {
+            Some(length) if length > 0 => ContentRange::Chunk(ChunkRange {
+                first: 0,
+                last: length - 1,
+                total: Some(length),
+            }),
+            _ => ContentRange::Query { total: None },
+        });
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(parse_content_range)
+        .ok_or_else(|| {
+            format!(
+                "Content-Range {value:?} is not valid: expected \"bytes a-b/N\", \"bytes a-b/*\", \
+                 \"bytes */N\" or \"bytes */*\""
+            )
+        })
+}
+
+/// An injected 410 poisons the session: this request and every later one are answered
+/// 410, as GCS answers a session it has given up on.
+fn poison_on_gone(
+    service: &Shared,
+    slot: &mut Slot,
+    fault: Option<&InjectedFault>,
+) -> Option<Response> {
+    let Some(InjectedFault {
+        action: FaultAction::Status { status, .. },
+        ..
+    }) = fault
+    else {
+        return None;
+    };
+    if status.as_u16() != 410 {
+        return None;
+    }
+    slot.record.state = TransferState::Poisoned;
+    if let Err(err) = service.save_transfer(&slot.record) {
+        return Some(error(
+            500,
+            &format!("the emulator cannot record the session: {err}"),
+        ));
+    }
+    Some(poisoned())
+}
+
+/// The answer an injected fault gives a status query in place of the session's state.
+fn query_fault(fault: &InjectedFault) -> Option<Response> {
+    match &fault.action {
+        FaultAction::Status {
+            status,
+            retry_after,
+        } => Some(faults::fault_response(
+            Target::RedivisSession,
+            &Method::PUT,
+            *status,
+            retry_after.as_deref(),
+        )),
+        FaultAction::Drop => Some(faults::drop_connection()),
+        // Stalls are held by the fault layer and never reach a handler.
+        FaultAction::Delay(_) | FaultAction::Stall => None,
     }
 }
 
@@ -458,21 +521,18 @@ struct Received {
 ///    ([`keep_partially`]);
 /// 5. answers an injected status fault, keeping what the fault says ([`injected_status`]);
 /// 6. finalizes a session that now holds its total, else answers 308.
-#[allow(clippy::too_many_arguments)]
 async fn chunk(
     service: &Shared,
     slot: &mut Slot,
     headers: &HeaderMap,
     fault: Option<InjectedFault>,
     body: Body,
-    first: u64,
-    last: u64,
-    total: Option<u64>,
+    range: ChunkRange,
 ) -> Response {
     if slot.record.state == TransferState::Complete {
         return completed(slot);
     }
-    let plan = match plan_chunk(service, slot, headers, first, last, total).await {
+    let plan = match plan_chunk(service, slot, headers, range).await {
         Ok(plan) => plan,
         Err(refused) => return refused,
     };
@@ -502,9 +562,7 @@ async fn plan_chunk(
     service: &Shared,
     slot: &mut Slot,
     headers: &HeaderMap,
-    first: u64,
-    last: u64,
-    total: Option<u64>,
+    ChunkRange { first, last, total }: ChunkRange,
 ) -> Result<ChunkPlan, Response> {
     if let (Some(given), Some(declared)) = (total, slot.record.total)
         && given != declared
@@ -808,39 +866,74 @@ pub async fn put_temp(
     response
 }
 
+/// A plain `PUT` to a temp upload URL, once its faults' delays are behind it:
+/// 1. the upload, if a request may still use it ([`open_transfer`]);
+/// 2. an injected dropped connection reads part of the body and drops it;
+/// 3. the body, whole, into a file of its own ([`receive_whole`]);
+/// 4. an injected status that keeps nothing removes it;
+/// 5. the file becomes the upload's data, and the upload is complete
+///    ([`complete_temp_upload`]);
+/// 6. an injected status that keeps what it received answers after that; else the
+///    object's metadata.
 async fn put_temp_task(
     service: Shared,
     id: String,
     fault: Option<InjectedFault>,
     request: Request,
 ) -> Response {
-    let Some(slot) = service.transfer(&id) else {
-        return not_found();
+    let mut slot = match open_transfer(&service, &id, PutTo::TempUrl).await {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
     };
-    let mut slot = slot.lock().await;
-    if slot.record.kind != TransferKind::TempUpload || service.expired(&slot.record) {
-        return not_found();
-    }
-    match slot.record.state {
-        TransferState::Cancelled => return cancelled(),
-        TransferState::Poisoned => return poisoned(),
-        TransferState::Open | TransferState::Complete => {}
-    }
     service.count(|stats| stats.temp_puts += 1);
-    let declared = faults::declared_length(&request);
     if let Some(InjectedFault {
         action: FaultAction::Drop,
         ..
     }) = &fault
     {
+        let declared = faults::declared_length(&request);
         faults::read_part_of_body(request.into_body(), declared).await;
         return faults::drop_connection();
     }
     let part = service.dir.join("sessions").join(format!("{id}.data.part"));
+    let digest = match receive_whole(&part, request.into_body()).await {
+        Ok(digest) => digest,
+        Err(failed) => return failed,
+    };
+    let status_fault = fault.as_ref().and_then(|fault| match &fault.action {
+        FaultAction::Status {
+            status,
+            retry_after,
+        } => Some((fault.persist, *status, retry_after.as_deref())),
+        _ => None,
+    });
+    let fault_response = |(_, status, retry_after): (faults::Persist, StatusCode, Option<&str>)| {
+        faults::fault_response(Target::RedivisSession, &Method::PUT, status, retry_after)
+    };
+    if let Some(keeping_nothing) =
+        status_fault.filter(|(persist, ..)| *persist != faults::Persist::All)
+    {
+        let _ = tokio::fs::remove_file(&part).await;
+        return fault_response(keeping_nothing);
+    }
+    let content = match complete_temp_upload(&service, &mut slot, &id, &part, digest).await {
+        Ok(content) => content,
+        Err(failed) => return failed,
+    };
+    if let Some(keeping_all) = status_fault {
+        return fault_response(keeping_all);
+    }
+    object_metadata(&id, slot.record.name.as_deref(), &content)
+}
+
+/// Step 3 of [`put_temp_task`]: the body written to `part` with its digest. A body that
+/// breaks off is a dropped connection, and a file that cannot be written a 500; either
+/// way `part` is removed.
+async fn receive_whole(part: &std::path::Path, body: Body) -> Result<Digest, Response> {
     let outcome: std::io::Result<Option<Digest>> = async {
-        let file = std::fs::File::create(&part)?;
+        let file = std::fs::File::create(part)?;
         let mut writer = BodyWriter::new(file, 0, Some(Digest::default()));
-        let mut stream = request.into_body().into_data_stream();
+        let mut stream = body.into_data_stream();
         while let Some(bytes) = stream.next().await {
             let Ok(bytes) = bytes else {
                 return Ok(None);
@@ -850,64 +943,48 @@ async fn put_temp_task(
         writer.finish().await
     }
     .await;
-    let digest = match outcome {
-        Ok(Some(digest)) => digest,
+    match outcome {
+        Ok(Some(digest)) => Ok(digest),
         Ok(None) => {
-            let _ = tokio::fs::remove_file(&part).await;
-            return faults::drop_connection();
+            let _ = tokio::fs::remove_file(part).await;
+            Err(faults::drop_connection())
         }
         Err(err) => {
-            let _ = tokio::fs::remove_file(&part).await;
-            return error(500, &format!("the emulator cannot store the upload: {err}"));
+            let _ = tokio::fs::remove_file(part).await;
+            Err(error(
+                500,
+                &format!("the emulator cannot store the upload: {err}"),
+            ))
         }
-    };
-    if let Some(InjectedFault {
-        action: FaultAction::Status {
-            status,
-            retry_after,
-        },
-        persist,
-        ..
-    }) = &fault
-        && *persist != faults::Persist::All
-    {
-        let _ = tokio::fs::remove_file(&part).await;
-        return faults::fault_response(
-            Target::RedivisSession,
-            &Method::PUT,
-            *status,
-            retry_after.as_deref(),
-        );
     }
-    if let Err(err) = tokio::fs::rename(&part, service.data_path(&id)).await {
-        return error(500, &format!("the emulator cannot store the upload: {err}"));
+}
+
+/// Step 5 of [`put_temp_task`]: `part` becomes the upload's data and the upload is
+/// recorded complete, with what it holds.
+async fn complete_temp_upload(
+    service: &Shared,
+    slot: &mut Slot,
+    id: &str,
+    part: &std::path::Path,
+    digest: Digest,
+) -> Result<ContentSummary, Response> {
+    if let Err(err) = tokio::fs::rename(part, service.data_path(id)).await {
+        return Err(error(
+            500,
+            &format!("the emulator cannot store the upload: {err}"),
+        ));
     }
     let content = digest.summary();
     slot.record.received = Some(content.size);
     slot.record.content = Some(content.clone());
     slot.record.state = TransferState::Complete;
     if let Err(err) = service.save_transfer(&slot.record) {
-        return error(
+        return Err(error(
             500,
             &format!("the emulator cannot record the upload: {err}"),
-        );
+        ));
     }
-    if let Some(InjectedFault {
-        action: FaultAction::Status {
-            status,
-            retry_after,
-        },
-        ..
-    }) = &fault
-    {
-        return faults::fault_response(
-            Target::RedivisSession,
-            &Method::PUT,
-            *status,
-            retry_after.as_deref(),
-        );
-    }
-    object_metadata(&id, slot.record.name.as_deref(), &content)
+    Ok(content)
 }
 
 /// `POST /upload/temp/{id}` with `x-goog-resumable: start`: a new session (201 + Location).
@@ -1061,19 +1138,19 @@ mod tests {
     fn content_range_forms_parse() {
         assert_eq!(
             parse_content_range("bytes 0-524287/2000000"),
-            Some(ContentRange::Chunk {
+            Some(ContentRange::Chunk(ChunkRange {
                 first: 0,
                 last: 524287,
                 total: Some(2000000)
-            })
+            }))
         );
         assert_eq!(
             parse_content_range("bytes 0-524287/*"),
-            Some(ContentRange::Chunk {
+            Some(ContentRange::Chunk(ChunkRange {
                 first: 0,
                 last: 524287,
                 total: None
-            })
+            }))
         );
         assert_eq!(
             parse_content_range("bytes */2000000"),
