@@ -50,7 +50,7 @@ use super::control;
 use super::status::StatusReport;
 use crate::config::{Config, FolderConfig, OnDelete, Target};
 use crate::fingerprint::Fingerprint;
-use crate::queue::{FileKey, Job, JobKind, JobState, StateLock, Store, StoreError};
+use crate::queue::{FileKey, Job, JobKind, JobState, LedgerEntry, StateLock, Store, StoreError};
 use crate::upload::redivis::names;
 use crate::watch::{self, filter::Filter};
 
@@ -226,20 +226,17 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Steps 3 and 4 for one folder.
+/// Steps 3 and 4 for one folder:
+/// 1. what the folder's jobs and ledger already say: its failed versions, its approved
+///    deletions, whether its target changed since its uploads;
+/// 2. each file found, by what a run would do with it ([`file_verdict`]);
+/// 3. the deletions of uploaded files that are gone ([`plan_deletions`]);
+/// 4. the uploads whose remote names would collide, moved to the skipped
+///    ([`skip_collisions`]).
 fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<FolderPlan, String> {
     let key = folder.path.to_string_lossy().into_owned();
     let filter = Filter::new(&folder.include, &folder.exclude).map_err(|err| err.to_string())?;
-    let failed: BTreeMap<&str, (&Fingerprint, &str)> = jobs
-        .iter()
-        .filter(|job| job.key.folder == key)
-        .filter_map(|job| match &job.state {
-            JobState::Failed { reason, .. } => {
-                Some((job.key.rel.as_str(), (&job.fingerprint, reason.as_str())))
-            }
-            _ => None,
-        })
-        .collect();
+    let failed = failed_versions(jobs, &key);
     let approved = approved_deletions(jobs, &key);
     let mut plan = FolderPlan {
         folder: key.clone(),
@@ -254,54 +251,21 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
     let mut names = collisions::Names::of(folder);
     for (rel, meta) in files_of(folder) {
         let file = FileKey::new(&key, &rel);
-        let path = file.path().display().to_string();
-        let fingerprint = Fingerprint::of(&meta);
         let recorded = if retargeted {
             None
         } else {
             store.ledger_get(&file).map_err(|err| err.to_string())?
         };
         found_uploaded += u64::from(recorded.is_some());
-        if !accepted(&filter, &rel) {
-            plan.skipped.push(Skipped {
-                path,
-                why: "excluded by the folder's include/exclude".into(),
-            });
-        } else if let Some((_, reason)) = failed
-            .get(rel.as_str())
-            .filter(|(version, _)| **version == fingerprint)
-        {
-            plan.skipped.push(Skipped {
-                path,
-                why: format!("failed earlier (until `upsync retry`): {reason}"),
-            });
-        } else if recorded
-            .as_ref()
-            .is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint))
-        {
-            plan.up_to_date += 1;
-        } else if let Err(why) = name_the_remote_takes(folder, &rel) {
-            plan.skipped.push(Skipped {
-                path,
-                why: format!("would fail: {why}"),
-            });
-        } else {
-            let why = if recorded.is_some() { "changed" } else { "new" };
-            if let Some(names) = &mut names {
-                names.want(&rel);
-            }
-            match younger_than(&meta, folder.settle) {
-                Some(age) => plan.upload_once_settled.push(SettlingUpload {
-                    path,
-                    size: meta.len(),
-                    why: why.into(),
-                    written_s_ago: age.as_secs(),
-                }),
-                None => plan.upload.push(PlannedUpload {
-                    path,
-                    size: meta.len(),
-                    why: why.into(),
-                }),
+        let path = file.path().display().to_string();
+        match file_verdict(folder, &filter, &failed, &rel, &meta, recorded.as_ref()) {
+            Verdict::Skip(why) => plan.skipped.push(Skipped { path, why }),
+            Verdict::UpToDate => plan.up_to_date += 1,
+            Verdict::Upload(why) => {
+                if let Some(names) = &mut names {
+                    names.want(&rel);
+                }
+                plan.add_upload(path, &meta, why, folder.settle);
             }
         }
     }
@@ -311,18 +275,106 @@ fn plan_folder(folder: &FolderConfig, store: &Store, jobs: &[Job]) -> Result<Fol
     }
     if let Some(names) = names {
         let ledger = if retargeted { None } else { Some(store) };
-        for (rel, reason) in names.collisions(ledger, &key, &freed)? {
-            let path = FileKey::new(&key, &rel).path().display().to_string();
-            plan.upload.retain(|upload| upload.path != path);
-            plan.upload_once_settled
-                .retain(|upload| upload.path != path);
-            plan.skipped.push(Skipped {
-                path,
-                why: format!("would fail: {reason}"),
-            });
-        }
+        skip_collisions(names, ledger, &key, &freed, &mut plan)?;
     }
     Ok(plan)
+}
+
+/// The version of each of the folder's files whose job failed, and why, by relative path.
+fn failed_versions<'a>(
+    jobs: &'a [Job],
+    folder: &str,
+) -> BTreeMap<&'a str, (&'a Fingerprint, &'a str)> {
+    jobs.iter()
+        .filter(|job| job.key.folder == folder)
+        .filter_map(|job| match &job.state {
+            JobState::Failed { reason, .. } => {
+                Some((job.key.rel.as_str(), (&job.fingerprint, reason.as_str())))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a run would do with one file found.
+enum Verdict {
+    /// Leave it, for this reason.
+    Skip(String),
+    /// Nothing: the ledger holds this version.
+    UpToDate,
+    /// Upload it: `new` or `changed`.
+    Upload(&'static str),
+}
+
+/// Step 2: what a run would do with the file at `rel`, whose version the ledger holds as
+/// `recorded`: leave it if the folder's patterns exclude it, its version failed, or its
+/// name would be refused; nothing if that version is uploaded; else upload it.
+fn file_verdict(
+    folder: &FolderConfig,
+    filter: &Filter,
+    failed: &BTreeMap<&str, (&Fingerprint, &str)>,
+    rel: &str,
+    meta: &std::fs::Metadata,
+    recorded: Option<&LedgerEntry>,
+) -> Verdict {
+    let fingerprint = Fingerprint::of(meta);
+    if !accepted(filter, rel) {
+        return Verdict::Skip("excluded by the folder's include/exclude".into());
+    }
+    if let Some((_, reason)) = failed
+        .get(rel)
+        .filter(|(version, _)| **version == fingerprint)
+    {
+        return Verdict::Skip(format!("failed earlier (until `upsync retry`): {reason}"));
+    }
+    if recorded.is_some_and(|entry| fingerprint.is_version_of(&entry.fingerprint)) {
+        return Verdict::UpToDate;
+    }
+    if let Err(why) = name_the_remote_takes(folder, rel) {
+        return Verdict::Skip(format!("would fail: {why}"));
+    }
+    Verdict::Upload(if recorded.is_some() { "changed" } else { "new" })
+}
+
+impl FolderPlan {
+    /// An upload of the file at `path`: now, or once it has settled.
+    fn add_upload(&mut self, path: String, meta: &std::fs::Metadata, why: &str, settle: Duration) {
+        match younger_than(meta, settle) {
+            Some(age) => self.upload_once_settled.push(SettlingUpload {
+                path,
+                size: meta.len(),
+                why: why.into(),
+                written_s_ago: age.as_secs(),
+            }),
+            None => self.upload.push(PlannedUpload {
+                path,
+                size: meta.len(),
+                why: why.into(),
+            }),
+        }
+    }
+}
+
+/// Step 4 (of a folder's plan): the planned uploads whose remote names would collide with
+/// one another or with what the remote holds, moved to the skipped with the reason.
+fn skip_collisions(
+    names: collisions::Names,
+    ledger: Option<&Store>,
+    folder: &str,
+    freed: &BTreeSet<String>,
+    plan: &mut FolderPlan,
+) -> Result<(), String> {
+    for (rel, reason) in names.collisions(ledger, folder, freed)? {
+        let path = FileKey::new(folder, &rel).path().display().to_string();
+        plan.upload.retain(|upload| upload.path != path);
+        plan.upload_once_settled
+            .retain(|upload| upload.path != path);
+        plan.skipped.push(Skipped {
+            path,
+            why: format!("would fail: {reason}"),
+        });
+    }
+    Ok(())
 }
 
 /// Step 4: the deletions of the folder's uploaded files that are gone, and whether the
