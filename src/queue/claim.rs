@@ -110,6 +110,48 @@ fn earlier(a: Option<Waiting>, b: Option<Waiting>) -> Option<Waiting> {
     }
 }
 
+/// Step 2 of [`Store::claim_more`]: the due entries (`indexed`) and the line's jobs
+/// (`lined`) merged in due order, each job offered to `accept` once, in order, up to `max`
+/// candidates. The line's jobs go under the mark while none was refused and none may still
+/// appear before them ("When a batch may move the mark" in module `marks`).
+fn choose_candidates(
+    indexed: Vec<(Waiting, Job)>,
+    lined: Vec<ReadJob>,
+    walked: &Walked,
+    max: usize,
+    mut accept: impl FnMut(&Job) -> bool,
+) -> Vec<Candidate> {
+    let mut indexed = indexed.into_iter().peekable();
+    let mut lined = lined.into_iter().peekable();
+    let mut candidates = Vec::new();
+    let mut front_of_line = true;
+    while candidates.len() < max {
+        let from_index = match (indexed.peek(), lined.peek()) {
+            (Some((_, a)), Some(b)) => a.due_ms() <= b.job.due_ms(),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if from_index {
+            let (waiting, job) = indexed.next().expect("peeked");
+            if accept(&job) {
+                candidates.push(Candidate::Take(waiting));
+            }
+            continue;
+        }
+        let read = lined.next().expect("peeked");
+        front_of_line &= walked.bound.is_none_or(|bound| read.job.id < bound);
+        if !accept(&read.job) {
+            front_of_line = false;
+        } else if front_of_line {
+            candidates.push(Candidate::UnderMark(Box::new(read)));
+        } else {
+            candidates.push(Candidate::Take(in_line(&read.job)));
+        }
+    }
+    candidates
+}
+
 impl Store {
     /// Claims the earliest due job of any folder, the folders taken in key order (tests and
     /// callers without a schedule).
@@ -179,12 +221,19 @@ impl Store {
     /// moving the folder's claim mark over them, one write for all of them (module
     /// `marks`); the others are each written active. One batch claims at a time (module
     /// doc), so `accept` must not claim.
+    ///
+    /// 1. Reads the folder's due entries and its line, up to `max` of each.
+    /// 2. Merges the two in due order into the candidates `accept` agrees to
+    ///    ([`choose_candidates`]).
+    /// 3. Makes them active in one transaction, moving the mark over those at the front of
+    ///    the line ([`Store::activate_candidates`]).
+    /// 4. Tells the line's memory that the mark moved, and returns the jobs claimed.
     pub fn claim_more(
         &self,
         first: &Job,
         now: SystemTime,
         max: usize,
-        mut accept: impl FnMut(&Job) -> bool,
+        accept: impl FnMut(&Job) -> bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = to_ms(now);
         let tag = folder_tag(&first.key.folder);
@@ -193,46 +242,46 @@ impl Store {
             .batch_claim
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut indexed = self.due_candidates(tag, now, max)?.into_iter().peekable();
+        let indexed = self.due_candidates(tag, now, max)?;
         let (lined, walked) = self.line_candidates(tag, now, max)?;
-        let mut lined = lined.into_iter().peekable();
-        // The two lists merged in due order, each job offered to `accept` once, in order.
-        // The line's jobs go under the mark while none was refused and none may still
-        // appear before them ("When a batch may move the mark" in module `marks`).
-        let mut candidates = Vec::new();
-        let mut front_of_line = true;
-        while candidates.len() < max {
-            let from_index = match (indexed.peek(), lined.peek()) {
-                (Some((_, a)), Some(b)) => a.due_ms() <= b.job.due_ms(),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            if from_index {
-                let (waiting, job) = indexed.next().expect("peeked");
-                if accept(&job) {
-                    candidates.push(Candidate::Take(waiting));
-                }
-                continue;
-            }
-            let read = lined.next().expect("peeked");
-            front_of_line &= walked.bound.is_none_or(|bound| read.job.id < bound);
-            if !accept(&read.job) {
-                front_of_line = false;
-            } else if front_of_line {
-                candidates.push(Candidate::UnderMark(Box::new(read)));
-            } else {
-                candidates.push(Candidate::Take(in_line(&read.job)));
-            }
-        }
+        let candidates = choose_candidates(indexed, lined, &walked, max, accept);
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        // Per candidate, the job made active, or `None` when another worker took it.
-        let (activated, through) = self.transact(|tx| {
+        let (activated, through) = self.activate_candidates(tag, &candidates, now)?;
+        if let Some(through) = through {
+            let prefix = keys::tag_prefix(tag);
+            self.inner.lines.passed_claimed(prefix, through, &walked);
+        }
+        let claimed = candidates
+            .into_iter()
+            .zip(activated)
+            .filter_map(|(candidate, active)| {
+                let job = active?;
+                Some(match candidate {
+                    Candidate::Take(_) => Claimed::from(job),
+                    Candidate::UnderMark(read) => Claimed {
+                        job,
+                        as_claimed: Some(AsClaimed(read)),
+                    },
+                })
+            })
+            .collect();
+        Ok(claimed)
+    }
+
+    /// Step 3 of [`Store::claim_more`]: per candidate, the job made active, or `None` when
+    /// another worker took it; and the last job the folder's mark was moved over, if any.
+    fn activate_candidates(
+        &self,
+        tag: FolderTag,
+        candidates: &[Candidate],
+        now: u64,
+    ) -> Result<(Vec<Option<Job>>, Option<JobId>), StoreError> {
+        self.transact(|tx| {
             let mut through = None;
             let mut activated = Vec::with_capacity(candidates.len());
-            for candidate in &candidates {
+            for candidate in candidates {
                 let active = match candidate {
                     Candidate::Take(waiting) => tx.take(waiting, now)?,
                     Candidate::UnderMark(read) => {
@@ -255,26 +304,7 @@ impl Store {
                 )?;
             }
             Ok((activated, through))
-        })?;
-        if let Some(through) = through {
-            let prefix = keys::tag_prefix(tag);
-            self.inner.lines.passed_claimed(prefix, through, &walked);
-        }
-        let claimed = candidates
-            .into_iter()
-            .zip(activated)
-            .filter_map(|(candidate, active)| {
-                let job = active?;
-                Some(match candidate {
-                    Candidate::Take(_) => Claimed::from(job),
-                    Candidate::UnderMark(read) => Claimed {
-                        job,
-                        as_claimed: Some(AsClaimed(read)),
-                    },
-                })
-            })
-            .collect();
-        Ok(claimed)
+        })
     }
 
     /// Up to `max` jobs of the folder's `due` group due by `now`, in due order.
