@@ -36,7 +36,7 @@ use crate::queue::{
 use crate::upload::backoff::delay_bound;
 use crate::upload::retry::CallScope;
 use crate::upload::{
-    Backend, Backends, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob,
+    Backend, Backends, Delivery, ErrorKind, LiveProgress, Posted, UploadError, UploadJob, Uploaded,
 };
 use crate::watch::filter::Filter;
 
@@ -525,19 +525,7 @@ impl Worker {
             ..
         } = *attempt;
         match outcome {
-            Ok(Delivery::Uploaded(uploaded)) => {
-                self.count_success(attempt, &uploaded.remote, Told::Alone);
-                let entry = Completed {
-                    id: job.id,
-                    fingerprint: attempt.fingerprint,
-                    remote: uploaded.remote,
-                    md5: uploaded.md5,
-                    as_claimed: None,
-                    target: Some(target_identity(attempt.target)),
-                };
-                let recorded = self.store.complete_many(&[entry]);
-                self.after_complete(job, path, recorded.map(|done| done[0]));
-            }
+            Ok(Delivery::Uploaded(uploaded)) => self.record_upload(attempt, uploaded),
             Ok(Delivery::Posted(posted)) => self.start_import(attempt, posted),
             Err(UploadError::Vanished(_)) => {
                 tracing::info!(path, "file vanished during its upload; dropping the job");
@@ -581,28 +569,56 @@ impl Worker {
                 self.fail_job(job, backend, FailureClass::Permanent, kind, &message);
             }
             Err(err @ (UploadError::Remote { .. } | UploadError::Store(_))) => {
-                let after = retry_after_of(&err);
-                let delay = self.job_retry_delay(job, &err);
-                let class = match &err {
-                    UploadError::Store(_) => FailureClass::StateDatabase,
-                    _ => FailureClass::Transient,
-                };
-                let kind = err.kind().unwrap_or(ErrorKind::StateDatabase);
-                self.metrics
-                    .failed(&job.key.folder, backend, class, kind, true);
-                tracing::warn!(
-                    path,
-                    attempt = job.attempts + 1,
-                    retry_in_s = delay.as_secs(),
-                    honoured_retry_after_s = after.map(|a| a.as_secs()),
-                    reason = %err,
-                    kind = %kind,
-                    "upload failed; will retry"
-                );
-                let at = self.store.now() + delay;
-                self.record(job, self.store.retry_later(job.id, at, &err.to_string()));
+                self.retry_later(attempt, &err);
             }
         }
+    }
+
+    /// A single upload that reached the remote: counted, told, and recorded in the ledger.
+    fn record_upload(&self, attempt: &Finished<'_>, uploaded: Uploaded) {
+        let job = attempt.job;
+        self.count_success(attempt, &uploaded.remote, Told::Alone);
+        let entry = Completed {
+            id: job.id,
+            fingerprint: attempt.fingerprint,
+            remote: uploaded.remote,
+            md5: uploaded.md5,
+            as_claimed: None,
+            target: Some(target_identity(attempt.target)),
+        };
+        let recorded = self.store.complete_many(&[entry]);
+        self.after_complete(job, attempt.path, recorded.map(|done| done[0]));
+    }
+
+    /// A transient failure (of the remote, or of the state database): counted, told, and
+    /// the job parked until its next attempt ([`Worker::job_retry_delay`]).
+    fn retry_later(&self, attempt: &Finished<'_>, err: &UploadError) {
+        let Finished {
+            job,
+            path,
+            backend_name: backend,
+            ..
+        } = *attempt;
+        let after = retry_after_of(err);
+        let delay = self.job_retry_delay(job, err);
+        let class = match err {
+            UploadError::Store(_) => FailureClass::StateDatabase,
+            _ => FailureClass::Transient,
+        };
+        let kind = err.kind().unwrap_or(ErrorKind::StateDatabase);
+        self.metrics
+            .failed(&job.key.folder, backend, class, kind, true);
+        tracing::warn!(
+            path,
+            attempt = job.attempts + 1,
+            retry_in_s = delay.as_secs(),
+            honoured_retry_after_s = after.map(|a| a.as_secs()),
+            reason = %err,
+            kind = %kind,
+            "upload failed; will retry"
+        );
+        let at = self.store.now() + delay;
+        self.record(job, self.store.retry_later(job.id, at, &err.to_string()));
     }
 
     /// The pause before a job's next attempt after the transient failure `err`: growing
