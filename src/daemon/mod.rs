@@ -42,6 +42,7 @@ mod uploaded;
 mod worker;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -91,10 +92,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// [`run`], reloading the config file (see [`fleet`]) whenever `reload` receives.
+///
+/// 1. The core starts, then the watchers, the workers and the systemd status ticker.
+/// 2. The start-up scans end ([`start_up_scans`]), unless shutdown comes first.
+/// 3. The daemon says it runs ([`Core::announce_running`]) and serves reloads and rotated
+///    secrets until shutdown or until the state database fails ([`Core::serve`]).
+/// 4. It stops: within 2 s after a store failure, which is the error it returns.
 pub async fn run_reloadable(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    mut reload: tokio::sync::mpsc::Receiver<()>,
+    reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     let mut core = Core::start(config).await?;
@@ -110,52 +117,10 @@ pub async fn run_reloadable(
     });
 
     tokio::pin!(shutdown);
-    let mut stopping = false;
-    for (folder, scanned) in scans {
-        tokio::select! {
-            summary = scanned => {
-                if let Ok(summary) = summary {
-                    tracing::info!(folder = %folder, files = summary.files_seen, queued = summary.queued, "start-up scan done");
-                }
-            }
-            _ = &mut shutdown => {
-                stopping = true;
-                break;
-            }
-        }
-    }
     let mut failure = None;
-    if !stopping {
-        tracing::info!(
-            folders = core.config.folders.len(),
-            workers = core.config.concurrency,
-            "upsync is running"
-        );
-        phase.store(PHASE_RUNNING, Ordering::Relaxed);
-        if notifier.enabled() {
-            let line = core
-                .probe()
-                .summary()
-                .await
-                .unwrap_or_else(|err| format!("running; queue figures unavailable: {err}"));
-            notifier.ready(&line);
-        }
-        let mut broken = std::pin::pin!(fleet::store_failure(core.store.clone()));
-        let stop_reading_secrets = CancellationToken::new();
-        let mut rotations =
-            secrets::watch(core.fleet.current.clone(), stop_reading_secrets.clone());
-        let _stop_reading_secrets = stop_reading_secrets.drop_guard();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(()) = reload.recv() => core.fleet.reload().await,
-                Some(rotated) = rotations.recv() => core.fleet.apply_rotated(rotated).await,
-                err = &mut broken => {
-                    failure = Some(err);
-                    break;
-                }
-            }
-        }
+    if start_up_scans(scans, shutdown.as_mut()).await {
+        core.announce_running(&notifier, &phase).await;
+        failure = core.serve(shutdown, reload).await;
     }
     phase.store(PHASE_STOPPING, Ordering::Relaxed);
     notifier.stopping();
@@ -174,6 +139,25 @@ pub async fn run_reloadable(
         )));
     }
     stopped
+}
+
+/// Step 2 of [`run_reloadable`]: waits for each folder's start-up scan, saying what it
+/// found. False if shutdown came first.
+async fn start_up_scans(
+    scans: Vec<(String, tokio::sync::oneshot::Receiver<watch::ScanSummary>)>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    for (folder, scanned) in scans {
+        tokio::select! {
+            summary = scanned => {
+                if let Ok(summary) = summary {
+                    tracing::info!(folder = %folder, files = summary.files_seen, queued = summary.queued, "start-up scan done");
+                }
+            }
+            _ = shutdown.as_mut() => return false,
+        }
+    }
+    true
 }
 
 const PHASE_STARTING: u8 = 0;
@@ -460,6 +444,48 @@ impl Core {
 
     async fn stop(self) -> Result<(), DaemonError> {
         self.stop_within(None).await
+    }
+
+    /// Step 3 of [`run_reloadable`]: says that upsync runs, in the log and to systemd
+    /// (`READY=1` with the queue's figures).
+    async fn announce_running(&self, notifier: &Notifier, phase: &std::sync::atomic::AtomicU8) {
+        tracing::info!(
+            folders = self.config.folders.len(),
+            workers = self.config.concurrency,
+            "upsync is running"
+        );
+        phase.store(PHASE_RUNNING, Ordering::Relaxed);
+        if notifier.enabled() {
+            let line = self
+                .probe()
+                .summary()
+                .await
+                .unwrap_or_else(|err| format!("running; queue figures unavailable: {err}"));
+            notifier.ready(&line);
+        }
+    }
+
+    /// Step 3 of [`run_reloadable`]: reloads the config when `reload` receives and applies
+    /// rotated secrets, until shutdown (`None`) or until the state database can no longer
+    /// be written (its error).
+    async fn serve(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+        mut reload: tokio::sync::mpsc::Receiver<()>,
+    ) -> Option<StoreError> {
+        let mut broken = std::pin::pin!(fleet::store_failure(self.store.clone()));
+        let stop_reading_secrets = CancellationToken::new();
+        let mut rotations =
+            secrets::watch(self.fleet.current.clone(), stop_reading_secrets.clone());
+        let _stop_reading_secrets = stop_reading_secrets.drop_guard();
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return None,
+                Some(()) = reload.recv() => self.fleet.reload().await,
+                Some(rotated) = rotations.recv() => self.fleet.apply_rotated(rotated).await,
+                err = &mut broken => return Some(err),
+            }
+        }
     }
 
     /// Stops the fleet (within `deadline`, default `shutdown_timeout`), then the control
