@@ -353,8 +353,9 @@ fn an_upload_refused_for_its_credentials_refuses_the_folder_and_the_file_waits()
     let port = free_port();
     let s = setup(&[], &format!("metrics_listen = \"127.0.0.1:{port}\""));
     let (mut daemon, path, report) =
-        an_upload_answered_with(&s, (401, 1), "the folder to be refused", |r| {
-            r["folders"][0]["remote_check"]["state"] == "refused"
+        an_upload_answered_with(&s, (401, 1), "the folder refused, its file waiting", |r| {
+            let folder = &r["folders"][0];
+            folder["remote_check"]["state"] == "refused" && folder["retry_wait"] == 1
         });
     let folder = &report["folders"][0];
     assert_eq!(

@@ -23,6 +23,9 @@
 //! permissions (they changed since the check): [`FolderGates::set_back`]. A folder whose
 //! check opens the dataset's next version itself (`create_next_version`) waits for no one:
 //! its setback by a release is told at info, the opening of the version by its check.
+//! The worker whose upload met the setback closes the folder first and only then makes the
+//! upload's job due again: in the other order, an idle worker's poll could claim the job
+//! in between and send it once more to the remote that just turned it away.
 //! Shutdown ends every check at once.
 
 use std::collections::BTreeMap;

@@ -638,8 +638,9 @@ impl Worker {
             reason,
             "the remote cannot take the file yet; it waits queued"
         );
-        self.record(job, self.store.requeue(job.id));
+        // The folder closes before its job is due again (module doc of `gates`).
         self.set_folder_back(attempt, Setback::Waiting(reason));
+        self.record(job, self.store.requeue(job.id));
     }
 
     /// The remote refused the upload for its credentials or permissions, which the
@@ -661,11 +662,12 @@ impl Worker {
             ErrorKind::Auth,
             true,
         );
+        // The folder closes before its job is due again (module doc of `gates`).
+        self.set_folder_back(attempt, Setback::Refused(reason));
         self.record(
             job,
             self.store.retry_later(job.id, self.store.now(), reason),
         );
-        self.set_folder_back(attempt, Setback::Refused(reason));
     }
 
     /// The attempt's folder, if still configured, stops taking files ([`Setback`]).
