@@ -170,6 +170,40 @@ fn kifs_a_deleted_file_a_deleted_subtree_and_a_renamed_directory_leave_the_remot
     daemon.terminate();
 }
 
+/// A deletion the remote refuses for its credentials (a token revoked or rotated since the
+/// folder's check) fails nothing, as an upload refused so: the folder is refused, the
+/// deletion waits with the copy still there, and once a reload's check passes the copy is
+/// deleted.
+#[test]
+fn kifs_a_deletion_refused_for_its_credentials_waits_and_runs_after_a_reload() {
+    let s = setup(true, "");
+    s.write("a.csv", 1);
+    s.write("keep.csv", 2);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 2);
+    let refusal = serde_json::json!([{"target": "kifs", "action": {"status": 401}}]);
+    s.emulator.post_json("/_emulator/faults", &refusal);
+    remove(&s.folder().join("a.csv"));
+    daemon.wait_until(WAIT, "the folder refused, its deletion waiting", || {
+        let folder = &status_json(&s.config)["folders"][0];
+        folder["remote_check"]["state"] == "refused"
+            && folder["deletions"] == 1
+            && folder["retry_wait"] == 1
+    });
+    assert_eq!(s.folder_status("failed"), 0, "the deletion does not fail");
+    assert!(s.on_kifs("a.csv"), "the refused request deleted nothing");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(WAIT, "the copy deleted after the reload", || {
+        !s.on_kifs("a.csv")
+    });
+    s.wait_settled(&daemon, 1);
+    assert!(s.on_kifs("keep.csv"), "the file still there keeps its copy");
+    let faults = &s.emulator.get_json("/_emulator/stats")["faults"];
+    assert_eq!(faults["status_401"], 1, "one request refused: {faults}");
+    assert_eq!(s.kifs_deletes(), 1, "the one deletion after the reload");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// A deletion that finds a FIFO or a symlink in its file's place when it runs ends there:
 /// that is not a deletion of the file, nor a file to upload. No worker waits on the FIFO
 /// for a writer, none loops on the link, and the copies stay.

@@ -13,9 +13,11 @@
 //!    parts), then delete the copy on the remote (a copy already gone counts as deleted).
 //!    A stop before that upload is given up leaves the job active, the upload with it.
 //! 5. Record it ([`Store::complete_deletion`]): the entry and the job go in one flushed
-//!    transaction. A failure waits and retries like an upload's; a shutdown leaves the job
-//!    active, and the next start deletes again. A Redivis upload deleted frees its name:
-//!    the folder's files that failed for colliding with it are queued again.
+//!    transaction. A failure waits and retries like an upload's; a refusal of the
+//!    credentials refuses the folder, and the deletion waits, as an upload would. A
+//!    shutdown leaves the job active, and the next start deletes again. A Redivis upload
+//!    deleted frees its name: the folder's files that failed for colliding with it are
+//!    queued again.
 
 use std::path::Path;
 use std::time::Duration;
@@ -97,6 +99,20 @@ impl Worker {
                     path,
                     "deletion interrupted by shutdown; it runs at the next start"
                 );
+            }
+            Err(UploadError::Remote {
+                disposition: Disposition::Permanent,
+                kind: ErrorKind::Auth,
+                message,
+                ..
+            }) => {
+                tracing::warn!(
+                    path,
+                    reason = %message,
+                    "the remote refused the deletion's credentials; the deletion waits until \
+                     its folder's remote accepts them again"
+                );
+                self.refuse_for_credentials(&job, &backend, backend_label, &message);
             }
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,

@@ -639,7 +639,7 @@ impl Worker {
             "the remote cannot take the file yet; it waits queued"
         );
         // The folder closes before its job is due again (module doc of `gates`).
-        self.set_folder_back(attempt, Setback::Waiting(reason));
+        self.set_folder_back(job, attempt.backend, Setback::Waiting(reason));
         self.record(job, self.store.requeue(job.id));
     }
 
@@ -648,34 +648,46 @@ impl Worker {
     /// progress kept (a session resumes once the credentials are right again), and the
     /// folder is refused until a check of its remote passes ([`super::gates`]).
     fn refuse_folder(&self, attempt: &Finished<'_>, reason: &str) {
-        let job = attempt.job;
         tracing::warn!(
             path = attempt.path,
             reason,
             "the remote refused the upload's credentials; the file waits until its folder's \
              remote accepts them again"
         );
+        self.refuse_for_credentials(attempt.job, attempt.backend, attempt.backend_name, reason);
+    }
+
+    /// The remote refused a request of `job` (its upload or its deletion) for its
+    /// credentials or permissions: the failure is counted as a transient one, the folder is
+    /// refused, and the job waits, due at once, for the folder's remote to accept them.
+    pub(super) fn refuse_for_credentials(
+        &self,
+        job: &Job,
+        backend: &Arc<Backend>,
+        backend_name: &'static str,
+        reason: &str,
+    ) {
         self.metrics.failed(
             &job.key.folder,
-            attempt.backend_name,
+            backend_name,
             FailureClass::Transient,
             ErrorKind::Auth,
             true,
         );
         // The folder closes before its job is due again (module doc of `gates`).
-        self.set_folder_back(attempt, Setback::Refused(reason));
+        self.set_folder_back(job, backend, Setback::Refused(reason));
         self.record(
             job,
             self.store.retry_later(job.id, self.store.now(), reason),
         );
     }
 
-    /// The attempt's folder, if still configured, stops taking files ([`Setback`]).
-    fn set_folder_back(&self, attempt: &Finished<'_>, setback: Setback<'_>) {
-        if let Some(folder) = self.config.folder_for(&attempt.job.key.folder) {
+    /// `job`'s folder, if still configured, stops taking files ([`Setback`]).
+    fn set_folder_back(&self, job: &Job, backend: &Arc<Backend>, setback: Setback<'_>) {
+        if let Some(folder) = self.config.folder_for(&job.key.folder) {
             self.live.gates.set_back(
                 folder,
-                Arc::clone(attempt.backend),
+                Arc::clone(backend),
                 Arc::clone(&self.wake),
                 &self.stopping,
                 setback,
