@@ -825,6 +825,41 @@ fn a_crash_between_a_failed_import_and_its_removal_is_finished_at_the_next_start
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A token revoked or rotated while an upload imports: the poll the remote refuses fails
+/// nothing, and the wait polls again until the credentials are accepted (here at the next
+/// poll: the fault answers once), then records the upload.
+#[test]
+fn an_import_poll_refused_for_its_credentials_polls_again_and_the_file_lands() {
+    let s = setup_with(
+        TABLE,
+        &["--redivis-processing-delay", "3s"],
+        "chunk_size = \"1MiB\"",
+        "",
+    );
+    let path = s.inbox.join("survey.csv");
+    std::fs::write(&path, "id,answer\n1,yes\n2,no\n").unwrap();
+    backdate(&path, 120);
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(60), "the file importing", || {
+        json_number(&folder_status(&s.config)["importing"]) == Some(1)
+    });
+    let refusal = serde_json::json!([{"target": "redivis-api", "action": {"status": 401}}]);
+    s.emulator.post_json("/_emulator/faults", &refusal);
+    daemon.wait_until(Duration::from_secs(60), "the file imported", || {
+        json_number(&folder_status(&s.config)["done"]) == Some(1)
+    });
+    let folder = folder_status(&s.config);
+    assert_eq!(json_number(&folder["failed"]), Some(0), "{folder}");
+    let faults = &s.emulator.get_json("/_emulator/stats")["faults"];
+    assert_eq!(
+        faults["status_401"], 1,
+        "the poll was refused once: {faults}"
+    );
+    let uploads = s.emulator.list_redivis_uploads(TABLE, TOKEN);
+    assert_eq!(uploads.len(), 1, "posted once: {uploads:?}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 // ---- log lines -----------------------------------------------------------------------------
 
 /// Adds `metrics_listen` on a free port to the setup's config; returns the port.

@@ -21,8 +21,10 @@
 //!    `upsync retry`.
 //! 6. The upload gone from the table (deleted by someone; not found in the version
 //!    released meanwhile either): the file is queued to be sent again.
-//! 7. The polls failing (the remote down, 5xx): wait until the remote answers again or
-//!    after a pause, then poll again.
+//! 7. The polls failing (the remote down, 5xx, or its credentials refused: a token revoked
+//!    or rotated while the import ran): wait until the remote answers again or after a
+//!    pause, then poll again. A refusal is logged once; the import it waits for is not
+//!    failed, since fixed credentials let the wait end by itself.
 //!
 //! Shutdown ends every wait at once; the jobs stay `importing` for the next start.
 
@@ -128,6 +130,8 @@ impl Imports {
         };
         let scope = CallScope::until(self.stop.clone());
         let mut backoff = Backoff::new(Duration::from_secs(2), FAILED_POLL_MAX);
+        // Whether a refusal of the credentials was logged: once per wait, not per poll.
+        let mut told_refused = false;
         // Set once the failure is recorded: from then on only the removal is left.
         let mut failed = import
             .failed
@@ -166,6 +170,20 @@ impl Imports {
                     failed = Some((reason, uri));
                 }
                 Err(UploadError::Shutdown) => return,
+                Err(UploadError::Remote {
+                    disposition: Disposition::Permanent,
+                    kind: ErrorKind::Auth,
+                    message,
+                    ..
+                }) => {
+                    if !told_refused {
+                        tracing::warn!(path = %job.key, reason = %message, "the remote refused the credentials of an import's poll; it polls again until they are accepted");
+                        told_refused = true;
+                    }
+                    if !self.pause(&backend, &mut backoff).await {
+                        return;
+                    }
+                }
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
                     kind,
