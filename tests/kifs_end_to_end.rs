@@ -350,6 +350,87 @@ fn refused_folder(daemon: &DaemonProcess, config: &Path) -> serde_json::Value {
     folder
 }
 
+/// Deletes the KiFS directory `ingest` with what it holds, as someone on the server would.
+fn delete_ingest_directory(s: &Setup) {
+    let request = serde_json::json!({
+        "directory_name": "ingest",
+        "options": {"recursive": "true"},
+    });
+    s.emulator.post_json("/kifs/delete/directory", &request);
+}
+
+/// Writes `name` into the folder, settled, and returns its path.
+fn settled_file(s: &Setup, name: &str) -> PathBuf {
+    let path = s.folder().join(name);
+    std::fs::write(&path, format!("{name} for the directory\n")).unwrap();
+    backdate(&path, 60);
+    path
+}
+
+/// A directory deleted on the server after the folder's check: with `create_directory`,
+/// the next file creates it again and lands.
+#[test]
+fn a_directory_deleted_on_the_server_is_created_again_for_the_next_file() {
+    let s = setup(&[], "", "");
+    let first = settled_file(&s, "first.txt");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the first file", || {
+        arrived(&s, &first, "first.txt")
+    });
+    delete_ingest_directory(&s);
+    let second = settled_file(&s, "second.txt");
+    daemon.wait_until(Duration::from_secs(20), "the second file", || {
+        arrived(&s, &second, "second.txt")
+    });
+    let folder = &status_json(&s.config)["folders"][0];
+    assert_eq!(folder["failed"], 0, "{folder}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// A directory deleted on the server after the folder's check, in a folder that does not
+/// create it: the folder is refused as its check would refuse it, the file waits instead of
+/// failing, and once the directory is back a reload sends it.
+#[test]
+fn a_directory_deleted_on_the_server_refuses_the_folder_and_its_file_waits() {
+    let s = setup(&[], "", "");
+    let first = settled_file(&s, "first.txt");
+    let mut daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the first file", || {
+        arrived(&s, &first, "first.txt")
+    });
+    let inbox_folder = FolderBuilder::kifs("inbox", "ingest").without("create_directory");
+    config_of(&s.emulator, "", inbox_folder).write(&s.config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(Duration::from_secs(20), "the reloaded folder ready", || {
+        status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
+            && daemon.log_text().contains("reload")
+    });
+    delete_ingest_directory(&s);
+    let second = settled_file(&s, "second.txt");
+    daemon.wait_until(
+        Duration::from_secs(20),
+        "the folder refused, its file waiting",
+        || {
+            let folder = &status_json(&s.config)["folders"][0];
+            folder["remote_check"]["state"] == "refused" && folder["retry_wait"] == 1
+        },
+    );
+    let folder = &status_json(&s.config)["folders"][0];
+    assert_eq!(folder["failed"], 0, "the file does not fail: {folder}");
+    let reason = folder["remote_check"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'ingest' does not exist") && reason.contains("create_directory"),
+        "{folder}"
+    );
+    let request = serde_json::json!({"directory_name": "ingest", "options": {}});
+    s.emulator.post_json("/kifs/create/directory", &request);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_until(Duration::from_secs(20), "the waiting file", || {
+        arrived(&s, &second, "second.txt")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn a_missing_or_read_only_directory_is_reported_and_fixing_it_needs_no_restart() {
     let s = setup(&[], "", "");

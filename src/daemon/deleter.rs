@@ -112,7 +112,7 @@ impl Worker {
                     "the remote refused the deletion's credentials; the deletion waits until \
                      its folder's remote accepts them again"
                 );
-                self.refuse_for_credentials(&job, &backend, backend_label, &message);
+                self.refuse_and_wait(&job, &backend, backend_label, ErrorKind::Auth, &message);
             }
             Err(UploadError::Remote {
                 disposition: Disposition::Permanent,

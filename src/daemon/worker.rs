@@ -557,6 +557,23 @@ impl Worker {
                 message,
                 ..
             }) => self.refuse_folder(attempt, &message),
+            // The one `NotFound` of a KiFS upload: its folder's directory is gone.
+            Err(UploadError::Remote {
+                disposition: crate::upload::Disposition::Permanent,
+                kind: ErrorKind::NotFound,
+                message,
+                ..
+            }) if matches!(attempt.target, Target::KifsDirectory { .. }) => {
+                // Said once, by the folder's refusal; a batch's files would say it each.
+                tracing::debug!(
+                    path,
+                    reason = %message,
+                    "the folder's KiFS directory is gone; the file waits until a check of the \
+                     folder finds it"
+                );
+                let kind = ErrorKind::NotFound;
+                self.refuse_and_wait(job, attempt.backend, backend, kind, &message);
+            }
             Err(UploadError::Remote {
                 disposition: crate::upload::Disposition::Permanent,
                 kind,
@@ -654,24 +671,27 @@ impl Worker {
             "the remote refused the upload's credentials; the file waits until its folder's \
              remote accepts them again"
         );
-        self.refuse_for_credentials(attempt.job, attempt.backend, attempt.backend_name, reason);
+        let (job, backend) = (attempt.job, attempt.backend);
+        self.refuse_and_wait(job, backend, attempt.backend_name, ErrorKind::Auth, reason);
     }
 
-    /// The remote refused a request of `job` (its upload or its deletion) for its
-    /// credentials or permissions: the failure is counted as a transient one, the folder is
-    /// refused, and the job waits, due at once, for the folder's remote to accept them.
-    pub(super) fn refuse_for_credentials(
+    /// The remote refused a request of `job` (its upload or its deletion) for what the
+    /// folder's check judges (credentials or permissions, a directory gone): the failure
+    /// is counted as a transient one of `kind`, the folder is refused with `reason`, and
+    /// the job waits, due at once, for a check of the folder to pass.
+    pub(super) fn refuse_and_wait(
         &self,
         job: &Job,
         backend: &Arc<Backend>,
         backend_name: &'static str,
+        kind: ErrorKind,
         reason: &str,
     ) {
         self.metrics.failed(
             &job.key.folder,
             backend_name,
             FailureClass::Transient,
-            ErrorKind::Auth,
+            kind,
             true,
         );
         // The folder closes before its job is due again (module doc of `gates`).

@@ -22,6 +22,27 @@ fn create_hint(create: bool) -> &'static str {
     }
 }
 
+/// The folder's directory is not on the server: the one `NotFound` a folder's check or an
+/// upload returns, which refuses the folder until a check finds the directory.
+pub(super) fn missing_directory(directory: &str, create: bool) -> UploadError {
+    UploadError::permanent(
+        ErrorKind::NotFound,
+        format!(
+            "KiFS directory '{directory}' does not exist{}",
+            create_hint(create)
+        ),
+    )
+}
+
+/// Whether `err` is the server saying that `directory` does not exist.
+pub(super) fn says_missing(err: &UploadError, directory: &str) -> bool {
+    matches!(err, UploadError::Remote {
+        disposition: Disposition::Permanent,
+        message,
+        ..
+    } if message.contains(&format!("Directory '{directory}' does not exist")))
+}
+
 impl KifsBackend {
     /// One cheap request, not retried, telling whether the server answers: `Ok` for any
     /// answer that is not a transient failure (a refusal is an answer).
@@ -170,15 +191,7 @@ fn writable(
         .directories
         .iter()
         .position(|d| d == directory)
-        .ok_or_else(|| {
-            UploadError::permanent(
-                ErrorKind::NotFound,
-                format!(
-                    "KiFS directory '{directory}' does not exist{}",
-                    create_hint(create)
-                ),
-            )
-        })?;
+        .ok_or_else(|| missing_directory(directory, create))?;
     let permission = shown
         .permissions
         .get(index)

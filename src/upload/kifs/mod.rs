@@ -131,9 +131,10 @@ impl KifsBackend {
         &self.health
     }
 
-    /// Uploads the job's file. With `create_directory = true`, a directory found missing
-    /// (never created because the server was down at start, or deleted since) is created
-    /// and the upload tried once more.
+    /// Uploads the job's file. A directory found missing (never created because the server
+    /// was down at start, or deleted since) is created and the upload tried once more with
+    /// `create_directory = true`; without it, the answer is the folder check's own
+    /// ([`folder::missing_directory`]), which refuses the folder until the directory is back.
     pub async fn upload(&self, job: &mut UploadJob) -> Result<Uploaded, UploadError> {
         let Target::KifsDirectory { directory, create } = job.target.clone() else {
             return Err(UploadError::permanent(
@@ -142,16 +143,13 @@ impl KifsBackend {
             ));
         };
         match self.upload_into(job, &directory).await {
-            Err(UploadError::Remote {
-                disposition: Disposition::Permanent,
-                message,
-                ..
-            }) if create
-                && message.contains(&format!("Directory '{directory}' does not exist")) =>
-            {
+            Err(err) if folder::says_missing(&err, &directory) && create => {
                 tracing::warn!(directory = %directory, "the KiFS directory is missing; creating it (create_directory = true)");
                 self.create_directory(&directory, &job.scope).await?;
                 self.upload_into(job, &directory).await
+            }
+            Err(err) if folder::says_missing(&err, &directory) => {
+                Err(folder::missing_directory(&directory, create))
             }
             other => other,
         }

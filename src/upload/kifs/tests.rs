@@ -134,6 +134,41 @@ async fn a_batch_of_small_files_goes_in_one_request_in_both_encodings() {
     }
 }
 
+/// A batch sent to a directory that is gone, in a folder that does not create it: every
+/// file gets the folder check's answer (which refuses the folder) from the one refused
+/// request, none is sent alone; a lone file the same.
+#[tokio::test]
+async fn a_batch_into_a_directory_gone_gets_the_checks_answer_from_one_request() {
+    for files in [5, 1] {
+        let tmp = tempfile::tempdir().expect("a temp dir can be created");
+        let root = tmp.path();
+        let (running, backend, store) = setup_with(root, KifsEncoding::Binary, |options| {
+            options.kifs.kifs_directories.clear();
+        })
+        .await;
+        let mut jobs: Vec<UploadJob> = (0..files)
+            .map(|i| job(root, &store, &format!("f{i}.csv"), b"a,b\n"))
+            .collect();
+        let outcomes = backend.upload_batch(&mut jobs).await;
+        assert_eq!(upload_requests(&running).await, 1, "{files} file(s)");
+        for outcome in outcomes {
+            match outcome.expect_err("no file lands") {
+                UploadError::Remote {
+                    kind: ErrorKind::NotFound,
+                    disposition: Disposition::Permanent,
+                    message,
+                    ..
+                } => assert_eq!(
+                    message,
+                    "KiFS directory 'dir' does not exist (set create_directory = true to create it)"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        running.shutdown.cancel();
+    }
+}
+
 /// The upload of a job claimed from `store` (after a restart), as the worker builds it.
 fn reclaimed(root: &Path, store: &Store, previous: Option<LedgerEntry>) -> UploadJob {
     let claimed = store

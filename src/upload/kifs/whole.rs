@@ -181,8 +181,10 @@ impl KifsBackend {
         self.after_batch_failure(batch, live, attempts, err).await
     }
 
-    /// A transient failure pauses and sends again; a refusal of several files sends each
-    /// alone; anything else is every file's outcome.
+    /// A transient failure pauses and sends again; a directory gone that its folder does
+    /// not create refuses that directory's files at once ([`refuse_uncreated`]); a refusal
+    /// of several files, or of a lone file for its missing directory, sends each alone;
+    /// anything else is every file's outcome.
     async fn after_batch_failure(
         &self,
         batch: &mut Batch<'_>,
@@ -199,6 +201,9 @@ impl KifsBackend {
             }
             _ => err,
         };
+        if let Some(pass) = refuse_uncreated(batch, live, &err) {
+            return pass;
+        }
         match err {
             UploadError::Remote {
                 disposition: Disposition::Permanent,
@@ -209,6 +214,11 @@ impl KifsBackend {
                 for &index in live {
                     batch.outcomes[index] = Some(self.upload(&mut batch.jobs[index]).await);
                 }
+            }
+            // A lone file: creating its missing directory is the single upload's to do.
+            err if says_directory_missing(&err, &batch.jobs[live[0]]) => {
+                let index = live[0];
+                batch.outcomes[index] = Some(self.upload(&mut batch.jobs[index]).await);
             }
             err => batch.fail(live, &err),
         }
@@ -350,4 +360,38 @@ fn target_name(job: &UploadJob) -> Result<String, UploadError> {
     let target = format!("{directory}/{}", job.rel);
     validate_name(&target).map_err(|why| UploadError::permanent(ErrorKind::Rejected, why))?;
     Ok(target)
+}
+
+/// Whether `err` says that the directory of `job`'s folder does not exist.
+fn says_directory_missing(err: &UploadError, job: &UploadJob) -> bool {
+    matches!(&job.target, Target::KifsDirectory { directory, .. } if super::folder::says_missing(err, directory))
+}
+
+/// When `err` says that the directory of some of `live`'s files is gone and their folder
+/// does not create it: those files get the folder check's own answer, which refuses their
+/// folder, with no request each; the batch's other files are sent again (`Pass::Again`),
+/// if any. `None` for any other failure.
+fn refuse_uncreated(batch: &mut Batch<'_>, live: &[usize], err: &UploadError) -> Option<Pass> {
+    let uncreated = |job: &UploadJob| match &job.target {
+        Target::KifsDirectory {
+            directory,
+            create: false,
+        } if super::folder::says_missing(err, directory) => Some(directory.clone()),
+        _ => None,
+    };
+    let directory = live
+        .iter()
+        .find_map(|&index| uncreated(&batch.jobs[index]))?;
+    let (refused, others): (Vec<usize>, Vec<usize>) = live
+        .iter()
+        .partition(|&&index| uncreated(&batch.jobs[index]).as_ref() == Some(&directory));
+    batch.fail(
+        &refused,
+        &super::folder::missing_directory(&directory, false),
+    );
+    Some(if others.is_empty() {
+        Pass::Over
+    } else {
+        Pass::Again
+    })
 }
