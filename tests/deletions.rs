@@ -170,6 +170,25 @@ fn kifs_a_deleted_file_a_deleted_subtree_and_a_renamed_directory_leave_the_remot
     daemon.terminate();
 }
 
+/// A file deleted locally after its KiFS directory was deleted on the server: its copy went
+/// with the directory, so the deletion is done, with nothing failed.
+#[test]
+fn kifs_a_deletion_whose_directory_is_gone_on_the_server_is_done() {
+    let s = setup(true, "");
+    s.write("a.csv", 1);
+    let mut daemon = DaemonProcess::start(&s.config);
+    s.wait_settled(&daemon, 1);
+    let request = serde_json::json!({
+        "directory_name": "ingest",
+        "options": {"recursive": "true"},
+    });
+    s.emulator.post_json("/kifs/delete/directory", &request);
+    remove(&s.folder().join("a.csv"));
+    s.wait_settled(&daemon, 0);
+    assert_eq!(s.kifs_deletes(), 1, "one deletion asked for");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// A deletion the remote refuses for its credentials (a token revoked or rotated since the
 /// folder's check) fails nothing, as an upload refused so: the folder is refused, the
 /// deletion waits with the copy still there, and once a reload's check passes the copy is

@@ -161,8 +161,10 @@ impl KifsBackend {
     }
 
     /// Deletes the file `remote` (a full KiFS name upsync uploaded); a file already gone
-    /// counts as deleted. `/delete/files` reads `*` and `?` as wildcards, so a name holding
-    /// one is refused rather than sent: it could delete other files.
+    /// counts as deleted, and so does one whose directory is gone (KiFS refuses a deletion
+    /// in a missing directory even when told a missing file is no error). `/delete/files`
+    /// reads `*` and `?` as wildcards, so a name holding one is refused rather than sent: it
+    /// could delete other files.
     pub async fn delete_file(&self, remote: &str, scope: &CallScope) -> Result<(), UploadError> {
         if remote.contains(['*', '?']) {
             return Err(UploadError::permanent(
@@ -174,11 +176,23 @@ impl KifsBackend {
             file_names: vec![remote.to_string()],
             options: BTreeMap::from([("no_error_if_not_exists".into(), "true".into())]),
         };
-        let _: DeleteFilesResponse = self
+        let deleted: Result<DeleteFilesResponse, UploadError> = self
             .call_with_retries("/delete/files", &request, scope)
-            .await?;
-        Ok(())
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(err) if directory_gone(&err, remote) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
+}
+
+/// Whether `err` says that a directory holding `remote` does not exist: the directory the
+/// name starts with, whichever of its slashes ends it.
+fn directory_gone(err: &UploadError, remote: &str) -> bool {
+    remote
+        .match_indices('/')
+        .any(|(end, _)| says_missing(err, &remote[..end]))
 }
 
 /// Whether `/show/directories` lists `directory` with write permission for us.
