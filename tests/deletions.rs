@@ -178,11 +178,7 @@ fn kifs_a_deletion_whose_directory_is_gone_on_the_server_is_done() {
     s.write("a.csv", 1);
     let mut daemon = DaemonProcess::start(&s.config);
     s.wait_settled(&daemon, 1);
-    let request = serde_json::json!({
-        "directory_name": "ingest",
-        "options": {"recursive": "true"},
-    });
-    s.emulator.post_json("/kifs/delete/directory", &request);
+    s.emulator.delete_kifs_directory("ingest");
     remove(&s.folder().join("a.csv"));
     s.wait_settled(&daemon, 0);
     assert_eq!(s.kifs_deletes(), 1, "one deletion asked for");

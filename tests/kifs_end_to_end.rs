@@ -350,15 +350,6 @@ fn refused_folder(daemon: &DaemonProcess, config: &Path) -> serde_json::Value {
     folder
 }
 
-/// Deletes the KiFS directory `ingest` with what it holds, as someone on the server would.
-fn delete_ingest_directory(s: &Setup) {
-    let request = serde_json::json!({
-        "directory_name": "ingest",
-        "options": {"recursive": "true"},
-    });
-    s.emulator.post_json("/kifs/delete/directory", &request);
-}
-
 /// Writes `name` into the folder, settled, and returns its path.
 fn settled_file(s: &Setup, name: &str) -> PathBuf {
     let path = s.folder().join(name);
@@ -367,17 +358,23 @@ fn settled_file(s: &Setup, name: &str) -> PathBuf {
     path
 }
 
+/// The daemon started on the setup's folder, once its first file is in `ingest`.
+fn started_with_a_first_file(s: &Setup) -> DaemonProcess {
+    let first = settled_file(s, "first.txt");
+    let daemon = DaemonProcess::start(&s.config);
+    daemon.wait_until(Duration::from_secs(20), "the first file", || {
+        arrived(s, &first, "first.txt")
+    });
+    daemon
+}
+
 /// A directory deleted on the server after the folder's check: with `create_directory`,
 /// the next file creates it again and lands.
 #[test]
 fn a_directory_deleted_on_the_server_is_created_again_for_the_next_file() {
     let s = setup(&[], "", "");
-    let first = settled_file(&s, "first.txt");
-    let mut daemon = DaemonProcess::start(&s.config);
-    daemon.wait_until(Duration::from_secs(20), "the first file", || {
-        arrived(&s, &first, "first.txt")
-    });
-    delete_ingest_directory(&s);
+    let mut daemon = started_with_a_first_file(&s);
+    s.emulator.delete_kifs_directory("ingest");
     let second = settled_file(&s, "second.txt");
     daemon.wait_until(Duration::from_secs(20), "the second file", || {
         arrived(&s, &second, "second.txt")
@@ -393,11 +390,7 @@ fn a_directory_deleted_on_the_server_is_created_again_for_the_next_file() {
 #[test]
 fn a_directory_deleted_on_the_server_refuses_the_folder_and_its_file_waits() {
     let s = setup(&[], "", "");
-    let first = settled_file(&s, "first.txt");
-    let mut daemon = DaemonProcess::start(&s.config);
-    daemon.wait_until(Duration::from_secs(20), "the first file", || {
-        arrived(&s, &first, "first.txt")
-    });
+    let mut daemon = started_with_a_first_file(&s);
     let inbox_folder = FolderBuilder::kifs("inbox", "ingest").without("create_directory");
     config_of(&s.emulator, "", inbox_folder).write(&s.config);
     daemon.signal(libc::SIGHUP);
@@ -405,7 +398,7 @@ fn a_directory_deleted_on_the_server_refuses_the_folder_and_its_file_waits() {
         status_json(&s.config)["folders"][0]["remote_check"]["state"] == "ready"
             && daemon.log_text().contains("reload")
     });
-    delete_ingest_directory(&s);
+    s.emulator.delete_kifs_directory("ingest");
     let second = settled_file(&s, "second.txt");
     daemon.wait_until(
         Duration::from_secs(20),
@@ -422,8 +415,7 @@ fn a_directory_deleted_on_the_server_refuses_the_folder_and_its_file_waits() {
         reason.contains("'ingest' does not exist") && reason.contains("create_directory"),
         "{folder}"
     );
-    let request = serde_json::json!({"directory_name": "ingest", "options": {}});
-    s.emulator.post_json("/kifs/create/directory", &request);
+    s.emulator.create_kifs_directory("ingest");
     daemon.signal(libc::SIGHUP);
     daemon.wait_until(Duration::from_secs(20), "the waiting file", || {
         arrived(&s, &second, "second.txt")

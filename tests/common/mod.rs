@@ -617,6 +617,21 @@ impl EmulatorProcess {
         same_content(local, &self.kifs_file(name))
     }
 
+    /// Deletes the KiFS directory `name` with what it holds, as someone on the server would.
+    pub fn delete_kifs_directory(&self, name: &str) {
+        let request = serde_json::json!({
+            "directory_name": name,
+            "options": {"recursive": "true"},
+        });
+        self.post_json("/kifs/delete/directory", &request);
+    }
+
+    /// Creates the KiFS directory `name`, as someone on the server would.
+    pub fn create_kifs_directory(&self, name: &str) {
+        let request = serde_json::json!({"directory_name": name, "options": {}});
+        self.post_json("/kifs/create/directory", &request);
+    }
+
     /// The KiFS emulator's counters: requests by endpoint, multipart operations, files
     /// stored.
     pub fn kifs_stats(&self) -> serde_json::Value {
