@@ -20,6 +20,7 @@
 //!    queued again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::worker::{FOLDER_REMOVED, Worker};
@@ -29,7 +30,7 @@ use crate::metrics::FailureClass;
 use crate::queue::{Job, JobState, LedgerEntry, RetrySelection, Store};
 use crate::upload::redivis::names;
 use crate::upload::retry::CallScope;
-use crate::upload::{Disposition, ErrorKind, UploadError};
+use crate::upload::{Backend, Disposition, ErrorKind, UploadError};
 
 /// How long a deletion waits for its folder's root to come back before looking again.
 const MISSING_ROOT_WAIT: Duration = Duration::from_secs(30);
@@ -76,56 +77,81 @@ impl Worker {
         let deleted = backend
             .delete_uploaded(&folder.target, &job.key.rel, &entry.remote, &scope)
             .await;
-        let backend_label = folder.target.backend_name();
         match deleted {
-            Ok(()) => {
-                tracing::info!(path, remote = %entry.remote, "deleted the remote copy of a file that is gone");
-                self.metrics.deleted(&job.key.folder, backend_label);
-                self.live.activity.record_deletion();
-                match self.store.complete_deletion(job.id, Some(&entry.remote)) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::info!(path, "the file is back; uploading it");
-                        self.wake.notify_one();
-                    }
-                    Err(err) => self.record(&job, Err(err)),
-                }
-                if let Target::RedivisTable(_) = &folder.target {
-                    self.retry_collisions_with(&job);
-                }
+            Ok(()) => self.record_deletion(&job, folder, &entry.remote),
+            Err(err) => self.settle_failed_deletion(&job, folder, &backend, err),
+        }
+    }
+
+    /// Step 5: the copy is deleted; its entry and the job end together.
+    fn record_deletion(&self, job: &Job, folder: &FolderConfig, remote: &str) {
+        let path = job.path().display().to_string();
+        tracing::info!(
+            path,
+            remote,
+            "deleted the remote copy of a file that is gone"
+        );
+        self.metrics
+            .deleted(&job.key.folder, folder.target.backend_name());
+        self.live.activity.record_deletion();
+        match self.store.complete_deletion(job.id, Some(remote)) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(path, "the file is back; uploading it");
+                self.wake.notify_one();
             }
-            Err(UploadError::Shutdown) => {
+            Err(err) => self.record(job, Err(err)),
+        }
+        if let Target::RedivisTable(_) = &folder.target {
+            self.retry_collisions_with(job);
+        }
+    }
+
+    /// Step 5 when the deletion failed: at shutdown the job stays active; refused
+    /// credentials refuse the folder and the job waits; a permanent failure fails it; any
+    /// other waits and retries like an upload's.
+    fn settle_failed_deletion(
+        &self,
+        job: &Job,
+        folder: &FolderConfig,
+        backend: &Arc<Backend>,
+        err: UploadError,
+    ) {
+        let path = job.path().display().to_string();
+        let backend_label = folder.target.backend_name();
+        match err {
+            UploadError::Shutdown => {
                 tracing::info!(
                     path,
                     "deletion interrupted by shutdown; it runs at the next start"
                 );
             }
-            Err(UploadError::Remote {
+            UploadError::Remote {
                 disposition: Disposition::Permanent,
                 kind: ErrorKind::Auth,
                 message,
                 ..
-            }) => {
+            } => {
                 tracing::warn!(
                     path,
                     reason = %message,
                     "the remote refused the deletion's credentials; the deletion waits until \
                      its folder's remote accepts them again"
                 );
-                self.refuse_and_wait(&job, &backend, backend_label, ErrorKind::Auth, &message);
+                self.refuse_and_wait(job, backend, backend_label, ErrorKind::Auth, &message);
             }
-            Err(UploadError::Remote {
+            UploadError::Remote {
                 disposition: Disposition::Permanent,
                 kind,
                 message,
                 ..
-            }) => {
+            } => {
                 tracing::error!(path, reason = %message, kind = %kind, "deletion failed permanently");
                 let permanent = FailureClass::Permanent;
-                self.fail_job(&job, backend_label, permanent, kind, &message);
+                self.fail_job(job, backend_label, permanent, kind, &message);
             }
-            Err(err) => {
-                let delay = self.job_retry_delay(&job, &err);
+            err => {
+                let delay = self.job_retry_delay(job, &err);
                 tracing::warn!(path, attempt = job.attempts + 1, retry_in_s = delay.as_secs(), reason = %err, "deletion failed; will retry");
                 self.metrics.failed(
                     &job.key.folder,
@@ -135,7 +161,7 @@ impl Worker {
                     true,
                 );
                 let at = self.store.now() + delay;
-                self.record(&job, self.store.retry_later(job.id, at, &err.to_string()));
+                self.record(job, self.store.retry_later(job.id, at, &err.to_string()));
             }
         }
     }
