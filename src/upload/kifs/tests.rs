@@ -169,6 +169,35 @@ async fn a_batch_into_a_directory_gone_gets_the_checks_answer_from_one_request()
     }
 }
 
+/// A batch whose credentials the server rejects: every file gets the refusal from the one
+/// request (the credentials are the same for each), none is sent alone.
+#[tokio::test]
+async fn a_batch_with_rejected_credentials_is_refused_in_one_request() {
+    let tmp = tempfile::tempdir().expect("a temp dir can be created");
+    let root = tmp.path();
+    let (running, backend, store) = setup_with(root, KifsEncoding::Binary, |options| {
+        options.kifs.kifs_users = vec!["alice:s3cret".parse().expect("a user parses")];
+    })
+    .await;
+    let mut jobs: Vec<UploadJob> = (0..5)
+        .map(|i| job(root, &store, &format!("f{i}.csv"), b"a,b\n"))
+        .collect();
+    let outcomes = backend.upload_batch(&mut jobs).await;
+    assert_eq!(upload_requests(&running).await, 1);
+    for outcome in outcomes {
+        match outcome.expect_err("no file lands") {
+            UploadError::Remote {
+                kind: ErrorKind::Auth,
+                disposition: Disposition::Permanent,
+                status: Some(401),
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    running.shutdown.cancel();
+}
+
 /// The upload of a job claimed from `store` (after a restart), as the worker builds it.
 fn reclaimed(root: &Path, store: &Store, previous: Option<LedgerEntry>) -> UploadJob {
     let claimed = store

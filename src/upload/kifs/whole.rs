@@ -182,9 +182,10 @@ impl KifsBackend {
     }
 
     /// A transient failure pauses and sends again; a directory gone that its folder does
-    /// not create refuses that directory's files at once ([`refuse_uncreated`]); a refusal
-    /// of several files, or of a lone file for its missing directory, sends each alone;
-    /// anything else is every file's outcome.
+    /// not create refuses that directory's files at once ([`refuse_uncreated`]), and
+    /// rejected credentials every file; another refusal of several files, or of a lone
+    /// file for its missing directory, sends each alone; anything else is every file's
+    /// outcome.
     async fn after_batch_failure(
         &self,
         batch: &mut Batch<'_>,
@@ -205,6 +206,14 @@ impl KifsBackend {
             return pass;
         }
         match err {
+            // The server rejected the credentials, which are every file's: sending each
+            // alone would be refused as many times.
+            UploadError::Remote {
+                disposition: Disposition::Permanent,
+                kind: ErrorKind::Auth,
+                status: Some(401),
+                ..
+            } => batch.fail(live, &err),
             UploadError::Remote {
                 disposition: Disposition::Permanent,
                 message,
