@@ -172,26 +172,17 @@ impl Imports {
                 Err(UploadError::Shutdown) => return,
                 Err(UploadError::Remote {
                     disposition: Disposition::Permanent,
-                    kind: ErrorKind::Auth,
-                    message,
-                    ..
-                }) => {
-                    if !told_refused {
-                        tracing::warn!(path = %job.key, reason = %message, "the remote refused the credentials of an import's poll; it polls again until they are accepted");
-                        told_refused = true;
-                    }
-                    if !self.pause(&backend, &mut backoff).await {
-                        return;
-                    }
-                }
-                Err(UploadError::Remote {
-                    disposition: Disposition::Permanent,
                     kind,
                     message,
                     ..
-                }) => return self.failed(&job, kind, &message),
+                }) if kind != ErrorKind::Auth => return self.failed(&job, kind, &message),
                 Err(err) => {
-                    tracing::debug!(path = %job.key, error = %err, "cannot poll an import yet");
+                    if err.kind() == Some(ErrorKind::Auth) && !told_refused {
+                        tracing::warn!(path = %job.key, reason = %err, "the remote refused the credentials of an import's poll; it polls again until they are accepted");
+                        told_refused = true;
+                    } else {
+                        tracing::debug!(path = %job.key, error = %err, "cannot poll an import yet");
+                    }
                     if !self.pause(&backend, &mut backoff).await {
                         return;
                     }

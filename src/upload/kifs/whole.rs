@@ -225,7 +225,7 @@ impl KifsBackend {
                 }
             }
             // A lone file: creating its missing directory is the single upload's to do.
-            err if says_directory_missing(&err, &batch.jobs[live[0]]) => {
+            err if missing_directory_of(&err, &batch.jobs[live[0]]).is_some() => {
                 let index = live[0];
                 batch.outcomes[index] = Some(self.upload(&mut batch.jobs[index]).await);
             }
@@ -371,9 +371,17 @@ fn target_name(job: &UploadJob) -> Result<String, UploadError> {
     Ok(target)
 }
 
-/// Whether `err` says that the directory of `job`'s folder does not exist.
-fn says_directory_missing(err: &UploadError, job: &UploadJob) -> bool {
-    matches!(&job.target, Target::KifsDirectory { directory, .. } if super::folder::says_missing(err, directory))
+/// When `err` says that the directory of `job`'s folder does not exist: that directory,
+/// and whether the folder creates it.
+fn missing_directory_of<'j>(err: &UploadError, job: &'j UploadJob) -> Option<(&'j str, bool)> {
+    match &job.target {
+        Target::KifsDirectory { directory, create }
+            if super::folder::says_missing(err, directory) =>
+        {
+            Some((directory, *create))
+        }
+        _ => None,
+    }
 }
 
 /// When `err` says that the directory of some of `live`'s files is gone and their folder
@@ -381,11 +389,8 @@ fn says_directory_missing(err: &UploadError, job: &UploadJob) -> bool {
 /// folder, with no request each; the batch's other files are sent again (`Pass::Again`),
 /// if any. `None` for any other failure.
 fn refuse_uncreated(batch: &mut Batch<'_>, live: &[usize], err: &UploadError) -> Option<Pass> {
-    let uncreated = |job: &UploadJob| match &job.target {
-        Target::KifsDirectory {
-            directory,
-            create: false,
-        } if super::folder::says_missing(err, directory) => Some(directory.clone()),
+    let uncreated = |job: &UploadJob| match missing_directory_of(err, job) {
+        Some((directory, false)) => Some(directory.to_string()),
         _ => None,
     };
     let directory = live
